@@ -1,0 +1,5 @@
+import sys
+
+from mtpp.cli import main
+
+sys.exit(main())

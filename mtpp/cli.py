@@ -1,0 +1,54 @@
+"""The ``mtpp`` command. Each sub-command lives in ``mtpp/commands/<name>.py`` and exposes
+``register(subparsers) -> None`` (adds its parser, sets ``func``). Heavy imports happen inside ``func``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mtpp.errors import MtppError
+
+# The one place sub-commands are listed, in the order ``mtpp --help`` shows them.
+COMMANDS = ("train", "evaluate", "compare", "report", "bench", "data", "simulate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mtpp import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mtpp",
+        description="Neural marked temporal point processes: train, evaluate, compare, benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtpp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"mtpp.commands.{name}")
+        except ModuleNotFoundError as e:  # a command not written yet
+            if e.name != f"mtpp.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except MtppError as e:
+        print(f"mtpp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mtpp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The contracts every model part follows. Read this before writing an encoder, a decoder or a consumer.
+
+Shapes: ``B`` sequences, ``L`` padded events, ``D`` history size, ``K`` marks, ``N`` integration nodes,
+``C`` mixture / intensity components.
+
+Encoders
+    ``encoder(batch) -> h: [B, L, D]`` where ``h[:, i]`` depends only on events ``0..i-1`` (strictly before
+    event ``i``); ``h[:, 0]`` is a learned start state. An encoder also exposes ``output_size: int``.
+
+Time decoders (the ground process)
+    ``decoder(h: [B, L, D]) -> TimeDistribution`` with ``batch_shape == h.shape[:-1]``.
+
+Mark decoders
+    ``decoder(h: [B, L, D], tau: [B, L] | None) -> log_probs: [B, L, K]`` (log-softmax; ``tau`` is ignored by the
+    ``p(k | h)`` decoder and used as ``log tau`` by the ``p(k | tau, h)`` decoder).
+
+Joint decoders (base THP / SAHP / FNN)
+    ``decoder(h) -> JointDistribution``: a ``TimeDistribution`` of the ground process that also gives
+    ``mark_log_probs(tau) -> [B, L, K]`` = ``log lambda_k(tau) - log lambda(tau)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class TimeDistribution(Protocol):
+    """Distribution of the inter-event time ``tau > 0`` given the history, batched over ``batch_shape``.
+
+    Every method takes ``tau`` broadcastable against ``batch_shape`` **with optional trailing sample
+    dimensions**: ``tau: [B, L]`` gives ``[B, L]``; ``tau: [B, L, N]`` (e.g. integration nodes) gives
+    ``[B, L, N]`` when the method documents node support (``log_intensity`` and ``log_survival`` do).
+    ``tau = 0`` must give finite values (ties exist in real data).
+    """
+
+    batch_shape: torch.Size
+
+    def log_prob(self, tau: Tensor) -> Tensor:
+        """``log f(tau | H) = log lambda(tau) - Lambda(tau)``."""
+
+    def log_survival(self, tau: Tensor) -> Tensor:
+        """``log S(tau) = -Lambda(tau)``."""
+
+    def cdf(self, tau: Tensor) -> Tensor:
+        """``F(tau) = 1 - S(tau)``."""
+
+    def icdf(self, u: Tensor) -> Tensor:
+        """Quantile: closed form where it exists, else bisection on ``cdf``."""
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """Exact samples ``[*sample_shape, *batch_shape]`` (inverse transform where no closed form)."""
+
+
+@runtime_checkable
+class JointDistribution(TimeDistribution, Protocol):
+    """Ground-process distribution from marked intensities ``lambda_k``; marks ``p(k | tau) = lambda_k / lambda``."""
+
+    def mark_log_probs(self, tau: Tensor) -> Tensor:
+        """``[B, L, K]`` log mark probabilities at ``tau: [B, L]``; sums (in prob space) to 1 over ``K``."""
+
+
+@dataclass
+class NLLOutput:
+    """What ``MarkedTPP.nll(batch)`` returns (all on the batch's device, no host sync).
+
+    time_nll: ``[B]`` per-sequence ``L_T`` (sum over scored events of ``-log f`` plus the survival term).
+    mark_nll: ``[B]`` per-sequence ``L_M``.
+    time_terms: ``[B, L]`` per-event ``-log f(tau_i | H_i)``, 0 where not scored.
+    mark_terms: ``[B, L]`` per-event ``-log p(k_i | tau_i, H_i)``, 0 where not scored.
+    scored: ``[B, L]`` bool, events in the scored set ``I`` (mask minus the first event if ``first_event: skip``).
+    survival_term: ``[B]`` ``-log S(T - t_n | H_{n+1})`` (0 when the window ends at the last event).
+    """
+
+    time_nll: Tensor
+    mark_nll: Tensor
+    time_terms: Tensor
+    mark_terms: Tensor
+    scored: Tensor
+    survival_term: Tensor
+
+
+@dataclass
+class Scores:
+    """Everything evaluation needs about one batch, from ``MarkedTPP.score(batch)`` (under ``no_grad``).
+
+    nll: the ``NLLOutput``.
+    pit: ``[B, L]`` ``F(tau_i | H_i)`` at the observed gaps (PIT values).
+    mark_log_probs: ``[B, L, K]`` ``log p(k | tau_i, H_i)`` at the observed gaps.
+    median_tau: ``[B, L]`` predicted gap, the median ``F^{-1}(0.5)``.
+    mean_tau: ``[B, L]`` predicted mean gap where closed form (LNM, RMTPP-free), else ``None``.
+    """
+
+    nll: NLLOutput
+    pit: Tensor
+    mark_log_probs: Tensor
+    median_tau: Tensor
+    mean_tau: Tensor | None = None

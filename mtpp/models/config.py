@@ -1,0 +1,33 @@
+"""ModelConfig: the ``model`` section of a run configuration (owned by the models package)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENCODERS = ("gru", "thp", "sahp", "fnn")
+TIME_DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
+PARAMETRISATIONS = ("base", "plus", "plusplus")
+INTEGRATION = ("mc", "gauss_legendre")
+FIRST_EVENT = ("skip", "include")
+
+
+@dataclass
+class ModelConfig:
+    """One model = encoder x decoder x parametrisation; every variant is a value of these fields."""
+
+    encoder: str = "gru"  # one of ENCODERS
+    decoder: str = "thp"  # one of TIME_DECODERS
+    parametrisation: str = "base"  # base | plus ("+") | plusplus ("++")
+    hidden_size: int = 32  # encoder output D
+    mark_embedding_size: int = 16
+    time_embedding_size: int = 16
+    num_layers: int = 1  # attention layers (thp / sahp encoders)
+    num_heads: int = 2
+    window: int = 8  # fnn encoder: last m events
+    decoder_hidden_size: int = 32  # MLP width inside decoders
+    num_components: int = 32  # lnm mixture components; thp / sahp intensity components
+    integration: str = "mc"  # compensator of thp / sahp: mc | gauss_legendre
+    integration_nodes: int = 50  # N during training
+    eval_integration_nodes: int | None = None  # N during evaluation (None: same as training)
+    first_event: str = "skip"  # skip | include: is the first event scored?
+    dropout: float = 0.0

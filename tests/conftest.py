@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests that need the real benchmark files use ``data_dir`` and skip cleanly without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Generated caches (the synthetic dataset, auto-prepared splits) go to a per-session temp folder.
+    cache = tmp_path_factory.getbasetemp() / "mtpp-cache"
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(cache))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The staged benchmark data (``MTPP_DATA_DIR``); tests using it skip when it is absent."""
+    d = os.environ.get("MTPP_DATA_DIR")
+    if not d or not Path(d).is_dir():
+        pytest.skip("MTPP_DATA_DIR is not set or not a folder: real-data test skipped")
+    return Path(d)
