@@ -1,0 +1,399 @@
+"""Run configuration: typed dataclasses, YAML loading and ``--set section.key=value`` overrides.
+
+A run configuration is one YAML file with up to six top-level keys::
+
+    data:      DataConfig       which dataset, split, dtype
+    model:     ModelConfig      encoder x decoder x parametrisation (see ``mtpp.models.config``)
+    train:     TrainConfig      optimiser, epochs, early stopping, device, seed, guard
+    gradients: GradientsConfig  aggregator and conflict diagnostics
+    logging:   LoggingConfig    progress bar, TensorBoard, log flushing
+    variants:  list             optional: train several variants of this config side by side
+
+Every key is optional (defaults below); an unknown section or key, a value of the wrong type or an invalid
+choice is a ``ConfigError`` naming the key and listing the valid ones. Overrides use dotted keys and YAML
+scalars: ``--set model.decoder=lnm --set train.max_epochs=1 --set gradients.options.alpha=0.5``.
+
+Variants
+    ``variants`` is a list of mappings of dotted keys to values, each optionally with a ``name``::
+
+        variants:
+          - {name: thp_base, model.parametrisation: base}
+          - {name: thp_plusplus, model.parametrisation: plusplus}
+
+    ``mtpp train`` then trains one run per variant (the base config with that variant's overrides) into
+    ``OUT/<name>/`` and prints a side-by-side table (``mtpp.training.trainer.run_variants``). Without a
+    ``name`` the variant is named after its values (``plusplus``). ``--set`` overrides apply to every variant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from mtpp.errors import ConfigError
+from mtpp.models import config as _model_config
+from mtpp.models.config import ModelConfig
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "GradientsConfig",
+    "LoggingConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "variant_configs",
+]
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic_hawkes"  # catalog name or a path
+    data_dir: str | None = None  # None: --data-dir, then MTPP_DATA_DIR, then ./data
+    split: int = 0  # which of the dataset's splits (folds)
+    dtype: str = "float32"  # float32 | float64: floating dtype of batches and model
+    max_sequences: int | None = None  # use at most N sequences of each split (smoke tests); None: all
+    num_workers: int = 0  # DataLoader workers
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw | sgd
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # max total grad norm; None: no clipping
+    lr_schedule: str = "none"  # none | cosine (over max_epochs) | plateau (on validation loss)
+    patience: int = 20  # epochs without improvement before stopping
+    min_delta: float = 1e-4  # relative tolerance: improvement means val < best - min_delta * |best|
+    separate_early_stopping: bool = False  # plusplus only: time / mark parameters stop separately
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bf16 autocast on CUDA (likelihood terms stay float32)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn flags
+    max_consecutive_skips: int = 20  # non-finite batches in a row before the run stops
+    compile: bool = False  # torch.compile the model's nll
+    eval_batch_size: int | None = None  # None: 4 x batch_size
+    bucket: bool = True  # length-bucketing batch sampler
+
+
+@dataclass
+class GradientsConfig:
+    aggregator: str = "sum"  # sum | pcgrad | cograd | gradops | metabalance | cagrad | mgda | imtl | gradvac
+    options: dict = field(default_factory=dict)  # aggregator keyword arguments
+    log_every: int = 1  # measure cos_tm / gms / norms every N steps (aggregators other than sum: every step)
+    per_tensor: bool = False  # also log the cosine per shared tensor
+
+
+@dataclass
+class LoggingConfig:
+    quiet: bool = False  # no progress bar, no summary
+    tensorboard: bool = False  # TensorBoard scalars under OUT/tensorboard (needs the tensorboard package)
+    progress: bool = True  # tqdm progress bar
+    flush_every: int = 50  # steps between host syncs that write log.jsonl and refresh the progress bar
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gradients: GradientsConfig = field(default_factory=GradientsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    variants: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML / JSON serialisable) of the resolved configuration."""
+        return asdict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "gradients": GradientsConfig,
+    "logging": LoggingConfig,
+}
+TOP_LEVEL = (*SECTIONS, "variants")
+
+# Enum-like fields: (section, key) -> valid values.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("data", "dtype"): ("float32", "float64"),
+    ("model", "encoder"): _model_config.ENCODERS,
+    ("model", "decoder"): _model_config.TIME_DECODERS,
+    ("model", "parametrisation"): _model_config.PARAMETRISATIONS,
+    ("model", "integration"): _model_config.INTEGRATION,
+    ("model", "first_event"): _model_config.FIRST_EVENT,
+    ("train", "optimizer"): ("adam", "adamw", "sgd"),
+    ("train", "lr_schedule"): ("none", "cosine", "plateau"),
+}
+
+# Numeric fields with a lower bound: (section, key) -> (bound, strict).
+BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
+    ("data", "split"): (0, False),
+    ("data", "max_sequences"): (1, False),
+    ("data", "num_workers"): (0, False),
+    ("train", "max_epochs"): (1, False),
+    ("train", "batch_size"): (1, False),
+    ("train", "lr"): (0, True),
+    ("train", "weight_decay"): (0, False),
+    ("train", "grad_clip"): (0, True),
+    ("train", "patience"): (1, False),
+    ("train", "min_delta"): (0, False),
+    ("train", "max_consecutive_skips"): (1, False),
+    ("train", "eval_batch_size"): (1, False),
+    ("gradients", "log_every"): (1, False),
+    ("logging", "flush_every"): (1, False),
+}
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+# --------------------------------------------------------------------------------------------- type checks
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (int -> float and '1e-3' -> float are accepted)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise _type_error(key, tp, value)
+    base = origin or tp
+    if base is float:
+        if isinstance(value, bool):
+            raise _type_error(key, tp, value)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(key, tp, value)
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, tp, value)
+    if base in (dict, list):
+        if isinstance(value, base):
+            return value
+        raise _type_error(key, tp, value)
+    return value
+
+
+def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
+    return ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _unknown(kind: str, name: str, valid: typing.Iterable[str], where: str = "") -> ConfigError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name.split(".")[-1], valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown {kind} {name!r}{hint}; valid {kind}s{where}: {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def _build_section(section: str, values: Any) -> Any:
+    cls = SECTIONS[section]
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section}: expected a mapping of keys to values, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown("key", f"{section}.{key}", names, f" in {section!r}")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    obj = cls(**kwargs)
+    _validate_section(section, obj)
+    return obj
+
+
+def _validate_section(section: str, obj: Any) -> None:
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = (section, f.name)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{section}.{f.name}: invalid value {value!r}; valid: {', '.join(CHOICES[key])}")
+        if key in BOUNDS and value is not None:
+            bound, strict = BOUNDS[key]
+            if value < bound or (strict and value == bound):
+                op = ">" if strict else ">="
+                raise ConfigError(f"{section}.{f.name}: must be {op} {bound}, got {value!r}")
+    if section == "train" and not _DEVICE.match(obj.device):
+        raise ConfigError(f"train.device: invalid value {obj.device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def _validate_run(cfg: RunConfig) -> None:
+    if cfg.train.separate_early_stopping and cfg.model.parametrisation != "plusplus":
+        raise ConfigError(
+            "train.separate_early_stopping: only valid with model.parametrisation=plusplus "
+            f"(got {cfg.model.parametrisation!r}): other parametrisations share parameters between the tasks"
+        )
+
+
+def config_from_dict(raw: dict | None) -> RunConfig:
+    """A validated ``RunConfig`` from a nested dict (unknown sections or keys are errors)."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a configuration must be a mapping of sections, got {type(raw).__name__}")
+    for section in raw:
+        if section not in TOP_LEVEL:
+            raise _unknown("section", str(section), TOP_LEVEL)
+    sections = {name: _build_section(name, raw.get(name)) for name in SECTIONS}
+    variants = _check_variants(raw.get("variants"))
+    cfg = RunConfig(**sections, variants=variants)
+    _validate_run(cfg)
+    for v in variants:  # every variant must give a valid configuration too
+        _apply_variant(cfg, v)
+    return cfg
+
+
+def _check_variants(variants: Any) -> list:
+    if variants is None:
+        return []
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise ConfigError("variants: expected a list of mappings like {model.parametrisation: plusplus}")
+    names = [variant_name(v) for v in variants]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"variants: duplicate variant names {', '.join(dupes)}; give each a distinct 'name'")
+    return [dict(v) for v in variants]
+
+
+# --------------------------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.lr=3e-4'`` -> ``('train.lr', 0.0003)``; the value is a YAML scalar (or flow list / map)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value (e.g. --set train.max_epochs=5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) < 2 or parts[0] not in SECTIONS:
+        if parts[0] not in SECTIONS:
+            raise _unknown("section", parts[0], SECTIONS)
+        raise ConfigError(f"--set {key}: expected section.key=value (e.g. --set train.max_epochs=5)")
+    node = raw.setdefault(parts[0], {})
+    if node is None:
+        node = raw[parts[0]] = {}
+    for p in parts[1:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {p!r} is not a mapping, cannot set a sub-key")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | list[tuple[str, Any]]) -> dict:
+    """A copy of the nested dict ``raw`` with dotted overrides applied (strings are parsed first)."""
+    out = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        _set_dotted(out, key, value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run configuration (``None``: all defaults) and apply ``--set`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            msg = " ".join(str(e).split())
+            raise ConfigError(f"{p}: not valid YAML ({msg})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: a configuration must be a mapping of sections")
+        raw.pop("run_info", None)  # written by the trainer into a run's config.yaml
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+# --------------------------------------------------------------------------------------------- variants
+
+
+def variant_name(variant: dict) -> str:
+    """The variant's ``name``, else its values joined by '_' (``{model.parametrisation: plusplus}`` -> 'plusplus')."""
+    if "name" in variant:
+        name = str(variant["name"])
+    else:
+        name = "_".join(str(v) for k, v in variant.items()) or "default"
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", name)
+    return name
+
+
+def _apply_variant(cfg: RunConfig, variant: dict) -> RunConfig:
+    raw = cfg.to_dict()
+    raw["variants"] = []
+    pairs = [(k, v) for k, v in variant.items() if k != "name"]
+    try:
+        return config_from_dict(apply_overrides(raw, pairs))
+    except ConfigError as e:
+        raise ConfigError(f"variant {variant_name(variant)!r}: {e}") from None
+
+
+def variant_configs(cfg: RunConfig, variants: list[dict] | None = None) -> dict[str, RunConfig]:
+    """``{name: config}`` for each variant of ``cfg`` (its own ``variants`` list unless given)."""
+    variants = cfg.variants if variants is None else _check_variants(variants)
+    return {variant_name(v): _apply_variant(cfg, v) for v in variants}
+
+
+def without_variants(cfg: RunConfig) -> RunConfig:
+    return replace(cfg, variants=[])
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
