@@ -1,0 +1,109 @@
+"""``mtpp compare EXPERIMENT.yaml --out DIR``: run an experiment grid, then write the summary tables and plots.
+
+The experiment file format is documented in :mod:`mtpp.experiments` (and at the top of
+``configs/experiments/smoke.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  mtpp compare configs/experiments/smoke.yaml --out runs/smoke
+  mtpp compare configs/experiments/paper_table1.yaml --out runs/table1 --jobs 4 --only 'mooc/*' --dry-run
+  mtpp compare configs/experiments/smoke.yaml --out /tmp/s --set train.max_epochs=1 --set grid.splits=[0]
+
+--set section.key=value applies to every cell (after the experiment's per-model overrides);
+--set grid.AXIS=[...] replaces an axis of the grid (datasets, models, parametrisations, aggregators, splits, seeds).
+Rerunning the same command skips finished cells and resumes interrupted ones."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="run an experiment grid (datasets x models x parametrisations x ...) and summarise it",
+        description="Run every cell of an experiment grid (one run directory each), skipping finished cells, "
+        "then write summary.csv, summary.md and the plots.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("experiment", type=Path, help="experiment YAML (base + grid + exclude)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: one run directory per cell + summaries")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="cells trained in parallel processes (default 1)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override for every cell (section.key=value) or a grid axis (grid.splits=[0]); repeatable",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the cells (and whether they are done) and exit")
+    p.add_argument(
+        "--only", action="append", default=[], metavar="PATTERN",
+        help="run only cells whose name matches this glob (e.g. 'mooc/lnm-*'); repeatable",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over cells")
+    p.add_argument("--verbose-runs", action="store_true", help="keep each run's own progress output (jobs=1)")
+    p.add_argument("--no-report", action="store_true", help="do not write summary tables and plots")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtpp import experiments as ex
+    from mtpp.errors import ConfigError
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    exp = ex.load_experiment(args.experiment, args.overrides)
+    _, run_overrides = ex.split_overrides(args.overrides)
+    cells = ex.select(ex.expand(exp), args.only)
+    if not cells:
+        raise ConfigError(f"no cell of {args.experiment} matches --only {' '.join(args.only)}")
+    ex.resolve_all(cells, run_overrides)  # every cell must be a valid run config before anything trains
+    if args.dry_run:
+        _print_cells(cells, args.out)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    ex.write_cells(args.out, exp, cells, args.overrides)
+    print(f"{exp.name}: {len(cells)} cells -> {args.out} (jobs={args.jobs})", file=sys.stderr)
+    results = ex.run_grid(
+        cells, args.out, jobs=args.jobs, overrides=run_overrides,
+        progress=not args.no_progress, quiet_runs=not args.verbose_runs,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    counts = ex.results_summary(results)
+    print(
+        f"cells: {counts['done']} trained, {counts['skipped']} skipped (already complete), {counts['failed']} failed",
+        file=sys.stderr,
+    )
+    if not args.no_report:
+        write_reports(args.out)
+    if counts["failed"]:
+        print(f"failed cells are listed in {args.out / ex.FAILURES_FILE}:", file=sys.stderr)
+        for r in results:
+            if r.status == "failed":
+                print(f"  {r.name}: {r.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_cells(cells: list, out: Path) -> None:
+    from mtpp.experiments import cell_state
+
+    for c in cells:
+        state = cell_state(out / c.name)
+        print(f"{state:<6} {c.name}")
+    print(f"{len(cells)} cells", file=sys.stderr)
+
+
+def write_reports(out: Path) -> None:
+    """summary.csv / summary.md and the plots of every finished run under ``out``."""
+    from mtpp.evaluation import plots, report
+
+    df = report.collect_runs(out)
+    if len(df) == 0:
+        print("no finished run to summarise", file=sys.stderr)
+        return
+    report.write_summary(df, out)
+    plots.make_all_plots(out, out / "plots")
+    print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", file=sys.stderr)

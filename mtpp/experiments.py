@@ -1,0 +1,576 @@
+"""Experiment grids: one YAML file -> many fully resolved run configurations ("cells"), and the runner
+behind ``mtpp compare``.
+
+Experiment file format
+----------------------
+::
+
+    name: smoke                   # optional, free text
+    base:                         # a partial run config: sections data / model / train / gradients / logging
+      model: {encoder: gru, hidden_size: 16}
+      train: {max_epochs: 5, batch_size: 32}
+    grid:                         # every axis is optional (default: the single value the base config gives)
+      datasets:                   # catalog names or paths, or {name: LABEL, path: P, overrides: {...}}
+        - synthetic_hawkes
+        - {name: lastfm, overrides: {train: {batch_size: 4}}}
+      models:                     # model-section keys, a label `name`, optional per-model `overrides`
+        - {name: thp, decoder: thp}
+        - {name: lnm, decoder: lnm, hidden_size: 32, overrides: {train: {lr: 3.0e-3}}}
+      parametrisations: [base, plus, plusplus]
+      aggregators:                # names, or {name: pcgrad, label: LABEL, options: {...}}
+        - sum
+        - {name: cograd, options: {gamma: 0.1}}
+      splits: [0, 1]
+      seeds: [0]
+    exclude:                      # optional; a cell is dropped when it matches every key of one rule
+      - {parametrisation: plusplus, aggregator: [cograd]}
+
+Expansion is the cartesian product datasets x models x parametrisations x aggregators x splits x seeds, minus
+the excluded cells. Each cell's configuration is built, later layers winning:
+
+    run-config defaults < base < dataset ``overrides`` < model keys and model ``overrides``
+    < the cell's axis values (data.name, data.split, train.seed, model.parametrisation, gradients.aggregator
+    and gradients.options) < ``--set`` overrides of the command line
+
+and validated with :func:`mtpp.config.config_from_dict`, so an unknown key anywhere is a ``ConfigError``
+naming it. Rule keys of ``exclude`` are the axis names ``dataset``, ``model``, ``parametrisation``,
+``aggregator``, ``split``, ``seed`` (a value or a list of values; labels for datasets, models and aggregators).
+
+Each cell has a stable, readable run-directory name ``DATASET/MODEL-PARAMETRISATION-AGGREGATOR/splitS-seedN``
+(e.g. ``mooc/lnm-plus-sum/split0-seed0``); names are checked to be unique. Beside the trainer's files each run
+directory holds ``cell.json`` (the cell's axis labels), which the reports use to group runs.
+
+Running (``run_grid``): a cell whose run directory has a complete ``metrics.json`` is skipped, one with a
+``checkpoint.pt`` but no metrics resumes, every other cell trains from scratch; ``jobs > 1`` runs cells in
+spawned processes with ``max(1, cores // jobs)`` torch threads each. A failing cell is recorded in
+``OUT/failures.json`` and the others continue.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import json
+import os
+import re
+import time
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import yaml
+
+from mtpp.errors import ConfigError
+
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "exclude")
+GRID_KEYS = ("datasets", "models", "parametrisations", "aggregators", "splits", "seeds")
+AXES = ("dataset", "model", "parametrisation", "aggregator", "split", "seed")
+DATASET_KEYS = ("name", "path", "overrides")
+MODEL_META_KEYS = ("name", "overrides")
+AGGREGATOR_KEYS = ("name", "label", "options")
+RUN_SECTIONS = ("data", "model", "train", "gradients", "logging")
+
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+CELL_FILE = "cell.json"
+FAILURES_FILE = "failures.json"
+
+
+# --------------------------------------------------------------------------------------------- data types
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: its axis labels, its run-directory name and its (unvalidated) run-config dict."""
+
+    name: str  # run directory relative to the experiment's output folder
+    dataset: str
+    model: str
+    parametrisation: str
+    aggregator: str
+    split: int
+    seed: int
+    config: dict = field(compare=False, hash=False, repr=False)
+
+    def labels(self) -> dict[str, Any]:
+        return {axis: getattr(self, axis) for axis in AXES}
+
+
+@dataclass
+class Experiment:
+    """A parsed experiment file (``base`` / ``grid`` / ``exclude`` already checked for unknown keys)."""
+
+    name: str
+    base: dict
+    grid: dict
+    exclude: list[dict]
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "base": self.base, "grid": self.grid, "exclude": self.exclude}
+
+
+@dataclass
+class CellResult:
+    name: str
+    status: str  # done | skipped | failed
+    seconds: float = 0.0
+    error: str | None = None
+    traceback: str | None = None
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Read an experiment YAML; ``grid.AXIS=[...]`` overrides replace an axis (others go to the cells)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"experiment file {str(p)!r} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+    exp = experiment_from_dict(raw, source=str(p))
+    grid_overrides, _ = split_overrides(overrides)
+    for key, value in grid_overrides:
+        axis = key.split(".", 1)[1]
+        _check_keys({axis: None}, GRID_KEYS, "grid")
+        exp.grid[axis] = value
+    return exp
+
+
+def experiment_from_dict(raw: Any, source: str | None = None) -> Experiment:
+    where = source or "experiment"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: an experiment must be a mapping with 'base' and 'grid'")
+    _check_keys(raw, TOP_LEVEL_KEYS, "experiment")
+    base = raw.get("base") or {}
+    grid = raw.get("grid") or {}
+    exclude = raw.get("exclude") or []
+    if not isinstance(base, dict):
+        raise ConfigError("base: expected a mapping of run-config sections")
+    _check_keys(base, RUN_SECTIONS, "base")
+    if not isinstance(grid, dict):
+        raise ConfigError("grid: expected a mapping of axes to lists")
+    _check_keys(grid, GRID_KEYS, "grid")
+    if not isinstance(exclude, list) or not all(isinstance(r, dict) for r in exclude):
+        raise ConfigError("exclude: expected a list of mappings like {parametrisation: plusplus}")
+    for rule in exclude:
+        _check_keys(rule, AXES, "exclude rule")
+    name = str(raw.get("name") or (Path(source).stem if source else "experiment"))
+    return Experiment(name=name, base=base, grid=grid, exclude=exclude, source=source)
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """``--set`` items -> (``grid.*`` overrides parsed, run-config overrides kept as text)."""
+    from mtpp.config import parse_override
+
+    grid: list[tuple[str, Any]] = []
+    run: list[str] = []
+    for item in overrides:
+        key, value = parse_override(item)
+        if key.startswith("grid."):
+            grid.append((key, value))
+        else:
+            run.append(item)
+    return grid, run
+
+
+def _check_keys(mapping: dict, valid: Iterable[str], where: str) -> None:
+    valid = tuple(valid)
+    for key in mapping:
+        if key not in valid:
+            raise ConfigError(f"unknown key {key!r} in {where}; valid: {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------------------------- expansion
+
+
+def _label(text: Any) -> str:
+    """A file-system-safe label: letters, digits, '_', '.', '+' kept, anything else becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9_.+]+", "_", str(text)).strip("_") or "x"
+
+
+def _as_list(value: Any, axis: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return [value]
+    if not value:
+        raise ConfigError(f"grid.{axis}: empty list (leave the axis out to use the base value)")
+    return value
+
+
+def _deep_merge(into: dict, update: dict) -> dict:
+    out = copy.deepcopy(into)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_overrides(overrides: Any, where: str) -> dict:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}.overrides: expected a mapping of run-config sections")
+    _check_keys(overrides, RUN_SECTIONS, f"{where}.overrides")
+    return overrides
+
+
+def _datasets(exp: Experiment) -> list[tuple[str, str, dict]]:
+    """(label, name or path for data.name, overrides) per dataset entry."""
+    entries = _as_list(exp.grid.get("datasets"), "datasets")
+    if not entries:
+        entries = [exp.base.get("data", {}).get("name", "synthetic_hawkes")]
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"grid.datasets[{i}]"
+        if isinstance(entry, dict):
+            _check_keys(entry, DATASET_KEYS, where)
+            if "name" not in entry and "path" not in entry:
+                raise ConfigError(f"{where}: needs a 'name' or a 'path'")
+            target = str(entry.get("path") or entry["name"])
+            label = _label(entry.get("name") or Path(target).name)
+            out.append((label, target, _check_overrides(entry.get("overrides"), where)))
+        elif isinstance(entry, str):
+            out.append((_label(Path(entry).name if ("/" in entry or os.sep in entry) else entry), entry, {}))
+        else:
+            raise ConfigError(f"{where}: expected a name, a path or a mapping, got {entry!r}")
+    return out
+
+
+def _models(exp: Experiment) -> list[tuple[str, dict]]:
+    """(label, run-config fragment) per model entry."""
+    entries = _as_list(exp.grid.get("models"), "models")
+    if not entries:
+        entries = [{}]
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"grid.models[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry, "decoder": entry}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping like {{name: lnm, decoder: lnm}}, got {entry!r}")
+        if "parametrisation" in entry:
+            raise ConfigError(f"{where}: 'parametrisation' belongs to grid.parametrisations (use exclude rules)")
+        model_keys = {k: v for k, v in entry.items() if k not in MODEL_META_KEYS}
+        fragment = _deep_merge(_check_overrides(entry.get("overrides"), where), {"model": model_keys})
+        default = model_keys.get("decoder") or exp.base.get("model", {}).get("decoder") or "model"
+        out.append((_label(entry.get("name", default)), fragment))
+    return out
+
+
+def _aggregators(exp: Experiment) -> list[tuple[str, str, dict]]:
+    """(label, aggregator name, options) per aggregator entry."""
+    entries = _as_list(exp.grid.get("aggregators"), "aggregators")
+    if not entries:
+        grads = exp.base.get("gradients", {})
+        return [(_label(grads.get("aggregator", "sum")), grads.get("aggregator", "sum"), grads.get("options", {}))]
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"grid.aggregators[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{where}: expected a name or a mapping like {{name: pcgrad, options: {{...}}}}")
+        _check_keys(entry, AGGREGATOR_KEYS, where)
+        options = entry.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where}.options: expected a mapping of aggregator options")
+        out.append((_label(entry.get("label", entry["name"])), str(entry["name"]), options))
+    return out
+
+
+def _ints(exp: Experiment, axis: str, section: str, key: str) -> list[int]:
+    values = _as_list(exp.grid.get(axis), axis) or [exp.base.get(section, {}).get(key, 0)]
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"grid.{axis}: expected non-negative integers, got {v!r}")
+    return values
+
+
+def _parametrisations(exp: Experiment) -> list[str]:
+    values = _as_list(exp.grid.get("parametrisations"), "parametrisations")
+    values = values or [exp.base.get("model", {}).get("parametrisation", "base")]
+    from mtpp.models.config import PARAMETRISATIONS
+
+    for v in values:
+        if v not in PARAMETRISATIONS:
+            raise ConfigError(f"grid.parametrisations: invalid value {v!r}; valid: {', '.join(PARAMETRISATIONS)}")
+    return [str(v) for v in values]
+
+
+def _excluded(labels: dict[str, Any], rules: list[dict]) -> bool:
+    for rule in rules:
+        if all(_matches(labels[axis], wanted) for axis, wanted in rule.items()):
+            return True
+    return False
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    wanted = wanted if isinstance(wanted, list) else [wanted]
+    return any(str(value) == str(w) or fnmatch.fnmatchcase(str(value), str(w)) for w in wanted)
+
+
+def cell_name(dataset: str, model: str, parametrisation: str, aggregator: str, split: int, seed: int) -> str:
+    return f"{dataset}/{model}-{parametrisation}-{aggregator}/split{split}-seed{seed}"
+
+
+def expand(exp: Experiment) -> list[Cell]:
+    """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds)."""
+    axes = (
+        _datasets(exp),
+        _models(exp),
+        _parametrisations(exp),
+        _aggregators(exp),
+        _ints(exp, "splits", "data", "split"),
+        _ints(exp, "seeds", "train", "seed"),
+    )
+    cells = []
+    for (dlabel, dtarget, doverrides), (mlabel, mfragment), param, (alabel, aname, aoptions), split, seed in (
+        itertools.product(*axes)
+    ):
+        labels = dict(dataset=dlabel, model=mlabel, parametrisation=param, aggregator=alabel, split=split, seed=seed)
+        if _excluded(labels, exp.exclude):
+            continue
+        axis_values = {
+            "data": {"name": dtarget, "split": split},
+            "train": {"seed": seed},
+            "model": {"parametrisation": param},
+            "gradients": {"aggregator": aname, "options": aoptions},
+        }
+        config = _deep_merge(_deep_merge(_deep_merge(exp.base, doverrides), mfragment), axis_values)
+        cells.append(Cell(name=cell_name(**labels), config=config, **labels))
+    _check_unique(cells)
+    return cells
+
+
+def _check_unique(cells: list[Cell]) -> None:
+    seen: set[str] = set()
+    dupes = sorted({c.name for c in cells if c.name in seen or seen.add(c.name)})  # type: ignore[func-returns-value]
+    if dupes:
+        raise ConfigError(
+            f"two grid entries give the same run directory ({', '.join(dupes[:3])}); give models, datasets or "
+            "aggregators distinct 'name' / 'label' values"
+        )
+
+
+def select(cells: list[Cell], patterns: Sequence[str] | None) -> list[Cell]:
+    """Cells whose name matches any glob pattern (``mooc/lnm-*``); a pattern without wildcards is a substring."""
+    if not patterns:
+        return cells
+    globs = [p if any(c in p for c in "*?[") else f"*{p}*" for p in patterns]
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, g) for g in globs)]
+
+
+def resolve(cell: Cell, overrides: Sequence[str] = ()):
+    """The cell's validated ``RunConfig`` (``--set`` overrides applied last); errors name the cell."""
+    from mtpp.config import apply_overrides, config_from_dict
+
+    try:
+        return config_from_dict(apply_overrides(cell.config, list(overrides)))
+    except ConfigError as e:
+        raise ConfigError(f"cell {cell.name}: {e}") from None
+
+
+def resolve_all(cells: list[Cell], overrides: Sequence[str] = ()) -> list:
+    """Validate every cell up front, so a typo fails before hours of training, not after."""
+    return [resolve(c, overrides) for c in cells]
+
+
+# --------------------------------------------------------------------------------------------- run state
+
+
+def is_complete(run_dir: Path) -> bool:
+    """True when ``metrics.json`` exists, parses, and holds the test evaluation."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and isinstance(metrics.get("test"), dict) and bool(metrics["test"])
+
+
+def is_resumable(run_dir: Path) -> bool:
+    return (Path(run_dir) / CHECKPOINT_FILE).is_file()
+
+
+def cell_state(run_dir: Path) -> str:
+    """``done`` (skip), ``resume`` (checkpoint, no metrics) or ``new``."""
+    if is_complete(run_dir):
+        return "done"
+    return "resume" if is_resumable(run_dir) else "new"
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_job(jobs: int, cores: int | None = None) -> int:
+    return max(1, (cores or available_cores()) // max(1, jobs))
+
+
+def _quiet_overrides(overrides: Sequence[str], quiet: bool) -> list[str]:
+    extra = ["logging.progress=false", "logging.quiet=true"] if quiet else []
+    return [*extra, *overrides]
+
+
+def run_cell(
+    name: str, config: dict, overrides: Sequence[str], run_dir: str, threads: int, labels: dict
+) -> CellResult:
+    """Train one cell (in this or a worker process); never raises for a failing run, returns its error."""
+    import torch
+
+    from mtpp.config import apply_overrides, config_from_dict
+    from mtpp.training import trainer
+
+    start = time.perf_counter()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cfg = config_from_dict(apply_overrides(config, list(overrides)))
+        out = Path(run_dir)
+        resume = cell_state(out) == "resume"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CELL_FILE).write_text(json.dumps({"name": name, **labels}, indent=2) + "\n")
+        trainer.fit(cfg, out, resume=resume)
+        if not is_complete(out):
+            raise RuntimeError(f"training finished but {out / METRICS_FILE} is missing or has no test metrics")
+        return CellResult(name, "done", time.perf_counter() - start)
+    except Exception as e:  # a failing cell must not stop the grid
+        message = f"{type(e).__name__}: {e}"
+        return CellResult(name, "failed", time.perf_counter() - start, message, traceback.format_exc())
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_grid(
+    cells: list[Cell],
+    out_dir: str | Path,
+    jobs: int = 1,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    quiet_runs: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[CellResult]:
+    """Run every cell not yet complete; record failures in ``out_dir/failures.json``; return one result per cell.
+
+    ``jobs == 1`` trains in this process; ``jobs > 1`` uses a spawn-context process pool, each worker with
+    ``max(1, cores // jobs)`` torch threads. ``quiet_runs`` turns the trainer's own progress bar and summary
+    off (always with ``jobs > 1``); ``overrides`` may turn them back on.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = [CellResult(c.name, "skipped") for c in cells if is_complete(out / c.name)]
+    pending = [c for c in cells if not is_complete(out / c.name)]
+    if results:
+        log(f"{len(results)} of {len(cells)} cells already complete: skipped")
+    jobs = max(1, min(jobs, len(pending) or 1))
+    threads = threads_per_job(jobs)
+    cell_overrides = _quiet_overrides(overrides, quiet=quiet_runs or jobs > 1)
+    bar = _progress_bar(len(pending), enabled=progress)
+    try:
+        if jobs == 1:
+            for c in pending:
+                results.append(_tick(bar, run_cell(*_payload(c, out, cell_overrides, threads))))
+        else:
+            results.extend(_run_parallel(pending, out, cell_overrides, jobs, threads, bar))
+    finally:
+        bar.close()
+    write_failures(out, [r for r in results if r.status == "failed"])
+    return results
+
+
+def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int) -> tuple:
+    return cell.name, cell.config, list(overrides), str(out / cell.name), threads, cell.labels()
+
+
+def _run_parallel(
+    pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any
+) -> list[CellResult]:
+    import multiprocessing
+
+    results = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures: dict[Future, Cell] = {
+            pool.submit(run_cell, *_payload(c, out, overrides, threads)): c for c in pending
+        }
+        from concurrent.futures import as_completed
+
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as e:  # the worker process died (out of memory, killed, ...)
+                result = CellResult(futures[future].name, "failed", 0.0, f"{type(e).__name__}: {e}")
+            results.append(_tick(bar, result))
+    return results
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+
+    def set_postfix_str(self, s: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True)
+    bar.failed = 0  # type: ignore[attr-defined]
+    return bar
+
+
+def _tick(bar: Any, result: CellResult) -> CellResult:
+    if result.status == "failed":
+        bar.failed = getattr(bar, "failed", 0) + 1
+        bar.set_postfix_str(f"failed={bar.failed} last={result.name}")
+    else:
+        bar.set_postfix_str(f"last={result.name}")
+    bar.update(1)
+    return result
+
+
+def write_failures(out: Path, failed: list[CellResult]) -> Path | None:
+    """``out/failures.json`` listing the failed cells; a stale file from an earlier attempt is removed."""
+    path = Path(out) / FAILURES_FILE
+    if not failed:
+        path.unlink(missing_ok=True)
+        return None
+    rows = [{"cell": r.name, "error": r.error, "traceback": r.traceback} for r in failed]
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    return path
+
+
+def write_cells(out: Path, exp: Experiment, cells: list[Cell], overrides: Sequence[str]) -> None:
+    """``out/experiment.yaml``: the experiment as run (with the command line's overrides) for provenance."""
+    record = {**exp.to_dict(), "source": exp.source, "overrides": list(overrides), "cells": [c.name for c in cells]}
+    (Path(out) / "experiment.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+
+
+def results_summary(results: list[CellResult]) -> dict[str, int]:
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for r in results:
+        counts[r.status] += 1
+    return counts
+
+
+def result_dicts(results: list[CellResult]) -> list[dict]:
+    return [asdict(r) for r in results]
