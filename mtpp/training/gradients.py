@@ -1,0 +1,299 @@
+"""Per-task gradients, the time/mark gradient-conflict diagnostics, and the training step's gradient path.
+
+DESIGN §4. ``L = L_T + L_M``; on the parameters shared by both tasks the per-task gradients ``g_T``, ``g_M`` may
+conflict (``cos phi_TM < 0``). ``backward_step`` writes into ``.grad``:
+
+- task-specific parameters: their exact gradient ``g_T + g_M`` (only one of the two is non-zero for them);
+- shared parameters: the aggregator's combination of ``[g_T_shared, g_M_shared]`` (``sum`` gives ``g_T + g_M``);
+
+and returns the diagnostics as 0-dim tensors on the device (no host sync; ``StatsBuffer`` moves them to the host
+in one transfer at logging boundaries):
+
+- ``cos_tm``: cosine of ``g_T`` and ``g_M`` over all shared parameters flattened and concatenated;
+- ``cos_tm/encoder``, ``cos_tm/decoder``: the same per group of ``model.shared_parameters()``;
+- ``gms = 2 |g_T| |g_M| / (|g_T|^2 + |g_M|^2)`` (gradient magnitude similarity, 1 = equal norms);
+- ``norm_time``, ``norm_mark``: ``|g_T|``, ``|g_M|`` over the shared parameters;
+- optionally ``cos_tm/<group>/<i>``: per shared tensor (``per_tensor=True``).
+
+Undefined values (no shared parameter in that group, or a zero gradient) are NaN on the device and ``None`` (JSON
+null) after ``StatsBuffer.flush`` -- never 0. No thresholding of small entries: every element counts.
+
+The statistics are of the gradients of the losses as passed: if the trainer passes AMP-scaled losses, the norms are
+scaled too (cosines and GMS are scale-free).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from mtpp.training.aggregators import Aggregator, unflatten
+
+Reduce = Callable[[Tensor], Tensor]
+"""A function applied to a flat ``[P]`` per-task gradient vector (e.g. a DDP all-reduce mean) returning ``[P]``."""
+
+GROUPS: tuple[str, ...] = ("encoder", "decoder")
+STAT_KEYS: tuple[str, ...] = ("cos_tm", "cos_tm/encoder", "cos_tm/decoder", "gms", "norm_time", "norm_mark")
+COS_KEYS: tuple[str, ...] = ("cos_tm", "cos_tm/encoder", "cos_tm/decoder")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-task gradients
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def task_gradients(
+    loss_time: Tensor, loss_mark: Tensor, params: Sequence[Tensor]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``(g_T, g_M)``: gradients of the scalar losses w.r.t. ``params`` (two ``autograd.grad`` calls).
+
+    The graph is retained after the first call only. A parameter a loss does not reach gets zeros.
+    Returns two lists of tensors shaped like ``params``.
+    """
+    params = list(params)
+    if not params:
+        return [], []
+    g_T = torch.autograd.grad(loss_time, params, retain_graph=True, allow_unused=True)
+    g_M = torch.autograd.grad(loss_mark, params, allow_unused=True)
+    return _fill(g_T, params), _fill(g_M, params)
+
+
+def _fill(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> list[Tensor]:
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics (on device)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _nan(device: torch.device | None, dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.full((), math.nan, device=device, dtype=dtype)
+
+
+def cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine of two flat vectors as a 0-dim tensor; NaN when either is zero or empty (undefined, never 0)."""
+    if a.numel() == 0:
+        return _nan(a.device, a.dtype if a.is_floating_point() else torch.float32)
+    den = torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)
+    return torch.where(den > 0, torch.dot(a, b) / den, torch.full_like(den, math.nan))
+
+
+def conflict_stats(
+    g_T: Mapping[str, Sequence[Tensor]],
+    g_M: Mapping[str, Sequence[Tensor]],
+    per_tensor: bool = False,
+    device: torch.device | None = None,
+) -> dict[str, Tensor]:
+    """Diagnostics from per-group per-task gradients (``{"encoder": [...], "decoder": [...]}`` each).
+
+    Returns the ``STAT_KEYS`` (and per-tensor cosines when asked) as 0-dim tensors on the device; NaN where
+    undefined (empty group, zero gradient). Norms and GMS are NaN when there is no shared parameter at all.
+    """
+    groups = list(dict.fromkeys([*GROUPS, *g_T.keys()]))
+    flat_T = {k: _cat(g_T.get(k, [])) for k in groups}
+    flat_M = {k: _cat(g_M.get(k, [])) for k in groups}
+    if device is None:
+        nonempty = [v for v in flat_T.values() if v.numel()]
+        device = nonempty[0].device if nonempty else None
+    all_T = [v for k in groups for v in g_T.get(k, [])]
+    all_M = [v for k in groups for v in g_M.get(k, [])]
+    fT, fM = _cat(all_T), _cat(all_M)
+    out: dict[str, Tensor] = {}
+    if fT.numel() == 0:
+        for key in STAT_KEYS:
+            out[key] = _nan(device)
+        return out
+    out["cos_tm"] = cosine(fT, fM)
+    for k in groups:
+        out[f"cos_tm/{k}"] = cosine(flat_T[k], flat_M[k]) if flat_T[k].numel() else _nan(device, fT.dtype)
+    nT, nM = torch.linalg.vector_norm(fT), torch.linalg.vector_norm(fM)
+    out["gms"] = 2 * nT * nM / (nT.square() + nM.square())  # 0/0 = NaN when both are zero
+    out["norm_time"], out["norm_mark"] = nT, nM
+    if per_tensor:
+        for k in groups:
+            for i, (a, b) in enumerate(zip(g_T.get(k, []), g_M.get(k, []))):
+                out[f"cos_tm/{k}/{i}"] = cosine(a.reshape(-1), b.reshape(-1))
+    return out
+
+
+def _cat(ts: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in ts]) if len(ts) else torch.zeros(0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training step's gradient path
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _unique_trainable(params: Iterable[Tensor], seen: set[int]) -> list[Tensor]:
+    out = []
+    for p in params:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _accumulate(p: Tensor, g: Tensor) -> None:
+    """Add ``g`` into ``p.grad`` the way ``.backward()`` does (so gradient accumulation keeps working)."""
+    g = g.detach()
+    if p.grad is None:
+        p.grad = g
+    else:
+        p.grad.add_(g)
+
+
+def backward_step(
+    loss_time: Tensor,
+    loss_mark: Tensor,
+    shared: Mapping[str, Sequence[Tensor]],
+    other_params: Iterable[Tensor],
+    aggregator: Aggregator,
+    want_stats: bool,
+    reduce: Reduce | None = None,
+    per_tensor: bool = False,
+) -> dict[str, Tensor]:
+    """Back-propagate ``L_T`` and ``L_M`` and write ``.grad`` (accumulating, like ``.backward()``).
+
+    Args:
+        loss_time, loss_mark: scalar losses ``L_T``, ``L_M`` (e.g. batch means of ``time_nll [B]``, ``mark_nll [B]``).
+        shared: ``model.shared_parameters()``: ``{"encoder": [...], "decoder": [...]}`` (both empty for ``++``).
+        other_params: every other trainable parameter (task-specific); shared ones in it are ignored.
+        aggregator: from ``make_aggregator``; combines ``[g_T_shared, g_M_shared]``.
+        want_stats: compute the diagnostics this step (at logging steps; otherwise ``{}`` is returned).
+        reduce: applied to each task's flat gradient vector over ALL trainable parameters before statistics and
+            aggregation. Under DDP pass an all-reduce mean and run this step's forward under ``model.no_sync()``:
+            ``autograd.grad`` does not fire DDP's gradient hooks, so ``reduce`` is what synchronises the replicas.
+            Consequently, under DDP, ``cos_tm`` is computed on the all-reduced (global-batch) per-task gradients.
+        per_tensor: also return ``cos_tm/<group>/<i>`` per shared tensor.
+
+    Cost: with nothing shared, or the ``sum`` aggregator on a step without statistics, one ordinary
+    ``(L_T + L_M).backward()`` (plus the DDP-style ``reduce`` on ``.grad`` if given). Otherwise two
+    ``autograd.grad`` calls over all trainable parameters: one extra backward through the shared part compared with
+    a plain step, and each task-specific parameter still gets its exact own gradient.
+
+    Returns:
+        ``{}`` when ``want_stats`` is false, else the ``STAT_KEYS`` (see module doc) as 0-dim device tensors.
+    """
+    seen: set[int] = set()
+    groups = {k: _unique_trainable(v, seen) for k, v in shared.items()}
+    shared_list = [p for ps in groups.values() for p in ps]
+    others = _unique_trainable(other_params, seen)
+    device = loss_time.device
+
+    if not shared_list or (aggregator.is_plain_sum and not want_stats):
+        (loss_time + loss_mark).backward()
+        if reduce is not None:
+            _reduce_grads(shared_list + others, reduce)
+        if not want_stats:
+            return {}
+        return conflict_stats({k: [] for k in groups}, {k: [] for k in groups}, per_tensor, device)
+
+    params = shared_list + others
+    raw_T = torch.autograd.grad(loss_time, params, retain_graph=True, allow_unused=True)
+    raw_M = torch.autograd.grad(loss_mark, params, allow_unused=True)
+    # a parameter neither loss reaches keeps ``.grad`` untouched (as ``.backward()`` would leave it None)
+    reached = [a is not None or b is not None for a, b in zip(raw_T, raw_M)]
+    g_T, g_M = _fill(raw_T, params), _fill(raw_M, params)
+    if reduce is not None:
+        reached = [True] * len(params)  # another replica may have reached it
+        g_T = unflatten(reduce(_cat(g_T)), params)
+        g_M = unflatten(reduce(_cat(g_M)), params)
+
+    n_shared = len(shared_list)
+    sT, sM = g_T[:n_shared], g_M[:n_shared]
+    stats: dict[str, Tensor] = {}
+    if want_stats:
+        by_T, by_M, i = {}, {}, 0
+        for k, ps in groups.items():
+            by_T[k], by_M[k] = sT[i : i + len(ps)], sM[i : i + len(ps)]
+            i += len(ps)
+        stats = conflict_stats(by_T, by_M, per_tensor, device)
+
+    combined = aggregator([sT, sM])
+    for p, g, r in zip(shared_list, combined, reached):
+        if r:
+            _accumulate(p, g)
+    for p, a, b, r in zip(others, g_T[n_shared:], g_M[n_shared:], reached[n_shared:]):
+        if r:
+            _accumulate(p, a + b)
+    return stats
+
+
+def _reduce_grads(params: Sequence[Tensor], reduce: Reduce) -> None:
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    flat = reduce(_cat([p.grad for p in with_grad]))
+    for p, g in zip(with_grad, unflatten(flat, [p.grad for p in with_grad])):
+        p.grad.copy_(g)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side: buffering and conflict rate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class StatsBuffer:
+    """Accumulates per-step stats dicts on the device; ``flush`` moves them to the host in one transfer.
+
+    ``append(stats, **meta)`` stacks the dict's 0-dim tensors into one ``[K]`` device tensor (no sync); ``meta``
+    holds plain Python values (``step=...``, ``epoch=...``) merged into the flushed record. ``flush()`` concatenates
+    everything, calls ``.cpu().tolist()`` once, and returns one ``dict[str, float | None]`` per appended step, NaN
+    (undefined) becoming ``None``. Values are transferred as float32.
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[tuple[str, ...], Tensor, dict[str, Any]]] = []
+
+    def append(self, stats: Mapping[str, Tensor], **meta: Any) -> None:
+        """Record one step's stats (0-dim tensors or Python numbers)."""
+        keys = tuple(stats)
+        if keys:
+            vals = torch.stack([torch.as_tensor(v).detach().reshape(()).float() for v in stats.values()])
+        else:
+            vals = torch.zeros(0)
+        self._rows.append((keys, vals, dict(meta)))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def flush(self) -> list[dict[str, Any]]:
+        """All recorded steps as host dicts (NaN -> None), in order; empties the buffer."""
+        if not self._rows:
+            return []
+        rows, self._rows = self._rows, []
+        devices = {r[1].device for r in rows if r[1].numel()}
+        dev = next(iter(devices)) if len(devices) == 1 else torch.device("cpu")
+        flat = torch.cat([r[1].to(dev) for r in rows]).cpu().tolist()
+        out, i = [], 0
+        for keys, _, meta in rows:
+            rec: dict[str, Any] = dict(meta)
+            for k in keys:
+                v = flat[i]
+                rec[k] = None if math.isnan(v) else v
+                i += 1
+            out.append(rec)
+        return out
+
+
+def conflict_rate(values: Iterable[float | None]) -> float | None:
+    """Share of logged steps with ``cos < 0`` among those where it is defined; ``None`` if none is defined."""
+    defined = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not defined:
+        return None
+    return sum(v < 0 for v in defined) / len(defined)
+
+
+def conflict_rates(records: Iterable[Mapping[str, Any]], keys: Sequence[str] = COS_KEYS) -> dict[str, float | None]:
+    """``conflict_rate`` per cosine key over flushed records: ``{"conflict_rate": ..., "conflict_rate/encoder": ...}``."""
+    records = list(records)
+    out: dict[str, float | None] = {}
+    for k in keys:
+        name = "conflict_rate" + k[len("cos_tm") :]
+        out[name] = conflict_rate(r.get(k) for r in records)
+    return out
