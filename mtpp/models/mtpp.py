@@ -1,0 +1,313 @@
+"""MarkedTPP: history encoder(s) + decoders composed by ``cfg.parametrisation``; likelihood, scores, prediction.
+
+Parametrisations (Bosser & Ben Taieb, TMLR 2024), for any encoder x decoder pair:
+
+- ``base``: one encoder. If the decoder has a joint form (``cfg.decoder in JOINT_DECODERS``: thp, sahp, fnn), one
+  joint decoder gives the ground process *and* the marks ``p(k | tau, H) = lambda_k(tau) / lambda(tau)``;
+  otherwise (lnm, rmtpp) a time decoder and the ``p(k | h)`` mark decoder (``"categorical"``) share the encoder.
+- ``plus``: one encoder, disjoint decoders: time decoder (ground process) + ``p(k | tau, h)`` (``"categorical_tau"``).
+- ``plusplus``: a time encoder and a mark encoder (same type, both read times and marks), then the ``plus``
+  decoders. Nothing is shared.
+
+History after the last event. Encoders return ``histories(batch): [B, L + 1, D]`` where position ``i`` is the
+history before event ``i`` and position ``lengths[b]`` the history after the last real event (``H_{n+1}``). The
+per-event terms use positions ``0..L-1``; the survival term and ``sample_next`` gather position ``lengths[b]`` and
+call the time decoder on that single ``[B, 1, D]`` state (a second, tiny decoder call: no extra compensator over
+the whole sequence).
+
+Numerics. The encoders run under whatever autocast the caller set; their output is cast to the dtype of the
+model's parameters (float32, or float64 for a ``model.double()`` with a float64 batch) and every decoder, term and
+sum is computed with autocast disabled. Padded positions and absent windows are evaluated at a safe gap of 1 and
+masked with ``torch.where``, so they contribute exactly 0 and never a NaN gradient. No ``.item()``, no boolean
+indexing, no host sync anywhere in ``nll``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mtpp.data.batch import Batch
+from mtpp.errors import ConfigError
+from mtpp.models.base import NLLOutput, Scores, TimeDistribution
+from mtpp.models.config import FIRST_EVENT, PARAMETRISATIONS, ModelConfig
+from mtpp.models.registry import ENCODERS, JOINT_DECODERS, MARK_DECODERS, TIME_DECODERS
+
+
+@dataclass
+class _Forward:
+    """Internals of one pass: the per-event time distribution, the mark log-probs and the NLL."""
+
+    dist: TimeDistribution  # batch_shape [B, L]
+    mark_log_probs: Tensor  # [B, L, K] at the observed (safe) gaps
+    taus: Tensor  # [B, L] observed gaps, 1 at padding (compute dtype)
+    nll: NLLOutput
+
+
+def _autocast_off(device: torch.device):
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know
+        return nullcontext()
+
+
+def _mean_of(dist: TimeDistribution) -> Tensor | None:
+    """``dist.mean`` (property or method) where the distribution has a closed-form mean, else ``None``."""
+    mean = getattr(type(dist), "mean", None)
+    if mean is None:
+        return None
+    try:
+        m = dist.mean
+        return m() if callable(m) else m
+    except NotImplementedError:
+        return None
+
+
+class MarkedTPP(nn.Module):
+    """A neural marked TPP: ``nll(batch) -> NLLOutput``, ``score(batch) -> Scores``, ``predict``, ``sample_next``.
+
+    Submodules (``None`` where the parametrisation has no such part): ``encoder`` (base, plus) or
+    ``time_encoder`` + ``mark_encoder`` (plusplus); ``joint`` (base with a joint decoder) or ``time_decoder`` +
+    ``mark_decoder``.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_marks: int) -> None:
+        super().__init__()
+        if cfg.parametrisation not in PARAMETRISATIONS:
+            raise ConfigError(
+                f"unknown model.parametrisation {cfg.parametrisation!r}; valid: {', '.join(PARAMETRISATIONS)}"
+            )
+        if cfg.first_event not in FIRST_EVENT:
+            raise ConfigError(f"unknown model.first_event {cfg.first_event!r}; valid: {', '.join(FIRST_EVENT)}")
+        if num_marks < 1:
+            raise ConfigError(f"num_marks must be >= 1, got {num_marks}")
+        self.cfg = cfg
+        self.num_marks = num_marks
+        self.parametrisation = cfg.parametrisation
+
+        self.encoder: nn.Module | None = None
+        self.time_encoder: nn.Module | None = None
+        self.mark_encoder: nn.Module | None = None
+        if cfg.parametrisation == "plusplus":
+            self.time_encoder = ENCODERS.build(cfg.encoder, num_marks, cfg)
+            self.mark_encoder = ENCODERS.build(cfg.encoder, num_marks, cfg)
+        else:
+            self.encoder = ENCODERS.build(cfg.encoder, num_marks, cfg)
+
+        self.joint: nn.Module | None = None
+        self.time_decoder: nn.Module | None = None
+        self.mark_decoder: nn.Module | None = None
+        d_time = self._time_encoder.output_size
+        d_mark = self._mark_encoder.output_size
+        if cfg.parametrisation == "base" and cfg.decoder in JOINT_DECODERS:
+            self.joint = JOINT_DECODERS.build(cfg.decoder, d_time, num_marks, cfg)
+        else:
+            self.time_decoder = TIME_DECODERS.build(cfg.decoder, d_time, cfg)
+            mark_kind = "categorical" if cfg.parametrisation == "base" else "categorical_tau"
+            self.mark_decoder = MARK_DECODERS.build(mark_kind, d_mark, num_marks, cfg)
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def _time_encoder(self) -> nn.Module:
+        return self.time_encoder if self.encoder is None else self.encoder
+
+    @property
+    def _mark_encoder(self) -> nn.Module:
+        return self.mark_encoder if self.encoder is None else self.encoder
+
+    @property
+    def _time_head(self) -> nn.Module:
+        return self.joint if self.joint is not None else self.time_decoder
+
+    def shared_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters reached by both ``L_T`` and ``L_M``, by group.
+
+        base + joint decoder: encoder and joint decoder; base lnm / rmtpp and plus: encoder (decoder group empty);
+        plusplus: both groups empty.
+        """
+        enc = list(self.encoder.parameters()) if self.encoder is not None else []
+        dec = list(self.joint.parameters()) if self.joint is not None else []
+        return {"encoder": enc, "decoder": dec}
+
+    def task_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters reached by one loss only: ``{"time": [...], "mark": [...]}`` (empty for base + joint)."""
+        time: list[nn.Parameter] = []
+        mark: list[nn.Parameter] = []
+        for module, group in (
+            (self.time_encoder, time),
+            (self.time_decoder, time),
+            (self.mark_encoder, mark),
+            (self.mark_decoder, mark),
+        ):
+            if module is not None:
+                group.extend(module.parameters())
+        return {"time": time, "mark": mark}
+
+    def _compute_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # ------------------------------------------------------------------ histories and heads
+
+    def _histories(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``([B, L + 1, D_time], [B, L + 1, D_mark])`` in the compute dtype (the same tensor unless plusplus)."""
+        dtype = self._compute_dtype()
+        h_time = self._time_encoder.histories(batch)
+        h_mark = h_time if self.mark_encoder is None else self.mark_encoder.histories(batch)
+        return h_time.to(dtype), h_mark.to(dtype)
+
+    def _mark_log_probs(self, dist: TimeDistribution, h_mark: Tensor, tau: Tensor) -> Tensor:
+        """``[B, N, K]`` ``log p(k | tau, H)`` for histories ``h_mark: [B, N, D]`` and gaps ``tau: [B, N]``."""
+        if self.joint is not None:
+            return dist.mark_log_probs(tau)
+        return self.mark_decoder(h_mark, tau)
+
+    @staticmethod
+    def _gather_last(h: Tensor, lengths: Tensor) -> Tensor:
+        """``[B, 1, D]``: the history after the last real event (position ``lengths[b]`` of ``[B, L + 1, D]``)."""
+        idx = lengths.clamp(max=h.shape[1] - 1).to(torch.long).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
+        return h.gather(1, idx)
+
+    def _scored(self, batch: Batch) -> Tensor:
+        scored = batch.mask
+        if self.cfg.first_event == "skip":
+            first = torch.arange(batch.mask.shape[1], device=batch.mask.device) == 0
+            scored = scored & ~first
+        return scored
+
+    def _forward(self, batch: Batch) -> _Forward:
+        h_time, h_mark = self._histories(batch)
+        dtype = h_time.dtype
+        L = batch.marks.shape[1]
+        with _autocast_off(h_time.device):
+            taus = torch.where(batch.mask, batch.taus.to(dtype), torch.ones((), dtype=dtype, device=h_time.device))
+            head = self._time_head
+            dist = head(h_time[:, :L])
+            mark_lp = self._mark_log_probs(dist, h_mark[:, :L], taus)  # [B, L, K]
+
+            scored = self._scored(batch)
+            zero = torch.zeros((), dtype=dtype, device=h_time.device)
+            time_terms = torch.where(scored, -dist.log_prob(taus), zero)
+            observed = mark_lp.gather(-1, batch.marks.unsqueeze(-1)).squeeze(-1)
+            mark_terms = torch.where(scored, -observed, zero)
+
+            # survival term -log S(T - t_n | H_{n+1}); exactly 0 (value and gradient) where there is no window
+            gap = batch.survival_gap.to(dtype)
+            has_window = gap > 0
+            safe_gap = torch.where(has_window, gap, torch.ones_like(gap))
+            last = head(self._gather_last(h_time, batch.lengths))  # batch_shape [B, 1]
+            log_s = last.log_survival(safe_gap.unsqueeze(-1)).squeeze(-1)
+            survival = torch.where(has_window, -log_s, zero)
+
+            nll = NLLOutput(
+                time_nll=time_terms.sum(-1) + survival,
+                mark_nll=mark_terms.sum(-1),
+                time_terms=time_terms,
+                mark_terms=mark_terms,
+                scored=scored,
+                survival_term=survival,
+            )
+        return _Forward(dist=dist, mark_log_probs=mark_lp, taus=taus, nll=nll)
+
+    # ------------------------------------------------------------------ public API
+
+    def nll(self, batch: Batch) -> NLLOutput:
+        """Per-event and per-sequence ``L_T`` (with the survival term) and ``L_M``; see ``NLLOutput``."""
+        return self._forward(batch).nll
+
+    def forward(self, batch: Batch) -> NLLOutput:
+        """Same as ``nll`` (so wrappers such as DistributedDataParallel see a ``forward``)."""
+        return self.nll(batch)
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> Scores:
+        """NLL, PIT ``F(tau_i | H_i)``, mark log-probs at the observed gaps, median and (closed-form) mean gaps.
+
+        Every ``[B, L]`` output is 0 at padded positions.
+        """
+        fwd = self._forward(batch)
+        mask = batch.mask
+        zero = torch.zeros((), dtype=fwd.taus.dtype, device=fwd.taus.device)
+        with _autocast_off(fwd.taus.device):
+            pit = torch.where(mask, fwd.dist.cdf(fwd.taus), zero)
+            median = torch.where(mask, fwd.dist.icdf(torch.full_like(fwd.taus, 0.5)), zero)
+            mean = _mean_of(fwd.dist)
+            if mean is not None:
+                mean = torch.where(mask, mean, zero)
+        return Scores(
+            nll=fwd.nll,
+            pit=pit,
+            mark_log_probs=fwd.mark_log_probs,
+            median_tau=median,
+            mean_tau=mean,
+        )
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, tau: str | Tensor = "median", top_k: int = 5) -> dict[str, Tensor | None]:
+        """Next-event predictions after every prefix, positions ``0..L`` (``[B, L + 1]``).
+
+        Position ``i`` predicts event ``i`` from events ``0..i-1``; position ``lengths[b]`` predicts the event
+        after the observed sequence; positions past it are padding (``valid`` is False there).
+
+        tau: where the mark distribution ``p(k | tau, H)`` is evaluated: ``"median"`` (the predicted gap),
+            ``"observed"`` (the observed gap ``tau_i`` where there is one, else the median), or a ``[B, L + 1]``
+            tensor of gaps.
+        top_k: number of ranked marks returned (capped at ``K``).
+
+        Returns ``median_tau``, ``mean_tau`` (``None`` without a closed form), ``mark_tau`` (the gap used for the
+        marks), ``mark_log_probs: [B, L + 1, K]``, ``mark``: argmax ``[B, L + 1]``, ``top_k_marks: [B, L + 1, k]``,
+        ``valid: [B, L + 1]``.
+        """
+        h_time, h_mark = self._histories(batch)
+        b, n = h_time.shape[:2]
+        with _autocast_off(h_time.device):
+            dist = self._time_head(h_time)  # batch_shape [B, L + 1]
+            median = dist.icdf(torch.full((b, n), 0.5, dtype=h_time.dtype, device=h_time.device))
+            mean = _mean_of(dist)
+            if isinstance(tau, Tensor):
+                if tau.shape != (b, n):
+                    raise ValueError(f"tau must have shape {(b, n)}, got {tuple(tau.shape)}")
+                mark_tau = tau.to(h_time.dtype)
+            elif tau == "median":
+                mark_tau = median
+            elif tau == "observed":
+                observed = torch.nn.functional.pad(batch.taus.to(h_time.dtype), (0, 1))
+                has = torch.nn.functional.pad(batch.mask, (0, 1))
+                mark_tau = torch.where(has, observed, median)
+            else:
+                raise ValueError(f"tau must be 'median', 'observed' or a tensor, got {tau!r}")
+            mark_lp = self._mark_log_probs(dist, h_mark, mark_tau)
+        k = min(top_k, self.num_marks)
+        valid = torch.arange(n, device=batch.lengths.device) <= batch.lengths.unsqueeze(-1)
+        return {
+            "median_tau": median,
+            "mean_tau": mean,
+            "mark_tau": mark_tau,
+            "mark_log_probs": mark_lp,
+            "mark": mark_lp.argmax(-1),
+            "top_k_marks": mark_lp.topk(k, dim=-1).indices,
+            "valid": valid,
+        }
+
+    @torch.no_grad()
+    def sample_next(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Sample the next event ``(tau: [B], mark: [B])`` after each sequence's last event.
+
+        ``tau`` by inverse transform ``F^{-1}(u)``, ``u ~ U(0, 1)``; then ``mark ~ p(k | tau, H_{n+1})``. Both draws
+        use ``generator`` when given (reproducible).
+        """
+        h_time, h_mark = self._histories(batch)
+        h_t = self._gather_last(h_time, batch.lengths)  # [B, 1, D]
+        h_m = self._gather_last(h_mark, batch.lengths)
+        dtype, device = h_t.dtype, h_t.device
+        with _autocast_off(device):
+            dist = self._time_head(h_t)
+            u = torch.rand(h_t.shape[0], 1, generator=generator, dtype=dtype, device=device)
+            u = u.clamp_min(torch.finfo(dtype).eps)  # (0, 1): icdf(0) would be a zero gap
+            tau = dist.icdf(u)  # [B, 1]
+            probs = self._mark_log_probs(dist, h_m, tau).exp().squeeze(1)  # [B, K]
+            mark = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return tau.squeeze(-1), mark
