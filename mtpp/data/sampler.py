@@ -17,12 +17,14 @@ from mtpp.data.sequence import EventSequence
 class BucketBatchSampler(Sampler[list[int]]):
     """Yields batches of indices of sequences of similar length.
 
-    Each epoch: shuffle indices (seeded by ``seed + epoch``), cut them into pools of ``pool_batches`` batches,
+    Each epoch: shuffle indices (seeded by the pair ``(seed, epoch)``, so runs with different seeds never
+    replay each other's epochs shifted by one), cut them into pools of ``pool_batches`` batches,
     sort each pool by length, cut pools into batches, shuffle the batch order. Every index appears exactly
     once per epoch. With ``shuffle=False`` the order is by length and fixed.
 
     Under DDP (``num_replicas > 1``) the batch list is split round-robin across ranks after padding it to a
-    multiple of ``num_replicas`` (repeating the first batches), so every rank takes the same number of steps.
+    multiple of ``num_replicas`` (repeating batches from the start, cyclically), so every rank takes the same
+    number of steps.
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     def _all_batches(self) -> list[np.ndarray]:
         n, bs = len(self.lengths), self.batch_size
         if self.shuffle:
-            rng = np.random.default_rng(self.seed + self.epoch)
+            rng = _epoch_rng(self.seed, self.epoch)
             order = rng.permutation(n)
             pool = bs * self.pool_batches
             chunks = []
@@ -77,7 +79,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         batches = self._all_batches()
         if self.num_replicas > 1:
             total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
-            batches = batches + batches[: total - len(batches)]
+            batches = batches + [batches[i % len(batches)] for i in range(total - len(batches))]
             batches = batches[self.rank :: self.num_replicas]
         for b in batches:
             yield b.tolist()
@@ -92,9 +94,17 @@ class RandomBatchSampler(BucketBatchSampler):
     """Plain shuffled batches, no bucketing (the baseline the bucketing sampler is compared with)."""
 
     def _all_batches(self) -> list[np.ndarray]:
-        rng = np.random.default_rng(self.seed + self.epoch)
-        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
-        return [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        n, bs = len(self.lengths), self.batch_size
+        order = _epoch_rng(self.seed, self.epoch).permutation(n) if self.shuffle else np.arange(n)
+        batches = [order[s : s + bs] for s in range(0, n, bs)]
+        if self.drop_last and batches and len(batches[-1]) < bs:
+            batches.pop()
+        return batches
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The shuffling generator of one epoch: independent streams for every ``(seed, epoch)`` pair."""
+    return np.random.default_rng((seed, epoch))
 
 
 class _SequenceList(torch.utils.data.Dataset):

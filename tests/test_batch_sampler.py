@@ -1,0 +1,175 @@
+"""Batch padding (collate, Batch.to) and the length-bucketing sampler (coverage, determinism, padding, DDP)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtpp.data.batch import Batch, collate
+from mtpp.data.sampler import BucketBatchSampler, RandomBatchSampler, make_loader, padding_fraction
+from mtpp.data.sequence import EventSequence, make_sequence
+
+
+def _seq(times: list[float], marks: list[int], window_end: float | None = None) -> EventSequence:
+    return make_sequence(times, marks, window_end=window_end)
+
+
+def _skewed_lengths(n: int = 2000, seed: int = 0) -> np.ndarray:
+    """Heavy-tailed lengths (log-normal, 2..~2000), like real benchmark data."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(np.exp(rng.normal(3.5, 1.0, size=n))), 2, None).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------- collate
+
+
+def test_collate_pads_times_taus_marks_mask_lengths() -> None:
+    seqs = [_seq([0.5, 1.5, 4.0], [1, 0, 2]), _seq([2.0], [3])]
+    b = collate(seqs)
+    assert b.batch_size == 2 and b.max_length == 3
+    torch.testing.assert_close(b.times, torch.tensor([[0.5, 1.5, 4.0], [2.0, 0.0, 0.0]]))
+    # t_0 = 0: the first tau is the first time.
+    torch.testing.assert_close(b.taus, torch.tensor([[0.5, 1.0, 2.5], [2.0, 0.0, 0.0]]))
+    assert b.marks.tolist() == [[1, 0, 2], [3, 0, 0]]
+    assert b.marks.dtype == torch.int64
+    assert b.mask.tolist() == [[True, True, True], [True, False, False]]
+    assert b.lengths.tolist() == [3, 1]
+    assert int(b.num_events) == 4
+    assert b.times.dtype == b.taus.dtype == b.window_end.dtype == b.survival_gap.dtype == torch.float32
+
+
+def test_collate_window_end_and_survival_gap() -> None:
+    seqs = [_seq([1.0, 2.0], [0, 0], window_end=5.0), _seq([3.0], [1])]
+    b = collate(seqs)
+    # With a window: T and T - t_n; without one: the window ends at the last event, gap 0.
+    assert b.window_end.tolist() == [5.0, 3.0]
+    assert b.survival_gap.tolist() == [3.0, 0.0]
+
+
+def test_collate_keeps_float64_gaps_of_unix_epoch_times() -> None:
+    t0 = 1.6e9  # Unix seconds: float32 spacing here is 128 s
+    times = [t0 + 0.25, t0 + 1.0, t0 + 3.5]
+    b = collate([_seq(times, [0, 1, 0], window_end=t0 + 10.0)], dtype=torch.float32)
+    # Gaps are differenced in float64 before the cast, so they are exact.
+    assert b.taus[0, 1:].tolist() == [0.75, 2.5]
+    assert b.survival_gap.tolist() == [6.5]
+    # The naive way (cast first, then difference) would destroy them: the test is meaningful.
+    naive = torch.tensor(times, dtype=torch.float32).diff()
+    assert naive.tolist() != [0.75, 2.5]
+
+
+def test_collate_float64_dtype_and_empty_input() -> None:
+    b = collate([_seq([0.1, 0.2], [0, 1])], dtype=torch.float64)
+    assert b.times.dtype == torch.float64 and b.taus[0, 1].item() == pytest.approx(0.1, abs=1e-15)
+    with pytest.raises(ValueError):
+        collate([])
+
+
+def test_batch_to_and_with_dtype_move_every_field() -> None:
+    b = collate([_seq([0.5, 1.5], [1, 0], window_end=2.0), _seq([2.0], [3])])
+    moved = b.to("meta")
+    for name in ("times", "taus", "marks", "mask", "lengths", "window_end", "survival_gap"):
+        t = getattr(moved, name)
+        assert t.device.type == "meta", name
+        assert t.dtype == getattr(b, name).dtype, name
+    d = b.with_dtype(torch.float64)
+    assert d.times.dtype == d.taus.dtype == d.window_end.dtype == d.survival_gap.dtype == torch.float64
+    assert d.marks.dtype == torch.int64 and d.mask.dtype == torch.bool
+
+
+# ----------------------------------------------------------------------------------------------- sampler
+
+
+@pytest.mark.parametrize("cls", [BucketBatchSampler, RandomBatchSampler])
+@pytest.mark.parametrize("n,bs", [(103, 8), (64, 8), (5, 16)])
+def test_sampler_yields_every_index_exactly_once(cls: type, n: int, bs: int) -> None:
+    lengths = _skewed_lengths(n)
+    sampler = cls(lengths, bs, seed=3, pool_batches=4)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(n))
+        assert len(batches) == len(sampler)
+        assert all(1 <= len(b) <= bs for b in batches)
+
+
+@pytest.mark.parametrize("cls", [BucketBatchSampler, RandomBatchSampler])
+def test_sampler_drop_last_matches_len(cls: type) -> None:
+    sampler = cls(_skewed_lengths(103), 8, seed=0, drop_last=True)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 103 // 8
+    assert all(len(b) == 8 for b in batches)
+
+
+def test_bucket_sampler_deterministic_and_epoch_dependent() -> None:
+    lengths = _skewed_lengths(500)
+    a = BucketBatchSampler(lengths, 16, seed=7)
+    b = BucketBatchSampler(lengths, 16, seed=7)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    # Different seeds are independent streams, not the same epochs shifted by one.
+    c = BucketBatchSampler(lengths, 16, seed=8)
+    assert list(c) != list(a)
+
+
+def test_bucket_sampler_without_shuffle_is_sorted_by_length() -> None:
+    lengths = _skewed_lengths(100)
+    batches = list(BucketBatchSampler(lengths, 10, shuffle=False))
+    flat = np.concatenate(batches)
+    assert np.all(np.diff(lengths[flat]) >= 0)
+
+
+def test_bucketing_reduces_padding() -> None:
+    lengths = _skewed_lengths(4000)
+    bucketed = padding_fraction(lengths, list(BucketBatchSampler(lengths, 32, seed=0)))
+    random = padding_fraction(lengths, list(RandomBatchSampler(lengths, 32, seed=0)))
+    assert random > 0.5  # skewed: random batches are mostly padding
+    assert bucketed < 0.5 * random
+
+
+def test_padding_fraction_by_hand() -> None:
+    assert padding_fraction([1, 3, 2, 2], [[0, 1], [2, 3]]) == pytest.approx(1 - 8 / 10)
+    assert padding_fraction([], []) == 0.0
+
+
+@pytest.mark.parametrize("cls", [BucketBatchSampler, RandomBatchSampler])
+@pytest.mark.parametrize("n,bs,replicas", [(103, 8, 2), (100, 10, 2), (30, 8, 3), (5, 8, 4)])
+def test_ddp_ranks_cover_everything_with_equal_steps(cls: type, n: int, bs: int, replicas: int) -> None:
+    lengths = _skewed_lengths(n)
+    per_rank = []
+    for rank in range(replicas):
+        s = cls(lengths, bs, seed=1, num_replicas=replicas, rank=rank)
+        s.set_epoch(2)
+        batches = list(s)
+        assert len(batches) == len(s)
+        per_rank.append(batches)
+    assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank
+    covered = {i for batches in per_rank for b in batches for i in b}
+    assert covered == set(range(n))
+    # Only the padding batches repeat: at most replicas - 1 batches appear twice.
+    num_batches = sum(len(b) for b in per_rank)
+    assert num_batches - math.ceil(n / bs) < replicas
+
+
+def test_make_loader_yields_batches() -> None:
+    rng = np.random.default_rng(0)
+    seqs = [_seq(np.sort(rng.uniform(0, 10, size=k)).tolist(), rng.integers(0, 3, size=k).tolist()) for k in
+            rng.integers(1, 30, size=37)]
+    loader = make_loader(seqs, 8, seed=0)
+    batches = list(loader)
+    assert all(isinstance(b, Batch) for b in batches)
+    assert sum(int(b.num_events) for b in batches) == sum(len(s) for s in seqs)
+    assert sum(b.batch_size for b in batches) == len(seqs)
+    assert len(batches) == len(loader)
+    plain = make_loader(seqs, 8, bucket=False, shuffle=False, dtype=torch.float64)
+    first = next(iter(plain))
+    assert first.times.dtype == torch.float64
+    assert first.lengths.tolist() == [len(s) for s in seqs[:8]]
