@@ -312,4 +312,43 @@ def test_pit_of_the_true_hawkes_process_is_calibrated() -> None:
     for name in ("simulate_hawkes", "HawkesParams", "hawkes_compensator"):
         if not hasattr(synthetic, name):
             pytest.skip(f"mtpp.data.synthetic.{name} not available yet")
-    pytest.skip("waiting for the final signatures of mtpp.data.synthetic")
+    params = synthetic.HawkesParams(
+        mu=np.array([0.3, 0.2]), alpha=np.array([[0.3, 0.1], [0.2, 0.25]]), beta=1.5
+    )
+    rng = np.random.default_rng(7)
+    seqs = [synthetic.simulate_hawkes(params, 60.0, rng) for _ in range(12)]
+    # PIT of event i = 1 - exp(-(Lambda(t_i) - Lambda(t_{i-1}))) under the true ground compensator
+    # (time-rescaling theorem: the increments are i.i.d. Exp(1), so the PIT values are i.i.d. U(0, 1)).
+    pits = []
+    for seq in seqs:
+        lam = np.array([synthetic.hawkes_compensator(seq, params, float(t)) for t in seq.times])
+        pits.append(-np.expm1(-np.diff(lam, prepend=0.0)))
+    u = np.concatenate(pits)
+    n = len(u)
+    assert n > 300
+    bound = _pce_null_quantile(n)
+    value = pce(u)
+    assert value < bound, (value, bound, n)
+    # The same through the accumulator (one batch, every event scored).
+    b, l = len(seqs), max(len(s) for s in seqs)
+    pit = torch.zeros(b, l, dtype=torch.float64)
+    mask = torch.zeros(b, l, dtype=torch.bool)
+    for i, p in enumerate(pits):
+        pit[i, : len(p)] = torch.from_numpy(p)
+        mask[i, : len(p)] = True
+    zeros = torch.zeros(b, l, dtype=torch.float64)
+    nll = NLLOutput(zeros.sum(1), zeros.sum(1), zeros, zeros, mask, zeros.sum(1))
+    scores = Scores(nll=nll, pit=pit, mark_log_probs=torch.zeros(b, l, 2), median_tau=zeros)
+    batch = Batch(zeros, zeros, torch.zeros(b, l, dtype=torch.long), mask, mask.sum(1), zeros[:, 0], zeros[:, 0])
+    acc = MetricAccumulator()
+    acc.update(scores, batch)
+    assert acc.compute()["pce"] == pytest.approx(value)
+    # A process with the wrong baseline (half the rate) is caught by the same bound.
+    wrong = synthetic.HawkesParams(mu=params.mu / 2, alpha=params.alpha, beta=params.beta)
+    u_wrong = np.concatenate(
+        [
+            -np.expm1(-np.diff([synthetic.hawkes_compensator(s, wrong, float(t)) for t in s.times], prepend=0.0))
+            for s in seqs
+        ]
+    )
+    assert pce(u_wrong) > bound
