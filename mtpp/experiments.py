@@ -428,14 +428,25 @@ def _quiet_overrides(overrides: Sequence[str], quiet: bool) -> list[str]:
     return [*extra, *overrides]
 
 
+FitFn = Callable[..., Any]  # fit(config: RunConfig, out_dir: Path, resume: bool = False) -> dict
+
+
 def run_cell(
-    name: str, config: dict, overrides: Sequence[str], run_dir: str, threads: int, labels: dict
+    name: str,
+    config: dict,
+    overrides: Sequence[str],
+    run_dir: str,
+    threads: int,
+    labels: dict,
+    fit: FitFn | None = None,
 ) -> CellResult:
-    """Train one cell (in this or a worker process); never raises for a failing run, returns its error."""
+    """Train one cell (in this or a worker process); never raises for a failing run, returns its error.
+
+    ``fit`` defaults to ``mtpp.training.trainer.fit`` (it must be picklable when run in a worker).
+    """
     import torch
 
     from mtpp.config import apply_overrides, config_from_dict
-    from mtpp.training import trainer
 
     start = time.perf_counter()
     previous = torch.get_num_threads()
@@ -446,7 +457,9 @@ def run_cell(
         resume = cell_state(out) == "resume"
         out.mkdir(parents=True, exist_ok=True)
         (out / CELL_FILE).write_text(json.dumps({"name": name, **labels}, indent=2) + "\n")
-        trainer.fit(cfg, out, resume=resume)
+        if fit is None:
+            from mtpp.training.trainer import fit
+        fit(cfg, out, resume=resume)
         if not is_complete(out):
             raise RuntimeError(f"training finished but {out / METRICS_FILE} is missing or has no test metrics")
         return CellResult(name, "done", time.perf_counter() - start)
@@ -465,12 +478,13 @@ def run_grid(
     progress: bool = True,
     quiet_runs: bool = True,
     log: Callable[[str], None] = print,
+    fit: FitFn | None = None,
 ) -> list[CellResult]:
     """Run every cell not yet complete; record failures in ``out_dir/failures.json``; return one result per cell.
 
     ``jobs == 1`` trains in this process; ``jobs > 1`` uses a spawn-context process pool, each worker with
     ``max(1, cores // jobs)`` torch threads. ``quiet_runs`` turns the trainer's own progress bar and summary
-    off (always with ``jobs > 1``); ``overrides`` may turn them back on.
+    off (always with ``jobs > 1``); ``overrides`` may turn them back on. ``fit`` replaces the trainer (tests).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -485,9 +499,9 @@ def run_grid(
     try:
         if jobs == 1:
             for c in pending:
-                results.append(_tick(bar, run_cell(*_payload(c, out, cell_overrides, threads))))
+                results.append(_tick(bar, run_cell(*_payload(c, out, cell_overrides, threads), fit=fit)))
         else:
-            results.extend(_run_parallel(pending, out, cell_overrides, jobs, threads, bar))
+            results.extend(_run_parallel(pending, out, cell_overrides, jobs, threads, bar, fit))
     finally:
         bar.close()
     write_failures(out, [r for r in results if r.status == "failed"])
@@ -499,7 +513,7 @@ def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int) -> t
 
 
 def _run_parallel(
-    pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any
+    pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None
 ) -> list[CellResult]:
     import multiprocessing
 
@@ -507,7 +521,7 @@ def _run_parallel(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures: dict[Future, Cell] = {
-            pool.submit(run_cell, *_payload(c, out, overrides, threads)): c for c in pending
+            pool.submit(run_cell, *_payload(c, out, overrides, threads), fit): c for c in pending
         }
         from concurrent.futures import as_completed
 

@@ -1,0 +1,220 @@
+"""Experiment grids (``mtpp.experiments``) and ``mtpp compare``: expansion, resume/skip, failures, end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtpp import experiments as ex
+from mtpp.cli import main
+from mtpp.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "experiments" / "smoke.yaml"
+EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
+
+
+def write_experiment(tmp_path: Path, exp: dict, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def small_grid(**grid) -> dict:
+    base = {"data": {"name": "synthetic_hawkes"}, "model": {"hidden_size": 8}, "train": {"max_epochs": 1}}
+    return {
+        "base": base,
+        "grid": {
+            "models": [{"name": "thp", "decoder": "thp"}, {"name": "lnm", "decoder": "lnm"}],
+            "parametrisations": ["base", "plusplus"],
+            "splits": [0, 1],
+            **grid,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------- expansion
+
+
+def test_expansion_is_the_cartesian_product_with_stable_unique_names() -> None:
+    exp = ex.experiment_from_dict(small_grid(seeds=[0, 3]))
+    cells = ex.expand(exp)
+    assert len(cells) == 2 * 2 * 2 * 2
+    names = [c.name for c in cells]
+    assert len(set(names)) == len(names)
+    assert names == [c.name for c in ex.expand(ex.experiment_from_dict(small_grid(seeds=[0, 3])))]
+    assert names[0] == "synthetic_hawkes/thp-base-sum/split0-seed0"
+    assert "synthetic_hawkes/lnm-plusplus-sum/split1-seed3" in names
+    cell = next(c for c in cells if c.name == "synthetic_hawkes/lnm-plusplus-sum/split1-seed3")
+    cfg = ex.resolve(cell)
+    assert (cfg.model.decoder, cfg.model.parametrisation, cfg.model.hidden_size) == ("lnm", "plusplus", 8)
+    assert (cfg.data.split, cfg.train.seed, cfg.gradients.aggregator) == (1, 3, "sum")
+
+
+def test_per_model_and_per_dataset_overrides_and_precedence() -> None:
+    raw = small_grid(
+        datasets=["synthetic_hawkes", {"name": "other", "path": "/x/y", "overrides": {"train": {"batch_size": 4}}}],
+        models=[
+            {"name": "thp", "decoder": "thp", "overrides": {"train": {"lr": 0.01, "batch_size": 16}}},
+            {"name": "lnm", "decoder": "lnm", "hidden_size": 40},
+        ],
+        aggregators=["sum", {"name": "cograd", "options": {"gamma": 0.5}}],
+    )
+    cells = {c.name: c for c in ex.expand(ex.experiment_from_dict(raw))}
+    thp = ex.resolve(cells["other/thp-base-cograd/split0-seed0"])
+    assert thp.data.name == "/x/y"
+    assert thp.train.lr == 0.01 and thp.train.batch_size == 16  # model overrides beat dataset overrides
+    assert thp.gradients.aggregator == "cograd" and thp.gradients.options == {"gamma": 0.5}
+    lnm = ex.resolve(cells["synthetic_hawkes/lnm-base-sum/split0-seed0"])
+    assert lnm.model.hidden_size == 40 and lnm.train.lr == 1e-3
+    assert ex.resolve(cells["other/lnm-base-sum/split0-seed0"]).train.batch_size == 4
+    # --set is applied last, over every layer
+    assert ex.resolve(cells["other/thp-base-sum/split0-seed0"], ["train.batch_size=2"]).train.batch_size == 2
+
+
+def test_exclude_rules() -> None:
+    raw = small_grid(aggregators=["sum", "pcgrad"])
+    raw["exclude"] = [{"parametrisation": "plusplus", "aggregator": ["pcgrad"]}, {"model": "lnm", "split": 1}]
+    names = [c.name for c in ex.expand(ex.experiment_from_dict(raw))]
+    assert not any("plusplus-pcgrad" in n for n in names)
+    assert not any(n.startswith("synthetic_hawkes/lnm-") and "split1" in n for n in names)
+    assert "synthetic_hawkes/thp-base-pcgrad/split1-seed0" in names
+    assert len(names) == 16 - 4 - 4 + 1  # 16 cells; minus plusplus-pcgrad (4) and lnm split 1 (4), one overlap
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda r: r.update(bogus=1), "bogus"),
+        (lambda r: r["grid"].update(decoders=["thp"]), "decoders"),
+        (lambda r: r["base"].update(optimiser={}), "optimiser"),
+        (lambda r: r.update(exclude=[{"modle": "thp"}]), "modle"),
+        (lambda r: r["grid"]["models"][0].update(overrides={"trian": {}}), "trian"),
+    ],
+)
+def test_unknown_keys_are_errors_naming_the_key(mutate, key: str) -> None:
+    raw = small_grid()
+    mutate(raw)
+    with pytest.raises(ConfigError, match=key):
+        ex.expand(ex.experiment_from_dict(raw))
+
+
+def test_unknown_run_config_key_names_the_key_and_the_cell() -> None:
+    raw = small_grid()
+    raw["grid"]["models"][1]["hiden_size"] = 3
+    cells = ex.expand(ex.experiment_from_dict(raw))
+    with pytest.raises(ConfigError, match="hiden_size"):
+        ex.resolve_all(cells)
+
+
+def test_duplicate_names_are_errors() -> None:
+    raw = small_grid(models=[{"name": "m", "decoder": "thp"}, {"name": "m", "decoder": "lnm"}])
+    with pytest.raises(ConfigError, match="same run directory"):
+        ex.expand(ex.experiment_from_dict(raw))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_shipped_experiments_expand_and_validate(path: Path) -> None:
+    cells = ex.expand(ex.load_experiment(path))
+    assert cells
+    ex.resolve_all(cells)
+
+
+def test_grid_override_and_only() -> None:
+    exp = ex.load_experiment(SMOKE, ["grid.splits=[0]", "train.max_epochs=1"])
+    cells = ex.expand(exp)
+    assert {c.split for c in cells} == {0}
+    only = ex.select(cells, ["*/lnm-*"])
+    assert only and all("/lnm-" in c.name for c in only)
+
+
+# --------------------------------------------------------------------------------------------- runner (fake fit)
+
+
+class FakeFit:
+    """Stands in for the trainer: writes a metrics.json, or fails for cells whose name matches ``fail``."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self.fail = fail
+
+    def __call__(self, config, out_dir: Path, resume: bool = False) -> dict:
+        self.calls.append((str(out_dir), resume))
+        if self.fail and self.fail in str(out_dir):
+            raise RuntimeError("boom: loss is NaN")
+        metrics = {"val": {"nll_time_per_seq": 1.0}, "test": {"nll_time_per_seq": float(config.data.split)}}
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+@pytest.fixture()
+def fake_fit(monkeypatch: pytest.MonkeyPatch) -> FakeFit:
+    """``mtpp.training.trainer.fit`` replaced (in this process: the runner's jobs=1 path)."""
+    fake = FakeFit()
+    try:
+        from mtpp.training import trainer
+    except ImportError:  # trainer not importable: stand in a module
+        trainer = types.ModuleType("mtpp.training.trainer")
+        monkeypatch.setitem(sys.modules, "mtpp.training.trainer", trainer)
+    monkeypatch.setattr(trainer, "fit", fake, raising=False)
+    return fake
+
+
+def test_runner_skips_complete_cells_and_resumes_checkpoints(tmp_path: Path, fake_fit: FakeFit) -> None:
+    cells = ex.expand(ex.experiment_from_dict(small_grid()))
+    results = ex.run_grid(cells[:3], tmp_path, progress=False)
+    assert [r.status for r in results] == ["done"] * 3
+    assert all((tmp_path / c.name / "cell.json").is_file() for c in cells[:3])
+    # an interrupted cell: a checkpoint but no metrics -> resumed; a truncated metrics.json is not complete
+    (tmp_path / cells[3].name).mkdir(parents=True)
+    (tmp_path / cells[3].name / "checkpoint.pt").write_bytes(b"x")
+    (tmp_path / cells[4].name).mkdir(parents=True)
+    (tmp_path / cells[4].name / "metrics.json").write_text('{"val": {')
+    fake_fit.calls.clear()
+    results = ex.run_grid(cells[:5], tmp_path, progress=False)
+    assert sorted(r.status for r in results) == ["done", "done", "skipped", "skipped", "skipped"]
+    assert fake_fit.calls == [(str(tmp_path / cells[3].name), True), (str(tmp_path / cells[4].name), False)]
+    fake_fit.calls.clear()
+    ex.run_grid(cells[:5], tmp_path, progress=False)
+    assert fake_fit.calls == []
+
+
+def test_runner_records_failures_and_continues(tmp_path: Path, fake_fit: FakeFit) -> None:
+    fake_fit.fail = "lnm-base"
+    cells = ex.expand(ex.experiment_from_dict(small_grid()))
+    results = ex.run_grid(cells, tmp_path, progress=False)
+    failed = [r for r in results if r.status == "failed"]
+    assert len(failed) == 2 and len(results) == len(cells)
+    rows = json.loads((tmp_path / "failures.json").read_text())
+    assert {r["cell"] for r in rows} == {r.name for r in failed}
+    assert all("boom: loss is NaN" in r["error"] for r in rows)
+    fake_fit.fail = None  # fixed: the rerun trains only the failed cells and clears failures.json
+    fake_fit.calls.clear()
+    ex.run_grid(cells, tmp_path, progress=False)
+    assert len(fake_fit.calls) == 2 and not (tmp_path / "failures.json").exists()
+
+
+def test_compare_cli_dry_run_and_failure_exit_code(
+    tmp_path: Path, fake_fit: FakeFit, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    path = write_experiment(tmp_path, small_grid())
+    assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 8 and lines[0].split() == ["new", "synthetic_hawkes/thp-base-sum/split0-seed0"]
+    assert fake_fit.calls == []
+    fake_fit.fail = "thp-plusplus"
+    code = main(["compare", str(path), "--out", str(tmp_path / "o"), "--no-progress", "--no-report"])
+    assert code == 1
+    assert "thp-plusplus" in capsys.readouterr().err
+    assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--set", "grid.bogus=1"]) == 2
+
+
+def test_threads_per_job() -> None:
+    assert ex.threads_per_job(1, cores=2) == 2
+    assert ex.threads_per_job(2, cores=2) == 1
+    assert ex.threads_per_job(4, cores=2) == 1
