@@ -29,5 +29,6 @@ class ModelConfig:
     integration: str = "mc"  # compensator of thp / sahp: mc | gauss_legendre
     integration_nodes: int = 50  # N during training
     eval_integration_nodes: int | None = None  # N during evaluation (None: same as training)
+    eval_integration: str | None = None  # rule during evaluation (None: same as training); added for the decoders
     first_event: str = "skip"  # skip | include: is the first event scored?
     dropout: float = 0.0

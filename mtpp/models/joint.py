@@ -1,0 +1,90 @@
+"""Joint decoders (base THP / SAHP / FNN): marked intensities ``lambda_k(tau | h)`` give both tasks.
+
+Registered in ``JOINT_DECODERS`` (constructor ``cls(input_size, num_marks, cfg)``), ``forward(h) ->
+JointDistribution``:
+
+- ``"thp"``  ``THPJointDecoder``: ``lambda_k(tau) = softplus(a_k tau + w_k.h + b_k) + mu_k``.
+- ``"sahp"`` ``SAHPJointDecoder``: ``lambda_k(tau) = softplus(mu_k + (eta_k - mu_k) exp(-gamma_k tau))``.
+- ``"fnn"``  ``FNNJointDecoder``: ``K`` monotone cumulative hazards ``Lambda_k`` from one network with ``K``
+  outputs, ``lambda_k = dLambda_k / dtau`` (forward-mode autograd, all ``K`` in one pass).
+
+The intensity modules are the ones of ``mtpp.models.time_decoders`` with ``K`` outputs instead of ``C``
+components; the distributions are the ground-process ones plus ``mark_log_probs``. The ground intensity
+``lambda = sum_k lambda_k`` gives the time distribution (its normalisation guarantees carry over: the floor of
+THP, ``lambda(inf) > 0`` of SAHP, the positive linear term of FNN), and
+``log p(k | tau) = log lambda_k(tau) - log lambda(tau)`` = ``log_softmax_k log lambda_k(tau)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtpp.models.config import ModelConfig
+from mtpp.models.registry import JOINT_DECODERS
+from mtpp.models.time_decoders import (
+    CumulativeHazardDistribution,
+    IntensityDistribution,
+    MonotoneCumulativeHazard,
+    QuadratureDecoder,
+    SAHPIntensity,
+    SoftplusGapIntensity,
+)
+
+
+class MarkedIntensityDistribution(IntensityDistribution):
+    """``IntensityDistribution`` whose components are the marks: ``mark_log_probs(tau): [B, L, K]``."""
+
+    def mark_log_probs(self, tau: Tensor) -> Tensor:
+        """``log lambda_k(tau) - log lambda(tau)``; ``tau: [B, L]`` (or ``[B, L, M]``) -> ``[..., K]``."""
+        return torch.log_softmax(self.component_log_intensity(self._align(tau)), dim=-1)
+
+
+class MarkedCumulativeHazardDistribution(CumulativeHazardDistribution):
+    """``CumulativeHazardDistribution`` whose components are the marks: ``mark_log_probs(tau): [B, L, K]``."""
+
+    def mark_log_probs(self, tau: Tensor) -> Tensor:
+        return torch.log_softmax(self.component_log_intensity(tau), dim=-1)
+
+
+@JOINT_DECODERS.register("thp")
+class THPJointDecoder(QuadratureDecoder):
+    """Base THP: ``SoftplusGapIntensity`` with ``K`` outputs (gap feature; learned floor ``mu_k > 0`` so the
+    ground density integrates to 1); compensator of the ground intensity by quadrature (``cfg.integration``)."""
+
+    def __init__(self, input_size: int, num_marks: int, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.num_marks = num_marks
+        self.intensity = SoftplusGapIntensity(input_size, num_marks)
+
+    def forward(self, h: Tensor) -> MarkedIntensityDistribution:
+        method, nodes = self.integration_rule()
+        return MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+
+
+@JOINT_DECODERS.register("sahp")
+class SAHPJointDecoder(QuadratureDecoder):
+    """Base SAHP: ``SAHPIntensity`` with ``K`` outputs; compensator of the ground intensity by quadrature."""
+
+    def __init__(self, input_size: int, num_marks: int, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.num_marks = num_marks
+        self.intensity = SAHPIntensity(input_size, num_marks)
+
+    def forward(self, h: Tensor) -> MarkedIntensityDistribution:
+        method, nodes = self.integration_rule()
+        return MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+
+
+@JOINT_DECODERS.register("fnn")
+class FNNJointDecoder(nn.Module):
+    """Base FNN: ``MonotoneCumulativeHazard`` with ``K`` outputs (width ``cfg.decoder_hidden_size``); closed-form
+    ground compensator ``sum_k Lambda_k``, exact ``lambda_k`` by forward-mode autograd."""
+
+    def __init__(self, input_size: int, num_marks: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_marks = num_marks
+        self.hazard = MonotoneCumulativeHazard(input_size, num_marks, cfg.decoder_hidden_size)
+
+    def forward(self, h: Tensor) -> MarkedCumulativeHazardDistribution:
+        return MarkedCumulativeHazardDistribution(self.hazard(h), h.shape[:-1], h.dtype, h.device)

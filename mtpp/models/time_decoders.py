@@ -1,0 +1,627 @@
+"""Time decoders: ``h: [B, L, D] -> TimeDistribution`` of the gap ``tau`` (the ground process), all in log space.
+
+Registered in ``TIME_DECODERS`` (constructor ``cls(input_size, cfg)``):
+
+- ``"lnm"``   ``LNMDecoder``: mixture of ``C`` log-normals (closed-form density, survival, mean; exact sampling).
+- ``"rmtpp"`` ``RMTPPDecoder``: ``lambda(tau) = exp(v.h + b + w tau)``, ``w >= 0``; closed-form compensator / icdf.
+- ``"fnn"``   ``FNNDecoder``: a cumulative hazard ``Lambda(tau | h)`` monotone in ``tau`` (Omi et al. 2019).
+- ``"thp"``   ``THPDecoder``: ``sum_c softplus(a_c tau + w_c.h + b_c) + mu_c``; compensator by quadrature.
+- ``"sahp"``  ``SAHPDecoder``: ``sum_c softplus(mu_c + (eta_c - mu_c) exp(-gamma_c tau))``; quadrature.
+
+The intensity modules (``SoftplusGapIntensity``, ``SAHPIntensity``, ``MonotoneCumulativeHazard``) have a number of
+outputs: ``C`` components here, ``K`` marks in ``mtpp.models.joint``: the same code, composed differently.
+
+Shapes: every distribution has ``batch_shape = h.shape[:-1]`` (``[B, L]``); its methods take ``tau: [B, L]`` or
+``tau: [B, L, M]`` (``M`` query points per event, e.g. integration nodes) and return the same shape.
+
+**Tie rule** (``tau = 0``; see ``TIE_FLOOR``). Intensity-based decoders (rmtpp, fnn, thp, sahp) are finite at 0 by
+construction: ``log f(0) = log lambda(0)`` and ``Lambda(0) = 0``. The log-normal density vanishes at 0, so LNM
+evaluates its *log density only* at ``max(tau, TIE_FLOOR)``; its survival and CDF use the exact ``tau``
+(``S(0) = 1``). The ``p(k | tau, h)`` mark decoder uses the same floor for its ``log tau`` feature.
+
+**Normalisation.** Every density here integrates to 1 over ``[0, inf)`` for every parameter value (proper, not
+defective): each class docstring says which constraint guarantees ``Lambda(inf) = inf``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtpp.errors import ConfigError
+from mtpp.models import integrate
+from mtpp.models.config import ModelConfig
+from mtpp.models.registry import TIME_DECODERS
+
+TIE_FLOOR = 1e-10
+"""Gaps below this are evaluated at this value by LNM's log density and the ``log tau`` mark feature (ties)."""
+
+LOG_TAU_BRACKET = (-30.0, 30.0)
+"""Bisection bracket in ``log tau`` for quantiles without a closed form (gaps from ~1e-13 to ~1e13)."""
+
+BISECTION_STEPS = 64
+"""Fixed bisection steps: the bracket width 60 shrinks to 60 / 2**64 in ``log tau`` (far below 1e-6 relative)."""
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------------- numerics helpers
+
+
+def log_softplus(x: Tensor) -> Tensor:
+    """``log(softplus(x))`` without underflow: ``x - exp(x) / 2`` for ``x < -15`` (error < 1e-13), finite gradients."""
+    thr = -15.0
+    small = x < thr
+    lo = x.clamp(max=thr)
+    hi = x.clamp(min=thr)
+    return torch.where(small, lo - 0.5 * torch.exp(lo), torch.log(F.softplus(hi)))
+
+
+def inverse_softplus(y: float) -> float:
+    """``x`` with ``softplus(x) = y`` (for initialising positive parameters)."""
+    return y + math.log(-math.expm1(-y))
+
+
+def _expand_params(p: Tensor, tau: Tensor, batch_dims: int, event_dims: int = 1) -> Tensor:
+    """View ``p: [*batch, *event]`` as ``[*batch, 1 ... 1, *event]`` to broadcast against ``tau: [*batch, *extra]``."""
+    extra = tau.dim() - batch_dims
+    if extra <= 0:
+        return p
+    shape = p.shape
+    return p.reshape(*shape[:batch_dims], *([1] * extra), *shape[batch_dims : batch_dims + event_dims])
+
+
+def _overflow_safe_exp(x: Tensor) -> Tensor:
+    """``exp(x)`` for ``x <= M``, continued linearly ``exp(M) (1 + x - M)`` above (C1, finite, nonzero gradient).
+
+    ``M = log(finfo.max) / 2`` (~44 in float32, ~354 in float64): only values that are already astronomical
+    (a survival of ``exp(-1e19)`` or less) are affected, so a loss never becomes ``inf``.
+    """
+    m = 0.5 * math.log(torch.finfo(x.dtype).max)
+    below = x.clamp(max=m)
+    above = x.clamp(min=m)
+    return torch.where(x <= m, torch.exp(below), math.exp(m) * (1.0 + above - m))
+
+
+# ----------------------------------------------------------------------------------------------- distributions
+
+
+class HazardDistribution:
+    """Shared machinery of the gap distributions, defined by ``log_intensity`` and ``cumulative_hazard``.
+
+    Subclasses implement ``log_intensity(tau)`` (``log lambda``) and ``cumulative_hazard(tau)`` (``Lambda``);
+    this class derives ``log_prob = log lambda - Lambda``, ``log_survival = -Lambda``, ``cdf = -expm1(-Lambda)``,
+    ``icdf`` by vectorised bisection of ``Lambda(tau) = -log1p(-u)`` in ``log tau`` (fixed ``BISECTION_STEPS``,
+    bracket ``LOG_TAU_BRACKET``; quantiles outside it are returned at its edge), and ``sample`` by inverse transform.
+
+    ``tau`` may be ``[*batch_shape]`` or ``[*batch_shape, M]`` (trailing query points); lower-rank ``tau`` is
+    broadcast to ``batch_shape``.
+    """
+
+    def __init__(self, batch_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> None:
+        self.batch_shape = torch.Size(batch_shape)
+        self.dtype = dtype
+        self.device = device
+
+    # -- shapes
+    @property
+    def _nb(self) -> int:
+        return len(self.batch_shape)
+
+    def _align(self, tau: Tensor) -> Tensor:
+        tau = torch.as_tensor(tau, dtype=self.dtype, device=self.device)
+        if tau.dim() < self._nb:
+            tau = tau.expand(self.batch_shape)
+        return tau
+
+    def _p(self, p: Tensor, tau: Tensor, event_dims: int = 1) -> Tensor:
+        return _expand_params(p, tau, self._nb, event_dims)
+
+    # -- to implement
+    def log_intensity(self, tau: Tensor) -> Tensor:
+        """``log lambda(tau)`` (the hazard), same shape as ``tau``."""
+        raise NotImplementedError
+
+    def cumulative_hazard(self, tau: Tensor) -> Tensor:
+        """``Lambda(tau) = int_0^tau lambda(s) ds``, same shape as ``tau``."""
+        raise NotImplementedError
+
+    # -- derived
+    def log_prob(self, tau: Tensor) -> Tensor:
+        """``log f(tau) = log lambda(tau) - Lambda(tau)``."""
+        tau = self._align(tau)
+        return self.log_intensity(tau) - self.cumulative_hazard(tau)
+
+    def log_survival(self, tau: Tensor) -> Tensor:
+        """``log S(tau) = -Lambda(tau)``."""
+        return -self.cumulative_hazard(self._align(tau))
+
+    def cdf(self, tau: Tensor) -> Tensor:
+        """``F(tau) = 1 - S(tau)``, computed as ``-expm1(log S)`` (accurate near 0)."""
+        return -torch.expm1(self.log_survival(tau))
+
+    def _bisection_hazard(self, tau: Tensor) -> Tensor:
+        """The (deterministic, monotone) ``Lambda`` the quantile search inverts."""
+        return self.cumulative_hazard(tau)
+
+    def icdf(self, u: Tensor) -> Tensor:
+        """``F^{-1}(u)`` by bisection: the ``tau`` with ``Lambda(tau) = -log1p(-u)``; ``u = 0`` gives 0."""
+        u = self._align(u)
+        target = -torch.log1p(-u)
+        lo = torch.full_like(u, LOG_TAU_BRACKET[0])
+        hi = torch.full_like(u, LOG_TAU_BRACKET[1])
+        for _ in range(BISECTION_STEPS):  # fixed number of steps: no data-dependent branching
+            mid = 0.5 * (lo + hi)
+            below = self._bisection_hazard(torch.exp(mid)) < target
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        tau = torch.exp(0.5 * (lo + hi))
+        return torch.where(u > 0, tau, torch.zeros_like(tau))
+
+    def sample(self, sample_shape: torch.Size = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        """Exact samples ``[*sample_shape, *batch_shape]`` by inverse transform ``icdf(U)``, ``U ~ U(0, 1)``."""
+        sample_shape = torch.Size(sample_shape)
+        u = torch.rand(
+            (*self.batch_shape, max(sample_shape.numel(), 1)),
+            dtype=self.dtype,
+            device=self.device,
+            generator=generator,
+        )
+        u = u.clamp_min(torch.finfo(self.dtype).tiny)
+        x = self.icdf(u)  # [*batch, S]
+        return x.movedim(-1, 0).reshape(*sample_shape, *self.batch_shape)
+
+
+class LogNormalMixture(HazardDistribution):
+    """Mixture of ``C`` log-normals (ifl-tpp): ``f(tau) = sum_c w_c LogNormal(tau; m_c, s_c)``.
+
+    Args: ``log_weights, means, log_scales: [*batch, C]`` (``log_weights`` normalised over ``C``).
+
+    Closed forms: log density by ``logsumexp``; ``log S = logsumexp_c(log w_c + log_ndtr(-(log tau - m_c)/s_c))``
+    (no clamped CDF); mean ``sum_c w_c exp(m_c + s_c^2 / 2)``; exact sampling (component, then normal).
+    ``icdf`` bisects in ``log tau`` inside ``[min_c q_c(u), max_c q_c(u)]`` (the component quantiles bracket the
+    mixture quantile). Tie rule: the log density is evaluated at ``max(tau, TIE_FLOOR)``.
+    """
+
+    def __init__(self, log_weights: Tensor, means: Tensor, log_scales: Tensor) -> None:
+        super().__init__(means.shape[:-1], means.dtype, means.device)
+        self.log_weights = log_weights
+        self.means = means
+        self.log_scales = log_scales
+
+    def _params(self, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self._p(self.log_weights, tau), self._p(self.means, tau), self._p(self.log_scales, tau)
+
+    def log_prob(self, tau: Tensor) -> Tensor:
+        tau = self._align(tau)
+        log_w, m, log_s = self._params(tau)
+        x = torch.log(tau.clamp_min(TIE_FLOOR)).unsqueeze(-1)
+        z = (x - m) * torch.exp(-log_s)
+        comp = -0.5 * z.square() - log_s - _HALF_LOG_2PI - x
+        return torch.logsumexp(log_w + comp, dim=-1)
+
+    def log_survival(self, tau: Tensor) -> Tensor:
+        tau = self._align(tau)
+        log_w, m, log_s = self._params(tau)
+        positive = tau > 0
+        safe = torch.where(positive, tau, torch.ones_like(tau))  # S(0) = 1 exactly; no inf * 0 gradients
+        z = (torch.log(safe).unsqueeze(-1) - m) * torch.exp(-log_s)
+        log_s_tau = torch.logsumexp(log_w + torch.special.log_ndtr(-z), dim=-1)
+        return torch.where(positive, log_s_tau, torch.zeros_like(log_s_tau))
+
+    def _log_cdf(self, tau: Tensor) -> Tensor:
+        log_w, m, log_s = self._params(tau)
+        z = (torch.log(tau).unsqueeze(-1) - m) * torch.exp(-log_s)
+        return torch.logsumexp(log_w + torch.special.log_ndtr(z), dim=-1)
+
+    def cumulative_hazard(self, tau: Tensor) -> Tensor:
+        return -self.log_survival(tau)
+
+    def log_intensity(self, tau: Tensor) -> Tensor:
+        """Hazard ``log f - log S`` (with the same tie rule as ``log_prob``)."""
+        return self.log_prob(tau) - self.log_survival(tau)
+
+    def icdf(self, u: Tensor) -> Tensor:
+        u = self._align(u)
+        tiny = torch.finfo(self.dtype).tiny
+        u_in = u.clamp(tiny, 1.0 - torch.finfo(self.dtype).eps)
+        _, m, log_s = self._params(u_in)
+        q = m + torch.exp(log_s) * torch.special.ndtri(u_in).unsqueeze(-1)  # component quantiles, log tau
+        lo = q.amin(-1)
+        hi = q.amax(-1)
+        log_u = torch.log(u_in)
+        log_1mu = torch.log1p(-u_in)
+        upper_half = u_in > 0.5
+        for _ in range(BISECTION_STEPS):
+            mid = 0.5 * (lo + hi)
+            t = torch.exp(mid)
+            # compare on the side where the comparison is precise: log F for u <= 1/2, log S above
+            below = torch.where(upper_half, self.log_survival(t) > log_1mu, self._log_cdf(t) < log_u)
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        tau = torch.exp(0.5 * (lo + hi))
+        zero = torch.zeros_like(tau)
+        return torch.where(u <= 0, zero, torch.where(u >= 1, torch.full_like(tau, math.inf), tau))
+
+    def sample(self, sample_shape: torch.Size = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        shape = (*sample_shape, *self.batch_shape)
+        c = self.means.shape[-1]
+        gumbel_u = torch.rand((*shape, c), dtype=self.dtype, device=self.device, generator=generator)
+        gumbel = -torch.log(-torch.log(gumbel_u.clamp_min(torch.finfo(self.dtype).tiny)))
+        idx = (self.log_weights + gumbel).argmax(-1, keepdim=True)  # Gumbel-max: component ~ w
+        m = torch.gather(self.means.expand(*shape, c), -1, idx).squeeze(-1)
+        s = torch.gather(self.log_scales.expand(*shape, c), -1, idx).squeeze(-1).exp()
+        eps = torch.randn(shape, dtype=self.dtype, device=self.device, generator=generator)
+        return torch.exp(m + s * eps)
+
+    def mean(self) -> Tensor:
+        """``E[tau] = sum_c w_c exp(m_c + s_c^2 / 2)``: ``[*batch_shape]``."""
+        return torch.exp(torch.logsumexp(self.log_weights + self.means + 0.5 * torch.exp(2 * self.log_scales), -1))
+
+
+class RMTPPDistribution(HazardDistribution):
+    """``lambda(tau) = exp(c + w tau)`` (Du et al. 2016), ``c: [*batch]``, ``w >= 0`` broadcastable to ``c``.
+
+    ``Lambda(tau) = exp(c) (exp(w tau) - 1) / w = exp(c) tau phi(w tau)`` with ``phi(x) = expm1(x) / x``, computed
+    as ``log phi`` by a series (``x/2 + x^2/24``) for ``x < 1e-4`` and ``x + log(-expm1(-x)) - log x`` above, through
+    ``torch.where`` with safe inputs in both branches: values and gradients are finite at ``w = 0`` (the Poisson
+    limit ``exp(c) tau``). ``w >= 0`` is required (``w < 0`` would be a defective distribution); the decoder
+    guarantees it with a softplus. Closed-form ``icdf``. Overflow guard: see ``_overflow_safe_exp``.
+    """
+
+    _SMALL = 1e-4
+
+    def __init__(self, log_base: Tensor, w: Tensor) -> None:
+        super().__init__(log_base.shape, log_base.dtype, log_base.device)
+        self.log_base = log_base
+        self.w = torch.as_tensor(w, dtype=log_base.dtype, device=log_base.device)
+
+    def _cw(self, tau: Tensor) -> tuple[Tensor, Tensor]:
+        c = self._p(self.log_base, tau, 0)
+        w = self.w if self.w.dim() == 0 else self._p(self.w.expand(self.batch_shape), tau, 0)
+        return c, w
+
+    def log_intensity(self, tau: Tensor) -> Tensor:
+        tau = self._align(tau)
+        c, w = self._cw(tau)
+        return c + w * tau
+
+    def cumulative_hazard(self, tau: Tensor) -> Tensor:
+        tau = self._align(tau)
+        c, w = self._cw(tau)
+        x = w * tau
+        small = x < self._SMALL
+        xs = torch.where(small, torch.ones_like(x), x)
+        xl = torch.where(small, x, torch.zeros_like(x))
+        log_phi = torch.where(small, xl / 2 + xl.square() / 24, xs + torch.log(-torch.expm1(-xs)) - torch.log(xs))
+        return tau * _overflow_safe_exp(c + log_phi)
+
+    def icdf(self, u: Tensor) -> Tensor:
+        """``tau = log1p(w E e^-c) / w`` with ``E = -log1p(-u)`` (series ``1 - y/2 + y^2/3`` of ``log1p(y)/y``)."""
+        u = self._align(u)
+        c, w = self._cw(u)
+        r = -torch.log1p(-u) * torch.exp(-c)  # Poisson limit E e^{-c}
+        y = w * r
+        small = y < self._SMALL
+        ys = torch.where(small, torch.ones_like(y), y)
+        yl = torch.where(small, y, torch.zeros_like(y))
+        ratio = torch.where(small, 1 - yl / 2 + yl.square() / 3, torch.log1p(ys) / ys)
+        return r * ratio
+
+
+class IntensityDistribution(HazardDistribution):
+    """Ground process of ``C`` component intensities without a closed-form integral (THP, SAHP).
+
+    Args:
+        component_log_intensity: ``tau: [*batch, *extra] -> [*batch, *extra, C]`` (``log lambda_c``).
+        batch_shape, dtype, device: of the parameters.
+        method, num_nodes, generator: the compensator rule (see ``mtpp.models.integrate``).
+
+    ``log lambda = logsumexp_c log lambda_c``; ``Lambda`` by ``integrate.compensator`` (one call on all nodes;
+    ``log_prob`` evaluates the nodes and ``tau`` itself in the same call). ``cdf`` uses the configured rule (with
+    ``"mc"`` it is a noisy unbiased estimate); ``icdf`` and ``sample`` always bisect a deterministic Gauss-Legendre
+    ``Lambda`` with ``num_nodes`` nodes.
+    """
+
+    def __init__(
+        self,
+        component_log_intensity: Callable[[Tensor], Tensor],
+        batch_shape: torch.Size,
+        dtype: torch.dtype,
+        device: torch.device,
+        method: str = "gauss_legendre",
+        num_nodes: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(batch_shape, dtype, device)
+        self.component_log_intensity = component_log_intensity
+        self.method = method
+        self.num_nodes = num_nodes
+        self.generator = generator
+
+    def log_intensity(self, tau: Tensor) -> Tensor:
+        return torch.logsumexp(self.component_log_intensity(self._align(tau)), dim=-1)
+
+    def cumulative_hazard(self, tau: Tensor) -> Tensor:
+        tau = self._align(tau)
+        return integrate.compensator(self.log_intensity, tau, self.method, self.num_nodes, self.generator)
+
+    def _bisection_hazard(self, tau: Tensor) -> Tensor:
+        return integrate.compensator(self.log_intensity, tau, "gauss_legendre", self.num_nodes)
+
+    def log_prob(self, tau: Tensor) -> Tensor:
+        tau = self._align(tau)
+        nodes, weights = integrate.quadrature(tau, self.method, self.num_nodes, self.generator)
+        log_lam = self.log_intensity(torch.cat([nodes, tau.unsqueeze(-1)], dim=-1))  # one call: nodes + tau
+        return log_lam[..., -1] - (weights * log_lam[..., :-1].exp()).sum(-1)
+
+
+class CumulativeHazardDistribution(HazardDistribution):
+    """Ground process of ``C`` component cumulative hazards given in closed form by a network (FNN).
+
+    Args: ``hazards: tau [*batch, *extra] -> (Lambda_c, lambda_c)``, both ``[*batch, *extra, C]``, with
+    ``lambda_c > 0``. ``Lambda = sum_c Lambda_c``, ``lambda = sum_c lambda_c``.
+    """
+
+    def __init__(
+        self,
+        hazards: Callable[[Tensor], tuple[Tensor, Tensor]],
+        batch_shape: torch.Size,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__(batch_shape, dtype, device)
+        self.hazards = hazards
+
+    def component_log_intensity(self, tau: Tensor) -> Tensor:
+        return torch.log(self.hazards(self._align(tau))[1])
+
+    def log_intensity(self, tau: Tensor) -> Tensor:
+        return torch.log(self.hazards(self._align(tau))[1].sum(-1))
+
+    def cumulative_hazard(self, tau: Tensor) -> Tensor:
+        return self.hazards(self._align(tau))[0].sum(-1)
+
+    def log_prob(self, tau: Tensor) -> Tensor:
+        big, small = self.hazards(self._align(tau))
+        return torch.log(small.sum(-1)) - big.sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------- intensity modules
+
+
+class SoftplusGapIntensity(nn.Module):
+    """THP-style intensities ``lambda_j(tau) = softplus(a_j tau + w_j.h + b_j) + mu_j`` for ``j < num_outputs``.
+
+    Time feature: the gap ``tau`` since the last event. (THP uses ``(t - t_j) / t_j``, which needs the absolute
+    clock that a decoder given ``h`` does not see, and is singular at ``t_j = 0``; the Bosser et al. reference
+    uses the gap too.) The slope ``a_j`` is free in sign (init -0.1 as in THP) so intensities may rise or decay.
+
+    Normalisation: with ``a_j < 0`` the softplus term decays to 0 and ``Lambda(inf)`` would be finite (a defective
+    density). The learned floor ``mu_j = softplus(rho_j) > 0`` (initialised so that ``sum_j mu_j = 1e-3``) makes
+    ``lambda(tau) >= sum_j mu_j > 0``, hence ``Lambda(inf) = inf`` and ``f`` integrates to 1 for every value of the
+    parameters. Everything is in log space: ``log lambda_j = logaddexp(log_softplus(.), log_softplus(rho_j))``.
+    """
+
+    def __init__(self, input_size: int, num_outputs: int) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.linear = nn.Linear(input_size, num_outputs)
+        self.slope = nn.Parameter(torch.full((num_outputs,), -0.1))
+        self.floor = nn.Parameter(torch.full((num_outputs,), inverse_softplus(1e-3 / num_outputs)))
+        with torch.no_grad():  # initial ground rate ~1 whatever the number of outputs
+            self.linear.bias.fill_(inverse_softplus(1.0 / num_outputs))
+
+    def forward(self, h: Tensor) -> Callable[[Tensor], Tensor]:
+        """``h: [*batch, D]`` -> ``tau: [*batch, *extra] -> log lambda_j: [*batch, *extra, J]``."""
+        base = self.linear(h)  # [*batch, J]
+        nb = h.dim() - 1
+        slope = self.slope.to(base.dtype)
+        log_floor = log_softplus(self.floor.to(base.dtype))
+
+        def component_log_intensity(tau: Tensor) -> Tensor:
+            x = slope * tau.unsqueeze(-1) + _expand_params(base, tau, nb)
+            return torch.logaddexp(log_softplus(x), log_floor)
+
+        return component_log_intensity
+
+
+class SAHPIntensity(nn.Module):
+    """SAHP intensities ``lambda_j(tau) = softplus(mu_j + (eta_j - mu_j) exp(-gamma_j tau))``.
+
+    ``mu, eta, gamma`` are linear in ``h``, ``gamma = softplus(.) > 0``. Normalisation is automatic: as
+    ``tau -> inf`` the intensity tends to ``softplus(mu_j) > 0``, so ``Lambda(inf) = inf``.
+    """
+
+    def __init__(self, input_size: int, num_outputs: int) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.linear = nn.Linear(input_size, 3 * num_outputs)
+        with torch.no_grad():  # mu, eta biases: initial ground rate ~1 whatever the number of outputs
+            self.linear.bias[: 2 * num_outputs].fill_(inverse_softplus(1.0 / num_outputs))
+
+    def forward(self, h: Tensor) -> Callable[[Tensor], Tensor]:
+        mu, eta, gamma_raw = self.linear(h).chunk(3, dim=-1)  # [*batch, J] each
+        gamma = F.softplus(gamma_raw)
+        nb = h.dim() - 1
+
+        def component_log_intensity(tau: Tensor) -> Tensor:
+            m, e, g = (_expand_params(p, tau, nb) for p in (mu, eta, gamma))
+            return log_softplus(m + (e - m) * torch.exp(-g * tau.unsqueeze(-1)))
+
+        return component_log_intensity
+
+
+class MonotoneCumulativeHazard(nn.Module):
+    """FullyNN (Omi et al. 2019) cumulative hazards ``Lambda_j(tau | h)``, ``j < num_outputs``, one network.
+
+    ``z1 = tanh(u * x(tau) + A h + a)``, ``z2 = tanh(W z1 + b)``, ``o = V z2 + c`` with ``u, W, V >= 0`` (softplus of
+    free parameters) so every ``o_j`` is non-decreasing in ``tau``; then
+    ``Lambda_j(tau) = softplus(o_j(tau)) - softplus(o_j(0)) + eps_j tau`` with ``eps_j = softplus(.) > 0``:
+    ``Lambda_j(0) = 0`` exactly, ``lambda_j >= eps_j > 0`` (finite ``log lambda`` everywhere, also at ties), and
+    ``Lambda_j -> inf`` so the density integrates to 1.
+
+    Time feature ``x(tau) = log1p(tau)``: monotone, 0 at 0 and finite there (``log tau`` is neither), ~``tau`` for
+    small gaps and ~``log tau`` for large ones, so the tanh units resolve gaps over several orders of magnitude.
+
+    ``lambda_j = dLambda_j / dtau`` is exact, by forward-mode autograd (``torch.func.jvp`` with tangent 1 on
+    ``tau``): one pass gives all ``J`` derivatives (reverse-mode ``autograd.grad`` would need one pass per output),
+    it is differentiable for training and works under ``torch.no_grad()`` without re-enabling grad.
+    """
+
+    def __init__(self, input_size: int, num_outputs: int, hidden_size: int) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.context = nn.Linear(input_size, hidden_size)
+        self.tau_weight = nn.Parameter(torch.empty(hidden_size))
+        self.hidden_weight = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.hidden_bias = nn.Parameter(torch.zeros(hidden_size))
+        self.out_weight = nn.Parameter(torch.empty(num_outputs, hidden_size))
+        self.out_bias = nn.Parameter(torch.zeros(num_outputs))
+        self.slope = nn.Parameter(torch.empty(num_outputs))
+        self.reset_positive_weights()
+
+    def reset_positive_weights(self) -> None:
+        """Positive weights ``softplus(raw)`` of about ``1 / fan_in`` (so the initial rate is O(1)); output biases
+        and slopes scaled by ``1 / J`` so the initial ground rate does not grow with the number of outputs."""
+        h = self.hidden_weight.shape[0]
+        j = self.out_weight.shape[0]
+        with torch.no_grad():
+            self.tau_weight.uniform_(-1.0, 1.0)
+            self.hidden_weight.uniform_(math.log(0.5 / h), math.log(2.0 / h))
+            self.out_weight.uniform_(math.log(0.5 / h), math.log(2.0 / h))
+            self.out_bias.fill_(inverse_softplus(1.0 / j))
+            self.slope.fill_(inverse_softplus(0.05 / j))
+
+    def forward(self, h: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """``h: [*batch, D]`` -> ``tau: [*batch, *extra] -> (Lambda_j, lambda_j)``, both ``[*batch, *extra, J]``."""
+        ctx = self.context(h)  # [*batch, H]
+        nb = h.dim() - 1
+        dtype = ctx.dtype
+        u = F.softplus(self.tau_weight).to(dtype)
+        w = F.softplus(self.hidden_weight).to(dtype)
+        v = F.softplus(self.out_weight).to(dtype)
+        b2 = self.hidden_bias.to(dtype)
+        b3 = self.out_bias.to(dtype)
+        eps = F.softplus(self.slope).to(dtype)
+
+        def raw(tau: Tensor) -> Tensor:  # softplus(o(tau)): [*batch, *extra, J], non-decreasing in tau
+            z1 = torch.tanh(u * torch.log1p(tau).unsqueeze(-1) + _expand_params(ctx, tau, nb))
+            z2 = torch.tanh(F.linear(z1, w, b2))
+            return F.softplus(F.linear(z2, v, b3))
+
+        zero = torch.zeros(ctx.shape[:-1], dtype=dtype, device=ctx.device)
+        at_zero = raw(zero)  # [*batch, J]
+
+        def hazards(tau: Tensor) -> tuple[Tensor, Tensor]:
+            value, rate = torch.func.jvp(raw, (tau,), (torch.ones_like(tau),))
+            big = value - _expand_params(at_zero, tau, nb) + eps * tau.unsqueeze(-1)
+            return big, rate + eps
+
+        return hazards
+
+
+# ----------------------------------------------------------------------------------------------- decoders
+
+
+def _check_integration(cfg: ModelConfig) -> None:
+    for key in ("integration", "eval_integration"):
+        value = getattr(cfg, key, None)
+        if value is not None and value not in integrate.METHODS:
+            raise ConfigError(f"unknown model.{key} {value!r}; valid: {', '.join(integrate.METHODS)}")
+    if cfg.integration_nodes < 1 or (cfg.eval_integration_nodes is not None and cfg.eval_integration_nodes < 1):
+        raise ConfigError("model.integration_nodes and model.eval_integration_nodes must be >= 1")
+
+
+class QuadratureDecoder(nn.Module):
+    """Base of decoders whose compensator is numerical: picks the rule and node count by train / eval mode.
+
+    Training: ``cfg.integration`` with ``cfg.integration_nodes``. Evaluation (``module.eval()``):
+    ``cfg.eval_integration`` (``None``: the training rule; set ``"gauss_legendre"`` for deterministic evaluation
+    scores) with ``cfg.eval_integration_nodes or cfg.integration_nodes`` nodes.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        _check_integration(cfg)
+        self.train_rule = (cfg.integration, int(cfg.integration_nodes))
+        eval_method = getattr(cfg, "eval_integration", None) or cfg.integration
+        self.eval_rule = (eval_method, int(cfg.eval_integration_nodes or cfg.integration_nodes))
+
+    def integration_rule(self) -> tuple[str, int]:
+        return self.train_rule if self.training else self.eval_rule
+
+
+@TIME_DECODERS.register("lnm")
+class LNMDecoder(nn.Module):
+    """``h -> LogNormalMixture``: logits, means and log-scales of ``cfg.num_components`` log-normals from one
+    linear layer of ``h`` (ifl-tpp). Normalised by construction."""
+
+    def __init__(self, input_size: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_components = cfg.num_components
+        self.linear = nn.Linear(input_size, 3 * cfg.num_components)
+
+    def forward(self, h: Tensor) -> LogNormalMixture:
+        logits, means, log_scales = self.linear(h).chunk(3, dim=-1)
+        return LogNormalMixture(torch.log_softmax(logits, dim=-1), means, log_scales)
+
+
+@TIME_DECODERS.register("rmtpp")
+class RMTPPDecoder(nn.Module):
+    """``h -> RMTPPDistribution``: ``lambda(tau) = exp(v.h + b + w tau)`` with one learned ``w = softplus(.) >= 0``
+    (init 0.1): the hazard is non-decreasing, ``Lambda(inf) = inf``, the density integrates to 1."""
+
+    def __init__(self, input_size: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(input_size, 1)
+        self.w_raw = nn.Parameter(torch.tensor(inverse_softplus(0.1)))
+
+    def forward(self, h: Tensor) -> RMTPPDistribution:
+        return RMTPPDistribution(self.linear(h).squeeze(-1), F.softplus(self.w_raw).to(h.dtype))
+
+
+@TIME_DECODERS.register("fnn")
+class FNNDecoder(nn.Module):
+    """``h -> CumulativeHazardDistribution`` of one ``MonotoneCumulativeHazard`` output (width
+    ``cfg.decoder_hidden_size``); see that class for the monotonicity, ``Lambda(0) = 0`` and normalisation."""
+
+    def __init__(self, input_size: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.hazard = MonotoneCumulativeHazard(input_size, 1, cfg.decoder_hidden_size)
+
+    def forward(self, h: Tensor) -> CumulativeHazardDistribution:
+        return CumulativeHazardDistribution(self.hazard(h), h.shape[:-1], h.dtype, h.device)
+
+
+@TIME_DECODERS.register("thp")
+class THPDecoder(QuadratureDecoder):
+    """Ground THP: ``lambda(tau) = sum_c softplus(a_c tau + w_c.h + b_c) + mu_c`` over ``cfg.num_components``
+    (``SoftplusGapIntensity``: gap feature, learned positive floor so the density integrates to 1)."""
+
+    def __init__(self, input_size: int, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.intensity = SoftplusGapIntensity(input_size, cfg.num_components)
+
+    def forward(self, h: Tensor) -> IntensityDistribution:
+        method, nodes = self.integration_rule()
+        return IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+
+
+@TIME_DECODERS.register("sahp")
+class SAHPDecoder(QuadratureDecoder):
+    """Ground SAHP: ``lambda(tau) = sum_c softplus(mu_c + (eta_c - mu_c) exp(-gamma_c tau))`` over
+    ``cfg.num_components`` (``SAHPIntensity``; proper since ``lambda(inf) > 0``)."""
+
+    def __init__(self, input_size: int, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.intensity = SAHPIntensity(input_size, cfg.num_components)
+
+    def forward(self, h: Tensor) -> IntensityDistribution:
+        method, nodes = self.integration_rule()
+        return IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
