@@ -1,0 +1,196 @@
+"""``mtpp data``: ``list`` the named datasets, ``describe`` a dataset or path, ``prepare`` a seeded split folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data", help="list, describe and prepare datasets",
+                              description="List, describe and prepare event-sequence datasets.")
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    p.set_defaults(func=_no_action(p))
+
+    ls = sub.add_parser("list", help="known dataset names, found or not, and where")
+    ls.add_argument("--data-dir", help="data directory (default: $MTPP_DATA_DIR, else ./data)")
+    ls.set_defaults(func=cmd_list)
+
+    de = sub.add_parser("describe", help="statistics of a dataset (name or path)")
+    de.add_argument("target", metavar="NAME|PATH")
+    de.add_argument("--data-dir", help="data directory (default: $MTPP_DATA_DIR, else ./data)")
+    de.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    de.add_argument("--top", type=int, default=10, help="number of most frequent marks shown (default 10)")
+    _read_flags(de)
+    de.set_defaults(func=cmd_describe)
+
+    pr = sub.add_parser("prepare", help="de-duplicate inputs and write seeded train/val/test splits")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders in any supported format")
+    pr.add_argument("--out", required=True, help="output split folder (must not exist or be empty)")
+    pr.add_argument("--seed", type=int, default=0, help="split k uses default_rng([seed, k]) (default 0)")
+    pr.add_argument("--splits", type=int, default=5, help="number of random splits (default 5)")
+    pr.add_argument("--ratios", type=float, nargs=3, default=[0.6, 0.2, 0.2], metavar=("TRAIN", "VAL", "TEST"),
+                    help="split ratios (default 0.6 0.2 0.2)")
+    pr.add_argument("--drop-invalid", action="store_true",
+                    help="skip sequences that fail validation (counted per reason) instead of stopping")
+    _read_flags(pr)
+    pr.set_defaults(func=cmd_prepare)
+
+
+def _read_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sort", action="store_true", help="sort unsorted sequences (counted) instead of stopping")
+    p.add_argument("--mark-base", type=int, choices=(0, 1), default=None,
+                   help="RMTPP marks are 0- or 1-based (default: detect per dataset)")
+
+
+def _no_action(p: argparse.ArgumentParser):
+    def run(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------------------- list
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from mtpp.data.catalog import CATALOG, find_dataset, resolve_data_dir
+
+    root = resolve_data_dir(args.data_dir)
+    rows = []
+    for name, entry in CATALOG.items():
+        if entry.generated:
+            status, where = "generated", "cache (on first use)"
+        else:
+            path = find_dataset(name, args.data_dir) if root.is_dir() else None
+            status, where = ("found", str(path)) if path else ("missing", " | ".join(entry.candidates))
+        rows.append((name, status, entry.format, where))
+    print(f"data directory: {root}" + ("" if root.is_dir() else "  (does not exist)"))
+    print(_table(("name", "status", "format", "folder (or candidates)"), rows))
+    return 0
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*cells[0]).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += [fmt.format(*r).rstrip() for r in cells[1:]]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------- describe
+
+
+def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, Any]:
+    """Statistics of a list of sequences: counts, lengths, time range, zero gaps, mark frequencies."""
+    import numpy as np
+
+    if not seqs:
+        return {"sequences": 0, "events": 0}
+    lengths = np.array([len(s) for s in seqs])
+    times = np.concatenate([s.times for s in seqs])
+    marks = np.concatenate([s.marks for s in seqs])
+    gaps = np.concatenate([np.diff(s.times) for s in seqs])
+    first = np.array([s.times[0] for s in seqs])
+    counts = np.bincount(marks, minlength=max(num_marks, 1))
+    order = np.argsort(-counts, kind="stable")[:top]
+    n = int(marks.size)
+    return {
+        "sequences": len(seqs),
+        "events": n,
+        "num_marks": int(num_marks),
+        "marks_observed": int(np.count_nonzero(counts)),
+        "length": {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())},
+        "time": {"min": float(times.min()), "max": float(times.max())},
+        "zero_gap_share": float(np.mean(gaps == 0)) if gaps.size else 0.0,
+        "first_event_at_zero": int(np.count_nonzero(first == 0)),
+        "windows": int(sum(s.window_end is not None for s in seqs)),
+        "top_marks": [{"mark": int(k), "count": int(counts[k]), "share": float(counts[k] / n)} for k in order
+                      if counts[k]],
+    }
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from mtpp.data.catalog import resolve_source
+    from mtpp.data.formats import ReadOptions, read_any
+    from mtpp.data.splits import deduplicate
+
+    name, path, entry = resolve_source(args.target, args.data_dir)
+    opts = dict(entry.options) if entry else {}
+    if args.sort:
+        opts["sort"] = True
+    if args.mark_base is not None:
+        opts["mark_base"] = args.mark_base
+    res = read_any(path, options=ReadOptions(**opts), progress=True)
+    unique, dups = deduplicate(res.sequences)
+    stats = {
+        "name": name,
+        "source": str(path),
+        "format": res.format,
+        "description": entry.description if entry else None,
+        "total": describe_sequences(unique, res.num_marks, args.top),
+        "duplicates": dups,
+        "parts": {k: describe_sequences(v, res.num_marks, 0) for k, v in res.parts.items()},
+        "notes": res.notes,
+    }
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(_describe_text(stats))
+    return 0
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _describe_text(st: dict[str, Any]) -> str:
+    t = st["total"]
+    out = [f"{st['name']}  ({st['format']}, {st['source']})"]
+    if st["description"]:
+        out.append(st["description"])
+    out.append("")
+    if not t["sequences"]:
+        return "\n".join(out + ["no sequences"])
+    ln = t["length"]
+    out += [
+        f"sequences      {t['sequences']:,} distinct ({st['duplicates']:,} duplicate copies across parts removed)",
+        f"events         {t['events']:,}",
+        f"marks          {t['num_marks']} ({t['marks_observed']} observed)",
+        f"length         min {ln['min']} / median {ln['median']:g} / max {ln['max']}",
+        f"time range     {_fmt(t['time']['min'])} .. {_fmt(t['time']['max'])}",
+        f"zero gaps      {100 * t['zero_gap_share']:.2f}% of within-sequence gaps; "
+        f"{t['first_event_at_zero']:,} sequences start at time 0",
+    ]
+    if t["windows"]:
+        out.append(f"windows        {t['windows']:,} sequences carry an observation window end")
+    out += ["", "most frequent marks:"]
+    out += [f"  {m['mark']:>6}  {m['count']:>9,}  {100 * m['share']:5.1f}%" for m in t["top_marks"]]
+    rows = [(k, f"{v['sequences']:,}", f"{v['events']:,}",
+             f"{v['length']['min']} / {v['length']['median']:g} / {v['length']['max']}",
+             f"{_fmt(v['time']['min'])} .. {_fmt(v['time']['max'])}")
+            for k, v in st["parts"].items() if v["sequences"]]
+    out += ["", _table(("part", "sequences", "events", "len min/med/max", "time range"), rows)]
+    if st["notes"]:
+        out += ["", "notes:"] + [f"  - {n}" for n in st["notes"]]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------- prepare
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from mtpp.data.formats import ReadOptions
+    from mtpp.data.splits import prepare
+
+    options = ReadOptions(sort=args.sort, mark_base=args.mark_base, drop_invalid=args.drop_invalid)
+    report = prepare(args.inputs, args.out, seed=args.seed, num_splits=args.splits, ratios=args.ratios,
+                     options=options, progress=True)
+    for line in report.lines():
+        print(line)
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0

@@ -1,0 +1,348 @@
+"""Named datasets: where they live under the data directory, their format and provenance, and ``load_dataset``.
+
+Data directory: the explicit ``data_dir`` argument (``--data-dir``), else ``$MTPP_DATA_DIR``, else ``./data``.
+Each name has candidate folder names tried in order (a prepared split folder named like the dataset first, then
+the staged source folders). Split handling in :func:`load_dataset`:
+
+* a split folder (``split_k/``) with a ``train`` part: split ``k`` is used as is;
+* a folder or file with ``train`` and ``val`` (or ``dev``/``valid``) and ``test`` parts: used as is (split 0 only);
+* anything else (partial copies without a training set, single files, RMTPP full files, files whose parts
+  overlap) is **auto-prepared**: all parts de-duplicated and re-split 60/20/20 into 5 seeded splits (seed 0,
+  see :mod:`mtpp.data.splits`) under ``$MTPP_CACHE_DIR/prepared/<name>-<hash>`` (``~/.cache/mtpp`` when unset),
+  once; a one-line warning says so and ``Dataset.notes`` records it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtpp.data.formats import ReadOptions, ReadResult, is_split_folder, read_any, read_split
+from mtpp.data.sequence import EventSequence
+from mtpp.errors import DataError
+
+__all__ = [
+    "CatalogEntry",
+    "Dataset",
+    "CATALOG",
+    "resolve_data_dir",
+    "cache_dir",
+    "find_dataset",
+    "resolve_source",
+    "load_dataset",
+    "known_names",
+]
+
+log = logging.getLogger(__name__)
+
+AUTO_SEED = 0
+AUTO_SPLITS = 5
+AUTO_RATIOS = (0.6, 0.2, 0.2)
+PREPARE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One named dataset.
+
+    candidates: folder names under the data directory, tried in order.
+    format: the on-disk format of the staged source (informational).
+    description / source: what it is and where it comes from (see the data MANIFEST).
+    options: reader options (e.g. ``{"sort": True}``).
+    resplit: always auto-prepare (the source's own parts overlap or are unusable as a split).
+    generated: produced by code (``synthetic_hawkes``), not read from the data directory.
+    """
+
+    name: str
+    candidates: tuple[str, ...]
+    format: str
+    description: str
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+    resplit: bool = False
+    generated: bool = False
+
+
+_CONFTPP = "Bosser & Ben Taieb preprocessing via github.com/tanguybosser/conf_tpp (MIT)"
+
+
+def _e(name: str, candidates: tuple[str, ...], fmt: str, description: str, source: str, **kw: Any) -> CatalogEntry:
+    return CatalogEntry(name, candidates, fmt, " ".join(description.split()), source, **kw)
+
+
+_ENTRIES = [
+    _e("mooc", ("mooc", "conftpp_mooc_filtered"), "bosser split folder",
+       """MOOC student actions (JODIE), filtered to the 50 most frequent actions, times rescaled to (0, 10].
+       Staged copy is partial: train.json of every split is missing; the union of the cal/val/test files holds
+       6,234 of 7,047 sequences (311,806 events), so it is re-split 60/20/20.""", _CONFTPP),
+    _e("lastfm", ("lastfm", "conftpp_lastfm_filtered"), "bosser split folder",
+       """LastFM-1K listening histories, top-50 artists. Partial: train.json missing; 770 of 856 sequences
+       (177,349 events) recovered from cal/val/test, re-split 60/20/20.""", _CONFTPP),
+    _e("reddit", ("reddit", "conftpp_reddit_filtered_short"), "bosser split folder",
+       """Reddit posts (JODIE), top-50 subreddits, short version. Partial: 3,792 of 4,278 sequences (213,831
+       events) recovered, re-split 60/20/20.""", _CONFTPP),
+    _e("stack_overflow", ("stack_overflow", "conftpp_stack_overflow_filtered"), "bosser split folder",
+       """Stack Overflow badges (Du et al. 2016), 22 badge types. Partial: 6,004 of 7,959 sequences (427,848
+       events) recovered, re-split 60/20/20.""", _CONFTPP + "; data Stack Exchange (CC BY-SA)"),
+    _e("github", ("github",), "bosser split folder",
+       """GitHub repository actions used in the Bosser & Ben Taieb TMLR paper. No copy of this data is staged
+       (the TMLR data were on Dropbox, not in any public repository): put a prepared split folder at
+       <data dir>/github to use it.""", "Bosser & Ben Taieb, TMLR 2023/2024 (not publicly staged)"),
+    _e("wikipedia", ("wikipedia", "ifltpp_wikipedia"), "ifl-tpp npz",
+       """Wikipedia page edits (JODIE-derived): 1,000 sequences, 157,471 events, 8,227 marks (page ids, not
+       filtered to the top 50). Absolute times in seconds (up to 31 days). No splits: auto-prepared.""",
+       "github.com/shchur/ifl-tpp (MIT), data from JODIE (Kumar et al. 2019)"),
+    _e("retweet", ("retweet", "easytpp_retweet"), "EasyTPP JSON",
+       """Retweet cascades, 3 user-popularity marks, times in seconds over 7 days. Partial: train missing;
+       valid+test (4,000 sequences, 433,986 events) re-split 60/20/20.""",
+       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
+    _e("mimic2", ("mimic2", "rmtpp_mimic2"), "RMTPP text pairs",
+       """MIMIC-II ICU visits (Du et al. 2016): 650 sequences, 2,419 events, 75 diagnosis marks (1-based in the
+       files, read as 0-based). Read from the full time.txt/event.txt and re-split 60/20/20 (the 5 folds have
+       no validation set). MIMIC-II is PhysioNet credentialed data: research use only.""",
+       "github.com/dunan/NeuralPointProcess (no licence)"),
+    _e("mimic2_ifl", ("mimic2_ifl", "jointtpp_mimic_ii"), "torch.save zip",
+       """MIMIC-II, ifl-tpp version: 715 sequences (644 distinct), 2,662 events, 75 marks, each with a window
+       [0, t_end] kept as window_end. No splits: auto-prepared.""",
+       "github.com/waghmaregovind/joint_tpp (MIT)"),
+    _e("mimic2_thp", ("mimic2_thp", "thpformat_mimic"), "THP pickle",
+       """MIMIC-II, THP/NHP version: the files are the 5 folds concatenated (train overlaps dev/test), so the
+       644 distinct sequences are always re-split 60/20/20.""",
+       "github.com/TanXZfra/Time-aware-Hawkes-Attention (THP data_mimic)", resplit=True),
+    _e("taxi", ("taxi", "easytpp_taxi", "lgnjsde_taxi"), "EasyTPP JSON",
+       """NYC taxi pick-ups/drop-offs in 5 boroughs (10 marks), times in hours: 2,000 sequences, 74,078 events,
+       fixed train/valid/test 1,400/200/400.""",
+       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
+    _e("taobao", ("taobao", "easytpp_taobao"), "EasyTPP JSON",
+       """Taobao user clicks, 17 item categories: 2,000 sequences, 113,410 events, fixed train/valid/test
+       1,300/200/500.""",
+       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
+    _e("taobao_lgnjsde", ("taobao_lgnjsde", "lgnjsde_taobao", "cdiff_taobao"), "EasyTPP pickle",
+       """Taobao, the LGNJSDE/cdiff version (2,000 sequences, 115,397 events, absolute times ~151,000; only
+       partial overlap with the EasyTPP version), fixed train/dev/test 1,300/200/500.""",
+       "github.com/cgao-comp/LGNJSDE (no licence)"),
+    _e("stackoverflow_easytpp", ("stackoverflow_easytpp", "easytpp_stackoverflow"), "EasyTPP JSON",
+       """Stack Overflow badges, EasyTPP version: 2,203 sequences, 142,777 events, 22 marks, fixed
+       train/valid/test 1,401/401/401.""",
+       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
+    _e("amazon", ("amazon", "easytpp_amazon", "cdiff_amazon"), "EasyTPP JSON",
+       """Amazon product reviews, 16 categories. Partial: train missing; valid+test (2,773 sequences, 125,043
+       events) re-split 60/20/20.""",
+       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
+    _e("earthquake", ("earthquake", "residualtpp_earthquake"), "EasyTPP pickle",
+       """Earthquakes (EasyTPP Earthquake), 7 magnitude classes: 4,296 sequences, 70,723 events, fixed
+       train/dev/test 3,000/400/896.""", "github.com/ruoxinyuan/ResidualTPP (Apache-2.0)"),
+    _e("yelp_toronto", ("yelp_toronto", "ifltpp_yelp_toronto"), "ifl-tpp npz",
+       """Yelp check-ins in Toronto, unmarked (every event gets mark 0, 1 mark): 300 sequences, 215,146
+       events, seconds. No splits: auto-prepared.""", "github.com/shchur/ifl-tpp (MIT)"),
+    _e("mooc_gntpp", ("mooc_gntpp", "gntpp_mooc"), "GNTPP pickle",
+       """MOOC, GNTPP version: 97 unfiltered action marks, seconds. Partial: train missing; val+test (2,537
+       sequences, 109,352 events) re-split 60/20/20.""", "github.com/EDAPINENUT/GNTPP (no licence)"),
+    _e("stack_overflow_gntpp", ("stack_overflow_gntpp", "gntpp_stackoverflow"), "GNTPP pickle",
+       """Stack Overflow, GNTPP version: 22 marks, seconds. Partial: train missing; val+test (2,000 sequences,
+       129,854 events) re-split 60/20/20.""", "github.com/EDAPINENUT/GNTPP (no licence)"),
+    _e("stack_overflow_rmtpp", ("stack_overflow_rmtpp", "rmtpp_stack_overflow"), "RMTPP text pairs",
+       """Stack Overflow, RMTPP version (Unix seconds). Partial: times exist only for the 5 test folds; their
+       union (4,468 distinct sequences, 22 marks) is re-split 60/20/20.""",
+       "github.com/dunan/NeuralPointProcess (no licence)"),
+    _e("book_order", ("book_order", "rmtpp_book_order"), "RMTPP text pairs",
+       """NYSE order book (RMTPP 'Financial'), 2 marks (buy/sell). The full time.txt is missing; the 5 folds'
+       distinct sequences are re-split 60/20/20.""", "github.com/dunan/NeuralPointProcess (no licence)"),
+    _e("ali", ("ali", "rmtpp_ali"), "RMTPP text pairs",
+       """Undocumented extra RMTPP set (days, 1,754 marks): 4,136 sequences, train/test only, re-split.""",
+       "github.com/dunan/NeuralPointProcess (no licence)"),
+    _e("twitter", ("twitter", "rmtpp_twitter"), "RMTPP text pairs",
+       """Four RMTPP Twitter topic sets (bolly, fight, movie, politics), 2 marks, Unix seconds. The files are not
+       time-sorted: sequences are sorted on reading (counted in the notes) and re-split.""",
+       "github.com/dunan/NeuralPointProcess (no licence)", options={"sort": True}),
+    _e("mathoverflow", ("mathoverflow", "lgnjsde_mathof"), "EasyTPP pickle",
+       """Undocumented LGNJSDE set (name suggests MathOverflow), 16 marks, times look log-transformed; fixed
+       train/dev/test.""", "github.com/cgao-comp/LGNJSDE (no licence)"),
+    _e("ubuntu", ("ubuntu", "lgnjsde_ubuntu"), "EasyTPP pickle",
+       """Undocumented LGNJSDE set (name suggests AskUbuntu), 11 marks, times look log-transformed; fixed
+       train/dev/test.""", "github.com/cgao-comp/LGNJSDE (no licence)"),
+    _e("synthetic_hawkes", (), "bosser split folder (generated)",
+       """Built-in 5-mark exponential-kernel Hawkes process with known parameters, generated on first use into
+       the cache (mtpp.data.synthetic); its exact log-likelihood is the reference a model can be compared to.""",
+       "generated by mtpp.data.synthetic", generated=True),
+]
+
+CATALOG: dict[str, CatalogEntry] = {e.name: e for e in _ENTRIES}
+
+
+@dataclass
+class Dataset:
+    """One split of a dataset, ready for training.
+
+    train, val, test: the sequences of each part.
+    num_marks: number of mark types ``K`` (marks are in ``[0, K)``).
+    name: catalog name (or the folder/file name for a path).
+    source: the folder or file the sequences were read from (the prepared folder when auto-prepared).
+    notes: what was done on the way (auto-preparation, sorting, skipped files, ...).
+    split: the split index used.
+    """
+
+    train: list[EventSequence]
+    val: list[EventSequence]
+    test: list[EventSequence]
+    num_marks: int
+    name: str
+    source: str
+    notes: list[str] = field(default_factory=list)
+    split: int = 0
+
+    def summary(self) -> str:
+        n = [len(self.train), len(self.val), len(self.test)]
+        return f"{self.name} (split {self.split}): train/val/test {n[0]}/{n[1]}/{n[2]} sequences, {self.num_marks} marks"
+
+
+def known_names() -> list[str]:
+    return list(CATALOG)
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """``data_dir``, else ``$MTPP_DATA_DIR``, else ``./data`` (not checked for existence)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    env = os.environ.get("MTPP_DATA_DIR")
+    return Path(env) if env else Path("data")
+
+
+def _data_dir_origin(data_dir: str | Path | None) -> str:
+    if data_dir is not None:
+        return "given"
+    return "MTPP_DATA_DIR" if os.environ.get("MTPP_DATA_DIR") else "default ./data"
+
+
+def cache_dir() -> Path:
+    """``$MTPP_CACHE_DIR``, else ``~/.cache/mtpp``."""
+    env = os.environ.get("MTPP_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "mtpp"
+
+
+def find_dataset(name: str, data_dir: str | Path | None = None) -> Path | None:
+    """The first existing candidate folder of a catalog name under the data directory, else ``None``."""
+    entry = CATALOG[name]
+    root = resolve_data_dir(data_dir)
+    for cand in entry.candidates:
+        p = root / cand
+        if p.exists():
+            return p
+    return None
+
+
+def _unknown(name: str) -> DataError:
+    return DataError(f"unknown dataset {name!r}; known names: {', '.join(known_names())} "
+                     "(or give a path to a file or folder)")
+
+
+def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None) -> tuple[str, Path, CatalogEntry | None]:
+    """``(name, path, entry)`` for a catalog name, a folder name under the data directory, or a path."""
+    text = str(name_or_path)
+    if text in CATALOG:
+        entry = CATALOG[text]
+        if entry.generated:
+            from mtpp.data.synthetic import ensure_synthetic_dataset
+
+            return text, Path(ensure_synthetic_dataset()), entry
+        root = resolve_data_dir(data_dir)
+        if not root.is_dir():
+            raise DataError(f"data directory {root} ({_data_dir_origin(data_dir)}) does not exist; set --data-dir "
+                            f"or MTPP_DATA_DIR (looked for {' or '.join(entry.candidates)})")
+        path = find_dataset(text, data_dir)
+        if path is None:
+            extra = f" {entry.description}" if not entry.candidates[1:] else ""
+            raise DataError(f"dataset {text!r} not found in {root}: looked for "
+                            f"{', '.join(str(root / c) for c in entry.candidates)}.{extra}")
+        return text, path, entry
+    p = Path(text)
+    if p.exists():
+        return p.name.split(".")[0] or text, p, None
+    root = resolve_data_dir(data_dir)
+    if os.sep not in text and (root / text).exists():
+        return text, root / text, None
+    if os.sep in text or text.startswith("."):
+        raise DataError("no such file or folder", source=text)
+    raise _unknown(text)
+
+
+def _has_split(res: ReadResult, split: int) -> bool:
+    return f"split_{split}/train" in res.parts
+
+
+def _fixed_parts(res: ReadResult) -> bool:
+    return all(p in res.parts for p in ("train", "val", "test"))
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    split: int = 0,
+    data_dir: str | Path | None = None,
+    *,
+    use_window: bool = False,
+    progress: bool = False,
+) -> Dataset:
+    """Load split ``split`` of a named dataset (see :data:`CATALOG`) or of a file/folder path.
+
+    Raises ``DataError`` for unknown names (listing the known ones), a missing data directory (saying where it
+    looked), a split that does not exist, or any bad sequence. ``use_window`` attaches a split folder's common
+    window end (``args.json`` ``window``) to every sequence.
+    """
+    if not isinstance(split, int) or split < 0:
+        raise DataError(f"split must be a non-negative integer, got {split!r}")
+    name, path, entry = resolve_source(name_or_path, data_dir)
+    opts = ReadOptions(**(entry.options if entry else {}), use_window=use_window)
+    notes: list[str] = []
+    if entry is not None and entry.resplit:
+        path = _auto_prepare(name, path, opts, notes, reason="its own parts overlap, always re-split")
+    elif not is_split_folder(path):
+        res = read_any(path, options=opts, progress=progress)
+        if _fixed_parts(res):
+            if split != 0:
+                raise DataError(f"{name} has one fixed train/val/test split (split 0), not split {split}",
+                                source=str(path))
+            return Dataset(res.parts["train"], res.parts["val"], res.parts["test"], res.num_marks, name,
+                           str(path), res.notes, 0)
+        missing = [p for p in ("train", "val", "test") if p not in res.parts]
+        path = _auto_prepare(name, path, opts, notes, reason=f"no {'/'.join(missing)} part", result=res)
+    if not any(any(d.glob("train.json*")) for d in path.glob("split_*")):
+        path = _auto_prepare(name, path, opts, notes, reason="no train part in its split folders")
+    res = read_split(path, split, options=opts, progress=progress)
+    if not _has_split(res, split):
+        raise DataError(f"split_{split} has no train part", source=str(path))
+    p = f"split_{split}/"
+    val = res.parts.get(p + "val") or res.parts.get(p + "cal")
+    if val is None or p + "test" not in res.parts:
+        raise DataError(f"split_{split} needs train, val and test files", source=str(path))
+    return Dataset(res.parts[p + "train"], val, res.parts[p + "test"], res.num_marks, name, str(path),
+                   notes + res.notes, split)
+
+
+def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *, reason: str,
+                  result: ReadResult | None = None) -> Path:
+    """Prepare (once) the seeded 60/20/20 split folder of a source into the cache; return its path."""
+    from mtpp.data.splits import prepare_sequences, source_fingerprint
+
+    key = source_fingerprint(path, AUTO_SEED, AUTO_SPLITS, AUTO_RATIOS, sorted(opts.__dict__.items()), PREPARE_VERSION)
+    out = cache_dir() / "prepared" / f"{name}-{key}"
+    if out.is_dir() and (out / "args.json").exists():
+        notes.append(f"auto-prepared from {path} ({reason}): {out}")
+        log.info("%s: using the auto-prepared splits in %s", name, out)
+        return out
+    res = result if result is not None else read_any(path, options=opts)
+    try:
+        report = prepare_sequences(res, out, seed=AUTO_SEED, num_splits=AUTO_SPLITS, ratios=AUTO_RATIOS)
+    except DataError:
+        if out.is_dir() and (out / "args.json").exists():  # lost a race with a concurrent preparation
+            report = None
+        else:
+            raise
+    msg = (f"{name}: {path} ({reason}): auto-prepared {AUTO_SPLITS} seeded 60/20/20 splits (seed {AUTO_SEED}"
+           + (f", {report.num_sequences} distinct sequences, {report.duplicates} duplicates removed" if report else "")
+           + f") in {out}")
+    log.warning(msg)
+    notes.append(msg)
+    return out

@@ -1,0 +1,1162 @@
+"""Readers (and the canonical writer) for the on-disk formats of marked event sequences.
+
+Every reader returns a :class:`ReadResult`: named *parts* (``"train"``, ``"val"``, ``"split_0/test"``, ``"all"``,
+...) each holding a list of validated :class:`EventSequence`, plus the number of marks. Every sequence goes
+through :func:`mtpp.data.sequence.make_sequence` with ``source=<file>`` and ``index=<position in that file>``, so
+any problem is a :class:`DataError` naming the file and the sequence.
+
+Formats (``detect_format`` / ``read_any`` pick one from the bytes and the file name; ``.gz`` is transparent and
+detected by its magic bytes, not its name):
+
+``bosser``
+    JSON list of sequences, each a list of ``{"time": float, "labels": [int]}`` (Bosser & Ben Taieb).
+    ``labels`` must have length 1 (multi-label events are an error). A folder of ``split_k/{train,val,test,cal}.json``
+    plus ``args.json`` is a *split folder*; its ``args.json`` ``marks`` gives the number of marks.
+    Optional sidecar ``<part>.windows.json`` (written by :func:`write_split_folder` when sequences carry an
+    observation window end) holds one window end (or ``null``) per sequence.
+``easytpp_json``
+    JSON list of ``{"dim_process", "time_since_start", "time_since_last_event", "type_event", ...}``.
+``easytpp_pickle``
+    Pickle dict ``{"dim_process": int, "<split>": [[{"time_since_start", "type_event", ...}, ...], ...]}``
+    (EasyTPP / NHP / THP pickles; split keys ``train``, ``dev``, ``valid``, ``test``; empty splits are skipped).
+``gntpp_pickle``
+    Pickle dict of object arrays ``{"timestamps", "types", "event_type_num", ...}`` (GNTPP).
+``ifl_npz``
+    ``.npz`` with object arrays ``arrival_times`` and optional ``marks`` (ifl-tpp). Unmarked sets get mark 0 and
+    one mark.
+``torch_zip``
+    A ``torch.save`` zip whose ``*/data.pkl`` is ``{"sequences": [{"t_start", "t_end", "arrival_times", "marks"}],
+    "num_marks"}`` (joint_tpp / ifl-tpp MIMIC-II). Read without torch.
+``rmtpp``
+    Paired whitespace-separated text files ``time*.txt`` and ``event*.txt`` / ``marker*.txt``: line ``i`` of both is
+    sequence ``i``. Marks are 1-based in most RMTPP sets, 0-based in some (yelp): ``mark_base=None`` detects it per
+    dataset (all pairs read together: 0-based if any mark is 0, else 1-based); pass ``mark_base=0`` or ``1`` to force.
+``table``
+    A long table (``.csv``, ``.csv.gz`` or ``.parquet``) with columns ``seq_id``, ``time`` and ``mark`` (optional:
+    absent means unmarked) and optionally ``split`` (one part per value). Rows of one sequence keep their file order.
+
+Time conventions: times are kept as given (absolute, not shifted), and must be ``>= 0``. EasyTPP's
+``time_since_start`` is relative to the first event of each sequence in most sets (so the first event is at 0 and
+``tau_1 = 0``); it is used as the absolute time without change (``time_since_last_event`` is ignored: it is
+redundant). GNTPP ``timestamps`` are used as given (``intervals`` ignored). The joint_tpp pickle gives a window
+``[t_start, t_end]``: times and window end are shifted by ``t_start`` (0 in the staged file), ``t_end`` becomes
+``window_end``. RMTPP yelp has negative times: it is rejected (``negative time``), not shifted.
+
+Pickles are only ever loaded with :class:`RestrictedUnpickler`, which allows plain containers and the few numpy
+callables needed to rebuild arrays and scalars, and refuses every other class with a ``DataError``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import pickle
+import re
+import zipfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mtpp.data.sequence import EventSequence, make_sequence
+from mtpp.errors import DataError
+
+__all__ = [
+    "ReadOptions",
+    "ReadResult",
+    "DataFile",
+    "RestrictedUnpickler",
+    "restricted_loads",
+    "open_bytes",
+    "detect_format",
+    "scan_folder",
+    "read_any",
+    "read_file",
+    "read_folder",
+    "read_split",
+    "is_split_folder",
+    "read_bosser_json",
+    "read_easytpp_json",
+    "read_pickle",
+    "read_npz",
+    "read_torch_zip",
+    "read_rmtpp_pair",
+    "read_rmtpp",
+    "read_table",
+    "write_bosser_json",
+    "write_split_folder",
+    "normalise_part",
+]
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"
+PARQUET_MAGIC = b"PAR1"
+
+# Part names: dev / valid / validation all mean the validation set.
+_PART_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "eval": "val"}
+_SKIP_FILES = {"args.json", "meta.txt", "manifest.md", "readme.md", "provenance.tsv"}
+
+
+def normalise_part(name: str) -> str:
+    """``dev`` / ``valid`` / ``validation`` -> ``val``; other names unchanged."""
+    return _PART_ALIASES.get(name, name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Options and results
+
+
+@dataclass
+class ReadOptions:
+    """How readers treat imperfect input.
+
+    sort: sort each sequence whose times are not sorted (stable, marks follow) instead of raising; the number of
+        sequences sorted is reported in ``ReadResult.notes``.
+    mark_base: RMTPP marks are ``mark_base``-based (0 or 1); ``None`` detects it per dataset.
+    drop_invalid: skip sequences that fail validation, counting them per reason (``ReadResult.dropped``),
+        instead of raising. Default ``False``: the first bad sequence is an error.
+    use_window: in a split folder whose ``split_k/args.json`` gives a numeric ``window`` (a common observation
+        window end, e.g. the synthetic Hawkes data), attach it as every sequence's ``window_end``. Default
+        ``False``: the benchmark convention, the window ends at the last event.
+    """
+
+    sort: bool = False
+    mark_base: int | None = None
+    drop_invalid: bool = False
+    use_window: bool = False
+
+
+@dataclass
+class ReadResult:
+    """What a reader found.
+
+    parts: part name -> sequences, in file order (not de-duplicated).
+    num_marks: number of mark types (declared by the file where it has one, else ``1 + max mark``).
+    format: the detected format name.
+    source: the file or folder read.
+    notes: human-readable remarks (sorted sequences, skipped files, ...).
+    dropped: reason -> number of sequences skipped (only with ``drop_invalid``).
+    files: the data files read.
+    meta: extra metadata found (e.g. a split folder's ``args.json``).
+    """
+
+    parts: dict[str, list[EventSequence]]
+    num_marks: int
+    format: str
+    source: str
+    notes: list[str] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    files: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sequences(self) -> list[EventSequence]:
+        """All parts concatenated in part order (may contain duplicates across parts)."""
+        return [s for seqs in self.parts.values() for s in seqs]
+
+    @property
+    def num_sequences(self) -> int:
+        return sum(len(v) for v in self.parts.values())
+
+    @property
+    def num_events(self) -> int:
+        return sum(len(s) for v in self.parts.values() for s in v)
+
+
+class _Builder:
+    """Validates sequences for one file, applying ``ReadOptions`` (sorting, dropping) and counting."""
+
+    def __init__(self, source: str | Path, options: ReadOptions | None, num_marks: int | None = None) -> None:
+        self.source = str(source)
+        self.options = options or ReadOptions()
+        self.num_marks = num_marks
+        self.sorted = 0
+        self.dropped: Counter = Counter()
+
+    def __call__(self, times: Any, marks: Any, index: int, window_end: float | None = None) -> EventSequence | None:
+        if self.options.sort:
+            times, marks = self._maybe_sort(times, marks)
+        try:
+            return make_sequence(
+                times, marks, window_end=window_end, num_marks=self.num_marks, source=self.source, index=index
+            )
+        except DataError as e:
+            if not self.options.drop_invalid:
+                if self.num_marks is not None and "out of range" in e.problem:
+                    raise DataError(f"{e.problem} (the file declares {self.num_marks} marks)",
+                                    source=self.source, sequence=index) from None
+                raise
+            self.dropped[drop_reason(e.problem)] += 1
+            return None
+
+    def _maybe_sort(self, times: Any, marks: Any) -> tuple[Any, Any]:
+        try:
+            t = np.asarray(times, dtype=np.float64)
+            m = np.asarray(marks)
+        except (TypeError, ValueError):
+            return times, marks  # make_sequence reports it
+        if t.ndim == 1 and m.shape == t.shape and t.size > 1 and np.any(np.diff(t) < 0):
+            order = np.argsort(t, kind="stable")
+            self.sorted += 1
+            return t[order], m[order]
+        return times, marks
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.sorted:
+            out.append(f"{self.source}: sorted the times of {self.sorted} unsorted sequence(s)")
+        for reason, n in sorted(self.dropped.items()):
+            out.append(f"{self.source}: dropped {n} invalid sequence(s): {reason}")
+        return out
+
+
+_REASON_PATTERNS = (
+    ("times not sorted", "unsorted times"),
+    ("negative time", "negative time"),
+    ("non-finite time", "non-finite time"),
+    ("empty sequence", "empty sequence"),
+    ("out of range", "mark out of range"),
+    ("negative mark", "negative mark"),
+    ("marks must be integers", "non-integer mark"),
+    ("marks are not integers", "non-integer mark"),
+    ("times are not numbers", "non-numeric time"),
+    ("window end", "window end before last event"),
+    ("times but", "times and marks differ in length"),
+)
+
+
+def drop_reason(problem: str) -> str:
+    """A short category for a validation problem (used to count dropped sequences per reason)."""
+    for pattern, reason in _REASON_PATTERNS:
+        if pattern in problem:
+            return reason
+    return re.sub(r"[-+]?\d[\d.e+-]*", "N", problem)[:60]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bytes, gzip, restricted pickles
+
+
+def open_bytes(path: str | Path) -> bytes:
+    """The file's bytes, gunzipped when they start with the gzip magic (whatever the name says)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", source=str(path)) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, expected a file", source=str(path)) from None
+    except OSError as e:
+        raise DataError(f"cannot read ({e.strerror})", source=str(path)) from None
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"corrupt or truncated gzip file ({e})", source=str(path)) from None
+    return raw
+
+
+def _numpy_attr(module: str, name: str) -> Any:
+    """Resolve ``numpy.core.*`` (numpy 1 pickles) and ``numpy._core.*`` (numpy 2 pickles) on either numpy."""
+    import importlib
+
+    candidates = [module]
+    if module.startswith("numpy.core"):
+        candidates.insert(0, "numpy._core" + module[len("numpy.core"):])
+    elif module.startswith("numpy._core"):
+        candidates.append("numpy.core" + module[len("numpy._core"):])
+    for mod in candidates:
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            continue
+    raise AttributeError(f"{module}.{name}")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only builds plain data: builtin containers and numpy arrays / dtypes / scalars.
+
+    Allowed globals: ``numpy.ndarray``, ``numpy.dtype``, ``numpy.dtypes.*DType``,
+    ``numpy.{core,_core}.multiarray._reconstruct`` and ``.scalar``, ``_codecs.encode`` (used by protocol-2 numpy
+    pickles for raw bytes), and ``collections.OrderedDict``. Anything else is a ``DataError`` naming the class.
+    """
+
+    _NUMPY = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+
+    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in {("_codecs", "encode"), ("collections", "OrderedDict")}:
+            return super().find_class(module, name)
+        if (module, name) in self._NUMPY or (module == "numpy.dtypes" and name.endswith("DType")):
+            return _numpy_attr(module, name)
+        raise DataError(
+            f"refusing to unpickle {module}.{name}: only plain containers and numpy arrays/scalars are allowed",
+            source=self.source,
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataError("refusing a pickle with persistent references (tensors/storages)", source=self.source)
+
+
+def restricted_loads(data: bytes, source: str) -> Any:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler`; any failure is a ``DataError`` naming ``source``."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), source).load()
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is bad input
+        raise DataError(f"cannot unpickle ({type(e).__name__}: {e})", source=source) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Format detection
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data file found in a folder: ``format`` as :func:`detect_format` names it; ``partner`` is the marks
+    file of an RMTPP time file; ``part`` the part name the file's sequences get."""
+
+    path: Path
+    format: str
+    part: str
+    partner: Path | None = None
+
+
+def _strip_suffixes(name: str) -> str:
+    for suffix in (".gz",):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def detect_format(path: str | Path, head: bytes | None = None) -> str:
+    """The format of one file from its name and first bytes (after gunzip): one of ``bosser``/``easytpp_json``
+    (``json`` when the content must be parsed to tell), ``pickle``, ``ifl_npz``, ``torch_zip``, ``table``,
+    ``parquet``, ``rmtpp_time``, ``rmtpp_marks`` or ``unknown``."""
+    path = Path(path)
+    name = _strip_suffixes(path.name.lower())
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".csv") or name.endswith(".tsv"):
+        return "table"
+    if name.endswith(".txt"):
+        stem = name[:-4]
+        if re.search(r"(^|[-_])time([-_]|$)", stem) or stem.startswith("time"):
+            return "rmtpp_time"
+        if re.search(r"(^|[-_])(event|marker)([-_]|$)", stem) or stem.startswith(("event", "marker")):
+            return "rmtpp_marks"
+        return "unknown"
+    if head is None:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    if head[:4] == ZIP_MAGIC:
+        return "ifl_npz" if name.endswith(".npz") else "torch_zip"
+    if head[:4] == PARQUET_MAGIC:
+        return "parquet"
+    if name.endswith(".npz"):
+        return "ifl_npz"
+    if name.endswith((".pkl", ".pickle", ".pt", ".pth")) or head[:1] == b"\x80":
+        return "pickle"
+    if name.endswith(".json") or head[:1] in (b"[", b"{"):
+        return "json"
+    if head[:2] == GZIP_MAGIC:
+        try:
+            with gzip.open(path, "rb") as f:
+                inner = f.read(4)
+        except (OSError, EOFError):
+            return "unknown"
+        return detect_format(Path(name), inner)
+    return "unknown"
+
+
+def _part_from_stem(stem: str) -> str:
+    stem = re.sub(r"_manifold_format$", "", stem)
+    return normalise_part(stem)
+
+
+def _rmtpp_partner(time_file: Path) -> Path | None:
+    name = time_file.name
+    for word in ("event", "marker"):
+        base = _strip_suffixes(name).replace("time", word, 1)
+        for cand in (base, base + ".gz"):
+            p = time_file.with_name(cand)
+            if p.exists():
+                return p
+    return None
+
+
+def _rmtpp_part(time_file: Path) -> str:
+    stem = _strip_suffixes(time_file.name)[: -len(".txt")]
+    rest = re.sub(r"time", "", stem, count=1).strip("-_")
+    return rest or "all"
+
+
+def scan_folder(path: str | Path) -> list[DataFile]:
+    """The data files of a folder (not recursive; ``split_k`` sub-folders are scanned by :func:`read_folder`):
+    detected format and part name for each, RMTPP time files paired with their marks file. Metadata files
+    (``args.json``, ``meta.txt``, ``*.windows.json``) and RMTPP marks files are not listed."""
+    path = Path(path)
+    out: list[DataFile] = []
+    for p in sorted(path.iterdir()):
+        if not p.is_file() or p.name.lower() in _SKIP_FILES or p.name.startswith("."):
+            continue
+        low = _strip_suffixes(p.name.lower())
+        if low.endswith(".windows.json") or low.endswith((".md", ".tsv", ".yaml", ".yml")):
+            continue
+        fmt = detect_format(p)
+        if fmt in ("unknown", "rmtpp_marks"):
+            continue
+        if fmt == "rmtpp_time":
+            out.append(DataFile(p, "rmtpp", _rmtpp_part(p), _rmtpp_partner(p)))
+            continue
+        stem = low.rsplit(".", 1)[0]
+        out.append(DataFile(p, fmt, _part_from_stem(stem)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JSON readers
+
+
+def _load_json(path: Path) -> Any:
+    data = open_bytes(path)
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"invalid JSON ({e})", source=str(path)) from None
+
+
+def _expect_list(obj: Any, path: Path, what: str) -> list:
+    if not isinstance(obj, list):
+        raise DataError(f"expected a JSON list of {what}, got {type(obj).__name__}", source=str(path))
+    return obj
+
+
+def read_bosser_json(
+    path: str | Path,
+    *,
+    num_marks: int | None = None,
+    options: ReadOptions | None = None,
+    part: str | None = None,
+    data: Any = None,
+) -> ReadResult:
+    """Read one Bosser & Ben Taieb file: JSON list of sequences of ``{"time", "labels": [k]}``.
+
+    A sidecar ``<stem>.windows.json`` next to it, if present, gives each sequence's window end.
+    """
+    path = Path(path)
+    raw = _expect_list(_load_json(path) if data is None else data, path, "sequences")
+    windows = _read_windows(path, len(raw))
+    build = _Builder(path, options, num_marks)
+    seqs: list[EventSequence] = []
+    for i, seq in enumerate(raw):
+        times, marks = _bosser_events(seq, path, i)
+        s = build(times, marks, i, None if windows is None else windows[i])
+        if s is not None:
+            seqs.append(s)
+    k = num_marks if num_marks is not None else _infer_marks(seqs)
+    name = part or _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
+    return ReadResult({name: seqs}, k, "bosser", str(path), build.notes(), build.dropped, [str(path)])
+
+
+def _bosser_events(seq: Any, path: Path, i: int) -> tuple[list, list]:
+    if not isinstance(seq, list):
+        raise DataError(f"expected a list of events, got {type(seq).__name__}", source=str(path), sequence=i)
+    try:
+        times = [e["time"] for e in seq]
+        labels = [e["labels"] for e in seq]
+    except KeyError as e:
+        raise DataError(f"event without key {e.args[0]!r} (expected 'time' and 'labels')",
+                        source=str(path), sequence=i) from None
+    except TypeError:
+        raise DataError("events must be objects {'time': ..., 'labels': [...]}", source=str(path), sequence=i) from None
+    if not all(isinstance(x, list) and len(x) == 1 for x in labels):
+        j = next(j for j, x in enumerate(labels) if not (isinstance(x, list) and len(x) == 1))
+        raise DataError(
+            f"event {j} has labels {labels[j]!r}: exactly one label per event is supported (multi-label data is not)",
+            source=str(path), sequence=i,
+        )
+    return times, [x[0] for x in labels]
+
+
+def _read_windows(path: Path, n: int) -> list | None:
+    stem = _strip_suffixes(path.name)
+    stem = stem[: -len(".json")] if stem.endswith(".json") else stem
+    side = path.with_name(stem + ".windows.json")
+    if not side.exists():
+        return None
+    w = _expect_list(_load_json(side), side, "window ends")
+    if len(w) != n:
+        raise DataError(f"{len(w)} window ends for {n} sequences in {path.name}", source=str(side))
+    return w
+
+
+def read_easytpp_json(
+    path: str | Path, *, options: ReadOptions | None = None, part: str | None = None, data: Any = None
+) -> ReadResult:
+    """Read one EasyTPP JSON file: list of ``{"dim_process", "time_since_start", "type_event", ...}``.
+
+    ``time_since_start`` is used as the absolute time (see the module docstring); ``dim_process`` is the
+    number of marks (it must agree across records)."""
+    path = Path(path)
+    raw = _expect_list(_load_json(path) if data is None else data, path, "sequences")
+    dims = {r.get("dim_process") for r in raw if isinstance(r, dict)}
+    dims.discard(None)
+    if len(dims) > 1:
+        raise DataError(f"records disagree on dim_process: {sorted(dims)}", source=str(path))
+    declared = int(dims.pop()) if dims else None
+    build = _Builder(path, options, declared)
+    seqs: list[EventSequence] = []
+    for i, rec in enumerate(raw):
+        if not isinstance(rec, dict):
+            raise DataError(f"expected an object per sequence, got {type(rec).__name__}", source=str(path), sequence=i)
+        times, marks = _get_keys(rec, ("time_since_start", "type_event"), path, i)
+        s = build(times, marks, i)
+        if s is not None:
+            seqs.append(s)
+    k = declared if declared is not None else _infer_marks(seqs)
+    name = part or _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
+    return ReadResult({name: seqs}, k, "easytpp_json", str(path), build.notes(), build.dropped, [str(path)])
+
+
+def _get_keys(rec: Mapping, keys: Sequence[str], path: Path, i: int) -> list:
+    try:
+        return [rec[k] for k in keys]
+    except KeyError as e:
+        raise DataError(f"missing key {e.args[0]!r} (expected {', '.join(keys)})", source=str(path), sequence=i) from None
+
+
+def read_json(path: str | Path, *, options: ReadOptions | None = None, num_marks: int | None = None,
+              part: str | None = None) -> ReadResult:
+    """Read a JSON file, telling Bosser from EasyTPP by the first record."""
+    path = Path(path)
+    data = _expect_list(_load_json(path), path, "sequences")
+    first = data[0] if data else []
+    if isinstance(first, dict):
+        return read_easytpp_json(path, options=options, part=part, data=data)
+    return read_bosser_json(path, num_marks=num_marks, options=options, part=part, data=data)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pickles, npz, torch zip
+
+
+def read_pickle(path: str | Path, *, options: ReadOptions | None = None) -> ReadResult:
+    """Read an EasyTPP/NHP/THP pickle (``dim_process`` + split keys) or a GNTPP dict-of-arrays pickle.
+
+    Loaded with :class:`RestrictedUnpickler` only."""
+    path = Path(path)
+    data = open_bytes(path)
+    if data[:4] == ZIP_MAGIC:
+        return read_torch_zip(path, options=options)
+    obj = restricted_loads(data, str(path))
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a pickled dict, got {type(obj).__name__}", source=str(path))
+    if "timestamps" in obj and "types" in obj:
+        return _read_gntpp(obj, path, options)
+    if "dim_process" in obj:
+        return _read_easytpp_pickle(obj, path, options)
+    if "sequences" in obj:
+        return _read_ifl_dict(obj, path, options, "pickle")
+    raise DataError(
+        f"unknown pickle layout with keys {sorted(map(str, obj))[:8]} (expected EasyTPP 'dim_process' + splits, "
+        "GNTPP 'timestamps'/'types', or ifl-tpp 'sequences')",
+        source=str(path),
+    )
+
+
+def _read_easytpp_pickle(obj: dict, path: Path, options: ReadOptions | None) -> ReadResult:
+    try:
+        declared = int(obj["dim_process"])
+    except (TypeError, ValueError):
+        raise DataError(f"dim_process is not an integer: {obj['dim_process']!r}", source=str(path)) from None
+    parts: dict[str, list[EventSequence]] = {}
+    notes: list[str] = []
+    dropped: Counter = Counter()
+    for key, value in obj.items():
+        if key in ("dim_process", "args") or not isinstance(value, list):
+            continue
+        if not value:
+            notes.append(f"{path}: split {key!r} is empty (skipped)")
+            continue
+        label = f"{path} [{key}]"
+        build = _Builder(label, options, declared)
+        seqs = []
+        for i, seq in enumerate(value):
+            if not isinstance(seq, list):
+                raise DataError(f"expected a list of events, got {type(seq).__name__}", source=label, sequence=i)
+            try:
+                times = [e["time_since_start"] for e in seq]
+                marks = [e["type_event"] for e in seq]
+            except KeyError as e:
+                raise DataError(f"event without key {e.args[0]!r} (expected 'time_since_start', 'type_event')",
+                                source=label, sequence=i) from None
+            except TypeError:
+                raise DataError("events must be dicts", source=label, sequence=i) from None
+            s = build(times, marks, i)
+            if s is not None:
+                seqs.append(s)
+        name = normalise_part(str(key))
+        parts.setdefault(name, []).extend(seqs)
+        notes += build.notes()
+        dropped += build.dropped
+    if not parts:
+        raise DataError("no non-empty split in this pickle", source=str(path))
+    return ReadResult(parts, declared, "easytpp_pickle", str(path), notes, dropped, [str(path)])
+
+
+def _read_gntpp(obj: dict, path: Path, options: ReadOptions | None) -> ReadResult:
+    declared = obj.get("event_type_num")
+    declared = None if declared is None else int(declared)
+    ts, ks = obj["timestamps"], obj["types"]
+    if len(ts) != len(ks):
+        raise DataError(f"{len(ts)} timestamp arrays but {len(ks)} type arrays", source=str(path))
+    build = _Builder(path, options, declared)
+    seqs = [s for i in range(len(ts)) if (s := build(ts[i], ks[i], i)) is not None]
+    k = declared if declared is not None else _infer_marks(seqs)
+    part = _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
+    return ReadResult({part: seqs}, k, "gntpp_pickle", str(path), build.notes(), build.dropped, [str(path)])
+
+
+def _read_ifl_dict(obj: dict, path: Path, options: ReadOptions | None, fmt: str) -> ReadResult:
+    raw = obj["sequences"]
+    declared = obj.get("num_marks")
+    declared = None if declared is None else int(declared)
+    build = _Builder(path, options, declared)
+    seqs = []
+    for i, rec in enumerate(raw):
+        if not isinstance(rec, dict):
+            raise DataError("expected a dict per sequence", source=str(path), sequence=i)
+        (times,) = _get_keys(rec, ("arrival_times",), path, i)
+        marks = rec.get("marks")
+        t0 = float(rec.get("t_start", 0.0) or 0.0)
+        try:
+            t = np.asarray(times, dtype=np.float64) - t0
+        except (TypeError, ValueError):
+            t = times  # make_sequence reports it
+        m = np.zeros(len(t), dtype=np.int64) if marks is None else marks
+        t_end = rec.get("t_end")
+        s = build(t, m, i, None if t_end is None else float(t_end) - t0)
+        if s is not None:
+            seqs.append(s)
+    k = declared if declared is not None else max(_infer_marks(seqs), 1)
+    part = _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
+    return ReadResult({part: seqs}, k, fmt, str(path), build.notes(), build.dropped, [str(path)])
+
+
+def _zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(io.BytesIO(open_bytes(path)))
+    except zipfile.BadZipFile as e:
+        raise DataError(f"corrupt zip/npz file ({e})", source=str(path)) from None
+
+
+def _npz_array(zf: zipfile.ZipFile, member: str, source: str) -> np.ndarray:
+    """Read one ``.npy`` member; object arrays are unpickled with the restricted unpickler."""
+    try:
+        with zf.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            rest = f.read()
+    except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise DataError(f"cannot read array {member!r} ({e})", source=source) from None
+    if dtype.hasobject:
+        arr = restricted_loads(rest, f"{source} [{member}]")
+        return np.asarray(arr, dtype=object) if not isinstance(arr, np.ndarray) else arr
+    arr = np.frombuffer(rest, dtype=dtype, count=int(np.prod(shape)) if shape else 1)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def read_npz(path: str | Path, *, options: ReadOptions | None = None) -> ReadResult:
+    """Read an ifl-tpp ``.npz``: ``arrival_times`` (object array of per-sequence lists) and optional ``marks``.
+    Unmarked data gets mark 0 and ``num_marks = 1``."""
+    path = Path(path)
+    zf = _zip(path)
+    members = {n[:-4] if n.endswith(".npy") else n: n for n in zf.namelist()}
+    if "arrival_times" not in members:
+        raise DataError(f"no 'arrival_times' array (found {sorted(members)})", source=str(path))
+    times = _npz_array(zf, members["arrival_times"], str(path))
+    marks = _npz_array(zf, members["marks"], str(path)) if "marks" in members else None
+    if marks is not None and len(marks) != len(times):
+        raise DataError(f"{len(times)} time sequences but {len(marks)} mark sequences", source=str(path))
+    declared = None
+    if "num_marks" in members:
+        declared = int(_npz_array(zf, members["num_marks"], str(path)))
+    build = _Builder(path, options, declared)
+    seqs = []
+    for i in range(len(times)):
+        m = marks[i] if marks is not None else np.zeros(len(times[i]), dtype=np.int64)
+        s = build(times[i], m, i)
+        if s is not None:
+            seqs.append(s)
+    k = declared if declared is not None else max(_infer_marks(seqs), 1)
+    notes = build.notes() + ([f"{path}: unmarked data, every event gets mark 0"] if marks is None else [])
+    part = _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
+    return ReadResult({part: seqs}, k, "ifl_npz", str(path), notes, build.dropped, [str(path)])
+
+
+def read_torch_zip(path: str | Path, *, options: ReadOptions | None = None) -> ReadResult:
+    """Read a ``torch.save`` zip holding plain Python (joint_tpp MIMIC-II): ``*/data.pkl`` is unpickled with the
+    restricted unpickler, no torch needed. Tensors inside are refused."""
+    path = Path(path)
+    zf = _zip(path)
+    names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+    if not names:
+        raise DataError(f"zip without a data.pkl (found {zf.namelist()[:5]})", source=str(path))
+    obj = restricted_loads(zf.read(names[0]), str(path))
+    if isinstance(obj, dict) and "sequences" in obj:
+        return _read_ifl_dict(obj, path, options, "torch_zip")
+    raise DataError("expected {'sequences': [...], 'num_marks': int} inside the torch zip", source=str(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RMTPP text pairs
+
+
+def _read_lines(path: Path) -> list[str]:
+    text = open_bytes(path).decode("utf-8", errors="strict")
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def _parse_line(line: str, dtype: type, path: Path, i: int) -> np.ndarray:
+    try:
+        return np.array(line.split(), dtype=dtype)
+    except ValueError:
+        what = "times" if dtype is np.float64 else "marks"
+        raise DataError(f"{what} are not numbers: {line.strip()[:60]!r}", source=str(path), sequence=i) from None
+
+
+def _read_rmtpp_raw(time_file: Path, mark_file: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    tl, ml = _read_lines(time_file), _read_lines(mark_file)
+    if len(tl) != len(ml):
+        raise DataError(f"{len(tl)} lines of times but {len(ml)} lines of marks in {mark_file.name}",
+                        source=str(time_file))
+    times = [_parse_line(line, np.float64, time_file, i) for i, line in enumerate(tl)]
+    marks = []
+    for i, line in enumerate(ml):
+        m = _parse_line(line, np.float64, mark_file, i)
+        if m.size and not np.all(m == np.round(m)):
+            raise DataError(f"marks must be integers, got {line.split()[:3]}", source=str(mark_file), sequence=i)
+        marks.append(m.astype(np.int64))
+    return times, marks
+
+
+def _detect_mark_base(marks: Iterable[np.ndarray], option: int | None) -> int:
+    if option is not None:
+        if option not in (0, 1):
+            raise DataError(f"mark_base must be 0 or 1, got {option!r}")
+        return option
+    lows = [int(m.min()) for m in marks if m.size]
+    return 0 if lows and min(lows) <= 0 else 1
+
+
+def read_rmtpp_pair(time_file: str | Path, mark_file: str | Path | None = None, *,
+                    options: ReadOptions | None = None) -> ReadResult:
+    """Read one RMTPP pair (marks file found next to the time file when not given)."""
+    time_file = Path(time_file)
+    mark_file = Path(mark_file) if mark_file is not None else _rmtpp_partner(time_file)
+    if mark_file is None:
+        raise DataError("no matching event*/marker* file for this time file", source=str(time_file))
+    return _read_rmtpp_pairs([DataFile(time_file, "rmtpp", _rmtpp_part(time_file), mark_file)], options,
+                             str(time_file))
+
+
+def _read_rmtpp_pairs(pairs: Sequence[DataFile], options: ReadOptions | None, source: str) -> ReadResult:
+    options = options or ReadOptions()
+    raw = [(p, *_read_rmtpp_raw(p.path, p.partner)) for p in pairs]
+    base = _detect_mark_base((m for _, _, ms in raw for m in ms), options.mark_base)
+    parts: dict[str, list[EventSequence]] = {}
+    notes = [f"{source}: RMTPP marks read as {base}-based"
+             + (" (detected)" if options.mark_base is None else " (given)")
+             + (", shifted to 0-based" if base == 1 else "")]
+    dropped: Counter = Counter()
+    for p, times, marks in raw:
+        build = _Builder(p.path, options)
+        seqs = [s for i, (t, m) in enumerate(zip(times, marks)) if (s := build(t, m - base, i)) is not None]
+        parts.setdefault(p.part, []).extend(seqs)
+        notes += build.notes()
+        dropped += build.dropped
+    k = _infer_marks(s for v in parts.values() for s in v)
+    files = [str(x) for p in pairs for x in (p.path, p.partner)]
+    return ReadResult(parts, k, "rmtpp", source, notes, dropped, files)
+
+
+def read_rmtpp(folder: str | Path, *, options: ReadOptions | None = None, prefer_full: bool = True) -> ReadResult:
+    """Read every RMTPP pair in a folder (mark base detected over all of them together).
+
+    With ``prefer_full`` and a full ``time.txt``/``event.txt`` pair present, only that pair is read (the RMTPP
+    folds are re-partitions of the full set). Marks files without times are listed in ``notes``."""
+    folder = Path(folder)
+    files = [f for f in scan_folder(folder) if f.format == "rmtpp"]
+    lonely = [f.path.name for f in files if f.partner is None]
+    pairs = [f for f in files if f.partner is not None]
+    if not pairs:
+        raise DataError("no RMTPP time*/event* file pair here", source=str(folder))
+    notes = []
+    full = [p for p in pairs if p.part == "all"]
+    if prefer_full and full and len(pairs) > 1:
+        notes.append(f"{folder}: read the full time/event pair only; {len(pairs) - 1} fold pair(s) not read")
+        pairs = full
+    res = _read_rmtpp_pairs(pairs, options, str(folder))
+    used = {Path(f).name for f in res.files}
+    marks_only = sorted(
+        p.name for p in folder.iterdir()
+        if detect_format(p) == "rmtpp_marks" and p.name not in used
+    )
+    if lonely:
+        notes.append(f"{folder}: time file(s) without marks ignored: {', '.join(lonely)}")
+    if marks_only and not (prefer_full and full):
+        notes.append(f"{folder}: marks-only file(s) without times ignored: {', '.join(marks_only)}")
+    res.notes = notes + res.notes
+    return res
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Long tables
+
+
+def read_table(path: str | Path, *, options: ReadOptions | None = None, num_marks: int | None = None) -> ReadResult:
+    """Read a long CSV/Parquet table ``seq_id, time[, mark][, split]`` (pandas; Parquet needs pyarrow).
+
+    Sequences are in order of first appearance of their ``seq_id``; the index in error messages is that order.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    fmt = detect_format(path)
+    try:
+        if fmt == "parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise DataError("reading Parquet needs pyarrow: pip install pyarrow", source=str(path)) from None
+            df = pd.read_parquet(io.BytesIO(open_bytes(path)))
+        else:
+            sep = "\t" if _strip_suffixes(path.name.lower()).endswith(".tsv") else ","
+            df = pd.read_csv(io.BytesIO(open_bytes(path)), sep=sep)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pandas raises many types for bad files
+        raise DataError(f"cannot read table ({type(e).__name__}: {e})", source=str(path)) from None
+    missing = [c for c in ("seq_id", "time") if c not in df.columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; expected seq_id, time, mark (got {list(df.columns)})",
+                        source=str(path))
+    notes = []
+    if "mark" not in df.columns:
+        notes.append(f"{path}: no 'mark' column, every event gets mark 0")
+    parts: dict[str, list[EventSequence]] = {}
+    dropped: Counter = Counter()
+    groups = df.groupby(df["split"].astype(str), sort=False) if "split" in df.columns else [("all", df)]
+    build = _Builder(path, options, num_marks)
+    offset = 0
+    for split_name, sub in groups:
+        seqs = _table_sequences(sub, build, offset)
+        offset += sub["seq_id"].nunique()
+        parts.setdefault(normalise_part(str(split_name)), []).extend(seqs)
+    notes += build.notes()
+    dropped += build.dropped
+    k = num_marks if num_marks is not None else max(_infer_marks(s for v in parts.values() for s in v), 1)
+    return ReadResult(parts, k, "parquet" if fmt == "parquet" else "table", str(path), notes, dropped, [str(path)])
+
+
+def _table_sequences(df: Any, build: _Builder, offset: int) -> list[EventSequence]:
+    import pandas as pd
+
+    codes, _ = pd.factorize(df["seq_id"], sort=False)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes) if codes.size else np.zeros(0, dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    times = df["time"].to_numpy()[order]
+    marks = df["mark"].to_numpy()[order] if "mark" in df.columns else np.zeros(len(df), dtype=np.int64)
+    out = []
+    for j in range(len(counts)):
+        a, b = bounds[j], bounds[j + 1]
+        s = build(times[a:b], marks[a:b], offset + j)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def read_file(path: str | Path, *, options: ReadOptions | None = None, num_marks: int | None = None) -> ReadResult:
+    """Read one data file of any supported format (detected from its bytes and name)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", source=str(path))
+    fmt = detect_format(path)
+    if fmt == "json":
+        return read_json(path, options=options, num_marks=num_marks)
+    if fmt == "pickle":
+        return read_pickle(path, options=options)
+    if fmt == "ifl_npz":
+        return read_npz(path, options=options)
+    if fmt == "torch_zip":
+        return read_torch_zip(path, options=options)
+    if fmt in ("table", "parquet"):
+        return read_table(path, options=options, num_marks=num_marks)
+    if fmt == "rmtpp_time":
+        return read_rmtpp_pair(path, options=options)
+    if fmt == "rmtpp_marks":
+        raise DataError("an RMTPP marks file alone has no times: give the time*.txt file or the folder",
+                        source=str(path))
+    raise DataError(
+        "unknown file format (expected JSON, pickle, .npz, RMTPP time*/event*.txt, CSV or Parquet)",
+        source=str(path),
+    )
+
+
+def _merge(results: Sequence[ReadResult], source: str, fmt: str, prefix: str = "") -> ReadResult:
+    parts: dict[str, list[EventSequence]] = {}
+    notes: list[str] = []
+    dropped: Counter = Counter()
+    files: list[str] = []
+    declared = []
+    for r in results:
+        for name, seqs in r.parts.items():
+            parts.setdefault(prefix + name, []).extend(seqs)
+        notes += r.notes
+        dropped += r.dropped
+        files += r.files
+        declared.append(r.num_marks)
+    k = max(declared) if declared else 0
+    if len(set(declared)) > 1:
+        notes.append(f"{source}: files disagree on the number of marks {sorted(set(declared))}; using {k}")
+    return ReadResult(parts, k, fmt, source, notes, dropped, files)
+
+
+def _split_dirs(folder: Path) -> list[Path]:
+    dirs = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"split_\d+", p.name)]
+    return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _split_args(folder: Path) -> dict:
+    args = folder / "args.json"
+    if not args.exists():
+        return {}
+    try:
+        meta = json.loads(args.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"invalid JSON ({e})", source=str(args)) from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _declared_marks(meta: Mapping) -> int | None:
+    for key in ("marks", "num_marks"):
+        if isinstance(meta.get(key), int) and not isinstance(meta.get(key), bool):
+            return int(meta[key])
+    return None
+
+
+def _attach_window(res: ReadResult, window: Any, options: ReadOptions | None) -> None:
+    """Attach a split folder's common window end to every sequence (``use_window``), or note that it exists."""
+    if not isinstance(window, (int, float)) or isinstance(window, bool):
+        return
+    if options is None or not options.use_window:
+        res.notes.append(f"{res.source}: args.json gives a common window end {window}; not used (the window ends "
+                         "at each sequence's last event; use_window=True attaches it)")
+        return
+    for name, seqs in res.parts.items():
+        out = []
+        for i, s in enumerate(seqs):
+            out.append(make_sequence(s.times, s.marks, window_end=float(window), source=f"{res.source} [{name}]",
+                                     index=i))
+        res.parts[name] = out
+
+
+def _read_one_split(d: Path, options: ReadOptions | None, progress: bool) -> ReadResult:
+    meta = _split_args(d)
+    r = _read_plain_folder(d, options, progress, default_marks=_declared_marks(meta))
+    _attach_window(r, meta.get("window"), options)
+    r.meta["args"] = meta
+    return r
+
+
+def read_split(folder: str | Path, k: int, *, options: ReadOptions | None = None, progress: bool = False) -> ReadResult:
+    """Read only ``split_<k>`` of a split folder; parts are keyed ``split_<k>/<part>``, ``meta["splits"]`` lists
+    the split folders present. ``DataError`` if there is no such split."""
+    folder = Path(folder)
+    splits = _split_dirs(folder) if folder.is_dir() else []
+    d = folder / f"split_{k}"
+    if d not in splits:
+        raise DataError(f"split {k} does not exist (available: {', '.join(p.name for p in splits) or 'none'})",
+                        source=str(folder))
+    r = _read_one_split(d, options, progress)
+    r.parts = {f"{d.name}/{name}": seqs for name, seqs in r.parts.items()}
+    r.meta["splits"] = [p.name for p in splits]
+    return r
+
+
+def read_folder(folder: str | Path, *, options: ReadOptions | None = None, progress: bool = False) -> ReadResult:
+    """Read every data file in a folder: a split folder (``split_k/``, parts ``split_k/<part>``), RMTPP pairs,
+    or any mix of files (each file's parts keyed by its normalised stem, e.g. ``dev.pkl`` -> ``val``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("folder not found", source=str(folder))
+    splits = _split_dirs(folder)
+    if splits:
+        results = [_read_one_split(d, options, progress) for d in splits]
+        res = _merge(results, str(folder), "split_folder")
+        res.parts = {}
+        for d, r in zip(splits, results):
+            for name, seqs in r.parts.items():
+                res.parts[f"{d.name}/{name}"] = seqs
+        res.meta["splits"] = [d.name for d in splits]
+        res.meta["args"] = [r.meta["args"] for r in results]
+        return res
+    return _read_plain_folder(folder, options, progress)
+
+
+def _read_plain_folder(folder: Path, options: ReadOptions | None, progress: bool,
+                       default_marks: int | None = None) -> ReadResult:
+    files = scan_folder(folder)
+    if not files:
+        raise DataError("no data files found (expected .json[.gz], .pkl, .npz, time*/event*.txt, .csv, .parquet)",
+                        source=str(folder))
+    results = []
+    rmtpp = [f for f in files if f.format == "rmtpp"]
+    if rmtpp:
+        results.append(read_rmtpp(folder, options=options))
+    others = [f for f in files if f.format != "rmtpp"]
+    for f in _progress(others, progress, f"reading {folder.name}"):
+        results.append(read_file(f.path, options=options, num_marks=default_marks))
+    fmts = sorted({r.format for r in results})
+    res = _merge(results, str(folder), fmts[0] if len(fmts) == 1 else "+".join(fmts))
+    if default_marks is not None:
+        res.num_marks = max(res.num_marks, default_marks)
+    return res
+
+
+def _progress(items: list, enabled: bool, desc: str) -> Iterable:
+    if not enabled or len(items) < 2:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="file", leave=False, disable=None)
+
+
+def read_any(path: str | Path, *, options: ReadOptions | None = None, progress: bool = False, **kwargs: Any) -> ReadResult:
+    """Read a file or a folder of any supported format. ``kwargs`` are :class:`ReadOptions` fields
+    (``sort``, ``mark_base``, ``drop_invalid``) when ``options`` is not given."""
+    if options is None:
+        options = ReadOptions(**kwargs)
+    elif kwargs:
+        raise TypeError("give either options or keyword options, not both")
+    path = Path(path)
+    if path.is_dir():
+        return read_folder(path, options=options, progress=progress)
+    if not path.exists():
+        raise DataError("no such file or folder", source=str(path))
+    return read_file(path, options=options)
+
+
+def _infer_marks(seqs: Iterable[EventSequence]) -> int:
+    top = -1
+    for s in seqs:
+        if len(s):
+            top = max(top, int(s.marks.max()))
+    return top + 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writer (canonical split folder)
+
+
+def _bosser_bytes(sequences: Sequence[EventSequence]) -> bytes:
+    """``[[{"time": t, "labels": [k]}, ...], ...]`` as compact, deterministic JSON bytes (``repr`` floats
+    round-trip exactly)."""
+    chunks = []
+    for s in sequences:
+        events = ",".join(
+            f'{{"time":{t!r},"labels":[{k}]}}' for t, k in zip(s.times.tolist(), s.marks.tolist())
+        )
+        chunks.append(f"[{events}]")
+    return ("[" + ",\n".join(chunks) + "]\n").encode()
+
+
+def write_bosser_json(path: str | Path, sequences: Sequence[EventSequence]) -> Path:
+    """Write sequences as a plain Bosser JSON file (and ``<stem>.windows.json`` if any has a window end)."""
+    path = Path(path)
+    path.write_bytes(_bosser_bytes(sequences))
+    if any(s.window_end is not None for s in sequences):
+        stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+        side = path.with_name(stem + ".windows.json")
+        side.write_text(json.dumps([s.window_end for s in sequences]) + "\n")
+    return path
+
+
+def write_split_folder(
+    out_dir: str | Path,
+    splits: Sequence[Mapping[str, Sequence[EventSequence]]],
+    *,
+    num_marks: int,
+    args: Mapping[str, Any] | None = None,
+    split_args: Sequence[Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write the canonical split folder: ``out_dir/split_k/{part}.json`` (plain JSON, Bosser layout) for each
+    ``splits[k]`` (part name -> sequences, usually ``train``/``val``/``test``), ``split_k/args.json``
+    (``marks``, ``<part>_size``, plus ``split_args[k]``) and ``out_dir/args.json`` (``args`` plus ``marks``).
+
+    Writes into a temporary sibling folder and renames it into place, so readers never see half a folder.
+    ``out_dir`` must not exist or be empty.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError("output folder exists and is not empty", source=str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for k, parts in enumerate(splits):
+            d = tmp / f"split_{k}"
+            d.mkdir()
+            meta: dict[str, Any] = {"marks": int(num_marks), "window": None}
+            for name, seqs in parts.items():
+                write_bosser_json(d / f"{name}.json", seqs)
+                meta[f"{name}_size"] = len(seqs)
+            if split_args is not None:
+                meta.update(split_args[k])
+            (d / "args.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        top = dict(args or {})
+        top["marks"] = int(num_marks)
+        (tmp / "args.json").write_text(json.dumps(top, indent=2, sort_keys=True, default=str) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def is_split_folder(path: str | Path) -> bool:
+    """True if ``path`` holds ``split_k`` sub-folders."""
+    path = Path(path)
+    return path.is_dir() and bool(_split_dirs(path))
+
