@@ -205,3 +205,405 @@ class Weighted(Aggregator):
             raise ValueError(f"weighted: {len(self.weights)} weights for {F.shape[0]} tasks")
         w = torch.tensor(self.weights, dtype=F.dtype, device=F.device)
         return w @ F
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gradient surgery: PCGrad, GradOPS, CoGrad, GradVac
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Seeded:
+    """Mixin: a CPU ``torch.Generator`` for random task orders (``T > 2``), saved by ``state_dict``."""
+
+    def _init_rng(self, seed: int | None) -> None:
+        self._gen = torch.Generator()
+        self._gen.manual_seed(int(seed) if seed is not None else int(torch.initial_seed()) % (2**63))
+
+    def _perm(self, n: int) -> list[int]:
+        return torch.randperm(n, generator=self._gen).tolist()  # CPU generator: no device sync
+
+
+@register("pcgrad")
+class PCGrad(_Seeded, Aggregator):
+    """PCGrad (Yu et al., NeurIPS 2020, "Gradient Surgery for Multi-Task Learning", Algorithm 1).
+
+    For each task ``i``: ``g_i' = g_i``; for each other task ``j`` in a random order, if ``g_i' . g_j < 0``:
+    ``g_i' -= (g_i' . g_j / |g_j|^2) g_j`` (projection against the ORIGINAL ``g_j``). Output ``sum_i g_i'``.
+    Two tasks, closed form (no order dependence): with ``d = g_T . g_M``,
+    ``g_T' = g_T - min(d, 0) / |g_M|^2 g_M`` and ``g_M' = g_M - min(d, 0) / |g_T|^2 g_T``.
+    A zero gradient is never projected against. Options: ``seed`` for the random order (``T > 2`` only).
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._init_rng(seed)
+
+    def combine(self, F: Tensor) -> Tensor:
+        T = F.shape[0]
+        G = F @ F.T
+        if T == 2:
+            d = torch.clamp(G[0, 1], max=0.0)
+            c_T = _safe_div(d, G[1, 1])
+            c_M = _safe_div(d, G[0, 0])
+            return (F[0] - c_T * F[1]) + (F[1] - c_M * F[0])
+        out = torch.zeros_like(F[0])
+        for i in range(T):
+            gi = F[i].clone()
+            for j in self._perm(T):
+                if j == i:
+                    continue
+                dot = torch.clamp(gi @ F[j], max=0.0)
+                gi = gi - _safe_div(dot, G[j, j]) * F[j]
+            out = out + gi
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._gen.set_state(state["rng"])
+
+
+@register("gradops")
+class GradOPS(Aggregator):
+    """GradOPS (Zhu et al., WSDM 2025, "Gradient Deconfliction via Orthogonal Projections onto Subspaces for
+    Multi-task Learning", arXiv:2503.03438; earlier ICLR 2023 submission).
+
+    1. Each task gradient is projected onto the orthogonal complement of the span of the OTHER tasks' gradients:
+       ``g_i' = g_i - P_{S_-i} g_i`` with ``S_-i = span{g_j, j != i}``. Then ``g_i' . g_j = 0`` for ``j != i``, so
+       ``G' = sum_i g_i'`` satisfies ``G' . g_i = |g_i'|^2 >= 0``: no conflict with any original gradient.
+       Two tasks: ``g_T' = g_T - (g_T . g_M / |g_M|^2) g_M`` and symmetrically.
+    2. Trade-off reweighting with the single hyper-parameter ``alpha``: ``R_i = g_i . G' / |G'|^2`` (how much of
+       ``G'`` serves task ``i``; equals ``|g_i'|^2 / |G'|^2 >= 0``), ``w_i = T R_i^alpha / sum_j R_j^alpha``, output
+       ``sum_i w_i g_i'``. ``alpha = 0`` (default) is the plain sum of the projected gradients; ``alpha > 0`` favours
+       tasks already served more, ``alpha < 0`` the others (the paper reports e.g. ``alpha = -3``).
+
+    Choices the descriptions available to us leave open (documented, not taken from the paper's code): the projection
+    is applied whether or not the gradients conflict (as the method's name and abstract state); a task whose
+    projected gradient vanishes gets ``R_i = 0`` and weight 0 (also for ``alpha < 0``, where ``0^alpha`` would be
+    infinite); when every ``g_i'`` vanishes (all gradients collinear) the update is zero. The span projection for
+    ``T > 2`` uses the pseudo-inverse of the others' Gram matrix. NOTE: the reweighting formula was reconstructed
+    from secondary descriptions; check it against the paper before relying on ``alpha != 0``.
+    """
+
+    def __init__(self, alpha: float = 0.0) -> None:
+        self.alpha = float(alpha)
+
+    def projected(self, F: Tensor) -> Tensor:
+        """``[T, P]`` -> ``[T, P]`` projected task gradients ``g_i'``."""
+        T = F.shape[0]
+        G = F @ F.T
+        if T == 2:
+            p0 = F[0] - _safe_div(G[0, 1], G[1, 1]) * F[1]
+            p1 = F[1] - _safe_div(G[0, 1], G[0, 0]) * F[0]
+            return torch.stack([p0, p1])
+        rows = []
+        for i in range(T):
+            others = [j for j in range(T) if j != i]
+            Go = G[others][:, others]
+            coef = torch.linalg.pinv(Go) @ G[others, i]
+            rows.append(F[i] - coef @ F[others])
+        return torch.stack(rows)
+
+    def combine(self, F: Tensor) -> Tensor:
+        Fp = self.projected(F)
+        T = F.shape[0]
+        Gp = Fp.sum(0)
+        if self.alpha == 0.0:
+            return Gp
+        R = _safe_div(F @ Gp, (Gp @ Gp).expand(T))
+        R = torch.clamp(R, min=0.0)
+        Ra = torch.where(R > 0, torch.where(R > 0, R, torch.ones_like(R)) ** self.alpha, torch.zeros_like(R))
+        w = _safe_div(T * Ra, Ra.sum().expand(T))
+        return w @ Fp
+
+
+@register("cograd")
+class CoGrad(Aggregator):
+    """CoGrad (Yang et al., SIGIR 2023, "Gradient Coordination for Quantifying and Maximizing Knowledge
+    Transference in Multi-Task Learning", arXiv:2303.05847).
+
+    Transference ``j -> i`` is the loss reduction of task ``i`` caused by a step along ``g_j``; maximising it adds an
+    auxiliary gradient to ``g_i`` that involves Hessian-vector products, which CoGrad approximates element-wise
+    (diagonal, Fisher-like ``H_i ~ g_i * g_i``). Rule implemented (element-wise products)::
+
+        g_i' = g_i - gamma * sum_{j != i} g_i * g_i * g_j          output sum_i g_i'
+
+    ``gamma`` (option, default 0.1) weighs the transference term. Caveats: the term is cubic in the gradient scale,
+    so ``gamma`` must be tuned per problem; the exact rule and the paper's default ``gamma`` could not be checked
+    against the paper text in the sources available while writing this (only its abstract) -- verify before
+    reporting CoGrad numbers.
+    """
+
+    def __init__(self, gamma: float = 0.1) -> None:
+        self.gamma = float(gamma)
+
+    def combine(self, F: Tensor) -> Tensor:
+        total = F.sum(0)
+        sq = F * F  # [T, P]
+        others = total.unsqueeze(0) - F  # sum_{j != i} g_j
+        return total - self.gamma * (sq * others).sum(0)
+
+
+@register("gradvac")
+class GradVac(_Seeded, Aggregator):
+    """Gradient Vaccine (Wang et al., ICLR 2021, "Gradient Vaccine: Investigating and Improving Multi-task
+    Optimization in Massively Multilingual Models").
+
+    For each task ``i`` and each other task ``j`` (random order for ``T > 2``): ``phi = cos(g_i', g_j)``; if
+    ``phi < phi_hat_ij`` (the EMA target similarity):
+    ``g_i' += |g_i'| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2)) / (|g_j| sqrt(1 - phi_hat^2)) g_j``,
+    which sets ``cos(g_i', g_j)`` exactly to ``phi_hat``. Then ``phi_hat_ij <- (1 - beta) phi_hat_ij + beta phi``.
+    Output ``sum_i g_i'``. Granularity: all shared parameters together (the paper also has per-layer variants).
+    Options: ``beta`` (EMA rate, default 0.01 as in the paper), ``target`` (initial target similarity, default 0),
+    ``seed``. State: the ``[T, T]`` EMA targets (created at the first call).
+    """
+
+    def __init__(self, beta: float = 0.01, target: float = 0.0, seed: int | None = None) -> None:
+        if not 0.0 <= beta <= 1.0:
+            raise ConfigError(f"beta: must be in [0, 1], got {beta}")
+        if not -1.0 < target < 1.0:
+            raise ConfigError(f"target: must be in (-1, 1), got {target}")
+        self.beta, self.target = float(beta), float(target)
+        self.phi_hat: Tensor | None = None
+        self._init_rng(seed)
+
+    def combine(self, F: Tensor) -> Tensor:
+        T = F.shape[0]
+        if self.phi_hat is None:
+            self.phi_hat = torch.full((T, T), self.target, dtype=F.dtype, device=F.device)
+        ph = self.phi_hat.to(device=F.device, dtype=F.dtype)
+        norms = torch.linalg.vector_norm(F, dim=1)
+        new_ph = ph.clone()
+        out = torch.zeros_like(F[0])
+        for i in range(T):
+            gi = F[i].clone()
+            order = [0, 1] if T == 2 else self._perm(T)
+            for j in order:
+                if j == i:
+                    continue
+                ni = torch.linalg.vector_norm(gi)
+                den = ni * norms[j]
+                phi = _safe_div(gi @ F[j], den)
+                t = ph[i, j]
+                coef = _safe_div(
+                    ni * (t * torch.sqrt(torch.clamp(1 - phi**2, min=0)) - phi * torch.sqrt(1 - t**2)),
+                    norms[j] * torch.sqrt(1 - t**2),
+                )
+                apply = (phi < t) & (den > 0)
+                gi = gi + torch.where(apply, coef, torch.zeros_like(coef)) * F[j]
+                new_ph[i, j] = torch.where(den > 0, (1 - self.beta) * t + self.beta * phi, t)
+            out = out + gi
+        self.phi_hat = new_ph
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phi_hat": None if self.phi_hat is None else self.phi_hat.detach().cpu(), "rng": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phi_hat = None if state.get("phi_hat") is None else state["phi_hat"].clone()
+        if "rng" in state:
+            self._gen.set_state(state["rng"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Magnitude balancing: MetaBalance
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@register("metabalance")
+class MetaBalance(Aggregator):
+    """MetaBalance (He et al., WWW 2022, "MetaBalance: Improving Multi-Task Recommendations via Adapting Gradient
+    Magnitudes of Auxiliary Tasks").
+
+    Per shared parameter TENSOR ``p`` and task ``k``: moving average of gradient norms
+    ``m_k(p) <- beta m_k(p) + (1 - beta) |g_k(p)|`` (zero-initialised as in the reference code; since every task's
+    average has the same ``1 - beta^t`` bias, the ratio below is bias-free). The target task's gradient is kept;
+    each auxiliary task's gradient is rescaled toward the target's magnitude::
+
+        g_aux'(p) = g_aux(p) * (r * m_target(p) / m_aux(p) + (1 - r))        output g_target + sum g_aux'
+
+    Options: ``target`` (``"time"`` or ``"mark"``, default ``"time"``: the choice is a modelling decision, not the
+    paper's), ``relax`` ``r`` in ``[0, 1]`` (default 0.7, the reference code's default; ``r = 1`` brings the
+    auxiliary magnitude to the target's moving-average magnitude), ``beta`` in ``[0, 1)`` (default 0.9; ``beta = 0``
+    uses the current norms, so the rescaled auxiliary norm equals the target's exactly with ``r = 1``),
+    ``strategy``: ``"both"`` (default; adapt up and down), ``"decrease"`` (only shrink auxiliaries larger than the
+    target), ``"increase"`` (only enlarge smaller ones) -- the paper's three strategies.
+    State: the ``[T, n_params]`` moving averages and the step count.
+    """
+
+    def __init__(self, target: str = "time", relax: float = 0.7, beta: float = 0.9, strategy: str = "both") -> None:
+        if target not in TASK_NAMES:
+            raise ConfigError(f"target: {target!r} is not a task; valid: {', '.join(TASK_NAMES)}")
+        if not 0.0 <= relax <= 1.0:
+            raise ConfigError(f"relax: must be in [0, 1], got {relax}")
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"beta: must be in [0, 1), got {beta}")
+        if strategy not in ("both", "decrease", "increase"):
+            raise ConfigError(f"strategy: {strategy!r}; valid: both, decrease, increase")
+        self.target, self.relax, self.beta, self.strategy = target, float(relax), float(beta), strategy
+        self.target_index = TASK_NAMES.index(target)
+        self.moving_norms: Tensor | None = None
+        self.steps = 0
+
+    def __call__(self, grads: TaskGrads) -> list[Tensor]:
+        self._check(grads)
+        n = len(grads[0])
+        if n == 0:
+            return []
+        T = len(grads)
+        dtype = torch.promote_types(grads[0][0].dtype, torch.float32)
+        norms = torch.stack(
+            [torch.stack([torch.linalg.vector_norm(g).to(dtype) for g in task]) for task in grads]
+        )  # [T, n]
+        if self.moving_norms is None or self.moving_norms.shape != norms.shape:
+            self.moving_norms = torch.zeros_like(norms)
+        m = self.beta * self.moving_norms.to(norms.device) + (1 - self.beta) * norms
+        self.moving_norms = m
+        self.steps += 1
+        t = self.target_index
+        ratio = _safe_div(m[t].expand(T, n), m, fallback=1.0)  # m_target / m_k, [T, n]
+        if self.strategy == "decrease":
+            ratio = torch.clamp(ratio, max=1.0)
+        elif self.strategy == "increase":
+            ratio = torch.clamp(ratio, min=1.0)
+        scale = self.relax * ratio + (1 - self.relax)
+        scale[t] = 1.0
+        return [sum(scale[k, p].to(grads[k][p].dtype) * grads[k][p] for k in range(T)) for p in range(n)]
+
+    def state_dict(self) -> dict[str, Any]:
+        mn = None if self.moving_norms is None else self.moving_norms.detach().cpu()
+        return {"moving_norms": mn, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mn = state.get("moving_norms")
+        self.moving_norms = None if mn is None else mn.clone()
+        self.steps = int(state.get("steps", 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-objective solvers on the Gram matrix: MGDA, CAGrad, IMTL-G
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def min_norm_weights(G: Tensor, iters: int = 100) -> Tensor:
+    """Weights ``w`` on the simplex minimising ``|sum_i w_i g_i|^2 = w^T G w`` (``G``: ``[T, T]`` Gram matrix).
+
+    Two tasks: closed form ``w_0 = clip((G11 - G01) / (G00 - 2 G01 + G11), 0, 1)`` (Sener & Koltun 2018, Alg. 1).
+    More tasks: Frank-Wolfe with exact line search (their Alg. 2), a fixed number of iterations, on the device.
+    """
+    T = G.shape[0]
+    if T == 2:
+        den = G[0, 0] - 2 * G[0, 1] + G[1, 1]
+        w0 = torch.clamp(_safe_div(G[1, 1] - G[0, 1], den, fallback=0.5), 0.0, 1.0)
+        return torch.stack([w0, 1 - w0])
+    w = torch.full((T,), 1.0 / T, dtype=G.dtype, device=G.device)
+    eye = torch.eye(T, dtype=G.dtype, device=G.device)
+    for _ in range(iters):
+        Gw = G @ w
+        t = torch.argmin(Gw)
+        e = eye[t]
+        # line search between w and vertex e: minimise |(1-s) a + s b|^2, a = Fw, b = g_t
+        aa, ab, bb = w @ Gw, Gw[t], G[t, t]
+        s = torch.clamp(_safe_div(aa - ab, aa - 2 * ab + bb), 0.0, 1.0)
+        w = (1 - s) * w + s * e
+    return w
+
+
+@register("mgda")
+class MGDA(Aggregator):
+    """MGDA (Désidéri 2012; Sener & Koltun, NeurIPS 2018, "Multi-Task Learning as Multi-Objective Optimization").
+
+    Returns the minimum-norm point of the convex hull of the task gradients, ``sum_i w_i g_i`` with ``w`` on the
+    simplex (mean scale: weights sum to 1). Two tasks in closed form: ``w_T = clip((g_M - g_T) . g_M /
+    |g_T - g_M|^2, 0, 1)``. No gradient normalisation (the paper's optional ``l2``/``loss`` normalisations are not
+    applied). Zero output means a Pareto-stationary point for the batch.
+    """
+
+    def combine(self, F: Tensor) -> Tensor:
+        w = min_norm_weights(F @ F.T)
+        return w @ F
+
+
+@register("cagrad")
+class CAGrad(Aggregator):
+    """CAGrad (Liu et al., NeurIPS 2021, "Conflict-Averse Gradient Descent for Multi-task Learning").
+
+    ``g0 = mean_i g_i``; ``w = argmin_{w in simplex} g_w . g0 + c |g0| |g_w|`` with ``g_w = sum_i w_i g_i``;
+    ``d = g0 + (c |g0| / |g_w|) g_w``; output ``d / (1 + c^2)`` (the official code's default ``rescale = 1``; mean
+    scale). ``c = 0`` gives the mean gradient. Option ``c`` (default 0.5), ``rescale`` in ``{0, 1, 2}`` (0: ``d``,
+    1: ``d / (1 + c^2)``, 2: ``d / (1 + c)``). Two tasks only; the 1-D convex problem in ``w_T`` is solved in
+    closed form on the 2x2 Gram matrix: with ``a = (G00 - G11) / 2``, ``A = |g_T - g_M|^2``, ``B = G01 - G11``,
+    ``D = G00 G11 - G01^2``, ``s = c |g0|`` and ``k = -a / s``: if ``k^2 < A``,
+    ``w_T = clip((k sqrt(D / (A - k^2)) - B) / A, 0, 1)``, else ``w_T = 0`` if ``a > 0`` else 1.
+    """
+
+    max_tasks = 2
+
+    def __init__(self, c: float = 0.5, rescale: int = 1) -> None:
+        if c < 0:
+            raise ConfigError(f"c: must be >= 0, got {c}")
+        if rescale not in (0, 1, 2):
+            raise ConfigError(f"rescale: {rescale!r}; valid: 0, 1, 2")
+        self.c, self.rescale = float(c), int(rescale)
+
+    def weights(self, G: Tensor) -> Tensor:
+        """Simplex weights ``[w_T, w_M]`` from the 2x2 Gram matrix."""
+        g0_sq = G.sum() / 4
+        s = self.c * torch.sqrt(torch.clamp(g0_sq, min=0.0))
+        a = (G[0, 0] - G[1, 1]) / 2
+        A = G[0, 0] - 2 * G[0, 1] + G[1, 1]
+        B = G[0, 1] - G[1, 1]
+        D = torch.clamp(G[0, 0] * G[1, 1] - G[0, 1] ** 2, min=0.0)
+        k = _safe_div(-a, s)
+        inner = A - k * k
+        ok = (s > 0) & (A > 0) & (inner > 0)
+        y = k * torch.sqrt(_safe_div(D, torch.where(ok, inner, torch.ones_like(inner))))
+        w_interior = torch.clamp(_safe_div(y - B, A, fallback=0.5), 0.0, 1.0)
+        # no interior stationary point: the objective is monotone in w_T, sign of a (A = 0: g_T = g_M, any w)
+        w_edge = torch.where(a > 0, torch.zeros_like(a), torch.ones_like(a))
+        w_edge = torch.where(A > 0, w_edge, torch.full_like(a, 0.5))
+        w0 = torch.where(ok, w_interior, w_edge)
+        return torch.stack([w0, 1 - w0])
+
+    def combine(self, F: Tensor) -> Tensor:
+        G = F @ F.T
+        w = self.weights(G)
+        g0 = F.mean(0)
+        gw = w @ F
+        s = self.c * torch.linalg.vector_norm(g0)
+        lam = _safe_div(s, torch.linalg.vector_norm(gw))
+        d = g0 + lam * gw
+        if self.rescale == 1:
+            return d / (1 + self.c**2)
+        if self.rescale == 2:
+            return d / (1 + self.c)
+        return d
+
+
+@register("imtl")
+class IMTLG(Aggregator):
+    """IMTL-G (Liu et al., ICLR 2021, "Towards Impartial Multi-task Learning"), gradient part only.
+
+    Finds ``g = sum_i alpha_i g_i`` with ``sum_i alpha_i = 1`` whose projections on every unit task gradient
+    ``u_i = g_i / |g_i|`` are equal: ``alpha_{2:T} = g_1 U^T (D U^T)^{-1}``, ``D = [g_1 - g_i]``, ``U = [u_1 - u_i]``.
+    Two tasks, closed form: ``alpha_T = |g_M| / (|g_T| + |g_M|)``, ``alpha_M = |g_T| / (|g_T| + |g_M|)``, i.e.
+    ``g = |g_T||g_M| / (|g_T| + |g_M|) (u_T + u_M)``: the bisector of the two gradients. Nash-MTL (Navon et al.,
+    ICML 2022) for two tasks solves ``G alpha = 1 / alpha`` giving ``alpha_i = 1 / (|g_i| sqrt(1 + cos))``, i.e.
+    ``(u_T + u_M) / sqrt(1 + cos)``: the SAME direction, different magnitude (verified algebraically; tested).
+    Mean scale. The IMTL-L loss scaling is not included. A zero task gradient gives a zero update for ``T = 2``.
+    """
+
+    def combine(self, F: Tensor) -> Tensor:
+        G = F @ F.T
+        n = torch.sqrt(torch.clamp(torch.diagonal(G), min=0.0))
+        T = F.shape[0]
+        if T == 2:
+            s = n[0] + n[1]
+            a = torch.stack([_safe_div(n[1], s), _safe_div(n[0], s)])
+            return a @ F
+        U = F / torch.where(n > 0, n, torch.ones_like(n)).unsqueeze(1)
+        Dm = F[0:1] - F[1:]
+        Um = U[0:1] - U[1:]
+        rest = (F[0] @ Um.T) @ torch.linalg.pinv(Dm @ Um.T)
+        a = torch.cat([(1 - rest.sum()).reshape(1), rest])
+        return a @ F
