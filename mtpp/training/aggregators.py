@@ -16,6 +16,11 @@ the scale of the *sum* of the task gradients (what ``(L_T + L_M).backward()`` gi
 ``imtl`` follow their papers and return a combination whose weights sum to 1 (the *mean* scale, half the sum's
 magnitude for two tasks). With Adam (the default optimizer) this barely matters; with SGD adjust the learning rate.
 
+Scale equivariance: every aggregator except ``cograd`` satisfies ``agg(s * grads) = s * agg(grads)`` for
+``s > 0``, so AMP loss scaling (``GradScaler``) commutes with aggregation and ``scaler.unscale_`` afterwards is
+exact. ``cograd``'s correction is cubic in the gradients: under a loss scale ``s`` its effective ``gamma`` becomes
+``gamma * s^2``; avoid it with fp16 loss scaling (bf16 needs no scaler).
+
 Registered names: see ``AGGREGATORS`` (``sum`` is the default).
 """
 
@@ -203,8 +208,10 @@ class Weighted(Aggregator):
     def combine(self, F: Tensor) -> Tensor:
         if F.shape[0] != len(self.weights):
             raise ValueError(f"weighted: {len(self.weights)} weights for {F.shape[0]} tasks")
-        w = torch.tensor(self.weights, dtype=F.dtype, device=F.device)
-        return w @ F
+        out = self.weights[0] * F[0]  # Python-float weights: no host-to-device copy per step
+        for w, g in zip(self.weights[1:], F[1:]):
+            out = out + w * g
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -166,8 +166,9 @@ def backward_step(
         aggregator: from ``make_aggregator``; combines ``[g_T_shared, g_M_shared]``.
         want_stats: compute the diagnostics this step (at logging steps; otherwise ``{}`` is returned).
         reduce: applied to each task's flat gradient vector over ALL trainable parameters before statistics and
-            aggregation. Under DDP pass an all-reduce mean and run this step's forward under ``model.no_sync()``:
-            ``autograd.grad`` does not fire DDP's gradient hooks, so ``reduce`` is what synchronises the replicas.
+            aggregation. Under DDP pass an all-reduce mean and run EVERY step's forward/backward under
+            ``model.no_sync()``: ``autograd.grad`` does not fire DDP's gradient hooks, so ``reduce`` is what
+            synchronises the replicas, on both paths (on the single-backward path it is applied to ``.grad``).
             Consequently, under DDP, ``cos_tm`` is computed on the all-reduced (global-batch) per-task gradients.
         per_tensor: also return ``cos_tm/<group>/<i>`` per shared tensor.
 
