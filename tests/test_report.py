@@ -58,15 +58,16 @@ def _arrays(rng: np.random.Generator) -> dict:
 def _log(param: str, split: int, rng: np.random.Generator) -> list[dict]:
     records = []
     for step in range(60):
-        rec: dict = {"epoch": step // 20, "step": step, "loss_time": 1.0, "loss_mark": 1.0}
+        rec: dict = {"kind": "step", "epoch": step // 20, "step": step, "loss_time": 1.0, "loss_mark": 1.0}
         rec["cos_tm"] = float(np.tanh(rng.normal(-0.1 if param == "base" else 0.2, 0.4)))
         rec["cos_tm/encoder"] = float(np.tanh(rng.normal(0.0, 0.4)))
         rec["cos_tm/decoder"] = float(np.tanh(rng.normal(-0.2, 0.3))) if param == "base" else None
         records.append(rec)
         if step % 20 == 19:
             e = step // 20
-            records.append({"epoch": e, "kind": "epoch", "val/nll_time_per_seq": 20.0 - 2 * e + split - 3 * (param == "plus"),
-                            "val/nll_mark_per_seq": 8.0 - e + 0.5 * split})
+            records.append({"kind": "epoch", "epoch": e, "step": step,
+                            "val_nll_time_per_seq": 20.0 - 2 * e + split - 3 * (param == "plus"),
+                            "val_nll_mark_per_seq": 8.0 - e + 0.5 * split})
     return records
 
 
@@ -90,13 +91,16 @@ def make_runs(root: Path) -> None:
             out = {
                 "val": {k: v + 1 for k, v in test.items()},
                 "test": test,
-                "conflict_rate": metrics["conflict_rate"][split],
-                "best_epoch": 2,
-                "num_parameters": 14000,
+                "train": {"conflict_rate": metrics["conflict_rate"][split], "best_epoch": 2, "num_parameters": 14000},
             }
+            out["test"].update(conflict_rate=metrics["conflict_rate"][split], first_event="skip")
             (run / "metrics.json").write_text(json.dumps(out))
             (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in _log(param, split, rng)) + "\n")
-            (run / "arrays.json").write_text(json.dumps({"test": _arrays(rng), "val": _arrays(rng)}))
+            if param == "base":  # the trainer's layout: one file per split
+                (run / "arrays_test.json").write_text(json.dumps(_arrays(rng)))
+                (run / "arrays_val.json").write_text(json.dumps(_arrays(rng)))
+            else:  # one file nested by split
+                (run / "arrays.json").write_text(json.dumps({"test": _arrays(rng), "val": _arrays(rng)}))
     # A run still going: config, no metrics -> not a row.
     unfinished = root / "synthetic_hawkes" / "thp-plusplus-sum" / "split0-seed0"
     unfinished.mkdir(parents=True)
@@ -120,7 +124,7 @@ def test_collect_runs_one_row_per_finished_run(runs_root: Path) -> None:
     assert (df["encoder"] == "gru").all() and (df["aggregator"] == "sum").all()
     row = df[(df["parametrisation"] == "plus") & (df["split"] == 2)].iloc[0]
     assert row["nll_time_per_seq"] == 13.0 and row["val/nll_time_per_seq"] == 14.0
-    assert row["conflict_rate"] == 0.3 and row["num_parameters"] == 14000
+    assert row["conflict_rate"] == 0.3 and row["train/num_parameters"] == 14000
     # Split, seed and bookkeeping fields (data_dir, device) never define a cell.
     assert report.cell_columns(df) == list(report.KEY_COLUMNS)
 

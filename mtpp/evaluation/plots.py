@@ -9,8 +9,9 @@
 * :func:`make_all_plots` — all of them for every dataset under a root folder.
 
 Inputs per run directory (DESIGN §5): ``log.jsonl`` (step records with ``cos_tm``, ``cos_tm/encoder``,
-``cos_tm/decoder``; epoch records with validation losses, see :data:`VAL_TIME_KEYS`), and ``arrays.json``
-(:meth:`mtpp.evaluation.metrics.MetricAccumulator.arrays`, either flat or ``{"val": {...}, "test": {...}}``).
+``cos_tm/decoder``; epoch records with validation losses, see :data:`VAL_TIME_KEYS`), and the arrays
+(:meth:`mtpp.evaluation.metrics.MetricAccumulator.arrays`) as ``arrays_<split>.json`` (the trainer's files) or
+``arrays.json`` (flat, or ``{"val": {...}, "test": {...}}``).
 Runs of one cell (splits / seeds) are pooled.
 """
 
@@ -82,7 +83,12 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def read_arrays(run_dir: str | Path, section: str = "test") -> dict[str, list] | None:
-    """``arrays.json`` of a run (its ``section`` when nested by split), or ``None`` when absent."""
+    """The plot arrays of a run for ``section``: ``arrays_<section>.json`` (what the trainer writes), else
+    ``arrays.json`` (flat, or nested by section); ``None`` when absent."""
+    path = Path(run_dir) / f"arrays_{section}.json"
+    if path.exists():
+        with path.open() as f:
+            return json.load(f)
     path = Path(run_dir) / ARRAYS_FILE
     if not path.exists():
         return None
