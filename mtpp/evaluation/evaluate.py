@@ -1,0 +1,150 @@
+"""Evaluation of a trained model or run directory: ``evaluate(...)`` and the helpers ``fit`` uses at the end.
+
+Metrics come from ``MetricAccumulator`` (see ``mtpp.evaluation.metrics`` for every convention). Evaluation runs
+under a fixed seed inside ``torch.random.fork_rng`` (Monte Carlo compensators draw random nodes), so
+``mtpp evaluate RUN`` reproduces the ``metrics.json`` that ``mtpp train`` wrote, and the caller's RNG state is
+left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from mtpp.errors import MtppError
+
+METRICS_FILE = "metrics.json"
+RUN_LEVEL_KEYS = ("conflict_rate", "train_events_per_second", "best_epoch", "num_parameters", "first_event")
+SPLITS = ("train", "val", "test")
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    sequences: Sequence[Any],
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metrics, arrays)`` of ``model`` on ``sequences`` (``MetricAccumulator.compute()`` / ``.arrays()``)."""
+    from mtpp.data.sampler import make_loader
+    from mtpp.evaluation.metrics import MetricAccumulator
+
+    if len(sequences) == 0:
+        raise MtppError("cannot evaluate on an empty split")
+    param = next(model.parameters())
+    device = torch.device(device) if device is not None else param.device
+    dtype = dtype or param.dtype
+    loader = make_loader(sequences, batch_size, shuffle=False, dtype=dtype, device_type=device.type)
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            for batch in loader:
+                batch = batch.to(device, non_blocking=True)
+                acc.update(model.score(batch), batch)
+    finally:
+        model.train(was_training)
+    return acc.compute(), acc.arrays()
+
+
+def json_safe(value: Any) -> Any:
+    """NaN / inf -> None, recursively (metrics.json is strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MtppError(f"{path}: not valid JSON ({e})") from None
+
+
+def with_run_fields(split_metrics: dict[str, Any], train_summary: dict[str, Any]) -> dict[str, Any]:
+    """A split's metrics plus the run-level fields, so each split dict alone satisfies DESIGN §5."""
+    out = dict(split_metrics)
+    for k in RUN_LEVEL_KEYS:
+        if k in train_summary:
+            out[k] = train_summary[k]
+    return out
+
+
+def evaluate(
+    run_dir_or_model: str | Path | nn.Module,
+    split: str = "test",
+    data_dir: str | None = None,
+    *,
+    data: Any = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Metrics of a run directory's ``best.pt`` (or of a model) on ``split``.
+
+    Run directory: rebuilds model and data from its ``config.yaml`` (``data_dir`` overrides where the data is),
+    loads ``best.pt``, evaluates, and (``write=True``) updates ``metrics.json[split]`` and ``arrays_{split}.json``.
+    Model: ``data`` is a dataset with ``.train/.val/.test`` or a list of sequences; nothing is written.
+    """
+    if split not in SPLITS:
+        raise MtppError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if isinstance(run_dir_or_model, nn.Module):
+        if data is None:
+            raise MtppError("evaluate(model, ...) needs data= (a dataset or a list of sequences)")
+        seqs = getattr(data, split) if hasattr(data, split) else data
+        metrics, _ = evaluate_model(run_dir_or_model, seqs, batch_size=batch_size or 256, device=device)
+        return metrics
+    return _evaluate_run(Path(run_dir_or_model), split, data_dir, batch_size, device, write)
+
+
+def _evaluate_run(
+    run_dir: Path, split: str, data_dir: str | None, batch_size: int | None, device: str | None, write: bool
+) -> dict[str, Any]:
+    from mtpp.config import load_config
+    from mtpp.training import checkpoint
+    from mtpp.training.setup import DTYPES, build_run_model, load_data, resolve_device
+
+    if not (run_dir / "config.yaml").is_file():
+        raise MtppError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    dev = resolve_device(device or cfg.train.device)
+    run_data = load_data(cfg.data, data_dir)
+    model = build_run_model(cfg, run_data.num_marks, dev)
+    state = checkpoint.load(run_dir / checkpoint.BEST, map_location=dev)
+    model.load_state_dict(state["model"])
+    bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
+    metrics, arrays = evaluate_model(
+        model, run_data.split(split), batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype], seed=cfg.train.seed
+    )
+    metrics["first_event"] = cfg.model.first_event
+    if write:
+        existing = read_metrics(run_dir)
+        metrics = with_run_fields(metrics, existing.get("train", {}))
+        existing[split] = metrics
+        write_json(run_dir / METRICS_FILE, existing)
+        write_json(run_dir / f"arrays_{split}.json", arrays)
+    return json_safe(metrics)

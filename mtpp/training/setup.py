@@ -1,0 +1,148 @@
+"""Building a run from its configuration: device, data, model, optimiser, LR schedule, determinism.
+
+Shared by ``fit`` and ``evaluate`` (which rebuilds a trained run from its ``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from mtpp.config import DataConfig, RunConfig, TrainConfig
+from mtpp.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda[:n]`` must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; valid here: auto, cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: {name!r} but only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: 'mps' requested but MPS is not available; valid here: auto, cpu")
+    return dev
+
+
+@dataclass
+class RunData:
+    train: list
+    val: list
+    test: list
+    num_marks: int
+    name: str
+    notes: Any = None
+
+    def split(self, name: str) -> list:
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"split {name!r}: valid: train, val, test")
+        return getattr(self, name)
+
+
+def load_data(cfg: DataConfig, data_dir: str | None = None) -> RunData:
+    """The configured dataset (``--data-dir`` beats ``data.data_dir``), cut to ``max_sequences`` per split."""
+    from mtpp.data.catalog import load_dataset
+
+    ds = load_dataset(cfg.name, split=cfg.split, data_dir=data_dir or cfg.data_dir)
+    n = cfg.max_sequences
+
+    def cut(seqs: Any) -> list:
+        seqs = list(seqs)
+        return seqs[:n] if n is not None else seqs
+
+    return RunData(cut(ds.train), cut(ds.val), cut(ds.test), int(ds.num_marks), str(ds.name), getattr(ds, "notes", None))
+
+
+def build_run_model(cfg: RunConfig, num_marks: int, device: torch.device) -> nn.Module:
+    from mtpp.models import build_model
+
+    model = build_model(cfg.model, num_marks)
+    return model.to(device=device, dtype=DTYPES[cfg.data.dtype])
+
+
+def unique_parameters(params: Any) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    out = []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in unique_parameters(model.parameters()))
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (default), AdamW or SGD over every parameter (frozen ones have no grad and are skipped).
+
+    On CUDA, Adam / AdamW are ``capturable`` so their step counter lives on the device: the non-finite guard then
+    masks the whole optimiser state without a host sync.
+    """
+    params = unique_parameters(model.parameters())
+    if cfg.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, capturable=device.type == "cuda")
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """``cosine``: cosine annealing over ``max_epochs`` (stepped per epoch); ``plateau``: halve the LR after
+    ``max(1, patience // 4)`` epochs without validation improvement; ``none``: ``None``."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs)
+    if cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=max(1, cfg.patience // 4), threshold=cfg.min_delta
+        )
+    return None
+
+
+@contextlib.contextmanager
+def determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms and cuDNN flags for the duration of a run, restored afterwards."""
+    if not enabled:
+        yield
+        return
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
+        if prev[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.amp and device.type != "cuda":
+        warnings.warn("train.amp is only used on CUDA; training in full precision", stacklevel=2)
+    return cfg.amp and device.type == "cuda"
