@@ -519,6 +519,7 @@ class MonotoneCumulativeHazard(nn.Module):
         at_zero = raw(zero)  # [*batch, J]
 
         def hazards(tau: Tensor) -> tuple[Tensor, Tensor]:
+            tau = tau.contiguous()  # forward-mode AD cannot make an expanded (stride-0) tensor dual
             value, rate = torch.func.jvp(raw, (tau,), (torch.ones_like(tau),))
             big = value - _expand_params(at_zero, tau, nb) + eps * tau.unsqueeze(-1)
             return big, rate + eps

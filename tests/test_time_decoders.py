@@ -1,0 +1,312 @@
+"""Time decoders against exact answers: scipy log-normal mixture, numerical normalisation, quantiles, Poisson limits,
+the tie rule, and finite values / gradients at the edges (float64)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+import torch
+
+from mtpp.errors import ConfigError
+from mtpp.models.base import TimeDistribution
+from mtpp.models.config import ModelConfig
+from mtpp.models.registry import TIME_DECODERS
+from mtpp.models.time_decoders import (
+    TIE_FLOOR,
+    CumulativeHazardDistribution,
+    HazardDistribution,
+    IntensityDistribution,
+    LogNormalMixture,
+    RMTPPDistribution,
+)
+
+DT = torch.float64
+NAMES = ["lnm", "rmtpp", "fnn", "thp", "sahp"]
+D = 6
+
+
+def make_decoder(name: str, seed: int = 0, **cfg_kw) -> torch.nn.Module:
+    """A float64 decoder with random (but well-scaled) parameters, Gauss-Legendre compensators."""
+    kw = dict(integration="gauss_legendre", integration_nodes=64, num_components=4, decoder_hidden_size=8)
+    kw.update(cfg_kw)
+    torch.manual_seed(seed)
+    dec = TIME_DECODERS.build(name, D, ModelConfig(**kw)).to(DT)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        if name == "thp":  # a visible floor, slopes of both signs
+            dec.intensity.floor.fill_(-3.0)
+            dec.intensity.slope.uniform_(-0.5, 0.5)
+    return dec
+
+
+def random_h(b: int = 2, l: int = 3, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, l, D, generator=g, dtype=DT)
+
+
+def total_mass(dist: TimeDistribution) -> np.ndarray:
+    """``int_0^inf f(tau) dtau`` for every element of the batch, by scipy's adaptive quadrature."""
+    shape = dist.batch_shape
+
+    def f(t: float) -> np.ndarray:
+        tau = torch.full(shape, t, dtype=DT)
+        return dist.log_prob(tau).exp().detach().numpy().ravel()
+
+    # split at the median so the adaptive rule sees where the mass is
+    med = dist.icdf(torch.full(shape, 0.5, dtype=DT)).detach().numpy().ravel()
+    split = float(np.median(med))
+    a, _ = scipy.integrate.quad_vec(f, 0.0, split, epsabs=1e-10, epsrel=1e-9)
+    b, _ = scipy.integrate.quad_vec(f, split, np.inf, epsabs=1e-10, epsrel=1e-9)
+    return a + b
+
+
+# ------------------------------------------------------------------------------------------- LNM exact answers
+
+
+def test_lnm_log_density_equals_scipy_lognormal_mixture():
+    g = torch.Generator().manual_seed(3)
+    c = 5
+    logits = torch.randn(4, 3, c, generator=g, dtype=DT)
+    means = torch.randn(4, 3, c, generator=g, dtype=DT)
+    log_scales = 0.5 * torch.randn(4, 3, c, generator=g, dtype=DT)
+    dist = LogNormalMixture(torch.log_softmax(logits, -1), means, log_scales)
+    tau = torch.rand(4, 3, generator=g, dtype=DT) * 5 + 1e-3
+    w = torch.softmax(logits, -1).numpy()
+    m, s, t = means.numpy(), log_scales.exp().numpy(), tau.numpy()[..., None]
+    pdf = (w * scipy.stats.lognorm.pdf(t, s, scale=np.exp(m))).sum(-1)
+    sf = (w * scipy.stats.lognorm.sf(t, s, scale=np.exp(m))).sum(-1)
+    mean = (w * scipy.stats.lognorm.mean(s, scale=np.exp(m))).sum(-1)
+    np.testing.assert_allclose(dist.log_prob(tau).numpy(), np.log(pdf), rtol=1e-12)
+    np.testing.assert_allclose(dist.log_survival(tau).numpy(), np.log(sf), rtol=1e-10)
+    np.testing.assert_allclose(dist.mean().numpy(), mean, rtol=1e-12)
+    np.testing.assert_allclose(dist.log_intensity(tau).numpy(), np.log(pdf / sf), rtol=1e-10)
+
+
+def test_lnm_far_tail_survival_is_log_space():
+    """``log S`` keeps resolving where ``1 - F`` underflows (no clamped CDF)."""
+    dist = LogNormalMixture(torch.zeros(1, 1, 1, dtype=DT), torch.zeros(1, 1, 1, dtype=DT), torch.zeros(1, 1, 1, dtype=DT))
+    tau = torch.tensor([[math.exp(40.0)]], dtype=DT)  # z = 40: S ~ exp(-800)
+    expected = scipy.special.log_ndtr(-40.0)
+    np.testing.assert_allclose(dist.log_survival(tau).numpy(), [[expected]], rtol=1e-12)
+
+
+def test_lnm_tie_rule():
+    dec = make_decoder("lnm")
+    dist = dec(random_h())
+    zero = torch.zeros(2, 3, dtype=DT)
+    lp0 = dist.log_prob(zero)
+    torch.testing.assert_close(lp0, dist.log_prob(torch.full_like(zero, TIE_FLOOR)))
+    assert torch.isfinite(lp0).all()
+    assert torch.equal(dist.log_survival(zero), zero)  # S(0) = 1 exactly: the floor is in the density only
+    assert torch.equal(dist.cdf(zero), zero)
+
+
+def test_lnm_sample_matches_cdf():
+    dist = make_decoder("lnm")(random_h(1, 2))
+    x = dist.sample((4000,), generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4000, 1, 2)
+    pit = dist.cdf(x.permute(1, 2, 0)).detach().numpy()  # [1, 2, S]
+    for row in pit.reshape(-1, 4000):
+        assert scipy.stats.kstest(row, "uniform").pvalue > 1e-3
+
+
+# ------------------------------------------------------------------------------------------- every decoder
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_density_integrates_to_one(name):
+    for seed in (0, 1):
+        dist = make_decoder(name, seed)(random_h(1, 3, seed=seed + 10))
+        mass = total_mass(dist)
+        np.testing.assert_allclose(mass, 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cdf_survival_quantile_consistency(name):
+    dist = make_decoder(name)(random_h())
+    assert isinstance(dist, TimeDistribution)
+    tau = torch.tensor([[0.05, 0.7, 3.0], [0.2, 1.5, 0.01]], dtype=DT)
+    with torch.no_grad():
+        torch.testing.assert_close(dist.cdf(tau), 1 - dist.log_survival(tau).exp(), rtol=1e-12, atol=1e-14)
+        back = dist.icdf(dist.cdf(tau))
+        torch.testing.assert_close(back, tau, rtol=1e-6, atol=0)
+        u = torch.tensor([[0.1, 0.5, 0.9], [0.01, 0.3, 0.99]], dtype=DT)
+        torch.testing.assert_close(dist.cdf(dist.icdf(u)), u, rtol=1e-6, atol=1e-9)
+        # trailing query points: [B, L, M] in, [B, L, M] out, same values
+        stacked = torch.stack([tau, 2 * tau], dim=-1)
+        torch.testing.assert_close(dist.log_prob(stacked)[..., 1], dist.log_prob(2 * tau))
+        torch.testing.assert_close(dist.log_survival(stacked)[..., 0], dist.log_survival(tau))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_is_exact_by_pit(name):
+    dist = make_decoder(name)(random_h(1, 1))
+    with torch.no_grad():
+        x = dist.sample((500,), generator=torch.Generator().manual_seed(5))
+        assert x.shape == (500, 1, 1)
+        pit = dist.cdf(x.reshape(1, 1, -1)).numpy().ravel()
+    assert scipy.stats.kstest(pit, "uniform").pvalue > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("t", [0.0, 1e-12, 1e6])
+def test_finite_values_and_gradients_at_edges(name, t):
+    dec = make_decoder(name)
+    h = random_h().requires_grad_(True)
+    dist = dec(h)
+    tau = torch.full((2, 3), t, dtype=DT)
+    lp = dist.log_prob(tau)
+    ls = dist.log_survival(tau)
+    assert torch.isfinite(lp).all() and torch.isfinite(ls).all()
+    assert torch.isfinite(dist.cdf(tau)).all()
+    grads = torch.autograd.grad((lp + ls).sum(), [h, *dec.parameters()], allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in grads)
+    if t == 0.0:
+        assert torch.equal(ls, torch.zeros_like(ls))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_large_batch_float32(name):
+    """A [1, 5000] batch in the default float32: finite values and gradients, one call."""
+    torch.manual_seed(0)
+    dec = TIME_DECODERS.build(name, D, ModelConfig(num_components=8, decoder_hidden_size=16))
+    h = torch.randn(1, 5000, D)
+    tau = torch.cat([torch.zeros(1, 100), torch.rand(1, 4800) * 3, torch.full((1, 100), 1e4)], dim=1)
+    lp = dec(h).log_prob(tau)
+    assert lp.shape == (1, 5000) and torch.isfinite(lp).all()
+    lp.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in dec.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_grad_evaluation(name):
+    dec = make_decoder(name).eval()
+    with torch.no_grad():
+        dist = dec(random_h())
+        lp = dist.log_prob(torch.ones(2, 3, dtype=DT))
+    assert torch.isfinite(lp).all() and not lp.requires_grad
+
+
+# ------------------------------------------------------------------------------------------- RMTPP
+
+
+@pytest.mark.parametrize("w0", [0.0, 1e-9])
+def test_rmtpp_poisson_limit_values_and_gradients(w0):
+    c = torch.tensor([[0.3, -1.2, 2.0]], dtype=DT, requires_grad=True)
+    w = torch.tensor(w0, dtype=DT, requires_grad=True)
+    dist = RMTPPDistribution(c, w)
+    tau = torch.tensor([[0.0, 0.5, 7.0]], dtype=DT)
+    lp = dist.log_prob(tau)
+    rate = c.detach().exp()
+    torch.testing.assert_close(lp.detach(), c.detach() - rate * tau, rtol=1e-8, atol=1e-12)
+    gc, gw = torch.autograd.grad(lp.sum(), [c, w])
+    assert torch.isfinite(gc).all() and torch.isfinite(gw)
+    # d/dw log f at w = 0: tau - e^c tau^2 / 2
+    torch.testing.assert_close(gw, (tau - rate * tau**2 / 2).sum(), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(gc, 1 - rate * tau, rtol=1e-8, atol=1e-12)
+    u = torch.tensor([[0.1, 0.5, 0.9]], dtype=DT)
+    torch.testing.assert_close(dist.icdf(u), -torch.log1p(-u) / rate, rtol=1e-8, atol=0)
+
+
+def test_rmtpp_closed_forms_match_generic():
+    c = torch.tensor([[0.3, -1.2, 2.0]], dtype=DT)
+    dist = RMTPPDistribution(c, torch.tensor(0.7, dtype=DT))
+    tau = torch.tensor([[0.2, 1.5, 0.01]], dtype=DT)
+    lam = lambda s: np.exp(c.numpy()[0, 0] + 0.7 * s)  # noqa: E731
+    big, _ = scipy.integrate.quad(lam, 0, 1.5)
+    assert abs(dist.cumulative_hazard(torch.full((1, 3), 1.5, dtype=DT))[0, 0].item() - big) < 1e-10
+    u = dist.cdf(tau)
+    torch.testing.assert_close(dist.icdf(u), HazardDistribution.icdf(dist, u), rtol=1e-9, atol=0)
+
+
+def test_rmtpp_decoder_keeps_w_nonnegative():
+    dec = make_decoder("rmtpp")
+    with torch.no_grad():
+        dec.w_raw.fill_(-50.0)
+    assert dec(random_h()).w.item() >= 0
+
+
+# ------------------------------------------------------------------------------------------- FNN
+
+
+def test_fnn_intensity_is_derivative_of_cumulative_hazard():
+    dec = make_decoder("fnn")
+    dist: CumulativeHazardDistribution = dec(random_h())
+    tau = torch.tensor([[0.05, 0.7, 3.0], [0.2, 1.5, 10.0]], dtype=DT)
+    eps = 1e-6
+    fd = (dist.cumulative_hazard(tau + eps) - dist.cumulative_hazard(tau - eps)) / (2 * eps)
+    torch.testing.assert_close(dist.log_intensity(tau).exp(), fd, rtol=1e-7, atol=0)
+    # the same as reverse-mode autograd of Lambda
+    t = tau.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(dist.cumulative_hazard(t).sum(), t)
+    torch.testing.assert_close(dist.log_intensity(tau).exp(), g, rtol=1e-12, atol=0)
+    zero = torch.zeros(2, 3, dtype=DT)
+    assert torch.equal(dist.cumulative_hazard(zero), zero)  # Lambda(0) = 0 exactly
+    # monotone, growing without bound (the positive linear term)
+    grid = torch.logspace(-6, 6, 200, dtype=DT).expand(2, 3, 200)
+    big = dist.cumulative_hazard(grid).detach()
+    assert (big.diff(dim=-1) >= 0).all() and (big[..., -1] > 1e3).all()
+
+
+# ------------------------------------------------------------------------------------------- THP / SAHP quadrature
+
+
+def test_quadrature_decoders_follow_train_eval_mode():
+    cfg = ModelConfig(integration="mc", integration_nodes=10, eval_integration_nodes=80, eval_integration="gauss_legendre")
+    dec = TIME_DECODERS.build("thp", D, cfg)
+    dist = dec(torch.randn(1, 2, D))
+    assert (dist.method, dist.num_nodes) == ("mc", 10)
+    dec.eval()
+    dist = dec(torch.randn(1, 2, D))
+    assert (dist.method, dist.num_nodes) == ("gauss_legendre", 80)
+    dec = TIME_DECODERS.build("sahp", D, ModelConfig(integration="gauss_legendre", integration_nodes=12)).eval()
+    assert (dec(torch.randn(1, 2, D)).method, dec(torch.randn(1, 2, D)).num_nodes) == ("gauss_legendre", 12)
+
+
+def test_bad_integration_config_is_a_config_error():
+    with pytest.raises(ConfigError, match="integration"):
+        TIME_DECODERS.build("thp", D, ModelConfig(integration="simpson"))
+    with pytest.raises(ConfigError, match="integration_nodes"):
+        TIME_DECODERS.build("sahp", D, ModelConfig(integration_nodes=0))
+
+
+def test_thp_floor_makes_decaying_intensity_proper():
+    """All slopes negative: without the floor the compensator would converge (defective); with it f integrates
+    to 1."""
+    dec = make_decoder("thp")
+    with torch.no_grad():
+        dec.intensity.slope.fill_(-2.0)
+        dec.intensity.floor.fill_(-2.0)
+    dist: IntensityDistribution = dec(random_h(1, 2))
+    np.testing.assert_allclose(total_mass(dist), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["mc", "gauss_legendre"])
+@pytest.mark.parametrize("name", ["thp", "sahp"])
+def test_constant_intensity_gives_poisson_likelihood(name, method):
+    """Zero weights: constant intensity r, so L_T = -(n log r - r T) exactly (any quadrature rule)."""
+    dec = make_decoder(name, integration=method, integration_nodes=7)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.zero_()
+        if name == "thp":
+            dec.intensity.linear.bias.copy_(torch.linspace(-1, 1, 4, dtype=DT))
+            dec.intensity.floor.fill_(-1.0)
+            r = (torch.nn.functional.softplus(torch.linspace(-1, 1, 4, dtype=DT)) + torch.nn.functional.softplus(torch.tensor(-1.0, dtype=DT))).sum()
+        else:
+            dec.intensity.linear.bias[:8].copy_(torch.linspace(-1, 1, 4, dtype=DT).repeat(2))  # mu = eta
+            r = torch.nn.functional.softplus(torch.linspace(-1, 1, 4, dtype=DT)).sum()
+    times = torch.tensor([0.3, 0.9, 1.0, 2.4, 4.1], dtype=DT)
+    window = 5.0
+    taus = torch.diff(times, prepend=torch.zeros(1, dtype=DT)).unsqueeze(0)
+    h = random_h(1, 6)  # ignored by zero weights
+    dist = dec(h[:, :5])
+    last = dec(h[:, 5:])
+    nll = -dist.log_prob(taus).sum() - last.log_survival(torch.tensor([[window - 4.1]], dtype=DT)).sum()
+    expected = -(5 * torch.log(r) - r * window)
+    torch.testing.assert_close(nll, expected, rtol=1e-12, atol=1e-12)
