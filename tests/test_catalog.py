@@ -1,0 +1,134 @@
+"""Catalog names, data-directory resolution, split handling and auto-preparation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from mtpp.data.catalog import CATALOG, Dataset, cache_dir, load_dataset, resolve_data_dir
+from mtpp.data.formats import write_split_folder
+from mtpp.data.sequence import make_sequence
+from mtpp.errors import DataError
+
+REQUIRED = ("mooc", "lastfm", "reddit", "stack_overflow", "github", "wikipedia", "retweet", "mimic2", "taxi",
+            "taobao", "stackoverflow_easytpp", "amazon", "earthquake", "synthetic_hawkes")
+
+
+def _seqs(n: int, k: int = 3) -> list:
+    return [make_sequence([0.5 + i, 1.0 + i, 2.0 + i], [i % k, (i + 1) % k, 0]) for i in range(n)]
+
+
+def test_required_names_have_entries() -> None:
+    for name in REQUIRED:
+        e = CATALOG[name]
+        assert e.description and e.source and e.format
+        assert e.generated or e.candidates
+    assert "no copy" in CATALOG["github"].description.lower()
+
+
+def test_data_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MTPP_DATA_DIR", raising=False)
+    assert resolve_data_dir() == Path("data")
+    monkeypatch.setenv("MTPP_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir() == tmp_path
+    assert resolve_data_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_cache_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path))
+    assert cache_dir() == tmp_path
+
+
+def test_prepared_split_folder_by_name(tmp_path: Path) -> None:
+    seqs = _seqs(10)
+    write_split_folder(tmp_path / "mooc", [{"train": seqs[:6], "val": seqs[6:8], "test": seqs[8:]}] * 2,
+                       num_marks=3)
+    ds = load_dataset("mooc", split=1, data_dir=tmp_path)
+    assert isinstance(ds, Dataset)
+    assert (len(ds.train), len(ds.val), len(ds.test), ds.num_marks, ds.name) == (6, 2, 2, 3, "mooc")
+    assert ds.split == 1 and ds.source == str(tmp_path / "mooc")
+    with pytest.raises(DataError, match="split 7 does not exist"):
+        load_dataset("mooc", split=7, data_dir=tmp_path)
+
+
+def test_train_dev_test_maps_dev_to_val(tmp_path: Path) -> None:
+    d = tmp_path / "easytpp_taxi"
+    d.mkdir()
+    for part, n in (("train", 5), ("dev", 2), ("test", 3)):
+        recs = [{"dim_process": 3, "time_since_start": s.times.tolist(), "type_event": s.marks.tolist()}
+                for s in _seqs(n)]
+        (d / f"{part}.json").write_text(json.dumps(recs))
+    ds = load_dataset("taxi", data_dir=tmp_path)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (5, 2, 3)
+    with pytest.raises(DataError, match="one fixed train/val/test split"):
+        load_dataset("taxi", split=1, data_dir=tmp_path)
+
+
+def test_auto_prepare_single_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d = tmp_path / "data" / "ifltpp_wikipedia"
+    d.mkdir(parents=True)
+    import numpy as np
+
+    seqs = _seqs(20)
+    times = np.empty(20, dtype=object)
+    marks = np.empty(20, dtype=object)
+    for i, s in enumerate(seqs):
+        times[i], marks[i] = s.times.tolist(), s.marks.tolist()
+    np.savez(d / "wikipedia.npz", arrival_times=times, marks=marks)
+    with caplog.at_level(logging.WARNING, logger="mtpp.data.catalog"):
+        ds = load_dataset("wikipedia", split=2, data_dir=tmp_path / "data")
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (12, 4, 4)
+    assert any("auto-prepared" in n for n in ds.notes)
+    assert sum("auto-prepared" in r.getMessage() for r in caplog.records) == 1
+    assert Path(ds.source).parent == cache_dir() / "prepared"
+    keys = {s.key() for s in ds.train + ds.val + ds.test}
+    assert keys == {s.key() for s in seqs}
+    again = load_dataset("wikipedia", split=2, data_dir=tmp_path / "data")  # cache hit, same split
+    assert [s.key() for s in again.test] == [s.key() for s in ds.test]
+
+
+def test_path_instead_of_name(tmp_path: Path) -> None:
+    seqs = _seqs(5)
+    write_split_folder(tmp_path / "mine", [{"train": seqs[:3], "val": seqs[3:4], "test": seqs[4:]}], num_marks=3)
+    ds = load_dataset(str(tmp_path / "mine"))
+    assert ds.name == "mine" and len(ds.train) == 3
+
+
+def test_unknown_name_lists_known() -> None:
+    with pytest.raises(DataError, match=r"unknown dataset 'nope'.*mooc.*synthetic_hawkes"):
+        load_dataset("nope")
+
+
+def test_missing_data_dir_says_where(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data directory .*does-not-exist.* does not exist"):
+        load_dataset("mooc", data_dir=tmp_path / "does-not-exist")
+
+
+def test_github_not_staged(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"'github' not found.*No copy of this data is staged"):
+        load_dataset("github", data_dir=tmp_path)
+
+
+def test_synthetic_hawkes() -> None:
+    pytest.importorskip("mtpp.data.synthetic")
+    ds = load_dataset("synthetic_hawkes")
+    assert ds.num_marks >= 1 and len(ds.train) > len(ds.test) > 0
+
+
+@pytest.mark.data
+def test_real_lastfm_auto_prepared(data_dir: Path) -> None:
+    ds = load_dataset("lastfm", split=4, data_dir=data_dir)  # partial source: union of cal/val/test, re-split
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (462, 154, 154) and ds.num_marks == 50
+    assert sum(len(s) for s in ds.train + ds.val + ds.test) == 177349
+    assert any("auto-prepared" in n for n in ds.notes)
+
+
+@pytest.mark.data
+def test_real_fixed_split_taxi_and_mimic2(data_dir: Path) -> None:
+    ds = load_dataset("taxi", data_dir=data_dir)
+    assert (len(ds.train), len(ds.val), len(ds.test), ds.num_marks) == (1400, 200, 400, 10)
+    ds = load_dataset("mimic2", data_dir=data_dir)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 644 and ds.num_marks == 75  # 650 minus 6 duplicates

@@ -1,0 +1,357 @@
+"""Each reader on small files written here, the writer round trip, format detection, and real-file counts."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtpp.data.formats import (
+    ReadOptions,
+    detect_format,
+    read_any,
+    read_npz,
+    read_pickle,
+    read_rmtpp,
+    read_table,
+    read_torch_zip,
+    scan_folder,
+    write_bosser_json,
+    write_split_folder,
+)
+from mtpp.data.sequence import make_sequence
+from mtpp.errors import DataError
+
+SEQS = [([0.5, 1.0, 1.0, 2.5], [0, 2, 1, 2]), ([0.1, 0.3], [1, 1]), ([3.0], [0])]
+
+
+def _bosser(seqs=SEQS) -> list:
+    return [[{"time": t, "labels": [k]} for t, k in zip(ts, ks)] for ts, ks in seqs]
+
+
+def _easytpp(seqs=SEQS, dim=3) -> list:
+    return [
+        {"dim_process": dim, "seq_idx": i, "seq_len": len(ts), "time_since_start": ts,
+         "time_since_last_event": np.diff(ts, prepend=ts[0]).tolist(), "type_event": ks}
+        for i, (ts, ks) in enumerate(seqs)
+    ]
+
+
+def _write(path: Path, data: bytes, gz: bool = False) -> Path:
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def _check(seqs, expected=SEQS) -> None:
+    assert len(seqs) == len(expected)
+    for s, (ts, ks) in zip(seqs, expected):
+        np.testing.assert_array_equal(s.times, ts)
+        np.testing.assert_array_equal(s.marks, ks)
+        assert s.times.dtype == np.float64 and s.marks.dtype == np.int64
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_bosser_split_folder(tmp_path: Path, gz: bool) -> None:
+    d = tmp_path / "ds" / "split_0"
+    d.mkdir(parents=True)
+    name = "val.json.gz" if gz else "val.json"
+    _write(d / name, json.dumps(_bosser()).encode(), gz)
+    _write(d / "test.json", json.dumps(_bosser(SEQS[:1])).encode())
+    (d / "args.json").write_text(json.dumps({"marks": 5, "window": None}))
+    res = read_any(tmp_path / "ds")
+    assert res.format == "split_folder" and res.num_marks == 5
+    assert set(res.parts) == {"split_0/val", "split_0/test"}
+    _check(res.parts["split_0/val"])
+
+
+def test_gzip_detected_by_magic_not_name(tmp_path: Path) -> None:
+    p = _write(tmp_path / "train.json", json.dumps(_bosser()).encode(), gz=True)  # gzipped, no .gz suffix
+    res = read_any(p)
+    _check(res.sequences)
+    assert res.num_marks == 3
+
+
+def test_bosser_multilabel_is_an_error(tmp_path: Path) -> None:
+    data = _bosser()
+    data[1][1]["labels"] = [0, 1]
+    p = _write(tmp_path / "test.json", json.dumps(data).encode())
+    with pytest.raises(DataError, match=r"test.json: sequence 1: event 1 .*exactly one label"):
+        read_any(p)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_easytpp_json(tmp_path: Path, gz: bool) -> None:
+    d = tmp_path / "easy"
+    d.mkdir()
+    _write(d / ("train.json.gz" if gz else "train.json"), json.dumps(_easytpp()).encode(), gz)
+    _write(d / "valid.json", json.dumps(_easytpp(SEQS[:2])).encode())
+    _write(d / "test.json", json.dumps(_easytpp(SEQS[2:])).encode())
+    res = read_any(d)
+    assert res.format == "easytpp_json" and res.num_marks == 3
+    assert set(res.parts) == {"train", "val", "test"}
+    _check(res.parts["train"])
+
+
+def test_easytpp_pickle_with_numpy_scalars(tmp_path: Path) -> None:
+    def events(ts, ks):
+        return [{"time_since_start": np.float32(t), "time_since_last_event": 0.0, "type_event": np.int32(k)}
+                for t, k in zip(ts, ks)]
+
+    obj = {"dim_process": np.int32(4), "args": None, "dev": [events(*s) for s in SEQS], "devtest": []}
+    p = tmp_path / "dev.pkl"
+    p.write_bytes(pickle.dumps(obj, protocol=4))
+    res = read_pickle(p)
+    assert res.format == "easytpp_pickle" and res.num_marks == 4 and set(res.parts) == {"val"}
+    _check(res.parts["val"], [(np.float32(ts).astype(np.float64), ks) for ts, ks in SEQS])
+    assert any("devtest" in n and "empty" in n for n in res.notes)
+
+
+def test_easytpp_pickle_float_marks(tmp_path: Path) -> None:
+    obj = {"dim_process": 3, "train": [[{"time_since_start": np.float64(t), "type_event": np.float64(k)}
+                                         for t, k in zip(*s)] for s in SEQS]}
+    p = tmp_path / "train.pkl"
+    p.write_bytes(pickle.dumps(obj))
+    _check(read_any(p).parts["train"])
+
+
+def test_gntpp_pickle(tmp_path: Path) -> None:
+    obj = {
+        "timestamps": np.array([np.array(ts) for ts, _ in SEQS], dtype=object),
+        "types": np.array([np.array(ks) for _, ks in SEQS], dtype=object),
+        "lengths": np.array([len(ts) for ts, _ in SEQS]),
+        "t_max": np.float64(3.0),
+        "event_type_num": np.int64(6),
+    }
+    p = tmp_path / "val_manifold_format.pkl"
+    p.write_bytes(pickle.dumps(obj, protocol=4))
+    res = read_any(p)
+    assert res.format == "gntpp_pickle" and res.num_marks == 6 and list(res.parts) == ["val"]
+    _check(res.sequences)
+
+
+def _npz(path: Path, marks: bool = True) -> Path:
+    times = np.empty(len(SEQS), dtype=object)
+    mk = np.empty(len(SEQS), dtype=object)
+    for i, (ts, ks) in enumerate(SEQS):
+        times[i], mk[i] = list(ts), list(ks)
+    arrays = {"arrival_times": times, **({"marks": mk} if marks else {})}
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_marked_and_unmarked(tmp_path: Path) -> None:
+    res = read_npz(_npz(tmp_path / "wiki.npz"))
+    assert res.format == "ifl_npz" and res.num_marks == 3
+    _check(res.sequences)
+    res = read_any(_npz(tmp_path / "yelp.npz", marks=False))
+    assert res.num_marks == 1
+    _check(res.sequences, [(ts, [0] * len(ts)) for ts, _ in SEQS])
+    assert any("unmarked" in n for n in res.notes)
+
+
+def _torch_zip(path: Path, obj: object) -> Path:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(obj, protocol=2))
+        z.writestr("archive/version", "3\n")
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def test_torch_zip_pickle_keeps_window(tmp_path: Path) -> None:
+    obj = {"sequences": [{"t_start": 0, "t_end": 4.0, "arrival_times": ts, "marks": ks} for ts, ks in SEQS],
+           "num_marks": 3}
+    res = read_torch_zip(_torch_zip(tmp_path / "mimic.pkl", obj))
+    assert res.format == "torch_zip" and res.num_marks == 3
+    _check(res.sequences)
+    assert [s.window_end for s in res.sequences] == [4.0, 4.0, 4.0]
+    assert read_any(tmp_path / "mimic.pkl").format == "torch_zip"
+
+
+def _rmtpp(folder: Path, seqs, base: int = 1, word: str = "event", prefix: str = "") -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / f"{prefix}time.txt").write_text("".join(" ".join(map(str, ts)) + " \n" for ts, _ in seqs))
+    (folder / f"{prefix}{word}.txt").write_text("".join(" ".join(str(k + base) for k in ks) + "\n" for _, ks in seqs))
+    return folder
+
+
+def test_rmtpp_one_based_marks(tmp_path: Path) -> None:
+    res = read_rmtpp(_rmtpp(tmp_path / "r", SEQS, base=1))
+    assert res.num_marks == 3
+    _check(res.parts["all"])
+    assert any("1-based (detected)" in n for n in res.notes)
+
+
+def test_rmtpp_zero_based_detected_and_forced(tmp_path: Path) -> None:
+    d = _rmtpp(tmp_path / "r", SEQS, base=0, word="marker")
+    _check(read_any(d).sequences)
+    # Forcing 1-based on data that contains 0 gives a negative mark: an error naming the file.
+    with pytest.raises(DataError, match="negative mark"):
+        read_any(d, mark_base=1)
+
+
+def test_rmtpp_pairs_and_gz(tmp_path: Path) -> None:
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "time-1-train.txt.gz").write_bytes(gzip.compress(b"0 1 2\n0.5 0.75\n"))
+    (d / "event-1-train.txt").write_text("1 2 2\n3 3\n")
+    (d / "event-1-test.txt").write_text("1\n")  # marks only: ignored, said so
+    files = scan_folder(d)
+    assert [(f.format, f.part) for f in files] == [("rmtpp", "1-train")]
+    res = read_any(d)
+    assert res.parts["1-train"][1].marks.tolist() == [2, 2]
+    assert any("marks-only" in n for n in res.notes)
+
+
+def test_rmtpp_unsorted_error_and_sort_option(tmp_path: Path) -> None:
+    d = _rmtpp(tmp_path / "tw", [([5.0, 3.0, 4.0], [0, 1, 0]), ([1.0, 2.0], [1, 1])], prefix="bolly-")
+    with pytest.raises(DataError, match=r"bolly-time.txt: sequence 0: times not sorted"):
+        read_any(d)
+    res = read_any(d, sort=True)
+    s = res.parts["bolly"][0]
+    assert s.times.tolist() == [3.0, 4.0, 5.0] and s.marks.tolist() == [1, 0, 0]
+    assert any("sorted the times of 1 unsorted" in n for n in res.notes)
+
+
+def test_long_csv_and_gz(tmp_path: Path) -> None:
+    rows = ["seq_id,time,mark"]
+    for i, (ts, ks) in enumerate(SEQS):
+        rows += [f"s{i},{t},{k}" for t, k in zip(ts, ks)]
+    # interleave: rows of one sequence need not be contiguous
+    body = rows[1:]
+    text = "\n".join([rows[0], *body[4:], *body[:4]]) + "\n"
+    p = _write(tmp_path / "events.csv", text.encode())
+    res = read_table(p)
+    assert res.format == "table" and res.num_marks == 3
+    _check(res.sequences, [SEQS[1], SEQS[2], SEQS[0]])  # order of first appearance
+    q = _write(tmp_path / "events.csv.gz", text.encode(), gz=True)
+    assert len(read_any(q).sequences) == 3
+
+
+def test_long_csv_split_column(tmp_path: Path) -> None:
+    text = "seq_id,time,mark,split\na,1,0,train\na,2,1,train\nb,1,1,dev\nc,3,0,test\n"
+    res = read_any(_write(tmp_path / "t.csv", text.encode()))
+    assert {k: len(v) for k, v in res.parts.items()} == {"train": 1, "val": 1, "test": 1}
+
+
+def test_parquet_needs_pyarrow_or_reads(tmp_path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"seq_id": [0, 0, 1], "time": [0.5, 1.0, 2.0], "mark": [0, 1, 1]})
+    p = tmp_path / "t.parquet"
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        p.write_bytes(b"PAR1" + b"\0" * 16 + b"PAR1")
+        with pytest.raises(DataError, match="pip install pyarrow"):
+            read_any(p)
+        return
+    df.to_parquet(p)
+    assert len(read_any(p).sequences) == 2
+
+
+def test_writer_round_trip_and_windows(tmp_path: Path) -> None:
+    seqs = [make_sequence(ts, ks) for ts, ks in SEQS]
+    seqs[0] = make_sequence(*SEQS[0], window_end=3.0)
+    write_split_folder(tmp_path / "out", [{"train": seqs, "val": seqs[:1], "test": seqs[2:]}], num_marks=4,
+                       args={"note": "x"})
+    res = read_any(tmp_path / "out")
+    assert res.num_marks == 4
+    back = res.parts["split_0/train"]
+    assert [s.key() for s in back] == [s.key() for s in seqs]
+    assert (tmp_path / "out" / "split_0" / "train.windows.json").exists()
+    assert json.loads((tmp_path / "out" / "args.json").read_text())["note"] == "x"
+    # exact float round trip
+    write_bosser_json(tmp_path / "f.json", [make_sequence([0.1 + 0.2, 1 / 3], [0, 0])])
+    assert read_any(tmp_path / "f.json").sequences[0].times.tolist() == [0.1 + 0.2, 1 / 3]
+
+
+def test_writer_refuses_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep").write_text("")
+    with pytest.raises(DataError, match="not empty"):
+        write_split_folder(tmp_path / "x", [{"train": [make_sequence([1.0], [0])]}], num_marks=1)
+
+
+def test_split_folder_window_option(tmp_path: Path) -> None:
+    d = tmp_path / "syn" / "split_0"
+    d.mkdir(parents=True)
+    (d / "train.json").write_text(json.dumps(_bosser()))
+    (d / "args.json").write_text(json.dumps({"marks": 3, "window": 10.0}))
+    assert all(s.window_end is None for s in read_any(tmp_path / "syn").sequences)
+    assert all(s.window_end == 10.0 for s in read_any(tmp_path / "syn", use_window=True).sequences)
+
+
+def test_detect_format(tmp_path: Path) -> None:
+    assert detect_format(Path("time-1-train.txt")) == "rmtpp_time"
+    assert detect_format(Path("bolly-event.txt")) == "rmtpp_marks"
+    assert detect_format(Path("marker-test.txt.gz")) == "rmtpp_marks"
+    assert detect_format(Path("x.csv")) == "table"
+    assert detect_format(Path("x.parquet")) == "parquet"
+    p = _write(tmp_path / "blob", pickle.dumps({"a": 1}))
+    assert detect_format(p) == "pickle"
+
+
+# ------------------------------------------------------------------------------------------- real data
+
+
+@pytest.fixture(scope="session")
+def real(data_dir: Path):
+    cache: dict[str, object] = {}
+
+    def get(name: str, **kw):
+        key = name + repr(sorted(kw.items()))
+        if key not in cache:
+            cache[key] = read_any(data_dir / name, options=ReadOptions(**kw))
+        return cache[key]
+
+    return get
+
+
+def _stats(seqs) -> tuple[int, int, int]:
+    return len(seqs), sum(len(s) for s in seqs), len({int(k) for s in seqs for k in np.unique(s.marks)})
+
+
+@pytest.mark.data
+def test_real_easytpp_taxi(real) -> None:
+    res = real("easytpp_taxi")
+    assert {k: len(v) for k, v in res.parts.items()} == {"train": 1400, "val": 200, "test": 400}
+    assert _stats(res.sequences) == (2000, 74078, 10) and res.num_marks == 10
+
+
+@pytest.mark.data
+def test_real_rmtpp_mimic2_full(real) -> None:
+    res = real("rmtpp_mimic2")
+    assert list(res.parts) == ["all"]
+    assert _stats(res.sequences) == (650, 2419, 75) and res.num_marks == 75
+    assert min(int(s.marks.min()) for s in res.sequences) == 0  # 1-based file, read 0-based
+
+
+@pytest.mark.data
+def test_real_ifltpp_wikipedia(real) -> None:
+    res = real("ifltpp_wikipedia")
+    assert _stats(res.sequences) == (1000, 157471, 8227) and res.num_marks == 8227
+
+
+@pytest.mark.data
+def test_real_residualtpp_earthquake(real) -> None:
+    res = real("residualtpp_earthquake")
+    assert {k: len(v) for k, v in res.parts.items()} == {"train": 3000, "val": 400, "test": 896}
+    assert _stats(res.sequences) == (4296, 70723, 7) and res.num_marks == 7
+
+
+@pytest.mark.data
+def test_real_other_formats(real) -> None:
+    assert _stats(real("gntpp_mooc").sequences) == (2537, 109352, 97)
+    assert _stats(real("jointtpp_mimic_ii").sequences) == (715, 2662, 75)
+    assert real("ifltpp_yelp_toronto").num_events == 215146
+    assert real("thpformat_mimic").num_sequences == 2635 + 290 + 325
+    tw = real("rmtpp_twitter", sort=True)
+    assert _stats(tw.sequences) == (3080, 102413, 2)
+    assert any("sorted" in n for n in tw.notes)

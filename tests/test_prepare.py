@@ -1,0 +1,153 @@
+"""``prepare`` / ``mtpp data prepare``: deterministic, disjoint and covering splits, duplicates counted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtpp.cli import main
+from mtpp.data.formats import read_any, write_bosser_json
+from mtpp.data.sequence import make_sequence
+from mtpp.data.splits import deduplicate, make_splits, prepare, split_indices, split_sizes
+from mtpp.errors import ConfigError, DataError
+
+
+def _seqs(n: int, offset: int = 0) -> list:
+    rng = np.random.default_rng(offset)
+    return [make_sequence(np.sort(rng.uniform(0, 10, 1 + i % 7)), rng.integers(0, 4, 1 + i % 7))
+            for i in range(n)]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> list[Path]:
+    a, b = _seqs(30), _seqs(30, offset=1)
+    write_bosser_json(tmp_path / "a.json", a + a[:5])  # 5 duplicates inside a file
+    write_bosser_json(tmp_path / "b.json", b + a[5:10])  # 5 more across files
+    return [tmp_path / "a.json", tmp_path / "b.json"]
+
+
+def test_split_sizes_and_indices() -> None:
+    assert split_sizes(10) == (6, 2, 2)
+    assert split_sizes(6234) == (3740, 1247, 1247)
+    idx = split_indices(100, seed=3, k=1)
+    allidx = np.concatenate(list(idx.values()))
+    assert sorted(allidx.tolist()) == list(range(100))
+    assert not np.array_equal(split_indices(100, 3, 0)["test"], idx["test"])
+    with pytest.raises(ConfigError):
+        split_sizes(10, (0.5, 0.2, 0.2))
+
+
+def test_deduplicate_keeps_first() -> None:
+    s = _seqs(4)
+    unique, n = deduplicate([s[0], s[1], s[0], s[2], s[1]])
+    assert n == 2 and [u.key() for u in unique] == [s[0].key(), s[1].key(), s[2].key()]
+
+
+def test_prepare_deterministic_disjoint_covering(tmp_path: Path, inputs: list[Path]) -> None:
+    r1 = prepare(inputs, tmp_path / "o1", seed=7, num_splits=3)
+    r2 = prepare(inputs, tmp_path / "o2", seed=7, num_splits=3)
+    assert _digest(tmp_path / "o1") == _digest(tmp_path / "o2")  # same bytes twice
+    assert r1.num_read == 70 and r1.duplicates == 10 and r1.num_sequences == 60
+    assert r1.split_sizes == [36, 12, 12] and r2.num_events == r1.num_events
+    unique = {s.key() for s in deduplicate(read_any(inputs[0]).sequences + read_any(inputs[1]).sequences)[0]}
+    res = read_any(tmp_path / "o1")
+    tests = []
+    for k in range(3):
+        parts = [{s.key() for s in res.parts[f"split_{k}/{p}"]} for p in ("train", "val", "test")]
+        assert sum(map(len, parts)) == 60 and set().union(*parts) == unique  # disjoint and covering
+        tests.append(parts[2])
+    assert tests[0] != tests[1]  # different partitions
+    args = json.loads((tmp_path / "o1" / "args.json").read_text())
+    assert args["duplicates"] == 10 and args["seed"] == 7 and args["num_sequences"] == 60
+    assert args["dropped"] == {} and len(args["files"]) == 2
+    prepare(inputs, tmp_path / "o3", seed=8, num_splits=1)
+    assert _digest(tmp_path / "o3")["split_0/test.json"] != _digest(tmp_path / "o1")["split_0/test.json"]
+
+
+def test_make_splits_order_within_parts() -> None:
+    seqs = _seqs(20)
+    (parts,) = make_splits(seqs, num_splits=1, seed=0)
+    pos = {s.key(): i for i, s in enumerate(seqs)}
+    for p in parts.values():
+        assert [pos[s.key()] for s in p] == sorted(pos[s.key()] for s in p)
+
+
+def test_drop_invalid_counts_per_reason(tmp_path: Path) -> None:
+    data = [[{"time": 1.0, "labels": [0]}], [{"time": 2.0, "labels": [0]}, {"time": 1.0, "labels": [1]}], [],
+            [{"time": -1.0, "labels": [0]}]] + [[{"time": float(i + 1), "labels": [1]}] for i in range(6)]
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="sequence 1: times not sorted"):
+        prepare([p], tmp_path / "o")
+    from mtpp.data.formats import ReadOptions
+
+    rep = prepare([p], tmp_path / "o", options=ReadOptions(drop_invalid=True), num_splits=1)
+    assert rep.dropped == {"unsorted times": 1, "empty sequence": 1, "negative time": 1}
+    assert rep.num_sequences == 7
+
+
+def test_cli_prepare(tmp_path: Path, inputs: list[Path], capsys: pytest.CaptureFixture) -> None:
+    code = main(["data", "prepare", *map(str, inputs), "--out", str(tmp_path / "cli"), "--seed", "1",
+                 "--splits", "2", "--ratios", "0.5", "0.25", "0.25"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "removed 10 duplicate" in out and "kept 60 sequences" in out and "train 30 / val 15 / test 15" in out
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["args.json", "split_0", "split_1"]
+    # describe on the result, text and JSON
+    assert main(["data", "describe", str(tmp_path / "cli"), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["total"]["sequences"] == 60 and st["duplicates"] == 60
+    assert main(["data", "describe", str(tmp_path / "cli")]) == 0
+    assert "most frequent marks" in capsys.readouterr().out
+
+
+def test_cli_list(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "easytpp_taxi").mkdir()
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "taxi" in out and "found" in out and "missing" in out and "synthetic_hawkes" in out
+
+
+@pytest.fixture(scope="session")
+def mooc_prepared(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """``mtpp data prepare conftpp_mooc_filtered`` once per session: (output folder, stdout, exit code)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("prepared") / "mooc"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["data", "prepare", str(data_dir / "conftpp_mooc_filtered"), "--out", str(out)])
+    return out, buf.getvalue(), code
+
+
+@pytest.mark.data
+def test_real_prepare_mooc_prints_counts(mooc_prepared) -> None:
+    _, out, code = mooc_prepared
+    assert code == 0
+    assert "read 12,335 sequences from 15 file(s)" in out
+    assert "removed 6,101 duplicate" in out  # the 5 partial splits overlap: union = 6,234 distinct
+    assert "6,234 sequences, 311,806 events, 50 marks" in out
+    assert "wrote 5 split(s)" in out and "train 3,740 / val 1,247 / test 1,247" in out
+
+
+@pytest.mark.data
+def test_real_prepared_mooc_union_matches_manifest(mooc_prepared) -> None:
+    folder, _, _ = mooc_prepared
+    res = read_any(folder / "split_0")
+    seqs = res.sequences
+    assert res.num_marks == 50
+    assert (len(seqs), sum(len(s) for s in seqs)) == (6234, 311806)
+    assert len({int(k) for s in seqs for k in np.unique(s.marks)}) == 50
+    assert len({s.key() for s in seqs}) == 6234
+    args = json.loads((folder / "args.json").read_text())
+    assert (args["num_sequences"], args["num_events"], args["duplicates"]) == (6234, 311806, 6101)
