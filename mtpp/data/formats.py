@@ -189,6 +189,9 @@ class _Builder:
                 if self.num_marks is not None and "out of range" in e.problem:
                     raise DataError(f"{e.problem} (the file declares {self.num_marks} marks)",
                                     source=self.source, sequence=index) from None
+                if "not sorted" in e.problem:
+                    raise DataError(f"{e.problem} (sort=True / --sort sorts such sequences and counts them)",
+                                    source=self.source, sequence=index) from None
                 raise
             self.dropped[drop_reason(e.problem)] += 1
             return None
@@ -929,7 +932,7 @@ def read_file(path: str | Path, *, options: ReadOptions | None = None, num_marks
     )
 
 
-def _merge(results: Sequence[ReadResult], source: str, fmt: str, prefix: str = "") -> ReadResult:
+def _merge(results: Sequence[ReadResult], source: str, fmt: str) -> ReadResult:
     parts: dict[str, list[EventSequence]] = {}
     notes: list[str] = []
     dropped: Counter = Counter()
@@ -937,7 +940,7 @@ def _merge(results: Sequence[ReadResult], source: str, fmt: str, prefix: str = "
     declared = []
     for r in results:
         for name, seqs in r.parts.items():
-            parts.setdefault(prefix + name, []).extend(seqs)
+            parts.setdefault(name, []).extend(seqs)
         notes += r.notes
         dropped += r.dropped
         files += r.files

@@ -10,7 +10,6 @@ splitting, so a sequence that appears in several input files lands in exactly on
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,8 +32,6 @@ __all__ = [
     "read_inputs",
     "source_fingerprint",
 ]
-
-log = logging.getLogger(__name__)
 
 PART_NAMES = ("train", "val", "test")
 DEFAULT_RATIOS = (0.6, 0.2, 0.2)
