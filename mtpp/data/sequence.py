@@ -91,23 +91,23 @@ def make_sequence(
         raise fail("empty sequence")
     if not np.all(np.isfinite(t)):
         j = int(np.flatnonzero(~np.isfinite(t))[0])
-        raise fail(f"non-finite time {t[j]!r} at event {j}")
+        raise fail(f"non-finite time {float(t[j])!r} at event {j}")
     if t[0] < 0:
-        raise fail(f"negative time {t[0]!r} at event 0 (times are measured from the window start 0)")
+        raise fail(f"negative time {float(t[0])!r} at event 0 (times are measured from the window start 0)")
     d = np.diff(t)
     if np.any(d < 0):
         j = int(np.flatnonzero(d < 0)[0]) + 1
-        raise fail(f"times not sorted: event {j} at {t[j]!r} comes before event {j - 1} at {t[j - 1]!r}")
+        raise fail(f"times not sorted: event {j} at {float(t[j])!r} comes before event {j - 1} at {float(t[j - 1])!r}")
     if m.min() < 0:
         j = int(np.argmin(m))
-        raise fail(f"negative mark {m[j]} at event {j}")
+        raise fail(f"negative mark {int(m[j])} at event {j}")
     if num_marks is not None and m.max() >= num_marks:
         j = int(np.argmax(m))
-        raise fail(f"mark {m[j]} at event {j} is out of range for {num_marks} marks")
+        raise fail(f"mark {int(m[j])} at event {j} is out of range for {num_marks} marks")
     if window_end is not None:
         window_end = float(window_end)
         if not np.isfinite(window_end) or window_end < t[-1]:
-            raise fail(f"window end {window_end!r} is before the last event {t[-1]!r}")
+            raise fail(f"window end {window_end!r} is before the last event {float(t[-1])!r}")
     return EventSequence(t, m, window_end)
 
 
