@@ -1,0 +1,553 @@
+"""``mtpp bench``: training / evaluation throughput, gradient-diagnostics overhead and peak memory per model.
+
+What is measured, for each ``encoder-decoder-parametrisation`` model:
+
+* **Batches.** ``steps`` batches are drawn once from :func:`mtpp.data.sampler.make_loader` (length bucketing on,
+  seeded) over the training part of the dataset and kept (pinned on CUDA); every timed phase cycles over the same
+  list, so the phases see exactly the same work. Collation is therefore *not* timed; the host-to-device copy is
+  (``batch.to(device, non_blocking=True)`` inside the step, as in the trainer).
+* **Events.** Every real (non-padded) event of a batch counts, including the first event of each sequence that
+  ``first_event: skip`` does not score: ``events = batch.lengths.sum()``. The share of padded slots over all
+  ``[B, L]`` slots of the batches is ``padding_fraction``.
+* **Training step** (:func:`train_step`): the trainer's step -- ``zero_grad``, ``model.nll`` (under bf16 autocast
+  with ``amp`` on CUDA, ``torch.compile``-d with ``compile``), ``L_T``/``L_M`` batch means, ``backward_step``
+  (``sum`` aggregator), total gradient norm, non-finite flag, guarded ``optimizer.step()``. With diagnostics the
+  step asks ``backward_step`` for ``cos_tm``/GMS/norms (``want_stats=True``) and buffers them on the device like
+  the trainer; without, it is a plain step. ``diagnostics_overhead = time per event with / without - 1``.
+* **Evaluation**: ``model.score(batch)`` (no_grad) in eval mode on the same batches.
+* **Timing**: ``warmup`` untimed steps before each phase, then ``steps`` timed steps; ``time.perf_counter`` with
+  ``torch.cuda.synchronize`` only at the two boundaries of a phase.
+* **Peak memory**: on CPU the process peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``). It is a process-wide
+  high-water mark, so by default (``isolate=True``) each model runs in a fresh ``spawn``-ed process and the figure
+  is that model's own (it includes Python, torch and the loaded dataset: ``baseline_memory_mb`` is the mark just
+  before the model is built). Without isolation the figure is cumulative over the models run so far. On CUDA:
+  ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (reset before the model is built).
+
+The functions here are the library; ``mtpp/commands/bench.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtpp.data.batch import Batch
+from mtpp.data.sequence import EventSequence
+from mtpp.errors import ConfigError
+
+#: A representative set covering every encoder (gru, thp, sahp, fnn), every time decoder (lnm, rmtpp, fnn, thp,
+#: sahp) and every parametrisation (base, plusplus; plus differs from base only in its decoders).
+DEFAULT_MODELS: tuple[str, ...] = (
+    "gru-lnm-base",
+    "gru-rmtpp-base",
+    "gru-fnn-base",
+    "gru-thp-base",
+    "gru-sahp-base",
+    "thp-thp-base",
+    "sahp-sahp-base",
+    "fnn-lnm-base",
+    "gru-lnm-plusplus",
+    "gru-thp-plusplus",
+)
+
+#: Keys every result row has (values may be ``None`` where a phase was not measured).
+ROW_KEYS: tuple[str, ...] = (
+    "model",
+    "encoder",
+    "decoder",
+    "parametrisation",
+    "num_parameters",
+    "train_events_per_second",
+    "train_events_per_second_diagnostics",
+    "diagnostics_overhead",
+    "eval_events_per_second",
+    "peak_memory_mb",
+    "peak_memory_kind",
+    "baseline_memory_mb",
+    "padding_fraction",
+    "events_per_batch",
+    "max_batch_length",
+    "device",
+    "device_name",
+    "batch_size",
+    "steps",
+    "warmup",
+    "dataset",
+    "num_marks",
+    "amp",
+    "compile",
+    "isolated",
+    "torch_version",
+    "num_threads",
+)
+
+DIAGNOSTICS = ("on", "off", "both")
+SYNTHETIC_LENGTH_SEQUENCES_MIN = 16
+
+
+@dataclass
+class BenchConfig:
+    """Settings shared by every benchmarked model (picklable: sent to the isolated worker processes).
+
+    dataset: catalog name or path (ignored when ``synthetic_length`` is set).
+    split: which split of the dataset; the bench uses its training part.
+    max_length: truncate every sequence to its first ``max_length`` events (``None``: as is).
+    longest: build the batches from the longest sequences (worst-case memory) instead of a seeded bucketed epoch.
+    synthetic_length: simulate long Hawkes sequences of ``synthetic_length`` events instead of reading data.
+    diagnostics: ``on`` (only the step with gradient diagnostics), ``off`` (only the plain step) or ``both``.
+    overrides: ``--set`` style ``section.key=value`` strings (``model.*``, ``train.lr`` / ``train.optimizer``,
+        ``data.dtype``); the model triple always wins over ``model.encoder`` etc.
+    num_threads: ``torch.set_num_threads`` (``None``: torch's default).
+    """
+
+    dataset: str = "synthetic_hawkes"
+    split: int = 0
+    data_dir: str | None = None
+    device: str = "cpu"
+    batch_size: int = 16
+    steps: int = 30
+    warmup: int = 5
+    diagnostics: str = "both"
+    max_length: int | None = None
+    longest: bool = False
+    synthetic_length: int | None = None
+    amp: bool = False
+    compile: bool = False
+    overrides: list[str] = field(default_factory=list)
+    num_threads: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.diagnostics not in DIAGNOSTICS:
+            raise ConfigError(f"--diagnostics must be one of {', '.join(DIAGNOSTICS)}, got {self.diagnostics!r}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"--max-length must be >= 1, got {self.max_length}")
+        if self.synthetic_length is not None and self.synthetic_length < 2:
+            raise ConfigError(f"--synthetic-length must be >= 2, got {self.synthetic_length}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.num_threads}")
+
+
+# ================================================================================================ models
+
+
+def parse_model_spec(spec: str) -> tuple[str, str, str]:
+    """``"gru-lnm-plusplus"`` -> ``("gru", "lnm", "plusplus")``; ``+`` / ``++`` are accepted for the last part."""
+    from mtpp.models.config import ENCODERS, PARAMETRISATIONS, TIME_DECODERS
+
+    parts = spec.strip().lower().split("-")
+    if len(parts) != 3:
+        raise ConfigError(f"model {spec!r}: expected encoder-decoder-parametrisation, e.g. gru-lnm-base")
+    enc, dec, par = parts
+    par = {"+": "plus", "++": "plusplus", "p": "plus", "pp": "plusplus"}.get(par, par)
+    for kind, value, valid in (
+        ("encoder", enc, ENCODERS),
+        ("decoder", dec, TIME_DECODERS),
+        ("parametrisation", par, PARAMETRISATIONS),
+    ):
+        if value not in valid:
+            raise ConfigError(f"model {spec!r}: unknown {kind} {value!r}; valid: {', '.join(valid)}")
+    return enc, dec, par
+
+
+def run_config_for(spec: str, overrides: Sequence[str]) -> Any:
+    """The validated ``RunConfig`` of one benchmarked model: defaults, then ``overrides``, then the triple."""
+    from mtpp.config import load_config
+
+    enc, dec, par = parse_model_spec(spec)
+    triple = [f"model.encoder={enc}", f"model.decoder={dec}", f"model.parametrisation={par}"]
+    return load_config(None, [*overrides, *triple])
+
+
+# ================================================================================================ data
+
+
+def truncate(sequences: Sequence[EventSequence], max_length: int) -> list[EventSequence]:
+    """Every sequence cut to its first ``max_length`` events (observed up to its last kept event)."""
+    out = []
+    for s in sequences:
+        if len(s) > max_length:
+            s = EventSequence(s.times[:max_length], s.marks[:max_length], None)
+        out.append(s)
+    return out
+
+
+def synthetic_long_sequences(length: int, num_sequences: int, seed: int = 0) -> list[EventSequence]:
+    """``num_sequences`` Hawkes sequences of the built-in ``synthetic_hawkes`` process with ``length`` events each.
+
+    The window is 3x the expected time to ``length`` events, and simulation stops at ``length`` events, so
+    (almost) every sequence has exactly ``length`` events; windows end at the last event (benchmark convention).
+    """
+    from mtpp.data.synthetic import SYNTHETIC_PARAMS, simulate_hawkes_many
+
+    rate = float(np.sum(SYNTHETIC_PARAMS.stationary_rate()))
+    rng = np.random.default_rng(seed)
+    seqs = simulate_hawkes_many(SYNTHETIC_PARAMS, num_sequences, 3.0 * length / rate, rng, max_events=length)
+    return [EventSequence(s.times, s.marks, None) for s in seqs if len(s) > 0]
+
+
+def load_sequences(cfg: BenchConfig) -> tuple[list[EventSequence], int, str]:
+    """``(sequences, num_marks, dataset label)``: the training part of the dataset, or simulated long sequences."""
+    if cfg.synthetic_length is not None:
+        from mtpp.data.synthetic import SYNTHETIC_PARAMS
+
+        n = max(2 * cfg.batch_size, SYNTHETIC_LENGTH_SEQUENCES_MIN)
+        seqs = synthetic_long_sequences(cfg.synthetic_length, n, cfg.seed)
+        label, num_marks = f"synthetic_hawkes_length_{cfg.synthetic_length}", SYNTHETIC_PARAMS.num_marks
+    else:
+        from mtpp.data.catalog import load_dataset
+
+        ds = load_dataset(cfg.dataset, split=cfg.split, data_dir=cfg.data_dir)
+        seqs, num_marks, label = list(ds.train), int(ds.num_marks), str(ds.name)
+    if cfg.max_length is not None:
+        seqs = truncate(seqs, cfg.max_length)
+        label += f" (max length {cfg.max_length})"
+    if cfg.longest:
+        label += " (longest)"
+    return seqs, num_marks, label
+
+
+def bench_batches(
+    sequences: Sequence[EventSequence], cfg: BenchConfig, dtype: torch.dtype, device_type: str
+) -> list[Batch]:
+    """``min(steps, number of batches)`` CPU batches (pinned on CUDA), cycled over by every timed phase.
+
+    Default: the first batches of seeded, length-bucketed epochs (as the trainer sees them). ``longest``: the
+    longest sequences, longest first.
+    """
+    from mtpp.data.sampler import make_loader
+
+    seqs = list(sequences)
+    shuffle = True
+    if cfg.longest:
+        order = np.argsort([-len(s) for s in seqs], kind="stable")
+        seqs = [seqs[i] for i in order[: cfg.batch_size * cfg.steps]]
+        shuffle = False
+    loader = make_loader(seqs, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, dtype=dtype, device_type=device_type)
+    if cfg.longest:  # make_loader without shuffling orders by increasing length
+        return list(reversed(list(loader)))
+    batches: list[Batch] = []
+    epoch = 0
+    while len(batches) < cfg.steps:
+        loader.batch_sampler.set_epoch(epoch)
+        before = len(batches)
+        for b in loader:
+            batches.append(b)
+            if len(batches) == cfg.steps:
+                break
+        epoch += 1
+        if len(batches) == before:
+            break
+    return batches
+
+
+def padding_of(batches: Sequence[Batch]) -> float:
+    """Share of padded slots over all ``[B, L]`` slots of ``batches``."""
+    slots = sum(b.mask.numel() for b in batches)
+    real = sum(int(b.lengths.sum()) for b in batches)
+    return 1.0 - real / slots if slots else 0.0
+
+
+# ================================================================================================ the steps
+
+
+@dataclass
+class StepContext:
+    """What one training step needs (built once per model by :func:`make_step_context`)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    aggregator: Any
+    guard: Any
+    device: torch.device
+    amp: bool
+    nll: Callable[[Batch], Any]
+    records: Any  # StatsBuffer
+
+
+def make_step_context(run_cfg: Any, num_marks: int, device: torch.device, use_amp: bool, compile: bool) -> StepContext:
+    """Model, optimiser, ``sum`` aggregator and non-finite guard, built as the trainer builds them."""
+    from mtpp.training.aggregators import make_aggregator
+    from mtpp.training.gradients import StatsBuffer
+    from mtpp.training.guard import NonFiniteGuard
+    from mtpp.training.setup import build_run_model, make_optimizer
+
+    model = build_run_model(run_cfg, num_marks, device)
+    optimizer = make_optimizer(run_cfg.train, model, device)
+    aggregator = make_aggregator("sum")
+    guard = NonFiniteGuard(optimizer, aggregator, run_cfg.train.max_consecutive_skips, device)
+    nll = torch.compile(model.nll, dynamic=True) if compile else model.nll
+    amp = use_amp and device.type == "cuda"
+    return StepContext(model, optimizer, aggregator, guard, device, amp, nll, StatsBuffer())
+
+
+def train_step(ctx: StepContext, batch: Batch, want_stats: bool) -> None:
+    """One training step, the same work as ``Trainer._train_step`` with the ``sum`` aggregator and no clipping.
+
+    ``batch`` is a CPU batch; it is moved with ``non_blocking=True``. No host sync on CUDA (the guard masks the
+    step on the device); on CPU the guard reads its flag, which is not a device sync.
+    """
+    from mtpp.training.gradients import backward_step
+    from mtpp.training.guard import NonFiniteGuard, grad_norm
+    from mtpp.training.setup import autocast
+
+    batch = batch.to(ctx.device, non_blocking=True)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    with autocast(ctx.amp, ctx.device):
+        out = ctx.nll(batch)
+    loss_time = out.time_nll.float().mean()
+    loss_mark = out.mark_nll.float().mean()
+    ctx.guard.before_backward()
+    stats = backward_step(
+        loss_time, loss_mark, ctx.model.shared_parameters(), ctx.model.parameters(), ctx.aggregator, want_stats
+    )
+    params = [p for p in ctx.model.parameters() if p.requires_grad and p.grad is not None]
+    norm = grad_norm(params)
+    ok = NonFiniteGuard.finite_flag(loss_time, loss_mark, norm)
+    ctx.guard.step(ok)
+    if want_stats:
+        ctx.records.append({"loss_time": loss_time.detach(), "loss_mark": loss_mark.detach(), **stats, "grad_norm": norm})
+
+
+def eval_step(ctx: StepContext, batch: Batch) -> None:
+    """``model.score`` (no_grad) on one batch, under the same autocast as training."""
+    from mtpp.training.setup import autocast
+
+    batch = batch.to(ctx.device, non_blocking=True)
+    with autocast(ctx.amp, ctx.device):
+        ctx.model.score(batch)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(
+    step: Callable[[Batch], None], batches: Sequence[Batch], events: Sequence[int], steps: int, warmup: int,
+    device: torch.device,
+) -> tuple[float, int]:
+    """``(seconds, events)`` of ``steps`` calls of ``step`` cycling over ``batches``, after ``warmup`` calls."""
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    _sync(device)
+    start = time.perf_counter()
+    n = 0
+    for i in range(steps):
+        step(batches[i % len(batches)])
+        n += events[i % len(batches)]
+    _sync(device)
+    return time.perf_counter() - start, n
+
+
+# ================================================================================================ one model
+
+
+def _rss_mb() -> float:
+    """Process peak RSS in MB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
+    """Benchmark one model in this process; returns its row (see ``ROW_KEYS``).
+
+    ``cfg.num_threads`` applies for the duration of the call (the previous thread count is restored).
+    """
+
+    cfg.validate()
+    previous = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _bench_model(spec, cfg)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
+    from mtpp.training.setup import DTYPES, count_parameters, resolve_device
+
+    torch.manual_seed(cfg.seed)
+    run_cfg = run_config_for(spec, cfg.overrides)
+    device = resolve_device(cfg.device)
+    sequences, num_marks, label = load_sequences(cfg)
+    batches = bench_batches(sequences, cfg, DTYPES[run_cfg.data.dtype], device.type)
+    del sequences
+    events = [int(b.lengths.sum()) for b in batches]
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device) / 1024**2
+    else:
+        baseline = _rss_mb()
+    ctx = make_step_context(run_cfg, num_marks, device, cfg.amp, cfg.compile)
+    ctx.model.train()
+
+    def rate(step: Callable[[Batch], None]) -> float:
+        seconds, n = timed(step, batches, events, cfg.steps, cfg.warmup, device)
+        return n / seconds
+
+    plain = rate(lambda b: train_step(ctx, b, False)) if cfg.diagnostics in ("off", "both") else None
+    diag = rate(lambda b: train_step(ctx, b, True)) if cfg.diagnostics in ("on", "both") else None
+    ctx.records.flush()
+    ctx.model.eval()
+    evaluation = rate(lambda b: eval_step(ctx, b))
+
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device) / 1024**2, "cuda_max_allocated"
+    else:
+        peak, kind = _rss_mb(), "process_peak_rss"
+    enc, dec, par = parse_model_spec(spec)
+    return {
+        "model": f"{enc}-{dec}-{par}",
+        "encoder": enc,
+        "decoder": dec,
+        "parametrisation": par,
+        "num_parameters": count_parameters(ctx.model),
+        "train_events_per_second": plain,
+        "train_events_per_second_diagnostics": diag,
+        "diagnostics_overhead": plain / diag - 1.0 if plain and diag else None,
+        "eval_events_per_second": evaluation,
+        "peak_memory_mb": peak,
+        "peak_memory_kind": kind,
+        "baseline_memory_mb": baseline,
+        "padding_fraction": padding_of(batches),
+        "events_per_batch": sum(events) / len(events),
+        "max_batch_length": max(b.max_length for b in batches),
+        "device": str(device),
+        "device_name": _device_name(device),
+        "batch_size": cfg.batch_size,
+        "steps": cfg.steps,
+        "warmup": cfg.warmup,
+        "dataset": label,
+        "num_marks": num_marks,
+        "amp": ctx.amp,
+        "compile": cfg.compile,
+        "isolated": False,
+        "torch_version": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+    }
+
+
+def _bench_isolated(spec: str, cfg: BenchConfig) -> dict[str, Any]:
+    """``bench_model`` in a fresh ``spawn``-ed process, so its peak RSS is this model's own."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        row = pool.submit(bench_model, spec, cfg).result()
+    row["isolated"] = True
+    return row
+
+
+# ================================================================================================ many models
+
+
+def run_bench(
+    models: Sequence[str],
+    cfg: BenchConfig,
+    *,
+    isolate: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per model (see ``ROW_KEYS``), in the order given.
+
+    The model names and the data are checked here first (so a typo fails before any worker starts, and a dataset
+    that needs auto-preparing is prepared once).
+    """
+    cfg.validate()
+    models = list(models)
+    if not models:
+        raise ConfigError("--models: give at least one model")
+    for spec in models:
+        run_config_for(spec, cfg.overrides)
+    if isolate and cfg.synthetic_length is None:
+        load_sequences(cfg)
+    rows = []
+    for spec in models:
+        if progress is not None:
+            progress(f"bench: {spec} ...")
+        rows.append(_bench_isolated(spec, cfg) if isolate else bench_model(spec, cfg))
+    return rows
+
+
+# ================================================================================================ output
+
+
+TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    # (header, row key, format)
+    ("model", "model", "s"),
+    ("params", "num_parameters", "d"),
+    ("train ev/s", "train_events_per_second", ",.0f"),
+    ("train ev/s (diag)", "train_events_per_second_diagnostics", ",.0f"),
+    ("diag overhead %", "diagnostics_overhead", "pct"),
+    ("eval ev/s", "eval_events_per_second", ",.0f"),
+    ("peak MB", "peak_memory_mb", ",.0f"),
+    ("padding %", "padding_fraction", "pct"),
+)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if fmt == "pct":
+        return f"{100 * value:.1f}"
+    return format(value, fmt)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Aligned text table of the rows, with a header line naming device, threads, torch and the data."""
+    if not rows:
+        return "(no rows)"
+    cells = [[_cell(r.get(key), fmt) for _, key, fmt in TABLE_COLUMNS] for r in rows]
+    heads = [h for h, _, _ in TABLE_COLUMNS]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+
+    def line(values: Sequence[str]) -> str:
+        first = values[0].ljust(widths[0])
+        return "  ".join([first, *(v.rjust(w) for v, w in zip(values[1:], widths[1:]))])
+
+    r0 = rows[0]
+    mem = "peak RSS" if r0["peak_memory_kind"] == "process_peak_rss" else "CUDA max allocated"
+    iso = ", one process per model" if r0.get("isolated") else ""
+    header = (
+        f"{r0['dataset']}: batch size {r0['batch_size']}, {r0['steps']} steps after {r0['warmup']} warm-up; "
+        f"{r0['device']} ({r0['device_name']}), {r0['num_threads']} threads, torch {r0['torch_version']}; "
+        f"peak MB = {mem}{iso}"
+    )
+    out = [header, line(heads), line(["-" * w for w in widths])]
+    out += [line(c) for c in cells]
+    return "\n".join(out)
+
+
+def write_json(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """The rows as a JSON list (``None`` -> ``null``)."""
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(list(rows), indent=2) + "\n")

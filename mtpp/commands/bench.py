@@ -1,0 +1,98 @@
+"""``mtpp bench``: training / evaluation events per second, gradient-diagnostics overhead and peak memory per model.
+
+The measurement itself lives in :mod:`mtpp.bench` (its docstring says exactly what is timed and counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  mtpp bench                                        # default models on synthetic_hawkes, CPU
+  mtpp bench --models gru-lnm-base thp-thp-plusplus --steps 50 --out bench.json
+  mtpp bench --dataset mooc --device cuda --amp --batch-size 64
+  mtpp bench --dataset lastfm --longest --batch-size 8 --models gru-lnm-base     # LastFM-length memory
+  mtpp bench --synthetic-length 6396 --batch-size 8 --models gru-lnm-base        # same without real data
+  mtpp bench --set model.hidden_size=64 --set model.num_components=16
+
+Events are all real (non-padded) events of the batches. "diag" steps compute cos_tm / GMS / norms every step
+(backward_step(want_stats=True)); overhead % = (plain ev/s) / (diag ev/s) - 1. Peak MB: process peak RSS on CPU
+(each model in a fresh process unless --no-isolate), torch.cuda.max_memory_allocated on CUDA."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mtpp.bench import DEFAULT_MODELS
+
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark training / evaluation throughput and peak memory of models",
+        description="For each model: training events per second with and without gradient diagnostics, "
+        "evaluation events per second, peak memory, parameter count and padding fraction; a table on stdout "
+        "and optionally a JSON list of rows.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", default="synthetic_hawkes", metavar="NAME|PATH",
+                   help="catalog name or path (default synthetic_hawkes); its training part is used")
+    p.add_argument("--split", type=int, default=0, help="dataset split (default 0)")
+    p.add_argument("--data-dir", default=None, help="data directory (default: $MTPP_DATA_DIR, then ./data)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="ENC-DEC-PAR",
+                   help="encoder-decoder-parametrisation triples (default: a set covering every encoder and "
+                   f"decoder: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per phase (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each phase (default 5)")
+    p.add_argument("--diagnostics", choices=("on", "off", "both"), default="both",
+                   help="time the training step with gradient diagnostics, without, or both (default both)")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="truncate every sequence to its first N events")
+    p.add_argument("--longest", action="store_true",
+                   help="batch the longest sequences (worst-case memory) instead of a bucketed random epoch")
+    p.add_argument("--synthetic-length", type=int, default=None, metavar="N",
+                   help="instead of --dataset, simulate Hawkes sequences of N events each (no data needed)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for the encoders (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's nll (compile time is "
+                   "spent in the warm-up)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batches and the model (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="configuration override for every model, e.g. model.hidden_size=64; repeatable")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="run every model in this process (peak RSS is then cumulative)")
+    p.add_argument("--out", type=Path, default=None, help="write the rows as a JSON list to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtpp.bench import BenchConfig, format_table, run_bench, write_json
+
+    cfg = BenchConfig(
+        dataset=args.dataset,
+        split=args.split,
+        data_dir=args.data_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        diagnostics=args.diagnostics,
+        max_length=args.max_length,
+        longest=args.longest,
+        synthetic_length=args.synthetic_length,
+        amp=args.amp,
+        compile=args.compile,
+        overrides=list(args.overrides),
+        num_threads=args.threads,
+        seed=args.seed,
+    )
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    rows = run_bench(args.models, cfg, isolate=args.isolate, progress=progress)
+    print(format_table(rows))
+    if args.out is not None:
+        write_json(rows, args.out)
+        print(f"wrote {len(rows)} rows to {args.out}")
+    return 0

@@ -1,0 +1,117 @@
+"""``mtpp bench``: the rows' contract, JSON output and the CLI table. No speed thresholds here (timings are noise on
+a shared machine); the figures themselves are checked to be positive and finite only."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mtpp.bench import (
+    ROW_KEYS,
+    BenchConfig,
+    format_table,
+    parse_model_spec,
+    run_bench,
+    synthetic_long_sequences,
+    truncate,
+)
+from mtpp.cli import main
+from mtpp.data.sequence import EventSequence
+from mtpp.errors import ConfigError
+
+TINY = ["model.hidden_size=8", "model.decoder_hidden_size=8", "model.num_components=4",
+        "model.mark_embedding_size=4", "model.time_embedding_size=4", "model.integration_nodes=8"]
+MODELS = ["gru-lnm-base", "thp-thp-plusplus"]
+
+
+def _tiny_cfg(**kw) -> BenchConfig:
+    # one thread: on a shared, oversubscribed machine two OpenMP threads can be 100x slower (tests stay fast)
+    base = dict(steps=2, warmup=1, batch_size=4, max_length=12, overrides=list(TINY), num_threads=1)
+    return BenchConfig(**{**base, **kw})
+
+
+def _check_row(row: dict, model: str) -> None:
+    assert set(ROW_KEYS) <= set(row)
+    assert row["model"] == model
+    assert (row["encoder"], row["decoder"], row["parametrisation"]) == parse_model_spec(model)
+    assert isinstance(row["num_parameters"], int) and row["num_parameters"] > 0
+    for key in ("train_events_per_second", "train_events_per_second_diagnostics", "eval_events_per_second",
+                "peak_memory_mb", "events_per_batch"):
+        assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+    assert isinstance(row["diagnostics_overhead"], float) and math.isfinite(row["diagnostics_overhead"])
+    assert 0.0 <= row["padding_fraction"] < 1.0
+    assert row["max_batch_length"] <= 12
+    assert row["device"] == "cpu" and row["peak_memory_kind"] == "process_peak_rss"
+    assert row["batch_size"] == 4 and row["steps"] == 2
+    assert row["dataset"].startswith("synthetic_hawkes")
+    assert row["num_threads"] == 1
+    assert isinstance(row["torch_version"], str)
+
+
+def test_run_bench_rows_in_process() -> None:
+    rows = run_bench(MODELS, _tiny_cfg(synthetic_length=12, max_length=None, warmup=0), isolate=False)
+    assert [r["model"] for r in rows] == MODELS
+    for row, model in zip(rows, MODELS):
+        _check_row(row, model)
+        assert row["isolated"] is False
+    json.dumps(rows)  # plain JSON types only
+    table = format_table(rows).splitlines()
+    assert "train ev/s (diag)" in table[1] and "padding %" in table[1]
+    assert len({len(line) for line in table[1:]}) == 1  # aligned columns
+
+
+def test_diagnostics_off_leaves_diag_columns_null() -> None:
+    cfg = _tiny_cfg(diagnostics="off", synthetic_length=12, max_length=None, warmup=0)
+    (row,) = run_bench(["gru-rmtpp-base"], cfg, isolate=False)
+    assert row["train_events_per_second"] > 0
+    assert row["train_events_per_second_diagnostics"] is None and row["diagnostics_overhead"] is None
+    assert " - " in format_table([row]).splitlines()[-1] + " "
+
+
+def test_cli_table_and_json(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--models", *MODELS, "--steps", "2", "--warmup", "1", "--batch-size", "4",
+                 "--max-length", "12", "--threads", "1", "--no-isolate", "--quiet", "--out", str(out),
+                 *(a for s in TINY for a in ("--set", s))])
+    assert code == 0
+    text = capsys.readouterr().out
+    for model in MODELS:
+        assert model in text
+    assert "peak MB" in text and "diag overhead %" in text
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == MODELS
+    for row, model in zip(rows, MODELS):
+        _check_row(row, model)
+
+
+def test_isolated_worker_and_synthetic_length() -> None:
+    cfg = _tiny_cfg(synthetic_length=40, max_length=None, steps=1, warmup=0, diagnostics="on")
+    (row,) = run_bench(["gru-lnm-base"], cfg, isolate=True)
+    assert row["isolated"] is True
+    assert row["max_batch_length"] == 40 and row["padding_fraction"] == pytest.approx(0.0)
+    assert row["peak_memory_mb"] >= row["baseline_memory_mb"] > 0
+    assert row["train_events_per_second"] is None and row["train_events_per_second_diagnostics"] > 0
+
+
+def test_bad_inputs_are_config_errors(capsys) -> None:
+    with pytest.raises(ConfigError, match="unknown decoder"):
+        parse_model_spec("gru-xyz-base")
+    with pytest.raises(ConfigError, match="encoder-decoder-parametrisation"):
+        parse_model_spec("gru-lnm")
+    assert parse_model_spec("GRU-LNM-++") == ("gru", "lnm", "plusplus")
+    with pytest.raises(ConfigError, match="--steps"):
+        run_bench(["gru-lnm-base"], BenchConfig(steps=0), isolate=False)
+    assert main(["bench", "--models", "gru-lnm-nope", "--no-isolate"]) == 2
+    assert "unknown parametrisation" in capsys.readouterr().err
+
+
+def test_data_helpers() -> None:
+    seqs = synthetic_long_sequences(50, 3, seed=1)
+    assert [len(s) for s in seqs] == [50, 50, 50]
+    assert all(s.window_end is None and np.all(np.diff(s.times) >= 0) for s in seqs)
+    cut = truncate([seqs[0], EventSequence(np.array([1.0]), np.array([0]), 2.0)], 10)
+    assert len(cut[0]) == 10 and cut[0].window_end is None
+    assert len(cut[1]) == 1 and cut[1].window_end == 2.0  # short sequences are untouched
