@@ -167,13 +167,13 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     header = "| run | " + " | ".join(c[0] for c in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
     for name, m in results.items():
-        cells = [_fmt(m.get(split, {}).get(key)) for _, split, key in COLUMNS]
+        cells = [fmt_value(m.get(split, {}).get(key)) for _, split, key in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("(test split; NLL per sequence, lower is better; conflict = share of steps with cos_tm < 0)")
     return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, bool) or isinstance(v, int):
@@ -517,11 +517,11 @@ def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
     tr, val, test = metrics["train"], metrics["val"], metrics["test"]
     lines = [
         f"run {out_dir}: best epoch {tr['best_epoch']} of {tr['epochs']}, {tr['num_parameters']} parameters",
-        f"  val   L_T/seq {_fmt(val.get('nll_time_per_seq'))}  L_M/seq {_fmt(val.get('nll_mark_per_seq'))}"
-        f"  accuracy {_fmt(val.get('accuracy'))}",
-        f"  test  L_T/seq {_fmt(test.get('nll_time_per_seq'))}  L_M/seq {_fmt(test.get('nll_mark_per_seq'))}"
-        f"  accuracy {_fmt(test.get('accuracy'))}  PCE {_fmt(test.get('pce'))}  ECE {_fmt(test.get('ece'))}",
-        f"  conflict rate {_fmt(tr.get('conflict_rate'))}  train {_fmt(tr.get('train_events_per_second'))} events/s"
+        f"  val   L_T/seq {fmt_value(val.get('nll_time_per_seq'))}  L_M/seq {fmt_value(val.get('nll_mark_per_seq'))}"
+        f"  accuracy {fmt_value(val.get('accuracy'))}",
+        f"  test  L_T/seq {fmt_value(test.get('nll_time_per_seq'))}  L_M/seq {fmt_value(test.get('nll_mark_per_seq'))}"
+        f"  accuracy {fmt_value(test.get('accuracy'))}  PCE {fmt_value(test.get('pce'))}  ECE {fmt_value(test.get('ece'))}",
+        f"  conflict rate {fmt_value(tr.get('conflict_rate'))}  train {fmt_value(tr.get('train_events_per_second'))} events/s"
         f"  skipped batches {tr.get('skipped_batches', 0)}",
     ]
     return "\n".join(lines)

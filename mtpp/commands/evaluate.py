@@ -1,0 +1,58 @@
+"""``mtpp evaluate RUN_DIR``: recompute a run's metrics from its ``best.pt`` and update ``metrics.json``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SHOWN = (
+    ("L_T/seq", "nll_time_per_seq"),
+    ("L_M/seq", "nll_mark_per_seq"),
+    ("L_T/ev", "nll_time_per_event"),
+    ("L_M/ev", "nll_mark_per_event"),
+    ("accuracy", "accuracy"),
+    ("MRR", "mrr"),
+    ("PCE", "pce"),
+    ("ECE", "ece"),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="recompute a run's metrics from best.pt",
+        description="Rebuild model and data from RUN_DIR/config.yaml, load best.pt, evaluate on a split and "
+        "update RUN_DIR/metrics.json and arrays_<split>.json. A folder of variant runs evaluates each.",
+    )
+    p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
+    p.add_argument("--split", choices=("val", "test", "train", "all"), default="test", help="default: test")
+    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
+    p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    p.set_defaults(func=run)
+
+
+def run_dirs(path: Path) -> list[Path]:
+    """``path`` itself if it is a run, else its sub-folders that are runs (a variants folder)."""
+    if (path / "config.yaml").is_file():
+        return [path]
+    return sorted(p for p in path.iterdir() if (p / "config.yaml").is_file()) if path.is_dir() else []
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtpp.errors import MtppError
+    from mtpp.evaluation.evaluate import evaluate
+    from mtpp.training.trainer import fmt_value
+
+    runs = run_dirs(args.run_dir)
+    if not runs:
+        raise MtppError(f"{args.run_dir}: not a run directory (no config.yaml)")
+    splits = ("val", "test") if args.split == "all" else (args.split,)
+    print("| run | split | " + " | ".join(s[0] for s in SHOWN) + " |")
+    print("|" + "---|" * (len(SHOWN) + 2))
+    for run_dir in runs:
+        for split in splits:
+            m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device)
+            cells = " | ".join(fmt_value(m.get(k)) for _, k in SHOWN)
+            print(f"| {run_dir} | {split} | {cells} |")
+    return 0

@@ -1,0 +1,78 @@
+"""``mtpp train CONFIG --out DIR``: train one configuration (or each of its ``variants``) into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  mtpp train configs/quickstart.yaml --out runs/quickstart
+  mtpp train configs/quickstart.yaml --out runs/q1 --set train.max_epochs=1 --set model.decoder=lnm
+  mtpp train --out runs/q1 --resume                  # continue an interrupted run from its checkpoint.pt
+
+--set section.key=value overrides the config (values are YAML scalars: 5, 1e-3, true, lnm, [1, 2]).
+Sections: data, model, train, gradients, logging (see mtpp/config.py for every key).
+A config with a 'variants:' list trains one run per variant into DIR/<variant>/ and prints a comparison table.
+The run directory holds config.yaml, log.jsonl, checkpoint.pt, best.pt, metrics.json, arrays_{val,test}.json."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model (or each variant of a config) into a run directory",
+        description="Train the configuration CONFIG (YAML; defaults if omitted) into the run directory --out.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", type=Path, nargs="?", help="run configuration YAML (default: every default)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (variants: one sub-folder each)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.max_epochs=5; repeatable",
+    )  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in DIR")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no per-epoch lines, no summary")
+    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
+    p.add_argument(
+        "--variant", action="append", default=[], metavar="NAME",
+        help="train only this variant of the config's variants list; repeatable",
+    )  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtpp.config import load_config, variant_name
+    from mtpp.errors import ConfigError
+
+    overrides = list(args.overrides)
+    if args.quiet:
+        overrides = ["logging.quiet=true", "logging.progress=false", *overrides]
+    config_path = args.config
+    if config_path is None and args.resume and (args.out / "config.yaml").is_file():
+        config_path = args.out / "config.yaml"  # resume with the stored configuration
+    cfg = load_config(config_path, overrides)
+    if args.variant and not cfg.variants:
+        raise ConfigError("--variant: the config has no 'variants' list")
+    if cfg.variants:
+        from mtpp.training.trainer import run_variants
+
+        variants = cfg.variants
+        if args.variant:
+            names = [variant_name(v) for v in variants]
+            unknown = sorted(set(args.variant) - set(names))
+            if unknown:
+                raise ConfigError(f"--variant: unknown {', '.join(unknown)}; valid: {', '.join(names)}")
+            variants = [v for v in variants if variant_name(v) in args.variant]
+        run_variants(cfg, variants, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)
+        return 0
+    from mtpp.training.trainer import fit
+
+    try:
+        fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        if (Path(args.out) / "checkpoint.pt").exists():
+            print(f"interrupted; continue with: mtpp train --out {args.out} --resume")
+        raise
+    return 0
