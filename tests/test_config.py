@@ -1,0 +1,136 @@
+"""The run configuration: typed sections, YAML + --set overrides, one-line errors naming the key, variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtpp.cli import main
+from mtpp.config import (
+    RunConfig,
+    config_from_dict,
+    load_config,
+    parse_override,
+    variant_configs,
+    variant_name,
+)
+from mtpp.errors import ConfigError
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+def _error(overrides: list[str] | None = None, raw: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as e:
+        if raw is not None:
+            config_from_dict(raw)
+        else:
+            load_config(None, overrides or [])
+    msg = str(e.value)
+    assert "\n" not in msg, "config errors are one line"
+    return msg
+
+
+def test_defaults() -> None:
+    cfg = load_config(None)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.data.name == "synthetic_hawkes" and cfg.data.split == 0 and cfg.data.dtype == "float32"
+    assert cfg.train.lr == 1e-3 and cfg.train.optimizer == "adam" and cfg.train.max_consecutive_skips == 20
+    assert cfg.gradients.aggregator == "sum" and cfg.gradients.log_every == 1
+    assert cfg.model.parametrisation == "base"
+
+
+def test_unknown_key_names_it_and_lists_valid_keys() -> None:
+    msg = _error(["train.learning_rate=0.1"])
+    assert "train.learning_rate" in msg
+    assert "max_epochs" in msg and "lr" in msg and "batch_size" in msg
+
+
+def test_unknown_key_in_yaml_and_unknown_section() -> None:
+    msg = _error(raw={"model": {"hiden_size": 3}})
+    assert "model.hiden_size" in msg and "hidden_size" in msg
+    msg = _error(raw={"trian": {}})
+    assert "trian" in msg and "train" in msg and "model" in msg
+
+
+def test_wrong_type_names_the_key() -> None:
+    msg = _error(["train.max_epochs=many"])
+    assert "train.max_epochs" in msg and "int" in msg
+    msg = _error(raw={"train": {"amp": "yes please"}})
+    assert "train.amp" in msg and "bool" in msg
+    assert "train.batch_size" in _error(["train.batch_size=2.5"])
+
+
+def test_choices_and_bounds() -> None:
+    msg = _error(["model.parametrisation=plusplusplus"])
+    assert "model.parametrisation" in msg and "base, plus, plusplus" in msg
+    assert "train.lr_schedule" in _error(["train.lr_schedule=linear"])
+    assert "train.device" in _error(["train.device=gpu"])
+    assert "train.lr" in _error(["train.lr=0"])
+    assert "train.max_epochs" in _error(["train.max_epochs=0"])
+    msg = _error(["train.separate_early_stopping=true"])
+    assert "separate_early_stopping" in msg and "plusplus" in msg
+
+
+def test_overrides_parse_yaml_scalars() -> None:
+    cfg = load_config(
+        None,
+        [
+            "model.decoder=lnm",
+            "train.max_epochs=3",
+            "train.lr=1e-3",  # YAML 1.1 reads this as a string: accepted for float fields
+            "train.grad_clip=5",  # int -> float
+            "train.amp=true",
+            "train.eval_batch_size=null",
+            "gradients.aggregator=pcgrad",
+            "gradients.options.seed=7",
+            "data.data_dir=/tmp/x",
+        ],
+    )
+    assert cfg.model.decoder == "lnm"
+    assert cfg.train.max_epochs == 3 and isinstance(cfg.train.max_epochs, int)
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
+    assert cfg.train.grad_clip == 5.0 and isinstance(cfg.train.grad_clip, float)
+    assert cfg.train.amp is True and cfg.train.eval_batch_size is None
+    assert cfg.gradients.options == {"seed": 7}
+    assert cfg.data.data_dir == "/tmp/x"
+    assert parse_override("train.seed=3") == ("train.seed", 3)
+    with pytest.raises(ConfigError):
+        parse_override("train.seed")
+
+
+def test_yaml_file_overrides_and_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_epochs: 7\n  lr: 3.0e-4\nmodel:\n  decoder: rmtpp\n")
+    cfg = load_config(path, ["train.max_epochs=2"])
+    assert cfg.train.max_epochs == 2 and cfg.train.lr == pytest.approx(3e-4) and cfg.model.decoder == "rmtpp"
+    # to_dict -> YAML (+ the trainer's run_info) -> load_config gives the same configuration
+    raw = cfg.to_dict()
+    raw["run_info"] = {"mtpp_version": "0.1.0"}
+    (tmp_path / "resolved.yaml").write_text(yaml.safe_dump(raw))
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_variants() -> None:
+    cfg = load_config(QUICKSTART)
+    configs = variant_configs(cfg)
+    assert list(configs) == ["thp_base", "thp_plusplus"]
+    assert configs["thp_plusplus"].model.parametrisation == "plusplus"
+    assert configs["thp_base"].model.parametrisation == "base"
+    assert all(not c.variants for c in configs.values())
+    assert variant_name({"model.parametrisation": "plus"}) == "plus"
+    msg = _error(raw={"variants": [{"model.parametrisation": "plusplus", "train.bogus": 1}]})
+    assert "plusplus" in msg and "train.bogus" in msg
+    assert "duplicate" in _error(raw={"variants": [{"model.decoder": "lnm"}, {"model.decoder": "lnm"}]})
+
+
+def test_cli_config_error_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["train", str(QUICKSTART), "--out", str(tmp_path / "run"), "--set", "train.max_epoch=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "train.max_epoch" in err and "max_epochs" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
