@@ -21,6 +21,15 @@ from mtpp.models.embeddings import (
 )
 
 ENCODER_NAMES = ("gru", "thp", "sahp", "fnn")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest and immune to oversubscription on shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 K = 5
 
 

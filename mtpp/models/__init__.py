@@ -6,23 +6,13 @@ Importing this package imports every part module, whose decorators fill ``ENCODE
 
 from __future__ import annotations
 
-import importlib
-
 from torch import nn
 
-from mtpp.models import encoders  # noqa: F401  (fills ENCODERS)
+from mtpp.models import encoders, joint, mark_decoders, time_decoders  # noqa: F401  (fill the registries)
 from mtpp.models.base import JointDistribution, NLLOutput, Scores, TimeDistribution
 from mtpp.models.config import ModelConfig
 from mtpp.models.mtpp import MarkedTPP
 from mtpp.models.registry import ENCODERS, JOINT_DECODERS, MARK_DECODERS, TIME_DECODERS
-
-# Decoder modules (fill TIME_DECODERS, JOINT_DECODERS, MARK_DECODERS).
-for _name in ("time_decoders", "joint", "mark_decoders"):
-    try:
-        importlib.import_module(f"mtpp.models.{_name}")
-    except ModuleNotFoundError as _e:  # only while the module itself does not exist yet
-        if _e.name != f"mtpp.models.{_name}":
-            raise
 
 __all__ = [
     "ENCODERS",
