@@ -218,3 +218,42 @@ def test_threads_per_job() -> None:
     assert ex.threads_per_job(1, cores=2) == 2
     assert ex.threads_per_job(2, cores=2) == 1
     assert ex.threads_per_job(4, cores=2) == 1
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_smoke_grid_end_to_end_with_the_real_trainer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "smoke"
+    argv = [
+        "compare", str(SMOKE), "--out", str(out), "--jobs", "2", "--no-progress",
+        "--set", "train.max_epochs=1", "--set", "data.max_sequences=16", "--set", "model.integration_nodes=4",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    cells = ex.expand(ex.load_experiment(SMOKE))
+    assert len(cells) == 12
+    for cell in cells:
+        run = out / cell.name
+        assert ex.is_complete(run), cell.name
+        assert {"config.yaml", "log.jsonl", "checkpoint.pt", "best.pt", "cell.json"} <= {p.name for p in run.iterdir()}
+    assert (out / "summary.csv").is_file() and (out / "summary.md").is_file()
+    assert list((out / "plots").glob("*.png"))
+    assert not (out / "failures.json").exists()
+
+    # summary.csv holds the mean over the two replicates of the per-run metrics.json
+    import pandas as pd
+
+    summary = pd.read_csv(out / "summary.csv")
+    runs = [out / c.name for c in cells if c.model == "lnm" and c.parametrisation == "plus"]
+    values = [json.loads((r / "metrics.json").read_text())["test"]["nll_time_per_seq"] for r in runs]
+    row = summary[(summary["model"] == "lnm") & (summary["parametrisation"] == "plus")
+                  & (summary["metric"] == "nll_time_per_seq")]
+    assert len(row) == 1 and row["mean"].iloc[0] == pytest.approx(sum(values) / len(values))
+
+    # rerunning retrains nothing
+    stamps = {c.name: (out / c.name / "metrics.json").stat().st_mtime_ns for c in cells}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "12 skipped" in capsys.readouterr().err
+    assert stamps == {c.name: (out / c.name / "metrics.json").stat().st_mtime_ns for c in cells}

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if not args.no_report:
-        write_reports(args.out)
+        write_reports(args.out, title=exp.name)
     if counts["failed"]:
         print(f"failed cells are listed in {args.out / ex.FAILURES_FILE}:", file=sys.stderr)
         for r in results:
@@ -96,7 +96,7 @@ def _print_cells(cells: list, out: Path) -> None:
     print(f"{len(cells)} cells", file=sys.stderr)
 
 
-def write_reports(out: Path) -> None:
+def write_reports(out: Path, title: str = "Results") -> None:
     """summary.csv / summary.md and the plots of every finished run under ``out``."""
     from mtpp.evaluation import plots, report
 
@@ -104,6 +104,6 @@ def write_reports(out: Path) -> None:
     if len(df) == 0:
         print("no finished run to summarise", file=sys.stderr)
         return
-    report.write_summary(df, out)
-    plots.make_all_plots(out, out / "plots")
+    report.write_summary(df, out, title=title)
+    plots.make_all_plots(out, out / "plots", runs=df)
     print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", file=sys.stderr)
