@@ -41,10 +41,11 @@ TIE_FLOOR = 1e-10
 """Gaps below this are evaluated at this value by LNM's log density and the ``log tau`` mark feature (ties)."""
 
 LOG_TAU_BRACKET = (-30.0, 30.0)
-"""Bisection bracket in ``log tau`` for quantiles without a closed form (gaps from ~1e-13 to ~1e13)."""
+"""Quantile search range in ``log tau`` for distributions without a closed-form quantile (~1e-13 to ~1e13)."""
 
-BISECTION_STEPS = 64
-"""Fixed bisection steps: the bracket width 60 shrinks to 60 / 2**64 in ``log tau`` (far below 1e-6 relative)."""
+BISECTION_STEPS = 40
+"""Fixed bisection steps: the bracket width 60 shrinks to ``60 / 2**40 ~ 5e-11`` in ``log tau`` (1e-6 relative is
+required). Each step costs one ``Lambda`` evaluation of the batch, so memory stays that of one ``log_prob``."""
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -149,16 +150,19 @@ class HazardDistribution:
         return self.cumulative_hazard(tau)
 
     def icdf(self, u: Tensor) -> Tensor:
-        """``F^{-1}(u)`` by bisection: the ``tau`` with ``Lambda(tau) = -log1p(-u)``; ``u = 0`` gives 0."""
+        """``F^{-1}(u)`` by bisection: the ``tau`` with ``Lambda(tau) = -log1p(-u)``; ``u = 0`` gives 0.
+
+        Fixed work (``BISECTION_STEPS`` evaluations of ``Lambda`` on the batch), no data-dependent branching.
+        """
         u = self._align(u)
         target = -torch.log1p(-u)
         lo = torch.full_like(u, LOG_TAU_BRACKET[0])
         hi = torch.full_like(u, LOG_TAU_BRACKET[1])
-        for _ in range(BISECTION_STEPS):  # fixed number of steps: no data-dependent branching
+        for _ in range(BISECTION_STEPS):
             mid = 0.5 * (lo + hi)
-            below = self._bisection_hazard(torch.exp(mid)) < target
-            lo = torch.where(below, mid, lo)
-            hi = torch.where(below, hi, mid)
+            left = self._bisection_hazard(torch.exp(mid)) < target
+            lo = torch.where(left, mid, lo)
+            hi = torch.where(left, hi, mid)
         tau = torch.exp(0.5 * (lo + hi))
         return torch.where(u > 0, tau, torch.zeros_like(tau))
 
@@ -236,7 +240,7 @@ class LogNormalMixture(HazardDistribution):
         log_u = torch.log(u_in)
         log_1mu = torch.log1p(-u_in)
         upper_half = u_in > 0.5
-        for _ in range(BISECTION_STEPS):
+        for _ in range(64):  # bracket width of at most a few tens in log tau -> below 1e-15
             mid = 0.5 * (lo + hi)
             t = torch.exp(mid)
             # compare on the side where the comparison is precise: log F for u <= 1/2, log S above
@@ -364,13 +368,13 @@ class IntensityDistribution(HazardDistribution):
 class CumulativeHazardDistribution(HazardDistribution):
     """Ground process of ``C`` component cumulative hazards given in closed form by a network (FNN).
 
-    Args: ``hazards: tau [*batch, *extra] -> (Lambda_c, lambda_c)``, both ``[*batch, *extra, C]``, with
-    ``lambda_c > 0``. ``Lambda = sum_c Lambda_c``, ``lambda = sum_c lambda_c``.
+    Args: ``hazards(tau: [*batch, *extra], with_rate: bool) -> (Lambda_c, lambda_c)``, both
+    ``[*batch, *extra, C]``, with ``lambda_c > 0`` (``None`` when ``with_rate`` is False). ``Lambda = sum_c Lambda_c``, ``lambda = sum_c lambda_c``.
     """
 
     def __init__(
         self,
-        hazards: Callable[[Tensor], tuple[Tensor, Tensor]],
+        hazards: Callable[..., tuple[Tensor, Tensor | None]],
         batch_shape: torch.Size,
         dtype: torch.dtype,
         device: torch.device,
@@ -385,7 +389,7 @@ class CumulativeHazardDistribution(HazardDistribution):
         return torch.log(self.hazards(self._align(tau))[1].sum(-1))
 
     def cumulative_hazard(self, tau: Tensor) -> Tensor:
-        return self.hazards(self._align(tau))[0].sum(-1)
+        return self.hazards(self._align(tau), with_rate=False)[0].sum(-1)
 
     def log_prob(self, tau: Tensor) -> Tensor:
         big, small = self.hazards(self._align(tau))
@@ -498,8 +502,9 @@ class MonotoneCumulativeHazard(nn.Module):
             self.out_bias.fill_(inverse_softplus(1.0 / j))
             self.slope.fill_(inverse_softplus(0.05 / j))
 
-    def forward(self, h: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        """``h: [*batch, D]`` -> ``tau: [*batch, *extra] -> (Lambda_j, lambda_j)``, both ``[*batch, *extra, J]``."""
+    def forward(self, h: Tensor) -> Callable[..., tuple[Tensor, Tensor | None]]:
+        """``h: [*batch, D]`` -> ``hazards(tau: [*batch, *extra], with_rate=True) -> (Lambda_j, lambda_j)``, both
+        ``[*batch, *extra, J]`` (``lambda_j`` is ``None`` when ``with_rate=False``: no forward-mode pass)."""
         ctx = self.context(h)  # [*batch, H]
         nb = h.dim() - 1
         dtype = ctx.dtype
@@ -518,11 +523,14 @@ class MonotoneCumulativeHazard(nn.Module):
         zero = torch.zeros(ctx.shape[:-1], dtype=dtype, device=ctx.device)
         at_zero = raw(zero)  # [*batch, J]
 
-        def hazards(tau: Tensor) -> tuple[Tensor, Tensor]:
-            tau = tau.contiguous()  # forward-mode AD cannot make an expanded (stride-0) tensor dual
-            value, rate = torch.func.jvp(raw, (tau,), (torch.ones_like(tau),))
+        def hazards(tau: Tensor, with_rate: bool = True) -> tuple[Tensor, Tensor | None]:
+            if with_rate:
+                tau = tau.contiguous()  # forward-mode AD cannot make an expanded (stride-0) tensor dual
+                value, rate = torch.func.jvp(raw, (tau,), (torch.ones_like(tau),))
+            else:
+                value, rate = raw(tau), None
             big = value - _expand_params(at_zero, tau, nb) + eps * tau.unsqueeze(-1)
-            return big, rate + eps
+            return big, None if rate is None else rate + eps
 
         return hazards
 
