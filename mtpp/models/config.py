@@ -21,7 +21,7 @@ class ModelConfig:
     hidden_size: int = 32  # encoder output D
     mark_embedding_size: int = 16
     time_embedding_size: int = 16
-    num_layers: int = 1  # attention layers (thp / sahp encoders)
+    num_layers: int = 1  # encoder layers: attention layers (thp / sahp), stacked GRU layers (gru)
     num_heads: int = 2
     window: int = 8  # fnn encoder: last m events
     decoder_hidden_size: int = 32  # MLP width inside decoders
@@ -32,3 +32,6 @@ class ModelConfig:
     eval_integration: str | None = None  # rule during evaluation (None: same as training); added for the decoders
     first_event: str = "skip"  # skip | include: is the first event scored?
     dropout: float = 0.0
+    # plusplus only: hidden size of each of its two encoders (None: hidden_size). ++ has two encoders, so the
+    # reference shrinks them to stay near the base / + parameter budget; this is that knob.
+    plusplus_hidden_size: int | None = None

@@ -6,8 +6,8 @@ Parametrisations (Bosser & Ben Taieb, TMLR 2024), for any encoder x decoder pair
   joint decoder gives the ground process *and* the marks ``p(k | tau, H) = lambda_k(tau) / lambda(tau)``;
   otherwise (lnm, rmtpp) a time decoder and the ``p(k | h)`` mark decoder (``"categorical"``) share the encoder.
 - ``plus``: one encoder, disjoint decoders: time decoder (ground process) + ``p(k | tau, h)`` (``"categorical_tau"``).
-- ``plusplus``: a time encoder and a mark encoder (same type, both read times and marks), then the ``plus``
-  decoders. Nothing is shared.
+- ``plusplus``: a time encoder and a mark encoder (same type, both read times and marks, each of
+  ``cfg.plusplus_hidden_size`` units when set), then the ``plus`` decoders. Nothing is shared.
 
 History after the last event. Encoders return ``histories(batch): [B, L + 1, D]`` where position ``i`` is the
 history before event ``i`` and position ``lengths[b]`` the history after the last real event (``H_{n+1}``). The
@@ -25,7 +25,7 @@ indexing, no host sync anywhere in ``nll``.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +82,8 @@ class MarkedTPP(nn.Module):
             )
         if cfg.first_event not in FIRST_EVENT:
             raise ConfigError(f"unknown model.first_event {cfg.first_event!r}; valid: {', '.join(FIRST_EVENT)}")
+        if cfg.plusplus_hidden_size is not None and cfg.plusplus_hidden_size < 1:
+            raise ConfigError(f"model.plusplus_hidden_size must be >= 1, got {cfg.plusplus_hidden_size}")
         if num_marks < 1:
             raise ConfigError(f"num_marks must be >= 1, got {num_marks}")
         self.cfg = cfg
@@ -92,8 +94,9 @@ class MarkedTPP(nn.Module):
         self.time_encoder: nn.Module | None = None
         self.mark_encoder: nn.Module | None = None
         if cfg.parametrisation == "plusplus":
-            self.time_encoder = ENCODERS.build(cfg.encoder, num_marks, cfg)
-            self.mark_encoder = ENCODERS.build(cfg.encoder, num_marks, cfg)
+            enc_cfg = cfg if cfg.plusplus_hidden_size is None else replace(cfg, hidden_size=cfg.plusplus_hidden_size)
+            self.time_encoder = ENCODERS.build(cfg.encoder, num_marks, enc_cfg)
+            self.mark_encoder = ENCODERS.build(cfg.encoder, num_marks, enc_cfg)
         else:
             self.encoder = ENCODERS.build(cfg.encoder, num_marks, cfg)
 
