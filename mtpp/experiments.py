@@ -15,7 +15,8 @@ Experiment file format
         - {name: lastfm, overrides: {train: {batch_size: 4}}}
       models:                     # model-section keys, a label `name`, optional per-model `overrides`
         - {name: thp, decoder: thp}
-        - {name: lnm, decoder: lnm, hidden_size: 32, overrides: {train: {lr: 3.0e-3}}}
+        - {name: lnm, decoder: lnm, hidden_size: 32, overrides: {train: {lr: 3.0e-3}},
+           by_parametrisation: {plusplus: {hidden_size: 24}}}   # settings for one parametrisation only
       parametrisations: [base, plus, plusplus]
       aggregators:                # names, or {name: pcgrad, label: LABEL, options: {...}}
         - sum
@@ -29,8 +30,10 @@ Expansion is the cartesian product datasets x models x parametrisations x aggreg
 the excluded cells. Each cell's configuration is built, later layers winning:
 
     run-config defaults < base < dataset ``overrides`` < model keys and model ``overrides``
+    < the model's ``by_parametrisation`` entry for the cell's parametrisation
     < the cell's axis values (data.name, data.split, train.seed, model.parametrisation, gradients.aggregator
-    and gradients.options) < ``--set`` overrides of the command line
+      and gradients.options)
+    < ``--set`` overrides of the command line
 
 and validated with :func:`mtpp.config.config_from_dict`, so an unknown key anywhere is a ``ConfigError``
 naming it. Rule keys of ``exclude`` are the axis names ``dataset``, ``model``, ``parametrisation``,
@@ -69,7 +72,7 @@ TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "exclude")
 GRID_KEYS = ("datasets", "models", "parametrisations", "aggregators", "splits", "seeds")
 AXES = ("dataset", "model", "parametrisation", "aggregator", "split", "seed")
 DATASET_KEYS = ("name", "path", "overrides")
-MODEL_META_KEYS = ("name", "overrides")
+MODEL_META_KEYS = ("name", "overrides", "by_parametrisation")
 AGGREGATOR_KEYS = ("name", "label", "options")
 RUN_SECTIONS = ("data", "model", "train", "gradients", "logging")
 
@@ -246,8 +249,33 @@ def _datasets(exp: Experiment) -> list[tuple[str, str, dict]]:
     return out
 
 
-def _models(exp: Experiment) -> list[tuple[str, dict]]:
-    """(label, run-config fragment) per model entry."""
+def _model_fragment(entry: dict, where: str) -> dict:
+    """Run-config fragment of a model entry: its model-section keys plus its ``overrides`` of other sections."""
+    model_keys = {k: v for k, v in entry.items() if k not in MODEL_META_KEYS}
+    return _deep_merge(_check_overrides(entry.get("overrides"), where), {"model": model_keys})
+
+
+def _by_parametrisation(entry: dict, where: str) -> dict[str, dict]:
+    """``{parametrisation: fragment}`` from a model entry's ``by_parametrisation`` mapping."""
+    from mtpp.models.config import PARAMETRISATIONS
+
+    raw = entry.get("by_parametrisation") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}.by_parametrisation: expected a mapping like {{plusplus: {{hidden_size: 24}}}}")
+    out = {}
+    for param, sub in raw.items():
+        if param not in PARAMETRISATIONS:
+            raise ConfigError(
+                f"unknown key {param!r} in {where}.by_parametrisation; valid: {', '.join(PARAMETRISATIONS)}"
+            )
+        if not isinstance(sub, dict) or {"name", "parametrisation", "by_parametrisation"} & set(sub):
+            raise ConfigError(f"{where}.by_parametrisation.{param}: expected model keys and optional 'overrides'")
+        out[param] = _model_fragment(sub, f"{where}.by_parametrisation.{param}")
+    return out
+
+
+def _models(exp: Experiment) -> list[tuple[str, dict, dict[str, dict]]]:
+    """(label, run-config fragment, fragments by parametrisation) per model entry."""
     entries = _as_list(exp.grid.get("models"), "models")
     if not entries:
         entries = [{}]
@@ -259,11 +287,12 @@ def _models(exp: Experiment) -> list[tuple[str, dict]]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a mapping like {{name: lnm, decoder: lnm}}, got {entry!r}")
         if "parametrisation" in entry:
-            raise ConfigError(f"{where}: 'parametrisation' belongs to grid.parametrisations (use exclude rules)")
-        model_keys = {k: v for k, v in entry.items() if k not in MODEL_META_KEYS}
-        fragment = _deep_merge(_check_overrides(entry.get("overrides"), where), {"model": model_keys})
-        default = model_keys.get("decoder") or exp.base.get("model", {}).get("decoder") or "model"
-        out.append((_label(entry.get("name", default)), fragment))
+            raise ConfigError(
+                f"{where}: 'parametrisation' belongs to grid.parametrisations (use by_parametrisation or exclude)"
+            )
+        fragment = _model_fragment(entry, where)
+        default = entry.get("decoder") or exp.base.get("model", {}).get("decoder") or "model"
+        out.append((_label(entry.get("name", default)), fragment, _by_parametrisation(entry, where)))
     return out
 
 
@@ -334,7 +363,7 @@ def expand(exp: Experiment) -> list[Cell]:
         _ints(exp, "seeds", "train", "seed"),
     )
     cells = []
-    for (dlabel, dtarget, doverrides), (mlabel, mfragment), param, (alabel, aname, aoptions), split, seed in (
+    for (dlabel, dtarget, doverrides), (mlabel, mfragment, by_param), param, (alabel, aname, aoptions), split, seed in (
         itertools.product(*axes)
     ):
         labels = dict(dataset=dlabel, model=mlabel, parametrisation=param, aggregator=alabel, split=split, seed=seed)
@@ -346,7 +375,9 @@ def expand(exp: Experiment) -> list[Cell]:
             "model": {"parametrisation": param},
             "gradients": {"aggregator": aname, "options": aoptions},
         }
-        config = _deep_merge(_deep_merge(_deep_merge(exp.base, doverrides), mfragment), axis_values)
+        config = exp.base
+        for layer in (doverrides, mfragment, by_param.get(param, {}), axis_values):
+            config = _deep_merge(config, layer)
         cells.append(Cell(name=cell_name(**labels), config=config, **labels))
     _check_unique(cells)
     return cells
@@ -381,8 +412,21 @@ def resolve(cell: Cell, overrides: Sequence[str] = ()):
 
 
 def resolve_all(cells: list[Cell], overrides: Sequence[str] = ()) -> list:
-    """Validate every cell up front, so a typo fails before hours of training, not after."""
-    return [resolve(c, overrides) for c in cells]
+    """Validate every cell up front (config keys, aggregator names and options), so a typo fails before hours
+    of training, not after."""
+    from mtpp.training.aggregators import make_aggregator
+
+    configs = [resolve(c, overrides) for c in cells]
+    checked: set[str] = set()
+    for cell, cfg in zip(cells, configs):
+        key = json.dumps([cfg.gradients.aggregator, cfg.gradients.options], sort_keys=True, default=str)
+        if key not in checked:
+            checked.add(key)
+            try:
+                make_aggregator(cfg.gradients.aggregator, **cfg.gradients.options)
+            except ConfigError as e:
+                raise ConfigError(f"cell {cell.name}: gradients: {e}") from None
+    return configs
 
 
 # --------------------------------------------------------------------------------------------- run state

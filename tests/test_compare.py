@@ -112,6 +112,25 @@ def test_unknown_run_config_key_names_the_key_and_the_cell() -> None:
         ex.resolve_all(cells)
 
 
+def test_unknown_aggregator_or_option_is_an_error_before_training() -> None:
+    for entry, match in (("pcgard", "pcgard"), ({"name": "cograd", "options": {"gama": 1}}, "gama")):
+        cells = ex.expand(ex.experiment_from_dict(small_grid(aggregators=[entry])))
+        with pytest.raises(ConfigError, match=match):
+            ex.resolve_all(cells)
+
+
+def test_by_parametrisation_settings() -> None:
+    raw = small_grid(models=[{"name": "lnm", "decoder": "lnm", "hidden_size": 36,
+                              "by_parametrisation": {"plusplus": {"hidden_size": 27,
+                                                                  "overrides": {"train": {"lr": 0.5}}}}}])
+    cells = {c.parametrisation: ex.resolve(c) for c in ex.expand(ex.experiment_from_dict(raw)) if c.split == 0}
+    assert (cells["base"].model.hidden_size, cells["base"].train.lr) == (36, 1e-3)
+    assert (cells["plusplus"].model.hidden_size, cells["plusplus"].train.lr) == (27, 0.5)
+    raw["grid"]["models"][0]["by_parametrisation"] = {"plus_plus": {"hidden_size": 3}}
+    with pytest.raises(ConfigError, match="plus_plus"):
+        ex.expand(ex.experiment_from_dict(raw))
+
+
 def test_duplicate_names_are_errors() -> None:
     raw = small_grid(models=[{"name": "m", "decoder": "thp"}, {"name": "m", "decoder": "lnm"}])
     with pytest.raises(ConfigError, match="same run directory"):
