@@ -88,7 +88,8 @@ def test_joint_ground_density_integrates_to_one(name):
         return dist.log_prob(torch.full((1, 3), t, dtype=DT)).exp().detach().numpy().ravel()
 
     split = float(dist.icdf(torch.full((1, 3), 0.5, dtype=DT)).median())
-    mass = scipy.integrate.quad_vec(f, 0, split, epsabs=1e-10)[0] + scipy.integrate.quad_vec(f, split, np.inf, epsabs=1e-10)[0]
+    quad = scipy.integrate.quad_vec
+    mass = quad(f, 0, split, epsabs=1e-10)[0] + quad(f, split, np.inf, epsabs=1e-10)[0]
     np.testing.assert_allclose(mass, 1.0, atol=1e-3)
     u = torch.tensor([[0.1, 0.5, 0.9]], dtype=DT)
     with torch.no_grad():

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import scipy.integrate
+import scipy.special
 import scipy.stats
 import torch
 
@@ -89,7 +90,8 @@ def test_lnm_log_density_equals_scipy_lognormal_mixture():
 
 def test_lnm_far_tail_survival_is_log_space():
     """``log S`` keeps resolving where ``1 - F`` underflows (no clamped CDF)."""
-    dist = LogNormalMixture(torch.zeros(1, 1, 1, dtype=DT), torch.zeros(1, 1, 1, dtype=DT), torch.zeros(1, 1, 1, dtype=DT))
+    zero = torch.zeros(1, 1, 1, dtype=DT)
+    dist = LogNormalMixture(zero, zero, zero)
     tau = torch.tensor([[math.exp(40.0)]], dtype=DT)  # z = 40: S ~ exp(-800)
     expected = scipy.special.log_ndtr(-40.0)
     np.testing.assert_allclose(dist.log_survival(tau).numpy(), [[expected]], rtol=1e-12)
@@ -257,7 +259,9 @@ def test_fnn_intensity_is_derivative_of_cumulative_hazard():
 
 
 def test_quadrature_decoders_follow_train_eval_mode():
-    cfg = ModelConfig(integration="mc", integration_nodes=10, eval_integration_nodes=80, eval_integration="gauss_legendre")
+    cfg = ModelConfig(
+        integration="mc", integration_nodes=10, eval_integration_nodes=80, eval_integration="gauss_legendre"
+    )
     dec = TIME_DECODERS.build("thp", D, cfg)
     dist = dec(torch.randn(1, 2, D))
     assert (dist.method, dist.num_nodes) == ("mc", 10)
@@ -297,7 +301,8 @@ def test_constant_intensity_gives_poisson_likelihood(name, method):
         if name == "thp":
             dec.intensity.linear.bias.copy_(torch.linspace(-1, 1, 4, dtype=DT))
             dec.intensity.floor.fill_(-1.0)
-            r = (torch.nn.functional.softplus(torch.linspace(-1, 1, 4, dtype=DT)) + torch.nn.functional.softplus(torch.tensor(-1.0, dtype=DT))).sum()
+            sp = torch.nn.functional.softplus
+            r = (sp(torch.linspace(-1, 1, 4, dtype=DT)) + sp(torch.tensor(-1.0, dtype=DT))).sum()
         else:
             dec.intensity.linear.bias[:8].copy_(torch.linspace(-1, 1, 4, dtype=DT).repeat(2))  # mu = eta
             r = torch.nn.functional.softplus(torch.linspace(-1, 1, 4, dtype=DT)).sum()

@@ -369,7 +369,8 @@ class CumulativeHazardDistribution(HazardDistribution):
     """Ground process of ``C`` component cumulative hazards given in closed form by a network (FNN).
 
     Args: ``hazards(tau: [*batch, *extra], with_rate: bool) -> (Lambda_c, lambda_c)``, both
-    ``[*batch, *extra, C]``, with ``lambda_c > 0`` (``None`` when ``with_rate`` is False). ``Lambda = sum_c Lambda_c``, ``lambda = sum_c lambda_c``.
+    ``[*batch, *extra, C]``, with ``lambda_c > 0`` (``None`` when ``with_rate`` is False).
+    ``Lambda = sum_c Lambda_c``, ``lambda = sum_c lambda_c``.
     """
 
     def __init__(
