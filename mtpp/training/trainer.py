@@ -198,8 +198,15 @@ class Trainer:
     """One run: setup, epochs, final evaluation. ``fit`` is the way in; this class keeps the pieces apart."""
 
     def __init__(
-        self, cfg: RunConfig, out_dir: Path, *, resume: bool, data_dir: str | None, overwrite: bool
+        self,
+        cfg: RunConfig,
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        data_dir: str | None = None,
+        overwrite: bool = False,
     ) -> None:
+        out_dir = Path(out_dir)
         self.cfg = cfg
         self.out = out_dir
         self.quiet = cfg.logging.quiet

@@ -1,0 +1,281 @@
+"""The trainer and the run directory contract (DESIGN §5), on tiny models and a handful of synthetic sequences."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mtpp.cli import main
+from mtpp.config import RunConfig, load_config
+from mtpp.errors import MtppError
+from mtpp.evaluation.evaluate import evaluate
+from mtpp.models.mtpp import MarkedTPP
+from mtpp.training.aggregators import AGGREGATORS
+from mtpp.training.early_stopping import EarlyStopping
+from mtpp.training.trainer import Trainer, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+TINY = [
+    "data.max_sequences=12",
+    "train.batch_size=4",
+    "train.max_epochs=1",
+    "model.hidden_size=8",
+    "model.mark_embedding_size=4",
+    "model.time_embedding_size=4",
+    "model.decoder_hidden_size=8",
+    "model.num_components=2",
+    "model.integration_nodes=4",
+    "logging.quiet=true",
+    "logging.progress=false",
+]
+METRIC_KEYS = {
+    "nll_time_per_seq", "nll_mark_per_seq", "nll_time_per_event", "nll_mark_per_event", "accuracy", "mrr",
+    "pce", "ece", "conflict_rate", "train_events_per_second", "best_epoch", "num_parameters",
+}  # fmt: skip
+STEP_KEYS = {
+    "epoch", "step", "loss_time", "loss_mark", "cos_tm", "cos_tm/encoder", "cos_tm/decoder", "gms",
+    "norm_time", "norm_mark", "skipped",
+}  # fmt: skip
+TIMING = {"train_events_per_second", "train_seconds", "epoch_seconds"}
+
+
+def tiny(*extra: str, decoder: str = "lnm") -> RunConfig:
+    return load_config(None, [*TINY, f"model.decoder={decoder}", *extra])
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def without_timing(d: dict) -> dict:
+    return {k: (without_timing(v) if isinstance(v, dict) else v) for k, v in d.items() if k not in TIMING}
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def test_quickstart_trains_both_variants_and_writes_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "quickstart"
+    args = ["train", str(QUICKSTART), "--out", str(out)]
+    for o in [*TINY, "logging.quiet=false", "model.eval_integration_nodes=4"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "thp_base" in table and "thp_plusplus" in table and "L_M/seq" in table
+    assert (out / "comparison.md").exists() and (out / "comparison.json").exists()
+    for variant in ("thp_base", "thp_plusplus"):
+        run = out / variant
+        for name in ("config.yaml", "log.jsonl", "checkpoint.pt", "best.pt", "metrics.json"):
+            assert (run / name).is_file(), f"{variant}: {name} missing"
+        assert (run / "arrays_val.json").is_file() and (run / "arrays_test.json").is_file()
+        resolved = yaml.safe_load((run / "config.yaml").read_text())
+        assert resolved["model"]["parametrisation"] == variant.split("_")[1]
+        assert {"mtpp_version", "git_revision", "seed", "device", "torch_version"} <= set(resolved["run_info"])
+        metrics = json.loads((run / "metrics.json").read_text())
+        for split in ("val", "test"):
+            assert METRIC_KEYS <= set(metrics[split]), METRIC_KEYS - set(metrics[split])
+        assert {"conflict_rate", "conflict_rate/encoder", "conflict_rate/decoder", "skipped_batches", "epochs",
+                "best_epoch", "num_parameters", "first_event"} <= set(metrics["train"])  # fmt: skip
+        log = read_log(run)
+        steps = [r for r in log if r["kind"] == "step"]
+        epochs = [r for r in log if r["kind"] == "epoch"]
+        assert len(steps) == 3 and len(epochs) == 1  # 12 sequences / batch 4, log_every 1
+        assert all(STEP_KEYS <= set(r) for r in steps)
+        assert "val_nll_per_seq" in epochs[0] and "epoch_seconds" in epochs[0]
+    base = json.loads((out / "thp_base" / "metrics.json").read_text())
+    plusplus = json.loads((out / "thp_plusplus" / "metrics.json").read_text())
+    assert base["test"]["conflict_rate"] is not None  # shared encoder + joint decoder: cos_tm defined
+    assert plusplus["test"]["conflict_rate"] is None  # nothing shared: undefined, never 0
+    assert all(r["cos_tm"] is None for r in read_log(out / "thp_plusplus") if r["kind"] == "step")
+
+    # mtpp evaluate recomputes exactly what training reported
+    again = evaluate(out / "thp_base", "test")
+    assert again["nll_time_per_seq"] == base["test"]["nll_time_per_seq"]
+    assert again["accuracy"] == base["test"]["accuracy"]
+    assert json.loads((out / "thp_base" / "metrics.json").read_text())["test"] == again
+
+
+def test_refuses_to_clobber_and_to_resume_nothing(tmp_path: Path) -> None:
+    cfg = tiny()
+    fit(cfg, tmp_path / "run")
+    with pytest.raises(MtppError, match="--resume"):
+        fit(cfg, tmp_path / "run")
+    with pytest.raises(MtppError, match="nothing to resume"):
+        fit(cfg, tmp_path / "other", resume=True)
+    assert fit(cfg, tmp_path / "run", overwrite=True)["train"]["epochs"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ aggregators
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_every_aggregator_trains_and_changes_parameters(tmp_path: Path, name: str) -> None:
+    trainer = Trainer(tiny(f"gradients.aggregator={name}"), tmp_path, resume=False, data_dir=None, overwrite=False)
+    try:
+        before = params_of(trainer.model)
+        trainer._train_epoch(1)
+        after = params_of(trainer.model)
+        shared = {id(p) for ps in trainer.model.shared_parameters().values() for p in ps}
+        names = [n for n, p in trainer.model.named_parameters() if id(p) in shared]
+        assert names, "base lnm shares its encoder"
+        assert any(not torch.equal(before[n], after[n]) for n in names), f"{name}: shared parameters unchanged"
+        assert all(torch.isfinite(v).all() for v in after.values())
+        assert int(trainer.guard.skipped) == 0
+    finally:
+        trainer.close()
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resume_reaches_the_same_final_metrics_exactly(tmp_path: Path) -> None:
+    extra = ("train.max_epochs=2", "gradients.aggregator=pcgrad", "model.dropout=0.1")
+    full = fit(tiny(*extra, decoder="thp"), tmp_path / "full")
+
+    fit(tiny(*extra, "train.max_epochs=1", decoder="thp"), tmp_path / "cut")  # "interrupted" after epoch 1
+    resumed = fit(tiny(*extra, decoder="thp"), tmp_path / "cut", resume=True)
+
+    assert without_timing(resumed) == without_timing(full)
+    log_full = [without_timing(r) for r in read_log(tmp_path / "full")]
+    log_cut = [without_timing(r) for r in read_log(tmp_path / "cut")]
+    assert log_cut == log_full
+
+
+def test_resume_rejects_a_different_model(tmp_path: Path) -> None:
+    fit(tiny(), tmp_path / "run")
+    with pytest.raises(MtppError, match="model.hidden_size"):
+        fit(tiny("model.hidden_size=16", "train.max_epochs=2"), tmp_path / "run", resume=True)
+
+
+# ------------------------------------------------------------------------------------------------ guard
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [v.clone() for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+
+
+def _tensor_state(state: object) -> str:
+    """The tensors of a (nested) state dict as JSON; python scalars left out."""
+
+    def tensors(x: object) -> object:
+        if isinstance(x, torch.Tensor):
+            return x.tolist()
+        if isinstance(x, dict):
+            return {k: tensors(v) for k, v in x.items() if not isinstance(v, (int, float))}
+        if isinstance(x, (list, tuple)):
+            return [tensors(v) for v in x]
+        return None
+
+    out = json.dumps(tensors(state))
+    assert "[" in out, "metabalance keeps moving averages of gradient norms"
+    return out
+
+
+@pytest.mark.parametrize("mode", ["sync", "masked"])
+@pytest.mark.parametrize("poison", ["loss", "gradient"])
+def test_non_finite_batch_is_skipped_and_changes_nothing(tmp_path: Path, mode: str, poison: str) -> None:
+    trainer = Trainer(tiny("gradients.aggregator=metabalance"), tmp_path, resume=False, data_dir=None,
+                      overwrite=False)  # fmt: skip
+    trainer.guard.mode = mode
+    try:
+        batches = list(trainer.loader)
+        trainer._train_step(1, batches[0])  # a normal step first: Adam state exists
+        params, state = params_of(trainer.model), _optimizer_tensors(trainer.optimizer)
+        agg_state = _tensor_state(trainer.aggregator.state_dict())
+
+        if poison == "loss":
+            nll = trainer._nll
+            trainer._nll = lambda b: dataclasses.replace(nll(b), time_nll=nll(b).time_nll * math.nan)
+            trainer._train_step(1, batches[1])
+            trainer._nll = nll
+        else:  # finite loss, infinite gradient in one parameter
+            p = next(trainer.model.parameters())
+            handle = p.register_hook(lambda g: g * math.inf)
+            trainer._train_step(1, batches[1])
+            handle.remove()
+
+        assert int(trainer.guard.skipped) == 1
+        after = params_of(trainer.model)
+        assert all(torch.equal(params[k], after[k]) for k in params), "a skipped step changed parameters"
+        assert all(torch.equal(a, b) for a, b in zip(state, _optimizer_tensors(trainer.optimizer)))
+        # (in masked mode only tensor state can be restored without a host sync: python counters advance)
+        assert _tensor_state(trainer.aggregator.state_dict()) == agg_state
+
+        trainer._train_step(1, batches[2])  # training goes on
+        assert int(trainer.guard.skipped) == 1 and int(trainer.guard.consecutive) == 0
+        assert all(torch.isfinite(v).all() for v in params_of(trainer.model).values())
+        records = trainer.records.flush()
+        assert [r["skipped"] for r in records] == [0.0, 1.0, 0.0]
+    finally:
+        trainer.close()
+
+
+def test_too_many_consecutive_skips_stop_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nll = MarkedTPP.nll
+
+    def poisoned(self, batch):  # type: ignore[no-untyped-def]
+        out = nll(self, batch)
+        return dataclasses.replace(out, mark_nll=out.mark_nll + math.inf)
+
+    monkeypatch.setattr(MarkedTPP, "nll", poisoned)
+    with pytest.raises(MtppError, match="consecutive"):
+        fit(tiny("train.max_consecutive_skips=2"), tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------------------------ early stopping
+
+
+def test_separate_early_stopping_freezes_each_group_and_combines_best_states() -> None:
+    model = torch.nn.ModuleDict({"time": torch.nn.Linear(2, 2), "mark": torch.nn.Linear(2, 2)})
+    groups = {"time": list(model["time"].parameters()), "mark": list(model["mark"].parameters())}
+    es = EarlyStopping(model, patience=1, min_delta=0.0, separate=True, groups=groups)
+    assert es.step(1, 10.0, 10.0, model) == (["time", "mark"], [])
+    mark_best = model["mark"].weight.detach().clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    improved, frozen = es.step(2, 9.0, 11.0, model)  # time improves, mark does not
+    assert improved == ["time"] and frozen == ["mark"] and not es.done
+    time_best = model["time"].weight.detach().clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert es.step(3, 9.5, 12.0, model) == ([], ["time"]) and es.done
+    best = es.best_model_state(model)
+    assert torch.equal(best["time.weight"], time_best) and torch.equal(best["mark.weight"], mark_best)
+    assert es.best_epochs() == {"time": 2, "mark": 1}
+
+
+def test_separate_early_stopping_in_training(tmp_path: Path) -> None:
+    # a relative tolerance of 90%: epoch 1 improves on infinity, epoch 2 cannot -> both groups freeze
+    cfg = tiny("model.parametrisation=plusplus", "train.separate_early_stopping=true", "train.patience=1",
+               "train.min_delta=0.9", "train.max_epochs=5")  # fmt: skip
+    trainer = Trainer(cfg, tmp_path, resume=False, data_dir=None, overwrite=False)
+    try:
+        metrics = trainer.run()
+        task = trainer.model.task_parameters()
+        assert all(not p.requires_grad for ps in task.values() for p in ps)
+    finally:
+        trainer.close()
+    assert metrics["train"]["epochs"] == 2
+    assert metrics["train"]["best_epoch/time"] == 1 and metrics["train"]["best_epoch/mark"] == 1
+    assert metrics["test"]["conflict_rate"] is None
+    epochs = [r for r in read_log(tmp_path) if r["kind"] == "epoch"]
+    assert epochs[-1]["frozen"] == ["time", "mark"]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(best[k], v) for k, v in ckpt["model"].items())  # frozen groups hold their best
