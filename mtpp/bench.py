@@ -17,6 +17,8 @@ What is measured, for each ``encoder-decoder-parametrisation`` model:
 * **Evaluation**: ``model.score(batch)`` (no_grad) in eval mode on the same batches.
 * **Timing**: ``warmup`` untimed steps before each phase, then ``steps`` timed steps; ``time.perf_counter`` with
   ``torch.cuda.synchronize`` only at the two boundaries of a phase.
+* **Threads**: ``num_threads`` (``torch.set_num_threads``) for the duration of a model's bench. On a busy machine
+  use 1: with more intra-op threads than free cores, small models ran 10-100x slower in our measurements.
 * **Peak memory**: on CPU the process peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``). It is a process-wide
   high-water mark, so by default (``isolate=True``) each model runs in a fresh ``spawn``-ed process and the figure
   is that model's own (it includes Python, torch and the loaded dataset: ``baseline_memory_mb`` is the mark just
