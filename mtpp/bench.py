@@ -285,7 +285,9 @@ class StepContext:
     records: Any  # StatsBuffer
 
 
-def make_step_context(run_cfg: Any, num_marks: int, device: torch.device, use_amp: bool, compile: bool) -> StepContext:
+def make_step_context(
+    run_cfg: Any, num_marks: int, device: torch.device, use_amp: bool, compile: bool
+) -> StepContext:
     """Model, optimiser, ``sum`` aggregator and non-finite guard, built as the trainer builds them."""
     from mtpp.training.aggregators import make_aggregator
     from mtpp.training.gradients import StatsBuffer
@@ -326,7 +328,8 @@ def train_step(ctx: StepContext, batch: Batch, want_stats: bool) -> None:
     ok = NonFiniteGuard.finite_flag(loss_time, loss_mark, norm)
     ctx.guard.step(ok)
     if want_stats:
-        ctx.records.append({"loss_time": loss_time.detach(), "loss_mark": loss_mark.detach(), **stats, "grad_norm": norm})
+        record = {"loss_time": loss_time.detach(), "loss_mark": loss_mark.detach(), **stats, "grad_norm": norm}
+        ctx.records.append(record)
 
 
 def eval_step(ctx: StepContext, batch: Batch) -> None:
