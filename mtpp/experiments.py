@@ -446,11 +446,60 @@ def is_resumable(run_dir: Path) -> bool:
     return (Path(run_dir) / CHECKPOINT_FILE).is_file()
 
 
-def cell_state(run_dir: Path) -> str:
-    """``done`` (skip), ``resume`` (checkpoint, no metrics) or ``new``."""
+#: Settings that say where or how fast a run goes, not what it computes: changing them does not make a
+#: finished run stale.
+NON_SEMANTIC_KEYS = (
+    "logging", "variants", "data.data_dir", "data.num_workers", "train.device", "train.compile",
+    "train.eval_batch_size",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or (prefix and not d):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and key != "options":
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS)
+
+
+def config_differences(run_dir: Path, config: dict) -> list[str]:
+    """``['train.max_epochs: 1 -> 1000', ...]`` between a run's stored ``config.yaml`` and ``config`` (a resolved
+    run-config dict); empty when they agree or the run stored no configuration."""
+    from mtpp.config import config_from_dict
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return []
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        raw.pop("run_info", None)
+        stored = _flatten(config_from_dict(raw).to_dict())
+    except (yaml.YAMLError, ConfigError, AttributeError) as e:
+        return [f"config.yaml unreadable ({e})"]
+    new = _flatten(config)
+    keys = sorted(k for k in set(stored) | set(new) if not _ignored(k))
+    return [f"{k}: {stored.get(k)!r} -> {new.get(k)!r}" for k in keys if stored.get(k) != new.get(k)]
+
+
+def cell_state(run_dir: Path, config: dict | None = None) -> str:
+    """``done`` (skip), ``stale`` (complete, but trained with a different ``config``), ``resume`` (checkpoint,
+    no metrics) or ``new``."""
     if is_complete(run_dir):
-        return "done"
+        return "stale" if config is not None and config_differences(run_dir, config) else "done"
     return "resume" if is_resumable(run_dir) else "new"
+
+
+def resolved_dict(cell: Cell, overrides: Sequence[str] = ()) -> dict:
+    return resolve(cell, overrides).to_dict()
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -486,7 +535,9 @@ def run_cell(
 ) -> CellResult:
     """Train one cell (in this or a worker process); never raises for a failing run, returns its error.
 
-    ``fit`` defaults to ``mtpp.training.trainer.fit`` (it must be picklable when run in a worker).
+    A run directory with a checkpoint but no complete metrics is resumed; anything else there (a stale or
+    half-written run without a checkpoint) is overwritten. ``fit`` defaults to ``mtpp.training.trainer.fit``
+    (it must be picklable when run in a worker).
     """
     import torch
 
@@ -498,12 +549,12 @@ def run_cell(
     try:
         cfg = config_from_dict(apply_overrides(config, list(overrides)))
         out = Path(run_dir)
-        resume = cell_state(out) == "resume"
+        resume = not is_complete(out) and is_resumable(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / CELL_FILE).write_text(json.dumps({"name": name, **labels}, indent=2) + "\n")
         if fit is None:
             from mtpp.training.trainer import fit
-        fit(cfg, out, resume=resume)
+        fit(cfg, out, resume=resume, overwrite=not resume)
         if not is_complete(out):
             raise RuntimeError(f"training finished but {out / METRICS_FILE} is missing or has no test metrics")
         return CellResult(name, "done", time.perf_counter() - start)
@@ -523,17 +574,22 @@ def run_grid(
     quiet_runs: bool = True,
     log: Callable[[str], None] = print,
     fit: FitFn | None = None,
+    rerun_stale: bool = False,
 ) -> list[CellResult]:
     """Run every cell not yet complete; record failures in ``out_dir/failures.json``; return one result per cell.
 
     ``jobs == 1`` trains in this process; ``jobs > 1`` uses a spawn-context process pool, each worker with
     ``max(1, cores // jobs)`` torch threads. ``quiet_runs`` turns the trainer's own progress bar and summary
     off (always with ``jobs > 1``); ``overrides`` may turn them back on. ``fit`` replaces the trainer (tests).
+    A complete cell whose stored configuration differs from the grid's (other hyper-parameters than the ones
+    that trained it) is a ``ConfigError`` before anything trains, unless ``rerun_stale`` retrains it.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = [CellResult(c.name, "skipped") for c in cells if is_complete(out / c.name)]
-    pending = [c for c in cells if not is_complete(out / c.name)]
+    states = {c.name: cell_state(out / c.name, resolved_dict(c, overrides)) for c in cells}
+    _check_stale(cells, states, out, overrides, rerun_stale)
+    results = [CellResult(c.name, "skipped") for c in cells if states[c.name] == "done"]
+    pending = [c for c in cells if states[c.name] != "done"]
     if results:
         log(f"{len(results)} of {len(cells)} cells already complete: skipped")
     jobs = max(1, min(jobs, len(pending) or 1))
@@ -550,6 +606,20 @@ def run_grid(
         bar.close()
     write_failures(out, [r for r in results if r.status == "failed"])
     return results
+
+
+def _check_stale(
+    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], rerun_stale: bool
+) -> None:
+    stale = [c for c in cells if states[c.name] == "stale"]
+    if not stale or rerun_stale:
+        return
+    first = stale[0]
+    diff = config_differences(out / first.name, resolved_dict(first, overrides))
+    raise ConfigError(
+        f"{len(stale)} finished cell(s) under {out} were trained with a different configuration (e.g. "
+        f"{first.name}: {'; '.join(diff[:3])}); pass --rerun-stale to retrain them, or choose another --out"
+    )
 
 
 def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int) -> tuple:

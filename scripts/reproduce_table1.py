@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="further overrides for every cell, as in mtpp compare")
     p.add_argument("--markdown-out", type=Path, default=None, help="also write the comparison table here")
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="retrain finished runs in --out that used other settings (e.g. another --max-epochs)")
     p.add_argument("--dry-run", action="store_true", help="prepare data and list the cells, train nothing")
     p.add_argument("--param-counts", action="store_true", help="print each model's parameter count and exit")
     return p.parse_args(argv)
@@ -166,6 +168,8 @@ def compare_argv(experiment: Path, args: argparse.Namespace) -> list[str]:
         argv += ["--set", f"train.max_epochs={args.max_epochs}"]
     for item in args.overrides:
         argv += ["--set", item]
+    if args.rerun_stale:
+        argv.append("--rerun-stale")
     if args.dry_run:
         argv.append("--dry-run")
     return argv
@@ -235,7 +239,7 @@ def comparison_markdown(table: dict) -> str:
             continue
         same = table.get((ref.dataset, ref.model, ref.parametrisation), {}).get(ref.metric, [])
         ours = best(table, ref.dataset, ref.metric)
-        ours_text = f"{fmt(ours[1])} ({ours[0]})" if ours else "-"
+        ours_text = f"{ours[0]}: {fmt(ours[1])}" if ours else "-"
         kind = "best" if ref.note == "best" else "reference"
         lines.append(
             f"| {ref.dataset} | {METRIC_LABEL[ref.metric]} | {ref.value:.1f} ({kind}) "
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     experiment = args.out / "table1_experiment.yaml"
     experiment.write_text(yaml.safe_dump(subset_experiment(raw, args, prepared), sort_keys=False))
     code = mtpp_main(compare_argv(experiment, args))
-    if args.dry_run:
+    if args.dry_run or code == 2:  # 2: a configuration error, nothing ran
         return code
     text = report(collect(args.out), args, experiment)
     print(text)

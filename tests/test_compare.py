@@ -162,11 +162,12 @@ class FakeFit:
         self.calls: list[tuple[str, bool]] = []
         self.fail = fail
 
-    def __call__(self, config, out_dir: Path, resume: bool = False) -> dict:
+    def __call__(self, config, out_dir: Path, resume: bool = False, overwrite: bool = False) -> dict:
         self.calls.append((str(out_dir), resume))
         if self.fail and self.fail in str(out_dir):
             raise RuntimeError("boom: loss is NaN")
         metrics = {"val": {"nll_time_per_seq": 1.0}, "test": {"nll_time_per_seq": float(config.data.split)}}
+        (Path(out_dir) / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
         (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
         return metrics
 
@@ -216,6 +217,21 @@ def test_runner_records_failures_and_continues(tmp_path: Path, fake_fit: FakeFit
     fake_fit.calls.clear()
     ex.run_grid(cells, tmp_path, progress=False)
     assert len(fake_fit.calls) == 2 and not (tmp_path / "failures.json").exists()
+
+
+def test_stale_finished_cells_are_refused_unless_rerun(tmp_path: Path, fake_fit: FakeFit) -> None:
+    cells = ex.expand(ex.experiment_from_dict(small_grid()))[:2]
+    ex.run_grid(cells, tmp_path, progress=False, overrides=["train.max_epochs=1"])
+    fake_fit.calls.clear()
+    # where / how it runs is not a change of experiment
+    ex.run_grid(cells, tmp_path, progress=False, overrides=["train.device=cpu", "logging.flush_every=7"])
+    assert fake_fit.calls == []
+    with pytest.raises(ConfigError, match=r"train.max_epochs: 1 -> 5.*--rerun-stale"):
+        ex.run_grid(cells, tmp_path, progress=False, overrides=["train.max_epochs=5"])
+    assert fake_fit.calls == []
+    assert ex.cell_state(tmp_path / cells[0].name, ex.resolved_dict(cells[0], ["train.max_epochs=5"])) == "stale"
+    ex.run_grid(cells, tmp_path, progress=False, overrides=["train.max_epochs=5"], rerun_stale=True)
+    assert fake_fit.calls == [(str(tmp_path / c.name), False) for c in cells]
 
 
 def test_compare_cli_dry_run_and_failure_exit_code(
@@ -276,3 +292,10 @@ def test_smoke_grid_end_to_end_with_the_real_trainer(tmp_path: Path, capsys: pyt
     assert main(argv) == 0
     assert "12 skipped" in capsys.readouterr().err
     assert stamps == {c.name: (out / c.name / "metrics.json").stat().st_mtime_ns for c in cells}
+
+    # an interrupted cell (checkpoint, no metrics) is resumed by the real trainer; the others stay skipped
+    (out / cells[0].name / "metrics.json").unlink()
+    assert main(argv) == 0
+    assert "1 trained, 11 skipped" in capsys.readouterr().err
+    assert ex.is_complete(out / cells[0].name)
+    assert stamps[cells[1].name] == (out / cells[1].name / "metrics.json").stat().st_mtime_ns

@@ -18,7 +18,10 @@ examples:
 
 --set section.key=value applies to every cell (after the experiment's per-model overrides);
 --set grid.AXIS=[...] replaces an axis of the grid (datasets, models, parametrisations, aggregators, splits, seeds).
-Rerunning the same command skips finished cells and resumes interrupted ones."""
+Rerunning the same command skips finished cells and resumes interrupted ones (failed cells are retried).
+A finished cell whose stored config.yaml differs from the grid's (say, after changing train.max_epochs) is
+"stale": compare refuses to mix such runs into one summary unless --rerun-stale retrains them.
+--dry-run prints each cell's state: new, resume, done or stale."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--only", action="append", default=[], metavar="PATTERN",
         help="run only cells whose name matches this glob (e.g. 'mooc/lnm-*'); repeatable",
     )
+    p.add_argument(
+        "--rerun-stale", action="store_true",
+        help="retrain finished cells whose stored config differs from the grid's (default: refuse)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar over cells")
     p.add_argument("--verbose-runs", action="store_true", help="keep each run's own progress output (jobs=1)")
     p.add_argument("--no-report", action="store_true", help="do not write summary tables and plots")
@@ -61,14 +68,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no cell of {args.experiment} matches --only {' '.join(args.only)}")
     ex.resolve_all(cells, run_overrides)  # every cell must be a valid run config before anything trains
     if args.dry_run:
-        _print_cells(cells, args.out)
+        _print_cells(cells, args.out, run_overrides)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     ex.write_cells(args.out, exp, cells, args.overrides)
     print(f"{exp.name}: {len(cells)} cells -> {args.out} (jobs={args.jobs})", file=sys.stderr)
     results = ex.run_grid(
         cells, args.out, jobs=args.jobs, overrides=run_overrides,
-        progress=not args.no_progress, quiet_runs=not args.verbose_runs,
+        progress=not args.no_progress, quiet_runs=not args.verbose_runs, rerun_stale=args.rerun_stale,
         log=lambda m: print(m, file=sys.stderr),
     )
     counts = ex.results_summary(results)
@@ -87,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_cells(cells: list, out: Path) -> None:
-    from mtpp.experiments import cell_state
+def _print_cells(cells: list, out: Path, overrides: list[str]) -> None:
+    from mtpp.experiments import cell_state, resolved_dict
 
     for c in cells:
-        state = cell_state(out / c.name)
+        state = cell_state(out / c.name, resolved_dict(c, overrides))
         print(f"{state:<6} {c.name}")
     print(f"{len(cells)} cells", file=sys.stderr)
 
