@@ -59,7 +59,7 @@ import os
 import re
 import time
 import traceback
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -629,22 +629,25 @@ def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int) -> t
 def _run_parallel(
     pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None
 ) -> list[CellResult]:
+    """Cells in a spawn-context process pool; on Ctrl-C the queued cells are cancelled, not waited for."""
     import multiprocessing
 
     results = []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
         futures: dict[Future, Cell] = {
             pool.submit(run_cell, *_payload(c, out, overrides, threads), fit): c for c in pending
         }
-        from concurrent.futures import as_completed
-
         for future in as_completed(futures):
             try:
                 result = future.result()
             except Exception as e:  # the worker process died (out of memory, killed, ...)
                 result = CellResult(futures[future].name, "failed", 0.0, f"{type(e).__name__}: {e}")
             results.append(_tick(bar, result))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return results
 
 

@@ -299,3 +299,40 @@ def test_smoke_grid_end_to_end_with_the_real_trainer(tmp_path: Path, capsys: pyt
     assert "1 trained, 11 skipped" in capsys.readouterr().err
     assert ex.is_complete(out / cells[0].name)
     assert stamps[cells[1].name] == (out / cells[1].name / "metrics.json").stat().st_mtime_ns
+
+
+# --------------------------------------------------------------------------------------------- reproduce_table1.py
+
+
+def _load_script(monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_table1", ROOT / "scripts" / "reproduce_table1.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce_table1", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_table1_subset_and_comparison_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = _load_script(monkeypatch)
+    argv = ["--datasets", "mooc", "--models", "lnm", "thp", "--splits", "0", "1", "--out", str(tmp_path)]
+    args = script.parse_args(argv)
+    raw = yaml.safe_load((ROOT / "configs" / "experiments" / "paper_table1.yaml").read_text())
+    sub = script.subset_experiment(raw, args, {"mooc": tmp_path / "prep" / "mooc", "lastfm": tmp_path / "x"})
+    cells = ex.expand(ex.experiment_from_dict(sub))
+    assert len(cells) == 2 * 3 * 2 and {c.dataset for c in cells} == {"mooc"}
+    assert ex.resolve(cells[0]).data.name == str((tmp_path / "prep" / "mooc").resolve())
+    # fake finished runs: L_T = -300 - split, L_M = 80 + split
+    for c in cells:
+        run = tmp_path / c.name
+        run.mkdir(parents=True)
+        (run / "cell.json").write_text(json.dumps(c.labels()))
+        test = {"nll_time_per_seq": -300.0 - c.split, "nll_mark_per_seq": 80.0 + c.split}
+        (run / "metrics.json").write_text(json.dumps({"val": test, "test": test}))
+    table = script.collect(tmp_path)
+    assert table[("mooc", "lnm", "plus")]["nll_time_per_seq"] == [-300.0, -301.0]
+    text = script.comparison_markdown(table)
+    assert "| mooc | L_T | -310.6 (best) | LNM+ | -300.5 ± 0.5 (n=2) |" in text
+    assert "| mooc | L_M | 86.6 (reference) | LNM | 80.5 ± 0.5 (n=2) |" in text
+    assert "lastfm" not in text
