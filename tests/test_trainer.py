@@ -116,7 +116,15 @@ def test_refuses_to_clobber_and_to_resume_nothing(tmp_path: Path) -> None:
         fit(cfg, tmp_path / "run")
     with pytest.raises(MtppError, match="nothing to resume"):
         fit(cfg, tmp_path / "other", resume=True)
-    assert fit(cfg, tmp_path / "run", overwrite=True)["train"]["epochs"] == 1
+    tensorboard = load_config(None, [*TINY, "model.decoder=lnm", "logging.tensorboard=true"])
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:  # optional dependency: a warning, and the run goes on with log.jsonl only
+        with pytest.warns(UserWarning, match="tensorboard"):
+            assert fit(tensorboard, tmp_path / "run", overwrite=True)["train"]["epochs"] == 1
+    else:
+        assert fit(tensorboard, tmp_path / "run", overwrite=True)["train"]["epochs"] == 1
+        assert (tmp_path / "run" / "tensorboard").is_dir()
 
 
 # ------------------------------------------------------------------------------------------------ aggregators

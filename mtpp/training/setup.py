@@ -135,6 +135,19 @@ def determinism(enabled: bool) -> Iterator[None]:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
+@contextlib.contextmanager
+def compile_settings(enabled: bool) -> Iterator[None]:
+    """With ``train.compile``: AOTAutograd's donated buffers off for the run (``backward_step`` runs two
+    ``autograd.grad`` calls over one graph, i.e. ``retain_graph=True``, which donated buffers forbid)."""
+    if not enabled:
+        yield
+        return
+    import torch._functorch.config as functorch_config
+
+    with functorch_config.patch(donated_buffer=False):
+        yield
+
+
 def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
     if not enabled or device.type != "cuda":

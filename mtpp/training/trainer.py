@@ -45,6 +45,7 @@ from mtpp.training.setup import (
     amp_enabled,
     autocast,
     build_run_model,
+    compile_settings,
     count_parameters,
     determinism,
     load_data,
@@ -105,7 +106,7 @@ def fit(
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
-    with determinism(config.train.deterministic):
+    with determinism(config.train.deterministic), compile_settings(config.train.compile):
         trainer = Trainer(config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite)
         try:
             return trainer.run()
@@ -347,7 +348,12 @@ class Trainer:
             rate = events / (now - since) if now > since else None
             self.progress.update(
                 steps,
-                {"L_T": last.get("loss_time"), "L_M": last.get("loss_mark"), "cos": last.get("cos_tm"), "ev/s": rate},
+                {
+                    "L_T": last.get("loss_time"),
+                    "L_M": last.get("loss_mark"),
+                    "cos": last.get("cos_tm"),
+                    "ev/s": None if rate is None else round(rate),
+                },
             )
         self.guard.check_limit()
         return now
