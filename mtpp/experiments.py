@@ -5,7 +5,7 @@ Experiment file format
 ----------------------
 ::
 
-    name: smoke                   # optional, free text
+    name: smoke                   # optional label (the summary's title); `description:` free text
     base:                         # a partial run config: sections data / model / train / gradients / logging
       model: {encoder: gru, hidden_size: 16}
       train: {max_epochs: 5, batch_size: 32}
@@ -60,7 +60,7 @@ import re
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -701,7 +701,3 @@ def results_summary(results: list[CellResult]) -> dict[str, int]:
     for r in results:
         counts[r.status] += 1
     return counts
-
-
-def result_dicts(results: list[CellResult]) -> list[dict]:
-    return [asdict(r) for r in results]
