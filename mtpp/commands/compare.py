@@ -14,7 +14,7 @@ EPILOG = """\
 examples:
   mtpp compare configs/experiments/smoke.yaml --out runs/smoke
   mtpp compare configs/experiments/paper_table1.yaml --out runs/table1 --jobs 4 --only 'mooc/*' --dry-run
-  mtpp compare configs/experiments/smoke.yaml --out /tmp/s --set train.max_epochs=1 --set grid.splits=[0]
+  mtpp compare configs/experiments/smoke.yaml --out /tmp/s --set train.max_epochs=1 --set grid.seeds=[0]
 
 --set section.key=value applies to every cell (after the experiment's per-model overrides);
 --set grid.AXIS=[...] replaces an axis of the grid (datasets, models, parametrisations, aggregators, splits, seeds).
