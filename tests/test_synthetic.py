@@ -30,12 +30,17 @@ from mtpp.data.synthetic import (
     load_synthetic_split,
     poisson_log_likelihood,
     random_hawkes_params,
-    read_split_json,
     simulate_hawkes,
     simulate_hawkes_many,
     simulate_poisson,
     simulate_poisson_many,
 )
+
+
+def _read_part(folder: Path, k: int, part: str, window: bool = False) -> list:
+    from mtpp.data.formats import ReadOptions, read_split
+
+    return read_split(folder, k, options=ReadOptions(use_window=window)).parts[f"split_{k}/{part}"]
 
 
 def _matrix_beta_params() -> HawkesParams:
@@ -217,7 +222,9 @@ def test_synthetic_dataset_is_deterministic_and_fast(tmp_path: Path) -> None:
     b = ensure_synthetic_dataset(tmp_path / "b")
     assert a.name == b.name == SYNTHETIC_DIRNAME
     files_a, files_b = _tree_bytes(a), _tree_bytes(b)
-    assert sorted(files_a) == ["split_0/args.json", "split_0/test.json", "split_0/train.json", "split_0/val.json"]
+    assert sorted(files_a) == [
+        "args.json", "split_0/args.json", "split_0/test.json", "split_0/train.json", "split_0/val.json"
+    ]
     assert files_a == files_b
     assert elapsed < 2.0
     # A second call reuses the folder; no temporary folders are left behind.
@@ -236,10 +243,12 @@ def test_synthetic_dataset_concurrent_first_use(tmp_path: Path) -> None:
 
 
 def test_synthetic_dataset_contents_and_true_likelihood() -> None:
-    folder = ensure_synthetic_dataset() / "split_0"  # MTPP_CACHE_DIR points to a test temp folder
+    root = ensure_synthetic_dataset()  # MTPP_CACHE_DIR points to a test temp folder
+    folder = root / "split_0"
     args = json.loads((folder / "args.json").read_text())
     assert args["window"] == SYNTHETIC_WINDOW and args["marks"] == SYNTHETIC_PARAMS.num_marks
-    assert HawkesParams.from_dict(args["params"]).to_dict() == SYNTHETIC_PARAMS.to_dict()
+    described = json.loads((root / "args.json").read_text())
+    assert HawkesParams.from_dict(described["params"]).to_dict() == SYNTHETIC_PARAMS.to_dict()
     sizes = [args[f"{p}_size"] for p in ("train", "val", "test")]
     assert sizes == [360, 120, 120] and sum(sizes) == SYNTHETIC_NUM_SEQUENCES
     raw = json.loads((folder / "train.json").read_text())
@@ -269,17 +278,18 @@ def test_simulate_cli_writes_loadable_folder(tmp_path: Path, process: str, capsy
     for s in range(2):
         folder = out / f"split_{s}"
         args = json.loads((folder / "args.json").read_text())
-        assert args["process"] == process and args["marks"] == 3 and args["window"] == 30
-        parts = {p: read_split_json(folder / f"{p}.json", args["window"]) for p in ("train", "val", "test")}
+        described = json.loads((out / "args.json").read_text())
+        assert described["process"] == process and args["marks"] == 3 and args["window"] == 30
+        parts = {p: _read_part(out, s, p, window=True) for p in ("train", "val", "test")}
         assert [len(parts[p]) for p in parts] == [args[f"{p}_size"] for p in parts] == [24, 8, 8]
         for seqs in parts.values():
             for seq in seqs:
                 make_sequence(seq.times, seq.marks, window_end=seq.window_end, num_marks=3)
         if process == "hawkes":
-            params = HawkesParams.from_dict(args["params"])
+            params = HawkesParams.from_dict(described["params"])
             assert np.isfinite(hawkes_log_likelihood(parts["test"][0], params))
-    split0 = {seq.key() for p in ("train", "val", "test") for seq in read_split_json(out / "split_0" / f"{p}.json")}
-    split1 = {seq.key() for p in ("train", "val", "test") for seq in read_split_json(out / "split_1" / f"{p}.json")}
+    split0 = {seq.key() for p in ("train", "val", "test") for seq in _read_part(out, 0, p)}
+    split1 = {seq.key() for p in ("train", "val", "test") for seq in _read_part(out, 1, p)}
     assert split0 == split1  # the same sequences, partitioned differently
     assert main(argv) == 2  # refuses to overwrite without --force
     assert main(argv + ["--force"]) == 0

@@ -99,7 +99,13 @@ def run(args: argparse.Namespace) -> int:
         "dropped_empty_sequences": dropped,
         "simulation_seed": args.seed,
     }
-    sizes = syn.write_split_folder(args.out, kept, args=args_json, num_splits=args.splits, seed=args.seed)
+    if args.force and args.out.exists():
+        import shutil
+
+        shutil.rmtree(args.out)
+    sizes = syn.write_simulated_splits(
+        args.out, kept, args=args_json, num_marks=args.marks, window=args.window, num_splits=args.splits, seed=args.seed
+    )
 
     observed = counts / (len(seqs) * args.window)  # empty sequences were observed too
     split_sizes = "/".join(str(sizes[p]) for p in ("train", "val", "test"))

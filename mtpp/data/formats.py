@@ -62,7 +62,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mtpp.data.sequence import EventSequence, make_sequence
+from mtpp.data.sequence import EventSequence, infer_num_marks, make_sequence
 from mtpp.errors import DataError
 
 __all__ = [
@@ -474,7 +474,7 @@ def read_bosser_json(
         s = build(times, marks, i, None if windows is None else windows[i])
         if s is not None:
             seqs.append(s)
-    k = num_marks if num_marks is not None else _infer_marks(seqs)
+    k = num_marks if num_marks is not None else infer_num_marks(seqs)
     name = part or _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
     return ReadResult({name: seqs}, k, "bosser", str(path), build.notes(), build.dropped, [str(path)])
 
@@ -534,7 +534,7 @@ def read_easytpp_json(
         s = build(times, marks, i)
         if s is not None:
             seqs.append(s)
-    k = declared if declared is not None else _infer_marks(seqs)
+    k = declared if declared is not None else infer_num_marks(seqs)
     name = part or _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
     return ReadResult({name: seqs}, k, "easytpp_json", str(path), build.notes(), build.dropped, [str(path)])
 
@@ -633,7 +633,7 @@ def _read_gntpp(obj: dict, path: Path, options: ReadOptions | None) -> ReadResul
         raise DataError(f"{len(ts)} timestamp arrays but {len(ks)} type arrays", source=str(path))
     build = _Builder(path, options, declared)
     seqs = [s for i in range(len(ts)) if (s := build(ts[i], ks[i], i)) is not None]
-    k = declared if declared is not None else _infer_marks(seqs)
+    k = declared if declared is not None else infer_num_marks(seqs)
     part = _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
     return ReadResult({part: seqs}, k, "gntpp_pickle", str(path), build.notes(), build.dropped, [str(path)])
 
@@ -659,7 +659,7 @@ def _read_ifl_dict(obj: dict, path: Path, options: ReadOptions | None, fmt: str)
         s = build(t, m, i, None if t_end is None else float(t_end) - t0)
         if s is not None:
             seqs.append(s)
-    k = declared if declared is not None else max(_infer_marks(seqs), 1)
+    k = declared if declared is not None else max(infer_num_marks(seqs), 1)
     part = _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
     return ReadResult({part: seqs}, k, fmt, str(path), build.notes(), build.dropped, [str(path)])
 
@@ -712,7 +712,7 @@ def read_npz(path: str | Path, *, options: ReadOptions | None = None) -> ReadRes
         s = build(times[i], m, i)
         if s is not None:
             seqs.append(s)
-    k = declared if declared is not None else max(_infer_marks(seqs), 1)
+    k = declared if declared is not None else max(infer_num_marks(seqs), 1)
     notes = build.notes() + ([f"{path}: unmarked data, every event gets mark 0"] if marks is None else [])
     part = _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
     return ReadResult({part: seqs}, k, "ifl_npz", str(path), notes, build.dropped, [str(path)])
@@ -799,7 +799,7 @@ def _read_rmtpp_pairs(pairs: Sequence[DataFile], options: ReadOptions | None, so
         parts.setdefault(p.part, []).extend(seqs)
         notes += build.notes()
         dropped += build.dropped
-    k = _infer_marks(s for v in parts.values() for s in v)
+    k = infer_num_marks(s for v in parts.values() for s in v)
     files = [str(x) for p in pairs for x in (p.path, p.partner)]
     return ReadResult(parts, k, "rmtpp", source, notes, dropped, files)
 
@@ -879,7 +879,7 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         parts.setdefault(normalise_part(str(split_name)), []).extend(seqs)
     notes += build.notes()
     dropped += build.dropped
-    k = num_marks if num_marks is not None else max(_infer_marks(s for v in parts.values() for s in v), 1)
+    k = num_marks if num_marks is not None else max(infer_num_marks(s for v in parts.values() for s in v), 1)
     return ReadResult(parts, k, "parquet" if fmt == "parquet" else "table", str(path), notes, dropped, [str(path)])
 
 
@@ -1076,12 +1076,6 @@ def read_any(path: str | Path, *, options: ReadOptions | None = None, progress: 
     return read_file(path, options=options)
 
 
-def _infer_marks(seqs: Iterable[EventSequence]) -> int:
-    top = -1
-    for s in seqs:
-        if len(s):
-            top = max(top, int(s.marks.max()))
-    return top + 1
 
 
 # --------------------------------------------------------------------------------------------------------------

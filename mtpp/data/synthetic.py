@@ -26,10 +26,7 @@ sequence has no window (the benchmark convention: no survival term).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -57,8 +54,7 @@ __all__ = [
     "simulate_poisson",
     "simulate_poisson_many",
     "poisson_log_likelihood",
-    "write_split_folder",
-    "read_split_json",
+    "write_simulated_splits",
     "default_cache_dir",
     "ensure_synthetic_dataset",
     "load_synthetic_split",
@@ -441,60 +437,31 @@ def poisson_log_likelihood(seq: EventSequence, rates: Sequence[float] | np.ndarr
 
 # --------------------------------------------------------------------------------------------------- files
 
-#: Split fractions (train, val, test) of the folders written here.
-SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 
-
-def _sequence_json(seq: EventSequence) -> list[dict]:
-    return [{"time": float(t), "labels": [int(k)]} for t, k in zip(seq.times.tolist(), seq.marks.tolist())]
-
-
-def _dump(obj: object, path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, separators=(",", ":"))
-        f.write("\n")
-
-
-def write_split_folder(
+def write_simulated_splits(
     out: Path,
     sequences: Sequence[EventSequence],
     *,
     args: dict,
+    num_marks: int,
+    window: float,
     num_splits: int = 1,
     seed: int = 0,
 ) -> dict[str, int]:
-    """Write ``out/split_<s>/{train,val,test,args}.json`` in the Bosser & Ben Taieb format.
+    """Write simulated sequences as a canonical split folder (seeded 60/20/20 splits, ``mtpp.data.splits``).
 
-    Each part is a JSON list of sequences, each a list of ``{"time": t, "labels": [k]}``. Every split is a
-    seeded random 60/20/20 partition of all ``sequences`` (split ``s`` uses ``seed + s``). ``args.json`` is
-    ``args`` plus ``seed``, ``train_size``, ``val_size``, ``test_size``. Returns the part sizes.
+    The common observation window end is stored as ``window`` in every ``split_k/args.json``, so readers attach it
+    with ``ReadOptions(use_window=True)`` and ignore it by default (the benchmark convention). Returns the part sizes.
     """
-    n = len(sequences)
-    n_train, n_val = round(SPLIT_FRACTIONS[0] * n), round(SPLIT_FRACTIONS[1] * n)
-    sizes = {"train": n_train, "val": n_val, "test": n - n_train - n_val}
-    for s in range(num_splits):
-        folder = Path(out) / f"split_{s}"
-        folder.mkdir(parents=True, exist_ok=True)
-        order = np.random.default_rng(seed + s).permutation(n)
-        parts = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
-        for name, idx in parts.items():
-            _dump([_sequence_json(sequences[i]) for i in np.sort(idx)], folder / f"{name}.json")
-        _dump({**args, "seed": seed + s, **{f"{p}_size": v for p, v in sizes.items()}}, folder / "args.json")
-    return sizes
+    from mtpp.data.formats import write_split_folder
+    from mtpp.data.splits import make_splits
 
-
-def read_split_json(path: Path, window_end: float | None = None) -> list[EventSequence]:
-    """Read one part file written by ``write_split_folder`` (``window_end`` attached to every sequence)."""
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    return [
-        EventSequence(
-            np.array([e["time"] for e in seq], dtype=np.float64),
-            np.array([e["labels"][0] for e in seq], dtype=np.int64),
-            window_end,
-        )
-        for seq in raw
-    ]
+    # the window is common to all sequences: stored once in args.json, not per sequence
+    bare = [EventSequence(s.times, s.marks, None) for s in sequences]
+    splits = make_splits(bare, num_splits=num_splits, seed=seed)
+    split_args = [{"window": float(window), "seed": seed, "split": k} for k in range(num_splits)]
+    write_split_folder(out, splits, num_marks=num_marks, args=args, split_args=split_args)
+    return {part: len(seqs) for part, seqs in splits[0].items()}
 
 
 # --------------------------------------------------------------------------------------------------- built-in dataset
@@ -512,7 +479,7 @@ SYNTHETIC_SEED = 20240501
 #: Every sequence is observed on ``[0, SYNTHETIC_WINDOW]`` (about 70 events on average).
 SYNTHETIC_WINDOW = 32.0
 SYNTHETIC_NUM_SEQUENCES = 600
-SYNTHETIC_DIRNAME = "synthetic_hawkes-v1"
+SYNTHETIC_DIRNAME = "synthetic_hawkes-v2"
 
 
 def default_cache_dir() -> Path:
@@ -536,7 +503,7 @@ def _write_synthetic(folder: Path) -> None:
     seqs = _synthetic_sequences()
     args = {
         "dataset": "synthetic_hawkes",
-        "version": 1,
+        "version": 2,
         "process": "hawkes",
         "kernel": "lambda_k(t) = mu_k + sum_{t_j<t} alpha[k,k_j] * beta * exp(-beta * (t - t_j))",
         "params": SYNTHETIC_PARAMS.to_dict(),
@@ -549,15 +516,15 @@ def _write_synthetic(folder: Path) -> None:
         "num_events": int(sum(len(s) for s in seqs)),
         "simulation_seed": SYNTHETIC_SEED,
     }
-    write_split_folder(folder, seqs, args=args, num_splits=1, seed=0)
+    write_simulated_splits(folder, seqs, args=args, num_marks=SYNTHETIC_PARAMS.num_marks, window=SYNTHETIC_WINDOW)
 
 
 def ensure_synthetic_dataset(cache_dir: Path | None = None) -> Path:
     """The built-in ``synthetic_hawkes`` dataset, generated on first use; returns its folder.
 
-    Layout: ``<cache_dir>/synthetic_hawkes-v1/split_0/{train,val,test,args}.json`` (Bosser format, 360/120/120
+    Layout: ``<cache_dir>/synthetic_hawkes-v2/split_0/{train,val,test,args}.json`` (Bosser format, 360/120/120
     sequences from ``SYNTHETIC_PARAMS`` with seed ``SYNTHETIC_SEED``). Every sequence is observed on
-    ``[0, SYNTHETIC_WINDOW]``: the common window end is ``args.json["window"]``; readers that follow the
+    ``[0, SYNTHETIC_WINDOW]``: the common window end is ``split_0/args.json["window"]``; readers that follow the
     benchmark convention ignore it and end each window at the last event. Generation is deterministic
     (byte-identical files) and atomic (written to a temporary folder, then renamed), so concurrent first
     uses are safe. ``cache_dir`` defaults to ``default_cache_dir()``.
@@ -566,18 +533,11 @@ def ensure_synthetic_dataset(cache_dir: Path | None = None) -> Path:
     final = root / SYNTHETIC_DIRNAME
     if final.is_dir():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SYNTHETIC_DIRNAME}.tmp-", dir=root))
     try:
-        _write_synthetic(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a lost race: a real error
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _write_synthetic(final)  # atomic: written to a temporary sibling, then renamed
+    except (OSError, ValueError):
+        if not final.is_dir():  # not a lost race with a concurrent first use: a real error
+            raise
     return final
 
 
@@ -588,5 +548,7 @@ def load_synthetic_split(
     attached when ``window`` (exact likelihood on ``[0, T]``), else ``None`` (benchmark convention)."""
     if part not in ("train", "val", "test"):
         raise ValueError(f"part must be 'train', 'val' or 'test', got {part!r}")
-    folder = ensure_synthetic_dataset(cache_dir) / "split_0"
-    return read_split_json(folder / f"{part}.json", SYNTHETIC_WINDOW if window else None)
+    from mtpp.data.formats import ReadOptions, read_split
+
+    result = read_split(ensure_synthetic_dataset(cache_dir), 0, options=ReadOptions(use_window=window))
+    return result.parts[f"split_0/{part}"]
