@@ -64,6 +64,10 @@ class JointDistribution(TimeDistribution, Protocol):
         """``[B, L, K]`` log mark probabilities at ``tau: [B, L]``; sums (in prob space) to 1 over ``K``."""
 
 
+BOUNDARY_METADATA_KEY = "mtpp.boundary"
+"""Key of ``NLLOutput.boundary`` in the ``metadata`` of the autograd nodes of ``time_nll`` and ``mark_nll``."""
+
+
 @dataclass
 class NLLOutput:
     """What ``MarkedTPP.nll(batch)`` returns (all on the batch's device, no host sync).
@@ -74,6 +78,13 @@ class NLLOutput:
     mark_terms: ``[B, L]`` per-event ``-log p(k_i | tau_i, H_i)``, 0 where not scored.
     scored: ``[B, L]`` bool, events in the scored set ``I`` (mask minus the first event if ``first_event: skip``).
     survival_term: ``[B]`` ``-log S(T - t_n | H_{n+1})`` (0 when the window ends at the last event).
+    boundary: optional ``{name: tensor}``, the tensors both losses read the shared encoder through (e.g. the
+        ``[B, L + 1, D]`` histories, after-the-last-event position included): ``time_nll`` and ``mark_nll``
+        depend on the parameters of ``model.shared_parameters()["encoder"]`` only through these tensors. Only set
+        when it is useful (gradients enabled, an encoder shared by both losses, not under ``torch.compile``);
+        then it is also recorded on the autograd graph of ``time_nll`` / ``mark_nll`` (see
+        ``BOUNDARY_METADATA_KEY``), where ``mtpp.training.gradients.backward_step`` finds it from the losses to
+        get the per-task encoder gradients with one batched backward through the encoder.
     """
 
     time_nll: Tensor
@@ -82,6 +93,14 @@ class NLLOutput:
     mark_terms: Tensor
     scored: Tensor
     survival_term: Tensor
+    boundary: dict[str, Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.boundary is None:
+            return
+        for t in (self.time_nll, self.mark_nll):
+            if t.grad_fn is not None:
+                t.grad_fn.metadata[BOUNDARY_METADATA_KEY] = self.boundary
 
 
 @dataclass

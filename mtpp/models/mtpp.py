@@ -212,6 +212,12 @@ class MarkedTPP(nn.Module):
                 mark_terms=mark_terms,
                 scored=scored,
                 survival_term=survival,
+                # what backward_step needs for one batched backward through the shared encoder (DESIGN §4)
+                boundary=(
+                    {"history": h_time}
+                    if self.encoder is not None and h_time.requires_grad and not torch.compiler.is_compiling()
+                    else None
+                ),
             )
         return _Forward(dist=dist, mark_log_probs=mark_lp, taus=taus, nll=nll)
 
