@@ -287,3 +287,210 @@ def test_unreached_param_keeps_grad_none() -> None:
     backward_step(lt, lm, {"encoder": [w, unused]}, [], make_aggregator("weighted"), True)
     assert unused.grad is None
     assert torch.allclose(w.grad, torch.tensor([1.0, 1.0]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The boundary path on real MarkedTPP models: same gradients and statistics as the generic path
+# ----------------------------------------------------------------------------------------------------------------
+
+import warnings  # noqa: E402
+
+from mtpp.data.batch import collate  # noqa: E402
+from mtpp.data.sequence import EventSequence  # noqa: E402
+from mtpp.models import ModelConfig, build_model  # noqa: E402
+from mtpp.training.aggregators import AGGREGATORS  # noqa: E402
+from mtpp.training.gradients import find_boundary  # noqa: E402
+
+K_REAL = 3
+
+
+def _real_model(encoder: str, decoder: str, parametrisation: str, dtype: torch.dtype = torch.float64) -> nn.Module:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder=encoder,
+        decoder=decoder,
+        parametrisation=parametrisation,
+        hidden_size=8,
+        mark_embedding_size=4,
+        time_embedding_size=4,
+        decoder_hidden_size=8,
+        num_components=3,
+        integration_nodes=5,
+        window=3,
+        dropout=0.1,  # random: the forward of both paths is reseeded identically
+    )
+    return build_model(cfg, K_REAL).to(dtype).train()
+
+
+def _real_batch(dtype: torch.dtype = torch.float64):
+    rng = np.random.default_rng(0)
+    seqs = []
+    for n, extra in ((7, 0.7), (4, None), (1, 2.0)):  # survival windows after the last event, and none
+        times = np.cumsum(rng.exponential(1.0, n))
+        end = None if extra is None else times[-1] + extra
+        seqs.append(EventSequence(times, rng.integers(0, K_REAL, n), end))
+    return collate(seqs, dtype=dtype)
+
+
+def _run(model, batch, agg: str, use_boundary: bool, want_stats: bool = True, reduce=None, cast=False):
+    """One backward_step from a freshly seeded forward; returns (grads by name, stats, boundary found)."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # MC integration nodes and dropout: the same forward for both paths
+    out = model.nll(batch)
+    lt, lm = out.time_nll.mean(), out.mark_nll.mean()
+    if cast:
+        lt, lm = lt.float(), lm.float()
+    found = find_boundary(lt, lm) is not None
+    stats = backward_step(
+        lt, lm, model.shared_parameters(), model.parameters(), make_aggregator(agg), want_stats,
+        reduce=reduce, per_tensor=True, use_boundary=use_boundary,
+    )  # fmt: skip
+    grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
+    return grads, stats, found
+
+
+def _assert_same(a, b, atol: float, rtol: float) -> None:
+    ga, sa, _ = a
+    gb, sb, _ = b
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        assert (ga[n] is None) == (gb[n] is None), n
+        if ga[n] is not None:
+            torch.testing.assert_close(ga[n], gb[n], atol=atol, rtol=rtol, msg=n)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=atol, rtol=rtol, equal_nan=True, msg=k)
+
+
+@pytest.mark.parametrize("parametrisation", ["base", "plus"])
+@pytest.mark.parametrize("decoder", ["lnm", "thp"])
+@pytest.mark.parametrize("encoder", ["gru", "thp", "sahp", "fnn"])
+def test_boundary_path_equals_generic_path_every_aggregator(encoder: str, decoder: str, parametrisation: str) -> None:
+    model, batch = _real_model(encoder, decoder, parametrisation), _real_batch()
+    for agg in AGGREGATORS:
+        new = _run(model, batch, agg, use_boundary=True)
+        old = _run(model, batch, agg, use_boundary=False)
+        assert new[2], "the model's boundary was not found from the losses"
+        _assert_same(new, old, atol=1e-12, rtol=1e-10)
+        assert set(STAT_KEYS) <= set(new[1])
+
+
+@pytest.mark.parametrize("parametrisation", ["base", "plus"])
+@pytest.mark.parametrize("decoder", ["rmtpp", "sahp", "fnn"])
+@pytest.mark.parametrize("encoder", ["gru", "thp", "sahp", "fnn"])
+def test_boundary_path_other_decoders(encoder: str, decoder: str, parametrisation: str) -> None:
+    model, batch = _real_model(encoder, decoder, parametrisation), _real_batch()
+    for agg, want in (("sum", True), ("pcgrad", False)):
+        new = _run(model, batch, agg, use_boundary=True, want_stats=want)
+        old = _run(model, batch, agg, use_boundary=False, want_stats=want)
+        assert new[2]
+        _assert_same(new, old, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("decoder", ["lnm", "thp"])
+@pytest.mark.parametrize("encoder", ["gru", "thp"])
+def test_boundary_path_float32_and_plain_backward(encoder: str, decoder: str) -> None:
+    """float32 (the trainer's ``.float()`` losses): allclose 1e-6 to the generic path and to ``.backward()``."""
+    model, batch = _real_model(encoder, decoder, "base", torch.float32), _real_batch(torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new = _run(model, batch, "sum", use_boundary=True, cast=True)
+    assert not [w for w in caught if "performance drop" in str(w.message)], "vmap fell back to a per-sample loop"
+    old = _run(model, batch, "sum", use_boundary=False, cast=True)
+    assert new[2]
+    _assert_same(new, old, atol=1e-6, rtol=1e-5)
+    plain = _run(model, batch, "sum", use_boundary=True, want_stats=False, cast=True)
+    for n, g in plain[0].items():
+        if g is not None:
+            torch.testing.assert_close(new[0][n], g, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_boundary_path_with_reduce_and_accumulation() -> None:
+    model, batch = _real_model("gru", "thp", "base"), _real_batch()
+
+    def reduce(flat: torch.Tensor) -> torch.Tensor:
+        return flat * 0.5
+
+    new = _run(model, batch, "pcgrad", use_boundary=True, reduce=reduce)
+    old = _run(model, batch, "pcgrad", use_boundary=False, reduce=reduce)
+    _assert_same(new, old, atol=1e-12, rtol=1e-10)
+    # accumulation into existing .grad, like .backward()
+    for use in (True, False):
+        model.zero_grad(set_to_none=True)
+        for _ in range(2):
+            torch.manual_seed(1)
+            out = model.nll(batch)
+            backward_step(
+                out.time_nll.mean(), out.mark_nll.mean(), model.shared_parameters(), model.parameters(),
+                make_aggregator("sum"), True, use_boundary=use,
+            )  # fmt: skip
+        if use:
+            acc = [p.grad.clone() for p in model.parameters()]
+    for a, p in zip(acc, model.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-12, rtol=1e-10)
+
+
+def test_boundary_is_set_only_where_it_is_used() -> None:
+    batch = _real_batch()
+    out = _real_model("gru", "lnm", "plusplus").nll(batch)
+    assert out.boundary is None and find_boundary(out.time_nll.mean(), out.mark_nll.mean()) is None
+    model = _real_model("gru", "lnm", "base")
+    with torch.no_grad():
+        assert model.nll(batch).boundary is None
+    out = model.nll(batch)
+    assert set(out.boundary) == {"history"} and out.boundary["history"].shape[:2] == (3, 8)  # [B, L + 1, D]
+    assert find_boundary(out.time_nll.float().mean() * 2.0, out.mark_nll[:2].sum()) is not None
+
+
+def test_boundary_refused_when_something_else_feeds_the_loss() -> None:
+    """A regulariser on the encoder bypasses the histories: the generic path is taken, the gradients stay exact."""
+    model, batch = _real_model("gru", "lnm", "base"), _real_batch()
+    enc = model.shared_parameters()["encoder"]
+
+    def step(use: bool):
+        model.zero_grad(set_to_none=True)
+        out = model.nll(batch)
+        lt = out.time_nll.mean() + 0.1 * sum(p.square().sum() for p in enc)
+        lm = out.mark_nll.mean()
+        if use:
+            assert find_boundary(lt, lm) is None
+            other = model.nll(batch)  # a boundary from another forward is never mixed in
+            assert find_boundary(other.time_nll.mean(), lm) is None
+        stats = backward_step(lt, lm, model.shared_parameters(), model.parameters(), make_aggregator("sum"), True)
+        return {n: p.grad.clone() for n, p in model.named_parameters()}, stats
+
+    model.eval()
+    (g1, s1), (g2, s2) = step(True), step(False)
+    ref = model.nll(batch)
+    model.zero_grad(set_to_none=True)
+    (ref.time_nll.mean() + 0.1 * sum(p.square().sum() for p in enc) + ref.mark_nll.mean()).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(g1[n], p.grad, atol=1e-12, rtol=1e-10)
+
+
+def test_boundary_fallback_when_batched_backward_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, batch = _real_model("sahp", "thp", "plus"), _real_batch()
+    old = _run(model, batch, "gradops", use_boundary=False)
+    real_grad = torch.autograd.grad
+    calls = []
+
+    def no_batched(*args, **kwargs):
+        calls.append(bool(kwargs.get("is_grads_batched")))
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no vmap rule")
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batched)
+    new = _run(model, batch, "gradops", use_boundary=True)
+    assert calls == [False, False, True, False, False]
+    _assert_same(new, old, atol=1e-12, rtol=1e-10)
+
+
+def test_plain_sum_without_stats_is_one_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or real_grad(*a, **k))
+    for par in ("base", "plusplus"):
+        _run(_real_model("gru", "lnm", par), _real_batch(), "sum", use_boundary=True, want_stats=False)
+    _run(_real_model("gru", "lnm", "plusplus"), _real_batch(), "pcgrad", use_boundary=True, want_stats=True)
+    assert calls == []
