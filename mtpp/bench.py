@@ -9,10 +9,12 @@ What is measured, for each ``encoder-decoder-parametrisation`` model:
 * **Events.** Every real (non-padded) event of a batch counts, including the first event of each sequence that
   ``first_event: skip`` does not score: ``events = batch.lengths.sum()``. The share of padded slots over all
   ``[B, L]`` slots of the batches is ``padding_fraction``.
-* **Training step** (:func:`train_step`): the trainer's step -- ``zero_grad``, ``model.nll`` (under bf16 autocast
-  with ``amp`` on CUDA, ``torch.compile``-d with ``compile``), ``L_T``/``L_M`` batch means, ``backward_step``
-  (``sum`` aggregator), total gradient norm, non-finite flag, guarded ``optimizer.step()``. With diagnostics the
-  step asks ``backward_step`` for ``cos_tm``/GMS/norms (``want_stats=True``) and buffers them on the device like
+* **Training step** (:func:`train_step`): :func:`mtpp.training.trainer.train_step`, the very function the
+  trainer runs, on a :class:`mtpp.training.trainer.Stepper` built as the trainer builds its state --
+  ``zero_grad``, ``model.nll`` (under bf16 autocast with ``amp`` on CUDA, ``torch.compile``-d with ``compile``),
+  ``L_T``/``L_M`` batch means, ``Trainer._backward`` (``backward_step`` with the configured aggregator, ``sum`` by
+  default), total gradient norm, non-finite flag, optional clipping, guarded ``optimizer.step()``. With
+  diagnostics the step asks for ``cos_tm``/GMS/norms (``want_stats=True``) and buffers them on the device like
   the trainer; without, it is a plain step. ``diagnostics_overhead = time per event with / without - 1``.
 * **Evaluation**: ``model.score(batch)`` (no_grad) in eval mode on the same batches.
 * **Timing**: ``warmup`` untimed steps before each phase, then ``steps`` timed steps; ``time.perf_counter`` with
@@ -43,7 +45,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from mtpp.data.batch import Batch
 from mtpp.data.sequence import EventSequence
@@ -271,68 +272,30 @@ def padding_of(batches: Sequence[Batch]) -> float:
 # ================================================================================================ the steps
 
 
-@dataclass
-class StepContext:
-    """What one training step needs (built once per model by :func:`make_step_context`)."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    aggregator: Any
-    guard: Any
-    device: torch.device
-    amp: bool
-    nll: Callable[[Batch], Any]
-    records: Any  # StatsBuffer
-
-
 def make_step_context(
     run_cfg: Any, num_marks: int, device: torch.device, use_amp: bool, compile: bool
-) -> StepContext:
-    """Model, optimiser, ``sum`` aggregator and non-finite guard, built as the trainer builds them."""
-    from mtpp.training.aggregators import make_aggregator
-    from mtpp.training.gradients import StatsBuffer
-    from mtpp.training.guard import NonFiniteGuard
-    from mtpp.training.setup import build_run_model, make_optimizer
+) -> Any:
+    """The trainer's ``Stepper`` (model, optimiser, aggregator, non-finite guard built as the trainer builds them)."""
+    import dataclasses
 
-    model = build_run_model(run_cfg, num_marks, device)
-    optimizer = make_optimizer(run_cfg.train, model, device)
-    aggregator = make_aggregator("sum")
-    guard = NonFiniteGuard(optimizer, aggregator, run_cfg.train.max_consecutive_skips, device)
-    nll = torch.compile(model.nll, dynamic=True) if compile else model.nll
-    amp = use_amp and device.type == "cuda"
-    return StepContext(model, optimizer, aggregator, guard, device, amp, nll, StatsBuffer())
+    from mtpp.training.trainer import Stepper
+
+    train = dataclasses.replace(run_cfg.train, amp=use_amp, compile=compile)
+    return Stepper(dataclasses.replace(run_cfg, train=train), num_marks, device)
 
 
-def train_step(ctx: StepContext, batch: Batch, want_stats: bool) -> None:
-    """One training step, the same work as ``Trainer._train_step`` with the ``sum`` aggregator and no clipping.
+def train_step(ctx: Any, batch: Batch, want_stats: bool) -> None:
+    """The trainer's step, :func:`mtpp.training.trainer.train_step` (the same function ``mtpp train`` runs).
 
     ``batch`` is a CPU batch; it is moved with ``non_blocking=True``. No host sync on CUDA (the guard masks the
     step on the device); on CPU the guard reads its flag, which is not a device sync.
     """
-    from mtpp.training.gradients import backward_step
-    from mtpp.training.guard import NonFiniteGuard, grad_norm
-    from mtpp.training.setup import autocast
+    from mtpp.training.trainer import train_step as trainer_step
 
-    batch = batch.to(ctx.device, non_blocking=True)
-    ctx.optimizer.zero_grad(set_to_none=True)
-    with autocast(ctx.amp, ctx.device):
-        out = ctx.nll(batch)
-    loss_time = out.time_nll.float().mean()
-    loss_mark = out.mark_nll.float().mean()
-    ctx.guard.before_backward()
-    stats = backward_step(
-        loss_time, loss_mark, ctx.model.shared_parameters(), ctx.model.parameters(), ctx.aggregator, want_stats
-    )
-    params = [p for p in ctx.model.parameters() if p.requires_grad and p.grad is not None]
-    norm = grad_norm(params)
-    ok = NonFiniteGuard.finite_flag(loss_time, loss_mark, norm)
-    ctx.guard.step(ok)
-    if want_stats:
-        record = {"loss_time": loss_time.detach(), "loss_mark": loss_mark.detach(), **stats, "grad_norm": norm}
-        ctx.records.append(record)
+    trainer_step(ctx, batch, want_stats)
 
 
-def eval_step(ctx: StepContext, batch: Batch) -> None:
+def eval_step(ctx: Any, batch: Batch) -> None:
     """``model.score`` (no_grad) on one batch, under the same autocast as training."""
     from mtpp.training.setup import autocast
 
@@ -397,7 +360,7 @@ def bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def _bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
-    from mtpp.training.setup import DTYPES, count_parameters, resolve_device
+    from mtpp.training.setup import DTYPES, compile_settings, resolve_device
 
     torch.manual_seed(cfg.seed)
     run_cfg = run_config_for(spec, cfg.overrides)
@@ -414,6 +377,15 @@ def _bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
         baseline = _rss_mb()
     ctx = make_step_context(run_cfg, num_marks, device, cfg.amp, cfg.compile)
     ctx.model.train()
+    with compile_settings(cfg.compile):
+        return _measure(spec, cfg, ctx, batches, events, device, run_cfg, label, num_marks, baseline)
+
+
+def _measure(
+    spec: str, cfg: BenchConfig, ctx: Any, batches: list[Batch], events: list[int], device: torch.device,
+    run_cfg: Any, label: str, num_marks: int, baseline: float,
+) -> dict[str, Any]:  # fmt: skip
+    from mtpp.training.setup import count_parameters
 
     def rate(step: Callable[[Batch], None]) -> float:
         seconds, n = timed(step, batches, events, cfg.steps, cfg.warmup, device)

@@ -12,6 +12,12 @@ Resume: ``checkpoint.pt`` holds every piece of state (model, optimiser, schedule
 stopping, counters), the sampler is seeded by ``seed + epoch`` and ``log.jsonl`` is cut back to the checkpoint's
 epoch, so a resumed run ends with exactly the metrics of an uninterrupted one (on CPU; CUDA kernels may not be
 bitwise deterministic unless ``train.deterministic``).
+
+Devices and data parallelism: the same code runs on CPU and CUDA (bf16 autocast for the forward pass with
+``train.amp`` on CUDA, float32 likelihood terms and losses; pinned host batches moved with
+``non_blocking=True``), and under ``torchrun`` on several processes (``mtpp.training.distributed``: explicit
+all-reduce of the per-task gradients through ``backward_step(reduce=...)``, rank 0 writes the run directory).
+``train_step`` is the one training step, shared with ``mtpp bench`` (which builds a ``Stepper``).
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ from mtpp.errors import ConfigError, MtppError
 from mtpp.evaluation.evaluate import (
     METRICS_FILE,
     evaluate_model,
+    json_safe,
     with_run_fields,
     write_json,
 )
 from mtpp.training import checkpoint
+from mtpp.training import distributed
+from mtpp.training.distributed import SINGLE, Dist
 from mtpp.training.early_stopping import EarlyStopping
 from mtpp.training.guard import NonFiniteGuard, grad_norm
 from mtpp.training.logging import Progress, RunLogger, echo, truncate_log
@@ -106,12 +115,13 @@ def fit(
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
-    with determinism(config.train.deterministic), compile_settings(config.train.compile):
-        trainer = Trainer(config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite)
-        try:
-            return trainer.run()
-        finally:
-            trainer.close()
+    with distributed.session(config.train.device) as ddp:
+        with determinism(config.train.deterministic), compile_settings(config.train.compile):
+            trainer = Trainer(config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp)
+            try:
+                return trainer.run()
+            finally:
+                trainer.close()
 
 
 def run_variants(
@@ -129,24 +139,38 @@ def run_variants(
     side-by-side table (unless ``logging.quiet``). With ``resume``, finished variants are kept and unfinished ones
     continue from their checkpoints.
     """
-    out_dir = Path(out_dir)
+    with distributed.session(config.train.device) as ddp:
+        return _run_variants(config, variants, Path(out_dir), ddp, resume, data_dir, overwrite)
+
+
+def _run_variants(
+    config: RunConfig, variants: list[dict] | None, out_dir: Path, ddp: Dist, resume: bool, data_dir: str | None,
+    overwrite: bool,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
     configs = variant_configs(config, variants)
     results: dict[str, dict[str, Any]] = {}
     for i, (name, cfg) in enumerate(configs.items(), 1):
         run_dir = out_dir / name
-        echo(f"[{i}/{len(configs)}] variant {name} -> {run_dir}", cfg.logging.quiet)
-        if resume and _finished(run_dir):
-            echo(f"  {name} already finished; keeping its metrics.json", cfg.logging.quiet)
-            results[name] = json.loads((run_dir / METRICS_FILE).read_text())
+        quiet = cfg.logging.quiet or not ddp.is_main
+        echo(f"[{i}/{len(configs)}] variant {name} -> {run_dir}", quiet)
+
+        def look(run_dir: Path = run_dir) -> tuple[dict | None, bool]:  # rank 0's view of the folder
+            done = json.loads((run_dir / METRICS_FILE).read_text()) if resume and _finished(run_dir) else None
+            return done, (run_dir / checkpoint.CHECKPOINT).exists()
+
+        done, has_ckpt = ddp.on_main(look)
+        if done is not None:
+            echo(f"  {name} already finished; keeping its metrics.json", quiet)
+            results[name] = done
             continue
-        has_ckpt = (run_dir / checkpoint.CHECKPOINT).exists()
         results[name] = fit(cfg, run_dir, resume=resume and has_ckpt, data_dir=data_dir, overwrite=overwrite)
     table = comparison_table(results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "comparison.json", results)
-    (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
-    if not config.logging.quiet:
-        print(table)
+    if ddp.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "comparison.json", results)
+        (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
+        if not config.logging.quiet:
+            print(table)
     return results
 
 
@@ -192,6 +216,85 @@ def _finished(run_dir: Path) -> bool:
     return "test" in m and "val" in m
 
 
+# ================================================================================================ the step
+
+
+def train_step(
+    s: Any, batch: Any, want_stats: bool, *, scale: float | None = None, meta: dict[str, Any] | None = None
+) -> None:
+    """One training step: the trainer's (``Trainer``) and the one ``mtpp bench`` times (``Stepper``).
+
+    ``s`` has ``cfg``, ``model``, ``optimizer``, ``aggregator``, ``guard``, ``records`` (a ``StatsBuffer``),
+    ``device``, ``amp``, ``dist`` (``mtpp.training.distributed.Dist``), ``_nll`` and ``_backward``. ``batch`` is
+    a host batch (pinned on CUDA), moved with ``non_blocking=True``. ``scale``: the DDP share of the global batch
+    mean (``ShardedBucketSampler.loss_scales``); ``None`` is 1. With ``want_stats`` the step's losses (global
+    batch means under DDP), diagnostics, gradient norm and skip flag are appended to ``s.records`` with ``meta``.
+
+    No host sync on CUDA: the losses are float32 even under bf16 autocast, the finite flag (all-reduced with MIN
+    across ranks, so every rank skips the same steps) stays on the device and the guard masks the update.
+    """
+    batch = batch.to(s.device, non_blocking=True)
+    ddp: Dist = s.dist
+    if ddp.enabled:
+        _zero_grads(s.model)
+    else:
+        s.optimizer.zero_grad(set_to_none=True)
+    with autocast(s.amp, s.device):
+        out = s._nll(batch)
+    loss_time = out.time_nll.float().mean()
+    loss_mark = out.mark_nll.float().mean()
+    if scale is not None and scale != 1.0:
+        loss_time, loss_mark = loss_time * scale, loss_mark * scale
+    stats = s._backward(loss_time, loss_mark, want_stats)
+    params = _trainable(s.model)
+    norm = grad_norm(params)
+    ok = ddp.all_true(NonFiniteGuard.finite_flag(loss_time, loss_mark, norm))
+    if s.cfg.train.grad_clip is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, s.cfg.train.grad_clip, norm)
+    s.guard.step(ok)
+    if want_stats:
+        losses = ddp.reduce_mean(torch.stack([loss_time.detach(), loss_mark.detach()]))
+        record = {"loss_time": losses[0], "loss_mark": losses[1], **stats}
+        record.update(grad_norm=norm, skipped=(~ok).float())
+        s.records.append(record, **(meta or {}))
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in unique_parameters(model.parameters()) if p.requires_grad and p.grad is not None]
+
+
+def _zero_grads(model: nn.Module) -> None:
+    """DDP: every trainable parameter holds a zero ``.grad`` (not ``None``), so the flat gradient vectors that
+    ``backward_step`` all-reduces have the same layout on every rank whatever each rank's batch reached."""
+    for p in unique_parameters(model.parameters()):
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad.zero_()
+
+
+class Stepper:
+    """What ``train_step`` needs, built as the trainer builds it, without data or a run directory (``mtpp
+    bench``). ``step(batch, want_stats)`` is exactly the trainer's step (``_backward`` is ``Trainer._backward``)."""
+
+    def __init__(self, cfg: RunConfig, num_marks: int, device: torch.device, dist: Dist = SINGLE) -> None:
+        from mtpp.training.gradients import StatsBuffer
+
+        self.cfg, self.device, self.dist = cfg, device, dist
+        self.amp = cfg.train.amp and device.type == "cuda"
+        self.model = build_run_model(cfg, num_marks, device)
+        self._nll = torch.compile(self.model.nll, dynamic=True) if cfg.train.compile else self.model.nll
+        self.optimizer = make_optimizer(cfg.train, self.model, device)
+        self.aggregator = _make_aggregator(cfg)
+        self.guard = NonFiniteGuard(self.optimizer, self.aggregator, cfg.train.max_consecutive_skips, device)
+        self.records = StatsBuffer()
+
+    def step(self, batch: Any, want_stats: bool) -> None:
+        train_step(self, batch, want_stats)
+
+
 # ================================================================================================ the trainer
 
 
@@ -206,20 +309,27 @@ class Trainer:
         resume: bool = False,
         data_dir: str | None = None,
         overwrite: bool = False,
+        dist: Dist = SINGLE,
     ) -> None:
         out_dir = Path(out_dir)
         self.cfg = cfg
         self.out = out_dir
-        self.quiet = cfg.logging.quiet
-        self.device = resolve_device(cfg.train.device)
+        self.dist = dist
+        self.main = dist.is_main
+        self.quiet = cfg.logging.quiet or not self.main
+        device = distributed.rank_device(cfg.train.device, dist.local_rank) if dist.enabled else cfg.train.device
+        self.device = resolve_device(device)
         self.amp = amp_enabled(cfg.train, self.device)
         self.dtype = DTYPES[cfg.data.dtype]
-        stored = _prepare_out_dir(out_dir, resume, overwrite)
-        if resume:
-            _check_resumable(cfg, stored)
+        # rank 0 reads / prepares the run directory; its checkpoint (or its error) reaches every rank
+        where = "cpu" if dist.enabled else self.device
+        state = dist.on_main(lambda: _setup_out_dir(cfg, out_dir, resume, overwrite, where))
         checkpoint.seed_everything(cfg.train.seed)
-        self.data = load_data(cfg.data, data_dir)
+        self.data = _load_data_rank0_first(cfg, data_dir, dist)
         self.model = build_run_model(cfg, self.data.num_marks, self.device)
+        dist.broadcast_module(self.model)  # identical replicas (the same seed gives them anyway on CPU)
+        if dist.rank > 0:  # Monte Carlo nodes / dropout differ across ranks; rank 0 keeps the single-process stream
+            checkpoint.seed_everything(distributed.rank_seed(cfg.train.seed, dist.rank))
         self._nll = torch.compile(self.model.nll, dynamic=True) if cfg.train.compile else self.model.nll
         self.optimizer = make_optimizer(cfg.train, self.model, self.device)
         self.scheduler = make_scheduler(cfg.train, self.optimizer)
@@ -230,14 +340,17 @@ class Trainer:
         self.epoch = 0  # last finished epoch
         self.loader = self._make_loader()
         if resume:
-            self._restore(checkpoint.load(out_dir / checkpoint.CHECKPOINT, map_location=self.device))
-            truncate_log(out_dir, self.epoch)
-        _write_config(out_dir / CONFIG_FILE, cfg, self.device)
-        self.logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
-        self.progress = Progress(cfg.logging.progress and not self.quiet)
+            self._restore(state)
+            if self.main:
+                truncate_log(out_dir, self.epoch)
         from mtpp.training.gradients import StatsBuffer
 
         self.records = StatsBuffer()
+        self.logger: RunLogger | _NoLogger = _NoLogger()
+        if self.main:
+            _write_config(out_dir / CONFIG_FILE, cfg, self.device, dist.world)
+            self.logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
+        self.progress = Progress(cfg.logging.progress and not self.quiet)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -252,6 +365,11 @@ class Trainer:
         from mtpp.data.sampler import make_loader
 
         t = self.cfg.train
+        if self.dist.enabled:
+            return distributed.sharded_loader(
+                self.data.train, t.batch_size, self.dist, seed=t.seed, bucket=t.bucket, dtype=self.dtype,
+                device_type=self.device.type, num_workers=self.cfg.data.num_workers,
+            )  # fmt: skip
         return make_loader(
             self.data.train,
             t.batch_size,
@@ -279,12 +397,16 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> float:
         self.model.train()
         self.loader.batch_sampler.set_epoch(epoch)
+        # under DDP: this rank's share of the global batch mean, per step (module doc of distributed.py)
+        scales = self.loader.batch_sampler.loss_scales() if self.dist.enabled else None
         self.progress.start_epoch(epoch, len(self.loader), f"epoch {epoch}/{self.cfg.train.max_epochs}")
         start = last = time.perf_counter()
         pending_events = pending_steps = 0
-        for batch in self.loader:
-            n_events = int(batch.lengths.sum())  # a CPU tensor: no device sync
-            self._train_step(epoch, batch.to(self.device, non_blocking=True))
+        for i, batch in enumerate(self.loader):
+            scale = None if scales is None else scales[i]
+            # a CPU tensor: no device sync; events of every rank (the ranks' batches are equal in size up to one)
+            n_events = int(batch.lengths.sum()) * self.dist.world if scale != 0.0 else 0
+            self._train_step(epoch, batch, scale)
             self.counters.events += n_events
             pending_events += n_events
             pending_steps += 1
@@ -297,26 +419,11 @@ class Trainer:
         self.counters.train_seconds += seconds
         return seconds
 
-    def _train_step(self, epoch: int, batch: Any) -> None:
+    def _train_step(self, epoch: int, batch: Any, scale: float | None = None) -> None:
         self.counters.step += 1
         step = self.counters.step
         want_stats = step % self.cfg.gradients.log_every == 0
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.amp, self.device):
-            out = self._nll(batch)
-        loss_time = out.time_nll.float().mean()
-        loss_mark = out.mark_nll.float().mean()
-        stats = self._backward(loss_time, loss_mark, want_stats)
-        params = self._trainable()
-        norm = grad_norm(params)
-        ok = NonFiniteGuard.finite_flag(loss_time, loss_mark, norm)
-        if self.cfg.train.grad_clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.train.grad_clip, norm)
-        self.guard.step(ok)
-        if want_stats:
-            record = {"loss_time": loss_time.detach(), "loss_mark": loss_mark.detach(), **stats}
-            record.update(grad_norm=norm, skipped=(~ok).float())
-            self.records.append(record, epoch=epoch, step=step)
+        train_step(self, batch, want_stats, scale=scale, meta={"epoch": epoch, "step": step})
 
     def _backward(self, loss_time: Tensor, loss_mark: Tensor, want_stats: bool) -> dict[str, Tensor]:
         from mtpp.training.gradients import backward_step
@@ -330,10 +437,8 @@ class Trainer:
             self.aggregator,
             want_stats,
             per_tensor=self.cfg.gradients.per_tensor,
+            reduce=self.dist.reduce_mean if self.dist.enabled else None,  # DDP: global-batch gradients
         )
-
-    def _trainable(self) -> list[nn.Parameter]:
-        return [p for p in unique_parameters(self.model.parameters()) if p.requires_grad and p.grad is not None]
 
     def _flush(self, steps: int, events: int, since: float) -> float:
         """Write buffered step records (the one host transfer), refresh the bar, enforce the skip limit."""
@@ -366,20 +471,22 @@ class Trainer:
 
         self.model.eval()
         t = self.cfg.train
-        loader = make_loader(
-            self.data.val, t.eval_batch_size or 4 * t.batch_size, shuffle=False, dtype=self.dtype,
-            device_type=self.device.type,
-        )  # fmt: skip
+        part = distributed.shard(self.data.val, self.dist)  # all of it in one process
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # L_T, L_M, scored events
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(t.seed)
-            for batch in loader:
-                batch = batch.to(self.device, non_blocking=True)
-                with autocast(self.amp, self.device):
-                    out = self.model.nll(batch)
-                sums += torch.stack([out.time_nll.sum(), out.mark_nll.sum(), out.scored.sum()]).double()
-        lt, lm, ev = sums.tolist()
+            torch.manual_seed(distributed.rank_seed(t.seed, self.dist.rank))
+            if part:
+                loader = make_loader(
+                    part, t.eval_batch_size or 4 * t.batch_size, shuffle=False, dtype=self.dtype,
+                    device_type=self.device.type,
+                )  # fmt: skip
+                for batch in loader:
+                    batch = batch.to(self.device, non_blocking=True)
+                    with autocast(self.amp, self.device):
+                        out = self.model.nll(batch)
+                    sums += torch.stack([out.time_nll.sum(), out.mark_nll.sum(), out.scored.sum()]).double()
+        lt, lm, ev = self.dist.sum_(sums).tolist()  # every rank: the same totals, the same decisions
         n = len(self.data.val)
         return {
             "val_nll_time_per_seq": lt / n,
@@ -396,7 +503,9 @@ class Trainer:
         self.epoch = epoch
         if improved:
             self._save_best()
-        checkpoint.save_atomic(self._checkpoint_state(), self.out / checkpoint.CHECKPOINT)
+        state = self._checkpoint_state()  # a collective under DDP (every rank's generator states)
+        if self.main:
+            checkpoint.save_atomic(state, self.out / checkpoint.CHECKPOINT)
         guard = self.guard.state_dict()
         record = {
             "kind": "epoch", "epoch": epoch, "step": self.counters.step, **val, "epoch_seconds": seconds,
@@ -436,6 +545,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _save_best(self) -> None:
+        if not self.main:
+            return
         state = {
             "model": self.early.best_model_state(self.model),
             "epoch": self.early.best_epoch,
@@ -446,6 +557,7 @@ class Trainer:
         checkpoint.save_atomic(state, self.out / checkpoint.BEST)
 
     def _checkpoint_state(self) -> dict[str, Any]:
+        rng_ranks = self.dist.gather_objects(checkpoint.rng_state()) if self.dist.enabled else None
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -460,6 +572,7 @@ class Trainer:
             "num_marks": self.data.num_marks,
             "config": self.cfg.to_dict(),
             "version": mtpp.__version__,
+            **({"rng_ranks": rng_ranks, "world_size": self.dist.world} if rng_ranks is not None else {}),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -474,7 +587,13 @@ class Trainer:
         self.guard.load_state_dict(state["guard"])
         self.counters = Counters(**state["counters"])
         self.epoch = int(state["epoch"])
-        checkpoint.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.dist.world:
+            checkpoint.set_rng_state(ranks[self.dist.rank])
+        else:
+            checkpoint.set_rng_state(state["rng"])
+            if self.dist.rank > 0:  # another world size than the checkpoint's: fresh per-rank streams
+                checkpoint.seed_everything(distributed.rank_seed(self.cfg.train.seed + self.epoch, self.dist.rank))
 
     # ------------------------------------------------------------------ the end
 
@@ -488,18 +607,24 @@ class Trainer:
         metrics: dict[str, Any] = {}
         t = self.cfg.train
         for split in ("val", "test"):
-            m, arrays = evaluate_model(
-                self.model, self.data.split(split), batch_size=t.eval_batch_size or 4 * t.batch_size,
-                device=self.device, dtype=self.dtype, seed=t.seed,
-            )  # fmt: skip
+            kwargs = dict(batch_size=t.eval_batch_size or 4 * t.batch_size, device=self.device, dtype=self.dtype)
+            if self.dist.enabled:
+                m, arrays = distributed.evaluate_sharded(
+                    self.model, self.data.split(split), self.dist, seed=t.seed, **kwargs
+                )
+            else:
+                m, arrays = evaluate_model(self.model, self.data.split(split), seed=t.seed, **kwargs)
             m["first_event"] = self.cfg.model.first_event
             metrics[split] = with_run_fields(m, summary)
-            write_json(self.out / f"arrays_{split}.json", arrays)
+            if self.main:
+                write_json(self.out / f"arrays_{split}.json", arrays)
         metrics["train"] = summary
-        write_json(self.out / METRICS_FILE, metrics)
-        metrics = json.loads((self.out / METRICS_FILE).read_text())  # NaN -> None, as on disk
+        if self.main:
+            write_json(self.out / METRICS_FILE, metrics)
+        metrics = json.loads(json.dumps(json_safe(metrics)))  # NaN -> None, as on disk
         if not self.quiet:
             print(final_summary(self.out, metrics))
+        self.dist.barrier()  # the run directory is complete before any rank returns
         return metrics
 
     def _train_summary(self) -> dict[str, Any]:
@@ -526,6 +651,9 @@ class Trainer:
             self.logger.close()
 
 
+Stepper._backward = Trainer._backward  # type: ignore[attr-defined]  # one backward path for trainer and bench
+
+
 def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
     tr, val, test = metrics["train"], metrics["val"], metrics["test"]
     lines = [
@@ -547,6 +675,42 @@ def _make_aggregator(cfg: RunConfig) -> Any:
     from mtpp.training.aggregators import make_aggregator
 
     return make_aggregator(cfg.gradients.aggregator, **cfg.gradients.options)
+
+
+class _NoLogger:
+    """The logger of ranks other than 0: they write nothing."""
+
+    def write(self, record: dict[str, Any], prefix: str = "train") -> None: ...
+
+    def write_many(self, records: Any, prefix: str = "train") -> None:
+        for _ in records:
+            pass
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _setup_out_dir(
+    cfg: RunConfig, out_dir: Path, resume: bool, overwrite: bool, map_location: Any
+) -> dict[str, Any] | None:
+    """Prepare ``out_dir`` (rank 0); with ``resume`` check the stored config and return the checkpoint."""
+    stored = _prepare_out_dir(out_dir, resume, overwrite)
+    if not resume:
+        return None
+    _check_resumable(cfg, stored)
+    return checkpoint.load(out_dir / checkpoint.CHECKPOINT, map_location=map_location)
+
+
+def _load_data_rank0_first(cfg: RunConfig, data_dir: str | None, ddp: Dist) -> Any:
+    """Rank 0 loads (and, on first use, prepares) the data before the other ranks read it."""
+    box: dict[str, Any] = {}
+
+    def load() -> None:
+        box["data"] = load_data(cfg.data, data_dir)
+
+    ddp.on_main(load)
+    return box["data"] if ddp.is_main else load_data(cfg.data, data_dir)
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
@@ -593,7 +757,7 @@ def _check_resumable(cfg: RunConfig, stored: dict | None) -> None:
         raise ConfigError("--resume: train.seed differs from the stored config.yaml")
 
 
-def _write_config(path: Path, cfg: RunConfig, device: torch.device) -> None:
+def _write_config(path: Path, cfg: RunConfig, device: torch.device, world_size: int = 1) -> None:
     data = cfg.to_dict()
     data.pop("variants", None)
     data["run_info"] = {
@@ -602,6 +766,7 @@ def _write_config(path: Path, cfg: RunConfig, device: torch.device) -> None:
         "torch_version": str(torch.__version__),
         "seed": cfg.train.seed,
         "device": str(device),
+        "world_size": world_size,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     tmp = path.with_name(f".{path.name}.tmp")
