@@ -149,10 +149,15 @@ def compile_settings(enabled: bool) -> Iterator[None]:
 
 
 def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
-    if not enabled or device.type != "cuda":
+    """bf16 autocast for the forward pass when ``enabled``, on CUDA or CPU; a no-op elsewhere.
+
+    The trainer enables it only on CUDA (``amp_enabled``); the CPU branch runs the same code path in tests on
+    machines without a GPU. The likelihood terms are computed in float32 by the decoders and the losses are cast
+    to float32 by ``train_step`` either way.
+    """
+    if not enabled or device.type not in ("cuda", "cpu"):
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
