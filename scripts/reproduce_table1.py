@@ -22,6 +22,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -309,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in names if args.datasets is None or n in args.datasets]
     prepared = prepare_datasets(names, resolve_data_dir(args.data_dir), args.prepared_dir)
     args.out.mkdir(parents=True, exist_ok=True)
-    experiment = args.out / "table1_experiment.yaml"
-    experiment.write_text(yaml.safe_dump(subset_experiment(raw, args, prepared), sort_keys=False))
+    text = yaml.safe_dump(subset_experiment(raw, args, prepared), sort_keys=False)
+    # one file per subset, so two invocations sharing --out never read each other's grid
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    experiment = args.out / f"table1_experiment-{digest}.yaml"
+    experiment.write_text(text)
     code = mtpp_main(compare_argv(experiment, args))
     if args.dry_run or code == 2:  # 2: a configuration error, nothing ran
         return code
