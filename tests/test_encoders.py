@@ -20,7 +20,7 @@ from mtpp.models.embeddings import (
     log_gap,
 )
 
-ENCODER_NAMES = ("gru", "thp", "sahp", "fnn")
+ENCODER_NAMES = ("gru", "rnn", "thp", "sahp", "fnn")
 
 
 @pytest.fixture(autouse=True)
@@ -173,7 +173,7 @@ def test_bad_sizes_raise_config_error() -> None:
         ENCODERS.build("sahp", K, tiny_cfg("sahp", hidden_size=9, num_heads=1))
     with pytest.raises(ConfigError, match="window"):
         ENCODERS.build("fnn", K, tiny_cfg("fnn", window=0))
-    with pytest.raises(ConfigError, match="valid: fnn, gru, sahp, thp"):
+    with pytest.raises(ConfigError, match="valid: fnn, gru, rnn, sahp, thp"):
         ENCODERS.build("lstm", K, tiny_cfg("gru"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENCODERS = ("gru", "thp", "sahp", "fnn")
+ENCODERS = ("gru", "rnn", "thp", "sahp", "fnn")
 TIME_DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
 PARAMETRISATIONS = ("base", "plus", "plusplus")
 INTEGRATION = ("mc", "gauss_legendre")

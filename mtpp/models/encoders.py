@@ -46,19 +46,21 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-@ENCODERS.register("gru")
-class GRUEncoder(Encoder):
-    """GRU over ``[mark embedding; Time2Vec(log tau)]`` event inputs, learned initial state as the start state.
+class RecurrentEncoder(Encoder):
+    """A recurrent network over ``[mark embedding; Time2Vec(log tau)]`` event inputs, learned initial state as the
+    start state. Subclasses choose the cell (``cell``: ``nn.GRU`` or ``nn.RNN``).
 
-    ``h_0`` = learned initial hidden state (last layer), ``h_i`` = GRU state after events ``0..i-1``.
-    Size: ``hidden_size`` units, ``num_layers`` stacked layers (``dropout`` between layers).
+    ``h_0`` = learned initial hidden state (last layer), ``h_i`` = state after events ``0..i-1``.
+    Size: ``hidden_size`` units, ``num_layers`` stacked layers (``dropout`` between layers). Memory linear in ``L``.
     """
+
+    cell: type[nn.RNNBase] = nn.GRU
 
     def __init__(self, num_marks: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.embed = EventEmbedding(num_marks, cfg.mark_embedding_size, cfg.time_embedding_size)
         self.num_layers = cfg.num_layers
-        self.rnn = nn.GRU(
+        self.rnn = self.cell(
             self.embed.output_size,
             cfg.hidden_size,
             num_layers=cfg.num_layers,
@@ -75,6 +77,20 @@ class GRUEncoder(Encoder):
         out, _ = self.rnn(x, h0)  # [B, L, D]: state after events 0..i
         start = self.h0[-1].to(out.dtype).expand(b, 1, -1)
         return torch.cat([start, out], dim=1)
+
+
+@ENCODERS.register("gru")
+class GRUEncoder(RecurrentEncoder):
+    """GRU history encoder (the Bosser & Ben Taieb reference encoder)."""
+
+    cell = nn.GRU
+
+
+@ENCODERS.register("rnn")
+class RNNEncoder(RecurrentEncoder):
+    """Vanilla tanh RNN history encoder (RMTPP's original recurrent cell; cheaper than a GRU)."""
+
+    cell = nn.RNN
 
 
 class CausalSelfAttentionLayer(nn.Module):
