@@ -25,7 +25,6 @@ scaled too (cosines and GMS are scale-free).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -184,13 +183,18 @@ def backward_step(
       histories ``h``) on the graphs of ``time_nll`` and ``mark_nll``, and each loss is a chain of one-input
       operations of one of them (``.float()``, ``.mean()``, a scale), so both reach the encoder parameters only
       through ``h``. Then ``dL_T/d(h, rest)`` and ``dL_M/d(h, rest)`` by two ``autograd.grad`` calls that stop at
-      ``h`` (decoder-side only, cheap), and ONE vector-Jacobian product through the encoder with the two
-      cotangents stacked (``is_grads_batched=True``: a vmapped backward, batched on CPU and CUDA for the GRU and
-      attention encoders) gives ``[g_T, g_M]`` for every encoder parameter. Exact (no subtraction): the same
-      gradients as the generic path up to float rounding. Cost over a plain step: about 0.5-0.8 of one encoder
-      backward. If the batched backward raises (an op without a vmap rule), two sequential ones are used.
-    - **generic path** (any other model or loss): two ``autograd.grad`` calls over all trainable parameters: one
-      extra full backward compared with a plain step.
+      ``h`` (decoder-side only: together they cost about the decoder part of one ordinary backward), and ONE
+      vector-Jacobian product through the encoder with the two cotangents stacked (``is_grads_batched=True``, a
+      vmapped backward; no per-sample fallback for the gru / thp / sahp / fnn encoders on CPU) gives
+      ``[g_T, g_M]`` for every encoder parameter. Exact (no subtraction): the gradients of the generic path up to
+      float rounding. Cost over a plain step: about 0.7 of one encoder backward (the batched GRU backward on CPU
+      costs ~1.7x a single one, against 2x for two; attention encoders are flop-bound, ~2x, so there it costs
+      about what the generic path does). Not measured on CUDA (cuDNN's RNN backward may have no vmap rule: then
+      vmap loops, or raises and two sequential backwards are used; same gradients either way). The graph is
+      retained until the losses are freed (as usual, at the end of the step). The first batched call in a
+      process pays a one-off vmap warm-up (~1-3 s on CPU).
+    - **generic path** (any other model or loss, ``torch.compile``-d ``nll``, or ``use_boundary=False``): two
+      ``autograd.grad`` calls over all trainable parameters: one extra full backward compared with a plain step.
 
     Either way each task-specific parameter gets its exact own gradient.
 
@@ -212,7 +216,7 @@ def backward_step(
         return conflict_stats({k: [] for k in groups}, {k: [] for k in groups}, per_tensor, device)
 
     params = shared_list + others
-    boundary = find_boundary(loss_time, loss_mark) if use_boundary and _BOUNDARY_ON else None
+    boundary = find_boundary(loss_time, loss_mark) if use_boundary else None
     if boundary is not None:
         raw_T, raw_M = _boundary_task_grads(loss_time, loss_mark, boundary, groups.get("encoder", []), params)
     else:
@@ -245,8 +249,6 @@ def backward_step(
             _accumulate(p, a + b)
     return stats
 
-
-_BOUNDARY_ON = os.environ.get("MTPP_BOUNDARY_GRADS", "1") != "0"  # TEMPORARY A/B switch for the bench
 
 _MAX_CHAIN = 16  # one-input nodes walked from a loss to the tagged ``time_nll`` / ``mark_nll`` node
 
