@@ -15,6 +15,7 @@ import torch
 from mtpp.errors import ConfigError
 from mtpp.models.base import TimeDistribution
 from mtpp.models.config import ModelConfig
+from mtpp.models import integrate
 from mtpp.models.registry import TIME_DECODERS
 from mtpp.models.time_decoders import (
     TIE_FLOOR,
@@ -315,3 +316,68 @@ def test_constant_intensity_gives_poisson_likelihood(name, method):
     nll = -dist.log_prob(taus).sum() - last.log_survival(torch.tensor([[window - 4.1]], dtype=DT)).sum()
     expected = -(5 * torch.log(r) - r * window)
     torch.testing.assert_close(nll, expected, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- quantile search
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", NAMES)
+def test_icdf_inverts_cdf_monotone_extremes_and_ties(name, dtype):
+    """icdf(cdf(tau)) == tau over 8 decades, monotone in u, u near 0 and 1, u = 0 and repeated u (ties)."""
+    dec = make_decoder(name).to(dtype).eval()
+    rtol = 1e-5 if dtype == torch.float64 else 2e-3
+    with torch.no_grad():
+        dist = dec(random_h().to(dtype))
+        tau = torch.logspace(-4, 2, 13, dtype=dtype).expand(2, 3, 13)
+        u = dist.cdf(tau)
+        # float32 cdf = -expm1(log S) itself is only ~1e-7 absolute: compare where that is small relative to u
+        ok = (u > 1e-3) & (u < 1 - 1e-3) if dtype == torch.float32 else (u > 1e-12) & (u < 1 - 1e-9)
+        back = dist.icdf(u)
+        torch.testing.assert_close(back[ok], tau[ok], rtol=rtol, atol=0)
+        grid = torch.tensor([0.0, 1e-6, 1e-3, 0.25, 0.5, 0.5, 0.75, 0.999, 1 - 1e-5], dtype=dtype).expand(2, 3, 9)
+        q = dist.icdf(grid)
+        assert torch.isfinite(q).all() and (q.diff(dim=-1) >= 0).all()
+        assert torch.equal(q[..., 0], torch.zeros(2, 3, dtype=dtype))  # u = 0 gives a zero gap
+        assert torch.equal(q[..., 4], q[..., 5])  # ties
+        inner = grid[..., 1:]
+        atol = 1e-6 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(dist.cdf(q[..., 1:]), inner, rtol=10 * rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lnm_icdf_on_a_wide_multimodal_mixture(dtype):
+    """Newton in the component-quantile bracket against a long float64 bisection, 32 well-separated components."""
+    g = torch.Generator().manual_seed(0)
+    lw = torch.log_softmax(2 * torch.randn(4, 16, 32, generator=g, dtype=DT), -1)
+    m = 3 * torch.randn(4, 16, 32, generator=g, dtype=DT)
+    ls = torch.randn(4, 16, 32, generator=g, dtype=DT) - 0.5
+    ref = LogNormalMixture(lw, m, ls)
+    dist = LogNormalMixture(lw.to(dtype), m.to(dtype), ls.to(dtype))
+    for uu in (1e-6, 0.01, 0.3, 0.5, 0.9, 1 - 1e-5):
+        u = torch.full((4, 16), uu, dtype=dtype)
+        x = dist.icdf(u).log().double()
+        u64 = u.double()
+        q = m + ls.exp() * torch.special.ndtri(u64).unsqueeze(-1)  # component quantiles bracket the mixture's
+        lo, hi = q.amin(-1), q.amax(-1)
+        for _ in range(80):  # the reference: bisection of F on the precise side
+            mid = 0.5 * (lo + hi)
+            t = torch.exp(mid)
+            below = torch.where(u64 > 0.5, ref.log_survival(t) > torch.log1p(-u64), ref._log_cdf(t) < torch.log(u64))
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        tol = 1e-9 if dtype == DT else 1e-3
+        torch.testing.assert_close(x, 0.5 * (lo + hi), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["thp", "sahp"])
+def test_quadrature_icdf_inverts_the_gauss_legendre_compensator_under_mc(name):
+    """With the Monte Carlo rule the quantile still inverts the deterministic Gauss-Legendre Lambda, and trailing
+    query points ([B, L, M]) give the same quantiles as [B, L]."""
+    dist = make_decoder(name, integration="mc", integration_nodes=64)(random_h())
+    with torch.no_grad():
+        u = torch.tensor([[0.1, 0.5, 0.9], [0.01, 0.3, 0.99]], dtype=DT)
+        q = dist.icdf(u)
+        big = integrate.compensator(dist.log_intensity, q, "gauss_legendre", 64)
+        torch.testing.assert_close(big, -torch.log1p(-u), rtol=1e-9, atol=0)
+        stacked = dist.icdf(torch.stack([u, u.flip(-1)], dim=-1))
+        torch.testing.assert_close(stacked[..., 0], q, rtol=1e-12, atol=0)

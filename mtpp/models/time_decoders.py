@@ -44,8 +44,25 @@ LOG_TAU_BRACKET = (-30.0, 30.0)
 """Quantile search range in ``log tau`` for distributions without a closed-form quantile (~1e-13 to ~1e13)."""
 
 BISECTION_STEPS = 40
-"""Fixed bisection steps: the bracket width 60 shrinks to ``60 / 2**40 ~ 5e-11`` in ``log tau`` (1e-6 relative is
-required). Each step costs one ``Lambda`` evaluation of the batch, so memory stays that of one ``log_prob``."""
+"""Fixed bisection steps of FNN's ``icdf``: the bracket width 60 shrinks to ``60 / 2**40 ~ 5e-11`` in ``log tau``."""
+
+QUANTILE_GRID_STEP = 2.0
+"""Spacing in ``log tau`` of the grid over ``LOG_TAU_BRACKET`` on which ``icdf`` first brackets the quantile (31
+points): ``Lambda`` at every grid point comes from ONE batched call (``_grid_hazard``), so the Newton search starts
+inside a cell of width 2 from a log-log interpolation instead of the whole bracket."""
+
+QUANTILE_GRID_NODES = 4
+"""Gauss-Legendre nodes per grid cell for the cumulative compensator of THP / SAHP on the grid (a guide only: the
+search then inverts the decoder's own ``num_nodes`` rule)."""
+
+NEWTON_STEPS = 10
+"""Safeguarded Newton steps of ``icdf`` after the grid (hazard-based decoders), in ``log Lambda`` vs ``log tau``.
+Each costs one ``(Lambda, lambda)`` evaluation of the batch (one compensator call with the query point appended for
+THP / SAHP; one forward-mode pass for FNN). Steps that would leave the bracket or do not shrink fast enough are
+bisections (``_safeguarded_newton``)."""
+
+LNM_NEWTON_STEPS = 20
+"""Fixed steps of the log-normal mixture's safeguarded Newton search (one ``log_ndtr`` per component per step)."""
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -88,6 +105,37 @@ def _overflow_safe_exp(x: Tensor) -> Tensor:
     return torch.where(x <= m, torch.exp(below), math.exp(m) * (1.0 + above - m))
 
 
+def _safeguarded_newton(
+    fn: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, lo: Tensor, hi: Tensor, steps: int
+) -> Tensor:
+    """Root of an increasing ``g`` in ``[lo, hi]`` (``g(lo) <= 0 <= g(hi)``) by ``steps`` safeguarded Newton steps.
+
+    ``fn(x) -> (g(x), g'(x))`` elementwise. Every evaluation shrinks the bracket by the sign of ``g``; the next
+    point is the Newton point where it lies in the bracket and the step is at most half the step before last
+    (``rtsafe``; steps below ``sqrt(eps)`` are always taken: near the root they are rounding noise, and a
+    bisection of a still one-sided bracket would throw the iterate far away), else the bracket's midpoint.
+    Fixed work, no data-dependent branching, no host sync; NaN or infinite ``g`` / ``g'`` fall back to bisection.
+    Returns the last iterate (always inside the bracket).
+    """
+    tol = math.sqrt(torch.finfo(x.dtype).eps)  # steps this small are always taken (rounding noise of g)
+    dx = hi - lo
+    dx_old = dx
+    for _ in range(steps):
+        g, dg = fn(x)
+        below = g < 0
+        lo = torch.where(below, x, lo)
+        hi = torch.where(below, hi, x)
+        newton = x - g / dg
+        step = (newton - x).abs()
+        fast = (2.0 * step <= dx_old) | (step <= tol)
+        ok = (newton >= lo) & (newton <= hi) & fast  # False for NaN
+        nxt = torch.where(ok, newton, 0.5 * (lo + hi))
+        dx_old = dx
+        dx = (nxt - x).abs()
+        x = nxt
+    return x
+
+
 # ----------------------------------------------------------------------------------------------- distributions
 
 
@@ -96,8 +144,9 @@ class HazardDistribution:
 
     Subclasses implement ``log_intensity(tau)`` (``log lambda``) and ``cumulative_hazard(tau)`` (``Lambda``);
     this class derives ``log_prob = log lambda - Lambda``, ``log_survival = -Lambda``, ``cdf = -expm1(-Lambda)``,
-    ``icdf`` by vectorised bisection of ``Lambda(tau) = -log1p(-u)`` in ``log tau`` (fixed ``BISECTION_STEPS``,
-    bracket ``LOG_TAU_BRACKET``; quantiles outside it are returned at its edge), and ``sample`` by inverse transform.
+    ``icdf`` by a grid bracket and safeguarded Newton on ``log Lambda(tau) = log(-log1p(-u))`` in ``log tau``
+    (see ``icdf``; bracket ``LOG_TAU_BRACKET``, quantiles outside it are returned at its edge), and ``sample`` by
+    inverse transform.
 
     ``tau`` may be ``[*batch_shape]`` or ``[*batch_shape, M]`` (trailing query points); lower-rank ``tau`` is
     broadcast to ``batch_shape``.
@@ -145,26 +194,60 @@ class HazardDistribution:
         """``F(tau) = 1 - S(tau)``, computed as ``-expm1(log S)`` (accurate near 0)."""
         return -torch.expm1(self.log_survival(tau))
 
-    def _bisection_hazard(self, tau: Tensor) -> Tensor:
-        """The (deterministic, monotone) ``Lambda`` the quantile search inverts."""
-        return self.cumulative_hazard(tau)
+    def _quantile_hazard(self, tau: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Lambda(tau), log lambda(tau))``: the deterministic, monotone ``Lambda`` that ``icdf`` inverts and
+        (an approximation of) its derivative, which only steers the search. Subclasses evaluate both in one pass."""
+        return self.cumulative_hazard(tau), self.log_intensity(tau)
+
+    _grid_is_exact = True
+    """Whether ``_grid_hazard`` is the very ``Lambda`` that ``icdf`` inverts (else the bracket is widened by a cell)."""
+
+    def _grid_hazard(self, log_grid: Tensor) -> Tensor:
+        """``Lambda`` at ``exp(log_grid): [G]`` for every batch element: ``[*batch_shape, G]``, in one call."""
+        return self.cumulative_hazard(torch.exp(log_grid).expand(*self.batch_shape, -1))
 
     def icdf(self, u: Tensor) -> Tensor:
-        """``F^{-1}(u)`` by bisection: the ``tau`` with ``Lambda(tau) = -log1p(-u)``; ``u = 0`` gives 0.
+        """``F^{-1}(u)``: the ``tau`` with ``Lambda(tau) = E = -log1p(-u)``; ``u = 0`` gives 0.
 
-        Fixed work (``BISECTION_STEPS`` evaluations of ``Lambda`` on the batch), no data-dependent branching.
+        1. ``Lambda`` on the grid of ``LOG_TAU_BRACKET`` with spacing ``QUANTILE_GRID_STEP`` (one batched call,
+           ``_grid_hazard``) gives the cell that holds the quantile and a start by log-log interpolation.
+        2. ``NEWTON_STEPS`` safeguarded Newton steps (``_safeguarded_newton``) on ``g(x) = log Lambda(e^x) - log E``
+           in ``x = log tau``, slope ``g'(x) = tau lambda(tau) / Lambda(tau)``, inside the cell (widened by a cell
+           on each side where the grid ``Lambda`` is only a guide).
+
+        Quantiles outside the bracket are returned at its edge (``u = 1`` gives the upper edge). Fixed work, no
+        data-dependent branching, no host sync; memory of one grid call / one ``log_prob``.
         """
         u = self._align(u)
-        target = -torch.log1p(-u)
-        lo = torch.full_like(u, LOG_TAU_BRACKET[0])
-        hi = torch.full_like(u, LOG_TAU_BRACKET[1])
-        for _ in range(BISECTION_STEPS):
-            mid = 0.5 * (lo + hi)
-            left = self._bisection_hazard(torch.exp(mid)) < target
-            lo = torch.where(left, mid, lo)
-            hi = torch.where(left, hi, mid)
-        tau = torch.exp(0.5 * (lo + hi))
-        return torch.where(u > 0, tau, torch.zeros_like(tau))
+        log_target = torch.log(-torch.log1p(-u))  # -inf at u = 0, inf at u = 1
+        a, b = LOG_TAU_BRACKET
+        n_grid = int(round((b - a) / QUANTILE_GRID_STEP)) + 1
+        grid = torch.linspace(a, b, n_grid, dtype=self.dtype, device=self.device)
+        big = self._grid_hazard(grid)  # [*batch, G], non-decreasing (up to rounding: may be <= 0 near 0)
+        if u.dim() > self._nb:  # trailing query points: the grid is per batch element
+            big = _expand_params(big, u, self._nb)
+        k = (big < torch.exp(log_target).unsqueeze(-1)).sum(-1, keepdim=True)  # grid points below the quantile
+        log_big = torch.log(big)
+        pad = 0 if self._grid_is_exact else 1
+        i_lo = (k - 1 - pad).clamp(0, n_grid - 1)
+        i_hi = (k + pad).clamp(0, n_grid - 1)
+        lo = grid[i_lo].squeeze(-1)
+        hi = grid[i_hi].squeeze(-1)
+        j0 = (k - 1).clamp(0, n_grid - 2)  # the cell [grid[j0], grid[j0 + 1]] of the start
+        f0 = log_big.expand(*u.shape, n_grid).gather(-1, j0).squeeze(-1)
+        f1 = log_big.expand(*u.shape, n_grid).gather(-1, j0 + 1).squeeze(-1)
+        x_lo = grid[j0].squeeze(-1)
+        frac = torch.nan_to_num((log_target - f0) / (f1 - f0), nan=0.5).clamp(0.0, 1.0)
+        x0 = torch.minimum(torch.maximum(x_lo + frac * QUANTILE_GRID_STEP, lo), hi)
+
+        def g(x: Tensor) -> tuple[Tensor, Tensor]:
+            big, log_rate = self._quantile_hazard(torch.exp(x))
+            log_big = torch.log(big)
+            return log_big - log_target, torch.exp(x + log_rate - log_big)
+
+        x = _safeguarded_newton(g, x0, lo, hi, NEWTON_STEPS)
+        x = torch.where(u >= 1, torch.full_like(x, b), x)
+        return torch.where(u > 0, torch.exp(x), torch.zeros_like(x))
 
     def sample(self, sample_shape: torch.Size = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
         """Exact samples ``[*sample_shape, *batch_shape]`` by inverse transform ``icdf(U)``, ``U ~ U(0, 1)``."""
@@ -187,8 +270,8 @@ class LogNormalMixture(HazardDistribution):
 
     Closed forms: log density by ``logsumexp``; ``log S = logsumexp_c(log w_c + log_ndtr(-(log tau - m_c)/s_c))``
     (no clamped CDF); mean ``sum_c w_c exp(m_c + s_c^2 / 2)``; exact sampling (component, then normal).
-    ``icdf`` bisects in ``log tau`` inside ``[min_c q_c(u), max_c q_c(u)]`` (the component quantiles bracket the
-    mixture quantile). Tie rule: the log density is evaluated at ``max(tau, TIE_FLOOR)``.
+    ``icdf`` by safeguarded Newton in ``log tau`` inside ``[min_c q_c(u), max_c q_c(u)]`` (the component quantiles
+    bracket the mixture quantile). Tie rule: the log density is evaluated at ``max(tau, TIE_FLOOR)``.
     """
 
     def __init__(self, log_weights: Tensor, means: Tensor, log_scales: Tensor) -> None:
@@ -230,24 +313,35 @@ class LogNormalMixture(HazardDistribution):
         return self.log_prob(tau) - self.log_survival(tau)
 
     def icdf(self, u: Tensor) -> Tensor:
+        """Safeguarded Newton (``LNM_NEWTON_STEPS``) in ``x = log tau`` inside the exact bracket
+        ``[min_c q_c(u), max_c q_c(u)]`` of the component quantiles, from the weighted mean of the ``q_c``.
+
+        One tail per element and step, chosen before the ``logsumexp`` (one ``log_ndtr`` per component):
+        ``g = log F(x) - log u`` for ``u <= 1/2``, ``g = log(1 - u) - log S(x)`` above (the side where the
+        comparison is precise); ``g' = p(x) / F(x)`` resp. ``p(x) / S(x)`` with ``p`` the density of ``log tau``.
+        ``u <= 0`` gives 0, ``u >= 1`` gives ``inf``.
+        """
         u = self._align(u)
         tiny = torch.finfo(self.dtype).tiny
         u_in = u.clamp(tiny, 1.0 - torch.finfo(self.dtype).eps)
-        _, m, log_s = self._params(u_in)
+        log_w, m, log_s = self._params(u_in)
+        inv_s = torch.exp(-log_s)
         q = m + torch.exp(log_s) * torch.special.ndtri(u_in).unsqueeze(-1)  # component quantiles, log tau
         lo = q.amin(-1)
         hi = q.amax(-1)
-        log_u = torch.log(u_in)
-        log_1mu = torch.log1p(-u_in)
-        upper_half = u_in > 0.5
-        for _ in range(64):  # bracket width of at most a few tens in log tau -> below 1e-15
-            mid = 0.5 * (lo + hi)
-            t = torch.exp(mid)
-            # compare on the side where the comparison is precise: log F for u <= 1/2, log S above
-            below = torch.where(upper_half, self.log_survival(t) > log_1mu, self._log_cdf(t) < log_u)
-            lo = torch.where(below, mid, lo)
-            hi = torch.where(below, hi, mid)
-        tau = torch.exp(0.5 * (lo + hi))
+        x0 = (log_w.exp() * q).sum(-1).clamp(lo, hi)
+        upper = u_in > 0.5
+        sign = torch.where(upper, -1.0, 1.0).to(self.dtype)  # tail: log_ndtr(sign * z) is log F or log S
+        log_p = torch.where(upper, torch.log1p(-u_in), torch.log(u_in))
+        log_dens_w = log_w - log_s - _HALF_LOG_2PI  # component densities of log tau, without the exponent
+
+        def g(x: Tensor) -> tuple[Tensor, Tensor]:
+            z = (x.unsqueeze(-1) - m) * inv_s
+            log_tail = torch.logsumexp(log_w + torch.special.log_ndtr(sign.unsqueeze(-1) * z), dim=-1)
+            log_dens = torch.logsumexp(log_dens_w - 0.5 * z.square(), dim=-1)
+            return sign * (log_tail - log_p), torch.exp(log_dens - log_tail)
+
+        tau = torch.exp(_safeguarded_newton(g, x0, lo, hi, LNM_NEWTON_STEPS))
         zero = torch.zeros_like(tau)
         return torch.where(u <= 0, zero, torch.where(u >= 1, torch.full_like(tau, math.inf), tau))
 
@@ -328,7 +422,7 @@ class IntensityDistribution(HazardDistribution):
 
     ``log lambda = logsumexp_c log lambda_c``; ``Lambda`` by ``integrate.compensator`` (one call on all nodes;
     ``log_prob`` evaluates the nodes and ``tau`` itself in the same call). ``cdf`` uses the configured rule (with
-    ``"mc"`` it is a noisy unbiased estimate); ``icdf`` and ``sample`` always bisect a deterministic Gauss-Legendre
+    ``"mc"`` it is a noisy unbiased estimate); ``icdf`` and ``sample`` always invert a deterministic Gauss-Legendre
     ``Lambda`` with ``num_nodes`` nodes.
     """
 
@@ -355,8 +449,25 @@ class IntensityDistribution(HazardDistribution):
         tau = self._align(tau)
         return integrate.compensator(self.log_intensity, tau, self.method, self.num_nodes, self.generator)
 
-    def _bisection_hazard(self, tau: Tensor) -> Tensor:
-        return integrate.compensator(self.log_intensity, tau, "gauss_legendre", self.num_nodes)
+    _grid_is_exact = False
+
+    def _grid_hazard(self, log_grid: Tensor) -> Tensor:
+        """Cumulative Gauss-Legendre ``Lambda`` on the grid: ``QUANTILE_GRID_NODES`` nodes in each cell
+        ``[t_{g-1}, t_g]`` (``t_{-1} = 0``), every node of every cell in ONE intensity call ``[*batch, G n]``."""
+        x, w = integrate.gauss_legendre(QUANTILE_GRID_NODES, self.dtype, self.device)
+        t = torch.exp(log_grid)
+        left = torch.cat([t.new_zeros(1), t[:-1]])
+        width = (t - left).unsqueeze(-1)  # [G, 1]
+        nodes = (left.unsqueeze(-1) + width * x).reshape(-1)  # [G n]
+        lam = self.log_intensity(nodes.expand(*self.batch_shape, -1)).exp()
+        cells = (lam.unflatten(-1, (t.shape[0], x.shape[0])) * (width * w)).sum(-1)
+        return cells.cumsum(-1)
+
+    def _quantile_hazard(self, tau: Tensor) -> tuple[Tensor, Tensor]:
+        """Gauss-Legendre ``Lambda`` (whatever the rule) and ``log lambda(tau)`` in ONE intensity call."""
+        nodes, weights = integrate.quadrature(tau, "gauss_legendre", self.num_nodes)
+        log_lam = self.log_intensity(torch.cat([nodes, tau.unsqueeze(-1)], dim=-1))
+        return (weights * log_lam[..., :-1].exp()).sum(-1), log_lam[..., -1]
 
     def log_prob(self, tau: Tensor) -> Tensor:
         tau = self._align(tau)
@@ -395,6 +506,28 @@ class CumulativeHazardDistribution(HazardDistribution):
     def log_prob(self, tau: Tensor) -> Tensor:
         big, small = self.hazards(self._align(tau))
         return torch.log(small.sum(-1)) - big.sum(-1)
+
+    def _quantile_hazard(self, tau: Tensor) -> tuple[Tensor, Tensor]:
+        """``Lambda`` and its exact derivative ``lambda`` from one forward-mode pass."""
+        big, small = self.hazards(tau)
+        return big.sum(-1), torch.log(small.sum(-1))
+
+    def icdf(self, u: Tensor) -> Tensor:
+        """Plain bisection (``BISECTION_STEPS``) of ``Lambda(tau) = -log1p(-u)`` in ``log tau`` over
+        ``LOG_TAU_BRACKET``: a value-only ``Lambda`` pass of this network is several times cheaper than the
+        forward-mode pass Newton needs, and a ``[*batch, G]`` grid call costs as much as the whole bisection
+        (measured), so the grid + Newton search of ``HazardDistribution.icdf`` would be slower here."""
+        u = self._align(u)
+        target = -torch.log1p(-u)
+        lo = torch.full_like(u, LOG_TAU_BRACKET[0])
+        hi = torch.full_like(u, LOG_TAU_BRACKET[1])
+        for _ in range(BISECTION_STEPS):
+            mid = 0.5 * (lo + hi)
+            left = self.cumulative_hazard(torch.exp(mid)) < target
+            lo = torch.where(left, mid, lo)
+            hi = torch.where(left, hi, mid)
+        tau = torch.exp(0.5 * (lo + hi))
+        return torch.where(u > 0, tau, torch.zeros_like(tau))
 
 
 # ----------------------------------------------------------------------------------------------- intensity modules
