@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from mtpp.data.batch import Batch, collate
-from mtpp.data.sampler import BucketBatchSampler, RandomBatchSampler, make_loader, padding_fraction
+from mtpp.data.sampler import (
+    BucketBatchSampler,
+    RandomBatchSampler,
+    ShardedBucketSampler,
+    make_loader,
+    padding_fraction,
+)
 from mtpp.data.sequence import EventSequence, make_sequence
 
 
@@ -141,22 +147,39 @@ def test_padding_fraction_by_hand() -> None:
 
 
 @pytest.mark.parametrize("cls", [BucketBatchSampler, RandomBatchSampler])
-@pytest.mark.parametrize("n,bs,replicas", [(103, 8, 2), (100, 10, 2), (30, 8, 3), (5, 8, 4)])
-def test_ddp_ranks_cover_everything_with_equal_steps(cls: type, n: int, bs: int, replicas: int) -> None:
+@pytest.mark.parametrize("n,bs,replicas", [(103, 8, 2), (100, 10, 2), (30, 8, 3), (5, 8, 4), (3, 1, 4)])
+def test_ddp_ranks_slice_the_global_batches(cls: type, n: int, bs: int, replicas: int) -> None:
     lengths = _skewed_lengths(n)
-    per_rank = []
-    for rank in range(replicas):
-        s = cls(lengths, bs, seed=1, num_replicas=replicas, rank=rank)
-        s.set_epoch(2)
-        batches = list(s)
-        assert len(batches) == len(s)
-        per_rank.append(batches)
-    assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank
-    covered = {i for batches in per_rank for b in batches for i in b}
-    assert covered == set(range(n))
-    # Only the padding batches repeat: at most replicas - 1 batches appear twice.
-    num_batches = sum(len(b) for b in per_rank)
-    assert num_batches - math.ceil(n / bs) < replicas
+    bucket = cls is BucketBatchSampler
+    ranks = [ShardedBucketSampler(lengths, bs, world=replicas, rank=r, seed=1, bucket=bucket) for r in range(replicas)]
+    glob = cls(lengths, bs * replicas, seed=1)  # the single-process sampler with the global batch size
+    for epoch in (0, 2):
+        glob.set_epoch(epoch)
+        for s in ranks:
+            s.set_epoch(epoch)
+        global_batches = list(glob)
+        per_rank = [list(s) for s in ranks]
+        scales = [s.loss_scales() for s in ranks]
+        # same number of steps on every rank: the number of global batches
+        assert all(len(p) == len(s) == len(global_batches) for p, s in zip(per_rank, ranks))
+        # together the ranks cover every index exactly once per epoch (weight-0 copies aside)
+        real = [i for r in range(replicas) for b, w in zip(per_rank[r], scales[r]) if w > 0 for i in b]
+        assert sorted(real) == list(range(n))
+        for k, g in enumerate(global_batches):
+            parts = np.array_split(np.asarray(g), replicas)
+            for r in range(replicas):
+                if len(parts[r]):  # rank r's contiguous slice of global batch k, scaled by world * n_r / N
+                    assert per_rank[r][k] == parts[r].tolist()
+                    assert scales[r][k] == pytest.approx(replicas * len(parts[r]) / len(g))
+                else:  # fewer sequences than ranks: one real index, weight 0
+                    assert len(per_rank[r][k]) == 1 and per_rank[r][k][0] in g
+                    assert scales[r][k] == 0.0
+            assert sum(scales[r][k] for r in range(replicas)) == pytest.approx(replicas)
+
+
+def test_sharded_sampler_rejects_a_rank_outside_the_world() -> None:
+    with pytest.raises(ValueError):
+        ShardedBucketSampler([3, 4], 2, world=2, rank=2)
 
 
 def test_make_loader_yields_batches() -> None:
@@ -173,3 +196,20 @@ def test_make_loader_yields_batches() -> None:
     first = next(iter(plain))
     assert first.times.dtype == torch.float64
     assert first.lengths.tolist() == [len(s) for s in seqs[:8]]
+    assert type(loader.batch_sampler) is BucketBatchSampler and type(plain.batch_sampler) is RandomBatchSampler
+
+
+def test_make_loader_with_replicas_shards_the_global_batches() -> None:
+    rng = np.random.default_rng(0)
+    seqs = [_seq(np.sort(rng.uniform(0, 10, size=k)).tolist(), rng.integers(0, 3, size=k).tolist()) for k in
+            rng.integers(1, 30, size=37)]
+    loaders = [make_loader(seqs, 4, seed=5, num_replicas=2, rank=r) for r in range(2)]
+    assert all(isinstance(loader.batch_sampler, ShardedBucketSampler) for loader in loaders)
+    single = make_loader(seqs, 8, seed=5)
+    for epoch in (0, 1):
+        for loader in (*loaders, single):
+            loader.batch_sampler.set_epoch(epoch)
+        steps = list(zip(*loaders))
+        assert len(steps) == len(single) == math.ceil(37 / 8)
+        for (a, b), g in zip(steps, single):  # the two ranks' step-k batches are the single-process batch k
+            torch.testing.assert_close(torch.cat([a.lengths, b.lengths]), g.lengths)

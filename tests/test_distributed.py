@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from mtpp.config import load_config
-from mtpp.training.distributed import Dist, ShardedBucketSampler, rank_seed, shard
+from mtpp.data.sampler import ShardedBucketSampler
+from mtpp.training.distributed import Dist, rank_seed, shard
 from mtpp.training.trainer import fit
 
 # 21 training sequences, global batch 8: steps of 8, 8, 5 -> the last one splits 3 / 2 over two ranks

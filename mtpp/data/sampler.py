@@ -1,4 +1,9 @@
-"""Length-bucketing batch sampler (deterministic for a seed, DDP-aware) and the DataLoader factory."""
+"""Length-bucketing batch samplers (deterministic for a seed), their DDP sharding, and the DataLoader factory.
+
+One data-parallel mechanism: ``ShardedBucketSampler`` gives each rank its slice of the batches a single process
+would build with the global batch size (``make_loader(..., num_replicas > 1)`` uses it); the plain samplers know
+nothing about ranks.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,8 @@ class BucketBatchSampler(Sampler[list[int]]):
     Each epoch: shuffle indices (seeded by the pair ``(seed, epoch)``, so runs with different seeds never
     replay each other's epochs shifted by one), cut them into pools of ``pool_batches`` batches,
     sort each pool by length, cut pools into batches, shuffle the batch order. Every index appears exactly
-    once per epoch. With ``shuffle=False`` the order is by length and fixed.
-
-    Under DDP (``num_replicas > 1``) the batch list is split round-robin across ranks after padding it to a
-    multiple of ``num_replicas`` (repeating batches from the start, cyclically), so every rank takes the same
-    number of steps.
+    once per epoch. With ``shuffle=False`` the order is by length and fixed. Under DDP, ``ShardedBucketSampler``
+    slices these batches across the ranks.
     """
 
     def __init__(
@@ -36,8 +38,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         pool_batches: int = 50,
         drop_last: bool = False,
-        num_replicas: int = 1,
-        rank: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -47,8 +47,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.pool_batches = pool_batches
         self.drop_last = drop_last
-        self.num_replicas = num_replicas
-        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -76,18 +74,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._all_batches()
-        if self.num_replicas > 1:
-            total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
-            batches = batches + [batches[i % len(batches)] for i in range(total - len(batches))]
-            batches = batches[self.rank :: self.num_replicas]
-        for b in batches:
+        for b in self._all_batches():
             yield b.tolist()
 
     def __len__(self) -> int:
         n = len(self.lengths)
-        nb = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-        return math.ceil(nb / self.num_replicas)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
 class RandomBatchSampler(BucketBatchSampler):
@@ -100,6 +92,65 @@ class RandomBatchSampler(BucketBatchSampler):
         if self.drop_last and batches and len(batches[-1]) < bs:
             batches.pop()
         return batches
+
+
+class ShardedBucketSampler(Sampler[list[int]]):
+    """Rank ``rank``'s slice of every global batch of a single-process sampler with ``batch_size * world``.
+
+    The inner sampler (``BucketBatchSampler``, or ``RandomBatchSampler`` with ``bucket=False``) builds exactly the
+    batches one process would build with the global batch size (same seed, same length bucketing); rank ``r``
+    takes the ``r``-th contiguous part of each (``np.array_split``: sizes differ by at most one). So every rank
+    takes the same number of steps, and the union of the ranks' step-``k`` batches is the single-process
+    step-``k`` batch.
+
+    ``loss_scales()`` gives, per step of the current epoch, the factor ``world * n_r / N`` (``n_r`` this rank's
+    sequences, ``N`` the global batch's) that turns this rank's batch-mean losses into its share of the global
+    batch mean: the mean over ranks of the scaled losses -- and of their gradients -- is exactly the global batch
+    mean, also for the last, smaller global batch whose slices are unequal. A global batch with fewer sequences
+    than ranks gives the ranks without a sequence a copy of one with weight 0 (they contribute nothing, but keep
+    the collectives in step).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        world: int,
+        rank: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        bucket: bool = True,
+    ) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world of size {world}")
+        cls = BucketBatchSampler if bucket else RandomBatchSampler
+        self.inner = cls(lengths, batch_size * world, shuffle=shuffle, seed=seed)
+        self.world, self.rank = world, rank
+        self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def _slices(self) -> list[tuple[list[int], float]]:
+        out = []
+        for g in self.inner._all_batches():
+            mine = np.array_split(np.asarray(g), self.world)[self.rank]
+            if len(mine):
+                out.append((mine.tolist(), self.world * len(mine) / len(g)))
+            else:  # fewer sequences than ranks: a weight-0 copy keeps the collectives in step
+                out.append(([int(g[0])], 0.0))
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([idx for idx, _ in self._slices()])
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def loss_scales(self) -> list[float]:
+        """Per step of the current epoch: ``world * n_r / N`` (0 for a weight-0 copy)."""
+        return [w for _, w in self._slices()]
 
 
 def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -142,10 +193,20 @@ def make_loader(
     rank: int = 0,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader of ``Batch`` objects; pinned memory when ``device_type == 'cuda'``."""
+    """A DataLoader of ``Batch`` objects; pinned memory when ``device_type == 'cuda'``.
+
+    ``num_replicas > 1``: rank ``rank``'s loader under DDP (``ShardedBucketSampler``, ``batch_size`` per rank;
+    its ``batch_sampler.loss_scales()`` weighs the steps); otherwise the plain sampler.
+    """
     lengths = [len(s) for s in sequences]
-    cls = BucketBatchSampler if bucket else RandomBatchSampler
-    sampler = cls(lengths, batch_size, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
+    sampler: Sampler[list[int]]
+    if num_replicas > 1:
+        sampler = ShardedBucketSampler(
+            lengths, batch_size, world=num_replicas, rank=rank, shuffle=shuffle, seed=seed, bucket=bucket
+        )
+    else:
+        cls = BucketBatchSampler if bucket else RandomBatchSampler
+        sampler = cls(lengths, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(
         _SequenceList(sequences),
         batch_sampler=sampler,

@@ -26,14 +26,15 @@ world size *before* statistics and aggregation. Consequences:
   need per-task gradients; no overlap with the backward pass (DDP's bucketing overlap is given up). For the model
   sizes of this toolkit (10^4-10^6 parameters) the all-reduce is small next to the forward/backward.
 
-**Batches.** ``ShardedBucketSampler`` builds exactly the batches a single process would build with the global
-batch size ``world x train.batch_size`` (same seed, same length bucketing) and gives rank ``r`` the ``r``-th
-contiguous slice of each, so every rank takes the same number of steps and the union of the ranks' step-``k``
-batches is the single-process step-``k`` batch. **Loss normalisation**: rank ``r`` scales its batch-mean losses
-by ``world * n_r / N`` (``n_r`` its sequences, ``N`` the global batch's), so the mean over ranks of the scaled
-losses -- and of their gradients -- is exactly the global batch mean, also for the last, smaller global batch
-whose slices are unequal. A global batch with fewer sequences than ranks gives the ranks without a sequence a
-copy of one with weight 0 (they contribute nothing).
+**Batches.** The training loader is ``mtpp.data.sampler.make_loader(..., num_replicas=world, rank=rank)``: its
+``ShardedBucketSampler`` builds exactly the batches a single process would build with the global batch size
+``world x train.batch_size`` (same seed, same length bucketing) and gives rank ``r`` the ``r``-th contiguous slice
+of each, so every rank takes the same number of steps and the union of the ranks' step-``k`` batches is the
+single-process step-``k`` batch. **Loss normalisation**: rank ``r`` scales its batch-mean losses by
+``world * n_r / N`` (``n_r`` its sequences, ``N`` the global batch's; ``loss_scales()`` of that sampler), so the
+mean over ranks of the scaled losses -- and of their gradients -- is exactly the global batch mean, also for the
+last, smaller global batch whose slices are unequal. A global batch with fewer sequences than ranks gives the
+ranks without a sequence a copy of one with weight 0 (they contribute nothing).
 
 **Randomness.** Every rank seeds with ``train.seed`` before building the model (identical initialisation; the
 parameters and buffers are also broadcast from rank 0), then ranks ``r > 0`` reseed with ``(seed, r)`` so the
@@ -55,16 +56,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from mtpp.data.sampler import BucketBatchSampler, RandomBatchSampler
 from mtpp.errors import ConfigError, MtppError
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -230,85 +228,6 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] % 2**63)
 
 
-# ================================================================================================ batches
-
-
-class ShardedBucketSampler:
-    """Rank ``rank``'s slice of every global batch of a single-process sampler with ``batch_size * world``.
-
-    ``loss_scales()`` gives, per step of the current epoch, the factor ``world * n_r / N`` that turns this rank's
-    batch-mean losses into its share of the global batch mean (see the module doc).
-    """
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        *,
-        world: int,
-        rank: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        bucket: bool = True,
-    ) -> None:
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} outside world of size {world}")
-        cls = BucketBatchSampler if bucket else RandomBatchSampler
-        self.inner = cls(lengths, batch_size * world, shuffle=shuffle, seed=seed)
-        self.world, self.rank = world, rank
-        self.batch_size = batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)
-
-    def _slices(self) -> list[tuple[list[int], float]]:
-        out = []
-        for g in self.inner._all_batches():
-            parts = np.array_split(np.asarray(g), self.world)  # sizes differ by at most one
-            mine = parts[self.rank]
-            if len(mine):
-                out.append((mine.tolist(), self.world * len(mine) / len(g)))
-            else:  # fewer sequences than ranks: a weight-0 copy keeps the collectives in step
-                out.append(([int(g[0])], 0.0))
-        return out
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter([idx for idx, _ in self._slices()])
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def loss_scales(self) -> list[float]:
-        return [w for _, w in self._slices()]
-
-
-def sharded_loader(
-    sequences: Sequence[Any],
-    batch_size: int,
-    ctx: Dist,
-    *,
-    seed: int,
-    bucket: bool,
-    dtype: torch.dtype,
-    device_type: str,
-    num_workers: int = 0,
-) -> DataLoader:
-    """The training loader of one rank (``ShardedBucketSampler``; pinned memory on CUDA)."""
-    from mtpp.data.batch import collate
-
-    sampler = ShardedBucketSampler(
-        [len(s) for s in sequences], batch_size, world=ctx.world, rank=ctx.rank, shuffle=True, seed=seed,
-        bucket=bucket,
-    )  # fmt: skip
-    return DataLoader(
-        list(sequences),
-        batch_sampler=sampler,
-        collate_fn=partial(collate, dtype=dtype),
-        pin_memory=device_type == "cuda",
-        num_workers=num_workers,
-    )
-
-
 def shard(sequences: Sequence[Any], ctx: Dist) -> list[Any]:
     """This rank's evaluation shard ``sequences[rank::world]`` (disjoint, covering)."""
     return list(sequences)[ctx.rank :: ctx.world]
@@ -351,6 +270,5 @@ def evaluate_sharded(
 
 
 __all__ = [
-    "Dist", "SINGLE", "session", "env_world", "rank_device", "rank_seed", "ShardedBucketSampler",
-    "sharded_loader", "shard", "evaluate_sharded",
+    "Dist", "SINGLE", "session", "env_world", "rank_device", "rank_seed", "shard", "evaluate_sharded",
 ]  # fmt: skip

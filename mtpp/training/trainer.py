@@ -365,11 +365,7 @@ class Trainer:
         from mtpp.data.sampler import make_loader
 
         t = self.cfg.train
-        if self.dist.enabled:
-            return distributed.sharded_loader(
-                self.data.train, t.batch_size, self.dist, seed=t.seed, bucket=t.bucket, dtype=self.dtype,
-                device_type=self.device.type, num_workers=self.cfg.data.num_workers,
-            )  # fmt: skip
+        # under DDP: this rank's slice of every global batch (ShardedBucketSampler, with loss_scales())
         return make_loader(
             self.data.train,
             t.batch_size,
@@ -378,6 +374,8 @@ class Trainer:
             bucket=t.bucket,
             dtype=self.dtype,
             device_type=self.device.type,
+            num_replicas=self.dist.world,
+            rank=self.dist.rank,
             num_workers=self.cfg.data.num_workers,
         )
 
