@@ -13,6 +13,11 @@ components; the distributions are the ground-process ones plus ``mark_log_probs`
 ``lambda = sum_k lambda_k`` gives the time distribution (its normalisation guarantees carry over: the floor of
 THP, ``lambda(inf) > 0`` of SAHP, the positive linear term of FNN), and
 ``log p(k | tau) = log lambda_k(tau) - log lambda(tau)`` = ``log_softmax_k log lambda_k(tau)``.
+
+Spaces: the compensator needs only the ground intensity on the integration nodes, evaluated in linear space as
+``sum_k lambda_k`` (never per-mark log values on the ``[B, L, N, K]`` node tensor); the per-mark log intensities
+are computed in log space at the event times only (``[B, L, K]``), once: ``mark_log_probs(tau)`` and
+``log_prob(tau)`` on the same ``tau`` tensor share them (see ``IntensityDistribution``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class MarkedIntensityDistribution(IntensityDistribution):
 
     def mark_log_probs(self, tau: Tensor) -> Tensor:
         """``log lambda_k(tau) - log lambda(tau)``; ``tau: [B, L]`` (or ``[B, L, M]``) -> ``[..., K]``."""
-        return torch.log_softmax(self.component_log_intensity(self._align(tau)), dim=-1)
+        return torch.log_softmax(self._event_log_rates(self._align(tau)), dim=-1)
 
 
 class MarkedCumulativeHazardDistribution(CumulativeHazardDistribution):

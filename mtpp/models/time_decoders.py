@@ -416,14 +416,27 @@ class IntensityDistribution(HazardDistribution):
     """Ground process of ``C`` component intensities without a closed-form integral (THP, SAHP).
 
     Args:
-        component_log_intensity: ``tau: [*batch, *extra] -> [*batch, *extra, C]`` (``log lambda_c``).
+        component_log_intensity: ``tau: [*batch, *extra] -> [*batch, *extra, C]`` (``log lambda_c``); a
+            ``ComponentIntensities`` (what the intensity modules return) also gives the linear-space ground
+            intensity used on the integration nodes.
         batch_shape, dtype, device: of the parameters.
         method, num_nodes, generator: the compensator rule (see ``mtpp.models.integrate``).
+        ground_intensity: ``tau: [*batch, *extra] -> [*batch, *extra]``, ``sum_c lambda_c`` in linear space;
+            default: ``component_log_intensity.ground`` when it has one, else ``exp(logsumexp_c log lambda_c)``.
 
-    ``log lambda = logsumexp_c log lambda_c``; ``Lambda`` by ``integrate.compensator`` (one call on all nodes;
-    ``log_prob`` evaluates the nodes and ``tau`` itself in the same call). ``cdf`` uses the configured rule (with
-    ``"mc"`` it is a noisy unbiased estimate); ``icdf`` and ``sample`` always invert a deterministic Gauss-Legendre
-    ``Lambda`` with ``num_nodes`` nodes.
+    **Two spaces.** ``Lambda`` by ``integrate.integral`` of the LINEAR ground intensity on all ``N`` nodes in one
+    call (a sum of positive terms: no ``log``/``exp`` round trip, no ``logsumexp`` over components on the
+    ``[*batch, N, C]`` tensor); ``log lambda(tau) = logsumexp_c log lambda_c(tau)`` in log space at the query
+    points only (``[*batch, C]``). ``log_prob`` makes these two calls.
+
+    **Cache at the observed gaps.** ``log_prob(tau)`` keeps ``(tau, Lambda(tau))`` and the component log
+    intensities at ``tau``; a later ``cumulative_hazard`` / ``log_survival`` / ``cdf`` or ``mark_log_probs`` /
+    ``log_intensity`` with the very same tensor (identity, unchanged version counter, same grad mode) reuses them
+    instead of recomputing: exactly the same values, and with ``"mc"`` the PIT of ``score`` uses the same nodes as
+    its NLL. Any other ``tau`` is computed afresh.
+
+    ``cdf`` uses the configured rule (with ``"mc"`` it is a noisy unbiased estimate); ``icdf`` and ``sample`` always
+    invert a deterministic Gauss-Legendre ``Lambda`` with ``num_nodes`` nodes.
     """
 
     def __init__(
@@ -435,19 +448,58 @@ class IntensityDistribution(HazardDistribution):
         method: str = "gauss_legendre",
         num_nodes: int = 50,
         generator: torch.Generator | None = None,
+        ground_intensity: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__(batch_shape, dtype, device)
         self.component_log_intensity = component_log_intensity
+        if ground_intensity is None:
+            ground_intensity = getattr(component_log_intensity, "ground", None)
+        self._ground = ground_intensity
         self.method = method
         self.num_nodes = num_nodes
         self.generator = generator
+        self._cache: dict[str, tuple[Tensor, int, bool, Tensor]] = {}
+
+    # -- cache keyed by tensor identity
+    def _cached(self, key: str, tau: Tensor) -> Tensor | None:
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not tau or hit[2] != torch.is_grad_enabled():
+            return None
+        if not torch.compiler.is_compiling() and hit[1] != tau._version:
+            return None
+        return hit[3]
+
+    def _store(self, key: str, tau: Tensor, value: Tensor) -> Tensor:
+        version = 0 if torch.compiler.is_compiling() else tau._version
+        self._cache[key] = (tau, version, torch.is_grad_enabled(), value)
+        return value
+
+    # -- the two spaces
+    def ground_intensity(self, tau: Tensor) -> Tensor:
+        """``lambda(tau) = sum_c lambda_c(tau)`` in linear space (the integrand of ``Lambda``)."""
+        if self._ground is not None:
+            return self._ground(tau)
+        return torch.logsumexp(self.component_log_intensity(tau), dim=-1).exp()  # no linear form given
+
+    def _event_log_rates(self, tau: Tensor) -> Tensor:
+        """``log lambda_c(tau): [*tau.shape, C]`` (log space), cached for this very ``tau``."""
+        hit = self._cached("log_rates", tau)
+        if hit is not None:
+            return hit
+        return self._store("log_rates", tau, self.component_log_intensity(tau))
 
     def log_intensity(self, tau: Tensor) -> Tensor:
-        return torch.logsumexp(self.component_log_intensity(self._align(tau)), dim=-1)
+        return torch.logsumexp(self._event_log_rates(self._align(tau)), dim=-1)
+
+    def _compensator(self, tau: Tensor) -> Tensor:
+        return integrate.integral(self.ground_intensity, tau, self.method, self.num_nodes, self.generator)
 
     def cumulative_hazard(self, tau: Tensor) -> Tensor:
         tau = self._align(tau)
-        return integrate.compensator(self.log_intensity, tau, self.method, self.num_nodes, self.generator)
+        hit = self._cached("Lambda", tau)
+        if hit is not None:
+            return hit
+        return self._compensator(tau)
 
     _grid_is_exact = False
 
@@ -459,21 +511,21 @@ class IntensityDistribution(HazardDistribution):
         left = torch.cat([t.new_zeros(1), t[:-1]])
         width = (t - left).unsqueeze(-1)  # [G, 1]
         nodes = (left.unsqueeze(-1) + width * x).reshape(-1)  # [G n]
-        lam = self.log_intensity(nodes.expand(*self.batch_shape, -1)).exp()
+        lam = self.ground_intensity(nodes.expand(*self.batch_shape, -1))
         cells = (lam.unflatten(-1, (t.shape[0], x.shape[0])) * (width * w)).sum(-1)
         return cells.cumsum(-1)
 
     def _quantile_hazard(self, tau: Tensor) -> tuple[Tensor, Tensor]:
-        """Gauss-Legendre ``Lambda`` (whatever the rule) and ``log lambda(tau)`` in ONE intensity call."""
-        nodes, weights = integrate.quadrature(tau, "gauss_legendre", self.num_nodes)
-        log_lam = self.log_intensity(torch.cat([nodes, tau.unsqueeze(-1)], dim=-1))
-        return (weights * log_lam[..., :-1].exp()).sum(-1), log_lam[..., -1]
+        """Gauss-Legendre ``Lambda`` (whatever the rule; linear space on the nodes) and ``log lambda(tau)``."""
+        big = integrate.integral(self.ground_intensity, tau, "gauss_legendre", self.num_nodes)
+        return big, torch.logsumexp(self.component_log_intensity(tau), dim=-1)
 
     def log_prob(self, tau: Tensor) -> Tensor:
+        """``log lambda(tau) - Lambda(tau)``: nodes in linear space (one ``[*batch, N]`` call), ``log lambda`` in log
+        space at ``tau`` (one ``[*batch, C]`` call); both kept for this ``tau`` (see the class docstring)."""
         tau = self._align(tau)
-        nodes, weights = integrate.quadrature(tau, self.method, self.num_nodes, self.generator)
-        log_lam = self.log_intensity(torch.cat([nodes, tau.unsqueeze(-1)], dim=-1))  # one call: nodes + tau
-        return log_lam[..., -1] - (weights * log_lam[..., :-1].exp()).sum(-1)
+        big = self._store("Lambda", tau, self._compensator(tau))
+        return self.log_intensity(tau) - big
 
 
 class CumulativeHazardDistribution(HazardDistribution):
@@ -533,6 +585,34 @@ class CumulativeHazardDistribution(HazardDistribution):
 # ----------------------------------------------------------------------------------------------- intensity modules
 
 
+class ComponentIntensities:
+    """The ``J`` intensities of a batch of histories in two representations of the same function.
+
+    - ``self(tau)`` / ``log(tau)``: ``log lambda_j(tau): [*batch, *extra, J]`` in log space (no underflow): for the
+      density and the mark probabilities at the event times, computed on ``[B, L, J]`` only.
+    - ``rates(tau)``: ``lambda_j(tau)`` in linear space, and ``ground(tau) = sum_j lambda_j(tau): [*batch, *extra]``:
+      for the integration nodes, where only the ground intensity is needed and the values are sums of positive
+      terms (no ``log``/``exp`` round trip, no ``logaddexp``/``logsumexp`` on the ``[B, L, N, J]`` tensor).
+
+    Calling the object gives the log intensities, so it can be passed wherever a ``component_log_intensity``
+    callable is expected.
+    """
+
+    def __init__(
+        self,
+        log: Callable[[Tensor], Tensor],
+        rates: Callable[[Tensor], Tensor],
+        ground: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.log = log
+        self.rates = rates
+        self.ground = ground if ground is not None else (lambda tau: rates(tau).sum(-1))
+
+    def __call__(self, tau: Tensor) -> Tensor:
+        return self.log(tau)
+
+
+
 class SoftplusGapIntensity(nn.Module):
     """THP-style intensities ``lambda_j(tau) = softplus(a_j tau + w_j.h + b_j) + mu_j`` for ``j < num_outputs``.
 
@@ -543,7 +623,9 @@ class SoftplusGapIntensity(nn.Module):
     Normalisation: with ``a_j < 0`` the softplus term decays to 0 and ``Lambda(inf)`` would be finite (a defective
     density). The learned floor ``mu_j = softplus(rho_j) > 0`` (initialised so that ``sum_j mu_j = 1e-3``) makes
     ``lambda(tau) >= sum_j mu_j > 0``, hence ``Lambda(inf) = inf`` and ``f`` integrates to 1 for every value of the
-    parameters. Everything is in log space: ``log lambda_j = logaddexp(log_softplus(.), log_softplus(rho_j))``.
+    parameters. At event times in log space, ``log lambda_j = logaddexp(log_softplus(.), log_softplus(rho_j))``; on
+    integration nodes in linear space, ``softplus(.) + mu_j`` (a sum of positives: exact to rounding, no log/exp
+    round trip on the node tensor).
     """
 
     def __init__(self, input_size: int, num_outputs: int) -> None:
@@ -555,18 +637,28 @@ class SoftplusGapIntensity(nn.Module):
         with torch.no_grad():  # initial ground rate ~1 whatever the number of outputs
             self.linear.bias.fill_(inverse_softplus(1.0 / num_outputs))
 
-    def forward(self, h: Tensor) -> Callable[[Tensor], Tensor]:
-        """``h: [*batch, D]`` -> ``tau: [*batch, *extra] -> log lambda_j: [*batch, *extra, J]``."""
+    def forward(self, h: Tensor) -> ComponentIntensities:
+        """``h: [*batch, D]`` -> ``ComponentIntensities`` of ``tau: [*batch, *extra]``: ``log lambda_j`` (log space,
+        for event times) and ``lambda_j`` / ``sum_j lambda_j`` (linear space, for integration nodes)."""
         base = self.linear(h)  # [*batch, J]
         nb = h.dim() - 1
         slope = self.slope.to(base.dtype)
+        floor = F.softplus(self.floor.to(base.dtype))
         log_floor = log_softplus(self.floor.to(base.dtype))
 
-        def component_log_intensity(tau: Tensor) -> Tensor:
-            x = slope * tau.unsqueeze(-1) + _expand_params(base, tau, nb)
-            return torch.logaddexp(log_softplus(x), log_floor)
+        def arg(tau: Tensor) -> Tensor:
+            return torch.addcmul(_expand_params(base, tau, nb), tau.unsqueeze(-1), slope)
 
-        return component_log_intensity
+        def component_log_intensity(tau: Tensor) -> Tensor:
+            return torch.logaddexp(log_softplus(arg(tau)), log_floor)
+
+        def component_intensity(tau: Tensor) -> Tensor:
+            return F.softplus(arg(tau)) + floor
+
+        def ground_intensity(tau: Tensor) -> Tensor:
+            return F.softplus(arg(tau)).sum(-1) + floor.sum()
+
+        return ComponentIntensities(component_log_intensity, component_intensity, ground_intensity)
 
 
 class SAHPIntensity(nn.Module):
@@ -583,16 +675,26 @@ class SAHPIntensity(nn.Module):
         with torch.no_grad():  # mu, eta biases: initial ground rate ~1 whatever the number of outputs
             self.linear.bias[: 2 * num_outputs].fill_(inverse_softplus(1.0 / num_outputs))
 
-    def forward(self, h: Tensor) -> Callable[[Tensor], Tensor]:
+    def forward(self, h: Tensor) -> ComponentIntensities:
+        """``h: [*batch, D]`` -> ``ComponentIntensities`` (log space for event times, linear for nodes)."""
         mu, eta, gamma_raw = self.linear(h).chunk(3, dim=-1)  # [*batch, J] each
         gamma = F.softplus(gamma_raw)
         nb = h.dim() - 1
 
-        def component_log_intensity(tau: Tensor) -> Tensor:
+        def arg(tau: Tensor) -> Tensor:
             m, e, g = (_expand_params(p, tau, nb) for p in (mu, eta, gamma))
-            return log_softplus(m + (e - m) * torch.exp(-g * tau.unsqueeze(-1)))
+            return torch.addcmul(m, e - m, torch.exp(-g * tau.unsqueeze(-1)))
 
-        return component_log_intensity
+        def component_log_intensity(tau: Tensor) -> Tensor:
+            return log_softplus(arg(tau))
+
+        def component_intensity(tau: Tensor) -> Tensor:
+            return F.softplus(arg(tau))
+
+        def ground_intensity(tau: Tensor) -> Tensor:
+            return F.softplus(arg(tau)).sum(-1)
+
+        return ComponentIntensities(component_log_intensity, component_intensity, ground_intensity)
 
 
 class MonotoneCumulativeHazard(nn.Module):
