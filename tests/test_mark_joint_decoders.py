@@ -177,3 +177,21 @@ def test_joint_and_ground_share_the_intensity_code():
         joint = getattr(JOINT_DECODERS.build(name, D, 11, cfg), attr)
         assert type(ground) is type(joint) is module
         assert joint.num_outputs == 11
+
+
+@pytest.mark.parametrize("k", [3, 500])
+@pytest.mark.parametrize("name", ["thp", "sahp"])
+def test_joint_nodes_use_only_the_linear_ground_intensity(name, k):
+    """``mark_log_probs(tau)`` then ``log_prob(tau)`` (what the model does): ONE per-mark log call ``[B, L]`` at
+    the event times, shared by both, and ONE linear ground call ``[B, L, N]`` on the nodes (no per-mark values)."""
+    dist = make_joint(name, k, integration_nodes=7)(random_h())
+    tau = torch.tensor([[0.0, 0.7, 3.0], [1e-12, 1.5, 1e6]], dtype=DT)
+    ref_mk, ref_lp = dist.mark_log_probs(tau.clone()), dist.log_prob(tau.clone())
+    calls: dict[str, list] = {"log": [], "ground": []}
+    log_fn, ground_fn = dist.component_log_intensity, dist._ground
+    dist.component_log_intensity = lambda s: calls["log"].append(s.shape) or log_fn(s)
+    dist._ground = lambda s: calls["ground"].append(s.shape) or ground_fn(s)
+    mk, lp = dist.mark_log_probs(tau), dist.log_prob(tau)
+    assert calls == {"log": [torch.Size([2, 3])], "ground": [torch.Size([2, 3, 7])]}
+    assert torch.equal(mk, ref_mk) and torch.equal(lp, ref_lp)
+    torch.testing.assert_close(dist.ground_intensity(tau), dist.log_intensity(tau).exp(), rtol=1e-12, atol=0)

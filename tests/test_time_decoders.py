@@ -381,3 +381,74 @@ def test_quadrature_icdf_inverts_the_gauss_legendre_compensator_under_mc(name):
         torch.testing.assert_close(big, -torch.log1p(-u), rtol=1e-9, atol=0)
         stacked = dist.icdf(torch.stack([u, u.flip(-1)], dim=-1))
         torch.testing.assert_close(stacked[..., 0], q, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------------------------------- two spaces, cache
+
+
+def _spy_on_calls(dist: IntensityDistribution) -> dict[str, list[torch.Size]]:
+    """Record the query shapes of the log-space (component) and linear-space (ground) intensity calls."""
+    calls: dict[str, list[torch.Size]] = {"log": [], "ground": []}
+    log_fn, ground_fn = dist.component_log_intensity, dist._ground
+
+    def log_spy(tau):
+        calls["log"].append(tau.shape)
+        return log_fn(tau)
+
+    def ground_spy(tau):
+        calls["ground"].append(tau.shape)
+        return ground_fn(tau)
+
+    dist.component_log_intensity, dist._ground = log_spy, ground_spy
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["thp", "sahp"])
+def test_linear_node_intensity_equals_log_space_intensity(name, dtype):
+    """The node path (linear ``sum_c lambda_c``) is the log path exponentiated, over 18 decades of tau."""
+    dist = make_decoder(name).to(dtype)(random_h().to(dtype))
+    tau = torch.tensor([0.0, 1e-12, 1e-3, 0.5, 3.0, 1e2, 1e6], dtype=dtype).expand(2, 3, 7)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(dist.ground_intensity(tau), dist.log_intensity(tau).exp(), rtol=rtol, atol=0)
+    assert (dist.ground_intensity(tau) > 0).all()
+
+
+@pytest.mark.parametrize("name", ["thp", "sahp"])
+def test_log_prob_evaluates_nodes_in_linear_space_and_tau_in_log_space(name):
+    """One ``[B, L, N]`` linear call on the nodes, one ``[B, L]`` log call at tau: no log values on the nodes."""
+    dist = make_decoder(name, integration_nodes=9)(random_h())
+    tau = torch.tensor([[0.0, 0.4, 2.0], [1e-12, 1.0, 1e6]], dtype=DT)
+    expected = dist.log_prob(tau)
+    calls = _spy_on_calls(dist)
+    tau2 = tau.clone()
+    torch.testing.assert_close(dist.log_prob(tau2), expected, rtol=0, atol=0)
+    assert calls == {"log": [torch.Size([2, 3])], "ground": [torch.Size([2, 3, 9])]}
+
+
+@pytest.mark.parametrize("name", ["thp", "sahp"])
+def test_compensator_cache_at_the_observed_gaps(name):
+    """``cdf`` after ``log_prob`` on the same tensor reuses its ``Lambda`` (with ``mc``: the very same nodes);
+    another tensor, an in-place change or another grad mode recomputes (no stale values)."""
+    dist = make_decoder(name, integration="mc", integration_nodes=5)(random_h())
+    tau = torch.tensor([[0.0, 0.4, 2.0], [1e-12, 1.0, 30.0]], dtype=DT)
+    big = dist.log_intensity(tau) - dist.log_prob(tau)
+    calls = _spy_on_calls(dist)
+    cached = dist.cumulative_hazard(tau)
+    torch.testing.assert_close(cached, big, rtol=1e-12, atol=1e-15)  # big: up to cancellation in log_prob
+    assert torch.equal(dist.cdf(tau), -torch.expm1(-cached))
+    assert calls["ground"] == []  # no new nodes
+    fresh = dist.cumulative_hazard(tau.clone())  # fresh MC draw: differs except at tau = 0
+    assert calls["ground"] == [torch.Size([2, 3, 5])]
+    assert not torch.equal(fresh[tau > 0], big[tau > 0])
+    with torch.no_grad():
+        dist.cumulative_hazard(tau)
+    assert len(calls["ground"]) == 2  # other grad mode: recomputed
+    tau.mul_(2.0)  # in place: the version counter changes
+    dist.cumulative_hazard(tau)
+    assert len(calls["ground"]) == 3
+    # deterministic rule: the cached value is exactly what a recomputation gives
+    dist = make_decoder(name)(random_h())
+    tau = torch.tensor([[0.0, 0.4, 2.0], [1e-12, 1.0, 30.0]], dtype=DT)
+    dist.log_prob(tau)
+    assert torch.equal(dist.cumulative_hazard(tau), dist.cumulative_hazard(tau.clone()))
