@@ -18,6 +18,18 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is fastest and immune to oversubscription on shared cores.
+
+    Test files of tiny models use it for every test: ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The staged benchmark data (``MTPP_DATA_DIR``); tests using it skip when it is absent."""

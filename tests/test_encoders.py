@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import K, make_batch, perturb, tiny_config
 
-from mtpp.data.batch import Batch, collate
+from mtpp.data.batch import collate
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import ConfigError
 from mtpp.models import ENCODERS, ModelConfig
@@ -23,49 +24,12 @@ from mtpp.models.embeddings import (
 ENCODER_NAMES = ("gru", "rnn", "thp", "sahp", "fnn")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and immune to oversubscription on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-K = 5
+# tiny models: one intra-op thread (the ``one_thread`` fixture of conftest.py) for every test of this file
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(encoder: str, **kw) -> ModelConfig:
-    base = dict(
-        encoder=encoder,
-        hidden_size=8,
-        mark_embedding_size=4,
-        time_embedding_size=4,
-        num_layers=2,
-        num_heads=2,
-        window=3,
-    )
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def make_batch(lengths=(9, 6), num_marks: int = K, seed: int = 0, dtype=torch.float32) -> Batch:
-    rng = np.random.default_rng(seed)
-    seqs = [
-        EventSequence(np.cumsum(rng.exponential(1.0, n)), rng.integers(0, num_marks, n)) for n in lengths
-    ]
-    return collate(seqs, dtype=dtype)
-
-
-def perturb(batch: Batch, j: int, *, time: bool) -> Batch:
-    """Change event ``j`` of every sequence (its time, keeping later times, or its mark)."""
-    times, taus, marks = batch.times.clone(), batch.taus.clone(), batch.marks.clone()
-    if time:  # move t_j inside (t_{j-1}, t_{j+1}); only tau_j and tau_{j+1} change
-        shift = 0.63 * taus[:, j]
-        times[:, j] -= shift
-        taus[:, j] -= shift
-        taus[:, j + 1] += shift
-    else:
-        marks[:, j] = (marks[:, j] + 1) % K
-    return Batch(times, taus, marks, batch.mask, batch.lengths, batch.window_end, batch.survival_gap)
+    return tiny_config(encoder=encoder, **{"num_layers": 2, "num_heads": 2, **kw})
 
 
 @pytest.mark.parametrize("name", ENCODER_NAMES)

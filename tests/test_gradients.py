@@ -295,9 +295,9 @@ def test_unreached_param_keeps_grad_none() -> None:
 
 import warnings  # noqa: E402
 
-from mtpp.data.batch import collate  # noqa: E402
-from mtpp.data.sequence import EventSequence  # noqa: E402
-from mtpp.models import ModelConfig, build_model  # noqa: E402
+from helpers import make_batch, tiny_config  # noqa: E402
+
+from mtpp.models import build_model  # noqa: E402
 from mtpp.training.aggregators import AGGREGATORS  # noqa: E402
 from mtpp.training.gradients import find_boundary  # noqa: E402
 
@@ -306,30 +306,19 @@ K_REAL = 3
 
 def _real_model(encoder: str, decoder: str, parametrisation: str, dtype: torch.dtype = torch.float64) -> nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = tiny_config(
         encoder=encoder,
         decoder=decoder,
         parametrisation=parametrisation,
-        hidden_size=8,
-        mark_embedding_size=4,
-        time_embedding_size=4,
-        decoder_hidden_size=8,
-        num_components=3,
         integration_nodes=5,
-        window=3,
         dropout=0.1,  # random: the forward of both paths is reseeded identically
     )
     return build_model(cfg, K_REAL).to(dtype).train()
 
 
 def _real_batch(dtype: torch.dtype = torch.float64):
-    rng = np.random.default_rng(0)
-    seqs = []
-    for n, extra in ((7, 0.7), (4, None), (1, 2.0)):  # survival windows after the last event, and none
-        times = np.cumsum(rng.exponential(1.0, n))
-        end = None if extra is None else times[-1] + extra
-        seqs.append(EventSequence(times, rng.integers(0, K_REAL, n), end))
-    return collate(seqs, dtype=dtype)
+    # survival windows after the last event, and none
+    return make_batch((7, 4, 1), num_marks=K_REAL, windows=(0.7, None, 2.0), dtype=dtype)
 
 
 def _run(model, batch, agg: str, use_boundary: bool, want_stats: bool = True, reduce=None, cast=False):

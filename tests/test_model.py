@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers import K, make_batch, perturb, tiny_config
 from torch import nn
 
 import mtpp.models.embeddings as embeddings_module
@@ -102,62 +103,24 @@ if "_exp" not in TIME_DECODERS:
 # ---------------------------------------------------------------- grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and immune to oversubscription on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (the ``one_thread`` fixture of conftest.py) for every test of this file
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ENCODERS = ("gru", "thp", "sahp", "fnn")
 REAL_DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
 DECODERS = ("_exp", *REAL_DECODERS)
 PARAMS = ("base", "plus", "plusplus")
-K = 5
 
 
 def tiny_cfg(encoder: str = "gru", decoder: str = "_exp", parametrisation: str = "base", **kw) -> ModelConfig:
-    values = dict(
-        encoder=encoder,
-        decoder=decoder,
-        parametrisation=parametrisation,
-        hidden_size=8,
-        mark_embedding_size=4,
-        time_embedding_size=4,
+    fields = dict(
         num_layers=1,
         num_heads=2,
-        window=3,
-        decoder_hidden_size=8,
-        num_components=3,
         integration="gauss_legendre",  # deterministic compensators: exact comparisons
         integration_nodes=8,
     )
-    values.update(kw)
-    return ModelConfig(**values)
-
-
-def make_batch(lengths=(9, 6), num_marks: int = K, seed: int = 0, windows=None, dtype=torch.float32) -> Batch:
-    rng = np.random.default_rng(seed)
-    seqs = []
-    for i, n in enumerate(lengths):
-        times = np.cumsum(rng.exponential(1.0, n))
-        extra = None if windows is None else windows[i]
-        seqs.append(EventSequence(times, rng.integers(0, num_marks, n), None if extra is None else times[-1] + extra))
-    return collate(seqs, dtype=dtype)
-
-
-def perturb(batch: Batch, j: int, *, time: bool) -> Batch:
-    times, taus, marks = batch.times.clone(), batch.taus.clone(), batch.marks.clone()
-    if time:  # move t_j inside (t_{j-1}, t_{j+1}); only tau_j and tau_{j+1} change
-        shift = 0.63 * taus[:, j]
-        times[:, j] -= shift
-        taus[:, j] -= shift
-        taus[:, j + 1] += shift
-    else:
-        marks[:, j] = (marks[:, j] + 1) % K
-    return Batch(times, taus, marks, batch.mask, batch.lengths, batch.window_end, batch.survival_gap)
+    return tiny_config(encoder=encoder, decoder=decoder, parametrisation=parametrisation, **{**fields, **kw})
 
 
 def combos(encoders=ENCODERS, decoders=DECODERS, params=PARAMS):
