@@ -19,6 +19,12 @@ construction: ``log f(0) = log lambda(0)`` and ``Lambda(0) = 0``. The log-normal
 evaluates its *log density only* at ``max(tau, TIE_FLOOR)``; its survival and CDF use the exact ``tau``
 (``S(0) = 1``). The ``p(k | tau, h)`` mark decoder uses the same floor for its ``log tau`` feature.
 
+**Spaces.** Densities, survivals and intensities at the query gaps are in log space. The one exception is by
+design: the integrand of a numerical compensator (THP, SAHP) on its ``N`` nodes is evaluated in LINEAR space as a
+sum of positive terms (``ComponentIntensities.ground``: ``softplus`` plus a floor), which is exact to rounding and
+avoids a ``log``/``exp`` round trip and ``logaddexp``/``logsumexp`` on the ``[B, L, N, C]`` tensor (see
+``IntensityDistribution``); overflow for huge arguments is as in log space (``softplus(x) ~ x``).
+
 **Normalisation.** Every density here integrates to 1 over ``[0, inf)`` for every parameter value (proper, not
 defective): each class docstring says which constraint guarantees ``Lambda(inf) = inf``.
 """
