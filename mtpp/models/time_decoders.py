@@ -99,6 +99,14 @@ def _expand_params(p: Tensor, tau: Tensor, batch_dims: int, event_dims: int = 1)
     return p.reshape(*shape[:batch_dims], *([1] * extra), *shape[batch_dims : batch_dims + event_dims])
 
 
+def _sum_last(x: Tensor) -> Tensor:
+    """``x.sum(-1)`` as a product with a vector of ones: on the ``[B, L, N, J]`` node tensor its backward gives a
+    contiguous gradient (an outer product) instead of a stride-0 expansion, which made the following elementwise
+    backward (``softplus_backward``, the ``addcmul`` gradients) about 1.5x slower on CPU (measured: node path
+    forward + backward 2.7 -> 1.8 ms at ``[64, 37, 20, 10]``). Callers run it with autocast off (the likelihood)."""
+    return torch.matmul(x, x.new_ones(x.shape[-1]))
+
+
 def _overflow_safe_exp(x: Tensor) -> Tensor:
     """``exp(x)`` for ``x <= M``, continued linearly ``exp(M) (1 + x - M)`` above (C1, finite, nonzero gradient).
 
@@ -662,7 +670,7 @@ class SoftplusGapIntensity(nn.Module):
             return F.softplus(arg(tau)) + floor
 
         def ground_intensity(tau: Tensor) -> Tensor:
-            return F.softplus(arg(tau)).sum(-1) + floor.sum()
+            return _sum_last(F.softplus(arg(tau))) + floor.sum()
 
         return ComponentIntensities(component_log_intensity, component_intensity, ground_intensity)
 
@@ -698,7 +706,7 @@ class SAHPIntensity(nn.Module):
             return F.softplus(arg(tau))
 
         def ground_intensity(tau: Tensor) -> Tensor:
-            return F.softplus(arg(tau)).sum(-1)
+            return _sum_last(F.softplus(arg(tau)))
 
         return ComponentIntensities(component_log_intensity, component_intensity, ground_intensity)
 
