@@ -59,7 +59,9 @@ def evaluate_model(
 
 
 def json_safe(value: Any) -> Any:
-    """NaN / inf -> None, recursively (metrics.json is strict JSON)."""
+    """Strict-JSON form, recursively: NaN / inf -> None; numpy / torch scalars -> Python numbers."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

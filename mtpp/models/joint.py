@@ -52,33 +52,35 @@ class MarkedCumulativeHazardDistribution(CumulativeHazardDistribution):
         return torch.log_softmax(self.component_log_intensity(tau), dim=-1)
 
 
+class _JointIntensityDecoder(QuadratureDecoder):
+    """Base THP / SAHP: the subclass's ``intensity`` module with ``K`` outputs (one marked intensity per mark);
+    the ground intensity is their sum, its compensator by quadrature (``cfg.integration``)."""
+
+    intensity_cls: type[nn.Module]
+
+    def __init__(self, input_size: int, num_marks: int, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.num_marks = num_marks
+        self.intensity = self.intensity_cls(input_size, num_marks)
+
+    def forward(self, h: Tensor) -> MarkedIntensityDistribution:
+        method, nodes = self.integration_rule()
+        return MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+
+
 @JOINT_DECODERS.register("thp")
-class THPJointDecoder(QuadratureDecoder):
+class THPJointDecoder(_JointIntensityDecoder):
     """Base THP: ``SoftplusGapIntensity`` with ``K`` outputs (gap feature; learned floor ``mu_k > 0`` so the
     ground density integrates to 1); compensator of the ground intensity by quadrature (``cfg.integration``)."""
 
-    def __init__(self, input_size: int, num_marks: int, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
-        self.num_marks = num_marks
-        self.intensity = SoftplusGapIntensity(input_size, num_marks)
-
-    def forward(self, h: Tensor) -> MarkedIntensityDistribution:
-        method, nodes = self.integration_rule()
-        return MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+    intensity_cls = SoftplusGapIntensity
 
 
 @JOINT_DECODERS.register("sahp")
-class SAHPJointDecoder(QuadratureDecoder):
+class SAHPJointDecoder(_JointIntensityDecoder):
     """Base SAHP: ``SAHPIntensity`` with ``K`` outputs; compensator of the ground intensity by quadrature."""
 
-    def __init__(self, input_size: int, num_marks: int, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
-        self.num_marks = num_marks
-        self.intensity = SAHPIntensity(input_size, num_marks)
-
-    def forward(self, h: Tensor) -> MarkedIntensityDistribution:
-        method, nodes = self.integration_rule()
-        return MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+    intensity_cls = SAHPIntensity
 
 
 @JOINT_DECODERS.register("fnn")

@@ -8,31 +8,17 @@ tensors in a ``mtpp.training.gradients.StatsBuffer`` until the trainer flushes i
 from __future__ import annotations
 
 import json
-import math
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from torch import Tensor
+
+from mtpp.evaluation.evaluate import json_safe
 
 LOG_FILE = "log.jsonl"
 
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats become ``None`` (``null``), numpy / torch scalars become Python numbers."""
-    if isinstance(value, Tensor):
-        value = value.item()
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 class RunLogger:
@@ -44,7 +30,7 @@ class RunLogger:
         self._tb = _make_tensorboard(Path(out_dir) / "tensorboard") if tensorboard else None
 
     def write(self, record: dict[str, Any], prefix: str = "train") -> None:
-        record = _clean(record)
+        record = json_safe(record)
         self._fh.write(json.dumps(record, allow_nan=False) + "\n")
         if self._tb is not None:
             step = record.get("step", 0)
