@@ -26,6 +26,7 @@ from mtpp.models.embeddings import (
     SinusoidalTimeEncoding,
     TimeShiftedPositionalEncoding,
 )
+from mtpp.models.recurrence import fused_available, run_fused
 from mtpp.models.registry import ENCODERS
 
 
@@ -52,6 +53,8 @@ class RecurrentEncoder(Encoder):
 
     ``h_0`` = learned initial hidden state (last layer), ``h_i`` = state after events ``0..i-1``.
     Size: ``hidden_size`` units, ``num_layers`` stacked layers (``dropout`` between layers). Memory linear in ``L``.
+    When training on CPU the recurrence runs as one fused autograd node (``mtpp.models.recurrence``; same
+    parameters, same function), elsewhere as the ``nn`` module (cuDNN on CUDA).
     """
 
     cell: type[nn.RNNBase] = nn.GRU
@@ -74,7 +77,10 @@ class RecurrentEncoder(Encoder):
         x = self.embed(batch.marks, batch.taus)  # [B, L, E]
         b = x.shape[0]
         h0 = self.h0.unsqueeze(1).expand(-1, b, -1).contiguous()  # [layers, B, D]
-        out, _ = self.rnn(x, h0)  # [B, L, D]: state after events 0..i
+        if fused_available(x):
+            out = run_fused(self.rnn, x, h0)  # [B, L, D]: state after events 0..i
+        else:
+            out, _ = self.rnn(x, h0)
         start = self.h0[-1].to(out.dtype).expand(b, 1, -1)
         return torch.cat([start, out], dim=1)
 
@@ -192,8 +198,8 @@ class FNNEncoder(Encoder):
     """MLP over the last ``m = window`` events: ``h_i = MLP([e_{i-m}; ...; e_{i-1}])``.
 
     ``e_j = [mark embedding; Time2Vec(log tau_j)]``; slots before the first event hold a learned "no event"
-    vector, so ``h_0`` (all slots empty) is the learned start state. Windows are gathered with ``unfold`` on
-    the front-padded sequence: memory ``B * (L + 1) * m * E``, linear in ``L``.
+    vector, so ``h_0`` (all slots empty) is the learned start state. Windows are ``m`` shifted slices of the
+    front-padded sequence: memory ``B * (L + 1) * m * E``, linear in ``L``.
     """
 
     def __init__(self, num_marks: int, cfg: ModelConfig) -> None:
@@ -216,6 +222,8 @@ class FNNEncoder(Encoder):
         x = self.embed(batch.marks, batch.taus)  # [B, L, E]
         b, l, e = x.shape
         x = torch.cat([self.empty.to(x.dtype).expand(b, self.window, e), x], dim=1)  # [B, m + L, E]
-        windows = x.unfold(1, self.window, 1)  # [B, L + 1, E, m] (a view)
-        windows = windows.transpose(-1, -2).reshape(b, l + 1, self.window * e)  # oldest event first
+        # window slot j holds event i - m + j: m shifted slices (m is a model size, not a number of events;
+        # cheaper than ``unfold``, whose backward has no batching rule for the per-task gradients)
+        windows = torch.stack([x[:, j : j + l + 1] for j in range(self.window)], 2)  # [B, L + 1, m, E]
+        windows = windows.reshape(b, l + 1, self.window * e)  # oldest event first
         return self.mlp(windows)
