@@ -458,21 +458,41 @@ def test_boundary_refused_when_something_else_feeds_the_loss() -> None:
 
 
 def test_boundary_fallback_when_batched_backward_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtpp.training.gradients as gradients
+
     model, batch = _real_model("sahp", "thp", "plus"), _real_batch()
     old = _run(model, batch, "gradops", use_boundary=False)
     real_grad = torch.autograd.grad
     calls = []
 
     def no_batched(*args, **kwargs):
-        calls.append(bool(kwargs.get("is_grads_batched")))
-        if kwargs.get("is_grads_batched"):
-            raise RuntimeError("no vmap rule")
+        calls.append("batched")
+        raise RuntimeError("no vmap rule")
+
+    def counted(*args, **kwargs):
+        calls.append("grad")
         return real_grad(*args, **kwargs)
 
-    monkeypatch.setattr(torch.autograd, "grad", no_batched)
+    monkeypatch.setattr(gradients, "batched_vjp", no_batched)
+    monkeypatch.setattr(torch.autograd, "grad", counted)
     new = _run(model, batch, "gradops", use_boundary=True)
-    assert calls == [False, False, True, False, False]
+    assert calls == ["grad", "grad", "batched", "grad", "grad"]
     _assert_same(new, old, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("encoder", ["gru", "rnn", "thp", "sahp", "fnn"])
+def test_batched_vjp_equals_one_backward_per_cotangent(encoder: str) -> None:
+    from mtpp.training.gradients import batched_vjp
+
+    model, batch = _real_model(encoder, "lnm", "base"), _real_batch()
+    h = model.encoder.histories(batch)
+    params = [p for p in model.encoder.parameters()]
+    cots = torch.randn(3, *h.shape, dtype=h.dtype, generator=torch.Generator().manual_seed(1))
+    got = batched_vjp([h], params, [cots])
+    for i in range(3):
+        want = torch.autograd.grad(h, params, cots[i], retain_graph=True, allow_unused=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g[i], w, atol=1e-12, rtol=1e-10)
 
 
 def test_plain_sum_without_stats_is_one_backward(monkeypatch: pytest.MonkeyPatch) -> None:

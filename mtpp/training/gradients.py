@@ -25,6 +25,7 @@ scaled too (cosines and GMS are scale-free).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -184,15 +185,16 @@ def backward_step(
       operations of one of them (``.float()``, ``.mean()``, a scale), so both reach the encoder parameters only
       through ``h``. Then ``dL_T/d(h, rest)`` and ``dL_M/d(h, rest)`` by two ``autograd.grad`` calls that stop at
       ``h`` (decoder-side only: together they cost about the decoder part of one ordinary backward), and ONE
-      vector-Jacobian product through the encoder with the two cotangents stacked (``is_grads_batched=True``, a
-      vmapped backward; no per-sample fallback for the gru / thp / sahp / fnn encoders on CPU) gives
-      ``[g_T, g_M]`` for every encoder parameter. Exact (no subtraction): the gradients of the generic path up to
-      float rounding. Cost over a plain step: about 0.7 of one encoder backward (the batched GRU backward on CPU
-      costs ~1.7x a single one, against 2x for two; attention encoders are flop-bound, ~2x, so there it costs
-      about what the generic path does). Not measured on CUDA (cuDNN's RNN backward may have no vmap rule: then
-      vmap loops, or raises and two sequential backwards are used; same gradients either way). The graph is
-      retained until the losses are freed (as usual, at the end of the step). The first batched call in a
-      process pays a one-off vmap warm-up (~1-3 s on CPU).
+      vector-Jacobian product through the encoder with the two cotangents stacked (``batched_vjp``:
+      ``torch.func.vmap`` over ``autograd.grad``) gives ``[g_T, g_M]`` for every encoder parameter. Exact (no
+      subtraction): the gradients of the generic path up to float rounding. The fused CPU GRU / RNN
+      (``mtpp.models.recurrence``) has a vmap rule that runs both cotangents through ONE backward recurrence
+      (~1.4x the cost of one, against 2x for two); ops without a batching rule (the CPU flash-attention
+      backward of the thp / sahp encoders) run once per cotangent. Measured over a plain step on MOOC (batch
+      16, 1 thread): ~+30-40 % for GRU-LNM / GRU-RMTPP, ~+20 % for THP / SAHP models (BENCHMARKS.md). Not
+      measured on CUDA (cuDNN's RNN backward runs per cotangent there, or raises and two sequential backwards
+      are used; same gradients either way). The graph is retained until the losses are freed (as usual, at
+      the end of the step). The first batched call in a process pays a one-off vmap warm-up (~1-3 s on CPU).
     - **generic path** (any other model or loss, ``torch.compile``-d ``nll``, or ``use_boundary=False``): two
       ``autograd.grad`` calls over all trainable parameters: one extra full backward compared with a plain step.
 
@@ -316,9 +318,7 @@ def _boundary_task_grads(
         # retain_graph: a failing batched backward must leave the graph intact for the fallback; the graph is
         # freed with the losses at the end of the step, as usual
         try:
-            g = torch.autograd.grad(
-                outs, upstream, cots, retain_graph=True, allow_unused=True, is_grads_batched=True
-            )
+            g = batched_vjp(outs, upstream, cots)
         except RuntimeError:  # an op without a vmap rule (e.g. a custom autograd.Function): two backwards
             up_T = list(torch.autograd.grad(outs, upstream, [c[0] for c in cots], retain_graph=True, allow_unused=True))
             up_M = list(torch.autograd.grad(outs, upstream, [c[1] for c in cots], allow_unused=True))
@@ -328,6 +328,28 @@ def _boundary_task_grads(
     by_id = {id(p): (a, b) for p, a, b in zip(down, d_T[n:], d_M[n:])}
     by_id.update((id(p), (a, b)) for p, a, b in zip(upstream, up_T, up_M))
     return [by_id[id(p)][0] for p in params], [by_id[id(p)][1] for p in params]
+
+
+def batched_vjp(outs: Sequence[Tensor], inputs: Sequence[Tensor], cots: Sequence[Tensor]) -> list[Tensor | None]:
+    """``d(outs)/d(inputs)^T c`` for a stack of cotangents at once: ``cots[i]`` is ``[T, *outs[i].shape]``; returns
+    ``[T, *inputs[j].shape]`` per input (``None`` where no output reaches it). The graph is retained.
+
+    ``torch.func.vmap`` over ``autograd.grad``: every backward node runs once on the stacked cotangents (batching
+    rules), and the fused CPU recurrences (``mtpp.models.recurrence``) take all ``T`` in one backward recurrence.
+    """
+    unused: list[bool] = []
+
+    def vjp(*c: Tensor) -> tuple[Tensor, ...]:
+        g = torch.autograd.grad(outs, inputs, c, retain_graph=True, allow_unused=True)
+        unused[:] = [x is None for x in g]
+        return tuple(torch.zeros_like(p) if x is None else x for x, p in zip(g, inputs))
+
+    with warnings.catch_warnings():
+        # ops without a batching rule (the CPU flash-attention backward of the thp / sahp encoders) run once per
+        # cotangent, as two separate backwards would: expected here, not worth a warning every step
+        warnings.filterwarnings("ignore", "There is a performance drop because we have not yet implemented")
+        out = torch.func.vmap(vjp)(*cots)
+    return [None if u else g for g, u in zip(out, unused)]
 
 
 def _reduce_grads(params: Sequence[Tensor], reduce: Reduce) -> None:
