@@ -17,8 +17,10 @@ What is measured, for each ``encoder-decoder-parametrisation`` model:
   diagnostics the step asks for ``cos_tm``/GMS/norms (``want_stats=True``) and buffers them on the device like
   the trainer; without, it is a plain step. ``diagnostics_overhead = time per event with / without - 1``.
 * **Evaluation**: ``model.score(batch)`` (no_grad) in eval mode on the same batches.
-* **Timing**: ``warmup`` untimed steps before each phase, then ``steps`` timed steps; ``time.perf_counter`` with
-  ``torch.cuda.synchronize`` only at the two boundaries of a phase.
+* **Timing**: ``warmup`` untimed steps before each phase (default: one pass over the batch list, so every batch
+  shape has been seen once: the first step at a new shape pays one-off costs, ~2x a steady step on CPU), then
+  ``steps`` timed steps; ``time.perf_counter`` with ``torch.cuda.synchronize`` only at the two boundaries of a
+  phase.
 * **Threads**: ``num_threads`` (``torch.set_num_threads``) for the duration of a model's bench. On a busy machine
   use 1: with more intra-op threads than free cores, small models ran 10-100x slower in our measurements.
 * **Peak memory**: on CPU the process peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``). It is a process-wide
@@ -121,7 +123,7 @@ class BenchConfig:
     device: str = "cpu"
     batch_size: int = 16
     steps: int = 30
-    warmup: int = 5
+    warmup: int | None = None  # None: one pass over the batch list
     diagnostics: str = "both"
     max_length: int | None = None
     longest: bool = False
@@ -137,7 +139,7 @@ class BenchConfig:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
-        if self.warmup < 0:
+        if self.warmup is not None and self.warmup < 0:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
         if self.diagnostics not in DIAGNOSTICS:
             raise ConfigError(f"--diagnostics must be one of {', '.join(DIAGNOSTICS)}, got {self.diagnostics!r}")
@@ -310,11 +312,12 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(
-    step: Callable[[Batch], None], batches: Sequence[Batch], events: Sequence[int], steps: int, warmup: int,
-    device: torch.device,
+    step: Callable[[Batch], None], batches: Sequence[Batch], events: Sequence[int], steps: int,
+    warmup: int | None, device: torch.device,
 ) -> tuple[float, int]:
-    """``(seconds, events)`` of ``steps`` calls of ``step`` cycling over ``batches``, after ``warmup`` calls."""
-    for i in range(warmup):
+    """``(seconds, events)`` of ``steps`` calls of ``step`` cycling over ``batches``, after ``warmup`` calls
+    (``None``: one pass over ``batches``)."""
+    for i in range(len(batches) if warmup is None else warmup):
         step(batches[i % len(batches)])
     _sync(device)
     start = time.perf_counter()
@@ -512,8 +515,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     r0 = rows[0]
     mem = "peak RSS" if r0["peak_memory_kind"] == "process_peak_rss" else "CUDA max allocated"
     iso = ", one process per model" if r0.get("isolated") else ""
+    warm = "one warm-up pass" if r0["warmup"] is None else f"{r0['warmup']} warm-up"
     header = (
-        f"{r0['dataset']}: batch size {r0['batch_size']}, {r0['steps']} steps after {r0['warmup']} warm-up; "
+        f"{r0['dataset']}: batch size {r0['batch_size']}, {r0['steps']} steps after {warm}; "
         f"{r0['device']} ({r0['device_name']}), {r0['num_threads']} threads, torch {r0['torch_version']}; "
         f"peak MB = {mem}{iso}"
     )

@@ -46,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per phase (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each phase (default 5)")
+    p.add_argument(
+        "--warmup", type=int, default=None,
+        help="untimed steps before each phase (default: one pass over the timed batches, so every batch shape has "
+        "been seen once)",
+    )
     p.add_argument("--diagnostics", choices=("on", "off", "both"), default="both",
                    help="time the training step with gradient diagnostics, without, or both (default both)")
     p.add_argument("--max-length", type=int, default=None, metavar="N",
