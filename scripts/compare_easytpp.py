@@ -11,7 +11,8 @@ What is compared (see ``scripts/README.md`` for the hyper-parameter mapping and 
 
 * **Models** at equal sizes (``--hidden-size``, 1 layer, 2 heads, ``--nodes`` integration nodes, ``--components``
   mixture components): EasyTPP ``THP`` vs mtpp ``thp`` encoder + ``thp`` decoder (base); ``SAHP`` vs
-  ``sahp`` + ``sahp``; ``RMTPP`` vs ``gru`` + ``rmtpp``; ``IntensityFree`` vs ``gru`` + ``lnm``.
+  ``sahp`` + ``sahp``; ``RMTPP`` vs ``gru`` + ``rmtpp`` (``rmtpp``) and ``rnn`` + ``rmtpp`` (``rmtpp_rnn``, the
+  same recurrent cell as EasyTPP's); ``IntensityFree`` vs ``gru`` + ``lnm``.
 * **Data**: the same Taxi JSON files (``train/valid/test.json``, gunzipped into a temporary folder outside the
   repository when only ``.json.gz`` is staged). EasyTPP batches come from its own ``TPPDataset`` +
   ``EventTokenizer`` / ``TPPDataCollator`` (right padding, ``[B, L, L]`` attention masks), mtpp batches from
@@ -75,10 +76,11 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "thp": ("THP", "thp", "thp"),
     "sahp": ("SAHP", "sahp", "sahp"),
     "rmtpp": ("RMTPP", "gru", "rmtpp"),
+    "rmtpp_rnn": ("RMTPP", "rnn", "rmtpp"),  # like for like: EasyTPP's RMTPP runs a vanilla tanh RNN
     "lnm": ("IntensityFree", "gru", "lnm"),
 }
 #: models whose compensator is a numerical integral in each library
-QUADRATURE = {"mtpp": {"thp", "sahp"}, "easytpp": {"thp", "sahp", "rmtpp"}}
+QUADRATURE = {"mtpp": {"thp", "sahp"}, "easytpp": {"thp", "sahp", "rmtpp", "rmtpp_rnn"}}
 
 
 # ============================================================================================== data
