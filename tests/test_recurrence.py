@@ -51,19 +51,23 @@ def test_float32_agrees_with_the_nn_module(cell: type[nn.RNNBase]) -> None:
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("how", ["func_vmap", "is_grads_batched"])
-def test_stacked_cotangents_equal_one_backward_each(cell: type[nn.RNNBase], how: str) -> None:
+def test_stacked_cotangents_equal_one_backward_each(cell: type[nn.RNNBase]) -> None:
+    """Under ``torch.func.vmap`` the task-batched rule runs all cotangents through one backward recurrence."""
     rnn, x, h0, inputs = _setup(cell, 2)
     out = run_fused(rnn, x, h0)
     cots = torch.randn(3, *out.shape, dtype=out.dtype)
-    if how == "func_vmap":  # the task-batched rule: all cotangents in one backward recurrence
-        got = torch.func.vmap(lambda c: torch.autograd.grad(out, inputs, c, retain_graph=True))(cots)
-    else:  # the older vmap runs the rule's plain path op by op
-        got = torch.autograd.grad(out, inputs, cots, retain_graph=True, is_grads_batched=True)
+    got = torch.func.vmap(lambda c: torch.autograd.grad(out, inputs, c, retain_graph=True))(cots)
     for i in range(3):
         want = torch.autograd.grad(out, inputs, cots[i], retain_graph=True)
         for g, w in zip(got, want):
             torch.testing.assert_close(g[i], w, atol=1e-12, rtol=0)
+
+
+def test_older_batched_grads_raise_rather_than_mislead() -> None:
+    rnn, x, h0, inputs = _setup(nn.GRU, 1)
+    out = run_fused(rnn, x, h0)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(out, inputs, torch.randn(2, *out.shape, dtype=out.dtype), is_grads_batched=True)
 
 
 def test_double_backward_is_refused_clearly() -> None:
