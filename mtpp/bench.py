@@ -17,10 +17,11 @@ What is measured, for each ``encoder-decoder-parametrisation`` model:
   diagnostics the step asks for ``cos_tm``/GMS/norms (``want_stats=True``) and buffers them on the device like
   the trainer; without, it is a plain step. ``diagnostics_overhead = time per event with / without - 1``.
 * **Evaluation**: ``model.score(batch)`` (no_grad) in eval mode on the same batches.
-* **Timing**: ``warmup`` untimed steps before each phase (default: one pass over the batch list, so every batch
-  shape has been seen once: the first step at a new shape pays one-off costs, ~2x a steady step on CPU), then
-  ``steps`` timed steps; ``time.perf_counter`` with ``torch.cuda.synchronize`` only at the two boundaries of a
-  phase.
+* **Timing**: ``rounds`` alternating rounds of the plain and the diagnostics phase, ``steps`` timed steps each;
+  the figures are the medians over rounds (a single pass of each was biased by whichever ran first: the first
+  tens of steps of a process run up to 2x slower). ``warmup`` untimed steps before the first round of each phase
+  and before evaluation (default: one pass over the batch list, so every batch shape has been seen once).
+  ``time.perf_counter`` with ``torch.cuda.synchronize`` only at the two boundaries of a timed phase.
 * **Threads**: ``num_threads`` (``torch.set_num_threads``) for the duration of a model's bench. On a busy machine
   use 1: with more intra-op threads than free cores, small models ran 10-100x slower in our measurements.
 * **Peak memory**: on CPU the process peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``). It is a process-wide
@@ -38,6 +39,7 @@ import json
 import math
 import multiprocessing
 import resource
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -77,6 +79,8 @@ ROW_KEYS: tuple[str, ...] = (
     "train_events_per_second",
     "train_events_per_second_diagnostics",
     "diagnostics_overhead",
+    "train_events_per_second_rounds",
+    "train_events_per_second_diagnostics_rounds",
     "eval_events_per_second",
     "peak_memory_mb",
     "peak_memory_kind",
@@ -89,6 +93,7 @@ ROW_KEYS: tuple[str, ...] = (
     "batch_size",
     "steps",
     "warmup",
+    "rounds",
     "dataset",
     "num_marks",
     "amp",
@@ -124,6 +129,7 @@ class BenchConfig:
     batch_size: int = 16
     steps: int = 30
     warmup: int | None = None  # None: one pass over the batch list
+    rounds: int = 3
     diagnostics: str = "both"
     max_length: int | None = None
     longest: bool = False
@@ -139,6 +145,8 @@ class BenchConfig:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {self.rounds}")
         if self.warmup is not None and self.warmup < 0:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
         if self.diagnostics not in DIAGNOSTICS:
@@ -390,15 +398,27 @@ def _measure(
 ) -> dict[str, Any]:  # fmt: skip
     from mtpp.training.setup import count_parameters
 
-    def rate(step: Callable[[Batch], None]) -> float:
-        seconds, n = timed(step, batches, events, cfg.steps, cfg.warmup, device)
+    def rate(step: Callable[[Batch], None], warmup: int | None) -> float:
+        seconds, n = timed(step, batches, events, cfg.steps, warmup, device)
         return n / seconds
 
-    plain = rate(lambda b: train_step(ctx, b, False)) if cfg.diagnostics in ("off", "both") else None
-    diag = rate(lambda b: train_step(ctx, b, True)) if cfg.diagnostics in ("on", "both") else None
-    ctx.records.flush()
+    phases = {
+        "plain": lambda b: train_step(ctx, b, False),
+        "diag": lambda b: train_step(ctx, b, True),
+    }
+    if cfg.diagnostics == "off":
+        del phases["diag"]
+    elif cfg.diagnostics == "on":
+        del phases["plain"]
+    rounds: dict[str, list[float]] = {k: [] for k in phases}
+    for r in range(cfg.rounds):  # alternating rounds: slow drifts of a shared machine fall on both phases
+        for k, step in phases.items():
+            rounds[k].append(rate(step, cfg.warmup if r == 0 else 0))
+            ctx.records.flush()
+    plain = statistics.median(rounds["plain"]) if "plain" in rounds else None
+    diag = statistics.median(rounds["diag"]) if "diag" in rounds else None
     ctx.model.eval()
-    evaluation = rate(lambda b: eval_step(ctx, b))
+    evaluation = rate(lambda b: eval_step(ctx, b), cfg.warmup)
 
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device) / 1024**2, "cuda_max_allocated"
@@ -414,6 +434,8 @@ def _measure(
         "train_events_per_second": plain,
         "train_events_per_second_diagnostics": diag,
         "diagnostics_overhead": plain / diag - 1.0 if plain and diag else None,
+        "train_events_per_second_rounds": rounds.get("plain"),
+        "train_events_per_second_diagnostics_rounds": rounds.get("diag"),
         "eval_events_per_second": evaluation,
         "peak_memory_mb": peak,
         "peak_memory_kind": kind,
@@ -426,6 +448,7 @@ def _measure(
         "batch_size": cfg.batch_size,
         "steps": cfg.steps,
         "warmup": cfg.warmup,
+        "rounds": cfg.rounds,
         "dataset": label,
         "num_marks": num_marks,
         "amp": ctx.amp,
@@ -517,7 +540,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     iso = ", one process per model" if r0.get("isolated") else ""
     warm = "one warm-up pass" if r0["warmup"] is None else f"{r0['warmup']} warm-up"
     header = (
-        f"{r0['dataset']}: batch size {r0['batch_size']}, {r0['steps']} steps after {warm}; "
+        f"{r0['dataset']}: batch size {r0['batch_size']}, {r0['steps']} steps after {warm}, "
+        f"median of {r0.get('rounds', 1)} alternating rounds; "
         f"{r0['device']} ({r0['device_name']}), {r0['num_threads']} threads, torch {r0['torch_version']}; "
         f"peak MB = {mem}{iso}"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -42,6 +43,9 @@ def _check_row(row: dict, model: str) -> None:
                 "peak_memory_mb", "events_per_batch"):
         assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
     assert isinstance(row["diagnostics_overhead"], float) and math.isfinite(row["diagnostics_overhead"])
+    for key in ("train_events_per_second", "train_events_per_second_diagnostics"):  # median of the rounds
+        assert len(row[f"{key}_rounds"]) == row["rounds"]
+        assert row[key] == statistics.median(row[f"{key}_rounds"])
     assert 0.0 <= row["padding_fraction"] < 1.0
     assert row["max_batch_length"] <= 12
     assert row["device"] == "cpu" and row["peak_memory_kind"] == "process_peak_rss"
@@ -52,7 +56,7 @@ def _check_row(row: dict, model: str) -> None:
 
 
 def test_run_bench_rows_in_process() -> None:
-    rows = run_bench(MODELS, _tiny_cfg(synthetic_length=12, max_length=None, warmup=0), isolate=False)
+    rows = run_bench(MODELS, _tiny_cfg(synthetic_length=12, max_length=None, warmup=0, rounds=3), isolate=False)
     assert [r["model"] for r in rows] == MODELS
     for row, model in zip(rows, MODELS):
         _check_row(row, model)
@@ -68,6 +72,7 @@ def test_diagnostics_off_leaves_diag_columns_null() -> None:
     (row,) = run_bench(["gru-rmtpp-base"], cfg, isolate=False)
     assert row["train_events_per_second"] > 0
     assert row["train_events_per_second_diagnostics"] is None and row["diagnostics_overhead"] is None
+    assert row["train_events_per_second_diagnostics_rounds"] is None
     assert " - " in format_table([row]).splitlines()[-1] + " "
 
 
@@ -104,6 +109,8 @@ def test_bad_inputs_are_config_errors(capsys) -> None:
     assert parse_model_spec("GRU-LNM-++") == ("gru", "lnm", "plusplus")
     with pytest.raises(ConfigError, match="--steps"):
         run_bench(["gru-lnm-base"], BenchConfig(steps=0), isolate=False)
+    with pytest.raises(ConfigError, match="--rounds"):
+        run_bench(["gru-lnm-base"], BenchConfig(rounds=0), isolate=False)
     assert main(["bench", "--models", "gru-lnm-nope", "--no-isolate"]) == 2
     assert "unknown parametrisation" in capsys.readouterr().err
 

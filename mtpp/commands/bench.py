@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="untimed steps before each phase (default: one pass over the timed batches, so every batch shape has "
         "been seen once)",
     )
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds of the plain and the diagnostics phase; medians are reported (default 3)")
     p.add_argument("--diagnostics", choices=("on", "off", "both"), default="both",
                    help="time the training step with gradient diagnostics, without, or both (default both)")
     p.add_argument("--max-length", type=int, default=None, metavar="N",
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         steps=args.steps,
         warmup=args.warmup,
+        rounds=args.rounds,
         diagnostics=args.diagnostics,
         max_length=args.max_length,
         longest=args.longest,

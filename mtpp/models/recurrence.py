@@ -38,7 +38,7 @@ def _task_major(d_hs: Tensor) -> Tensor:
 def _outer(inp: Tensor, d: Tensor) -> Tensor:
     """``sum_{l, b} d[l, b, t] (x) inp[l, b]`` for every task ``t``: ``inp [L, B, E]``, ``d [L, B, T, G]`` (any
     strides with unit last stride and uniform row stride) -> ``[T, G, E]``, the weight gradient of
-    ``g = inp @ W.T``; one matrix product per task (``T <= 2``), no copies."""
+    ``g = inp @ W.T``; one matrix product per task (``T`` is 1 or 2 in training), no copies."""
     rows = inp.reshape(-1, inp.shape[-1]).t()  # [E, L * B]
     flat = d.reshape(-1, *d.shape[2:])  # [L * B, T, G], a view
     return torch.stack([(rows @ flat[:, t]).t() for t in range(d.shape[2])])
@@ -47,8 +47,8 @@ def _outer(inp: Tensor, d: Tensor) -> Tensor:
 def _gru_vjp(
     d_hs: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, rz: Tensor, n: Tensor, hn: Tensor
 ) -> tuple[Tensor, ...]:
-    """Gradients of a fused GRU layer (``_gru_forward``) for ``T`` cotangents ``d_hs [T, L + 1, B, H]`` in ONE backward recurrence.
-    Returns ``(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)``, each with a leading ``T``.
+    """Gradients of a fused GRU layer (``_gru_forward``) for ``T`` cotangents ``d_hs [T, L + 1, B, H]`` in ONE
+    backward recurrence. Returns ``(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)``, each with a leading ``T``.
 
     ``a_r, a_z, a_n`` are the pre-activations of ``r, z, n`` and ``g = W_hh h + b_hh = [g_r, g_z, g_n]``. Given
     ``dh = dL/dh'`` of a step, everything is ``dh`` times a factor known from the forward pass:
@@ -102,8 +102,8 @@ def _gru_factors(hs: Tensor, rz: Tensor, n: Tensor, hn: Tensor) -> Tensor:
 
 
 def _rnn_vjp(d_hs: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor) -> tuple[Tensor, ...]:
-    """``_gru_vjp`` for a fused tanh RNN layer (``_rnn_forward``): ``(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)`` with a leading ``T``;
-    ``dL/da = dh (1 - h'^2)``, ``dL/dh = dL/da @ W_hh`` (two kernels per step)."""
+    """``_gru_vjp`` for a fused tanh RNN layer (``_rnn_forward``): ``(dx, dh0, dW_ih, dW_hh, db_ih, db_hh)``,
+    each with a leading ``T``; ``dL/da = dh (1 - h'^2)``, ``dL/dh = dL/da @ W_hh`` (two kernels per step)."""
     tasks = d_hs.shape[0]
     steps, batch, size = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     rows = batch * tasks
