@@ -461,8 +461,10 @@ def _measure(
 
 def _bench_isolated(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     """``bench_model`` in a fresh ``spawn``-ed process, so its peak RSS is this model's own."""
+    from mtpp.allocator import tune_allocator
+
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=tune_allocator) as pool:
         row = pool.submit(bench_model, spec, cfg).result()
     row["isolated"] = True
     return row

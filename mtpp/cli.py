@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 
+from mtpp.allocator import tune_allocator
 from mtpp.errors import MtppError
 
 # The one place sub-commands are listed, in the order ``mtpp --help`` shows them.
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    tune_allocator()  # a process-level setting: here, not at import
     try:
         code = args.func(args)
     except MtppError as e:

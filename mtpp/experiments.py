@@ -633,7 +633,11 @@ def _run_parallel(
     import multiprocessing
 
     results = []
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    from mtpp.allocator import tune_allocator
+
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=tune_allocator
+    )
     try:
         futures: dict[Future, Cell] = {
             pool.submit(run_cell, *_payload(c, out, overrides, threads), fit): c for c in pending

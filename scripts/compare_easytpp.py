@@ -478,8 +478,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-steps", type=int, default=10)
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc's dynamic mmap threshold on (mtpp's CLI fixes it: mtpp.allocator); "
+                   "either way both libraries share this process's allocator")
     args = p.parse_args(argv)
 
+    from mtpp.allocator import tune_allocator
+
+    malloc_tuned = False if args.no_malloc_tuning else tune_allocator()
     torch.set_num_threads(args.threads[0])
     import easy_tpp
 
@@ -502,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_state(),
         "uptime_before": uptime(),
         "loadavg_before": loadavg(),
+        "malloc_tuned": malloc_tuned,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     print(f"# {meta['uptime_before']}", flush=True)
