@@ -191,7 +191,7 @@ def backward_step(
       (``mtpp.models.recurrence``) has a vmap rule that runs both cotangents through ONE backward recurrence
       (~1.4x the cost of one, against 2x for two); ops without a batching rule (the CPU flash-attention
       backward of the thp / sahp encoders) run once per cotangent. Measured over a plain step on MOOC (batch
-      16, 1 thread): ~+30-40 % for GRU-LNM / GRU-RMTPP, ~+20 % for THP / SAHP models (BENCHMARKS.md). Not
+      16, 1 thread): +16-29 % with a THP / SAHP / FNN decoder, +39-58 % with LNM / RMTPP (BENCHMARKS.md). Not
       measured on CUDA (cuDNN's RNN backward runs per cotangent there, or raises and two sequential backwards
       are used; same gradients either way). The graph is retained until the losses are freed (as usual, at
       the end of the step). The first batched call in a process pays a one-off vmap warm-up (~1-3 s on CPU).
