@@ -224,9 +224,16 @@ def fused_available(x: Tensor) -> bool:
         x.device.type == "cpu"
         and torch.is_grad_enabled()
         and x.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")
+        and not _cpu_autocast()
         and not torch.compiler.is_compiling()
     )
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled()
 
 
 def run_fused(rnn: torch.nn.RNNBase, x: Tensor, h0: Tensor) -> Tensor:
