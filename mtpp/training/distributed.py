@@ -210,6 +210,11 @@ def session(device: str = "auto") -> Iterator[Dist]:
         backend = "nccl" if dev.startswith("cuda") else "gloo"
         if dev.startswith("cuda"):
             torch.cuda.set_device(torch.device(dev))
+        # torch._dynamo, imported lazily by the first optimiser, keeps ~10 references to a default group that
+        # exists when it is imported: destroy_process_group then cannot free the gloo group, its worker threads
+        # live into interpreter shutdown and, finishing a collective there, abort the process (SIGABRT after a
+        # complete run, a few percent of runs on a loaded machine). Imported first, it holds none.
+        import torch._dynamo  # noqa: F401
         dist.init_process_group(backend=backend, device_id=torch.device(dev) if backend == "nccl" else None)
         created = True
     ctx = Dist(world=dist.get_world_size(), rank=dist.get_rank(), local_rank=local, backend=dist.get_backend())
@@ -219,10 +224,7 @@ def session(device: str = "auto") -> Iterator[Dist]:
     finally:
         _ACTIVE = None
         if created and dist.is_initialized():
-            # free the run's objects (DDP reducer, pending work, tensors) while the interpreter is alive: left to
-            # the collector they died at interpreter shutdown, where gloo's threads abort the process (SIGABRT,
-            # "terminate called without an active exception") on a few percent of runs of a loaded machine
-            gc.collect()
+            gc.collect()  # the run's garbage goes while the interpreter (and the group) is fully alive
             dist.destroy_process_group()
 
 
