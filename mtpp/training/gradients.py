@@ -189,7 +189,8 @@ def backward_step(
       ``torch.func.vmap`` over ``autograd.grad``) gives ``[g_T, g_M]`` for every encoder parameter. Exact (no
       subtraction): the gradients of the generic path up to float rounding. The fused CPU GRU / RNN
       (``mtpp.models.recurrence``) has a vmap rule that runs both cotangents through ONE backward recurrence
-      (~1.4x the cost of one, against 2x for two); ops without a batching rule (the CPU flash-attention
+      (~1.7x the cost of one GRU backward at batch 16 x 60 steps, alone; the per-task weight-gradient products
+      cannot be shared); ops without a batching rule (the CPU flash-attention
       backward of the thp / sahp encoders) run once per cotangent. Measured over a plain step on MOOC (batch
       16, 1 thread): +16-29 % with a THP / SAHP / FNN decoder, +39-58 % with LNM / RMTPP (BENCHMARKS.md). Not
       measured on CUDA (cuDNN's RNN backward runs per cotangent there, or raises and two sequential backwards
