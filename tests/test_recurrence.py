@@ -116,3 +116,16 @@ def test_encoder_histories_same_with_and_without_gradients(encoder: str, monkeyp
         evaluated = model.encoder.histories(batch)
     assert calls == [1]
     torch.testing.assert_close(trained, evaluated, atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_parameter_gets_its_own_gradient_tensor(cell: type[nn.RNNBase]) -> None:
+    """The RNN's two biases have equal gradients; as one shared tensor an in-place clip would scale it twice."""
+    rnn, x, h0, _ = _setup(cell, 1)
+    run_fused(rnn, x, h0).square().sum().backward()
+    grads = [p.grad for p in rnn.parameters()]
+    assert len({g.data_ptr() for g in grads}) == len(grads)
+    want = [g.clone() for g in grads]
+    torch.nn.utils.clip_grads_with_norm_(list(rnn.parameters()), 0.5, torch.tensor(1.0, dtype=x.dtype))
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w * 0.5 / (1.0 + 1e-6))

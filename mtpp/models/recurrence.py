@@ -119,7 +119,9 @@ def _rnn_vjp(d_hs: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor) ->
         torch.addmm(d_t[t], da_2d[t], w_hh, out=dh_out[t])
     db = da.sum((0, 1))
     dx = (da @ w_ih).permute(2, 0, 1, 3)
-    return dx, dh[0].transpose(0, 1), _outer(x, da), _outer(hs[:-1], da), db, db
+    # b_ih and b_hh get the same values, but never the same tensor: as two ``.grad`` sharing storage, an in-place
+    # clip or accumulation would reach both twice
+    return dx, dh[0].transpose(0, 1), _outer(x, da), _outer(hs[:-1], da), db, db.clone()
 
 
 class _TaskBatchedVJP(torch.autograd.Function):

@@ -45,6 +45,7 @@ from mtpp.evaluation.evaluate import (
 )
 from mtpp.training import checkpoint
 from mtpp.training import distributed
+from mtpp.training.gradients import COS_KEYS
 from mtpp.training.distributed import SINGLE, Dist
 from mtpp.training.early_stopping import EarlyStopping
 from mtpp.training.guard import NonFiniteGuard, grad_norm
@@ -66,7 +67,6 @@ from mtpp.training.setup import (
 
 CONFIG_FILE = "config.yaml"
 RUN_FILES = (CONFIG_FILE, "log.jsonl", checkpoint.CHECKPOINT, checkpoint.BEST, METRICS_FILE)
-COS_KEYS = ("cos_tm", "cos_tm/encoder", "cos_tm/decoder")
 
 
 @dataclass
