@@ -548,6 +548,8 @@ def run_cell(
     torch.set_num_threads(threads)
     try:
         cfg = config_from_dict(apply_overrides(config, list(overrides)))
+        if cfg.train.threads > threads:  # jobs x threads never exceeds the cores
+            cfg.train.threads = threads
         out = Path(run_dir)
         resume = not is_complete(out) and is_resumable(out)
         out.mkdir(parents=True, exist_ok=True)

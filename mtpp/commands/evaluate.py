@@ -10,10 +10,11 @@ SHOWN = (
     ("L_M/seq", "nll_mark_per_seq"),
     ("L_T/ev", "nll_time_per_event"),
     ("L_M/ev", "nll_mark_per_event"),
-    ("accuracy", "accuracy"),
-    ("MRR", "mrr"),
+    ("acc. forecast", "accuracy_forecast"),
+    ("acc. given time", "accuracy_given_time"),
+    ("MRR forecast", "mrr_forecast"),
     ("PCE", "pce"),
-    ("ECE", "ece"),
+    ("ECE forecast", "ece_forecast"),
 )
 
 

@@ -96,7 +96,7 @@ def read_arrays(run_dir: str | Path, section: str = "test") -> dict[str, list] |
         data = json.load(f)
     if isinstance(data.get(section), dict):
         return data[section]
-    return data if "pit_counts" in data or "reliability_count" in data else None
+    return data if "pit_counts" in data or any(k.startswith("reliability_count") for k in data) else None
 
 
 def _step_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -289,6 +289,11 @@ def _colors(n: int) -> list:
 # (c) reliability and (d) PIT, pooled over the runs of a model
 
 
+RELIABILITY_KIND = "forecast"
+"""Which mark distribution the reliability diagrams show: the forecast ``p(k | H)`` (``given_time`` for runs whose
+arrays have no forecast)."""
+
+
 def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | None:
     count = conf_sum = acc_sum = pit = None
     edges = pit_edges = None
@@ -296,14 +301,15 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
         a = read_arrays(run, section)
         if not a:
             continue
-        if a.get("reliability_count") is not None:
-            c = np.asarray(a["reliability_count"], dtype=float)
-            conf = np.nan_to_num(np.asarray(a["reliability_confidence"], dtype=float))
-            acc = np.nan_to_num(np.asarray(a["reliability_accuracy"], dtype=float))
+        kind = RELIABILITY_KIND if a.get(f"reliability_count_{RELIABILITY_KIND}") is not None else "given_time"
+        if a.get(f"reliability_count_{kind}") is not None:
+            c = np.asarray(a[f"reliability_count_{kind}"], dtype=float)
+            conf = np.nan_to_num(np.asarray(a[f"reliability_confidence_{kind}"], dtype=float))
+            acc = np.nan_to_num(np.asarray(a[f"reliability_accuracy_{kind}"], dtype=float))
             count = c if count is None else count + c
             conf_sum = c * conf if conf_sum is None else conf_sum + c * conf
             acc_sum = c * acc if acc_sum is None else acc_sum + c * acc
-            edges = np.asarray(a.get("reliability_edges") or np.linspace(0, 1, len(c) + 1), dtype=float)
+            edges = np.asarray(a.get(f"reliability_edges_{kind}") or np.linspace(0, 1, len(c) + 1), dtype=float)
         if a.get("pit_counts") is not None:
             p = np.asarray(a["pit_counts"], dtype=float)
             pit = p if pit is None else pit + p
@@ -320,7 +326,8 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
 
 
 def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", section: str = "test") -> Path | None:
-    """Reliability diagram of the top-class mark probability: accuracy vs mean confidence per bin, one line per
+    """Reliability diagram of the top-class mark forecast ``p(k | H)`` (``RELIABILITY_KIND``): accuracy vs mean
+    confidence per bin, one line per
     model (runs pooled), the diagonal, and the share of events per bin below. ECE in the legend."""
     models = [(label, arr) for label, part in _label_groups(runs)
               if (arr := _pooled_arrays(part, section)) is not None and "count" in arr]
