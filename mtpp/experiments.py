@@ -532,6 +532,7 @@ def run_cell(
     threads: int,
     labels: dict,
     fit: FitFn | None = None,
+    results_dir: str | None = None,
 ) -> CellResult:
     """Train one cell (in this or a worker process); never raises for a failing run, returns its error.
 
@@ -559,7 +560,12 @@ def run_cell(
         fit(cfg, out, resume=resume, overwrite=not resume)
         if not is_complete(out):
             raise RuntimeError(f"training finished but {out / METRICS_FILE} is missing or has no test metrics")
-        return CellResult(name, "done", time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if results_dir is not None:  # the committed record of the cell (mtpp.records)
+            from mtpp.records import build_record, write_record
+
+            write_record(results_dir, name, build_record(out, {"name": name, **labels}, seconds))
+        return CellResult(name, "done", seconds)
     except Exception as e:  # a failing cell must not stop the grid
         message = f"{type(e).__name__}: {e}"
         return CellResult(name, "failed", time.perf_counter() - start, message, traceback.format_exc())
@@ -577,6 +583,7 @@ def run_grid(
     log: Callable[[str], None] = print,
     fit: FitFn | None = None,
     rerun_stale: bool = False,
+    results_dir: str | Path | None = None,
 ) -> list[CellResult]:
     """Run every cell not yet complete; record failures in ``out_dir/failures.json``; return one result per cell.
 
@@ -585,10 +592,18 @@ def run_grid(
     off (always with ``jobs > 1``); ``overrides`` may turn them back on. ``fit`` replaces the trainer (tests).
     A complete cell whose stored configuration differs from the grid's (other hyper-parameters than the ones
     that trained it) is a ``ConfigError`` before anything trains, unless ``rerun_stale`` retrains it.
+    ``results_dir``: each finished cell also writes its record there (``mtpp.records``), and a cell that has a
+    record there but no run directory under ``out_dir`` is skipped (a grid continued on another machine).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     states = {c.name: cell_state(out / c.name, resolved_dict(c, overrides)) for c in cells}
+    if results_dir is not None:
+        from mtpp.records import record_path
+
+        for c in cells:
+            if states[c.name] == "new" and record_path(results_dir, c.name).is_file():
+                states[c.name] = "done"
     _check_stale(cells, states, out, overrides, rerun_stale)
     results = [CellResult(c.name, "skipped") for c in cells if states[c.name] == "done"]
     pending = [c for c in cells if states[c.name] != "done"]
@@ -601,9 +616,10 @@ def run_grid(
     try:
         if jobs == 1:
             for c in pending:
-                results.append(_tick(bar, run_cell(*_payload(c, out, cell_overrides, threads), fit=fit)))
+                payload = _payload(c, out, cell_overrides, threads, results_dir)
+                results.append(_tick(bar, run_cell(*payload[:6], fit, payload[7])))
         else:
-            results.extend(_run_parallel(pending, out, cell_overrides, jobs, threads, bar, fit))
+            results.extend(_run_parallel(pending, out, cell_overrides, jobs, threads, bar, fit, results_dir))
     finally:
         bar.close()
     write_failures(out, [r for r in results if r.status == "failed"])
@@ -624,12 +640,14 @@ def _check_stale(
     )
 
 
-def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int) -> tuple:
-    return cell.name, cell.config, list(overrides), str(out / cell.name), threads, cell.labels()
+def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int, results_dir: Any = None) -> tuple:
+    rd = None if results_dir is None else str(results_dir)
+    return cell.name, cell.config, list(overrides), str(out / cell.name), threads, cell.labels(), None, rd
 
 
 def _run_parallel(
-    pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None
+    pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None,
+    results_dir: Any = None,
 ) -> list[CellResult]:
     """Cells in a spawn-context process pool; on Ctrl-C the queued cells are cancelled, not waited for."""
     import multiprocessing
@@ -642,7 +660,9 @@ def _run_parallel(
     )
     try:
         futures: dict[Future, Cell] = {
-            pool.submit(run_cell, *_payload(c, out, overrides, threads), fit): c for c in pending
+            pool.submit(run_cell, *_payload(c, out, overrides, threads, results_dir)[:6], fit,
+                        None if results_dir is None else str(results_dir)): c
+            for c in pending
         }
         for future in as_completed(futures):
             try:

@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar over cells")
     p.add_argument("--verbose-runs", action="store_true", help="keep each run's own progress output (jobs=1)")
     p.add_argument("--no-report", action="store_true", help="do not write summary tables and plots")
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="also write each finished cell's small result record (mtpp.records) under this folder, and skip "
+        "cells that already have one there (e.g. committed records: results/paper_table1)",
+    )
     p.set_defaults(func=run)
 
 
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     results = ex.run_grid(
         cells, args.out, jobs=args.jobs, overrides=run_overrides,
         progress=not args.no_progress, quiet_runs=not args.verbose_runs, rerun_stale=args.rerun_stale,
-        log=lambda m: print(m, file=sys.stderr),
+        log=lambda m: print(m, file=sys.stderr), results_dir=args.results,
     )
     counts = ex.results_summary(results)
     print(

@@ -396,7 +396,9 @@ class Trainer:
         while self.epoch < t.max_epochs and not self.early.done:
             epoch = self.epoch + 1
             seconds = self._train_epoch(epoch)
+            started = time.perf_counter()
             val = self._validate()
+            val["validation_seconds"] = time.perf_counter() - started
             self._end_epoch(epoch, seconds, val)
         return self._finish()
 
