@@ -17,7 +17,7 @@ from mtpp.data.formats import write_split_folder
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import ConfigError
 from mtpp.models import build_model
-from mtpp.models.scaling import median_gap, resolve_time_scale
+from mtpp.models.scaling import typical_gap, resolve_time_scale
 from mtpp.training.trainer import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +61,7 @@ def test_nll_on_scaled_times_shifts_by_n_log_c(decoder: str, parametrisation: st
         data = [EventSequence(c * s.times, s.marks, None if w is None else c * (s.times[-1] + w))
                 for s, w in zip(seqs, windows)]  # fmt: skip
         m.time_scale = resolve_time_scale("auto", data)
-        assert m.time_scale == pytest.approx(c * median_gap(seqs), rel=1e-12)
+        assert m.time_scale == pytest.approx(c * typical_gap(seqs), rel=1e-12)
         batch = collate(data, dtype=torch.float64)
         with torch.no_grad():
             out = m.nll(batch)
