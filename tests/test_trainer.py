@@ -44,7 +44,7 @@ STEP_KEYS = {
     "epoch", "step", "loss_time", "loss_mark", "cos_tm", "cos_tm/encoder", "cos_tm/decoder", "gms",
     "norm_time", "norm_mark", "skipped",
 }  # fmt: skip
-TIMING = {"train_events_per_second", "train_seconds", "epoch_seconds"}
+TIMING = {"train_events_per_second", "train_seconds", "epoch_seconds", "validation_seconds"}
 
 
 def tiny(*extra: str, decoder: str = "lnm") -> RunConfig:
