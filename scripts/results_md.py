@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     "| model | metric | paper | ours |", "|---|---|---|---|"]  # fmt: skip
             for (ds, model, param, metric), value in pub:
                 rs = cells.get((ds, model, param, "sum"), [])
-                ours = fmt([r["metrics"]["test"][metric] for r in rs], 1) if rs else "not run yet"
+                ours = fmt([r["metrics"]["test"].get(metric) for r in rs], 1) if rs else "not run yet"
                 out.append(f"| {model} {PARAM_LABEL[param]} | {metric} | {value} | {ours} |")
             out.append("")
     print("\n".join(out))
@@ -119,8 +119,9 @@ def differences(cells: dict, dataset: str) -> list[str]:
         for metric in ("nll_time_per_seq", "nll_mark_per_seq"):
             for param in ("plus", "plusplus"):
                 other = {r["cell"]["split"]: r for r in cells.get((dataset, model, param, "sum"), [])}
-                diffs = [other[s]["metrics"]["test"][metric] - base[s]["metrics"]["test"][metric]
+                pairs = [(other[s]["metrics"]["test"].get(metric), base[s]["metrics"]["test"].get(metric))
                          for s in sorted(set(base) & set(other))]  # fmt: skip
+                diffs = [a - b for a, b in pairs if a is not None and b is not None]
                 row.append(fmt(diffs, 2) + (f" (n={len(diffs)})" if diffs else ""))
         if any(c != "n/a" for c in row[1:]):
             any_row = True
