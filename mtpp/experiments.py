@@ -595,7 +595,9 @@ def run_grid(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     states = {c.name: cell_state(out / c.name, resolved_dict(c, overrides)) for c in cells}
-    _check_stale(cells, states, out, overrides, rerun_stale)
+    data_reasons = data_changes(cells, states, out, overrides, log)
+    states.update({name: "stale" for name in data_reasons})
+    _check_stale(cells, states, out, overrides, rerun_stale, data_reasons)
     results = [CellResult(c.name, "skipped") for c in cells if states[c.name] == "done"]
     pending = [c for c in cells if states[c.name] != "done"]
     if results:
@@ -616,16 +618,55 @@ def run_grid(
     return results
 
 
+def data_changes(
+    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str],
+    log: Callable[[str], None] | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """``{cell: reason}`` for finished cells whose recorded data (``mtpp.runs``) differ from the data the grid
+    resolves now (another split folder, an edited file, another ``MTPP_DATA_DIR``): mixing them into one summary
+    would compare models on different test sets. Each distinct dataset is loaded once; its resolved path goes to
+    ``log``. Cells without a record (older runs, test doubles) are not checked."""
+    from mtpp.errors import MtppError
+    from mtpp.runs import data_record, describe_difference, differing_parts, open_run
+    from mtpp.training.setup import load_data
+
+    current: dict[str, dict] = {}
+    reasons: dict[str, str] = {}
+    for cell in cells:
+        if states[cell.name] != "done":
+            continue
+        try:
+            recorded = open_run(out / cell.name).data_record
+        except (MtppError, OSError):
+            continue
+        if not recorded:
+            continue
+        data_cfg = resolve(cell, overrides).data
+        key = json.dumps([data_cfg.name, data_cfg.split, data_cfg.max_sequences, data_cfg.data_dir])
+        if key not in current:
+            data = load_data(data_cfg)
+            current[key] = data_record(data, data_cfg)
+            if log is not None:
+                log(f"data {data_cfg.name} split {data_cfg.split} <- {current[key]['source']}")
+        parts = differing_parts(recorded, current[key])
+        if parts:
+            reasons[cell.name] = "other data: " + describe_difference(recorded, current[key], parts)
+    return reasons
+
+
 def _check_stale(
-    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], rerun_stale: bool
-) -> None:
+    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], rerun_stale: bool,
+    data_reasons: dict[str, str] | None = None,
+) -> None:  # fmt: skip
     stale = [c for c in cells if states[c.name] == "stale"]
     if not stale or rerun_stale:
         return
     first = stale[0]
     diff = config_differences(out / first.name, resolved_dict(first, overrides))
+    if data_reasons and first.name in data_reasons:
+        diff = [data_reasons[first.name], *diff]
     raise ConfigError(
-        f"{len(stale)} finished cell(s) under {out} were trained with a different configuration (e.g. "
+        f"{len(stale)} finished cell(s) under {out} were trained with a different configuration or data (e.g. "
         f"{first.name}: {'; '.join(diff[:3])}); pass --rerun-stale to retrain them, or choose another --out"
     )
 

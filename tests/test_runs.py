@@ -467,3 +467,22 @@ def test_compare_workers_stop_with_their_parent(tmp_path: Path, sig: int) -> Non
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_compare_refuses_finished_cells_trained_on_other_data(tmp_path: Path) -> None:
+    from mtpp import experiments as ex
+
+    data = simulate(tmp_path / "sim")
+    base = {k: {} for k in ("data", "model", "train", "logging")}
+    for o in TINY:
+        key, value = o.split("=")
+        section, name = key.split(".")
+        base[section][name] = yaml.safe_load(value)
+    exp = ex.experiment_from_dict({"base": base, "grid": {"datasets": [str(data)], "seeds": [0]}})
+    cells = ex.expand(exp)
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False)] == ["done"]
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False)] == ["skipped"]
+    simulate(data, 1, "--force")
+    with pytest.raises(ConfigError, match="other data: recorded .*differing: train, val, test"):
+        ex.run_grid(cells, tmp_path / "out", progress=False)
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False, rerun_stale=True)] == ["done"]
