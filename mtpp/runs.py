@@ -55,7 +55,10 @@ LOCK_FILE = ".mtpp.lock"
 PARTS = ("train", "val", "test")
 #: Temporary files of interrupted atomic writes (``checkpoint.save_atomic``, ``write_json``, the config writer):
 #: removed when a command takes the run folder over.
-TEMP_PATTERNS = (".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".*.json.tmp", ".config.yaml.tmp")
+TEMP_PATTERNS = (
+    ".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".metrics.json.tmp", ".metrics.other-*.json.tmp", ".arrays_*.json.tmp",
+    ".config.yaml.tmp",
+)
 
 
 # --------------------------------------------------------------------------------------------- fingerprints

@@ -205,8 +205,10 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_and_temp_files_go(tmp
     (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"torn")
     (run / ".metrics.json.tmp").write_text("{")
     (run / "notes.txt").write_text("mine")
+    (run / ".notes.json.tmp").write_text("not ours")  # a temporary-looking file of someone else's
     assert fit(tiny(data), run, resume=True)["train"]["epochs"] == 1  # --resume: starts over, no error
-    assert not list(run.glob(".*.tmp")) and (run / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in run.glob(".*.tmp")) == [".notes.json.tmp"]
+    assert (run / "notes.txt").read_text() == "mine"
     (run / "checkpoint.pt").unlink()
     (run / "metrics.json").unlink()
     assert fit(tiny(data), run)["train"]["epochs"] == 1  # and without --resume / --overwrite too
@@ -486,3 +488,86 @@ def test_compare_refuses_finished_cells_trained_on_other_data(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="other data: recorded .*differing: train, val, test"):
         ex.run_grid(cells, tmp_path / "out", progress=False)
     assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False, rerun_stale=True)] == ["done"]
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from mtpp.training import checkpoint, trainer
+from mtpp.evaluation import evaluate as ev
+from mtpp.config import load_config
+
+point, out, data = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+real_save, real_json = checkpoint.save_atomic, ev.write_json
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def save_atomic(obj, path):
+    name = Path(path).name
+    if point == "before-best" and name == checkpoint.BEST:
+        die()
+    if point == "torn-checkpoint" and name == checkpoint.CHECKPOINT:
+        import tempfile
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=Path(path).parent)
+        os.write(fd, b"half")
+        die()
+    if point == "before-checkpoint" and name == checkpoint.CHECKPOINT:
+        die()
+    real_save(obj, path)
+    if point == "after-checkpoint" and name == checkpoint.CHECKPOINT:
+        die()
+
+def write_json(path, obj):
+    if point == "before-metrics" and Path(path).name == "metrics.json":
+        die()
+    real_json(path, obj)
+
+checkpoint.save_atomic = save_atomic
+trainer.write_json = write_json
+cfg = load_config(None, sys.argv[4:] + [f"data.name={data}"])
+trainer.fit(cfg, out)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL of a child process")
+@pytest.mark.parametrize("point", ["before-best", "before-checkpoint", "torn-checkpoint", "after-checkpoint",
+                                   "before-metrics"])  # fmt: skip
+def test_every_sigkill_point_is_resumable(tmp_path: Path, point: str) -> None:
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", KILLED_RUN, point, str(run), str(data), *TINY, "train.max_epochs=2"],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert not (run / "metrics.json").exists()
+    # the documented way on: --resume (a restart when there is no checkpoint yet), no --overwrite
+    metrics = fit(tiny(data, "train.max_epochs=2"), run, resume=True)
+    assert metrics["train"]["epochs"] == 2 and (run / "metrics.json").is_file()
+    assert not list(run.glob(".*.tmp")), list(run.glob(".*.tmp"))
+
+
+def test_compare_and_variants_keep_unrelated_files(tmp_path: Path) -> None:
+    from mtpp import experiments as ex
+
+    data = simulate(tmp_path / "sim")
+    base = {"data": {"name": str(data)}, "train": {"max_epochs": 1, "batch_size": 8, "device": "cpu"},
+            "model": {"hidden_size": 8, "decoder": "lnm", "num_components": 2}}  # fmt: skip
+    cells = ex.expand(ex.experiment_from_dict({"base": base}))
+    out = tmp_path / "out"
+    cell_dir = out / cells[0].name
+    cell_dir.mkdir(parents=True)
+    (out / "notes.md").write_text("mine")
+    (cell_dir / "notes.md").write_text("mine")
+    (cell_dir / "config.yaml").write_text("train: {max_epochs: 1}\n")  # a run that died before its checkpoint
+    (cell_dir / "log.jsonl").write_text("")
+    assert [r.status for r in ex.run_grid(cells, out, progress=False)] == ["done"]
+    assert (out / "notes.md").read_text() == "mine" and (cell_dir / "notes.md").read_text() == "mine"
+    cfg = load_config(None, [*TINY, f"data.name={data}"])
+    vout = tmp_path / "variants"
+    vout.mkdir()
+    (vout / "notes.md").write_text("mine")
+    run_variants(cfg, [{"name": "a"}], vout)
+    run_variants(cfg, [{"name": "a"}], vout, overwrite=True)
+    assert (vout / "notes.md").read_text() == "mine"
