@@ -224,6 +224,31 @@ def open_run(run_dir: str | Path) -> Run:
     return Run(path, config_from_dict(raw), info if isinstance(info, dict) else {})
 
 
+def mixed_data(run_dirs: Iterable[str | Path]) -> list[str]:
+    """Problems of a set of runs summarised together: runs of one dataset name and split whose recorded test
+    parts differ (their test metrics are then not comparable). One line per dataset, naming two runs and their
+    sources. Runs without a record are not checked."""
+    seen: dict[tuple, tuple[str, dict]] = {}
+    problems: dict[tuple, str] = {}
+    for run_dir in run_dirs:
+        try:
+            record = open_run(run_dir).data_record
+        except (MtppError, OSError):
+            continue
+        if not record:
+            continue
+        key = (record.get("name"), record.get("split"))
+        if key not in seen:
+            seen[key] = (str(run_dir), record)
+            continue
+        first_dir, first = seen[key]
+        differ = first.get("parts", {}).get("test", {}).get("sha256") != record["parts"]["test"]["sha256"]
+        if differ and key not in problems:
+            problems[key] = (f"{key[0]} split {key[1]}: {first_dir} and {run_dir} were tested on different data: "
+                             + describe_difference(first, record, ["test"]))  # fmt: skip
+    return list(problems.values())
+
+
 # --------------------------------------------------------------------------------------------- names
 
 
@@ -365,5 +390,5 @@ class RunLock:
 
 __all__ = [
     "Run", "RunLock", "open_run", "fingerprint", "data_record", "check_same_data", "load_recorded_data",
-    "describe_data", "check_folder_name", "clean_temporary_files",
+    "describe_data", "check_folder_name", "clean_temporary_files", "mixed_data",
 ]

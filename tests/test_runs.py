@@ -571,3 +571,19 @@ def test_compare_and_variants_keep_unrelated_files(tmp_path: Path) -> None:
     run_variants(cfg, [{"name": "a"}], vout)
     run_variants(cfg, [{"name": "a"}], vout, overwrite=True)
     assert (vout / "notes.md").read_text() == "mine"
+
+
+def test_report_refuses_runs_of_one_dataset_tested_on_different_data(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    simulate(tmp_path / "A" / "mine", seed=0)
+    simulate(tmp_path / "B" / "mine", seed=1)
+    fit(tiny("mine"), tmp_path / "runs" / "a", data_dir=str(tmp_path / "A"))
+    fit(tiny("mine", "model.decoder=rmtpp"), tmp_path / "runs" / "b", data_dir=str(tmp_path / "A"))
+    assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 0
+    fit(tiny("mine", "train.seed=1"), tmp_path / "runs" / "c", data_dir=str(tmp_path / "B"))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "tested on different data" in err and str(tmp_path / "runs" / "c") in err
+    assert main(["report", str(tmp_path / "runs"), "--no-plots", "--allow-mixed-data"]) == 0
+    assert "warning: mine split 0" in capsys.readouterr().err
