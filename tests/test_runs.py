@@ -381,10 +381,16 @@ def test_help_imports_no_torch_and_every_command_has_a_description() -> None:
         walk(build_parser(), [])
         print("ok")
     """)
+    import resource
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.process_time()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = subprocess.run([sys.executable, "-m", "mtpp", "--help"], capture_output=True, text=True, env=env, timeout=60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert res.returncode == 0 and "usage: mtpp" in res.stdout and cpu < 1.0, cpu
 
 
 def test_bench_warns_when_the_machine_is_busy() -> None:

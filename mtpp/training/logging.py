@@ -116,6 +116,11 @@ class Progress:
         self._bar = tqdm(total=total, desc=desc or f"epoch {epoch}", leave=False, file=sys.stderr,
                          dynamic_ncols=True, unit="step")  # fmt: skip
 
+    @property
+    def done(self) -> int:
+        """Steps counted on the epoch bar so far (0 when disabled)."""
+        return self._bar.n if self._bar is not None else 0
+
     def step(self, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(n)

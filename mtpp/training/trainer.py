@@ -193,7 +193,12 @@ def _run_variants(
         quiet = cfg.logging.quiet or not ddp.is_main
         echo(f"[{i}/{len(configs)}] variant {name} -> {run_dir}", quiet)
         started = ddp.on_main(lambda run_dir=run_dir: (run_dir / CONFIG_FILE).is_file())
-        results[name] = fit(cfg, run_dir, resume=resume and started, data_dir=data_dir, overwrite=overwrite)
+        try:
+            results[name] = fit(cfg, run_dir, resume=resume and started, data_dir=data_dir, overwrite=overwrite)
+        except KeyboardInterrupt:
+            if ddp.is_main:
+                echo(f"to continue every variant: mtpp train --out {out_dir} --resume")
+            raise
     table = comparison_table(results)
     if ddp.is_main:
         write_json(out_dir / "comparison.json", results)
@@ -796,8 +801,7 @@ class _Timing:
         if self.step_seconds is None:
             return None
         per_epoch = len(tr.loader)
-        bar = tr.progress._bar
-        done = bar.n if bar is not None else 0
+        done = tr.progress.done
         epochs_after = max(tr.cfg.train.max_epochs - tr.epoch - 1, 0)
         end = self.epoch_end or 0.0
         return (per_epoch - done + epochs_after * per_epoch) * self.step_seconds + (epochs_after + 1) * end
