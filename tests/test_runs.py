@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -593,3 +594,17 @@ def test_report_refuses_runs_of_one_dataset_tested_on_different_data(tmp_path: P
     assert "tested on different data" in err and str(tmp_path / "runs" / "c") in err
     assert main(["report", str(tmp_path / "runs"), "--no-plots", "--allow-mixed-data"]) == 0
     assert "warning: mine split 0" in capsys.readouterr().err
+
+
+def test_auto_preparing_a_dot_file_writes_into_the_cache(tmp_path: Path) -> None:
+    from mtpp.data.catalog import cache_dir, load_dataset
+
+    rng = np.random.default_rng(0)
+    seqs = [{"time_since_start": np.sort(rng.uniform(0, 10, 5)).tolist(), "type_event": rng.integers(0, 2, 5).tolist()}
+            for _ in range(30)]  # fmt: skip
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / ".events.json").write_text(json.dumps(seqs))
+    ds = load_dataset(tmp_path / "in" / ".events.json")
+    assert ds.name == "events"
+    assert Path(ds.source).parent == cache_dir() / "prepared"
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == [".events.json"]  # nothing beside the input
