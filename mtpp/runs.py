@@ -161,7 +161,9 @@ def load_recorded_data(data_cfg: Any, data_dir: str | None, recorded: dict[str, 
 def describe_data(run_data: Any) -> str:
     """``name <- source (split s): train/val/test n/n/n sequences, K marks`` for a command's first lines."""
     sizes = "/".join(str(len(run_data.split(p))) for p in PARTS)
-    return (f"{run_data.name} <- {getattr(run_data, 'source', None) or '?'} (split {getattr(run_data, 'split_index', '?')}): "
+    source = getattr(run_data, "source", None)
+    where = Path(source).resolve() if source else "?"
+    return (f"{run_data.name} <- {where} (split {getattr(run_data, 'split_index', '?')}): "
             f"train/val/test {sizes} sequences, {run_data.num_marks} marks")
 
 
