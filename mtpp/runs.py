@@ -15,8 +15,8 @@ Data record (``config.yaml`` under ``run_info.data``, and in ``checkpoint.pt`` /
 ``sha256`` is the content fingerprint of one part after the ``max_sequences`` cut: SHA-256 over, for every
 sequence in order, its length (int64), its times (float64 bytes), its marks (int64 bytes) and its window end
 (float64, NaN when ``None``). Two parts have the same fingerprint exactly when they hold the same sequences in the
-same order, whatever the file format or folder they came from. Cost: one pass over the arrays (MOOC, 312k
-events: well under a second).
+same order, whatever the file format or folder they came from. Cost: one pass over the arrays (measured: 0.015 s
+for MOOC, 6,234 sequences, 312k events).
 
 Loading (:func:`load_recorded_data`): the recorded ``source`` when it still exists and no ``data_dir`` was
 given, else the config's ``data.name`` resolved as usual; then the fingerprints are compared and a mismatch is an

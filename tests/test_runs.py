@@ -608,3 +608,19 @@ def test_auto_preparing_a_dot_file_writes_into_the_cache(tmp_path: Path) -> None
     assert ds.name == "events"
     assert Path(ds.source).parent == cache_dir() / "prepared"
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == [".events.json"]  # nothing beside the input
+
+
+def test_one_compare_and_one_variants_command_per_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"base": {"train": {"max_epochs": 1}}}))
+    holder = _hold_lock(tmp_path / "out")
+    try:
+        assert main(["compare", str(exp), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert not (tmp_path / "out" / "experiment.yaml").exists()
+        cfg = load_config(None, [*TINY])
+        with pytest.raises(MtppError, match=f"pid {holder.pid}"):
+            run_variants(cfg, [{"name": "a"}], tmp_path / "out")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -73,7 +73,15 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_cells(cells, args.out, run_overrides)
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
+    from mtpp.runs import RunLock
+
+    with RunLock(args.out):  # one compare per output folder (each cell's run folder has its own lock too)
+        return _run_locked(args, exp, cells, run_overrides)
+
+
+def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[str]) -> int:
+    from mtpp import experiments as ex
+
     ex.write_cells(args.out, exp, cells, args.overrides)
     print(f"{exp.name}: {len(cells)} cells -> {args.out} (jobs={args.jobs})", file=sys.stderr)
     results = ex.run_grid(

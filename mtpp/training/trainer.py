@@ -168,8 +168,11 @@ def run_variants(
     side-by-side table (unless ``logging.quiet``). With ``resume``, finished variants are kept and unfinished ones
     continue from their checkpoints.
     """
+    from mtpp.runs import RunLock
+
     with distributed.session(config.train.device) as ddp:
-        return _run_variants(config, variants, Path(out_dir), ddp, resume, data_dir, overwrite)
+        with RunLock(out_dir) if ddp.is_main else contextlib.nullcontext():  # one command per variants folder
+            return _run_variants(config, variants, Path(out_dir), ddp, resume, data_dir, overwrite)
 
 
 def _run_variants(
