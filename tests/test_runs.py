@@ -440,7 +440,8 @@ def _start_grid(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     (tmp_path / "mods" / "fakefit.py").write_text(FAKE_FIT)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "mods")])}
-    proc = subprocess.Popen([sys.executable, "-c", RUN_GRID, str(out), str(tmp_path / "mods")], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", RUN_GRID, str(out), str(tmp_path / "mods")], env=env,
+                            start_new_session=True)  # its own process group, as a terminal's job
     deadline = time.monotonic() + 90
     while len(list(out.rglob("pid"))) < 2:
         assert time.monotonic() < deadline and proc.poll() is None, "the workers did not start"
@@ -460,12 +461,19 @@ def _gone(pid: int, within: float) -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal and process checks: Linux")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_compare_workers_stop_with_their_parent(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize("sig, group", [(signal.SIGKILL, False), (signal.SIGINT, False), (signal.SIGINT, True)])
+def test_compare_workers_stop_with_their_parent(tmp_path: Path, sig: int, group: bool) -> None:
+    """SIGKILL of the parent alone; Ctrl-C as the parent alone gets it; Ctrl-C in a terminal (the whole group)."""
     proc, out = _start_grid(tmp_path)
     pids = [int(p.read_text()) for p in out.rglob("pid")]
-    proc.send_signal(sig)
+    start = time.monotonic()
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     proc.wait(timeout=30)
+    if sig == signal.SIGINT:
+        assert time.monotonic() - start < 10  # stops within seconds
     try:
         assert all(_gone(pid, 10) for pid in pids), "a worker outlived its parent"
         time.sleep(1)

@@ -13,6 +13,14 @@ stopping, counters), the sampler is seeded by ``seed + epoch`` and ``log.jsonl``
 epoch, so a resumed run ends with exactly the metrics of an uninterrupted one (on CPU; CUDA kernels may not be
 bitwise deterministic unless ``train.deterministic``).
 
+The run folder (``mtpp.runs``): rank 0 holds its lock for the whole run (a second writer is refused, naming this
+one), records the data (resolved source, SHA-256 of each part) in ``config.yaml`` ``run_info.data`` and in both
+checkpoints, and copies its console lines into ``train.log``. ``--resume`` loads the recorded data and refuses
+data with other fingerprints; a folder killed before its first ``checkpoint.pt`` restarts from scratch without
+``--overwrite``; temporary files of interrupted writes are removed; starting over removes only the files a run
+writes. Run-time options (``logging.quiet`` / ``logging.progress``) are not stored. A validation part without
+scored events is refused (no best epoch could be chosen).
+
 Devices and data parallelism: the same code runs on CPU and CUDA (bf16 autocast for the forward pass with
 ``train.amp`` on CUDA, float32 likelihood terms and losses; pinned host batches moved with
 ``non_blocking=True``), and under ``torchrun`` on several processes (``mtpp.training.distributed``: explicit
