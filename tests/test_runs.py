@@ -632,3 +632,12 @@ def test_one_compare_and_one_variants_command_per_folder(tmp_path: Path, capsys:
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_other_data_with_more_marks_than_the_model_is_one_clear_error(tmp_path: Path) -> None:
+    data = simulate(tmp_path / "sim")
+    fit(tiny(data), tmp_path / "run")
+    assert main(["simulate", "poisson", "--marks", "5", "--sequences", "40", "--window", "8", "--out",
+                 str(data), "--force"]) == 0  # fmt: skip
+    with pytest.raises(MtppError, match="knows 3 marks, the data have 5"):
+        evaluate(tmp_path / "run", "test", other_data=True)

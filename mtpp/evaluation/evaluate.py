@@ -149,8 +149,12 @@ def _evaluate_run(
     run_data, record, same = run.load_data(data_dir, other_data=other_data)
     if log is not None:
         log(f"{run_dir}: data {describe_data(run_data)}" + ("" if same else " (OTHER data than the run's)"))
-    model = build_run_model(cfg, run_data.num_marks, dev)
     state = run.best_state(map_location=dev)
+    num_marks = int(state.get("num_marks") or run_data.num_marks)  # the model's K, whatever data it is shown
+    if run_data.num_marks > num_marks:
+        raise MtppError(f"{run_dir}: the model knows {num_marks} marks, the data have {run_data.num_marks}: "
+                        "it cannot score them")
+    model = build_run_model(cfg, num_marks, dev)
     model.load_state_dict(state["model"])
     bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
     metrics, arrays = evaluate_model(

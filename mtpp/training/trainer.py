@@ -173,8 +173,10 @@ def run_variants(
     """Train each variant of ``config`` (its own ``variants`` unless given) into ``out_dir/<name>/``.
 
     Returns ``{name: metrics}``, writes ``out_dir/comparison.json`` and ``comparison.md`` and prints the
-    side-by-side table (unless ``logging.quiet``). With ``resume``, finished variants are kept and unfinished ones
-    continue from their checkpoints.
+    side-by-side table (unless ``logging.quiet``). With ``resume`` every variant behaves as ``fit(..., resume=True)``
+    alone: continued or extended from its checkpoint (a finished one with nothing left to train keeps its
+    metrics), a changed model or other data refused, a variant not started yet trained from scratch. Variant names
+    must be folder names (``mtpp.runs.check_folder_name``); one command per folder (``mtpp.runs.RunLock``).
     """
     from mtpp.runs import RunLock
 
