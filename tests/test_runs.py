@@ -641,3 +641,16 @@ def test_other_data_with_more_marks_than_the_model_is_one_clear_error(tmp_path: 
                  str(data), "--force"]) == 0  # fmt: skip
     with pytest.raises(MtppError, match="knows 3 marks, the data have 5"):
         evaluate(tmp_path / "run", "test", other_data=True)
+
+
+def test_a_refused_checkpoint_names_the_refused_global(tmp_path: Path) -> None:
+    import fractions
+
+    torch.save({"model": {}, "x": fractions.Fraction(1, 3)}, tmp_path / "best.pt")
+    with pytest.raises(MtppError) as e:
+        checkpoint.load(tmp_path / "best.pt")
+    msg = str(e.value)
+    assert "fractions.Fraction" in msg and str(tmp_path / "best.pt") in msg and "\n" not in msg
+    (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(MtppError, match="torn.pt: cannot read checkpoint"):
+        checkpoint.load(tmp_path / "torn.pt")
