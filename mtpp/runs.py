@@ -26,8 +26,8 @@ writes elsewhere). Runs written before records existed carry none: they load as 
 One writer per run folder (:class:`RunLock`): ``OUT/.mtpp.lock`` holds an exclusive ``fcntl.flock`` for the life
 of the writing command and names the holder (pid, host, command, start time). The kernel drops the lock when the
 holder dies (SIGKILL included), so a stale lock file of a dead process is taken over silently; a live holder makes
-the second writer fail with a message naming it. Where ``flock`` does not exist (Windows) the lock is the file's
-existence plus the pid check.
+the second writer fail with a message naming it. Where ``flock`` does not work (Windows, some network file
+systems) the file's content decides: free when empty or when its holder is a dead process of this host.
 
 Folder names from user input (variant names, experiment labels) pass :func:`check_folder_name` before they become
 paths: never empty, ``.``, ``..``, or holding a path separator.
@@ -352,13 +352,17 @@ class RunLock:
     def _lock(self, fd: int) -> bool:
         try:
             import fcntl
-        except ImportError:  # no flock: the pid in the file decides
-            holder = self._holder(fd)
-            return holder is None or holder.get("host") != socket.gethostname() or not _alive(int(holder["pid"]))
-        try:
+
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        except (ImportError, OSError):  # no flock here (Windows, some network file systems): the pid decides
+            holder = self._holder(fd)
+            if holder is None:
+                return True
+            # only a holder on this host can be checked; one elsewhere holds until its file is removed
+            here = holder.get("host") == socket.gethostname()
+            return here and holder.get("pid") != os.getpid() and not _alive(int(holder.get("pid") or 0))
         return True
 
     def _same_file(self, fd: int) -> bool:

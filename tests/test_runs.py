@@ -654,3 +654,25 @@ def test_a_refused_checkpoint_names_the_refused_global(tmp_path: Path) -> None:
     (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(MtppError, match="torn.pt: cannot read checkpoint"):
         checkpoint.load(tmp_path / "torn.pt")
+
+
+def test_the_lock_without_flock_decides_by_the_holders_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(37, "No locks available")  # ENOLCK, as on some network file systems
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(MtppError, match=f"pid {os.getpid()}"):
+            RunLock(run).acquire()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (run / ".mtpp.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with RunLock(run):  # a dead holder of this host: taken over
+        pass
+    (run / ".mtpp.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(MtppError, match="pid 1 on elsewhere"):
+        RunLock(run).acquire()
