@@ -110,25 +110,27 @@ def differing_parts(recorded: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 def describe_difference(recorded: dict[str, Any], current: dict[str, Any], parts: Sequence[str]) -> str:
+    """``recorded SOURCE (split s, events train/val/test a/b/c, test sha256 HEX12) vs now ...; differing: ...``."""
+    shown = next((p for p in parts if p in PARTS), "test")
+
     def side(rec: dict[str, Any]) -> str:
         sizes = "/".join(str(rec.get("parts", {}).get(p, {}).get("events", "?")) for p in PARTS)
-        fp = rec.get("parts", {}).get(parts[0] if parts[0] in PARTS else "test", {}).get("sha256", "?")
-        return f"{rec.get('source')} (split {rec.get('split')}, events train/val/test {sizes}, {fp[:12]})"
+        fp = str(rec.get("parts", {}).get(shown, {}).get("sha256", "?"))
+        return f"{rec.get('source')} (split {rec.get('split')}, events train/val/test {sizes}, {shown} sha256 {fp[:12]})"
 
     return f"recorded {side(recorded)} vs now {side(current)}; differing: {', '.join(parts)}"
 
 
-def check_same_data(recorded: dict[str, Any] | None, current: dict[str, Any], what: str) -> None:
-    """Raise ``MtppError`` when ``current`` is not the data ``recorded`` for the run (``what`` names the caller)."""
+def check_same_data(recorded: dict[str, Any] | None, current: dict[str, Any], what: str, hint: str = "") -> None:
+    """Raise ``MtppError`` when ``current`` is not the data ``recorded`` for the run (``what`` names the caller,
+    ``hint`` adds a way out); nothing to check when there is no record."""
     if not recorded:
         return
     parts = differing_parts(recorded, current)
     if parts:
         raise MtppError(
             f"{what}: the data differ from the run's: {describe_difference(recorded, current, parts)}. "
-            "Point --data-dir at the recorded data (or restore it)"
-            + (", or pass --other-data to evaluate on these data into another file" if what.startswith("evaluate")
-               else "")
+            f"Point --data-dir at the recorded data (or restore it){hint}"
         )
 
 
@@ -197,7 +199,8 @@ class Run:
             return data, current, True
         same = not differing_parts(recorded, current)
         if not same and not other_data:
-            check_same_data(recorded, current, f"evaluate {self.path}")
+            check_same_data(recorded, current, f"evaluate {self.path}",
+                            ", or pass --other-data to evaluate on these data into another file")
         return data, current, same
 
     def best_state(self, map_location: Any = "cpu") -> dict[str, Any]:
