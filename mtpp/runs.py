@@ -231,8 +231,9 @@ def open_run(run_dir: str | Path) -> Run:
 
 def mixed_data(run_dirs: Iterable[str | Path]) -> list[str]:
     """Problems of a set of runs summarised together: runs of one dataset name and split whose recorded test
-    parts differ (their test metrics are then not comparable). One line per dataset, naming two runs and their
-    sources. Runs without a record are not checked."""
+    parts differ (their test metrics are then not comparable; runs cut to another ``max_sequences`` are another
+    cell of the report and not compared). One line per dataset, naming two runs and their sources. Runs without a
+    record are not checked."""
     seen: dict[tuple, tuple[str, dict]] = {}
     problems: dict[tuple, str] = {}
     for run_dir in run_dirs:
@@ -242,7 +243,7 @@ def mixed_data(run_dirs: Iterable[str | Path]) -> list[str]:
             continue
         if not record:
             continue
-        key = (record.get("name"), record.get("split"))
+        key = (record.get("name"), record.get("split"), record.get("max_sequences"))  # a cut is its own cell
         if key not in seen:
             seen[key] = (str(run_dir), record)
             continue
