@@ -76,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.runs import RunLock
 
     with RunLock(args.out):  # one compare per output folder (each cell's run folder has its own lock too)
-        return _run_locked(args, exp, cells, run_overrides)
+        try:
+            return _run_locked(args, exp, cells, run_overrides)
+        except KeyboardInterrupt:
+            print("interrupted; run the same command again to continue (finished cells are kept, interrupted "
+                  "ones resume from their checkpoints)", file=sys.stderr)
+            raise
 
 
 def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[str]) -> int:
