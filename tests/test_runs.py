@@ -676,3 +676,14 @@ def test_the_lock_without_flock_decides_by_the_holders_pid(tmp_path: Path, monke
     (run / ".mtpp.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
     with pytest.raises(MtppError, match="pid 1 on elsewhere"):
         RunLock(run).acquire()
+
+
+def test_train_log_keeps_the_auto_preparation_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(1)
+    seqs = [{"time_since_start": np.sort(rng.uniform(0, 10, 6)).tolist(), "type_event": rng.integers(0, 2, 6).tolist()}
+            for _ in range(40)]  # fmt: skip
+    (tmp_path / "events.json").write_text(json.dumps(seqs))
+    fit(tiny(tmp_path / "events.json"), tmp_path / "run")
+    assert capsys.readouterr().err.count("auto-prepared 5 seeded") == 1  # still on the console, once
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "WARNING: " in log and "auto-prepared 5 seeded 60/20/20 splits" in log

@@ -8,14 +8,16 @@ progress bar advances every step (``Progress.step``: a host-side counter, tqdm r
 losses and the run's ETA in its postfix change on flushes only.
 
 Console copy: inside ``console_log(path)`` every line given to :func:`echo` (the run's header, epoch lines,
-warnings, summary, the resume hint) is also appended to ``path`` with a time stamp, whether or not the console
-shows it (``quiet``). Progress bars are not copied (they are redrawn, not lines).
+warnings, summary, the resume hint) and every warning of the ``mtpp`` loggers (auto-preparation of a dataset) is
+also appended to ``path`` with a time stamp, whether or not the console shows it (``quiet``). Progress bars are
+not copied (they are redrawn, not lines).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 import warnings
@@ -180,16 +182,30 @@ def echo(message: str, quiet: bool = False, *, stream: IO[str] | None = None) ->
             fh.flush()
 
 
+class _EchoHandler(logging.Handler):
+    """Warnings of mtpp's loggers (e.g. a dataset auto-prepared on first use) as :func:`echo` lines: on the
+    console as before, and in ``train.log``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        echo(self.format(record))
+
+
 @contextlib.contextmanager
 def console_log(path: Path) -> Iterator[None]:
-    """Append every :func:`echo` line to ``path`` (the run's ``train.log``) while inside."""
+    """Append every :func:`echo` line, and every warning of the ``mtpp`` loggers, to ``path`` (the run's
+    ``train.log``) while inside."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = path.open("a", encoding="utf-8")
     fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(sys.argv)}\n")
     _SINKS.append(fh)
+    logger = logging.getLogger("mtpp")
+    handler = _EchoHandler(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)
     try:
         yield
     finally:
+        logger.removeHandler(handler)
         _SINKS.remove(fh)
         fh.close()
