@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Generate the measured tables of ``RESULTS.md`` from the committed result records (``mtpp.records``).
 
-    python scripts/results_md.py results/paper_table1 > RESULTS.md
+    python scripts/results_md.py results/paper_table1                       # print the tables
+    python scripts/results_md.py results/paper_table1 --update RESULTS.md   # replace RESULTS.md's generated block
 
 Nothing here is typed by hand: every number comes from a record under the given folder. Per dataset: one row per
 model x parametrisation with mean +- standard error over the recorded splits (the ``n`` column says how many) of
@@ -68,6 +69,7 @@ def fmt(values: list[float], digits: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="folder of records, e.g. results/paper_table1")
+    ap.add_argument("--update", type=Path, help="replace the text between the BEGIN/END markers of this file")
     args = ap.parse_args(argv)
     records = read_records(args.results)
     cells: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
@@ -104,8 +106,23 @@ def main(argv: list[str] | None = None) -> int:
                 ours = fmt([r["metrics"]["test"].get(metric) for r in rs], 1) if rs else "not run yet"
                 out.append(f"| {model} {PARAM_LABEL[param]} | {metric} | {value} | {ours} |")
             out.append("")
-    print("\n".join(out))
+    if not records:
+        out.append("No cell of this grid has finished yet: there is no measured row.")
+    text = "\n".join(out)
+    if args.update is None:
+        print(text)
+        return 0
+    doc = args.update.read_text(encoding="utf-8")
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{args.update}: no {BEGIN!r} ... {END!r} block to replace")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    args.update.write_text(head + BEGIN + "\n" + text + "\n" + END + tail, encoding="utf-8")
     return 0
+
+
+BEGIN = "<!-- BEGIN generated tables -->"
+END = "<!-- END generated tables -->"
 
 
 def differences(cells: dict, dataset: str) -> list[str]:
