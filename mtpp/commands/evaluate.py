@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    p.add_argument("--horizon", type=float, help="also score forecasts of the events within this time span "
+                   "(T-mAP, OTD, count calibration; mtpp.forecast.horizon), with the baselines, as horizon_* keys")
+    p.add_argument("--samples", type=int, default=32, help="sampled continuations per point for --horizon")
     p.set_defaults(func=run)
 
 
@@ -56,4 +59,10 @@ def run(args: argparse.Namespace) -> int:
             m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device)
             cells = " | ".join(fmt_value(m.get(k)) for _, k in SHOWN)
             print(f"| {run_dir} | {split} | {cells} |")
+            if args.horizon is not None:
+                from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
+
+                h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=args.samples,
+                                         device=args.device)
+                print(format_horizon(h, f"{run_dir} {split}"))
     return 0

@@ -327,14 +327,14 @@ def evaluate_horizon(
     """Every metric of the module docstring for a model (``MarkedTPP``) or a baseline ``factory(histories)``.
 
     deltas: T-mAP tolerances (default ``DEFAULT_DELTAS_FRACTIONS x horizon``); otd_cost: default ``horizon / 2``.
-    Returns a flat dict (plus ``horizon``, ``points``, ``samples``, ``truncated_rows``).
+    Returns a flat dict (plus ``window`` = the horizon, ``points``, ``samples``, ``truncated_rows``).
     """
     from mtpp.forecast.generate import generate
     from mtpp.forecast.process import ModelProcess
 
     if not (math.isfinite(horizon) and horizon > 0):
         raise MtppError(f"horizon must be a finite time span > 0, got {horizon}")
-    deltas = list(deltas) if deltas is not None else [f * horizon for f in DEFAULT_DELTAS_FRACTIONS]
+    deltas = list(deltas) if deltas is not None else [round(f * horizon, 12) for f in DEFAULT_DELTAS_FRACTIONS]
     otd_cost = float(otd_cost) if otd_cost is not None else horizon / 2.0
     pts = prediction_points(sequences, horizon, min_history=min_history, stride=stride, max_points=max_points)
     if not pts:
@@ -391,7 +391,7 @@ def evaluate_horizon(
             otd.update(first_n.time[sel2] - t0, first_n.mark[sel2], seq.times[i : i + otd_events] - t0,
                        seq.marks[i : i + otd_events])
     cal.update(sampled.counts.reshape(len(pts), samples), observed_counts)
-    out = {"horizon": horizon, "points": len(pts), "samples": samples}
+    out = {"window": horizon, "points": len(pts), "samples": samples}
     out.update(nxt_m.compute())
     out.update(tmap.compute())
     out["tmap_deltas"] = deltas
@@ -401,3 +401,73 @@ def evaluate_horizon(
     out["truncated_rows"] = int(sampled.truncated.sum() + rollout.truncated.sum())
     out["max_events"] = max_events
     return out
+
+
+HORIZON_PREFIX = "horizon_"
+
+
+def evaluate_run_horizon(
+    run_dir,
+    split: str,
+    horizon: float,
+    data_dir: str | None = None,
+    *,
+    samples: int = 32,
+    baselines: bool = True,
+    max_points: int | None = 1000,
+    device: str | None = None,
+    write: bool = True,
+    **kwargs,
+) -> dict:
+    """``evaluate_horizon`` of a run directory's model on ``split`` (and of the baselines that apply:
+    ``mtpp.forecast.baselines``), seeded with the run's seed.
+
+    With ``write``, ``metrics.json[split]`` gains the model's metrics as flat ``horizon_<name>`` keys (so
+    ``mtpp compare`` / ``mtpp report`` tables can show them) and ``horizon_baselines: {name: {...}}``; nothing
+    else in the file changes. Returns ``{"model": {...}, "baselines": {name: {...}}}``.
+    """
+    from pathlib import Path
+
+    from mtpp.evaluation.evaluate import METRICS_FILE, json_safe, read_metrics, write_json
+    from mtpp.forecast.baselines import available_baselines, baseline_factory
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir, data_dir, device)
+    seqs = run.split(split)
+    seed = int(run.cfg.train.seed)
+    kw = dict(samples=samples, max_points=max_points, seed=seed, **kwargs)
+    k = run.data.num_marks
+    result = {"model": evaluate_horizon(run.model, seqs, horizon, k, **kw), "baselines": {}}
+    if baselines:
+        for name in available_baselines(run):
+            result["baselines"][name] = evaluate_horizon(baseline_factory(name, run), seqs, horizon, k, **kw)
+    result = json_safe(result)
+    if write:
+        existing = read_metrics(Path(run_dir))
+        section = existing.setdefault(split, {})
+        section.update({f"{HORIZON_PREFIX}{name}": v for name, v in result["model"].items()})
+        if baselines:
+            section[f"{HORIZON_PREFIX}baselines"] = result["baselines"]
+        write_json(Path(run_dir) / METRICS_FILE, existing)
+    return result
+
+
+SHOWN = (
+    ("acc.", "next_accuracy"), ("MAE", "next_mae"), ("gap cov.", "next_interval_coverage"), ("T-mAP", "tmap"),
+    ("OTD", "otd"), ("count PCE", "count_pce"), ("count cov.", "count_coverage"),
+)
+
+
+def format_horizon(result: dict, label: str) -> str:
+    """A Markdown table of ``evaluate_run_horizon``'s result: the model and each baseline, one row each."""
+    def cell(v) -> str:
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    m = result["model"]
+    head = (f"horizon {m['window']:g}, {m['points']} points, {m['samples']} samples, "
+            f"intervals at {m['next_interval_level']:g}")
+    lines = [f"{label}: {head}", "| forecaster | " + " | ".join(s for s, _ in SHOWN) + " |",
+             "|" + "---|" * (len(SHOWN) + 1)]
+    for name, r in [("model", m), *result.get("baselines", {}).items()]:
+        lines.append(f"| {name} | " + " | ".join(cell(r.get(k)) for _, k in SHOWN) + " |")
+    return "\n".join(lines)
