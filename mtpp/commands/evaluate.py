@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--horizon", type=float, help="also score forecasts of the events within this time span "
                    "(T-mAP, OTD, count calibration; mtpp.forecast.horizon), with the baselines, as horizon_* keys")
     p.add_argument("--samples", type=int, default=32, help="sampled continuations per point for --horizon")
+    p.add_argument("--points", type=int, default=1000, help="at most this many prediction points for --horizon")
     p.set_defaults(func=run)
 
 
@@ -63,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
                 from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
 
                 h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=args.samples,
-                                         device=args.device)
+                                         max_points=args.points, device=args.device)
                 print(format_horizon(h, f"{run_dir} {split}"))
     return 0
