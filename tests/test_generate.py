@@ -176,6 +176,24 @@ def test_generated_sequences_are_sorted_within_the_horizon_and_reproducible(enco
     assert np.all(thin.time <= thin.origin[thin.row] + 3.0)
 
 
+@pytest.mark.parametrize("encoder,decoder,parametrisation,layers", [("gru", "lnm", "base", 1),
+                                                                    ("gru", "thp", "plusplus", 2),
+                                                                    ("rnn", "sahp", "plus", 1)])
+def test_incremental_recurrent_state_gives_the_samples_of_re_encoding(encoder, decoder, parametrisation, layers):
+    """Carrying the GRU / RNN state step by step is the same function as re-encoding the extended histories:
+    same seed, same events (multi-layer and "++" twin encoders included)."""
+    torch.manual_seed(0)
+    m = build_model(tiny_config(encoder=encoder, decoder=decoder, parametrisation=parametrisation, num_layers=layers,
+                                integration="gauss_legendre"), K).eval()
+    m.time_scale = 0.7
+    hs = _histories((5, 9, 3))
+    a = generate(m, hs, horizon=4.0, samples=6, seed=3, incremental=True)
+    b = generate(m, hs, horizon=4.0, samples=6, seed=3, incremental=False)
+    assert a.time.shape == b.time.shape and a.time.size > 20
+    np.testing.assert_allclose(a.time, b.time, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(a.mark, b.mark)
+
+
 def test_events_mode_and_the_cap_are_reported() -> None:
     m = _model("lnm")
     hs = _histories((4, 2))

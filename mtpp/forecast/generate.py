@@ -32,6 +32,9 @@ Samplers (``sampler=``):
   events carry their mark log-probabilities as scores (``Generated.scores``).
 - ``"auto"``: ``"icdf"`` (every decoder has a quantile function).
 
+**Encoder state.** GRU / RNN encoders carry their state step by step (``RecurrentModelProcess``: one recurrent
+step per event); attention and FNN encoders re-encode the extended histories at every step (``ModelProcess``).
+
 **Memory.** ``estimate_bytes`` bounds the memory of one chunk of rows (buffers, one re-encoding of the longest
 extended history, attention maps for THP / SAHP encoders) and of the output; ``generate`` processes rows in
 chunks that fit ``max_memory`` bytes and refuses up front (``MtppError`` with the estimate) when even the output
@@ -329,6 +332,7 @@ def generate(
     seed: int = 0,
     max_memory: int = DEFAULT_MAX_MEMORY,
     source: str | None = None,
+    incremental: bool | None = None,
 ) -> Generated:
     """Sample ``samples`` continuations of every history: ``horizon`` (a time span after the origin, data units)
     or ``events`` (a number of events); at most ``max_events`` events per row (``events`` sets it).
@@ -338,8 +342,10 @@ def generate(
     Rows are processed in chunks that fit ``max_memory`` bytes (``estimate_bytes``); ``MtppError`` up front when
     the output or one row would not fit. Deterministic for a given ``seed``.
     Raises ``DataError`` for a history the model cannot continue (no events), naming it.
+    incremental: carry GRU / RNN encoder states step by step (default for those encoders) or re-encode the
+        extended histories at every step (``False``; the only way for attention / FNN encoders).
     """
-    from mtpp.forecast.process import ModelProcess
+    from mtpp.forecast.process import make_model_process
 
     if samples < 1:
         raise MtppError(f"samples must be >= 1, got {samples}")
@@ -381,7 +387,8 @@ def generate(
             for lo in range(0, n_rows, chunk):
                 hi = min(n_rows, lo + chunk)
                 hs = [histories[i] for i in seq_of_row[lo:hi]]
-                process = ModelProcess(model, hs, cap, source=source) if is_model else model_or_factory(hs)
+                process = (make_model_process(model, hs, cap, incremental=incremental, source=source) if is_model
+                           else model_or_factory(hs))
                 offset = torch.tensor(
                     [0.0 if s.window_end is None else float(s.window_end) - float(s.times[-1]) if len(s) else 0.0
                      for s in hs],
