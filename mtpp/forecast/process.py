@@ -61,7 +61,9 @@ ICDF_BISECTION_STEPS = 80
 
 class ModelNextEvent:
     """``NextEvent`` of a ``MarkedTPP`` for ``n`` rows: wraps the time distribution of batch shape ``[n, 1]``
-    (model units) and the mark histories ``[n, 1, D]``; every gap in and out in data units."""
+    (model units) and the mark histories ``[n, 1, D]``; every gap in and out in data units. Queries may live on
+    any device (moved to the model's); results come back on the CPU (the generation loop's bookkeeping is there:
+    one transfer per call, a loop over steps is expected)."""
 
     def __init__(self, model, dist, h_time: Tensor, h_mark: Tensor) -> None:
         self.model = model
@@ -70,22 +72,23 @@ class ModelNextEvent:
         self.h_mark = h_mark
         self.s = float(model.time_scale)
         self.dtype = h_time.dtype
+        self.device = h_time.device
         self.num_marks = int(model.num_marks)
 
     def _in(self, tau: Tensor) -> Tensor:
-        return (tau.to(self.dtype) / self.s).unsqueeze(1)
+        return (tau.to(self.device, self.dtype) / self.s).unsqueeze(1)
 
     def icdf(self, u: Tensor) -> Tensor:
-        return self.dist.icdf(u.to(self.dtype).unsqueeze(1)).squeeze(1) * self.s
+        return (self.dist.icdf(u.to(self.device, self.dtype).unsqueeze(1)).squeeze(1) * self.s).cpu()
 
     def cdf(self, tau: Tensor) -> Tensor:
-        return self.dist.cdf(self._in(tau)).squeeze(1)
+        return self.dist.cdf(self._in(tau)).squeeze(1).cpu()
 
     def log_survival(self, tau: Tensor) -> Tensor:
-        return self.dist.log_survival(self._in(tau)).squeeze(1)
+        return self.dist.log_survival(self._in(tau)).squeeze(1).cpu()
 
     def log_prob(self, tau: Tensor) -> Tensor:
-        return self.dist.log_prob(self._in(tau)).squeeze(1) - math.log(self.s)
+        return (self.dist.log_prob(self._in(tau)).squeeze(1) - math.log(self.s)).cpu()
 
     def mark_log_probs(self, tau: Tensor) -> Tensor:
         t = self._in(tau)  # [n, 1] or [n, 1, M]
@@ -95,16 +98,16 @@ class ModelNextEvent:
             out = self.model.mark_decoder(self.h_mark, t)
         else:
             out = self.model.mark_decoder(self.h_mark.unsqueeze(-2).expand(*t.shape, self.h_mark.shape[-1]), t)
-        return out.squeeze(1)
+        return out.squeeze(1).cpu()
 
     def forecast_mark_log_probs(self) -> Tensor:
-        return self.model._forecast_mark_log_probs(self.h_time, self.h_mark).squeeze(1)
+        return self.model._forecast_mark_log_probs(self.h_time, self.h_mark).squeeze(1).cpu()
 
     def mean(self) -> Tensor | None:
         from mtpp.models.mtpp import _mean_of
 
         m = _mean_of(self.dist)
-        return None if m is None else m.squeeze(1) * self.s
+        return None if m is None else (m.squeeze(1) * self.s).cpu()
 
     @property
     def has_rates(self) -> bool:
@@ -116,7 +119,7 @@ class ModelNextEvent:
         """``lambda_c`` per data unit (``lambda'_c(tau / s) / s``), or ``None`` without an intensity form."""
         if not self.has_rates:
             return None
-        return self.dist.component_log_intensity(self._in(tau)).exp().squeeze(1) / self.s
+        return (self.dist.component_log_intensity(self._in(tau)).exp().squeeze(1) / self.s).cpu()
 
 
 def model_next_events(model, batch: Batch) -> tuple[object, Tensor, Tensor]:
