@@ -277,4 +277,10 @@ def test_thinning_raises_when_the_bound_is_violated() -> None:
 def test_fit_poisson_is_the_mle() -> None:
     seqs = [EventSequence(np.array([1.0, 2.0, 3.0]), np.array([0, 1, 0]), window_end=4.0),
             EventSequence(np.array([0.5, 6.0]), np.array([1, 1]))]
-    assert fit_poisson(seqs, 3).tolist() == pytest.approx([2 / 10, 3 / 10, 0.0])
+    # events after the first: marks [1, 0] and [1]; time after the first: (4 - 1) + (6 - 0.5) = 8.5
+    assert fit_poisson(seqs, 3).tolist() == pytest.approx([1 / 8.5, 2 / 8.5, 0.0])
+    shifted = [EventSequence(s.times + 1e9, s.marks, None if s.window_end is None else s.window_end + 1e9)
+               for s in seqs]
+    assert fit_poisson(shifted, 3).tolist() == pytest.approx([1 / 8.5, 2 / 8.5, 0.0])  # clock origin irrelevant
+    with pytest.raises(MtppError, match="Poisson"):
+        fit_poisson([EventSequence(np.array([1.0]), np.array([0]))], 3)

@@ -34,7 +34,8 @@ The processes:
   the true model of the synthetic data. State: ``S_k`` = excitation at the last event;
   ``lambda_k(tau) = mu_k + S_k e^{-beta tau}``, ``Lambda(tau) = tau sum mu + sum S (1 - e^{-beta tau}) / beta``.
 - ``PoissonProcess``: homogeneous marked Poisson, ``lambda_k`` constant (``fit_poisson``: the MLE
-  ``n_k / sum of observed durations``; its mark forecast is the training-set mark frequency).
+  ``n_k / sum of observed durations`` after each first event; its mark forecast is the training-set mark
+  frequency).
 
 Units of every tensor here: float64 for the baselines; the model's dtype for ``ModelProcess``.
 """
@@ -394,15 +395,19 @@ class PoissonProcess:
 
 
 def fit_poisson(sequences: Sequence[EventSequence], num_marks: int) -> np.ndarray:
-    """MLE rates ``[K]`` of a homogeneous marked Poisson process: ``n_k / sum_s T_s`` with ``T_s`` the observed
-    duration of sequence ``s`` (its window end, else its last time; the window starts at 0). The implied mark
-    forecast ``lambda_k / lambda`` is the training-set mark frequency ``n_k / n``."""
+    """MLE rates ``[K]`` of a homogeneous marked Poisson process given each sequence's first event:
+    ``n_k / sum_s (T_s - t_1)``, counting the events after the first (``n_k``) over the time after it (``T_s``:
+    the window end, else the last time). Conditioning on the first event makes the fit independent of where a
+    dataset's clock starts (Unix times, say). The implied mark forecast ``lambda_k / lambda`` is the training-set
+    mark frequency (of the scored events, ``first_event: skip``)."""
     counts = np.zeros(num_marks)
     duration = 0.0
-    for s in sequences:
+    for s in sequences:  # per sequence: numpy over its events
         if len(s):
-            counts += np.bincount(s.marks, minlength=num_marks)[:num_marks]
-            duration += float(s.window_end if s.window_end is not None else s.times[-1])
+            counts += np.bincount(s.marks[1:], minlength=num_marks)[:num_marks]
+            end = float(s.window_end if s.window_end is not None else s.times[-1])
+            duration += end - float(s.times[0])
     if duration <= 0 or counts.sum() == 0:
-        raise MtppError("cannot fit a Poisson baseline: the training sequences have no events or zero duration")
+        raise MtppError("cannot fit a Poisson baseline: the training sequences have no events after their first "
+                        "or zero duration")
     return counts / duration
