@@ -26,7 +26,8 @@ Samplers (``sampler=``):
   and rebound; else accept with probability ``lambda(t') / M``, otherwise continue from ``t'``. Every proposal is
   checked against its bound (``lambda(t') <= M``, else ``MtppError``: a non-monotone component would make the
   bound wrong). Marks ``k ~ lambda_k(t') / lambda(t')``. Cost per step: the encoding, then per round three
-  rate calls of the rows; rounds per step ~ ``1 + THINNING_WINDOW``-ish, capped at ``max_rounds``.
+  rate calls of all the step's rows; the rounds run until every row has accepted (or passed its horizon):
+  5-9 rounds for 3000 rows of a random tiny THP / SAHP model (measured), capped at ``max_rounds``.
 - ``"mode"``: the deterministic **point forecast** rollout used by the horizon metrics (HoTPP's setting): the
   conditional median gap ``F^{-1}((1 + F(e)) / 2)`` and the most probable mark ``argmax_k p(k | tau, H)``; the
   events carry their mark log-probabilities as scores (``Generated.scores``).
