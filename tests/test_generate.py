@@ -254,8 +254,10 @@ def test_bad_requests_are_refused_up_front() -> None:
 def test_small_memory_budget_processes_whole_histories_in_chunks() -> None:
     m = _model("rmtpp")
     hs = _histories((4, 5, 6))
-    g = generate(m, hs, events=3, samples=4, max_memory=20_000)  # ~4.3 kB per row: 4 rows (one history) a chunk
+    g = generate(m, hs, events=3, samples=4, max_memory=20_000)  # ~4.3 kB per row: 4 rows a chunk
     assert g.info["chunk_rows"] == 4 and g.rows == 12 and g.counts.tolist() == [3] * 12
+    one = generate(m, hs[:1], events=3, samples=10, max_memory=12_000)  # a history's samples split over chunks
+    assert one.info["chunk_rows"] < 10 and one.counts.tolist() == [3] * 10
     assert np.bincount(g.row, minlength=12).tolist() == [3] * 12  # every row of every chunk kept its events
 
 

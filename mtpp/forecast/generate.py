@@ -310,6 +310,13 @@ def estimate_bytes(model, rows: int, length: int, max_events: int) -> tuple[int,
     return per_row, rows * max_events * 32
 
 
+def _quiet_after_last(s: EventSequence) -> float:
+    """``T_w - t_n``: the observed stretch without events after the last one (0 without a window)."""
+    if s.window_end is None or len(s) == 0:
+        return 0.0
+    return float(s.window_end) - float(s.times[-1])
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -375,7 +382,6 @@ def generate(
             "--horizon / --events or --max-events, or raise --max-memory"
         )
     chunk = max(1, min(n_rows, int((max_memory - out_bytes) // per_row)))
-    chunk = max(samples, chunk - chunk % samples)  # whole histories per chunk
     gen = torch.Generator().manual_seed(seed)
     seq_of_row = np.repeat(np.arange(len(histories)), samples)
     sample_of_row = np.tile(np.arange(samples), len(histories))
@@ -390,11 +396,7 @@ def generate(
                 hs = [histories[i] for i in seq_of_row[lo:hi]]
                 process = (make_model_process(model, hs, cap, incremental=incremental, source=source) if is_model
                            else model_or_factory(hs))
-                offset = torch.tensor(
-                    [0.0 if s.window_end is None else float(s.window_end) - float(s.times[-1]) if len(s) else 0.0
-                     for s in hs],
-                    dtype=torch.float64,
-                )
+                offset = torch.tensor([_quiet_after_last(s) for s in hs], dtype=torch.float64)
                 res = continue_rows(process, offset, horizon=horizon, events=events, max_events=cap,
                                     sampler=sampler, generator=gen)
                 res["row"] = res["row"] + lo
