@@ -179,3 +179,23 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
 
     row = load_run(run)
     assert "horizon_tmap" in row and "horizon_baselines" not in row  # tables pick up the flat keys
+
+
+def test_every_encoder_decoder_parametrisation_predicts_and_generates() -> None:
+    """All 4 x 5 x 3 models: a finite prediction table and sorted continuations (both samplers where they apply)."""
+    from mtpp.forecast.generate import generate
+
+    seqs = _sequences(offset=0.0)[:2]
+    for enc in ("gru", "thp", "sahp", "fnn"):
+        for dec in ("lnm", "rmtpp", "fnn", "thp", "sahp"):
+            for par in ("base", "plus", "plusplus"):
+                torch.manual_seed(0)
+                m = build_model(tiny_config(encoder=enc, decoder=dec, parametrisation=par), K).eval()
+                df = predict_frame(m, seqs, top_k=2)
+                cols = ["median_gap", "lower", "upper", "prob_1", "log_density_gap", "log_prob_mark"]
+                assert np.isfinite(df[cols].to_numpy()).all(), (enc, dec, par)
+                for sampler in ("icdf", "thinning") if dec in ("thp", "sahp") else ("icdf",):
+                    g = generate(m, seqs, events=3, samples=2, sampler=sampler)
+                    assert g.counts.tolist() == [3] * 4, (enc, dec, par, sampler)
+                    for r in range(g.rows):
+                        assert np.all(np.diff(g.events_of(r)[0]) >= 0)
