@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
+    import numpy as np
+
     from mtpp.errors import MtppError
     from mtpp.forecast.baselines import baseline_factory
     from mtpp.forecast.generate import generate
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                  max_memory=int(args.max_memory * (1 << 30)), source=source)
     seconds = time.perf_counter() - t
     frame = g.to_frame()
-    frame["sequence"] = [ids[i] for i in frame["sequence"]] if args.sequences else frame["sequence"]
+    frame["sequence"] = np.asarray(ids)[frame["sequence"].to_numpy()]  # split indices
     path = write_table(frame, args.out, overwrite=args.overwrite)
     print(f"{path}: {len(frame)} events in {g.rows} samples of {len(histories)} sequences "
           f"({g.info['sampler']} sampler, {len(frame) / max(seconds, 1e-9):.0f} events/s); "
