@@ -357,9 +357,9 @@ def evaluate_horizon(
                 return nxt.icdf(torch.full((k,), p, dtype=dtype)).double().cpu().numpy()
 
             flp = nxt.forecast_mark_log_probs().double().cpu().numpy()
-            obs = [(sequences[s].times[i] - sequences[s].times[i - 1], sequences[s].marks[i]) for s, i in pts[lo : lo + chunk]]
-            gaps = np.array([g for g, _ in obs])
-            marks = np.array([m for _, m in obs])
+            here = pts[lo : lo + chunk]  # the observed next event of each point
+            gaps = np.array([sequences[s].times[i] - sequences[s].times[i - 1] for s, i in here])
+            marks = np.array([sequences[s].marks[i] for s, i in here])
             nxt_m.update(flp, marks, q(0.5), q((1 - level) / 2), q((1 + level) / 2), gaps)
 
     gen_kw = dict(max_events=max_events, seed=seed)
