@@ -1,7 +1,7 @@
 """mtpp: neural marked temporal point processes in PyTorch.
 
 Public API (imported lazily, so ``import mtpp`` stays cheap and has no side effects):
-``load_dataset``, ``build_model``, ``fit``, ``evaluate``.
+``load_dataset``, ``build_model``, ``fit``, ``evaluate``, ``predict``, ``generate``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ _EXPORTS = {
     "build_model": "mtpp.models",
     "fit": "mtpp.training.trainer",
     "evaluate": "mtpp.evaluation.evaluate",
+    "predict": "mtpp.forecast.predict",
+    "generate": "mtpp.forecast.generate",
 }
 
 __all__ = ["__version__", *_EXPORTS]
