@@ -1,8 +1,8 @@
 """Load a finished run directory for forecasting: its configuration, ``best.pt`` and data.
 
-The steps of ``mtpp.evaluation.evaluate._evaluate_run`` (``load_config``, ``load_data``, ``build_run_model``,
-``checkpoint.load``), kept small and local until the shared ``mtpp.runs`` loader lands (then this module should
-become a re-export of it). Never imports the trainer.
+Through the shared run loader ``mtpp.runs`` (``open_run``: the stored configuration; ``Run.load_data``: the data
+the run recorded, refused when its fingerprint differs), plus the model rebuilt from ``best.pt``. Never imports the
+trainer.
 
 Errors: ``MtppError`` naming the folder when it is not a run (no ``config.yaml``) or has no ``best.pt``.
 """
@@ -36,20 +36,18 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | None = None) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from ``config.yaml`` and ``best.pt`` and load its data."""
-    from mtpp.config import load_config
+    from mtpp.runs import open_run
     from mtpp.training import checkpoint
-    from mtpp.training.setup import DTYPES, build_run_model, load_data, resolve_device
+    from mtpp.training.setup import DTYPES, build_run_model, resolve_device
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MtppError(f"{run_dir}: not a run directory (no config.yaml)")
+    run = open_run(run_dir)
+    run_dir = run.path
     if not (run_dir / checkpoint.BEST).is_file():
         raise MtppError(f"{run_dir}: no {checkpoint.BEST} (the run has not finished an epoch)")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = run.config
     dev = resolve_device(device or cfg.train.device)
-    data = load_data(cfg.data, data_dir)
+    data, _, _ = run.load_data(data_dir)
     model = build_run_model(cfg, data.num_marks, dev)
-    state = checkpoint.load(run_dir / checkpoint.BEST, map_location=dev)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(run.best_state(map_location=dev)["model"])
     model.eval()
     return LoadedRun(run_dir, cfg, model, data, DTYPES[cfg.data.dtype], dev)
