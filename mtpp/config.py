@@ -52,6 +52,8 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "variant_configs",
+    "as_run_config",
+    "as_model_config",
 ]
 
 
@@ -397,3 +399,43 @@ def without_variants(cfg: RunConfig) -> RunConfig:
 def dump_yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
+
+
+# --------------------------------------------------------------------------------------------- coercion (Python API)
+
+
+def as_run_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
+    """A validated ``RunConfig`` from what a Python user has at hand.
+
+    ``RunConfig``: itself. ``dict``: nested sections (``config_from_dict``). ``str`` / ``Path``: a YAML file
+    (``load_config``). ``None``: every default. Anything else, an unknown key or an invalid value is a
+    ``ConfigError`` naming the key.
+    """
+    if isinstance(config, RunConfig):
+        return config
+    if config is None or isinstance(config, dict):
+        return config_from_dict(config)
+    if isinstance(config, (str, Path)):
+        return load_config(config)
+    raise ConfigError(f"a run configuration must be a RunConfig, a dict, a YAML path or None, got {type(config).__name__}")
+
+
+def as_model_config(config: ModelConfig | RunConfig | dict | None) -> ModelConfig:
+    """A validated ``ModelConfig``: a ``ModelConfig`` itself (its choices checked), a ``RunConfig``'s ``model``
+    section, a dict of ``model`` keys (``{"encoder": "gru", "decoder": "lnm"}``) or a whole run dict with a
+    ``model`` section (``{"model": {...}, "train": {...}}``); ``None``: the defaults.
+
+    Raises ``ConfigError`` for an unknown key (with the closest valid one), a wrong type or an invalid choice.
+    """
+    if isinstance(config, RunConfig):
+        return config.model
+    if isinstance(config, ModelConfig):
+        _validate_section("model", config)
+        return config
+    if config is None:
+        return ModelConfig()
+    if isinstance(config, dict):
+        if "model" in config and all(k in TOP_LEVEL for k in config):
+            return config_from_dict(config).model
+        return _build_section("model", config)
+    raise ConfigError(f"a model configuration must be a ModelConfig, a dict or None, got {type(config).__name__}")

@@ -106,18 +106,23 @@ def fit(
     *,
     data_dir: str | None = None,
     overwrite: bool = False,
+    model: nn.Module | None = None,
+    data: Any = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` and return the final metrics (``metrics.json``'s content).
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (the model and data sections must match the stored
     ``config.yaml``; training settings such as ``train.max_epochs`` may change). Without ``resume``, a folder
-    that already holds a run is an error unless ``overwrite``.
+    that already holds a run is an error unless ``overwrite``. ``model`` / ``data``: an already built model (whose
+    ``cfg`` is ``config.model``) and already loaded data (a ``setup.RunData``) used instead of building them from
+    ``config`` (``mtpp.training.api.fit`` composes them; the model is trained in place).
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
     with distributed.session(config.train.device) as ddp:
         with determinism(config.train.deterministic), compile_settings(config.train.compile):
-            trainer = Trainer(config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp)
+            trainer = Trainer(config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
+                              model=model, data=data)
             try:
                 return trainer.run()
             finally:
@@ -310,6 +315,8 @@ class Trainer:
         data_dir: str | None = None,
         overwrite: bool = False,
         dist: Dist = SINGLE,
+        model: nn.Module | None = None,
+        data: Any = None,
     ) -> None:
         out_dir = Path(out_dir)
         self.cfg = cfg
@@ -325,8 +332,11 @@ class Trainer:
         where = "cpu" if dist.enabled else self.device
         state = dist.on_main(lambda: _setup_out_dir(cfg, out_dir, resume, overwrite, where))
         checkpoint.seed_everything(cfg.train.seed)
-        self.data = _load_data_rank0_first(cfg, data_dir, dist)
-        self.model = build_run_model(cfg, self.data.num_marks, self.device)
+        self.data = _load_data_rank0_first(cfg, data_dir, dist) if data is None else data
+        if model is None:
+            self.model = build_run_model(cfg, self.data.num_marks, self.device)
+        else:  # a model the caller built (mtpp.training.api.fit): trained in place
+            self.model = model.to(device=self.device, dtype=self.dtype)
         dist.broadcast_module(self.model)  # identical replicas (the same seed gives them anyway on CPU)
         if dist.rank > 0:  # Monte Carlo nodes / dropout differ across ranks; rank 0 keeps the single-process stream
             checkpoint.seed_everything(distributed.rank_seed(cfg.train.seed, dist.rank))
