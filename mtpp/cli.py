@@ -11,7 +11,7 @@ from mtpp.allocator import tune_allocator
 from mtpp.errors import MtppError
 
 # The one place sub-commands are listed, in the order ``mtpp --help`` shows them.
-COMMANDS = ("train", "evaluate", "compare", "report", "bench", "data", "simulate")
+COMMANDS = ("train", "evaluate", "compare", "report", "tune", "bench", "data", "simulate")
 
 
 def build_parser() -> argparse.ArgumentParser:

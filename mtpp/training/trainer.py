@@ -108,6 +108,7 @@ def fit(
     overwrite: bool = False,
     model: nn.Module | None = None,
     data: Any = None,
+    on_epoch: Any = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` and return the final metrics (``metrics.json``'s content).
 
@@ -115,7 +116,9 @@ def fit(
     ``config.yaml``; training settings such as ``train.max_epochs`` may change). Without ``resume``, a folder
     that already holds a run is an error unless ``overwrite``. ``model`` / ``data``: an already built model (whose
     ``cfg`` is ``config.model``) and already loaded data (a ``setup.RunData``) used instead of building them from
-    ``config`` (``mtpp.training.api.fit`` composes them; the model is trained in place).
+    ``config`` (``mtpp.training.api.fit`` composes them; the model is trained in place). ``on_epoch(epoch, val)``:
+    called after each epoch's validation, checkpoint and log record with the validation NLLs (``_validate``'s
+    dict); an exception it raises (e.g. Optuna's ``TrialPruned``, ``mtpp tune``) ends the run there.
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
@@ -123,6 +126,7 @@ def fit(
         with determinism(config.train.deterministic), compile_settings(config.train.compile):
             trainer = Trainer(config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
                               model=model, data=data)
+            trainer.on_epoch = on_epoch
             try:
                 return trainer.run()
             finally:
@@ -361,6 +365,7 @@ class Trainer:
             _write_config(out_dir / CONFIG_FILE, cfg, self.device, dist.world)
             self.logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
         self.progress = Progress(cfg.logging.progress and not self.quiet)
+        self.on_epoch: Any = None  # fit(on_epoch=...): a per-epoch callback (pruning in mtpp tune)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -400,6 +405,8 @@ class Trainer:
             seconds = self._train_epoch(epoch)
             val = self._validate()
             self._end_epoch(epoch, seconds, val)
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, val)
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> float:
