@@ -103,6 +103,10 @@ class LoggingConfig:
     tensorboard: bool = False  # TensorBoard scalars under OUT/tensorboard (needs the tensorboard package)
     progress: bool = True  # tqdm progress bar
     flush_every: int = 50  # steps between host syncs that write log.jsonl and refresh the progress bar
+    # experiment trackers fed the log.jsonl records (mtpp.training.tracking): [mlflow], [wandb], [mlflow, wandb]
+    trackers: list = field(default_factory=list)
+    # per tracker, see TRACKER_OPTIONS: {mlflow: {tracking_uri: sqlite:///mlflow.db}, wandb: {mode: offline}}
+    tracker_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -159,6 +163,12 @@ BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
 }
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+# logging.trackers: name -> the keys its logging.tracker_options entry may hold (mtpp.training.tracking).
+TRACKER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mlflow": ("tracking_uri", "experiment", "run_name", "tags"),
+    "wandb": ("project", "entity", "mode", "group", "run_name", "tags"),
+}
 
 
 # --------------------------------------------------------------------------------------------- type checks
@@ -262,6 +272,24 @@ def _validate_section(section: str, obj: Any) -> None:
                 raise ConfigError(f"{section}.{f.name}: must be {op} {bound}, got {value!r}")
     if section == "train" and not _DEVICE.match(obj.device):
         raise ConfigError(f"train.device: invalid value {obj.device!r}; valid: auto, cpu, cuda, cuda:N")
+    if section == "logging":
+        _validate_trackers(obj)
+
+
+def _validate_trackers(obj: LoggingConfig) -> None:
+    for name in obj.trackers:
+        if name not in TRACKER_OPTIONS:
+            raise _unknown("tracker", str(name), TRACKER_OPTIONS, " in logging.trackers")
+    if len(set(obj.trackers)) != len(obj.trackers):
+        raise ConfigError(f"logging.trackers: a tracker is listed twice: {obj.trackers}")
+    for name, opts in obj.tracker_options.items():
+        if name not in TRACKER_OPTIONS:
+            raise _unknown("tracker", str(name), TRACKER_OPTIONS, " in logging.tracker_options")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"logging.tracker_options.{name}: expected a mapping, got {type(opts).__name__}")
+        for key in opts:
+            if key not in TRACKER_OPTIONS[name]:
+                raise _unknown("key", f"logging.tracker_options.{name}.{key}", TRACKER_OPTIONS[name])
 
 
 def _validate_run(cfg: RunConfig) -> None:
