@@ -113,6 +113,9 @@ METRICS: dict[str, MetricInfo] = {
     "conflict_rate": MetricInfo("gradient conflict rate (steps with cos φ_TM < 0)", "share of steps", 0),
     "train_events_per_second": MetricInfo("training speed", "events / s", 0),
 }
+"""The one table of metric names the report and the plots use: name in ``metrics.json`` -> :class:`MetricInfo`
+(label in words, unit, lower or higher is better). Names not listed fall back to :data:`LOWER_IS_BETTER` /
+:data:`HIGHER_IS_BETTER` prefixes."""
 LEGACY_NAMES = {"accuracy": "accuracy_given_time", "mrr": "mrr_given_time", "ece": "ece_given_time"}
 """Old metric name -> the name it has now (applied when reading runs and to ``--metrics``)."""
 
