@@ -28,7 +28,7 @@ earlier trials at the same epoch). A pruned trial keeps its folder (``checkpoint
 Resuming: the study lives in ``OUT/study.db`` (SQLite, study name ``mtpp``); rerunning the same command continues
 it, and ``--trials N`` is the total number of finished (complete or pruned) trials wanted, so an interrupted search
 runs only what is missing. A trial that was running when the search was interrupted is marked failed and its
-folder left as it is. The sampler is TPE seeded by ``seed`` (``train.seed`` unless given) plus the number of
+folder left as it is (so run one search per folder at a time). The sampler is TPE seeded by ``seed`` (``train.seed`` unless given) plus the number of
 trials already in the study.
 
 Outputs: ``OUT/best.yaml`` (the base configuration with the best trial's values: train it with ``mtpp train
@@ -208,7 +208,7 @@ def tune(
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="minimize")
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # interrupted earlier
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # interrupted earlier
         echo(f"trial {t.number} was interrupted in an earlier search; marked failed (its folder is kept)")
     base_seed = config.train.seed if seed is None else seed
     study.sampler = optuna.samplers.TPESampler(seed=base_seed + len(study.trials))
