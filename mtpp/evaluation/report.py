@@ -526,7 +526,7 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
         diff_of[n] = sorted(diff, key=lambda k: (prio.get(k, len(prio)), config_keys.index(k)))
     for i, r in enumerate(rows):
         diff = diff_of[names[i]]
-        shown = [f"{k.rsplit('.', 1)[-1]}={_label_value(r.get(k))}" for k in diff[:max_extra]]
+        shown = [f"{k.rsplit('.', 1)[-1]}={_label_value(k, r.get(k))}" for k in diff[:max_extra]]
         if len(diff) > max_extra:
             shown.append(f"+{len(diff) - max_extra} more")
         labels.append(names[i] + (f" ({', '.join(shown)})" if shown else ""))
@@ -538,9 +538,12 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
     return [lbl if len(first[lbl]) == 1 else f"{lbl} #{first[lbl].index(ck) + 1}" for lbl, ck in zip(labels, cell_key)]
 
 
-def _label_value(v: Any) -> str:
+_UNSET = {"config.data.max_sequences": "all"}  # what a null setting means, where it means something
+
+
+def _label_value(key: str, v: Any) -> str:
     text = format_value(v)
-    return "all" if text == "–" else text
+    return _UNSET.get(key, "unset") if text == "–" else text
 
 
 def _pretty_key(k: str) -> str:
