@@ -63,6 +63,7 @@ def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this switch
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # tests send nothing anywhere
     uri = f"file:{tmp_path / 'mlruns'}"
     run = tmp_path / "r"
     cfg = _cfg(["mlflow"], {"mlflow": {"tracking_uri": uri, "experiment": "tests"}}, epochs=1)
@@ -119,10 +120,12 @@ def _wandb_records(path):
 
 
 def test_wandb_offline_gets_records_and_final_metrics(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
     run = tmp_path / "r"
     fit(_cfg(["wandb"], {"wandb": {"mode": "offline", "project": "tests"}}, epochs=1), run)
+    wandb.teardown()  # the W&B service writes the offline file asynchronously: wait until it has shut down
     run_id = json.loads((run / "tracking.json").read_text())["wandb"]
     files = list((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(files) == 1
@@ -140,3 +143,45 @@ def test_wandb_offline_gets_records_and_final_metrics(tmp_path, monkeypatch):
     assert summary["final/val/nll_mark_per_seq"] == pytest.approx(metrics["val"]["nll_mark_per_seq"])
     exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
     assert exits == [0]
+
+
+class _Flaky:
+    """A sink that starts, then fails on its second batch of records."""
+
+    name = "mlflow"
+
+    def __init__(self, out_dir, config, options, run_id):
+        self.run_id, self.calls = "flaky", 0
+
+    def log(self, items):
+        self.calls += 1
+        if self.calls == 2:
+            raise ConnectionError("server went away")
+
+    def finish(self, summary, ok):
+        raise AssertionError("a switched-off tracker is not called again")
+
+
+class _Unreachable(_Flaky):
+    def __init__(self, *args):
+        raise ConnectionError("no server at http://nowhere:5000")
+
+
+def test_a_failing_tracker_is_switched_off_and_the_run_goes_on(tmp_path, monkeypatch):
+    from mtpp.training import tracking
+
+    monkeypatch.setitem(tracking._KINDS, "mlflow", _Flaky)
+    with pytest.warns(UserWarning, match="mlflow failed \\(ConnectionError: server went away\\); switched off"):
+        metrics = fit(_cfg(["mlflow"], {}), tmp_path / "r")
+    assert metrics["train"]["epochs"] == 2 and (tmp_path / "r" / "metrics.json").is_file()
+    assert sum(r.get("kind") == "epoch" for r in _log(tmp_path / "r")) == 2  # log.jsonl is complete
+
+
+def test_a_tracker_that_cannot_start_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    from mtpp.errors import MtppError
+    from mtpp.training import tracking
+
+    monkeypatch.setitem(tracking._KINDS, "mlflow", _Unreachable)
+    with pytest.raises(MtppError, match="logging.trackers: mlflow could not start \\(ConnectionError: no server"):
+        fit(_cfg(["mlflow"], {}), tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

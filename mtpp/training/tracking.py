@@ -22,8 +22,15 @@ adds no host sync. At the start the resolved configuration (``config.yaml``: eve
 finished, or failed when the run ended without ``metrics.json`` (interrupted, diverged). Final metrics are
 named ``final/<split>/<metric>`` (``final/test/nll_time_per_seq``).
 
+Failures. A tracker that cannot start (unreachable server, bad URI, no credentials) stops the run before
+training with one line (``MtppError``); one that fails later is switched off with a warning and the run goes on
+(``log.jsonl`` is always complete).
+
 Resume. The tracker run ids are kept in ``OUT/tracking.json``; ``mtpp train --resume`` continues the same MLflow
 run and W&B run (epochs repeated after the checkpoint are logged again at the same steps).
+
+W&B runs its writer in a service process: an offline run's ``run-<id>.wandb`` file is complete once that service
+has shut down (``wandb.teardown()``, or the end of the Python process), not necessarily when ``fit`` returns.
 
 Defaults. MLflow: ``tracking_uri`` from MLflow itself (``$MLFLOW_TRACKING_URI``, else its default store),
 experiment ``mtpp``, run name the run folder's name. W&B: project ``mtpp``, ``mode`` from ``$WANDB_MODE`` (else
@@ -35,12 +42,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from mtpp.errors import ConfigError
+from mtpp.errors import ConfigError, MtppError
 
 __all__ = ["Trackers", "open_trackers", "TRACKING_FILE"]
 
@@ -177,8 +185,18 @@ class Trackers:
             step = int(r.get("step") or 0)
             items += [(f"{prefix}/{_key(k)}", v, step) for k, v in _scalars(r).items()]
         if items:
-            for sink in self.sinks:
-                sink.log(items)
+            for sink in list(self.sinks):
+                self._guarded(sink, sink.log, items)
+
+    def _guarded(self, sink: Any, call: Any, *args: Any) -> None:
+        """A tracker that fails (a server gone, a full disk) is switched off with one warning; training goes on
+        and ``log.jsonl`` stays complete."""
+        try:
+            call(*args)
+        except Exception as e:  # noqa: BLE001  (any failure of a third-party sink)
+            warnings.warn(f"logging.trackers: {sink.name} failed ({type(e).__name__}: {e}); switched off for the "
+                          f"rest of this run (log.jsonl is complete)", stacklevel=3)
+            self.sinks.remove(sink)
 
     def close(self) -> None:
         if not self.sinks:
@@ -191,8 +209,8 @@ class Trackers:
             for split, values in metrics.items():
                 if isinstance(values, dict):
                     summary.update({f"{split}/{_key(k)}": v for k, v in _scalars(values).items()})
-        for sink in self.sinks:
-            sink.finish(summary, ok)
+        for sink in list(self.sinks):
+            self._guarded(sink, sink.finish, summary, ok)
         self.sinks = []
 
 
@@ -214,6 +232,14 @@ def open_trackers(out_dir: str | Path) -> Trackers:
     log = out_dir / "log.jsonl"
     resumed = log.is_file() and log.stat().st_size > 0  # the trainer removes log.jsonl unless it resumes
     ids = json.loads(ids_path.read_text(encoding="utf-8")) if resumed and ids_path.is_file() else {}
-    sinks = [_KINDS[n](out_dir, config, dict(options.get(n) or {}), ids.get(n)) for n in names]
+    sinks = []
+    for n in names:
+        try:
+            sinks.append(_KINDS[n](out_dir, config, dict(options.get(n) or {}), ids.get(n)))
+        except MtppError:
+            raise
+        except Exception as e:  # noqa: BLE001  (an unreachable server, a bad URI, missing credentials)
+            raise MtppError(f"logging.trackers: {n} could not start ({type(e).__name__}: {e}); fix "
+                            f"logging.tracker_options.{n} or remove it from logging.trackers") from None
     ids_path.write_text(json.dumps({s.name: s.run_id for s in sinks}, indent=2) + "\n", encoding="utf-8")
     return Trackers(out_dir, sinks)
