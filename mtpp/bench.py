@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import resource
 import statistics
 import sys
@@ -101,6 +102,7 @@ ROW_KEYS: tuple[str, ...] = (
     "isolated",
     "torch_version",
     "num_threads",
+    "load_average",
 )
 
 DIAGNOSTICS = ("on", "off", "both")
@@ -120,6 +122,8 @@ class BenchConfig:
     overrides: ``--set`` style ``section.key=value`` strings (``model.*``, ``train.lr`` / ``train.optimizer``,
         ``data.dtype``); the model triple always wins over ``model.encoder`` etc.
     num_threads: ``torch.set_num_threads`` (``None``: torch's default).
+    phase_progress: print one line per phase of each model to stderr (``bench: MODEL: round 1/3 plain ...``),
+        from the worker process too.
     """
 
     dataset: str = "synthetic_hawkes"
@@ -139,6 +143,7 @@ class BenchConfig:
     overrides: list[str] = field(default_factory=list)
     num_threads: int | None = None
     seed: int = 0
+    phase_progress: bool = False
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -398,6 +403,12 @@ def _measure(
 ) -> dict[str, Any]:  # fmt: skip
     from mtpp.training.setup import count_parameters
 
+    start = time.perf_counter()
+
+    def say(phase: str) -> None:
+        if cfg.phase_progress:
+            print(f"bench: {spec}: {phase} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
     def rate(step: Callable[[Batch], None], warmup: int | None) -> float:
         seconds, n = timed(step, batches, events, cfg.steps, warmup, device)
         return n / seconds
@@ -413,12 +424,15 @@ def _measure(
     rounds: dict[str, list[float]] = {k: [] for k in phases}
     for r in range(cfg.rounds):  # alternating rounds: slow drifts of a shared machine fall on both phases
         for k, step in phases.items():
+            say(f"round {r + 1}/{cfg.rounds}: {'training step' if k == 'plain' else 'training step + diagnostics'}")
             rounds[k].append(rate(step, cfg.warmup if r == 0 else 0))
             ctx.records.flush()
     plain = statistics.median(rounds["plain"]) if "plain" in rounds else None
     diag = statistics.median(rounds["diag"]) if "diag" in rounds else None
     ctx.model.eval()
+    say("evaluation")
     evaluation = rate(lambda b: eval_step(ctx, b), cfg.warmup)
+    say("done")
 
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device) / 1024**2, "cuda_max_allocated"
@@ -456,7 +470,32 @@ def _measure(
         "isolated": False,
         "torch_version": torch.__version__,
         "num_threads": torch.get_num_threads(),
+        "load_average": _load_average(),
     }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (``None`` where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(threads: int, cores: int | None = None, load: float | None = None) -> str | None:
+    """A warning when the machine is busy: the 1-minute load plus this bench's ``threads`` exceed the cores
+    (others then compete for them and throughput figures are not comparable with an idle machine's)."""
+    load = _load_average() if load is None else load
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+    if load is None or load + threads <= cores:
+        return None
+    return (f"warning: the machine is busy: load average {load:.1f} over the last minute with {cores} core(s) "
+            f"and {threads} bench thread(s); the figures are not comparable with an idle machine's "
+            "(use --threads 1, or rerun when it is idle)")
 
 
 def _bench_isolated(spec: str, cfg: BenchConfig) -> dict[str, Any]:
@@ -494,9 +533,13 @@ def run_bench(
     if isolate and cfg.synthetic_length is None:
         load_sequences(cfg)
     rows = []
-    for spec in models:
+    threads = cfg.num_threads or torch.get_num_threads()
+    for i, spec in enumerate(models, 1):
         if progress is not None:
-            progress(f"bench: {spec} ...")
+            progress(f"bench: [{i}/{len(models)}] {spec} ...")
+            warning = busy_warning(threads) if cfg.device == "cpu" else None
+            if warning is not None:
+                progress(warning)
         rows.append(_bench_isolated(spec, cfg) if isolate else bench_model(spec, cfg))
     return rows
 

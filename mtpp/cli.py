@@ -1,5 +1,7 @@
 """The ``mtpp`` command. Each sub-command lives in ``mtpp/commands/<name>.py`` and exposes
-``register(subparsers) -> None`` (adds its parser, sets ``func``). Heavy imports happen inside ``func``."""
+``register(subparsers) -> None`` (adds its parser, sets ``func``). Heavy imports happen inside ``func``:
+building the parser (``mtpp --help``, ``mtpp COMMAND --help``) imports neither torch nor numpy
+(``tests/test_cli.py`` checks it)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _describe_all(parser)
     return parser
+
+
+def _describe_all(parser: argparse.ArgumentParser) -> None:
+    """Every (sub-)sub-command's help page gets a description: its one-line help where it states none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description and helps.get(name):
+                    sub.description = helps[name][0].upper() + helps[name][1:] + "."
+                _describe_all(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,9 @@ class DataConfig:
     split: int = 0  # which of the dataset's splits (folds)
     dtype: str = "float32"  # float32 | float64: floating dtype of batches and model
     max_sequences: int | None = None  # use at most N sequences of each split (smoke tests); None: all
+    # the model's unit of time: auto (mean positive training gap, gross outliers left out) | none (data units) | a number of data units;
+    # reported likelihoods are always in the data's units (mtpp.models.scaling)
+    time_scale: float | str = "auto"
     num_workers: int = 0  # DataLoader workers
 
 
@@ -87,6 +90,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's nll
     eval_batch_size: int | None = None  # None: 4 x batch_size
     bucket: bool = True  # length-bucketing batch sampler
+    # torch intra-op threads of the training process (torch.set_num_threads). 1 by default: models of the
+    # reference size gain little from more on CPU, and a process with one thread per core collapses as soon as
+    # another process takes a core (BENCHMARKS.md, "Threads"). mtpp compare caps it at cores // jobs.
+    threads: int = 1
 
 
 @dataclass
@@ -158,6 +165,7 @@ BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
     ("train", "min_delta"): (0, False),
     ("train", "max_consecutive_skips"): (1, False),
     ("train", "eval_batch_size"): (1, False),
+    ("train", "threads"): (1, False),
     ("gradients", "log_every"): (1, False),
     ("logging", "flush_every"): (1, False),
 }
@@ -270,6 +278,10 @@ def _validate_section(section: str, obj: Any) -> None:
             if value < bound or (strict and value == bound):
                 op = ">" if strict else ">="
                 raise ConfigError(f"{section}.{f.name}: must be {op} {bound}, got {value!r}")
+    if section == "data":
+        from mtpp.models.scaling import check_time_scale
+
+        check_time_scale(obj.time_scale)
     if section == "train" and not _DEVICE.match(obj.device):
         raise ConfigError(f"train.device: invalid value {obj.device!r}; valid: auto, cpu, cuda, cuda:N")
     if section == "logging":

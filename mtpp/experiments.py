@@ -59,7 +59,6 @@ import os
 import re
 import time
 import traceback
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -352,6 +351,15 @@ def cell_name(dataset: str, model: str, parametrisation: str, aggregator: str, s
     return f"{dataset}/{model}-{parametrisation}-{aggregator}/split{split}-seed{seed}"
 
 
+def _checked_name(name: str) -> str:
+    """A cell's run-directory name stays below the output folder: no component is empty, '.' or '..'."""
+    from mtpp.runs import check_folder_name
+
+    for part in name.split("/"):
+        check_folder_name(part, f"cell {name}: a dataset, model or aggregator label")
+    return name
+
+
 def expand(exp: Experiment) -> list[Cell]:
     """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds)."""
     axes = (
@@ -378,7 +386,7 @@ def expand(exp: Experiment) -> list[Cell]:
         config = exp.base
         for layer in (doverrides, mfragment, by_param.get(param, {}), axis_values):
             config = _deep_merge(config, layer)
-        cells.append(Cell(name=cell_name(**labels), config=config, **labels))
+        cells.append(Cell(name=_checked_name(cell_name(**labels)), config=config, **labels))
     _check_unique(cells)
     return cells
 
@@ -532,6 +540,7 @@ def run_cell(
     threads: int,
     labels: dict,
     fit: FitFn | None = None,
+    results_dir: str | None = None,
 ) -> CellResult:
     """Train one cell (in this or a worker process); never raises for a failing run, returns its error.
 
@@ -548,6 +557,8 @@ def run_cell(
     torch.set_num_threads(threads)
     try:
         cfg = config_from_dict(apply_overrides(config, list(overrides)))
+        if cfg.train.threads > threads:  # jobs x threads never exceeds the cores
+            cfg.train.threads = threads
         out = Path(run_dir)
         resume = not is_complete(out) and is_resumable(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -557,7 +568,12 @@ def run_cell(
         fit(cfg, out, resume=resume, overwrite=not resume)
         if not is_complete(out):
             raise RuntimeError(f"training finished but {out / METRICS_FILE} is missing or has no test metrics")
-        return CellResult(name, "done", time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if results_dir is not None:  # the committed record of the cell (mtpp.records)
+            from mtpp.records import build_record, write_record
+
+            write_record(results_dir, name, build_record(out, {"name": name, **labels}, seconds))
+        return CellResult(name, "done", seconds)
     except Exception as e:  # a failing cell must not stop the grid
         message = f"{type(e).__name__}: {e}"
         return CellResult(name, "failed", time.perf_counter() - start, message, traceback.format_exc())
@@ -575,6 +591,7 @@ def run_grid(
     log: Callable[[str], None] = print,
     fit: FitFn | None = None,
     rerun_stale: bool = False,
+    results_dir: str | Path | None = None,
 ) -> list[CellResult]:
     """Run every cell not yet complete; record failures in ``out_dir/failures.json``; return one result per cell.
 
@@ -583,11 +600,21 @@ def run_grid(
     off (always with ``jobs > 1``); ``overrides`` may turn them back on. ``fit`` replaces the trainer (tests).
     A complete cell whose stored configuration differs from the grid's (other hyper-parameters than the ones
     that trained it) is a ``ConfigError`` before anything trains, unless ``rerun_stale`` retrains it.
+    ``results_dir``: each finished cell also writes its record there (``mtpp.records``), and a cell that has a
+    record there but no run directory under ``out_dir`` is skipped (a grid continued on another machine).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     states = {c.name: cell_state(out / c.name, resolved_dict(c, overrides)) for c in cells}
-    _check_stale(cells, states, out, overrides, rerun_stale)
+    if results_dir is not None:
+        from mtpp.records import record_path
+
+        for c in cells:
+            if states[c.name] == "new" and record_path(results_dir, c.name).is_file():
+                states[c.name] = "done"
+    data_reasons = data_changes(cells, states, out, overrides, log)
+    states.update({name: "stale" for name in data_reasons})
+    _check_stale(cells, states, out, overrides, rerun_stale, data_reasons)
     results = [CellResult(c.name, "skipped") for c in cells if states[c.name] == "done"]
     pending = [c for c in cells if states[c.name] != "done"]
     if results:
@@ -599,60 +626,218 @@ def run_grid(
     try:
         if jobs == 1:
             for c in pending:
-                results.append(_tick(bar, run_cell(*_payload(c, out, cell_overrides, threads), fit=fit)))
+                *args, rd = _payload(c, out, cell_overrides, threads, results_dir)
+                results.append(_tick(bar, run_cell(*args, fit=fit, results_dir=rd)))
         else:
-            results.extend(_run_parallel(pending, out, cell_overrides, jobs, threads, bar, fit))
+            results.extend(_run_parallel(pending, out, cell_overrides, jobs, threads, bar, fit, results_dir))
     finally:
         bar.close()
     write_failures(out, [r for r in results if r.status == "failed"])
     return results
 
 
+def data_changes(
+    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str],
+    log: Callable[[str], None] | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """``{cell: reason}`` for finished cells whose recorded data (``mtpp.runs``) differ from the data the grid
+    resolves now (another split folder, an edited file, another ``MTPP_DATA_DIR``): mixing them into one summary
+    would compare models on different test sets. Each distinct dataset is loaded once; its resolved path goes to
+    ``log``. Cells without a record (older runs, test doubles) are not checked."""
+    from mtpp.errors import MtppError
+    from mtpp.runs import data_record, describe_difference, differing_parts, open_run
+    from mtpp.training.setup import load_data
+
+    current: dict[str, dict] = {}
+    reasons: dict[str, str] = {}
+    for cell in cells:
+        if states[cell.name] != "done":
+            continue
+        try:
+            recorded = open_run(out / cell.name).data_record
+        except (MtppError, OSError):
+            continue
+        if not recorded:
+            continue
+        data_cfg = resolve(cell, overrides).data
+        key = json.dumps([data_cfg.name, data_cfg.split, data_cfg.max_sequences, data_cfg.data_dir])
+        if key not in current:
+            data = load_data(data_cfg)
+            current[key] = data_record(data, data_cfg)
+            if log is not None:
+                log(f"data {data_cfg.name} split {data_cfg.split} <- {current[key]['source']}")
+        parts = differing_parts(recorded, current[key])
+        if parts:
+            reasons[cell.name] = "other data: " + describe_difference(recorded, current[key], parts)
+    return reasons
+
+
 def _check_stale(
-    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], rerun_stale: bool
-) -> None:
+    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], rerun_stale: bool,
+    data_reasons: dict[str, str] | None = None,
+) -> None:  # fmt: skip
     stale = [c for c in cells if states[c.name] == "stale"]
     if not stale or rerun_stale:
         return
     first = stale[0]
     diff = config_differences(out / first.name, resolved_dict(first, overrides))
+    if data_reasons and first.name in data_reasons:
+        diff = [data_reasons[first.name], *diff]
     raise ConfigError(
-        f"{len(stale)} finished cell(s) under {out} were trained with a different configuration (e.g. "
+        f"{len(stale)} finished cell(s) under {out} were trained with a different configuration or data (e.g. "
         f"{first.name}: {'; '.join(diff[:3])}); pass --rerun-stale to retrain them, or choose another --out"
     )
 
 
-def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int) -> tuple:
-    return cell.name, cell.config, list(overrides), str(out / cell.name), threads, cell.labels()
+def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int, results_dir: Any = None) -> tuple:
+    """``run_cell``'s positional arguments for ``cell`` (picklable), ``results_dir`` last."""
+    rd = None if results_dir is None else str(results_dir)
+    return cell.name, cell.config, list(overrides), str(out / cell.name), threads, cell.labels(), rd
 
 
 def _run_parallel(
-    pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None
+    pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None,
+    results_dir: Any = None,
 ) -> list[CellResult]:
-    """Cells in a spawn-context process pool; on Ctrl-C the queued cells are cancelled, not waited for."""
+    """Cells in ``jobs`` spawned worker processes, handed one at a time over a pipe (nothing is queued in a
+    worker). The workers die with this process (``_worker_main``: parent-death signal on Linux, a watchdog on
+    the parent pid elsewhere); on Ctrl-C or any error here the workers are terminated within seconds: finished
+    cells stay finished, running ones resume from their last checkpoint on the next run, queued ones never start.
+    """
     import multiprocessing
+    from multiprocessing.connection import wait
 
-    results = []
+    ctx = multiprocessing.get_context("spawn")
+    queue = list(pending)
+    results: list[CellResult] = []
+    workers: dict[Any, tuple[Any, Cell | None]] = {}  # connection -> (process, running cell)
+    try:
+        for _ in range(min(jobs, len(queue))):
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child_end, os.getpid(), fit), daemon=True)
+            proc.start()
+            child_end.close()
+            workers[parent_end] = (proc, None)
+        for conn in list(workers):
+            _hand_out(conn, workers, queue, out, overrides, threads, results_dir)
+        while any(cell is not None for _, cell in workers.values()):
+            ready = wait([c for c, (_, cell) in workers.items() if cell is not None]
+                         + [p.sentinel for p, cell in workers.values() if cell is not None])  # fmt: skip
+            for conn, (proc, cell) in list(workers.items()):
+                if cell is None:
+                    continue
+                if conn in ready:
+                    try:
+                        result = conn.recv()
+                    except (EOFError, OSError):
+                        result = None
+                elif proc.sentinel in ready and not conn.poll():
+                    result = None
+                else:
+                    continue
+                if result is None:  # the worker died (out of memory, killed, ...)
+                    proc.join(timeout=1)
+                    result = CellResult(cell.name, "failed", 0.0, f"worker process died (exit code {proc.exitcode})")
+                    workers.pop(conn)
+                    conn.close()
+                    if queue:  # a fresh worker for the rest
+                        parent_end, child_end = ctx.Pipe()
+                        proc = ctx.Process(target=_worker_main, args=(child_end, os.getpid(), fit), daemon=True)
+                        proc.start()
+                        child_end.close()
+                        workers[parent_end] = (proc, None)
+                        conn = parent_end
+                else:
+                    workers[conn] = (proc, None)
+                results.append(_tick(bar, result))
+                if conn in workers:
+                    _hand_out(conn, workers, queue, out, overrides, threads, results_dir)
+    finally:
+        _stop_workers(workers)
+    return results
+
+
+def _hand_out(
+    conn: Any, workers: dict, queue: list[Cell], out: Path, overrides: Sequence[str], threads: int,
+    results_dir: Any = None,
+) -> None:  # fmt: skip
+    proc, _ = workers[conn]
+    if queue:
+        cell = queue.pop(0)
+        conn.send(_payload(cell, out, overrides, threads, results_dir))
+        workers[conn] = (proc, cell)
+    else:
+        workers[conn] = (proc, None)
+
+
+def _stop_workers(workers: dict, grace: float = 5.0) -> None:
+    """Tell idle workers to exit; terminate (SIGTERM, then SIGKILL after ``grace`` s) the ones still running."""
+    deadline = time.monotonic() + grace
+    for conn, (proc, cell) in workers.items():
+        try:
+            conn.send(None)
+        except (OSError, ValueError):
+            pass
+        if cell is not None and proc.is_alive():
+            proc.terminate()
+    for conn, (proc, _) in workers.items():
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=grace)
+        conn.close()
+
+
+def _worker_main(conn: Any, parent_pid: int, fit: FitFn | None) -> None:
+    """A ``compare --jobs`` worker: run the cells the parent sends (``None``: exit) until the parent is gone.
+
+    Dies with its parent: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` on Linux, plus a thread that exits the process
+    when the parent pid changes (the parent died before the signal was armed, or no prctl). Ctrl-C in the
+    terminal reaches the workers too (same process group): the running cell stops, its checkpoint stays.
+    """
+    import signal
+    import threading
+
+    _die_with_parent(parent_pid)
+
+    def watchdog() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watchdog, daemon=True, name="mtpp-parent-watchdog").start()
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))  # the checkpoint on disk is complete (atomic)
     from mtpp.allocator import tune_allocator
 
-    pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=tune_allocator
-    )
+    tune_allocator()
     try:
-        futures: dict[Future, Cell] = {
-            pool.submit(run_cell, *_payload(c, out, overrides, threads), fit): c for c in pending
-        }
-        for future in as_completed(futures):
+        while True:
             try:
-                result = future.result()
-            except Exception as e:  # the worker process died (out of memory, killed, ...)
-                result = CellResult(futures[future].name, "failed", 0.0, f"{type(e).__name__}: {e}")
-            results.append(_tick(bar, result))
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return results
+                task = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if task is None:
+                return
+            *args, results_dir = task
+            conn.send(run_cell(*args, fit=fit, results_dir=results_dir))
+    except KeyboardInterrupt:
+        return
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: deliver SIGTERM to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # died before the signal was armed
+        os._exit(1)
 
 
 class _NoBar:

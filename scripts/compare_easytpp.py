@@ -190,6 +190,11 @@ def easytpp_model(name: str, args: argparse.Namespace, data: Data) -> torch.nn.M
         training=True,
     )
     if model_id == "IntensityFree":  # as easy_tpp.runner.base_runner does before building the model
+        # Checked against easy-tpp 0.3.0 (issue 10 of mtpp; EasyTPP issue 84 reported raw inter-event-time
+        # statistics here in older releases): TPPDataset.get_dt_stats() now returns the mean and std of
+        # log(clip(dt, 1e-5)) over the training gaps (first gap and padding excluded), i.e. LOG-gap statistics,
+        # exactly what IntensityFree's AffineTransform(loc=mean_log, scale=std_log) expects. So the baseline is
+        # fed what its own runner feeds it, and it is the fair one.
         mean_log, std_log = data.dt_stats[0], data.dt_stats[1]
         cfg.set("mean_log_inter_time", float(mean_log))
         cfg.set("std_log_inter_time", float(std_log))

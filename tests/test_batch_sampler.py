@@ -36,7 +36,8 @@ def test_collate_pads_times_taus_marks_mask_lengths() -> None:
     seqs = [_seq([0.5, 1.5, 4.0], [1, 0, 2]), _seq([2.0], [3])]
     b = collate(seqs)
     assert b.batch_size == 2 and b.max_length == 3
-    torch.testing.assert_close(b.times, torch.tensor([[0.5, 1.5, 4.0], [2.0, 0.0, 0.0]]))
+    # times since the sequence's first event (formed in float64 before the cast)
+    torch.testing.assert_close(b.times, torch.tensor([[0.0, 1.0, 3.5], [0.0, 0.0, 0.0]]))
     # t_0 = 0: the first tau is the first time.
     torch.testing.assert_close(b.taus, torch.tensor([[0.5, 1.0, 2.5], [2.0, 0.0, 0.0]]))
     assert b.marks.tolist() == [[1, 0, 2], [3, 0, 0]]

@@ -164,6 +164,8 @@ def _fake(
     logits[0, 1] = 0.0  # an exact tie somewhere
     log_probs = logits.log_softmax(-1)
     log_probs = log_probs.where(mask[..., None], torch.full((), float("nan")))  # garbage in padding
+    forecast = (torch.randn(b, l, k, generator=gen) * 1.5).log_softmax(-1)  # another distribution
+    forecast = forecast.where(mask[..., None], torch.full((), float("nan")))
     pit = torch.rand(b, l, generator=gen)
     median = torch.rand(b, l, generator=gen)
     mean = torch.rand(b, l, generator=gen) if with_mean else None
@@ -177,7 +179,10 @@ def _fake(
         window_end=window_end.float(),
         survival_gap=torch.zeros(b),
     )
-    return Scores(nll=nll, pit=pit, mark_log_probs=log_probs, median_tau=median, mean_tau=mean), batch
+    scores = Scores(
+        nll=nll, pit=pit, mark_log_probs=log_probs, median_tau=median, mean_tau=mean, forecast_mark_log_probs=forecast
+    )
+    return scores, batch
 
 
 def _concat(parts: list[tuple[Scores, Batch]]) -> tuple[Scores, Batch]:
@@ -206,6 +211,7 @@ def _concat(parts: list[tuple[Scores, Batch]]) -> tuple[Scores, Batch]:
         nll=nll,
         pit=cat(lambda s, b: s.pit),
         mark_log_probs=cat(lambda s, b: s.mark_log_probs, float("nan")),
+        forecast_mark_log_probs=cat(lambda s, b: s.forecast_mark_log_probs, float("nan")),
         median_tau=cat(lambda s, b: s.median_tau),
         mean_tau=cat(lambda s, b: s.mean_tau),
     )
@@ -253,13 +259,18 @@ def test_accumulator_matches_pure_functions_and_one_concatenated_batch() -> None
     assert m1["nll_mark_per_seq"] == pytest.approx(float(scores.nll.mark_terms.double().sum()) / n_seq)
     assert m1["nll_mark_per_event"] == pytest.approx(float(scores.nll.mark_terms.double().sum()) / n_ev)
     assert m1["nll_per_seq"] == pytest.approx(m1["nll_time_per_seq"] + m1["nll_mark_per_seq"])
-    assert m1["accuracy"] == pytest.approx(topk_accuracy(lp, y, 1))
-    for kk in (3, 5, 10):
-        assert m1[f"top{kk}_accuracy"] == pytest.approx(topk_accuracy(lp, y, kk))
-    assert m1["mrr"] == pytest.approx(mrr(lp, y))
-    assert m1["brier"] == pytest.approx(brier(lp.exp(), y))
-    assert m1["ece"] == pytest.approx(ece(lp.exp(), y))
-    assert m1["mce"] == pytest.approx(mce(lp.exp(), y))
+    fp = scores.forecast_mark_log_probs[sel].double()
+    assert m1["nll_mark_forecast_per_seq"] == pytest.approx(float(-fp.gather(-1, y[:, None]).sum()) / n_seq)
+    assert m1["nll_mark_forecast_per_event"] == pytest.approx(float(-fp.gather(-1, y[:, None]).sum()) / n_ev)
+    for kind, lpk in (("given_time", lp), ("forecast", fp)):
+        assert m1[f"accuracy_{kind}"] == pytest.approx(topk_accuracy(lpk, y, 1))
+        for kk in (3, 5, 10):
+            assert m1[f"top{kk}_accuracy_{kind}"] == pytest.approx(topk_accuracy(lpk, y, kk))
+        assert m1[f"mrr_{kind}"] == pytest.approx(mrr(lpk, y))
+        assert m1[f"brier_{kind}"] == pytest.approx(brier(lpk.exp(), y))
+        assert m1[f"ece_{kind}"] == pytest.approx(ece(lpk.exp(), y))
+        assert m1[f"mce_{kind}"] == pytest.approx(mce(lpk.exp(), y))
+    assert m1["accuracy_forecast"] != m1["accuracy_given_time"]  # the two kinds are kept apart
     assert m1["pce"] == pytest.approx(pce(scores.pit[sel]))
     err = (scores.median_tau[sel].double() - batch.taus[sel].double()).abs()
     assert m1["mae_tau"] == pytest.approx(float(err.mean()))
@@ -273,7 +284,8 @@ def test_accumulator_matches_pure_functions_and_one_concatenated_batch() -> None
     arrays = one.arrays()
     assert sum(arrays["pit_counts"]) == n_ev and len(arrays["pit_cdf"]) == 50
     assert arrays["pit_cdf"][-1] == pytest.approx(1.0)
-    assert sum(arrays["reliability_count"]) == n_ev and len(arrays["reliability_edges"]) == 11
+    for kind in ("given_time", "forecast"):
+        assert sum(arrays[f"reliability_count_{kind}"]) == n_ev and len(arrays[f"reliability_edges_{kind}"]) == 11
 
 
 def test_accumulator_merge_and_missing_means() -> None:

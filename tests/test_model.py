@@ -71,8 +71,11 @@ class _ExpDist:
     def mean(self):
         return 1.0 / self.rate
 
-    def mark_log_probs(self, tau):
-        return self.mark_logits.log_softmax(-1).expand(*tau.shape, -1)
+    def mark_log_probs(self, tau):  # tau: [B, L] or [B, L, M] (trailing query points, as JointDistribution)
+        lp = self.mark_logits.log_softmax(-1)
+        while lp.dim() < tau.dim() + 1:
+            lp = lp.unsqueeze(-2)
+        return lp.expand(*tau.shape, -1)
 
 
 class _ExpTime(nn.Module):
@@ -255,7 +258,7 @@ def _after_last_distribution(m: MarkedTPP, batch: Batch):
     seqs = []
     for b in range(batch.batch_size):
         n = int(batch.lengths[b])
-        t = batch.times[b, :n].double().numpy()
+        t = batch.times[b, :n].double().numpy() + float(batch.taus[b, 0])  # Batch.times: since the first event
         seqs.append(EventSequence(np.append(t, float(batch.window_end[b])), np.append(batch.marks[b, :n], 0)))
     ext = collate(seqs)
     encoder = m.encoder if m.encoder is not None else m.time_encoder
@@ -384,8 +387,11 @@ def test_score_and_predict(decoder: str, parametrisation: str) -> None:
     assert torch.equal(top[..., 0], p["mark_log_probs"].amax(-1))
     if s.mean_tau is not None:
         assert (s.mean_tau[batch.mask] > 0).all()
-    pm = m.predict(batch)  # marks at the predicted (median) gap
+    pm = m.predict(batch, tau="median")  # marks at the predicted (median) gap
     assert torch.equal(pm["mark_tau"], pm["median_tau"])
+    pf = m.predict(batch)  # default: the forecast p(k | H), the same as score's at the event positions
+    assert pf["mark_tau"] is None
+    assert torch.allclose(pf["mark_log_probs"][:, :L][batch.mask], s.forecast_mark_log_probs[batch.mask], atol=1e-5)
 
     # the median is the median: F(median) = 1/2
     fwd = m._forward(batch)

@@ -26,17 +26,17 @@ METRICS = {
     "base": {
         "nll_time_per_seq": [10.0, 12.0, 14.0],
         "nll_mark_per_seq": [6.0, 6.0, 6.0],
-        "accuracy": [0.5, 0.6, 0.7],
+        "accuracy_forecast": [0.5, 0.6, 0.7],
         "conflict_rate": [0.3, 0.4, 0.5],
     },
     "plus": {
         "nll_time_per_seq": [8.0, 9.0, 13.0],
         "nll_mark_per_seq": [3.0, 4.0, 8.0],
-        "accuracy": [0.4, 0.5, 0.45],
+        "accuracy_forecast": [0.4, 0.5, 0.45],
         "conflict_rate": [0.1, 0.2, 0.3],
     },
 }
-SUMMARY_METRICS = ["nll_time_per_seq", "nll_mark_per_seq", "accuracy", "conflict_rate"]
+SUMMARY_METRICS = ["nll_time_per_seq", "nll_mark_per_seq", "accuracy_forecast", "conflict_rate"]
 
 
 def _arrays(rng: np.random.Generator) -> dict:
@@ -45,10 +45,10 @@ def _arrays(rng: np.random.Generator) -> dict:
     conf = [None, None, 0.28, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95]
     acc = [None, None, 0.2, 0.3, 0.5, 0.5, 0.7, 0.7, 0.9, 0.9]
     return {
-        "reliability_edges": list(np.linspace(0, 1, 11)),
-        "reliability_count": count.tolist(),
-        "reliability_confidence": conf,
-        "reliability_accuracy": acc,
+        "reliability_edges_forecast": list(np.linspace(0, 1, 11)),
+        "reliability_count_forecast": count.tolist(),
+        "reliability_confidence_forecast": conf,
+        "reliability_accuracy_forecast": acc,
         "pit_edges": list(np.arange(51) / 50),
         "pit_counts": pit_counts.tolist(),
         "pit_cdf": (np.cumsum(pit_counts) / pit_counts.sum()).tolist(),
@@ -87,7 +87,8 @@ def make_runs(root: Path) -> None:
             }
             (run / "config.yaml").write_text(yaml.safe_dump(config))
             test = {m: values[split] for m, values in metrics.items() if m != "conflict_rate"}
-            test.update(nll_time_per_event=test["nll_time_per_seq"] / 10, mrr=0.7, pce=0.05, ece=0.04)
+            test.update(nll_time_per_event=test["nll_time_per_seq"] / 10, mrr=0.7, pce=0.05, ece=0.04,
+                        ece_forecast=0.03 + 0.01 * split)
             out = {
                 "val": {k: v + 1 for k, v in test.items()},
                 "test": test,
@@ -146,11 +147,11 @@ def test_summary_csv_holds_hand_computed_means_and_standard_errors(runs_root: Pa
     expected = {
         ("base", "nll_time_per_seq"): (12.0, 2 / math.sqrt(3)),
         ("base", "nll_mark_per_seq"): (6.0, 0.0),
-        ("base", "accuracy_given_time"): (0.6, 0.1 / math.sqrt(3)),  # "accuracy" read under its current name
+        ("base", "accuracy_forecast"): (0.6, 0.1 / math.sqrt(3)),
         ("base", "conflict_rate"): (0.4, 0.1 / math.sqrt(3)),
         ("plus", "nll_time_per_seq"): (10.0, math.sqrt(7 / 3)),
         ("plus", "nll_mark_per_seq"): (5.0, math.sqrt(7 / 3)),
-        ("plus", "accuracy_given_time"): (0.45, 0.05 / math.sqrt(3)),
+        ("plus", "accuracy_forecast"): (0.45, 0.05 / math.sqrt(3)),
         ("plus", "conflict_rate"): (0.2, 0.1 / math.sqrt(3)),
     }
     for (param, metric), (mean, se) in expected.items():
@@ -343,7 +344,7 @@ def test_summary_md_has_run_folders_and_numbers_as_given(runs_root, tmp_path):
 
 def test_reliability_ece_is_the_tables_and_sparse_bins_are_faded(runs_root, tmp_path, figures):
     df = report.collect_runs(runs_root)
-    summary = report.summarise(df, ["ece"])
+    summary = report.summarise(df, ["ece_forecast"])  # the fixture's arrays are those of the forecast
     plots.plot_reliability(df, tmp_path / "rel.png")
     (fig,) = figures
     titles = [a.get_title() for a in fig.axes if a.get_title()]

@@ -25,8 +25,6 @@ On a shared or busy CPU pass --threads 1: oversubscribed intra-op threads can ma
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mtpp.bench import DEFAULT_MODELS
-
     p = subparsers.add_parser(
         "bench",
         help="benchmark training / evaluation throughput and peak memory of models",
@@ -40,9 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="catalog name or path (default synthetic_hawkes); its training part is used")
     p.add_argument("--split", type=int, default=0, help="dataset split (default 0)")
     p.add_argument("--data-dir", default=None, help="data directory (default: $MTPP_DATA_DIR, then ./data)")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="ENC-DEC-PAR",
-                   help="encoder-decoder-parametrisation triples (default: a set covering every encoder and "
-                   f"decoder: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--models", nargs="+", default=None, metavar="ENC-DEC-PAR",
+                   help="encoder-decoder-parametrisation triples (default: mtpp.bench.DEFAULT_MODELS, ten models "
+                   "covering every encoder, decoder and parametrisation)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per phase (default 30)")
@@ -76,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtpp.bench import BenchConfig, format_table, run_bench, write_json
+    from mtpp.bench import DEFAULT_MODELS, BenchConfig, format_table, run_bench, write_json
 
     cfg = BenchConfig(
         dataset=args.dataset,
@@ -96,9 +94,15 @@ def run(args: argparse.Namespace) -> int:
         overrides=list(args.overrides),
         num_threads=args.threads,
         seed=args.seed,
+        phase_progress=not args.quiet,
     )
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    rows = run_bench(args.models, cfg, isolate=args.isolate, progress=progress)
+    if progress is not None and args.synthetic_length is None:
+        from mtpp.data.catalog import resolve_source
+
+        name, path, _ = resolve_source(args.dataset, args.data_dir)
+        progress(f"bench: data {name} <- {path} (split {args.split}, training part)")
+    rows = run_bench(args.models or list(DEFAULT_MODELS), cfg, isolate=args.isolate, progress=progress)
     print(format_table(rows))
     if args.out is not None:
         write_json(rows, args.out)

@@ -19,8 +19,10 @@ examples:
 --set section.key=value applies to every cell (after the experiment's per-model overrides);
 --set grid.AXIS=[...] replaces an axis of the grid (datasets, models, parametrisations, aggregators, splits, seeds).
 Rerunning the same command skips finished cells and resumes interrupted ones (failed cells are retried).
-A finished cell whose stored config.yaml differs from the grid's (say, after changing train.max_epochs) is
-"stale": compare refuses to mix such runs into one summary unless --rerun-stale retrains them.
+A finished cell whose stored config.yaml differs from the grid's (say, after changing train.max_epochs), or
+whose recorded data fingerprints differ from the data the grid resolves now, is "stale": compare refuses to mix
+such runs into one summary unless --rerun-stale retrains them. Ctrl-C stops every worker within seconds: finished
+cells stay, running ones resume from their checkpoints on the next run.
 --dry-run prints each cell's state: new, resume, done or stale."""
 
 
@@ -52,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar over cells")
     p.add_argument("--verbose-runs", action="store_true", help="keep each run's own progress output (jobs=1)")
     p.add_argument("--no-report", action="store_true", help="do not write summary tables and plots")
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="also write each finished cell's small result record (mtpp.records) under this folder, and skip "
+        "cells that already have one there (e.g. committed records: results/paper_table1)",
+    )
     p.set_defaults(func=run)
 
 
@@ -66,17 +74,31 @@ def run(args: argparse.Namespace) -> int:
     cells = ex.select(ex.expand(exp), args.only)
     if not cells:
         raise ConfigError(f"no cell of {args.experiment} matches --only {' '.join(args.only)}")
-    ex.resolve_all(cells, run_overrides)  # every cell must be a valid run config before anything trains
+    configs = ex.resolve_all(cells, run_overrides)  # every cell must be a valid run config before anything trains
+    _print_data(configs)
     if args.dry_run:
         _print_cells(cells, args.out, run_overrides)
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
+    from mtpp.runs import RunLock
+
+    with RunLock(args.out):  # one compare per output folder (each cell's run folder has its own lock too)
+        try:
+            return _run_locked(args, exp, cells, run_overrides)
+        except KeyboardInterrupt:
+            print("interrupted; run the same command again to continue (finished cells are kept, interrupted "
+                  "ones resume from their checkpoints)", file=sys.stderr)
+            raise
+
+
+def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[str]) -> int:
+    from mtpp import experiments as ex
+
     ex.write_cells(args.out, exp, cells, args.overrides)
     print(f"{exp.name}: {len(cells)} cells -> {args.out} (jobs={args.jobs})", file=sys.stderr)
     results = ex.run_grid(
         cells, args.out, jobs=args.jobs, overrides=run_overrides,
         progress=not args.no_progress, quiet_runs=not args.verbose_runs, rerun_stale=args.rerun_stale,
-        log=lambda m: print(m, file=sys.stderr),
+        log=lambda m: print(m, file=sys.stderr), results_dir=args.results,
     )
     counts = ex.results_summary(results)
     print(
@@ -92,6 +114,24 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {r.name}: {r.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_data(configs: list) -> None:
+    """One line per dataset of the grid: where its name resolves (finished cells are checked against it)."""
+    from mtpp.data.catalog import resolve_source
+    from mtpp.errors import MtppError
+
+    seen: set[tuple] = set()
+    for cfg in configs:
+        key = (cfg.data.name, cfg.data.data_dir)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            _, path, _ = resolve_source(cfg.data.name, cfg.data.data_dir)
+            print(f"data {cfg.data.name} <- {Path(path).resolve()}", file=sys.stderr)
+        except MtppError as e:
+            print(f"data {cfg.data.name}: {e}", file=sys.stderr)
 
 
 def _print_cells(cells: list, out: Path, overrides: list[str]) -> None:

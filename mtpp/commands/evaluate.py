@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 SHOWN = (
@@ -10,10 +11,11 @@ SHOWN = (
     ("L_M/seq", "nll_mark_per_seq"),
     ("L_T/ev", "nll_time_per_event"),
     ("L_M/ev", "nll_mark_per_event"),
-    ("accuracy", "accuracy"),
-    ("MRR", "mrr"),
+    ("acc. forecast", "accuracy_forecast"),
+    ("acc. given time", "accuracy_given_time"),
+    ("MRR forecast", "mrr_forecast"),
     ("PCE", "pce"),
-    ("ECE", "ece"),
+    ("ECE forecast", "ece_forecast"),
 )
 
 
@@ -21,12 +23,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="recompute a run's metrics from best.pt",
-        description="Rebuild model and data from RUN_DIR/config.yaml, load best.pt, evaluate on a split and "
-        "update RUN_DIR/metrics.json and arrays_<split>.json. A folder of variant runs evaluates each.",
+        description="Rebuild the model from RUN_DIR/config.yaml, load best.pt, evaluate on a split of the data the "
+        "run recorded (its folder and fingerprints in config.yaml) and update RUN_DIR/metrics.json and "
+        "arrays_<split>.json. Data with other fingerprints are refused unless --other-data, which writes "
+        "metrics.other-<fingerprint>.json instead. A folder of variant runs evaluates each.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
     p.add_argument("--split", choices=("val", "test", "train", "all"), default="test", help="default: test")
-    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
+    p.add_argument("--data-dir", help="where the datasets are (default: the run's recorded data folder, then "
+                   "$MTPP_DATA_DIR, then ./data)")
+    p.add_argument("--other-data", action="store_true",
+                   help="accept data whose fingerprints differ from the run's; results go to "
+                   "metrics.other-<fingerprint>.json, never metrics.json")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
     p.set_defaults(func=run)
@@ -42,6 +50,7 @@ def run_dirs(path: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from mtpp.errors import MtppError
     from mtpp.evaluation.evaluate import evaluate
+    from mtpp.runs import RunLock
     from mtpp.training.trainer import fmt_value
 
     runs = run_dirs(args.run_dir)
@@ -52,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     print("|" + "---|" * (len(SHOWN) + 2))
     for run_dir in runs:
         for split in splits:
-            m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device)
+            with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
+                m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
+                             other_data=args.other_data, log=lambda msg: print(msg, file=sys.stderr, flush=True))
             cells = " | ".join(fmt_value(m.get(k)) for _, k in SHOWN)
             print(f"| {run_dir} | {split} | {cells} |")
     return 0

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="metrics to tabulate and plot (default: the per-sequence / per-event NLLs, accuracy, MRR, "
                    "PCE, ECE, MAE of the gap, conflict rate; names and units: mtpp.evaluation.report.METRICS)")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument("--allow-mixed-data", action="store_true",
+                   help="summarise runs of one dataset and split that were tested on different data (their recorded "
+                   "fingerprints differ); default: refuse")
     p.set_defaults(func=run)
 
 
@@ -41,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped (no metrics.json): {folder}", file=sys.stderr)
     if df.empty:
         raise MtppError(f"no finished run (a folder with metrics.json) under {root}")
+    from mtpp.runs import mixed_data
+
+    mixed = mixed_data(df["run"])
+    if mixed and not args.allow_mixed_data:
+        raise MtppError(f"{mixed[0]}; pass --allow-mixed-data to summarise them anyway")
+    for problem in mixed:
+        print(f"warning: {problem}", file=sys.stderr)
     if args.metrics:
         args.metrics = [report.canonical_metric(m) for m in args.metrics]  # old names (accuracy, ece) accepted
         missing = [m for m in args.metrics if m not in df.columns]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 from mtpp.errors import ConfigError
 
@@ -17,13 +20,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/split_<s>/{train,val,test,args}.json (60/20/20; args.json holds the parameters).",
     )
     sub = parser.add_subparsers(dest="process", metavar="PROCESS", required=True)
-    hawkes = sub.add_parser("hawkes", help="multivariate Hawkes process with exponential kernels")
+    hawkes = sub.add_parser(
+        "hawkes", help="multivariate Hawkes process with exponential kernels",
+        description="Simulate a stationary K-variate Hawkes process with exponential kernels (random seeded "
+        "baseline rates and branching matrix scaled to --branching) by Ogata thinning on [0, WINDOW].",
+    )  # fmt: skip
     _common(hawkes)
     hawkes.add_argument("--branching", type=float, default=0.5,
                         help="spectral radius of the branching matrix, in [0, 1) (default 0.5)")
     hawkes.add_argument("--base-rate", type=float, default=1.0, help="total baseline rate sum(mu) (default 1)")
     hawkes.add_argument("--beta", type=float, default=1.0, help="kernel decay rate (default 1)")
-    poisson = sub.add_parser("poisson", help="homogeneous marked Poisson process")
+    poisson = sub.add_parser(
+        "poisson", help="homogeneous marked Poisson process",
+        description="Simulate a homogeneous marked Poisson process of total rate --rate on [0, WINDOW], mark "
+        "probabilities drawn from a seeded Dirichlet(2, ..., 2).",
+    )  # fmt: skip
     _common(poisson)
     poisson.add_argument("--rate", type=float, default=1.0, help="total event rate (default 1)")
     parser.set_defaults(func=run)
@@ -36,7 +47,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters, the simulation and the splits")
     p.add_argument("--splits", type=int, default=1, help="number of random train/val/test partitions (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--force", action="store_true", help="overwrite existing split folders")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier simulation in OUT (its split_* folders and args.json; nothing else)")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -54,9 +66,42 @@ def _validate(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-    existing = [p for p in (args.out / f"split_{s}" for s in range(args.splits)) if p.exists()]
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: exists and is not a folder")
+    existing = owned_entries(args.out)
     if existing and not args.force:
-        raise ConfigError(f"{existing[0]} already exists (use --force to overwrite)")
+        raise ConfigError(f"{existing[0]} already exists (use --force to replace the earlier simulation)")
+
+
+def owned_entries(out: Path) -> list[Path]:
+    """What ``simulate`` writes into OUT (and so may replace): ``args.json`` and the ``split_<k>`` folders."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.name == "args.json" or re.fullmatch(r"split_\d+", p.name))
+
+
+def _write(out: Path, force: bool, write: Any) -> Any:
+    """Write the split folder with ``write(folder)`` into a fresh temporary folder inside OUT, then (``--force``)
+    remove the ``owned_entries`` of an earlier simulation and move the new ones in. Nothing else in OUT is
+    touched: ``--out . --force`` replaces split_* and args.json, never the rest of the working directory."""
+    import shutil
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".simulate.", dir=out))
+    try:
+        result = write(tmp / "data")
+        new = sorted((tmp / "data").iterdir())
+        clash = [p for p in owned_entries(out) if (out / p.name).exists()]
+        if clash and not force:
+            raise ConfigError(f"{clash[0]} already exists (use --force to replace the earlier simulation)")
+        for old in owned_entries(out):
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        for p in new:
+            os.replace(p, out / p.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,13 +144,9 @@ def run(args: argparse.Namespace) -> int:
         "dropped_empty_sequences": dropped,
         "simulation_seed": args.seed,
     }
-    if args.force and args.out.exists():
-        import shutil
-
-        shutil.rmtree(args.out)
-    sizes = syn.write_simulated_splits(
-        args.out, kept, args=args_json, num_marks=args.marks, window=args.window, num_splits=args.splits, seed=args.seed
-    )
+    sizes = _write(args.out, args.force, lambda folder: syn.write_simulated_splits(
+        folder, kept, args=args_json, num_marks=args.marks, window=args.window, num_splits=args.splits, seed=args.seed
+    ))  # fmt: skip
 
     observed = counts / (len(seqs) * args.window)  # empty sequences were observed too
     split_sizes = "/".join(str(sizes[p]) for p in ("train", "val", "test"))

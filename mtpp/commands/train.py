@@ -14,7 +14,9 @@ examples:
 --set section.key=value overrides the config (values are YAML scalars: 5, 1e-3, true, lnm, [1, 2]).
 Sections: data, model, train, gradients, logging (see mtpp/config.py for every key).
 A config with a 'variants:' list trains one run per variant into DIR/<variant>/ and prints a comparison table.
-The run directory holds config.yaml, log.jsonl, checkpoint.pt, best.pt, metrics.json, arrays_{val,test}.json."""
+The run directory holds config.yaml (with the data's location and fingerprints), log.jsonl, train.log (the console
+output), checkpoint.pt, best.pt, metrics.json, arrays_{val,test}.json. One command writes a folder at a time.
+--resume uses the recorded data and refuses other data; -q is not stored, so a later --resume talks again."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in DIR")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no per-epoch lines, no summary")
-    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bar, no per-epoch lines, no summary on the console (train.log keeps them)")
+    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data; --resume: the "
+                   "data recorded in the run)")
     p.add_argument(
         "--variant", action="append", default=[], metavar="NAME",
         help="train only this variant of the config's variants list; repeatable",
@@ -50,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides = ["logging.quiet=true", "logging.progress=false", *overrides]
     config_path = args.config
-    if config_path is None and args.resume and (args.out / "config.yaml").is_file():
-        config_path = args.out / "config.yaml"  # resume with the stored configuration
+    if config_path is None and args.resume:  # resume with the stored configuration (one run, or the variants')
+        stored = [args.out / name for name in ("config.yaml", "variants.yaml") if (args.out / name).is_file()]
+        if not stored:
+            raise ConfigError(f"--resume: {args.out} holds no run (no config.yaml or variants.yaml); give CONFIG "
+                              "to start one")
+        config_path = stored[0]
     cfg = load_config(config_path, overrides)
     if args.variant and not cfg.variants:
         raise ConfigError("--variant: the config has no 'variants' list")
@@ -69,10 +77,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from mtpp.training.trainer import fit
 
-    try:
-        fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        if (Path(args.out) / "checkpoint.pt").exists():
-            print(f"interrupted; continue with: mtpp train --out {args.out} --resume")
-        raise
+    fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)  # says how to resume
     return 0

@@ -16,7 +16,10 @@ from mtpp.data.sequence import EventSequence
 class Batch:
     """A padded batch of ``B`` sequences of at most ``L`` events.
 
-    times: ``[B, L]`` absolute event times (0 in padding).
+    times: ``[B, L]`` event times measured from the sequence's first event, ``t_i - t_1`` (0 in padding). The
+        subtraction is done in float64 before any cast, so sequences of large absolute times (Unix seconds,
+        ~1.4e9) keep distinct, exact relative times in float32 (absolute float32 times are spaced 128 s apart
+        there). Encoders that use times (THP's temporal encoding) therefore see time since the sequence start.
     taus: ``[B, L]`` inter-event times ``tau_i = t_i - t_{i-1}``, ``t_0 = 0`` (0 in padding). Computed in
         float64 before any cast, so large absolute times (Unix seconds) keep exact gaps.
     marks: ``[B, L]`` int64 mark ids (0 in padding).
@@ -74,7 +77,7 @@ def collate(sequences: Sequence[EventSequence], dtype: torch.dtype = torch.float
     gap = np.zeros(b, dtype=np.float64)
     for i, s in enumerate(sequences):
         n = len(s)
-        times[i, :n] = s.times
+        times[i, :n] = s.times - s.times[0]  # float64: relative times stay exact whatever the offset
         taus[i, :n] = s.taus
         marks[i, :n] = s.marks
         last = s.times[-1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,8 +260,8 @@ def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None)
                             f"{', '.join(str(root / c) for c in entry.candidates)}.{extra}")
         return text, path, entry
     p = Path(text)
-    if p.exists():
-        return p.name.split(".")[0] or text, p, None
+    if p.exists():  # a dot-file (.events.json) is named "events", never its path
+        return p.name.lstrip(".").split(".")[0] or "data", p, None
     root = resolve_data_dir(data_dir)
     if os.sep not in text and (root / text).exists():
         return text, root / text, None
@@ -327,7 +328,8 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
     from mtpp.data.splits import prepare_sequences, source_fingerprint
 
     key = source_fingerprint(path, AUTO_SEED, AUTO_SPLITS, AUTO_RATIOS, sorted(opts.__dict__.items()), PREPARE_VERSION)
-    out = cache_dir() / "prepared" / f"{name}-{key}"
+    label = re.sub(r"[^A-Za-z0-9_+-]+", "_", Path(name).name).strip("_") or "data"  # one folder, in the cache
+    out = cache_dir() / "prepared" / f"{label}-{key}"
     if out.is_dir() and (out / "args.json").exists():
         notes.append(f"auto-prepared from {path} ({reason}): {out}")
         log.info("%s: using the auto-prepared splits in %s", name, out)

@@ -8,10 +8,11 @@ left untouched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -32,8 +33,11 @@ def evaluate_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     seed: int = 0,
+    on_batch: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(metrics, arrays)`` of ``model`` on ``sequences`` (``MetricAccumulator.compute()`` / ``.arrays()``)."""
+    """``(metrics, arrays)`` of ``model`` on ``sequences`` (``MetricAccumulator.compute()`` / ``.arrays()``).
+
+    ``on_batch``: called after each batch (a progress bar)."""
     from mtpp.data.sampler import make_loader
     from mtpp.evaluation.metrics import MetricAccumulator
 
@@ -53,6 +57,8 @@ def evaluate_model(
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)
                 acc.update(model.score(batch), batch)
+                if on_batch is not None:
+                    on_batch()
     finally:
         model.train(was_training)
     return acc.compute(), acc.arrays()
@@ -105,11 +111,18 @@ def evaluate(
     batch_size: int | None = None,
     device: str | None = None,
     write: bool = True,
+    other_data: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a run directory's ``best.pt`` (or of a model) on ``split``.
 
-    Run directory: rebuilds model and data from its ``config.yaml`` (``data_dir`` overrides where the data is),
-    loads ``best.pt``, evaluates, and (``write=True``) updates ``metrics.json[split]`` and ``arrays_{split}.json``.
+    Run directory: rebuilds the model from its ``config.yaml``, loads the data the run recorded (``mtpp.runs``:
+    its recorded folder, else the configured name under ``data_dir``), loads ``best.pt``, evaluates, and
+    (``write=True``) updates ``metrics.json[split]`` (``train_eval`` for the training split: ``train`` holds the
+    training summary) and ``arrays_{split}.json``. Data whose fingerprints differ
+    from the run's are an ``MtppError`` naming both, unless ``other_data``: their metrics then go to
+    ``metrics.other-<fingerprint>.json`` / ``arrays_{split}.other-<fingerprint>.json`` (never ``metrics.json``),
+    with the data's record under ``data``. ``log`` receives one line naming the resolved data.
     Model: ``data`` is a dataset with ``.train/.val/.test`` or a list of sequences; nothing is written.
     """
     if split not in SPLITS:
@@ -120,23 +133,28 @@ def evaluate(
         seqs = getattr(data, split) if hasattr(data, split) else data
         metrics, _ = evaluate_model(run_dir_or_model, seqs, batch_size=batch_size or 256, device=device)
         return metrics
-    return _evaluate_run(Path(run_dir_or_model), split, data_dir, batch_size, device, write)
+    return _evaluate_run(Path(run_dir_or_model), split, data_dir, batch_size, device, write, other_data, log)
 
 
 def _evaluate_run(
-    run_dir: Path, split: str, data_dir: str | None, batch_size: int | None, device: str | None, write: bool
-) -> dict[str, Any]:
-    from mtpp.config import load_config
-    from mtpp.training import checkpoint
-    from mtpp.training.setup import DTYPES, build_run_model, load_data, resolve_device
+    run_dir: Path, split: str, data_dir: str | None, batch_size: int | None, device: str | None, write: bool,
+    other_data: bool = False, log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    from mtpp.runs import describe_data, open_run
+    from mtpp.training.setup import DTYPES, build_run_model, resolve_device
 
-    if not (run_dir / "config.yaml").is_file():
-        raise MtppError(f"{run_dir}: not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
+    run = open_run(run_dir)
+    cfg = run.config
     dev = resolve_device(device or cfg.train.device)
-    run_data = load_data(cfg.data, data_dir)
-    model = build_run_model(cfg, run_data.num_marks, dev)
-    state = checkpoint.load(run_dir / checkpoint.BEST, map_location=dev)
+    run_data, record, same = run.load_data(data_dir, other_data=other_data)
+    if log is not None:
+        log(f"{run_dir}: data {describe_data(run_data)}" + ("" if same else " (OTHER data than the run's)"))
+    state = run.best_state(map_location=dev)
+    num_marks = int(state.get("num_marks") or run_data.num_marks)  # the model's K, whatever data it is shown
+    if run_data.num_marks > num_marks:
+        raise MtppError(f"{run_dir}: the model knows {num_marks} marks, the data have {run_data.num_marks}: "
+                        "it cannot score them")
+    model = build_run_model(cfg, num_marks, dev)
     model.load_state_dict(state["model"])
     bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
     metrics, arrays = evaluate_model(
@@ -144,9 +162,17 @@ def _evaluate_run(
     )
     metrics["first_event"] = cfg.model.first_event
     if write:
+        key = hashlib.sha256("".join(p["sha256"] for p in record["parts"].values()).encode()).hexdigest()[:12]
+        suffix = "" if same else f".other-{key}"
+        target = run_dir / (METRICS_FILE if same else f"metrics{suffix}.json")
         existing = read_metrics(run_dir)
         metrics = with_run_fields(metrics, existing.get("train", {}))
-        existing[split] = metrics
-        write_json(run_dir / METRICS_FILE, existing)
-        write_json(run_dir / f"arrays_{split}.json", arrays)
+        out = existing if same else (json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {})
+        out["train_eval" if split == "train" else split] = metrics  # "train" holds the run's training summary
+        if not same:
+            out["data"] = record
+        write_json(target, out)
+        write_json(run_dir / f"arrays_{split}{suffix}.json", arrays)
+        if log is not None:
+            log(f"{run_dir}: wrote {target.name}, arrays_{split}{suffix}.json")
     return json_safe(metrics)

@@ -27,7 +27,12 @@ Conventions (every report should state them):
   uniformly random tie-breaking** (rank uniform on ``1+g .. 1+g+t``): top-``k`` hit = ``clip((k - g)/(t + 1), 0,
   1)``, reciprocal rank = ``(H_{g+t+1} - H_g)/(t + 1)`` (harmonic numbers). Without ties this is the usual
   ``rank = 1 + g``; a degenerate model that outputs uniform probabilities gets accuracy ``1/K`` (chance), never
-  1 (the optimistic rule) or 0 (the pessimistic one). ``accuracy`` is top-1 under this rule.
+  1 (the optimistic rule) or 0 (the pessimistic one). ``accuracy_*`` is top-1 under this rule.
+* **Two mark distributions** (``MARK_KINDS``), every mark metric reported for each, the name saying which:
+  ``*_given_time`` scores ``p(k | tau_i, H_i)`` (given the observed gap: the distribution of ``L_M``,
+  ``nll_mark_*``), ``*_forecast`` scores ``p(k | H_i)`` (the next time unknown; ``nll_mark_forecast_*``). E.g.
+  ``accuracy_given_time``, ``accuracy_forecast``, ``top5_accuracy_forecast``, ``mrr_*``, ``brier_*``, ``ece_*``,
+  ``mce_*``. Forecast metrics are absent when the scores carry no forecast (``Scores.forecast_mark_log_probs``).
 * **ECE / MCE.** Confidence = top-class probability, correctness = the (tie-aware) top-1 hit. 10 equal-width
   bins ``(b/10, (b+1)/10]`` (confidence 0 in the first bin); ``ECE = sum_b (n_b/N) |acc_b - conf_b|``,
   ``MCE = max`` over non-empty bins.
@@ -248,20 +253,28 @@ def mrr(log_probs: ArrayLike, labels: ArrayLike) -> float:
 # Accumulator
 
 
+MARK_KINDS = ("given_time", "forecast")
+"""The two mark distributions every accumulator scores (suffixes of the mark metric names):
+
+* ``given_time``: ``p(k | tau_i, H_i)``, given the observed gap: the distribution of ``L_M`` (Bosser & Ben Taieb
+  2024); for ``+`` / ``++`` and joint decoders it knows when the event happened, so it is not a forecast.
+* ``forecast``: ``p(k | H_i) = int p(k | tau, H_i) f(tau | H_i) dtau``, the next time unknown
+  (``mtpp.models.marginal``); the same distribution as ``given_time`` for base LNM / RMTPP.
+"""
+
+_MARK_SCALARS = ("nll_mark", "brier", "rr", *(f"top{k}" for k in TOPK))
+_MARK_HISTOGRAMS = ("cal_count", "cal_conf", "cal_acc")
 _SCALARS = (
     "num_sequences",
     "num_events",
     "nll_time",
-    "nll_mark",
     "nll_survival",
-    "brier",
-    "rr",
-    *(f"top{k}" for k in TOPK),
     "abs_err_median",
     "sq_err_median",
     "abs_err_mean",
     "sq_err_mean",
     "num_events_mean",
+    *(f"{name}/{kind}" for kind in MARK_KINDS for name in _MARK_SCALARS),
 )
 
 
@@ -283,12 +296,14 @@ class MetricAccumulator:
         self.calibration_bins = calibration_bins
         self._state: dict[str, Tensor] | None = None
         self._mean_missing = False
+        self._forecast_missing = False
 
     # -- state -------------------------------------------------------------------------------------------------
     def reset(self, device: torch.device | str | None = None) -> None:
         """Forget everything; with ``device``, allocate the (zero) state there at once."""
         self._state = None
         self._mean_missing = False
+        self._forecast_missing = False
         if device is not None:
             self._init_state(torch.device(device))
 
@@ -296,8 +311,9 @@ class MetricAccumulator:
         dt = _float_dtype(device)
         state = {name: torch.zeros((), dtype=dt, device=device) for name in _SCALARS}
         state["pit_counts"] = torch.zeros(self.pit_bins, dtype=dt, device=device)
-        for name in ("cal_count", "cal_conf", "cal_acc"):
-            state[name] = torch.zeros(self.calibration_bins, dtype=dt, device=device)
+        for kind in MARK_KINDS:
+            for name in _MARK_HISTOGRAMS:
+                state[f"{name}/{kind}"] = torch.zeros(self.calibration_bins, dtype=dt, device=device)
         self._state = state
         return state
 
@@ -326,26 +342,20 @@ class MetricAccumulator:
         state["num_sequences"] += scored.shape[0]
         state["num_events"] += w.sum()
         state["nll_time"] += nll.time_nll.to(dt).sum()
-        state["nll_mark"] += nll.mark_nll.to(dt).sum()
         state["nll_survival"] += nll.survival_term.to(dt).sum()
+        state["nll_mark/given_time"] += nll.mark_nll.to(dt).sum()
 
-        # Marks: tie-aware ranks, Brier, confidence bins.
-        log_probs = scores.mark_log_probs.to(dt)  # [B, L, K]
-        labels = batch.marks.to(device).long().clamp(0, log_probs.shape[-1] - 1)
-        greater, ties = _rank_stats(log_probs, labels)
-        top1 = _expected_topk(greater, ties, 1, dt)
-        for k in TOPK:
-            hit = top1 if k == 1 else _expected_topk(greater, ties, k, dt)
-            state[f"top{k}"] += masked(hit).sum()
-        state["rr"] += masked(_expected_reciprocal_rank(greater, ties, dt)).sum()
-        probs = log_probs.exp()
-        p_true = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        state["brier"] += masked((probs * probs).sum(-1) - 2.0 * p_true + 1.0).sum()
-        conf = probs.max(-1).values
-        cal_idx = _bin_index(conf.clamp(0.0, 1.0), self.calibration_bins).reshape(-1)
-        state["cal_count"].index_add_(0, cal_idx, w.reshape(-1))
-        state["cal_conf"].index_add_(0, cal_idx, masked(conf).reshape(-1))
-        state["cal_acc"].index_add_(0, cal_idx, masked(top1).reshape(-1))
+        labels = batch.marks.to(device).long().clamp(0, scores.mark_log_probs.shape[-1] - 1)
+        forecast = scores.forecast_mark_log_probs
+        if forecast is None:
+            self._forecast_missing = True
+        for kind, log_probs in (("given_time", scores.mark_log_probs), ("forecast", forecast)):
+            if log_probs is None:
+                continue
+            log_probs = log_probs.to(dt)  # [B, L, K]
+            if kind == "forecast":  # L_M's terms come from the NLL; the forecast's NLL from its log-probs
+                state["nll_mark/forecast"] -= masked(log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)).sum()
+            self._update_marks(state, kind, log_probs, labels, masked, w)
 
         # Times: PIT histogram and gap errors.
         pit = scores.pit.to(dt)
@@ -363,6 +373,24 @@ class MetricAccumulator:
             state["sq_err_mean"] += (err * err).sum()
             state["num_events_mean"] += w.sum()
 
+    def _update_marks(self, state: dict, kind: str, log_probs: Tensor, labels: Tensor, masked, w: Tensor) -> None:
+        """Tie-aware ranks, Brier and confidence bins of one mark distribution ``log_probs: [B, L, K]``."""
+        dt = log_probs.dtype
+        greater, ties = _rank_stats(log_probs, labels)
+        top1 = _expected_topk(greater, ties, 1, dt)
+        for k in TOPK:
+            hit = top1 if k == 1 else _expected_topk(greater, ties, k, dt)
+            state[f"top{k}/{kind}"] += masked(hit).sum()
+        state[f"rr/{kind}"] += masked(_expected_reciprocal_rank(greater, ties, dt)).sum()
+        probs = log_probs.exp()
+        p_true = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        state[f"brier/{kind}"] += masked((probs * probs).sum(-1) - 2.0 * p_true + 1.0).sum()
+        conf = probs.max(-1).values
+        cal_idx = _bin_index(conf.clamp(0.0, 1.0), self.calibration_bins).reshape(-1)
+        state[f"cal_count/{kind}"].index_add_(0, cal_idx, w.reshape(-1))
+        state[f"cal_conf/{kind}"].index_add_(0, cal_idx, masked(conf).reshape(-1))
+        state[f"cal_acc/{kind}"].index_add_(0, cal_idx, masked(top1).reshape(-1))
+
     def merge(self, other: "MetricAccumulator") -> "MetricAccumulator":
         """Add ``other``'s state into this one (same bins); returns ``self``."""
         if (other.pit_bins, other.calibration_bins) != (self.pit_bins, self.calibration_bins):
@@ -375,6 +403,7 @@ class MetricAccumulator:
         for name, value in other._state.items():
             self._state[name] += value.to(self._state[name].device)
         self._mean_missing = self._mean_missing or other._mean_missing
+        self._forecast_missing = self._forecast_missing or other._forecast_missing
         return self
 
     def all_reduce(self, device: torch.device | str | None = None) -> None:
@@ -393,9 +422,11 @@ class MetricAccumulator:
         assert self._state is not None
         for name in sorted(self._state):
             dist.all_reduce(self._state[name])
-        flag = torch.tensor(float(self._mean_missing), device=self._state["num_events"].device)
-        dist.all_reduce(flag)
-        self._mean_missing = bool(flag.item() > 0)
+        flags = torch.tensor(
+            [float(self._mean_missing), float(self._forecast_missing)], device=self._state["num_events"].device
+        )
+        dist.all_reduce(flags)
+        self._mean_missing, self._forecast_missing = (bool(f > 0) for f in flags.tolist())
 
     # -- results -----------------------------------------------------------------------------------------------
     def _cpu_state(self) -> dict[str, np.ndarray]:
@@ -419,21 +450,26 @@ class MetricAccumulator:
         def div(a: float, b: float) -> float:
             return float(a / b) if b > 0 else math.nan
 
+        nll_mark = s["nll_mark/given_time"]
         out: dict[str, float | int] = {
-            "nll_per_seq": div(s["nll_time"] + s["nll_mark"], n_seq),
+            "nll_per_seq": div(s["nll_time"] + nll_mark, n_seq),
             "nll_time_per_seq": div(s["nll_time"], n_seq),
-            "nll_mark_per_seq": div(s["nll_mark"], n_seq),
+            "nll_mark_per_seq": div(nll_mark, n_seq),
             "nll_survival_per_seq": div(s["nll_survival"], n_seq),
-            "nll_per_event": div(s["nll_time"] + s["nll_mark"], n_ev),
+            "nll_per_event": div(s["nll_time"] + nll_mark, n_ev),
             "nll_time_per_event": div(s["nll_time"], n_ev),
-            "nll_mark_per_event": div(s["nll_mark"], n_ev),
+            "nll_mark_per_event": div(nll_mark, n_ev),
         }
-        for k in TOPK:
-            out["accuracy" if k == 1 else f"top{k}_accuracy"] = div(s[f"top{k}"], n_ev)
-        out["mrr"] = div(s["rr"], n_ev)
-        out["brier"] = div(s["brier"], n_ev)
-        diagram = _reliability_from_sums(s["cal_count"], s["cal_conf"], s["cal_acc"])
-        out["ece"], out["mce"] = _ece_mce(diagram)
+        for kind in self._mark_kinds():
+            if kind == "forecast":
+                out["nll_mark_forecast_per_seq"] = div(s["nll_mark/forecast"], n_seq)
+                out["nll_mark_forecast_per_event"] = div(s["nll_mark/forecast"], n_ev)
+            for k in TOPK:
+                out[("accuracy" if k == 1 else f"top{k}_accuracy") + f"_{kind}"] = div(s[f"top{k}/{kind}"], n_ev)
+            out[f"mrr_{kind}"] = div(s[f"rr/{kind}"], n_ev)
+            out[f"brier_{kind}"] = div(s[f"brier/{kind}"], n_ev)
+            diagram = _reliability_from_sums(s[f"cal_count/{kind}"], s[f"cal_conf/{kind}"], s[f"cal_acc/{kind}"])
+            out[f"ece_{kind}"], out[f"mce_{kind}"] = _ece_mce(diagram)
         if n_ev > 0:
             grid = np.arange(1, self.pit_bins + 1) / self.pit_bins
             out["pce"] = float(np.mean(np.abs(np.cumsum(s["pit_counts"]) / n_ev - grid)))
@@ -449,15 +485,18 @@ class MetricAccumulator:
         out["num_events"] = n_ev
         return out
 
+    def _mark_kinds(self) -> tuple[str, ...]:
+        return ("given_time",) if self._forecast_missing else MARK_KINDS
+
     def arrays(self) -> dict[str, list[Any]]:
         """Plot arrays as JSON-ready lists (``None`` for empty bins).
 
-        ``reliability_edges`` (bins + 1), ``reliability_count``, ``reliability_confidence``,
-        ``reliability_accuracy`` (per confidence bin); ``pit_edges`` (51), ``pit_counts`` (50, bins
+        Per mark kind (``_given_time`` / ``_forecast`` suffix): ``reliability_edges_*`` (bins + 1),
+        ``reliability_count_*``, ``reliability_confidence_*``, ``reliability_accuracy_*`` (per confidence bin);
+        ``pit_edges`` (51), ``pit_counts`` (50, bins
         ``((j-1)/50, j/50]``), ``pit_cdf`` (50, the empirical CDF at ``j/50``).
         """
         s = self._cpu_state()
-        diagram = _reliability_from_sums(s["cal_count"], s["cal_conf"], s["cal_acc"])
         counts = s["pit_counts"]
         n = counts.sum()
         cdf = np.cumsum(counts) / n if n > 0 else np.full_like(counts, np.nan)
@@ -465,11 +504,17 @@ class MetricAccumulator:
         def lst(a: np.ndarray) -> list[Any]:
             return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
 
+        out: dict[str, list[Any]] = {}
+        for kind in self._mark_kinds():
+            diagram = _reliability_from_sums(s[f"cal_count/{kind}"], s[f"cal_conf/{kind}"], s[f"cal_acc/{kind}"])
+            out.update({
+                f"reliability_edges_{kind}": lst(diagram["edges"]),
+                f"reliability_count_{kind}": [int(c) for c in diagram["count"]],
+                f"reliability_confidence_{kind}": lst(diagram["confidence"]),
+                f"reliability_accuracy_{kind}": lst(diagram["accuracy"]),
+            })  # fmt: skip
         return {
-            "reliability_edges": lst(diagram["edges"]),
-            "reliability_count": [int(c) for c in diagram["count"]],
-            "reliability_confidence": lst(diagram["confidence"]),
-            "reliability_accuracy": lst(diagram["accuracy"]),
+            **out,
             "pit_edges": lst(np.arange(self.pit_bins + 1) / self.pit_bins),
             "pit_counts": [int(round(c)) for c in counts],
             "pit_cdf": lst(cdf),

@@ -112,7 +112,7 @@ def read_arrays(run_dir: str | Path, section: str = "test") -> dict[str, list] |
         data = json.load(f)
     if isinstance(data.get(section), dict):
         return data[section]
-    return data if "pit_counts" in data or "reliability_count" in data else None
+    return data if "pit_counts" in data or any(k.startswith("reliability_count") for k in data) else None
 
 
 def _step_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -373,21 +373,29 @@ def _label_axes(axes: np.ndarray, n: int, xlabel: str, ylabel: str) -> None:
 # (c) reliability and (d) PIT, pooled over the runs of a cell
 
 
+RELIABILITY_KIND = "forecast"
+"""Which mark distribution the reliability diagrams show: the forecast ``p(k | H)`` (``given_time`` for runs whose
+arrays have no forecast)."""
+
+
 def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | None:
     count = conf_sum = acc_sum = pit = None
     edges = pit_edges = None
+    kinds: set[str] = set()
     for run in part["run"]:
         a = read_arrays(run, section)
         if not a:
             continue
-        if a.get("reliability_count") is not None:
-            c = np.asarray(a["reliability_count"], dtype=float)
-            conf = np.nan_to_num(np.asarray(a["reliability_confidence"], dtype=float))
-            acc = np.nan_to_num(np.asarray(a["reliability_accuracy"], dtype=float))
+        kind = RELIABILITY_KIND if a.get(f"reliability_count_{RELIABILITY_KIND}") is not None else "given_time"
+        if a.get(f"reliability_count_{kind}") is not None:
+            kinds.add(kind)
+            c = np.asarray(a[f"reliability_count_{kind}"], dtype=float)
+            conf = np.nan_to_num(np.asarray(a[f"reliability_confidence_{kind}"], dtype=float))
+            acc = np.nan_to_num(np.asarray(a[f"reliability_accuracy_{kind}"], dtype=float))
             count = c if count is None else count + c
             conf_sum = c * conf if conf_sum is None else conf_sum + c * conf
             acc_sum = c * acc if acc_sum is None else acc_sum + c * acc
-            edges = np.asarray(a.get("reliability_edges") or np.linspace(0, 1, len(c) + 1), dtype=float)
+            edges = np.asarray(a.get(f"reliability_edges_{kind}") or np.linspace(0, 1, len(c) + 1), dtype=float)
         if a.get("pit_counts") is not None:
             p = np.asarray(a["pit_counts"], dtype=float)
             pit = p if pit is None else pit + p
@@ -398,6 +406,7 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
     if count is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             out.update(count=count, confidence=conf_sum / count, accuracy=acc_sum / count, edges=edges)
+        out["kind"] = kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[assignment]
     if pit is not None:
         out.update(pit_counts=pit, pit_edges=pit_edges)
     return out
@@ -410,11 +419,13 @@ their accuracy is too noisy to read as miscalibration (a binomial share of 30 ev
 
 
 def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", section: str = "test") -> Path | None:
-    """Reliability diagrams of the top-class mark probability, one panel per cell (its runs' bins pooled):
+    """Reliability diagrams of the top-class mark forecast ``p(k | H)`` (:data:`RELIABILITY_KIND`; ``p(k | tau,
+    H)``, "given the time", for runs whose arrays have no forecast), one panel per cell (its runs' bins pooled):
     accuracy vs mean confidence per bin, each bin a disc whose area is proportional to its number of events
     (hollow and faded below :data:`FEW_EVENTS` events or 1 % of them), the diagonal, and the share of events
-    per bin as grey bars. The ECE in each panel is the one of the tables (``ece_given_time``: mean ± standard
-    error of the runs' ECEs), not a value recomputed from the pooled bins."""
+    per bin as grey bars. The ECE in each panel is the one of the tables for that distribution
+    (``ece_forecast`` / ``ece_given_time``: mean ± standard error of the runs' ECEs), not a value recomputed from
+    the pooled bins."""
     _, cells = _cells(runs)
     models = [(label, part, arr) for label, part in cells
               if (arr := _pooled_arrays(part, section)) is not None and "count" in arr]
@@ -445,11 +456,13 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.set_title(_wrap(f"{label}: ECE {_table_value(part, 'ece_given_time')}", 44), fontsize=9)
+        kind = str(a["kind"])
+        ece = _table_value(part, f"ece_{kind}") if kind != "mixed" else "n/a (forecast and given-time runs mixed)"
+        ax.set_title(_wrap(f"{label}: ECE {ece}", 44), fontsize=9)
     _label_axes(axes, len(models), "confidence (top-class probability)", "accuracy (share of top-1 hits)")
     head = f"{title}: " if title else ""
     fig.suptitle(
-        f"{head}mark reliability ({section}; {_pooled_note(runs)})\n"
+        f"{head}mark reliability of the forecast p(k | H) ({section}; {_pooled_note(runs)})\n"
         f"disc area ∝ events in the bin; hollow: < {FEW_EVENTS} events or < 1 % (too few to judge)\n"
         "grey bars: share of events per bin; ECE as in the tables",
         fontsize=9,

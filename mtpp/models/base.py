@@ -110,8 +110,10 @@ class Scores:
     nll: the ``NLLOutput``.
     pit: ``[B, L]`` ``F(tau_i | H_i)`` at the observed gaps (PIT values).
     mark_log_probs: ``[B, L, K]`` ``log p(k | tau_i, H_i)`` at the observed gaps.
-    median_tau: ``[B, L]`` predicted gap, the median ``F^{-1}(0.5)``.
-    mean_tau: ``[B, L]`` predicted mean gap where closed form (LNM, RMTPP-free), else ``None``.
+    median_tau: ``[B, L]`` predicted gap, the median ``F^{-1}(0.5)`` (data units).
+    mean_tau: ``[B, L]`` predicted mean gap where closed form (LNM), else ``None`` (data units).
+    forecast_mark_log_probs: ``[B, L, K]`` ``log p(k | H_i)``, the mark forecast with the gap unknown
+        (``mtpp.models.marginal``); ``None`` when not computed.
     """
 
     nll: NLLOutput
@@ -119,3 +121,4 @@ class Scores:
     mark_log_probs: Tensor
     median_tau: Tensor
     mean_tau: Tensor | None = None
+    forecast_mark_log_probs: Tensor | None = None

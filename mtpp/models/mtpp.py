@@ -15,6 +15,16 @@ per-event terms use positions ``0..L-1``; the survival term and ``sample_next`` 
 call the time decoder on that single ``[B, 1, D]`` state (a second, tiny decoder call: no extra compensator over
 the whole sequence).
 
+Time scale (``mtpp.models.scaling``). The model works in units of ``time_scale`` data units: every batch is divided
+by it before the encoders (``_in_model_units``), each scored ``-log f`` term gets ``+ log(time_scale)`` (the
+change of variables ``f(tau) = f'(tau / s) / s``), and predicted gaps are multiplied back, so every number that
+leaves the model is in the data's units. The scale is part of the ``state_dict`` (extra state), hence of every
+checkpoint.
+
+Mark forecasts. ``score`` also returns ``forecast_mark_log_probs``, ``log p(k | H)`` with the next time unknown
+(``mtpp.models.marginal``); ``mark_log_probs`` is ``log p(k | tau_i, H)`` given the observed gap, the quantity of
+``L_M``. For base LNM / RMTPP the two are the same tensor.
+
 Numerics. The encoders run under whatever autocast the caller set; their output is cast to the dtype of the
 model's parameters (float32, or float64 for a ``model.double()`` with a float64 batch) and every decoder, term and
 sum is computed with autocast disabled. Padded positions and absent windows are evaluated at a safe gap of 1 and
@@ -27,6 +37,8 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +46,7 @@ from mtpp.data.batch import Batch
 from mtpp.errors import ConfigError
 from mtpp.models.base import NLLOutput, Scores, TimeDistribution
 from mtpp.models.config import FIRST_EVENT, PARAMETRISATIONS, ModelConfig
+from mtpp.models.marginal import marginal_mark_log_probs
 from mtpp.models.registry import ENCODERS, JOINT_DECODERS, MARK_DECODERS, TIME_DECODERS
 
 
@@ -41,10 +54,12 @@ from mtpp.models.registry import ENCODERS, JOINT_DECODERS, MARK_DECODERS, TIME_D
 class _Forward:
     """Internals of one pass: the per-event time distribution, the mark log-probs and the NLL."""
 
-    dist: TimeDistribution  # batch_shape [B, L]
+    dist: TimeDistribution  # batch_shape [B, L], in model units
     mark_log_probs: Tensor  # [B, L, K] at the observed (safe) gaps
-    taus: Tensor  # [B, L] observed gaps, 1 at padding (compute dtype)
+    taus: Tensor  # [B, L] observed gaps in model units, 1 at padding (compute dtype)
     nll: NLLOutput
+    h_time: Tensor  # [B, L + 1, D_time] time histories
+    h_mark: Tensor  # [B, L + 1, D_mark] mark histories
 
 
 def _autocast_off(device: torch.device):
@@ -89,6 +104,7 @@ class MarkedTPP(nn.Module):
         self.cfg = cfg
         self.num_marks = num_marks
         self.parametrisation = cfg.parametrisation
+        self._time_scale = 1.0
 
         self.encoder: nn.Module | None = None
         self.time_encoder: nn.Module | None = None
@@ -111,6 +127,44 @@ class MarkedTPP(nn.Module):
             self.time_decoder = TIME_DECODERS.build(cfg.decoder, d_time, cfg)
             mark_kind = "categorical" if cfg.parametrisation == "base" else "categorical_tau"
             self.mark_decoder = MARK_DECODERS.build(mark_kind, d_mark, num_marks, cfg)
+
+    # ------------------------------------------------------------------ time scale
+
+    @property
+    def time_scale(self) -> float:
+        """Data units per model unit of time (``mtpp.models.scaling``); 1.0 until set."""
+        return self._time_scale
+
+    @time_scale.setter
+    def time_scale(self, value: float) -> None:
+        value = float(value)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"time_scale must be a finite number > 0, got {value!r}")
+        self._time_scale = value
+
+    def get_extra_state(self) -> dict:
+        return {"time_scale": self._time_scale}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.time_scale = state.get("time_scale", 1.0)
+
+    def _in_model_units(self, batch: Batch) -> Batch:
+        """``batch`` with times, gaps and window in model units (``/ time_scale``); the batch itself when 1."""
+        s = self._time_scale
+        if s == 1.0:
+            return batch
+        return replace(
+            batch,
+            times=batch.times / s,
+            taus=batch.taus / s,
+            window_end=batch.window_end / s,
+            survival_gap=batch.survival_gap / s,
+        )
+
+    @property
+    def marks_depend_on_time(self) -> bool:
+        """Whether the mark distribution depends on the gap (everything but base LNM / RMTPP)."""
+        return self.joint is not None or self.parametrisation != "base"
 
     # ------------------------------------------------------------------ structure
 
@@ -182,6 +236,7 @@ class MarkedTPP(nn.Module):
         return scored
 
     def _forward(self, batch: Batch) -> _Forward:
+        batch = self._in_model_units(batch)
         h_time, h_mark = self._histories(batch)
         dtype = h_time.dtype
         L = batch.marks.shape[1]
@@ -193,7 +248,8 @@ class MarkedTPP(nn.Module):
 
             scored = self._scored(batch)
             zero = torch.zeros((), dtype=dtype, device=h_time.device)
-            time_terms = torch.where(scored, -dist.log_prob(taus), zero)
+            # + log s: the density per data unit, f(tau) = f'(tau / s) / s (see the module docstring)
+            time_terms = torch.where(scored, math.log(self._time_scale) - dist.log_prob(taus), zero)
             observed = mark_lp.gather(-1, batch.marks.unsqueeze(-1)).squeeze(-1)
             mark_terms = torch.where(scored, -observed, zero)
 
@@ -219,7 +275,7 @@ class MarkedTPP(nn.Module):
                     else None
                 ),
             )
-        return _Forward(dist=dist, mark_log_probs=mark_lp, taus=taus, nll=nll)
+        return _Forward(dist=dist, mark_log_probs=mark_lp, taus=taus, nll=nll, h_time=h_time, h_mark=h_mark)
 
     # ------------------------------------------------------------------ public API
 
@@ -232,69 +288,116 @@ class MarkedTPP(nn.Module):
         return self.nll(batch)
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> Scores:
-        """NLL, PIT ``F(tau_i | H_i)``, mark log-probs at the observed gaps, median and (closed-form) mean gaps.
+    def score(self, batch: Batch, forecast: bool = True) -> Scores:
+        """NLL, PIT ``F(tau_i | H_i)``, mark log-probs given the observed gaps and as forecasts, predicted gaps.
 
-        Every ``[B, L]`` output is 0 at padded positions.
+        ``forecast=False`` skips the mark forecast (``forecast_mark_log_probs`` is then ``None``). Gaps are in the
+        data's units. Every ``[B, L]`` output is 0 at padded positions.
         """
         fwd = self._forward(batch)
         mask = batch.mask
+        s = self._time_scale
         zero = torch.zeros((), dtype=fwd.taus.dtype, device=fwd.taus.device)
         with _autocast_off(fwd.taus.device):
             pit = torch.where(mask, fwd.dist.cdf(fwd.taus), zero)
-            median = torch.where(mask, fwd.dist.icdf(torch.full_like(fwd.taus, 0.5)), zero)
+            median = torch.where(mask, fwd.dist.icdf(torch.full_like(fwd.taus, 0.5)) * s, zero)
             mean = _mean_of(fwd.dist)
             if mean is not None:
-                mean = torch.where(mask, mean, zero)
+                mean = torch.where(mask, mean * s, zero)
+            forecast_lp = None
+            if forecast:
+                L = batch.marks.shape[1]
+                forecast_lp = self._forecast_mark_log_probs(fwd.h_time[:, :L], fwd.h_mark[:, :L], fwd.mark_log_probs)
         return Scores(
             nll=fwd.nll,
             pit=pit,
             mark_log_probs=fwd.mark_log_probs,
             median_tau=median,
             mean_tau=mean,
+            forecast_mark_log_probs=forecast_lp,
         )
 
+    FORECAST_CHUNK_ELEMENTS = 1 << 24
+    """Bound on the elements of one intensity call of the mark forecast (sequences are processed in chunks)."""
+
+    def _forecast_mark_log_probs(self, h_time: Tensor, h_mark: Tensor, given_time: Tensor | None = None) -> Tensor:
+        """``log p(k | H): [B, N, K]`` for histories ``[B, N, D]`` (``mtpp.models.marginal``).
+
+        Base LNM / RMTPP: the ``p(k | h)`` head (``given_time`` itself when given: the same values). Otherwise the
+        quadrature over the next gap, in chunks of sequences so one intensity call stays below
+        ``FORECAST_CHUNK_ELEMENTS`` elements (evaluation only; the chunk loop is over sequences, not events).
+        """
+        if not self.marks_depend_on_time:
+            return given_time if given_time is not None else self.mark_decoder(h_mark, None)
+        from mtpp.models.marginal import GRID_NODES, GRID_POINTS
+
+        b, n = h_time.shape[:2]
+        width = max(self.num_marks, self.cfg.num_components, self.cfg.decoder_hidden_size, 1)
+        rows = max(1, self.FORECAST_CHUNK_ELEMENTS // max(1, n * GRID_POINTS * GRID_NODES * width))
+        return torch.cat([self._forecast_rows(h_time[i : i + rows], h_mark[i : i + rows]) for i in range(0, b, rows)])
+
+    def _forecast_rows(self, h_time: Tensor, h_mark: Tensor) -> Tensor:
+        dist = self._time_head(h_time)
+        if self.joint is not None:
+            fn = dist.mark_log_probs  # tau: [B, N, P] -> [B, N, P, K]
+        else:
+            h = h_mark.unsqueeze(-2)
+
+            def fn(tau: Tensor) -> Tensor:
+                return self.mark_decoder(h.expand(*tau.shape, h.shape[-1]), tau)
+
+        return marginal_mark_log_probs(dist, h_time[..., 0], fn)
+
     @torch.no_grad()
-    def predict(self, batch: Batch, tau: str | Tensor = "median", top_k: int = 5) -> dict[str, Tensor | None]:
-        """Next-event predictions after every prefix, positions ``0..L`` (``[B, L + 1]``).
+    def predict(self, batch: Batch, tau: str | Tensor = "forecast", top_k: int = 5) -> dict[str, Tensor | None]:
+        """Next-event predictions after every prefix, positions ``0..L`` (``[B, L + 1]``), gaps in data units.
 
         Position ``i`` predicts event ``i`` from events ``0..i-1``; position ``lengths[b]`` predicts the event
         after the observed sequence; positions past it are padding (``valid`` is False there).
 
-        tau: where the mark distribution ``p(k | tau, H)`` is evaluated: ``"median"`` (the predicted gap),
-            ``"observed"`` (the observed gap ``tau_i`` where there is one, else the median), or a ``[B, L + 1]``
-            tensor of gaps.
+        tau: which mark distribution: ``"forecast"`` (default) ``p(k | H)``, the next time unknown
+            (``mtpp.models.marginal``); ``"median"``: ``p(k | tau, H)`` at the predicted median gap;
+            ``"observed"``: at the observed gap ``tau_i`` where there is one, else the median; or a ``[B, L + 1]``
+            tensor of gaps (data units).
         top_k: number of ranked marks returned (capped at ``K``).
 
         Returns ``median_tau``, ``mean_tau`` (``None`` without a closed form), ``mark_tau`` (the gap used for the
-        marks), ``mark_log_probs: [B, L + 1, K]``, ``mark``: argmax ``[B, L + 1]``, ``top_k_marks: [B, L + 1, k]``,
-        ``valid: [B, L + 1]``.
+        marks; ``None`` for the forecast), ``mark_log_probs: [B, L + 1, K]``, ``mark``: argmax ``[B, L + 1]``,
+        ``top_k_marks: [B, L + 1, k]``, ``valid: [B, L + 1]``.
         """
+        batch = self._in_model_units(batch)
+        s = self._time_scale
         h_time, h_mark = self._histories(batch)
         b, n = h_time.shape[:2]
         with _autocast_off(h_time.device):
             dist = self._time_head(h_time)  # batch_shape [B, L + 1]
             median = dist.icdf(torch.full((b, n), 0.5, dtype=h_time.dtype, device=h_time.device))
             mean = _mean_of(dist)
+            mark_tau: Tensor | None
             if isinstance(tau, Tensor):
                 if tau.shape != (b, n):
                     raise ValueError(f"tau must have shape {(b, n)}, got {tuple(tau.shape)}")
-                mark_tau = tau.to(h_time.dtype)
+                mark_tau = tau.to(h_time.dtype) / s
             elif tau == "median":
                 mark_tau = median
             elif tau == "observed":
                 observed = torch.nn.functional.pad(batch.taus.to(h_time.dtype), (0, 1))
                 has = torch.nn.functional.pad(batch.mask, (0, 1))
                 mark_tau = torch.where(has, observed, median)
+            elif tau == "forecast":
+                mark_tau = None
             else:
-                raise ValueError(f"tau must be 'median', 'observed' or a tensor, got {tau!r}")
-            mark_lp = self._mark_log_probs(dist, h_mark, mark_tau)
+                raise ValueError(f"tau must be 'forecast', 'median', 'observed' or a tensor, got {tau!r}")
+            if mark_tau is None:
+                mark_lp = self._forecast_mark_log_probs(h_time, h_mark)
+            else:
+                mark_lp = self._mark_log_probs(dist, h_mark, mark_tau)
         k = min(top_k, self.num_marks)
         valid = torch.arange(n, device=batch.lengths.device) <= batch.lengths.unsqueeze(-1)
         return {
-            "median_tau": median,
-            "mean_tau": mean,
-            "mark_tau": mark_tau,
+            "median_tau": median * s,
+            "mean_tau": None if mean is None else mean * s,
+            "mark_tau": None if mark_tau is None else mark_tau * s,
             "mark_log_probs": mark_lp,
             "mark": mark_lp.argmax(-1),
             "top_k_marks": mark_lp.topk(k, dim=-1).indices,
@@ -303,11 +406,12 @@ class MarkedTPP(nn.Module):
 
     @torch.no_grad()
     def sample_next(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Sample the next event ``(tau: [B], mark: [B])`` after each sequence's last event.
+        """Sample the next event ``(tau: [B], mark: [B])`` after each sequence's last event (``tau`` in data units).
 
         ``tau`` by inverse transform ``F^{-1}(u)``, ``u ~ U(0, 1)``; then ``mark ~ p(k | tau, H_{n+1})``. Both draws
         use ``generator`` when given (reproducible).
         """
+        batch = self._in_model_units(batch)
         h_time, h_mark = self._histories(batch)
         h_t = self._gather_last(h_time, batch.lengths)  # [B, 1, D]
         h_m = self._gather_last(h_mark, batch.lengths)
@@ -319,4 +423,4 @@ class MarkedTPP(nn.Module):
             tau = dist.icdf(u)  # [B, 1]
             probs = self._mark_log_probs(dist, h_m, tau).exp().squeeze(1)  # [B, K]
             mark = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        return tau.squeeze(-1), mark
+        return tau.squeeze(-1) * self._time_scale, mark

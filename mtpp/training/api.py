@@ -124,5 +124,7 @@ def _compose(model: nn.Module, data: Any, cfg: RunConfig) -> tuple[RunConfig, An
         seqs = list(seqs)
         return seqs[:n] if n is not None else seqs
 
-    run_data = RunData(cut(data.train), cut(data.val), cut(data.test), k_data, name, getattr(data, "notes", None))
+    source = getattr(data, "source", None)
+    run_data = RunData(cut(data.train), cut(data.val), cut(data.test), k_data, name, getattr(data, "notes", None),
+                       source=None if source is None else str(source), split_index=data_cfg.split)
     return cfg, run_data

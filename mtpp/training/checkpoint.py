@@ -52,8 +52,21 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, foreign pickle, ...
-        msg = " ".join(str(e).split())[:300]
-        raise MtppError(f"{path}: cannot read checkpoint ({type(e).__name__}: {msg})") from None
+        raise MtppError(f"{path}: cannot read checkpoint ({type(e).__name__}: {_reason(e)})") from None
+
+
+def _reason(error: Exception) -> str:
+    """The part of a ``torch.load`` error that says what is wrong, on one line: the refused global of a
+    weights-only load (torch's advice to load untrusted files without ``weights_only`` is left out), else the
+    whole message."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours part of its message
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"it holds {refused.group(1)}, which a weights-only load refuses; mtpp checkpoints hold only "
+                "tensors, numbers, strings and containers of those")
+    return " ".join(text.split())
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,6 +13,8 @@ An improvement is ``value < best - min_delta * |best|`` (relative tolerance); a 
 
 from __future__ import annotations
 
+import copy
+
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -83,7 +85,7 @@ class EarlyStopping:
             if tr.done and not was_done:
                 frozen.append(g)
         if not self.separate and improved:  # also keep buffers with the whole-model best
-            self.best_states["total"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.best_states["total"] = _copy_state(model.state_dict())
         return improved, frozen
 
     @property
@@ -102,9 +104,9 @@ class EarlyStopping:
 
     def best_model_state(self, model: nn.Module) -> dict[str, Tensor]:
         """The model's state dict with every group's best parameters put in (current values where none yet)."""
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = _copy_state(model.state_dict())
         for best in self.best_states.values():
-            state.update({k: v.clone() for k, v in best.items()})
+            state.update(_copy_state(best))
         return state
 
     # ------------------------------------------------------------------ persistence
@@ -118,6 +120,11 @@ class EarlyStopping:
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
         self.trackers = {g: Tracker(**t) for g, t in state["trackers"].items()}
         self.best_states = {
-            g: {k: (v.to(device) if device is not None else v) for k, v in s.items()}
+            g: {k: (v.to(device) if device is not None and isinstance(v, Tensor) else v) for k, v in s.items()}
             for g, s in state["best_states"].items()
         }
+
+
+def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A detached copy of a state dict; non-tensor entries (a module's extra state, e.g. the time scale) copied."""
+    return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in state.items()}

@@ -1,24 +1,36 @@
-"""Run logging: ``log.jsonl``, optional TensorBoard scalars, the tqdm progress bar, on-device step records.
+"""Run logging: ``log.jsonl``, optional TensorBoard scalars, the tqdm progress bars, the console copy
+``train.log``, on-device step records.
 
 Nothing here forces a host sync: per-step values (losses, cosines, norms, the skip flag) stay 0-dim device
 tensors in a ``mtpp.training.gradients.StatsBuffer`` until the trainer flushes it (every
-``logging.flush_every`` steps and at epoch ends, one transfer) and hands the records to ``RunLogger``.
+``logging.flush_every`` steps and at epoch ends, one transfer) and hands the records to ``RunLogger``. The
+progress bar advances every step (``Progress.step``: a host-side counter, tqdm redraws at most every 0.1 s);
+losses and the run's ETA in its postfix change on flushes only.
+
+Console copy: inside ``console_log(path)`` every line given to :func:`echo` (the run's header, epoch lines,
+warnings, summary, the resume hint) and every warning of the ``mtpp`` loggers (auto-preparation of a dataset) is
+also appended to ``path`` with a time stamp, whether or not the console shows it (``quiet``). Progress bars are
+not copied (they are redrawn, not lines).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 import torch
 
 from mtpp.evaluation.evaluate import json_safe
 
 LOG_FILE = "log.jsonl"
-
+TRAIN_LOG = "train.log"
+_SINKS: list[IO[str]] = []  # open console copies (console_log)
 
 
 class RunLogger:
@@ -94,11 +106,16 @@ def _make_tensorboard(log_dir: Path):
 
 
 class Progress:
-    """A tqdm bar over the steps of one epoch; a no-op when disabled. Refreshed only on flushes."""
+    """tqdm bars: one over the steps of an epoch (with the run's ETA), one over validation / evaluation batches.
+
+    A no-op when disabled. ``step()`` advances the epoch bar by one step on the host (no device sync); tqdm
+    redraws at most every 0.1 s. ``eta_run`` (set by the trainer at flushes) is shown as ``run ETA``.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._bar = None
+        self._postfix: dict[str, Any] = {}
 
     def start_epoch(self, epoch: int, total: int, desc: str = "") -> None:
         if not self.enabled:
@@ -106,13 +123,27 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.close()
-        self._bar = tqdm(total=total, desc=desc or f"epoch {epoch}", leave=False, file=sys.stderr, dynamic_ncols=True)
+        self._postfix = {}
+        self._bar = tqdm(total=total, desc=desc or f"epoch {epoch}", leave=False, file=sys.stderr,
+                         dynamic_ncols=True, unit="step")  # fmt: skip
+
+    @property
+    def done(self) -> int:
+        """Steps counted on the epoch bar so far (0 when disabled)."""
+        return self._bar.n if self._bar is not None else 0
+
+    def step(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
 
     def update(self, steps: int, postfix: dict[str, Any]) -> None:
+        """Advance ``steps`` (0 when ``step`` already counted them) and show ``postfix`` (None values hidden)."""
         if self._bar is None:
             return
-        self._bar.update(steps)
+        if steps:
+            self._bar.update(steps)
         shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items() if v is not None}
+        self._postfix = shown
         self._bar.set_postfix(shown, refresh=True)
 
     def close(self) -> None:
@@ -120,8 +151,70 @@ class Progress:
             self._bar.close()
             self._bar = None
 
+    @contextlib.contextmanager
+    def phase(self, desc: str, total: int | None) -> Iterator[Any]:
+        """A bar over ``total`` batches of validation or evaluation (``bar.update()`` per batch); ``None`` when off."""
+        if not self.enabled:
+            yield None
+            return
+        from tqdm.auto import tqdm
 
-def echo(message: str, quiet: bool = False) -> None:
-    """A line for the user (stderr, so stdout stays clean for tables), unless quiet."""
+        bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, unit="batch")
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+
+def format_eta(seconds: float | None) -> str | None:
+    """``1h02m``, ``3m05s``, ``12s``; ``None`` for unknown."""
+    if seconds is None or seconds != seconds or seconds < 0 or seconds == float("inf"):
+        return None
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def echo(message: str, quiet: bool = False, *, stream: IO[str] | None = None) -> None:
+    """A line for the user (stderr, so stdout stays clean for tables, unless ``stream``), unless quiet; always
+    copied into the open console logs (``console_log``)."""
     if not quiet:
-        print(message, file=sys.stderr, flush=True)
+        print(message, file=stream or sys.stderr, flush=True)
+    if _SINKS:
+        stamp = time.strftime("%H:%M:%S")
+        for fh in _SINKS:
+            for line in str(message).splitlines() or [""]:
+                fh.write(f"{stamp} {line}\n")
+            fh.flush()
+
+
+class _EchoHandler(logging.Handler):
+    """Warnings of mtpp's loggers (e.g. a dataset auto-prepared on first use) as :func:`echo` lines: on the
+    console as before, and in ``train.log``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        echo(self.format(record))
+
+
+@contextlib.contextmanager
+def console_log(path: Path) -> Iterator[None]:
+    """Append every :func:`echo` line, and every warning of the ``mtpp`` loggers, to ``path`` (the run's
+    ``train.log``) while inside."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a", encoding="utf-8")
+    fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(sys.argv)}\n")
+    _SINKS.append(fh)
+    logger = logging.getLogger("mtpp")
+    handler = _EchoHandler(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        _SINKS.remove(fh)
+        fh.close()

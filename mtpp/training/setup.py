@@ -43,6 +43,8 @@ class RunData:
     num_marks: int
     name: str
     notes: Any = None
+    source: str | None = None  # the folder or file the sequences were read from (``Dataset.source``)
+    split_index: int = 0  # which of the dataset's splits
 
     def split(self, name: str) -> list:
         if name not in ("train", "val", "test"):
@@ -50,8 +52,11 @@ class RunData:
         return getattr(self, name)
 
 
-def load_data(cfg: DataConfig, data_dir: str | None = None) -> RunData:
-    """The configured dataset (``--data-dir`` beats ``data.data_dir``), cut to ``max_sequences`` per split."""
+def load_data(cfg: DataConfig, data_dir: str | None = None, name: str | None = None) -> RunData:
+    """The configured dataset (``--data-dir`` beats ``data.data_dir``), cut to ``max_sequences`` per split.
+
+    ``name``: the label to give it (default: the dataset's own; ``mtpp.runs`` loads a run's recorded folder
+    under the run's dataset name)."""
     from mtpp.data.catalog import load_dataset
 
     ds = load_dataset(cfg.name, split=cfg.split, data_dir=data_dir or cfg.data_dir)
@@ -61,7 +66,10 @@ def load_data(cfg: DataConfig, data_dir: str | None = None) -> RunData:
         seqs = list(seqs)
         return seqs[:n] if n is not None else seqs
 
-    return RunData(cut(ds.train), cut(ds.val), cut(ds.test), int(ds.num_marks), str(ds.name), getattr(ds, "notes", None))
+    return RunData(
+        cut(ds.train), cut(ds.val), cut(ds.test), int(ds.num_marks), name or str(ds.name), getattr(ds, "notes", None),
+        str(getattr(ds, "source", "")) or None, int(getattr(ds, "split", cfg.split)),
+    )
 
 
 def build_run_model(cfg: RunConfig, num_marks: int, device: torch.device) -> nn.Module:

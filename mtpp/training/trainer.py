@@ -13,6 +13,14 @@ stopping, counters), the sampler is seeded by ``seed + epoch`` and ``log.jsonl``
 epoch, so a resumed run ends with exactly the metrics of an uninterrupted one (on CPU; CUDA kernels may not be
 bitwise deterministic unless ``train.deterministic``).
 
+The run folder (``mtpp.runs``): rank 0 holds its lock for the whole run (a second writer is refused, naming this
+one), records the data (resolved source, SHA-256 of each part) in ``config.yaml`` ``run_info.data`` and in both
+checkpoints, and copies its console lines into ``train.log``. ``--resume`` loads the recorded data and refuses
+data with other fingerprints; a folder killed before its first ``checkpoint.pt`` restarts from scratch without
+``--overwrite``; temporary files of interrupted writes are removed; starting over removes only the files a run
+writes. Run-time options (``logging.quiet`` / ``logging.progress``) are not stored. A validation part without
+scored events is refused (no best epoch could be chosen).
+
 Devices and data parallelism: the same code runs on CPU and CUDA (bf16 autocast for the forward pass with
 ``train.amp`` on CUDA, float32 likelihood terms and losses; pinned host batches moved with
 ``non_blocking=True``), and under ``torchrun`` on several processes (``mtpp.training.distributed``: explicit
@@ -22,13 +30,15 @@ all-reduce of the per-task gradients through ``backward_step(reduce=...)``, rank
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +46,7 @@ from torch import Tensor, nn
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.errors import ConfigError, MtppError
+from mtpp.models.scaling import resolve_time_scale
 from mtpp.evaluation.evaluate import (
     METRICS_FILE,
     evaluate_model,
@@ -49,7 +60,7 @@ from mtpp.training.gradients import COS_KEYS
 from mtpp.training.distributed import SINGLE, Dist
 from mtpp.training.early_stopping import EarlyStopping
 from mtpp.training.guard import NonFiniteGuard, grad_norm
-from mtpp.training.logging import Progress, RunLogger, echo, truncate_log
+from mtpp.training.logging import TRAIN_LOG, Progress, RunLogger, console_log, echo, format_eta, truncate_log
 from mtpp.training.setup import (
     DTYPES,
     amp_enabled,
@@ -122,15 +133,42 @@ def fit(
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
-    with distributed.session(config.train.device) as ddp:
-        with determinism(config.train.deterministic), compile_settings(config.train.compile):
-            trainer = Trainer(config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
-                              model=model, data=data)
-            trainer.on_epoch = on_epoch
-            try:
-                return trainer.run()
-            finally:
-                trainer.close()
+    with _threads(config.train.threads), distributed.session(config.train.device) as ddp:
+        with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main):
+            with determinism(config.train.deterministic), compile_settings(config.train.compile):
+                trainer = Trainer(
+                    config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
+                    model=model, data=data,
+                )
+                trainer.on_epoch = on_epoch
+                try:
+                    return trainer.run()
+                finally:
+                    trainer.close()
+
+
+@contextlib.contextmanager
+def _run_folder(out_dir: Path, main: bool, quiet: bool) -> Iterator[None]:
+    """Rank 0 holds the folder's lock (``mtpp.runs.RunLock``: one writer per run) and copies the run's console
+    lines into ``train.log``; an interrupted run says how to continue it."""
+    if not main:
+        yield
+        return
+    from mtpp.runs import RunLock
+
+    with RunLock(out_dir), console_log(out_dir / TRAIN_LOG):
+        try:
+            yield
+        except KeyboardInterrupt:
+            echo(resume_hint(out_dir), quiet=False)
+            raise
+
+
+def resume_hint(out_dir: Path) -> str:
+    """What to type after an interruption (a checkpoint: ``--resume``; none yet: the same command again)."""
+    if (out_dir / checkpoint.CHECKPOINT).is_file():
+        return f"interrupted; continue with: mtpp train --out {out_dir} --resume"
+    return f"interrupted before the first epoch ended (no {checkpoint.CHECKPOINT}); run the same command again"
 
 
 def run_variants(
@@ -145,37 +183,47 @@ def run_variants(
     """Train each variant of ``config`` (its own ``variants`` unless given) into ``out_dir/<name>/``.
 
     Returns ``{name: metrics}``, writes ``out_dir/comparison.json`` and ``comparison.md`` and prints the
-    side-by-side table (unless ``logging.quiet``). With ``resume``, finished variants are kept and unfinished ones
-    continue from their checkpoints.
+    side-by-side table (unless ``logging.quiet``). With ``resume`` every variant behaves as ``fit(..., resume=True)``
+    alone: continued or extended from its checkpoint (a finished one with nothing left to train keeps its
+    metrics), a changed model or other data refused, a variant not started yet trained from scratch. Variant names
+    must be folder names (``mtpp.runs.check_folder_name``); one command per folder (``mtpp.runs.RunLock``).
     """
+    from mtpp.runs import RunLock
+
     with distributed.session(config.train.device) as ddp:
-        return _run_variants(config, variants, Path(out_dir), ddp, resume, data_dir, overwrite)
+        with RunLock(out_dir) if ddp.is_main else contextlib.nullcontext():  # one command per variants folder
+            return _run_variants(config, variants, Path(out_dir), ddp, resume, data_dir, overwrite)
 
 
 def _run_variants(
     config: RunConfig, variants: list[dict] | None, out_dir: Path, ddp: Dist, resume: bool, data_dir: str | None,
     overwrite: bool,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each variant exactly as ``fit`` would train it alone: ``resume`` continues (or extends, after a larger
+    ``train.max_epochs``) every variant that has a checkpoint, refuses a changed model or other data, and trains
+    the others from scratch. The base configuration is kept in ``out_dir/variants.yaml`` for a later ``--resume``."""
+    from mtpp.runs import check_folder_name
+
     configs = variant_configs(config, variants)
+    for name in configs:
+        check_folder_name(name, "variant name")
+    if ddp.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_variants_config(out_dir / VARIANTS_FILE, config)
     results: dict[str, dict[str, Any]] = {}
     for i, (name, cfg) in enumerate(configs.items(), 1):
         run_dir = out_dir / name
         quiet = cfg.logging.quiet or not ddp.is_main
         echo(f"[{i}/{len(configs)}] variant {name} -> {run_dir}", quiet)
-
-        def look(run_dir: Path = run_dir) -> tuple[dict | None, bool]:  # rank 0's view of the folder
-            done = json.loads((run_dir / METRICS_FILE).read_text()) if resume and _finished(run_dir) else None
-            return done, (run_dir / checkpoint.CHECKPOINT).exists()
-
-        done, has_ckpt = ddp.on_main(look)
-        if done is not None:
-            echo(f"  {name} already finished; keeping its metrics.json", quiet)
-            results[name] = done
-            continue
-        results[name] = fit(cfg, run_dir, resume=resume and has_ckpt, data_dir=data_dir, overwrite=overwrite)
+        started = ddp.on_main(lambda run_dir=run_dir: (run_dir / CONFIG_FILE).is_file())
+        try:
+            results[name] = fit(cfg, run_dir, resume=resume and started, data_dir=data_dir, overwrite=overwrite)
+        except KeyboardInterrupt:
+            if ddp.is_main:
+                echo(f"to continue every variant: mtpp train --out {out_dir} --resume")
+            raise
     table = comparison_table(results)
     if ddp.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "comparison.json", results)
         (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
         if not config.logging.quiet:
@@ -183,12 +231,26 @@ def _run_variants(
     return results
 
 
+VARIANTS_FILE = "variants.yaml"
+
+
+def _write_variants_config(path: Path, cfg: RunConfig) -> None:
+    """The configuration with its ``variants`` list (run-time options left out), for ``--resume``."""
+    data = cfg.to_dict()
+    for section, key in RUNTIME_KEYS:
+        data.get(section, {}).pop(key, None)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dump_yaml(data), encoding="utf-8")
+    tmp.replace(path)
+
+
 COLUMNS = (
     ("L_T/seq", "test", "nll_time_per_seq"),
     ("L_M/seq", "test", "nll_mark_per_seq"),
-    ("accuracy", "test", "accuracy"),
+    ("acc. forecast", "test", "accuracy_forecast"),
+    ("acc. given time", "test", "accuracy_given_time"),
     ("PCE", "test", "pce"),
-    ("ECE", "test", "ece"),
+    ("ECE forecast", "test", "ece_forecast"),
     ("conflict", "train", "conflict_rate"),
     ("events/s", "train", "train_events_per_second"),
     ("best ep.", "train", "best_epoch"),
@@ -203,7 +265,10 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     for name, m in results.items():
         cells = [fmt_value(m.get(split, {}).get(key)) for _, split, key in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("(test split; NLL per sequence, lower is better; conflict = share of steps with cos_tm < 0)")
+    lines.append(
+        "(test split; NLL per sequence, lower is better; acc. forecast: top-1 of p(k | H), the next time unknown; "
+        "acc. given time: of p(k | tau, H), the observed gap given; conflict = share of steps with cos_tm < 0)"
+    )
     return "\n".join(lines)
 
 
@@ -334,13 +399,22 @@ class Trainer:
         self.dtype = DTYPES[cfg.data.dtype]
         # rank 0 reads / prepares the run directory; its checkpoint (or its error) reaches every rank
         where = "cpu" if dist.enabled else self.device
-        state = dist.on_main(lambda: _setup_out_dir(cfg, out_dir, resume, overwrite, where))
+        state = dist.on_main(lambda: _setup_out_dir(cfg, out_dir, resume, overwrite, where, self.quiet))
+        resume = state is not None  # False when --resume found only a run that died before its first checkpoint
         checkpoint.seed_everything(cfg.train.seed)
-        self.data = _load_data_rank0_first(cfg, data_dir, dist) if data is None else data
+        if data is None:
+            self.data, self.data_record = _load_data_rank0_first(cfg, data_dir, dist, (state or {}).get("data"))
+        else:  # data the caller loaded (mtpp.training.api.fit), recorded like loaded data
+            from mtpp.runs import data_record
+
+            self.data, self.data_record = data, data_record(data, cfg.data)
+        _check_validation_split(self.data, cfg)
         if model is None:
             self.model = build_run_model(cfg, self.data.num_marks, self.device)
         else:  # a model the caller built (mtpp.training.api.fit): trained in place
             self.model = model.to(device=self.device, dtype=self.dtype)
+        # the model's unit of time (mtpp.models.scaling); a resumed run restores it from its checkpoint below
+        self.model.time_scale = resolve_time_scale(cfg.data.time_scale, self.data.train)
         dist.broadcast_module(self.model)  # identical replicas (the same seed gives them anyway on CPU)
         if dist.rank > 0:  # Monte Carlo nodes / dropout differ across ranks; rank 0 keeps the single-process stream
             checkpoint.seed_everything(distributed.rank_seed(cfg.train.seed, dist.rank))
@@ -362,10 +436,15 @@ class Trainer:
         self.records = StatsBuffer()
         self.logger: RunLogger | _NoLogger = _NoLogger()
         if self.main:
-            _write_config(out_dir / CONFIG_FILE, cfg, self.device, dist.world)
+            _write_config(
+                out_dir / CONFIG_FILE, cfg, self.device, dist.world, self.data_record, self.model.time_scale
+            )
             self.logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
         self.progress = Progress(cfg.logging.progress and not self.quiet)
         self.on_epoch: Any = None  # fit(on_epoch=...): a per-epoch callback (pruning in mtpp tune)
+        self._timing = _Timing()
+        if self.main:
+            echo(run_header(self), self.quiet)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -398,12 +477,18 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         t = self.cfg.train
+        if self.epoch and (self.epoch >= t.max_epochs or self.early.done) and _finished(self.out):
+            echo(f"{self.out}: already finished (epoch {self.epoch}, train.max_epochs {t.max_epochs}); "
+                 f"keeping its {METRICS_FILE}", self.quiet)  # fmt: skip
+            return json.loads((self.out / METRICS_FILE).read_text(encoding="utf-8"))
         if self.epoch:
             echo(f"resuming {self.out} after epoch {self.epoch} (step {self.counters.step})", self.quiet)
         while self.epoch < t.max_epochs and not self.early.done:
             epoch = self.epoch + 1
             seconds = self._train_epoch(epoch)
+            started = time.perf_counter()
             val = self._validate()
+            val["validation_seconds"] = time.perf_counter() - started
             self._end_epoch(epoch, seconds, val)
             if self.on_epoch is not None:
                 self.on_epoch(epoch, val)
@@ -422,6 +507,7 @@ class Trainer:
             # a CPU tensor: no device sync; events of every rank (the ranks' batches are equal in size up to one)
             n_events = int(batch.lengths.sum()) * self.dist.world if scale != 0.0 else 0
             self._train_step(epoch, batch, scale)
+            self.progress.step()
             self.counters.events += n_events
             pending_events += n_events
             pending_steps += 1
@@ -432,6 +518,7 @@ class Trainer:
         self.progress.close()
         seconds = time.perf_counter() - start
         self.counters.train_seconds += seconds
+        self._timing.epoch_done(seconds, len(self.loader))
         return seconds
 
     def _train_step(self, epoch: int, batch: Any, scale: float | None = None) -> None:
@@ -466,13 +553,15 @@ class Trainer:
         if steps:
             last = records[-1] if records else {}
             rate = events / (now - since) if now > since else None
+            self._timing.steps_done(steps, now - since)
             self.progress.update(
-                steps,
+                0,  # the steps were counted one by one (Progress.step)
                 {
                     "L_T": last.get("loss_time"),
                     "L_M": last.get("loss_mark"),
                     "cos": last.get("cos_tm"),
                     "ev/s": None if rate is None else round(rate),
+                    "run ETA": format_eta(self._timing.run_eta(self)),
                 },
             )
         self.guard.check_limit()
@@ -496,11 +585,14 @@ class Trainer:
                     part, t.eval_batch_size or 4 * t.batch_size, shuffle=False, dtype=self.dtype,
                     device_type=self.device.type,
                 )  # fmt: skip
-                for batch in loader:
-                    batch = batch.to(self.device, non_blocking=True)
-                    with autocast(self.amp, self.device):
-                        out = self.model.nll(batch)
-                    sums += torch.stack([out.time_nll.sum(), out.mark_nll.sum(), out.scored.sum()]).double()
+                with self.progress.phase("validation", len(loader)) as bar:
+                    for batch in loader:
+                        batch = batch.to(self.device, non_blocking=True)
+                        with autocast(self.amp, self.device):
+                            out = self.model.nll(batch)
+                        sums += torch.stack([out.time_nll.sum(), out.mark_nll.sum(), out.scored.sum()]).double()
+                        if bar is not None:
+                            bar.update()
         lt, lm, ev = self.dist.sum_(sums).tolist()  # every rank: the same totals, the same decisions
         n = len(self.data.val)
         return {
@@ -530,12 +622,8 @@ class Trainer:
         }  # fmt: skip
         self.logger.write(record, prefix="val")
         self.logger.flush()
-        mark = "*" if improved else " "
-        echo(
-            f"epoch {epoch:>3} {mark} val L_T {val['val_nll_time_per_seq']:.3f}  L_M {val['val_nll_mark_per_seq']:.3f}"
-            f"  ({seconds:.1f}s)" + (f"  frozen: {', '.join(frozen)}" if frozen else ""),
-            self.quiet,
-        )
+        self._timing.epoch_end_done()
+        echo(epoch_line(epoch, self.cfg.train.max_epochs, improved, val, seconds, self.counters, frozen), self.quiet)
 
     def _freeze(self, group: str) -> None:
         """Separate early stopping: put the group's best values back and stop training it."""
@@ -568,6 +656,7 @@ class Trainer:
             "best_epochs": self.early.best_epochs(),
             "num_marks": self.data.num_marks,
             "config": self.cfg.to_dict(),
+            "data": self.data_record,
         }
         checkpoint.save_atomic(state, self.out / checkpoint.BEST)
 
@@ -586,6 +675,7 @@ class Trainer:
             "step": self.counters.step,
             "num_marks": self.data.num_marks,
             "config": self.cfg.to_dict(),
+            "data": self.data_record,
             "version": mtpp.__version__,
             **({"rng_ranks": rng_ranks, "world_size": self.dist.world} if rng_ranks is not None else {}),
         }
@@ -628,7 +718,11 @@ class Trainer:
                     self.model, self.data.split(split), self.dist, seed=t.seed, **kwargs
                 )
             else:
-                m, arrays = evaluate_model(self.model, self.data.split(split), seed=t.seed, **kwargs)
+                seqs = self.data.split(split)
+                batches = math.ceil(len(seqs) / kwargs["batch_size"])
+                with self.progress.phase(f"final evaluation ({split})", batches) as bar:
+                    hook = None if bar is None else (lambda bar=bar: bar.update())
+                    m, arrays = evaluate_model(self.model, seqs, seed=t.seed, on_batch=hook, **kwargs)
             m["first_event"] = self.cfg.model.first_event
             metrics[split] = with_run_fields(m, summary)
             if self.main:
@@ -637,8 +731,7 @@ class Trainer:
         if self.main:
             write_json(self.out / METRICS_FILE, metrics)
         metrics = json.loads(json.dumps(json_safe(metrics)))  # NaN -> None, as on disk
-        if not self.quiet:
-            print(final_summary(self.out, metrics))
+        echo(final_summary(self.out, metrics), self.quiet, stream=sys.stdout)
         self.dist.barrier()  # the run directory is complete before any rank returns
         return metrics
 
@@ -674,16 +767,107 @@ def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
     lines = [
         f"run {out_dir}: best epoch {tr['best_epoch']} of {tr['epochs']}, {tr['num_parameters']} parameters",
         f"  val   L_T/seq {fmt_value(val.get('nll_time_per_seq'))}  L_M/seq {fmt_value(val.get('nll_mark_per_seq'))}"
-        f"  accuracy {fmt_value(val.get('accuracy'))}",
+        f"  accuracy forecast {fmt_value(val.get('accuracy_forecast'))}"
+        f" / given time {fmt_value(val.get('accuracy_given_time'))}",
         f"  test  L_T/seq {fmt_value(test.get('nll_time_per_seq'))}  L_M/seq {fmt_value(test.get('nll_mark_per_seq'))}"
-        f"  accuracy {fmt_value(test.get('accuracy'))}  PCE {fmt_value(test.get('pce'))}  ECE {fmt_value(test.get('ece'))}",
+        f"  accuracy forecast {fmt_value(test.get('accuracy_forecast'))}"
+        f" / given time {fmt_value(test.get('accuracy_given_time'))}  PCE {fmt_value(test.get('pce'))}"
+        f"  ECE forecast {fmt_value(test.get('ece_forecast'))}",
         f"  conflict rate {fmt_value(tr.get('conflict_rate'))}  train {fmt_value(tr.get('train_events_per_second'))} events/s"
         f"  skipped batches {tr.get('skipped_batches', 0)}",
     ]
     return "\n".join(lines)
 
 
+# ================================================================================================ what a run says
+
+
+def run_header(tr: "Trainer") -> str:
+    """The lines a run starts with: data (resolved source, sizes, marks), model, parameters, device, threads."""
+    from mtpp.runs import describe_data
+
+    cfg, data = tr.cfg, tr.data
+    m = cfg.model
+    scale = getattr(tr.model, "time_scale", None)
+    threads = getattr(cfg.train, "threads", None) or torch.get_num_threads()
+    events = "/".join(str(p["events"]) for p in tr.data_record["parts"].values())
+    epoch = f"resuming after epoch {tr.epoch}" if tr.epoch else "from scratch"
+    return "\n".join([
+        f"run {tr.out} ({epoch}, up to {cfg.train.max_epochs} epochs)",
+        f"  data    {describe_data(data)}; events {events}",
+        f"  times   time scale {scale:.6g} (the model sees times / {scale:.6g})" if scale is not None
+        else "  times   as given (no time scale)",
+        f"  model   {m.encoder} encoder, {m.decoder} decoder, {m.parametrisation}; "
+        f"{count_parameters(tr.model):,} parameters; aggregator {cfg.gradients.aggregator}",
+        f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
+        f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}",
+        "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)",
+    ])  # fmt: skip
+
+
+def epoch_line(
+    epoch: int, max_epochs: int, improved: bool, val: dict[str, float], seconds: float, counters: Counters,
+    frozen: list[str],
+) -> str:  # fmt: skip
+    """``epoch   3/100 * val L_T 1.234 L_M 0.567 nats/seq (1.802 nats/event)  12.3 s, 4,321 events/s``."""
+    rate = counters.events_per_second
+    return (
+        f"epoch {epoch:>3}/{max_epochs} {'*' if improved else ' '} val L_T {val['val_nll_time_per_seq']:.3f}"
+        f"  L_M {val['val_nll_mark_per_seq']:.3f} nats/seq ({val['val_nll_per_event']:.4g} nats/event)"
+        f"  {seconds:.1f} s" + (f", {rate:,.0f} train events/s" if rate else "")
+        + (f"  frozen: {', '.join(frozen)}" if frozen else "")
+    )
+
+
+class _Timing:
+    """Host clocks for the ETA of the run: seconds per training step (this epoch's flushes, else the last
+    epoch's) and the epoch-end overhead (validation, checkpoints) of the last epoch."""
+
+    def __init__(self) -> None:
+        self.step_seconds: float | None = None
+        self._steps = 0
+        self._seconds = 0.0
+        self.epoch_end: float | None = None
+        self._epoch_end_start: float | None = None
+
+    def steps_done(self, steps: int, seconds: float) -> None:
+        self._steps += steps
+        self._seconds += seconds
+        self.step_seconds = self._seconds / self._steps if self._steps else self.step_seconds
+
+    def epoch_done(self, seconds: float, steps: int) -> None:
+        self._steps, self._seconds = 0, 0.0
+        if steps:
+            self.step_seconds = seconds / steps
+        self._epoch_end_start = time.perf_counter()
+
+    def epoch_end_done(self) -> None:
+        if self._epoch_end_start is not None:
+            self.epoch_end = time.perf_counter() - self._epoch_end_start
+
+    def run_eta(self, tr: "Trainer") -> float | None:
+        """Seconds left if every remaining epoch runs (early stopping may end sooner)."""
+        if self.step_seconds is None:
+            return None
+        per_epoch = len(tr.loader)
+        done = tr.progress.done
+        epochs_after = max(tr.cfg.train.max_epochs - tr.epoch - 1, 0)
+        end = self.epoch_end or 0.0
+        return (per_epoch - done + epochs_after * per_epoch) * self.step_seconds + (epochs_after + 1) * end
+
+
 # ================================================================================================ helpers
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the duration of a run (``train.threads``), restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _make_aggregator(cfg: RunConfig) -> Any:
@@ -707,9 +891,20 @@ class _NoLogger:
 
 
 def _setup_out_dir(
-    cfg: RunConfig, out_dir: Path, resume: bool, overwrite: bool, map_location: Any
+    cfg: RunConfig, out_dir: Path, resume: bool, overwrite: bool, map_location: Any, quiet: bool = False
 ) -> dict[str, Any] | None:
-    """Prepare ``out_dir`` (rank 0); with ``resume`` check the stored config and return the checkpoint."""
+    """Prepare ``out_dir`` (rank 0); with ``resume`` check the stored config and return the checkpoint
+    (``None``: train from scratch, also when ``--resume`` finds a run that died before its first checkpoint)."""
+    from mtpp.runs import clean_temporary_files
+
+    removed = clean_temporary_files(out_dir) if out_dir.is_dir() else []
+    if removed:
+        echo(f"removed {len(removed)} temporary file(s) of an interrupted write: "
+             f"{', '.join(p.name for p in removed)}", quiet)  # fmt: skip
+    if resume and _died_before_first_checkpoint(out_dir):
+        _check_resumable(cfg, _read_stored_config(out_dir / CONFIG_FILE))
+        echo(f"{out_dir}: no {checkpoint.CHECKPOINT} yet (interrupted during its first epoch): starting over", quiet)
+        resume = False
     stored = _prepare_out_dir(out_dir, resume, overwrite)
     if not resume:
         return None
@@ -717,26 +912,59 @@ def _setup_out_dir(
     return checkpoint.load(out_dir / checkpoint.CHECKPOINT, map_location=map_location)
 
 
-def _load_data_rank0_first(cfg: RunConfig, data_dir: str | None, ddp: Dist) -> Any:
-    """Rank 0 loads (and, on first use, prepares) the data before the other ranks read it."""
+def _died_before_first_checkpoint(out_dir: Path) -> bool:
+    """The folder holds only files a run writes before its first ``checkpoint.pt`` (``config.yaml``,
+    ``log.jsonl``, ``best.pt``, ``train.log``): it was killed in its first epoch, nothing is lost by restarting."""
+    return (
+        out_dir.is_dir()
+        and (out_dir / CONFIG_FILE).is_file()
+        and not (out_dir / checkpoint.CHECKPOINT).exists()
+        and not (out_dir / METRICS_FILE).exists()
+    )
+
+
+def _load_data_rank0_first(
+    cfg: RunConfig, data_dir: str | None, ddp: Dist, recorded: dict | None = None
+) -> tuple[Any, dict]:
+    """Rank 0 loads (and, on first use, prepares) the data before the other ranks read it; returns the data and
+    its record (``mtpp.runs``). ``recorded``: a resumed run's record: its data are used, other data refused."""
+    from mtpp.runs import check_same_data, load_recorded_data
+
     box: dict[str, Any] = {}
 
     def load() -> None:
-        box["data"] = load_data(cfg.data, data_dir)
+        box["data"] = load_recorded_data(cfg.data, data_dir, recorded)
+        check_same_data(recorded, box["data"][1], "--resume")
 
     ddp.on_main(load)
-    return box["data"] if ddp.is_main else load_data(cfg.data, data_dir)
+    return box["data"] if ddp.is_main else load_recorded_data(cfg.data, data_dir, recorded)
+
+
+def _check_validation_split(data: Any, cfg: RunConfig) -> None:
+    """A validation part that scores no event cannot choose a best epoch: refuse it (issue 11 §3)."""
+    val = data.val
+    skip_first = cfg.model.first_event == "skip"
+    scored = sum(max(len(s) - (1 if skip_first else 0), 0) for s in val)
+    if not val or scored == 0:
+        raise MtppError(
+            f"{data.name}: the validation part has {len(val)} sequence(s) and no scored event "
+            f"(model.first_event: {cfg.model.first_event}); early stopping and best.pt need validation events: "
+            "use longer sequences, another split, or more data (data.max_sequences)"
+        )
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
-    """Create ``out_dir``; refuse to clobber a run unless ``overwrite``; return the stored config on resume."""
+    """Create ``out_dir``; refuse to clobber a run unless ``overwrite``; return the stored config on resume.
+
+    Starting over removes only the files a run writes (``RUN_FILES``, ``arrays_*.json``); anything else in the
+    folder stays. A run killed before its first ``checkpoint.pt`` (``best.pt`` may exist) restarts without
+    ``--overwrite``: it has nothing to lose."""
     if resume:
         if not (out_dir / checkpoint.CHECKPOINT).is_file():
             raise MtppError(f"{out_dir}: nothing to resume (no {checkpoint.CHECKPOINT}); run without --resume")
         return _read_stored_config(out_dir / CONFIG_FILE)
-    # config.yaml / log.jsonl alone are a run that died before its first checkpoint: nothing to lose
     existing = [f for f in (checkpoint.CHECKPOINT, checkpoint.BEST, METRICS_FILE) if (out_dir / f).exists()]
-    if existing and not overwrite:
+    if existing and not overwrite and not _died_before_first_checkpoint(out_dir):
         raise MtppError(
             f"{out_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
             "--overwrite to start over, or choose another --out"
@@ -772,9 +1000,20 @@ def _check_resumable(cfg: RunConfig, stored: dict | None) -> None:
         raise ConfigError("--resume: train.seed differs from the stored config.yaml")
 
 
-def _write_config(path: Path, cfg: RunConfig, device: torch.device, world_size: int = 1) -> None:
+#: Run-time options: how this command shows its progress, not what the run is. Never stored in config.yaml, so
+#: a later ``--resume`` (which reads it) follows its own command line (``-q`` of the first command stays there).
+RUNTIME_KEYS = (("logging", "quiet"), ("logging", "progress"))
+
+
+def _write_config(
+    path: Path, cfg: RunConfig, device: torch.device, world_size: int = 1, data: dict | None = None,
+    time_scale: float | None = None,
+) -> None:  # fmt: skip
+    record = data
     data = cfg.to_dict()
     data.pop("variants", None)
+    for section, key in RUNTIME_KEYS:
+        data.get(section, {}).pop(key, None)
     data["run_info"] = {
         "mtpp_version": mtpp.__version__,
         "git_revision": _git_revision(),
@@ -782,7 +1021,10 @@ def _write_config(path: Path, cfg: RunConfig, device: torch.device, world_size: 
         "seed": cfg.train.seed,
         "device": str(device),
         "world_size": world_size,
+        "time_scale": time_scale,  # data units per model unit (data.time_scale resolved)
+        "threads": torch.get_num_threads(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"data": record} if record is not None else {}),
     }
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(dump_yaml(data), encoding="utf-8")

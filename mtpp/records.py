@@ -1,0 +1,113 @@
+"""Result records: the few kilobytes of a finished grid cell that outlive its run directory.
+
+A run directory holds checkpoints and per-step logs (megabytes); a **record** is what a table needs, small enough
+to commit (``results/<experiment>/<cell name>.json``), so a grid resumes from the committed records on a fresh
+machine and ``RESULTS.md`` is generated from them (``scripts/results_md.py``), never typed by hand.
+
+A record (``RECORD_VERSION`` 1) holds: ``cell`` (the cell's name and axis labels), ``config`` (the resolved run
+configuration, ``run_info`` included: mtpp version, git revision, device, threads, time scale), ``metrics`` (the
+run's ``metrics.json``: ``val``, ``test``, ``train``), ``epochs``, ``best_epoch`` (and ``best_epoch/time`` /
+``best_epoch/mark`` with separate early stopping), ``wall_seconds`` (the cell from start to the end of its final
+evaluation), ``epoch_seconds`` (median training seconds per epoch), ``validation_seconds`` (total), the
+``conflict_rate`` and ``cos_tm_histogram`` (counts of the logged steps' ``cos_tm`` in ``COS_BINS`` equal bins of
+``[-1, 1]``; ``null`` with nothing shared).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+RECORD_VERSION = 1
+COS_BINS = 40
+"""Equal-width bins of ``[-1, 1]`` for the ``cos_tm`` histogram of a record."""
+
+
+def _read_log(run_dir: Path) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill; the record says what the complete lines say
+    return out
+
+
+def cos_histogram(values: list[float], bins: int = COS_BINS) -> list[int] | None:
+    """Counts of ``values`` in ``bins`` equal bins of ``[-1, 1]`` (``None`` for no value)."""
+    if not values:
+        return None
+    counts, _ = np.histogram(np.clip(np.asarray(values, dtype=np.float64), -1.0, 1.0), bins=bins, range=(-1, 1))
+    return [int(c) for c in counts]
+
+
+def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float | None) -> dict[str, Any]:
+    """The record of a complete run directory (``metrics.json`` with ``test``)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    log = _read_log(run_dir)
+    steps = [r for r in log if r.get("kind") == "step"]
+    epochs = [r for r in log if r.get("kind") == "epoch"]
+    cos = [float(r["cos_tm"]) for r in steps if isinstance(r.get("cos_tm"), (int, float)) and not r.get("skipped")]
+    train = metrics.get("train", {})
+    epoch_seconds = [float(r["epoch_seconds"]) for r in epochs if isinstance(r.get("epoch_seconds"), (int, float))]
+    return {
+        "record_version": RECORD_VERSION,
+        "cell": cell,
+        "config": config,
+        "metrics": metrics,
+        "epochs": train.get("epochs"),
+        "best_epoch": train.get("best_epoch"),
+        **{k: v for k, v in train.items() if k.startswith("best_epoch/")},
+        "wall_seconds": wall_seconds,
+        "train_seconds": train.get("train_seconds"),
+        "epoch_seconds": statistics.median(epoch_seconds) if epoch_seconds else None,
+        "validation_seconds": _validation_seconds(epochs),
+        "conflict_rate": train.get("conflict_rate"),
+        "cos_tm_histogram": cos_histogram(cos),
+        "cos_tm_bins": [-1.0, 1.0, COS_BINS],
+    }
+
+
+def _validation_seconds(epochs: list[dict]) -> float | None:
+    vals = [r.get("validation_seconds") for r in epochs]
+    vals = [float(v) for v in vals if isinstance(v, (int, float))]
+    return sum(vals) if vals else None
+
+
+def record_path(results_dir: str | Path, cell_name: str) -> Path:
+    """``results_dir/<cell name>.json`` (cell names are ``DATASET/MODEL-PARAM-AGG/splitS-seedN``)."""
+    return Path(results_dir) / f"{cell_name}.json"
+
+
+def write_record(results_dir: str | Path, cell_name: str, record: dict[str, Any]) -> Path:
+    """Write ``record`` atomically to ``record_path`` (creating folders)."""
+    from mtpp.evaluation.evaluate import json_safe
+
+    path = record_path(results_dir, cell_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(record), indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_records(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record under ``results_dir`` (recursively), in path order."""
+    root = Path(results_dir)
+    out = []
+    for path in sorted(root.rglob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("record_version") == RECORD_VERSION:
+            data["_path"] = str(path.relative_to(root))
+            out.append(data)
+    return out

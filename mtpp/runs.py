@@ -1,0 +1,404 @@
+"""Run directories as things that know their data and have one writer: fingerprints, locks, safe names, loading.
+
+A run directory (written by :func:`mtpp.training.trainer.fit`) records the data it was trained on, so every later
+command (``evaluate``, ``train --resume``, ``compare``) uses that data by default and refuses other data.
+
+Data record (``config.yaml`` under ``run_info.data``, and in ``checkpoint.pt`` / ``best.pt`` under ``data``)::
+
+    name: mooc                       # data.name of the config
+    source: /abs/path/split folder   # the resolved folder or file the sequences were read from
+    split: 0                         # the split index used
+    num_marks: 50
+    max_sequences: null             # the cut applied to every part
+    parts: {train: {sequences: N, events: M, sha256: HEX}, val: {...}, test: {...}}
+
+``sha256`` is the content fingerprint of one part after the ``max_sequences`` cut: SHA-256 over, for every
+sequence in order, its length (int64), its times (float64 bytes), its marks (int64 bytes) and its window end
+(float64, NaN when ``None``). Two parts have the same fingerprint exactly when they hold the same sequences in the
+same order, whatever the file format or folder they came from. Cost: one pass over the arrays (measured: 0.015 s
+for MOOC, 6,234 sequences, 312k events).
+
+Loading (:func:`load_recorded_data`): the recorded ``source`` when it still exists and no ``data_dir`` was
+given, else the config's ``data.name`` resolved as usual; then the fingerprints are compared and a mismatch is an
+``MtppError`` naming both sources and the parts that differ (``--other-data`` in ``mtpp evaluate`` accepts it and
+writes elsewhere). Runs written before records existed carry none: they load as configured, with a warning.
+
+One writer per run folder (:class:`RunLock`): ``OUT/.mtpp.lock`` holds an exclusive ``fcntl.flock`` for the life
+of the writing command and names the holder (pid, host, command, start time). The kernel drops the lock when the
+holder dies (SIGKILL included), so a stale lock file of a dead process is taken over silently; a live holder makes
+the second writer fail with a message naming it. Where ``flock`` does not work (Windows, some network file
+systems) the file's content decides: free when empty or when its holder is a dead process of this host.
+
+Folder names from user input (variant names, experiment labels) pass :func:`check_folder_name` before they become
+paths: never empty, ``.``, ``..``, or holding a path separator.
+
+This module sits beside ``training`` and ``evaluation``: it imports ``config``, ``data`` and
+``training.setup`` / ``training.checkpoint`` only, never the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from mtpp.errors import ConfigError, MtppError
+
+CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".mtpp.lock"
+PARTS = ("train", "val", "test")
+#: Temporary files of interrupted atomic writes (``checkpoint.save_atomic``, ``write_json``, the config writer):
+#: removed when a command takes the run folder over.
+TEMP_PATTERNS = (
+    ".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".metrics.json.tmp", ".metrics.other-*.json.tmp", ".arrays_*.json.tmp",
+    ".config.yaml.tmp",
+)
+
+
+# --------------------------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint(sequences: Iterable[Any]) -> str:
+    """SHA-256 hex digest of a list of ``EventSequence`` (lengths, times, marks, window ends, in order)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    nan = np.float64(np.nan).tobytes()
+    for s in sequences:
+        times = np.ascontiguousarray(s.times, dtype=np.float64)
+        marks = np.ascontiguousarray(s.marks, dtype=np.int64)
+        h.update(np.int64(times.shape[0]).tobytes())
+        h.update(times.tobytes())
+        h.update(marks.tobytes())
+        h.update(nan if s.window_end is None else np.float64(s.window_end).tobytes())
+    return h.hexdigest()
+
+
+def data_record(run_data: Any, data_cfg: Any) -> dict[str, Any]:
+    """The record of ``run_data`` (a ``mtpp.training.setup.RunData``) loaded for ``data_cfg`` (``DataConfig``)."""
+    source = getattr(run_data, "source", None)
+    parts = {}
+    for part in PARTS:
+        seqs = run_data.split(part)
+        parts[part] = {
+            "sequences": len(seqs),
+            "events": int(sum(len(s) for s in seqs)),
+            "sha256": fingerprint(seqs),
+        }
+    return {
+        "name": data_cfg.name,
+        "source": None if source is None else str(Path(source).resolve()),
+        "split": data_cfg.split,
+        "num_marks": int(run_data.num_marks),
+        "max_sequences": data_cfg.max_sequences,
+        "parts": parts,
+    }
+
+
+def differing_parts(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Parts (``train``/``val``/``test``, and ``num_marks``) whose fingerprints or counts differ."""
+    out = [p for p in PARTS if recorded.get("parts", {}).get(p, {}).get("sha256") != current["parts"][p]["sha256"]]
+    if recorded.get("num_marks") is not None and recorded["num_marks"] != current["num_marks"]:
+        out.append("num_marks")
+    return out
+
+
+def describe_difference(recorded: dict[str, Any], current: dict[str, Any], parts: Sequence[str]) -> str:
+    """``recorded SOURCE (split s, events train/val/test a/b/c, test sha256 HEX12) vs now ...; differing: ...``."""
+    shown = next((p for p in parts if p in PARTS), "test")
+
+    def side(rec: dict[str, Any]) -> str:
+        sizes = "/".join(str(rec.get("parts", {}).get(p, {}).get("events", "?")) for p in PARTS)
+        fp = str(rec.get("parts", {}).get(shown, {}).get("sha256", "?"))
+        return f"{rec.get('source')} (split {rec.get('split')}, events train/val/test {sizes}, {shown} sha256 {fp[:12]})"
+
+    return f"recorded {side(recorded)} vs now {side(current)}; differing: {', '.join(parts)}"
+
+
+def check_same_data(recorded: dict[str, Any] | None, current: dict[str, Any], what: str, hint: str = "") -> None:
+    """Raise ``MtppError`` when ``current`` is not the data ``recorded`` for the run (``what`` names the caller,
+    ``hint`` adds a way out); nothing to check when there is no record."""
+    if not recorded:
+        return
+    parts = differing_parts(recorded, current)
+    if parts:
+        raise MtppError(
+            f"{what}: the data differ from the run's: {describe_difference(recorded, current, parts)}. "
+            f"Point --data-dir at the recorded data (or restore it){hint}"
+        )
+
+
+def load_recorded_data(data_cfg: Any, data_dir: str | None, recorded: dict[str, Any] | None) -> tuple[Any, dict]:
+    """``(run_data, its record)`` for a run: the data whose fingerprints match ``recorded`` where possible.
+
+    Tried in order: the recorded ``source`` (unless ``data_dir`` is given or it is gone), then ``data_cfg``
+    resolved as usual (``data_dir``, ``data.data_dir``, ``$MTPP_DATA_DIR``, ``./data``). The first that matches
+    is returned; when none does, the last one tried (the caller refuses it with :func:`check_same_data`).
+    """
+    from dataclasses import replace
+
+    from mtpp.errors import DataError
+    from mtpp.training.setup import load_data
+
+    source = (recorded or {}).get("source")
+    if data_dir is None and source and Path(source).exists():
+        try:
+            data = load_data(replace(data_cfg, name=source, data_dir=None), None, name=data_cfg.name)
+        except DataError:  # e.g. the folder holds something else now: fall back to the configured data
+            data = None
+        if data is not None:
+            record = data_record(data, data_cfg)
+            if not differing_parts(recorded or {}, record):
+                return data, record
+    data = load_data(data_cfg, data_dir)
+    return data, data_record(data, data_cfg)
+
+
+def describe_data(run_data: Any) -> str:
+    """``name <- source (split s): train/val/test n/n/n sequences, K marks`` for a command's first lines."""
+    sizes = "/".join(str(len(run_data.split(p))) for p in PARTS)
+    source = getattr(run_data, "source", None)
+    where = Path(source).resolve() if source else "?"
+    return (f"{run_data.name} <- {where} (split {getattr(run_data, 'split_index', '?')}): "
+            f"train/val/test {sizes} sequences, {run_data.num_marks} marks")
+
+
+# --------------------------------------------------------------------------------------------- a finished run
+
+
+@dataclass
+class Run:
+    """A run directory read once: its configuration (without ``run_info``), ``run_info`` and data record."""
+
+    path: Path
+    config: Any  # RunConfig
+    run_info: dict[str, Any]
+
+    @property
+    def data_record(self) -> dict[str, Any] | None:
+        return self.run_info.get("data")
+
+    def load_data(self, data_dir: str | None = None, *, other_data: bool = False) -> tuple[Any, dict, bool]:
+        """``(run_data, its record, same)``: the recorded data (see :func:`load_recorded_data`).
+
+        ``same`` is False when the fingerprints differ; that is an ``MtppError`` unless ``other_data``.
+        """
+        data, current = load_recorded_data(self.config.data, data_dir, self.data_record)
+        recorded = self.data_record
+        if not recorded:
+            import warnings
+
+            warnings.warn(f"{self.path} records no data fingerprint (written by an older mtpp); cannot check that "
+                          "these are its data", stacklevel=2)
+            return data, current, True
+        same = not differing_parts(recorded, current)
+        if not same and not other_data:
+            check_same_data(recorded, current, f"evaluate {self.path}",
+                            ", or pass --other-data to evaluate on these data into another file")
+        return data, current, same
+
+    def best_state(self, map_location: Any = "cpu") -> dict[str, Any]:
+        from mtpp.training import checkpoint
+
+        return checkpoint.load(self.path / checkpoint.BEST, map_location=map_location)
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """Read ``run_dir/config.yaml`` (``MtppError`` when there is none or it is not a run configuration)."""
+    import yaml
+
+    from mtpp.config import config_from_dict
+
+    path = Path(run_dir)
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise MtppError(f"{path}: not a run directory (no {CONFIG_FILE})")
+    try:
+        raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise MtppError(f"{cfg_file}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict):
+        raise MtppError(f"{cfg_file}: not a run configuration")
+    info = raw.pop("run_info", None) or {}
+    return Run(path, config_from_dict(raw), info if isinstance(info, dict) else {})
+
+
+def mixed_data(run_dirs: Iterable[str | Path]) -> list[str]:
+    """Problems of a set of runs summarised together: runs of one dataset name and split whose recorded test
+    parts differ (their test metrics are then not comparable; runs cut to another ``max_sequences`` are another
+    cell of the report and not compared). One line per dataset, naming two runs and their sources. Runs without a
+    record are not checked."""
+    seen: dict[tuple, tuple[str, dict]] = {}
+    problems: dict[tuple, str] = {}
+    for run_dir in run_dirs:
+        try:
+            record = open_run(run_dir).data_record
+        except (MtppError, OSError):
+            continue
+        if not record:
+            continue
+        key = (record.get("name"), record.get("split"), record.get("max_sequences"))  # a cut is its own cell
+        if key not in seen:
+            seen[key] = (str(run_dir), record)
+            continue
+        first_dir, first = seen[key]
+        differ = first.get("parts", {}).get("test", {}).get("sha256") != record["parts"]["test"]["sha256"]
+        if differ and key not in problems:
+            problems[key] = (f"{key[0]} split {key[1]}: {first_dir} and {run_dir} were tested on different data: "
+                             + describe_difference(first, record, ["test"]))  # fmt: skip
+    return list(problems.values())
+
+
+# --------------------------------------------------------------------------------------------- names
+
+
+def check_folder_name(name: str, what: str) -> str:
+    """``name`` unchanged when it is safe as one folder name; else ``ConfigError`` (``what`` names its origin)."""
+    bad = (
+        not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
+        or (os.sep in name) or (os.altsep is not None and os.altsep in name)
+    )
+    if bad:
+        raise ConfigError(f"{what}: {name!r} cannot be a folder name (empty, '.', '..' or a path); rename it")
+    return name
+
+
+# --------------------------------------------------------------------------------------------- temporary files
+
+
+def clean_temporary_files(run_dir: Path) -> list[Path]:
+    """Remove the temporary files interrupted atomic writes left in ``run_dir`` (only those names); return them.
+
+    Call only while holding the run's lock (no writer of ours is then mid-write).
+    """
+    removed = []
+    for pattern in TEMP_PATTERNS:
+        for p in Path(run_dir).glob(pattern):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------- the lock
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class RunLock:
+    """Exclusive lock of one run folder (module docstring). Use as a context manager or ``acquire`` / ``release``.
+
+    ``MtppError`` from ``acquire`` when another live process holds it; the message names pid, host and command.
+    """
+
+    def __init__(self, run_dir: str | Path, command: str | None = None) -> None:
+        self.dir = Path(run_dir)
+        self.path = self.dir / LOCK_FILE
+        self.command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):  # retry when the file was replaced between open and lock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if not self._lock(fd):
+                    holder = self._read(fd)
+                    os.close(fd)
+                    raise MtppError(f"{self.dir} is in use by {holder}; wait for it to finish or stop it "
+                                    f"(the lock {self.path} is released when that process ends)")
+                if not self._same_file(fd):
+                    os.close(fd)
+                    continue
+            except MtppError:
+                raise
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            self._write(fd)
+            return self
+        raise MtppError(f"{self.path}: could not take the lock (the file keeps being replaced)")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # still ours: we hold the lock on this inode
+        finally:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    # -- helpers
+
+    def _lock(self, fd: int) -> bool:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except (ImportError, OSError):  # no flock here (Windows, some network file systems): the pid decides
+            holder = self._holder(fd)
+            if holder is None:
+                return True
+            # only a holder on this host can be checked; one elsewhere holds until its file is removed
+            here = holder.get("host") == socket.gethostname()
+            return here and holder.get("pid") != os.getpid() and not _alive(int(holder.get("pid") or 0))
+        return True
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return os.fstat(fd).st_ino == st.st_ino
+
+    def _holder(self, fd: int) -> dict[str, Any] | None:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            raw = os.read(fd, 4096).decode("utf-8", "replace")
+            return json.loads(raw) if raw.strip() else None
+        except (OSError, ValueError):
+            return None
+
+    def _read(self, fd: int) -> str:
+        h = self._holder(fd)
+        if not h:
+            return "another process (its lock file names none)"
+        return f"pid {h.get('pid')} on {h.get('host')} ({h.get('command')!r}, since {h.get('since')})"
+
+    def _write(self, fd: int) -> None:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(info) + "\n").encode())
+
+
+__all__ = [
+    "Run", "RunLock", "open_run", "fingerprint", "data_record", "check_same_data", "load_recorded_data",
+    "describe_data", "check_folder_name", "clean_temporary_files", "mixed_data",
+]

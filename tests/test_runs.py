@@ -1,0 +1,689 @@
+"""Runs that know their data, have one writer, delete nothing they did not write, and talk (issues 11 and 13).
+
+Tiny models on small simulated split folders (``mtpp simulate``); every test runs in a second or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mtpp.cli import main
+from mtpp.config import load_config
+from mtpp.errors import ConfigError, MtppError
+from mtpp.evaluation.evaluate import evaluate
+from mtpp.runs import RunLock, check_folder_name, fingerprint, open_run
+from mtpp.training import checkpoint
+from mtpp.training.trainer import fit, run_variants
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "train.batch_size=8",
+    "train.max_epochs=1",
+    "train.device=cpu",
+    "model.hidden_size=8",
+    "model.mark_embedding_size=4",
+    "model.time_embedding_size=4",
+    "model.decoder_hidden_size=8",
+    "model.num_components=2",
+    "model.decoder=lnm",
+    "logging.quiet=true",
+    "logging.progress=false",
+]
+
+
+def simulate(folder: Path, seed: int = 0, *extra: str) -> Path:
+    args = ["simulate", "poisson", "--marks", "3", "--sequences", "40", "--window", "8", "--seed", str(seed),
+            "--out", str(folder), *extra]  # fmt: skip
+    assert main(args) == 0
+    return folder
+
+
+def tiny(data: Path | str, *extra: str):
+    return load_config(None, [*TINY, f"data.name={data}", *extra])
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ fingerprints
+
+
+def test_fingerprint_depends_on_every_array_and_on_order() -> None:
+    from mtpp.data.sequence import EventSequence
+
+    a = EventSequence([0.5, 1.0], [0, 1])
+    b = EventSequence([0.5, 1.5], [0, 1])
+    assert fingerprint([a, b]) == fingerprint([EventSequence([0.5, 1.0], [0, 1]), b])
+    assert fingerprint([a, b]) != fingerprint([b, a])
+    assert fingerprint([a]) != fingerprint([EventSequence([0.5, 1.0], [0, 2])])
+    assert fingerprint([a]) != fingerprint([EventSequence([0.5, 1.0], [0, 1], window_end=2.0)])
+    # the boundary between sequences counts: [1, 2] + [3] is not [1] + [2, 3]
+    x = [EventSequence([1.0, 2.0], [0, 0]), EventSequence([3.0], [0])]
+    y = [EventSequence([1.0], [0]), EventSequence([2.0, 3.0], [0, 0])]
+    assert fingerprint(x) != fingerprint(y)
+
+
+def test_run_records_its_data_in_config_and_checkpoints(tmp_path: Path) -> None:
+    data = simulate(tmp_path / "sim")
+    fit(tiny(data), tmp_path / "run")
+    info = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["run_info"]["data"]
+    assert Path(info["source"]) == data.resolve()
+    assert info["split"] == 0 and info["num_marks"] == 3
+    assert set(info["parts"]) == {"train", "val", "test"}
+    assert sum(p["sequences"] for p in info["parts"].values()) == 40
+    for name in (checkpoint.CHECKPOINT, checkpoint.BEST):
+        assert checkpoint.load(tmp_path / "run" / name)["data"] == info
+    assert open_run(tmp_path / "run").data_record == info
+
+
+# ------------------------------------------------------------------------------------------------ data checks
+
+
+def test_evaluate_and_resume_refuse_other_data_and_other_data_goes_elsewhere(tmp_path: Path) -> None:
+    data = simulate(tmp_path / "sim", seed=0)
+    run = tmp_path / "run"
+    fit(tiny(data, "train.max_epochs=2"), run)
+    before = (run / "metrics.json").read_text()
+    simulate(data, 1, "--force")  # the same folder now holds other sequences
+    with pytest.raises(MtppError) as e:
+        evaluate(run, "test")
+    msg = str(e.value)
+    assert "differ" in msg and str(data.resolve()) in msg and "--other-data" in msg
+    with pytest.raises(MtppError, match="--resume: the data differ"):
+        fit(tiny(data, "train.max_epochs=3"), run, resume=True)
+    m = evaluate(run, "test", other_data=True)
+    assert (run / "metrics.json").read_text() == before  # never overwritten by other data
+    other = [p for p in run.glob("metrics.other-*.json")]
+    assert len(other) == 1 and read(other[0])["test"]["nll_time_per_seq"] == m["nll_time_per_seq"]
+    assert read(other[0])["data"]["parts"]["test"]["sha256"] != read(run / "metrics.json").get("data", {}).get("x")
+    assert list(run.glob("arrays_test.other-*.json"))
+    # the command line: a clear error, exit 2, nothing written over metrics.json
+    assert main(["evaluate", str(run)]) == 2
+    assert (run / "metrics.json").read_text() == before
+
+
+def test_evaluate_and_resume_use_the_recorded_data_not_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # the issue's case: trained with --data-dir A; later MTPP_DATA_DIR points at B holding other data of the name
+    simulate(tmp_path / "A" / "mine", seed=0)
+    simulate(tmp_path / "B" / "mine", seed=1)
+    run = tmp_path / "run"
+    fit(tiny("mine", "train.max_epochs=1"), run, data_dir=str(tmp_path / "A"))
+    reported = read(run / "metrics.json")["test"]
+    monkeypatch.setenv("MTPP_DATA_DIR", str(tmp_path / "B"))
+    assert main(["evaluate", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert str((tmp_path / "A" / "mine").resolve()) in err  # the resolved data path is printed
+    again = read(run / "metrics.json")["test"]
+    assert again["nll_time_per_seq"] == reported["nll_time_per_seq"]
+    # --resume (a longer run) continues on A's data, and B's is refused when named explicitly
+    fit(tiny("mine", "train.max_epochs=2"), run, resume=True)
+    assert read(run / "metrics.json")["train"]["epochs"] == 2
+    with pytest.raises(MtppError, match="differ"):
+        fit(tiny("mine", "train.max_epochs=3"), run, resume=True, data_dir=str(tmp_path / "B"))
+
+
+def test_a_validation_split_without_scored_events_is_refused(tmp_path: Path) -> None:
+    from mtpp.data.formats import write_split_folder
+    from mtpp.data.sequence import EventSequence
+
+    seqs = [EventSequence([0.5, 1.0, 1.7], [0, 1, 0]) for _ in range(6)]
+    single = [EventSequence([0.5], [1]), EventSequence([0.7], [0])]  # first events only: nothing scored
+    write_split_folder(tmp_path / "d", [{"train": seqs, "val": single, "test": seqs[:2]}], num_marks=2)
+    with pytest.raises(MtppError, match="validation part has 2 sequence.*no scored event"):
+        fit(tiny(tmp_path / "d"), tmp_path / "run")
+    # with first_event: include the single events are scored: it trains
+    assert fit(tiny(tmp_path / "d", "model.first_event=include"), tmp_path / "run2")["train"]["epochs"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ one writer
+
+
+LOCK_HOLDER = """
+import sys, time
+from mtpp.runs import RunLock
+lock = RunLock(sys.argv[1], command="holder-test").acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder)], stdout=subprocess.PIPE, env=env,
+                            text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_one_writer_per_run_folder_and_stale_locks_are_taken_over(tmp_path: Path) -> None:
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    holder = _hold_lock(run)
+    try:
+        with pytest.raises(MtppError) as e:
+            fit(tiny(data), run)
+        assert f"pid {holder.pid}" in str(e.value) and "holder-test" in str(e.value)
+        assert main(["train", "--out", str(run), "--set", f"data.name={data}", *sum([["--set", o] for o in TINY], [])]) == 2
+        assert not (run / "log.jsonl").exists()  # the refused command wrote nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (run / ".mtpp.lock").exists()  # the dead holder's file is still there ...
+    fit(tiny(data), run)  # ... and taken over
+    assert not (run / ".mtpp.lock").exists()
+    with RunLock(run):  # a lock is a lock in this process too
+        with pytest.raises(MtppError, match=f"pid {os.getpid()}"):
+            RunLock(run).acquire()
+
+
+# ------------------------------------------------------------------------------------------------ kill points
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_and_temp_files_go(tmp_path: Path) -> None:
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    fit(tiny(data), run)
+    # what SIGKILL between the first best.pt and the first checkpoint.pt leaves (plus a torn atomic write)
+    (run / "checkpoint.pt").unlink()
+    (run / "metrics.json").unlink()
+    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"torn")
+    (run / ".metrics.json.tmp").write_text("{")
+    (run / "notes.txt").write_text("mine")
+    (run / ".notes.json.tmp").write_text("not ours")  # a temporary-looking file of someone else's
+    assert fit(tiny(data), run, resume=True)["train"]["epochs"] == 1  # --resume: starts over, no error
+    assert sorted(p.name for p in run.glob(".*.tmp")) == [".notes.json.tmp"]
+    assert (run / "notes.txt").read_text() == "mine"
+    (run / "checkpoint.pt").unlink()
+    (run / "metrics.json").unlink()
+    assert fit(tiny(data), run)["train"]["epochs"] == 1  # and without --resume / --overwrite too
+
+
+# ------------------------------------------------------------------------------------------------ nothing deleted
+
+
+def test_overwrite_removes_only_the_runs_own_files(tmp_path: Path) -> None:
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    fit(tiny(data), run)
+    (run / "notes.txt").write_text("mine")
+    (run / "plots").mkdir()
+    (run / "plots" / "a.png").write_bytes(b"png")
+    fit(tiny(data), run, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "plots" / "a.png").exists()
+
+
+def test_simulate_force_replaces_only_what_simulate_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "sim"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    (out / "split_x").mkdir()
+    (out / "train.json").write_text("[]")  # not a simulate output name: stays
+    simulate(out, 0, "--splits", "3")
+    assert main(["simulate", "poisson", "--marks", "3", "--sequences", "40", "--window", "8", "--out", str(out)]) == 2
+    simulate(out, 1, "--force")  # one split now: split_1 and split_2 of the earlier simulation go too
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "notes.txt", "split_0", "split_x", "train.json"]
+    assert (out / "notes.txt").read_text() == "keep" and read(out / "args.json")["simulation_seed"] == 1
+    # --out . --force in a working directory: only split_* and args.json are replaced
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "paper.tex").write_text("x")
+    monkeypatch.chdir(cwd)
+    simulate(Path("."), 0)
+    simulate(Path("."), 2, "--force")
+    assert (cwd / "paper.tex").read_text() == "x" and (cwd / "split_0").is_dir()
+
+
+def test_variant_and_dataset_labels_that_are_paths_are_refused(tmp_path: Path) -> None:
+    from mtpp import experiments as ex
+
+    cfg = load_config(None, [*TINY, "data.max_sequences=8"])
+    for bad in ("..", "."):
+        with pytest.raises(ConfigError, match="cannot be a folder name"):
+            run_variants(cfg, [{"name": bad, "model.decoder": "lnm"}], tmp_path / "v")
+    assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
+    exp = ex.experiment_from_dict({"grid": {"datasets": [{"name": "..", "path": "somewhere"}]}})
+    with pytest.raises(ConfigError, match="cannot be a folder name"):
+        ex.expand(exp)
+    for ok in ("thp_base", "a.b", "x+y"):
+        assert check_folder_name(ok, "t") == ok
+    for bad in ("", "a/b", "..", "a\x00"):
+        with pytest.raises(ConfigError):
+            check_folder_name(bad, "t")
+
+
+# ------------------------------------------------------------------------------------------------ --resume
+
+
+def test_quiet_is_not_stored_and_a_later_resume_talks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    sets = sum([["--set", o] for o in TINY if not o.startswith("logging")], [])
+    assert main(["train", "--out", str(run), "-q", "--set", f"data.name={data}", *sets]) == 0
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert "quiet" not in stored["logging"] and "progress" not in stored["logging"]
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--set", "train.max_epochs=2",
+                 "--set", "logging.progress=false"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "epoch   2/2" in err and "resuming" in err
+    log = (run / "train.log").read_text()
+    assert "epoch   1/1" in log and "epoch   2/2" in log  # the quiet first run is in train.log too
+
+
+def test_variants_resume_like_a_single_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = simulate(tmp_path / "sim")
+    cfg_file = tmp_path / "v.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "data": {"name": str(data)},
+        "variants": [{"name": "a", "model.parametrisation": "base"}, {"name": "b", "model.parametrisation": "plus"}],
+    }))  # fmt: skip
+    out = tmp_path / "out"
+    sets = sum([["--set", o] for o in TINY], [])
+    assert main(["train", str(cfg_file), "--out", str(out), *sets]) == 0
+    assert (out / "variants.yaml").is_file() and not (out / "config.yaml").exists()
+    # --resume without CONFIG reads variants.yaml and extends both finished variants to 2 epochs
+    assert main(["train", "--out", str(out), "--resume", *sets, "--set", "train.max_epochs=2"]) == 0
+    for v in ("a", "b"):
+        assert read(out / v / "metrics.json")["train"]["epochs"] == 2
+    # a changed model is refused, as for a single run
+    assert main(["train", "--out", str(out), "--resume", *sets, "--set", "model.hidden_size=16"]) == 2
+    assert "model.hidden_size" in capsys.readouterr().err
+    # a finished variant with nothing more to do is kept as is
+    before = (out / "a" / "metrics.json").read_text()
+    assert main(["train", "--out", str(out), "--resume", *sets, "--set", "train.max_epochs=2"]) == 0
+    assert (out / "a" / "metrics.json").read_text() == before
+
+
+# ------------------------------------------------------------------------------------------------ runs that talk
+
+
+def test_header_epoch_lines_and_train_log(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    fit(tiny(data, "logging.quiet=false", "train.max_epochs=2"), run)
+    err = capsys.readouterr().err
+    for text in (str(data.resolve()), "train/val/test", "3 marks", "parameters", "device  cpu", "thread",
+                 str(run), "'*' = best so far", "nats/seq", "epoch   1/2 *"):  # fmt: skip
+        assert text in err, text
+    log = (run / "train.log").read_text()
+    assert str(data.resolve()) in log and "epoch   2/2" in log and "best epoch" in log
+
+
+def test_interrupted_run_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    from mtpp.training.trainer import Trainer
+
+    data = simulate(tmp_path / "sim")
+    real = Trainer._end_epoch
+
+    def end_then_interrupt(self, *a):
+        real(self, *a)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", end_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(data, "train.max_epochs=3"), tmp_path / "run")
+    hint = f"mtpp train --out {tmp_path / 'run'} --resume"
+    assert hint in capsys.readouterr().err and hint in (tmp_path / "run" / "train.log").read_text()
+    assert not (tmp_path / "run" / ".mtpp.lock").exists()
+
+
+def test_progress_bar_counts_every_step_without_flushing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtpp.training import logging as run_logging
+    from mtpp.training.gradients import StatsBuffer
+
+    data = simulate(tmp_path / "sim")
+    steps, flushes = [], []
+    monkeypatch.setattr(run_logging.Progress, "step", lambda self, n=1: steps.append(n))
+    real_flush = StatsBuffer.flush
+    monkeypatch.setattr(StatsBuffer, "flush", lambda self: flushes.append(1) or real_flush(self))
+    fit(tiny(data, "logging.flush_every=1000", "train.max_epochs=2"), tmp_path / "run")
+    n_steps = read(tmp_path / "run" / "metrics.json")["train"]["steps"]
+    assert len(steps) == n_steps > len(flushes) / 2  # one bar step per training step; flushes stay per epoch
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def test_help_imports_no_torch_and_every_command_has_a_description() -> None:
+    code = textwrap.dedent("""
+        import argparse, contextlib, io, sys
+        from mtpp.cli import build_parser, main
+        for argv in (["--help"], ["train", "--help"], ["bench", "--help"], ["data", "list", "--help"]):
+            with contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    main(argv)
+                except SystemExit:
+                    pass
+        assert "torch" not in sys.modules and "numpy" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)[:5]
+        def walk(p, path):
+            for a in p._actions:
+                if isinstance(a, argparse._SubParsersAction):
+                    for name, sub in a.choices.items():
+                        assert sub.description, path + [name]
+                        walk(sub, path + [name])
+        walk(build_parser(), [])
+        print("ok")
+    """)
+    import resource
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = subprocess.run([sys.executable, "-m", "mtpp", "--help"], capture_output=True, text=True, env=env, timeout=60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert res.returncode == 0 and "usage: mtpp" in res.stdout and cpu < 1.0, cpu
+
+
+def test_bench_warns_when_the_machine_is_busy() -> None:
+    from mtpp.bench import busy_warning
+
+    assert busy_warning(threads=1, cores=4, load=0.5) is None
+    msg = busy_warning(threads=2, cores=2, load=1.5)
+    assert msg is not None and "busy" in msg and "not comparable" in msg and "1.5" in msg
+
+
+def test_bench_prints_progress_per_model_and_phase(capsys: pytest.CaptureFixture) -> None:
+    args = ["bench", "--models", "gru-lnm-base", "gru-rmtpp-base", "--steps", "2", "--rounds", "1", "--warmup", "0",
+            "--no-isolate", "--threads", "1", "--set", "model.hidden_size=8"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "bench: data synthetic_hawkes <- " in err
+    assert "[1/2] gru-lnm-base" in err and "[2/2] gru-rmtpp-base" in err
+    for phase in ("round 1/1: training step", "round 1/1: training step + diagnostics", "evaluation"):
+        assert f"gru-rmtpp-base: {phase}" in err
+
+
+# ------------------------------------------------------------------------------------------------ compare workers
+
+
+FAKE_FIT = """
+import os, time
+from pathlib import Path
+
+def fit(config, out_dir, resume=False, overwrite=False):
+    Path(out_dir, "pid").write_text(str(os.getpid()))
+    time.sleep(120)
+"""
+
+RUN_GRID = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import fakefit
+from mtpp import experiments as ex
+exp = ex.experiment_from_dict({"base": {"train": {"max_epochs": 1}}, "grid": {"seeds": [0, 1, 2, 3, 4]}})
+ex.run_grid(ex.expand(exp), sys.argv[1], jobs=2, progress=False, fit=fakefit.fit)
+"""
+
+
+def _start_grid(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "fakefit.py").write_text(FAKE_FIT)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "mods")])}
+    proc = subprocess.Popen([sys.executable, "-c", RUN_GRID, str(out), str(tmp_path / "mods")], env=env,
+                            start_new_session=True)  # its own process group, as a terminal's job
+    deadline = time.monotonic() + 90
+    while len(list(out.rglob("pid"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the workers did not start"
+        time.sleep(0.2)
+    return proc, out
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal and process checks: Linux")
+@pytest.mark.parametrize("sig, group", [(signal.SIGKILL, False), (signal.SIGINT, False), (signal.SIGINT, True)])
+def test_compare_workers_stop_with_their_parent(tmp_path: Path, sig: int, group: bool) -> None:
+    """SIGKILL of the parent alone; Ctrl-C as the parent alone gets it; Ctrl-C in a terminal (the whole group)."""
+    proc, out = _start_grid(tmp_path)
+    pids = [int(p.read_text()) for p in out.rglob("pid")]
+    start = time.monotonic()
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    proc.wait(timeout=30)
+    if sig == signal.SIGINT:
+        assert time.monotonic() - start < 10  # stops within seconds
+    try:
+        assert all(_gone(pid, 10) for pid in pids), "a worker outlived its parent"
+        time.sleep(1)
+        assert len(list(out.rglob("pid"))) == 2  # no queued cell started after the parent went
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_compare_refuses_finished_cells_trained_on_other_data(tmp_path: Path) -> None:
+    from mtpp import experiments as ex
+
+    data = simulate(tmp_path / "sim")
+    base = {k: {} for k in ("data", "model", "train", "logging")}
+    for o in TINY:
+        key, value = o.split("=")
+        section, name = key.split(".")
+        base[section][name] = yaml.safe_load(value)
+    exp = ex.experiment_from_dict({"base": base, "grid": {"datasets": [str(data)], "seeds": [0]}})
+    cells = ex.expand(exp)
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False)] == ["done"]
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False)] == ["skipped"]
+    simulate(data, 1, "--force")
+    with pytest.raises(ConfigError, match="other data: recorded .*differing: train, val, test"):
+        ex.run_grid(cells, tmp_path / "out", progress=False)
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False, rerun_stale=True)] == ["done"]
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from mtpp.training import checkpoint, trainer
+from mtpp.evaluation import evaluate as ev
+from mtpp.config import load_config
+
+point, out, data = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+real_save, real_json = checkpoint.save_atomic, ev.write_json
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def save_atomic(obj, path):
+    name = Path(path).name
+    if point == "before-best" and name == checkpoint.BEST:
+        die()
+    if point == "torn-checkpoint" and name == checkpoint.CHECKPOINT:
+        import tempfile
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=Path(path).parent)
+        os.write(fd, b"half")
+        die()
+    if point == "before-checkpoint" and name == checkpoint.CHECKPOINT:
+        die()
+    real_save(obj, path)
+    if point == "after-checkpoint" and name == checkpoint.CHECKPOINT:
+        die()
+
+def write_json(path, obj):
+    if point == "before-metrics" and Path(path).name == "metrics.json":
+        die()
+    real_json(path, obj)
+
+checkpoint.save_atomic = save_atomic
+trainer.write_json = write_json
+cfg = load_config(None, sys.argv[4:] + [f"data.name={data}"])
+trainer.fit(cfg, out)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL of a child process")
+@pytest.mark.parametrize("point", ["before-best", "before-checkpoint", "torn-checkpoint", "after-checkpoint",
+                                   "before-metrics"])  # fmt: skip
+def test_every_sigkill_point_is_resumable(tmp_path: Path, point: str) -> None:
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", KILLED_RUN, point, str(run), str(data), *TINY, "train.max_epochs=2"],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert not (run / "metrics.json").exists()
+    # the documented way on: --resume (a restart when there is no checkpoint yet), no --overwrite
+    metrics = fit(tiny(data, "train.max_epochs=2"), run, resume=True)
+    assert metrics["train"]["epochs"] == 2 and (run / "metrics.json").is_file()
+    assert not list(run.glob(".*.tmp")), list(run.glob(".*.tmp"))
+
+
+def test_compare_and_variants_keep_unrelated_files(tmp_path: Path) -> None:
+    from mtpp import experiments as ex
+
+    data = simulate(tmp_path / "sim")
+    base = {"data": {"name": str(data)}, "train": {"max_epochs": 1, "batch_size": 8, "device": "cpu"},
+            "model": {"hidden_size": 8, "decoder": "lnm", "num_components": 2}}  # fmt: skip
+    cells = ex.expand(ex.experiment_from_dict({"base": base}))
+    out = tmp_path / "out"
+    cell_dir = out / cells[0].name
+    cell_dir.mkdir(parents=True)
+    (out / "notes.md").write_text("mine")
+    (cell_dir / "notes.md").write_text("mine")
+    (cell_dir / "config.yaml").write_text("train: {max_epochs: 1}\n")  # a run that died before its checkpoint
+    (cell_dir / "log.jsonl").write_text("")
+    assert [r.status for r in ex.run_grid(cells, out, progress=False)] == ["done"]
+    assert (out / "notes.md").read_text() == "mine" and (cell_dir / "notes.md").read_text() == "mine"
+    cfg = load_config(None, [*TINY, f"data.name={data}"])
+    vout = tmp_path / "variants"
+    vout.mkdir()
+    (vout / "notes.md").write_text("mine")
+    run_variants(cfg, [{"name": "a"}], vout)
+    run_variants(cfg, [{"name": "a"}], vout, overwrite=True)
+    assert (vout / "notes.md").read_text() == "mine"
+
+
+def test_report_refuses_runs_of_one_dataset_tested_on_different_data(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    simulate(tmp_path / "A" / "mine", seed=0)
+    simulate(tmp_path / "B" / "mine", seed=1)
+    fit(tiny("mine"), tmp_path / "runs" / "a", data_dir=str(tmp_path / "A"))
+    fit(tiny("mine", "model.decoder=rmtpp"), tmp_path / "runs" / "b", data_dir=str(tmp_path / "A"))
+    assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 0
+    fit(tiny("mine", "train.seed=1"), tmp_path / "runs" / "c", data_dir=str(tmp_path / "B"))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "tested on different data" in err and str(tmp_path / "runs" / "c") in err
+    assert main(["report", str(tmp_path / "runs"), "--no-plots", "--allow-mixed-data"]) == 0
+    assert "warning: mine split 0" in capsys.readouterr().err
+
+
+def test_auto_preparing_a_dot_file_writes_into_the_cache(tmp_path: Path) -> None:
+    from mtpp.data.catalog import cache_dir, load_dataset
+
+    rng = np.random.default_rng(0)
+    seqs = [{"time_since_start": np.sort(rng.uniform(0, 10, 5)).tolist(), "type_event": rng.integers(0, 2, 5).tolist()}
+            for _ in range(30)]  # fmt: skip
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / ".events.json").write_text(json.dumps(seqs))
+    ds = load_dataset(tmp_path / "in" / ".events.json")
+    assert ds.name == "events"
+    assert Path(ds.source).parent == cache_dir() / "prepared"
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == [".events.json"]  # nothing beside the input
+
+
+def test_one_compare_and_one_variants_command_per_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"base": {"train": {"max_epochs": 1}}}))
+    holder = _hold_lock(tmp_path / "out")
+    try:
+        assert main(["compare", str(exp), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert not (tmp_path / "out" / "experiment.yaml").exists()
+        cfg = load_config(None, [*TINY])
+        with pytest.raises(MtppError, match=f"pid {holder.pid}"):
+            run_variants(cfg, [{"name": "a"}], tmp_path / "out")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_other_data_with_more_marks_than_the_model_is_one_clear_error(tmp_path: Path) -> None:
+    data = simulate(tmp_path / "sim")
+    fit(tiny(data), tmp_path / "run")
+    assert main(["simulate", "poisson", "--marks", "5", "--sequences", "40", "--window", "8", "--out",
+                 str(data), "--force"]) == 0  # fmt: skip
+    with pytest.raises(MtppError, match="knows 3 marks, the data have 5"):
+        evaluate(tmp_path / "run", "test", other_data=True)
+
+
+def test_a_refused_checkpoint_names_the_refused_global(tmp_path: Path) -> None:
+    import fractions
+
+    torch.save({"model": {}, "x": fractions.Fraction(1, 3)}, tmp_path / "best.pt")
+    with pytest.raises(MtppError) as e:
+        checkpoint.load(tmp_path / "best.pt")
+    msg = str(e.value)
+    assert "fractions.Fraction" in msg and str(tmp_path / "best.pt") in msg and "\n" not in msg
+    (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(MtppError, match="torn.pt: cannot read checkpoint"):
+        checkpoint.load(tmp_path / "torn.pt")
+
+
+def test_the_lock_without_flock_decides_by_the_holders_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(37, "No locks available")  # ENOLCK, as on some network file systems
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(MtppError, match=f"pid {os.getpid()}"):
+            RunLock(run).acquire()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (run / ".mtpp.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with RunLock(run):  # a dead holder of this host: taken over
+        pass
+    (run / ".mtpp.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(MtppError, match="pid 1 on elsewhere"):
+        RunLock(run).acquire()
+
+
+def test_train_log_keeps_the_auto_preparation_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(1)
+    seqs = [{"time_since_start": np.sort(rng.uniform(0, 10, 6)).tolist(), "type_event": rng.integers(0, 2, 6).tolist()}
+            for _ in range(40)]  # fmt: skip
+    (tmp_path / "events.json").write_text(json.dumps(seqs))
+    fit(tiny(tmp_path / "events.json"), tmp_path / "run")
+    assert capsys.readouterr().err.count("auto-prepared 5 seeded") == 1  # still on the console, once
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "WARNING: " in log and "auto-prepared 5 seeded 60/20/20 splits" in log

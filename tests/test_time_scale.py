@@ -1,0 +1,149 @@
+"""The time scale (``mtpp.models.scaling``): likelihoods in the data's units whatever the unit of time, exact
+relative times for large offsets, and training that does not depend on the unit."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import K, tiny_config
+
+from mtpp.config import load_config
+from mtpp.data.batch import collate
+from mtpp.data.formats import write_split_folder
+from mtpp.data.sequence import EventSequence
+from mtpp.errors import ConfigError
+from mtpp.models import build_model
+from mtpp.models.scaling import typical_gap, resolve_time_scale
+from mtpp.training.trainer import fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
+PARAMETRISATIONS = ("base", "plus", "plusplus")
+
+
+def _sequences(n: int, length: int, seed: int, scale: float = 1.0, offset: float = 0.0) -> list[EventSequence]:
+    """Unit-rate gaps; the mark of an event is 1 iff its own gap >= 0.7 (else 0, marks 2.. never occur): a mark
+    that the observed gap reveals and a forecast cannot (P(gap >= 0.7) = 0.50)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        gaps = rng.exponential(1.0, length)
+        marks = (gaps >= 0.7).astype(np.int64)
+        times = np.cumsum(gaps)
+        out.append(EventSequence(offset + scale * times, marks, None))
+    return out
+
+
+def _model(decoder: str, parametrisation: str, dtype: torch.dtype = torch.float64):
+    torch.manual_seed(0)
+    cfg = tiny_config(encoder="thp", decoder=decoder, parametrisation=parametrisation,
+                      integration="gauss_legendre", integration_nodes=30)  # fmt: skip
+    return build_model(cfg, K).to(dtype).eval()
+
+
+@pytest.mark.parametrize("parametrisation", PARAMETRISATIONS)
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_nll_on_scaled_times_shifts_by_n_log_c(decoder: str, parametrisation: str) -> None:
+    """At fixed weights, L_T on times ``c t`` = L_T on ``t`` + (scored events) ``log c``; L_M, PIT, marks unchanged.
+
+    The scale is the one ``auto`` resolves on each data set (it is proportional to ``c``), so the model sees the
+    same numbers; windows (survival terms) included."""
+    seqs = _sequences(3, 7, seed=1)
+    windows = [None, 0.8, 2.5]
+    m = _model(decoder, parametrisation)
+    ref = None
+    for c in (1.0, 1e-4, 3.7, 1e4):
+        data = [EventSequence(c * s.times, s.marks, None if w is None else c * (s.times[-1] + w))
+                for s, w in zip(seqs, windows)]  # fmt: skip
+        m.time_scale = resolve_time_scale("auto", data)
+        assert m.time_scale == pytest.approx(c * typical_gap(seqs), rel=1e-12)
+        batch = collate(data, dtype=torch.float64)
+        with torch.no_grad():
+            out = m.nll(batch)
+            scores = m.score(batch)
+        n = out.scored.sum(-1).double()
+        row = (out.time_nll - n * math.log(c), out.mark_nll, scores.pit, scores.median_tau / c)
+        if ref is None:
+            ref = row
+            continue
+        for got, want in zip(row, ref):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_large_offset_keeps_relative_times_exact_in_float32(decoder: str) -> None:
+    """Unix-second times (1.4e9 + {0, 10, 60, ...}) give the same per-event terms as the same sequences from 0:
+    relative times are formed in float64 before the float32 cast (absolute float32 times are 128 s apart)."""
+    base = [EventSequence(np.array([0.0, 10.0, 60.0, 75.0, 400.0]), np.array([0, 1, 2, 1, 0]), None),
+            EventSequence(np.array([5.0, 6.0, 6.5, 90.0]), np.array([3, 3, 1, 0]), None)]  # fmt: skip
+    shifted = [EventSequence(s.times + 1.4e9, s.marks, None) for s in base]
+    m = _model(decoder, "base", torch.float32)
+    m.time_scale = resolve_time_scale("auto", base)
+    b0, b1 = collate(base), collate(shifted)
+    assert torch.equal(b0.times, b1.times) and torch.equal(b0.taus[:, 1:], b1.taus[:, 1:])
+    with torch.no_grad():
+        t0, t1 = m.nll(b0), m.nll(b1)
+    # the first event is not scored (first_event: skip); every scored term is identical
+    torch.testing.assert_close(t0.time_terms[:, 1:], t1.time_terms[:, 1:], rtol=0, atol=0)
+    torch.testing.assert_close(t0.mark_terms, t1.mark_terms, rtol=0, atol=0)
+
+
+def test_time_scale_config_and_checkpoint(tmp_path: Path) -> None:
+    for bad in ("hours", -1.0, 0, float("inf"), True):
+        with pytest.raises(ConfigError, match="data.time_scale"):
+            load_config(None, [f"data.time_scale={bad}"])
+    assert load_config(None, ["data.time_scale=3600"]).data.time_scale == 3600.0
+    assert load_config(None).data.time_scale == "auto"
+    assert resolve_time_scale("none", _sequences(2, 5, 0, scale=1e6)) == 1.0
+    assert resolve_time_scale(60.0, []) == 60.0
+    assert resolve_time_scale("auto", [EventSequence(np.array([2.0]), np.array([0]), None)]) == 2.0  # first gaps
+    assert resolve_time_scale("auto", [EventSequence(np.array([0.0]), np.array([0]), None)]) == 1.0  # nothing
+    # robust: a few absurd gaps do not move the median
+    seqs = _sequences(20, 10, 0)
+    wild = seqs[:-1] + [EventSequence(np.cumsum([1.0, 1e30, 1e35]), np.zeros(3, dtype=np.int64), None)]
+    assert resolve_time_scale("auto", wild) == pytest.approx(resolve_time_scale("auto", seqs), rel=0.05)
+    # the scale is part of the state dict, hence of every checkpoint
+    m = _model("lnm", "plus")
+    m.time_scale = 123.5
+    m2 = _model("lnm", "plus")
+    m2.load_state_dict(m.state_dict())
+    assert m2.time_scale == 123.5
+
+
+def _dataset(root: Path, scale: float, offset: float) -> Path:
+    splits = {"train": _sequences(160, 16, 1, scale, offset), "val": _sequences(40, 16, 2, scale, offset),
+              "test": _sequences(60, 16, 3, scale, offset)}  # fmt: skip
+    return write_split_folder(root, [splits], num_marks=2)
+
+
+@pytest.mark.slow
+def test_training_does_not_depend_on_the_unit_of_time(tmp_path: Path) -> None:
+    """Training on ``c t`` for c in {1e-4, 1, 1e4} and on Unix-like times (``t + 1.4e9``) reaches the same
+    per-event time NLL after the ``log c`` shift and the same accuracies (within noise), with the default
+    ``data.time_scale: auto``."""
+    results = {}
+    for label, c, offset, scale_opt in (("1", 1.0, 0.0, "auto"), ("1e-4", 1e-4, 0.0, "auto"),
+                                        ("1e4", 1e4, 0.0, "auto"), ("offset", 1.0, 1.4e9, "auto")):  # fmt: skip
+        data = _dataset(tmp_path / f"data_{label}", c, offset)
+        cfg = load_config(None, [
+            f"data.name={data}", f"data.time_scale={scale_opt}", "model.encoder=gru", "model.decoder=lnm",
+            "model.parametrisation=plus", "model.hidden_size=8", "model.mark_embedding_size=4",
+            "model.time_embedding_size=4", "model.decoder_hidden_size=16", "model.num_components=4",
+            "train.batch_size=16", "train.max_epochs=6", "logging.quiet=true", "logging.progress=false",
+        ])  # fmt: skip
+        m = fit(cfg, tmp_path / f"run_{label}")
+        results[label] = (m["test"]["nll_time_per_event"] - math.log(c), m["test"])
+    ref_nll, ref = results["1"]
+    for label, (nll, test) in results.items():
+        tol = 0.02 if label == "offset" else 1e-3  # the offset changes the (unscored) first gap the encoder sees
+        assert nll == pytest.approx(ref_nll, abs=tol), label
+        assert test["accuracy_given_time"] == pytest.approx(ref["accuracy_given_time"], abs=0.03), label
+        assert test["accuracy_forecast"] == pytest.approx(ref["accuracy_forecast"], abs=0.03), label
+    # the marks are revealed by the observed gap, not forecastable: the two accuracies must differ
+    assert ref["accuracy_given_time"] > 0.9
+    assert ref["accuracy_forecast"] < 0.65
