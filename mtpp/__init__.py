@@ -14,6 +14,7 @@ Public API (imported lazily, so ``import mtpp`` stays cheap: no torch, no side e
 * ``evaluate`` (``mtpp.evaluation.evaluate``): a run directory or a model on a split.
 * Configuration (``mtpp.config``): ``load_config``, ``config_from_dict``, ``RunConfig``, ``DataConfig``,
   ``ModelConfig``, ``TrainConfig``, ``GradientsConfig``, ``LoggingConfig``.
+* ``predict``, ``generate`` (``mtpp.forecast``): next-event predictions and sampled continuations.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _EXPORTS = {
     "TrainConfig": "mtpp.config",
     "GradientsConfig": "mtpp.config",
     "LoggingConfig": "mtpp.config",
+    "predict": "mtpp.forecast.predict",
+    "generate": "mtpp.forecast.generate",
 }
 
 __all__ = ["__version__", *_EXPORTS]

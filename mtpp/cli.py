@@ -14,6 +14,7 @@ from mtpp.errors import MtppError
 
 # The one place sub-commands are listed, in the order ``mtpp --help`` shows them.
 COMMANDS = ("train", "evaluate", "compare", "report", "tune", "bench", "data", "simulate")
+COMMANDS += ("predict", "generate", "plot")  # forecasting: mtpp/forecast/
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "metrics.other-<fingerprint>.json, never metrics.json")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    p.add_argument("--horizon", type=float, help="also score forecasts of the events within this time span "
+                   "(T-mAP, OTD, count calibration; mtpp.forecast.horizon), with the baselines, as horizon_* keys")
+    p.add_argument("--samples", type=int, default=32, help="sampled continuations per point for --horizon")
+    p.add_argument("--points", type=int, default=1000, help="at most this many prediction points for --horizon")
     p.set_defaults(func=run)
 
 
@@ -66,4 +70,10 @@ def run(args: argparse.Namespace) -> int:
                              other_data=args.other_data, log=lambda msg: print(msg, file=sys.stderr, flush=True))
             cells = " | ".join(fmt_value(m.get(k)) for _, k in SHOWN)
             print(f"| {run_dir} | {split} | {cells} |")
+            if args.horizon is not None:
+                from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
+
+                h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=args.samples,
+                                         max_points=args.points, device=args.device)
+                print(format_horizon(h, f"{run_dir} {split}"))
     return 0

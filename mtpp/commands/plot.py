@@ -1,0 +1,49 @@
+"""``mtpp plot RUN_DIR --sequence ID --out PNG``: a sequence, the model's intensity and sampled continuations."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plot",
+        help="plot one sequence with the model's intensity and sampled continuations",
+        description="Draw sequence ID of a split: observed events by mark, the model's conditional intensity, and "
+        "--samples continuations after a cut (their median and 50 / 90 %% bands of the event count against the "
+        "observed count). See mtpp.forecast.plot.",
+    )
+    p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
+    p.add_argument("--sequence", type=int, required=True, help="index of the sequence in the split")
+    p.add_argument("--out", type=Path, required=True, help="output PNG (never replaced)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
+    p.add_argument("--horizon", type=float, help="forecast window after the cut (default: 1/4 of the sequence)")
+    p.add_argument("--cut", type=int, help="number of history events (default: the last cut with an observed window)")
+    p.add_argument("--samples", type=int, default=50, help="sampled continuations (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
+    p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtpp.errors import MtppError
+    from mtpp.forecast.plot import plot_forecast, save_forecast_plot
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(args.run_dir, args.data_dir, args.device)
+    seqs = run.split(args.split)
+    if not 0 <= args.sequence < len(seqs):
+        raise MtppError(f"--sequence {args.sequence}: the {args.split} split has {len(seqs)} sequences")
+    seq = seqs[args.sequence]
+    horizon = args.horizon if args.horizon is not None else 0.25 * float(seq.times[-1] - seq.times[0]) or 1.0
+    m = run.cfg.model
+    title = (f"{run.cfg.data.name} {args.split} sequence {args.sequence}: {m.encoder}-{m.decoder} {m.parametrisation}"
+             f", horizon {horizon:g}")
+    fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
+                        title=title)
+    path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
+    print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples")
+    return 0

@@ -1,0 +1,224 @@
+"""Next-event predictions as a table: one row per scored event (``mtpp predict``, ``mtpp.predict``).
+
+For sequence ``s`` and event ``i`` (0-based; the scored events of the likelihood contract: every event but the
+first with ``first_event: skip``), the model's prediction from the events ``0..i-1``:
+
+========================  ========================================================================================
+``sequence``              index of the sequence in the split (or in the list given)
+``index``                 ``i``
+``time``                  observed ``t_i`` (data units, absolute)
+``observed_gap``          ``tau_i = t_i - t_{i-1}`` (``t_{-1} = 0``, the window start)
+``observed_mark``         ``k_i``
+``median_gap``            ``F^{-1}(0.5 | H_i)``
+``mean_gap``              ``E[tau | H_i]`` where the decoder has a closed form (LNM), else NaN
+``lower``, ``upper``      central interval at ``level``: ``F^{-1}((1 - level) / 2)``, ``F^{-1}((1 + level) / 2)``
+``mark_1..k``             the ``k`` most probable marks under the forecast ``p(k | H_i)`` (the next time unknown,
+                          ``mtpp.models.marginal``), most probable first
+``prob_1..k``             their forecast probabilities
+``log_density_gap``       ``log f(tau_i | H_i)`` per data unit (``-`` the event's ``L_T`` term)
+``log_prob_mark``         ``log p(k_i | H_i)``, the forecast probability of the observed mark
+========================  ========================================================================================
+
+``include_next=True`` adds, per sequence, the prediction after its last event (``index = n``; observed columns
+NaN / -1): the forecast a user acts on. Numbers equal ``MarkedTPP.predict`` (median, mean, marks) and
+``MarkedTPP.score`` (log density) on the same batch (tested). Vectorised over a batch of sequences; Monte Carlo
+compensators run under a fixed seed (``torch.random.fork_rng``), so the table is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mtpp.data.batch import collate
+from mtpp.data.sequence import EventSequence
+from mtpp.errors import MtppError
+
+DEFAULT_LEVEL = 0.9
+DEFAULT_TOP_K = 5
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise MtppError(f"level must be in (0, 1), got {level}")
+
+
+@torch.no_grad()
+def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAULT_TOP_K) -> dict[str, torch.Tensor]:
+    """Predictions after every prefix of ``batch`` (positions ``0..L``, ``[B, L + 1]``; data units).
+
+    Returns ``median``, ``mean`` (or ``None``), ``lower``, ``upper``, ``mark_log_probs: [B, L + 1, K]`` (forecast),
+    ``top_marks`` / ``top_log_probs: [B, L + 1, k]``, ``log_density: [B, L]`` (at the observed gaps),
+    ``scored: [B, L]``.
+    """
+    from mtpp.forecast.process import model_next_events
+    from mtpp.models.mtpp import _autocast_off, _mean_of
+
+    _check_level(level)
+    dist, h_time, h_mark = model_next_events(model, batch)
+    s = float(model.time_scale)
+    b, n = h_time.shape[:2]
+    dtype = h_time.dtype
+
+    def q(p: float) -> torch.Tensor:
+        return dist.icdf(torch.full((b, n), p, dtype=dtype, device=h_time.device)) * s
+
+    with _autocast_off(h_time.device):
+        median, lower, upper = q(0.5), q((1.0 - level) / 2.0), q((1.0 + level) / 2.0)
+        mean = _mean_of(dist)
+        flp = model._forecast_mark_log_probs(h_time, h_mark)  # [B, L + 1, K]
+        taus = torch.where(batch.mask, batch.taus.to(dtype) / s, torch.ones((), dtype=dtype, device=h_time.device))
+        taus = torch.nn.functional.pad(taus, (0, 1), value=1.0)
+        log_density = (dist.log_prob(taus) - math.log(s))[:, :-1]
+    k = min(top_k, model.num_marks)
+    top = flp.topk(k, dim=-1)
+    return {
+        "median": median,
+        "mean": None if mean is None else mean * s,
+        "lower": lower,
+        "upper": upper,
+        "mark_log_probs": flp,
+        "top_marks": top.indices,
+        "top_log_probs": top.values,
+        "log_density": log_density,
+        "scored": model._scored(batch),
+    }
+
+
+def predict_frame(
+    model,
+    sequences: Sequence[EventSequence],
+    *,
+    level: float = DEFAULT_LEVEL,
+    top_k: int = DEFAULT_TOP_K,
+    batch_size: int = 256,
+    include_next: bool = False,
+    seed: int = 0,
+    ids: Sequence[int] | None = None,
+):
+    """The table of the module docstring for ``sequences`` (a ``pandas.DataFrame``)."""
+    import pandas as pd
+
+    _check_level(level)
+    if top_k < 1:
+        raise MtppError(f"top_k must be >= 1, got {top_k}")
+    sequences = list(sequences)
+    if not sequences:
+        raise MtppError("nothing to predict: no sequences")
+    ids = np.arange(len(sequences)) if ids is None else np.asarray(ids)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    frames = []
+    try:
+        with torch.random.fork_rng(devices=[param.device.index or 0] if param.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for lo in range(0, len(sequences), batch_size):
+                chunk = sequences[lo : lo + batch_size]
+                batch = collate(chunk, dtype=param.dtype).to(param.device)
+                out = predict_batch(model, batch, level, top_k)
+                frames.append(_rows(chunk, ids[lo : lo + batch_size], batch, out, include_next))
+    finally:
+        model.train(was_training)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _rows(chunk, ids, batch, out, include_next: bool):
+    import pandas as pd
+
+    lengths = batch.lengths.cpu().numpy()
+    L = batch.marks.shape[1]
+    scored = out["scored"].cpu().numpy()
+    sel = np.pad(scored, ((0, 0), (0, 1)))  # [B, L + 1]
+    if include_next:
+        sel[np.arange(len(chunk)), lengths] = True
+    b_idx, i_idx = np.nonzero(sel)
+    observed = i_idx < lengths[b_idx]
+    # absolute times and marks from the float64 sequences (flat index of event (b, i))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    all_times = np.concatenate([s.times for s in chunk])
+    all_marks = np.concatenate([s.marks for s in chunk])
+    all_taus = np.concatenate([s.taus for s in chunk])
+    flat = np.where(observed, starts[b_idx] + np.minimum(i_idx, lengths[b_idx] - 1), 0)
+    nan = np.nan
+
+    def at(x: torch.Tensor) -> np.ndarray:
+        return x.detach().double().cpu().numpy()[b_idx, i_idx]
+
+    cols = {
+        "sequence": ids[b_idx],
+        "index": i_idx,
+        "time": np.where(observed, all_times[flat], nan),
+        "observed_gap": np.where(observed, all_taus[flat], nan),
+        "observed_mark": np.where(observed, all_marks[flat], -1),
+        "median_gap": at(out["median"]),
+        "mean_gap": at(out["mean"]) if out["mean"] is not None else np.full(b_idx.shape, nan),
+        "lower": at(out["lower"]),
+        "upper": at(out["upper"]),
+    }
+    top_m = out["top_marks"].cpu().numpy()[b_idx, i_idx]
+    top_p = out["top_log_probs"].detach().double().exp().cpu().numpy()[b_idx, i_idx]
+    for j in range(top_m.shape[1]):  # k columns (a handful), not events
+        cols[f"mark_{j + 1}"] = top_m[:, j]
+    for j in range(top_m.shape[1]):
+        cols[f"prob_{j + 1}"] = top_p[:, j]
+    log_density = np.pad(out["log_density"].detach().double().cpu().numpy(), ((0, 0), (0, 1)))[b_idx, i_idx]
+    cols["log_density_gap"] = np.where(observed, log_density, nan)
+    flp = out["mark_log_probs"].detach().double().cpu().numpy()[b_idx, i_idx]  # [R, K]
+    obs_mark = np.where(observed, all_marks[flat], 0)
+    cols["log_prob_mark"] = np.where(observed, np.take_along_axis(flp, obs_mark[:, None], 1)[:, 0], nan)
+    assert L + 1 == out["median"].shape[1]
+    return pd.DataFrame(cols)
+
+
+def write_table(frame, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``frame`` as CSV or Parquet by the suffix of ``path``; never replaces a file unless ``overwrite``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise MtppError(f"{path}: the output must end in .csv or .parquet")
+    if path.exists() and not overwrite:
+        raise MtppError(f"{path}: exists; choose another --out or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if suffix == ".csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        try:
+            frame.to_parquet(tmp, index=False)
+        except ImportError as e:
+            raise MtppError(f"{path}: writing Parquet needs pyarrow ({e}); use .csv") from None
+    tmp.replace(path)
+    return path
+
+
+def predict(
+    run_dir_or_model,
+    split: str = "test",
+    data_dir: str | None = None,
+    *,
+    sequences: Sequence[EventSequence] | None = None,
+    level: float = DEFAULT_LEVEL,
+    top_k: int = DEFAULT_TOP_K,
+    batch_size: int | None = None,
+    include_next: bool = False,
+    device: str | None = None,
+):
+    """The prediction table of a run directory's ``split`` (or of a model on ``sequences``): ``mtpp predict``'s
+    numbers from Python. Returns a ``pandas.DataFrame`` (columns in the module docstring)."""
+    if isinstance(run_dir_or_model, torch.nn.Module):
+        if sequences is None:
+            raise MtppError("predict(model, ...) needs sequences=")
+        return predict_frame(run_dir_or_model, sequences, level=level, top_k=top_k, batch_size=batch_size or 256,
+                             include_next=include_next)
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir_or_model, data_dir, device)
+    seqs = run.split(split) if sequences is None else sequences
+    bs = batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
+    return predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
+                         seed=run.cfg.train.seed)

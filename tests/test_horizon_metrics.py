@@ -1,0 +1,153 @@
+"""Forecast metrics (``mtpp.forecast.horizon``) on hand-made cases with known answers, and calibration under a
+known process."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mtpp.data.sequence import EventSequence
+from mtpp.data.synthetic import HawkesParams, simulate_hawkes_many
+from mtpp.errors import MtppError
+from mtpp.forecast.horizon import (
+    OTD,
+    TMAP,
+    CountCalibration,
+    NextEventMetrics,
+    _match,
+    average_precision,
+    count_pit_bounds,
+    evaluate_horizon,
+    otd_distance,
+    prediction_points,
+)
+from mtpp.forecast.process import HawkesProcess, PoissonProcess
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_next_event_metrics_by_hand() -> None:
+    m = NextEventMetrics(level=0.8)
+    lp = np.log([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    m.update(lp, [0, 0, 0], median=[1.0, 2.0, 3.0], lower=[0.5, 0.5, 0.5], upper=[2.0, 2.0, 2.0],
+             observed_gap=[1.5, 2.5, 1.0])
+    out = m.compute()
+    assert out["next_points"] == 3
+    assert out["next_accuracy"] == pytest.approx(2 / 3)  # argmax 0, 1, 0 vs truth 0, 0, 0
+    assert out["next_nll_mark"] == pytest.approx(-(math.log(0.7) + math.log(0.2) + math.log(0.6)) / 3)
+    assert out["next_mae"] == pytest.approx((0.5 + 0.5 + 2.0) / 3)
+    assert out["next_interval_coverage"] == pytest.approx(2 / 3)  # 2.5 is outside [0.5, 2]
+    assert out["next_interval_width"] == pytest.approx(1.5)
+    assert math.isnan(NextEventMetrics().compute()["next_accuracy"])  # nothing seen: NaN, not 0
+
+
+def test_average_precision_by_hand() -> None:
+    # ranked 0.9 (TP), 0.8 (FP), 0.7 (TP); 3 targets in all: (1 * 1 + 2/3 * 1) / 3
+    assert average_precision(np.array([0.7, 0.9, 0.8]), np.array([True, True, False]), 3) == pytest.approx(5 / 9)
+    assert average_precision(np.array([0.5]), np.array([True]), 0) == 0.0
+    assert average_precision(np.array([0.5, 0.4]), np.array([True, True]), 2) == pytest.approx(1.0)
+
+
+def test_matching_maximises_pairs_then_scores() -> None:
+    # A is near both targets, B only near the first: two pairs (A-T2, B-T1) beat one pair with A's higher score
+    assert _match(np.array([1.0, 0.9]), np.array([-0.1, -5.0]), np.array([0.95, 1.2]), 0.3).tolist() == [True, True]
+    # two predictions near one target: the higher score wins
+    assert _match(np.array([1.0, 1.1]), np.array([-2.0, -0.5]), np.array([1.05]), 0.3).tolist() == [False, True]
+    # nothing within the tolerance
+    assert _match(np.array([1.0]), np.array([0.0]), np.array([5.0]), 0.3).tolist() == [False]
+
+
+def test_tmap_by_hand() -> None:
+    """Predictions p1 = (t 1.0, p = [.9, .1]), p2 = (3.0, [.4, .6]); targets (1.1, mark 0), (5.0, mark 1).
+    delta 0.5: mark 0 matches p1 (AP 1), mark 1 nothing (AP 0): mAP 0.5. delta 2: mark 0 -> p1 (AP 1), mark 1 ->
+    p2 (|3 - 5| = 2, AP 1): mAP 1. T-mAP = 0.75."""
+    m = TMAP(2, [0.5, 2.0])
+    m.update([1.0, 3.0], np.log([[0.9, 0.1], [0.4, 0.6]]), [1.1, 5.0], [0, 1])
+    out = m.compute()
+    assert out["map@0.5"] == pytest.approx(0.5)
+    assert out["map@2"] == pytest.approx(1.0)
+    assert out["tmap"] == pytest.approx(0.75)
+
+
+def test_tmap_ranks_across_points_and_counts_unmatched_targets() -> None:
+    """Two points, one mark. Point 1: prediction score .9 matched. Point 2: prediction score .8 unmatched and a
+    target nobody matches. Ranking .9 (TP), .8 (FP) over 2 targets: AP = 1 * 1/2 = 0.5."""
+    m = TMAP(1, [0.1])
+    m.update([1.0], np.log([[0.9]]), [1.0], [0])
+    m.update([1.0], np.log([[0.8]]), [3.0], [0])
+    assert m.compute()["tmap"] == pytest.approx(0.5)
+    with pytest.raises(MtppError):
+        TMAP(2, [0.0])
+
+
+def test_otd_by_hand() -> None:
+    # same marks: |1 - 1.5| = 0.5, and |2 - 5| = 3 capped at insert + delete = 2: 2.5
+    assert otd_distance([1.0, 2.0], [0, 1], [1.5, 5.0], [0, 1], cost=1.0) == pytest.approx(2.5)
+    # different marks never match: delete one, insert one
+    assert otd_distance([1.0], [0], [1.0], [1], cost=0.7) == pytest.approx(1.4)
+    # nothing predicted: insert every target
+    assert otd_distance([], [], [1.0, 2.0, 3.0], [0, 0, 0], cost=0.5) == pytest.approx(1.5)
+    # the optimal matching crosses: pred (1, a), (2, a) vs true (2.1, a), (1.1, a): 0.1 + 0.1
+    assert otd_distance([1.0, 2.0], [0, 0], [2.1, 1.1], [0, 0], cost=5.0) == pytest.approx(0.2)
+    m = OTD(1.0)
+    m.update([1.0], [0], [1.5], [0])
+    m.update([1.0], [0], [1.0], [1])
+    assert m.compute()["otd"] == pytest.approx((0.5 + 2.0) / 2)
+
+
+def test_count_pit_bounds_and_coverage_by_hand() -> None:
+    samples = np.array([[0, 1, 1, 2]] * 3)
+    lo, hi = count_pit_bounds(samples, np.array([1, 0, 3]))
+    assert lo.tolist() == [0.25, 0.0, 1.0]
+    assert hi.tolist() == [0.75, 0.25, 1.0]
+    cal = CountCalibration(level=0.8)
+    # samples 0..9: the 10 % / 90 % quantiles (inverted CDF) are 0 and 8; the median is 4
+    cal.update(np.tile(np.arange(10), (3, 1)), np.array([9, 8, 0]))
+    out = cal.compute()
+    assert out["count_coverage"] == pytest.approx(2 / 3)
+    assert out["count_mae"] == pytest.approx((5 + 4 + 4) / 3)
+    assert out["count_mean_pred"] == pytest.approx(4.5)
+    pit = np.concatenate(cal.pit)
+    assert 0.9 <= pit[0] <= 1.0 and 0.8 <= pit[1] <= 0.9 and 0.0 <= pit[2] <= 0.1
+
+
+def test_randomised_count_pit_is_uniform_for_a_calibrated_forecast() -> None:
+    """Counts and forecast samples from the same Poisson law: the randomised PIT is uniform (PCE small) although
+    the counts are discrete; a forecast with half the mean is detected."""
+    rng = np.random.default_rng(0)
+    obs = rng.poisson(3.0, 4000)
+    good, bad = CountCalibration(0.9, seed=1), CountCalibration(0.9, seed=1)
+    good.update(rng.poisson(3.0, (4000, 200)), obs)
+    bad.update(rng.poisson(1.5, (4000, 200)), obs)
+    g, b = good.compute(), bad.compute()
+    assert g["count_pce"] < 0.02 and b["count_pce"] > 0.15
+    assert abs(g["count_coverage"] - 0.9) < 0.04  # discrete quantiles: at least the level, a little above
+    assert b["count_coverage"] < g["count_coverage"] - 0.05  # Poisson(3) inside [0, 4] (the 1.5 interval): 0.82
+
+
+def test_prediction_points_keep_only_fully_observed_windows() -> None:
+    s = EventSequence(np.array([1.0, 2.0, 3.0, 10.0]), np.array([0, 1, 0, 1]))
+    # cut after event i - 1 (i >= 1) needs t_{i-1} + 2 <= 10
+    assert prediction_points([s], 2.0) == [(0, 1), (0, 2), (0, 3)]
+    assert prediction_points([s], 7.5) == [(0, 1), (0, 2)]
+    assert prediction_points([s], 2.0, stride=2) == [(0, 1), (0, 3)]
+    assert len(prediction_points([s] * 10, 2.0, max_points=4)) == 4
+
+
+def test_true_hawkes_is_calibrated_and_beats_poisson() -> None:
+    """On data simulated from a Hawkes process, its own forecasts have count PITs near uniform and interval
+    coverage near the level; the Poisson baseline with the true mean rates is worse on count calibration."""
+    params = HawkesParams(mu=[0.3, 0.2], alpha=[[0.4, 0.1], [0.2, 0.3]], beta=2.0)
+    seqs = simulate_hawkes_many(params, 60, 40.0, np.random.default_rng(3))
+    seqs = [s for s in seqs if len(s) > 2]
+    true = evaluate_horizon(lambda hs: HawkesProcess(params, hs), seqs, 3.0, 2, samples=100, max_points=400)
+    pois = evaluate_horizon(lambda hs: PoissonProcess(params.stationary_rate(), hs), seqs, 3.0, 2, samples=100,
+                            max_points=400)
+    assert true["points"] == 400 and true["truncated_rows"] == 0
+    assert true["count_pce"] < 0.05, true
+    assert abs(true["next_interval_coverage"] - 0.9) < 0.05
+    assert abs(true["count_coverage"] - 0.9) < 0.06
+    assert pois["count_pce"] > true["count_pce"]
+    assert true["next_nll_mark"] < pois["next_nll_mark"]

@@ -1,0 +1,202 @@
+"""The prediction table (``mtpp.forecast.predict``) and the forecasting commands end to end on a tiny run:
+``mtpp predict | generate | plot`` and ``mtpp evaluate --horizon``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import tiny_config
+
+import mtpp
+from mtpp.cli import main
+from mtpp.data.batch import collate
+from mtpp.data.sequence import EventSequence
+from mtpp.errors import MtppError
+from mtpp.forecast.predict import predict_frame, write_table
+from mtpp.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+K = 5
+
+
+def _sequences(offset: float = 100.0) -> list[EventSequence]:
+    rng = np.random.default_rng(0)
+    return [EventSequence(np.cumsum(rng.exponential(1, n)) + offset, rng.integers(0, K, n)) for n in (5, 9, 3)]
+
+
+COMBOS = [(e, d, p) for e, d, p in [
+    ("gru", "lnm", "base"), ("gru", "thp", "base"), ("thp", "sahp", "plusplus"), ("fnn", "fnn", "plus"),
+    ("sahp", "rmtpp", "plus"), ("gru", "fnn", "base"), ("thp", "lnm", "plusplus"),
+]]
+
+
+@pytest.mark.parametrize("encoder,decoder,parametrisation", COMBOS)
+def test_table_equals_the_model_predict_and_score(encoder: str, decoder: str, parametrisation: str) -> None:
+    """Every number of the table is the one ``MarkedTPP.predict`` / ``score`` give on the same batch."""
+    torch.manual_seed(0)
+    m = build_model(tiny_config(encoder=encoder, decoder=decoder, parametrisation=parametrisation,
+                                integration="gauss_legendre"), K).eval()
+    m.time_scale = 2.0
+    seqs = _sequences()
+    df = predict_frame(m, seqs, level=0.8, top_k=3)
+    batch = collate(seqs)
+    p, sc = m.predict(batch, top_k=3), m.score(batch)
+    scored = sc.nll.scored
+    assert len(df) == int(scored.sum()) == 14  # first event skipped: 4 + 8 + 2
+    rows = scored.nonzero()
+    assert df["sequence"].tolist() == rows[:, 0].tolist() and df["index"].tolist() == rows[:, 1].tolist()
+    times = np.concatenate([s.times[1:] for s in seqs])
+    assert np.array_equal(df["time"].to_numpy(), times)  # float64, absolute
+    assert np.allclose(df["observed_gap"], np.concatenate([np.diff(s.times) for s in seqs]))
+    np.testing.assert_allclose(df["median_gap"], p["median_tau"][:, :-1][scored].double(), rtol=1e-6)
+    np.testing.assert_allclose(df["log_density_gap"], -sc.nll.time_terms[scored].double(), rtol=1e-5, atol=1e-6)
+    obs = batch.marks[scored]
+    flp = sc.forecast_mark_log_probs[scored]
+    np.testing.assert_allclose(df["log_prob_mark"], flp.gather(-1, obs[:, None])[:, 0].double(), atol=1e-6)
+    assert df[["mark_1", "mark_2", "mark_3"]].to_numpy().tolist() == p["top_k_marks"][:, :-1][scored].tolist()
+    assert np.all(np.diff(df[["prob_1", "prob_2", "prob_3"]].to_numpy(), axis=1) <= 0)
+    assert np.all((df["lower"] < df["median_gap"]) & (df["median_gap"] < df["upper"]))
+    if decoder == "lnm":
+        np.testing.assert_allclose(df["mean_gap"], p["mean_tau"][:, :-1][scored].double(), rtol=1e-6)
+    else:
+        assert df["mean_gap"].isna().all()
+
+
+def test_interval_is_the_central_interval_of_the_gap_law() -> None:
+    """F(lower) = (1 - level) / 2 and F(upper) = (1 + level) / 2 under the model's own CDF."""
+    from mtpp.forecast.process import ModelProcess
+
+    torch.manual_seed(0)
+    m = build_model(tiny_config(decoder="rmtpp"), K).eval()
+    seqs = _sequences()
+    df = predict_frame(m, seqs, level=0.9, include_next=True)
+    nxt_rows = df[df["observed_mark"] < 0]
+    assert nxt_rows["index"].tolist() == [5, 9, 3] and nxt_rows["observed_gap"].isna().all()
+    nxt = ModelProcess(m, seqs, 1).next_event(torch.arange(3))
+    with torch.no_grad():
+        lo = nxt.cdf(torch.as_tensor(nxt_rows["lower"].to_numpy().copy()))
+        hi = nxt.cdf(torch.as_tensor(nxt_rows["upper"].to_numpy().copy()))
+    np.testing.assert_allclose(lo.double(), 0.05, atol=1e-4)
+    np.testing.assert_allclose(hi.double(), 0.95, atol=1e-4)
+
+
+def test_bad_arguments_and_never_overwriting(tmp_path: Path) -> None:
+    m = build_model(tiny_config(decoder="lnm"), K).eval()
+    with pytest.raises(MtppError, match="level"):
+        predict_frame(m, _sequences(), level=1.5)
+    with pytest.raises(MtppError, match="sequences"):
+        mtpp.predict(m)
+    df = predict_frame(m, _sequences())
+    out = write_table(df, tmp_path / "p.csv")
+    with pytest.raises(MtppError, match="exists"):
+        write_table(df, out)
+    with pytest.raises(MtppError, match=r"\.csv or \.parquet"):
+        write_table(df, tmp_path / "p.txt")
+    back = pd.read_csv(out)
+    assert list(back.columns) == list(df.columns) and len(back) == len(df)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny THP run on 24 synthetic Hawkes sequences (one epoch)."""
+    import os
+
+    os.environ.setdefault("MTPP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mtpp-cache"))
+    out = tmp_path_factory.mktemp("forecast") / "run"
+    code = main(["train", str(Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"),
+                 "--out", str(out), "--variant", "thp_base",
+                 "--set", "data.max_sequences=24", "--set", "train.max_epochs=1", "--set", "model.hidden_size=8",
+                 "--set", "model.decoder_hidden_size=8", "--set", "model.num_components=2",
+                 "--set", "logging.quiet=true", "--set", "logging.progress=false"])
+    assert code == 0
+    return out / "thp_base"
+
+
+def test_predict_command_matches_python(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "pred.parquet"
+    assert main(["predict", str(run_dir), "--out", str(out), "--top-k", "2"]) == 0
+    assert "rows" in capsys.readouterr().out
+    df = pd.read_parquet(out)
+    py = mtpp.predict(run_dir, top_k=2)
+    pd.testing.assert_frame_equal(df, py)
+    assert main(["predict", str(run_dir), "--out", str(out)]) == 2  # exists: refused, file untouched
+    assert "exists" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_parquet(out), py)
+
+
+def test_generate_command_and_baselines(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "gen.csv"
+    assert main(["generate", str(run_dir), "--horizon", "2", "--samples", "3", "--sequences", "0,2",
+                 "--out", str(out)]) == 0
+    msg = capsys.readouterr().out
+    assert "events/s" in msg and "stopped at --max-events" in msg
+    df = pd.read_csv(out)
+    assert set(df["sequence"]) <= {0, 2} and set(df["sample"]) <= {0, 1, 2}
+    for name in ("hawkes", "poisson"):
+        o = tmp_path / f"{name}.csv"
+        assert main(["generate", str(run_dir), "--events", "4", "--baseline", name, "--sampler", "thinning",
+                     "--sequences", "1", "--out", str(o)]) == 0
+        assert len(pd.read_csv(o)) == 4
+    assert main(["generate", str(run_dir), "--events", "5", "--samples", "100000", "--max-memory", "0.001",
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert "refused" in capsys.readouterr().err
+    bad = ["generate", str(run_dir), "--events", "2", "--sequences", "999", "--out", str(tmp_path / "y.csv")]
+    assert main(bad) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_plot_command_writes_a_png(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.png"
+    assert main(["plot", str(run_dir), "--sequence", "1", "--horizon", "3", "--samples", "8", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert main(["plot", str(run_dir), "--sequence", "1", "--out", str(out)]) == 2  # never replaced
+
+
+def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    before = json.loads((run / "metrics.json").read_text())
+    assert main(["evaluate", str(run), "--horizon", "2", "--samples", "8", "--points", "150"]) == 0
+    after = json.loads((run / "metrics.json").read_text())
+    test = after["test"]
+    for key in ("horizon_tmap", "horizon_otd", "horizon_count_pce", "horizon_count_coverage",
+                "horizon_next_accuracy", "horizon_next_mae", "horizon_next_interval_coverage"):
+        assert isinstance(test[key], float) and math.isfinite(test[key]), key
+    assert set(test["horizon_baselines"]) == {"poisson", "hawkes"}
+    assert 0.0 <= test["horizon_baselines"]["hawkes"]["tmap"] <= 1.0
+    assert after["train"] == before["train"]  # nothing else changed
+    from mtpp.evaluation.report import load_run
+
+    row = load_run(run)
+    assert "horizon_tmap" in row and "horizon_baselines" not in row  # tables pick up the flat keys
+
+
+def test_every_encoder_decoder_parametrisation_predicts_and_generates() -> None:
+    """All 4 x 5 x 3 models: a finite prediction table and sorted continuations (both samplers where they apply)."""
+    from mtpp.forecast.generate import generate
+
+    seqs = _sequences(offset=0.0)[:2]
+    for enc in ("gru", "thp", "sahp", "fnn"):
+        for dec in ("lnm", "rmtpp", "fnn", "thp", "sahp"):
+            for par in ("base", "plus", "plusplus"):
+                torch.manual_seed(0)
+                m = build_model(tiny_config(encoder=enc, decoder=dec, parametrisation=par), K).eval()
+                df = predict_frame(m, seqs, top_k=2)
+                cols = ["median_gap", "lower", "upper", "prob_1", "log_density_gap", "log_prob_mark"]
+                assert np.isfinite(df[cols].to_numpy()).all(), (enc, dec, par)
+                for sampler in ("icdf", "thinning") if dec in ("thp", "sahp") else ("icdf",):
+                    g = generate(m, seqs, events=3, samples=2, sampler=sampler)
+                    assert g.counts.tolist() == [3] * 4, (enc, dec, par, sampler)
+                    for r in range(g.rows):
+                        assert np.all(np.diff(g.events_of(r)[0]) >= 0)
