@@ -417,3 +417,16 @@ def test_metric_table_accepts_old_and_new_names():
     assert report.direction("nll_mark_forecast_per_seq") == -1 and report.direction("accuracy_forecast") == 1
     assert report.direction("conflict_rate") == 0
     assert report.metric_info("nll_time_per_seq").title() == "time NLL per sequence (nats) ↓ lower is better"
+
+
+def test_reliability_reads_runs_written_before_the_forecast_arrays(tmp_path, figures):
+    """Arrays without the ``_forecast`` / ``_given_time`` suffix (older runs) are the given-time diagram."""
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"decoder": "lnm", "parametrisation": "base"}}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0, "ece": 0.05}}))
+    arrays = {k.removesuffix("_forecast"): v for k, v in _arrays(np.random.default_rng(0)).items()}
+    (run / "arrays_test.json").write_text(json.dumps(arrays))
+    assert plots.plot_reliability(report.collect_runs(tmp_path / "runs"), tmp_path / "rel.png") is not None
+    (fig,) = figures
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["LNM: ECE 0.0500 ± –"]  # ece = ece_given_time

@@ -387,6 +387,8 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
         if not a:
             continue
         kind = RELIABILITY_KIND if a.get(f"reliability_count_{RELIABILITY_KIND}") is not None else "given_time"
+        if a.get(f"reliability_count_{kind}") is None and a.get("reliability_count") is not None:
+            a = {f"{k}_given_time" if k.startswith("reliability_") else k: v for k, v in a.items()}  # older runs
         if a.get(f"reliability_count_{kind}") is not None:
             kinds.add(kind)
             c = np.asarray(a[f"reliability_count_{kind}"], dtype=float)
