@@ -430,3 +430,4 @@ def test_reliability_reads_runs_written_before_the_forecast_arrays(tmp_path, fig
     assert plots.plot_reliability(report.collect_runs(tmp_path / "runs"), tmp_path / "rel.png") is not None
     (fig,) = figures
     assert [a.get_title() for a in fig.axes if a.get_title()] == ["LNM: ECE 0.0500 ± –"]  # ece = ece_given_time
+    assert "mark reliability of p(k | τ, H), given the time" in fig._suptitle.get_text()

@@ -464,12 +464,21 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
     _label_axes(axes, len(models), "confidence (top-class probability)", "accuracy (share of top-1 hits)")
     head = f"{title}: " if title else ""
     fig.suptitle(
-        f"{head}mark reliability of the forecast p(k | H) ({section}; {_pooled_note(runs)})\n"
+        f"{head}mark reliability of {_kind_words({str(a['kind']) for _, _, a in models})} "
+        f"({section}; {_pooled_note(runs)})\n"
         f"disc area ∝ events in the bin; hollow: < {FEW_EVENTS} events or < 1 % (too few to judge)\n"
         "grey bars: share of events per bin; ECE as in the tables",
         fontsize=9,
     )
     return _save(fig, Path(path))
+
+
+def _kind_words(kinds: set[str]) -> str:
+    if kinds == {"forecast"}:
+        return "the forecast p(k | H)"
+    if kinds == {"given_time"}:
+        return "p(k | τ, H), given the time"
+    return "the forecast p(k | H) where runs have it, else p(k | τ, H)"
 
 
 def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str = "test") -> Path | None:
