@@ -1,7 +1,20 @@
 """mtpp: neural marked temporal point processes in PyTorch.
 
-Public API (imported lazily, so ``import mtpp`` stays cheap and has no side effects):
-``load_dataset``, ``build_model``, ``fit``, ``evaluate``, ``predict``, ``generate``.
+Public API (imported lazily, so ``import mtpp`` stays cheap: no torch, no side effects)::
+
+    from mtpp import load_dataset, build_model, fit, evaluate
+    ds = load_dataset("synthetic_hawkes")                      # Dataset: train / val / test, num_marks
+    model = build_model({"decoder": "lnm"}, ds.num_marks)      # MarkedTPP (a ModelConfig or a dict)
+    result = fit(model, ds, "runs/nb", config={"train": {"max_epochs": 5}})   # metrics.json + run_dir
+    evaluate(model, data=ds, split="test")                     # metrics of the trained model
+
+* ``load_dataset`` (``mtpp.data.catalog``): a named or path dataset, one split.
+* ``build_model`` (``mtpp.models``): a ``MarkedTPP`` from a ``ModelConfig``, a dict or a run configuration.
+* ``fit`` (``mtpp.training.api``): ``fit(model, data, out_dir, config=...)`` or ``fit(config, out_dir)``.
+* ``evaluate`` (``mtpp.evaluation.evaluate``): a run directory or a model on a split.
+* Configuration (``mtpp.config``): ``load_config``, ``config_from_dict``, ``RunConfig``, ``DataConfig``,
+  ``ModelConfig``, ``TrainConfig``, ``GradientsConfig``, ``LoggingConfig``.
+* ``predict``, ``generate`` (``mtpp.forecast``): next-event predictions and sampled continuations.
 """
 
 from __future__ import annotations
@@ -11,8 +24,16 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_dataset": "mtpp.data.catalog",
     "build_model": "mtpp.models",
-    "fit": "mtpp.training.trainer",
+    "fit": "mtpp.training.api",
     "evaluate": "mtpp.evaluation.evaluate",
+    "load_config": "mtpp.config",
+    "config_from_dict": "mtpp.config",
+    "RunConfig": "mtpp.config",
+    "DataConfig": "mtpp.config",
+    "ModelConfig": "mtpp.config",
+    "TrainConfig": "mtpp.config",
+    "GradientsConfig": "mtpp.config",
+    "LoggingConfig": "mtpp.config",
     "predict": "mtpp.forecast.predict",
     "generate": "mtpp.forecast.generate",
 }
@@ -26,3 +47,7 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'mtpp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -13,7 +13,7 @@ from mtpp.allocator import tune_allocator
 from mtpp.errors import MtppError
 
 # The one place sub-commands are listed, in the order ``mtpp --help`` shows them.
-COMMANDS = ("train", "evaluate", "compare", "report", "bench", "data", "simulate")
+COMMANDS = ("train", "evaluate", "compare", "report", "tune", "bench", "data", "simulate")
 COMMANDS += ("predict", "generate", "plot")  # forecasting: mtpp/forecast/
 
 

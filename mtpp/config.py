@@ -52,6 +52,8 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "variant_configs",
+    "as_run_config",
+    "as_model_config",
 ]
 
 
@@ -108,6 +110,10 @@ class LoggingConfig:
     tensorboard: bool = False  # TensorBoard scalars under OUT/tensorboard (needs the tensorboard package)
     progress: bool = True  # tqdm progress bar
     flush_every: int = 50  # steps between host syncs that write log.jsonl and refresh the progress bar
+    # experiment trackers fed the log.jsonl records (mtpp.training.tracking): [mlflow], [wandb], [mlflow, wandb]
+    trackers: list = field(default_factory=list)
+    # per tracker, see TRACKER_OPTIONS: {mlflow: {tracking_uri: sqlite:///mlflow.db}, wandb: {mode: offline}}
+    tracker_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -165,6 +171,12 @@ BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
 }
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+# logging.trackers: name -> the keys its logging.tracker_options entry may hold (mtpp.training.tracking).
+TRACKER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mlflow": ("tracking_uri", "experiment", "run_name", "tags"),
+    "wandb": ("project", "entity", "mode", "group", "run_name", "tags"),
+}
 
 
 # --------------------------------------------------------------------------------------------- type checks
@@ -272,6 +284,24 @@ def _validate_section(section: str, obj: Any) -> None:
         check_time_scale(obj.time_scale)
     if section == "train" and not _DEVICE.match(obj.device):
         raise ConfigError(f"train.device: invalid value {obj.device!r}; valid: auto, cpu, cuda, cuda:N")
+    if section == "logging":
+        _validate_trackers(obj)
+
+
+def _validate_trackers(obj: LoggingConfig) -> None:
+    for name in obj.trackers:
+        if name not in TRACKER_OPTIONS:
+            raise _unknown("tracker", str(name), TRACKER_OPTIONS, " in logging.trackers")
+    if len(set(obj.trackers)) != len(obj.trackers):
+        raise ConfigError(f"logging.trackers: a tracker is listed twice: {obj.trackers}")
+    for name, opts in obj.tracker_options.items():
+        if name not in TRACKER_OPTIONS:
+            raise _unknown("tracker", str(name), TRACKER_OPTIONS, " in logging.tracker_options")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"logging.tracker_options.{name}: expected a mapping, got {type(opts).__name__}")
+        for key in opts:
+            if key not in TRACKER_OPTIONS[name]:
+                raise _unknown("key", f"logging.tracker_options.{name}.{key}", TRACKER_OPTIONS[name])
 
 
 def _validate_run(cfg: RunConfig) -> None:
@@ -409,3 +439,42 @@ def without_variants(cfg: RunConfig) -> RunConfig:
 def dump_yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
+
+
+# --------------------------------------------------------------------------------------------- coercion (Python API)
+
+
+def as_run_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
+    """A validated ``RunConfig`` from what a Python user has at hand.
+
+    ``RunConfig``: itself. ``dict``: nested sections (``config_from_dict``). ``str`` / ``Path``: a YAML file
+    (``load_config``). ``None``: every default. Anything else, an unknown key or an invalid value is a
+    ``ConfigError`` naming the key.
+    """
+    if isinstance(config, RunConfig):
+        return config
+    if config is None or isinstance(config, dict):
+        return config_from_dict(config)
+    if isinstance(config, (str, Path)):
+        return load_config(config)
+    raise ConfigError(f"a run configuration must be a RunConfig, a dict, a YAML path or None, got {type(config).__name__}")
+
+
+def as_model_config(config: ModelConfig | RunConfig | dict | None) -> ModelConfig:
+    """A validated ``ModelConfig``: a ``ModelConfig`` itself (unchanged), a ``RunConfig``'s ``model``
+    section, a dict of ``model`` keys (``{"encoder": "gru", "decoder": "lnm"}``) or a whole run dict with a
+    ``model`` section (``{"model": {...}, "train": {...}}``); ``None``: the defaults.
+
+    Raises ``ConfigError`` for an unknown key (with the closest valid one), a wrong type or an invalid choice.
+    """
+    if isinstance(config, RunConfig):
+        return config.model
+    if isinstance(config, ModelConfig):
+        return config  # MarkedTPP checks its names against the registries (which tests and plug-ins extend)
+    if config is None:
+        return ModelConfig()
+    if isinstance(config, dict):
+        if "model" in config and all(k in TOP_LEVEL for k in config):
+            return config_from_dict(config).model
+        return _build_section("model", config)
+    raise ConfigError(f"a model configuration must be a ModelConfig, a dict or None, got {type(config).__name__}")

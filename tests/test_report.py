@@ -87,7 +87,8 @@ def make_runs(root: Path) -> None:
             }
             (run / "config.yaml").write_text(yaml.safe_dump(config))
             test = {m: values[split] for m, values in metrics.items() if m != "conflict_rate"}
-            test.update(nll_time_per_event=test["nll_time_per_seq"] / 10, mrr=0.7, pce=0.05, ece=0.04)
+            test.update(nll_time_per_event=test["nll_time_per_seq"] / 10, mrr=0.7, pce=0.05, ece=0.04,
+                        ece_forecast=0.03 + 0.01 * split)
             out = {
                 "val": {k: v + 1 for k, v in test.items()},
                 "test": test,
@@ -217,3 +218,216 @@ def test_report_command_writes_tables_and_plots(runs_root: Path, tmp_path: Path,
     assert len(list((out / "plots").glob("*.png"))) == 5
     assert main(["report", str(runs_root), "--out", str(out), "--metrics", "nope"]) == 2
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots and tables that cannot mislead (issue 13 §3)
+
+
+class Captured(list):
+    """The figures the plot functions save (``plots._save`` patched): inspect what a reader would see."""
+
+
+@pytest.fixture()
+def figures(monkeypatch) -> Captured:
+    captured = Captured()
+    original = plots._save
+
+    def save(fig, path):
+        captured.append(fig)
+        return original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return captured
+
+
+def _texts(fig) -> list[str]:
+    out = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    return [t for t in out if t]
+
+
+def add_quick_run(root: Path, rng: np.random.Generator, *, name: str = "quick") -> Path:
+    """A THP base run with the same model label as the grid's but another configuration (1 epoch, 300 sequences,
+    another learning rate), in a folder of its own: the case of the issue."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = {
+        "data": {"name": "synthetic_hawkes", "split": 0, "max_sequences": 300},
+        "model": {"encoder": "gru", "decoder": "thp", "parametrisation": "base", "first_event": "skip",
+                  "hidden_size": 32},
+        "train": {"seed": 0, "lr": 0.003, "max_epochs": 1},
+        "gradients": {"aggregator": "sum", "options": {}},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    test = {"nll_time_per_seq": 30.0, "nll_mark_per_seq": 9.0, "accuracy_given_time": 0.3, "pce": 0.2,
+            "ece_given_time": 0.1, "conflict_rate": 0.9, "first_event": "skip"}  # the new metric names
+    (run / "metrics.json").write_text(json.dumps({"test": test, "val": test, "train": {"conflict_rate": 0.9}}))
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in _log("base", 0, rng)) + "\n")
+    (run / "arrays_test.json").write_text(json.dumps(_arrays(rng)))
+    return run
+
+
+def add_plusplus(root: Path, rng: np.random.Generator) -> None:
+    """THP ++ x 3 splits: no shared parameter, so no cosine in the log and a null conflict rate."""
+    for split in range(3):
+        run = root / "synthetic_hawkes" / "thp-plusplus-sum" / f"split{split}-seed0"
+        run.mkdir(parents=True, exist_ok=True)
+        config = {"data": {"name": "synthetic_hawkes", "split": split},
+                  "model": {"encoder": "gru", "decoder": "thp", "parametrisation": "plusplus", "first_event": "skip",
+                            "hidden_size": 32},
+                  "train": {"seed": 0, "lr": 1e-3}, "gradients": {"aggregator": "sum", "options": {}}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        test = {"nll_time_per_seq": 9.0 + split, "nll_mark_per_seq": 4.0, "accuracy": 0.5, "pce": 0.04, "ece": 0.03,
+                "conflict_rate": None, "first_event": "skip"}
+        (run / "metrics.json").write_text(json.dumps({"test": test, "val": test, "train": {"conflict_rate": None}}))
+        log = [{k: v for k, v in r.items() if not k.startswith("cos_tm")} for r in _log("plus", split, rng)]
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+        (run / "arrays_test.json").write_text(json.dumps(_arrays(rng)))
+
+
+def test_runs_sharing_a_model_label_but_not_a_config_are_both_drawn_and_labelled(runs_root, tmp_path, figures):
+    add_quick_run(runs_root, np.random.default_rng(1))
+    df = report.collect_runs(runs_root)
+    assert "config.train.max_epochs" in report.cell_columns(df) and "config.data.max_sequences" in report.cell_columns(df)
+    plots.plot_metric_bars(df, tmp_path / "bars.png", ["nll_time_per_seq", "conflict_rate"])
+    (fig,) = figures
+    ax = fig.axes[0]
+    ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+    assert len(ticks) == 2 and len(set(ticks)) == 2  # two THP cells, none dropped
+    assert any("max_sequences=300" in t and "max_epochs=1" in t for t in ticks)
+    assert any("max_sequences=all" in t for t in ticks)
+    # every point is drawn: the quick base run (30), the grid's base (12) and + (10) means
+    ys = sorted(float(line.get_ydata()[0]) for line in ax.get_lines() if line.get_marker() == "o")
+    assert ys == pytest.approx([10.0, 12.0, 30.0])
+    # the y axis is zoomed to the values (not from 0), the title is in words with units, the figure says what it pooled
+    assert ax.get_ylim()[0] > 0
+    assert ax.get_title().replace("\n", " ").startswith("time NLL per sequence (nats) ↓ lower is better")
+    text = " ".join(_texts(fig))
+    assert "pooled over splits 0, 1, 2" in text and "n = 1–3 runs per point" in text
+    assert "-16.7%" in text  # + vs base of the grid's THP: (10 - 12) / 12
+    # the legend is outside every panel
+    legend = fig.legends[0]
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(not box.overlaps(a.get_window_extent()) for a in fig.axes if a.get_visible())
+
+
+def test_na_where_a_metric_does_not_apply(runs_root, tmp_path, figures):
+    add_plusplus(runs_root, np.random.default_rng(2))
+    df = report.collect_runs(runs_root)
+    report.write_summary(df, tmp_path, metrics=["nll_time_per_seq", "conflict_rate"])
+    md = (tmp_path / "summary.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| thp | gru | thp | ++ |"))
+    assert "| n/a |" in row
+    plots.plot_metric_bars(df, tmp_path / "bars.png", ["nll_time_per_seq", "conflict_rate"])
+    conflict_ax = next(a for a in figures[0].axes if a.get_title().startswith("gradient conflict rate"))
+    assert [t.get_text() for t in conflict_ax.texts] == ["n/a"]
+
+
+def test_summary_md_has_run_folders_and_numbers_as_given(runs_root, tmp_path):
+    add_quick_run(runs_root, np.random.default_rng(1))
+    df = report.collect_runs(runs_root)
+    report.write_summary(df, tmp_path, metrics=["nll_time_per_seq"])
+    md = (tmp_path / "summary.md").read_text()
+    lines = [l for l in md.splitlines() if l.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[-1] == "runs"
+    rows = [dict(zip(header, [c.strip() for c in l.strip("|").split("|")])) for l in lines[1:]]
+    quick = next(r for r in rows if r["runs"] == "`quick`")
+    assert quick["data.max_sequences"] == "300" and quick["train.lr"] == "0.003" and quick["train.max_epochs"] == "1"
+    grid_base = next(r for r in rows if r["param"] == "base" and r["runs"] != "`quick`")
+    assert grid_base["runs"] == "`synthetic_hawkes/thp-base-sum/` split0-seed0, split1-seed0, split2-seed0"
+    assert grid_base["train.lr"] == "0.001" and grid_base["data.max_sequences"] == "–"
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    assert set(csv["runs"]) >= {"quick"}
+
+
+def test_reliability_ece_is_the_tables_and_sparse_bins_are_faded(runs_root, tmp_path, figures):
+    df = report.collect_runs(runs_root)
+    summary = report.summarise(df, ["ece_forecast"])  # the fixture's arrays are those of the forecast
+    plots.plot_reliability(df, tmp_path / "rel.png")
+    (fig,) = figures
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert len(titles) == 2  # one panel per cell
+    for param, label in (("base", "THP:"), ("plus", "THP+:")):
+        row = summary[summary["parametrisation"] == param].iloc[0]
+        title = next(t for t in titles if t.startswith(label))
+        assert title.endswith("ECE " + report.format_mean_se(row["mean"], row["stderr"]))  # as in summary.md
+    # pooled over 3 runs the bins hold 3 x [3, 10, 20, 15, 10, 8, 5, 4] events: those under FEW_EVENTS = 30
+    # (9, 24, 15, 12) are hollow, the others filled with an area proportional to their count
+    ax = next(a for a in fig.axes if a.get_title().startswith("THP:"))
+    solid, faint = [c for c in ax.collections if len(c.get_offsets())]
+    assert len(faint.get_offsets()) == 4 and faint.get_facecolor().size == 0
+    sizes = solid.get_sizes()
+    counts = np.array([10, 20, 15, 10]) * 3
+    assert np.allclose(sizes / sizes[0], counts / counts[0])
+
+
+def test_pit_has_one_panel_per_cell(runs_root, tmp_path, figures):
+    add_quick_run(runs_root, np.random.default_rng(1))
+    add_plusplus(runs_root, np.random.default_rng(2))
+    df = report.collect_runs(runs_root)
+    plots.plot_pit(df, tmp_path / "pit.png")
+    titles = [a.get_title() for a in figures[0].axes if a.get_visible() and a.get_title()]
+    assert len(titles) == 4 and len({t.split(":")[0] for t in titles}) == 4
+    assert all("PCE" in t for t in titles)
+
+
+def test_cos_tm_title_and_panels_agree_and_no_panel_is_empty(runs_root, tmp_path, figures):
+    add_plusplus(runs_root, np.random.default_rng(2))
+    df = report.collect_runs(runs_root)
+    plots.plot_cos_tm(df, tmp_path / "cos.png", title="THP")
+    (fig,) = figures
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in panels] == ["all shared parameters", "shared encoder", "shared decoder"]
+    for ax in panels:
+        assert ax.patches, ax.get_title()  # every panel has a histogram
+    overall = panels[0].get_legend().get_texts()
+    for param, text in zip(("base", "plus"), overall):
+        # the legend's conflict rate is the mean over runs of the logged share cos < 0, as the table's conflict_rate
+        rates = []
+        for run in df[df["parametrisation"] == param]["run"]:
+            v = [r["cos_tm"] for r in plots.read_log(run) if r.get("kind") == "step"]
+            rates.append(np.mean(np.array(v) < 0))
+        assert f"conflict {100 * np.mean(rates):.0f}%" in text.get_text()
+    assert "++ shares no parameter" in fig._suptitle.get_text()
+    assert "conflict = share of steps with cos < 0" in fig._suptitle.get_text()
+
+
+def test_cos_tm_with_only_the_encoder_shared_has_one_panel(tmp_path, figures):
+    rng = np.random.default_rng(0)
+    run = tmp_path / "runs" / "lnm"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"decoder": "lnm", "parametrisation": "base"}}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0}}))
+    steps = []
+    for i in range(30):
+        c = float(np.tanh(rng.normal()))
+        steps.append({"kind": "step", "step": i, "cos_tm": c, "cos_tm/encoder": c, "cos_tm/decoder": None})
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in steps))
+    plots.plot_cos_tm(report.collect_runs(tmp_path / "runs"), tmp_path / "cos.png")
+    panels = [a for a in figures[0].axes if a.get_visible()]
+    assert [a.get_title() for a in panels] == ["all shared parameters (= the encoder)"]
+
+
+def test_metric_table_accepts_old_and_new_names():
+    assert report.canonical_metric("accuracy") == "accuracy_given_time"
+    assert report.canonical_metric("val/ece") == "val/ece_given_time"
+    assert report.metric_info("ece") == report.metric_info("ece_given_time") == report.METRICS["ece_given_time"]
+    assert report.direction("nll_mark_forecast_per_seq") == -1 and report.direction("accuracy_forecast") == 1
+    assert report.direction("conflict_rate") == 0
+    assert report.metric_info("nll_time_per_seq").title() == "time NLL per sequence (nats) ↓ lower is better"
+
+
+def test_reliability_reads_runs_written_before_the_forecast_arrays(tmp_path, figures):
+    """Arrays without the ``_forecast`` / ``_given_time`` suffix (older runs) are the given-time diagram."""
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"decoder": "lnm", "parametrisation": "base"}}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0, "ece": 0.05}}))
+    arrays = {k.removesuffix("_forecast"): v for k, v in _arrays(np.random.default_rng(0)).items()}
+    (run / "arrays_test.json").write_text(json.dumps(arrays))
+    assert plots.plot_reliability(report.collect_runs(tmp_path / "runs"), tmp_path / "rel.png") is not None
+    (fig,) = figures
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["LNM: ECE 0.0500 ± –"]  # ece = ece_given_time
+    assert "mark reliability of p(k | τ, H), given the time" in fig._suptitle.get_text()

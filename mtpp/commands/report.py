@@ -14,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="summary tables (CSV, Markdown) and plots from finished runs",
         description="Collect every run directory under DIR (config.yaml + metrics.json, found recursively), "
-        "write summary.csv and summary.md (mean ± standard error over splits / seeds per model) and the plots "
-        "(cos phi_TM distributions, validation curves, reliability diagrams, PIT, base vs + vs ++ bars).",
+        "write summary.csv and summary.md (mean ± standard error over splits / seeds per cell, with its run "
+        "folders) and the plots (cos phi_TM distributions, validation curves, reliability diagrams and PIT per "
+        "cell, base vs + vs ++ points). Runs that share a model name but not a configuration are separate cells.",
     )
     p.add_argument("runs", type=Path, metavar="DIR", help="a run directory or a folder of run directories")
     p.add_argument("--out", type=Path, default=None, help="where to write (default: DIR; plots in OUT/plots)")
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="which section of metrics.json to summarise (default: test)")
     p.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help="metrics to tabulate and plot (default: the per-sequence / per-event NLLs, accuracy, MRR, "
-                   "PCE, ECE, MAE of the gap, conflict rate)")
+                   "PCE, ECE, MAE of the gap, conflict rate; names and units: mtpp.evaluation.report.METRICS)")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
     p.add_argument("--allow-mixed-data", action="store_true",
                    help="summarise runs of one dataset and split that were tested on different data (their recorded "
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     for problem in mixed:
         print(f"warning: {problem}", file=sys.stderr)
     if args.metrics:
+        args.metrics = [report.canonical_metric(m) for m in args.metrics]  # old names (accuracy, ece) accepted
         missing = [m for m in args.metrics if m not in df.columns]
         if missing:
             known = sorted(c for c in df.columns if not c.startswith("config.") and "/" not in c)

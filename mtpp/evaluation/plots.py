@@ -1,18 +1,23 @@
 """Plots of a folder of runs (PNG, matplotlib's Agg canvas; nothing global is touched, no pyplot state).
 
-* :func:`plot_cos_tm` — distribution of ``cos phi_TM`` over training steps, base vs ``+``, for the shared
-  encoder (``cos_tm/encoder``) and the shared decoder (``cos_tm/decoder``), conflict rates in the title.
-* :func:`plot_validation_curves` — validation ``L_T`` and ``L_M`` per epoch.
-* :func:`plot_reliability` — reliability diagram of the mark predictions (from ``arrays.json``).
-* :func:`plot_pit` — PIT histogram and PIT CDF against the diagonal (from ``arrays.json``).
-* :func:`plot_metric_bars` — base vs ``+`` vs ``++`` per metric, standard-error bars.
+* :func:`plot_cos_tm` — distribution of ``cos phi_TM`` over training steps, base vs ``+``, one panel per group of
+  shared parameters some run has (all, encoder, decoder), each legend with its panel's conflict rate.
+* :func:`plot_validation_curves` — validation ``L_T`` and ``L_M`` (nats per sequence) per epoch, one line per run.
+* :func:`plot_reliability` — mark reliability, one panel per cell, bins sized by their number of events.
+* :func:`plot_pit` — time calibration, one panel per cell: ``F_hat(u) - u`` with a 95 % noise band.
+* :func:`plot_metric_bars` — base vs ``+`` vs ``++`` per metric: points with standard-error bars on zoomed axes.
 * :func:`make_all_plots` — all of them for every dataset under a root folder.
+
+Cells, not labels. Runs are grouped by their full cell identity (``report.cell_columns``: dataset, model,
+encoder, decoder, parametrisation, aggregator, first event, and any experiment setting that differs between
+runs with the same model name, e.g. ``train.max_epochs``), named by ``report.cell_labels``; only the runs of one
+cell (its splits / seeds) are pooled, and every figure says what it pooled. Numbers printed in a figure (ECE,
+PCE) are the tables' (``summary.md``), and metric names, units and directions come from ``report.METRICS``.
 
 Inputs per run directory (DESIGN §5): ``log.jsonl`` (step records with ``cos_tm``, ``cos_tm/encoder``,
 ``cos_tm/decoder``; epoch records with validation losses, see :data:`VAL_TIME_KEYS`), and the arrays
 (:meth:`mtpp.evaluation.metrics.MetricAccumulator.arrays`) as ``arrays_<split>.json`` (the trainer's files) or
 ``arrays.json`` (flat, or ``{"val": {...}, "test": {...}}``).
-Runs of one cell (splits / seeds) are pooled.
 """
 
 from __future__ import annotations
@@ -26,7 +31,18 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mtpp.evaluation.report import DEFAULT_METRICS, collect_runs, direction, param_symbol, summarise
+from mtpp.evaluation.report import (
+    DEFAULT_METRICS,
+    canonical_metric,
+    cell_columns,
+    cell_labels,
+    collect_runs,
+    format_mean_se,
+    format_value,
+    metric_info,
+    param_symbol,
+    summarise,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -140,17 +156,17 @@ def _slug(*parts: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "all"
 
 
-def _model_label(row: pd.Series | dict, with_param: bool = True) -> str:
-    name = str(row.get("model") or row.get("decoder") or "?").upper()
-    if with_param:
-        p = str(row.get("parametrisation", "base"))
-        name += "" if p == "base" else param_symbol(p)
-    extra = []
-    if row.get("encoder") and str(row.get("encoder")) != "gru":
-        extra.append(str(row["encoder"]))
-    if row.get("aggregator") and str(row.get("aggregator")) != "sum":
-        extra.append(str(row["aggregator"]))
-    return name + (f" ({', '.join(extra)})" if extra else "")
+def _cells(runs: pd.DataFrame, with_param: bool = True) -> tuple[list[str], Iterable[tuple[str, pd.DataFrame]]]:
+    """``(keys, [(label, runs of the cell), ...])``: runs grouped by their full cell identity (every cell column
+    of :func:`~mtpp.evaluation.report.cell_columns` but the dataset; without the parametrisation when
+    ``with_param`` is false), each named by :func:`~mtpp.evaluation.report.cell_labels`. Two runs that share a
+    model name but differ in any experiment setting are two cells, never one dropped."""
+    keys = [k for k in cell_columns(runs) if k != "dataset" and (with_param or k != "parametrisation")]
+    parts = [part for _, part in _groups(runs, keys)]
+    if not parts:
+        return keys, []
+    firsts = pd.DataFrame([part.iloc[0] for part in parts])
+    return keys, list(zip(cell_labels(firsts, keys, with_param), parts))
 
 
 def _conflict_rate(values: np.ndarray) -> float:
@@ -163,59 +179,107 @@ def _pct(x: float) -> str:
 
 def _groups(df: pd.DataFrame, keys: Sequence[str]) -> Iterable[tuple[tuple, pd.DataFrame]]:
     keys = [k for k in keys if k in df.columns]
+    if not keys:
+        yield (), df
+        return
     filled = df.astype({k: object for k in keys}).fillna({k: "" for k in keys})
     for key, part in filled.groupby(keys, sort=True, dropna=False):
-        yield (key if isinstance(key, tuple) else (key,)), part
+        yield (key if isinstance(key, tuple) else (key,)), df.loc[part.index]
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+
+
+def _pooled_note(runs: pd.DataFrame) -> str:
+    """What one point / curve pools: ``"pooled over seeds 0, 1 (split 0)"``."""
+    parts = []
+    for col, word in (("split", "split"), ("seed", "seed")):
+        if col in runs.columns:
+            vals = sorted({format_value(v) for v in runs[col].dropna()}, key=lambda v: (len(v), v))
+            if vals:
+                parts.append(f"{word}{'s' if len(vals) > 1 else ''} {', '.join(vals)}")
+    return "runs of a cell pooled over " + " x ".join(parts) if parts else "runs of a cell pooled"
+
+
+def _table_value(part: pd.DataFrame, metric: str) -> str:
+    """The cell's ``metric`` exactly as ``summary.md`` prints it (mean ± standard error over its runs)."""
+    name = canonical_metric(metric)
+    if name not in part.columns:
+        return "n/a"
+    v = pd.to_numeric(part[name], errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    if v.empty:
+        return "n/a"
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+    return format_mean_se(float(v.mean()), se)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # (a) cos phi_TM distributions
 
+COS_PANELS = (
+    ("cos_tm", "all shared parameters"),
+    ("cos_tm/encoder", "shared encoder"),
+    ("cos_tm/decoder", "shared decoder"),
+)
+
 
 def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path | None:
-    """Histograms of ``cos_tm/encoder`` and ``cos_tm/decoder`` over all logged steps of ``runs`` (one model on
-    one dataset, any parametrisations; ``++`` has no shared parameter and no cosine), base vs ``+`` overlaid.
-    The title gives each parametrisation's conflict rate (share of steps with ``cos_tm < 0``). ``None`` when no
-    run logged a cosine."""
-    per_param: dict[str, dict[str, np.ndarray]] = {}
+    """Histograms of ``cos phi_TM`` over the logged training steps of ``runs`` (one model on one dataset, any
+    parametrisations), one panel per group of shared parameters that some run logged (all shared parameters,
+    the encoder, the decoder; a group no run shares has no panel, and the encoder panel is left out when it is
+    all that is shared, where it equals the first), base and ``+`` overlaid. Each legend gives the conflict
+    rate of its panel (share of steps with ``cos < 0``, the mean over the runs, as ``conflict_rate`` in the
+    tables); the title only says what the rates are. ``++`` shares nothing and has no cosine (said in the
+    title). ``None`` when no run logged a cosine."""
+    per_param: dict[str, dict[str, list[np.ndarray]]] = {}
+    no_cos: list[str] = []
     for param, part in runs.groupby("parametrisation", sort=False):
-        steps = [r for run in part["run"] for r in _step_records(read_log(run))]
-        vals = {k: _values(steps, k) for k in ("cos_tm", *COS_KEYS)}
-        if any(len(v) for v in vals.values()):
-            per_param[str(param)] = vals
+        runs_vals = []
+        for run in part["run"]:
+            steps = _step_records(read_log(run))
+            runs_vals.append({k: _values(steps, k) for k, _ in COS_PANELS})
+        if any(len(v) for rv in runs_vals for v in rv.values()):
+            per_param[str(param)] = {k: [rv[k] for rv in runs_vals if len(rv[k])] for k, _ in COS_PANELS}
+        else:
+            no_cos.append(str(param))
     if not per_param:
         return None
     order = [p for p in PARAM_ORDER if p in per_param] + [p for p in per_param if p not in PARAM_ORDER]
-    fig = _figure(9.5, 3.8)
-    axes = fig.subplots(1, 2, sharey=False)
+    panels = [(k, name) for k, name in COS_PANELS if any(per_param[p][k] for p in order)]
+    only_encoder = all(
+        len(per_param[p]["cos_tm"]) == len(per_param[p]["cos_tm/encoder"])
+        and all(np.array_equal(a, b) for a, b in zip(per_param[p]["cos_tm"], per_param[p]["cos_tm/encoder"]))
+        for p in order
+    ) and not any(per_param[p]["cos_tm/decoder"] for p in order)
+    if only_encoder:  # the encoder is all that is shared: one panel, not two identical ones
+        panels = [("cos_tm", "all shared parameters (= the encoder)")]
+    fig = _figure(4.6 * len(panels) + 0.6, 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
     bins = np.linspace(-1, 1, 41)
-    for ax, key in zip(axes, COS_KEYS):
-        group = key.split("/")[1]
-        drawn = False
+    for ax, (key, name) in zip(axes, panels):
         for p in order:
-            v = per_param[p][key]
-            if not len(v):
+            per_run = per_param[p][key]
+            if not per_run:
                 continue
+            v = np.concatenate(per_run)
+            rate = float(np.mean([_conflict_rate(r) for r in per_run]))
             ax.hist(v, bins=bins, density=True, alpha=0.5, color=PARAM_COLORS.get(p), edgecolor="none",
-                    label=f"{param_symbol(p)} (n={len(v)}, conflict {_pct(_conflict_rate(v))})")
-            drawn = True
+                    label=f"{param_symbol(p)}: conflict {_pct(rate)} ({len(v)} steps, {len(per_run)} run"
+                    f"{'s' if len(per_run) > 1 else ''})")
         ax.axvline(0, color="black", lw=0.8, ls="--")
         ax.set_xlim(-1, 1)
-        ax.set_xlabel(r"$\cos\varphi_{TM}$ on the shared " + group)
+        ax.set_xlabel(r"$\cos\varphi_{TM}$ (time vs mark gradient)")
         ax.set_ylabel("density over training steps")
-        ax.set_title(f"shared {group}")
-        if drawn:
-            ax.legend(fontsize=8, loc="upper left")
-        else:
-            ax.text(0.5, 0.5, f"no shared {group}", ha="center", va="center", transform=ax.transAxes, color="gray")
-    rates = ", ".join(f"{param_symbol(p)} {_pct(_conflict_rate(_overall(per_param[p])))}" for p in order)
-    fig.suptitle(f"{title}: gradient conflict rate (cos < 0) {rates}" if title else f"conflict rate {rates}")
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    head = f"{title}: " if title else ""
+    tail = f"; {', '.join(param_symbol(p) for p in no_cos)} shares no parameter: no cosine" if no_cos else ""
+    fig.suptitle(_wrap(f"{head}cos φ_TM over training steps; conflict = share of steps with cos < 0 (mean over "
+                       f"runs){tail}", 34 * len(panels) + 40), fontsize=10)
     return _save(fig, Path(path))
-
-
-def _overall(vals: dict[str, np.ndarray]) -> np.ndarray:
-    """The all-shared-parameters cosine, or the encoder's when the overall one was not logged."""
-    return vals["cos_tm"] if len(vals["cos_tm"]) else vals["cos_tm/encoder"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,10 +302,12 @@ def _val_curve(run: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plot_validation_curves(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path | None:
-    """Validation ``L_T`` and ``L_M`` per epoch, one colour per model, one line per run (split / seed); line
-    style by parametrisation (base solid, ``+`` dashed, ``++`` dotted)."""
+    """Validation ``L_T`` and ``L_M`` (nats per sequence) per epoch, one colour per cell, one line per run
+    (split / seed); line style by parametrisation (base solid, ``+`` dashed, ``++`` dotted). The legend is
+    below the panels."""
     curves = []
-    for label, part in _label_groups(runs):
+    _, cells = _cells(runs)
+    for label, part in cells:
         style = PARAM_STYLES.get(str(part["parametrisation"].iloc[0]), "-")
         for run in part["run"]:
             e, lt, lm = _val_curve(run)
@@ -251,31 +317,27 @@ def plot_validation_curves(runs: pd.DataFrame, path: str | Path, title: str = ""
         return None
     labels = list(dict.fromkeys(c[0] for c in curves))
     colors = _colors(len(labels))
-    fig = _figure(10, 4)
+    fig = _figure(10, 4.2 + 0.22 * math.ceil(len(labels) / 3))
     axes = fig.subplots(1, 2)
     seen: set[str] = set()
     for label, style, e, lt, lm in curves:
         c = colors[labels.index(label)]
         kw = {"label": label} if label not in seen else {}
         seen.add(label)
-        axes[0].plot(e, lt, color=c, ls=style, lw=1.3, alpha=0.8, **kw)
-        axes[1].plot(e, lm, color=c, ls=style, lw=1.3, alpha=0.8)
+        axes[0].plot(e, lt, color=c, ls=style, lw=1.3, alpha=0.8, marker="o", ms=2.5, **kw)  # a 1-epoch run too
+        axes[1].plot(e, lm, color=c, ls=style, lw=1.3, alpha=0.8, marker="o", ms=2.5)
     from matplotlib.ticker import MaxNLocator
 
-    for ax, name in zip(axes, (r"validation $L_T$ (time NLL)", r"validation $L_M$ (mark NLL)")):
+    names = ("validation time NLL $L_T$ (nats per sequence)", "validation mark NLL $L_M$ (nats per sequence)")
+    for ax, name in zip(axes, names):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title}: validation losses per epoch" if title else "validation losses per epoch")
+    fig.legend(loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: validation losses per epoch (one line per run)" if title
+                 else "validation losses per epoch (one line per run)", fontsize=11)
     return _save(fig, Path(path))
-
-
-def _label_groups(runs: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
-    keys = [k for k in (*MODEL_KEYS, "parametrisation") if k in runs.columns]
-    for _, part in _groups(runs, keys):
-        yield _model_label(part.iloc[0]), part
 
 
 def _colors(n: int) -> list:
@@ -285,8 +347,30 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _grid(n: int, width: float = 3.6, height: float = 3.3, extra: float = 0.6,
+          sharey: bool = True) -> tuple["Figure", np.ndarray]:  # fmt: skip
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(width * ncols + 0.4, height * nrows + extra)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=sharey)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _label_axes(axes: np.ndarray, n: int, xlabel: str, ylabel: str) -> None:
+    """Axis labels of a grid of ``n`` panels: x on the lowest panel of each column, y on the first column."""
+    ncols = min(3, n)
+    for i, ax in enumerate(axes[:n]):
+        if i + ncols >= n:
+            ax.set_xlabel(xlabel)
+            ax.tick_params(labelbottom=True)
+        if i % ncols == 0:
+            ax.set_ylabel(ylabel)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# (c) reliability and (d) PIT, pooled over the runs of a model
+# (c) reliability and (d) PIT, pooled over the runs of a cell
 
 
 RELIABILITY_KIND = "forecast"
@@ -297,12 +381,16 @@ arrays have no forecast)."""
 def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | None:
     count = conf_sum = acc_sum = pit = None
     edges = pit_edges = None
+    kinds: set[str] = set()
     for run in part["run"]:
         a = read_arrays(run, section)
         if not a:
             continue
         kind = RELIABILITY_KIND if a.get(f"reliability_count_{RELIABILITY_KIND}") is not None else "given_time"
+        if a.get(f"reliability_count_{kind}") is None and a.get("reliability_count") is not None:
+            a = {f"{k}_given_time" if k.startswith("reliability_") else k: v for k, v in a.items()}  # older runs
         if a.get(f"reliability_count_{kind}") is not None:
+            kinds.add(kind)
             c = np.asarray(a[f"reliability_count_{kind}"], dtype=float)
             conf = np.nan_to_num(np.asarray(a[f"reliability_confidence_{kind}"], dtype=float))
             acc = np.nan_to_num(np.asarray(a[f"reliability_accuracy_{kind}"], dtype=float))
@@ -320,78 +408,116 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
     if count is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             out.update(count=count, confidence=conf_sum / count, accuracy=acc_sum / count, edges=edges)
+        out["kind"] = kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[assignment]
     if pit is not None:
         out.update(pit_counts=pit, pit_edges=pit_edges)
     return out
 
 
+FEW_EVENTS = 30
+"""Reliability bins with fewer pooled events than this (or under 1 % of the events) are drawn faded and hollow:
+their accuracy is too noisy to read as miscalibration (a binomial share of 30 events has a standard error up to
+0.09)."""
+
+
 def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", section: str = "test") -> Path | None:
-    """Reliability diagram of the top-class mark forecast ``p(k | H)`` (``RELIABILITY_KIND``): accuracy vs mean
-    confidence per bin, one line per
-    model (runs pooled), the diagonal, and the share of events per bin below. ECE in the legend."""
-    models = [(label, arr) for label, part in _label_groups(runs)
+    """Reliability diagrams of the top-class mark forecast ``p(k | H)`` (:data:`RELIABILITY_KIND`; ``p(k | tau,
+    H)``, "given the time", for runs whose arrays have no forecast), one panel per cell (its runs' bins pooled):
+    accuracy vs mean confidence per bin, each bin a disc whose area is proportional to its number of events
+    (hollow and faded below :data:`FEW_EVENTS` events or 1 % of them), the diagonal, and the share of events
+    per bin as grey bars. The ECE in each panel is the one of the tables for that distribution
+    (``ece_forecast`` / ``ece_given_time``: mean ± standard error of the runs' ECEs), not a value recomputed from
+    the pooled bins."""
+    _, cells = _cells(runs)
+    models = [(label, part, arr) for label, part in cells
               if (arr := _pooled_arrays(part, section)) is not None and "count" in arr]
     if not models:
         return None
+    fig, axes = _grid(len(models))
     colors = _colors(len(models))
-    fig = _figure(6.5, 6)
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    top.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="perfect calibration")
-    for (label, a), c in zip(models, colors):
-        ok = a["count"] > 0
+    for ax, (label, part, a), c in zip(axes, models, colors):
         n = a["count"].sum()
-        ece = float(np.sum(a["count"][ok] / n * np.abs(a["accuracy"][ok] - a["confidence"][ok])))
-        top.plot(a["confidence"][ok], a["accuracy"][ok], marker="o", ms=4, color=c, label=f"{label} (ECE {ece:.3f})")
+        ok = a["count"] > 0
+        few = ok & ((a["count"] < FEW_EVENTS) | (a["count"] < 0.01 * n))
+        share = a["count"] / max(n, 1)
         centers = (a["edges"][:-1] + a["edges"][1:]) / 2
-        bottom.step(centers, a["count"] / n, where="mid", color=c)
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy (share of top-1 hits)")
-    top.legend(fontsize=8, loc="upper left")
-    top.grid(alpha=0.3)
-    bottom.set_xlabel("confidence (top-class probability)")
-    bottom.set_ylabel("share of events")
-    bottom.grid(alpha=0.3)
-    top.set_title(f"{title}: mark reliability ({section})" if title else f"mark reliability ({section})")
+        share_ax = ax.twinx()
+        share_ax.bar(centers, share, width=np.diff(a["edges"]) * 0.9, color="0.85", zorder=0)
+        share_ax.set_ylim(0, max(4 * share.max(), 1e-9))
+        share_ax.set_yticks([])
+        ax.set_zorder(share_ax.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
+        sizes = 400 * share
+        solid, faint = ok & ~few, few
+        ax.plot(a["confidence"][solid], a["accuracy"][solid], color=c, lw=1, alpha=0.6)
+        ax.scatter(a["confidence"][solid], a["accuracy"][solid], s=np.maximum(sizes[solid], 6), color=c,
+                   edgecolor="white", lw=0.5, zorder=3)
+        ax.scatter(a["confidence"][faint], a["accuracy"][faint], s=np.maximum(sizes[faint], 6),
+                   facecolor="none", edgecolor=c, alpha=0.45, lw=1, zorder=3)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        kind = str(a["kind"])
+        ece = _table_value(part, f"ece_{kind}") if kind != "mixed" else "n/a (forecast and given-time runs mixed)"
+        ax.set_title(_wrap(f"{label}: ECE {ece}", 44), fontsize=9)
+    _label_axes(axes, len(models), "confidence (top-class probability)", "accuracy (share of top-1 hits)")
+    head = f"{title}: " if title else ""
+    fig.suptitle(
+        f"{head}mark reliability of {_kind_words({str(a['kind']) for _, _, a in models})} "
+        f"({section}; {_pooled_note(runs)})\n"
+        f"disc area ∝ events in the bin; hollow: < {FEW_EVENTS} events or < 1 % (too few to judge)\n"
+        "grey bars: share of events per bin; ECE as in the tables",
+        fontsize=9,
+    )
     return _save(fig, Path(path))
 
 
+def _kind_words(kinds: set[str]) -> str:
+    if kinds == {"forecast"}:
+        return "the forecast p(k | H)"
+    if kinds == {"given_time"}:
+        return "p(k | τ, H), given the time"
+    return "the forecast p(k | H) where runs have it, else p(k | τ, H)"
+
+
 def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str = "test") -> Path | None:
-    """PIT histogram (density, uniform = 1) and PIT CDF against the diagonal, one line per model (runs pooled);
-    PCE in the legend."""
-    models = [(label, arr) for label, part in _label_groups(runs)
-              if (arr := _pooled_arrays(part, section)) is not None and "pit_counts" in arr]
+    """Time calibration, one panel per cell (its runs' PIT counts pooled): the deviation ``F_hat(u) - u`` of the
+    empirical CDF of the PIT values ``u = F(tau | H)`` from the uniform one (0 is perfect calibration; above 0:
+    too many small PIT values, i.e. predicted gaps too long), with the 95 % band of a calibrated model's
+    sampling noise (DKW: ``sqrt(log(2 / 0.05) / (2 n))``, ``n`` = pooled events), each panel on its own symmetric
+    y scale (the band shows it), so any number of models can be told apart. The PCE in each panel is the one of the tables (mean ± standard error
+    of the runs' PCEs); PCE is the mean of ``|F_hat(j/50) - j/50|``."""
+    _, cells = _cells(runs)
+    models = [(label, part, arr) for label, part in cells
+              if (arr := _pooled_arrays(part, section)) is not None and "pit_counts" in arr
+              and arr["pit_counts"].sum() > 0]
     if not models:
         return None
+    fig, axes = _grid(len(models), height=2.9, sharey=False)
     colors = _colors(len(models))
-    fig = _figure(10.5, 4)
-    hist_ax, cdf_ax = fig.subplots(1, 2)
-    for (label, a), c in zip(models, colors):
+    for ax, (label, part, a), c in zip(axes, models, colors):
         counts, edges = a["pit_counts"], a["pit_edges"]
         n = counts.sum()
-        if n == 0:
-            continue
-        density = counts / n / np.diff(edges)
-        hist_ax.stairs(density, edges, color=c, lw=1.4, label=label)
-        cdf = np.cumsum(counts) / n
-        pce = float(np.mean(np.abs(cdf - edges[1:])))
-        cdf_ax.plot(np.r_[0.0, edges[1:]], np.r_[0.0, cdf], color=c, lw=1.4, label=f"{label} (PCE {pce:.3f})")
-    hist_ax.axhline(1.0, color="gray", ls="--", lw=1, label="uniform")
-    hist_ax.set_xlim(0, 1)
-    hist_ax.set_xlabel(r"PIT value $u = F(\tau \mid H)$")
-    hist_ax.set_ylabel("density")
-    hist_ax.set_title("PIT histogram")
-    hist_ax.legend(fontsize=8)
-    cdf_ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="perfect calibration")
-    cdf_ax.set_xlim(0, 1)
-    cdf_ax.set_ylim(0, 1)
-    cdf_ax.set_xlabel("quantile level $j/50$")
-    cdf_ax.set_ylabel(r"empirical CDF of PIT, share $u \leq j/50$")
-    cdf_ax.set_title("PIT CDF")
-    cdf_ax.legend(fontsize=8, loc="upper left")
-    for ax in (hist_ax, cdf_ax):
+        u = np.r_[0.0, edges[1:]]
+        dev = np.r_[0.0, np.cumsum(counts) / n - edges[1:]]
+        eps = math.sqrt(math.log(2 / 0.05) / (2 * n))
+        ax.axhspan(-eps, eps, color="0.88", lw=0)
+        ax.axhline(0, color="gray", ls="--", lw=1)
+        ax.plot(u, dev, color=c, lw=1.6)
+        lim = 1.25 * max(float(np.abs(dev).max()), 2 * eps)
+        ax.set_ylim(-lim, lim)  # each panel its own symmetric scale: one bad model does not flatten the rest
+        ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: time calibration ({section})" if title else f"time calibration ({section})")
+        ax.set_title(_wrap(f"{label}: PCE {_table_value(part, 'pce')} ({int(n)} events)", 44), fontsize=9)
+    _label_axes(axes, len(models), r"PIT level $u$", r"$\hat F(u) - u$")
+    head = f"{title}: " if title else ""
+    fig.suptitle(
+        f"{head}time calibration ({section}; {_pooled_note(runs)})\n"
+        "deviation of the PIT's empirical CDF from uniform; 0 = calibrated; PCE as in the tables\n"
+        "grey: 95 % band of a calibrated model's noise (y scales differ: read them against the band)",
+        fontsize=9,
+    )
     return _save(fig, Path(path))
 
 
@@ -402,45 +528,80 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
 def plot_metric_bars(
     runs: pd.DataFrame, path: str | Path, metrics: Sequence[str] | None = None, title: str = ""
 ) -> Path | None:
-    """One panel per metric: a group of bars per model (base / ``+`` / ``++``), height = mean over the runs,
-    error bar = standard error (none when n = 1)."""
+    """One panel per metric, one group per cell (model and every setting that differs, so runs sharing a model
+    name but not a configuration are separate groups), one point per parametrisation (base / ``+`` / ``++``):
+    the mean over the cell's runs with a standard-error bar (none when n = 1), on a y axis zoomed to the
+    values (it does not start at 0, so differences of 1 % are visible), with the change relative to base
+    written beside the ``+`` / ``++`` points of NLL panels. ``n/a`` marks a metric that does not apply (the
+    conflict rate of ``++``). Panel titles give the metric in words, its unit and whether lower or higher is
+    better (:data:`~mtpp.evaluation.report.METRICS`); the legend sits below the panels; the title says what
+    each point pools."""
     summary = summarise(runs, metrics or DEFAULT_METRICS)
     if summary.empty:
         return None
-    summary = summary[np.isfinite(summary["mean"].astype(float))]
     mets = list(dict.fromkeys(summary["metric"]))
-    if not mets:
-        return None
-    summary = summary.assign(_label=[_model_label(r, with_param=False) for _, r in summary.iterrows()])
+    keys = [k for k in cell_columns(runs) if k not in ("dataset", "parametrisation")]
+    summary = summary.assign(_label=cell_labels(summary, keys, with_param=False))
     labels = list(dict.fromkeys(summary["_label"]))
     params = [p for p in PARAM_ORDER if p in set(summary["parametrisation"])]
     params += [p for p in dict.fromkeys(summary["parametrisation"]) if p not in params]
     ncols = min(3, len(mets))
     nrows = math.ceil(len(mets) / ncols)
-    fig = _figure(4.2 * ncols, 3.2 * nrows + 0.4)
+    fig = _figure(ncols * max(4.3, 1.05 * len(labels) + 1.3), 3.4 * nrows + 1.0)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    width = 0.8 / max(len(params), 1)
+    width = 0.7 / max(len(params), 1)
     x = np.arange(len(labels))
+    tick_labels = [_wrap(lbl, 20) for lbl in labels]
     for ax, m in zip(axes, mets):
         part = summary[summary["metric"] == m]
+        info = metric_info(m)
+        base = part[part["parametrisation"] == "base"].set_index("_label")["mean"]
+        ymin, ymax = np.inf, -np.inf
+        na: list[float] = []
         for j, p in enumerate(params):
             rows = part[part["parametrisation"] == p].set_index("_label")
-            rows = rows[~rows.index.duplicated()]
-            means = np.array([rows["mean"].get(lbl, np.nan) for lbl in labels], dtype=float)
-            errs = np.array([rows["stderr"].get(lbl, np.nan) for lbl in labels], dtype=float)
-            ax.bar(x + (j - (len(params) - 1) / 2) * width, means, width, yerr=np.nan_to_num(errs),
-                   capsize=3, color=PARAM_COLORS.get(p), label=param_symbol(p), error_kw={"lw": 1})
-        arrow = {-1: " (lower is better)", 1: " (higher is better)"}.get(direction(m), "")
-        ax.set_title(m + arrow, fontsize=10)
-        ax.set_xticks(x, labels, rotation=20 if len(labels) > 3 else 0, fontsize=8)
-        ax.axhline(0, color="black", lw=0.6)
+            pos = x + (j - (len(params) - 1) / 2) * width
+            for xi, lbl in zip(pos, labels):
+                if lbl not in rows.index:
+                    continue
+                mean, se = float(rows.at[lbl, "mean"]), float(rows.at[lbl, "stderr"])
+                if not math.isfinite(mean):
+                    na.append(xi)
+                    continue
+                err = se if math.isfinite(se) else 0.0
+                ax.errorbar(xi, mean, yerr=err, fmt="o", ms=6, color=PARAM_COLORS.get(p), capsize=3, lw=1.2)
+                ymin, ymax = min(ymin, mean - err), max(ymax, mean + err)
+                b = base.get(lbl, math.nan)
+                if p != "base" and m.startswith("nll") and math.isfinite(b) and b != 0:
+                    ax.annotate(f"{(mean - b) / abs(b):+.1%}", (xi, mean + err), xytext=(0, 3),
+                                textcoords="offset points", fontsize=7, ha="center", va="bottom", color="0.25")
+        if math.isfinite(ymin):
+            pad = max(0.18 * (ymax - ymin), 1e-3 * max(abs(ymax), 1e-12))
+            ax.set_ylim(ymin - pad, ymax + pad)
+        for xi in na:
+            ax.text(xi, 0.5, "n/a", transform=ax.get_xaxis_transform(), ha="center", va="center",
+                    fontsize=8, color="0.4", rotation=90)
+        ax.set_title(_wrap(info.title(), 38), fontsize=9)
+        ax.set_xticks(x, tick_labels, fontsize=8)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
         ax.grid(axis="y", alpha=0.3)
+        for xb in x[:-1] + 0.5:
+            ax.axvline(xb, color="0.85", lw=0.8)
     for ax in axes[len(mets):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8, title="parametrisation", title_fontsize=8)
-    n = int(summary["n"].max())
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=PARAM_COLORS.get(p), label=param_symbol(p)) for p in params]
+    fig.legend(handles=handles, title="parametrisation", loc="outside lower center", ncols=len(params),
+               fontsize=8, title_fontsize=8, frameon=False)
+    ns = sorted(set(int(n) for n in summary["n"] if n > 0)) or [0]
+    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
     head = f"{title}: " if title else ""
-    fig.suptitle(f"{head}base vs + vs ++ (mean ± standard error over up to {n} runs)")
+    fig.suptitle(
+        f"{head}base vs + vs ++: mean ± standard error ({n_text} runs per point; {_pooled_note(runs)})\n"
+        "y axes are zoomed (they do not start at 0); NLL panels: change vs base beside + and ++",
+        fontsize=9,
+    )
     return _save(fig, Path(path))
 
 
@@ -458,7 +619,8 @@ def make_all_plots(
     """All plots of the finished runs under ``root`` into ``out_dir``; returns the files written.
 
     Per dataset: ``bars_<dataset>.png``, ``val_curves_<dataset>.png``, ``reliability_<dataset>.png``,
-    ``pit_<dataset>.png``; per dataset and model (base and ``+`` side by side): ``cos_tm_<dataset>_<model>.png``.
+    ``pit_<dataset>.png``; per dataset and cell without its parametrisation (base and ``+`` side by side):
+    ``cos_tm_<dataset>_<cell>.png``.
     A plot whose inputs no run has (no ``arrays.json``, no cosine logged) is skipped.
     """
     out_dir = Path(out_dir)
@@ -476,9 +638,13 @@ def make_all_plots(
         ):
             if p is not None:
                 written.append(p)
-        for key, model_part in _groups(part, list(MODEL_KEYS)):
-            label = _model_label(model_part.iloc[0], with_param=False)
-            p = plot_cos_tm(model_part, out_dir / f"cos_tm_{ds}_{_slug(*key)}.png", title=f"{dataset} {label}")
+        _, cells = _cells(part, with_param=False)
+        for label, model_part in cells:
+            first = model_part.iloc[0]
+            name = _slug(*(first.get(k) for k in MODEL_KEYS))
+            settings = label.partition(" (")[2].rstrip(")")
+            name += f"_{_slug(settings)}" if settings else ""
+            p = plot_cos_tm(model_part, out_dir / f"cos_tm_{ds}_{name}.png", title=f"{dataset} {label}")
             if p is not None:
                 written.append(p)
     return written

@@ -18,12 +18,23 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import yaml
 
 __all__ = [
     "KEY_COLUMNS",
+    "METRICS",
+    "MetricInfo",
+    "LEGACY_NAMES",
+    "canonical_metric",
+    "metric_info",
+    "cell_label",
+    "cell_labels",
+    "format_value",
+    "format_runs",
     "DEFAULT_METRICS",
     "LOWER_IS_BETTER",
     "HIGHER_IS_BETTER",
@@ -55,6 +66,59 @@ _KEY_PATHS: dict[str, tuple[str, ...]] = {
     "seed": ("train", "seed"),
 }
 
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a metric is shown: ``label`` in words, ``unit`` ("" when unitless), ``better`` (-1 lower is better, +1
+    higher, 0 neither: never bolded)."""
+
+    label: str
+    unit: str
+    better: int
+
+    def title(self) -> str:
+        """``"time NLL per sequence (nats) ↓ lower is better"``."""
+        unit = f" ({self.unit})" if self.unit else ""
+        arrow = {-1: " ↓ lower is better", 1: " ↑ higher is better"}.get(self.better, "")
+        return f"{self.label}{unit}{arrow}"
+
+
+# The ONE table of the metrics the report and the plots know: name in metrics.json -> label, unit, direction.
+# Mark metrics come in two flavours: "given_time" (p(k | tau observed, H), the likelihood's mark term) and
+# "forecast" (p(k | H), the time not known). Older metrics.json files name the given-time ones without the
+# suffix; LEGACY_NAMES maps them on reading, so old and new runs share one column.
+METRICS: dict[str, MetricInfo] = {
+    "nll_per_seq": MetricInfo("NLL per sequence, time + mark", "nats", -1),
+    "nll_time_per_seq": MetricInfo("time NLL per sequence", "nats", -1),
+    "nll_mark_per_seq": MetricInfo("mark NLL per sequence", "nats", -1),
+    "nll_mark_forecast_per_seq": MetricInfo("mark NLL per sequence, forecast p(k | H)", "nats", -1),
+    "nll_survival_per_seq": MetricInfo("survival term per sequence", "nats", 0),
+    "nll_per_event": MetricInfo("NLL per event, time + mark", "nats", -1),
+    "nll_time_per_event": MetricInfo("time NLL per event", "nats", -1),
+    "nll_mark_per_event": MetricInfo("mark NLL per event", "nats", -1),
+    "nll_mark_forecast_per_event": MetricInfo("mark NLL per event, forecast p(k | H)", "nats", -1),
+    "accuracy_given_time": MetricInfo("mark accuracy given the time", "share of events", 1),
+    "accuracy_forecast": MetricInfo("mark accuracy, forecast", "share of events", 1),
+    "top3_accuracy": MetricInfo("top-3 mark accuracy", "share of events", 1),
+    "top5_accuracy": MetricInfo("top-5 mark accuracy", "share of events", 1),
+    "top10_accuracy": MetricInfo("top-10 mark accuracy", "share of events", 1),
+    "mrr_given_time": MetricInfo("mark MRR given the time", "", 1),
+    "mrr_forecast": MetricInfo("mark MRR, forecast", "", 1),
+    "ece_given_time": MetricInfo("mark calibration error (ECE) given the time", "", -1),
+    "ece_forecast": MetricInfo("mark calibration error (ECE), forecast", "", -1),
+    "mce": MetricInfo("maximum mark calibration error (MCE)", "", -1),
+    "brier": MetricInfo("Brier score of the marks", "", -1),
+    "pce": MetricInfo("time calibration error (PCE)", "", -1),
+    "mae_tau": MetricInfo("absolute error of the median gap", "time units", -1),
+    "rmse_tau": MetricInfo("RMS error of the median gap", "time units", -1),
+    "conflict_rate": MetricInfo("gradient conflict rate (steps with cos φ_TM < 0)", "share of steps", 0),
+    "train_events_per_second": MetricInfo("training speed", "events / s", 0),
+}
+"""The one table of metric names the report and the plots use: name in ``metrics.json`` -> :class:`MetricInfo`
+(label in words, unit, lower or higher is better). Names not listed fall back to :data:`LOWER_IS_BETTER` /
+:data:`HIGHER_IS_BETTER` prefixes."""
+LEGACY_NAMES = {"accuracy": "accuracy_given_time", "mrr": "mrr_given_time", "ece": "ece_given_time"}
+"""Old metric name -> the name it has now (applied when reading runs and to ``--metrics``)."""
+
 DEFAULT_METRICS = (
     "nll_time_per_seq",
     "nll_mark_per_seq",
@@ -71,11 +135,28 @@ DEFAULT_METRICS = (
     "mae_tau",
     "conflict_rate",
 )
+"""What ``mtpp report`` tabulates and plots by default (those present in the runs)."""
 
 LOWER_IS_BETTER = ("nll", "pce", "ece", "mce", "brier", "mae", "rmse")
-"""Metric name prefixes where lower is better (bolded as best in Markdown)."""
+"""Fallback for names not in :data:`METRICS`: prefixes where lower is better."""
 HIGHER_IS_BETTER = ("accuracy", "top", "mrr")
-"""Metric name prefixes where higher is better. Other metrics (conflict rate, timings) are never bolded."""
+"""Fallback for names not in :data:`METRICS`: prefixes where higher is better."""
+
+
+def canonical_metric(name: str) -> str:
+    """The current name of a metric (``accuracy`` -> ``accuracy_given_time``; ``val/ece`` -> ``val/ece_given_time``)."""
+    head, sep, tail = name.rpartition("/")
+    return head + sep + LEGACY_NAMES.get(tail, tail)
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The :data:`METRICS` entry of ``name`` (legacy names accepted), else one derived from the name."""
+    base = canonical_metric(name).rsplit("/", 1)[-1]
+    if base in METRICS:
+        return METRICS[base]
+    better = -1 if base.startswith(LOWER_IS_BETTER) else 1 if base.startswith(HIGHER_IS_BETTER) else 0
+    return MetricInfo(base.replace("_", " "), "", better)
+
 
 # Flattened config fields that never define a cell (bookkeeping, not the experiment).
 _IGNORED_CONFIG_PREFIXES = (
@@ -100,13 +181,8 @@ def param_symbol(parametrisation: Any) -> str:
 
 
 def direction(metric: str) -> int:
-    """-1 if lower is better, +1 if higher is better, 0 if neither (never bolded)."""
-    name = metric.rsplit("/", 1)[-1]
-    if name.startswith(LOWER_IS_BETTER):
-        return -1
-    if name.startswith(HIGHER_IS_BETTER):
-        return 1
-    return 0
+    """-1 if lower is better, +1 if higher is better, 0 if neither (never bolded): :func:`metric_info`."""
+    return metric_info(metric).better
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,7 +226,8 @@ def _number(v: Any) -> Any:
 def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
     """One run as a flat dict: key columns, ``run`` (the folder), ``config.<section>.<key>`` fields, the
     metrics of ``metrics.json[section]`` under their own names, the other sections as ``<name>/<metric>``, and
-    the top-level scalars of ``metrics.json`` under their own names (a metric of ``section`` wins a clash)."""
+    the top-level scalars of ``metrics.json`` under their own names (a metric of ``section`` wins a clash).
+    Legacy metric names are read under their current ones (:data:`LEGACY_NAMES`)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     config: dict = {}
@@ -178,21 +255,23 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
         row.update({k: v for k, v in cell.items() if k in (*KEY_COLUMNS, *REPLICATE_COLUMNS) and v is not None})
     row.update(_flatten({s: config[s] for s in _CONFIG_SECTIONS if isinstance(config.get(s), dict)}, "config."))
 
-    scalars = {k: _number(v) for k, v in metrics.items() if not isinstance(v, dict)}
+    c = canonical_metric  # old names (accuracy, mrr, ece) read under their current ones
+    scalars = {c(k): _number(v) for k, v in metrics.items() if not isinstance(v, dict)}
     row.update(scalars)
     for name, values in metrics.items():
         if isinstance(values, dict) and name != section:
-            row.update({f"{name}/{k}": _number(v) for k, v in values.items() if not isinstance(v, (dict, list))})
+            row.update({f"{name}/{c(k)}": _number(v) for k, v in values.items() if not isinstance(v, (dict, list))})
     chosen = metrics.get(section, {})
     if isinstance(chosen, dict):
-        row.update({k: _number(v) for k, v in chosen.items() if not isinstance(v, (dict, list))})
+        row.update({c(k): _number(v) for k, v in chosen.items() if not isinstance(v, (dict, list))})
     return row
 
 
 def collect_runs(root: str | Path, section: str = "test") -> pd.DataFrame:
     """One row per finished run under ``root`` (see :func:`load_run`), sorted by cell then split / seed.
 
-    ``df.attrs["incomplete"]``: run folders without ``metrics.json``; ``df.attrs["section"]``: ``section``.
+    ``df.attrs["incomplete"]``: run folders without ``metrics.json``; ``df.attrs["section"]``: ``section``;
+    ``df.attrs["root"]``: ``root`` (run folders are shown relative to it).
     """
     rows, incomplete = [], []
     for run_dir in find_runs(root):
@@ -206,6 +285,7 @@ def collect_runs(root: str | Path, section: str = "test") -> pd.DataFrame:
         df = df.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
     df.attrs["incomplete"] = incomplete
     df.attrs["section"] = section
+    df.attrs["root"] = str(root)
     return df
 
 
@@ -232,13 +312,15 @@ def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.Data
     """Mean and standard error over the runs of each cell, in long form.
 
     Returns one row per (cell, metric): the cell columns, ``metric``, ``mean``, ``stderr`` (``std(ddof=1) /
-    sqrt(n)``, NaN when ``n < 2``), ``n`` (runs with a finite value). ``metrics`` defaults to those of
-    :data:`DEFAULT_METRICS` present in ``df``; NaN values (e.g. the conflict rate of ``++``) are left out of a
-    cell's statistics.
+    sqrt(n)``, NaN when ``n < 2``), ``n`` (runs with a finite value), ``runs`` (the cell's run folders, relative
+    to ``df.attrs["root"]``, joined by ``"; "``). ``metrics`` defaults to those of :data:`DEFAULT_METRICS`
+    present in ``df`` (legacy names accepted); NaN values (e.g. the conflict rate of ``++``, which has no shared
+    parameter) are left out of a cell's statistics, and a cell without any finite value has a NaN mean ("n/a").
     """
-    metrics = [m for m in (metrics or DEFAULT_METRICS) if m in df.columns]
+    metrics = [canonical_metric(m) for m in (metrics or DEFAULT_METRICS)]
+    metrics = [m for m in dict.fromkeys(metrics) if m in df.columns]
     keys = cell_columns(df)
-    out_cols = [*keys, "metric", "mean", "stderr", "n"]
+    out_cols = [*keys, "metric", "mean", "stderr", "n", "runs"]
     if df.empty or not metrics:
         return pd.DataFrame(columns=out_cols)
     long = df[keys + metrics].melt(id_vars=keys, value_vars=metrics, var_name="metric", value_name="value")
@@ -250,7 +332,25 @@ def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.Data
     stats = stats.sort_values([*keys, "metric"], kind="stable").reset_index(drop=True)
     stats["metric"] = stats["metric"].astype(str)
     stats["n"] = stats["n"].astype(int)
+    runs = _relative_runs(df)
+    filled = df.assign(_runs=runs).astype({k: object for k in keys}).fillna({k: "\0" for k in keys})
+    per_cell = filled.groupby(keys, dropna=False, sort=False)["_runs"].agg("; ".join)
+    key_of = stats[keys].astype(object).fillna("\0")
+    stats["runs"] = [per_cell.get(tuple(r) if len(keys) > 1 else r[0], "") for r in key_of.itertuples(index=False)]
     return stats[out_cols]
+
+
+def _relative_runs(df: pd.DataFrame) -> list[str]:
+    root = df.attrs.get("root")
+    out = []
+    for run in df["run"] if "run" in df.columns else [""] * len(df):
+        p = Path(str(run))
+        try:
+            rel = p.relative_to(root) if root else p
+        except ValueError:
+            rel = p
+        out.append(str(rel) if str(rel) != "." else p.name or str(p))
+    return out
 
 
 def _decimals(x: float) -> int:
@@ -260,9 +360,10 @@ def _decimals(x: float) -> int:
 
 
 def format_mean_se(mean: float, stderr: float) -> str:
-    """``"70.90 ± 1.23"`` (4 significant digits, at least 1 and at most 4 decimals), ``"– "`` for NaN parts."""
+    """``"70.90 ± 1.23"`` (4 significant digits, at least 1 and at most 4 decimals); ``"n/a"`` when the mean is
+    NaN (the metric does not apply, e.g. the conflict rate of ``++``), ``"–"`` for a missing standard error."""
     if not math.isfinite(mean):
-        return "–"
+        return "n/a"
     d = _decimals(mean)
     se = f"{stderr:.{d}f}" if math.isfinite(stderr) else "–"
     return f"{mean:.{d}f} ± {se}"
@@ -278,7 +379,7 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
     / top-k / MRR; other columns are not bolded)."""
     if summary.empty:
         return f"# {title}\n\nNo finished runs.\n"
-    keys = [c for c in summary.columns if c not in ("metric", "mean", "stderr", "n")]
+    keys = [c for c in summary.columns if c not in ("metric", "mean", "stderr", "n", "runs")]
     model_keys = _model_columns(keys)
     metrics = list(dict.fromkeys(summary["metric"]))
     lines = [f"# {title}", ""]
@@ -293,14 +394,22 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         + ". Units: NLL in nats per sequence (`*_per_seq`: sum over the sequences / number of sequences, the "
         "paper's unit; the time NLL includes the survival term), or per scored event (`*_per_event`: the same "
         "total / number of scored events). "
-        "Cells: mean ± standard error (std with ddof=1 / sqrt(n)) over the n splits / seeds; – where n = 1. "
-        "Best mean per column in **bold** (↓ lower is better, ↑ higher is better)."
+        "Cells: mean ± standard error (std with ddof=1 / sqrt(n)) over the n splits / seeds; – where n = 1; "
+        "n/a where the metric does not apply (the conflict rate of ++, which shares no parameter). "
+        "Best mean per column in **bold** (↓ lower is better, ↑ higher is better). "
+        "`runs`: the run folders pooled in each row."
     )
+    lines.append("")
+    lines.append("Metrics: " + "; ".join(f"`{m}` = {metric_info(m).title()}" for m in metrics) + ".")
     lines.append("")
     datasets = list(dict.fromkeys(summary["dataset"])) if "dataset" in summary else [None]
     for ds in datasets:
         part = summary if ds is None else summary[summary["dataset"] == ds]
         part = part.astype({k: object for k in model_keys}).fillna({k: "–" for k in model_keys})
+        runs_of = {}
+        if "runs" in part.columns:
+            for _, r in part.iterrows():
+                runs_of.setdefault(tuple(r[k] for k in model_keys), r["runs"])
         indexed = part.set_index([*model_keys, "metric"])
         wide_mean = indexed["mean"].unstack("metric")
         wide_se = indexed["stderr"].unstack("metric")
@@ -318,12 +427,14 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         header = [_pretty_key(k) for k in model_keys] + [
             f"{m} {'↓' if direction(m) < 0 else '↑' if direction(m) > 0 else ''}".strip() for m in cols
         ]
+        if runs_of:
+            header.append("runs")
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join([":--"] * len(model_keys) + ["--:"] * len(cols)) + "|")
+        lines.append("|" + "|".join([":--"] * len(model_keys) + ["--:"] * len(cols) + [":--"] * bool(runs_of)) + "|")
         for idx in wide_mean.index:
             idx_t = idx if isinstance(idx, tuple) else (idx,)
             cells = [
-                param_symbol(v) if k == "parametrisation" else str(v)
+                param_symbol(v) if k == "parametrisation" else format_value(v)
                 for k, v in zip(model_keys, idx_t)
             ]
             for m in cols:
@@ -332,9 +443,109 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
                 if m in best and mean == best[m]:
                     text = f"**{text}**"
                 cells.append(text)
+            if runs_of:
+                cells.append(format_runs(runs_of.get(idx_t, "")))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def format_value(v: Any) -> str:
+    """A configuration value as the user wrote it: ``300`` (not ``300.0``, which a pandas column with gaps makes of
+    it), ``0.001`` (the shortest repr), ``True``, ``lnm``; ``–`` for a missing value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+    if isinstance(v, np.integer):
+        return str(int(v))
+    return str(v)
+
+
+def format_runs(runs: str) -> str:
+    """``"a/x/split0; a/x/split1"`` -> ``"`a/x/` split0, split1"``: the run folders of a row, their common
+    parent once."""
+    parts = [r for r in str(runs).split("; ") if r]
+    if not parts:
+        return ""
+    if len(parts) == 1:
+        return f"`{parts[0]}`"
+    split = [p.split("/") for p in parts]
+    common = []
+    for segs in zip(*split):
+        if len(set(segs)) != 1:
+            break
+        common.append(segs[0])
+    common = common[: min(len(p) for p in split) - 1]
+    rest = ", ".join("/".join(p[len(common):]) for p in split)
+    return (f"`{'/'.join(common)}/` " if common else "") + rest
+
+
+def cell_label(row: Any, keys: Sequence[str], with_param: bool = True) -> str:
+    """A cell's name in a figure: the model (``THP``, ``THP+`` ...; encoder and aggregator when not the defaults)
+    and every other cell key that is set, e.g. ``THP (max_epochs=1, max_sequences=300)``; ``keys`` are the cell
+    columns (:func:`cell_columns`)."""
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    name = str(get("model") or get("decoder") or "?").upper()
+    if with_param:
+        p = str(get("parametrisation", "base"))
+        name += "" if p == "base" else param_symbol(p)
+    extra = []
+    if get("encoder") and str(get("encoder")) != "gru" and str(get("encoder")).upper() not in name:
+        extra.append(str(get("encoder")))
+    if get("aggregator") and str(get("aggregator")) != "sum":
+        extra.append(str(get("aggregator")))
+    for k in keys:
+        if k.startswith("config."):
+            extra.append(f"{k.rsplit('.', 1)[-1]}={format_value(get(k))}")
+    return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+LABEL_PRIORITY = ("config.data.max_sequences", "config.train.max_epochs", "config.data.name", "config.train.lr",
+                  "config.model.hidden_size")
+"""The settings a figure label names first when cells with one model name differ in several."""
+
+
+def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, max_extra: int = 2) -> list[str]:
+    """One figure label per row of ``df`` (runs or summary rows): the model name (:func:`cell_label` without
+    settings) plus the settings among ``keys`` in which cells **of the same model name** differ, at most
+    ``max_extra`` of them (:data:`LABEL_PRIORITY` first) and ``+N more``: ``THP (max_sequences=300,
+    max_epochs=1)`` beside ``THP (max_sequences=all, max_epochs=4)``; a model name that is unique stays bare.
+    Labels still equal after that get ``#1``, ``#2`` ... so no two cells ever share one."""
+    rows = [r for _, r in df.iterrows()]
+    names = [cell_label(r, [], with_param) for r in rows]
+    config_keys = [k for k in keys if k.startswith("config.") and k in df.columns]
+    prio = {k: i for i, k in enumerate(LABEL_PRIORITY)}
+    cell_key = [tuple(format_value(r.get(k)) for k in keys if k in df.columns) for r in rows]
+    labels = []
+    by_name: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        by_name.setdefault(n, []).append(i)
+    diff_of: dict[str, list[str]] = {}
+    for n, idx in by_name.items():
+        diff = [k for k in config_keys if len({format_value(rows[i].get(k)) for i in idx}) > 1]
+        diff_of[n] = sorted(diff, key=lambda k: (prio.get(k, len(prio)), config_keys.index(k)))
+    for i, r in enumerate(rows):
+        diff = diff_of[names[i]]
+        shown = [f"{k.rsplit('.', 1)[-1]}={_label_value(k, r.get(k))}" for k in diff[:max_extra]]
+        if len(diff) > max_extra:
+            shown.append(f"+{len(diff) - max_extra} more")
+        labels.append(names[i] + (f" ({', '.join(shown)})" if shown else ""))
+    # cells that still share a label (they differ only in settings not shown) are numbered
+    first: dict[str, list[tuple]] = {}
+    for lbl, ck in zip(labels, cell_key):
+        if ck not in first.setdefault(lbl, []):
+            first[lbl].append(ck)
+    return [lbl if len(first[lbl]) == 1 else f"{lbl} #{first[lbl].index(ck) + 1}" for lbl, ck in zip(labels, cell_key)]
+
+
+_UNSET = {"config.data.max_sequences": "all"}  # what a null setting means, where it means something
+
+
+def _label_value(key: str, v: Any) -> str:
+    text = format_value(v)
+    return _UNSET.get(key, "unset") if text == "–" else text
 
 
 def _pretty_key(k: str) -> str:

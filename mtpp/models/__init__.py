@@ -6,6 +6,9 @@ Importing this package imports every part module, whose decorators fill ``ENCODE
 
 from __future__ import annotations
 
+import operator
+from typing import Any
+
 from torch import nn
 
 from mtpp.models import encoders, joint, mark_decoders, time_decoders  # noqa: F401  (fill the registries)
@@ -30,12 +33,31 @@ __all__ = [
 ]
 
 
-def build_model(cfg: ModelConfig, num_marks: int) -> MarkedTPP:
-    """The ``MarkedTPP`` described by ``cfg`` for ``num_marks`` marks.
+def build_model(cfg: ModelConfig | dict | Any = None, num_marks: int | None = None) -> MarkedTPP:
+    """The ``MarkedTPP`` described by ``cfg`` for ``num_marks`` marks (``K``; marks are ``0 .. K-1``).
 
-    Unknown encoder / decoder / parametrisation names raise ``ConfigError`` listing the valid names.
+    ``cfg``: a ``ModelConfig``; a dict of ``model`` keys (``{"encoder": "thp", "decoder": "lnm",
+    "parametrisation": "plusplus"}``, the YAML ``model:`` section as a dict); a whole run configuration
+    (``RunConfig`` or a dict with a ``model`` section); ``None`` for the defaults (``mtpp.config.as_model_config``).
+    The model is float32 on the CPU; ``.to(device, dtype)`` moves it. Its forward contract (``nll(batch)``:
+    per-sequence NLL terms of shape ``[B]`` in nats, ``score``, ``predict``, ``sample_next``) is documented in
+    ``mtpp.models.mtpp``.
+
+    Raises ``ConfigError`` for an unknown key, a value of the wrong type or an unknown encoder / decoder /
+    parametrisation name (listing the valid ones), and for ``num_marks`` missing or < 1.
     """
-    return MarkedTPP(cfg, num_marks)
+    from mtpp.config import as_model_config
+    from mtpp.errors import ConfigError
+
+    try:
+        if isinstance(num_marks, bool):
+            raise TypeError
+        k = operator.index(num_marks)  # int, numpy integers
+    except TypeError:
+        raise ConfigError(
+            f"build_model: num_marks must be a positive integer (e.g. dataset.num_marks), got {num_marks!r}"
+        ) from None
+    return MarkedTPP(as_model_config(cfg), k)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -34,16 +34,22 @@ _SINKS: list[IO[str]] = []  # open console copies (console_log)
 
 
 class RunLogger:
-    """Appends JSON objects to ``OUT/log.jsonl`` and mirrors numeric fields to TensorBoard when enabled."""
+    """Appends JSON objects to ``OUT/log.jsonl`` and mirrors numeric fields to TensorBoard when enabled, and to
+    the experiment trackers of ``OUT/config.yaml`` (``logging.trackers``: ``mtpp.training.tracking``)."""
 
     def __init__(self, out_dir: Path, tensorboard: bool = False) -> None:
+        from mtpp.training.tracking import open_trackers
+
         self.path = Path(out_dir) / LOG_FILE
+        self._trackers = open_trackers(out_dir)  # before the log is opened: an empty log means a fresh run
         self._fh = self.path.open("a", encoding="utf-8")
         self._tb = _make_tensorboard(Path(out_dir) / "tensorboard") if tensorboard else None
 
-    def write(self, record: dict[str, Any], prefix: str = "train") -> None:
+    def write(self, record: dict[str, Any], prefix: str = "train", track: bool = True) -> None:
         record = json_safe(record)
         self._fh.write(json.dumps(record, allow_nan=False) + "\n")
+        if track:
+            self._trackers.log([record], prefix)
         if self._tb is not None:
             step = record.get("step", 0)
             for k, v in record.items():
@@ -51,9 +57,11 @@ class RunLogger:
                     self._tb.add_scalar(f"{prefix}/{k}", v, step)
 
     def write_many(self, records: Iterable[dict[str, Any]], prefix: str = "train") -> None:
+        records = list(records) if self._trackers else records
         for r in records:
-            self.write(r, prefix)
+            self.write(r, prefix, track=False)
         self._fh.flush()
+        self._trackers.log(records, prefix)
 
     def flush(self) -> None:
         self._fh.flush()
@@ -65,6 +73,7 @@ class RunLogger:
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
+        self._trackers.close()
 
 
 def truncate_log(out_dir: Path, max_epoch: int) -> None:

@@ -117,12 +117,19 @@ def fit(
     *,
     data_dir: str | None = None,
     overwrite: bool = False,
+    model: nn.Module | None = None,
+    data: Any = None,
+    on_epoch: Any = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` and return the final metrics (``metrics.json``'s content).
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (the model and data sections must match the stored
     ``config.yaml``; training settings such as ``train.max_epochs`` may change). Without ``resume``, a folder
-    that already holds a run is an error unless ``overwrite``.
+    that already holds a run is an error unless ``overwrite``. ``model`` / ``data``: an already built model (whose
+    ``cfg`` is ``config.model``) and already loaded data (a ``setup.RunData``) used instead of building them from
+    ``config`` (``mtpp.training.api.fit`` composes them; the model is trained in place). ``on_epoch(epoch, val)``:
+    called after each epoch's validation, checkpoint and log record with the validation NLLs (``_validate``'s
+    dict); an exception it raises (e.g. Optuna's ``TrialPruned``, ``mtpp tune``) ends the run there.
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
@@ -130,8 +137,10 @@ def fit(
         with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main):
             with determinism(config.train.deterministic), compile_settings(config.train.compile):
                 trainer = Trainer(
-                    config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp
+                    config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
+                    model=model, data=data,
                 )
+                trainer.on_epoch = on_epoch
                 try:
                     return trainer.run()
                 finally:
@@ -375,6 +384,8 @@ class Trainer:
         data_dir: str | None = None,
         overwrite: bool = False,
         dist: Dist = SINGLE,
+        model: nn.Module | None = None,
+        data: Any = None,
     ) -> None:
         out_dir = Path(out_dir)
         self.cfg = cfg
@@ -391,9 +402,17 @@ class Trainer:
         state = dist.on_main(lambda: _setup_out_dir(cfg, out_dir, resume, overwrite, where, self.quiet))
         resume = state is not None  # False when --resume found only a run that died before its first checkpoint
         checkpoint.seed_everything(cfg.train.seed)
-        self.data, self.data_record = _load_data_rank0_first(cfg, data_dir, dist, (state or {}).get("data"))
+        if data is None:
+            self.data, self.data_record = _load_data_rank0_first(cfg, data_dir, dist, (state or {}).get("data"))
+        else:  # data the caller loaded (mtpp.training.api.fit), recorded like loaded data
+            from mtpp.runs import data_record
+
+            self.data, self.data_record = data, data_record(data, cfg.data)
         _check_validation_split(self.data, cfg)
-        self.model = build_run_model(cfg, self.data.num_marks, self.device)
+        if model is None:
+            self.model = build_run_model(cfg, self.data.num_marks, self.device)
+        else:  # a model the caller built (mtpp.training.api.fit): trained in place
+            self.model = model.to(device=self.device, dtype=self.dtype)
         # the model's unit of time (mtpp.models.scaling); a resumed run restores it from its checkpoint below
         self.model.time_scale = resolve_time_scale(cfg.data.time_scale, self.data.train)
         dist.broadcast_module(self.model)  # identical replicas (the same seed gives them anyway on CPU)
@@ -422,6 +441,7 @@ class Trainer:
             )
             self.logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
         self.progress = Progress(cfg.logging.progress and not self.quiet)
+        self.on_epoch: Any = None  # fit(on_epoch=...): a per-epoch callback (pruning in mtpp tune)
         self._timing = _Timing()
         if self.main:
             echo(run_header(self), self.quiet)
@@ -470,6 +490,8 @@ class Trainer:
             val = self._validate()
             val["validation_seconds"] = time.perf_counter() - started
             self._end_epoch(epoch, seconds, val)
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, val)
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> float:

@@ -1,0 +1,130 @@
+"""``fit``: the Python entry point that composes with ``load_dataset`` and ``build_model``.
+
+Two routes, one trainer (``mtpp.training.trainer``)::
+
+    # the notebook route: objects in, the same run directory out
+    ds = load_dataset("synthetic_hawkes")                       # mtpp.data.catalog.Dataset
+    model = build_model({"encoder": "gru", "decoder": "lnm"}, ds.num_marks)
+    result = fit(model, ds, "runs/nb", config={"train": {"max_epochs": 5}})
+
+    # the configuration route (what ``mtpp train`` does)
+    result = fit("configs/quickstart.yaml", "runs/q")          # or a RunConfig, or a nested dict
+
+Contract
+    ``fit(model, data, out_dir=None, *, config=None, ...)``: ``model`` is a ``MarkedTPP`` (anything with a
+    ``cfg: ModelConfig`` and ``num_marks``), trained **in place** (it ends holding the best validation state, on
+    the configured device and dtype); ``data`` has ``train``, ``val``, ``test`` (lists of ``EventSequence``) and
+    ``num_marks`` (a ``Dataset`` from ``load_dataset``, or a ``RunData``); ``config`` gives the other sections
+    (``train``, ``gradients``, ``logging``, ``data.dtype`` / ``data.max_sequences``): a ``RunConfig``, a nested
+    dict, a YAML path or ``None`` (defaults). The run's ``model`` section is the model's ``cfg`` and its ``data``
+    section names the dataset (its catalog name, else the folder it was read from) and split, so ``config.yaml``
+    describes what was trained and ``mtpp evaluate OUT`` can rebuild it.
+
+    ``fit(config, out_dir, resume=False, *, data_dir=None, overwrite=False)``: the configuration route.
+
+    Both return the final metrics (the content of ``metrics.json``: ``{"val": {...}, "test": {...},
+    "train": {...}}``; NLLs in nats per sequence and per event) plus ``"run_dir"``, the run directory as a string.
+    ``out_dir=None`` (either route) trains into a new temporary folder (``tempfile.mkdtemp(prefix="mtpp-fit-")``),
+    named in ``result["run_dir"]``; nothing existing is overwritten unless ``overwrite=True``.
+
+Errors: ``ConfigError`` for an invalid configuration, a model without a ``ModelConfig``, data without
+train / val / test, or a model built for another number of marks than the data has; the trainer's ``MtppError``
+for an occupied run directory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mtpp.config import DataConfig, RunConfig, as_run_config
+from mtpp.errors import ConfigError
+from mtpp.models.config import ModelConfig
+
+__all__ = ["fit"]
+
+
+def fit(
+    model_or_config: nn.Module | RunConfig | dict | str | Path | None,
+    data_or_out: Any = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    *,
+    config: RunConfig | dict | str | Path | None = None,
+    data_dir: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train a model on data (``fit(model, data, out_dir)``) or a configuration (``fit(config, out_dir)``).
+
+    See the module docstring for both routes, shapes and units. Returns ``metrics.json``'s content plus
+    ``"run_dir"``.
+    """
+    from mtpp.training import trainer
+
+    if isinstance(model_or_config, nn.Module):
+        if data_or_out is None:
+            raise ConfigError("fit(model, data, ...): data is missing (e.g. data=load_dataset('synthetic_hawkes'))")
+        if resume:
+            raise ConfigError("fit(model, data, ...): resume=True needs the configuration route, "
+                              "fit(config, out_dir, resume=True)")
+        cfg, run_data = _compose(model_or_config, data_or_out, as_run_config(config))
+        out = _out_dir(out_dir)
+        metrics = trainer.fit(cfg, out, data_dir=data_dir, overwrite=overwrite, model=model_or_config,
+                              data=run_data)
+    else:
+        if config is not None:
+            raise ConfigError("fit(config, out_dir): pass the configuration once (config= is for fit(model, data))")
+        if out_dir is not None:
+            raise ConfigError("fit(config, out_dir, ...): a third positional argument is only for fit(model, data, "
+                              "out_dir); pass resume=True by keyword")
+        cfg = as_run_config(model_or_config)
+        out = _out_dir(data_or_out)
+        metrics = trainer.fit(cfg, out, resume=resume, data_dir=data_dir, overwrite=overwrite)
+    return {**metrics, "run_dir": str(out)}
+
+
+def _out_dir(out_dir: Any) -> Path:
+    if out_dir is None:
+        return Path(tempfile.mkdtemp(prefix="mtpp-fit-"))
+    if not isinstance(out_dir, (str, Path)):
+        raise ConfigError(f"out_dir must be a folder path, got {type(out_dir).__name__}")
+    return Path(out_dir)
+
+
+def _compose(model: nn.Module, data: Any, cfg: RunConfig) -> tuple[RunConfig, Any]:
+    """The run configuration of ``model`` trained on ``data`` (model and data sections taken from them) and the
+    data as the trainer's ``RunData`` (cut to ``cfg.data.max_sequences`` per split)."""
+    from mtpp.data.catalog import CATALOG
+    from mtpp.training.setup import RunData
+
+    model_cfg = getattr(model, "cfg", None)
+    if not isinstance(model_cfg, ModelConfig):
+        raise ConfigError(f"fit(model, data): the model must be a MarkedTPP from build_model (a module with a "
+                          f"ModelConfig .cfg), got {type(model).__name__}")
+    missing = [a for a in ("train", "val", "test", "num_marks") if not hasattr(data, a)]
+    if missing:
+        raise ConfigError(f"fit(model, data): data needs train, val, test and num_marks (a Dataset from "
+                          f"load_dataset); {type(data).__name__} has no {', '.join(missing)}")
+    k_model, k_data = int(getattr(model, "num_marks", data.num_marks)), int(data.num_marks)
+    if k_model != k_data:
+        raise ConfigError(f"fit(model, data): the model was built for {k_model} marks, the data has {k_data}; "
+                          f"build it with build_model(cfg, ds.num_marks)")
+    name = str(getattr(data, "name", "data"))
+    if name not in CATALOG and getattr(data, "source", None):
+        name = str(data.source)  # a path: what load_dataset reads again
+    data_cfg: DataConfig = replace(cfg.data, name=name, split=int(getattr(data, "split", cfg.data.split)))
+    cfg = replace(cfg, model=model_cfg, data=data_cfg, variants=[])
+    n = cfg.data.max_sequences
+
+    def cut(seqs: Any) -> list:
+        seqs = list(seqs)
+        return seqs[:n] if n is not None else seqs
+
+    source = getattr(data, "source", None)
+    run_data = RunData(cut(data.train), cut(data.val), cut(data.test), k_data, name, getattr(data, "notes", None),
+                       source=None if source is None else str(source), split_index=data_cfg.split)
+    return cfg, run_data

@@ -1,0 +1,245 @@
+"""Experiment tracking beside ``log.jsonl``: MLflow and Weights & Biases sinks, off by default.
+
+Turned on per run by the configuration (``mtpp.config.LoggingConfig``)::
+
+    logging:
+      trackers: [mlflow, wandb]
+      tracker_options:
+        mlflow: {tracking_uri: sqlite:///mlflow.db, experiment: mtpp}   # also run_name, tags
+        wandb: {project: mtpp, mode: offline}                          # also entity, group, run_name, tags
+
+Each needs its package (extras ``mlflow`` -> ``mlflow-skinny``, ``wandb`` -> ``wandb``); a tracker whose package is
+missing is a ``ConfigError`` at the start of the run, before any training.
+
+What is sent. ``RunLogger`` (``mtpp.training.logging``) forwards every record it writes to ``log.jsonl`` to
+:meth:`Trackers.log` (its one hook): step records (losses ``loss_time`` / ``loss_mark`` in nats per sequence,
+``cos_tm``, ``cos_tm/encoder``, ``cos_tm/decoder``, ``gms``, gradient norms, the skip flag) as ``train/<key>``
+and epoch records (validation NLLs, epoch seconds, learning rate, ...) as ``val/<key>``, each at its training
+step; a ``/`` inside a record key becomes ``.`` (``train/cos_tm.encoder``), so no name nests under another. Records arrive in batches at the trainer's flushes (every ``logging.flush_every`` steps), so tracking
+adds no host sync. At the start the resolved configuration (``config.yaml``: every section flattened to
+``section.key``, and ``run_info``) is logged as parameters; at the end the final metrics of ``metrics.json``
+(``val/...``, ``test/...``, ``train/...``, the same names as the file) as summary values, and the run is marked
+finished, or failed when the run ended without ``metrics.json`` (interrupted, diverged). Final metrics are
+named ``final/<split>/<metric>`` (``final/test/nll_time_per_seq``).
+
+Failures. A tracker that cannot start (unreachable server, bad URI, no credentials) stops the run before
+training with one line (``MtppError``); one that fails later is switched off with a warning and the run goes on
+(``log.jsonl`` is always complete).
+
+Resume. The tracker run ids are kept in ``OUT/tracking.json``; ``mtpp train --resume`` continues the same MLflow
+run and W&B run (epochs repeated after the checkpoint are logged again at the same steps).
+
+W&B runs its writer in a service process: an offline run's ``run-<id>.wandb`` file is complete once that service
+has shut down (``wandb.teardown()``, or the end of the Python process), not necessarily when ``fit`` returns.
+
+Defaults. MLflow: ``tracking_uri`` from MLflow itself (``$MLFLOW_TRACKING_URI``, else its default store),
+experiment ``mtpp``, run name the run folder's name. W&B: project ``mtpp``, ``mode`` from ``$WANDB_MODE`` (else
+online, which needs ``wandb login``; ``offline`` writes ``OUT/wandb`` for a later ``wandb sync``), files under
+``OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from mtpp.errors import ConfigError, MtppError
+
+__all__ = ["Trackers", "open_trackers", "TRACKING_FILE"]
+
+TRACKING_FILE = "tracking.json"
+_SKIP = ("kind", "step", "epoch")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def _key(name: str) -> str:
+    """``cos_tm/encoder`` -> ``cos_tm.encoder``: a record key never nests under another (MLflow's file store makes
+    every ``/`` a folder, so ``cos_tm`` and ``cos_tm/encoder`` could not both exist)."""
+    return name.replace("/", ".")
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric fields of a record (booleans as 0 / 1), without the bookkeeping keys."""
+    out = {}
+    for k, v in record.items():
+        if k in _SKIP or v is None or isinstance(v, (str, list, dict)):
+            continue
+        v = float(v)
+        if math.isfinite(v):
+            out[k] = v
+    return out
+
+
+class _MLflow:
+    """One MLflow run through ``MlflowClient`` (no global active run, so several runs may share a process)."""
+
+    name = "mlflow"
+
+    def __init__(self, out_dir: Path, config: dict, options: dict, run_id: str | None) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ConfigError('logging.trackers: mlflow is not installed (pip install -e ".[mlflow]")') from None
+        from mlflow.entities import Param, RunTag
+
+        self.client = MlflowClient(tracking_uri=options.get("tracking_uri"))
+        if run_id is None:
+            name = options.get("experiment", "mtpp")
+            exp = self.client.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name)
+            run = self.client.create_run(exp_id, run_name=options.get("run_name") or out_dir.name,
+                                         tags={"mtpp.run_dir": str(out_dir.resolve()), **options.get("tags", {})})
+            run_id = run.info.run_id
+            params = [Param(k, str(v)[:6000]) for k, v in _flatten(config).items()]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
+                self.client.log_batch(run_id, params=params[i : i + 100])
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag("mtpp.resumed", "true")])
+        self.run_id = run_id
+
+    def log(self, items: list[tuple[str, float, int]]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v, step in items]
+        for i in range(0, len(metrics), 1000):  # the batch limit of log_batch
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def finish(self, summary: dict[str, float], ok: bool) -> None:
+        from mlflow.entities import Metric
+
+        if summary:
+            self.client.log_batch(self.run_id, metrics=[Metric(f"final/{k}", v, 0, 0) for k, v in summary.items()])
+        self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+
+
+class _WandB:
+    """One W&B run (``wandb.init`` with ``reinit``-safe ``finish``); the training step is the ``step`` metric."""
+
+    name = "wandb"
+
+    def __init__(self, out_dir: Path, config: dict, options: dict, run_id: str | None) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError('logging.trackers: wandb is not installed (pip install -e ".[wandb]")') from None
+        kwargs = {k: options[k] for k in ("project", "entity", "group", "mode", "tags") if k in options}
+        kwargs.setdefault("project", "mtpp")
+        self.run = wandb.init(
+            dir=str(out_dir), name=options.get("run_name") or out_dir.name, config=config, id=run_id,
+            resume="allow", settings=wandb.Settings(silent=True, console="off"), **kwargs,
+        )  # fmt: skip
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+        self.run_id = self.run.id
+
+    def log(self, items: list[tuple[str, float, int]]) -> None:
+        by_step: dict[int, dict[str, float]] = {}
+        for k, v, step in items:
+            by_step.setdefault(step, {})[k] = v
+        for step in sorted(by_step):
+            self.run.log({**by_step[step], "step": step})
+
+    def finish(self, summary: dict[str, float], ok: bool) -> None:
+        for k, v in summary.items():
+            self.run.summary[f"final/{k}"] = v
+        self.run.finish(exit_code=0 if ok else 1)
+
+
+_KINDS = {"mlflow": _MLflow, "wandb": _WandB}
+
+
+class Trackers:
+    """The trackers of one run directory. ``log(records, prefix)`` forwards ``log.jsonl`` records; ``close()``
+    sends the final metrics and the run status. Empty (every call a no-op) when no tracker is configured."""
+
+    def __init__(self, out_dir: Path, sinks: list[Any]) -> None:
+        self.out_dir = Path(out_dir)
+        self.sinks = sinks
+
+    def __bool__(self) -> bool:
+        return bool(self.sinks)
+
+    def log(self, records: Iterable[dict[str, Any]], prefix: str = "train") -> None:
+        if not self.sinks:
+            return
+        items = []
+        for r in records:
+            step = int(r.get("step") or 0)
+            items += [(f"{prefix}/{_key(k)}", v, step) for k, v in _scalars(r).items()]
+        if items:
+            for sink in list(self.sinks):
+                self._guarded(sink, sink.log, items)
+
+    def _guarded(self, sink: Any, call: Any, *args: Any) -> None:
+        """A tracker that fails (a server gone, a full disk) is switched off with one warning; training goes on
+        and ``log.jsonl`` stays complete."""
+        try:
+            call(*args)
+        except Exception as e:  # noqa: BLE001  (any failure of a third-party sink)
+            warnings.warn(f"logging.trackers: {sink.name} failed ({type(e).__name__}: {e}); switched off for the "
+                          f"rest of this run (log.jsonl is complete)", stacklevel=3)
+            self.sinks.remove(sink)
+
+    def close(self) -> None:
+        if not self.sinks:
+            return
+        path = self.out_dir / "metrics.json"
+        summary: dict[str, float] = {}
+        ok = path.is_file()
+        if ok:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+            for split, values in metrics.items():
+                if isinstance(values, dict):
+                    summary.update({f"{split}/{_key(k)}": v for k, v in _scalars(values).items()})
+        for sink in list(self.sinks):
+            self._guarded(sink, sink.finish, summary, ok)
+        self.sinks = []
+
+
+def open_trackers(out_dir: str | Path) -> Trackers:
+    """The trackers that ``OUT/config.yaml`` (``logging.trackers``) asks for, started, or resumed when
+    ``OUT/log.jsonl`` already has records (a resumed run; the run ids are in ``OUT/tracking.json``). No config, or no tracker in it: an empty ``Trackers``. ``ConfigError`` when a
+    tracker's package is missing."""
+    out_dir = Path(out_dir)
+    path = out_dir / "config.yaml"
+    if not path.is_file():
+        return Trackers(out_dir, [])
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    logging_cfg = config.get("logging") or {}
+    names = list(logging_cfg.get("trackers") or [])
+    if not names:
+        return Trackers(out_dir, [])
+    options = logging_cfg.get("tracker_options") or {}
+    ids_path = out_dir / TRACKING_FILE
+    log = out_dir / "log.jsonl"
+    resumed = log.is_file() and log.stat().st_size > 0  # the trainer removes log.jsonl unless it resumes
+    ids = json.loads(ids_path.read_text(encoding="utf-8")) if resumed and ids_path.is_file() else {}
+    sinks = []
+    for n in names:
+        try:
+            sinks.append(_KINDS[n](out_dir, config, dict(options.get(n) or {}), ids.get(n)))
+        except MtppError:
+            raise
+        except Exception as e:  # noqa: BLE001  (an unreachable server, a bad URI, missing credentials)
+            raise MtppError(f"logging.trackers: {n} could not start ({type(e).__name__}: {e}); fix "
+                            f"logging.tracker_options.{n} or remove it from logging.trackers") from None
+    ids_path.write_text(json.dumps({s.name: s.run_id for s in sinks}, indent=2) + "\n", encoding="utf-8")
+    return Trackers(out_dir, sinks)

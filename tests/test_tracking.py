@@ -1,0 +1,187 @@
+"""Experiment trackers (``logging.trackers``): off by default; MLflow (file store in tmp) and W&B (offline mode)
+receive the resolved config, every ``log.jsonl`` record at its step, the final metrics and the run status; a
+resumed run continues the same tracker run."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from mtpp.config import config_from_dict
+from mtpp.errors import ConfigError
+from mtpp.training.trainer import fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {
+    "data": {"name": "synthetic_hawkes", "max_sequences": 16},
+    "model": {"encoder": "gru", "decoder": "lnm", "hidden_size": 8, "mark_embedding_size": 4,
+              "time_embedding_size": 4, "decoder_hidden_size": 8, "num_components": 3},
+    "train": {"max_epochs": 2, "batch_size": 8},
+    "logging": {"quiet": True, "progress": False, "flush_every": 3},
+}
+
+
+def _cfg(trackers, options, epochs=2):
+    raw = json.loads(json.dumps(TINY))
+    raw["logging"].update(trackers=trackers, tracker_options=options)
+    raw["train"]["max_epochs"] = epochs
+    return config_from_dict(raw)
+
+
+def _log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_off_by_default(tmp_path):
+    assert config_from_dict({}).logging.trackers == []
+    fit(_cfg([], {}, epochs=1), tmp_path / "r")
+    assert not (tmp_path / "r" / "tracking.json").exists()
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="unknown tracker 'mlflw' \\(did you mean 'mlflow'\\?\\)"):
+        config_from_dict({"logging": {"trackers": ["mlflw"]}})
+    with pytest.raises(ConfigError, match="logging.tracker_options.wandb.projekt' \\(did you mean 'project'"):
+        config_from_dict({"logging": {"tracker_options": {"wandb": {"projekt": "x"}}}})
+
+
+def test_missing_package_stops_before_training(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
+    with pytest.raises(ConfigError, match=r'mlflow is not installed \(pip install -e "\.\[mlflow\]"\)'):
+        fit(_cfg(["mlflow"], {}), tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this switch
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # tests send nothing anywhere
+    uri = f"file:{tmp_path / 'mlruns'}"
+    run = tmp_path / "r"
+    cfg = _cfg(["mlflow"], {"mlflow": {"tracking_uri": uri, "experiment": "tests"}}, epochs=1)
+    fit(cfg, run)
+    run_id = json.loads((run / "tracking.json").read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=uri)
+    info = client.get_run(run_id)
+    assert info.info.status == "FINISHED" and info.info.run_name == "r"
+    assert info.data.params["model.decoder"] == "lnm" and info.data.params["train.max_epochs"] == "1"
+    steps = [r for r in _log(run) if r.get("kind") == "step"]
+    hist = client.get_metric_history(run_id, "train/loss_time")
+    assert [(m.step, m.value) for m in hist] == [(r["step"], pytest.approx(r["loss_time"])) for r in steps]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert info.data.metrics["final/test/nll_time_per_seq"] == pytest.approx(metrics["test"]["nll_time_per_seq"])
+    # resume with one more epoch: the same MLflow run, now with two validation records
+    fit(_cfg(["mlflow"], {"mlflow": {"tracking_uri": uri, "experiment": "tests"}}, epochs=2), run, resume=True)
+    assert json.loads((run / "tracking.json").read_text())["mlflow"] == run_id
+    val = client.get_metric_history(run_id, "val/val_nll_per_seq")
+    assert sorted(m.step for m in val) == [r["step"] for r in _log(run) if r.get("kind") == "epoch"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([info.info.experiment_id])) == 1
+
+
+def _wandb_records(path):
+    """The protobuf records of an offline ``run-<id>.wandb`` file (W&B's LevelDB-style log: 7-byte file header,
+    32 KiB blocks, each chunk ``crc32 u32, length u16, type u8`` with type 1 full, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos, buf, out = path.read_bytes(), 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            out.append(buf + chunk)
+    records = []
+    for raw in out:
+        r = pb.Record()
+        r.ParseFromString(raw)
+        records.append(r)
+    return records
+
+
+def test_wandb_offline_gets_records_and_final_metrics(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
+    run = tmp_path / "r"
+    fit(_cfg(["wandb"], {"wandb": {"mode": "offline", "project": "tests"}}, epochs=1), run)
+    wandb.teardown()  # the W&B service writes the offline file asynchronously: wait until it has shut down
+    run_id = json.loads((run / "tracking.json").read_text())["wandb"]
+    files = list((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert len(files) == 1
+    records = _wandb_records(files[0])
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    logged: dict = {}
+    for h in history:  # the train and val records of a step are two history rows
+        logged.setdefault(h["step"], {}).update(h)
+    for r in (r for r in _log(run) if r.get("kind") == "step"):
+        assert logged[r["step"]]["train/loss_mark"] == pytest.approx(r["loss_mark"])
+    summary = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in records
+               if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert summary["final/val/nll_mark_per_seq"] == pytest.approx(metrics["val"]["nll_mark_per_seq"])
+    exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+    assert exits == [0]
+
+
+class _Flaky:
+    """A sink that starts, then fails on its second batch of records."""
+
+    name = "mlflow"
+
+    def __init__(self, out_dir, config, options, run_id):
+        self.run_id, self.calls = "flaky", 0
+
+    def log(self, items):
+        self.calls += 1
+        if self.calls == 2:
+            raise ConnectionError("server went away")
+
+    def finish(self, summary, ok):
+        raise AssertionError("a switched-off tracker is not called again")
+
+
+class _Unreachable(_Flaky):
+    def __init__(self, *args):
+        raise ConnectionError("no server at http://nowhere:5000")
+
+
+def test_a_failing_tracker_is_switched_off_and_the_run_goes_on(tmp_path, monkeypatch):
+    from mtpp.training import tracking
+
+    monkeypatch.setitem(tracking._KINDS, "mlflow", _Flaky)
+    with pytest.warns(UserWarning, match="mlflow failed \\(ConnectionError: server went away\\); switched off"):
+        metrics = fit(_cfg(["mlflow"], {}), tmp_path / "r")
+    assert metrics["train"]["epochs"] == 2 and (tmp_path / "r" / "metrics.json").is_file()
+    assert sum(r.get("kind") == "epoch" for r in _log(tmp_path / "r")) == 2  # log.jsonl is complete
+
+
+def test_a_tracker_that_cannot_start_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    from mtpp.errors import MtppError
+    from mtpp.training import tracking
+
+    monkeypatch.setitem(tracking._KINDS, "mlflow", _Unreachable)
+    with pytest.raises(MtppError, match="logging.trackers: mlflow could not start \\(ConnectionError: no server"):
+        fit(_cfg(["mlflow"], {}), tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
