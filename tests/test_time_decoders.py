@@ -18,6 +18,7 @@ from mtpp.models.config import ModelConfig
 from mtpp.models import integrate
 from mtpp.models.registry import TIME_DECODERS
 from mtpp.models.time_decoders import (
+    ADAPTIVE_NODES,
     TIE_FLOOR,
     CumulativeHazardDistribution,
     HazardDistribution,
@@ -269,8 +270,12 @@ def test_quadrature_decoders_follow_train_eval_mode():
     dec.eval()
     dist = dec(torch.randn(1, 2, D))
     assert (dist.method, dist.num_nodes) == ("gauss_legendre", 80)
+    # evaluation default: the adaptive rule with its own node count (normalised within 1e-6, test_normalisation)
     dec = TIME_DECODERS.build("sahp", D, ModelConfig(integration="gauss_legendre", integration_nodes=12)).eval()
-    assert (dec(torch.randn(1, 2, D)).method, dec(torch.randn(1, 2, D)).num_nodes) == ("gauss_legendre", 12)
+    assert (dec(torch.randn(1, 2, D)).method, dec(torch.randn(1, 2, D)).num_nodes) == ("adaptive", ADAPTIVE_NODES)
+    cfg = ModelConfig(integration="gauss_legendre", integration_nodes=12, eval_integration_nodes=16)
+    dec = TIME_DECODERS.build("thp", D, cfg).eval()
+    assert (dec(torch.randn(1, 2, D)).method, dec(torch.randn(1, 2, D)).num_nodes) == ("adaptive", 16)
 
 
 def test_bad_integration_config_is_a_config_error():
