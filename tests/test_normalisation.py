@@ -55,18 +55,31 @@ def set_sahp(dec, mu, eta, gamma) -> None:
 
 
 def total_mass(dist, upper: float) -> float:
-    """``int_0^upper f`` for a batch of one, by ``quad_vec`` on decade panels ``[0, 1e-14], ..., [.., upper]``."""
+    """``int_0^upper f`` for a batch of one, by ``quad_vec`` on decade panels ``[0, 1e-14], ..., [.., upper]``.
+
+    ``f`` is what ``log_prob`` scores: above the tie resolution ``delta`` its density, below it the continuous
+    density ``lambda exp(-Lambda_rule)``, whose integral over ``[0, delta)`` must equal the tie term
+    ``exp(log_prob(0)) = F(delta)`` (asserted here): so the total is 1 only if the rule's ``Lambda`` is right on
+    both sides of ``delta``.
+    """
+    delta = dist.tie_resolution
 
     def f(t: float) -> float:
         tau = torch.full((1, 1), t, dtype=DT)
         with torch.no_grad():
+            if t < delta:
+                return float((dist.log_intensity(tau) - dist.cumulative_hazard(tau)).exp())
             return float(dist.log_prob(tau).exp())
 
-    edges = [0.0, *np.logspace(-14, math.log10(upper), int(math.log10(upper) + 14) + 1)]
-    total = 0.0
+    edges = sorted({0.0, delta, *np.logspace(-14, math.log10(upper), int(math.log10(upper) + 14) + 1)})
+    total = below = 0.0
     for a, b in zip(edges[:-1], edges[1:]):
         val, _ = scipy.integrate.quad_vec(f, a, b, epsabs=1e-14, epsrel=1e-11, limit=400)
         total += float(val)
+        below += float(val) if b <= delta else 0.0
+    with torch.no_grad():
+        tie_mass = float(dist.log_prob(torch.zeros(1, 1, dtype=DT)).exp())
+    assert abs(tie_mass - below) <= 1e-9 + 1e-7 * below, (tie_mass, below)
     return total
 
 

@@ -29,7 +29,8 @@ class ModelConfig:
     integration: str = "mc"  # compensator of thp / sahp: mc | gauss_legendre
     integration_nodes: int = 50  # N during training
     eval_integration_nodes: int | None = None  # N during evaluation (None: same as training)
-    eval_integration: str | None = None  # rule during evaluation (None: same as training); added for the decoders
+    eval_integration: str | None = None  # rule during evaluation (None: "adaptive", normalised; see time_decoders)
+    tie_resolution: float = 1e-6  # gaps below this (decoder units) score log F(delta): the tie policy, time_decoders
     first_event: str = "skip"  # skip | include: is the first event scored?
     dropout: float = 0.0
     # plusplus only: hidden size of each of its two encoders (None: hidden_size). ++ has two encoders, so the

@@ -14,10 +14,16 @@ outputs: ``C`` components here, ``K`` marks in ``mtpp.models.joint``: the same c
 Shapes: every distribution has ``batch_shape = h.shape[:-1]`` (``[B, L]``); its methods take ``tau: [B, L]`` or
 ``tau: [B, L, M]`` (``M`` query points per event, e.g. integration nodes) and return the same shape.
 
-**Tie rule** (``tau = 0``; see ``TIE_FLOOR``). Intensity-based decoders (rmtpp, fnn, thp, sahp) are finite at 0 by
-construction: ``log f(0) = log lambda(0)`` and ``Lambda(0) = 0``. The log-normal density vanishes at 0, so LNM
-evaluates its *log density only* at ``max(tau, TIE_FLOOR)``; its survival and CDF use the exact ``tau``
-(``S(0) = 1``). The ``p(k | tau, h)`` mark decoder uses the same floor for its ``log tau`` feature.
+**Tie policy** (one rule for every decoder, here and in ``mtpp.models.joint``): a gap below the tie resolution
+``delta`` (``TIE_RESOLUTION``, ``model.tie_resolution``; a zero gap above all) is an observation "the event came
+within ``delta`` of the previous one", and ``log_prob`` returns its log PROBABILITY ``log F(delta)``; every gap
+``tau >= delta`` gets its log density ``log f(tau)``. This is the likelihood of the gaps discretised at ``delta``
+(interval censoring of ``[0, delta)``): it is proper, ``F(delta) + int_delta^inf f = 1`` (tested), and a tie's
+NLL is ``-log F(delta) >= 0``, so no decoder's NLL can fall without bound on tied data however its density
+spikes at 0 (before this rule LNM scored ties at ``log f(1e-10)``: -52.5 nats per sequence on retweet and
+falling, and intensity decoders at ``log lambda(0)``, equally unbounded). ``log_survival``, ``cdf`` and ``icdf``
+are the exact continuous ones (``S(0) = 1``). Counting ties and warning about them: ``mtpp.models.ties``. The
+``p(k | tau, h)`` mark decoder feeds ``log max(tau, TIE_FLOOR)`` as a feature (a feature, not a likelihood).
 
 **Spaces.** Densities, survivals and intensities at the query gaps are in log space. The one exception is by
 design: the integrand of a numerical compensator (THP, SAHP) on its ``N`` nodes is evaluated in LINEAR space as a
@@ -44,7 +50,25 @@ from mtpp.models.config import ModelConfig
 from mtpp.models.registry import TIME_DECODERS
 
 TIE_FLOOR = 1e-10
-"""Gaps below this are evaluated at this value by LNM's log density and the ``log tau`` mark feature (ties)."""
+"""Smallest gap of the ``log tau`` FEATURE of the ``p(k | tau, h)`` mark decoder and of LNM's hazard (not used by
+any likelihood: see the tie policy)."""
+
+TIE_RESOLUTION = 1e-6
+"""Default tie resolution ``delta`` (decoder time units; after the model's time scale the median gap is ~1): gaps
+below it score ``log F(delta)`` (module docstring, "Tie policy"). ``model.tie_resolution`` overrides it."""
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(-x))`` for ``x >= 0`` (Maechler 2012, "Accurately computing log(1 - exp(-|a|))"): ``expm1``
+    below ``log 2``, ``log1p`` above. ``x`` below the smallest normal number is taken at it (a finite, huge NLL
+    instead of ``-inf`` for a compensator that underflowed)."""
+    x = x.clamp(min=torch.finfo(x.dtype).tiny)
+    small = x < math.log(2.0)
+    return torch.where(
+        small,
+        torch.log(-torch.expm1(-torch.where(small, x, torch.ones_like(x)))),
+        torch.log1p(-torch.exp(-torch.where(small, torch.ones_like(x), x))),
+    )
 
 LOG_TAU_BRACKET = (-30.0, 30.0)
 """Quantile search range in ``log tau`` for distributions without a closed-form quantile (~1e-13 to ~1e13)."""
@@ -166,10 +190,18 @@ class HazardDistribution:
     broadcast to ``batch_shape``.
     """
 
+    tie_resolution: float = TIE_RESOLUTION
+    """``delta`` of the tie policy (module docstring); decoders set it from ``model.tie_resolution``."""
+
     def __init__(self, batch_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> None:
         self.batch_shape = torch.Size(batch_shape)
         self.dtype = dtype
         self.device = device
+
+    def _ties(self, tau: Tensor) -> tuple[Tensor, Tensor]:
+        """``(tie, t)``: ``tie = tau < delta`` and the gap the terms are evaluated at, ``t = max(tau, delta)``."""
+        tie = tau < self.tie_resolution
+        return tie, torch.where(tie, torch.full_like(tau, self.tie_resolution), tau)
 
     # -- shapes
     @property
@@ -196,9 +228,12 @@ class HazardDistribution:
 
     # -- derived
     def log_prob(self, tau: Tensor) -> Tensor:
-        """``log f(tau) = log lambda(tau) - Lambda(tau)``."""
+        """``log f(tau) = log lambda(tau) - Lambda(tau)`` for ``tau >= delta``; ``log F(delta)`` at ties (the tie
+        policy); both from ONE ``Lambda`` evaluation at ``max(tau, delta)``."""
         tau = self._align(tau)
-        return self.log_intensity(tau) - self.cumulative_hazard(tau)
+        tie, t = self._ties(tau)
+        big = self.cumulative_hazard(t)
+        return torch.where(tie, log1mexp(big), self.log_intensity(t) - big)
 
     def log_survival(self, tau: Tensor) -> Tensor:
         """``log S(tau) = -Lambda(tau)``."""
@@ -285,7 +320,8 @@ class LogNormalMixture(HazardDistribution):
     Closed forms: log density by ``logsumexp``; ``log S = logsumexp_c(log w_c + log_ndtr(-(log tau - m_c)/s_c))``
     (no clamped CDF); mean ``sum_c w_c exp(m_c + s_c^2 / 2)``; exact sampling (component, then normal).
     ``icdf`` by safeguarded Newton in ``log tau`` inside ``[min_c q_c(u), max_c q_c(u)]`` (the component quantiles
-    bracket the mixture quantile). Tie rule: the log density is evaluated at ``max(tau, TIE_FLOOR)``.
+    bracket the mixture quantile). Ties: ``log F(delta)`` from ``log_ndtr`` (the tie policy; no density floor, so
+    no mass below any floor is lost).
     """
 
     def __init__(self, log_weights: Tensor, means: Tensor, log_scales: Tensor) -> None:
@@ -297,13 +333,19 @@ class LogNormalMixture(HazardDistribution):
     def _params(self, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self._p(self.log_weights, tau), self._p(self.means, tau), self._p(self.log_scales, tau)
 
-    def log_prob(self, tau: Tensor) -> Tensor:
-        tau = self._align(tau)
+    def _log_density(self, tau: Tensor) -> Tensor:
+        """``log f(tau)`` for ``tau > 0``."""
         log_w, m, log_s = self._params(tau)
-        x = torch.log(tau.clamp_min(TIE_FLOOR)).unsqueeze(-1)
+        x = torch.log(tau).unsqueeze(-1)
         z = (x - m) * torch.exp(-log_s)
         comp = -0.5 * z.square() - log_s - _HALF_LOG_2PI - x
         return torch.logsumexp(log_w + comp, dim=-1)
+
+    def log_prob(self, tau: Tensor) -> Tensor:
+        """``log f(tau)`` for ``tau >= delta``, ``log F(delta)`` below (the tie policy), both in closed form."""
+        tau = self._align(tau)
+        tie, t = self._ties(tau)
+        return torch.where(tie, self._log_cdf(torch.full_like(tau, self.tie_resolution)), self._log_density(t))
 
     def log_survival(self, tau: Tensor) -> Tensor:
         tau = self._align(tau)
@@ -323,8 +365,9 @@ class LogNormalMixture(HazardDistribution):
         return -self.log_survival(tau)
 
     def log_intensity(self, tau: Tensor) -> Tensor:
-        """Hazard ``log f - log S`` (with the same tie rule as ``log_prob``)."""
-        return self.log_prob(tau) - self.log_survival(tau)
+        """Hazard ``log f - log S``, the density taken at ``max(tau, TIE_FLOOR)`` (finite at 0)."""
+        tau = self._align(tau)
+        return self._log_density(tau.clamp_min(TIE_FLOOR)) - self.log_survival(tau)
 
     def icdf(self, u: Tensor) -> Tensor:
         """Safeguarded Newton (``LNM_NEWTON_STEPS``) in ``x = log tau`` inside the exact bracket
@@ -447,12 +490,14 @@ class IntensityDistribution(HazardDistribution):
     intensities at ``tau``; a later ``cumulative_hazard`` / ``log_survival`` / ``cdf`` or ``mark_log_probs`` /
     ``log_intensity`` with the very same tensor (identity, unchanged version counter, same grad mode) reuses them
     instead of recomputing: exactly the same values, and with ``"mc"`` the PIT of ``score`` uses the same nodes as
-    its NLL. Any other ``tau`` is computed afresh.
+    its NLL (at gaps below the tie resolution the kept ``Lambda`` is interpolated, see ``log_prob``). Any other
+    ``tau`` is computed afresh.
 
-    ``cdf`` uses the configured rule. With ``"mc"`` the compensator is an unbiased estimate of ``Lambda`` but the
-    ``cdf = 1 - exp(-Lambda)`` (and ``log_prob``) computed from it is NOT unbiased: ``1 - exp(-x)`` is concave, so by
-    Jensen's inequality ``E[cdf_mc] <= cdf`` (biased low by about ``exp(-Lambda) Var[Lambda_mc] / 2``); use a
-    deterministic rule for reported values. ``icdf`` and ``sample`` invert a deterministic ``Lambda``: the
+    ``cdf`` uses the configured rule. With ``"mc"`` the compensator is an unbiased estimate of ``Lambda`` and so is
+    ``log_prob = log lambda - Lambda`` (linear in it) at ``tau >= delta``, but the ``cdf = 1 - exp(-Lambda)``, the
+    survival and the tie term ``log F(delta)`` are NOT: ``1 - exp(-x)`` is concave, so by Jensen's inequality
+    ``E[cdf_mc] <= cdf``, biased low by about ``exp(-Lambda) Var[Lambda_mc] / 2`` (tested). Reported values use
+    the evaluation rule (``"adaptive"`` by default: deterministic). ``icdf`` and ``sample`` invert a deterministic ``Lambda``: the
     ``"adaptive"`` rule when it is configured, else Gauss-Legendre with ``num_nodes`` nodes.
     """
 
@@ -550,11 +595,16 @@ class IntensityDistribution(HazardDistribution):
         return big, torch.logsumexp(self.component_log_intensity(tau), dim=-1)
 
     def log_prob(self, tau: Tensor) -> Tensor:
-        """``log lambda(tau) - Lambda(tau)``: nodes in linear space (one ``[*batch, N]`` call), ``log lambda`` in log
-        space at ``tau`` (one ``[*batch, C]`` call); both kept for this ``tau`` (see the class docstring)."""
+        """``log lambda(tau) - Lambda(tau)``, ``log F(delta)`` at ties (the tie policy): ``Lambda`` at
+        ``max(tau, delta)`` by the rule (nodes in linear space, one ``[*batch, N]`` call), ``log lambda`` in log
+        space at ``tau`` (one ``[*batch, C]`` call); both kept for this ``tau`` (see the class docstring; at gaps
+        below ``delta`` the kept ``Lambda(tau)`` is ``Lambda(delta) tau / delta``: exact at 0, off by at most
+        ``delta^2 max|lambda'| / 2`` between)."""
         tau = self._align(tau)
-        big = self._store("Lambda", tau, self._compensator(tau))
-        return self.log_intensity(tau) - big
+        tie, t = self._ties(tau)
+        big = self._compensator(t)
+        self._store("Lambda", tau, torch.where(tie, big * (tau / self.tie_resolution), big))
+        return torch.where(tie, log1mexp(big), self.log_intensity(tau) - big)
 
 
 class CumulativeHazardDistribution(HazardDistribution):
@@ -585,8 +635,12 @@ class CumulativeHazardDistribution(HazardDistribution):
         return self.hazards(self._align(tau), with_rate=False)[0].sum(-1)
 
     def log_prob(self, tau: Tensor) -> Tensor:
-        big, small = self.hazards(self._align(tau))
-        return torch.log(small.sum(-1)) - big.sum(-1)
+        """``log lambda - Lambda`` (one forward-mode pass), ``log F(delta)`` at ties (the tie policy)."""
+        tau = self._align(tau)
+        tie, t = self._ties(tau)
+        big, small = self.hazards(t)
+        big = big.sum(-1)
+        return torch.where(tie, log1mexp(big), torch.log(small.sum(-1)) - big)
 
     def _quantile_hazard(self, tau: Tensor) -> tuple[Tensor, Tensor]:
         """``Lambda`` and its exact derivative ``lambda`` from one forward-mode pass."""
@@ -836,6 +890,26 @@ class MonotoneCumulativeHazard(nn.Module):
 # ----------------------------------------------------------------------------------------------- decoders
 
 
+def tie_resolution(cfg: ModelConfig) -> float:
+    """``model.tie_resolution`` (default ``TIE_RESOLUTION``), checked: a positive finite number of time units."""
+    value = getattr(cfg, "tie_resolution", None)
+    value = TIE_RESOLUTION if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < math.inf):
+        raise ConfigError(f"model.tie_resolution must be a positive number of time units, got {value!r}")
+    return float(value)
+
+
+class TiePolicy:
+    """Mixin of every decoder: ``self.tie_resolution`` from the config, ``self._tied(dist)`` sets it on a
+    distribution (the tie policy of the module docstring)."""
+
+    tie_resolution: float = TIE_RESOLUTION
+
+    def _tied(self, dist: HazardDistribution) -> HazardDistribution:
+        dist.tie_resolution = self.tie_resolution
+        return dist
+
+
 def _check_integration(cfg: ModelConfig) -> None:
     for key in ("integration", "eval_integration"):
         value = getattr(cfg, key, None)
@@ -851,7 +925,7 @@ ADAPTIVE_NODES = 24
 parameter ranges (``tests/test_normalisation.py``)."""
 
 
-class QuadratureDecoder(nn.Module):
+class QuadratureDecoder(TiePolicy, nn.Module):
     """Base of decoders whose compensator is numerical: picks the rule and node count by train / eval mode.
 
     Training: ``cfg.integration`` with ``cfg.integration_nodes`` (``"mc"`` by default: cheap, unbiased for
@@ -866,6 +940,7 @@ class QuadratureDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         _check_integration(cfg)
+        self.tie_resolution = tie_resolution(cfg)
         self.train_rule = (cfg.integration, int(cfg.integration_nodes))
         eval_method = getattr(cfg, "eval_integration", None) or "adaptive"
         default_nodes = ADAPTIVE_NODES if eval_method == "adaptive" else cfg.integration_nodes
@@ -876,45 +951,48 @@ class QuadratureDecoder(nn.Module):
 
 
 @TIME_DECODERS.register("lnm")
-class LNMDecoder(nn.Module):
+class LNMDecoder(TiePolicy, nn.Module):
     """``h -> LogNormalMixture``: logits, means and log-scales of ``cfg.num_components`` log-normals from one
     linear layer of ``h`` (ifl-tpp). Normalised by construction."""
 
     def __init__(self, input_size: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.num_components = cfg.num_components
+        self.tie_resolution = tie_resolution(cfg)
         self.linear = nn.Linear(input_size, 3 * cfg.num_components)
 
     def forward(self, h: Tensor) -> LogNormalMixture:
         logits, means, log_scales = self.linear(h).chunk(3, dim=-1)
-        return LogNormalMixture(torch.log_softmax(logits, dim=-1), means, log_scales)
+        return self._tied(LogNormalMixture(torch.log_softmax(logits, dim=-1), means, log_scales))
 
 
 @TIME_DECODERS.register("rmtpp")
-class RMTPPDecoder(nn.Module):
+class RMTPPDecoder(TiePolicy, nn.Module):
     """``h -> RMTPPDistribution``: ``lambda(tau) = exp(v.h + b + w tau)`` with one learned ``w = softplus(.) >= 0``
     (init 0.1): the hazard is non-decreasing, ``Lambda(inf) = inf``, the density integrates to 1."""
 
     def __init__(self, input_size: int, cfg: ModelConfig) -> None:
         super().__init__()
+        self.tie_resolution = tie_resolution(cfg)
         self.linear = nn.Linear(input_size, 1)
         self.w_raw = nn.Parameter(torch.tensor(inverse_softplus(0.1)))
 
     def forward(self, h: Tensor) -> RMTPPDistribution:
-        return RMTPPDistribution(self.linear(h).squeeze(-1), F.softplus(self.w_raw).to(h.dtype))
+        return self._tied(RMTPPDistribution(self.linear(h).squeeze(-1), F.softplus(self.w_raw).to(h.dtype)))
 
 
 @TIME_DECODERS.register("fnn")
-class FNNDecoder(nn.Module):
+class FNNDecoder(TiePolicy, nn.Module):
     """``h -> CumulativeHazardDistribution`` of one ``MonotoneCumulativeHazard`` output (width
     ``cfg.decoder_hidden_size``); see that class for the monotonicity, ``Lambda(0) = 0`` and normalisation."""
 
     def __init__(self, input_size: int, cfg: ModelConfig) -> None:
         super().__init__()
+        self.tie_resolution = tie_resolution(cfg)
         self.hazard = MonotoneCumulativeHazard(input_size, 1, cfg.decoder_hidden_size)
 
     def forward(self, h: Tensor) -> CumulativeHazardDistribution:
-        return CumulativeHazardDistribution(self.hazard(h), h.shape[:-1], h.dtype, h.device)
+        return self._tied(CumulativeHazardDistribution(self.hazard(h), h.shape[:-1], h.dtype, h.device))
 
 
 @TIME_DECODERS.register("thp")
@@ -928,7 +1006,7 @@ class THPDecoder(QuadratureDecoder):
 
     def forward(self, h: Tensor) -> IntensityDistribution:
         method, nodes = self.integration_rule()
-        return IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+        return self._tied(IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes))
 
 
 @TIME_DECODERS.register("sahp")
@@ -942,4 +1020,4 @@ class SAHPDecoder(QuadratureDecoder):
 
     def forward(self, h: Tensor) -> IntensityDistribution:
         method, nodes = self.integration_rule()
-        return IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+        return self._tied(IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes))
