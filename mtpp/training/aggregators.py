@@ -21,7 +21,9 @@ Scale equivariance: every aggregator except ``cograd`` satisfies ``agg(s * grads
 exact. ``cograd``'s correction is cubic in the gradients: under a loss scale ``s`` its effective ``gamma`` becomes
 ``gamma * s^2``; avoid it with fp16 loss scaling (bf16 needs no scaler).
 
-Registered names: see ``AGGREGATORS`` (``sum`` is the default).
+Registered names: see ``AGGREGATORS`` (``sum`` is the default). ``torchjd:NAME`` names any aggregator of the
+optional torchjd library (``pip install 'mtpp[torchjd]'``; ``TorchJD``), e.g. ``gradients.aggregator: torchjd:UPGrad``
+with ``gradients.options`` passed to its constructor.
 """
 
 from __future__ import annotations
@@ -151,7 +153,11 @@ def aggregator_options(name: str) -> dict[str, Any]:
 
 
 def make_aggregator(name: str = "sum", **options: Any) -> Aggregator:
-    """Build an aggregator by name. Unknown names or options raise ``ConfigError`` listing the valid ones."""
+    """Build an aggregator by name. Unknown names or options raise ``ConfigError`` listing the valid ones.
+
+    ``"torchjd:NAME"``: torchjd's aggregator ``NAME`` behind the same interface (``TorchJD``)."""
+    if name.startswith(TORCHJD_PREFIX):
+        return TorchJD.build(name[len(TORCHJD_PREFIX) :], **options)
     if name not in AGGREGATORS:
         raise ConfigError(f"unknown aggregator {name!r}; valid: {', '.join(sorted(AGGREGATORS))}")
     valid = aggregator_options(name)
@@ -614,3 +620,95 @@ class IMTLG(Aggregator):
         rest = (F[0] @ Um.T) @ torch.linalg.pinv(Dm @ Um.T)
         a = torch.cat([(1 - rest.sum()).reshape(1), rest])
         return a @ F
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torchjd adapter (optional extra)
+# ----------------------------------------------------------------------------------------------------------------
+
+TORCHJD_PREFIX = "torchjd:"
+
+
+def _torchjd_aggregation() -> Any:
+    try:
+        import torchjd.aggregation as aggregation
+    except ImportError as e:
+        raise ConfigError(
+            "gradients.aggregator 'torchjd:...' needs the optional package torchjd: pip install 'mtpp[torchjd]' "
+            f"(or pip install torchjd qpsolvers quadprog); import failed: {e}"
+        ) from None
+    return aggregation
+
+
+def torchjd_aggregators() -> dict[str, type]:
+    """torchjd's aggregator classes by name (``{}`` without torchjd installed is a ``ConfigError`` instead)."""
+    aggregation = _torchjd_aggregation()
+    base = aggregation.Aggregator
+    return {
+        n: obj
+        for n in dir(aggregation)
+        if not n.startswith("_")
+        and isinstance(obj := getattr(aggregation, n), type)
+        and issubclass(obj, base)
+        and not inspect.isabstract(obj)
+        and obj is not base
+        and n not in ("WeightedAggregator", "GramianWeightedAggregator")
+    }
+
+
+class TorchJD(Aggregator):
+    """Any torchjd aggregator (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024;
+    https://github.com/TorchJD/torchjd) as an mtpp ``Aggregator``: ``combine(F: [T, P]) = torchjd_agg(F)``, the
+    Jacobian matrix with one row per task (time, mark), exactly torchjd's own calling convention.
+
+    Built by ``make_aggregator("torchjd:NAME", **options)``: ``options`` go to ``torchjd.aggregation.NAME(...)``
+    unchanged except that lists become tensors (``UPGrad(pref_vector=[1, 1])``). Unknown names and options are
+    ``ConfigError`` listing the valid ones; so is a missing torchjd.
+
+    Conventions are torchjd's, not mtpp's: the scale (``UPGrad`` / ``Mean`` / ``MGDA`` give a mean-scale
+    combination, ``Sum`` / ``PCGrad`` the sum's), the equivariance under loss scaling, and host synchronisation
+    (the dual-cone projections of ``UPGrad`` / ``DualProj`` solve a small quadratic programme on the host: one sync
+    per step). Internal state of stateful torchjd aggregators (``GradVac``'s moving average, ``NashMTL``) is not
+    checkpointed and not rolled back on a skipped step (``state_dict`` is empty).
+    """
+
+    name = "torchjd"
+
+    def __init__(self, inner: Any, label: str) -> None:
+        self.inner = inner
+        self.label = label
+
+    @classmethod
+    def build(cls, name: str, **options: Any) -> "TorchJD":
+        available = torchjd_aggregators()
+        if name not in available:
+            raise ConfigError(
+                f"unknown torchjd aggregator {name!r}; valid: "
+                + ", ".join(TORCHJD_PREFIX + n for n in sorted(available))
+            )
+        klass = available[name]
+        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        valid = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} for aggregator 'torchjd:{name}'; valid: "
+                + (", ".join(valid) if valid else "(none)")
+            )
+        kwargs = {k: torch.tensor(v) if isinstance(v, (list, tuple)) else v for k, v in options.items()}
+        try:
+            inner = klass(**kwargs)
+        except ImportError as e:  # a torchjd extra (e.g. quadprog for UPGrad's projector)
+            raise ConfigError(f"aggregator 'torchjd:{name}' needs more of torchjd: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"aggregator 'torchjd:{name}': {e}") from e
+        agg = cls(inner, name)
+        agg._options = dict(options)  # type: ignore[attr-defined]
+        return agg
+
+    def combine(self, F: Tensor) -> Tensor:
+        return self.inner(F)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "_options", {}).items())
+        return f"TorchJD({self.label}{', ' if opts else ''}{opts})"
