@@ -197,7 +197,9 @@ def test_sahp_adaptive_gradients_match_gauss_legendre():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("name,case", [("thp", "fast decay onto a small floor"), ("sahp", "sharp transition")])
+@pytest.mark.parametrize(
+    "name,case", [("thp", c) for c in sorted(THP_CASES)] + [("sahp", c) for c in sorted(SAHP_CASES)]
+)
 def test_icdf_inverts_the_evaluation_rule(name, case):
     dec = build("time", name)
     (set_thp if name == "thp" else set_sahp)(dec, *(THP_CASES if name == "thp" else SAHP_CASES)[case])
