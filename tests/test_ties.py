@@ -70,7 +70,9 @@ def test_lnm_tie_mass_is_the_exact_normal_cdf_and_the_total_is_one():
     assert tie == pytest.approx(scipy.stats.norm.logcdf((math.log(delta) - m) / s), rel=1e-12)
     f = lambda t: float(dist.log_prob(torch.full((1, 1), t, dtype=DT)).exp())  # noqa: E731
     edges = np.logspace(math.log10(delta), 12, 19)
-    above = sum(scipy.integrate.quad(f, a, b, epsabs=1e-14, epsrel=1e-11, limit=200)[0] for a, b in zip(edges[:-1], edges[1:]))
+    above = sum(
+        scipy.integrate.quad(f, a, b, epsabs=1e-14, epsrel=1e-11, limit=200)[0] for a, b in zip(edges[:-1], edges[1:])
+    )
     above += scipy.integrate.quad(f, edges[-1], np.inf)[0]
     assert math.exp(tie) + above == pytest.approx(1.0, abs=1e-9)
 
