@@ -426,3 +426,17 @@ def test_scale_equivariance(name: str) -> None:
     out1 = run(name, (a, b), split=True)
     out2 = run(name, (s * a, s * b), split=True)
     assert np.allclose(out2, s * out1, rtol=1e-9)
+
+
+def test_cograd_per_task_gamma_is_algorithm_1_line_9() -> None:
+    """Yang et al. 2023, Alg. 1 line 9: ``g^_i = g_i - sum_{j != i} gamma_j g_i * g_i * g_j``; the per-task values
+    of the paper's experiments (``{0.01, 0.005}``), as a list and as a mapping."""
+    for a, b in PAIRS:
+        g_t, g_m = 0.01, 0.005
+        expected = (a - g_m * a * a * b) + (b - g_t * b * b * a)
+        assert np.allclose(run("cograd", (a, b), gamma=[g_t, g_m]), expected)
+        assert np.allclose(run("cograd", (a, b), gamma={"time": g_t, "mark": g_m}), expected)
+    with pytest.raises(ConfigError, match="gamma"):
+        make_aggregator("cograd", gamma={"speed": 1.0})
+    with pytest.raises(ConfigError, match="gamma"):
+        make_aggregator("cograd", gamma=float("nan"))

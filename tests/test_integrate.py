@@ -91,7 +91,7 @@ def test_zero_gap_gives_zero_and_finite_gradients():
     a = torch.randn(1, 2, 3, dtype=DT, requires_grad=True)
     b = torch.randn(1, 2, 3, dtype=DT, requires_grad=True)
     tau = torch.zeros(1, 2, dtype=DT)
-    for method in integrate.METHODS:
+    for method in integrate.NODE_METHODS:
         out = integrate.compensator(_softplus_mixture(a, b), tau, method, 10)
         assert torch.equal(out, torch.zeros_like(out))
         ga, gb = torch.autograd.grad(out.sum(), [a, b])
@@ -100,6 +100,8 @@ def test_zero_gap_gives_zero_and_finite_gradients():
 
 def test_bad_rule_is_a_config_error():
     tau = torch.ones(1, 1)
+    with pytest.raises(ConfigError, match="per-component rule"):
+        integrate.compensator(torch.log, tau, "adaptive", 10)
     with pytest.raises(ConfigError, match="gauss_legendre"):
         integrate.compensator(torch.log, tau, "trapezoid", 10)
     with pytest.raises(ConfigError, match=">= 1"):
@@ -193,3 +195,32 @@ def test_compiled_nll_with_monte_carlo_compensator(decoder):
         torch.testing.assert_close(out.mark_terms, ref.mark_terms)
         (out.time_nll.sum() + out.mark_nll.sum()).backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_monte_carlo_cdf_is_biased_low_as_documented():
+    """``Lambda_mc`` is unbiased, ``cdf_mc = 1 - exp(-Lambda_mc)`` is not (Jensen, concave): its mean is below the
+    exact cdf by about ``exp(-Lambda) Var[Lambda_mc] / 2`` (IntensityDistribution's docstring)."""
+    from mtpp.models.registry import TIME_DECODERS
+    from mtpp.models.config import ModelConfig
+
+    dec = TIME_DECODERS.build("thp", 2, ModelConfig(num_components=2, integration="mc", integration_nodes=4)).to(DT)
+    with torch.no_grad():
+        dec.intensity.linear.weight.zero_()
+        dec.intensity.linear.bias.copy_(torch.tensor([3.0, 0.0], dtype=DT))
+        dec.intensity.slope.copy_(torch.tensor([-8.0, -0.5], dtype=DT))
+    h = torch.zeros(1, 1, 2, dtype=DT)
+    reps = 20000
+    tau = torch.full((1, 1, reps), 0.6, dtype=DT)
+    torch.manual_seed(0)
+    mc = dec(h)
+    big = mc.cumulative_hazard(tau)
+    cdf_mc = -torch.expm1(-big)
+    exact_big = dec.eval()(h).cumulative_hazard(tau[..., :1])
+    exact_cdf = -torch.expm1(-exact_big)
+    se_big = big.std() / reps**0.5
+    assert abs(float(big.mean() - exact_big)) < 4 * float(se_big)  # Lambda: unbiased
+    bias = float(cdf_mc.mean() - exact_cdf)
+    se = float(cdf_mc.std()) / reps**0.5
+    assert bias < -6 * se  # cdf: biased low, many standard errors away
+    predicted = -float(torch.exp(-exact_big)) * float(big.var()) / 2
+    assert bias == pytest.approx(predicted, rel=0.3)

@@ -18,7 +18,7 @@ from mtpp.models.config import ModelConfig
 from mtpp.models import integrate
 from mtpp.models.registry import TIME_DECODERS
 from mtpp.models.time_decoders import (
-    TIE_FLOOR,
+    ADAPTIVE_NODES,
     CumulativeHazardDistribution,
     HazardDistribution,
     IntensityDistribution,
@@ -52,19 +52,31 @@ def random_h(b: int = 2, l: int = 3, seed: int = 1) -> torch.Tensor:
 
 
 def total_mass(dist: TimeDistribution) -> np.ndarray:
-    """``int_0^inf f(tau) dtau`` for every element of the batch, by scipy's adaptive quadrature."""
+    """``int_0^inf f(tau) dtau`` for every element of the batch, by scipy's adaptive quadrature, where ``f`` is
+    the density that ``log_prob`` scores: the continuous ``lambda exp(-Lambda)`` on ``[0, delta)`` (checked against
+    the tie term ``exp(log_prob(0)) = F(delta)``, the probability the tie policy scores there) and
+    ``exp(log_prob)`` above."""
     shape = dist.batch_shape
+    delta = dist.tie_resolution
 
     def f(t: float) -> np.ndarray:
         tau = torch.full(shape, t, dtype=DT)
+        if t < delta:  # the continuous density below the tie resolution
+            log_f = dist.log_intensity(tau) - dist.cumulative_hazard(tau)
+            if isinstance(dist, LogNormalMixture):
+                log_f = dist._log_density(tau)
+            return log_f.exp().detach().numpy().ravel()
         return dist.log_prob(tau).exp().detach().numpy().ravel()
 
+    below, _ = scipy.integrate.quad_vec(f, 0.0, delta, epsabs=1e-14, epsrel=1e-10)
+    tie_mass = dist.log_prob(torch.zeros(shape, dtype=DT)).exp().detach().numpy().ravel()
+    np.testing.assert_allclose(tie_mass, below, rtol=1e-6, atol=1e-12)
     # split at the median so the adaptive rule sees where the mass is
     med = dist.icdf(torch.full(shape, 0.5, dtype=DT)).detach().numpy().ravel()
-    split = float(np.median(med))
-    a, _ = scipy.integrate.quad_vec(f, 0.0, split, epsabs=1e-10, epsrel=1e-9)
+    split = max(float(np.median(med)), 2 * delta)
+    a, _ = scipy.integrate.quad_vec(f, delta, split, epsabs=1e-10, epsrel=1e-9)
     b, _ = scipy.integrate.quad_vec(f, split, np.inf, epsabs=1e-10, epsrel=1e-9)
-    return a + b
+    return below + a + b
 
 
 # ------------------------------------------------------------------------------------------- LNM exact answers
@@ -99,13 +111,15 @@ def test_lnm_far_tail_survival_is_log_space():
 
 
 def test_lnm_tie_rule():
+    """A zero gap scores log F(delta) (the tie policy; the exact answer is in tests/test_ties.py); S and F are the
+    exact continuous ones at 0."""
     dec = make_decoder("lnm")
     dist = dec(random_h())
     zero = torch.zeros(2, 3, dtype=DT)
     lp0 = dist.log_prob(zero)
-    torch.testing.assert_close(lp0, dist.log_prob(torch.full_like(zero, TIE_FLOOR)))
-    assert torch.isfinite(lp0).all()
-    assert torch.equal(dist.log_survival(zero), zero)  # S(0) = 1 exactly: the floor is in the density only
+    torch.testing.assert_close(lp0, dist._log_cdf(torch.full_like(zero, dist.tie_resolution)))  # log space
+    assert torch.isfinite(lp0).all() and (lp0 <= 0).all()
+    assert torch.equal(dist.log_survival(zero), zero)  # S(0) = 1 exactly
     assert torch.equal(dist.cdf(zero), zero)
 
 
@@ -203,7 +217,7 @@ def test_rmtpp_poisson_limit_values_and_gradients(w0):
     c = torch.tensor([[0.3, -1.2, 2.0]], dtype=DT, requires_grad=True)
     w = torch.tensor(w0, dtype=DT, requires_grad=True)
     dist = RMTPPDistribution(c, w)
-    tau = torch.tensor([[0.0, 0.5, 7.0]], dtype=DT)
+    tau = torch.tensor([[0.01, 0.5, 7.0]], dtype=DT)  # above the tie resolution (ties: tests/test_ties.py)
     lp = dist.log_prob(tau)
     rate = c.detach().exp()
     torch.testing.assert_close(lp.detach(), c.detach() - rate * tau, rtol=1e-8, atol=1e-12)
@@ -269,8 +283,12 @@ def test_quadrature_decoders_follow_train_eval_mode():
     dec.eval()
     dist = dec(torch.randn(1, 2, D))
     assert (dist.method, dist.num_nodes) == ("gauss_legendre", 80)
+    # evaluation default: the adaptive rule with its own node count (normalised within 1e-6, test_normalisation)
     dec = TIME_DECODERS.build("sahp", D, ModelConfig(integration="gauss_legendre", integration_nodes=12)).eval()
-    assert (dec(torch.randn(1, 2, D)).method, dec(torch.randn(1, 2, D)).num_nodes) == ("gauss_legendre", 12)
+    assert (dec(torch.randn(1, 2, D)).method, dec(torch.randn(1, 2, D)).num_nodes) == ("adaptive", ADAPTIVE_NODES)
+    cfg = ModelConfig(integration="gauss_legendre", integration_nodes=12, eval_integration_nodes=16)
+    dec = TIME_DECODERS.build("thp", D, cfg).eval()
+    assert (dec(torch.randn(1, 2, D)).method, dec(torch.randn(1, 2, D)).num_nodes) == ("adaptive", 16)
 
 
 def test_bad_integration_config_is_a_config_error():
@@ -435,7 +453,9 @@ def test_compensator_cache_at_the_observed_gaps(name):
     big = dist.log_intensity(tau) - dist.log_prob(tau)
     calls = _spy_on_calls(dist)
     cached = dist.cumulative_hazard(tau)
-    torch.testing.assert_close(cached, big, rtol=1e-12, atol=1e-15)  # big: up to cancellation in log_prob
+    tie = tau < dist.tie_resolution  # ties: log_prob is log F(delta), the kept Lambda interpolated (0 at 0)
+    torch.testing.assert_close(cached[~tie], big[~tie], rtol=1e-12, atol=1e-15)  # up to cancellation in log_prob
+    assert cached[0, 0] == 0
     assert torch.equal(dist.cdf(tau), -torch.expm1(-cached))
     assert calls["ground"] == []  # no new nodes
     fresh = dist.cumulative_hazard(tau.clone())  # fresh MC draw: differs except at tau = 0
@@ -451,4 +471,5 @@ def test_compensator_cache_at_the_observed_gaps(name):
     dist = make_decoder(name)(random_h())
     tau = torch.tensor([[0.0, 0.4, 2.0], [1e-12, 1.0, 30.0]], dtype=DT)
     dist.log_prob(tau)
-    assert torch.equal(dist.cumulative_hazard(tau), dist.cumulative_hazard(tau.clone()))
+    tie = tau < dist.tie_resolution
+    assert torch.equal(dist.cumulative_hazard(tau)[~tie], dist.cumulative_hazard(tau.clone())[~tie])

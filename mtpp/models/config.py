@@ -7,7 +7,7 @@ from dataclasses import dataclass
 ENCODERS = ("gru", "rnn", "thp", "sahp", "fnn")
 TIME_DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
 PARAMETRISATIONS = ("base", "plus", "plusplus")
-INTEGRATION = ("mc", "gauss_legendre")
+INTEGRATION = ("mc", "gauss_legendre", "adaptive")
 FIRST_EVENT = ("skip", "include")
 
 
@@ -26,10 +26,11 @@ class ModelConfig:
     window: int = 8  # fnn encoder: last m events
     decoder_hidden_size: int = 32  # MLP width inside decoders
     num_components: int = 32  # lnm mixture components; thp / sahp intensity components
-    integration: str = "mc"  # compensator of thp / sahp: mc | gauss_legendre
+    integration: str = "mc"  # compensator of thp / sahp in training: mc | gauss_legendre | adaptive
     integration_nodes: int = 50  # N during training
-    eval_integration_nodes: int | None = None  # N during evaluation (None: same as training)
-    eval_integration: str | None = None  # rule during evaluation (None: same as training); added for the decoders
+    eval_integration_nodes: int | None = None  # N during evaluation (None: 24 for adaptive, else integration_nodes)
+    eval_integration: str | None = None  # rule during evaluation (None: "adaptive", normalised; see time_decoders)
+    tie_resolution: float = 1e-6  # gaps below this (decoder units) score log F(delta): the tie policy, time_decoders
     first_event: str = "skip"  # skip | include: is the first event scored?
     dropout: float = 0.0
     # plusplus only: hidden size of each of its two encoders (None: hidden_size). ++ has two encoders, so the

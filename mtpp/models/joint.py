@@ -12,7 +12,9 @@ The intensity modules are the ones of ``mtpp.models.time_decoders`` with ``K`` o
 components; the distributions are the ground-process ones plus ``mark_log_probs``. The ground intensity
 ``lambda = sum_k lambda_k`` gives the time distribution (its normalisation guarantees carry over: the floor of
 THP, ``lambda(inf) > 0`` of SAHP, the positive linear term of FNN), and
-``log p(k | tau) = log lambda_k(tau) - log lambda(tau)`` = ``log_softmax_k log lambda_k(tau)``.
+``log p(k | tau) = log lambda_k(tau) - log lambda(tau)`` = ``log_softmax_k log lambda_k(tau)``. Ties: the tie policy
+of ``mtpp.models.time_decoders`` (the time term of a gap below ``delta`` is ``log F(delta)``; the mark term stays
+``p(k | tau)`` at the observed gap, finite at 0 since every ``lambda_k(0) > 0``).
 
 Spaces: the compensator needs only the ground intensity on the integration nodes, evaluated in linear space as
 ``sum_k lambda_k`` (never per-mark log values on the ``[B, L, N, K]`` node tensor); the per-mark log intensities
@@ -34,6 +36,8 @@ from mtpp.models.time_decoders import (
     QuadratureDecoder,
     SAHPIntensity,
     SoftplusGapIntensity,
+    TiePolicy,
+    tie_resolution,
 )
 
 
@@ -65,7 +69,8 @@ class _JointIntensityDecoder(QuadratureDecoder):
 
     def forward(self, h: Tensor) -> MarkedIntensityDistribution:
         method, nodes = self.integration_rule()
-        return MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+        dist = MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+        return self._tied(dist)
 
 
 @JOINT_DECODERS.register("thp")
@@ -84,14 +89,15 @@ class SAHPJointDecoder(_JointIntensityDecoder):
 
 
 @JOINT_DECODERS.register("fnn")
-class FNNJointDecoder(nn.Module):
+class FNNJointDecoder(TiePolicy, nn.Module):
     """Base FNN: ``MonotoneCumulativeHazard`` with ``K`` outputs (width ``cfg.decoder_hidden_size``); closed-form
     ground compensator ``sum_k Lambda_k``, exact ``lambda_k`` by forward-mode autograd."""
 
     def __init__(self, input_size: int, num_marks: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.num_marks = num_marks
+        self.tie_resolution = tie_resolution(cfg)
         self.hazard = MonotoneCumulativeHazard(input_size, num_marks, cfg.decoder_hidden_size)
 
     def forward(self, h: Tensor) -> MarkedCumulativeHazardDistribution:
-        return MarkedCumulativeHazardDistribution(self.hazard(h), h.shape[:-1], h.dtype, h.device)
+        return self._tied(MarkedCumulativeHazardDistribution(self.hazard(h), h.shape[:-1], h.dtype, h.device))

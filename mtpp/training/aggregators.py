@@ -21,7 +21,9 @@ Scale equivariance: every aggregator except ``cograd`` satisfies ``agg(s * grads
 exact. ``cograd``'s correction is cubic in the gradients: under a loss scale ``s`` its effective ``gamma`` becomes
 ``gamma * s^2``; avoid it with fp16 loss scaling (bf16 needs no scaler).
 
-Registered names: see ``AGGREGATORS`` (``sum`` is the default).
+Registered names: see ``AGGREGATORS`` (``sum`` is the default). ``torchjd:NAME`` names any aggregator of the
+optional torchjd library (``pip install 'mtpp[torchjd]'``; ``TorchJD``), e.g. ``gradients.aggregator: torchjd:UPGrad``
+with ``gradients.options`` passed to its constructor.
 """
 
 from __future__ import annotations
@@ -151,7 +153,11 @@ def aggregator_options(name: str) -> dict[str, Any]:
 
 
 def make_aggregator(name: str = "sum", **options: Any) -> Aggregator:
-    """Build an aggregator by name. Unknown names or options raise ``ConfigError`` listing the valid ones."""
+    """Build an aggregator by name. Unknown names or options raise ``ConfigError`` listing the valid ones.
+
+    ``"torchjd:NAME"``: torchjd's aggregator ``NAME`` behind the same interface (``TorchJD``)."""
+    if name.startswith(TORCHJD_PREFIX):
+        return TorchJD.build(name[len(TORCHJD_PREFIX) :], **options)
     if name not in AGGREGATORS:
         raise ConfigError(f"unknown aggregator {name!r}; valid: {', '.join(sorted(AGGREGATORS))}")
     valid = aggregator_options(name)
@@ -282,14 +288,19 @@ class GradOPS(Aggregator):
     2. Trade-off reweighting with the single hyper-parameter ``alpha``: ``R_i = g_i . G' / |G'|^2`` (how much of
        ``G'`` serves task ``i``; equals ``|g_i'|^2 / |G'|^2 >= 0``), ``w_i = T R_i^alpha / sum_j R_j^alpha``, output
        ``sum_i w_i g_i'``. ``alpha = 0`` (default) is the plain sum of the projected gradients; ``alpha > 0`` favours
-       tasks already served more, ``alpha < 0`` the others (the paper reports e.g. ``alpha = -3``).
+       tasks already served more, ``alpha < 0`` the others.
 
-    Choices the descriptions available to us leave open (documented, not taken from the paper's code): the projection
-    is applied whether or not the gradients conflict (as the method's name and abstract state); a task whose
-    projected gradient vanishes gets ``R_i = 0`` and weight 0 (also for ``alpha < 0``, where ``0^alpha`` would be
-    infinite); when every ``g_i'`` vanishes (all gradients collinear) the update is zero. The span projection for
-    ``T > 2`` uses the pseudo-inverse of the others' Gram matrix. NOTE: the reweighting formula was reconstructed
-    from secondary descriptions; check it against the paper before relying on ``alpha != 0``.
+    Checked against the text available (``../shared/seeds/gradops_2025_summary.txt``: the arXiv summary and abstract,
+    not the paper body): step 1 is what it states (each gradient projected onto the orthogonal complement of the
+    span of the other tasks' gradients, so neither ``g_i'`` nor ``G'`` conflicts with any ``g_j``; one
+    hyper-parameter ``alpha`` that rescales the modified gradients for trade-offs). STILL UNVERIFIED: the exact
+    form of step 2 (``R_i`` and ``w_i = T R_i^alpha / sum_j R_j^alpha``) is reconstructed from secondary
+    descriptions; the summary confirms only that one ``alpha`` reweights the ``g_i'``. ``alpha = 0`` (the default,
+    the plain sum of the projected gradients) does not depend on it. Choices of ours: the projection is applied
+    whether or not the gradients conflict; a task whose projected gradient vanishes gets ``R_i = 0`` and weight 0
+    (also for ``alpha < 0``, where ``0^alpha`` would be infinite); when every ``g_i'`` vanishes (all gradients
+    collinear) the update is zero; the span projection for ``T > 2`` uses the pseudo-inverse of the others' Gram
+    matrix.
     """
 
     def __init__(self, alpha: float = 0.0) -> None:
@@ -327,28 +338,48 @@ class GradOPS(Aggregator):
 @register("cograd")
 class CoGrad(Aggregator):
     """CoGrad (Yang et al., SIGIR 2023, "Gradient Coordination for Quantifying and Maximizing Knowledge
-    Transference in Multi-Task Learning", arXiv:2303.05847).
+    Transference in Multi-Task Learning", arXiv:2303.05847), Algorithm 1, checked against the paper's text.
 
-    Transference ``j -> i`` is the loss reduction of task ``i`` caused by a step along ``g_j``; maximising it adds an
-    auxiliary gradient to ``g_i`` that involves Hessian-vector products, which CoGrad approximates element-wise
-    (diagonal, Fisher-like ``H_i ~ g_i * g_i``). Rule implemented (element-wise products)::
+    Transference ``i -> j`` is the loss reduction of task ``j`` by a step ``gamma_i g_i`` (Eq. 4-6,
+    ``~ gamma_i g_i . g_j``); its gradient is ``gamma_i H_j g_i`` (Eq. 7-8), added to each task's gradient
+    (Eq. 9-10: ``g^_i = g_i - sum_{j != i} gamma_j H_i g_j``), with the Hessian-vector product approximated
+    element-wise (Eq. 11, Zheng et al. 2017, ``lambda^k = 1``: ``H_i g_j ~ g_i * g_i * g_j``). Algorithm 1,
+    line 9 and 11::
 
-        g_i' = g_i - gamma * sum_{j != i} g_i * g_i * g_j          output sum_i g_i'
+        g^_i = g_i - sum_{j != i} gamma_j g_i * g_i * g_j          output sum_i w_i g^_i   (w_i = 1 here)
 
-    ``gamma`` (option, default 0.1) weighs the transference term. Caveats: the term is cubic in the gradient scale,
-    so ``gamma`` must be tuned per problem; the exact rule and the paper's default ``gamma`` could not be checked
-    against the paper text in the sources available while writing this (only its abstract) -- verify before
-    reporting CoGrad numbers.
+    Option ``gamma``: one number for every task, or per task (``[gamma_time, gamma_mark]`` or ``{"time": ..,
+    "mark": ..}``) as in the paper, where ``gamma_j`` (the virtual learning rate of task ``j``) weighs the terms
+    that involve ``g_j``. The paper's loss weights ``w_i`` are mtpp's unit weights (use ``weighted`` for others).
+    Default 0.1 is mtpp's, not the paper's: the paper gives no universal value ("a reasonably tiny value
+    suffices", §3.4.2; its experiments use ``{0.003, 0.001}`` and ``{0.01, 0.005}``), and the term is cubic in
+    the gradients' scale, so ``gamma`` must be tuned per problem (and per loss scale, see the module docstring).
     """
 
-    def __init__(self, gamma: float = 0.1) -> None:
-        self.gamma = float(gamma)
+    def __init__(self, gamma: float | Sequence[float] | dict[str, float] = 0.1) -> None:
+        if isinstance(gamma, dict):
+            bad = sorted(set(gamma) - set(TASK_NAMES))
+            if bad:
+                raise ConfigError(f"gamma: unknown task(s) {bad}; valid: {', '.join(TASK_NAMES)}")
+            gamma = [float(gamma.get(t, 0.1)) for t in TASK_NAMES]
+        self.gamma: float | list[float] = (
+            float(gamma) if isinstance(gamma, (int, float)) else [float(g) for g in gamma]
+        )
+        values = [self.gamma] if isinstance(self.gamma, float) else self.gamma
+        if not all(math.isfinite(g) for g in values):
+            raise ConfigError(f"gamma: must be finite numbers, got {gamma!r}")
 
     def combine(self, F: Tensor) -> Tensor:
-        total = F.sum(0)
-        sq = F * F  # [T, P]
-        others = total.unsqueeze(0) - F  # sum_{j != i} g_j
-        return total - self.gamma * (sq * others).sum(0)
+        T = F.shape[0]
+        if isinstance(self.gamma, float):
+            gam = F.new_full((T, 1), self.gamma)
+        else:
+            if len(self.gamma) != T:
+                raise ValueError(f"cograd: {len(self.gamma)} values of gamma for {T} tasks")
+            gam = torch.tensor(self.gamma, dtype=F.dtype, device=F.device).unsqueeze(-1)
+        scaled = gam * F  # gamma_j g_j
+        others = scaled.sum(0, keepdim=True) - scaled  # sum_{j != i} gamma_j g_j, row i
+        return F.sum(0) - (F * F * others).sum(0)
 
 
 @register("gradvac")
@@ -614,3 +645,95 @@ class IMTLG(Aggregator):
         rest = (F[0] @ Um.T) @ torch.linalg.pinv(Dm @ Um.T)
         a = torch.cat([(1 - rest.sum()).reshape(1), rest])
         return a @ F
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torchjd adapter (optional extra)
+# ----------------------------------------------------------------------------------------------------------------
+
+TORCHJD_PREFIX = "torchjd:"
+
+
+def _torchjd_aggregation() -> Any:
+    try:
+        import torchjd.aggregation as aggregation
+    except ImportError as e:
+        raise ConfigError(
+            "gradients.aggregator 'torchjd:...' needs the optional package torchjd: pip install 'mtpp[torchjd]' "
+            f"(or pip install torchjd qpsolvers quadprog); import failed: {e}"
+        ) from None
+    return aggregation
+
+
+def torchjd_aggregators() -> dict[str, type]:
+    """torchjd's aggregator classes by name (``{}`` without torchjd installed is a ``ConfigError`` instead)."""
+    aggregation = _torchjd_aggregation()
+    base = aggregation.Aggregator
+    return {
+        n: obj
+        for n in dir(aggregation)
+        if not n.startswith("_")
+        and isinstance(obj := getattr(aggregation, n), type)
+        and issubclass(obj, base)
+        and not inspect.isabstract(obj)
+        and obj is not base
+        and n not in ("WeightedAggregator", "GramianWeightedAggregator")
+    }
+
+
+class TorchJD(Aggregator):
+    """Any torchjd aggregator (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024;
+    https://github.com/TorchJD/torchjd) as an mtpp ``Aggregator``: ``combine(F: [T, P]) = torchjd_agg(F)``, the
+    Jacobian matrix with one row per task (time, mark), exactly torchjd's own calling convention.
+
+    Built by ``make_aggregator("torchjd:NAME", **options)``: ``options`` go to ``torchjd.aggregation.NAME(...)``
+    unchanged except that lists become tensors (``UPGrad(pref_vector=[1, 1])``). Unknown names and options are
+    ``ConfigError`` listing the valid ones; so is a missing torchjd.
+
+    Conventions are torchjd's, not mtpp's: the scale (``UPGrad`` / ``Mean`` / ``MGDA`` give a mean-scale
+    combination, ``Sum`` / ``PCGrad`` the sum's), the equivariance under loss scaling, and host synchronisation
+    (the dual-cone projections of ``UPGrad`` / ``DualProj`` solve a small quadratic programme on the host: one sync
+    per step). Internal state of stateful torchjd aggregators (``GradVac``'s moving average, ``NashMTL``) is not
+    checkpointed and not rolled back on a skipped step (``state_dict`` is empty).
+    """
+
+    name = "torchjd"
+
+    def __init__(self, inner: Any, label: str) -> None:
+        self.inner = inner
+        self.label = label
+
+    @classmethod
+    def build(cls, name: str, **options: Any) -> "TorchJD":
+        available = torchjd_aggregators()
+        if name not in available:
+            raise ConfigError(
+                f"unknown torchjd aggregator {name!r}; valid: "
+                + ", ".join(TORCHJD_PREFIX + n for n in sorted(available))
+            )
+        klass = available[name]
+        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        valid = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} for aggregator 'torchjd:{name}'; valid: "
+                + (", ".join(valid) if valid else "(none)")
+            )
+        kwargs = {k: torch.tensor(v) if isinstance(v, (list, tuple)) else v for k, v in options.items()}
+        try:
+            inner = klass(**kwargs)
+        except ImportError as e:  # a torchjd extra (e.g. quadprog for UPGrad's projector)
+            raise ConfigError(f"aggregator 'torchjd:{name}' needs more of torchjd: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"aggregator 'torchjd:{name}': {e}") from e
+        agg = cls(inner, name)
+        agg._options = dict(options)  # type: ignore[attr-defined]
+        return agg
+
+    def combine(self, F: Tensor) -> Tensor:
+        return self.inner(F)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "_options", {}).items())
+        return f"TorchJD({self.label}{', ' if opts else ''}{opts})"

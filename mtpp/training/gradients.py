@@ -18,6 +18,13 @@ in one transfer at logging boundaries):
 Undefined values (no shared parameter in that group, or a zero gradient) are NaN on the device and ``None`` (JSON
 null) after ``StatsBuffer.flush`` -- never 0. No thresholding of small entries: every element counts.
 
+Skipped steps. A step whose losses or gradients are not finite is skipped by the non-finite guard, and its
+statistics mean nothing (an infinite gradient gave ``cos_tm = -0.0`` with ``norm_time = null`` before): every
+statistic of such a step is NaN -> ``None``. ``conflict_stats`` does it for non-finite per-task gradients,
+``backward_step`` also for non-finite losses, and the trainer for any skip (``guard.null_if_skipped`` with the
+guard's own flag, which also sees task-specific parameters and other DDP ranks). The conflict rate counts only
+steps where the cosine is defined, so skipped steps are out of its denominator (``conflict_rate(s)``).
+
 The statistics are of the gradients of the losses as passed: if the trainer passes AMP-scaled losses, the norms are
 scaled too (cosines and GMS are scale-free).
 """
@@ -119,7 +126,12 @@ def conflict_stats(
         for k in groups:
             for i, (a, b) in enumerate(zip(g_T.get(k, []), g_M.get(k, []))):
                 out[f"cos_tm/{k}/{i}"] = cosine(a.reshape(-1), b.reshape(-1))
-    return out
+    return null_unless(out, torch.isfinite(nT) & torch.isfinite(nM))
+
+
+def null_unless(stats: Mapping[str, Tensor], ok: Tensor) -> dict[str, Tensor]:
+    """Every statistic NaN (``None`` once flushed) where the 0-dim bool ``ok`` is false; on the device, no sync."""
+    return {k: torch.where(ok.to(v.device), v, torch.full_like(v, math.nan)) for k, v in stats.items()}
 
 
 def _cat(ts: Sequence[Tensor]) -> Tensor:
@@ -241,7 +253,8 @@ def backward_step(
         for k, ps in groups.items():
             by_T[k], by_M[k] = sT[i : i + len(ps)], sM[i : i + len(ps)]
             i += len(ps)
-        stats = conflict_stats(by_T, by_M, per_tensor, device)
+        finite = torch.isfinite(loss_time.detach()) & torch.isfinite(loss_mark.detach())
+        stats = null_unless(conflict_stats(by_T, by_M, per_tensor, device), finite)
 
     combined = aggregator([sT, sM])
     for p, g, r in zip(shared_list, combined, reached):
@@ -419,8 +432,11 @@ def conflict_rate(values: Iterable[float | None]) -> float | None:
 
 
 def conflict_rates(records: Iterable[Mapping[str, Any]], keys: Sequence[str] = COS_KEYS) -> dict[str, float | None]:
-    """``conflict_rate`` per cosine key over flushed records: ``{"conflict_rate": ..., "conflict_rate/encoder": ...}``."""
-    records = list(records)
+    """``conflict_rate`` per cosine key over flushed records: ``{"conflict_rate": ..., "conflict_rate/encoder": ...}``.
+
+    Records of skipped steps (``skipped`` true) are left out whatever their cosines say (older logs wrote
+    ``cos_tm: -0.0`` for them)."""
+    records = [r for r in records if not r.get("skipped")]
     out: dict[str, float | None] = {}
     for k in keys:
         name = "conflict_rate" + k[len("cos_tm") :]

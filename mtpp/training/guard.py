@@ -16,6 +16,9 @@ were. Two ways to get there, picked by device:
     and no host sync. Adam / AdamW are built ``capturable`` on CUDA so that their step counter is a device
     tensor that can be masked too.
 
+A skipped step's gradient statistics (``cos_tm``, norms, GMS) are meaningless: ``null_if_skipped`` makes every
+one NaN (logged as null) with the same on-device flag, so they never enter the conflict rate.
+
 Either way the skip counters live in tensors (``skipped``, ``consecutive``, ``worst``: the longest run of
 consecutive skips). ``check_limit`` (called at logging flushes, where the trainer syncs anyway) raises
 ``MtppError`` once ``worst`` reaches ``max_consecutive``; in ``masked`` mode the steps after the limit and
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor
 
 from mtpp.errors import MtppError
+from mtpp.training.gradients import null_unless
 
 
 class NonFiniteGuard:
@@ -59,6 +63,12 @@ class NonFiniteGuard:
     def finite_flag(loss_time: Tensor, loss_mark: Tensor, grad_norm: Tensor) -> Tensor:
         """0-dim bool on the device: loss and gradient are all finite."""
         return torch.isfinite(loss_time.detach()) & torch.isfinite(loss_mark.detach()) & torch.isfinite(grad_norm)
+
+    @staticmethod
+    def null_if_skipped(stats: dict[str, Tensor], ok: Tensor) -> dict[str, Tensor]:
+        """``stats`` with every value NaN (JSON null once flushed) where the step is skipped (``ok`` false); on the
+        device, no sync. A skipped step never counts in the conflict rate's denominator."""
+        return null_unless(stats, ok)
 
     def before_backward(self) -> None:
         """Copy the aggregator's state (stateful aggregators only) before it sees this step's gradients."""

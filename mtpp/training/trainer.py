@@ -328,7 +328,7 @@ def train_step(
     s.guard.step(ok)
     if want_stats:
         losses = ddp.reduce_mean(torch.stack([loss_time.detach(), loss_mark.detach()]))
-        record = {"loss_time": losses[0], "loss_mark": losses[1], **stats}
+        record = {"loss_time": losses[0], "loss_mark": losses[1], **NonFiniteGuard.null_if_skipped(stats, ok)}
         record.update(grad_norm=norm, skipped=(~ok).float())
         s.records.append(record, **(meta or {}))
 
