@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtpp.data.formats import ReadOptions, ReadResult, is_split_folder, read_any, read_split
-from mtpp.data.sequence import EventSequence
+from mtpp.data.sequence import EventSequence, check_dtype_range
 from mtpp.errors import DataError
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "resolve_source",
     "load_dataset",
     "known_names",
+    "safe_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -194,9 +196,24 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     split: int = 0
 
+    def check_dtype(self, dtype: Any) -> None:
+        """Refuse (``DataError``) when any train/val/test time or window end is beyond the largest finite value
+        of ``dtype`` (``torch.float32``, ``"float32"``, ...), naming the sequences and what works (float64,
+        dropping or rescaling them). See :func:`mtpp.data.sequence.check_dtype_range`."""
+        check_dtype_range({"train": self.train, "val": self.val, "test": self.test}, dtype,
+                          source=f"{self.name} ({self.source}, split {self.split})")
+
     def summary(self) -> str:
         n = [len(self.train), len(self.val), len(self.test)]
         return f"{self.name} (split {self.split}): train/val/test {n[0]}/{n[1]}/{n[2]} sequences, {self.num_marks} marks"
+
+
+def safe_name(name: str, fallback: str = "data") -> str:
+    """``name`` made safe as one folder name: characters other than letters, digits, ``_``, ``-`` and ``.``
+    become ``_``, leading dots are dropped (no hidden, ``.`` or ``..`` folder), at most 64 characters;
+    ``fallback`` when nothing is left. A name never becomes a path (no separator survives)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name)).lstrip(".")[:64].rstrip(".")
+    return cleaned if cleaned.strip("_") else fallback
 
 
 def known_names() -> list[str]:
@@ -260,10 +277,10 @@ def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None)
         return text, path, entry
     p = Path(text)
     if p.exists():
-        return p.name.split(".")[0] or text, p, None
+        return safe_name(p.name.lstrip(".").split(".")[0]), p, None
     root = resolve_data_dir(data_dir)
     if os.sep not in text and (root / text).exists():
-        return text, root / text, None
+        return safe_name(text), root / text, None
     if os.sep in text or text.startswith("."):
         raise DataError("no such file or folder", source=text)
     raise _unknown(text)
@@ -283,18 +300,21 @@ def load_dataset(
     data_dir: str | Path | None = None,
     *,
     use_window: bool = False,
+    remap_marks: bool = False,
     progress: bool = False,
 ) -> Dataset:
     """Load split ``split`` of a named dataset (see :data:`CATALOG`) or of a file/folder path.
 
     Raises ``DataError`` for unknown names (listing the known ones), a missing data directory (saying where it
     looked), a split that does not exist, or any bad sequence. ``use_window`` attaches a split folder's common
-    window end (``args.json`` ``window``) to every sequence.
+    window end (``args.json`` ``window``) to every sequence. ``remap_marks`` maps the observed mark ids to
+    ``0..K-1`` (see :class:`~mtpp.data.formats.ReadOptions`; an auto-prepared folder is remapped once, over all
+    parts, so every split shares the map). Call :meth:`Dataset.check_dtype` with the run's dtype before training.
     """
     if not isinstance(split, int) or split < 0:
         raise DataError(f"split must be a non-negative integer, got {split!r}")
     name, path, entry = resolve_source(name_or_path, data_dir)
-    opts = ReadOptions(**(entry.options if entry else {}), use_window=use_window)
+    opts = ReadOptions(**(entry.options if entry else {}), use_window=use_window, remap_marks=remap_marks)
     notes: list[str] = []
     if entry is not None and entry.resplit:
         path = _auto_prepare(name, path, opts, notes, reason="its own parts overlap, always re-split")
@@ -327,7 +347,7 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
     from mtpp.data.splits import prepare_sequences, source_fingerprint
 
     key = source_fingerprint(path, AUTO_SEED, AUTO_SPLITS, AUTO_RATIOS, sorted(opts.__dict__.items()), PREPARE_VERSION)
-    out = cache_dir() / "prepared" / f"{name}-{key}"
+    out = cache_dir() / "prepared" / f"{safe_name(name)}-{key}"
     if out.is_dir() and (out / "args.json").exists():
         notes.append(f"auto-prepared from {path} ({reason}): {out}")
         log.info("%s: using the auto-prepared splits in %s", name, out)
