@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,13 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, foreign pickle, ...
-        msg = " ".join(str(e).split())[:300]
-        raise MtppError(f"{path}: cannot read checkpoint ({type(e).__name__}: {msg})") from None
+        msg = " ".join(str(e).split())
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        if refused:  # torch's message opens with 700 characters of advice: keep the refused global's name
+            raise MtppError(f"{path}: refusing to load checkpoint: it needs the global {refused.group(1)}, which "
+                            "weights-only loading does not allow (not an mtpp checkpoint, or not a safe one)") from None
+        msg = msg[msg.index("WeightsUnpickler error:"):] if "WeightsUnpickler error:" in msg else msg
+        raise MtppError(f"{path}: cannot read checkpoint ({type(e).__name__}: {msg[:300]})") from None
 
 
 def rng_state() -> dict[str, Any]:
