@@ -155,3 +155,11 @@ def test_safe_name(name: str, safe: str) -> None:
     from mtpp.data.catalog import safe_name
 
     assert safe_name(name) == safe
+
+
+def test_empty_validation_part_is_refused(tmp_path: Path) -> None:
+    """A split whose val part holds no sequence would train to 'best epoch 1' silently (issue 11): refused."""
+    splits = [{"train": _seqs(4), "val": [], "test": _seqs(2)}]
+    out = write_split_folder(tmp_path / "ds", splits, num_marks=3)
+    with pytest.raises(DataError, match=r"ds: the split_0/val part is empty"):
+        load_dataset(out)

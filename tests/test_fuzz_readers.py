@@ -254,3 +254,30 @@ def test_mutants_load_or_fail_cleanly(tmp_path: Path, fmt: str) -> None:
             raise AssertionError(f"{fmt} mutant {i} ({path}): {type(e).__name__}: {e}") from e
     print(fmt, outcomes)
     assert outcomes["error"] > 0  # the mutations do reach the validation
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_mutants_through_the_cli_and_load_dataset(tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same mutants through ``mtpp data describe``, ``mtpp data prepare`` and ``load_dataset``: exit 0, or
+    exit 2 with one line on stderr naming the file; ``load_dataset`` returns or raises ``DataError``."""
+    pytest.importorskip("pyarrow") if fmt == "parquet" else None
+    from mtpp.cli import main
+    from mtpp.data.catalog import load_dataset
+
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
+    rng = random.Random(f"mtpp-fuzz-cli-{fmt}-{SEED}")
+    for i in range(max(N // 5, 4)):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        path = _make(fmt, d, rng)
+        for argv in (["data", "describe", str(path)], ["data", "prepare", str(path), "--out", str(d / "out")]):
+            code = main(argv)
+            err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+            assert code in (0, 2), (fmt, i, argv, err)
+            if code == 2:
+                assert len(err) == 1 and err[0].startswith("mtpp data: error: ") and str(d) in err[0], err
+        try:
+            load_dataset(path)
+        except DataError as e:
+            assert "\n" not in str(e) and str(d) in str(e), str(e)

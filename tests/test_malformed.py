@@ -68,7 +68,8 @@ CASES: list[tuple[str, Callable[[Path], Path], str, int | None, str]] = [
     # wrong types
     ("bool_time", lambda d: M.bosser(d, [{"time": True, "labels": [0]}]), r"boolean", 2, "bad.json"),
     ("bool_mark", lambda d: M.bosser(d, [{"time": 1.0, "labels": [True]}]), r"boolean", 2, "bad.json"),
-    ("string_times", lambda d: M.easytpp_json(d, {"time_since_start": ["0.5", "1"]}), r"is a string \('0.5'\), not a number", 1, "bad.json"),
+    ("string_times", lambda d: M.easytpp_json(d, {"time_since_start": ["0.5", "1"]}),
+     r"is a string \('0.5'\), not a number", 1, "bad.json"),
     ("string_mark", lambda d: M.easytpp_json(d, {"type_event": ["0", "1"]}), r"is a string \('0'\)", 1, "bad.json"),
     ("float_dim_process", lambda d: M.easytpp_json(d, dim=2.5), r"dim_process .*2\.5", None, "bad.json"),
     ("string_dim_process", lambda d: M.easytpp_json(d, dim="two"), r"dim_process .*'two'", None, "bad.json"),

@@ -324,6 +324,7 @@ def load_dataset(
             if split != 0:
                 raise DataError(f"{name} has one fixed train/val/test split (split 0), not split {split}",
                                 source=str(path))
+            _check_not_empty(res.parts, "", path)
             return Dataset(res.parts["train"], res.parts["val"], res.parts["test"], res.num_marks, name,
                            str(path), res.notes, 0)
         missing = [p for p in ("train", "val", "test") if p not in res.parts]
@@ -334,11 +335,20 @@ def load_dataset(
     if not _has_split(res, split):
         raise DataError(f"split_{split} has no train part", source=str(path))
     p = f"split_{split}/"
-    val = res.parts.get(p + "val") or res.parts.get(p + "cal")
+    val = res.parts.get(p + "val", res.parts.get(p + "cal"))
     if val is None or p + "test" not in res.parts:
         raise DataError(f"split_{split} needs train, val and test files", source=str(path))
+    _check_not_empty({"train": res.parts[p + "train"], "val": val, "test": res.parts[p + "test"]}, p, path)
     return Dataset(res.parts[p + "train"], val, res.parts[p + "test"], res.num_marks, name, str(path),
                    notes + res.notes, split)
+
+
+def _check_not_empty(parts: dict[str, list], prefix: str, path: Path) -> None:
+    """An empty train, val or test part is an error: training on nothing, or early stopping that scores nothing
+    (every validation NLL null, "best epoch 1" silently), or metrics of nothing."""
+    for part in ("train", "val", "test"):
+        if not parts[part]:
+            raise DataError(f"the {prefix}{part} part is empty (0 sequences)", source=str(path))
 
 
 def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *, reason: str,

@@ -146,6 +146,13 @@ def prepare_sequences(
     unique, dups = deduplicate(result.sequences)
     if not unique:
         raise DataError("no sequences left to split", source=result.source)
+    sizes = split_sizes(len(unique), ratios)
+    empty = [name for name, n, r in zip(PART_NAMES, sizes, ratios) if r > 0 and n == 0]
+    if empty:
+        shown = "/".join(f"{r:g}" for r in ratios)
+        raise DataError(f"{len(unique)} distinct sequence(s) are too few for ratios {shown}: "
+                        f"the {' and '.join(empty)} part would be empty (a model would train or stop early on "
+                        "nothing)", source=result.source)
     splits = make_splits(unique, num_splits=num_splits, seed=seed, ratios=ratios)
     report = PrepareReport(
         out=str(out),
