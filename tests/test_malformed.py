@@ -355,3 +355,12 @@ def test_dataset_check_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(DataError, match=r"big.*beyond float32"):
         ds.check_dtype("float32")
     ds.check_dtype("float64")
+
+
+def test_fifo_given_directly_is_refused_without_blocking(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fifo = tmp_path / "events.json"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"events.json: not a regular file"):
+        read_any(fifo)
+    assert main(["data", "describe", str(fifo)]) == 2
+    assert "not a regular file" in capsys.readouterr().err

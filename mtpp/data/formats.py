@@ -1212,6 +1212,7 @@ def read_file(path: str | Path, *, options: ReadOptions | None = None, num_marks
 
 def _read_file(path: str | Path, *, options: ReadOptions | None = None, num_marks: int | None = None) -> ReadResult:
     path = Path(path)
+    _check_regular(path)  # before detect_format opens it: a FIFO would block
     if not path.exists():
         raise DataError("file not found", source=str(path))
     fmt = detect_format(path)

@@ -1,4 +1,11 @@
-"""EventSequence: one marked sequence ``(t_i, k_i)`` on ``[0, T]``, and its validation."""
+"""EventSequence: one marked sequence ``(t_i, k_i)`` on ``[0, T]``, and its validation.
+
+:func:`make_sequence` is the one place a sequence is validated (every reader goes through it): types (numbers
+for times, integer ids for marks; never booleans or strings), finiteness, order, mark range and the
+:data:`MAX_MARKS` bound. :func:`check_dtype_range` tells whether the times fit the run's floating dtype. Checks
+are vectorised per sequence; only list inputs get one C-speed pass over their element types
+(``set(map(type, ...))``), the error paths alone look at single events.
+"""
 
 from __future__ import annotations
 
@@ -161,29 +168,28 @@ def _as_marks(marks: Any, fail: Callable[[str], DataError]) -> np.ndarray:
                 j = list(marks).index(lo)
                 raise fail(f"negative mark {_short(int(lo))} at event {j}")
             m = np.asarray(marks, dtype=np.int64)
+        elif any(issubclass(t, (int, np.integer)) for t in types):
+            m = _as_marks_mixed(marks, fail)
         else:
-            try:
-                f = np.asarray(marks, dtype=np.float64)
-            except OverflowError:
-                j, x = _first(marks, lambda v: isinstance(v, int) and abs(v) > 1.7e308)
-                raise fail(f"mark {_short(x)} at event {j} is too large (mark ids must be below 2**63)") from None
-            return _as_marks(f, fail) if not any(issubclass(t, (int, np.integer)) for t in types) else \
-                _as_marks_mixed(marks, f, fail)
+            return _as_marks(np.asarray(marks, dtype=np.float64), fail)
     if m.size and m.min() < 0:
         j = int(np.argmin(m))
         raise fail(f"negative mark {int(m[j])} at event {j}")
     return m
 
 
-def _as_marks_mixed(marks: Sequence[Any], f: np.ndarray, fail: Callable[[str], DataError]) -> np.ndarray:
-    """Integers and floats mixed: floats must be integral; ints are taken exactly (no float rounding)."""
-    out = _as_marks(f, fail)  # checks the floats (and the ints' magnitude, approximately)
-    exact = [int(x) for x in marks]
+def _as_marks_mixed(marks: Sequence[Any], fail: Callable[[str], DataError]) -> np.ndarray:
+    """Integers and floats mixed in one list (rare): floats must be integral; ints are taken exactly (no float
+    rounding near ``2**63``)."""
+    exact = []
+    for j, x in enumerate(marks):
+        if isinstance(x, (float, np.floating)) and not (np.isfinite(x) and x == int(x)):
+            raise fail(f"mark {float(x)!r} at event {j} is not an integer")
+        exact.append(int(x))
     hi = max(exact)
     if hi > _INT64_MAX:
         raise fail(f"mark {_short(hi)} at event {exact.index(hi)} is too large (mark ids must be below 2**63)")
-    out = np.asarray(exact, dtype=np.int64)
-    return out
+    return np.asarray(exact, dtype=np.int64)
 
 
 def make_sequence(
