@@ -364,3 +364,11 @@ def test_fifo_given_directly_is_refused_without_blocking(tmp_path: Path, capsys:
         read_any(fifo)
     assert main(["data", "describe", str(fifo)]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_rmtpp_folder_with_a_sub_folder(tmp_path: Path) -> None:
+    """A sub-folder (e.g. a split folder prepared into the input folder) is skipped, never opened as a file."""
+    M.rmtpp(tmp_path, "0.5 1.0\n0.2 0.4\n", "1 2\n2 1\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "event_more").mkdir()
+    assert read_any(tmp_path).num_sequences == 2

@@ -474,8 +474,13 @@ def detect_format(path: str | Path, head: bytes | None = None) -> str:
             return "rmtpp_marks"
         return "unknown"
     if head is None:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        if not path.is_file():  # a folder, FIFO, socket or broken link: never opened here (a FIFO would block)
+            return "unknown"
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError:
+            return "unknown"
     if head[:4] == ZIP_MAGIC:
         return "ifl_npz" if name.endswith(".npz") else "torch_zip"
     if head[:4] == PARQUET_MAGIC:
@@ -1053,7 +1058,7 @@ def read_rmtpp(folder: str | Path, *, options: ReadOptions | None = None, prefer
     used = {Path(f).name for f in res.files}
     marks_only = sorted(
         p.name for p in folder.iterdir()
-        if detect_format(p) == "rmtpp_marks" and p.name not in used
+        if not p.name.startswith(".") and p.is_file() and detect_format(p) == "rmtpp_marks" and p.name not in used
     )
     if lonely:
         notes.append(f"{folder}: time file(s) without marks ignored: {', '.join(lonely)}")
