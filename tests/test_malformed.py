@@ -15,7 +15,7 @@ import pytest
 import malformed as M
 from mtpp.cli import main
 from mtpp.data.catalog import load_dataset
-from mtpp.data.formats import MAX_MARKS, ReadOptions, read_any
+from mtpp.data.formats import MAX_MARKS, read_any
 from mtpp.errors import DataError
 
 
