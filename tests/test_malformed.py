@@ -4,6 +4,7 @@ there is one, the sequence; never a traceback, never a silent drop. Inputs are g
 from __future__ import annotations
 
 import json
+import pickle
 import os
 import re
 from pathlib import Path
@@ -372,3 +373,53 @@ def test_rmtpp_folder_with_a_sub_folder(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "event_more").mkdir()
     assert read_any(tmp_path).num_sequences == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pickles that would make the unpickler allocate gigabytes (run under a 1.5 GB address-space limit in a child)
+
+_BOMB_SCRIPT = r"""
+import io, pickle, resource, sys
+import numpy as np
+resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))
+from mtpp.data.formats import restricted_loads
+from mtpp.errors import DataError
+kind = sys.argv[1]
+if kind == "memo":
+    data = b"\x80\x02K\x01r\xff\xff\xff\x0f."
+elif kind == "object_shape":
+    arr = np.empty(2, dtype=object); arr[0] = [1.0]; arr[1] = [2.0]
+    data = pickle.dumps(arr, protocol=2)
+    data = data.replace(b"K\x02\x85", b"J\x00\x00\x00\x40\x85", 1)  # shape (2,) -> (2**30,)
+    assert data.count(b"J\x00\x00\x00\x40") == 1
+else:
+    data = b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x40\x85R."  # numpy.ndarray((2**30,))
+try:
+    restricted_loads(data, "bomb.pkl")
+except DataError as e:
+    print("DataError:", e)
+"""
+
+
+@pytest.mark.parametrize("kind", ["memo", "object_shape", "direct_ndarray"])
+def test_pickle_memory_bombs_are_refused(kind: str) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, kind], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0 and out.stdout.startswith("DataError: bomb.pkl: "), (out.stdout, out.stderr[-500:])
+    assert "MemoryError" not in out.stdout
+
+
+def test_numpy_arrays_in_pickles_come_back_as_plain_arrays(tmp_path: Path) -> None:
+    from mtpp.data.formats import restricted_loads
+
+    obj = {"a": np.arange(3.0), "b": [M.obj_array([[1, 2], [3]])], "c": (np.zeros((2, 2), dtype=np.int32),)}
+    for protocol in (2, 3, 4, 5):
+        back = restricted_loads(pickle.dumps(obj, protocol=protocol), "x")
+        assert type(back["a"]) is np.ndarray and back["a"].tolist() == [0.0, 1.0, 2.0]
+        assert type(back["b"][0]) is np.ndarray and type(back["b"][0][0]) is np.ndarray
+        assert back["b"][0][1].tolist() == [3]
+        assert type(back["c"][0]) is np.ndarray and back["c"][0].dtype == np.int32

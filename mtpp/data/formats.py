@@ -382,10 +382,90 @@ def _numpy_attr(module: str, name: str) -> Any:
     raise AttributeError(f"{module}.{name}")
 
 
+class _GuardedArray(np.ndarray):
+    """What ``numpy.ndarray`` resolves to inside :class:`RestrictedUnpickler`: refuses the two ways a few bytes
+    of pickle could make numpy allocate gigabytes. An object array's state is checked against its shape before
+    numpy allocates the shape (a flipped byte in a shape asked for 21 GB in the fuzzer); building a non-empty
+    array directly (``numpy.ndarray((10**10,))``) is refused (pickles build arrays through ``_reconstruct`` with
+    shape ``(0,)`` and then their state). Converted back to plain ``ndarray`` after loading."""
+
+    built = 0  # how many were built (process-wide count: tells restricted_loads whether to convert)
+
+    def __new__(cls, shape: Any = (0,), *args: Any, **kwargs: Any) -> "_GuardedArray":
+        if _count(shape) != 0:
+            raise ValueError(f"refusing numpy.ndarray({shape!r}) built directly by a pickle")
+        return super().__new__(cls, shape, *args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) in (4, 5):
+            shape, dtype, data = state[-4], state[-3], state[-1]
+            if isinstance(dtype, np.dtype) and dtype.hasobject:
+                n = _count(shape)
+                if not isinstance(data, list) or len(data) != n:
+                    got = len(data) if isinstance(data, list) else type(data).__name__
+                    raise ValueError(f"object array state with shape {shape!r} ({n} items) holds {got} items")
+        _GuardedArray.built += 1
+        super().__setstate__(state)
+
+
+def _count(shape: Any) -> int:
+    """Number of elements of a shape given as an int or a tuple of ints (ValueError otherwise)."""
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = 1
+    for d in dims:
+        if not isinstance(d, (int, np.integer)) or d < 0:
+            raise ValueError(f"bad array shape {shape!r}")
+        n *= int(d)
+    return n
+
+
+def _unguard(obj: Any) -> Any:
+    """``obj`` with every :class:`_GuardedArray` (at any depth of lists, tuples, dicts and object arrays) turned
+    into a plain ``ndarray`` view. Only called when the pickle built such arrays."""
+    if isinstance(obj, np.ndarray):
+        arr = obj.view(np.ndarray) if isinstance(obj, _GuardedArray) else obj
+        if arr.dtype.hasobject:
+            flat = arr.reshape(-1)
+            for i in range(flat.size):
+                flat[i] = _unguard(flat[i])
+        return arr
+    if isinstance(obj, list):
+        for i, x in enumerate(obj):
+            if isinstance(x, (list, tuple, dict, np.ndarray)):
+                obj[i] = _unguard(x)
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_unguard(x) for x in obj)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (list, tuple, dict, np.ndarray)):
+                obj[k] = _unguard(v)
+        return obj
+    return obj
+
+
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _check_memo_indices(data: bytes, source: str) -> None:
+    """Refuse a memo index larger than the pickle itself: CPython's unpickler grows its memo table to the index
+    (a 10-byte ``LONG_BINPUT 0x0fffffff`` asks for gigabytes). Real picklers number memo entries from 0, so a
+    valid index is below the number of opcodes. One pass of ``pickletools.genops`` (about 0.1 s per MB)."""
+    import pickletools
+
+    limit = len(data)
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in _MEMO_OPS and isinstance(arg, int) and arg > limit:
+            raise DataError(f"cannot unpickle: memo index {arg} in a {limit}-byte pickle (corrupt or hostile)",
+                            source=source)
+        if op.name == "STOP":
+            return
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that only builds plain data: builtin containers and numpy arrays / dtypes / scalars.
 
-    Allowed globals: ``numpy.ndarray``, ``numpy.dtype``, ``numpy.dtypes.*DType``,
+    Allowed globals: ``numpy.ndarray`` (as :class:`_GuardedArray`), ``numpy.dtype``, ``numpy.dtypes.*DType``,
     ``numpy.{core,_core}.multiarray._reconstruct`` and ``.scalar``, ``_codecs.encode`` (used by protocol-2 numpy
     pickles for raw bytes), and ``collections.OrderedDict``. Anything else is a ``DataError`` naming the class.
     """
@@ -410,6 +490,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in {("_codecs", "encode"), ("collections", "OrderedDict")}:
             return super().find_class(module, name)
+        if (module, name) == ("numpy", "ndarray"):
+            return _GuardedArray
         if (module, name) in self._NUMPY or (module == "numpy.dtypes" and name.endswith("DType")):
             return _numpy_attr(module, name)
         raise DataError(
@@ -424,7 +506,10 @@ class RestrictedUnpickler(pickle.Unpickler):
 def restricted_loads(data: bytes, source: str) -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler`; any failure is a ``DataError`` naming ``source``."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source).load()
+        _check_memo_indices(data, source)
+        before = _GuardedArray.built
+        obj = RestrictedUnpickler(io.BytesIO(data), source).load()
+        return _unguard(obj) if _GuardedArray.built != before else obj
     except DataError:
         raise
     except RecursionError:
