@@ -59,6 +59,8 @@ def _torch_obj() -> Any:
 
 def _mutate_obj(obj: Any, rng: random.Random) -> Any:
     """Replace one random leaf or container of ``obj`` (a deep copy) by an odd value, or delete a dict key."""
+    if rng is None:
+        return obj
     obj = pickle.loads(pickle.dumps(obj))
     paths: list[tuple[Any, Any]] = []
 
@@ -85,6 +87,8 @@ def _mutate_obj(obj: Any, rng: random.Random) -> Any:
 
 
 def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    if rng is None:
+        return data
     b = bytearray(data)
     op = rng.randrange(4)
     if op == 0 and b:  # truncate
@@ -135,9 +139,10 @@ def _npz_members() -> dict[str, bytes]:
             "marks": M.npy_bytes(M.obj_array([ks for _, ks in _seqs()]))}
 
 
-def _make(fmt: str, d: Path, rng: random.Random) -> Path:
-    """One mutant of format ``fmt`` under ``d``: a structural mutation (value-level) or a byte mutation."""
-    structural = rng.random() < 0.5
+def _make(fmt: str, d: Path, rng: random.Random | None) -> Path:
+    """One mutant of format ``fmt`` under ``d``: a structural mutation (value-level) or a byte mutation; the
+    valid original when ``rng`` is None."""
+    structural = rng is not None and rng.random() < 0.5
     if fmt == "bosser":
         if structural:
             return _write_json(d, _mutate_obj(_bosser_obj(), rng), "b.json")
@@ -168,7 +173,9 @@ def _make(fmt: str, d: Path, rng: random.Random) -> Path:
         return _bytes(d, "data.npz", p.read_bytes(), rng)
     if fmt == "rmtpp":
         t, k = _rmtpp_files(d)
-        if rng.random() < 0.5:
+        if rng is None:
+            pass
+        elif rng.random() < 0.5:
             t = _mutate_bytes(t, rng)
         else:
             k = _mutate_bytes(k, rng)
@@ -182,6 +189,10 @@ def _make(fmt: str, d: Path, rng: random.Random) -> Path:
         ks = [k for _, s in _seqs() for k in s]
         ids = [i for i, (s, _) in enumerate(_seqs()) for _ in s]
         cols: dict[str, list] = {"seq_id": ids, "time": ts, "mark": ks}
+        if rng is None:
+            p = d / "t.parquet"
+            pd.DataFrame(cols).to_parquet(p)
+            return p
         col = rng.choice(list(cols))
         j = rng.randrange(len(ts))
         cols[col] = list(cols[col])
@@ -196,6 +207,8 @@ def _make(fmt: str, d: Path, rng: random.Random) -> Path:
     if fmt == "split_folder":
         root = M.split_folder(d, parts={"train": _bosser_obj(), "val": _bosser_obj()[:1],
                                         "test": _bosser_obj()[1:]}, marks=3)
+        if rng is None:
+            return root
         target = root / "split_0" / rng.choice(["train.json", "val.json", "args.json"])
         if structural:
             obj = json.loads(target.read_text())
@@ -206,7 +219,7 @@ def _make(fmt: str, d: Path, rng: random.Random) -> Path:
     raise AssertionError(fmt)
 
 
-def _bytes(d: Path, name: str, data: bytes, rng: random.Random) -> Path:
+def _bytes(d: Path, name: str, data: bytes, rng: random.Random | None) -> Path:
     p = d / name
     p.write_bytes(_mutate_bytes(data, rng))
     return p
@@ -254,6 +267,18 @@ def test_mutants_load_or_fail_cleanly(tmp_path: Path, fmt: str) -> None:
             raise AssertionError(f"{fmt} mutant {i} ({path}): {type(e).__name__}: {e}") from e
     print(fmt, outcomes)
     assert outcomes["error"] > 0  # the mutations do reach the validation
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unmutated_originals_load(tmp_path: Path, fmt: str) -> None:
+    """The fuzzer's starting files are valid and load completely (a reader refusing everything fails here)."""
+    pytest.importorskip("pyarrow") if fmt == "parquet" else None
+    path = _make(fmt, tmp_path, None)
+    assert check_invariant(path, read_any) == "ok"
+    from mtpp.data.splits import deduplicate
+
+    unique, _ = deduplicate(read_any(path).sequences)  # the pickle and split folder repeat sequences across parts
+    assert len(unique) == len(_seqs()) and sum(map(len, unique)) == sum(len(t) for t, _ in _seqs())
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

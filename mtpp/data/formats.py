@@ -68,8 +68,9 @@ import json
 import logging
 import os
 import pickle
-import stat
 import re
+import stat
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -937,11 +938,13 @@ def _npz_array(zf: zipfile.ZipFile, member: str, source: str) -> np.ndarray:
     must match the bytes that follow (no allocation from the header alone)."""
     f = io.BytesIO(_zip_read(zf, member, source))
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        with warnings.catch_warnings():  # numpy parses the header with ast: a damaged one warns about escapes
+            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     except Exception as e:  # noqa: BLE001 - numpy raises ValueError, SyntaxError, TypeError, ... on bad headers
         raise DataError(f"cannot read array {member!r}: bad .npy header ({' '.join(str(e).split())[:120]})",
                         source=source) from None
