@@ -423,3 +423,17 @@ def test_numpy_arrays_in_pickles_come_back_as_plain_arrays(tmp_path: Path) -> No
         assert type(back["b"][0]) is np.ndarray and type(back["b"][0][0]) is np.ndarray
         assert back["b"][0][1].tolist() == [3]
         assert type(back["c"][0]) is np.ndarray and back["c"][0].dtype == np.int32
+
+
+def test_declared_marks_far_more_than_observed_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    p = M.easytpp_json(tmp_path, dim=50)
+    with caplog.at_level("WARNING"):
+        res = read_any(p)
+    assert res.num_marks == 50
+    assert any("only 2 of 50 mark ids occur" in n for n in res.notes)
+    assert any("only 2 of 50" in r.getMessage() for r in caplog.records)
+    assert main(["data", "describe", str(p)]) == 0
+    assert "only 2 of 50 mark ids occur" in capsys.readouterr().out
+    assert main(["data", "describe", str(p), "--remap-marks", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["num_marks"] == 2
