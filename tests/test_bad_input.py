@@ -80,10 +80,10 @@ CASES: list[tuple[str, Callable[[Path], Path], str, int | None]] = [
     ("inf_time", lambda d: _bosser_file(d, [{"time": 1e400, "labels": [0]}]), "non-finite time", 2),
     ("mark_out_of_range", _pickle_out_of_range, "out of range for 3 marks", 1),
     ("negative_mark_csv", _csv_out_of_range, "negative mark", 1),
-    ("non_integer_mark", lambda d: _bosser_file(d, _ev((1.0, 0.5))), "marks must be integers", 2),
+    ("non_integer_mark", lambda d: _bosser_file(d, _ev((1.0, 0.5))), "mark 0.5 at event 0 is not an integer", 2),
     ("empty_sequence", lambda d: _bosser_file(d, []), "empty sequence", 2),
     ("missing_key", lambda d: _bosser_file(d, [{"time": 1.0}]), "without key 'labels'", 2),
-    ("string_time", _easytpp_string_time, "times are not numbers", 1),
+    ("string_time", _easytpp_string_time, "time at event 1 is a string ('soon'), not a number", 1),
     ("truncated_gzip", _truncated_gz, "truncated gzip", None),
     ("malicious_pickle", _evil_pickle, "refusing to unpickle builtins.print", None),
 ]
@@ -97,7 +97,7 @@ def test_bad_input_is_a_data_error(tmp_path: Path, make, fragment: str, index: i
         read_any(path)
     msg = str(info.value)
     assert fragment in msg
-    assert str(tmp_path) in msg  # names the file
+    assert msg.count(str(tmp_path)) == 1  # names the file, once (no DataError wrapped into another)
     if index is not None:
         assert f"sequence {index}:" in msg and info.value.sequence == index
     assert "pwned" not in capsys.readouterr().out

@@ -132,3 +132,34 @@ def test_real_fixed_split_taxi_and_mimic2(data_dir: Path) -> None:
     assert (len(ds.train), len(ds.val), len(ds.test), ds.num_marks) == (1400, 200, 400, 10)
     ds = load_dataset("mimic2", data_dir=data_dir)
     assert len(ds.train) + len(ds.val) + len(ds.test) == 644 and ds.num_marks == 75  # 650 minus 6 duplicates
+
+
+@pytest.mark.parametrize("fname", [".events.json", "..json", ".hidden.data.json", "a b;c.json"])
+def test_auto_prepared_dot_file_goes_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    fname: str) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    p = src / fname
+    p.write_text(json.dumps([[{"time": 0.5 + i, "labels": [i % 2]}] for i in range(20)]))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(cache))
+    ds = load_dataset(p)
+    assert sorted(x.name for x in src.iterdir()) == [fname]  # nothing written beside the input
+    assert Path(ds.source).parent == cache / "prepared"
+    assert not Path(ds.source).name.startswith(".") and "/" not in ds.name and ds.name not in (".", "..")
+
+
+@pytest.mark.parametrize("name, safe", [("..", "data"), (".events", "events"), ("a/b", "a_b"), ("", "data"),
+                                        ("mooc", "mooc"), ("x" * 100, "x" * 64), ("../../etc", "_.._etc")])
+def test_safe_name(name: str, safe: str) -> None:
+    from mtpp.data.catalog import safe_name
+
+    assert safe_name(name) == safe
+
+
+def test_empty_validation_part_is_refused(tmp_path: Path) -> None:
+    """A split whose val part holds no sequence would train to 'best epoch 1' silently (issue 11): refused."""
+    splits = [{"train": _seqs(4), "val": [], "test": _seqs(2)}]
+    out = write_split_folder(tmp_path / "ds", splits, num_marks=3)
+    with pytest.raises(DataError, match=r"ds: the split_0/val part is empty"):
+        load_dataset(out)

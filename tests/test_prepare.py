@@ -151,3 +151,12 @@ def test_real_prepared_mooc_union_matches_manifest(mooc_prepared) -> None:
     assert len({s.key() for s in seqs}) == 6234
     args = json.loads((folder / "args.json").read_text())
     assert (args["num_sequences"], args["num_events"], args["duplicates"]) == (6234, 311806, 6101)
+
+
+def test_too_few_sequences_for_the_ratios_is_an_error(tmp_path: Path) -> None:
+    """Two sequences cannot fill 60/20/20: an empty validation part would score nothing (issue 11)."""
+    p = tmp_path / "two.json"
+    p.write_text(json.dumps([[{"time": 0.5, "labels": [0]}], [{"time": 1.5, "labels": [1]}]]))
+    with pytest.raises(DataError, match=r"two.json: 2 distinct sequence\(s\) are too few .*val and test part"):
+        prepare([p], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -42,6 +42,9 @@ def _read_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sort", action="store_true", help="sort unsorted sequences (counted) instead of stopping")
     p.add_argument("--mark-base", type=int, choices=(0, 1), default=None,
                    help="RMTPP marks are 0- or 1-based (default: detect per dataset)")
+    p.add_argument("--remap-marks", action="store_true",
+                   help="map the observed mark ids to 0..K-1 (sparse or huge ids; the original ids are kept in "
+                        "args.json 'mark_ids')")
 
 
 def _no_action(p: argparse.ArgumentParser):
@@ -124,6 +127,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
         opts["sort"] = True
     if args.mark_base is not None:
         opts["mark_base"] = args.mark_base
+    if args.remap_marks:
+        opts["remap_marks"] = True
     res = read_any(path, options=ReadOptions(**opts), progress=True)
     unique, dups = deduplicate(res.sequences)
     stats = {
@@ -186,7 +191,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from mtpp.data.formats import ReadOptions
     from mtpp.data.splits import prepare
 
-    options = ReadOptions(sort=args.sort, mark_base=args.mark_base, drop_invalid=args.drop_invalid)
+    options = ReadOptions(sort=args.sort, mark_base=args.mark_base, drop_invalid=args.drop_invalid,
+                          remap_marks=args.remap_marks)
     report = prepare(args.inputs, args.out, seed=args.seed, num_splits=args.splits, ratios=args.ratios,
                      options=options, progress=True)
     for line in report.lines():

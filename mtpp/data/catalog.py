@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mtpp.data.formats import ReadOptions, ReadResult, is_split_folder, read_any, read_split
-from mtpp.data.sequence import EventSequence
+from mtpp.data.sequence import EventSequence, check_dtype_range
 from mtpp.errors import DataError
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "resolve_source",
     "load_dataset",
     "known_names",
+    "safe_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,24 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     split: int = 0
 
+    def check_dtype(self, dtype: Any) -> None:
+        """Refuse (``DataError``) when any train/val/test time or window end is beyond the largest finite value
+        of ``dtype`` (``torch.float32``, ``"float32"``, ...), naming the sequences and what works (float64,
+        dropping or rescaling them). See :func:`mtpp.data.sequence.check_dtype_range`."""
+        check_dtype_range({"train": self.train, "val": self.val, "test": self.test}, dtype,
+                          source=f"{self.name} ({self.source}, split {self.split})")
+
     def summary(self) -> str:
         n = [len(self.train), len(self.val), len(self.test)]
         return f"{self.name} (split {self.split}): train/val/test {n[0]}/{n[1]}/{n[2]} sequences, {self.num_marks} marks"
+
+
+def safe_name(name: str, fallback: str = "data") -> str:
+    """``name`` made safe as one folder name: characters other than letters, digits, ``_``, ``-`` and ``.``
+    become ``_``, leading dots are dropped (no hidden, ``.`` or ``..`` folder), at most 64 characters;
+    ``fallback`` when nothing is left. A name never becomes a path (no separator survives)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name)).lstrip(".")[:64].rstrip(".")
+    return cleaned if cleaned.strip("_") else fallback
 
 
 def known_names() -> list[str]:
@@ -260,11 +276,11 @@ def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None)
                             f"{', '.join(str(root / c) for c in entry.candidates)}.{extra}")
         return text, path, entry
     p = Path(text)
-    if p.exists():  # a dot-file (.events.json) is named "events", never its path
-        return p.name.lstrip(".").split(".")[0] or "data", p, None
+    if p.exists():
+        return safe_name(p.name.lstrip(".").split(".")[0]), p, None
     root = resolve_data_dir(data_dir)
     if os.sep not in text and (root / text).exists():
-        return text, root / text, None
+        return safe_name(text), root / text, None
     if os.sep in text or text.startswith("."):
         raise DataError("no such file or folder", source=text)
     raise _unknown(text)
@@ -284,18 +300,21 @@ def load_dataset(
     data_dir: str | Path | None = None,
     *,
     use_window: bool = False,
+    remap_marks: bool = False,
     progress: bool = False,
 ) -> Dataset:
     """Load split ``split`` of a named dataset (see :data:`CATALOG`) or of a file/folder path.
 
     Raises ``DataError`` for unknown names (listing the known ones), a missing data directory (saying where it
     looked), a split that does not exist, or any bad sequence. ``use_window`` attaches a split folder's common
-    window end (``args.json`` ``window``) to every sequence.
+    window end (``args.json`` ``window``) to every sequence. ``remap_marks`` maps the observed mark ids to
+    ``0..K-1`` (see :class:`~mtpp.data.formats.ReadOptions`; an auto-prepared folder is remapped once, over all
+    parts, so every split shares the map). Call :meth:`Dataset.check_dtype` with the run's dtype before training.
     """
     if not isinstance(split, int) or split < 0:
         raise DataError(f"split must be a non-negative integer, got {split!r}")
     name, path, entry = resolve_source(name_or_path, data_dir)
-    opts = ReadOptions(**(entry.options if entry else {}), use_window=use_window)
+    opts = ReadOptions(**(entry.options if entry else {}), use_window=use_window, remap_marks=remap_marks)
     notes: list[str] = []
     if entry is not None and entry.resplit:
         path = _auto_prepare(name, path, opts, notes, reason="its own parts overlap, always re-split")
@@ -305,6 +324,7 @@ def load_dataset(
             if split != 0:
                 raise DataError(f"{name} has one fixed train/val/test split (split 0), not split {split}",
                                 source=str(path))
+            _check_not_empty(res.parts, "", path)
             return Dataset(res.parts["train"], res.parts["val"], res.parts["test"], res.num_marks, name,
                            str(path), res.notes, 0)
         missing = [p for p in ("train", "val", "test") if p not in res.parts]
@@ -315,11 +335,20 @@ def load_dataset(
     if not _has_split(res, split):
         raise DataError(f"split_{split} has no train part", source=str(path))
     p = f"split_{split}/"
-    val = res.parts.get(p + "val") or res.parts.get(p + "cal")
+    val = res.parts.get(p + "val", res.parts.get(p + "cal"))
     if val is None or p + "test" not in res.parts:
         raise DataError(f"split_{split} needs train, val and test files", source=str(path))
+    _check_not_empty({"train": res.parts[p + "train"], "val": val, "test": res.parts[p + "test"]}, p, path)
     return Dataset(res.parts[p + "train"], val, res.parts[p + "test"], res.num_marks, name, str(path),
                    notes + res.notes, split)
+
+
+def _check_not_empty(parts: dict[str, list], prefix: str, path: Path) -> None:
+    """An empty train, val or test part is an error: training on nothing, or early stopping that scores nothing
+    (every validation NLL null, "best epoch 1" silently), or metrics of nothing."""
+    for part in ("train", "val", "test"):
+        if not parts[part]:
+            raise DataError(f"the {prefix}{part} part is empty (0 sequences)", source=str(path))
 
 
 def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *, reason: str,
@@ -328,8 +357,7 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
     from mtpp.data.splits import prepare_sequences, source_fingerprint
 
     key = source_fingerprint(path, AUTO_SEED, AUTO_SPLITS, AUTO_RATIOS, sorted(opts.__dict__.items()), PREPARE_VERSION)
-    label = re.sub(r"[^A-Za-z0-9_+-]+", "_", Path(name).name).strip("_") or "data"  # one folder, in the cache
-    out = cache_dir() / "prepared" / f"{label}-{key}"
+    out = cache_dir() / "prepared" / f"{safe_name(name)}-{key}"
     if out.is_dir() and (out / "args.json").exists():
         notes.append(f"auto-prepared from {path} ({reason}): {out}")
         log.info("%s: using the auto-prepared splits in %s", name, out)

@@ -42,8 +42,22 @@ redundant). GNTPP ``timestamps`` are used as given (``intervals`` ignored). The 
 ``[t_start, t_end]``: times and window end are shifted by ``t_start`` (0 in the staged file), ``t_end`` becomes
 ``window_end``. RMTPP yelp has negative times: it is rejected (``negative time``), not shifted.
 
+Mark ids: at most :data:`~mtpp.data.sequence.MAX_MARKS` (1,000,000) mark types, declared (``dim_process``,
+``num_marks``, ``marks``, ``event_type_num``) or inferred (``1 + largest id``); larger ids are refused with a
+``DataError`` naming the sequence, unless ``ReadOptions.remap_marks`` maps the observed ids (any up to ``2**63``)
+to ``0..K-1`` in increasing order (all parts and inputs of one read share one map, kept in
+``ReadResult.meta["mark_ids"]``). When fewer than half the ids below ``K`` occur, a note says so (and suggests
+remapping). Header fields must have their type: a count is an integer (an integral float is accepted, a boolean,
+fraction or string is not), a window bound is a number.
+
+Text is UTF-8 (a UTF-8 or UTF-16 byte-order mark is honoured); RMTPP lines end at ``\n`` (``\r\n`` too) and
+only there: form feeds or NEL inside a line are whitespace, not line breaks. A blank line inside an RMTPP file is
+an empty sequence (an error, or dropped and counted with ``drop_invalid``); blank lines at the end are ignored.
+
 Pickles are only ever loaded with :class:`RestrictedUnpickler`, which allows plain containers and the few numpy
-callables needed to rebuild arrays and scalars, and refuses every other class with a ``DataError``.
+callables needed to rebuild arrays and scalars, and refuses every other class with a ``DataError``. Python 2
+pickles (``str`` as bytes) are read with ``encoding="latin1"``, the setting the standard library documents for
+them, through the same unpickler.
 """
 
 from __future__ import annotations
@@ -51,8 +65,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
+import os
 import pickle
 import re
+import stat
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -62,8 +80,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mtpp.data.sequence import EventSequence, infer_num_marks, make_sequence
+from mtpp.data.sequence import MAX_MARKS, EventSequence, infer_num_marks, make_sequence
 from mtpp.errors import DataError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ReadOptions",
@@ -90,6 +110,9 @@ __all__ = [
     "write_bosser_json",
     "write_split_folder",
     "normalise_part",
+    "remap_marks",
+    "finish_marks",
+    "MAX_MARKS",
 ]
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -122,12 +145,15 @@ class ReadOptions:
     use_window: in a split folder whose ``split_k/args.json`` gives a numeric ``window`` (a common observation
         window end, e.g. the synthetic Hawkes data), attach it as every sequence's ``window_end``. Default
         ``False``: the benchmark convention, the window ends at the last event.
+    remap_marks: map the observed mark ids to ``0..K-1`` (increasing order) after reading, so sparse or huge ids
+        (beyond :data:`MAX_MARKS`) give ``K`` = the number of distinct ids. Default ``False``: ids are kept.
     """
 
     sort: bool = False
     mark_base: int | None = None
     drop_invalid: bool = False
     use_window: bool = False
+    remap_marks: bool = False
 
 
 @dataclass
@@ -170,10 +196,13 @@ class ReadResult:
 class _Builder:
     """Validates sequences for one file, applying ``ReadOptions`` (sorting, dropping) and counting."""
 
-    def __init__(self, source: str | Path, options: ReadOptions | None, num_marks: int | None = None) -> None:
+    def __init__(self, source: str | Path, options: ReadOptions | None, num_marks: int | None = None,
+                 mark_source: str | Path | None = None) -> None:
         self.source = str(source)
+        self.mark_source = None if mark_source is None else str(mark_source)
         self.options = options or ReadOptions()
         self.num_marks = num_marks
+        self.max_mark = None if self.options.remap_marks else MAX_MARKS
         self.sorted = 0
         self.dropped: Counter = Counter()
 
@@ -182,13 +211,14 @@ class _Builder:
             times, marks = self._maybe_sort(times, marks)
         try:
             return make_sequence(
-                times, marks, window_end=window_end, num_marks=self.num_marks, source=self.source, index=index
+                times, marks, window_end=window_end, num_marks=self.num_marks, max_mark=self.max_mark,
+                source=self.source, index=index, mark_source=self.mark_source,
             )
         except DataError as e:
             if not self.options.drop_invalid:
                 if self.num_marks is not None and "out of range" in e.problem:
                     raise DataError(f"{e.problem} (the file declares {self.num_marks} marks)",
-                                    source=self.source, sequence=index) from None
+                                    source=e.source, sequence=index) from None
                 if "not sorted" in e.problem:
                     raise DataError(f"{e.problem} (sort=True / --sort sorts such sequences and counts them)",
                                     source=self.source, sequence=index) from None
@@ -226,7 +256,12 @@ _REASON_PATTERNS = (
     ("negative mark", "negative mark"),
     ("marks must be integers", "non-integer mark"),
     ("marks are not integers", "non-integer mark"),
+    ("not an integer", "non-integer mark"),
+    ("exceeds the limit", "mark id beyond MAX_MARKS"),
+    ("too large (mark ids", "mark id too large"),
     ("times are not numbers", "non-numeric time"),
+    ("not a number", "non-numeric value"),
+    ("too large for a float", "time too large"),
     ("window end", "window end before last event"),
     ("times but", "times and marks differ in length"),
 )
@@ -247,6 +282,7 @@ def drop_reason(problem: str) -> str:
 def open_bytes(path: str | Path) -> bytes:
     """The file's bytes, gunzipped when they start with the gzip magic (whatever the name says)."""
     path = Path(path)
+    _check_regular(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -261,6 +297,73 @@ def open_bytes(path: str | Path) -> bytes:
         except (EOFError, OSError, zlib.error) as e:
             raise DataError(f"corrupt or truncated gzip file ({e})", source=str(path)) from None
     return raw
+
+
+def _check_regular(path: Path) -> None:
+    """``DataError`` for a broken symbolic link or a FIFO / socket / device (never opened: a FIFO would block)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DataError(f"broken symbolic link (to {os.readlink(path)})", source=str(path)) from None
+        return  # the caller reports a missing file
+    except OSError as e:
+        raise DataError(f"cannot read ({e.strerror})", source=str(path)) from None
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        raise DataError("not a regular file (a FIFO, socket or device): refusing to read it", source=str(path))
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """UTF-8 text (a UTF-8 BOM dropped); UTF-16 with its byte-order mark is decoded too. Anything else that is
+    not UTF-8 is a ``DataError`` naming the first bad byte's offset."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise DataError(f"invalid UTF-16 text at byte {e.start}", source=source) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text: byte {data[e.start:e.start + 1]!r} at offset {e.start} (convert the file "
+                        "to UTF-8)", source=source) from None
+
+
+def _header_count(value: Any, field: str, source: str, options: ReadOptions | None = None) -> int:
+    """A declared number of marks (``dim_process``, ``num_marks``, ...): a positive integer (an integral float
+    is accepted), at most :data:`MAX_MARKS` unless ``remap_marks``. Anything else is a ``DataError``."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok and isinstance(value, (float, np.floating)) and np.isfinite(value) and value == int(value):
+        value, ok = int(value), True
+    if not ok:
+        raise DataError(f"{field} must be an integer (the number of marks), got {_short_repr(value)}", source=source)
+    value = int(value)
+    if value < 1:
+        raise DataError(f"{field} must be >= 1, got {value}", source=source)
+    if value > MAX_MARKS and not (options is not None and options.remap_marks):
+        raise DataError(f"{field} {value} exceeds the limit of {MAX_MARKS:,} mark types (MAX_MARKS); if the ids are "
+                        "sparse, remap them to 0..K-1 (--remap-marks, remap_marks=True)", source=source)
+    return value
+
+
+def _header_number(value: Any, field: str, source: str, index: int | None = None) -> float:
+    """A numeric header field (window bound, ``t_start`` / ``t_end``) as a finite float, else ``DataError``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        try:
+            v = float(value)
+        except OverflowError:
+            v = float("inf")
+        if np.isfinite(v):
+            return v
+    raise DataError(f"{field} must be a finite number, got {_short_repr(value)}", source=source, sequence=index)
+
+
+def _short_repr(x: Any) -> str:
+    r = repr(x)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def _numpy_attr(module: str, name: str) -> Any:
@@ -280,10 +383,90 @@ def _numpy_attr(module: str, name: str) -> Any:
     raise AttributeError(f"{module}.{name}")
 
 
+class _GuardedArray(np.ndarray):
+    """What ``numpy.ndarray`` resolves to inside :class:`RestrictedUnpickler`: refuses the two ways a few bytes
+    of pickle could make numpy allocate gigabytes. An object array's state is checked against its shape before
+    numpy allocates the shape (a flipped byte in a shape asked for 21 GB in the fuzzer); building a non-empty
+    array directly (``numpy.ndarray((10**10,))``) is refused (pickles build arrays through ``_reconstruct`` with
+    shape ``(0,)`` and then their state). Converted back to plain ``ndarray`` after loading."""
+
+    built = 0  # how many were built (process-wide count: tells restricted_loads whether to convert)
+
+    def __new__(cls, shape: Any = (0,), *args: Any, **kwargs: Any) -> "_GuardedArray":
+        if _count(shape) != 0:
+            raise ValueError(f"refusing numpy.ndarray({shape!r}) built directly by a pickle")
+        return super().__new__(cls, shape, *args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) in (4, 5):
+            shape, dtype, data = state[-4], state[-3], state[-1]
+            if isinstance(dtype, np.dtype) and dtype.hasobject:
+                n = _count(shape)
+                if not isinstance(data, list) or len(data) != n:
+                    got = len(data) if isinstance(data, list) else type(data).__name__
+                    raise ValueError(f"object array state with shape {shape!r} ({n} items) holds {got} items")
+        _GuardedArray.built += 1
+        super().__setstate__(state)
+
+
+def _count(shape: Any) -> int:
+    """Number of elements of a shape given as an int or a tuple of ints (ValueError otherwise)."""
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = 1
+    for d in dims:
+        if not isinstance(d, (int, np.integer)) or d < 0:
+            raise ValueError(f"bad array shape {shape!r}")
+        n *= int(d)
+    return n
+
+
+def _unguard(obj: Any) -> Any:
+    """``obj`` with every :class:`_GuardedArray` (at any depth of lists, tuples, dicts and object arrays) turned
+    into a plain ``ndarray`` view. Only called when the pickle built such arrays."""
+    if isinstance(obj, np.ndarray):
+        arr = obj.view(np.ndarray) if isinstance(obj, _GuardedArray) else obj
+        if arr.dtype.hasobject:
+            flat = arr.reshape(-1)
+            for i in range(flat.size):
+                flat[i] = _unguard(flat[i])
+        return arr
+    if isinstance(obj, list):
+        for i, x in enumerate(obj):
+            if isinstance(x, (list, tuple, dict, np.ndarray)):
+                obj[i] = _unguard(x)
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_unguard(x) for x in obj)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (list, tuple, dict, np.ndarray)):
+                obj[k] = _unguard(v)
+        return obj
+    return obj
+
+
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _check_memo_indices(data: bytes, source: str) -> None:
+    """Refuse a memo index larger than the pickle itself: CPython's unpickler grows its memo table to the index
+    (a 10-byte ``LONG_BINPUT 0x0fffffff`` asks for gigabytes). Real picklers number memo entries from 0, so a
+    valid index is below the number of opcodes. One pass of ``pickletools.genops`` (about 0.1 s per MB)."""
+    import pickletools
+
+    limit = len(data)
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in _MEMO_OPS and isinstance(arg, int) and arg > limit:
+            raise DataError(f"cannot unpickle: memo index {arg} in a {limit}-byte pickle (corrupt or hostile)",
+                            source=source)
+        if op.name == "STOP":
+            return
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that only builds plain data: builtin containers and numpy arrays / dtypes / scalars.
 
-    Allowed globals: ``numpy.ndarray``, ``numpy.dtype``, ``numpy.dtypes.*DType``,
+    Allowed globals: ``numpy.ndarray`` (as :class:`_GuardedArray`), ``numpy.dtype``, ``numpy.dtypes.*DType``,
     ``numpy.{core,_core}.multiarray._reconstruct`` and ``.scalar``, ``_codecs.encode`` (used by protocol-2 numpy
     pickles for raw bytes), and ``collections.OrderedDict``. Anything else is a ``DataError`` naming the class.
     """
@@ -300,12 +483,16 @@ class RestrictedUnpickler(pickle.Unpickler):
     }
 
     def __init__(self, file: io.BufferedIOBase, source: str) -> None:
-        super().__init__(file)
+        # latin1: Python 2 ``str`` values (and numpy arrays pickled by Python 2) decode byte for byte, as the
+        # pickle and numpy documentation prescribe; Python 3 pickles hold no such values, so nothing changes there.
+        super().__init__(file, encoding="latin1")
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in {("_codecs", "encode"), ("collections", "OrderedDict")}:
             return super().find_class(module, name)
+        if (module, name) == ("numpy", "ndarray"):
+            return _GuardedArray
         if (module, name) in self._NUMPY or (module == "numpy.dtypes" and name.endswith("DType")):
             return _numpy_attr(module, name)
         raise DataError(
@@ -320,11 +507,17 @@ class RestrictedUnpickler(pickle.Unpickler):
 def restricted_loads(data: bytes, source: str) -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler`; any failure is a ``DataError`` naming ``source``."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source).load()
+        _check_memo_indices(data, source)
+        before = _GuardedArray.built
+        obj = RestrictedUnpickler(io.BytesIO(data), source).load()
+        return _unguard(obj) if _GuardedArray.built != before else obj
     except DataError:
         raise
+    except RecursionError:
+        raise DataError("cannot unpickle: nested too deeply", source=source) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is bad input
-        raise DataError(f"cannot unpickle ({type(e).__name__}: {e})", source=source) from None
+        text = " ".join(str(e).split())
+        raise DataError(f"cannot unpickle ({type(e).__name__}: {text[:200]})", source=source) from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -367,8 +560,13 @@ def detect_format(path: str | Path, head: bytes | None = None) -> str:
             return "rmtpp_marks"
         return "unknown"
     if head is None:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        if not path.is_file():  # a folder, FIFO, socket or broken link: never opened here (a FIFO would block)
+            return "unknown"
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError:
+            return "unknown"
     if head[:4] == ZIP_MAGIC:
         return "ifl_npz" if name.endswith(".npz") else "torch_zip"
     if head[:4] == PARQUET_MAGIC:
@@ -414,11 +612,16 @@ def _rmtpp_part(time_file: Path) -> str:
 def scan_folder(path: str | Path) -> list[DataFile]:
     """The data files of a folder (not recursive; ``split_k`` sub-folders are scanned by :func:`read_folder`):
     detected format and part name for each, RMTPP time files paired with their marks file. Metadata files
-    (``args.json``, ``meta.txt``, ``*.windows.json``) and RMTPP marks files are not listed."""
+    (``args.json``, ``meta.txt``, ``*.windows.json``) and RMTPP marks files are not listed. Hidden files and
+    sub-folders are skipped; a broken symbolic link or a FIFO / socket / device is a ``DataError`` (it would
+    otherwise lose a part silently, or block)."""
     path = Path(path)
     out: list[DataFile] = []
     for p in sorted(path.iterdir()):
-        if not p.is_file() or p.name.lower() in _SKIP_FILES or p.name.startswith("."):
+        if p.name.startswith("."):
+            continue
+        _check_regular(p)
+        if not p.is_file() or p.name.lower() in _SKIP_FILES:
             continue
         low = _strip_suffixes(p.name.lower())
         if low.endswith(".windows.json") or low.endswith((".md", ".tsv", ".yaml", ".yml")):
@@ -442,8 +645,10 @@ def _load_json(path: Path) -> Any:
     data = open_bytes(path)
     try:
         return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"invalid JSON ({e})", source=str(path)) from None
+    except RecursionError:
+        raise DataError("invalid JSON: nested too deeply", source=str(path)) from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, numbers of more than 4300 digits
+        raise DataError(f"invalid JSON ({' '.join(str(e).split())[:200]})", source=str(path)) from None
 
 
 def _expect_list(obj: Any, path: Path, what: str) -> list:
@@ -520,11 +725,16 @@ def read_easytpp_json(
     number of marks (it must agree across records)."""
     path = Path(path)
     raw = _expect_list(_load_json(path) if data is None else data, path, "sequences")
-    dims = {r.get("dim_process") for r in raw if isinstance(r, dict)}
-    dims.discard(None)
+    dims = {}
+    for i, r in enumerate(raw):
+        if isinstance(r, dict) and r.get("dim_process") is not None:
+            d = _header_count(r["dim_process"], "dim_process", str(path), options)
+            dims.setdefault(d, i)
     if len(dims) > 1:
-        raise DataError(f"records disagree on dim_process: {sorted(dims)}", source=str(path))
-    declared = int(dims.pop()) if dims else None
+        (a, i), (b, j) = sorted(dims.items(), key=lambda kv: kv[1])[:2]
+        raise DataError(f"records disagree on dim_process: {a} (sequence {i}) and {b} (sequence {j})",
+                        source=str(path))
+    declared = next(iter(dims)) if dims else None
     build = _Builder(path, options, declared)
     seqs: list[EventSequence] = []
     for i, rec in enumerate(raw):
@@ -585,16 +795,32 @@ def read_pickle(path: str | Path, *, options: ReadOptions | None = None) -> Read
     )
 
 
+_SPLIT_KEYS = {"train", "dev", "valid", "validation", "val", "test", "eval", "cal"}
+
+
+def _as_list(value: Any) -> list | None:
+    """A list, tuple or 1-d object/numeric array as a list; ``None`` for anything else."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return list(value)
+    return None
+
+
 def _read_easytpp_pickle(obj: dict, path: Path, options: ReadOptions | None) -> ReadResult:
-    try:
-        declared = int(obj["dim_process"])
-    except (TypeError, ValueError):
-        raise DataError(f"dim_process is not an integer: {obj['dim_process']!r}", source=str(path)) from None
+    declared = _header_count(obj["dim_process"], "dim_process", str(path), options)
     parts: dict[str, list[EventSequence]] = {}
     notes: list[str] = []
     dropped: Counter = Counter()
     for key, value in obj.items():
-        if key in ("dim_process", "args") or not isinstance(value, list):
+        if key in ("dim_process", "args"):
+            continue
+        value = _as_list(value)
+        if value is None:
+            if str(key) in _SPLIT_KEYS:
+                raise DataError(f"split {key!r} must be a list of sequences, got {type(obj[key]).__name__}",
+                                source=str(path))
+            notes.append(f"{path}: key {key!r} is not a list of sequences (ignored)")
             continue
         if not value:
             notes.append(f"{path}: split {key!r} is empty (skipped)")
@@ -603,15 +829,16 @@ def _read_easytpp_pickle(obj: dict, path: Path, options: ReadOptions | None) -> 
         build = _Builder(label, options, declared)
         seqs = []
         for i, seq in enumerate(value):
-            if not isinstance(seq, list):
-                raise DataError(f"expected a list of events, got {type(seq).__name__}", source=label, sequence=i)
+            seq = _as_list(seq)
+            if seq is None:
+                raise DataError(f"expected a list of events, got {type(value[i]).__name__}", source=label, sequence=i)
             try:
                 times = [e["time_since_start"] for e in seq]
                 marks = [e["type_event"] for e in seq]
             except KeyError as e:
                 raise DataError(f"event without key {e.args[0]!r} (expected 'time_since_start', 'type_event')",
                                 source=label, sequence=i) from None
-            except TypeError:
+            except (TypeError, IndexError):
                 raise DataError("events must be dicts", source=label, sequence=i) from None
             s = build(times, marks, i)
             if s is not None:
@@ -627,8 +854,10 @@ def _read_easytpp_pickle(obj: dict, path: Path, options: ReadOptions | None) -> 
 
 def _read_gntpp(obj: dict, path: Path, options: ReadOptions | None) -> ReadResult:
     declared = obj.get("event_type_num")
-    declared = None if declared is None else int(declared)
-    ts, ks = obj["timestamps"], obj["types"]
+    declared = None if declared is None else _header_count(declared, "event_type_num", str(path), options)
+    ts, ks = _as_list(obj["timestamps"]), _as_list(obj["types"])
+    if ts is None or ks is None:
+        raise DataError("'timestamps' and 'types' must be lists or 1-d arrays of sequences", source=str(path))
     if len(ts) != len(ks):
         raise DataError(f"{len(ts)} timestamp arrays but {len(ks)} type arrays", source=str(path))
     build = _Builder(path, options, declared)
@@ -639,54 +868,101 @@ def _read_gntpp(obj: dict, path: Path, options: ReadOptions | None) -> ReadResul
 
 
 def _read_ifl_dict(obj: dict, path: Path, options: ReadOptions | None, fmt: str) -> ReadResult:
-    raw = obj["sequences"]
+    raw = _as_list(obj["sequences"])
+    if raw is None:
+        raise DataError(f"'sequences' must be a list, got {type(obj['sequences']).__name__}", source=str(path))
     declared = obj.get("num_marks")
-    declared = None if declared is None else int(declared)
+    declared = None if declared is None else _header_count(declared, "num_marks", str(path), options)
+    marked = [isinstance(rec, dict) and rec.get("marks") is not None for rec in raw]
+    unmarked = not any(marked)
+    if unmarked and declared is not None and declared > 1:
+        raise DataError(f"no sequence has 'marks' but num_marks is {declared}", source=str(path))
     build = _Builder(path, options, declared)
     seqs = []
     for i, rec in enumerate(raw):
         if not isinstance(rec, dict):
             raise DataError("expected a dict per sequence", source=str(path), sequence=i)
-        (times,) = _get_keys(rec, ("arrival_times",), path, i)
-        marks = rec.get("marks")
-        t0 = float(rec.get("t_start", 0.0) or 0.0)
-        try:
-            t = np.asarray(times, dtype=np.float64) - t0
-        except (TypeError, ValueError):
-            t = times  # make_sequence reports it
-        m = np.zeros(len(t), dtype=np.int64) if marks is None else marks
+        (times,) = _get_keys(rec, ("arrival_times",) if unmarked else ("arrival_times", "marks"), path, i)[:1]
+        if not unmarked and rec.get("marks") is None:
+            raise DataError("missing key 'marks' (other sequences have marks)", source=str(path), sequence=i)
+        t0 = rec.get("t_start")
+        t0 = 0.0 if t0 is None else _header_number(t0, "t_start", str(path), i)
         t_end = rec.get("t_end")
-        s = build(t, m, i, None if t_end is None else float(t_end) - t0)
+        t_end = None if t_end is None else _header_number(t_end, "t_end", str(path), i)
+        if isinstance(times, np.ndarray) and times.dtype.kind in "iuf":
+            times = times.astype(np.float64)
+        if t0 != 0.0:
+            try:
+                times = np.asarray(times, dtype=np.float64) - t0
+            except (TypeError, ValueError, OverflowError):
+                pass  # make_sequence reports it
+        m = np.zeros(_length(times), dtype=np.int64) if unmarked else rec["marks"]
+        s = build(times, m, i, None if t_end is None else t_end - t0)
         if s is not None:
             seqs.append(s)
     k = declared if declared is not None else max(infer_num_marks(seqs), 1)
     part = _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
-    return ReadResult({part: seqs}, k, fmt, str(path), build.notes(), build.dropped, [str(path)])
+    notes = build.notes() + ([f"{path}: no sequence has marks: unmarked data, every event gets mark 0"]
+                             if unmarked else [])
+    return ReadResult({part: seqs}, k, fmt, str(path), notes, build.dropped, [str(path)])
+
+
+def _length(x: Any) -> int:
+    try:
+        return len(x)
+    except TypeError:
+        return 1  # a scalar: make_sequence reports it
+
+
+# What a damaged zip member raises on reading: bad CRC / header (BadZipFile), inflate errors (zlib.error), cut
+# data (EOFError), unsupported compression or encryption (NotImplementedError, RuntimeError), bad sizes (ValueError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
 
 
 def _zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(open_bytes(path)))
-    except zipfile.BadZipFile as e:
+    except _ZIP_ERRORS as e:
         raise DataError(f"corrupt zip/npz file ({e})", source=str(path)) from None
 
 
-def _npz_array(zf: zipfile.ZipFile, member: str, source: str) -> np.ndarray:
-    """Read one ``.npy`` member; object arrays are unpickled with the restricted unpickler."""
+def _zip_read(zf: zipfile.ZipFile, member: str, source: str) -> bytes:
     try:
-        with zf.open(member) as f:
+        return zf.read(member)
+    except _ZIP_ERRORS as e:
+        raise DataError(f"corrupt zip member {member!r} ({type(e).__name__}: {e})", source=source) from None
+
+
+def _npz_array(zf: zipfile.ZipFile, member: str, source: str) -> np.ndarray:
+    """Read one ``.npy`` member; object arrays are unpickled with the restricted unpickler. The header's shape
+    must match the bytes that follow (no allocation from the header alone)."""
+    f = io.BytesIO(_zip_read(zf, member, source))
+    try:
+        with warnings.catch_warnings():  # numpy parses the header with ast: a damaged one warns about escapes
+            warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            rest = f.read()
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise DataError(f"cannot read array {member!r} ({e})", source=source) from None
+    except Exception as e:  # noqa: BLE001 - numpy raises ValueError, SyntaxError, TypeError, ... on bad headers
+        raise DataError(f"cannot read array {member!r}: bad .npy header ({' '.join(str(e).split())[:120]})",
+                        source=source) from None
+    rest = f.read()
     if dtype.hasobject:
         arr = restricted_loads(rest, f"{source} [{member}]")
-        return np.asarray(arr, dtype=object) if not isinstance(arr, np.ndarray) else arr
-    arr = np.frombuffer(rest, dtype=dtype, count=int(np.prod(shape)) if shape else 1)
+        arr = np.asarray(arr, dtype=object) if not isinstance(arr, np.ndarray) else arr
+        if arr.shape != tuple(shape):
+            raise DataError(f"array {member!r}: header says shape {tuple(shape)}, data has {arr.shape}",
+                            source=source)
+        return arr
+    count = 1
+    for n in shape:
+        count *= int(n)
+    if count * dtype.itemsize != len(rest):
+        raise DataError(f"array {member!r}: header says shape {tuple(shape)} ({count * dtype.itemsize:,} bytes), the "
+                        f"file holds {len(rest):,} bytes", source=source)
+    arr = np.frombuffer(rest, dtype=dtype, count=count)
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
@@ -700,11 +976,18 @@ def read_npz(path: str | Path, *, options: ReadOptions | None = None) -> ReadRes
         raise DataError(f"no 'arrival_times' array (found {sorted(members)})", source=str(path))
     times = _npz_array(zf, members["arrival_times"], str(path))
     marks = _npz_array(zf, members["marks"], str(path)) if "marks" in members else None
+    for what, arr in (("arrival_times", times), ("marks", marks)):
+        if arr is not None and arr.ndim == 0:
+            raise DataError(f"{what!r} is a 0-d array (a scalar); expected one entry per sequence", source=str(path))
     if marks is not None and len(marks) != len(times):
         raise DataError(f"{len(times)} time sequences but {len(marks)} mark sequences", source=str(path))
+    if times.dtype != object and times.ndim == 2:  # a rectangular numeric array: one row per sequence
+        times = list(times)
+    if marks is not None and marks.dtype != object and marks.ndim == 2:
+        marks = list(marks)
     declared = None
     if "num_marks" in members:
-        declared = int(_npz_array(zf, members["num_marks"], str(path)))
+        declared = _header_count(_npz_array(zf, members["num_marks"], str(path)), "num_marks", str(path), options)
     build = _Builder(path, options, declared)
     seqs = []
     for i in range(len(times)):
@@ -726,7 +1009,7 @@ def read_torch_zip(path: str | Path, *, options: ReadOptions | None = None) -> R
     names = [n for n in zf.namelist() if n.endswith("data.pkl")]
     if not names:
         raise DataError(f"zip without a data.pkl (found {zf.namelist()[:5]})", source=str(path))
-    obj = restricted_loads(zf.read(names[0]), str(path))
+    obj = restricted_loads(_zip_read(zf, names[0], str(path)), str(path))
     if isinstance(obj, dict) and "sequences" in obj:
         return _read_ifl_dict(obj, path, options, "torch_zip")
     raise DataError("expected {'sequences': [...], 'num_marks': int} inside the torch zip", source=str(path))
@@ -737,16 +1020,60 @@ def read_torch_zip(path: str | Path, *, options: ReadOptions | None = None) -> R
 
 
 def _read_lines(path: Path) -> list[str]:
-    text = open_bytes(path).decode("utf-8", errors="strict")
-    return [ln for ln in text.splitlines() if ln.strip()]
+    """The file's lines, split at ``\n`` only (``str.splitlines`` would also split at form feeds, NEL, U+2028,
+    ...), ``\r`` stripped, trailing blank lines dropped. Line ``i`` is sequence ``i``: inner blank lines stay."""
+    lines = decode_text(open_bytes(path), str(path)).split("\n")
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
 
 
-def _parse_line(line: str, dtype: type, path: Path, i: int) -> np.ndarray:
+def _parse_times(line: str, path: Path, i: int) -> np.ndarray:
+    tokens = line.split()
     try:
-        return np.array(line.split(), dtype=dtype)
+        return np.array(tokens, dtype=np.float64)
+    except (ValueError, OverflowError):
+        bad = next((j, x) for j, x in enumerate(tokens) if not _is_float(x))
+        raise DataError(f"times are not numbers: {bad[1][:30]!r} at event {bad[0]}", source=str(path),
+                        sequence=i) from None
+
+
+def _is_float(x: str) -> bool:
+    try:
+        float(x)
     except ValueError:
-        what = "times" if dtype is np.float64 else "marks"
-        raise DataError(f"{what} are not numbers: {line.strip()[:60]!r}", source=str(path), sequence=i) from None
+        return False
+    return True
+
+
+def _parse_marks(line: str, path: Path, i: int) -> np.ndarray:
+    """Integer marks exactly as written (``"3"``, or integral ``"3.0"``); a fraction, a word or an id of 2**63 or
+    more is a ``DataError`` naming the marks file (no float rounding, no int64 overflow to a negative id)."""
+    tokens = line.split()
+    try:
+        return np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        pass
+    out = []
+    for j, x in enumerate(tokens):  # error path or integral floats ("3.0"): exact Python ints
+        try:
+            v = int(x)
+        except ValueError:
+            try:
+                f = float(x)
+            except ValueError:
+                raise DataError(f"marks are not integers: {x[:30]!r} at event {j}", source=str(path),
+                                sequence=i) from None
+            if not np.isfinite(f) or f != int(f):
+                raise DataError(f"marks must be integers, got {x[:30]!r} at event {j}", source=str(path),
+                                sequence=i) from None
+            v = int(f)
+        if v > 2**63 - 1 or v < -(2**63 - 1):
+            raise DataError(f"mark {x[:30]} at event {j} is too large (mark ids must be below 2**63)",
+                            source=str(path), sequence=i)
+        out.append(v)
+    return np.array(out, dtype=np.int64)
 
 
 def _read_rmtpp_raw(time_file: Path, mark_file: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -754,13 +1081,8 @@ def _read_rmtpp_raw(time_file: Path, mark_file: Path) -> tuple[list[np.ndarray],
     if len(tl) != len(ml):
         raise DataError(f"{len(tl)} lines of times but {len(ml)} lines of marks in {mark_file.name}",
                         source=str(time_file))
-    times = [_parse_line(line, np.float64, time_file, i) for i, line in enumerate(tl)]
-    marks = []
-    for i, line in enumerate(ml):
-        m = _parse_line(line, np.float64, mark_file, i)
-        if m.size and not np.all(m == np.round(m)):
-            raise DataError(f"marks must be integers, got {line.split()[:3]}", source=str(mark_file), sequence=i)
-        marks.append(m.astype(np.int64))
+    times = [_parse_times(line, time_file, i) for i, line in enumerate(tl)]
+    marks = [_parse_marks(line, mark_file, i) for i, line in enumerate(ml)]
     return times, marks
 
 
@@ -794,7 +1116,7 @@ def _read_rmtpp_pairs(pairs: Sequence[DataFile], options: ReadOptions | None, so
              + (", shifted to 0-based" if base == 1 else "")]
     dropped: Counter = Counter()
     for p, times, marks in raw:
-        build = _Builder(p.path, options)
+        build = _Builder(p.path, options, mark_source=p.partner)
         seqs = [s for i, (t, m) in enumerate(zip(times, marks)) if (s := build(t, m - base, i)) is not None]
         parts.setdefault(p.part, []).extend(seqs)
         notes += build.notes()
@@ -824,7 +1146,7 @@ def read_rmtpp(folder: str | Path, *, options: ReadOptions | None = None, prefer
     used = {Path(f).name for f in res.files}
     marks_only = sorted(
         p.name for p in folder.iterdir()
-        if detect_format(p) == "rmtpp_marks" and p.name not in used
+        if not p.name.startswith(".") and p.is_file() and detect_format(p) == "rmtpp_marks" and p.name not in used
     )
     if lonely:
         notes.append(f"{folder}: time file(s) without marks ignored: {', '.join(lonely)}")
@@ -841,7 +1163,12 @@ def read_rmtpp(folder: str | Path, *, options: ReadOptions | None = None, prefer
 def read_table(path: str | Path, *, options: ReadOptions | None = None, num_marks: int | None = None) -> ReadResult:
     """Read a long CSV/Parquet table ``seq_id, time[, mark][, split]`` (pandas; Parquet needs pyarrow).
 
-    Sequences are in order of first appearance of their ``seq_id``; the index in error messages is that order.
+    Sequences are in order of first appearance of their ``seq_id``; the index in error messages is that order
+    (over the whole file, whatever the split), and a bad cell is named by its line (CSV: header = line 1).
+    Rows of one ``seq_id`` need not be adjacent (an event log sorted by time interleaves sequences): they are
+    gathered in file order, and a note counts the sequences whose rows were not adjacent. A missing or empty
+    ``seq_id`` or ``split`` cell, a sequence whose rows carry different ``split`` values, and a non-numeric
+    ``time`` / ``mark`` cell are ``DataError`` s.
     """
     import pandas as pd
 
@@ -856,49 +1183,114 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
             df = pd.read_parquet(io.BytesIO(open_bytes(path)))
         else:
             sep = "\t" if _strip_suffixes(path.name.lower()).endswith(".tsv") else ","
-            df = pd.read_csv(io.BytesIO(open_bytes(path)), sep=sep)
+            text = decode_text(open_bytes(path), str(path))
+            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - pandas raises many types for bad files
-        raise DataError(f"cannot read table ({type(e).__name__}: {e})", source=str(path)) from None
+        raise DataError(f"cannot read table ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
+                        source=str(path)) from None
     missing = [c for c in ("seq_id", "time") if c not in df.columns]
     if missing:
         raise DataError(f"missing column(s) {missing}; expected seq_id, time, mark (got {list(df.columns)})",
                         source=str(path))
+    src = str(path)
+    line0 = 2 if fmt != "parquet" else 0  # CSV: the header is line 1; Parquet: row numbers from 0
+    where = "line" if fmt != "parquet" else "row"
+    seq_id = df["seq_id"]
+    empty = seq_id.isna().to_numpy() | (seq_id.astype(str).str.strip() == "").to_numpy()
+    if seq_id.dtype.kind == "f":
+        empty |= ~np.isfinite(seq_id.to_numpy(dtype=np.float64, na_value=np.nan))
+    if empty.any():
+        r = int(np.flatnonzero(empty)[0])
+        raise DataError(f"seq_id is missing or empty on {where} {r + line0} ({int(empty.sum())} such row(s))",
+                        source=src)
+    codes, _ = pd.factorize(seq_id, sort=False)
+    n_seq = int(codes.max()) + 1 if codes.size else 0
+
+    def cell_error(col: str, bad: np.ndarray, why: str) -> DataError:
+        r = int(np.flatnonzero(bad)[0])
+        raw = df[col].iloc[r]
+        shown = "is missing" if raw is None or (isinstance(raw, float) and np.isnan(raw)) or str(raw).strip() == "" \
+            else f"{_short_repr(raw)} {why}"
+        hint = " (a truncated file?)" if shown == "is missing" and r == len(df) - 1 else ""
+        return DataError(f"{col} {shown} on {where} {r + line0}{hint}", source=src, sequence=int(codes[r]))
+
+    times = _table_column(df, "time", cell_error)
+    if "mark" in df.columns:
+        marks = _table_column(df, "mark", cell_error)
+        if marks.dtype.kind == "f":
+            bad = ~np.isfinite(marks) | (marks != np.round(marks))
+            if bad.any():
+                raise cell_error("mark", bad, "is not an integer")
+    else:
+        marks = np.zeros(len(df), dtype=np.int64)
     notes = []
     if "mark" not in df.columns:
         notes.append(f"{path}: no 'mark' column, every event gets mark 0")
-    parts: dict[str, list[EventSequence]] = {}
-    dropped: Counter = Counter()
-    groups = df.groupby(df["split"].astype(str), sort=False) if "split" in df.columns else [("all", df)]
+    # rows of one sequence that are not adjacent: the sequence starts more than one run of equal codes
+    if codes.size:
+        starts = np.concatenate([[True], codes[1:] != codes[:-1]])
+        runs = np.bincount(codes[starts], minlength=n_seq)
+        scattered = int(np.count_nonzero(runs > 1))
+        if scattered:
+            notes.append(f"{path}: the rows of {scattered} sequence(s) are not adjacent (first: sequence "
+                         f"{int(np.flatnonzero(runs > 1)[0])}); each sequence gathers its rows in file order")
+    part_of = np.zeros(n_seq, dtype=np.int64)
+    part_names = ["all"]
+    if "split" in df.columns:
+        split = df["split"]
+        bad = split.isna().to_numpy() | (split.astype(str).str.strip() == "").to_numpy()
+        if split.dtype.kind == "f":
+            bad |= ~np.isfinite(split.to_numpy(dtype=np.float64, na_value=np.nan))
+        if bad.any():
+            raise cell_error("split", bad, "")
+        scodes, part_names = pd.factorize(split.astype(str), sort=False)
+        part_names = [str(x) for x in part_names]
+        part_of[codes[::-1]] = scodes[::-1]  # the first row of each sequence decides ...
+        differ = scodes != part_of[codes]  # ... and every other row must agree
+        if differ.any():
+            r = int(np.flatnonzero(differ)[0])
+            raise DataError(f"rows of one sequence in different splits: {part_names[part_of[codes[r]]]!r} and "
+                            f"{part_names[scodes[r]]!r} ({where} {r + line0})", source=src, sequence=int(codes[r]))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=n_seq))])
+    times, marks = times[order], marks[order]
     build = _Builder(path, options, num_marks)
-    offset = 0
-    for split_name, sub in groups:
-        seqs = _table_sequences(sub, build, offset)
-        offset += sub["seq_id"].nunique()
-        parts.setdefault(normalise_part(str(split_name)), []).extend(seqs)
+    parts: dict[str, list[EventSequence]] = {}
+    for j in range(n_seq):
+        a, b = bounds[j], bounds[j + 1]
+        s = build(times[a:b], marks[a:b], j)
+        if s is not None:
+            parts.setdefault(normalise_part(part_names[part_of[j]]), []).append(s)
     notes += build.notes()
-    dropped += build.dropped
     k = num_marks if num_marks is not None else max(infer_num_marks(s for v in parts.values() for s in v), 1)
-    return ReadResult(parts, k, "parquet" if fmt == "parquet" else "table", str(path), notes, dropped, [str(path)])
+    return ReadResult(parts, k, "parquet" if fmt == "parquet" else "table", str(path), notes, build.dropped,
+                      [str(path)])
 
 
-def _table_sequences(df: Any, build: _Builder, offset: int) -> list[EventSequence]:
+def _table_column(df: Any, col: str, cell_error: Any) -> np.ndarray:
+    """A numeric column as an array (float64, or int64 / uint64 for exact integers); a cell that is empty, not a
+    number or a boolean is a ``DataError`` naming its line and sequence."""
     import pandas as pd
 
-    codes, _ = pd.factorize(df["seq_id"], sort=False)
-    order = np.argsort(codes, kind="stable")
-    counts = np.bincount(codes) if codes.size else np.zeros(0, dtype=np.int64)
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    times = df["time"].to_numpy()[order]
-    marks = df["mark"].to_numpy()[order] if "mark" in df.columns else np.zeros(len(df), dtype=np.int64)
-    out = []
-    for j in range(len(counts)):
-        a, b = bounds[j], bounds[j + 1]
-        s = build(times[a:b], marks[a:b], offset + j)
-        if s is not None:
-            out.append(s)
-    return out
+    s = df[col]
+    if s.dtype.kind == "b":
+        raise cell_error(col, np.ones(len(s), dtype=bool), "is a boolean, not a number")
+    if s.dtype.kind in "iuf":
+        values = s.to_numpy()
+        if s.dtype.kind == "f" and np.isnan(values).any():
+            raise cell_error(col, np.isnan(values), "")
+        return values
+    text = s.astype(str).str.strip()
+    num = pd.to_numeric(text, errors="coerce")
+    bad = num.isna().to_numpy() & ~text.str.lower().isin(["nan", "inf", "-inf", "+inf", "infinity",
+                                                         "-infinity"]).to_numpy()
+    if bad.any():
+        raise cell_error(col, bad, "is not a number")
+    if text.str.lower().isin(["true", "false"]).any():
+        raise cell_error(col, text.str.lower().isin(["true", "false"]).to_numpy(), "is a boolean, not a number")
+    return num.to_numpy()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -906,8 +1298,14 @@ def _table_sequences(df: Any, build: _Builder, offset: int) -> list[EventSequenc
 
 
 def read_file(path: str | Path, *, options: ReadOptions | None = None, num_marks: int | None = None) -> ReadResult:
-    """Read one data file of any supported format (detected from its bytes and name)."""
+    """Read one data file of any supported format (detected from its bytes and name); marks finished by
+    :func:`finish_marks` (remapped with ``options.remap_marks``, sparse ids noted)."""
+    return finish_marks(_read_file(path, options=options, num_marks=num_marks), options)
+
+
+def _read_file(path: str | Path, *, options: ReadOptions | None = None, num_marks: int | None = None) -> ReadResult:
     path = Path(path)
+    _check_regular(path)  # before detect_format opens it: a FIFO would block
     if not path.exists():
         raise DataError("file not found", source=str(path))
     fmt = detect_format(path)
@@ -960,24 +1358,24 @@ def _split_args(folder: Path) -> dict:
     args = folder / "args.json"
     if not args.exists():
         return {}
-    try:
-        meta = json.loads(args.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"invalid JSON ({e})", source=str(args)) from None
-    return meta if isinstance(meta, dict) else {}
+    meta = _load_json(args)
+    if not isinstance(meta, dict):
+        raise DataError(f"expected a JSON object, got {type(meta).__name__}", source=str(args))
+    return meta
 
 
-def _declared_marks(meta: Mapping) -> int | None:
+def _declared_marks(meta: Mapping, source: str, options: ReadOptions | None = None) -> int | None:
     for key in ("marks", "num_marks"):
-        if isinstance(meta.get(key), int) and not isinstance(meta.get(key), bool):
-            return int(meta[key])
+        if meta.get(key) is not None:
+            return _header_count(meta[key], key, source, options)
     return None
 
 
-def _attach_window(res: ReadResult, window: Any, options: ReadOptions | None) -> None:
+def _attach_window(res: ReadResult, window: Any, options: ReadOptions | None, args: str = "args.json") -> None:
     """Attach a split folder's common window end to every sequence (``use_window``), or note that it exists."""
-    if not isinstance(window, (int, float)) or isinstance(window, bool):
+    if window is None:
         return
+    window = _header_number(window, "window", args)
     if options is None or not options.use_window:
         res.notes.append(f"{res.source}: args.json gives a common window end {window}; not used (the window ends "
                          "at each sequence's last event; use_window=True attaches it)")
@@ -992,8 +1390,13 @@ def _attach_window(res: ReadResult, window: Any, options: ReadOptions | None) ->
 
 def _read_one_split(d: Path, options: ReadOptions | None, progress: bool) -> ReadResult:
     meta = _split_args(d)
-    r = _read_plain_folder(d, options, progress, default_marks=_declared_marks(meta))
-    _attach_window(r, meta.get("window"), options)
+    args = str(d / "args.json")
+    declared = _declared_marks(meta, args, options)
+    window = meta.get("window")
+    if window is not None:
+        _header_number(window, "window", args)
+    r = _read_plain_folder(d, options, progress, default_marks=declared)
+    _attach_window(r, window, options, args)
     r.meta["args"] = meta
     return r
 
@@ -1010,12 +1413,17 @@ def read_split(folder: str | Path, k: int, *, options: ReadOptions | None = None
     r = _read_one_split(d, options, progress)
     r.parts = {f"{d.name}/{name}": seqs for name, seqs in r.parts.items()}
     r.meta["splits"] = [p.name for p in splits]
-    return r
+    return finish_marks(r, options)
 
 
 def read_folder(folder: str | Path, *, options: ReadOptions | None = None, progress: bool = False) -> ReadResult:
     """Read every data file in a folder: a split folder (``split_k/``, parts ``split_k/<part>``), RMTPP pairs,
-    or any mix of files (each file's parts keyed by its normalised stem, e.g. ``dev.pkl`` -> ``val``)."""
+    or any mix of files (each file's parts keyed by its normalised stem, e.g. ``dev.pkl`` -> ``val``); marks
+    finished by :func:`finish_marks` over all of them together."""
+    return finish_marks(_read_folder(folder, options=options, progress=progress), options)
+
+
+def _read_folder(folder: str | Path, *, options: ReadOptions | None = None, progress: bool = False) -> ReadResult:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("folder not found", source=str(folder))
@@ -1045,7 +1453,7 @@ def _read_plain_folder(folder: Path, options: ReadOptions | None, progress: bool
         results.append(read_rmtpp(folder, options=options))
     others = [f for f in files if f.format != "rmtpp"]
     for f in _progress(others, progress, f"reading {folder.name}"):
-        results.append(read_file(f.path, options=options, num_marks=default_marks))
+        results.append(_read_file(f.path, options=options, num_marks=default_marks))
     fmts = sorted({r.format for r in results})
     res = _merge(results, str(folder), fmts[0] if len(fmts) == 1 else "+".join(fmts))
     if default_marks is not None:
@@ -1072,8 +1480,45 @@ def read_any(path: str | Path, *, options: ReadOptions | None = None, progress: 
     if path.is_dir():
         return read_folder(path, options=options, progress=progress)
     if not path.exists():
+        _check_regular(path)  # a broken symbolic link says so
         raise DataError("no such file or folder", source=str(path))
     return read_file(path, options=options)
+
+
+def remap_marks(res: ReadResult) -> ReadResult:
+    """Map the mark ids observed in ``res`` (all parts together) to ``0..K-1`` in increasing order, in place:
+    ``num_marks`` becomes ``K``, ``meta["mark_ids"]`` lists the original id of each new mark, and a note says
+    so. Vectorised per sequence (``np.searchsorted`` on the sorted distinct ids)."""
+    seqs = res.sequences
+    if not seqs:
+        return res
+    ids = np.unique(np.concatenate([s.marks for s in seqs]))
+    for name, part in res.parts.items():
+        res.parts[name] = [EventSequence(s.times, np.searchsorted(ids, s.marks), s.window_end) for s in part]
+    old = res.num_marks
+    res.num_marks = int(ids.size)
+    res.meta["mark_ids"] = ids.tolist()
+    shown = ", ".join(map(str, ids[:5].tolist())) + (", ..." if ids.size > 5 else "")
+    res.notes.append(f"{res.source}: remapped {ids.size} observed mark ids ({shown}) to 0..{ids.size - 1} "
+                     f"(was {old} marks); args.json 'mark_ids' keeps the original ids")
+    return res
+
+
+def finish_marks(res: ReadResult, options: ReadOptions | None = None) -> ReadResult:
+    """The last step of every public reader: remap the mark ids (``options.remap_marks``), else note when fewer
+    than half of the ids below ``num_marks`` occur (the model would get ``num_marks`` classes, most never seen).
+    Readers already refused more than :data:`MAX_MARKS` marks (without remapping)."""
+    if options is not None and options.remap_marks:
+        return remap_marks(res)
+    seqs = res.sequences
+    if res.num_marks > 2 and seqs:
+        observed = int(np.unique(np.concatenate([s.marks for s in seqs])).size)
+        if 2 * observed <= res.num_marks:
+            msg = (f"{res.source}: only {observed} of {res.num_marks} mark ids occur (a model gets {res.num_marks} "
+                   f"mark classes); --remap-marks / remap_marks=True maps the observed ids to 0..{observed - 1}")
+            res.notes.append(msg)
+            log.warning(msg)
+    return res
 
 
 

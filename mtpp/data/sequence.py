@@ -1,9 +1,16 @@
-"""EventSequence: one marked sequence ``(t_i, k_i)`` on ``[0, T]``, and its validation."""
+"""EventSequence: one marked sequence ``(t_i, k_i)`` on ``[0, T]``, and its validation.
+
+:func:`make_sequence` is the one place a sequence is validated (every reader goes through it): types (numbers
+for times, integer ids for marks; never booleans or strings), finiteness, order, mark range and the
+:data:`MAX_MARKS` bound. :func:`check_dtype_range` tells whether the times fit the run's floating dtype. Checks
+are vectorised per sequence; only list inputs get one C-speed pass over their element types
+(``set(map(type, ...))``), the error paths alone look at single events.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,43 +57,172 @@ class EventSequence:
         }
 
 
+MAX_MARKS = 1_000_000
+"""The largest number of mark types (and so the largest mark id + 1) a reader accepts without remapping.
+
+Models allocate ``O(K)`` parameters and ``describe`` counts marks in an array of ``K`` entries, so an id such as
+``10**12`` (a user id used as a mark) would ask for terabytes. Larger or sparse ids can be mapped to ``0..K-1``
+with ``remap_marks=True`` (``mtpp data prepare --remap-marks``). The largest benchmark set (RMTPP yelp) has 17,239.
+"""
+
+_INT64_MAX = 2**63 - 1
+_QUOTED = " (write numbers unquoted)"
+_NUMBER = (int, float, np.integer, np.floating)
+
+
+def _short(x: Any) -> str:
+    """``repr(x)``, shortened for numbers with thousands of digits and long strings."""
+    r = repr(x)
+    if isinstance(x, int) and not isinstance(x, bool) and len(r) > 24:
+        return f"{r[:12]}...({len(r)} digits)"
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _first(values: Sequence[Any], bad: Callable[[Any], bool]) -> tuple[int, Any]:
+    """Index and value of the first element of ``values`` for which ``bad`` holds (error path only)."""
+    for j, x in enumerate(values):
+        if bad(x):
+            return j, x
+    return -1, None
+
+
+def _is_bool(x: Any) -> bool:
+    return isinstance(x, (bool, np.bool_))
+
+
+def _not_number(x: Any) -> bool:
+    return _is_bool(x) or not isinstance(x, _NUMBER)
+
+
+def _what(x: Any) -> str:
+    if _is_bool(x):
+        return f"a boolean ({x!r})"
+    if isinstance(x, (str, bytes)):
+        return f"a string ({_short(x)})"
+    if isinstance(x, _NUMBER):
+        return _short(x)
+    return f"a {type(x).__name__} ({_short(x)})"
+
+
+def _as_times(times: Any, fail: Callable[[str], DataError]) -> np.ndarray:
+    """``times`` as a float64 array, refusing booleans, strings, nested values and ints too large for a float."""
+    if isinstance(times, np.ndarray) and times.dtype.kind in "iuf":
+        if times.ndim != 1:
+            raise fail(f"times must be a flat list (got an array of shape {times.shape})")
+        return times.astype(np.float64)
+    if isinstance(times, np.ndarray):
+        if times.ndim != 1:
+            raise fail(f"times must be a flat list (got an array of shape {times.shape})")
+        times = times.tolist()
+    if not isinstance(times, (list, tuple)):
+        raise fail(f"times must be a list of numbers, got {_what(times)}")
+    types = set(map(type, times))
+    if not all(issubclass(t, _NUMBER) and not issubclass(t, (bool, np.bool_)) for t in types):
+        j, x = _first(times, _not_number)
+        raise fail(f"time at event {j} is {_what(x)}, not a number" + _QUOTED * isinstance(x, (str, bytes)))
+    try:
+        return np.asarray(times, dtype=np.float64)
+    except OverflowError:
+        j, x = _first(times, lambda v: isinstance(v, int) and abs(v) > 1.7e308)
+        raise fail(f"time {_short(x)} at event {j} is too large for a float") from None
+
+
+def _as_marks(marks: Any, fail: Callable[[str], DataError]) -> np.ndarray:
+    """``marks`` as an int64 array of ids in ``[0, 2**63)``: integers (or integral floats) only; a negative,
+    fractional, boolean, string or too-large id is an error naming the event and the value as written."""
+    if isinstance(marks, np.ndarray):
+        if marks.ndim != 1:
+            raise fail(f"marks must be a flat list (got an array of shape {marks.shape})")
+        kind = marks.dtype.kind
+        if kind == "i":
+            m = marks.astype(np.int64)
+        elif kind == "u":
+            if marks.size and marks.max() > _INT64_MAX:
+                j = int(np.argmax(marks))
+                raise fail(f"mark {int(marks[j])} at event {j} is too large (mark ids must be below 2**63)")
+            m = marks.astype(np.int64)
+        elif kind == "f":
+            bad = ~np.isfinite(marks) | (marks != np.round(marks)) | (np.abs(marks) >= 2.0**63)
+            if np.any(bad):
+                j = int(np.flatnonzero(bad)[0])
+                x = float(marks[j])
+                why = "is too large (mark ids must be below 2**63)" if np.isfinite(x) and x == round(x) else \
+                    "is not an integer"
+                raise fail(f"mark {x!r} at event {j} {why}")
+            m = marks.astype(np.int64)
+        else:
+            return _as_marks(marks.tolist(), fail)
+    else:
+        if not isinstance(marks, (list, tuple)):
+            raise fail(f"marks must be a list of integers, got {_what(marks)}")
+        types = set(map(type, marks))
+        if not all(issubclass(t, _NUMBER) and not issubclass(t, (bool, np.bool_)) for t in types):
+            j, x = _first(marks, _not_number)
+            raise fail(f"mark at event {j} is {_what(x)}, not an integer" + _QUOTED * isinstance(x, (str, bytes)))
+        if types and all(issubclass(t, (int, np.integer)) for t in types):
+            lo, hi = min(marks), max(marks)
+            if hi > _INT64_MAX:
+                j = marks.index(hi) if isinstance(marks, list) else list(marks).index(hi)
+                raise fail(f"mark {_short(int(hi))} at event {j} is too large (mark ids must be below 2**63)")
+            if lo < -_INT64_MAX:
+                j = list(marks).index(lo)
+                raise fail(f"negative mark {_short(int(lo))} at event {j}")
+            m = np.asarray(marks, dtype=np.int64)
+        elif any(issubclass(t, (int, np.integer)) for t in types):
+            m = _as_marks_mixed(marks, fail)
+        else:
+            return _as_marks(np.asarray(marks, dtype=np.float64), fail)
+    if m.size and m.min() < 0:
+        j = int(np.argmin(m))
+        raise fail(f"negative mark {int(m[j])} at event {j}")
+    return m
+
+
+def _as_marks_mixed(marks: Sequence[Any], fail: Callable[[str], DataError]) -> np.ndarray:
+    """Integers and floats mixed in one list (rare): floats must be integral; ints are taken exactly (no float
+    rounding near ``2**63``)."""
+    exact = []
+    for j, x in enumerate(marks):
+        if isinstance(x, (float, np.floating)) and not (np.isfinite(x) and x == int(x)):
+            raise fail(f"mark {float(x)!r} at event {j} is not an integer")
+        exact.append(int(x))
+    hi = max(exact)
+    if hi > _INT64_MAX:
+        raise fail(f"mark {_short(hi)} at event {exact.index(hi)} is too large (mark ids must be below 2**63)")
+    return np.asarray(exact, dtype=np.int64)
+
+
 def make_sequence(
     times: Sequence[float] | np.ndarray,
     marks: Sequence[int] | np.ndarray,
     *,
     window_end: float | None = None,
     num_marks: int | None = None,
+    max_mark: int | None = MAX_MARKS,
     source: str | None = None,
     index: int | None = None,
+    mark_source: str | None = None,
 ) -> EventSequence:
     """Build and validate one sequence, raising ``DataError`` naming ``source`` and ``index``.
 
-    Checks: same length, non-empty, numeric finite times, ``>= 0``, non-decreasing (ties allowed),
-    integer marks in ``[0, num_marks)`` when ``num_marks`` is given, ``window_end >= t_n``.
+    Checks: times are numbers (not booleans, not strings, not nested lists; ints must fit a float), finite,
+    ``>= 0`` and non-decreasing (ties allowed); marks are integers (or integral floats; not booleans or strings),
+    ``>= 0``, below ``num_marks`` when given, else below ``max_mark`` (:data:`MAX_MARKS` by default; ``None``
+    allows any id below ``2**63``, for remapping); same length, non-empty; ``window_end`` a number ``>= t_n``.
+    Problems with the marks name ``mark_source`` when given (the marks file of an RMTPP pair).
     """
 
     def fail(problem: str) -> DataError:
         return DataError(problem, source=source, sequence=index)
 
-    try:
-        t = np.asarray(times, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise fail(f"times are not numbers ({e})") from None
-    try:
-        m_raw = np.asarray(marks)
-        if m_raw.size and m_raw.dtype.kind not in "iub":
-            if m_raw.dtype.kind == "f" and np.all(np.isfinite(m_raw)) and np.all(m_raw == np.round(m_raw)):
-                pass
-            else:
-                bad = m_raw.reshape(-1)[:3].tolist()
-                raise fail(f"marks must be integers, got {bad!r}...")
-        m = m_raw.astype(np.int64)
-    except (TypeError, ValueError) as e:
-        raise fail(f"marks are not integers ({e})") from None
-    if t.ndim != 1 or m.ndim != 1:
-        raise fail(f"times and marks must be flat lists (got shapes {t.shape} and {m.shape})")
+    def fail_mark(problem: str) -> DataError:
+        return DataError(problem, source=mark_source or source, sequence=index)
+
+    t = _as_times(times, fail)
+    m = _as_marks(marks, fail_mark)
     if t.shape[0] != m.shape[0]:
-        raise fail(f"{t.shape[0]} times but {m.shape[0]} marks")
+        where = f" in {mark_source.replace(chr(92), '/').rsplit('/', 1)[-1]}" if mark_source else ""
+        raise fail(f"{t.shape[0]} times but {m.shape[0]} marks{where}")
     if t.shape[0] == 0:
         raise fail("empty sequence")
     if not np.all(np.isfinite(t)):
@@ -98,13 +234,16 @@ def make_sequence(
     if np.any(d < 0):
         j = int(np.flatnonzero(d < 0)[0]) + 1
         raise fail(f"times not sorted: event {j} at {float(t[j])!r} comes before event {j - 1} at {float(t[j - 1])!r}")
-    if m.min() < 0:
-        j = int(np.argmin(m))
-        raise fail(f"negative mark {int(m[j])} at event {j}")
     if num_marks is not None and m.max() >= num_marks:
         j = int(np.argmax(m))
-        raise fail(f"mark {int(m[j])} at event {j} is out of range for {num_marks} marks")
+        raise fail_mark(f"mark {int(m[j])} at event {j} is out of range for {num_marks} marks")
+    if num_marks is None and max_mark is not None and m.max() >= max_mark:
+        j = int(np.argmax(m))
+        raise fail_mark(f"mark {int(m[j])} at event {j} exceeds the limit of {max_mark:,} mark ids (MAX_MARKS); "
+                        "if the ids are sparse, remap them to 0..K-1 (--remap-marks, remap_marks=True)")
     if window_end is not None:
+        if _not_number(window_end):
+            raise fail(f"window end is {_what(window_end)}, not a number")
         window_end = float(window_end)
         if not np.isfinite(window_end) or window_end < t[-1]:
             raise fail(f"window end {window_end!r} is before the last event {float(t[-1])!r}")
@@ -126,3 +265,45 @@ def check_marks(sequences: Sequence[EventSequence], num_marks: int, source: str 
         if len(s) and (s.marks.min() < 0 or s.marks.max() >= num_marks):
             bad = int(s.marks.max() if s.marks.max() >= num_marks else s.marks.min())
             raise DataError(f"mark {bad} is out of range for {num_marks} marks", source=source, sequence=i)
+
+
+# Largest finite value of each floating dtype a batch can be cast to (``Batch`` casts times, gaps, window ends).
+_DTYPE_MAX = {
+    "float16": float(np.finfo(np.float16).max),
+    "bfloat16": 3.3895313892515355e38,
+    "float32": float(np.finfo(np.float32).max),
+    "float64": float(np.finfo(np.float64).max),
+}
+
+
+def check_dtype_range(
+    parts: Mapping[str, Sequence[EventSequence]], dtype: Any, *, source: str | None = None, show: int = 10
+) -> None:
+    """Refuse data whose times do not fit ``dtype`` (a ``torch.dtype``, numpy dtype or name such as
+    ``"float32"``): ``Batch`` casts absolute times, gaps and window ends to the run's dtype, and a value beyond the
+    dtype's largest finite number becomes ``inf`` there (a NaN loss: the trainer skips the step, validation NLLs
+    become null). Times are sorted and ``>= 0`` and gaps are at most the times, so the last time and the window
+    end of each sequence decide. Cost: one look per sequence.
+
+    Raises ``DataError`` naming ``source``, each part with its offending sequence indices (the first ``show``),
+    the limit, and what works: ``data.dtype: float64``, or dropping or rescaling those sequences.
+    """
+    name = str(dtype).replace("torch.", "")
+    if name not in _DTYPE_MAX:
+        raise DataError(f"unknown floating dtype {dtype!r} (known: {', '.join(_DTYPE_MAX)})", source=source)
+    limit = _DTYPE_MAX[name]
+    found = []
+    total = 0
+    for part, seqs in parts.items():
+        bad = [i for i, s in enumerate(seqs)
+               if len(s) and (s.times[-1] > limit or (s.window_end is not None and s.window_end > limit))]
+        if bad:
+            total += len(bad)
+            more = f" (+{len(bad) - show} more)" if len(bad) > show else ""
+            found.append(f"{part} sequences {', '.join(map(str, bad[:show]))}{more} of {len(seqs)}")
+    if found:
+        raise DataError(
+            f"{total} sequence(s) have times beyond {name}'s range (largest {limit:.3g}): {'; '.join(found)}; "
+            f"use data.dtype: float64, or drop or rescale these sequences",
+            source=source,
+        )

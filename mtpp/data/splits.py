@@ -146,6 +146,13 @@ def prepare_sequences(
     unique, dups = deduplicate(result.sequences)
     if not unique:
         raise DataError("no sequences left to split", source=result.source)
+    sizes = split_sizes(len(unique), ratios)
+    empty = [name for name, n, r in zip(PART_NAMES, sizes, ratios) if r > 0 and n == 0]
+    if empty:
+        shown = "/".join(f"{r:g}" for r in ratios)
+        raise DataError(f"{len(unique)} distinct sequence(s) are too few for ratios {shown}: "
+                        f"the {' and '.join(empty)} part would be empty (a model would train or stop early on "
+                        "nothing)", source=result.source)
     splits = make_splits(unique, num_splits=num_splits, seed=seed, ratios=ratios)
     report = PrepareReport(
         out=str(out),
@@ -165,6 +172,8 @@ def prepare_sequences(
     )
     args = report.to_dict()
     args.pop("out")
+    if "mark_ids" in result.meta:
+        args["mark_ids"] = list(result.meta["mark_ids"])
     args["seeding"] = "split k = numpy.random.default_rng([seed, k]).permutation(n)"
     split_args = [{"seed": int(seed), "split": k} for k in range(num_splits)]
     write_split_folder(out, splits, num_marks=result.num_marks, args=args, split_args=split_args)
@@ -172,12 +181,16 @@ def prepare_sequences(
 
 
 def read_inputs(inputs: Sequence[str | Path], options: ReadOptions | None = None, progress: bool = False) -> ReadResult:
-    """Read several files/folders into one ``ReadResult`` (parts prefixed by the input's position)."""
+    """Read several files/folders into one ``ReadResult`` (parts prefixed by the input's position). With
+    ``options.remap_marks`` the ids of all inputs are remapped together (one map), after merging."""
     if not inputs:
         raise DataError("no input given")
     results = [read_any(p, options=options, progress=progress) for p in inputs]
     if len(results) == 1:
         return results[0]
+    remap = options is not None and options.remap_marks
+    if remap:
+        _share_mark_map(results)
     merged = ReadResult({}, max(r.num_marks for r in results), "+".join(sorted({r.format for r in results})),
                         ", ".join(str(p) for p in inputs))
     for i, r in enumerate(results):
@@ -189,7 +202,22 @@ def read_inputs(inputs: Sequence[str | Path], options: ReadOptions | None = None
     if len({r.num_marks for r in results}) > 1:
         merged.notes.append(f"inputs disagree on the number of marks {[r.num_marks for r in results]}; "
                             f"using {merged.num_marks}")
+    if remap:
+        merged.meta["mark_ids"] = results[0].meta["mark_ids"]
+        merged.num_marks = len(merged.meta["mark_ids"])
     return merged
+
+
+def _share_mark_map(results: Sequence[ReadResult]) -> None:
+    """Inputs each remapped on reading (``meta["mark_ids"]``: original id of each local mark) get one shared
+    map: the sorted union of their original ids. In place; every result's ``mark_ids`` becomes the union."""
+    local = [np.asarray(r.meta.get("mark_ids", []), dtype=np.int64) for r in results]
+    union = np.unique(np.concatenate(local)) if local else np.zeros(0, dtype=np.int64)
+    for r, ids in zip(results, local):
+        for name, part in r.parts.items():
+            r.parts[name] = [EventSequence(s.times, np.searchsorted(union, ids[s.marks]), s.window_end) for s in part]
+        r.meta["mark_ids"] = union.tolist()
+        r.num_marks = int(union.size)
 
 
 def prepare(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,21 +53,13 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, foreign pickle, ...
-        raise MtppError(f"{path}: cannot read checkpoint ({type(e).__name__}: {_reason(e)})") from None
-
-
-def _reason(error: Exception) -> str:
-    """The part of a ``torch.load`` error that says what is wrong, on one line: the refused global of a
-    weights-only load (torch's advice to load untrusted files without ``weights_only`` is left out), else the
-    whole message."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours part of its message
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if refused:
-        return (f"it holds {refused.group(1)}, which a weights-only load refuses; mtpp checkpoints hold only "
-                "tensors, numbers, strings and containers of those")
-    return " ".join(text.split())
+        msg = " ".join(str(e).split())
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        if refused:  # torch's message opens with 700 characters of advice: keep the refused global's name
+            raise MtppError(f"{path}: refusing to load checkpoint: it needs the global {refused.group(1)}, which "
+                            "weights-only loading does not allow (not an mtpp checkpoint, or not a safe one)") from None
+        msg = msg[msg.index("WeightsUnpickler error:"):] if "WeightsUnpickler error:" in msg else msg
+        raise MtppError(f"{path}: cannot read checkpoint ({type(e).__name__}: {msg[:300]})") from None
 
 
 def rng_state() -> dict[str, Any]:
