@@ -147,3 +147,23 @@ def test_training_does_not_depend_on_the_unit_of_time(tmp_path: Path) -> None:
     # the marks are revealed by the observed gap, not forecastable: the two accuracies must differ
     assert ref["accuracy_given_time"] > 0.9
     assert ref["accuracy_forecast"] < 0.65
+
+
+def test_training_refuses_times_beyond_float32_and_warns_about_ties(tmp_path: Path, capsys) -> None:
+    """The data-layer range check runs for every run (a time of 1e39 would be inf in float32 batches), and the
+    trainer says when the training data has ties."""
+    from mtpp.errors import DataError
+
+    good = _sequences(20, 8, 1)
+    huge = good[:-1] + [EventSequence(np.array([1.0, 1e39]), np.array([0, 1]), None)]
+    data = write_split_folder(tmp_path / "huge", [{"train": huge, "val": good[:5], "test": good[:5]}], num_marks=2)
+    cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                             "logging.quiet=true", "logging.progress=false"])  # fmt: skip
+    with pytest.raises(DataError, match="float32"):
+        fit(cfg, tmp_path / "run_huge")
+    tied = [EventSequence(np.array([0.0, 1.0, 1.0, 2.0]), np.array([0, 1, 0, 1]), None)] + good
+    data = write_split_folder(tmp_path / "tied", [{"train": tied, "val": good[:5], "test": good[:5]}], num_marks=2)
+    cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                             "logging.progress=false"])  # fmt: skip
+    fit(cfg, tmp_path / "run_tied")
+    assert "tie" in capsys.readouterr().err.lower()

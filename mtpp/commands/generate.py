@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mtpp.commands._forecast_args import add_run_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -21,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--events", type=int, help="number of events to generate after each history")
     p.add_argument("--samples", type=int, default=1, help="continuations per sequence (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output table, .csv or .parquet (never replaced)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
     p.add_argument("--sequences", help="comma-separated sequence indices of the split (default: all)")
     p.add_argument("--sampler", choices=("auto", "icdf", "thinning", "mode"), default="auto")
     p.add_argument("--baseline", choices=("model", "poisson", "hawkes"), default="model",
@@ -29,10 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "process, synthetic_hawkes only)")
     p.add_argument("--max-events", type=int, default=1000, help="cap on events per sample (default 1000)")
     p.add_argument("--max-memory", type=float, default=2.0, help="memory budget in GiB (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
-    p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

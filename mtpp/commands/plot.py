@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mtpp.commands._forecast_args import add_run_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,14 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
     p.add_argument("--sequence", type=int, required=True, help="index of the sequence in the split")
     p.add_argument("--out", type=Path, required=True, help="output PNG (never replaced)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
     p.add_argument("--horizon", type=float, help="forecast window after the cut (default: 1/4 of the sequence)")
     p.add_argument("--cut", type=int, help="number of history events (default: the last cut with an observed window)")
     p.add_argument("--samples", type=int, default=50, help="sampled continuations (default 50)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
-    p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

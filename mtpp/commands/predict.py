@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mtpp.commands._forecast_args import add_run_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,14 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
     p.add_argument("--out", type=Path, required=True, help="output table, .csv or .parquet (never replaced)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
-    p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
     p.add_argument("--level", type=float, default=0.9, help="central interval level (default 0.9)")
     p.add_argument("--top-k", type=int, default=5, help="ranked marks per row (default 5)")
     p.add_argument("--include-next", action="store_true", help="add the forecast after each sequence's last event")
-    p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
     p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's evaluation batch)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_run_options(p, seed=False)
     p.set_defaults(func=run)
 
 

@@ -60,6 +60,8 @@ def load_data(cfg: DataConfig, data_dir: str | None = None, name: str | None = N
     from mtpp.data.catalog import load_dataset
 
     ds = load_dataset(cfg.name, split=cfg.split, data_dir=data_dir or cfg.data_dir)
+    if hasattr(ds, "check_dtype"):  # times beyond the run's dtype would become inf in every batch: refuse, naming them
+        ds.check_dtype(cfg.dtype)
     n = cfg.max_sequences
 
     def cut(seqs: Any) -> list:

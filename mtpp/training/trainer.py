@@ -415,6 +415,13 @@ class Trainer:
             self.model = model.to(device=self.device, dtype=self.dtype)
         # the model's unit of time (mtpp.models.scaling); a resumed run restores it from its checkpoint below
         self.model.time_scale = resolve_time_scale(cfg.data.time_scale, self.data.train)
+        if self.main:  # ties and t = 0 first events: say so before training (mtpp.models.ties)
+            from mtpp.models.ties import tie_warning
+
+            warning = tie_warning(self.data.train, cfg.model.first_event, cfg.model.tie_resolution,
+                                  self.model.time_scale)  # fmt: skip
+            if warning:
+                echo(f"warning: {warning}", quiet=False)
         dist.broadcast_module(self.model)  # identical replicas (the same seed gives them anyway on CPU)
         if dist.rank > 0:  # Monte Carlo nodes / dropout differ across ranks; rank 0 keeps the single-process stream
             checkpoint.seed_everything(distributed.rank_seed(cfg.train.seed, dist.rank))
