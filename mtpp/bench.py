@@ -380,7 +380,7 @@ def _bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     run_cfg = run_config_for(spec, cfg.overrides)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, run_cfg.train.tf32)
     sequences, num_marks, label = load_sequences(cfg)
     batches = bench_batches(sequences, cfg, DTYPES[run_cfg.data.dtype], device.type)
     del sequences
@@ -518,8 +518,12 @@ def run_bench(
     *,
     isolate: bool = True,
     progress: Callable[[str], None] | None = None,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per model (see ``ROW_KEYS``), in the order given.
+
+    ``on_row(rows)`` is called with the rows so far after each model, so a long bench that is stopped keeps the
+    models it finished (``mtpp bench --out`` rewrites its JSON there).
 
     The model names and the data are checked here first (so a typo fails before any worker starts, and a dataset
     that needs auto-preparing is prepared once).
@@ -541,6 +545,8 @@ def run_bench(
             if warning is not None:
                 progress(warning)
         rows.append(_bench_isolated(spec, cfg) if isolate else bench_model(spec, cfg))
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 

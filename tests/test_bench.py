@@ -56,8 +56,11 @@ def _check_row(row: dict, model: str) -> None:
 
 
 def test_run_bench_rows_in_process() -> None:
-    rows = run_bench(MODELS, _tiny_cfg(synthetic_length=12, max_length=None, warmup=0, rounds=3), isolate=False)
+    seen: list[list[str]] = []  # on_row: the rows so far after every model (a stopped bench keeps them)
+    rows = run_bench(MODELS, _tiny_cfg(synthetic_length=12, max_length=None, warmup=0, rounds=3), isolate=False,
+                     on_row=lambda so_far: seen.append([r["model"] for r in so_far]))  # fmt: skip
     assert [r["model"] for r in rows] == MODELS
+    assert seen == [MODELS[: i + 1] for i in range(len(MODELS))]
     for row, model in zip(rows, MODELS):
         _check_row(row, model)
         assert row["isolated"] is False

@@ -102,9 +102,14 @@ def run(args: argparse.Namespace) -> int:
 
         name, path, _ = resolve_source(args.dataset, args.data_dir)
         progress(f"bench: data {name} <- {path} (split {args.split}, training part)")
-    rows = run_bench(args.models or list(DEFAULT_MODELS), cfg, isolate=args.isolate, progress=progress)
+    def on_row(rows: list) -> None:  # finished models survive a stopped bench
+        if progress is not None:
+            progress(format_table(rows[-1:]).splitlines()[-1])
+        if args.out is not None:
+            write_json(rows, args.out)
+
+    rows = run_bench(args.models or list(DEFAULT_MODELS), cfg, isolate=args.isolate, progress=progress, on_row=on_row)
     print(format_table(rows))
     if args.out is not None:
-        write_json(rows, args.out)
         print(f"wrote {len(rows)} rows to {args.out}")
     return 0

@@ -145,7 +145,7 @@ def _evaluate_run(
 
     run = open_run(run_dir)
     cfg = run.config
-    dev = resolve_device(device or cfg.train.device)
+    dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
     run_data, record, same = run.load_data(data_dir, other_data=other_data)
     if log is not None:
         log(f"{run_dir}: data {describe_data(run_data)}" + ("" if same else " (OTHER data than the run's)"))

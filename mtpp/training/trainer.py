@@ -73,6 +73,7 @@ from mtpp.training.setup import (
     make_optimizer,
     make_scheduler,
     resolve_device,
+    set_float32_precision,
     unique_parameters,
 )
 
@@ -357,6 +358,8 @@ class Stepper:
         from mtpp.training.gradients import StatsBuffer
 
         self.cfg, self.device, self.dist = cfg, device, dist
+        if device.type == "cuda":
+            set_float32_precision(cfg.train.tf32)
         self.amp = cfg.train.amp and device.type == "cuda"
         self.model = build_run_model(cfg, num_marks, device)
         self._nll = torch.compile(self.model.nll, dynamic=True) if cfg.train.compile else self.model.nll
@@ -394,7 +397,7 @@ class Trainer:
         self.main = dist.is_main
         self.quiet = cfg.logging.quiet or not self.main
         device = distributed.rank_device(cfg.train.device, dist.local_rank) if dist.enabled else cfg.train.device
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, cfg.train.tf32)
         self.amp = amp_enabled(cfg.train, self.device)
         self.dtype = DTYPES[cfg.data.dtype]
         # rank 0 reads / prepares the run directory; its checkpoint (or its error) reaches every rank
