@@ -130,8 +130,10 @@ def group(records: list[dict]) -> dict[Key, list[dict]]:
 
 
 def order(key: Key) -> tuple:
+    """Per dataset and model: the ``sum`` cells base, +, ++, then the remedies in :data:`REMEDIES` order."""
     p = PARAMS.index(key[2]) if key[2] in PARAMS else len(PARAMS)
-    return (key[0], key[1], p, key[3] != "sum", key[3])
+    r = -1 if key[3] == "sum" else REMEDIES.index(key[3]) if key[3] in REMEDIES else len(REMEDIES)
+    return (key[0], key[1], r, p, key[3])
 
 
 def label(key: Key) -> str:
@@ -229,9 +231,8 @@ def remedies_table(cells: dict[Key, list[dict]]) -> list[str]:
     """Per (dataset, model) with a non-sum aggregator: its sum base, every remedy and its ++ cell."""
     out = []
     for dataset, model in sorted({(k[0], k[1]) for k in cells if k[3] != "sum"}):
-        rank = lambda k: (REMEDIES.index(k[3]) if k[3] in REMEDIES else len(REMEDIES), k[3])  # noqa: E731
         keys = [(dataset, model, "base", "sum"), *sorted((k for k in cells if k[:3] == (dataset, model, "base")
-                                                          and k[3] != "sum"), key=rank),
+                                                          and k[3] != "sum"), key=order),
                 (dataset, model, "plusplus", "sum")]  # fmt: skip
         base = cells.get(keys[0], [])
         rows = []
@@ -305,8 +306,7 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
                    color=["#d62728" if x < 0 else "#7f9fbf" for x in centres])  # fmt: skip
             share = sum(c for c, x in zip(counts, centres) if x < 0) / total
             ax.axvline(0.0, color="black", lw=0.6)
-            ax.set_title(f"{label(key)} (n={len(rs)})", fontsize=9)
-            ax.text(0.03, 0.9, f"conflict {share:.0%}", transform=ax.transAxes, fontsize=8, color="#d62728")
+            ax.set_title(f"{label(key)} (n={len(rs)}): conflict {share:.0%}", fontsize=8)
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(keys):]:
             ax.axis("off")
