@@ -347,11 +347,13 @@ def benchmarks_block(records: list[dict], command: str, grid_cells: int = 75, jo
         c, info = r.get("cell") or {}, (r.get("config") or {}).get("run_info") or {}
         wall, val = r.get("wall_seconds"), r.get("validation_seconds")
         share = val / wall if isinstance(val, (int, float)) and isinstance(wall, (int, float)) and wall > 0 else None
-        rows.append([c.get("dataset", "?"), label(cell_key(r)), str(c.get("split", "?")),
+        decoder = ((r.get("config") or {}).get("model") or {}).get("decoder") or c.get("model", "?")
+        param = PARAM_LABEL.get(c.get("parametrisation"), c.get("parametrisation", "?"))
+        rows.append([c.get("dataset", "?"), decoder, param, c.get("aggregator", "sum"), str(c.get("split", "?")),
                      _epochs(r), num(r.get("epoch_seconds"), ".2f"), num(share, ".1%"),
                      num(wall / 60 if isinstance(wall, (int, float)) else None, ".1f"),
                      f"{info.get('device', '?')}, {info.get('threads', '?')} thr"])  # fmt: skip
-    head = ["dataset", "cell", "split", "epochs (best)", "s/epoch (median)", "validation share of wall",
+    head = ["dataset", "decoder", "param.", "aggregator", "split", "epochs (best)", "s/epoch (median)", "validation share of wall",
             "wall min", "device"]  # fmt: skip
     walls = [r["wall_seconds"] for r in records if isinstance(r.get("wall_seconds"), (int, float))]
     hours = sum(walls) / 3600

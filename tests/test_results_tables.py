@@ -91,8 +91,8 @@ def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
     assert row + " +1.00 ± 0.00 | n/a |" in text  # Δ L_T vs sum paired by split: +1, +1
     assert "| thp ++ | 0 | not run yet |" in text
     bench = tables.benchmarks_block(records, "cmd")
-    assert "| mooc | lnm base | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench
-    assert "| mooc | rmtpp base | 0 | 10 (5) | n/a | n/a | n/a | cpu, 1 thr |" in bench
+    assert "| mooc | lnm | base | sum | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench
+    assert "| mooc | rmtpp | base | sum | 0 | 10 (5) | n/a | n/a | n/a | cpu, 1 thr |" in bench
     assert "**Totals:** 10 cells, 1.50 cell-hours" in bench and "6.00 cells per cell-hour" in bench
     assert "No cell of this grid has finished yet" in tables.results_block([], "cmd")
     assert "No cell has finished yet" in tables.benchmarks_block([], "cmd")
@@ -114,7 +114,7 @@ def test_update_replaces_only_the_marked_blocks_and_writes_the_figure(tmp_path: 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
     text = bench.read_text()
     assert text.startswith(f"# B\n{script.BENCH_BEGIN}\n") and text.endswith(f"{script.BENCH_END}\nmore\n")
-    assert "old\n" not in text and "| mooc | thp base [pcgrad] | 1 |" in text
+    assert "old\n" not in text and "| mooc | thp | base | pcgrad | 1 |" in text
     assert script.main(argv) == 0 and results.read_text() == doc  # idempotent
     results.write_text("no markers\n")
     with pytest.raises(SystemExit, match="needs exactly one"):
