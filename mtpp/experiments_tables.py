@@ -158,8 +158,8 @@ def legend() -> list[str]:
     lines = ["**What the columns measure** (test split of each record's data split; first event of every sequence not "
              "scored; mean ± standard error over the recorded splits, `n` of them):", ""]  # fmt: skip
     lines += [f"- `{lab}`: {text}." for lab, _, text in METRICS.values()]
-    return lines + ["", "Where the paper differs: its `L_T` / `L_M` are the same per-sequence NLLs on its own splits "
-                    "(in the time unit of the same public files, as ours); its accuracy, MRR and ECE are the "
+    return lines + ["", "Where the paper differs: its `L_T` / `L_M` are per-sequence NLLs too, but on its own splits of "
+                    "the same datasets (ours are rebuilt, see Data above); its accuracy, MRR and ECE are the "
                     "*given time* kind (`p(k | tau_obs, H)`); the *forecast* columns are mtpp's addition "
                     "(issue 10 §1) and have no published counterpart.", ""]  # fmt: skip
 
