@@ -158,8 +158,8 @@ def legend() -> list[str]:
     lines = ["**What the columns measure** (test split of each record's data split; first event of every sequence not "
              "scored; mean ± standard error over the recorded splits, `n` of them):", ""]  # fmt: skip
     lines += [f"- `{lab}`: {text}." for lab, _, text in METRICS.values()]
-    return lines + ["", "Where the paper differs: its `L_T` / `L_M` are per-sequence NLLs too, but on its own splits of "
-                    "the same datasets (ours are rebuilt, see Data above); its accuracy, MRR and ECE are the "
+    return lines + ["", "Where the paper differs: its `L_T` / `L_M` are per-sequence NLLs too, but on its own "
+                    "splits of the same datasets (ours are rebuilt, see Data above); its accuracy, MRR and ECE are the "
                     "*given time* kind (`p(k | tau_obs, H)`); the *forecast* columns are mtpp's addition "
                     "(issue 10 §1) and have no published counterpart.", ""]  # fmt: skip
 
@@ -353,8 +353,8 @@ def benchmarks_block(records: list[dict], command: str, grid_cells: int = 75, jo
                      _epochs(r), num(r.get("epoch_seconds"), ".2f"), num(share, ".1%"),
                      num(wall / 60 if isinstance(wall, (int, float)) else None, ".1f"),
                      f"{info.get('device', '?')}, {info.get('threads', '?')} thr"])  # fmt: skip
-    head = ["dataset", "decoder", "param.", "aggregator", "split", "epochs (best)", "s/epoch (median)", "validation share of wall",
-            "wall min", "device"]  # fmt: skip
+    head = ["dataset", "decoder", "param.", "aggregator", "split", "epochs (best)", "s/epoch (median)",
+            "validation share of wall", "wall min", "device"]  # fmt: skip
     walls = [r["wall_seconds"] for r in records if isinstance(r.get("wall_seconds"), (int, float))]
     hours = sum(walls) / 3600
     spans = [(s, s.timestamp() + r["wall_seconds"]) for r in records
