@@ -26,6 +26,11 @@ Experiment file format
     exclude:                      # optional; a cell is dropped when it matches every key of one rule
       - {parametrisation: plusplus, aggregator: [cograd]}
 
+A file may start from another one with ``extends: OTHER.yaml`` (a path relative to the file): its ``base`` is
+deep-merged over the other file's ``base``, each axis it gives under ``grid`` replaces that axis (the others are
+inherited), and its ``exclude`` list, when given, replaces the other's. So a grid that differs from a reference
+protocol only in its axes states only those (``configs/experiments/paper_remedies.yaml``).
+
 Expansion is the cartesian product datasets x models x parametrisations x aggregators x splits x seeds, minus
 the excluded cells. Each cell's configuration is built, later layers winning:
 
@@ -67,7 +72,7 @@ import yaml
 
 from mtpp.errors import ConfigError
 
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "exclude")
+TOP_LEVEL_KEYS = ("name", "description", "extends", "base", "grid", "exclude")
 GRID_KEYS = ("datasets", "models", "parametrisations", "aggregators", "splits", "seeds")
 AXES = ("dataset", "model", "parametrisation", "aggregator", "split", "seed")
 DATASET_KEYS = ("name", "path", "overrides")
@@ -130,12 +135,7 @@ class CellResult:
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     """Read an experiment YAML; ``grid.AXIS=[...]`` overrides replace an axis (others go to the cells)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"experiment file {str(p)!r} not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+    raw = _read_raw(p, seen=())
     exp = experiment_from_dict(raw, source=str(p))
     grid_overrides, _ = split_overrides(overrides)
     for key, value in grid_overrides:
@@ -145,11 +145,40 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
     return exp
 
 
+def _read_raw(p: Path, seen: tuple[Path, ...]) -> dict:
+    """The experiment mapping of ``p`` with its ``extends`` chain applied (see the module docstring)."""
+    if not p.is_file():
+        where = f" (extended by {seen[-1]})" if seen else ""
+        raise ConfigError(f"experiment file {str(p)!r} not found{where}")
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: 'extends' loops back to itself ({' -> '.join(map(str, seen))})")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    _check_keys(raw, TOP_LEVEL_KEYS, "experiment")
+    child = dict(raw)
+    parent = dict(_read_raw(p.parent / str(child.pop("extends")), (*seen, p.resolve())))
+    for key in ("base", "grid"):
+        for section in (parent.get(key), child.get(key)):
+            if section is not None and not isinstance(section, dict):
+                raise ConfigError(f"{p}: {key}: expected a mapping")
+    base = _deep_merge(copy.deepcopy(parent.get("base") or {}), copy.deepcopy(child.get("base") or {}))
+    grid = {**(parent.get("grid") or {}), **(child.get("grid") or {})}
+    parent.pop("description", None)
+    return {**parent, **child, "base": base, "grid": grid,
+            "exclude": child.get("exclude", parent.get("exclude") or [])}  # fmt: skip
+
+
 def experiment_from_dict(raw: Any, source: str | None = None) -> Experiment:
     where = source or "experiment"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: an experiment must be a mapping with 'base' and 'grid'")
     _check_keys(raw, TOP_LEVEL_KEYS, "experiment")
+    if "extends" in raw:
+        raise ConfigError(f"{where}: 'extends' names a file; load the experiment with load_experiment(PATH)")
     base = raw.get("base") or {}
     grid = raw.get("grid") or {}
     exclude = raw.get("exclude") or []

@@ -1,149 +1,85 @@
 #!/usr/bin/env python
-"""Generate the measured tables of ``RESULTS.md`` from the committed result records (``mtpp.records``).
+"""Generate RESULTS.md's tables and figures and BENCHMARKS.md's grid timings from the committed result records.
 
-    python scripts/results_md.py results/paper_table1                       # print the tables
-    python scripts/results_md.py results/paper_table1 --update RESULTS.md   # replace RESULTS.md's generated block
+    python scripts/results_md.py results/paper_table1 results/paper_remedies \\
+        --update RESULTS.md --benchmarks BENCHMARKS.md          # the documented command (from the repository root)
+    python scripts/results_md.py results/paper_table1           # print RESULTS.md's block, write nothing
 
-Nothing here is typed by hand: every number comes from a record under the given folder. Per dataset: one row per
-model x parametrisation with mean +- standard error over the recorded splits (the ``n`` column says how many) of
-``L_T`` and ``L_M`` per sequence (test split, data units, first event not scored), the mark accuracy of the forecast
-``p(k | H)`` and given the observed time ``p(k | tau, H)``, MRR (forecast), PCE, ECE (forecast), the conflict rate,
-epochs / best epoch and wall time; then the base -> + -> ++ differences with their standard errors (paired by
-split), and the published values of Bosser & Ben Taieb (TMLR 2024) Table 1 where the paper gives them.
+Nothing is typed by hand: every number comes from a record (``mtpp/records.py``) under the given folders (a folder
+that does not exist yet counts as empty; a cell recorded in two folders is taken from the first). ``--update``
+replaces the text between RESULTS.md's ``<!-- BEGIN generated tables -->`` / ``<!-- END generated tables -->``
+lines and writes one ``cos_tm`` figure per dataset to ``--figures`` (default ``results/figures``);
+``--benchmarks`` replaces BENCHMARKS.md's ``<!-- BEGIN generated grid timings -->`` block. The published values
+beside ours are read from ``--published`` (default ``results/published/bosser2024_table1.csv``). What the tables
+contain and how they are computed: ``mtpp/experiments_tables.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mtpp import experiments_tables as tables  # noqa: E402
 from mtpp.records import read_records  # noqa: E402
 
-PARAMS = ("base", "plus", "plusplus")
-PARAM_LABEL = {"base": "base", "plus": "+", "plusplus": "++"}
-COLUMNS = (
-    ("L_T/seq", "nll_time_per_seq", 1),
-    ("L_M/seq", "nll_mark_per_seq", 1),
-    ("acc. forecast", "accuracy_forecast", 3),
-    ("acc. given time", "accuracy_given_time", 3),
-    ("MRR forecast", "mrr_forecast", 3),
-    ("PCE", "pce", 4),
-    ("ECE forecast", "ece_forecast", 4),
-)
-# Published Table 1 values (per sequence, mean over the paper's 5 splits) that DESIGN.md quotes: the best per
-# dataset, and LNM base vs ++ on MOOC. (dataset, model, parametrisation, metric) -> value.
-PUBLISHED = {
-    ("mooc", "lnm", "plus", "nll_time_per_seq"): -310.6,
-    ("mooc", "thp", "plusplus", "nll_mark_per_seq"): 70.9,
-    ("mooc", "lnm", "base", "nll_mark_per_seq"): 86.6,
-    ("mooc", "lnm", "plusplus", "nll_mark_per_seq"): 73.8,
-    ("lastfm", "lnm", "plusplus", "nll_time_per_seq"): -1334.7,
-    ("lastfm", "lnm", "plusplus", "nll_mark_per_seq"): 637.2,
-    ("stack_overflow", "lnm", "plus", "nll_time_per_seq"): -91.1,
-    ("stack_overflow", "thp", "plusplus", "nll_mark_per_seq"): 103.0,
-}
+BEGIN, END = "<!-- BEGIN generated tables -->", "<!-- END generated tables -->"
+BENCH_BEGIN, BENCH_END = "<!-- BEGIN generated grid timings -->", "<!-- END generated grid timings -->"
+PUBLISHED = ROOT / "results" / "published" / "bosser2024_table1.csv"
 
 
-def mean_se(values: list[float]) -> tuple[float, float | None]:
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, None
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return m, math.sqrt(var / len(values))
+def load(folders: list[Path]) -> tuple[list[dict], list[str]]:
+    """The records of ``folders``, one per cell name (the first folder's wins); the names seen twice."""
+    seen: dict[str, dict] = {}
+    twice = []
+    for folder in folders:
+        for r in read_records(folder) if folder.is_dir() else []:
+            name = (r.get("cell") or {}).get("name") or r["_path"]
+            if name in seen:
+                twice.append(name)
+            else:
+                seen[name] = r
+    return list(seen.values()), twice
 
 
-def fmt(values: list[float], digits: int) -> str:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return "n/a"
-    m, se = mean_se(vals)
-    return f"{m:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
+def update(path: Path, text: str, begin: str, end: str) -> None:
+    doc = path.read_text(encoding="utf-8")
+    try:
+        path.write_text(tables.replace_block(doc, text, begin, end, str(path)), encoding="utf-8")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", type=Path, help="folder of records, e.g. results/paper_table1")
-    ap.add_argument("--update", type=Path, help="replace the text between the BEGIN/END markers of this file")
+    ap.add_argument("results", type=Path, nargs="+", help="folders of records, e.g. results/paper_table1")
+    ap.add_argument("--update", type=Path, help="replace the generated block of this file (RESULTS.md)")
+    ap.add_argument("--benchmarks", type=Path, help="replace the generated grid-timings block of this file")
+    ap.add_argument("--figures", type=Path, default=None, help="folder of the cos_tm PNGs (results/figures)")
+    ap.add_argument("--published", type=Path, default=PUBLISHED, help="published values (CSV)")
     args = ap.parse_args(argv)
-    records = read_records(args.results)
-    cells: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
-    for r in records:
-        c = r["cell"]
-        cells[(c["dataset"], c["model"], c["parametrisation"], c.get("aggregator", "sum"))].append(r)
-    out = [
-        f"<!-- generated by: python scripts/results_md.py {args.results} ({len(records)} records); do not edit -->",
-        "",
-    ]
-    for dataset in sorted({k[0] for k in cells}):
-        out += [f"### {dataset}: test split, mean ± standard error over splits", ""]
-        head = ["model", "n", *(c[0] for c in COLUMNS), "conflict rate", "epochs (best)", "wall min"]
-        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        keys = sorted((k for k in cells if k[0] == dataset), key=lambda k: (k[1], PARAMS.index(k[2]), k[3]))
-        for key in keys:
-            rs = cells[key]
-            label = f"{key[1]} {PARAM_LABEL[key[2]]}" + ("" if key[3] == "sum" else f" [{key[3]}]")
-            row = [label, str(len(rs))]
-            for _, metric, digits in COLUMNS:
-                row.append(fmt([r["metrics"]["test"].get(metric) for r in rs], digits))
-            conflict = [r.get("conflict_rate") for r in rs]
-            row.append("n/a" if all(c is None for c in conflict) else fmt(conflict, 2))
-            row.append(", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rs))
-            row.append(fmt([r["wall_seconds"] / 60 for r in rs if r.get("wall_seconds")], 1))
-            out.append("| " + " | ".join(row) + " |")
-        out += ["", *differences(cells, dataset), ""]
-        pub = [(k, v) for k, v in PUBLISHED.items() if k[0] == dataset]
-        if pub:
-            out += ["Published (paper Table 1, their splits) beside ours:", "",
-                    "| model | metric | paper | ours |", "|---|---|---|---|"]  # fmt: skip
-            for (ds, model, param, metric), value in pub:
-                rs = cells.get((ds, model, param, "sum"), [])
-                ours = fmt([r["metrics"]["test"].get(metric) for r in rs], 1) if rs else "not run yet"
-                out.append(f"| {model} {PARAM_LABEL[param]} | {metric} | {value} | {ours} |")
-            out.append("")
-    if not records:
-        out.append("No cell of this grid has finished yet: there is no measured row.")
-    text = "\n".join(out)
+
+    records, twice = load(args.results)
+    if twice:
+        print(f"note: {len(twice)} cell(s) recorded in more than one folder, first kept: {twice[:3]}", file=sys.stderr)
+    published = tables.read_published(args.published) if args.published.is_file() else []
+    command = "python scripts/results_md.py " + " ".join(str(p) for p in args.results)
+    command += "".join(f" --{k} {v}" for k, v in (("update", args.update), ("benchmarks", args.benchmarks)) if v)
+    figures = {}
+    if args.update is not None:
+        figures = tables.cos_tm_figures(records, args.figures or ROOT / "results" / "figures")
+    text = tables.results_block(records, command, published, figures,
+                                relative_to=(args.update.resolve().parent if args.update else None))  # fmt: skip
     if args.update is None:
-        print(text)
-        return 0
-    doc = args.update.read_text(encoding="utf-8")
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{args.update}: no {BEGIN!r} ... {END!r} block to replace")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    args.update.write_text(head + BEGIN + "\n" + text + "\n" + END + tail, encoding="utf-8")
+        print(text, end="")
+    else:
+        update(args.update, text, BEGIN, END)
+    if args.benchmarks is not None:
+        update(args.benchmarks, tables.benchmarks_block(records, command), BENCH_BEGIN, BENCH_END)
     return 0
-
-
-BEGIN = "<!-- BEGIN generated tables -->"
-END = "<!-- END generated tables -->"
-
-
-def differences(cells: dict, dataset: str) -> list[str]:
-    """base -> + and base -> ++ differences of L_T and L_M per sequence, paired by split (mean ± SE)."""
-    lines = ["Differences to base (paired by split; negative = better than base):", "",
-             "| model | Δ L_T + | Δ L_T ++ | Δ L_M + | Δ L_M ++ |", "|---|---|---|---|---|"]  # fmt: skip
-    any_row = False
-    for model in sorted({k[1] for k in cells if k[0] == dataset}):
-        base = {r["cell"]["split"]: r for r in cells.get((dataset, model, "base", "sum"), [])}
-        row = [model]
-        for metric in ("nll_time_per_seq", "nll_mark_per_seq"):
-            for param in ("plus", "plusplus"):
-                other = {r["cell"]["split"]: r for r in cells.get((dataset, model, param, "sum"), [])}
-                pairs = [(other[s]["metrics"]["test"].get(metric), base[s]["metrics"]["test"].get(metric))
-                         for s in sorted(set(base) & set(other))]  # fmt: skip
-                diffs = [a - b for a, b in pairs if a is not None and b is not None]
-                row.append(fmt(diffs, 2) + (f" (n={len(diffs)})" if diffs else ""))
-        if any(c != "n/a" for c in row[1:]):
-            any_row = True
-            lines.append("| " + " | ".join(row) + " |")
-    return lines if any_row else []
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+"""RESULTS.md / BENCHMARKS.md generation (``mtpp.experiments_tables``, ``scripts/results_md.py``) from synthetic
+records, and the published values against the text they cite."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtpp import experiments_tables as tables
+from mtpp.records import write_record
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "results" / "published"
+
+
+def record(dataset: str, model: str, param: str, split: int, agg: str = "sum", **test: float) -> dict:
+    return {
+        "record_version": 1,
+        "cell": {"name": f"{dataset}/{model}-{param}-{agg}/split{split}-seed0", "dataset": dataset, "model": model,
+                 "parametrisation": param, "aggregator": agg, "split": split, "seed": 0},  # fmt: skip
+        "config": {"run_info": {"device": "cpu", "threads": 1, "written": f"2026-12-04T1{split}:00:00+0000"}},
+        "metrics": {"test": test},
+        "epochs": 10 + split, "best_epoch": 5, "wall_seconds": 600.0, "epoch_seconds": 2.0,
+        "validation_seconds": 60.0, "conflict_rate": None if param == "plusplus" else 0.75,
+        "cos_tm_histogram": None if param == "plusplus" else [3] + [0] * 38 + [1],
+        "cos_tm_bins": [-1.0, 1.0, 40],
+    }  # fmt: skip
+
+
+def grid(tmp_path: Path) -> Path:
+    """lnm base (3 splits) and ++ (2 splits, no forecast accuracy); rmtpp with no metric; thp sum vs pcgrad."""
+    folder = tmp_path / "results"
+    recs = [record("mooc", "lnm", "base", s, nll_time_per_seq=-300.0 - 2 * s, nll_mark_per_seq=80.0,
+                   accuracy_forecast=0.4, accuracy_given_time=0.40 + 0.02 * s) for s in range(3)]  # fmt: skip
+    recs += [record("mooc", "lnm", "plusplus", s, nll_time_per_seq=-305.0 - s, accuracy_given_time=[0.50, 0.49][s])
+             for s in range(2)]  # fmt: skip
+    recs += [{**record("mooc", "rmtpp", "base", 0), "metrics": {}, "wall_seconds": None, "epoch_seconds": None}]
+    recs += [record("mooc", "thp", "base", s, agg=a, nll_time_per_seq=-250.0 + s + (a == "pcgrad"))
+             for s in range(2) for a in ("sum", "pcgrad")]  # fmt: skip
+    for r in recs:
+        write_record(folder, r["cell"]["name"], r)
+    return folder
+
+
+def load_script(monkeypatch: pytest.MonkeyPatch):
+    spec = importlib.util.spec_from_file_location("results_md", ROOT / "scripts" / "results_md.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "results_md", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mean_se_and_paired_differences_equal_hand_computed_values(tmp_path: Path) -> None:
+    from mtpp.records import read_records
+
+    cells = tables.group(read_records(grid(tmp_path)))
+    base, pp = cells[("mooc", "lnm", "base", "sum")], cells[("mooc", "lnm", "plusplus", "sum")]
+    m, se, n = tables.mean_se(tables.metric(r, "nll_time_per_seq") for r in base)  # -300, -302, -304
+    assert (m, n) == (-302.0, 3) and se == pytest.approx(2 / math.sqrt(3))
+    d = tables.paired(base, pp, "nll_time_per_seq")  # splits 0, 1: -5, -4
+    assert d[0] == pytest.approx(-4.5) and d[1] == pytest.approx(0.5) and d[2] == 2
+    d = tables.paired(base, pp, "accuracy_given_time")  # 0.10, 0.07
+    assert d[0] == pytest.approx(0.085) and d[1] == pytest.approx(0.015)
+    assert tables.paired(base, pp, "accuracy_forecast") is None
+    assert tables.histogram_stats(base[0]) == pytest.approx((0.75, (3 * -0.975 + 0.975) / 4))
+    text = "\n".join(tables.dataset_tables(cells, "mooc"))
+    assert "| lnm base | 3 | -302.0 ± 1.2 | 80.0 ± 0.0 | n/a | 0.75 ± 0.00 | 10 (5), 11 (5), 12 (5) |" in text
+    assert "| lnm | base → ++ | 2 | -4.50 ± 0.50 | n/a | n/a | +0.0850 ± 0.0150 |" in text
+    assert "| lnm ++ | 2 | -305.5 ± 0.5 | n/a | n/a | n/a |" in text  # nothing shared: conflict n/a
+
+
+def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
+    from mtpp.records import read_records
+
+    records = read_records(grid(tmp_path))
+    published = [{"dataset": "mooc", "model": "lnm", "parametrisation": "base", "metric": "nll_time_per_seq",
+                  "value": -310.0, "se": 1.5, "source": "Table 1"},
+                 {"dataset": "mooc", "model": "fnn", "parametrisation": "plus", "metric": "accuracy_given_time",
+                  "value": 0.5, "se": None, "source": "Table 9"}]  # fmt: skip
+    text = tables.results_block(records, "cmd", published)
+    assert "| rmtpp base | 1 | n/a | n/a | n/a | 0.75 | 10 (5) |" in text
+    assert "| lnm base | L_T/seq | -310.0 ± 1.5 | Table 1 | -302.0 ± 1.2 (n=3) | +8.0 |" in text
+    assert "| fnn + | acc. given time | 0.500 | Table 9 | not run yet |  |" in text
+    assert "### Remedies: thp on mooc" in text
+    row = "| thp base [pcgrad] | 2 | -248.5 ± 0.5 | n/a | n/a | n/a | 0.75 ± 0.00 | -0.49 ± 0.00 |"
+    assert row + " +1.00 ± 0.00 | n/a |" in text  # Δ L_T vs sum paired by split: +1, +1
+    assert "| thp ++ | 0 | not run yet |" in text
+    bench = tables.benchmarks_block(records, "cmd")
+    assert "| mooc | lnm | base | sum | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench
+    assert "| mooc | rmtpp | base | sum | 0 | 10 (5) | n/a | n/a | n/a | cpu, 1 thr |" in bench
+    assert "**Totals:** 10 cells, 1.50 cell-hours" in bench and "6.00 cells per cell-hour" in bench
+    assert "No cell of this grid has finished yet" in tables.results_block([], "cmd")
+    assert "No cell has finished yet" in tables.benchmarks_block([], "cmd")
+
+
+def test_update_replaces_only_the_marked_blocks_and_writes_the_figure(tmp_path: Path, monkeypatch) -> None:
+    script = load_script(monkeypatch)
+    folder = grid(tmp_path)
+    results, bench, figures = tmp_path / "RESULTS.md", tmp_path / "BENCHMARKS.md", tmp_path / "figs"
+    results.write_text(f"intro\n{script.BEGIN}\nold table\n{script.END}\ntail\n")
+    bench.write_text(f"# B\n{script.BENCH_BEGIN}\nold\n{script.BENCH_END}\nmore\n")
+    argv = [str(folder), str(tmp_path / "absent"), "--update", str(results), "--benchmarks", str(bench),
+            "--figures", str(figures)]  # fmt: skip
+    assert script.main(argv) == 0
+    doc = results.read_text()
+    assert doc.startswith(f"intro\n{script.BEGIN}\n<!-- generated by:") and doc.endswith(f"{script.END}\ntail\n")
+    assert "old table" not in doc and "![cos_tm on mooc](figs/mooc_cos_tm.png)" in doc
+    png = figures / "mooc_cos_tm.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+    text = bench.read_text()
+    assert text.startswith(f"# B\n{script.BENCH_BEGIN}\n") and text.endswith(f"{script.BENCH_END}\nmore\n")
+    assert "old\n" not in text and "| mooc | thp | base | pcgrad | 1 |" in text
+    assert script.main(argv) == 0 and results.read_text() == doc  # idempotent
+    results.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="needs exactly one"):
+        script.main(argv)
+
+
+def test_published_values_match_the_text_they_cite() -> None:
+    rows = tables.read_published(PUBLISHED / "bosser2024_table1.csv")
+    assert len(rows) >= 8 and all(r["metric"] in tables.METRICS for r in rows)
+    quote = " ".join(line[2:] for line in (PUBLISHED / "README.md").read_text().splitlines() if line.startswith("> "))
+    names = {"mooc": "MOOC", "lastfm": "LastFM", "stack_overflow": "Stack Overflow", "github": "Github"}
+    symbol = {"base": "", "plus": "+", "plusplus": "++"}
+    for r in rows:
+        assert "DESIGN.md" in r["source"] and r["se"] is None
+        segment = quote.split(names[r["dataset"]], 1)[1].split(";")[0]  # e.g. "-1334.7 / 637.2 (LNM++)"
+        label = re.escape(f"({r['model'].upper()}{symbol[r['parametrisation']]})")
+        assert re.search(re.escape(f"{r['value']:g}") + r"[^()]*" + label, segment), (r, segment)
+    # spot checks, one per dataset
+    value = {(r["dataset"], r["model"], r["parametrisation"], r["metric"]): r["value"] for r in rows}
+    assert value[("mooc", "lnm", "plus", "nll_time_per_seq")] == -310.6
+    assert value[("mooc", "thp", "plusplus", "nll_mark_per_seq")] == 70.9
+    assert value[("lastfm", "lnm", "plusplus", "nll_mark_per_seq")] == 637.2
+    assert value[("stack_overflow", "thp", "plusplus", "nll_mark_per_seq")] == 103.0
+    assert value[("github", "fnn", "plusplus", "nll_mark_per_seq")] == 109.5
+    design = [p / "shared" / "DESIGN.md" for p in (ROOT, ROOT.parent, ROOT.parent.parent)]
+    design = next((p for p in design if p.is_file()), None)
+    if design is None:
+        pytest.skip("the shared DESIGN.md is not beside this checkout: the quote was checked against itself only")
+    assert " ".join(quote.split()) in " ".join(design.read_text().split())
