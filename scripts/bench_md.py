@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Markdown tables of BENCHMARKS.md from the committed benchmark rows (``benchmarks/*.json``), never typed by hand.
+
+    python scripts/bench_md.py benchmarks/cuda_h200_mooc_b8.json                              # print the table
+    python scripts/bench_md.py --update BENCHMARKS.md --block cuda \\
+        benchmarks/cuda_h200_mooc_b8.json benchmarks/cuda_h200_mooc_b64.json benchmarks/cuda_h200_grid_15_cells.json
+
+Two kinds of row files are understood:
+
+- ``mtpp bench --out`` rows (one per model): training events/s without and with the gradient diagnostics (``cos_tm``
+  at every step), evaluation events/s (``model.score``: NLL, PIT, both mark distributions), peak memory (CUDA: the
+  allocator's peak; CPU: the process's peak RSS), padding share; one table per file, headed by its protocol.
+- grid-cell rows (key ``cell``): epochs run, median seconds per epoch, median validation seconds and median training
+  events/s of cells that ran side by side on one machine (``concurrent_cells``).
+
+``--update FILE --block NAME`` replaces the text between ``<!-- BEGIN NAME -->`` and ``<!-- END NAME -->`` in FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _int(v: Any) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def bench_table(rows: list[dict[str, Any]], source: str) -> list[str]:
+    """The table of one ``mtpp bench --out`` file, with a protocol line."""
+    r0 = rows[0]
+    out = [
+        f"`{source}`: {r0.get('device_name') or r0.get('device')}, torch {r0.get('torch_version')}, "
+        f"{r0.get('num_threads')} thread(s), dataset {r0.get('dataset')} (training part), batch {r0.get('batch_size')}, "
+        f"{r0.get('steps')} timed steps x {r0.get('rounds')} round(s) after a warm-up pass; "
+        f"memory: {r0.get('peak_memory_kind')}.",
+        "",
+        "| model | params | train ev/s | train ev/s (cos_tm every step) | diagnostics overhead | eval ev/s | peak MB "
+        "| padding |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        overhead = r.get("diagnostics_overhead")
+        out.append(
+            f"| {r['model']} | {_int(r.get('num_parameters'))} | {_int(r.get('train_events_per_second'))} | "
+            f"{_int(r.get('train_events_per_second_diagnostics'))} | "
+            f"{'n/a' if overhead is None else f'{100 * overhead:+.0f} %'} | {_int(r.get('eval_events_per_second'))} | "
+            f"{_int(r.get('peak_memory_mb'))} | {100 * r.get('padding_fraction', 0.0):.1f} % |"
+        )
+    return out
+
+
+def cell_table(rows: list[dict[str, Any]], source: str) -> list[str]:
+    """The table of one grid-cell timing file (cells that ran side by side), with a total line."""
+    r0 = rows[0]
+    total = sum(r["train_events_per_second_median"] for r in rows)
+    out = [
+        f"`{source}`: {len(rows)} cells side by side on {r0.get('device_name')} ({r0.get('device')}), "
+        f"{r0.get('threads_per_cell')} thread(s) per cell, torch {r0.get('torch_version')}, precision: "
+        f"{r0.get('tf32')}.",
+        "",
+        "| cell | epochs run | s/epoch (median) | validation s (median) | train ev/s (median) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['cell']} | {r['epochs_run']} | {r['epoch_seconds_median']:.1f} | "
+            f"{r['validation_seconds_median']:.2f} | {_int(r['train_events_per_second_median'])} |"
+        )
+    out += ["", f"Together: {_int(total)} training events/s over the {len(rows)} cells."]
+    return out
+
+
+def render(paths: list[Path]) -> str:
+    out: list[str] = []
+    for p in paths:
+        rows = json.loads(p.read_text(encoding="utf-8"))
+        if not rows:
+            out += [f"`{p}`: no rows.", ""]
+            continue
+        out += (cell_table if "cell" in rows[0] else bench_table)(rows, str(p)) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def update_block(path: Path, block: str, text: str) -> None:
+    """Replace the text between this block's BEGIN / END markers in ``path`` (a missing block is an error)."""
+    begin, end = f"<!-- BEGIN {block} -->", f"<!-- END {block} -->"
+    doc = path.read_text(encoding="utf-8")
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path}: no {begin!r} ... {end!r} block to replace")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}{end}{tail}", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+", type=Path, help="benchmark row files (JSON lists)")
+    ap.add_argument("--update", type=Path, help="replace a marked block of this file")
+    ap.add_argument("--block", help="the block's name (with --update)")
+    args = ap.parse_args(argv)
+    paths = list(args.files)
+    header = "<!-- generated by: python scripts/bench_md.py " + " ".join(map(str, paths)) + "; do not edit -->\n\n"
+    text = header + render(paths)
+    if args.update is None:
+        print(text, end="")
+        return 0
+    if not args.block:
+        raise SystemExit("--update needs --block NAME")
+    update_block(args.update, args.block, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
