@@ -130,3 +130,26 @@ def test_tie_summary_and_warning_are_exact():
     assert scaled.ties == 1
     assert tie_warning([EventSequence(np.array([1.0, 2.0]), np.zeros(2))]) is None
     assert tie_summary([], "skip").ties == 0
+
+
+@pytest.mark.parametrize("decoder,parametrisation", [("lnm", "base"), ("thp", "plus"), ("sahp", "plusplus")])
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+def test_evaluation_counts_the_scored_ties(decoder, parametrisation, scale):
+    """``num_ties`` in the metrics: scored gaps below ``delta`` in the decoders' units, i.e. below ``delta * c`` in the
+    data's units for a model with time scale ``c``; first events (not scored) never count."""
+    from helpers import K, tiny_config
+
+    from mtpp.evaluation.evaluate import evaluate_model
+    from mtpp.models import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_config(encoder="gru", decoder=decoder, parametrisation=parametrisation,
+                      integration="gauss_legendre", integration_nodes=8)  # fmt: skip
+    model = build_model(cfg, K).to(DT)
+    model.time_scale = scale
+    d = TIE_RESOLUTION * scale  # the resolution in data units
+    gaps = [[0.5, 0.0, 0.3, 0.2 * d, 1.0], [0.0, 0.7, 0.9 * d, 2.0 * d], [0.4, 1.1]]  # 3 scored ties (0, 0.2d, 0.9d)
+    seqs = [EventSequence(np.cumsum(g), np.arange(len(g)) % K, None) for g in gaps]  # first gap: not scored
+    metrics, _ = evaluate_model(model, seqs, batch_size=2, dtype=DT)
+    assert metrics["num_ties"] == 3
+    assert metrics["num_events"] == sum(len(g) - 1 for g in gaps)

@@ -15,7 +15,8 @@ Conventions (every report should state them):
 
 * **Scored events** are ``scores.nll.scored`` (the set ``I`` of the likelihood contract: every real event, or
   every event but the first with ``first_event: skip``). Every per-event metric (marks, PIT, gap errors) and
-  ``num_events`` count scored events only.
+  ``num_events`` count scored events only. ``num_ties`` counts the scored events whose gap is below the tie
+  resolution (``Scores.tied``): their ``L_T`` terms are probabilities ``F(delta)``, not densities.
 * ``nll_time_per_seq`` = sum over sequences of ``L_T`` (survival term included) / number of sequences: the
   paper's unit. ``nll_time_per_event`` = the same total divided by the number of scored events (the ifl-tpp
   convention: the survival term is part of the total, not a separate event).
@@ -267,6 +268,7 @@ _MARK_HISTOGRAMS = ("cal_count", "cal_conf", "cal_acc")
 _SCALARS = (
     "num_sequences",
     "num_events",
+    "num_ties",
     "nll_time",
     "nll_survival",
     "abs_err_median",
@@ -297,6 +299,7 @@ class MetricAccumulator:
         self._state: dict[str, Tensor] | None = None
         self._mean_missing = False
         self._forecast_missing = False
+        self._ties_missing = False
 
     # -- state -------------------------------------------------------------------------------------------------
     def reset(self, device: torch.device | str | None = None) -> None:
@@ -304,6 +307,7 @@ class MetricAccumulator:
         self._state = None
         self._mean_missing = False
         self._forecast_missing = False
+        self._ties_missing = False
         if device is not None:
             self._init_state(torch.device(device))
 
@@ -341,6 +345,10 @@ class MetricAccumulator:
 
         state["num_sequences"] += scored.shape[0]
         state["num_events"] += w.sum()
+        if scores.tied is None:
+            self._ties_missing = True  # a decoder without the tie policy: no count
+        else:
+            state["num_ties"] += (scores.tied & scored).to(dt).sum()
         state["nll_time"] += nll.time_nll.to(dt).sum()
         state["nll_survival"] += nll.survival_term.to(dt).sum()
         state["nll_mark/given_time"] += nll.mark_nll.to(dt).sum()
@@ -483,6 +491,8 @@ class MetricAccumulator:
             out["rmse_tau_mean"] = math.sqrt(div(s["sq_err_mean"], n_mean)) if n_mean > 0 else math.nan
         out["num_sequences"] = n_seq
         out["num_events"] = n_ev
+        if not self._ties_missing:  # scored gaps below the tie resolution: L_T holds log F(delta) there
+            out["num_ties"] = int(s["num_ties"])
         return out
 
     def _mark_kinds(self) -> tuple[str, ...]:

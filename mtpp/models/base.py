@@ -114,6 +114,9 @@ class Scores:
     mean_tau: ``[B, L]`` predicted mean gap where closed form (LNM), else ``None`` (data units).
     forecast_mark_log_probs: ``[B, L, K]`` ``log p(k | H_i)``, the mark forecast with the gap unknown
         (``mtpp.models.marginal``); ``None`` when not computed.
+    tied: ``[B, L]`` bool, scored events whose gap is below the tie resolution (``model.tie_resolution``, in the
+        decoders' units): their ``L_T`` term is ``-log F(delta)``, a probability, not a density (tie policy,
+        ``mtpp.models.time_decoders``); ``None`` when not computed.
     """
 
     nll: NLLOutput
@@ -122,3 +125,4 @@ class Scores:
     median_tau: Tensor
     mean_tau: Tensor | None = None
     forecast_mark_log_probs: Tensor | None = None
+    tied: Tensor | None = None

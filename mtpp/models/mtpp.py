@@ -47,6 +47,7 @@ from mtpp.errors import ConfigError
 from mtpp.models.base import NLLOutput, Scores, TimeDistribution
 from mtpp.models.config import FIRST_EVENT, PARAMETRISATIONS, ModelConfig
 from mtpp.models.marginal import marginal_mark_log_probs
+from mtpp.models.ties import tie_mask
 from mtpp.models.registry import ENCODERS, JOINT_DECODERS, MARK_DECODERS, TIME_DECODERS
 
 
@@ -304,6 +305,8 @@ class MarkedTPP(nn.Module):
             mean = _mean_of(fwd.dist)
             if mean is not None:
                 mean = torch.where(mask, mean * s, zero)
+            resolution = getattr(self._time_head, "tie_resolution", None)  # None: a decoder without the tie policy
+            tied = None if resolution is None else tie_mask(fwd.taus, fwd.nll.scored, resolution)
             forecast_lp = None
             if forecast:
                 L = batch.marks.shape[1]
@@ -315,6 +318,7 @@ class MarkedTPP(nn.Module):
             median_tau=median,
             mean_tau=mean,
             forecast_mark_log_probs=forecast_lp,
+            tied=tied,
         )
 
     FORECAST_CHUNK_ELEMENTS = 1 << 24
