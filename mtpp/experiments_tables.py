@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+from mtpp.records import stopped_by
+
 PARAMS = ("base", "plus", "plusplus")
 PARAM_LABEL = {"base": "base", "plus": "+", "plusplus": "++"}
 DATASETS = ("mooc", "lastfm", "reddit", "stack_overflow", "github")  # issue 10's order; others follow by name
@@ -148,7 +150,8 @@ def _epochs(r: dict) -> str:
     best = r.get("best_epoch")
     if r.get("best_epoch/time") is not None or r.get("best_epoch/mark") is not None:
         best = f"t {r.get('best_epoch/time', '?')} / m {r.get('best_epoch/mark', '?')}"
-    return f"{r.get('epochs', '?')} ({'?' if best is None else best})"
+    capped = ", capped" if stopped_by(r) == "max_epochs" else ""  # hit train.max_epochs, not early-stopped
+    return f"{r.get('epochs', '?')} ({'?' if best is None else best}{capped})"
 
 
 # --------------------------------------------------------------------------------------------- RESULTS.md

@@ -7,7 +7,8 @@ machine and ``RESULTS.md`` is generated from them (``scripts/results_md.py``), n
 A record (``RECORD_VERSION`` 1) holds: ``cell`` (the cell's name and axis labels), ``config`` (the resolved run
 configuration, ``run_info`` included: mtpp version, git revision, device, threads, time scale), ``metrics`` (the
 run's ``metrics.json``: ``val``, ``test``, ``train``), ``epochs``, ``best_epoch`` (and ``best_epoch/time`` /
-``best_epoch/mark`` with separate early stopping), ``wall_seconds`` (the cell from start to the end of its final
+``best_epoch/mark`` with separate early stopping), ``stopped_by`` (``early_stopping`` or ``max_epochs``: a capped
+run), ``wall_seconds`` (the cell from start to the end of its final
 evaluation), ``epoch_seconds`` (median training seconds per epoch), ``validation_seconds`` (total), the
 ``conflict_rate`` and ``cos_tm_histogram`` (counts of the logged steps' ``cos_tm`` in ``COS_BINS`` equal bins of
 ``[-1, 1]``; ``null`` with nothing shared).
@@ -68,6 +69,7 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
         "epochs": train.get("epochs"),
         "best_epoch": train.get("best_epoch"),
         **{k: v for k, v in train.items() if k.startswith("best_epoch/")},
+        "stopped_by": train.get("stopped_by") or _stopped_by(train, config),
         "wall_seconds": wall_seconds,
         "train_seconds": train.get("train_seconds"),
         "epoch_seconds": statistics.median(epoch_seconds) if epoch_seconds else None,
@@ -76,6 +78,22 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
         "cos_tm_histogram": cos_histogram(cos),
         "cos_tm_bins": [-1.0, 1.0, COS_BINS],
     }
+
+
+def stopped_by(record: dict[str, Any]) -> str | None:
+    """Why a recorded cell stopped training: ``early_stopping`` or ``max_epochs`` (capped); ``None`` if unknown.
+    Records written before the field existed are judged by their epoch count against ``train.max_epochs``."""
+    train = {**((record.get("metrics") or {}).get("train") or {}), "epochs": record.get("epochs")}
+    return record.get("stopped_by") or _stopped_by(train, record.get("config") or {})
+
+
+def _stopped_by(train: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """``early_stopping`` / ``max_epochs`` for a run whose summary predates ``stopped_by``: it stopped early exactly
+    when it ran fewer epochs than ``train.max_epochs`` (a run that reached the cap is counted as capped)."""
+    epochs, cap = train.get("epochs"), (config.get("train") or {}).get("max_epochs")
+    if not isinstance(epochs, int) or not isinstance(cap, int):
+        return None
+    return "early_stopping" if epochs < cap else "max_epochs"
 
 
 def _validation_seconds(epochs: list[dict]) -> float | None:

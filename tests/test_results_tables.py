@@ -144,3 +144,17 @@ def test_published_values_match_the_text_they_cite() -> None:
     if design is None:
         pytest.skip("the shared DESIGN.md is not beside this checkout: the quote was checked against itself only")
     assert " ".join(quote.split()) in " ".join(design.read_text().split())
+
+
+def test_capped_cells_are_marked_old_and_new_records_alike() -> None:
+    """``stopped_by``: recorded by the trainer, or judged from epochs vs ``train.max_epochs`` for older records."""
+    from mtpp.experiments_tables import _epochs
+    from mtpp.records import stopped_by
+
+    old_capped = {**record("mooc", "fnn", "base", 0), "epochs": 1000, "config": {"train": {"max_epochs": 1000}}}
+    old_early = {**old_capped, "epochs": 160}
+    new_capped = {**record("mooc", "fnn", "base", 1), "stopped_by": "max_epochs"}
+    assert stopped_by(old_capped) == "max_epochs" and stopped_by(old_early) == "early_stopping"
+    assert stopped_by(record("mooc", "fnn", "base", 2)) is None  # no cap recorded: unknown
+    assert _epochs(old_capped) == "1000 (5, capped)" and _epochs(old_early) == "160 (5)"
+    assert _epochs(new_capped) == "11 (5, capped)"

@@ -90,6 +90,8 @@ def test_quickstart_trains_both_variants_and_writes_the_run_directory(
             assert METRIC_KEYS <= set(metrics[split]), METRIC_KEYS - set(metrics[split])
         assert {"conflict_rate", "conflict_rate/encoder", "conflict_rate/decoder", "skipped_batches", "epochs",
                 "best_epoch", "num_parameters", "first_event"} <= set(metrics["train"])  # fmt: skip
+        assert metrics["train"]["stopped_by"] == ("max_epochs" if metrics["train"]["epochs"] == resolved["train"][
+            "max_epochs"] else "early_stopping")
         log = read_log(run)
         steps = [r for r in log if r["kind"] == "step"]
         epochs = [r for r in log if r["kind"] == "epoch"]
@@ -279,7 +281,7 @@ def test_separate_early_stopping_in_training(tmp_path: Path) -> None:
         assert all(not p.requires_grad for ps in task.values() for p in ps)
     finally:
         trainer.close()
-    assert metrics["train"]["epochs"] == 2
+    assert metrics["train"]["epochs"] == 2 and metrics["train"]["stopped_by"] == "early_stopping"
     assert metrics["train"]["best_epoch/time"] == 1 and metrics["train"]["best_epoch/mark"] == 1
     assert metrics["test"]["conflict_rate"] is None
     epochs = [r for r in read_log(tmp_path) if r["kind"] == "epoch"]

@@ -755,6 +755,8 @@ class Trainer:
             "steps": self.counters.step,
             "train_seconds": self.counters.train_seconds,
             "best_epoch": self.early.best_epoch,
+            # why training ended: patience ran out (every group, under separate early stopping) or the epoch cap
+            "stopped_by": "early_stopping" if self.early.done else "max_epochs",
             "num_parameters": count_parameters(self.model),
             "first_event": self.cfg.model.first_event,
             "aggregator": self.cfg.gradients.aggregator,
