@@ -133,7 +133,12 @@ class CellResult:
 
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
-    """Read an experiment YAML; ``grid.AXIS=[...]`` overrides replace an axis (others go to the cells)."""
+    """Read an experiment YAML; ``grid.AXIS=[...]`` overrides replace an axis (others go to the cells).
+
+    In ``grid.datasets`` / ``grid.models`` a plain name that the file defines as an entry with settings (e.g.
+    ``{name: lastfm, overrides: {train: {batch_size: 4}}}`` or a model's hidden sizes) selects that entry, settings
+    included: ``--set "grid.datasets=[lastfm]"`` runs LastFM as the file does, not with the defaults.
+    """
     p = Path(path)
     raw = _read_raw(p, seen=())
     exp = experiment_from_dict(raw, source=str(p))
@@ -141,8 +146,16 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
     for key, value in grid_overrides:
         axis = key.split(".", 1)[1]
         _check_keys({axis: None}, GRID_KEYS, "grid")
-        exp.grid[axis] = value
+        exp.grid[axis] = _select_entries(exp.grid.get(axis), value) if axis in ("datasets", "models") else value
     return exp
+
+
+def _select_entries(defined: Any, value: Any) -> Any:
+    """``value`` (an axis override) with every plain name replaced by the file's entry of that name, if any."""
+    if not isinstance(value, list) or not isinstance(defined, list):
+        return value
+    by_name = {e["name"]: e for e in defined if isinstance(e, dict) and isinstance(e.get("name"), str)}
+    return [by_name.get(v, v) if isinstance(v, str) else v for v in value]
 
 
 def _read_raw(p: Path, seen: tuple[Path, ...]) -> dict:

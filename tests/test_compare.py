@@ -400,3 +400,17 @@ def test_extends_inherits_the_protocol_and_replaces_only_the_given_axes(tmp_path
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml.*not found.*extended by"):
         ex.load_experiment(tmp_path / "c.yaml")
+
+
+def test_an_axis_override_by_name_keeps_the_files_settings_for_that_entry() -> None:
+    """``--set "grid.datasets=[lastfm]"`` runs LastFM at the file's batch 4, ``grid.models=[thp]`` with the file's
+    hidden sizes: the same cell configs as the full grid (a name the file does not define stays plain)."""
+    path = ROOT / "configs" / "experiments" / "paper_table1.yaml"
+    full = {c.name: c.config for c in ex.expand(ex.load_experiment(path))}
+    subset = ex.expand(ex.load_experiment(path, ["grid.datasets=[lastfm,mooc]", "grid.models=[thp,lnm]"]))
+    assert len(subset) == 2 * 2 * 3 * 5 and all(c.config == full[c.name] for c in subset)
+    lastfm = [c for c in subset if c.dataset == "lastfm"]
+    assert {c.config["train"]["batch_size"] for c in lastfm} == {4}
+    assert {c.config["model"]["hidden_size"] for c in subset if c.model == "thp"} == {46, 40, 27}
+    plain = ex.load_experiment(path, ["grid.datasets=[synthetic_hawkes]"])
+    assert plain.grid["datasets"] == ["synthetic_hawkes"]
