@@ -47,10 +47,10 @@ def test_forecast_matches_adaptive_quadrature_and_sums_to_one(decoder: str, para
     valid = batch.mask
     torch.testing.assert_close(fp.sum(-1)[valid], torch.ones(int(valid.sum()), dtype=torch.float64),
                                rtol=0, atol=1e-12)  # fmt: skip
-    h_time, h_mark = m._histories(m._in_model_units(batch))
+    h_time, h_mark = m.histories(batch)
     with torch.no_grad():
         for b, i in ((0, 0), (1, 5)):
-            dist = m._time_head(h_time[b : b + 1, i : i + 1])
+            dist = m.next_time_distribution(h_time[b : b + 1, i : i + 1])
             h = h_mark[b : b + 1, i : i + 1]
 
             def integrand(tau: float, k: int) -> float:

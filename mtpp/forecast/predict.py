@@ -70,7 +70,7 @@ def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAU
     with _autocast_off(h_time.device):
         median, lower, upper = q(0.5), q((1.0 - level) / 2.0), q((1.0 + level) / 2.0)
         mean = _mean_of(dist)
-        flp = model._forecast_mark_log_probs(h_time, h_mark)  # [B, L + 1, K]
+        flp = model.mark_forecast_log_probs(h_time, h_mark)  # [B, L + 1, K]
         taus = torch.where(batch.mask, batch.taus.to(dtype) / s, torch.ones((), dtype=dtype, device=h_time.device))
         taus = torch.nn.functional.pad(taus, (0, 1), value=1.0)
         log_density = (dist.log_prob(taus) - math.log(s))[:, :-1]
@@ -85,7 +85,7 @@ def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAU
         "top_marks": top.indices,
         "top_log_probs": top.values,
         "log_density": log_density,
-        "scored": model._scored(batch),
+        "scored": model.scored_mask(batch),
     }
 
 

@@ -102,7 +102,7 @@ class ModelNextEvent:
         return out.squeeze(1).cpu()
 
     def forecast_mark_log_probs(self) -> Tensor:
-        return self.model._forecast_mark_log_probs(self.h_time, self.h_mark).squeeze(1).cpu()
+        return self.model.mark_forecast_log_probs(self.h_time, self.h_mark).squeeze(1).cpu()
 
     def mean(self) -> Tensor | None:
         from mtpp.models.mtpp import _mean_of
@@ -126,13 +126,8 @@ class ModelNextEvent:
 def model_next_events(model, batch: Batch) -> tuple[object, Tensor, Tensor]:
     """``(dist, h_time, h_mark)`` for every prefix of ``batch``: ``dist`` of batch shape ``[B, L + 1]`` in model
     units, histories ``[B, L + 1, D]`` (the first step of ``MarkedTPP.predict``, shared with ``mtpp.forecast``)."""
-    from mtpp.models.mtpp import _autocast_off
-
-    b = model._in_model_units(batch)
-    h_time, h_mark = model._histories(b)
-    with _autocast_off(h_time.device):
-        dist = model._time_head(h_time)
-    return dist, h_time, h_mark
+    h_time, h_mark = model.histories(batch)
+    return model.next_time_distribution(h_time), h_time, h_mark
 
 
 class ModelProcess:
@@ -178,15 +173,10 @@ class ModelProcess:
         rows = rows.to(self.device)
         batch = self._sub_batch(rows)
         model = self.model
-        from mtpp.models.mtpp import _autocast_off
-
-        b = model._in_model_units(batch)
-        h_time, h_mark = model._histories(b)
-        h_t = model._gather_last(h_time, b.lengths)  # [n, 1, D]
-        h_m = model._gather_last(h_mark, b.lengths)
-        with _autocast_off(h_t.device):
-            dist = model._time_head(h_t)
-        return ModelNextEvent(model, dist, h_t, h_m)
+        h_time, h_mark = model.histories(batch)
+        h_t = model.last_history(h_time, batch.lengths)  # [n, 1, D]
+        h_m = model.last_history(h_mark, batch.lengths)
+        return ModelNextEvent(model, model.next_time_distribution(h_t), h_t, h_m)
 
     def append(self, rows: Tensor, tau: Tensor, marks: Tensor) -> None:
         rows = rows.to(self.device)
@@ -234,7 +224,7 @@ class RecurrentModelProcess:
         self.encoders = encs
         self.num_marks = int(model.num_marks)
         self.last_time = torch.tensor([float(s.times[-1]) for s in histories], dtype=torch.float64)
-        b = model._in_model_units(collate(list(histories), dtype=self.dtype).to(self.device))
+        b = model.in_model_units(collate(list(histories), dtype=self.dtype).to(self.device))
         pack = torch.nn.utils.rnn.pack_padded_sequence
         self.states = []
         for enc in encs:
@@ -245,14 +235,10 @@ class RecurrentModelProcess:
             self.states.append(h_n.to(self.dtype))  # [layers, N, D]
 
     def next_event(self, rows: Tensor) -> ModelNextEvent:
-        from mtpp.models.mtpp import _autocast_off
-
         rows = rows.to(self.device)
         h = [st[-1, rows].unsqueeze(1) for st in self.states]  # [n, 1, D]
         h_t, h_m = h[0], h[-1]
-        with _autocast_off(h_t.device):
-            dist = self.model._time_head(h_t)
-        return ModelNextEvent(self.model, dist, h_t, h_m)
+        return ModelNextEvent(self.model, self.model.next_time_distribution(h_t), h_t, h_m)
 
     def append(self, rows: Tensor, tau: Tensor, marks: Tensor) -> None:
         rows = rows.to(self.device)

@@ -16,7 +16,7 @@ call the time decoder on that single ``[B, 1, D]`` state (a second, tiny decoder
 the whole sequence).
 
 Time scale (``mtpp.models.scaling``). The model works in units of ``time_scale`` data units: every batch is divided
-by it before the encoders (``_in_model_units``), each scored ``-log f`` term gets ``+ log(time_scale)`` (the
+by it before the encoders (``in_model_units``), each scored ``-log f`` term gets ``+ log(time_scale)`` (the
 change of variables ``f(tau) = f'(tau / s) / s``), and predicted gaps are multiplied back, so every number that
 leaves the model is in the data's units. The scale is part of the ``state_dict`` (extra state), hence of every
 checkpoint.
@@ -149,8 +149,9 @@ class MarkedTPP(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self.time_scale = state.get("time_scale", 1.0)
 
-    def _in_model_units(self, batch: Batch) -> Batch:
-        """``batch`` with times, gaps and window in model units (``/ time_scale``); the batch itself when 1."""
+    def in_model_units(self, batch: Batch) -> Batch:
+        """``batch`` (data units) with times, gaps and window in model units (``/ time_scale``); the batch itself
+        when the scale is 1. Everything the encoders and decoders see is in model units."""
         s = self._time_scale
         if s == 1.0:
             return batch
@@ -217,6 +218,21 @@ class MarkedTPP(nn.Module):
         h_mark = h_time if self.mark_encoder is None else self.mark_encoder.histories(batch)
         return h_time.to(dtype), h_mark.to(dtype)
 
+    # ------------------------------------------------------------------ the forecasting interface (mtpp.forecast)
+
+    def histories(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``(h_time, h_mark)``, each ``[B, L + 1, D]``: the histories after ``0..L`` events of ``batch`` (data
+        units; converted here). Position ``i`` conditions event ``i``; position ``lengths[b]`` the event after the
+        observed sequence (``last_history``). ``h_mark`` is ``h_time`` unless the encoders are disjoint ("++")."""
+        return self._histories(self.in_model_units(batch))
+
+    def next_time_distribution(self, h_time: Tensor) -> TimeDistribution:
+        """``f(tau | H)`` of the next gap for histories ``h_time: [..., D]``, **in model units** (a gap ``tau`` in
+        data units is ``tau / time_scale`` there, and a density picks up ``1 / time_scale``). Built outside
+        autocast, so its likelihood terms are float32 or float64."""
+        with _autocast_off(h_time.device):
+            return self._time_head(h_time)
+
     def _mark_log_probs(self, dist: TimeDistribution, h_mark: Tensor, tau: Tensor) -> Tensor:
         """``[B, N, K]`` ``log p(k | tau, H)`` for histories ``h_mark: [B, N, D]`` and gaps ``tau: [B, N]``."""
         if self.joint is not None:
@@ -224,12 +240,14 @@ class MarkedTPP(nn.Module):
         return self.mark_decoder(h_mark, tau)
 
     @staticmethod
-    def _gather_last(h: Tensor, lengths: Tensor) -> Tensor:
-        """``[B, 1, D]``: the history after the last real event (position ``lengths[b]`` of ``[B, L + 1, D]``)."""
+    def last_history(h: Tensor, lengths: Tensor) -> Tensor:
+        """``[B, 1, D]``: the history after the last real event (position ``lengths[b]`` of ``h: [B, L + 1, D]``)."""
         idx = lengths.clamp(max=h.shape[1] - 1).to(torch.long).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
         return h.gather(1, idx)
 
-    def _scored(self, batch: Batch) -> Tensor:
+    def scored_mask(self, batch: Batch) -> Tensor:
+        """``[B, L]`` bool: the scored events ``I`` of the likelihood contract (real events, minus the first with
+        ``first_event: skip``)."""
         scored = batch.mask
         if self.cfg.first_event == "skip":
             first = torch.arange(batch.mask.shape[1], device=batch.mask.device) == 0
@@ -237,7 +255,7 @@ class MarkedTPP(nn.Module):
         return scored
 
     def _forward(self, batch: Batch) -> _Forward:
-        batch = self._in_model_units(batch)
+        batch = self.in_model_units(batch)
         h_time, h_mark = self._histories(batch)
         dtype = h_time.dtype
         L = batch.marks.shape[1]
@@ -247,7 +265,7 @@ class MarkedTPP(nn.Module):
             dist = head(h_time[:, :L])
             mark_lp = self._mark_log_probs(dist, h_mark[:, :L], taus)  # [B, L, K]
 
-            scored = self._scored(batch)
+            scored = self.scored_mask(batch)
             zero = torch.zeros((), dtype=dtype, device=h_time.device)
             # + log s: the density per data unit, f(tau) = f'(tau / s) / s (see the module docstring)
             time_terms = torch.where(scored, math.log(self._time_scale) - dist.log_prob(taus), zero)
@@ -258,7 +276,7 @@ class MarkedTPP(nn.Module):
             gap = batch.survival_gap.to(dtype)
             has_window = gap > 0
             safe_gap = torch.where(has_window, gap, torch.ones_like(gap))
-            last = head(self._gather_last(h_time, batch.lengths))  # batch_shape [B, 1]
+            last = head(self.last_history(h_time, batch.lengths))  # batch_shape [B, 1]
             log_s = last.log_survival(safe_gap.unsqueeze(-1)).squeeze(-1)
             survival = torch.where(has_window, -log_s, zero)
 
@@ -310,7 +328,7 @@ class MarkedTPP(nn.Module):
             forecast_lp = None
             if forecast:
                 L = batch.marks.shape[1]
-                forecast_lp = self._forecast_mark_log_probs(fwd.h_time[:, :L], fwd.h_mark[:, :L], fwd.mark_log_probs)
+                forecast_lp = self.mark_forecast_log_probs(fwd.h_time[:, :L], fwd.h_mark[:, :L], fwd.mark_log_probs)
         return Scores(
             nll=fwd.nll,
             pit=pit,
@@ -324,7 +342,7 @@ class MarkedTPP(nn.Module):
     FORECAST_CHUNK_ELEMENTS = 1 << 24
     """Bound on the elements of one intensity call of the mark forecast (sequences are processed in chunks)."""
 
-    def _forecast_mark_log_probs(self, h_time: Tensor, h_mark: Tensor, given_time: Tensor | None = None) -> Tensor:
+    def mark_forecast_log_probs(self, h_time: Tensor, h_mark: Tensor, given_time: Tensor | None = None) -> Tensor:
         """``log p(k | H): [B, N, K]`` for histories ``[B, N, D]`` (``mtpp.models.marginal``).
 
         Base LNM / RMTPP: the ``p(k | h)`` head (``given_time`` itself when given: the same values). Otherwise the
@@ -369,7 +387,7 @@ class MarkedTPP(nn.Module):
         marks; ``None`` for the forecast), ``mark_log_probs: [B, L + 1, K]``, ``mark``: argmax ``[B, L + 1]``,
         ``top_k_marks: [B, L + 1, k]``, ``valid: [B, L + 1]``.
         """
-        batch = self._in_model_units(batch)
+        batch = self.in_model_units(batch)
         s = self._time_scale
         h_time, h_mark = self._histories(batch)
         b, n = h_time.shape[:2]
@@ -393,7 +411,7 @@ class MarkedTPP(nn.Module):
             else:
                 raise ValueError(f"tau must be 'forecast', 'median', 'observed' or a tensor, got {tau!r}")
             if mark_tau is None:
-                mark_lp = self._forecast_mark_log_probs(h_time, h_mark)
+                mark_lp = self.mark_forecast_log_probs(h_time, h_mark)
             else:
                 mark_lp = self._mark_log_probs(dist, h_mark, mark_tau)
         k = min(top_k, self.num_marks)
@@ -415,10 +433,10 @@ class MarkedTPP(nn.Module):
         ``tau`` by inverse transform ``F^{-1}(u)``, ``u ~ U(0, 1)``; then ``mark ~ p(k | tau, H_{n+1})``. Both draws
         use ``generator`` when given (reproducible).
         """
-        batch = self._in_model_units(batch)
+        batch = self.in_model_units(batch)
         h_time, h_mark = self._histories(batch)
-        h_t = self._gather_last(h_time, batch.lengths)  # [B, 1, D]
-        h_m = self._gather_last(h_mark, batch.lengths)
+        h_t = self.last_history(h_time, batch.lengths)  # [B, 1, D]
+        h_m = self.last_history(h_mark, batch.lengths)
         dtype, device = h_t.dtype, h_t.device
         with _autocast_off(device):
             dist = self._time_head(h_t)
