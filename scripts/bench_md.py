@@ -5,13 +5,15 @@
     python scripts/bench_md.py --update BENCHMARKS.md --block cuda \\
         benchmarks/cuda_h200_mooc_b8.json benchmarks/cuda_h200_mooc_b64.json benchmarks/cuda_h200_grid_15_cells.json
 
-Two kinds of row files are understood:
+Three kinds of row files are understood:
 
 - ``mtpp bench --out`` rows (one per model): training events/s without and with the gradient diagnostics (``cos_tm``
   at every step), evaluation events/s (``model.score``: NLL, PIT, both mark distributions), peak memory (CUDA: the
   allocator's peak; CPU: the process's peak RSS), padding share; one table per file, headed by its protocol.
 - grid-cell rows (key ``cell``): epochs run, median seconds per epoch, median validation seconds and median training
   events/s of cells that ran side by side on one machine (``concurrent_cells``).
+- ensemble rows (key ``members``, ``scripts/bench_ensemble.py --out``): one model's training step against the
+  vectorised ensemble step of ``members`` models, events/s summed over members, medians over rounds.
 
 ``--update FILE --block NAME`` replaces the text between ``<!-- BEGIN NAME -->`` and ``<!-- END NAME -->`` in FILE.
 """
@@ -73,6 +75,26 @@ def cell_table(rows: list[dict[str, Any]], source: str) -> list[str]:
     return out
 
 
+def ensemble_table(rows: list[dict[str, Any]], source: str) -> list[str]:
+    """The table of one ``scripts/bench_ensemble.py`` file."""
+    r0 = rows[0]
+    out = [
+        f"`{source}`: batch {r0.get('batch_size')}, {r0.get('threads')} thread(s), medians over "
+        f"{len(r0.get('single_rounds') or [])} alternating rounds; events summed over the ensemble's members.",
+        "",
+        "| model | overrides | members | single ev/s | ensemble ev/s | ratio | padding single / ensemble |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        pad = f"{100 * r['single_padding']:.0f} % / {100 * r['ensemble_padding']:.0f} %"
+        out.append(
+            f"| {r['model']} | {' '.join(r.get('overrides') or []) or '-'} | {r['members']} | "
+            f"{_int(r['single_events_per_second'])} | {_int(r['ensemble_events_per_second'])} | {r['ratio']:.2f}x | "
+            f"{pad} |"
+        )
+    return out
+
+
 def render(paths: list[Path]) -> str:
     out: list[str] = []
     for p in paths:
@@ -80,7 +102,8 @@ def render(paths: list[Path]) -> str:
         if not rows:
             out += [f"`{p}`: no rows.", ""]
             continue
-        out += (cell_table if "cell" in rows[0] else bench_table)(rows, str(p)) + [""]
+        table = cell_table if "cell" in rows[0] else ensemble_table if "members" in rows[0] else bench_table
+        out += table(rows, str(p)) + [""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -42,6 +42,13 @@ def test_tables_and_block_update(tmp_path: Path) -> None:
     assert "| gru-lnm-base | 14,814 | 52,362 | 37,343 | +40 % | n/a | 100 | 17.5 % |" in text
     assert "| mooc/lnm-base-sum/split1-seed0 | 9 | 19.1 | 0.26 | 2,000 |" in text
     assert "Together: 3,000 training events/s over the 2 cells." in text
+    ens = tmp_path / "e.json"
+    ens.write_text(json.dumps([{"model": "gru-thp-base", "members": 5, "batch_size": 8, "threads": 1,
+                                "single_events_per_second": 18389.4, "ensemble_events_per_second": 17450.2,
+                                "ratio": 0.9489, "single_rounds": [1.0] * 5, "ensemble_rounds": [1.0] * 5,
+                                "overrides": ["model.hidden_size=46"], "single_padding": 0.064,
+                                "ensemble_padding": 0.066}]))  # fmt: skip
+    assert "| gru-thp-base | model.hidden_size=46 | 5 | 18,389 | 17,450 | 0.95x | 6 % / 7 % |" in md.render([ens])
     doc = tmp_path / "B.md"
     doc.write_text("head\n<!-- BEGIN cuda -->\nold\n<!-- END cuda -->\ntail\n")
     assert md.main(["--update", str(doc), "--block", "cuda", str(bench)]) == 0

@@ -254,9 +254,9 @@ class MarkedTPP(nn.Module):
             scored = scored & ~first
         return scored
 
-    def _forward(self, batch: Batch) -> _Forward:
+    def _forward(self, batch: Batch, histories: tuple[Tensor, Tensor] | None = None) -> _Forward:
         batch = self.in_model_units(batch)
-        h_time, h_mark = self._histories(batch)
+        h_time, h_mark = self._histories(batch) if histories is None else histories
         dtype = h_time.dtype
         L = batch.marks.shape[1]
         with _autocast_off(h_time.device):
@@ -298,13 +298,18 @@ class MarkedTPP(nn.Module):
 
     # ------------------------------------------------------------------ public API
 
-    def nll(self, batch: Batch) -> NLLOutput:
-        """Per-event and per-sequence ``L_T`` (with the survival term) and ``L_M``; see ``NLLOutput``."""
-        return self._forward(batch).nll
+    def nll(self, batch: Batch, histories: tuple[Tensor, Tensor] | None = None) -> NLLOutput:
+        """Per-event and per-sequence ``L_T`` (with the survival term) and ``L_M``; see ``NLLOutput``.
 
-    def forward(self, batch: Batch) -> NLLOutput:
+        ``histories``: ``(h_time, h_mark)``, each ``[B, L + 1, D]`` in the compute dtype, already computed by the
+        encoder(s) on ``batch`` in model units (``mtpp.training.stacked`` runs the encoder as a separate stage, so
+        that its output is the boundary of one batched backward); ``None`` (default) computes them.
+        """
+        return self._forward(batch, histories).nll
+
+    def forward(self, batch: Batch, histories: tuple[Tensor, Tensor] | None = None) -> NLLOutput:
         """Same as ``nll`` (so wrappers such as DistributedDataParallel see a ``forward``)."""
-        return self.nll(batch)
+        return self.nll(batch, histories)
 
     @torch.no_grad()
     def score(self, batch: Batch, forecast: bool = True) -> Scores:

@@ -88,11 +88,12 @@ def _gru_vjp(
 
 
 def _gru_factors(hs: Tensor, rz: Tensor, n: Tensor, hn: Tensor) -> Tensor:
-    """``[L, B, 4, H]``: ``d(g_n, a_r, a_z, a_n) / dh'`` of every step (see ``_gru_vjp``), ten kernels."""
+    """``[L, B, 4, H]``: ``d(g_n, a_r, a_z, a_n) / dh'`` of every step (see ``_gru_vjp``), ten kernels (any
+    leading dimensions: ``[L, M, B, 4, H]`` for the member-stacked layers)."""
     size = n.shape[-1]
     r, z = rz[..., :size], rz[..., size:]
-    out = n.new_empty(*n.shape[:2], 4, size)
-    f_gn, f_r, f_z, f_an = out.unbind(2)
+    out = n.new_empty(*n.shape[:-1], 4, size)
+    f_gn, f_r, f_z, f_an = out.unbind(-2)
     one = n.new_ones(())
     torch.mul(torch.addcmul(one, n, n, value=-1), torch.rsub(z, 1), out=f_an)  # (1 - n^2)(1 - z)
     torch.mul(f_an, r, out=f_gn)
@@ -200,24 +201,187 @@ def _rnn_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
 
 
 class _FusedLayer(torch.autograd.Function):
-    """``apply(cell, x, h0, w_ih, w_hh, b_ih, b_hh) -> hs``: one layer as one autograd node; ``cell`` is
-    ``"gru"`` or ``"rnn"`` (``CELLS``: forward pass and backward rule)."""
+    """``apply(cell, x, h0, w_ih, w_hh, b_ih, b_hh) -> (hs, *saved)``: one layer as one autograd node; ``cell`` is
+    ``"gru"`` or ``"rnn"`` (``CELLS``: forward pass and backward rule). Only ``hs`` is differentiable; the other
+    outputs are what the backward rule needs.
+
+    Under ``torch.func.vmap`` over a leading member dimension (an ensemble of models with stacked parameters,
+    ``mtpp.training.ensemble``) the ``vmap`` rule runs ``_FusedMembers``: the same recurrence for ``M`` members in
+    one loop of batched matrix products (``baddbmm``), so ``M`` models cost one time loop, not ``M``.
+    """
 
     @staticmethod
-    def forward(ctx: Any, cell: str, x: Tensor, h0: Tensor, *weights: Tensor) -> Tensor:
-        run, ctx.rule = CELLS[cell]
-        hs, *extra = run(x, h0, *weights)
+    def forward(cell: str, x: Tensor, h0: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
+        return tuple(CELLS[cell][0](x, h0, *weights))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        cell, x, _, *weights = inputs
+        hs, *extra = output
+        ctx.rule = CELLS[cell][1]
         ctx.save_for_backward(x, weights[0], weights[1], hs, *extra)
-        return hs
+        ctx.mark_non_differentiable(*extra)
 
     @staticmethod
-    def backward(ctx: Any, d_hs: Tensor) -> tuple[Any, ...]:
+    def backward(ctx: Any, d_hs: Tensor, *_: Any) -> tuple[Any, ...]:
         grads = _TaskBatchedVJP.apply(ctx.rule, d_hs, *ctx.saved_tensors)
         return (None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:])))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], cell: str, x: Tensor, h0: Tensor, *weights: Tensor) -> Any:
+        members = info.batch_size
+
+        def lead(t: Tensor, dim: int | None) -> Tensor:  # the member dimension first (expanded if unbatched)
+            return t.expand(members, *t.shape) if dim is None else t.movedim(dim, 0)
+
+        x_m = lead(x, in_dims[1]).transpose(0, 1).contiguous()  # [L, M, B, E]
+        h0_m = lead(h0, in_dims[2]).contiguous()
+        w_m = [lead(w, d).contiguous() for w, d in zip(weights, in_dims[3:])]
+        out = _FusedMembers.apply(cell, x_m, h0_m, *w_m)
+        return out, (1,) * len(out)  # every output is time-major: [L (+ 1), M, B, ...]
+
+
+class _FusedMembers(torch.autograd.Function):
+    """``_FusedLayer`` for ``M`` models at once (stacked parameters): ``apply(cell, x [L, M, B, E], h0 [M, B, H],
+    w_ih [M, G, E], w_hh [M, G, H], b_ih [M, G], b_hh [M, G]) -> (hs [L + 1, M, B, H], *saved)``, ``G = 3H``
+    (GRU) or ``H`` (RNN). Reached through ``_FusedLayer.vmap``; the backward rules take ``T`` cotangents as the
+    single-model ones do (``_TaskBatchedVJP``)."""
+
+    @staticmethod
+    def forward(cell: str, x: Tensor, h0: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
+        return tuple(MEMBER_CELLS[cell][0](x, h0, *weights))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        cell, x, _, *weights = inputs
+        hs, *extra = output
+        ctx.rule = MEMBER_CELLS[cell][1]
+        ctx.save_for_backward(x, weights[0], weights[1], hs, *extra)
+        ctx.mark_non_differentiable(*extra)
+
+    @staticmethod
+    def backward(ctx: Any, d_hs: Tensor, *_: Any) -> tuple[Any, ...]:
+        grads = _TaskBatchedVJP.apply(ctx.rule, d_hs, *ctx.saved_tensors)
+        return (None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:])))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], *args: Any) -> Any:
+        raise RuntimeError("the fused CPU recurrence supports one vmap level over members")
+
+
+def _gru_forward_members(
+    x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``_gru_forward`` for ``M`` members: ``x [L, M, B, E]``, ``h0 [M, B, H]``, weights with a leading ``M`` ->
+    ``hs [L + 1, M, B, H]``, ``rz [L, M, B, 2H]``, ``n [L, M, B, H]``, ``g_n [L, M, B, H]``; one ``baddbmm`` per
+    step for all members."""
+    steps, members, batch, _ = x.shape
+    size = h0.shape[-1]
+    flat = x.transpose(0, 1).reshape(members, steps * batch, -1)
+    gi = torch.baddbmm(b_ih.unsqueeze(1), flat, w_ih.transpose(1, 2)).view(members, steps, batch, 3 * size)
+    gi = gi.transpose(0, 1)  # [L, M, B, 3H], a view
+    hs = x.new_empty(steps + 1, members, batch, size)
+    hs[0] = h0
+    rz = x.new_empty(steps, members, batch, 2 * size)
+    n = x.new_empty(steps, members, batch, size)
+    gh = x.new_empty(steps, members, batch, 3 * size)
+    w_hh_t, b_hh_1 = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
+    gi_rz, gi_n = gi[..., : 2 * size].unbind(0), gi[..., 2 * size :].unbind(0)
+    gh_t, gh_rz, gh_n = gh.unbind(0), gh[..., : 2 * size].unbind(0), gh[..., 2 * size :].unbind(0)
+    rz_t, r_t, z_t = rz.unbind(0), rz[..., :size].unbind(0), rz[..., size:].unbind(0)
+    n_t, h_t = n.unbind(0), hs.unbind(0)
+    for t in range(steps):
+        torch.baddbmm(b_hh_1, h_t[t], w_hh_t, out=gh_t[t])
+        torch.add(gi_rz[t], gh_rz[t], out=rz_t[t]).sigmoid_()
+        torch.addcmul(gi_n[t], r_t[t], gh_n[t], out=n_t[t]).tanh_()
+        torch.lerp(n_t[t], h_t[t], z_t[t], out=h_t[t + 1])
+    return hs, rz, n, gh[..., 2 * size :]
+
+
+def _gru_vjp_members(
+    d_hs: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, rz: Tensor, n: Tensor, hn: Tensor
+) -> tuple[Tensor, ...]:
+    """``_gru_vjp`` for ``M`` members: cotangents ``d_hs [T, L + 1, M, B, H]`` -> ``(dx [T, L, M, B, E],
+    dh0 [T, M, B, H], dW_ih [T, M, 3H, E], dW_hh [T, M, 3H, H], db_ih [T, M, 3H], db_hh [T, M, 3H])``; the same
+    factors and loop as ``_gru_vjp`` with ``baddbmm`` over the members."""
+    tasks = d_hs.shape[0]
+    steps, members, batch, size = n.shape
+    rows = batch * tasks
+    factors = _gru_factors(hs, rz, n, hn).unsqueeze(3)  # [L, M, B, 1, 4, H]
+    d_all = d_hs.permute(1, 2, 3, 0, 4).contiguous()  # [L + 1, M, B, T, H]
+    dh = d_hs.new_empty(steps + 1, members, batch, tasks, size)
+    dh[steps] = d_all[steps]
+    d4 = d_hs.new_empty(steps, members, batch, tasks, 4, size)
+    carry = d_hs.new_empty(members, batch, tasks, size)
+    w_rot = torch.cat([w_hh[:, 2 * size :], w_hh[:, : 2 * size]], 1)  # [M, 3H, H], rows [n, r, z]
+    dh_t, dh_in = dh.unsqueeze(4).unbind(0), dh.unbind(0)
+    dh_out = dh.view(steps + 1, members, rows, size).unbind(0)
+    d4_t, dg_t = d4.unbind(0), d4.view(steps, members, rows, 4 * size)[..., : 3 * size].unbind(0)
+    f_t, z_t, d_t = factors.unbind(0), rz[..., size:].unsqueeze(3).unbind(0), d_all.unbind(0)
+    carry_2d = carry.view(members, rows, size)
+    for t in range(steps - 1, -1, -1):
+        torch.mul(dh_t[t + 1], f_t[t], out=d4_t[t])
+        torch.addcmul(d_t[t], dh_in[t + 1], z_t[t], out=carry)
+        torch.baddbmm(carry_2d, dg_t[t], w_rot, out=dh_out[t])
+    d4 = d4.view(steps, members, batch, tasks, 4 * size)
+    gh, gi = d4[..., : 3 * size], d4[..., size:]
+    dx = torch.einsum("lmbtg,mge->tlmbe", gi, w_ih)
+    dw_ih = torch.einsum("lmbtg,lmbe->tmge", gi, x)
+    p_gh = torch.einsum("lmbtg,lmbh->tmgh", gh, hs[:-1])  # rotated row order
+    sums = d4.sum((0, 2)).transpose(0, 1)  # [T, M, 4H]
+    dw_hh = torch.cat([p_gh[:, :, size:], p_gh[:, :, :size]], 2)
+    db_hh = torch.cat([sums[..., size : 3 * size], sums[..., :size]], -1)
+    return dx, dh[0].permute(2, 0, 1, 3), dw_ih, dw_hh, sums[..., size:], db_hh
+
+
+def _rnn_forward_members(
+    x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> tuple[Tensor]:
+    """``_rnn_forward`` for ``M`` members: ``x [L, M, B, E]`` -> ``(hs [L + 1, M, B, H],)``."""
+    steps, members, batch, _ = x.shape
+    size = h0.shape[-1]
+    flat = x.transpose(0, 1).reshape(members, steps * batch, -1)
+    gi = torch.baddbmm((b_ih + b_hh).unsqueeze(1), flat, w_ih.transpose(1, 2)).view(members, steps, batch, size)
+    gi = gi.transpose(0, 1)
+    hs = x.new_empty(steps + 1, members, batch, size)
+    hs[0] = h0
+    w_hh_t = w_hh.transpose(1, 2)
+    gi_t, h_t = gi.unbind(0), hs.unbind(0)
+    for t in range(steps):
+        torch.baddbmm(gi_t[t], h_t[t], w_hh_t, out=h_t[t + 1]).tanh_()
+    return (hs,)
+
+
+def _rnn_vjp_members(d_hs: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor) -> tuple[Tensor, ...]:
+    """``_rnn_vjp`` for ``M`` members (shapes as ``_gru_vjp_members``)."""
+    tasks = d_hs.shape[0]
+    steps, members, batch, size = hs.shape[0] - 1, hs.shape[1], hs.shape[2], hs.shape[3]
+    rows = batch * tasks
+    da_dh = torch.addcmul(hs.new_ones(()), hs[1:], hs[1:], value=-1).unsqueeze(3)  # [L, M, B, 1, H]
+    d_all = d_hs.permute(1, 2, 3, 0, 4).contiguous()  # [L + 1, M, B, T, H]
+    dh = d_hs.new_empty(steps + 1, members, batch, tasks, size)
+    dh[steps] = d_all[steps]
+    da = d_hs.new_empty(steps, members, batch, tasks, size)
+    dh_in, dh_out, f_t = dh.unbind(0), dh.view(steps + 1, members, rows, size).unbind(0), da_dh.unbind(0)
+    da_t, da_2d = da.unbind(0), da.view(steps, members, rows, size).unbind(0)
+    d_t = d_all.view(steps + 1, members, rows, size).unbind(0)
+    for t in range(steps - 1, -1, -1):
+        torch.mul(dh_in[t + 1], f_t[t], out=da_t[t])
+        torch.baddbmm(d_t[t], da_2d[t], w_hh, out=dh_out[t])
+    db = da.sum((0, 2)).transpose(0, 1)  # [T, M, H]
+    dx = torch.einsum("lmbth,mhe->tlmbe", da, w_ih)
+    dw_ih = torch.einsum("lmbth,lmbe->tmhe", da, x)
+    dw_hh = torch.einsum("lmbth,lmbg->tmhg", da, hs[:-1])
+    return dx, dh[0].permute(2, 0, 1, 3), dw_ih, dw_hh, db, db.clone()
 
 
 #: cell name -> (forward pass, backward rule)
 CELLS: dict[str, tuple[Any, Any]] = {"gru": (_gru_forward, _gru_vjp), "rnn": (_rnn_forward, _rnn_vjp)}
+#: the same for ``M`` stacked members (``_FusedMembers``)
+MEMBER_CELLS: dict[str, tuple[Any, Any]] = {
+    "gru": (_gru_forward_members, _gru_vjp_members),
+    "rnn": (_rnn_forward_members, _rnn_vjp_members),
+}
 
 
 def fused_available(x: Tensor) -> bool:
@@ -250,7 +414,7 @@ def run_fused(rnn: torch.nn.RNNBase, x: Tensor, h0: Tensor) -> Tensor:
     seq = x.transpose(0, 1)  # [L, B, E]
     for k in range(rnn.num_layers):
         w = [getattr(rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        seq = _FusedLayer.apply(cell, seq.contiguous(), h0[k], *w)[1:]
+        seq = _FusedLayer.apply(cell, seq.contiguous(), h0[k], *w)[0][1:]
         if rnn.dropout and rnn.training and k < rnn.num_layers - 1:
             seq = torch.nn.functional.dropout(seq, rnn.dropout, training=True)
     return seq.transpose(0, 1)

@@ -49,6 +49,36 @@ from mtpp.models import integrate
 from mtpp.models.config import ModelConfig
 from mtpp.models.registry import TIME_DECODERS
 
+
+class _LogNdtr(torch.autograd.Function):
+    """``torch.special.log_ndtr`` with a ``vmap`` rule (torch 2.13 has none: its fallback loops over the batch)
+    and torch's own derivative ``g / sqrt(2 pi) * exp(-(log_ndtr(z) + z^2 / 2))``."""
+
+    @staticmethod
+    def forward(z: Tensor) -> Tensor:
+        return torch.special.log_ndtr(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(inputs[0], output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
+        z, out = ctx.saved_tensors
+        return grad / math.sqrt(2 * math.pi) * (out + z.pow(2) / 2).neg().exp()
+
+    @staticmethod
+    def vmap(info, in_dims, z: Tensor):  # type: ignore[no-untyped-def]
+        return _LogNdtr.apply(z), in_dims[0]  # element-wise: the batched tensor as it is
+
+
+def log_ndtr(z: Tensor) -> Tensor:
+    """``log Phi(z)``: ``torch.special.log_ndtr``; under ``torch.func`` transforms (the vectorised ensemble,
+    ``mtpp.training.stacked``) through ``_LogNdtr``, which has a batching rule."""
+    if torch._C._are_functorch_transforms_active():
+        return _LogNdtr.apply(z)
+    return torch.special.log_ndtr(z)
+
 TIE_FLOOR = 1e-10
 """Smallest gap of the ``log tau`` FEATURE of the ``p(k | tau, h)`` mark decoder and of LNM's hazard (not used by
 any likelihood: see the tie policy)."""
@@ -359,13 +389,13 @@ class LogNormalMixture(HazardDistribution):
         positive = tau > 0
         safe = torch.where(positive, tau, torch.ones_like(tau))  # S(0) = 1 exactly; no inf * 0 gradients
         z = (torch.log(safe).unsqueeze(-1) - m) * torch.exp(-log_s)
-        log_s_tau = torch.logsumexp(log_w + torch.special.log_ndtr(-z), dim=-1)
+        log_s_tau = torch.logsumexp(log_w + log_ndtr(-z), dim=-1)
         return torch.where(positive, log_s_tau, torch.zeros_like(log_s_tau))
 
     def _log_cdf(self, tau: Tensor) -> Tensor:
         log_w, m, log_s = self._params(tau)
         z = (torch.log(tau).unsqueeze(-1) - m) * torch.exp(-log_s)
-        return torch.logsumexp(log_w + torch.special.log_ndtr(z), dim=-1)
+        return torch.logsumexp(log_w + log_ndtr(z), dim=-1)
 
     def cumulative_hazard(self, tau: Tensor) -> Tensor:
         return -self.log_survival(tau)
@@ -400,7 +430,7 @@ class LogNormalMixture(HazardDistribution):
 
         def g(x: Tensor) -> tuple[Tensor, Tensor]:
             z = (x.unsqueeze(-1) - m) * inv_s
-            log_tail = torch.logsumexp(log_w + torch.special.log_ndtr(sign.unsqueeze(-1) * z), dim=-1)
+            log_tail = torch.logsumexp(log_w + log_ndtr(sign.unsqueeze(-1) * z), dim=-1)
             log_dens = torch.logsumexp(log_dens_w - 0.5 * z.square(), dim=-1)
             return sign * (log_tail - log_p), torch.exp(log_dens - log_tail)
 
