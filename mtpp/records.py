@@ -70,7 +70,7 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
         "best_epoch": train.get("best_epoch"),
         **{k: v for k, v in train.items() if k.startswith("best_epoch/")},
         "stopped_by": train.get("stopped_by") or _stopped_by(train, config),
-        "wall_seconds": wall_seconds,
+        "wall_seconds": _wall_seconds(train, wall_seconds, epochs),
         "train_seconds": train.get("train_seconds"),
         "epoch_seconds": statistics.median(epoch_seconds) if epoch_seconds else None,
         "validation_seconds": _validation_seconds(epochs),
@@ -85,6 +85,17 @@ def stopped_by(record: dict[str, Any]) -> str | None:
     Records written before the field existed are judged by their epoch count against ``train.max_epochs``."""
     train = {**((record.get("metrics") or {}).get("train") or {}), "epochs": record.get("epochs")}
     return record.get("stopped_by") or _stopped_by(train, record.get("config") or {})
+
+
+def _wall_seconds(train: dict[str, Any], invocation: float | None, epochs: list[dict]) -> float | None:
+    """The cell's wall time over all its invocations: the trainer's own total (``train.wall_seconds``, resumes
+    included); for runs that predate it, the larger of this invocation's time and the logged epochs' training plus
+    validation seconds (a cell resumed only for its final evaluation would otherwise record minutes, not hours)."""
+    if isinstance(train.get("wall_seconds"), (int, float)):
+        return float(train["wall_seconds"])
+    logged = sum(float(r.get("epoch_seconds") or 0.0) + float(r.get("validation_seconds") or 0.0) for r in epochs)
+    values = [v for v in (invocation, logged or None) if v is not None]
+    return max(values) if values else None
 
 
 def _stopped_by(train: dict[str, Any], config: dict[str, Any]) -> str | None:

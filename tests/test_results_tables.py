@@ -158,3 +158,14 @@ def test_capped_cells_are_marked_old_and_new_records_alike() -> None:
     assert stopped_by(record("mooc", "fnn", "base", 2)) is None  # no cap recorded: unknown
     assert _epochs(old_capped) == "1000 (5, capped)" and _epochs(old_early) == "160 (5)"
     assert _epochs(new_capped) == "11 (5, capped)"
+
+
+def test_record_wall_time_spans_every_invocation() -> None:
+    """A cell resumed only for its final evaluation records hours, not the minutes of its last invocation."""
+    from mtpp.records import _wall_seconds
+
+    epochs = [{"epoch_seconds": 10.0, "validation_seconds": 1.0}] * 100
+    assert _wall_seconds({"wall_seconds": 1234.5}, 60.0, epochs) == 1234.5  # the trainer's own total wins
+    assert _wall_seconds({}, 180.0, epochs) == 1100.0  # older runs: the logged epochs, not the last invocation
+    assert _wall_seconds({}, 2000.0, epochs) == 2000.0  # one uninterrupted invocation: its own time
+    assert _wall_seconds({}, None, []) is None

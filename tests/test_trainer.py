@@ -44,7 +44,7 @@ STEP_KEYS = {
     "epoch", "step", "loss_time", "loss_mark", "cos_tm", "cos_tm/encoder", "cos_tm/decoder", "gms",
     "norm_time", "norm_mark", "skipped",
 }  # fmt: skip
-TIMING = {"train_events_per_second", "train_seconds", "epoch_seconds", "validation_seconds"}
+TIMING = {"train_events_per_second", "train_seconds", "epoch_seconds", "validation_seconds", "wall_seconds"}
 
 
 def tiny(*extra: str, decoder: str = "lnm") -> RunConfig:
@@ -160,6 +160,11 @@ def test_resume_reaches_the_same_final_metrics_exactly(tmp_path: Path) -> None:
     resumed = fit(tiny(*extra, decoder="thp"), tmp_path / "cut", resume=True)
 
     assert without_timing(resumed) == without_timing(full)
+    # the wall time spans both invocations: at least the training and validation of both epochs
+    epochs = [r for r in read_log(tmp_path / "cut") if r["kind"] == "epoch"]
+    assert len(epochs) == 2
+    assert resumed["train"]["wall_seconds"] >= sum(r["epoch_seconds"] + r["validation_seconds"] for r in epochs)
+    assert resumed["train"]["wall_seconds"] >= resumed["train"]["train_seconds"] > 0
     log_full = [without_timing(r) for r in read_log(tmp_path / "full")]
     log_cut = [without_timing(r) for r in read_log(tmp_path / "cut")]
     assert log_cut == log_full

@@ -88,6 +88,8 @@ class Counters:
     step: int = 0
     events: int = 0
     train_seconds: float = 0.0
+    # elapsed seconds of the run up to its last checkpoint, summed over every invocation (resumes included)
+    wall_seconds: float = 0.0
     conflicts: dict[str, list[int]] = field(default_factory=lambda: {k: [0, 0] for k in COS_KEYS})
 
     def add_records(self, records: list[dict[str, Any]]) -> None:
@@ -435,6 +437,7 @@ class Trainer:
         self.guard = NonFiniteGuard(self.optimizer, self.aggregator, cfg.train.max_consecutive_skips, self.device)
         self.early = self._make_early_stopping()
         self.counters = Counters()
+        self._wall_since = time.perf_counter()  # counters.wall_seconds holds the time before this point
         self.epoch = 0  # last finished epoch
         self.loader = self._make_loader()
         if resume:
@@ -671,6 +674,9 @@ class Trainer:
         checkpoint.save_atomic(state, self.out / checkpoint.BEST)
 
     def _checkpoint_state(self) -> dict[str, Any]:
+        now = time.perf_counter()
+        self.counters.wall_seconds += now - self._wall_since
+        self._wall_since = now
         rng_ranks = self.dist.gather_objects(checkpoint.rng_state()) if self.dist.enabled else None
         return {
             "model": self.model.state_dict(),
@@ -737,6 +743,8 @@ class Trainer:
             metrics[split] = with_run_fields(m, summary)
             if self.main:
                 write_json(self.out / f"arrays_{split}.json", arrays)
+        # the whole run, every invocation, final evaluation included (not the epochs lost to a kill)
+        summary["wall_seconds"] = self.counters.wall_seconds + (time.perf_counter() - self._wall_since)
         metrics["train"] = summary
         if self.main:
             write_json(self.out / METRICS_FILE, metrics)
