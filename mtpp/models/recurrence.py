@@ -200,13 +200,28 @@ def _rnn_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     return (hs,)
 
 
+def _save_for_rule(table: dict, ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    """``setup_context`` of the fused Functions: keep what ``table[cell]``'s backward rule reads."""
+    cell, x, _, *weights = inputs
+    hs, *extra = output
+    ctx.rule = table[cell][1]
+    ctx.save_for_backward(x, weights[0], weights[1], hs, *extra)
+    ctx.mark_non_differentiable(*extra)
+
+
+def _rule_backward(ctx: Any, d_hs: Tensor) -> tuple[Any, ...]:
+    """``backward`` of the fused Functions: the saved rule through ``_TaskBatchedVJP`` (``T`` cotangents at once)."""
+    grads = _TaskBatchedVJP.apply(ctx.rule, d_hs, *ctx.saved_tensors)
+    return (None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:])))
+
+
 class _FusedLayer(torch.autograd.Function):
     """``apply(cell, x, h0, w_ih, w_hh, b_ih, b_hh) -> (hs, *saved)``: one layer as one autograd node; ``cell`` is
     ``"gru"`` or ``"rnn"`` (``CELLS``: forward pass and backward rule). Only ``hs`` is differentiable; the other
     outputs are what the backward rule needs.
 
     Under ``torch.func.vmap`` over a leading member dimension (an ensemble of models with stacked parameters,
-    ``mtpp.training.ensemble``) the ``vmap`` rule runs ``_FusedMembers``: the same recurrence for ``M`` members in
+    ``mtpp.training.stacked``) the ``vmap`` rule runs ``_FusedMembers``: the same recurrence for ``M`` members in
     one loop of batched matrix products (``baddbmm``), so ``M`` models cost one time loop, not ``M``.
     """
 
@@ -216,16 +231,11 @@ class _FusedLayer(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        cell, x, _, *weights = inputs
-        hs, *extra = output
-        ctx.rule = CELLS[cell][1]
-        ctx.save_for_backward(x, weights[0], weights[1], hs, *extra)
-        ctx.mark_non_differentiable(*extra)
+        _save_for_rule(CELLS, ctx, inputs, output)
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor, *_: Any) -> tuple[Any, ...]:
-        grads = _TaskBatchedVJP.apply(ctx.rule, d_hs, *ctx.saved_tensors)
-        return (None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:])))
+        return _rule_backward(ctx, d_hs)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], cell: str, x: Tensor, h0: Tensor, *weights: Tensor) -> Any:
@@ -253,16 +263,11 @@ class _FusedMembers(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        cell, x, _, *weights = inputs
-        hs, *extra = output
-        ctx.rule = MEMBER_CELLS[cell][1]
-        ctx.save_for_backward(x, weights[0], weights[1], hs, *extra)
-        ctx.mark_non_differentiable(*extra)
+        _save_for_rule(MEMBER_CELLS, ctx, inputs, output)
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor, *_: Any) -> tuple[Any, ...]:
-        grads = _TaskBatchedVJP.apply(ctx.rule, d_hs, *ctx.saved_tensors)
-        return (None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:])))
+        return _rule_backward(ctx, d_hs)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], *args: Any) -> Any:
