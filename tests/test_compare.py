@@ -414,3 +414,16 @@ def test_an_axis_override_by_name_keeps_the_files_settings_for_that_entry() -> N
     assert {c.config["model"]["hidden_size"] for c in subset if c.model == "thp"} == {46, 40, 27}
     plain = ex.load_experiment(path, ["grid.datasets=[synthetic_hawkes]"])
     assert plain.grid["datasets"] == ["synthetic_hawkes"]
+
+
+def test_the_header_says_how_to_stop_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid started in the background by a script ignores SIGINT: the header names the pid and the kill."""
+    import os
+    import signal
+
+    from mtpp.commands.compare import stop_hint
+
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.SIG_IGN)
+    assert stop_hint() == f"pid {os.getpid()}, SIGINT ignored here: stop with kill {os.getpid()}"
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.default_int_handler)
+    assert stop_hint() == f"pid {os.getpid()}: stop with Ctrl-C or kill {os.getpid()}"

@@ -91,11 +91,23 @@ def run(args: argparse.Namespace) -> int:
             raise
 
 
+def stop_hint() -> str:
+    """How to stop this process: Ctrl-C, or ``kill PID`` when SIGINT is ignored (a job started in the background by
+    a non-interactive shell, e.g. ``nohup mtpp compare ... &`` in a script, ignores SIGINT)."""
+    import os
+    import signal
+
+    pid = os.getpid()
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        return f"pid {pid}, SIGINT ignored here: stop with kill {pid}"
+    return f"pid {pid}: stop with Ctrl-C or kill {pid}"
+
+
 def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[str]) -> int:
     from mtpp import experiments as ex
 
     ex.write_cells(args.out, exp, cells, args.overrides)
-    print(f"{exp.name}: {len(cells)} cells -> {args.out} (jobs={args.jobs})", file=sys.stderr)
+    print(f"{exp.name}: {len(cells)} cells -> {args.out} (jobs={args.jobs}); {stop_hint()}", file=sys.stderr)
     results = ex.run_grid(
         cells, args.out, jobs=args.jobs, overrides=run_overrides,
         progress=not args.no_progress, quiet_runs=not args.verbose_runs, rerun_stale=args.rerun_stale,
