@@ -540,6 +540,30 @@ def config_differences(run_dir: Path, config: dict) -> list[str]:
     return [f"{k}: {stored.get(k)!r} -> {new.get(k)!r}" for k in keys if stored.get(k) != new.get(k)]
 
 
+def last_epoch_record(run_dir: Path, chunk: int = 1 << 18, limit: int = 1 << 24) -> dict | None:
+    """The last ``{"kind": "epoch", ...}`` line of a run's ``log.jsonl`` (epoch, best_epoch, validation losses), read
+    backwards in ``chunk``-byte blocks (step lines sit between epoch lines; the log of a long run holds hundreds of
+    MB); ``None`` without a log or without an epoch line in its last ``limit`` bytes."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        return None
+    with path.open("rb") as f:
+        end = f.seek(0, 2)
+        pos, tail = end, b""
+        while pos > 0 and end - pos < limit:
+            pos = max(0, pos - chunk)
+            f.seek(pos)
+            tail = f.read(min(chunk, end - pos)) + tail
+            lines = tail.split(b"\n")
+            for line in reversed(lines if pos == 0 else lines[1:]):  # the first may be cut
+                if b'"kind": "epoch"' in line:
+                    try:
+                        return json.loads(line)
+                    except ValueError:
+                        continue  # a line cut by a kill
+    return None
+
+
 def cell_state(run_dir: Path, config: dict | None = None) -> str:
     """``done`` (skip), ``stale`` (complete, but trained with a different ``config``), ``resume`` (checkpoint,
     no metrics) or ``new``."""

@@ -345,6 +345,22 @@ class RunLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
+    @classmethod
+    def holder_of(cls, run_dir: str | Path) -> dict[str, Any] | None:
+        """Who holds ``run_dir``'s lock now (pid, host, command), or ``None`` when nobody does. Takes nothing: a
+        free lock is tried and let go at once, and its file is left as it was."""
+        lock = cls(run_dir)
+        try:
+            fd = os.open(lock.path, os.O_RDWR)
+        except OSError:  # no lock file: nobody holds it
+            return None
+        try:
+            if lock._lock(fd):
+                return None  # closing the descriptor below lets go of the lock we just took
+            return lock._holder(fd) or {}
+        finally:
+            os.close(fd)
+
     def __enter__(self) -> "RunLock":
         return self.acquire()
 

@@ -687,3 +687,40 @@ def test_train_log_keeps_the_auto_preparation_warning(tmp_path: Path, capsys: py
     assert capsys.readouterr().err.count("auto-prepared 5 seeded") == 1  # still on the console, once
     log = (tmp_path / "run" / "train.log").read_text()
     assert "WARNING: " in log and "auto-prepared 5 seeded 60/20/20 splits" in log
+
+
+def test_holder_of_names_a_live_holder_and_takes_nothing(tmp_path: Path) -> None:
+    """``RunLock.holder_of`` (``compare --dry-run`` says "running"): None without a lock file or with a free one,
+    the holder's pid while held, and the lock stays takeable afterwards."""
+    import os
+
+    from mtpp.runs import LOCK_FILE, RunLock
+
+    run = tmp_path / "run"
+    assert RunLock.holder_of(run) is None
+    with RunLock(run):
+        holder = RunLock.holder_of(run)
+        assert holder is not None and int(holder["pid"]) == os.getpid()
+    (run / LOCK_FILE).write_text('{"pid": 1, "host": "elsewhere"}')  # a file left by a killed process
+    assert RunLock.holder_of(run) is None
+    with RunLock(run):  # still takeable
+        pass
+
+
+def test_last_epoch_record_reads_the_tail_of_a_long_log(tmp_path: Path) -> None:
+    """The last epoch line behind many step lines and a line cut by a kill, in small blocks."""
+    import json
+
+    from mtpp.experiments import last_epoch_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert last_epoch_record(run) is None
+    lines = []
+    for epoch in (1, 2):
+        lines += [json.dumps({"kind": "step", "step": i, "cos_tm": 0.1}) for i in range(200)]
+        lines.append(json.dumps({"kind": "epoch", "epoch": epoch, "best_epoch": 1}))
+    lines += [json.dumps({"kind": "step", "step": 999}) for _ in range(50)]
+    (run / "log.jsonl").write_text("\n".join(lines) + '\n{"kind": "epoch", "epo')  # cut by a kill
+    assert last_epoch_record(run, chunk=1000) == {"kind": "epoch", "epoch": 2, "best_epoch": 1}
+    assert last_epoch_record(run, chunk=1000, limit=1000) is None  # not within the last 1000 bytes

@@ -148,12 +148,24 @@ def _print_data(configs: list) -> None:
 
 
 def _print_cells(cells: list, out: Path, overrides: list[str]) -> None:
-    from mtpp.experiments import cell_state, resolved_dict
+    from mtpp.experiments import cell_state, last_epoch_record, resolved_dict
+    from mtpp.runs import RunLock
 
+    counts: dict[str, int] = {}
     for c in cells:
-        state = cell_state(out / c.name, resolved_dict(c, overrides))
-        print(f"{state:<6} {c.name}")
-    print(f"{len(cells)} cells", file=sys.stderr)
+        config = resolved_dict(c, overrides)
+        state = cell_state(out / c.name, config)
+        where = ""
+        if state == "resume":  # how far it got: the last finished epoch of its log; "running" when a live
+            if RunLock.holder_of(out / c.name) is not None:  # process holds its folder
+                state = "running"
+            last = last_epoch_record(out / c.name) or {}
+            cap = (config.get("train") or {}).get("max_epochs")
+            if "epoch" in last:
+                where = f"  (epoch {last['epoch']}/{cap}, best {last.get('best_epoch')})"
+        counts[state] = counts.get(state, 0) + 1
+        print(f"{state:<7} {c.name}{where}")
+    print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
 
 
 def write_reports(out: Path, title: str = "Results") -> None:
