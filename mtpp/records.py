@@ -88,13 +88,14 @@ def stopped_by(record: dict[str, Any]) -> str | None:
 
 
 def _wall_seconds(train: dict[str, Any], invocation: float | None, epochs: list[dict]) -> float | None:
-    """The cell's wall time over all its invocations: the trainer's own total (``train.wall_seconds``, resumes
-    included); for runs that predate it, the larger of this invocation's time and the logged epochs' training plus
-    validation seconds (a cell resumed only for its final evaluation would otherwise record minutes, not hours)."""
-    if isinstance(train.get("wall_seconds"), (int, float)):
-        return float(train["wall_seconds"])
+    """The cell's wall time over all its invocations: the largest of the trainer's own total (``train.wall_seconds``,
+    resumes included), this invocation's time and the logged epochs' training plus validation seconds. The trainer's
+    total is the right one for runs that started with it; a run resumed from a checkpoint written before it existed
+    counts only the later invocations there, and a cell resumed only for its final evaluation would otherwise
+    record minutes, not hours."""
     logged = sum(float(r.get("epoch_seconds") or 0.0) + float(r.get("validation_seconds") or 0.0) for r in epochs)
-    values = [v for v in (invocation, logged or None) if v is not None]
+    own = train.get("wall_seconds")
+    values = [float(v) for v in (own, invocation, logged or None) if isinstance(v, (int, float))]
     return max(values) if values else None
 
 

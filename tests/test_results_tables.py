@@ -166,6 +166,7 @@ def test_record_wall_time_spans_every_invocation() -> None:
 
     epochs = [{"epoch_seconds": 10.0, "validation_seconds": 1.0}] * 100
     assert _wall_seconds({"wall_seconds": 1234.5}, 60.0, epochs) == 1234.5  # the trainer's own total wins
+    assert _wall_seconds({"wall_seconds": 300.0}, 60.0, epochs) == 1100.0  # resumed from a checkpoint without it
     assert _wall_seconds({}, 180.0, epochs) == 1100.0  # older runs: the logged epochs, not the last invocation
     assert _wall_seconds({}, 2000.0, epochs) == 2000.0  # one uninterrupted invocation: its own time
     assert _wall_seconds({}, None, []) is None
