@@ -243,6 +243,23 @@ def test_compare_cli_dry_run_and_failure_exit_code(
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 8 and lines[0].split() == ["new", "synthetic_hawkes/thp-base-sum/split0-seed0"]
     assert fake_fit.calls == []
+    # an unfinished cell says how far it got; one whose folder a live process holds is "running"
+    from mtpp.runs import RunLock
+
+    cell = tmp_path / "o" / "synthetic_hawkes" / "thp-base-sum" / "split0-seed0"
+    cell.mkdir(parents=True)
+    (cell / "checkpoint.pt").write_bytes(b"")
+    (cell / "log.jsonl").write_text('{"kind": "epoch", "epoch": 3, "best_epoch": 2}\n{"kind": "step"}\n')
+    assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].split() == ["resume", "synthetic_hawkes/thp-base-sum/split0-seed0", "(epoch",
+                                           "3/1,", "best", "2)"]  # fmt: skip
+    assert "8 cells: 7 new, 1 resume" in err
+    with RunLock(cell):
+        assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+        assert capsys.readouterr().out.splitlines()[0].startswith("running ")
+    (cell / "checkpoint.pt").unlink()
+    (cell / "log.jsonl").unlink()
     fake_fit.fail = "thp-plusplus"
     code = main(["compare", str(path), "--out", str(tmp_path / "o"), "--no-progress", "--no-report"])
     assert code == 1
