@@ -5,8 +5,8 @@
 # it measures lands in $OUT (at most 8 files come back): logs, bench rows, and a tarball of the grid's run folders
 # and records to unpack here (the cells resume on any machine; finished ones have records).
 #
-# Data travels with the call: in the repo root, `mkdir -p .dev && ln -sfn $MTPP_DATA_DIR .dev/data` with `/.dev/`
-# in .git/info/exclude, and `carry: [".dev/data/conftpp_mooc_filtered"]` (6 MB; splits are prepared there, with
+# Data travels with the call: in the repo root, `mkdir -p .dev && ln -sfn $MTPP_DATA_DIR .dev/data` (.dev/ is
+# git-ignored), and `carry: [".dev/data/conftpp_mooc_filtered"]` (6 MB; splits are prepared there, with
 # the same content fingerprints as here). Then:  run(command="bash scripts/gpu_session.sh", timeout_s=...)
 #
 #   GRID_S   seconds of grid cells (default 240)      JOBS     cells side by side (default: cores - 1)
