@@ -524,17 +524,29 @@ def _ignored(key: str) -> bool:
 def config_differences(run_dir: Path, config: dict) -> list[str]:
     """``['train.max_epochs: 1 -> 1000', ...]`` between a run's stored ``config.yaml`` and ``config`` (a resolved
     run-config dict); empty when they agree or the run stored no configuration."""
-    from mtpp.config import config_from_dict
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return []
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        return [f"config.yaml unreadable ({e})"]
+    return stored_differences(raw, config, "config.yaml")
+
+
+def stored_differences(raw: Any, config: dict, where: str = "stored config") -> list[str]:
+    """``['train.max_epochs: 1 -> 1000', ...]`` between a stored run configuration ``raw`` (a run's
+    ``config.yaml`` or a result record's ``config``, ``run_info`` ignored) and ``config`` (a resolved run-config
+    dict); settings in ``NON_SEMANTIC_KEYS`` are not compared, settings added since it was stored count with
+    their defaults."""
+    from mtpp.config import config_from_dict
+
+    try:
+        raw = dict(raw or {})
         raw.pop("run_info", None)
         stored = _flatten(config_from_dict(raw).to_dict())
-    except (yaml.YAMLError, ConfigError, AttributeError) as e:
-        return [f"config.yaml unreadable ({e})"]
+    except (ConfigError, TypeError, ValueError, AttributeError) as e:
+        return [f"{where} unreadable ({e})"]
     new = _flatten(config)
     keys = sorted(k for k in set(stored) | set(new) if not _ignored(k))
     return [f"{k}: {stored.get(k)!r} -> {new.get(k)!r}" for k in keys if stored.get(k) != new.get(k)]
@@ -570,6 +582,42 @@ def cell_state(run_dir: Path, config: dict | None = None) -> str:
     if is_complete(run_dir):
         return "stale" if config is not None and config_differences(run_dir, config) else "done"
     return "resume" if is_resumable(run_dir) else "new"
+
+
+def record_differences(results_dir: str | Path, name: str, config: dict) -> list[str] | None:
+    """``None`` without a result record of cell ``name`` under ``results_dir`` (``mtpp.records``); else the
+    differences between the configuration that trained it and ``config`` (empty: the record is this cell's)."""
+    from mtpp.records import record_path
+
+    path = record_path(results_dir, name)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return [f"record {path} unreadable ({e})"]
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        return [f"record {path} holds no configuration"]
+    return stored_differences(record["config"], config, f"record {path}")
+
+
+def grid_states(
+    cells: list[Cell], out: Path, overrides: Sequence[str] = (), results_dir: str | Path | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """``{cell name: state}`` as ``run_grid`` and ``mtpp compare --dry-run`` see them: ``cell_state`` of the run
+    folder under ``out``; a cell without one (``new``) that has a result record under ``results_dir`` (a grid
+    continued on another machine) is ``done`` when the record's configuration is the cell's, ``stale`` when not
+    (a record of another protocol never stands in for this one)."""
+    states = {}
+    for c in cells:
+        config = resolved_dict(c, overrides)
+        state = cell_state(Path(out) / c.name, config)
+        if state == "new" and results_dir is not None:
+            diff = record_differences(results_dir, c.name, config)
+            if diff is not None:
+                state = "stale" if diff else "done"
+        states[c.name] = state
+    return states
 
 
 def resolved_dict(cell: Cell, overrides: Sequence[str] = ()) -> dict:
@@ -671,16 +719,10 @@ def run_grid(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    states = {c.name: cell_state(out / c.name, resolved_dict(c, overrides)) for c in cells}
-    if results_dir is not None:
-        from mtpp.records import record_path
-
-        for c in cells:
-            if states[c.name] == "new" and record_path(results_dir, c.name).is_file():
-                states[c.name] = "done"
+    states = grid_states(cells, out, overrides, results_dir)
     data_reasons = data_changes(cells, states, out, overrides, log)
     states.update({name: "stale" for name in data_reasons})
-    _check_stale(cells, states, out, overrides, rerun_stale, data_reasons)
+    _check_stale(cells, states, out, overrides, rerun_stale, data_reasons, results_dir)
     results = [CellResult(c.name, "skipped") for c in cells if states[c.name] == "done"]
     pending = [c for c in cells if states[c.name] != "done"]
     if results:
@@ -740,18 +782,26 @@ def data_changes(
 
 def _check_stale(
     cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], rerun_stale: bool,
-    data_reasons: dict[str, str] | None = None,
+    data_reasons: dict[str, str] | None = None, results_dir: str | Path | None = None,
 ) -> None:  # fmt: skip
     stale = [c for c in cells if states[c.name] == "stale"]
     if not stale or rerun_stale:
         return
     first = stale[0]
-    diff = config_differences(out / first.name, resolved_dict(first, overrides))
+    config = resolved_dict(first, overrides)
+    if results_dir is not None and not is_complete(out / first.name):  # only its result record is stale
+        from mtpp.records import record_path
+
+        diff = record_differences(results_dir, first.name, config) or []
+        where = f"its record {record_path(results_dir, first.name)}"
+    else:
+        diff = config_differences(out / first.name, config)
+        where = f"its run folder under {out}"
     if data_reasons and first.name in data_reasons:
         diff = [data_reasons[first.name], *diff]
     raise ConfigError(
-        f"{len(stale)} finished cell(s) under {out} were trained with a different configuration or data (e.g. "
-        f"{first.name}: {'; '.join(diff[:3])}); pass --rerun-stale to retrain them, or choose another --out"
+        f"{len(stale)} finished cell(s) were trained with a different configuration or data (e.g. {first.name}, "
+        f"{where}: {'; '.join(diff[:3])}); pass --rerun-stale to retrain them, or choose another --out / --results"
     )
 
 

@@ -77,9 +77,15 @@ def run(args: argparse.Namespace) -> int:
     if not cells:
         raise ConfigError(f"no cell of {args.experiment} matches --only {' '.join(args.only)}")
     configs = ex.resolve_all(cells, run_overrides)  # every cell must be a valid run config before anything trains
-    _print_data(configs)
+    missing = _print_data(configs)
+    if missing and not args.dry_run:  # before any folder is made: every cell of that dataset would fail alike
+        from mtpp.errors import DataError
+
+        raise DataError(f"nothing trained: {'; '.join(missing)}")
+    for line in missing:
+        print(f"data {line}", file=sys.stderr)
     if args.dry_run:
-        _print_cells(cells, args.out, run_overrides)
+        _print_cells(cells, args.out, run_overrides, args.results)
         return 0
     from mtpp.runs import RunLock
 
@@ -130,12 +136,14 @@ def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[
     return 0
 
 
-def _print_data(configs: list) -> None:
-    """One line per dataset of the grid: where its name resolves (finished cells are checked against it)."""
+def _print_data(configs: list) -> list[str]:
+    """One line per dataset of the grid: where its name resolves (finished cells are checked against it).
+    Returns ``'NAME: why'`` for each dataset that does not resolve (an unknown name, a missing data folder)."""
     from mtpp.data.catalog import resolve_source
     from mtpp.errors import MtppError
 
     seen: set[tuple] = set()
+    missing = []
     for cfg in configs:
         key = (cfg.data.name, cfg.data.data_dir)
         if key in seen:
@@ -145,25 +153,30 @@ def _print_data(configs: list) -> None:
             _, path, _ = resolve_source(cfg.data.name, cfg.data.data_dir)
             print(f"data {cfg.data.name} <- {Path(path).resolve()}", file=sys.stderr)
         except MtppError as e:
-            print(f"data {cfg.data.name}: {e}", file=sys.stderr)
+            missing.append(f"{cfg.data.name}: {e}")
+    return missing
 
 
-def _print_cells(cells: list, out: Path, overrides: list[str]) -> None:
-    from mtpp.experiments import cell_state, last_epoch_record, resolved_dict
+def _print_cells(cells: list, out: Path, overrides: list[str], results: Path | None = None) -> None:
+    """One line per cell with the state a real run would act on (``mtpp.experiments.grid_states``: the run folder,
+    then the result record under ``--results``); a resumable cell shows its last epoch, or ``running`` when a
+    live process holds its folder."""
+    from mtpp.experiments import grid_states, is_complete, last_epoch_record, resolved_dict
     from mtpp.runs import RunLock
 
+    states = grid_states(cells, out, overrides, results)
     counts: dict[str, int] = {}
     for c in cells:
-        config = resolved_dict(c, overrides)
-        state = cell_state(out / c.name, config)
-        where = ""
+        state, where = states[c.name], ""
         if state == "resume":  # how far it got: the last finished epoch of its log; "running" when a live
             if RunLock.holder_of(out / c.name) is not None:  # process holds its folder
                 state = "running"
             last = last_epoch_record(out / c.name) or {}
-            cap = (config.get("train") or {}).get("max_epochs")
+            cap = (resolved_dict(c, overrides).get("train") or {}).get("max_epochs")
             if "epoch" in last:
                 where = f"  (epoch {last['epoch']}/{cap}, best {last.get('best_epoch')})"
+        elif state in ("done", "stale") and results is not None and not is_complete(out / c.name):
+            where = "  (result record)"
         counts[state] = counts.get(state, 0) + 1
         print(f"{state:<7} {c.name}{where}")
     print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)

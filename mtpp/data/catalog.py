@@ -252,7 +252,11 @@ def find_dataset(name: str, data_dir: str | Path | None = None) -> Path | None:
 
 
 def _unknown(name: str) -> DataError:
-    return DataError(f"unknown dataset {name!r}; known names: {', '.join(known_names())} "
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), known_names(), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return DataError(f"unknown dataset {name!r}; {hint}known names: {', '.join(known_names())} "
                      "(or give a path to a file or folder)")
 
 
