@@ -31,6 +31,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Union
@@ -431,6 +432,24 @@ def variant_configs(cfg: RunConfig, variants: list[dict] | None = None) -> dict[
     """``{name: config}`` for each variant of ``cfg`` (its own ``variants`` list unless given)."""
     variants = cfg.variants if variants is None else _check_variants(variants)
     return {variant_name(v): _apply_variant(cfg, v) for v in variants}
+
+
+def variants_with_overrides(variants: list[dict], overrides: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """``variants`` with the command line's ``--set`` overrides applied after each variant's own settings (the
+    command line is the more specific: ``--set train.lr=0.01`` trains every variant at that rate), each variant's
+    name kept; and one note per variant setting that an override replaces (``variant 'fast': train.lr=0.1
+    replaced by --set train.lr=0.01``), for the caller to print. A ``--set variants=...`` is not re-applied."""
+    pairs = [parse_override(o) for o in overrides]
+    pairs = [(k, v) for k, v in pairs if k != "variants" and not k.startswith("variants.")]
+    out, notes = [], []
+    for variant in variants:
+        name = variant_name(variant)
+        for key, value in variant.items():
+            hit = [(k, v) for k, v in pairs if key != "name" and (k == key or k.startswith(key + ".")
+                                                                  or key.startswith(k + "."))]
+            notes += [f"variant {name!r}: {key}={value!r} replaced by --set {k}={v!r}" for k, v in hit if v != value]
+        out.append({"name": name, **{k: v for k, v in variant.items() if k != "name"}, **dict(pairs)})
+    return out, notes
 
 
 def without_variants(cfg: RunConfig) -> RunConfig:

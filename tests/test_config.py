@@ -127,6 +127,41 @@ def test_variants() -> None:
     assert "duplicate" in _error(raw={"variants": [{"model.decoder": "lnm"}, {"model.decoder": "lnm"}]})
 
 
+def test_set_applies_to_every_variant_after_its_own_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--set is the more specific: it replaces a variant's own value for the same key (said on stderr), the
+    variant keeps its name, and keys the variant does not set are applied to every variant."""
+    from mtpp.config import variants_with_overrides
+
+    cfg = load_config(QUICKSTART)
+    variants, notes = variants_with_overrides(cfg.variants, ["model.parametrisation=plus", "train.lr=0.01"])
+    configs = variant_configs(cfg, variants)
+    assert list(configs) == ["thp_base", "thp_plusplus"]
+    assert {c.model.parametrisation for c in configs.values()} == {"plus"}
+    assert {c.train.lr for c in configs.values()} == {0.01}
+    assert notes == [
+        "variant 'thp_base': model.parametrisation='base' replaced by --set model.parametrisation='plus'",
+        "variant 'thp_plusplus': model.parametrisation='plusplus' replaced by --set model.parametrisation='plus'",
+    ]
+    # a whole section set on the command line replaces a variant's key inside it too
+    _, notes = variants_with_overrides(cfg.variants, ["model={decoder: lnm}"])
+    assert len(notes) == 2 and all("replaced by --set model=" in n for n in notes)
+    assert variants_with_overrides(cfg.variants, ["train.lr=0.01"])[1] == []
+    # the command: what it trains and what it says
+    import mtpp.training.trainer as trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "run_variants", lambda c, v, out, **kw: seen.update(v=variant_configs(c, v), stored=c.variants))
+    args = ["train", str(QUICKSTART), "--out", str(tmp_path / "r"), "--variant", "thp_plusplus",
+            "--set", "model.parametrisation=base"]  # fmt: skip
+    assert main(args) == 0
+    assert list(seen["v"]) == ["thp_plusplus"] and seen["v"]["thp_plusplus"].model.parametrisation == "base"
+    assert "variant 'thp_plusplus': model.parametrisation='plusplus' replaced by --set" in capsys.readouterr().err
+    # what variants.yaml keeps for a later --resume: the variants as trained
+    assert [v["model.parametrisation"] for v in seen["stored"]] == ["base", "base"]
+
+
 def test_cli_config_error_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["train", str(QUICKSTART), "--out", str(tmp_path / "run"), "--set", "train.max_epoch=1"])
     err = capsys.readouterr().err.strip()

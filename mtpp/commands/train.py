@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 EPILOG = """\
@@ -13,7 +14,8 @@ examples:
 
 --set section.key=value overrides the config (values are YAML scalars: 5, 1e-3, true, lnm, [1, 2]).
 Sections: data, model, train, gradients, logging (see mtpp/config.py for every key).
-A config with a 'variants:' list trains one run per variant into DIR/<variant>/ and prints a comparison table.
+A config with a 'variants:' list trains one run per variant into DIR/<variant>/ and prints a comparison table;
+--set applies to every variant, after its own settings (a replaced variant setting is printed).
 The run directory holds config.yaml (with the data's location and fingerprints), log.jsonl, train.log (the console
 output), checkpoint.pt, best.pt, metrics.json, arrays_{val,test}.json. One command writes a folder at a time.
 --resume uses the recorded data and refuses other data; -q is not stored, so a later --resume talks again."""
@@ -47,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtpp.config import load_config, variant_name
+    from mtpp.config import load_config, variant_name, variants_with_overrides
     from mtpp.errors import ConfigError
 
     overrides = list(args.overrides)
@@ -64,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
     if args.variant and not cfg.variants:
         raise ConfigError("--variant: the config has no 'variants' list")
     if cfg.variants:
+        from dataclasses import replace
+
         from mtpp.training.trainer import run_variants
 
+        # --set wins over a variant's own value; the variants as trained are what variants.yaml keeps (--resume)
+        given = cfg.variants
+        cfg = replace(cfg, variants=variants_with_overrides(given, args.overrides)[0])
         variants = cfg.variants
         if args.variant:
             names = [variant_name(v) for v in variants]
@@ -73,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             if unknown:
                 raise ConfigError(f"--variant: unknown {', '.join(unknown)}; valid: {', '.join(names)}")
             variants = [v for v in variants if variant_name(v) in args.variant]
+        chosen = {variant_name(v) for v in variants}
+        for note in variants_with_overrides([v for v in given if variant_name(v) in chosen], args.overrides)[1]:
+            print(note, file=sys.stderr)
         run_variants(cfg, variants, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)
         return 0
     from mtpp.training.trainer import fit
