@@ -22,7 +22,8 @@ Variants
 
     ``mtpp train`` then trains one run per variant (the base config with that variant's overrides) into
     ``OUT/<name>/`` and prints a side-by-side table (``mtpp.training.trainer.run_variants``). Without a
-    ``name`` the variant is named after its values (``plusplus``). ``--set`` overrides apply to every variant.
+    ``name`` the variant is named after its values (``plusplus``). ``--set`` overrides apply to every variant,
+    after its own settings (``variants_with_overrides``).
 """
 
 from __future__ import annotations
