@@ -70,6 +70,13 @@ class DataConfig:
     # reported likelihoods are always in the data's units (mtpp.models.scaling)
     time_scale: float | str = "auto"
     num_workers: int = 0  # DataLoader workers
+    # sort each sequence whose times are out of order (stable, marks follow; counted in the run's data notes)
+    # instead of stopping at the first one (mtpp.data.formats.ReadOptions.sort)
+    sort: bool = False
+    # a split folder's common observation window (split_k/args.json 'window', e.g. mtpp simulate) ends every
+    # sequence, so the likelihood scores the survival term after the last event; default: the benchmark
+    # convention, the window ends at the last event (mtpp.data.formats.ReadOptions.use_window)
+    use_window: bool = False
 
 
 @dataclass

@@ -140,3 +140,42 @@ def test_cli_exit_code_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert code == 2 and len(err) == 1
     assert err[0].startswith("mtpp data: error: ") and "bad.json: sequence 2: times not sorted" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_unsorted_sequences_name_the_run_setting_that_sorts_them(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """The hint names a switch that exists where the user is: data.sort for a run, --sort for mtpp data prepare;
+    with data.sort=true the run loads the data and says how many sequences it sorted."""
+    from mtpp.config import DataConfig
+    from mtpp.training.setup import load_data
+
+    seqs = [_ev((0.1 * i, 0), (0.1 * i + 1.0, 1), (0.1 * i + 2.0, 0)) for i in range(12)]
+    seqs[7] = _ev((2.0, 0), (1.0, 1), (3.0, 1))
+    p = tmp_path / "events.json"
+    p.write_text(json.dumps(seqs))
+    code = main(["train", "--out", str(tmp_path / "run"), "--set", f"data.name={p}", "--set", "train.max_epochs=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "events.json: sequence 7: times not sorted" in err[0] and "data.sort=true in a run config" in err[0]
+    log = (tmp_path / "run" / "train.log").read_text()  # the failed start says why in the run's own log
+    assert "error: DataError:" in log and "sequence 7: times not sorted" in log
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", f"data.name={p}", "--set", "train.max_epochs=1",
+                 "--set", "data.sort=true", "--set", "model.hidden_size=4", "-q"]) == 0  # fmt: skip
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    data = load_data(DataConfig(name=str(p), sort=True))
+    assert len(data.train) + len(data.val) + len(data.test) == 12
+    assert any("sorted the times of 1 unsorted sequence" in n for n in data.notes), data.notes
+    assert all((s.times[1:] >= s.times[:-1]).all() for s in [*data.train, *data.val, *data.test])
+
+
+def test_use_window_scores_the_simulation_window() -> None:
+    """data.use_window attaches a split folder's observation window (the synthetic Hawkes data's) to every sequence;
+    by default the window ends at the last event (the benchmark convention)."""
+    from mtpp.config import DataConfig
+    from mtpp.training.setup import load_data
+
+    plain = load_data(DataConfig(name="synthetic_hawkes", max_sequences=5))
+    windowed = load_data(DataConfig(name="synthetic_hawkes", max_sequences=5, use_window=True))
+    assert all(s.window_end is None for s in plain.train)
+    assert len({float(s.window_end) for s in windowed.train}) == 1
+    assert all(float(s.times[-1]) <= float(s.window_end) for s in windowed.train)

@@ -14,6 +14,7 @@ the staged source folders). Split handling in :func:`load_dataset`:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -305,20 +306,23 @@ def load_dataset(
     *,
     use_window: bool = False,
     remap_marks: bool = False,
+    sort: bool = False,
     progress: bool = False,
 ) -> Dataset:
     """Load split ``split`` of a named dataset (see :data:`CATALOG`) or of a file/folder path.
 
     Raises ``DataError`` for unknown names (listing the known ones), a missing data directory (saying where it
     looked), a split that does not exist, or any bad sequence. ``use_window`` attaches a split folder's common
-    window end (``args.json`` ``window``) to every sequence. ``remap_marks`` maps the observed mark ids to
+    window end (``args.json`` ``window``) to every sequence. ``sort`` sorts a sequence whose times are out of
+    order (counted in ``Dataset.notes``) instead of raising. ``remap_marks`` maps the observed mark ids to
     ``0..K-1`` (see :class:`~mtpp.data.formats.ReadOptions`; an auto-prepared folder is remapped once, over all
     parts, so every split shares the map). Call :meth:`Dataset.check_dtype` with the run's dtype before training.
     """
     if not isinstance(split, int) or split < 0:
         raise DataError(f"split must be a non-negative integer, got {split!r}")
     name, path, entry = resolve_source(name_or_path, data_dir)
-    opts = ReadOptions(**(entry.options if entry else {}), use_window=use_window, remap_marks=remap_marks)
+    opts = ReadOptions(**{**(entry.options if entry else {}), **({'sort': True} if sort else {})},
+                       use_window=use_window, remap_marks=remap_marks)
     notes: list[str] = []
     if entry is not None and entry.resplit:
         path = _auto_prepare(name, path, opts, notes, reason="its own parts overlap, always re-split")
@@ -364,6 +368,7 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
     out = cache_dir() / "prepared" / f"{safe_name(name)}-{key}"
     if out.is_dir() and (out / "args.json").exists():
         notes.append(f"auto-prepared from {path} ({reason}): {out}")
+        notes.extend(_prepared_notes(out))
         log.info("%s: using the auto-prepared splits in %s", name, out)
         return out
     res = result if result is not None else read_any(path, options=opts)
@@ -379,4 +384,15 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
            + f") in {out}")
     log.warning(msg)
     notes.append(msg)
+    notes.extend(_prepared_notes(out))
     return out
+
+
+def _prepared_notes(folder: Path) -> list[str]:
+    """What reading the source did on the way (sequences sorted, files skipped), kept in the prepared folder's
+    ``args.json`` ``notes`` so that every later run loading the cached splits says it too."""
+    try:
+        notes = json.loads((folder / "args.json").read_text(encoding="utf-8")).get("notes") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(n) for n in notes]

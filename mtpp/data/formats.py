@@ -220,7 +220,8 @@ class _Builder:
                     raise DataError(f"{e.problem} (the file declares {self.num_marks} marks)",
                                     source=e.source, sequence=index) from None
                 if "not sorted" in e.problem:
-                    raise DataError(f"{e.problem} (sort=True / --sort sorts such sequences and counts them)",
+                    raise DataError(f"{e.problem} (to sort such sequences and count them: data.sort=true in a run "
+                                    "config, --sort for mtpp data prepare, ReadOptions(sort=True))",
                                     source=self.source, sequence=index) from None
                 raise
             self.dropped[drop_reason(e.problem)] += 1

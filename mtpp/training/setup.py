@@ -83,7 +83,8 @@ def load_data(cfg: DataConfig, data_dir: str | None = None, name: str | None = N
     under the run's dataset name)."""
     from mtpp.data.catalog import load_dataset
 
-    ds = load_dataset(cfg.name, split=cfg.split, data_dir=data_dir or cfg.data_dir)
+    ds = load_dataset(cfg.name, split=cfg.split, data_dir=data_dir or cfg.data_dir, sort=cfg.sort,
+                      use_window=cfg.use_window)
     if hasattr(ds, "check_dtype"):  # times beyond the run's dtype would become inf in every batch: refuse, naming them
         ds.check_dtype(cfg.dtype)
     n = cfg.max_sequences

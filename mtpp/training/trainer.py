@@ -165,6 +165,9 @@ def _run_folder(out_dir: Path, main: bool, quiet: bool) -> Iterator[None]:
         except KeyboardInterrupt:
             echo(resume_hint(out_dir), quiet=False)
             raise
+        except Exception as e:  # the command prints it; train.log keeps it beside the header of the failed start
+            echo(f"error: {type(e).__name__}: {e}", quiet=True)
+            raise
 
 
 def resume_hint(out_dir: Path) -> str:
