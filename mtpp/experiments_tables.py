@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import statistics
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -338,9 +339,39 @@ def _started(r: dict) -> datetime | None:
         return None
 
 
-def benchmarks_block(records: list[dict], command: str, grid_cells: int = 75, jobs: int = 2) -> str:
-    """Per record: decoder, parametrisation, split, epochs, best epoch, s/epoch, validation share, wall time; totals
-    and the projected wall time of a ``grid_cells`` grid run as ``jobs`` parallel jobs at the mean cell time."""
+MOOC_GRID = ("mooc", ("lnm", "rmtpp", "fnn", "thp", "sahp"), ("base", "plus", "plusplus"), 5)
+"""Issue 10's 75-cell MOOC grid: dataset, decoders, parametrisations, splits (aggregator ``sum``)."""
+
+
+def grid_projection(records: list[dict], grid: tuple = MOOC_GRID, jobs: int = 2) -> str | None:
+    """One sentence projecting the wall time of ``grid`` (dataset, models, parametrisations, splits; aggregator
+    ``sum``) run as ``jobs`` parallel jobs: each (model, parametrisation) at the mean wall time of its recorded
+    splits, a combination without a record at the mean of those with one; ``None`` without a record of it."""
+    dataset, models, params, splits = grid
+    mine = [r for r in records if (r.get("cell") or {}).get("dataset") == dataset
+            and (r.get("cell") or {}).get("aggregator", "sum") == "sum"
+            and isinstance(r.get("wall_seconds"), (int, float))]  # fmt: skip
+    by = {}
+    for r in mine:
+        c = r["cell"]
+        by.setdefault((c.get("model"), c.get("parametrisation")), []).append(r["wall_seconds"] / 3600)
+    if not by:
+        return None
+    means = {k: statistics.mean(v) for k, v in by.items()}
+    fill = statistics.mean(means.values())
+    combos = [(m, p) for m in models for p in params]
+    known = sum(1 for k in combos if k in means)
+    total = sum(means.get(k, fill) * splits for k in combos)
+    cells = len(combos) * splits
+    return (f"Projected wall time of the {cells}-cell {dataset} grid ({len(models)} decoders x "
+            f"{len(params)} parametrisations x {splits} splits) as {jobs} parallel jobs: about {total / jobs:.1f} h "
+            f"(each decoder/parametrisation at the mean of its recorded splits; {known} of {len(combos)} "
+            f"combinations recorded, the others at their mean); issue 10's target: at most 8 h.")
+
+
+def benchmarks_block(records: list[dict], command: str, jobs: int = 2) -> str:
+    """Per record: decoder, parametrisation, split, seed, epochs, best epoch, s/epoch, validation share, wall time;
+    totals and the projected wall time of the MOOC grid (``grid_projection``) run as ``jobs`` parallel jobs."""
 
     def num(v: Any, spec: str) -> str:
         return "n/a" if not isinstance(v, (int, float)) else format(v, spec)
@@ -353,10 +384,10 @@ def benchmarks_block(records: list[dict], command: str, grid_cells: int = 75, jo
         decoder = ((r.get("config") or {}).get("model") or {}).get("decoder") or c.get("model", "?")
         param = PARAM_LABEL.get(c.get("parametrisation"), c.get("parametrisation", "?"))
         rows.append([c.get("dataset", "?"), decoder, param, c.get("aggregator", "sum"), str(c.get("split", "?")),
-                     _epochs(r), num(r.get("epoch_seconds"), ".2f"), num(share, ".1%"),
+                     str(c.get("seed", "?")), _epochs(r), num(r.get("epoch_seconds"), ".2f"), num(share, ".1%"),
                      num(wall / 60 if isinstance(wall, (int, float)) else None, ".1f"),
                      f"{info.get('device', '?')}, {info.get('threads', '?')} thr"])  # fmt: skip
-    head = ["dataset", "decoder", "param.", "aggregator", "split", "epochs (best)", "s/epoch (median)",
+    head = ["dataset", "decoder", "param.", "aggregator", "split", "seed", "epochs (best)", "s/epoch (median)",
             "validation share of wall", "wall min", "device"]  # fmt: skip
     walls = [r["wall_seconds"] for r in records if isinstance(r.get("wall_seconds"), (int, float))]
     hours = sum(walls) / 3600
@@ -370,11 +401,9 @@ def benchmarks_block(records: list[dict], command: str, grid_cells: int = 75, jo
     out += _table(head, rows) + [""]
     out.append(f"**Totals:** {len(records)} cells, {hours:.2f} cell-hours (sum of wall times), "
                + (f"{len(walls) / hours:.2f} cells per cell-hour (one job slot)" if hours else "no wall time") + ".")
-    if walls:
-        mean_h = hours / len(walls)
-        out.append(f"At the mean wall time per cell so far ({mean_h * 60:.0f} min), a {grid_cells}-cell grid run as "
-                   f"{jobs} parallel jobs would take about {grid_cells * mean_h / jobs:.1f} h (issue 10's target for "
-                   "the 75-cell MOOC grid: at most 8 h); the cells so far are not a random sample of the grid.")
+    projection = grid_projection(records, jobs=jobs)
+    if projection:
+        out.append(projection)
     if spans:
         first, last = min(s for s, _ in spans), max(e for _, e in spans)
         elapsed = (last - first.timestamp()) / 3600

@@ -8,7 +8,8 @@
 Nothing is typed by hand: every number comes from a record (``mtpp/records.py``) under the given folders (a folder
 that does not exist yet counts as empty; a cell recorded in two folders is taken from the first). ``--update``
 replaces the text between RESULTS.md's ``<!-- BEGIN generated tables -->`` / ``<!-- END generated tables -->``
-lines and writes one ``cos_tm`` figure per dataset to ``--figures`` (default ``results/figures``);
+lines and writes one ``cos_tm`` figure per dataset to ``--figures`` (default ``results/figures`` beside the
+updated file);
 ``--benchmarks`` replaces BENCHMARKS.md's ``<!-- BEGIN generated grid timings -->`` block. The published values
 beside ours are read from ``--published`` (default ``results/published/bosser2024_table1.csv``). What the tables
 contain and how they are computed: ``mtpp/experiments_tables.py``.
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     command += "".join(f" --{k} {v}" for k, v in (("update", args.update), ("benchmarks", args.benchmarks)) if v)
     figures = {}
     if args.update is not None:
-        figures = tables.cos_tm_figures(records, args.figures or ROOT / "results" / "figures")
+        # beside the file they are linked from: RESULTS.md at the root -> results/figures
+        figures = tables.cos_tm_figures(records, args.figures or args.update.resolve().parent / "results" / "figures")
     text = tables.results_block(records, command, published, figures,
                                 relative_to=(args.update.resolve().parent if args.update else None))  # fmt: skip
     if args.update is None:

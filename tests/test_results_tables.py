@@ -91,8 +91,8 @@ def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
     assert row + " +1.00 ± 0.00 | n/a |" in text  # Δ L_T vs sum paired by split: +1, +1
     assert "| thp ++ | 0 | not run yet |" in text
     bench = tables.benchmarks_block(records, "cmd")
-    assert "| mooc | lnm | base | sum | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench
-    assert "| mooc | rmtpp | base | sum | 0 | 10 (5) | n/a | n/a | n/a | cpu, 1 thr |" in bench
+    assert "| mooc | lnm | base | sum | 0 | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench
+    assert "| mooc | rmtpp | base | sum | 0 | 0 | 10 (5) | n/a | n/a | n/a | cpu, 1 thr |" in bench
     assert "**Totals:** 10 cells, 1.50 cell-hours" in bench and "6.00 cells per cell-hour" in bench
     assert "No cell of this grid has finished yet" in tables.results_block([], "cmd")
     assert "No cell has finished yet" in tables.benchmarks_block([], "cmd")
@@ -114,11 +114,35 @@ def test_update_replaces_only_the_marked_blocks_and_writes_the_figure(tmp_path: 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
     text = bench.read_text()
     assert text.startswith(f"# B\n{script.BENCH_BEGIN}\n") and text.endswith(f"{script.BENCH_END}\nmore\n")
-    assert "old\n" not in text and "| mooc | thp | base | pcgrad | 1 |" in text
+    assert "old\n" not in text and "| mooc | thp | base | pcgrad | 1 | 0 |" in text
     assert script.main(argv) == 0 and results.read_text() == doc  # idempotent
+    # without --figures the figures go beside the updated file, not into this repository
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "R.md").write_text(f"{script.BEGIN}\n{script.END}\n")
+    assert script.main([str(folder), "--update", str(elsewhere / "R.md")]) == 0
+    assert (elsewhere / "results" / "figures" / "mooc_cos_tm.png").is_file()
+    assert "](results/figures/mooc_cos_tm.png)" in (elsewhere / "R.md").read_text()
     results.write_text("no markers\n")
     with pytest.raises(SystemExit, match="needs exactly one"):
         script.main(argv)
+
+
+def test_grid_projection_weights_each_decoder_and_parametrisation() -> None:
+    """The MOOC projection: each recorded (decoder, parametrisation) at the mean of its splits, the unrecorded
+    ones at the mean of those, x 5 splits / 2 jobs; other datasets and remedy cells do not count."""
+
+    def rec(model: str, param: str, hours: float, dataset: str = "mooc", aggregator: str = "sum") -> dict:
+        return {"cell": {"dataset": dataset, "model": model, "parametrisation": param, "aggregator": aggregator},
+                "wall_seconds": hours * 3600}
+
+    records = [rec("lnm", "base", 1.0), rec("lnm", "base", 2.0), rec("thp", "plus", 0.5),
+               rec("thp", "base", 40.0, aggregator="pcgrad"), rec("lnm", "base", 40.0, dataset="lastfm")]  # fmt: skip
+    text = tables.grid_projection(records)
+    # (1.5 + 0.5 + 13 x 1.0) x 5 splits / 2 jobs = 37.5 h
+    assert "75-cell mooc grid (5 decoders x 3 parametrisations x 5 splits) as 2 parallel jobs: about 37.5 h" in text
+    assert "2 of 15 combinations recorded" in text
+    assert tables.grid_projection([rec("lnm", "base", 1.0, dataset="lastfm")]) is None
 
 
 def test_published_values_match_the_text_they_cite() -> None:
