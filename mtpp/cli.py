@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from mtpp.allocator import tune_allocator
@@ -56,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     tune_allocator()  # a process-level setting: here, not at import
+    previous = _terminate_as_interrupt()
     try:
         code = args.func(args)
     except MtppError as e:
         print(f"mtpp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"mtpp {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"mtpp {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -69,7 +74,28 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``), raised where the command is, so that it stops as after Ctrl-C: a training run says
+    how to resume it (also in its ``train.log``), a grid stops its workers and says how to continue."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _terminate_as_interrupt() -> object | None:
+    """Install the SIGTERM handler (main thread only); return the previous one to restore, ``None`` if not set."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

@@ -724,3 +724,28 @@ def test_last_epoch_record_reads_the_tail_of_a_long_log(tmp_path: Path) -> None:
     (run / "log.jsonl").write_text("\n".join(lines) + '\n{"kind": "epoch", "epo')  # cut by a kill
     assert last_epoch_record(run, chunk=1000) == {"kind": "epoch", "epoch": 2, "best_epoch": 1}
     assert last_epoch_record(run, chunk=1000, limit=1000) is None  # not within the last 1000 bytes
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="signals: Linux")
+def test_kill_stops_a_run_as_ctrl_c_does(tmp_path: Path) -> None:
+    """``kill PID`` (SIGTERM, the way to stop a background job that ignores SIGINT) ends mtpp train like Ctrl-C:
+    exit 143, a line saying so, and train.log telling how to continue from the checkpoint; --resume then works."""
+    data = simulate(tmp_path / "sim")
+    out = tmp_path / "run"
+    args = [*[a for a in TINY if not a.startswith("train.max_epochs")], "train.max_epochs=100000",
+            f"data.name={data}"]  # fmt: skip
+    cmd = [sys.executable, "-m", "mtpp", "train", "--out", str(out), "-q", *[x for a in args for x in ("--set", a)]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").is_file():
+        assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "mtpp train: terminated (SIGTERM)" in err
+    hint = f"interrupted; continue with: mtpp train --out {out} --resume"
+    assert hint in err and hint in (out / "train.log").read_text()
+    assert main(["train", "--out", str(out), "--resume", "-q", "--set", "train.max_epochs=2"]) == 0
+    assert (out / "metrics.json").is_file()
