@@ -217,6 +217,15 @@ def test_report_command_writes_tables_and_plots(runs_root: Path, tmp_path: Path,
     assert (out / "summary.csv").exists() and (out / "summary.md").exists()
     assert len(list((out / "plots").glob("*.png"))) == 5
     assert main(["report", str(runs_root), "--out", str(out), "--metrics", "nope"]) == 2
+    # another split or a metric selection writes its own files; the full test summary stays as it was
+    full = (out / "summary.md").read_text()
+    assert main(["report", str(runs_root), "--out", str(out), "--split", "val", "--no-plots"]) == 0
+    assert main(["report", str(runs_root), "--out", str(out), "--metrics", "pce", "ece", "--no-plots"]) == 0
+    assert main(["report", str(runs_root), "--out", str(out), "--split", "val", "--metrics", "pce"]) == 0
+    assert (out / "summary.md").read_text() == full
+    assert (out / "summary_val.md").is_file() and (out / "summary_test_pce_ece_given_time.md").is_file()
+    assert (out / "summary_val_pce.csv").is_file() and any((out / "plots_val_pce").glob("*.png"))
+    assert report.summary_stem("test", [f"metric_{i}" for i in range(20)]).startswith("summary_test_20-metrics-")
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 

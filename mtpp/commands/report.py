@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cell, base vs + vs ++ points). Runs that share a model name but not a configuration are separate cells.",
     )
     p.add_argument("runs", type=Path, metavar="DIR", help="a run directory or a folder of run directories")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default: DIR; plots in OUT/plots)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to write (default: DIR): summary.csv, summary.md, plots/; with another --split or "
+                   "--metrics the names say so (summary_val.md, plots_val/, ...) and the full summary is kept")
     p.add_argument("--split", default="test", metavar="NAME",
                    help="which section of metrics.json to summarise (default: test)")
     p.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
@@ -57,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             known = sorted(c for c in df.columns if not c.startswith("config.") and "/" not in c)
             raise MtppError(f"unknown metric(s) {', '.join(missing)}; available: {', '.join(known)}")
-    written = report.write_summary(df, out, metrics=args.metrics, title=f"Results of {root}")
+    stem = report.summary_stem(args.split, args.metrics)  # another split or a selection: its own files
+    written = report.write_summary(df, out, metrics=args.metrics, title=f"Results of {root}", stem=stem)
     if not args.no_plots:
-        written += plots.make_all_plots(root, out / "plots", metrics=args.metrics, section=args.split, runs=df)
+        folder = "plots" + stem.removeprefix("summary")  # plots_val, ... beside summary_val.md
+        written += plots.make_all_plots(root, out / folder, metrics=args.metrics, section=args.split, runs=df)
     print(f"{len(df)} runs under {root}")
     for path in written:
         print(f"wrote {path}")

@@ -552,19 +552,35 @@ def _pretty_key(k: str) -> str:
     return {"parametrisation": "param"}.get(k, k.removeprefix("config."))
 
 
+def summary_stem(section: str = "test", metrics: Sequence[str] | None = None) -> str:
+    """The file name (without suffix) of a summary of ``section`` restricted to ``metrics``: ``summary`` for the
+    test split and the default metrics; ``summary_val``, ``summary_test_pce_ece``, ... otherwise, so a summary of
+    another split or of a few metrics never replaces the full one (a long metric list: its count and a hash)."""
+    import hashlib
+
+    parts = ["summary"] if section == "test" and not metrics else ["summary", section]
+    if metrics:
+        joined = "_".join(metrics)
+        digest = hashlib.sha1(joined.encode()).hexdigest()[:8]
+        parts.append(joined if len(joined) <= 60 else f"{len(metrics)}-metrics-{digest}")
+    return "_".join(parts)
+
+
 def write_summary(
     df: pd.DataFrame,
     out_dir: str | Path,
     metrics: Iterable[str] | None = None,
     title: str = "Results",
+    stem: str = "summary",
 ) -> list[Path]:
-    """Write ``summary.csv`` (one row per cell and metric: cell keys, metric, mean, stderr, n) and
-    ``summary.md`` (:func:`format_markdown`) into ``out_dir``; returns the two paths."""
+    """Write ``STEM.csv`` (long format, one row per cell and metric: cell keys, metric, mean, stderr, n) and
+    ``STEM.md`` (:func:`format_markdown`: one row per cell, one column per metric) into ``out_dir``; returns the
+    two paths. ``stem``: ``summary`` (see :func:`summary_stem` for other splits or metric selections)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(df, metrics)
-    csv_path = out_dir / "summary.csv"
+    csv_path = out_dir / f"{stem}.csv"
     summary.to_csv(csv_path, index=False)
-    md_path = out_dir / "summary.md"
+    md_path = out_dir / f"{stem}.md"
     md_path.write_text(format_markdown(summary, title=title, section=df.attrs.get("section", "test")))
     return [csv_path, md_path]
