@@ -40,3 +40,15 @@ def test_mkdocs_build_strict(tmp_path):
     training = (site / "reference/training/index.html").read_text(encoding="utf-8")
     assert 'id="mtpp.training.api.fit"' in training and 'id="mtpp.training.tracking.open_trackers"' in training
     assert 'id="mtpp.tuning.tune"' in (site / "reference/tuning/index.html").read_text(encoding="utf-8")
+
+
+def test_every_catalog_name_is_in_the_dataset_tables():
+    """README's and the data guide's dataset tables list every name the catalog knows."""
+    import re
+
+    from mtpp.data.catalog import known_names
+
+    for doc in (ROOT / "README.md", ROOT / "docs" / "guide" / "data.md"):
+        rows = [line for line in doc.read_text().splitlines() if line.startswith("| `")]
+        listed = {name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row.split("|")[1])}
+        assert set(known_names()) <= listed, (doc.name, sorted(set(known_names()) - listed))
