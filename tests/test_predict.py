@@ -167,7 +167,22 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
     before = json.loads((run / "metrics.json").read_text())
-    assert main(["evaluate", str(run), "--horizon", "2", "--samples", "8", "--points", "150"]) == 0
+    import io
+    import sys
+
+    class Terminal(io.StringIO):  # what a person at a terminal sees: a progress bar per model / baseline
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    real, sys.stderr = sys.stderr, screen
+    try:
+        assert main(["evaluate", str(run), "--horizon", "2", "--samples", "8", "--points", "150"]) == 0
+        assert main(["predict", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+    finally:
+        sys.stderr = real
+    shown = screen.getvalue()
+    assert "horizon model: matching" in shown and "horizon hawkes" in shown and "predict:" in shown
     after = json.loads((run / "metrics.json").read_text())
     test = after["test"]
     for key in ("horizon_tmap", "horizon_otd", "horizon_count_pce", "horizon_count_coverage",

@@ -74,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
                 from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
 
                 h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=args.samples,
-                                         max_points=args.points, device=args.device)
+                                         max_points=args.points, device=args.device, progress=True)
                 print(format_horizon(h, f"{run_dir} {split}"))
     return 0

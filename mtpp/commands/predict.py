@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.forecast.predict import predict, write_table
 
     frame = predict(args.run_dir, args.split, args.data_dir, level=args.level, top_k=args.top_k,
-                    batch_size=args.batch_size, include_next=args.include_next, device=args.device)
+                    batch_size=args.batch_size, include_next=args.include_next, device=args.device,
+                    progress=True)
     path = write_table(frame, args.out, overwrite=args.overwrite)
     scored = frame[frame["observed_mark"] >= 0]
     acc = float((scored["mark_1"] == scored["observed_mark"]).mean()) if len(scored) else float("nan")

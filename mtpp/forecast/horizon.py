@@ -323,12 +323,16 @@ def evaluate_horizon(
     max_points: int | None = 1000,
     max_events: int = 1000,
     seed: int = 0,
+    progress: str | None = None,
 ) -> dict:
     """Every metric of the module docstring for a model (``MarkedTPP``) or a baseline ``factory(histories)``.
 
     deltas: T-mAP tolerances (default ``DEFAULT_DELTAS_FRACTIONS x horizon``); otd_cost: default ``horizon / 2``.
+    progress: a label to show a progress bar over the stages under (on a terminal); ``None``: no bar.
     Returns a flat dict (plus ``window`` = the horizon, ``points``, ``samples``, ``truncated_rows``).
     """
+    from tqdm.auto import tqdm
+
     from mtpp.forecast.generate import generate
     from mtpp.forecast.process import ModelProcess
 
@@ -345,6 +349,8 @@ def evaluate_horizon(
     # next event: the law at each point
     nxt_m = NextEventMetrics(level)
     chunk = 256
+    bar = tqdm(total=-(-len(hist) // chunk) + 4, desc=f"horizon {progress}: next event", unit="stage",
+               leave=False, disable=None if progress else True)  # fmt: skip
     with torch.no_grad():
         for lo in range(0, len(hist), chunk):
             hs = hist[lo : lo + chunk]
@@ -361,11 +367,22 @@ def evaluate_horizon(
             gaps = np.array([sequences[s].times[i] - sequences[s].times[i - 1] for s, i in here])
             marks = np.array([sequences[s].marks[i] for s, i in here])
             nxt_m.update(flp, marks, q(0.5), q((1 - level) / 2), q((1 + level) / 2), gaps)
+            bar.update()
+
+    def stage(name: str) -> None:
+        bar.set_description_str(f"horizon {progress}: {name}")
 
     gen_kw = dict(max_events=max_events, seed=seed)
+    stage("mode rollout")
     rollout = generate(model_or_factory, hist, horizon=horizon, sampler="mode", **gen_kw)
+    bar.update()
+    stage(f"first {otd_events} events")
     first_n = generate(model_or_factory, hist, events=otd_events, sampler="mode", **gen_kw)
+    bar.update()
+    stage(f"{samples} sampled continuations")
     sampled = generate(model_or_factory, hist, horizon=horizon, samples=samples, **gen_kw)
+    bar.update()
+    stage("matching")
 
     tmap, otd, cal = TMAP(num_marks, deltas), OTD(otd_cost), CountCalibration(level, seed)
     observed_counts = np.zeros(len(pts), dtype=np.int64)
@@ -391,6 +408,8 @@ def evaluate_horizon(
             otd.update(first_n.time[sel2] - t0, first_n.mark[sel2], seq.times[i : i + otd_events] - t0,
                        seq.marks[i : i + otd_events])
     cal.update(sampled.counts.reshape(len(pts), samples), observed_counts)
+    bar.update()
+    bar.close()
     out = {"window": horizon, "points": len(pts), "samples": samples}
     out.update(nxt_m.compute())
     out.update(tmap.compute())
@@ -417,6 +436,7 @@ def evaluate_run_horizon(
     max_points: int | None = 1000,
     device: str | None = None,
     write: bool = True,
+    progress: bool = False,
     **kwargs,
 ) -> dict:
     """``evaluate_horizon`` of a run directory's model on ``split`` (and of the baselines that apply:
@@ -424,7 +444,8 @@ def evaluate_run_horizon(
 
     With ``write``, ``metrics.json[split]`` gains the model's metrics as flat ``horizon_<name>`` keys (so
     ``mtpp compare`` / ``mtpp report`` tables can show them) and ``horizon_baselines: {name: {...}}``; nothing
-    else in the file changes. Returns ``{"model": {...}, "baselines": {name: {...}}}``.
+    else in the file changes. ``progress``: a bar per model / baseline on a terminal. Returns
+    ``{"model": {...}, "baselines": {name: {...}}}``.
     """
     from pathlib import Path
 
@@ -437,10 +458,12 @@ def evaluate_run_horizon(
     seed = int(run.cfg.train.seed)
     kw = dict(samples=samples, max_points=max_points, seed=seed, **kwargs)
     k = run.data.num_marks
-    result = {"model": evaluate_horizon(run.model, seqs, horizon, k, **kw), "baselines": {}}
+    result = {"model": evaluate_horizon(run.model, seqs, horizon, k, progress="model" if progress else None, **kw),
+              "baselines": {}}  # fmt: skip
     if baselines:
         for name in available_baselines(run):
-            result["baselines"][name] = evaluate_horizon(baseline_factory(name, run), seqs, horizon, k, **kw)
+            result["baselines"][name] = evaluate_horizon(baseline_factory(name, run), seqs, horizon, k,
+                                                         progress=name if progress else None, **kw)  # fmt: skip
     result = json_safe(result)
     if write:
         existing = read_metrics(Path(run_dir))

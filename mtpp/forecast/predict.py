@@ -99,9 +99,12 @@ def predict_frame(
     include_next: bool = False,
     seed: int = 0,
     ids: Sequence[int] | None = None,
+    progress: bool = False,
 ):
-    """The table of the module docstring for ``sequences`` (a ``pandas.DataFrame``)."""
+    """The table of the module docstring for ``sequences`` (a ``pandas.DataFrame``); ``progress``: a bar over
+    the sequences on a terminal."""
     import pandas as pd
+    from tqdm.auto import tqdm
 
     _check_level(level)
     if top_k < 1:
@@ -114,6 +117,7 @@ def predict_frame(
     was_training = model.training
     model.eval()
     frames = []
+    bar = tqdm(total=len(sequences), desc="predict", unit="seq", leave=False, disable=None if progress else True)
     try:
         with torch.random.fork_rng(devices=[param.device.index or 0] if param.device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -122,7 +126,9 @@ def predict_frame(
                 batch = collate(chunk, dtype=param.dtype).to(param.device)
                 out = predict_batch(model, batch, level, top_k)
                 frames.append(_rows(chunk, ids[lo : lo + batch_size], batch, out, include_next))
+                bar.update(len(chunk))
     finally:
+        bar.close()
         model.train(was_training)
     return pd.concat(frames, ignore_index=True)
 
@@ -207,18 +213,20 @@ def predict(
     batch_size: int | None = None,
     include_next: bool = False,
     device: str | None = None,
+    progress: bool = False,
 ):
     """The prediction table of a run directory's ``split`` (or of a model on ``sequences``): ``mtpp predict``'s
-    numbers from Python. Returns a ``pandas.DataFrame`` (columns in the module docstring)."""
+    numbers from Python. Returns a ``pandas.DataFrame`` (columns in the module docstring); ``progress``: a bar
+    over the sequences on a terminal."""
     if isinstance(run_dir_or_model, torch.nn.Module):
         if sequences is None:
             raise MtppError("predict(model, ...) needs sequences=")
         return predict_frame(run_dir_or_model, sequences, level=level, top_k=top_k, batch_size=batch_size or 256,
-                             include_next=include_next)
+                             include_next=include_next, progress=progress)
     from mtpp.forecast.runs import load_run
 
     run = load_run(run_dir_or_model, data_dir, device)
     seqs = run.split(split) if sequences is None else sequences
     bs = batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
     return predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
-                         seed=run.cfg.train.seed)
+                         seed=run.cfg.train.seed, progress=progress)
