@@ -72,6 +72,12 @@ def test_mean_se_and_paired_differences_equal_hand_computed_values(tmp_path: Pat
     assert "| lnm base | 3 | -302.0 ± 1.2 | 80.0 ± 0.0 | n/a | 0.75 ± 0.00 | 10 (5), 11 (5), 12 (5) |" in text
     assert "| lnm | base → ++ | 2 | -4.50 ± 0.50 | n/a | n/a | +0.0850 ± 0.0150 |" in text
     assert "| lnm ++ | 2 | -305.5 ± 0.5 | n/a | n/a | n/a |" in text  # nothing shared: conflict n/a
+    # the paper's claim, checked by counting decoders whose paired difference improves (and by > 2 SE)
+    assert "Against the paper's claim: disjoint parametrisations show" in text
+    # L_T: -4.5 ± 0.5 (gain 4.5 > 1.0); accuracy given time: +0.085 ± 0.015 (> 0.03); nothing else is paired
+    assert ("- base → ++, decoders improved (paired by split): L_T/seq 1 of 1, 1 by > 2 SE; acc. given time 1 of 1, "
+            "1 by > 2 SE.") in text
+    assert "- base → +," not in text
 
 
 def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
