@@ -125,3 +125,17 @@ def test_data_helpers() -> None:
     cut = truncate([seqs[0], EventSequence(np.array([1.0]), np.array([0]), 2.0)], 10)
     assert len(cut[0]) == 10 and cut[0].window_end is None
     assert len(cut[1]) == 1 and cut[1].window_end == 2.0  # short sequences are untouched
+
+
+def test_profile_step_script_reports_both_steps_and_the_operator_table(capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
+    spec = importlib.util.spec_from_file_location("profile_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["gru-lnm-base", "--steps", "3", "--rows", "5", "--set", "model.hidden_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert "ms/step without diagnostics" in out and "ms/step with diagnostics" in out
+    assert "Self CPU time total" in out
