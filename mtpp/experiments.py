@@ -720,7 +720,7 @@ def run_grid(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     states = grid_states(cells, out, overrides, results_dir)
-    data_reasons = data_changes(cells, states, out, overrides, log)
+    data_reasons = data_changes(cells, states, out, overrides, log, results_dir)
     states.update({name: "stale" for name in data_reasons})
     _check_stale(cells, states, out, overrides, rerun_stale, data_reasons, results_dir)
     results = [CellResult(c.name, "skipped") for c in cells if states[c.name] == "done"]
@@ -746,12 +746,13 @@ def run_grid(
 
 def data_changes(
     cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str],
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, results_dir: str | Path | None = None,
 ) -> dict[str, str]:  # fmt: skip
-    """``{cell: reason}`` for finished cells whose recorded data (``mtpp.runs``) differ from the data the grid
-    resolves now (another split folder, an edited file, another ``MTPP_DATA_DIR``): mixing them into one summary
-    would compare models on different test sets. Each distinct dataset is loaded once; its resolved path goes to
-    ``log``. Cells without a record (older runs, test doubles) are not checked."""
+    """``{cell: reason}`` for finished cells whose recorded data (``mtpp.runs``: the run folder's, or for a cell
+    done by its result record under ``results_dir``, the record's ``config.run_info.data``) differ from the data
+    the grid resolves now (another split folder, an edited file, another ``MTPP_DATA_DIR``): mixing them into one
+    summary would compare models on different test sets. Each distinct dataset is loaded once; its resolved path
+    goes to ``log``. Cells without a data record (older runs, test doubles) are not checked."""
     from mtpp.errors import MtppError
     from mtpp.runs import data_record, describe_difference, differing_parts, open_run
     from mtpp.training.setup import load_data
@@ -761,10 +762,13 @@ def data_changes(
     for cell in cells:
         if states[cell.name] != "done":
             continue
-        try:
-            recorded = open_run(out / cell.name).data_record
-        except (MtppError, OSError):
-            continue
+        if is_complete(out / cell.name):
+            try:
+                recorded = open_run(out / cell.name).data_record
+            except (MtppError, OSError):
+                continue
+        else:  # done by its result record: the data it was trained and tested on, as the record says
+            recorded = _record_data(results_dir, cell.name)
         if not recorded:
             continue
         data_cfg = resolve(cell, overrides).data
@@ -778,6 +782,19 @@ def data_changes(
         if parts:
             reasons[cell.name] = "other data: " + describe_difference(recorded, current[key], parts)
     return reasons
+
+
+def _record_data(results_dir: str | Path | None, name: str) -> dict | None:
+    """The data record (``mtpp.runs.data_record``) a cell's result record carries, ``None`` without one."""
+    if results_dir is None:
+        return None
+    from mtpp.records import record_path
+
+    try:
+        record = json.loads(record_path(results_dir, name).read_text(encoding="utf-8"))
+        return ((record.get("config") or {}).get("run_info") or {}).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_stale(

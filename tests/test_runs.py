@@ -505,6 +505,28 @@ def test_compare_refuses_finished_cells_trained_on_other_data(tmp_path: Path) ->
     assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False, rerun_stale=True)] == ["done"]
 
 
+
+def test_a_result_record_of_other_data_is_stale_on_a_fresh_machine(tmp_path: Path) -> None:
+    """A committed record stands in for a cell only on the data it was tested on: on a fresh machine (no run
+    folder) whose data differ, the grid refuses it as stale, naming what differs."""
+    from mtpp import experiments as ex
+
+    data = simulate(tmp_path / "sim")
+    base = {k: {} for k in ("data", "model", "train", "logging")}
+    for o in TINY:
+        key, value = o.split("=")
+        section, name = key.split(".")
+        base[section][name] = yaml.safe_load(value)
+    cells = ex.expand(ex.experiment_from_dict({"base": base, "grid": {"datasets": [str(data)], "seeds": [0]}}))
+    results = tmp_path / "results"
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "m1", progress=False, results_dir=results)] == ["done"]
+    statuses = [r.status for r in ex.run_grid(cells, tmp_path / "m2", progress=False, results_dir=results)]
+    assert statuses == ["skipped"] and not (tmp_path / "m2" / cells[0].name).exists()
+    simulate(data, 1, "--force")
+    with pytest.raises(ConfigError, match=r"its record .*other data: recorded .*differing: train, val, test"):
+        ex.run_grid(cells, tmp_path / "m3", progress=False, results_dir=results)
+
+
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
