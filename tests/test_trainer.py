@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import dataclasses
 import json
 import math
@@ -174,6 +175,23 @@ def test_resume_rejects_a_different_model(tmp_path: Path) -> None:
     fit(tiny(), tmp_path / "run")
     with pytest.raises(MtppError, match="model.hidden_size"):
         fit(tiny("model.hidden_size=16", "train.max_epochs=2"), tmp_path / "run", resume=True)
+
+
+def test_resume_applies_a_new_rate_and_refuses_what_the_checkpoint_cannot_follow(tmp_path: Path) -> None:
+    """A new train.lr trains at the new rate (the restored Adam state used to keep the old one while config.yaml
+    said otherwise); another optimiser, schedule or aggregator is one clear refusal before anything is written."""
+    run = tmp_path / "run"
+    fit(tiny(), run)
+    stored = (run / "config.yaml").read_text()
+    for change, named in (("train.optimizer=sgd", "train.optimizer: 'adam' -> 'sgd'"),
+                          ("train.lr_schedule=cosine", "train.lr_schedule"),
+                          ("gradients.aggregator=pcgrad", "gradients.aggregator")):  # fmt: skip
+        with pytest.raises(MtppError, match=re.escape(named)):
+            fit(tiny(change, "train.max_epochs=2"), run, resume=True)
+        assert (run / "config.yaml").read_text() == stored
+    fit(tiny("train.lr=0.05", "train.max_epochs=2"), run, resume=True)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {0.05}
 
 
 # ------------------------------------------------------------------------------------------------ guard

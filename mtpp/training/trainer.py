@@ -705,6 +705,10 @@ class Trainer:
         for group in self.early.done_groups() if self.early.separate else []:
             self._freeze(group)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.cfg.train.lr_schedule == "none":  # a resumed run trains at the rate its config says (not the old)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.train.lr
+                group["weight_decay"] = self.cfg.train.weight_decay
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.aggregator.load_state_dict(state["aggregator"])
@@ -1021,6 +1025,26 @@ def _check_resumable(cfg: RunConfig, stored: dict | None) -> None:
             raise ConfigError(f"--resume: {keys} differ from the stored config.yaml; the checkpoint cannot be reused")
     if old["train"]["seed"] != new["train"]["seed"]:
         raise ConfigError("--resume: train.seed differs from the stored config.yaml")
+    # the checkpoint's optimiser, scheduler, early-stopping and aggregator states belong to these settings
+    fixed = [f"train.{k}" for k in RESUME_FIXED_TRAIN if old["train"].get(k) != new["train"].get(k)]
+    fixed += [f"gradients.{k}" for k in ("aggregator", "options") if old["gradients"].get(k) != new["gradients"].get(k)]
+    if old["train"]["lr_schedule"] != "none" and old["train"]["lr"] != new["train"]["lr"]:
+        fixed.append("train.lr (with train.lr_schedule: the schedule's state holds the old rate)")
+    if fixed:
+        changes = "; ".join(f"{k}: {_dotted(old, k)!r} -> {_dotted(new, k)!r}" if "(" not in k else k for k in fixed)
+        raise ConfigError(f"--resume: {changes} differ from the stored config.yaml; the checkpoint's state cannot "
+                          "follow them (start a new run with another --out)")
+
+
+#: Training settings whose state lives in the checkpoint (optimiser moments, schedule, early-stopping groups):
+#: a resumed run cannot change them. ``train.lr`` and ``train.weight_decay`` can change (without a schedule):
+#: the restored optimiser takes the new values.
+RESUME_FIXED_TRAIN = ("optimizer", "lr_schedule", "separate_early_stopping")
+
+
+def _dotted(d: dict, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return (d.get(section) or {}).get(name)
 
 
 #: Run-time options: how this command shows its progress, not what the run is. Never stored in config.yaml, so
