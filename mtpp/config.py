@@ -149,6 +149,15 @@ SECTIONS: dict[str, type] = {
 }
 TOP_LEVEL = (*SECTIONS, "variants")
 
+#: Settings that say where or how fast a run goes, not what it computes (dotted keys or whole sections): two runs
+#: that differ only in them are the same experiment (``mtpp compare`` does not call a finished cell stale for
+#: them, ``mtpp report`` does not split a cell by them). ``train.threads``: intra-op threads change only the
+#: order of floating-point reductions, and ``mtpp compare`` caps them at cores // jobs on each machine.
+NON_SEMANTIC_KEYS = (
+    "logging", "variants", "data.data_dir", "data.num_workers", "train.device", "train.compile",
+    "train.eval_batch_size", "train.threads",
+)
+
 # Enum-like fields: (section, key) -> valid values.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "dtype"): ("float32", "float64"),

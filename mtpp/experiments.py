@@ -70,6 +70,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
+from mtpp.config import NON_SEMANTIC_KEYS
 from mtpp.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "base", "grid", "exclude")
@@ -496,12 +497,6 @@ def is_resumable(run_dir: Path) -> bool:
     return (Path(run_dir) / CHECKPOINT_FILE).is_file()
 
 
-#: Settings that say where or how fast a run goes, not what it computes: changing them does not make a
-#: finished run stale.
-NON_SEMANTIC_KEYS = (
-    "logging", "variants", "data.data_dir", "data.num_workers", "train.device", "train.compile",
-    "train.eval_batch_size",
-)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -537,7 +532,7 @@ def config_differences(run_dir: Path, config: dict) -> list[str]:
 def stored_differences(raw: Any, config: dict, where: str = "stored config") -> list[str]:
     """``['train.max_epochs: 1 -> 1000', ...]`` between a stored run configuration ``raw`` (a run's
     ``config.yaml`` or a result record's ``config``, ``run_info`` ignored) and ``config`` (a resolved run-config
-    dict); settings in ``NON_SEMANTIC_KEYS`` are not compared, settings added since it was stored count with
+    dict); settings in ``mtpp.config.NON_SEMANTIC_KEYS`` are not compared, settings added since it was stored count with
     their defaults."""
     from mtpp.config import config_from_dict
 

@@ -225,7 +225,8 @@ def test_stale_finished_cells_are_refused_unless_rerun(tmp_path: Path, fake_fit:
     ex.run_grid(cells, tmp_path, progress=False, overrides=["train.max_epochs=1"])
     fake_fit.calls.clear()
     # where / how it runs is not a change of experiment
-    ex.run_grid(cells, tmp_path, progress=False, overrides=["train.device=cpu", "logging.flush_every=7"])
+    ex.run_grid(cells, tmp_path, progress=False,
+                overrides=["train.device=cpu", "logging.flush_every=7", "train.threads=4"])  # fmt: skip
     assert fake_fit.calls == []
     with pytest.raises(ConfigError, match=r"train.max_epochs: 1 -> 5.*--rerun-stale"):
         ex.run_grid(cells, tmp_path, progress=False, overrides=["train.max_epochs=5"])

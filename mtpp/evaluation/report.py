@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mtpp.config import NON_SEMANTIC_KEYS
+
 __all__ = [
     "KEY_COLUMNS",
     "METRICS",
@@ -160,15 +162,9 @@ def metric_info(name: str) -> MetricInfo:
 
 # Flattened config fields that never define a cell (bookkeeping, not the experiment).
 _IGNORED_CONFIG_PREFIXES = (
-    "config.logging.",
-    "config.variants",
-    "config.data.data_dir",
-    "config.data.num_workers",
-    "config.data.split",
+    *(f"config.{k}" for k in NON_SEMANTIC_KEYS),
+    "config.data.split",  # the replicates of a cell
     "config.train.seed",
-    "config.train.device",
-    "config.train.compile",
-    "config.train.eval_batch_size",
 )
 _CONFIG_SECTIONS = ("data", "model", "train", "gradients")
 
