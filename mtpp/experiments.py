@@ -722,6 +722,10 @@ def run_grid(
     pending = [c for c in cells if states[c.name] != "done"]
     if results:
         log(f"{len(results)} of {len(cells)} cells already complete: skipped")
+    if results_dir is not None:
+        written = write_missing_records(cells, states, out, results_dir)
+        if written:
+            log(f"{written} finished cell(s) had no record under {results_dir}: written from their run folders")
     jobs = max(1, min(jobs, len(pending) or 1))
     threads = threads_per_job(jobs)
     cell_overrides = _quiet_overrides(overrides, quiet=quiet_runs or jobs > 1)
@@ -777,6 +781,19 @@ def data_changes(
         if parts:
             reasons[cell.name] = "other data: " + describe_difference(recorded, current[key], parts)
     return reasons
+
+
+def write_missing_records(cells: list[Cell], states: dict[str, str], out: Path, results_dir: str | Path) -> int:
+    """Write the result record of every finished cell whose complete run folder has none under ``results_dir``
+    (a grid first run without ``--results``); returns how many. Wall time: the run's own (``mtpp.records``)."""
+    from mtpp.records import build_record, record_path, write_record
+
+    n = 0
+    for c in cells:
+        if states[c.name] == "done" and is_complete(out / c.name) and not record_path(results_dir, c.name).exists():
+            write_record(results_dir, c.name, build_record(out / c.name, {"name": c.name, **c.labels()}, None))
+            n += 1
+    return n
 
 
 def _record_data(results_dir: str | Path | None, name: str) -> dict | None:

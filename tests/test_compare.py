@@ -374,6 +374,12 @@ def test_result_records_are_written_and_resume_a_grid_elsewhere(tmp_path: Path, 
     ex.run_grid(cells, tmp_path / "machine2", progress=False, results_dir=results)
     assert fake_fit.calls == [(str(tmp_path / "machine2" / cells[2].name), False)]
     assert len(read_records(results)) == 3
+    # a grid that finished without --results gets its records when run again with it, nothing retrained
+    fake_fit.calls.clear()
+    late = tmp_path / "late"
+    ex.run_grid(cells[:2], tmp_path / "machine1", progress=False, results_dir=late)
+    assert fake_fit.calls == [] and sorted(r["cell"]["name"] for r in read_records(late)) == sorted(
+        c.name for c in cells[:2])
     # the cos_tm histogram of a record: counts in 40 equal bins of [-1, 1]
     h = cos_histogram([-1.0, -0.99, 0.0, 0.5, 1.0])
     assert sum(h) == 5 and h[0] == 2 and h[20] == 1 and h[30] == 1 and h[39] == 1
