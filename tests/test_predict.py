@@ -195,6 +195,14 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
 
     row = load_run(run)
     assert "horizon_tmap" in row and "horizon_baselines" not in row  # tables pick up the flat keys
+    # a plain re-evaluation keeps the forecast scores (same best.pt, same data); bad arguments stop first
+    assert main(["evaluate", str(run)]) == 0
+    again = json.loads((run / "metrics.json").read_text())["test"]
+    assert again["horizon_tmap"] == test["horizon_tmap"] and "horizon_baselines" in again
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    for bad in (["--horizon", "-1"], ["--horizon", "2", "--points", "0"], ["--horizon", "2", "--samples", "0"]):
+        assert main(["evaluate", str(run), *bad]) == 2
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp
 
 
 def test_every_encoder_decoder_parametrisation_predicts_and_generates() -> None:

@@ -57,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.runs import RunLock
     from mtpp.training.trainer import fmt_value
 
+    import math
+
+    if args.horizon is not None and not (math.isfinite(args.horizon) and args.horizon > 0):
+        raise MtppError(f"--horizon: a time span > 0 in the data's units, got {args.horizon}")
+    for name in ("samples", "points"):
+        if getattr(args, name) < 1:
+            raise MtppError(f"--{name}: must be >= 1, got {getattr(args, name)}")
     runs = run_dirs(args.run_dir)
     if not runs:
         raise MtppError(f"{args.run_dir}: not a run directory (no config.yaml)")

@@ -102,6 +102,11 @@ def with_run_fields(split_metrics: dict[str, Any], train_summary: dict[str, Any]
     return out
 
 
+KEPT_PREFIXES = ("horizon_",)
+"""Keys of a ``metrics.json`` section that re-evaluating the run keeps (``mtpp.forecast.horizon.HORIZON_PREFIX``:
+scored from the same ``best.pt`` and data, by a separate, slower command)."""
+
+
 def evaluate(
     run_dir_or_model: str | Path | nn.Module,
     split: str = "test",
@@ -168,7 +173,10 @@ def _evaluate_run(
         existing = read_metrics(run_dir)
         metrics = with_run_fields(metrics, existing.get("train", {}))
         out = existing if same else (json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {})
-        out["train_eval" if split == "train" else split] = metrics  # "train" holds the run's training summary
+        section = "train_eval" if split == "train" else split  # "train" holds the run's training summary
+        # forecasts scored earlier from the same best.pt and data (mtpp evaluate --horizon) stay beside the new numbers
+        kept = {k: v for k, v in (out.get(section) or {}).items() if k.startswith(KEPT_PREFIXES) and k not in metrics}
+        out[section] = {**metrics, **kept}
         if not same:
             out["data"] = record
         write_json(target, out)
