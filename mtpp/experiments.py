@@ -221,8 +221,21 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[tuple[str, Any]], li
         if key.startswith("grid."):
             grid.append((key, value))
         else:
+            axis = next((a for k, a in AXIS_KEYS.items() if key == k or k.startswith(key + ".")), None)
+            if axis is not None:
+                raise ConfigError(f"--set {item}: {key} is set per cell by the grid's {axis} axis (cell names would not "
+                                  f"say what ran); use --set grid.{axis}=[...] or edit the experiment file")
             run.append(item)
     return grid, run
+
+
+#: Run settings that a grid axis sets per cell (and that its cell names say): a ``--set`` of one would make every
+#: cell's name lie, so it is refused.
+AXIS_KEYS = {
+    "data.name": "datasets", "data.split": "splits", "train.seed": "seeds", "model.decoder": "models",
+    "model.parametrisation": "parametrisations", "gradients.aggregator": "aggregators",
+    "gradients.options": "aggregators",
+}
 
 
 def _check_keys(mapping: dict, valid: Iterable[str], where: str) -> None:

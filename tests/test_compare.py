@@ -502,3 +502,18 @@ def test_the_header_says_how_to_stop_the_grid(monkeypatch: pytest.MonkeyPatch) -
     assert stop_hint() == f"pid {os.getpid()}, SIGINT ignored here: stop with kill {os.getpid()}"
     monkeypatch.setattr(signal, "getsignal", lambda sig: signal.default_int_handler)
     assert stop_hint() == f"pid {os.getpid()}: stop with Ctrl-C or kill {os.getpid()}"
+
+
+def test_set_of_a_key_an_axis_sets_per_cell_is_refused(tmp_path: Path, fake_fit: FakeFit,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """--set model.decoder=rmtpp used to turn every grid model into rmtpp under names saying thp and lnm."""
+    path = write_experiment(tmp_path, small_grid())
+    for item, axis in (("model.decoder=rmtpp", "models"), ("model.parametrisation=plus", "parametrisations"),
+                       ("train.seed=3", "seeds"), ("data.split=1", "splits"), ("data.name=mooc", "datasets"),
+                       ("gradients.aggregator=pcgrad", "aggregators")):  # fmt: skip
+        assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--set", item]) == 2
+        err = capsys.readouterr().err
+        assert f"is set per cell by the grid's {axis} axis" in err and f"--set grid.{axis}=" in err
+    assert fake_fit.calls == [] and not (tmp_path / "o").exists()
+    assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--set", "model.hidden_size=4",
+                 "--dry-run"]) == 0  # other settings apply to every cell, as documented
