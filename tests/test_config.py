@@ -158,8 +158,8 @@ def test_set_applies_to_every_variant_after_its_own_settings(
     assert main(args) == 0
     assert list(seen["v"]) == ["thp_plusplus"] and seen["v"]["thp_plusplus"].model.parametrisation == "base"
     assert "variant 'thp_plusplus': model.parametrisation='plusplus' replaced by --set" in capsys.readouterr().err
-    # what variants.yaml keeps for a later --resume: the variants as trained
-    assert [v["model.parametrisation"] for v in seen["stored"]] == ["base", "base"]
+    # what variants.yaml keeps for a later --resume: the variants asked for, as trained
+    assert [(v["name"], v["model.parametrisation"]) for v in seen["stored"]] == [("thp_plusplus", "base")]
 
 
 def test_cli_config_error_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

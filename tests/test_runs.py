@@ -309,6 +309,11 @@ def test_variants_resume_like_a_single_run(tmp_path: Path, capsys: pytest.Captur
     before = (out / "a" / "metrics.json").read_text()
     assert main(["train", "--out", str(out), "--resume", *sets, "--set", "train.max_epochs=2"]) == 0
     assert (out / "a" / "metrics.json").read_text() == before
+    # a folder started with --variant continues that variant only (it used to train the others from scratch)
+    only = tmp_path / "only"
+    assert main(["train", str(cfg_file), "--out", str(only), "--variant", "b", *sets]) == 0
+    assert main(["train", "--out", str(only), "--resume", *sets, "--set", "train.max_epochs=2"]) == 0
+    assert not (only / "a").exists() and read(only / "b" / "metrics.json")["train"]["epochs"] == 2
 
 
 # ------------------------------------------------------------------------------------------------ runs that talk

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
         from mtpp.training.trainer import run_variants
 
-        # --set wins over a variant's own value; the variants as trained are what variants.yaml keeps (--resume)
+        # --set wins over a variant's own value; the variants as trained (and only the ones asked for with
+        # --variant) are what variants.yaml keeps for a later --resume
         given = cfg.variants
         cfg = replace(cfg, variants=variants_with_overrides(given, args.overrides)[0])
         variants = cfg.variants
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             if unknown:
                 raise ConfigError(f"--variant: unknown {', '.join(unknown)}; valid: {', '.join(names)}")
             variants = [v for v in variants if variant_name(v) in args.variant]
+            if not args.resume:  # the folder's variants.yaml: what a later --resume continues
+                cfg = replace(cfg, variants=variants)
         chosen = {variant_name(v) for v in variants}
         for note in variants_with_overrides([v for v in given if variant_name(v) in chosen], args.overrides)[1]:
             print(note, file=sys.stderr)
