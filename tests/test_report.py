@@ -217,6 +217,11 @@ def test_report_command_writes_tables_and_plots(runs_root: Path, tmp_path: Path,
     assert (out / "summary.csv").exists() and (out / "summary.md").exists()
     assert len(list((out / "plots").glob("*.png"))) == 5
     assert main(["report", str(runs_root), "--out", str(out), "--metrics", "nope"]) == 2
+    err = capsys.readouterr().err
+    available = err.split("available: ")[1]
+    assert "nll_time_per_seq" in available and not {"dataset", "seed", "run"} & set(available.strip().split(", "))
+    assert main(["report", str(runs_root), "--out", str(out), "--split", "validation"]) == 2
+    assert "--split validation: no run under" in capsys.readouterr().err and not (out / "summary_validation.md").exists()
     # another split or a metric selection writes its own files; the full test summary stays as it was
     full = (out / "summary.md").read_text()
     assert main(["report", str(runs_root), "--out", str(out), "--split", "val", "--no-plots"]) == 0

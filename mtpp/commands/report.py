@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped (no metrics.json): {folder}", file=sys.stderr)
     if df.empty:
         raise MtppError(f"no finished run (a folder with metrics.json) under {root}")
+    sections = _sections(df["run"])
+    if args.split not in sections:
+        raise MtppError(f"--split {args.split}: no run under {root} has that section in metrics.json; found: "
+                        f"{', '.join(sorted(sections))}")
     from mtpp.runs import mixed_data
 
     mixed = mixed_data(df["run"])
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         args.metrics = [report.canonical_metric(m) for m in args.metrics]  # old names (accuracy, ece) accepted
         missing = [m for m in args.metrics if m not in df.columns]
         if missing:
-            known = sorted(c for c in df.columns if not c.startswith("config.") and "/" not in c)
+            known = sorted(c for c in df.columns if not c.startswith("config.") and "/" not in c
+                           and c not in (*report.KEY_COLUMNS, *report.REPLICATE_COLUMNS, "run"))  # fmt: skip
             raise MtppError(f"unknown metric(s) {', '.join(missing)}; available: {', '.join(known)}")
     stem = report.summary_stem(args.split, args.metrics)  # another split or a selection: its own files
     written = report.write_summary(df, out, metrics=args.metrics, title=f"Results of {root}", stem=stem)
@@ -68,3 +73,17 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _sections(runs) -> set[str]:
+    """The sections (``val``, ``test``, ``train_eval``, ...) of the runs' ``metrics.json`` that hold metrics."""
+    import json
+
+    found: set[str] = set()
+    for run in runs:
+        try:
+            metrics = json.loads((Path(run) / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found |= {k for k, v in metrics.items() if isinstance(v, dict) and k not in ("train", "data")}
+    return found
