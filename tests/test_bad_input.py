@@ -162,6 +162,7 @@ def test_unsorted_sequences_name_the_run_setting_that_sorts_them(tmp_path: Path,
     assert main(["train", "--out", str(tmp_path / "run"), "--set", f"data.name={p}", "--set", "train.max_epochs=1",
                  "--set", "data.sort=true", "--set", "model.hidden_size=4", "-q"]) == 0  # fmt: skip
     assert (tmp_path / "run" / "metrics.json").is_file()
+    assert "note    " in (log := (tmp_path / "run" / "train.log").read_text()) and "sorted the times of 1" in log
     data = load_data(DataConfig(name=str(p), sort=True))
     assert len(data.train) + len(data.val) + len(data.test) == 12
     assert any("sorted the times of 1 unsorted sequence" in n for n in data.notes), data.notes

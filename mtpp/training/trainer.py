@@ -828,6 +828,8 @@ def run_header(tr: "Trainer") -> str:
         f"{count_parameters(tr.model):,} parameters; aggregator {cfg.gradients.aggregator}",
         f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
         f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}",
+        # what reading the data did on the way (sequences sorted, files skipped), the cache's own note left out
+        *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if not str(n).startswith("auto-prepared from")),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)",
     ])  # fmt: skip
 
