@@ -184,10 +184,12 @@ class Run:
     def data_record(self) -> dict[str, Any] | None:
         return self.run_info.get("data")
 
-    def load_data(self, data_dir: str | None = None, *, other_data: bool = False) -> tuple[Any, dict, bool]:
+    def load_data(self, data_dir: str | None = None, *, other_data: bool = False,
+                  purpose: str = "evaluate") -> tuple[Any, dict, bool]:  # fmt: skip
         """``(run_data, its record, same)``: the recorded data (see :func:`load_recorded_data`).
 
         ``same`` is False when the fingerprints differ; that is an ``MtppError`` unless ``other_data``.
+        ``purpose``: the command the error names; only ``evaluate`` offers ``--other-data``.
         """
         data, current = load_recorded_data(self.config.data, data_dir, self.data_record)
         recorded = self.data_record
@@ -199,8 +201,9 @@ class Run:
             return data, current, True
         same = not differing_parts(recorded, current)
         if not same and not other_data:
-            check_same_data(recorded, current, f"evaluate {self.path}",
-                            ", or pass --other-data to evaluate on these data into another file")
+            hint = (", or pass --other-data to evaluate on these data into another file" if purpose == "evaluate"
+                    else "; mtpp evaluate --other-data scores the run on other data")
+            check_same_data(recorded, current, f"{purpose} {self.path}", hint)
         return data, current, same
 
     def best_state(self, map_location: Any = "cpu") -> dict[str, Any]:

@@ -115,6 +115,11 @@ def test_evaluate_and_resume_refuse_other_data_and_other_data_goes_elsewhere(tmp
     # the command line: a clear error, exit 2, nothing written over metrics.json
     assert main(["evaluate", str(run)]) == 2
     assert (run / "metrics.json").read_text() == before
+    # forecasting commands have no --other-data: their refusal points at the one that does
+    from mtpp.forecast.predict import predict
+
+    with pytest.raises(MtppError, match=r"forecast from .*; mtpp evaluate --other-data scores the run"):
+        predict(run)
 
 
 def test_evaluate_and_resume_use_the_recorded_data_not_the_environment(

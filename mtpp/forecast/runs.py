@@ -46,7 +46,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | Non
         raise MtppError(f"{run_dir}: no {checkpoint.BEST} (the run has not finished an epoch)")
     cfg = run.config
     dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
-    data, _, _ = run.load_data(data_dir)
+    data, _, _ = run.load_data(data_dir, purpose="forecast from")
     model = build_run_model(cfg, data.num_marks, dev)
     model.load_state_dict(run.best_state(map_location=dev)["model"])
     model.eval()
