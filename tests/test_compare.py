@@ -443,9 +443,10 @@ def test_compare_refuses_a_dataset_it_cannot_find_before_making_any_folder(
     err = capsys.readouterr().err
     assert "nothing trained: moooc: unknown dataset 'moooc'; did you mean 'mooc'?" in err
     assert err.count("unknown dataset") == 1 and fake_fit.calls == [] and not (tmp_path / "o").exists()
-    assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0  # lists the cells anyway
+    assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 1  # lists the cells anyway
     out, err = capsys.readouterr()
     assert "data moooc: unknown dataset" in err and len(out.splitlines()) == 16
+    assert "the real run would stop: 1 dataset(s) not found" in err
 
 
 def test_extends_inherits_the_protocol_and_replaces_only_the_given_axes(tmp_path: Path) -> None:

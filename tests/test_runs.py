@@ -516,7 +516,8 @@ def test_compare_refuses_finished_cells_trained_on_other_data(tmp_path: Path) ->
 
 
 
-def test_a_result_record_of_other_data_is_stale_on_a_fresh_machine(tmp_path: Path) -> None:
+def test_a_result_record_of_other_data_is_stale_on_a_fresh_machine(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
     """A committed record stands in for a cell only on the data it was tested on: on a fresh machine (no run
     folder) whose data differ, the grid refuses it as stale, naming what differs."""
     from mtpp import experiments as ex
@@ -535,6 +536,13 @@ def test_a_result_record_of_other_data_is_stale_on_a_fresh_machine(tmp_path: Pat
     simulate(data, 1, "--force")
     with pytest.raises(ConfigError, match=r"its record .*other data: recorded .*differing: train, val, test"):
         ex.run_grid(cells, tmp_path / "m3", progress=False, results_dir=results)
+    # the dry run says so too (for the record and for the finished run folder)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"base": base, "grid": {"datasets": [str(data)], "seeds": [0]}}))
+    capsys.readouterr()
+    for out in ("m3", "m1"):
+        assert main(["compare", str(exp), "--out", str(tmp_path / out), "--results", str(results), "--dry-run"]) == 0
+        assert capsys.readouterr().out.split()[0] == "stale"
 
 
 KILLED_RUN = """

@@ -24,7 +24,8 @@ A finished cell whose stored config.yaml (or --results record) differs from the 
 train.max_epochs), or whose recorded data fingerprints differ from the data the grid resolves now, is "stale": compare refuses to mix
 such runs into one summary unless --rerun-stale retrains them. Ctrl-C (or kill PID, printed in the header) stops
 every worker within seconds: finished cells stay, running ones resume from their checkpoints on the next run.
---dry-run prints each cell's state: new, resume (with its last epoch and best epoch), running (a live process
+--dry-run prints each cell's state (data fingerprints and result records checked as the run checks them): new,
+resume (with its last epoch and best epoch), running (a live process
 holds its folder), done or stale."""
 
 
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"data {line}", file=sys.stderr)
     if args.dry_run:
         _print_cells(cells, args.out, run_overrides, args.results)
-        return 0
+        if missing:
+            print(f"the real run would stop: {len(missing)} dataset(s) not found", file=sys.stderr)
+        return 1 if missing else 0
     from mtpp.runs import RunLock
 
     with RunLock(args.out):  # one compare per output folder (each cell's run folder has its own lock too)
@@ -161,10 +164,16 @@ def _print_cells(cells: list, out: Path, overrides: list[str], results: Path | N
     """One line per cell with the state a real run would act on (``mtpp.experiments.grid_states``: the run folder,
     then the result record under ``--results``); a resumable cell shows its last epoch, or ``running`` when a
     live process holds its folder."""
-    from mtpp.experiments import grid_states, is_complete, last_epoch_record, resolved_dict
+    from mtpp.errors import MtppError
+    from mtpp.experiments import data_changes, grid_states, is_complete, last_epoch_record, resolved_dict
     from mtpp.runs import RunLock
 
     states = grid_states(cells, out, overrides, results)
+    # finished cells on other data than the grid resolves now are stale, as the real run finds them
+    try:
+        states.update({name: "stale" for name in data_changes(cells, states, out, overrides, None, results)})
+    except MtppError as e:  # data that cannot be read here: said above (data lines), states without the check
+        print(f"data check of the finished cells skipped: {e}", file=sys.stderr)
     counts: dict[str, int] = {}
     for c in cells:
         state, where = states[c.name], ""
