@@ -25,8 +25,7 @@ train.max_epochs), or whose recorded data fingerprints differ from the data the 
 such runs into one summary unless --rerun-stale retrains them. Ctrl-C (or kill PID, printed in the header) stops
 every worker within seconds: finished cells stay, running ones resume from their checkpoints on the next run.
 --dry-run prints each cell's state (data fingerprints and result records checked as the run checks them): new,
-resume (with its last epoch and best epoch), running (a live process
-holds its folder), done or stale."""
+resume (with its last epoch and best epoch), running (a live process holds its folder), done or stale."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
