@@ -155,6 +155,10 @@ def test_a_validation_split_without_scored_events_is_refused(tmp_path: Path) -> 
         fit(tiny(tmp_path / "d"), tmp_path / "run")
     # with first_event: include the single events are scored: it trains
     assert fit(tiny(tmp_path / "d", "model.first_event=include"), tmp_path / "run2")["train"]["epochs"] == 1
+    # a test part that scores nothing would report an NLL of 0: refused too
+    write_split_folder(tmp_path / "t", [{"train": seqs, "val": seqs[:2], "test": single}], num_marks=2)
+    with pytest.raises(MtppError, match="test part has 2 sequence.*no scored event.*the reported metrics"):
+        fit(tiny(tmp_path / "t"), tmp_path / "run3")
 
 
 # ------------------------------------------------------------------------------------------------ one writer

@@ -970,16 +970,19 @@ def _load_data_rank0_first(
 
 
 def _check_validation_split(data: Any, cfg: RunConfig) -> None:
-    """A validation part that scores no event cannot choose a best epoch: refuse it (issue 11 §3)."""
-    val = data.val
+    """A validation part that scores no event cannot choose a best epoch, and a test part that scores none would
+    report an NLL of 0: refuse both before training (issue 11 §3)."""
     skip_first = cfg.model.first_event == "skip"
-    scored = sum(max(len(s) - (1 if skip_first else 0), 0) for s in val)
-    if not val or scored == 0:
-        raise MtppError(
-            f"{data.name}: the validation part has {len(val)} sequence(s) and no scored event "
-            f"(model.first_event: {cfg.model.first_event}); early stopping and best.pt need validation events: "
-            "use longer sequences, another split, or more data (data.max_sequences)"
-        )
+    for part, need in (("validation", "early stopping and best.pt need validation events"),
+                       ("test", "the reported metrics need test events")):  # fmt: skip
+        seqs = data.val if part == "validation" else data.test
+        scored = sum(max(len(s) - (1 if skip_first else 0), 0) for s in seqs)
+        if not seqs or scored == 0:
+            raise MtppError(
+                f"{data.name}: the {part} part has {len(seqs)} sequence(s) and no scored event "
+                f"(model.first_event: {cfg.model.first_event}); {need}: use longer sequences, another split, or "
+                "more data (data.max_sequences)"
+            )
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
