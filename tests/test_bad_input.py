@@ -169,7 +169,7 @@ def test_unsorted_sequences_name_the_run_setting_that_sorts_them(tmp_path: Path,
     assert all((s.times[1:] >= s.times[:-1]).all() for s in [*data.train, *data.val, *data.test])
 
 
-def test_use_window_scores_the_simulation_window() -> None:
+def test_use_window_scores_the_simulation_window(tmp_path: Path) -> None:
     """data.use_window attaches a split folder's observation window (the synthetic Hawkes data's) to every sequence;
     by default the window ends at the last event (the benchmark convention)."""
     from mtpp.config import DataConfig
@@ -179,4 +179,11 @@ def test_use_window_scores_the_simulation_window() -> None:
     windowed = load_data(DataConfig(name="synthetic_hawkes", max_sequences=5, use_window=True))
     assert all(s.window_end is None for s in plain.train)
     assert len({float(s.window_end) for s in windowed.train}) == 1
+    # asking for a window the data do not have is an error, not a silent no-op
+    from mtpp.data.formats import write_split_folder
+
+    write_split_folder(tmp_path / "nowindow", [{"train": plain.train, "val": plain.val,
+                                                "test": plain.test}], num_marks=plain.num_marks)  # fmt: skip
+    with pytest.raises(DataError, match="args.json.*use_window.*gives no 'window'"):
+        load_data(DataConfig(name=str(tmp_path / "nowindow"), use_window=True))
     assert all(float(s.times[-1]) <= float(s.window_end) for s in windowed.train)

@@ -1375,11 +1375,14 @@ def _declared_marks(meta: Mapping, source: str, options: ReadOptions | None = No
 def _attach_window(res: ReadResult, window: Any, options: ReadOptions | None, args: str = "args.json") -> None:
     """Attach a split folder's common window end to every sequence (``use_window``), or note that it exists."""
     if window is None:
+        if options is not None and options.use_window:  # asked for a window the data do not have: say so
+            raise DataError("use_window (data.use_window=true) asks for the common observation window of a split "
+                            "folder, but its args.json gives no 'window'", source=args)
         return
     window = _header_number(window, "window", args)
     if options is None or not options.use_window:
         res.notes.append(f"{res.source}: args.json gives a common window end {window}; not used (the window ends "
-                         "at each sequence's last event; use_window=True attaches it)")
+                         "at each sequence's last event; data.use_window=true attaches it)")
         return
     for name, seqs in res.parts.items():
         out = []
