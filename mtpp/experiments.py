@@ -147,8 +147,21 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
     for key, value in grid_overrides:
         axis = key.split(".", 1)[1]
         _check_keys({axis: None}, GRID_KEYS, "grid")
+        if axis == "models":
+            _check_model_names(exp.grid.get(axis), value, p)
         exp.grid[axis] = _select_entries(exp.grid.get(axis), value) if axis in ("datasets", "models") else value
     return exp
+
+
+def _check_model_names(defined: Any, value: Any, path: Path) -> None:
+    """A plain name in a ``grid.models`` override is a model entry of the file or a decoder: say which exist."""
+    from mtpp.models.config import TIME_DECODERS
+
+    names = [e["name"] for e in defined or [] if isinstance(e, dict) and isinstance(e.get("name"), str)]
+    for v in value if isinstance(value, list) else []:
+        if isinstance(v, str) and v not in names and v not in TIME_DECODERS:
+            raise ConfigError(f"--set grid.models: {v!r} is neither a model of {path.name} ({', '.join(names) or '-'})"
+                              f" nor a decoder ({', '.join(TIME_DECODERS)})")
 
 
 def _select_entries(defined: Any, value: Any) -> Any:

@@ -518,3 +518,10 @@ def test_set_of_a_key_an_axis_sets_per_cell_is_refused(tmp_path: Path, fake_fit:
     assert fake_fit.calls == [] and not (tmp_path / "o").exists()
     assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--set", "model.hidden_size=4",
                  "--dry-run"]) == 0  # other settings apply to every cell, as documented
+
+
+def test_an_unknown_model_name_in_a_grid_override_says_what_exists(tmp_path: Path) -> None:
+    path = write_experiment(tmp_path, small_grid())
+    with pytest.raises(ConfigError, match=r"'gru' is neither a model of exp.yaml \(thp, lnm\) nor a decoder \(lnm, "):
+        ex.load_experiment(path, ["grid.models=[gru]"])
+    assert {c.model for c in ex.expand(ex.load_experiment(path, ["grid.models=[rmtpp]"]))} == {"rmtpp"}
