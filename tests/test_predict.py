@@ -138,9 +138,11 @@ def test_generate_command_and_baselines(run_dir: Path, tmp_path: Path, capsys: p
     assert main(["generate", str(run_dir), "--horizon", "2", "--samples", "3", "--sequences", "0,2",
                  "--out", str(out)]) == 0
     msg = capsys.readouterr().out
-    assert "events/s" in msg and "stopped at --max-events" in msg
+    assert "events/s" in msg and "cut at --max-events 1000 before the horizon" in msg
     df = pd.read_csv(out)
     assert set(df["sequence"]) <= {0, 2} and set(df["sample"]) <= {0, 1, 2}
+    assert main(["generate", str(run_dir), "--events", "3", "--sequences", "0", "--out", str(tmp_path / "e.csv")]) == 0
+    assert "max-events" not in capsys.readouterr().out  # a fixed number of events is never "cut"
     for name in ("hawkes", "poisson"):
         o = tmp_path / f"{name}.csv"
         assert main(["generate", str(run_dir), "--events", "4", "--baseline", name, "--sampler", "thinning",

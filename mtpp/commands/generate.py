@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     frame["sequence"] = np.asarray(ids)[frame["sequence"].to_numpy()]  # split indices
     path = write_table(frame, args.out, overwrite=args.overwrite)
     print(f"{path}: {len(frame)} events in {g.rows} samples of {len(histories)} sequences "
-          f"({g.info['sampler']} sampler, {len(frame) / max(seconds, 1e-9):.0f} events/s); "
-          f"{int(g.truncated.sum())} sample(s) stopped at --max-events {g.info['max_events']}")
+          f"({g.info['sampler']} sampler, {len(frame) / max(seconds, 1e-9):.0f} events/s)"
+          + (f"; {int(g.truncated.sum())} sample(s) cut at --max-events {g.info['max_events']} before the horizon"
+             if args.horizon is not None else ""))
     return 0

@@ -1027,7 +1027,8 @@ def _check_resumable(cfg: RunConfig, stored: dict | None) -> None:
         diff = [k for k in new[section] if old[section].get(k) != new[section][k]]
         if diff:
             keys = ", ".join(f"{section}.{k}" for k in diff)
-            raise ConfigError(f"--resume: {keys} differ from the stored config.yaml; the checkpoint cannot be reused")
+            verb = "differs" if len(diff) == 1 else "differ"
+            raise ConfigError(f"--resume: {keys} {verb} from the stored config.yaml; the checkpoint cannot be reused")
     if old["train"]["seed"] != new["train"]["seed"]:
         raise ConfigError("--resume: train.seed differs from the stored config.yaml")
     # the checkpoint's optimiser, scheduler, early-stopping and aggregator states belong to these settings
@@ -1037,7 +1038,8 @@ def _check_resumable(cfg: RunConfig, stored: dict | None) -> None:
         fixed.append("train.lr (with train.lr_schedule: the schedule's state holds the old rate)")
     if fixed:
         changes = "; ".join(f"{k}: {_dotted(old, k)!r} -> {_dotted(new, k)!r}" if "(" not in k else k for k in fixed)
-        raise ConfigError(f"--resume: {changes} differ from the stored config.yaml; the checkpoint's state cannot "
+        raise ConfigError(f"--resume: {changes} {'differs' if len(fixed) == 1 else 'differ'} from the stored "
+                          "config.yaml; the checkpoint's state cannot "
                           "follow them (start a new run with another --out)")
 
 
