@@ -187,3 +187,10 @@ def test_use_window_scores_the_simulation_window(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="args.json.*use_window.*gives no 'window'"):
         load_data(DataConfig(name=str(tmp_path / "nowindow"), use_window=True))
     assert all(float(s.times[-1]) <= float(s.window_end) for s in windowed.train)
+
+
+def test_a_bad_sequence_of_a_long_table_is_named_by_its_seq_id_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "events.csv"
+    p.write_text("seq_id,time,mark\nuserA,1,0\nuserA,2,1\nuserB,3,0\nuserB,1,1\n")
+    with pytest.raises(DataError, match=r"sequence 1: times not sorted.*\(seq_id 'userB', first row on line 4\)"):
+        read_any(p)

@@ -1206,7 +1206,7 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         r = int(np.flatnonzero(empty)[0])
         raise DataError(f"seq_id is missing or empty on {where} {r + line0} ({int(empty.sum())} such row(s))",
                         source=src)
-    codes, _ = pd.factorize(seq_id, sort=False)
+    codes, labels = pd.factorize(seq_id, sort=False)
     n_seq = int(codes.max()) + 1 if codes.size else 0
 
     def cell_error(col: str, bad: np.ndarray, why: str) -> DataError:
@@ -1261,7 +1261,12 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     parts: dict[str, list[EventSequence]] = {}
     for j in range(n_seq):
         a, b = bounds[j], bounds[j + 1]
-        s = build(times[a:b], marks[a:b], j)
+        try:
+            s = build(times[a:b], marks[a:b], j)
+        except DataError as e:  # name the sequence as the file does: its seq_id and its first line
+            first = int(np.flatnonzero(codes == j)[0]) + line0
+            raise DataError(f"{e.problem} (seq_id {_short_repr(labels[j])}, first row on {where} {first})",
+                            source=e.source, sequence=e.sequence) from None
         if s is not None:
             parts.setdefault(normalise_part(part_names[part_of[j]]), []).append(s)
     notes += build.notes()
