@@ -52,6 +52,16 @@ def simulate(folder: Path, seed: int = 0, *extra: str) -> Path:
     return folder
 
 
+def tiny_base() -> dict:
+    """TINY as an experiment file's ``base`` mapping."""
+    base: dict = {k: {} for k in ("data", "model", "train", "logging")}
+    for o in TINY:
+        key, value = o.split("=")
+        section, name = key.split(".")
+        base[section][name] = yaml.safe_load(value)
+    return base
+
+
 def tiny(data: Path | str, *extra: str):
     return load_config(None, [*TINY, f"data.name={data}", *extra])
 
@@ -504,11 +514,7 @@ def test_compare_refuses_finished_cells_trained_on_other_data(tmp_path: Path) ->
     from mtpp import experiments as ex
 
     data = simulate(tmp_path / "sim")
-    base = {k: {} for k in ("data", "model", "train", "logging")}
-    for o in TINY:
-        key, value = o.split("=")
-        section, name = key.split(".")
-        base[section][name] = yaml.safe_load(value)
+    base = tiny_base()
     exp = ex.experiment_from_dict({"base": base, "grid": {"datasets": [str(data)], "seeds": [0]}})
     cells = ex.expand(exp)
     assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False)] == ["done"]
@@ -519,7 +525,6 @@ def test_compare_refuses_finished_cells_trained_on_other_data(tmp_path: Path) ->
     assert [r.status for r in ex.run_grid(cells, tmp_path / "out", progress=False, rerun_stale=True)] == ["done"]
 
 
-
 def test_a_result_record_of_other_data_is_stale_on_a_fresh_machine(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     """A committed record stands in for a cell only on the data it was tested on: on a fresh machine (no run
@@ -527,11 +532,7 @@ def test_a_result_record_of_other_data_is_stale_on_a_fresh_machine(tmp_path: Pat
     from mtpp import experiments as ex
 
     data = simulate(tmp_path / "sim")
-    base = {k: {} for k in ("data", "model", "train", "logging")}
-    for o in TINY:
-        key, value = o.split("=")
-        section, name = key.split(".")
-        base[section][name] = yaml.safe_load(value)
+    base = tiny_base()
     cells = ex.expand(ex.experiment_from_dict({"base": base, "grid": {"datasets": [str(data)], "seeds": [0]}}))
     results = tmp_path / "results"
     assert [r.status for r in ex.run_grid(cells, tmp_path / "m1", progress=False, results_dir=results)] == ["done"]
