@@ -104,7 +104,8 @@ def test_run_records_its_data_in_config_and_checkpoints(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ data checks
 
 
-def test_evaluate_and_resume_refuse_other_data_and_other_data_goes_elsewhere(tmp_path: Path) -> None:
+def test_evaluate_and_resume_refuse_other_data_and_other_data_goes_elsewhere(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
     data = simulate(tmp_path / "sim", seed=0)
     run = tmp_path / "run"
     fit(tiny(data, "train.max_epochs=2"), run)
@@ -122,9 +123,10 @@ def test_evaluate_and_resume_refuse_other_data_and_other_data_goes_elsewhere(tmp
     assert len(other) == 1 and read(other[0])["test"]["nll_time_per_seq"] == m["nll_time_per_seq"]
     assert read(other[0])["data"]["parts"]["test"]["sha256"] != read(run / "metrics.json").get("data", {}).get("x")
     assert list(run.glob("arrays_test.other-*.json"))
-    # the command line: a clear error, exit 2, nothing written over metrics.json
+    # the command line: a clear error, exit 2, nothing written over metrics.json, no table header
+    capsys.readouterr()
     assert main(["evaluate", str(run)]) == 2
-    assert (run / "metrics.json").read_text() == before
+    assert (run / "metrics.json").read_text() == before and "| run |" not in capsys.readouterr().out
     # forecasting commands have no --other-data: their refusal points at the one that does
     from mtpp.forecast.predict import predict
 

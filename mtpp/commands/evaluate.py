@@ -68,14 +68,15 @@ def run(args: argparse.Namespace) -> int:
     if not runs:
         raise MtppError(f"{args.run_dir}: not a run directory (no config.yaml)")
     splits = ("val", "test") if args.split == "all" else (args.split,)
-    print("| run | split | " + " | ".join(s[0] for s in SHOWN) + " |")
-    print("|" + "---|" * (len(SHOWN) + 2))
+    header = ["| run | split | " + " | ".join(s[0] for s in SHOWN) + " |", "|" + "---|" * (len(SHOWN) + 2)]
     for run_dir in runs:
         for split in splits:
             with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
                 m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
                              other_data=args.other_data, log=lambda msg: print(msg, file=sys.stderr, flush=True))
             cells = " | ".join(fmt_value(m.get(k)) for _, k in SHOWN)
+            while header:  # once, before the first row (a refusal prints no table)
+                print(header.pop(0))
             print(f"| {run_dir} | {split} | {cells} |")
             if args.horizon is not None:
                 from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
