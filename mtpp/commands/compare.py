@@ -21,8 +21,8 @@ examples:
 a dataset or model named there that the file defines with settings keeps them (grid.datasets=[lastfm] keeps its batch 4).
 Rerunning the same command skips finished cells and resumes interrupted ones (failed cells are retried).
 A finished cell whose stored config.yaml (or --results record) differs from the grid's (say, after changing
-train.max_epochs), or whose recorded data fingerprints differ from the data the grid resolves now, is "stale": compare refuses to mix
-such runs into one summary unless --rerun-stale retrains them. Ctrl-C (or kill PID, printed in the header) stops
+train.max_epochs), or whose recorded data fingerprints differ from the data the grid resolves now, is "stale":
+compare refuses to mix such runs into one summary unless --rerun-stale retrains them. Ctrl-C (or kill PID, printed in the header) stops
 every worker within seconds: finished cells stay, running ones resume from their checkpoints on the next run.
 --dry-run prints each cell's state (data fingerprints and result records checked as the run checks them): new,
 resume (with its last epoch and best epoch), running (a live process holds its folder), done or stale."""
