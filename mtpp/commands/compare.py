@@ -16,14 +16,16 @@ examples:
   mtpp compare configs/experiments/paper_table1.yaml --out runs/table1 --jobs 4 --only 'mooc/*' --dry-run
   mtpp compare configs/experiments/smoke.yaml --out /tmp/s --set train.max_epochs=1 --set grid.seeds=[0]
 
---set section.key=value applies to every cell (after the experiment's per-model overrides);
+--set section.key=value applies to every cell (after the experiment's per-model overrides), except the settings
+an axis sets per cell (model.decoder, model.parametrisation, data.name, data.split, train.seed, gradients.*):
 --set grid.AXIS=[...] replaces an axis of the grid (datasets, models, parametrisations, aggregators, splits, seeds);
 a dataset or model named there that the file defines with settings keeps them (grid.datasets=[lastfm] keeps its batch 4).
 Rerunning the same command skips finished cells and resumes interrupted ones (failed cells are retried).
 A finished cell whose stored config.yaml (or --results record) differs from the grid's (say, after changing
 train.max_epochs), or whose recorded data fingerprints differ from the data the grid resolves now, is "stale":
-compare refuses to mix such runs into one summary unless --rerun-stale retrains them. Ctrl-C (or kill PID, printed in the header) stops
-every worker within seconds: finished cells stay, running ones resume from their checkpoints on the next run.
+compare refuses to mix such runs into one summary unless --rerun-stale retrains them. Ctrl-C (or kill PID, printed
+in the header) stops every worker within seconds: finished cells stay, running ones resume from their checkpoints
+on the next run.
 --dry-run prints each cell's state (data fingerprints and result records checked as the run checks them): new,
 resume (with its last epoch and best epoch), running (a live process holds its folder), done or stale."""
 
