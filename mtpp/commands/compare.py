@@ -17,7 +17,8 @@ examples:
   mtpp compare configs/experiments/smoke.yaml --out /tmp/s --set train.max_epochs=1 --set grid.seeds=[0]
 
 --set section.key=value applies to every cell (after the experiment's per-model overrides), except the settings
-an axis sets per cell (model.decoder, model.parametrisation, data.name, data.split, train.seed, gradients.*):
+an axis sets per cell (model.decoder, model.parametrisation, data.name, data.split, train.seed,
+gradients.aggregator and .options); instead,
 --set grid.AXIS=[...] replaces an axis of the grid (datasets, models, parametrisations, aggregators, splits, seeds);
 a dataset or model named there that the file defines with settings keeps them (grid.datasets=[lastfm] keeps its batch 4).
 Rerunning the same command skips finished cells and resumes interrupted ones (failed cells are retried).
