@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+from mtpp.evaluation.report import metric_info
 from mtpp.records import stopped_by
 
 PARAMS = ("base", "plus", "plusplus")
@@ -209,7 +210,6 @@ PAPER_CLAIM = ("disjoint parametrisations show \"consistent gains in both time a
                "2024, abstract)")
 CLAIM_COLUMNS = ("nll_time_per_seq", "nll_mark_per_seq", "accuracy_given_time", "accuracy_forecast",
                  "ece_given_time", "pce")  # fmt: skip
-LOWER_IS_BETTER = {"nll_time_per_seq", "nll_mark_per_seq", "ece_given_time", "ece_forecast", "pce"}
 
 
 def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
@@ -228,7 +228,7 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
                 if d is None:
                     continue
                 total += 1
-                gain = -d[0] if m in LOWER_IS_BETTER else d[0]
+                gain = d[0] * metric_info(m).better  # the direction of every metric: mtpp.evaluation.report
                 if gain > 0:
                     better += 1
                     names.append(model)
