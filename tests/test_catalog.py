@@ -163,3 +163,21 @@ def test_empty_validation_part_is_refused(tmp_path: Path) -> None:
     out = write_split_folder(tmp_path / "ds", splits, num_marks=3)
     with pytest.raises(DataError, match=r"ds: the split_0/val part is empty"):
         load_dataset(out)
+
+
+def test_prepared_cache_key_follows_contents_not_mtimes(tmp_path: Path) -> None:
+    """A re-mounted or touched data folder keeps its prepared splits; a changed byte makes new ones."""
+    import os
+
+    from mtpp.data.splits import source_fingerprint
+
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "a.csv").write_text("seq_id,time,mark\n0,1.0,0\n")
+    (d / "b.csv").write_text("seq_id,time,mark\n1,2.0,1\n")
+    key = source_fingerprint(d, 0, 5)
+    os.utime(d / "a.csv", ns=(1, 1))  # touched: same bytes
+    assert source_fingerprint(d, 0, 5) == key
+    (d / "b.csv").write_text("seq_id,time,mark\n1,2.5,1\n")  # same size, other bytes
+    assert source_fingerprint(d, 0, 5) != key
+    assert source_fingerprint(d, 0, 5) != source_fingerprint(d, 1, 5)  # the preparation's settings count too
