@@ -237,25 +237,45 @@ def mixed_data(run_dirs: Iterable[str | Path]) -> list[str]:
     parts differ (their test metrics are then not comparable; runs cut to another ``max_sequences`` are another
     cell of the report and not compared). One line per dataset, naming two runs and their sources. Runs without a
     record are not checked."""
-    seen: dict[tuple, tuple[str, dict]] = {}
+    seen: dict[tuple, tuple[str, dict, Any]] = {}
     problems: dict[tuple, str] = {}
     for run_dir in run_dirs:
         try:
-            record = open_run(run_dir).data_record
+            run = open_run(run_dir)
+            record = run.data_record
         except (MtppError, OSError):
             continue
         if not record:
             continue
         key = (record.get("name"), record.get("split"), record.get("max_sequences"))  # a cut is its own cell
         if key not in seen:
-            seen[key] = (str(run_dir), record)
+            seen[key] = (str(run_dir), record, run.config.data)
             continue
-        first_dir, first = seen[key]
+        first_dir, first, first_cfg = seen[key]
         differ = first.get("parts", {}).get("test", {}).get("sha256") != record["parts"]["test"]["sha256"]
         if differ and key not in problems:
             problems[key] = (f"{key[0]} split {key[1]}: {first_dir} and {run_dir} were tested on different data: "
-                             + describe_difference(first, record, ["test"]))  # fmt: skip
+                             + describe_difference(first, record, ["test"])
+                             + _data_settings_difference(first_cfg, run.config.data))  # fmt: skip
     return list(problems.values())
+
+
+# data settings that change what a run reads from the same source (the others name the source, or are cells)
+_READING_KEYS = ("use_window", "sort")
+_READING_WHY = {
+    "use_window": "the observation window's end is part of every test sequence (the survival term after the last "
+                  "event is scored with data.use_window: true)",
+    "sort": "out-of-order sequences are sorted with data.sort: true",
+}
+
+
+def _data_settings_difference(a: Any, b: Any) -> str:
+    """``; the runs read their source differently: data.use_window false vs true (why)`` or ``""``."""
+    diffs = [k for k in _READING_KEYS if getattr(a, k, None) != getattr(b, k, None)]
+    if not diffs:
+        return ""
+    return "; the runs read their source differently: " + "; ".join(
+        f"data.{k} {str(getattr(a, k)).lower()} vs {str(getattr(b, k)).lower()} ({_READING_WHY[k]})" for k in diffs)
 
 
 # --------------------------------------------------------------------------------------------- names

@@ -796,3 +796,15 @@ def test_kill_stops_a_run_as_ctrl_c_does(tmp_path: Path) -> None:
     assert hint in err and hint in (out / "train.log").read_text()
     assert main(["train", "--out", str(out), "--resume", "-q", "--set", "train.max_epochs=2"]) == 0
     assert (out / "metrics.json").is_file()
+
+
+def test_report_says_why_when_only_the_window_setting_differs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Same source, one run scoring the simulation window and one not: the refusal names ``data.use_window``."""
+    simulate(tmp_path / "A" / "mine", seed=0)
+    fit(tiny("mine"), tmp_path / "runs" / "a", data_dir=str(tmp_path / "A"))
+    fit(tiny("mine", "data.use_window=true"), tmp_path / "runs" / "b", data_dir=str(tmp_path / "A"))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "tested on different data" in err
+    assert "data.use_window false vs true" in err and "survival term" in err
