@@ -61,7 +61,7 @@ def test_table_equals_the_model_predict_and_score(encoder: str, decoder: str, pa
     np.testing.assert_allclose(df["log_prob_mark"], flp.gather(-1, obs[:, None])[:, 0].double(), atol=1e-6)
     assert df[["mark_1", "mark_2", "mark_3"]].to_numpy().tolist() == p["top_k_marks"][:, :-1][scored].tolist()
     assert np.all(np.diff(df[["prob_1", "prob_2", "prob_3"]].to_numpy(), axis=1) <= 0)
-    assert np.all((df["lower"] < df["median_gap"]) & (df["median_gap"] < df["upper"]))
+    assert np.all((df["lower_gap_80"] < df["median_gap"]) & (df["median_gap"] < df["upper_gap_80"]))
     if decoder == "lnm":
         np.testing.assert_allclose(df["mean_gap"], p["mean_tau"][:, :-1][scored].double(), rtol=1e-6)
     else:
@@ -76,14 +76,27 @@ def test_interval_is_the_central_interval_of_the_gap_law() -> None:
     m = build_model(tiny_config(decoder="rmtpp"), K).eval()
     seqs = _sequences()
     df = predict_frame(m, seqs, level=0.9, include_next=True)
+    assert "lower" not in df and "upper" not in df  # the columns name their level
     nxt_rows = df[df["observed_mark"] < 0]
     assert nxt_rows["index"].tolist() == [5, 9, 3] and nxt_rows["observed_gap"].isna().all()
     nxt = ModelProcess(m, seqs, 1).next_event(torch.arange(3))
     with torch.no_grad():
-        lo = nxt.cdf(torch.as_tensor(nxt_rows["lower"].to_numpy().copy()))
-        hi = nxt.cdf(torch.as_tensor(nxt_rows["upper"].to_numpy().copy()))
+        lo = nxt.cdf(torch.as_tensor(nxt_rows["lower_gap_90"].to_numpy().copy()))
+        hi = nxt.cdf(torch.as_tensor(nxt_rows["upper_gap_90"].to_numpy().copy()))
     np.testing.assert_allclose(lo.double(), 0.05, atol=1e-4)
     np.testing.assert_allclose(hi.double(), 0.95, atol=1e-4)
+
+
+@pytest.mark.parametrize("level, names", [(0.9, ("lower_gap_90", "upper_gap_90")),
+                                          (0.975, ("lower_gap_97.5", "upper_gap_97.5")),
+                                          (0.5, ("lower_gap_50", "upper_gap_50"))])
+def test_interval_columns_name_their_level(level: float, names: tuple[str, str]) -> None:
+    from mtpp.forecast.predict import interval_columns
+
+    assert interval_columns(level) == names
+    m = build_model(tiny_config(decoder="lnm"), K).eval()
+    df = predict_frame(m, _sequences(), level=level)
+    assert set(names) <= set(df.columns)
 
 
 def test_bad_arguments_and_never_overwriting(tmp_path: Path) -> None:
@@ -218,7 +231,7 @@ def test_every_encoder_decoder_parametrisation_predicts_and_generates() -> None:
                 torch.manual_seed(0)
                 m = build_model(tiny_config(encoder=enc, decoder=dec, parametrisation=par), K).eval()
                 df = predict_frame(m, seqs, top_k=2)
-                cols = ["median_gap", "lower", "upper", "prob_1", "log_density_gap", "log_prob_mark"]
+                cols = ["median_gap", "lower_gap_90", "upper_gap_90", "prob_1", "log_density_gap", "log_prob_mark"]
                 assert np.isfinite(df[cols].to_numpy()).all(), (enc, dec, par)
                 for sampler in ("icdf", "thinning") if dec in ("thp", "sahp") else ("icdf",):
                     g = generate(m, seqs, events=3, samples=2, sampler=sampler)

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtpp.forecast.predict import predict, write_table
+    from mtpp.forecast.predict import interval_columns, predict, write_table
 
     frame = predict(args.run_dir, args.split, args.data_dir, level=args.level, top_k=args.top_k,
                     batch_size=args.batch_size, include_next=args.include_next, device=args.device,
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     path = write_table(frame, args.out, overwrite=args.overwrite)
     scored = frame[frame["observed_mark"] >= 0]
     acc = float((scored["mark_1"] == scored["observed_mark"]).mean()) if len(scored) else float("nan")
-    cover = float(((scored["observed_gap"] >= scored["lower"]) & (scored["observed_gap"] <= scored["upper"])).mean())
+    lo, hi = interval_columns(args.level)
+    cover = float(((scored["observed_gap"] >= scored[lo]) & (scored["observed_gap"] <= scored[hi])).mean())
     print(f"{path}: {len(frame)} rows ({frame['sequence'].nunique()} sequences); forecast accuracy {acc:.4f}, "
           f"{args.level:g} interval coverage {cover:.4f}")
     return 0

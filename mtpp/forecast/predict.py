@@ -11,7 +11,8 @@ first with ``first_event: skip``), the model's prediction from the events ``0..i
 ``observed_mark``         ``k_i``
 ``median_gap``            ``F^{-1}(0.5 | H_i)``
 ``mean_gap``              ``E[tau | H_i]`` where the decoder has a closed form (LNM), else NaN
-``lower``, ``upper``      central interval at ``level``: ``F^{-1}((1 - level) / 2)``, ``F^{-1}((1 + level) / 2)``
+``lower_gap_P``,          central interval at ``level`` (``P`` its percent, e.g. ``lower_gap_90`` for 0.9):
+``upper_gap_P``           ``F^{-1}((1 - level) / 2)``, ``F^{-1}((1 + level) / 2)`` (:func:`interval_columns`)
 ``mark_1..k``             the ``k`` most probable marks under the forecast ``p(k | H_i)`` (the next time unknown,
                           ``mtpp.models.marginal``), most probable first
 ``prob_1..k``             their forecast probabilities
@@ -45,6 +46,13 @@ DEFAULT_TOP_K = 5
 def _check_level(level: float) -> None:
     if not 0.0 < level < 1.0:
         raise MtppError(f"level must be in (0, 1), got {level}")
+
+
+def interval_columns(level: float) -> tuple[str, str]:
+    """The names of the central interval's columns at ``level``: ``("lower_gap_90", "upper_gap_90")`` for 0.9,
+    ``("lower_gap_97.5", "upper_gap_97.5")`` for 0.975, so that a table says which interval it holds."""
+    pct = f"{round(level * 100, 6):g}"
+    return f"lower_gap_{pct}", f"upper_gap_{pct}"
 
 
 @torch.no_grad()
@@ -125,7 +133,7 @@ def predict_frame(
                 chunk = sequences[lo : lo + batch_size]
                 batch = collate(chunk, dtype=param.dtype).to(param.device)
                 out = predict_batch(model, batch, level, top_k)
-                frames.append(_rows(chunk, ids[lo : lo + batch_size], batch, out, include_next))
+                frames.append(_rows(chunk, ids[lo : lo + batch_size], batch, out, include_next, level))
                 bar.update(len(chunk))
     finally:
         bar.close()
@@ -133,7 +141,7 @@ def predict_frame(
     return pd.concat(frames, ignore_index=True)
 
 
-def _rows(chunk, ids, batch, out, include_next: bool):
+def _rows(chunk, ids, batch, out, include_next: bool, level: float):
     import pandas as pd
 
     lengths = batch.lengths.cpu().numpy()
@@ -163,9 +171,9 @@ def _rows(chunk, ids, batch, out, include_next: bool):
         "observed_mark": np.where(observed, all_marks[flat], -1),
         "median_gap": at(out["median"]),
         "mean_gap": at(out["mean"]) if out["mean"] is not None else np.full(b_idx.shape, nan),
-        "lower": at(out["lower"]),
-        "upper": at(out["upper"]),
     }
+    lo_name, hi_name = interval_columns(level)
+    cols[lo_name], cols[hi_name] = at(out["lower"]), at(out["upper"])
     top_m = out["top_marks"].cpu().numpy()[b_idx, i_idx]
     top_p = out["top_log_probs"].detach().double().exp().cpu().numpy()[b_idx, i_idx]
     for j in range(top_m.shape[1]):  # k columns (a handful), not events
