@@ -3,6 +3,8 @@ exponential-kernel Hawkes log-likelihood pushed through the same machinery again
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.integrate
@@ -224,3 +226,19 @@ def test_monte_carlo_cdf_is_biased_low_as_documented():
     assert bias < -6 * se  # cdf: biased low, many standard errors away
     predicted = -float(torch.exp(-exact_big)) * float(big.var()) / 2
     assert bias == pytest.approx(predicted, rel=0.3)
+
+
+def test_softplus_antiderivative_equals_the_dilogarithm() -> None:
+    """``SP(y) = -Li2(-e^y)`` (the closed form of THP's compensator) against mpmath's polylog, to rounding in
+    float64 over ``y in [-700, 0]`` and to ~1e-5 in float32 wherever ``e^y`` is a normal float32."""
+    mpmath = pytest.importorskip("mpmath")
+    from mtpp.models.integrate import _softplus_antiderivative_negative
+
+    y = np.concatenate([-np.logspace(-12, np.log10(700.0), 400), [0.0, -math.log(2.0)]])
+    ref = np.array([float(-mpmath.polylog(2, -mpmath.exp(mpmath.mpf(v)))) for v in y])
+    got = _softplus_antiderivative_negative(torch.tensor(y, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=2e-15, atol=0)
+    assert got[-2] == pytest.approx(math.pi**2 / 12, rel=1e-16)
+    m = y > -80
+    got32 = _softplus_antiderivative_negative(torch.tensor(y[m], dtype=torch.float32)).double().numpy()
+    np.testing.assert_allclose(got32, ref[m], rtol=1e-5, atol=0)

@@ -401,6 +401,38 @@ def test_quadrature_icdf_inverts_the_gauss_legendre_compensator_under_mc(name):
         torch.testing.assert_close(stacked[..., 0], q, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_newton_stops_when_converged_and_each_root_is_its_own(dtype):
+    """``_safeguarded_newton`` on ``g(x) = x^3 + x - c``: stops well before ``steps`` once every element has
+    converged (to rounding), and an element's root does not depend on what else is in the batch (a slow one
+    alongside keeps the loop running; the converged element stays frozen)."""
+    from mtpp.models.time_decoders import _safeguarded_newton
+
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        return x**3 + x - c, 3 * x**2 + 1
+
+    c = torch.tensor([2.0, 10.0, 0.5], dtype=dtype)
+    lo, hi = torch.full_like(c, -5.0), torch.full_like(c, 5.0)
+    x = _safeguarded_newton(fn, torch.zeros_like(c), lo, hi, 40)
+    assert len(calls) < 12
+    ref = torch.tensor([np.roots([1, 0, 1, -v])[np.isreal(np.roots([1, 0, 1, -v]))].real[0] for v in (2, 10, 0.5)])
+    torch.testing.assert_close(x.double(), ref.double(), rtol=4 * torch.finfo(dtype).eps, atol=0)
+    # alone vs beside an element that starts at the far edge of a huge bracket (many bisections first)
+    calls.clear()
+    c = torch.tensor([2.0, 1e6], dtype=dtype)
+    both = _safeguarded_newton(fn, torch.tensor([0.0, -1e3], dtype=dtype), torch.tensor([-5.0, -1e3], dtype=dtype),
+                               torch.tensor([5.0, 1e3], dtype=dtype), 40)
+    many = len(calls)
+    c = torch.tensor([2.0], dtype=dtype)
+    alone = _safeguarded_newton(fn, torch.zeros(1, dtype=dtype), torch.full((1,), -5.0, dtype=dtype),
+                                torch.full((1,), 5.0, dtype=dtype), 40)
+    assert many > len(calls) - many  # the slow element needed more steps
+    assert torch.equal(both[:1], alone)
+
+
 # ------------------------------------------------------------------------------------------- two spaces, cache
 
 
