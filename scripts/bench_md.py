@@ -14,6 +14,8 @@ Three kinds of row files are understood:
   events/s of cells that ran side by side on one machine (``concurrent_cells``).
 - ensemble rows (key ``members``, ``scripts/bench_ensemble.py --out``): one model's training step against the
   vectorised ensemble step of ``members`` models, events/s summed over members, medians over rounds.
+- prediction rows (key ``predict_model``, ``scripts/bench_predict.py --out``): rows per second of ``mtpp predict``'s
+  table per model and code version, medians over rounds.
 
 ``--update FILE --block NAME`` replaces the text between ``<!-- BEGIN NAME -->`` and ``<!-- END NAME -->`` in FILE.
 """
@@ -95,6 +97,27 @@ def ensemble_table(rows: list[dict[str, Any]], source: str) -> list[str]:
     return out
 
 
+def predict_table(rows: list[dict[str, Any]], source: str) -> list[str]:
+    """The table of one ``scripts/bench_predict.py`` file: one line per model, one column per code version."""
+    r0 = rows[0]
+    codes = list(dict.fromkeys(r["code"] for r in rows))
+    models = list(dict.fromkeys(r["predict_model"] for r in rows))
+    by = {(r["predict_model"], r["code"]): r for r in rows}
+    out = [
+        f"`{source}`: dataset {r0.get('dataset')}, first {r0.get('sequences')} sequences, batch {r0.get('batch_size')}, "
+        f"{r0.get('threads')} thread(s), torch {r0.get('torch_version')}, "
+        f"{' '.join(r0.get('overrides') or []) or 'model defaults'}; median over {len(r0.get('rounds') or [])} rounds.",
+        "",
+        "| model | rows | " + " | ".join(f"rows/s ({c})" for c in codes) + " |",
+        "|---|---:|" + "---:|" * len(codes),
+    ]
+    for m in models:
+        cells = [_int(by[(m, c)]["rows_per_second"]) if (m, c) in by else "n/a" for c in codes]
+        n = next(by[(m, c)]["rows"] for c in codes if (m, c) in by)
+        out.append(f"| {m} | {n:,} | " + " | ".join(cells) + " |")
+    return out
+
+
 def render(paths: list[Path]) -> str:
     out: list[str] = []
     for p in paths:
@@ -102,7 +125,8 @@ def render(paths: list[Path]) -> str:
         if not rows:
             out += [f"`{p}`: no rows.", ""]
             continue
-        table = cell_table if "cell" in rows[0] else ensemble_table if "members" in rows[0] else bench_table
+        table = (cell_table if "cell" in rows[0] else ensemble_table if "members" in rows[0]
+                 else predict_table if "predict_model" in rows[0] else bench_table)
         out += table(rows, str(p)) + [""]
     return "\n".join(out).rstrip() + "\n"
 

@@ -57,3 +57,15 @@ def test_tables_and_block_update(tmp_path: Path) -> None:
     assert "old" not in new and "52,362" in new
     with pytest.raises(SystemExit, match="no '<!-- BEGIN other -->'"):
         md.main(["--update", str(doc), "--block", "other", str(bench)])
+
+
+def test_predict_table_has_one_column_per_code_version(tmp_path: Path) -> None:
+    md = _module()
+    rows = [{"predict_model": m, "code": c, "rows": 3165, "rows_per_second": r, "dataset": "mooc", "sequences": 64,
+             "batch_size": 64, "threads": 1, "torch_version": "2.13", "overrides": [], "rounds": [1.0, 1.0]}
+            for m, c, r in [("gru-thp-base", "old", 310.2), ("gru-thp-base", "new", 803.9), ("gru-lnm-base", "new", 5e3)]]
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(rows))
+    text = md.render([p])
+    assert "| model | rows | rows/s (old) | rows/s (new) |" in text
+    assert "| gru-thp-base | 3,165 | 310 | 804 |" in text and "| gru-lnm-base | 3,165 | n/a | 5,000 |" in text
