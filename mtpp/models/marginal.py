@@ -68,8 +68,8 @@ def quantile_grid(dist: object, like: Tensor, points: int = GRID_POINTS, tail: f
     """``[*batch, P]`` gaps evenly spaced in ``log tau`` from ``F^{-1}(tail)`` to ``F^{-1}(1 - tail)``.
 
     ``like: [*batch]``: a tensor of the distribution's batch shape, dtype and device."""
-    lo = dist.icdf(torch.full_like(like, tail))
-    hi = dist.icdf(torch.full_like(like, 1.0 - tail))
+    ends = torch.tensor([tail, 1.0 - tail], dtype=like.dtype, device=like.device)
+    lo, hi = dist.icdf(ends.expand(*like.shape, 2)).unbind(-1)  # both ends in one search (one bracketing grid)
     tiny = torch.finfo(like.dtype).tiny
     log_lo = torch.log(lo.clamp_min(tiny))
     log_hi = torch.maximum(torch.log(hi.clamp_min(tiny)), log_lo)
