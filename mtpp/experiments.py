@@ -598,11 +598,14 @@ def last_epoch_record(run_dir: Path, chunk: int = 1 << 18, limit: int = 1 << 24)
 
 
 def cell_state(run_dir: Path, config: dict | None = None) -> str:
-    """``done`` (skip), ``stale`` (complete, but trained with a different ``config``), ``resume`` (checkpoint,
-    no metrics) or ``new``."""
+    """``done`` (skip), ``stale`` (complete or interrupted, but started with a different ``config``: resuming it
+    would continue another experiment under this cell's name), ``resume`` (checkpoint of this ``config``, no
+    metrics) or ``new``."""
     if is_complete(run_dir):
         return "stale" if config is not None and config_differences(run_dir, config) else "done"
-    return "resume" if is_resumable(run_dir) else "new"
+    if not is_resumable(run_dir):
+        return "new"
+    return "stale" if config is not None and config_differences(run_dir, config) else "resume"
 
 
 def record_differences(results_dir: str | Path, name: str, config: dict) -> list[str] | None:
@@ -679,8 +682,9 @@ def run_cell(
 ) -> CellResult:
     """Train one cell (in this or a worker process); never raises for a failing run, returns its error.
 
-    A run directory with a checkpoint but no complete metrics is resumed; anything else there (a stale or
-    half-written run without a checkpoint) is overwritten. ``fit`` defaults to ``mtpp.training.trainer.fit``
+    A run directory with a checkpoint of this configuration but no complete metrics is resumed; anything else
+    there (a finished or interrupted run of another configuration, a half-written run without a checkpoint) is
+    overwritten. ``fit`` defaults to ``mtpp.training.trainer.fit``
     (it must be picklable when run in a worker).
     """
     import torch
@@ -695,7 +699,8 @@ def run_cell(
         if cfg.train.threads > threads:  # jobs x threads never exceeds the cores
             cfg.train.threads = threads
         out = Path(run_dir)
-        resume = not is_complete(out) and is_resumable(out)
+        # a checkpoint of another configuration (a stale cell the caller chose to retrain) is never resumed
+        resume = not is_complete(out) and is_resumable(out) and not config_differences(out, cfg.to_dict())
         out.mkdir(parents=True, exist_ok=True)
         (out / CELL_FILE).write_text(json.dumps({"name": name, **labels}, indent=2) + "\n")
         if fit is None:
@@ -855,7 +860,8 @@ def _check_stale(
     if data_reasons and first.name in data_reasons:
         diff = [data_reasons[first.name], *diff]
     raise ConfigError(
-        f"{len(stale)} finished cell(s) were trained with a different configuration or data (e.g. {first.name}, "
+        f"{len(stale)} finished or interrupted cell(s) were trained with a different configuration or data "
+        f"(e.g. {first.name}, "
         f"{where}: {'; '.join(diff[:3])}); pass --rerun-stale to retrain them, or choose another --out / --results"
     )
 

@@ -236,6 +236,27 @@ def test_stale_finished_cells_are_refused_unless_rerun(tmp_path: Path, fake_fit:
     assert fake_fit.calls == [(str(tmp_path / c.name), False) for c in cells]
 
 
+def test_an_interrupted_cell_of_another_configuration_is_stale_not_resumed(tmp_path: Path, fake_fit: FakeFit) -> None:
+    """A checkpoint started under other settings (here train.max_epochs) is not continued under this cell's name:
+    stale, refused without --rerun-stale, and retrained from scratch with it; the same settings resume."""
+    cells = ex.expand(ex.experiment_from_dict(small_grid()))[:2]
+    for c in cells:  # interrupted runs of max_epochs=300: a config.yaml and a checkpoint, no metrics
+        d = tmp_path / c.name
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(yaml.safe_dump(ex.resolve(c, ["train.max_epochs=300"]).to_dict()))
+        (d / "checkpoint.pt").write_bytes(b"x")
+    assert ex.grid_states(cells, tmp_path, ["train.max_epochs=300"]) == {c.name: "resume" for c in cells}
+    assert ex.grid_states(cells, tmp_path, ["train.max_epochs=2"]) == {c.name: "stale" for c in cells}
+    with pytest.raises(ConfigError, match=r"finished or interrupted.*train.max_epochs: 300 -> 2.*--rerun-stale"):
+        ex.run_grid(cells, tmp_path, progress=False, overrides=["train.max_epochs=2"])
+    assert fake_fit.calls == []
+    ex.run_grid(cells[:1], tmp_path, progress=False, overrides=["train.max_epochs=300"])
+    assert fake_fit.calls == [(str(tmp_path / cells[0].name), True)]
+    fake_fit.calls.clear()
+    ex.run_grid(cells[1:], tmp_path, progress=False, overrides=["train.max_epochs=2"], rerun_stale=True)
+    assert fake_fit.calls == [(str(tmp_path / cells[1].name), False)]
+
+
 def test_compare_cli_dry_run_and_failure_exit_code(
     tmp_path: Path, fake_fit: FakeFit, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
