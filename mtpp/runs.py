@@ -211,6 +211,45 @@ class Run:
 
         return checkpoint.load(self.path / checkpoint.BEST, map_location=map_location)
 
+    def load_best(self, model: Any, state: dict[str, Any] | None = None) -> None:
+        """``best.pt``'s weights into ``model`` (built from ``config.yaml``); ``MtppError`` when they do not fit
+        (see :func:`load_weights`)."""
+        from mtpp.training import checkpoint
+
+        state = self.best_state() if state is None else state
+        load_weights(model, state, self.path / checkpoint.BEST, self.config.to_dict())
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def load_weights(model: Any, state: dict[str, Any], source: Path, config: dict[str, Any] | None = None) -> None:
+    """``state["model"]`` into ``model``; when the tensors do not fit (a ``config.yaml`` edited after training,
+    a checkpoint of another run), one ``MtppError`` naming ``source``, the first mismatch and the ``model.*``
+    settings where ``config`` (the configuration the model was built from) differs from the one stored in the
+    checkpoint, instead of torch's list of shapes."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
+        stored = state.get("config")
+        diffs = []
+        if isinstance(stored, dict) and config is not None:
+            a, b = _flat(stored.get("model") or {}, "model"), _flat(config.get("model") or {}, "model")
+            diffs = [f"{k}: {a.get(k)!r} (trained) vs {b.get(k)!r} (config.yaml)" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k)]
+        why = (f"; the run's config.yaml differs from the configuration it was trained with: {', '.join(diffs[:4])}"
+               if diffs else "; was config.yaml edited after training, or the file copied from another run?")
+        raise MtppError(f"{source}: the weights do not fit the model its config.yaml describes ({lines[0]}{more})"
+                        f"{why}") from None
+
 
 def open_run(run_dir: str | Path) -> Run:
     """Read ``run_dir/config.yaml`` (``MtppError`` when there is none or it is not a run configuration)."""

@@ -808,3 +808,29 @@ def test_report_says_why_when_only_the_window_setting_differs(tmp_path: Path, ca
     err = capsys.readouterr().err
     assert "tested on different data" in err
     assert "data.use_window false vs true" in err and "survival term" in err
+
+
+def test_a_config_edited_after_training_is_one_line_naming_the_setting(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """best.pt no longer fitting config.yaml (hidden size edited): evaluate / predict / generate and --resume say
+    so in one line naming the file and the model setting, not torch's shape list."""
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    fit(tiny(data), run)
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("hidden_size: 8", "hidden_size: 16"))
+    for args in (["evaluate", str(run)], ["predict", str(run), "--out", str(tmp_path / "p.csv")],
+                 ["generate", str(run), "--events", "2", "--out", str(tmp_path / "g.csv")]):
+        capsys.readouterr()
+        assert main(args) != 0
+        err = capsys.readouterr().err
+        assert "best.pt: the weights do not fit" in err and "model.hidden_size: 8 (trained) vs 16" in err, args
+        assert "Traceback" not in err and "size mismatch" in err.splitlines()[-1]
+    # --resume restores checkpoint.pt through the same loader
+    from mtpp.models import build_model
+    from mtpp.runs import load_weights
+
+    wide = load_config(None, [*TINY, "model.hidden_size=16"])
+    state = checkpoint.load(run / checkpoint.CHECKPOINT)
+    with pytest.raises(MtppError, match=r"checkpoint.pt: the weights do not fit.*model.hidden_size: 8 \(trained\)"):
+        load_weights(build_model(wide.model, 3), state, run / checkpoint.CHECKPOINT, wide.to_dict())

@@ -160,7 +160,7 @@ def _evaluate_run(
         raise MtppError(f"{run_dir}: the model knows {num_marks} marks, the data have {run_data.num_marks}: "
                         "it cannot score them")
     model = build_run_model(cfg, num_marks, dev)
-    model.load_state_dict(state["model"])
+    run.load_best(model, state)
     bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
     metrics, arrays = evaluate_model(
         model, run_data.split(split), batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype], seed=cfg.train.seed

@@ -48,6 +48,6 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | Non
     dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
     data, _, _ = run.load_data(data_dir, purpose="forecast from")
     model = build_run_model(cfg, data.num_marks, dev)
-    model.load_state_dict(run.best_state(map_location=dev)["model"])
+    run.load_best(model, run.best_state(map_location=dev))
     model.eval()
     return LoadedRun(run_dir, cfg, model, data, DTYPES[cfg.data.dtype], dev)

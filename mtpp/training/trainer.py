@@ -700,7 +700,9 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        from mtpp.runs import load_weights
+
+        load_weights(self.model, state, Path(self.out) / checkpoint.CHECKPOINT, self.cfg.to_dict())
         self.early.load_state_dict(state["early_stopping"], self.device)
         for group in self.early.done_groups() if self.early.separate else []:
             self._freeze(group)
