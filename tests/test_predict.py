@@ -99,6 +99,18 @@ def test_interval_columns_name_their_level(level: float, names: tuple[str, str])
     assert set(names) <= set(df.columns)
 
 
+def test_an_output_path_that_is_a_folder_is_refused_even_with_overwrite(tmp_path: Path) -> None:
+    m = build_model(tiny_config(decoder="lnm"), K).eval()
+    df = predict_frame(m, _sequences())
+    (tmp_path / "d.csv").mkdir()
+    (tmp_path / "d.csv" / "mine.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(MtppError, match=r"d.csv: is a folder"):
+            write_table(df, tmp_path / "d.csv", overwrite=overwrite)
+    assert (tmp_path / "d.csv" / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]  # no temporary file left
+
+
 def test_bad_arguments_and_never_overwriting(tmp_path: Path) -> None:
     m = build_model(tiny_config(decoder="lnm"), K).eval()
     with pytest.raises(MtppError, match="level"):
@@ -161,6 +173,10 @@ def test_generate_command_and_baselines(run_dir: Path, tmp_path: Path, capsys: p
         assert main(["generate", str(run_dir), "--events", "4", "--baseline", name, "--sampler", "thinning",
                      "--sequences", "1", "--out", str(o)]) == 0
         assert len(pd.read_csv(o)) == 4
+        assert f"baseline {name}, thinning sampler" in capsys.readouterr().out
+    dup = ["generate", str(run_dir), "--events", "2", "--sequences", "0,1,0", "--out", str(tmp_path / "d.csv")]
+    assert main(dup) == 2  # two copies of sequence 0 would give rows that cannot be told apart
+    assert "0 given more than once" in capsys.readouterr().err and not (tmp_path / "d.csv").exists()
     assert main(["generate", str(run_dir), "--events", "5", "--samples", "100000", "--max-memory", "0.001",
                  "--out", str(tmp_path / "x.csv")]) == 2
     assert "refused" in capsys.readouterr().err

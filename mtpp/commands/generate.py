@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         bad = [i for i in ids if not 0 <= i < len(seqs)]
         if bad:
             raise MtppError(f"--sequences: {bad} out of range for the {len(seqs)} sequences of {args.split}")
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:  # the rows of two copies could not be told apart (same sequence, sample and index)
+            raise MtppError(f"--sequences: {', '.join(map(str, twice))} given more than once; name each sequence "
+                            "once (--samples N gives N continuations of each)")
     histories = [seqs[i] for i in ids]
     source = f"{run.cfg.data.name}/{args.split}"
     target = run.model if args.baseline == "model" else baseline_factory(args.baseline, run)
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     frame["sequence"] = np.asarray(ids)[frame["sequence"].to_numpy()]  # split indices
     path = write_table(frame, args.out, overwrite=args.overwrite)
     print(f"{path}: {len(frame)} events in {g.rows} samples of {len(histories)} sequences "
-          f"({g.info['sampler']} sampler, {len(frame) / max(seconds, 1e-9):.0f} events/s)"
+          f"({'' if args.baseline == 'model' else f'baseline {args.baseline}, '}{g.info['sampler']} sampler, "
+          f"{len(frame) / max(seconds, 1e-9):.0f} events/s)"
           + (f"; {int(g.truncated.sum())} sample(s) cut at --max-events {g.info['max_events']} before the horizon"
              if args.horizon is not None else ""))
     return 0

@@ -194,18 +194,23 @@ def write_table(frame, path: str | Path, overwrite: bool = False) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise MtppError(f"{path}: the output must end in .csv or .parquet")
+    if path.is_dir():  # never replaced, not even with --overwrite (a folder is not a table this wrote)
+        raise MtppError(f"{path}: is a folder; --out must name a file")
     if path.exists() and not overwrite:
         raise MtppError(f"{path}: exists; choose another --out or pass --overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    if suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        try:
-            frame.to_parquet(tmp, index=False)
-        except ImportError as e:
-            raise MtppError(f"{path}: writing Parquet needs pyarrow ({e}); use .csv") from None
-    tmp.replace(path)
+    try:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            try:
+                frame.to_parquet(tmp, index=False)
+            except ImportError as e:
+                raise MtppError(f"{path}: writing Parquet needs pyarrow ({e}); use .csv") from None
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only ever the temporary file this call wrote
     return path
 
 
