@@ -76,6 +76,8 @@ def _pickle_out_of_range(tmp_path: Path) -> Path:
 CASES: list[tuple[str, Callable[[Path], Path], str, int | None]] = [
     ("unsorted", lambda d: _bosser_file(d, _ev((2.0, 0), (1.0, 1))), "times not sorted", 2),
     ("negative_time", lambda d: _bosser_file(d, _ev((-1.0, 0), (1.0, 1))), "negative time", 2),
+    # a negative time after the first event is that, not "not sorted" (sorting would not fix it)
+    ("negative_later", lambda d: _bosser_file(d, _ev((1.0, 0), (-0.5, 1))), "negative time -0.5 at event 1", 2),
     ("nan_time", lambda d: _rmtpp_nan(d), "non-finite time", 1),
     ("inf_time", lambda d: _bosser_file(d, [{"time": 1e400, "labels": [0]}]), "non-finite time", 2),
     ("mark_out_of_range", _pickle_out_of_range, "out of range for 3 marks", 1),
@@ -140,6 +142,17 @@ def test_cli_exit_code_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert code == 2 and len(err) == 1
     assert err[0].startswith("mtpp data: error: ") and "bad.json: sequence 2: times not sorted" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_prepare_into_an_existing_file_is_one_line_before_reading(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    p = _bosser_file(tmp_path, _ev((1.0, 0), (2.0, 1)))
+    target = tmp_path / "single.csv"
+    target.write_text("mine")
+    assert main(["data", "prepare", str(p), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "single.csv" in err[0] and "is a file" in err[0]
+    assert target.read_text() == "mine"
 
 
 def test_unsorted_sequences_name_the_run_setting_that_sorts_them(tmp_path: Path,

@@ -1559,6 +1559,17 @@ def write_bosser_json(path: str | Path, sequences: Sequence[EventSequence]) -> P
     return path
 
 
+def check_output_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` as a ``Path`` when a split folder may be written there (it does not exist, or is an empty
+    folder); ``DataError`` naming it otherwise (a file, or a folder with contents: never replaced)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError("exists and is a file; --out must name a new (or empty) folder", source=str(out_dir))
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError("output folder exists and is not empty", source=str(out_dir))
+    return out_dir
+
+
 def write_split_folder(
     out_dir: str | Path,
     splits: Sequence[Mapping[str, Sequence[EventSequence]]],
@@ -1578,9 +1589,7 @@ def write_split_folder(
     import shutil
     import tempfile
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError("output folder exists and is not empty", source=str(out_dir))
+    out_dir = check_output_folder(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

@@ -228,8 +228,9 @@ def make_sequence(
     if not np.all(np.isfinite(t)):
         j = int(np.flatnonzero(~np.isfinite(t))[0])
         raise fail(f"non-finite time {float(t[j])!r} at event {j}")
-    if t[0] < 0:
-        raise fail(f"negative time {float(t[0])!r} at event 0 (times are measured from the window start 0)")
+    if np.any(t < 0):  # any event, not only the first: sorting cannot fix a negative time
+        j = int(np.flatnonzero(t < 0)[0])
+        raise fail(f"negative time {float(t[j])!r} at event {j} (times are measured from the window start 0)")
     d = np.diff(t)
     if np.any(d < 0):
         j = int(np.flatnonzero(d < 0)[0]) + 1

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtpp.data.formats import ReadOptions, ReadResult, read_any, write_split_folder
+from mtpp.data.formats import ReadOptions, ReadResult, check_output_folder, read_any, write_split_folder
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import ConfigError, DataError
 
@@ -232,6 +232,7 @@ def prepare(
 ) -> PrepareReport:
     """Read ``inputs`` (files or folders of any supported format), de-duplicate, write ``num_splits`` seeded
     ``train``/``val``/``test`` splits to ``out``. Deterministic for a seed (same bytes)."""
+    check_output_folder(out)  # before reading: a bad --out fails at once
     result = read_inputs(inputs, options, progress)
     return prepare_sequences(result, out, seed=seed, num_splits=num_splits, ratios=ratios,
                              sources=[str(p) for p in inputs])
