@@ -137,27 +137,44 @@ def check_same_data(recorded: dict[str, Any] | None, current: dict[str, Any], wh
 def load_recorded_data(data_cfg: Any, data_dir: str | None, recorded: dict[str, Any] | None) -> tuple[Any, dict]:
     """``(run_data, its record)`` for a run: the data whose fingerprints match ``recorded`` where possible.
 
-    Tried in order: the recorded ``source`` (unless ``data_dir`` is given or it is gone), then ``data_cfg``
-    resolved as usual (``data_dir``, ``data.data_dir``, ``$MTPP_DATA_DIR``, ``./data``). The first that matches
-    is returned; when none does, the last one tried (the caller refuses it with :func:`check_same_data`).
+    Tried in order: the recorded ``source`` (unless ``data_dir`` is given or it is gone); for a dataset given as a
+    path (not a catalog name, so ``--data-dir`` has no folder to resolve it in), ``data_dir`` itself as the data
+    (a copy of the recorded split folder, or of the file); then ``data_cfg`` resolved as usual (``data_dir``,
+    ``data.data_dir``, ``$MTPP_DATA_DIR``, ``./data``). The first that matches is returned; when none does, the
+    last one tried (the caller refuses it with :func:`check_same_data`).
     """
+    from mtpp.data.catalog import CATALOG
+
+    candidates = []
+    source = (recorded or {}).get("source")
+    if data_dir is None and source and Path(source).exists():
+        candidates.append(source)
+    if data_dir is not None and data_cfg.name not in CATALOG and Path(data_dir).exists():
+        candidates.append(str(data_dir))
+    for where in candidates:
+        found = _load_as(data_cfg, where)
+        if found is not None:
+            record = data_record(found, data_cfg)
+            if not differing_parts(recorded or {}, record):
+                return found, record
+    from mtpp.training.setup import load_data
+
+    data = load_data(data_cfg, data_dir)
+    return data, data_record(data, data_cfg)
+
+
+def _load_as(data_cfg: Any, where: str) -> Any:
+    """The run's data read from ``where`` (a split folder or file) under the run's dataset name; ``None`` when it
+    does not read as data (e.g. the folder holds something else now)."""
     from dataclasses import replace
 
     from mtpp.errors import DataError
     from mtpp.training.setup import load_data
 
-    source = (recorded or {}).get("source")
-    if data_dir is None and source and Path(source).exists():
-        try:
-            data = load_data(replace(data_cfg, name=source, data_dir=None), None, name=data_cfg.name)
-        except DataError:  # e.g. the folder holds something else now: fall back to the configured data
-            data = None
-        if data is not None:
-            record = data_record(data, data_cfg)
-            if not differing_parts(recorded or {}, record):
-                return data, record
-    data = load_data(data_cfg, data_dir)
-    return data, data_record(data, data_cfg)
+    try:
+        return load_data(replace(data_cfg, name=where, data_dir=None), None, name=data_cfg.name)
+    except DataError:
+        return None
 
 
 def describe_data(run_data: Any) -> str:

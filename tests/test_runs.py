@@ -834,3 +834,29 @@ def test_a_config_edited_after_training_is_one_line_naming_the_setting(tmp_path:
     state = checkpoint.load(run / checkpoint.CHECKPOINT)
     with pytest.raises(MtppError, match=r"checkpoint.pt: the weights do not fit.*model.hidden_size: 8 \(trained\)"):
         load_weights(build_model(wide.model, 3), state, run / checkpoint.CHECKPOINT, wide.to_dict())
+
+
+def test_data_dir_finds_a_copy_of_the_recorded_data_of_a_dataset_given_as_a_path(tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Trained on a CSV given by path (auto-prepared into the cache). The CSV is then edited and the prepared folder
+    moved: the run refuses the edited data, and --data-dir pointing at the moved folder (the recorded data) works,
+    as the refusal says."""
+    import shutil
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = [(s, float(t), int(rng.integers(0, 3))) for s in range(40) for t in np.sort(rng.uniform(0, 10, 6))]
+    csv = tmp_path / "mine.csv"
+    pd.DataFrame(rows, columns=["seq_id", "time", "mark"]).to_csv(csv, index=False)
+    run = tmp_path / "run"
+    fit(tiny(csv), run)
+    recorded = Path(open_run(run).data_record["source"])
+    moved = tmp_path / "moved"
+    shutil.move(str(recorded), moved)
+    csv.write_text("".join(csv.read_text().splitlines(keepends=True)[:-6]))  # the last sequence gone: other data
+    capsys.readouterr()
+    assert main(["predict", str(run), "--out", str(tmp_path / "a.csv")]) == 2
+    assert "the data differ from the run's" in capsys.readouterr().err
+    assert main(["predict", str(run), "--out", str(tmp_path / "b.csv"), "--data-dir", str(moved)]) == 0
+    assert main(["evaluate", str(run), "--data-dir", str(moved)]) == 0
