@@ -192,7 +192,16 @@ def test_plot_command_writes_a_png(run_dir: Path, tmp_path: Path) -> None:
     assert main(["plot", str(run_dir), "--sequence", "1", "--out", str(out)]) == 2  # never replaced
 
 
-def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: Path) -> None:
+def _exit_code(argv: list[str]) -> int:
+    """The process exit code of ``mtpp ARGV``: ``main``'s return, or argparse's exit for a bad option value."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code)
+
+
+def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     import shutil
 
     run = tmp_path / "copy"
@@ -231,8 +240,12 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
     again = json.loads((run / "metrics.json").read_text())["test"]
     assert again["horizon_tmap"] == test["horizon_tmap"] and "horizon_baselines" in again
     stamp = (run / "metrics.json").stat().st_mtime_ns
-    for bad in (["--horizon", "-1"], ["--horizon", "2", "--points", "0"], ["--horizon", "2", "--samples", "0"]):
-        assert main(["evaluate", str(run), *bad]) == 2
+    for bad in (["--horizon", "-1"], ["--horizon", "2", "--points", "0"], ["--horizon", "2", "--samples", "0"],
+                ["--samples", "8"], ["--points", "10"], ["--batch-size", "0"]):  # fmt: skip
+        assert _exit_code(["evaluate", str(run), *bad]) == 2, bad
+    assert "only apply with --horizon" in capsys.readouterr().err
+    assert _exit_code(["predict", str(run), "--batch-size", "0", "--out", str(tmp_path / "z.csv")]) == 2
+    assert "argument --batch-size: must be >= 1, got 0" in capsys.readouterr().err
     assert (run / "metrics.json").stat().st_mtime_ns == stamp
 
 

@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer ``>= 1`` (``--batch-size 0`` is refused in one line, not run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_run_options(p: argparse.ArgumentParser, seed: bool = True) -> None:
     """``--split``, ``--data-dir``, ``--device``, ``--overwrite`` (and ``--seed`` unless ``seed=False``)."""
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")

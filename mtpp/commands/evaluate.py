@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mtpp.commands._forecast_args import positive_int
+
 SHOWN = (
     ("L_T/seq", "nll_time_per_seq"),
     ("L_M/seq", "nll_mark_per_seq"),
@@ -36,11 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="accept data whose fingerprints differ from the run's; results go to "
                    "metrics.other-<fingerprint>.json, never metrics.json")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
-    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    p.add_argument("--batch-size", type=positive_int, help="evaluation batch size (default: the run's)")
     p.add_argument("--horizon", type=float, help="also score forecasts of the events within this time span "
                    "(T-mAP, OTD, count calibration; mtpp.forecast.horizon), with the baselines, as horizon_* keys")
-    p.add_argument("--samples", type=int, default=32, help="sampled continuations per point for --horizon")
-    p.add_argument("--points", type=int, default=1000, help="at most this many prediction points for --horizon")
+    p.add_argument("--samples", type=positive_int, help="sampled continuations per point for --horizon (default 32)")
+    p.add_argument("--points", type=positive_int,
+                   help="at most this many prediction points for --horizon (default 1000)")
     p.set_defaults(func=run)
 
 
@@ -61,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.horizon is not None and not (math.isfinite(args.horizon) and args.horizon > 0):
         raise MtppError(f"--horizon: a time span > 0 in the data's units, got {args.horizon}")
-    for name in ("samples", "points"):
-        if getattr(args, name) < 1:
-            raise MtppError(f"--{name}: must be >= 1, got {getattr(args, name)}")
+    given = [f"--{n}" for n in ("samples", "points") if getattr(args, n) is not None]
+    if given and args.horizon is None:
+        raise MtppError(f"{' and '.join(given)} only apply with --horizon (the horizon metrics); add --horizon T")
+    samples = 32 if args.samples is None else args.samples
+    points = 1000 if args.points is None else args.points
     runs = run_dirs(args.run_dir)
     if not runs:
         raise MtppError(f"{args.run_dir}: not a run directory (no config.yaml)")
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             if args.horizon is not None:
                 from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
 
-                h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=args.samples,
-                                         max_points=args.points, device=args.device, progress=True)
+                h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=samples,
+                                         max_points=points, device=args.device, progress=True)
                 print(format_horizon(h, f"{run_dir} {split}"))
     return 0

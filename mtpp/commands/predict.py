@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mtpp.commands._forecast_args import add_run_options
+from mtpp.commands._forecast_args import add_run_options, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=float, default=0.9, help="central interval level (default 0.9)")
     p.add_argument("--top-k", type=int, default=5, help="ranked marks per row (default 5)")
     p.add_argument("--include-next", action="store_true", help="add the forecast after each sequence's last event")
-    p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's evaluation batch)")
+    p.add_argument("--batch-size", type=positive_int, help="sequences per batch (default: the run's evaluation batch)")
     add_run_options(p, seed=False)
     p.set_defaults(func=run)
 
