@@ -268,6 +268,20 @@ def load_weights(model: Any, state: dict[str, Any], source: Path, config: dict[s
                         f"{why}") from None
 
 
+def not_a_run(path: Path) -> str:
+    """Why ``path`` is not a run directory, and what to pass instead: it does not exist; it is a folder of runs
+    (variants or a grid: names a few); or it has no ``config.yaml``."""
+    if not path.exists():
+        return f"{path}: does not exist"
+    if path.is_dir():
+        runs = sorted(str(c.parent) for c in path.glob(f"*/{CONFIG_FILE}"))
+        runs += sorted(str(c.parent) for c in path.glob(f"*/*/{CONFIG_FILE}")) if not runs else []
+        if runs:
+            shown = ", ".join(runs[:3]) + (f" (and {len(runs) - 3} more)" if len(runs) > 3 else "")
+            return f"{path}: a folder of {len(runs)} runs, not one run; pass one of them: {shown}"
+    return f"{path}: not a run directory (no {CONFIG_FILE})"
+
+
 def open_run(run_dir: str | Path) -> Run:
     """Read ``run_dir/config.yaml`` (``MtppError`` when there is none or it is not a run configuration)."""
     import yaml
@@ -277,7 +291,7 @@ def open_run(run_dir: str | Path) -> Run:
     path = Path(run_dir)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
-        raise MtppError(f"{path}: not a run directory (no {CONFIG_FILE})")
+        raise MtppError(not_a_run(path))
     try:
         raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -495,5 +509,5 @@ class RunLock:
 
 __all__ = [
     "Run", "RunLock", "open_run", "fingerprint", "data_record", "check_same_data", "load_recorded_data",
-    "describe_data", "check_folder_name", "clean_temporary_files", "mixed_data",
+    "describe_data", "check_folder_name", "clean_temporary_files", "mixed_data", "not_a_run", "load_weights",
 ]

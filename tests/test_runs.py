@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -860,3 +861,20 @@ def test_data_dir_finds_a_copy_of_the_recorded_data_of_a_dataset_given_as_a_path
     assert "the data differ from the run's" in capsys.readouterr().err
     assert main(["predict", str(run), "--out", str(tmp_path / "b.csv"), "--data-dir", str(moved)]) == 0
     assert main(["evaluate", str(run), "--data-dir", str(moved)]) == 0
+
+
+def test_a_path_that_is_not_one_run_says_what_it_is(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A missing path, a folder of runs (variants / a grid) and a plain folder: three different one-line errors."""
+    runs = tmp_path / "variants"
+    for name in ("a", "b"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text("train: {max_epochs: 1}\n")
+    (tmp_path / "plain").mkdir()
+    cases = [(tmp_path / "nowhere", "does not exist"),
+             (runs, f"a folder of 2 runs, not one run; pass one of them: {runs / 'a'}, {runs / 'b'}"),
+             (tmp_path / "plain", "not a run directory (no config.yaml)")]  # fmt: skip
+    for path, fragment in cases:
+        with pytest.raises(MtppError, match="^" + re.escape(f"{path}: {fragment}")):
+            open_run(path)
+        assert main(["predict", str(path), "--out", str(tmp_path / "x.csv")]) == 2
+        assert fragment in capsys.readouterr().err

@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     points = 1000 if args.points is None else args.points
     runs = run_dirs(args.run_dir)
     if not runs:
-        raise MtppError(f"{args.run_dir}: not a run directory (no config.yaml)")
+        from mtpp.runs import not_a_run
+
+        raise MtppError(not_a_run(args.run_dir))
     splits = ("val", "test") if args.split == "all" else (args.split,)
     header = ["| run | split | " + " | ".join(s[0] for s in SHOWN) + " |", "|" + "---|" * (len(SHOWN) + 2)]
     for run_dir in runs:
