@@ -234,6 +234,17 @@ def test_long_csv_and_gz(tmp_path: Path) -> None:
     assert len(read_any(q).sequences) == 3
 
 
+def test_long_csv_with_a_column_named_twice_or_category_marks_is_one_clear_error(tmp_path: Path) -> None:
+    """``seq_id,time,time``: pandas would read the second copy as 'time.1' and drop it silently (every mark 0).
+    Category names as marks: the error says how to turn them into ids."""
+    p = _write(tmp_path / "dup.csv", b"seq_id,time,time\na,1,0\na,2,1\n")
+    with pytest.raises(DataError, match=r"dup.csv: the header \(line 1\) names column\(s\) \['time'\] more than once"):
+        read_any(p)
+    q = _write(tmp_path / "cat.csv", b"seq_id,time,mark\na,1,click\na,2,buy\n")
+    with pytest.raises(DataError, match=r"mark 'click' is not a number on line 2 \(marks are integer ids.*factorize"):
+        read_any(q)
+
+
 def test_long_csv_split_column(tmp_path: Path) -> None:
     text = "seq_id,time,mark,split\na,1,0,train\na,2,1,train\nb,1,1,dev\nc,3,0,test\n"
     res = read_any(_write(tmp_path / "t.csv", text.encode()))

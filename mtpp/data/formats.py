@@ -62,6 +62,7 @@ them, through the same unpickler.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
@@ -1185,6 +1186,10 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         else:
             sep = "\t" if _strip_suffixes(path.name.lower()).endswith(".tsv") else ","
             text = decode_text(open_bytes(path), str(path))
+            header = next(csv.reader(io.StringIO(text.lstrip("\ufeff").split("\n", 1)[0]), delimiter=sep), [])
+            twice = sorted({c.strip() for c in header if [h.strip() for h in header].count(c.strip()) > 1})
+            if twice:  # pandas would rename the second copy ('time.1') and read on without it
+                raise DataError(f"the header (line 1) names column(s) {twice} more than once", source=str(path))
             df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except DataError:
         raise
@@ -1209,13 +1214,13 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     codes, labels = pd.factorize(seq_id, sort=False)
     n_seq = int(codes.max()) + 1 if codes.size else 0
 
-    def cell_error(col: str, bad: np.ndarray, why: str) -> DataError:
+    def cell_error(col: str, bad: np.ndarray, why: str, advice: str = "") -> DataError:
         r = int(np.flatnonzero(bad)[0])
         raw = df[col].iloc[r]
         shown = "is missing" if raw is None or (isinstance(raw, float) and np.isnan(raw)) or str(raw).strip() == "" \
             else f"{_short_repr(raw)} {why}"
         hint = " (a truncated file?)" if shown == "is missing" and r == len(df) - 1 else ""
-        return DataError(f"{col} {shown} on {where} {r + line0}{hint}", source=src, sequence=int(codes[r]))
+        return DataError(f"{col} {shown} on {where} {r + line0}{hint}{advice}", source=src, sequence=int(codes[r]))
 
     times = _table_column(df, "time", cell_error)
     if "mark" in df.columns:
@@ -1292,8 +1297,9 @@ def _table_column(df: Any, col: str, cell_error: Any) -> np.ndarray:
     num = pd.to_numeric(text, errors="coerce")
     bad = num.isna().to_numpy() & ~text.str.lower().isin(["nan", "inf", "-inf", "+inf", "infinity",
                                                          "-infinity"]).to_numpy()
-    if bad.any():
-        raise cell_error(col, bad, "is not a number")
+    if bad.any():  # a category name as a mark: say how to get ids
+        raise cell_error(col, bad, "is not a number", " (marks are integer ids 0..K-1: map category names to ids "
+                         "first, e.g. with pandas.factorize)" if col == "mark" else "")
     if text.str.lower().isin(["true", "false"]).any():
         raise cell_error(col, text.str.lower().isin(["true", "false"]).to_numpy(), "is a boolean, not a number")
     return num.to_numpy()
