@@ -214,15 +214,16 @@ CLAIM_COLUMNS = ("nll_time_per_seq", "nll_mark_per_seq", "accuracy_given_time", 
 
 def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
     """Per metric and change (base -> +, base -> ++): for how many decoders the mean paired difference (by split)
-    is an improvement, and for how many of those it exceeds twice its standard error; the paper's claim above it.
-    Counting signs, not a test: with one split there is no standard error and nothing is called significant."""
+    is an improvement, for how many of those it exceeds twice its standard error, and which decoders got *worse*
+    by more than twice it; the paper's claim above it. Counting signs, not a test: with one split there is no
+    standard error and nothing is called significant."""
     lines = []
     models = sorted({k[1] for k in cells if k[0] == dataset})
     for a, b in (("base", "plus"), ("base", "plusplus")):
         parts = []
         for m in CLAIM_COLUMNS:
             better = clear = total = 0
-            names = []
+            names, worse = [], []
             for model in models:
                 d = paired(cells.get((dataset, model, a, "sum"), []), cells.get((dataset, model, b, "sum"), []), m)
                 if d is None:
@@ -233,9 +234,12 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
                     better += 1
                     names.append(model)
                     clear += int(d[1] is not None and gain > 2 * d[1])
+                elif d[1] is not None and -gain > 2 * d[1]:
+                    worse.append(model)
             if total:
                 parts.append(f"{METRICS[m][0]} {better} of {total}" + (f" ({', '.join(names)})" if 0 < better < total
-                                                                        else "") + f", {clear} by > 2 SE")
+                                                                        else "") + f", {clear} by > 2 SE"
+                             + (f", worse by > 2 SE: {', '.join(worse)}" if worse else ""))
         if parts:
             lines.append(f"- {PARAM_LABEL[a]} → {PARAM_LABEL[b]}, decoders improved (paired by split): "
                          + "; ".join(parts) + ".")

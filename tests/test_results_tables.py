@@ -80,6 +80,14 @@ def test_mean_se_and_paired_differences_equal_hand_computed_values(tmp_path: Pat
     assert "- base → +," not in text
 
 
+def test_the_claim_check_names_decoders_that_got_worse_by_more_than_2_se() -> None:
+    """A change that hurts (forecast accuracy -0.0175 ± 0.0025 over two splits) is named, not only left uncounted."""
+    recs = [record("mooc", "lnm", "base", s, accuracy_forecast=[0.45, 0.46][s]) for s in range(2)]
+    recs += [record("mooc", "lnm", "plus", s, accuracy_forecast=[0.43, 0.445][s]) for s in range(2)]
+    text = "\n".join(tables.claim_check(tables.group(recs), "mooc"))
+    assert "- base → +, decoders improved (paired by split): acc. forecast 0 of 1, 0 by > 2 SE, worse by > 2 SE: lnm." in text
+
+
 def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
     from mtpp.records import read_records
 
