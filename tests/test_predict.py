@@ -79,6 +79,10 @@ def test_interval_is_the_central_interval_of_the_gap_law() -> None:
     assert "lower" not in df and "upper" not in df  # the columns name their level
     nxt_rows = df[df["observed_mark"] < 0]
     assert nxt_rows["index"].tolist() == [5, 9, 3] and nxt_rows["observed_gap"].isna().all()
+    # the time each prediction is made from: the last event of the history (the window start 0 before the first)
+    assert nxt_rows["history_end"].tolist() == [s.times[-1] for s in seqs]
+    seen = df[df["observed_mark"] >= 0]
+    np.testing.assert_allclose(seen["history_end"] + seen["observed_gap"], seen["time"], rtol=1e-12)
     nxt = ModelProcess(m, seqs, 1).next_event(torch.arange(3))
     with torch.no_grad():
         lo = nxt.cdf(torch.as_tensor(nxt_rows["lower_gap_90"].to_numpy().copy()))

@@ -7,6 +7,8 @@ first with ``first_event: skip``), the model's prediction from the events ``0..i
 ``sequence``              index of the sequence in the split (or in the list given)
 ``index``                 ``i``
 ``time``                  observed ``t_i`` (data units, absolute)
+``history_end``           ``t_{i-1}``, the time the prediction is made from (0, the window start, for ``i = 0``):
+                          the predicted next time is ``history_end + median_gap``
 ``observed_gap``          ``tau_i = t_i - t_{i-1}`` (``t_{-1} = 0``, the window start)
 ``observed_mark``         ``k_i``
 ``median_gap``            ``F^{-1}(0.5 | H_i)``
@@ -157,6 +159,7 @@ def _rows(chunk, ids, batch, out, include_next: bool, level: float):
     all_marks = np.concatenate([s.marks for s in chunk])
     all_taus = np.concatenate([s.taus for s in chunk])
     flat = np.where(observed, starts[b_idx] + np.minimum(i_idx, lengths[b_idx] - 1), 0)
+    prev = starts[b_idx] + np.maximum(i_idx - 1, 0)  # event i - 1 (i <= n, so always inside the sequence)
     nan = np.nan
 
     def at(x: torch.Tensor) -> np.ndarray:
@@ -166,6 +169,7 @@ def _rows(chunk, ids, batch, out, include_next: bool, level: float):
         "sequence": ids[b_idx],
         "index": i_idx,
         "time": np.where(observed, all_times[flat], nan),
+        "history_end": np.where(i_idx > 0, all_times[prev], 0.0),
         "observed_gap": np.where(observed, all_taus[flat], nan),
         "observed_mark": np.where(observed, all_marks[flat], -1),
         "median_gap": at(out["median"]),
