@@ -271,3 +271,12 @@ def test_every_encoder_decoder_parametrisation_predicts_and_generates() -> None:
                     assert g.counts.tolist() == [3] * 4, (enc, dec, par, sampler)
                     for r in range(g.rows):
                         assert np.all(np.diff(g.events_of(r)[0]) >= 0)
+
+
+def test_forecast_commands_say_which_data_they_use(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for args in (["predict", str(run_dir), "--out", str(tmp_path / "p.csv")],
+                 ["generate", str(run_dir), "--events", "2", "--sequences", "0", "--out", str(tmp_path / "g.csv")]):
+        capsys.readouterr()
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert f"{run_dir}: data " in err and "train/val/test" in err and "marks" in err, args

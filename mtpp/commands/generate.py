@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mtpp.commands._forecast_args import add_run_options
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.forecast.predict import write_table
     from mtpp.forecast.runs import load_run
 
-    run = load_run(args.run_dir, args.data_dir, args.device)
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     seqs = run.split(args.split)
     ids = list(range(len(seqs)))
     if args.sequences:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mtpp.commands._forecast_args import add_run_options
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.forecast.plot import plot_forecast, save_forecast_plot
     from mtpp.forecast.runs import load_run
 
-    run = load_run(args.run_dir, args.data_dir, args.device)
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     seqs = run.split(args.split)
     if not 0 <= args.sequence < len(seqs):
         raise MtppError(f"--sequence {args.sequence}: the {args.split} split has {len(seqs)} sequences")

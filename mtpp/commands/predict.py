@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mtpp.commands._forecast_args import add_run_options, positive_int
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     frame = predict(args.run_dir, args.split, args.data_dir, level=args.level, top_k=args.top_k,
                     batch_size=args.batch_size, include_next=args.include_next, device=args.device,
-                    progress=True)
+                    progress=True, log=lambda m: print(m, file=sys.stderr, flush=True))
     path = write_table(frame, args.out, overwrite=args.overwrite)
     scored = frame[frame["observed_mark"] >= 0]
     acc = float((scored["mark_1"] == scored["observed_mark"]).mean()) if len(scored) else float("nan")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -230,10 +230,11 @@ def predict(
     include_next: bool = False,
     device: str | None = None,
     progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ):
     """The prediction table of a run directory's ``split`` (or of a model on ``sequences``): ``mtpp predict``'s
     numbers from Python. Returns a ``pandas.DataFrame`` (columns in the module docstring); ``progress``: a bar
-    over the sequences on a terminal."""
+    over the sequences on a terminal; ``log``: one line naming the run's data (``load_run``)."""
     if isinstance(run_dir_or_model, torch.nn.Module):
         if sequences is None:
             raise MtppError("predict(model, ...) needs sequences=")
@@ -241,7 +242,7 @@ def predict(
                              include_next=include_next, progress=progress)
     from mtpp.forecast.runs import load_run
 
-    run = load_run(run_dir_or_model, data_dir, device)
+    run = load_run(run_dir_or_model, data_dir, device, log=log)
     seqs = run.split(split) if sequences is None else sequences
     bs = batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
     return predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -34,9 +34,11 @@ class LoadedRun:
         return self.data.split(name)
 
 
-def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | None = None) -> LoadedRun:
-    """Rebuild the model of ``run_dir`` from ``config.yaml`` and ``best.pt`` and load its data."""
-    from mtpp.runs import open_run
+def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | None = None,
+             log: Callable[[str], None] | None = None) -> LoadedRun:
+    """Rebuild the model of ``run_dir`` from ``config.yaml`` and ``best.pt`` and load its data; ``log`` gets one
+    line saying which data (name, source folder, split, sizes), as ``mtpp evaluate`` prints it."""
+    from mtpp.runs import describe_data, open_run
     from mtpp.training import checkpoint
     from mtpp.training.setup import DTYPES, build_run_model, resolve_device
 
@@ -47,6 +49,8 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | Non
     cfg = run.config
     dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
     data, _, _ = run.load_data(data_dir, purpose="forecast from")
+    if log is not None:
+        log(f"{run_dir}: data {describe_data(data)}")
     model = build_run_model(cfg, data.num_marks, dev)
     run.load_best(model, run.best_state(map_location=dev))
     model.eval()
