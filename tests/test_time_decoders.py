@@ -433,6 +433,39 @@ def test_newton_stops_when_converged_and_each_root_is_its_own(dtype):
     assert torch.equal(both[:1], alone)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_ndtr_gradient_is_right_in_the_far_tails(dtype):
+    """``d/dz log Phi(z) = phi(z) / Phi(z)`` against mpmath at 50 digits, from z = -1e30 to 40 (torch's own rule
+    gives 0.40 instead of 1e5 at z = -1e5 in float32, and NaN below -1.8e19)."""
+    mpmath = pytest.importorskip("mpmath")
+    from mtpp.models.time_decoders import log_ndtr
+
+    zs = [-1e30, -1e20, -1e10, -1e5, -1e3, -100.0, -40.0, -5.0, -1.0, 0.0, 1.0, 5.0, 8.0]
+    z = torch.tensor(zs, dtype=dtype, requires_grad=True)
+    y = log_ndtr(z)
+    y.sum().backward()
+    with mpmath.workdps(50):  # beyond -1e10 mpmath's exponents lose digits: there phi / Phi = -z (1 + O(z^-2))
+        ref = [-v if v < -1e10 else float(mpmath.npdf(mpmath.mpf(v)) / mpmath.ncdf(mpmath.mpf(v))) for v in zs]
+    assert torch.isfinite(z.grad).all()
+    torch.testing.assert_close(z.grad.double(), torch.tensor(ref, dtype=torch.float64),
+                               rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+    torch.testing.assert_close(y.detach(), torch.special.log_ndtr(z.detach()))  # the values are torch's
+
+
+def test_lnm_tie_term_gradient_is_finite_with_a_needle_component_far_away():
+    """The tie term ``log F(delta)`` of a mixture with one extremely narrow component far above ``delta``
+    (``z ~ -1e20`` there, ``log Phi = -inf`` in float32): finite gradients, the other components' as without it."""
+    log_w = torch.log(torch.tensor([[0.5, 0.5]])).requires_grad_()
+    m = torch.tensor([[-14.0, 2.0]], requires_grad=True)
+    log_s = torch.tensor([[0.0, -45.0]], requires_grad=True)  # sigma 2.9e-20 at log tau = 2
+    dist = LogNormalMixture(log_w, m, log_s)
+    lp = dist.log_prob(torch.tensor([1e-9]))  # a tie: scores log F(delta)
+    lp.sum().backward()
+    for t in (log_w, m, log_s):
+        assert torch.isfinite(t.grad).all()
+    assert float(m.grad[0, 1]) == 0.0 and float(log_s.grad[0, 1]) == 0.0  # the needle has no mass at delta
+
+
 # ------------------------------------------------------------------------------------------- two spaces, cache
 
 
