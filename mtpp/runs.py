@@ -407,6 +407,8 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
+        if self.dir.exists() and not self.dir.is_dir():
+            raise MtppError(f"{self.dir}: exists and is a file; --out must name a folder")
         self.dir.mkdir(parents=True, exist_ok=True)
         for _ in range(20):  # retry when the file was replaced between open and lock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -623,7 +623,8 @@ def test_compare_and_variants_keep_unrelated_files(tmp_path: Path) -> None:
     cell_dir.mkdir(parents=True)
     (out / "notes.md").write_text("mine")
     (cell_dir / "notes.md").write_text("mine")
-    (cell_dir / "config.yaml").write_text("train: {max_epochs: 1}\n")  # a run that died before its checkpoint
+    # a run that died before its checkpoint (the trainer's config.yaml carries run_info)
+    (cell_dir / "config.yaml").write_text("train: {max_epochs: 1}\nrun_info: {seed: 0}\n")
     (cell_dir / "log.jsonl").write_text("")
     assert [r.status for r in ex.run_grid(cells, out, progress=False)] == ["done"]
     assert (out / "notes.md").read_text() == "mine" and (cell_dir / "notes.md").read_text() == "mine"
@@ -878,3 +879,33 @@ def test_a_path_that_is_not_one_run_says_what_it_is(tmp_path: Path, capsys: pyte
             open_run(path)
         assert main(["predict", str(path), "--out", str(tmp_path / "x.csv")]) == 2
         assert fragment in capsys.readouterr().err
+
+
+def test_train_never_replaces_files_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--out holding the user's own config.yaml (even the one being trained from) or log.jsonl: refused in one line,
+    with or without --overwrite, the files untouched; --out naming a file: one line, no traceback."""
+    data = simulate(tmp_path / "sim")
+    own = tmp_path / "exp"
+    own.mkdir()
+    cfg = own / "config.yaml"
+    cfg.write_text(f"data: {{name: {data}}}\ntrain: {{max_epochs: 1, batch_size: 8, device: cpu}}\n# my notes\n")
+    before = cfg.read_text()
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert main(["train", str(cfg), "--out", str(own), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "config.yaml that mtpp did not write" in err and "Traceback" not in err
+    assert cfg.read_text() == before  # only train.log is added: the failed start's line
+    assert sorted(p.name for p in own.iterdir()) == ["config.yaml", "train.log"]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "log.jsonl").write_text("my own log\n")
+    assert main(["train", str(cfg), "--out", str(logs)]) == 2
+    assert "log.jsonl that mtpp did not write" in capsys.readouterr().err
+    assert (logs / "log.jsonl").read_text() == "my own log\n"
+    (tmp_path / "afile").write_text("hi")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "afile")]) == 2
+    assert "exists and is a file" in capsys.readouterr().err
+    # mtpp's own folders still restart and resume as before
+    fit(tiny(data), tmp_path / "run")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--overwrite"]) == 0

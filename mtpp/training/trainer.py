@@ -993,6 +993,12 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | Non
     Starting over removes only the files a run writes (``RUN_FILES``, ``arrays_*.json``); anything else in the
     folder stays. A run killed before its first ``checkpoint.pt`` (``best.pt`` may exist) restarts without
     ``--overwrite``: it has nothing to lose."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MtppError(f"{out_dir}: exists and is a file; --out must name a folder")
+    foreign = _foreign_run_files(out_dir)
+    if foreign:  # never replaced, not even with --overwrite: mtpp did not write them
+        raise MtppError(f"{out_dir} holds {', '.join(foreign)} that mtpp did not write (a run's config.yaml has a "
+                        "run_info section, its log.jsonl one JSON record per line); choose another --out")
     if resume:
         if not (out_dir / checkpoint.CHECKPOINT).is_file():
             raise MtppError(f"{out_dir}: nothing to resume (no {checkpoint.CHECKPOINT}); run without --resume")
@@ -1007,6 +1013,43 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | Non
     for name in (*RUN_FILES, "arrays_val.json", "arrays_test.json"):
         (out_dir / name).unlink(missing_ok=True)
     return None
+
+
+def _foreign_run_files(out_dir: Path) -> list[str]:
+    """The files of ``out_dir`` named like a run's text files that a run did not write: a ``config.yaml`` without
+    ``run_info`` (e.g. the user's own configuration, even the one being trained from), a ``log.jsonl`` whose first
+    line is not one of the trainer's JSON records, a ``metrics.json`` that is not a JSON object. Starting a run
+    there would replace them."""
+    import yaml
+
+    out = []
+    cfg = out_dir / CONFIG_FILE
+    if cfg.is_file():
+        try:
+            raw = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raw = None
+        if not (isinstance(raw, dict) and isinstance(raw.get("run_info"), dict)):
+            out.append(CONFIG_FILE)
+    log = out_dir / "log.jsonl"
+    if log.is_file() and log.stat().st_size:
+        with log.open("rb") as f:
+            first = f.readline(1 << 16)
+        try:
+            ok = isinstance(json.loads(first), dict) and "kind" in json.loads(first)
+        except ValueError:
+            ok = first.strip() == b""
+        if not ok:
+            out.append("log.jsonl")
+    metrics = out_dir / METRICS_FILE
+    if metrics.is_file():
+        try:
+            ok = isinstance(json.loads(metrics.read_text(encoding="utf-8")), dict)
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            out.append(METRICS_FILE)
+    return out
 
 
 def _read_stored_config(path: Path) -> dict | None:
