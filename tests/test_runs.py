@@ -270,6 +270,19 @@ def test_simulate_force_replaces_only_what_simulate_writes(tmp_path: Path, monke
     simulate(Path("."), 0)
     simulate(Path("."), 2, "--force")
     assert (cwd / "paper.tex").read_text() == "x" and (cwd / "split_0").is_dir()
+    # a split_<k> that simulate did not write (the user's, or with the user's file in it) is never removed
+    mine = tmp_path / "mine"
+    (mine / "split_3").mkdir(parents=True)
+    (mine / "split_3" / "mine.txt").write_text("keep")
+    for extra in ([], ["--force"]):
+        assert main(["simulate", "poisson", "--marks", "2", "--sequences", "20", "--window", "8", "--out", str(mine),
+                     *extra]) == 2
+    assert (mine / "split_3" / "mine.txt").read_text() == "keep" and sorted(p.name for p in mine.iterdir()) == ["split_3"]
+    simulate(out, 2, "--force")  # an earlier simulation with a file of the user's added to a split: kept
+    (out / "split_0" / "notes.md").write_text("mine")
+    assert main(["simulate", "poisson", "--marks", "3", "--sequences", "40", "--window", "8", "--out", str(out),
+                 "--force"]) == 2
+    assert (out / "split_0" / "notes.md").read_text() == "mine"
 
 
 def test_variant_and_dataset_labels_that_are_paths_are_refused(tmp_path: Path) -> None:

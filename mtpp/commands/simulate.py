@@ -71,6 +71,39 @@ def _validate(args: argparse.Namespace) -> None:
     existing = owned_entries(args.out)
     if existing and not args.force:
         raise ConfigError(f"{existing[0]} already exists (use --force to replace the earlier simulation)")
+    foreign = not_simulated(args.out)
+    if foreign:
+        raise ConfigError(f"{foreign}; --force replaces only an earlier mtpp simulate output: choose another --out")
+
+
+_SIMULATED_FILES = {"args.json", "train.json", "val.json", "test.json"}
+
+
+def not_simulated(out: Path) -> str | None:
+    """Why the ``owned_entries`` of OUT are not an earlier ``mtpp simulate`` output (``None`` when they are, or
+    there are none): an ``args.json`` without the simulation's ``process`` / ``simulation_seed``, or a ``split_<k>``
+    holding anything but the files simulate writes there. ``--force`` never removes those."""
+    import json
+
+    entries = owned_entries(out)
+    if not entries:
+        return None
+    top = out / "args.json"
+    try:
+        meta = json.loads(top.read_text(encoding="utf-8")) if top.is_file() else None
+    except (OSError, ValueError):
+        meta = None
+    if not (isinstance(meta, dict) and "process" in meta and "simulation_seed" in meta):
+        return f"{out} holds {entries[0].name} but no args.json of mtpp simulate"
+    for p in entries:
+        if p.name == "args.json":
+            continue
+        if not p.is_dir() or p.is_symlink():
+            return f"{p} is not a folder simulate wrote"
+        other = sorted(c.name for c in p.iterdir() if c.name not in _SIMULATED_FILES or not c.is_file())
+        if other:
+            return f"{p} holds {', '.join(other[:3])}, which simulate did not write"
+    return None
 
 
 def owned_entries(out: Path) -> list[Path]:
@@ -95,6 +128,9 @@ def _write(out: Path, force: bool, write: Any) -> Any:
         clash = [p for p in owned_entries(out) if (out / p.name).exists()]
         if clash and not force:
             raise ConfigError(f"{clash[0]} already exists (use --force to replace the earlier simulation)")
+        foreign = not_simulated(out)  # checked again: OUT may have changed while simulating
+        if foreign:
+            raise ConfigError(f"{foreign}; --force replaces only an earlier mtpp simulate output")
         for old in owned_entries(out):
             shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
         for p in new:
