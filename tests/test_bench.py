@@ -93,6 +93,12 @@ def test_cli_table_and_json(tmp_path, capsys) -> None:
     assert [r["model"] for r in rows] == MODELS
     for row, model in zip(rows, MODELS):
         _check_row(row, model)
+    # an existing --out is never replaced without --overwrite (checked before anything is measured)
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes")
+    assert main(["bench", "--models", MODELS[0], "--steps", "1", "--out", str(notes)]) == 2
+    assert "exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert notes.read_text() == "my notes"
 
 
 def test_isolated_worker_and_synthetic_length() -> None:

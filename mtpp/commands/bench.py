@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="configuration override for every model, e.g. model.hidden_size=64; repeatable")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="run every model in this process (peak RSS is then cumulative)")
-    p.add_argument("--out", type=Path, default=None, help="write the rows as a JSON list to this file")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the rows as a JSON list to this file (never replaced unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run)
 
@@ -96,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         phase_progress=not args.quiet,
     )
+    if args.out is not None and args.out.exists() and (args.out.is_dir() or not args.overwrite):
+        from mtpp.errors import MtppError
+
+        raise MtppError(f"{args.out}: " + ("is a folder; --out must name a file" if args.out.is_dir()
+                                           else "exists; choose another --out or pass --overwrite"))
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if progress is not None and args.synthetic_length is None:
         from mtpp.data.catalog import resolve_source
