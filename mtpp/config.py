@@ -186,6 +186,20 @@ BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
     ("train", "eval_batch_size"): (1, False),
     ("train", "threads"): (1, False),
     ("gradients", "log_every"): (1, False),
+    # model sizes: a zero-size layer or mixture is not a model (num_components 0 gave an infinite loss and a
+    # traceback at evaluation; hidden_size 0 a torch error)
+    ("model", "hidden_size"): (1, False),
+    ("model", "mark_embedding_size"): (1, False),
+    ("model", "time_embedding_size"): (1, False),
+    ("model", "num_layers"): (1, False),
+    ("model", "num_heads"): (1, False),
+    ("model", "window"): (1, False),
+    ("model", "decoder_hidden_size"): (1, False),
+    ("model", "num_components"): (1, False),
+    ("model", "integration_nodes"): (1, False),
+    ("model", "eval_integration_nodes"): (1, False),
+    ("model", "plusplus_hidden_size"): (1, False),
+    ("model", "dropout"): (0, False),
     ("logging", "flush_every"): (1, False),
 }
 

@@ -69,6 +69,10 @@ def test_choices_and_bounds() -> None:
     assert "train.device" in _error(["train.device=gpu"])
     assert "train.lr" in _error(["train.lr=0"])
     assert "train.max_epochs" in _error(["train.max_epochs=0"])
+    # model sizes: zero is refused before a model is built (it used to end in a torch error or an infinite loss)
+    for key in ("hidden_size", "num_components", "decoder_hidden_size", "num_heads", "integration_nodes",
+                "eval_integration_nodes", "plusplus_hidden_size", "window"):
+        assert f"model.{key}: must be >= 1, got 0" in _error([f"model.{key}=0"])
     msg = _error(["train.separate_early_stopping=true"])
     assert "separate_early_stopping" in msg and "plusplus" in msg
 
