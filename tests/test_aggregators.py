@@ -67,7 +67,9 @@ def test_unknown_option_names_it_and_lists_valid() -> None:
 
 @pytest.mark.parametrize(
     "name, opts",
-    [("metabalance", {"target": "both"}), ("metabalance", {"relax": 2}), ("cagrad", {"c": -1}), ("gradvac", {"beta": 3})],
+    [("metabalance", {"target": "both"}), ("metabalance", {"relax": 2}), ("cagrad", {"c": -1}), ("gradvac", {"beta": 3}),
+     ("weighted", {"weights": [1.0]}), ("weighted", {"weights": [0, 0]}), ("weighted", {"weights": "ab"}),
+     ("cagrad", {"c": "-1e-1"})],
 )
 def test_bad_option_values(name: str, opts: dict) -> None:
     with pytest.raises(ConfigError):
@@ -106,6 +108,12 @@ def test_parameter_split_does_not_matter(name: str, pair) -> None:
 @pytest.mark.parametrize("pair", PAIRS)
 def test_sum(pair) -> None:
     assert np.allclose(run("sum", pair), pair[0] + pair[1])
+
+
+def test_exponent_numbers_in_options_are_numbers() -> None:
+    """PyYAML reads ``1e-1`` (no dot) as a string; aggregator options take it as the number it is."""
+    assert make_aggregator("cagrad", c="1e-1")._options["c"] == pytest.approx(0.1)
+    assert make_aggregator("weighted", weights=["2e0", 1])._options["weights"] == [2.0, 1]
 
 
 def test_weighted() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -152,10 +153,27 @@ def aggregator_options(name: str) -> dict[str, Any]:
     }
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_number(value: Any) -> Any:
+    """``"1e-1"`` -> ``0.1``: YAML 1.1 (PyYAML) reads a number in exponent form without a dot as a string, which
+    typed configuration fields convert but free-form ``gradients.options`` did not (``c: 1e-1`` failed with
+    "'<' not supported between 'str' and 'int'"). Lists are converted element-wise; anything else is unchanged."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_yaml_number(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _yaml_number(v) for k, v in value.items()}
+    return value
+
+
 def make_aggregator(name: str = "sum", **options: Any) -> Aggregator:
     """Build an aggregator by name. Unknown names or options raise ``ConfigError`` listing the valid ones.
 
     ``"torchjd:NAME"``: torchjd's aggregator ``NAME`` behind the same interface (``TorchJD``)."""
+    options = {k: _yaml_number(v) for k, v in options.items()}
     if name.startswith(TORCHJD_PREFIX):
         return TorchJD.build(name[len(TORCHJD_PREFIX) :], **options)
     if name not in AGGREGATORS:
@@ -207,9 +225,16 @@ class Weighted(Aggregator):
             if bad:
                 raise ConfigError(f"weights: unknown task(s) {bad}; valid: {', '.join(TASK_NAMES)}")
             weights = [float(weights.get(t, 1.0)) for t in TASK_NAMES]
-        self.weights = [float(w) for w in weights]
-        if not all(math.isfinite(w) for w in self.weights):
-            raise ConfigError(f"weights: must be finite numbers, got {self.weights}")
+        try:
+            self.weights = [float(w) for w in weights]
+        except (TypeError, ValueError):
+            raise ConfigError(f"weights: expected [w_time, w_mark] numbers, got {weights!r}") from None
+        if len(self.weights) != len(TASK_NAMES):  # checked here, not at the first step deep inside training
+            raise ConfigError(f"weights: {len(self.weights)} given for {len(TASK_NAMES)} tasks "
+                              f"({', '.join(TASK_NAMES)}): give [w_time, w_mark]")
+        if not all(math.isfinite(w) for w in self.weights) or not any(self.weights):
+            raise ConfigError(f"weights: must be finite and not all 0 (all 0 never updates the shared parameters), "
+                              f"got {self.weights}")  # a negative weight is allowed: it ascends that task's loss
 
     def combine(self, F: Tensor) -> Tensor:
         if F.shape[0] != len(self.weights):
