@@ -364,6 +364,11 @@ def test_header_epoch_lines_and_train_log(tmp_path: Path, capsys: pytest.Capture
         assert text in err, text
     log = (run / "train.log").read_text()
     assert str(data.resolve()) in log and "epoch   2/2" in log and "best epoch" in log
+    assert "no effect" not in err
+    # a remedy on '++' (nothing shared) is accepted but the header says it does nothing
+    fit(tiny(data, "logging.quiet=false", "model.parametrisation=plusplus", "gradients.aggregator=pcgrad"),
+        tmp_path / "pp")
+    assert "aggregator pcgrad (no effect: '++' shares no parameters" in capsys.readouterr().err
 
 
 def test_interrupted_run_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

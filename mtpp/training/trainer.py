@@ -827,7 +827,9 @@ def run_header(tr: "Trainer") -> str:
         f"  times   time scale {scale:.6g} (the model sees times / {scale:.6g})" if scale is not None
         else "  times   as given (no time scale)",
         f"  model   {m.encoder} encoder, {m.decoder} decoder, {m.parametrisation}; "
-        f"{count_parameters(tr.model):,} parameters; aggregator {cfg.gradients.aggregator}",
+        f"{count_parameters(tr.model):,} parameters; aggregator {cfg.gradients.aggregator}"
+        + (" (no effect: '++' shares no parameters, each task's gradient reaches only its own)"
+           if m.parametrisation == "plusplus" and cfg.gradients.aggregator != "sum" else ""),
         f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
         f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}",
         # what reading the data did on the way (sequences sorted, files skipped), the cache's own note left out
