@@ -358,7 +358,9 @@ def test_header_epoch_lines_and_train_log(tmp_path: Path, capsys: pytest.Capture
     data = simulate(tmp_path / "sim")
     run = tmp_path / "run"
     fit(tiny(data, "logging.quiet=false", "train.max_epochs=2"), run)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "NLL per sequence in nats" in captured.out + captured.err  # the final summary says its units
     for text in (str(data.resolve()), "train/val/test", "3 marks", "parameters", "device  cpu", "thread",
                  str(run), "'*' = best so far", "nats/seq", "epoch   1/2 *"):  # fmt: skip
         assert text in err, text

@@ -804,6 +804,8 @@ def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
         f"  ECE forecast {fmt_value(test.get('ece_forecast'))}",
         f"  conflict rate {fmt_value(tr.get('conflict_rate'))}  train {fmt_value(tr.get('train_events_per_second'))} events/s"
         f"  skipped batches {tr.get('skipped_batches', 0)}",
+        "  (L_T / L_M: NLL per sequence in nats, times in the data's unit; accuracy forecast: p(k | H), next time "
+        "unknown; given time: p(k | tau_obs, H))",
     ]
     return "\n".join(lines)
 
