@@ -929,3 +929,12 @@ def test_train_never_replaces_files_it_did_not_write(tmp_path: Path, capsys: pyt
     # mtpp's own folders still restart and resume as before
     fit(tiny(data), tmp_path / "run")
     assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--overwrite"]) == 0
+
+
+def test_simulate_warns_when_a_part_is_empty(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two sequences split 60/20/20 leave val and test empty: written, with a warning that training needs them."""
+    assert main(["simulate", "poisson", "--marks", "2", "--sequences", "2", "--window", "10",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert "warning: the val and test part(s) are empty" in capsys.readouterr().err
+    simulate(tmp_path / "ok")
+    assert "warning" not in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
     observed = counts / (len(seqs) * args.window)  # empty sequences were observed too
     split_sizes = "/".join(str(sizes[p]) for p in ("train", "val", "test"))
     print(f"wrote {args.splits} split(s) to {args.out}: train/val/test = {split_sizes}")
+    empty = [p for p in ("train", "val", "test") if not sizes[p]]
+    if empty:  # mtpp train refuses an empty part: say so now, not at the first run
+        print(f"warning: the {' and '.join(empty)} part(s) are empty ({len(kept)} non-empty sequences split "
+              "60/20/20); mtpp train needs every part: simulate more --sequences", file=sys.stderr)
     print(f"{len(kept)} sequences ({dropped} empty dropped), {int(counts.sum())} events, {args.marks} marks, "
           f"{counts.sum() / len(kept):.1f} events per sequence")
     print(f"rate per unit time: expected {float(np.sum(expected)):.4g} (stationary), observed {observed.sum():.4g}")
