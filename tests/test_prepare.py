@@ -115,6 +115,14 @@ def test_cli_list(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "taxi" in out and "found" in out and "missing" in out and "synthetic_hawkes" in out
+    assert "(re-split)" not in out
+    # a Bosser-style copy without train files: found, and the list says it will be re-split on use
+    (tmp_path / "conftpp_mooc_filtered" / "split_0").mkdir(parents=True)
+    (tmp_path / "conftpp_mooc_filtered" / "split_0" / "test.json").write_text("[]")
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("mooc "))
+    assert "found (re-split)" in line and "its first use prepares seeded 60/20/20 splits" in out
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -69,10 +70,24 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             path = find_dataset(name, args.data_dir) if root.is_dir() else None
             status, where = ("found", str(path)) if path else ("missing", " | ".join(entry.candidates))
+            if path and _resplit_on_use(entry, path):
+                status = "found (re-split)"
         rows.append((name, status, entry.format, where))
     print(f"data directory: {root}" + ("" if root.is_dir() else "  (does not exist)"))
     print(_table(("name", "status", "format", "folder (or candidates)"), rows))
+    if any(r[1] == "found (re-split)" for r in rows):
+        print("(re-split): the copy has no train part (or overlapping parts); its first use prepares seeded 60/20/20 "
+              "splits into the cache, as mtpp data prepare does")
     return 0
+
+
+def _resplit_on_use(entry: Any, path: Path) -> bool:
+    """Whether loading ``path`` re-splits it (``mtpp.data.catalog.load_dataset``): the entry always is, or it is a
+    split folder whose ``split_*`` hold no ``train`` file (the public Bosser & Ben Taieb copies)."""
+    if getattr(entry, "resplit", False):
+        return True
+    splits = list(path.glob("split_*")) if path.is_dir() else []
+    return bool(splits) and not any(any(d.glob("train.json*")) for d in splits)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
