@@ -272,6 +272,17 @@ def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
     return ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"hidden_size": 8}}`` -> ``{"model.hidden_size": 8}``: nested mappings as dotted keys (lists and
+    other values are leaves). Used to compare and log configurations (``mtpp.runs``, ``mtpp.training.tracking``)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def _unknown(kind: str, name: str, valid: typing.Iterable[str], where: str = "") -> ConfigError:
     valid = sorted(valid)
     close = difflib.get_close_matches(name.split(".")[-1], valid, n=1)

@@ -71,7 +71,7 @@ from typing import Any, Callable, Iterable, Sequence
 import yaml
 
 from mtpp.config import NON_SEMANTIC_KEYS
-from mtpp.errors import ConfigError, MtppError
+from mtpp.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "base", "grid", "exclude")
 GRID_KEYS = ("datasets", "models", "parametrisations", "aggregators", "splits", "seeds")
@@ -743,10 +743,9 @@ def run_grid(
     ``results_dir``: each finished cell also writes its record there (``mtpp.records``), and a cell that has a
     record there but no run directory under ``out_dir`` is skipped (a grid continued on another machine).
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MtppError(f"{out}: exists and is a file; --out must name a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    from mtpp.runs import make_out_folder
+
+    out = make_out_folder(out_dir)
     states = grid_states(cells, out, overrides, results_dir)
     data_reasons = data_changes(cells, states, out, overrides, log, results_dir)
     states.update({name: "stale" for name in data_reasons})

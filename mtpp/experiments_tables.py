@@ -153,8 +153,9 @@ def _epochs(r: dict) -> str:
     if r.get("best_epoch/time") is not None or r.get("best_epoch/mark") is not None:
         best = f"t {r.get('best_epoch/time', '?')} / m {r.get('best_epoch/mark', '?')}"
     capped = ", capped" if stopped_by(r) == "max_epochs" else ""  # hit train.max_epochs, not early-stopped
-    # steps the non-finite guard skipped (records since skipped_steps existed): a reader should see them
-    skipped = f", {r['skipped_steps']} steps skipped" if r.get("skipped_steps") else ""
+    # training steps the non-finite guard skipped (the trainer's count, metrics.train.skipped_batches): shown
+    n = ((r.get("metrics") or {}).get("train") or {}).get("skipped_batches")
+    skipped = f", {n} steps skipped" if n else ""
     return f"{r.get('epochs', '?')} ({'?' if best is None else best}{capped}{skipped})"
 
 

@@ -75,11 +75,12 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
         "epoch_seconds": statistics.median(epoch_seconds) if epoch_seconds else None,
         "validation_seconds": _validation_seconds(epochs),
         "conflict_rate": train.get("conflict_rate"),
-        # training steps the non-finite guard skipped (no update: a NaN / inf loss or gradient), in all and up to the
-        # best epoch (those could change the model that was selected)
-        "skipped_steps": sum(1 for r in steps if r.get("skipped")),
-        "skipped_steps_to_best": (sum(1 for r in steps if r.get("skipped") and r.get("epoch", 0) <= train["best_epoch"])
-                                  if isinstance(train.get("best_epoch"), int) else None),
+        # training steps the non-finite guard skipped up to the best epoch (those could change the model that was
+        # selected; the run's total is metrics.train.skipped_batches)
+        "skipped_steps_to_best": (
+            sum(1 for r in steps if r.get("skipped") and r.get("epoch", 0) <= train["best_epoch"])
+            if isinstance(train.get("best_epoch"), int) else None
+        ),
         "cos_tm_histogram": cos_histogram(cos),
         "cos_tm_bins": [-1.0, 1.0, COS_BINS],
     }

@@ -237,15 +237,6 @@ class Run:
         load_weights(model, state, self.path / checkpoint.BEST, self.config.to_dict())
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def load_weights(model: Any, state: dict[str, Any], source: Path, config: dict[str, Any] | None = None) -> None:
     """``state["model"]`` into ``model``; when the tensors do not fit (a ``config.yaml`` edited after training,
     a checkpoint of another run), one ``MtppError`` naming ``source``, the first mismatch and the ``model.*``
@@ -259,13 +250,25 @@ def load_weights(model: Any, state: dict[str, Any], source: Path, config: dict[s
         stored = state.get("config")
         diffs = []
         if isinstance(stored, dict) and config is not None:
-            a, b = _flat(stored.get("model") or {}, "model"), _flat(config.get("model") or {}, "model")
+            from mtpp.config import flatten
+
+            a, b = flatten(stored.get("model") or {}, "model"), flatten(config.get("model") or {}, "model")
             diffs = [f"{k}: {a.get(k)!r} (trained) vs {b.get(k)!r} (config.yaml)" for k in sorted(set(a) | set(b))
                      if a.get(k) != b.get(k)]
         why = (f"; the run's config.yaml differs from the configuration it was trained with: {', '.join(diffs[:4])}"
                if diffs else "; was config.yaml edited after training, or the file copied from another run?")
         raise MtppError(f"{source}: the weights do not fit the model its config.yaml describes ({lines[0]}{more})"
                         f"{why}") from None
+
+
+def make_out_folder(path: str | Path) -> Path:
+    """``path`` created as a folder (parents too) and returned; ``MtppError`` in one line when it exists as a file
+    (``--out`` naming a file: ``train``, ``compare``, ``tune``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MtppError(f"{path}: exists and is a file; --out must name a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def not_a_run(path: Path) -> str:
@@ -407,9 +410,7 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        if self.dir.exists() and not self.dir.is_dir():
-            raise MtppError(f"{self.dir}: exists and is a file; --out must name a folder")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_out_folder(self.dir)
         for _ in range(20):  # retry when the file was replaced between open and lock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -512,4 +513,5 @@ class RunLock:
 __all__ = [
     "Run", "RunLock", "open_run", "fingerprint", "data_record", "check_same_data", "load_recorded_data",
     "describe_data", "check_folder_name", "clean_temporary_files", "mixed_data", "not_a_run", "load_weights",
+    "make_out_folder",
 ]

@@ -201,10 +201,9 @@ def tune(
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     _check_space(config, space, space_source)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MtppError(f"{out}: exists and is a file; --out must name a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    from mtpp.runs import make_out_folder
+
+    out = make_out_folder(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -145,3 +145,26 @@ def test_profile_step_script_reports_both_steps_and_the_operator_table(capsys) -
     out = capsys.readouterr().out
     assert "ms/step without diagnostics" in out and "ms/step with diagnostics" in out
     assert "Self CPU time total" in out
+
+
+def test_bench_predict_script_appends_rows_per_model(tmp_path, capsys) -> None:
+    """``scripts/bench_predict.py``: one row per model (rows = scored events of the sequences, rows/s = rows over
+    the median time), appended to --out so two code versions can share one file; bench_md renders it."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "scripts"
+    spec = importlib.util.spec_from_file_location("bench_predict", root / "bench_predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "p.json"
+    args = ["gru-lnm-base", "gru-rmtpp-base", "--sequences", "6", "--rounds", "1", "--set", "model.hidden_size=8",
+            "--out", str(out)]
+    assert module.main([*args, "--label", "old"]) == 0
+    assert module.main([*args, "--label", "new"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["predict_model"], r["code"]) for r in rows] == [
+        ("gru-lnm-base", "old"), ("gru-rmtpp-base", "old"), ("gru-lnm-base", "new"), ("gru-rmtpp-base", "new")]
+    for r in rows:
+        assert r["rows"] > 0 and r["rows_per_second"] == pytest.approx(r["rows"] / r["seconds_median"])
+    assert "rows/s" in capsys.readouterr().out

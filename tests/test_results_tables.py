@@ -70,7 +70,8 @@ def test_mean_se_and_paired_differences_equal_hand_computed_values(tmp_path: Pat
     assert tables.histogram_stats(base[0]) == pytest.approx((0.75, (3 * -0.975 + 0.975) / 4))
     text = "\n".join(tables.dataset_tables(cells, "mooc"))
     assert "| lnm base | 3 | -302.0 ± 1.2 | 80.0 ± 0.0 | n/a | 0.75 ± 0.00 | 10 (5), 11 (5), 12 (5) |" in text
-    assert tables._epochs({"epochs": 9, "best_epoch": 4, "skipped_steps": 3}) == "9 (4, 3 steps skipped)"
+    assert tables._epochs({"epochs": 9, "best_epoch": 4, "metrics": {"train": {"skipped_batches": 3}}}) \
+        == "9 (4, 3 steps skipped)"
     assert "| lnm | base → ++ | 2 | -4.50 ± 0.50 | n/a | n/a | +0.0850 ± 0.0150 |" in text
     assert "| lnm ++ | 2 | -305.5 ± 0.5 | n/a | n/a | n/a |" in text  # nothing shared: conflict n/a
     # the paper's claim, checked by counting decoders whose paired difference improves (and by > 2 SE)

@@ -83,11 +83,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _resplit_on_use(entry: Any, path: Path) -> bool:
     """Whether loading ``path`` re-splits it (``mtpp.data.catalog.load_dataset``): the entry always is, or it is a
-    split folder whose ``split_*`` hold no ``train`` file (the public Bosser & Ben Taieb copies)."""
-    if getattr(entry, "resplit", False):
-        return True
-    splits = list(path.glob("split_*")) if path.is_dir() else []
-    return bool(splits) and not any(any(d.glob("train.json*")) for d in splits)
+    split folder without a train part (``lacks_train_part``)."""
+    from mtpp.data.catalog import is_split_folder, lacks_train_part
+
+    return bool(getattr(entry, "resplit", False)) or (is_split_folder(path) and lacks_train_part(path))
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:

@@ -337,7 +337,7 @@ def load_dataset(
                            str(path), res.notes, 0)
         missing = [p for p in ("train", "val", "test") if p not in res.parts]
         path = _auto_prepare(name, path, opts, notes, reason=f"no {'/'.join(missing)} part", result=res)
-    if not any(any(d.glob("train.json*")) for d in path.glob("split_*")):
+    if lacks_train_part(path):
         path = _auto_prepare(name, path, opts, notes, reason="no train part in its split folders")
     res = read_split(path, split, options=opts, progress=progress)
     if not _has_split(res, split):
@@ -357,6 +357,12 @@ def _check_not_empty(parts: dict[str, list], prefix: str, path: Path) -> None:
     for part in ("train", "val", "test"):
         if not parts[part]:
             raise DataError(f"the {prefix}{part} part is empty (0 sequences)", source=str(path))
+
+
+def lacks_train_part(path: Path) -> bool:
+    """A split folder none of whose ``split_*`` holds a ``train`` file (the public Bosser & Ben Taieb copies):
+    ``load_dataset`` re-splits it (``_auto_prepare``); ``mtpp data list`` says so."""
+    return not any(any(d.glob("train.json*")) for d in path.glob("split_*"))
 
 
 def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *, reason: str,

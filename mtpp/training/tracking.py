@@ -48,22 +48,13 @@ from typing import Any, Iterable
 
 import yaml
 
+from mtpp.config import flatten
 from mtpp.errors import ConfigError, MtppError
 
 __all__ = ["Trackers", "open_trackers", "TRACKING_FILE"]
 
 TRACKING_FILE = "tracking.json"
 _SKIP = ("kind", "step", "epoch")
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-        out[prefix[:-1]] = d
-    return out
 
 
 def _key(name: str) -> str:
@@ -104,7 +95,7 @@ class _MLflow:
             run = self.client.create_run(exp_id, run_name=options.get("run_name") or out_dir.name,
                                          tags={"mtpp.run_dir": str(out_dir.resolve()), **options.get("tags", {})})
             run_id = run.info.run_id
-            params = [Param(k, str(v)[:6000]) for k, v in _flatten(config).items()]
+            params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
                 self.client.log_batch(run_id, params=params[i : i + 100])
         else:

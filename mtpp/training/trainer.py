@@ -997,8 +997,9 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | Non
     Starting over removes only the files a run writes (``RUN_FILES``, ``arrays_*.json``); anything else in the
     folder stays. A run killed before its first ``checkpoint.pt`` (``best.pt`` may exist) restarts without
     ``--overwrite``: it has nothing to lose."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MtppError(f"{out_dir}: exists and is a file; --out must name a folder")
+    from mtpp.runs import make_out_folder
+
+    make_out_folder(out_dir)
     foreign = _foreign_run_files(out_dir)
     if foreign:  # never replaced, not even with --overwrite: mtpp did not write them
         raise MtppError(f"{out_dir} holds {', '.join(foreign)} that mtpp did not write (a run's config.yaml has a "
