@@ -99,8 +99,18 @@ def test_time_scale_config_and_checkpoint(tmp_path: Path) -> None:
             load_config(None, [f"data.time_scale={bad}"])
     assert load_config(None, ["data.time_scale=3600"]).data.time_scale == 3600.0
     assert load_config(None).data.time_scale == "auto"
-    assert resolve_time_scale("none", _sequences(2, 5, 0, scale=1e6)) == 1.0
+    assert resolve_time_scale("none", _sequences(2, 5, 0, scale=1e3)) == 1.0
     assert resolve_time_scale(60.0, []) == 60.0
+    # a given scale that puts the typical gap far from 1 model unit is refused, naming what auto would pick
+    unit = _sequences(20, 10, 0)
+    gap = typical_gap(unit)
+    for spec in (1e-30, gap * 1e-5, gap * 1e5, 1e30):
+        with pytest.raises(ConfigError, match=r"data.time_scale=.*use data.time_scale=auto \(it picks"):
+            resolve_time_scale(spec, unit)
+    for spec in (gap * 1e-3, gap * 1e3, "none"):
+        assert resolve_time_scale(spec, unit) == (1.0 if spec == "none" else spec)
+    with pytest.raises(ConfigError, match="data.time_scale=none"):  # nanosecond-like raw units
+        resolve_time_scale("none", _sequences(20, 10, 0, scale=1e6 / gap))
     assert resolve_time_scale("auto", [EventSequence(np.array([2.0]), np.array([0]), None)]) == 2.0  # first gaps
     assert resolve_time_scale("auto", [EventSequence(np.array([0.0]), np.array([0]), None)]) == 1.0  # nothing
     # robust: a few absurd gaps do not move the median

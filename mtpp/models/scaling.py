@@ -43,6 +43,12 @@ TIME_SCALE_CHOICES = ("auto", "none")
 OUTLIER_FACTOR = 1e4
 """``typical_gap`` leaves out gaps larger than this many times the 90th percentile of the gaps."""
 
+MAX_GAP_RATIO = 1e4
+"""A given scale (a number or ``"none"``) is refused when the training data's typical gap is more than this many
+times larger or smaller than it: decoders initialised for gaps of order 1 then start with intensities off by that
+factor (RMTPP's ``exp(w tau)`` overflows float32, THP / SAHP compensators of ~1e4 per event), and every batch is
+skipped as non-finite or training crawls, with no error that names the unit of time."""
+
 
 def typical_gap(sequences: Iterable) -> float | None:
     """Mean of the positive within-sequence gaps ``t_i - t_{i-1}`` (``i >= 2``) of ``sequences``, gaps above
@@ -85,12 +91,19 @@ def check_time_scale(value: object, key: str = "data.time_scale") -> None:
 def resolve_time_scale(spec: object, train_sequences: Iterable) -> float:
     """The scale ``s`` (model unit = ``s`` data units) for ``data.time_scale = spec`` (see the module docstring).
 
-    ``"auto"`` with no positive gap in the training data gives 1.0. Raises ``ConfigError`` for an invalid ``spec``.
+    ``"auto"`` with no positive gap in the training data gives 1.0. Raises ``ConfigError`` for an invalid ``spec``,
+    and for a number or ``"none"`` that puts the typical training gap (``typical_gap``) outside
+    ``[1 / MAX_GAP_RATIO, MAX_GAP_RATIO]`` model units (the message names the scale ``auto`` would pick).
     """
     check_time_scale(spec)
-    if spec == "none":
-        return 1.0
+    m = typical_gap(train_sequences)
     if spec == "auto":
-        m = typical_gap(train_sequences)
         return 1.0 if m is None else m
-    return float(spec)  # type: ignore[arg-type]
+    scale = 1.0 if spec == "none" else float(spec)  # type: ignore[arg-type]
+    if m is not None and not 1.0 / MAX_GAP_RATIO <= m / scale <= MAX_GAP_RATIO:
+        raise ConfigError(
+            f"data.time_scale={spec}: the training data's typical gap ({m:.3g} data units) would be {m / scale:.3g} "
+            f"model units, more than {MAX_GAP_RATIO:.0e} times from 1 where the decoders start; use "
+            f"data.time_scale=auto (it picks {m:.3g}) or a number within that factor of it"
+        )
+    return scale
