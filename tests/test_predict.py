@@ -77,11 +77,12 @@ def test_interval_is_the_central_interval_of_the_gap_law() -> None:
     seqs = _sequences()
     df = predict_frame(m, seqs, level=0.9, include_next=True)
     assert "lower" not in df and "upper" not in df  # the columns name their level
-    nxt_rows = df[df["observed_mark"] < 0]
+    nxt_rows = df[df["observed_mark"].isna()]
     assert nxt_rows["index"].tolist() == [5, 9, 3] and nxt_rows["observed_gap"].isna().all()
+    assert str(df["observed_mark"].dtype) == "Int64"  # missing, not a sentinel that reads as a mark
     # the time each prediction is made from: the last event of the history (the window start 0 before the first)
     assert nxt_rows["history_end"].tolist() == [s.times[-1] for s in seqs]
-    seen = df[df["observed_mark"] >= 0]
+    seen = df[df["observed_mark"].notna()]
     np.testing.assert_allclose(seen["history_end"] + seen["observed_gap"], seen["time"], rtol=1e-12)
     nxt = ModelProcess(m, seqs, 1).next_event(torch.arange(3))
     with torch.no_grad():
@@ -160,6 +161,15 @@ def test_predict_command_matches_python(run_dir: Path, tmp_path: Path, capsys: p
     assert main(["predict", str(run_dir), "--out", str(out)]) == 2  # exists: refused, file untouched
     assert "exists" in capsys.readouterr().err
     pd.testing.assert_frame_equal(pd.read_parquet(out), py)
+    # more ranked marks than the model has: K columns, and the command says so; next-event rows: an empty mark
+    csv = tmp_path / "pred.csv"
+    assert main(["predict", str(run_dir), "--out", str(csv), "--top-k", "9", "--include-next"]) == 0
+    assert "--top-k 9 but the model has 5 marks" in capsys.readouterr().err
+    df = pd.read_csv(csv, dtype={"observed_mark": "Int64"})
+    assert [c for c in df if c.startswith("mark_")] == [f"mark_{j}" for j in range(1, 6)]
+    nxt = df[df["observed_gap"].isna()]
+    assert len(nxt) == df["sequence"].nunique() and nxt["observed_mark"].isna().all()
+    assert df.loc[df["observed_gap"].notna(), "observed_mark"].notna().all()
 
 
 def test_generate_command_and_baselines(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, include_next=args.include_next, device=args.device,
                     progress=True, log=lambda m: print(m, file=sys.stderr, flush=True))
     path = write_table(frame, args.out, overwrite=args.overwrite)
-    scored = frame[frame["observed_mark"] >= 0]
+    shown = sum(c.startswith("mark_") for c in frame.columns)
+    if shown < args.top_k:
+        print(f"note: --top-k {args.top_k} but the model has {shown} marks: {shown} mark columns", file=sys.stderr)
+    scored = frame[frame["observed_mark"].notna()]
     acc = float((scored["mark_1"] == scored["observed_mark"]).mean()) if len(scored) else float("nan")
     lo, hi = interval_columns(args.level)
     cover = float(((scored["observed_gap"] >= scored[lo]) & (scored["observed_gap"] <= scored[hi])).mean())

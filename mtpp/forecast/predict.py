@@ -10,7 +10,7 @@ first with ``first_event: skip``), the model's prediction from the events ``0..i
 ``history_end``           ``t_{i-1}``, the time the prediction is made from (0, the window start, for ``i = 0``):
                           the predicted next time is ``history_end + median_gap``
 ``observed_gap``          ``tau_i = t_i - t_{i-1}`` (``t_{-1} = 0``, the window start)
-``observed_mark``         ``k_i``
+``observed_mark``         ``k_i`` (pandas ``Int64``: missing, not a number, on ``include_next`` rows)
 ``median_gap``            ``F^{-1}(0.5 | H_i)``
 ``mean_gap``              ``E[tau | H_i]`` where the decoder has a closed form (LNM), else NaN
 ``lower_gap_P``,          central interval at ``level`` (``P`` its percent, e.g. ``lower_gap_90`` for 0.9):
@@ -23,7 +23,8 @@ first with ``first_event: skip``), the model's prediction from the events ``0..i
 ========================  ========================================================================================
 
 ``include_next=True`` adds, per sequence, the prediction after its last event (``index = n``; observed columns
-NaN / -1): the forecast a user acts on. Numbers equal ``MarkedTPP.predict`` (median, mean, marks) and
+missing: NaN, ``<NA>`` for the mark, an empty field in CSV): the forecast a user acts on. ``top_k`` above the
+number of marks ``K`` gives ``K`` mark columns. Numbers equal ``MarkedTPP.predict`` (median, mean, marks) and
 ``MarkedTPP.score`` (log density) on the same batch (tested). Vectorised over a batch of sequences; Monte Carlo
 compensators run under a fixed seed (``torch.random.fork_rng``), so the table is reproducible.
 """
@@ -171,10 +172,11 @@ def _rows(chunk, ids, batch, out, include_next: bool, level: float):
         "time": np.where(observed, all_times[flat], nan),
         "history_end": np.where(i_idx > 0, all_times[prev], 0.0),
         "observed_gap": np.where(observed, all_taus[flat], nan),
-        "observed_mark": np.where(observed, all_marks[flat], -1),
+        "observed_mark": pd.array(np.where(observed, all_marks[flat], 0), dtype="Int64"),
         "median_gap": at(out["median"]),
         "mean_gap": at(out["mean"]) if out["mean"] is not None else np.full(b_idx.shape, nan),
     }
+    cols["observed_mark"][~observed] = pd.NA
     lo_name, hi_name = interval_columns(level)
     cols[lo_name], cols[hi_name] = at(out["lower"]), at(out["upper"])
     top_m = out["top_marks"].cpu().numpy()[b_idx, i_idx]
