@@ -177,7 +177,7 @@ def test_resume_rejects_a_different_model(tmp_path: Path) -> None:
         fit(tiny("model.hidden_size=16", "train.max_epochs=2"), tmp_path / "run", resume=True)
 
 
-def test_resume_applies_a_new_rate_and_refuses_what_the_checkpoint_cannot_follow(tmp_path: Path) -> None:
+def test_resume_applies_a_new_rate_and_refuses_what_the_checkpoint_cannot_follow(tmp_path: Path, capsys) -> None:
     """A new train.lr trains at the new rate (the restored Adam state used to keep the old one while config.yaml
     said otherwise); another optimiser, schedule or aggregator is one clear refusal before anything is written."""
     run = tmp_path / "run"
@@ -192,6 +192,16 @@ def test_resume_applies_a_new_rate_and_refuses_what_the_checkpoint_cannot_follow
     fit(tiny("train.lr=0.05", "train.max_epochs=2"), run, resume=True)
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {0.05}
+    # config.yaml now says the new values: the earlier epochs' settings stay on record, with the epoch of the change
+    info = yaml.safe_load((run / "config.yaml").read_text())
+    lr0 = yaml.safe_load(stored)["train"]["lr"]
+    assert info["train"]["lr"] == 0.05
+    assert info["run_info"]["resumed"] == [{"epoch": 1, "changed": {"train.lr": [lr0, 0.05],
+                                                                    "train.max_epochs": [1, 2]}}]
+    fit(tiny("train.lr=0.05", "train.max_epochs=3", "logging.quiet=false"), run, resume=True)
+    assert capsys.readouterr().err.count("--resume from epoch 2: train.max_epochs 2 -> 3") == 1
+    resumed = yaml.safe_load((run / "config.yaml").read_text())["run_info"]["resumed"]
+    assert resumed[1:] == [{"epoch": 2, "changed": {"train.max_epochs": [2, 3]}}] and len(resumed) == 2
 
 
 # ------------------------------------------------------------------------------------------------ guard

@@ -452,8 +452,12 @@ class Trainer:
         self.records = StatsBuffer()
         self.logger: RunLogger | _NoLogger = _NoLogger()
         if self.main:
+            history = (state or {}).get(RESUMED_KEY) or []
+            if (state or {}).get("resume_changed"):
+                changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in state["resume_changed"].items())
+                echo(f"--resume from epoch {self.epoch}: {changes} (recorded in config.yaml run_info.resumed)", False)
             _write_config(
-                out_dir / CONFIG_FILE, cfg, self.device, dist.world, self.data_record, self.model.time_scale
+                out_dir / CONFIG_FILE, cfg, self.device, dist.world, self.data_record, self.model.time_scale, history
             )
             self.logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
         self.progress = Progress(cfg.logging.progress and not self.quiet)
@@ -944,7 +948,37 @@ def _setup_out_dir(
     if not resume:
         return None
     _check_resumable(cfg, stored)
-    return checkpoint.load(out_dir / checkpoint.CHECKPOINT, map_location=map_location)
+    state = checkpoint.load(out_dir / checkpoint.CHECKPOINT, map_location=map_location)
+    history = _stored_resumes(out_dir / CONFIG_FILE)
+    changed = _resume_changes(cfg, stored)
+    if changed:
+        history.append({"epoch": int(state["epoch"]), "changed": changed})
+    state[RESUMED_KEY] = history
+    state["resume_changed"] = changed  # what this --resume changes (said in the run's first lines)
+    return state
+
+
+RESUMED_KEY = "resumed"
+"""``run_info.resumed`` of ``config.yaml`` (and the key under which ``_setup_out_dir`` hands it over): one entry
+``{epoch, changed: {key: [old, new]}}`` per ``--resume`` that changed a setting, so that the settings of the epochs
+before it are not lost when ``config.yaml`` is rewritten with the new ones."""
+
+
+def _resume_changes(cfg: RunConfig, stored: dict | None) -> dict[str, list]:
+    """The settings (outside ``model`` / ``data``, which ``_check_resumable`` fixes) that a ``--resume`` changes,
+    as ``{"train.lr": [old, new], ...}``; run-time options (``RUNTIME_KEYS``) do not count."""
+    if stored is None:
+        return {}
+    old, new = config_from_dict(stored).to_dict(), cfg.to_dict()
+    out = {}
+    for section, values in new.items():
+        if section in ("model", "data", "variants") or not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            before = (old.get(section) or {}).get(key)
+            if (section, key) not in RUNTIME_KEYS and before != value:
+                out[f"{section}.{key}"] = [before, value]
+    return out
 
 
 def _died_before_first_checkpoint(out_dir: Path) -> bool:
@@ -1057,6 +1091,14 @@ def _foreign_run_files(out_dir: Path) -> list[str]:
     return out
 
 
+def _stored_resumes(path: Path) -> list:
+    """``run_info.resumed`` of a run's stored ``config.yaml`` (``[]`` when it has none)."""
+    import yaml
+
+    info = (yaml.safe_load(path.read_text()) or {}).get("run_info") if path.is_file() else None
+    return list((info or {}).get(RESUMED_KEY) or [])
+
+
 def _read_stored_config(path: Path) -> dict | None:
     import yaml
 
@@ -1111,7 +1153,7 @@ RUNTIME_KEYS = (("logging", "quiet"), ("logging", "progress"))
 
 def _write_config(
     path: Path, cfg: RunConfig, device: torch.device, world_size: int = 1, data: dict | None = None,
-    time_scale: float | None = None,
+    time_scale: float | None = None, resumed: list | None = None,
 ) -> None:  # fmt: skip
     record = data
     data = cfg.to_dict()
@@ -1129,6 +1171,7 @@ def _write_config(
         "threads": torch.get_num_threads(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"data": record} if record is not None else {}),
+        **({RESUMED_KEY: resumed} if resumed else {}),  # settings changed by --resume, with the epoch
     }
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(dump_yaml(data), encoding="utf-8")
