@@ -72,6 +72,7 @@ import yaml
 
 from mtpp.config import NON_SEMANTIC_KEYS
 from mtpp.errors import ConfigError
+from mtpp.experiments_schedule import Deadline, expected_seconds
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "base", "grid", "exclude")
 GRID_KEYS = ("datasets", "models", "parametrisations", "aggregators", "splits", "seeds")
@@ -124,7 +125,7 @@ class Experiment:
 @dataclass
 class CellResult:
     name: str
-    status: str  # done | skipped | failed
+    status: str  # done | skipped | failed | deferred (not started: expected to end after the time limit)
     seconds: float = 0.0
     error: str | None = None
     traceback: str | None = None
@@ -732,6 +733,7 @@ def run_grid(
     fit: FitFn | None = None,
     rerun_stale: bool = False,
     results_dir: str | Path | None = None,
+    time_limit: float | None = None,
 ) -> list[CellResult]:
     """Run every cell not yet complete; record failures in ``out_dir/failures.json``; return one result per cell.
 
@@ -742,6 +744,8 @@ def run_grid(
     that trained it) is a ``ConfigError`` before anything trains, unless ``rerun_stale`` retrains it.
     ``results_dir``: each finished cell also writes its record there (``mtpp.records``), and a cell that has a
     record there but no run directory under ``out_dir`` is skipped (a grid continued on another machine).
+    ``time_limit`` (seconds from now): start only cells expected to finish by then (``mtpp.experiments_schedule``,
+    estimates from the records under ``results_dir``); the others are returned as ``deferred``.
     """
     from mtpp.runs import make_out_folder
 
@@ -761,18 +765,40 @@ def run_grid(
     jobs = max(1, min(jobs, len(pending) or 1))
     threads = threads_per_job(jobs)
     cell_overrides = _quiet_overrides(overrides, quiet=quiet_runs or jobs > 1)
+    deadline = _deadline(pending, states, out, results_dir, time_limit, log)
+    queue = list(pending)
     bar = _progress_bar(len(pending), enabled=progress)
     try:
         if jobs == 1:
-            for c in pending:
+            while (c := deadline.take(queue)) is not None:
                 *args, rd = _payload(c, out, cell_overrides, threads, results_dir)
                 results.append(_tick(bar, run_cell(*args, fit=fit, results_dir=rd)))
         else:
-            results.extend(_run_parallel(pending, out, cell_overrides, jobs, threads, bar, fit, results_dir))
+            results.extend(_run_parallel(queue, out, cell_overrides, jobs, threads, bar, fit, results_dir, deadline))
     finally:
         bar.close()
+    results.extend(CellResult(c.name, "deferred") for c in queue)  # not started: expected to end too late
     write_failures(out, [r for r in results if r.status == "failed"])
     return results
+
+
+def _deadline(
+    pending: list[Cell], states: dict[str, str], out: Path, results_dir: str | Path | None,
+    time_limit: float | None, log: Callable[[str], None],
+) -> Deadline:  # fmt: skip
+    """The ``Deadline`` of a run with ``time_limit`` seconds (none without one), estimates said in one line."""
+    if time_limit is None:
+        return Deadline(None)
+    from mtpp.records import read_records
+
+    records = read_records(results_dir) if results_dir is not None and Path(results_dir).is_dir() else []
+    done = {c.name: int((last_epoch_record(out / c.name) or {}).get("epoch") or 0)
+            for c in pending if states[c.name] == "resume"}  # fmt: skip
+    expected = expected_seconds(pending, records, done)
+    unknown = len(pending) - len(expected)
+    log(f"time limit {time_limit / 3600:.2f} h: cells start only when their expected duration fits (estimated from "
+        f"{len(records)} result record(s); {unknown} of {len(pending)} pending cell(s) without an estimate)")
+    return Deadline(time.time() + time_limit, expected)
 
 
 def data_changes(
@@ -874,19 +900,20 @@ def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int, resu
 
 
 def _run_parallel(
-    pending: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None,
-    results_dir: Any = None,
+    queue: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None,
+    results_dir: Any = None, deadline: Deadline | None = None,
 ) -> list[CellResult]:
     """Cells in ``jobs`` spawned worker processes, handed one at a time over a pipe (nothing is queued in a
     worker). The workers die with this process (``_worker_main``: parent-death signal on Linux, a watchdog on
     the parent pid elsewhere); on Ctrl-C or any error here the workers are terminated within seconds: finished
     cells stay finished, running ones resume from their last checkpoint on the next run, queued ones never start.
+    Cells are taken from ``queue`` (in place) by ``deadline``; the ones it defers stay there.
     """
     import multiprocessing
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")
-    queue = list(pending)
+    deadline = deadline or Deadline(None)
     results: list[CellResult] = []
     workers: dict[Any, tuple[Any, Cell | None]] = {}  # connection -> (process, running cell)
     try:
@@ -897,7 +924,7 @@ def _run_parallel(
             child_end.close()
             workers[parent_end] = (proc, None)
         for conn in list(workers):
-            _hand_out(conn, workers, queue, out, overrides, threads, results_dir)
+            _hand_out(conn, workers, queue, out, overrides, threads, results_dir, deadline)
         while any(cell is not None for _, cell in workers.values()):
             ready = wait([c for c, (_, cell) in workers.items() if cell is not None]
                          + [p.sentinel for p, cell in workers.values() if cell is not None])  # fmt: skip
@@ -929,7 +956,7 @@ def _run_parallel(
                     workers[conn] = (proc, None)
                 results.append(_tick(bar, result))
                 if conn in workers:
-                    _hand_out(conn, workers, queue, out, overrides, threads, results_dir)
+                    _hand_out(conn, workers, queue, out, overrides, threads, results_dir, deadline)
     finally:
         _stop_workers(workers)
     return results
@@ -937,11 +964,11 @@ def _run_parallel(
 
 def _hand_out(
     conn: Any, workers: dict, queue: list[Cell], out: Path, overrides: Sequence[str], threads: int,
-    results_dir: Any = None,
+    results_dir: Any = None, deadline: Deadline | None = None,
 ) -> None:  # fmt: skip
     proc, _ = workers[conn]
-    if queue:
-        cell = queue.pop(0)
+    cell = (deadline or Deadline(None)).take(queue)
+    if cell is not None:
         conn.send(_payload(cell, out, overrides, threads, results_dir))
         workers[conn] = (proc, cell)
     else:
@@ -1064,7 +1091,7 @@ def write_cells(out: Path, exp: Experiment, cells: list[Cell], overrides: Sequen
 
 
 def results_summary(results: list[CellResult]) -> dict[str, int]:
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "skipped": 0, "failed": 0, "deferred": 0}
     for r in results:
         counts[r.status] += 1
     return counts

@@ -27,6 +27,9 @@ train.max_epochs), or whose recorded data fingerprints differ from the data the 
 compare refuses to mix such runs into one summary unless --rerun-stale retrains them. Ctrl-C (or kill PID, printed
 in the header) stops every worker within seconds: finished cells stay, running ones resume from their checkpoints
 on the next run.
+--time-limit 2h30m (inside a job with a wall-time limit) starts a cell only when its expected duration (the median
+wall time of the recorded cells of the same dataset, model, parametrisation and aggregator under --results) fits in
+the time left; the rest are deferred to the next run of the same command.
 --dry-run prints each cell's state (data fingerprints and result records checked as the run checks them): new,
 resume (with its last epoch and best epoch), running (a live process holds its folder), done or stale."""
 
@@ -65,6 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write each finished cell's small result record (mtpp.records) under this folder, and skip "
         "cells that already have one there (e.g. committed records: results/paper_table1)",
     )
+    p.add_argument(
+        "--time-limit", metavar="DURATION",
+        help="wall time this command may use (2h30m, 150m, 2:30): start only cells expected to finish within it "
+        "(durations from the --results records of the same model); the others are deferred to the next run",
+    )
     p.set_defaults(func=run)
 
 
@@ -74,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    if args.time_limit is not None:
+        from mtpp.experiments_schedule import parse_duration
+
+        args.time_limit = parse_duration(args.time_limit)
     exp = ex.load_experiment(args.experiment, args.overrides)
     _, run_overrides = ex.split_overrides(args.overrides)
     cells = ex.select(ex.expand(exp), args.only)
@@ -123,11 +135,13 @@ def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[
     results = ex.run_grid(
         cells, args.out, jobs=args.jobs, overrides=run_overrides,
         progress=not args.no_progress, quiet_runs=not args.verbose_runs, rerun_stale=args.rerun_stale,
-        log=lambda m: print(m, file=sys.stderr), results_dir=args.results,
+        log=lambda m: print(m, file=sys.stderr), results_dir=args.results, time_limit=args.time_limit,
     )
     counts = ex.results_summary(results)
+    deferred = f", {counts['deferred']} deferred (expected to end after --time-limit; rerun to continue)"
     print(
-        f"cells: {counts['done']} trained, {counts['skipped']} skipped (already complete), {counts['failed']} failed",
+        f"cells: {counts['done']} trained, {counts['skipped']} skipped (already complete), {counts['failed']} failed"
+        f"{deferred if counts['deferred'] else ''}",
         file=sys.stderr,
     )
     if not args.no_report:

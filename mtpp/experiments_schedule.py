@@ -1,0 +1,102 @@
+"""Time-limited grid runs (``mtpp compare --time-limit``): start only the cells expected to finish in time.
+
+A grid that runs inside a job with a wall-time limit (a SLURM allocation, a machine lent for a few hours) loses
+the work of every cell still running when the limit strikes (its checkpoints may not survive the machine). With a
+deadline, the runner hands a free worker the first pending cell, in grid order, whose **expected duration** fits
+in the time left; cells that fit nowhere are not started ("deferred": the same command continues them later).
+
+Expected duration of a cell: the median ``wall_seconds`` of the result records (``mtpp.records``) of the same
+dataset, model, parametrisation and aggregator; failing that, of the same model, parametrisation and aggregator
+on any dataset. A cell that resumes from a checkpoint is expected to need the fraction of that time its epochs
+have not yet covered (``1 - epochs done / median recorded epochs``, at least 10 %). A cell with no recorded
+counterpart has no estimate and is started whenever time is left (its duration is unknown, not short).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from typing import Any, Callable, Iterable
+
+from mtpp.errors import ConfigError
+
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``2h30m``, ``150m``, ``90s``, ``1d2h``, or a clock length ``H:MM`` / ``H:MM:SS``
+    (as SLURM's ``--time``). ``ConfigError`` for anything else or a length that is not positive."""
+    s = str(text).strip().lower()
+    seconds: float | None = None
+    if re.fullmatch(r"\d+:\d{1,2}(:\d{1,2})?", s):
+        parts = [int(p) for p in s.split(":")]
+        seconds = float(parts[0] * 3600 + parts[1] * 60 + (parts[2] if len(parts) == 3 else 0))
+    elif re.fullmatch(r"(\d+(\.\d+)?[dhms])+", s):
+        seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms])", s))
+    if seconds is None or seconds <= 0:
+        raise ConfigError(f"--time-limit: {text!r} is not a positive duration (e.g. 2h30m, 150m, 9000s or 2:30)")
+    return seconds
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def expected_seconds(
+    cells: Iterable[Any], records: Iterable[dict], epochs_done: dict[str, int] | None = None
+) -> dict[str, float]:
+    """Expected remaining wall seconds per cell name (module docstring); cells without an estimate are absent.
+
+    ``cells``: objects with ``name`` and ``labels()`` (``mtpp.experiments.Cell``); ``records``: result records
+    (``mtpp.records.read_records``); ``epochs_done``: finished epochs of the cells that resume.
+    """
+    exact: dict[tuple, list[dict]] = {}
+    loose: dict[tuple, list[dict]] = {}
+    for r in records:
+        c = r.get("cell") or {}
+        if not isinstance(r.get("wall_seconds"), (int, float)):
+            continue
+        key = (c.get("model"), c.get("parametrisation"), c.get("aggregator"))
+        exact.setdefault((c.get("dataset"), *key), []).append(r)
+        loose.setdefault(key, []).append(r)
+    out = {}
+    for cell in cells:
+        lab = cell.labels()
+        key = (lab.get("model"), lab.get("parametrisation"), lab.get("aggregator"))
+        same = exact.get((lab.get("dataset"), *key)) or loose.get(key)
+        if not same:
+            continue
+        seconds = _median([float(r["wall_seconds"]) for r in same])
+        done = (epochs_done or {}).get(cell.name)
+        epochs = _median([float(r["epochs"]) for r in same if isinstance(r.get("epochs"), (int, float))])
+        if done and epochs:
+            seconds *= max(0.1, 1.0 - done / epochs)
+        out[cell.name] = seconds
+    return out
+
+
+class Deadline:
+    """Which pending cell a free worker starts next under a deadline (``at``, in ``clock()`` seconds).
+
+    ``take(queue)`` removes and returns the first cell of ``queue`` whose expected duration (``expected``, by
+    name; unknown counts as fitting) ends by ``at``; ``None`` when none does. ``Deadline(None, ...)`` never
+    defers: ``take`` is ``queue.pop(0)``.
+    """
+
+    def __init__(self, at: float | None, expected: dict[str, float] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.at = at
+        self.expected = expected or {}
+        self.clock = clock
+
+    def take(self, queue: list) -> Any:
+        if not queue:
+            return None
+        if self.at is None:
+            return queue.pop(0)
+        left = self.at - self.clock()
+        for i, cell in enumerate(queue):
+            if left > 0 and self.expected.get(cell.name, 0.0) <= left:
+                return queue.pop(i)
+        return None

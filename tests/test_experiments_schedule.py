@@ -1,0 +1,112 @@
+"""``mtpp compare --time-limit``: only cells expected to finish in time start (mtpp.experiments_schedule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mtpp import experiments as ex
+from mtpp.errors import ConfigError
+from mtpp.experiments_schedule import Deadline, expected_seconds, parse_duration
+from mtpp.records import RECORD_VERSION, write_record
+
+from test_compare import FakeFit, fake_fit, small_grid  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("text, seconds", [("2h30m", 9000), ("150m", 9000), ("9000s", 9000), ("2:30", 9000),
+                                           ("1:00:30", 3630), ("1d2h", 93600), ("0.5h", 1800), (" 90S ", 90)])
+def test_durations_read_like_slurm_times(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "2x", "h", "0m", "0:00", "-1h", "2 hours", "1:2:3:4"])
+def test_bad_durations_are_one_clear_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--time-limit: .* is not a positive duration"):
+        parse_duration(bad)
+
+
+def _record(dataset: str, model: str, param: str, wall: float, epochs: int = 100) -> dict:
+    cell = {"dataset": dataset, "model": model, "parametrisation": param, "aggregator": "sum"}
+    return {"record_version": RECORD_VERSION, "cell": cell, "wall_seconds": wall, "epochs": epochs}
+
+
+class _Cell:
+    def __init__(self, name: str, dataset: str, model: str, param: str) -> None:
+        self.name = name
+        self._labels = {"dataset": dataset, "model": model, "parametrisation": param, "aggregator": "sum"}
+
+    def labels(self) -> dict:
+        return self._labels
+
+
+def test_expected_durations_from_records_of_the_same_model() -> None:
+    records = [_record("mooc", "thp", "base", 100.0), _record("mooc", "thp", "base", 300.0),
+               _record("mooc", "thp", "base", 200.0), _record("reddit", "thp", "base", 50.0),
+               _record("reddit", "lnm", "plus", 40.0, epochs=80), {"cell": {}, "wall_seconds": None}]  # fmt: skip
+    cells = [_Cell("a", "mooc", "thp", "base"), _Cell("b", "lastfm", "thp", "base"),
+             _Cell("c", "mooc", "lnm", "plus"), _Cell("d", "mooc", "sahp", "base"), _Cell("e", "mooc", "thp", "base"),
+             _Cell("f", "mooc", "lnm", "plus")]  # fmt: skip
+    got = expected_seconds(cells, records, epochs_done={"e": 50, "f": 200})
+    assert got["a"] == 200.0  # median of the same dataset's records
+    assert got["b"] == 150.0  # no lastfm record: median over every dataset (50, 100, 200, 300)
+    assert got["c"] == 40.0
+    assert "d" not in got  # no record of that model: unknown, not zero
+    assert got["e"] == pytest.approx(200.0 * 0.5)  # resumes at epoch 50 of ~100
+    assert got["f"] == pytest.approx(40.0 * 0.1)  # past the recorded epochs: at least 10 % left
+
+
+def test_a_free_worker_takes_the_first_cell_that_fits() -> None:
+    now = [0.0]
+    d = Deadline(100.0, {"long": 500.0, "mid": 80.0, "short": 10.0}, clock=lambda: now[0])
+    queue = [_Cell(n, "m", "x", "base") for n in ("long", "mid", "unknown", "short")]
+    assert d.take(queue).name == "mid"  # grid order among those that fit; "long" waits
+    now[0] = 30.0
+    assert d.take(queue).name == "unknown"  # no estimate: started while time is left
+    assert d.take(queue).name == "short"
+    assert d.take(queue) is None and [c.name for c in queue] == ["long"]
+    now[0] = 100.0
+    assert d.take([_Cell("unknown2", "m", "x", "base")]) is None  # time is up: nothing starts
+    q = [_Cell(n, "m", "x", "base") for n in ("long", "mid")]
+    assert Deadline(None).take(q).name == "long" and Deadline(None).take([]) is None
+
+
+def test_run_grid_defers_cells_expected_to_end_after_the_limit(tmp_path: Path, fake_fit: FakeFit, capsys) -> None:
+    cells = ex.expand(ex.experiment_from_dict(small_grid()))
+    results_dir = tmp_path / "results"
+    for c in cells:  # split 1 recorded (thp slow, lnm fast): the estimates for split 0
+        if c.labels()["split"] == 1:
+            wall = 7200.0 if c.labels()["model"] == "thp" else 60.0
+            write_record(results_dir, c.name, {**_record("synthetic_hawkes", c.labels()["model"],
+                                                         c.labels()["parametrisation"], wall), "cell": c.labels()})
+    todo = [c for c in cells if c.labels()["split"] == 0]
+    results = ex.run_grid(todo, tmp_path / "runs", progress=False, results_dir=results_dir, time_limit=3600.0)
+    status = {r.name: r.status for r in results}
+    assert {n for n, s in status.items() if s == "done"} == {c.name for c in todo if "lnm" in c.name}
+    assert {n for n, s in status.items() if s == "deferred"} == {c.name for c in todo if "thp" in c.name}
+    assert not any((tmp_path / "runs" / c.name).exists() for c in todo if "thp" in c.name)
+    assert ex.results_summary(results)["deferred"] == 2
+    # without a limit everything runs
+    results = ex.run_grid(todo, tmp_path / "runs", progress=False, results_dir=results_dir)
+    assert sorted(r.status for r in results) == ["done", "done", "skipped", "skipped"]
+
+
+def test_compare_command_says_what_it_deferred(tmp_path: Path, fake_fit: FakeFit, capsys) -> None:
+    import yaml
+
+    from mtpp.cli import main
+
+    exp = tmp_path / "grid.yaml"
+    exp.write_text(yaml.safe_dump(small_grid(splits=[0])))
+    results_dir = tmp_path / "results"
+    for c in ex.expand(ex.experiment_from_dict(small_grid(splits=[1]))):
+        if c.labels()["model"] == "thp":
+            write_record(results_dir, c.name, {**_record("synthetic_hawkes", "thp", c.labels()["parametrisation"],
+                                                         9000.0), "cell": c.labels()})
+    args = ["compare", str(exp), "--out", str(tmp_path / "runs"), "--results", str(results_dir), "--no-report"]
+    assert main([*args, "--time-limit", "2 hours"]) == 2
+    assert "--time-limit: '2 hours' is not a positive duration" in capsys.readouterr().err
+    assert main([*args, "--time-limit", "2h"]) == 0
+    err = capsys.readouterr().err
+    assert "time limit 2.00 h" in err and "2 of 4 pending cell(s) without an estimate" in err
+    assert "2 trained, 0 skipped (already complete), 0 failed, 2 deferred" in err
