@@ -6,8 +6,9 @@ deadline, the runner hands a free worker the first pending cell, in grid order, 
 in the time left; cells that fit nowhere are not started ("deferred": the same command continues them later).
 
 Expected duration of a cell: the median ``wall_seconds`` of the result records (``mtpp.records``) of the same
-dataset, model, parametrisation and aggregator; failing that, of the same model, parametrisation and aggregator
-on any dataset. A cell that resumes from a checkpoint is expected to need the fraction of that time its epochs
+dataset, model, parametrisation and aggregator; failing that, of the same dataset, model and parametrisation under
+any aggregator (a remedy costs about what its ``sum`` cell does), then of the same model, parametrisation and
+aggregator on any dataset, then of the same model and parametrisation anywhere. A cell that resumes from a checkpoint is expected to need the fraction of that time its epochs
 have not yet covered (``1 - epochs done / median recorded epochs``, at least 10 %). A cell with no recorded
 counterpart has no estimate and is started whenever time is left (its duration is unknown, not short).
 """
@@ -43,6 +44,15 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+_LEVELS = (
+    ("dataset", "model", "parametrisation", "aggregator"),
+    ("dataset", "model", "parametrisation"),
+    ("model", "parametrisation", "aggregator"),
+    ("model", "parametrisation"),
+)
+"""The labels a recorded cell must share with a pending one to stand for its duration, most specific first."""
+
+
 def expected_seconds(
     cells: Iterable[Any], records: Iterable[dict], epochs_done: dict[str, int] | None = None
 ) -> dict[str, float]:
@@ -51,20 +61,17 @@ def expected_seconds(
     ``cells``: objects with ``name`` and ``labels()`` (``mtpp.experiments.Cell``); ``records``: result records
     (``mtpp.records.read_records``); ``epochs_done``: finished epochs of the cells that resume.
     """
-    exact: dict[tuple, list[dict]] = {}
-    loose: dict[tuple, list[dict]] = {}
+    levels: list[dict[tuple, list[dict]]] = [{} for _ in _LEVELS]
     for r in records:
-        c = r.get("cell") or {}
-        if not isinstance(r.get("wall_seconds"), (int, float)):
-            continue
-        key = (c.get("model"), c.get("parametrisation"), c.get("aggregator"))
-        exact.setdefault((c.get("dataset"), *key), []).append(r)
-        loose.setdefault(key, []).append(r)
+        if isinstance(r.get("wall_seconds"), (int, float)):
+            c = r.get("cell") or {}
+            for level, fields in zip(levels, _LEVELS):
+                level.setdefault(tuple(c.get(f) for f in fields), []).append(r)
     out = {}
     for cell in cells:
         lab = cell.labels()
-        key = (lab.get("model"), lab.get("parametrisation"), lab.get("aggregator"))
-        same = exact.get((lab.get("dataset"), *key)) or loose.get(key)
+        same = next((hit for level, fields in zip(levels, _LEVELS)
+                     if (hit := level.get(tuple(lab.get(f) for f in fields)))), None)  # fmt: skip
         if not same:
             continue
         seconds = _median([float(r["wall_seconds"]) for r in same])

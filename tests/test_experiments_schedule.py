@@ -26,15 +26,15 @@ def test_bad_durations_are_one_clear_error(bad: str) -> None:
         parse_duration(bad)
 
 
-def _record(dataset: str, model: str, param: str, wall: float, epochs: int = 100) -> dict:
-    cell = {"dataset": dataset, "model": model, "parametrisation": param, "aggregator": "sum"}
+def _record(dataset: str, model: str, param: str, wall: float, epochs: int = 100, agg: str = "sum") -> dict:
+    cell = {"dataset": dataset, "model": model, "parametrisation": param, "aggregator": agg}
     return {"record_version": RECORD_VERSION, "cell": cell, "wall_seconds": wall, "epochs": epochs}
 
 
 class _Cell:
-    def __init__(self, name: str, dataset: str, model: str, param: str) -> None:
+    def __init__(self, name: str, dataset: str, model: str, param: str, agg: str = "sum") -> None:
         self.name = name
-        self._labels = {"dataset": dataset, "model": model, "parametrisation": param, "aggregator": "sum"}
+        self._labels = {"dataset": dataset, "model": model, "parametrisation": param, "aggregator": agg}
 
     def labels(self) -> dict:
         return self._labels
@@ -54,6 +54,11 @@ def test_expected_durations_from_records_of_the_same_model() -> None:
     assert "d" not in got  # no record of that model: unknown, not zero
     assert got["e"] == pytest.approx(200.0 * 0.5)  # resumes at epoch 50 of ~100
     assert got["f"] == pytest.approx(40.0 * 0.1)  # past the recorded epochs: at least 10 % left
+    # a remedy cell: its dataset's sum cells first, then the remedy on other datasets, then anything of the model
+    records += [_record("reddit", "thp", "base", 999.0, agg="pcgrad"), _record("reddit", "lnm", "base", 7.0)]
+    got = expected_seconds([_Cell("g", "mooc", "thp", "base", "pcgrad"), _Cell("h", "lastfm", "thp", "base", "pcgrad"),
+                            _Cell("i", "lastfm", "lnm", "base", "mgda")], records)  # fmt: skip
+    assert got == {"g": 200.0, "h": 999.0, "i": 7.0}
 
 
 def test_a_free_worker_takes_the_first_cell_that_fits() -> None:
