@@ -115,3 +115,10 @@ def test_compare_command_says_what_it_deferred(tmp_path: Path, fake_fit: FakeFit
     err = capsys.readouterr().err
     assert "time limit 2.00 h" in err and "2 of 4 pending cell(s) without an estimate" in err
     assert "2 trained, 0 skipped (already complete), 0 failed, 2 deferred" in err
+    # the dry run shows what each cell left is expected to take
+    (tmp_path / "runs2").mkdir()
+    assert main([*args[:3], str(tmp_path / "runs2"), *args[4:-1], "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    thp = [line for line in out.splitlines() if "/thp-" in line]
+    assert len(thp) == 2 and all(line.startswith("new") and line.endswith("(expected 150 min)") for line in thp)
+    assert "expected wall time of the 2 cell(s) with an estimate: 5.0 cell-hours" in err

@@ -191,6 +191,7 @@ def _print_cells(cells: list, out: Path, overrides: list[str], results: Path | N
     except MtppError as e:  # data that cannot be read here: said above (data lines), states without the check
         print(f"data check of the finished cells skipped: {e}", file=sys.stderr)
     counts: dict[str, int] = {}
+    expected = _expected(cells, states, out, results)
     for c in cells:
         state, where = states[c.name], ""
         if state == "resume":  # how far it got: the last finished epoch of its log; "running" when a live
@@ -202,9 +203,29 @@ def _print_cells(cells: list, out: Path, overrides: list[str], results: Path | N
                 where = f"  (epoch {last['epoch']}/{cap}, best {last.get('best_epoch')})"
         elif state in ("done", "stale") and results is not None and not is_complete(out / c.name):
             where = "  (result record)"
+        if c.name in expected:
+            where += f"  (expected {expected[c.name] / 60:.0f} min)"
         counts[state] = counts.get(state, 0) + 1
         print(f"{state:<7} {c.name}{where}")
     print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
+    if expected:
+        print(f"expected wall time of the {len(expected)} cell(s) with an estimate: {sum(expected.values()) / 3600:.1f} "
+              "cell-hours (medians of the recorded cells of the same model; see --time-limit)", file=sys.stderr)
+
+
+def _expected(cells: list, states: dict[str, str], out: Path, results: Path | None) -> dict[str, float]:
+    """Expected remaining seconds of the cells still to train (``mtpp.experiments_schedule``), from the records
+    under ``results``; empty without records."""
+    from mtpp.experiments import last_epoch_record
+    from mtpp.experiments_schedule import expected_seconds
+    from mtpp.records import read_records
+
+    if results is None or not Path(results).is_dir():
+        return {}
+    todo = [c for c in cells if states[c.name] in ("new", "resume")]
+    done = {c.name: int((last_epoch_record(out / c.name) or {}).get("epoch") or 0)
+            for c in todo if states[c.name] == "resume"}  # fmt: skip
+    return expected_seconds(todo, read_records(results), done)
 
 
 def write_reports(out: Path, title: str = "Results") -> None:
