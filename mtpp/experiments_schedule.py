@@ -25,18 +25,39 @@ from mtpp.errors import ConfigError
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
+_SLURM = re.compile(r"(?:(?P<d>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?")
+
+
+def _slurm_seconds(s: str) -> float | None:
+    """Seconds of a SLURM ``--time`` value (``sbatch`` manual): ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``,
+    ``D-H:M:S``; ``None`` when ``s`` is none of these."""
+    m = _SLURM.fullmatch(s)
+    if not m:
+        return None
+    d, a, b, c = (int(v) if v is not None else None for v in m.group("d", "a", "b", "c"))
+    if d is not None:  # D-H, D-H:M, D-H:M:S
+        return float(d * 86400 + a * 3600 + (b or 0) * 60 + (c or 0))
+    if c is not None:  # H:M:S
+        return float(a * 3600 + b * 60 + c)
+    return float(a * 60 + (b or 0))  # M or M:S
+
+
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``2h30m``, ``150m``, ``90s``, ``1d2h``, or a clock length ``H:MM`` / ``H:MM:SS``
-    (as SLURM's ``--time``). ``ConfigError`` for anything else or a length that is not positive."""
+    """Seconds in ``text``: a length with units (``2h30m``, ``150m``, ``90s``, ``1d2h``, ``0.5h``) or a SLURM
+    ``--time`` value read exactly as SLURM reads it (``150`` and ``150:00`` are minutes and minutes:seconds,
+    ``2:30:00`` is H:M:S, ``1-12`` and ``1-12:30`` are days-hours[:minutes]).
+
+    Raises ``ConfigError`` for anything else or a length that is not positive.
+    """
     s = str(text).strip().lower()
-    seconds: float | None = None
-    if re.fullmatch(r"\d+:\d{1,2}(:\d{1,2})?", s):
-        parts = [int(p) for p in s.split(":")]
-        seconds = float(parts[0] * 3600 + parts[1] * 60 + (parts[2] if len(parts) == 3 else 0))
-    elif re.fullmatch(r"(\d+(\.\d+)?[dhms])+", s):
+    seconds = _slurm_seconds(s)
+    if seconds is None and re.fullmatch(r"(\d+(\.\d+)?[dhms])+", s):
         seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms])", s))
     if seconds is None or seconds <= 0:
-        raise ConfigError(f"--time-limit: {text!r} is not a positive duration (e.g. 2h30m, 150m, 9000s or 2:30)")
+        raise ConfigError(
+            f"--time-limit: {text!r} is not a positive duration (units: 2h30m, 150m, 9000s; or a SLURM time: "
+            "150 = minutes, 150:00 = minutes:seconds, 2:30:00 = hours:minutes:seconds, 1-12 = days-hours)"
+        )
     return seconds
 
 

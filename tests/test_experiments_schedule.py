@@ -14,13 +14,17 @@ from mtpp.records import RECORD_VERSION, write_record
 from test_compare import FakeFit, fake_fit, small_grid  # noqa: F401  (fixture)
 
 
-@pytest.mark.parametrize("text, seconds", [("2h30m", 9000), ("150m", 9000), ("9000s", 9000), ("2:30", 9000),
-                                           ("1:00:30", 3630), ("1d2h", 93600), ("0.5h", 1800), (" 90S ", 90)])
+@pytest.mark.parametrize("text, seconds", [
+    ("2h30m", 9000), ("150m", 9000), ("9000s", 9000), ("1d2h", 93600), ("0.5h", 1800), (" 90S ", 90),
+    # SLURM's --time formats, read as sbatch reads them: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+    ("150", 9000), ("30:00", 1800), ("2:30", 150), ("2:30:00", 9000), ("1:00:30", 3630),
+    ("1-12", 129600), ("1-12:30", 131400), ("1-0:0:30", 86430),
+])
 def test_durations_read_like_slurm_times(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "2x", "h", "0m", "0:00", "-1h", "2 hours", "1:2:3:4"])
+@pytest.mark.parametrize("bad", ["", "2x", "h", "0m", "0:00", "0", "-1h", "2 hours", "1:2:3:4", "1-2:3:4:5", "-5"])
 def test_bad_durations_are_one_clear_error(bad: str) -> None:
     with pytest.raises(ConfigError, match="--time-limit: .* is not a positive duration"):
         parse_duration(bad)

@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--time-limit", metavar="DURATION",
-        help="wall time this command may use (2h30m, 150m, 2:30): start only cells expected to finish within it "
+        help="wall time this command may use (2h30m, 150m, or a SLURM --time value: 150 minutes, 2:30:00): start only cells expected to finish within it "
         "(durations from the --results records of the same model); the others are deferred to the next run",
     )
     p.set_defaults(func=run)
