@@ -1074,18 +1074,27 @@ def _tick(bar: Any, result: CellResult) -> CellResult:
 
 
 def write_failures(out: Path, failed: list[CellResult]) -> Path | None:
-    """``out/failures.json`` listing the failed cells; a stale file from an earlier attempt is removed."""
+    """``out/failures.json`` listing the failed cells; a stale file from an earlier attempt is removed (a file of
+    that name mtpp did not write is left alone, and refused when there are failures to list)."""
+    from mtpp.owned import check_ours, is_ours
+
     path = Path(out) / FAILURES_FILE
     if not failed:
-        path.unlink(missing_ok=True)
+        if is_ours(path):
+            path.unlink(missing_ok=True)
         return None
+    check_ours([path])
     rows = [{"cell": r.name, "error": r.error, "traceback": r.traceback} for r in failed]
     path.write_text(json.dumps(rows, indent=2) + "\n")
     return path
 
 
 def write_cells(out: Path, exp: Experiment, cells: list[Cell], overrides: Sequence[str]) -> None:
-    """``out/experiment.yaml``: the experiment as run (with the command line's overrides) for provenance."""
+    """``out/experiment.yaml``: the experiment as run (with the command line's overrides) for provenance.
+    ``MtppError`` when a file of that name exists that mtpp did not write."""
+    from mtpp.owned import check_ours
+
+    check_ours([Path(out) / "experiment.yaml"])
     record = {**exp.to_dict(), "source": exp.source, "overrides": list(overrides), "cells": [c.name for c in cells]}
     (Path(out) / "experiment.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
 

@@ -554,3 +554,30 @@ def test_an_unknown_model_name_in_a_grid_override_says_what_exists(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"'gru' is neither a model of exp.yaml \(thp, lnm\) nor a decoder \(lnm, "):
         ex.load_experiment(path, ["grid.models=[gru]"])
     assert {c.model for c in ex.expand(ex.load_experiment(path, ["grid.models=[rmtpp]"]))} == {"rmtpp"}
+
+
+def test_compare_never_overwrites_a_file_it_did_not_write(
+    tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
+) -> None:
+    """experiment.yaml, failures.json and the summaries in --out: a user's own file of that name is refused before
+    anything trains (not replaced, not deleted); compare's own files are rewritten on the next run."""
+    path = write_experiment(tmp_path, small_grid())
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("experiment.yaml", "summary.md", "summary.csv", "failures.json"):
+        mine = out / name
+        mine.write_text("my notes\n")
+        args = ["compare", str(path), "--out", str(out), "--no-progress"]
+        assert main(args) == 2
+        assert f"{mine}: exists and was not written by mtpp" in capsys.readouterr().err
+        assert mine.read_text() == "my notes\n" and fake_fit.calls == []
+        mine.unlink()
+    assert main(["compare", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "summary.md").read_text().startswith("<!-- written by mtpp")
+    fake_fit.calls.clear()
+    assert main(["compare", str(path), "--out", str(out), "--no-progress"]) == 0  # its own files: rewritten
+    # a user's failures.json is left in place when there is nothing to list (a stale mtpp one is removed)
+    (out / "failures.json").write_text("my notes\n")
+    assert ex.write_failures(out, []) is None and (out / "failures.json").read_text() == "my notes\n"
+    (out / "failures.json").write_text('[{"cell": "a", "error": "b", "traceback": ""}]')
+    assert ex.write_failures(out, []) is None and not (out / "failures.json").exists()

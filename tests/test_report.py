@@ -234,6 +234,33 @@ def test_report_command_writes_tables_and_plots(runs_root: Path, tmp_path: Path,
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
+def test_report_never_overwrites_a_file_it_did_not_write(runs_root: Path, tmp_path: Path, capsys) -> None:
+    """A user's summary.md / summary.csv / plot of the same name in --out is refused in one line and kept; the files
+    an earlier report wrote (this version's or an earlier one's, recognised by their content) are rewritten."""
+    from mtpp.owned import is_ours
+
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in ("summary.md", "summary.csv"):
+        (out / name).write_text("my notes\n")
+        assert main(["report", str(runs_root), "--out", str(out), "--no-plots"]) == 2
+        assert f"{out / name}: exists and was not written by mtpp" in capsys.readouterr().err
+        assert (out / name).read_text() == "my notes\n"
+        (out / name).unlink()
+    assert not (out / "summary.md").exists()  # refused before writing either file
+    assert main(["report", str(runs_root), "--out", str(out)]) == 0
+    assert main(["report", str(runs_root), "--out", str(out)]) == 0  # its own files: rewritten
+    plot = sorted((out / "plots").glob("*.png"))[0]
+    assert is_ours(plot) and is_ours(out / "summary.md") and is_ours(out / "summary.csv")
+    plot.write_bytes(b"\x89PNG\r\n\x1a\n not mine to replace")
+    assert main(["report", str(runs_root), "--out", str(out)]) == 2
+    assert f"{plot}: exists and was not written by mtpp" in capsys.readouterr().err
+    # an earlier version's summary (no first-line mark) is still recognised as mtpp's
+    legacy = (out / "summary.md").read_text().split("\n", 1)[1]
+    (out / "summary.md").write_text(legacy)
+    assert is_ours(out / "summary.md") and not is_ours(out / "plots")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Plots and tables that cannot mislead (issue 13 §3)
 

@@ -104,8 +104,12 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             print(f"the real run would stop: {len(missing)} dataset(s) not found", file=sys.stderr)
         return 1 if missing else 0
+    from mtpp.owned import check_ours
     from mtpp.runs import RunLock
 
+    # before anything trains: the files compare rewrites must be absent or its own (a user's notes survive)
+    written = ["experiment.yaml", ex.FAILURES_FILE] + ([] if args.no_report else ["summary.csv", "summary.md"])
+    check_ours([args.out / name for name in written])
     with RunLock(args.out):  # one compare per output folder (each cell's run folder has its own lock too)
         try:
             return _run_locked(args, exp, cells, run_overrides)

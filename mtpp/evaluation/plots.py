@@ -146,8 +146,11 @@ def _figure(width: float, height: float) -> "Figure":
 
 
 def _save(fig: "Figure", path: Path) -> Path:
+    from mtpp.owned import PNG_SOFTWARE, check_ours
+
+    check_ours([path])  # a user's own figure of the same name is never overwritten
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", metadata={"Software": PNG_SOFTWARE})
     return path
 
 

@@ -571,12 +571,16 @@ def write_summary(
 ) -> list[Path]:
     """Write ``STEM.csv`` (long format, one row per cell and metric: cell keys, metric, mean, stderr, n) and
     ``STEM.md`` (:func:`format_markdown`: one row per cell, one column per metric) into ``out_dir``; returns the
-    two paths. ``stem``: ``summary`` (see :func:`summary_stem` for other splits or metric selections)."""
+    two paths. ``stem``: ``summary`` (see :func:`summary_stem` for other splits or metric selections).
+    ``MtppError`` (before writing anything) when either file exists and was not written by mtpp (``mtpp.owned``).
+    """
+    from mtpp.owned import MD_MARK, check_ours
+
     out_dir = Path(out_dir)
+    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    check_ours([csv_path, md_path])
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(df, metrics)
-    csv_path = out_dir / f"{stem}.csv"
     summary.to_csv(csv_path, index=False)
-    md_path = out_dir / f"{stem}.md"
-    md_path.write_text(format_markdown(summary, title=title, section=df.attrs.get("section", "test")))
+    md_path.write_text(MD_MARK + "\n" + format_markdown(summary, title=title, section=df.attrs.get("section", "test")))
     return [csv_path, md_path]
