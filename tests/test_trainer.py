@@ -202,6 +202,25 @@ def test_resume_applies_a_new_rate_and_refuses_what_the_checkpoint_cannot_follow
     assert capsys.readouterr().err.count("--resume from epoch 2: train.max_epochs 2 -> 3") == 1
     resumed = yaml.safe_load((run / "config.yaml").read_text())["run_info"]["resumed"]
     assert resumed[1:] == [{"epoch": 2, "changed": {"train.max_epochs": [2, 3]}}] and len(resumed) == 2
+    # a finished run with nothing left to train: a changed setting is said to be unapplied, nothing is rewritten
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    fit(tiny("train.lr=0.01", "train.max_epochs=3", "logging.quiet=false"), run, resume=True)
+    err = capsys.readouterr().err
+    assert "already finished (epoch 3, train.max_epochs 3)" in err
+    assert "not applied, nothing trained with them (config.yaml unchanged): train.lr 0.05 -> 0.01" in err
+    assert "--resume from epoch" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "train.log"} == {
+        k: v for k, v in before.items() if k != "train.log"}
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fit(tiny(), run)
+    stored = (run / "metrics.json").read_text()
+    with pytest.raises(MtppError, match="--resume and --overwrite contradict each other"):
+        fit(tiny("train.max_epochs=2"), run, resume=True, overwrite=True)
+    assert main(["train", "--out", str(run), "--resume", "--overwrite"]) == 2
+    assert (run / "metrics.json").read_text() == stored
 
 
 # ------------------------------------------------------------------------------------------------ guard

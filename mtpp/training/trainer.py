@@ -136,6 +136,7 @@ def fit(
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
+    _check_resume_or_overwrite(resume, overwrite)
     with _threads(config.train.threads), distributed.session(config.train.device) as ddp:
         with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main):
             with determinism(config.train.deterministic), compile_settings(config.train.compile):
@@ -196,9 +197,18 @@ def run_variants(
     """
     from mtpp.runs import RunLock
 
+    _check_resume_or_overwrite(resume, overwrite)
     with distributed.session(config.train.device) as ddp:
         with RunLock(out_dir) if ddp.is_main else contextlib.nullcontext():  # one command per variants folder
             return _run_variants(config, variants, Path(out_dir), ddp, resume, data_dir, overwrite)
+
+
+def _check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    """``ConfigError`` for ``--resume`` with ``--overwrite``: continuing a run and replacing it contradict each
+    other, and guessing which was meant either loses the run or ignores the request."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume continues the run in the folder, "
+                          "--overwrite replaces it; pass one of them")
 
 
 def _run_variants(
@@ -451,7 +461,11 @@ class Trainer:
 
         self.records = StatsBuffer()
         self.logger: RunLogger | _NoLogger = _NoLogger()
-        if self.main:
+        # a finished run that --resume has nothing left to train for: nothing about it is rewritten
+        self.already_finished = bool(resume and self.epoch and (self.epoch >= cfg.train.max_epochs or self.early.done)
+                                     and _finished(out_dir))  # fmt: skip
+        self._unapplied = (state or {}).get("resume_changed") if self.already_finished else None
+        if self.main and not self.already_finished:
             history = (state or {}).get(RESUMED_KEY) or []
             if (state or {}).get("resume_changed"):
                 changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in state["resume_changed"].items())
@@ -497,9 +511,14 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         t = self.cfg.train
-        if self.epoch and (self.epoch >= t.max_epochs or self.early.done) and _finished(self.out):
-            echo(f"{self.out}: already finished (epoch {self.epoch}, train.max_epochs {t.max_epochs}); "
-                 f"keeping its {METRICS_FILE}", self.quiet)  # fmt: skip
+        if self.already_finished:
+            unapplied = ""
+            if self._unapplied:  # said, not recorded: config.yaml keeps the settings that trained the run
+                unapplied = ("; not applied, nothing trained with them (config.yaml unchanged): "
+                             + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self._unapplied.items()))
+            stop = "early-stopped" if self.early.done else f"train.max_epochs {t.max_epochs}"
+            echo(f"{self.out}: already finished (epoch {self.epoch}, {stop}); keeping its {METRICS_FILE}{unapplied}",
+                 False if unapplied else self.quiet)
             return json.loads((self.out / METRICS_FILE).read_text(encoding="utf-8"))
         if self.epoch:
             echo(f"resuming {self.out} after epoch {self.epoch} (step {self.counters.step})", self.quiet)
