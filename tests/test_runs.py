@@ -915,14 +915,26 @@ def test_train_never_replaces_files_it_did_not_write(tmp_path: Path, capsys: pyt
         assert main(["train", str(cfg), "--out", str(own), *extra]) == 2
         err = capsys.readouterr().err
         assert "config.yaml that mtpp did not write" in err and "Traceback" not in err
-    assert cfg.read_text() == before  # only train.log is added: the failed start's line
-    assert sorted(p.name for p in own.iterdir()) == ["config.yaml", "train.log"]
+    assert cfg.read_text() == before  # a refused folder gets nothing, not even a train.log
+    assert sorted(p.name for p in own.iterdir()) == ["config.yaml"]
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "log.jsonl").write_text("my own log\n")
     assert main(["train", str(cfg), "--out", str(logs)]) == 2
     assert "log.jsonl that mtpp did not write" in capsys.readouterr().err
     assert (logs / "log.jsonl").read_text() == "my own log\n"
+    (logs / "log.jsonl").unlink()
+    (logs / "train.log").write_text("my training notes\n")  # a user's train.log is not appended to
+    assert main(["train", str(cfg), "--out", str(logs)]) == 2
+    assert "train.log that mtpp did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in logs.iterdir()) == ["train.log"]
+    assert (logs / "train.log").read_text() == "my training notes\n"
+    # a finished run refused without --overwrite: its train.log gets no line of the refused command
+    run = tmp_path / "finished"
+    assert main(["train", str(cfg), "--out", str(run), "-q"]) == 0
+    log = (run / "train.log").read_text()
+    assert main(["train", str(cfg), "--out", str(run), "-q"]) == 2
+    assert "already holds a run" in capsys.readouterr().err and (run / "train.log").read_text() == log
     (tmp_path / "afile").write_text("hi")
     assert main(["train", str(cfg), "--out", str(tmp_path / "afile")]) == 2
     assert "exists and is a file" in capsys.readouterr().err

@@ -10,7 +10,8 @@ losses and the run's ETA in its postfix change on flushes only.
 Console copy: inside ``console_log(path)`` every line given to :func:`echo` (the run's header, epoch lines,
 warnings, summary, the resume hint) and every warning of the ``mtpp`` loggers (auto-preparation of a dataset) is
 also appended to ``path`` with a time stamp, whether or not the console shows it (``quiet``). Progress bars are
-not copied (they are redrawn, not lines).
+not copied (they are redrawn, not lines). The lines are held in memory until the trainer has accepted the folder
+(:func:`attach_console_logs`): a folder refused (another run in it, files mtpp did not write) gets no ``train.log``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,43 @@ from mtpp.evaluation.evaluate import json_safe
 
 LOG_FILE = "log.jsonl"
 TRAIN_LOG = "train.log"
-_SINKS: list[IO[str]] = []  # open console copies (console_log)
+_SINKS: list["_ConsoleCopy"] = []  # open console copies (console_log)
+
+
+class _ConsoleCopy:
+    """A ``train.log`` being written: lines held in memory until :meth:`attach` opens the file (append) and from
+    then on written through."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.held = [f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(sys.argv)}\n"]
+        self.fh: IO[str] | None = None
+
+    def attach(self) -> None:
+        if self.fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = self.path.open("a", encoding="utf-8")
+            self.fh.writelines(self.held)
+            self.fh.flush()
+            self.held = []
+
+    def write(self, text: str) -> None:
+        (self.fh.write if self.fh is not None else self.held.append)(text)
+
+    def flush(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def attach_console_logs() -> None:
+    """Start writing the open console copies (``console_log``) to their files, with the lines held so far: called
+    once the run's folder is accepted (``mtpp.training.trainer``)."""
+    for sink in _SINKS:
+        sink.attach()
 
 
 class RunLogger:
@@ -202,11 +239,9 @@ class _EchoHandler(logging.Handler):
 @contextlib.contextmanager
 def console_log(path: Path) -> Iterator[None]:
     """Append every :func:`echo` line, and every warning of the ``mtpp`` loggers, to ``path`` (the run's
-    ``train.log``) while inside."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = path.open("a", encoding="utf-8")
-    fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(sys.argv)}\n")
+    ``train.log``) while inside, from the moment :func:`attach_console_logs` is called (the lines before it are held
+    in memory and written then; never attached, nothing is written)."""
+    fh = _ConsoleCopy(Path(path))
     _SINKS.append(fh)
     logger = logging.getLogger("mtpp")
     handler = _EchoHandler(logging.WARNING)

@@ -60,7 +60,16 @@ from mtpp.training.gradients import COS_KEYS
 from mtpp.training.distributed import SINGLE, Dist
 from mtpp.training.early_stopping import EarlyStopping
 from mtpp.training.guard import NonFiniteGuard, grad_norm
-from mtpp.training.logging import TRAIN_LOG, Progress, RunLogger, console_log, echo, format_eta, truncate_log
+from mtpp.training.logging import (
+    TRAIN_LOG,
+    Progress,
+    RunLogger,
+    attach_console_logs,
+    console_log,
+    echo,
+    format_eta,
+    truncate_log,
+)
 from mtpp.training.setup import (
     DTYPES,
     amp_enabled,
@@ -964,6 +973,7 @@ def _setup_out_dir(
         echo(f"{out_dir}: no {checkpoint.CHECKPOINT} yet (interrupted during its first epoch): starting over", quiet)
         resume = False
     stored = _prepare_out_dir(out_dir, resume, overwrite)
+    attach_console_logs()  # the folder is the run's: train.log from here (with the lines so far)
     if not resume:
         return None
     _check_resumable(cfg, stored)
@@ -1056,7 +1066,8 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | Non
     foreign = _foreign_run_files(out_dir)
     if foreign:  # never replaced, not even with --overwrite: mtpp did not write them
         raise MtppError(f"{out_dir} holds {', '.join(foreign)} that mtpp did not write (a run's config.yaml has a "
-                        "run_info section, its log.jsonl one JSON record per line); choose another --out")
+                        "run_info section, its log.jsonl one JSON record per line, its train.log starts with a '--- ' line); "
+                       "choose another --out")
     if resume:
         if not (out_dir / checkpoint.CHECKPOINT).is_file():
             raise MtppError(f"{out_dir}: nothing to resume (no {checkpoint.CHECKPOINT}); run without --resume")
@@ -1076,7 +1087,8 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | Non
 def _foreign_run_files(out_dir: Path) -> list[str]:
     """The files of ``out_dir`` named like a run's text files that a run did not write: a ``config.yaml`` without
     ``run_info`` (e.g. the user's own configuration, even the one being trained from), a ``log.jsonl`` whose first
-    line is not one of the trainer's JSON records, a ``metrics.json`` that is not a JSON object. Starting a run
+    line is not one of the trainer's JSON records, a ``metrics.json`` that is not a JSON object, a ``train.log``
+    whose first line is not a command's ``--- `` line (``mtpp.training.logging.console_log``). Starting a run
     there would replace them."""
     import yaml
 
@@ -1107,6 +1119,11 @@ def _foreign_run_files(out_dir: Path) -> list[str]:
             ok = False
         if not ok:
             out.append(METRICS_FILE)
+    train_log = out_dir / TRAIN_LOG
+    if train_log.is_file() and train_log.stat().st_size:
+        with train_log.open("rb") as f:
+            if not f.readline(1 << 16).startswith(b"--- "):  # each command's copy starts with its "--- " line
+                out.append(TRAIN_LOG)
     return out
 
 
