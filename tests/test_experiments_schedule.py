@@ -126,3 +126,19 @@ def test_compare_command_says_what_it_deferred(tmp_path: Path, fake_fit: FakeFit
     thp = [line for line in out.splitlines() if "/thp-" in line]
     assert len(thp) == 2 and all(line.startswith("new") and line.endswith("(expected 150 min)") for line in thp)
     assert "expected wall time of the 2 cell(s) with an estimate: 5.0 cell-hours" in err
+    # summary.md says which cells of the grid it leaves out, and why: one finished run folder here, the other
+    # lnm cell complete by its record only (trained on "another machine"), the thp cells deferred
+    import shutil
+
+    lnm = sorted(p.parent for p in (tmp_path / "runs").rglob("metrics.json") if "/lnm-" in str(p))
+    assert len(lnm) == 2 and len(list(results_dir.rglob("*lnm-*/*.json"))) == 2  # their records, written above
+    here = tmp_path / "runs5"
+    shutil.copytree(lnm[0], here / lnm[0].relative_to(tmp_path / "runs"))
+    assert main(["compare", str(exp), "--out", str(here), "--results", str(results_dir), "--no-progress",
+                 "--time-limit", "2h"]) == 0  # fmt: skip
+    md = (here / "summary.md").read_text()
+    notes = md.split("**Not in this table:**")[1].split("\n\n")[1]
+    assert md.index("**Not in this table:**") < md.index("|")  # above the tables
+    other = lnm[1].relative_to(tmp_path / "runs").as_posix()
+    assert f"- 1 cell(s) complete by its result record under {results_dir}" in notes and other in notes
+    assert "- 2 cell(s) deferred by --time-limit" in notes and notes.count("/thp-") == 2

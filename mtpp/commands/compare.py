@@ -149,7 +149,7 @@ def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[
         file=sys.stderr,
     )
     if not args.no_report:
-        write_reports(args.out, title=exp.name)
+        write_reports(args.out, title=exp.name, notes=_absent_cells(results, args.out, args.results))
     if counts["failed"]:
         print(f"failed cells are listed in {args.out / ex.FAILURES_FILE}:", file=sys.stderr)
         for r in results:
@@ -232,14 +232,37 @@ def _expected(cells: list, states: dict[str, str], out: Path, results: Path | No
     return expected_seconds(todo, read_records(results), done)
 
 
-def write_reports(out: Path, title: str = "Results") -> None:
-    """summary.csv / summary.md and the plots of every finished run under ``out``."""
+def _absent_cells(results: list, out: Path, records: Path | None) -> list[str]:
+    """What ``summary.md`` must say it leaves out: cells of this grid without a finished run folder under ``out``
+    (complete by their result record under ``--results``, deferred by ``--time-limit``, failed)."""
+    from mtpp.experiments import is_complete
+
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        if r.status == "skipped" and not is_complete(out / r.name):
+            groups.setdefault(f"complete by its result record under {records} (run elsewhere; the record "
+                              "holds its metrics)", []).append(r.name)
+        elif r.status == "deferred":
+            groups.setdefault("deferred by --time-limit (not started; the same command continues them)",
+                              []).append(r.name)
+        elif r.status == "failed":
+            groups.setdefault(f"failed (see {out / 'failures.json'})", []).append(r.name)
+    notes = []
+    for why, names in groups.items():
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        notes.append(f"{len(names)} cell(s) {why}: {shown}")
+    return notes
+
+
+def write_reports(out: Path, title: str = "Results", notes: list[str] | None = None) -> None:
+    """summary.csv / summary.md and the plots of every finished run under ``out``; ``notes``: lines that
+    ``summary.md`` states under its title (the grid's cells it does not show, and why)."""
     from mtpp.evaluation import plots, report
 
     df = report.collect_runs(out)
     if len(df) == 0:
         print("no finished run to summarise", file=sys.stderr)
         return
-    report.write_summary(df, out, title=title)
+    report.write_summary(df, out, title=title, notes=notes)
     plots.make_all_plots(out, out / "plots", runs=df)
     print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", file=sys.stderr)

@@ -568,11 +568,14 @@ def write_summary(
     metrics: Iterable[str] | None = None,
     title: str = "Results",
     stem: str = "summary",
+    notes: Iterable[str] | None = None,
 ) -> list[Path]:
     """Write ``STEM.csv`` (long format, one row per cell and metric: cell keys, metric, mean, stderr, n) and
     ``STEM.md`` (:func:`format_markdown`: one row per cell, one column per metric) into ``out_dir``; returns the
     two paths. ``stem``: ``summary`` (see :func:`summary_stem` for other splits or metric selections).
     ``MtppError`` (before writing anything) when either file exists and was not written by mtpp (``mtpp.owned``).
+    ``notes``: lines stated under the Markdown title ("Not in this table: ..."; ``mtpp compare`` lists the cells of
+    its grid without a run folder here).
     """
     from mtpp.owned import MD_MARK, check_ours
 
@@ -582,5 +585,10 @@ def write_summary(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(df, metrics)
     summary.to_csv(csv_path, index=False)
-    md_path.write_text(MD_MARK + "\n" + format_markdown(summary, title=title, section=df.attrs.get("section", "test")))
+    text = format_markdown(summary, title=title, section=df.attrs.get("section", "test"))
+    notes = list(notes or [])
+    if notes:  # under the title, before the tables: a reader must not take the tables for the whole grid
+        head, _, rest = text.partition("\n\n")
+        text = head + "\n\n" + "**Not in this table:**\n\n" + "".join(f"- {n}\n" for n in notes) + "\n" + rest
+    md_path.write_text(MD_MARK + "\n" + text)
     return [csv_path, md_path]
