@@ -765,7 +765,7 @@ def run_grid(
     jobs = max(1, min(jobs, len(pending) or 1))
     threads = threads_per_job(jobs)
     cell_overrides = _quiet_overrides(overrides, quiet=quiet_runs or jobs > 1)
-    deadline = _deadline(pending, states, out, results_dir, time_limit, log)
+    deadline = _deadline(pending, states, out, overrides, results_dir, time_limit, log)
     queue = list(pending)
     bar = _progress_bar(len(pending), enabled=progress)
     try:
@@ -782,22 +782,37 @@ def run_grid(
     return results
 
 
+def expected_durations(
+    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], results_dir: str | Path | None
+) -> tuple[dict[str, float], int]:
+    """Expected remaining seconds of the cells still to train (state ``new`` / ``resume`` / ``stale``), from the
+    records under ``results_dir`` (``mtpp.experiments_schedule.expected_seconds``, with each cell's resolved
+    ``train.max_epochs`` and a resuming cell's finished epochs), and the number of records read."""
+    from mtpp.records import read_records
+
+    records = read_records(results_dir) if results_dir is not None and Path(results_dir).is_dir() else []
+    todo = [c for c in cells if states[c.name] != "done"]
+    if not records or not todo:
+        return {}, len(records)
+    done = {c.name: int((last_epoch_record(out / c.name) or {}).get("epoch") or 0)
+            for c in todo if states[c.name] == "resume"}  # fmt: skip
+    caps = {c.name: (resolved_dict(c, overrides).get("train") or {}).get("max_epochs") for c in todo}
+    return expected_seconds(todo, records, done, caps), len(records)
+
+
 def _deadline(
-    pending: list[Cell], states: dict[str, str], out: Path, results_dir: str | Path | None,
-    time_limit: float | None, log: Callable[[str], None],
+    pending: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str],
+    results_dir: str | Path | None, time_limit: float | None, log: Callable[[str], None],
 ) -> Deadline:  # fmt: skip
     """The ``Deadline`` of a run with ``time_limit`` seconds (none without one), estimates said in one line."""
     if time_limit is None:
         return Deadline(None)
-    from mtpp.records import read_records
+    from mtpp.training.logging import format_eta
 
-    records = read_records(results_dir) if results_dir is not None and Path(results_dir).is_dir() else []
-    done = {c.name: int((last_epoch_record(out / c.name) or {}).get("epoch") or 0)
-            for c in pending if states[c.name] == "resume"}  # fmt: skip
-    expected = expected_seconds(pending, records, done)
+    expected, n_records = expected_durations(pending, states, out, overrides, results_dir)
     unknown = len(pending) - len(expected)
-    log(f"time limit {time_limit / 3600:.2f} h: cells start only when their expected duration fits (estimated from "
-        f"{len(records)} result record(s); {unknown} of {len(pending)} pending cell(s) without an estimate)")
+    log(f"time limit {format_eta(time_limit)}: cells start only when their expected duration fits (estimated from "
+        f"{n_records} result record(s); {unknown} of {len(pending)} pending cell(s) without an estimate)")
     return Deadline(time.time() + time_limit, expected)
 
 

@@ -8,8 +8,11 @@ in the time left; cells that fit nowhere are not started ("deferred": the same c
 Expected duration of a cell: the median ``wall_seconds`` of the result records (``mtpp.records``) of the same
 dataset, model, parametrisation and aggregator; failing that, of the same dataset, model and parametrisation under
 any aggregator (a remedy costs about what its ``sum`` cell does), then of the same model, parametrisation and
-aggregator on any dataset, then of the same model and parametrisation anywhere. A cell that resumes from a checkpoint is expected to need the fraction of that time its epochs
-have not yet covered (``1 - epochs done / median recorded epochs``, at least 10 %). A cell with no recorded
+aggregator on any dataset, then of the same model and parametrisation anywhere. Each record stands for the
+pending cell through its seconds per epoch times the epochs the cell is expected to run: the record's epochs if it
+stopped early (at most the cell's ``train.max_epochs``), the cell's ``train.max_epochs`` if the record ran into its
+own cap (a 1-epoch smoke record does not make a 12-epoch cell look like one epoch). A cell that resumes from a
+checkpoint is expected to need the epochs it has not yet run (at least 10 % of them). A cell with no recorded
 counterpart has no estimate and is started whenever time is left (its duration is unknown, not short).
 """
 
@@ -74,13 +77,34 @@ _LEVELS = (
 """The labels a recorded cell must share with a pending one to stand for its duration, most specific first."""
 
 
+def _record_cap(record: dict) -> float | None:
+    cap = ((record.get("config") or {}).get("train") or {}).get("max_epochs")
+    return float(cap) if isinstance(cap, (int, float)) else None
+
+
+def _remaining(record: dict, cap: int | None, done: int) -> float:
+    """Seconds the cell of ``record`` took, re-read for a cell with ``train.max_epochs`` ``cap`` that has ``done``
+    epochs behind it (module docstring)."""
+    wall, epochs = float(record["wall_seconds"]), record.get("epochs")
+    if not isinstance(epochs, (int, float)) or epochs <= 0:
+        return wall
+    rec_cap = _record_cap(record)
+    early = rec_cap is None or epochs < rec_cap  # stopped by early stopping, not by its cap
+    n = float(epochs) if early else float(cap if cap is not None else epochs)
+    if cap is not None:
+        n = min(n, float(cap))
+    return wall * (max(n - done, 0.1 * n) / epochs)
+
+
 def expected_seconds(
-    cells: Iterable[Any], records: Iterable[dict], epochs_done: dict[str, int] | None = None
-) -> dict[str, float]:
+    cells: Iterable[Any], records: Iterable[dict], epochs_done: dict[str, int] | None = None,
+    max_epochs: dict[str, int] | None = None,
+) -> dict[str, float]:  # fmt: skip
     """Expected remaining wall seconds per cell name (module docstring); cells without an estimate are absent.
 
     ``cells``: objects with ``name`` and ``labels()`` (``mtpp.experiments.Cell``); ``records``: result records
-    (``mtpp.records.read_records``); ``epochs_done``: finished epochs of the cells that resume.
+    (``mtpp.records.read_records``); ``epochs_done``: finished epochs of the cells that resume; ``max_epochs``: each
+    cell's ``train.max_epochs`` (absent: the records' epochs are taken as they are).
     """
     levels: list[dict[tuple, list[dict]]] = [{} for _ in _LEVELS]
     for r in records:
@@ -95,13 +119,36 @@ def expected_seconds(
                      if (hit := level.get(tuple(lab.get(f) for f in fields)))), None)  # fmt: skip
         if not same:
             continue
-        seconds = _median([float(r["wall_seconds"]) for r in same])
-        done = (epochs_done or {}).get(cell.name)
-        epochs = _median([float(r["epochs"]) for r in same if isinstance(r.get("epochs"), (int, float))])
-        if done and epochs:
-            seconds *= max(0.1, 1.0 - done / epochs)
-        out[cell.name] = seconds
+        cap, done = (max_epochs or {}).get(cell.name), (epochs_done or {}).get(cell.name) or 0
+        out[cell.name] = _median([_remaining(r, cap, done) for r in same])
     return out
+
+
+def simulate(
+    queue: list, expected: dict[str, float], jobs: int, limit: float
+) -> tuple[dict[str, float], list[str]]:
+    """What ``--time-limit`` would do with ``queue`` (cells in grid order) and ``jobs`` workers: the start of each
+    cell that would start (seconds from now) and the names of the deferred ones, taking cells as
+    :class:`Deadline` does. A cell without an estimate holds its worker until the limit (its length is unknown)."""
+    import heapq
+
+    now = [0.0]
+    deadline = Deadline(limit, expected, clock=lambda: now[0])
+    left, starts = list(queue), {}
+    free = [0.0] * max(1, jobs)
+    while left:
+        now[0] = heapq.heappop(free)  # the next worker to be free; later ones have less time left
+        cell = deadline.take(left)
+        if cell is None:  # nothing fits now, so nothing fits any later worker either
+            break
+        starts[cell.name] = now[0]
+        heapq.heappush(free, now[0] + expected.get(cell.name, max(limit - now[0], 0.0)))
+    return starts, [c.name for c in left]
+
+
+def format_minutes(seconds: float) -> str:
+    """``45 s`` under a minute and a half, else whole minutes (``149 min``): never ``0 min``."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 class Deadline:

@@ -8,7 +8,7 @@ import pytest
 
 from mtpp import experiments as ex
 from mtpp.errors import ConfigError
-from mtpp.experiments_schedule import Deadline, expected_seconds, parse_duration
+from mtpp.experiments_schedule import Deadline, expected_seconds, format_minutes, parse_duration, simulate
 from mtpp.records import RECORD_VERSION, write_record
 
 from test_compare import FakeFit, fake_fit, small_grid  # noqa: F401  (fixture)
@@ -65,6 +65,31 @@ def test_expected_durations_from_records_of_the_same_model() -> None:
     assert got == {"g": 200.0, "h": 999.0, "i": 7.0}
 
 
+def test_expected_durations_follow_the_cells_epoch_cap() -> None:
+    """A record stands for a cell through its seconds per epoch and the epochs the cell will run: a capped smoke
+    record (1 epoch of 60 s) makes a 12-epoch cell 12 minutes, not one; an early-stopped record (160 of 1000 epochs)
+    stands as it is for the same cap and is cut by a smaller one; a resumed cell needs the epochs left."""
+    def rec(wall: float, epochs: int, cap: int) -> dict:
+        return {**_record("mooc", "lnm", "base", wall, epochs=epochs), "config": {"train": {"max_epochs": cap}}}
+
+    cells = [_Cell(n, "mooc", "lnm", "base") for n in "abcd"]
+    assert expected_seconds(cells[:1], [rec(60.0, 1, 1)], max_epochs={"a": 12}) == {"a": 720.0}
+    early = [rec(1600.0, 160, 1000)]
+    got = expected_seconds(cells, early, epochs_done={"d": 100}, max_epochs={"a": 1000, "b": 50, "c": 5000, "d": 1000})
+    assert got == {"a": 1600.0, "b": 500.0, "c": 1600.0, "d": pytest.approx(600.0)}
+    assert expected_seconds(cells[:1], early) == {"a": 1600.0}  # no cap given: the record as it is
+
+
+def test_dry_run_simulation_of_the_limit() -> None:
+    cells = [_Cell(n, "mooc", "lnm", "base") for n in ("long", "mid", "short", "unknown", "late")]
+    expected = {"long": 500.0, "mid": 80.0, "short": 10.0, "late": 95.0}
+    starts, deferred = simulate(cells, expected, jobs=2, limit=100.0)
+    # in grid order among what fits: worker 1 takes mid (0-80), worker 2 short (0-10), then the unknown one (held
+    # to the limit); at 80 late (95) no longer fits; long never does
+    assert starts == {"mid": 0.0, "short": 0.0, "unknown": 10.0} and deferred == ["long", "late"]
+    assert format_minutes(30.0) == "30 s" and format_minutes(8940.0) == "149 min"
+
+
 def test_a_free_worker_takes_the_first_cell_that_fits() -> None:
     now = [0.0]
     d = Deadline(100.0, {"long": 500.0, "mid": 80.0, "short": 10.0}, clock=lambda: now[0])
@@ -87,7 +112,8 @@ def test_run_grid_defers_cells_expected_to_end_after_the_limit(tmp_path: Path, f
         if c.labels()["split"] == 1:
             wall = 7200.0 if c.labels()["model"] == "thp" else 60.0
             write_record(results_dir, c.name, {**_record("synthetic_hawkes", c.labels()["model"],
-                                                         c.labels()["parametrisation"], wall), "cell": c.labels()})
+                                                         c.labels()["parametrisation"], wall, epochs=1),
+                                               "cell": c.labels()})
     todo = [c for c in cells if c.labels()["split"] == 0]
     results = ex.run_grid(todo, tmp_path / "runs", progress=False, results_dir=results_dir, time_limit=3600.0)
     status = {r.name: r.status for r in results}
@@ -111,13 +137,13 @@ def test_compare_command_says_what_it_deferred(tmp_path: Path, fake_fit: FakeFit
     for c in ex.expand(ex.experiment_from_dict(small_grid(splits=[1]))):
         if c.labels()["model"] == "thp":
             write_record(results_dir, c.name, {**_record("synthetic_hawkes", "thp", c.labels()["parametrisation"],
-                                                         9000.0), "cell": c.labels()})
+                                                         9000.0, epochs=1), "cell": c.labels()})
     args = ["compare", str(exp), "--out", str(tmp_path / "runs"), "--results", str(results_dir), "--no-report"]
     assert main([*args, "--time-limit", "2 hours"]) == 2
     assert "--time-limit: '2 hours' is not a positive duration" in capsys.readouterr().err
     assert main([*args, "--time-limit", "2h"]) == 0
     err = capsys.readouterr().err
-    assert "time limit 2.00 h" in err and "2 of 4 pending cell(s) without an estimate" in err
+    assert "time limit 2h00m:" in err and "2 of 4 pending cell(s) without an estimate" in err
     assert "2 trained, 0 skipped (already complete), 0 failed, 2 deferred" in err
     # the dry run shows what each cell left is expected to take
     (tmp_path / "runs2").mkdir()
@@ -126,6 +152,12 @@ def test_compare_command_says_what_it_deferred(tmp_path: Path, fake_fit: FakeFit
     thp = [line for line in out.splitlines() if "/thp-" in line]
     assert len(thp) == 2 and all(line.startswith("new") and line.endswith("(expected 150 min)") for line in thp)
     assert "expected wall time of the 2 cell(s) with an estimate: 5.0 cell-hours" in err
+    # with --time-limit, the dry run shows what the real run would start and defer (--jobs workers)
+    assert main([*args[:3], str(tmp_path / "runs2"), *args[4:-1], "--dry-run", "--time-limit", "3h", "-j", "1"]) == 0
+    out, err = capsys.readouterr()
+    thp = [line for line in out.splitlines() if "/thp-" in line]
+    assert [line.split("  ")[-1] for line in thp] == ["starts at +0s", "deferred (does not fit in --time-limit)"]
+    assert "--time-limit 3h00m with --jobs 1: 1 cell(s) would start, 1 deferred" in err
     # summary.md says which cells of the grid it leaves out, and why: one finished run folder here, the other
     # lnm cell complete by its record only (trained on "another machine"), the thp cells deferred
     import shutil

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     for line in missing:
         print(f"data {line}", file=sys.stderr)
     if args.dry_run:
-        _print_cells(cells, args.out, run_overrides, args.results)
+        _print_cells(cells, args.out, run_overrides, args.results, args.time_limit, args.jobs)
         if missing:
             print(f"the real run would stop: {len(missing)} dataset(s) not found", file=sys.stderr)
         return 1 if missing else 0
@@ -180,13 +180,26 @@ def _print_data(configs: list) -> list[str]:
     return missing
 
 
-def _print_cells(cells: list, out: Path, overrides: list[str], results: Path | None = None) -> None:
+def _print_cells(
+    cells: list, out: Path, overrides: list[str], results: Path | None = None, time_limit: float | None = None,
+    jobs: int = 1,
+) -> None:
     """One line per cell with the state a real run would act on (``mtpp.experiments.grid_states``: the run folder,
     then the result record under ``--results``); a resumable cell shows its last epoch, or ``running`` when a
-    live process holds its folder."""
+    live process holds its folder; with ``--time-limit``, which cells would start and which would be deferred
+    (``mtpp.experiments_schedule.simulate`` with ``--jobs`` workers)."""
     from mtpp.errors import MtppError
-    from mtpp.experiments import data_changes, grid_states, is_complete, last_epoch_record, resolved_dict
+    from mtpp.experiments import (
+        data_changes,
+        expected_durations,
+        grid_states,
+        is_complete,
+        last_epoch_record,
+        resolved_dict,
+    )
+    from mtpp.experiments_schedule import format_minutes, simulate
     from mtpp.runs import RunLock
+    from mtpp.training.logging import format_eta
 
     states = grid_states(cells, out, overrides, results)
     # finished cells on other data than the grid resolves now are stale, as the real run finds them
@@ -195,7 +208,9 @@ def _print_cells(cells: list, out: Path, overrides: list[str], results: Path | N
     except MtppError as e:  # data that cannot be read here: said above (data lines), states without the check
         print(f"data check of the finished cells skipped: {e}", file=sys.stderr)
     counts: dict[str, int] = {}
-    expected = _expected(cells, states, out, results)
+    todo = [c for c in cells if states[c.name] in ("new", "resume")]  # a stale cell trains only with --rerun-stale
+    expected, _ = expected_durations(todo, states, out, overrides, results)
+    starts, deferred = simulate(todo, expected, jobs, time_limit) if time_limit is not None else ({}, [])
     for c in cells:
         state, where = states[c.name], ""
         if state == "resume":  # how far it got: the last finished epoch of its log; "running" when a live
@@ -208,28 +223,21 @@ def _print_cells(cells: list, out: Path, overrides: list[str], results: Path | N
         elif state in ("done", "stale") and results is not None and not is_complete(out / c.name):
             where = "  (result record)"
         if c.name in expected:
-            where += f"  (expected {expected[c.name] / 60:.0f} min)"
+            where += f"  (expected {format_minutes(expected[c.name])})"
+        if c.name in starts:
+            where += f"  starts at +{format_eta(starts[c.name])}"
+        elif c.name in deferred:
+            where += "  deferred (does not fit in --time-limit)"
         counts[state] = counts.get(state, 0) + 1
         print(f"{state:<7} {c.name}{where}")
     print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
     if expected:
         print(f"expected wall time of the {len(expected)} cell(s) with an estimate: {sum(expected.values()) / 3600:.1f} "
               "cell-hours (medians of the recorded cells of the same model; see --time-limit)", file=sys.stderr)
-
-
-def _expected(cells: list, states: dict[str, str], out: Path, results: Path | None) -> dict[str, float]:
-    """Expected remaining seconds of the cells still to train (``mtpp.experiments_schedule``), from the records
-    under ``results``; empty without records."""
-    from mtpp.experiments import last_epoch_record
-    from mtpp.experiments_schedule import expected_seconds
-    from mtpp.records import read_records
-
-    if results is None or not Path(results).is_dir():
-        return {}
-    todo = [c for c in cells if states[c.name] in ("new", "resume")]
-    done = {c.name: int((last_epoch_record(out / c.name) or {}).get("epoch") or 0)
-            for c in todo if states[c.name] == "resume"}  # fmt: skip
-    return expected_seconds(todo, read_records(results), done)
+    if time_limit is not None:
+        print(f"--time-limit {format_eta(time_limit)} with --jobs {jobs}: {len(starts)} cell(s) would start, "
+              f"{len(deferred)} deferred (simulated from the expected durations; a cell without an estimate holds "
+              "its worker to the limit)", file=sys.stderr)
 
 
 def _absent_cells(results: list, out: Path, records: Path | None) -> list[str]:
