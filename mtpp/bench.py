@@ -365,14 +365,11 @@ def bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     ``cfg.num_threads`` applies for the duration of the call (the previous thread count is restored).
     """
 
+    from mtpp.runs import torch_threads
+
     cfg.validate()
-    previous = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):
         return _bench_model(spec, cfg)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:

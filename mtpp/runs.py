@@ -38,6 +38,7 @@ This module sits beside ``training`` and ``evaluation``: it imports ``config``, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,7 +47,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from mtpp.errors import ConfigError, MtppError
 
@@ -259,6 +260,23 @@ def load_weights(model: Any, state: dict[str, Any], source: Path, config: dict[s
                if diffs else "; was config.yaml edited after training, or the file copied from another run?")
         raise MtppError(f"{source}: the weights do not fit the model its config.yaml describes ({lines[0]}{more})"
                         f"{why}") from None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` (a run's ``train.threads``) while inside, the previous count
+    restored afterwards; ``None`` leaves it as it is. Every command that computes with a run's model (train,
+    evaluate, predict, generate, plot, bench, compare's cells) goes through here, so none of them takes every core
+    by default (BENCHMARKS.md, "Threads")."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def make_out_folder(path: str | Path) -> Path:

@@ -152,15 +152,21 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_predict_command_matches_python(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
     out = tmp_path / "pred.parquet"
-    assert main(["predict", str(run_dir), "--out", str(out), "--top-k", "2"]) == 0
-    assert "rows" in capsys.readouterr().out
-    df = pd.read_parquet(out)
-    py = mtpp.predict(run_dir, top_k=2)
-    pd.testing.assert_frame_equal(df, py)
-    assert main(["predict", str(run_dir), "--out", str(out)]) == 2  # exists: refused, file untouched
-    assert "exists" in capsys.readouterr().err
-    pd.testing.assert_frame_equal(pd.read_parquet(out), py)
+    if importlib.util.find_spec("pyarrow") is None:  # the parquet extra is not installed: said before any work
+        assert main(["predict", str(run_dir), "--out", str(out), "--top-k", "2"]) == 2
+        assert "writing Parquet needs pyarrow" in capsys.readouterr().err and not out.exists()
+    else:
+        assert main(["predict", str(run_dir), "--out", str(out), "--top-k", "2"]) == 0
+        assert "rows" in capsys.readouterr().out
+        df = pd.read_parquet(out)
+        py = mtpp.predict(run_dir, top_k=2)
+        pd.testing.assert_frame_equal(df, py)
+        assert main(["predict", str(run_dir), "--out", str(out)]) == 2  # exists: refused, file untouched
+        assert "exists" in capsys.readouterr().err
+        pd.testing.assert_frame_equal(pd.read_parquet(out), py)
     # more ranked marks than the model has: K columns, and the command says so; next-event rows: an empty mark
     csv = tmp_path / "pred.csv"
     assert main(["predict", str(run_dir), "--out", str(csv), "--top-k", "9", "--include-next"]) == 0
@@ -204,6 +210,33 @@ def test_plot_command_writes_a_png(run_dir: Path, tmp_path: Path) -> None:
     assert main(["plot", str(run_dir), "--sequence", "1", "--horizon", "3", "--samples", "8", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert main(["plot", str(run_dir), "--sequence", "1", "--out", str(out)]) == 2  # never replaced
+
+
+@pytest.mark.parametrize("command, name, said", [
+    ("plot", "fc.txt", "'.txt' is not an image format; --out takes one of"),
+    ("plot", "forecast", "no file extension; --out takes one of"),
+    ("predict", "p.xlsx", "the output must end in .csv or .parquet"),
+    ("generate", "g.json", "the output must end in .csv or .parquet"),
+])
+def test_a_bad_out_path_is_refused_before_any_work(
+    run_dir: Path, tmp_path: Path, capsys, monkeypatch, command: str, name: str, said: str
+) -> None:
+    """--out is checked first: one line, no matplotlib / pandas traceback, and the model is never loaded."""
+    import mtpp.forecast.runs
+
+    monkeypatch.setattr(mtpp.forecast.runs, "load_run", lambda *a, **k: pytest.fail("the model was loaded"))
+    extra = {"plot": ["--sequence", "1"], "predict": [], "generate": ["--events", "2"]}[command]
+    assert main([command, str(run_dir), *extra, "--out", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "lots"])
+def test_generate_refuses_a_memory_budget_that_is_not_positive(run_dir: Path, tmp_path: Path, value: str, capsys) -> None:
+    argv = ["generate", str(run_dir), "--events", "2", "--max-memory", value, "--out", str(tmp_path / "g.csv")]
+    assert _exit_code(argv) == 2
+    assert "--max-memory" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()
 
 
 def _exit_code(argv: list[str]) -> int:

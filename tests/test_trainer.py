@@ -343,3 +343,25 @@ def test_separate_early_stopping_in_training(tmp_path: Path) -> None:
     assert best.keys() == ckpt["model"].keys()
     for k, v in ckpt["model"].items():  # frozen groups hold their best; the extra state (time scale) is a dict
         assert torch.equal(best[k], v) if isinstance(v, torch.Tensor) else best[k] == v, k
+
+
+def test_every_command_on_a_run_computes_with_its_train_threads(tmp_path: Path, monkeypatch) -> None:
+    """evaluate / predict / generate / plot (through load_run) use the run's train.threads, not one thread per core
+    (a second process on a busy core collapses otherwise); evaluate restores the caller's count afterwards."""
+    from mtpp.evaluation import evaluate as ev
+    from mtpp.forecast.runs import load_run
+
+    run = tmp_path / "run"
+    fit(tiny("train.threads=1"), run)
+    seen = []
+    real = ev._evaluate_run
+    monkeypatch.setattr(ev, "_evaluate_run", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        evaluate(run, "val", write=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+        load_run(run)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)

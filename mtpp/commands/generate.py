@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtpp.commands._forecast_args import add_run_options
+from mtpp.commands._forecast_args import add_run_options, positive_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="generate from a baseline instead: poisson (fit on the training split) or hawkes (the true "
                    "process, synthetic_hawkes only)")
     p.add_argument("--max-events", type=int, default=1000, help="cap on events per sample (default 1000)")
-    p.add_argument("--max-memory", type=float, default=2.0, help="memory budget in GiB (default 2)")
+    p.add_argument("--max-memory", type=positive_float, default=2.0, help="memory budget in GiB (default 2)")
     add_run_options(p)
     p.set_defaults(func=run)
 
@@ -43,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.errors import MtppError
     from mtpp.forecast.baselines import baseline_factory
     from mtpp.forecast.generate import generate
-    from mtpp.forecast.predict import write_table
+    from mtpp.forecast.predict import check_table_path, write_table
     from mtpp.forecast.runs import load_run
+
+    check_table_path(args.out, args.overwrite)  # before the model is loaded and anything sampled
 
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     seqs = run.split(args.split)

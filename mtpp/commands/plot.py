@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
     p.add_argument("--sequence", type=int, required=True, help="index of the sequence in the split")
-    p.add_argument("--out", type=Path, required=True, help="output PNG (never replaced)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output image, format by extension: .png, .pdf, .svg, ... (never replaced without --overwrite)")
     p.add_argument("--horizon", type=float, help="forecast window after the cut (default: 1/4 of the sequence)")
     p.add_argument("--cut", type=int, help="number of history events (default: the last cut with an observed window)")
     p.add_argument("--samples", type=int, default=50, help="sampled continuations (default 50)")
@@ -29,8 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mtpp.errors import MtppError
-    from mtpp.forecast.plot import plot_forecast, save_forecast_plot
+    from mtpp.forecast.plot import check_plot_path, plot_forecast, save_forecast_plot
     from mtpp.forecast.runs import load_run
+
+    check_plot_path(args.out, args.overwrite)  # before the model is loaded
 
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     seqs = run.split(args.split)

@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtpp.forecast.predict import interval_columns, predict, write_table
+    from mtpp.forecast.predict import check_table_path, interval_columns, predict, write_table
+
+    check_table_path(args.out, args.overwrite)  # before the model is loaded and anything predicted
 
     frame = predict(args.run_dir, args.split, args.data_dir, level=args.level, top_k=args.top_k,
                     batch_size=args.batch_size, include_next=args.include_next, device=args.device,

@@ -138,7 +138,11 @@ def evaluate(
         seqs = getattr(data, split) if hasattr(data, split) else data
         metrics, _ = evaluate_model(run_dir_or_model, seqs, batch_size=batch_size or 256, device=device)
         return metrics
-    return _evaluate_run(Path(run_dir_or_model), split, data_dir, batch_size, device, write, other_data, log)
+    from mtpp.runs import open_run, torch_threads
+
+    run_dir = Path(run_dir_or_model)
+    with torch_threads(open_run(run_dir).config.train.threads):  # the run's train.threads, not every core
+        return _evaluate_run(run_dir, split, data_dir, batch_size, device, write, other_data, log)
 
 
 def _evaluate_run(

@@ -145,13 +145,32 @@ def plot_forecast(
     return fig
 
 
-def save_forecast_plot(fig, path: str | Path, overwrite: bool = False) -> Path:
-    """Save ``fig`` as PNG at ``path`` (never replacing a file unless ``overwrite``), close it."""
-    import matplotlib.pyplot as plt
+def check_plot_path(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` as a ``Path`` if a figure can be saved there: its extension is an image format matplotlib writes
+    (``.png``, ``.pdf``, ``.svg``, ...) and it is not an existing file (unless ``overwrite``) or a folder.
+    ``MtppError`` in one line otherwise (checked before any work, so a typo does not cost a model load)."""
+    from matplotlib.backend_bases import FigureCanvasBase
 
     path = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in formats:
+        shown = ", ".join(f".{f}" for f in sorted(formats))
+        got = f"'{path.suffix}' is not an image format" if path.suffix else "no file extension"
+        raise MtppError(f"{path}: {got}; --out takes one of {shown} (e.g. forecast.png)")
+    if path.is_dir():
+        raise MtppError(f"{path}: is a folder; --out names the image file to write")
     if path.exists() and not overwrite:
         raise MtppError(f"{path}: exists; choose another --out or pass --overwrite")
+    return path
+
+
+def save_forecast_plot(fig, path: str | Path, overwrite: bool = False) -> Path:
+    """Save ``fig`` at ``path`` in the format of its extension (``check_plot_path``; never replacing a file unless
+    ``overwrite``), close it."""
+    import matplotlib.pyplot as plt
+
+    path = check_plot_path(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -194,8 +194,10 @@ def _rows(chunk, ids, batch, out, include_next: bool, level: float):
     return pd.DataFrame(cols)
 
 
-def write_table(frame, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``frame`` as CSV or Parquet by the suffix of ``path``; never replaces a file unless ``overwrite``."""
+def check_table_path(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` as a ``Path`` if a table can be written there (``.csv``, or ``.parquet`` with pyarrow installed; not
+    a folder; not an existing file unless ``overwrite``); ``MtppError`` in one line otherwise. The commands check
+    it before any work, so that a typo does not cost a model load and a prediction."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -204,6 +206,19 @@ def write_table(frame, path: str | Path, overwrite: bool = False) -> Path:
         raise MtppError(f"{path}: is a folder; --out must name a file")
     if path.exists() and not overwrite:
         raise MtppError(f"{path}: exists; choose another --out or pass --overwrite")
+    if suffix == ".parquet":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            raise MtppError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow); or use .csv")
+    return path
+
+
+def write_table(frame, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``frame`` as CSV or Parquet by the suffix of ``path`` (``check_table_path``); never replaces a file
+    unless ``overwrite``."""
+    path = check_table_path(path, overwrite)
+    suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

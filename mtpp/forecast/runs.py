@@ -37,7 +37,9 @@ class LoadedRun:
 def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | None = None,
              log: Callable[[str], None] | None = None) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from ``config.yaml`` and ``best.pt`` and load its data; ``log`` gets one
-    line saying which data (name, source folder, split, sizes), as ``mtpp evaluate`` prints it."""
+    line saying which data (name, source folder, split, sizes), as ``mtpp evaluate`` prints it. The process then
+    computes with the run's ``train.threads`` torch threads (``torch.set_num_threads``; ``predict``, ``generate``
+    and ``plot`` are one command per process), not one per core."""
     from mtpp.runs import describe_data, open_run
     from mtpp.training import checkpoint
     from mtpp.training.setup import DTYPES, build_run_model, resolve_device
@@ -47,6 +49,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | Non
     if not (run_dir / checkpoint.BEST).is_file():
         raise MtppError(f"{run_dir}: no {checkpoint.BEST} (the run has not finished an epoch)")
     cfg = run.config
+    torch.set_num_threads(int(cfg.train.threads))
     dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
     data, _, _ = run.load_data(data_dir, purpose="forecast from")
     if log is not None:

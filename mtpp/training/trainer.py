@@ -47,6 +47,7 @@ import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.errors import ConfigError, MtppError
 from mtpp.models.scaling import resolve_time_scale
+from mtpp.runs import torch_threads
 from mtpp.evaluation.evaluate import (
     METRICS_FILE,
     evaluate_model,
@@ -146,7 +147,7 @@ def fit(
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
     _check_resume_or_overwrite(resume, overwrite)
-    with _threads(config.train.threads), distributed.session(config.train.device) as ddp:
+    with torch_threads(config.train.threads), distributed.session(config.train.device) as ddp:
         with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main):
             with determinism(config.train.deterministic), compile_settings(config.train.compile):
                 trainer = Trainer(
@@ -924,17 +925,6 @@ class _Timing:
 
 
 # ================================================================================================ helpers
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """``torch.set_num_threads(n)`` for the duration of a run (``train.threads``), restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _make_aggregator(cfg: RunConfig) -> Any:
