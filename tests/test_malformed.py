@@ -262,7 +262,18 @@ def test_parquet_non_adjacent_rows_are_merged_and_noted(tmp_path: Path) -> None:
 
 def test_truncated_csv_last_row_is_an_error(tmp_path: Path) -> None:
     p = M.csv(tmp_path, "seq_id,time,mark\na,1,0\na,2,1\nb,1,0\nb,2")
-    with pytest.raises(DataError, match=r"t.csv: sequence 1: mark is missing on line 5 \(a truncated file\?\)"):
+    with pytest.raises(DataError, match=r"t.csv: sequence 1: mark is missing on line 5 \(a truncated file\?\)$"):
+        read_any(p)
+
+
+def test_a_missing_mark_is_not_told_to_map_category_names(tmp_path: Path) -> None:
+    """The category hint is for a name in the mark column; an empty cell (a text column because of one name
+    elsewhere, or not) is said to be missing, with no advice about names."""
+    p = M.csv(tmp_path, "seq_id,time,mark\na,1,click\na,2,\nb,1,0\nb,2,1")
+    with pytest.raises(DataError, match=r"mark 'click' is not a number on line 2 .*pandas.factorize"):
+        read_any(p)
+    p = M.csv(tmp_path, "seq_id,time,mark\na,1,\na,2,x\nb,1,0\nb,2,1")
+    with pytest.raises(DataError, match=r"sequence 0: mark is missing on line 2$"):
         read_any(p)
 
 

@@ -365,3 +365,9 @@ def test_every_command_on_a_run_computes_with_its_train_threads(tmp_path: Path, 
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(previous)
+
+
+def test_progress_bar_names_the_units_of_its_losses(tmp_path: Path, capsys) -> None:
+    fit(tiny("logging.progress=true", "logging.quiet=false"), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "L_T nats/seq=" in err and "L_M nats/seq=" in err and "L_T=" not in err

@@ -1220,6 +1220,8 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         shown = "is missing" if raw is None or (isinstance(raw, float) and np.isnan(raw)) or str(raw).strip() == "" \
             else f"{_short_repr(raw)} {why}"
         hint = " (a truncated file?)" if shown == "is missing" and r == len(df) - 1 else ""
+        if shown == "is missing":  # the advice is about the value found (a category name), not an empty cell
+            advice = ""
         return DataError(f"{col} {shown} on {where} {r + line0}{hint}{advice}", source=src, sequence=int(codes[r]))
 
     times = _table_column(df, "time", cell_error)

@@ -606,8 +606,9 @@ class Trainer:
             self.progress.update(
                 0,  # the steps were counted one by one (Progress.step)
                 {
-                    "L_T": last.get("loss_time"),
-                    "L_M": last.get("loss_mark"),
+                    # the last batch's mean NLLs, in the units of the epoch lines (data units)
+                    "L_T nats/seq": last.get("loss_time"),
+                    "L_M nats/seq": last.get("loss_mark"),
                     "cos": last.get("cos_tm"),
                     "ev/s": None if rate is None else round(rate),
                     "run ETA": format_eta(self._timing.run_eta(self)),
