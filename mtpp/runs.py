@@ -122,27 +122,39 @@ def describe_difference(recorded: dict[str, Any], current: dict[str, Any], parts
     return f"recorded {side(recorded)} vs now {side(current)}; differing: {', '.join(parts)}"
 
 
-def check_same_data(recorded: dict[str, Any] | None, current: dict[str, Any], what: str, hint: str = "") -> None:
+def check_same_data(
+    recorded: dict[str, Any] | None, current: dict[str, Any], what: str, hint: str = "",
+    tried: Sequence[tuple[str, dict | None]] = (),
+) -> None:  # fmt: skip
     """Raise ``MtppError`` when ``current`` is not the data ``recorded`` for the run (``what`` names the caller,
-    ``hint`` adds a way out); nothing to check when there is no record."""
+    ``hint`` adds a way out); nothing to check when there is no record. ``tried``: the other places
+    :func:`load_recorded_data` read and refused (the recorded folder, changed too), named in the message so that
+    it does not look as if only the last one was looked at."""
     if not recorded:
         return
     parts = differing_parts(recorded, current)
     if parts:
+        also = [f"{where} ({'differs: ' + ', '.join(differing_parts(recorded, rec)) if rec else 'not readable as data'})"
+                for where, rec in tried if where != current.get("source")]  # fmt: skip
         raise MtppError(
-            f"{what}: the data differ from the run's: {describe_difference(recorded, current, parts)}. "
-            f"Point --data-dir at the recorded data (or restore it){hint}"
+            f"{what}: the data differ from the run's: {describe_difference(recorded, current, parts)}"
+            + (f"; also tried {'; '.join(also)}" if also else "")
+            + f". Point --data-dir at the recorded data (or restore it){hint}"
         )
 
 
-def load_recorded_data(data_cfg: Any, data_dir: str | None, recorded: dict[str, Any] | None) -> tuple[Any, dict]:
+def load_recorded_data(
+    data_cfg: Any, data_dir: str | None, recorded: dict[str, Any] | None,
+    tried: list[tuple[str, dict | None]] | None = None,
+) -> tuple[Any, dict]:  # fmt: skip
     """``(run_data, its record)`` for a run: the data whose fingerprints match ``recorded`` where possible.
 
     Tried in order: the recorded ``source`` (unless ``data_dir`` is given or it is gone); for a dataset given as a
     path (not a catalog name, so ``--data-dir`` has no folder to resolve it in), ``data_dir`` itself as the data
     (a copy of the recorded split folder, or of the file); then ``data_cfg`` resolved as usual (``data_dir``,
     ``data.data_dir``, ``$MTPP_DATA_DIR``, ``./data``). The first that matches is returned; when none does, the
-    last one tried (the caller refuses it with :func:`check_same_data`).
+    last one tried (the caller refuses it with :func:`check_same_data`). ``tried`` (a list) receives
+    ``(place, its record or None when it did not read as data)`` for each earlier place that did not match.
     """
     from mtpp.data.catalog import CATALOG
 
@@ -154,10 +166,11 @@ def load_recorded_data(data_cfg: Any, data_dir: str | None, recorded: dict[str, 
         candidates.append(str(data_dir))
     for where in candidates:
         found = _load_as(data_cfg, where)
-        if found is not None:
-            record = data_record(found, data_cfg)
-            if not differing_parts(recorded or {}, record):
-                return found, record
+        record = data_record(found, data_cfg) if found is not None else None
+        if record is not None and not differing_parts(recorded or {}, record):
+            return found, record
+        if tried is not None:
+            tried.append((where, record))
     from mtpp.training.setup import load_data
 
     data = load_data(data_cfg, data_dir)
@@ -209,7 +222,8 @@ class Run:
         ``same`` is False when the fingerprints differ; that is an ``MtppError`` unless ``other_data``.
         ``purpose``: the command the error names; only ``evaluate`` offers ``--other-data``.
         """
-        data, current = load_recorded_data(self.config.data, data_dir, self.data_record)
+        tried: list[tuple[str, dict | None]] = []
+        data, current = load_recorded_data(self.config.data, data_dir, self.data_record, tried)
         recorded = self.data_record
         if not recorded:
             import warnings
@@ -221,7 +235,7 @@ class Run:
         if not same and not other_data:
             hint = (", or pass --other-data to evaluate on these data into another file" if purpose == "evaluate"
                     else "; mtpp evaluate --other-data scores the run on other data")
-            check_same_data(recorded, current, f"{purpose} {self.path}", hint)
+            check_same_data(recorded, current, f"{purpose} {self.path}", hint, tried)
         return data, current, same
 
     def best_state(self, map_location: Any = "cpu") -> dict[str, Any]:

@@ -882,6 +882,16 @@ def test_data_dir_finds_a_copy_of_the_recorded_data_of_a_dataset_given_as_a_path
     assert "the data differ from the run's" in capsys.readouterr().err
     assert main(["predict", str(run), "--out", str(tmp_path / "b.csv"), "--data-dir", str(moved)]) == 0
     assert main(["evaluate", str(run), "--data-dir", str(moved)]) == 0
+    # the recorded folder back, but edited too: the refusal names both places it read, not only the last one
+    import json as _json
+
+    shutil.copytree(moved, recorded)
+    test = recorded / "split_0" / "test.json"
+    seqs = _json.loads(test.read_text())
+    test.write_text(_json.dumps(seqs[:-1] if isinstance(seqs, list) else seqs))
+    assert main(["predict", str(run), "--out", str(tmp_path / "c.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "the data differ from the run's" in err and f"also tried {recorded} (" in err, err
 
 
 def test_a_path_that_is_not_one_run_says_what_it_is(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

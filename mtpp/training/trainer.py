@@ -1022,8 +1022,9 @@ def _load_data_rank0_first(
     box: dict[str, Any] = {}
 
     def load() -> None:
-        box["data"] = load_recorded_data(cfg.data, data_dir, recorded)
-        check_same_data(recorded, box["data"][1], "--resume")
+        tried: list = []
+        box["data"] = load_recorded_data(cfg.data, data_dir, recorded, tried)
+        check_same_data(recorded, box["data"][1], "--resume", tried=tried)
 
     ddp.on_main(load)
     return box["data"] if ddp.is_main else load_recorded_data(cfg.data, data_dir, recorded)
