@@ -10,7 +10,7 @@ dataset, model, parametrisation and aggregator; failing that, of the same datase
 any aggregator (a remedy costs about what its ``sum`` cell does), then of the same model, parametrisation and
 aggregator on any dataset, then of the same model and parametrisation anywhere. Each record stands for the
 pending cell through its seconds per epoch times the epochs the cell is expected to run: the record's epochs if it
-stopped early (at most the cell's ``train.max_epochs``), the cell's ``train.max_epochs`` if the record ran into its
+stopped early (its ``stopped_by``) (at most the cell's ``train.max_epochs``), the cell's ``train.max_epochs`` if the record ran into its
 own cap (a 1-epoch smoke record does not make a 12-epoch cell look like one epoch). A cell that resumes from a
 checkpoint is expected to need the epochs it has not yet run (at least 10 % of them). A cell with no recorded
 counterpart has no estimate and is started whenever time is left (its duration is unknown, not short).
@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from mtpp.errors import ConfigError
+from mtpp.records import stopped_by
 
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
@@ -45,23 +46,39 @@ def _slurm_seconds(s: str) -> float | None:
     return float(a * 60 + (b or 0))  # M or M:S
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str) -> float | None:
     """Seconds in ``text``: a length with units (``2h30m``, ``150m``, ``90s``, ``1d2h``, ``0.5h``) or a SLURM
     ``--time`` value read exactly as SLURM reads it (``150`` and ``150:00`` are minutes and minutes:seconds,
-    ``2:30:00`` is H:M:S, ``1-12`` and ``1-12:30`` are days-hours[:minutes]).
+    ``2:30:00`` is H:M:S, ``1-12`` and ``1-12:30`` are days-hours[:minutes]); ``None`` (no limit) for SLURM's
+    ``UNLIMITED`` / ``INFINITE``.
 
     Raises ``ConfigError`` for anything else or a length that is not positive.
     """
     s = str(text).strip().lower()
+    if s in ("unlimited", "infinite"):
+        return None
     seconds = _slurm_seconds(s)
     if seconds is None and re.fullmatch(r"(\d+(\.\d+)?[dhms])+", s):
         seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms])", s))
     if seconds is None or seconds <= 0:
         raise ConfigError(
             f"--time-limit: {text!r} is not a positive duration (units: 2h30m, 150m, 9000s; or a SLURM time: "
-            "150 = minutes, 150:00 = minutes:seconds, 2:30:00 = hours:minutes:seconds, 1-12 = days-hours)"
+            "150 = minutes, 150:00 = minutes:seconds, 2:30:00 = hours:minutes:seconds, 1-12 = days-hours; "
+            "UNLIMITED)"
         )
     return seconds
+
+
+def duration_note(text: str) -> str | None:
+    """A warning for a value that reads like hours:minutes but is minutes:seconds to SLURM and to
+    :func:`parse_duration` (``2:30`` is 2 min 30 s; earlier mtpp versions read it as 2 h 30 min); ``None``
+    otherwise."""
+    m = re.fullmatch(r"(\d+):(\d+)", str(text).strip())
+    if not m or int(m.group(1)) >= 24 or int(m.group(2)) >= 60:
+        return None
+    h, mi = int(m.group(1)), int(m.group(2))
+    return (f"note: --time-limit {text.strip()} is minutes:seconds, as SLURM reads it ({h} min {mi} s); for {h} h "
+            f"{mi} min write {h}:{mi:02d}:00 or {h}h{mi}m")
 
 
 def _median(values: list[float]) -> float | None:
@@ -77,19 +94,13 @@ _LEVELS = (
 """The labels a recorded cell must share with a pending one to stand for its duration, most specific first."""
 
 
-def _record_cap(record: dict) -> float | None:
-    cap = ((record.get("config") or {}).get("train") or {}).get("max_epochs")
-    return float(cap) if isinstance(cap, (int, float)) else None
-
-
 def _remaining(record: dict, cap: int | None, done: int) -> float:
     """Seconds the cell of ``record`` took, re-read for a cell with ``train.max_epochs`` ``cap`` that has ``done``
     epochs behind it (module docstring)."""
     wall, epochs = float(record["wall_seconds"]), record.get("epochs")
     if not isinstance(epochs, (int, float)) or epochs <= 0:
         return wall
-    rec_cap = _record_cap(record)
-    early = rec_cap is None or epochs < rec_cap  # stopped by early stopping, not by its cap
+    early = stopped_by(record) != "max_epochs"  # stopped by early stopping (or unknown), not by its cap
     n = float(epochs) if early else float(cap if cap is not None else epochs)
     if cap is not None:
         n = min(n, float(cap))
@@ -126,24 +137,34 @@ def expected_seconds(
 
 def simulate(
     queue: list, expected: dict[str, float], jobs: int, limit: float
-) -> tuple[dict[str, float], list[str]]:
-    """What ``--time-limit`` would do with ``queue`` (cells in grid order) and ``jobs`` workers: the start of each
-    cell that would start (seconds from now) and the names of the deferred ones, taking cells as
-    :class:`Deadline` does. A cell without an estimate holds its worker until the limit (its length is unknown)."""
+) -> tuple[dict[str, float], list[str], set[str]]:
+    """What ``--time-limit`` would do with ``queue`` (cells in grid order) and ``jobs`` workers, taking cells as
+    :class:`Deadline` does: the start of each cell that would start (seconds from now), the names of the deferred
+    ones, and the names whose start is only a lower bound.
+
+    A cell without an estimate is started like one that fits (as :class:`Deadline` does) and counted as taking no
+    time, so every decision after it is optimistic: the cells that start later in the simulation may start later
+    in the run, or be deferred (they are in the third result). A deferred cell stays deferred whatever the
+    unknown cells take.
+    """
     import heapq
 
     now = [0.0]
     deadline = Deadline(limit, expected, clock=lambda: now[0])
-    left, starts = list(queue), {}
+    left, starts, unsure = list(queue), {}, set()
     free = [0.0] * max(1, jobs)
+    unknown_started = False
     while left:
         now[0] = heapq.heappop(free)  # the next worker to be free; later ones have less time left
         cell = deadline.take(left)
         if cell is None:  # nothing fits now, so nothing fits any later worker either
             break
         starts[cell.name] = now[0]
-        heapq.heappush(free, now[0] + expected.get(cell.name, max(limit - now[0], 0.0)))
-    return starts, [c.name for c in left]
+        if unknown_started:
+            unsure.add(cell.name)
+        unknown_started |= cell.name not in expected
+        heapq.heappush(free, now[0] + expected.get(cell.name, 0.0))
+    return starts, [c.name for c in left], unsure
 
 
 def format_minutes(seconds: float) -> str:

@@ -8,8 +8,12 @@ own content (no hidden manifest), so output folders of earlier mtpp versions are
 
 - ``*.md``: the ``<!-- written by mtpp ... -->`` first line, or (earlier versions) a ``# title`` heading with
   the report's units paragraph or its "No finished runs." line;
-- ``*.csv``: the summary's columns (``metric, mean, stderr, n, runs`` after the cell columns);
-- ``*.png``: the PNG ``Software`` text chunk, ``mtpp`` (or ``Matplotlib``: a figure matplotlib saved);
+- ``*.csv``: the summary's columns (``metric, mean, stderr, n, runs`` after the cell columns; earlier versions
+  end at ``n``);
+- ``*.png``: the PNG ``Software`` text chunk, ``mtpp (matplotlib)``; earlier versions left matplotlib's own
+  (``Matplotlib version ...``), which counts as mtpp's only in a plots folder beside an mtpp summary
+  (``summary*.md`` one level up). Limitation: a figure of the user's own, saved by matplotlib under one of the
+  report's plot names inside such a folder, cannot be told from an earlier report's;
 - ``experiment.yaml``: a mapping with ``source`` and ``cells`` (what ``compare`` records);
 - ``failures.json``: a list of ``{cell, error, traceback}`` rows.
 """
@@ -43,7 +47,8 @@ def _md(path: Path) -> bool:
 
 def _csv(path: Path) -> bool:
     header = _text(path, 8192).splitlines()[:1]
-    return bool(header) and header[0].rstrip("\r").endswith("metric,mean,stderr,n,runs")
+    line = header[0].rstrip("\r") if header else ""
+    return line.endswith(("metric,mean,stderr,n,runs", "metric,mean,stderr,n"))
 
 
 def _png(path: Path) -> bool:
@@ -54,7 +59,15 @@ def _png(path: Path) -> bool:
             software = str(im.info.get("Software", ""))
     except Exception:  # not an image PIL reads: not ours
         return False
-    return software == PNG_SOFTWARE or software.startswith("Matplotlib")
+    if software == PNG_SOFTWARE:
+        return True
+    return software.startswith("Matplotlib") and _beside_an_mtpp_summary(path)
+
+
+def _beside_an_mtpp_summary(plot: Path) -> bool:
+    """Whether the folder above ``plot``'s folder holds a Markdown summary mtpp wrote (an earlier report's
+    plots folder)."""
+    return any(p.is_file() and _md(p) for p in plot.parent.parent.glob("summary*.md"))
 
 
 def _experiment_yaml(path: Path) -> bool:

@@ -457,6 +457,13 @@ def test_a_record_of_another_configuration_is_stale_not_done(
     assert main([*args, "--only", "*/thp-base-*"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[0].split() == ["stale", cells[0].name, "(result", "record)"]
+    # with --time-limit the simulation leaves stale cells out, unless --rerun-stale retrains them
+    assert main([*args, "--only", "*/thp-base-*", "--time-limit", "1h"]) == 0
+    out, err = capsys.readouterr()
+    assert "starts at" not in out and "0 cell(s) would start" in err
+    assert main([*args, "--only", "*/thp-base-*", "--time-limit", "1h", "--rerun-stale"]) == 0
+    out, err = capsys.readouterr()
+    assert "starts at +0s" in out.splitlines()[0] and "2 cell(s) would start" in err
     assert main([*args, "--only", "*/thp-base-*", "--set", "train.lr=0.5"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[0].split() == ["done", cells[0].name, "(result", "record)"]
@@ -559,12 +566,13 @@ def test_an_unknown_model_name_in_a_grid_override_says_what_exists(tmp_path: Pat
 def test_compare_never_overwrites_a_file_it_did_not_write(
     tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
 ) -> None:
-    """experiment.yaml, failures.json and the summaries in --out: a user's own file of that name is refused before
-    anything trains (not replaced, not deleted); compare's own files are rewritten on the next run."""
+    """experiment.yaml, failures.json, the summaries and the plots in --out: a user's own file of that name is
+    refused before anything trains (not replaced, not deleted); compare's own files are rewritten on the next run."""
     path = write_experiment(tmp_path, small_grid())
     out = tmp_path / "o"
-    out.mkdir()
-    for name in ("experiment.yaml", "summary.md", "summary.csv", "failures.json"):
+    (out / "plots").mkdir(parents=True)
+    for name in ("experiment.yaml", "summary.md", "summary.csv", "failures.json", "plots/bars_synthetic_hawkes.png",
+                 "plots/cos_tm_synthetic_hawkes_thp.png"):
         mine = out / name
         mine.write_text("my notes\n")
         args = ["compare", str(path), "--out", str(out), "--no-progress"]
@@ -572,8 +580,10 @@ def test_compare_never_overwrites_a_file_it_did_not_write(
         assert f"{mine}: exists and was not written by mtpp" in capsys.readouterr().err
         assert mine.read_text() == "my notes\n" and fake_fit.calls == []
         mine.unlink()
+    (out / "plots" / "my_figure.png").write_text("not a plot name of the report: left alone\n")
     assert main(["compare", str(path), "--out", str(out), "--no-progress"]) == 0
     assert (out / "summary.md").read_text().startswith("<!-- written by mtpp")
+    assert (out / "plots" / "my_figure.png").read_text() == "not a plot name of the report: left alone\n"
     fake_fit.calls.clear()
     assert main(["compare", str(path), "--out", str(out), "--no-progress"]) == 0  # its own files: rewritten
     # a user's failures.json is left in place when there is nothing to list (a stale mtpp one is removed)

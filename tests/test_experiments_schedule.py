@@ -8,7 +8,14 @@ import pytest
 
 from mtpp import experiments as ex
 from mtpp.errors import ConfigError
-from mtpp.experiments_schedule import Deadline, expected_seconds, format_minutes, parse_duration, simulate
+from mtpp.experiments_schedule import (
+    Deadline,
+    duration_note,
+    expected_seconds,
+    format_minutes,
+    parse_duration,
+    simulate,
+)
 from mtpp.records import RECORD_VERSION, write_record
 
 from test_compare import FakeFit, fake_fit, small_grid  # noqa: F401  (fixture)
@@ -22,6 +29,13 @@ from test_compare import FakeFit, fake_fit, small_grid  # noqa: F401  (fixture)
 ])
 def test_durations_read_like_slurm_times(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_a_time_limit_that_looks_like_hours_minutes_is_flagged() -> None:
+    assert parse_duration("UNLIMITED") is None and parse_duration("infinite") is None  # SLURM's no-limit values
+    note = duration_note("2:30")
+    assert "2:30 is minutes:seconds" in note and "(2 min 30 s)" in note and "2:30:00 or 2h30m" in note
+    assert all(duration_note(t) is None for t in ("30:00", "150", "2:30:00", "2h30m", "1-12", "2:75"))
 
 
 @pytest.mark.parametrize("bad", ["", "2x", "h", "0m", "0:00", "0", "-1h", "2 hours", "1:2:3:4", "1-2:3:4:5", "-5"])
@@ -78,15 +92,29 @@ def test_expected_durations_follow_the_cells_epoch_cap() -> None:
     got = expected_seconds(cells, early, epochs_done={"d": 100}, max_epochs={"a": 1000, "b": 50, "c": 5000, "d": 1000})
     assert got == {"a": 1600.0, "b": 500.0, "c": 1600.0, "d": pytest.approx(600.0)}
     assert expected_seconds(cells[:1], early) == {"a": 1600.0}  # no cap given: the record as it is
+    # the record's own stopped_by decides: early stopping on the last allowed epoch is not a capped run
+    last = [{**rec(1000.0, 100, 100), "stopped_by": "early_stopping"}]
+    assert expected_seconds(cells[:1], last, max_epochs={"a": 500}) == {"a": 1000.0}
+    capped = [{**rec(1000.0, 100, 100), "stopped_by": "max_epochs"}]
+    assert expected_seconds(cells[:1], capped, max_epochs={"a": 500}) == {"a": 5000.0}
 
 
 def test_dry_run_simulation_of_the_limit() -> None:
-    cells = [_Cell(n, "mooc", "lnm", "base") for n in ("long", "mid", "short", "unknown", "late")]
-    expected = {"long": 500.0, "mid": 80.0, "short": 10.0, "late": 95.0}
-    starts, deferred = simulate(cells, expected, jobs=2, limit=100.0)
-    # in grid order among what fits: worker 1 takes mid (0-80), worker 2 short (0-10), then the unknown one (held
-    # to the limit); at 80 late (95) no longer fits; long never does
-    assert starts == {"mid": 0.0, "short": 0.0, "unknown": 10.0} and deferred == ["long", "late"]
+    cells = [_Cell(n, "mooc", "lnm", "base") for n in ("long", "mid", "short", "unknown", "late", "after")]
+    expected = {"long": 500.0, "mid": 80.0, "short": 10.0, "late": 95.0, "after": 30.0}
+    starts, deferred, unsure = simulate(cells, expected, jobs=2, limit=100.0)
+    # in grid order among what fits: worker 1 takes mid (0-80), worker 2 short (0-10), then the unknown one (started
+    # as the real run starts it, counted as taking no time), then at 10 "after" (late no longer fits at 10: 95 >
+    # 90); long never fits. "after" waits for the unknown cell: its start is only a lower bound
+    assert starts == {"mid": 0.0, "short": 0.0, "unknown": 10.0, "after": 10.0}
+    assert deferred == ["long", "late"] and unsure == {"after"}
+    # the same queue without the unknown cell: nothing is unsure
+    known = [c for c in cells if c.name != "unknown"]
+    assert simulate(known, expected, jobs=2, limit=100.0)[2] == set()
+    # a cell with no estimate does not hold its worker to the limit: with one worker the cells after it still start
+    one = [_Cell(n, "m", "x", "base") for n in ("unknown", "a", "b")]
+    starts, deferred, unsure = simulate(one, {"a": 40.0, "b": 40.0}, jobs=1, limit=100.0)
+    assert starts == {"unknown": 0.0, "a": 0.0, "b": 40.0} and deferred == [] and unsure == {"a", "b"}
     assert format_minutes(30.0) == "30 s" and format_minutes(8940.0) == "149 min"
 
 

@@ -237,7 +237,7 @@ def test_report_command_writes_tables_and_plots(runs_root: Path, tmp_path: Path,
 def test_report_never_overwrites_a_file_it_did_not_write(runs_root: Path, tmp_path: Path, capsys) -> None:
     """A user's summary.md / summary.csv / plot of the same name in --out is refused in one line and kept; the files
     an earlier report wrote (this version's or an earlier one's, recognised by their content) are rewritten."""
-    from mtpp.owned import is_ours
+    from mtpp.owned import MD_MARK, is_ours
 
     out = tmp_path / "report"
     out.mkdir()
@@ -253,12 +253,33 @@ def test_report_never_overwrites_a_file_it_did_not_write(runs_root: Path, tmp_pa
     plot = sorted((out / "plots").glob("*.png"))[0]
     assert is_ours(plot) and is_ours(out / "summary.md") and is_ours(out / "summary.csv")
     plot.write_bytes(b"\x89PNG\r\n\x1a\n not mine to replace")
+    real = (out / "summary.md").read_text()
+    (out / "summary.md").write_text(MD_MARK + "\nan earlier summary\n")
     assert main(["report", str(runs_root), "--out", str(out)]) == 2
     assert f"{plot}: exists and was not written by mtpp" in capsys.readouterr().err
-    # an earlier version's summary (no first-line mark) is still recognised as mtpp's
+    # refused before the summaries were rewritten
+    assert (out / "summary.md").read_text() == MD_MARK + "\nan earlier summary\n"
+    (out / "summary.md").write_text(real)
+    # an earlier version's summary (no first-line mark) and summary.csv (columns ending at n) are still mtpp's
     legacy = (out / "summary.md").read_text().split("\n", 1)[1]
     (out / "summary.md").write_text(legacy)
     assert is_ours(out / "summary.md") and not is_ours(out / "plots")
+    (out / "summary.csv").write_text("dataset,model,metric,mean,stderr,n\nmooc,lnm,time_nll,1.0,0.1,3\n")
+    assert is_ours(out / "summary.csv")
+    (out / "summary.csv").write_text("dataset,model,n\nmooc,lnm,3\n")
+    assert not is_ours(out / "summary.csv")
+    # a figure plain matplotlib saved (earlier versions' plots) is mtpp's only in a plots folder beside an mtpp
+    # summary; anywhere else it is the user's
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    for folder in (out / "plots", tmp_path / "elsewhere" / "plots"):
+        folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(folder / "pit_mooc.png")
+    plt.close(fig)
+    assert is_ours(out / "plots" / "pit_mooc.png") and not is_ours(tmp_path / "elsewhere" / "plots" / "pit_mooc.png")
+    (tmp_path / "elsewhere" / "summary.md").write_text("# my own summary\n")
+    assert not is_ours(tmp_path / "elsewhere" / "plots" / "pit_mooc.png")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -346,9 +346,11 @@ def test_separate_early_stopping_in_training(tmp_path: Path) -> None:
 
 
 def test_every_command_on_a_run_computes_with_its_train_threads(tmp_path: Path, monkeypatch) -> None:
-    """evaluate / predict / generate / plot (through load_run) use the run's train.threads, not one thread per core
-    (a second process on a busy core collapses otherwise); evaluate restores the caller's count afterwards."""
+    """evaluate / predict / generate / plot / horizon compute with the run's train.threads, not one thread per core
+    (a second process on a busy core collapses otherwise), and leave the caller's count as it was (an API user's
+    process is not changed by loading a run)."""
     from mtpp.evaluation import evaluate as ev
+    from mtpp.forecast import predict as pr
     from mtpp.forecast.runs import load_run
 
     run = tmp_path / "run"
@@ -361,8 +363,25 @@ def test_every_command_on_a_run_computes_with_its_train_threads(tmp_path: Path, 
         torch.set_num_threads(2)
         evaluate(run, "val", write=False)
         assert seen == [1] and torch.get_num_threads() == 2
-        load_run(run)
-        assert torch.get_num_threads() == 1
+        loaded = load_run(run)
+        assert torch.get_num_threads() == 2  # loading does not change the caller's count
+        with loaded.threads():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        real_frame = pr.predict_frame
+        monkeypatch.setattr(pr, "predict_frame", lambda *a, **k: seen.append(torch.get_num_threads()) or
+                            real_frame(*a, **k))
+        pr.predict(run, "val")
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        from mtpp.forecast import generate as gen, plot as fplot
+
+        for module, name in ((gen, "generate"), (fplot, "plot_forecast")):
+            real_fn = getattr(module, name)
+            monkeypatch.setattr(module, name, lambda *a, _f=real_fn, **k: seen.append(torch.get_num_threads()) or
+                                _f(*a, **k))
+        assert main(["generate", str(run), "--events", "2", "--out", str(tmp_path / "g.csv")]) == 0
+        assert main(["plot", str(run), "--sequence", "0", "--samples", "2", "--out", str(tmp_path / "p.png")]) == 0
+        assert len(seen) >= 4 and set(seen) == {1} and torch.get_num_threads() == 2  # plot samples via generate
     finally:
         torch.set_num_threads(previous)
 

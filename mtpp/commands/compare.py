@@ -70,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--time-limit", metavar="DURATION",
-        help="wall time this command may use (2h30m, 150m, or a SLURM --time value: 150 minutes, 2:30:00): start only cells expected to finish within it "
-        "(durations from the --results records of the same model); the others are deferred to the next run",
+        help="wall time this command may use (2h30m, 150m, or a SLURM --time value: 150 = minutes, 2:30 = "
+        "minutes:seconds, 2:30:00, UNLIMITED): start only cells expected to finish within it (durations from the "
+        "--results records of the same model); the others are deferred to the next run",
     )
     p.set_defaults(func=run)
 
@@ -83,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
     if args.time_limit is not None:
-        from mtpp.experiments_schedule import parse_duration
+        from mtpp.experiments_schedule import duration_note, parse_duration
 
+        note = duration_note(args.time_limit)
+        if note:
+            print(note, file=sys.stderr)
         args.time_limit = parse_duration(args.time_limit)
     exp = ex.load_experiment(args.experiment, args.overrides)
     _, run_overrides = ex.split_overrides(args.overrides)
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     for line in missing:
         print(f"data {line}", file=sys.stderr)
     if args.dry_run:
-        _print_cells(cells, args.out, run_overrides, args.results, args.time_limit, args.jobs)
+        _print_cells(cells, args.out, run_overrides, args.results, args.time_limit, args.jobs, args.rerun_stale)
         if missing:
             print(f"the real run would stop: {len(missing)} dataset(s) not found", file=sys.stderr)
         return 1 if missing else 0
@@ -110,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     # before anything trains: the files compare rewrites must be absent or its own (a user's notes survive)
     written = ["experiment.yaml", ex.FAILURES_FILE] + ([] if args.no_report else ["summary.csv", "summary.md"])
     check_ours([args.out / name for name in written])
+    if not args.no_report:  # and the plots the report would rewrite
+        from mtpp.evaluation.plots import existing_plots
+
+        check_ours(existing_plots(args.out / "plots", {cfg.data.name for cfg in configs}))
     with RunLock(args.out):  # one compare per output folder (each cell's run folder has its own lock too)
         try:
             return _run_locked(args, exp, cells, run_overrides)
@@ -182,12 +190,13 @@ def _print_data(configs: list) -> list[str]:
 
 def _print_cells(
     cells: list, out: Path, overrides: list[str], results: Path | None = None, time_limit: float | None = None,
-    jobs: int = 1,
+    jobs: int = 1, rerun_stale: bool = False,
 ) -> None:
     """One line per cell with the state a real run would act on (``mtpp.experiments.grid_states``: the run folder,
     then the result record under ``--results``); a resumable cell shows its last epoch, or ``running`` when a
     live process holds its folder; with ``--time-limit``, which cells would start and which would be deferred
-    (``mtpp.experiments_schedule.simulate`` with ``--jobs`` workers)."""
+    (``mtpp.experiments_schedule.simulate`` with ``--jobs`` workers), stale cells among them with
+    ``--rerun-stale``."""
     from mtpp.errors import MtppError
     from mtpp.experiments import (
         data_changes,
@@ -208,9 +217,10 @@ def _print_cells(
     except MtppError as e:  # data that cannot be read here: said above (data lines), states without the check
         print(f"data check of the finished cells skipped: {e}", file=sys.stderr)
     counts: dict[str, int] = {}
-    todo = [c for c in cells if states[c.name] in ("new", "resume")]  # a stale cell trains only with --rerun-stale
+    trains = ("new", "resume", "stale") if rerun_stale else ("new", "resume")  # stale: only with --rerun-stale
+    todo = [c for c in cells if states[c.name] in trains]
     expected, _ = expected_durations(todo, states, out, overrides, results)
-    starts, deferred = simulate(todo, expected, jobs, time_limit) if time_limit is not None else ({}, [])
+    starts, deferred, unsure = simulate(todo, expected, jobs, time_limit) if time_limit is not None else ({}, [], set())
     for c in cells:
         state, where = states[c.name], ""
         if state == "resume":  # how far it got: the last finished epoch of its log; "running" when a live
@@ -226,6 +236,8 @@ def _print_cells(
             where += f"  (expected {format_minutes(expected[c.name])})"
         if c.name in starts:
             where += f"  starts at +{format_eta(starts[c.name])}"
+            if c.name in unsure:
+                where += " or later, if time is left (after a cell without an estimate)"
         elif c.name in deferred:
             where += "  deferred (does not fit in --time-limit)"
         counts[state] = counts.get(state, 0) + 1
@@ -236,8 +248,9 @@ def _print_cells(
               "cell-hours (medians of the recorded cells of the same model; see --time-limit)", file=sys.stderr)
     if time_limit is not None:
         print(f"--time-limit {format_eta(time_limit)} with --jobs {jobs}: {len(starts)} cell(s) would start, "
-              f"{len(deferred)} deferred (simulated from the expected durations; a cell without an estimate holds "
-              "its worker to the limit)", file=sys.stderr)
+              f"{len(deferred)} deferred (simulated from the expected durations"
+              + (f"; {len(unsure)} of the starts wait for a cell without an estimate, counted here as taking no "
+                 "time: they may start later or be deferred" if unsure else "") + ")", file=sys.stderr)
 
 
 def _absent_cells(results: list, out: Path, records: Path | None) -> list[str]:
@@ -271,6 +284,9 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
     if len(df) == 0:
         print("no finished run to summarise", file=sys.stderr)
         return
+    from mtpp.owned import check_ours
+
+    check_ours(plots.existing_plots(out / "plots", df["dataset"].unique()))  # before either summary is written
     report.write_summary(df, out, title=title, notes=notes)
     plots.make_all_plots(out, out / "plots", runs=df)
     print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", file=sys.stderr)

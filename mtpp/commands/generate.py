@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     source = f"{run.cfg.data.name}/{args.split}"
     target = run.model if args.baseline == "model" else baseline_factory(args.baseline, run)
     t = time.perf_counter()
-    g = generate(target, histories, horizon=args.horizon, events=args.events, samples=args.samples,
-                 max_events=args.max_events, sampler=args.sampler, seed=args.seed,
-                 max_memory=int(args.max_memory * (1 << 30)), source=source)
+    with run.threads():
+        g = generate(target, histories, horizon=args.horizon, events=args.events, samples=args.samples,
+                     max_events=args.max_events, sampler=args.sampler, seed=args.seed,
+                     max_memory=int(args.max_memory * (1 << 30)), source=source)
     seconds = time.perf_counter() - t
     frame = g.to_frame()
     frame["sequence"] = np.asarray(ids)[frame["sequence"].to_numpy()]  # split indices

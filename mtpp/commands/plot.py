@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     m = run.cfg.model
     title = (f"{run.cfg.data.name} {args.split} sequence {args.sequence}: {m.encoder}-{m.decoder} {m.parametrisation}"
              f", horizon {horizon:g}")
-    fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
-                        title=title)
+    with run.threads():
+        fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
+                            title=title)
     path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
     print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples")
     return 0

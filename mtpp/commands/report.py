@@ -65,10 +65,14 @@ def run(args: argparse.Namespace) -> int:
                            and c not in (*report.KEY_COLUMNS, *report.REPLICATE_COLUMNS, "run"))  # fmt: skip
             raise MtppError(f"unknown metric(s) {', '.join(missing)}; available: {', '.join(known)}")
     stem = report.summary_stem(args.split, args.metrics)  # another split or a selection: its own files
+    folder = out / ("plots" + stem.removeprefix("summary"))  # plots_val, ... beside summary_val.md
+    if not args.no_plots:  # a user's figure under a plot's name is refused before any file is written
+        from mtpp.owned import check_ours
+
+        check_ours(plots.existing_plots(folder, df["dataset"].unique()))
     written = report.write_summary(df, out, metrics=args.metrics, title=f"Results of {root}", stem=stem)
     if not args.no_plots:
-        folder = "plots" + stem.removeprefix("summary")  # plots_val, ... beside summary_val.md
-        written += plots.make_all_plots(root, out / folder, metrics=args.metrics, section=args.split, runs=df)
+        written += plots.make_all_plots(root, folder, metrics=args.metrics, section=args.split, runs=df)
     print(f"{len(df)} runs under {root}")
     for path in written:
         print(f"wrote {path}")

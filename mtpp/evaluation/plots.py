@@ -22,6 +22,7 @@ Inputs per run directory (DESIGN §5): ``log.jsonl`` (step records with ``cos_tm
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import re
@@ -610,6 +611,20 @@ def plot_metric_bars(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Everything
+
+
+def existing_plots(out_dir: str | Path, datasets: Iterable[Any]) -> list[Path]:
+    """The files already in ``out_dir`` that :func:`make_all_plots` could write for runs on ``datasets`` (its
+    names: ``bars_<dataset>.png``, ..., ``cos_tm_<dataset>_*.png``): what to check with
+    :func:`mtpp.owned.check_ours` before long work, so a user's figure is refused up front, not after training."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found: list[Path] = []
+    for ds in sorted({_slug(d) for d in datasets}):
+        found += [out_dir / f"{kind}_{ds}.png" for kind in ("bars", "val_curves", "reliability", "pit")]
+        found += sorted(out_dir.glob(f"cos_tm_{glob.escape(ds)}_*.png"))
+    return [p for p in found if p.exists()]
 
 
 def make_all_plots(

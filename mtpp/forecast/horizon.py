@@ -458,12 +458,13 @@ def evaluate_run_horizon(
     seed = int(run.cfg.train.seed)
     kw = dict(samples=samples, max_points=max_points, seed=seed, **kwargs)
     k = run.data.num_marks
-    result = {"model": evaluate_horizon(run.model, seqs, horizon, k, progress="model" if progress else None, **kw),
-              "baselines": {}}  # fmt: skip
-    if baselines:
-        for name in available_baselines(run):
-            result["baselines"][name] = evaluate_horizon(baseline_factory(name, run), seqs, horizon, k,
-                                                         progress=name if progress else None, **kw)  # fmt: skip
+    with run.threads():
+        result = {"model": evaluate_horizon(run.model, seqs, horizon, k, progress="model" if progress else None,
+                                            **kw), "baselines": {}}  # fmt: skip
+        if baselines:
+            for name in available_baselines(run):
+                result["baselines"][name] = evaluate_horizon(baseline_factory(name, run), seqs, horizon, k,
+                                                             progress=name if progress else None, **kw)  # fmt: skip
     result = json_safe(result)
     if write:
         existing = read_metrics(Path(run_dir))

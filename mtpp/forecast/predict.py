@@ -262,5 +262,6 @@ def predict(
     run = load_run(run_dir_or_model, data_dir, device, log=log)
     seqs = run.split(split) if sequences is None else sequences
     bs = batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
-    return predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
-                         seed=run.cfg.train.seed, progress=progress)
+    with run.threads():
+        return predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
+                             seed=run.cfg.train.seed, progress=progress)

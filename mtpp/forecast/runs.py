@@ -33,13 +33,21 @@ class LoadedRun:
     def split(self, name: str) -> list:
         return self.data.split(name)
 
+    def threads(self):
+        """Context in which torch computes with the run's ``train.threads`` intra-op threads (not one per core:
+        a second process on a busy core collapses otherwise), the caller's count restored on leaving
+        (``mtpp.runs.torch_threads``). ``predict``, ``generate``, ``plot`` and the horizon evaluation compute
+        inside it."""
+        from mtpp.runs import torch_threads
+
+        return torch_threads(int(self.cfg.train.threads))
+
 
 def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | None = None,
              log: Callable[[str], None] | None = None) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from ``config.yaml`` and ``best.pt`` and load its data; ``log`` gets one
-    line saying which data (name, source folder, split, sizes), as ``mtpp evaluate`` prints it. The process then
-    computes with the run's ``train.threads`` torch threads (``torch.set_num_threads``; ``predict``, ``generate``
-    and ``plot`` are one command per process), not one per core."""
+    line saying which data (name, source folder, split, sizes), as ``mtpp evaluate`` prints it. The caller's torch
+    thread count is left as it is: compute inside :meth:`LoadedRun.threads` to use the run's ``train.threads``."""
     from mtpp.runs import describe_data, open_run
     from mtpp.training import checkpoint
     from mtpp.training.setup import DTYPES, build_run_model, resolve_device
@@ -49,7 +57,6 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | Non
     if not (run_dir / checkpoint.BEST).is_file():
         raise MtppError(f"{run_dir}: no {checkpoint.BEST} (the run has not finished an epoch)")
     cfg = run.config
-    torch.set_num_threads(int(cfg.train.threads))
     dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
     data, _, _ = run.load_data(data_dir, purpose="forecast from")
     if log is not None:
