@@ -688,38 +688,34 @@ def run_cell(
     overwritten. ``fit`` defaults to ``mtpp.training.trainer.fit``
     (it must be picklable when run in a worker).
     """
-    import torch
-
     from mtpp.config import apply_overrides, config_from_dict
+    from mtpp.runs import torch_threads
 
     start = time.perf_counter()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        cfg = config_from_dict(apply_overrides(config, list(overrides)))
-        if cfg.train.threads > threads:  # jobs x threads never exceeds the cores
-            cfg.train.threads = threads
-        out = Path(run_dir)
-        # a checkpoint of another configuration (a stale cell the caller chose to retrain) is never resumed
-        resume = not is_complete(out) and is_resumable(out) and not config_differences(out, cfg.to_dict())
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CELL_FILE).write_text(json.dumps({"name": name, **labels}, indent=2) + "\n")
-        if fit is None:
-            from mtpp.training.trainer import fit
-        fit(cfg, out, resume=resume, overwrite=not resume)
-        if not is_complete(out):
-            raise RuntimeError(f"training finished but {out / METRICS_FILE} is missing or has no test metrics")
-        seconds = time.perf_counter() - start
-        if results_dir is not None:  # the committed record of the cell (mtpp.records)
-            from mtpp.records import build_record, write_record
+    with torch_threads(threads):  # the cell's share of the cores, restored afterwards
+        try:
+            cfg = config_from_dict(apply_overrides(config, list(overrides)))
+            if cfg.train.threads > threads:  # jobs x threads never exceeds the cores
+                cfg.train.threads = threads
+            out = Path(run_dir)
+            # a checkpoint of another configuration (a stale cell the caller chose to retrain) is never resumed
+            resume = not is_complete(out) and is_resumable(out) and not config_differences(out, cfg.to_dict())
+            out.mkdir(parents=True, exist_ok=True)
+            (out / CELL_FILE).write_text(json.dumps({"name": name, **labels}, indent=2) + "\n")
+            if fit is None:
+                from mtpp.training.trainer import fit
+            fit(cfg, out, resume=resume, overwrite=not resume)
+            if not is_complete(out):
+                raise RuntimeError(f"training finished but {out / METRICS_FILE} is missing or has no test metrics")
+            seconds = time.perf_counter() - start
+            if results_dir is not None:  # the committed record of the cell (mtpp.records)
+                from mtpp.records import build_record, write_record
 
-            write_record(results_dir, name, build_record(out, {"name": name, **labels}, seconds))
-        return CellResult(name, "done", seconds)
-    except Exception as e:  # a failing cell must not stop the grid
-        message = f"{type(e).__name__}: {e}"
-        return CellResult(name, "failed", time.perf_counter() - start, message, traceback.format_exc())
-    finally:
-        torch.set_num_threads(previous)
+                write_record(results_dir, name, build_record(out, {"name": name, **labels}, seconds))
+            return CellResult(name, "done", seconds)
+        except Exception as e:  # a failing cell must not stop the grid
+            message = f"{type(e).__name__}: {e}"
+            return CellResult(name, "failed", time.perf_counter() - start, message, traceback.format_exc())
 
 
 def run_grid(

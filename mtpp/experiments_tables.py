@@ -45,7 +45,7 @@ METRICS: dict[str, tuple[str, int, str]] = {
             "j/50 of |share of PIT values <= j/50 - j/50| (0 is perfect, unitless)"),
     "ece_forecast": ("ECE forecast", 4, "expected calibration error of `p(k | H)` (unitless)"),
     "ece_given_time": ("ECE given time", 4, "expected calibration error of `p(k | tau_obs, H)` (unitless)"),
-    "conflict_rate": ("conflict rate", 2, "share of training steps with `cos_tm < 0` on the shared parameters "
+    "conflict_rate": ("conflict rate", 3, "share of training steps with `cos_tm < 0` on the shared parameters "
                       "(n/a for \"++\": nothing is shared)"),
     "cos_tm_mean": ("mean cos_tm", 2, "mean of `cos_tm` over training steps, from the record's 40-bin histogram "
                     "(bin centres, so within ±0.025)"),
