@@ -69,7 +69,7 @@ def test_mean_se_and_paired_differences_equal_hand_computed_values(tmp_path: Pat
     assert tables.paired(base, pp, "accuracy_forecast") is None
     assert tables.histogram_stats(base[0]) == pytest.approx((0.75, (3 * -0.975 + 0.975) / 4))
     text = "\n".join(tables.dataset_tables(cells, "mooc"))
-    assert "| lnm base | 3 | -302.0 ± 1.2 | 80.0 ± 0.0 | n/a | 0.75 ± 0.00 | 10 (5), 11 (5), 12 (5) |" in text
+    assert "| lnm base | 3 | -302.0 ± 1.2 | 80.0 ± 0.0 | n/a | 0.750 ± 0.000 | 10 (5), 11 (5), 12 (5) |" in text
     assert tables._epochs({"epochs": 9, "best_epoch": 4, "metrics": {"train": {"skipped_batches": 3}}}) \
         == "9 (4, 3 steps skipped)"
     assert "| lnm | base → ++ | 2 | -4.50 ± 0.50 | n/a | n/a | +0.0850 ± 0.0150 |" in text
@@ -103,7 +103,7 @@ def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
     assert "| lnm base | L_T/seq | -310.0 ± 1.5 | Table 1 | -302.0 ± 1.2 (n=3) | +8.0 |" in text
     assert "| fnn + | acc. given time | 0.500 | Table 9 | not run yet |  |" in text
     assert "### Remedies: thp on mooc" in text
-    row = "| thp base [pcgrad] | 2 | -248.5 ± 0.5 | n/a | n/a | n/a | 0.75 ± 0.00 | -0.49 ± 0.00 |"
+    row = "| thp base [pcgrad] | 2 | -248.5 ± 0.5 | n/a | n/a | n/a | 0.750 ± 0.000 | -0.49 ± 0.00 |"
     assert row + " +1.00 ± 0.00 | n/a |" in text  # Δ L_T vs sum paired by split: +1, +1
     assert "| thp ++ | 0 | not run yet |" in text
     bench = tables.benchmarks_block(records, "cmd")
