@@ -99,7 +99,7 @@ def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
                  {"dataset": "mooc", "model": "fnn", "parametrisation": "plus", "metric": "accuracy_given_time",
                   "value": 0.5, "se": None, "source": "Table 9"}]  # fmt: skip
     text = tables.results_block(records, "cmd", published)
-    assert "| rmtpp base | 1 | n/a | n/a | n/a | 0.75 | 10 (5) |" in text
+    assert "| rmtpp base | 1 | n/a | n/a | n/a | 0.750 | 10 (5) |" in text
     assert "| lnm base | L_T/seq | -310.0 ± 1.5 | Table 1 | -302.0 ± 1.2 (n=3) | +8.0 |" in text
     assert "| fnn + | acc. given time | 0.500 | Table 9 | not run yet |  |" in text
     assert "### Remedies: thp on mooc" in text
