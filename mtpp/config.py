@@ -272,14 +272,19 @@ def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
     return ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(
+    d: Any, prefix: str = "", leaf: typing.Callable[[str, dict], bool] | None = None
+) -> dict[str, Any]:
     """``{"model": {"hidden_size": 8}}`` -> ``{"model.hidden_size": 8}``: nested mappings as dotted keys (lists and
-    other values are leaves). Used to compare and log configurations (``mtpp.runs``, ``mtpp.training.tracking``)."""
-    if not isinstance(d, dict):
+    other values are leaves; an empty nested mapping adds no key). ``leaf(key, mapping)``: nested mappings it
+    returns true for are kept whole under their dotted key (e.g. free-form ``gradients.options``). Used to compare,
+    log and tabulate configurations (``mtpp.runs``, ``mtpp.experiments``, ``mtpp.evaluation.report``,
+    ``mtpp.training.tracking``)."""
+    if not isinstance(d, dict) or (prefix and leaf is not None and leaf(prefix, d)):
         return {prefix: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k), leaf))
     return out
 
 

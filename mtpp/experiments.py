@@ -526,17 +526,12 @@ def is_resumable(run_dir: Path) -> bool:
 
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict) or (prefix and not d):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and key != "options":
-            out.update(_flatten(value, name))
-        else:
-            out[name] = value
-    return out
+def _flatten(d: Any) -> dict[str, Any]:
+    """Dotted keys of a configuration for comparing two of them: an aggregator's ``options`` and empty mappings are
+    compared whole (``options: {}`` differs from ``options: {c: 0.5}`` and from its absence)."""
+    from mtpp.config import flatten
+
+    return flatten(d, leaf=lambda key, value: not value or key.rsplit(".", 1)[-1] == "options")
 
 
 def _ignored(key: str) -> bool:

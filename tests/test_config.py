@@ -11,6 +11,7 @@ from mtpp.cli import main
 from mtpp.config import (
     RunConfig,
     config_from_dict,
+    flatten,
     load_config,
     parse_override,
     variant_configs,
@@ -173,3 +174,13 @@ def test_cli_config_error_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.
     assert len(err.splitlines()) == 1
     assert "train.max_epoch" in err and "max_epochs" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_flatten_keeps_the_mappings_a_leaf_rule_names_whole() -> None:
+    """One flatten for every caller: dotted keys, lists as leaves, empty mappings dropped unless a leaf rule keeps
+    them (as the grid's stale check keeps free-form ``gradients.options`` and ``{}`` whole)."""
+    cfg = {"model": {"hidden_size": 8, "sizes": [1, 2], "extra": {}}, "gradients": {"options": {"c": 0.5}}}
+    assert flatten(cfg) == {"model.hidden_size": 8, "model.sizes": [1, 2], "gradients.options.c": 0.5}
+    whole = flatten(cfg, leaf=lambda key, value: not value or key.endswith(".options"))
+    assert whole == {"model.hidden_size": 8, "model.sizes": [1, 2], "model.extra": {}, "gradients.options": {"c": 0.5}}
+    assert flatten({}) == {} and flatten(3, "x") == {"x": 3}

@@ -195,16 +195,11 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(dirs)
 
 
-def _flatten(d: Any, prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, list):
-        out[prefix[:-1]] = json.dumps(d)
-    else:
-        out[prefix[:-1]] = d
-    return out
+def _flatten(d: dict, prefix: str) -> dict[str, Any]:
+    """``config.model.hidden_size``-style columns (``prefix`` + dotted keys); lists as JSON text (hashable)."""
+    from mtpp.config import flatten
+
+    return {f"{prefix}{k}": json.dumps(v) if isinstance(v, list) else v for k, v in flatten(d).items()}
 
 
 def _get(d: dict, path: Sequence[str]) -> Any:
