@@ -10,10 +10,11 @@ dataset, model, parametrisation and aggregator; failing that, of the same datase
 any aggregator (a remedy costs about what its ``sum`` cell does), then of the same model, parametrisation and
 aggregator on any dataset, then of the same model and parametrisation anywhere. Each record stands for the
 pending cell through its seconds per epoch times the epochs the cell is expected to run: the record's epochs if it
-stopped early (its ``stopped_by``) (at most the cell's ``train.max_epochs``), the cell's ``train.max_epochs`` if the record ran into its
-own cap (a 1-epoch smoke record does not make a 12-epoch cell look like one epoch). A cell that resumes from a
-checkpoint is expected to need the epochs it has not yet run (at least 10 % of them). A cell with no recorded
-counterpart has no estimate and is started whenever time is left (its duration is unknown, not short).
+stopped early (its ``stopped_by``; at most the cell's ``train.max_epochs``), the cell's ``train.max_epochs`` if
+the record ran into its own cap (a 1-epoch smoke record does not make a 12-epoch cell look like one epoch). A cell
+that resumes from a checkpoint is expected to need the epochs it has not yet run (at least 10 % of them). A cell
+with no recorded counterpart has no estimate and is started whenever time is left (its duration is unknown, not
+short).
 """
 
 from __future__ import annotations
@@ -137,34 +138,42 @@ def expected_seconds(
 
 def simulate(
     queue: list, expected: dict[str, float], jobs: int, limit: float
-) -> tuple[dict[str, float], list[str], set[str]]:
+) -> tuple[dict[str, float], list[str], list[str]]:
     """What ``--time-limit`` would do with ``queue`` (cells in grid order) and ``jobs`` workers, taking cells as
-    :class:`Deadline` does: the start of each cell that would start (seconds from now), the names of the deferred
-    ones, and the names whose start is only a lower bound.
+    :class:`Deadline` does: ``(starts, deferred, undecided)``, the certain starts (seconds from now), the certainly
+    deferred cells and the cells whose fate depends on a cell without an estimate, each in grid order.
 
-    A cell without an estimate is started like one that fits (as :class:`Deadline` does) and counted as taking no
-    time, so every decision after it is optimistic: the cells that start later in the simulation may start later
-    in the run, or be deferred (they are in the third result). A deferred cell stays deferred whatever the
-    unknown cells take.
+    The real run starts a cell without an estimate like one that fits, and its length then decides every later
+    hand-out: when its worker is free again and which cells are left for the others (a short one can let a cell
+    start that would otherwise have been deferred, and change the order of the rest). So the simulation is exact up
+    to the first such start, at ``t_u``: hand-outs at ``t_u`` by other free workers are certain, later ones are
+    undecided, and a cell left over is certainly deferred only when its expected length exceeds ``limit - t_u``
+    (no later hand-out has more time left).
     """
     import heapq
 
     now = [0.0]
     deadline = Deadline(limit, expected, clock=lambda: now[0])
-    left, starts, unsure = list(queue), {}, set()
+    left, starts = list(queue), {}
     free = [0.0] * max(1, jobs)
-    unknown_started = False
-    while left:
+    t_unknown: float | None = None
+    while left and free:
         now[0] = heapq.heappop(free)  # the next worker to be free; later ones have less time left
         cell = deadline.take(left)
         if cell is None:  # nothing fits now, so nothing fits any later worker either
             break
         starts[cell.name] = now[0]
-        if unknown_started:
-            unsure.add(cell.name)
-        unknown_started |= cell.name not in expected
-        heapq.heappush(free, now[0] + expected.get(cell.name, 0.0))
-    return starts, [c.name for c in left], unsure
+        if cell.name not in expected:
+            t_unknown = now[0] if t_unknown is None else t_unknown
+            continue  # its worker's next turn is unknown: it takes no further part in the simulation
+        heapq.heappush(free, now[0] + expected[cell.name])
+    if t_unknown is None:
+        return starts, [c.name for c in left], []
+    certain = {n: t for n, t in starts.items() if t <= t_unknown}
+    undecided = [c.name for c in queue if c.name not in certain
+                 and (c.name in starts or expected.get(c.name, 0.0) <= limit - t_unknown)]  # fmt: skip
+    deferred = [c.name for c in left if c.name not in undecided]
+    return certain, deferred, undecided
 
 
 def format_minutes(seconds: float) -> str:

@@ -8,12 +8,13 @@ own content (no hidden manifest), so output folders of earlier mtpp versions are
 
 - ``*.md``: the ``<!-- written by mtpp ... -->`` first line, or (earlier versions) a ``# title`` heading with
   the report's units paragraph or its "No finished runs." line;
-- ``*.csv``: the summary's columns (``metric, mean, stderr, n, runs`` after the cell columns; earlier versions
-  end at ``n``);
+- ``*.csv``: the summary's columns: the cell columns from ``dataset`` on, then ``metric, mean, stderr, n, runs``
+  (earlier versions end at ``n``);
 - ``*.png``: the PNG ``Software`` text chunk, ``mtpp (matplotlib)``; earlier versions left matplotlib's own
-  (``Matplotlib version ...``), which counts as mtpp's only in a plots folder beside an mtpp summary
-  (``summary*.md`` one level up). Limitation: a figure of the user's own, saved by matplotlib under one of the
-  report's plot names inside such a folder, cannot be told from an earlier report's;
+  (``Matplotlib version ...``), which counts as mtpp's only in a plots folder beside the mtpp summary of the same
+  report (``plots_val/`` beside ``summary_val.md``, ``plots/`` beside ``summary.md``). Limitation: a figure of
+  the user's own, saved by matplotlib under one of the report's plot names inside such a folder, cannot be told
+  from an earlier report's;
 - ``experiment.yaml``: a mapping with ``source`` and ``cells`` (what ``compare`` records);
 - ``failures.json``: a list of ``{cell, error, traceback}`` rows.
 """
@@ -47,8 +48,9 @@ def _md(path: Path) -> bool:
 
 def _csv(path: Path) -> bool:
     header = _text(path, 8192).splitlines()[:1]
-    line = header[0].rstrip("\r") if header else ""
-    return line.endswith(("metric,mean,stderr,n,runs", "metric,mean,stderr,n"))
+    columns = header[0].rstrip("\r").split(",") if header else []
+    tail = ["metric", "mean", "stderr", "n"]
+    return columns[:1] == ["dataset"] and (columns[-5:] == [*tail, "runs"] or columns[-4:] == tail)
 
 
 def _png(path: Path) -> bool:
@@ -65,9 +67,13 @@ def _png(path: Path) -> bool:
 
 
 def _beside_an_mtpp_summary(plot: Path) -> bool:
-    """Whether the folder above ``plot``'s folder holds a Markdown summary mtpp wrote (an earlier report's
-    plots folder)."""
-    return any(p.is_file() and _md(p) for p in plot.parent.parent.glob("summary*.md"))
+    """Whether ``plot`` is in the plots folder of an earlier report: ``plots<suffix>/`` beside an mtpp-written
+    ``summary<suffix>.md``."""
+    folder = plot.parent.name
+    if not folder.startswith("plots"):
+        return False
+    summary = plot.parent.parent / f"summary{folder.removeprefix('plots')}.md"
+    return summary.is_file() and _md(summary)
 
 
 def _experiment_yaml(path: Path) -> bool:

@@ -454,13 +454,14 @@ def test_a_record_of_another_configuration_is_stale_not_done(
     # the dry run reads the same states
     path = write_experiment(tmp_path, small_grid())
     args = ["compare", str(path), "--out", str(tmp_path / "machine3"), "--results", str(results), "--dry-run"]
-    assert main([*args, "--only", "*/thp-base-*"]) == 0
+    assert main([*args, "--only", "*/thp-base-*"]) == 1  # the real run would refuse the stale cells: said
     out, err = capsys.readouterr()
     assert out.splitlines()[0].split() == ["stale", cells[0].name, "(result", "record)"]
-    # with --time-limit the simulation leaves stale cells out, unless --rerun-stale retrains them
-    assert main([*args, "--only", "*/thp-base-*", "--time-limit", "1h"]) == 0
+    assert "the real run would stop: 2 stale cell(s)" in err and "--rerun-stale retrains them" in err
+    # nothing would start (the real run stops), unless --rerun-stale retrains them
+    assert main([*args, "--only", "*/thp-base-*", "--time-limit", "1h"]) == 1
     out, err = capsys.readouterr()
-    assert "starts at" not in out and "0 cell(s) would start" in err
+    assert "starts at" not in out and "would start" not in err
     assert main([*args, "--only", "*/thp-base-*", "--time-limit", "1h", "--rerun-stale"]) == 0
     out, err = capsys.readouterr()
     assert "starts at +0s" in out.splitlines()[0] and "2 cell(s) would start" in err
@@ -572,7 +573,7 @@ def test_compare_never_overwrites_a_file_it_did_not_write(
     out = tmp_path / "o"
     (out / "plots").mkdir(parents=True)
     for name in ("experiment.yaml", "summary.md", "summary.csv", "failures.json", "plots/bars_synthetic_hawkes.png",
-                 "plots/cos_tm_synthetic_hawkes_thp.png"):
+                 "plots/cos_tm_synthetic_hawkes_thp.png", "plots/pit_lastfm.png"):  # any run's plots under --out
         mine = out / name
         mine.write_text("my notes\n")
         args = ["compare", str(path), "--out", str(out), "--no-progress"]

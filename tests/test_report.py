@@ -266,8 +266,9 @@ def test_report_never_overwrites_a_file_it_did_not_write(runs_root: Path, tmp_pa
     assert is_ours(out / "summary.md") and not is_ours(out / "plots")
     (out / "summary.csv").write_text("dataset,model,metric,mean,stderr,n\nmooc,lnm,time_nll,1.0,0.1,3\n")
     assert is_ours(out / "summary.csv")
-    (out / "summary.csv").write_text("dataset,model,n\nmooc,lnm,3\n")
-    assert not is_ours(out / "summary.csv")
+    for header in ("dataset,model,n", "my_metric,mean,stderr,n", "model,metric,mean,stderr,n"):
+        (out / "summary.csv").write_text(f"{header}\nmooc,lnm,3\n")
+        assert not is_ours(out / "summary.csv"), header
     # a figure plain matplotlib saved (earlier versions' plots) is mtpp's only in a plots folder beside an mtpp
     # summary; anywhere else it is the user's
     import matplotlib.pyplot as plt
@@ -280,6 +281,11 @@ def test_report_never_overwrites_a_file_it_did_not_write(runs_root: Path, tmp_pa
     assert is_ours(out / "plots" / "pit_mooc.png") and not is_ours(tmp_path / "elsewhere" / "plots" / "pit_mooc.png")
     (tmp_path / "elsewhere" / "summary.md").write_text("# my own summary\n")
     assert not is_ours(tmp_path / "elsewhere" / "plots" / "pit_mooc.png")
+    # an mtpp summary of another report (summary_val.md, whose plots go to plots_val/) does not vouch for plots/
+    (tmp_path / "elsewhere" / "summary_val.md").write_text(MD_MARK + "\n")
+    assert not is_ours(tmp_path / "elsewhere" / "plots" / "pit_mooc.png")
+    (tmp_path / "elsewhere" / "plots").rename(tmp_path / "elsewhere" / "plots_val")
+    assert is_ours(tmp_path / "elsewhere" / "plots_val" / "pit_mooc.png")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -382,6 +382,14 @@ def test_every_command_on_a_run_computes_with_its_train_threads(tmp_path: Path, 
         assert main(["generate", str(run), "--events", "2", "--out", str(tmp_path / "g.csv")]) == 0
         assert main(["plot", str(run), "--sequence", "0", "--samples", "2", "--out", str(tmp_path / "p.png")]) == 0
         assert len(seen) >= 4 and set(seen) == {1} and torch.get_num_threads() == 2  # plot samples via generate
+        from mtpp.forecast import horizon as hz
+
+        real_h = hz.evaluate_horizon
+        monkeypatch.setattr(hz, "evaluate_horizon", lambda *a, **k: seen.append(torch.get_num_threads()) or
+                            real_h(*a, **k))
+        n = len(seen)
+        hz.evaluate_run_horizon(run, "val", 0.5, samples=2, max_points=2, write=False, baselines=False)
+        assert len(seen) > n and set(seen) == {1} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
 

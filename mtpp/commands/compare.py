@@ -104,20 +104,24 @@ def run(args: argparse.Namespace) -> int:
     for line in missing:
         print(f"data {line}", file=sys.stderr)
     if args.dry_run:
-        _print_cells(cells, args.out, run_overrides, args.results, args.time_limit, args.jobs, args.rerun_stale)
+        stale = _print_cells(cells, args.out, run_overrides, args.results, args.time_limit, args.jobs,
+                             args.rerun_stale)
         if missing:
             print(f"the real run would stop: {len(missing)} dataset(s) not found", file=sys.stderr)
-        return 1 if missing else 0
+        if stale:
+            print(f"the real run would stop: {stale} stale cell(s) (finished on another configuration or other "
+                  "data); --rerun-stale retrains them", file=sys.stderr)
+        return 1 if missing or stale else 0
     from mtpp.owned import check_ours
     from mtpp.runs import RunLock
 
     # before anything trains: the files compare rewrites must be absent or its own (a user's notes survive)
     written = ["experiment.yaml", ex.FAILURES_FILE] + ([] if args.no_report else ["summary.csv", "summary.md"])
     check_ours([args.out / name for name in written])
-    if not args.no_report:  # and the plots the report would rewrite
+    if not args.no_report:  # and the plots the report would rewrite (of every run under --out, not only this grid's)
         from mtpp.evaluation.plots import existing_plots
 
-        check_ours(existing_plots(args.out / "plots", {cfg.data.name for cfg in configs}))
+        check_ours(existing_plots(args.out / "plots"))
     with RunLock(args.out):  # one compare per output folder (each cell's run folder has its own lock too)
         try:
             return _run_locked(args, exp, cells, run_overrides)
@@ -191,12 +195,13 @@ def _print_data(configs: list) -> list[str]:
 def _print_cells(
     cells: list, out: Path, overrides: list[str], results: Path | None = None, time_limit: float | None = None,
     jobs: int = 1, rerun_stale: bool = False,
-) -> None:
+) -> int:
     """One line per cell with the state a real run would act on (``mtpp.experiments.grid_states``: the run folder,
     then the result record under ``--results``); a resumable cell shows its last epoch, or ``running`` when a
     live process holds its folder; with ``--time-limit``, which cells would start and which would be deferred
     (``mtpp.experiments_schedule.simulate`` with ``--jobs`` workers), stale cells among them with
-    ``--rerun-stale``."""
+    ``--rerun-stale``. Returns the number of stale cells the real run would refuse (0 with ``--rerun-stale``);
+    with any, it starts nothing."""
     from mtpp.errors import MtppError
     from mtpp.experiments import (
         data_changes,
@@ -217,10 +222,13 @@ def _print_cells(
     except MtppError as e:  # data that cannot be read here: said above (data lines), states without the check
         print(f"data check of the finished cells skipped: {e}", file=sys.stderr)
     counts: dict[str, int] = {}
-    trains = ("new", "resume", "stale") if rerun_stale else ("new", "resume")  # stale: only with --rerun-stale
+    stale = 0 if rerun_stale else sum(s == "stale" for s in states.values())  # the real run refuses them
+    trains = ("new", "resume", "stale") if rerun_stale else ("new", "resume")
     todo = [c for c in cells if states[c.name] in trains]
     expected, _ = expected_durations(todo, states, out, overrides, results)
-    starts, deferred, unsure = simulate(todo, expected, jobs, time_limit) if time_limit is not None else ({}, [], set())
+    simulated = time_limit is not None and not stale
+    starts, deferred, undecided = simulate(todo, expected, jobs, time_limit) if simulated else ({}, [], [])
+    waits_for = next((c.name for c in todo if c.name in starts and c.name not in expected), None)
     for c in cells:
         state, where = states[c.name], ""
         if state == "resume":  # how far it got: the last finished epoch of its log; "running" when a live
@@ -236,21 +244,21 @@ def _print_cells(
             where += f"  (expected {format_minutes(expected[c.name])})"
         if c.name in starts:
             where += f"  starts at +{format_eta(starts[c.name])}"
-            if c.name in unsure:
-                where += " or later, if time is left (after a cell without an estimate)"
         elif c.name in deferred:
             where += "  deferred (does not fit in --time-limit)"
+        elif c.name in undecided:
+            where += f"  may start or be deferred: depends on how long {waits_for} takes (no estimate)"
         counts[state] = counts.get(state, 0) + 1
         print(f"{state:<7} {c.name}{where}")
     print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
     if expected:
         print(f"expected wall time of the {len(expected)} cell(s) with an estimate: {sum(expected.values()) / 3600:.1f} "
               "cell-hours (medians of the recorded cells of the same model; see --time-limit)", file=sys.stderr)
-    if time_limit is not None:
+    if simulated:
         print(f"--time-limit {format_eta(time_limit)} with --jobs {jobs}: {len(starts)} cell(s) would start, "
-              f"{len(deferred)} deferred (simulated from the expected durations"
-              + (f"; {len(unsure)} of the starts wait for a cell without an estimate, counted here as taking no "
-                 "time: they may start later or be deferred" if unsure else "") + ")", file=sys.stderr)
+              f"{len(deferred)} deferred" + (f", {len(undecided)} depend on how long {waits_for} takes" if undecided
+                                             else "") + " (simulated from the expected durations)", file=sys.stderr)
+    return stale
 
 
 def _absent_cells(results: list, out: Path, records: Path | None) -> list[str]:

@@ -613,16 +613,22 @@ def plot_metric_bars(
 # Everything
 
 
-def existing_plots(out_dir: str | Path, datasets: Iterable[Any]) -> list[Path]:
+def existing_plots(out_dir: str | Path, datasets: Iterable[Any] | None = None) -> list[Path]:
     """The files already in ``out_dir`` that :func:`make_all_plots` could write for runs on ``datasets`` (its
-    names: ``bars_<dataset>.png``, ..., ``cos_tm_<dataset>_*.png``): what to check with
-    :func:`mtpp.owned.check_ours` before long work, so a user's figure is refused up front, not after training."""
+    names: ``bars_<dataset>.png``, ``val_curves_``, ``reliability_``, ``pit_``, ``cos_tm_<dataset>_*.png``; every
+    dataset when ``None``): what to check with :func:`mtpp.owned.check_ours` before long work, so a user's figure
+    is refused up front, not after training. Any ``cos_tm_<dataset>_*.png`` counts (the cell part of the name is
+    known only from the runs), so a figure of the user's named so is refused even if no report would write it."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
+    kinds = ("bars", "val_curves", "reliability", "pit")
+    if datasets is None:
+        found = [p for k in (*kinds, "cos_tm") for p in sorted(out_dir.glob(f"{k}_*.png"))]
+        return sorted(set(found))
     found: list[Path] = []
     for ds in sorted({_slug(d) for d in datasets}):
-        found += [out_dir / f"{kind}_{ds}.png" for kind in ("bars", "val_curves", "reliability", "pit")]
+        found += [out_dir / f"{kind}_{ds}.png" for kind in kinds]
         found += sorted(out_dir.glob(f"cos_tm_{glob.escape(ds)}_*.png"))
     return [p for p in found if p.exists()]
 
