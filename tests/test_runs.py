@@ -569,8 +569,9 @@ def test_a_result_record_of_other_data_is_stale_on_a_fresh_machine(tmp_path: Pat
     exp.write_text(yaml.safe_dump({"base": base, "grid": {"datasets": [str(data)], "seeds": [0]}}))
     capsys.readouterr()
     for out in ("m3", "m1"):
-        assert main(["compare", str(exp), "--out", str(tmp_path / out), "--results", str(results), "--dry-run"]) == 0
-        assert capsys.readouterr().out.split()[0] == "stale"
+        assert main(["compare", str(exp), "--out", str(tmp_path / out), "--results", str(results), "--dry-run"]) == 1
+        printed = capsys.readouterr()
+        assert printed.out.split()[0] == "stale" and "the real run would stop: 1 stale cell(s)" in printed.err
 
 
 KILLED_RUN = """
