@@ -72,6 +72,7 @@ import yaml
 
 from mtpp.config import NON_SEMANTIC_KEYS
 from mtpp.errors import ConfigError
+from mtpp.experiments_claims import CellClaims
 from mtpp.experiments_schedule import Deadline, expected_seconds
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "base", "grid", "exclude")
@@ -126,6 +127,7 @@ class Experiment:
 class CellResult:
     name: str
     status: str  # done | skipped | failed | deferred (not started: expected to end after the time limit)
+    # | elsewhere (not started: another process sharing the results folder trains it, mtpp.experiments_claims)
     seconds: float = 0.0
     error: str | None = None
     traceback: str | None = None
@@ -737,6 +739,8 @@ def run_grid(
     record there but no run directory under ``out_dir`` is skipped (a grid continued on another machine).
     ``time_limit`` (seconds from now): start only cells expected to finish by then (``mtpp.experiments_schedule``,
     estimates from the records under ``results_dir``); the others are returned as ``deferred``.
+    Processes sharing ``results_dir`` never train the same cell at once (``mtpp.experiments_claims``): a cell
+    another one trains is returned as ``elsewhere``, one it finished meanwhile as ``skipped``.
     """
     from mtpp.runs import make_out_folder
 
@@ -758,15 +762,22 @@ def run_grid(
     cell_overrides = _quiet_overrides(overrides, quiet=quiet_runs or jobs > 1)
     deadline = _deadline(pending, states, out, overrides, results_dir, time_limit, log)
     queue = list(pending)
+    claims = CellClaims(results_dir, fresh={c.name for c in pending if states[c.name] in ("new", "resume")})
     bar = _progress_bar(len(pending), enabled=progress)
     try:
         if jobs == 1:
-            while (c := deadline.take(queue)) is not None:
+            while (c := _take(queue, deadline, claims, results, bar)) is not None:
                 *args, rd = _payload(c, out, cell_overrides, threads, results_dir)
-                results.append(_tick(bar, run_cell(*args, fit=fit, results_dir=rd)))
+                try:
+                    results.append(_tick(bar, run_cell(*args, fit=fit, results_dir=rd)))
+                finally:
+                    claims.release(c.name)
         else:
-            results.extend(_run_parallel(queue, out, cell_overrides, jobs, threads, bar, fit, results_dir, deadline))
+            results.extend(
+                _run_parallel(queue, out, cell_overrides, jobs, threads, bar, fit, results_dir, deadline, claims)
+            )
     finally:
+        claims.release_all()
         bar.close()
     results.extend(CellResult(c.name, "deferred") for c in queue)  # not started: expected to end too late
     write_failures(out, [r for r in results if r.status == "failed"])
@@ -899,6 +910,21 @@ def _check_stale(
     )
 
 
+def _take(
+    queue: list[Cell], deadline: Deadline, claims: CellClaims, results: list[CellResult], bar: Any
+) -> Cell | None:
+    """The next cell to start: the first one ``deadline`` lets start (taken off ``queue``) that this process could
+    claim (``claims``, a ``mtpp.experiments_claims.CellClaims``). Cells that another process trains or finished
+    meanwhile are taken off too and go to ``results`` (``elsewhere`` / ``skipped``, with the reason)."""
+    while (cell := deadline.take(queue)) is not None:
+        refused = claims.take(cell.name)
+        if refused is None:
+            return cell
+        status, why = refused
+        results.append(_tick(bar, CellResult(cell.name, status, error=why)))
+    return None
+
+
 def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int, results_dir: Any = None) -> tuple:
     """``run_cell``'s positional arguments for ``cell`` (picklable), ``results_dir`` last."""
     rd = None if results_dir is None else str(results_dir)
@@ -907,20 +933,26 @@ def _payload(cell: Cell, out: Path, overrides: Sequence[str], threads: int, resu
 
 def _run_parallel(
     queue: list[Cell], out: Path, overrides: Sequence[str], jobs: int, threads: int, bar: Any, fit: FitFn | None,
-    results_dir: Any = None, deadline: Deadline | None = None,
+    results_dir: Any = None, deadline: Deadline | None = None, claims: CellClaims | None = None,
 ) -> list[CellResult]:
     """Cells in ``jobs`` spawned worker processes, handed one at a time over a pipe (nothing is queued in a
     worker). The workers die with this process (``_worker_main``: parent-death signal on Linux, a watchdog on
     the parent pid elsewhere); on Ctrl-C or any error here the workers are terminated within seconds: finished
     cells stay finished, running ones resume from their last checkpoint on the next run, queued ones never start.
-    Cells are taken from ``queue`` (in place) by ``deadline``; the ones it defers stay there.
+    Cells are taken from ``queue`` (in place) by ``deadline``; the ones it defers stay there. Each running cell is
+    claimed in ``claims`` (``mtpp.experiments_claims.CellClaims``; none: no claims) until its result is in.
     """
     import multiprocessing
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")
     deadline = deadline or Deadline(None)
+    claims = claims or CellClaims(None)
     results: list[CellResult] = []
+
+    def take() -> Cell | None:
+        return _take(queue, deadline, claims, results, bar)
+
     workers: dict[Any, tuple[Any, Cell | None]] = {}  # connection -> (process, running cell)
     try:
         for _ in range(min(jobs, len(queue))):
@@ -930,7 +962,7 @@ def _run_parallel(
             child_end.close()
             workers[parent_end] = (proc, None)
         for conn in list(workers):
-            _hand_out(conn, workers, queue, out, overrides, threads, results_dir, deadline)
+            _hand_out(conn, workers, take, out, overrides, threads, results_dir)
         while any(cell is not None for _, cell in workers.values()):
             ready = wait([c for c, (_, cell) in workers.items() if cell is not None]
                          + [p.sentinel for p, cell in workers.values() if cell is not None])  # fmt: skip
@@ -960,20 +992,21 @@ def _run_parallel(
                         conn = parent_end
                 else:
                     workers[conn] = (proc, None)
+                claims.release(cell.name)
                 results.append(_tick(bar, result))
                 if conn in workers:
-                    _hand_out(conn, workers, queue, out, overrides, threads, results_dir, deadline)
+                    _hand_out(conn, workers, take, out, overrides, threads, results_dir)
     finally:
         _stop_workers(workers)
     return results
 
 
 def _hand_out(
-    conn: Any, workers: dict, queue: list[Cell], out: Path, overrides: Sequence[str], threads: int,
-    results_dir: Any = None, deadline: Deadline | None = None,
+    conn: Any, workers: dict, take: Callable[[], Cell | None], out: Path, overrides: Sequence[str], threads: int,
+    results_dir: Any = None,
 ) -> None:  # fmt: skip
     proc, _ = workers[conn]
-    cell = (deadline or Deadline(None)).take(queue)
+    cell = take()
     if cell is not None:
         conn.send(_payload(cell, out, overrides, threads, results_dir))
         workers[conn] = (proc, cell)
@@ -1106,7 +1139,7 @@ def write_cells(out: Path, exp: Experiment, cells: list[Cell], overrides: Sequen
 
 
 def results_summary(results: list[CellResult]) -> dict[str, int]:
-    counts = {"done": 0, "skipped": 0, "failed": 0, "deferred": 0}
+    counts = {"done": 0, "skipped": 0, "failed": 0, "deferred": 0, "elsewhere": 0}
     for r in results:
         counts[r.status] += 1
     return counts

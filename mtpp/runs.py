@@ -433,11 +433,13 @@ class RunLock:
     """Exclusive lock of one run folder (module docstring). Use as a context manager or ``acquire`` / ``release``.
 
     ``MtppError`` from ``acquire`` when another live process holds it; the message names pid, host and command.
+    ``lock_file``: lock this file instead of ``run_dir/.mtpp.lock`` (``run_dir`` is then its folder; used for the
+    per-cell claims of a results folder, ``mtpp.experiments_claims``).
     """
 
-    def __init__(self, run_dir: str | Path, command: str | None = None) -> None:
-        self.dir = Path(run_dir)
-        self.path = self.dir / LOCK_FILE
+    def __init__(self, run_dir: str | Path, command: str | None = None, lock_file: str | Path | None = None) -> None:
+        self.dir = Path(run_dir) if lock_file is None else Path(lock_file).parent
+        self.path = self.dir / LOCK_FILE if lock_file is None else Path(lock_file)
         self.command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
         self._fd: int | None = None
 
@@ -474,10 +476,10 @@ class RunLock:
             self._fd = None
 
     @classmethod
-    def holder_of(cls, run_dir: str | Path) -> dict[str, Any] | None:
-        """Who holds ``run_dir``'s lock now (pid, host, command), or ``None`` when nobody does. Takes nothing: a
-        free lock is tried and let go at once, and its file is left as it was."""
-        lock = cls(run_dir)
+    def holder_of(cls, run_dir: str | Path, lock_file: str | Path | None = None) -> dict[str, Any] | None:
+        """Who holds ``run_dir``'s lock (or ``lock_file``) now (pid, host, command), or ``None`` when nobody does.
+        Takes nothing: a free lock is tried and let go at once, and its file is left as it was."""
+        lock = cls(run_dir, lock_file=lock_file)
         try:
             fd = os.open(lock.path, os.O_RDWR)
         except OSError:  # no lock file: nobody holds it
@@ -529,9 +531,14 @@ class RunLock:
             return None
 
     def _read(self, fd: int) -> str:
-        h = self._holder(fd)
-        if not h:
+        return self.describe(self._holder(fd))
+
+    @staticmethod
+    def describe(holder: dict[str, Any] | None) -> str:
+        """``pid P on HOST ('COMMAND', since TIME)`` for a holder of ``holder_of``."""
+        if not holder:
             return "another process (its lock file names none)"
+        h = holder
         return f"pid {h.get('pid')} on {h.get('host')} ({h.get('command')!r}, since {h.get('since')})"
 
     def _write(self, fd: int) -> None:

@@ -155,9 +155,10 @@ def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[
     )
     counts = ex.results_summary(results)
     deferred = f", {counts['deferred']} deferred (expected to end after --time-limit; rerun to continue)"
+    elsewhere = f", {counts['elsewhere']} running in another process (sharing --results)"
     print(
         f"cells: {counts['done']} trained, {counts['skipped']} skipped (already complete), {counts['failed']} failed"
-        f"{deferred if counts['deferred'] else ''}",
+        f"{deferred if counts['deferred'] else ''}{elsewhere if counts['elsewhere'] else ''}",
         file=sys.stderr,
     )
     if not args.no_report:
@@ -211,6 +212,7 @@ def _print_cells(
         last_epoch_record,
         resolved_dict,
     )
+    from mtpp.experiments_claims import claim_holder
     from mtpp.experiments_schedule import format_minutes, simulate
     from mtpp.runs import RunLock
     from mtpp.training.logging import format_eta
@@ -224,7 +226,10 @@ def _print_cells(
     counts: dict[str, int] = {}
     stale = 0 if rerun_stale else sum(s == "stale" for s in states.values())  # the real run refuses them
     trains = ("new", "resume", "stale") if rerun_stale else ("new", "resume")
-    todo = [c for c in cells if states[c.name] in trains]
+    # cells another process sharing --results trains now: the real run would not start them (mtpp.experiments_claims)
+    elsewhere = {c.name: h for c in cells if states[c.name] in trains
+                 and (h := claim_holder(results, c.name)) is not None}  # fmt: skip
+    todo = [c for c in cells if states[c.name] in trains and c.name not in elsewhere]
     expected, _ = expected_durations(todo, states, out, overrides, results)
     simulated = time_limit is not None and not stale
     starts, deferred, undecided = simulate(todo, expected, jobs, time_limit) if simulated else ({}, [], [])
@@ -240,6 +245,8 @@ def _print_cells(
                 where = f"  (epoch {last['epoch']}/{cap}, best {last.get('best_epoch')})"
         elif state in ("done", "stale") and results is not None and not is_complete(out / c.name):
             where = "  (result record)"
+        if c.name in elsewhere:
+            state, where = "running", f"  (elsewhere: {RunLock.describe(elsewhere[c.name])}; not started here)"
         if c.name in expected:
             where += f"  (expected {format_minutes(expected[c.name])})"
         if c.name in starts:
@@ -271,6 +278,9 @@ def _absent_cells(results: list, out: Path, records: Path | None) -> list[str]:
         if r.status == "skipped" and not is_complete(out / r.name):
             groups.setdefault(f"complete by its result record under {records} (run elsewhere; the record "
                               "holds its metrics)", []).append(r.name)
+        elif r.status == "elsewhere":
+            groups.setdefault(f"running in another process that shares {records} (its record appears there when "
+                              "it finishes)", []).append(r.name)
         elif r.status == "deferred":
             groups.setdefault("deferred by --time-limit (not started; the same command continues them)",
                               []).append(r.name)
