@@ -116,7 +116,8 @@ class PrepareReport:
         dropped = sum(self.dropped.values())
         out = [
             f"read {self.num_read:,} sequences from {len(self.files)} file(s)",
-            f"removed {self.duplicates:,} duplicate sequence(s)",
+            f"removed {self.duplicates:,} duplicate sequence(s) (a sequence found in several files or splits, "
+            "e.g. the val / test files of several published splits, is kept once)",
         ]
         if dropped:
             out.append(f"dropped {dropped:,} invalid sequence(s): "
