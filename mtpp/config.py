@@ -66,7 +66,7 @@ class DataConfig:
     split: int = 0  # which of the dataset's splits (folds)
     dtype: str = "float32"  # float32 | float64: floating dtype of batches and model
     max_sequences: int | None = None  # use at most N sequences of each split (smoke tests); None: all
-    # the model's unit of time: auto (mean positive training gap, gross outliers left out) | none (data units) | a number of data units;
+    # the model's unit of time: auto (median positive training gap) | none (data units) | a number of data units;
     # reported likelihoods are always in the data's units (mtpp.models.scaling)
     time_scale: float | str = "auto"
     num_workers: int = 0  # DataLoader workers

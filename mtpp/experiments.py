@@ -60,6 +60,7 @@ import copy
 import fnmatch
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -825,36 +826,48 @@ def data_changes(
     """``{cell: reason}`` for finished cells whose recorded data (``mtpp.runs``: the run folder's, or for a cell
     done by its result record under ``results_dir``, the record's ``config.run_info.data``) differ from the data
     the grid resolves now (another split folder, an edited file, another ``MTPP_DATA_DIR``): mixing them into one
-    summary would compare models on different test sets. Each distinct dataset is loaded once; its resolved path
-    goes to ``log``. Cells without a data record (older runs, test doubles) are not checked."""
+    summary would compare models on different test sets. Likewise the time scale the cell was trained in
+    (``run_info.time_scale``) against the one ``data.time_scale`` resolves to now (``mtpp.models.scaling``: a rule
+    for ``auto`` that changed, other training data): the model's unit of time shapes what it learns. Each distinct
+    dataset is loaded once; its resolved path goes to ``log``. Cells without a data record (older runs, test
+    doubles) are not checked."""
     from mtpp.errors import MtppError
+    from mtpp.models.scaling import resolve_time_scale
     from mtpp.runs import data_record, describe_difference, differing_parts, open_run
     from mtpp.training.setup import load_data
 
-    current: dict[str, dict] = {}
+    current: dict[str, tuple[dict, float]] = {}
     reasons: dict[str, str] = {}
     for cell in cells:
         if states[cell.name] != "done":
             continue
         if is_complete(out / cell.name):
             try:
-                recorded = open_run(out / cell.name).data_record
+                run_info = open_run(out / cell.name).run_info
             except (MtppError, OSError):
                 continue
         else:  # done by its result record: the data it was trained and tested on, as the record says
-            recorded = _record_data(results_dir, cell.name)
+            run_info = _record_run_info(results_dir, cell.name)
+        recorded = run_info.get("data")
         if not recorded:
             continue
         data_cfg = resolve(cell, overrides).data
-        key = json.dumps([data_cfg.name, data_cfg.split, data_cfg.max_sequences, data_cfg.data_dir])
+        key = json.dumps([data_cfg.name, data_cfg.split, data_cfg.max_sequences, data_cfg.data_dir,
+                          data_cfg.time_scale])  # fmt: skip
         if key not in current:
             data = load_data(data_cfg)
-            current[key] = data_record(data, data_cfg)
+            current[key] = data_record(data, data_cfg), resolve_time_scale(data_cfg.time_scale, data.train)
             if log is not None:
-                log(f"data {data_cfg.name} split {data_cfg.split} <- {current[key]['source']}")
-        parts = differing_parts(recorded, current[key])
+                log(f"data {data_cfg.name} split {data_cfg.split} <- {current[key][0]['source']}")
+        now, scale = current[key]
+        parts = differing_parts(recorded, now)
         if parts:
-            reasons[cell.name] = "other data: " + describe_difference(recorded, current[key], parts)
+            reasons[cell.name] = "other data: " + describe_difference(recorded, now, parts)
+            continue
+        trained = run_info.get("time_scale")
+        if trained is not None and not math.isclose(float(trained), scale, rel_tol=1e-9):
+            reasons[cell.name] = (f"other time scale: trained in units of {float(trained):.6g}, data.time_scale="
+                                  f"{data_cfg.time_scale} gives {scale:.6g} now")
     return reasons
 
 
@@ -871,17 +884,18 @@ def write_missing_records(cells: list[Cell], states: dict[str, str], out: Path, 
     return n
 
 
-def _record_data(results_dir: str | Path | None, name: str) -> dict | None:
-    """The data record (``mtpp.runs.data_record``) a cell's result record carries, ``None`` without one."""
+def _record_run_info(results_dir: str | Path | None, name: str) -> dict:
+    """The ``run_info`` (data record, time scale, ...) a cell's result record carries, ``{}`` without one."""
     if results_dir is None:
-        return None
+        return {}
     from mtpp.records import record_path
 
     try:
         record = json.loads(record_path(results_dir, name).read_text(encoding="utf-8"))
-        return ((record.get("config") or {}).get("run_info") or {}).get("data")
+        run_info = (record.get("config") or {}).get("run_info") or {}
+        return run_info if isinstance(run_info, dict) else {}
     except (OSError, ValueError, AttributeError):
-        return None
+        return {}
 
 
 def _check_stale(

@@ -1,8 +1,8 @@
 """At initialisation every decoder's time loss is of the order of the data's, even on heavy-tailed gaps.
 
-Times in model units (``time_scale = 1``: one unit is the typical gap, ``mtpp.models.scaling``). Real benchmarks
-have gaps far into the tail of that unit: LastFM's longest training gap is 790 model units (MOOC 121, Reddit 61,
-Stack Overflow 20). A decoder whose hazard grows exponentially in the gap (RMTPP) started at ``w = 0.1`` gave a
+Times in model units (``time_scale = 1``: one unit is the median gap, ``mtpp.models.scaling``). Real benchmarks
+have gaps far into the tail of that unit: MOOC's longest training gap is ~7e4 model units, LastFM's ~5e4 (Reddit
+~300, Stack Overflow ~35). A decoder whose hazard grows exponentially in the gap (RMTPP) started at ``w = 0.1`` gave a
 compensator of ``exp(79)``: ~1e21 nats per sequence in its first epoch on LastFM, and gradients that drowned
 the mark head for hundreds of epochs. The yardstick here is the exponential distribution at the data's rate
 (rate 1 in model units), whose NLL of a gap ``tau`` is ``tau``.
@@ -21,7 +21,7 @@ from mtpp.models.config import PARAMETRISATIONS
 from mtpp.models.registry import TIME_DECODERS
 
 
-def heavy_tailed_batch(max_gap: float = 1e3) -> tuple:
+def heavy_tailed_batch(max_gap: float = 1e5) -> tuple:
     """8 sequences of 60 events, gaps log-uniform on ``[1e-4, max_gap]`` model units, 5 marks."""
     rng = np.random.default_rng(0)
     seqs = [EventSequence(times=np.cumsum(10 ** rng.uniform(-4, np.log10(max_gap), size=60)),
@@ -42,12 +42,13 @@ def test_initial_time_loss_is_of_the_order_of_the_exponential_on_heavy_tailed_ga
     events = out.scored.sum()
     per_event = (out.time_nll.sum() / events).item()
     exponential = (batch.taus * out.scored).sum().item() / events.item()  # NLL of Exp(1): tau per gap
-    assert exponential > 50  # the data reach far into the tail (mean gap ~68 model units, up to 1,000)
+    assert exponential > 3000  # the data reach far into the tail (mean gap ~5,000 model units, up to 1e5)
     assert per_event < 3 * exponential, f"{decoder} {parametrisation}: {per_event:.3g} nats/event at init"
     (out.time_nll.sum() + out.mark_nll.sum()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    assert max(g.abs().max().item() for g in grads) < 1e6  # no gradient that would swamp the mark head
+    # no gradient beyond what the exponential's own loss gives its rate (d/d log-rate of sum tau - log-rate: ~sum tau)
+    assert max(g.abs().max().item() for g in grads) < 3 * exponential * events.item()
 
 
 def test_rmtpp_starts_next_to_its_poisson_limit() -> None:

@@ -574,6 +574,38 @@ def test_a_result_record_of_other_data_is_stale_on_a_fresh_machine(tmp_path: Pat
         assert printed.out.split()[0] == "stale" and "the real run would stop: 1 stale cell(s)" in printed.err
 
 
+def test_a_cell_trained_in_another_time_scale_is_stale(tmp_path: Path) -> None:
+    """The resolved time scale is part of what trained a cell: a record (or a finished run folder) whose
+    ``run_info.time_scale`` is not what ``data.time_scale`` resolves to now (the ``auto`` rule changed, as it did
+    from the mean to the median gap) is refused as stale, naming both scales; ``--rerun-stale`` retrains it."""
+    import json
+
+    from mtpp import experiments as ex
+    from mtpp.records import record_path
+
+    data = simulate(tmp_path / "sim")
+    cells = ex.expand(ex.experiment_from_dict({"base": tiny_base(), "grid": {"datasets": [str(data)], "seeds": [0]}}))
+    results = tmp_path / "results"
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "m1", progress=False, results_dir=results)] == ["done"]
+    path = record_path(results, cells[0].name)
+    record = json.loads(path.read_text())
+    scale = record["config"]["run_info"]["time_scale"]
+    record["config"]["run_info"]["time_scale"] = 580.0 * scale
+    path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"its record .*other time scale: trained in units of .*data.time_scale=auto "
+                                          r"gives .* now"):  # fmt: skip
+        ex.run_grid(cells, tmp_path / "m2", progress=False, results_dir=results)
+    # the same for a finished run folder
+    cfg = tmp_path / "m1" / cells[0].name / "config.yaml"
+    stored = yaml.safe_load(cfg.read_text())
+    stored["run_info"]["time_scale"] = 2.0 * scale
+    cfg.write_text(yaml.safe_dump(stored))
+    with pytest.raises(ConfigError, match="other time scale"):
+        ex.run_grid(cells, tmp_path / "m1", progress=False)
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "m1", progress=False, rerun_stale=True)] == ["done"]
+    assert [r.status for r in ex.run_grid(cells, tmp_path / "m1", progress=False)] == ["skipped"]
+
+
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
