@@ -54,7 +54,8 @@ class CellClaims:
         ``("elsewhere", "pid ... trains it")`` or ``("skipped", "finished by another process: ...")``."""
         if self.results_dir is None:
             return None
-        lock = RunLock(self.results_dir, lock_file=claim_path(self.results_dir, cell_name))
+        path = claim_path(self.results_dir, cell_name)
+        lock = RunLock(path.parent, lock_file=path)
         try:
             lock.acquire()
         except MtppError:

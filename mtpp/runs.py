@@ -538,8 +538,8 @@ class RunLock:
         """``pid P on HOST ('COMMAND', since TIME)`` for a holder of ``holder_of``."""
         if not holder:
             return "another process (its lock file names none)"
-        h = holder
-        return f"pid {h.get('pid')} on {h.get('host')} ({h.get('command')!r}, since {h.get('since')})"
+        return (f"pid {holder.get('pid')} on {holder.get('host')} ({holder.get('command')!r}, "
+                f"since {holder.get('since')})")
 
     def _write(self, fd: int) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
