@@ -823,14 +823,15 @@ def data_changes(
     cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str],
     log: Callable[[str], None] | None = None, results_dir: str | Path | None = None,
 ) -> dict[str, str]:  # fmt: skip
-    """``{cell: reason}`` for finished cells whose recorded data (``mtpp.runs``: the run folder's, or for a cell
-    done by its result record under ``results_dir``, the record's ``config.run_info.data``) differ from the data
-    the grid resolves now (another split folder, an edited file, another ``MTPP_DATA_DIR``): mixing them into one
-    summary would compare models on different test sets. Likewise the time scale the cell was trained in
-    (``run_info.time_scale``) against the one ``data.time_scale`` resolves to now (``mtpp.models.scaling``: a rule
-    for ``auto`` that changed, other training data): the model's unit of time shapes what it learns. Each distinct
-    dataset is loaded once; its resolved path goes to ``log``. Cells without a data record (older runs, test
-    doubles) are not checked."""
+    """``{cell: reason}`` for finished or interrupted cells whose recorded data (``mtpp.runs``: the run folder's,
+    or for a cell done by its result record under ``results_dir``, the record's ``config.run_info.data``) differ
+    from the data the grid resolves now (another split folder, an edited file, another ``MTPP_DATA_DIR``): mixing
+    them into one summary would compare models on different test sets. Likewise the time scale the cell was
+    trained in (``run_info.time_scale``) against the one ``data.time_scale`` resolves to now
+    (``mtpp.models.scaling``: a rule for ``auto`` that changed, other training data): the model's unit of time
+    shapes what it learns, and an interrupted cell's checkpoint would go on in its old unit. Each distinct dataset
+    is loaded once; its resolved path goes to ``log``. Cells without a data record (older runs, test doubles) are
+    not checked."""
     from mtpp.errors import MtppError
     from mtpp.models.scaling import resolve_time_scale
     from mtpp.runs import data_record, describe_difference, differing_parts, open_run
@@ -839,9 +840,9 @@ def data_changes(
     current: dict[str, tuple[dict, float]] = {}
     reasons: dict[str, str] = {}
     for cell in cells:
-        if states[cell.name] != "done":
+        if states[cell.name] not in ("done", "resume"):
             continue
-        if is_complete(out / cell.name):
+        if states[cell.name] == "resume" or is_complete(out / cell.name):
             try:
                 run_info = open_run(out / cell.name).run_info
             except (MtppError, OSError):

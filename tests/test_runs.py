@@ -604,6 +604,15 @@ def test_a_cell_trained_in_another_time_scale_is_stale(tmp_path: Path) -> None:
         ex.run_grid(cells, tmp_path / "m1", progress=False)
     assert [r.status for r in ex.run_grid(cells, tmp_path / "m1", progress=False, rerun_stale=True)] == ["done"]
     assert [r.status for r in ex.run_grid(cells, tmp_path / "m1", progress=False)] == ["skipped"]
+    # an interrupted cell (a checkpoint, no test metrics) started in another scale is stale too, not resumed in it
+    run = tmp_path / "m1" / cells[0].name
+    (run / "metrics.json").unlink()
+    assert ex.grid_states(cells, tmp_path / "m1", []) == {cells[0].name: "resume"}
+    stored = yaml.safe_load(cfg.read_text())
+    stored["run_info"]["time_scale"] = 3.0 * scale
+    cfg.write_text(yaml.safe_dump(stored))
+    with pytest.raises(ConfigError, match="other time scale: trained in units of"):
+        ex.run_grid(cells, tmp_path / "m1", progress=False)
 
 
 KILLED_RUN = """

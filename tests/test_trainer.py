@@ -171,6 +171,26 @@ def test_resume_reaches_the_same_final_metrics_exactly(tmp_path: Path) -> None:
     assert log_cut == log_full
 
 
+def test_resume_refuses_a_checkpoint_trained_in_another_time_scale(tmp_path: Path) -> None:
+    """The checkpoint restores its own unit of time with its weights: when ``data.time_scale`` resolves to another
+    one now (the rule for ``auto`` changed, as it did from the mean to the median gap), continuing it would finish
+    the run in a unit its config no longer gives. One refusal naming both scales, before anything is rewritten."""
+    run = tmp_path / "run"
+    fit(tiny(), run)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    scale = state["model"]["_extra_state"]["time_scale"]
+    state["model"]["_extra_state"]["time_scale"] = 580.0 * scale
+    torch.save(state, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "train.log"}
+    with pytest.raises(MtppError, match=rf"checkpoint.pt was trained in model units of {580 * scale:.6g} data units, "
+                                        rf"but data.time_scale=auto resolves to {scale:.6g} now .*afresh"):
+        fit(tiny("train.max_epochs=2"), run, resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "train.log"} == before
+    state["model"]["_extra_state"]["time_scale"] = scale  # the same unit resumes
+    torch.save(state, run / "checkpoint.pt")
+    assert fit(tiny("train.max_epochs=2"), run, resume=True)["train"]["epochs"] == 2
+
+
 def test_resume_rejects_a_different_model(tmp_path: Path) -> None:
     fit(tiny(), tmp_path / "run")
     with pytest.raises(MtppError, match="model.hidden_size"):

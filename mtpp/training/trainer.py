@@ -464,7 +464,9 @@ class Trainer:
         self.epoch = 0  # last finished epoch
         self.loader = self._make_loader()
         if resume:
-            self._restore(state)
+            resolved = self.model.time_scale
+            self._restore(state)  # restores the checkpoint's unit of time with its weights
+            _check_resumed_time_scale(resolved, self.model.time_scale, cfg.data.time_scale, out_dir)
             if self.main:
                 truncate_log(out_dir, self.epoch)
         from mtpp.training.gradients import StatsBuffer
@@ -1161,6 +1163,18 @@ def _check_resumable(cfg: RunConfig, stored: dict | None) -> None:
         raise ConfigError(f"--resume: {changes} {'differs' if len(fixed) == 1 else 'differ'} from the stored "
                           "config.yaml; the checkpoint's state cannot "
                           "follow them (start a new run with another --out)")
+
+
+def _check_resumed_time_scale(resolved: float, trained: float, spec: object, out_dir: Path) -> None:
+    """A checkpoint trained in another unit of time than ``data.time_scale`` resolves to now (the rule for
+    ``auto`` changed, ``mtpp.models.scaling``) is refused: its weights and optimiser moments belong to the old
+    unit, so continuing it would finish a run in a scale that its config no longer gives (``MtppError``)."""
+    if math.isclose(resolved, trained, rel_tol=1e-9):
+        return
+    raise MtppError(f"--resume: {Path(out_dir) / checkpoint.CHECKPOINT} was trained in model units of {trained:.6g} "
+                    f"data units, but data.time_scale={spec} resolves to {resolved:.6g} now (the rule changed since, "
+                    "mtpp.models.scaling); its weights belong to the old unit: start the run afresh with another "
+                    "--out (or --overwrite)")
 
 
 #: Training settings whose state lives in the checkpoint (optimiser moments, schedule, early-stopping groups):
