@@ -145,8 +145,9 @@ def test_update_replaces_only_the_marked_blocks_and_writes_the_figure(tmp_path: 
 
 
 def test_grid_projection_weights_each_decoder_and_parametrisation() -> None:
-    """The MOOC projection: each recorded (decoder, parametrisation) at the mean of its splits, the unrecorded
-    ones at the mean of those, x 5 splits / 2 jobs; other datasets and remedy cells do not count."""
+    """The MOOC projection: each (decoder, parametrisation) at the mean of its recorded splits, x 5 splits / 2
+    jobs; while a combination has no record only a lower bound naming the missing ones; other datasets and remedy
+    cells do not count."""
 
     def rec(model: str, param: str, hours: float, dataset: str = "mooc", aggregator: str = "sum") -> dict:
         return {"cell": {"dataset": dataset, "model": model, "parametrisation": param, "aggregator": aggregator},
@@ -155,9 +156,14 @@ def test_grid_projection_weights_each_decoder_and_parametrisation() -> None:
     records = [rec("lnm", "base", 1.0), rec("lnm", "base", 2.0), rec("thp", "plus", 0.5),
                rec("thp", "base", 40.0, aggregator="pcgrad"), rec("lnm", "base", 40.0, dataset="lastfm")]  # fmt: skip
     text = tables.grid_projection(records)
-    # (1.5 + 0.5 + 13 x 1.0) x 5 splits / 2 jobs = 37.5 h
-    assert "75-cell mooc grid (5 decoders x 3 parametrisations x 5 splits) as 2 parallel jobs: about 37.5 h" in text
-    assert "2 of 15 combinations recorded" in text
+    # (1.5 + 0.5) x 5 splits / 2 jobs = 5.0 h from the two recorded combinations
+    assert "75-cell mooc grid (5 decoders x 3 parametrisations x 5 splits) as 2 parallel jobs: at least 5.0 h" in text
+    assert "2 of 15 decoder/parametrisation combinations with a record" in text
+    assert "no record yet for lnm +, lnm ++, rmtpp base," in text and "thp +," not in text
+    # every combination recorded: the full projection, (1.5 + 0.5 + 13 x 2.0) x 5 / 2 = 70.0 h
+    full = records + [rec(m, p, 2.0) for m in tables.MOOC_GRID[1] for p in tables.MOOC_GRID[2]
+                      if (m, p) not in {("lnm", "base"), ("thp", "plus")}]  # fmt: skip
+    assert "as 2 parallel jobs: about 70.0 h (each decoder/parametrisation at the mean" in tables.grid_projection(full)
     assert tables.grid_projection([rec("lnm", "base", 1.0, dataset="lastfm")]) is None
 
 
