@@ -482,6 +482,28 @@ def select(cells: list[Cell], patterns: Sequence[str] | None) -> list[Cell]:
     return [c for c in cells if any(fnmatch.fnmatchcase(c.name, g) for g in globs)]
 
 
+ORDERS = ("grid", "breadth")
+"""``mtpp compare --order``: ``grid`` runs cells in the experiment file's order (each model's splits and seeds one
+after another); ``breadth`` runs every (dataset, model, parametrisation, aggregator) at its first split/seed before
+any at its second, so an interrupted grid has a first result for every model early (``ordered``)."""
+
+
+def ordered(cells: list[Cell], order: str = "grid") -> list[Cell]:
+    """``cells`` in run order (``ORDERS``): for ``breadth``, by replicate rank (0 for a group's first split/seed in
+    the file, 1 for its second, ...) and then by file order; ``ConfigError`` for another order."""
+    if order not in ORDERS:
+        raise ConfigError(f"--order: one of {', '.join(ORDERS)}, got {order!r}")
+    if order == "grid":
+        return list(cells)
+    rank: dict[tuple, int] = {}
+    keyed = []
+    for i, c in enumerate(cells):
+        group = (c.dataset, c.model, c.parametrisation, c.aggregator)
+        keyed.append((rank.setdefault(group, 0), i, c))
+        rank[group] += 1
+    return [c for *_, c in sorted(keyed, key=lambda t: t[:2])]
+
+
 def resolve(cell: Cell, overrides: Sequence[str] = ()):
     """The cell's validated ``RunConfig`` (``--set`` overrides applied last); errors name the cell."""
     from mtpp.config import apply_overrides, config_from_dict

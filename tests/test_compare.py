@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -184,6 +185,34 @@ def fake_fit(monkeypatch: pytest.MonkeyPatch) -> FakeFit:
         monkeypatch.setitem(sys.modules, "mtpp.training.trainer", trainer)
     monkeypatch.setattr(trainer, "fit", fake, raising=False)
     return fake
+
+
+def test_breadth_order_runs_every_model_at_its_first_split_before_any_second(
+    tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
+) -> None:
+    """``--order breadth``: replicate rank first (split 0 of every model, then split 1, ...), file order within a
+    rank; the dry run lists the cells in the order they would run; ``grid`` keeps the file's order."""
+    cells = ex.expand(ex.experiment_from_dict(small_grid(seeds=[0, 1])))
+    assert ex.ordered(cells) == cells
+    breadth = ex.ordered(cells, "breadth")
+    assert sorted(c.name for c in breadth) == sorted(c.name for c in cells)
+    replicates = [(c.split, c.seed) for c in breadth]
+    assert replicates == sorted(replicates) and replicates[:4] == [(0, 0)] * 4  # 4 models x param. per replicate
+    assert [c.name for c in breadth[:4]] == [c.name for c in cells if (c.split, c.seed) == (0, 0)]
+    with pytest.raises(ConfigError, match="--order: one of grid, breadth, got 'random'"):
+        ex.ordered(cells, "random")
+    from mtpp.commands import compare
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    compare.register(sub)
+    order = next(a for a in sub.choices["compare"]._actions if a.dest == "order")
+    assert tuple(order.choices) == ex.ORDERS  # the CLI's literal choices stay those of mtpp.experiments
+    path = write_experiment(tmp_path, small_grid())
+    assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--dry-run", "--order", "breadth"]) == 0
+    listed = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    assert [n.rsplit("/", 1)[1] for n in listed] == ["split0-seed0"] * 4 + ["split1-seed0"] * 4
+    main(["compare", str(path), "--out", str(tmp_path / "o"), "--order", "breadth", "--no-report", "--no-progress"])
+    assert [Path(out).name for out, _ in fake_fit.calls] == ["split0-seed0"] * 4 + ["split1-seed0"] * 4
 
 
 def test_runner_skips_complete_cells_and_resumes_checkpoints(tmp_path: Path, fake_fit: FakeFit) -> None:

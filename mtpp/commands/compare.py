@@ -30,6 +30,8 @@ on the next run.
 --time-limit 2h30m (inside a job with a wall-time limit) starts a cell only when its expected duration (the median
 wall time of the recorded cells of the same dataset, model, parametrisation and aggregator under --results) fits in
 the time left; the rest are deferred to the next run of the same command.
+--order breadth runs every (dataset, model, parametrisation, aggregator) at its first split/seed before any at its
+second: a grid cut short by a time limit still has a first result for every model.
 --dry-run prints each cell's state (data fingerprints and result records checked as the run checks them): new,
 resume (with its last epoch and best epoch), running (a live process holds its folder), done or stale."""
 
@@ -58,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rerun-stale", action="store_true",
         help="retrain finished cells whose stored config differs from the grid's (default: refuse)",
+    )
+    p.add_argument(
+        "--order", choices=("grid", "breadth"), default="grid",  # mtpp.experiments.ORDERS (not imported: torch)
+        help="grid: the file's order (each model's splits in turn); breadth: every model at its first split/seed "
+        "before any at its second (a first result for every model early)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar over cells")
     p.add_argument("--verbose-runs", action="store_true", help="keep each run's own progress output (jobs=1)")
@@ -92,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         args.time_limit = parse_duration(args.time_limit)
     exp = ex.load_experiment(args.experiment, args.overrides)
     _, run_overrides = ex.split_overrides(args.overrides)
-    cells = ex.select(ex.expand(exp), args.only)
+    cells = ex.ordered(ex.select(ex.expand(exp), args.only), args.order)
     if not cells:
         raise ConfigError(f"no cell of {args.experiment} matches --only {' '.join(args.only)}")
     configs = ex.resolve_all(cells, run_overrides)  # every cell must be a valid run config before anything trains
