@@ -60,7 +60,6 @@ import copy
 import fnmatch
 import itertools
 import json
-import math
 import os
 import re
 import time
@@ -855,7 +854,7 @@ def data_changes(
     is loaded once; its resolved path goes to ``log``. Cells without a data record (older runs, test doubles) are
     not checked."""
     from mtpp.errors import MtppError
-    from mtpp.models.scaling import resolve_time_scale
+    from mtpp.models.scaling import resolve_time_scale, same_time_scale
     from mtpp.runs import data_record, describe_difference, differing_parts, open_run
     from mtpp.training.setup import load_data
 
@@ -888,7 +887,7 @@ def data_changes(
             reasons[cell.name] = "other data: " + describe_difference(recorded, now, parts)
             continue
         trained = run_info.get("time_scale")
-        if trained is not None and not math.isclose(float(trained), scale, rel_tol=1e-9):
+        if trained is not None and not same_time_scale(trained, scale):
             reasons[cell.name] = (f"other time scale: trained in units of {float(trained):.6g}, data.time_scale="
                                   f"{data_cfg.time_scale} gives {scale:.6g} now")
     return reasons

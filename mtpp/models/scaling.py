@@ -87,6 +87,14 @@ def check_time_scale(value: object, key: str = "data.time_scale") -> None:
         raise ConfigError(f"{key}: must be auto, none or a finite number > 0, got {value!r}")
 
 
+def same_time_scale(a: float, b: float) -> bool:
+    """Whether two resolved scales are one unit of time (relative tolerance 1e-9: a scale that went through
+    ``config.yaml``, a result record or a checkpoint compares equal to the one resolved again from the same data).
+    Used wherever a trained run is checked against what ``data.time_scale`` resolves to now (``--resume``, stale
+    grid cells)."""
+    return math.isclose(float(a), float(b), rel_tol=1e-9)
+
+
 def resolve_time_scale(spec: object, train_sequences: Iterable) -> float:
     """The scale ``s`` (model unit = ``s`` data units) for ``data.time_scale = spec`` (see the module docstring).
 

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.errors import ConfigError, MtppError
-from mtpp.models.scaling import resolve_time_scale
+from mtpp.models.scaling import resolve_time_scale, same_time_scale
 from mtpp.runs import torch_threads
 from mtpp.evaluation.evaluate import (
     METRICS_FILE,
@@ -1169,7 +1169,7 @@ def _check_resumed_time_scale(resolved: float, trained: float, spec: object, out
     """A checkpoint trained in another unit of time than ``data.time_scale`` resolves to now (the rule for
     ``auto`` changed, ``mtpp.models.scaling``) is refused: its weights and optimiser moments belong to the old
     unit, so continuing it would finish a run in a scale that its config no longer gives (``MtppError``)."""
-    if math.isclose(resolved, trained, rel_tol=1e-9):
+    if same_time_scale(resolved, trained):
         return
     raise MtppError(f"--resume: {Path(out_dir) / checkpoint.CHECKPOINT} was trained in model units of {trained:.6g} "
                     f"data units, but data.time_scale={spec} resolves to {resolved:.6g} now (the rule changed since, "
