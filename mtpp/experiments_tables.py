@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+from mtpp.errors import ConfigError
 from mtpp.evaluation.report import metric_info
 from mtpp.records import stopped_by
 
@@ -156,7 +157,25 @@ def _epochs(r: dict) -> str:
     # training steps the non-finite guard skipped (the trainer's count, metrics.train.skipped_batches): shown
     n = ((r.get("metrics") or {}).get("train") or {}).get("skipped_batches")
     skipped = f", {n} steps skipped" if n else ""
-    return f"{r.get('epochs', '?')} ({'?' if best is None else best}{capped}{skipped})"
+    rule = ", L_T by a non-normalised compensator rule" if evaluation_rule_warning_of(r) else ""
+    return f"{r.get('epochs', '?')} ({'?' if best is None else best}{capped}{skipped}{rule})"
+
+
+def evaluation_rule_warning_of(record: dict) -> str | None:
+    """``mtpp.models.time_decoders.evaluation_rule_warning`` of the model a record's configuration describes: a
+    THP / SAHP cell validated and evaluated with fixed nodes or Monte Carlo has a biased ``L_T`` / PCE, which its
+    table row says (``None`` for a record without a readable model configuration). Builds the model (a few
+    milliseconds per record: only the rule is read, not the weights)."""
+    from mtpp.models import build_model
+    from mtpp.models.time_decoders import evaluation_rule_warning
+
+    model_cfg = (record.get("config") or {}).get("model")
+    if not isinstance(model_cfg, dict):
+        return None
+    try:
+        return evaluation_rule_warning(build_model(model_cfg, num_marks=2))  # the rule does not depend on K
+    except (ConfigError, TypeError, ValueError, KeyError):  # an older or foreign configuration: nothing to say
+        return None
 
 
 # --------------------------------------------------------------------------------------------- RESULTS.md

@@ -243,3 +243,22 @@ def test_adaptive_rule_can_train():
     assert dist.method == "adaptive"
     dist.log_prob(torch.rand(2, 3) * 2).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in dec.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("parametrisation", ["base", "plus", "plusplus"])
+@pytest.mark.parametrize("decoder", ["thp", "sahp", "lnm", "rmtpp", "fnn"])
+@pytest.mark.parametrize("rule", [None, "adaptive", "gauss_legendre", "mc"])
+def test_a_model_that_validates_with_a_non_normalised_rule_is_named(decoder, parametrisation, rule):
+    """Whole models, time and joint decoders: a THP / SAHP compensator evaluated by fixed nodes or Monte Carlo is
+    named in one line that gives the fix; the default and ``adaptive`` are silent, and LNM / RMTPP / FNN (closed-form
+    or network compensators) never read the rule, so any value is silent for them."""
+    from mtpp.models import build_model
+    from mtpp.models.time_decoders import evaluation_rule_warning
+
+    cfg = {"encoder": "gru", "decoder": decoder, "parametrisation": parametrisation, "hidden_size": 8,
+           "num_components": 3, **({} if rule is None else {"eval_integration": rule, "eval_integration_nodes": 7})}
+    warning = evaluation_rule_warning(build_model(cfg, num_marks=3))
+    if decoder in ("thp", "sahp") and rule in ("gauss_legendre", "mc"):
+        assert warning is not None and f"{rule} (7 nodes)" in warning and "eval_integration=adaptive" in warning
+    else:
+        assert warning is None

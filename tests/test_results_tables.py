@@ -206,6 +206,27 @@ def test_capped_cells_are_marked_old_and_new_records_alike() -> None:
     assert _epochs(new_capped) == "11 (5, capped)"
 
 
+def test_a_row_says_when_its_time_likelihood_came_from_a_non_normalised_compensator_rule() -> None:
+    """A THP / SAHP record validated and evaluated with fixed Gauss-Legendre nodes (the grid's rule before
+    73fb6ac, L_T 0.07-0.67 nats/seq too low on MOOC) is marked in the epochs column; the normalised rule, a decoder
+    that never reads the rule and a record without a model configuration are not."""
+    from mtpp.experiments_tables import _epochs
+
+    def with_model(decoder: str, param: str, **model) -> dict:
+        r = record("mooc", decoder, param, 0)
+        return {**r, "config": {**r["config"], "model": {"decoder": decoder, "parametrisation": param,
+                                                        "hidden_size": 8, "num_components": 3, **model}}}
+
+    fixed = {"eval_integration": "gauss_legendre", "eval_integration_nodes": 100}
+    note = ", L_T by a non-normalised compensator rule"
+    for decoder, param in (("thp", "base"), ("thp", "plus"), ("sahp", "plusplus")):
+        assert _epochs(with_model(decoder, param, **fixed)) == f"10 (5{note})"
+        assert _epochs(with_model(decoder, param, eval_integration="adaptive")) == "10 (5)"
+    assert _epochs(with_model("lnm", "base", **fixed)) == "10 (5)"  # closed form: the rule is inert
+    assert _epochs(record("mooc", "thp", "base", 0)) == "10 (5)"  # no model configuration recorded
+    assert _epochs(with_model("thp", "base", decoder_kind="no such key")) == "10 (5)"  # unreadable: no claim
+
+
 def test_record_wall_time_spans_every_invocation() -> None:
     """A cell resumed only for its final evaluation records hours, not the minutes of its last invocation."""
     from mtpp.records import _wall_seconds

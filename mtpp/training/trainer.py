@@ -47,6 +47,7 @@ import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.errors import ConfigError, MtppError
 from mtpp.models.scaling import resolve_time_scale, same_time_scale
+from mtpp.models.time_decoders import evaluation_rule_warning
 from mtpp.runs import torch_threads
 from mtpp.evaluation.evaluate import (
     METRICS_FILE,
@@ -450,6 +451,9 @@ class Trainer:
                                   self.model.time_scale)  # fmt: skip
             if warning:
                 echo(f"warning: {warning}", quiet=False)
+            rule_warning = evaluation_rule_warning(self.model)  # a biased validation score / reported L_T
+            if rule_warning:
+                echo(f"warning: {rule_warning}", quiet=False)
         dist.broadcast_module(self.model)  # identical replicas (the same seed gives them anyway on CPU)
         if dist.rank > 0:  # Monte Carlo nodes / dropout differ across ranks; rank 0 keeps the single-process stream
             checkpoint.seed_everything(distributed.rank_seed(cfg.train.seed, dist.rank))
