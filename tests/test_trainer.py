@@ -425,9 +425,12 @@ def test_the_run_warns_when_it_validates_with_a_non_normalised_compensator(
     tmp_path: Path, capsys: pytest.CaptureFixture, rule: str
 ) -> None:
     """A THP run that validates (chooses best.pt) and reports with fixed Gauss-Legendre nodes says so before it
-    trains, with the fix; the normalised default says nothing (mtpp.models.time_decoders.evaluation_rule_warning)."""
+    trains, with the fix, and ``mtpp evaluate`` of the run says it again; the normalised default says nothing
+    (mtpp.models.time_decoders.evaluation_rule_warning)."""
     fit(tiny(f"model.eval_integration={rule}", "model.eval_integration_nodes=5", decoder="thp"), tmp_path / "run")
     err = capsys.readouterr().err
     named = "warning: model.eval_integration=gauss_legendre (5 nodes) is not normalised"
     assert (named in err) == (rule == "gauss_legendre"), err
     assert ("model.eval_integration=adaptive" in err) == (rule == "gauss_legendre")
+    assert main(["evaluate", str(tmp_path / "run")]) == 0  # re-evaluating the run says it again
+    assert (named in capsys.readouterr().err) == (rule == "gauss_legendre")

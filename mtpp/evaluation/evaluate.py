@@ -149,6 +149,7 @@ def _evaluate_run(
     run_dir: Path, split: str, data_dir: str | None, batch_size: int | None, device: str | None, write: bool,
     other_data: bool = False, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
+    from mtpp.models.time_decoders import evaluation_rule_warning
     from mtpp.runs import describe_data, open_run
     from mtpp.training.setup import DTYPES, build_run_model, resolve_device
 
@@ -165,6 +166,9 @@ def _evaluate_run(
                         "it cannot score them")
     model = build_run_model(cfg, num_marks, dev)
     run.load_best(model, state)
+    rule_warning = evaluation_rule_warning(model)  # a run configured before the normalised rule was its default
+    if rule_warning and log is not None:
+        log(f"{run_dir}: warning: {rule_warning}")
     bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
     metrics, arrays = evaluate_model(
         model, run_data.split(split), batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype], seed=cfg.train.seed
