@@ -351,6 +351,13 @@ def results_block(records: list[dict], command: str, published: list[dict] = (),
 # --------------------------------------------------------------------------------------------- figures
 
 
+def bottom_panels(n: int, ncols: int) -> list[tuple[int, int]]:
+    """``(row, column)`` of the lowest of ``n`` panels filled row by row in each of ``ncols`` columns: where a grid
+    of panels sharing the x axis must show its tick labels (a column whose last row is empty ends one row up)."""
+    nrows = math.ceil(n / ncols)
+    return [((nrows - 1) if (nrows - 1) * ncols + c < n else nrows - 2, c) for c in range(min(ncols, n))]
+
+
 def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
     """One PNG per dataset (``<dataset>_cos_tm.png``): the pooled ``cos_tm`` histogram of every cell that has one."""
     import matplotlib
@@ -383,8 +390,9 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(keys):]:
             ax.axis("off")
-        for ax in axes[-1]:
-            ax.set_xlabel("cos_tm", fontsize=8)
+        for row, col in bottom_panels(len(keys), ncols):  # above an empty slot too, not only on the last row
+            axes[row, col].xaxis.set_tick_params(labelbottom=True)
+            axes[row, col].set_xlabel("cos_tm", fontsize=8)
         for ax in axes[:, 0]:
             ax.set_ylabel("density", fontsize=8)
         fig.suptitle(f"{dataset}: cos_tm over training steps (\"++\" shares nothing: no panel)", fontsize=9)

@@ -237,3 +237,13 @@ def test_record_wall_time_spans_every_invocation() -> None:
     assert _wall_seconds({}, 180.0, epochs) == 1100.0  # older runs: the logged epochs, not the last invocation
     assert _wall_seconds({}, 2000.0, epochs) == 2000.0  # one uninterrupted invocation: its own time
     assert _wall_seconds({}, None, []) is None
+
+
+def test_every_column_of_the_cos_tm_figure_has_x_tick_labels_under_its_lowest_panel() -> None:
+    """Nine panels in four columns: columns 1-3 end on the second row, whose tick labels ``sharex`` hid."""
+    from mtpp.experiments_tables import bottom_panels
+
+    assert bottom_panels(9, 4) == [(2, 0), (1, 1), (1, 2), (1, 3)]
+    assert bottom_panels(8, 4) == [(1, 0), (1, 1), (1, 2), (1, 3)]
+    assert bottom_panels(3, 3) == [(0, 0), (0, 1), (0, 2)]
+    assert bottom_panels(5, 4) == [(1, 0), (0, 1), (0, 2), (0, 3)]
