@@ -36,6 +36,12 @@ REMEDIES = ("pcgrad", "cograd", "gradops", "metabalance", "cagrad", "mgda", "imt
 METRICS: dict[str, tuple[str, int, str]] = {
     "nll_time_per_seq": ("L_T/seq", 1, "time NLL `-log f(tau | H)` summed over a sequence's events, nats in the "
                          "data's time unit (lower is better)"),
+    "nll_time_binned_per_seq": ("L_T binned/seq", 1, "time NLL of each gap's lattice bin, `-log P(k q - q/2 <= "
+                                "tau < k q + q/2 | H)` with `k = round(tau / q)`, summed over a sequence, nats, "
+                                "unitless; only where the data's times lie on a lattice of quantum `q` (MOOC's are "
+                                "whole seconds): there the continuous `L_T` can be lowered without bound by "
+                                "concentrating density on the lattice points, the binned NLL cannot "
+                                "(`mtpp.data.lattice`)"),
     "nll_mark_per_seq": ("L_M/seq", 1, "mark NLL `-log p(k | tau_obs, H)` summed over a sequence, nats: told "
                          "when the event happened, as in the paper (for base LNM / RMTPP `p(k | H)`)"),
     "accuracy_forecast": ("acc. forecast", 3, "top-1 accuracy of the forecast `p(k | H)` (next time unknown)"),
@@ -51,10 +57,13 @@ METRICS: dict[str, tuple[str, int, str]] = {
     "cos_tm_mean": ("mean cos_tm", 2, "mean of `cos_tm` over training steps, from the record's 40-bin histogram "
                     "(bin centres, so within ±0.025)"),
 }
-LIKELIHOOD_COLUMNS = ("nll_time_per_seq", "nll_mark_per_seq", "pce", "conflict_rate")
+LIKELIHOOD_COLUMNS = ("nll_time_per_seq", "nll_time_binned_per_seq", "nll_mark_per_seq", "pce", "conflict_rate")
 MARK_COLUMNS = ("accuracy_forecast", "accuracy_given_time", "mrr_forecast", "mrr_given_time", "ece_forecast",
                 "ece_given_time")  # fmt: skip
-DIFF_COLUMNS = ("nll_time_per_seq", "nll_mark_per_seq", "accuracy_forecast", "accuracy_given_time")
+DIFF_COLUMNS = ("nll_time_per_seq", "nll_time_binned_per_seq", "nll_mark_per_seq", "accuracy_forecast",
+                "accuracy_given_time")  # fmt: skip
+OPTIONAL_COLUMNS = ("nll_time_binned_per_seq",)
+"""Columns shown only for a dataset where some record has the metric (the binned NLL: data on a lattice)."""
 REMEDY_COLUMNS = ("nll_time_per_seq", "nll_mark_per_seq", "accuracy_forecast", "accuracy_given_time",
                   "conflict_rate", "cos_tm_mean")  # fmt: skip
 
@@ -191,19 +200,31 @@ def legend() -> list[str]:
                     "(issue 10 §1) and have no published counterpart.", ""]  # fmt: skip
 
 
+def columns(cells: dict[Key, list[dict]], dataset: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` without the ``OPTIONAL_COLUMNS`` that no record of ``dataset`` has."""
+    records = [r for k, rs in cells.items() if k[0] == dataset for r in rs]
+    return tuple(m for m in names if m not in OPTIONAL_COLUMNS or any(metric(r, m) is not None for r in records))
+
+
+def cell_stat(rs: list[dict], name: str) -> str:
+    """Mean ± SE of ``name`` over a cell's records; "(k of n)" when only ``k`` of its ``n`` records have it."""
+    stat = mean_se(metric(r, name) for r in rs)
+    text = fmt(stat, METRICS[name][1])
+    return text + (f" ({stat[2]} of {len(rs)})" if stat is not None and stat[2] < len(rs) else "")
+
+
 def dataset_tables(cells: dict[Key, list[dict]], dataset: str, published: list[dict] = ()) -> list[str]:
     keys = sorted((k for k in cells if k[0] == dataset), key=order)
     out = [f"### {dataset}", "", "Likelihoods, time calibration, conflict:", ""]
     rows = []
+    likelihood = columns(cells, dataset, LIKELIHOOD_COLUMNS)
     for k in keys:
         rs = cells[k]
-        row = [label(k), str(len(rs))]
-        row += [fmt(mean_se(metric(r, m) for r in rs), METRICS[m][1]) for m in LIKELIHOOD_COLUMNS]
+        row = [label(k), str(len(rs)), *(cell_stat(rs, m) for m in likelihood)]
         rows.append(row + [", ".join(_epochs(r) for r in rs)])
-    out += _table(["model", "n", *(METRICS[m][0] for m in LIKELIHOOD_COLUMNS), "epochs (best)"], rows)
+    out += _table(["model", "n", *(METRICS[m][0] for m in likelihood), "epochs (best)"], rows)
     out += ["", "Marks:", ""]
-    rows = [[label(k), str(len(cells[k]))] + [fmt(mean_se(metric(r, m) for r in cells[k]), METRICS[m][1])
-                                               for m in MARK_COLUMNS] for k in keys]  # fmt: skip
+    rows = [[label(k), str(len(cells[k])), *(cell_stat(cells[k], m) for m in MARK_COLUMNS)] for k in keys]
     out += _table(["model", "n", *(METRICS[m][0] for m in MARK_COLUMNS)], rows)
     return out + ["", *differences(cells, dataset), *claim_check(cells, dataset),
                   *published_beside(cells, dataset, published)]  # fmt: skip
@@ -212,17 +233,18 @@ def dataset_tables(cells: dict[Key, list[dict]], dataset: str, published: list[d
 def differences(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
     """base -> +, base -> ++ and + -> ++ per model, paired by (split, seed); rows only where a pair exists."""
     rows = []
+    diff_columns = columns(cells, dataset, DIFF_COLUMNS)
     for model in sorted({k[1] for k in cells if k[0] == dataset}):
         for a, b in (("base", "plus"), ("base", "plusplus"), ("plus", "plusplus")):
             ra, rb = cells.get((dataset, model, a, "sum"), []), cells.get((dataset, model, b, "sum"), [])
-            stats = [paired(ra, rb, m) for m in DIFF_COLUMNS]
+            stats = [paired(ra, rb, m) for m in diff_columns]
             if any(s is not None for s in stats):
                 n = max(s[2] for s in stats if s is not None)
-                deltas = [fmt(s, METRICS[m][1] + 1, signed=True) for s, m in zip(stats, DIFF_COLUMNS)]
+                deltas = [fmt(s, METRICS[m][1] + 1, signed=True) for s, m in zip(stats, diff_columns)]
                 rows.append([model, f"{PARAM_LABEL[a]} → {PARAM_LABEL[b]}", str(n), *deltas])
     if not rows:
         return []
-    head = ["model", "change", "pairs", *(f"Δ {METRICS[m][0]}" for m in DIFF_COLUMNS)]
+    head = ["model", "change", "pairs", *(f"Δ {METRICS[m][0]}" for m in diff_columns)]
     return ["Differences, paired by split (later minus earlier; negative Δ NLL and positive Δ accuracy are "
             "improvements):", "", *_table(head, rows), ""]  # fmt: skip
 
@@ -230,8 +252,8 @@ def differences(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
 PAPER_CLAIM = ("disjoint parametrisations show \"consistent gains in both time and mark predictions, with "
                "particularly strong improvements in mark-prediction calibration and accuracy\" (Bosser & Ben Taieb "
                "2024, abstract)")
-CLAIM_COLUMNS = ("nll_time_per_seq", "nll_mark_per_seq", "accuracy_given_time", "accuracy_forecast",
-                 "ece_given_time", "pce")  # fmt: skip
+CLAIM_COLUMNS = ("nll_time_per_seq", "nll_time_binned_per_seq", "nll_mark_per_seq", "accuracy_given_time",
+                 "accuracy_forecast", "ece_given_time", "pce")  # fmt: skip
 
 
 def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:

@@ -247,3 +247,24 @@ def test_every_column_of_the_cos_tm_figure_has_x_tick_labels_under_its_lowest_pa
     assert bottom_panels(8, 4) == [(1, 0), (1, 1), (1, 2), (1, 3)]
     assert bottom_panels(3, 3) == [(0, 0), (0, 1), (0, 2)]
     assert bottom_panels(5, 4) == [(1, 0), (0, 1), (0, 2), (0, 3)]
+
+
+def test_the_binned_time_nll_is_shown_only_where_the_data_is_on_a_lattice_and_says_what_it_covers() -> None:
+    """MOOC records carry ``nll_time_binned_per_seq`` (times on a lattice): its column, its paired difference and
+    its line in the claim check appear; a cell where only some records have it says "(k of n)"; a dataset without
+    it (Reddit) shows no such column."""
+    recs = [record("mooc", "fnn", "plus", s, nll_time_per_seq=-320.0 - s, nll_time_binned_per_seq=314.0 + s)
+            for s in range(2)]  # fmt: skip
+    recs += [record("mooc", "fnn", "plusplus", 0, nll_time_per_seq=-349.0, nll_time_binned_per_seq=312.0),
+             record("mooc", "fnn", "plusplus", 1, nll_time_per_seq=-350.0)]  # fmt: skip
+    recs += [record("reddit", "fnn", "plus", 0, nll_time_per_seq=-10.0)]
+    cells = tables.group(recs)
+    text = "\n".join(tables.dataset_tables(cells, "mooc"))
+    assert "| model | n | L_T/seq | L_T binned/seq | L_M/seq | PCE | conflict rate | epochs (best) |" in text
+    assert "| fnn + | 2 | -320.5 ± 0.5 | 314.5 ± 0.5 | n/a | n/a | 0.750 ± 0.000 |" in text
+    assert "| fnn ++ | 2 | -349.5 ± 0.5 | 312.0 (1 of 2) | n/a | n/a | n/a |" in text
+    assert "| fnn | + → ++ | 2 | -29.00 ± 0.00 | -2.00 | n/a |" in text  # binned paired on split 0 only
+    assert "L_T binned/seq 0 of 0" not in text
+    reddit = "\n".join(tables.dataset_tables(cells, "reddit"))
+    assert "binned" not in reddit and "| fnn + | 1 | -10.0 | n/a | n/a | 0.750 |" in reddit
+    assert "`L_T binned/seq`: time NLL of each gap's lattice bin" in "\n".join(tables.legend())

@@ -34,10 +34,13 @@ def evaluate_model(
     dtype: torch.dtype | None = None,
     seed: int = 0,
     on_batch: Callable[[], None] | None = None,
+    time_quantum: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(metrics, arrays)`` of ``model`` on ``sequences`` (``MetricAccumulator.compute()`` / ``.arrays()``).
 
-    ``on_batch``: called after each batch (a progress bar)."""
+    ``on_batch``: called after each batch (a progress bar). ``time_quantum``: the lattice quantum of the data's
+    times (``mtpp.data.lattice.time_lattice`` of the training split, data units): adds ``nll_time_binned_*`` and
+    ``time_quantum`` to the metrics (``None``: neither)."""
     from mtpp.data.sampler import make_loader
     from mtpp.evaluation.metrics import MetricAccumulator
 
@@ -56,12 +59,23 @@ def evaluate_model(
             torch.manual_seed(seed)
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)
-                acc.update(model.score(batch), batch)
+                acc.update(model.score(batch, time_quantum=time_quantum), batch)
                 if on_batch is not None:
                     on_batch()
     finally:
         model.train(was_training)
-    return acc.compute(), acc.arrays()
+    metrics = acc.compute()
+    if time_quantum is not None:
+        metrics["time_quantum"] = float(time_quantum)
+    return metrics, acc.arrays()
+
+
+def data_time_quantum(data: Any) -> float | None:
+    """The lattice quantum of ``data``'s training split (``mtpp.data.lattice``), ``None`` off a lattice."""
+    from mtpp.data.lattice import time_lattice
+
+    lattice = time_lattice(getattr(data, "train", None) or [])
+    return None if lattice is None else lattice.quantum
 
 
 def json_safe(value: Any) -> Any:
@@ -170,8 +184,10 @@ def _evaluate_run(
     if rule_warning and log is not None:
         log(f"{run_dir}: warning: {rule_warning}")
     bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
+    quantum = data_time_quantum(run_data)
     metrics, arrays = evaluate_model(
-        model, run_data.split(split), batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype], seed=cfg.train.seed
+        model, run_data.split(split), batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype], seed=cfg.train.seed,
+        time_quantum=quantum,
     )
     metrics["first_event"] = cfg.model.first_event
     if write:

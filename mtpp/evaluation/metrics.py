@@ -20,6 +20,10 @@ Conventions (every report should state them):
 * ``nll_time_per_seq`` = sum over sequences of ``L_T`` (survival term included) / number of sequences: the
   paper's unit. ``nll_time_per_event`` = the same total divided by the number of scored events (the ifl-tpp
   convention: the survival term is part of the total, not a separate event).
+* ``nll_time_binned_per_seq`` / ``_per_event``: the same sums of ``-log P(gap's lattice bin | H)`` (nats,
+  unitless), reported when every batch was scored with the data's time quantum (``Scores.time_nll_binned``): on
+  data whose times lie on a lattice (``mtpp.data.lattice``) the continuous ``L_T`` rewards density spikes on the
+  lattice points; the binned NLL does not.
 * **PIT / PCE.** ``u_i = F(tau_i | H_i)``. The empirical CDF at ``j/50`` is the share of ``u <= j/50``
   (``j = 1..50``); ``PCE = (1/50) sum_j |F_hat(j/50) - j/50|``. The PIT histogram has bins
   ``((j-1)/50, j/50]`` (``u = 0`` in the first bin), so its cumulative sum is exactly ``F_hat(j/50)``.
@@ -270,6 +274,7 @@ _SCALARS = (
     "num_events",
     "num_ties",
     "nll_time",
+    "nll_time_binned",
     "nll_survival",
     "abs_err_median",
     "sq_err_median",
@@ -293,6 +298,9 @@ class MetricAccumulator:
     the module docstring for every convention. :meth:`all_reduce` sums the state over data-parallel ranks.
     """
 
+    _FLAGS = ("_mean_missing", "_forecast_missing", "_ties_missing", "_binned_missing")
+    """Per-batch "this part was not scored" flags: a metric is reported only when every batch had its part."""
+
     def __init__(self, pit_bins: int = PIT_BINS, calibration_bins: int = CALIBRATION_BINS) -> None:
         self.pit_bins = pit_bins
         self.calibration_bins = calibration_bins
@@ -300,6 +308,7 @@ class MetricAccumulator:
         self._mean_missing = False
         self._forecast_missing = False
         self._ties_missing = False
+        self._binned_missing = False
 
     # -- state -------------------------------------------------------------------------------------------------
     def reset(self, device: torch.device | str | None = None) -> None:
@@ -308,6 +317,7 @@ class MetricAccumulator:
         self._mean_missing = False
         self._forecast_missing = False
         self._ties_missing = False
+        self._binned_missing = False
         if device is not None:
             self._init_state(torch.device(device))
 
@@ -350,6 +360,10 @@ class MetricAccumulator:
         else:
             state["num_ties"] += (scores.tied & scored).to(dt).sum()
         state["nll_time"] += nll.time_nll.to(dt).sum()
+        if scores.time_nll_binned is None:
+            self._binned_missing = True  # scored without the data's time quantum (no lattice, or not asked)
+        else:
+            state["nll_time_binned"] += scores.time_nll_binned.to(dt).sum()
         state["nll_survival"] += nll.survival_term.to(dt).sum()
         state["nll_mark/given_time"] += nll.mark_nll.to(dt).sum()
 
@@ -410,8 +424,8 @@ class MetricAccumulator:
         assert self._state is not None
         for name, value in other._state.items():
             self._state[name] += value.to(self._state[name].device)
-        self._mean_missing = self._mean_missing or other._mean_missing
-        self._forecast_missing = self._forecast_missing or other._forecast_missing
+        for flag in self._FLAGS:
+            setattr(self, flag, getattr(self, flag) or getattr(other, flag))
         return self
 
     def all_reduce(self, device: torch.device | str | None = None) -> None:
@@ -430,11 +444,10 @@ class MetricAccumulator:
         assert self._state is not None
         for name in sorted(self._state):
             dist.all_reduce(self._state[name])
-        flags = torch.tensor(
-            [float(self._mean_missing), float(self._forecast_missing)], device=self._state["num_events"].device
-        )
+        flags = torch.tensor([float(getattr(self, f)) for f in self._FLAGS], device=self._state["num_events"].device)
         dist.all_reduce(flags)
-        self._mean_missing, self._forecast_missing = (bool(f > 0) for f in flags.tolist())
+        for flag, value in zip(self._FLAGS, flags.tolist()):
+            setattr(self, flag, value > 0)
 
     # -- results -----------------------------------------------------------------------------------------------
     def _cpu_state(self) -> dict[str, np.ndarray]:
@@ -468,6 +481,9 @@ class MetricAccumulator:
             "nll_time_per_event": div(s["nll_time"], n_ev),
             "nll_mark_per_event": div(nll_mark, n_ev),
         }
+        if not self._binned_missing:  # the data's times lie on a lattice (mtpp.data.lattice)
+            out["nll_time_binned_per_seq"] = div(s["nll_time_binned"], n_seq)
+            out["nll_time_binned_per_event"] = div(s["nll_time_binned"], n_ev)
         for kind in self._mark_kinds():
             if kind == "forecast":
                 out["nll_mark_forecast_per_seq"] = div(s["nll_mark/forecast"], n_seq)

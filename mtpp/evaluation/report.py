@@ -92,6 +92,8 @@ METRICS: dict[str, MetricInfo] = {
     "nll_per_seq": MetricInfo("NLL per sequence, time + mark", "nats", -1),
     "nll_time_per_seq": MetricInfo("time NLL per sequence", "nats", -1),
     "nll_mark_per_seq": MetricInfo("mark NLL per sequence", "nats", -1),
+    "nll_time_binned_per_seq": MetricInfo("binned time NLL per sequence, -log P(gap's lattice bin)", "nats", -1),
+    "nll_time_binned_per_event": MetricInfo("binned time NLL per event, -log P(gap's lattice bin)", "nats", -1),
     "nll_mark_forecast_per_seq": MetricInfo("mark NLL per sequence, forecast p(k | H)", "nats", -1),
     "nll_survival_per_seq": MetricInfo("survival term per sequence", "nats", 0),
     "nll_per_event": MetricInfo("NLL per event, time + mark", "nats", -1),
@@ -123,6 +125,7 @@ LEGACY_NAMES = {"accuracy": "accuracy_given_time", "mrr": "mrr_given_time", "ece
 
 DEFAULT_METRICS = (
     "nll_time_per_seq",
+    "nll_time_binned_per_seq",  # data on a lattice only (mtpp.data.lattice)
     "nll_mark_per_seq",
     "nll_time_per_event",
     "nll_mark_per_event",

@@ -49,6 +49,9 @@ class TimeDistribution(Protocol):
     def cdf(self, tau: Tensor) -> Tensor:
         """``F(tau) = 1 - S(tau)``."""
 
+    def log_interval_prob(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """``log P(lo <= tau < hi)`` for ``0 <= lo < hi`` (a lattice bin: ``mtpp.data.lattice``)."""
+
     def icdf(self, u: Tensor) -> Tensor:
         """Quantile: closed form where it exists, else bisection on ``cdf``."""
 
@@ -117,6 +120,9 @@ class Scores:
     tied: ``[B, L]`` bool, scored events whose gap is below the tie resolution (``model.tie_resolution``, in the
         decoders' units): their ``L_T`` term is ``-log F(delta)``, a probability, not a density (tie policy,
         ``mtpp.models.time_decoders``); ``None`` when not computed.
+    time_nll_binned: ``[B]`` binned time NLL per sequence, ``-log P(observed gap's lattice bin | H)`` summed over
+        the scored events plus the survival term (nats, unitless; ``mtpp.data.lattice``); ``None`` unless
+        ``score`` was given the data's ``time_quantum``.
     """
 
     nll: NLLOutput
@@ -126,3 +132,4 @@ class Scores:
     mean_tau: Tensor | None = None
     forecast_mark_log_probs: Tensor | None = None
     tied: Tensor | None = None
+    time_nll_binned: Tensor | None = None

@@ -298,6 +298,14 @@ class HazardDistribution:
         """``F(tau) = 1 - S(tau)``, computed as ``-expm1(log S)`` (accurate near 0)."""
         return -torch.expm1(self.log_survival(tau))
 
+    def log_interval_prob(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """``log P(lo <= tau < hi) = log(S(lo) - S(hi))`` for ``0 <= lo < hi`` (same shape), as
+        ``log S(lo) + log(1 - exp(-(Lambda(hi) - Lambda(lo))))``: no cancellation of two survival values near 1.
+        The probability of a lattice bin (``mtpp.data.lattice``); finite (``log1mexp``'s floor) when the two
+        ``Lambda`` agree to rounding."""
+        a = self.log_survival(lo)
+        return a + log1mexp((a - self.log_survival(hi)).clamp_min(0.0))
+
     def _quantile_hazard(self, tau: Tensor) -> tuple[Tensor, Tensor]:
         """``(Lambda(tau), log lambda(tau))``: the deterministic, monotone ``Lambda`` that ``icdf`` inverts and
         (an approximation of) its derivative, which only steers the search. Subclasses evaluate both in one pass."""

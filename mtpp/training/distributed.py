@@ -250,6 +250,7 @@ def evaluate_sharded(
     device: torch.device,
     dtype: torch.dtype,
     seed: int,
+    time_quantum: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``evaluate_model`` over the ranks: each scores its shard, the accumulators are summed across ranks."""
     from mtpp.data.sampler import make_loader
@@ -269,11 +270,14 @@ def evaluate_sharded(
                 loader = make_loader(part, batch_size, shuffle=False, dtype=dtype, device_type=device.type)
                 for batch in loader:
                     batch = batch.to(device, non_blocking=True)
-                    acc.update(model.score(batch), batch)
+                    acc.update(model.score(batch, time_quantum=time_quantum), batch)
     finally:
         model.train(was_training)
     acc.all_reduce(device)
-    return acc.compute(), acc.arrays()
+    metrics = acc.compute()
+    if time_quantum is not None:
+        metrics["time_quantum"] = float(time_quantum)
+    return metrics, acc.arrays()
 
 
 __all__ = [

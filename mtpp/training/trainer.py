@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
+from mtpp.data.lattice import lattice_warning, time_lattice
 from mtpp.errors import ConfigError, MtppError
 from mtpp.models.scaling import resolve_time_scale, same_time_scale
 from mtpp.models.time_decoders import evaluation_rule_warning
@@ -444,8 +445,12 @@ class Trainer:
             self.model = model.to(device=self.device, dtype=self.dtype)
         # the model's unit of time (mtpp.models.scaling); a resumed run restores it from its checkpoint below
         self.model.time_scale = resolve_time_scale(cfg.data.time_scale, self.data.train)
+        self.time_lattice = time_lattice(self.data.train)  # binned L_T in the final evaluation (mtpp.data.lattice)
         if self.main:  # ties and t = 0 first events: say so before training (mtpp.models.ties)
             from mtpp.models.ties import tie_warning
+
+            if self.time_lattice is not None and self.time_lattice.consequential:
+                echo(f"warning: {lattice_warning(self.time_lattice)}", quiet=False)
 
             warning = tie_warning(self.data.train, cfg.model.first_event, cfg.model.tie_resolution,
                                   self.model.time_scale)  # fmt: skip
@@ -777,7 +782,8 @@ class Trainer:
         metrics: dict[str, Any] = {}
         t = self.cfg.train
         for split in ("val", "test"):
-            kwargs = dict(batch_size=t.eval_batch_size or 4 * t.batch_size, device=self.device, dtype=self.dtype)
+            kwargs = dict(batch_size=t.eval_batch_size or 4 * t.batch_size, device=self.device, dtype=self.dtype,
+                          time_quantum=None if self.time_lattice is None else self.time_lattice.quantum)
             if self.dist.enabled:
                 m, arrays = distributed.evaluate_sharded(
                     self.model, self.data.split(split), self.dist, seed=t.seed, **kwargs
@@ -866,8 +872,9 @@ def run_header(tr: "Trainer") -> str:
     return "\n".join([
         f"run {tr.out} ({epoch}, up to {cfg.train.max_epochs} epochs)",
         f"  data    {describe_data(data)}; events {events}",
-        f"  times   time scale {scale:.6g} (the model sees times / {scale:.6g})" if scale is not None
-        else "  times   as given (no time scale)",
+        (f"  times   time scale {scale:.6g} (the model sees times / {scale:.6g})" if scale is not None
+         else "  times   as given (no time scale)")
+        + ("" if getattr(tr, "time_lattice", None) is None else f"; {tr.time_lattice.describe()}"),
         f"  model   {m.encoder} encoder, {m.decoder} decoder, {m.parametrisation}; "
         f"{count_parameters(tr.model):,} parameters; aggregator {cfg.gradients.aggregator}"
         + (" (no effect: '++' shares no parameters, each task's gradient reaches only its own)"

@@ -1,0 +1,222 @@
+"""Times on a lattice (``mtpp.data.lattice``): the quantum is found, and the binned time NLL is a probability of the
+gap's bin (the integral of the density over it), unitless, and reported by evaluation and training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import K, tiny_config
+
+from mtpp.config import load_config
+from mtpp.data.batch import collate
+from mtpp.data.formats import write_split_folder
+from mtpp.data.lattice import NEAR, TimeLattice, time_lattice
+from mtpp.data.sequence import EventSequence
+from mtpp.evaluation.evaluate import evaluate_model
+from mtpp.evaluation.metrics import MetricAccumulator
+from mtpp.models import build_model
+from mtpp.models.scaling import resolve_time_scale
+from mtpp.training.trainer import fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
+PARAMETRISATIONS = ("base", "plus", "plusplus")
+Q = 3.887894882481646e-06  # MOOC's quantum: one second of its [0, 10] time axis
+
+
+def _lattice_sequences(n: int, length: int, seed: int, q: float = Q, low: int = 1, offset: float = 0.0,
+                       num_marks: int = K) -> list[EventSequence]:  # fmt: skip
+    """Gaps of ``low..60`` quanta (geometric-ish, many small), marks at random."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        k = np.minimum(low + rng.geometric(0.08, length) - 1, 60)
+        times = offset + q * np.cumsum(k).astype(np.float64)
+        out.append(EventSequence(times, rng.integers(0, num_marks, length), None))
+    return out
+
+
+def test_time_lattice_finds_the_quantum_and_its_shares() -> None:
+    seqs = _lattice_sequences(40, 30, 0)
+    lat = time_lattice(seqs)
+    assert isinstance(lat, TimeLattice) and lat.quantum == pytest.approx(Q, rel=1e-12)
+    gaps = np.concatenate([np.diff(s.times) for s in seqs])
+    assert lat.gaps == gaps.size
+    assert lat.share_near == pytest.approx(np.mean(np.round(gaps / Q) <= NEAR))
+    assert lat.share_zero == 0.0 and lat.consequential
+    assert "lattice of q = 3.88789e-06" in lat.describe()
+    # the same data in another unit (and far from 0): the quantum follows the unit
+    for c, offset in ((1e4, 0.0), (1e-3, 0.0), (1.0, 1.4e3)):
+        other = [EventSequence(c * s.times + offset, s.marks, None) for s in seqs]
+        assert time_lattice(other).quantum == pytest.approx(c * Q, rel=1e-6)
+    # no gap of exactly one quantum: the smallest gap (2 q) is divided down to q (3 q gaps exist)
+    two_up = _lattice_sequences(40, 30, 1, low=2)
+    assert min(np.diff(s.times).min() for s in two_up) == pytest.approx(2 * Q)
+    assert time_lattice(two_up).quantum == pytest.approx(Q, rel=1e-12)
+    # ties (zero gaps) are counted and make a lattice consequential even when no gap is a few quanta
+    gaps = np.array([0.0] * 4 + [1.0] + [1000.0] * 199)  # 1 of 200 positive gaps within NEAR quanta, 4 ties
+    wide = [EventSequence(np.concatenate([[0.0], np.cumsum(gaps)]), np.zeros(205, int), None)]
+    lat = time_lattice(wide)
+    assert lat.quantum == 1.0 and lat.share_near == 1 / 200 and lat.share_zero == 4 / 204
+    assert lat.consequential
+    no_ties = [EventSequence(np.concatenate([[0.0], np.cumsum(gaps[4:])]), np.zeros(201, int), None)]
+    assert not time_lattice(no_ties).consequential  # 0.5 % of the gaps within NEAR quanta, no tie
+
+
+def test_time_lattice_is_none_off_a_lattice_or_without_evidence() -> None:
+    rng = np.random.default_rng(0)
+    continuous = [EventSequence(np.cumsum(rng.exponential(1.0, 30)), np.zeros(30, int), None) for _ in range(20)]
+    assert time_lattice(continuous) is None
+    assert time_lattice(_lattice_sequences(2, 20, 0)) is None  # 38 gaps: too few to claim a lattice
+    assert time_lattice([EventSequence(np.array([1.0]), np.array([0]), None)]) is None
+    # the smallest gap is 50 quanta: beyond MAX_DIVISOR, the quantum is not inferred (no bin is consequential)
+    assert time_lattice(_lattice_sequences(40, 30, 0, q=1.0, low=50)) is None
+
+
+def _model(decoder: str, parametrisation: str, dtype: torch.dtype = torch.float64):
+    torch.manual_seed(0)
+    cfg = tiny_config(encoder="gru", decoder=decoder, parametrisation=parametrisation,
+                      integration="gauss_legendre", integration_nodes=30)  # fmt: skip
+    return build_model(cfg, K).to(dtype).eval()
+
+
+@pytest.mark.parametrize("parametrisation", ("base", "plus"))
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_interval_probability_is_the_integral_of_the_density(decoder: str, parametrisation: str) -> None:
+    """``exp(log_interval_prob(lo, hi))`` equals ``int_lo^hi f`` (64-node Gauss-Legendre of ``exp(log_prob)``) for
+    every time head under its evaluation rule, and ``F(hi)`` for ``lo = 0``."""
+    m = _model(decoder, parametrisation)
+    seqs = _lattice_sequences(3, 8, 2, q=0.3)
+    m.time_scale = resolve_time_scale("auto", seqs)
+    batch = collate(seqs, dtype=torch.float64)
+    with torch.no_grad():
+        h_time, _ = m.histories(batch)
+        dist = m.next_time_distribution(h_time)
+        shape = dist.batch_shape
+        x, w = np.polynomial.legendre.leggauss(64)
+        for lo_v, hi_v in ((0.01, 0.3), (0.5, 0.6), (2.0, 7.0)):
+            lo, hi = torch.full(shape, lo_v, dtype=torch.float64), torch.full(shape, hi_v, dtype=torch.float64)
+            got = dist.log_interval_prob(lo, hi).exp()
+            mid, half = 0.5 * (lo_v + hi_v), 0.5 * (hi_v - lo_v)
+            want = sum(wi * half * dist.log_prob(torch.full(shape, mid + half * xi, dtype=torch.float64)).exp()
+                       for xi, wi in zip(x, w))  # fmt: skip
+            torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-12)
+        zero, hi = torch.zeros(shape, dtype=torch.float64), torch.full(shape, 0.4, dtype=torch.float64)
+        torch.testing.assert_close(dist.log_interval_prob(zero, hi).exp(), dist.cdf(hi), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("parametrisation", PARAMETRISATIONS)
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_binned_nll_is_unitless_and_a_probability(decoder: str, parametrisation: str) -> None:
+    """At fixed weights, the binned time NLL of times ``c t`` with quantum ``c q`` is the same for every ``c``
+    (no change-of-variables term: it is a probability), every term is ``>= 0``, and it is ``-log`` of the bin's
+    interval probability, term by term (windows included: the survival term is the same as ``L_T``'s)."""
+    seqs = _lattice_sequences(3, 9, 3)
+    windows = [None, 5 * Q, 40 * Q]
+    m = _model(decoder, parametrisation)
+    ref = None
+    for c in (1.0, 1e-4, 1e4):
+        data = [EventSequence(c * s.times, s.marks, None if w is None else c * (s.times[-1] + w))
+                for s, w in zip(seqs, windows)]  # fmt: skip
+        m.time_scale = resolve_time_scale("auto", data)
+        batch = collate(data, dtype=torch.float64)
+        with torch.no_grad():
+            scores = m.score(batch, forecast=False, time_quantum=c * Q)
+            unbinned = m.score(batch, forecast=False)
+        assert unbinned.time_nll_binned is None
+        binned = scores.time_nll_binned
+        assert binned.shape == (3,) and torch.all(binned >= 0)
+        if ref is None:
+            ref = binned
+            # term by term: -log(S(lo) - S(hi)) of each scored gap's bin, in model units, + the survival term
+            with torch.no_grad():
+                h_time, _ = m.histories(batch)
+                dist = m.next_time_distribution(h_time[:, : batch.taus.shape[1]])
+                q = Q / m.time_scale
+                k = torch.round(batch.taus / m.time_scale / q)
+                lo, hi = ((k - 0.5) * q).clamp_min(0), (k + 0.5) * q
+                p = (dist.log_survival(lo).exp() - dist.log_survival(hi).exp()).log()
+            want = torch.where(scores.nll.scored, -p, torch.zeros_like(p)).sum(-1) + scores.nll.survival_term
+            torch.testing.assert_close(binned, want, rtol=1e-9, atol=1e-9)
+            continue
+        torch.testing.assert_close(binned, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_long_gaps_use_the_midpoint_rule_continuously(decoder: str) -> None:
+    """Beyond ``BINNED_EXACT_QUANTA`` quanta the bin probability is ``f(tau) q``: at ``k`` just above the switch it
+    agrees with the exact ``S(lo) - S(hi)`` (float64) to ``O(1 / k^2)``."""
+    m = _model(decoder, "plus")
+    k_switch = m.BINNED_EXACT_QUANTA
+    q = 1e-3
+    seqs = [EventSequence(q * np.cumsum([5, k_switch + 1, 3, k_switch + 40, 7]).astype(np.float64),
+                          np.array([0, 1, 2, 1, 0]), None)]  # fmt: skip
+    m.time_scale = 1.0  # gaps of ~1 model unit: the density is smooth on the scale of a bin
+    batch = collate(seqs, dtype=torch.float64)
+    with torch.no_grad():
+        scores = m.score(batch, forecast=False, time_quantum=q)
+        h_time, _ = m.histories(batch)
+        dist = m.next_time_distribution(h_time[:, :5])
+        k = torch.round(batch.taus / q)
+        exact = -dist.log_interval_prob(((k - 0.5) * q).clamp_min(0), (k + 0.5) * q)
+    terms = -scores.nll.time_terms  # log f(tau) (data units: time_scale 1)
+    midpoint = -(terms + math.log(q))
+    long = k[0] > k_switch
+    assert long.tolist() == [False, True, False, True, False]
+    torch.testing.assert_close(midpoint[0][long], exact[0][long], rtol=1e-5, atol=1e-6)
+    scored = scores.nll.scored[0]
+    want = torch.where(long, midpoint[0], exact[0])
+    torch.testing.assert_close(scores.time_nll_binned[0], want[scored].sum(), rtol=1e-12, atol=1e-12)
+
+
+def test_evaluation_reports_the_binned_nll_only_when_every_batch_has_it() -> None:
+    m = _model("lnm", "plus", torch.float32)
+    seqs = _lattice_sequences(12, 10, 4)
+    m.time_scale = resolve_time_scale("auto", seqs)
+    metrics, _ = evaluate_model(m, seqs, batch_size=5, time_quantum=Q)
+    assert metrics["time_quantum"] == Q
+    assert metrics["nll_time_binned_per_seq"] > 0
+    assert metrics["nll_time_binned_per_event"] == pytest.approx(
+        metrics["nll_time_binned_per_seq"] * metrics["num_sequences"] / metrics["num_events"])
+    # binned ~ L_T + n log(1 / q) where the density is smooth on the lattice's scale (gaps of many quanta)
+    assert metrics["nll_time_binned_per_event"] > metrics["nll_time_per_event"]
+    plain, _ = evaluate_model(m, seqs, batch_size=5)
+    assert "nll_time_binned_per_seq" not in plain and "time_quantum" not in plain
+    # merging an accumulator without the binned part drops the metric (it would cover only some sequences)
+    batch = collate(seqs[:3])
+    with torch.no_grad():
+        a, b = MetricAccumulator(), MetricAccumulator()
+        a.update(m.score(batch, time_quantum=Q), batch)
+        b.update(m.score(batch), batch)
+    assert "nll_time_binned_per_seq" in a.compute()
+    assert "nll_time_binned_per_seq" not in a.merge(b).compute()
+    with pytest.raises(ValueError, match="time_quantum"):
+        m.score(batch, time_quantum=0.0)
+
+
+def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: Path, capsys) -> None:
+    splits = {"train": _lattice_sequences(40, 12, 5), "val": _lattice_sequences(10, 12, 6),
+              "test": _lattice_sequences(10, 12, 7)}  # fmt: skip
+    data = write_split_folder(tmp_path / "lattice", [splits], num_marks=K)
+    cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                             "logging.quiet=true", "logging.progress=false"])  # fmt: skip
+    metrics = fit(cfg, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "warning: times on a lattice of q = 3.88789e-06" in err and "nll_time_binned_per_seq" in err
+    for split in ("val", "test"):
+        assert metrics[split]["time_quantum"] == pytest.approx(Q, rel=1e-12)
+        assert metrics[split]["nll_time_binned_per_seq"] > 0
+    rng = np.random.default_rng(0)
+    smooth = [EventSequence(np.cumsum(rng.exponential(1.0, 12)), rng.integers(0, K, 12), None) for _ in range(40)]
+    data = write_split_folder(tmp_path / "smooth", [{"train": smooth, "val": smooth[:10], "test": smooth[:10]}],
+                              num_marks=K)  # fmt: skip
+    cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                             "logging.quiet=true", "logging.progress=false"])  # fmt: skip
+    metrics = fit(cfg, tmp_path / "run_smooth")
+    assert "lattice" not in capsys.readouterr().err
+    assert "nll_time_binned_per_seq" not in metrics["test"]
