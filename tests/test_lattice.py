@@ -220,3 +220,50 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     metrics = fit(cfg, tmp_path / "run_smooth")
     assert "lattice" not in capsys.readouterr().err
     assert "nll_time_binned_per_seq" not in metrics["test"]
+
+
+def test_rescore_records_adds_the_binned_nll_and_leaves_the_rest(tmp_path: Path, monkeypatch) -> None:
+    """``scripts/rescore_records.py``: a record written before the binned NLL existed gains it from its run's
+    ``best.pt``, every metric it had comes back unchanged; a record whose run directory holds other metrics (a rerun
+    of the cell) is left alone."""
+    import importlib.util
+    import json
+    import sys
+
+    from mtpp.records import build_record, read_records, write_record
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("rescore_records", root / "scripts" / "rescore_records.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "rescore_records", script)
+    spec.loader.exec_module(script)
+
+    splits = {"train": _lattice_sequences(40, 12, 5), "val": _lattice_sequences(10, 12, 6),
+              "test": _lattice_sequences(10, 12, 7)}  # fmt: skip
+    data = write_split_folder(tmp_path / "lattice", [splits], num_marks=K)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    for name in ("old", "rerun"):
+        cell = {"name": f"synthetic/lnm-plus-sum/split0-{name}", "dataset": "synthetic"}
+        run = runs / cell["name"]
+        cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                                 "model.decoder=lnm", "model.parametrisation=plus",
+                                 "logging.quiet=true", "logging.progress=false"])  # fmt: skip
+        fit(cfg, run)
+        metrics = json.loads((run / "metrics.json").read_text())
+        for section in ("val", "test"):  # as written before the binned NLL existed
+            for key in ("nll_time_binned_per_seq", "nll_time_binned_per_event", "time_quantum"):
+                metrics[section].pop(key)
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        write_record(results, cell["name"], build_record(run, cell, 12.0))
+    rerun = runs / "synthetic/lnm-plus-sum/split0-rerun" / "metrics.json"
+    rerun.write_text(rerun.read_text().replace('"epochs": 1', '"epochs": 2'))
+    before = {r["cell"]["name"]: r for r in read_records(results)}
+    assert script.main([str(results), str(runs)]) == 0
+    after = {r["cell"]["name"]: r for r in read_records(results)}
+    old, new = before["synthetic/lnm-plus-sum/split0-old"], after["synthetic/lnm-plus-sum/split0-old"]
+    assert new["metrics"]["test"]["time_quantum"] == pytest.approx(Q, rel=1e-12)
+    assert new["metrics"]["test"]["nll_time_binned_per_seq"] > 0
+    for key, value in old["metrics"]["test"].items():
+        assert new["metrics"]["test"][key] == pytest.approx(value, rel=1e-9), key
+    assert new["wall_seconds"] == old["wall_seconds"] and new["config"] == old["config"]
+    assert after["synthetic/lnm-plus-sum/split0-rerun"] == before["synthetic/lnm-plus-sum/split0-rerun"]
