@@ -267,3 +267,16 @@ def test_rescore_records_adds_the_binned_nll_and_leaves_the_rest(tmp_path: Path,
         assert new["metrics"]["test"][key] == pytest.approx(value, rel=1e-9), key
     assert new["wall_seconds"] == old["wall_seconds"] and new["config"] == old["config"]
     assert after["synthetic/lnm-plus-sum/split0-rerun"] == before["synthetic/lnm-plus-sum/split0-rerun"]
+
+
+def test_data_describe_names_the_lattice() -> None:
+    from mtpp.commands.data import _lattice_line, describe_sequences
+
+    on = describe_sequences(_lattice_sequences(40, 12, 0), K)
+    assert on["lattice"]["quantum"] == pytest.approx(Q, rel=1e-12) and on["lattice"]["consequential"]
+    assert _lattice_line(on["lattice"]).startswith("time lattice   gaps are whole multiples of q = 3.88789e-06; ")
+    assert "nll_time_binned" in _lattice_line(on["lattice"])
+    rng = np.random.default_rng(0)
+    off = describe_sequences([EventSequence(np.cumsum(rng.exponential(1.0, 30)), np.zeros(30, int), None)
+                              for _ in range(20)], K)  # fmt: skip
+    assert off["lattice"] is None and "none found" in _lattice_line(off["lattice"])

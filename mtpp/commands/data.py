@@ -102,8 +102,10 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
 
 
 def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, Any]:
-    """Statistics of a list of sequences: counts, lengths, time range, zero gaps, mark frequencies."""
+    """Statistics of a list of sequences: counts, lengths, time range, zero gaps, time lattice, mark frequencies."""
     import numpy as np
+
+    from mtpp.data.lattice import time_lattice
 
     if not seqs:
         return {"sequences": 0, "events": 0}
@@ -115,6 +117,7 @@ def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, A
     counts = np.bincount(marks, minlength=max(num_marks, 1))
     order = np.argsort(-counts, kind="stable")[:top]
     n = int(marks.size)
+    lattice = time_lattice(seqs)
     return {
         "sequences": len(seqs),
         "events": n,
@@ -124,6 +127,8 @@ def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, A
         "time": {"min": float(times.min()), "max": float(times.max())},
         "zero_gap_share": float(np.mean(gaps == 0)) if gaps.size else 0.0,
         "first_event_at_zero": int(np.count_nonzero(first == 0)),
+        "lattice": None if lattice is None else {"quantum": lattice.quantum, "share_near": lattice.share_near,
+                                                 "consequential": lattice.consequential},  # mtpp.data.lattice
         "windows": int(sum(s.window_end is not None for s in seqs)),
         "top_marks": [{"mark": int(k), "count": int(counts[k]), "share": float(counts[k] / n)} for k in order
                       if counts[k]],
@@ -166,6 +171,17 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
+def _lattice_line(lattice: dict[str, Any] | None) -> str:
+    if lattice is None:
+        return "time lattice   none found (gaps are not whole multiples of one quantum)"
+    from mtpp.data.lattice import NEAR
+
+    return (f"time lattice   gaps are whole multiples of q = {_fmt(lattice['quantum'])}; "
+            f"{100 * lattice['share_near']:.1f}% of the positive gaps within {NEAR} q"
+            + ("; compare time models on nll_time_binned (continuous L_T rewards spikes on the lattice)"
+               if lattice["consequential"] else ""))  # fmt: skip
+
+
 def _describe_text(st: dict[str, Any]) -> str:
     t = st["total"]
     out = [f"{st['name']}  ({st['format']}, {st['source']})"]
@@ -183,6 +199,7 @@ def _describe_text(st: dict[str, Any]) -> str:
         f"time range     {_fmt(t['time']['min'])} .. {_fmt(t['time']['max'])}",
         f"zero gaps      {100 * t['zero_gap_share']:.2f}% of within-sequence gaps; "
         f"{t['first_event_at_zero']:,} sequences start at time 0",
+        _lattice_line(t.get("lattice")),
     ]
     if t["windows"]:
         out.append(f"windows        {t['windows']:,} sequences carry an observation window end")
