@@ -16,7 +16,10 @@ with ``lo = max(0, k q - q / 2)`` (the bin of ``k = 0``, a tie, is ``[0, q / 2)`
 ``[0, inf)``, so these probabilities sum to 1 over ``k`` for any model, the value is ``>= 0``, unitless (no
 change-of-variables term) and bounded whatever the density does inside a bin. It is the likelihood of the data as
 recorded (interval censoring; Theis, van den Oord & Bethge 2016, "A note on the evaluation of generative models",
-Sec. 3.1, on continuous likelihoods of discretised data). Computed by ``MarkedTPP.score(..., time_quantum=q)``.
+Sec. 3.1, on continuous likelihoods of discretised data). Computed by ``MarkedTPP.score(..., time_quantum=q)``,
+with the CDF at the bin's edges for the non-randomised PIT of binned data (``pce_binned``, Czado, Gneiting & Held
+2009, "Predictive model assessment for count data", Biometrics 65(4)): the continuous PIT ``F(tau)`` of rounded
+gaps is not uniform even under the model that generated them.
 
 ``time_lattice`` finds ``q`` from the training gaps (float64, on the host): the smallest positive gap, or that
 divided by ``2..MAX_DIVISOR``, such that every positive gap of at most ``MAX_MULTIPLE`` quanta lies within

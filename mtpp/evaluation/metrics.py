@@ -24,6 +24,11 @@ Conventions (every report should state them):
   unitless), reported when every batch was scored with the data's time quantum (``Scores.time_nll_binned``): on
   data whose times lie on a lattice (``mtpp.data.lattice``) the continuous ``L_T`` rewards density spikes on the
   lattice points; the binned NLL does not.
+* ``pce_binned``: PCE of the non-randomised PIT of the lattice bins (Czado, Gneiting & Held 2009, Biometrics 65(4),
+  eq. 2): an event whose gap falls in the bin ``[lo, hi)`` spreads its PIT uniformly over ``[F(lo), F(hi)]``, so
+  the empirical CDF at ``j/50`` is the mean over events of ``clip((j/50 - F(lo)) / (F(hi) - F(lo)), 0, 1)``. The
+  continuous PIT ``F(tau)`` of rounded data is not uniform even under the model that generated them; reported
+  with ``nll_time_binned_*``.
 * **PIT / PCE.** ``u_i = F(tau_i | H_i)``. The empirical CDF at ``j/50`` is the share of ``u <= j/50``
   (``j = 1..50``); ``PCE = (1/50) sum_j |F_hat(j/50) - j/50|``. The PIT histogram has bins
   ``((j-1)/50, j/50]`` (``u = 0`` in the first bin), so its cumulative sum is exactly ``F_hat(j/50)``.
@@ -325,6 +330,7 @@ class MetricAccumulator:
         dt = _float_dtype(device)
         state = {name: torch.zeros((), dtype=dt, device=device) for name in _SCALARS}
         state["pit_counts"] = torch.zeros(self.pit_bins, dtype=dt, device=device)
+        state["pit_cdf_binned"] = torch.zeros(self.pit_bins, dtype=dt, device=device)
         for kind in MARK_KINDS:
             for name in _MARK_HISTOGRAMS:
                 state[f"{name}/{kind}"] = torch.zeros(self.calibration_bins, dtype=dt, device=device)
@@ -360,10 +366,17 @@ class MetricAccumulator:
         else:
             state["num_ties"] += (scores.tied & scored).to(dt).sum()
         state["nll_time"] += nll.time_nll.to(dt).sum()
-        if scores.time_nll_binned is None:
+        if scores.time_nll_binned is None or scores.pit_bin_edges is None:
             self._binned_missing = True  # scored without the data's time quantum (no lattice, or not asked)
         else:
             state["nll_time_binned"] += scores.time_nll_binned.to(dt).sum()
+            lo, hi = (e.to(dt).unsqueeze(-1) for e in scores.pit_bin_edges)  # [B, L, 1]
+            levels = torch.arange(1, self.pit_bins + 1, device=device, dtype=dt) / self.pit_bins
+            width = hi - lo
+            # share of the bin's PIT mass at or below each level (a step at F(tau) where the bin is a point)
+            below = torch.where(width > 0, ((levels - lo) / torch.where(width > 0, width, 1.0)).clamp(0.0, 1.0),
+                                (lo <= levels).to(dt))  # fmt: skip
+            state["pit_cdf_binned"] += torch.where(scored.unsqueeze(-1), below, zero).sum((0, 1))
         state["nll_survival"] += nll.survival_term.to(dt).sum()
         state["nll_mark/given_time"] += nll.mark_nll.to(dt).sum()
 
@@ -494,11 +507,10 @@ class MetricAccumulator:
             out[f"brier_{kind}"] = div(s[f"brier/{kind}"], n_ev)
             diagram = _reliability_from_sums(s[f"cal_count/{kind}"], s[f"cal_conf/{kind}"], s[f"cal_acc/{kind}"])
             out[f"ece_{kind}"], out[f"mce_{kind}"] = _ece_mce(diagram)
-        if n_ev > 0:
-            grid = np.arange(1, self.pit_bins + 1) / self.pit_bins
-            out["pce"] = float(np.mean(np.abs(np.cumsum(s["pit_counts"]) / n_ev - grid)))
-        else:
-            out["pce"] = math.nan
+        grid = np.arange(1, self.pit_bins + 1) / self.pit_bins
+        out["pce"] = float(np.mean(np.abs(np.cumsum(s["pit_counts"]) / n_ev - grid))) if n_ev > 0 else math.nan
+        if not self._binned_missing:
+            out["pce_binned"] = float(np.mean(np.abs(s["pit_cdf_binned"] / n_ev - grid))) if n_ev > 0 else math.nan
         out["mae_tau"] = div(s["abs_err_median"], n_ev)
         out["rmse_tau"] = math.sqrt(div(s["sq_err_median"], n_ev)) if n_ev > 0 else math.nan
         if not self._mean_missing:

@@ -112,6 +112,7 @@ METRICS: dict[str, MetricInfo] = {
     "mce": MetricInfo("maximum mark calibration error (MCE)", "", -1),
     "brier": MetricInfo("Brier score of the marks", "", -1),
     "pce": MetricInfo("time calibration error (PCE)", "", -1),
+    "pce_binned": MetricInfo("time calibration error of the lattice bins (PCE, non-randomised PIT)", "", -1),
     "mae_tau": MetricInfo("absolute error of the median gap", "time units", -1),
     "rmse_tau": MetricInfo("RMS error of the median gap", "time units", -1),
     "conflict_rate": MetricInfo("gradient conflict rate (steps with cos φ_TM < 0)", "share of steps", 0),
@@ -135,6 +136,7 @@ DEFAULT_METRICS = (
     "mrr_forecast",
     "mrr_given_time",
     "pce",
+    "pce_binned",  # data on a lattice only
     "ece_forecast",
     "ece_given_time",
     "mae_tau",

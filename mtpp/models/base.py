@@ -123,6 +123,9 @@ class Scores:
     time_nll_binned: ``[B]`` binned time NLL per sequence, ``-log P(observed gap's lattice bin | H)`` summed over
         the scored events plus the survival term (nats, unitless; ``mtpp.data.lattice``); ``None`` unless
         ``score`` was given the data's ``time_quantum``.
+    pit_bin_edges: ``(F(lo), F(hi))``, each ``[B, L]``: the CDF at the edges of each observed gap's lattice bin, for
+        the non-randomised PIT of binned data (``F(tau)`` twice for gaps beyond ``BINNED_EXACT_QUANTA`` quanta);
+        ``None`` like ``time_nll_binned``.
     """
 
     nll: NLLOutput
@@ -133,3 +136,4 @@ class Scores:
     forecast_mark_log_probs: Tensor | None = None
     tied: Tensor | None = None
     time_nll_binned: Tensor | None = None
+    pit_bin_edges: tuple[Tensor, Tensor] | None = None

@@ -332,7 +332,9 @@ class MarkedTPP(nn.Module):
                 mean = torch.where(mask, mean * s, zero)
             resolution = getattr(self._time_head, "tie_resolution", None)  # None: a decoder without the tie policy
             tied = None if resolution is None else tie_mask(fwd.taus, fwd.nll.scored, resolution)
-            binned = None if time_quantum is None else self._binned_time_nll(fwd, time_quantum)
+            binned = edges = None
+            if time_quantum is not None:
+                binned, edges = self._lattice_scores(fwd, time_quantum, pit)
             forecast_lp = None
             if forecast:
                 L = batch.marks.shape[1]
@@ -346,6 +348,7 @@ class MarkedTPP(nn.Module):
             forecast_mark_log_probs=forecast_lp,
             tied=tied,
             time_nll_binned=binned,
+            pit_bin_edges=edges,
         )
 
     BINNED_EXACT_QUANTA = 1000
@@ -353,21 +356,27 @@ class MarkedTPP(nn.Module):
     (the midpoint rule, relative error ``O(1 / k^2)`` for a density smooth on the scale of the gap), because in
     float32 the bin edges of a gap of ``k`` quanta are only resolved to ``k * 6e-8`` quanta."""
 
-    def _binned_time_nll(self, fwd: _Forward, quantum: float) -> Tensor:
-        """``[B]``: ``-log P(k q - q/2 <= tau < k q + q/2 | H)`` (``k = round(tau / q)``, the lower edge clamped at
-        0) summed over the scored events, plus the survival term (``mtpp.data.lattice``; nats, unitless)."""
+    def _lattice_scores(self, fwd: _Forward, quantum: float, pit: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``(binned NLL [B], (F(lo), F(hi)) [B, L] each)`` for the lattice bins ``[lo, hi)`` of the observed gaps.
+
+        Binned NLL: ``-log P(k q - q/2 <= tau < k q + q/2 | H)`` (``k = round(tau / q)``, the lower edge clamped
+        at 0) summed over the scored events, plus the survival term (``mtpp.data.lattice``; nats, unitless).
+        ``F`` at the edges: the non-randomised PIT of Czado, Gneiting & Held (2009, Biometrics 65(4), eq. 2);
+        ``pit`` (``F(tau)``, both edges) for gaps beyond ``BINNED_EXACT_QUANTA`` quanta."""
         if not (isinstance(quantum, (int, float)) and math.isfinite(quantum) and quantum > 0):
             raise ValueError(f"time_quantum must be a finite positive number of data units, got {quantum!r}")
         q = quantum / self._time_scale  # model units
         k = torch.round(fwd.taus / q)
         exact = k <= self.BINNED_EXACT_QUANTA
         k = torch.where(exact, k, torch.zeros_like(k))
-        lo = ((k - 0.5) * q).clamp_min(0.0)
+        lo, hi = ((k - 0.5) * q).clamp_min(0.0), (k + 0.5) * q
         # long gaps: log f(tau) + log q in data units, i.e. minus the L_T term already computed (which holds + log s)
-        log_p = torch.where(exact, fwd.dist.log_interval_prob(lo, (k + 0.5) * q),
+        log_p = torch.where(exact, fwd.dist.log_interval_prob(lo, hi),
                             math.log(quantum) - fwd.nll.time_terms)  # fmt: skip
         zero = torch.zeros((), dtype=log_p.dtype, device=log_p.device)
-        return torch.where(fwd.nll.scored, -log_p, zero).sum(-1) + fwd.nll.survival_term
+        binned = torch.where(fwd.nll.scored, -log_p, zero).sum(-1) + fwd.nll.survival_term
+        edges = (torch.where(exact, fwd.dist.cdf(lo), pit), torch.where(exact, fwd.dist.cdf(hi), pit))
+        return binned, edges
 
     FORECAST_CHUNK_ELEMENTS = 1 << 24
     """Bound on the elements of one intensity call of the mark forecast (sequences are processed in chunks)."""
