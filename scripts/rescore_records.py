@@ -1,14 +1,15 @@
 """Re-evaluate committed grid records from their run directories' ``best.pt`` with the current evaluation code.
 
 Used when evaluation gains a metric (e.g. the binned time NLL of ``mtpp.data.lattice``): for every record under
-RESULTS whose run directory is found under one of the RUNS roots (``<root>/<cell name>`` with a ``metrics.json``
-identical to the record's, so a rerun or withdrawn run of the same cell is never taken for it), the test split is
+RESULTS whose run directory is found under one of the RUNS roots (``<root>/<cell name>`` whose ``metrics.json`` has
+the record's ``train`` and ``val`` sections exactly, so a rerun or withdrawn run of the same cell is never taken for
+it, while a run whose test section an interrupted rescoring already rewrote still is), the test split is
 scored again (``mtpp.evaluation.evaluate``, which rewrites that run's ``metrics.json`` test section) and the
 record rebuilt (``mtpp.records.build_record``, wall time kept). Every test metric the record already had must come
 back within ``--rtol`` (same weights, same data: only new metrics may appear), else the record is left as it was
 and the difference printed. Records without a run directory here are listed and left alone.
 
-    python scripts/rescore_records.py results/paper_table1 /work/runs/t1m_a /work/runs/t1m_b [--dry-run]
+    python scripts/rescore_records.py results/paper_table1 /work/runs/t1m_a /work/runs/t1m_b [--missing pce_binned]
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def _changed(old: dict, new: dict, rtol: float) -> list[str]:
     return out
 
 
+def _same_run(run_metrics: dict, record_metrics: dict) -> bool:
+    """The run directory produced the record: the same training summary and validation metrics (the test section
+    is what rescoring rewrites)."""
+    return all(run_metrics.get(k) == record_metrics.get(k) for k in ("train", "val"))
+
+
 def main(argv: list[str] | None = None) -> int:
     from mtpp.evaluation.evaluate import evaluate
     from mtpp.records import build_record, read_records, write_record
@@ -42,16 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", type=Path, help="a folder of result records (results/<experiment>)")
     p.add_argument("runs", type=Path, nargs="+", help="roots holding the cells' run directories")
     p.add_argument("--rtol", type=float, default=1e-6, help="tolerance on the metrics a record already has")
+    p.add_argument("--missing", metavar="METRIC", help="only records whose test metrics lack METRIC")
     p.add_argument("--dry-run", action="store_true", help="only say which records have a run directory here")
     args = p.parse_args(argv)
 
     todo, missing = [], []
     for record in read_records(args.results):
         name = record["cell"]["name"]
+        if args.missing and args.missing in ((record.get("metrics") or {}).get("test") or {}):
+            continue
         for root in args.runs:
             run = root / name
             metrics = run / "metrics.json"
-            if metrics.is_file() and json.loads(metrics.read_text(encoding="utf-8")) == record["metrics"]:
+            if metrics.is_file() and _same_run(json.loads(metrics.read_text(encoding="utf-8")), record["metrics"]):
                 todo.append((record, run))
                 break
         else:

@@ -264,7 +264,11 @@ def test_rescore_records_adds_the_binned_nll_and_leaves_the_rest(tmp_path: Path,
         (run / "metrics.json").write_text(json.dumps(metrics))
         write_record(results, cell["name"], build_record(run, cell, 12.0))
     rerun = runs / "synthetic/lnm-plus-sum/split0-rerun" / "metrics.json"
-    rerun.write_text(rerun.read_text().replace('"epochs": 1', '"epochs": 2'))
+    rerun.write_text(rerun.read_text().replace('"epochs": 1', '"epochs": 2'))  # another run of the same cell
+    interrupted = runs / "synthetic/lnm-plus-sum/split0-old" / "metrics.json"  # test section already rescored
+    metrics = json.loads(interrupted.read_text())
+    metrics["test"]["time_quantum"] = 1.0
+    interrupted.write_text(json.dumps(metrics))
     before = {r["cell"]["name"]: r for r in read_records(results)}
     assert script.main([str(results), str(runs)]) == 0
     after = {r["cell"]["name"]: r for r in read_records(results)}
@@ -275,6 +279,9 @@ def test_rescore_records_adds_the_binned_nll_and_leaves_the_rest(tmp_path: Path,
         assert new["metrics"]["test"][key] == pytest.approx(value, rel=1e-9), key
     assert new["wall_seconds"] == old["wall_seconds"] and new["config"] == old["config"]
     assert after["synthetic/lnm-plus-sum/split0-rerun"] == before["synthetic/lnm-plus-sum/split0-rerun"]
+    # --missing: records that have the metric already are not scored again
+    (runs / "synthetic/lnm-plus-sum/split0-old" / "best.pt").unlink()  # would fail if it were evaluated
+    assert script.main([str(results), str(runs), "--missing", "pce_binned"]) == 0
 
 
 def test_data_describe_names_the_lattice() -> None:
