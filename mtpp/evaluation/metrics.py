@@ -310,19 +310,15 @@ class MetricAccumulator:
         self.pit_bins = pit_bins
         self.calibration_bins = calibration_bins
         self._state: dict[str, Tensor] | None = None
-        self._mean_missing = False
-        self._forecast_missing = False
-        self._ties_missing = False
-        self._binned_missing = False
+        for flag in self._FLAGS:
+            setattr(self, flag, False)
 
     # -- state -------------------------------------------------------------------------------------------------
     def reset(self, device: torch.device | str | None = None) -> None:
         """Forget everything; with ``device``, allocate the (zero) state there at once."""
         self._state = None
-        self._mean_missing = False
-        self._forecast_missing = False
-        self._ties_missing = False
-        self._binned_missing = False
+        for flag in self._FLAGS:
+            setattr(self, flag, False)
         if device is not None:
             self._init_state(torch.device(device))
 
