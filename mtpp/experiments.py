@@ -783,7 +783,9 @@ def run_grid(
     threads = threads_per_job(jobs)
     cell_overrides = _quiet_overrides(overrides, quiet=quiet_runs or jobs > 1)
     deadline = _deadline(pending, states, out, overrides, results_dir, time_limit, log)
-    queue = list(pending)
+    # cells with a checkpoint in this output folder first: a restarted process finishes what it started, rather
+    # than leaving it to another process sharing the results folder, which would train that cell from scratch
+    queue = sorted(pending, key=lambda c: states[c.name] != "resume")
     claims = CellClaims(results_dir, fresh={c.name for c in pending if states[c.name] in ("new", "resume")})
     bar = _progress_bar(len(pending), enabled=progress)
     try:

@@ -639,3 +639,15 @@ def test_compare_never_overwrites_a_file_it_did_not_write(
     assert ex.write_failures(out, []) is None and (out / "failures.json").read_text() == "my notes\n"
     (out / "failures.json").write_text('[{"cell": "a", "error": "b", "traceback": ""}]')
     assert ex.write_failures(out, []) is None and not (out / "failures.json").exists()
+
+
+def test_a_restarted_runner_finishes_the_cells_it_started_first(tmp_path: Path, fake_fit: FakeFit) -> None:
+    """Cells with a checkpoint in this output folder run before new ones, whatever the order: two processes that
+    share a results folder and restart each pick up their own interrupted cell, not the other's (which would start
+    it again from scratch in their own folder)."""
+    cells = ex.expand(ex.experiment_from_dict(small_grid()))[:3]
+    (tmp_path / cells[2].name).mkdir(parents=True)
+    (tmp_path / cells[2].name / "checkpoint.pt").write_bytes(b"x")
+    ex.run_grid(cells, tmp_path, progress=False)
+    assert fake_fit.calls == [(str(tmp_path / cells[2].name), True), (str(tmp_path / cells[0].name), False),
+                              (str(tmp_path / cells[1].name), False)]  # fmt: skip
