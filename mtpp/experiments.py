@@ -503,6 +503,13 @@ def ordered(cells: list[Cell], order: str = "grid") -> list[Cell]:
     return [c for *_, c in sorted(keyed, key=lambda t: t[:2])]
 
 
+def run_order(cells: list[Cell], states: dict[str, str]) -> list[Cell]:
+    """``cells`` in the order a run takes them: those with a checkpoint in the output folder (state ``resume``)
+    first, the others after, each group in its given order. A restarted process so finishes what it started rather
+    than leaving it to another process sharing the results folder, which would train it from scratch in its own."""
+    return sorted(cells, key=lambda c: states[c.name] != "resume")
+
+
 def resolve(cell: Cell, overrides: Sequence[str] = ()):
     """The cell's validated ``RunConfig`` (``--set`` overrides applied last); errors name the cell."""
     from mtpp.config import apply_overrides, config_from_dict
@@ -783,9 +790,7 @@ def run_grid(
     threads = threads_per_job(jobs)
     cell_overrides = _quiet_overrides(overrides, quiet=quiet_runs or jobs > 1)
     deadline = _deadline(pending, states, out, overrides, results_dir, time_limit, log)
-    # cells with a checkpoint in this output folder first: a restarted process finishes what it started, rather
-    # than leaving it to another process sharing the results folder, which would train that cell from scratch
-    queue = sorted(pending, key=lambda c: states[c.name] != "resume")
+    queue = run_order(pending, states)
     claims = CellClaims(results_dir, fresh={c.name for c in pending if states[c.name] in ("new", "resume")})
     bar = _progress_bar(len(pending), enabled=progress)
     try:

@@ -641,13 +641,25 @@ def test_compare_never_overwrites_a_file_it_did_not_write(
     assert ex.write_failures(out, []) is None and not (out / "failures.json").exists()
 
 
-def test_a_restarted_runner_finishes_the_cells_it_started_first(tmp_path: Path, fake_fit: FakeFit) -> None:
+def test_a_restarted_runner_finishes_the_cells_it_started_first(
+    tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
+) -> None:
     """Cells with a checkpoint in this output folder run before new ones, whatever the order: two processes that
     share a results folder and restart each pick up their own interrupted cell, not the other's (which would start
     it again from scratch in their own folder)."""
     cells = ex.expand(ex.experiment_from_dict(small_grid()))[:3]
     (tmp_path / cells[2].name).mkdir(parents=True)
     (tmp_path / cells[2].name / "checkpoint.pt").write_bytes(b"x")
+    states = ex.grid_states(cells, tmp_path, [])
+    assert [c.name for c in ex.run_order(cells, states)] == [cells[2].name, cells[0].name, cells[1].name]
     ex.run_grid(cells, tmp_path, progress=False)
     assert fake_fit.calls == [(str(tmp_path / cells[2].name), True), (str(tmp_path / cells[0].name), False),
                               (str(tmp_path / cells[1].name), False)]  # fmt: skip
+    # the dry run lists the cells in that order too
+    out = tmp_path / "dry"
+    (out / cells[2].name).mkdir(parents=True)
+    (out / cells[2].name / "checkpoint.pt").write_bytes(b"x")
+    capsys.readouterr()
+    main(["compare", str(write_experiment(tmp_path, small_grid())), "--out", str(out), "--dry-run"])
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert listed[0][:2] == ["resume", cells[2].name] and listed[1][1] == cells[0].name

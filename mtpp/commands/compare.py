@@ -218,6 +218,7 @@ def _print_cells(
         is_complete,
         last_epoch_record,
         resolved_dict,
+        run_order,
     )
     from mtpp.experiments_claims import claim_holder
     from mtpp.experiments_schedule import format_minutes, simulate
@@ -230,6 +231,7 @@ def _print_cells(
         states.update({name: "stale" for name in data_changes(cells, states, out, overrides, None, results)})
     except MtppError as e:  # data that cannot be read here: said above (data lines), states without the check
         print(f"data check of the finished cells skipped: {e}", file=sys.stderr)
+    cells = run_order(cells, states)  # listed (and simulated) in the order the real run takes them
     counts: dict[str, int] = {}
     stale = 0 if rerun_stale else sum(s == "stale" for s in states.values())  # the real run refuses them
     trains = ("new", "resume", "stale") if rerun_stale else ("new", "resume")
