@@ -166,6 +166,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "parametrisation"): _model_config.PARAMETRISATIONS,
     ("model", "integration"): _model_config.INTEGRATION,
     ("model", "first_event"): _model_config.FIRST_EVENT,
+    ("model", "rmtpp_form"): _model_config.RMTPP_FORMS,
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "lr_schedule"): ("none", "cosine", "plateau"),
 }

@@ -24,7 +24,7 @@ from mtpp.training.trainer import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
+DECODERS = ("lnm", "rmtpp", "rmtpp-baseline", "fnn", "thp", "sahp")  # rmtpp-baseline: model.rmtpp_form
 PARAMETRISATIONS = ("base", "plus", "plusplus")
 Q = 3.887894882481646e-06  # MOOC's quantum: one second of its [0, 10] time axis
 
@@ -80,7 +80,8 @@ def test_time_lattice_is_none_off_a_lattice_or_without_evidence() -> None:
 
 def _model(decoder: str, parametrisation: str, dtype: torch.dtype = torch.float64):
     torch.manual_seed(0)
-    cfg = tiny_config(encoder="gru", decoder=decoder, parametrisation=parametrisation,
+    decoder, _, form = decoder.partition("-")
+    cfg = tiny_config(rmtpp_form=form or "monotone", encoder="gru", decoder=decoder, parametrisation=parametrisation,
                       integration="gauss_legendre", integration_nodes=30)  # fmt: skip
     return build_model(cfg, K).to(dtype).eval()
 

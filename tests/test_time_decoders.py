@@ -248,6 +248,47 @@ def test_rmtpp_decoder_keeps_w_nonnegative():
     assert dec(random_h()).w.item() >= 0
 
 
+@pytest.mark.parametrize("w0", [0.8, -0.8, 3e-5, -3e-5, 0.0])
+def test_rmtpp_baseline_compensator_density_and_quantiles_are_exact(w0):
+    """``lambda = mu + exp(c + w tau)``, ``w`` of either sign (and in the series branch near 0): ``Lambda`` is the
+    integral of ``lambda`` (scipy quad), the density integrates to 1 (``mu > 0``), ``icdf`` inverts ``cdf``, and
+    gradients are finite."""
+    c = torch.tensor([[0.3, -1.2, 2.0]], dtype=DT, requires_grad=True)
+    w = torch.tensor(w0, dtype=DT, requires_grad=True)
+    mu = torch.tensor(0.05, dtype=DT)
+    dist = RMTPPDistribution(c, w, mu)
+    for j, t in enumerate((0.2, 1.5, 40.0)):
+        lam = lambda s, j=j: 0.05 + np.exp(c.detach().numpy()[0, j] + w0 * s)  # noqa: E731
+        want, _ = scipy.integrate.quad(lam, 0, t, epsabs=1e-13, epsrel=1e-12)
+        got = dist.cumulative_hazard(torch.full((1, 3), t, dtype=DT))[0, j].item()
+        assert got == pytest.approx(want, rel=1e-9), (t, j)
+        assert dist.log_intensity(torch.full((1, 3), t, dtype=DT))[0, j].exp().item() == pytest.approx(lam(t))
+    for j in range(3):  # total mass 1: S(tau) -> 0 because mu > 0, also for a decaying hazard
+        f = lambda s, j=j: float(dist.log_prob(torch.full((1, 3), s, dtype=DT))[0, j].detach().exp())  # noqa: E731
+        below = float(dist.cdf(torch.full((1, 3), dist.tie_resolution, dtype=DT))[0, j].detach())
+        mass = sum(scipy.integrate.quad(f, a, b, limit=200, epsabs=1e-12)[0]
+                   for a, b in ((dist.tie_resolution, 1.0), (1.0, 50.0), (50.0, 2000.0)))  # fmt: skip
+        assert below + mass == pytest.approx(1.0, abs=1e-7)
+    u = torch.tensor([[0.1, 0.5, 0.9]], dtype=DT)
+    with torch.no_grad():
+        torch.testing.assert_close(dist.cdf(dist.icdf(u)), u, rtol=1e-8, atol=1e-10)
+    lp = dist.log_prob(torch.tensor([[0.01, 0.5, 7.0]], dtype=DT))
+    gc, gw = torch.autograd.grad(lp.sum(), [c, w])
+    assert torch.isfinite(gc).all() and torch.isfinite(gw)
+
+
+def test_rmtpp_baseline_decoder_lets_w_decay_and_keeps_mu_positive():
+    dec = make_decoder("rmtpp", rmtpp_form="baseline")
+    with torch.no_grad():
+        dec.w.fill_(-2.0)
+        dec.mu_raw.fill_(-50.0)
+    dist = dec(random_h())
+    assert dist.w.item() == -2.0 and dist.mu.item() > 0
+    assert not hasattr(make_decoder("rmtpp"), "mu_raw")  # the default form: no baseline, w >= 0
+    with pytest.raises(ConfigError, match="rmtpp_form"):
+        make_decoder("rmtpp", rmtpp_form="decaying")
+
+
 # ------------------------------------------------------------------------------------------- FNN
 
 

@@ -22,7 +22,7 @@ from mtpp.training.trainer import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
+DECODERS = ("lnm", "rmtpp", "rmtpp-baseline", "fnn", "thp", "sahp")  # rmtpp-baseline: model.rmtpp_form
 PARAMETRISATIONS = ("base", "plus", "plusplus")
 
 
@@ -41,7 +41,8 @@ def _sequences(n: int, length: int, seed: int, scale: float = 1.0, offset: float
 
 def _model(decoder: str, parametrisation: str, dtype: torch.dtype = torch.float64):
     torch.manual_seed(0)
-    cfg = tiny_config(encoder="thp", decoder=decoder, parametrisation=parametrisation,
+    decoder, _, form = decoder.partition("-")
+    cfg = tiny_config(rmtpp_form=form or "monotone", encoder="thp", decoder=decoder, parametrisation=parametrisation,
                       integration="gauss_legendre", integration_nodes=30)  # fmt: skip
     return build_model(cfg, K).to(dtype).eval()
 

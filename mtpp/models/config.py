@@ -9,6 +9,7 @@ TIME_DECODERS = ("lnm", "rmtpp", "fnn", "thp", "sahp")
 PARAMETRISATIONS = ("base", "plus", "plusplus")
 INTEGRATION = ("mc", "gauss_legendre", "adaptive")
 FIRST_EVENT = ("skip", "include")
+RMTPP_FORMS = ("monotone", "baseline")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class ModelConfig:
     integration_nodes: int = 50  # N during training
     eval_integration_nodes: int | None = None  # N during evaluation (None: 24 for adaptive, else integration_nodes)
     eval_integration: str | None = None  # rule during evaluation (None: "adaptive", normalised; see time_decoders)
+    # rmtpp: monotone = exp(v.h + b + w tau), w >= 0 (Du et al. 2016); baseline = mu + exp(v.h + b + w tau), mu > 0,
+    # w of either sign (Bosser & Ben Taieb's reference code). See time_decoders.RMTPPDecoder.
+    rmtpp_form: str = "monotone"
     tie_resolution: float = 1e-6  # gaps below this (decoder units) score log F(delta): the tie policy, time_decoders
     first_event: str = "skip"  # skip | include: is the first event scored?
     dropout: float = 0.0

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from mtpp.errors import ConfigError
 from mtpp.models import integrate
-from mtpp.models.config import ModelConfig
+from mtpp.models.config import RMTPP_FORMS, ModelConfig
 from mtpp.models.registry import TIME_DECODERS
 
 
@@ -485,21 +485,26 @@ class LogNormalMixture(HazardDistribution):
 
 
 class RMTPPDistribution(HazardDistribution):
-    """``lambda(tau) = exp(c + w tau)`` (Du et al. 2016), ``c: [*batch]``, ``w >= 0`` broadcastable to ``c``.
+    """``lambda(tau) = mu + exp(c + w tau)`` (Du et al. 2016 with ``mu = 0``), ``c: [*batch]``, ``w`` and ``mu``
+    scalars or broadcastable to ``c``.
 
-    ``Lambda(tau) = exp(c) (exp(w tau) - 1) / w = exp(c) tau phi(w tau)`` with ``phi(x) = expm1(x) / x``, computed
-    as ``log phi`` by a series (``x/2 + x^2/24``) for ``x < 1e-4`` and ``x + log(-expm1(-x)) - log x`` above, through
-    ``torch.where`` with safe inputs in both branches: values and gradients are finite at ``w = 0`` (the Poisson
-    limit ``exp(c) tau``). ``w >= 0`` is required (``w < 0`` would be a defective distribution); the decoder
-    guarantees it with a softplus. Closed-form ``icdf``. Overflow guard: see ``_overflow_safe_exp``.
+    ``Lambda(tau) = mu tau + exp(c) (exp(w tau) - 1) / w = mu tau + exp(c) tau phi(w tau)`` with
+    ``phi(x) = expm1(x) / x``, computed as ``log phi`` by a series (``x/2 + x^2/24``) for ``|x| < 1e-4``,
+    ``x + log(-expm1(-x)) - log x`` above and ``log(-expm1(x)) - log(-x)`` below, through ``torch.where`` with safe
+    inputs in every branch: values and gradients are finite at ``w = 0`` (the Poisson limit ``exp(c) tau``).
+    ``mu = None`` (no baseline) needs ``w >= 0`` (``w < 0`` would be a defective distribution: ``Lambda(inf)`` finite);
+    with ``mu > 0``, ``w`` may take either sign (a hazard that decays onto ``mu``; ``Lambda(inf) = inf``). The
+    decoder guarantees both with softplus. Closed-form ``icdf`` without a baseline, else the generic search of
+    ``HazardDistribution.icdf``. Overflow guard: see ``_overflow_safe_exp``.
     """
 
     _SMALL = 1e-4
 
-    def __init__(self, log_base: Tensor, w: Tensor) -> None:
+    def __init__(self, log_base: Tensor, w: Tensor, mu: Tensor | None = None) -> None:
         super().__init__(log_base.shape, log_base.dtype, log_base.device)
         self.log_base = log_base
         self.w = torch.as_tensor(w, dtype=log_base.dtype, device=log_base.device)
+        self.mu = None if mu is None else torch.as_tensor(mu, dtype=log_base.dtype, device=log_base.device)
 
     def _cw(self, tau: Tensor) -> tuple[Tensor, Tensor]:
         c = self._p(self.log_base, tau, 0)
@@ -509,20 +514,31 @@ class RMTPPDistribution(HazardDistribution):
     def log_intensity(self, tau: Tensor) -> Tensor:
         tau = self._align(tau)
         c, w = self._cw(tau)
-        return c + w * tau
+        if self.mu is None:
+            return c + w * tau
+        return torch.logaddexp(torch.log(self.mu), c + w * tau)
 
     def cumulative_hazard(self, tau: Tensor) -> Tensor:
         tau = self._align(tau)
         c, w = self._cw(tau)
         x = w * tau
-        small = x < self._SMALL
-        xs = torch.where(small, torch.ones_like(x), x)
+        small = x.abs() < self._SMALL
+        up = x >= self._SMALL
+        xs = torch.where(small, torch.ones_like(x), x.abs())  # |x| away from 0 in the two outer branches
         xl = torch.where(small, x, torch.zeros_like(x))
-        log_phi = torch.where(small, xl / 2 + xl.square() / 24, xs + torch.log(-torch.expm1(-xs)) - torch.log(xs))
-        return tau * _overflow_safe_exp(c + log_phi)
+        log_phi = torch.where(
+            small,
+            xl / 2 + xl.square() / 24,
+            torch.where(up, xs + torch.log(-torch.expm1(-xs)), torch.log(-torch.expm1(-xs))) - torch.log(xs),
+        )
+        big = tau * _overflow_safe_exp(c + log_phi)
+        return big if self.mu is None else big + self.mu * tau
 
     def icdf(self, u: Tensor) -> Tensor:
-        """``tau = log1p(w E e^-c) / w`` with ``E = -log1p(-u)`` (series ``1 - y/2 + y^2/3`` of ``log1p(y)/y``)."""
+        """``tau = log1p(w E e^-c) / w`` with ``E = -log1p(-u)`` (series ``1 - y/2 + y^2/3`` of ``log1p(y)/y``);
+        with a baseline ``mu``, the generic search (``HazardDistribution.icdf``)."""
+        if self.mu is not None:
+            return super().icdf(u)
         u = self._align(u)
         c, w = self._cw(u)
         r = -torch.log1p(-u) * torch.exp(-c)  # Poisson limit E e^{-c}
@@ -1081,18 +1097,35 @@ class RMTPPDecoder(TiePolicy, nn.Module):
     astronomical on heavy-tailed gaps: ``w = 0.1`` on LastFM (then in mean-gap units, longest gap 790) gave
     ``exp(79)`` and a first-epoch time NLL of ~1e21 nats per sequence whose gradients drowned the mark head for
     hundreds of epochs. ``tests/test_init_scale.py`` checks the start of every decoder on such gaps.
+
+    ``model.rmtpp_form: baseline``: ``lambda(tau) = mu + exp(v.h + b + w tau)`` with one learned ``mu = softplus(.)
+    > 0`` and ``w`` free in sign, the form of Bosser & Ben Taieb's reference code (which keeps ``mu >= 0`` by
+    clipping, so ``mu = 0`` with ``w < 0`` would there be a defective density; the softplus rules it out): the hazard
+    may decay onto ``mu``. Starts with ``w = INIT_SLOPE`` and ``mu = INIT_BASELINE`` model-unit rates.
     """
 
     INIT_SLOPE = 1e-5
+    INIT_BASELINE = 0.1
 
     def __init__(self, input_size: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.tie_resolution = tie_resolution(cfg)
         self.linear = nn.Linear(input_size, 1)
-        self.w_raw = nn.Parameter(torch.tensor(inverse_softplus(self.INIT_SLOPE)))
+        form = getattr(cfg, "rmtpp_form", "monotone")
+        if form not in RMTPP_FORMS:
+            raise ConfigError(f"model.rmtpp_form must be one of {', '.join(RMTPP_FORMS)}, got {form!r}")
+        self.baseline = form == "baseline"
+        if self.baseline:  # w itself, either sign; mu through a softplus
+            self.w = nn.Parameter(torch.tensor(self.INIT_SLOPE))
+            self.mu_raw = nn.Parameter(torch.tensor(inverse_softplus(self.INIT_BASELINE)))
+        else:
+            self.w_raw = nn.Parameter(torch.tensor(inverse_softplus(self.INIT_SLOPE)))
 
     def forward(self, h: Tensor) -> RMTPPDistribution:
-        return self._tied(RMTPPDistribution(self.linear(h).squeeze(-1), F.softplus(self.w_raw).to(h.dtype)))
+        c = self.linear(h).squeeze(-1)
+        if self.baseline:
+            return self._tied(RMTPPDistribution(c, self.w.to(h.dtype), F.softplus(self.mu_raw).to(h.dtype)))
+        return self._tied(RMTPPDistribution(c, F.softplus(self.w_raw).to(h.dtype)))
 
 
 @TIME_DECODERS.register("fnn")
