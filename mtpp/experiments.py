@@ -658,14 +658,17 @@ def grid_states(
     """``{cell name: state}`` as ``run_grid`` and ``mtpp compare --dry-run`` see them: ``cell_state`` of the run
     folder under ``out``; a cell without one (``new``) that has a result record under ``results_dir`` (a grid
     continued on another machine) is ``done`` when the record's configuration is the cell's, ``stale`` when not
-    (a record of another protocol never stands in for this one)."""
+    (a record of another protocol never stands in for this one); an interrupted one (``resume``) whose record with
+    the cell's configuration is there (another process sharing the results folder finished it) is ``done``."""
     states = {}
     for c in cells:
         config = resolved_dict(c, overrides)
         state = cell_state(Path(out) / c.name, config)
-        if state == "new" and results_dir is not None:
+        if state in ("new", "resume") and results_dir is not None:
             diff = record_differences(results_dir, c.name, config)
-            if diff is not None:
+            if diff is not None and (state == "new" or not diff):
+                # an interrupted run folder here whose cell another process or machine has finished since: the
+                # record stands (resuming would train it again and rewrite the record)
                 state = "stale" if diff else "done"
         states[c.name] = state
     return states

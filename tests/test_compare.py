@@ -655,6 +655,19 @@ def test_a_restarted_runner_finishes_the_cells_it_started_first(
     ex.run_grid(cells, tmp_path, progress=False)
     assert fake_fit.calls == [(str(tmp_path / cells[2].name), True), (str(tmp_path / cells[0].name), False),
                               (str(tmp_path / cells[1].name), False)]  # fmt: skip
+    # an interrupted folder whose cell another process has finished (its record is in the shared results folder)
+    # is done here: not trained again, its record not rewritten
+    from mtpp.records import write_record
+
+    results = tmp_path / "results"
+    other = tmp_path / "other"
+    (other / cells[1].name).mkdir(parents=True)
+    (other / cells[1].name / "checkpoint.pt").write_bytes(b"x")
+    config = ex.resolved_dict(cells[1])
+    write_record(results, cells[1].name, {"record_version": 1, "cell": {"name": cells[1].name}, "config": config,
+                                          "metrics": {"test": {}}})  # fmt: skip
+    assert ex.grid_states(cells, other, [], results)[cells[1].name] == "done"
+    assert ex.grid_states(cells, other, [])[cells[1].name] == "resume"
     # the dry run lists the cells in that order too
     out = tmp_path / "dry"
     (out / cells[2].name).mkdir(parents=True)
