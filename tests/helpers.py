@@ -33,6 +33,18 @@ def tiny_config(**fields: Any) -> ModelConfig:
     return ModelConfig(**{**TINY, **fields})
 
 
+def tiny_model(decoder: str, parametrisation: str, encoder: str, dtype: torch.dtype = torch.float64):
+    """A seeded tiny ``MarkedTPP`` in eval mode, THP / SAHP trained with 30 Gauss-Legendre nodes. ``decoder`` may
+    carry a form: ``"rmtpp-baseline"`` is RMTPP with ``model.rmtpp_form: baseline``."""
+    from mtpp.models import build_model
+
+    torch.manual_seed(0)
+    decoder, _, form = decoder.partition("-")
+    cfg = tiny_config(rmtpp_form=form or "monotone", encoder=encoder, decoder=decoder,
+                      parametrisation=parametrisation, integration="gauss_legendre", integration_nodes=30)  # fmt: skip
+    return build_model(cfg, K).to(dtype).eval()
+
+
 def make_batch(lengths=(9, 6), num_marks: int = K, seed: int = 0, windows=None, dtype=torch.float32) -> Batch:
     """Seeded sequences of the given lengths (unit-rate exponential gaps, uniform marks).
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import K, tiny_config
+from helpers import K, tiny_model
 
 from mtpp.config import load_config
 from mtpp.data.batch import collate
@@ -18,7 +18,6 @@ from mtpp.data.lattice import NEAR, TimeLattice, time_lattice
 from mtpp.data.sequence import EventSequence
 from mtpp.evaluation.evaluate import evaluate_model
 from mtpp.evaluation.metrics import MetricAccumulator
-from mtpp.models import build_model
 from mtpp.models.scaling import resolve_time_scale
 from mtpp.training.trainer import fit
 
@@ -79,11 +78,7 @@ def test_time_lattice_is_none_off_a_lattice_or_without_evidence() -> None:
 
 
 def _model(decoder: str, parametrisation: str, dtype: torch.dtype = torch.float64):
-    torch.manual_seed(0)
-    decoder, _, form = decoder.partition("-")
-    cfg = tiny_config(rmtpp_form=form or "monotone", encoder="gru", decoder=decoder, parametrisation=parametrisation,
-                      integration="gauss_legendre", integration_nodes=30)  # fmt: skip
-    return build_model(cfg, K).to(dtype).eval()
+    return tiny_model(decoder, parametrisation, "gru", dtype)
 
 
 @pytest.mark.parametrize("parametrisation", ("base", "plus"))

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import K, tiny_config
+from helpers import K, tiny_model
 
 from mtpp.config import load_config
 from mtpp.data.batch import collate
 from mtpp.data.formats import write_split_folder
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import ConfigError
-from mtpp.models import build_model
 from mtpp.models.scaling import typical_gap, resolve_time_scale
 from mtpp.training.trainer import fit
 
@@ -40,11 +39,7 @@ def _sequences(n: int, length: int, seed: int, scale: float = 1.0, offset: float
 
 
 def _model(decoder: str, parametrisation: str, dtype: torch.dtype = torch.float64):
-    torch.manual_seed(0)
-    decoder, _, form = decoder.partition("-")
-    cfg = tiny_config(rmtpp_form=form or "monotone", encoder="thp", decoder=decoder, parametrisation=parametrisation,
-                      integration="gauss_legendre", integration_nodes=30)  # fmt: skip
-    return build_model(cfg, K).to(dtype).eval()
+    return tiny_model(decoder, parametrisation, "thp", dtype)
 
 
 @pytest.mark.parametrize("parametrisation", PARAMETRISATIONS)
