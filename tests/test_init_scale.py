@@ -30,13 +30,14 @@ def heavy_tailed_batch(max_gap: float = 1e5) -> tuple:
 
 
 @pytest.mark.parametrize("parametrisation", PARAMETRISATIONS)
-@pytest.mark.parametrize("decoder", TIME_DECODERS.names())
+@pytest.mark.parametrize("decoder", [*TIME_DECODERS.names(), "rmtpp-baseline"])  # + model.rmtpp_form: baseline
 def test_initial_time_loss_is_of_the_order_of_the_exponential_on_heavy_tailed_gaps(decoder: str,
                                                                                   parametrisation: str) -> None:
     batch = heavy_tailed_batch()
     torch.manual_seed(0)
-    model = build_model({"encoder": "gru", "decoder": decoder, "parametrisation": parametrisation,
-                         "hidden_size": 16}, num_marks=5)  # fmt: skip
+    name, _, form = decoder.partition("-")
+    model = build_model({"encoder": "gru", "decoder": name, "parametrisation": parametrisation,
+                         "hidden_size": 16, "rmtpp_form": form or "monotone"}, num_marks=5)  # fmt: skip
     model.time_scale = 1.0
     out = model.nll(batch)
     events = out.scored.sum()
@@ -45,10 +46,13 @@ def test_initial_time_loss_is_of_the_order_of_the_exponential_on_heavy_tailed_ga
     assert exponential > 3000  # the data reach far into the tail (mean gap ~5,000 model units, up to 1e5)
     assert per_event < 3 * exponential, f"{decoder} {parametrisation}: {per_event:.3g} nats/event at init"
     (out.time_nll.sum() + out.mark_nll.sum()).backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
-    # no gradient beyond what the exponential's own loss gives its rate (d/d log-rate of sum tau - log-rate: ~sum tau)
-    assert max(g.abs().max().item() for g in grads) < 3 * exponential * events.item()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(torch.isfinite(g).all() for g in grads.values())
+    # no gradient beyond what the exponential's own loss gives its rate (d/d log-rate of sum tau - log-rate: ~sum tau),
+    # except the raw slope w of the baseline RMTPP (the reference's parametrisation): dLambda/dw ~ e^c tau^2 / 2 is
+    # ~1e11 on these gaps; Adam's steps do not depend on the gradient's scale, a global-norm clip would (left alone)
+    bounded = [g for n, g in grads.items() if not (form == "baseline" and n.endswith("time_decoder.w"))]
+    assert max(g.abs().max().item() for g in bounded) < 3 * exponential * events.item()
 
 
 def test_rmtpp_starts_next_to_its_poisson_limit() -> None:

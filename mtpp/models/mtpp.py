@@ -48,6 +48,7 @@ from mtpp.models.base import NLLOutput, Scores, TimeDistribution
 from mtpp.models.config import FIRST_EVENT, PARAMETRISATIONS, ModelConfig
 from mtpp.models.marginal import marginal_mark_log_probs
 from mtpp.models.ties import tie_mask
+from mtpp.models.time_decoders import interval_log_prob
 from mtpp.models.registry import ENCODERS, JOINT_DECODERS, MARK_DECODERS, TIME_DECODERS
 
 
@@ -371,11 +372,12 @@ class MarkedTPP(nn.Module):
         k = torch.where(exact, k, torch.zeros_like(k))
         lo, hi = ((k - 0.5) * q).clamp_min(0.0), (k + 0.5) * q
         # long gaps: log f(tau) + log q in data units, i.e. minus the L_T term already computed (which holds + log s)
-        log_p = torch.where(exact, fwd.dist.log_interval_prob(lo, hi),
+        log_s_lo, log_s_hi = fwd.dist.log_survival(lo), fwd.dist.log_survival(hi)  # once: NLL and PIT edges
+        log_p = torch.where(exact, interval_log_prob(log_s_lo, log_s_hi),
                             math.log(quantum) - fwd.nll.time_terms)  # fmt: skip
         zero = torch.zeros((), dtype=log_p.dtype, device=log_p.device)
         binned = torch.where(fwd.nll.scored, -log_p, zero).sum(-1) + fwd.nll.survival_term
-        edges = (torch.where(exact, fwd.dist.cdf(lo), pit), torch.where(exact, fwd.dist.cdf(hi), pit))
+        edges = (torch.where(exact, -torch.expm1(log_s_lo), pit), torch.where(exact, -torch.expm1(log_s_hi), pit))
         return binned, edges
 
     FORECAST_CHUNK_ELEMENTS = 1 << 24

@@ -96,6 +96,11 @@ TIE_RESOLUTION = 1e-6
 below it score ``log F(delta)`` (module docstring, "Tie policy"). ``model.tie_resolution`` overrides it."""
 
 
+def interval_log_prob(log_s_lo: Tensor, log_s_hi: Tensor) -> Tensor:
+    """``log(S(lo) - S(hi))`` from ``log S`` at ``lo <= hi``: ``log S(lo) + log1mexp(Lambda(hi) - Lambda(lo))``."""
+    return log_s_lo + log1mexp((log_s_lo - log_s_hi).clamp_min(0.0))
+
+
 def log1mexp(x: Tensor) -> Tensor:
     """``log(1 - exp(-x))`` for ``x >= 0`` (Maechler 2012, "Accurately computing log(1 - exp(-|a|))"): ``expm1``
     below ``log 2``, ``log1p`` above. ``x`` below the smallest normal number is taken at it (a finite, huge NLL
@@ -303,8 +308,7 @@ class HazardDistribution:
         ``log S(lo) + log(1 - exp(-(Lambda(hi) - Lambda(lo))))``: no cancellation of two survival values near 1.
         The probability of a lattice bin (``mtpp.data.lattice``); finite (``log1mexp``'s floor) when the two
         ``Lambda`` agree to rounding."""
-        a = self.log_survival(lo)
-        return a + log1mexp((a - self.log_survival(hi)).clamp_min(0.0))
+        return interval_log_prob(self.log_survival(lo), self.log_survival(hi))
 
     def _quantile_hazard(self, tau: Tensor) -> tuple[Tensor, Tensor]:
         """``(Lambda(tau), log lambda(tau))``: the deterministic, monotone ``Lambda`` that ``icdf`` inverts and
