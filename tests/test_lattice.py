@@ -215,6 +215,17 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     for split in ("val", "test"):
         assert metrics[split]["time_quantum"] == pytest.approx(Q, rel=1e-12)
         assert metrics[split]["nll_time_binned_per_seq"] > 0
+    # re-evaluating the run says the same, and reproduces the trainer's binned NLL
+    from mtpp.cli import main
+
+    assert main(["evaluate", str(tmp_path / "run"), "--split", "test"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: times on a lattice of q = 3.88789e-06" in err
+    header, _, row = out.splitlines()[:3]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[2:5] == ["L_T/seq", "L_T binned/seq", "L_M/seq"] and "PCE binned" in cols
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[3]) == pytest.approx(metrics["test"]["nll_time_binned_per_seq"], rel=1e-3)
     rng = np.random.default_rng(0)
     smooth = [EventSequence(np.cumsum(rng.exponential(1.0, 12)), rng.integers(0, K, 12), None) for _ in range(40)]
     data = write_split_folder(tmp_path / "smooth", [{"train": smooth, "val": smooth[:10], "test": smooth[:10]}],

@@ -106,13 +106,14 @@ def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, A
     import numpy as np
 
     from mtpp.data.lattice import time_lattice
+    from mtpp.data.sequence import within_sequence_gaps
 
     if not seqs:
         return {"sequences": 0, "events": 0}
     lengths = np.array([len(s) for s in seqs])
     times = np.concatenate([s.times for s in seqs])
     marks = np.concatenate([s.marks for s in seqs])
-    gaps = np.concatenate([np.diff(s.times) for s in seqs])
+    gaps = within_sequence_gaps(seqs)
     first = np.array([s.times[0] for s in seqs])
     counts = np.bincount(marks, minlength=max(num_marks, 1))
     order = np.argsort(-counts, kind="stable")[:top]

@@ -19,6 +19,17 @@ SHOWN = (
     ("PCE", "pce"),
     ("ECE forecast", "ece_forecast"),
 )
+LATTICE_SHOWN = (("L_T binned/seq", "nll_time_binned_per_seq"), ("PCE binned", "pce_binned"))
+"""Added after ``L_T/seq`` / ``PCE`` when the first evaluated run's data lie on a lattice (``mtpp.data.lattice``)."""
+
+
+def shown_columns(first: dict) -> tuple[tuple[str, str], ...]:
+    """The table's columns: ``SHOWN``, with ``LATTICE_SHOWN`` beside their continuous kin when ``first`` (the first
+    row's metrics) has the binned NLL."""
+    if "nll_time_binned_per_seq" not in first:
+        return SHOWN
+    after = {"nll_time_per_seq": LATTICE_SHOWN[0], "pce": LATTICE_SHOWN[1]}
+    return tuple(c for col in SHOWN for c in (col, after.get(col[1])) if c is not None)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,15 +86,17 @@ def run(args: argparse.Namespace) -> int:
 
         raise MtppError(not_a_run(args.run_dir))
     splits = ("val", "test") if args.split == "all" else (args.split,)
-    header = ["| run | split | " + " | ".join(s[0] for s in SHOWN) + " |", "|" + "---|" * (len(SHOWN) + 2)]
+    columns = None
     for run_dir in runs:
         for split in splits:
             with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
                 m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
                              other_data=args.other_data, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-            cells = " | ".join(fmt_value(m.get(k)) for _, k in SHOWN)
-            while header:  # once, before the first row (a refusal prints no table)
-                print(header.pop(0))
+            if columns is None:  # once, before the first row (a refusal prints no table)
+                columns = shown_columns(m)
+                print("| run | split | " + " | ".join(c for c, _ in columns) + " |")
+                print("|" + "---|" * (len(columns) + 2))
+            cells = " | ".join(fmt_value(m.get(k)) for _, k in columns)
             print(f"| {run_dir} | {split} | {cells} |")
             if args.horizon is not None:
                 from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon

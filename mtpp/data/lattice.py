@@ -34,6 +34,8 @@ from typing import Iterable
 
 import numpy as np
 
+from mtpp.data.sequence import within_sequence_gaps
+
 TOLERANCE = 1e-3
 """Largest distance, in quanta, from a whole multiple of ``q`` that a gap on the lattice may have (rounding of the
 stored times)."""
@@ -78,16 +80,11 @@ def lattice_warning(lattice: TimeLattice) -> str:
             "it (mtpp.data.lattice)")  # fmt: skip
 
 
-def _gaps(sequences: Iterable) -> np.ndarray:
-    parts = [np.diff(np.asarray(s.times, dtype=np.float64)) for s in sequences if len(s.times) > 1]
-    gaps = np.concatenate(parts) if parts else np.zeros(0)
-    return gaps[np.isfinite(gaps) & (gaps >= 0)]
-
-
 def time_lattice(sequences: Iterable) -> TimeLattice | None:
     """The lattice of the within-sequence gaps of ``sequences`` (module docstring), or ``None`` when the gaps are
     not on one (or too few are close enough to tell)."""
-    gaps = _gaps(sequences)
+    gaps = within_sequence_gaps(sequences)
+    gaps = gaps[np.isfinite(gaps) & (gaps >= 0)]
     positive = gaps[gaps > 0]
     if positive.size == 0:
         return None

@@ -251,6 +251,13 @@ def make_sequence(
     return EventSequence(t, m, window_end)
 
 
+def within_sequence_gaps(sequences: Iterable[EventSequence]) -> np.ndarray:
+    """``[m]`` float64: the gaps ``t_i - t_{i-1}`` (``i >= 2``) of every sequence, concatenated, in the data's time
+    unit; zero gaps (ties) included, the first event's ``t_1`` not (it is measured from the window start)."""
+    parts = [np.diff(np.asarray(s.times, dtype=np.float64)) for s in sequences if len(s.times) > 1]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def infer_num_marks(sequences: Iterable[EventSequence]) -> int:
     """``1 + max mark`` over the sequences (0 for none)."""
     top = -1

@@ -70,12 +70,17 @@ def evaluate_model(
     return metrics, acc.arrays()
 
 
-def data_time_quantum(data: Any) -> float | None:
-    """The lattice quantum of ``data``'s training split (``mtpp.data.lattice``), ``None`` off a lattice."""
-    from mtpp.data.lattice import time_lattice
+def data_time_quantum(data: Any, log: Callable[[str], None] | None = None) -> float | None:
+    """The lattice quantum of ``data``'s training split (``mtpp.data.lattice``), ``None`` off a lattice; ``log``
+    gets the trainer's run-start warning (``lattice_warning``) when the lattice is consequential."""
+    from mtpp.data.lattice import lattice_warning, time_lattice
 
     lattice = time_lattice(getattr(data, "train", None) or [])
-    return None if lattice is None else lattice.quantum
+    if lattice is None:
+        return None
+    if lattice.consequential and log is not None:
+        log(f"warning: {lattice_warning(lattice)}")
+    return lattice.quantum
 
 
 def json_safe(value: Any) -> Any:
@@ -184,7 +189,7 @@ def _evaluate_run(
     if rule_warning and log is not None:
         log(f"{run_dir}: warning: {rule_warning}")
     bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
-    quantum = data_time_quantum(run_data)
+    quantum = data_time_quantum(run_data, None if log is None else lambda msg: log(f"{run_dir}: {msg}"))
     metrics, arrays = evaluate_model(
         model, run_data.split(split), batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype], seed=cfg.train.seed,
         time_quantum=quantum,

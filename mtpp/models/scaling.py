@@ -37,6 +37,7 @@ from typing import Iterable
 
 import numpy as np
 
+from mtpp.data.sequence import within_sequence_gaps
 from mtpp.errors import ConfigError
 
 TIME_SCALE_CHOICES = ("auto", "none")
@@ -57,20 +58,12 @@ def typical_gap(sequences: Iterable) -> float | None:
     Falls back to the positive first gaps ``t_1`` when no sequence has two events with distinct times; ``None`` when
     there is no positive gap at all. Computed in float64 on the host (one pass over the data).
     """
-    inner, first = [], []
-    for s in sequences:
-        t = np.asarray(s.times, dtype=np.float64)
-        if t.size == 0:
-            continue
-        first.append(t[:1])
-        if t.size > 1:
-            inner.append(np.diff(t))
-    for parts in (inner, first):
-        if parts:
-            gaps = np.concatenate(parts)
-            gaps = gaps[np.isfinite(gaps) & (gaps > 0)]
-            if gaps.size:
-                return float(np.median(gaps))
+    sequences = list(sequences)
+    first = np.asarray([s.times[0] for s in sequences if len(s.times)], dtype=np.float64)
+    for gaps in (within_sequence_gaps(sequences), first):
+        gaps = gaps[np.isfinite(gaps) & (gaps > 0)]
+        if gaps.size:
+            return float(np.median(gaps))
     return None
 
 
