@@ -182,15 +182,19 @@ def test_evaluation_reports_the_binned_nll_only_when_every_batch_has_it() -> Non
     m = _model("lnm", "plus", torch.float32)
     seqs = _lattice_sequences(12, 10, 4)
     m.time_scale = resolve_time_scale("auto", seqs)
-    metrics, _ = evaluate_model(m, seqs, batch_size=5, time_quantum=Q)
+    metrics, arrays = evaluate_model(m, seqs, batch_size=5, time_quantum=Q)
     assert metrics["time_quantum"] == Q
     assert metrics["nll_time_binned_per_seq"] > 0 and 0 <= metrics["pce_binned"] < 0.5
+    # the plotted binned PIT CDF is the one pce_binned measures (its mean distance from the levels j/50)
+    levels = np.arange(1, 51) / 50
+    assert np.mean(np.abs(np.asarray(arrays["pit_cdf_binned"]) - levels)) == pytest.approx(metrics["pce_binned"])
     assert metrics["nll_time_binned_per_event"] == pytest.approx(
         metrics["nll_time_binned_per_seq"] * metrics["num_sequences"] / metrics["num_events"])
     # binned ~ L_T + n log(1 / q) where the density is smooth on the lattice's scale (gaps of many quanta)
     assert metrics["nll_time_binned_per_event"] > metrics["nll_time_per_event"]
-    plain, _ = evaluate_model(m, seqs, batch_size=5)
+    plain, plain_arrays = evaluate_model(m, seqs, batch_size=5)
     assert not {"nll_time_binned_per_seq", "pce_binned", "time_quantum"} & set(plain)
+    assert "pit_cdf_binned" not in plain_arrays
     # merging an accumulator without the binned part drops the metric (it would cover only some sequences)
     batch = collate(seqs[:3])
     with torch.no_grad():
@@ -226,6 +230,14 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     assert cols[2:5] == ["L_T/seq", "L_T binned/seq", "L_M/seq"] and "PCE binned" in cols
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[3]) == pytest.approx(metrics["test"]["nll_time_binned_per_seq"], rel=1e-3)
+    # a folder of runs on the same data: the warning once, every run's row
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copytree(tmp_path / "run", tmp_path / "runs" / name)
+    assert main(["evaluate", str(tmp_path / "runs"), "--split", "test"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("warning: times on a lattice") == 1 and out.count(f"| {tmp_path / 'runs'}") == 2
     rng = np.random.default_rng(0)
     smooth = [EventSequence(np.cumsum(rng.exponential(1.0, 12)), rng.integers(0, K, 12), None) for _ in range(40)]
     data = write_split_folder(tmp_path / "smooth", [{"train": smooth, "val": smooth[:10], "test": smooth[:10]}],

@@ -499,3 +499,36 @@ def test_reliability_reads_runs_written_before_the_forecast_arrays(tmp_path, fig
     (fig,) = figures
     assert [a.get_title() for a in fig.axes if a.get_title()] == ["LNM: ECE 0.0500 ± –"]  # ece = ece_given_time
     assert "mark reliability of p(k | τ, H), given the time" in fig._suptitle.get_text()
+
+
+def test_pit_panel_shows_the_binned_pit_where_every_run_has_it(tmp_path, figures):
+    """Runs scored on a time lattice carry ``pit_cdf_binned``: the panel draws it (pooled event-weighted over the
+    runs) beside the continuous PIT and names ``pce_binned``; a panel with one run lacking it draws the continuous
+    PIT only."""
+    rng = np.random.default_rng(3)
+    grid = np.arange(1, 51) / 50
+    pooled, n_total = np.zeros(50), 0
+    for split, decoder in ((0, "lnm"), (1, "lnm"), (0, "thp")):
+        run = tmp_path / "runs" / f"{decoder}{split}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": {"split": split},
+                                                         "model": {"decoder": decoder, "parametrisation": "base"}}))
+        (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0, "pce": 0.05,
+                                                               "pce_binned": 0.01 * (split + 1)}}))
+        arrays = _arrays(rng)
+        if decoder == "lnm":
+            cdf = np.clip(grid + rng.normal(0, 0.01, 50), 0, 1)
+            arrays["pit_cdf_binned"] = cdf.tolist()
+            n = int(np.sum(arrays["pit_counts"]))
+            pooled, n_total = pooled + n * cdf, n_total + n
+        (run / "arrays_test.json").write_text(json.dumps(arrays))
+    plots.plot_pit(report.collect_runs(tmp_path / "runs"), tmp_path / "pit.png")
+    (fig,) = figures
+    panels = {a.get_title().split(":")[0]: a for a in fig.axes if a.get_visible() and a.get_title()}
+    lnm, thp = panels["LNM"], panels["THP"]
+    title = " ".join(lnm.get_title().split())
+    assert "PCE binned 0.0150" in title and "continuous 0.0500" in title
+    binned = next(line for line in lnm.get_lines() if line.get_label() == "binned PIT")
+    np.testing.assert_allclose(binned.get_ydata()[1:], pooled / n_total - grid, atol=1e-12)
+    assert "binned" not in thp.get_title() and not any(ln.get_label() == "binned PIT" for ln in thp.get_lines())
+    assert "solid = binned PIT" in fig._suptitle.get_text()

@@ -135,6 +135,32 @@ def test_evaluate_and_resume_refuse_other_data_and_other_data_goes_elsewhere(tmp
         predict(run)
 
 
+def test_evaluate_finds_the_runs_of_a_compare_folder_and_skips_unfinished_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A ``compare --out`` folder nests runs as ``<dataset>/<cell>/split<i>-seed<j>``: every finished run below
+    is evaluated (its metrics reproduced), one without ``best.pt`` is named and skipped, and nothing is searched
+    inside a run."""
+    data = simulate(tmp_path / "sim", seed=0)
+    root = tmp_path / "grid"
+    runs = [root / "sim" / cell / "split0-seed0" for cell in ("lnm-base-sum", "lnm-plus-sum")]
+    for run, param in zip(runs, ("base", "plus")):
+        fit(tiny(data, "train.max_epochs=1", f"model.parametrisation={param}"), run)
+    unfinished = root / "sim" / "thp-base-sum" / "split0-seed0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").write_text((runs[0] / "config.yaml").read_text())
+    (runs[0] / "inner").mkdir()
+    (runs[0] / "inner" / "config.yaml").write_text("not: a run")  # would fail if it were taken for one
+    reported = [read(r / "metrics.json")["test"]["nll_time_per_seq"] for r in runs]
+    capsys.readouterr()
+    assert main(["evaluate", str(root)]) == 0
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith(f"| {root}")]
+    assert [row.split("|")[1].strip() for row in rows] == [str(r) for r in runs]
+    assert f"{unfinished}: skipped (no best.pt" in err
+    assert [read(r / "metrics.json")["test"]["nll_time_per_seq"] for r in runs] == pytest.approx(reported)
+
+
 def test_evaluate_and_resume_use_the_recorded_data_not_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

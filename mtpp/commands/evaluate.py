@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Rebuild the model from RUN_DIR/config.yaml, load best.pt, evaluate on a split of the data the "
         "run recorded (its folder and fingerprints in config.yaml) and update RUN_DIR/metrics.json and "
         "arrays_<split>.json. Data with other fingerprints are refused unless --other-data, which writes "
-        "metrics.other-<fingerprint>.json instead. A folder of variant runs evaluates each.",
+        "metrics.other-<fingerprint>.json instead. A folder of runs (variants, or a compare --out folder) evaluates each run below it.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
     p.add_argument("--split", choices=("val", "test", "train", "all"), default="test", help="default: test")
@@ -59,10 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_dirs(path: Path) -> list[Path]:
-    """``path`` itself if it is a run, else its sub-folders that are runs (a variants folder)."""
+    """``path`` itself if it is a run, else the runs below it at any depth (a variants folder, or a ``compare
+    --out`` folder of ``<dataset>/<cell>/split<i>-seed<j>``), sorted; a run's own sub-folders are not searched."""
     if (path / "config.yaml").is_file():
         return [path]
-    return sorted(p for p in path.iterdir() if (p / "config.yaml").is_file()) if path.is_dir() else []
+    if not path.is_dir():
+        return []
+    found = sorted(p.parent for p in path.rglob("config.yaml"))
+    return [p for i, p in enumerate(found) if not any(q in p.parents for q in found[:i])]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,11 +91,26 @@ def run(args: argparse.Namespace) -> int:
         raise MtppError(not_a_run(args.run_dir))
     splits = ("val", "test") if args.split == "all" else (args.split,)
     columns = None
+    from mtpp.training.checkpoint import BEST
+
+    warned: set[str] = set()
+
+    def log(msg: str) -> None:  # a warning about the data is said once, not once per run of a folder
+        text = msg.split(": ", 1)[-1]
+        if text.startswith("warning:"):
+            if text in warned:
+                return
+            warned.add(text)
+        print(msg, file=sys.stderr, flush=True)
+
     for run_dir in runs:
+        if len(runs) > 1 and not (run_dir / BEST).is_file():  # one unfinished run does not stop the rest
+            print(f"{run_dir}: skipped (no {BEST}: not trained yet)", file=sys.stderr, flush=True)
+            continue
         for split in splits:
             with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
                 m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
-                             other_data=args.other_data, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                             other_data=args.other_data, log=log)
             if columns is None:  # once, before the first row (a refusal prints no table)
                 columns = shown_columns(m)
                 print("| run | split | " + " | ".join(c for c, _ in columns) + " |")

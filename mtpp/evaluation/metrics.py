@@ -528,7 +528,9 @@ class MetricAccumulator:
         Per mark kind (``_given_time`` / ``_forecast`` suffix): ``reliability_edges_*`` (bins + 1),
         ``reliability_count_*``, ``reliability_confidence_*``, ``reliability_accuracy_*`` (per confidence bin);
         ``pit_edges`` (51), ``pit_counts`` (50, bins
-        ``((j-1)/50, j/50]``), ``pit_cdf`` (50, the empirical CDF at ``j/50``).
+        ``((j-1)/50, j/50]``), ``pit_cdf`` (50, the empirical CDF at ``j/50``); where the times were scored on a
+        lattice, ``pit_cdf_binned`` (50, the mean CDF of the bins' non-randomised PIT at ``j/50``, whose PCE is
+        ``pce_binned``; Czado, Gneiting & Held 2009).
         """
         s = self._cpu_state()
         counts = s["pit_counts"]
@@ -552,4 +554,6 @@ class MetricAccumulator:
             "pit_edges": lst(np.arange(self.pit_bins + 1) / self.pit_bins),
             "pit_counts": [int(round(c)) for c in counts],
             "pit_cdf": lst(cdf),
+            **({} if self._binned_missing else
+               {"pit_cdf_binned": lst(s["pit_cdf_binned"] / n if n > 0 else np.full_like(counts, np.nan))}),
         }

@@ -383,8 +383,9 @@ arrays have no forecast)."""
 
 
 def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | None:
-    count = conf_sum = acc_sum = pit = None
+    count = conf_sum = acc_sum = pit = binned = None
     edges = pit_edges = None
+    all_binned = True
     kinds: set[str] = set()
     for run in part["run"]:
         a = read_arrays(run, section)
@@ -406,6 +407,11 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
             p = np.asarray(a["pit_counts"], dtype=float)
             pit = p if pit is None else pit + p
             pit_edges = np.asarray(a.get("pit_edges") or np.linspace(0, 1, len(p) + 1), dtype=float)
+            if a.get("pit_cdf_binned") is None:
+                all_binned = False
+            else:  # pooled as the event-weighted mean of the runs' mean CDFs
+                b = p.sum() * np.asarray(a["pit_cdf_binned"], dtype=float)
+                binned = b if binned is None else binned + b
     if count is None and pit is None:
         return None
     out: dict[str, np.ndarray] = {}
@@ -415,6 +421,8 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
         out["kind"] = kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[assignment]
     if pit is not None:
         out.update(pit_counts=pit, pit_edges=pit_edges)
+        if all_binned and binned is not None:
+            out["pit_cdf_binned"] = binned / pit.sum()
     return out
 
 
@@ -491,7 +499,13 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
     too many small PIT values, i.e. predicted gaps too long), with the 95 % band of a calibrated model's
     sampling noise (DKW: ``sqrt(log(2 / 0.05) / (2 n))``, ``n`` = pooled events), each panel on its own symmetric
     y scale (the band shows it), so any number of models can be told apart. The PCE in each panel is the one of the tables (mean ± standard error
-    of the runs' PCEs); PCE is the mean of ``|F_hat(j/50) - j/50|``."""
+    of the runs' PCEs); PCE is the mean of ``|F_hat(j/50) - j/50|``.
+
+    Where every run of a panel was scored on a time lattice (``pit_cdf_binned`` in its arrays, ``mtpp.data.lattice``),
+    the solid line is the bins' non-randomised PIT (Czado, Gneiting & Held 2009; its PCE is ``pce_binned``) and the
+    continuous PIT is drawn thin and dashed: the continuous PIT of rounded gaps is not uniform even under the true
+    model. The band is the same (conservative for the non-randomised PIT, whose per-event CDFs vary less than
+    indicators)."""
     _, cells = _cells(runs)
     models = [(label, part, arr) for label, part in cells
               if (arr := _pooled_arrays(part, section)) is not None and "pit_counts" in arr
@@ -508,17 +522,29 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
         eps = math.sqrt(math.log(2 / 0.05) / (2 * n))
         ax.axhspan(-eps, eps, color="0.88", lw=0)
         ax.axhline(0, color="gray", ls="--", lw=1)
-        ax.plot(u, dev, color=c, lw=1.6)
-        lim = 1.25 * max(float(np.abs(dev).max()), 2 * eps)
+        if "pit_cdf_binned" in a:
+            binned = np.r_[0.0, a["pit_cdf_binned"] - edges[1:]]
+            ax.plot(u, dev, color=c, lw=0.9, ls=":", label="continuous PIT")
+            ax.plot(u, binned, color=c, lw=1.6, label="binned PIT")
+            ax.legend(fontsize=7, loc="best")
+            lim = 1.25 * max(float(np.abs(binned).max()), float(np.abs(dev).max()), 2 * eps)
+            head = (f"{label}: PCE binned {_table_value(part, 'pce_binned')}, continuous {_table_value(part, 'pce')}"
+                    f" ({int(n)} events)")  # fmt: skip
+        else:
+            ax.plot(u, dev, color=c, lw=1.6)
+            lim = 1.25 * max(float(np.abs(dev).max()), 2 * eps)
+            head = f"{label}: PCE {_table_value(part, 'pce')} ({int(n)} events)"
         ax.set_ylim(-lim, lim)  # each panel its own symmetric scale: one bad model does not flatten the rest
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-        ax.set_title(_wrap(f"{label}: PCE {_table_value(part, 'pce')} ({int(n)} events)", 44), fontsize=9)
+        ax.set_title(_wrap(head, 44), fontsize=9)
     _label_axes(axes, len(models), r"PIT level $u$", r"$\hat F(u) - u$")
     head = f"{title}: " if title else ""
     fig.suptitle(
         f"{head}time calibration ({section}; {_pooled_note(runs)})\n"
-        "deviation of the PIT's empirical CDF from uniform; 0 = calibrated; PCE as in the tables\n"
+        "deviation of the PIT's empirical CDF from uniform; 0 = calibrated; PCE as in the tables"
+        + ("; times on a lattice: solid = binned PIT, dotted = continuous" if any("pit_cdf_binned" in a for _, _, a in models) else "")
+        + "\n"
         "grey: 95 % band of a calibrated model's noise (y scales differ: read them against the band)",
         fontsize=9,
     )
