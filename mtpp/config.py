@@ -91,6 +91,9 @@ class TrainConfig:
     patience: int = 20  # epochs without improvement before stopping
     min_delta: float = 1e-4  # relative tolerance: improvement means val < best - min_delta * |best|
     separate_early_stopping: bool = False  # plusplus only: time / mark parameters stop separately
+    # the time part's validation score for early stopping and the best checkpoint: nll (the continuous L_T, the
+    # reference protocol) | binned (L_T of each gap's lattice bin; data on a lattice only, mtpp.data.lattice)
+    select_time_on: str = "nll"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # bf16 autocast on CUDA (likelihood terms stay float32)
@@ -169,6 +172,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "rmtpp_form"): _model_config.RMTPP_FORMS,
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "lr_schedule"): ("none", "cosine", "plateau"),
+    ("train", "select_time_on"): ("nll", "binned"),
 }
 
 # Numeric fields with a lower bound: (section, key) -> (bound, strict).

@@ -355,3 +355,61 @@ def test_pce_binned_is_calibrated_for_the_true_model_of_rounded_gaps() -> None:
     # bins of zero width: the binned PIT is the continuous one
     same = torch.from_numpy(f_tau)
     assert _accumulate(same, same, same)["pce_binned"] == pytest.approx(got["pce"], rel=1e-12)
+
+
+def _epochs(run: Path) -> list[dict]:
+    import json
+
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == "epoch"]
+
+
+@pytest.mark.parametrize("parametrisation", ["base", "plusplus"])
+def test_selecting_on_the_binned_time_nll(tmp_path: Path, parametrisation: str, monkeypatch) -> None:
+    """``train.select_time_on: binned``: every epoch logs the binned validation L_T, which is the one the model's
+    own evaluation gives, and the best epoch (of the whole model, or of the time part under separate early
+    stopping) is its minimum; data off a lattice are refused with the fix named."""
+    from mtpp.errors import ConfigError
+    from mtpp.evaluation.evaluate import evaluate
+
+    splits = {"train": _lattice_sequences(40, 12, 5), "val": _lattice_sequences(10, 12, 6),
+              "test": _lattice_sequences(10, 12, 7)}  # fmt: skip
+    data = write_split_folder(tmp_path / "lattice", [splits], num_marks=K)
+    extra = ["train.separate_early_stopping=true"] if parametrisation == "plusplus" else []
+    cfg = load_config(None, [f"data.name={data}", "train.max_epochs=6", "train.min_delta=0", "train.patience=100",
+                             "model.hidden_size=4", f"model.parametrisation={parametrisation}", "train.lr=0.03",
+                             "train.select_time_on=binned", "logging.quiet=true", "logging.progress=false",
+                             *extra])  # fmt: skip
+    from mtpp.training.early_stopping import EarlyStopping
+
+    seen, step = [], EarlyStopping.step
+
+    def spy(self, epoch, val_time, val_mark, model):  # what early stopping is given as the time part's score
+        seen.append(val_time)
+        return step(self, epoch, val_time, val_mark, model)
+
+    monkeypatch.setattr(EarlyStopping, "step", spy)
+    run = tmp_path / "run"
+    metrics = fit(cfg, run)
+    epochs = _epochs(run)
+    binned = np.array([e["val_nll_time_binned_per_seq"] for e in epochs])
+    mark = np.array([e["val_nll_mark_per_seq"] for e in epochs])
+    continuous = np.array([e["val_nll_time_per_seq"] for e in epochs])
+    assert np.all(binned > 0) and not np.allclose(binned, continuous)
+    np.testing.assert_allclose(seen, binned, rtol=1e-12)
+    chosen = binned if parametrisation == "plusplus" else binned + mark
+    key = "best_epoch/time" if parametrisation == "plusplus" else "best_epoch"
+    assert metrics["train"][key] == epochs[int(np.argmin(chosen))]["epoch"]
+    if parametrisation == "base":  # best.pt holds the best epoch's weights: its binned val L_T is the logged one
+        again = evaluate(run, "val")
+        assert again["nll_time_binned_per_seq"] == pytest.approx(binned.min(), rel=1e-5)
+    rng = np.random.default_rng(0)
+    smooth = [EventSequence(np.cumsum(rng.exponential(1.0, 12)), rng.integers(0, K, 12), None) for _ in range(40)]
+    data = write_split_folder(tmp_path / "smooth", [{"train": smooth, "val": smooth[:10], "test": smooth[:10]}],
+                              num_marks=K)  # fmt: skip
+    cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                             "train.select_time_on=binned", "logging.quiet=true", "logging.progress=false"])
+    with pytest.raises(ConfigError, match="not on a lattice.*train.select_time_on: nll"):
+        fit(cfg, tmp_path / "run_smooth")
+    with pytest.raises(ConfigError, match="select_time_on"):
+        load_config(None, ["train.select_time_on=bins"])

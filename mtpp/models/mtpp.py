@@ -352,13 +352,25 @@ class MarkedTPP(nn.Module):
             pit_bin_edges=edges,
         )
 
+    @torch.no_grad()
+    def nll_binned(self, batch: Batch, time_quantum: float) -> tuple[NLLOutput, Tensor]:
+        """``(nll(batch), binned time NLL per sequence [B])``: the validation pass of ``train.select_time_on:
+        binned``, without the PIT, quantiles and mark forecast of ``score``. ``time_quantum`` as in ``score``
+        (data units); the binned NLL as ``Scores.time_nll_binned`` (nats, unitless)."""
+        fwd = self._forward(batch)
+        with _autocast_off(fwd.taus.device):
+            binned, _ = self._lattice_scores(fwd, time_quantum, None)
+        return fwd.nll, binned
+
     BINNED_EXACT_QUANTA = 1000
     """Gaps of at most this many quanta get the exact bin probability ``S(lo) - S(hi)``; longer ones ``f(tau) q``
     (the midpoint rule, relative error ``O(1 / k^2)`` for a density smooth on the scale of the gap), because in
     float32 the bin edges of a gap of ``k`` quanta are only resolved to ``k * 6e-8`` quanta."""
 
-    def _lattice_scores(self, fwd: _Forward, quantum: float, pit: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """``(binned NLL [B], (F(lo), F(hi)) [B, L] each)`` for the lattice bins ``[lo, hi)`` of the observed gaps.
+    def _lattice_scores(self, fwd: _Forward, quantum: float,
+                        pit: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:  # fmt: skip
+        """``(binned NLL [B], (F(lo), F(hi)) [B, L] each)`` for the lattice bins ``[lo, hi)`` of the observed gaps
+        (the edges ``None`` when ``pit`` is).
 
         Binned NLL: ``-log P(k q - q/2 <= tau < k q + q/2 | H)`` (``k = round(tau / q)``, the lower edge clamped
         at 0) summed over the scored events, plus the survival term (``mtpp.data.lattice``; nats, unitless).
@@ -377,6 +389,8 @@ class MarkedTPP(nn.Module):
                             math.log(quantum) - fwd.nll.time_terms)  # fmt: skip
         zero = torch.zeros((), dtype=log_p.dtype, device=log_p.device)
         binned = torch.where(fwd.nll.scored, -log_p, zero).sum(-1) + fwd.nll.survival_term
+        if pit is None:
+            return binned, None
         edges = (torch.where(exact, -torch.expm1(log_s_lo), pit), torch.where(exact, -torch.expm1(log_s_hi), pit))
         return binned, edges
 

@@ -446,6 +446,10 @@ class Trainer:
         # the model's unit of time (mtpp.models.scaling); a resumed run restores it from its checkpoint below
         self.model.time_scale = resolve_time_scale(cfg.data.time_scale, self.data.train)
         self.time_lattice = time_lattice(self.data.train)  # binned L_T in the final evaluation (mtpp.data.lattice)
+        if cfg.train.select_time_on == "binned" and self.time_lattice is None:
+            raise ConfigError(
+                "train.select_time_on: binned scores each validation gap's lattice bin, but the training gaps of "
+                f"{cfg.data.name} are not on a lattice (mtpp data describe shows it); use train.select_time_on: nll")
         if self.main:  # ties and t = 0 first events: say so before training (mtpp.models.ties)
             from mtpp.models.ties import tie_warning
 
@@ -637,7 +641,9 @@ class Trainer:
         self.model.eval()
         t = self.cfg.train
         part = distributed.shard(self.data.val, self.dist)  # all of it in one process
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # L_T, L_M, scored events
+        quantum = self.time_lattice.quantum if t.select_time_on == "binned" else None
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # L_T, L_M, scored events, binned L_T
+        zero = torch.zeros((), device=self.device)
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(distributed.rank_seed(t.seed, self.dist.rank))
@@ -650,21 +656,28 @@ class Trainer:
                     for batch in loader:
                         batch = batch.to(self.device, non_blocking=True)
                         with autocast(self.amp, self.device):
-                            out = self.model.nll(batch)
-                        sums += torch.stack([out.time_nll.sum(), out.mark_nll.sum(), out.scored.sum()]).double()
+                            if quantum is None:
+                                out, binned = self.model.nll(batch), zero
+                            else:
+                                out, binned = self.model.nll_binned(batch, quantum)
+                        sums += torch.stack([out.time_nll.sum(), out.mark_nll.sum(), out.scored.sum(),
+                                             binned.sum()]).double()  # fmt: skip
                         if bar is not None:
                             bar.update()
-        lt, lm, ev = self.dist.sum_(sums).tolist()  # every rank: the same totals, the same decisions
+        lt, lm, ev, lb = self.dist.sum_(sums).tolist()  # every rank: the same totals, the same decisions
         n = len(self.data.val)
         return {
             "val_nll_time_per_seq": lt / n,
             "val_nll_mark_per_seq": lm / n,
             "val_nll_per_seq": (lt + lm) / n,
             "val_nll_per_event": (lt + lm) / ev if ev else math.nan,
+            **({} if quantum is None else {"val_nll_time_binned_per_seq": lb / n}),
         }
 
     def _end_epoch(self, epoch: int, seconds: float, val: dict[str, float]) -> None:
-        improved, frozen = self.early.step(epoch, val["val_nll_time_per_seq"], val["val_nll_mark_per_seq"], self.model)
+        binned = self.cfg.train.select_time_on == "binned"  # the time part's score (train.select_time_on)
+        time_key = "val_nll_time_binned_per_seq" if binned else "val_nll_time_per_seq"
+        improved, frozen = self.early.step(epoch, val[time_key], val["val_nll_mark_per_seq"], self.model)
         for group in frozen:
             self._freeze(group)
         self._step_scheduler(val["val_nll_per_seq"])
@@ -1191,7 +1204,7 @@ def _check_resumed_time_scale(resolved: float, trained: float, spec: object, out
 #: Training settings whose state lives in the checkpoint (optimiser moments, schedule, early-stopping groups):
 #: a resumed run cannot change them. ``train.lr`` and ``train.weight_decay`` can change (without a schedule):
 #: the restored optimiser takes the new values.
-RESUME_FIXED_TRAIN = ("optimizer", "lr_schedule", "separate_early_stopping")
+RESUME_FIXED_TRAIN = ("optimizer", "lr_schedule", "separate_early_stopping", "select_time_on")
 
 
 def _dotted(d: dict, key: str) -> Any:
