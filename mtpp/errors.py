@@ -10,10 +10,12 @@ class MtppError(Exception):
 class DataError(MtppError, ValueError):
     """Bad or missing data: the message names the file, the sequence index and the problem."""
 
-    def __init__(self, problem: str, *, source: str | None = None, sequence: int | None = None) -> None:
+    def __init__(self, problem: str, *, source: str | None = None, sequence: int | None = None,
+                 event: int | None = None) -> None:  # fmt: skip
         self.problem = problem
         self.source = source
         self.sequence = sequence
+        self.event = event  # the event's index in its sequence, when the problem is one event (readers name its line)
         where = []
         if source is not None:
             where.append(str(source))

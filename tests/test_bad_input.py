@@ -205,5 +205,11 @@ def test_use_window_scores_the_simulation_window(tmp_path: Path) -> None:
 def test_a_bad_sequence_of_a_long_table_is_named_by_its_seq_id_and_line(tmp_path: Path) -> None:
     p = tmp_path / "events.csv"
     p.write_text("seq_id,time,mark\nuserA,1,0\nuserA,2,1\nuserB,3,0\nuserB,1,1\n")
-    with pytest.raises(DataError, match=r"sequence 1: times not sorted.*\(seq_id 'userB', first row on line 4\)"):
+    with pytest.raises(DataError, match=r"sequence 1: times not sorted.*\(seq_id 'userB', line 5\)"):
+        read_any(p)  # the line of the event out of order, not of the sequence's first row
+    p.write_text("seq_id,time,mark\nuserA,1,0\nuserB,3,0\nuserA,nan,1\nuserB,4,-1\n")
+    with pytest.raises(DataError, match=r"sequence 0: non-finite time nan at event 1 \(seq_id 'userA', line 4\)"):
+        read_any(p)
+    p.write_text("seq_id,time,mark\nuserA,1,0\nuserB,3,0\nuserA,2,1\nuserB,4,-1\n")
+    with pytest.raises(DataError, match=r"sequence 1: negative mark -1 at event 1 \(seq_id 'userB', line 5\)"):
         read_any(p)

@@ -251,6 +251,39 @@ def test_long_csv_split_column(tmp_path: Path) -> None:
     assert {k: len(v) for k, v in res.parts.items()} == {"train": 1, "val": 1, "test": 1}
 
 
+def test_split_column_names_in_any_spelling_and_unknown_ones_are_an_error(tmp_path: Path) -> None:
+    """The whole kind of "a split the loader does not recognise": every accepted spelling and case maps onto
+    train / val / test (so the file keeps its own split), and any other value is an error naming it and its line,
+    never a silent 60/20/20 re-split of the whole file."""
+    spellings = {"train": ["train", "Train", "training", " TRAINING "], "val": ["val", "valid", "Validation", "dev",
+                 "EVAL"], "test": ["test", "Test", "testing"]}  # fmt: skip
+    rows, n = ["seq_id,time,mark,split"], 0
+    for spelled in spellings.values():
+        for word in spelled:
+            rows += [f"s{n},1,0,{word}", f"s{n},2,1,{word}"]
+            n += 1
+    res = read_any(_write(tmp_path / "spelled.csv", "\n".join(rows).encode()))
+    assert {k: len(v) for k, v in res.parts.items()} == {k: len(v) for k, v in spellings.items()}
+    from mtpp.data.catalog import load_dataset
+
+    ds = load_dataset(tmp_path / "spelled.csv")
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (4, 5, 3) and not any("re-split" in n for n in ds.notes)
+    bad = "seq_id,time,mark,split\na,1,0,train\nb,1,0,validaton\nc,1,0,holdout\nd,1,0,test\n"
+    with pytest.raises(DataError, match=r"split 'validaton' on line 3 is not a part name \(2 such value\(s\): "
+                                        r"'validaton', 'holdout'\); use train"):
+        read_any(_write(tmp_path / "bad.csv", bad.encode()))
+
+
+def test_a_misspelt_column_is_an_error_and_other_columns_are_noted(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"column 'marks' is not one mtpp reads: did you mean 'mark'\?"):
+        read_any(_write(tmp_path / "m.csv", b"seq_id,time,marks\na,1,3\na,2,4\n"))
+    with pytest.raises(DataError, match=r"column 'Split' .*did you mean 'split'"):
+        read_any(_write(tmp_path / "s.csv", b"seq_id,time,mark,Split\na,1,3,train\n"))
+    res = read_any(_write(tmp_path / "u.csv", b"seq_id,time,mark,user_name\na,1,3,x\na,2,4,x\n"))
+    assert [s.marks.tolist() for s in res.parts["all"]] == [[3, 4]]
+    assert any("column(s) ['user_name'] ignored" in n for n in res.notes)
+
+
 def test_parquet_needs_pyarrow_or_reads(tmp_path: Path) -> None:
     import pandas as pd
 

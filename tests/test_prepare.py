@@ -123,6 +123,19 @@ def test_cli_list(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("mooc "))
     assert "found (re-split)" in line and "its first use prepares seeded 60/20/20 splits" in out
+    # a copy of files named after parts that lacks one (EasyTPP's Retweets: valid + test) is re-split on use too;
+    # a complete one, and a pickle not named after a part (its parts are its keys), are plain "found"
+    for folder, files in (("easytpp_retweet", ["valid.json.gz", "test.json.gz"]),
+                          ("easytpp_taobao", ["train.json", "valid.json", "test.json"]),
+                          ("lgnjsde_taobao", ["all.pkl"])):  # fmt: skip
+        (tmp_path / folder).mkdir()
+        for f in files:
+            (tmp_path / folder / f).write_bytes(b"[]" if ".json" in f else b"\x80\x04N.")
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
+    rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln and not ln.startswith("-")}
+    assert "found (re-split)" in rows["retweet"]
+    assert "found " in rows["taobao"] + " " and "re-split" not in rows["taobao"]
+    assert "re-split" not in rows["taobao_lgnjsde"] and "found" in rows["taobao_lgnjsde"]
 
 
 @pytest.fixture(scope="session")

@@ -83,10 +83,29 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _resplit_on_use(entry: Any, path: Path) -> bool:
     """Whether loading ``path`` re-splits it (``mtpp.data.catalog.load_dataset``): the entry always is, or it is a
-    split folder without a train part (``lacks_train_part``)."""
+    split folder without a train part (``lacks_train_part``), or a folder whose files' parts, judged from their
+    names (``scan_folder``: ``valid.json.gz`` -> val, ``wikipedia.npz`` -> wikipedia), lack one of train / val /
+    test. Files whose parts are decided inside them (a table's split column, RMTPP folds, a pickle not named after
+    a part) are not opened here: ``found`` then says nothing about a re-split."""
     from mtpp.data.catalog import is_split_folder, lacks_train_part
+    from mtpp.data.formats import PARTS, scan_folder
 
-    return bool(getattr(entry, "resplit", False)) or (is_split_folder(path) and lacks_train_part(path))
+    if getattr(entry, "resplit", False):
+        return True
+    if not path.is_dir():
+        return False
+    if is_split_folder(path):
+        return lacks_train_part(path)
+    files = scan_folder(path)
+    if not files or any(f.format not in PARTS_FROM_NAME and not (f.format == "pickle" and f.part in PARTS)
+                        for f in files):  # fmt: skip
+        return False
+    return not set(PARTS) <= {f.part for f in files}
+
+
+PARTS_FROM_NAME = ("json", "ifl_npz", "torch_zip")
+"""File formats whose part is their name's (``mtpp.data.formats``); a pickle's are its keys, which the
+EasyTPP / GNTPP / THP copies name like the file."""
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:

@@ -63,6 +63,7 @@ them, through the same unpickler.
 from __future__ import annotations
 
 import csv
+import difflib
 import gzip
 import io
 import json
@@ -120,14 +121,19 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
 PARQUET_MAGIC = b"PAR1"
 
-# Part names: dev / valid / validation all mean the validation set.
-_PART_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "eval": "val"}
+# Part names, in any case: dev / valid / validation / eval mean the validation set, training / testing the others.
+_PART_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "eval": "val", "training": "train",
+                 "testing": "test"}  # fmt: skip
+PARTS = ("train", "val", "test")
+"""The parts of a split; ``normalise_part`` maps the accepted spellings onto them."""
 _SKIP_FILES = {"args.json", "meta.txt", "manifest.md", "readme.md", "provenance.tsv"}
 
 
 def normalise_part(name: str) -> str:
-    """``dev`` / ``valid`` / ``validation`` -> ``val``; other names unchanged."""
-    return _PART_ALIASES.get(name, name)
+    """``Train`` / ``training`` -> ``train``; ``dev`` / ``valid`` / ``validation`` / ``eval`` -> ``val``;
+    ``testing`` -> ``test`` (any case, surrounding blanks ignored); other names lower-cased, otherwise unchanged."""
+    low = str(name).strip().lower()
+    return _PART_ALIASES.get(low, low)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -219,11 +225,11 @@ class _Builder:
             if not self.options.drop_invalid:
                 if self.num_marks is not None and "out of range" in e.problem:
                     raise DataError(f"{e.problem} (the file declares {self.num_marks} marks)",
-                                    source=e.source, sequence=index) from None
+                                    source=e.source, sequence=index, event=e.event) from None
                 if "not sorted" in e.problem:
                     raise DataError(f"{e.problem} (to sort such sequences and count them: data.sort=true in a run "
                                     "config, --sort for mtpp data prepare, ReadOptions(sort=True))",
-                                    source=self.source, sequence=index) from None
+                                    source=self.source, sequence=index, event=e.event) from None
                 raise
             self.dropped[drop_reason(e.problem)] += 1
             return None
@@ -1162,6 +1168,10 @@ def read_rmtpp(folder: str | Path, *, options: ReadOptions | None = None, prefer
 # Long tables
 
 
+TABLE_COLUMNS = ("seq_id", "time", "mark", "split")
+"""The columns ``read_table`` reads; a column name close to a missing one (``marks``, ``Split``) is an error."""
+
+
 def read_table(path: str | Path, *, options: ReadOptions | None = None, num_marks: int | None = None) -> ReadResult:
     """Read a long CSV/Parquet table ``seq_id, time[, mark][, split]`` (pandas; Parquet needs pyarrow).
 
@@ -1169,8 +1179,11 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     (over the whole file, whatever the split), and a bad cell is named by its line (CSV: header = line 1).
     Rows of one ``seq_id`` need not be adjacent (an event log sorted by time interleaves sequences): they are
     gathered in file order, and a note counts the sequences whose rows were not adjacent. A missing or empty
-    ``seq_id`` or ``split`` cell, a sequence whose rows carry different ``split`` values, and a non-numeric
-    ``time`` / ``mark`` cell are ``DataError`` s.
+    ``seq_id`` or ``split`` cell, a sequence whose rows carry different ``split`` values, a ``split`` value that is
+    not a part name (``normalise_part``: any case of train / training, val / valid / validation / dev / eval, test /
+    testing), a column name close to one of ``TABLE_COLUMNS`` that is missing (``marks``: every mark would
+    silently be 0), and a non-numeric ``time`` / ``mark`` cell are ``DataError`` s; other columns are ignored with a
+    note. A bad event is named by its line.
     """
     import pandas as pd
 
@@ -1201,6 +1214,12 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         raise DataError(f"missing column(s) {missing}; expected seq_id, time, mark (got {list(df.columns)})",
                         source=str(path))
     src = str(path)
+    unread = [str(c) for c in df.columns if c not in TABLE_COLUMNS]
+    for c in unread:  # a misspelt optional column would otherwise drop every mark (or the split) silently
+        close = difflib.get_close_matches(c.strip().lower(), [k for k in TABLE_COLUMNS if k not in df.columns], 1, 0.6)
+        if close:
+            raise DataError(f"column {c!r} is not one mtpp reads: did you mean {close[0]!r}? (the columns are "
+                            f"{', '.join(TABLE_COLUMNS)}; others are ignored)", source=src)
     line0 = 2 if fmt != "parquet" else 0  # CSV: the header is line 1; Parquet: row numbers from 0
     where = "line" if fmt != "parquet" else "row"
     seq_id = df["seq_id"]
@@ -1236,6 +1255,8 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     notes = []
     if "mark" not in df.columns:
         notes.append(f"{path}: no 'mark' column, every event gets mark 0")
+    if unread:
+        notes.append(f"{path}: column(s) {unread} ignored (mtpp reads {', '.join(TABLE_COLUMNS)})")
     # rows of one sequence that are not adjacent: the sequence starts more than one run of equal codes
     if codes.size:
         starts = np.concatenate([[True], codes[1:] != codes[:-1]])
@@ -1255,6 +1276,13 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
             raise cell_error("split", bad, "")
         scodes, part_names = pd.factorize(split.astype(str), sort=False)
         part_names = [str(x) for x in part_names]
+        unknown = [x for x in part_names if normalise_part(x) not in PARTS]
+        if unknown:  # a part the loader would not recognise re-splits the whole file: say so instead
+            r = int(np.flatnonzero(split.astype(str).isin(unknown).to_numpy())[0])
+            raise DataError(f"split {_short_repr(unknown[0])} on {where} {r + line0} is not a part name "
+                            f"({len(unknown)} such value(s): {', '.join(map(repr, unknown[:5]))}); use train / "
+                            "training, val / valid / validation / dev, test / testing (any case)",
+                            source=src, sequence=int(codes[r]))
         part_of[codes[::-1]] = scodes[::-1]  # the first row of each sequence decides ...
         differ = scodes != part_of[codes]  # ... and every other row must agree
         if differ.any():
@@ -1270,10 +1298,12 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         a, b = bounds[j], bounds[j + 1]
         try:
             s = build(times[a:b], marks[a:b], j)
-        except DataError as e:  # name the sequence as the file does: its seq_id and its first line
-            first = int(np.flatnonzero(codes == j)[0]) + line0
-            raise DataError(f"{e.problem} (seq_id {_short_repr(labels[j])}, first row on {where} {first})",
-                            source=e.source, sequence=e.sequence) from None
+        except DataError as e:  # name the sequence as the file does: its seq_id, and the event's line (or its first)
+            rows = np.flatnonzero(codes == j)  # file order, as times[a:b] (unless the builder sorted them)
+            known = e.event is not None and 0 <= e.event < rows.size and not (options and options.sort)
+            line = f"{where} {int(rows[e.event]) + line0}" if known else f"first row on {where} {int(rows[0]) + line0}"
+            raise DataError(f"{e.problem} (seq_id {_short_repr(labels[j])}, {line})", source=e.source,
+                            sequence=e.sequence, event=e.event) from None
         if s is not None:
             parts.setdefault(normalise_part(part_names[part_of[j]]), []).append(s)
     notes += build.notes()

@@ -104,7 +104,7 @@ def _what(x: Any) -> str:
     return f"a {type(x).__name__} ({_short(x)})"
 
 
-def _as_times(times: Any, fail: Callable[[str], DataError]) -> np.ndarray:
+def _as_times(times: Any, fail: Callable[..., DataError]) -> np.ndarray:
     """``times`` as a float64 array, refusing booleans, strings, nested values and ints too large for a float."""
     if isinstance(times, np.ndarray) and times.dtype.kind in "iuf":
         if times.ndim != 1:
@@ -119,15 +119,15 @@ def _as_times(times: Any, fail: Callable[[str], DataError]) -> np.ndarray:
     types = set(map(type, times))
     if not all(issubclass(t, _NUMBER) and not issubclass(t, (bool, np.bool_)) for t in types):
         j, x = _first(times, _not_number)
-        raise fail(f"time at event {j} is {_what(x)}, not a number" + _QUOTED * isinstance(x, (str, bytes)))
+        raise fail(f"time at event {j} is {_what(x)}, not a number" + _QUOTED * isinstance(x, (str, bytes)), j)
     try:
         return np.asarray(times, dtype=np.float64)
     except OverflowError:
         j, x = _first(times, lambda v: isinstance(v, int) and abs(v) > 1.7e308)
-        raise fail(f"time {_short(x)} at event {j} is too large for a float") from None
+        raise fail(f"time {_short(x)} at event {j} is too large for a float", j) from None
 
 
-def _as_marks(marks: Any, fail: Callable[[str], DataError]) -> np.ndarray:
+def _as_marks(marks: Any, fail: Callable[..., DataError]) -> np.ndarray:
     """``marks`` as an int64 array of ids in ``[0, 2**63)``: integers (or integral floats) only; a negative,
     fractional, boolean, string or too-large id is an error naming the event and the value as written."""
     if isinstance(marks, np.ndarray):
@@ -139,7 +139,7 @@ def _as_marks(marks: Any, fail: Callable[[str], DataError]) -> np.ndarray:
         elif kind == "u":
             if marks.size and marks.max() > _INT64_MAX:
                 j = int(np.argmax(marks))
-                raise fail(f"mark {int(marks[j])} at event {j} is too large (mark ids must be below 2**63)")
+                raise fail(f"mark {int(marks[j])} at event {j} is too large (mark ids must be below 2**63)", j)
             m = marks.astype(np.int64)
         elif kind == "f":
             bad = ~np.isfinite(marks) | (marks != np.round(marks)) | (np.abs(marks) >= 2.0**63)
@@ -148,7 +148,7 @@ def _as_marks(marks: Any, fail: Callable[[str], DataError]) -> np.ndarray:
                 x = float(marks[j])
                 why = "is too large (mark ids must be below 2**63)" if np.isfinite(x) and x == round(x) else \
                     "is not an integer"
-                raise fail(f"mark {x!r} at event {j} {why}")
+                raise fail(f"mark {x!r} at event {j} {why}", j)
             m = marks.astype(np.int64)
         else:
             return _as_marks(marks.tolist(), fail)
@@ -158,15 +158,15 @@ def _as_marks(marks: Any, fail: Callable[[str], DataError]) -> np.ndarray:
         types = set(map(type, marks))
         if not all(issubclass(t, _NUMBER) and not issubclass(t, (bool, np.bool_)) for t in types):
             j, x = _first(marks, _not_number)
-            raise fail(f"mark at event {j} is {_what(x)}, not an integer" + _QUOTED * isinstance(x, (str, bytes)))
+            raise fail(f"mark at event {j} is {_what(x)}, not an integer" + _QUOTED * isinstance(x, (str, bytes)), j)
         if types and all(issubclass(t, (int, np.integer)) for t in types):
             lo, hi = min(marks), max(marks)
             if hi > _INT64_MAX:
                 j = marks.index(hi) if isinstance(marks, list) else list(marks).index(hi)
-                raise fail(f"mark {_short(int(hi))} at event {j} is too large (mark ids must be below 2**63)")
+                raise fail(f"mark {_short(int(hi))} at event {j} is too large (mark ids must be below 2**63)", j)
             if lo < -_INT64_MAX:
                 j = list(marks).index(lo)
-                raise fail(f"negative mark {_short(int(lo))} at event {j}")
+                raise fail(f"negative mark {_short(int(lo))} at event {j}", j)
             m = np.asarray(marks, dtype=np.int64)
         elif any(issubclass(t, (int, np.integer)) for t in types):
             m = _as_marks_mixed(marks, fail)
@@ -174,17 +174,17 @@ def _as_marks(marks: Any, fail: Callable[[str], DataError]) -> np.ndarray:
             return _as_marks(np.asarray(marks, dtype=np.float64), fail)
     if m.size and m.min() < 0:
         j = int(np.argmin(m))
-        raise fail(f"negative mark {int(m[j])} at event {j}")
+        raise fail(f"negative mark {int(m[j])} at event {j}", j)
     return m
 
 
-def _as_marks_mixed(marks: Sequence[Any], fail: Callable[[str], DataError]) -> np.ndarray:
+def _as_marks_mixed(marks: Sequence[Any], fail: Callable[..., DataError]) -> np.ndarray:
     """Integers and floats mixed in one list (rare): floats must be integral; ints are taken exactly (no float
     rounding near ``2**63``)."""
     exact = []
     for j, x in enumerate(marks):
         if isinstance(x, (float, np.floating)) and not (np.isfinite(x) and x == int(x)):
-            raise fail(f"mark {float(x)!r} at event {j} is not an integer")
+            raise fail(f"mark {float(x)!r} at event {j} is not an integer", j)
         exact.append(int(x))
     hi = max(exact)
     if hi > _INT64_MAX:
@@ -212,11 +212,11 @@ def make_sequence(
     Problems with the marks name ``mark_source`` when given (the marks file of an RMTPP pair).
     """
 
-    def fail(problem: str) -> DataError:
-        return DataError(problem, source=source, sequence=index)
+    def fail(problem: str, event: int | None = None) -> DataError:
+        return DataError(problem, source=source, sequence=index, event=event)
 
-    def fail_mark(problem: str) -> DataError:
-        return DataError(problem, source=mark_source or source, sequence=index)
+    def fail_mark(problem: str, event: int | None = None) -> DataError:
+        return DataError(problem, source=mark_source or source, sequence=index, event=event)
 
     t = _as_times(times, fail)
     m = _as_marks(marks, fail_mark)
@@ -227,21 +227,22 @@ def make_sequence(
         raise fail("empty sequence")
     if not np.all(np.isfinite(t)):
         j = int(np.flatnonzero(~np.isfinite(t))[0])
-        raise fail(f"non-finite time {float(t[j])!r} at event {j}")
+        raise fail(f"non-finite time {float(t[j])!r} at event {j}", j)
     if np.any(t < 0):  # any event, not only the first: sorting cannot fix a negative time
         j = int(np.flatnonzero(t < 0)[0])
-        raise fail(f"negative time {float(t[j])!r} at event {j} (times are measured from the window start 0)")
+        raise fail(f"negative time {float(t[j])!r} at event {j} (times are measured from the window start 0)", j)
     d = np.diff(t)
     if np.any(d < 0):
         j = int(np.flatnonzero(d < 0)[0]) + 1
-        raise fail(f"times not sorted: event {j} at {float(t[j])!r} comes before event {j - 1} at {float(t[j - 1])!r}")
+        raise fail(f"times not sorted: event {j} at {float(t[j])!r} comes before event {j - 1} at {float(t[j - 1])!r}",
+                   j)
     if num_marks is not None and m.max() >= num_marks:
         j = int(np.argmax(m))
-        raise fail_mark(f"mark {int(m[j])} at event {j} is out of range for {num_marks} marks")
+        raise fail_mark(f"mark {int(m[j])} at event {j} is out of range for {num_marks} marks", j)
     if num_marks is None and max_mark is not None and m.max() >= max_mark:
         j = int(np.argmax(m))
         raise fail_mark(f"mark {int(m[j])} at event {j} exceeds the limit of {max_mark:,} mark ids (MAX_MARKS); "
-                        "if the ids are sparse, remap them to 0..K-1 (--remap-marks, remap_marks=True)")
+                        "if the ids are sparse, remap them to 0..K-1 (--remap-marks, remap_marks=True)", j)
     if window_end is not None:
         if _not_number(window_end):
             raise fail(f"window end is {_what(window_end)}, not a number")
