@@ -219,6 +219,11 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     for split in ("val", "test"):
         assert metrics[split]["time_quantum"] == pytest.approx(Q, rel=1e-12)
         assert metrics[split]["nll_time_binned_per_seq"] > 0
+    from mtpp.training.trainer import fmt_value, final_summary
+
+    summary = final_summary(tmp_path / "run", metrics)  # what a run prints at its end
+    assert f"(binned {fmt_value(metrics['test']['nll_time_binned_per_seq'])})" in summary
+    assert f"(binned {fmt_value(metrics['test']['pce_binned'])})" in summary and "lattice bin" in summary
     # re-evaluating the run says the same, and reproduces the trainer's binned NLL
     from mtpp.cli import main
 
@@ -247,6 +252,7 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     metrics = fit(cfg, tmp_path / "run_smooth")
     assert "lattice" not in capsys.readouterr().err
     assert "nll_time_binned_per_seq" not in metrics["test"]
+    assert "binned" not in final_summary(tmp_path / "run_smooth", metrics)
 
 
 def test_rescore_records_adds_the_binned_nll_and_leaves_the_rest(tmp_path: Path, monkeypatch) -> None:

@@ -498,7 +498,7 @@ def test_reliability_reads_runs_written_before_the_forecast_arrays(tmp_path, fig
     assert plots.plot_reliability(report.collect_runs(tmp_path / "runs"), tmp_path / "rel.png") is not None
     (fig,) = figures
     assert [a.get_title() for a in fig.axes if a.get_title()] == ["LNM: ECE 0.0500 ± –"]  # ece = ece_given_time
-    assert "mark reliability of p(k | τ, H), given the time" in fig._suptitle.get_text()
+    assert "mark reliability of p(k | τ, H), given the time" in " ".join(fig._suptitle.get_text().split())
 
 
 def test_pit_panel_shows_the_binned_pit_where_every_run_has_it(tmp_path, figures):
@@ -531,4 +531,8 @@ def test_pit_panel_shows_the_binned_pit_where_every_run_has_it(tmp_path, figures
     binned = next(line for line in lnm.get_lines() if line.get_label() == "binned PIT")
     np.testing.assert_allclose(binned.get_ydata()[1:], pooled / n_total - grid, atol=1e-12)
     assert "binned" not in thp.get_title() and not any(ln.get_label() == "binned PIT" for ln in thp.get_lines())
-    assert "solid = binned PIT" in fig._suptitle.get_text()
+    assert "solid = binned PIT" in " ".join(fig._suptitle.get_text().split())
+    # the title's lines fit the two-panel figure (they were cut off at both ends)
+    renderer = fig.canvas.get_renderer()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width

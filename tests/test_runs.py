@@ -135,7 +135,7 @@ def test_evaluate_and_resume_refuse_other_data_and_other_data_goes_elsewhere(tmp
         predict(run)
 
 
-def test_evaluate_finds_the_runs_of_a_compare_folder_and_skips_unfinished_ones(
+def test_evaluate_finds_the_runs_of_a_compare_folder_skips_unfinished_ones_and_goes_past_broken_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A ``compare --out`` folder nests runs as ``<dataset>/<cell>/split<i>-seed<j>``: every finished run below
@@ -157,8 +157,19 @@ def test_evaluate_finds_the_runs_of_a_compare_folder_and_skips_unfinished_ones(
     out, err = capsys.readouterr()
     rows = [line for line in out.splitlines() if line.startswith(f"| {root}")]
     assert [row.split("|")[1].strip() for row in rows] == [str(r) for r in runs]
-    assert f"{unfinished}: skipped (no best.pt" in err
+    assert f"{unfinished}: skipped (no best.pt" in err and f"{root}: 3 runs below it" in err
     assert [read(r / "metrics.json")["test"]["nll_time_per_seq"] for r in runs] == pytest.approx(reported)
+    # a broken run is named and the others are still evaluated; the command then fails, listing it
+    broken = root / "sim" / "aaa-broken" / "split0-seed0"
+    import shutil
+
+    shutil.copytree(runs[0], broken)
+    (broken / "config.yaml").write_text((broken / "config.yaml").read_text().replace("hidden_size: ", "hidden_size: 1"))
+    assert main(["evaluate", str(root)]) == 2
+    out, err = capsys.readouterr()
+    assert f"{broken}: error:" in err and f"1 of 4 run(s) could not be evaluated (errors above): {broken}" in err
+    assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith(f"| {root}")] == \
+        [str(r) for r in runs]
 
 
 def test_evaluate_and_resume_use_the_recorded_data_not_the_environment(

@@ -103,24 +103,38 @@ def run(args: argparse.Namespace) -> int:
             warned.add(text)
         print(msg, file=sys.stderr, flush=True)
 
+    folder = len(runs) > 1
+    if folder:
+        print(f"{args.run_dir}: {len(runs)} runs below it; each one's metrics and arrays files are rewritten "
+              "from its best.pt", file=sys.stderr, flush=True)
+    failed: list[str] = []
     for run_dir in runs:
-        if len(runs) > 1 and not (run_dir / BEST).is_file():  # one unfinished run does not stop the rest
+        if folder and not (run_dir / BEST).is_file():  # one unfinished run does not stop the rest
             print(f"{run_dir}: skipped (no {BEST}: not trained yet)", file=sys.stderr, flush=True)
             continue
-        for split in splits:
-            with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
-                m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
-                             other_data=args.other_data, log=log)
-            if columns is None:  # once, before the first row (a refusal prints no table)
-                columns = shown_columns(m)
-                print("| run | split | " + " | ".join(c for c, _ in columns) + " |")
-                print("|" + "---|" * (len(columns) + 2))
-            cells = " | ".join(fmt_value(m.get(k)) for _, k in columns)
-            print(f"| {run_dir} | {split} | {cells} |")
-            if args.horizon is not None:
-                from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
+        try:
+            for split in splits:
+                with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
+                    m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
+                                 other_data=args.other_data, log=log)
+                if columns is None:  # once, before the first row (a refusal prints no table)
+                    columns = shown_columns(m)
+                    print("| run | split | " + " | ".join(c for c, _ in columns) + " |")
+                    print("|" + "---|" * (len(columns) + 2))
+                cells = " | ".join(fmt_value(m.get(k)) for _, k in columns)
+                print(f"| {run_dir} | {split} | {cells} |", flush=True)
+                if args.horizon is not None:
+                    from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
 
-                h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=samples,
-                                         max_points=points, device=args.device, progress=True)
-                print(format_horizon(h, f"{run_dir} {split}"))
+                    h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=samples,
+                                             max_points=points, device=args.device, progress=True)
+                    print(format_horizon(h, f"{run_dir} {split}"))
+        except MtppError as e:  # in a folder, one broken or busy run does not stop the others
+            if not folder:
+                raise
+            failed.append(str(run_dir))
+            print(f"{run_dir}: error: {e}", file=sys.stderr, flush=True)
+    if failed:
+        raise MtppError(f"{len(failed)} of {len(runs)} run(s) could not be evaluated (errors above): "
+                        + ", ".join(failed))
     return 0

@@ -197,6 +197,13 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
 
 
+def _suptitle(fig: "Figure", text: str, fontsize: float = 9) -> None:
+    """``fig.suptitle`` with each of ``text``'s lines wrapped to the figure's width (a one- or two-panel figure
+    would otherwise cut the ends of a long line off)."""
+    per_line = max(20, int(fig.get_figwidth() * 72 / (0.56 * fontsize)))  # characters that fit, DejaVu Sans
+    fig.suptitle("\n".join(_wrap(line, per_line) for line in text.split("\n")), fontsize=fontsize)
+
+
 def _pooled_note(runs: pd.DataFrame) -> str:
     """What one point / curve pools: ``"pooled over seeds 0, 1 (split 0)"``."""
     parts = []
@@ -475,12 +482,12 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         ax.set_title(_wrap(f"{label}: ECE {ece}", 44), fontsize=9)
     _label_axes(axes, len(models), "confidence (top-class probability)", "accuracy (share of top-1 hits)")
     head = f"{title}: " if title else ""
-    fig.suptitle(
+    _suptitle(
+        fig,
         f"{head}mark reliability of {_kind_words({str(a['kind']) for _, _, a in models})} "
         f"({section}; {_pooled_note(runs)})\n"
         f"disc area ∝ events in the bin; hollow: < {FEW_EVENTS} events or < 1 % (too few to judge)\n"
         "grey bars: share of events per bin; ECE as in the tables",
-        fontsize=9,
     )
     return _save(fig, Path(path))
 
@@ -540,13 +547,13 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
         ax.set_title(_wrap(head, 44), fontsize=9)
     _label_axes(axes, len(models), r"PIT level $u$", r"$\hat F(u) - u$")
     head = f"{title}: " if title else ""
-    fig.suptitle(
+    lattice = any("pit_cdf_binned" in a for _, _, a in models)
+    _suptitle(
+        fig,
         f"{head}time calibration ({section}; {_pooled_note(runs)})\n"
         "deviation of the PIT's empirical CDF from uniform; 0 = calibrated; PCE as in the tables"
-        + ("; times on a lattice: solid = binned PIT, dotted = continuous" if any("pit_cdf_binned" in a for _, _, a in models) else "")
-        + "\n"
+        + ("; times on a lattice: solid = binned PIT, dotted = continuous" if lattice else "") + "\n"
         "grey: 95 % band of a calibrated model's noise (y scales differ: read them against the band)",
-        fontsize=9,
     )
     return _save(fig, Path(path))
 
@@ -627,10 +634,10 @@ def plot_metric_bars(
     ns = sorted(set(int(n) for n in summary["n"] if n > 0)) or [0]
     n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
     head = f"{title}: " if title else ""
-    fig.suptitle(
+    _suptitle(
+        fig,
         f"{head}base vs + vs ++: mean ± standard error ({n_text} runs per point; {_pooled_note(runs)})\n"
         "y axes are zoomed (they do not start at 0); NLL panels: change vs base beside + and ++",
-        fontsize=9,
     )
     return _save(fig, Path(path))
 

@@ -852,19 +852,27 @@ Stepper._backward = Trainer._backward  # type: ignore[attr-defined]  # one backw
 
 def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
     tr, val, test = metrics["train"], metrics["val"], metrics["test"]
+
+    def binned(m: dict, key: str, label: str) -> str:  # data on a lattice: the binned kin beside the continuous
+        return f" ({label} {fmt_value(m[key])})" if m.get(key) is not None else ""
+
     lines = [
         f"run {out_dir}: best epoch {tr['best_epoch']} of {tr['epochs']}, {tr['num_parameters']} parameters",
-        f"  val   L_T/seq {fmt_value(val.get('nll_time_per_seq'))}  L_M/seq {fmt_value(val.get('nll_mark_per_seq'))}"
+        f"  val   L_T/seq {fmt_value(val.get('nll_time_per_seq'))}{binned(val, 'nll_time_binned_per_seq', 'binned')}"
+        f"  L_M/seq {fmt_value(val.get('nll_mark_per_seq'))}"
         f"  accuracy forecast {fmt_value(val.get('accuracy_forecast'))}"
         f" / given time {fmt_value(val.get('accuracy_given_time'))}",
-        f"  test  L_T/seq {fmt_value(test.get('nll_time_per_seq'))}  L_M/seq {fmt_value(test.get('nll_mark_per_seq'))}"
+        f"  test  L_T/seq {fmt_value(test.get('nll_time_per_seq'))}{binned(test, 'nll_time_binned_per_seq', 'binned')}"
+        f"  L_M/seq {fmt_value(test.get('nll_mark_per_seq'))}"
         f"  accuracy forecast {fmt_value(test.get('accuracy_forecast'))}"
         f" / given time {fmt_value(test.get('accuracy_given_time'))}  PCE {fmt_value(test.get('pce'))}"
-        f"  ECE forecast {fmt_value(test.get('ece_forecast'))}",
+        f"{binned(test, 'pce_binned', 'binned')}  ECE forecast {fmt_value(test.get('ece_forecast'))}",
         f"  conflict rate {fmt_value(tr.get('conflict_rate'))}  train {fmt_value(tr.get('train_events_per_second'))} events/s"
         f"  skipped batches {tr.get('skipped_batches', 0)}",
         "  (L_T / L_M: NLL per sequence in nats, times in the data's unit; accuracy forecast: p(k | H), next time "
-        "unknown; given time: p(k | tau_obs, H))",
+        "unknown; given time: p(k | tau_obs, H)"
+        + ("; binned: of each gap's lattice bin, unitless (mtpp.data.lattice)" if "nll_time_binned_per_seq" in test
+           else "") + ")",
     ]
     return "\n".join(lines)
 
@@ -883,7 +891,7 @@ def run_header(tr: "Trainer") -> str:
     events = "/".join(str(p["events"]) for p in tr.data_record["parts"].values())
     epoch = f"resuming after epoch {tr.epoch}" if tr.epoch else "from scratch"
     return "\n".join([
-        f"run {tr.out} ({epoch}, up to {cfg.train.max_epochs} epochs)",
+        f"run {tr.out} ({epoch}, up to {cfg.train.max_epochs} epoch{'s' * (cfg.train.max_epochs != 1)})",
         f"  data    {describe_data(data)}; events {events}",
         (f"  times   time scale {scale:.6g} (the model sees times / {scale:.6g})" if scale is not None
          else "  times   as given (no time scale)")
