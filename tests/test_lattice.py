@@ -316,6 +316,8 @@ def test_data_describe_names_the_lattice() -> None:
     assert on["lattice"]["quantum"] == pytest.approx(Q, rel=1e-12) and on["lattice"]["consequential"]
     assert _lattice_line(on["lattice"]).startswith("time lattice   gaps are whole multiples of q = 3.88789e-06; ")
     assert "nll_time_binned" in _lattice_line(on["lattice"])
+    hours = describe_sequences(_lattice_sequences(40, 12, 0, q=1 / 3600), K)  # seconds on an hours axis
+    assert "q = 0.000277778 (= 1/3,600 of a data unit); " in _lattice_line(hours["lattice"])
     rng = np.random.default_rng(0)
     off = describe_sequences([EventSequence(np.cumsum(rng.exponential(1.0, 30)), np.zeros(30, int), None)
                               for _ in range(20)], K)  # fmt: skip

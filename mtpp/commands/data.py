@@ -196,7 +196,10 @@ def _lattice_line(lattice: dict[str, Any] | None) -> str:
         return "time lattice   none found (gaps are not whole multiples of one quantum)"
     from mtpp.data.lattice import NEAR
 
-    return (f"time lattice   gaps are whole multiples of q = {_fmt(lattice['quantum'])}; "
+    q = float(lattice["quantum"])
+    n = round(1 / q) if q < 1 else 0  # 1/3600: seconds on an hours axis
+    frac = f" (= 1/{n:,} of a data unit)" if n > 1 and abs(n * q - 1) < 1e-6 else ""
+    return (f"time lattice   gaps are whole multiples of q = {_fmt(q)}{frac}; "
             f"{100 * lattice['share_near']:.1f}% of the positive gaps within {NEAR} q"
             + ("; compare time models on nll_time_binned (continuous L_T rewards spikes on the lattice)"
                if lattice["consequential"] else ""))  # fmt: skip
