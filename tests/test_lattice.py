@@ -255,6 +255,34 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     assert "binned" not in final_summary(tmp_path / "run_smooth", metrics)
 
 
+def test_ties_on_a_lattice_name_the_resolution_of_half_a_quantum(tmp_path: Path, capsys) -> None:
+    """Zero gaps on a lattice are gaps below q / 2: the tie warning names the tie resolution that scores each as
+    that bin (in model units: q / 2 / time scale), and with it the ties are scored as exactly that bin."""
+    seqs = _lattice_sequences(40, 12, 8, low=0)  # some gaps of 0 quanta: ties
+    data = write_split_folder(tmp_path / "ties", [{"train": seqs, "val": seqs[:10], "test": seqs[:10]}],
+                              num_marks=K)  # fmt: skip
+    overrides = [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4", "logging.quiet=true",
+                 "logging.progress=false", "model.parametrisation=plusplus"]  # fmt: skip
+    fit(load_config(None, overrides), tmp_path / "run")
+    err = capsys.readouterr().err
+    scale = resolve_time_scale("auto", seqs)
+    assert f"model.tie_resolution={Q / 2 / scale:.6g} (model units)" in err
+    fit(load_config(None, [*overrides, f"model.tie_resolution={Q / 2 / scale!r}"]), tmp_path / "run_half")
+    from mtpp.runs import open_run
+    from mtpp.training.setup import build_run_model
+
+    run = open_run(tmp_path / "run_half")
+    model = build_run_model(run.config, K, torch.device("cpu"))
+    run.load_best(model)
+    assert model.time_scale == pytest.approx(scale)
+    # sequences whose scored gaps are all ties: each tie term is -log F(q / 2) = -log P(bin [0, q / 2)), so the
+    # time NLL under that resolution is the binned NLL
+    tied = [EventSequence(np.full(9, 5 * Q), np.arange(9) % K, None) for _ in range(4)]
+    metrics, _ = evaluate_model(model, tied, batch_size=4, time_quantum=Q)
+    assert metrics["num_ties"] == 4 * 8
+    assert metrics["nll_time_per_seq"] == pytest.approx(metrics["nll_time_binned_per_seq"], rel=1e-5)
+
+
 def test_rescore_records_adds_the_binned_nll_and_leaves_the_rest(tmp_path: Path, monkeypatch) -> None:
     """``scripts/rescore_records.py``: a record written before the binned NLL existed gains it from its run's
     ``best.pt``, every metric it had comes back unchanged; a record whose run directory holds other metrics (a rerun

@@ -45,11 +45,15 @@ def _model(decoder: str, parametrisation: str, dtype: torch.dtype = torch.float6
 @pytest.mark.parametrize("parametrisation", PARAMETRISATIONS)
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_nll_on_scaled_times_shifts_by_n_log_c(decoder: str, parametrisation: str) -> None:
-    """At fixed weights, L_T on times ``c t`` = L_T on ``t`` + (scored events) ``log c``; L_M, PIT, marks unchanged.
+    """At fixed weights, L_T on times ``c t`` = L_T on ``t`` + (scored events that are not ties) ``log c``; L_M, PIT,
+    marks unchanged. A tie's term is a probability (the tie policy): it does not change with the unit.
 
     The scale is the one ``auto`` resolves on each data set (it is proportional to ``c``), so the model sees the
-    same numbers; windows (survival terms) included."""
+    same numbers; windows (survival terms) and two ties (zero gaps) included."""
     seqs = _sequences(3, 7, seed=1)
+    t = seqs[0].times.copy()
+    t[3:5] = t[2]  # events 3 and 4 tie with event 2
+    seqs[0] = EventSequence(t, seqs[0].marks, None)
     windows = [None, 0.8, 2.5]
     m = _model(decoder, parametrisation)
     ref = None
@@ -62,7 +66,8 @@ def test_nll_on_scaled_times_shifts_by_n_log_c(decoder: str, parametrisation: st
         with torch.no_grad():
             out = m.nll(batch)
             scores = m.score(batch)
-        n = out.scored.sum(-1).double()
+        assert int(scores.tied.sum()) == 2
+        n = (out.scored & ~scores.tied).sum(-1).double()
         row = (out.time_nll - n * math.log(c), out.mark_nll, scores.pit, scores.median_tau / c)
         if ref is None:
             ref = row

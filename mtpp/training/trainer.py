@@ -458,6 +458,11 @@ class Trainer:
 
             warning = tie_warning(self.data.train, cfg.model.first_event, cfg.model.tie_resolution,
                                   self.model.time_scale)  # fmt: skip
+            if warning and self.time_lattice is not None:  # a tie on a lattice is a gap below half a quantum
+                half = self.time_lattice.quantum / 2 / self.model.time_scale
+                warning += (f"; the times lie on a lattice of q = {self.time_lattice.quantum:.6g} data units, where "
+                            f"a tie is a gap below q / 2: model.tie_resolution={half:.6g} (model units) scores each "
+                            "tie as that bin, and nll_time_binned_per_seq scores every gap as its bin")
             if warning:
                 echo(f"warning: {warning}", quiet=False)
             rule_warning = evaluation_rule_warning(self.model)  # a biased validation score / reported L_T
