@@ -1143,7 +1143,9 @@ def _progress_bar(total: int, enabled: bool) -> Any:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True)
+    from mtpp.training.logging import bar_disable
+
+    bar = tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True, disable=bar_disable())
     bar.failed = 0  # type: ignore[attr-defined]
     return bar
 

@@ -414,7 +414,15 @@ def test_every_command_on_a_run_computes_with_its_train_threads(tmp_path: Path, 
         torch.set_num_threads(previous)
 
 
-def test_progress_bar_names_the_units_of_its_losses(tmp_path: Path, capsys) -> None:
+def test_progress_bar_names_the_units_of_its_losses(tmp_path: Path, capsys, monkeypatch) -> None:
+    """On a terminal the bar shows the losses with their units; on a redirected stderr (a log file, a pipe) there
+    is no bar, so no carriage-return redraws."""
+    import mtpp.training.logging as run_logging
+
+    fit(tiny("logging.progress=true", "logging.quiet=false"), tmp_path / "piped")  # capsys: not a terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err and "nats/seq=" not in err and "epoch   1/" in err
+    monkeypatch.setattr(run_logging, "bar_disable", lambda: False)  # as on a terminal
     fit(tiny("logging.progress=true", "logging.quiet=false"), tmp_path / "run")
     err = capsys.readouterr().err
     assert "L_T nats/seq=" in err and "L_M nats/seq=" in err and "L_T=" not in err

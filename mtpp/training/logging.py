@@ -142,6 +142,12 @@ def _make_tensorboard(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
+def bar_disable() -> bool | None:
+    """tqdm's ``disable`` for mtpp's bars: ``None`` (off when stderr is not a terminal: a redirected log gets no
+    carriage-return redraws) except in a notebook kernel, whose output is not a terminal but shows bars."""
+    return False if "ipykernel" in sys.modules else None
+
+
 class Progress:
     """tqdm bars: one over the steps of an epoch (with the run's ETA), one over validation / evaluation batches.
 
@@ -162,7 +168,7 @@ class Progress:
         self.close()
         self._postfix = {}
         self._bar = tqdm(total=total, desc=desc or f"epoch {epoch}", leave=False, file=sys.stderr,
-                         dynamic_ncols=True, unit="step")  # fmt: skip
+                         dynamic_ncols=True, unit="step", disable=bar_disable())  # fmt: skip
 
     @property
     def done(self) -> int:
@@ -196,7 +202,8 @@ class Progress:
             return
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, unit="batch")
+        bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, unit="batch",
+                   disable=bar_disable())  # fmt: skip
         try:
             yield bar
         finally:

@@ -623,12 +623,17 @@ class Trainer:
             last = records[-1] if records else {}
             rate = events / (now - since) if now > since else None
             self._timing.steps_done(steps, now - since)
+
+            def window_mean(key: str) -> float | None:  # one batch's loss swings; the flushed steps' mean does not
+                vals = [r[key] for r in records if not r["skipped"] and r.get(key) is not None]
+                return sum(vals) / len(vals) if vals else None
+
             self.progress.update(
                 0,  # the steps were counted one by one (Progress.step)
                 {
-                    # the last batch's mean NLLs, in the units of the epoch lines (data units)
-                    "L_T nats/seq": last.get("loss_time"),
-                    "L_M nats/seq": last.get("loss_mark"),
+                    # mean NLLs of the batches since the last refresh, in the units of the epoch lines (data units)
+                    "L_T nats/seq": window_mean("loss_time"),
+                    "L_M nats/seq": window_mean("loss_mark"),
                     "cos": last.get("cos_tm"),
                     "ev/s": None if rate is None else round(rate),
                     "run ETA": format_eta(self._timing.run_eta(self)),
