@@ -433,6 +433,10 @@ def test_selecting_on_the_binned_time_nll(tmp_path: Path, parametrisation: str, 
     continuous = np.array([e["val_nll_time_per_seq"] for e in epochs])
     assert np.all(binned > 0) and not np.allclose(binned, continuous)
     np.testing.assert_allclose(seen, binned, rtol=1e-12)
+    from mtpp.training.trainer import Counters, epoch_line
+
+    line = epoch_line(1, 6, True, {k: v for k, v in epochs[0].items() if k.startswith("val_")}, 1.0, Counters(), [])
+    assert f"(binned {binned[0]:.3f})" in line  # the score the '*' follows is on the epoch line
     chosen = binned if parametrisation == "plusplus" else binned + mark
     key = "best_epoch/time" if parametrisation == "plusplus" else "best_epoch"
     assert metrics["train"][key] == epochs[int(np.argmin(chosen))]["epoch"]
