@@ -101,11 +101,35 @@ def mean_se(values: Iterable[float | None]) -> tuple[float, float | None, int] |
 
 
 def fmt(stat: tuple | None, digits: int, signed: bool = False) -> str:
+    """``mean ± SE`` at ``digits`` decimals, or more where the SE would round to 0 (then two significant digits
+    of it: ``9.00 ± 0.036``, not ``9.0 ± 0.0``)."""
     if stat is None:
         return "n/a"
     m, se, _ = stat
+    if se is not None and 0 < se < 0.5 * 10 ** -digits:
+        digits = -math.floor(math.log10(se)) + 1
     text = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
     return text + ("" if se is None else f" ± {se:.{digits}f}")
+
+
+def replicates_text(records: list[dict]) -> str:
+    """``n`` and which replicates a cell's mean is over: ``3 (0, 1, 2)`` (splits; ``1/s2``: split 1, seed 2)."""
+    reps = sorted(replicate(r) for r in records)
+    return f"{len(records)} ({', '.join(str(s) if seed == 0 else f'{s}/s{seed}' for s, seed in reps)})"
+
+
+def significant(stat: tuple | None, level: float = 0.05) -> int:
+    """+1 / -1 when a paired mean difference ``(mean, SE, n)`` differs from 0 by a two-sided paired t-test at
+    ``level`` (``|mean / SE| > t_{1 - level/2, n - 1}``: 12.7 with two pairs, 4.30 with three, 2.78 with five),
+    else 0; never with fewer than two pairs."""
+    if stat is None or stat[1] is None or stat[2] < 2:
+        return 0
+    from scipy.stats import t
+
+    m, se, n = stat
+    if se == 0:
+        return 0 if m == 0 else (1 if m > 0 else -1)
+    return (1 if m > 0 else -1) if abs(m / se) > t.ppf(1 - level / 2, n - 1) else 0
 
 
 def replicate(record: dict) -> tuple[int, int]:
@@ -197,12 +221,17 @@ def evaluation_rule_warning_of(record: dict) -> str | None:
 
 def legend() -> list[str]:
     lines = ["**What the columns measure** (test split of each record's data split; first event of every sequence not "
-             "scored; mean ± standard error over the recorded splits, `n` of them):", ""]  # fmt: skip
+             "scored; mean ± standard error over the recorded splits, `n` of them, listed in brackets):", ""]  # fmt: skip
     lines += [f"- `{lab}`: {text}." for lab, _, text in METRICS.values()]
-    return lines + ["", "Where the paper differs: its `L_T` / `L_M` are per-sequence NLLs too, but on its own "
+    lines += ["- `epochs (best)`: epochs trained and the best epoch (best.pt) of each record; \"++\" cells stop their "
+              "time and mark parts separately, `t` / `m` give each part's best epoch; `capped`: stopped by "
+              "`train.max_epochs`, not by early stopping."]
+    return lines + ["", "**Rows may cover different splits** (the `n` column lists them): compare cells through the "
+                    "paired differences below, not by subtracting rows.", "",
+                    "Where the paper differs: its `L_T` / `L_M` are per-sequence NLLs too, but on its own "
                     "splits of the same datasets (ours are rebuilt, see Data above); its accuracy, MRR and ECE are the "
-                    "*given time* kind (`p(k | tau_obs, H)`); the *forecast* columns are mtpp's addition "
-                    "(issue 10 §1) and have no published counterpart.", ""]  # fmt: skip
+                    "*given time* kind (`p(k | tau_obs, H)`); the *forecast* columns are mtpp's addition and have no "
+                    "published counterpart.", ""]  # fmt: skip
 
 
 def columns(cells: dict[Key, list[dict]], dataset: str, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -225,11 +254,11 @@ def dataset_tables(cells: dict[Key, list[dict]], dataset: str, published: list[d
     likelihood = columns(cells, dataset, LIKELIHOOD_COLUMNS)
     for k in keys:
         rs = cells[k]
-        row = [label(k), str(len(rs)), *(cell_stat(rs, m) for m in likelihood)]
-        rows.append(row + [", ".join(_epochs(r) for r in rs)])
+        row = [label(k), replicates_text(rs), *(cell_stat(rs, m) for m in likelihood)]
+        rows.append(row + [", ".join(_epochs(r) for r in sorted(rs, key=replicate))])
     out += _table(["model", "n", *(METRICS[m][0] for m in likelihood), "epochs (best)"], rows)
     out += ["", "Marks:", ""]
-    rows = [[label(k), str(len(cells[k])), *(cell_stat(cells[k], m) for m in MARK_COLUMNS)] for k in keys]
+    rows = [[label(k), replicates_text(cells[k]), *(cell_stat(cells[k], m) for m in MARK_COLUMNS)] for k in keys]
     out += _table(["model", "n", *(METRICS[m][0] for m in MARK_COLUMNS)], rows)
     return out + ["", *differences(cells, dataset), *claim_check(cells, dataset),
                   *published_beside(cells, dataset, published)]  # fmt: skip
@@ -263,13 +292,13 @@ CLAIM_COLUMNS = ("nll_time_per_seq", "nll_time_binned_per_seq", "nll_mark_per_se
 
 def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
     """Per metric and change (base -> +, base -> ++): for how many decoders the mean paired difference (by split)
-    is an improvement, for how many of those it exceeds twice its standard error, and which decoders got *worse*
-    by more than twice it; the paper's claim above it. Counting signs, not a test: with one split there is no
-    standard error and nothing is called significant."""
+    is an improvement, for how many of those a two-sided paired t-test at 5 % says so (``significant``), and which
+    decoders got *worse* by that test; the paper's claim above it, and the number of pairs per decoder below
+    (a decoder with one split has a sign, never a test)."""
     lines = []
     models = sorted({k[1] for k in cells if k[0] == dataset})
     for a, b in (("base", "plus"), ("base", "plusplus")):
-        parts = []
+        parts, pairs = [], {}
         for m in CLAIM_COLUMNS:
             better = clear = total = 0
             names, worse = [], []
@@ -278,25 +307,28 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
                 if d is None:
                     continue
                 total += 1
-                gain = d[0] * metric_info(m).better  # the direction of every metric: mtpp.evaluation.report
+                pairs[model] = max(pairs.get(model, 0), d[2])
+                direction = metric_info(m).better  # the direction of every metric: mtpp.evaluation.report
+                gain, test = d[0] * direction, significant(d) * direction
                 if gain > 0:
                     better += 1
                     names.append(model)
-                    clear += int(d[1] is not None and gain > 2 * d[1])
-                elif d[1] is not None and -gain > 2 * d[1]:
+                    clear += int(test > 0)
+                elif test < 0:
                     worse.append(model)
             if total:
                 parts.append(f"{METRICS[m][0]} {better} of {total}" + (f" ({', '.join(names)})" if 0 < better < total
-                                                                        else "") + f", {clear} by > 2 SE"
-                             + (f", worse by > 2 SE: {', '.join(worse)}" if worse else ""))
+                                                                        else "") + f", {clear} significant"
+                             + (f", significantly worse: {', '.join(worse)}" if worse else ""))
         if parts:
-            lines.append(f"- {PARAM_LABEL[a]} → {PARAM_LABEL[b]}, decoders improved (paired by split): "
-                         + "; ".join(parts) + ".")
+            lines.append(f"- {PARAM_LABEL[a]} → {PARAM_LABEL[b]}, decoders improved (paired by split; pairs: "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(pairs.items())) + "): " + "; ".join(parts) + ".")
     if not lines:
         return []
     return [f"Against the paper's claim: {PAPER_CLAIM}. On the recorded splits:", "", *lines,
-            "", "(Signs of mean paired differences, counted per decoder; \"> 2 SE\" needs at least two splits.)",
-            ""]  # fmt: skip
+            "", "(Signs of mean paired differences, counted per decoder; \"significant\": a two-sided paired t-test "
+            "at 5 % over the decoder's pairs, `|mean / SE| > t(0.975, pairs - 1)`, which is 12.7 with two pairs, "
+            "4.30 with three, 2.78 with five; a decoder with one pair is never significant.)", ""]  # fmt: skip
 
 
 def read_published(path: str | Path) -> list[dict[str, Any]]:
@@ -323,7 +355,10 @@ def published_beside(cells: dict[Key, list[dict]], dataset: str, published: list
                      "" if ours is None else f"{ours[0] - p['value']:+.{digits}f}"])  # fmt: skip
     if not rows:
         return []
-    return ["Published (Bosser & Ben Taieb 2024, their splits) beside ours:", "",
+    return ["Published (Bosser & Ben Taieb 2024, their splits) beside ours. **Second-hand values**: the project's "
+            "copy of the paper has no table, so these are the values its design notes quote (best `L_T` / `L_M` "
+            "per dataset, no standard errors), not checked against the paper itself; see "
+            "`results/published/README.md`.", "",
             *_table(["model", "metric", "paper", "source", "ours", "ours − paper"], rows), ""]  # fmt: skip
 
 
@@ -354,14 +389,16 @@ def remedies_table(cells: dict[Key, list[dict]]) -> list[str]:
 
 
 def results_block(records: list[dict], command: str, published: list[dict] = (),
-                  figures: dict[str, Path] | None = None, relative_to: Path | None = None) -> str:  # fmt: skip
+                  figures: dict[str, Path] | None = None, relative_to: Path | None = None,
+                  datasets: Iterable[str] = ()) -> str:  # fmt: skip
     """The generated part of RESULTS.md: legend, per-dataset tables, differences, published values, figures,
-    remedies. ``figures`` (dataset -> PNG) are linked relative to ``relative_to`` (the folder of RESULTS.md)."""
+    remedies. ``figures`` (dataset -> PNG) are linked relative to ``relative_to`` (the folder of RESULTS.md);
+    ``datasets`` get a section even before any of their cells has a record (the grid's datasets)."""
     cells = group(records)
     out = [f"<!-- generated by: {command} ({len(records)} records); do not edit -->", "", *legend()]
     if not records:
         out.append("No cell of this grid has finished yet: there is no measured row.")
-    names = {k[0] for k in cells} | {p["dataset"] for p in published}
+    names = {k[0] for k in cells} | {p["dataset"] for p in published} | set(datasets)
     for dataset in sorted(names, key=lambda d: (DATASETS.index(d) if d in DATASETS else len(DATASETS), d)):
         if not any(k[0] == dataset for k in cells):
             out += [f"### {dataset}", "", "No cell has finished yet.", "", *published_beside(cells, dataset, published)]

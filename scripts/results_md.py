@@ -61,9 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmarks", type=Path, help="replace the generated grid-timings block of this file")
     ap.add_argument("--figures", type=Path, default=None, help="folder of the cos_tm PNGs (results/figures)")
     ap.add_argument("--published", type=Path, default=PUBLISHED, help="published values (CSV)")
+    ap.add_argument("--datasets", nargs="*", default=list(tables.DATASETS), metavar="NAME",
+                    help="datasets that get a section before any of their cells has a record (default: Table 1's "
+                    f"{' '.join(tables.DATASETS)}; none: --datasets with no name)")
     args = ap.parse_args(argv)
 
+    for folder in args.results:
+        if not folder.is_dir():
+            print(f"note: {folder}: no such folder (yet): no record from it", file=sys.stderr)
     records, twice = load(args.results)
+    if not records and (args.update or args.benchmarks):
+        raise SystemExit(f"no result record under {', '.join(map(str, args.results))}: refusing to replace the "
+                         "generated blocks with empty ones (a misspelt folder?)")
     if twice:
         print(f"note: {len(twice)} cell(s) recorded in more than one folder, first kept: {twice[:3]}", file=sys.stderr)
     published = tables.read_published(args.published) if args.published.is_file() else []
@@ -74,13 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         # beside the file they are linked from: RESULTS.md at the root -> results/figures
         figures = tables.cos_tm_figures(records, args.figures or args.update.resolve().parent / "results" / "figures")
     text = tables.results_block(records, command, published, figures,
-                                relative_to=(args.update.resolve().parent if args.update else None))  # fmt: skip
+                                relative_to=(args.update.resolve().parent if args.update else None),
+                                datasets=args.datasets)  # fmt: skip
     if args.update is None:
         print(text, end="")
     else:
         update(args.update, text, BEGIN, END)
+        print(f"{args.update}: tables of {len(records)} records; figures: "
+              + (", ".join(str(p) for p in figures.values()) or "none"), file=sys.stderr)
     if args.benchmarks is not None:
         update(args.benchmarks, tables.benchmarks_block(records, command), BENCH_BEGIN, BENCH_END)
+        print(f"{args.benchmarks}: grid timings of {len(records)} records", file=sys.stderr)
     return 0
 
 

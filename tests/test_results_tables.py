@@ -69,25 +69,34 @@ def test_mean_se_and_paired_differences_equal_hand_computed_values(tmp_path: Pat
     assert tables.paired(base, pp, "accuracy_forecast") is None
     assert tables.histogram_stats(base[0]) == pytest.approx((0.75, (3 * -0.975 + 0.975) / 4))
     text = "\n".join(tables.dataset_tables(cells, "mooc"))
-    assert "| lnm base | 3 | -302.0 ± 1.2 | 80.0 ± 0.0 | n/a | 0.750 ± 0.000 | 10 (5), 11 (5), 12 (5) |" in text
+    assert "| lnm base | 3 (0, 1, 2) | -302.0 ± 1.2 | 80.0 ± 0.0 | n/a | 0.750 ± 0.000 | 10 (5), 11 (5), 12 (5) |" in text
     assert tables._epochs({"epochs": 9, "best_epoch": 4, "metrics": {"train": {"skipped_batches": 3}}}) \
         == "9 (4, 3 steps skipped)"
     assert "| lnm | base → ++ | 2 | -4.50 ± 0.50 | n/a | n/a | +0.0850 ± 0.0150 |" in text
-    assert "| lnm ++ | 2 | -305.5 ± 0.5 | n/a | n/a | n/a |" in text  # nothing shared: conflict n/a
-    # the paper's claim, checked by counting decoders whose paired difference improves (and by > 2 SE)
+    assert "| lnm ++ | 2 (0, 1) | -305.5 ± 0.5 | n/a | n/a | n/a |" in text  # nothing shared: conflict n/a
+    # the paper's claim, checked by counting decoders whose paired difference improves (and significantly)
     assert "Against the paper's claim: disjoint parametrisations show" in text
-    # L_T: -4.5 ± 0.5 (gain 4.5 > 1.0); accuracy given time: +0.085 ± 0.015 (> 0.03); nothing else is paired
-    assert ("- base → ++, decoders improved (paired by split): L_T/seq 1 of 1, 1 by > 2 SE; acc. given time 1 of 1, "
-            "1 by > 2 SE.") in text
+    # L_T: -4.5 ± 0.5 (t = 9); accuracy given time: +0.085 ± 0.015 (t = 5.7): with two pairs neither passes the
+    # paired t-test at 5 % (t > 12.7); nothing else is paired
+    assert ("- base → ++, decoders improved (paired by split; pairs: lnm 2): L_T/seq 1 of 1, 0 significant; acc. "
+            "given time 1 of 1, 0 significant.") in text
+    assert tables.significant((-4.5, 0.5, 2)) == 0 and tables.significant((-4.5, 0.5, 3)) == -1  # t = 9 > 4.30
+    assert tables.significant((0.085, 0.015, 5)) == 1 and tables.significant((1.0, None, 1)) == 0
     assert "- base → +," not in text
 
 
-def test_the_claim_check_names_decoders_that_got_worse_by_more_than_2_se() -> None:
-    """A change that hurts (forecast accuracy -0.0175 ± 0.0025 over two splits) is named, not only left uncounted."""
-    recs = [record("mooc", "lnm", "base", s, accuracy_forecast=[0.45, 0.46][s]) for s in range(2)]
-    recs += [record("mooc", "lnm", "plus", s, accuracy_forecast=[0.43, 0.445][s]) for s in range(2)]
+def test_the_claim_check_names_decoders_that_got_significantly_worse() -> None:
+    """A change that hurts (forecast accuracy -0.0177 ± 0.0015 over three splits, t = 12.2 > 4.30) is named, not
+    only left uncounted; over the first two splits alone (t = 7 < 12.7) it is not called significant."""
+    base, plus = [0.45, 0.46, 0.47], [0.43, 0.445, 0.452]
+    recs = [record("mooc", "lnm", "base", s, accuracy_forecast=base[s]) for s in range(3)]
+    recs += [record("mooc", "lnm", "plus", s, accuracy_forecast=plus[s]) for s in range(3)]
     text = "\n".join(tables.claim_check(tables.group(recs), "mooc"))
-    assert "- base → +, decoders improved (paired by split): acc. forecast 0 of 1, 0 by > 2 SE, worse by > 2 SE: lnm." in text
+    assert ("- base → +, decoders improved (paired by split; pairs: lnm 3): acc. forecast 0 of 1, 0 significant, "
+            "significantly worse: lnm.") in text
+    two = [r for r in recs if r["cell"]["split"] < 2]
+    text = "\n".join(tables.claim_check(tables.group(two), "mooc"))
+    assert "(paired by split; pairs: lnm 2): acc. forecast 0 of 1, 0 significant." in text
 
 
 def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
@@ -99,7 +108,7 @@ def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
                  {"dataset": "mooc", "model": "fnn", "parametrisation": "plus", "metric": "accuracy_given_time",
                   "value": 0.5, "se": None, "source": "Table 9"}]  # fmt: skip
     text = tables.results_block(records, "cmd", published)
-    assert "| rmtpp base | 1 | n/a | n/a | n/a | 0.750 | 10 (5) |" in text
+    assert "| rmtpp base | 1 (0) | n/a | n/a | n/a | 0.750 | 10 (5) |" in text
     assert "| lnm base | L_T/seq | -310.0 ± 1.5 | Table 1 | -302.0 ± 1.2 (n=3) | +8.0 |" in text
     assert "| fnn + | acc. given time | 0.500 | Table 9 | not run yet |  |" in text
     assert "### Remedies: thp on mooc" in text
@@ -142,6 +151,19 @@ def test_update_replaces_only_the_marked_blocks_and_writes_the_figure(tmp_path: 
     results.write_text("no markers\n")
     with pytest.raises(SystemExit, match="needs exactly one"):
         script.main(argv)
+    # a misspelt folder: said, and the blocks are not replaced by empty ones
+    results.write_text(doc)
+    with pytest.raises(SystemExit, match="no result record under .*typo: refusing to replace"):
+        script.main([str(tmp_path / "typo"), "--update", str(results)])
+    assert results.read_text() == doc
+
+
+def test_small_standard_errors_keep_two_significant_digits_and_grid_datasets_get_a_section() -> None:
+    assert tables.fmt((9.0, 0.036, 2), 1) == "9.000 ± 0.036"  # not "9.0 ± 0.0"
+    assert tables.fmt((9.04, 0.36, 2), 1) == "9.0 ± 0.4" and tables.fmt((9.0, 0.0, 2), 1) == "9.0 ± 0.0"
+    text = tables.results_block([record("mooc", "lnm", "base", 0, nll_time_per_seq=1.0)], "cmd",
+                                datasets=("mooc", "reddit"))  # fmt: skip
+    assert "### reddit\n\nNo cell has finished yet." in text and text.index("### mooc") < text.index("### reddit")
 
 
 def test_grid_projection_weights_each_decoder_and_parametrisation() -> None:
@@ -261,10 +283,10 @@ def test_the_binned_time_nll_is_shown_only_where_the_data_is_on_a_lattice_and_sa
     cells = tables.group(recs)
     text = "\n".join(tables.dataset_tables(cells, "mooc"))
     assert "| model | n | L_T/seq | L_T binned/seq | L_M/seq | PCE | conflict rate | epochs (best) |" in text
-    assert "| fnn + | 2 | -320.5 ± 0.5 | 314.5 ± 0.5 | n/a | n/a | 0.750 ± 0.000 |" in text
-    assert "| fnn ++ | 2 | -349.5 ± 0.5 | 312.0 (1 of 2) | n/a | n/a | n/a |" in text
+    assert "| fnn + | 2 (0, 1) | -320.5 ± 0.5 | 314.5 ± 0.5 | n/a | n/a | 0.750 ± 0.000 |" in text
+    assert "| fnn ++ | 2 (0, 1) | -349.5 ± 0.5 | 312.0 (1 of 2) | n/a | n/a | n/a |" in text
     assert "| fnn | + → ++ | 2 | -29.00 ± 0.00 | -2.00 | n/a |" in text  # binned paired on split 0 only
     assert "L_T binned/seq 0 of 0" not in text
     reddit = "\n".join(tables.dataset_tables(cells, "reddit"))
-    assert "binned" not in reddit and "| fnn + | 1 | -10.0 | n/a | n/a | 0.750 |" in reddit
+    assert "binned" not in reddit and "| fnn + | 1 (0) | -10.0 | n/a | n/a | 0.750 |" in reddit
     assert "`L_T binned/seq`: time NLL of each gap's lattice bin" in "\n".join(tables.legend())
