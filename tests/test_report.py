@@ -536,3 +536,24 @@ def test_pit_panel_shows_the_binned_pit_where_every_run_has_it(tmp_path, figures
     renderer = fig.canvas.get_renderer()
     box = fig._suptitle.get_window_extent(renderer)
     assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+
+
+def test_pit_noise_band_counts_each_test_event_once(tmp_path, figures):
+    """Seeds of one split score the same test events: the band of a calibrated model's noise uses the events of
+    the distinct splits (here 2 seeds of split 0: n = 300, not 600; splits 0 and 1: n = 600)."""
+    rng = np.random.default_rng(5)
+    for decoder, reps in (("lnm", [(0, 0), (0, 1)]), ("thp", [(0, 0), (1, 0)])):
+        for split, seed in reps:
+            run = tmp_path / "runs" / f"{decoder}{split}{seed}"
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump({"data": {"split": split}, "train": {"seed": seed},
+                                                             "model": {"decoder": decoder, "parametrisation": "base"}}))
+            (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0, "pce": 0.05}}))
+            counts = np.full(50, 6)  # 300 events per run
+            (run / "arrays_test.json").write_text(json.dumps({**_arrays(rng), "pit_counts": counts.tolist()}))
+    plots.plot_pit(report.collect_runs(tmp_path / "runs"), tmp_path / "pit.png")
+    (fig,) = figures
+    panels = {a.get_title().split(":")[0]: a for a in fig.axes if a.get_visible() and a.get_title()}
+    for name, n in (("LNM", 300), ("THP", 600)):
+        band = panels[name].patches[0]  # axhspan(-eps, eps): a rectangle in data y units
+        assert band.get_y() + band.get_height() == pytest.approx(math.sqrt(math.log(2 / 0.05) / (2 * n))), name

@@ -394,7 +394,9 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
     edges = pit_edges = None
     all_binned = True
     kinds: set[str] = set()
-    for run in part["run"]:
+    distinct: dict[Any, float] = {}  # split -> events of its largest run: runs of one split share their test events
+    splits = part["split"] if "split" in part.columns else [None] * len(part)
+    for run, split in zip(part["run"], splits):
         a = read_arrays(run, section)
         if not a:
             continue
@@ -413,6 +415,8 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
         if a.get("pit_counts") is not None:
             p = np.asarray(a["pit_counts"], dtype=float)
             pit = p if pit is None else pit + p
+            key = run if split is None or split != split else split  # no split column: every run its own events
+            distinct[key] = max(distinct.get(key, 0.0), float(p.sum()))
             pit_edges = np.asarray(a.get("pit_edges") or np.linspace(0, 1, len(p) + 1), dtype=float)
             if a.get("pit_cdf_binned") is None:
                 all_binned = False
@@ -427,7 +431,7 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
             out.update(count=count, confidence=conf_sum / count, accuracy=acc_sum / count, edges=edges)
         out["kind"] = kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[assignment]
     if pit is not None:
-        out.update(pit_counts=pit, pit_edges=pit_edges)
+        out.update(pit_counts=pit, pit_edges=pit_edges, independent_events=sum(distinct.values()))
         if all_binned and binned is not None:
             out["pit_cdf_binned"] = binned / pit.sum()
     return out
@@ -504,7 +508,8 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
     """Time calibration, one panel per cell (its runs' PIT counts pooled): the deviation ``F_hat(u) - u`` of the
     empirical CDF of the PIT values ``u = F(tau | H)`` from the uniform one (0 is perfect calibration; above 0:
     too many small PIT values, i.e. predicted gaps too long), with the 95 % band of a calibrated model's
-    sampling noise (DKW: ``sqrt(log(2 / 0.05) / (2 n))``, ``n`` = pooled events), each panel on its own symmetric
+    sampling noise (DKW: ``sqrt(log(2 / 0.05) / (2 n))``, ``n`` = the distinct test events pooled: runs of one split
+    with other seeds score the same events, so they count once), each panel on its own symmetric
     y scale (the band shows it), so any number of models can be told apart. The PCE in each panel is the one of the tables (mean ± standard error
     of the runs' PCEs); PCE is the mean of ``|F_hat(j/50) - j/50|``.
 
@@ -526,7 +531,8 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
         n = counts.sum()
         u = np.r_[0.0, edges[1:]]
         dev = np.r_[0.0, np.cumsum(counts) / n - edges[1:]]
-        eps = math.sqrt(math.log(2 / 0.05) / (2 * n))
+        # the band counts each test event once: runs of one split (other seeds) score the same events
+        eps = math.sqrt(math.log(2 / 0.05) / (2 * a.get("independent_events", n)))
         ax.axhspan(-eps, eps, color="0.88", lw=0)
         ax.axhline(0, color="gray", ls="--", lw=1)
         if "pit_cdf_binned" in a:
