@@ -11,7 +11,9 @@ run's ``metrics.json``: ``val``, ``test``, ``train``), ``epochs``, ``best_epoch`
 run), ``wall_seconds`` (the cell from start to the end of its final
 evaluation), ``epoch_seconds`` (median training seconds per epoch), ``validation_seconds`` (total), the
 ``conflict_rate`` and ``cos_tm_histogram`` (counts of the logged steps' ``cos_tm`` in ``COS_BINS`` equal bins of
-``[-1, 1]``; ``null`` with nothing shared).
+``[-1, 1]``; ``null`` with nothing shared). A record re-scored from its run's ``best.pt`` by
+``scripts/rescore_records.py`` (metrics added, none changed) also holds ``rescored``: one entry per pass, with its
+time, git revision and the metrics it added.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm import tqdm
@@ -44,6 +45,7 @@ def _same_run(run_metrics: dict, record_metrics: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     from mtpp.evaluation.evaluate import evaluate
     from mtpp.records import build_record, read_records, write_record
+    from mtpp.training.trainer import git_revision
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path, help="a folder of result records (results/<experiment>)")
@@ -83,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             tqdm.write(f"{name}: test metrics moved, record left as it was: {'; '.join(changed[:5])}")
             continue
-        write_record(args.results, name, rebuilt)
         added = sorted(set(rebuilt["metrics"]["test"]) - set(before))
+        # provenance: the record says that (and when, by which code, with what) it was rescored
+        rebuilt["rescored"] = [*record.get("rescored", []), {
+            "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"), "git_revision": git_revision(),
+            "added": added}]  # fmt: skip
+        write_record(args.results, name, rebuilt)
         tqdm.write(f"{name}: rescored from {run}" + (f"; new: {', '.join(added)}" if added else ""))
     return 1 if failed else 0
 

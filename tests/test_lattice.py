@@ -331,6 +331,8 @@ def test_rescore_records_adds_the_binned_nll_and_leaves_the_rest(tmp_path: Path,
     for key, value in old["metrics"]["test"].items():
         assert new["metrics"]["test"][key] == pytest.approx(value, rel=1e-9), key
     assert new["wall_seconds"] == old["wall_seconds"] and new["config"] == old["config"]
+    (mark,) = new["rescored"]  # the record says it was rescored, and what that added
+    assert "nll_time_binned_per_seq" in mark["added"] and mark["when"].startswith("20") and "git_revision" in mark
     assert after["synthetic/lnm-plus-sum/split0-rerun"] == before["synthetic/lnm-plus-sum/split0-rerun"]
     # --missing: records that have the metric already are not scored again
     (runs / "synthetic/lnm-plus-sum/split0-old" / "best.pt").unlink()  # would fail if it were evaluated

@@ -1248,7 +1248,7 @@ def _write_config(
         data.get(section, {}).pop(key, None)
     data["run_info"] = {
         "mtpp_version": mtpp.__version__,
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "torch_version": str(torch.__version__),
         "seed": cfg.train.seed,
         "device": str(device),
@@ -1264,7 +1264,9 @@ def _write_config(
     tmp.replace(path)
 
 
-def _git_revision() -> str | None:
+def git_revision() -> str | None:
+    """The short git revision of the mtpp checkout (``-dirty`` with uncommitted changes to tracked files), or
+    ``None`` outside a git checkout."""
     root = Path(mtpp.__file__).resolve().parent.parent
     try:
         rev = subprocess.run(
