@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 from mtpp.commands._forecast_args import positive_int
 
@@ -71,9 +72,6 @@ def run_dirs(path: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from mtpp.errors import MtppError
-    from mtpp.evaluation.evaluate import evaluate
-    from mtpp.runs import RunLock
-    from mtpp.training.trainer import fmt_value
 
     import math
 
@@ -90,45 +88,20 @@ def run(args: argparse.Namespace) -> int:
 
         raise MtppError(not_a_run(args.run_dir))
     splits = ("val", "test") if args.split == "all" else (args.split,)
-    columns = None
     from mtpp.training.checkpoint import BEST
-
-    warned: set[str] = set()
-
-    def log(msg: str) -> None:  # a warning about the data is said once, not once per run of a folder
-        text = msg.split(": ", 1)[-1]
-        if text.startswith("warning:"):
-            if text in warned:
-                return
-            warned.add(text)
-        print(msg, file=sys.stderr, flush=True)
 
     folder = len(runs) > 1
     if folder:
         print(f"{args.run_dir}: {len(runs)} runs below it; each one's metrics and arrays files are rewritten "
               "from its best.pt", file=sys.stderr, flush=True)
-    failed: list[str] = []
+    table, log, failed = _Table(), _warn_once(), []
     for run_dir in runs:
         if folder and not (run_dir / BEST).is_file():  # one unfinished run does not stop the rest
             print(f"{run_dir}: skipped (no {BEST}: not trained yet)", file=sys.stderr, flush=True)
             continue
         try:
             for split in splits:
-                with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
-                    m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
-                                 other_data=args.other_data, log=log)
-                if columns is None:  # once, before the first row (a refusal prints no table)
-                    columns = shown_columns(m)
-                    print("| run | split | " + " | ".join(c for c, _ in columns) + " |")
-                    print("|" + "---|" * (len(columns) + 2))
-                cells = " | ".join(fmt_value(m.get(k)) for _, k in columns)
-                print(f"| {run_dir} | {split} | {cells} |", flush=True)
-                if args.horizon is not None:
-                    from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
-
-                    h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=samples,
-                                             max_points=points, device=args.device, progress=True)
-                    print(format_horizon(h, f"{run_dir} {split}"))
+                _evaluate_split(run_dir, split, args, table, log, samples, points)
         except MtppError as e:  # in a folder, one broken or busy run does not stop the others
             if not folder:
                 raise
@@ -138,3 +111,54 @@ def run(args: argparse.Namespace) -> int:
         raise MtppError(f"{len(failed)} of {len(runs)} run(s) could not be evaluated (errors above): "
                         + ", ".join(failed))
     return 0
+
+
+class _Table:
+    """The Markdown table on stdout: its header (``shown_columns`` of the first row) before the first row, so a
+    refusal prints no table."""
+
+    def __init__(self) -> None:
+        self.columns: tuple[tuple[str, str], ...] | None = None
+
+    def row(self, run_dir: Path, split: str, metrics: dict) -> None:
+        from mtpp.training.trainer import fmt_value
+
+        if self.columns is None:
+            self.columns = shown_columns(metrics)
+            print("| run | split | " + " | ".join(c for c, _ in self.columns) + " |")
+            print("|" + "---|" * (len(self.columns) + 2))
+        cells = " | ".join(fmt_value(metrics.get(k)) for _, k in self.columns)
+        print(f"| {run_dir} | {split} | {cells} |", flush=True)
+
+
+def _warn_once() -> Callable[[str], None]:
+    """A stderr logger that says each warning once (the same data's warning, not once per run of a folder)."""
+    warned: set[str] = set()
+
+    def log(msg: str) -> None:
+        text = msg.split(": ", 1)[-1]
+        if text.startswith("warning:"):
+            if text in warned:
+                return
+            warned.add(text)
+        print(msg, file=sys.stderr, flush=True)
+
+    return log
+
+
+def _evaluate_split(run_dir: Path, split: str, args: argparse.Namespace, table: _Table, log: Callable[[str], None],
+                    samples: int, points: int) -> None:  # fmt: skip
+    """One run on one split: its metrics (rewritten from best.pt), its table row, its horizon metrics if asked."""
+    from mtpp.evaluation.evaluate import evaluate
+    from mtpp.runs import RunLock
+
+    with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
+        m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
+                     other_data=args.other_data, log=log)  # fmt: skip
+    table.row(run_dir, split, m)
+    if args.horizon is not None:
+        from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
+
+        h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=samples, max_points=points,
+                                 device=args.device, progress=True)  # fmt: skip
+        print(format_horizon(h, f"{run_dir} {split}"))
