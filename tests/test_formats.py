@@ -277,8 +277,16 @@ def test_split_column_names_in_any_spelling_and_unknown_ones_are_an_error(tmp_pa
 def test_a_misspelt_column_is_an_error_and_other_columns_are_noted(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"column 'marks' is not one mtpp reads: did you mean 'mark'\?"):
         read_any(_write(tmp_path / "m.csv", b"seq_id,time,marks\na,1,3\na,2,4\n"))
-    with pytest.raises(DataError, match=r"column 'Split' .*did you mean 'split'"):
-        read_any(_write(tmp_path / "s.csv", b"seq_id,time,mark,Split\na,1,3,train\n"))
+    with pytest.raises(DataError, match=r"column 'splits' .*did you mean 'split'"):
+        read_any(_write(tmp_path / "s.csv", b"seq_id,time,mark,splits\na,1,3,train\n"))
+    with pytest.raises(DataError, match=r"column 'tme' is not one mtpp reads: did you mean 'time'\?"):
+        read_any(_write(tmp_path / "t.csv", b"seq_id,tme,mark\na,1,3\n"))
+    with pytest.raises(DataError, match=r"missing column\(s\) \['seq_id', 'time'\].*is the separator a comma"):
+        read_any(_write(tmp_path / "semi.csv", b"seq_id;time;mark\na;1;3\n"))
+    # header names in any case and with blanks around them are the columns
+    res = read_any(_write(tmp_path / "case.csv", b"Seq_ID, Time , MARK,Split\na,1,3,Train\na,2,4,TRAINING\n"
+                                                 b"b,1,0,test\nc,1,1,dev\n"))
+    assert [s.marks.tolist() for s in res.parts["train"]] == [[3, 4]] and set(res.parts) == {"train", "val", "test"}
     res = read_any(_write(tmp_path / "u.csv", b"seq_id,time,mark,user_name\na,1,3,x\na,2,4,x\n"))
     assert [s.marks.tolist() for s in res.parts["all"]] == [[3, 4]]
     assert any("column(s) ['user_name'] ignored" in n for n in res.notes)

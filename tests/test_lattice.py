@@ -65,6 +65,10 @@ def test_time_lattice_finds_the_quantum_and_its_shares() -> None:
     assert lat.consequential
     no_ties = [EventSequence(np.concatenate([[0.0], np.cumsum(gaps[4:])]), np.zeros(201, int), None)]
     assert not time_lattice(no_ties).consequential  # 0.5 % of the gaps within NEAR quanta, no tie
+    # the evaluation scores bins only on a consequential lattice (elsewhere binned = L_T + a constant)
+    from mtpp.data.lattice import scored_quantum
+
+    assert scored_quantum(lat) == 1.0 and scored_quantum(time_lattice(no_ties)) is None and scored_quantum(None) is None
 
 
 def test_time_lattice_is_none_off_a_lattice_or_without_evidence() -> None:
@@ -253,6 +257,15 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     assert "lattice" not in capsys.readouterr().err
     assert "nll_time_binned_per_seq" not in metrics["test"]
     assert "binned" not in final_summary(tmp_path / "run_smooth", metrics)
+    # a folder whose first run is off the lattice: the table still has the lattice columns, n/a in that row
+    for name, run in (("a_smooth", "run_smooth"), ("b_lattice", "run")):
+        shutil.copytree(tmp_path / run, tmp_path / "mixed" / name)
+    assert main(["evaluate", str(tmp_path / "mixed"), "--split", "test"]) == 0
+    header, _, first, second = capsys.readouterr().out.splitlines()[:4]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    binned = cols.index("L_T binned/seq")
+    assert "a_smooth" in first and first.strip("|").split("|")[binned].strip() == "n/a"
+    assert "b_lattice" in second and float(second.strip("|").split("|")[binned]) > 0
 
 
 def test_ties_on_a_lattice_name_the_resolution_of_half_a_quantum(tmp_path: Path, capsys) -> None:

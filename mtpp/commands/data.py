@@ -201,7 +201,7 @@ def _lattice_line(lattice: dict[str, Any] | None) -> str:
     frac = f" (= 1/{n:,} of a data unit)" if n > 1 and abs(n * q - 1) < 1e-6 else ""
     return (f"time lattice   gaps are whole multiples of q = {_fmt(q)}{frac}; "
             f"{100 * lattice['share_near']:.1f}% of the positive gaps within {NEAR} q"
-            + ("; compare time models on nll_time_binned (continuous L_T rewards spikes on the lattice)"
+            + ("; compare time models on nll_time_binned_per_seq (continuous L_T rewards spikes on the lattice)"
                if lattice["consequential"] else ""))  # fmt: skip
 
 

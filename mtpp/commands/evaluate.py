@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if folder:
         print(f"{args.run_dir}: {len(runs)} runs below it; each one's metrics and arrays files are rewritten "
               "from its best.pt", file=sys.stderr, flush=True)
-    table, log, failed = _Table(), _warn_once(), []
+    table, log, failed = _Table(stream=not folder), _warn_once(), []
     for run_dir in runs:
         if folder and not (run_dir / BEST).is_file():  # one unfinished run does not stop the rest
             print(f"{run_dir}: skipped (no {BEST}: not trained yet)", file=sys.stderr, flush=True)
@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failed.append(str(run_dir))
             print(f"{run_dir}: error: {e}", file=sys.stderr, flush=True)
+    table.flush()
     if failed:
         raise MtppError(f"{len(failed)} of {len(runs)} run(s) could not be evaluated (errors above): "
                         + ", ".join(failed))
@@ -114,20 +115,40 @@ def run(args: argparse.Namespace) -> int:
 
 
 class _Table:
-    """The Markdown table on stdout: its header (``shown_columns`` of the first row) before the first row, so a
-    refusal prints no table."""
+    """The Markdown table on stdout, no header without a row (a refusal prints no table). One run: printed row by
+    row (``shown_columns`` of its first row). A folder (``stream=False``): printed by ``flush`` at the end, with the
+    lattice columns when any row has them (``n/a`` in the others), whatever order the runs come in."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: bool = True) -> None:
+        self.stream = stream
         self.columns: tuple[tuple[str, str], ...] | None = None
+        self.rows: list[tuple[Path, str, dict]] = []
 
     def row(self, run_dir: Path, split: str, metrics: dict) -> None:
+        if not self.stream:
+            self.rows.append((run_dir, split, metrics))
+            return
+        if self.columns is None:
+            self._header(shown_columns(metrics))
+        self._print(run_dir, split, metrics)
+
+    def flush(self) -> None:
+        if self.rows:
+            lattice = next((m for _, _, m in self.rows if "nll_time_binned_per_seq" in m), self.rows[0][2])
+            self._header(shown_columns(lattice))
+            for row in self.rows:
+                self._print(*row)
+        self.rows = []
+
+    def _header(self, columns: tuple[tuple[str, str], ...]) -> None:
+        self.columns = columns
+        print("| run | split | " + " | ".join(c for c, _ in columns) + " |")
+        print("|" + "---|" * (len(columns) + 2))
+
+    def _print(self, run_dir: Path, split: str, metrics: dict) -> None:
         from mtpp.training.trainer import fmt_value
 
-        if self.columns is None:
-            self.columns = shown_columns(metrics)
-            print("| run | split | " + " | ".join(c for c, _ in self.columns) + " |")
-            print("|" + "---|" * (len(self.columns) + 2))
-        cells = " | ".join(fmt_value(metrics.get(k)) for _, k in self.columns)
+        cells = " | ".join(fmt_value(metrics.get(k)) for _, k in self.columns or ())
         print(f"| {run_dir} | {split} | {cells} |", flush=True)
 
 

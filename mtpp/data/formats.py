@@ -1209,17 +1209,22 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     except Exception as e:  # noqa: BLE001 - pandas raises many types for bad files
         raise DataError(f"cannot read table ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
                         source=str(path)) from None
-    missing = [c for c in ("seq_id", "time") if c not in df.columns]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; expected seq_id, time, mark (got {list(df.columns)})",
-                        source=str(path))
     src = str(path)
+    # ' time' or 'Time' is the time column (blanks around a header name, any case), unless 'time' is there too
+    plain = {str(c): str(c).strip().lower() for c in df.columns}
+    df = df.rename(columns={c: p for c, p in plain.items() if p in TABLE_COLUMNS and p != c
+                            and list(plain.values()).count(p) == 1 and p not in df.columns})  # fmt: skip
     unread = [str(c) for c in df.columns if c not in TABLE_COLUMNS]
-    for c in unread:  # a misspelt optional column would otherwise drop every mark (or the split) silently
+    for c in unread:  # a misspelt column: a missing time / seq_id, or marks (or the split) silently dropped
         close = difflib.get_close_matches(c.strip().lower(), [k for k in TABLE_COLUMNS if k not in df.columns], 1, 0.6)
         if close:
             raise DataError(f"column {c!r} is not one mtpp reads: did you mean {close[0]!r}? (the columns are "
-                            f"{', '.join(TABLE_COLUMNS)}; others are ignored)", source=src)
+                            "seq_id, time and optionally mark, split; others are ignored)", source=src)
+    missing = [c for c in ("seq_id", "time") if c not in df.columns]
+    if missing:
+        hint = " (one column: is the separator a comma, or a tab for .tsv?)" if len(df.columns) == 1 else ""
+        raise DataError(f"missing column(s) {missing}; expected seq_id, time and optionally mark, split (got "
+                        f"{list(df.columns)}){hint}", source=src)
     line0 = 2 if fmt != "parquet" else 0  # CSV: the header is line 1; Parquet: row numbers from 0
     where = "line" if fmt != "parquet" else "row"
     seq_id = df["seq_id"]
@@ -1274,15 +1279,17 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
             bad |= ~np.isfinite(split.to_numpy(dtype=np.float64, na_value=np.nan))
         if bad.any():
             raise cell_error("split", bad, "")
-        scodes, part_names = pd.factorize(split.astype(str), sort=False)
-        part_names = [str(x) for x in part_names]
-        unknown = [x for x in part_names if normalise_part(x) not in PARTS]
+        raw = split.astype(str)
+        unknown = [x for x in pd.unique(raw) if normalise_part(x) not in PARTS]
         if unknown:  # a part the loader would not recognise re-splits the whole file: say so instead
-            r = int(np.flatnonzero(split.astype(str).isin(unknown).to_numpy())[0])
+            r = int(np.flatnonzero(raw.isin(unknown).to_numpy())[0])
             raise DataError(f"split {_short_repr(unknown[0])} on {where} {r + line0} is not a part name "
                             f"({len(unknown)} such value(s): {', '.join(map(repr, unknown[:5]))}); use train / "
                             "training, val / valid / validation / dev, test / testing (any case)",
                             source=src, sequence=int(codes[r]))
+        # every spelling of a part is that part (' Train' and 'training' in one sequence agree)
+        scodes, part_names = pd.factorize(raw.map(normalise_part), sort=False)
+        part_names = [str(x) for x in part_names]
         part_of[codes[::-1]] = scodes[::-1]  # the first row of each sequence decides ...
         differ = scodes != part_of[codes]  # ... and every other row must agree
         if differ.any():

@@ -72,6 +72,13 @@ class TimeLattice:
                 f"positive gaps within {NEAR} q, {100 * self.share_zero:.1f} % zero)")  # fmt: skip
 
 
+def scored_quantum(lattice: TimeLattice | None) -> float | None:
+    """The quantum the evaluation scores lattice bins at (``nll_time_binned_*``, ``pce_binned``): a consequential
+    lattice's, else ``None`` (times merely written to a few decimals are a lattice too, where the binned NLL is
+    ``L_T`` plus a constant and would only add a column)."""
+    return lattice.quantum if lattice is not None and lattice.consequential else None
+
+
 def lattice_warning(lattice: TimeLattice) -> str:
     """The run-start warning for data on a consequential lattice (``TimeLattice.consequential``)."""
     return (f"{lattice.describe()}: a continuous density can lower L_T without bound by concentrating its mass on "

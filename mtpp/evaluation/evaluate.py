@@ -71,16 +71,16 @@ def evaluate_model(
 
 
 def data_time_quantum(data: Any, log: Callable[[str], None] | None = None) -> float | None:
-    """The lattice quantum of ``data``'s training split (``mtpp.data.lattice``), ``None`` off a lattice; ``log``
-    gets the trainer's run-start warning (``lattice_warning``) when the lattice is consequential."""
-    from mtpp.data.lattice import lattice_warning, time_lattice
+    """The lattice quantum the evaluation of ``data`` scores bins at (``mtpp.data.lattice.scored_quantum`` of its
+    training split: ``None`` off a lattice or on an inconsequential one); ``log`` gets the trainer's run-start
+    warning (``lattice_warning``) when there is one."""
+    from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 
     lattice = time_lattice(getattr(data, "train", None) or [])
-    if lattice is None:
-        return None
-    if lattice.consequential and log is not None:
+    quantum = scored_quantum(lattice)
+    if quantum is not None and log is not None:
         log(f"warning: {lattice_warning(lattice)}")
-    return lattice.quantum
+    return quantum
 
 
 def json_safe(value: Any) -> Any:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
-from mtpp.data.lattice import lattice_warning, time_lattice
+from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 from mtpp.errors import ConfigError, MtppError
 from mtpp.models.scaling import resolve_time_scale, same_time_scale
 from mtpp.models.time_decoders import evaluation_rule_warning
@@ -806,7 +806,7 @@ class Trainer:
         t = self.cfg.train
         for split in ("val", "test"):
             kwargs = dict(batch_size=t.eval_batch_size or 4 * t.batch_size, device=self.device, dtype=self.dtype,
-                          time_quantum=None if self.time_lattice is None else self.time_lattice.quantum)
+                          time_quantum=scored_quantum(self.time_lattice))
             if self.dist.enabled:
                 m, arrays = distributed.evaluate_sharded(
                     self.model, self.data.split(split), self.dist, seed=t.seed, **kwargs
@@ -914,7 +914,9 @@ def run_header(tr: "Trainer") -> str:
         f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}",
         # what reading the data did on the way (sequences sorted, files skipped), the cache's own note left out
         *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if not str(n).startswith("auto-prepared from")),
-        "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)",
+        "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
+        + ("; the time part is judged by its binned L_T (train.select_time_on: binned)"
+           if cfg.train.select_time_on == "binned" else ""),
     ])  # fmt: skip
 
 
