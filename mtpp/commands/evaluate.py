@@ -40,10 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Rebuild the model from RUN_DIR/config.yaml, load best.pt, evaluate on a split of the data the "
         "run recorded (its folder and fingerprints in config.yaml) and update RUN_DIR/metrics.json and "
         "arrays_<split>.json. Data with other fingerprints are refused unless --other-data, which writes "
-        "metrics.other-<fingerprint>.json instead. A folder of runs (variants, or a compare --out folder) evaluates each run below it.",
+        "metrics.other-<fingerprint>.json instead. A folder of runs (variants, or a compare --out folder) "
+        "evaluates each run below it.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
-    p.add_argument("--split", choices=("val", "test", "train", "all"), default="test", help="default: test; all = val and test (train only when named)")
+    p.add_argument("--split", choices=("val", "test", "train", "all"), default="test",
+                   help="default: test; all = val and test (train only when named)")
     p.add_argument("--data-dir", help="where the datasets are (default: the run's recorded data folder, then "
                    "$MTPP_DATA_DIR, then ./data)")
     p.add_argument("--other-data", action="store_true",
