@@ -468,3 +468,29 @@ def test_selecting_on_the_binned_time_nll(tmp_path: Path, parametrisation: str, 
         fit(cfg, tmp_path / "run_smooth")
     with pytest.raises(ConfigError, match="select_time_on"):
         load_config(None, ["train.select_time_on=bins"])
+
+
+def test_a_mild_lattice_is_scored_binned_only_when_selection_follows_it(tmp_path: Path) -> None:
+    """Times on a lattice that hardly matters (0.2 % of the gaps within NEAR quanta): the evaluation adds no binned
+    metrics (they would be L_T plus a constant), unless the run's early stopping followed the binned L_T, whose
+    final numbers then say what it selected on; ``mtpp evaluate`` of the run agrees."""
+    from mtpp.evaluation.evaluate import evaluate
+
+    rng = np.random.default_rng(3)
+    seqs = []
+    for i in range(40):
+        gaps = rng.integers(900, 1100, 12).astype(float)
+        if i == 0:
+            gaps[5] = 1.0  # the one short gap that reveals the lattice of q = 1
+        seqs.append(EventSequence(np.cumsum(gaps), rng.integers(0, K, 12), None))
+    lat = time_lattice(seqs)
+    assert lat is not None and lat.quantum == 1.0 and not lat.consequential
+    data = write_split_folder(tmp_path / "mild", [{"train": seqs, "val": seqs[:10], "test": seqs[:10]}],
+                              num_marks=K)  # fmt: skip
+    for select in ("nll", "binned"):
+        cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                                 f"train.select_time_on={select}", "logging.quiet=true", "logging.progress=false"])
+        metrics = fit(cfg, tmp_path / select)
+        assert ("nll_time_binned_per_seq" in metrics["test"]) == (select == "binned"), select
+        again = evaluate(tmp_path / select, "test")
+        assert ("nll_time_binned_per_seq" in again) == (select == "binned"), select

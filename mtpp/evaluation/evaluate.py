@@ -70,17 +70,18 @@ def evaluate_model(
     return metrics, acc.arrays()
 
 
-def data_time_quantum(data: Any, log: Callable[[str], None] | None = None) -> float | None:
+def data_time_quantum(data: Any, log: Callable[[str], None] | None = None, selected: bool = False) -> float | None:
     """The lattice quantum the evaluation of ``data`` scores bins at (``mtpp.data.lattice.scored_quantum`` of its
-    training split: ``None`` off a lattice or on an inconsequential one); ``log`` gets the trainer's run-start
-    warning (``lattice_warning``) when there is one."""
+    training split: ``None`` off a lattice or on an inconsequential one; any lattice's with ``selected``, a run
+    whose early stopping followed the binned L_T); ``log`` gets the trainer's run-start warning
+    (``lattice_warning``) when the lattice is consequential."""
     from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 
     lattice = time_lattice(getattr(data, "train", None) or [])
     quantum = scored_quantum(lattice)
     if quantum is not None and log is not None:
         log(f"warning: {lattice_warning(lattice)}")
-    return quantum
+    return lattice.quantum if selected and lattice is not None else quantum
 
 
 def json_safe(value: Any) -> Any:
@@ -189,7 +190,8 @@ def _evaluate_run(
     if rule_warning and log is not None:
         log(f"{run_dir}: warning: {rule_warning}")
     bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
-    quantum = data_time_quantum(run_data, None if log is None else lambda msg: log(f"{run_dir}: {msg}"))
+    quantum = data_time_quantum(run_data, None if log is None else lambda msg: log(f"{run_dir}: {msg}"),
+                                selected=cfg.train.select_time_on == "binned")  # fmt: skip
     metrics, arrays = evaluate_model(
         model, run_data.split(split), batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype], seed=cfg.train.seed,
         time_quantum=quantum,
