@@ -232,6 +232,21 @@ def test_report_command_writes_tables_and_plots(runs_root: Path, tmp_path: Path,
     assert (out / "summary_val_pce.csv").is_file() and any((out / "plots_val_pce").glob("*.png"))
     assert report.summary_stem("test", [f"metric_{i}" for i in range(20)]).startswith("summary_test_20-metrics-")
     assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "same split" not in capsys.readouterr().err  # every run of runs_root is its own replicate
+
+
+def test_report_warns_about_two_runs_of_one_split_and_seed(runs_root: Path, tmp_path: Path, capsys) -> None:
+    """A copied run (or a rerun beside its original) would count twice in its cell's mean ± SE: said, naming both."""
+    import shutil
+
+    original = next(p.parent for p in sorted(runs_root.rglob("metrics.json")))
+    copy = original.parent / "copy-of-it"
+    shutil.copytree(original, copy)
+    assert report.repeated_replicates(report.collect_runs(runs_root)) and not report.repeated_replicates(
+        report.collect_runs(runs_root).iloc[0:0])
+    assert main(["report", str(runs_root), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 runs of one cell have the same split" in err and str(copy) in err and str(original) in err
 
 
 def test_report_never_overwrites_a_file_it_did_not_write(runs_root: Path, tmp_path: Path, capsys) -> None:

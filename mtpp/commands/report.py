@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     mixed = mixed_data(df["run"])
     if mixed and not args.allow_mixed_data:
         raise MtppError(f"{mixed[0]}; pass --allow-mixed-data to summarise them anyway")
-    for problem in mixed:
+    for problem in [*mixed, *report.repeated_replicates(df)]:
         print(f"warning: {problem}", file=sys.stderr)
     if args.metrics:
         args.metrics = [report.canonical_metric(m) for m in args.metrics]  # old names (accuracy, ece) accepted

@@ -304,6 +304,22 @@ def cell_columns(df: pd.DataFrame) -> list[str]:
 # Summaries
 
 
+def repeated_replicates(df: pd.DataFrame) -> list[str]:
+    """Cells with two or more runs of the same split and seed (copies of a run, or a rerun beside the original):
+    each would count as a replicate in the cell's mean ± SE. One line per repeated (cell, split, seed)."""
+    reps = [c for c in REPLICATE_COLUMNS if c in df.columns]
+    if df.empty or not reps:
+        return []
+    keys = cell_columns(df)
+    out = []
+    for key, part in df.groupby([*keys, *reps], dropna=False, sort=True):
+        if len(part) > 1:
+            where = ", ".join(f"{c} {v}" for c, v in zip(reps, key[len(keys):]))
+            out.append(f"{len(part)} runs of one cell have the same {where}, each counted in its mean ± standard "
+                       f"error: {', '.join(str(r) for r in part['run'])}")
+    return out
+
+
 def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.DataFrame:
     """Mean and standard error over the runs of each cell, in long form.
 
