@@ -407,3 +407,17 @@ def test_real_other_formats(real) -> None:
     tw = real("rmtpp_twitter", sort=True)
     assert _stats(tw.sequences) == (3080, 102413, 2)
     assert any("sorted" in n for n in tw.notes)
+
+
+def test_data_describe_says_when_training_would_re_split(tmp_path: Path, capsys) -> None:
+    """A table with only train and test parts is re-split on use: ``describe`` says so; a full split does not."""
+    from mtpp.cli import main
+
+    two = _write(tmp_path / "two.csv", b"seq_id,time,mark,split\na,1,0,train\nb,1,0,test\n")
+    three = _write(tmp_path / "three.csv", b"seq_id,time,mark,split\na,1,0,train\nb,1,0,test\nc,1,0,valid\n")
+    assert main(["data", "describe", str(two)]) == 0
+    assert "training on it re-splits all its sequences" in capsys.readouterr().out
+    assert main(["data", "describe", str(three)]) == 0
+    assert "re-splits" not in capsys.readouterr().out
+    assert main(["data", "describe", str(two), "--json"]) == 0
+    assert '"resplit_on_use": true' in capsys.readouterr().out

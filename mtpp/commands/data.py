@@ -81,6 +81,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resplit_parts(entry: Any, parts: dict) -> bool:
+    """Whether loading data read into ``parts`` re-splits them (``mtpp.data.catalog.load_dataset``): the entry
+    always is, or the parts (``train`` ..., or ``split_k/train`` ... of a split folder) lack a train / val / test
+    split (a split folder: a train part)."""
+    from mtpp.data.formats import PARTS
+
+    if getattr(entry, "resplit", False):
+        return True
+    if any("/" in k for k in parts):
+        return not any(k.endswith("/train") for k in parts)
+    return not set(PARTS) <= set(parts)
+
+
 def _resplit_on_use(entry: Any, path: Path) -> bool:
     """Whether loading ``path`` re-splits it (``mtpp.data.catalog.load_dataset``): the entry always is, or it is a
     split folder without a train part (``lacks_train_part``), or a folder whose files' parts, judged from their
@@ -179,6 +192,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         "duplicates": dups,
         "parts": {k: describe_sequences(v, res.num_marks, 0) for k, v in res.parts.items()},
         "notes": res.notes,
+        "resplit_on_use": _resplit_parts(entry, res.parts),
     }
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -233,6 +247,9 @@ def _describe_text(st: dict[str, Any]) -> str:
              f"{_fmt(v['time']['min'])} .. {_fmt(v['time']['max'])}")
             for k, v in st["parts"].items() if v["sequences"]]
     out += ["", _table(("part", "sequences", "events", "len min/med/max", "time range"), rows)]
+    if st.get("resplit_on_use"):
+        out += ["", "training on it re-splits all its sequences into 5 seeded 60/20/20 splits (its parts are not a "
+                "full train / val / test split, or they overlap); mtpp data prepare does the same into a folder"]
     if st["notes"]:
         out += ["", "notes:"] + [f"  - {n}" for n in st["notes"]]
     return "\n".join(out)
