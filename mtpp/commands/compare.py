@@ -78,8 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--time-limit", metavar="DURATION",
         help="wall time this command may use (2h30m, 150m, or a SLURM --time value: 150 = minutes, 2:30 = "
-        "minutes:seconds, 2:30:00, UNLIMITED): start only cells expected to finish within it (durations from the "
-        "--results records of the same model); the others are deferred to the next run",
+        "minutes:seconds, 2:30:00, UNLIMITED): start only cells expected to finish within it (the median wall "
+        "time of the --results records of the same dataset, model, parametrisation and aggregator, else of fewer of "
+        "those labels: mtpp.experiments_schedule); the others are deferred to the next run",
     )
     p.set_defaults(func=run)
 
