@@ -835,6 +835,11 @@ def test_train_log_keeps_the_auto_preparation_warning(tmp_path: Path, capsys: py
     assert capsys.readouterr().err.count("auto-prepared 5 seeded") == 1  # still on the console, once
     log = (tmp_path / "run" / "train.log").read_text()
     assert "WARNING: " in log and "auto-prepared 5 seeded 60/20/20 splits" in log
+    # with the run header on the console too, the re-split is still said once (not again as a header note)
+    (tmp_path / "other.json").write_text(json.dumps(seqs[:-1]))
+    fit(tiny(tmp_path / "other.json", "logging.quiet=false"), tmp_path / "loud")
+    err = capsys.readouterr().err
+    assert err.count("auto-prepared 5 seeded") == 1 and "run " in err
 
 
 def test_holder_of_names_a_live_holder_and_takes_nothing(tmp_path: Path) -> None:

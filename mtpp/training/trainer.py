@@ -913,8 +913,9 @@ def run_header(tr: "Trainer") -> str:
            if m.parametrisation == "plusplus" and cfg.gradients.aggregator != "sum" else ""),
         f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
         f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}",
-        # what reading the data did on the way (sequences sorted, files skipped), the cache's own note left out
-        *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if not str(n).startswith("auto-prepared from")),
+        # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
+        # line names the prepared folder, and a fresh preparation was just said as a WARNING
+        *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if "auto-prepared" not in str(n)),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
         + ("; the time part is judged by its binned L_T (train.select_time_on: binned)"
            if cfg.train.select_time_on == "binned" else ""),
