@@ -181,3 +181,13 @@ def test_prepared_cache_key_follows_contents_not_mtimes(tmp_path: Path) -> None:
     (d / "b.csv").write_text("seq_id,time,mark\n1,2.5,1\n")  # same size, other bytes
     assert source_fingerprint(d, 0, 5) != key
     assert source_fingerprint(d, 0, 5) != source_fingerprint(d, 1, 5)  # the preparation's settings count too
+
+
+def test_one_rule_says_when_loading_re_splits() -> None:
+    """``catalog.resplits``: the rule ``load_dataset`` follows and ``mtpp data describe`` reports."""
+    from mtpp.data.catalog import CATALOG, resplits
+
+    assert not resplits(None, ["train", "val", "test"]) and resplits(None, ["val", "test"])
+    assert not resplits(None, ["split_0/train", "split_0/val"]) and resplits(None, ["split_0/val", "split_0/test"])
+    always = next(e for e in CATALOG.values() if e.resplit)
+    assert resplits(always, ["train", "val", "test"])

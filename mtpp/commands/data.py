@@ -81,29 +81,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resplit_parts(entry: Any, parts: dict) -> bool:
-    """Whether loading data read into ``parts`` re-splits them (``mtpp.data.catalog.load_dataset``): the entry
-    always is, or the parts (``train`` ..., or ``split_k/train`` ... of a split folder) lack a train / val / test
-    split (a split folder: a train part)."""
-    from mtpp.data.formats import PARTS
-
-    if getattr(entry, "resplit", False):
-        return True
-    if any("/" in k for k in parts):
-        return not any(k.endswith("/train") for k in parts)
-    return not set(PARTS) <= set(parts)
-
-
 def _resplit_on_use(entry: Any, path: Path) -> bool:
     """Whether loading ``path`` re-splits it (``mtpp.data.catalog.load_dataset``): the entry always is, or it is a
     split folder without a train part (``lacks_train_part``), or a folder whose files' parts, judged from their
     names (``scan_folder``: ``valid.json.gz`` -> val, ``wikipedia.npz`` -> wikipedia), lack one of train / val /
     test. Files whose parts are decided inside them (a table's split column, RMTPP folds, a pickle not named after
     a part) are not opened here: ``found`` then says nothing about a re-split."""
-    from mtpp.data.catalog import is_split_folder, lacks_train_part
+    from mtpp.data.catalog import is_split_folder, lacks_train_part, resplits
     from mtpp.data.formats import PARTS, scan_folder
 
-    if getattr(entry, "resplit", False):
+    if resplits(entry, PARTS):  # an entry that always re-splits
         return True
     if not path.is_dir():
         return False
@@ -169,7 +156,7 @@ def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, A
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from mtpp.data.catalog import resolve_source
+    from mtpp.data.catalog import resolve_source, resplits
     from mtpp.data.formats import ReadOptions, read_any
     from mtpp.data.splits import deduplicate
 
@@ -192,7 +179,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         "duplicates": dups,
         "parts": {k: describe_sequences(v, res.num_marks, 0) for k, v in res.parts.items()},
         "notes": res.notes,
-        "resplit_on_use": _resplit_parts(entry, res.parts),
+        "resplit_on_use": resplits(entry, res.parts),
     }
     if args.json:
         print(json.dumps(stats, indent=2))

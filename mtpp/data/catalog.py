@@ -20,9 +20,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from mtpp.data.formats import ReadOptions, ReadResult, is_split_folder, read_any, read_split
+from mtpp.data.formats import PARTS, ReadOptions, ReadResult, is_split_folder, read_any, read_split
 from mtpp.data.sequence import EventSequence, check_dtype_range
 from mtpp.errors import DataError
 
@@ -295,8 +295,16 @@ def _has_split(res: ReadResult, split: int) -> bool:
     return f"split_{split}/train" in res.parts
 
 
-def _fixed_parts(res: ReadResult) -> bool:
-    return all(p in res.parts for p in ("train", "val", "test"))
+def resplits(entry: CatalogEntry | None, parts: Iterable[str]) -> bool:
+    """Whether ``load_dataset`` re-splits data read into these part names (``ReadResult.parts``): an entry that
+    always does (``resplit``), a split folder (parts ``split_k/<part>``) without a train part, or plain parts that
+    are not a full train / val / test split."""
+    parts = set(parts)
+    if entry is not None and entry.resplit:
+        return True
+    if any("/" in k for k in parts):
+        return not any(k.endswith("/train") for k in parts)
+    return not set(PARTS) <= parts
 
 
 def load_dataset(
@@ -328,7 +336,7 @@ def load_dataset(
         path = _auto_prepare(name, path, opts, notes, reason="its own parts overlap, always re-split")
     elif not is_split_folder(path):
         res = read_any(path, options=opts, progress=progress)
-        if _fixed_parts(res):
+        if not resplits(None, res.parts):  # a full train / val / test split of its own
             if split != 0:
                 raise DataError(f"{name} has one fixed train/val/test split (split 0), not split {split}",
                                 source=str(path))

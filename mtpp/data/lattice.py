@@ -72,11 +72,14 @@ class TimeLattice:
                 f"positive gaps within {NEAR} q, {100 * self.share_zero:.1f} % zero)")  # fmt: skip
 
 
-def scored_quantum(lattice: TimeLattice | None) -> float | None:
+def scored_quantum(lattice: TimeLattice | None, selected: bool = False) -> float | None:
     """The quantum the evaluation scores lattice bins at (``nll_time_binned_*``, ``pce_binned``): a consequential
     lattice's, else ``None`` (times merely written to a few decimals are a lattice too, where the binned NLL is
-    ``L_T`` plus a constant and would only add a column)."""
-    return lattice.quantum if lattice is not None and lattice.consequential else None
+    ``L_T`` plus a constant and would only add a column); any lattice's with ``selected`` (a run whose early
+    stopping followed the binned L_T, ``train.select_time_on: binned``, reports what it selected on)."""
+    if lattice is None:
+        return None
+    return lattice.quantum if lattice.consequential or selected else None
 
 
 def lattice_warning(lattice: TimeLattice) -> str:

@@ -78,10 +78,9 @@ def data_time_quantum(data: Any, log: Callable[[str], None] | None = None, selec
     from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 
     lattice = time_lattice(getattr(data, "train", None) or [])
-    quantum = scored_quantum(lattice)
-    if quantum is not None and log is not None:
+    if lattice is not None and lattice.consequential and log is not None:
         log(f"warning: {lattice_warning(lattice)}")
-    return lattice.quantum if selected and lattice is not None else quantum
+    return scored_quantum(lattice, selected)
 
 
 def json_safe(value: Any) -> Any:

@@ -515,7 +515,7 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
 
     Where every run of a panel was scored on a time lattice (``pit_cdf_binned`` in its arrays, ``mtpp.data.lattice``),
     the solid line is the bins' non-randomised PIT (Czado, Gneiting & Held 2009; its PCE is ``pce_binned``) and the
-    continuous PIT is drawn thin and dashed: the continuous PIT of rounded gaps is not uniform even under the true
+    continuous PIT is drawn thin and dotted: the continuous PIT of rounded gaps is not uniform even under the true
     model. The band is the same (conservative for the non-randomised PIT, whose per-event CDFs vary less than
     indicators)."""
     _, cells = _cells(runs)

@@ -18,8 +18,8 @@ the whole sequence).
 Time scale (``mtpp.models.scaling``). The model works in units of ``time_scale`` data units: every batch is divided
 by it before the encoders (``in_model_units``), each scored ``-log f`` term gets ``+ log(time_scale)`` (the
 change of variables ``f(tau) = f'(tau / s) / s``; a tie's ``-log F(delta)``, a probability, gets none), and
-predicted gaps are multiplied back, so every number that leaves the model is in the data's units. The scale is part of the ``state_dict`` (extra state), hence of every
-checkpoint.
+predicted gaps are multiplied back, so every number that leaves the model is in the data's units. The scale is
+part of the ``state_dict`` (extra state), hence of every checkpoint.
 
 Mark forecasts. ``score`` also returns ``forecast_mark_log_probs``, ``log p(k | H)`` with the next time unknown
 (``mtpp.models.marginal``); ``mark_log_probs`` is ``log p(k | tau_i, H)`` given the observed gap, the quantity of
@@ -270,10 +270,10 @@ class MarkedTPP(nn.Module):
             zero = torch.zeros((), dtype=dtype, device=h_time.device)
             # + log s: the density per data unit, f(tau) = f'(tau / s) / s (see the module docstring); a tie's term
             # is the probability F(delta) (the tie policy, mtpp.models.time_decoders): unitless, no change of variables
-            unit = math.log(self._time_scale)
+            unit: float | Tensor = math.log(self._time_scale)
             resolution = getattr(head, "tie_resolution", None)  # None: a decoder without the tie policy
             if resolution is not None and unit != 0.0:
-                unit = torch.where(taus < resolution, zero, torch.full_like(taus, unit))
+                unit = torch.where(tie_mask(taus, scored, resolution), zero, unit)
             time_terms = torch.where(scored, unit - dist.log_prob(taus), zero)
             observed = mark_lp.gather(-1, batch.marks.unsqueeze(-1)).squeeze(-1)
             mark_terms = torch.where(scored, -observed, zero)

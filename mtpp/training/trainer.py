@@ -806,8 +806,7 @@ class Trainer:
         t = self.cfg.train
         for split in ("val", "test"):
             kwargs = dict(batch_size=t.eval_batch_size or 4 * t.batch_size, device=self.device, dtype=self.dtype,
-                          time_quantum=(self.time_lattice.quantum if self.cfg.train.select_time_on == "binned"
-                                        else scored_quantum(self.time_lattice)))  # fmt: skip
+                          time_quantum=scored_quantum(self.time_lattice, t.select_time_on == "binned"))
             if self.dist.enabled:
                 m, arrays = distributed.evaluate_sharded(
                     self.model, self.data.split(split), self.dist, seed=t.seed, **kwargs
