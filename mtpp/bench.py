@@ -119,8 +119,8 @@ class BenchConfig:
     longest: build the batches from the longest sequences (worst-case memory) instead of a seeded bucketed epoch.
     synthetic_length: simulate long Hawkes sequences of ``synthetic_length`` events instead of reading data.
     diagnostics: ``on`` (only the step with gradient diagnostics), ``off`` (only the plain step) or ``both``.
-    overrides: ``--set`` style ``section.key=value`` strings (``model.*``, ``train.lr`` / ``train.optimizer``,
-        ``data.dtype``); the model triple always wins over ``model.encoder`` etc.
+    overrides: ``--set`` style ``section.key=value`` strings (``model.*``, ``train.lr`` / ``train.optimizer`` /
+        ``train.compile_integrand``, ``data.dtype``); the model triple always wins over ``model.encoder`` etc.
     num_threads: ``torch.set_num_threads`` (``None``: torch's default).
     phase_progress: print one line per phase of each model to stderr (``bench: MODEL: round 1/3 plain ...``),
         from the worker process too.
@@ -390,7 +390,7 @@ def _bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
         baseline = _rss_mb()
     ctx = make_step_context(run_cfg, num_marks, device, cfg.amp, cfg.compile)
     ctx.model.train()
-    with compile_settings(cfg.compile):
+    with compile_settings(ctx.cfg.train):
         return _measure(spec, cfg, ctx, batches, events, device, run_cfg, label, num_marks, baseline)
 
 
@@ -464,6 +464,8 @@ def _measure(
         "num_marks": num_marks,
         "amp": ctx.amp,
         "compile": cfg.compile,
+        "compile_integrand": run_cfg.train.compile_integrand,
+        "overrides": list(cfg.overrides),
         "isolated": False,
         "torch_version": torch.__version__,
         "num_threads": torch.get_num_threads(),

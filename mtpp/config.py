@@ -101,6 +101,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn flags
     max_consecutive_skips: int = 20  # non-finite batches in a row before the run stops
     compile: bool = False  # torch.compile the model's nll
+    # torch.compile only the THP / SAHP compensator integrand on the training nodes (mtpp.models.compiled): same
+    # formula, fused kernels, values equal to rounding; needs a C++ compiler. BENCHMARKS.md, "Compiled integrand"
+    compile_integrand: bool = False
     eval_batch_size: int | None = None  # None: 4 x batch_size
     bucket: bool = True  # length-bucketing batch sampler
     # torch intra-op threads of the training process (torch.set_num_threads). 1 by default: models of the
@@ -158,7 +161,7 @@ TOP_LEVEL = (*SECTIONS, "variants")
 #: order of floating-point reductions, and ``mtpp compare`` caps them at cores // jobs on each machine.
 NON_SEMANTIC_KEYS = (
     "logging", "variants", "data.data_dir", "data.num_workers", "train.device", "train.compile",
-    "train.eval_batch_size", "train.threads",
+    "train.compile_integrand", "train.eval_batch_size", "train.threads",
 )
 
 # Enum-like fields: (section, key) -> valid values.

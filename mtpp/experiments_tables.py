@@ -517,6 +517,13 @@ def grid_projection(records: list[dict], grid: tuple = MOOC_GRID, jobs: int = 2)
             f"splits); no record yet for {', '.join(missing)}, so no full projection; {target}")
 
 
+def _machine(record: dict, decoder: str, info: dict) -> str:
+    """Device and threads of a record's run, and "compiled integrand" where ``train.compile_integrand`` applied
+    (THP / SAHP: ``mtpp.models.compiled``; a no-op elsewhere)."""
+    compiled = ((record.get("config") or {}).get("train") or {}).get("compile_integrand") and decoder in ("thp", "sahp")
+    return f"{info.get('device', '?')}, {info.get('threads', '?')} thr" + (", compiled integrand" if compiled else "")
+
+
 def benchmarks_block(records: list[dict], command: str, jobs: int = 2) -> str:
     """Per record: decoder, parametrisation, split, seed, epochs, best epoch, s/epoch, validation share, wall time;
     totals and the projected wall time of the MOOC grid (``grid_projection``) run as ``jobs`` parallel jobs."""
@@ -534,7 +541,7 @@ def benchmarks_block(records: list[dict], command: str, jobs: int = 2) -> str:
         rows.append([c.get("dataset", "?"), decoder, param, c.get("aggregator", "sum"), str(c.get("split", "?")),
                      str(c.get("seed", "?")), _epochs(r), num(r.get("epoch_seconds"), ".2f"), num(share, ".1%"),
                      num(wall / 60 if isinstance(wall, (int, float)) else None, ".1f"),
-                     f"{info.get('device', '?')}, {info.get('threads', '?')} thr"])  # fmt: skip
+                     _machine(r, decoder, info)])  # fmt: skip
     head = ["dataset", "decoder", "param.", "aggregator", "split", "seed", "epochs (best)", "s/epoch (median)",
             "validation share of wall", "wall min", "device"]  # fmt: skip
     walls = [r["wall_seconds"] for r in records if isinstance(r.get("wall_seconds"), (int, float))]

@@ -39,7 +39,9 @@ def bench_table(rows: list[dict[str, Any]], source: str) -> list[str]:
         f"`{source}`: {r0.get('device_name') or r0.get('device')}, torch {r0.get('torch_version')}, "
         f"{r0.get('num_threads')} thread(s), dataset {r0.get('dataset')} (training part), batch {r0.get('batch_size')}, "
         f"{r0.get('steps')} timed steps x {r0.get('rounds')} round(s) after a warm-up pass; "
-        f"memory: {r0.get('peak_memory_kind')}.",
+        f"memory: {r0.get('peak_memory_kind')}"
+        + (f"; compiled integrand: {'yes' if r0['compile_integrand'] else 'no'}" if "compile_integrand" in r0 else "")
+        + ".",
         "",
         "| model | params | train ev/s | train ev/s (cos_tm every step) | diagnostics overhead | eval ev/s | peak MB "
         "| padding |",

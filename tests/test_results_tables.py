@@ -290,3 +290,18 @@ def test_the_binned_time_nll_is_shown_only_where_the_data_is_on_a_lattice_and_sa
     reddit = "\n".join(tables.dataset_tables(cells, "reddit"))
     assert "binned" not in reddit and "| fnn + | 1 (0) | -10.0 | n/a | n/a | 0.750 |" in reddit
     assert "`L_T binned/seq`: time NLL of each gap's lattice bin" in "\n".join(tables.legend())
+
+
+def test_the_timings_say_which_cells_ran_with_the_compiled_integrand() -> None:
+    """``train.compile_integrand`` changes speed only where it applies (THP / SAHP): the device column says so for
+    those cells, and not for an LNM cell with the same setting or a THP cell without it."""
+
+    def with_compile(r: dict, on: bool) -> dict:
+        return {**r, "config": {**r["config"], "train": {"compile_integrand": on}}}
+
+    recs = [with_compile(record("mooc", "thp", "base", 0), True), with_compile(record("mooc", "lnm", "base", 0), True),
+            with_compile(record("mooc", "sahp", "base", 1), False)]  # fmt: skip
+    bench = tables.benchmarks_block(recs, "cmd")
+    assert "| mooc | thp | base | sum | 0 | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr, compiled integrand |" in bench
+    assert "| mooc | lnm | base | sum | 0 | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench
+    assert "| mooc | sahp | base | sum | 1 | 0 | 11 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench

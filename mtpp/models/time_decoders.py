@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtpp.errors import ConfigError
-from mtpp.models import integrate
+from mtpp.models import compiled, integrate
 from mtpp.models.config import RMTPP_FORMS, ModelConfig
 from mtpp.models.registry import TIME_DECODERS
 
@@ -170,6 +170,22 @@ def _expand_params(p: Tensor, tau: Tensor, batch_dims: int, event_dims: int = 1)
         return p
     shape = p.shape
     return p.reshape(*shape[:batch_dims], *([1] * extra), *shape[batch_dims : batch_dims + event_dims])
+
+
+def thp_node_intensity(base: Tensor, tau: Tensor, slope: Tensor) -> Tensor:
+    """``sum_j softplus(base_j + slope_j tau)``: the softplus part of THP's ground intensity on integration nodes.
+
+    ``base: [*batch, 1 ... 1, J]`` (broadcast against ``tau``), ``tau: [*batch, *extra]``, ``slope: [J]`` ->
+    ``[*batch, *extra]``. A function of tensors only, so ``train.compile_integrand`` can compile it
+    (``mtpp.models.compiled``)."""
+    return _sum_last(F.softplus(torch.addcmul(base, tau.unsqueeze(-1), slope)))
+
+
+def sahp_node_intensity(mu: Tensor, eta: Tensor, gamma: Tensor, tau: Tensor) -> Tensor:
+    """``sum_j softplus(mu_j + (eta_j - mu_j) exp(-gamma_j tau))``: SAHP's ground intensity on integration nodes
+    (parameters ``[*batch, 1 ... 1, J]`` broadcast against ``tau: [*batch, *extra]`` -> ``[*batch, *extra]``);
+    see ``thp_node_intensity``."""
+    return _sum_last(F.softplus(torch.addcmul(mu, eta - mu, torch.exp(-gamma * tau.unsqueeze(-1)))))
 
 
 def _sum_last(x: Tensor) -> Tensor:
@@ -817,6 +833,7 @@ class SoftplusGapIntensity(nn.Module):
         self.linear = nn.Linear(input_size, num_outputs)
         self.slope = nn.Parameter(torch.full((num_outputs,), -0.1))
         self.floor = nn.Parameter(torch.full((num_outputs,), inverse_softplus(1e-3 / num_outputs)))
+        self.compile_integrand = False  # train.compile_integrand (mtpp.models.compiled); not in the state dict
         with torch.no_grad():  # initial ground rate ~1 whatever the number of outputs
             self.linear.bias.fill_(inverse_softplus(1.0 / num_outputs))
 
@@ -839,7 +856,8 @@ class SoftplusGapIntensity(nn.Module):
             return F.softplus(arg(tau)) + floor
 
         def ground_intensity(tau: Tensor) -> Tensor:
-            return _sum_last(F.softplus(arg(tau))) + floor.sum()
+            node = compiled.integrand(thp_node_intensity, self.compile_integrand)
+            return node(_expand_params(base, tau, nb), tau, slope) + floor.sum()
 
         def compensator(tau: Tensor, num_nodes: int) -> Tensor:  # closed form; num_nodes unused
             start = _expand_params(base, tau, nb)  # [*batch, *extra, J]
@@ -867,6 +885,7 @@ class SAHPIntensity(nn.Module):
         super().__init__()
         self.num_outputs = num_outputs
         self.linear = nn.Linear(input_size, 3 * num_outputs)
+        self.compile_integrand = False  # train.compile_integrand (mtpp.models.compiled); not in the state dict
         with torch.no_grad():  # mu, eta biases: initial ground rate ~1 whatever the number of outputs
             self.linear.bias[: 2 * num_outputs].fill_(inverse_softplus(1.0 / num_outputs))
 
@@ -887,7 +906,8 @@ class SAHPIntensity(nn.Module):
             return F.softplus(arg(tau))
 
         def ground_intensity(tau: Tensor) -> Tensor:
-            return _sum_last(F.softplus(arg(tau)))
+            node = compiled.integrand(sahp_node_intensity, self.compile_integrand)
+            return node(*(_expand_params(p, tau, nb) for p in (mu, eta, gamma)), tau)
 
         def compensator(tau: Tensor, num_nodes: int) -> Tensor:
             m, e, g = (_expand_params(p, tau, nb) for p in (mu, eta, gamma))  # [*batch, *extra, J]

@@ -16,6 +16,7 @@ from torch import nn
 
 from mtpp.config import DataConfig, RunConfig, TrainConfig
 from mtpp.errors import ConfigError
+from mtpp.models import compiled
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -106,6 +107,15 @@ def build_run_model(cfg: RunConfig, num_marks: int, device: torch.device) -> nn.
     return model.to(device=device, dtype=DTYPES[cfg.data.dtype])
 
 
+def training_nll(model: nn.Module, cfg: TrainConfig) -> Any:
+    """The loss function the trainer calls, ``batch -> nll terms``: ``model.nll``, ``torch.compile``-d as a whole
+    with ``train.compile``; with ``train.compile_integrand`` the THP / SAHP compensator integrands of ``model``
+    are compiled (``mtpp.models.compiled``; raises ``ConfigError`` where torch cannot compile)."""
+    if cfg.compile_integrand:
+        compiled.enable(model)
+    return torch.compile(model.nll, dynamic=True) if cfg.compile else model.nll
+
+
 def unique_parameters(params: Any) -> list[nn.Parameter]:
     seen: set[int] = set()
     out = []
@@ -179,10 +189,11 @@ def determinism(enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def compile_settings(enabled: bool) -> Iterator[None]:
-    """With ``train.compile``: AOTAutograd's donated buffers off for the run (``backward_step`` runs two
-    ``autograd.grad`` calls over one graph, i.e. ``retain_graph=True``, which donated buffers forbid)."""
-    if not enabled:
+def compile_settings(cfg: TrainConfig) -> Iterator[None]:
+    """With ``train.compile`` or ``train.compile_integrand``: AOTAutograd's donated buffers off for the run
+    (``backward_step`` runs two ``autograd.grad`` calls over one graph, i.e. ``retain_graph=True``, which donated
+    buffers forbid)."""
+    if not (cfg.compile or cfg.compile_integrand):
         yield
         return
     import torch._functorch.config as functorch_config

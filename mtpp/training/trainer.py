@@ -86,6 +86,7 @@ from mtpp.training.setup import (
     make_scheduler,
     resolve_device,
     set_float32_precision,
+    training_nll,
     unique_parameters,
 )
 
@@ -151,7 +152,7 @@ def fit(
     _check_resume_or_overwrite(resume, overwrite)
     with torch_threads(config.train.threads), distributed.session(config.train.device) as ddp:
         with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main):
-            with determinism(config.train.deterministic), compile_settings(config.train.compile):
+            with determinism(config.train.deterministic), compile_settings(config.train):
                 trainer = Trainer(
                     config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
                     model=model, data=data,
@@ -389,7 +390,7 @@ class Stepper:
             set_float32_precision(cfg.train.tf32)
         self.amp = cfg.train.amp and device.type == "cuda"
         self.model = build_run_model(cfg, num_marks, device)
-        self._nll = torch.compile(self.model.nll, dynamic=True) if cfg.train.compile else self.model.nll
+        self._nll = training_nll(self.model, cfg.train)
         self.optimizer = make_optimizer(cfg.train, self.model, device)
         self.aggregator = _make_aggregator(cfg)
         self.guard = NonFiniteGuard(self.optimizer, self.aggregator, cfg.train.max_consecutive_skips, device)
@@ -471,7 +472,7 @@ class Trainer:
         dist.broadcast_module(self.model)  # identical replicas (the same seed gives them anyway on CPU)
         if dist.rank > 0:  # Monte Carlo nodes / dropout differ across ranks; rank 0 keeps the single-process stream
             checkpoint.seed_everything(distributed.rank_seed(cfg.train.seed, dist.rank))
-        self._nll = torch.compile(self.model.nll, dynamic=True) if cfg.train.compile else self.model.nll
+        self._nll = training_nll(self.model, cfg.train)
         self.optimizer = make_optimizer(cfg.train, self.model, self.device)
         self.scheduler = make_scheduler(cfg.train, self.optimizer)
         self.aggregator = _make_aggregator(cfg)
