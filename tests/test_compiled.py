@@ -119,7 +119,7 @@ def test_a_machine_that_cannot_compile_gets_one_line_naming_the_fix(monkeypatch)
 def test_training_run_with_compiled_integrand_matches_eager(inductor, tmp_path):
     """``train.compile_integrand: true`` through the trainer (Monte Carlo compensator, ``cos_tm`` at every step,
     whose two backward passes share the graph): two epochs give the eager run's test metrics to rounding, and
-    the run's config keeps the setting."""
+    the run's config and header keep the setting."""
     from mtpp.config import load_config
     from mtpp.training.trainer import fit
 
@@ -132,5 +132,17 @@ def test_training_run_with_compiled_integrand_matches_eager(inductor, tmp_path):
     eager = fit(load_config(None, tiny), tmp_path / "eager")
     fast = fit(load_config(None, [*tiny, "train.compile_integrand=true"]), tmp_path / "compiled")
     assert "compile_integrand: true" in (tmp_path / "compiled" / "config.yaml").read_text()
+    assert ", compensator integrand compiled" in (tmp_path / "compiled" / "train.log").read_text()
+    assert "integrand compiled" not in (tmp_path / "eager" / "train.log").read_text()
     for key in ("nll_time_per_seq", "nll_mark_per_seq", "accuracy_given_time"):
         assert fast["test"][key] == pytest.approx(eager["test"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_the_header_says_when_compile_integrand_has_nothing_to_compile(tmp_path):
+    from mtpp.config import load_config
+    from mtpp.training.trainer import fit
+
+    fit(load_config(None, ["data.max_sequences=8", "train.batch_size=4", "train.max_epochs=1", "model.decoder=lnm",
+                           "model.hidden_size=8", "model.num_components=2", "train.compile_integrand=true",
+                           "logging.quiet=true", "logging.progress=false"]), tmp_path / "lnm")  # fmt: skip
+    assert "compile_integrand: no effect (no numerical compensator)" in (tmp_path / "lnm" / "train.log").read_text()

@@ -912,7 +912,7 @@ def run_header(tr: "Trainer") -> str:
         + (" (no effect: '++' shares no parameters, each task's gradient reaches only its own)"
            if m.parametrisation == "plusplus" and cfg.gradients.aggregator != "sum" else ""),
         f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
-        f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}",
+        f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}" + _compiled_note(tr),
         # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
         # line names the prepared folder, and a fresh preparation was just said as a WARNING
         *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if "auto-prepared" not in str(n)),
@@ -920,6 +920,15 @@ def run_header(tr: "Trainer") -> str:
         + ("; the time part is judged by its binned L_T (train.select_time_on: binned)"
            if cfg.train.select_time_on == "binned" else ""),
     ])  # fmt: skip
+
+
+def _compiled_note(tr: Trainer) -> str:
+    """What ``train.compile`` / ``train.compile_integrand`` compiled, for the header's device line."""
+    parts = ["nll compiled"] if tr.cfg.train.compile else []
+    if tr.cfg.train.compile_integrand:
+        on = any(getattr(m, "compile_integrand", False) for m in tr.model.modules())
+        parts.append("compensator integrand compiled" if on else "compile_integrand: no effect (no numerical compensator)")
+    return "".join(f", {p}" for p in parts)
 
 
 def epoch_line(
