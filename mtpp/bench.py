@@ -99,6 +99,8 @@ ROW_KEYS: tuple[str, ...] = (
     "num_marks",
     "amp",
     "compile",
+    "compile_integrand",
+    "overrides",
     "isolated",
     "torch_version",
     "num_threads",

@@ -65,6 +65,20 @@ def test_integrand_is_eager_when_off_or_without_gradients():
         assert compiled.integrand(thp_node_intensity, True) is thp_node_intensity
 
 
+def _spy(monkeypatch, fn) -> list:
+    """Count the calls of ``fn``'s compiled version (``compiled.integrand(fn, True)``)."""
+    with torch.enable_grad():
+        real = compiled.integrand(fn, True)
+    calls: list = []
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setitem(compiled._COMPILED, fn, counted)
+    return calls
+
+
 def _batch(lengths, seed=0, num_marks=5):
     from mtpp.data.batch import collate
     from mtpp.data.sequence import EventSequence
@@ -75,7 +89,7 @@ def _batch(lengths, seed=0, num_marks=5):
 
 
 @pytest.mark.parametrize("decoder, parametrisation", [("thp", "base"), ("sahp", "base"), ("thp", "plus")])
-def test_model_nll_with_compiled_integrand_equals_eager(inductor, decoder, parametrisation):
+def test_model_nll_with_compiled_integrand_equals_eager(inductor, monkeypatch, decoder, parametrisation):
     """The whole NLL (the same Monte Carlo nodes: they are drawn outside the compiled function) and its parameter
     gradients, on two batch shapes; ``enable`` switches every intensity module and back."""
     cfg = ModelConfig(
@@ -85,38 +99,49 @@ def test_model_nll_with_compiled_integrand_equals_eager(inductor, decoder, param
     torch.manual_seed(0)
     model = build_model(cfg, 5)
     params = [p for p in model.parameters() if p.requires_grad]
+    fn = thp_node_intensity if decoder == "thp" else sahp_node_intensity
+    calls = _spy(monkeypatch, fn)
     for lengths in [(9, 6), (12, 4, 7)]:
         batch = _batch(lengths)
         out = {}
         for on in (False, True):
-            assert compiled.enable(model, on) >= 1
+            assert (compiled.enable(model, on) >= 1) == on
             torch.manual_seed(3)
             nll = model.nll(batch)
             loss = nll.time_nll.sum() + nll.mark_nll.sum()
             out[on] = (nll.time_terms.detach(), nll.mark_terms.detach(), torch.autograd.grad(loss, params))
+        assert calls  # the compiled function ran inside model.nll (only when switched on)
+        calls.clear()
         torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-5)
         for a, b in zip(out[True][2], out[False][2]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_enable_counts_modules_and_lnm_has_none():
+def test_enable_counts_modules_and_lnm_or_the_adaptive_rule_have_none():
+    """LNM has no numerical compensator; THP trained with ``integration: adaptive`` never evaluates the
+    integrand: nothing to compile, and no backend check."""
     cfg = ModelConfig(encoder="gru", decoder="lnm", parametrisation="base", hidden_size=8, num_components=3)
-    assert compiled.enable(build_model(cfg, 5)) == 0  # no numerical compensator: nothing to compile, no check
+    assert compiled.enable(build_model(cfg, 5)) == 0
+    cfg = ModelConfig(encoder="gru", decoder="thp", parametrisation="base", hidden_size=8, num_components=3,
+                      integration="adaptive")  # fmt: skip
+    model = build_model(cfg, 5)
+    assert compiled.enable(model) == 0
+    assert not any(getattr(m, "compile_integrand", False) for m in model.modules())
 
 
 def test_a_machine_that_cannot_compile_gets_one_line_naming_the_fix(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx")
 
-    monkeypatch.setattr(compiled, "_COMPILED", {})
+    monkeypatch.setattr(compiled, "_WORKS", set())
     monkeypatch.setattr(torch, "compile", broken)
     cfg = ModelConfig(encoder="gru", decoder="thp", parametrisation="base", hidden_size=8, num_components=3)
     with pytest.raises(ConfigError, match=r"C\+\+ compiler.*train\.compile_integrand: false"):
         compiled.enable(build_model(cfg, 5))
 
 
-def test_training_run_with_compiled_integrand_matches_eager(inductor, tmp_path):
+def test_training_run_with_compiled_integrand_matches_eager(inductor, monkeypatch, tmp_path):
     """``train.compile_integrand: true`` through the trainer (Monte Carlo compensator, ``cos_tm`` at every step,
     whose two backward passes share the graph): two epochs give the eager run's test metrics to rounding, and
     the run's config and header keep the setting."""
@@ -129,8 +154,11 @@ def test_training_run_with_compiled_integrand_matches_eager(inductor, tmp_path):
         "model.num_components=2", "model.integration=mc", "model.integration_nodes=4", "gradients.log_every=1",
         "logging.quiet=true", "logging.progress=false",
     ]  # fmt: skip
+    calls = _spy(monkeypatch, thp_node_intensity)
     eager = fit(load_config(None, tiny), tmp_path / "eager")
+    assert not calls
     fast = fit(load_config(None, [*tiny, "train.compile_integrand=true"]), tmp_path / "compiled")
+    assert calls  # the trainer's steps ran the compiled integrand
     assert "compile_integrand: true" in (tmp_path / "compiled" / "config.yaml").read_text()
     assert ", compensator integrand compiled" in (tmp_path / "compiled" / "train.log").read_text()
     assert "integrand compiled" not in (tmp_path / "eager" / "train.log").read_text()
@@ -145,4 +173,32 @@ def test_the_header_says_when_compile_integrand_has_nothing_to_compile(tmp_path)
     fit(load_config(None, ["data.max_sequences=8", "train.batch_size=4", "train.max_epochs=1", "model.decoder=lnm",
                            "model.hidden_size=8", "model.num_components=2", "train.compile_integrand=true",
                            "logging.quiet=true", "logging.progress=false"]), tmp_path / "lnm")  # fmt: skip
-    assert "compile_integrand: no effect (no numerical compensator)" in (tmp_path / "lnm" / "train.log").read_text()
+    assert "compile_integrand: no effect (no compensator integrand is evaluated in training)" in (tmp_path / "lnm" / "train.log").read_text()
+
+
+def test_a_model_trained_with_it_is_handed_back_eager(inductor, tmp_path):
+    """``fit(model, data)`` switches the integrand on for the run and off at its end: the returned model is eager,
+    and a second run of it without the setting (``cos_tm`` at every step: two backward passes over one graph) does
+    not inherit it (it used to, and failed on AOTAutograd's donated-buffer check). Switched on again outside any
+    trainer, the model backpropagates twice over one graph under torch's default settings."""
+    import mtpp
+
+    cfg = ModelConfig(encoder="gru", decoder="thp", parametrisation="base", hidden_size=8, mark_embedding_size=4,
+                      time_embedding_size=4, num_components=3, integration="mc", integration_nodes=4)  # fmt: skip
+    ds = mtpp.load_dataset("synthetic_hawkes")
+    model = build_model(cfg, ds.num_marks)
+    base = {"data": {"max_sequences": 8}, "logging": {"quiet": True, "progress": False}, "gradients": {"log_every": 1}}
+    train = {"max_epochs": 1, "batch_size": 4}
+    mtpp.fit(model, ds, tmp_path / "on", config={**base, "train": {**train, "compile_integrand": True}})
+    assert not any(getattr(m, "compile_integrand", False) for m in model.modules())
+    mtpp.fit(model, ds, tmp_path / "off", config={**base, "train": train})
+    assert "integrand compiled" not in (tmp_path / "off" / "train.log").read_text()
+
+    compiled.enable(model)
+    nll = model.nll(_batch((9, 6), num_marks=ds.num_marks))
+    params = [p for p in model.parameters() if p.requires_grad]
+    first = torch.autograd.grad(nll.time_nll.sum(), params, retain_graph=True, allow_unused=True)
+    second = torch.autograd.grad(nll.time_nll.sum(), params, allow_unused=True)
+    for a, b in zip(first, second):
+        assert (a is None and b is None) or torch.equal(a, b)
+    compiled.enable(model, False)

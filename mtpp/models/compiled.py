@@ -10,9 +10,10 @@ the gradient diagnostics stay as they are, which compiling the whole ``nll`` (``
 The compiled function computes the same formula with another order of floating-point operations: values and
 gradients agree with eager to rounding (``tests/test_compiled.py``), so a run with it is the same experiment
 (``train.compile_integrand`` is a non-semantic key, like ``train.threads``) but not bit-identical to one without.
-It is used only where gradients are recorded (training steps); validation, evaluation and forecasting run eagerly,
-so they never trigger a recompilation for another dtype or grad mode. Measured: ``BENCHMARKS.md``, "Compiled
-integrand".
+It is used only while a run trains (the trainer switches it on, and off when the run ends) and only where gradients
+are recorded; validation, evaluation and forecasting run eagerly, so they never trigger a recompilation for
+another dtype or grad mode. ``model.integration: adaptive`` never evaluates the integrand in training, so there the
+setting does nothing. Measured: ``BENCHMARKS.md``, "Compiled integrand".
 """
 
 from __future__ import annotations
@@ -40,36 +41,46 @@ def integrand(fn: Callable, enabled: bool) -> Callable:
 
 def enable(model: nn.Module, enabled: bool = True) -> int:
     """Switch the compiled integrand on (or off) in every intensity module of ``model`` that has one (their
-    ``compile_integrand`` attribute); returns how many modules have one (0: the model has no numerical
-    compensator, the setting changes nothing). With ``enabled``, first checks that ``torch.compile`` works here.
+    ``compile_integrand`` attribute, not part of the state dict); returns how many modules now use it (0: the model
+    has no numerical compensator, or trains with ``model.integration: adaptive``, whose closed-form / per-component
+    rule never evaluates the integrand: the setting changes nothing). With ``enabled``, first checks that
+    ``torch.compile`` works for the model's device. The trainer switches it on for a run and off again when the run
+    ends, so a trained model is handed back eager.
 
     Raises:
-        ConfigError: ``enabled`` and torch's inductor backend cannot compile on this machine (e.g. no C++
-            compiler), naming the fix.
+        ConfigError: ``enabled`` and torch's backend cannot compile on this machine (e.g. no C++ compiler on CPU,
+            no Triton on CUDA), naming the fix.
     """
     modules = [m for m in model.modules() if hasattr(m, "compile_integrand")]
+    if getattr(getattr(model, "cfg", None), "integration", None) == "adaptive":
+        enabled = False
     if enabled and modules:
-        check_backend()
+        check_backend(next(model.parameters()).device)
     for m in modules:
         m.compile_integrand = enabled
-    return len(modules)
+    return len(modules) if enabled else 0
 
 
-def check_backend() -> None:
-    """Compile and run a two-element function once (cached after the first success).
+_WORKS: set[str] = set()
+
+
+def check_backend(device: torch.device | str = "cpu") -> None:
+    """Compile and run (forward and backward) a two-element function on ``device`` once per device type.
 
     Raises:
         ConfigError: naming the backend's error and the fix (``train.compile_integrand: false``).
     """
-    if _COMPILED.get(check_backend) is not None:
+    kind = torch.device(device).type
+    if kind in _WORKS:
         return
     try:
-        x = torch.ones(2, requires_grad=True)
+        x = torch.ones(2, device=device, requires_grad=True)
         torch.compile(lambda t: torch.nn.functional.softplus(t).sum(), dynamic=False)(x).backward()
-    except Exception as err:  # the backend's errors have no common type (missing compiler, lock, import)
+    except Exception as err:  # the backend's errors have no common type (missing compiler, Triton, lock, import)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        needs = "a C++ compiler" if kind == "cpu" else "Triton" if kind == "cuda" else f"support for {kind}"
         raise ConfigError(
             f"train.compile_integrand: torch.compile cannot compile on this machine ({type(err).__name__}: "
-            f"{first}); it needs torch's inductor backend and a C++ compiler, or set train.compile_integrand: false"
+            f"{first}); it needs torch's inductor backend with {needs}, or set train.compile_integrand: false"
         ) from None
-    _COMPILED[check_backend] = check_backend
+    _WORKS.add(kind)

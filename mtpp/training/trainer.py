@@ -47,6 +47,7 @@ import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 from mtpp.errors import ConfigError, MtppError
+from mtpp.models import compiled
 from mtpp.models.scaling import resolve_time_scale, same_time_scale
 from mtpp.models.time_decoders import evaluation_rule_warning
 from mtpp.runs import torch_threads
@@ -856,6 +857,8 @@ class Trainer:
         self.progress.close()
         if hasattr(self, "logger"):
             self.logger.close()
+        if hasattr(self, "model"):  # the model leaves the run as it came: eager (train.compile_integrand)
+            compiled.enable(self.model, False)
 
 
 Stepper._backward = Trainer._backward  # type: ignore[attr-defined]  # one backward path for trainer and bench
@@ -927,7 +930,8 @@ def _compiled_note(tr: Trainer) -> str:
     parts = ["nll compiled"] if tr.cfg.train.compile else []
     if tr.cfg.train.compile_integrand:
         on = any(getattr(m, "compile_integrand", False) for m in tr.model.modules())
-        parts.append("compensator integrand compiled" if on else "compile_integrand: no effect (no numerical compensator)")
+        parts.append("compensator integrand compiled" if on else
+                     "compile_integrand: no effect (no compensator integrand is evaluated in training)")
     return "".join(f", {p}" for p in parts)
 
 
