@@ -377,14 +377,16 @@ def remedies_table(cells: dict[Key, list[dict]]) -> list[str]:
                     for m in REMEDY_COLUMNS]  # fmt: skip
             deltas = [fmt(paired(base, rs, m), METRICS[m][1] + 1, signed=True) if rs and k != keys[0] else ""
                       for m in ("nll_time_per_seq", "nll_mark_per_seq")]  # fmt: skip
-            rows.append([label(k), str(len(rs)), *vals, *deltas])
+            rows.append([label(k), replicates_text(rs) if rs else "0", *vals, *deltas])
         head = ["cell", "n", *(METRICS[m][0] for m in REMEDY_COLUMNS), "Δ L_T vs sum", "Δ L_M vs sum"]
         out += [f"### Remedies: {model} on {dataset}", "", *_table(head, rows), ""]
     if not out:
         return ["### Remedies", "", "No cell with a gradient remedy (not `sum`) has finished yet.", ""]
     if out:
         out = ["Fix by optimiser (gradient remedies on the shared parameters of the base model) against fix by "
-               "architecture (\"++\"); Δ columns paired by split against the `sum` base.", "", *out]  # fmt: skip
+               "architecture (\"++\"); `n` lists the splits of each row's mean, and rows may cover different "
+               "splits: compare a remedy with `sum` through the Δ columns, paired by split against the `sum` base.",
+               "", *out]  # fmt: skip
     return out
 
 
