@@ -360,6 +360,10 @@ class GradOPS(Aggregator):
         return w @ Fp
 
 
+#: CoGrad's default ``gamma`` (see ``CoGrad``).
+COGRAD_GAMMA = 0.001
+
+
 @register("cograd")
 class CoGrad(Aggregator):
     """CoGrad (Yang et al., SIGIR 2023, "Gradient Coordination for Quantifying and Maximizing Knowledge
@@ -376,17 +380,19 @@ class CoGrad(Aggregator):
     Option ``gamma``: one number for every task, or per task (``[gamma_time, gamma_mark]`` or ``{"time": ..,
     "mark": ..}``) as in the paper, where ``gamma_j`` (the virtual learning rate of task ``j``) weighs the terms
     that involve ``g_j``. The paper's loss weights ``w_i`` are mtpp's unit weights (use ``weighted`` for others).
-    Default 0.1 is mtpp's, not the paper's: the paper gives no universal value ("a reasonably tiny value
-    suffices", §3.4.2; its experiments use ``{0.003, 0.001}`` and ``{0.01, 0.005}``), and the term is cubic in
-    the gradients' scale, so ``gamma`` must be tuned per problem (and per loss scale, see the module docstring).
+    Default ``COGRAD_GAMMA = 0.001``: the paper gives no universal value ("a reasonably tiny value suffices",
+    §3.4.2; its experiments use ``{0.003, 0.001}`` and ``{0.01, 0.005}``) and reads ``gamma`` as a virtual learning
+    rate; 0.001 is its smallest value and Adam's default learning rate. The term is cubic in the gradients' scale,
+    so ``gamma`` must be tuned per problem (and per loss scale, see the module docstring): mtpp's earlier default
+    0.1 diverged THP base on MOOC (sum of per-sequence NLLs, batch 8) in its first epoch (RESULTS.md, remedies).
     """
 
-    def __init__(self, gamma: float | Sequence[float] | dict[str, float] = 0.1) -> None:
+    def __init__(self, gamma: float | Sequence[float] | dict[str, float] = COGRAD_GAMMA) -> None:
         if isinstance(gamma, dict):
             bad = sorted(set(gamma) - set(TASK_NAMES))
             if bad:
                 raise ConfigError(f"gamma: unknown task(s) {bad}; valid: {', '.join(TASK_NAMES)}")
-            gamma = [float(gamma.get(t, 0.1)) for t in TASK_NAMES]
+            gamma = [float(gamma.get(t, COGRAD_GAMMA)) for t in TASK_NAMES]
         self.gamma: float | list[float] = (
             float(gamma) if isinstance(gamma, (int, float)) else [float(g) for g in gamma]
         )
