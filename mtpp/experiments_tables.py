@@ -522,9 +522,11 @@ def grid_projection(records: list[dict], grid: tuple = MOOC_GRID, jobs: int = 2)
 def _machine(record: dict, decoder: str, info: dict) -> str:
     """Device and threads of a record's run, and "compiled integrand" where ``train.compile_integrand`` applied
     (THP / SAHP trained with a node rule: ``mtpp.models.compiled``; a no-op elsewhere)."""
+    from mtpp.models.compiled import applies
+
     config = record.get("config") or {}
-    compiled = ((config.get("train") or {}).get("compile_integrand") and decoder in ("thp", "sahp")
-                and (config.get("model") or {}).get("integration") != "adaptive")  # fmt: skip
+    on = (config.get("train") or {}).get("compile_integrand")
+    compiled = on and applies(decoder, (config.get("model") or {}).get("integration"))
     return f"{info.get('device', '?')}, {info.get('threads', '?')} thr" + (", compiled integrand" if compiled else "")
 
 

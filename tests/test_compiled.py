@@ -202,3 +202,15 @@ def test_a_model_trained_with_it_is_handed_back_eager(inductor, tmp_path):
     for a, b in zip(first, second):
         assert (a is None and b is None) or torch.equal(a, b)
     compiled.enable(model, False)
+
+
+@pytest.mark.parametrize("decoder", ["lnm", "rmtpp", "fnn", "thp", "sahp"])
+@pytest.mark.parametrize("parametrisation", ["base", "plus"])
+def test_the_decoders_it_applies_to_are_the_models_with_a_node_integrand(decoder, parametrisation):
+    """``compiled.applies`` (what the grid timings mark) is exactly where ``enable`` finds modules to switch."""
+    for integration in ("mc", "adaptive"):
+        cfg = ModelConfig(encoder="gru", decoder=decoder, parametrisation=parametrisation, hidden_size=8,
+                          num_components=3, integration=integration)  # fmt: skip
+        model = build_model(cfg, 5)
+        has = any(hasattr(m, "compile_integrand") for m in model.modules()) and integration != "adaptive"
+        assert compiled.applies(decoder, integration) == has

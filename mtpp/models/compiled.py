@@ -27,6 +27,15 @@ from mtpp.errors import ConfigError
 
 _COMPILED: dict[Callable, Callable] = {}
 
+#: Time decoders whose training compensator evaluates an integrand on nodes (``model.integration`` not
+#: ``adaptive``): the runs ``train.compile_integrand`` changes (tested against the modules ``enable`` finds).
+NODE_INTEGRAND_DECODERS = ("thp", "sahp")
+
+
+def applies(decoder: str | None, integration: str | None) -> bool:
+    """Whether ``train.compile_integrand`` changes a run of this decoder and training rule."""
+    return decoder in NODE_INTEGRAND_DECODERS and integration != "adaptive"
+
 
 def integrand(fn: Callable, enabled: bool) -> Callable:
     """``fn`` compiled (``torch.compile(fn, dynamic=True)``, one compiled function per ``fn`` for the process) when
