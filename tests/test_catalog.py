@@ -191,3 +191,60 @@ def test_one_rule_says_when_loading_re_splits() -> None:
     assert not resplits(None, ["split_0/train", "split_0/val"]) and resplits(None, ["split_0/val", "split_0/test"])
     always = next(e for e in CATALOG.values() if e.resplit)
     assert resplits(always, ["train", "val", "test"])
+
+
+def _race_on_first_write(monkeypatch: pytest.MonkeyPatch, other_writer) -> None:
+    """Make the first ``write_bosser_json`` of a split-folder write call ``other_writer()`` first: another process
+    (a second grid worker) filling the destination after this one checked it was free, before it renames."""
+    import mtpp.data.formats as formats
+
+    real = formats.write_bosser_json
+    state = {"raced": False}
+
+    def racing(path, seqs):
+        if not state["raced"]:
+            state["raced"] = True
+            other_writer()
+        return real(path, seqs)
+
+    monkeypatch.setattr(formats, "write_bosser_json", racing)
+
+
+def test_split_folder_filled_meanwhile_is_kept_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "prepared"
+    seqs = _seqs(5)
+
+    def other() -> None:
+        out.mkdir()
+        (out / "args.json").write_text('{"marks": 3, "by": "other"}\n')
+
+    _race_on_first_write(monkeypatch, other)
+    with pytest.raises(DataError, match=r"prepared.*not empty \(written by another process meanwhile\)"):
+        write_split_folder(out, [{"train": seqs[:3], "val": seqs[3:4], "test": seqs[4:]}], num_marks=3)
+    assert json.loads((out / "args.json").read_text())["by"] == "other"  # theirs, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # our temporary folder is gone
+
+
+def test_two_workers_auto_preparing_at_once_share_one_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ``mtpp compare`` workers started together on a fresh machine both auto-prepare the same source: the
+    one that loses the race at the rename uses the winner's folder (identical: same source, same seed)."""
+    import numpy as np
+
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
+    d = tmp_path / "data" / "ifltpp_wikipedia"
+    d.mkdir(parents=True)
+    seqs = _seqs(20)
+    times, marks = np.empty(20, dtype=object), np.empty(20, dtype=object)
+    for i, s in enumerate(seqs):
+        times[i], marks[i] = s.times.tolist(), s.marks.tolist()
+    np.savez(d / "wikipedia.npz", arrival_times=times, marks=marks)
+    winner = {}
+
+    def other() -> None:  # the winner prepares the whole folder (without racing: the flag is already set)
+        winner["ds"] = load_dataset("wikipedia", split=1, data_dir=tmp_path / "data")
+
+    _race_on_first_write(monkeypatch, other)
+    ds = load_dataset("wikipedia", split=1, data_dir=tmp_path / "data")
+    assert ds.source == winner["ds"].source
+    assert [s.key() for s in ds.test] == [s.key() for s in winner["ds"].test]
+    assert [p.name for p in (tmp_path / "cache" / "prepared").iterdir()] == [Path(ds.source).name]

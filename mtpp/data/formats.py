@@ -1628,7 +1628,8 @@ def write_split_folder(
     (``marks``, ``<part>_size``, plus ``split_args[k]``) and ``out_dir/args.json`` (``args`` plus ``marks``).
 
     Writes into a temporary sibling folder and renames it into place, so readers never see half a folder.
-    ``out_dir`` must not exist or be empty.
+    ``out_dir`` must not exist or be empty; ``DataError`` otherwise, also when another process fills it while
+    this one writes (two grid workers auto-preparing the same source at once), and then nothing of it is replaced.
     """
     import os
     import shutil
@@ -1651,9 +1652,15 @@ def write_split_folder(
         top = dict(args or {})
         top["marks"] = int(num_marks)
         (tmp / "args.json").write_text(json.dumps(top, indent=2, sort_keys=True, default=str) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
+        try:
+            if out_dir.exists():
+                out_dir.rmdir()
+            os.replace(tmp, out_dir)
+        except OSError as err:  # another process filled out_dir after check_output_folder: never replace it
+            if out_dir.is_dir() and any(out_dir.iterdir()):
+                raise DataError("output folder exists and is not empty (written by another process meanwhile)",
+                                source=str(out_dir)) from err
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
