@@ -262,3 +262,34 @@ def test_a_model_that_validates_with_a_non_normalised_rule_is_named(decoder, par
         assert warning is not None and f"{rule} (7 nodes)" in warning and "eval_integration=adaptive" in warning
     else:
         assert warning is None
+
+
+@pytest.mark.parametrize(
+    "name,case", [("thp", c) for c in sorted(THP_CASES)] + [("sahp", c) for c in sorted(SAHP_CASES)]
+)
+def test_icdf_grid_search_finds_the_cell_of_the_full_grid(name, case):
+    """Under ``"adaptive"`` ``icdf`` brackets each quantile by a binary search over the grid (5 calls of the rule
+    instead of 31 points): the cell and its end values are those of the rule on the whole grid, for targets inside,
+    below and above the grid and several quantiles per event."""
+    from mtpp.models.time_decoders import LOG_TAU_BRACKET, QUANTILE_GRID_STEP
+
+    dec = build("time", name)
+    (set_thp if name == "thp" else set_sahp)(dec, *(THP_CASES if name == "thp" else SAHP_CASES)[case])
+    dist = dec(torch.randn(2, 3, D, dtype=DT))
+    assert dist._grid_by_search and dist._grid_is_exact
+    a, b = LOG_TAU_BRACKET
+    grid = torch.linspace(a, b, int(round((b - a) / QUANTILE_GRID_STEP)) + 1, dtype=DT)
+    with torch.no_grad():
+        full = dist._exact_hazard(torch.exp(grid).expand(2, 3, -1))  # [2, 3, G]
+        u = torch.tensor([0.0, 1e-12, 1e-4, 0.3, 0.5, 0.9, 1 - 1e-9, 1.0], dtype=DT).expand(2, 3, -1)
+        target = -torch.log1p(-u)
+        k, f0, f1 = dist._search_grid(grid, target)
+    want = (full.unsqueeze(-2) < target.unsqueeze(-1)).sum(-1)  # [2, 3, 8]
+    assert torch.equal(k, want)
+    assert {0, len(grid)} <= set(k.unique().tolist())  # both outside cases occur
+    inside = (k > 0) & (k < len(grid))
+    log_full = torch.log(full).unsqueeze(-2).expand(2, 3, 8, -1)
+    torch.testing.assert_close(f0[inside], log_full.gather(-1, (k - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)[inside],
+                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(f1[inside], log_full.gather(-1, k.clamp(max=len(grid) - 1).unsqueeze(-1))
+                               .squeeze(-1)[inside], rtol=1e-12, atol=0)

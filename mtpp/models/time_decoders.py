@@ -121,7 +121,8 @@ BISECTION_STEPS = 40
 
 QUANTILE_GRID_STEP = 2.0
 """Spacing in ``log tau`` of the grid over ``LOG_TAU_BRACKET`` on which ``icdf`` first brackets the quantile (31
-points): ``Lambda`` at every grid point comes from ONE batched call (``_grid_hazard``), so the Newton search starts
+points): ``Lambda`` at every grid point comes from ONE batched call (``_grid_hazard``), or, where one point of the
+exact rule is costly, from a binary search over the grid points (``_search_grid``), so the Newton search starts
 inside a cell of width 2 from a log-log interpolation instead of the whole bracket."""
 
 QUANTILE_GRID_NODES = 4
@@ -129,9 +130,6 @@ QUANTILE_GRID_NODES = 4
 ``"gauss_legendre"`` (a guide only: the search then inverts the decoder's own ``num_nodes`` rule). Under
 ``"adaptive"`` the grid uses the rule itself: a 4-node guide misplaced the bracket of a THP component switching on
 sharply (cdf(icdf(u)) off by a factor 8, measured)."""
-
-ADAPTIVE_GRID_CHUNK = 4
-"""Grid points per call of the ``"adaptive"`` compensator in ``icdf`` (memory ``[*batch, 4, C, N]`` for SAHP)."""
 
 NEWTON_STEPS = 16
 """Safeguarded Newton steps of ``icdf`` after the grid (hazard-based decoders), in ``log Lambda`` vs ``log tau``.
@@ -334,15 +332,47 @@ class HazardDistribution:
     _grid_is_exact = True
     """Whether ``_grid_hazard`` is the very ``Lambda`` that ``icdf`` inverts (else the bracket is widened by a cell)."""
 
+    _grid_by_search = False
+    """Whether ``icdf`` finds the grid cell by binary search (``_search_grid``: ``ceil(log2(G + 1))`` calls of the
+    exact ``Lambda`` at one point per quantile) instead of ``Lambda`` at all ``G`` grid points: for rules where a
+    point costs much (SAHP's ``"adaptive"`` rule, ``C x N`` nodes per point). Needs ``_grid_is_exact``."""
+
     def _grid_hazard(self, log_grid: Tensor) -> Tensor:
         """``Lambda`` at ``exp(log_grid): [G]`` for every batch element: ``[*batch_shape, G]``, in one call."""
         return self.cumulative_hazard(torch.exp(log_grid).expand(*self.batch_shape, -1))
+
+    def _exact_hazard(self, tau: Tensor) -> Tensor:
+        """The very ``Lambda`` that ``icdf`` inverts at ``tau: [*batch, *extra]`` (``_search_grid``'s points)."""
+        return self.cumulative_hazard(tau)
+
+    def _search_grid(self, grid: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(k, log Lambda(e^grid[k - 1]), log Lambda(e^grid[k]))`` per quantile, ``k`` the number of grid points
+        with ``Lambda < target`` (``target: [*batch, *extra]``, ``grid: [G]`` increasing), by binary search over
+        the grid indices: ``ceil(log2(G + 1))`` calls of ``_exact_hazard`` at one point per quantile. ``Lambda``
+        is non-decreasing, so ``k`` is the count the full grid gives, at ``5 / 31`` of its points' cost for one
+        quantile (``G = 31``). The two values are those at the cell's ends; where ``k`` is 0 or ``G`` (outside the
+        grid; the caller's bracket is then one point) they are placeholders (0)."""
+        n = grid.shape[0]
+        lo = torch.full(target.shape, -1, dtype=torch.long, device=target.device)  # Lambda(grid[lo]) < target
+        hi = torch.full(target.shape, n, dtype=torch.long, device=target.device)  # Lambda(grid[hi]) >= target
+        log_lo = torch.zeros_like(target)
+        log_hi = torch.zeros_like(target)
+        for _ in range(math.ceil(math.log2(n + 1))):  # the interval hi - lo halves (at least) every step
+            active = hi - lo > 1
+            mid = torch.div(lo + hi, 2, rounding_mode="floor").clamp(0, n - 1)
+            big = self._exact_hazard(torch.exp(grid[mid]))
+            below = big < target
+            log_big = torch.log(big)
+            lo, log_lo = torch.where(active & below, mid, lo), torch.where(active & below, log_big, log_lo)
+            hi, log_hi = torch.where(active & ~below, mid, hi), torch.where(active & ~below, log_big, log_hi)
+        return hi, log_lo, log_hi
 
     def icdf(self, u: Tensor) -> Tensor:
         """``F^{-1}(u)``: the ``tau`` with ``Lambda(tau) = E = -log1p(-u)``; ``u = 0`` gives 0.
 
         1. ``Lambda`` on the grid of ``LOG_TAU_BRACKET`` with spacing ``QUANTILE_GRID_STEP`` (one batched call,
-           ``_grid_hazard``) gives the cell that holds the quantile and a start by log-log interpolation.
+           ``_grid_hazard``, or a binary search over the grid, ``_search_grid``, where ``_grid_by_search``) gives the
+           cell that holds the quantile and a start by log-log interpolation.
         2. At most ``NEWTON_STEPS`` safeguarded Newton steps (``_safeguarded_newton``, which stops when every element
            has converged) on ``g(x) = log Lambda(e^x) - log E``
            in ``x = log tau``, slope ``g'(x) = tau lambda(tau) / Lambda(tau)``, inside the cell (widened by a cell
@@ -357,20 +387,20 @@ class HazardDistribution:
         a, b = LOG_TAU_BRACKET
         n_grid = int(round((b - a) / QUANTILE_GRID_STEP)) + 1
         grid = torch.linspace(a, b, n_grid, dtype=self.dtype, device=self.device)
-        big = self._grid_hazard(grid)  # [*batch, G], non-decreasing (up to rounding: may be <= 0 near 0)
-        if u.dim() > self._nb:  # trailing query points: the grid is per batch element
-            big = _expand_params(big, u, self._nb)
-        k = (big < torch.exp(log_target).unsqueeze(-1)).sum(-1, keepdim=True)  # grid points below the quantile
-        log_big = torch.log(big)
+        if self._grid_by_search:
+            k, f0, f1 = self._search_grid(grid, torch.exp(log_target))  # the same k as the full grid
+        else:
+            big = self._grid_hazard(grid)  # [*batch, G], non-decreasing (up to rounding: may be <= 0 near 0)
+            if u.dim() > self._nb:  # trailing query points: the grid is per batch element
+                big = _expand_params(big, u, self._nb)
+            k = (big < torch.exp(log_target).unsqueeze(-1)).sum(-1)  # grid points below the quantile
+            log_big = torch.log(big).expand(*u.shape, n_grid)
+            j = (k - 1).clamp(0, n_grid - 2).unsqueeze(-1)  # the cell [grid[j], grid[j + 1]] of the start
+            f0, f1 = log_big.gather(-1, j).squeeze(-1), log_big.gather(-1, j + 1).squeeze(-1)
         pad = 0 if self._grid_is_exact else 1
-        i_lo = (k - 1 - pad).clamp(0, n_grid - 1)
-        i_hi = (k + pad).clamp(0, n_grid - 1)
-        lo = grid[i_lo].squeeze(-1)
-        hi = grid[i_hi].squeeze(-1)
-        j0 = (k - 1).clamp(0, n_grid - 2)  # the cell [grid[j0], grid[j0 + 1]] of the start
-        f0 = log_big.expand(*u.shape, n_grid).gather(-1, j0).squeeze(-1)
-        f1 = log_big.expand(*u.shape, n_grid).gather(-1, j0 + 1).squeeze(-1)
-        x_lo = grid[j0].squeeze(-1)
+        lo = grid[(k - 1 - pad).clamp(0, n_grid - 1)]
+        hi = grid[(k + pad).clamp(0, n_grid - 1)]
+        x_lo = grid[(k - 1).clamp(0, n_grid - 2)]
         frac = torch.nan_to_num((log_target - f0) / (f1 - f0), nan=0.5).clamp(0.0, 1.0)
         x0 = torch.minimum(torch.maximum(x_lo + frac * QUANTILE_GRID_STEP, lo), hi)
 
@@ -626,6 +656,7 @@ class IntensityDistribution(HazardDistribution):
             )
         self.method = method
         self._grid_is_exact = method == "adaptive"
+        self._grid_by_search = method == "adaptive"  # one point of the rule costs C x N nodes (SAHP)
         self.num_nodes = num_nodes
         self.generator = generator
         self._cache: dict[str, tuple[Tensor, int, bool, Tensor]] = {}
@@ -675,15 +706,15 @@ class IntensityDistribution(HazardDistribution):
 
     _grid_is_exact = False
 
+    def _exact_hazard(self, tau: Tensor) -> Tensor:
+        """Under ``"adaptive"``: the rule itself (exact, so the bracket needs no widening), at one point per
+        quantile of the binary search (``_grid_by_search``; memory ``[*batch, *extra, C, N]`` for SAHP)."""
+        return self._adaptive(tau, self.num_nodes)
+
     def _grid_hazard(self, log_grid: Tensor) -> Tensor:
-        """``Lambda`` on the grid ``[*batch, G]``. Under ``"adaptive"``: the rule itself (exact, so the bracket needs
-        no widening), in chunks of ``ADAPTIVE_GRID_CHUNK`` grid points to bound the ``[*batch, g, C, N]`` memory.
-        Otherwise a guide: cumulative Gauss-Legendre with ``QUANTILE_GRID_NODES`` nodes in each cell
-        ``[t_{g-1}, t_g]`` (``t_{-1} = 0``), every node of every cell in ONE intensity call ``[*batch, G n]``."""
-        if self.method == "adaptive":
-            t = torch.exp(log_grid).expand(*self.batch_shape, -1)
-            chunks = [self._adaptive(c, self.num_nodes) for c in t.split(ADAPTIVE_GRID_CHUNK, dim=-1)]
-            return torch.cat(chunks, dim=-1)
+        """``Lambda`` on the grid ``[*batch, G]`` (not under ``"adaptive"``, which searches the grid): a guide,
+        cumulative Gauss-Legendre with ``QUANTILE_GRID_NODES`` nodes in each cell ``[t_{g-1}, t_g]``
+        (``t_{-1} = 0``), every node of every cell in ONE intensity call ``[*batch, G n]``."""
         x, w = integrate.gauss_legendre(QUANTILE_GRID_NODES, self.dtype, self.device)
         t = torch.exp(log_grid)
         left = torch.cat([t.new_zeros(1), t[:-1]])
