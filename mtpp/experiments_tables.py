@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from mtpp.errors import ConfigError
 from mtpp.evaluation.report import metric_info
-from mtpp.records import stopped_by
+from mtpp.records import diverged, stopped_by
 
 PARAMS = ("base", "plus", "plusplus")
 PARAM_LABEL = {"base": "base", "plus": "+", "plusplus": "++"}
@@ -196,7 +196,10 @@ def _epochs(r: dict) -> str:
     n = ((r.get("metrics") or {}).get("train") or {}).get("skipped_batches")
     skipped = f", {n} steps skipped" if n else ""
     rule = ", L_T by a non-normalised compensator rule" if evaluation_rule_warning_of(r) else ""
-    return f"{r.get('epochs', '?')} ({'?' if best is None else best}{capped}{skipped}{rule})"
+    rise = diverged(r)  # the validation NLL blew up after the best epoch (mtpp.records.diverged)
+    div = "" if rise is None else (", diverged after best: val " + ("non-finite" if math.isinf(rise)
+                                                                    else f"+{rise:.3g} nats/event"))  # fmt: skip
+    return f"{r.get('epochs', '?')} ({'?' if best is None else best}{capped}{skipped}{rule}{div})"
 
 
 def evaluation_rule_warning_of(record: dict) -> str | None:
@@ -225,7 +228,9 @@ def legend() -> list[str]:
     lines += [f"- `{lab}`: {text}." for lab, _, text in METRICS.values()]
     lines += ["- `epochs (best)`: epochs trained and the best epoch (best.pt) of each record; \"++\" cells stop their "
               "time and mark parts separately, `t` / `m` give each part's best epoch; `capped`: stopped by "
-              "`train.max_epochs`, not by early stopping."]
+              "`train.max_epochs`, not by early stopping; `diverged after best`: a later validation NLL rose above the best "
+              "by more than 1 nat per event (`mtpp.records.diverged`): the row's metrics are the best epoch's model, "
+              "but the method did not keep training stably."]
     return lines + ["", "**Rows may cover different splits** (the `n` column lists them): compare cells through the "
                     "paired differences below, not by subtracting rows.", "",
                     "Where the paper differs: its `L_T` / `L_M` are per-sequence NLLs too, but on its own "
@@ -377,8 +382,10 @@ def remedies_table(cells: dict[Key, list[dict]]) -> list[str]:
                     for m in REMEDY_COLUMNS]  # fmt: skip
             deltas = [fmt(paired(base, rs, m), METRICS[m][1] + 1, signed=True) if rs and k != keys[0] else ""
                       for m in ("nll_time_per_seq", "nll_mark_per_seq")]  # fmt: skip
-            rows.append([label(k), replicates_text(rs) if rs else "0", *vals, *deltas])
-        head = ["cell", "n", *(METRICS[m][0] for m in REMEDY_COLUMNS), "Δ L_T vs sum", "Δ L_M vs sum"]
+            epochs = ", ".join(_epochs(r) for r in sorted(rs, key=replicate))
+            rows.append([label(k), replicates_text(rs) if rs else "0", *vals, *deltas, epochs])
+        head = ["cell", "n", *(METRICS[m][0] for m in REMEDY_COLUMNS), "Δ L_T vs sum", "Δ L_M vs sum",
+                "epochs (best)"]
         out += [f"### Remedies: {model} on {dataset}", "", *_table(head, rows), ""]
     if not out:
         return ["### Remedies", "", "No cell with a gradient remedy (not `sum`) has finished yet.", ""]

@@ -11,7 +11,9 @@ run's ``metrics.json``: ``val``, ``test``, ``train``), ``epochs``, ``best_epoch`
 run), ``wall_seconds`` (the cell from start to the end of its final
 evaluation), ``epoch_seconds`` (median training seconds per epoch), ``validation_seconds`` (total), the
 ``conflict_rate`` and ``cos_tm_histogram`` (counts of the logged steps' ``cos_tm`` in ``COS_BINS`` equal bins of
-``[-1, 1]``; ``null`` with nothing shared). A record re-scored from its run's ``best.pt`` by
+``[-1, 1]``; ``null`` with nothing shared) and ``validation_after_best`` (the validation NLL per event at the best
+epoch, its worst and its last value after it: a run that diverged after its best epoch, see :func:`diverged`). A
+record re-scored from its run's ``best.pt`` by
 ``scripts/rescore_records.py`` (metrics added, none changed) also holds ``rescored``: one entry per pass, with its
 time, git revision and the metrics it added.
 """
@@ -19,6 +21,7 @@ time, git revision and the metrics it added.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,12 @@ import yaml
 RECORD_VERSION = 1
 COS_BINS = 40
 """Equal-width bins of ``[-1, 1]`` for the ``cos_tm`` histogram of a record."""
+DIVERGENCE_NATS_PER_EVENT = 1.0
+"""A run **diverged** after its best epoch when a later validation NLL exceeded the best one by more than this many
+nats per event (the model's likelihood of the validation events fell by a factor ``e`` per event or more): early
+stopping then reports the best epoch's model, a sound model, but the run says nothing about how the method trains
+after it (e.g. CoGrad with a ``gamma`` too large for the loss's scale). Ordinary noise after the best epoch is
+~0.01-0.1 nats per event on the grid's datasets."""
 
 
 def _read_log(run_dir: Path) -> list[dict]:
@@ -85,7 +94,36 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
         ),
         "cos_tm_histogram": cos_histogram(cos),
         "cos_tm_bins": [-1.0, 1.0, COS_BINS],
+        "validation_after_best": validation_after_best(epochs, train.get("best_epoch")),
     }
+
+
+def validation_after_best(epochs: list[dict], best_epoch: Any) -> dict[str, Any] | None:
+    """``{"best", "worst", "last"}``: the validation NLL per event (nats; ``val_nll_per_event`` of the epoch log
+    lines) at ``best_epoch``, the largest after it (``None`` when it is the last epoch) and the last epoch's;
+    non-finite values as ``inf``. ``None`` without the best epoch's line."""
+    def value(r: dict) -> float:
+        v = r.get("val_nll_per_event")
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+
+    lines = [r for r in epochs if isinstance(r.get("epoch"), int)]
+    best = [r for r in lines if r["epoch"] == best_epoch]
+    if not best or not lines:
+        return None
+    after = [value(r) for r in lines if r["epoch"] > best_epoch]
+    return {"best": value(best[-1]), "worst": max(after) if after else None, "last": value(lines[-1])}
+
+
+def diverged(record: dict[str, Any]) -> float | None:
+    """How far (nats per event) the validation NLL rose above the best epoch's after it, when by more than
+    ``DIVERGENCE_NATS_PER_EVENT`` (``inf`` for a non-finite one); ``None`` otherwise or for records without
+    ``validation_after_best`` (written before it existed)."""
+    v = record.get("validation_after_best") or {}
+    best, worst = v.get("best"), v.get("worst")
+    if not isinstance(best, (int, float)) or not isinstance(worst, (int, float)):
+        return None
+    rise = worst - best if math.isfinite(worst) else math.inf
+    return rise if rise > DIVERGENCE_NATS_PER_EVENT else None
 
 
 def stopped_by(record: dict[str, Any]) -> str | None:

@@ -305,3 +305,41 @@ def test_the_timings_say_which_cells_ran_with_the_compiled_integrand() -> None:
     assert "| mooc | thp | base | sum | 0 | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr, compiled integrand |" in bench
     assert "| mooc | lnm | base | sum | 0 | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench
     assert "| mooc | sahp | base | sum | 1 | 0 | 11 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench
+
+
+def test_a_run_that_diverged_after_its_best_epoch_says_so_in_its_record_and_rows(tmp_path: Path) -> None:
+    """CoGrad with a gamma too large for the loss's scale: best at epoch 4, then the validation NLL blew up (a
+    finite 7e5 nats/event, later non-finite); early stopping hands back epoch 4's sound model, and the record and
+    the timings / remedies rows say that the method diverged after it. Noise after the best epoch is not flagged."""
+    from mtpp.experiments_tables import _epochs
+    from mtpp.records import build_record, diverged, validation_after_best
+
+    def lines(values):
+        return [{"kind": "epoch", "epoch": i + 1, "val_nll_per_event": v} for i, v in enumerate(values)]
+
+    calm = validation_after_best(lines([-3.0, -3.4, -3.38, -3.35]), 2)
+    assert calm == {"best": -3.4, "worst": -3.35, "last": -3.35}
+    blown = validation_after_best(lines([-3.0, -3.4, 7.1e5, None]), 2)
+    assert blown == {"best": -3.4, "worst": math.inf, "last": math.inf}
+    assert validation_after_best(lines([-3.0, -3.4]), 2) == {"best": -3.4, "worst": None, "last": -3.4}
+    assert validation_after_best(lines([-3.0]), None) is None
+    rec = record("mooc", "thp", "base", 0, agg="cograd", nll_time_per_seq=-260.0)
+    assert diverged(rec) is None and _epochs(rec) == "10 (5)"  # records written before the field
+    assert diverged({**rec, "validation_after_best": calm}) is None
+    finite = {**rec, "validation_after_best": {"best": -3.4, "worst": 7.1e5, "last": 6e5}}
+    assert diverged(finite) == pytest.approx(7.1e5 + 3.4)
+    assert _epochs(finite) == "10 (5, diverged after best: val +7.1e+05 nats/event)"
+    assert _epochs({**rec, "validation_after_best": blown}) == "10 (5, diverged after best: val non-finite)"
+    text = tables.results_block([record("mooc", "thp", "base", 0, nll_time_per_seq=-270.0), finite], "cmd")
+    assert "| thp base [cograd] | 1 (0) |" in text and "diverged after best: val +7.1e+05 nats/event" in text
+
+    run = tmp_path / "run"  # build_record reads it from the run's log
+    run.mkdir()
+    (run / "metrics.json").write_text('{"train": {"epochs": 4, "best_epoch": 2}, "test": {}}')
+    (run / "config.yaml").write_text("train: {max_epochs: 10}\n")
+    import json
+
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines([-3.0, -3.4, 7.1e5, 8e5])))
+    built = build_record(run, {"name": "x"}, 10.0)
+    assert built["validation_after_best"] == {"best": -3.4, "worst": 8e5, "last": 8e5}
+    assert diverged(built) == pytest.approx(8e5 + 3.4)
