@@ -69,3 +69,25 @@ def test_predict_table_has_one_column_per_code_version(tmp_path: Path) -> None:
     text = md.render([p])
     assert "| model | rows | rows/s (old) | rows/s (new) |" in text
     assert "| gru-thp-base | 3,165 | 310 | 804 |" in text and "| gru-lnm-base | 3,165 | n/a | 5,000 |" in text
+
+
+def test_bench_evaluate_table_compares_the_same_runs_and_refuses_others() -> None:
+    """``scripts/bench_evaluate.py --table``: one row per run, each file's median seconds and events/s, and the
+    speed-up of the first file over each later one; files that list other runs are an error, not a wrong row."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_evaluate.py"
+    spec = importlib.util.spec_from_file_location("bench_evaluate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def result(rev: str, seconds: float, run: str = "r_sahp") -> dict:
+        return {"revision": rev, "rows": [{"run": f"/x/{run}", "decoder": "sahp", "parametrisation": "base",
+                                           "num_events": 1000, "median_seconds": seconds,
+                                           "events_per_second": 1000 / seconds}]}  # fmt: skip
+
+    text = module.table([result("old", 25.0), result("new", 10.0)], ["a.json", "b.json"])
+    assert "| r_sahp | sahp | base | 1000 | 25.00 (40) | 10.00 (100) | 2.50x |" in text
+    assert "speed-up old -> new" in text and "`a.json`, `b.json`" in text
+    with pytest.raises(SystemExit, match="other runs"):
+        module.table([result("old", 25.0), result("new", 10.0, run="r_thp")], ["a.json", "b.json"])
