@@ -94,36 +94,71 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
         ),
         "cos_tm_histogram": cos_histogram(cos),
         "cos_tm_bins": [-1.0, 1.0, COS_BINS],
-        "validation_after_best": validation_after_best(epochs, train.get("best_epoch")),
+        "validation_after_best": validation_after_best(
+            epochs, train.get("best_epoch"),
+            {g: train[f"best_epoch/{g}"] for g in ("time", "mark")} if "best_epoch/time" in train else None),
     }
 
 
-def validation_after_best(epochs: list[dict], best_epoch: Any) -> dict[str, Any] | None:
-    """``{"best", "worst", "last"}``: the validation NLL per event (nats; ``val_nll_per_event`` of the epoch log
-    lines) at ``best_epoch``, the largest after it (``None`` when it is the last epoch) and the last epoch's;
-    non-finite values as ``inf``. ``None`` without the best epoch's line."""
-    def value(r: dict) -> float:
-        v = r.get("val_nll_per_event")
-        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+def validation_after_best(epochs: list[dict], best_epoch: Any,
+                          part_best: dict[str, Any] | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """The validation NLL per event (nats) after the best epoch, from the epoch log lines: ``{"best", "worst",
+    "last", "non_finite"}``, the value at ``best_epoch``, the largest finite one after it (``None`` when there is
+    none), the last epoch's, and whether any value after it was non-finite (stored as a flag, since JSON has no
+    ``inf``). ``None`` without the best epoch's line.
 
+    ``part_best`` (``{"time": e_t, "mark": e_m}``, separate early stopping): each part from its own best epoch, on
+    its own validation NLL (``val_nll_time_per_seq`` / ``val_nll_mark_per_seq`` per event, by the lines' ratio
+    of ``val_nll_per_event`` to ``val_nll_per_seq``), as ``{"time": {...}, "mark": {...}}``: the run's best epoch is
+    the later of the two, after which a part that blew up and was frozen earlier looks calm."""
     lines = [r for r in epochs if isinstance(r.get("epoch"), int)]
+    if part_best:
+        ratio = next((r["val_nll_per_event"] / r["val_nll_per_seq"] for r in lines
+                      if _finite(r.get("val_nll_per_event")) and _finite(r.get("val_nll_per_seq"))
+                      and r["val_nll_per_seq"] != 0), None)  # fmt: skip
+        if ratio is None:
+            return None
+        parts = {part: _after_best(lines, best, lambda r, k=f"val_nll_{part}_per_seq": _scaled(r.get(k), ratio))
+                 for part, best in part_best.items()}  # fmt: skip
+        return None if any(v is None for v in parts.values()) else parts
+    return _after_best(lines, best_epoch, lambda r: r.get("val_nll_per_event"))
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _scaled(v: Any, ratio: float) -> float | None:
+    return float(v) * ratio if _finite(v) else None
+
+
+def _after_best(lines: list[dict], best_epoch: Any, value: Any) -> dict[str, Any] | None:
     best = [r for r in lines if r["epoch"] == best_epoch]
-    if not best or not lines:
+    if not best:
         return None
     after = [value(r) for r in lines if r["epoch"] > best_epoch]
-    return {"best": value(best[-1]), "worst": max(after) if after else None, "last": value(lines[-1])}
+    finite = [float(v) for v in after if _finite(v)]
+    last = value(lines[-1])
+    b = value(best[-1])
+    return {"best": float(b) if _finite(b) else None, "worst": max(finite) if finite else None,
+            "last": float(last) if _finite(last) else None, "non_finite": len(finite) < len(after)}  # fmt: skip
 
 
 def diverged(record: dict[str, Any]) -> float | None:
     """How far (nats per event) the validation NLL rose above the best epoch's after it, when by more than
-    ``DIVERGENCE_NATS_PER_EVENT`` (``inf`` for a non-finite one); ``None`` otherwise or for records without
-    ``validation_after_best`` (written before it existed)."""
+    ``DIVERGENCE_NATS_PER_EVENT`` (``inf`` when a later value was non-finite; the larger part's rise under
+    separate early stopping); ``None`` otherwise or for records without ``validation_after_best`` (written before
+    it existed)."""
     v = record.get("validation_after_best") or {}
-    best, worst = v.get("best"), v.get("worst")
-    if not isinstance(best, (int, float)) or not isinstance(worst, (int, float)):
-        return None
-    rise = worst - best if math.isfinite(worst) else math.inf
-    return rise if rise > DIVERGENCE_NATS_PER_EVENT else None
+    parts = [v] if "best" in v else [p for p in v.values() if isinstance(p, dict)]
+    rises = []
+    for p in parts:
+        if p.get("non_finite"):
+            rises.append(math.inf)
+        elif _finite(p.get("best")) and _finite(p.get("worst")):
+            rises.append(p["worst"] - p["best"])
+    rise = max(rises, default=None)
+    return rise if rise is not None and rise > DIVERGENCE_NATS_PER_EVENT else None
 
 
 def stopped_by(record: dict[str, Any]) -> str | None:

@@ -28,7 +28,7 @@ import torch
 
 def revision(package_dir: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(package_dir), "rev-parse", "--short", "HEAD"], capture_output=True,
+        out = subprocess.run(["git", "-C", str(package_dir), "describe", "--always", "--dirty"], capture_output=True,
                              text=True, check=True)  # fmt: skip
         return out.stdout.strip() or None
     except (OSError, subprocess.CalledProcessError):
@@ -84,6 +84,9 @@ def table(results: list[dict], names: list[str]) -> str:
     head = ["run", "decoder", "param.", "events", *(f"{r['revision']}: s (events/s)" for r in results)]
     head += [f"speed-up {results[0]['revision']} -> {r['revision']}" for r in results[1:]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    counts = [len(r["rows"]) for r in results]
+    if len(set(counts)) > 1:
+        raise SystemExit(f"the files list other runs: {counts} rows")
     for i, row in enumerate(results[0]["rows"]):
         same = [r["rows"][i] for r in results]
         if any(x["run"] != row["run"] for x in same):

@@ -91,3 +91,6 @@ def test_bench_evaluate_table_compares_the_same_runs_and_refuses_others() -> Non
     assert "speed-up old -> new" in text and "`a.json`, `b.json`" in text
     with pytest.raises(SystemExit, match="other runs"):
         module.table([result("old", 25.0), result("new", 10.0, run="r_thp")], ["a.json", "b.json"])
+    short = {**result("new", 10.0), "rows": []}
+    with pytest.raises(SystemExit, match="other runs"):
+        module.table([result("old", 25.0), short], ["a.json", "b.json"])

@@ -318,15 +318,16 @@ def test_a_run_that_diverged_after_its_best_epoch_says_so_in_its_record_and_rows
         return [{"kind": "epoch", "epoch": i + 1, "val_nll_per_event": v} for i, v in enumerate(values)]
 
     calm = validation_after_best(lines([-3.0, -3.4, -3.38, -3.35]), 2)
-    assert calm == {"best": -3.4, "worst": -3.35, "last": -3.35}
+    assert calm == {"best": -3.4, "worst": -3.35, "last": -3.35, "non_finite": False}
     blown = validation_after_best(lines([-3.0, -3.4, 7.1e5, None]), 2)
-    assert blown == {"best": -3.4, "worst": math.inf, "last": math.inf}
-    assert validation_after_best(lines([-3.0, -3.4]), 2) == {"best": -3.4, "worst": None, "last": -3.4}
+    assert blown == {"best": -3.4, "worst": 7.1e5, "last": None, "non_finite": True}
+    assert validation_after_best(lines([-3.0, -3.4]), 2) == {"best": -3.4, "worst": None, "last": -3.4,
+                                                              "non_finite": False}  # fmt: skip
     assert validation_after_best(lines([-3.0]), None) is None
     rec = record("mooc", "thp", "base", 0, agg="cograd", nll_time_per_seq=-260.0)
     assert diverged(rec) is None and _epochs(rec) == "10 (5)"  # records written before the field
     assert diverged({**rec, "validation_after_best": calm}) is None
-    finite = {**rec, "validation_after_best": {"best": -3.4, "worst": 7.1e5, "last": 6e5}}
+    finite = {**rec, "validation_after_best": {"best": -3.4, "worst": 7.1e5, "last": 6e5, "non_finite": False}}
     assert diverged(finite) == pytest.approx(7.1e5 + 3.4)
     assert _epochs(finite) == "10 (5, diverged after best: val +7.1e+05 nats/event)"
     assert _epochs({**rec, "validation_after_best": blown}) == "10 (5, diverged after best: val non-finite)"
@@ -341,5 +342,35 @@ def test_a_run_that_diverged_after_its_best_epoch_says_so_in_its_record_and_rows
 
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines([-3.0, -3.4, 7.1e5, 8e5])))
     built = build_record(run, {"name": "x"}, 10.0)
-    assert built["validation_after_best"] == {"best": -3.4, "worst": 8e5, "last": 8e5}
+    assert built["validation_after_best"] == {"best": -3.4, "worst": 8e5, "last": 8e5, "non_finite": False}
     assert diverged(built) == pytest.approx(8e5 + 3.4)
+
+
+def test_divergence_survives_the_record_file_and_is_judged_per_part_under_separate_early_stopping(
+    tmp_path: Path,
+) -> None:
+    """A non-finite validation NLL after the best epoch is still "diverged" after the record went through JSON
+    (which has no inf); a "++" run whose time part blew up after its own best epoch and was frozen there is flagged
+    although every epoch after the run's best (the mark part's, later) was calm."""
+    from mtpp.records import diverged, read_records, validation_after_best
+
+    rec = {**record("mooc", "thp", "base", 0, agg="cograd"),
+           "validation_after_best": validation_after_best(
+               [{"epoch": e, "val_nll_per_event": v} for e, v in ((1, -3.0), (2, -3.4), (3, float("nan")))], 2)}
+    assert diverged(rec) == math.inf
+    write_record(tmp_path, rec["cell"]["name"], rec)
+    (back,) = read_records(tmp_path)
+    assert diverged(back) == math.inf
+
+    # 50 events per sequence: per event = per sequence / 50; time best at 2, blows up at 3-4, frozen; mark best at 8
+    t = [-150.0, -170.0, 5e4, 9e4] + [-170.0] * 6
+    m = [100.0, 95.0, 94.0, 93.0, 92.0, 91.0, 90.5, 90.0, 90.2, 90.3]
+    log = [{"epoch": e + 1, "val_nll_time_per_seq": a, "val_nll_mark_per_seq": b, "val_nll_per_seq": a + b,
+            "val_nll_per_event": (a + b) / 50} for e, (a, b) in enumerate(zip(t, m))]  # fmt: skip
+    assert validation_after_best(log, 8)["worst"] < validation_after_best(log, 8)["best"] + 1  # joint view: calm
+    parts = validation_after_best(log, 8, {"time": 2, "mark": 8})
+    assert parts["time"] == {"best": -3.4, "worst": 1800.0, "last": -3.4, "non_finite": False}
+    assert parts["mark"]["best"] == pytest.approx(1.8) and parts["mark"]["worst"] == pytest.approx(1.806)
+    assert diverged({**rec, "validation_after_best": parts}) == pytest.approx(1803.4)
+    calm = validation_after_best(log, 8, {"time": 5, "mark": 8})  # from epoch 5 on, the time part was calm
+    assert diverged({**rec, "validation_after_best": calm}) is None

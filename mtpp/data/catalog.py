@@ -393,6 +393,12 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
             report = None
         else:
             raise
+    if report is None:  # another process prepared the same folder meanwhile: say so, not that this one did
+        msg = f"{name}: {path} ({reason}): using the splits another process auto-prepared meanwhile in {out}"
+        log.warning(msg)
+        notes.append(f"auto-prepared from {path} ({reason}): {out}")
+        notes.extend(_prepared_notes(out))
+        return out
     msg = (f"{name}: {path} ({reason}): auto-prepared {AUTO_SPLITS} seeded 60/20/20 splits (seed {AUTO_SEED}"
            + (f", {report.num_sequences} distinct sequences" if report else "")
            + (f", {report.duplicates} duplicates removed: the same sequence in several of the files, kept once"

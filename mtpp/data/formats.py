@@ -1631,6 +1631,7 @@ def write_split_folder(
     ``out_dir`` must not exist or be empty; ``DataError`` otherwise, also when another process fills it while
     this one writes (two grid workers auto-preparing the same source at once), and then nothing of it is replaced.
     """
+    import contextlib
     import os
     import shutil
     import tempfile
@@ -1654,7 +1655,8 @@ def write_split_folder(
         (tmp / "args.json").write_text(json.dumps(top, indent=2, sort_keys=True, default=str) + "\n")
         try:
             if out_dir.exists():
-                out_dir.rmdir()
+                with contextlib.suppress(FileNotFoundError):  # another process removed the empty folder first
+                    out_dir.rmdir()
             os.replace(tmp, out_dir)
         except OSError as err:  # another process filled out_dir after check_output_folder: never replace it
             if out_dir.is_dir() and any(out_dir.iterdir()):

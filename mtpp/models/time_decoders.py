@@ -350,7 +350,8 @@ class HazardDistribution:
         with ``Lambda < target`` (``target: [*batch, *extra]``, ``grid: [G]`` increasing), by binary search over
         the grid indices: ``ceil(log2(G + 1))`` calls of ``_exact_hazard`` at one point per quantile. ``Lambda``
         is non-decreasing, so ``k`` is the count the full grid gives, at ``5 / 31`` of its points' cost for one
-        quantile (``G = 31``). The two values are those at the cell's ends; where ``k`` is 0 or ``G`` (outside the
+        quantile (``G = 31``; ``S`` quantiles per element cost ``5 S`` points, more than the grid for ``S > 6``:
+        ``sample`` with many draws per element). The two values are those at the cell's ends; where ``k`` is 0 or ``G`` (outside the
         grid; the caller's bracket is then one point) they are placeholders (0)."""
         n = grid.shape[0]
         lo = torch.full(target.shape, -1, dtype=torch.long, device=target.device)  # Lambda(grid[lo]) < target
@@ -388,6 +389,7 @@ class HazardDistribution:
         n_grid = int(round((b - a) / QUANTILE_GRID_STEP)) + 1
         grid = torch.linspace(a, b, n_grid, dtype=self.dtype, device=self.device)
         if self._grid_by_search:
+            assert self._grid_is_exact, "the grid search needs the very Lambda icdf inverts"
             k, f0, f1 = self._search_grid(grid, torch.exp(log_target))  # the same k as the full grid
         else:
             big = self._grid_hazard(grid)  # [*batch, G], non-decreasing (up to rounding: may be <= 0 near 0)
