@@ -171,6 +171,31 @@ def test_resume_reaches_the_same_final_metrics_exactly(tmp_path: Path) -> None:
     assert log_cut == log_full
 
 
+def test_a_kill_while_saving_a_checkpoint_loses_no_epoch_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while epoch 2's checkpoint is written: the log has epoch 2's line (written first), the resume drops
+    it with the epoch it retrains, and the finished run's log has every epoch's line once, as the uninterrupted
+    run's (the result record reads the validation NLL of the best epoch and after it from these lines)."""
+    from mtpp.training import checkpoint
+
+    extra = ("train.max_epochs=3", "train.patience=10")
+    full = fit(tiny(*extra), tmp_path / "full")
+    real = checkpoint.save_atomic
+
+    def killed_at_epoch_2(state, path):
+        if Path(path).name == checkpoint.CHECKPOINT and state.get("epoch") == 2:  # not best.pt
+            raise KeyboardInterrupt
+        return real(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(*extra), tmp_path / "cut")
+    assert [r["epoch"] for r in read_log(tmp_path / "cut") if r["kind"] == "epoch"] == [1, 2]
+    monkeypatch.setattr(checkpoint, "save_atomic", real)
+    resumed = fit(tiny(*extra), tmp_path / "cut", resume=True)
+    assert [r["epoch"] for r in read_log(tmp_path / "cut") if r["kind"] == "epoch"] == [1, 2, 3]
+    assert without_timing(resumed) == without_timing(full)
+
+
 def test_resume_refuses_a_checkpoint_trained_in_another_time_scale(tmp_path: Path) -> None:
     """The checkpoint restores its own unit of time with its weights: when ``data.time_scale`` resolves to another
     one now (the rule for ``auto`` changed, as it did from the mean to the median gap), continuing it would finish

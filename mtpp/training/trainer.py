@@ -697,8 +697,6 @@ class Trainer:
         if improved:
             self._save_best()
         state = self._checkpoint_state()  # a collective under DDP (every rank's generator states)
-        if self.main:
-            checkpoint.save_atomic(state, self.out / checkpoint.CHECKPOINT)
         guard = self.guard.state_dict()
         record = {
             "kind": "epoch", "epoch": epoch, "step": self.counters.step, **val, "epoch_seconds": seconds,
@@ -706,8 +704,12 @@ class Trainer:
             "skipped_batches": guard["skipped"], "best_epoch": self.early.best_epoch, "improved": improved,
             "frozen": self.early.done_groups() if self.early.separate else [],
         }  # fmt: skip
+        # the epoch's line before its checkpoint: a kill between the two leaves a line that a resume drops
+        # (logging.truncate_log), never a checkpointed epoch without its line (the record reads the best epoch's)
         self.logger.write(record, prefix="val")
         self.logger.flush()
+        if self.main:
+            checkpoint.save_atomic(state, self.out / checkpoint.CHECKPOINT)
         self._timing.epoch_end_done()
         echo(epoch_line(epoch, self.cfg.train.max_epochs, improved, val, seconds, self.counters, frozen), self.quiet)
 
