@@ -380,11 +380,14 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
 
     key = source_fingerprint(path, AUTO_SEED, AUTO_SPLITS, AUTO_RATIOS, sorted(opts.__dict__.items()), PREPARE_VERSION)
     out = cache_dir() / "prepared" / f"{safe_name(name)}-{key}"
-    if out.is_dir() and (out / "args.json").exists():
+    def use_prepared(level: int, message: str) -> Path:
         notes.append(f"auto-prepared from {path} ({reason}): {out}")
         notes.extend(_prepared_notes(out))
-        log.info("%s: using the auto-prepared splits in %s", name, out)
+        log.log(level, message)
         return out
+
+    if out.is_dir() and (out / "args.json").exists():
+        return use_prepared(logging.INFO, f"{name}: using the auto-prepared splits in {out}")
     res = result if result is not None else read_any(path, options=opts)
     try:
         report = prepare_sequences(res, out, seed=AUTO_SEED, num_splits=AUTO_SPLITS, ratios=AUTO_RATIOS)
@@ -394,11 +397,8 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
         else:
             raise
     if report is None:  # another process prepared the same folder meanwhile: say so, not that this one did
-        msg = f"{name}: {path} ({reason}): using the splits another process auto-prepared meanwhile in {out}"
-        log.warning(msg)
-        notes.append(f"auto-prepared from {path} ({reason}): {out}")
-        notes.extend(_prepared_notes(out))
-        return out
+        return use_prepared(logging.WARNING, f"{name}: {path} ({reason}): using the splits another process "
+                                             f"auto-prepared meanwhile in {out}")
     msg = (f"{name}: {path} ({reason}): auto-prepared {AUTO_SPLITS} seeded 60/20/20 splits (seed {AUTO_SEED}"
            + (f", {report.num_sequences} distinct sequences" if report else "")
            + (f", {report.duplicates} duplicates removed: the same sequence in several of the files, kept once"
