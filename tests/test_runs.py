@@ -510,7 +510,8 @@ def fit(config, out_dir, resume=False, overwrite=False):
 """
 
 RUN_GRID = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's job, whatever the test runner inherited
 sys.path.insert(0, sys.argv[2])
 import fakefit
 from mtpp import experiments as ex
@@ -550,24 +551,27 @@ def test_compare_workers_stop_with_their_parent(tmp_path: Path, sig: int, group:
     """SIGKILL of the parent alone; Ctrl-C as the parent alone gets it; Ctrl-C in a terminal (the whole group)."""
     proc, out = _start_grid(tmp_path)
     pids = [int(p.read_text()) for p in out.rglob("pid")]
-    start = time.monotonic()
-    if group:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    proc.wait(timeout=30)
-    if sig == signal.SIGINT:
-        assert time.monotonic() - start < 10  # stops within seconds
     try:
+        start = time.monotonic()
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        proc.wait(timeout=30)
+        if sig == signal.SIGINT:
+            assert time.monotonic() - start < 10  # stops within seconds
         assert all(_gone(pid, 10) for pid in pids), "a worker outlived its parent"
         time.sleep(1)
         assert len(list(out.rglob("pid"))) == 2  # no queued cell started after the parent went
-    finally:
-        for pid in pids:
+    finally:  # nothing outlives a failed test: the parent's group, then any worker that left it
+        for kill in ([lambda: os.killpg(proc.pid, signal.SIGKILL)]
+                     + [lambda pid=pid: os.kill(pid, signal.SIGKILL) for pid in pids]):  # fmt: skip
             try:
-                os.kill(pid, signal.SIGKILL)
+                kill()
             except ProcessLookupError:
                 pass
+        proc.wait(timeout=10)
+
 
 
 def test_compare_refuses_finished_cells_trained_on_other_data(tmp_path: Path) -> None:
