@@ -12,7 +12,7 @@ import pytest
 from mtpp.cli import main
 from mtpp.data.formats import read_any, write_bosser_json
 from mtpp.data.sequence import make_sequence
-from mtpp.data.splits import deduplicate, make_splits, prepare, split_indices, split_sizes
+from mtpp.data.splits import deduplicate, deduplicate_parts, make_splits, prepare, split_indices, split_sizes
 from mtpp.errors import ConfigError, DataError
 
 
@@ -69,6 +69,15 @@ def test_prepare_deterministic_disjoint_covering(tmp_path: Path, inputs: list[Pa
     args = json.loads((tmp_path / "o1" / "args.json").read_text())
     assert args["duplicates"] == 10 and args["seed"] == 7 and args["num_sequences"] == 60
     assert args["dropped"] == {} and len(args["files"]) == 2
+    # honest about where the copies were, and every removed one named with the sequence it copies
+    assert r1.duplicates_within_file == 5 and args["duplicates_within_file"] == 5
+    rows = [line.split("\t") for line in (tmp_path / "o1" / "duplicates.tsv").read_text().splitlines()]
+    a, b = str(inputs[0]), str(inputs[1])
+    assert rows[0] == ["removed", "copy_of"] and len(rows) == 11
+    assert rows[1:6] == [[f"{a}: sequence {30 + i}", f"{a}: sequence {i}"] for i in range(5)]
+    assert rows[6:] == [[f"{b}: sequence {30 + i}", f"{a}: sequence {5 + i}"] for i in range(5)]
+    line = next(x for x in r1.lines() if x.startswith("removed"))
+    assert "5 found in several files or parts" in line and "5 repeated within one file" in line
     prepare(inputs, tmp_path / "o3", seed=8, num_splits=1)
     assert _digest(tmp_path / "o3")["split_0/test.json"] != _digest(tmp_path / "o1")["split_0/test.json"]
 
@@ -93,6 +102,32 @@ def test_drop_invalid_counts_per_reason(tmp_path: Path) -> None:
     rep = prepare([p], tmp_path / "o", options=ReadOptions(drop_invalid=True), num_splits=1)
     assert rep.dropped == {"unsorted times": 1, "empty sequence": 1, "negative time": 1}
     assert rep.num_sequences == 7
+    # "read" counts every sequence of the input, so read - duplicates - dropped = kept
+    assert rep.num_read == 10 and rep.num_read - rep.duplicates - sum(rep.dropped.values()) == rep.num_sequences
+    assert rep.lines()[0].startswith("read 10 sequences")
+
+
+def test_copies_within_one_file_can_be_kept_while_copies_across_files_are_not(tmp_path: Path) -> None:
+    """Distinct entities with identical events (short MIMIC-II admissions) repeat inside one file; the val / test
+    files of several published splits repeat sequences across files. ``keep_within_file_duplicates`` keeps the
+    former: each sequence as often as in the file that repeats it most."""
+    s = _seqs(8)
+    parts = {"a": [s[0], s[0], s[1], s[2]], "b": [s[0], s[0], s[0], s[1], s[3]]}
+    unique, found = deduplicate_parts(parts)
+    assert [u.key() for u in unique] == [x.key() for x in (s[0], s[1], s[2], s[3])]
+    assert (found.across_parts, found.within_part) == (2, 3)
+    unique, found = deduplicate_parts(parts, keep_within_part=True)
+    counts = [sum(u.key() == x.key() for u in unique) for x in s[:4]]
+    assert counts == [3, 1, 1, 1] and (found.across_parts, found.within_part) == (3, 0)
+    assert found.pairs[0] == ("b: sequence 0", "a: sequence 0") and found.pairs[1] == ("b: sequence 1", "a: sequence 1")
+    write_bosser_json(tmp_path / "a.json", parts["a"])
+    write_bosser_json(tmp_path / "b.json", parts["b"])
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    assert prepare(files, tmp_path / "o1", num_splits=1, ratios=(0.5, 0.25, 0.25)).num_sequences == 4
+    rep = prepare(files, tmp_path / "o2", num_splits=1, ratios=(0.5, 0.25, 0.25), keep_within_file_duplicates=True)
+    assert rep.num_sequences == 6 and rep.duplicates == 3 and rep.duplicates_within_file == 0
+    assert json.loads((tmp_path / "o2" / "args.json").read_text())["keep_within_file_duplicates"] is True
+    assert read_any(tmp_path / "o2").num_sequences == 6 and not read_any(tmp_path / "o2").notes  # the list is no data
 
 
 def test_cli_prepare(tmp_path: Path, inputs: list[Path], capsys: pytest.CaptureFixture) -> None:
@@ -101,11 +136,18 @@ def test_cli_prepare(tmp_path: Path, inputs: list[Path], capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert code == 0
     assert "removed 10 duplicate" in out and "kept 60 sequences" in out and "train 30 / val 15 / test 15" in out
-    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["args.json", "split_0", "split_1"]
+    assert "5 repeated within one file (--keep-within-file-duplicates keeps those)" in out
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["args.json", "duplicates.tsv", "split_0", "split_1"]
+    assert main(["data", "prepare", *map(str, inputs), "--out", str(tmp_path / "keep"), "--splits", "1",
+                 "--keep-within-file-duplicates"]) == 0
+    assert "kept 65 sequences" in capsys.readouterr().out
     # describe on the result, text and JSON
     assert main(["data", "describe", str(tmp_path / "cli"), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
-    assert st["total"]["sequences"] == 60 and st["duplicates"] == 60
+    assert st["total"]["sequences"] == 60 and st["duplicates"] == 60 and st["duplicates_within_file"] == 0
+    ex = st["duplicate_examples"]  # every sequence of split_1 is a copy of one in split_0
+    assert len(ex) == 10 and all(e["removed"].startswith(str(tmp_path / "cli" / "split_1")) for e in ex)
+    assert all(e["copy_of"].startswith(str(tmp_path / "cli" / "split_0")) and ": sequence " in e["copy_of"] for e in ex)
     assert main(["data", "describe", str(tmp_path / "cli")]) == 0
     assert "most frequent marks" in capsys.readouterr().out
 

@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="split ratios (default 0.6 0.2 0.2)")
     pr.add_argument("--drop-invalid", action="store_true",
                     help="skip sequences that fail validation (counted per reason) instead of stopping")
+    pr.add_argument("--keep-within-file-duplicates", action="store_true",
+                    help="keep identical sequences repeated inside one file (distinct entities with the same "
+                         "events, e.g. short MIMIC-II admissions); copies found in several files are still kept "
+                         "once (default: every copy after the first is removed; duplicates.tsv lists them)")
     _read_flags(pr)
     pr.set_defaults(func=cmd_prepare)
 
@@ -158,7 +162,7 @@ def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, A
 def cmd_describe(args: argparse.Namespace) -> int:
     from mtpp.data.catalog import resolve_source, resplits
     from mtpp.data.formats import ReadOptions, read_any
-    from mtpp.data.splits import deduplicate
+    from mtpp.data.splits import deduplicate_parts
 
     name, path, entry = resolve_source(args.target, args.data_dir)
     opts = dict(entry.options) if entry else {}
@@ -169,14 +173,16 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if args.remap_marks:
         opts["remap_marks"] = True
     res = read_any(path, options=ReadOptions(**opts), progress=True)
-    unique, dups = deduplicate(res.sequences)
+    unique, dups = deduplicate_parts(res.parts)
     stats = {
         "name": name,
         "source": str(path),
         "format": res.format,
         "description": entry.description if entry else None,
         "total": describe_sequences(unique, res.num_marks, args.top),
-        "duplicates": dups,
+        "duplicates": dups.removed,
+        "duplicates_within_file": dups.within_part,
+        "duplicate_examples": [{"removed": a, "copy_of": b} for a, b in dups.pairs[:10]],
         "parts": {k: describe_sequences(v, res.num_marks, 0) for k, v in res.parts.items()},
         "notes": res.notes,
         "resplit_on_use": resplits(entry, res.parts),
@@ -206,6 +212,15 @@ def _lattice_line(lattice: dict[str, Any] | None) -> str:
                if lattice["consequential"] else ""))  # fmt: skip
 
 
+def _duplicates_text(st: dict[str, Any]) -> str:
+    n, within = st["duplicates"], st["duplicates_within_file"]
+    if not n:
+        return "no duplicates"
+    ex = st["duplicate_examples"][0]
+    return (f"{n:,} duplicate copies removed: {n - within:,} found in several parts, {within:,} repeated within one "
+            f"file; e.g. {ex['removed']} = {ex['copy_of']}")
+
+
 def _describe_text(st: dict[str, Any]) -> str:
     t = st["total"]
     out = [f"{st['name']}  ({st['format']}, {st['source']})"]
@@ -216,7 +231,7 @@ def _describe_text(st: dict[str, Any]) -> str:
         return "\n".join(out + ["no sequences"])
     ln = t["length"]
     out += [
-        f"sequences      {t['sequences']:,} distinct ({st['duplicates']:,} duplicate copies across parts removed)",
+        f"sequences      {t['sequences']:,} distinct ({_duplicates_text(st)})",
         f"events         {t['events']:,}",
         f"marks          {t['num_marks']} ({t['marks_observed']} observed)",
         f"length         min {ln['min']} / median {ln['median']:g} / max {ln['max']}",
@@ -252,7 +267,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     options = ReadOptions(sort=args.sort, mark_base=args.mark_base, drop_invalid=args.drop_invalid,
                           remap_marks=args.remap_marks)
     report = prepare(args.inputs, args.out, seed=args.seed, num_splits=args.splits, ratios=args.ratios,
-                     options=options, progress=True)
+                     options=options, progress=True, keep_within_file_duplicates=args.keep_within_file_duplicates)
     for line in report.lines():
         print(line)
     for note in report.notes:

@@ -401,8 +401,7 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
                                              f"auto-prepared meanwhile in {out}")
     msg = (f"{name}: {path} ({reason}): auto-prepared {AUTO_SPLITS} seeded 60/20/20 splits (seed {AUTO_SEED}"
            + (f", {report.num_sequences} distinct sequences" if report else "")
-           + (f", {report.duplicates} duplicates removed: the same sequence in several of the files, kept once"
-              if report and report.duplicates else "")
+           + (f", {report.duplicates_phrase()}" if report and report.duplicates else "")
            + f") in {out}")
     log.warning(msg)
     notes.append(msg)

@@ -1548,7 +1548,7 @@ def remap_marks(res: ReadResult) -> ReadResult:
         return res
     ids = np.unique(np.concatenate([s.marks for s in seqs]))
     for name, part in res.parts.items():
-        res.parts[name] = [EventSequence(s.times, np.searchsorted(ids, s.marks), s.window_end) for s in part]
+        res.parts[name] = [EventSequence(s.times, np.searchsorted(ids, s.marks), s.window_end, s.origin) for s in part]
     old = res.num_marks
     res.num_marks = int(ids.size)
     res.meta["mark_ids"] = ids.tolist()
@@ -1622,10 +1622,12 @@ def write_split_folder(
     num_marks: int,
     args: Mapping[str, Any] | None = None,
     split_args: Sequence[Mapping[str, Any]] | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the canonical split folder: ``out_dir/split_k/{part}.json`` (plain JSON, Bosser layout) for each
     ``splits[k]`` (part name -> sequences, usually ``train``/``val``/``test``), ``split_k/args.json``
-    (``marks``, ``<part>_size``, plus ``split_args[k]``) and ``out_dir/args.json`` (``args`` plus ``marks``).
+    (``marks``, ``<part>_size``, plus ``split_args[k]``), ``out_dir/args.json`` (``args`` plus ``marks``) and
+    the text ``files`` (name -> content) beside it.
 
     Writes into a temporary sibling folder and renames it into place, so readers never see half a folder.
     ``out_dir`` must not exist or be empty; ``DataError`` otherwise, also when another process fills it while
@@ -1653,6 +1655,8 @@ def write_split_folder(
         top = dict(args or {})
         top["marks"] = int(num_marks)
         (tmp / "args.json").write_text(json.dumps(top, indent=2, sort_keys=True, default=str) + "\n")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         try:
             if out_dir.exists():
                 with contextlib.suppress(FileNotFoundError):  # another process removed the empty folder first

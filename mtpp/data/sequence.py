@@ -9,7 +9,7 @@ are vectorised per sequence; only list inputs get one C-speed pass over their el
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -26,11 +26,14 @@ class EventSequence:
     marks: ``[n]`` int64, 0-based mark ids in ``[0, num_marks)``.
     window_end: the observation window end ``T >= t_n``, or ``None`` when the window ends at the last
         event (the benchmark convention: no survival term).
+    origin: where a reader found it, ``(file, sequence index)`` as error messages name it (``None`` when built
+        otherwise); not part of its identity (:meth:`key`), only for reports such as the de-duplication's.
     """
 
     times: np.ndarray
     marks: np.ndarray
     window_end: float | None = None
+    origin: tuple[str, int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "times", np.ascontiguousarray(self.times, dtype=np.float64))
@@ -249,7 +252,8 @@ def make_sequence(
         window_end = float(window_end)
         if not np.isfinite(window_end) or window_end < t[-1]:
             raise fail(f"window end {window_end!r} is before the last event {float(t[-1])!r}")
-    return EventSequence(t, m, window_end)
+    origin = None if source is None or index is None else (str(source), int(index))
+    return EventSequence(t, m, window_end, origin)
 
 
 def within_sequence_gaps(sequences: Iterable[EventSequence]) -> np.ndarray:

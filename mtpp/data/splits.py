@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,7 +23,9 @@ from mtpp.errors import ConfigError, DataError
 __all__ = [
     "PART_NAMES",
     "PrepareReport",
+    "Duplicates",
     "deduplicate",
+    "deduplicate_parts",
     "split_sizes",
     "split_indices",
     "make_splits",
@@ -34,19 +36,87 @@ __all__ = [
 ]
 
 PART_NAMES = ("train", "val", "test")
+DUPLICATES_FILE = "duplicates.tsv"
+"""In a prepared folder: every sequence de-duplication removed and the kept sequence it copies."""
 DEFAULT_RATIOS = (0.6, 0.2, 0.2)
 
 
 def deduplicate(sequences: Sequence[EventSequence]) -> tuple[list[EventSequence], int]:
     """Keep the first occurrence of each distinct sequence, in order. Returns ``(unique, number_removed)``."""
-    seen: set[bytes] = set()
-    unique = []
-    for s in sequences:
-        k = s.key()
-        if k not in seen:
-            seen.add(k)
-            unique.append(s)
-    return unique, len(sequences) - len(unique)
+    unique, found = deduplicate_parts({"": list(sequences)})
+    return unique, found.removed
+
+
+@dataclass
+class Duplicates:
+    """What :func:`deduplicate_parts` removed, and why.
+
+    across_parts: copies of a sequence already kept from another part (file): the same sequence in several
+        files, e.g. the val / test files of several published splits.
+    within_part: copies repeated inside one part (file): a duplicated record, or distinct entities whose events
+        happen to be identical (short MIMIC-II admissions); kept with ``keep_within_part``.
+    pairs: ``(removed, copy_of)`` for every removed sequence, each ``"file: sequence i"`` (the
+        :attr:`EventSequence.origin` readers record; the part name and position when there is none).
+    """
+
+    across_parts: int = 0
+    within_part: int = 0
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def removed(self) -> int:
+        return self.across_parts + self.within_part
+
+    def summary(self, examples: int = 3) -> str:
+        """``"N (A found in several files, W repeated within one file; e.g. X = Y, ...)"``."""
+        if not self.removed:
+            return "0"
+        shown = "; ".join(f"{a} = {b}" for a, b in self.pairs[:examples])
+        more = ", ..." if len(self.pairs) > examples else ""
+        return (f"{self.removed:,} ({self.across_parts:,} found in several files, {self.within_part:,} repeated "
+                f"within one file; e.g. {shown}{more})")
+
+    def table(self) -> str:
+        """Every removed sequence and the kept one it copies: a TSV with a header line."""
+        return "removed\tcopy_of\n" + "".join(f"{a}\t{b}\n" for a, b in self.pairs)
+
+
+def deduplicate_parts(parts: Mapping[str, Sequence[EventSequence]],
+                      keep_within_part: bool = False) -> tuple[list[EventSequence], Duplicates]:  # fmt: skip
+    """The distinct sequences of ``parts`` (part name -> sequences, in part order then file order): every copy of
+    a sequence (same times, marks and window, :meth:`EventSequence.key`) after its first is removed.
+
+    ``keep_within_part``: copies inside one part are kept instead; a sequence then appears as many times as in the
+    part that repeats it most (copies across parts are still removed, so the val / test files of several
+    published splits still give each sequence once). Returns ``(unique, Duplicates)``.
+    """
+    kept: dict[bytes, list[str]] = {}  # key -> names of its kept copies
+    found = Duplicates()
+    unique: list[EventSequence] = []
+    for part, seqs in parts.items():
+        seen_here: dict[bytes, int] = {}
+        for i, s in enumerate(seqs):
+            k = s.key()
+            n = seen_here.get(k, 0)
+            seen_here[k] = n + 1
+            copies = kept.setdefault(k, [])
+            name = _where(s, part, i)
+            if n < len(copies) and (keep_within_part or n == 0):  # a copy of one kept from an earlier part
+                found.across_parts += 1
+                found.pairs.append((name, copies[n if keep_within_part else 0]))
+            elif n > 0 and not keep_within_part:
+                found.within_part += 1
+                found.pairs.append((name, copies[0]))
+            else:
+                copies.append(name)
+                unique.append(s)
+    return unique, found
+
+
+def _where(s: EventSequence, part: str, i: int) -> str:
+    if s.origin is not None:
+        return f"{s.origin[0]}: sequence {s.origin[1]}"
+    return f"{part}: sequence {i}" if part else f"sequence {i}"
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
@@ -97,6 +167,7 @@ class PrepareReport:
     files: list[str]
     num_read: int
     duplicates: int
+    duplicates_within_file: int
     dropped: dict[str, int]
     num_sequences: int
     num_events: int
@@ -110,14 +181,25 @@ class PrepareReport:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def duplicates_phrase(self) -> str:
+        """``"N duplicates removed (...)"``, with the within-file ones told apart and how to keep them."""
+        within = self.duplicates_within_file
+        return (f"{self.duplicates:,} duplicates removed ({self.duplicates - within:,} found in several files or "
+                f"parts, {within:,} repeated within one file; listed in {Path(self.out) / DUPLICATES_FILE}"
+                + ("; mtpp data prepare --keep-within-file-duplicates keeps the repeats within a file" if within
+                   else "") + ")")
+
     def lines(self) -> list[str]:
         """A short human-readable summary."""
         tr, va, te = self.split_sizes
         dropped = sum(self.dropped.values())
+        within, across = self.duplicates_within_file, self.duplicates - self.duplicates_within_file
         out = [
             f"read {self.num_read:,} sequences from {len(self.files)} file(s)",
-            f"removed {self.duplicates:,} duplicate sequence(s) (a sequence found in several files or splits, "
-            "e.g. the val / test files of several published splits, is kept once)",
+            f"removed {self.duplicates:,} duplicate sequence(s) (identical times and marks): {across:,} found in "
+            f"several files or parts (e.g. the val / test files of several published splits), {within:,} repeated "
+            "within one file" + (" (--keep-within-file-duplicates keeps those)" if within else "")
+            + (f"; each with the sequence it copies in {Path(self.out) / DUPLICATES_FILE}" if self.duplicates else ""),
         ]
         if dropped:
             out.append(f"dropped {dropped:,} invalid sequence(s): "
@@ -141,10 +223,13 @@ def prepare_sequences(
     num_splits: int = 5,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     sources: Sequence[str] | None = None,
+    keep_within_file_duplicates: bool = False,
 ) -> PrepareReport:
-    """De-duplicate the sequences of ``result`` (all parts), split them and write the split folder."""
+    """De-duplicate the sequences of ``result`` (all parts; :func:`deduplicate_parts`, copies within one file kept
+    with ``keep_within_file_duplicates``), split them and write the split folder, with the removed sequences and
+    the ones they copy in its ``duplicates.tsv``."""
     ratios = _check_ratios(ratios)
-    unique, dups = deduplicate(result.sequences)
+    unique, found = deduplicate_parts(result.parts, keep_within_part=keep_within_file_duplicates)
     if not unique:
         raise DataError("no sequences left to split", source=result.source)
     sizes = split_sizes(len(unique), ratios)
@@ -159,8 +244,9 @@ def prepare_sequences(
         out=str(out),
         sources=list(sources or [result.source]),
         files=list(result.files),
-        num_read=result.num_sequences,
-        duplicates=dups,
+        num_read=result.num_sequences + sum(result.dropped.values()),  # every sequence in the input
+        duplicates=found.removed,
+        duplicates_within_file=found.within_part,
         dropped=dict(result.dropped),
         num_sequences=len(unique),
         num_events=int(sum(len(s) for s in unique)),
@@ -177,7 +263,13 @@ def prepare_sequences(
         args["mark_ids"] = list(result.meta["mark_ids"])
     args["seeding"] = "split k = numpy.random.default_rng([seed, k]).permutation(n)"
     split_args = [{"seed": int(seed), "split": k} for k in range(num_splits)]
-    write_split_folder(out, splits, num_marks=result.num_marks, args=args, split_args=split_args)
+    args["keep_within_file_duplicates"] = bool(keep_within_file_duplicates)
+    if found.within_part:  # every later load of the folder says so (mtpp.data.catalog reads these notes)
+        args["notes"] = args["notes"] + [f"{found.within_part:,} sequence(s) repeated within one file were removed "
+                                         f"as duplicates (listed in {DUPLICATES_FILE}; mtpp data prepare "
+                                         "--keep-within-file-duplicates keeps them)"]
+    files = {DUPLICATES_FILE: found.table()} if found.removed else None
+    write_split_folder(out, splits, num_marks=result.num_marks, args=args, split_args=split_args, files=files)
     return report
 
 
@@ -216,7 +308,7 @@ def _share_mark_map(results: Sequence[ReadResult]) -> None:
     union = np.unique(np.concatenate(local)) if local else np.zeros(0, dtype=np.int64)
     for r, ids in zip(results, local):
         for name, part in r.parts.items():
-            r.parts[name] = [EventSequence(s.times, np.searchsorted(union, ids[s.marks]), s.window_end) for s in part]
+            r.parts[name] = [EventSequence(s.times, np.searchsorted(union, ids[s.marks]), s.window_end, s.origin) for s in part]
         r.meta["mark_ids"] = union.tolist()
         r.num_marks = int(union.size)
 
@@ -230,13 +322,14 @@ def prepare(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     options: ReadOptions | None = None,
     progress: bool = False,
+    keep_within_file_duplicates: bool = False,
 ) -> PrepareReport:
     """Read ``inputs`` (files or folders of any supported format), de-duplicate, write ``num_splits`` seeded
     ``train``/``val``/``test`` splits to ``out``. Deterministic for a seed (same bytes)."""
     check_output_folder(out)  # before reading: a bad --out fails at once
     result = read_inputs(inputs, options, progress)
     return prepare_sequences(result, out, seed=seed, num_splits=num_splits, ratios=ratios,
-                             sources=[str(p) for p in inputs])
+                             sources=[str(p) for p in inputs], keep_within_file_duplicates=keep_within_file_duplicates)
 
 
 def source_fingerprint(path: str | Path, *extra: Any) -> str:
