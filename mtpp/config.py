@@ -29,6 +29,7 @@ Variants
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -211,6 +212,11 @@ BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
     ("logging", "flush_every"): (1, False),
 }
 
+# Numeric fields with an upper bound: (section, key) -> (bound, strict).
+UPPER_BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
+    ("model", "dropout"): (1, True),  # a probability; 1 drops everything (torch refuses > 1 deep in nn.Dropout)
+}
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 # logging.trackers: name -> the keys its logging.tracker_options entry may hold (mtpp.training.tracking).
@@ -330,10 +336,17 @@ def _validate_section(section: str, obj: Any) -> None:
         key = (section, f.name)
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{section}.{f.name}: invalid value {value!r}; valid: {', '.join(CHOICES[key])}")
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
+            raise ConfigError(f"{section}.{f.name}: must be a finite number, got {value!r}")
         if key in BOUNDS and value is not None:
             bound, strict = BOUNDS[key]
             if value < bound or (strict and value == bound):
                 op = ">" if strict else ">="
+                raise ConfigError(f"{section}.{f.name}: must be {op} {bound}, got {value!r}")
+        if key in UPPER_BOUNDS and value is not None:
+            bound, strict = UPPER_BOUNDS[key]
+            if value > bound or (strict and value == bound):
+                op = "<" if strict else "<="
                 raise ConfigError(f"{section}.{f.name}: must be {op} {bound}, got {value!r}")
     if section == "data":
         from mtpp.models.scaling import check_time_scale

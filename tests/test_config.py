@@ -167,6 +167,52 @@ def test_set_applies_to_every_variant_after_its_own_settings(
     assert [(v["name"], v["model.parametrisation"]) for v in seen["stored"]] == [("thp_plusplus", "base")]
 
 
+def _float_fields() -> list[str]:
+    """Every ``section.key`` whose type admits a float, read from the dataclasses (new fields are covered too)."""
+    import dataclasses
+    import typing
+
+    from mtpp.config import SECTIONS
+
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        out += [f"{section}.{f.name}" for f in dataclasses.fields(cls) if "float" in str(hints[f.name])]
+    return out
+
+
+@pytest.mark.parametrize("key", _float_fields())
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan"])
+def test_every_number_field_refuses_nan_and_infinity(key: str, value: str) -> None:
+    """nan passes every bound check (``nan < 0`` is false): train.lr=.nan used to crash in torch's Adam,
+    train.min_delta=.nan silently froze the best epoch at 1, train.weight_decay=.inf trained to nan."""
+    msg = _error([f"{key}={value}"])
+    assert msg.startswith(f"{key}: ") and ("finite" in msg or "expected" in msg), msg
+
+
+def test_dropout_is_a_probability_below_one() -> None:
+    for value in ("1.5", "1"):  # 1.5 crashed in torch's nn.Dropout (THP encoder), GRU accepted it silently
+        assert f"model.dropout: must be < 1, got {float(value)}" in _error([f"model.dropout={value}"])
+    assert "model.dropout: must be >= 0" in _error(["model.dropout=-0.1"])
+    assert load_config(None, ["model.dropout=0.5"]).model.dropout == 0.5
+
+
+def test_aggregator_number_options_refuse_what_is_not_a_finite_number() -> None:
+    from mtpp.training.aggregators import AGGREGATORS, aggregator_options, make_aggregator
+
+    checked = 0
+    for name in sorted(AGGREGATORS):
+        for key, default in aggregator_options(name).items():
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                continue
+            for bad in (float("nan"), float("inf"), "nan", True, [1.0, float("nan")]):
+                with pytest.raises(ConfigError, match=f"gradients.options.{key}: must be a finite number"):
+                    make_aggregator(name, **{key: bad})
+            make_aggregator(name, **{key: default})  # the default itself is fine
+            checked += 1
+    assert checked >= 5  # cagrad c / rescale, cograd gamma, gradops alpha, gradvac beta / target, metabalance ...
+
+
 def test_cli_config_error_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["train", str(QUICKSTART), "--out", str(tmp_path / "run"), "--set", "train.max_epoch=1"])
     err = capsys.readouterr().err.strip()

@@ -169,6 +169,15 @@ def _yaml_number(value: Any) -> Any:
     return value
 
 
+def _finite_numbers(value: Any) -> bool:
+    """A finite number (not a bool, not a string), or a list / mapping of them (per-task values)."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_finite_numbers(v) for v in value)
+    if isinstance(value, dict):
+        return bool(value) and all(_finite_numbers(v) for v in value.values())
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def make_aggregator(name: str = "sum", **options: Any) -> Aggregator:
     """Build an aggregator by name. Unknown names or options raise ``ConfigError`` listing the valid ones.
 
@@ -183,6 +192,11 @@ def make_aggregator(name: str = "sum", **options: Any) -> Aggregator:
     if unknown:
         listing = ", ".join(sorted(valid)) if valid else "(none)"
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for aggregator {name!r}; valid: {listing}")
+    for key, value in options.items():  # a number option (by its default) holds finite numbers (one, or per task)
+        default = valid[key]
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not _finite_numbers(value):
+            raise ConfigError(f"gradients.options.{key}: must be a finite number (or one per task) for aggregator "
+                              f"{name!r}, got {value!r}")
     try:
         agg = AGGREGATORS[name](**options)
     except (TypeError, ValueError) as e:
