@@ -344,6 +344,9 @@ def test_smoke_grid_end_to_end_with_the_real_trainer(tmp_path: Path, capsys: pyt
     assert (out / "summary.csv").is_file() and (out / "summary.md").is_file()
     assert list((out / "plots").glob("*.png"))
     assert not (out / "failures.json").exists()
+    summary = (out / "summary.md").read_text()  # what each mark metric conditions on is said, both kinds
+    assert "mark NLL per sequence, given the time p(k | τ_obs, H)" in summary
+    assert "mark NLL per sequence, forecast p(k | H)" in summary
 
     # summary.csv holds the mean over the two replicates of the per-run metrics.json
     import pandas as pd

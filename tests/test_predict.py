@@ -266,10 +266,16 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
     try:
         assert main(["evaluate", str(run), "--horizon", "2", "--samples", "8", "--points", "150"]) == 0
         assert main(["predict", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+        assert main(["generate", str(run), "--horizon", "2", "--samples", "2", "--out", str(tmp_path / "g.csv")]) == 0
     finally:
         sys.stderr = real
     shown = screen.getvalue()
     assert "horizon model: matching" in shown and "horizon hawkes" in shown and "predict:" in shown
+    assert "evaluate test:" in shown and "generate:" in shown and "rows still running" in shown  # every long command
+    printed = capsys.readouterr().out  # each table says what its columns condition on and their units
+    assert "L_M: -log p(k | tau_obs, H), told the observed time" in printed
+    assert "(at each prediction point, told only the history: acc.: next mark by argmax p(k | H)" in printed
+    assert "MAE: |median gap - observed gap|, data time units" in printed
     after = json.loads((run / "metrics.json").read_text())
     test = after["test"]
     for key in ("horizon_tmap", "horizon_otd", "horizon_count_pce", "horizon_count_coverage",

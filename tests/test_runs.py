@@ -157,6 +157,12 @@ def test_evaluate_finds_the_runs_of_a_compare_folder_skips_unfinished_ones_and_g
     out, err = capsys.readouterr()
     rows = [line for line in out.splitlines() if line.startswith(f"| {root}")]
     assert [row.split("|")[1].strip() for row in rows] == [str(r) for r in runs]
+    # above the table, one line says what the columns condition on and their units
+    legend, header = out.splitlines()[:2]
+    assert header.startswith("| run | split | L_T/seq") and legend.startswith("(") and legend.endswith(")")
+    for said in ("L_M: -log p(k | tau_obs, H), told the observed time", "nats per sequence (/seq)",
+                 "forecast: p(k | H), next time unknown", "first event of each sequence not scored"):
+        assert said in legend, said
     assert f"{unfinished}: skipped (no best.pt" in err and f"{root}: 3 runs below it" in err
     assert [read(r / "metrics.json")["test"]["nll_time_per_seq"] for r in runs] == pytest.approx(reported)
     # a broken run is named and the others are still evaluated; the command then fails, listing it
@@ -462,6 +468,8 @@ def test_help_imports_no_torch_and_every_command_has_a_description() -> None:
                 if isinstance(a, argparse._SubParsersAction):
                     for name, sub in a.choices.items():
                         assert sub.description, path + [name]
+                        page = sub.format_help()  # renders (help strings are %-formatted, descriptions are not)
+                        assert "%%" not in page, (path + [name], "a literal %% on the help page")
                         walk(sub, path + [name])
         walk(build_parser(), [])
         print("ok")

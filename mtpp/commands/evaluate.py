@@ -24,6 +24,18 @@ LATTICE_SHOWN = (("L_T binned/seq", "nll_time_binned_per_seq"), ("PCE binned", "
 """Added after ``L_T/seq`` / ``PCE`` when the first evaluated run's data lie on a lattice (``mtpp.data.lattice``)."""
 
 
+def caption(columns: tuple[tuple[str, str], ...], first_event: str | None) -> str:
+    """The line above the table: units and what each kind of column conditions on."""
+    skipped = {"skip": "not scored", "include": "scored"}.get(str(first_event), "as each run's model.first_event says")
+    binned = any(k == "nll_time_binned_per_seq" for _, k in columns)
+    return ("(L_T: -log f(tau | H), L_M: -log p(k | tau_obs, H), told the observed time; NLL in nats "
+            "per sequence (/seq) or per scored event (/ev), times in the data's unit; acc. / MRR forecast: p(k | H), "
+            "next time unknown; acc. given time: p(k | tau_obs, H); PCE: calibration of the time distribution (PIT), "
+            "ECE: of the forecast marks, both unitless"
+            + ("; binned: of each gap's lattice bin, unitless (mtpp.data.lattice)" if binned else "")
+            + f"; first event of each sequence {skipped})")
+
+
 def shown_columns(first: dict) -> tuple[tuple[str, str], ...]:
     """The table's columns: ``SHOWN``, with ``LATTICE_SHOWN`` beside their continuous kin when ``first`` (the first
     row's metrics) has the binned NLL."""
@@ -131,19 +143,20 @@ class _Table:
             self.rows.append((run_dir, split, metrics))
             return
         if self.columns is None:
-            self._header(shown_columns(metrics))
+            self._header(shown_columns(metrics), {metrics.get("first_event")})
         self._print(run_dir, split, metrics)
 
     def flush(self) -> None:
         if self.rows:
             lattice = next((m for _, _, m in self.rows if "nll_time_binned_per_seq" in m), self.rows[0][2])
-            self._header(shown_columns(lattice))
+            self._header(shown_columns(lattice), {m.get("first_event") for _, _, m in self.rows})
             for row in self.rows:
                 self._print(*row)
         self.rows = []
 
-    def _header(self, columns: tuple[tuple[str, str], ...]) -> None:
+    def _header(self, columns: tuple[tuple[str, str], ...], first_events: set) -> None:
         self.columns = columns
+        print(caption(columns, first_events.pop() if len(first_events) == 1 else None))
         print("| run | split | " + " | ".join(c for c, _ in columns) + " |")
         print("|" + "---|" * (len(columns) + 2))
 
@@ -177,7 +190,7 @@ def _evaluate_split(run_dir: Path, split: str, args: argparse.Namespace, table: 
 
     with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
         m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
-                     other_data=args.other_data, log=log)  # fmt: skip
+                     other_data=args.other_data, log=log, progress=True)  # fmt: skip
     table.row(run_dir, split, m)
     if args.horizon is not None:
         from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon

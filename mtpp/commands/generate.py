@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     with run.threads():
         g = generate(target, histories, horizon=args.horizon, events=args.events, samples=args.samples,
                      max_events=args.max_events, sampler=args.sampler, seed=args.seed,
-                     max_memory=int(args.max_memory * (1 << 30)), source=source)
+                     max_memory=int(args.max_memory * (1 << 30)), source=source, progress=True)
     seconds = time.perf_counter() - t
     frame = g.to_frame()
     frame["sequence"] = np.asarray(ids)[frame["sequence"].to_numpy()]  # split indices

@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plot",
         help="plot one sequence with the model's intensity and sampled continuations",
-        description="Draw sequence ID of a split: observed events by mark, the model's conditional intensity, and "
-        "--samples continuations after a cut (their median and 50 / 90 %% bands of the event count against the "
-        "observed count). See mtpp.forecast.plot.",
+        description="Draw one sequence of a split (--sequence I): observed events by mark, the model's conditional "
+        "intensity, and --samples continuations after a cut (their median and 50 / 90 % bands of the event count "
+        "against the observed count). See mtpp.forecast.plot.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
     p.add_argument("--sequence", type=int, required=True, help="index of the sequence in the split")

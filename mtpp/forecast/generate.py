@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -206,11 +206,13 @@ def continue_rows(
     max_events: int = DEFAULT_MAX_EVENTS,
     sampler: str = "auto",
     generator: torch.Generator | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Advance every row of ``process`` (``process.last_time: [N]`` float64) until its horizon / event count.
 
     origin_offset: ``[N]`` float64, ``origin - last event time`` (``>= 0``). Returns flat event arrays and per-row
-    counts (see ``Generated``) plus ``rounds`` (thinning rounds) as numpy.
+    counts (see ``Generated``) plus ``rounds`` (thinning rounds) as numpy. ``on_step(new_events, rows_running)``
+    is called after every step (a progress bar).
     """
     if sampler not in SAMPLERS:
         raise MtppError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
@@ -267,6 +269,8 @@ def continue_rows(
                 rec_scores.append(scores)
             counts[rows] += 1
         active = rows
+        if on_step is not None:
+            on_step(int(rows.numel()), int(active.numel()))
     truncated = torch.zeros(n_rows, dtype=torch.bool)
     if horizon is not None:
         truncated[active] = True
@@ -341,6 +345,7 @@ def generate(
     max_memory: int = DEFAULT_MAX_MEMORY,
     source: str | None = None,
     incremental: bool | None = None,
+    progress: bool = False,
 ) -> Generated:
     """Sample ``samples`` continuations of every history: ``horizon`` (a time span after the origin, data units)
     or ``events`` (a number of events); at most ``max_events`` events per row (``events`` sets it).
@@ -352,7 +357,10 @@ def generate(
     Raises ``DataError`` for a history the model cannot continue (no events), naming it.
     incremental: carry GRU / RNN encoder states step by step (default for those encoders) or re-encode the
         extended histories at every step (``False``; the only way for attention / FNN encoders).
+    progress: a bar counting the generated events, with the rows still running (on a terminal).
     """
+    from tqdm.auto import tqdm
+
     from mtpp.forecast.process import make_model_process
 
     if samples < 1:
@@ -389,6 +397,13 @@ def generate(
     was_training = model.training if is_model else False
     if is_model:
         model.eval()
+    bar = tqdm(total=n_rows * events if events is not None else None, desc="generate", unit="event", leave=False,
+               disable=None if progress else True)  # fmt: skip
+
+    def on_step(new: int, running: int) -> None:
+        bar.update(new)
+        bar.set_postfix_str(f"{running:,} rows still running", refresh=False)
+
     try:
         with torch.no_grad():
             for lo in range(0, n_rows, chunk):
@@ -398,11 +413,12 @@ def generate(
                            else model_or_factory(hs))
                 offset = torch.tensor([_quiet_after_last(s) for s in hs], dtype=torch.float64)
                 res = continue_rows(process, offset, horizon=horizon, events=events, max_events=cap,
-                                    sampler=sampler, generator=gen)
+                                    sampler=sampler, generator=gen, on_step=on_step)
                 res["row"] = res["row"] + lo
                 res["origin"] = np.array([(float(s.times[-1]) if len(s) else 0.0) for s in hs]) + offset.numpy()
                 parts.append(res)
     finally:
+        bar.close()
         if is_model:
             model.train(was_training)
     scores = [p["scores"] for p in parts if p["scores"] is not None]

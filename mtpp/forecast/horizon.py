@@ -494,4 +494,15 @@ def format_horizon(result: dict, label: str) -> str:
              "|" + "---|" * (len(SHOWN) + 1)]
     for name, r in [("model", m), *result.get("baselines", {}).items()]:
         lines.append(f"| {name} | " + " | ".join(cell(r.get(k)) for _, k in SHOWN) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + [HORIZON_CAPTION.format(level=m["next_interval_level"])])
+
+
+HORIZON_CAPTION = (
+    "(at each prediction point, told only the history: acc.: next mark by argmax p(k | H), share of points; MAE: "
+    "|median gap - observed gap|, data time units; gap cov.: share of observed gaps inside the central {level:g} "
+    "interval of the gap; T-mAP: mean average precision of the events predicted in the horizon, matched within "
+    "time tolerances (HoTPP); OTD: optimal transport distance to the next observed events, data time units; "
+    "count PCE / count cov.: calibration of the sampled number of events in the horizon (PCE of its PIT, "
+    "unitless; share inside the central {level:g} interval))"
+)
+"""The line under :func:`format_horizon`'s table: what each column conditions on and its unit."""
