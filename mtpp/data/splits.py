@@ -308,7 +308,8 @@ def _share_mark_map(results: Sequence[ReadResult]) -> None:
     union = np.unique(np.concatenate(local)) if local else np.zeros(0, dtype=np.int64)
     for r, ids in zip(results, local):
         for name, part in r.parts.items():
-            r.parts[name] = [EventSequence(s.times, np.searchsorted(union, ids[s.marks]), s.window_end, s.origin) for s in part]
+            r.parts[name] = [EventSequence(s.times, np.searchsorted(union, ids[s.marks]), s.window_end, s.origin)
+                             for s in part]
         r.meta["mark_ids"] = union.tolist()
         r.num_marks = int(union.size)
 
