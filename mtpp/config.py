@@ -256,7 +256,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise _type_error(key, tp, value)
         if isinstance(value, (int, float)):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond any float
+                raise ConfigError(f"{key}: must be a finite number, got an integer of {len(str(value))} digits") from None
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
             try:
                 return float(value)

@@ -182,7 +182,7 @@ def _float_fields() -> list[str]:
 
 
 @pytest.mark.parametrize("key", _float_fields())
-@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan", "1" + "0" * 400])
 def test_every_number_field_refuses_nan_and_infinity(key: str, value: str) -> None:
     """nan passes every bound check (``nan < 0`` is false): train.lr=.nan used to crash in torch's Adam,
     train.min_delta=.nan silently froze the best epoch at 1, train.weight_decay=.inf trained to nan."""
@@ -211,6 +211,12 @@ def test_aggregator_number_options_refuse_what_is_not_a_finite_number() -> None:
             make_aggregator(name, **{key: default})  # the default itself is fine
             checked += 1
     assert checked >= 5  # cagrad c / rescale, cograd gamma, gradops alpha, gradvac beta / target, metabalance ...
+    for name in ("pcgrad", "gradvac"):  # seeds: an integer or null (inf crashed in torch's manual_seed)
+        for bad in (float("inf"), 1.5, -1, 2**64, True, "1"):
+            with pytest.raises(ConfigError, match="gradients.options.seed: must be an integer"):
+                make_aggregator(name, seed=bad)
+        make_aggregator(name, seed=3)
+        make_aggregator(name, seed=None)
 
 
 def test_cli_config_error_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -247,8 +247,8 @@ def _exit_code(argv: list[str]) -> int:
         return int(e.code)
 
 
-def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import shutil
 
     run = tmp_path / "copy"
@@ -262,6 +262,7 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
             return True
 
     screen = Terminal()
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update drawn, however fast this machine is
     real, sys.stderr = sys.stderr, screen
     try:
         assert main(["evaluate", str(run), "--horizon", "2", "--samples", "8", "--points", "150"]) == 0

@@ -130,13 +130,45 @@ def test_copies_within_one_file_can_be_kept_while_copies_across_files_are_not(tm
     assert read_any(tmp_path / "o2").num_sequences == 6 and not read_any(tmp_path / "o2").notes  # the list is no data
 
 
+def test_one_part_merging_two_files_counts_their_shared_sequence_as_found_in_several_files(tmp_path: Path) -> None:
+    """dev.json and valid.json are one part (val) of a folder; a sequence in both is a copy across files, which
+    --keep-within-file-duplicates does not keep, and the report says so."""
+    s = _seqs(9)
+    (tmp_path / "d").mkdir()
+    write_bosser_json(tmp_path / "d" / "train.json", s[:5])
+    write_bosser_json(tmp_path / "d" / "dev.json", [s[5], s[6]])
+    write_bosser_json(tmp_path / "d" / "valid.json", [s[5], s[7]])
+    write_bosser_json(tmp_path / "d" / "test.json", [s[8]])
+    res = read_any(tmp_path / "d")
+    _, found = deduplicate_parts(res.parts)
+    assert (found.across_parts, found.within_part) == (1, 0)
+    assert found.pairs[0][0].endswith("valid.json: sequence 0") and found.pairs[0][1].endswith("dev.json: sequence 0")
+    unique, _ = deduplicate_parts(res.parts, keep_within_part=True)
+    assert len(unique) == 9  # 10 read, the copy in valid.json removed even so
+
+
+def test_repeats_within_a_file_are_called_copies_when_the_files_also_share_sequences(tmp_path: Path) -> None:
+    """Concatenated folds (the THP copy of MIMIC-II) repeat sequences inside a file AND share them across files:
+    keeping the repeats would put one sequence in train and test, so the report does not suggest it."""
+    s = _seqs(6)
+    write_bosser_json(tmp_path / "a.json", s + s)  # the same sequences twice: a file of concatenated folds
+    distinct = prepare([tmp_path / "a.json"], tmp_path / "o1", num_splits=1)
+    assert "--keep-within-file-duplicates keeps" in " ".join(distinct.lines())  # may be distinct entities
+    write_bosser_json(tmp_path / "b.json", s[:2])
+    shared = prepare([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "o2", num_splits=1)
+    text = " ".join(shared.lines()) + shared.duplicates_phrase()
+    assert "--keep-within-file-duplicates" not in text and "likely copies too" in text
+    notes = json.loads((tmp_path / "o2" / "args.json").read_text())["notes"]
+    assert any("likely copies too" in n for n in notes)
+
+
 def test_cli_prepare(tmp_path: Path, inputs: list[Path], capsys: pytest.CaptureFixture) -> None:
     code = main(["data", "prepare", *map(str, inputs), "--out", str(tmp_path / "cli"), "--seed", "1",
                  "--splits", "2", "--ratios", "0.5", "0.25", "0.25"])
     out = capsys.readouterr().out
     assert code == 0
     assert "removed 10 duplicate" in out and "kept 60 sequences" in out and "train 30 / val 15 / test 15" in out
-    assert "5 repeated within one file (--keep-within-file-duplicates keeps those)" in out
+    assert "5 repeated within one file (the files also share sequences, so the repeats are likely copies too" in out
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["args.json", "duplicates.tsv", "split_0", "split_1"]
     assert main(["data", "prepare", *map(str, inputs), "--out", str(tmp_path / "keep"), "--splits", "1",
                  "--keep-within-file-duplicates"]) == 0

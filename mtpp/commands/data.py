@@ -37,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="skip sequences that fail validation (counted per reason) instead of stopping")
     pr.add_argument("--keep-within-file-duplicates", action="store_true",
                     help="keep identical sequences repeated inside one file (distinct entities with the same "
-                         "events, e.g. short MIMIC-II admissions); copies found in several files are still kept "
-                         "once (default: every copy after the first is removed; duplicates.tsv lists them)")
+                         "events, e.g. short MIMIC-II admissions; not when the files also share sequences, e.g. "
+                         "concatenated folds, whose repeats are copies); copies found in several files are still "
+                         "kept once (default: every copy after the first is removed; duplicates.tsv lists them)")
     _read_flags(pr)
     pr.set_defaults(func=cmd_prepare)
 

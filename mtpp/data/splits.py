@@ -67,15 +67,6 @@ class Duplicates:
     def removed(self) -> int:
         return self.across_parts + self.within_part
 
-    def summary(self, examples: int = 3) -> str:
-        """``"N (A found in several files, W repeated within one file; e.g. X = Y, ...)"``."""
-        if not self.removed:
-            return "0"
-        shown = "; ".join(f"{a} = {b}" for a, b in self.pairs[:examples])
-        more = ", ..." if len(self.pairs) > examples else ""
-        return (f"{self.removed:,} ({self.across_parts:,} found in several files, {self.within_part:,} repeated "
-                f"within one file; e.g. {shown}{more})")
-
     def table(self) -> str:
         """Every removed sequence and the kept one it copies: a TSV with a header line."""
         return "removed\tcopy_of\n" + "".join(f"{a}\t{b}\n" for a, b in self.pairs)
@@ -84,21 +75,23 @@ class Duplicates:
 def deduplicate_parts(parts: Mapping[str, Sequence[EventSequence]],
                       keep_within_part: bool = False) -> tuple[list[EventSequence], Duplicates]:  # fmt: skip
     """The distinct sequences of ``parts`` (part name -> sequences, in part order then file order): every copy of
-    a sequence (same times, marks and window, :meth:`EventSequence.key`) after its first is removed.
+    a sequence (same times, marks and window, :meth:`EventSequence.key`) after its first is removed. A "part" here
+    is the file a sequence was read from (:attr:`EventSequence.origin`; the part name when it has none).
 
-    ``keep_within_part``: copies inside one part are kept instead; a sequence then appears as many times as in the
-    part that repeats it most (copies across parts are still removed, so the val / test files of several
+    ``keep_within_part``: copies inside one file are kept instead; a sequence then appears as many times as in the
+    file that repeats it most (copies across parts are still removed, so the val / test files of several
     published splits still give each sequence once). Returns ``(unique, Duplicates)``.
     """
     kept: dict[bytes, list[str]] = {}  # key -> names of its kept copies
+    seen: dict[tuple[str, bytes], int] = {}  # (file, key) -> copies met in that file so far
     found = Duplicates()
     unique: list[EventSequence] = []
     for part, seqs in parts.items():
-        seen_here: dict[bytes, int] = {}
         for i, s in enumerate(seqs):
             k = s.key()
-            n = seen_here.get(k, 0)
-            seen_here[k] = n + 1
+            file = s.origin[0] if s.origin is not None else part  # one part may merge files (dev + valid)
+            n = seen.get((file, k), 0)
+            seen[(file, k)] = n + 1
             copies = kept.setdefault(k, [])
             name = _where(s, part, i)
             if n < len(copies) and (keep_within_part or n == 0):  # a copy of one kept from an earlier part
@@ -111,6 +104,20 @@ def deduplicate_parts(parts: Mapping[str, Sequence[EventSequence]],
                 copies.append(name)
                 unique.append(s)
     return unique, found
+
+
+def within_file_advice(within: int, across: int, before: str = "", after: str = "") -> str:
+    """What to make of sequences repeated within one file: distinct entities with identical events (MIMIC-II
+    admissions; ``--keep-within-file-duplicates`` keeps them) only when the files share no sequence; when they do
+    (concatenated folds, as in the THP copy of MIMIC-II) the repeats are copies too, and keeping them would put
+    one sequence in train and test. ``""`` when there are none."""
+    if not within:
+        return ""
+    if across:
+        return (f"{before}the files also share sequences, so the repeats are likely copies too (e.g. concatenated "
+                f"folds): keeping them would put one sequence in train and test{after}")
+    return (f"{before}distinct entities with identical events? mtpp data prepare --keep-within-file-duplicates "
+            f"keeps them{after}")
 
 
 def _where(s: EventSequence, part: str, i: int) -> str:
@@ -182,12 +189,11 @@ class PrepareReport:
         return dict(self.__dict__)
 
     def duplicates_phrase(self) -> str:
-        """``"N duplicates removed (...)"``, with the within-file ones told apart and how to keep them."""
+        """``"N duplicates removed (...)"``, with the within-file ones told apart and what they likely are."""
         within = self.duplicates_within_file
         return (f"{self.duplicates:,} duplicates removed ({self.duplicates - within:,} found in several files or "
                 f"parts, {within:,} repeated within one file; listed in {Path(self.out) / DUPLICATES_FILE}"
-                + ("; mtpp data prepare --keep-within-file-duplicates keeps the repeats within a file" if within
-                   else "") + ")")
+                + within_file_advice(within, self.duplicates - within, "; ") + ")")
 
     def lines(self) -> list[str]:
         """A short human-readable summary."""
@@ -198,7 +204,7 @@ class PrepareReport:
             f"read {self.num_read:,} sequences from {len(self.files)} file(s)",
             f"removed {self.duplicates:,} duplicate sequence(s) (identical times and marks): {across:,} found in "
             f"several files or parts (e.g. the val / test files of several published splits), {within:,} repeated "
-            "within one file" + (" (--keep-within-file-duplicates keeps those)" if within else "")
+            "within one file" + within_file_advice(within, across, " (", ")")
             + (f"; each with the sequence it copies in {Path(self.out) / DUPLICATES_FILE}" if self.duplicates else ""),
         ]
         if dropped:
@@ -265,9 +271,9 @@ def prepare_sequences(
     split_args = [{"seed": int(seed), "split": k} for k in range(num_splits)]
     args["keep_within_file_duplicates"] = bool(keep_within_file_duplicates)
     if found.within_part:  # every later load of the folder says so (mtpp.data.catalog reads these notes)
-        args["notes"] = args["notes"] + [f"{found.within_part:,} sequence(s) repeated within one file were removed "
-                                         f"as duplicates (listed in {DUPLICATES_FILE}; mtpp data prepare "
-                                         "--keep-within-file-duplicates keeps them)"]
+        args["notes"] = args["notes"] + [
+            f"{found.within_part:,} sequence(s) repeated within one file were removed as duplicates (listed in "
+            f"{DUPLICATES_FILE}{within_file_advice(found.within_part, found.across_parts, '; ')})"]
     files = {DUPLICATES_FILE: found.table()} if found.removed else None
     write_split_folder(out, splits, num_marks=result.num_marks, args=args, split_args=split_args, files=files)
     return report

@@ -206,13 +206,13 @@ def continue_rows(
     max_events: int = DEFAULT_MAX_EVENTS,
     sampler: str = "auto",
     generator: torch.Generator | None = None,
-    on_step: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict:
     """Advance every row of ``process`` (``process.last_time: [N]`` float64) until its horizon / event count.
 
     origin_offset: ``[N]`` float64, ``origin - last event time`` (``>= 0``). Returns flat event arrays and per-row
-    counts (see ``Generated``) plus ``rounds`` (thinning rounds) as numpy. ``on_step(new_events, rows_running)``
-    is called after every step (a progress bar).
+    counts (see ``Generated``) plus ``rounds`` (thinning rounds) as numpy. ``on_step(rows)`` is called after every
+    step with the number of rows that drew an event in the horizon (the rows still running; a progress bar).
     """
     if sampler not in SAMPLERS:
         raise MtppError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
@@ -270,7 +270,7 @@ def continue_rows(
             counts[rows] += 1
         active = rows
         if on_step is not None:
-            on_step(int(rows.numel()), int(active.numel()))
+            on_step(int(rows.numel()))
     truncated = torch.zeros(n_rows, dtype=torch.bool)
     if horizon is not None:
         truncated[active] = True
@@ -400,9 +400,9 @@ def generate(
     bar = tqdm(total=n_rows * events if events is not None else None, desc="generate", unit="event", leave=False,
                disable=None if progress else True)  # fmt: skip
 
-    def on_step(new: int, running: int) -> None:
-        bar.update(new)
-        bar.set_postfix_str(f"{running:,} rows still running", refresh=False)
+    def on_step(rows: int) -> None:  # each running row drew one event
+        bar.update(rows)
+        bar.set_postfix_str(f"{rows:,} rows still running", refresh=False)
 
     try:
         with torch.no_grad():

@@ -197,9 +197,13 @@ def make_aggregator(name: str = "sum", **options: Any) -> Aggregator:
         if isinstance(default, (int, float)) and not isinstance(default, bool) and not _finite_numbers(value):
             raise ConfigError(f"gradients.options.{key}: must be a finite number (or one per task) for aggregator "
                               f"{name!r}, got {value!r}")
+        if key == "seed" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                    or not 0 <= value < 2**63):  # fmt: skip
+            raise ConfigError(f"gradients.options.seed: must be an integer in [0, 2^63) or null for aggregator "
+                              f"{name!r}, got {value!r}")
     try:
         agg = AGGREGATORS[name](**options)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"aggregator {name!r}: {e}") from e
