@@ -259,7 +259,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return float(value)
             except OverflowError:  # an int beyond any float
-                raise ConfigError(f"{key}: must be a finite number, got an integer of {len(str(value))} digits") from None
+                raise ConfigError(f"{key}: must be a finite number, got an integer too large for a float") from None
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
             try:
                 return float(value)
