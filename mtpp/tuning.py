@@ -211,11 +211,12 @@ def tune(
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # interrupted earlier
         echo(f"trial {t.number} was interrupted in an earlier search; marked failed (its folder is kept)")
+    base = config.to_dict()
+    base.pop("variants", None)
+    _check_same_search(study, base, space, out / STUDY_FILE)
     base_seed = config.train.seed if seed is None else seed
     study.sampler = optuna.samplers.TPESampler(seed=base_seed + len(study.trials))
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    base = config.to_dict()
-    base.pop("variants", None)
 
     def objective(trial: Any) -> float:
         values = {p.key: p.suggest(trial) for p in space}
@@ -248,7 +249,15 @@ def tune(
         echo(f"tuning {len(space)} key(s) over {todo} more trial(s) into {out} (study {out / STUDY_FILE})")
         deadline = None if timeout is None else time.monotonic() + timeout
         while finished() < trials and (deadline is None or time.monotonic() < deadline):
-            study.optimize(objective, n_trials=1, catch=(MtppError,))
+            try:
+                with _no_interrupt_traceback():
+                    study.optimize(objective, n_trials=1, catch=(MtppError,))
+            except KeyboardInterrupt:
+                _write_trials(study, out / TRIALS_FILE)
+                echo(f"mtpp tune: interrupted; trial {len(study.trials) - 1} is marked failed in the study (its folder "
+                     "is kept, but resuming it with mtpp train would train it outside the search); run the same "
+                     "mtpp tune command again to continue the search")
+                raise
             if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > 2 * trials:
                 raise MtppError(f"mtpp tune: more than {2 * trials} trials failed; see the trial folders in {out}")
     else:
@@ -259,7 +268,8 @@ def tune(
         raise MtppError(f"mtpp tune: no trial completed (all pruned or failed); see {out / TRIALS_FILE}")
     best = study.best_trial
     best_path = out / BEST_FILE
-    best_cfg = config_from_dict(apply_overrides(base, list(best.params.items()))).to_dict()
+    best_cfg = _trial_config(out / f"trial_{best.number:03d}") or config_from_dict(
+        apply_overrides(base, list(best.params.items()))).to_dict()  # the configuration that scored best.value
     best_cfg.pop("variants", None)
     header = (
         f"# mtpp tune: best of {len(complete)} complete trial(s) in {out / STUDY_FILE}\n"
@@ -278,6 +288,70 @@ def tune(
         "pruned": states.count(optuna.trial.TrialState.PRUNED),
         "failed": states.count(optuna.trial.TrialState.FAIL),
     }
+
+
+SEARCH_ATTR = "mtpp_search"
+"""The study's user attribute holding what it searches: the base configuration and the space (``tune`` refuses to
+continue a study with other ones)."""
+
+
+def _check_same_search(study: Any, base: dict, space: list[Param], where: Path) -> None:
+    """Record the search in a new study; refuse (``ConfigError``, naming the differences) to continue one that
+    searched another base configuration or space: its trials would be ranked with the new ones, and ``best.yaml``
+    would describe neither. Settings that do not change what a run computes (``NON_SEMANTIC_KEYS``) and the
+    searched keys' own base values are not compared."""
+    import dataclasses
+    import json
+
+    from mtpp.experiments import stored_differences
+
+    search = json.loads(json.dumps({"config": base, "space": [dataclasses.asdict(p) for p in space]}, default=list))
+    stored = study.user_attrs.get(SEARCH_ATTR)
+    if stored is None:
+        if study.trials:  # a study written before the search was recorded: nothing to check it against
+            return
+        study.set_user_attr(SEARCH_ATTR, search)
+        return
+    searched = {p.key for p in space} | {p["key"] for p in stored.get("space", [])}
+    diffs = [d for d in stored_differences(stored.get("config"), base, "the study's base configuration")
+             if d.split(":", 1)[0] not in searched]
+    old = {p["key"]: p for p in stored.get("space", [])}
+    new = {p["key"]: p for p in search["space"]}
+    diffs += [f"space {k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; ... ({len(diffs)} differences)" if len(diffs) > 4 else "")
+        raise ConfigError(f"{where} searched another base configuration or space ({shown}): continue it with the same "
+                          "CONFIG, --set and --space, or search into another --out")
+
+
+def _trial_config(run_dir: Path) -> dict | None:
+    """A trial's own resolved configuration (its ``config.yaml``), ``None`` when unreadable."""
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        raw.pop("run_info", None)
+        return config_from_dict(raw).to_dict()
+    except (OSError, yaml.YAMLError, AttributeError, ConfigError, TypeError, ValueError):
+        return None
+
+
+class _no_interrupt_traceback:
+    """Optuna logs a trial cut by Ctrl-C with the whole traceback; the command says it in one line instead."""
+
+    def __enter__(self) -> None:
+        import logging
+
+        # on every optuna logger: a logger's filter sees only the records created on it, not its children's
+        names = [n for n in logging.root.manager.loggerDict if n == "optuna" or n.startswith("optuna.")]
+        self.loggers = [logging.getLogger(n) for n in names]
+        self.filter = lambda record: not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)
+                                          or "KeyboardInterrupt" in record.getMessage()
+                                          or "failed with value None" in record.getMessage())  # fmt: skip
+        for logger in self.loggers:
+            logger.addFilter(self.filter)
+
+    def __exit__(self, *exc: Any) -> None:
+        for logger in self.loggers:
+            logger.removeFilter(self.filter)
 
 
 def _total(val: dict[str, Any]) -> float:

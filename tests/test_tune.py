@@ -107,3 +107,54 @@ def test_space_keys_are_checked_against_the_config_before_any_trial(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "model.decodr" in err and "did you mean 'decoder'" in err
     assert not any((tmp_path / "out").glob("trial_*"))
+
+
+def test_a_study_refuses_another_base_config_or_space_and_best_yaml_is_the_winning_trials_own(tmp_path, capsys):
+    """Continuing a study with other settings used to rank trials of different searches together, and best.yaml
+    then held the new base with the old winner's values (max_epochs 50 for a trial trained 1 epoch)."""
+    code, cap = _tune(tmp_path, 1, capsys)
+    assert code == 0, cap.err
+    out = tmp_path / "out"
+    base, space = tmp_path / "base.yaml", tmp_path / "space.yaml"
+    trained = yaml.safe_load((out / "trial_000" / "config.yaml").read_text())
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["train"] == trained["train"] and best["model"] == trained["model"]
+    argv = ["tune", str(base), "--space", str(space), "--trials", "2", "--out", str(out)]
+    assert main([*argv, "--set", "train.max_epochs=5"]) == 2
+    err = capsys.readouterr().err
+    assert "searched another base configuration or space (train.max_epochs: 3 -> 5)" in err
+    (tmp_path / "space2.yaml").write_text(yaml.safe_dump({"train.lr": SPACE["train.lr"]}))
+    assert main([*argv[:2], "--space", str(tmp_path / "space2.yaml"), *argv[4:]]) == 2
+    assert "space model.decoder: {" in capsys.readouterr().err
+    assert not (out / "trial_001").exists()  # nothing ran
+    # settings that do not change what a run computes may differ (here: the trials' progress output)
+    assert main([*argv, "--verbose-runs", "--set", "train.threads=1"]) == 0
+    assert (out / "trial_001").is_dir()
+
+
+def test_ctrl_c_in_a_search_is_one_line_saying_how_to_continue(tmp_path, capsys, monkeypatch):
+    import logging
+
+    import mtpp.training.trainer as trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "fit", interrupted)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage() + str(record.exc_info))
+
+    keep = Keep()
+    logging.getLogger("optuna").addHandler(keep)
+    try:
+        code, cap = _tune(tmp_path, 2, capsys)
+    finally:
+        logging.getLogger("optuna").removeHandler(keep)
+    assert code != 0
+    assert "interrupted; trial 0 is marked failed in the study" in cap.out + cap.err
+    assert "run the same mtpp tune command again to continue the search" in cap.out + cap.err
+    assert not [m for m in seen if "KeyboardInterrupt" in m], seen  # no Optuna traceback
+    assert (tmp_path / "out" / "trials.csv").is_file()
