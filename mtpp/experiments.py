@@ -20,7 +20,7 @@ Experiment file format
       parametrisations: [base, plus, plusplus]
       aggregators:                # names, or {name: pcgrad, label: LABEL, options: {...}}
         - sum
-        - {name: cograd, options: {gamma: 0.1}}
+        - {name: cograd, options: {gamma: 1.0e-6}}
       splits: [0, 1]
       seeds: [0]
     exclude:                      # optional; a cell is dropped when it matches every key of one rule
@@ -57,6 +57,7 @@ spawned processes with ``max(1, cores // jobs)`` torch threads each. A failing c
 from __future__ import annotations
 
 import copy
+import difflib
 import fnmatch
 import itertools
 import json
@@ -474,11 +475,20 @@ def _check_unique(cells: list[Cell]) -> None:
 
 
 def select(cells: list[Cell], patterns: Sequence[str] | None) -> list[Cell]:
-    """Cells whose name matches any glob pattern (``mooc/lnm-*``); a pattern without wildcards is a substring."""
+    """Cells whose name matches any glob pattern (``mooc/lnm-*``); a pattern without wildcards is a substring.
+    A pattern that matches no cell is a ``ConfigError`` naming it (a typo would otherwise shrink the grid
+    silently)."""
     if not patterns:
         return cells
-    globs = [p if any(c in p for c in "*?[") else f"*{p}*" for p in patterns]
-    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, g) for g in globs)]
+    globs = {p: p if any(c in p for c in "*?[") else f"*{p}*" for p in patterns}
+    unmatched = [p for p, g in globs.items() if not any(fnmatch.fnmatchcase(c.name, g) for c in cells)]
+    if unmatched:
+        names = sorted({c.name.rsplit("/", 1)[0] for c in cells})
+        close = difflib.get_close_matches(unmatched[0], names, n=1, cutoff=0.5)
+        example = f"; its cells are named DATASET/MODEL-PARAM-AGG/splitS-seedN, e.g. {cells[0].name}" if cells else ""
+        raise ConfigError(f"--only {' '.join(repr(p) for p in unmatched)}: matches no cell of the grid"
+                          + (f" (did you mean {close[0] + '/*'!r}?)" if close else "") + example)
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, g) for g in globs.values())]
 
 
 ORDERS = ("grid", "breadth")

@@ -168,3 +168,14 @@ def test_bench_predict_script_appends_rows_per_model(tmp_path, capsys) -> None:
     for r in rows:
         assert r["rows"] > 0 and r["rows_per_second"] == pytest.approx(r["rows"] / r["seconds_median"])
     assert "rows/s" in capsys.readouterr().out
+
+
+def test_bench_defaults_to_the_thread_count_mtpp_train_runs_with() -> None:
+    """With torch's default (a thread per core) a busy machine benched 230x slower than training ran, and a
+    -96 % diagnostics overhead went into the table: the CLI default is train.threads's."""
+    from mtpp.cli import build_parser
+    from mtpp.commands.bench import TRAIN_THREADS
+    from mtpp.config import TrainConfig
+
+    assert TRAIN_THREADS == TrainConfig().threads
+    assert build_parser().parse_args(["bench"]).threads == TrainConfig().threads

@@ -152,6 +152,11 @@ def test_grid_override_and_only() -> None:
     assert {c.split for c in cells} == {0}
     only = ex.select(cells, ["*/lnm-*"])
     assert only and all("/lnm-" in c.name for c in only)
+    # a pattern that matches nothing is a typo, not a smaller grid: said, with the cell names' shape
+    with pytest.raises(ConfigError, match=r"--only 'nomatch/\*': matches no cell of the grid.*splitS-seedN"):
+        ex.select(cells, ["*/lnm-*", "nomatch/*"])
+    with pytest.raises(ConfigError, match=r"did you mean 'synthetic_hawkes/lnm-base-sum/\*'"):
+        ex.select(cells, ["synthetic_hawkes/lnm-base-sun"])
 
 
 # --------------------------------------------------------------------------------------------- runner (fake fit)

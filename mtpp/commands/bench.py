@@ -9,6 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
+TRAIN_THREADS = 1
+"""``mtpp bench``'s default thread count: ``train.threads``'s default (tested to agree), so the figures are the ones
+``mtpp train`` gets."""
+
 EPILOG = """\
 examples:
   mtpp bench                                        # default models on synthetic_hawkes, CPU
@@ -62,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the encoders (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model's nll (compile time is "
                    "spent in the warm-up)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=TRAIN_THREADS,
+                   help=f"torch.set_num_threads (default {TRAIN_THREADS}: what mtpp train runs with, train.threads; "
+                        "torch's own choice, one thread per core, ran 10-100x slower on a busy machine)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batches and the model (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="configuration override for every model, e.g. model.hidden_size=64; repeatable")
