@@ -212,6 +212,39 @@ def test_plot_command_writes_a_png(run_dir: Path, tmp_path: Path) -> None:
     assert main(["plot", str(run_dir), "--sequence", "1", "--out", str(out)]) == 2  # never replaced
 
 
+def test_a_horizon_past_the_data_draws_no_observed_count_after_the_data_end(run_dir: Path) -> None:
+    """A horizon longer than the sequence drew the observed count flat to the horizon ("no events happened")."""
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir)
+    seq = run.split("test")[1]
+    data_end = float(seq.window_end if seq.window_end is not None else seq.times[-1])
+    horizon = 1.5 * data_end
+    fig = plot_forecast(run.model, seq, horizon=horizon, samples=4)
+    try:
+        ax2 = fig.axes[2]
+        observed = next(line for line in ax2.get_lines() if line.get_label() == "observed")
+        x, y = (np.asarray(v, dtype=float) for v in observed.get_data())
+        assert np.isnan(y[x > data_end]).all() and np.isfinite(y[x <= data_end]).all()
+        assert any(line.get_label() == "end of the observed data" for line in ax2.get_lines())
+        assert f"the data end at t = {data_end:g}" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
+
+
+def test_the_plot_command_says_when_the_horizon_runs_past_the_data(run_dir: Path, tmp_path: Path, capsys) -> None:
+    from mtpp.forecast.runs import load_run
+
+    span = float(load_run(run_dir).split("test")[1].times[-1])
+    argv = ["plot", str(run_dir), "--sequence", "1", "--horizon", f"{1.5 * span:g}", "--samples", "2",
+            "--out", str(tmp_path / "f.png")]
+    assert main(argv) == 0
+    assert "before the horizon: nothing observed after" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command, name, said", [
     ("plot", "fc.txt", "'.txt' is not an image format; --out takes one of"),
     ("plot", "forecast", "no file extension; --out takes one of"),

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mtpp.errors import MtppError
-    from mtpp.forecast.plot import check_plot_path, plot_forecast, save_forecast_plot
+    from mtpp.forecast.plot import beyond_data_note, check_plot_path, plot_forecast, save_forecast_plot
     from mtpp.forecast.runs import load_run
 
     check_plot_path(args.out, args.overwrite)  # before the model is loaded
@@ -48,5 +48,7 @@ def run(args: argparse.Namespace) -> int:
         fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
                             title=title)
     path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
-    print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples")
+    beyond = beyond_data_note(seq, horizon, args.cut)
+    print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples" + (f"; {beyond}" if beyond
+                                                                                             else ""))
     return 0

@@ -39,6 +39,17 @@ def default_cut(seq: EventSequence, horizon: float) -> int:
     return int(min(ok[-1] + 1, limit)) if ok.size else 1
 
 
+def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None) -> str:
+    """``""``, or a phrase saying the window after the cut (``default_cut`` when ``None``) runs past the data's end,
+    where the figure draws no observed count."""
+    cut = default_cut(seq, horizon) if cut is None else int(cut)
+    data_end = float(seq.window_end) if seq.window_end is not None else float(seq.times[-1])
+    end = float(seq.times[cut - 1]) + horizon
+    if end <= data_end:
+        return ""
+    return f"the data end at t = {data_end:g}, {end - data_end:g} before the horizon: nothing observed after"
+
+
 @torch.no_grad()
 def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
     """``(t, lambda*(t))`` on ``grid`` points per interval from the window start to ``until`` (data units)."""
@@ -124,7 +135,9 @@ def plot_forecast(
     ax1.legend(loc="upper left", fontsize=8)
     # 3. cumulative counts after the cut
     grid = np.linspace(t0, end, 200)
-    obs = np.searchsorted(seq.times[fut], grid, side="right")
+    obs = np.searchsorted(seq.times[fut], grid, side="right").astype(float)
+    data_end = float(seq.window_end) if seq.window_end is not None else float(seq.times[-1])
+    obs[grid > data_end] = np.nan  # nothing was observed after the data's end: no count, not a flat one
     counts = np.zeros((gen.rows, grid.size))
     for r in range(gen.rows):  # samples (a few dozen), each a searchsorted over its events
         counts[r] = np.searchsorted(gen.events_of(r)[0], grid, side="right")
@@ -138,9 +151,16 @@ def plot_forecast(
     ax2.legend(loc="upper left", fontsize=8)
     for ax in axes:
         ax.axvline(t0, color="black", ls="--", lw=0.8)
+        if end > data_end:
+            ax.axvline(data_end, color="tab:red", ls=":", lw=1.2,
+                       label="end of the observed data" if ax is ax2 else None)  # fmt: skip
         ax.grid(alpha=0.3)
+    if end > data_end:
+        ax2.legend(loc="upper left", fontsize=8)
     ax0.set_xlim(start - 0.02 * (end - start), end + 0.02 * (end - start))
-    fig.suptitle(title or f"forecast after {cut} events, horizon {horizon:g}", fontsize=11)
+    beyond = beyond_data_note(seq, horizon, cut)
+    fig.suptitle(title or f"forecast after {cut} events, horizon {horizon:g}{'; ' + beyond if beyond else ''}",
+                 fontsize=11)
     fig.tight_layout()
     return fig
 
