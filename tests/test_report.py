@@ -222,6 +222,9 @@ def test_report_command_writes_tables_and_plots(runs_root: Path, tmp_path: Path,
     assert "nll_time_per_seq" in available and not {"dataset", "seed", "run"} & set(available.strip().split(", "))
     assert main(["report", str(runs_root), "--out", str(out), "--split", "validation"]) == 2
     assert "--split validation: no run under" in capsys.readouterr().err and not (out / "summary_validation.md").exists()
+    # "train" is the training split's metrics (train_eval, written by mtpp evaluate --split train), not the summary
+    assert main(["report", str(runs_root), "--out", str(out), "--split", "train", "--no-plots"]) == 2
+    assert "(metrics on the training split are written by mtpp evaluate RUN --split train)" in capsys.readouterr().err
     # another split or a metric selection writes its own files; the full test summary stays as it was
     full = (out / "summary.md").read_text()
     assert main(["report", str(runs_root), "--out", str(out), "--split", "val", "--no-plots"]) == 0

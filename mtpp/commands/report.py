@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where to write (default: DIR): summary.csv, summary.md, plots/; with another --split or "
                    "--metrics the names say so (summary_val.md, plots_val/, ...) and the full summary is kept")
     p.add_argument("--split", default="test", metavar="NAME",
-                   help="which section of metrics.json to summarise (default: test)")
+                   help="which section of metrics.json to summarise: test (default), val, or train (the metrics "
+                        "mtpp evaluate --split train writes, section train_eval)")
     p.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
                    help="metrics to tabulate and plot (default: the per-sequence / per-event NLLs, accuracy, MRR, "
                    "PCE, ECE, MAE of the gap, conflict rate; names and units: mtpp.evaluation.report.METRICS)")
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise MtppError(f"{root}: not a directory")
     out: Path = args.out or root
+    if args.split == "train":  # metrics.json's "train" is the training summary; the split's metrics are train_eval
+        args.split = "train_eval"
     df = report.collect_runs(root, section=args.split)
     for folder in df.attrs.get("incomplete", []):
         print(f"skipped (no metrics.json): {folder}", file=sys.stderr)
@@ -48,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         raise MtppError(f"no finished run (a folder with metrics.json) under {root}")
     sections = _sections(df["run"])
     if args.split not in sections:
-        raise MtppError(f"--split {args.split}: no run under {root} has that section in metrics.json; found: "
+        how = (" (metrics on the training split are written by mtpp evaluate RUN --split train)"
+               if args.split == "train_eval" else "")
+        raise MtppError(f"--split {args.split}: no run under {root} has that section in metrics.json{how}; found: "
                         f"{', '.join(sorted(sections))}")
     from mtpp.runs import mixed_data
 
