@@ -575,3 +575,21 @@ def test_pit_noise_band_counts_each_test_event_once(tmp_path, figures):
     for name, n in (("LNM", 300), ("THP", 600)):
         band = panels[name].patches[0]  # axhspan(-eps, eps): a rectangle in data y units
         assert band.get_y() + band.get_height() == pytest.approx(math.sqrt(math.log(2 / 0.05) / (2 * n))), name
+
+
+def test_bold_ranks_only_rows_tested_on_the_same_data() -> None:
+    """Cells cut to another max_sequences were tested on other sequences: their per-sequence NLLs are not ranked
+    against each other (a 60-sequence cell was bolded as best against 200-sequence ones)."""
+    import pandas as pd
+
+    from mtpp.evaluation.report import format_markdown
+
+    rows = [{"dataset": "sim", "model": model, "config.data.max_sequences": cut, "metric": "nll_mark_per_seq",
+             "mean": v, "stderr": 0.5, "n": 2}
+            for cut, vals in ((60, (107.5, 110.0)), (200, (109.4, 108.0))) for model, v in zip(("lnm", "rmtpp"), vals)]
+    table = [line for line in format_markdown(pd.DataFrame(rows)).splitlines() if line.startswith("| lnm")
+             or line.startswith("| rmtpp")]  # fmt: skip
+    assert table == ["| lnm | 60 | **107.5 ± 0.5** |", "| lnm | 200 | 109.4 ± 0.5 |",
+                     "| rmtpp | 60 | 110.0 ± 0.5 |", "| rmtpp | 200 | **108.0 ± 0.5** |"]
+    one_cut = [dict(r, **{"config.data.max_sequences": 60}) for r in rows[:2]]  # one data group: one best
+    assert format_markdown(pd.DataFrame(one_cut)).count("**107.5") == 1

@@ -381,6 +381,11 @@ def format_mean_se(mean: float, stderr: float) -> str:
     return f"{mean:.{d}f} ± {se}"
 
 
+DATA_CUT_COLUMNS = ("config.data.max_sequences", "config.data.use_window", "config.data.sort")
+"""Summary columns whose values give a run other test data from the same source (``mtpp.runs.mixed_data``): the
+report compares (bolds, ranks) rows only among equal values of these."""
+
+
 def _model_columns(keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k not in ("dataset", "first_event")]
 
@@ -408,7 +413,8 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         "total / number of scored events). "
         "Cells: mean ± standard error (std with ddof=1 / sqrt(n)) over the n splits / seeds; – where n = 1; "
         "n/a where the metric does not apply (the conflict rate of ++, which shares no parameter). "
-        "Best mean per column in **bold** (↓ lower is better, ↑ higher is better). "
+        "Best mean per column in **bold** (↓ lower is better, ↑ higher is better), among the rows tested on the "
+        "same data (rows of another `max_sequences`, `use_window` or `sort` are not compared with each other). "
         "`runs`: the run folders pooled in each row."
     )
     lines.append("")
@@ -427,12 +433,20 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         wide_se = indexed["stderr"].unstack("metric")
         wide_n = indexed["n"].unstack("metric")
         cols = [m for m in metrics if m in wide_mean.columns]
-        best: dict[str, float] = {}
+        # rows tested on other data (another max_sequences cut, ...) are not compared: bold within each data group
+        cut = [i for i, k in enumerate(model_keys) if k in DATA_CUT_COLUMNS]
+
+        def group(idx: Any) -> tuple:
+            idx_t = idx if isinstance(idx, tuple) else (idx,)
+            return tuple(idx_t[i] for i in cut)
+
+        best: dict[tuple[str, tuple], float] = {}
         for m in cols:
             d = direction(m)
-            vals = wide_mean[m].dropna()
-            if d and len(vals) > 1:
-                best[m] = float(vals.min() if d < 0 else vals.max())
+            for g in {group(i) for i in wide_mean.index}:
+                vals = wide_mean[m][[group(i) == g for i in wide_mean.index]].dropna()
+                if d and len(vals) > 1:
+                    best[(m, g)] = float(vals.min() if d < 0 else vals.max())
         n_runs = int(np.nanmax(wide_n.to_numpy())) if wide_n.size else 0
         lines.append(f"## {ds}" + (f" (n ≤ {n_runs} runs per model)" if n_runs else ""))
         lines.append("")
@@ -452,7 +466,7 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
             for m in cols:
                 mean, se = float(wide_mean.at[idx, m]), float(wide_se.at[idx, m])
                 text = format_mean_se(mean, se)
-                if m in best and mean == best[m]:
+                if best.get((m, group(idx))) == mean:
                     text = f"**{text}**"
                 cells.append(text)
             if runs_of:
