@@ -593,3 +593,22 @@ def test_bold_ranks_only_rows_tested_on_the_same_data() -> None:
                      "| rmtpp | 60 | 110.0 ± 0.5 |", "| rmtpp | 200 | **108.0 ± 0.5** |"]
     one_cut = [dict(r, **{"config.data.max_sequences": 60}) for r in rows[:2]]  # one data group: one best
     assert format_markdown(pd.DataFrame(one_cut)).count("**107.5") == 1
+
+
+def test_bars_of_equal_values_and_long_cell_labels_stay_readable(tmp_path, figures):
+    """Every accuracy 0 gave a y axis of +-1e-15 under a '1e-15' offset; cell labels without spaces
+    ('(max_sequences=200)') ran into each other."""
+    import pandas as pd
+
+    rows = [{"dataset": "sim", "model": "lnm", "parametrisation": p, "aggregator": agg, "seed": seed, "split": 0,
+             "config.data.max_sequences": cut, "accuracy_given_time": 0.0, "nll_mark_per_seq": 100.0 + seed,
+             "run": f"/r/{cut}{agg}{p}{seed}"}
+            for cut in (60, 200) for agg in ("sum", "pcgrad") for p in ("base", "plus") for seed in (0, 1)]
+    plots.plot_metric_bars(pd.DataFrame(rows), tmp_path / "bars.png", ["accuracy_given_time", "nll_mark_per_seq"])
+    fig = figures[0]
+    fig.canvas.draw()
+    acc = next(a for a in fig.axes if a.get_title().startswith("mark accuracy"))
+    low, high = acc.get_ylim()
+    assert high - low >= 0.05 and low < 0 < high and acc.yaxis.get_offset_text().get_text() == ""
+    ticks = acc.get_xticklabels()
+    assert ticks and all(t.get_rotation() == 25 for t in ticks)  # slanted: each runs under its own group

@@ -595,6 +595,9 @@ def plot_metric_bars(
     width = 0.7 / max(len(params), 1)
     x = np.arange(len(labels))
     tick_labels = [_wrap(lbl, 20) for lbl in labels]
+    # a label line wider than its group (about 14 characters per 1.05 inch at 8 pt) would run into the next one
+    longest = max((len(line) for lbl in tick_labels for line in lbl.split("\n")), default=0)
+    slanted = {"rotation": 25, "ha": "right", "rotation_mode": "anchor"} if longest > 14 and len(labels) > 1 else {}
     for ax, m in zip(axes, mets):
         part = summary[summary["metric"] == m]
         info = metric_info(m)
@@ -619,13 +622,15 @@ def plot_metric_bars(
                     ax.annotate(f"{(mean - b) / abs(b):+.1%}", (xi, mean + err), xytext=(0, 3),
                                 textcoords="offset points", fontsize=7, ha="center", va="bottom", color="0.25")
         if math.isfinite(ymin):
-            pad = max(0.18 * (ymax - ymin), 1e-3 * max(abs(ymax), 1e-12))
+            scale = max(abs(ymin), abs(ymax))  # equal values (every accuracy 0) get a readable band, not +-1e-15
+            pad = max(0.18 * (ymax - ymin), 1e-3 * scale, 0.05 if scale < 1e-9 else 0.0)
             ax.set_ylim(ymin - pad, ymax + pad)
+        ax.ticklabel_format(axis="y", useOffset=False)  # the values themselves, never "+1e-15" above the axis
         for xi in na:
             ax.text(xi, 0.5, "n/a", transform=ax.get_xaxis_transform(), ha="center", va="center",
                     fontsize=8, color="0.4", rotation=90)
         ax.set_title(_wrap(info.title(), 38), fontsize=9)
-        ax.set_xticks(x, tick_labels, fontsize=8)
+        ax.set_xticks(x, tick_labels, fontsize=8, **slanted)
         ax.set_xlim(-0.5, len(labels) - 0.5)
         ax.grid(axis="y", alpha=0.3)
         for xb in x[:-1] + 0.5:
