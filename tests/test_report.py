@@ -239,12 +239,18 @@ def test_report_command_writes_tables_and_plots(runs_root: Path, tmp_path: Path,
 
 
 def test_report_warns_about_two_runs_of_one_split_and_seed(runs_root: Path, tmp_path: Path, capsys) -> None:
-    """A copied run (or a rerun beside its original) would count twice in its cell's mean ± SE: said, naming both."""
+    """A copied run (or a rerun beside its original) is one replicate (n and the SE unchanged), and said, naming
+    both: counted twice, it inflated n and shrank the standard error."""
     import shutil
 
     original = next(p.parent for p in sorted(runs_root.rglob("metrics.json")))
+    before = report.summarise(report.collect_runs(runs_root))
     copy = original.parent / "copy-of-it"
     shutil.copytree(original, copy)
+    after = report.summarise(report.collect_runs(runs_root))
+    cols = ["n", "mean", "stderr"]
+    assert np.allclose(after[cols].to_numpy(float), before[cols].to_numpy(float), equal_nan=True)
+    assert (after["runs"].str.contains("copy-of-it")).any()  # the copy is listed among the cell's folders
     assert report.repeated_replicates(report.collect_runs(runs_root)) and not report.repeated_replicates(
         report.collect_runs(runs_root).iloc[0:0])
     assert main(["report", str(runs_root), "--out", str(tmp_path / "r"), "--no-plots"]) == 0

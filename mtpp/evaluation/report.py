@@ -306,7 +306,7 @@ def cell_columns(df: pd.DataFrame) -> list[str]:
 
 def repeated_replicates(df: pd.DataFrame) -> list[str]:
     """Cells with two or more runs of the same split and seed (copies of a run, or a rerun beside the original):
-    each would count as a replicate in the cell's mean ± SE. One line per repeated (cell, split, seed)."""
+    :func:`summarise` averages them into one replicate. One line per repeated (cell, split, seed)."""
     reps = [c for c in REPLICATE_COLUMNS if c in df.columns]
     if df.empty or not reps:
         return []
@@ -315,8 +315,8 @@ def repeated_replicates(df: pd.DataFrame) -> list[str]:
     for key, part in df.groupby([*keys, *reps], dropna=False, sort=True):
         if len(part) > 1:
             where = ", ".join(f"{c} {v}" for c, v in zip(reps, key[len(keys):]))
-            out.append(f"{len(part)} runs of one cell have the same {where}, each counted in its mean ± standard "
-                       f"error: {', '.join(str(r) for r in part['run'])}")
+            out.append(f"{len(part)} runs of one cell have the same {where}: averaged into one replicate of its "
+                       f"mean ± standard error: {', '.join(str(r) for r in part['run'])}")
     return out
 
 
@@ -324,7 +324,8 @@ def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.Data
     """Mean and standard error over the runs of each cell, in long form.
 
     Returns one row per (cell, metric): the cell columns, ``metric``, ``mean``, ``stderr`` (``std(ddof=1) /
-    sqrt(n)``, NaN when ``n < 2``), ``n`` (runs with a finite value), ``runs`` (the cell's run folders, relative
+    sqrt(n)``, NaN when ``n < 2``), ``n`` (replicates with a finite value: runs of the same split and seed, copies or
+    reruns, are averaged into one), ``runs`` (the cell's run folders, relative
     to ``df.attrs["root"]``, joined by ``"; "``). ``metrics`` defaults to those of :data:`DEFAULT_METRICS`
     present in ``df`` (legacy names accepted); NaN values (e.g. the conflict rate of ``++``, which has no shared
     parameter) are left out of a cell's statistics, and a cell without any finite value has a NaN mean ("n/a").
@@ -335,8 +336,12 @@ def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.Data
     out_cols = [*keys, "metric", "mean", "stderr", "n", "runs"]
     if df.empty or not metrics:
         return pd.DataFrame(columns=out_cols)
-    long = df[keys + metrics].melt(id_vars=keys, value_vars=metrics, var_name="metric", value_name="value")
+    reps = [c for c in REPLICATE_COLUMNS if c in df.columns]
+    long = df[keys + reps + metrics].melt(id_vars=keys + reps, value_vars=metrics, var_name="metric",
+                                          value_name="value")  # fmt: skip
     long["value"] = pd.to_numeric(long["value"], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    if reps:  # runs of one cell with the same split and seed are one replicate (their mean), not several
+        long = long.groupby([*keys, *reps, "metric"], dropna=False, sort=False)["value"].mean().reset_index()
     grouped = long.groupby([*keys, "metric"], dropna=False, sort=False)["value"]
     stats = grouped.agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
     stats["stderr"] = np.where(stats["n"] >= 2, stats["std"] / np.sqrt(stats["n"].clip(lower=1)), np.nan)
