@@ -8,8 +8,8 @@ own content (no hidden manifest), so output folders of earlier mtpp versions are
 
 - ``*.md``: the ``<!-- written by mtpp ... -->`` first line, or (earlier versions) a ``# title`` heading with
   the report's units paragraph or its "No finished runs." line;
-- ``*.csv``: the summary's columns: the cell columns from ``dataset`` on, then ``metric, mean, stderr, n, runs``
-  (earlier versions end at ``n``);
+- ``*.csv``: the summary's columns: the cell columns from ``dataset`` on, then ``metric, meaning, unit, mean, stderr,
+  n, runs`` (earlier versions: without ``meaning, unit``, or ending at ``n``);
 - ``*.png``: the PNG ``Software`` text chunk, ``mtpp (matplotlib)``; earlier versions left matplotlib's own
   (``Matplotlib version ...``), which counts as mtpp's only in a plots folder beside the mtpp summary of the same
   report (``plots_val/`` beside ``summary_val.md``, ``plots/`` beside ``summary.md``). Limitation: a figure of
@@ -50,7 +50,9 @@ def _csv(path: Path) -> bool:
     header = _text(path, 8192).splitlines()[:1]
     columns = header[0].rstrip("\r").split(",") if header else []
     tail = ["metric", "mean", "stderr", "n"]
-    return columns[:1] == ["dataset"] and (columns[-5:] == [*tail, "runs"] or columns[-4:] == tail)
+    described = ["metric", "meaning", "unit", "mean", "stderr", "n", "runs"]  # since the units column
+    return columns[:1] == ["dataset"] and (columns[-7:] == described or columns[-5:] == [*tail, "runs"]
+                                           or columns[-4:] == tail)  # fmt: skip
 
 
 def _png(path: Path) -> bool:

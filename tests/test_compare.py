@@ -357,6 +357,8 @@ def test_smoke_grid_end_to_end_with_the_real_trainer(tmp_path: Path, capsys: pyt
     import pandas as pd
 
     summary = pd.read_csv(out / "summary.csv")
+    said = summary.set_index("metric")[["meaning", "unit"]].drop_duplicates()  # each row says what it measures
+    assert tuple(said.loc["nll_mark_per_seq"]) == ("mark NLL per sequence, given the time p(k | τ_obs, H)", "nats")
     runs = [out / c.name for c in cells if c.model == "lnm" and c.parametrisation == "plus"]
     values = [json.loads((r / "metrics.json").read_text())["test"]["nll_time_per_seq"] for r in runs]
     row = summary[(summary["model"] == "lnm") & (summary["parametrisation"] == "plus")

@@ -619,7 +619,11 @@ def write_summary(
     check_ours([csv_path, md_path])
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(df, metrics)
-    summary.to_csv(csv_path, index=False)
+    at = summary.columns.get_loc("metric") + 1  # beside each metric: what it measures and its unit, as in the .md
+    table = summary.copy()
+    table.insert(at, "unit", [metric_info(m).unit for m in summary["metric"]])
+    table.insert(at, "meaning", [metric_info(m).label for m in summary["metric"]])
+    table.to_csv(csv_path, index=False)
     text = format_markdown(summary, title=title, section=df.attrs.get("section", "test"))
     notes = list(notes or [])
     if notes:  # under the title, before the tables: a reader must not take the tables for the whole grid
