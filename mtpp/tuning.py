@@ -317,7 +317,8 @@ def _check_same_search(study: Any, base: dict, space: list[Param], where: Path) 
              if d.split(":", 1)[0] not in searched]
     old = {p["key"]: p for p in stored.get("space", [])}
     new = {p["key"]: p for p in search["space"]}
-    diffs += [f"space {k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    diffs += [f"space {k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+              if old.get(k) != new.get(k)]
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; ... ({len(diffs)} differences)" if len(diffs) > 4 else "")
         raise ConfigError(f"{where} searched another base configuration or space ({shown}): continue it with the same "
