@@ -234,9 +234,10 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     assert main(["evaluate", str(tmp_path / "run"), "--split", "test"]) == 0
     out, err = capsys.readouterr()
     assert "warning: times on a lattice of q = 3.88789e-06" in err
-    header, _, row = out.splitlines()[:3]
+    legend, header, _, row = out.splitlines()[:4]
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols[2:5] == ["L_T/seq", "L_T binned/seq", "L_M/seq"] and "PCE binned" in cols
+    assert "binned: of each gap's lattice bin, unitless" in legend  # the line above the table says so
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[3]) == pytest.approx(metrics["test"]["nll_time_binned_per_seq"], rel=1e-3)
     # a folder of runs on the same data: the warning once, every run's row
@@ -261,7 +262,7 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     for name, run in (("a_smooth", "run_smooth"), ("b_lattice", "run")):
         shutil.copytree(tmp_path / run, tmp_path / "mixed" / name)
     assert main(["evaluate", str(tmp_path / "mixed"), "--split", "test"]) == 0
-    header, _, first, second = capsys.readouterr().out.splitlines()[:4]
+    _, header, _, first, second = capsys.readouterr().out.splitlines()[:5]  # the legend line, then the table
     cols = [c.strip() for c in header.strip("|").split("|")]
     binned = cols.index("L_T binned/seq")
     assert "a_smooth" in first and first.strip("|").split("|")[binned].strip() == "n/a"

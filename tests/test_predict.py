@@ -295,12 +295,16 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
             return True
 
     screen = Terminal()
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update drawn, however fast this machine is
+    import functools
+
+    import tqdm.std  # every update drawn, however fast this machine is (TQDM_MININTERVAL is read at import only)
+
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", functools.partialmethod(tqdm.std.tqdm.__init__, mininterval=0))
     real, sys.stderr = sys.stderr, screen
     try:
         assert main(["evaluate", str(run), "--horizon", "2", "--samples", "8", "--points", "150"]) == 0
         assert main(["predict", str(run), "--out", str(tmp_path / "p.csv")]) == 0
-        assert main(["generate", str(run), "--horizon", "2", "--samples", "2", "--out", str(tmp_path / "g.csv")]) == 0
+        assert main(["generate", str(run), "--events", "3", "--samples", "2", "--out", str(tmp_path / "g.csv")]) == 0
     finally:
         sys.stderr = real
     shown = screen.getvalue()
