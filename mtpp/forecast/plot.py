@@ -30,10 +30,15 @@ GRID = 64
 """Intensity evaluation points per inter-event interval."""
 
 
+def observed_end(seq: EventSequence) -> float:
+    """Where the sequence's observation ends (data units): its window end, else its last event."""
+    return float(seq.window_end) if seq.window_end is not None else float(seq.times[-1])
+
+
 def default_cut(seq: EventSequence, horizon: float) -> int:
     """The number of history events: the last cut whose window ``(t_{i-1}, t_{i-1} + horizon]`` is observed,
     at most ``3/4`` of the sequence (so some history and some future show); at least 1."""
-    end = float(seq.window_end) if seq.window_end is not None else float(seq.times[-1])
+    end = observed_end(seq)
     ok = np.nonzero(seq.times + horizon <= end)[0]
     limit = max(1, int(round(0.75 * len(seq))))
     return int(min(ok[-1] + 1, limit)) if ok.size else 1
@@ -43,7 +48,7 @@ def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None)
     """``""``, or a phrase saying the window after the cut (``default_cut`` when ``None``) runs past the data's end,
     where the figure draws no observed count."""
     cut = default_cut(seq, horizon) if cut is None else int(cut)
-    data_end = float(seq.window_end) if seq.window_end is not None else float(seq.times[-1])
+    data_end = observed_end(seq)
     end = float(seq.times[cut - 1]) + horizon
     if end <= data_end:
         return ""
@@ -136,7 +141,7 @@ def plot_forecast(
     # 3. cumulative counts after the cut
     grid = np.linspace(t0, end, 200)
     obs = np.searchsorted(seq.times[fut], grid, side="right").astype(float)
-    data_end = float(seq.window_end) if seq.window_end is not None else float(seq.times[-1])
+    data_end = observed_end(seq)
     obs[grid > data_end] = np.nan  # nothing was observed after the data's end: no count, not a flat one
     counts = np.zeros((gen.rows, grid.size))
     for r in range(gen.rows):  # samples (a few dozen), each a searchsorted over its events
