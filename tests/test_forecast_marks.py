@@ -97,3 +97,46 @@ def test_trapezoid_weights() -> None:
     torch.testing.assert_close(w.sum(-1), torch.ones(2, dtype=torch.float64))
     # by hand: tails 0.1 and 0.1; cells 0.2, 0, 0.6 split in halves
     torch.testing.assert_close(w[0], torch.tensor([0.1 + 0.1, 0.1 + 0.0, 0.0 + 0.3, 0.3 + 0.1], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+def test_lognormal_mixture_cdf_is_one_minus_survival(dtype: torch.dtype) -> None:
+    """LNM's ``cdf`` (a sum of ``ndtr``, what the forecast grid evaluates) against ``1 - S`` from ``log_ndtr``, from
+    0 through both tails, and against the mixture's definition by scipy; small ``F`` keeps its relative precision."""
+    from scipy.stats import norm
+
+    from mtpp.models.time_decoders import LogNormalMixture
+
+    g = torch.Generator().manual_seed(0)
+    log_w = torch.log_softmax(torch.randn(3, 8, generator=g, dtype=torch.float64), -1)
+    means = 2.0 * torch.randn(3, 8, generator=g, dtype=torch.float64)
+    log_scales = 0.7 * torch.randn(3, 8, generator=g, dtype=torch.float64)
+    tau = torch.tensor([0.0, 1e-30, 1e-8, 1e-3, 0.5, 1.0, 3.0, 1e2, 1e6, 1e30], dtype=torch.float64)
+    tau = tau.expand(3, -1)
+    exact = np.einsum("bc,btc->bt", log_w.exp().numpy(),
+                      norm.cdf((np.log(tau.numpy(), where=tau.numpy() > 0, out=np.full(tau.shape, -np.inf))[..., None]
+                                - means.numpy()[:, None]) / np.exp(log_scales.numpy())[:, None]))  # fmt: skip
+    dist = LogNormalMixture(log_w.to(dtype), means.to(dtype), log_scales.to(dtype))
+    f = dist.cdf(tau.to(dtype)).double()
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(f, torch.from_numpy(exact), rtol=50 * eps, atol=20 * eps)
+    torch.testing.assert_close(f, -torch.expm1(dist.log_survival(tau.to(dtype))).double(), rtol=0, atol=20 * eps)
+    assert f[:, 0].eq(0).all() and (f >= 0).all() and (f <= 1).all()
+    exact = torch.from_numpy(exact)
+    small = (exact > 1e3 * torch.finfo(dtype).tiny) & (exact < 1e-3)  # normal numbers of the dtype, lower tail
+    assert small.sum() >= 5
+    # relative error ~ z^2 eps there: the condition number of Phi at z, not a cancellation
+    torch.testing.assert_close(f[small], exact[small], rtol=2000 * eps, atol=0)
+
+
+def test_time_mark_decoder_on_grid_is_forward_on_expanded_histories() -> None:
+    """``on_grid`` (the forecast's split first layer) is ``forward`` with the history repeated per gap."""
+    m = _model("lnm", "plus", seed=2)
+    dec = m.mark_decoder
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 5, dec.mlp[0].in_features - 1, generator=g, dtype=torch.float64)
+    tau = torch.rand(2, 5, 7, generator=g, dtype=torch.float64) * torch.tensor([0.0, 1e-12, 1e-3, 0.1, 1, 10, 1e4])
+    with torch.no_grad():
+        want = dec(h.unsqueeze(-2).expand(2, 5, 7, h.shape[-1]), tau)
+        got = dec.on_grid(h, tau)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

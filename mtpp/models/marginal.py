@@ -111,7 +111,10 @@ def marginal_mark_log_probs(
     if points is None:
         points = INTENSITY_GRID_POINTS if hasattr(dist, "ground_intensity") else GRID_POINTS
     grid = quantile_grid(dist, like, points, tail)
-    u = -torch.expm1(-cumulative_hazard_on_grid(dist, grid))
+    if hasattr(dist, "ground_intensity"):
+        u = -torch.expm1(-cumulative_hazard_on_grid(dist, grid))
+    else:
+        u = dist.cdf(grid)  # closed form (LNM: a sum of ndtr, no log_ndtr)
     log_w = torch.log(trapezoid_weights(u))  # -inf for empty cells: they drop out of the logsumexp
     lp = mark_log_probs_at(grid)  # [*batch, P, K]
     out = torch.logsumexp(lp + log_w.unsqueeze(-1), dim=-2)

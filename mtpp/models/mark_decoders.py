@@ -60,3 +60,15 @@ class TimeCategoricalMarkDecoder(nn.Module):
             raise ValueError("the categorical_tau mark decoder needs the gaps tau: [B, L]")
         log_tau = torch.log(tau.to(h.dtype).clamp_min(TIE_FLOOR)).expand(h.shape[:-1]).unsqueeze(-1)
         return torch.log_softmax(self.mlp(torch.cat([h, log_tau], dim=-1)), dim=-1)
+
+    def on_grid(self, h: Tensor, tau: Tensor) -> Tensor:
+        """``log p(k | tau_j, h)`` at ``P`` gaps per history: ``h: [*batch, D]``, ``tau: [*batch, P]`` ->
+        ``[*batch, P, K]`` (the mark forecast's quadrature, ``mtpp.models.marginal``). The same function as
+        ``forward(h expanded to [*batch, P, D], tau)``, equal to rounding: the first layer is split as
+        ``W [h; log tau] + b = (W_h h + b) + w_tau log tau``, so ``W_h h`` is computed once per history, not per
+        gap."""
+        first = self.mlp[0]
+        d = h.shape[-1]
+        log_tau = torch.log(tau.to(h.dtype).clamp_min(TIE_FLOOR)).unsqueeze(-1)  # [*batch, P, 1]
+        pre = nn.functional.linear(h, first.weight[:, :d], first.bias).unsqueeze(-2) + log_tau * first.weight[:, d]
+        return torch.log_softmax(self.mlp[1:](pre), dim=-1)

@@ -422,6 +422,11 @@ class MarkedTPP(nn.Module):
         dist = self._time_head(h_time)
         if self.joint is not None:
             fn = dist.mark_log_probs  # tau: [B, N, P] -> [B, N, P, K]
+        elif hasattr(self.mark_decoder, "on_grid"):
+
+            def fn(tau: Tensor) -> Tensor:
+                return self.mark_decoder.on_grid(h_mark, tau)
+
         else:
             h = h_mark.unsqueeze(-2)
 

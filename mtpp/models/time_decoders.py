@@ -142,6 +142,7 @@ LNM_NEWTON_STEPS = 20
 """Fixed steps of the log-normal mixture's safeguarded Newton search (one ``log_ndtr`` per component per step)."""
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
 
 
 # ----------------------------------------------------------------------------------------------- numerics helpers
@@ -472,6 +473,20 @@ class LogNormalMixture(HazardDistribution):
         z = (torch.log(safe).unsqueeze(-1) - m) * torch.exp(-log_s)
         log_s_tau = torch.logsumexp(log_w + log_ndtr(-z), dim=-1)
         return torch.where(positive, log_s_tau, torch.zeros_like(log_s_tau))
+
+    def cdf(self, tau: Tensor) -> Tensor:
+        """``F(tau) = sum_c w_c Phi((log tau - m_c) / s_c)`` with ``Phi(z) = erfc(-z / sqrt 2) / 2``: no logarithms
+        (about ten times cheaper than ``log_ndtr`` + ``logsumexp`` on CPU; the mark forecast's quadrature evaluates
+        it on ``GRID_POINTS`` gaps per event, ``mtpp.models.marginal``). Absolute error a few units of the dtype's
+        epsilon; small ``F`` keeps its relative precision (``erfc``, unlike torch's ``ndtr = (1 + erf) / 2``, is
+        precise in the lower tail, and the terms are all non-negative). ``F(0) = 0``."""
+        tau = self._align(tau)
+        log_w, m, log_s = self._params(tau)
+        positive = tau > 0
+        safe = torch.where(positive, tau, torch.ones_like(tau))
+        z = (torch.log(safe).unsqueeze(-1) - m) * torch.exp(-log_s)
+        f = (torch.erfc(z * -_SQRT_HALF) * (0.5 * torch.exp(log_w))).sum(-1).clamp(0.0, 1.0)
+        return torch.where(positive, f, torch.zeros_like(f))
 
     def _log_cdf(self, tau: Tensor) -> Tensor:
         log_w, m, log_s = self._params(tau)
