@@ -618,3 +618,22 @@ def test_bars_of_equal_values_and_long_cell_labels_stay_readable(tmp_path, figur
     assert high - low >= 0.05 and low < 0 < high and acc.yaxis.get_offset_text().get_text() == ""
     ticks = acc.get_xticklabels()
     assert ticks and all(t.get_rotation() == 25 for t in ticks)  # slanted: each runs under its own group
+
+
+def test_cos_tm_file_names_hold_each_setting_once(tmp_path, figures):
+    """``cos_tm_<dataset>_<model>-<encoder>-<aggregator>[_<settings>].png``: the aggregator is named once, however
+    the label repeats it, and a setting that tells cells of one model apart stays in the name."""
+    rng = np.random.default_rng(0)
+    for name, agg, lr in (("pcg", "pcgrad", 1e-3), ("sum_a", "sum", 1e-3), ("sum_b", "sum", 1e-2)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        cfg = {"data": {"name": "mimic2"}, "model": {"encoder": "gru", "decoder": "lnm", "parametrisation": "base"},
+               "train": {"lr": lr}, "gradients": {"aggregator": agg}}  # fmt: skip
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0}}))
+        steps = [{"kind": "step", "step": i, "cos_tm": float(np.tanh(rng.normal()))} for i in range(20)]
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in steps))
+    written = plots.make_all_plots(tmp_path / "runs", tmp_path / "plots")
+    names = sorted(p.name for p in written if p.name.startswith("cos_tm_"))
+    assert names == ["cos_tm_mimic2_lnm-gru-pcgrad.png", "cos_tm_mimic2_lnm-gru-sum_lr_0.001.png",
+                     "cos_tm_mimic2_lnm-gru-sum_lr_0.01.png"], names  # fmt: skip

@@ -709,9 +709,11 @@ def make_all_plots(
         _, cells = _cells(part, with_param=False)
         for label, model_part in cells:
             first = model_part.iloc[0]
-            name = _slug(*(first.get(k) for k in MODEL_KEYS))
-            settings = label.partition(" (")[2].rstrip(")")
-            name += f"_{_slug(settings)}" if settings else ""
+            named = [first.get(k) for k in MODEL_KEYS]
+            name = _slug(*named)
+            # the label's settings without the encoder / aggregator the name already holds (no "lnm-gru-pcgrad_pcgrad")
+            settings = [s for s in label.partition(" (")[2].rstrip(")").split(", ") if s and s not in map(str, named)]
+            name += f"_{_slug(', '.join(settings))}" if settings else ""
             p = plot_cos_tm(model_part, out_dir / f"cos_tm_{ds}_{name}.png", title=f"{dataset} {label}")
             if p is not None:
                 written.append(p)
