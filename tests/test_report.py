@@ -637,3 +637,28 @@ def test_cos_tm_file_names_hold_each_setting_once(tmp_path, figures):
     names = sorted(p.name for p in written if p.name.startswith("cos_tm_"))
     assert names == ["cos_tm_mimic2_lnm-gru-pcgrad.png", "cos_tm_mimic2_lnm-gru-sum_lr_0.001.png",
                      "cos_tm_mimic2_lnm-gru-sum_lr_0.01.png"], names  # fmt: skip
+
+
+def test_bars_group_cells_by_the_data_they_were_tested_on(tmp_path, figures):
+    """Cells of other data cuts (max_sequences ...) are columns of separate groups, interleaved input or not, with a
+    dark line between groups and a caption saying so; within a group the light separators stay."""
+    import pandas as pd
+
+    rows = [{"dataset": "sim", "model": m, "parametrisation": p, "aggregator": "sum", "seed": 0, "split": 0,
+             "config.data.max_sequences": cut, "nll_mark_per_seq": 100.0 + cut / 100, "run": f"/r/{m}{cut}{p}"}
+            for m in ("thp", "lnm") for cut in (60, 200) for p in ("base", "plus")]  # model-major: cuts interleave
+    plots.plot_metric_bars(pd.DataFrame(rows), tmp_path / "bars.png", ["nll_mark_per_seq"])
+    fig = figures[0]
+    ax = next(a for a in fig.axes if a.get_visible())
+    ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+    assert len(ticks) == 4
+    cut_of_tick = ["max_sequences=60" in t for t in ticks]
+    assert cut_of_tick == [True, True, False, False], ticks  # grouped by cut, in order of first appearance
+    lines = [ln for ln in ax.get_lines() if ln.get_xdata()[0] in (0.5, 1.5, 2.5) and len(set(ln.get_xdata())) == 1]
+    dark = sorted(ln.get_xdata()[0] for ln in lines if ln.get_linewidth() > 1)
+    assert dark == [1.5]
+    assert "tested on different data (max_sequences in the labels)" in fig._suptitle.get_text().replace("\n", " ")
+    figures.clear()
+    plots.plot_metric_bars(pd.DataFrame([r for r in rows if r["config.data.max_sequences"] == 60]),
+                           tmp_path / "bars1.png", ["nll_mark_per_seq"])  # fmt: skip
+    assert "different data" not in figures[0]._suptitle.get_text()

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mtpp.evaluation.report import (
+    DATA_CUT_COLUMNS,
     DEFAULT_METRICS,
     canonical_metric,
     cell_columns,
@@ -586,6 +587,13 @@ def plot_metric_bars(
     keys = [k for k in cell_columns(runs) if k not in ("dataset", "parametrisation")]
     summary = summary.assign(_label=cell_labels(summary, keys, with_param=False))
     labels = list(dict.fromkeys(summary["_label"]))
+    # cells tested on other data (another max_sequences cut, ...) are not comparable: one group of columns per cut,
+    # in order of first appearance, with a dark line between groups
+    cut_cols = [k for k in keys if k in DATA_CUT_COLUMNS]
+    first_rows = summary.drop_duplicates("_label").set_index("_label")
+    cut_of = {lbl: tuple(format_value(first_rows.at[lbl, c]) for c in cut_cols) for lbl in labels}
+    cuts = list(dict.fromkeys(cut_of.values()))
+    labels.sort(key=lambda lbl: cuts.index(cut_of[lbl]))
     params = [p for p in PARAM_ORDER if p in set(summary["parametrisation"])]
     params += [p for p in dict.fromkeys(summary["parametrisation"]) if p not in params]
     ncols = min(3, len(mets))
@@ -633,8 +641,9 @@ def plot_metric_bars(
         ax.set_xticks(x, tick_labels, fontsize=8, **slanted)
         ax.set_xlim(-0.5, len(labels) - 0.5)
         ax.grid(axis="y", alpha=0.3)
-        for xb in x[:-1] + 0.5:
-            ax.axvline(xb, color="0.85", lw=0.8)
+        for i, xb in enumerate(x[:-1] + 0.5):
+            other_data = cut_of[labels[i]] != cut_of[labels[i + 1]]
+            ax.axvline(xb, color="0.2" if other_data else "0.85", lw=1.6 if other_data else 0.8)
     for ax in axes[len(mets):]:
         ax.set_visible(False)
     from matplotlib.lines import Line2D
@@ -648,7 +657,9 @@ def plot_metric_bars(
     _suptitle(
         fig,
         f"{head}base vs + vs ++: mean ± standard error ({n_text} runs per point; {_pooled_note(runs)})\n"
-        "y axes are zoomed (they do not start at 0); NLL panels: change vs base beside + and ++",
+        "y axes are zoomed (they do not start at 0); NLL panels: change vs base beside + and ++"
+        + (f"\ndark lines separate cells tested on different data ({', '.join(c.rsplit('.', 1)[-1] for c in cut_cols)}"
+           " in the labels): compare points within a group only" if len(cuts) > 1 else ""),
     )
     return _save(fig, Path(path))
 
