@@ -250,3 +250,16 @@ def test_two_workers_auto_preparing_at_once_share_one_folder(tmp_path: Path, mon
     assert ds.source == winner["ds"].source
     assert [s.key() for s in ds.test] == [s.key() for s in winner["ds"].test]
     assert [p.name for p in (tmp_path / "cache" / "prepared").iterdir()] == [Path(ds.source).name]
+
+
+@pytest.mark.data
+def test_real_book_order_reads_one_fold_and_no_chunk_shares_events(data_dir: Path) -> None:
+    """The five RMTPP book-order folds cut one stream at other points: the catalog reads fold 1 (200 chunks,
+    414,800 events), whose chunks share no stretch of events (the prepare step would refuse them otherwise)."""
+    from mtpp.data.splits import overlapping_sequences
+
+    ds = load_dataset("book_order", split=0, data_dir=data_dir)
+    seqs = ds.train + ds.val + ds.test
+    assert len(seqs) == 200 and sum(len(s) for s in seqs) == 414800
+    assert any("read fold 1 only" in n for n in ds.notes), ds.notes
+    assert overlapping_sequences(seqs) == []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtpp.cli import main
-from mtpp.data.formats import read_any, write_bosser_json
+from mtpp.data.formats import ReadOptions, read_any, write_bosser_json
 from mtpp.data.sequence import make_sequence
 from mtpp.data.splits import deduplicate, deduplicate_parts, make_splits, prepare, split_indices, split_sizes
 from mtpp.errors import ConfigError, DataError
@@ -255,3 +255,65 @@ def test_too_few_sequences_for_the_ratios_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"two.json: 2 distinct sequence\(s\) are too few .*val and test part"):
         prepare([p], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _stream_folds(folder: Path, cuts: list[list[int]], rebase: bool = True) -> np.ndarray:
+    """RMTPP folds that each cut ONE stream of 600 events into chunks at their own points (the book-order set),
+    times re-based per chunk and printed with 12 significant digits, so copies agree only to rounding."""
+    rng = np.random.default_rng(7)
+    times = np.cumsum(rng.exponential(1.0, 600)) + 1e4
+    marks = rng.integers(1, 3, 600)
+    for k, fold in enumerate(cuts, start=1):
+        for part, (lo, hi) in zip(("train", "test"), zip(fold[:-1], fold[1:])):
+            chunks = [(times[a:b] - (times[a] if rebase else 0), marks[a:b]) for a, b in zip(range(lo, hi, 100),
+                                                                                       range(lo + 100, hi + 1, 100))]
+            (folder / f"time-{k}-{part}.txt").write_text("".join(" ".join(f"{t:.12g}" for t in c[0]) + "\n"
+                                                                 for c in chunks))  # fmt: skip
+            (folder / f"event-{k}-{part}.txt").write_text("".join(" ".join(map(str, c[1])) + "\n" for c in chunks))
+    return times
+
+
+def test_folds_that_cut_one_stream_are_refused_naming_both_sequences(tmp_path: Path, capsys) -> None:
+    """Sequences sharing stretches of events without being copies (folds re-cutting one stream) would put the same
+    events in train and test: one line naming two of them and both ways out; a fold alone prepares cleanly."""
+    src = tmp_path / "book"
+    src.mkdir()
+    _stream_folds(src, [[0, 400, 600], [50, 450, 550]])  # fold 2's chunks straddle fold 1's
+    with pytest.raises(DataError) as e:
+        prepare([src], tmp_path / "all")
+    msg = str(e.value)
+    assert "share stretches of 32 consecutive gaps" in msg and "time-1-" in msg and "time-2-" in msg
+    assert "--rmtpp-fold K" in msg and "--allow-overlapping-sequences" in msg and "\n" not in msg
+    assert not (tmp_path / "all").exists()
+    assert main(["data", "prepare", str(src), "--out", str(tmp_path / "one"), "--rmtpp-fold", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "read fold 2 only (2 pair(s)); 2 other pair(s) not read" in out and "marks-only" not in out
+    assert sum(len(s) for p in read_any(tmp_path / "one" / "split_0").parts.values() for s in p) == 500
+    assert main(["data", "prepare", str(src), "--out", str(tmp_path / "kept"), "--allow-overlapping-sequences"]) == 0
+    assert "share stretches of 32 gaps with another" in capsys.readouterr().out
+    table = (tmp_path / "kept" / "overlaps.tsv").read_text().splitlines()
+    assert table[0] == "sequence\tshares_events_with\tstretches" and len(table) > 1
+    args = json.loads((tmp_path / "kept" / "args.json").read_text())
+    assert args["allow_overlapping_sequences"] is True and any("overlaps.tsv" in n for n in args["notes"])
+    with pytest.raises(DataError, match=r"no RMTPP fold 3 here \(folds: 1, 2\)"):
+        prepare([src], tmp_path / "three", options=ReadOptions(rmtpp_fold=3))
+
+
+def test_overlap_detection_has_no_false_positives_on_regular_or_short_sequences() -> None:
+    """Distinct sequences on one clock (equal gaps), sequences equal in marks only, shorter than a stretch, or
+    sharing fewer than 32 gaps are not overlaps; a shared stretch of 32 gaps is, re-based or not."""
+    from mtpp.data.splits import OVERLAP_WINDOW, overlapping_sequences
+
+    rng = np.random.default_rng(0)
+    clock = [make_sequence(np.arange(100.0) + i, np.zeros(100, dtype=int)) for i in range(3)]  # one regular clock
+    same_marks = [make_sequence(np.cumsum(rng.exponential(1, 80)), np.ones(80, dtype=int)) for _ in range(2)]
+    base_t, base_m = np.cumsum(rng.exponential(1, 200)), rng.integers(0, 3, 200)
+    short = [make_sequence(base_t[:OVERLAP_WINDOW], base_m[:OVERLAP_WINDOW]),
+             make_sequence(base_t[:OVERLAP_WINDOW] + 5, base_m[:OVERLAP_WINDOW])]  # 31 gaps: below a stretch
+    assert overlapping_sequences(clock + same_marks + short) == []
+    a = make_sequence(base_t[:120], base_m[:120])
+    lo = 120 - OVERLAP_WINDOW - 1
+    b = make_sequence(base_t[lo:] - base_t[lo], base_m[lo:])  # re-based
+    c = make_sequence(base_t[120 - OVERLAP_WINDOW:] + 3.0, base_m[120 - OVERLAP_WINDOW:])  # shares 32 events = 31 gaps
+    assert overlapping_sequences([a, b]) == [(0, 1, 1)]  # 33 shared events: exactly one stretch of 32 gaps
+    assert overlapping_sequences([a, c]) == []

@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "events, e.g. short MIMIC-II admissions; not when the files also share sequences, e.g. "
                          "concatenated folds, whose repeats are copies); copies found in several files are still "
                          "kept once (default: every copy after the first is removed; duplicates.tsv lists them)")
+    pr.add_argument("--allow-overlapping-sequences", action="store_true",
+                    help="keep distinct sequences that share stretches of 32 consecutive gaps and marks (folds that cut one "
+                         "stream at different points, overlapping windows; listed in overlaps.tsv) instead of "
+                         "stopping: a random split then puts the same events in train and test")
     _read_flags(pr)
     pr.set_defaults(func=cmd_prepare)
 
@@ -51,6 +55,9 @@ def _read_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remap-marks", action="store_true",
                    help="map the observed mark ids to 0..K-1 (sparse or huge ids; the original ids are kept in "
                         "args.json 'mark_ids')")
+    p.add_argument("--rmtpp-fold", type=int, default=None, metavar="K",
+                   help="in an RMTPP folder, read only fold K's time/event pairs (folds that cut one stream at "
+                        "other points share events; default: every pair)")
 
 
 def _no_action(p: argparse.ArgumentParser):
@@ -163,7 +170,7 @@ def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, A
 def cmd_describe(args: argparse.Namespace) -> int:
     from mtpp.data.catalog import resolve_source, resplits
     from mtpp.data.formats import ReadOptions, read_any
-    from mtpp.data.splits import deduplicate_parts
+    from mtpp.data.splits import deduplicate_parts, overlap_error, overlapping_sequences
 
     name, path, entry = resolve_source(args.target, args.data_dir)
     opts = dict(entry.options) if entry else {}
@@ -173,8 +180,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
         opts["mark_base"] = args.mark_base
     if args.remap_marks:
         opts["remap_marks"] = True
+    if args.rmtpp_fold is not None:
+        opts["rmtpp_fold"] = args.rmtpp_fold
     res = read_any(path, options=ReadOptions(**opts), progress=True)
     unique, dups = deduplicate_parts(res.parts)
+    overlaps = overlapping_sequences(unique)
+    if overlaps:
+        res.notes.append(str(overlap_error(unique, overlaps, str(path))))
     stats = {
         "name": name,
         "source": str(path),
@@ -266,9 +278,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from mtpp.data.splits import prepare
 
     options = ReadOptions(sort=args.sort, mark_base=args.mark_base, drop_invalid=args.drop_invalid,
-                          remap_marks=args.remap_marks)
+                          remap_marks=args.remap_marks, rmtpp_fold=args.rmtpp_fold)
     report = prepare(args.inputs, args.out, seed=args.seed, num_splits=args.splits, ratios=args.ratios,
-                     options=options, progress=True, keep_within_file_duplicates=args.keep_within_file_duplicates)
+                     options=options, progress=True, keep_within_file_duplicates=args.keep_within_file_duplicates,
+                     allow_overlapping=args.allow_overlapping_sequences)
     for line in report.lines():
         print(line)
     for note in report.notes:

@@ -152,8 +152,10 @@ _ENTRIES = [
        union (4,468 distinct sequences, 22 marks) is re-split 60/20/20.""",
        "github.com/dunan/NeuralPointProcess (no licence)"),
     _e("book_order", ("book_order", "rmtpp_book_order"), "RMTPP text pairs",
-       """NYSE order book (RMTPP 'Financial'), 2 marks (buy/sell). The full time.txt is missing; the 5 folds'
-       distinct sequences are re-split 60/20/20.""", "github.com/dunan/NeuralPointProcess (no licence)"),
+       """NYSE order book (RMTPP 'Financial'), 2 marks (buy/sell). The full time.txt is missing, and each of the
+       5 folds cuts the one stream into 200 chunks at other points (chunks of different folds share events), so
+       fold 1's 200 chunks (100 train + 100 test, 414,800 events) are read and re-split 60/20/20.""",
+       "github.com/dunan/NeuralPointProcess (no licence)", options={"rmtpp_fold": 1}),
     _e("ali", ("ali", "rmtpp_ali"), "RMTPP text pairs",
        """Undocumented extra RMTPP set (days, 1,754 marks): 4,136 sequences, train/test only, re-split.""",
        "github.com/dunan/NeuralPointProcess (no licence)"),
@@ -373,12 +375,18 @@ def lacks_train_part(path: Path) -> bool:
     return not any(any(d.glob("train.json*")) for d in path.glob("split_*"))
 
 
+_LATER_OPTIONS = ("rmtpp_fold",)
+"""``ReadOptions`` fields added after folders were first cached: left out of the cache key while unset."""
+
+
 def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *, reason: str,
                   result: ReadResult | None = None) -> Path:
     """Prepare (once) the seeded 60/20/20 split folder of a source into the cache; return its path."""
     from mtpp.data.splits import prepare_sequences, source_fingerprint
 
-    key = source_fingerprint(path, AUTO_SEED, AUTO_SPLITS, AUTO_RATIOS, sorted(opts.__dict__.items()), PREPARE_VERSION)
+    # options added later count only when set, so the folders prepared before them keep their keys
+    items = sorted((k, v) for k, v in opts.__dict__.items() if not (k in _LATER_OPTIONS and v is None))
+    key = source_fingerprint(path, AUTO_SEED, AUTO_SPLITS, AUTO_RATIOS, items, PREPARE_VERSION)
     out = cache_dir() / "prepared" / f"{safe_name(name)}-{key}"
     def use_prepared(level: int, message: str) -> Path:
         notes.append(f"auto-prepared from {path} ({reason}): {out}")

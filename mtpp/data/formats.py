@@ -154,6 +154,9 @@ class ReadOptions:
         ``False``: the benchmark convention, the window ends at the last event.
     remap_marks: map the observed mark ids to ``0..K-1`` (increasing order) after reading, so sparse or huge ids
         (beyond :data:`MAX_MARKS`) give ``K`` = the number of distinct ids. Default ``False``: ids are kept.
+    rmtpp_fold: in an RMTPP folder, read only fold ``k``'s pairs (``time-k-train.txt``, ``time-k-test.txt``, ...).
+        For folders whose folds cut one stream at different points (the book-order set): their union would hold
+        the same events in several sequences. Default ``None``: every pair (or the full pair).
     """
 
     sort: bool = False
@@ -161,6 +164,7 @@ class ReadOptions:
     drop_invalid: bool = False
     use_window: bool = False
     remap_marks: bool = False
+    rmtpp_fold: int | None = None
 
 
 @dataclass
@@ -1146,12 +1150,24 @@ def read_rmtpp(folder: str | Path, *, options: ReadOptions | None = None, prefer
     if not pairs:
         raise DataError("no RMTPP time*/event* file pair here", source=str(folder))
     notes = []
+    fold = options.rmtpp_fold if options is not None else None
+    if fold is not None:
+        folds = sorted({p.part.split("-")[0] for p in pairs if p.part.split("-")[0].isdigit()}, key=int)
+        chosen = [p for p in pairs if p.part.split("-")[0] == str(fold)]
+        if not chosen:
+            raise DataError(f"no RMTPP fold {fold} here (folds: {', '.join(folds) or 'none'})", source=str(folder))
+        notes.append(f"{folder}: read fold {fold} only ({len(chosen)} pair(s)); {len(pairs) - len(chosen)} other "
+                     "pair(s) not read")
+        other_folds = {p.partner.name for p in pairs if p not in chosen and p.partner is not None}
+        pairs = chosen
+    else:
+        other_folds = set()
     full = [p for p in pairs if p.part == "all"]
     if prefer_full and full and len(pairs) > 1:
         notes.append(f"{folder}: read the full time/event pair only; {len(pairs) - 1} fold pair(s) not read")
         pairs = full
     res = _read_rmtpp_pairs(pairs, options, str(folder))
-    used = {Path(f).name for f in res.files}
+    used = {Path(f).name for f in res.files} | other_folds
     marks_only = sorted(
         p.name for p in folder.iterdir()
         if not p.name.startswith(".") and p.is_file() and detect_format(p) == "rmtpp_marks" and p.name not in used

@@ -26,6 +26,8 @@ __all__ = [
     "Duplicates",
     "deduplicate",
     "deduplicate_parts",
+    "overlapping_sequences",
+    "overlap_error",
     "split_sizes",
     "split_indices",
     "make_splits",
@@ -39,6 +41,14 @@ PART_NAMES = ("train", "val", "test")
 DUPLICATES_FILE = "duplicates.tsv"
 """In a prepared folder: every sequence de-duplication removed and the kept sequence it copies."""
 DEFAULT_RATIOS = (0.6, 0.2, 0.2)
+OVERLAPS_FILE = "overlaps.tsv"
+"""In a folder prepared with ``allow_overlapping``: every pair of sequences sharing a stretch of events."""
+OVERLAP_WINDOW = 32
+"""Gaps in a stretch that :func:`overlapping_sequences` compares. On every staged dataset (26 of them) only the
+RMTPP book-order folds, re-cuts of one stream, have such stretches shared between distinct sequences."""
+GAP_DIGITS = 5
+"""Significant digits to which gaps are compared: re-based copies of one stream print each time with its own
+rounding, so their gaps agree to about 1e-7 relative, not bit for bit."""
 
 
 def deduplicate(sequences: Sequence[EventSequence]) -> tuple[list[EventSequence], int]:
@@ -104,6 +114,71 @@ def deduplicate_parts(parts: Mapping[str, Sequence[EventSequence]],
                 copies.append(name)
                 unique.append(s)
     return unique, found
+
+
+def _gap_codes(gaps: np.ndarray) -> np.ndarray:
+    """Integers equal for gaps equal to ``GAP_DIGITS`` significant digits (0 for zero gaps)."""
+    g = np.asarray(gaps, dtype=np.float64)
+    pos = g > 0
+    exp = np.zeros(g.shape, dtype=np.int64)
+    exp[pos] = np.floor(np.log10(g[pos])).astype(np.int64)
+    mant = np.zeros(g.shape, dtype=np.int64)
+    mant[pos] = np.rint(g[pos] / 10.0 ** (exp[pos] - (GAP_DIGITS - 1))).astype(np.int64)
+    return np.where(pos, (exp + 400) * 10 ** (GAP_DIGITS + 1) + mant, 0)
+
+
+def overlapping_sequences(sequences: Sequence[EventSequence],
+                          window: int = OVERLAP_WINDOW) -> list[tuple[int, int, int]]:  # fmt: skip
+    """Pairs of sequences that share a stretch of events without being copies: ``[(i, j, stretches)]``, ``i < j``
+    indices into ``sequences``, ``stretches`` the number of distinct ``window``-event stretches they share.
+
+    A stretch is ``window`` consecutive gaps (``window + 1`` events), compared by the gaps (to ``GAP_DIGITS``
+    significant digits, so a re-based copy of a stream matches) and the marks of the events they end at;
+    stretches whose gaps are all equal are not compared (a regular clock is not evidence of a shared stream). What this finds: folds that cut one long stream at
+    different points (the RMTPP book-order set), or overlapping sliding windows; split at random, such sequences
+    put the same events in train and test. Vectorised: one hash per stretch (a random linear form of the
+    stretch's event codes, modulo 2^64), then one sort of all hashes; sequences shorter than ``window + 1``
+    events are not compared. A hash collision could only add a pair, never hide one.
+    """
+    mult = np.random.default_rng(0x5EED).integers(1, 2**63 - 1, size=window, dtype=np.int64).astype(np.uint64)
+    hashes, owners = [], []
+    for i, s in enumerate(sequences):  # per sequence, not per event: each sequence's stretches at once
+        if len(s) < window + 1:
+            continue
+        codes = _gap_codes(np.diff(s.times))
+        marks = np.asarray(s.marks[1:], dtype=np.int64).astype(np.uint64)
+        with np.errstate(over="ignore"):
+            event = codes.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ marks * np.uint64(0xC2B2AE3D27D4EB4F)
+            h = (np.lib.stride_tricks.sliding_window_view(event, window) * (mult | np.uint64(1))).sum(
+                1, dtype=np.uint64)
+        gw = np.lib.stride_tricks.sliding_window_view(codes, window)
+        h = np.unique(h[gw.max(1) != gw.min(1)])
+        hashes.append(h)
+        owners.append(np.full(h.shape, i, dtype=np.int64))
+    if not hashes:
+        return []
+    h, o = np.concatenate(hashes), np.concatenate(owners)
+    order = np.argsort(h, kind="stable")
+    h, o = h[order], o[order]
+    at = np.nonzero(h[1:] == h[:-1])[0]
+    if not at.size:
+        return []
+    pairs = np.stack([np.minimum(o[at], o[at + 1]), np.maximum(o[at], o[at + 1])], 1)
+    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+    return [(int(a), int(b), int(c)) for (a, b), c in zip(uniq, counts)]
+
+
+def overlap_error(sequences: Sequence[EventSequence], pairs: Sequence[tuple[int, int, int]], source: str) -> DataError:
+    """The one-line refusal of :func:`prepare_sequences` for ``pairs`` of :func:`overlapping_sequences`."""
+    a, b, c = max(pairs, key=lambda p: p[2])
+    involved = len({i for p in pairs for i in p[:2]})
+    return DataError(
+        f"{involved:,} of {len(sequences):,} sequences share stretches of {OVERLAP_WINDOW} consecutive gaps "
+        f"(and marks) with another sequence without being copies, e.g. {_where(sequences[a], '', a)} and "
+        f"{_where(sequences[b], '', b)} ({c:,} shared stretches): folds that cut one stream at different points, "
+        "or overlapping windows? A random split would put the same events in train and test. Prepare one fold "
+        "(mtpp data prepare --rmtpp-fold K, RMTPP folders), or keep them (mtpp data prepare "
+        "--allow-overlapping-sequences)", source=source)
 
 
 def within_file_advice(within: int, across: int, before: str = "", after: str = "") -> str:
@@ -230,14 +305,22 @@ def prepare_sequences(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     sources: Sequence[str] | None = None,
     keep_within_file_duplicates: bool = False,
+    allow_overlapping: bool = False,
 ) -> PrepareReport:
     """De-duplicate the sequences of ``result`` (all parts; :func:`deduplicate_parts`, copies within one file kept
     with ``keep_within_file_duplicates``), split them and write the split folder, with the removed sequences and
-    the ones they copy in its ``duplicates.tsv``."""
+    the ones they copy in its ``duplicates.tsv``.
+
+    Raises ``DataError`` when distinct sequences share stretches of events (:func:`overlapping_sequences`: a
+    random split would leak events from train into test), unless ``allow_overlapping``: then the pairs are
+    listed in ``overlaps.tsv`` and every later load of the folder says so."""
     ratios = _check_ratios(ratios)
     unique, found = deduplicate_parts(result.parts, keep_within_part=keep_within_file_duplicates)
     if not unique:
         raise DataError("no sequences left to split", source=result.source)
+    overlaps = overlapping_sequences(unique)
+    if overlaps and not allow_overlapping:
+        raise overlap_error(unique, overlaps, result.source)
     sizes = split_sizes(len(unique), ratios)
     empty = [name for name, n, r in zip(PART_NAMES, sizes, ratios) if r > 0 and n == 0]
     if empty:
@@ -274,8 +357,17 @@ def prepare_sequences(
         args["notes"] = args["notes"] + [
             f"{found.within_part:,} sequence(s) repeated within one file were removed as duplicates (listed in "
             f"{DUPLICATES_FILE}{within_file_advice(found.within_part, found.across_parts, '; ')})"]
-    files = {DUPLICATES_FILE: found.table()} if found.removed else None
-    write_split_folder(out, splits, num_marks=result.num_marks, args=args, split_args=split_args, files=files)
+    files = {DUPLICATES_FILE: found.table()} if found.removed else {}
+    if overlaps:
+        involved = len({i for p in overlaps for i in p[:2]})
+        note = (f"{involved:,} sequence(s) share stretches of {OVERLAP_WINDOW} gaps with another (kept with "
+                f"--allow-overlapping-sequences; train and test may share events; pairs in {OVERLAPS_FILE})")
+        args["notes"] = args["notes"] + [note]
+        report.notes.append(note)
+        files[OVERLAPS_FILE] = "sequence\tshares_events_with\tstretches\n" + "".join(
+            f"{_where(unique[a], '', a)}\t{_where(unique[b], '', b)}\t{c}\n" for a, b, c in overlaps)
+        args["allow_overlapping_sequences"] = True  # only then: folders without overlaps keep their bytes
+    write_split_folder(out, splits, num_marks=result.num_marks, args=args, split_args=split_args, files=files or None)
     return report
 
 
@@ -330,13 +422,15 @@ def prepare(
     options: ReadOptions | None = None,
     progress: bool = False,
     keep_within_file_duplicates: bool = False,
+    allow_overlapping: bool = False,
 ) -> PrepareReport:
     """Read ``inputs`` (files or folders of any supported format), de-duplicate, write ``num_splits`` seeded
     ``train``/``val``/``test`` splits to ``out``. Deterministic for a seed (same bytes)."""
     check_output_folder(out)  # before reading: a bad --out fails at once
     result = read_inputs(inputs, options, progress)
     return prepare_sequences(result, out, seed=seed, num_splits=num_splits, ratios=ratios,
-                             sources=[str(p) for p in inputs], keep_within_file_duplicates=keep_within_file_duplicates)
+                             sources=[str(p) for p in inputs], keep_within_file_duplicates=keep_within_file_duplicates,
+                             allow_overlapping=allow_overlapping)
 
 
 def source_fingerprint(path: str | Path, *extra: Any) -> str:
