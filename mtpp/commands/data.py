@@ -41,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "concatenated folds, whose repeats are copies); copies found in several files are still "
                          "kept once (default: every copy after the first is removed; duplicates.tsv lists them)")
     pr.add_argument("--allow-overlapping-sequences", action="store_true",
-                    help="keep distinct sequences that share stretches of 32 consecutive gaps and marks (folds that cut one "
-                         "stream at different points, overlapping windows; listed in overlaps.tsv) instead of "
-                         "stopping: a random split then puts the same events in train and test")
+                    help="keep distinct sequences that share stretches of 32 consecutive gaps and marks (folds "
+                         "that cut one stream at different points, overlapping windows; listed in overlaps.tsv) "
+                         "instead of stopping: a random split then puts the same events in train and test")
     _read_flags(pr)
     pr.set_defaults(func=cmd_prepare)
 
