@@ -495,3 +495,23 @@ def test_a_mild_lattice_is_scored_binned_only_when_selection_follows_it(tmp_path
         assert ("nll_time_binned_per_seq" in metrics["test"]) == (select == "binned"), select
         again = evaluate(tmp_path / select, "test")
         assert ("nll_time_binned_per_seq" in again) == (select == "binned"), select
+
+
+def test_time_lattice_survives_a_smallest_gap_stored_rounded() -> None:
+    """book_order's quantum is 1/60,000, its one-quantum gaps stored as 1.66666e-05 (6 digits): the quantum read
+    off that gap is refitted over all gaps instead of missing the lattice; continuous gaps still give none."""
+    q = 1 / 60000
+    rng = np.random.default_rng(3)
+    seqs = []
+    for _ in range(30):
+        k = rng.integers(1, 3000, 40).astype(float)
+        t = np.concatenate([[0.0], np.cumsum(k * q)])
+        t = np.array([float(f"{x:.12g}") for x in t])  # the file's 12 significant digits
+        seqs.append(EventSequence(t, np.zeros(t.size, int), None))
+    seqs.append(EventSequence(np.array([0.0, 1.66666e-05]), np.zeros(2, int), None))  # one gap stored rounded
+    lat = time_lattice(seqs)
+    assert lat is not None and lat.quantum == pytest.approx(q, rel=1e-9)
+    rough = [EventSequence(np.concatenate([[0.0], np.cumsum(rng.integers(1, 3000, 40) * q
+                                                             + rng.uniform(0, 0.05 * q, 40))]), np.zeros(41, int), None)
+             for _ in range(30)]  # fmt: skip
+    assert time_lattice(rough) is None

@@ -213,7 +213,8 @@ def _fmt(x: float) -> str:
 
 def _lattice_line(lattice: dict[str, Any] | None) -> str:
     if lattice is None:
-        return "time lattice   none found (gaps are not whole multiples of one quantum)"
+        return ("time lattice   none found (no quantum q = the smallest positive gap / 1..6 has every gap of up to "
+                "10,000 q a whole multiple of q; a coarser lattice, if any, has bins too narrow to matter)")
     from mtpp.data.lattice import NEAR
 
     q = float(lattice["quantum"])

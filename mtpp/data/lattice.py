@@ -22,7 +22,7 @@ with the CDF at the bin's edges for the non-randomised PIT of binned data (``pce
 gaps is not uniform even under the model that generated them.
 
 ``time_lattice`` finds ``q`` from the training gaps (float64, on the host): the smallest positive gap, or that
-divided by ``2..MAX_DIVISOR``, such that every positive gap of at most ``MAX_MULTIPLE`` quanta lies within
+divided by ``2..MAX_DIVISOR`` (refitted by least squares over the gaps when that one gap is stored rounded), such that every positive gap of at most ``MAX_MULTIPLE`` quanta lies within
 ``TOLERANCE`` quanta of a whole multiple (bins are only consequential where gaps are few quanta; gaps far beyond
 have bins narrower than a 1e-4 share of themselves).
 """
@@ -90,6 +90,19 @@ def lattice_warning(lattice: TimeLattice) -> str:
             "it (mtpp.data.lattice)")  # fmt: skip
 
 
+def _refined_quantum(positive: np.ndarray, q: float) -> float:
+    """``q`` refitted by least squares, ``q = sum k g / sum k^2`` over the gaps ``g`` of ``k = round(g / q)``
+    quanta, on ever wider ranges of ``k`` (10, 100, ... ``MAX_MULTIPLE``), so that a quantum read off one rounded
+    gap (``1.66666e-05`` for ``1 / 60000``) is corrected before far multiples are checked against it."""
+    for most in (10.0, 100.0, 1e3, MAX_MULTIPLE):
+        k = np.round(positive / q)
+        sel = (k >= 1) & (k <= most)
+        if not sel.any():
+            break
+        q = float(np.sum(k[sel] * positive[sel]) / np.sum(k[sel] ** 2))
+    return q
+
+
 def time_lattice(sequences: Iterable) -> TimeLattice | None:
     """The lattice of the within-sequence gaps of ``sequences`` (module docstring), or ``None`` when the gaps are
     not on one (or too few are close enough to tell)."""
@@ -105,7 +118,11 @@ def time_lattice(sequences: Iterable) -> TimeLattice | None:
         checked = r[r <= MAX_MULTIPLE]
         if checked.size < MIN_CHECKED:
             return None
-        if np.all(np.abs(checked - np.round(checked)) <= TOLERANCE):
+        if not np.all(np.abs(checked - np.round(checked)) <= TOLERANCE):
+            q = _refined_quantum(positive, q)  # the smallest gap itself may be stored rounded (book_order: 6 digits)
+            r = positive / q
+            checked = r[r <= MAX_MULTIPLE]
+        if checked.size >= MIN_CHECKED and np.all(np.abs(checked - np.round(checked)) <= TOLERANCE):
             return TimeLattice(
                 quantum=q,
                 share_near=float(np.mean(r <= NEAR + 0.5)),
