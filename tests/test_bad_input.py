@@ -213,3 +213,16 @@ def test_a_bad_sequence_of_a_long_table_is_named_by_its_seq_id_and_line(tmp_path
     p.write_text("seq_id,time,mark\nuserA,1,0\nuserB,3,0\nuserA,2,1\nuserB,4,-1\n")
     with pytest.raises(DataError, match=r"sequence 1: negative mark -1 at event 1 \(seq_id 'userB', line 5\)"):
         read_any(p)
+
+
+@pytest.mark.parametrize("name", ["missing.json", "events.csv.gz", "seqs.PKL", "./missing", "sub/missing"])
+def test_a_missing_file_named_bare_is_a_missing_file_not_an_unknown_dataset(name: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mtpp data describe missing.json`` said "unknown dataset 'missing.json'; known names: ...": a name with a
+    file's ending (or a path) is a file that is not there, said with where it was looked for."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="no such file or folder") as e:
+        load_dataset(name, data_dir=tmp_path)
+    assert "unknown dataset" not in str(e.value)
+    with pytest.raises(DataError, match="unknown dataset 'mocc'; did you mean 'mooc'"):
+        load_dataset("mocc", data_dir=tmp_path)

@@ -288,9 +288,13 @@ def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None)
     root = resolve_data_dir(data_dir)
     if os.sep not in text and (root / text).exists():
         return safe_name(text), root / text, None
-    if os.sep in text or text.startswith("."):
-        raise DataError("no such file or folder", source=text)
+    if os.sep in text or text.startswith(".") or Path(text).suffix.lower().lstrip(".") in _FILE_SUFFIXES:
+        raise DataError(f"no such file or folder (in {Path.cwd()}, nor in the data directory {root})", source=text)
     raise _unknown(text)
+
+
+_FILE_SUFFIXES = ("json", "gz", "pkl", "pickle", "pt", "pth", "npz", "csv", "tsv", "txt", "parquet")
+"""Name endings that make a bare argument a file name, never a catalog name (``missing.json``)."""
 
 
 def _has_split(res: ReadResult, split: int) -> bool:
