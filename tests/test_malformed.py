@@ -16,7 +16,7 @@ import pytest
 import malformed as M
 from mtpp.cli import main
 from mtpp.data.catalog import load_dataset
-from mtpp.data.formats import MAX_MARKS, read_any
+from mtpp.data.formats import MAX_MARKS, ReadOptions, read_any
 from mtpp.errors import DataError
 
 
@@ -448,3 +448,27 @@ def test_declared_marks_far_more_than_observed_warns(tmp_path: Path, caplog: pyt
     assert "only 2 of 50 mark ids occur" in capsys.readouterr().out
     assert main(["data", "describe", str(p), "--remap-marks", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total"]["num_marks"] == 2
+
+
+def test_easytpp_redundant_fields_that_contradict_the_times(tmp_path: Path) -> None:
+    """``seq_len`` that is not the number of events is an error (a truncated record?), dropped and counted with
+    drop_invalid; ``time_since_last_event`` that contradicts ``time_since_start`` is a note counting the
+    sequences (the staged LGNJSDE Taobao pickle has 1,268 such training sequences); consistent ones say nothing."""
+    p = M.easytpp_json(tmp_path, {"seq_len": 99})
+    with pytest.raises(DataError, match=r"bad.json: sequence 1: seq_len is 99 but time_since_start has 2 events"):
+        read_any(p)
+    res = read_any(p, options=ReadOptions(drop_invalid=True))
+    assert res.num_sequences == 1 and sum(res.dropped.values()) == 1
+    p = M.easytpp_json(tmp_path, {"time_since_start": [0.0, 1.0, 3.0], "time_since_last_event": [0.0, 1.0, 5.0],
+                                  "type_event": [0, 1, 1]}, name="gaps.json")  # fmt: skip
+    res = read_any(p)
+    assert res.num_sequences == 2 and np.allclose(res.parts["gaps"][1].times, [0.0, 1.0, 3.0])
+    assert any("contradicts time_since_start in 1 sequence(s) (first: sequence 1: time_since_last_event[2] = 5"
+               in n for n in res.notes), res.notes  # fmt: skip
+    with pytest.raises(DataError, match="time_since_last_event has 1 values but time_since_start has 2 events"):
+        read_any(M.easytpp_json(tmp_path, {"time_since_last_event": [0.0]}, name="short.json"))
+    assert not any("contradicts" in n for n in read_any(M.easytpp_json(tmp_path, name="good.json")).notes)
+    events = M.easytpp_events([0, 1, 1], [0.0, 1.0, 3.0])
+    events[2]["time_since_last_event"], events[1]["time_since_last_event"], events[0]["time_since_last_event"] = 9, 1, 0
+    res = read_any(M.easytpp_pickle(tmp_path, {"dim_process": 2, "train": [events]}))
+    assert any("contradicts time_since_start in 1 sequence(s)" in n for n in res.notes), res.notes

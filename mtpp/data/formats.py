@@ -216,6 +216,8 @@ class _Builder:
         self.max_mark = None if self.options.remap_marks else MAX_MARKS
         self.sorted = 0
         self.dropped: Counter = Counter()
+        self.disagreeing = 0  # EasyTPP records whose time_since_last_event contradicts time_since_start
+        self.first_disagreement = ""
 
     def __call__(self, times: Any, marks: Any, index: int, window_end: float | None = None) -> EventSequence | None:
         if self.options.sort:
@@ -238,6 +240,21 @@ class _Builder:
             self.dropped[drop_reason(e.problem)] += 1
             return None
 
+    def consistent(self, found: tuple[str | None, str | None], index: int) -> bool:
+        """``found = (problem, disagreement)`` (:func:`easytpp_inconsistency`): a disagreement is counted for a
+        note; a problem is a ``DataError`` naming the sequence, or with ``drop_invalid`` the sequence is counted as
+        dropped (``False``: skip it)."""
+        problem, disagreement = found
+        if disagreement is not None:
+            self.disagreeing += 1
+            self.first_disagreement = self.first_disagreement or f"sequence {index}: {disagreement}"
+        if problem is None:
+            return True
+        if not self.options.drop_invalid:
+            raise DataError(problem, source=self.source, sequence=index)
+        self.dropped[drop_reason(problem)] += 1
+        return False
+
     def _maybe_sort(self, times: Any, marks: Any) -> tuple[Any, Any]:
         try:
             t = np.asarray(times, dtype=np.float64)
@@ -256,6 +273,9 @@ class _Builder:
             out.append(f"{self.source}: sorted the times of {self.sorted} unsorted sequence(s)")
         for reason, n in sorted(self.dropped.items()):
             out.append(f"{self.source}: dropped {n} invalid sequence(s): {reason}")
+        if self.disagreeing:
+            out.append(f"{self.source}: time_since_last_event contradicts time_since_start in {self.disagreeing} "
+                       f"sequence(s) (first: {self.first_disagreement}); the times are read from time_since_start")
         return out
 
 
@@ -753,12 +773,51 @@ def read_easytpp_json(
         if not isinstance(rec, dict):
             raise DataError(f"expected an object per sequence, got {type(rec).__name__}", source=str(path), sequence=i)
         times, marks = _get_keys(rec, ("time_since_start", "type_event"), path, i)
+        if not build.consistent(easytpp_inconsistency(times, rec.get("seq_len"), rec.get("time_since_last_event")), i):
+            continue
         s = build(times, marks, i)
         if s is not None:
             seqs.append(s)
     k = declared if declared is not None else infer_num_marks(seqs)
     name = part or _part_from_stem(_strip_suffixes(path.name.lower()).rsplit(".", 1)[0])
     return ReadResult({name: seqs}, k, "easytpp_json", str(path), build.notes(), build.dropped, [str(path)])
+
+
+def easytpp_inconsistency(times: Any, seq_len: Any = None, since_last: Any = None) -> tuple[str | None, str | None]:
+    """``(problem, disagreement)`` of an EasyTPP record's redundant fields against ``time_since_start``.
+
+    ``problem`` (an error): ``seq_len`` differs from the number of events (a truncated or mis-assembled record),
+    or ``time_since_last_event`` has another length or is not numbers. ``disagreement`` (a note; the staged
+    LGNJSDE Taobao pickle has such records): ``time_since_last_event`` differs from the gaps of
+    ``time_since_start`` from the second event on (``1e-5`` relative; its first value's convention varies).
+    Times are always read from ``time_since_start``. Values that are not numbers are left to the sequence's own
+    checks."""
+    try:
+        t = np.asarray(times, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return None, None
+    if t.ndim != 1:
+        return None, None
+    if seq_len is not None and isinstance(seq_len, (int, float, np.integer)) and not isinstance(seq_len, bool):
+        if seq_len != t.size:
+            return f"seq_len is {seq_len} but time_since_start has {t.size} events (a truncated record?)", None
+    if since_last is None:
+        return None, None
+    try:
+        d = np.asarray(since_last, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return "time_since_last_event is not a list of numbers", None
+    if d.shape != t.shape:
+        return f"time_since_last_event has {d.size} values but time_since_start has {t.size} events", None
+    if t.size < 2 or not (np.all(np.isfinite(d)) and np.all(np.isfinite(t))):
+        return None, None
+    gaps = np.diff(t)
+    ok = np.isclose(d[1:], gaps, rtol=1e-5, atol=1e-8 * max(1.0, float(np.abs(t).max())))
+    if ok.all():
+        return None, None
+    j = int(np.argmin(ok)) + 1
+    return None, (f"time_since_last_event[{j}] = {d[j]:.6g}, time_since_start's gap {gaps[j - 1]:.6g} "
+                  f"({int((~ok).sum())} event(s))")
 
 
 def _get_keys(rec: Mapping, keys: Sequence[str], path: Path, i: int) -> list:
@@ -852,6 +911,10 @@ def _read_easytpp_pickle(obj: dict, path: Path, options: ReadOptions | None) -> 
                                 source=label, sequence=i) from None
             except (TypeError, IndexError):
                 raise DataError("events must be dicts", source=label, sequence=i) from None
+            since_last = [e.get("time_since_last_event") for e in seq]
+            since_last = None if any(v is None for v in since_last) else since_last
+            if not build.consistent(easytpp_inconsistency(times, None, since_last), i):
+                continue
             s = build(times, marks, i)
             if s is not None:
                 seqs.append(s)
