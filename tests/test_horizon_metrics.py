@@ -145,9 +145,36 @@ def test_true_hawkes_is_calibrated_and_beats_poisson() -> None:
     true = evaluate_horizon(lambda hs: HawkesProcess(params, hs), seqs, 3.0, 2, samples=100, max_points=400)
     pois = evaluate_horizon(lambda hs: PoissonProcess(params.stationary_rate(), hs), seqs, 3.0, 2, samples=100,
                             max_points=400)
-    assert true["points"] == 400 and true["truncated_rows"] == 0
+    assert true["points"] == 400 and true["truncated_samples"] == 0 and true["truncated_rollouts"] == 0
     assert true["count_pce"] < 0.05, true
     assert abs(true["next_interval_coverage"] - 0.9) < 0.05
     assert abs(true["count_coverage"] - 0.9) < 0.06
     assert pois["count_pce"] > true["count_pce"]
     assert true["next_nll_mark"] < pois["next_nll_mark"]
+
+
+def test_continuations_cut_at_max_events_are_counted_apart_and_flagged() -> None:
+    """A cap below the window's events: the sampled and the rollout cuts are counted separately, each against its
+    own total (points x samples, points), and the table marks the metrics computed from them."""
+    from mtpp.forecast.horizon import format_horizon
+
+    params = HawkesParams(mu=[0.3, 0.2], alpha=[[0.4, 0.1], [0.2, 0.3]], beta=2.0)
+    seqs = [s for s in simulate_hawkes_many(params, 20, 40.0, np.random.default_rng(3)) if len(s) > 2]
+    out = evaluate_horizon(lambda hs: HawkesProcess(params, hs), seqs, 3.0, 2, samples=8, max_points=50,
+                           max_events=1)
+    assert out["points"] == 50 and out["max_events"] == 1 and "truncated_rows" not in out
+    # with a cap of 1 a sampled row is cut exactly when it drew an event in the window (count 1, else 0)
+    assert out["truncated_samples"] == round(out["count_mean_pred"] * 50 * 8)
+    assert 0 < out["truncated_samples"] <= 50 * 8 and 0 < out["truncated_rollouts"] <= 50
+    assert out["count_mean_pred"] <= 1.0 < out["count_mean_obs"]  # the capped counts are lower bounds
+    table = format_horizon({"model": out, "baselines": {}}, "run test").splitlines()
+    row = next(line for line in table if line.startswith("| model |")).strip("| ").split(" | ")
+    assert row[4].endswith("*") and row[6].endswith("*") and row[7].endswith("*")  # T-mAP, count PCE, count cov.
+    assert not any(cell.endswith("*") for cell in row[1:4] + row[5:6])  # next-event metrics and OTD: no cut
+    note = next(line for line in table if line.startswith("* model: "))
+    assert (f"{out['truncated_samples']} of 400 sampled continuations cut at --max-events 1 before the horizon: "
+            "their event counts are lower bounds (count PCE, count cov.)") in note
+    assert f"{out['truncated_rollouts']} of 50 mode rollouts cut at --max-events 1" in note and "(T-mAP)" in note
+    uncapped = evaluate_horizon(lambda hs: HawkesProcess(params, hs), seqs, 3.0, 2, samples=8, max_points=50)
+    assert uncapped["truncated_samples"] == uncapped["truncated_rollouts"] == 0
+    assert "*" not in format_horizon({"model": uncapped}, "run test").split("(at each")[0]

@@ -288,6 +288,29 @@ def test_accumulator_matches_pure_functions_and_one_concatenated_batch() -> None
         assert sum(arrays[f"reliability_count_{kind}"]) == n_ev and len(arrays[f"reliability_edges_{kind}"]) == 11
 
 
+@pytest.mark.parametrize("k, reported", [(2, ()), (4, (3,)), (6, (3, 5)), (11, (3, 5, 10))])
+def test_topk_accuracies_stop_below_the_number_of_marks(k: int, reported: tuple[int, ...]) -> None:
+    """With k >= K marks every event is in the top k (accuracy 1 whatever the model): not reported; K is."""
+    gen = torch.Generator().manual_seed(3)
+    parts = [_fake(gen, 3, 7, k), _fake(gen, 2, 5, k)]
+    acc = MetricAccumulator()
+    for s, b in parts:
+        acc.update(s, b)
+    m = acc.compute()
+    assert m["num_marks"] == k
+    lp = {"given_time": torch.cat([s.mark_log_probs[s.nll.scored] for s, _ in parts]).double(),
+          "forecast": torch.cat([s.forecast_mark_log_probs[s.nll.scored] for s, _ in parts]).double()}
+    y = torch.cat([b.marks[s.nll.scored] for s, b in parts])
+    for kind in ("given_time", "forecast"):
+        shown = sorted(int(n[3:].split("_")[0]) for n in m if n.startswith("top") and n.endswith(kind))
+        assert shown == list(reported), kind
+        assert m[f"accuracy_{kind}"] == pytest.approx(topk_accuracy(lp[kind], y, 1))
+        for kk in reported:  # those kept are the pure function's values
+            assert m[f"top{kk}_accuracy_{kind}"] == pytest.approx(topk_accuracy(lp[kind], y, kk))
+    merged = MetricAccumulator().merge(MetricAccumulator()).merge(acc).compute()  # K survives a merge
+    assert merged["num_marks"] == k and merged.keys() == m.keys()
+
+
 def test_accumulator_merge_and_missing_means() -> None:
     gen = torch.Generator().manual_seed(2)
     a, b = MetricAccumulator(), MetricAccumulator()

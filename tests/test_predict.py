@@ -340,6 +340,85 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
     assert (run / "metrics.json").stat().st_mtime_ns == stamp
 
 
+def test_every_sampling_command_has_the_one_max_events_option() -> None:
+    from mtpp.cli import build_parser
+    from mtpp.commands._forecast_args import MAX_EVENTS, positive_int
+    from mtpp.forecast.generate import DEFAULT_MAX_EVENTS
+
+    assert MAX_EVENTS == DEFAULT_MAX_EVENTS
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    options = {name: next(a for a in sub[name]._actions if a.dest == "max_events")
+               for name in ("generate", "plot", "evaluate")}  # fmt: skip
+    helps = {o.help for o in options.values()}
+    assert len(helps) == 1 and f"default {DEFAULT_MAX_EVENTS}" in helps.pop()
+    assert {(o.type, o.default, *o.option_strings) for o in options.values()} == {(positive_int, None, "--max-events")}
+
+
+def test_the_plot_stops_the_sampled_counts_where_a_continuation_was_cut(run_dir: Path) -> None:
+    """Continuations cut at max_events counted only up to the cap: the sampled curves ran flat at the cap to the
+    horizon's end, read as a forecast of no further events. They stop at the first cut, which the figure says."""
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir)
+    seq = run.split("test")[1]
+    for cap in (1, None):
+        notes: list[str] = []
+        fig = plot_forecast(run.model, seq, horizon=3.0, samples=6, max_events=cap, log=notes.append)
+        try:
+            lines = {line.get_label(): line for line in fig.axes[2].get_lines()}
+            x, median = (np.asarray(v, dtype=float) for v in lines["median of 6 samples"].get_data())
+            cuts = [line for label, line in lines.items() if label.startswith("first sample cut at --max-events")]
+            if cap is None:  # nothing cut: whole curves, nothing said
+                assert not notes and not cuts and np.isfinite(median).all()
+                continue
+            assert len(notes) == 1 and notes[0].endswith("cut at --max-events 1 before the horizon: their event "
+                                                         "counts are lower bounds") and " of 6 sampled" in notes[0]
+            assert notes[0] in fig._suptitle.get_text()
+            first_capped = float(np.asarray(cuts[0].get_xdata())[0])
+            assert np.isfinite(median[x <= first_capped]).all() and np.isnan(median[x > first_capped]).all()
+            assert (x > first_capped).any() and np.nanmax(median) <= 1
+        finally:
+            plt.close(fig)
+
+
+def test_sampling_commands_say_when_continuations_were_cut(run_dir: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    plot = ["plot", str(run_dir), "--sequence", "1", "--horizon", "3", "--samples", "8", "--max-events", "1"]
+    assert main([*plot, "--out", str(tmp_path / "f.png")]) == 0
+    said = " of 8 sampled continuations cut at --max-events 1 before the horizon: their event counts are lower bounds"
+    assert said in capsys.readouterr().out
+    assert main(["generate", str(run_dir), "--horizon", "2", "--samples", "3", "--sequences", "0,2",
+                 "--max-events", "1", "--out", str(tmp_path / "g.csv")]) == 0
+    out = capsys.readouterr().out
+    assert " of 6 sampled continuations cut at --max-events 1 before the horizon: their event counts" in out
+    assert pd.read_csv(tmp_path / "g.csv").groupby(["sequence", "sample"]).size().max() == 1
+    # evaluate --horizon: sampled and rollout cuts apart, each against its total; the table marks what they touch
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test"]["horizon_truncated_rows"] = 450  # an older evaluation's summed count: replaced, not kept
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["evaluate", str(run), "--horizon", "2", "--samples", "4", "--points", "20", "--max-events", "1"]) == 0
+    printed = capsys.readouterr().out
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert "horizon_truncated_rows" not in test and test["horizon_max_events"] == 1
+    samples, rollouts = test["horizon_truncated_samples"], test["horizon_truncated_rollouts"]
+    assert test["horizon_points"] == 20 and 0 < samples <= 20 * 4 and 0 < rollouts <= 20
+    assert test["horizon_count_mean_pred"] == pytest.approx(samples / 80)  # a cap of 1: a cut row counts 1
+    assert (f"* model: {samples} of 80 sampled continuations cut at --max-events 1 before the horizon: their event "
+            "counts are lower bounds (count PCE, count cov.)") in printed
+    row = next(line for line in printed.splitlines() if line.startswith("| model |")).strip("| ").split(" | ")
+    assert row[6].endswith("*") and row[7].endswith("*") and not row[5].endswith("*")
+    for bad, said in ((["--horizon", "2", "--max-events", "0"], "--max-events: must be >= 1, got 0"),
+                      (["--max-events", "5"], "--max-events only apply with --horizon")):
+        assert _exit_code(["evaluate", str(run), *bad]) == 2
+        assert said in capsys.readouterr().err
+
+
 def test_every_encoder_decoder_parametrisation_predicts_and_generates() -> None:
     """All 4 x 5 x 3 models: a finite prediction table and sorted continuations (both samplers where they apply)."""
     from mtpp.forecast.generate import generate

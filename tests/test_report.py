@@ -511,6 +511,38 @@ def test_metric_table_accepts_old_and_new_names():
     assert report.metric_info("nll_time_per_seq").title() == "time NLL per sequence (nats) ↓ lower is better"
 
 
+def test_topk_accuracies_of_a_model_with_k_marks_or_fewer_are_not_read(tmp_path, capsys):
+    """metrics.json files written before top-k stopped below K (top5 = top10 = 1.0 on 2 marks) stay readable; the
+    trivial top-k are left out, K from the metrics (newer files) or the config's data record (older ones)."""
+    topk = {f"top{k}_accuracy_{kind}": 1.0 for k in (3, 5, 10) for kind in ("given_time", "forecast")}
+    for name, marks_in_config, marks_in_metrics in (("two", 2, None), ("four", None, 4), ("unknown", None, None)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        config = {"data": {"name": name}, "model": {"decoder": "lnm", "parametrisation": "base"}}
+        if marks_in_config:
+            config["run_info"] = {"data": {"name": name, "num_marks": marks_in_config}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        test = {"accuracy_forecast": 0.6, "accuracy_given_time": 0.7, **topk}
+        if marks_in_metrics:
+            test["num_marks"] = marks_in_metrics
+        (run / "metrics.json").write_text(json.dumps({"test": test, "val": dict(test)}))
+    rows = {r["dataset"]: r for _, r in report.collect_runs(tmp_path / "runs").iterrows()}
+    shown = {name: sorted(k for k, v in r.items() if "top" in k and v == v) for name, r in rows.items()}
+    assert shown["two"] == []
+    kinds = ("given_time", "forecast")
+    assert shown["four"] == sorted(f"{s}top3_accuracy_{kind}" for s in ("", "val/") for kind in kinds)
+    assert len(shown["unknown"]) == 12  # nothing tells K: read as written
+    assert rows["two"]["accuracy_forecast"] == 0.6  # the rest of the file as before
+    # asking for a top-k that no run reports says why, not "unknown metric"
+    only_two = tmp_path / "runs" / "two"
+    assert main(["report", str(only_two), "--out", str(tmp_path / "r"), "--metrics", "top5_accuracy_forecast",
+                 "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "top5_accuracy_forecast: not reported for these runs: a top-k accuracy needs more than k marks" in err
+    assert main(["report", str(only_two), "--out", str(tmp_path / "r"), "--metrics", "accuracy_forecast",
+                 "--no-plots"]) == 0
+
+
 def test_reliability_reads_runs_written_before_the_forecast_arrays(tmp_path, figures):
     """Arrays without the ``_forecast`` / ``_given_time`` suffix (older runs) are the given-time diagram."""
     run = tmp_path / "runs" / "old"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from mtpp.commands._forecast_args import positive_int
+from mtpp.commands._forecast_args import MAX_EVENTS, add_max_events, positive_int
 
 SHOWN = (
     ("L_T/seq", "nll_time_per_seq"),
@@ -70,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=positive_int, help="sampled continuations per point for --horizon (default 32)")
     p.add_argument("--points", type=positive_int,
                    help="at most this many prediction points for --horizon (default 1000)")
+    add_max_events(p)
     p.set_defaults(func=run)
 
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.horizon is not None and not (math.isfinite(args.horizon) and args.horizon > 0):
         raise MtppError(f"--horizon: a time span > 0 in the data's units, got {args.horizon}")
-    given = [f"--{n}" for n in ("samples", "points") if getattr(args, n) is not None]
+    given = [f"--{n.replace('_', '-')}" for n in ("samples", "points", "max_events") if getattr(args, n) is not None]
     if given and args.horizon is None:
         raise MtppError(f"{' and '.join(given)} only apply with --horizon (the horizon metrics); add --horizon T")
     samples = 32 if args.samples is None else args.samples
@@ -196,5 +197,6 @@ def _evaluate_split(run_dir: Path, split: str, args: argparse.Namespace, table: 
         from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
 
         h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=samples, max_points=points,
-                                 device=args.device, progress=True)  # fmt: skip
+                                 max_events=args.max_events or MAX_EVENTS, device=args.device,
+                                 progress=True)  # fmt: skip
         print(format_horizon(h, f"{run_dir} {split}"))

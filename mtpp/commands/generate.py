@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtpp.commands._forecast_args import add_run_options, positive_float
+from mtpp.commands._forecast_args import MAX_EVENTS, add_max_events, add_run_options, positive_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", choices=("model", "poisson", "hawkes"), default="model",
                    help="generate from a baseline instead: poisson (fit on the training split) or hawkes (the true "
                    "process, synthetic_hawkes only)")
-    p.add_argument("--max-events", type=int, default=1000, help="cap on events per sample (default 1000)")
+    add_max_events(p)
     p.add_argument("--max-memory", type=positive_float, default=2.0, help="memory budget in GiB (default 2)")
     add_run_options(p)
     p.set_defaults(func=run)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mtpp.errors import MtppError
     from mtpp.forecast.baselines import baseline_factory
-    from mtpp.forecast.generate import generate
+    from mtpp.forecast.generate import generate, truncation_note
     from mtpp.forecast.predict import check_table_path, write_table
     from mtpp.forecast.runs import load_run
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     with run.threads():
         g = generate(target, histories, horizon=args.horizon, events=args.events, samples=args.samples,
-                     max_events=args.max_events, sampler=args.sampler, seed=args.seed,
+                     max_events=args.max_events or MAX_EVENTS, sampler=args.sampler, seed=args.seed,
                      max_memory=int(args.max_memory * (1 << 30)), source=source, progress=True)
     seconds = time.perf_counter() - t
     frame = g.to_frame()
@@ -78,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{path}: {len(frame)} events in {g.rows} samples of {len(histories)} sequences "
           f"({'' if args.baseline == 'model' else f'baseline {args.baseline}, '}{g.info['sampler']} sampler, "
           f"{len(frame) / max(seconds, 1e-9):.0f} events/s)"
-          + (f"; {int(g.truncated.sum())} sample(s) cut at --max-events {g.info['max_events']} before the horizon"
+          + (f"; {truncation_note(int(g.truncated.sum()), g.rows, g.info['max_events'])}"
              if args.horizon is not None else ""))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtpp.commands._forecast_args import add_run_options
+from mtpp.commands._forecast_args import add_max_events, add_run_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="plot one sequence with the model's intensity and sampled continuations",
         description="Draw one sequence of a split (--sequence I): observed events by mark, the model's conditional "
         "intensity, and --samples continuations after a cut (their median and 50 / 90 % bands of the event count "
-        "against the observed count). See mtpp.forecast.plot.",
+        "against the observed count; they stop where a continuation was cut at --max-events). See mtpp.forecast.plot.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
     p.add_argument("--sequence", type=int, required=True, help="index of the sequence in the split")
@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--horizon", type=float, help="forecast window after the cut (default: 1/4 of the sequence)")
     p.add_argument("--cut", type=int, help="number of history events (default: the last cut with an observed window)")
     p.add_argument("--samples", type=int, default=50, help="sampled continuations (default 50)")
+    add_max_events(p)
     add_run_options(p)
     p.set_defaults(func=run)
 
@@ -44,11 +45,12 @@ def run(args: argparse.Namespace) -> int:
     m = run.cfg.model
     title = (f"{run.cfg.data.name} {args.split} sequence {args.sequence}: {m.encoder}-{m.decoder} {m.parametrisation}"
              f", horizon {horizon:g}")
+    notes: list[str] = []  # sampled continuations cut at --max-events, if any
     with run.threads():
         fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
-                            title=title)
+                            title=title, max_events=args.max_events, log=notes.append)
     path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
-    beyond = beyond_data_note(seq, horizon, args.cut)
-    print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples" + (f"; {beyond}" if beyond
-                                                                                             else ""))
+    notes.append(beyond_data_note(seq, horizon, args.cut))
+    print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples"
+          + "".join(f"; {n}" for n in notes if n))
     return 0

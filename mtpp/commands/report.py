@@ -65,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics:
         args.metrics = [report.canonical_metric(m) for m in args.metrics]  # old names (accuracy, ece) accepted
         missing = [m for m in args.metrics if m not in df.columns]
+        from mtpp.evaluation.metrics import MARK_KINDS, TOPK
+
+        topk = {f"top{k}_accuracy_{kind}": f"accuracy_{kind}" for k in TOPK if k > 1 for kind in MARK_KINDS}
+        trivial = [m for m in missing if topk.get(m) in df.columns]  # the runs have the kind, not this k
+        if trivial:  # left out of metrics.json / the rows: see mtpp.evaluation.metrics.topk_reported
+            raise MtppError(f"{', '.join(trivial)}: not reported for these runs: a top-k accuracy needs more than k "
+                            "marks (with k or fewer every event is in the top k: 1 whatever the model)")
         if missing:
             known = sorted(c for c in df.columns if not c.startswith("config.") and "/" not in c
                            and c not in (*report.KEY_COLUMNS, *report.REPLICATE_COLUMNS, "run"))  # fmt: skip

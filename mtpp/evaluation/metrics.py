@@ -38,6 +38,9 @@ Conventions (every report should state them):
   1)``, reciprocal rank = ``(H_{g+t+1} - H_g)/(t + 1)`` (harmonic numbers). Without ties this is the usual
   ``rank = 1 + g``; a degenerate model that outputs uniform probabilities gets accuracy ``1/K`` (chance), never
   1 (the optimistic rule) or 0 (the pessimistic one). ``accuracy_*`` is top-1 under this rule.
+* **Top-k only where it says something.** ``top{k}_accuracy_*`` is reported for the ``k`` of ``TOPK`` below the
+  number of marks ``K`` (:func:`topk_reported`): with ``k >= K`` every event is in the top ``k``, so the value is 1
+  whatever the model. ``num_marks`` (``K``) is reported beside them.
 * **Two mark distributions** (``MARK_KINDS``), every mark metric reported for each, the name saying which:
   ``*_given_time`` scores ``p(k | tau_i, H_i)`` (given the observed gap: the distribution of ``L_M``,
   ``nll_mark_*``), ``*_forecast`` scores ``p(k | H_i)`` (the next time unknown; ``nll_mark_forecast_*``). E.g.
@@ -69,7 +72,8 @@ PIT_BINS = 50
 CALIBRATION_BINS = 10
 """Number of equal-width confidence bins of ECE / MCE / the reliability diagram."""
 TOPK = (1, 3, 5, 10)
-"""The ``k`` of the top-``k`` accuracies reported by :class:`MetricAccumulator`."""
+"""The ``k`` of the top-``k`` accuracies reported by :class:`MetricAccumulator` (those below ``K``:
+:func:`topk_reported`)."""
 
 ArrayLike = Tensor | np.ndarray | Sequence[float]
 
@@ -77,6 +81,7 @@ __all__ = [
     "PIT_BINS",
     "CALIBRATION_BINS",
     "TOPK",
+    "topk_reported",
     "pce",
     "pit_histogram",
     "pit_cdf",
@@ -89,6 +94,12 @@ __all__ = [
     "true_class_rank_stats",
     "MetricAccumulator",
 ]
+
+
+def topk_reported(k: int, num_marks: int) -> bool:
+    """Whether ``top{k}_accuracy`` means anything for a model of ``num_marks`` marks: top-1 always; ``k >= 2`` only
+    when ``k < num_marks`` (else every event is in the top ``k`` and the accuracy is 1 whatever the model)."""
+    return k == 1 or k < num_marks
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,6 +321,7 @@ class MetricAccumulator:
         self.pit_bins = pit_bins
         self.calibration_bins = calibration_bins
         self._state: dict[str, Tensor] | None = None
+        self.num_marks: int | None = None  # K, the last dimension of the mark log-probabilities seen
         for flag in self._FLAGS:
             setattr(self, flag, False)
 
@@ -317,6 +329,7 @@ class MetricAccumulator:
     def reset(self, device: torch.device | str | None = None) -> None:
         """Forget everything; with ``device``, allocate the (zero) state there at once."""
         self._state = None
+        self.num_marks = None
         for flag in self._FLAGS:
             setattr(self, flag, False)
         if device is not None:
@@ -376,6 +389,7 @@ class MetricAccumulator:
         state["nll_survival"] += nll.survival_term.to(dt).sum()
         state["nll_mark/given_time"] += nll.mark_nll.to(dt).sum()
 
+        self.num_marks = max(self.num_marks or 0, int(scores.mark_log_probs.shape[-1]))  # a shape: no host sync
         labels = batch.marks.to(device).long().clamp(0, scores.mark_log_probs.shape[-1] - 1)
         forecast = scores.forecast_mark_log_probs
         if forecast is None:
@@ -435,6 +449,7 @@ class MetricAccumulator:
             self._state[name] += value.to(self._state[name].device)
         for flag in self._FLAGS:
             setattr(self, flag, getattr(self, flag) or getattr(other, flag))
+        self.num_marks = max(self.num_marks or 0, other.num_marks or 0) or None
         return self
 
     def all_reduce(self, device: torch.device | str | None = None) -> None:
@@ -457,6 +472,9 @@ class MetricAccumulator:
         dist.all_reduce(flags)
         for flag, value in zip(self._FLAGS, flags.tolist()):
             setattr(self, flag, value > 0)
+        marks = torch.tensor(float(self.num_marks or 0), device=flags.device)
+        dist.all_reduce(marks, op=dist.ReduceOp.MAX)  # a rank that saw no batch learns K from the others
+        self.num_marks = int(marks.item()) or None
 
     # -- results -----------------------------------------------------------------------------------------------
     def _cpu_state(self) -> dict[str, np.ndarray]:
@@ -472,7 +490,8 @@ class MetricAccumulator:
         return out
 
     def compute(self) -> dict[str, float | int]:
-        """The metrics as plain Python numbers (NaN where undefined, e.g. no scored event)."""
+        """The metrics as plain Python numbers (NaN where undefined, e.g. no scored event); ``top{k}_accuracy_*``
+        only for ``k < num_marks`` (:func:`topk_reported`)."""
         s = self._cpu_state()
         n_seq = int(s["num_sequences"])
         n_ev = int(s["num_events"])
@@ -498,7 +517,8 @@ class MetricAccumulator:
                 out["nll_mark_forecast_per_seq"] = div(s["nll_mark/forecast"], n_seq)
                 out["nll_mark_forecast_per_event"] = div(s["nll_mark/forecast"], n_ev)
             for k in TOPK:
-                out[("accuracy" if k == 1 else f"top{k}_accuracy") + f"_{kind}"] = div(s[f"top{k}/{kind}"], n_ev)
+                if topk_reported(k, self.num_marks or 0):
+                    out[("accuracy" if k == 1 else f"top{k}_accuracy") + f"_{kind}"] = div(s[f"top{k}/{kind}"], n_ev)
             out[f"mrr_{kind}"] = div(s[f"rr/{kind}"], n_ev)
             out[f"brier_{kind}"] = div(s[f"brier/{kind}"], n_ev)
             diagram = _reliability_from_sums(s[f"cal_count/{kind}"], s[f"cal_conf/{kind}"], s[f"cal_acc/{kind}"])
@@ -515,6 +535,8 @@ class MetricAccumulator:
             out["rmse_tau_mean"] = math.sqrt(div(s["sq_err_mean"], n_mean)) if n_mean > 0 else math.nan
         out["num_sequences"] = n_seq
         out["num_events"] = n_ev
+        if self.num_marks is not None:
+            out["num_marks"] = self.num_marks
         if not self._ties_missing:  # scored gaps below the tie resolution: L_T holds log F(delta) there
             out["num_ties"] = int(s["num_ties"])
         return out

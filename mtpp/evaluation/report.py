@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -219,11 +220,25 @@ def _number(v: Any) -> Any:
     return math.nan if v is None else v
 
 
+TOPK_NAME = re.compile(r"(?:^|/)top(\d+)_accuracy")
+"""A top-``k`` accuracy column (``top5_accuracy_forecast``, ``val/top3_accuracy_given_time``); group 1 is ``k``."""
+
+
+def _num_marks(metrics: dict, section: str, config: dict) -> int | None:
+    """The run's number of marks ``K``: ``num_marks`` of its metrics (written since top-k accuracies stop below
+    ``K``), else the data record of ``config.yaml`` (``run_info.data.num_marks``); ``None`` when neither has it."""
+    sections = [metrics.get(section), *(v for v in metrics.values() if isinstance(v, dict))]
+    found = next((s["num_marks"] for s in sections if isinstance(s, dict) and s.get("num_marks")), None)
+    return int(found or _get(config, ("run_info", "data", "num_marks")) or 0) or None
+
+
 def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
     """One run as a flat dict: key columns, ``run`` (the folder), ``config.<section>.<key>`` fields, the
     metrics of ``metrics.json[section]`` under their own names, the other sections as ``<name>/<metric>``, and
     the top-level scalars of ``metrics.json`` under their own names (a metric of ``section`` wins a clash).
-    Legacy metric names are read under their current ones (:data:`LEGACY_NAMES`)."""
+    Legacy metric names are read under their current ones (:data:`LEGACY_NAMES`); top-``k`` accuracies with
+    ``k >= K`` marks (1 whatever the model, written by older versions) are left out
+    (:func:`mtpp.evaluation.metrics.topk_reported`)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     config: dict = {}
@@ -260,6 +275,12 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
     chosen = metrics.get(section, {})
     if isinstance(chosen, dict):
         row.update({c(k): _number(v) for k, v in chosen.items() if not isinstance(v, (dict, list))})
+    marks = _num_marks(metrics, section, config)
+    if marks is not None:
+        from mtpp.evaluation.metrics import topk_reported
+
+        for key in [k for k in row if (m := TOPK_NAME.search(k)) and not topk_reported(int(m.group(1)), marks)]:
+            del row[key]
     return row
 
 
@@ -417,7 +438,8 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         "paper's unit; the time NLL includes the survival term), or per scored event (`*_per_event`: the same "
         "total / number of scored events). "
         "Cells: mean ± standard error (std with ddof=1 / sqrt(n)) over the n splits / seeds; – where n = 1; "
-        "n/a where the metric does not apply (the conflict rate of ++, which shares no parameter). "
+        "n/a where the metric does not apply (the conflict rate of ++, which shares no parameter; a top-k accuracy "
+        "of a model with k marks or fewer, 1 whatever the model). "
         "Best mean per column in **bold** (↓ lower is better, ↑ higher is better), among the rows tested on the "
         "same data (rows of another `max_sequences`, `use_window` or `sort` are not compared with each other). "
         "`runs`: the run folders pooled in each row."

@@ -61,6 +61,7 @@ THINNING_WINDOW = 2.0
 MAX_ROUNDS = 10_000
 """Cap on thinning rounds per generated event (an ``MtppError`` names the rows still pending past it)."""
 DEFAULT_MAX_EVENTS = 1000
+"""Default cap on events per row in horizon mode (``--max-events``); rows that reach it are ``Generated.truncated``."""
 DEFAULT_MAX_MEMORY = 2 << 30
 """Default memory budget of ``generate`` (bytes): 2 GiB."""
 
@@ -288,6 +289,15 @@ def continue_rows(
         "truncated": truncated.numpy(),
         "rounds": rounds,
     }
+
+
+def truncation_note(cut: int, rows: int, max_events: int, what: str = "sampled continuations") -> str:
+    """The words for ``cut`` of ``rows`` continuations stopped at ``max_events`` before their horizon end
+    (``Generated.truncated.sum()``, ``Generated.rows``), for a console line or a figure:
+    ``"3 of 20 sampled continuations cut at --max-events 1000 before the horizon: their event counts are lower
+    bounds"`` (``"0 of 20 ... before the horizon"`` when none was cut)."""
+    note = f"{cut} of {rows} {what} cut at --max-events {max_events} before the horizon"
+    return note + (": their event counts are lower bounds" if cut else "")
 
 
 # ------------------------------------------------------------------------------------------------ memory

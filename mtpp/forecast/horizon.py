@@ -46,6 +46,11 @@ Calibration of the count in the window (``CountCalibration``), from ``S`` sample
   ``l`` (the ``(1 - l) / 2`` and ``(1 + l) / 2`` quantiles, inverted-CDF rule, inclusive); ``count_mae``: mean
   ``|median sampled count - n|``; ``count_mean_pred`` / ``count_mean_obs``.
 
+**Continuations cut at ``max_events``** (``Generated.truncated``: the cap reached before the window's end) are
+counted, never hidden: ``truncated_samples`` of the ``points x samples`` sampled continuations (their counts are
+lower bounds, and so is every count metric from them) and ``truncated_rollouts`` of the ``points`` mode rollouts
+(their T-mAP predictions stop early); ``format_horizon`` marks the metrics they touch.
+
 Python loops: over prediction points and marks in ``TMAP`` / ``OTD`` (one small assignment problem each;
 ``scipy.optimize.linear_sum_assignment``); evaluation only, never a training path.
 """
@@ -61,6 +66,7 @@ from scipy.optimize import linear_sum_assignment
 
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import MtppError
+from mtpp.forecast.generate import DEFAULT_MAX_EVENTS, truncation_note
 
 DEFAULT_DELTAS_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5)
 """Default T-mAP tolerances as fractions of the horizon."""
@@ -321,7 +327,7 @@ def evaluate_horizon(
     min_history: int = 1,
     stride: int = 1,
     max_points: int | None = 1000,
-    max_events: int = 1000,
+    max_events: int = DEFAULT_MAX_EVENTS,
     seed: int = 0,
     progress: str | None = None,
 ) -> dict:
@@ -329,7 +335,10 @@ def evaluate_horizon(
 
     deltas: T-mAP tolerances (default ``DEFAULT_DELTAS_FRACTIONS x horizon``); otd_cost: default ``horizon / 2``.
     progress: a label to show a progress bar over the stages under (on a terminal); ``None``: no bar.
-    Returns a flat dict (plus ``window`` = the horizon, ``points``, ``samples``, ``truncated_rows``).
+    max_events: the cap on events per continuation (sampled or rollout) within the horizon.
+    Returns a flat dict (plus ``window`` = the horizon, ``points``, ``samples``, ``max_events``,
+    ``truncated_samples`` (of ``points x samples``) and ``truncated_rollouts`` (of ``points``): the continuations
+    cut at ``max_events`` before the window's end, module docstring).
     """
     from tqdm.auto import tqdm
 
@@ -417,8 +426,9 @@ def evaluate_horizon(
     out.update(otd.compute())
     out["otd_events"] = otd_events
     out.update(cal.compute())
-    out["truncated_rows"] = int(sampled.truncated.sum() + rollout.truncated.sum())
     out["max_events"] = max_events
+    out["truncated_samples"] = int(sampled.truncated.sum())
+    out["truncated_rollouts"] = int(rollout.truncated.sum())
     return out
 
 
@@ -443,9 +453,10 @@ def evaluate_run_horizon(
     ``mtpp.forecast.baselines``), seeded with the run's seed.
 
     With ``write``, ``metrics.json[split]`` gains the model's metrics as flat ``horizon_<name>`` keys (so
-    ``mtpp compare`` / ``mtpp report`` tables can show them) and ``horizon_baselines: {name: {...}}``; nothing
-    else in the file changes. ``progress``: a bar per model / baseline on a terminal. Returns
-    ``{"model": {...}, "baselines": {name: {...}}}``.
+    ``mtpp compare`` / ``mtpp report`` tables can show them) and ``horizon_baselines: {name: {...}}``, replacing
+    every ``horizon_*`` key of an earlier horizon evaluation (another horizon's ``map@`` tolerances, an older
+    file's ``horizon_truncated_rows``); nothing else in the file changes. ``progress``: a bar per model /
+    baseline on a terminal. Returns ``{"model": {...}, "baselines": {name: {...}}}``.
     """
     from pathlib import Path
 
@@ -469,6 +480,8 @@ def evaluate_run_horizon(
     if write:
         existing = read_metrics(Path(run_dir))
         section = existing.setdefault(split, {})
+        for key in [k for k in section if k.startswith(HORIZON_PREFIX)]:  # one horizon evaluation, not a mix
+            del section[key]
         section.update({f"{HORIZON_PREFIX}{name}": v for name, v in result["model"].items()})
         if baselines:
             section[f"{HORIZON_PREFIX}baselines"] = result["baselines"]
@@ -482,8 +495,14 @@ SHOWN = (
 )
 
 
+TRUNCATION_TOUCHES = {"truncated_samples": ("count_pce", "count_coverage"), "truncated_rollouts": ("tmap",)}
+"""The shown metrics computed from each kind of continuation, flagged ``*`` when some were cut at ``max_events``."""
+
+
 def format_horizon(result: dict, label: str) -> str:
-    """A Markdown table of ``evaluate_run_horizon``'s result: the model and each baseline, one row each."""
+    """A Markdown table of ``evaluate_run_horizon``'s result: the model and each baseline, one row each; a metric
+    computed from continuations cut at ``max_events`` is marked ``*``, with a line under the table per forecaster
+    saying how many of how many were cut."""
     def cell(v) -> str:
         return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -492,9 +511,19 @@ def format_horizon(result: dict, label: str) -> str:
             f"intervals at {m['next_interval_level']:g}")
     lines = [f"{label}: {head}", "| forecaster | " + " | ".join(s for s, _ in SHOWN) + " |",
              "|" + "---|" * (len(SHOWN) + 1)]
+    notes = []
     for name, r in [("model", m), *result.get("baselines", {}).items()]:
-        lines.append(f"| {name} | " + " | ".join(cell(r.get(k)) for _, k in SHOWN) + " |")
-    return "\n".join(lines + [HORIZON_CAPTION.format(level=m["next_interval_level"])])
+        cut = {kind: int(r.get(kind) or 0) for kind in TRUNCATION_TOUCHES}
+        flagged = {k for kind, keys in TRUNCATION_TOUCHES.items() if cut[kind] for k in keys}
+        lines.append(f"| {name} | " + " | ".join(cell(r.get(k)) + "*" * (k in flagged) for _, k in SHOWN) + " |")
+        of = {"truncated_samples": (r["points"] * r["samples"], "sampled continuations"),
+              "truncated_rollouts": (r["points"], "mode rollouts")}
+        said = [f"{truncation_note(cut[kind], of[kind][0], r['max_events'], of[kind][1])} "
+                f"({', '.join(s for s, k in SHOWN if k in TRUNCATION_TOUCHES[kind])})"
+                for kind in TRUNCATION_TOUCHES if cut[kind]]  # fmt: skip
+        if said:
+            notes.append(f"* {name}: " + "; ".join(said))
+    return "\n".join(lines + notes + [HORIZON_CAPTION.format(level=m["next_interval_level"])])
 
 
 HORIZON_CAPTION = (

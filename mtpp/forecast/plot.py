@@ -9,7 +9,9 @@ Three panels sharing the time axis (data units):
    with the cut marked; after the cut the curve uses the observed events too (it is what the model would say
    as they arrive), while panel 3 shows what it forecasts without them.
 3. **Cumulative count after the cut**: the observed count ``N(t) - N(cut)`` against the median and the 50 % /
-   90 % bands of the sampled continuations.
+   90 % bands of the sampled continuations. A continuation cut at ``max_events`` before the horizon
+   (``Generated.truncated``) counts only a lower bound after its last event, so the sampled curves stop at the
+   first such time (a red dash-dot line), and the title and ``log`` say how many of how many were cut.
 
 Cost: one history encoding of the sequence, one distribution call on ``[L + 1, GRID]`` gaps, and ``generate`` for
 the continuations.
@@ -18,6 +20,7 @@ the continuations.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -86,17 +89,21 @@ def plot_forecast(
     seed: int = 0,
     title: str | None = None,
     shown_samples: int = 3,
+    max_events: int | None = None,
+    log: Callable[[str], None] | None = None,
 ):
     """The figure of the module docstring (a ``matplotlib.figure.Figure``).
 
-    cut: number of history events (default ``default_cut``); horizon: data units, > 0.
+    cut: number of history events (default ``default_cut``); horizon: data units, > 0. max_events: the cap on
+    events per sampled continuation (default ``mtpp.forecast.generate.DEFAULT_MAX_EVENTS``); when some were cut
+    there, ``log`` receives one line saying how many (``truncation_note``), which the title also carries.
     """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from mtpp.forecast.generate import generate
+    from mtpp.forecast.generate import DEFAULT_MAX_EVENTS, generate, truncation_note
 
     if not horizon > 0:
         raise MtppError(f"horizon must be > 0, got {horizon}")
@@ -108,7 +115,12 @@ def plot_forecast(
     t0 = float(seq.times[cut - 1])
     end = t0 + horizon
     hist = EventSequence(seq.times[:cut], seq.marks[:cut])
-    gen = generate(model, [hist], horizon=horizon, samples=samples, seed=seed)
+    gen = generate(model, [hist], horizon=horizon, samples=samples, seed=seed,
+                   max_events=DEFAULT_MAX_EVENTS if max_events is None else max_events)
+    capped_rows = np.nonzero(gen.truncated)[0]
+    capped = truncation_note(capped_rows.size, gen.rows, gen.info["max_events"]) if capped_rows.size else ""
+    # a cut row's count after its last event is a lower bound: the sampled curves are exact only before the first
+    first_capped = min(float(gen.events_of(r)[0][-1]) for r in capped_rows) if capped_rows.size else np.inf
     k = int(model.num_marks)
     start = float(seq.times[0])
 
@@ -147,10 +159,14 @@ def plot_forecast(
     for r in range(gen.rows):  # samples (a few dozen), each a searchsorted over its events
         counts[r] = np.searchsorted(gen.events_of(r)[0], grid, side="right")
     q = np.quantile(counts, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
+    q[:, grid > first_capped] = np.nan
     ax2.fill_between(grid, q[0], q[4], color="tab:orange", alpha=0.2, label="90 % of samples")
     ax2.fill_between(grid, q[1], q[3], color="tab:orange", alpha=0.4, label="50 % of samples")
     ax2.plot(grid, q[2], color="tab:orange", lw=1.5, label=f"median of {gen.rows} samples")
     ax2.step(grid, obs, where="post", color="black", lw=1.5, label="observed")
+    if capped_rows.size:
+        ax2.axvline(first_capped, color="tab:red", ls="-.", lw=1.2,
+                    label=f"first sample cut at --max-events {gen.info['max_events']}: samples stop here")
     ax2.set_ylabel("events after the cut")
     ax2.set_xlabel("time (data units)")
     ax2.legend(loc="upper left", fontsize=8)
@@ -164,8 +180,10 @@ def plot_forecast(
         ax2.legend(loc="upper left", fontsize=8)
     ax0.set_xlim(start - 0.02 * (end - start), end + 0.02 * (end - start))
     beyond = beyond_data_note(seq, horizon, cut)
-    fig.suptitle(title or f"forecast after {cut} events, horizon {horizon:g}{'; ' + beyond if beyond else ''}",
-                 fontsize=11)
+    fig.suptitle((title or f"forecast after {cut} events, horizon {horizon:g}{'; ' + beyond if beyond else ''}")
+                 + (f"\n{capped}" if capped else ""), fontsize=11)
+    if capped and log is not None:
+        log(capped)
     fig.tight_layout()
     return fig
 
