@@ -421,3 +421,26 @@ def test_data_describe_says_when_training_would_re_split(tmp_path: Path, capsys)
     assert "re-splits" not in capsys.readouterr().out
     assert main(["data", "describe", str(two), "--json"]) == 0
     assert '"resplit_on_use": true' in capsys.readouterr().out
+
+
+def test_data_describe_names_a_split_that_training_would_refuse(tmp_path: Path, capsys) -> None:
+    """A split folder whose split_0 has train and test but no val: ``describe`` says what ``train`` will refuse
+    (it used to list the parts and say nothing); a complete split says nothing."""
+    import json as _json
+
+    from mtpp.cli import main
+    from mtpp.data.formats import write_bosser_json
+    from mtpp.data.sequence import make_sequence
+
+    seqs = [make_sequence(np.array([0.5, 1.0 + i]), np.array([0, 1])) for i in range(4)]
+    for name, parts in (("partial", ("train", "test")), ("full", ("train", "val", "test"))):
+        d = tmp_path / name / "split_0"
+        d.mkdir(parents=True)
+        (d / "args.json").write_text(_json.dumps({"marks": 2}))
+        for part in parts:
+            write_bosser_json(d / f"{part}.json", seqs)
+    assert main(["data", "describe", str(tmp_path / "partial")]) == 0
+    out = capsys.readouterr().out
+    assert "split_0 has no val file: mtpp train refuses it (it needs train, val and test)" in out
+    assert main(["data", "describe", str(tmp_path / "full")]) == 0
+    assert "refuses" not in capsys.readouterr().out

@@ -187,6 +187,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     overlaps = overlapping_sequences(unique)
     if overlaps:
         res.notes.append(str(overlap_error(unique, overlaps, str(path))))
+    res.notes += incomplete_splits(res.parts)
     stats = {
         "name": name,
         "source": str(path),
@@ -205,6 +206,23 @@ def cmd_describe(args: argparse.Namespace) -> int:
     else:
         print(_describe_text(stats))
     return 0
+
+
+def incomplete_splits(parts: Any) -> list[str]:
+    """One note per ``split_k`` of a split folder that has a train part but lacks val (or cal) or test: what
+    ``mtpp train`` refuses (``mtpp.data.catalog.load_dataset``), said before anyone trains on it."""
+    splits: dict[str, set[str]] = {}
+    for key in parts:
+        split, _, part = str(key).partition("/")
+        if part:
+            splits.setdefault(split, set()).add(part)
+    out = []
+    for split, have in sorted(splits.items()):
+        lacking = [name for name, alts in (("val", {"val", "cal"}), ("test", {"test"})) if not have & alts]
+        if "train" in have and lacking:
+            out.append(f"{split} has no {' and no '.join(lacking)} file: mtpp train refuses it (it needs train, val "
+                       "and test); mtpp data prepare re-splits the folder's sequences")
+    return out
 
 
 def _fmt(x: float) -> str:
