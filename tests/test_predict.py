@@ -446,3 +446,47 @@ def test_forecast_commands_say_which_data_they_use(run_dir: Path, tmp_path: Path
         assert main(args) == 0
         err = capsys.readouterr().err
         assert f"{run_dir}: data " in err and "train/val/test" in err and "marks" in err, args
+
+
+def test_a_one_event_sequence_is_forecast_after_its_event(run_dir: Path) -> None:
+    """``mtpp plot`` refused a one-event sequence ("nothing to split") although the forecast after its only
+    event is well defined (``predict --include-next`` gives it): the history is the event, the future sampled."""
+    import matplotlib.pyplot as plt
+
+    from mtpp.data.sequence import EventSequence
+    from mtpp.forecast.plot import plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir)
+    seq = run.split("test")[1]
+    one = EventSequence(seq.times[:1], seq.marks[:1])
+    fig = plot_forecast(run.model, one, horizon=2.0, samples=4)
+    try:
+        ax2 = fig.axes[2]
+        assert any(line.get_label().startswith("median of 4 samples") for line in ax2.get_lines())
+        assert "the data end at" in fig._suptitle.get_text()  # nothing observed after the one event
+    finally:
+        plt.close(fig)
+
+
+def test_the_intensity_panel_starts_at_the_first_event_and_says_what_it_sees_after_the_cut(run_dir: Path) -> None:
+    """The curve before the first event (never scored under first_event: skip) showed meaningless values, and after
+    the cut it jumped at future events under the label 'given the observed history'."""
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import intensity_path, plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir)
+    assert run.model.cfg.first_event == "skip"
+    seq = run.split("test")[1]
+    t, lam = intensity_path(run.model, seq, float(seq.times[-1]))
+    assert t.min() > seq.times[0] and np.isfinite(lam).all()
+    fig = plot_forecast(run.model, seq, horizon=1.0, cut=3, samples=2)
+    try:
+        lines = {ln.get_label(): ln for ln in fig.axes[1].get_lines()}
+        before = lines["model intensity given the observed history"].get_xdata()
+        after = next(ln for label, ln in lines.items() if label.startswith("after the cut: given the observed future"))
+        assert before.max() <= seq.times[2] < after.get_xdata().min() and after.get_linestyle() == "--"
+    finally:
+        plt.close(fig)

@@ -6,8 +6,9 @@ Three panels sharing the time axis (data units):
    (hollow), and a few sampled continuations (small, faint), so one sees where and which marks the model expects.
 2. **Conditional intensity** ``lambda*(t) = f(tau | H) / S(tau | H)`` (events per time unit), evaluated on a grid
    in every inter-event interval given the OBSERVED history (``exp(log f - log S)``: defined for every decoder),
-   with the cut marked; after the cut the curve uses the observed events too (it is what the model would say
-   as they arrive), while panel 3 shows what it forecasts without them.
+   with the cut marked; after the cut the curve (dashed, labelled so) uses the observed events too (it is what
+   the model would say as they arrive), while panel 3 shows what it forecasts without them. With
+   ``first_event: skip`` the curve starts at the first event (the gap before it is never scored).
 3. **Cumulative count after the cut**: the observed count ``N(t) - N(cut)`` against the median and the 50 % /
    90 % bands of the sampled continuations. A continuation cut at ``max_events`` before the horizon
    (``Generated.truncated``) counts only a lower bound after its last event, so the sampled curves stop at the
@@ -60,7 +61,9 @@ def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None)
 
 @torch.no_grad()
 def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
-    """``(t, lambda*(t))`` on ``grid`` points per interval from the window start to ``until`` (data units)."""
+    """``(t, lambda*(t))`` on ``grid`` points per interval from the window start to ``until`` (data units); with
+    ``model.first_event: skip`` from the first event (the gap before it is not scored, so the model never learnt
+    the intensity there)."""
     from mtpp.forecast.process import model_next_events
 
     param = next(model.parameters())
@@ -76,6 +79,8 @@ def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID) ->
     lam = torch.exp(log_hazard).squeeze(0).double().cpu().numpy() / s
     t = (starts[:, None] + taus).reshape(-1)
     keep = t <= until
+    if getattr(model.cfg, "first_event", "skip") == "skip":
+        keep[:grid] = False  # interval 0: before the first event
     return t[keep], lam.reshape(-1)[keep]
 
 
@@ -107,8 +112,8 @@ def plot_forecast(
 
     if not horizon > 0:
         raise MtppError(f"horizon must be > 0, got {horizon}")
-    if len(seq) < 2:
-        raise MtppError("the sequence has fewer than 2 events: nothing to split into history and future")
+    if len(seq) < 1:
+        raise MtppError("the sequence has no event: no history to forecast from")
     cut = default_cut(seq, horizon) if cut is None else int(cut)
     if not 1 <= cut < len(seq) + 1:
         raise MtppError(f"cut must be in 1..{len(seq)}, got {cut}")
@@ -126,7 +131,10 @@ def plot_forecast(
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True, gridspec_kw={"height_ratios": [1.3, 1.0, 1.0]})
     ax0, ax1, ax2 = axes
-    colors = plt.get_cmap("tab10" if k <= 10 else "tab20")
+    cmap = plt.get_cmap("tab10" if k <= 10 else "tab20")
+    # one colour per mark only while the palette has one for each: beyond 20 marks, repeated colours would pair
+    # unrelated marks, so every mark gets one colour (the y axis tells them apart)
+    colors = cmap if k <= 20 else (lambda m: "tab:blue")
     # 1. events
     past = slice(0, cut)
     fut = (seq.times > t0) & (seq.times <= end)
@@ -146,7 +154,10 @@ def plot_forecast(
     ax0.legend(loc="upper left", fontsize=8, ncol=3, framealpha=0.9)
     # 2. intensity
     tt, lam = intensity_path(model, seq, end)
-    ax1.plot(tt, lam, color="tab:blue", lw=1.2, label="model intensity given the observed history")
+    before = tt <= t0
+    ax1.plot(tt[before], lam[before], color="tab:blue", lw=1.2, label="model intensity given the observed history")
+    ax1.plot(tt[~before], lam[~before], color="tab:blue", lw=1.0, ls="--", alpha=0.8,
+             label="after the cut: given the observed future too, as it arrives (the samples do not see it)")
     ax1.set_ylabel("intensity λ*(t)\n(events per time unit)")
     ax1.set_yscale("log")
     ax1.legend(loc="upper left", fontsize=8)
