@@ -490,3 +490,26 @@ def test_the_intensity_panel_starts_at_the_first_event_and_says_what_it_sees_aft
         assert before.max() <= seq.times[2] < after.get_xdata().min() and after.get_linestyle() == "--"
     finally:
         plt.close(fig)
+
+
+def test_generate_writes_every_sample_with_its_count_zeros_included(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """A sample with no event in the horizon left no row at all: counts from the event table were biased upward.
+    The per-sample table beside it has one row per (sequence, sample), its count equal to the event table's, and
+    an existing per-sample file is never replaced."""
+    out = tmp_path / "gen.csv"
+    argv = ["generate", str(run_dir), "--horizon", "0.05", "--samples", "20", "--sequences", "1,2", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    events, samples = pd.read_csv(out), pd.read_csv(tmp_path / "gen.samples.csv")
+    assert len(samples) == 40 and set(samples["sequence"]) == {1, 2}
+    assert list(samples.columns) == ["sequence", "sample", "origin", "events", "truncated", "window_end"]
+    by_event = events.groupby(["sequence", "sample"]).size()
+    for _, r in samples.iterrows():
+        assert by_event.get((r["sequence"], r["sample"]), 0) == r["events"]
+    empty = int((samples["events"] == 0).sum())
+    assert empty > 0, "the horizon is short enough for some samples to have no event"
+    assert f"{empty} of 40 samples have no event" in printed
+    np.testing.assert_allclose(samples["window_end"] - samples["origin"], 0.05)
+    (tmp_path / "other.samples.csv").write_text("mine\n")
+    assert main([*argv[:-1], str(tmp_path / "other.csv")]) == 2
+    assert (tmp_path / "other.samples.csv").read_text() == "mine\n" and not (tmp_path / "other.csv").exists()

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.forecast.runs import load_run
 
     check_table_path(args.out, args.overwrite)  # before the model is loaded and anything sampled
+    per_sample = samples_table_path(Path(args.out))
+    check_table_path(per_sample, args.overwrite)
 
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     seqs = run.split(args.split)
@@ -72,12 +74,23 @@ def run(args: argparse.Namespace) -> int:
                      max_events=args.max_events or MAX_EVENTS, sampler=args.sampler, seed=args.seed,
                      max_memory=int(args.max_memory * (1 << 30)), source=source, progress=True)
     seconds = time.perf_counter() - t
-    frame = g.to_frame()
-    frame["sequence"] = np.asarray(ids)[frame["sequence"].to_numpy()]  # split indices
+    frame, samples = g.to_frame(), g.samples_frame(args.horizon)
+    for table in (frame, samples):
+        table["sequence"] = np.asarray(ids)[table["sequence"].to_numpy()]  # split indices
     path = write_table(frame, args.out, overwrite=args.overwrite)
+    write_table(samples, per_sample, overwrite=args.overwrite)
+    empty = int((samples["events"] == 0).sum())
     print(f"{path}: {len(frame)} events in {g.rows} samples of {len(histories)} sequences "
           f"({'' if args.baseline == 'model' else f'baseline {args.baseline}, '}{g.info['sampler']} sampler, "
           f"{len(frame) / max(seconds, 1e-9):.0f} events/s)"
           + (f"; {truncation_note(int(g.truncated.sum()), g.rows, g.info['max_events'])}"
              if args.horizon is not None else ""))
+    print(f"{per_sample}: one row per sample, its event count ({empty} of {g.rows} samples have no event, so they "
+          "have no row in the event table)")
     return 0
+
+
+def samples_table_path(out: Path) -> Path:
+    """The per-sample table written beside the event table ``out``: ``future.parquet`` -> ``future.samples.parquet``
+    (``Generated.samples_frame``)."""
+    return out.with_name(f"{out.stem}.samples{out.suffix}")

@@ -107,6 +107,19 @@ class Generated:
             }
         )
 
+    def samples_frame(self, horizon: float | None = None):
+        """A ``pandas.DataFrame`` with one row per generated continuation, those without any event included (the
+        event table cannot show them): ``sequence, sample, origin, events, truncated`` and, with ``horizon``,
+        ``window_end = origin + horizon``. Counts taken from the event table alone would skip the zeros and be
+        biased upward."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"sequence": self.row_sequence, "sample": self.row_sample, "origin": self.origin,
+                              "events": self.counts, "truncated": self.truncated.astype(bool)})  # fmt: skip
+        if horizon is not None:
+            frame["window_end"] = self.origin + horizon
+        return frame
+
     def events_of(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         """``(times, marks)`` of row ``r`` in order (a view for tests and plots, not for hot paths)."""
         sel = self.row == r
