@@ -22,9 +22,10 @@ with the CDF at the bin's edges for the non-randomised PIT of binned data (``pce
 gaps is not uniform even under the model that generated them.
 
 ``time_lattice`` finds ``q`` from the training gaps (float64, on the host): the smallest positive gap, or that
-divided by ``2..MAX_DIVISOR`` (refitted by least squares over the gaps when that one gap is stored rounded), such that every positive gap of at most ``MAX_MULTIPLE`` quanta lies within
-``TOLERANCE`` quanta of a whole multiple (bins are only consequential where gaps are few quanta; gaps far beyond
-have bins narrower than a 1e-4 share of themselves).
+divided by ``2..MAX_DIVISOR`` (refitted by least squares over the gaps when that one gap is stored rounded),
+such that every positive gap of at most ``MAX_MULTIPLE`` quanta lies within ``TOLERANCE`` quanta of a whole
+multiple (bins are only consequential where gaps are few quanta; gaps far beyond have bins narrower than a 1e-4
+share of themselves).
 """
 
 from __future__ import annotations

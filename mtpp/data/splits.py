@@ -134,11 +134,12 @@ def overlapping_sequences(sequences: Sequence[EventSequence],
 
     A stretch is ``window`` consecutive gaps (``window + 1`` events), compared by the gaps (to ``GAP_DIGITS``
     significant digits, so a re-based copy of a stream matches) and the marks of the events they end at;
-    stretches whose gaps are all equal are not compared (a regular clock is not evidence of a shared stream). What this finds: folds that cut one long stream at
-    different points (the RMTPP book-order set), or overlapping sliding windows; split at random, such sequences
-    put the same events in train and test. Vectorised: one hash per stretch (a random linear form of the
-    stretch's event codes, modulo 2^64), then one sort of all hashes; sequences shorter than ``window + 1``
-    events are not compared. A hash collision could only add a pair, never hide one.
+    stretches whose gaps are all equal are not compared (a regular clock is not evidence of a shared stream).
+    What this finds: folds that cut one long stream at different points (the RMTPP book-order set), or
+    overlapping sliding windows; split at random, such sequences put the same events in train and test.
+    Vectorised: one hash per stretch (a random linear form of the stretch's event codes, modulo 2^64), then one
+    sort of all hashes; sequences shorter than ``window + 1`` events are not compared. A hash collision could
+    only add a pair, never hide one.
     """
     mult = np.random.default_rng(0x5EED).integers(1, 2**63 - 1, size=window, dtype=np.int64).astype(np.uint64)
     hashes, owners = [], []
