@@ -513,3 +513,11 @@ def test_generate_writes_every_sample_with_its_count_zeros_included(run_dir: Pat
     (tmp_path / "other.samples.csv").write_text("mine\n")
     assert main([*argv[:-1], str(tmp_path / "other.csv")]) == 2
     assert (tmp_path / "other.samples.csv").read_text() == "mine\n" and not (tmp_path / "other.csv").exists()
+
+
+def test_far_from_zero_times_are_ticked_from_the_first_event() -> None:
+    """Unix-second times drew ticks as '1.4309 ... 1e9' under 'time (data units)'."""
+    from mtpp.forecast.plot import time_axis_offset
+
+    assert time_axis_offset(1.4e9, 1.4e9 + 3600.0) == 1.4e9
+    assert time_axis_offset(0.0, 10.0) == 0.0 and time_axis_offset(5.0, 50.0) == 0.0

@@ -48,6 +48,12 @@ def default_cut(seq: EventSequence, horizon: float) -> int:
     return int(min(ok[-1] + 1, limit)) if ok.size else 1
 
 
+def time_axis_offset(start: float, end: float) -> float:
+    """``start`` when the times are far from 0 for their span (``|start| > 1000 (end - start)``, e.g. Unix
+    seconds), so a figure's ticks show the time since it; else 0 (ticks show the times themselves)."""
+    return float(start) if abs(start) > 1000.0 * max(end - start, 0.0) else 0.0
+
+
 def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None) -> str:
     """``""``, or a phrase saying the window after the cut (``default_cut`` when ``None``) runs past the data's end,
     where the figure draws no observed count."""
@@ -179,7 +185,15 @@ def plot_forecast(
         ax2.axvline(first_capped, color="tab:red", ls="-.", lw=1.2,
                     label=f"first sample cut at --max-events {gen.info['max_events']}: samples stop here")
     ax2.set_ylabel("events after the cut")
-    ax2.set_xlabel("time (data units)")
+    offset = time_axis_offset(start, end)
+    if offset:  # Unix seconds: round ticks of the time since the first event, not "1.4309 ... 1e9"
+        from matplotlib.ticker import MaxNLocator
+
+        rel = [v for v in MaxNLocator(7).tick_values(0.0, end - start) if 0.0 <= v <= end - start]
+        ax2.set_xticks([offset + v for v in rel], [f"{v:g}" for v in rel])
+        ax2.set_xlabel(f"time since the first event, t = {offset:.10g} (data units)")
+    else:
+        ax2.set_xlabel("time (data units)")
     ax2.legend(loc="upper left", fontsize=8)
     for ax in axes:
         ax.axvline(t0, color="black", ls="--", lw=0.8)
