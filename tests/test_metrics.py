@@ -390,3 +390,19 @@ def test_pit_of_the_true_hawkes_process_is_calibrated() -> None:
         ]
     )
     assert pce(u_wrong) > bound
+
+
+def test_every_mark_metric_the_accumulator_reports_has_a_label_saying_which_distribution() -> None:
+    """Each ``*_given_time`` / ``*_forecast`` key of ``compute`` has its own entry in the report's metric table,
+    whose label says which distribution it scores (top-k, MCE and Brier fell back to names derived from the key,
+    'top5 accuracy forecast', with no unit)."""
+    from mtpp.evaluation.report import METRICS
+
+    gen = torch.Generator().manual_seed(3)
+    acc = MetricAccumulator()
+    acc.update(*_fake(gen, 4, 8, 12))
+    keys = [k for k in acc.compute() if k.endswith(("_given_time", "_forecast"))]
+    assert {"top10_accuracy_forecast", "brier_given_time", "mce_forecast"} <= set(keys)
+    for key in keys:
+        assert key in METRICS, key
+        assert ("given the time" if key.endswith("_given_time") else "forecast") in METRICS[key].label, key

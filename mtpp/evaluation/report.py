@@ -85,6 +85,9 @@ class MetricInfo:
         return f"{self.label}{unit}{arrow}"
 
 
+_KIND_WORDS = {"given_time": " given the time p(k | τ_obs, H)", "forecast": ", forecast p(k | H)"}
+"""How a mark metric's label says which distribution it scores (``mtpp.evaluation.metrics.MARK_KINDS``)."""
+
 # The ONE table of the metrics the report and the plots know: name in metrics.json -> label, unit, direction.
 # Mark metrics come in two flavours: "given_time" (p(k | tau observed, H), the likelihood's mark term) and
 # "forecast" (p(k | H), the time not known). Older metrics.json files name the given-time ones without the
@@ -118,6 +121,11 @@ METRICS: dict[str, MetricInfo] = {
     "rmse_tau": MetricInfo("RMS error of the median gap", "time units", -1),
     "conflict_rate": MetricInfo("gradient conflict rate (steps with cos φ_TM < 0)", "share of steps", 0),
     "train_events_per_second": MetricInfo("training speed", "events / s", 0),
+    **{f"top{k}_accuracy_{kind}": MetricInfo(f"top-{k} mark accuracy{words}", "share of events", 1)
+       for k in (3, 5, 10) for kind, words in _KIND_WORDS.items()},
+    **{f"mce_{kind}": MetricInfo(f"maximum mark calibration error (MCE){words}", "", -1)
+       for kind, words in _KIND_WORDS.items()},
+    **{f"brier_{kind}": MetricInfo(f"Brier score of the marks{words}", "", -1) for kind, words in _KIND_WORDS.items()},
 }
 """The one table of metric names the report and the plots use: name in ``metrics.json`` -> :class:`MetricInfo`
 (label in words, unit, lower or higher is better). Names not listed fall back to :data:`LOWER_IS_BETTER` /
