@@ -188,6 +188,8 @@ def test_generate_command_and_baselines(run_dir: Path, tmp_path: Path, capsys: p
     assert set(df["sequence"]) <= {0, 2} and set(df["sample"]) <= {0, 1, 2}
     assert main(["generate", str(run_dir), "--events", "3", "--sequences", "0", "--out", str(tmp_path / "e.csv")]) == 0
     assert "max-events" not in capsys.readouterr().out  # a fixed number of events is never "cut"
+    assert main(["generate", str(run_dir), "--events", "3", "--max-events", "2", "--out", str(tmp_path / "m.csv")]) == 2
+    assert "--max-events only applies with --horizon" in capsys.readouterr().err and not (tmp_path / "m.csv").exists()
     for name in ("hawkes", "poisson"):
         o = tmp_path / f"{name}.csv"
         assert main(["generate", str(run_dir), "--events", "4", "--baseline", name, "--sampler", "thinning",

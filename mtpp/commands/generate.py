@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.forecast.predict import check_table_path, write_table
     from mtpp.forecast.runs import load_run
 
+    if args.events is not None and args.max_events is not None:
+        raise MtppError("--max-events only applies with --horizon (--events N already fixes each sample's events)")
     check_table_path(args.out, args.overwrite)  # before the model is loaded and anything sampled
     per_sample = samples_table_path(Path(args.out))
     check_table_path(per_sample, args.overwrite)
