@@ -694,3 +694,35 @@ def test_bars_group_cells_by_the_data_they_were_tested_on(tmp_path, figures):
     plots.plot_metric_bars(pd.DataFrame([r for r in rows if r["config.data.max_sequences"] == 60]),
                            tmp_path / "bars1.png", ["nll_mark_per_seq"])  # fmt: skip
     assert "different data" not in figures[0]._suptitle.get_text()
+
+
+def test_cells_pooled_over_other_splits_are_not_ranked_against_each_other(tmp_path, figures):
+    """A cell run on split 1 only was bolded against cells averaged over splits 0 and 1 (split 1 alone scores
+    lower): rows are ranked only among the same splits / seeds, a `pooled` column names them, the CSV keeps them
+    (and stays mtpp's), and the bar plot groups them apart with the pooled runs under each label."""
+    import pandas as pd
+
+    rows = [{"dataset": "sim", "model": m, "parametrisation": "base", "aggregator": "sum", "seed": 0, "split": sp,
+             "nll_mark_per_seq": v, "run": f"/r/{m}{sp}"}
+            for m, sp, v in (("lnm", 0, 12.0), ("lnm", 1, 11.0), ("thp", 0, 12.2), ("thp", 1, 11.2),
+                             ("rmtpp", 1, 10.7))]  # fmt: skip
+    df = pd.DataFrame(rows)
+    summary = report.summarise(df, ["nll_mark_per_seq"])
+    assert dict(zip(summary["model"], summary["replicates"])) == {
+        "lnm": "splits 0, 1 x seed 0", "thp": "splits 0, 1 x seed 0", "rmtpp": "split 1 x seed 0"}
+    md = report.format_markdown(summary)
+    lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "nll" not in ln}
+    assert "**11.50 ± 0.50**" in lines["lnm"] and "**" not in lines["thp"]
+    assert "**" not in lines["rmtpp"] and "split 1 x seed 0" in lines["rmtpp"]  # alone in its group: not bolded
+    assert "| pooled |" in md
+    out = tmp_path / "rep"
+    report.write_summary(df, out, metrics=["nll_mark_per_seq"])
+    csv = pd.read_csv(out / "summary.csv")
+    assert list(csv.columns)[-8:] == ["replicates", "metric", "meaning", "unit", "mean", "stderr", "n", "runs"]
+    report.write_summary(df, out, metrics=["nll_mark_per_seq"])  # its own files: rewritten, not refused
+    plots.plot_metric_bars(df, tmp_path / "bars.png", ["nll_mark_per_seq"])
+    fig = figures[-1]
+    ax = next(a for a in fig.axes if a.get_visible())
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[-1].endswith("[split 1 x seed 0]") and all(t.endswith("[splits 0, 1 x seed 0]") for t in ticks[:2])
+    assert "pooled over different splits / seeds" in fig._suptitle.get_text().replace("\n", " ")

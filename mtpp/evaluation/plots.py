@@ -587,11 +587,13 @@ def plot_metric_bars(
     keys = [k for k in cell_columns(runs) if k not in ("dataset", "parametrisation")]
     summary = summary.assign(_label=cell_labels(summary, keys, with_param=False))
     labels = list(dict.fromkeys(summary["_label"]))
-    # cells tested on other data (another max_sequences cut, ...) are not comparable: one group of columns per cut,
-    # in order of first appearance, with a dark line between groups
+    # cells tested on other data (another max_sequences cut, ...) or pooled over other splits / seeds are not
+    # comparable: one group of columns per (cut, replicates), in order of first appearance, a dark line between
     cut_cols = [k for k in keys if k in DATA_CUT_COLUMNS]
     first_rows = summary.drop_duplicates("_label").set_index("_label")
-    cut_of = {lbl: tuple(format_value(first_rows.at[lbl, c]) for c in cut_cols) for lbl in labels}
+    cut_of = {lbl: (*(format_value(first_rows.at[lbl, c]) for c in cut_cols), first_rows.at[lbl, "replicates"])
+              for lbl in labels}  # fmt: skip
+    reps = list(dict.fromkeys(v[-1] for v in cut_of.values()))
     cuts = list(dict.fromkeys(cut_of.values()))
     labels.sort(key=lambda lbl: cuts.index(cut_of[lbl]))
     params = [p for p in PARAM_ORDER if p in set(summary["parametrisation"])]
@@ -602,7 +604,7 @@ def plot_metric_bars(
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     width = 0.7 / max(len(params), 1)
     x = np.arange(len(labels))
-    tick_labels = [_wrap(lbl, 20) for lbl in labels]
+    tick_labels = [_wrap(lbl, 20) + (f"\n[{cut_of[lbl][-1]}]" if len(reps) > 1 else "") for lbl in labels]
     # a label line wider than its group (about 14 characters per 1.05 inch at 8 pt) would run into the next one
     longest = max((len(line) for lbl in tick_labels for line in lbl.split("\n")), default=0)
     slanted = {"rotation": 25, "ha": "right", "rotation_mode": "anchor"} if longest > 14 and len(labels) > 1 else {}
@@ -659,7 +661,9 @@ def plot_metric_bars(
         f"{head}base vs + vs ++: mean ± standard error ({n_text} runs per point; {_pooled_note(runs)})\n"
         "y axes are zoomed (they do not start at 0); NLL panels: change vs base beside + and ++"
         + (f"\ndark lines separate cells tested on different data ({', '.join(c.rsplit('.', 1)[-1] for c in cut_cols)}"
-           " in the labels): compare points within a group only" if len(cuts) > 1 else ""),
+           " in the labels): compare points within a group only" if len({v[:-1] for v in cuts}) > 1 else "")
+        + ("\ncells pooled over different splits / seeds (under each label) are grouped apart, dark lines between: "
+           "compare points within a group only" if len(reps) > 1 else ""),
     )
     return _save(fig, Path(path))
 

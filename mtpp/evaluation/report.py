@@ -355,14 +355,15 @@ def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.Data
     Returns one row per (cell, metric): the cell columns, ``metric``, ``mean``, ``stderr`` (``std(ddof=1) /
     sqrt(n)``, NaN when ``n < 2``), ``n`` (replicates with a finite value: runs of the same split and seed, copies or
     reruns, are averaged into one), ``runs`` (the cell's run folders, relative
-    to ``df.attrs["root"]``, joined by ``"; "``). ``metrics`` defaults to those of :data:`DEFAULT_METRICS`
+    to ``df.attrs["root"]``, joined by ``"; "``), ``replicates`` (the splits and seeds the cell pools,
+    :func:`replicate_label`: means over other splits are not comparable). ``metrics`` defaults to those of :data:`DEFAULT_METRICS`
     present in ``df`` (legacy names accepted); NaN values (e.g. the conflict rate of ``++``, which has no shared
     parameter) are left out of a cell's statistics, and a cell without any finite value has a NaN mean ("n/a").
     """
     metrics = [canonical_metric(m) for m in (metrics or DEFAULT_METRICS)]
     metrics = [m for m in dict.fromkeys(metrics) if m in df.columns]
     keys = cell_columns(df)
-    out_cols = [*keys, "metric", "mean", "stderr", "n", "runs"]
+    out_cols = [*keys, "metric", "mean", "stderr", "n", "runs", "replicates"]
     if df.empty or not metrics:
         return pd.DataFrame(columns=out_cols)
     reps = [c for c in REPLICATE_COLUMNS if c in df.columns]
@@ -383,7 +384,24 @@ def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.Data
     per_cell = filled.groupby(keys, dropna=False, sort=False)["_runs"].agg("; ".join)
     key_of = stats[keys].astype(object).fillna("\0")
     stats["runs"] = [per_cell.get(tuple(r) if len(keys) > 1 else r[0], "") for r in key_of.itertuples(index=False)]
+    reps = {name: replicate_label([part[c].tolist() if c in part.columns else [None] * len(part)
+                                   for c in REPLICATE_COLUMNS])
+            for name, part in filled.groupby(keys, dropna=False, sort=False)}  # fmt: skip
+    stats["replicates"] = [reps.get(tuple(r) if len(keys) > 1 else r[0], "") for r in key_of.itertuples(index=False)]
     return stats[out_cols]
+
+
+def replicate_label(columns: Sequence[Sequence[Any]]) -> str:
+    """The (split, seed) pairs of a cell's runs in words, from the two columns: ``"splits 0, 1 x seed 0"`` when
+    they are all pairs of the listed splits and seeds, else the pairs (``"split/seed 0/0, 1/1"``)."""
+    splits, seeds = columns
+    pairs = {(format_value(a), format_value(b)) for a, b in zip(splits, seeds)}
+    order = lambda v: (len(v), v)  # noqa: E731  numbers as numbers: 2 before 10
+    sp = sorted({a for a, _ in pairs}, key=order)
+    se = sorted({b for _, b in pairs}, key=order)
+    if len(pairs) == len(sp) * len(se):
+        return f"split{'s' * (len(sp) > 1)} {', '.join(sp)} x seed{'s' * (len(se) > 1)} {', '.join(se)}"
+    return "split/seed " + ", ".join(f"{a}/{b}" for a, b in sorted(pairs, key=lambda p: (order(p[0]), order(p[1]))))
 
 
 def _relative_runs(df: pd.DataFrame) -> list[str]:
@@ -430,7 +448,7 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
     / top-k / MRR; other columns are not bolded)."""
     if summary.empty:
         return f"# {title}\n\nNo finished runs.\n"
-    keys = [c for c in summary.columns if c not in ("metric", "mean", "stderr", "n", "runs")]
+    keys = [c for c in summary.columns if c not in ("metric", "mean", "stderr", "n", "runs", "replicates")]
     model_keys = _model_columns(keys)
     metrics = list(dict.fromkeys(summary["metric"]))
     lines = [f"# {title}", ""]
@@ -449,7 +467,8 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         "n/a where the metric does not apply (the conflict rate of ++, which shares no parameter; a top-k accuracy "
         "of a model with k marks or fewer, 1 whatever the model). "
         "Best mean per column in **bold** (↓ lower is better, ↑ higher is better), among the rows tested on the "
-        "same data (rows of another `max_sequences`, `use_window` or `sort` are not compared with each other). "
+        "same data (rows of another `max_sequences`, `use_window` or `sort` are not compared with each other) and "
+        "pooled over the same splits and seeds (a `pooled` column names them where rows differ). "
         "`runs`: the run folders pooled in each row."
     )
     lines.append("")
@@ -459,10 +478,12 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
     for ds in datasets:
         part = summary if ds is None else summary[summary["dataset"] == ds]
         part = part.astype({k: object for k in model_keys}).fillna({k: "–" for k in model_keys})
-        runs_of = {}
-        if "runs" in part.columns:
-            for _, r in part.iterrows():
+        runs_of, reps_of = {}, {}
+        for _, r in part.iterrows():
+            if "runs" in part.columns:
                 runs_of.setdefault(tuple(r[k] for k in model_keys), r["runs"])
+            reps_of.setdefault(tuple(r[k] for k in model_keys), r.get("replicates", ""))
+        pooled = len(set(reps_of.values())) > 1  # rows pooled over other splits / seeds: said, and not ranked
         indexed = part.set_index([*model_keys, "metric"])
         wide_mean = indexed["mean"].unstack("metric")
         wide_se = indexed["stderr"].unstack("metric")
@@ -473,7 +494,7 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
 
         def group(idx: Any) -> tuple:
             idx_t = idx if isinstance(idx, tuple) else (idx,)
-            return tuple(idx_t[i] for i in cut)
+            return (*(idx_t[i] for i in cut), reps_of.get(idx_t, ""))
 
         best: dict[tuple[str, tuple], float] = {}
         for m in cols:
@@ -485,19 +506,20 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         n_runs = int(np.nanmax(wide_n.to_numpy())) if wide_n.size else 0
         lines.append(f"## {ds}" + (f" (n ≤ {n_runs} runs per model)" if n_runs else ""))
         lines.append("")
-        header = [_pretty_key(k) for k in model_keys] + [
+        header = [_pretty_key(k) for k in model_keys] + ["pooled"] * pooled + [
             f"{m} {'↓' if direction(m) < 0 else '↑' if direction(m) > 0 else ''}".strip() for m in cols
         ]
         if runs_of:
             header.append("runs")
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join([":--"] * len(model_keys) + ["--:"] * len(cols) + [":--"] * bool(runs_of)) + "|")
+        lines.append("|" + "|".join([":--"] * (len(model_keys) + pooled) + ["--:"] * len(cols)
+                                    + [":--"] * bool(runs_of)) + "|")  # fmt: skip
         for idx in wide_mean.index:
             idx_t = idx if isinstance(idx, tuple) else (idx,)
             cells = [
                 param_symbol(v) if k == "parametrisation" else format_value(v)
                 for k, v in zip(model_keys, idx_t)
-            ]
+            ] + [reps_of.get(idx_t, "")] * pooled
             for m in cols:
                 mean, se = float(wide_mean.at[idx, m]), float(wide_se.at[idx, m])
                 text = format_mean_se(mean, se)
@@ -650,7 +672,9 @@ def write_summary(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(df, metrics)
     at = summary.columns.get_loc("metric") + 1  # beside each metric: what it measures and its unit, as in the .md
-    table = summary.copy()
+    table = summary.drop(columns="replicates")
+    table.insert(at - 1, "replicates", summary["replicates"])  # a cell column: mtpp.owned reads the last seven
+    at += 1
     table.insert(at, "unit", [metric_info(m).unit for m in summary["metric"]])
     table.insert(at, "meaning", [metric_info(m).label for m in summary["metric"]])
     table.to_csv(csv_path, index=False)
