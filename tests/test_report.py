@@ -453,6 +453,10 @@ def test_reliability_ece_is_the_tables_and_sparse_bins_are_faded(runs_root, tmp_
     sizes = solid.get_sizes()
     counts = np.array([10, 20, 15, 10]) * 3
     assert np.allclose(sizes / sizes[0], counts / counts[0])
+    # the grey bars have no axis: the tallest writes its share (20 of 75 events per run), the caption says so
+    share_texts = [t.get_text() for a in fig.axes for t in a.texts if t.get_text().endswith("%")]
+    assert f"{20 / 75:.0%}" in share_texts
+    assert "the tallest (its share written on it)" in " ".join(fig._suptitle.get_text().split())
 
 
 def test_pit_has_one_panel_per_cell(runs_root, tmp_path, figures):

@@ -406,7 +406,7 @@ def test_header_epoch_lines_and_train_log(tmp_path: Path, capsys: pytest.Capture
     err = captured.err
     assert "NLL per sequence in nats" in captured.out + captured.err  # the final summary says its units
     for text in (str(data.resolve()), "train/val/test", "3 marks", "parameters", "device  cpu", "thread",
-                 str(run), "'*' = best so far", "nats/seq", "epoch   1/2 *"):  # fmt: skip
+                 str(run), "'*' = best so far", "nats/seq", "epoch   1/2 *", "(L_T + L_M "):  # fmt: skip
         assert text in err, text
     log = (run / "train.log").read_text()
     assert str(data.resolve()) in log and "epoch   2/2" in log and "best epoch" in log

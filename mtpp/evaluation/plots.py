@@ -469,6 +469,9 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         share_ax.bar(centers, share, width=np.diff(a["edges"]) * 0.9, color="0.85", zorder=0)
         share_ax.set_ylim(0, max(4 * share.max(), 1e-9))
         share_ax.set_yticks([])
+        top = int(np.argmax(share))  # the bars have no axis: the tallest says its share
+        share_ax.annotate(f"{share[top]:.0%}", (centers[top], share[top]), xytext=(0, 2), textcoords="offset points",
+                          ha="center", va="bottom", fontsize=7, color="0.45")
         ax.set_zorder(share_ax.get_zorder() + 1)
         ax.patch.set_visible(False)
         ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
@@ -492,7 +495,8 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         f"{head}mark reliability of {_kind_words({str(a['kind']) for _, _, a in models})} "
         f"({section}; {_pooled_note(runs)})\n"
         f"disc area ∝ events in the bin; hollow: < {FEW_EVENTS} events or < 1 % (too few to judge)\n"
-        "grey bars: share of events per bin; ECE as in the tables",
+        "grey bars: share of events per bin, the tallest (its share written on it) a quarter of the panel's height; "
+        "ECE as in the tables",
     )
     return _save(fig, Path(path))
 

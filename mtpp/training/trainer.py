@@ -941,13 +941,13 @@ def epoch_line(
     epoch: int, max_epochs: int, improved: bool, val: dict[str, float], seconds: float, counters: Counters,
     frozen: list[str],
 ) -> str:  # fmt: skip
-    """``epoch   3/100 * val L_T 1.234 L_M 0.567 nats/seq (1.802 nats/event)  12.3 s, 4,321 events/s``; with
+    """``epoch   3/100 * val L_T 1.234 L_M 0.567 nats/seq (L_T + L_M 1.802 nats/event)  12.3 s, 4,321 events/s``; with
     ``train.select_time_on: binned`` the binned validation L_T, which early stopping follows, beside L_T."""
     rate = counters.events_per_second
     return (
         f"epoch {epoch:>3}/{max_epochs} {'*' if improved else ' '} val L_T {val['val_nll_time_per_seq']:.3f}"
         + (f" (binned {val['val_nll_time_binned_per_seq']:.3f})" if "val_nll_time_binned_per_seq" in val else "")
-        + f"  L_M {val['val_nll_mark_per_seq']:.3f} nats/seq ({val['val_nll_per_event']:.4g} nats/event)"
+        + f"  L_M {val['val_nll_mark_per_seq']:.3f} nats/seq (L_T + L_M {val['val_nll_per_event']:.4g} nats/event)"
         f"  {seconds:.1f} s" + (f", {rate:,.0f} train events/s" if rate else "")
         + (f"  frozen: {', '.join(frozen)}" if frozen else "")
     )
