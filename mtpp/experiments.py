@@ -256,10 +256,14 @@ AXIS_KEYS = {
 
 
 def _check_keys(mapping: dict, valid: Iterable[str], where: str) -> None:
+    import difflib
+
     valid = tuple(valid)
     for key in mapping:
         if key not in valid:
-            raise ConfigError(f"unknown key {key!r} in {where}; valid: {', '.join(valid)}")
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {key!r} in {where}{hint}; valid: {', '.join(valid)}")
 
 
 # --------------------------------------------------------------------------------------------- expansion

@@ -106,6 +106,21 @@ def test_unknown_keys_are_errors_naming_the_key(mutate, key: str) -> None:
         ex.expand(ex.experiment_from_dict(raw))
 
 
+@pytest.mark.parametrize("where, typo, meant", [("grid", "split", "splits"), ("grid", "dataset", "datasets"),
+                                                ("experiment", "bsae", "base"), ("exclude", "modle", "model")])
+def test_a_misspelt_experiment_key_gets_the_key_it_resembles(where: str, typo: str, meant: str) -> None:
+    """``grid: {split: ...}`` said only "unknown key 'split' in grid; valid: ...", unlike run-config typos."""
+    raw = small_grid()
+    if where == "grid":
+        raw["grid"][typo] = raw["grid"].pop(meant, [0])
+    elif where == "experiment":
+        raw[typo] = raw.pop(meant)
+    else:
+        raw["exclude"] = [{typo: "thp"}]
+    with pytest.raises(ConfigError, match=rf"unknown key '{typo}' in .*\(did you mean '{meant}'\?\)"):
+        ex.expand(ex.experiment_from_dict(raw))
+
+
 def test_unknown_run_config_key_names_the_key_and_the_cell() -> None:
     raw = small_grid()
     raw["grid"]["models"][1]["hiden_size"] = 3
