@@ -204,6 +204,11 @@ def fake_fit(monkeypatch: pytest.MonkeyPatch) -> FakeFit:
         trainer = types.ModuleType("mtpp.training.trainer")
         monkeypatch.setitem(sys.modules, "mtpp.training.trainer", trainer)
     monkeypatch.setattr(trainer, "fit", fake, raising=False)
+    # the fake reads no data: the grids here name split 1 of the one-split synthetic set, which compare's up-front
+    # check of the splits (mtpp.data.catalog.known_splits) would refuse
+    from mtpp.data import catalog
+
+    monkeypatch.setattr(catalog, "known_splits", lambda entry, path: None)
     return fake
 
 
@@ -537,7 +542,32 @@ def test_compare_refuses_a_dataset_it_cannot_find_before_making_any_folder(
     assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 1  # lists the cells anyway
     out, err = capsys.readouterr()
     assert "data moooc: unknown dataset" in err and len(out.splitlines()) == 16
-    assert "the real run would stop: 1 dataset(s) not found" in err
+    assert "the real run would stop: 1 dataset(s) or split(s) not found" in err
+
+
+def test_compare_refuses_a_split_the_dataset_does_not_have_up_front(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``grid.splits: [0, 7]`` on a 5-split dataset: the dry run listed split 7 as new and the real run failed every
+    such cell at run time; both now say it before anything trains (split folders and re-split sources)."""
+    from mtpp.data.formats import write_bosser_json
+    from mtpp.data.sequence import make_sequence
+
+    data = tmp_path / "five"
+    for k in range(5):
+        (data / f"split_{k}").mkdir(parents=True)
+        (data / f"split_{k}" / "args.json").write_text('{"marks": 2}')
+        for part in ("train", "val", "test"):
+            write_bosser_json(data / f"split_{k}" / f"{part}.json", [make_sequence([0.5, 1.0], [0, 1])] * 3)
+    raw = small_grid(datasets=[str(data)])
+    raw["grid"]["splits"] = [0, 7]
+    path = write_experiment(tmp_path, raw)
+    assert main(["compare", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "five: split 7 does not exist (available: 0, 1, 2, 3, 4)" in err
+    assert not (tmp_path / "o").exists()
+    assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("split 7 does not exist") == 1 and "the real run would stop" in err
 
 
 def test_extends_inherits_the_protocol_and_replaces_only_the_given_axes(tmp_path: Path) -> None:

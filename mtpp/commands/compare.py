@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         stale = _print_cells(cells, args.out, run_overrides, args.results, args.time_limit, args.jobs,
                              args.rerun_stale)
         if missing:
-            print(f"the real run would stop: {len(missing)} dataset(s) not found", file=sys.stderr)
+            print(f"the real run would stop: {len(missing)} dataset(s) or split(s) not found", file=sys.stderr)
         if stale:
             print(f"the real run would stop: {stale} stale cell(s) (finished on another configuration or other "
                   "data); --rerun-stale retrains them", file=sys.stderr)
@@ -182,22 +182,29 @@ def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[
 
 def _print_data(configs: list) -> list[str]:
     """One line per dataset of the grid: where its name resolves (finished cells are checked against it).
-    Returns ``'NAME: why'`` for each dataset that does not resolve (an unknown name, a missing data folder)."""
-    from mtpp.data.catalog import resolve_source
+    Returns ``'NAME: why'`` for each dataset that does not resolve (an unknown name, a missing data folder) and for
+    each grid split a dataset does not have (``mtpp.data.catalog.known_splits``: split folders and re-split
+    sources; plain files are not read here)."""
+    from mtpp.data.catalog import known_splits, resolve_source
     from mtpp.errors import MtppError
 
-    seen: set[tuple] = set()
+    seen: dict[tuple, list[int] | None] = {}
     missing = []
     for cfg in configs:
         key = (cfg.data.name, cfg.data.data_dir)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            _, path, _ = resolve_source(cfg.data.name, cfg.data.data_dir)
-            print(f"data {cfg.data.name} <- {Path(path).resolve()}", file=sys.stderr)
-        except MtppError as e:
-            missing.append(f"{cfg.data.name}: {e}")
+        if key not in seen:
+            seen[key] = None
+            try:
+                _, path, entry = resolve_source(cfg.data.name, cfg.data.data_dir)
+                print(f"data {cfg.data.name} <- {Path(path).resolve()}", file=sys.stderr)
+                seen[key] = known_splits(entry, Path(path))
+            except MtppError as e:
+                missing.append(f"{cfg.data.name}: {e}")
+        splits = seen[key]
+        if splits is not None and cfg.data.split not in splits:
+            line = (f"{cfg.data.name}: split {cfg.data.split} does not exist (available: "
+                    f"{', '.join(map(str, splits)) or 'none'})")
+            missing += [line] if line not in missing else []
     return missing
 
 

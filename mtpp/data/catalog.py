@@ -373,6 +373,20 @@ def _check_not_empty(parts: dict[str, list], prefix: str, path: Path) -> None:
             raise DataError(f"the {prefix}{part} part is empty (0 sequences)", source=str(path))
 
 
+def known_splits(entry: CatalogEntry | None, path: Path) -> list[int] | None:
+    """The split indices ``load_dataset`` accepts for the source at ``path``, known without reading its data: the
+    ``AUTO_SPLITS`` seeded splits of a source that is always re-split or a split folder without a train part, the
+    ``split_k`` folders of a split folder; ``None`` where only reading it would tell (plain files, which give one
+    fixed split or are re-split depending on their parts)."""
+    if entry is not None and entry.resplit:
+        return list(range(AUTO_SPLITS))
+    if not is_split_folder(path):
+        return None
+    if lacks_train_part(path):
+        return list(range(AUTO_SPLITS))
+    return sorted(int(d.name.split("_")[1]) for d in path.glob("split_*") if d.is_dir() and d.name[6:].isdigit())
+
+
 def lacks_train_part(path: Path) -> bool:
     """A split folder none of whose ``split_*`` holds a ``train`` file (the public Bosser & Ben Taieb copies):
     ``load_dataset`` re-splits it (``_auto_prepare``); ``mtpp data list`` says so."""
