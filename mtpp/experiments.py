@@ -799,6 +799,10 @@ def run_grid(
     pending = [c for c in cells if states[c.name] != "done"]
     if results:
         log(f"{len(results)} of {len(cells)} cells already complete: skipped")
+    resumed = [c for c in pending if states[c.name] == "resume"]
+    if resumed:  # interrupted cells go on from their checkpoints: said here, not only in their train.log
+        at = [f"{c.name} (after epoch {(last_epoch_record(out / c.name) or {}).get('epoch', '?')})" for c in resumed]
+        log(f"{len(resumed)} interrupted cell(s) resume from their checkpoints: {', '.join(at)}")
     if results_dir is not None:
         written = write_missing_records(cells, states, out, results_dir)
         if written:

@@ -250,8 +250,11 @@ def test_runner_skips_complete_cells_and_resumes_checkpoints(tmp_path: Path, fak
     (tmp_path / cells[3].name / "checkpoint.pt").write_bytes(b"x")
     (tmp_path / cells[4].name).mkdir(parents=True)
     (tmp_path / cells[4].name / "metrics.json").write_text('{"val": {')
+    (tmp_path / cells[3].name / "log.jsonl").write_text('{"kind": "epoch", "epoch": 3, "best_epoch": 2}\n')
     fake_fit.calls.clear()
-    results = ex.run_grid(cells[:5], tmp_path, progress=False)
+    said: list[str] = []
+    results = ex.run_grid(cells[:5], tmp_path, progress=False, log=said.append)
+    assert f"1 interrupted cell(s) resume from their checkpoints: {cells[3].name} (after epoch 3)" in said
     assert sorted(r.status for r in results) == ["done", "done", "skipped", "skipped", "skipped"]
     assert fake_fit.calls == [(str(tmp_path / cells[3].name), True), (str(tmp_path / cells[4].name), False)]
     fake_fit.calls.clear()
