@@ -16,6 +16,10 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     monkeypatch.setenv("MTPP_CACHE_DIR", str(cache))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     torch.manual_seed(0)
+    # console lines said once per process (mtpp.training.logging.echo(once=True)): each test starts afresh
+    from mtpp.training import logging as mtpp_logging
+
+    monkeypatch.setattr(mtpp_logging, "_SAID", set())
 
 
 @pytest.fixture

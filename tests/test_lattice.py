@@ -211,6 +211,21 @@ def test_evaluation_reports_the_binned_nll_only_when_every_batch_has_it() -> Non
         m.score(batch, time_quantum=0.0)
 
 
+def test_a_grid_says_the_lattice_warning_once_on_the_console_and_in_every_run_log(tmp_path: Path, capsys) -> None:
+    """Twelve cells of one grid printed the same lattice paragraph twelve times: the console has it once per
+    process, every run's train.log has it."""
+    splits = {"train": _lattice_sequences(40, 12, 5), "val": _lattice_sequences(10, 12, 6),
+              "test": _lattice_sequences(10, 12, 7)}  # fmt: skip
+    data = write_split_folder(tmp_path / "lattice", [splits], num_marks=K)
+    for name in ("a", "b"):
+        cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                                 "logging.quiet=true", "logging.progress=false"])  # fmt: skip
+        fit(cfg, tmp_path / name)
+    assert capsys.readouterr().err.count("warning: times on a lattice of q = 3.88789e-06") == 1
+    for name in ("a", "b"):
+        assert "warning: times on a lattice of q = 3.88789e-06" in (tmp_path / name / "train.log").read_text()
+
+
 def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: Path, capsys) -> None:
     splits = {"train": _lattice_sequences(40, 12, 5), "val": _lattice_sequences(10, 12, 6),
               "test": _lattice_sequences(10, 12, 7)}  # fmt: skip

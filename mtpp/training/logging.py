@@ -222,11 +222,18 @@ def format_eta(seconds: float | None) -> str | None:
     return f"{s}s"
 
 
-def echo(message: str, quiet: bool = False, *, stream: IO[str] | None = None) -> None:
+_SAID: set[str] = set()
+"""Console lines already printed with ``echo(..., once=True)`` in this process."""
+
+
+def echo(message: str, quiet: bool = False, *, stream: IO[str] | None = None, once: bool = False) -> None:
     """A line for the user (stderr, so stdout stays clean for tables, unless ``stream``), unless quiet; always
-    copied into the open console logs (``console_log``)."""
-    if not quiet:
+    copied into the open console logs (``console_log``). ``once``: on the console only the first time this
+    process says it (a data warning repeated for every cell of a grid), in every run's log each time."""
+    if not quiet and not (once and message in _SAID):
         print(message, file=stream or sys.stderr, flush=True)
+        if once:
+            _SAID.add(message)
     if _SINKS:
         stamp = time.strftime("%H:%M:%S")
         for fh in _SINKS:

@@ -456,7 +456,7 @@ class Trainer:
             from mtpp.models.ties import tie_warning
 
             if self.time_lattice is not None and self.time_lattice.consequential:
-                echo(f"warning: {lattice_warning(self.time_lattice)}", quiet=False)
+                echo(f"warning: {lattice_warning(self.time_lattice)}", quiet=False, once=True)
 
             warning = tie_warning(self.data.train, cfg.model.first_event, cfg.model.tie_resolution,
                                   self.model.time_scale)  # fmt: skip
@@ -466,10 +466,10 @@ class Trainer:
                             f"a tie is a gap below q / 2: model.tie_resolution={half:.6g} (model units) scores each "
                             "tie as that bin, and nll_time_binned_per_seq scores every gap as its bin")
             if warning:
-                echo(f"warning: {warning}", quiet=False)
+                echo(f"warning: {warning}", quiet=False, once=True)
             rule_warning = evaluation_rule_warning(self.model)  # a biased validation score / reported L_T
             if rule_warning:
-                echo(f"warning: {rule_warning}", quiet=False)
+                echo(f"warning: {rule_warning}", quiet=False, once=True)
         dist.broadcast_module(self.model)  # identical replicas (the same seed gives them anyway on CPU)
         if dist.rank > 0:  # Monte Carlo nodes / dropout differ across ranks; rank 0 keeps the single-process stream
             checkpoint.seed_everything(distributed.rank_seed(cfg.train.seed, dist.rank))
