@@ -140,3 +140,37 @@ def test_time_mark_decoder_on_grid_is_forward_on_expanded_histories() -> None:
         want = dec(h.unsqueeze(-2).expand(2, 5, 7, h.shape[-1]), tau)
         got = dec.on_grid(h, tau)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_the_linear_space_forecast_equals_logsumexp_and_keeps_underflowing_marks_finite(dtype) -> None:
+    """The forecast's weighted sum is taken as ``w @ exp(lp)``; a mark whose probability underflows the dtype at
+    every grid point (``lp = -120`` in float32, ``-800`` in float64) gets the exact logsumexp, not ``-inf``."""
+    from mtpp.models.marginal import marginal_mark_log_probs
+    from mtpp.models.time_decoders import LogNormalMixture
+
+    g = torch.Generator().manual_seed(0)
+    b, k = 6, 5
+    dist = LogNormalMixture(torch.log_softmax(torch.randn(b, 3, generator=g, dtype=dtype), -1),
+                            torch.randn(b, 3, generator=g, dtype=dtype), 0.3 * torch.randn(b, 3, generator=g, dtype=dtype))
+    floor = -120.0 if dtype == torch.float32 else -800.0
+    slope = torch.randn(k, generator=g, dtype=dtype)
+
+    def mark_log_probs_at(tau):
+        z = torch.log(tau).unsqueeze(-1) * slope  # [b, P, K]: marks depend on the gap
+        z = z.clone()
+        z[:3, :, -1] = floor  # mark K-1 improbable at every gap for the first three events
+        return torch.log_softmax(z, -1)
+
+    got = marginal_mark_log_probs(dist, torch.zeros(b, dtype=dtype), mark_log_probs_at, points=64)
+    assert torch.isfinite(got).all()
+    # the reference: logsumexp over the grid of lp + log w, as the quadrature defines it
+    from mtpp.models.marginal import quantile_grid, trapezoid_weights
+
+    grid = quantile_grid(dist, torch.zeros(b, dtype=dtype), 64)
+    lp = mark_log_probs_at(grid)
+    want = torch.logsumexp(lp + torch.log(trapezoid_weights(dist.cdf(grid))).unsqueeze(-1), dim=-2)
+    want = want - torch.logsumexp(want, -1, keepdim=True)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    assert (got[:3, -1] < floor + 30).all()  # the improbable mark: exact, far below, finite

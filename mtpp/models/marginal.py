@@ -19,7 +19,9 @@ marks for any ``P``. ``F`` on the grid is deterministic even for Monte Carlo com
 (THP / SAHP) it is a cumulative Gauss-Legendre rule over the grid cells (``GRID_NODES`` nodes per cell, one
 intensity call for all cells, ``cumulative_hazard_on_grid``), elsewhere the decoder's closed-form ``cdf``. Error:
 ``O(h^2)`` in the log spacing ``h`` plus ``eps`` in the tails; measured against adaptive quadrature in
-``tests/test_forecast_marks.py``.
+``tests/test_forecast_marks.py``. The weighted sum is taken in linear space (``exp`` of the log-probabilities, a
+``[1, P] @ [P, K]`` product), except for the events where some mark's forecast underflows the dtype: those take
+the ``logsumexp`` of the log-probabilities, so a mark improbable at every grid point keeps a finite log-probability.
 """
 
 from __future__ import annotations
@@ -115,7 +117,15 @@ def marginal_mark_log_probs(
         u = -torch.expm1(-cumulative_hazard_on_grid(dist, grid))
     else:
         u = dist.cdf(grid)  # closed form (LNM: a sum of ndtr, no log_ndtr)
-    log_w = torch.log(trapezoid_weights(u))  # -inf for empty cells: they drop out of the logsumexp
+    w = trapezoid_weights(u)
     lp = mark_log_probs_at(grid)  # [*batch, P, K]
-    out = torch.logsumexp(lp + log_w.unsqueeze(-1), dim=-2)
+    # sum_j w_j p(k | g_j): one exp and a [1, P] @ [P, K] product per event, in linear space ...
+    forecast = (w.unsqueeze(-2) @ torch.exp(lp)).squeeze(-2)  # [*batch, K]
+    out = torch.log(forecast)
+    # ... except where a mark's probability underflows (or is subnormal) at every grid point: there the
+    # logsumexp of the log-probabilities keeps it exact (evaluation only: one host sync per chunk)
+    lost = (forecast < torch.finfo(forecast.dtype).tiny).any(-1)
+    if bool(lost.any()):
+        log_w = torch.log(w[lost]).unsqueeze(-1)  # -inf for empty cells: they drop out of the logsumexp
+        out[lost] = torch.logsumexp(lp[lost] + log_w, dim=-2)
     return out - torch.logsumexp(out, dim=-1, keepdim=True)  # exact normalisation against rounding
