@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mtpp.data.formats import PARTS, ReadOptions, ReadResult, is_split_folder, read_any, read_split
+from mtpp.data.formats import PARTS, ReadOptions, ReadResult, is_split_folder, read_any, read_split, split_dirs
 from mtpp.data.sequence import EventSequence, check_dtype_range
 from mtpp.errors import DataError
 
@@ -384,7 +384,7 @@ def known_splits(entry: CatalogEntry | None, path: Path) -> list[int] | None:
         return None
     if lacks_train_part(path):
         return list(range(AUTO_SPLITS))
-    return sorted(int(d.name.split("_")[1]) for d in path.glob("split_*") if d.is_dir() and d.name[6:].isdigit())
+    return [int(d.name.split("_")[1]) for d in split_dirs(path)]
 
 
 def lacks_train_part(path: Path) -> bool:

@@ -1479,7 +1479,8 @@ def _merge(results: Sequence[ReadResult], source: str, fmt: str) -> ReadResult:
     return ReadResult(parts, k, fmt, source, notes, dropped, files)
 
 
-def _split_dirs(folder: Path) -> list[Path]:
+def split_dirs(folder: Path) -> list[Path]:
+    """The ``split_k`` sub-folders of a split folder, by ``k``."""
     dirs = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"split_\d+", p.name)]
     return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
 
@@ -1538,7 +1539,7 @@ def read_split(folder: str | Path, k: int, *, options: ReadOptions | None = None
     """Read only ``split_<k>`` of a split folder; parts are keyed ``split_<k>/<part>``, ``meta["splits"]`` lists
     the split folders present. ``DataError`` if there is no such split."""
     folder = Path(folder)
-    splits = _split_dirs(folder) if folder.is_dir() else []
+    splits = split_dirs(folder) if folder.is_dir() else []
     d = folder / f"split_{k}"
     if d not in splits:
         raise DataError(f"split {k} does not exist (available: {', '.join(p.name for p in splits) or 'none'})",
@@ -1560,7 +1561,7 @@ def _read_folder(folder: str | Path, *, options: ReadOptions | None = None, prog
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("folder not found", source=str(folder))
-    splits = _split_dirs(folder)
+    splits = split_dirs(folder)
     if splits:
         results = [_read_one_split(d, options, progress) for d in splits]
         res = _merge(results, str(folder), "split_folder")
@@ -1755,5 +1756,5 @@ def write_split_folder(
 def is_split_folder(path: str | Path) -> bool:
     """True if ``path`` holds ``split_k`` sub-folders."""
     path = Path(path)
-    return path.is_dir() and bool(_split_dirs(path))
+    return path.is_dir() and bool(split_dirs(path))
 

@@ -470,8 +470,9 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         share_ax.set_ylim(0, max(4 * share.max(), 1e-9))
         share_ax.set_yticks([])
         top = int(np.argmax(share))  # the bars have no axis: the tallest says its share
-        share_ax.annotate(f"{share[top]:.0%}", (centers[top], share[top]), xytext=(0, 2), textcoords="offset points",
-                          ha="center", va="bottom", fontsize=7, color="0.45")
+        ax.annotate(f"{share[top]:.0%}", (centers[top], share[top]), xycoords=share_ax.transData, xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7, color="0.35", zorder=6,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})  # above the discs
         ax.set_zorder(share_ax.get_zorder() + 1)
         ax.patch.set_visible(False)
         ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
