@@ -730,3 +730,36 @@ def test_cells_pooled_over_other_splits_are_not_ranked_against_each_other(tmp_pa
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[-1].endswith("[split 1 x seed 0]") and all(t.endswith("[splits 0, 1 x seed 0]") for t in ticks[:2])
     assert "pooled over different splits / seeds" in fig._suptitle.get_text().replace("\n", " ")
+
+
+def test_labels_show_the_settings_that_tell_cells_apart_before_redundant_ones() -> None:
+    """Three THP cells: two differ from the third in max_sequences and max_epochs together, and from each other
+    only in lr. Labels of two settings must name lr (the one that separates the last two), not max_epochs, which
+    repeats what max_sequences says, with lr hidden behind '+1 more' and the cells numbered #1 / #2."""
+    rows = [{"model": "thp", "parametrisation": "base", "config.data.max_sequences": ms,
+             "config.train.max_epochs": ep, "config.train.lr": lr}
+            for ms, ep, lr in ((300, 1, 1e-3), (None, 4, 1e-3), (None, 4, 1e-2))]  # fmt: skip
+    df = pd.DataFrame(rows)
+    labels = report.cell_labels(df, [c for c in df.columns if c.startswith("config.")])
+    assert labels == ["THP (max_sequences=300, lr=0.001, +1 more)", "THP (max_sequences=all, lr=0.001, +1 more)",
+                      "THP (max_sequences=all, lr=0.01, +1 more)"], labels  # fmt: skip
+    # two cells that differ in both settings: both named, in the priority order
+    two = report.cell_labels(df.iloc[:2], ["config.data.max_sequences", "config.train.max_epochs"])
+    assert two == ["THP (max_sequences=300, max_epochs=1)", "THP (max_sequences=all, max_epochs=4)"], two
+
+
+def test_report_of_one_run_draws_no_bars_and_says_why(tmp_path: Path, capsys) -> None:
+    """One cell, one parametrisation: a bar panel would be one point on a zoomed axis, comparing nothing."""
+    root = tmp_path / "runs"
+    add_quick_run(root, np.random.default_rng(0))
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert not (out / "plots" / "bars_synthetic_hawkes.png").exists()
+    assert "no bars_synthetic_hawkes.png: one cell on synthetic_hawkes, nothing to compare" in cap.err
+    assert (out / "plots" / "reliability_synthetic_hawkes.png").exists() and "summary.md" in cap.out
+    # a second parametrisation of the cell is something to compare
+    add_plusplus(root, np.random.default_rng(1))
+    assert main(["report", str(root), "--out", str(tmp_path / "two")]) == 0
+    assert (tmp_path / "two" / "plots" / "bars_synthetic_hawkes.png").exists()
+    assert "no bars_" not in capsys.readouterr().err

@@ -323,5 +323,5 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
 
     check_ours(plots.existing_plots(out / "plots", df["dataset"].unique()))  # before either summary is written
     report.write_summary(df, out, title=title, notes=notes)
-    plots.make_all_plots(out, out / "plots", runs=df)
+    plots.make_all_plots(out, out / "plots", runs=df, say=lambda line: print(line, file=sys.stderr))
     print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", file=sys.stderr)

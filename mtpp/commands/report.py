@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         check_ours(plots.existing_plots(folder, df["dataset"].unique()))
     written = report.write_summary(df, out, metrics=args.metrics, title=f"Results of {root}", stem=stem)
     if not args.no_plots:
-        written += plots.make_all_plots(root, folder, metrics=args.metrics, section=args.split, runs=df)
+        written += plots.make_all_plots(root, folder, metrics=args.metrics, section=args.split, runs=df,
+                                        say=lambda line: print(line, file=sys.stderr))
     print(f"{len(df)} runs under {root}")
     for path in written:
         print(f"wrote {path}")

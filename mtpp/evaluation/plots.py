@@ -27,7 +27,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -584,13 +584,16 @@ def plot_metric_bars(
     written beside the ``+`` / ``++`` points of NLL panels. ``n/a`` marks a metric that does not apply (the
     conflict rate of ``++``). Panel titles give the metric in words, its unit and whether lower or higher is
     better (:data:`~mtpp.evaluation.report.METRICS`); the legend sits below the panels; the title says what
-    each point pools."""
+    each point pools. ``None`` (nothing drawn) without runs or with a single cell and parametrisation: nothing
+    to compare."""
     summary = summarise(runs, metrics or DEFAULT_METRICS)
     if summary.empty:
         return None
     mets = list(dict.fromkeys(summary["metric"]))
     keys = [k for k in cell_columns(runs) if k not in ("dataset", "parametrisation")]
     summary = summary.assign(_label=cell_labels(summary, keys, with_param=False))
+    if len(summary.drop_duplicates(["_label", "parametrisation"])) < 2:
+        return None  # one point per panel on a zoomed axis compares nothing: summary.md has the values
     labels = list(dict.fromkeys(summary["_label"]))
     # cells tested on other data (another max_sequences cut, ...) or pooled over other splits / seeds are not
     # comparable: one group of columns per (cut, replicates), in order of first appearance, a dark line between
@@ -703,13 +706,15 @@ def make_all_plots(
     metrics: Sequence[str] | None = None,
     section: str = "test",
     runs: pd.DataFrame | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """All plots of the finished runs under ``root`` into ``out_dir``; returns the files written.
 
     Per dataset: ``bars_<dataset>.png``, ``val_curves_<dataset>.png``, ``reliability_<dataset>.png``,
     ``pit_<dataset>.png``; per dataset and cell without its parametrisation (base and ``+`` side by side):
     ``cos_tm_<dataset>_<cell>.png``.
-    A plot whose inputs no run has (no ``arrays.json``, no cosine logged) is skipped.
+    A plot whose inputs no run has (no ``arrays.json``, no cosine logged) is skipped, and so is the bar plot of a
+    dataset with one cell and parametrisation (nothing to compare); ``say`` gets one line for the latter.
     """
     out_dir = Path(out_dir)
     df = collect_runs(root, section) if runs is None else runs
@@ -726,6 +731,8 @@ def make_all_plots(
         ):
             if p is not None:
                 written.append(p)
+        if say is not None and len(_cells(part)[1]) == 1:
+            say(f"no bars_{ds}.png: one cell on {dataset}, nothing to compare (its values are in the summary table)")
         _, cells = _cells(part, with_param=False)
         for label, model_part in cells:
             first = model_part.iloc[0]

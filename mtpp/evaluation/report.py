@@ -593,7 +593,8 @@ LABEL_PRIORITY = ("config.data.max_sequences", "config.train.max_epochs", "confi
 def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, max_extra: int = 2) -> list[str]:
     """One figure label per row of ``df`` (runs or summary rows): the model name (:func:`cell_label` without
     settings) plus the settings among ``keys`` in which cells **of the same model name** differ, at most
-    ``max_extra`` of them (:data:`LABEL_PRIORITY` first) and ``+N more``: ``THP (max_sequences=300,
+    ``max_extra`` of them and ``+N more`` (first the settings that tell the most of those cells apart, ties in the
+    order of :data:`LABEL_PRIORITY`): ``THP (max_sequences=300,
     max_epochs=1)`` beside ``THP (max_sequences=all, max_epochs=4)``; a model name that is unique stays bare.
     Labels still equal after that get ``#1``, ``#2`` ... so no two cells ever share one."""
     rows = [r for _, r in df.iterrows()]
@@ -608,7 +609,8 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
     diff_of: dict[str, list[str]] = {}
     for n, idx in by_name.items():
         diff = [k for k in config_keys if len({format_value(rows[i].get(k)) for i in idx}) > 1]
-        diff_of[n] = sorted(diff, key=lambda k: (prio.get(k, len(prio)), config_keys.index(k)))
+        diff = sorted(diff, key=lambda k: (prio.get(k, len(prio)), config_keys.index(k)))
+        diff_of[n] = _most_telling(diff, [[format_value(rows[i].get(k)) for k in diff] for i in idx])
     for i, r in enumerate(rows):
         diff = diff_of[names[i]]
         shown = [f"{k.rsplit('.', 1)[-1]}={_label_value(k, r.get(k))}" for k in diff[:max_extra]]
@@ -621,6 +623,23 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
         if ck not in first.setdefault(lbl, []):
             first[lbl].append(ck)
     return [lbl if len(first[lbl]) == 1 else f"{lbl} #{first[lbl].index(ck) + 1}" for lbl, ck in zip(labels, cell_key)]
+
+
+def _most_telling(keys: list[str], values: list[list[str]]) -> list[str]:
+    """``keys`` reordered greedily: next the key that tells apart the most of the rows (``values``: one list per
+    row, in the order of ``keys``) that the keys before it leave equal; ties keep the order of ``keys``. So a
+    label that shows only the first few keys shows the ones that separate cells, never a second key that repeats
+    what the first one already said while the key the cells differ in hides behind ``+N more``."""
+    order: list[int] = []
+    rest = list(range(len(keys)))
+    while rest:
+        def groups(j: int) -> int:
+            return len({tuple(v[i] for i in (*order, j)) for v in values})
+
+        best = max(rest, key=lambda j: (groups(j), -rest.index(j)))
+        order.append(best)
+        rest.remove(best)
+    return [keys[j] for j in order]
 
 
 _UNSET = {"config.data.max_sequences": "all"}  # what a null setting means, where it means something
