@@ -96,12 +96,13 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
         "cos_tm_bins": [-1.0, 1.0, COS_BINS],
         "validation_after_best": validation_after_best(
             epochs, train.get("best_epoch"),
-            {g: train[f"best_epoch/{g}"] for g in ("time", "mark")} if "best_epoch/time" in train else None),
+            {g: train[f"best_epoch/{g}"] for g in ("time", "mark")} if "best_epoch/time" in train else None,
+            binned=((config or {}).get("train") or {}).get("select_time_on") == "binned"),
     }
 
 
-def validation_after_best(epochs: list[dict], best_epoch: Any,
-                          part_best: dict[str, Any] | None = None) -> dict[str, Any] | None:  # fmt: skip
+def validation_after_best(epochs: list[dict], best_epoch: Any, part_best: dict[str, Any] | None = None,
+                          binned: bool = False) -> dict[str, Any] | None:  # fmt: skip
     """The validation NLL per event (nats) after the best epoch, from the epoch log lines: ``{"best", "worst",
     "last", "non_finite"}``, the value at ``best_epoch``, the largest finite one after it (``None`` when there is
     none), the last epoch's, and whether any value after it was non-finite (stored as a flag, since JSON has no
@@ -110,18 +111,33 @@ def validation_after_best(epochs: list[dict], best_epoch: Any,
     ``part_best`` (``{"time": e_t, "mark": e_m}``, separate early stopping): each part from its own best epoch, on
     its own validation NLL (``val_nll_time_per_seq`` / ``val_nll_mark_per_seq`` per event, by the lines' ratio
     of ``val_nll_per_event`` to ``val_nll_per_seq``), as ``{"time": {...}, "mark": {...}}``: the run's best epoch is
-    the later of the two, after which a part that blew up and was frozen earlier looks calm."""
+    the later of the two, after which a part that blew up and was frozen earlier looks calm.
+
+    ``binned`` (``train.select_time_on: binned``): the time part is the binned ``val_nll_time_binned_per_seq``, the
+    score the run was selected on, so a continuous ``L_T`` that keeps falling by sharpening onto the lattice (or
+    rises while the binned one does not) is not read as the selected score's course."""
     lines = [r for r in epochs if isinstance(r.get("epoch"), int)]
+    ratio = next((r["val_nll_per_event"] / r["val_nll_per_seq"] for r in lines
+                  if _finite(r.get("val_nll_per_event")) and _finite(r.get("val_nll_per_seq"))
+                  and r["val_nll_per_seq"] != 0), None)  # fmt: skip
+    time_key = "val_nll_time_binned_per_seq" if binned else "val_nll_time_per_seq"
     if part_best:
-        ratio = next((r["val_nll_per_event"] / r["val_nll_per_seq"] for r in lines
-                      if _finite(r.get("val_nll_per_event")) and _finite(r.get("val_nll_per_seq"))
-                      and r["val_nll_per_seq"] != 0), None)  # fmt: skip
         if ratio is None:
             return None
-        parts = {part: _after_best(lines, best, lambda r, k=f"val_nll_{part}_per_seq": _scaled(r.get(k), ratio))
+        keys = {"time": time_key, "mark": "val_nll_mark_per_seq"}
+        parts = {part: _after_best(lines, best, lambda r, k=keys[part]: _scaled(r.get(k), ratio))
                  for part, best in part_best.items()}  # fmt: skip
         return None if any(v is None for v in parts.values()) else parts
+    if binned:
+        if ratio is None:
+            return None
+        return _after_best(lines, best_epoch, lambda r: _scaled(_sum(r.get(time_key), r.get("val_nll_mark_per_seq")),
+                                                                ratio))
     return _after_best(lines, best_epoch, lambda r: r.get("val_nll_per_event"))
+
+
+def _sum(a: Any, b: Any) -> float | None:
+    return float(a) + float(b) if _finite(a) and _finite(b) else None
 
 
 def _finite(v: Any) -> bool:

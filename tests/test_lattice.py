@@ -446,16 +446,22 @@ def test_selecting_on_the_binned_time_nll(tmp_path: Path, parametrisation: str, 
     cfg = load_config(None, [f"data.name={data}", "train.max_epochs=6", "train.min_delta=0", "train.patience=100",
                              "model.hidden_size=4", f"model.parametrisation={parametrisation}", "train.lr=0.03",
                              "train.select_time_on=binned", "logging.quiet=true", "logging.progress=false",
-                             *extra])  # fmt: skip
+                             "train.lr_schedule=plateau", *extra])  # fmt: skip
     from mtpp.training.early_stopping import EarlyStopping
 
     seen, step = [], EarlyStopping.step
+    plateau, plateau_step = [], torch.optim.lr_scheduler.ReduceLROnPlateau.step
 
     def spy(self, epoch, val_time, val_mark, model):  # what early stopping is given as the time part's score
         seen.append(val_time)
         return step(self, epoch, val_time, val_mark, model)
 
+    def plateau_spy(self, metrics, *args, **kwargs):  # what the plateau schedule is given
+        plateau.append(metrics)
+        return plateau_step(self, metrics, *args, **kwargs)
+
     monkeypatch.setattr(EarlyStopping, "step", spy)
+    monkeypatch.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", plateau_spy)
     run = tmp_path / "run"
     metrics = fit(cfg, run)
     epochs = _epochs(run)
@@ -471,6 +477,22 @@ def test_selecting_on_the_binned_time_nll(tmp_path: Path, parametrisation: str, 
     chosen = binned if parametrisation == "plusplus" else binned + mark
     key = "best_epoch/time" if parametrisation == "plusplus" else "best_epoch"
     assert metrics["train"][key] == epochs[int(np.argmin(chosen))]["epoch"]
+    np.testing.assert_allclose(plateau, binned + mark, rtol=1e-12)  # the schedule follows the selected score too
+    # the record judges the course after the best epoch (divergence) on the selected score, per event
+    from mtpp.records import build_record
+
+    after = build_record(run, {"name": "x"}, 1.0)["validation_after_best"]
+    per_event = np.array([e["val_nll_per_event"] / e["val_nll_per_seq"] for e in epochs])
+    if parametrisation == "plusplus":
+        best = int(np.argmin(binned))
+        assert after["time"]["best"] == pytest.approx(binned[best] * per_event[best])
+        later = (binned * per_event)[best + 1:]
+    else:
+        best = int(np.argmin(binned + mark))
+        assert after["best"] == pytest.approx((binned + mark)[best] * per_event[best])
+        later = ((binned + mark) * per_event)[best + 1:]
+    assert (after["time"] if parametrisation == "plusplus" else after)["worst"] == (
+        pytest.approx(later.max()) if len(later) else None)
     if parametrisation == "base":  # best.pt holds the best epoch's weights: its binned val L_T is the logged one
         again = evaluate(run, "val")
         assert again["nll_time_binned_per_seq"] == pytest.approx(binned.min(), rel=1e-5)

@@ -692,7 +692,7 @@ class Trainer:
         improved, frozen = self.early.step(epoch, val[time_key], val["val_nll_mark_per_seq"], self.model)
         for group in frozen:
             self._freeze(group)
-        self._step_scheduler(val["val_nll_per_seq"])
+        self._step_scheduler(val[time_key] + val["val_nll_mark_per_seq"])  # the score early stopping follows
         self.epoch = epoch
         if improved:
             self._save_best()
