@@ -1045,8 +1045,26 @@ def test_train_never_replaces_files_it_did_not_write(tmp_path: Path, capsys: pyt
     (tmp_path / "afile").write_text("hi")
     assert main(["train", str(cfg), "--out", str(tmp_path / "afile")]) == 2
     assert "exists and is a file" in capsys.readouterr().err
+    # every file a run replaces is checked, not only the text logs: a user's JSON object named metrics.json, plot
+    # arrays, a checkpoint that is not mtpp's (another torch file, or not a torch file at all)
+    import torch
+
+    for name, write in (("metrics.json", lambda f: f.write_text('{"mine": 1}')),
+                        ("arrays_test.json", lambda f: f.write_text('{"mine": 2}')),
+                        ("best.pt", lambda f: f.write_bytes(b"not a checkpoint")),
+                        ("checkpoint.pt", lambda f: torch.save({"weights": torch.zeros(2)}, f))):  # fmt: skip
+        folder = tmp_path / f"user_{name}"
+        folder.mkdir()
+        write(folder / name)
+        before = (folder / name).read_bytes()
+        for extra in ([], ["--overwrite"]):
+            assert main(["train", str(cfg), "--out", str(folder), "-q", *extra]) == 2
+            err = capsys.readouterr().err
+            assert f"{name} that mtpp did not write" in err and "Traceback" not in err, (name, err)
+        assert (folder / name).read_bytes() == before and [p.name for p in folder.iterdir()] == [name]
     # mtpp's own folders still restart and resume as before
     fit(tiny(data), tmp_path / "run")
+    assert {"metrics.json", "arrays_test.json", "best.pt", "checkpoint.pt"} <= {p.name for p in (tmp_path / "run").iterdir()}
     assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--overwrite"]) == 0
 
 

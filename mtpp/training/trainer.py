@@ -1123,7 +1123,9 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | Non
     foreign = _foreign_run_files(out_dir)
     if foreign:  # never replaced, not even with --overwrite: mtpp did not write them
         raise MtppError(f"{out_dir} holds {', '.join(foreign)} that mtpp did not write (a run's config.yaml has a "
-                        "run_info section, its log.jsonl one JSON record per line, its train.log starts with a '--- ' line); "
+                        "run_info section, its log.jsonl one JSON record per line, its train.log starts with a '--- ' "
+                        "line, its metrics.json / arrays_*.json hold metric sections / plot arrays, its .pt files are "
+                        "mtpp checkpoints); "
                        "choose another --out")
     if resume:
         if not (out_dir / checkpoint.CHECKPOINT).is_file():
@@ -1142,11 +1144,13 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> dict | Non
 
 
 def _foreign_run_files(out_dir: Path) -> list[str]:
-    """The files of ``out_dir`` named like a run's text files that a run did not write: a ``config.yaml`` without
+    """The files of ``out_dir`` named like a run's files that a run did not write: a ``config.yaml`` without
     ``run_info`` (e.g. the user's own configuration, even the one being trained from), a ``log.jsonl`` whose first
-    line is not one of the trainer's JSON records, a ``metrics.json`` that is not a JSON object, a ``train.log``
+    line is not one of the trainer's JSON records, a ``metrics.json`` without a metrics section
+    (:func:`_metrics_json`), an ``arrays_{val,test}.json`` without plot arrays (:func:`_arrays_json`), a
+    ``checkpoint.pt`` / ``best.pt`` that is not an mtpp checkpoint (:func:`_checkpoint_file`), a ``train.log``
     whose first line is not a command's ``--- `` line (``mtpp.training.logging.console_log``). Starting a run
-    there would replace them."""
+    there (``--overwrite`` included) would replace them."""
     import yaml
 
     out = []
@@ -1168,20 +1172,46 @@ def _foreign_run_files(out_dir: Path) -> list[str]:
             ok = first.strip() == b""
         if not ok:
             out.append("log.jsonl")
-    metrics = out_dir / METRICS_FILE
-    if metrics.is_file():
-        try:
-            ok = isinstance(json.loads(metrics.read_text(encoding="utf-8")), dict)
-        except (ValueError, UnicodeDecodeError):
-            ok = False
-        if not ok:
-            out.append(METRICS_FILE)
+    for name, ours in ((METRICS_FILE, _metrics_json), ("arrays_val.json", _arrays_json),
+                       ("arrays_test.json", _arrays_json)):  # fmt: skip
+        path = out_dir / name
+        if path.is_file():
+            try:
+                ok = ours(json.loads(path.read_text(encoding="utf-8")))
+            except (ValueError, UnicodeDecodeError):
+                ok = False
+            if not ok:
+                out.append(name)
+    out += [name for name in (checkpoint.CHECKPOINT, checkpoint.BEST)
+            if (out_dir / name).is_file() and not _checkpoint_file(out_dir / name)]  # fmt: skip
     train_log = out_dir / TRAIN_LOG
     if train_log.is_file() and train_log.stat().st_size:
         with train_log.open("rb") as f:
             if not f.readline(1 << 16).startswith(b"--- "):  # each command's copy starts with its "--- " line
                 out.append(TRAIN_LOG)
     return out
+
+
+def _metrics_json(obj: object) -> bool:
+    """A run's ``metrics.json``: a JSON object with at least one section (``train``, ``val``, ``test``,
+    ``train_eval``) that is itself an object, as the trainer and ``mtpp evaluate`` write it."""
+    return isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in ("train", "val", "test", "train_eval"))
+
+
+def _arrays_json(obj: object) -> bool:
+    """A run's ``arrays_<split>.json``: the plot arrays (``pit_*``, ``reliability_*`` keys) of
+    :meth:`mtpp.evaluation.metrics.MetricAccumulator.arrays`."""
+    return isinstance(obj, dict) and any(str(k).startswith(("pit_", "reliability_")) for k in obj)
+
+
+def _checkpoint_file(path: Path) -> bool:
+    """A checkpoint mtpp wrote (``checkpoint.pt`` / ``best.pt``): a torch file holding a mapping with ``model``
+    (read memory-mapped, without loading the tensors' data)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch zip file, or not loadable as weights: not a checkpoint of ours
+        return False
+    return isinstance(state, dict) and "model" in state
 
 
 def _stored_resumes(path: Path) -> list:
