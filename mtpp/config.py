@@ -194,6 +194,7 @@ BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
     ("train", "max_consecutive_skips"): (1, False),
     ("train", "eval_batch_size"): (1, False),
     ("train", "threads"): (1, False),
+    ("train", "seed"): (0, False),
     ("gradients", "log_every"): (1, False),
     # model sizes: a zero-size layer or mixture is not a model (num_components 0 gave an infinite loss and a
     # traceback at evaluation; hidden_size 0 a torch error)
@@ -215,9 +216,11 @@ BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
 # Numeric fields with an upper bound: (section, key) -> (bound, strict).
 UPPER_BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
     ("model", "dropout"): (1, True),  # a probability; 1 drops everything (torch refuses > 1 deep in nn.Dropout)
+    ("train", "seed"): (2**32 - 1, False),  # SEED_MAX: numpy's and torch's generators take 0 .. 2^32 - 1
 }
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N, mps"
 
 # logging.trackers: name -> the keys its logging.tracker_options entry may hold (mtpp.training.tracking).
 TRACKER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -333,6 +336,15 @@ def _build_section(section: str, values: Any) -> Any:
     return obj
 
 
+def valid_device(name: Any) -> bool:
+    """Whether ``name`` is a device mtpp accepts (``train.device``, ``--device``): auto, cpu, cuda, cuda:N, mps."""
+    return isinstance(name, str) and _DEVICE.match(name) is not None
+
+
+SEED_MAX = 2**32 - 1
+"""The largest seed numpy's generators and ``torch.manual_seed`` both take (seeds are ``0 .. SEED_MAX``)."""
+
+
 def _validate_section(section: str, obj: Any) -> None:
     for f in fields(obj):
         value = getattr(obj, f.name)
@@ -355,8 +367,8 @@ def _validate_section(section: str, obj: Any) -> None:
         from mtpp.models.scaling import check_time_scale
 
         check_time_scale(obj.time_scale)
-    if section == "train" and not _DEVICE.match(obj.device):
-        raise ConfigError(f"train.device: invalid value {obj.device!r}; valid: auto, cpu, cuda, cuda:N")
+    if section == "train" and not valid_device(obj.device):
+        raise ConfigError(f"train.device: invalid value {obj.device!r}; valid: {DEVICE_NAMES}")
     if section == "logging":
         _validate_trackers(obj)
 

@@ -226,3 +226,41 @@ def test_a_missing_file_named_bare_is_a_missing_file_not_an_unknown_dataset(name
     assert "unknown dataset" not in str(e.value)
     with pytest.raises(DataError, match="unknown dataset 'mocc'; did you mean 'mooc'"):
         load_dataset("mocc", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "hawkes", "--marks", "2", "--sequences", "5", "--window", "5", "--out", "OUT/s"],
+    ["data", "prepare", "OUT/missing.json", "--out", "OUT/p"],
+    ["bench", "--models", "gru-lnm-base", "--steps", "1"],
+    ["plot", "OUT/run", "--out", "OUT/p.png"],
+    ["generate", "OUT/run", "--out", "OUT/g.csv", "--horizon", "1"],
+])  # fmt: skip
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "x"])
+def test_every_seed_option_takes_numpys_range_only(argv: list[str], seed: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """``--seed -1`` failed inside numpy ("expected non-negative integer"): every command's --seed is one argparse
+    line (exit 2), before any work or file."""
+    args = [a.replace("OUT", str(tmp_path)) for a in argv] + ["--seed", seed]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and ("0 .. 4294967295" in err or "integer seed" in err) and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_seed_and_device_are_checked_before_torch_sees_them(tmp_path: Path) -> None:
+    """``train.seed: -1`` failed in numpy and ``--device bogus`` (evaluate / predict) in torch.device: one
+    ConfigError each, naming the setting and the valid values."""
+    from mtpp.config import load_config
+    from mtpp.errors import ConfigError
+    from mtpp.training.setup import resolve_device
+
+    for bad in (-1, 2**32):
+        with pytest.raises(ConfigError, match=r"^train\.seed: must be"):
+            load_config(None, [f"train.seed={bad}"])
+    assert load_config(None, [f"train.seed={2**32 - 1}"]).train.seed == 2**32 - 1
+    for bad in ("bogus", "cuda:x", "", "gpu"):
+        with pytest.raises(ConfigError, match="invalid value; valid: auto, cpu, cuda, cuda:N, mps"):
+            resolve_device(bad)
+    assert resolve_device("cpu").type == "cpu"

@@ -5,36 +5,17 @@ from __future__ import annotations
 
 import argparse
 
+from mtpp.commands._types import positive_float, positive_int
+from mtpp.commands._types import seed as seed_type
 
-def positive_int(text: str) -> int:
-    """An argparse ``type``: an integer ``>= 1`` (``--batch-size 0`` is refused in one line, not run)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse ``type``: a finite number ``> 0`` (``--max-memory 0`` or ``-1`` is refused in one line)."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+__all__ = ["add_max_events", "add_run_options", "positive_float", "positive_int"]
 
 
 def add_run_options(p: argparse.ArgumentParser, seed: bool = True) -> None:
     """``--split``, ``--data-dir``, ``--device``, ``--overwrite`` (and ``--seed`` unless ``seed=False``)."""
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
     if seed:
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--data-dir", help="where the datasets are (default: the run's recorded data, $MTPP_DATA_DIR)")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mtpp.commands._types import seed as seed_type
+
 TRAIN_THREADS = 1
 """``mtpp bench``'s default thread count: ``train.threads``'s default (tested to agree), so the figures are the ones
 ``mtpp train`` gets."""
@@ -69,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=TRAIN_THREADS,
                    help=f"torch.set_num_threads (default {TRAIN_THREADS}: what mtpp train runs with, train.threads; "
                         "torch's own choice, one thread per core, ran 10-100x slower on a busy machine)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batches and the model (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the batches and the model (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="configuration override for every model, e.g. model.hidden_size=64; repeatable")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",

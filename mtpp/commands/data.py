@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mtpp.commands._types import seed as seed_type
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="list, describe and prepare datasets",
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("prepare", help="de-duplicate inputs and write seeded train/val/test splits")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders in any supported format")
     pr.add_argument("--out", required=True, help="output split folder (must not exist or be empty)")
-    pr.add_argument("--seed", type=int, default=0, help="split k uses default_rng([seed, k]) (default 0)")
+    pr.add_argument("--seed", type=seed_type, default=0, help="split k uses default_rng([seed, k]) (default 0)")
     pr.add_argument("--splits", type=int, default=5, help="number of random splits (default 5)")
     pr.add_argument("--ratios", type=float, nargs=3, default=[0.6, 0.2, 0.2], metavar=("TRAIN", "VAL", "TEST"),
                     help="split ratios (default 0.6 0.2 0.2)")

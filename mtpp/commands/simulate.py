@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mtpp.commands._types import seed as seed_type
 from mtpp.errors import ConfigError
 
 
@@ -45,7 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--marks", type=int, required=True, help="number of marks K")
     p.add_argument("--sequences", type=int, required=True, help="number of sequences")
     p.add_argument("--window", type=float, required=True, help="observation window end T of every sequence")
-    p.add_argument("--seed", type=int, default=0, help="seed of the parameters, the simulation and the splits")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the parameters, the simulation and the splits")
     p.add_argument("--splits", type=int, default=1, help="number of random train/val/test partitions (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--force", action="store_true",

@@ -22,11 +22,16 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_device(name: str, tf32: bool = False) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda[:n]`` must exist.
+    """``auto`` -> cuda when available, else cpu; ``cuda[:n]`` must exist. ``ConfigError`` for any other name
+    (``train.device`` and every command's ``--device`` are resolved here).
 
     On CUDA this also sets the float32 precision of matrix products and cuDNN (``set_float32_precision``): full
     IEEE float32 unless ``tf32`` (``train.tf32``).
     """
+    from mtpp.config import DEVICE_NAMES, valid_device
+
+    if not valid_device(name):  # torch.device('bogus') fails deep inside torch with every backend it knows
+        raise ConfigError(f"device {name!r}: invalid value; valid: {DEVICE_NAMES}")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     if dev.type == "cuda" and name != "auto":
         if not torch.cuda.is_available():
