@@ -76,6 +76,26 @@ def test_bad_option_values(name: str, opts: dict) -> None:
         make_aggregator(name, **opts)
 
 
+@pytest.mark.parametrize("name, opts, fragment", [
+    # a list where one number is taken: Python's own "float() argument must be ..." / "'<' not supported" leaked
+    ("gradops", {"alpha": [1, 2]}, "gradients.options.alpha: must be one finite number for aggregator 'gradops'"),
+    ("cagrad", {"c": [0.1, 0.2, 0.3]}, "gradients.options.c: must be one finite number"),
+    ("gradvac", {"beta": [0.1, 0.2]}, "gradients.options.beta: must be one finite number"),
+    ("metabalance", {"beta": {"time": 0.5}}, "gradients.options.beta: must be one finite number"),
+    # per-task options: as many values as tasks, checked when the aggregator is built, not at the first step
+    ("cograd", {"gamma": [1e-3, 2e-3, 3]}, "gradients.options.gamma: 3 values for the 2 tasks (time, mark)"),
+    ("weighted", {"weights": [1, 1, 1]}, "gradients.options.weights: 3 values for the 2 tasks"),
+    # signs that turn the method into something else: ascending an NLL, negative virtual learning rates
+    ("weighted", {"weights": [-1, 1]}, "weights: must be finite, >= 0 and not all 0"),
+    ("cograd", {"gamma": -1}, "gamma: must be finite numbers >= 0"),
+    ("cograd", {"gamma": {"time": -1e-3}}, "gamma: must be finite numbers >= 0"),
+])  # fmt: skip
+def test_option_shapes_and_signs_are_one_line_config_errors(name: str, opts: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_aggregator(name, **opts)
+    assert fragment in str(err.value), str(err.value)
+
+
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 def test_structure_and_empty(name: str) -> None:
     agg = make_aggregator(name)
@@ -448,3 +468,19 @@ def test_cograd_per_task_gamma_is_algorithm_1_line_9() -> None:
         make_aggregator("cograd", gamma={"speed": 1.0})
     with pytest.raises(ConfigError, match="gamma"):
         make_aggregator("cograd", gamma=float("nan"))
+
+
+def test_bad_aggregator_options_stop_train_before_a_run_folder_exists(tmp_path, capsys) -> None:
+    """``cograd`` with three gammas failed at the first step with a traceback and left a partial run folder: now
+    one line before anything is written; the header names the options a run trains with, defaults included."""
+    from mtpp.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--set", "data.max_sequences=20", "--set", "train.max_epochs=1",
+            "--set", "model.hidden_size=4", "--set", "gradients.aggregator=cograd", "-q"]  # fmt: skip
+    assert main([*args, "--set", "gradients.options={gamma: [1.0e-3, 2.0e-3, 3]}"]) == 2
+    err = capsys.readouterr().err
+    assert "gradients.options.gamma: 3 values for the 2 tasks" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*args[:-1]]) == 0
+    assert "aggregator cograd (gamma=4e-07)" in (out / "train.log").read_text()

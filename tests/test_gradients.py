@@ -178,8 +178,8 @@ def test_shared_params_get_aggregator_output() -> None:
     sp = sh["encoder"] + sh["decoder"]
     lt, lm = m.losses(_x())
     gT, gM = task_gradients(lt, lm, sp)
-    agg = make_aggregator("weighted", weights=[2.0, -0.5])
-    expected = [2.0 * a - 0.5 * b for a, b in zip(gT, gM)]
+    agg = make_aggregator("weighted", weights=[2.0, 0.5])
+    expected = [2.0 * a + 0.5 * b for a, b in zip(gT, gM)]
     lt, lm = m.losses(_x())
     backward_step(lt, lm, sh, m.other_params(), agg, want_stats=False)
     for p, e in zip(sp, expected):

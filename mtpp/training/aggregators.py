@@ -153,6 +153,13 @@ def aggregator_options(name: str) -> dict[str, Any]:
     }
 
 
+def _per_task_options(name: str) -> set[str]:
+    """The options of aggregator ``name`` that take one value per task (their annotation admits a list or a
+    mapping, e.g. ``weighted``'s ``weights``, ``cograd``'s ``gamma``); every other number option takes one number."""
+    sig = inspect.signature(AGGREGATORS[name].__init__)
+    return {p.name for p in sig.parameters.values() if re.search(r"\b(Sequence|dict|list)\b", str(p.annotation))}
+
+
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -192,11 +199,18 @@ def make_aggregator(name: str = "sum", **options: Any) -> Aggregator:
     if unknown:
         listing = ", ".join(sorted(valid)) if valid else "(none)"
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for aggregator {name!r}; valid: {listing}")
+    per_task = _per_task_options(name)
     for key, value in options.items():  # a number option (by its default) holds finite numbers (one, or per task)
         default = valid[key]
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and not _finite_numbers(value):
-            raise ConfigError(f"gradients.options.{key}: must be a finite number (or one per task) for aggregator "
-                              f"{name!r}, got {value!r}")
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if key in per_task or numeric:
+            what = f"a finite number or one per task [{key}_time, {key}_mark]" if key in per_task else "one finite number"
+            if not _finite_numbers(value) or (isinstance(value, (list, tuple, dict)) and key not in per_task):
+                raise ConfigError(f"gradients.options.{key}: must be {what} for aggregator {name!r}, got {value!r}")
+            if isinstance(value, (list, tuple)) and len(value) != len(TASK_NAMES):
+                raise ConfigError(f"gradients.options.{key}: {len(value)} values for the {len(TASK_NAMES)} tasks "
+                                  f"({', '.join(TASK_NAMES)}) of aggregator {name!r}; give one number or "
+                                  f"[{key}_time, {key}_mark]")
         if key == "seed" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                                     or not 0 <= value < 2**63):  # fmt: skip
             raise ConfigError(f"gradients.options.seed: must be an integer in [0, 2^63) or null for aggregator "
@@ -250,9 +264,10 @@ class Weighted(Aggregator):
         if len(self.weights) != len(TASK_NAMES):  # checked here, not at the first step deep inside training
             raise ConfigError(f"weights: {len(self.weights)} given for {len(TASK_NAMES)} tasks "
                               f"({', '.join(TASK_NAMES)}): give [w_time, w_mark]")
-        if not all(math.isfinite(w) for w in self.weights) or not any(self.weights):
-            raise ConfigError(f"weights: must be finite and not all 0 (all 0 never updates the shared parameters), "
-                              f"got {self.weights}")  # a negative weight is allowed: it ascends that task's loss
+        if not all(math.isfinite(w) and w >= 0 for w in self.weights) or not any(self.weights):
+            raise ConfigError(f"weights: must be finite, >= 0 and not all 0 (a negative weight ascends that task's "
+                              f"NLL, which has no upper bound; all 0 never updates the shared parameters), got "
+                              f"{self.weights}")
 
     def combine(self, F: Tensor) -> Tensor:
         if F.shape[0] != len(self.weights):
@@ -427,8 +442,10 @@ class CoGrad(Aggregator):
             float(gamma) if isinstance(gamma, (int, float)) else [float(g) for g in gamma]
         )
         values = [self.gamma] if isinstance(self.gamma, float) else self.gamma
-        if not all(math.isfinite(g) for g in values):
-            raise ConfigError(f"gamma: must be finite numbers, got {gamma!r}")
+        if not all(math.isfinite(g) and g >= 0 for g in values):  # gamma_j: task j's virtual learning rate
+            raise ConfigError(f"gamma: must be finite numbers >= 0 (a virtual learning rate), got {gamma!r}")
+        if isinstance(self.gamma, list) and len(self.gamma) != len(TASK_NAMES):
+            raise ConfigError(f"gamma: {len(self.gamma)} values for {len(TASK_NAMES)} tasks ({', '.join(TASK_NAMES)})")
 
     def combine(self, F: Tensor) -> Tensor:
         T = F.shape[0]

@@ -151,6 +151,7 @@ def fit(
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
     _check_resume_or_overwrite(resume, overwrite)
+    _make_aggregator(config)  # its options checked before the run folder exists (a bad one left a folder behind)
     with torch_threads(config.train.threads), distributed.session(config.train.device) as ddp:
         with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main):
             with determinism(config.train.deterministic), compile_settings(config.train):
@@ -913,7 +914,7 @@ def run_header(tr: "Trainer") -> str:
          else "  times   as given (no time scale)")
         + ("" if getattr(tr, "time_lattice", None) is None else f"; {tr.time_lattice.describe()}"),
         f"  model   {m.encoder} encoder, {m.decoder} decoder, {m.parametrisation}; "
-        f"{count_parameters(tr.model):,} parameters; aggregator {cfg.gradients.aggregator}"
+        f"{count_parameters(tr.model):,} parameters; aggregator {_aggregator_text(tr)}"
         + (" (no effect: '++' shares no parameters, each task's gradient reaches only its own)"
            if m.parametrisation == "plusplus" and cfg.gradients.aggregator != "sum" else ""),
         f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
@@ -925,6 +926,12 @@ def run_header(tr: "Trainer") -> str:
         + ("; the time part is judged by its binned L_T (train.select_time_on: binned)"
            if cfg.train.select_time_on == "binned" else ""),
     ])  # fmt: skip
+
+
+def _aggregator_text(tr: Trainer) -> str:
+    """The aggregator's name and every option it runs with, defaults included: ``cograd (gamma=4e-07)``."""
+    opts = getattr(tr.aggregator, "_options", None) or {}
+    return tr.cfg.gradients.aggregator + (f" ({', '.join(f'{k}={v!r}' for k, v in opts.items())})" if opts else "")
 
 
 def _compiled_note(tr: Trainer) -> str:
