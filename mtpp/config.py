@@ -57,6 +57,7 @@ __all__ = [
     "variant_configs",
     "as_run_config",
     "as_model_config",
+    "validate_config",
 ]
 
 
@@ -78,6 +79,8 @@ class DataConfig:
     # sequence, so the likelihood scores the survival term after the last event; default: the benchmark
     # convention, the window ends at the last event (mtpp.data.formats.ReadOptions.use_window)
     use_window: bool = False
+    # map the observed mark ids to 0..K-1 (sparse or large ids; mtpp.data.formats.ReadOptions.remap_marks)
+    remap_marks: bool = False
 
 
 @dataclass
@@ -345,10 +348,44 @@ SEED_MAX = 2**32 - 1
 """The largest seed numpy's generators and ``torch.manual_seed`` both take (seeds are ``0 .. SEED_MAX``)."""
 
 
-def _validate_section(section: str, obj: Any) -> None:
+def _check_dataclass(section: str, obj: Any) -> None:
+    """A section built directly (``ModelConfig(hidden_size=-4)``) checked as the dict / YAML route checks it: the
+    type of every field (``_coerce``), then ``_validate_section``; the same one-line ``ConfigError``. The model's
+    ``encoder`` / ``decoder`` names are left to ``MarkedTPP`` (the registries, which plug-ins extend)."""
+    cls = SECTIONS[section]
+    if not isinstance(obj, cls):
+        raise ConfigError(f"{section}: expected a {cls.__name__} (or a dict of its keys), got {type(obj).__name__}")
+    hints = typing.get_type_hints(cls)
+    for f in fields(obj):
+        _coerce(getattr(obj, f.name), hints[f.name], f"{section}.{f.name}")
+    _validate_section(section, obj, registry_names=section == "model")
+
+
+def validate_config(cfg: RunConfig | ModelConfig) -> RunConfig | ModelConfig:
+    """``cfg`` unchanged when it is valid, else the ``ConfigError`` its dict would give (``config_from_dict``):
+    every section's types, choices and bounds, the variants and the cross-section rules. For configurations built
+    from the dataclasses directly (``RunConfig(train=TrainConfig(lr=-1.0))``), which no loader has checked;
+    ``as_run_config`` / ``as_model_config`` (hence ``fit`` and ``build_model``) call it."""
+    if isinstance(cfg, ModelConfig):
+        _check_dataclass("model", cfg)
+        return cfg
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError(f"expected a RunConfig or a ModelConfig, got {type(cfg).__name__}")
+    for name in SECTIONS:
+        _check_dataclass(name, getattr(cfg, name))
+    _check_variants(cfg.variants)
+    _validate_run(cfg)
+    for v in cfg.variants:
+        _apply_variant(cfg, v)
+    return cfg
+
+
+def _validate_section(section: str, obj: Any, registry_names: bool = False) -> None:
     for f in fields(obj):
         value = getattr(obj, f.name)
         key = (section, f.name)
+        if registry_names and key in (("model", "encoder"), ("model", "decoder")):
+            continue
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{section}.{f.name}: invalid value {value!r}; valid: {', '.join(CHOICES[key])}")
         if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
@@ -550,12 +587,12 @@ def dump_yaml(data: dict) -> str:
 def as_run_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
     """A validated ``RunConfig`` from what a Python user has at hand.
 
-    ``RunConfig``: itself. ``dict``: nested sections (``config_from_dict``). ``str`` / ``Path``: a YAML file
+    ``RunConfig``: itself, validated as its dict would be (``validate_config``). ``dict``: nested sections (``config_from_dict``). ``str`` / ``Path``: a YAML file
     (``load_config``). ``None``: every default. Anything else, an unknown key or an invalid value is a
     ``ConfigError`` naming the key.
     """
     if isinstance(config, RunConfig):
-        return config
+        return validate_config(config)
     if config is None or isinstance(config, dict):
         return config_from_dict(config)
     if isinstance(config, (str, Path)):
@@ -564,16 +601,18 @@ def as_run_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
 
 
 def as_model_config(config: ModelConfig | RunConfig | dict | None) -> ModelConfig:
-    """A validated ``ModelConfig``: a ``ModelConfig`` itself (unchanged), a ``RunConfig``'s ``model``
+    """A validated ``ModelConfig``: a ``ModelConfig`` itself (unchanged, checked by ``validate_config``), a ``RunConfig``'s ``model``
     section, a dict of ``model`` keys (``{"encoder": "gru", "decoder": "lnm"}``) or a whole run dict with a
     ``model`` section (``{"model": {...}, "train": {...}}``); ``None``: the defaults.
 
     Raises ``ConfigError`` for an unknown key (with the closest valid one), a wrong type or an invalid choice.
     """
     if isinstance(config, RunConfig):
-        return config.model
+        return validate_config(config).model
     if isinstance(config, ModelConfig):
-        return config  # MarkedTPP checks its names against the registries (which tests and plug-ins extend)
+        # types, choices and bounds as a dict's; the encoder / decoder names are MarkedTPP's to check against the
+        # registries (which tests and plug-ins extend)
+        return validate_config(config)
     if config is None:
         return ModelConfig()
     if isinstance(config, dict):

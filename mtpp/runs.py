@@ -10,7 +10,14 @@ Data record (``config.yaml`` under ``run_info.data``, and in ``checkpoint.pt`` /
     split: 0                         # the split index used
     num_marks: 50
     max_sequences: null             # the cut applied to every part
-    parts: {train: {sequences: N, events: M, sha256: HEX}, val: {...}, test: {...}}
+    options: {use_window: false, sort: false, remap_marks: false}   # how the source was read (data.*)
+    parts: {train: {sequences: N, events: M, windows: W, sha256: HEX}, val: {...}, test: {...}}
+    given: null                     # or why no configuration reloads them (a Dataset built by hand, fit(model, data))
+
+``windows`` counts the sequences with a window end; ``options``, ``windows`` and ``given`` are absent from older
+records. A refusal names what differs beyond the fingerprints (options, marks, sizes, window ends; else that the
+content itself differs). A run whose record has ``given`` is refused by every command that reloads its data,
+saying so, unless a ``data_dir`` is given.
 
 ``sha256`` is the content fingerprint of one part after the ``max_sequences`` cut: SHA-256 over, for every
 sequence in order, its length (int64), its times (float64 bytes), its marks (int64 bytes) and its window end
@@ -90,16 +97,21 @@ def data_record(run_data: Any, data_cfg: Any) -> dict[str, Any]:
         parts[part] = {
             "sequences": len(seqs),
             "events": int(sum(len(s) for s in seqs)),
+            "windows": sum(s.window_end is not None for s in seqs),  # sequences with a window end (use_window)
             "sha256": fingerprint(seqs),
         }
-    return {
+    record = {
         "name": data_cfg.name,
         "source": None if source is None else str(Path(source).resolve()),
         "split": data_cfg.split,
         "num_marks": int(run_data.num_marks),
         "max_sequences": data_cfg.max_sequences,
+        "options": {k: getattr(data_cfg, k, None) for k in _READING_KEYS},
         "parts": parts,
     }
+    if getattr(run_data, "given", None):  # data handed to fit(model, data) that no configuration reloads
+        record["given"] = run_data.given
+    return record
 
 
 def differing_parts(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -119,7 +131,31 @@ def describe_difference(recorded: dict[str, Any], current: dict[str, Any], parts
         fp = str(rec.get("parts", {}).get(shown, {}).get("sha256", "?"))
         return f"{rec.get('source')} (split {rec.get('split')}, events train/val/test {sizes}, {shown} sha256 {fp[:12]})"
 
-    return f"recorded {side(recorded)} vs now {side(current)}; differing: {', '.join(parts)}"
+    return (f"recorded {side(recorded)} vs now {side(current)}; differing: {', '.join(parts)}"
+            + "".join(f" ({d})" for d in _content_differences(recorded, current, parts)))
+
+
+def _content_differences(recorded: dict[str, Any], current: dict[str, Any], parts: Sequence[str]) -> list[str]:
+    """What differs between two data records beyond the fingerprints, in words: the reading options
+    (``data.use_window`` / ``sort`` / ``remap_marks``), the number of marks, and per part the sequence, event and
+    window-end counts; when all of them agree, that the content itself (times, marks or window ends) differs."""
+    out = []
+    a, b = recorded.get("options") or {}, current.get("options") or {}
+    out += [f"data.{k} {a.get(k)!r} (recorded) vs {b.get(k)!r} (now)" for k in _READING_KEYS
+            if k in a and k in b and a[k] != b[k]]
+    if "num_marks" in parts:
+        out.append(f"num_marks {recorded.get('num_marks')} (recorded) vs {current.get('num_marks')} (now)")
+    for p in (p for p in parts if p in PARTS):
+        ra, rb = recorded.get("parts", {}).get(p, {}), current.get("parts", {}).get(p, {})
+        counts = [f"{what} {ra[what]} vs {rb[what]}" for what in ("sequences", "events", "windows")
+                  if what in ra and what in rb and ra[what] != rb[what]]
+        if counts:
+            out.append(f"{p}: {', '.join(counts)}" + (" (window ends: data.use_window)" if any(
+                c.startswith("windows") for c in counts) else ""))
+    if not out:
+        out.append("same sizes: the times, marks or window ends themselves differ (the files changed, or were read "
+                   "with other options)")
+    return out
 
 
 def check_same_data(
@@ -158,6 +194,12 @@ def load_recorded_data(
     """
     from mtpp.data.catalog import CATALOG
 
+    given = (recorded or {}).get("given")
+    if given and data_dir is None:
+        raise MtppError(
+            f"the run was trained on data handed to fit(model, data) that its configuration cannot reload ({given}): "
+            "evaluate or predict with the model object and those data (evaluate(model, data=...)), or write them "
+            "as a split folder (mtpp.data.formats.write_split_folder) and pass that folder as data_dir / --data-dir")
     candidates = []
     source = (recorded or {}).get("source")
     if data_dir is None and source and Path(source).exists():
@@ -366,8 +408,9 @@ def mixed_data(run_dirs: Iterable[str | Path]) -> list[str]:
 
 
 # data settings that change what a run reads from the same source (the others name the source, or are cells)
-_READING_KEYS = ("use_window", "sort")
+_READING_KEYS = ("use_window", "sort", "remap_marks")
 _READING_WHY = {
+    "remap_marks": "the mark ids are mapped to 0..K-1 with data.remap_marks: true",
     "use_window": "the observation window's end is part of every test sequence (the survival term after the last "
                   "event is scored with data.use_window: true)",
     "sort": "out-of-order sequences are sorted with data.sort: true",

@@ -142,3 +142,180 @@ def test_fit_refuses_mismatched_inputs(ds, tmp_path):
         mtpp.fit(mtpp.build_model(TINY_MODEL, 5), ds, tmp_path / "w", config={"train": {"epochs": 3}})
     with pytest.raises(ConfigError, match="pass resume=True by keyword"):
         mtpp.fit({"model": TINY_MODEL}, tmp_path / "v", True)
+
+
+# ------------------------------------------------------------------ every entry point checks what it is handed
+
+
+def _seq(times, marks, window=None):
+    import numpy as np
+
+    from mtpp.data.sequence import EventSequence
+
+    return EventSequence(np.asarray(times, float), np.asarray(marks), window)
+
+
+def _folder(path, parts, num_marks=2, window=None):
+    from mtpp.data.formats import write_split_folder
+
+    return write_split_folder(path, [parts], num_marks=num_marks,
+                              split_args=None if window is None else [{"window": window}])
+
+
+GOOD = [_seq([0.5, 1.5, 2.5], [1, 0, 1]), _seq([0.2, 0.9], [0, 1]), _seq([1.0, 1.1, 3.0, 4.0], [1, 1, 0, 0])] * 2
+Q1 = {"train": {"max_epochs": 1, "batch_size": 8}, "logging": {"quiet": True}}
+
+
+@pytest.fixture(scope="module")
+def run(ds, tmp_path_factory):
+    """A tiny trained run of synthetic_hawkes (5 marks) and its model."""
+    out = tmp_path_factory.mktemp("api") / "run"
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    mtpp.fit(model, ds, out, config={**QUICK, "train": {"max_epochs": 1, "batch_size": 16}})
+    return out, model
+
+
+def test_fit_of_a_dataset_makes_the_data_checks_of_mtpp_train(tmp_path):
+    from mtpp.data.catalog import Dataset
+    from mtpp.errors import DataError
+
+    huge = [_seq([1.0, 2.0], [0, 1]), _seq([1e300, 1e301], [0, 1]), *GOOD]
+    bad = mtpp.load_dataset(str(_folder(tmp_path / "hugetime", {"train": huge, "val": huge, "test": huge})))
+    model = mtpp.build_model(TINY_MODEL, 2)
+    # the message mtpp train gives, before any file is written; float64 trains
+    with pytest.raises(DataError, match=r"3 sequence\(s\) have times beyond float32's range.*data.dtype: float64"):
+        mtpp.fit(model, bad, tmp_path / "p7", config=Q1)
+    assert not (tmp_path / "p7").exists()
+    # a Dataset edited or built by hand: an empty part, a mark beyond num_marks, unsorted times
+    ok = mtpp.load_dataset(str(_folder(tmp_path / "ok", {"train": GOOD, "val": GOOD, "test": GOOD})))
+    cases = [(Dataset(GOOD, [], GOOD, 2, "h", ""), "the val part is empty"),
+             (Dataset(GOOD, GOOD, [*GOOD, _seq([0.1, 0.2], [0, 4])], 2, "h", ""),
+              "test: sequence 6: mark 4 at event 1 is out of range for the 2 marks"),
+             (Dataset([_seq([2.0, 1.0], [0, 1])], GOOD, GOOD, 2, "h", ""), "times out of order at event 1")]
+    for data, message in cases:
+        with pytest.raises(DataError, match=re.escape(message)):
+            mtpp.fit(model, data, tmp_path / "q", config=Q1)
+        assert not (tmp_path / "q").exists()
+    # the taxi case: a dataset that declares fewer marks than it holds
+    ok.num_marks = 2
+    ok.test = [*ok.test, _seq([0.5], [9])]
+    with pytest.raises(DataError, match="mark 9 at event 0 is out of range for the 2 marks"):
+        mtpp.fit(model, ok, tmp_path / "r", config=Q1)
+    assert not (tmp_path / "r").exists()
+
+
+def test_fit_records_how_the_dataset_was_loaded(tmp_path):
+    from mtpp.data.catalog import Dataset
+    from mtpp.errors import MtppError
+
+    windowed = [_seq(s.times, s.marks) for s in GOOD]
+    folder = _folder(tmp_path / "sim", {"train": windowed, "val": windowed, "test": windowed}, window=10.0)
+    ds = mtpp.load_dataset(str(folder), use_window=True, sort=True)
+    assert ds.test[0].window_end == 10.0 and ds.options["use_window"] and ds.options["sort"]
+    out = tmp_path / "run"
+    result = mtpp.fit(mtpp.build_model(TINY_MODEL, 2), ds, out, config=Q1)
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    assert stored["data"]["use_window"] is True and stored["data"]["sort"] is True
+    assert stored["data"]["remap_marks"] is False and stored["run_info"]["data"]["options"]["use_window"] is True
+    # so the run evaluates again on the same data, to the same numbers
+    again = mtpp.evaluate(out, "test", write=False)
+    assert again["nll_per_seq"] == pytest.approx(result["test"]["nll_per_seq"], rel=1e-5)
+    assert again["nll_survival_per_seq"] > 0  # the window end is scored
+    # a config.yaml that says otherwise: the refusal names what differs, not two identical-looking summaries
+    stored["data"]["use_window"] = False
+    (out / "config.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(MtppError, match=r"data.use_window True \(recorded\) vs False \(now\).*windows 6 vs 0"):
+        mtpp.evaluate(out, "test", write=False)
+    # a Dataset built by hand trains, and its run says why it cannot be reloaded
+    hand = Dataset(GOOD, GOOD, GOOD, 2, "mine", "")
+    mtpp.fit(mtpp.build_model(TINY_MODEL, 2), hand, tmp_path / "hand", config=Q1)
+    with pytest.raises(MtppError, match=r"handed to fit\(model, data\) that its configuration cannot reload"):
+        mtpp.evaluate(tmp_path / "hand", "test", write=False)
+
+
+def test_every_entry_point_checks_marks_against_the_model(ds, run):
+    from mtpp.errors import DataError
+
+    run_dir, _ = run
+    m3 = mtpp.build_model(TINY_MODEL, 3)
+    message = r"mark \d at event \d+ is out of range for the 3 marks of the model"
+    for call in (lambda: mtpp.evaluate(m3, data=ds), lambda: mtpp.predict(m3, sequences=ds.test[:3]),
+                 lambda: mtpp.generate(m3, ds.test[:2], horizon=1.0)):
+        with pytest.raises(DataError, match=message):
+            call()
+    seven = [_seq([0.5, 1.0], [0, 6])]  # mark 6 of a 7-mark dataset, shown to the 5-mark run
+    for call in (lambda: mtpp.predict(run_dir, sequences=seven), lambda: mtpp.generate(run_dir, seven, horizon=1.0)):
+        with pytest.raises(DataError, match=r"mark 6 at event 1 is out of range for the 5 marks of the run"):
+            call()
+    with pytest.raises(DataError, match="time inf at event 1 is not a finite number"):
+        mtpp.evaluate(mtpp.build_model(TINY_MODEL, 5), data=[_seq([0.5, float("inf")], [0, 1])])
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: mtpp.build_model(mtpp.ModelConfig(hidden_size="x"), 5), "model.hidden_size: expected int, got str"),
+        (lambda: mtpp.build_model(mtpp.ModelConfig(hidden_size=-4), 5), "model.hidden_size: must be >= 1, got -4"),
+        (lambda: mtpp.build_model(mtpp.ModelConfig(num_components=0, decoder="lnm"), 5),
+         "model.num_components: must be >= 1, got 0"),
+        (lambda: mtpp.build_model({"decoder": "lnm", "num_components": 0}, 5), "model.num_components: must be >= 1"),
+        (lambda: mtpp.build_model(mtpp.ModelConfig(parametrisation="pp"), 5), "model.parametrisation: invalid value"),
+        (lambda: mtpp.fit(mtpp.RunConfig(train=mtpp.TrainConfig(lr=-1.0, max_epochs=1)), "unused"),
+         "train.lr: must be > 0, got -1.0"),
+        (lambda: mtpp.fit(mtpp.RunConfig(data=mtpp.DataConfig(dtype="float16")), "unused"),
+         "data.dtype: invalid value 'float16'; valid: float32, float64"),
+        (lambda: mtpp.fit(mtpp.RunConfig(train={"lr": 0.1}), "unused"), "train: expected a TrainConfig"),
+    ],
+)
+def test_config_dataclasses_are_validated_like_dicts(call, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        call()
+    assert not (tmp_path / "unused").exists()
+
+
+def test_fit_of_a_model_refuses_config_it_would_ignore(ds, tmp_path):
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    cases = [({"model": {"decoder": "thp"}}, "model.decoder: 'thp' (the model's: 'lnm')"),
+             ({"data": {"name": "taxi"}}, "data.name: 'taxi' is not how the data passed were loaded"),
+             ({"data": {"split": 2}}, "data.split: 2 is not how the data passed were loaded (0)"),
+             ({"variants": [{"model.parametrisation": "plusplus"}]}, "its 1 variants are not trained"),
+             (mtpp.RunConfig(model=mtpp.ModelConfig(decoder="rmtpp")), "model.decoder: 'rmtpp'"),
+             (str(ROOT / "configs" / "quickstart.yaml"), "its model section")]
+    for config, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            mtpp.fit(model, ds, tmp_path / "x", config=config)
+        assert not (tmp_path / "x").exists()
+    # settings that agree with the model and data are fine
+    same = {**QUICK, "model": {"decoder": "lnm"}, "data": {"name": "synthetic_hawkes", "max_sequences": 16}}
+    assert mtpp.fit(model, ds, tmp_path / "ok", config={**same, "train": {"max_epochs": 1}})["train"]["epochs"] == 1
+
+
+def test_api_entry_points_agree(ds, run, tmp_path):
+    from mtpp.errors import DataError, MtppError
+    from mtpp.forecast.runs import load_run
+
+    run_dir, _ = run
+    model = load_run(run_dir).model
+    # generate takes a run folder, with the numbers of its model
+    a = mtpp.generate(str(run_dir), ds.test[:2], horizon=1.0, seed=3)
+    b = mtpp.generate(model, ds.test[:2], horizon=1.0, seed=3)
+    assert a.time.tolist() == b.time.tolist() and a.mark.tolist() == b.mark.tolist()
+    # a Dataset stands for its part, as evaluate(model, data=ds) takes it
+    p = mtpp.predict(model, sequences=ds, split="val")
+    assert p.equals(mtpp.predict(model, sequences=ds.val))
+    assert mtpp.generate(model, ds, events=1).rows == len(ds.test)
+    with pytest.raises(DataError, match=re.escape("pass load_dataset('synthetic_hawkes')")):
+        mtpp.evaluate(model, data="synthetic_hawkes")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(MtppError, match="batch_size must be a positive integer"):
+            mtpp.evaluate(model, data=ds, batch_size=bad)
+        with pytest.raises(MtppError, match="batch_size must be a positive integer"):
+            mtpp.predict(model, sequences=ds.test[:2], batch_size=bad)
+    both = mtpp.evaluate(run_dir, split="all", write=False)
+    assert set(both) == {"val", "test"}
+    assert both["test"]["nll_per_seq"] == pytest.approx(mtpp.evaluate(run_dir, "test", write=False)["nll_per_seq"])
+    with pytest.raises(DataError, match="split must be a non-negative integer, got True"):
+        mtpp.load_dataset("synthetic_hawkes", split=True)
+    with pytest.raises(DataError, match="load_dataset needs a dataset name or a path"):
+        mtpp.load_dataset(None)

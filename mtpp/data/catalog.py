@@ -188,6 +188,10 @@ class Dataset:
     source: the folder or file the sequences were read from (the prepared folder when auto-prepared).
     notes: what was done on the way (auto-preparation, sorting, skipped files, ...).
     split: the split index used.
+    options: how :func:`load_dataset` read it, ``{"use_window": ..., "sort": ..., "remap_marks": ...,
+        "data_dir": ...}`` (its arguments), so that ``fit(model, ds)`` records them in the run's ``data`` section
+        and later commands read the same data again; ``None`` for a ``Dataset`` built by hand (its run cannot be
+        reloaded from a configuration, and says so).
     """
 
     train: list[EventSequence]
@@ -198,6 +202,7 @@ class Dataset:
     source: str
     notes: list[str] = field(default_factory=list)
     split: int = 0
+    options: dict[str, Any] | None = None
 
     def check_dtype(self, dtype: Any) -> None:
         """Refuse (``DataError``) when any train/val/test time or window end is beyond the largest finite value
@@ -332,8 +337,23 @@ def load_dataset(
     ``0..K-1`` (see :class:`~mtpp.data.formats.ReadOptions`; an auto-prepared folder is remapped once, over all
     parts, so every split shares the map). Call :meth:`Dataset.check_dtype` with the run's dtype before training.
     """
-    if not isinstance(split, int) or split < 0:
+    if name_or_path is None or not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise DataError(f"load_dataset needs a dataset name or a path to a file or folder, got {name_or_path!r}; "
+                        f"known names: {', '.join(known_names())}")
+    if isinstance(split, bool) or not isinstance(split, int) or split < 0:
         raise DataError(f"split must be a non-negative integer, got {split!r}")
+    for key, value in (("use_window", use_window), ("remap_marks", remap_marks), ("sort", sort)):
+        if not isinstance(value, bool):
+            raise DataError(f"{key} must be True or False, got {value!r}")
+    options = {"use_window": use_window, "sort": sort, "remap_marks": remap_marks,
+               "data_dir": None if data_dir is None else str(data_dir)}
+    ds = _load(name_or_path, split, data_dir, use_window, remap_marks, sort, progress)
+    ds.options = options
+    return ds
+
+
+def _load(name_or_path: str | Path, split: int, data_dir: str | Path | None, use_window: bool, remap_marks: bool,
+          sort: bool, progress: bool) -> Dataset:
     name, path, entry = resolve_source(name_or_path, data_dir)
     opts = ReadOptions(**{**(entry.options if entry else {}), **({'sort': True} if sort else {})},
                        use_window=use_window, remap_marks=remap_marks)

@@ -149,16 +149,37 @@ def evaluate(
     ``metrics.other-<fingerprint>.json`` / ``arrays_{split}.other-<fingerprint>.json`` (never ``metrics.json``),
     with the data's record under ``data``. ``log`` receives one line naming the resolved data. ``progress``: a bar
     over the batches (on a terminal; the mark forecast of "+" / "++" models makes this minutes on MOOC-sized sets).
-    Model: ``data`` is a dataset with ``.train/.val/.test`` or a list of sequences; nothing is written.
+    Model: ``data`` is a dataset with ``.train/.val/.test`` (its ``split`` part is scored) or a list of
+    sequences; nothing is written. The sequences are checked first (``mtpp.data.checks.check_sequences``: marks in
+    ``[0, K)`` of the model, times finite, sorted, within the model's dtype): ``DataError`` in one line otherwise;
+    a dataset name or path is refused, saying to load it (``load_dataset``).
+    ``split="all"``: ``{"val": metrics, "test": metrics}`` (as ``mtpp evaluate --split all``).
+    ``batch_size``: a positive integer, or ``None`` for the default (the run's ``train.eval_batch_size``, else
+    4 x its ``train.batch_size``; 256 for a model).
     """
+    from mtpp.data.checks import check_batch_size, check_sequences, sequences_of
+
+    if split == "all":
+        return {s: evaluate(run_dir_or_model, s, data_dir, data=data, batch_size=batch_size, device=device,
+                            write=write, other_data=other_data, log=log, progress=progress) for s in ("val", "test")}
     if split not in SPLITS:
-        raise MtppError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        raise MtppError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}, all")
+    batch_size = check_batch_size(batch_size)
     if isinstance(run_dir_or_model, nn.Module):
         if data is None:
             raise MtppError("evaluate(model, ...) needs data= (a dataset or a list of sequences)")
-        seqs = getattr(data, split) if hasattr(data, split) else data
-        metrics, _ = evaluate_model(run_dir_or_model, seqs, batch_size=batch_size or 256, device=device)
+        model = run_dir_or_model
+        what = f"evaluate(model, data=...) {split}" if hasattr(data, split) else "evaluate(model, data=...)"
+        seqs = check_sequences(sequences_of(data, split, "evaluate(model, data=...)"), int(model.num_marks),
+                               what=what, dtype=next(model.parameters()).dtype)
+        metrics, _ = evaluate_model(model, seqs, batch_size=batch_size or 256, device=device)
         return metrics
+    if not isinstance(run_dir_or_model, (str, Path)):
+        raise MtppError(f"evaluate: expected a run directory or a model (MarkedTPP), got "
+                        f"{type(run_dir_or_model).__name__}")
+    if data is not None:
+        raise MtppError("evaluate(run_dir, ...): a run is scored on the data it recorded; data= is for "
+                        "evaluate(model, data=...) (load the model with mtpp.forecast.runs.load_run(run_dir).model)")
     from mtpp.runs import open_run, torch_threads
 
     run_dir = Path(run_dir_or_model)

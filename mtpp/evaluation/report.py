@@ -433,7 +433,8 @@ def format_mean_se(mean: float, stderr: float) -> str:
     return f"{mean:.{d}f} ± {se}"
 
 
-DATA_CUT_COLUMNS = ("config.data.max_sequences", "config.data.use_window", "config.data.sort")
+DATA_CUT_COLUMNS = ("config.data.max_sequences", "config.data.use_window", "config.data.sort",
+                    "config.data.remap_marks")
 """Summary columns whose values give a run other test data from the same source (``mtpp.runs.mixed_data``): the
 report compares (bolds, ranks) rows only among equal values of these."""
 

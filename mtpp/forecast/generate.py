@@ -357,8 +357,12 @@ def _fmt_bytes(n: float) -> str:
 
 def generate(
     model_or_factory,
-    histories: Sequence[EventSequence],
+    histories: Sequence[EventSequence] | None = None,
     *,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] | None = None,
     horizon: float | None = None,
     events: int | None = None,
     samples: int = 1,
@@ -373,8 +377,13 @@ def generate(
     """Sample ``samples`` continuations of every history: ``horizon`` (a time span after the origin, data units)
     or ``events`` (a number of events); at most ``max_events`` events per row (``events`` sets it).
 
-    model_or_factory: a ``MarkedTPP`` (continued by ``ModelProcess``), or ``factory(histories) -> process`` for
-        the baselines (``HawkesProcess``, ``PoissonProcess``).
+    model_or_factory: a ``MarkedTPP`` (continued by ``ModelProcess``); a run directory (its ``best.pt`` model,
+        loaded as ``predict`` and ``mtpp generate`` load it: ``data_dir``, ``device``, ``log`` as there, computed
+        with the run's ``train.threads``; same numbers as ``mtpp generate RUN`` for the same histories and seed); or
+        ``factory(histories) -> process`` for the baselines (``HawkesProcess``, ``PoissonProcess``).
+    histories: a list of ``EventSequence``, or a ``Dataset`` (its ``split`` part); ``None`` with a run directory:
+        the run's own ``split``. Checked against the model before any work (``mtpp.data.checks.check_sequences``:
+        marks in ``[0, K)``, times finite and sorted, within the model's dtype): ``DataError`` in one line.
     Rows are processed in chunks that fit ``max_memory`` bytes (``estimate_bytes``); ``MtppError`` up front when
     the output or one row would not fit. Deterministic for a given ``seed``.
     Raises ``DataError`` for a history the model cannot continue (no events), naming it.
@@ -386,17 +395,44 @@ def generate(
 
     from mtpp.forecast.process import make_model_process
 
+    from pathlib import Path
+
+    from mtpp.data.checks import check_sequences, sequences_of
+
+    if isinstance(model_or_factory, (str, Path)):  # a run directory: its model, under its thread count
+        from mtpp.forecast.runs import load_run
+
+        if histories is not None:
+            histories = sequences_of(histories, split, "generate(histories)")
+        run = load_run(model_or_factory, data_dir, device, log=log)
+        if histories is None:
+            histories = run.split(split)
+            source = source or f"{run.cfg.data.name}/{split}"
+        else:
+            histories = check_sequences(histories, int(run.model.num_marks), what="generate(histories)",
+                                        whose=f"the run {run.path}", dtype=run.dtype)
+        with run.threads():
+            return generate(run.model, histories, horizon=horizon, events=events, samples=samples,
+                            max_events=max_events, sampler=sampler, seed=seed, max_memory=max_memory, source=source,
+                            incremental=incremental, progress=progress)
+    if histories is None:
+        raise MtppError("generate(model, histories): histories is missing (a list of EventSequence, or a Dataset)")
     if samples < 1:
         raise MtppError(f"samples must be >= 1, got {samples}")
     if max_events < 1:
         raise MtppError(f"max_events must be >= 1, got {max_events}")
     cap = events if events is not None else max_events
-    histories = list(histories)
+    histories = list(sequences_of(histories, split, "generate(histories)"))
     if not histories:
         raise MtppError("nothing to continue: no histories")
     is_model = isinstance(model_or_factory, torch.nn.Module)
     model = model_or_factory if is_model else None
+    if not is_model and not callable(model_or_factory):
+        raise MtppError(f"generate: expected a model (MarkedTPP), a run directory or a process factory, got "
+                        f"{type(model_or_factory).__name__}")
     if is_model:
+        histories = check_sequences(histories, int(model.num_marks), what=source or "generate(histories)",
+                                    dtype=next(model.parameters()).dtype)
         for i, s in enumerate(histories):
             if len(s) == 0:
                 from mtpp.errors import DataError

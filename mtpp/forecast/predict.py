@@ -251,16 +251,38 @@ def predict(
 ):
     """The prediction table of a run directory's ``split`` (or of a model on ``sequences``): ``mtpp predict``'s
     numbers from Python. Returns a ``pandas.DataFrame`` (columns in the module docstring); ``progress``: a bar
-    over the sequences on a terminal; ``log``: one line naming the run's data (``load_run``)."""
+    over the sequences on a terminal; ``log``: one line naming the run's data (``load_run``).
+
+    ``sequences``: a list of ``EventSequence``, or a ``Dataset`` (its ``split`` part, as ``evaluate(model,
+    data=ds)``); with a run directory, ``None`` predicts the run's own ``split``. Given sequences are checked
+    against the model before any work (``mtpp.data.checks.check_sequences``: marks in ``[0, K)``, times finite and
+    sorted, within the model's dtype): ``DataError`` in one line otherwise. ``batch_size``: a positive integer or
+    ``None`` (the run's evaluation batch size; 256 for a model)."""
+    from mtpp.data.checks import check_batch_size, check_sequences, sequences_of
+
+    batch_size = check_batch_size(batch_size)
+    _check_level(level)
     if isinstance(run_dir_or_model, torch.nn.Module):
         if sequences is None:
-            raise MtppError("predict(model, ...) needs sequences=")
-        return predict_frame(run_dir_or_model, sequences, level=level, top_k=top_k, batch_size=batch_size or 256,
+            raise MtppError("predict(model, ...) needs sequences= (a list of EventSequence, or a Dataset)")
+        model = run_dir_or_model
+        seqs = check_sequences(sequences_of(sequences, split, "predict(sequences=...)"), int(model.num_marks),
+                               what="predict(sequences=...)", dtype=next(model.parameters()).dtype)
+        return predict_frame(model, seqs, level=level, top_k=top_k, batch_size=batch_size or 256,
                              include_next=include_next, progress=progress)
     from mtpp.forecast.runs import load_run
 
+    if not isinstance(run_dir_or_model, (str, Path)):
+        raise MtppError(f"predict: expected a run directory or a model (MarkedTPP), got "
+                        f"{type(run_dir_or_model).__name__}")
+    if sequences is not None:
+        sequences = sequences_of(sequences, split, "predict(sequences=...)")
     run = load_run(run_dir_or_model, data_dir, device, log=log)
-    seqs = run.split(split) if sequences is None else sequences
+    if sequences is None:
+        seqs = run.split(split)
+    else:
+        seqs = check_sequences(sequences, int(run.model.num_marks), what="predict(sequences=...)",
+                               whose=f"the run {run.path}", dtype=run.dtype)
     bs = batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
     with run.threads():
         return predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,

@@ -71,7 +71,7 @@ def fit(
         if resume:
             raise ConfigError("fit(model, data, ...): resume=True needs the configuration route, "
                               "fit(config, out_dir, resume=True)")
-        cfg, run_data = _compose(model_or_config, data_or_out, as_run_config(config))
+        cfg, run_data = _compose(model_or_config, data_or_out, config)
         out = _out_dir(out_dir)
         metrics = trainer.fit(cfg, out, data_dir=data_dir, overwrite=overwrite, model=model_or_config,
                               data=run_data)
@@ -95,12 +95,40 @@ def _out_dir(out_dir: Any) -> Path:
     return Path(out_dir)
 
 
-def _compose(model: nn.Module, data: Any, cfg: RunConfig) -> tuple[RunConfig, Any]:
-    """The run configuration of ``model`` trained on ``data`` (model and data sections taken from them) and the
-    data as the trainer's ``RunData`` (cut to ``cfg.data.max_sequences`` per split)."""
-    from mtpp.data.catalog import CATALOG
-    from mtpp.training.setup import RunData
+def _given_keys(config: RunConfig | dict | str | Path | None) -> set[str]:
+    """The dotted keys (``model.decoder``, ``variants``) ``config`` sets: a dict's or a YAML file's own keys; for a
+    ``RunConfig`` (which cannot tell a default from a key set to it) the keys whose values are not the defaults."""
+    from mtpp.config import flatten
 
+    if config is None:
+        return set()
+    if isinstance(config, RunConfig):
+        default = flatten(RunConfig().to_dict())
+        return {k for k, v in flatten(config.to_dict()).items() if default.get(k, object()) != v}
+    raw: Any = config
+    if isinstance(config, (str, Path)):
+        import yaml
+
+        raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}  # as_run_config read it already
+        raw.pop("run_info", None)
+    keys = set(flatten({k: v for k, v in raw.items() if k != "variants"}))
+    return keys | ({"variants"} if raw.get("variants") else set())
+
+
+def _compose(model: nn.Module, data: Any, config: RunConfig | dict | str | Path | None) -> tuple[RunConfig, Any]:
+    """The run configuration of ``model`` trained on ``data`` (model and data sections taken from them) and the
+    data as the trainer's ``RunData`` (cut to ``cfg.data.max_sequences`` per split).
+
+    Refused (one line, before any file): a model without a ``ModelConfig``; data without train / val / test; a
+    model for another number of marks; data a run cannot train on (``setup.check_data``: the checks ``mtpp train``
+    makes, empty parts, marks, times, the dtype's range); ``config`` settings that this route would ignore (a
+    ``model`` section other than the model's, ``variants``, a ``data.name`` / ``split`` / reading option other
+    than the data's)."""
+    from mtpp.config import flatten
+    from mtpp.data.catalog import CATALOG
+    from mtpp.training.setup import RunData, check_data
+
+    cfg = as_run_config(config)
     model_cfg = getattr(model, "cfg", None)
     if not isinstance(model_cfg, ModelConfig):
         raise ConfigError(f"fit(model, data): the model must be a MarkedTPP from build_model (a module with a "
@@ -113,10 +141,47 @@ def _compose(model: nn.Module, data: Any, cfg: RunConfig) -> tuple[RunConfig, An
     if k_model != k_data:
         raise ConfigError(f"fit(model, data): the model was built for {k_model} marks, the data has {k_data}; "
                           f"build it with build_model(cfg, ds.num_marks)")
+    check_data(data, cfg.data.dtype, num_marks=k_model)  # what mtpp train checks, before the run folder
     name = str(getattr(data, "name", "data"))
-    if name not in CATALOG and getattr(data, "source", None):
-        name = str(data.source)  # a path: what load_dataset reads again
-    data_cfg: DataConfig = replace(cfg.data, name=name, split=int(getattr(data, "split", cfg.data.split)))
+    source = getattr(data, "source", None)
+    if name not in CATALOG and source:
+        name = str(source)  # a path: what load_dataset reads again
+    split = getattr(data, "split", cfg.data.split)
+    split = split if isinstance(split, int) and not isinstance(split, bool) else int(getattr(data, "split_index", 0))
+    options = getattr(data, "options", None)
+    loaded = isinstance(options, dict)
+    fields_of_data: dict[str, Any] = {"name": name, "split": split}
+    if loaded:
+        fields_of_data.update({k: bool(options.get(k, False)) for k in ("use_window", "sort", "remap_marks")})
+        if options.get("data_dir") is not None:
+            fields_of_data["data_dir"] = str(options["data_dir"])
+
+    given = _given_keys(config)
+    ignored = []
+    model_keys = sorted(k for k in given if k.startswith("model."))
+    if model_keys:
+        mine, theirs = flatten({"model": model_cfg.__dict__}), flatten(cfg.to_dict())
+        differ = [k for k in model_keys if mine.get(k) != theirs.get(k)]
+        if differ:
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} (the model's: {mine.get(k)!r})" for k in differ[:4])
+            ignored.append(f"its model section ({shown}{', ...' if len(differ) > 4 else ''}) is not the model "
+                           "passed: build the model from it (build_model(config, ds.num_marks)) or drop the section")
+    if "variants" in given:
+        ignored.append(f"its {len(cfg.variants)} variants are not trained (fit(model, data) trains the one model "
+                       "passed): train them with fit(config, out_dir) or mtpp train, or drop variants")
+    also_name = {name, str(getattr(data, "name", "")), str(source or "")}
+    for key in ("name", "split", "use_window", "sort", "remap_marks"):
+        value = getattr(cfg.data, key)
+        if f"data.{key}" not in given or key not in fields_of_data:
+            continue
+        if (key == "name" and str(value) not in also_name) or (key != "name" and value != fields_of_data[key]):
+            fix = f"load_dataset({value!r})" if key == "name" else f"load_dataset(..., {key}={value!r})"
+            ignored.append(f"data.{key}: {value!r} is not how the data passed were loaded ({fields_of_data[key]!r}): "
+                           f"pass {fix} instead, or drop data.{key}")
+    if ignored:
+        raise ConfigError("fit(model, data, config=...): the config is not applied as given: " + "; ".join(ignored))
+
+    data_cfg: DataConfig = replace(cfg.data, **fields_of_data)
     cfg = replace(cfg, model=model_cfg, data=data_cfg, variants=[])
     n = cfg.data.max_sequences
 
@@ -124,7 +189,8 @@ def _compose(model: nn.Module, data: Any, cfg: RunConfig) -> tuple[RunConfig, An
         seqs = list(seqs)
         return seqs[:n] if n is not None else seqs
 
-    source = getattr(data, "source", None)
+    why = None if loaded else (f"a {type(data).__name__} not made by load_dataset (no record of how to read it "
+                               "again)")
     run_data = RunData(cut(data.train), cut(data.val), cut(data.test), k_data, name, getattr(data, "notes", None),
-                       source=None if source is None else str(source), split_index=data_cfg.split)
+                       source=None if source is None else str(source), split_index=split, given=why)
     return cfg, run_data

@@ -75,6 +75,9 @@ class RunData:
     notes: Any = None
     source: str | None = None  # the folder or file the sequences were read from (``Dataset.source``)
     split_index: int = 0  # which of the dataset's splits
+    # data handed to fit(model, data) that its run's configuration cannot reload (a Dataset built by hand, not by
+    # load_dataset): why, in words, recorded so that evaluate / predict / --resume of the run say so; None: reloadable
+    given: str | None = None
 
     def split(self, name: str) -> list:
         if name not in ("train", "val", "test"):
@@ -90,9 +93,8 @@ def load_data(cfg: DataConfig, data_dir: str | None = None, name: str | None = N
     from mtpp.data.catalog import load_dataset
 
     ds = load_dataset(cfg.name, split=cfg.split, data_dir=data_dir or cfg.data_dir, sort=cfg.sort,
-                      use_window=cfg.use_window)
-    if hasattr(ds, "check_dtype"):  # times beyond the run's dtype would become inf in every batch: refuse, naming them
-        ds.check_dtype(cfg.dtype)
+                      use_window=cfg.use_window, remap_marks=cfg.remap_marks)
+    check_data(ds, cfg.dtype)
     n = cfg.max_sequences
 
     def cut(seqs: Any) -> list:
@@ -103,6 +105,23 @@ def load_data(cfg: DataConfig, data_dir: str | None = None, name: str | None = N
         cut(ds.train), cut(ds.val), cut(ds.test), int(ds.num_marks), name or str(ds.name), getattr(ds, "notes", None),
         str(getattr(ds, "source", "")) or None, int(getattr(ds, "split", cfg.split)),
     )
+
+
+def check_data(data: Any, dtype: str, num_marks: int | None = None) -> None:
+    """Refuse (``DataError``, one line) data a run cannot train on: an empty train / val / test part, a sequence
+    that is not a valid ``EventSequence`` (times finite, ``>= 0``, sorted), a mark outside ``[0, num_marks)``
+    (default: the data's ``num_marks``) or a time beyond ``dtype``'s range (``"float32"``: it would become ``inf``
+    in every batch). :func:`mtpp.data.checks.check_parts` on ``data.train`` / ``val`` / ``test``; the
+    configuration route (:func:`load_data`) and ``fit(model, data)`` (``mtpp.training.api``) both call it, before
+    the run folder is touched."""
+    from mtpp.data.checks import check_parts
+
+    k = int(data.num_marks if num_marks is None else num_marks)
+    name, source = getattr(data, "name", "data"), getattr(data, "source", None)
+    split = getattr(data, "split", getattr(data, "split_index", None))
+    split = split if isinstance(split, int) else getattr(data, "split_index", "?")
+    label = f"{name} ({source}, split {split})" if source else f"{name} (split {split})"
+    check_parts({"train": data.train, "val": data.val, "test": data.test}, k, dtype, source=label)
 
 
 def build_run_model(cfg: RunConfig, num_marks: int, device: torch.device) -> nn.Module:

@@ -1,0 +1,133 @@
+"""Checks of the data a Python caller hands to an entry point, shared by every one of them.
+
+``fit(model, data)``, ``evaluate(model, data=...)``, ``predict(..., sequences=...)`` and ``generate(...)`` take
+sequences that no reader has validated (a ``Dataset`` edited by hand, ``EventSequence`` objects built directly,
+another dataset's parts) and a model built for some number of marks ``K``. A mark ``>= K`` would index past the
+model's embedding table (a torch ``IndexError`` many frames deep), a non-finite or unsorted time gives a NaN loss
+or wrong gaps, a time beyond the run's floating dtype becomes ``inf`` in every batch. These functions refuse such
+data in one line (``DataError``) naming the data, the sequence, the event and what works, **before** any work or
+file:
+
+* :func:`check_sequences`: one list of sequences against a number of marks (and a dtype);
+* :func:`check_parts`: the train / val / test parts a run trains on (each non-empty, then the above, then the
+  dtype range over all parts at once); what ``mtpp train`` (``mtpp.training.setup.load_data``) and
+  ``fit(model, data)`` (``mtpp.training.api``) both call;
+* :func:`sequences_of`: a ``Dataset`` (its ``split`` part), or a list of sequences, from what a caller passed;
+* :func:`check_batch_size`: a positive integer or ``None``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mtpp.data.sequence import EventSequence, check_dtype_range
+from mtpp.errors import DataError, MtppError
+
+__all__ = ["check_sequences", "check_parts", "sequences_of", "is_dataset", "check_batch_size"]
+
+PARTS = ("train", "val", "test")
+
+
+def is_dataset(data: Any) -> bool:
+    """Whether ``data`` has ``train``, ``val`` and ``test`` parts (a ``Dataset`` of ``load_dataset``, a
+    ``RunData``)."""
+    return all(hasattr(data, p) for p in PARTS)
+
+
+def sequences_of(data: Any, split: str, what: str) -> Any:
+    """The sequences a caller means by ``data``: a dataset's ``split`` part (``train`` / ``val`` / ``test``), or
+    ``data`` itself (a list of sequences; :func:`check_sequences` checks it). A name or a path is refused, saying
+    to load it (``load_dataset``), since how to load it (split, options) would be a guess. ``what``: the argument
+    as the message names it (``"evaluate(model, data=...)"``)."""
+    if isinstance(data, (str, Path)):
+        raise DataError(f"{what}: got {str(data)!r}, a dataset name or path, not data; pass "
+                        f"load_dataset({str(data)!r}) (its {split} part is used) or a list of EventSequence")
+    if is_dataset(data):
+        if split not in PARTS:
+            raise MtppError(f"unknown split {split!r}; valid: {', '.join(PARTS)}")
+        return getattr(data, split)
+    return data
+
+
+def check_sequences(
+    sequences: Any, num_marks: int, *, what: str = "sequences", dtype: Any = None, whose: str = "the model",
+) -> list[EventSequence]:  # fmt: skip
+    """``sequences`` as a list, refused (``DataError`` naming ``what``, the sequence and the event) unless every
+    item is an ``EventSequence`` whose times are 1-D, finite, ``>= 0`` and non-decreasing, with as many marks,
+    every mark in ``[0, num_marks)`` (``whose``: who knows ``num_marks`` marks, for the message), a window end
+    ``None`` or finite and ``>= `` the last time, and (``dtype`` given: a ``torch.dtype`` or ``"float32"``) every
+    time within ``dtype``'s range (:func:`~mtpp.data.sequence.check_dtype_range`). Cost: a few vectorised passes
+    per sequence."""
+    if isinstance(sequences, (str, bytes, Path)) or is_dataset(sequences):
+        raise DataError(f"{what}: expected a list of EventSequence, got {type(sequences).__name__}"
+                        + (" (pass load_dataset(...) or its .test)" if isinstance(sequences, (str, Path)) else ""))
+    try:
+        seqs = list(sequences)
+    except TypeError:
+        raise DataError(f"{what}: expected a list of EventSequence (or a Dataset), got "
+                        f"{type(sequences).__name__}") from None
+    k = int(num_marks)
+    for i, s in enumerate(seqs):
+        def fail(problem: str) -> DataError:
+            return DataError(problem, source=what, sequence=i)
+
+        if not isinstance(s, EventSequence):
+            raise fail(f"is a {type(s).__name__}, not an EventSequence (load_dataset's parts hold them; "
+                       "mtpp.data.sequence.make_sequence builds one from times and marks)")
+        t, m = s.times, s.marks
+        if t.ndim != 1 or m.shape != t.shape:
+            raise fail(f"times of shape {t.shape} and marks of shape {m.shape}: expected two flat arrays of one length")
+        if t.size:
+            bad = ~np.isfinite(t)
+            if bad.any():
+                j = int(np.argmax(bad))
+                raise fail(f"time {float(t[j])!r} at event {j} is not a finite number")
+            if t[0] < 0:
+                raise fail(f"time {float(t[0])!r} at event 0 is negative (times start at the window start, 0)")
+            back = np.diff(t) < 0
+            if back.any():
+                j = int(np.argmax(back)) + 1
+                raise fail(f"times out of order at event {j} ({float(t[j])!r} after {float(t[j - 1])!r}); sort them "
+                           "(load_dataset(..., sort=True))")
+            lo, hi = int(m.min()), int(m.max())
+            if lo < 0 or hi >= k:
+                x = hi if hi >= k else lo
+                j = int(np.argmax(m == x))
+                raise fail(f"mark {x} at event {j} is out of range for the {k} marks of {whose} (marks are 0..{k - 1}); "
+                           "build the model for the data's marks (build_model(cfg, ds.num_marks)) or pass data with "
+                           "those marks")
+        w = s.window_end
+        if w is not None and (not np.isfinite(w) or (t.size and w < t[-1])):
+            raise fail(f"window end {float(w)!r} is not a finite time at or after the last event")
+    if dtype is not None:
+        check_dtype_range({"sequences": seqs}, dtype, source=what)
+    return seqs
+
+
+def check_parts(
+    parts: Mapping[str, Sequence[EventSequence]], num_marks: int, dtype: Any, *, source: str,
+    whose: str = "the data",
+) -> None:  # fmt: skip
+    """The parts a run trains and is scored on (``{"train": [...], "val": [...], "test": [...]}``): each
+    non-empty, each passing :func:`check_sequences` against ``num_marks``, and all their times within ``dtype``'s
+    range (one message listing every offending sequence of every part). ``DataError`` naming ``source`` (the
+    dataset) and the part. ``mtpp train`` and ``fit(model, data)`` both call it before the run folder is
+    touched."""
+    for part, seqs in parts.items():
+        if len(seqs) == 0:
+            raise DataError(f"the {part} part is empty (0 sequences)", source=source)
+        check_sequences(seqs, num_marks, what=f"{source}: {part}", whose=whose)
+    check_dtype_range(parts, dtype, source=source)
+
+
+def check_batch_size(batch_size: Any, what: str = "batch_size") -> int | None:
+    """``batch_size`` when it is ``None`` or a positive integer; ``MtppError`` otherwise (0 is not "the
+    default": it is refused, as a negative one or a non-integer is)."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise MtppError(f"{what} must be a positive integer (or None for the default), got {batch_size!r}")
+    return int(batch_size)
