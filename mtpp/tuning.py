@@ -12,8 +12,16 @@ Search space (``SPACE.yaml``): a mapping of dotted config keys to a distribution
     model.parametrisation: {type: categorical, choices: [base, plusplus]}
 
 ``float`` / ``int`` take ``low``, ``high`` and optionally ``log`` or ``step`` (Optuna's ``suggest_float`` /
-``suggest_int``). Every key must be a key of the run configuration and every bound a valid value: the space is
-checked before the first trial and a bad entry is one ``ConfigError`` naming the file and the key.
+``suggest_int``). Every key must be a key of the run configuration and every value a valid one: before the first
+trial every value of a categorical or of a range of at most ``VALUES_CHECKED`` values is checked (a continuous
+float range, or a longer one, at its two ends), and every combination of them when there are at most
+``POINTS_CHECKED`` (else each key's values with the other keys at their first value); a configuration that is not
+valid (its model is built on the ``meta`` device, so model constraints count) is one ``ConfigError`` naming the
+file and the point. A point outside what was
+checked that is not a valid configuration fails its trial, in one line, and the search goes on. Refused too: an
+entry of one value (nothing to search: ``--set`` it), keys that change what the validation NLL is measured on
+(``NOT_SEARCHABLE``: ``data.name``, ``data.split``, ``data.max_sequences``, ...: NLLs of different data cannot be
+ranked) and settings that change nothing a run computes (``mtpp.config.NON_SEMANTIC_KEYS``).
 
 Objective: the **validation NLL per sequence** (``L_T + L_M``, nats per sequence, ``metrics.json["val"]``) of the
 trial's best epoch, minimised. Trial ``n`` trains the base config with the sampled values into
@@ -31,14 +39,18 @@ runs only what is missing. A trial that was running when the search was interrup
 folder left as it is (so run one search per folder at a time). The sampler is TPE seeded by ``seed`` (``train.seed`` unless given) plus the number of
 trials already in the study.
 
-Outputs: ``OUT/best.yaml`` (the base configuration with the best trial's values: train it with ``mtpp train
-OUT/best.yaml --out DIR``; a header comment gives the trial, its validation NLL and the search), ``OUT/trials.csv``
-(one row per trial: number, state, value, parameters, seconds) and the study database.
+Outputs: ``OUT/best.yaml`` (the best trial's configuration, i.e. the base one with its values, with the base
+configuration's own run settings such as ``logging``: train it with ``mtpp train OUT/best.yaml --out DIR``; a
+header comment gives the trial, its validation NLL and the search), ``OUT/trials.csv`` (one row per trial: number,
+state, value, parameters, seconds; written even when the search stops on an error) and the study database.
+``OUT`` must be absent, empty or a folder ``tune`` wrote (:func:`check_tune_folder`): anything else, a foreign or
+corrupt ``study.db`` or trial folders whose study is gone included, is refused in one line before any work.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +61,7 @@ import yaml
 from mtpp.config import RunConfig, apply_overrides, config_from_dict, dump_yaml
 from mtpp.errors import ConfigError, MtppError
 
-__all__ = ["Param", "load_space", "parse_space", "tune", "STUDY_FILE", "BEST_FILE", "TRIALS_FILE"]
+__all__ = ["Param", "load_space", "parse_space", "tune", "check_tune_folder", "STUDY_FILE", "BEST_FILE", "TRIALS_FILE"]
 
 STUDY_FILE = "study.db"
 BEST_FILE = "best.yaml"
@@ -79,9 +91,22 @@ class Param:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.log, step=self.step)
 
-    def examples(self) -> list:
-        """The values at the ends of the range (checked against the config before the search)."""
-        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+    def count(self) -> float:
+        """How many distinct values the search can sample (``math.inf`` for a continuous float range)."""
+        if self.kind == "categorical":
+            return len(self.choices)
+        if self.kind == "float" and self.step is None:
+            return 1 if self.low == self.high else math.inf
+        return int((self.high - self.low) // (self.step or 1)) + 1
+
+    def values(self, limit: int) -> list:
+        """Every value the search can sample when there are at most ``limit``, else the ends of the range."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.count() > limit:
+            return [self.low, self.high]
+        step = self.step or 1
+        return [self.low + i * step for i in range(int(self.count()))]
 
 
 def _number(value: Any, where: str, integer: bool) -> float:
@@ -97,9 +122,37 @@ def _number(value: Any, where: str, integer: bool) -> float:
     return int(value) if integer else float(value)
 
 
+#: What the validation NLL is measured on: trials that differ in these are scored on different data or events,
+#: so their NLLs cannot be ranked (``data.time_scale`` and ``data.dtype`` change the model, not the data: searchable).
+NOT_SEARCHABLE = {
+    "data.name": "the dataset",
+    "data.data_dir": "where the dataset is read from",
+    "data.split": "the split (fold)",
+    "data.max_sequences": "how many sequences",
+    "data.use_window": "the observation window scored after the last event",
+    "data.sort": "which sequences are read (sorted or refused)",
+    "model.first_event": "which events are scored",
+}
+
+
+def _why_not_searchable(key: str) -> str | None:
+    """Why searching ``key`` is meaningless (``None``: it is not), from :data:`NOT_SEARCHABLE` and
+    ``mtpp.config.NON_SEMANTIC_KEYS``."""
+    from mtpp.config import NON_SEMANTIC_KEYS
+
+    if key in NOT_SEARCHABLE:
+        return (f"it changes {NOT_SEARCHABLE[key]} the validation NLL is measured on, so the trials' NLLs could not "
+                "be compared; run one search per value")
+    if any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS):
+        return "it changes only where or how fast a run goes or what it prints, not what it computes"
+    return None
+
+
 def parse_space(raw: Any, source: str = "space") -> list[Param]:
     """The parameters of a search space mapping (see the module docstring); ``ConfigError`` naming ``source`` and
-    the key for anything malformed. Keys are not checked against the config here (``tune`` does)."""
+    the key for anything malformed, for a key that cannot be searched (:data:`NOT_SEARCHABLE`, a setting of
+    ``mtpp.config.NON_SEMANTIC_KEYS``) and for an entry with one value (nothing to search: ``--set`` it). Keys are
+    not checked against the config here (``tune`` does)."""
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{source}: a search space is a non-empty mapping of config keys (train.lr: ...)")
     params = []
@@ -107,6 +160,9 @@ def parse_space(raw: Any, source: str = "space") -> list[Param]:
         where = f"{source}: {key}"
         if not isinstance(key, str) or "." not in key:
             raise ConfigError(f"{where}: keys are dotted config keys like train.lr or model.hidden_size")
+        why = _why_not_searchable(key)
+        if why:
+            raise ConfigError(f"{where}: cannot be searched: {why}; set it with --set {key}=VALUE")
         if isinstance(spec, list):
             spec = {"type": "categorical", "choices": spec}
         if not isinstance(spec, dict):
@@ -122,7 +178,10 @@ def parse_space(raw: Any, source: str = "space") -> list[Param]:
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise ConfigError(f"{where}: choices must be a non-empty list")
-            params.append(Param(key, kind, choices=tuple(choices)))
+            repeated = [c for i, c in enumerate(choices) if c in choices[:i]]
+            if repeated:
+                raise ConfigError(f"{where}: the choices repeat {repeated[0]!r}")
+            params.append(_one_value_refused(Param(key, kind, choices=tuple(choices)), where))
             continue
         if "low" not in spec or "high" not in spec:
             raise ConfigError(f"{where}: a {kind} needs low and high")
@@ -140,8 +199,16 @@ def parse_space(raw: Any, source: str = "space") -> list[Param]:
                 raise ConfigError(f"{where}: step must be > 0 and cannot be combined with log")
         if log and low <= 0:
             raise ConfigError(f"{where}: log needs low > 0, got {low}")
-        params.append(Param(key, kind, low, high, log, step))
+        params.append(_one_value_refused(Param(key, kind, low, high, log, step), where))
     return params
+
+
+def _one_value_refused(prm: Param, where: str) -> Param:
+    if prm.count() == 1:
+        value = prm.choices[0] if prm.kind == "categorical" else prm.low
+        raise ConfigError(f"{where}: searches one value ({value!r}), so nothing; set it with --set {prm.key}={value} "
+                          "or widen the range")
+    return prm
 
 
 def load_space(path: str | Path) -> list[Param]:
@@ -156,14 +223,60 @@ def load_space(path: str | Path) -> list[Param]:
     return parse_space(raw, str(p))
 
 
+VALUES_CHECKED = 256
+"""Before the search every value of a key is checked when it has at most this many (categorical choices, int and
+stepped float ranges); a continuous float range, or a longer one, at its two ends."""
+POINTS_CHECKED = 512
+"""... and every combination of the searched keys' checked values when there are at most this many."""
+
+
 def _check_space(cfg: RunConfig, params: list[Param], source: str) -> None:
-    base = cfg.to_dict()
-    for prm in params:
-        for value in prm.examples():
-            try:
-                config_from_dict(apply_overrides(base, [(prm.key, value)]))
-            except ConfigError as e:
-                raise ConfigError(f"{source}: {prm.key}={value!r} is not a valid configuration ({e})") from None
+    """``ConfigError`` naming ``source`` and the point for the first value of the space (:data:`VALUES_CHECKED`,
+    :data:`POINTS_CHECKED`) that does not make a valid configuration with the base ``cfg``: the configuration is
+    validated and, for each distinct ``model`` section, the model built on PyTorch's ``meta`` device (no memory, a
+    few ms: constraints such as hidden_size divisible by num_heads are checked there). A point outside what is
+    checked that fails anyway fails its trial (one line, the search goes on)."""
+    import copy
+    import itertools
+    import json
+
+    import torch
+
+    from mtpp.config import _set_dotted
+    from mtpp.models import build_model
+
+    base = apply_overrides(cfg.to_dict(), [])
+    built: set[str] = set()
+
+    def check(point: tuple) -> None:
+        raw = copy.deepcopy(base)  # apply_overrides' YAML round trip costs ~6x more per point
+        try:
+            for key, value in point:
+                _set_dotted(raw, key, value)
+            model = config_from_dict(raw).model
+            seen = json.dumps(raw.get("model"), sort_keys=True, default=str)
+            if seen not in built:
+                built.add(seen)
+                try:
+                    with torch.device("meta"):
+                        build_model(model, num_marks=2)  # the marks are the data's: any count builds the same layers
+                except ConfigError:
+                    raise
+                except Exception:  # noqa: BLE001 - a layer that cannot be built on meta: left to the trial
+                    pass
+        except ConfigError as e:
+            what = ", ".join(f"{k}={v!r}" for k, v in point)
+            what = f"the point {what}" if len(point) > 1 else what
+            raise ConfigError(f"{source}: {what} is not a valid configuration ({e})") from None
+
+    grids = [[(p.key, v) for v in p.values(VALUES_CHECKED)] for p in params]
+    if math.prod(len(g) for g in grids) <= POINTS_CHECKED:
+        points = itertools.product(*grids)
+    else:  # each key's values, the other keys at their first (points of the space, not of the base config)
+        first = [g[0] for g in grids]
+        points = ((*first[:i], item, *first[i + 1:]) for i, g in enumerate(grids) for item in g)
+    for point in points:
+        check(point)
 
 
 def _import_optuna() -> Any:
@@ -184,43 +297,46 @@ def tune(
     seed: int | None = None,
     timeout: float | None = None,
     space_source: str = "space",
+    verbose_runs: bool = False,
     echo: Any = print,
 ) -> dict[str, Any]:
     """Run (or continue) the search into ``out_dir`` until ``trials`` trials are finished (see the module doc).
 
     Returns ``{"best_value", "best_params", "best_trial", "best_config" (path), "finished", "pruned", "failed"}``;
-    ``best_value`` is the validation NLL per sequence in nats. ``timeout`` (seconds): stop starting new trials
-    after it. Raises ``ConfigError`` (Optuna missing, a bad space, a config with variants) or ``MtppError`` (no
-    trial finished).
+    ``best_value`` is the validation NLL per sequence in nats. ``timeout`` (seconds, > 0): stop starting new trials
+    after it. ``seed``: the sampler's, in [0, 2**32) (default ``train.seed``). ``verbose_runs``: the trials print
+    their progress bars and epoch lines (default: ``logging.quiet`` / ``logging.progress`` off in the trials only;
+    ``best.yaml`` keeps ``config``'s). Raises, before anything is written, ``ConfigError`` (Optuna missing, a bad
+    space, a config with variants, a bad number) or ``MtppError`` (``out_dir`` is not empty and not a folder of
+    this command: :func:`check_tune_folder`); after the search, ``MtppError`` when no trial completed or more than
+    ``2 * trials`` failed (``trials.csv`` is written first).
     """
     optuna = _import_optuna()
     from mtpp.training.trainer import fit
 
     if config.variants:
-        raise ConfigError("mtpp tune: the config has a 'variants' list; tune one configuration (drop variants)")
-    if trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {trials}")
+        raise ConfigError("the config has a 'variants' list; tune one configuration (drop variants)")
+    base_seed = _check_numbers(trials, seed, timeout, config.train.seed)
     _check_space(config, space, space_source)
+    check_tune_folder(out_dir)
     from mtpp.runs import make_out_folder
 
     out = make_out_folder(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="minimize")
+    study = _open_study(optuna, out / STUDY_FILE)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # interrupted earlier
         echo(f"trial {t.number} was interrupted in an earlier search; marked failed (its folder is kept)")
     base = config.to_dict()
     base.pop("variants", None)
     _check_same_search(study, base, space, out / STUDY_FILE)
-    base_seed = config.train.seed if seed is None else seed
-    study.sampler = optuna.samplers.TPESampler(seed=base_seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=(base_seed + len(study.trials)) % 2**32)
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    quiet = [] if verbose_runs else [("logging.quiet", True), ("logging.progress", False)]
 
     def objective(trial: Any) -> float:
         values = {p.key: p.suggest(trial) for p in space}
-        cfg = config_from_dict(apply_overrides(base, list(values.items())))
         run_dir = out / f"trial_{trial.number:03d}"
 
         def report(epoch: int, val: dict[str, float]) -> None:
@@ -232,12 +348,17 @@ def tune(
 
         start = time.perf_counter()
         try:
-            metrics = fit(cfg, run_dir, data_dir=data_dir, on_epoch=report)
+            cfg = config_from_dict(apply_overrides(base, [*values.items(), *quiet]))
+            metrics = fit(cfg, run_dir, data_dir=data_dir, on_epoch=report, interrupt_hint=False)
+            value = _total(metrics["val"])
+            if not math.isfinite(value):
+                raise MtppError(f"the validation NLL per sequence is {value} (see {run_dir})")
         except optuna.TrialPruned:
             echo(f"trial {trial.number:>3}  pruned  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
             raise
-        v = metrics["val"]
-        value = _total(v)
+        except MtppError as e:  # one line; Optuna's own warning with the traceback is filtered out
+            echo(f"trial {trial.number:>3}  failed  {_fmt(values)}: {e}")
+            raise
         echo(f"trial {trial.number:>3}  {OBJECTIVE} {value:.4f}  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
         return value
 
@@ -245,34 +366,39 @@ def tune(
         return len(study.get_trials(deepcopy=False, states=done_states))
 
     todo = trials - finished()
-    if todo > 0:
-        echo(f"tuning {len(space)} key(s) over {todo} more trial(s) into {out} (study {out / STUDY_FILE})")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while finished() < trials and (deadline is None or time.monotonic() < deadline):
-            try:
-                with _no_interrupt_traceback():
-                    study.optimize(objective, n_trials=1, catch=(MtppError,))
-            except KeyboardInterrupt:
-                _write_trials(study, out / TRIALS_FILE)
-                echo(f"mtpp tune: interrupted; trial {len(study.trials) - 1} is marked failed in the study (its folder "
-                     "is kept, but resuming it with mtpp train would train it outside the search); run the same "
-                     "mtpp tune command again to continue the search")
-                raise
-            if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > 2 * trials:
-                raise MtppError(f"mtpp tune: more than {2 * trials} trials failed; see the trial folders in {out}")
-    else:
-        echo(f"{out / STUDY_FILE} already holds {finished()} finished trial(s) (asked for {trials}); nothing to run")
-    _write_trials(study, out / TRIALS_FILE)
+    try:
+        if todo > 0:
+            echo(f"tuning {len(space)} key(s) over {todo} more trial(s) into {out} (study {out / STUDY_FILE})")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while finished() < trials and (deadline is None or time.monotonic() < deadline):
+                try:
+                    with _one_line_failures():
+                        study.optimize(objective, n_trials=1, catch=(MtppError,))
+                except KeyboardInterrupt:
+                    echo(f"mtpp tune: interrupted; trial {len(study.trials) - 1} is marked failed in the study (its "
+                         "folder is kept, but resuming it with mtpp train would train it outside the search); run the "
+                         "same mtpp tune command again to continue the search")
+                    raise
+                failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+                if failed > 2 * trials:
+                    raise MtppError(f"{failed} trials failed (more than twice --trials {trials}); the search stops: "
+                                    f"see the lines above, {out / TRIALS_FILE} and the trial folders")
+        else:
+            echo(f"{out / STUDY_FILE} already holds {finished()} finished trial(s) (asked for {trials}); nothing to run")
+    finally:
+        _write_trials(study, out / TRIALS_FILE)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        raise MtppError(f"mtpp tune: no trial completed (all pruned or failed); see {out / TRIALS_FILE}")
+        ran = "no trial ran (--timeout)" if not study.trials else "all pruned or failed"
+        raise MtppError(f"no trial completed ({ran}); see {out / TRIALS_FILE}")
     best = study.best_trial
     best_path = out / BEST_FILE
-    best_cfg = _trial_config(out / f"trial_{best.number:03d}") or config_from_dict(
-        apply_overrides(base, list(best.params.items()))).to_dict()  # the configuration that scored best.value
+    trained = _trial_config(out / f"trial_{best.number:03d}")  # the configuration that scored best.value
+    best_cfg = _with_settings_of(trained, base) if trained else config_from_dict(
+        apply_overrides(base, list(best.params.items()))).to_dict()
     best_cfg.pop("variants", None)
     header = (
-        f"# mtpp tune: best of {len(complete)} complete trial(s) in {out / STUDY_FILE}\n"
+        f"{BEST_MARK} best of {len(complete)} complete trial(s) in {out / STUDY_FILE}\n"
         f"# trial {best.number}: {OBJECTIVE} = {best.value:.6g} (nats per sequence, lower is better)\n"
         + "".join(f"#   {k} = {v!r}\n" for k, v in best.params.items())
         + f"# train it: mtpp train {best_path} --out DIR\n"
@@ -288,6 +414,200 @@ def tune(
         "pruned": states.count(optuna.trial.TrialState.PRUNED),
         "failed": states.count(optuna.trial.TrialState.FAIL),
     }
+
+
+def _check_numbers(trials: int, seed: int | None, timeout: float | None, train_seed: int) -> int:
+    """``ConfigError`` for a number of ``tune`` out of range; returns the sampler's seed."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"--trials must be an integer >= 1, got {trials!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout must be a number of seconds > 0, got {timeout!r} (leave it out for no limit)")
+    which, value = ("--seed", seed) if seed is not None else ("train.seed (the default of --seed)", train_seed)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ConfigError(f"{which} must be an integer in [0, 2**32), got {value!r}")
+    return value
+
+
+def _with_settings_of(trained: dict, base: dict) -> dict:
+    """``trained`` (a trial's configuration) with ``base``'s settings that do not change what a run computes
+    (``mtpp.config.NON_SEMANTIC_KEYS``: logging, device, threads, ...; a trial's ``config.yaml`` omits
+    ``logging.quiet`` / ``logging.progress`` and the trials run quiet)."""
+    import copy
+
+    from mtpp.config import NON_SEMANTIC_KEYS
+
+    out = copy.deepcopy(trained)
+    for key in NON_SEMANTIC_KEYS:
+        section, _, name = key.partition(".")
+        if section not in base:
+            continue
+        if name:
+            out.setdefault(section, {})[name] = copy.deepcopy(base[section].get(name))
+        else:
+            out[section] = copy.deepcopy(base[section])
+    return out
+
+
+BEST_MARK = "# mtpp tune:"
+"""First characters of every ``best.yaml`` ``tune`` writes (how a folder of its own is recognised)."""
+TRIALS_COLUMNS = ("trial", "state", OBJECTIVE.replace(" ", "_"))
+"""First columns of every ``trials.csv`` ``tune`` writes (its last one is ``seconds``)."""
+_TRIAL_DIR = re.compile(r"trial_(\d{3,})")
+_STUDY_TABLES = {"studies", "trials", "trial_params", "study_user_attributes", "version_info"}
+
+
+def check_tune_folder(out_dir: str | Path) -> None:
+    """``MtppError`` in one line, before anything is written, unless ``out_dir`` is absent, empty or a folder that
+    ``tune`` wrote, recognised by content (no hidden marker, so folders of earlier versions count):
+
+    - ``study.db`` (and SQLite's ``-journal`` / ``-wal`` / ``-shm`` beside it): an Optuna SQLite database holding
+      one study, ``mtpp``, which records its search (the ``mtpp_search`` user attribute) or, written by an earlier
+      version, searches only configuration keys; a file that is not such a database is named, never opened by
+      Optuna (which would add its tables to it);
+    - ``best.yaml`` starting with :data:`BEST_MARK`; ``trials.csv`` with the :data:`TRIALS_COLUMNS` header;
+    - ``trial_NNN/``: the folder of trial NNN of that study, either a run (a ``config.yaml`` with ``run_info``)
+      with the trial's values or, killed before its ``config.yaml``, only a run's files; without ``study.db``
+      no trial folder is accepted (their study is gone: a new one would number its trials from 0 into them);
+    - what ``mtpp report DIR`` writes there (``summary*.md`` / ``summary*.csv``, ``plots*/``: ``mtpp.owned``).
+    """
+    from mtpp.owned import is_ours
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        return  # absent (created) or a file (make_out_folder says so)
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    study_db = out / STUDY_FILE
+    trial_dirs = [e for e in entries if e.is_dir() and _TRIAL_DIR.fullmatch(e.name)]
+    if (out / "config.yaml").is_file():
+        raise MtppError(f"{out}: holds a run (config.yaml), not a search of mtpp tune; choose another --out")
+    for e in entries:
+        if e in trial_dirs or e.name in (STUDY_FILE, *(f"{STUDY_FILE}-{x}" for x in ("journal", "wal", "shm"))):
+            continue
+        if e.name == BEST_FILE and e.is_file() and _text_head(e).startswith(BEST_MARK):
+            continue
+        if e.name == TRIALS_FILE and e.is_file() and _is_trials_csv(e):
+            continue
+        if e.name.startswith("summary") and e.is_file() and e.suffix in (".md", ".csv") and is_ours(e):
+            continue
+        if e.name.startswith("plots") and e.is_dir() and all(f.is_file() and is_ours(f) for f in e.iterdir()):
+            continue
+        raise MtppError(f"{out}: not empty and not a folder mtpp tune wrote ({e.name} is not one of its files: a "
+                        f"{STUDY_FILE}, {BEST_FILE}, {TRIALS_FILE}, trial_NNN/ runs of its study); choose another "
+                        "--out or an empty one")
+    if not study_db.exists():
+        if trial_dirs:
+            raise MtppError(f"{out}: holds {', '.join(d.name for d in trial_dirs[:3])}"
+                            f"{' ...' if len(trial_dirs) > 3 else ''} but no {STUDY_FILE}: those trials belong to a "
+                            "study that is gone, and a new one would train into them; move them away or choose "
+                            "another --out")
+        return
+    _check_study_db(study_db)
+    if trial_dirs:
+        optuna = _import_optuna()
+        trials = {t.number: t for t in _open_study(optuna, study_db, create=False).get_trials(deepcopy=False)}
+        for d in trial_dirs:
+            problem = _not_a_trial_run(d, trials.get(int(_TRIAL_DIR.fullmatch(d.name).group(1))))
+            if problem:
+                raise MtppError(f"{d}: {problem}; move it away or choose another --out")
+
+
+def _text_head(path: Path, limit: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_trials_csv(path: Path) -> bool:
+    columns = _text_head(path).splitlines()[:1]
+    columns = columns[0].rstrip("\r").split(",") if columns else []
+    return tuple(columns[:3]) == TRIALS_COLUMNS and columns[-1:] == ["seconds"]
+
+
+def _check_study_db(path: Path) -> None:
+    """``MtppError`` unless ``path`` is a study database of ``tune`` (:func:`check_tune_folder`); read only."""
+    import json
+    import sqlite3
+
+    from mtpp.config import SECTIONS
+
+    def refuse(why: str) -> MtppError:
+        return MtppError(f"{path}: not a study database of mtpp tune ({why}); move it away or choose another --out")
+
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not _STUDY_TABLES <= tables:
+                raise refuse("not an Optuna study database" if tables else "an empty database")
+            names = [r[0] for r in con.execute("SELECT study_name FROM studies")]
+            if names != [STUDY_NAME]:
+                raise refuse(f"its studies are {', '.join(map(repr, names)) or 'none'}, not the one {STUDY_NAME!r}")
+            row = con.execute("SELECT a.value_json FROM study_user_attributes a JOIN studies s USING (study_id) "
+                              "WHERE s.study_name = ? AND a.key = ?", (STUDY_NAME, SEARCH_ATTR)).fetchone()
+            params = [r[0] for r in con.execute(
+                "SELECT DISTINCT p.param_name FROM trial_params p JOIN trials t USING (trial_id) "
+                "JOIN studies s ON t.study_id = s.study_id WHERE s.study_name = ?", (STUDY_NAME,))]
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise refuse(f"not a readable SQLite database: {e}") from None
+    if row is not None:
+        search = json.loads(row[0]) if row[0] else None
+        if isinstance(search, dict) and "config" in search and "space" in search:
+            return
+        raise refuse(f"its {SEARCH_ATTR} attribute is not a search of mtpp tune")
+    other = [p for p in params if p.split(".", 1)[0] not in SECTIONS or "." not in p]
+    if other:
+        raise refuse(f"study {STUDY_NAME!r} searches {', '.join(other[:3])}, not configuration keys")
+
+
+def _open_study(optuna: Any, path: Path, create: bool = True) -> Any:
+    """The study ``mtpp`` of ``path`` (created when absent and ``create``); a database Optuna cannot use is one
+    ``MtppError`` naming it (call :func:`check_tune_folder` first: Optuna adds its tables to any SQLite file)."""
+    import sqlalchemy.exc
+
+    storage = f"sqlite:///{path.resolve()}"
+    try:
+        if create:
+            return optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
+                                       direction="minimize")
+        return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, KeyError) as e:
+        raise MtppError(f"{path}: Optuna cannot open its study ({' '.join(str(e).split())[:300]}); move it away or "
+                        "choose another --out") from None
+
+
+def _not_a_trial_run(run_dir: Path, trial: Any) -> str | None:
+    """Why ``run_dir`` is not the folder of ``trial`` (``None`` when absent from the study), or ``None``."""
+    from mtpp.runs import LOCK_FILE
+    from mtpp.training.trainer import RUN_FILES, TRAIN_LOG
+
+    if trial is None:
+        return f"trial_NNN folder of no trial of the study in {run_dir.parent / STUDY_FILE}"
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        own = {*RUN_FILES, TRAIN_LOG, LOCK_FILE, "arrays_val.json", "arrays_test.json"}
+        other = sorted(p.name for p in run_dir.iterdir() if p.name not in own)
+        return f"holds {', '.join(other[:3])}, not a run of trial {trial.number}" if other else None
+    try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None
+    if not (isinstance(raw, dict) and isinstance(raw.get("run_info"), dict)):
+        return f"its config.yaml is not a run's (no run_info), so not trial {trial.number}'s"
+    for key, want in trial.params.items():
+        node: Any = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        same = node == want or (isinstance(want, float) and isinstance(node, (int, float))
+                                and math.isclose(node, want, rel_tol=1e-9))  # fmt: skip
+        if not same:
+            return f"a run with {key}={node!r}, not trial {trial.number}'s {key}={want!r}"
+    return None
 
 
 SEARCH_ATTR = "mtpp_search"
@@ -335,8 +655,10 @@ def _trial_config(run_dir: Path) -> dict | None:
         return None
 
 
-class _no_interrupt_traceback:
-    """Optuna logs a trial cut by Ctrl-C with the whole traceback; the command says it in one line instead."""
+class _one_line_failures:
+    """Optuna logs a failed trial (an ``MtppError``: a point of the space that is not a valid configuration, data
+    that cannot be trained on) or one cut by Ctrl-C with the whole traceback and a second line; the objective
+    says it in one line instead, so both records are dropped."""
 
     def __enter__(self) -> None:
         import logging
@@ -344,7 +666,8 @@ class _no_interrupt_traceback:
         # on every optuna logger: a logger's filter sees only the records created on it, not its children's
         names = [n for n in logging.root.manager.loggerDict if n == "optuna" or n.startswith("optuna.")]
         self.loggers = [logging.getLogger(n) for n in names]
-        self.filter = lambda record: not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)
+        quiet = (KeyboardInterrupt, MtppError)
+        self.filter = lambda record: not (record.exc_info and isinstance(record.exc_info[1], quiet)
                                           or "KeyboardInterrupt" in record.getMessage()
                                           or "failed with value None" in record.getMessage())  # fmt: skip
         for logger in self.loggers:
@@ -373,7 +696,7 @@ def _write_trials(study: Any, path: Path) -> None:
     keys = sorted({k for t in study.trials for k in t.params})
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["trial", "state", OBJECTIVE.replace(" ", "_"), *keys, "seconds"])
+        w.writerow([*TRIALS_COLUMNS, *keys, "seconds"])
         for t in study.trials:
             secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
             w.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value,

@@ -93,6 +93,20 @@ def test_tune_marks_an_interrupted_trial_failed(tmp_path, capsys):
         ({"train.lr": {"type": "float", "low": 2, "high": 1}}, "low (2.0) > high (1.0)"),
         ({"train.lr": {"type": "float", "low": 0, "high": 1, "sigma": 1}}, "unknown field(s) sigma"),
         ({"train.batch_size": {"type": "int", "low": 1.5, "high": 4}}, "expected an integer"),
+        # keys that change what the validation NLL is measured on: NLLs of different data cannot be ranked
+        ({"data.name": ["synthetic_hawkes", "taxi"]}, "data.name: cannot be searched: it changes the dataset"),
+        ({"data.split": [0, 1]}, "data.split: cannot be searched: it changes the split"),
+        ({"data.max_sequences": {"type": "int", "low": 8, "high": 64}}, "cannot be searched: it changes how many"),
+        ({"data.use_window": [True, False]}, "cannot be searched: it changes the observation window"),
+        ({"model.first_event": ["skip", "include"]}, "cannot be searched: it changes which events are scored"),
+        # settings that change nothing a run computes
+        ({"logging.quiet": [True, False]}, "cannot be searched: it changes only where or how fast"),
+        ({"train.threads": [1, 2]}, "cannot be searched: it changes only where or how fast"),
+        # one value: nothing to search
+        ({"train.lr": {"type": "float", "low": 0.01, "high": 0.01}}, "searches one value (0.01)"),
+        ({"model.hidden_size": {"type": "int", "low": 8, "high": 11, "step": 4}}, "searches one value (8)"),
+        ({"model.decoder": ["lnm"]}, "searches one value ('lnm')"),
+        ({"model.decoder": ["lnm", "rmtpp", "lnm"]}, "the choices repeat 'lnm'"),
     ],
 )
 def test_bad_spaces_are_one_line(space, message):
@@ -102,7 +116,7 @@ def test_bad_spaces_are_one_line(space, message):
 
 def test_space_keys_are_checked_against_the_config_before_any_trial(tmp_path, capsys):
     base, space = _write(tmp_path)
-    space.write_text(yaml.safe_dump({"model.decodr": ["lnm"], "train.lr": [0.01]}))
+    space.write_text(yaml.safe_dump({"model.decodr": ["lnm", "rmtpp"], "train.lr": [0.01, 0.02]}))
     code = main(["tune", str(base), "--space", str(space), "--trials", "2", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "model.decodr" in err and "did you mean 'decoder'" in err
@@ -158,3 +172,153 @@ def test_ctrl_c_in_a_search_is_one_line_saying_how_to_continue(tmp_path, capsys,
     assert "run the same mtpp tune command again to continue the search" in cap.out + cap.err
     assert not [m for m in seen if "KeyboardInterrupt" in m], seen  # no Optuna traceback
     assert (tmp_path / "out" / "trials.csv").is_file()
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def _foreign_study(out):
+    study = optuna.create_study(study_name="mtpp", storage=f"sqlite:///{out / 'study.db'}")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        # the user's own files named like tune's, and a trial folder of theirs
+        (lambda out: [(out / "best.yaml").write_text("keep\n"), (out / "trials.csv").write_text("a,b\n"),
+                      (out / "trial_000").mkdir(), (out / "trial_000" / "notes.txt").write_text("x\n")],
+         "not empty and not a folder mtpp tune wrote (best.yaml is not one of its files"),
+        (lambda out: [(out / "notes.txt").write_text("x\n")], "(notes.txt is not one of its files"),
+        (_foreign_study, "study.db: not a study database of mtpp tune (study 'mtpp' searches x, not configuration"),
+        (lambda out: (out / "study.db").write_text("not a database\n"),
+         "study.db: not a study database of mtpp tune (not a readable SQLite database"),
+        # a training run folder
+        (lambda out: (out / "config.yaml").write_text("run_info: {}\n"), "holds a run (config.yaml), not a search"),
+        # a tune folder whose study.db was deleted: its trial folders belong to a study that is gone
+        (lambda out: [(out / "trial_000").mkdir(), (out / "trial_000" / "train.log").write_text("--- x\n")],
+         "holds trial_000 but no study.db: those trials belong to a study that is gone"),
+    ],
+)
+def test_an_out_folder_tune_did_not_write_is_refused_in_one_line_before_any_work(tmp_path, capsys, setup, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    setup(out)
+    before = _snapshot(out)
+    code, cap = _tune(tmp_path, 2, capsys)
+    assert code == 2 and message in cap.err and cap.err.count("\n") == 1, cap.err
+    assert "Traceback" not in cap.err and not cap.out
+    assert _snapshot(out) == before  # nothing written, replaced or added (no study created in the user's db)
+
+
+def test_a_tune_folder_accepts_its_own_files_and_refuses_a_trial_folder_of_another_run(tmp_path, capsys):
+    from mtpp.owned import MD_MARK
+
+    code, cap = _tune(tmp_path, 1, capsys)
+    assert code == 0, cap.err
+    out = tmp_path / "out"
+    (out / "summary.md").write_text(MD_MARK + "\n# tune\n")  # what mtpp report OUT writes there is fine
+    (out / "trial_007").mkdir()  # no trial 7 in the study
+    code, cap = _tune(tmp_path, 2, capsys)
+    assert code == 2 and "trial_007: trial_NNN folder of no trial of the study" in cap.err
+    (out / "trial_007").rmdir()
+    config = out / "trial_000" / "config.yaml"
+    raw = yaml.safe_load(config.read_text())
+    decoder = raw["model"]["decoder"]
+    raw["model"]["decoder"] = "thp" if decoder != "thp" else "lnm"
+    config.write_text(yaml.safe_dump(raw))
+    code, cap = _tune(tmp_path, 2, capsys)
+    assert code == 2 and f"not trial 0's model.decoder={decoder!r}" in cap.err
+    raw["model"]["decoder"] = decoder
+    config.write_text(yaml.safe_dump(raw))
+    code, cap = _tune(tmp_path, 2, capsys)
+    assert code == 0 and (out / "trial_001").is_dir(), cap.err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--timeout", "0"], "--timeout must be a number of seconds > 0, got 0.0"),
+        (["--timeout", "-5"], "--timeout must be a number of seconds > 0, got -5.0"),
+        (["--timeout", "nan"], "--timeout must be a number of seconds > 0, got nan"),
+        (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
+        (["--seed", str(2**32)], "--seed must be an integer in [0, 2**32)"),
+        (["--set", "train.seed=-3"], "train.seed (the default of --seed) must be an integer in [0, 2**32), got -3"),
+    ],
+)
+def test_numbers_of_tune_are_checked_before_any_work(tmp_path, capsys, flags, message):
+    base, space = _write(tmp_path)
+    code = main(["tune", str(base), "--space", str(space), "--trials", "2", "--out", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    code = main(["tune", str(base), "--space", str(space), "--trials", "0", "--out", str(tmp_path / "out")])
+    assert code == 2 and "--trials must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_space_check_covers_every_value_and_combination_and_model_constraints():
+    from mtpp.tuning import _check_space
+
+    cfg = load_config(None, ["model.encoder=thp", "model.num_heads=4"])
+    with pytest.raises(ConfigError, match=r"s\.yaml: model\.hidden_size=9 is not a valid configuration \(model\.hidden_"):
+        _check_space(cfg, parse_space({"model.hidden_size": {"type": "int", "low": 8, "high": 12}}), "s.yaml")
+    _check_space(cfg, parse_space({"model.hidden_size": [12, 24], "model.num_heads": [3, 4]}), "s.yaml")
+    with pytest.raises(ConfigError, match=r"the point model\.hidden_size=8, model\.num_heads=3 is not"):
+        _check_space(cfg, parse_space({"model.hidden_size": [8, 12], "model.num_heads": [3, 4]}), "s.yaml")
+
+
+def test_a_point_that_fails_validation_fails_its_trial_in_one_line_and_trials_csv_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    """A point the space check cannot see (here: the check switched off) fails its trial: one line each, no
+    Optuna traceback, trials.csv written, and the final error not prefixed twice."""
+    import logging
+
+    import mtpp.tuning as tuning
+
+    monkeypatch.setattr(tuning, "_check_space", lambda *args: None)
+    base, space = _write(tmp_path)
+    space.write_text(yaml.safe_dump({"model.hidden_size": [9, 11]}))
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage() + str(record.exc_info))
+
+    keep = Keep()
+    logging.getLogger("optuna").addHandler(keep)
+    try:
+        code = main(["tune", str(base), "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out"),
+                     "--set", "model.encoder=thp", "--set", "model.num_heads=4"])
+    finally:
+        logging.getLogger("optuna").removeHandler(keep)
+    cap = capsys.readouterr()
+    assert code == 2 and cap.err.count("\n") == 1 and cap.err.startswith("mtpp tune: error: 3 trials failed"), cap.err
+    lines = [line for line in cap.out.splitlines() if " failed " in line]
+    assert len(lines) == 3 and all("must be divisible by model.num_heads (4)" in line for line in lines), cap.out
+    assert not seen, seen  # no Optuna warning, no traceback
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["fail"] * 3
+
+
+def test_best_yaml_keeps_the_base_settings_and_an_interrupted_trial_gives_tunes_advice(tmp_path, capsys, monkeypatch):
+    import mtpp.training.trainer as trainer
+
+    base, space = _write(tmp_path)
+    base.write_text(yaml.safe_dump({**BASE, "train": {**BASE["train"], "max_epochs": 1},
+                                    "logging": {"quiet": True, "progress": False, "flush_every": 7}}))
+    code = main(["tune", str(base), "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
+    assert best["logging"] == {**best["logging"], "quiet": True, "progress": False, "flush_every": 7}
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "run", interrupted)  # inside fit: the trainer's own hint would fire
+    code = main(["tune", str(base), "--space", str(space), "--trials", "2", "--out", str(tmp_path / "out")])
+    cap = capsys.readouterr()
+    assert code != 0
+    assert "run the same mtpp tune command again to continue the search" in cap.out + cap.err
+    assert "mtpp train --out" not in cap.out + cap.err and "run the same command again" not in cap.out + cap.err

@@ -19,10 +19,18 @@ space.yaml maps config keys to distributions:
   model.hidden_size: {type: int, low: 8, high: 64, step: 8}
   model.decoder: [lnm, rmtpp]
 
+Every value of a categorical or of a range of at most 256 values (every combination, up to 512) is checked
+against the config before the search (a continuous float range at its ends); a point that fails anyway fails
+its trial in one line. Keys that change the data the NLL is measured on (data.name, data.split,
+data.max_sequences, ...) or nothing a run computes (logging.*, train.device, ...) cannot be searched, nor an
+entry of one value.
+
 Objective: validation NLL per sequence (nats, lower is better), pruned per epoch (median rule).
 Each trial is a run directory OUT/trial_NNN; the study is OUT/study.db (rerun the command to resume it);
 the best configuration is written to OUT/best.yaml (train it with mtpp train OUT/best.yaml --out DIR) and
-every trial to OUT/trials.csv. Needs the 'tune' extra: pip install -e ".[tune]"."""
+every trial to OUT/trials.csv. OUT must be new, empty or a folder mtpp tune wrote (its study.db, best.yaml,
+trials.csv, trial_NNN runs of that study, mtpp report's summaries): anything else is refused before any work.
+Needs the 'tune' extra: pip install -e ".[tune]"."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,15 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path, nargs="?", help="base run configuration YAML (default: every default)")
     p.add_argument("--space", type=Path, required=True, help="search space YAML (config key -> distribution)")
-    p.add_argument("--trials", type=int, required=True, help="total number of finished trials wanted")
+    p.add_argument("--trials", type=int, required=True, help="total number of finished trials wanted (>= 1)")
     p.add_argument("--out", type=Path, required=True, help="output folder: trial runs, study.db, best.yaml")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override the base config, e.g. --set train.max_epochs=20; repeatable",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=None, help="sampler seed (default: train.seed)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed, 0 to 2**32-1 (default: train.seed)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="start no new trial after this many seconds")
+                   help="start no new trial after this many seconds (> 0)")
     p.add_argument("--verbose-runs", action="store_true", help="show each trial's progress bar and epoch lines")
     p.add_argument("--data-dir", help="where the datasets are (default: $MTPP_DATA_DIR, then ./data)")
     p.set_defaults(func=run)
@@ -54,13 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.config import load_config
     from mtpp.tuning import load_space, tune
 
-    overrides = list(args.overrides)
-    if not args.verbose_runs:
-        overrides = ["logging.quiet=true", "logging.progress=false", *overrides]
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, list(args.overrides))
     space = load_space(args.space)
     result = tune(cfg, space, args.out, args.trials, data_dir=args.data_dir, seed=args.seed,
-                  timeout=args.timeout, space_source=str(args.space))
+                  timeout=args.timeout, space_source=str(args.space), verbose_runs=args.verbose_runs)
     params = "  ".join(f"{k}={v!r}" for k, v in result["best_params"].items())
     print(f"best: trial {result['best_trial']}  val NLL/seq {result['best_value']:.4f}  {params}")
     print(f"{result['finished']} complete, {result['pruned']} pruned, {result['failed']} failed; "

@@ -137,6 +137,7 @@ def fit(
     model: nn.Module | None = None,
     data: Any = None,
     on_epoch: Any = None,
+    interrupt_hint: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` and return the final metrics (``metrics.json``'s content).
 
@@ -147,13 +148,15 @@ def fit(
     ``config`` (``mtpp.training.api.fit`` composes them; the model is trained in place). ``on_epoch(epoch, val)``:
     called after each epoch's validation, checkpoint and log record with the validation NLLs (``_validate``'s
     dict); an exception it raises (e.g. Optuna's ``TrialPruned``, ``mtpp tune``) ends the run there.
+    ``interrupt_hint``: on Ctrl-C print how to continue this run (``resume_hint``); a caller that continues its
+    runs another way (``mtpp tune``: rerun the search) passes ``False`` and says so itself.
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
     _check_resume_or_overwrite(resume, overwrite)
     _make_aggregator(config)  # its options checked before the run folder exists (a bad one left a folder behind)
     with torch_threads(config.train.threads), distributed.session(config.train.device) as ddp:
-        with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main):
+        with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main, interrupt_hint):
             with determinism(config.train.deterministic), compile_settings(config.train):
                 trainer = Trainer(
                     config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
@@ -167,9 +170,9 @@ def fit(
 
 
 @contextlib.contextmanager
-def _run_folder(out_dir: Path, main: bool, quiet: bool) -> Iterator[None]:
+def _run_folder(out_dir: Path, main: bool, quiet: bool, interrupt_hint: bool = True) -> Iterator[None]:
     """Rank 0 holds the folder's lock (``mtpp.runs.RunLock``: one writer per run) and copies the run's console
-    lines into ``train.log``; an interrupted run says how to continue it."""
+    lines into ``train.log``; an interrupted run says how to continue it (unless ``interrupt_hint`` is false)."""
     if not main:
         yield
         return
@@ -179,7 +182,8 @@ def _run_folder(out_dir: Path, main: bool, quiet: bool) -> Iterator[None]:
         try:
             yield
         except KeyboardInterrupt:
-            echo(resume_hint(out_dir), quiet=False)
+            if interrupt_hint:
+                echo(resume_hint(out_dir), quiet=False)
             raise
         except Exception as e:  # the command prints it; train.log keeps it beside the header of the failed start
             echo(f"error: {type(e).__name__}: {e}", quiet=True)
