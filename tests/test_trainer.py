@@ -467,3 +467,25 @@ def test_the_run_warns_when_it_validates_with_a_non_normalised_compensator(
     assert ("model.eval_integration=adaptive" in err) == (rule == "gauss_legendre")
     assert main(["evaluate", str(tmp_path / "run")]) == 0  # re-evaluating the run says it again
     assert (named in capsys.readouterr().err) == (rule == "gauss_legendre")
+
+
+def test_a_null_conflict_rate_says_why_and_a_rate_says_what_it_is_over(tmp_path: Path) -> None:
+    """``gradients.log_every`` larger than the steps trained left a "+" run (its encoder is shared) with
+    ``conflict rate n/a``, the same words as "++"; with ``log_every: 3`` the rate is over every third step. The
+    summary now counts the measured steps and the shared parameters, and the last lines say which case it is."""
+    from mtpp.training.trainer import conflict_text
+
+    rare = fit(tiny("model.parametrisation=plus", "gradients.log_every=100000"), tmp_path / "rare")["train"]
+    assert rare["conflict_rate"] is None and rare["conflict_rate_steps"] == 0 and rare["shared_parameters"] > 0
+    assert conflict_text(rare).startswith("n/a (no step measured of ")
+    assert "n/a (no step measured" in (tmp_path / "rare" / "train.log").read_text()
+    pp = fit(tiny("model.parametrisation=plusplus"), tmp_path / "pp")["train"]
+    assert pp["shared_parameters"] == 0 and conflict_text(pp) == "n/a (nothing shared: no parameter gets both gradients)"
+    every3 = fit(tiny("model.parametrisation=plus", "gradients.log_every=3"), tmp_path / "every3")["train"]
+    measured = [r for r in read_log(tmp_path / "every3") if r.get("kind") == "step" and r.get("cos_tm") is not None]
+    assert every3["conflict_rate_steps"] == len(measured) == every3["steps"] // 3
+    assert every3["conflict_rate"] == pytest.approx(sum(r["cos_tm"] < 0 for r in measured) / len(measured))
+    n = len(measured)
+    assert conflict_text(every3) == (f"{every3['conflict_rate']:.4g} (over {n} measured step{'s' * (n != 1)} of "
+                                     f"{every3['steps']} steps)")
+    assert conflict_text({"conflict_rate": 0.25}) == "0.25"  # metrics.json of runs before the count existed

@@ -844,6 +844,10 @@ class Trainer:
         guard = self.guard.state_dict()
         summary: dict[str, Any] = {
             **self.counters.conflict_rates(),
+            # the conflict rate's denominator: the steps whose cos_tm was measured (every gradients.log_every-th,
+            # skipped batches not counted), and how many parameters both losses reach (0 for "++": nothing to measure)
+            "conflict_rate_steps": self.counters.conflicts["cos_tm"][1],
+            "shared_parameters": sum(p.numel() for group in self.model.shared_parameters().values() for p in group),
             "train_events_per_second": self.counters.events_per_second,
             "skipped_batches": guard["skipped"],
             "epochs": self.epoch,
@@ -871,6 +875,23 @@ class Trainer:
 Stepper._backward = Trainer._backward  # type: ignore[attr-defined]  # one backward path for trainer and bench
 
 
+def conflict_text(train: dict[str, Any]) -> str:
+    """The run's conflict rate (share of measured steps with ``cos_tm < 0``) and what it is over: ``0.333 (of 6
+    measured steps)``; ``n/a (nothing shared: ...)`` for "++"; ``n/a (no step measured: ...)`` when
+    ``gradients.log_every`` exceeded the steps a run with shared parameters trained. ``train``: ``metrics.json``'s
+    ``train`` section (runs written before ``conflict_rate_steps`` existed: the bare rate)."""
+    rate, n = train.get("conflict_rate"), train.get("conflict_rate_steps")
+    if n is None:
+        return fmt_value(rate)
+    steps = train.get("steps")
+    of = f" of {steps:,} steps" if isinstance(steps, int) and steps != n else ""
+    if rate is not None:
+        return f"{fmt_value(rate)} (over {n:,} measured step{'s' * (n != 1)}{of})"
+    if train.get("shared_parameters") == 0:
+        return "n/a (nothing shared: no parameter gets both gradients)"
+    return f"n/a (no step measured{of}: gradients.log_every is larger than the steps trained, or every step was skipped)"
+
+
 def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
     tr, val, test = metrics["train"], metrics["val"], metrics["test"]
 
@@ -888,7 +909,7 @@ def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
         f"  accuracy forecast {fmt_value(test.get('accuracy_forecast'))}"
         f" / given time {fmt_value(test.get('accuracy_given_time'))}  PCE {fmt_value(test.get('pce'))}"
         f"{binned(test, 'pce_binned', 'binned')}  ECE forecast {fmt_value(test.get('ece_forecast'))}",
-        f"  conflict rate {fmt_value(tr.get('conflict_rate'))}  train {fmt_value(tr.get('train_events_per_second'))} events/s"
+        f"  conflict rate {conflict_text(tr)}  train {fmt_value(tr.get('train_events_per_second'))} events/s"
         f"  skipped batches {tr.get('skipped_batches', 0)}",
         "  (L_T / L_M: NLL per sequence in nats, times in the data's unit; accuracy forecast: p(k | H), next time "
         "unknown; given time: p(k | tau_obs, H)"
