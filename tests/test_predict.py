@@ -523,3 +523,32 @@ def test_far_from_zero_times_are_ticked_from_the_first_event() -> None:
 
     assert time_axis_offset(1.4e9, 1.4e9 + 3600.0) == 1.4e9
     assert time_axis_offset(0.0, 10.0) == 0.0 and time_axis_offset(5.0, 50.0) == 0.0
+
+
+def test_evaluating_an_unfinished_run_never_marks_it_complete(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """An interrupted run (checkpoints, no final metrics.json) scored by ``mtpp evaluate`` got a metrics.json with
+    only ``test``: what marks a run complete, so ``mtpp compare`` would record the half-trained cell. Its metrics
+    now go to metrics.interim.json, with a warning naming the resume command; plain or with --horizon. A horizon
+    the data cannot score fails before any file is written or row printed."""
+    import shutil
+
+    from mtpp.experiments import is_complete
+
+    run = tmp_path / "interrupted"
+    shutil.copytree(run_dir, run)
+    (run / "metrics.json").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--horizon", "2", "--samples", "4", "--points", "20"]) == 0
+    cap = capsys.readouterr()
+    assert "its training has not finished" in cap.err and f"mtpp train --out {run} --resume" in cap.err
+    assert not (run / "metrics.json").exists() and not is_complete(run)
+    interim = json.loads((run / "metrics.interim.json").read_text())
+    assert "nll_time_per_seq" in interim["test"] and "horizon_tmap" in interim["test"]  # both kinds, one file
+    # a finished run: metrics.json as before; an impossible horizon: exit 2, nothing written or printed as a row
+    done = tmp_path / "done"
+    shutil.copytree(run_dir, done)
+    before = (done / "metrics.json").read_bytes()
+    assert main(["evaluate", str(done), "--horizon", "1e9", "--samples", "2"]) == 2
+    cap = capsys.readouterr()
+    assert "no prediction point" in cap.err and f"| {done} |" not in cap.out
+    assert (done / "metrics.json").read_bytes() == before and not (done / "metrics.interim.json").exists()

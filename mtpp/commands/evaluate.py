@@ -189,14 +189,16 @@ def _evaluate_split(run_dir: Path, split: str, args: argparse.Namespace, table: 
     from mtpp.evaluation.evaluate import evaluate
     from mtpp.runs import RunLock
 
+    from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
+
     with RunLock(run_dir):  # no training or other evaluation writes the folder meanwhile
+        # the horizon metrics first: a horizon the data cannot score (no prediction point) fails before any file is
+        # written or row printed; the plain evaluation then keeps their horizon_* keys beside its own
+        h = None if args.horizon is None else evaluate_run_horizon(
+            run_dir, split, args.horizon, args.data_dir, samples=samples, max_points=points,
+            max_events=args.max_events or MAX_EVENTS, device=args.device, progress=True, log=log)  # fmt: skip
         m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
                      other_data=args.other_data, log=log, progress=True)  # fmt: skip
     table.row(run_dir, split, m)
-    if args.horizon is not None:
-        from mtpp.forecast.horizon import evaluate_run_horizon, format_horizon
-
-        h = evaluate_run_horizon(run_dir, split, args.horizon, args.data_dir, samples=samples, max_points=points,
-                                 max_events=args.max_events or MAX_EVENTS, device=args.device,
-                                 progress=True)  # fmt: skip
+    if h is not None:
         print(format_horizon(h, f"{run_dir} {split}"))

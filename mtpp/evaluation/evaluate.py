@@ -102,8 +102,38 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / METRICS_FILE
+INTERIM_METRICS_FILE = "metrics.interim.json"
+"""Where ``mtpp evaluate`` writes the metrics of a run whose training has not finished (interrupted, or still
+running): never ``metrics.json``, whose test section is what marks a run complete (``mtpp compare`` would record
+a half-trained cell, ``--resume`` would take it for done)."""
+
+
+def training_finished(run_dir: Path) -> bool:
+    """Whether the run's training ended: its ``metrics.json`` holds the ``train`` summary the trainer writes last."""
+    try:
+        metrics = json.loads((Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and isinstance(metrics.get("train"), dict)
+
+
+def metrics_path(run_dir: Path, log: Callable[[str], None] | None = None) -> Path:
+    """The file an evaluation of ``run_dir`` on the run's own data updates: ``metrics.json`` once training has
+    finished (:func:`training_finished`), else ``metrics.interim.json`` (:data:`INTERIM_METRICS_FILE`), said to
+    ``log`` with how to finish the run."""
+    run_dir = Path(run_dir)
+    if training_finished(run_dir):
+        return run_dir / METRICS_FILE
+    if log is not None:
+        log(f"{run_dir}: warning: its training has not finished (no final metrics.json: interrupted, or still "
+            f"running): these are the metrics of its best.pt so far, written to {INTERIM_METRICS_FILE}, not "
+            f"metrics.json; finish it with: mtpp train --out {run_dir} --resume")
+    return run_dir / INTERIM_METRICS_FILE
+
+
+def read_metrics(run_dir: Path, path: Path | None = None) -> dict[str, Any]:
+    """``run_dir``'s ``metrics.json`` (or ``path``) as a dict; ``{}`` when absent; ``MtppError`` when not JSON."""
+    path = Path(run_dir) / METRICS_FILE if path is None else Path(path)
     if not path.exists():
         return {}
     try:
@@ -225,8 +255,8 @@ def _evaluate_run(
     if write:
         key = hashlib.sha256("".join(p["sha256"] for p in record["parts"].values()).encode()).hexdigest()[:12]
         suffix = "" if same else f".other-{key}"
-        target = run_dir / (METRICS_FILE if same else f"metrics{suffix}.json")
-        existing = read_metrics(run_dir)
+        target = metrics_path(run_dir, log) if same else run_dir / f"metrics{suffix}.json"
+        existing = read_metrics(run_dir, target if same else None)
         metrics = with_run_fields(metrics, existing.get("train", {}))
         out = existing if same else (json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {})
         section = "train_eval" if split == "train" else split  # "train" holds the run's training summary

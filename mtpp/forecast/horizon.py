@@ -58,7 +58,7 @@ Python loops: over prediction points and marks in ``TMAP`` / ``OTD`` (one small 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -447,6 +447,7 @@ def evaluate_run_horizon(
     device: str | None = None,
     write: bool = True,
     progress: bool = False,
+    log: Callable[[str], None] | None = None,
     **kwargs,
 ) -> dict:
     """``evaluate_horizon`` of a run directory's model on ``split`` (and of the baselines that apply:
@@ -456,11 +457,13 @@ def evaluate_run_horizon(
     ``mtpp compare`` / ``mtpp report`` tables can show them) and ``horizon_baselines: {name: {...}}``, replacing
     every ``horizon_*`` key of an earlier horizon evaluation (another horizon's ``map@`` tolerances, an older
     file's ``horizon_truncated_rows``); nothing else in the file changes. ``progress``: a bar per model /
-    baseline on a terminal. Returns ``{"model": {...}, "baselines": {name: {...}}}``.
+    baseline on a terminal. A run whose training has not finished gets them in ``metrics.interim.json``
+    (``mtpp.evaluation.evaluate.metrics_path``, said to ``log``). Returns ``{"model": {...}, "baselines": {name:
+    {...}}}``.
     """
     from pathlib import Path
 
-    from mtpp.evaluation.evaluate import METRICS_FILE, json_safe, read_metrics, write_json
+    from mtpp.evaluation.evaluate import json_safe, metrics_path, read_metrics, write_json
     from mtpp.forecast.baselines import available_baselines, baseline_factory
     from mtpp.forecast.runs import load_run
 
@@ -478,14 +481,15 @@ def evaluate_run_horizon(
                                                              progress=name if progress else None, **kw)  # fmt: skip
     result = json_safe(result)
     if write:
-        existing = read_metrics(Path(run_dir))
+        target = metrics_path(Path(run_dir), log)  # metrics.interim.json while its training has not finished
+        existing = read_metrics(Path(run_dir), target)
         section = existing.setdefault(split, {})
         for key in [k for k in section if k.startswith(HORIZON_PREFIX)]:  # one horizon evaluation, not a mix
             del section[key]
         section.update({f"{HORIZON_PREFIX}{name}": v for name, v in result["model"].items()})
         if baselines:
             section[f"{HORIZON_PREFIX}baselines"] = result["baselines"]
-        write_json(Path(run_dir) / METRICS_FILE, existing)
+        write_json(target, existing)
     return result
 
 
