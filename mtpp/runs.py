@@ -200,6 +200,8 @@ def load_recorded_data(
             f"the run was trained on data handed to fit(model, data) that its configuration cannot reload ({given}): "
             "evaluate or predict with the model object and those data (evaluate(model, data=...)), or write them "
             "as a split folder (mtpp.data.formats.write_split_folder) and pass that folder as data_dir / --data-dir")
+    if data_dir is not None and not Path(data_dir).exists():  # a mistyped --data-dir was silently passed over
+        raise MtppError(f"--data-dir {data_dir}: no such file or folder")
     candidates = []
     source = (recorded or {}).get("source")
     if data_dir is None and source and Path(source).exists():

@@ -552,3 +552,14 @@ def test_evaluating_an_unfinished_run_never_marks_it_complete(run_dir: Path, tmp
     cap = capsys.readouterr()
     assert "no prediction point" in cap.err and f"| {done} |" not in cap.out
     assert (done / "metrics.json").read_bytes() == before and not (done / "metrics.interim.json").exists()
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "--out", "OUT/p.csv"],
+                                     ["generate", "--events", "2", "--out", "OUT/g.csv"]])
+def test_a_data_dir_that_does_not_exist_is_refused(run_dir: Path, tmp_path: Path, command: list[str], capsys) -> None:
+    """``--data-dir /nonexistent`` was passed over silently (the run's recorded data were read instead)."""
+    argv = [command[0], str(run_dir), *[a.replace("OUT", str(tmp_path)) for a in command[1:]],
+            "--data-dir", str(tmp_path / "nowhere")]
+    assert main(argv) == 2
+    assert f"--data-dir {tmp_path / 'nowhere'}: no such file or folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
