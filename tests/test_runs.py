@@ -1075,3 +1075,23 @@ def test_simulate_warns_when_a_part_is_empty(tmp_path: Path, capsys: pytest.Capt
     assert "warning: the val and test part(s) are empty" in capsys.readouterr().err
     simulate(tmp_path / "ok")
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["hawkes", "--marks", "100000", "--sequences", "2", "--window", "1"], "100,000 marks"),  # numpy asked 74.5 GiB
+    (["hawkes", "--marks", "2", "--sequences", "10", "--window", "1e12"], "about 2e+13 events"),
+    (["hawkes", "--marks", "2", "--sequences", "10", "--window", "5", "--base-rate", "1e10"], "events in all"),
+    (["poisson", "--marks", "2", "--sequences", "100000000", "--window", "1"], "100,000,000 sequences"),
+])  # fmt: skip
+def test_simulate_refuses_what_would_not_fit_before_allocating(extra: list[str], fragment: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Sizes that ran out of memory inside numpy, or ran for minutes without a word: refused up front from the
+    expected number of events and the intensity state's size, naming them and --max-memory; nothing written."""
+    out = tmp_path / "sim"
+    assert main(["simulate", *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "this simulation needs about" in err and fragment in err and "--max-memory 4 GiB" in err, err
+    assert "Traceback" not in err and not out.exists()
+    # a raised budget lets a moderate one through
+    assert main(["simulate", "hawkes", "--marks", "2", "--sequences", "20", "--window", "5", "--out", str(out),
+                 "--max-memory", "0.5"]) == 0

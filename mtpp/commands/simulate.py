@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mtpp.commands._types import seed as seed_type
+from mtpp.commands._types import positive_float, seed as seed_type
 from mtpp.errors import ConfigError
 
 
@@ -49,6 +49,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_type, default=0, help="seed of the parameters, the simulation and the splits")
     p.add_argument("--splits", type=int, default=1, help="number of random train/val/test partitions (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--max-memory", type=positive_float, default=4.0, metavar="GIB",
+                   help="memory budget in GiB (default 4): a simulation estimated to need more is refused up front")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier simulation in OUT (its split_* folders and args.json; nothing else)")
 
@@ -76,6 +78,22 @@ def _validate(args: argparse.Namespace) -> None:
     foreign = not_simulated(args.out)
     if foreign:
         raise ConfigError(f"{foreign}; --force replaces only an earlier mtpp simulate output: choose another --out")
+
+
+def _check_size(args: argparse.Namespace, events: float, marks: int) -> None:
+    """Refuse (``ConfigError``, one line) a simulation whose estimated peak memory
+    (``mtpp.data.synthetic.simulation_bytes``: ``events`` expected in all, the ``[sequences, marks]`` intensity
+    state of a Hawkes process) exceeds ``--max-memory``, before any array is allocated (``--marks 100000`` asked
+    numpy for 74.5 GiB and failed with its own error)."""
+    from mtpp.data.synthetic import simulation_bytes
+
+    need = simulation_bytes(marks, args.sequences, events)
+    if need > args.max_memory * (1 << 30):
+        raise ConfigError(
+            f"this simulation needs about {need / (1 << 30):.3g} GiB ({args.sequences:,} sequences on [0, "
+            f"{args.window:g}], about {events:.3g} events in all{f', {marks:,} marks' if marks else ''}), over "
+            f"--max-memory {args.max_memory:g} GiB: fewer --sequences, a shorter --window, lower rates or fewer "
+            "--marks (or raise --max-memory)")
 
 
 _SIMULATED_FILES = {"args.json", "train.json", "val.json", "test.json"}
@@ -148,13 +166,22 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.data import synthetic as syn
 
     _validate(args)
+    hawkes = args.process == "hawkes"
+    # before any array exists: the stationary rate of a branching ratio rho is about base_rate / (1 - rho)
+    rate = args.base_rate / (1.0 - args.branching) if hawkes else args.rate
+    _check_size(args, rate * args.window * args.sequences, args.marks if hawkes else 0)
     rng = np.random.default_rng(args.seed)
-    if args.process == "hawkes":
+    if hawkes:
         params = syn.random_hawkes_params(
             args.marks, rng, branching=args.branching, base_rate=args.base_rate, beta=args.beta
         )
         expected = params.stationary_rate()
-        seqs = syn.simulate_hawkes_many(params, args.sequences, args.window, rng)
+        total = float(np.sum(expected)) * args.window * args.sequences
+        _check_size(args, total, args.marks)  # the exact stationary rate, now that the parameters exist
+        from tqdm.auto import tqdm
+
+        with tqdm(total=round(total), unit="event", desc="simulate", disable=None, leave=False) as bar:
+            seqs = syn.simulate_hawkes_many(params, args.sequences, args.window, rng, on_events=bar.update)
         described = {
             "process": "hawkes",
             "kernel": "lambda_k(t) = mu_k + sum_{t_j<t} alpha[k,k_j] * beta * exp(-beta * (t - t_j))",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -171,8 +171,11 @@ def simulate_hawkes_many(
     window_end: float,
     rng: np.random.Generator,
     max_events: int | None = None,
+    on_events: Callable[[int], None] | None = None,
 ) -> list[EventSequence]:
     """Simulate ``num_sequences`` independent sequences on ``[0, window_end]`` by Ogata thinning.
+
+    ``on_events(n)``: called after each thinning step that accepted ``n > 0`` events (a progress bar).
 
     The sequences are advanced together (one vectorised thinning step for all unfinished sequences), and
     the intensity is updated recursively (O(K) per step for a scalar beta, O(K^2) for a matrix beta).
@@ -228,6 +231,8 @@ def simulate_hawkes_many(
             seq_ids.append(acc)
             ev_times.append(t_new[accept])
             ev_marks.append(marks)
+            if on_events is not None:
+                on_events(int(acc.size))
             if max_events is not None:
                 active = active[count[active] < max_events]
 
@@ -267,6 +272,13 @@ def simulate_hawkes(
 ) -> EventSequence:
     """One Hawkes sequence on ``[0, window_end]`` by Ogata thinning (see ``simulate_hawkes_many``)."""
     return simulate_hawkes_many(params, 1, window_end, rng, max_events)[0]
+
+
+def simulation_bytes(num_marks: int, num_sequences: int, expected_events: float) -> int:
+    """Peak memory (bytes, an estimate) of ``mtpp simulate``: ``simulate_hawkes_many``'s ``[N, K]`` float64
+    intensity state and its per-step copies (about 4 of them), the ``[K, K]`` branching matrix and its inverse,
+    and about 64 bytes per event (its time and mark arrays, gathered, then written as JSON lists)."""
+    return int(8 * 4 * num_sequences * num_marks + 8 * 3 * num_marks**2 + 64 * expected_events)
 
 
 def random_hawkes_params(
