@@ -3,7 +3,9 @@ configuration holding the best trial's values), one run directory per trial and 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+from typing import Iterator
 
 import pytest
 import yaml
@@ -27,6 +29,25 @@ SPACE = {
     "model.hidden_size": {"type": "int", "low": 4, "high": 16, "step": 4},
     "model.decoder": ["lnm", "rmtpp"],
 }
+
+
+@contextlib.contextmanager
+def _optuna_records() -> Iterator[list[str]]:
+    """The messages (with their exception info) Optuna's logger emits inside the block."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage() + str(record.exc_info))
+
+    keep = Keep()
+    logging.getLogger("optuna").addHandler(keep)
+    try:
+        yield seen
+    finally:
+        logging.getLogger("optuna").removeHandler(keep)
 
 
 def _write(tmp_path):
@@ -147,26 +168,14 @@ def test_a_study_refuses_another_base_config_or_space_and_best_yaml_is_the_winni
 
 
 def test_ctrl_c_in_a_search_is_one_line_saying_how_to_continue(tmp_path, capsys, monkeypatch):
-    import logging
-
     import mtpp.training.trainer as trainer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "fit", interrupted)
-    seen: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage() + str(record.exc_info))
-
-    keep = Keep()
-    logging.getLogger("optuna").addHandler(keep)
-    try:
+    with _optuna_records() as seen:
         code, cap = _tune(tmp_path, 2, capsys)
-    finally:
-        logging.getLogger("optuna").removeHandler(keep)
     assert code != 0
     assert "interrupted; trial 0 is marked failed in the study" in cap.out + cap.err
     assert "run the same mtpp tune command again to continue the search" in cap.out + cap.err
@@ -244,7 +253,7 @@ def test_a_tune_folder_accepts_its_own_files_and_refuses_a_trial_folder_of_anoth
         (["--timeout", "nan"], "--timeout must be a number of seconds > 0, got nan"),
         (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
         (["--seed", str(2**32)], "--seed must be an integer in [0, 2**32)"),
-        (["--set", "train.seed=-3"], "train.seed (the default of --seed) must be an integer in [0, 2**32), got -3"),
+        (["--set", "train.seed=-3"], "train.seed: must be >= 0, got -3"),  # the config refuses it first
     ],
 )
 def test_numbers_of_tune_are_checked_before_any_work(tmp_path, capsys, flags, message):
@@ -273,26 +282,14 @@ def test_a_point_that_fails_validation_fails_its_trial_in_one_line_and_trials_cs
 ):
     """A point the space check cannot see (here: the check switched off) fails its trial: one line each, no
     Optuna traceback, trials.csv written, and the final error not prefixed twice."""
-    import logging
-
     import mtpp.tuning as tuning
 
     monkeypatch.setattr(tuning, "_check_space", lambda *args: None)
     base, space = _write(tmp_path)
     space.write_text(yaml.safe_dump({"model.hidden_size": [9, 11]}))
-    seen: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage() + str(record.exc_info))
-
-    keep = Keep()
-    logging.getLogger("optuna").addHandler(keep)
-    try:
+    with _optuna_records() as seen:
         code = main(["tune", str(base), "--space", str(space), "--trials", "1", "--out", str(tmp_path / "out"),
                      "--set", "model.encoder=thp", "--set", "model.num_heads=4"])
-    finally:
-        logging.getLogger("optuna").removeHandler(keep)
     cap = capsys.readouterr()
     assert code == 2 and cap.err.count("\n") == 1 and cap.err.startswith("mtpp tune: error: 3 trials failed"), cap.err
     lines = [line for line in cap.out.splitlines() if " failed " in line]
