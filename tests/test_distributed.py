@@ -171,7 +171,7 @@ def test_resume_under_ddp_ends_where_the_uninterrupted_run_ends(tmp_path: Path, 
 def test_an_error_on_rank_zero_stops_every_rank(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "taken"
     out.mkdir()
-    (out / "metrics.json").write_text("{}")  # a finished run: refused without --overwrite, on rank 0
+    (out / "metrics.json").write_text('{"train": {}, "test": {}}')  # a finished run: refused without --overwrite, on rank 0
     proc = torchrun(out, cache, "train.max_epochs=1")
     assert proc.returncode != 0
     assert "already holds a run" in proc.stderr

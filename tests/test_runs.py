@@ -414,7 +414,7 @@ def test_header_epoch_lines_and_train_log(tmp_path: Path, capsys: pytest.Capture
     # a remedy on '++' (nothing shared) is accepted but the header says it does nothing
     fit(tiny(data, "logging.quiet=false", "model.parametrisation=plusplus", "gradients.aggregator=pcgrad"),
         tmp_path / "pp")
-    assert "aggregator pcgrad (no effect: '++' shares no parameters" in capsys.readouterr().err
+    assert "aggregator pcgrad (seed=None; no effect: '++' shares no parameters" in capsys.readouterr().err
 
 
 def test_interrupted_run_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -939,9 +939,7 @@ def run_header(tr: "Trainer") -> str:
          else "  times   as given (no time scale)")
         + ("" if getattr(tr, "time_lattice", None) is None else f"; {tr.time_lattice.describe()}"),
         f"  model   {m.encoder} encoder, {m.decoder} decoder, {m.parametrisation}; "
-        f"{count_parameters(tr.model):,} parameters; aggregator {_aggregator_text(tr)}"
-        + (" (no effect: '++' shares no parameters, each task's gradient reaches only its own)"
-           if m.parametrisation == "plusplus" and cfg.gradients.aggregator != "sum" else ""),
+        f"{count_parameters(tr.model):,} parameters; aggregator {_aggregator_text(tr)}",
         f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
         f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}" + _compiled_note(tr),
         # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
@@ -954,9 +952,13 @@ def run_header(tr: "Trainer") -> str:
 
 
 def _aggregator_text(tr: Trainer) -> str:
-    """The aggregator's name and every option it runs with, defaults included: ``cograd (gamma=4e-07)``."""
+    """The aggregator's name and every option it runs with, defaults included (``cograd (gamma=4e-07)``), and
+    that a remedy does nothing on "++"."""
     opts = getattr(tr.aggregator, "_options", None) or {}
-    return tr.cfg.gradients.aggregator + (f" ({', '.join(f'{k}={v!r}' for k, v in opts.items())})" if opts else "")
+    notes = [f"{k}={v!r}" for k, v in opts.items()]
+    if tr.cfg.model.parametrisation == "plusplus" and tr.cfg.gradients.aggregator != "sum":
+        notes.append("no effect: '++' shares no parameters, each task's gradient reaches only its own")
+    return tr.cfg.gradients.aggregator + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _compiled_note(tr: Trainer) -> str:
