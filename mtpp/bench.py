@@ -164,6 +164,39 @@ class BenchConfig:
             raise ConfigError(f"--synthetic-length must be >= 2, got {self.synthetic_length}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.num_threads}")
+        for item in self.overrides:
+            why = _override_refused(item.split("=", 1)[0].strip())
+            if why:
+                raise ConfigError(f"--set {item}: {why}")
+        if self.synthetic_length is not None and self.dataset != "synthetic_hawkes":
+            raise ConfigError(f"--synthetic-length simulates its own sequences: --dataset {self.dataset} would be "
+                              "ignored; give one of the two")
+        if self.amp and self.device == "cpu":
+            raise ConfigError("--amp is bf16 autocast on CUDA only: with --device cpu it would be ignored")
+
+
+#: ``--set`` keys a bench takes (what its training step reads): the model (but the triple, which ``--models`` gives),
+#: the gradient aggregation, the optimiser's settings, the data's dtype. Any other key would be recorded in the
+#: row's ``overrides`` without changing what was measured.
+BENCH_SET_KEYS = ("model.", "gradients.", "train.lr", "train.optimizer", "train.weight_decay", "train.grad_clip",
+                  "train.tf32", "train.compile_integrand", "train.max_consecutive_skips", "data.dtype")
+_BENCH_FLAGS = {
+    "model.encoder": "--models", "model.decoder": "--models", "model.parametrisation": "--models",
+    "data.name": "--dataset", "data.split": "--split", "data.data_dir": "--data-dir", "data.max_sequences":
+    "--max-length / --longest", "train.device": "--device", "train.batch_size": "--batch-size", "train.amp": "--amp",
+    "train.compile": "--compile", "train.threads": "--threads", "train.seed": "--seed",
+}  # fmt: skip
+
+
+def _override_refused(key: str) -> str | None:
+    """Why ``mtpp bench --set KEY=...`` is refused (``None``: it is taken): a key one of bench's flags sets, or one
+    its training step never reads (it would be written into the row as if it had been applied)."""
+    if key in _BENCH_FLAGS:
+        return f"bench sets this with {_BENCH_FLAGS[key]}, not --set"
+    if key.startswith(BENCH_SET_KEYS) and (key.startswith(("model.", "gradients.")) or key in BENCH_SET_KEYS):
+        return None
+    return ("has no effect on what bench measures (it takes model.*, gradients.*, train.lr / optimizer / "
+            "weight_decay / grad_clip / tf32 / compile_integrand / max_consecutive_skips and data.dtype)")
 
 
 # ================================================================================================ models

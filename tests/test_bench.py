@@ -179,3 +179,28 @@ def test_bench_defaults_to_the_thread_count_mtpp_train_runs_with() -> None:
 
     assert TRAIN_THREADS == TrainConfig().threads
     assert build_parser().parse_args(["bench"]).threads == TrainConfig().threads
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    # recorded in the row's overrides, never applied: the triple, the data and the device come from bench's flags
+    (["--set", "model.decoder=rmtpp"], "--set model.decoder=rmtpp: bench sets this with --models"),
+    (["--set", "model.parametrisation=plusplus"], "bench sets this with --models"),
+    (["--set", "data.name=mooc"], "--set data.name=mooc: bench sets this with --dataset"),
+    (["--set", "train.device=cuda"], "bench sets this with --device"),
+    (["--set", "train.max_epochs=3"], "has no effect on what bench measures"),
+    (["--set", "logging.quiet=true"], "has no effect on what bench measures"),
+    (["--synthetic-length", "20", "--dataset", "mooc"], "--dataset mooc would be ignored"),
+    (["--amp", "--device", "cpu"], "--amp is bf16 autocast on CUDA only"),
+])  # fmt: skip
+def test_bench_refuses_settings_it_would_record_without_applying(argv, fragment, tmp_path, capsys) -> None:
+    """``--set data.name=mooc`` benchmarked the synthetic data and wrote the override into the JSON row as if applied;
+    a clashing or inert setting is now one line before anything runs, and no --out is written."""
+    out = tmp_path / "b.json"
+    assert main(["bench", "--models", "gru-lnm-base", "--steps", "1", "--rounds", "1", "--no-isolate", "--quiet",
+                 "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err, err
+    assert not out.exists()
+    # what a bench does take (the model's sizes, the aggregator, the optimiser, the dtype) still passes the check
+    BenchConfig(overrides=["model.hidden_size=8", "gradients.aggregator=pcgrad", "train.lr=0.01",
+                           "data.dtype=float64", "train.compile_integrand=true"]).validate()
