@@ -763,3 +763,13 @@ def test_report_of_one_run_draws_no_bars_and_says_why(tmp_path: Path, capsys) ->
     assert main(["report", str(root), "--out", str(tmp_path / "two")]) == 0
     assert (tmp_path / "two" / "plots" / "bars_synthetic_hawkes.png").exists()
     assert "no bars_" not in capsys.readouterr().err
+
+
+def test_cells_told_apart_only_by_their_encoder_are_labelled_with_it() -> None:
+    """GRU-THP and THP-THP are both named "THP" (the encoder is left out when it is GRU or the decoder's
+    namesake): figures called them "THP #1" / "THP #2", which no table row names."""
+    df = pd.DataFrame([{"model": "thp", "encoder": enc, "parametrisation": "base"} for enc in ("gru", "thp")])
+    assert report.cell_labels(df, ["model", "encoder", "parametrisation"]) == ["THP (encoder=gru)",
+                                                                               "THP (encoder=thp)"]
+    alone = pd.DataFrame([{"model": "thp", "encoder": "thp", "parametrisation": p} for p in ("base", "plusplus")])
+    assert report.cell_labels(alone, ["model", "encoder", "parametrisation"]) == ["THP", "THP++"]

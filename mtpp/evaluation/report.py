@@ -600,8 +600,11 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
     Labels still equal after that get ``#1``, ``#2`` ... so no two cells ever share one."""
     rows = [r for _, r in df.iterrows()]
     names = [cell_label(r, [], with_param) for r in rows]
-    config_keys = [k for k in keys if k.startswith("config.") and k in df.columns]
-    prio = {k: i for i, k in enumerate(LABEL_PRIORITY)}
+    # the settings that may tell cells of one name apart; the encoder too, which the name leaves out when it is
+    # GRU or the decoder's namesake (GRU-THP and THP-THP are both "THP")
+    config_keys = [k for k in ("encoder", *keys) if (k == "encoder" or k.startswith("config.")) and k in df.columns]
+    config_keys = list(dict.fromkeys(config_keys))
+    prio = {k: i for i, k in enumerate(("encoder", *LABEL_PRIORITY))}
     cell_key = [tuple(format_value(r.get(k)) for k in keys if k in df.columns) for r in rows]
     labels = []
     by_name: dict[str, list[int]] = {}
