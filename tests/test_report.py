@@ -773,3 +773,19 @@ def test_cells_told_apart_only_by_their_encoder_are_labelled_with_it() -> None:
                                                                                "THP (encoder=thp)"]
     alone = pd.DataFrame([{"model": "thp", "encoder": "thp", "parametrisation": p} for p in ("base", "plusplus")])
     assert report.cell_labels(alone, ["model", "encoder", "parametrisation"]) == ["THP", "THP++"]
+
+
+def test_a_report_says_which_figures_are_left_from_an_earlier_one(runs_root: Path, tmp_path: Path, capsys) -> None:
+    """A run moved out of the folder: the next report redraws every other figure; the moved run's cos_tm figure
+    stays (mtpp deletes nothing) but is named as left over, so the folder is not read as one report."""
+    out = tmp_path / "report"
+    add_plusplus(runs_root, np.random.default_rng(1))
+    assert main(["report", str(runs_root), "--out", str(out)]) == 0
+    assert "from an earlier report" not in capsys.readouterr().err
+    extra = out / "plots" / "cos_tm_synthetic_hawkes_old-cell.png"
+    import shutil
+
+    shutil.copy(out / "plots" / "cos_tm_synthetic_hawkes_thp-gru-sum.png", extra)  # an earlier report's figure
+    assert main(["report", str(runs_root), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1 figure(s)" in err and "cos_tm_synthetic_hawkes_old-cell.png" in err and extra.exists()

@@ -323,5 +323,8 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
 
     check_ours(plots.existing_plots(out / "plots", df["dataset"].unique()))  # before either summary is written
     report.write_summary(df, out, title=title, notes=notes)
-    plots.make_all_plots(out, out / "plots", runs=df, say=lambda line: print(line, file=sys.stderr))
+    written = plots.make_all_plots(out, out / "plots", runs=df, say=lambda line: print(line, file=sys.stderr))
+    left = plots.left_over(out / "plots", written, out)
+    if left:
+        print(left, file=sys.stderr)
     print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", file=sys.stderr)

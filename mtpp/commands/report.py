@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         written += plots.make_all_plots(root, folder, metrics=args.metrics, section=args.split, runs=df,
                                         say=lambda line: print(line, file=sys.stderr))
+        left = plots.left_over(folder, written, root)
+        if left:
+            print(left, file=sys.stderr)
     print(f"{len(df)} runs under {root}")
     for path in written:
         print(f"wrote {path}")
