@@ -255,6 +255,11 @@ def test_too_few_sequences_for_the_ratios_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"two.json: 2 distinct sequence\(s\) are too few .*val and test part"):
         prepare([p], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # a ratio of 0 empties a part by design: refused the same way (it wrote five unusable splits)
+    for ratios in ((1.0, 0.0, 0.0), (0.8, 0.2, 0.0)):
+        with pytest.raises(ConfigError, match=r"the val and test ratios must be > 0"):
+            prepare([p], tmp_path / "out", ratios=ratios)
+    assert not (tmp_path / "out").exists()
 
 
 def _stream_folds(folder: Path, cuts: list[list[int]], rebase: bool = True) -> np.ndarray:
@@ -317,3 +322,13 @@ def test_overlap_detection_has_no_false_positives_on_regular_or_short_sequences(
     c = make_sequence(base_t[120 - OVERLAP_WINDOW:] + 3.0, base_m[120 - OVERLAP_WINDOW:])  # shares 32 events = 31 gaps
     assert overlapping_sequences([a, b]) == [(0, 1, 1)]  # 33 shared events: exactly one stretch of 32 gaps
     assert overlapping_sequences([a, c]) == []
+
+
+def test_describe_top_takes_a_positive_count(capsys) -> None:
+    """``--top -3`` listed one of four marks (a Python slice) and ``--top 0`` an empty header."""
+    from mtpp.cli import main
+
+    for bad in ("0", "-3"):
+        with pytest.raises(SystemExit) as stop:
+            main(["data", "describe", "synthetic_hawkes", "--top", bad])
+        assert stop.value.code == 2 and "--top: must be >= 1" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mtpp.commands._types import seed as seed_type
+from mtpp.commands._types import positive_int, seed as seed_type
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     de.add_argument("target", metavar="NAME|PATH")
     de.add_argument("--data-dir", help="data directory (default: $MTPP_DATA_DIR, else ./data)")
     de.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    de.add_argument("--top", type=int, default=10, help="number of most frequent marks shown (default 10)")
+    de.add_argument("--top", type=positive_int, default=10, help="number of most frequent marks shown (default 10)")
     _read_flags(de)
     de.set_defaults(func=cmd_describe)
 

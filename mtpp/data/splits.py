@@ -316,6 +316,9 @@ def prepare_sequences(
     random split would leak events from train into test), unless ``allow_overlapping``: then the pairs are
     listed in ``overlaps.tsv`` and every later load of the folder says so."""
     ratios = _check_ratios(ratios)
+    if min(ratios[1:]) <= 0:  # an empty part by design: every split folder it wrote would be refused by mtpp train
+        raise ConfigError(f"ratios {'/'.join(f'{r:g}' for r in ratios)}: the val and test ratios must be > 0 (a run "
+                          "needs validation events for early stopping and test events for its metrics)")
     unique, found = deduplicate_parts(result.parts, keep_within_part=keep_within_file_duplicates)
     if not unique:
         raise DataError("no sequences left to split", source=result.source)
