@@ -332,3 +332,17 @@ def test_describe_top_takes_a_positive_count(capsys) -> None:
         with pytest.raises(SystemExit) as stop:
             main(["data", "describe", "synthetic_hawkes", "--top", bad])
         assert stop.value.code == 2 and "--top: must be >= 1" in capsys.readouterr().err
+
+
+def test_prepare_carries_a_split_folders_window_for_use_window(tmp_path: Path) -> None:
+    """A simulated folder (common window 20) prepared again lost its window (``"window": null``), and
+    ``data.use_window: true`` on the prepared folder failed although the reading note said it would attach it."""
+    from mtpp.cli import main
+    from mtpp.data.catalog import load_dataset
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", "poisson", "--marks", "2", "--sequences", "30", "--window", "20", "--out", str(sim)]) == 0
+    prepare([sim], tmp_path / "p", num_splits=1)
+    assert json.loads((tmp_path / "p" / "split_0" / "args.json").read_text())["window"] == 20.0
+    ds = load_dataset(str(tmp_path / "p"), use_window=True)
+    assert {s.window_end for s in ds.train} == {20.0}

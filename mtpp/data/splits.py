@@ -211,6 +211,23 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     return r  # type: ignore[return-value]
 
 
+def _common_window(result: Any) -> tuple[float | None, str | None]:
+    """``(window, note)``: the common observation window end the input's split folders declare
+    (``args.json["window"]``, read into ``result.meta["args"]``), carried into the prepared folder so that
+    ``data.use_window: true`` still finds it; ``None`` without one. When the input's folders declare different
+    windows none is carried, and ``note`` says so."""
+    args = result.meta.get("args")
+    metas = args if isinstance(args, list) else [args] if isinstance(args, dict) else []
+    windows = {m.get("window") for m in metas if isinstance(m, dict)}
+    windows.discard(None)
+    if len(windows) == 1:
+        return float(windows.pop()), None
+    if len(windows) > 1:
+        return None, (f"the input's split folders declare different window ends {sorted(windows)}: none is carried "
+                      "into the prepared folder (data.use_window needs one)")
+    return None, None
+
+
 def split_sizes(n: int, ratios: Sequence[float] = DEFAULT_RATIOS) -> tuple[int, int, int]:
     """``(n_train, n_val, n_test)``: val and test rounded from their ratios, train the rest."""
     _, rv, rt = _check_ratios(ratios)
@@ -355,7 +372,12 @@ def prepare_sequences(
     if "mark_ids" in result.meta:
         args["mark_ids"] = list(result.meta["mark_ids"])
     args["seeding"] = "split k = numpy.random.default_rng([seed, k]).permutation(n)"
-    split_args = [{"seed": int(seed), "split": k} for k in range(num_splits)]
+    window, why = _common_window(result)  # a split folder's observation window end, for data.use_window later
+    split_args = [{"seed": int(seed), "split": k, **({} if window is None else {"window": window})}
+                  for k in range(num_splits)]  # fmt: skip
+    if why:
+        report.notes.append(why)
+        args["notes"] = args["notes"] + [why]
     args["keep_within_file_duplicates"] = bool(keep_within_file_duplicates)
     if found.within_part:  # every later load of the folder says so (mtpp.data.catalog reads these notes)
         args["notes"] = args["notes"] + [
