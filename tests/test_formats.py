@@ -444,3 +444,18 @@ def test_data_describe_names_a_split_that_training_would_refuse(tmp_path: Path, 
     assert "split_0 has no val file: mtpp train refuses it (it needs train, val and test)" in out
     assert main(["data", "describe", str(tmp_path / "full")]) == 0
     assert "refuses" not in capsys.readouterr().out
+
+
+def test_rows_repeated_exactly_in_a_table_are_said(tmp_path: Path) -> None:
+    """20 repeated rows of a CSV became 20 zero gaps and ``describe`` said "no duplicates" (it checks whole
+    sequences): exact repeats of (seq_id, time, mark) are now a note naming their count and the first line."""
+    from mtpp.data.formats import read_table
+
+    p = tmp_path / "d.csv"
+    p.write_text("seq_id,time,mark\na,0.5,1\na,1.0,0\na,1.0,0\nb,0.2,1\nb,0.2,0\nb,0.3,1\nb,0.3,1\n")
+    res = read_table(p)
+    (note,) = [n for n in res.notes if "repeat an earlier row" in n]
+    assert "2 row(s)" in note and "line 4" in note
+    assert sum(len(s) for v in res.parts.values() for s in v) == 7  # kept, not merged
+    p.write_text("seq_id,time,mark\na,0.5,1\na,1.0,0\nb,0.2,1\nb,0.2,0\n")  # same time, other mark: a tie, no copy
+    assert not any("repeat an earlier row" in n for n in read_table(p).notes)

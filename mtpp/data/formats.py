@@ -1349,6 +1349,12 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         if scattered:
             notes.append(f"{path}: the rows of {scattered} sequence(s) are not adjacent (first: sequence "
                          f"{int(np.flatnonzero(runs > 1)[0])}); each sequence gathers its rows in file order")
+    # rows repeated exactly (seq_id, time, mark): kept as simultaneous events (zero gaps), said, never merged silently
+    repeated = pd.DataFrame({"c": codes, "t": times, "m": marks}).duplicated().to_numpy()
+    if repeated.any():
+        notes.append(f"{path}: {int(repeated.sum()):,} row(s) repeat an earlier row exactly (same seq_id, time and "
+                     f"mark; first: {where} {int(np.flatnonzero(repeated)[0]) + line0}): read as events at the same "
+                     "time (zero gaps); remove them first if they are copies")
     part_of = np.zeros(n_seq, dtype=np.int64)
     part_names = ["all"]
     if "split" in df.columns:
