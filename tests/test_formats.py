@@ -459,3 +459,18 @@ def test_rows_repeated_exactly_in_a_table_are_said(tmp_path: Path) -> None:
     assert sum(len(s) for v in res.parts.values() for s in v) == 7  # kept, not merged
     p.write_text("seq_id,time,mark\na,0.5,1\na,1.0,0\nb,0.2,1\nb,0.2,0\n")  # same time, other mark: a tie, no copy
     assert not any("repeat an earlier row" in n for n in read_table(p).notes)
+
+
+def test_marks_numbered_from_one_are_said() -> None:
+    """Ids 1..K-1 with no 0 (a 1-based file) gave a model a class never seen, without a word (sparse ids get the
+    --remap-marks hint); the same hint now, and nothing for ids that start at 0."""
+    from mtpp.data.formats import ReadResult, finish_marks
+    from mtpp.data.sequence import EventSequence
+
+    def result(marks: list[int]) -> ReadResult:
+        seq = EventSequence(np.arange(1.0, len(marks) + 1), np.asarray(marks), None)
+        return ReadResult({"all": [seq]}, max(marks) + 1, "table", "f.csv", [], {}, ["f.csv"])
+
+    (note,) = finish_marks(result([1, 2, 3, 1])).notes
+    assert "mark ids run 1..3 and 0 never occurs" in note and "--remap-marks" in note
+    assert finish_marks(result([0, 1, 2, 1])).notes == []

@@ -1651,11 +1651,18 @@ def finish_marks(res: ReadResult, options: ReadOptions | None = None) -> ReadRes
     if options is not None and options.remap_marks:
         return remap_marks(res)
     seqs = res.sequences
-    if res.num_marks > 2 and seqs:
-        observed = int(np.unique(np.concatenate([s.marks for s in seqs])).size)
-        if 2 * observed <= res.num_marks:
+    if res.num_marks >= 2 and seqs:
+        ids = np.unique(np.concatenate([s.marks for s in seqs]))
+        observed = int(ids.size)
+        msg = None
+        if res.num_marks > 2 and 2 * observed <= res.num_marks:
             msg = (f"{res.source}: only {observed} of {res.num_marks} mark ids occur (a model gets {res.num_marks} "
                    f"mark classes); --remap-marks / remap_marks=True maps the observed ids to 0..{observed - 1}")
+        elif ids[0] == 1 and observed == res.num_marks - 1:  # ids 1..K-1, none 0: numbered from 1
+            msg = (f"{res.source}: mark ids run 1..{res.num_marks - 1} and 0 never occurs (numbered from 1?): a model "
+                   f"gets {res.num_marks} mark classes, one never seen; --remap-marks / remap_marks=True maps them "
+                   f"to 0..{observed - 1}")
+        if msg:
             res.notes.append(msg)
             log.warning(msg)
     return res
