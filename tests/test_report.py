@@ -789,3 +789,16 @@ def test_a_report_says_which_figures_are_left_from_an_earlier_one(runs_root: Pat
     assert main(["report", str(runs_root), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "1 figure(s)" in err and "cos_tm_synthetic_hawkes_old-cell.png" in err and extra.exists()
+
+
+def test_bars_of_one_value_get_a_readable_band_and_the_caption_names_only_what_is_drawn(tmp_path, figures) -> None:
+    """Every conflict rate 1.0 zoomed to 0.999..1.001 (ticks at 1.00025); the caption promised NLL changes vs base
+    for cells without a base, where none is drawn."""
+    rows = [{"dataset": "sim", "model": "thp", "parametrisation": p, "seed": 0, "split": 0, "conflict_rate": 1.0,
+             "nll_time_per_seq": 10.0 + (p == "plus"), "run": f"/r/{p}"} for p in ("plus", "plusplus")]
+    plots.plot_metric_bars(pd.DataFrame(rows), tmp_path / "bars.png", ["conflict_rate", "nll_time_per_seq"])
+    fig = figures[0]
+    rate = next(a for a in fig.axes if "conflict" in a.get_title())
+    low, high = rate.get_ylim()
+    assert high - low >= 0.09 and low < 1.0 < high
+    assert "change vs base" not in fig._suptitle.get_text()

@@ -616,6 +616,7 @@ def plot_metric_bars(
     # a label line wider than its group (about 14 characters per 1.05 inch at 8 pt) would run into the next one
     longest = max((len(line) for lbl in tick_labels for line in lbl.split("\n")), default=0)
     slanted = {"rotation": 25, "ha": "right", "rotation_mode": "anchor"} if longest > 14 and len(labels) > 1 else {}
+    drawn_change = False  # a "+" / "++" point of an NLL panel annotated with its change vs base
     for ax, m in zip(axes, mets):
         part = summary[summary["metric"] == m]
         info = metric_info(m)
@@ -637,11 +638,13 @@ def plot_metric_bars(
                 ymin, ymax = min(ymin, mean - err), max(ymax, mean + err)
                 b = base.get(lbl, math.nan)
                 if p != "base" and m.startswith("nll") and math.isfinite(b) and b != 0:
+                    drawn_change = True
                     ax.annotate(f"{(mean - b) / abs(b):+.1%}", (xi, mean + err), xytext=(0, 3),
                                 textcoords="offset points", fontsize=7, ha="center", va="bottom", color="0.25")
         if math.isfinite(ymin):
             scale = max(abs(ymin), abs(ymax))  # equal values (every accuracy 0) get a readable band, not +-1e-15
-            pad = max(0.18 * (ymax - ymin), 1e-3 * scale, 0.05 if scale < 1e-9 else 0.0)
+            pad = max(0.18 * (ymax - ymin), 1e-3 * scale, 0.05 if scale < 1e-9 else 0.0,
+                      0.05 * scale if ymax == ymin else 0.0)  # one value: a band around it, not +-0.1 % of it
             ax.set_ylim(ymin - pad, ymax + pad)
         ax.ticklabel_format(axis="y", useOffset=False)  # the values themselves, never "+1e-15" above the axis
         for xi in na:
@@ -667,7 +670,8 @@ def plot_metric_bars(
     _suptitle(
         fig,
         f"{head}base vs + vs ++: mean ± standard error ({n_text} runs per point; {_pooled_note(runs)})\n"
-        "y axes are zoomed (they do not start at 0); NLL panels: change vs base beside + and ++"
+        "y axes are zoomed (they do not start at 0)"
+        + ("; NLL panels: change vs base beside + and ++" if drawn_change else "")
         + (f"\ndark lines separate cells tested on different data ({', '.join(c.rsplit('.', 1)[-1] for c in cut_cols)}"
            " in the labels): compare points within a group only" if len({v[:-1] for v in cuts}) > 1 else "")
         + ("\ncells pooled over different splits / seeds (under each label) are grouped apart, dark lines between: "
