@@ -563,3 +563,29 @@ def test_a_data_dir_that_does_not_exist_is_refused(run_dir: Path, tmp_path: Path
     assert main(argv) == 2
     assert f"--data-dir {tmp_path / 'nowhere'}: no such file or folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_forecast_plot_legend_and_axes_say_what_they_show(run_dir: Path) -> None:
+    """The history's legend entry took the first point's mark colour; the samples' entry did not say how many of
+    them are drawn; the horizon was printed unrounded and without its unit; a log intensity axis spanning less
+    than a decade had one or two ticks."""
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir)
+    seq = run.split("test")[1]
+    fig = plot_forecast(run.model, seq, horizon=2.0 / 3.0, samples=7)
+    try:
+        legend = fig.axes[0].get_legend()
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert texts[0] == "observed history (coloured by mark)" and "sampled continuations (3 of 7 shown)" in texts
+        assert mcolors.to_hex(legend.legend_handles[0].get_color()) == mcolors.to_hex("0.35")
+        assert "horizon 0.6667 data units" in fig._suptitle.get_text()
+        lam = np.concatenate([line.get_ydata() for line in fig.axes[1].get_lines()[:2]]).astype(float)
+        lam = lam[np.isfinite(lam) & (lam > 0)]
+        assert fig.axes[1].get_yscale() == ("log" if lam.max() > 10 * lam.min() else "linear")
+    finally:
+        plt.close(fig)

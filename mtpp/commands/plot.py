@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     horizon = args.horizon if args.horizon is not None else 0.25 * float(seq.times[-1] - seq.times[0]) or 1.0
     m = run.cfg.model
     title = (f"{run.cfg.data.name} {args.split} sequence {args.sequence}: {m.encoder}-{m.decoder} {m.parametrisation}"
-             f", horizon {horizon:g}")
+             f", horizon {horizon:.4g} data units")
     notes: list[str] = []  # sampled continuations cut at --max-events, if any
     with run.threads():
         fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,

@@ -145,19 +145,24 @@ def plot_forecast(
     past = slice(0, cut)
     fut = (seq.times > t0) & (seq.times <= end)
     fut[:cut] = False
-    ax0.scatter(seq.times[past], seq.marks[past], c=[colors(m % 20) for m in seq.marks[past]], s=28, zorder=3,
-                label="observed history")
+    ax0.scatter(seq.times[past], seq.marks[past], c=[colors(m % 20) for m in seq.marks[past]], s=28, zorder=3)
     ax0.scatter(seq.times[fut], seq.marks[fut], facecolors="none", edgecolors="black", s=40, zorder=3,
                 label="observed future")
     rng = np.random.default_rng(seed)
-    for r in range(min(shown_samples, gen.rows)):
+    shown = min(shown_samples, gen.rows)
+    for r in range(shown):
         t, m = gen.events_of(r)
         ax0.scatter(t, m + rng.uniform(-0.25, 0.25, m.shape), marker="x", s=14, alpha=0.6, color="tab:gray",
-                    label="sampled continuations" if r == 0 else None)
+                    label=f"sampled continuations ({shown} of {gen.rows} shown)" if r == 0 else None)
+    from matplotlib.lines import Line2D
+
+    # the history's points take their mark's colour: its legend entry is neutral, not the first point's colour
+    history = Line2D([], [], marker="o", ls="", color="0.35", label="observed history (coloured by mark)")
+    handles, labels = ax0.get_legend_handles_labels()
     ax0.set_ylabel("mark")
     ax0.set_yticks(range(k) if k <= 12 else np.linspace(0, k - 1, 6).round().astype(int))
     ax0.set_ylim(-0.7, k + 0.6)  # headroom for the legend
-    ax0.legend(loc="upper left", fontsize=8, ncol=3, framealpha=0.9)
+    ax0.legend(handles=[history, *handles], loc="upper left", fontsize=8, ncol=3, framealpha=0.9)
     # 2. intensity
     tt, lam = intensity_path(model, seq, end)
     before = tt <= t0
@@ -165,8 +170,10 @@ def plot_forecast(
     ax1.plot(tt[~before], lam[~before], color="tab:blue", lw=1.0, ls="--", alpha=0.8,
              label="after the cut: given the observed future too, as it arrives (the samples do not see it)")
     ax1.set_ylabel("intensity λ*(t)\n(events per time unit)")
-    ax1.set_yscale("log")
-    ax1.legend(loc="upper left", fontsize=8)
+    finite = lam[np.isfinite(lam) & (lam > 0)]
+    if finite.size and finite.max() > 10 * finite.min():  # a log axis only where it spans a decade or more
+        ax1.set_yscale("log")
+    ax1.legend(loc="best", fontsize=8, framealpha=0.9)  # where it hides the least of the curve
     # 3. cumulative counts after the cut
     grid = np.linspace(t0, end, 200)
     obs = np.searchsorted(seq.times[fut], grid, side="right").astype(float)
@@ -194,7 +201,7 @@ def plot_forecast(
         ax2.set_xlabel(f"time since the first event, t = {offset:.10g} (data units)")
     else:
         ax2.set_xlabel("time (data units)")
-    ax2.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="best", fontsize=8, framealpha=0.9)
     for ax in axes:
         ax.axvline(t0, color="black", ls="--", lw=0.8)
         if end > data_end:
@@ -202,10 +209,11 @@ def plot_forecast(
                        label="end of the observed data" if ax is ax2 else None)  # fmt: skip
         ax.grid(alpha=0.3)
     if end > data_end:
-        ax2.legend(loc="upper left", fontsize=8)
+        ax2.legend(loc="best", fontsize=8, framealpha=0.9)
     ax0.set_xlim(start - 0.02 * (end - start), end + 0.02 * (end - start))
     beyond = beyond_data_note(seq, horizon, cut)
-    fig.suptitle((title or f"forecast after {cut} events, horizon {horizon:g}{'; ' + beyond if beyond else ''}")
+    fig.suptitle((title or f"forecast after {cut} events, horizon {horizon:.4g} data units")
+                 + (f"; {beyond}" if beyond else "")
                  + (f"\n{capped}" if capped else ""), fontsize=11)
     if capped and log is not None:
         log(capped)
