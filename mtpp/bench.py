@@ -568,6 +568,9 @@ def run_bench(
         raise ConfigError("--models: give at least one model")
     for spec in models:
         run_config_for(spec, cfg.overrides)
+    from mtpp.training.setup import resolve_device
+
+    resolve_device(cfg.device)  # --device cuda on a machine without one: refused before any data or model
     if isolate and cfg.synthetic_length is None:
         load_sequences(cfg)
     rows = []

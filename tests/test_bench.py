@@ -191,6 +191,7 @@ def test_bench_defaults_to_the_thread_count_mtpp_train_runs_with() -> None:
     (["--set", "logging.quiet=true"], "has no effect on what bench measures"),
     (["--synthetic-length", "20", "--dataset", "mooc"], "--dataset mooc would be ignored"),
     (["--amp", "--device", "cpu"], "--amp is bf16 autocast on CUDA only"),
+    (["--device", "bogus"], "device 'bogus': invalid value"),
 ])  # fmt: skip
 def test_bench_refuses_settings_it_would_record_without_applying(argv, fragment, tmp_path, capsys) -> None:
     """``--set data.name=mooc`` benchmarked the synthetic data and wrote the override into the JSON row as if applied;

@@ -802,3 +802,11 @@ def test_bars_of_one_value_get_a_readable_band_and_the_caption_names_only_what_i
     low, high = rate.get_ylim()
     assert high - low >= 0.09 and low < 1.0 < high
     assert "change vs base" not in fig._suptitle.get_text()
+
+
+def test_report_of_a_split_no_run_has_names_the_flag_as_typed(runs_root: Path, tmp_path: Path, capsys) -> None:
+    """``--split train`` was refused as "--split train_eval", a value the user never typed."""
+    assert main(["report", str(runs_root), "--out", str(tmp_path / "r"), "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "--split train: no run under" in err and "--split train_eval" not in err
+    assert "mtpp evaluate RUN --split train" in err
