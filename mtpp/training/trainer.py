@@ -302,7 +302,7 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(
         "(test split; NLL per sequence, lower is better; acc. forecast: top-1 of p(k | H), the next time unknown; "
-        "acc. given time: of p(k | tau, H), the observed gap given; conflict = share of steps with cos_tm < 0)"
+        "acc. given time: of p(k | tau, H), the observed gap given; conflict = share of measured steps with cos_tm < 0)"
     )
     return "\n".join(lines)
 
