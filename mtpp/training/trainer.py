@@ -889,7 +889,8 @@ def conflict_text(train: dict[str, Any]) -> str:
         return f"{fmt_value(rate)} (over {n:,} measured step{'s' * (n != 1)}{of})"
     if train.get("shared_parameters") == 0:
         return "n/a (nothing shared: no parameter gets both gradients)"
-    return f"n/a (no step measured{of}: gradients.log_every is larger than the steps trained, or every step was skipped)"
+    return (f"n/a (no step measured{of}: gradients.log_every is larger than the steps trained, or every step was "
+            "skipped)")
 
 
 def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
