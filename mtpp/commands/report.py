@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise MtppError(f"no finished run (a folder with metrics.json) under {root}")
     sections = _sections(df["run"])
     if args.split not in sections:
-        how = (" (metrics on the training split, section train_eval, are written by mtpp evaluate RUN --split "
-               "train)" if args.split == "train_eval" else "")
+        how = (" (metrics on the training split are written by mtpp evaluate RUN --split train)"
+               if args.split == "train_eval" else "")
         asked = "train" if args.split == "train_eval" else args.split
         raise MtppError(f"--split {asked}: no run under {root} has that section in metrics.json{how}; found: "
                         f"{', '.join(sorted(sections))}")
