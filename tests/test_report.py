@@ -487,7 +487,7 @@ def test_cos_tm_title_and_panels_agree_and_no_panel_is_empty(runs_root, tmp_path
             rates.append(np.mean(np.array(v) < 0))
         assert f"conflict {100 * np.mean(rates):.0f}%" in text.get_text()
     assert "++ shares no parameter" in fig._suptitle.get_text()
-    assert "conflict = share of steps with cos < 0" in fig._suptitle.get_text()
+    assert "conflict = share of measured steps with cos < 0" in fig._suptitle.get_text()
 
 
 def test_cos_tm_with_only_the_encoder_shared_has_one_panel(tmp_path, figures):

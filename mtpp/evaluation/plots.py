@@ -243,7 +243,7 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
     parametrisations), one panel per group of shared parameters that some run logged (all shared parameters,
     the encoder, the decoder; a group no run shares has no panel, and the encoder panel is left out when it is
     all that is shared, where it equals the first), base and ``+`` overlaid. Each legend gives the conflict
-    rate of its panel (share of steps with ``cos < 0``, the mean over the runs, as ``conflict_rate`` in the
+    rate of its panel (share of measured steps with ``cos < 0``, the mean over the runs, as ``conflict_rate`` in the
     tables); the title only says what the rates are. ``++`` shares nothing and has no cosine (said in the
     title). ``None`` when no run logged a cosine."""
     per_param: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -289,8 +289,8 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
         ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
     head = f"{title}: " if title else ""
     tail = f"; {', '.join(param_symbol(p) for p in no_cos)} shares no parameter: no cosine" if no_cos else ""
-    fig.suptitle(_wrap(f"{head}cos φ_TM over training steps; conflict = share of steps with cos < 0 (mean over "
-                       f"runs){tail}", 34 * len(panels) + 40), fontsize=10)
+    fig.suptitle(_wrap(f"{head}cos φ_TM over training steps; conflict = share of measured steps with cos < 0 "
+                       f"(mean over runs){tail}", 34 * len(panels) + 40), fontsize=10)
     return _save(fig, Path(path))
 
 

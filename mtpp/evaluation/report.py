@@ -119,7 +119,7 @@ METRICS: dict[str, MetricInfo] = {
     "pce_binned": MetricInfo("time calibration error of the lattice bins (PCE, non-randomised PIT)", "", -1),
     "mae_tau": MetricInfo("absolute error of the median gap", "the data's time units", -1),
     "rmse_tau": MetricInfo("RMS error of the median gap", "the data's time units", -1),
-    "conflict_rate": MetricInfo("gradient conflict rate (steps with cos φ_TM < 0)", "share of steps", 0),
+    "conflict_rate": MetricInfo("gradient conflict rate (steps with cos φ_TM < 0)", "share of measured steps", 0),
     "train_events_per_second": MetricInfo("training speed", "events / s", 0),
     **{f"top{k}_accuracy_{kind}": MetricInfo(f"top-{k} mark accuracy{words}", "share of events", 1)
        for k in (3, 5, 10) for kind, words in _KIND_WORDS.items()},
