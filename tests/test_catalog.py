@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mtpp.data.catalog import CATALOG, Dataset, cache_dir, load_dataset, resolve_data_dir
+from mtpp.data.catalog import (CATALOG, Dataset, cache_dir, load_dataset, resolve_data_dir, time_unit_of,
+                                time_unit_text)
 from mtpp.data.formats import write_split_folder
 from mtpp.data.sequence import make_sequence
 from mtpp.errors import DataError
@@ -116,6 +117,30 @@ def test_synthetic_hawkes() -> None:
     pytest.importorskip("mtpp.data.synthetic")
     ds = load_dataset("synthetic_hawkes")
     assert ds.num_marks >= 1 and len(ds.train) > len(ds.test) > 0
+    assert ds.time_unit is None  # simulated in no physical unit
+
+
+def test_time_units_follow_the_sources_and_are_named_only_where_documented(tmp_path: Path) -> None:
+    # the units the catalog's own descriptions (and the data MANIFEST) state, and nothing more
+    assert {k: e.time_unit for k, e in CATALOG.items() if e.time_unit} == {
+        "wikipedia": "second", "retweet": "second", "taxi": "hour", "yelp_toronto": "second",
+        "mooc_gntpp": "second", "stack_overflow_gntpp": "second", "stack_overflow_rmtpp": "second",
+        "twitter": "second", "ali": "day"}
+    for name, entry in CATALOG.items():
+        if entry.time_unit:  # every named unit is also said in words in the description
+            assert entry.time_unit in entry.description.lower() or "unix" in entry.description.lower(), name
+    # rescaled to (0, 10] by their preprocessing: the original unit is not recorded
+    assert all(time_unit_of(n) is None for n in ("mooc", "lastfm", "reddit", "stack_overflow", "synthetic_hawkes"))
+    # a path to a staged folder is that dataset; anything else (a user's file) has no recorded unit
+    assert time_unit_of("/somewhere/easytpp_taxi") == time_unit_of("/somewhere/easytpp_taxi/") == "hour"
+    assert time_unit_of(tmp_path / "events.csv") is None and time_unit_of(None) is None
+    assert (time_unit_text("hour"), time_unit_text("hour", per=True)) == ("hours", "hour")
+    assert (time_unit_text(None), time_unit_text(None, per=True)) == ("data units", "time unit")
+    seqs = _seqs(10)
+    write_split_folder(tmp_path / "mine", [{"train": seqs[:6], "val": seqs[6:8], "test": seqs[8:]}], num_marks=3)
+    assert load_dataset(tmp_path / "mine").time_unit is None
+    write_split_folder(tmp_path / "taxi", [{"train": seqs[:6], "val": seqs[6:8], "test": seqs[8:]}], num_marks=3)
+    assert load_dataset("taxi", data_dir=tmp_path).time_unit == "hour"  # the catalog's name: its documented unit
 
 
 @pytest.mark.data
@@ -130,6 +155,7 @@ def test_real_lastfm_auto_prepared(data_dir: Path) -> None:
 def test_real_fixed_split_taxi_and_mimic2(data_dir: Path) -> None:
     ds = load_dataset("taxi", data_dir=data_dir)
     assert (len(ds.train), len(ds.val), len(ds.test), ds.num_marks) == (1400, 200, 400, 10)
+    assert ds.time_unit == "hour"
     ds = load_dataset("mimic2", data_dir=data_dir)
     assert len(ds.train) + len(ds.val) + len(ds.test) == 644 and ds.num_marks == 75  # 650 minus 6 duplicates
     # they are repeats inside time.txt (MIMIC-II admissions with the same events), and every load says so

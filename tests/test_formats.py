@@ -420,7 +420,19 @@ def test_data_describe_says_when_training_would_re_split(tmp_path: Path, capsys)
     assert main(["data", "describe", str(three)]) == 0
     assert "re-splits" not in capsys.readouterr().out
     assert main(["data", "describe", str(two), "--json"]) == 0
-    assert '"resplit_on_use": true' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"resplit_on_use": true' in out and '"time_unit": null' in out
+    assert main(["data", "describe", str(three)]) == 0  # a user's own table: its unit is not known to mtpp
+    assert "time range     1 .. 1 (unit not recorded)" in capsys.readouterr().out
+
+
+@pytest.mark.data
+def test_data_describe_names_a_documented_time_unit(data_dir: Path, capsys) -> None:
+    from mtpp.cli import main
+
+    assert main(["data", "describe", "taxi", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "time range     0 .. 22.9492 (hours)" in out and "(= 1/3,600 hour)" in out  # whole seconds
 
 
 def test_data_describe_names_a_split_that_training_would_refuse(tmp_path: Path, capsys) -> None:

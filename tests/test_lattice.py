@@ -241,6 +241,8 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     from mtpp.training.trainer import fmt_value, final_summary
 
     summary = final_summary(tmp_path / "run", metrics)  # what a run prints at its end
+    assert "times in data units" in summary  # no documented unit; a catalog unit is named
+    assert "times in hours" in final_summary(tmp_path / "run", metrics, time_unit="hour")
     assert f"(binned {fmt_value(metrics['test']['nll_time_binned_per_seq'])})" in summary
     assert f"(binned {fmt_value(metrics['test']['pce_binned'])})" in summary and "lattice bin" in summary
     # re-evaluating the run says the same, and reproduces the trainer's binned NLL
@@ -253,6 +255,11 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     cols = [c.strip() for c in header.strip("|").split("|")]
     assert cols[2:5] == ["L_T/seq", "L_T binned/seq", "L_M/seq"] and "PCE binned" in cols
     assert "binned: of each gap's lattice bin, unitless" in legend  # the line above the table says so
+    assert "times in data units" in legend  # the run's data (a prepared folder) has no documented unit
+    from mtpp.commands.evaluate import caption
+
+    assert "times in hours" in caption((), "skip", {"hour"})  # runs on taxi
+    assert "times in each run's data unit (they differ)" in caption((), "skip", {"hour", None})
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[3]) == pytest.approx(metrics["test"]["nll_time_binned_per_seq"], rel=1e-3)
     # a folder of runs on the same data: the warning once, every run's row
@@ -377,6 +384,7 @@ def test_data_describe_names_the_lattice() -> None:
     assert "nll_time_binned" in _lattice_line(on["lattice"])
     hours = describe_sequences(_lattice_sequences(40, 12, 0, q=1 / 3600), K)  # seconds on an hours axis
     assert "q = 0.000277778 (= 1/3,600 of a data unit); " in _lattice_line(hours["lattice"])
+    assert "q = 0.000277778 (= 1/3,600 hour); " in _lattice_line(hours["lattice"], "hour")  # a documented unit
     rng = np.random.default_rng(0)
     off = describe_sequences([EventSequence(np.cumsum(rng.exponential(1.0, 30)), np.zeros(30, int), None)
                               for _ in range(20)], K)  # fmt: skip

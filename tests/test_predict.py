@@ -589,3 +589,11 @@ def test_the_forecast_plot_legend_and_axes_say_what_they_show(run_dir: Path) -> 
         assert fig.axes[1].get_yscale() == ("log" if lam.max() > 10 * lam.min() else "linear")
     finally:
         plt.close(fig)
+    assert fig.axes[2].get_xlabel() == "time (data units)"  # synthetic data: no physical unit
+    assert fig.axes[1].get_ylabel().endswith("(events per time unit)")
+    fig = plot_forecast(run.model, seq, horizon=2.0 / 3.0, samples=2, time_unit="hour")  # a documented unit
+    try:
+        assert fig.axes[2].get_xlabel() == "time (hours)" and "horizon 0.6667 hours" in fig._suptitle.get_text()
+        assert fig.axes[1].get_ylabel().endswith("(events per hour)")
+    finally:
+        plt.close(fig)

@@ -165,7 +165,7 @@ def test_summary_md_bolds_the_best_cell_per_column(runs_root: Path, tmp_path: Pa
     df = report.collect_runs(runs_root)
     report.write_summary(df, tmp_path, metrics=SUMMARY_METRICS)
     md = (tmp_path / "summary.md").read_text()
-    assert "## synthetic_hawkes" in md
+    assert "## synthetic_hawkes (times in data units; n ≤ 3 runs per model)" in md  # simulated: no physical unit
     assert "First event: **skip**" in md and "per sequence" in md
     lines = [l for l in md.splitlines() if l.startswith("| ")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -180,6 +180,15 @@ def test_summary_md_bolds_the_best_cell_per_column(runs_root: Path, tmp_path: Pa
     assert rows["+"][m].startswith("**5.000 ±") and rows["base"][m] == "6.000 ± 0.000"
     assert rows["base"][a] == f"**0.6000 ± {0.1 / math.sqrt(3):.4f}**" and not rows["+"][a].startswith("**")
     assert not any(r[c].startswith("**") for r in rows.values())  # the conflict rate has no "better"
+
+
+def test_summary_md_names_each_datasets_documented_time_unit(runs_root: Path, tmp_path: Path) -> None:
+    """L_T and the gap errors depend on the unit of time: each dataset's table says which one (the catalog's)."""
+    df = report.collect_runs(runs_root)
+    df["dataset"] = np.where(df["split"] == 0, "taxi", "synthetic_hawkes")
+    md = report.format_markdown(report.summarise(df, SUMMARY_METRICS))
+    assert "## taxi (times in hours; n ≤ 1 runs per model)" in md
+    assert "## synthetic_hawkes (times in data units; n ≤ 2 runs per model)" in md
 
 
 def test_single_run_cells_show_a_dash_for_the_standard_error(runs_root: Path) -> None:

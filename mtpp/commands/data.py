@@ -195,6 +195,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         "source": str(path),
         "format": res.format,
         "description": entry.description if entry else None,
+        "time_unit": entry.time_unit if entry else None,
         "total": describe_sequences(unique, res.num_marks, args.top),
         "duplicates": dups.removed,
         "duplicates_within_file": dups.within_part,
@@ -231,7 +232,7 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
-def _lattice_line(lattice: dict[str, Any] | None) -> str:
+def _lattice_line(lattice: dict[str, Any] | None, unit: str | None = None) -> str:
     if lattice is None:
         return ("time lattice   none found (no quantum q = the smallest positive gap / 1..6 has every gap of up to "
                 "10,000 q a whole multiple of q; a coarser lattice, if any, has bins too narrow to matter)")
@@ -239,7 +240,7 @@ def _lattice_line(lattice: dict[str, Any] | None) -> str:
 
     q = float(lattice["quantum"])
     n = round(1 / q) if q < 1 else 0  # 1/3600: seconds on an hours axis
-    frac = f" (= 1/{n:,} of a data unit)" if n > 1 and abs(n * q - 1) < 1e-6 else ""
+    frac = f" (= 1/{n:,} {unit or 'of a data unit'})" if n > 1 and abs(n * q - 1) < 1e-6 else ""
     return (f"time lattice   gaps are whole multiples of q = {_fmt(q)}{frac}; "
             f"{100 * lattice['share_near']:.1f}% of the positive gaps within {NEAR} q"
             + ("; compare time models on nll_time_binned_per_seq (continuous L_T rewards spikes on the lattice)"
@@ -269,10 +270,11 @@ def _describe_text(st: dict[str, Any]) -> str:
         f"events         {t['events']:,}",
         f"marks          {t['num_marks']} ({t['marks_observed']} observed)",
         f"length         min {ln['min']} / median {ln['median']:g} / max {ln['max']}",
-        f"time range     {_fmt(t['time']['min'])} .. {_fmt(t['time']['max'])}",
+        f"time range     {_fmt(t['time']['min'])} .. {_fmt(t['time']['max'])} "
+        + (f"({st['time_unit']}s)" if st.get("time_unit") else "(unit not recorded)"),
         f"zero gaps      {100 * t['zero_gap_share']:.2f}% of within-sequence gaps; "
         f"{t['first_event_at_zero']:,} sequences start at time 0",
-        _lattice_line(t.get("lattice")),
+        _lattice_line(t.get("lattice"), st.get("time_unit")),
     ]
     if t["windows"]:
         out.append(f"windows        {t['windows']:,} sequences carry an observation window end")

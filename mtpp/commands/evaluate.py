@@ -24,12 +24,17 @@ LATTICE_SHOWN = (("L_T binned/seq", "nll_time_binned_per_seq"), ("PCE binned", "
 """Added after ``L_T/seq`` / ``PCE`` when the first evaluated run's data lie on a lattice (``mtpp.data.lattice``)."""
 
 
-def caption(columns: tuple[tuple[str, str], ...], first_event: str | None) -> str:
-    """The line above the table: units and what each kind of column conditions on."""
+def caption(columns: tuple[tuple[str, str], ...], first_event: str | None, time_units: set | None = None) -> str:
+    """The line above the table: units and what each kind of column conditions on. ``time_units``: the runs'
+    documented time units (``mtpp.data.catalog.time_unit_of``; ``None`` = not recorded), named when they agree."""
+    from mtpp.data.catalog import time_unit_text
+
     skipped = {"skip": "not scored", "include": "scored"}.get(str(first_event), "as each run's model.first_event says")
     binned = any(k == "nll_time_binned_per_seq" for _, k in columns)
+    units = time_units or {None}
+    unit = time_unit_text(next(iter(units))) if len(units) == 1 else "each run's data unit (they differ)"
     return ("(L_T: -log f(tau | H), L_M: -log p(k | tau_obs, H), told the observed time; NLL in nats "
-            "per sequence (/seq) or per scored event (/ev), times in the data's unit; acc. / MRR forecast: p(k | H), "
+            f"per sequence (/seq) or per scored event (/ev), times in {unit}; acc. / MRR forecast: p(k | H), "
             "next time unknown; acc. given time: p(k | tau_obs, H); PCE: calibration of the time distribution (PIT), "
             "ECE: of the forecast marks, both unitless"
             + ("; binned: of each gap's lattice bin, unitless (mtpp.data.lattice)" if binned else "")
@@ -144,20 +149,21 @@ class _Table:
             self.rows.append((run_dir, split, metrics))
             return
         if self.columns is None:
-            self._header(shown_columns(metrics), {metrics.get("first_event")})
+            self._header(shown_columns(metrics), {metrics.get("first_event")}, {_time_unit(run_dir)})
         self._print(run_dir, split, metrics)
 
     def flush(self) -> None:
         if self.rows:
             lattice = next((m for _, _, m in self.rows if "nll_time_binned_per_seq" in m), self.rows[0][2])
-            self._header(shown_columns(lattice), {m.get("first_event") for _, _, m in self.rows})
+            self._header(shown_columns(lattice), {m.get("first_event") for _, _, m in self.rows},
+                         {_time_unit(r) for r, _, _ in self.rows})
             for row in self.rows:
                 self._print(*row)
         self.rows = []
 
-    def _header(self, columns: tuple[tuple[str, str], ...], first_events: set) -> None:
+    def _header(self, columns: tuple[tuple[str, str], ...], first_events: set, time_units: set) -> None:
         self.columns = columns
-        print(caption(columns, first_events.pop() if len(first_events) == 1 else None))
+        print(caption(columns, first_events.pop() if len(first_events) == 1 else None, time_units))
         print("| run | split | " + " | ".join(c for c, _ in columns) + " |")
         print("|" + "---|" * (len(columns) + 2))
 
@@ -166,6 +172,14 @@ class _Table:
 
         cells = " | ".join(fmt_value(metrics.get(k)) for _, k in self.columns or ())
         print(f"| {run_dir} | {split} | {cells} |", flush=True)
+
+
+def _time_unit(run_dir: Path) -> str | None:
+    """The documented time unit of the run's data (its ``config.yaml``'s ``data.name``), ``None`` if not recorded."""
+    from mtpp.data.catalog import time_unit_of
+    from mtpp.runs import open_run
+
+    return time_unit_of(open_run(run_dir).config.data.name)
 
 
 def _warn_once() -> Callable[[str], None]:

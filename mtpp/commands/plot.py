@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtpp.data.catalog import time_unit_of, time_unit_text
     from mtpp.errors import MtppError
     from mtpp.forecast.plot import beyond_data_note, check_plot_path, plot_forecast, save_forecast_plot
     from mtpp.forecast.runs import load_run
@@ -43,12 +44,13 @@ def run(args: argparse.Namespace) -> int:
     seq = seqs[args.sequence]
     horizon = args.horizon if args.horizon is not None else 0.25 * float(seq.times[-1] - seq.times[0]) or 1.0
     m = run.cfg.model
+    unit = time_unit_of(run.cfg.data.name)
     title = (f"{run.cfg.data.name} {args.split} sequence {args.sequence}: {m.encoder}-{m.decoder} {m.parametrisation}"
-             f", horizon {horizon:.4g} data units")
+             f", horizon {horizon:.4g} {time_unit_text(unit)}")
     notes: list[str] = []  # sampled continuations cut at --max-events, if any
     with run.threads():
         fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
-                            title=title, max_events=args.max_events, log=notes.append)
+                            title=title, max_events=args.max_events, log=notes.append, time_unit=unit)
     path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
     notes.append(beyond_data_note(seq, horizon, args.cut))
     print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples"

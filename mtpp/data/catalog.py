@@ -57,6 +57,10 @@ class CatalogEntry:
     options: reader options (e.g. ``{"sort": True}``).
     resplit: always auto-prepare (the source's own parts overlap or are unusable as a split).
     generated: produced by code (``synthetic_hawkes``), not read from the data directory.
+    time_unit: the unit of the times as the source documents it (singular: ``"second"``, ``"hour"``, ``"day"``;
+        see the data MANIFEST), ``None`` where the source does not record it (the Bosser & Ben Taieb sets were
+        rescaled to (0, 10]). Likelihoods of times depend on it: ``L_T`` in another unit ``c`` times larger
+        shifts by ``n log c`` per sequence of ``n`` scored events (``mtpp.models.scaling``).
     """
 
     name: str
@@ -67,6 +71,7 @@ class CatalogEntry:
     options: dict[str, Any] = field(default_factory=dict)
     resplit: bool = False
     generated: bool = False
+    time_unit: str | None = None
 
 
 _CONFTPP = "Bosser & Ben Taieb preprocessing via github.com/tanguybosser/conf_tpp (MIT)"
@@ -97,11 +102,12 @@ _ENTRIES = [
     _e("wikipedia", ("wikipedia", "ifltpp_wikipedia"), "ifl-tpp npz",
        """Wikipedia page edits (JODIE-derived): 1,000 sequences, 157,471 events, 8,227 marks (page ids, not
        filtered to the top 50). Absolute times in seconds (up to 31 days). No splits: auto-prepared.""",
-       "github.com/shchur/ifl-tpp (MIT), data from JODIE (Kumar et al. 2019)"),
+       "github.com/shchur/ifl-tpp (MIT), data from JODIE (Kumar et al. 2019)", time_unit="second"),
     _e("retweet", ("retweet", "easytpp_retweet"), "EasyTPP JSON",
        """Retweet cascades, 3 user-popularity marks, times in seconds over 7 days. Partial: train missing;
        valid+test (4,000 sequences, 433,986 events) re-split 60/20/20.""",
-       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
+       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention",
+       time_unit="second"),
     _e("mimic2", ("mimic2", "rmtpp_mimic2"), "RMTPP text pairs",
        """MIMIC-II ICU visits (Du et al. 2016): 650 sequences, 2,419 events, 75 diagnosis marks (1-based in the
        files, read as 0-based). Read from the full time.txt/event.txt and re-split 60/20/20 (the 5 folds have
@@ -118,7 +124,8 @@ _ENTRIES = [
     _e("taxi", ("taxi", "easytpp_taxi", "lgnjsde_taxi"), "EasyTPP JSON",
        """NYC taxi pick-ups/drop-offs in 5 boroughs (10 marks), times in hours: 2,000 sequences, 74,078 events,
        fixed train/valid/test 1,400/200/400.""",
-       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
+       "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention",
+       time_unit="hour"),
     _e("taobao", ("taobao", "easytpp_taobao"), "EasyTPP JSON",
        """Taobao user clicks, 17 item categories: 2,000 sequences, 113,410 events, fixed train/valid/test
        1,300/200/500.""",
@@ -140,17 +147,19 @@ _ENTRIES = [
        train/dev/test 3,000/400/896.""", "github.com/ruoxinyuan/ResidualTPP (Apache-2.0)"),
     _e("yelp_toronto", ("yelp_toronto", "ifltpp_yelp_toronto"), "ifl-tpp npz",
        """Yelp check-ins in Toronto, unmarked (every event gets mark 0, 1 mark): 300 sequences, 215,146
-       events, seconds. No splits: auto-prepared.""", "github.com/shchur/ifl-tpp (MIT)"),
+       events, seconds. No splits: auto-prepared.""", "github.com/shchur/ifl-tpp (MIT)", time_unit="second"),
     _e("mooc_gntpp", ("mooc_gntpp", "gntpp_mooc"), "GNTPP pickle",
        """MOOC, GNTPP version: 97 unfiltered action marks, seconds. Partial: train missing; val+test (2,537
-       sequences, 109,352 events) re-split 60/20/20.""", "github.com/EDAPINENUT/GNTPP (no licence)"),
+       sequences, 109,352 events) re-split 60/20/20.""", "github.com/EDAPINENUT/GNTPP (no licence)",
+       time_unit="second"),
     _e("stack_overflow_gntpp", ("stack_overflow_gntpp", "gntpp_stackoverflow"), "GNTPP pickle",
        """Stack Overflow, GNTPP version: 22 marks, seconds. Partial: train missing; val+test (2,000 sequences,
-       129,854 events) re-split 60/20/20.""", "github.com/EDAPINENUT/GNTPP (no licence)"),
+       129,854 events) re-split 60/20/20.""", "github.com/EDAPINENUT/GNTPP (no licence)",
+       time_unit="second"),
     _e("stack_overflow_rmtpp", ("stack_overflow_rmtpp", "rmtpp_stack_overflow"), "RMTPP text pairs",
        """Stack Overflow, RMTPP version (Unix seconds). Partial: times exist only for the 5 test folds; their
        union (4,468 distinct sequences, 22 marks) is re-split 60/20/20.""",
-       "github.com/dunan/NeuralPointProcess (no licence)"),
+       "github.com/dunan/NeuralPointProcess (no licence)", time_unit="second"),
     _e("book_order", ("book_order", "rmtpp_book_order"), "RMTPP text pairs",
        """NYSE order book (RMTPP 'Financial'), 2 marks (buy/sell). The full time.txt is missing, and each of the
        5 folds cuts the one stream into 200 chunks at other points (chunks of different folds share events), so
@@ -158,11 +167,11 @@ _ENTRIES = [
        "github.com/dunan/NeuralPointProcess (no licence)", options={"rmtpp_fold": 1}),
     _e("ali", ("ali", "rmtpp_ali"), "RMTPP text pairs",
        """Undocumented extra RMTPP set (days, 1,754 marks): 4,136 sequences, train/test only, re-split.""",
-       "github.com/dunan/NeuralPointProcess (no licence)"),
+       "github.com/dunan/NeuralPointProcess (no licence)", time_unit="day"),
     _e("twitter", ("twitter", "rmtpp_twitter"), "RMTPP text pairs",
        """Four RMTPP Twitter topic sets (bolly, fight, movie, politics), 2 marks, Unix seconds. The files are not
        time-sorted: sequences are sorted on reading (counted in the notes) and re-split.""",
-       "github.com/dunan/NeuralPointProcess (no licence)", options={"sort": True}),
+       "github.com/dunan/NeuralPointProcess (no licence)", options={"sort": True}, time_unit="second"),
     _e("mathoverflow", ("mathoverflow", "lgnjsde_mathof"), "EasyTPP pickle",
        """Undocumented LGNJSDE set (name suggests MathOverflow), 16 marks, times look log-transformed; fixed
        train/dev/test.""", "github.com/cgao-comp/LGNJSDE (no licence)"),
@@ -176,6 +185,26 @@ _ENTRIES = [
 ]
 
 CATALOG: dict[str, CatalogEntry] = {e.name: e for e in _ENTRIES}
+
+
+def time_unit_of(name_or_path: str | Path | None) -> str | None:
+    """The documented time unit of a catalog dataset (``CatalogEntry.time_unit``), addressed by its name or by a
+    path whose last part is one of its folder names (``.../easytpp_taxi``); ``None`` for anything else."""
+    if name_or_path is None:
+        return None
+    key = str(name_or_path)
+    entry = CATALOG.get(key)
+    if entry is None:
+        entry = next((e for e in _ENTRIES if Path(key).name in e.candidates), None)
+    return entry.time_unit if entry else None
+
+
+def time_unit_text(unit: str | None, per: bool = False) -> str:
+    """How a report names the time unit: ``"hours"``, or ``"data units"`` where none is recorded; with ``per``,
+    the denominator of a rate: ``"hour"`` / ``"time unit"`` (``events per hour``)."""
+    if unit:
+        return unit if per else f"{unit}s"
+    return "time unit" if per else "data units"
 
 
 @dataclass
@@ -192,6 +221,7 @@ class Dataset:
         "data_dir": ...}`` (its arguments), so that ``fit(model, ds)`` records them in the run's ``data`` section
         and later commands read the same data again; ``None`` for a ``Dataset`` built by hand (its run cannot be
         reloaded from a configuration, and says so).
+    time_unit: the catalog's :attr:`CatalogEntry.time_unit` (``None``: not recorded, e.g. a user's own file).
     """
 
     train: list[EventSequence]
@@ -203,6 +233,7 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     split: int = 0
     options: dict[str, Any] | None = None
+    time_unit: str | None = None
 
     def check_dtype(self, dtype: Any) -> None:
         """Refuse (``DataError``) when any train/val/test time or window end is beyond the largest finite value
@@ -349,6 +380,7 @@ def load_dataset(
                "data_dir": None if data_dir is None else str(data_dir)}
     ds = _load(name_or_path, split, data_dir, use_window, remap_marks, sort, progress)
     ds.options = options
+    ds.time_unit = time_unit_of(name_or_path)
     return ds
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mtpp.data.catalog import time_unit_of, time_unit_text
 from mtpp.config import NON_SEMANTIC_KEYS
 
 __all__ = [
@@ -505,7 +506,9 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
                 if d and len(vals) > 1:
                     best[(m, g)] = float(vals.min() if d < 0 else vals.max())
         n_runs = int(np.nanmax(wide_n.to_numpy())) if wide_n.size else 0
-        lines.append(f"## {ds}" + (f" (n ≤ {n_runs} runs per model)" if n_runs else ""))
+        about = [f"times in {time_unit_text(time_unit_of(ds))}"] if ds is not None else []
+        about += [f"n ≤ {n_runs} runs per model"] if n_runs else []
+        lines.append(f"## {ds}" + (f" ({'; '.join(about)})" if about else ""))
         lines.append("")
         header = [_pretty_key(k) for k in model_keys] + ["pooled"] * pooled + [
             f"{m} {'↓' if direction(m) < 0 else '↑' if direction(m) > 0 else ''}".strip() for m in cols

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mtpp.data.batch import collate
+from mtpp.data.catalog import time_unit_text
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import MtppError
 
@@ -102,12 +103,15 @@ def plot_forecast(
     shown_samples: int = 3,
     max_events: int | None = None,
     log: Callable[[str], None] | None = None,
+    time_unit: str | None = None,
 ):
     """The figure of the module docstring (a ``matplotlib.figure.Figure``).
 
-    cut: number of history events (default ``default_cut``); horizon: data units, > 0. max_events: the cap on
-    events per sampled continuation (default ``mtpp.forecast.generate.DEFAULT_MAX_EVENTS``); when some were cut
-    there, ``log`` receives one line saying how many (``truncation_note``), which the title also carries.
+    cut: number of history events (default ``default_cut``); horizon: data units, > 0. time_unit: the data's
+    documented unit (``mtpp.data.catalog.time_unit_of``) for the axes and title; ``None``: "data units".
+    max_events: the cap on events per sampled continuation (default ``mtpp.forecast.generate.DEFAULT_MAX_EVENTS``);
+    when some were cut there, ``log`` receives one line saying how many (``truncation_note``), which the title
+    also carries.
     """
     import matplotlib
 
@@ -125,6 +129,7 @@ def plot_forecast(
         raise MtppError(f"cut must be in 1..{len(seq)}, got {cut}")
     t0 = float(seq.times[cut - 1])
     end = t0 + horizon
+    units = time_unit_text(time_unit)
     hist = EventSequence(seq.times[:cut], seq.marks[:cut])
     gen = generate(model, [hist], horizon=horizon, samples=samples, seed=seed,
                    max_events=DEFAULT_MAX_EVENTS if max_events is None else max_events)
@@ -169,7 +174,7 @@ def plot_forecast(
     ax1.plot(tt[before], lam[before], color="tab:blue", lw=1.2, label="model intensity given the observed history")
     ax1.plot(tt[~before], lam[~before], color="tab:blue", lw=1.0, ls="--", alpha=0.8,
              label="after the cut: given the observed future too, as it arrives (the samples do not see it)")
-    ax1.set_ylabel("intensity λ*(t)\n(events per time unit)")
+    ax1.set_ylabel(f"intensity λ*(t)\n(events per {time_unit_text(time_unit, per=True)})")
     finite = lam[np.isfinite(lam) & (lam > 0)]
     if finite.size and finite.max() > 10 * finite.min():  # a log axis only where it spans a decade or more
         ax1.set_yscale("log")
@@ -198,9 +203,9 @@ def plot_forecast(
 
         rel = [v for v in MaxNLocator(7).tick_values(0.0, end - start) if 0.0 <= v <= end - start]
         ax2.set_xticks([offset + v for v in rel], [f"{v:g}" for v in rel])
-        ax2.set_xlabel(f"time since the first event, t = {offset:.10g} (data units)")
+        ax2.set_xlabel(f"time since the first event, t = {offset:.10g} ({units})")
     else:
-        ax2.set_xlabel("time (data units)")
+        ax2.set_xlabel(f"time ({units})")
     ax2.legend(loc="best", fontsize=8, framealpha=0.9)
     for ax in axes:
         ax.axvline(t0, color="black", ls="--", lw=0.8)
@@ -212,7 +217,7 @@ def plot_forecast(
         ax2.legend(loc="best", fontsize=8, framealpha=0.9)
     ax0.set_xlim(start - 0.02 * (end - start), end + 0.02 * (end - start))
     beyond = beyond_data_note(seq, horizon, cut)
-    fig.suptitle((title or f"forecast after {cut} events, horizon {horizon:.4g} data units")
+    fig.suptitle((title or f"forecast after {cut} events, horizon {horizon:.4g} {units}")
                  + (f"; {beyond}" if beyond else "")
                  + (f"\n{capped}" if capped else ""), fontsize=11)
     if capped and log is not None:

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
+from mtpp.data.catalog import time_unit_of, time_unit_text
 from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 from mtpp.errors import ConfigError, MtppError
 from mtpp.models import compiled
@@ -836,7 +837,7 @@ class Trainer:
         if self.main:
             write_json(self.out / METRICS_FILE, metrics)
         metrics = json.loads(json.dumps(json_safe(metrics)))  # NaN -> None, as on disk
-        echo(final_summary(self.out, metrics), self.quiet, stream=sys.stdout)
+        echo(final_summary(self.out, metrics, time_unit_of(self.cfg.data.name)), self.quiet, stream=sys.stdout)
         self.dist.barrier()  # the run directory is complete before any rank returns
         return metrics
 
@@ -893,7 +894,7 @@ def conflict_text(train: dict[str, Any]) -> str:
             "skipped)")
 
 
-def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
+def final_summary(out_dir: Path, metrics: dict[str, Any], time_unit: str | None = None) -> str:
     tr, val, test = metrics["train"], metrics["val"], metrics["test"]
 
     def binned(m: dict, key: str, label: str) -> str:  # data on a lattice: the binned kin beside the continuous
@@ -912,8 +913,8 @@ def final_summary(out_dir: Path, metrics: dict[str, Any]) -> str:
         f"{binned(test, 'pce_binned', 'binned')}  ECE forecast {fmt_value(test.get('ece_forecast'))}",
         f"  conflict rate {conflict_text(tr)}  train {fmt_value(tr.get('train_events_per_second'))} events/s"
         f"  skipped batches {tr.get('skipped_batches', 0)}",
-        "  (L_T / L_M: NLL per sequence in nats, times in the data's unit; accuracy forecast: p(k | H), next time "
-        "unknown; given time: p(k | tau_obs, H)"
+        f"  (L_T / L_M: NLL per sequence in nats, times in {time_unit_text(time_unit)}; accuracy forecast: p(k | H), "
+        "next time unknown; given time: p(k | tau_obs, H)"
         + ("; binned: of each gap's lattice bin, unitless (mtpp.data.lattice)" if "nll_time_binned_per_seq" in test
            else "") + ")",
     ]
