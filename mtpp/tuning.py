@@ -36,8 +36,8 @@ earlier trials at the same epoch). A pruned trial keeps its folder (``checkpoint
 Resuming: the study lives in ``OUT/study.db`` (SQLite, study name ``mtpp``); rerunning the same command continues
 it, and ``--trials N`` is the total number of finished (complete or pruned) trials wanted, so an interrupted search
 runs only what is missing. A trial that was running when the search was interrupted is marked failed and its
-folder left as it is (so run one search per folder at a time). The sampler is TPE seeded by ``seed`` (``train.seed`` unless given) plus the number of
-trials already in the study.
+folder left as it is; a second search of a folder in use is refused (``OUT/.mtpp.lock``, ``mtpp.runs.RunLock``).
+The sampler is TPE seeded by ``seed`` (``train.seed`` unless given) plus the number of trials already in the study.
 
 Outputs: ``OUT/best.yaml`` (the best trial's configuration, i.e. the base one with its values, with the base
 configuration's own run settings such as ``logging``: train it with ``mtpp train OUT/best.yaml --out DIR``; a
@@ -312,16 +312,24 @@ def tune(
     ``2 * trials`` failed (``trials.csv`` is written first).
     """
     optuna = _import_optuna()
-    from mtpp.training.trainer import fit
-
     if config.variants:
         raise ConfigError("the config has a 'variants' list; tune one configuration (drop variants)")
     base_seed = _check_numbers(trials, seed, timeout, config.train.seed)
     _check_space(config, space, space_source)
     check_tune_folder(out_dir)
-    from mtpp.runs import make_out_folder
+    from mtpp.runs import RunLock, make_out_folder
 
     out = make_out_folder(out_dir)
+    with RunLock(out):  # one search per folder at a time: a second would mark the first's running trial failed
+        return _search(optuna, config, space, out, trials, base_seed, data_dir=data_dir, timeout=timeout,
+                       verbose_runs=verbose_runs, echo=echo)
+
+
+def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trials: int, base_seed: int, *,
+            data_dir: str | None, timeout: float | None, verbose_runs: bool, echo: Any) -> dict[str, Any]:
+    """The body of :func:`tune` once its arguments are checked and ``out`` is locked."""
+    from mtpp.training.trainer import fit
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     study = _open_study(optuna, out / STUDY_FILE)
@@ -468,13 +476,18 @@ def check_tune_folder(out_dir: str | Path) -> None:
     - ``trial_NNN/``: the folder of trial NNN of that study, either a run (a ``config.yaml`` with ``run_info``)
       with the trial's values or, killed before its ``config.yaml``, only a run's files; without ``study.db``
       no trial folder is accepted (their study is gone: a new one would number its trials from 0 into them);
-    - what ``mtpp report DIR`` writes there (``summary*.md`` / ``summary*.csv``, ``plots*/``: ``mtpp.owned``).
+    - what ``mtpp report DIR`` writes there (``summary*.md`` / ``summary*.csv``, ``plots*/``: ``mtpp.owned``);
+    - ``.mtpp.lock``; a folder whose lock another live process holds (a search running there) is refused, naming it.
     """
     from mtpp.owned import is_ours
+    from mtpp.runs import LOCK_FILE, RunLock
 
     out = Path(out_dir)
     if not out.is_dir():
         return  # absent (created) or a file (make_out_folder says so)
+    if RunLock.holder_of(out) is not None:  # a search (or a run) in progress: its files are not ours to judge
+        with RunLock(out):  # raises, naming the holder (pid, host, command); let go at once if it just ended
+            pass
     entries = sorted(out.iterdir())
     if not entries:
         return
@@ -483,7 +496,8 @@ def check_tune_folder(out_dir: str | Path) -> None:
     if (out / "config.yaml").is_file():
         raise MtppError(f"{out}: holds a run (config.yaml), not a search of mtpp tune; choose another --out")
     for e in entries:
-        if e in trial_dirs or e.name in (STUDY_FILE, *(f"{STUDY_FILE}-{x}" for x in ("journal", "wal", "shm"))):
+        if e in trial_dirs or e.name in (STUDY_FILE, *(f"{STUDY_FILE}-{x}" for x in ("journal", "wal", "shm")),
+                                         LOCK_FILE):
             continue
         if e.name == BEST_FILE and e.is_file() and _text_head(e).startswith(BEST_MARK):
             continue

@@ -245,6 +245,26 @@ def test_a_tune_folder_accepts_its_own_files_and_refuses_a_trial_folder_of_anoth
     assert code == 0 and (out / "trial_001").is_dir(), cap.err
 
 
+def test_a_second_search_of_a_folder_in_use_is_refused_and_marks_no_trial_failed(tmp_path, capsys):
+    """Two searches of one folder at once: the second marked the first's running trial failed ("interrupted in an
+    earlier search") and trained into its numbering. Now the folder's lock refuses it, naming the holder."""
+    from mtpp.runs import RunLock
+
+    code, cap = _tune(tmp_path, 1, capsys)
+    assert code == 0, cap.err
+    out = tmp_path / "out"
+    with RunLock(out, command="mtpp tune (the first search)"):
+        before = _snapshot(out)
+        code, cap = _tune(tmp_path, 2, capsys)
+        assert code == 2 and "is in use by pid" in cap.err and "the first search" in cap.err, cap.err
+        assert cap.err.count("\n") == 1 and "Traceback" not in cap.err
+        assert _snapshot(out) == before  # no trial started, none marked failed
+    study = optuna.load_study(study_name="mtpp", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+    code, cap = _tune(tmp_path, 2, capsys)  # free again: the search continues, its lock gone when it ends
+    assert code == 0 and (out / "trial_001").is_dir() and not (out / ".mtpp.lock").exists(), cap.err
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
