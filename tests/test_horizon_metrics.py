@@ -59,6 +59,35 @@ def test_matching_maximises_pairs_then_scores() -> None:
     assert _match(np.array([1.0]), np.array([0.0]), np.array([5.0]), 0.3).tolist() == [False]
 
 
+def test_matching_takes_infinite_scores_as_ranks_at_the_ends() -> None:
+    """A forecaster that gives a mark probability 0 (the Poisson baseline's rate of a mark absent from the training
+    split) scores it -inf: the cost matrix held NaN and SciPy raised "matrix contains invalid numeric entries"
+    (``mtpp evaluate --horizon`` crashed, writing no horizon metric at all)."""
+    inf = np.inf
+    # every score -inf: matched by position as any equal scores would be
+    assert _match(np.array([1.0, 3.0]), np.array([-inf, -inf]), np.array([1.05]), 0.3).tolist() == [True, False]
+    # a finite score beats -inf for the one target both are near; +inf beats any finite one
+    assert _match(np.array([1.0, 1.1]), np.array([-inf, -7.0]), np.array([1.05]), 0.3).tolist() == [False, True]
+    assert _match(np.array([1.0, 1.1]), np.array([inf, -0.1]), np.array([1.05]), 0.3).tolist() == [True, False]
+    with pytest.raises(MtppError, match="NaN"):
+        _match(np.array([1.0]), np.array([np.nan]), np.array([1.0]), 0.3)
+    # T-mAP of a mark the forecaster never predicts: its target is still found, by the second prediction in the
+    # (tied, stable) ranking: AP 1/2 for mark 1 beside mark 0's 1
+    m = TMAP(2, [0.5])
+    m.update([1.0, 3.0], np.array([[0.0, -inf], [0.0, -inf]]), [1.1, 3.2], [0, 1])
+    assert m.compute()["tmap"] == pytest.approx(0.75)
+
+
+def test_the_poisson_baseline_of_a_mark_absent_from_training_is_scored() -> None:
+    """evaluate_horizon with a zero rate for mark 1, which the targets contain: finite T-mAP and OTD, the mark NLL
+    infinite (probability 0 of an observed mark: the MLE's honest answer)."""
+    rng = np.random.default_rng(0)
+    seqs = [EventSequence(np.cumsum(rng.exponential(1.0, 12)), rng.integers(0, 2, 12), None) for _ in range(6)]
+    out = evaluate_horizon(lambda hs: PoissonProcess(np.array([1.0, 0.0]), hs), seqs, 3.0, 2, samples=8,
+                           max_points=20)
+    assert math.isfinite(out["tmap"]) and math.isfinite(out["otd"]) and out["next_nll_mark"] == math.inf
+
+
 def test_tmap_by_hand() -> None:
     """Predictions p1 = (t 1.0, p = [.9, .1]), p2 = (3.0, [.4, .6]); targets (1.1, mark 0), (5.0, mark 1).
     delta 0.5: mark 0 matches p1 (AP 1), mark 1 nothing (AP 0): mAP 0.5. delta 2: mark 0 -> p1 (AP 1), mark 1 ->

@@ -122,11 +122,16 @@ class NextEventMetrics:
 
 
 def _match(pred_t: np.ndarray, score: np.ndarray, true_t: np.ndarray, delta: float) -> np.ndarray:
-    """``[P]`` bool: predictions matched to a target within ``delta`` (max pairs, then max total score)."""
+    """``[P]`` bool: predictions matched to a target within ``delta`` (max pairs, then max total score).
+
+    Infinite scores are ranks at the ends: a ``-inf`` log-probability (a mark the forecaster gives probability 0,
+    e.g. the Poisson baseline's rate of a mark absent from the training split) is matched after every finite one
+    (it was NaN in the cost matrix, and SciPy refused it); a NaN score is an ``MtppError``."""
     ok = np.abs(pred_t[:, None] - true_t[None, :]) <= delta  # [P, T]
     matched = np.zeros(pred_t.shape[0], dtype=bool)
     if not ok.any():
         return matched
+    score = _finite_ranks(score)
     s = score - score.max() if score.size else score  # <= 0: a feasible pair always beats an infeasible one
     big = 1.0 + float(np.abs(s).sum()) + 1.0
     cost = np.where(ok, -s[:, None] - big, 0.0)  # feasible pairs: -big - score; infeasible: 0
@@ -134,6 +139,17 @@ def _match(pred_t: np.ndarray, score: np.ndarray, true_t: np.ndarray, delta: flo
     good = ok[r, c]
     matched[r[good]] = True
     return matched
+
+
+def _finite_ranks(score: np.ndarray) -> np.ndarray:
+    """``score`` with ``-inf`` / ``+inf`` replaced by one below / above every finite score (the order kept)."""
+    if np.isnan(score).any():
+        raise MtppError("T-mAP: a prediction's mark score is NaN (the forecaster's mark probabilities are not finite)")
+    finite = np.isfinite(score)
+    if finite.all():
+        return score
+    lo, hi = (float(score[finite].min()), float(score[finite].max())) if finite.any() else (0.0, 0.0)
+    return np.where(score == -np.inf, lo - 1.0, np.where(score == np.inf, hi + 1.0, score))
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray, total: int) -> float:
