@@ -212,6 +212,41 @@ def test_cli_list(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "re-split" not in rows["taobao_lgnjsde"] and "found" in rows["taobao_lgnjsde"]
 
 
+def test_cli_list_says_re_split_exactly_when_describe_and_training_do_for_rmtpp_folders(tmp_path: Path,
+                                                                                      capsys) -> None:
+    """The RMTPP copies (folds of train / test, a full time.txt, topic files) were listed as plain "found", while
+    ``describe`` said ``resplit_on_use`` and training warned it auto-prepared them. The list now judges an RMTPP
+    folder from its pairs' names like the other formats, and agrees with ``describe`` on every case."""
+    import json as _json
+
+    def pair(folder: Path, stem: str) -> None:
+        folder.mkdir(exist_ok=True)
+        (folder / f"time{stem}.txt").write_text("".join(f"{0.5 + i} {1.0 + i} {2.0 + i}\n" for i in range(3)))
+        (folder / f"event{stem}.txt").write_text("1 2 1\n" * 3)
+
+    cases = {"rmtpp_mimic2": ["", "-1-train", "-1-test"],  # full pair + folds: the full pair alone is read
+             "rmtpp_book_order": ["-1-train", "-1-test", "-2-train", "-2-test"],  # folds: no val part
+             "rmtpp_ali": ["-train", "-test"],
+             "rmtpp_twitter": ["-bolly", "-movie"],  # topic files
+             "rmtpp_stack_overflow": ["-train", "-dev", "-test"]}  # a full split: dev is the val part
+    for folder, stems in cases.items():
+        for stem in stems:
+            pair(tmp_path / folder, stem)
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
+    rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln and not ln.startswith("-")}
+    names = {"rmtpp_mimic2": "mimic2", "rmtpp_book_order": "book_order", "rmtpp_ali": "ali",
+             "rmtpp_twitter": "twitter", "rmtpp_stack_overflow": "stack_overflow_rmtpp"}
+    for folder, name in names.items():
+        assert main(["data", "describe", name, "--data-dir", str(tmp_path), "--json"]) == 0
+        resplit = _json.loads(capsys.readouterr().out)["resplit_on_use"]
+        assert ("found (re-split)" in rows[name]) == resplit, (name, rows[name])
+        assert resplit == (folder != "rmtpp_stack_overflow"), name
+    from mtpp.data.catalog import load_dataset
+
+    ds = load_dataset("stack_overflow_rmtpp", data_dir=tmp_path)  # train / dev / test: read as the fixed split
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (3, 3, 3) and not any("auto-prepared" in n for n in ds.notes)
+
+
 @pytest.fixture(scope="session")
 def mooc_prepared(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
     """``mtpp data prepare conftpp_mooc_filtered`` once per session: (output folder, stdout, exit code)."""

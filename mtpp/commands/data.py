@@ -98,9 +98,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _resplit_on_use(entry: Any, path: Path) -> bool:
     """Whether loading ``path`` re-splits it (``mtpp.data.catalog.load_dataset``): the entry always is, or it is a
     split folder without a train part (``lacks_train_part``), or a folder whose files' parts, judged from their
-    names (``scan_folder``: ``valid.json.gz`` -> val, ``wikipedia.npz`` -> wikipedia), lack one of train / val /
-    test. Files whose parts are decided inside them (a table's split column, RMTPP folds, a pickle not named after
-    a part) are not opened here: ``found`` then says nothing about a re-split."""
+    names (``scan_folder``: ``valid.json.gz`` -> val, ``wikipedia.npz`` -> wikipedia, ``time-1-train.txt`` -> 1-train),
+    lack one of train / val / test; an RMTPP folder with a full ``time.txt`` pair is read from that pair alone, so
+    it is re-split whatever its folds. Files whose parts are decided inside them (a table's split column, a pickle
+    not named after a part) are not opened here: ``found`` then says nothing about a re-split."""
     from mtpp.data.catalog import is_split_folder, lacks_train_part, resplits
     from mtpp.data.formats import PARTS, scan_folder
 
@@ -110,14 +111,16 @@ def _resplit_on_use(entry: Any, path: Path) -> bool:
         return False
     if is_split_folder(path):
         return lacks_train_part(path)
-    files = scan_folder(path)
+    files = [f for f in scan_folder(path) if f.format != "rmtpp" or f.partner is not None]  # unpaired: not read
     if not files or any(f.format not in PARTS_FROM_NAME and not (f.format == "pickle" and f.part in PARTS)
                         for f in files):  # fmt: skip
         return False
+    if any(f.format == "rmtpp" and f.part == "all" for f in files):  # read_rmtpp's prefer_full
+        return True
     return not set(PARTS) <= {f.part for f in files}
 
 
-PARTS_FROM_NAME = ("json", "ifl_npz", "torch_zip")
+PARTS_FROM_NAME = ("json", "ifl_npz", "torch_zip", "rmtpp")
 """File formats whose part is their name's (``mtpp.data.formats``); a pickle's are its keys, which the
 EasyTPP / GNTPP / THP copies name like the file."""
 

@@ -638,7 +638,7 @@ def _rmtpp_partner(time_file: Path) -> Path | None:
 def _rmtpp_part(time_file: Path) -> str:
     stem = _strip_suffixes(time_file.name)[: -len(".txt")]
     rest = re.sub(r"time", "", stem, count=1).strip("-_")
-    return rest or "all"
+    return normalise_part(rest) if rest else "all"  # time-dev.txt is the val part, as in every other format
 
 
 def scan_folder(path: str | Path) -> list[DataFile]:
