@@ -232,7 +232,7 @@ def test_a_horizon_past_the_data_draws_no_observed_count_after_the_data_end(run_
         x, y = (np.asarray(v, dtype=float) for v in observed.get_data())
         assert np.isnan(y[x > data_end]).all() and np.isfinite(y[x <= data_end]).all()
         assert any(line.get_label() == "end of the observed data" for line in ax2.get_lines())
-        assert f"the data end at t = {data_end:g}" in fig._suptitle.get_text()
+        assert f"the data end at t = {data_end:g}" in " ".join(fig._suptitle.get_text().split())
     finally:
         plt.close(fig)
 
@@ -244,7 +244,7 @@ def test_the_plot_command_says_when_the_horizon_runs_past_the_data(run_dir: Path
     argv = ["plot", str(run_dir), "--sequence", "1", "--horizon", f"{1.5 * span:g}", "--samples", "2",
             "--out", str(tmp_path / "f.png")]
     assert main(argv) == 0
-    assert "before the horizon: nothing observed after" in capsys.readouterr().out
+    assert "data units before the horizon's end: nothing observed after" in capsys.readouterr().out  # its unit
 
 
 @pytest.mark.parametrize("command, name, said", [
@@ -378,7 +378,7 @@ def test_the_plot_stops_the_sampled_counts_where_a_continuation_was_cut(run_dir:
                 continue
             assert len(notes) == 1 and notes[0].endswith("cut at --max-events 1 before the horizon: their event "
                                                          "counts are lower bounds") and " of 6 sampled" in notes[0]
-            assert notes[0] in fig._suptitle.get_text()
+            assert notes[0] in " ".join(fig._suptitle.get_text().split())
             first_capped = float(np.asarray(cuts[0].get_xdata())[0])
             assert np.isfinite(median[x <= first_capped]).all() and np.isnan(median[x > first_capped]).all()
             assert (x > first_capped).any() and np.nanmax(median) <= 1
@@ -565,6 +565,28 @@ def test_a_data_dir_that_does_not_exist_is_refused(run_dir: Path, tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_long_forecast_title_is_wrapped_to_the_figure(run_dir: Path) -> None:
+    """A title with the data-end note ran past both edges of the figure ("equence 2: gru-lnm ... nothing obse")."""
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import TITLE_WIDTH, plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir)
+    seq = run.split("test")[1]
+    title = "a_dataset_with_a_long_name test sequence 2: gru-lnm base, horizon 2.109 hours"
+    fig = plot_forecast(run.model, seq, horizon=3.0 * float(seq.times[-1]), samples=2, title=title)
+    try:
+        text = fig._suptitle.get_text()
+        assert "\n" in text and all(len(line) <= TITLE_WIDTH for line in text.splitlines())
+        assert " ".join(text.split()).startswith(title + "; the data end at t = ")
+        fig.canvas.draw()
+        box = fig._suptitle.get_window_extent()
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # inside the figure
+    finally:
+        plt.close(fig)
+
+
 def test_the_forecast_plot_legend_and_axes_say_what_they_show(run_dir: Path) -> None:
     """The history's legend entry took the first point's mark colour; the samples' entry did not say how many of
     them are drawn; the horizon was printed unrounded and without its unit; a log intensity axis spanning less
@@ -589,6 +611,13 @@ def test_the_forecast_plot_legend_and_axes_say_what_they_show(run_dir: Path) -> 
         assert fig.axes[1].get_yscale() == ("log" if lam.max() > 10 * lam.min() else "linear")
     finally:
         plt.close(fig)
+    # counts are whole events: every band edge and the median are integers (linear interpolation drew 0.55 events)
+    for poly in fig.axes[2].collections:
+        y = poly.get_paths()[0].vertices[:, 1]
+        assert np.allclose(y[np.isfinite(y)], np.round(y[np.isfinite(y)]))
+    median = next(line for line in fig.axes[2].get_lines() if line.get_label().startswith("median of"))
+    y = np.asarray(median.get_ydata(), dtype=float)
+    assert np.allclose(y[np.isfinite(y)], np.round(y[np.isfinite(y)]))
     assert fig.axes[2].get_xlabel() == "time (data units)"  # synthetic data: no physical unit
     assert fig.axes[1].get_ylabel().endswith("(events per time unit)")
     fig = plot_forecast(run.model, seq, horizon=2.0 / 3.0, samples=2, time_unit="hour")  # a documented unit

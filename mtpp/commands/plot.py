@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
                             title=title, max_events=args.max_events, log=notes.append, time_unit=unit)
     path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
-    notes.append(beyond_data_note(seq, horizon, args.cut))
+    notes.append(beyond_data_note(seq, horizon, args.cut, unit))
     print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples"
           + "".join(f"; {n}" for n in notes if n))
     return 0

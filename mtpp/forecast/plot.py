@@ -20,6 +20,7 @@ the continuations.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,8 @@ from mtpp.data.sequence import EventSequence
 from mtpp.errors import MtppError
 
 GRID = 64
+TITLE_WIDTH = 100
+"""Characters per line of the figure's title (9 in wide at 11 pt); longer titles are wrapped."""
 """Intensity evaluation points per inter-event interval."""
 
 
@@ -55,15 +58,16 @@ def time_axis_offset(start: float, end: float) -> float:
     return float(start) if abs(start) > 1000.0 * max(end - start, 0.0) else 0.0
 
 
-def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None) -> str:
+def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None, time_unit: str | None = None) -> str:
     """``""``, or a phrase saying the window after the cut (``default_cut`` when ``None``) runs past the data's end,
-    where the figure draws no observed count."""
+    where the figure draws no observed count; spans in ``time_unit`` (``mtpp.data.catalog.time_unit_text``)."""
     cut = default_cut(seq, horizon) if cut is None else int(cut)
     data_end = observed_end(seq)
     end = float(seq.times[cut - 1]) + horizon
     if end <= data_end:
         return ""
-    return f"the data end at t = {data_end:g}, {end - data_end:g} before the horizon: nothing observed after"
+    return (f"the data end at t = {data_end:g}, {end - data_end:g} {time_unit_text(time_unit)} before the horizon's "
+            "end: nothing observed after")
 
 
 @torch.no_grad()
@@ -187,7 +191,7 @@ def plot_forecast(
     counts = np.zeros((gen.rows, grid.size))
     for r in range(gen.rows):  # samples (a few dozen), each a searchsorted over its events
         counts[r] = np.searchsorted(gen.events_of(r)[0], grid, side="right")
-    q = np.quantile(counts, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
+    q = np.quantile(counts, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0, method="inverted_cdf")  # counts: whole events
     q[:, grid > first_capped] = np.nan
     ax2.fill_between(grid, q[0], q[4], color="tab:orange", alpha=0.2, label="90 % of samples")
     ax2.fill_between(grid, q[1], q[3], color="tab:orange", alpha=0.4, label="50 % of samples")
@@ -216,10 +220,11 @@ def plot_forecast(
     if end > data_end:
         ax2.legend(loc="best", fontsize=8, framealpha=0.9)
     ax0.set_xlim(start - 0.02 * (end - start), end + 0.02 * (end - start))
-    beyond = beyond_data_note(seq, horizon, cut)
-    fig.suptitle((title or f"forecast after {cut} events, horizon {horizon:.4g} {units}")
-                 + (f"; {beyond}" if beyond else "")
-                 + (f"\n{capped}" if capped else ""), fontsize=11)
+    beyond = beyond_data_note(seq, horizon, cut, time_unit)
+    heading = (title or f"forecast after {cut} events, horizon {horizon:.4g} {units}") + (f"; {beyond}" * bool(beyond))
+    heading = [heading, capped]
+    # wrapped to the figure's width (about 100 characters at 11 pt on 9 in): a long title was cut on both sides
+    fig.suptitle("\n".join(textwrap.fill(h, TITLE_WIDTH, break_on_hyphens=False) for h in heading if h), fontsize=11)
     if capped and log is not None:
         log(capped)
     fig.tight_layout()
