@@ -9,6 +9,7 @@ import sys
 import types
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -697,6 +698,29 @@ def test_compare_never_overwrites_a_file_it_did_not_write(
     assert ex.write_failures(out, []) is None and (out / "failures.json").read_text() == "my notes\n"
     (out / "failures.json").write_text('[{"cell": "a", "error": "b", "traceback": ""}]')
     assert ex.write_failures(out, []) is None and not (out / "failures.json").exists()
+
+
+def test_a_smaller_grid_in_the_same_folder_summarises_only_its_own_cells(
+    tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
+) -> None:
+    """A grid of splits 0-1, then one of split 0 only into the same --out: experiment.yaml described the second,
+    summary.md still pooled both splits' runs, and nothing said so. Now the summary is the grid's, and the other
+    finished runs are named in it and on the console."""
+    out = tmp_path / "o"
+    assert main(["compare", str(write_experiment(tmp_path, small_grid())), "--out", str(out), "--no-progress"]) == 0
+    assert "split1-seed0" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    smaller = write_experiment(tmp_path, small_grid(splits=[0]))
+    assert main(["compare", str(smaller), "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    md = (out / "summary.md").read_text()
+    said = f"4 finished run(s) in {out} are not cells of this grid (an earlier grid's?) and are not in this summary"
+    assert said in err and said in md and "synthetic_hawkes/lnm-base-sum/split1-seed0" in md
+    table = md[md.index("| "):]
+    assert "split1-seed0" not in table and "split0-seed0" in table
+    assert set(pd.read_csv(out / "summary.csv")["n"]) == {1}  # one run per row: split 0's
+    assert main(["report", str(out), "--out", str(tmp_path / "all"), "--no-plots"]) == 0  # report: every run
+    assert "split1-seed0" in (tmp_path / "all" / "summary.md").read_text()
 
 
 def test_a_restarted_runner_finishes_the_cells_it_started_first(

@@ -170,7 +170,8 @@ def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[
         file=sys.stderr,
     )
     if not args.no_report:
-        write_reports(args.out, title=exp.name, notes=_absent_cells(results, args.out, args.results))
+        write_reports(args.out, title=exp.name, notes=_absent_cells(results, args.out, args.results),
+                      cells=[r.name for r in results])
     if counts["failed"]:
         print(f"failed cells are listed in {args.out / ex.FAILURES_FILE}:", file=sys.stderr)
         for r in results:
@@ -310,12 +311,27 @@ def _absent_cells(results: list, out: Path, records: Path | None) -> list[str]:
     return notes
 
 
-def write_reports(out: Path, title: str = "Results", notes: list[str] | None = None) -> None:
-    """summary.csv / summary.md and the plots of every finished run under ``out``; ``notes``: lines that
-    ``summary.md`` states under its title (the grid's cells it does not show, and why)."""
+def write_reports(out: Path, title: str = "Results", notes: list[str] | None = None,
+                  cells: list[str] | None = None) -> None:
+    """summary.csv / summary.md and the plots of the finished runs under ``out``; ``notes``: lines that
+    ``summary.md`` states under its title (the grid's cells it does not show, and why). ``cells``: the grid's
+    run folders (``dataset/cell/splitI-seedJ`` under ``out``); finished runs of other grids in the same folder (an
+    earlier, larger grid) are left out of the summary and named in a note, so the tables describe the grid of
+    ``experiment.yaml``; ``None``: every run."""
     from mtpp.evaluation import plots, report
 
     df = report.collect_runs(out)
+    if cells is not None and len(df):
+        ours = {str(out / c) for c in cells}
+        outside = sorted(str(Path(r).relative_to(out)) for r in df["run"] if str(r) not in ours)
+        if outside:
+            df = df[df["run"].astype(str).isin(ours)].copy()
+            df.attrs["incomplete"] = [r for r in df.attrs.get("incomplete", []) if r in ours]
+            shown = ", ".join(outside[:6]) + (f" and {len(outside) - 6} more" if len(outside) > 6 else "")
+            line = (f"{len(outside)} finished run(s) in {out} are not cells of this grid (an earlier grid's?) and "
+                    f"are not in this summary: {shown}; `mtpp report {out}` summarises every run there")
+            notes = [*(notes or []), line]
+            print(line, file=sys.stderr)
     if len(df) == 0:
         print("no finished run to summarise", file=sys.stderr)
         return
