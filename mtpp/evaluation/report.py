@@ -35,6 +35,8 @@ __all__ = [
     "LEGACY_NAMES",
     "canonical_metric",
     "metric_info",
+    "metric_unit",
+    "TIME_UNIT",
     "cell_label",
     "cell_labels",
     "format_value",
@@ -72,18 +74,91 @@ _KEY_PATHS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """How a metric is shown: ``label`` in words, ``unit`` ("" when unitless), ``better`` (-1 lower is better, +1
-    higher, 0 neither: never bolded)."""
+    """How a metric is shown: ``label`` in words, ``unit`` ("" when unitless; :data:`TIME_UNIT` for a time in the
+    data's unit), ``better`` (-1 lower is better, +1 higher, 0 neither: never bolded), ``source`` (the paper that
+    defines it, "" for the textbook ones)."""
 
     label: str
     unit: str
     better: int
+    source: str = ""
 
     def title(self) -> str:
         """``"time NLL per sequence (nats) ↓ lower is better"``."""
         unit = f" ({self.unit})" if self.unit else ""
         arrow = {-1: " ↓ lower is better", 1: " ↑ higher is better"}.get(self.better, "")
         return f"{self.label}{unit}{arrow}"
+
+    def described(self) -> str:
+        """:meth:`title` and the source: ``"T-mAP ... ↑ higher is better [HoTPP, Karpukhin et al. 2024 ...]"``."""
+        return self.title() + (f" [{self.source}]" if self.source else "")
+
+    def meaning(self) -> str:
+        """The label and the source, without unit or direction (the CSV's ``meaning`` column)."""
+        return self.label + (f" [{self.source}]" if self.source else "")
+
+
+TIME_UNIT = "the data's time units"
+"""The :attr:`MetricInfo.unit` of a time (a gap, a distance between event times): the dataset's own unit, which
+each Markdown table names in its heading and the CSV's ``unit`` column spells out per dataset
+(:func:`metric_unit`, from :func:`mtpp.data.catalog.time_unit_of`)."""
+
+HOTPP = "HoTPP, Karpukhin et al. 2024, arXiv:2406.14341"
+"""The source of T-mAP and of the OTD horizon protocol (``mtpp.forecast.horizon``)."""
+
+HORIZON_PREFIX = "horizon_"
+"""The prefix of the keys ``mtpp evaluate RUN --horizon T`` writes into ``metrics.json[split]``
+(``mtpp.forecast.horizon.HORIZON_PREFIX``; repeated here so that reading runs never imports torch)."""
+
+_HORIZON_METRICS: dict[str, MetricInfo] = {
+    "window": MetricInfo("forecast horizon: the time span after each prediction point the horizon_* metrics score",
+                         TIME_UNIT, 0),
+    "points": MetricInfo("prediction points scored (horizon window fully observed)", "points", 0),
+    "samples": MetricInfo("sampled continuations per prediction point", "continuations", 0),
+    "next_points": MetricInfo("prediction points of the next-event metrics", "points", 0),
+    "next_accuracy": MetricInfo("next mark accuracy at the prediction points, forecast argmax p(k | H)",
+                                "share of points", 1),
+    "next_nll_mark": MetricInfo("next mark NLL at the prediction points, forecast -log p(k | H)",
+                                "nats per point", -1),
+    "next_mae": MetricInfo("absolute error of the median next gap at the prediction points", TIME_UNIT, -1),
+    "next_interval_coverage": MetricInfo(
+        "share of next gaps inside their central interval (calibrated: the level, horizon_next_interval_level)",
+        "share of points", 0, "Gneiting & Raftery 2007, JASA, §6"),
+    "next_interval_width": MetricInfo("mean width of the next gap's central interval", TIME_UNIT, 0),
+    "next_interval_level": MetricInfo("level of the next gap's central interval", "probability", 0),
+    "tmap": MetricInfo("T-mAP: mean over time tolerances of the mAP of the events forecast within the horizon",
+                       "", 1, HOTPP),
+    "tmap_deltas": MetricInfo("the T-mAP time tolerances (a list)", TIME_UNIT, 0, HOTPP),
+    "otd": MetricInfo("OTD: optimal transport distance between the first N forecast and observed events",
+                      TIME_UNIT, -1, f"Mei, Qin & Eisner 2019; {HOTPP}"),
+    "otd_points": MetricInfo("prediction points of the OTD (N observed events after them)", "points", 0),
+    "otd_cost": MetricInfo("OTD cost of an inserted or deleted event", TIME_UNIT, 0),
+    "otd_events": MetricInfo("events compared by the OTD (N)", "events", 0),
+    "count_points": MetricInfo("prediction points of the count calibration", "points", 0),
+    "count_pce": MetricInfo("calibration error (PCE) of the randomised PIT of the event count within the horizon",
+                            "", -1, "Czado, Gneiting & Held 2009, Biometrics"),
+    "count_pit_hist": MetricInfo("histogram of the count PITs over 10 equal bins (a list)", "points", 0),
+    "count_coverage": MetricInfo("share of observed counts within the horizon inside the central interval of the "
+                                 "sampled counts (calibrated: the level, horizon_count_level)", "share of points", 0),
+    "count_level": MetricInfo("level of the count's central interval", "probability", 0),
+    "count_mae": MetricInfo("absolute error of the median sampled count within the horizon", "events", -1),
+    "count_mean_pred": MetricInfo("mean sampled count within the horizon", "events", 0),
+    "count_mean_obs": MetricInfo("mean observed count within the horizon", "events", 0),
+    "max_events": MetricInfo("cap on the events of a continuation within the horizon (--max-events)", "events", 0),
+    "truncated_samples": MetricInfo("sampled continuations cut at the cap before the horizon's end (their counts "
+                                    "are lower bounds)", "continuations", 0),
+    "truncated_rollouts": MetricInfo("mode rollouts cut at the cap before the horizon's end (their T-mAP "
+                                     "predictions stop early)", "rollouts", 0),
+    "truncated_rows": MetricInfo("continuations cut at the cap before the horizon's end (older evaluations: "
+                                 "sampled and rollouts together)", "continuations", 0),
+    "baselines": MetricInfo("the horizon metrics of the baselines (mtpp.forecast.baselines), by name; the same "
+                            "keys without the prefix", "", 0),
+}
+"""What ``mtpp.forecast.horizon.evaluate_horizon`` returns (module docstring there), by key without the prefix;
+:data:`METRICS` holds them as ``horizon_<key>``. The per-tolerance ``map@<delta>`` keys: :func:`metric_info`."""
+
+HORIZON_MAP = re.compile(r"^horizon_map@(.+)$")
+"""``horizon_map@0.001``: the mAP at one T-mAP time tolerance (group 1, in the data's time units)."""
 
 
 _KIND_WORDS = {"given_time": " given the time p(k | τ_obs, H)", "forecast": ", forecast p(k | H)"}
@@ -118,8 +193,8 @@ METRICS: dict[str, MetricInfo] = {
     "brier": MetricInfo("Brier score of the marks", "", -1),
     "pce": MetricInfo("time calibration error (PCE)", "", -1),
     "pce_binned": MetricInfo("time calibration error of the lattice bins (PCE, non-randomised PIT)", "", -1),
-    "mae_tau": MetricInfo("absolute error of the median gap", "the data's time units", -1),
-    "rmse_tau": MetricInfo("RMS error of the median gap", "the data's time units", -1),
+    "mae_tau": MetricInfo("absolute error of the median gap", TIME_UNIT, -1),
+    "rmse_tau": MetricInfo("RMS error of the median gap", TIME_UNIT, -1),
     "conflict_rate": MetricInfo("gradient conflict rate (steps with cos φ_TM < 0)", "share of measured steps", 0),
     "train_events_per_second": MetricInfo("training speed", "events / s", 0),
     **{f"top{k}_accuracy_{kind}": MetricInfo(f"top-{k} mark accuracy{words}", "share of events", 1)
@@ -127,6 +202,7 @@ METRICS: dict[str, MetricInfo] = {
     **{f"mce_{kind}": MetricInfo(f"maximum mark calibration error (MCE){words}", "", -1)
        for kind, words in _KIND_WORDS.items()},
     **{f"brier_{kind}": MetricInfo(f"Brier score of the marks{words}", "", -1) for kind, words in _KIND_WORDS.items()},
+    **{f"{HORIZON_PREFIX}{key}": info for key, info in _HORIZON_METRICS.items()},
 }
 """The one table of metric names the report and the plots use: name in ``metrics.json`` -> :class:`MetricInfo`
 (label in words, unit, lower or higher is better). Names not listed fall back to :data:`LOWER_IS_BETTER` /
@@ -171,6 +247,9 @@ def metric_info(name: str) -> MetricInfo:
     base = canonical_metric(name).rsplit("/", 1)[-1]
     if base in METRICS:
         return METRICS[base]
+    if m := HORIZON_MAP.match(base):
+        return MetricInfo(f"mAP of the events forecast within the horizon at time tolerance {m.group(1)} (the "
+                          "data's time units)", "", 1, HOTPP)
     better = -1 if base.startswith(LOWER_IS_BETTER) else 1 if base.startswith(HIGHER_IS_BETTER) else 0
     return MetricInfo(base.replace("_", " "), "", better)
 
@@ -189,6 +268,13 @@ PARAM_SYMBOLS = {"base": "base", "plus": "+", "plusplus": "++"}
 def param_symbol(parametrisation: Any) -> str:
     """``base`` / ``+`` / ``++`` for the parametrisation names (anything else unchanged)."""
     return PARAM_SYMBOLS.get(str(parametrisation), str(parametrisation))
+
+
+def metric_unit(name: str, dataset: Any = None) -> str:
+    """The unit of ``name`` (:func:`metric_info`) on ``dataset``: :data:`TIME_UNIT` spelt out as the catalog's
+    documented unit (``"hours"``, ``mtpp.data.catalog.time_unit_text``; ``"data units"`` where none is recorded)."""
+    unit = metric_info(name).unit
+    return time_unit_text(time_unit_of(dataset)) if unit == TIME_UNIT and dataset is not None else unit
 
 
 def direction(metric: str) -> int:
@@ -474,7 +560,7 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         "`runs`: the run folders pooled in each row."
     )
     lines.append("")
-    lines.append("Metrics: " + "; ".join(f"`{m}` = {metric_info(m).title()}" for m in metrics) + ".")
+    lines.append("Metrics: " + "; ".join(f"`{m}` = {metric_info(m).described()}" for m in metrics) + ".")
     lines.append("")
     datasets = list(dict.fromkeys(summary["dataset"])) if "dataset" in summary else [None]
     for ds in datasets:
@@ -701,8 +787,9 @@ def write_summary(
     table = summary.drop(columns="replicates")
     table.insert(at - 1, "replicates", summary["replicates"])  # a cell column: mtpp.owned reads the last seven
     at += 1
-    table.insert(at, "unit", [metric_info(m).unit for m in summary["metric"]])
-    table.insert(at, "meaning", [metric_info(m).label for m in summary["metric"]])
+    datasets = summary["dataset"] if "dataset" in summary.columns else [None] * len(summary)
+    table.insert(at, "unit", [metric_unit(m, ds) for m, ds in zip(summary["metric"], datasets)])
+    table.insert(at, "meaning", [metric_info(m).meaning() for m in summary["metric"]])
     table.to_csv(csv_path, index=False)
     text = format_markdown(summary, title=title, section=df.attrs.get("section", "test"))
     notes = list(notes or [])
