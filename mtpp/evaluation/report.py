@@ -8,7 +8,8 @@ A run directory (DESIGN §5) holds ``config.yaml`` (the resolved configuration: 
 
 Cells: runs that differ only by split and seed form a cell (a "model" on a dataset); ``summarise`` gives the
 mean and the standard error ``std(ddof=1) / sqrt(n)`` over the runs of each cell (NaN when ``n = 1``, shown
-as "–").
+as "–"). The ``horizon_*`` metrics of ``mtpp evaluate RUN --horizon T`` are pooled and ranked only among runs
+scored at the same horizon (:data:`HORIZON_COLUMN`, a cell column where they are summarised).
 """
 
 from __future__ import annotations
@@ -156,6 +157,22 @@ _HORIZON_METRICS: dict[str, MetricInfo] = {
 }
 """What ``mtpp.forecast.horizon.evaluate_horizon`` returns (module docstring there), by key without the prefix;
 :data:`METRICS` holds them as ``horizon_<key>``. The per-tolerance ``map@<delta>`` keys: :func:`metric_info`."""
+
+HORIZON_COLUMN = "horizon"
+"""The cell column of the horizon a run's ``horizon_*`` metrics were scored at (its ``metrics.json[split]
+["horizon_window"]``, written by ``mtpp evaluate RUN --horizon T``; absent: never evaluated so). A cell column only
+where ``horizon_*`` metrics are summarised (:func:`cell_columns`): runs scored at different horizons are never
+pooled into one row, and their ``horizon_*`` metrics are ranked only among rows of one horizon."""
+
+NOT_EVALUATED = "not evaluated"
+"""A ``horizon_*`` cell of runs never evaluated with ``--horizon`` (``n/a`` means the metric does not apply)."""
+
+
+def is_horizon_metric(name: str) -> bool:
+    """Whether ``name`` is a ``horizon_*`` metric of the summarised section (``val/horizon_tmap`` is not: its
+    horizon is another section's)."""
+    return "/" not in name and name.startswith(HORIZON_PREFIX)
+
 
 HORIZON_MAP = re.compile(r"^horizon_map@(.+)$")
 """``horizon_map@0.001``: the mAP at one T-mAP time tolerance (group 1, in the data's time units)."""
@@ -370,6 +387,8 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
     chosen = metrics.get(section, {})
     if isinstance(chosen, dict):
         row.update({c(k): _number(v) for k, v in chosen.items() if not isinstance(v, (dict, list))})
+        if f"{HORIZON_PREFIX}window" in chosen:  # the horizon the horizon_* metrics were scored at
+            row[HORIZON_COLUMN] = _number(chosen[f"{HORIZON_PREFIX}window"])
     marks = _num_marks(metrics, section, config)
     if marks is not None:
         from mtpp.evaluation.metrics import topk_reported
@@ -401,9 +420,11 @@ def collect_runs(root: str | Path, section: str = "test") -> pd.DataFrame:
     return df
 
 
-def cell_columns(df: pd.DataFrame) -> list[str]:
+def cell_columns(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> list[str]:
     """The columns defining a cell: :data:`KEY_COLUMNS` plus every experiment config field that varies between
-    runs of the same key-cell (e.g. a learning-rate sweep), never split / seed / bookkeeping fields."""
+    runs of the same key-cell (e.g. a learning-rate sweep), never split / seed / bookkeeping fields; and
+    :data:`HORIZON_COLUMN` when ``metrics`` name a ``horizon_*`` metric and some run has a horizon (runs scored at
+    different horizons are not replicates of one cell)."""
     keys = [c for c in KEY_COLUMNS if c in df.columns]
     covered = {f"config.{'.'.join(p)}" for p in _KEY_PATHS.values()}
     extra = []
@@ -413,7 +434,8 @@ def cell_columns(df: pd.DataFrame) -> list[str]:
         varies = df.groupby(keys, dropna=False)[col].nunique(dropna=False).gt(1).any() if keys else False
         if varies:
             extra.append(col)
-    return keys + extra
+    horizon = HORIZON_COLUMN in df.columns and any(is_horizon_metric(canonical_metric(m)) for m in metrics or ())
+    return keys + extra + [HORIZON_COLUMN] * horizon
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -446,10 +468,12 @@ def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.Data
     :func:`replicate_label`: means over other splits are not comparable). ``metrics`` defaults to those of :data:`DEFAULT_METRICS`
     present in ``df`` (legacy names accepted); NaN values (e.g. the conflict rate of ``++``, which has no shared
     parameter) are left out of a cell's statistics, and a cell without any finite value has a NaN mean ("n/a").
+    With ``horizon_*`` metrics, the cell columns end with :data:`HORIZON_COLUMN` (:func:`cell_columns`): one row
+    per horizon, NaN for the runs never evaluated with ``--horizon``.
     """
     metrics = [canonical_metric(m) for m in (metrics or DEFAULT_METRICS)]
     metrics = [m for m in dict.fromkeys(metrics) if m in df.columns]
-    keys = cell_columns(df)
+    keys = cell_columns(df, metrics)
     out_cols = [*keys, "metric", "mean", "stderr", "n", "runs", "replicates"]
     if df.empty or not metrics:
         return pd.DataFrame(columns=out_cols)
@@ -559,6 +583,13 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         "pooled over the same splits and seeds (a `pooled` column names them where rows differ). "
         "`runs`: the run folders pooled in each row."
     )
+    if HORIZON_COLUMN in keys:
+        lines[-1] += (
+            " `horizon`: the time span after each prediction point that the `horizon_*` metrics score "
+            "(`mtpp evaluate RUN --horizon T`, in the data's time units): runs scored at different horizons are "
+            "separate rows, never pooled, and their `horizon_*` metrics are ranked only among rows of the same "
+            f"horizon; {NOT_EVALUATED} (horizon –): the row's runs were never evaluated with `--horizon`."
+        )
     lines.append("")
     lines.append("Metrics: " + "; ".join(f"`{m}` = {metric_info(m).described()}" for m in metrics) + ".")
     lines.append("")
@@ -579,16 +610,19 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         cols = [m for m in metrics if m in wide_mean.columns]
         # rows tested on other data (another max_sequences cut, ...) are not compared: bold within each data group
         cut = [i for i, k in enumerate(model_keys) if k in DATA_CUT_COLUMNS]
+        # horizon_* metrics scored at different horizons are not compared either (other metrics of those rows are)
+        at = [i for i, k in enumerate(model_keys) if k == HORIZON_COLUMN]
 
-        def group(idx: Any) -> tuple:
+        def group(idx: Any, m: str) -> tuple:
             idx_t = idx if isinstance(idx, tuple) else (idx,)
-            return (*(idx_t[i] for i in cut), reps_of.get(idx_t, ""))
+            horizon = tuple(idx_t[i] for i in at) if is_horizon_metric(m) else ()
+            return (*(idx_t[i] for i in cut), *horizon, reps_of.get(idx_t, ""))
 
         best: dict[tuple[str, tuple], float] = {}
         for m in cols:
             d = direction(m)
-            for g in {group(i) for i in wide_mean.index}:
-                vals = wide_mean[m][[group(i) == g for i in wide_mean.index]].dropna()
+            for g in {group(i, m) for i in wide_mean.index}:
+                vals = wide_mean[m][[group(i, m) == g for i in wide_mean.index]].dropna()
                 if d and len(vals) > 1:
                     best[(m, g)] = float(vals.min() if d < 0 else vals.max())
         n_runs = int(np.nanmax(wide_n.to_numpy())) if wide_n.size else 0
@@ -610,10 +644,13 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
                 param_symbol(v) if k == "parametrisation" else format_value(v)
                 for k, v in zip(model_keys, idx_t)
             ] + [reps_of.get(idx_t, "")] * pooled
+            unscored = bool(at) and idx_t[at[0]] == "–"  # no horizon: never evaluated with --horizon
             for m in cols:
                 mean, se = float(wide_mean.at[idx, m]), float(wide_se.at[idx, m])
                 text = format_mean_se(mean, se)
-                if best.get((m, group(idx))) == mean:
+                if not math.isfinite(mean) and unscored and is_horizon_metric(m):
+                    text = NOT_EVALUATED
+                if best.get((m, group(idx, m))) == mean:
                     text = f"**{text}**"
                 cells.append(text)
             if runs_of:
@@ -670,8 +707,9 @@ def cell_label(row: Any, keys: Sequence[str], with_param: bool = True) -> str:
     if get("aggregator") and str(get("aggregator")) != "sum":
         extra.append(str(get("aggregator")))
     for k in keys:
-        if k.startswith("config."):
-            extra.append(f"{k.rsplit('.', 1)[-1]}={format_value(get(k))}")
+        if k.startswith("config.") or k == HORIZON_COLUMN:
+            value = _label_value(k, get(k)) if k == HORIZON_COLUMN else format_value(get(k))
+            extra.append(f"{k.rsplit('.', 1)[-1]}={value}")
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -691,7 +729,8 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
     names = [cell_label(r, [], with_param) for r in rows]
     # the settings that may tell cells of one name apart; the encoder too, which the name leaves out when it is
     # GRU or the decoder's namesake (GRU-THP and THP-THP are both "THP")
-    config_keys = [k for k in ("encoder", *keys) if (k == "encoder" or k.startswith("config.")) and k in df.columns]
+    config_keys = [k for k in ("encoder", *keys) if (k in ("encoder", HORIZON_COLUMN) or k.startswith("config."))
+                   and k in df.columns]  # fmt: skip
     config_keys = list(dict.fromkeys(config_keys))
     prio = {k: i for i, k in enumerate(("encoder", *LABEL_PRIORITY))}
     cell_key = [tuple(format_value(r.get(k)) for k in keys if k in df.columns) for r in rows]
@@ -735,7 +774,8 @@ def _most_telling(keys: list[str], values: list[list[str]]) -> list[str]:
     return [keys[j] for j in order]
 
 
-_UNSET = {"config.data.max_sequences": "all"}  # what a null setting means, where it means something
+_UNSET = {"config.data.max_sequences": "all", HORIZON_COLUMN: "none"}  # what a null setting means, where it means
+# something (no horizon: the run was never evaluated with --horizon)
 
 
 def _label_value(key: str, v: Any) -> str:
