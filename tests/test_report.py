@@ -197,7 +197,8 @@ def test_single_run_cells_show_a_dash_for_the_standard_error(runs_root: Path) ->
     summary = report.summarise(one, ["nll_time_per_seq"])
     assert summary["n"].tolist() == [1, 1] and summary["stderr"].isna().all()
     md = report.format_markdown(summary)
-    assert "10.00 ± –" in md and "**8.000 ± –**" in md
+    # one column, one precision (was 8.000 under 10.00): the decimals of the column's largest mean
+    assert "10.00 ± –" in md and "**8.00 ± –**" in md
 
 
 def test_make_all_plots_writes_non_empty_pngs(runs_root: Path, tmp_path: Path) -> None:
@@ -911,3 +912,17 @@ def test_report_command_of_horizon_metrics(runs_root: Path, tmp_path: Path, caps
     assert main(["report", str(runs_root), "--out", str(out), "--metrics", "nope"]) == 2
     available = capsys.readouterr().err.split("available: ")[1].strip().split(", ")
     assert "horizon_tmap" in available and report.HORIZON_COLUMN not in available
+
+
+def test_one_column_has_one_precision() -> None:
+    """summary.md printed `1.000 ± –` and `0.00 ± –` in one conflict_rate column (each row's own 4 significant
+    digits, 2 decimals for a 0), and `0.00 ± –` for a T-mAP of 0 beside 0.0123: the decimals are the column's."""
+    rows = [{"dataset": "sim", "model": model, "metric": metric, "mean": mean, "stderr": math.nan, "n": 1}
+            for model, values in (("lnm", (1.0, 0.0)), ("thp", (0.0, 0.0123)), ("rmtpp", (math.nan, 0.5)))
+            for metric, mean in zip(("conflict_rate", "horizon_tmap"), values)]
+    md = report.format_markdown(pd.DataFrame(rows))
+    cells = {r["model"]: (r["conflict_rate"], r["horizon_tmap ↑"]) for r in _md_rows(md)}
+    assert cells == {"lnm": ("1.000 ± –", "0.0000 ± –"), "thp": ("0.000 ± –", "0.0123 ± –"),
+                     "rmtpp": ("n/a", "**0.5000 ± –**")}
+    assert report.format_mean_se(0.0, math.nan) == "0.00 ± –"  # alone (a figure's title): its own digits
+    assert report.column_decimals([math.nan, 0.0]) == 2 and report.column_decimals([123.4, -0.5]) == 1

@@ -534,12 +534,21 @@ def _decimals(x: float) -> int:
     return int(np.clip(3 - math.floor(math.log10(abs(x))), 1, 4))
 
 
-def format_mean_se(mean: float, stderr: float) -> str:
-    """``"70.90 ± 1.23"`` (4 significant digits, at least 1 and at most 4 decimals); ``"n/a"`` when the mean is
-    NaN (the metric does not apply, e.g. the conflict rate of ``++``), ``"–"`` for a missing standard error."""
+def column_decimals(means: Iterable[float]) -> int:
+    """The decimals of one table column: 4 significant digits of its largest finite mean in magnitude (at least 1,
+    at most 4; 2 when every mean is 0 or missing), so every row of the column has the same precision (``1.000``
+    above ``0.000``, never ``0.00``; ``10.00`` above ``8.00``)."""
+    finite = [abs(float(v)) for v in means if math.isfinite(float(v))]
+    return _decimals(max(finite, default=0.0))
+
+
+def format_mean_se(mean: float, stderr: float, decimals: int | None = None) -> str:
+    """``"70.90 ± 1.23"`` (4 significant digits, at least 1 and at most 4 decimals; ``decimals`` when given: a
+    table passes :func:`column_decimals` of the column); ``"n/a"`` when the mean is NaN (the metric does not
+    apply, e.g. the conflict rate of ``++``), ``"–"`` for a missing standard error."""
     if not math.isfinite(mean):
         return "n/a"
-    d = _decimals(mean)
+    d = _decimals(mean) if decimals is None else decimals
     se = f"{stderr:.{d}f}" if math.isfinite(stderr) else "–"
     return f"{mean:.{d}f} ± {se}"
 
@@ -555,8 +564,8 @@ def _model_columns(keys: Sequence[str]) -> list[str]:
 
 
 def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str = "test") -> str:
-    """Markdown: one table per dataset, one row per model, one column per metric ("mean ± se"), the best mean
-    of each column in bold (lower is better for NLL / PCE / ECE / MCE / Brier / MAE / RMSE, higher for accuracy
+    """Markdown: one table per dataset, one row per model, one column per metric ("mean ± se", every row of a
+    column with the decimals of :func:`column_decimals`), the best mean of each column in bold (lower is better for NLL / PCE / ECE / MCE / Brier / MAE / RMSE, higher for accuracy
     / top-k / MRR; other columns are not bolded)."""
     if summary.empty:
         return f"# {title}\n\nNo finished runs.\n"
@@ -575,7 +584,8 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         + ". Units: NLL in nats per sequence (`*_per_seq`: sum over the sequences / number of sequences, the "
         "paper's unit; the time NLL includes the survival term), or per scored event (`*_per_event`: the same "
         "total / number of scored events). "
-        "Cells: mean ± standard error (std with ddof=1 / sqrt(n)) over the n splits / seeds; – where n = 1; "
+        "Cells: mean ± standard error (std with ddof=1 / sqrt(n)) over the n splits / seeds, with one number of "
+        "decimals per column (4 significant digits of its largest mean); – where n = 1; "
         "n/a where the metric does not apply (the conflict rate of ++, which shares no parameter; a top-k accuracy "
         "of a model with k marks or fewer, 1 whatever the model). "
         "Best mean per column in **bold** (↓ lower is better, ↑ higher is better), among the rows tested on the "
@@ -608,6 +618,7 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         wide_se = indexed["stderr"].unstack("metric")
         wide_n = indexed["n"].unstack("metric")
         cols = [m for m in metrics if m in wide_mean.columns]
+        decimals = {m: column_decimals(wide_mean[m]) for m in cols}  # one precision per column
         # rows tested on other data (another max_sequences cut, ...) are not compared: bold within each data group
         cut = [i for i, k in enumerate(model_keys) if k in DATA_CUT_COLUMNS]
         # horizon_* metrics scored at different horizons are not compared either (other metrics of those rows are)
@@ -647,7 +658,7 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
             unscored = bool(at) and idx_t[at[0]] == "–"  # no horizon: never evaluated with --horizon
             for m in cols:
                 mean, se = float(wide_mean.at[idx, m]), float(wide_se.at[idx, m])
-                text = format_mean_se(mean, se)
+                text = format_mean_se(mean, se, decimals[m])
                 if not math.isfinite(mean) and unscored and is_horizon_metric(m):
                     text = NOT_EVALUATED
                 if best.get((m, group(idx, m))) == mean:
