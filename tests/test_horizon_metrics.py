@@ -207,3 +207,45 @@ def test_continuations_cut_at_max_events_are_counted_apart_and_flagged() -> None
     uncapped = evaluate_horizon(lambda hs: HawkesProcess(params, hs), seqs, 3.0, 2, samples=8, max_points=50)
     assert uncapped["truncated_samples"] == uncapped["truncated_rollouts"] == 0
     assert "*" not in format_horizon({"model": uncapped}, "run test").split("(at each")[0]
+
+
+def test_every_key_evaluate_writes_is_described_for_the_report(tmp_path) -> None:
+    """``mtpp report --metrics horizon_tmap horizon_otd`` said "`horizon_tmap` = horizon tmap" (no unit, no
+    direction, no source): every horizon_* key of a horizon evaluation has its words, unit and direction, the time
+    metrics in the dataset's unit, T-mAP and OTD with their source; the horizon itself is recorded."""
+    import json
+
+    import pandas as pd
+
+    from mtpp.evaluation import report
+    from mtpp.forecast.horizon import HORIZON_PREFIX
+
+    params = HawkesParams(mu=[0.3, 0.2], alpha=[[0.4, 0.1], [0.2, 0.3]], beta=2.0)
+    seqs = [s for s in simulate_hawkes_many(params, 10, 20.0, np.random.default_rng(3)) if len(s) > 2]
+    out = evaluate_horizon(lambda hs: HawkesProcess(params, hs), seqs, 2.0, 2, samples=4, max_points=10)
+    assert out["window"] == 2.0  # the horizon the run was scored at: metrics.json's horizon_window
+    keys = [f"{HORIZON_PREFIX}{k}" for k in [*out, "baselines"]]
+    for key in keys:
+        info = report.metric_info(key)
+        assert key in report.METRICS or report.HORIZON_MAP.match(key), key  # not the name's fallback
+        assert info.label != key.replace("_", " "), key
+    assert report.metric_info("horizon_tmap").better == 1 and "Karpukhin et al. 2024" in report.METRICS[
+        "horizon_tmap"].source
+    otd = report.metric_info("horizon_otd")
+    assert otd.better == -1 and otd.unit == report.TIME_UNIT and "Karpukhin et al. 2024" in otd.source
+    assert report.metric_info("horizon_map@0.04").better == 1 and "0.04" in report.metric_info("horizon_map@0.04").label
+    for key in ("horizon_next_mae", "horizon_next_interval_width", "horizon_otd_cost", "horizon_window"):
+        assert report.metric_info(key).unit == report.TIME_UNIT, key
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {name: taxi, split: 0}\ntrain: {seed: 0}\n")
+    (run / "metrics.json").write_text(json.dumps({"test": {f"{HORIZON_PREFIX}{k}": v for k, v in out.items()}}))
+    df = report.collect_runs(tmp_path / "runs")
+    report.write_summary(df, tmp_path / "rep", metrics=["horizon_tmap", "horizon_otd", "horizon_next_mae"])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "`horizon_tmap` = T-mAP" in md and "↑ higher is better [HoTPP, Karpukhin et al. 2024" in md
+    assert "`horizon_otd` = OTD" in md and "(the data's time units) ↓ lower is better" in md
+    csv = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("metric")
+    assert csv.at["horizon_otd", "unit"] == "hours" and csv.at["horizon_next_mae", "unit"] == "hours"  # taxi's
+    assert "Karpukhin" in csv.at["horizon_tmap", "meaning"]

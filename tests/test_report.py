@@ -197,7 +197,8 @@ def test_single_run_cells_show_a_dash_for_the_standard_error(runs_root: Path) ->
     summary = report.summarise(one, ["nll_time_per_seq"])
     assert summary["n"].tolist() == [1, 1] and summary["stderr"].isna().all()
     md = report.format_markdown(summary)
-    assert "10.00 ± –" in md and "**8.000 ± –**" in md
+    # one column, one precision (was 8.000 under 10.00): the decimals of the column's largest mean
+    assert "10.00 ± –" in md and "**8.00 ± –**" in md
 
 
 def test_make_all_plots_writes_non_empty_pngs(runs_root: Path, tmp_path: Path) -> None:
@@ -819,3 +820,109 @@ def test_report_of_a_split_no_run_has_names_the_flag_as_typed(runs_root: Path, t
     err = capsys.readouterr().err
     assert "--split train: no run under" in err and "--split train_eval" not in err
     assert "mtpp evaluate RUN --split train" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Horizon metrics (mtpp evaluate RUN --horizon T): scored at one horizon each, never pooled or ranked across two
+
+# (param, split) -> (horizon, horizon_otd, horizon_tmap); split 2 of plus was never evaluated with --horizon
+HORIZONS = {("base", 0): (0.005, 0.02, 0.30), ("base", 1): (0.005, 0.03, 0.40), ("base", 2): (0.02, 0.10, 0.10),
+            ("plus", 0): (0.02, 0.08, 0.20), ("plus", 1): (0.02, 0.12, 0.30)}
+
+
+def add_horizon_metrics(root: Path) -> None:
+    """What ``evaluate_run_horizon`` writes (flat keys, the horizon as ``horizon_window``) into the fixture's runs."""
+    for (param, split), (horizon, otd, tmap) in HORIZONS.items():
+        path = root / "synthetic_hawkes" / f"thp-{param}-sum" / f"split{split}-seed0" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["test"].update(horizon_window=horizon, horizon_otd=otd, horizon_tmap=tmap, horizon_points=50,
+                               horizon_tmap_deltas=[horizon / 10], horizon_baselines={"poisson": {"otd": 1.0}})
+        path.write_text(json.dumps(metrics))
+
+
+def _md_rows(md: str) -> list[dict[str, str]]:
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, [c.strip() for c in line.strip("|").split("|")])) for line in lines[1:]]
+
+
+def test_horizon_metrics_are_never_pooled_or_ranked_across_horizons(runs_root: Path, tmp_path: Path) -> None:
+    """The trial's report put OTD 0.0250 at horizon 0.005 beside 0.1000 at horizon 0.02 as comparable (and pooled
+    runs of one cell scored at two horizons), with no horizon anywhere: the horizon is a column of the .md and
+    .csv, one row per horizon, and horizon_* metrics are bolded only among rows of one horizon."""
+    add_horizon_metrics(runs_root)
+    df = report.collect_runs(runs_root)
+    assert df.set_index(["parametrisation", "split"])[report.HORIZON_COLUMN].to_dict() == {
+        ("base", 0): 0.005, ("base", 1): 0.005, ("base", 2): 0.02, ("plus", 0): 0.02, ("plus", 1): 0.02,
+        ("plus", 2): pytest.approx(math.nan, nan_ok=True)}
+    assert report.HORIZON_COLUMN not in report.cell_columns(df, ["nll_time_per_seq"])  # other tables: as before
+    out = tmp_path / "rep"
+    report.write_summary(df, out, metrics=["horizon_otd", "nll_time_per_seq"], stem="s")
+    csv = pd.read_csv(out / "s.csv")
+    otd = csv[csv["metric"] == "horizon_otd"].set_index(["parametrisation", "horizon"], drop=False)
+    assert otd.at[("base", 0.005), "mean"] == pytest.approx(0.025) and otd.at[("base", 0.005), "n"] == 2
+    assert otd.at[("base", 0.02), "mean"] == pytest.approx(0.10) and otd.at[("base", 0.02), "n"] == 1
+    assert otd.at[("plus", 0.02), "mean"] == pytest.approx(0.10)
+    assert list(csv.columns)[-8:] == ["replicates", "metric", "meaning", "unit", "mean", "stderr", "n", "runs"]
+    md = (out / "s.md").read_text()
+    rows = {(r["param"], r["horizon"]): r for r in _md_rows(md)}
+    assert set(rows) == {("base", "0.005"), ("base", "0.02"), ("+", "0.02"), ("+", "–")}
+    # base at 0.005 and + at 0.02 pool the same splits: their OTDs are not ranked, their NLLs are (plus: 8.5)
+    assert "**" not in rows[("base", "0.005")]["horizon_otd ↓"] + rows[("+", "0.02")]["horizon_otd ↓"]
+    assert rows[("+", "0.02")]["nll_time_per_seq ↓"].startswith("**8.5")
+    assert "`horizon`: the time span after each prediction point" in md and "never pooled" in md
+
+
+def test_a_run_never_evaluated_with_a_horizon_reads_not_evaluated(runs_root: Path, tmp_path: Path) -> None:
+    """A run without horizon_* keys showed `n/a`, which the header defines as "the metric does not apply"."""
+    add_horizon_metrics(runs_root)
+    add_plusplus(runs_root, np.random.default_rng(2))  # no horizon evaluation, and a conflict rate that is n/a
+    df = report.collect_runs(runs_root)
+    md = report.format_markdown(report.summarise(df, ["horizon_tmap", "conflict_rate"]))
+    rows = {(r["param"], r["horizon"]): r for r in _md_rows(md)}
+    assert rows[("+", "–")]["horizon_tmap ↑"] == report.NOT_EVALUATED
+    plusplus = rows[("++", "–")]
+    assert plusplus["horizon_tmap ↑"] == report.NOT_EVALUATED and plusplus["conflict_rate"] == "n/a"
+    assert rows[("base", "0.005")]["horizon_tmap ↑"].startswith("0.35")
+    assert "not evaluated (horizon –): the row's runs were never evaluated with `--horizon`" in md
+
+
+def test_horizon_bars_label_and_separate_the_horizons(runs_root: Path, tmp_path: Path, figures) -> None:
+    """The bar plot of horizon metrics: one group per horizon, named in the label, dark lines between."""
+    add_horizon_metrics(runs_root)
+    df = report.collect_runs(runs_root)
+    plots.plot_metric_bars(df, tmp_path / "bars.png", ["horizon_otd"])
+    fig = figures[-1]
+    ax = next(a for a in fig.axes if a.get_visible())
+    ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+    assert any("horizon=0.005" in t for t in ticks) and any("horizon=0.02" in t for t in ticks), ticks
+    assert any("horizon=none" in t for t in ticks), ticks
+    assert "scored at different horizons" in fig._suptitle.get_text().replace("\n", " ")
+
+
+def test_report_command_of_horizon_metrics(runs_root: Path, tmp_path: Path, capsys) -> None:
+    """The trial's command: `mtpp report ROOT --metrics horizon_tmap horizon_otd --no-plots` names the horizon of
+    each row; the horizon column is not offered as a metric."""
+    add_horizon_metrics(runs_root)
+    out = tmp_path / "rep"
+    assert main(["report", str(runs_root), "--metrics", "horizon_tmap", "horizon_otd", "--out", str(out),
+                 "--no-plots"]) == 0
+    md = (out / "summary_test_horizon_tmap_horizon_otd.md").read_text()
+    assert "| horizon |" in md and "| 0.005 |" in md and report.NOT_EVALUATED in md
+    assert main(["report", str(runs_root), "--out", str(out), "--metrics", "nope"]) == 2
+    available = capsys.readouterr().err.split("available: ")[1].strip().split(", ")
+    assert "horizon_tmap" in available and report.HORIZON_COLUMN not in available
+
+
+def test_one_column_has_one_precision() -> None:
+    """summary.md printed `1.000 ± –` and `0.00 ± –` in one conflict_rate column (each row's own 4 significant
+    digits, 2 decimals for a 0), and `0.00 ± –` for a T-mAP of 0 beside 0.0123: the decimals are the column's."""
+    rows = [{"dataset": "sim", "model": model, "metric": metric, "mean": mean, "stderr": math.nan, "n": 1}
+            for model, values in (("lnm", (1.0, 0.0)), ("thp", (0.0, 0.0123)), ("rmtpp", (math.nan, 0.5)))
+            for metric, mean in zip(("conflict_rate", "horizon_tmap"), values)]
+    md = report.format_markdown(pd.DataFrame(rows))
+    cells = {r["model"]: (r["conflict_rate"], r["horizon_tmap ↑"]) for r in _md_rows(md)}
+    assert cells == {"lnm": ("1.000 ± –", "0.0000 ± –"), "thp": ("0.000 ± –", "0.0123 ± –"),
+                     "rmtpp": ("n/a", "**0.5000 ± –**")}
+    assert report.format_mean_se(0.0, math.nan) == "0.00 ± –"  # alone (a figure's title): its own digits
+    assert report.column_decimals([math.nan, 0.0]) == 2 and report.column_decimals([123.4, -0.5]) == 1

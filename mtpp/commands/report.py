@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                             "marks (with k or fewer every event is in the top k: 1 whatever the model)")
         if missing:
             known = sorted(c for c in df.columns if not c.startswith("config.") and "/" not in c
-                           and c not in (*report.KEY_COLUMNS, *report.REPLICATE_COLUMNS, "run"))  # fmt: skip
+                           and c not in (*report.KEY_COLUMNS, *report.REPLICATE_COLUMNS, "run",
+                                         report.HORIZON_COLUMN))  # fmt: skip
             raise MtppError(f"unknown metric(s) {', '.join(missing)}; available: {', '.join(known)}")
     stem = report.summary_stem(args.split, args.metrics)  # another split or a selection: its own files
     folder = out / ("plots" + stem.removeprefix("summary"))  # plots_val, ... beside summary_val.md

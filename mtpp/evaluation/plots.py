@@ -35,6 +35,7 @@ import pandas as pd
 from mtpp.evaluation.report import (
     DATA_CUT_COLUMNS,
     DEFAULT_METRICS,
+    HORIZON_COLUMN,
     canonical_metric,
     cell_columns,
     cell_labels,
@@ -590,14 +591,14 @@ def plot_metric_bars(
     if summary.empty:
         return None
     mets = list(dict.fromkeys(summary["metric"]))
-    keys = [k for k in cell_columns(runs) if k not in ("dataset", "parametrisation")]
+    keys = [k for k in cell_columns(runs, mets) if k not in ("dataset", "parametrisation")]  # horizon_*: + horizon
     summary = summary.assign(_label=cell_labels(summary, keys, with_param=False))
     if len(summary.drop_duplicates(["_label", "parametrisation"])) < 2:
         return None  # one point per panel on a zoomed axis compares nothing: summary.md has the values
     labels = list(dict.fromkeys(summary["_label"]))
     # cells tested on other data (another max_sequences cut, ...) or pooled over other splits / seeds are not
     # comparable: one group of columns per (cut, replicates), in order of first appearance, a dark line between
-    cut_cols = [k for k in keys if k in DATA_CUT_COLUMNS]
+    cut_cols = [k for k in keys if k in DATA_CUT_COLUMNS or k == HORIZON_COLUMN]  # horizon_* at another horizon
     first_rows = summary.drop_duplicates("_label").set_index("_label")
     cut_of = {lbl: (*(format_value(first_rows.at[lbl, c]) for c in cut_cols), first_rows.at[lbl, "replicates"])
               for lbl in labels}  # fmt: skip
@@ -672,8 +673,10 @@ def plot_metric_bars(
         f"{head}base vs + vs ++: mean ± standard error ({n_text} runs per point; {_pooled_note(runs)})\n"
         "y axes are zoomed (they do not start at 0)"
         + ("; NLL panels: change vs base beside + and ++" if drawn_change else "")
-        + (f"\ndark lines separate cells tested on different data ({', '.join(c.rsplit('.', 1)[-1] for c in cut_cols)}"
-           " in the labels): compare points within a group only" if len({v[:-1] for v in cuts}) > 1 else "")
+        + (f"\ndark lines separate cells tested on different data"
+           + " or scored at different horizons" * (HORIZON_COLUMN in cut_cols)
+           + f" ({', '.join(c.rsplit('.', 1)[-1] for c in cut_cols)} in the labels): compare points within a group only"
+           if len({v[:-1] for v in cuts}) > 1 else "")
         + ("\ncells pooled over different splits / seeds (under each label) are grouped apart, dark lines between: "
            "compare points within a group only" if len(reps) > 1 else ""),
     )

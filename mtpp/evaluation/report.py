@@ -8,7 +8,8 @@ A run directory (DESIGN §5) holds ``config.yaml`` (the resolved configuration: 
 
 Cells: runs that differ only by split and seed form a cell (a "model" on a dataset); ``summarise`` gives the
 mean and the standard error ``std(ddof=1) / sqrt(n)`` over the runs of each cell (NaN when ``n = 1``, shown
-as "–").
+as "–"). The ``horizon_*`` metrics of ``mtpp evaluate RUN --horizon T`` are pooled and ranked only among runs
+scored at the same horizon (:data:`HORIZON_COLUMN`, a cell column where they are summarised).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ __all__ = [
     "LEGACY_NAMES",
     "canonical_metric",
     "metric_info",
+    "metric_unit",
+    "TIME_UNIT",
     "cell_label",
     "cell_labels",
     "format_value",
@@ -72,18 +75,107 @@ _KEY_PATHS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """How a metric is shown: ``label`` in words, ``unit`` ("" when unitless), ``better`` (-1 lower is better, +1
-    higher, 0 neither: never bolded)."""
+    """How a metric is shown: ``label`` in words, ``unit`` ("" when unitless; :data:`TIME_UNIT` for a time in the
+    data's unit), ``better`` (-1 lower is better, +1 higher, 0 neither: never bolded), ``source`` (the paper that
+    defines it, "" for the textbook ones)."""
 
     label: str
     unit: str
     better: int
+    source: str = ""
 
     def title(self) -> str:
         """``"time NLL per sequence (nats) ↓ lower is better"``."""
         unit = f" ({self.unit})" if self.unit else ""
         arrow = {-1: " ↓ lower is better", 1: " ↑ higher is better"}.get(self.better, "")
         return f"{self.label}{unit}{arrow}"
+
+    def described(self) -> str:
+        """:meth:`title` and the source: ``"T-mAP ... ↑ higher is better [HoTPP, Karpukhin et al. 2024 ...]"``."""
+        return self.title() + (f" [{self.source}]" if self.source else "")
+
+    def meaning(self) -> str:
+        """The label and the source, without unit or direction (the CSV's ``meaning`` column)."""
+        return self.label + (f" [{self.source}]" if self.source else "")
+
+
+TIME_UNIT = "the data's time units"
+"""The :attr:`MetricInfo.unit` of a time (a gap, a distance between event times): the dataset's own unit, which
+each Markdown table names in its heading and the CSV's ``unit`` column spells out per dataset
+(:func:`metric_unit`, from :func:`mtpp.data.catalog.time_unit_of`)."""
+
+HOTPP = "HoTPP, Karpukhin et al. 2024, arXiv:2406.14341"
+"""The source of T-mAP and of the OTD horizon protocol (``mtpp.forecast.horizon``)."""
+
+HORIZON_PREFIX = "horizon_"
+"""The prefix of the keys ``mtpp evaluate RUN --horizon T`` writes into ``metrics.json[split]``
+(``mtpp.forecast.horizon.HORIZON_PREFIX``; repeated here so that reading runs never imports torch)."""
+
+_HORIZON_METRICS: dict[str, MetricInfo] = {
+    "window": MetricInfo("forecast horizon: the time span after each prediction point the horizon_* metrics score",
+                         TIME_UNIT, 0),
+    "points": MetricInfo("prediction points scored (horizon window fully observed)", "points", 0),
+    "samples": MetricInfo("sampled continuations per prediction point", "continuations", 0),
+    "next_points": MetricInfo("prediction points of the next-event metrics", "points", 0),
+    "next_accuracy": MetricInfo("next mark accuracy at the prediction points, forecast argmax p(k | H)",
+                                "share of points", 1),
+    "next_nll_mark": MetricInfo("next mark NLL at the prediction points, forecast -log p(k | H)",
+                                "nats per point", -1),
+    "next_mae": MetricInfo("absolute error of the median next gap at the prediction points", TIME_UNIT, -1),
+    "next_interval_coverage": MetricInfo(
+        "share of next gaps inside their central interval (calibrated: the level, horizon_next_interval_level)",
+        "share of points", 0, "Gneiting & Raftery 2007, JASA, §6"),
+    "next_interval_width": MetricInfo("mean width of the next gap's central interval", TIME_UNIT, 0),
+    "next_interval_level": MetricInfo("level of the next gap's central interval", "probability", 0),
+    "tmap": MetricInfo("T-mAP: mean over time tolerances of the mAP of the events forecast within the horizon",
+                       "", 1, HOTPP),
+    "tmap_deltas": MetricInfo("the T-mAP time tolerances (a list)", TIME_UNIT, 0, HOTPP),
+    "otd": MetricInfo("OTD: optimal transport distance between the first N forecast and observed events",
+                      TIME_UNIT, -1, f"Mei, Qin & Eisner 2019; {HOTPP}"),
+    "otd_points": MetricInfo("prediction points of the OTD (N observed events after them)", "points", 0),
+    "otd_cost": MetricInfo("OTD cost of an inserted or deleted event", TIME_UNIT, 0),
+    "otd_events": MetricInfo("events compared by the OTD (N)", "events", 0),
+    "count_points": MetricInfo("prediction points of the count calibration", "points", 0),
+    "count_pce": MetricInfo("calibration error (PCE) of the randomised PIT of the event count within the horizon",
+                            "", -1, "Czado, Gneiting & Held 2009, Biometrics"),
+    "count_pit_hist": MetricInfo("histogram of the count PITs over 10 equal bins (a list)", "points", 0),
+    "count_coverage": MetricInfo("share of observed counts within the horizon inside the central interval of the "
+                                 "sampled counts (calibrated: the level, horizon_count_level)", "share of points", 0),
+    "count_level": MetricInfo("level of the count's central interval", "probability", 0),
+    "count_mae": MetricInfo("absolute error of the median sampled count within the horizon", "events", -1),
+    "count_mean_pred": MetricInfo("mean sampled count within the horizon", "events", 0),
+    "count_mean_obs": MetricInfo("mean observed count within the horizon", "events", 0),
+    "max_events": MetricInfo("cap on the events of a continuation within the horizon (--max-events)", "events", 0),
+    "truncated_samples": MetricInfo("sampled continuations cut at the cap before the horizon's end (their counts "
+                                    "are lower bounds)", "continuations", 0),
+    "truncated_rollouts": MetricInfo("mode rollouts cut at the cap before the horizon's end (their T-mAP "
+                                     "predictions stop early)", "rollouts", 0),
+    "truncated_rows": MetricInfo("continuations cut at the cap before the horizon's end (older evaluations: "
+                                 "sampled and rollouts together)", "continuations", 0),
+    "baselines": MetricInfo("the horizon metrics of the baselines (mtpp.forecast.baselines), by name; the same "
+                            "keys without the prefix", "", 0),
+}
+"""What ``mtpp.forecast.horizon.evaluate_horizon`` returns (module docstring there), by key without the prefix;
+:data:`METRICS` holds them as ``horizon_<key>``. The per-tolerance ``map@<delta>`` keys: :func:`metric_info`."""
+
+HORIZON_COLUMN = "horizon"
+"""The cell column of the horizon a run's ``horizon_*`` metrics were scored at (its ``metrics.json[split]
+["horizon_window"]``, written by ``mtpp evaluate RUN --horizon T``; absent: never evaluated so). A cell column only
+where ``horizon_*`` metrics are summarised (:func:`cell_columns`): runs scored at different horizons are never
+pooled into one row, and their ``horizon_*`` metrics are ranked only among rows of one horizon."""
+
+NOT_EVALUATED = "not evaluated"
+"""A ``horizon_*`` cell of runs never evaluated with ``--horizon`` (``n/a`` means the metric does not apply)."""
+
+
+def is_horizon_metric(name: str) -> bool:
+    """Whether ``name`` is a ``horizon_*`` metric of the summarised section (``val/horizon_tmap`` is not: its
+    horizon is another section's)."""
+    return "/" not in name and name.startswith(HORIZON_PREFIX)
+
+
+HORIZON_MAP = re.compile(r"^horizon_map@(.+)$")
+"""``horizon_map@0.001``: the mAP at one T-mAP time tolerance (group 1, in the data's time units)."""
 
 
 _KIND_WORDS = {"given_time": " given the time p(k | τ_obs, H)", "forecast": ", forecast p(k | H)"}
@@ -118,8 +210,8 @@ METRICS: dict[str, MetricInfo] = {
     "brier": MetricInfo("Brier score of the marks", "", -1),
     "pce": MetricInfo("time calibration error (PCE)", "", -1),
     "pce_binned": MetricInfo("time calibration error of the lattice bins (PCE, non-randomised PIT)", "", -1),
-    "mae_tau": MetricInfo("absolute error of the median gap", "the data's time units", -1),
-    "rmse_tau": MetricInfo("RMS error of the median gap", "the data's time units", -1),
+    "mae_tau": MetricInfo("absolute error of the median gap", TIME_UNIT, -1),
+    "rmse_tau": MetricInfo("RMS error of the median gap", TIME_UNIT, -1),
     "conflict_rate": MetricInfo("gradient conflict rate (steps with cos φ_TM < 0)", "share of measured steps", 0),
     "train_events_per_second": MetricInfo("training speed", "events / s", 0),
     **{f"top{k}_accuracy_{kind}": MetricInfo(f"top-{k} mark accuracy{words}", "share of events", 1)
@@ -127,6 +219,7 @@ METRICS: dict[str, MetricInfo] = {
     **{f"mce_{kind}": MetricInfo(f"maximum mark calibration error (MCE){words}", "", -1)
        for kind, words in _KIND_WORDS.items()},
     **{f"brier_{kind}": MetricInfo(f"Brier score of the marks{words}", "", -1) for kind, words in _KIND_WORDS.items()},
+    **{f"{HORIZON_PREFIX}{key}": info for key, info in _HORIZON_METRICS.items()},
 }
 """The one table of metric names the report and the plots use: name in ``metrics.json`` -> :class:`MetricInfo`
 (label in words, unit, lower or higher is better). Names not listed fall back to :data:`LOWER_IS_BETTER` /
@@ -171,6 +264,9 @@ def metric_info(name: str) -> MetricInfo:
     base = canonical_metric(name).rsplit("/", 1)[-1]
     if base in METRICS:
         return METRICS[base]
+    if m := HORIZON_MAP.match(base):
+        return MetricInfo(f"mAP of the events forecast within the horizon at time tolerance {m.group(1)} (the "
+                          "data's time units)", "", 1, HOTPP)
     better = -1 if base.startswith(LOWER_IS_BETTER) else 1 if base.startswith(HIGHER_IS_BETTER) else 0
     return MetricInfo(base.replace("_", " "), "", better)
 
@@ -189,6 +285,13 @@ PARAM_SYMBOLS = {"base": "base", "plus": "+", "plusplus": "++"}
 def param_symbol(parametrisation: Any) -> str:
     """``base`` / ``+`` / ``++`` for the parametrisation names (anything else unchanged)."""
     return PARAM_SYMBOLS.get(str(parametrisation), str(parametrisation))
+
+
+def metric_unit(name: str, dataset: Any = None) -> str:
+    """The unit of ``name`` (:func:`metric_info`) on ``dataset``: :data:`TIME_UNIT` spelt out as the catalog's
+    documented unit (``"hours"``, ``mtpp.data.catalog.time_unit_text``; ``"data units"`` where none is recorded)."""
+    unit = metric_info(name).unit
+    return time_unit_text(time_unit_of(dataset)) if unit == TIME_UNIT and dataset is not None else unit
 
 
 def direction(metric: str) -> int:
@@ -284,6 +387,8 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
     chosen = metrics.get(section, {})
     if isinstance(chosen, dict):
         row.update({c(k): _number(v) for k, v in chosen.items() if not isinstance(v, (dict, list))})
+        if f"{HORIZON_PREFIX}window" in chosen:  # the horizon the horizon_* metrics were scored at
+            row[HORIZON_COLUMN] = _number(chosen[f"{HORIZON_PREFIX}window"])
     marks = _num_marks(metrics, section, config)
     if marks is not None:
         from mtpp.evaluation.metrics import topk_reported
@@ -315,9 +420,11 @@ def collect_runs(root: str | Path, section: str = "test") -> pd.DataFrame:
     return df
 
 
-def cell_columns(df: pd.DataFrame) -> list[str]:
+def cell_columns(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> list[str]:
     """The columns defining a cell: :data:`KEY_COLUMNS` plus every experiment config field that varies between
-    runs of the same key-cell (e.g. a learning-rate sweep), never split / seed / bookkeeping fields."""
+    runs of the same key-cell (e.g. a learning-rate sweep), never split / seed / bookkeeping fields; and
+    :data:`HORIZON_COLUMN` when ``metrics`` name a ``horizon_*`` metric and some run has a horizon (runs scored at
+    different horizons are not replicates of one cell)."""
     keys = [c for c in KEY_COLUMNS if c in df.columns]
     covered = {f"config.{'.'.join(p)}" for p in _KEY_PATHS.values()}
     extra = []
@@ -327,7 +434,8 @@ def cell_columns(df: pd.DataFrame) -> list[str]:
         varies = df.groupby(keys, dropna=False)[col].nunique(dropna=False).gt(1).any() if keys else False
         if varies:
             extra.append(col)
-    return keys + extra
+    horizon = HORIZON_COLUMN in df.columns and any(is_horizon_metric(canonical_metric(m)) for m in metrics or ())
+    return keys + extra + [HORIZON_COLUMN] * horizon
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -360,10 +468,12 @@ def summarise(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.Data
     :func:`replicate_label`: means over other splits are not comparable). ``metrics`` defaults to those of :data:`DEFAULT_METRICS`
     present in ``df`` (legacy names accepted); NaN values (e.g. the conflict rate of ``++``, which has no shared
     parameter) are left out of a cell's statistics, and a cell without any finite value has a NaN mean ("n/a").
+    With ``horizon_*`` metrics, the cell columns end with :data:`HORIZON_COLUMN` (:func:`cell_columns`): one row
+    per horizon, NaN for the runs never evaluated with ``--horizon``.
     """
     metrics = [canonical_metric(m) for m in (metrics or DEFAULT_METRICS)]
     metrics = [m for m in dict.fromkeys(metrics) if m in df.columns]
-    keys = cell_columns(df)
+    keys = cell_columns(df, metrics)
     out_cols = [*keys, "metric", "mean", "stderr", "n", "runs", "replicates"]
     if df.empty or not metrics:
         return pd.DataFrame(columns=out_cols)
@@ -424,12 +534,21 @@ def _decimals(x: float) -> int:
     return int(np.clip(3 - math.floor(math.log10(abs(x))), 1, 4))
 
 
-def format_mean_se(mean: float, stderr: float) -> str:
-    """``"70.90 ± 1.23"`` (4 significant digits, at least 1 and at most 4 decimals); ``"n/a"`` when the mean is
-    NaN (the metric does not apply, e.g. the conflict rate of ``++``), ``"–"`` for a missing standard error."""
+def column_decimals(means: Iterable[float]) -> int:
+    """The decimals of one table column: 4 significant digits of its largest finite mean in magnitude (at least 1,
+    at most 4; 2 when every mean is 0 or missing), so every row of the column has the same precision (``1.000``
+    above ``0.000``, never ``0.00``; ``10.00`` above ``8.00``)."""
+    finite = [abs(float(v)) for v in means if math.isfinite(float(v))]
+    return _decimals(max(finite, default=0.0))
+
+
+def format_mean_se(mean: float, stderr: float, decimals: int | None = None) -> str:
+    """``"70.90 ± 1.23"`` (4 significant digits, at least 1 and at most 4 decimals; ``decimals`` when given: a
+    table passes :func:`column_decimals` of the column); ``"n/a"`` when the mean is NaN (the metric does not
+    apply, e.g. the conflict rate of ``++``), ``"–"`` for a missing standard error."""
     if not math.isfinite(mean):
         return "n/a"
-    d = _decimals(mean)
+    d = _decimals(mean) if decimals is None else decimals
     se = f"{stderr:.{d}f}" if math.isfinite(stderr) else "–"
     return f"{mean:.{d}f} ± {se}"
 
@@ -445,8 +564,8 @@ def _model_columns(keys: Sequence[str]) -> list[str]:
 
 
 def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str = "test") -> str:
-    """Markdown: one table per dataset, one row per model, one column per metric ("mean ± se"), the best mean
-    of each column in bold (lower is better for NLL / PCE / ECE / MCE / Brier / MAE / RMSE, higher for accuracy
+    """Markdown: one table per dataset, one row per model, one column per metric ("mean ± se", every row of a
+    column with the decimals of :func:`column_decimals`), the best mean of each column in bold (lower is better for NLL / PCE / ECE / MCE / Brier / MAE / RMSE, higher for accuracy
     / top-k / MRR; other columns are not bolded)."""
     if summary.empty:
         return f"# {title}\n\nNo finished runs.\n"
@@ -465,7 +584,8 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         + ". Units: NLL in nats per sequence (`*_per_seq`: sum over the sequences / number of sequences, the "
         "paper's unit; the time NLL includes the survival term), or per scored event (`*_per_event`: the same "
         "total / number of scored events). "
-        "Cells: mean ± standard error (std with ddof=1 / sqrt(n)) over the n splits / seeds; – where n = 1; "
+        "Cells: mean ± standard error (std with ddof=1 / sqrt(n)) over the n splits / seeds, with one number of "
+        "decimals per column (4 significant digits of its largest mean); – where n = 1; "
         "n/a where the metric does not apply (the conflict rate of ++, which shares no parameter; a top-k accuracy "
         "of a model with k marks or fewer, 1 whatever the model). "
         "Best mean per column in **bold** (↓ lower is better, ↑ higher is better), among the rows tested on the "
@@ -473,8 +593,15 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         "pooled over the same splits and seeds (a `pooled` column names them where rows differ). "
         "`runs`: the run folders pooled in each row."
     )
+    if HORIZON_COLUMN in keys:
+        lines[-1] += (
+            " `horizon`: the time span after each prediction point that the `horizon_*` metrics score "
+            "(`mtpp evaluate RUN --horizon T`, in the data's time units): runs scored at different horizons are "
+            "separate rows, never pooled, and their `horizon_*` metrics are ranked only among rows of the same "
+            f"horizon; {NOT_EVALUATED} (horizon –): the row's runs were never evaluated with `--horizon`."
+        )
     lines.append("")
-    lines.append("Metrics: " + "; ".join(f"`{m}` = {metric_info(m).title()}" for m in metrics) + ".")
+    lines.append("Metrics: " + "; ".join(f"`{m}` = {metric_info(m).described()}" for m in metrics) + ".")
     lines.append("")
     datasets = list(dict.fromkeys(summary["dataset"])) if "dataset" in summary else [None]
     for ds in datasets:
@@ -491,18 +618,22 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
         wide_se = indexed["stderr"].unstack("metric")
         wide_n = indexed["n"].unstack("metric")
         cols = [m for m in metrics if m in wide_mean.columns]
+        decimals = {m: column_decimals(wide_mean[m]) for m in cols}  # one precision per column
         # rows tested on other data (another max_sequences cut, ...) are not compared: bold within each data group
         cut = [i for i, k in enumerate(model_keys) if k in DATA_CUT_COLUMNS]
+        # horizon_* metrics scored at different horizons are not compared either (other metrics of those rows are)
+        at = [i for i, k in enumerate(model_keys) if k == HORIZON_COLUMN]
 
-        def group(idx: Any) -> tuple:
+        def group(idx: Any, m: str) -> tuple:
             idx_t = idx if isinstance(idx, tuple) else (idx,)
-            return (*(idx_t[i] for i in cut), reps_of.get(idx_t, ""))
+            horizon = tuple(idx_t[i] for i in at) if is_horizon_metric(m) else ()
+            return (*(idx_t[i] for i in cut), *horizon, reps_of.get(idx_t, ""))
 
         best: dict[tuple[str, tuple], float] = {}
         for m in cols:
             d = direction(m)
-            for g in {group(i) for i in wide_mean.index}:
-                vals = wide_mean[m][[group(i) == g for i in wide_mean.index]].dropna()
+            for g in {group(i, m) for i in wide_mean.index}:
+                vals = wide_mean[m][[group(i, m) == g for i in wide_mean.index]].dropna()
                 if d and len(vals) > 1:
                     best[(m, g)] = float(vals.min() if d < 0 else vals.max())
         n_runs = int(np.nanmax(wide_n.to_numpy())) if wide_n.size else 0
@@ -524,10 +655,13 @@ def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str 
                 param_symbol(v) if k == "parametrisation" else format_value(v)
                 for k, v in zip(model_keys, idx_t)
             ] + [reps_of.get(idx_t, "")] * pooled
+            unscored = bool(at) and idx_t[at[0]] == "–"  # no horizon: never evaluated with --horizon
             for m in cols:
                 mean, se = float(wide_mean.at[idx, m]), float(wide_se.at[idx, m])
-                text = format_mean_se(mean, se)
-                if best.get((m, group(idx))) == mean:
+                text = format_mean_se(mean, se, decimals[m])
+                if not math.isfinite(mean) and unscored and is_horizon_metric(m):
+                    text = NOT_EVALUATED
+                if best.get((m, group(idx, m))) == mean:
                     text = f"**{text}**"
                 cells.append(text)
             if runs_of:
@@ -584,8 +718,9 @@ def cell_label(row: Any, keys: Sequence[str], with_param: bool = True) -> str:
     if get("aggregator") and str(get("aggregator")) != "sum":
         extra.append(str(get("aggregator")))
     for k in keys:
-        if k.startswith("config."):
-            extra.append(f"{k.rsplit('.', 1)[-1]}={format_value(get(k))}")
+        if k.startswith("config.") or k == HORIZON_COLUMN:
+            value = _label_value(k, get(k)) if k == HORIZON_COLUMN else format_value(get(k))
+            extra.append(f"{k.rsplit('.', 1)[-1]}={value}")
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -605,7 +740,8 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
     names = [cell_label(r, [], with_param) for r in rows]
     # the settings that may tell cells of one name apart; the encoder too, which the name leaves out when it is
     # GRU or the decoder's namesake (GRU-THP and THP-THP are both "THP")
-    config_keys = [k for k in ("encoder", *keys) if (k == "encoder" or k.startswith("config.")) and k in df.columns]
+    config_keys = [k for k in ("encoder", *keys) if (k in ("encoder", HORIZON_COLUMN) or k.startswith("config."))
+                   and k in df.columns]  # fmt: skip
     config_keys = list(dict.fromkeys(config_keys))
     prio = {k: i for i, k in enumerate(("encoder", *LABEL_PRIORITY))}
     cell_key = [tuple(format_value(r.get(k)) for k in keys if k in df.columns) for r in rows]
@@ -649,7 +785,8 @@ def _most_telling(keys: list[str], values: list[list[str]]) -> list[str]:
     return [keys[j] for j in order]
 
 
-_UNSET = {"config.data.max_sequences": "all"}  # what a null setting means, where it means something
+_UNSET = {"config.data.max_sequences": "all", HORIZON_COLUMN: "none"}  # what a null setting means, where it means
+# something (no horizon: the run was never evaluated with --horizon)
 
 
 def _label_value(key: str, v: Any) -> str:
@@ -701,8 +838,9 @@ def write_summary(
     table = summary.drop(columns="replicates")
     table.insert(at - 1, "replicates", summary["replicates"])  # a cell column: mtpp.owned reads the last seven
     at += 1
-    table.insert(at, "unit", [metric_info(m).unit for m in summary["metric"]])
-    table.insert(at, "meaning", [metric_info(m).label for m in summary["metric"]])
+    datasets = summary["dataset"] if "dataset" in summary.columns else [None] * len(summary)
+    table.insert(at, "unit", [metric_unit(m, ds) for m, ds in zip(summary["metric"], datasets)])
+    table.insert(at, "meaning", [metric_info(m).meaning() for m in summary["metric"]])
     table.to_csv(csv_path, index=False)
     text = format_markdown(summary, title=title, section=df.attrs.get("section", "test"))
     notes = list(notes or [])
