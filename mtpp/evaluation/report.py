@@ -565,8 +565,9 @@ def _model_columns(keys: Sequence[str]) -> list[str]:
 
 def format_markdown(summary: pd.DataFrame, title: str = "Results", section: str = "test") -> str:
     """Markdown: one table per dataset, one row per model, one column per metric ("mean ± se", every row of a
-    column with the decimals of :func:`column_decimals`), the best mean of each column in bold (lower is better for NLL / PCE / ECE / MCE / Brier / MAE / RMSE, higher for accuracy
-    / top-k / MRR; other columns are not bolded)."""
+    column with the decimals of :func:`column_decimals`), the best mean of each column in bold (lower is better
+    for NLL / PCE / ECE / MCE / Brier / MAE / RMSE, higher for accuracy / top-k / MRR; other columns are not
+    bolded)."""
     if summary.empty:
         return f"# {title}\n\nNo finished runs.\n"
     keys = [c for c in summary.columns if c not in ("metric", "mean", "stderr", "n", "runs", "replicates")]
