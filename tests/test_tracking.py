@@ -58,6 +58,70 @@ def test_missing_package_stops_before_training(tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
+EPOCH_NAMES = {
+    "val/nll_per_seq", "val/nll_time_per_seq", "val/nll_mark_per_seq", "val/nll_per_event", "epoch/seconds",
+    "epoch/validation_seconds", "epoch/train_events_per_second", "epoch/lr", "epoch/skipped_batches",
+    "epoch/best_epoch",
+}  # fmt: skip
+"""The metric names of an epoch record (``mtpp.training.tracking.metric_name``)."""
+
+
+class _Recorder:
+    """A sink that keeps what it is sent: ``items`` (name, value, step) and the final ``summary``."""
+
+    name = "mlflow"
+    sent: list = []
+
+    def __init__(self, out_dir, config, options, run_id):
+        self.run_id, self.items, self.summary = "recorded", [], None
+        _Recorder.sent.append(self)
+
+    def log(self, items):
+        self.items += items
+
+    def finish(self, summary, ok):
+        self.summary = summary
+
+
+def test_metric_names_say_what_each_value_is(tmp_path, monkeypatch):
+    from mtpp.training import tracking
+
+    monkeypatch.setitem(tracking._KINDS, "mlflow", _Recorder)
+    monkeypatch.setattr(_Recorder, "sent", [])
+    fit(_cfg(["mlflow"], {}), tmp_path / "r")
+    (sink,) = _Recorder.sent
+    log = _log(tmp_path / "r")
+    by_step: dict = {}
+    for name, value, step in sink.items:
+        by_step.setdefault(step, {})[name] = value
+    epochs = [r for r in log if r["kind"] == "epoch"]
+    for r in epochs:
+        got = {k: v for k, v in by_step[r["step"]].items() if not k.startswith("train/")}
+        assert set(got) == EPOCH_NAMES
+        assert got["val/nll_per_seq"] == pytest.approx(r["val_nll_per_seq"])
+        assert got["val/nll_time_per_seq"] == pytest.approx(r["val_nll_time_per_seq"])
+        assert got["epoch/seconds"] == pytest.approx(r["epoch_seconds"])
+        assert got["epoch/lr"] == pytest.approx(r["lr"])
+        assert got["epoch/train_events_per_second"] == pytest.approx(r["train_events_per_second"])
+    step = next(r for r in log if r["kind"] == "step")
+    train = {k: v for k, v in by_step[step["step"]].items() if k.startswith("train/")}
+    assert set(train) == {"train/loss_time", "train/loss_mark", "train/cos_tm", "train/cos_tm.encoder", "train/gms",
+                          "train/norm_time", "train/norm_mark", "train/grad_norm", "train/skipped"}  # fmt: skip
+    assert train["train/loss_time"] == pytest.approx(step["loss_time"])
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    final = sink.summary
+    assert final["final/test/nll_time_per_seq"] == pytest.approx(metrics["test"]["nll_time_per_seq"])
+    assert final["final/val/accuracy_forecast"] == pytest.approx(metrics["val"]["accuracy_forecast"])
+    assert final["final/train/seconds"] == pytest.approx(metrics["train"]["train_seconds"])
+    assert final["final/train/events_per_second"] == pytest.approx(metrics["train"]["train_events_per_second"])
+    assert final["final/train/best_epoch"] == metrics["train"]["best_epoch"]
+    assert final["final/train/conflict_rate.encoder"] == metrics["train"]["conflict_rate/encoder"]
+    # the run-level fields metrics.json repeats in each split are sent once, under final/train/
+    assert not [k for k in final if k.startswith(("final/val/", "final/test/")) and k.rsplit("/", 1)[1] in
+                ("best_epoch", "num_parameters", "conflict_rate", "train_events_per_second")]  # fmt: skip
+    assert not [k for k in final if k.startswith("final/train/train_")]
+
+
 def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -78,10 +142,12 @@ def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path
     assert [(m.step, m.value) for m in hist] == [(r["step"], pytest.approx(r["loss_time"])) for r in steps]
     metrics = json.loads((run / "metrics.json").read_text())
     assert info.data.metrics["final/test/nll_time_per_seq"] == pytest.approx(metrics["test"]["nll_time_per_seq"])
+    assert set(info.data.metrics) >= EPOCH_NAMES | {"train/loss_time", "final/train/events_per_second"}
+    assert not [k for k in info.data.metrics if k.startswith(("val/val_", "val/epoch", "val/lr", "final/train/train_"))]
     # resume with one more epoch: the same MLflow run, now with two validation records
     fit(_cfg(["mlflow"], {"mlflow": {"tracking_uri": uri, "experiment": "tests"}}, epochs=2), run, resume=True)
     assert json.loads((run / "tracking.json").read_text())["mlflow"] == run_id
-    val = client.get_metric_history(run_id, "val/val_nll_per_seq")
+    val = client.get_metric_history(run_id, "val/nll_per_seq")
     assert sorted(m.step for m in val) == [r["step"] for r in _log(run) if r.get("kind") == "epoch"]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([info.info.experiment_id])) == 1
@@ -137,6 +203,10 @@ def test_wandb_offline_gets_records_and_final_metrics(tmp_path, monkeypatch):
         logged.setdefault(h["step"], {}).update(h)
     for r in (r for r in _log(run) if r.get("kind") == "step"):
         assert logged[r["step"]]["train/loss_mark"] == pytest.approx(r["loss_mark"])
+    epoch = next(r for r in _log(run) if r.get("kind") == "epoch")
+    assert EPOCH_NAMES <= set(logged[epoch["step"]])  # the same names as MLflow
+    assert logged[epoch["step"]]["val/nll_per_seq"] == pytest.approx(epoch["val_nll_per_seq"])
+    assert logged[epoch["step"]]["epoch/lr"] == pytest.approx(epoch["lr"])
     summary = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in records
                if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
     metrics = json.loads((run / "metrics.json").read_text())

@@ -12,15 +12,25 @@ Each needs its package (extras ``mlflow`` -> ``mlflow-skinny``, ``wandb`` -> ``w
 missing is a ``ConfigError`` at the start of the run, before any training.
 
 What is sent. ``RunLogger`` (``mtpp.training.logging``) forwards every record it writes to ``log.jsonl`` to
-:meth:`Trackers.log` (its one hook): step records (losses ``loss_time`` / ``loss_mark`` in nats per sequence,
-``cos_tm``, ``cos_tm/encoder``, ``cos_tm/decoder``, ``gms``, gradient norms, the skip flag) as ``train/<key>``
-and epoch records (validation NLLs, epoch seconds, learning rate, ...) as ``val/<key>``, each at its training
-step; a ``/`` inside a record key becomes ``.`` (``train/cos_tm.encoder``), so no name nests under another. Records arrive in batches at the trainer's flushes (every ``logging.flush_every`` steps), so tracking
-adds no host sync. At the start the resolved configuration (``config.yaml``: every section flattened to
-``section.key``, and ``run_info``) is logged as parameters; at the end the final metrics of ``metrics.json``
-(``val/...``, ``test/...``, ``train/...``, the same names as the file) as summary values, and the run is marked
-finished, or failed when the run ended without ``metrics.json`` (interrupted, diverged). Final metrics are
-named ``final/<split>/<metric>`` (``final/test/nll_time_per_seq``).
+:meth:`Trackers.log` (its one hook), each value at its training step, under a name that says what it is
+(:func:`metric_name`; TensorBoard gets the same names):
+
+- ``train/<key>``: step records, the training batch's values (``train/loss_time``, ``train/loss_mark`` in nats per
+  sequence, ``train/cos_tm``, ``train/cos_tm.encoder``, ``train/gms``, ``train/grad_norm``, ``train/skipped``);
+- ``val/<metric>``: the validation values of each epoch record, in nats (``val/nll_per_seq``,
+  ``val/nll_time_per_seq``, ``val/nll_mark_per_seq``, ``val/nll_per_event``, ``val/nll_time_binned_per_seq``);
+- ``epoch/<key>``: the rest of each epoch record (``epoch/seconds``, ``epoch/validation_seconds``,
+  ``epoch/train_events_per_second``, ``epoch/lr``, ``epoch/skipped_batches``, ``epoch/best_epoch``);
+- ``final/<split>/<metric>``: at the end, the final metrics of ``metrics.json`` as summary values, with the file's
+  names (``final/test/nll_time_per_seq``, ``final/val/accuracy_forecast``); its ``train`` section as
+  ``final/train/<key>`` without a leading ``train_`` (``final/train/seconds``, ``final/train/events_per_second``,
+  ``final/train/best_epoch``), where the run-level fields that ``metrics.json`` repeats in every split are sent once.
+
+A ``/`` inside a record key becomes ``.`` (``train/cos_tm.encoder``), so no name nests under another. Records
+arrive in batches at the trainer's flushes (every ``logging.flush_every`` steps), so tracking adds no host sync.
+At the start the resolved configuration (``config.yaml``: every section flattened to ``section.key``, and
+``run_info``) is logged as parameters; at the end the run is marked finished, or failed when the run ended
+without ``metrics.json`` (interrupted, diverged).
 
 Failures. A tracker that cannot start (unreachable server, bad URI, no credentials) stops the run before
 training with one line (``MtppError``); one that fails later is switched off with a warning and the run goes on
@@ -51,7 +61,7 @@ import yaml
 from mtpp.config import flatten
 from mtpp.errors import ConfigError, MtppError
 
-__all__ = ["Trackers", "open_trackers", "TRACKING_FILE"]
+__all__ = ["Trackers", "open_trackers", "metric_name", "record_metrics", "final_metrics", "TRACKING_FILE"]
 
 TRACKING_FILE = "tracking.json"
 _SKIP = ("kind", "step", "epoch")
@@ -72,6 +82,59 @@ def _scalars(record: dict[str, Any]) -> dict[str, float]:
         v = float(v)
         if math.isfinite(v):
             out[k] = v
+    return out
+
+
+_NAMES: dict[tuple[str, str], str] = {}
+"""``(record kind, record key) -> metric name``, filled as keys are first seen (:func:`metric_name`)."""
+
+
+def metric_name(kind: str | None, key: str) -> str:
+    """The metric name under which a ``log.jsonl`` record field is sent to trackers and TensorBoard.
+
+    Step records (``kind: step``): ``train/<key>`` (``train/loss_time``, ``train/cos_tm.encoder``). Epoch records
+    (``kind: epoch``): a validation value ``val_<m>`` is ``val/<m>`` (``val/nll_per_seq``), ``epoch_seconds`` is
+    ``epoch/seconds``, every other field ``epoch/<key>`` (``epoch/lr``, ``epoch/train_events_per_second``,
+    ``epoch/validation_seconds``, ``epoch/best_epoch``). A ``/`` inside a key becomes ``.`` (:func:`_key`).
+    """
+    name = _NAMES.get((kind or "", key))
+    if name is None:
+        if kind == "epoch":
+            if key.startswith("val_"):
+                name = f"val/{_key(key[4:])}"
+            else:
+                name = f"epoch/{_key(key[6:] if key.startswith('epoch_') else key)}"
+        else:
+            name = f"{kind if kind and kind != 'step' else 'train'}/{_key(key)}"
+        _NAMES[(kind or "", key)] = name
+    return name
+
+
+def record_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """A ``log.jsonl`` record's finite numeric fields under their metric names (:func:`metric_name`)."""
+    kind = record.get("kind")
+    return {metric_name(kind, k): v for k, v in _scalars(record).items()}
+
+
+def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The final metrics of a ``metrics.json`` as tracker summary values: ``final/<split>/<metric>`` with the
+    file's names (``final/test/nll_time_per_seq``, ``final/val/accuracy_forecast``); the ``train`` section (the
+    run's summary) as ``final/train/<key>`` without a leading ``train_`` (``final/train/seconds``,
+    ``final/train/events_per_second``, ``final/train/best_epoch``). The run-level fields that ``metrics.json``
+    repeats in every split (``RUN_LEVEL_KEYS``: best epoch, parameters, conflict rate, training speed) are sent
+    once, under ``final/train/``."""
+    from mtpp.evaluation.evaluate import RUN_LEVEL_KEYS
+
+    train = metrics.get("train") if isinstance(metrics.get("train"), dict) else {}
+    out: dict[str, float] = {}
+    for split, values in metrics.items():
+        if not isinstance(values, dict):
+            continue
+        for k, v in _scalars(values).items():
+            if split == "train":
+                out[f"final/train/{_key(k[6:] if k.startswith('train_') else k)}"] = v
+            elif not (k in RUN_LEVEL_KEYS and k in train):
+                out[f"final/{split}/{_key(k)}"] = v
     return out
 
 
@@ -117,7 +180,7 @@ class _MLflow:
         from mlflow.entities import Metric
 
         if summary:
-            self.client.log_batch(self.run_id, metrics=[Metric(f"final/{k}", v, 0, 0) for k, v in summary.items()])
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, 0, 0) for k, v in summary.items()])
         self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
 
 
@@ -150,7 +213,7 @@ class _WandB:
 
     def finish(self, summary: dict[str, float], ok: bool) -> None:
         for k, v in summary.items():
-            self.run.summary[f"final/{k}"] = v
+            self.run.summary[k] = v
         self.run.finish(exit_code=0 if ok else 1)
 
 
@@ -158,7 +221,7 @@ _KINDS = {"mlflow": _MLflow, "wandb": _WandB}
 
 
 class Trackers:
-    """The trackers of one run directory. ``log(records, prefix)`` forwards ``log.jsonl`` records; ``close()``
+    """The trackers of one run directory. ``log(records)`` forwards ``log.jsonl`` records; ``close()``
     sends the final metrics and the run status. Empty (every call a no-op) when no tracker is configured."""
 
     def __init__(self, out_dir: Path, sinks: list[Any]) -> None:
@@ -168,13 +231,13 @@ class Trackers:
     def __bool__(self) -> bool:
         return bool(self.sinks)
 
-    def log(self, records: Iterable[dict[str, Any]], prefix: str = "train") -> None:
+    def log(self, records: Iterable[dict[str, Any]]) -> None:
         if not self.sinks:
             return
         items = []
         for r in records:
             step = int(r.get("step") or 0)
-            items += [(f"{prefix}/{_key(k)}", v, step) for k, v in _scalars(r).items()]
+            items += [(k, v, step) for k, v in record_metrics(r).items()]
         if items:
             for sink in list(self.sinks):
                 self._guarded(sink, sink.log, items)
@@ -193,13 +256,8 @@ class Trackers:
         if not self.sinks:
             return
         path = self.out_dir / "metrics.json"
-        summary: dict[str, float] = {}
         ok = path.is_file()
-        if ok:
-            metrics = json.loads(path.read_text(encoding="utf-8"))
-            for split, values in metrics.items():
-                if isinstance(values, dict):
-                    summary.update({f"{split}/{_key(k)}": v for k, v in _scalars(values).items()})
+        summary = final_metrics(json.loads(path.read_text(encoding="utf-8"))) if ok else {}
         for sink in list(self.sinks):
             self._guarded(sink, sink.finish, summary, ok)
         self.sinks = []

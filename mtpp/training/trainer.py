@@ -626,7 +626,7 @@ class Trainer:
         for r in records:
             r["skipped"] = bool(r.get("skipped"))
         self.counters.add_records(records)
-        self.logger.write_many(({"kind": "step", **r} for r in records), prefix="train")
+        self.logger.write_many({"kind": "step", **r} for r in records)
         if steps:
             last = records[-1] if records else {}
             rate = events / (now - since) if now > since else None
@@ -712,7 +712,7 @@ class Trainer:
         }  # fmt: skip
         # the epoch's line before its checkpoint: a kill between the two leaves a line that a resume drops
         # (logging.truncate_log), never a checkpointed epoch without its line (the record reads the best epoch's)
-        self.logger.write(record, prefix="val")
+        self.logger.write(record)
         self.logger.flush()
         if self.main:
             checkpoint.save_atomic(state, self.out / checkpoint.CHECKPOINT)
@@ -1038,9 +1038,9 @@ def _make_aggregator(cfg: RunConfig) -> Any:
 class _NoLogger:
     """The logger of ranks other than 0: they write nothing."""
 
-    def write(self, record: dict[str, Any], prefix: str = "train") -> None: ...
+    def write(self, record: dict[str, Any]) -> None: ...
 
-    def write_many(self, records: Any, prefix: str = "train") -> None:
+    def write_many(self, records: Any) -> None:
         for _ in records:
             pass
 
