@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -72,8 +73,9 @@ class _Recorder:
     name = "mlflow"
     sent: list = []
 
-    def __init__(self, out_dir, config, options, run_id):
-        self.run_id, self.items, self.summary = "recorded", [], None
+    def __init__(self, out_dir, config, options, recorded):
+        self.run_id, self.items, self.summary, self.recorded = "recorded", [], None, recorded
+        self.store, self.where = {"run_id": self.run_id}, "a recorder"
         _Recorder.sent.append(self)
 
     def log(self, items):
@@ -132,7 +134,7 @@ def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path
     run = tmp_path / "r"
     cfg = _cfg(["mlflow"], {"mlflow": {"tracking_uri": uri, "experiment": "tests"}}, epochs=1)
     fit(cfg, run)
-    run_id = json.loads((run / "tracking.json").read_text())["mlflow"]
+    run_id = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
     client = MlflowClient(tracking_uri=uri)
     info = client.get_run(run_id)
     assert info.info.status == "FINISHED" and info.info.run_name == "r"
@@ -146,11 +148,65 @@ def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path
     assert not [k for k in info.data.metrics if k.startswith(("val/val_", "val/epoch", "val/lr", "final/train/train_"))]
     # resume with one more epoch: the same MLflow run, now with two validation records
     fit(_cfg(["mlflow"], {"mlflow": {"tracking_uri": uri, "experiment": "tests"}}, epochs=2), run, resume=True)
-    assert json.loads((run / "tracking.json").read_text())["mlflow"] == run_id
+    assert json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"] == run_id
     val = client.get_metric_history(run_id, "val/nll_per_seq")
     assert sorted(m.step for m in val) == [r["step"] for r in _log(run) if r.get("kind") == "epoch"]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([info.info.experiment_id])) == 1
+
+
+def test_mlflow_records_its_store_and_resume_uses_it_from_another_directory(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from mtpp.errors import MtppError
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run = tmp_path / "r"
+    opts = {"mlflow": {"tracking_uri": "sqlite:///ml.db"}}  # relative: the working directory's ml.db
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = _cfg(["mlflow"], opts, epochs=1)
+    cfg.logging.quiet = False
+    fit(cfg, run)
+    uri = f"sqlite:///{tmp_path / 'a' / 'ml.db'}"
+    recorded = json.loads((run / "tracking.json").read_text())["mlflow"]
+    assert recorded["tracking_uri"] == uri and recorded["experiment"] == "mtpp"
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(recorded["run_id"]).info.experiment_id == recorded["experiment_id"]
+    header = capsys.readouterr().err
+    assert f"  tracker mlflow {uri}, experiment 'mtpp' (id {recorded['experiment_id']}), run {recorded['run_id']}" in header
+    # --resume from another directory: the same store, not b/ml.db
+    monkeypatch.chdir(tmp_path / "b")
+    fit(_cfg(["mlflow"], opts, epochs=2), run, resume=True)
+    assert not (tmp_path / "b" / "ml.db").exists()
+    assert len(client.get_metric_history(recorded["run_id"], "val/nll_per_seq")) == 2
+    assert json.loads((run / "tracking.json").read_text())["mlflow"] == recorded
+    # the store gone: --resume refuses in one line, before training, and creates no empty store
+    (tmp_path / "a" / "ml.db").rename(tmp_path / "a" / "moved.db")
+    with pytest.raises(MtppError) as err:
+        fit(_cfg(["mlflow"], opts, epochs=3), run, resume=True)
+    assert str(err.value) == (
+        f"--resume: the MLflow run {recorded['run_id']} recorded in {run / 'tracking.json'} cannot be reached in "
+        f"{uri} (no file {tmp_path / 'a' / 'ml.db'}); make that store reachable again, or remove the \"mlflow\" "
+        f"entry of {run / 'tracking.json'} to start a new MLflow run")
+    assert not (tmp_path / "a" / "ml.db").exists()
+    assert sum(r["kind"] == "epoch" for r in _log(run)) == 2  # nothing trained
+
+
+def test_absolute_uri():
+    from mtpp.training.tracking import absolute_uri
+
+    here = Path.cwd()
+    assert absolute_uri("sqlite:///ml.db") == f"sqlite:///{here / 'ml.db'}"
+    assert absolute_uri("sqlite:////abs/ml.db") == "sqlite:////abs/ml.db"
+    assert absolute_uri("file:mlruns") == (here / "mlruns").as_uri()
+    assert absolute_uri("mlruns") == (here / "mlruns").as_uri()
+    assert absolute_uri("file:///abs/mlruns") == "file:///abs/mlruns"
+    for uri in ("http://localhost:5000", "https://x.example/mlflow", "databricks", "databricks://profile"):
+        assert absolute_uri(uri) == uri
 
 
 def _wandb_records(path):
@@ -192,7 +248,10 @@ def test_wandb_offline_gets_records_and_final_metrics(tmp_path, monkeypatch):
     run = tmp_path / "r"
     fit(_cfg(["wandb"], {"wandb": {"mode": "offline", "project": "tests"}}, epochs=1), run)
     wandb.teardown()  # the W&B service writes the offline file asynchronously: wait until it has shut down
-    run_id = json.loads((run / "tracking.json").read_text())["wandb"]
+    recorded = json.loads((run / "tracking.json").read_text())["wandb"]
+    run_id = recorded["run_id"]
+    assert recorded["project"] == "tests" and recorded["mode"] == "offline"
+    assert recorded["dir"] == str((run / "wandb").resolve())
     files = list((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(files) == 1
     records = _wandb_records(files[0])
@@ -220,8 +279,9 @@ class _Flaky:
 
     name = "mlflow"
 
-    def __init__(self, out_dir, config, options, run_id):
+    def __init__(self, out_dir, config, options, recorded):
         self.run_id, self.calls = "flaky", 0
+        self.store, self.where = {"run_id": self.run_id}, "a flaky sink"
 
     def log(self, items):
         self.calls += 1

@@ -82,6 +82,11 @@ class RunLogger:
         self._fh = self.path.open("a", encoding="utf-8")
         self._tb = _make_tensorboard(Path(out_dir) / "tensorboard") if tensorboard else None
 
+    @property
+    def tracking(self) -> list[str]:
+        """Where each experiment tracker sends this run (its store and run), for the run's header."""
+        return self._trackers.where
+
     def write(self, record: dict[str, Any], track: bool = True) -> None:
         """Append one record; its numeric fields go to TensorBoard and the trackers under the names of
         ``mtpp.training.tracking.metric_name`` (``train/...`` for ``kind: step``, ``val/...`` and ``epoch/...``

@@ -36,13 +36,22 @@ Failures. A tracker that cannot start (unreachable server, bad URI, no credentia
 training with one line (``MtppError``); one that fails later is switched off with a warning and the run goes on
 (``log.jsonl`` is always complete).
 
-Resume. The tracker run ids are kept in ``OUT/tracking.json``; ``mtpp train --resume`` continues the same MLflow
-run and W&B run (epochs repeated after the checkpoint are logged again at the same steps).
+Where. ``OUT/tracking.json`` records each tracker's run and store: MLflow ``{run_id, tracking_uri, experiment,
+experiment_id}`` with the URI made absolute (``sqlite:///mlflow.db`` is the working directory's file:
+``sqlite:////abs/dir/mlflow.db``), W&B ``{run_id, project, entity, mode, dir}``; the run's header says the same
+(``tracker mlflow sqlite:////abs/dir/mlflow.db, experiment 'mtpp' (id 1), run <id>``).
+
+Resume. ``mtpp train --resume`` continues the same MLflow run and W&B run, in the store ``OUT/tracking.json``
+records, from any working directory (``tracking_uri`` and the W&B project / entity / mode of the configuration
+are for new runs). A recorded MLflow run that cannot be reached (its SQLite file or folder gone, its server down,
+the run deleted) stops the resume before training with one line (``MtppError``); a missing SQLite file is not
+created empty.
 
 W&B runs its writer in a service process: an offline run's ``run-<id>.wandb`` file is complete once that service
 has shut down (``wandb.teardown()``, or the end of the Python process), not necessarily when ``fit`` returns.
 
-Defaults. MLflow: ``tracking_uri`` from MLflow itself (``$MLFLOW_TRACKING_URI``, else its default store),
+Defaults. MLflow: ``tracking_uri`` from MLflow itself (``$MLFLOW_TRACKING_URI``, else its default store, MLflow
+3's ``sqlite:///mlflow.db`` in the working directory; the header and ``tracking.json`` name it),
 experiment ``mtpp``, run name the run folder's name. W&B: project ``mtpp``, ``mode`` from ``$WANDB_MODE`` (else
 online, which needs ``wandb login``; ``offline`` writes ``OUT/wandb`` for a later ``wandb sync``), files under
 ``OUT``.
@@ -138,20 +147,57 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def absolute_uri(uri: str) -> str:
+    """An MLflow tracking URI that means the same store from any working directory: a relative SQLite path
+    (``sqlite:///mlflow.db``) or local folder (``file:mlruns``, ``mlruns``) made absolute; a server, an absolute
+    path or ``databricks`` unchanged."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path and not path.startswith(("/", ":memory:")):
+            return "sqlite:///" + str(Path(path).resolve())
+        return uri
+    if uri.startswith("file:"):
+        return uri if uri.startswith("file://") else Path(uri[len("file:") :]).resolve().as_uri()
+    if ":" not in uri and not uri.startswith(("databricks", "uc")):  # a plain folder: MLflow's file store
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def _missing_local_store(uri: str) -> str | None:
+    """Why a local store named by an absolute ``uri`` is gone (its SQLite file or its folder), else ``None``.
+    Checked before MLflow opens it: opening a missing SQLite file would create an empty store."""
+    if uri.startswith("sqlite:////"):
+        path = Path(uri[len("sqlite:///") :].split("?")[0])
+        return None if path.is_file() else f"no file {path}"
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(uri).path))
+        return None if path.is_dir() else f"no folder {path}"
+    return None
+
+
 class _MLflow:
-    """One MLflow run through ``MlflowClient`` (no global active run, so several runs may share a process)."""
+    """One MLflow run through ``MlflowClient`` (no global active run, so several runs may share a process).
+
+    ``recorded``: this tracker's entry of ``OUT/tracking.json`` on a resume; its store (``tracking_uri``, absolute)
+    is used whatever the working directory or ``tracking_uri`` now, and a run that cannot be found there is a
+    one-line ``MtppError``."""
 
     name = "mlflow"
 
-    def __init__(self, out_dir: Path, config: dict, options: dict, run_id: str | None) -> None:
+    def __init__(self, out_dir: Path, config: dict, options: dict, recorded: dict | None) -> None:
         try:
+            import mlflow
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ConfigError('logging.trackers: mlflow is not installed (pip install -e ".[mlflow]")') from None
         from mlflow.entities import Param, RunTag
 
-        self.client = MlflowClient(tracking_uri=options.get("tracking_uri"))
-        if run_id is None:
+        uri = (recorded or {}).get("tracking_uri") or absolute_uri(options.get("tracking_uri") or
+                                                                   mlflow.get_tracking_uri())  # fmt: skip
+        if recorded is None:
+            self.client = MlflowClient(tracking_uri=uri)
             name = options.get("experiment", "mtpp")
             exp = self.client.get_experiment_by_name(name)
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name)
@@ -162,9 +208,25 @@ class _MLflow:
             for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
                 self.client.log_batch(run_id, params=params[i : i + 100])
         else:
+            run_id = recorded["run_id"]
+            where = f"{Path(out_dir) / TRACKING_FILE}"
+            try:
+                missing = _missing_local_store(uri)
+                if missing:
+                    raise FileNotFoundError(missing)
+                self.client = MlflowClient(tracking_uri=uri)
+                exp_id = self.client.get_run(run_id).info.experiment_id
+                name = self.client.get_experiment(exp_id).name
+            except Exception as e:  # noqa: BLE001  (a store gone, a server down, a run deleted)
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise MtppError(f"--resume: the MLflow run {run_id} recorded in {where} cannot be reached in {uri} "
+                                f"({why}); make that store reachable again, or remove the \"mlflow\" entry of "
+                                f"{where} to start a new MLflow run") from None  # fmt: skip
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag("mtpp.resumed", "true")])
         self.run_id = run_id
+        self.store = {"run_id": run_id, "tracking_uri": uri, "experiment": name, "experiment_id": str(exp_id)}
+        self.where = f"mlflow {uri}, experiment {name!r} (id {exp_id}), run {run_id}"
 
     def log(self, items: list[tuple[str, float, int]]) -> None:
         import time
@@ -185,24 +247,36 @@ class _MLflow:
 
 
 class _WandB:
-    """One W&B run (``wandb.init`` with ``reinit``-safe ``finish``); the training step is the ``step`` metric."""
+    """One W&B run (``wandb.init`` with ``reinit``-safe ``finish``); the training step is the ``step`` metric.
+
+    ``recorded``: this tracker's entry of ``OUT/tracking.json`` on a resume; its project, entity and mode are used
+    whatever ``logging.tracker_options.wandb`` now says (the run id belongs to them)."""
 
     name = "wandb"
 
-    def __init__(self, out_dir: Path, config: dict, options: dict, run_id: str | None) -> None:
+    def __init__(self, out_dir: Path, config: dict, options: dict, recorded: dict | None) -> None:
         try:
             import wandb
         except ImportError:
             raise ConfigError('logging.trackers: wandb is not installed (pip install -e ".[wandb]")') from None
         kwargs = {k: options[k] for k in ("project", "entity", "group", "mode", "tags") if k in options}
+        kwargs.update({k: v for k, v in (recorded or {}).items() if k in ("project", "entity", "mode") and v})
         kwargs.setdefault("project", "mtpp")
         self.run = wandb.init(
-            dir=str(out_dir), name=options.get("run_name") or out_dir.name, config=config, id=run_id,
-            resume="allow", settings=wandb.Settings(silent=True, console="off"), **kwargs,
+            dir=str(out_dir), name=options.get("run_name") or out_dir.name, config=config,
+            id=(recorded or {}).get("run_id"), resume="allow", settings=wandb.Settings(silent=True, console="off"),
+            **kwargs,
         )  # fmt: skip
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         self.run_id = self.run.id
+        mode = getattr(self.run.settings, "mode", None) or kwargs.get("mode") or "online"
+        files = str((Path(out_dir) / "wandb").resolve())
+        self.store = {"run_id": self.run_id, "project": self.run.project, "entity": self.run.entity or None,
+                      "mode": mode, "dir": files}  # fmt: skip
+        url = getattr(self.run, "url", None)
+        self.where = (f"wandb project {self.run.project!r}, mode {mode}, run {self.run_id}"
+                      + (f", {url}" if url else f", files under {files}"))  # fmt: skip
 
     def log(self, items: list[tuple[str, float, int]]) -> None:
         by_step: dict[int, dict[str, float]] = {}
@@ -224,12 +298,26 @@ class Trackers:
     """The trackers of one run directory. ``log(records)`` forwards ``log.jsonl`` records; ``close()``
     sends the final metrics and the run status. Empty (every call a no-op) when no tracker is configured."""
 
-    def __init__(self, out_dir: Path, sinks: list[Any]) -> None:
+    def __init__(self, out_dir: Path, sinks: list[Any], recorded: dict[str, dict] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.sinks = sinks
+        self._opened = list(sinks)  # recorded in tracking.json even once switched off
+        self._recorded = dict(recorded or {})  # entries of trackers this invocation does not run: kept
 
     def __bool__(self) -> bool:
         return bool(self.sinks)
+
+    @property
+    def where(self) -> list[str]:
+        """Where each tracker sends this run (``mlflow sqlite:////abs/mlflow.db, experiment 'mtpp' (id 1), run
+        ...``), for the run's header."""
+        return [sink.where for sink in self.sinks]
+
+    def record(self) -> None:
+        """Write ``OUT/tracking.json``: each tracker's run and store (atomically)."""
+        from mtpp.evaluation.evaluate import write_json
+
+        write_json(self.out_dir / TRACKING_FILE, {**self._recorded, **{s.name: s.store for s in self._opened}})
 
     def log(self, records: Iterable[dict[str, Any]]) -> None:
         if not self.sinks:
@@ -263,10 +351,22 @@ class Trackers:
         self.sinks = []
 
 
+def _recorded(path: Path) -> dict[str, dict]:
+    """The entries of ``OUT/tracking.json``, one per tracker (``{run_id, ...store}``); the older form (a run id
+    alone) as ``{run_id}``."""
+    raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {k: (v if isinstance(v, dict) else {"run_id": v}) for k, v in raw.items() if isinstance(v, (dict, str))}
+
+
 def open_trackers(out_dir: str | Path) -> Trackers:
     """The trackers that ``OUT/config.yaml`` (``logging.trackers``) asks for, started, or resumed when
-    ``OUT/log.jsonl`` already has records (a resumed run; the run ids are in ``OUT/tracking.json``). No config, or no tracker in it: an empty ``Trackers``. ``ConfigError`` when a
-    tracker's package is missing."""
+    ``OUT/log.jsonl`` already has records (a resumed run: the tracker runs and their stores recorded in
+    ``OUT/tracking.json`` are continued). No config, or no tracker in it: an empty ``Trackers``. ``ConfigError``
+    when a tracker's package is missing; ``MtppError`` (one line) when a tracker cannot start or, on a resume,
+    its recorded run cannot be reached.
+
+    ``OUT/tracking.json`` records, per tracker, its run and where it lives: MLflow ``{run_id, tracking_uri
+    (absolute), experiment, experiment_id}``, W&B ``{run_id, project, entity, mode, dir}``."""
     out_dir = Path(out_dir)
     path = out_dir / "config.yaml"
     if not path.is_file():
@@ -277,18 +377,18 @@ def open_trackers(out_dir: str | Path) -> Trackers:
     if not names:
         return Trackers(out_dir, [])
     options = logging_cfg.get("tracker_options") or {}
-    ids_path = out_dir / TRACKING_FILE
     log = out_dir / "log.jsonl"
     resumed = log.is_file() and log.stat().st_size > 0  # the trainer removes log.jsonl unless it resumes
-    ids = json.loads(ids_path.read_text(encoding="utf-8")) if resumed and ids_path.is_file() else {}
+    recorded = _recorded(out_dir / TRACKING_FILE) if resumed else {}
     sinks = []
     for n in names:
         try:
-            sinks.append(_KINDS[n](out_dir, config, dict(options.get(n) or {}), ids.get(n)))
+            sinks.append(_KINDS[n](out_dir, config, dict(options.get(n) or {}), recorded.get(n)))
         except MtppError:
             raise
         except Exception as e:  # noqa: BLE001  (an unreachable server, a bad URI, missing credentials)
             raise MtppError(f"logging.trackers: {n} could not start ({type(e).__name__}: {e}); fix "
                             f"logging.tracker_options.{n} or remove it from logging.trackers") from None
-    ids_path.write_text(json.dumps({s.name: s.run_id for s in sinks}, indent=2) + "\n", encoding="utf-8")
-    return Trackers(out_dir, sinks)
+    trackers = Trackers(out_dir, sinks, recorded)
+    trackers.record()
+    return trackers

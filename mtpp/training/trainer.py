@@ -947,6 +947,8 @@ def run_header(tr: "Trainer") -> str:
         # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
         # line names the prepared folder, and a fresh preparation was just said as a WARNING
         *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if "auto-prepared" not in str(n)),
+        # each experiment tracker's store and run (also in OUT/tracking.json, where --resume finds them)
+        *(f"  tracker {w}" for w in getattr(getattr(tr, "logger", None), "tracking", None) or []),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
         + ("; the time part is judged by its binned L_T (train.select_time_on: binned)"
            if cfg.train.select_time_on == "binned" else ""),
