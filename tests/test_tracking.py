@@ -149,6 +149,9 @@ def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path
     # resume with one more epoch: the same MLflow run, now with two validation records
     fit(_cfg(["mlflow"], {"mlflow": {"tracking_uri": uri, "experiment": "tests"}}, epochs=2), run, resume=True)
     assert json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"] == run_id
+    resumed = client.get_run(run_id).data  # parameters cannot change: the resume's new value is a tag
+    assert resumed.params["train.max_epochs"] == "1"
+    assert resumed.tags["resume_1/train.max_epochs"] == "2" and resumed.tags["resume_1/after_epoch"] == "1"
     val = client.get_metric_history(run_id, "val/nll_per_seq")
     assert sorted(m.step for m in val) == [r["step"] for r in _log(run) if r.get("kind") == "epoch"]
     assert client.get_run(run_id).info.status == "FINISHED"

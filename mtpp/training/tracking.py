@@ -47,6 +47,12 @@ are for new runs). A recorded MLflow run that cannot be reached (its SQLite file
 the run deleted) stops the resume before training with one line (``MtppError``); a missing SQLite file is not
 created empty.
 
+Settings a resume changes (``mtpp train --resume --set train.max_epochs=30``; ``config.yaml`` ``run_info.resumed``).
+MLflow parameters cannot change, so they keep the values the run started with and each such resume adds tags:
+``resume_<n>/after_epoch`` (the checkpoint it continued) and ``resume_<n>/<key>`` with the new value
+(``resume_1/after_epoch = 12``, ``resume_1/train.max_epochs = 30``). W&B's config can change: it shows the
+settings in force, with ``run_info.resumed`` listing each resume's changes (``[old, new]``).
+
 W&B runs its writer in a service process: an offline run's ``run-<id>.wandb`` file is complete once that service
 has shut down (``wandb.teardown()``, or the end of the Python process), not necessarily when ``fit`` returns.
 
@@ -177,6 +183,20 @@ def _missing_local_store(uri: str) -> str | None:
     return None
 
 
+def resume_tags(config: dict) -> dict[str, str]:
+    """What each ``--resume`` changed (``run_info.resumed`` of ``config.yaml``) as MLflow tags: for the n-th such
+    resume ``resume_<n>/after_epoch`` (the checkpoint it continued) and ``resume_<n>/<key>`` (the new value, e.g.
+    ``resume_1/train.max_epochs = 30``); the parameters keep the values the run started with (MLflow parameters
+    cannot change)."""
+    out = {}
+    for n, entry in enumerate((config.get("run_info") or {}).get("resumed") or [], 1):
+        out[f"resume_{n}/after_epoch"] = str(entry.get("epoch"))
+        for key, change in (entry.get("changed") or {}).items():
+            new = change[1] if isinstance(change, (list, tuple)) and len(change) == 2 else change
+            out[f"resume_{n}/{key}"] = str(new)[:5000]
+    return out
+
+
 class _MLflow:
     """One MLflow run through ``MlflowClient`` (no global active run, so several runs may share a process).
 
@@ -224,6 +244,9 @@ class _MLflow:
                                 f"{where} to start a new MLflow run") from None  # fmt: skip
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag("mtpp.resumed", "true")])
+        tags = [RunTag(k, v) for k, v in resume_tags(config).items()]  # tags, unlike parameters, can be set again
+        for i in range(0, len(tags), 100):
+            self.client.log_batch(run_id, tags=tags[i : i + 100])
         self.run_id = run_id
         self.store = {"run_id": run_id, "tracking_uri": uri, "experiment": name, "experiment_id": str(exp_id)}
         self.where = f"mlflow {uri}, experiment {name!r} (id {exp_id}), run {run_id}"
