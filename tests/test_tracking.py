@@ -180,13 +180,14 @@ def test_mlflow_records_its_store_and_resume_uses_it_from_another_directory(tmp_
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(recorded["run_id"]).info.experiment_id == recorded["experiment_id"]
     header = capsys.readouterr().err
-    assert f"  tracker mlflow {uri}, experiment 'mtpp' (id {recorded['experiment_id']}), run {recorded['run_id']}" in header
+    exp_id, run_id = recorded["experiment_id"], recorded["run_id"]
+    assert f"  tracker mlflow {uri}, experiment 'mtpp' (id {exp_id}), run {run_id}" in header
     # --resume from another directory: the same store, not b/ml.db
     monkeypatch.chdir(tmp_path / "b")
     fit(_cfg(["mlflow"], opts, epochs=2), run, resume=True)
     assert not (tmp_path / "b" / "ml.db").exists()
     assert len(client.get_metric_history(recorded["run_id"], "val/nll_per_seq")) == 2
-    assert json.loads((run / "tracking.json").read_text())["mlflow"] == recorded
+    assert json.loads((run / "tracking.json").read_text())["mlflow"] == {**recorded, "logged_through_epoch": 2}
     # the store gone: --resume refuses in one line, before training, and creates no empty store
     (tmp_path / "a" / "ml.db").rename(tmp_path / "a" / "moved.db")
     with pytest.raises(MtppError) as err:
@@ -194,9 +195,95 @@ def test_mlflow_records_its_store_and_resume_uses_it_from_another_directory(tmp_
     assert str(err.value) == (
         f"--resume: the MLflow run {recorded['run_id']} recorded in {run / 'tracking.json'} cannot be reached in "
         f"{uri} (no file {tmp_path / 'a' / 'ml.db'}); make that store reachable again, or remove the \"mlflow\" "
-        f"entry of {run / 'tracking.json'} to start a new MLflow run")
+        f"entry of {run / 'tracking.json'} to send this run's history to a new MLflow run")
     assert not (tmp_path / "a" / "ml.db").exists()
     assert sum(r["kind"] == "epoch" for r in _log(run)) == 2  # nothing trained
+
+
+def _interrupt_at_checkpoint(monkeypatch, epoch):
+    """Ctrl-C after epoch ``epoch``'s record is in log.jsonl, before its checkpoint: a resume trains it again."""
+    from mtpp.training import checkpoint
+
+    save = checkpoint.save_atomic
+
+    def interrupted(state, path):
+        if Path(path).name == "checkpoint.pt" and state["epoch"] == epoch:
+            raise KeyboardInterrupt
+        save(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", interrupted)
+
+
+def _resumable_cfg(trackers, options, epochs):
+    cfg = _cfg(trackers, options, epochs=epochs)
+    cfg.train.batch_size = 2  # 8 steps an epoch, flushed every 3: the interrupted epoch's steps were written
+    return cfg
+
+
+def test_an_interrupted_epoch_reaches_the_trackers_once(tmp_path, monkeypatch):
+    from mtpp.training import tracking
+
+    monkeypatch.setitem(tracking._KINDS, "mlflow", _Recorder)
+    monkeypatch.setattr(_Recorder, "sent", [])
+    run = tmp_path / "r"
+    with monkeypatch.context() as m:
+        _interrupt_at_checkpoint(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            fit(_resumable_cfg(["mlflow"], {}, 3), run, interrupt_hint=False)
+    first = _Recorder.sent[0]
+    assert {step for _, _, step in first.items} == {r["step"] for r in _log(run) if r["epoch"] == 1}
+    assert json.loads((run / "tracking.json").read_text())["mlflow"]["logged_through_epoch"] == 1
+    fit(_resumable_cfg(["mlflow"], {}, 3), run, resume=True)
+    second = _Recorder.sent[1]
+    assert second.recorded == {"run_id": "recorded", "logged_through_epoch": 1}
+    sent = [(name, step) for name, _, step in first.items + second.items]
+    assert len(sent) == len(set(sent))  # no value twice
+    log = _log(run)
+    val = {step: v for name, v, step in first.items + second.items if name == "val/nll_per_seq"}
+    assert val == {r["step"]: pytest.approx(r["val_nll_per_seq"]) for r in log if r["kind"] == "epoch"}
+    assert sorted(step for name, step in sent if name == "train/loss_time") == [r["step"] for r in log if
+                                                                               r["kind"] == "step"]  # fmt: skip
+    assert json.loads((run / "tracking.json").read_text())["mlflow"]["logged_through_epoch"] == 3
+
+
+def test_a_tracker_new_to_a_resumed_run_gets_its_whole_history(tmp_path, monkeypatch):
+    from mtpp.training import tracking
+
+    monkeypatch.setitem(tracking._KINDS, "mlflow", _Recorder)
+    monkeypatch.setattr(_Recorder, "sent", [])
+    run = tmp_path / "r"
+    fit(_cfg(["mlflow"], {}, epochs=1), run)
+    (run / "tracking.json").write_text("{}")  # as the refusal of an unreachable store advises
+    fit(_cfg(["mlflow"], {}, epochs=2), run, resume=True)
+    new = _Recorder.sent[1]
+    assert new.recorded is None
+    assert sorted(step for name, _, step in new.items if name == "val/nll_per_seq") == [
+        r["step"] for r in _log(run) if r["kind"] == "epoch"]
+
+
+def test_mlflow_resumed_after_an_interruption_has_each_epoch_once(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    run = tmp_path / "r"
+    opts = {"mlflow": {"tracking_uri": uri}}
+    with monkeypatch.context() as m:
+        _interrupt_at_checkpoint(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            fit(_resumable_cfg(["mlflow"], opts, 3), run, interrupt_hint=False)
+    run_id = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_id).info.status == "FAILED"
+    fit(_resumable_cfg(["mlflow"], opts, 3), run, resume=True)
+    log = _log(run)
+    val = client.get_metric_history(run_id, "val/nll_per_seq")
+    assert sorted(m.step for m in val) == [r["step"] for r in log if r["kind"] == "epoch"]  # 3 points, not 4
+    loss = client.get_metric_history(run_id, "train/loss_time")
+    assert sorted(m.step for m in loss) == [r["step"] for r in log if r["kind"] == "step"]
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_absolute_uri():

@@ -109,6 +109,11 @@ class RunLogger:
         self._fh.flush()
         self._trackers.log(records)
 
+    def checkpointed(self, epoch: int) -> None:
+        """Epoch ``epoch``'s checkpoint is written: the experiment trackers get its records (each epoch once, a
+        resume sends none twice; ``mtpp.training.tracking.Trackers.commit``)."""
+        self._trackers.commit(epoch)
+
     def flush(self) -> None:
         self._fh.flush()
         if self._tb is not None:

@@ -26,8 +26,16 @@ What is sent. ``RunLogger`` (``mtpp.training.logging``) forwards every record it
   ``final/train/<key>`` without a leading ``train_`` (``final/train/seconds``, ``final/train/events_per_second``,
   ``final/train/best_epoch``), where the run-level fields that ``metrics.json`` repeats in every split are sent once.
 
-A ``/`` inside a record key becomes ``.`` (``train/cos_tm.encoder``), so no name nests under another. Records
-arrive in batches at the trainer's flushes (every ``logging.flush_every`` steps), so tracking adds no host sync.
+A ``/`` inside a record key becomes ``.`` (``train/cos_tm.encoder``), so no name nests under another.
+
+When. Each epoch reaches a tracker once. Its records (its steps and its validation) are held until the epoch's
+``checkpoint.pt`` is written, then sent together (:meth:`Trackers.commit`): a dashboard shows an epoch when it
+ends, and tracking adds no host sync and no call per step. An epoch interrupted before its checkpoint (Ctrl-C,
+a kill, a divergence) never reaches a tracker (``log.jsonl`` has what was written of it): a resume trains it again
+from the checkpoint, and the rerun is what is sent, at the same steps, so no step or epoch appears twice (MLflow
+and W&B cannot take back a logged point, so a superseded one is never sent). ``OUT/tracking.json`` keeps the last
+epoch each tracker was sent (``logged_through_epoch``); a resume first sends each tracker the checkpointed epochs
+it has not had (none, normally; every epoch to a tracker new to the run or one switched off by a failure).
 At the start the resolved configuration (``config.yaml``: every section flattened to ``section.key``, and
 ``run_info``) is logged as parameters; at the end the run is marked finished, or failed when the run ended
 without ``metrics.json`` (interrupted, diverged).
@@ -241,7 +249,7 @@ class _MLflow:
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise MtppError(f"--resume: the MLflow run {run_id} recorded in {where} cannot be reached in {uri} "
                                 f"({why}); make that store reachable again, or remove the \"mlflow\" entry of "
-                                f"{where} to start a new MLflow run") from None  # fmt: skip
+                                f"{where} to send this run's history to a new MLflow run") from None  # fmt: skip
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag("mtpp.resumed", "true")])
         tags = [RunTag(k, v) for k, v in resume_tags(config).items()]  # tags, unlike parameters, can be set again
@@ -318,14 +326,22 @@ _KINDS = {"mlflow": _MLflow, "wandb": _WandB}
 
 
 class Trackers:
-    """The trackers of one run directory. ``log(records)`` forwards ``log.jsonl`` records; ``close()``
-    sends the final metrics and the run status. Empty (every call a no-op) when no tracker is configured."""
+    """The trackers of one run directory. ``log(records)`` takes ``log.jsonl`` records as they are written,
+    ``commit(epoch)`` sends those of the epochs up to ``epoch`` once its checkpoint is written, ``close()`` sends
+    the final metrics and the run status. Empty (every call a no-op) when no tracker is configured.
+
+    Each epoch reaches a tracker once: the records of an epoch wait (in memory: one epoch's records) until its
+    checkpoint is written; an epoch interrupted before its checkpoint is dropped (a resume trains it again, and
+    sends the rerun). ``OUT/tracking.json`` keeps, per tracker, the last epoch it was sent
+    (``logged_through_epoch``), so that a resume sends a tracker what it missed and nothing twice."""
 
     def __init__(self, out_dir: Path, sinks: list[Any], recorded: dict[str, dict] | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.sinks = sinks
         self._opened = list(sinks)  # recorded in tracking.json even once switched off
         self._recorded = dict(recorded or {})  # entries of trackers this invocation does not run: kept
+        self._through = {s.name: 0 for s in sinks}  # the last epoch each tracker was sent
+        self._pending: list[dict[str, Any]] = []  # records of epochs not yet checkpointed
 
     def __bool__(self) -> bool:
         return bool(self.sinks)
@@ -337,21 +353,42 @@ class Trackers:
         return [sink.where for sink in self.sinks]
 
     def record(self) -> None:
-        """Write ``OUT/tracking.json``: each tracker's run and store (atomically)."""
+        """Write ``OUT/tracking.json``: each tracker's run, store and last epoch sent (atomically)."""
         from mtpp.evaluation.evaluate import write_json
 
-        write_json(self.out_dir / TRACKING_FILE, {**self._recorded, **{s.name: s.store for s in self._opened}})
+        entries = {s.name: {**s.store, "logged_through_epoch": self._through[s.name]} for s in self._opened}
+        write_json(self.out_dir / TRACKING_FILE, {**self._recorded, **entries})
 
     def log(self, records: Iterable[dict[str, Any]]) -> None:
+        """Hold ``log.jsonl`` records (``kind: step`` / ``epoch``, each with its ``epoch``) until :meth:`commit`."""
+        if self.sinks:
+            self._pending.extend(records)
+
+    def commit(self, epoch: int) -> None:
+        """Epoch ``epoch`` is checkpointed: send every tracker the held records of the epochs up to it."""
         if not self.sinks:
             return
-        items = []
-        for r in records:
-            step = int(r.get("step") or 0)
-            items += [(k, v, step) for k, v in record_metrics(r).items()]
-        if items:
-            for sink in list(self.sinks):
+        done = [r for r in self._pending if int(r.get("epoch") or 0) <= epoch]
+        self._pending = [r for r in self._pending if int(r.get("epoch") or 0) > epoch]
+        self._send(done, epoch)
+
+    def catch_up(self, records: list[dict[str, Any]], epoch: int) -> None:
+        """On a resume: send each tracker the records of ``log.jsonl`` (the checkpointed epochs, up to ``epoch``)
+        after the last epoch it was sent (all of them to a tracker new to the run)."""
+        self._send(records, epoch)
+
+    def _send(self, records: list[dict[str, Any]], epoch: int) -> None:
+        rows = [(int(r.get("epoch") or 0), int(r.get("step") or 0), record_metrics(r)) for r in records]
+        for sink in list(self.sinks):
+            since = self._through[sink.name]
+            if since >= epoch:
+                continue
+            items = [(k, v, step) for e, step, values in rows if since < e <= epoch for k, v in values.items()]
+            if items:
                 self._guarded(sink, sink.log, items)
+            if sink in self.sinks:  # not switched off: a resume sends it what it missed
+                self._through[sink.name] = epoch
+        self.record()
 
     def _guarded(self, sink: Any, call: Any, *args: Any) -> None:
         """A tracker that fails (a server gone, a full disk) is switched off with one warning; training goes on
@@ -364,6 +401,9 @@ class Trackers:
             self.sinks.remove(sink)
 
     def close(self) -> None:
+        """Send the final metrics of ``metrics.json`` and mark each run finished (failed without that file). The
+        held records of an epoch that has no checkpoint are dropped (a resume trains that epoch again)."""
+        self._pending = []
         if not self.sinks:
             return
         path = self.out_dir / "metrics.json"
@@ -413,5 +453,25 @@ def open_trackers(out_dir: str | Path) -> Trackers:
             raise MtppError(f"logging.trackers: {n} could not start ({type(e).__name__}: {e}); fix "
                             f"logging.tracker_options.{n} or remove it from logging.trackers") from None
     trackers = Trackers(out_dir, sinks, recorded)
+    if resumed:  # log.jsonl holds the checkpointed epochs (mtpp.training.logging.truncate_log): send what is missing
+        records = _read_log(log)
+        last = max((int(r.get("epoch") or 0) for r in records), default=0)
+        for s in sinks:
+            entry = recorded.get(s.name)
+            # a tracker new to the run gets every epoch; one recorded by an older mtpp (no logged_through_epoch)
+            # was sent every record as it was written
+            trackers._through[s.name] = 0 if entry is None else int(entry.get("logged_through_epoch", last))
+        trackers.catch_up(records, last)
     trackers.record()
     return trackers
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of ``log.jsonl`` (a line cut short by an interruption skipped)."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

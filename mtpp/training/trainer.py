@@ -716,6 +716,7 @@ class Trainer:
         self.logger.flush()
         if self.main:
             checkpoint.save_atomic(state, self.out / checkpoint.CHECKPOINT)
+            self.logger.checkpointed(epoch)  # the trackers get the epoch now: a resume cannot repeat it
         self._timing.epoch_end_done()
         echo(epoch_line(epoch, self.cfg.train.max_epochs, improved, val, seconds, self.counters, frozen), self.quiet)
 
@@ -1045,6 +1046,8 @@ class _NoLogger:
     def write_many(self, records: Any) -> None:
         for _ in records:
             pass
+
+    def checkpointed(self, epoch: int) -> None: ...
 
     def flush(self) -> None: ...
 
