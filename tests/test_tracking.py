@@ -1,6 +1,7 @@
-"""Experiment trackers (``logging.trackers``): off by default; MLflow (file store in tmp) and W&B (offline mode)
-receive the resolved config, every ``log.jsonl`` record at its step, the final metrics and the run status; a
-resumed run continues the same tracker run."""
+"""Experiment trackers (``logging.trackers``): off by default; MLflow (file and SQLite stores in tmp) and W&B
+(offline mode) receive the resolved config, every ``log.jsonl`` record at its step under a name that says what it
+is (``train/``, ``val/``, ``epoch/``, ``final/``), the final metrics and the run status; ``tracking.json`` records
+each store; a resumed run continues the same tracker run in that store, with each epoch sent once."""
 
 from __future__ import annotations
 
@@ -122,6 +123,29 @@ def test_metric_names_say_what_each_value_is(tmp_path, monkeypatch):
     assert not [k for k in final if k.startswith(("final/val/", "final/test/")) and k.rsplit("/", 1)[1] in
                 ("best_epoch", "num_parameters", "conflict_rate", "train_events_per_second")]  # fmt: skip
     assert not [k for k in final if k.startswith("final/train/train_")]
+
+
+def test_tensorboard_gets_the_same_names(tmp_path, monkeypatch):
+    from mtpp.training import logging as run_logging
+
+    class Writer:
+        tags: dict = {}
+
+        def add_scalar(self, tag, value, step):
+            Writer.tags.setdefault(tag, []).append(step)
+
+        def flush(self): ...
+
+        def close(self): ...
+
+    monkeypatch.setattr(run_logging, "_make_tensorboard", lambda log_dir: Writer())
+    cfg = _cfg([], {}, epochs=2)
+    cfg.logging.tensorboard = True
+    fit(cfg, tmp_path / "r")
+    assert EPOCH_NAMES <= set(Writer.tags) and "train/loss_time" in Writer.tags
+    assert all(t.startswith(("train/", "val/", "epoch/")) for t in Writer.tags)
+    assert not [t for t in Writer.tags if t.startswith(("val/val_", "val/lr", "val/epoch"))]
+    assert Writer.tags["val/nll_per_seq"] == [r["step"] for r in _log(tmp_path / "r") if r["kind"] == "epoch"]
 
 
 def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path, monkeypatch):
