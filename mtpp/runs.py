@@ -65,7 +65,7 @@ PARTS = ("train", "val", "test")
 #: removed when a command takes the run folder over.
 TEMP_PATTERNS = (
     ".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".metrics.json.tmp", ".metrics.other-*.json.tmp", ".arrays_*.json.tmp",
-    ".config.yaml.tmp",
+    ".config.yaml.tmp", ".tracking.json.tmp",
 )
 
 

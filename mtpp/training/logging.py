@@ -82,23 +82,37 @@ class RunLogger:
         self._fh = self.path.open("a", encoding="utf-8")
         self._tb = _make_tensorboard(Path(out_dir) / "tensorboard") if tensorboard else None
 
-    def write(self, record: dict[str, Any], prefix: str = "train", track: bool = True) -> None:
+    @property
+    def tracking(self) -> list[str]:
+        """Where each experiment tracker sends this run (its store and run), for the run's header."""
+        return self._trackers.where
+
+    def write(self, record: dict[str, Any], track: bool = True) -> None:
+        """Append one record; its numeric fields go to TensorBoard and the trackers under the names of
+        ``mtpp.training.tracking.metric_name`` (``train/...`` for ``kind: step``, ``val/...`` and ``epoch/...``
+        for ``kind: epoch``)."""
         record = json_safe(record)
         self._fh.write(json.dumps(record, allow_nan=False) + "\n")
         if track:
-            self._trackers.log([record], prefix)
+            self._trackers.log([record])
         if self._tb is not None:
-            step = record.get("step", 0)
-            for k, v in record.items():
-                if k not in ("epoch", "step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(f"{prefix}/{k}", v, step)
+            from mtpp.training.tracking import record_metrics
 
-    def write_many(self, records: Iterable[dict[str, Any]], prefix: str = "train") -> None:
+            step = record.get("step", 0)
+            for k, v in record_metrics(record).items():
+                self._tb.add_scalar(k, v, step)
+
+    def write_many(self, records: Iterable[dict[str, Any]]) -> None:
         records = list(records) if self._trackers else records
         for r in records:
-            self.write(r, prefix, track=False)
+            self.write(r, track=False)
         self._fh.flush()
-        self._trackers.log(records, prefix)
+        self._trackers.log(records)
+
+    def checkpointed(self, epoch: int) -> None:
+        """Epoch ``epoch``'s checkpoint is written: the experiment trackers get its records (each epoch once, a
+        resume sends none twice; ``mtpp.training.tracking.Trackers.commit``)."""
+        self._trackers.commit(epoch)
 
     def flush(self) -> None:
         self._fh.flush()

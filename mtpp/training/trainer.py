@@ -626,7 +626,7 @@ class Trainer:
         for r in records:
             r["skipped"] = bool(r.get("skipped"))
         self.counters.add_records(records)
-        self.logger.write_many(({"kind": "step", **r} for r in records), prefix="train")
+        self.logger.write_many({"kind": "step", **r} for r in records)
         if steps:
             last = records[-1] if records else {}
             rate = events / (now - since) if now > since else None
@@ -712,10 +712,11 @@ class Trainer:
         }  # fmt: skip
         # the epoch's line before its checkpoint: a kill between the two leaves a line that a resume drops
         # (logging.truncate_log), never a checkpointed epoch without its line (the record reads the best epoch's)
-        self.logger.write(record, prefix="val")
+        self.logger.write(record)
         self.logger.flush()
         if self.main:
             checkpoint.save_atomic(state, self.out / checkpoint.CHECKPOINT)
+            self.logger.checkpointed(epoch)  # the trackers get the epoch now: a resume cannot repeat it
         self._timing.epoch_end_done()
         echo(epoch_line(epoch, self.cfg.train.max_epochs, improved, val, seconds, self.counters, frozen), self.quiet)
 
@@ -947,6 +948,8 @@ def run_header(tr: "Trainer") -> str:
         # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
         # line names the prepared folder, and a fresh preparation was just said as a WARNING
         *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if "auto-prepared" not in str(n)),
+        # each experiment tracker's store and run (also in OUT/tracking.json, where --resume finds them)
+        *(f"  tracker {w}" for w in getattr(getattr(tr, "logger", None), "tracking", None) or []),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
         + ("; the time part is judged by its binned L_T (train.select_time_on: binned)"
            if cfg.train.select_time_on == "binned" else ""),
@@ -1038,11 +1041,13 @@ def _make_aggregator(cfg: RunConfig) -> Any:
 class _NoLogger:
     """The logger of ranks other than 0: they write nothing."""
 
-    def write(self, record: dict[str, Any], prefix: str = "train") -> None: ...
+    def write(self, record: dict[str, Any]) -> None: ...
 
-    def write_many(self, records: Any, prefix: str = "train") -> None:
+    def write_many(self, records: Any) -> None:
         for _ in records:
             pass
+
+    def checkpointed(self, epoch: int) -> None: ...
 
     def flush(self) -> None: ...
 
