@@ -214,6 +214,7 @@ def test_mlflow_records_its_store_and_resume_uses_it_from_another_directory(tmp_
     assert json.loads((run / "tracking.json").read_text())["mlflow"] == {**recorded, "logged_through_epoch": 2}
     # the store gone: --resume refuses in one line, before training, and creates no empty store
     (tmp_path / "a" / "ml.db").rename(tmp_path / "a" / "moved.db")
+    before = {f: (run / f).read_bytes() for f in ("config.yaml", "log.jsonl", "tracking.json")}
     with pytest.raises(MtppError) as err:
         fit(_cfg(["mlflow"], opts, epochs=3), run, resume=True)
     assert str(err.value) == (
@@ -222,6 +223,8 @@ def test_mlflow_records_its_store_and_resume_uses_it_from_another_directory(tmp_
         f"entry of {run / 'tracking.json'} to send this run's history to a new MLflow run")
     assert not (tmp_path / "a" / "ml.db").exists()
     assert sum(r["kind"] == "epoch" for r in _log(run)) == 2  # nothing trained
+    # and nothing rewritten: no run_info.resumed entry for a resume that did not happen, the log as it was
+    assert {f: (run / f).read_bytes() for f in before} == before
 
 
 def _interrupt_at_checkpoint(monkeypatch, epoch):

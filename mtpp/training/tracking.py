@@ -191,6 +191,24 @@ def _missing_local_store(uri: str) -> str | None:
     return None
 
 
+def _unreachable(run_id: str, where: str, uri: str, why: str) -> MtppError:
+    return MtppError(f"--resume: the MLflow run {run_id} recorded in {where} cannot be reached in {uri} ({why}); "
+                     f"make that store reachable again, or remove the \"mlflow\" entry of {where} to send this "
+                     "run's history to a new MLflow run")
+
+
+def check_recorded_stores(out_dir: str | Path) -> None:
+    """Before a resume touches the run folder (``config.yaml``'s ``run_info.resumed``, ``log.jsonl``): the local
+    MLflow store recorded in ``OUT/tracking.json`` (a SQLite file, a folder) still exists, else the same one-line
+    ``MtppError`` as when the tracker opens; a server is only tried when the tracker opens."""
+    path = Path(out_dir) / TRACKING_FILE
+    entry = (_recorded(path) if path.is_file() else {}).get("mlflow") or {}
+    uri = entry.get("tracking_uri")
+    missing = _missing_local_store(uri) if uri else None
+    if missing:
+        raise _unreachable(entry.get("run_id"), str(path), uri, missing)
+
+
 def resume_tags(config: dict) -> dict[str, str]:
     """What each ``--resume`` changed (``run_info.resumed`` of ``config.yaml``) as MLflow tags: for the n-th such
     resume ``resume_<n>/after_epoch`` (the checkpoint it continued) and ``resume_<n>/<key>`` (the new value, e.g.
@@ -247,9 +265,7 @@ class _MLflow:
                 name = self.client.get_experiment(exp_id).name
             except Exception as e:  # noqa: BLE001  (a store gone, a server down, a run deleted)
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise MtppError(f"--resume: the MLflow run {run_id} recorded in {where} cannot be reached in {uri} "
-                                f"({why}); make that store reachable again, or remove the \"mlflow\" entry of "
-                                f"{where} to send this run's history to a new MLflow run") from None  # fmt: skip
+                raise _unreachable(run_id, where, uri, why) from None
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag("mtpp.resumed", "true")])
         tags = [RunTag(k, v) for k, v in resume_tags(config).items()]  # tags, unlike parameters, can be set again

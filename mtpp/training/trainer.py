@@ -494,6 +494,9 @@ class Trainer:
             self._restore(state)  # restores the checkpoint's unit of time with its weights
             _check_resumed_time_scale(resolved, self.model.time_scale, cfg.data.time_scale, out_dir)
             if self.main:
+                from mtpp.training.tracking import check_recorded_stores
+
+                check_recorded_stores(out_dir)  # a store gone: refused before the log or config.yaml change
                 truncate_log(out_dir, self.epoch)
         from mtpp.training.gradients import StatsBuffer
 
