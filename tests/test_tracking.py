@@ -168,6 +168,8 @@ def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path
     assert [(m.step, m.value) for m in hist] == [(r["step"], pytest.approx(r["loss_time"])) for r in steps]
     metrics = json.loads((run / "metrics.json").read_text())
     assert info.data.metrics["final/test/nll_time_per_seq"] == pytest.approx(metrics["test"]["nll_time_per_seq"])
+    final_point = client.get_metric_history(run_id, "final/test/nll_time_per_seq")[0]
+    assert final_point.timestamp >= info.info.start_time  # when the run ended, not 1970
     assert set(info.data.metrics) >= EPOCH_NAMES | {"train/loss_time", "final/train/events_per_second"}
     assert not [k for k in info.data.metrics if k.startswith(("val/val_", "val/epoch", "val/lr", "final/train/train_"))]
     # resume with one more epoch: the same MLflow run, now with two validation records

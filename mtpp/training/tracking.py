@@ -286,10 +286,14 @@ class _MLflow:
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def finish(self, summary: dict[str, float], ok: bool) -> None:
+        import time
+
         from mlflow.entities import Metric
 
-        if summary:
-            self.client.log_batch(self.run_id, metrics=[Metric(k, v, 0, 0) for k, v in summary.items()])
+        now = int(time.time() * 1000)  # when the run ended (timestamp 0 read as 1970 in MLflow's charts)
+        metrics = [Metric(k, v, now, 0) for k, v in summary.items()]
+        for i in range(0, len(metrics), 1000):  # the batch limit of log_batch
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
         self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
 
 
