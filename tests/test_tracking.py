@@ -138,7 +138,8 @@ def test_tensorboard_gets_the_same_names(tmp_path, monkeypatch):
 
         def close(self): ...
 
-    monkeypatch.setattr(run_logging, "_make_tensorboard", lambda log_dir: Writer())
+    purges = []
+    monkeypatch.setattr(run_logging, "_make_tensorboard", lambda log_dir, purge: purges.append(purge) or Writer())
     cfg = _cfg([], {}, epochs=2)
     cfg.logging.tensorboard = True
     fit(cfg, tmp_path / "r")
@@ -146,6 +147,13 @@ def test_tensorboard_gets_the_same_names(tmp_path, monkeypatch):
     assert all(t.startswith(("train/", "val/", "epoch/")) for t in Writer.tags)
     assert not [t for t in Writer.tags if t.startswith(("val/val_", "val/lr", "val/epoch"))]
     assert Writer.tags["val/nll_per_seq"] == [r["step"] for r in _log(tmp_path / "r") if r["kind"] == "epoch"]
+    # a resume purges what the earlier session wrote after the checkpoint (an interrupted epoch's points): TensorBoard
+    # showed them twice
+    last = max(r["step"] for r in _log(tmp_path / "r"))
+    cfg = _cfg([], {}, epochs=3)
+    cfg.logging.tensorboard = True
+    fit(cfg, tmp_path / "r", resume=True)
+    assert purges == [None, last + 1]
 
 
 def test_mlflow_file_store_gets_params_records_final_metrics_and_resume(tmp_path, monkeypatch):

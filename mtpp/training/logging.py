@@ -79,8 +79,11 @@ class RunLogger:
 
         self.path = Path(out_dir) / LOG_FILE
         self._trackers = open_trackers(out_dir)  # before the log is opened: an empty log means a fresh run
+        # a resume: TensorBoard drops the earlier session's points after the checkpoint's last step (an interrupted
+        # epoch's), which the rerun writes again (log.jsonl holds the checkpointed steps only: truncate_log)
+        purge = _last_step(self.path) + 1 if tensorboard and self.path.is_file() else None
         self._fh = self.path.open("a", encoding="utf-8")
-        self._tb = _make_tensorboard(Path(out_dir) / "tensorboard") if tensorboard else None
+        self._tb = _make_tensorboard(Path(out_dir) / "tensorboard", purge) if tensorboard else None
 
     @property
     def tracking(self) -> list[str]:
@@ -143,7 +146,21 @@ def truncate_log(out_dir: Path, max_epoch: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def _make_tensorboard(log_dir: Path):
+def _last_step(path: Path) -> int:
+    """The largest ``step`` of the records in ``path`` (a ``log.jsonl``), -1 when none has one."""
+    last = -1
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                step = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(step, int):
+                last = max(last, step)
+    return last
+
+
+def _make_tensorboard(log_dir: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # ImportError, or tensorboard present but broken
@@ -153,7 +170,7 @@ def _make_tensorboard(log_dir: Path):
             stacklevel=3,
         )
         return None
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 def bar_disable() -> bool | None:
