@@ -488,6 +488,8 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw.setdefault(parts[0], {})
     if node is None:
         node = raw[parts[0]] = {}
+    if not isinstance(node, dict):  # "train: 5" in the file: the same line as without --set
+        raise ConfigError(f"{parts[0]}: expected a mapping of keys to values, got {type(node).__name__}")
     for p in parts[1:-1]:
         child = node.get(p)
         if child is None:
@@ -507,18 +509,56 @@ def apply_overrides(raw: dict, overrides: list[str] | list[tuple[str, Any]]) -> 
     return out
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML itself keeps the last, silently)."""
+
+
+def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise _DuplicateKey(f"key {key!r} is given twice in one mapping (lines {first} and "
+                                f"{key_node.start_mark.line + 1}); YAML would keep only the last")
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file a user wrote (a run configuration, an experiment, a search space), parsed safely:
+    ``ConfigError`` naming the file for invalid YAML or for a key given twice in one mapping (``model:`` twice
+    trained the second one's settings without a word)."""
+    p = Path(path)
+    try:
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{p}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML run configuration (``None``: all defaults) and apply ``--set`` overrides."""
+    """Load a YAML run configuration (``None``: all defaults) and apply ``--set`` overrides. ``ConfigError`` for a
+    missing, empty or invalid file (:func:`read_yaml`), or one that is not a mapping of sections."""
     raw: dict = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            msg = " ".join(str(e).split())
-            raise ConfigError(f"{p}: not valid YAML ({msg})") from None
+        raw = read_yaml(p)
+        if raw is None:
+            raise ConfigError(f"{p}: the file is empty (no setting); give a configuration, or no file at all to "
+                              "train with every default")
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: a configuration must be a mapping of sections")
         raw.pop("run_info", None)  # written by the trainer into a run's config.yaml

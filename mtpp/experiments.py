@@ -71,7 +71,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
-from mtpp.config import NON_SEMANTIC_KEYS
+from mtpp.config import NON_SEMANTIC_KEYS, read_yaml
 from mtpp.errors import ConfigError
 from mtpp.experiments_claims import CellClaims
 from mtpp.experiments_schedule import Deadline, expected_seconds
@@ -183,10 +183,7 @@ def _read_raw(p: Path, seen: tuple[Path, ...]) -> dict:
         raise ConfigError(f"experiment file {str(p)!r} not found{where}")
     if p.resolve() in seen:
         raise ConfigError(f"{p}: 'extends' loops back to itself ({' -> '.join(map(str, seen))})")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+    raw = read_yaml(p) or {}
     if not isinstance(raw, dict) or "extends" not in raw:
         return raw
     _check_keys(raw, TOP_LEVEL_KEYS, "experiment")

@@ -58,7 +58,7 @@ from typing import Any
 
 import yaml
 
-from mtpp.config import RunConfig, apply_overrides, config_from_dict, dump_yaml
+from mtpp.config import RunConfig, apply_overrides, config_from_dict, dump_yaml, read_yaml
 from mtpp.errors import ConfigError, MtppError
 
 __all__ = ["Param", "load_space", "parse_space", "tune", "check_tune_folder", "STUDY_FILE", "BEST_FILE", "TRIALS_FILE"]
@@ -216,11 +216,7 @@ def load_space(path: str | Path) -> list[Param]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"search space {str(p)!r} not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
-    return parse_space(raw, str(p))
+    return parse_space(read_yaml(p), str(p))
 
 
 VALUES_CHECKED = 256

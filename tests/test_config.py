@@ -228,6 +228,36 @@ def test_cli_config_error_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("text, set_, said", [
+    # YAML keeps the last of two equal keys without a word: a second model: section trained alone
+    ("model:\n  hidden_size: 8\nmodel:\n  hidden_size: 16\n", [],
+     "key 'model' is given twice in one mapping (lines 1 and 3); YAML would keep only the last"),
+    ("train:\n  lr: 0.1\n  max_epochs: 2\n  lr: 0.01\n", [], "key 'lr' is given twice in one mapping (lines 2 and 4)"),
+    ("", [], "the file is empty (no setting)"),  # an empty file trained every default silently
+    # a scalar section under --set was a TypeError traceback
+    ("train: 5\n", ["--set", "train.max_epochs=1"], "train: expected a mapping of keys to values, got int"),
+])
+def test_a_config_file_that_says_something_twice_or_nothing_is_one_line(tmp_path: Path, capsys, text, set_, said):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    code = main(["train", str(path), "--out", str(tmp_path / "run"), *set_])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and said in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_experiment_and_space_files_refuse_a_key_given_twice(tmp_path: Path) -> None:
+    from mtpp.experiments import load_experiment
+    from mtpp.tuning import load_space
+
+    (tmp_path / "e.yaml").write_text("grid:\n  splits: [0]\ngrid:\n  splits: [1]\n")
+    with pytest.raises(ConfigError, match="key 'grid' is given twice"):
+        load_experiment(tmp_path / "e.yaml")
+    (tmp_path / "s.yaml").write_text("train.lr: {low: 1e-4, high: 1e-2}\ntrain.lr: [0.1]\n")
+    with pytest.raises(ConfigError, match="key 'train.lr' is given twice"):
+        load_space(tmp_path / "s.yaml")
+
+
 def test_flatten_keeps_the_mappings_a_leaf_rule_names_whole() -> None:
     """One flatten for every caller: dotted keys, lists as leaves, empty mappings dropped unless a leaf rule keeps
     them (as the grid's stale check keeps free-form ``gradients.options`` and ``{}`` whole)."""
