@@ -243,6 +243,8 @@ def test_training_warns_on_a_consequential_lattice_and_reports_binned(tmp_path: 
     summary = final_summary(tmp_path / "run", metrics)  # what a run prints at its end
     assert "times in data units" in summary  # no documented unit; a catalog unit is named
     assert "times in hours" in final_summary(tmp_path / "run", metrics, time_unit="hour")
+    first = final_summary(tmp_path / "run", metrics, aggregator="mgda").splitlines()[0]  # the remedy trained with
+    assert first.endswith(" parameters, aggregator mgda")
     assert f"(binned {fmt_value(metrics['test']['nll_time_binned_per_seq'])})" in summary
     assert f"(binned {fmt_value(metrics['test']['pce_binned'])})" in summary and "lattice bin" in summary
     # re-evaluating the run says the same, and reproduces the trainer's binned NLL

@@ -841,7 +841,8 @@ class Trainer:
         if self.main:
             write_json(self.out / METRICS_FILE, metrics)
         metrics = json.loads(json.dumps(json_safe(metrics)))  # NaN -> None, as on disk
-        echo(final_summary(self.out, metrics, time_unit_of(self.cfg.data.name)), self.quiet, stream=sys.stdout)
+        echo(final_summary(self.out, metrics, time_unit_of(self.cfg.data.name), self.cfg.gradients.aggregator),
+             self.quiet, stream=sys.stdout)
         self.dist.barrier()  # the run directory is complete before any rank returns
         return metrics
 
@@ -898,14 +899,16 @@ def conflict_text(train: dict[str, Any]) -> str:
             "skipped)")
 
 
-def final_summary(out_dir: Path, metrics: dict[str, Any], time_unit: str | None = None) -> str:
+def final_summary(out_dir: Path, metrics: dict[str, Any], time_unit: str | None = None,
+                  aggregator: str | None = None) -> str:
     tr, val, test = metrics["train"], metrics["val"], metrics["test"]
 
     def binned(m: dict, key: str, label: str) -> str:  # data on a lattice: the binned kin beside the continuous
         return f" ({label} {fmt_value(m[key])})" if m.get(key) is not None else ""
 
     lines = [
-        f"run {out_dir}: best epoch {tr['best_epoch']} of {tr['epochs']}, {tr['num_parameters']} parameters",
+        f"run {out_dir}: best epoch {tr['best_epoch']} of {tr['epochs']}, {tr['num_parameters']} parameters"
+        + (f", aggregator {aggregator}" if aggregator else ""),  # the remedy the numbers below were trained with
         f"  val   L_T/seq {fmt_value(val.get('nll_time_per_seq'))}{binned(val, 'nll_time_binned_per_seq', 'binned')}"
         f"  L_M/seq {fmt_value(val.get('nll_mark_per_seq'))}"
         f"  accuracy forecast {fmt_value(val.get('accuracy_forecast'))}"
