@@ -207,6 +207,9 @@ def test_continuations_cut_at_max_events_are_counted_apart_and_flagged() -> None
     uncapped = evaluate_horizon(lambda hs: HawkesProcess(params, hs), seqs, 3.0, 2, samples=8, max_points=50)
     assert uncapped["truncated_samples"] == uncapped["truncated_rollouts"] == 0
     assert "*" not in format_horizon({"model": uncapped}, "run test").split("(at each")[0]
+    hours = format_horizon({"model": uncapped}, "run test", "hours")  # a documented unit (taxi): named throughout
+    assert hours.startswith("run test: horizon 3 hours, ") and "MAE: |median gap - observed gap|, hours;" in hours
+    assert "OTD: optimal transport distance to the next observed events, hours;" in hours
 
 
 def test_every_key_evaluate_writes_is_described_for_the_report(tmp_path) -> None:

@@ -387,6 +387,11 @@ def test_data_describe_names_the_lattice() -> None:
     hours = describe_sequences(_lattice_sequences(40, 12, 0, q=1 / 3600), K)  # seconds on an hours axis
     assert "q = 0.000277778 (= 1/3,600 of a data unit); " in _lattice_line(hours["lattice"])
     assert "q = 0.000277778 (= 1/3,600 hour); " in _lattice_line(hours["lattice"], "hour")  # a documented unit
+    assert "q = 3.88789e-06 seconds; " in _lattice_line(on["lattice"], "second")  # no whole fraction: the unit
+    from mtpp.data.lattice import TimeLattice, lattice_warning
+
+    one = TimeLattice(quantum=1.0, share_near=0.5, share_zero=0.0, gaps=10)  # retweet: whole seconds
+    assert lattice_warning(one, "seconds").startswith("times on a lattice of q = 1 seconds (50.0 % ")
     rng = np.random.default_rng(0)
     off = describe_sequences([EventSequence(np.cumsum(rng.exponential(1.0, 30)), np.zeros(30, int), None)
                               for _ in range(20)], K)  # fmt: skip

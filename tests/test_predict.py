@@ -315,7 +315,7 @@ def test_evaluate_horizon_adds_flat_keys_and_baselines(run_dir: Path, tmp_path: 
     printed = capsys.readouterr().out  # each table says what its columns condition on and their units
     assert "L_M: -log p(k | tau_obs, H), told the observed time" in printed
     assert "(at each prediction point, told only the history: acc.: next mark by argmax p(k | H)" in printed
-    assert "MAE: |median gap - observed gap|, data time units" in printed
+    assert "MAE: |median gap - observed gap|, data units" in printed
     after = json.loads((run / "metrics.json").read_text())
     test = after["test"]
     for key in ("horizon_tmap", "horizon_otd", "horizon_count_pce", "horizon_count_coverage",

@@ -244,6 +244,8 @@ def _lattice_line(lattice: dict[str, Any] | None, unit: str | None = None) -> st
     q = float(lattice["quantum"])
     n = round(1 / q) if q < 1 else 0  # 1/3600: seconds on an hours axis
     frac = f" (= 1/{n:,} {unit or 'of a data unit'})" if n > 1 and abs(n * q - 1) < 1e-6 else ""
+    if not frac and unit:  # q = 1 on retweet: one second
+        frac = f" {unit}{'s' * (q != 1)}"
     return (f"time lattice   gaps are whole multiples of q = {_fmt(q)}{frac}; "
             f"{100 * lattice['share_near']:.1f}% of the positive gaps within {NEAR} q"
             + ("; compare time models on nll_time_binned_per_seq (continuous L_T rewards spikes on the lattice)"

@@ -215,4 +215,6 @@ def _evaluate_split(run_dir: Path, split: str, args: argparse.Namespace, table: 
                      other_data=args.other_data, log=log, progress=True)  # fmt: skip
     table.row(run_dir, split, m)
     if h is not None:
-        print(format_horizon(h, f"{run_dir} {split}"))
+        from mtpp.data.catalog import time_unit_text
+
+        print(format_horizon(h, f"{run_dir} {split}", time_unit_text(_time_unit(run_dir))))

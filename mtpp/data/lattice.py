@@ -67,9 +67,10 @@ class TimeLattice:
         """Whether enough gaps are a few quanta for the continuous ``L_T`` to be moved by the lattice."""
         return self.share_near >= WARN_SHARE or self.share_zero >= WARN_SHARE
 
-    def describe(self) -> str:
-        """One line for a run header: the quantum and the shares."""
-        return (f"times on a lattice of q = {self.quantum:.6g} data units ({100 * self.share_near:.1f} % of the "
+    def describe(self, units: str = "data units") -> str:
+        """One line for a run header: the quantum (in ``units``, ``mtpp.data.catalog.time_unit_text``) and the
+        shares."""
+        return (f"times on a lattice of q = {self.quantum:.6g} {units} ({100 * self.share_near:.1f} % of the "
                 f"positive gaps within {NEAR} q, {100 * self.share_zero:.1f} % zero)")  # fmt: skip
 
 
@@ -83,9 +84,10 @@ def scored_quantum(lattice: TimeLattice | None, selected: bool = False) -> float
     return lattice.quantum if lattice.consequential or selected else None
 
 
-def lattice_warning(lattice: TimeLattice) -> str:
-    """The run-start warning for data on a consequential lattice (``TimeLattice.consequential``)."""
-    return (f"{lattice.describe()}: a continuous density can lower L_T without bound by concentrating its mass on "
+def lattice_warning(lattice: TimeLattice, units: str = "data units") -> str:
+    """The run-start warning for data on a consequential lattice (``TimeLattice.consequential``); ``units``: the
+    data's time unit in words."""
+    return (f"{lattice.describe(units)}: a continuous density can lower L_T without bound by concentrating its mass on "
             "the lattice points, so L_T differences between decoders may measure that, not better forecasts; the "
             "evaluation also reports nll_time_binned_per_seq, -log P(gap's lattice bin | H), which does not reward "
             "it (mtpp.data.lattice)")  # fmt: skip

@@ -75,11 +75,12 @@ def data_time_quantum(data: Any, log: Callable[[str], None] | None = None, selec
     training split: ``None`` off a lattice or on an inconsequential one; any lattice's with ``selected``, a run
     whose early stopping followed the binned L_T); ``log`` gets the trainer's run-start warning
     (``lattice_warning``) when the lattice is consequential."""
+    from mtpp.data.catalog import time_unit_text
     from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 
     lattice = time_lattice(getattr(data, "train", None) or [])
     if lattice is not None and lattice.consequential and log is not None:
-        log(f"warning: {lattice_warning(lattice)}")
+        log(f"warning: {lattice_warning(lattice, time_unit_text(getattr(data, 'time_unit', None)))}")
     return scored_quantum(lattice, selected)
 
 

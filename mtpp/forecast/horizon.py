@@ -519,15 +519,15 @@ TRUNCATION_TOUCHES = {"truncated_samples": ("count_pce", "count_coverage"), "tru
 """The shown metrics computed from each kind of continuation, flagged ``*`` when some were cut at ``max_events``."""
 
 
-def format_horizon(result: dict, label: str) -> str:
+def format_horizon(result: dict, label: str, units: str = "data units") -> str:
     """A Markdown table of ``evaluate_run_horizon``'s result: the model and each baseline, one row each; a metric
     computed from continuations cut at ``max_events`` is marked ``*``, with a line under the table per forecaster
-    saying how many of how many were cut."""
+    saying how many of how many were cut. ``units``: the data's time unit in words (the horizon, MAE, OTD)."""
     def cell(v) -> str:
         return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
     m = result["model"]
-    head = (f"horizon {m['window']:g}, {m['points']} points, {m['samples']} samples, "
+    head = (f"horizon {m['window']:g} {units}, {m['points']} points, {m['samples']} samples, "
             f"intervals at {m['next_interval_level']:g}")
     lines = [f"{label}: {head}", "| forecaster | " + " | ".join(s for s, _ in SHOWN) + " |",
              "|" + "---|" * (len(SHOWN) + 1)]
@@ -543,14 +543,14 @@ def format_horizon(result: dict, label: str) -> str:
                 for kind in TRUNCATION_TOUCHES if cut[kind]]  # fmt: skip
         if said:
             notes.append(f"* {name}: " + "; ".join(said))
-    return "\n".join(lines + notes + [HORIZON_CAPTION.format(level=m["next_interval_level"])])
+    return "\n".join(lines + notes + [HORIZON_CAPTION.format(level=m["next_interval_level"], units=units)])
 
 
 HORIZON_CAPTION = (
     "(at each prediction point, told only the history: acc.: next mark by argmax p(k | H), share of points; MAE: "
-    "|median gap - observed gap|, data time units; gap cov.: share of observed gaps inside the central {level:g} "
+    "|median gap - observed gap|, {units}; gap cov.: share of observed gaps inside the central {level:g} "
     "interval of the gap; T-mAP: mean average precision of the events predicted in the horizon, matched within "
-    "time tolerances (HoTPP); OTD: optimal transport distance to the next observed events, data time units; "
+    "time tolerances (HoTPP); OTD: optimal transport distance to the next observed events, {units}; "
     "count PCE / count cov.: calibration of the sampled number of events in the horizon (PCE of its PIT, "
     "unitless; share inside the central {level:g} interval))"
 )

@@ -454,6 +454,7 @@ class Trainer:
         # the model's unit of time (mtpp.models.scaling); a resumed run restores it from its checkpoint below
         self.model.time_scale = resolve_time_scale(cfg.data.time_scale, self.data.train)
         self.time_lattice = time_lattice(self.data.train)  # binned L_T in the final evaluation (mtpp.data.lattice)
+        self.time_units = time_unit_text(time_unit_of(cfg.data.name))  # "hours" where the catalog documents it
         if cfg.train.select_time_on == "binned" and self.time_lattice is None:
             raise ConfigError(
                 "train.select_time_on: binned scores each validation gap's lattice bin, but the training gaps of "
@@ -462,15 +463,15 @@ class Trainer:
             from mtpp.models.ties import tie_warning
 
             if self.time_lattice is not None and self.time_lattice.consequential:
-                echo(f"warning: {lattice_warning(self.time_lattice)}", quiet=False, once=True)
+                echo(f"warning: {lattice_warning(self.time_lattice, self.time_units)}", quiet=False, once=True)
 
             warning = tie_warning(self.data.train, cfg.model.first_event, cfg.model.tie_resolution,
                                   self.model.time_scale)  # fmt: skip
             if warning and self.time_lattice is not None:  # a tie on a lattice is a gap below half a quantum
                 half = self.time_lattice.quantum / 2 / self.model.time_scale
-                warning += (f"; the times lie on a lattice of q = {self.time_lattice.quantum:.6g} data units, where "
-                            f"a tie is a gap below q / 2: model.tie_resolution={half:.6g} (model units) scores each "
-                            "tie as that bin, and nll_time_binned_per_seq scores every gap as its bin")
+                warning += (f"; the times lie on a lattice of q = {self.time_lattice.quantum:.6g} {self.time_units}, "
+                            f"where a tie is a gap below q / 2: model.tie_resolution={half:.6g} (model units) scores "
+                            "each tie as that bin, and nll_time_binned_per_seq scores every gap as its bin")
             if warning:
                 echo(f"warning: {warning}", quiet=False, once=True)
             rule_warning = evaluation_rule_warning(self.model)  # a biased validation score / reported L_T
@@ -946,7 +947,7 @@ def run_header(tr: "Trainer") -> str:
         f"  data    {describe_data(data)}; events {events}",
         (f"  times   time scale {scale:.6g} (the model sees times / {scale:.6g})" if scale is not None
          else "  times   as given (no time scale)")
-        + ("" if getattr(tr, "time_lattice", None) is None else f"; {tr.time_lattice.describe()}"),
+        + ("" if getattr(tr, "time_lattice", None) is None else f"; {tr.time_lattice.describe(tr.time_units)}"),
         f"  model   {m.encoder} encoder, {m.decoder} decoder, {m.parametrisation}; "
         f"{count_parameters(tr.model):,} parameters; aggregator {_aggregator_text(tr)}",
         f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
