@@ -20,6 +20,9 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     from mtpp.training import logging as mtpp_logging
 
     monkeypatch.setattr(mtpp_logging, "_SAID", set())
+    from mtpp.data import formats  # data warnings said once per process (formats.warn_once): likewise
+
+    monkeypatch.setattr(formats, "_WARNED", set())
 
 
 @pytest.fixture

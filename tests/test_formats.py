@@ -485,4 +485,20 @@ def test_marks_numbered_from_one_are_said() -> None:
 
     (note,) = finish_marks(result([1, 2, 3, 1])).notes
     assert "mark ids run 1..3 and 0 never occurs" in note and "--remap-marks" in note
+    assert "data.remap_marks=true in a run config" in note  # what mtpp train takes, not only prepare's flag
     assert finish_marks(result([0, 1, 2, 1])).notes == []
+
+
+def test_a_mark_note_is_said_once_for_a_file_and_the_split_folder_prepared_from_it(tmp_path: Path, caplog,
+                                                                                   capsys) -> None:
+    """Marks 1..4 in a user's CSV: the warning came three times and the run header's note twice (the file, then
+    the prepared split folder read at once, which has the same marks)."""
+    from mtpp.data.catalog import load_dataset
+
+    rows = ["seq_id,time,mark"] + [f"s{i},{t + 0.5 * i},{1 + (t + i) % 4}" for i in range(20) for t in range(1, 6)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        ds = load_dataset(tmp_path / "m.csv")
+    warned = [r for r in caplog.records if "never occurs" in r.getMessage()]
+    assert len(warned) == 1 and str(tmp_path / "m.csv") in warned[0].getMessage()
+    assert sum("never occurs" in n for n in ds.notes) == 1

@@ -414,7 +414,13 @@ def _load(name_or_path: str | Path, split: int, data_dir: str | Path | None, use
         raise DataError(f"split_{split} needs train, val and test files", source=str(path))
     _check_not_empty({"train": res.parts[p + "train"], "val": val, "test": res.parts[p + "test"]}, p, path)
     return Dataset(res.parts[p + "train"], val, res.parts[p + "test"], res.num_marks, name, str(path),
-                   notes + res.notes, split)
+                   notes + [n for n in res.notes if not _said(n, notes)], split)
+
+
+def _said(note: str, notes: list[str]) -> bool:
+    """Whether ``note`` says what one of ``notes`` says about another source (the split folder prepared from a
+    user's file repeats the file's mark note: ``<file>: mark ids run 1..4 ...`` / ``<split_0>: mark ids ...``)."""
+    return any(n.split(": ", 1)[-1] == note.split(": ", 1)[-1] for n in notes)
 
 
 def _check_not_empty(parts: dict[str, list], prefix: str, path: Path) -> None:

@@ -1657,15 +1657,30 @@ def finish_marks(res: ReadResult, options: ReadOptions | None = None) -> ReadRes
         msg = None
         if res.num_marks > 2 and 2 * observed <= res.num_marks:
             msg = (f"{res.source}: only {observed} of {res.num_marks} mark ids occur (a model gets {res.num_marks} "
-                   f"mark classes); --remap-marks / remap_marks=True maps the observed ids to 0..{observed - 1}")
+                   f"mark classes); {REMAP_HINT} maps the observed ids to 0..{observed - 1}")
         elif ids[0] == 1 and observed == res.num_marks - 1:  # ids 1..K-1, none 0: numbered from 1
             msg = (f"{res.source}: mark ids run 1..{res.num_marks - 1} and 0 never occurs (numbered from 1?): a model "
-                   f"gets {res.num_marks} mark classes, one never seen; --remap-marks / remap_marks=True maps them "
-                   f"to 0..{observed - 1}")
+                   f"gets {res.num_marks} mark classes, one never seen; {REMAP_HINT} maps them to 0..{observed - 1}")
         if msg:
             res.notes.append(msg)
-            log.warning(msg)
+            warn_once(msg)
     return res
+
+
+REMAP_HINT = ("data.remap_marks=true in a run config (--remap-marks for mtpp data prepare / describe, "
+              "ReadOptions(remap_marks=True) in Python)")
+"""Where to ask for the mark ids to be remapped, in every command's terms."""
+
+_WARNED: set[str] = set()
+
+
+def warn_once(msg: str) -> None:
+    """``log.warning(msg)`` once per process for what ``msg`` says after its source (``path: ...``): a user's file
+    and the split folder prepared from it (read again at once) have the same marks, and said it twice."""
+    said = msg.split(": ", 1)[-1]
+    if said not in _WARNED:
+        _WARNED.add(said)
+        log.warning(msg)
 
 
 
