@@ -82,7 +82,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mtpp.data.sequence import MAX_MARKS, EventSequence, infer_num_marks, make_sequence
+from mtpp.data.sequence import MAX_MARKS, REMAP_HINT, EventSequence, infer_num_marks, make_sequence
 from mtpp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,7 @@ def _header_count(value: Any, field: str, source: str, options: ReadOptions | No
         raise DataError(f"{field} must be >= 1, got {value}", source=source)
     if value > MAX_MARKS and not (options is not None and options.remap_marks):
         raise DataError(f"{field} {value} exceeds the limit of {MAX_MARKS:,} mark types (MAX_MARKS); if the ids are "
-                        "sparse, remap them to 0..K-1 (--remap-marks, remap_marks=True)", source=source)
+                        f"sparse, remap them to 0..K-1 ({REMAP_HINT})", source=source)
     return value
 
 
@@ -1666,10 +1666,6 @@ def finish_marks(res: ReadResult, options: ReadOptions | None = None) -> ReadRes
             warn_once(msg)
     return res
 
-
-REMAP_HINT = ("data.remap_marks=true in a run config (--remap-marks for mtpp data prepare / describe, "
-              "ReadOptions(remap_marks=True) in Python)")
-"""Where to ask for the mark ids to be remapped, in every command's terms."""
 
 _WARNED: set[str] = set()
 

@@ -68,6 +68,10 @@ Models allocate ``O(K)`` parameters and ``describe`` counts marks in an array of
 with ``remap_marks=True`` (``mtpp data prepare --remap-marks``). The largest benchmark set (RMTPP yelp) has 17,239.
 """
 
+REMAP_HINT = ("data.remap_marks=true in a run config; --remap-marks for mtpp data prepare / describe; "
+              "ReadOptions(remap_marks=True) in Python")
+"""Where to ask for the mark ids to be remapped to 0..K-1, in every command's terms."""
+
 _INT64_MAX = 2**63 - 1
 _QUOTED = " (write numbers unquoted)"
 _NUMBER = (int, float, np.integer, np.floating)
@@ -245,7 +249,7 @@ def make_sequence(
     if num_marks is None and max_mark is not None and m.max() >= max_mark:
         j = int(np.argmax(m))
         raise fail_mark(f"mark {int(m[j])} at event {j} exceeds the limit of {max_mark:,} mark ids (MAX_MARKS); "
-                        "if the ids are sparse, remap them to 0..K-1 (--remap-marks, remap_marks=True)", j)
+                        f"if the ids are sparse, remap them to 0..K-1 ({REMAP_HINT})", j)
     if window_end is not None:
         if _not_number(window_end):
             raise fail(f"window end is {_what(window_end)}, not a number")
