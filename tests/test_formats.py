@@ -241,7 +241,8 @@ def test_long_csv_with_a_column_named_twice_or_category_marks_is_one_clear_error
     with pytest.raises(DataError, match=r"dup.csv: the header \(line 1\) names column\(s\) \['time'\] more than once"):
         read_any(p)
     q = _write(tmp_path / "cat.csv", b"seq_id,time,mark\na,1,click\na,2,buy\n")
-    with pytest.raises(DataError, match=r"mark 'click' is not a number on line 2 \(marks are integer ids.*factorize"):
+    with pytest.raises(DataError, match=r"mark 'click' is not a number on line 2 \(seq_id 'a'\) \(marks are integer "
+                                        r"ids.*factorize"):
         read_any(q)
 
 
@@ -269,8 +270,8 @@ def test_split_column_names_in_any_spelling_and_unknown_ones_are_an_error(tmp_pa
     ds = load_dataset(tmp_path / "spelled.csv")
     assert (len(ds.train), len(ds.val), len(ds.test)) == (4, 5, 3) and not any("re-split" in n for n in ds.notes)
     bad = "seq_id,time,mark,split\na,1,0,train\nb,1,0,validaton\nc,1,0,holdout\nd,1,0,test\n"
-    with pytest.raises(DataError, match=r"split 'validaton' on line 3 is not a part name \(2 such value\(s\): "
-                                        r"'validaton', 'holdout'\); use train"):
+    with pytest.raises(DataError, match=r"split 'validaton' on line 3 \(seq_id 'b'\) is not a part name "
+                                        r"\(2 such value\(s\): 'validaton', 'holdout'\); use train"):
         read_any(_write(tmp_path / "bad.csv", bad.encode()))
 
 

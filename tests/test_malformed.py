@@ -262,7 +262,8 @@ def test_parquet_non_adjacent_rows_are_merged_and_noted(tmp_path: Path) -> None:
 
 def test_truncated_csv_last_row_is_an_error(tmp_path: Path) -> None:
     p = M.csv(tmp_path, "seq_id,time,mark\na,1,0\na,2,1\nb,1,0\nb,2")
-    with pytest.raises(DataError, match=r"t.csv: sequence 1: mark is missing on line 5 \(a truncated file\?\)$"):
+    with pytest.raises(DataError, match=r"t.csv: sequence 1: mark is missing on line 5 \(seq_id 'b'\) "
+                                        r"\(a truncated file\?\)$"):
         read_any(p)
 
 
@@ -273,8 +274,29 @@ def test_a_missing_mark_is_not_told_to_map_category_names(tmp_path: Path) -> Non
     with pytest.raises(DataError, match=r"mark 'click' is not a number on line 2 .*pandas.factorize"):
         read_any(p)
     p = M.csv(tmp_path, "seq_id,time,mark\na,1,\na,2,x\nb,1,0\nb,2,1")
-    with pytest.raises(DataError, match=r"sequence 0: mark is missing on line 2$"):
+    with pytest.raises(DataError, match=r"sequence 0: mark is missing on line 2 \(seq_id 'a'\)$"):
         read_any(p)
+
+
+@pytest.mark.parametrize("last, said", [
+    ("user_7,0.7,", "mark is missing on line 5 (seq_id 'user_7')"),
+    ("user_7,0.7,cart", "mark 'cart' is not a number on line 5 (seq_id 'user_7')"),
+    ("user_7,,0", "time is missing on line 5 (seq_id 'user_7')"),
+    ("user_7,abc,0", "time 'abc' is not a number on line 5 (seq_id 'user_7')"),
+    ("user_7,0.7,1.5", "mark '1.5' is not an integer on line 5 (seq_id 'user_7')"),
+    ("user_7,0.7,1,bogus", "split 'bogus' on line 5 (seq_id 'user_7') is not a part name"),
+    ("user_7,0.7,1,test", "rows of one sequence in different splits: 'train' and 'test' (seq_id 'user_7', line 5)"),
+])
+def test_every_table_cell_error_names_the_users_seq_id(tmp_path: Path, last: str, said: str) -> None:
+    """A cell error said "sequence 1" (the file order) and a line, while the unsorted / negative time errors also
+    named the seq_id: the user looks for user_7, not user_1."""
+    split = last.count(",") == 3
+    head = "seq_id,time,mark" + ",split" * split
+    rows = [f"user_9,1.0,0{',train' * split}", f"user_9,2.0,1{',train' * split}", f"user_7,0.5,1{',train' * split}"]
+    p = M.csv(tmp_path, "\n".join([head, *rows, last]))
+    with pytest.raises(DataError) as err:
+        read_any(p)
+    assert "sequence 1: " in str(err.value) and said in str(err.value), str(err.value)
 
 
 def test_csv_split_column_keeps_each_sequence_in_one_part(tmp_path: Path) -> None:

@@ -1317,6 +1317,9 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     codes, labels = pd.factorize(seq_id, sort=False)
     n_seq = int(codes.max()) + 1 if codes.size else 0
 
+    def named(r: int) -> str:  # the user's own name of the sequence of row r (the index alone is the file order)
+        return f"seq_id {_short_repr(labels[codes[r]])}"
+
     def cell_error(col: str, bad: np.ndarray, why: str, advice: str = "") -> DataError:
         r = int(np.flatnonzero(bad)[0])
         raw = df[col].iloc[r]
@@ -1325,7 +1328,8 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         hint = " (a truncated file?)" if shown == "is missing" and r == len(df) - 1 else ""
         if shown == "is missing":  # the advice is about the value found (a category name), not an empty cell
             advice = ""
-        return DataError(f"{col} {shown} on {where} {r + line0}{hint}{advice}", source=src, sequence=int(codes[r]))
+        return DataError(f"{col} {shown} on {where} {r + line0} ({named(r)}){hint}{advice}", source=src,
+                         sequence=int(codes[r]))
 
     times = _table_column(df, "time", cell_error)
     if "mark" in df.columns:
@@ -1347,8 +1351,9 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         runs = np.bincount(codes[starts], minlength=n_seq)
         scattered = int(np.count_nonzero(runs > 1))
         if scattered:
-            notes.append(f"{path}: the rows of {scattered} sequence(s) are not adjacent (first: sequence "
-                         f"{int(np.flatnonzero(runs > 1)[0])}); each sequence gathers its rows in file order")
+            first = int(np.flatnonzero(runs > 1)[0])
+            notes.append(f"{path}: the rows of {scattered} sequence(s) are not adjacent (first: sequence {first}, "
+                         f"seq_id {_short_repr(labels[first])}); each sequence gathers its rows in file order")
     # rows repeated exactly (seq_id, time, mark): kept as simultaneous events (zero gaps), said, never merged silently
     repeated = pd.DataFrame({"c": codes, "t": times, "m": marks}).duplicated().to_numpy()
     if repeated.any():
@@ -1368,7 +1373,7 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         unknown = [x for x in pd.unique(raw) if normalise_part(x) not in PARTS]
         if unknown:  # a part the loader would not recognise re-splits the whole file: say so instead
             r = int(np.flatnonzero(raw.isin(unknown).to_numpy())[0])
-            raise DataError(f"split {_short_repr(unknown[0])} on {where} {r + line0} is not a part name "
+            raise DataError(f"split {_short_repr(unknown[0])} on {where} {r + line0} ({named(r)}) is not a part name "
                             f"({len(unknown)} such value(s): {', '.join(map(repr, unknown[:5]))}); use train / "
                             "training, val / valid / validation / dev, test / testing (any case)",
                             source=src, sequence=int(codes[r]))
@@ -1380,7 +1385,8 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         if differ.any():
             r = int(np.flatnonzero(differ)[0])
             raise DataError(f"rows of one sequence in different splits: {part_names[part_of[codes[r]]]!r} and "
-                            f"{part_names[scodes[r]]!r} ({where} {r + line0})", source=src, sequence=int(codes[r]))
+                            f"{part_names[scodes[r]]!r} ({named(r)}, {where} {r + line0})", source=src,
+                            sequence=int(codes[r]))
     order = np.argsort(codes, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=n_seq))])
     times, marks = times[order], marks[order]
