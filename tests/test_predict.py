@@ -232,7 +232,7 @@ def test_a_horizon_past_the_data_draws_no_observed_count_after_the_data_end(run_
         x, y = (np.asarray(v, dtype=float) for v in observed.get_data())
         assert np.isnan(y[x > data_end]).all() and np.isfinite(y[x <= data_end]).all()
         assert any(line.get_label() == "end of the observed data" for line in ax2.get_lines())
-        assert f"the data end at t = {data_end:g}" in " ".join(fig._suptitle.get_text().split())
+        assert f"the data end at t = {data_end:.10g}" in " ".join(fig._suptitle.get_text().split())
     finally:
         plt.close(fig)
 

@@ -4,6 +4,7 @@ relative times for large offsets, and training that does not depend on the unit.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,36 @@ def test_training_refuses_times_beyond_float32_and_warns_about_ties(tmp_path: Pa
                              "logging.progress=false"])  # fmt: skip
     fit(cfg, tmp_path / "run_tied")
     assert "tie" in capsys.readouterr().err.lower()
+
+
+def test_times_on_an_absolute_clock_are_said_before_training(tmp_path: Path, capsys) -> None:
+    """Unix-second times (t + 1.4e9): the first gap, measured from 0, is 44 years; it entered the encoder without
+    a word (a user's results differed from the same gaps started at 0). The run and describe now say so; data
+    whose first events sit among their gaps (the benchmark sets) get no warning."""
+    from mtpp.cli import main
+    from mtpp.data.origin import absolute_clock_warning, clock_origin
+
+    unix = _sequences(20, 8, 1, offset=1.4e9)
+    origin = clock_origin(unix)
+    assert origin.absolute and origin.median_first == pytest.approx(1.4e9, rel=1e-6)
+    assert not clock_origin(_sequences(20, 8, 1)).absolute  # first events ~1 gap from 0
+    assert not clock_origin(_sequences(20, 8, 1, offset=5.0)).absolute  # a late start, still within gaps' reach
+    assert clock_origin([EventSequence(np.array([1.4e9]), np.array([0]), None)]) is None  # no gap to compare
+    said = absolute_clock_warning(unix, "include", "seconds")
+    assert said.startswith("the times look absolute (Unix seconds?): the median first event is at t = ")
+    assert re.search(r"at t = 140000000\d seconds, [\d,]+ x the longest gap within a sequence", said), said
+    assert "is scored as one gap (model.first_event: include)" in said
+    for label, offset in (("unix", 1.4e9), ("zero", 0.0)):
+        splits = {"train": _sequences(20, 8, 1, offset=offset), "val": _sequences(5, 8, 2, offset=offset),
+                  "test": _sequences(5, 8, 3, offset=offset)}  # fmt: skip
+        data = write_split_folder(tmp_path / label, [splits], num_marks=2)
+        cfg = load_config(None, [f"data.name={data}", "train.max_epochs=1", "model.hidden_size=4",
+                                 "logging.progress=false"])  # fmt: skip
+        fit(cfg, tmp_path / f"run_{label}")
+        err = capsys.readouterr().err
+        assert ("warning: the times look absolute" in err) == (label == "unix"), label
+        assert main(["data", "describe", str(data)]) == 0
+        out = capsys.readouterr().out
+        assert ("the times look absolute" in out) == (label == "unix"), label
+        if label == "unix":  # the range with the digits that tell its ends apart (was 1.4e+09 .. 1.4e+09)
+            assert re.search(r"time range     14000000\d\d(\.\d+)? \.\. 14000000\d\d\.\d+ ", out), out

@@ -193,6 +193,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if overlaps:
         res.notes.append(str(overlap_error(unique, overlaps, str(path))))
     res.notes += incomplete_splits(res.parts)
+    from mtpp.data.catalog import time_unit_text
+    from mtpp.data.origin import absolute_clock_warning
+
+    clock = absolute_clock_warning(unique, units=time_unit_text(entry.time_unit if entry else None))
+    res.notes += [f"{path}: {clock}"] if clock else []
     stats = {
         "name": name,
         "source": str(path),
@@ -235,6 +240,17 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
+def _fmt_range(lo: float, hi: float) -> str:
+    """``lo .. hi`` with the digits that tell them apart: 6 significant, more when the range is narrow against
+    its magnitude (Unix seconds: ``1700000000 .. 1700086400``, not ``1.7e+09 .. 1.70009e+09``)."""
+    import math
+
+    big, span = max(abs(lo), abs(hi)), hi - lo
+    extra = math.ceil(math.log10(big / span)) if span > 0 and big > 0 else 0
+    d = min(17, 6 + max(0, extra))
+    return f"{lo:.{d}g} .. {hi:.{d}g}"
+
+
 def _lattice_line(lattice: dict[str, Any] | None, unit: str | None = None) -> str:
     if lattice is None:
         return ("time lattice   none found (no quantum q = the smallest positive gap / 1..6 has every gap of up to "
@@ -275,7 +291,7 @@ def _describe_text(st: dict[str, Any]) -> str:
         f"events         {t['events']:,}",
         f"marks          {t['num_marks']} ({t['marks_observed']} observed)",
         f"length         min {ln['min']} / median {ln['median']:g} / max {ln['max']}",
-        f"time range     {_fmt(t['time']['min'])} .. {_fmt(t['time']['max'])} "
+        f"time range     {_fmt_range(t['time']['min'], t['time']['max'])} "
         + (f"({st['time_unit']}s)" if st.get("time_unit") else "(unit not recorded)"),
         f"zero gaps      {100 * t['zero_gap_share']:.2f}% of within-sequence gaps; "
         f"{t['first_event_at_zero']:,} sequences start at time 0",
@@ -287,7 +303,7 @@ def _describe_text(st: dict[str, Any]) -> str:
     out += [f"  {m['mark']:>6}  {m['count']:>9,}  {100 * m['share']:5.1f}%" for m in t["top_marks"]]
     rows = [(k, f"{v['sequences']:,}", f"{v['events']:,}",
              f"{v['length']['min']} / {v['length']['median']:g} / {v['length']['max']}",
-             f"{_fmt(v['time']['min'])} .. {_fmt(v['time']['max'])}")
+             _fmt_range(v['time']['min'], v['time']['max']))
             for k, v in st["parts"].items() if v["sequences"]]
     out += ["", _table(("part", "sequences", "events", "len min/med/max", "time range"), rows)]
     if st.get("resplit_on_use"):

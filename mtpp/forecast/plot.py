@@ -66,7 +66,7 @@ def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None,
     end = float(seq.times[cut - 1]) + horizon
     if end <= data_end:
         return ""
-    return (f"the data end at t = {data_end:g}, {end - data_end:g} {time_unit_text(time_unit)} before the horizon's "
+    return (f"the data end at t = {data_end:.10g}, {end - data_end:g} {time_unit_text(time_unit)} before the horizon's "
             "end: nothing observed after")
 
 

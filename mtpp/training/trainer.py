@@ -464,6 +464,11 @@ class Trainer:
 
             if self.time_lattice is not None and self.time_lattice.consequential:
                 echo(f"warning: {lattice_warning(self.time_lattice, self.time_units)}", quiet=False, once=True)
+            from mtpp.data.origin import absolute_clock_warning
+
+            clock = absolute_clock_warning(self.data.train, cfg.model.first_event, self.time_units)
+            if clock:
+                echo(f"warning: {clock}", quiet=False, once=True)
 
             warning = tie_warning(self.data.train, cfg.model.first_event, cfg.model.tie_resolution,
                                   self.model.time_scale)  # fmt: skip
