@@ -340,6 +340,16 @@ def test_sparse_marks_are_noted_and_remapped_on_request(tmp_path: Path, capsys: 
     assert json.loads((out / "split_0" / "args.json").read_text())["marks"] == 3
 
 
+def test_remapping_ids_that_already_are_0_to_k_minus_1_says_nothing(tmp_path: Path) -> None:
+    """A folder prepared with --remap-marks, read again with the remap (mtpp train with data.remap_marks=true
+    reads the prepared split): the note "remapped 4 observed mark ids (0, 1, 2, 3) to 0..3" misled."""
+    p = tmp_path / "dense.json"
+    p.write_text(json.dumps([M.ev((0.5, 0), (1.0, 1)), M.ev((0.2, 2))] * 3))
+    res = read_any(p, remap_marks=True)
+    assert res.num_marks == 3 and res.meta["mark_ids"] == [0, 1, 2]
+    assert not any("remapped" in n for n in res.notes), res.notes
+
+
 def test_remap_allows_huge_sparse_ids(tmp_path: Path) -> None:
     p = M.bosser(tmp_path, M.ev((1.0, 10**12), (2.0, 2**62)))
     res = read_any(p, remap_marks=True)

@@ -1634,11 +1634,15 @@ def read_any(path: str | Path, *, options: ReadOptions | None = None, progress: 
 def remap_marks(res: ReadResult) -> ReadResult:
     """Map the mark ids observed in ``res`` (all parts together) to ``0..K-1`` in increasing order, in place:
     ``num_marks`` becomes ``K``, ``meta["mark_ids"]`` lists the original id of each new mark, and a note says
-    so. Vectorised per sequence (``np.searchsorted`` on the sorted distinct ids)."""
+    so; ids that already are ``0..K-1`` are left as they are (``mark_ids`` the identity), without a note. Vectorised per sequence
+    (``np.searchsorted`` on the sorted distinct ids)."""
     seqs = res.sequences
     if not seqs:
         return res
     ids = np.unique(np.concatenate([s.marks for s in seqs]))
+    if ids.size == res.num_marks and ids[-1] == ids.size - 1:  # already 0..K-1 (a folder prepared with the remap)
+        res.meta.setdefault("mark_ids", ids.tolist())  # the identity (prepare shares maps across inputs)
+        return res  # nothing to map, nothing to say: "remapped (0, 1, 2, 3) to 0..3" misled
     for name, part in res.parts.items():
         res.parts[name] = [EventSequence(s.times, np.searchsorted(ids, s.marks), s.window_end, s.origin) for s in part]
     old = res.num_marks
