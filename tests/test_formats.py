@@ -503,3 +503,28 @@ def test_a_mark_note_is_said_once_for_a_file_and_the_split_folder_prepared_from_
     warned = [r for r in caplog.records if "never occurs" in r.getMessage()]
     assert len(warned) == 1 and str(tmp_path / "m.csv") in warned[0].getMessage()
     assert sum("never occurs" in n for n in ds.notes) == 1
+
+
+def test_a_split_folder_keeps_the_sources_sequence_ids_and_only_theirs(tmp_path: Path) -> None:
+    """``EventSequence.name`` (a table's seq_id) is written to split_k/args.json ``seq_ids`` and read back; a
+    folder of unnamed sequences (every benchmark set) gets no such key, so its files are as before; a list that
+    no longer fits its part is left out with a note."""
+    from dataclasses import replace
+
+    from mtpp.data.formats import read_split, write_split_folder
+
+    seqs = [make_sequence(np.array([0.5, 1.0 + i]), np.array([0, 1]), name=f"id{i}") for i in range(6)]
+    write_split_folder(tmp_path / "named", [{"train": seqs[:4], "val": seqs[4:5], "test": seqs[5:]}], num_marks=2)
+    back = read_split(tmp_path / "named", 0)
+    assert [s.name for s in back.parts["split_0/train"]] == ["id0", "id1", "id2", "id3"]
+    assert [s.name for s in back.parts["split_0/test"]] == ["id5"]
+    plain = [replace(s, name=None) for s in seqs]
+    write_split_folder(tmp_path / "plain", [{"train": plain[:4], "val": plain[4:5], "test": plain[5:]}], num_marks=2)
+    assert "seq_ids" not in json.loads((tmp_path / "plain" / "split_0" / "args.json").read_text())
+    args = tmp_path / "named" / "split_0" / "args.json"
+    meta = json.loads(args.read_text())
+    meta["seq_ids"]["train"] = meta["seq_ids"]["train"][:2]  # edited by hand
+    args.write_text(json.dumps(meta))
+    back = read_split(tmp_path / "named", 0)
+    assert all(s.name is None for s in back.parts["split_0/train"]) and back.parts["split_0/val"][0].name == "id4"
+    assert any("'seq_ids' of train does not match its 4 sequence(s)" in n for n in back.notes)

@@ -626,3 +626,39 @@ def test_the_forecast_plot_legend_and_axes_say_what_they_show(run_dir: Path) -> 
         assert fig.axes[1].get_ylabel().endswith("(events per hour)")
     finally:
         plt.close(fig)
+
+
+def test_the_users_sequence_ids_reach_predict_generate_and_plot(tmp_path: Path, capsys) -> None:
+    """A table's seq_id (user_17, ...) was lost on reading: outputs named sequences by their index in a re-split
+    the user never sees. The ids now travel through the auto-prepared split folder (split_k/args.json seq_ids)
+    into predict's and generate's seq_id column and the plot's title."""
+    import pandas as pd
+
+    from mtpp.data.catalog import load_dataset
+
+    rng = np.random.default_rng(0)
+    rows = ["seq_id,time,mark"]
+    for j in range(30):
+        t = np.cumsum(rng.exponential(1.0, 6 + j % 5))
+        rows += [f"user_{j},{x:.4f},{int(k)}" for x, k in zip(t, rng.integers(0, 3, t.size))]
+    csv = tmp_path / "events.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    by_id = pd.read_csv(csv).groupby("seq_id")["time"].apply(lambda s: s.to_numpy())
+    ds = load_dataset(csv)  # no split column: re-split into a cached split folder, ids kept
+    for s in ds.train + ds.val + ds.test:  # every sequence carries its own id
+        assert s.name is not None and np.allclose(s.times, by_id[s.name], atol=1e-4), s.name
+    run = tmp_path / "run"
+    assert main(["train", "--set", f"data.name={csv}", "--set", "train.max_epochs=1", "--set", "model.hidden_size=4",
+                 "--out", str(run), "-q"]) == 0
+    assert main(["predict", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert list(p.columns[:3]) == ["sequence", "seq_id", "index"]
+    assert all(p["seq_id"] == [ds.test[i].name for i in p["sequence"]])
+    assert main(["generate", str(run), "--horizon", "1", "--samples", "2", "--out", str(tmp_path / "g.csv")]) == 0
+    for table in ("g.csv", "g.samples.csv"):
+        g = pd.read_csv(tmp_path / table)
+        assert list(g.columns[:2]) == ["sequence", "seq_id"] and all(g["seq_id"] == [ds.test[i].name
+                                                                                     for i in g["sequence"]])
+    capsys.readouterr()
+    assert main(["plot", str(run), "--sequence", "1", "--samples", "2", "--out", str(tmp_path / "f.png")]) == 0
+    assert f"sequence 1 (seq_id '{ds.test[1].name}')" in capsys.readouterr().out

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
+    import pandas as pd
 
     from mtpp.errors import MtppError
     from mtpp.forecast.baselines import baseline_factory
@@ -77,8 +78,12 @@ def run(args: argparse.Namespace) -> int:
                      max_memory=int(args.max_memory * (1 << 30)), source=source, progress=True)
     seconds = time.perf_counter() - t
     frame, samples = g.to_frame(), g.samples_frame(args.horizon)
+    names = np.array([s.name for s in histories], dtype=object)  # the user's own ids (a table's seq_id), if any
     for table in (frame, samples):
-        table["sequence"] = np.asarray(ids)[table["sequence"].to_numpy()]  # split indices
+        local = table["sequence"].to_numpy()
+        table["sequence"] = np.asarray(ids)[local]  # split indices
+        if any(n is not None for n in names):
+            table.insert(1, "seq_id", pd.array(names[local], dtype="string"))
     path = write_table(frame, args.out, overwrite=args.overwrite)
     write_table(samples, per_sample, overwrite=args.overwrite)
     empty = int((samples["events"] == 0).sum())

@@ -45,14 +45,15 @@ def run(args: argparse.Namespace) -> int:
     horizon = args.horizon if args.horizon is not None else 0.25 * float(seq.times[-1] - seq.times[0]) or 1.0
     m = run.cfg.model
     unit = time_unit_of(run.cfg.data.name)
-    title = (f"{run.cfg.data.name} {args.split} sequence {args.sequence}: {m.encoder}-{m.decoder} {m.parametrisation}"
-             f", horizon {horizon:.4g} {time_unit_text(unit)}")
+    named = f" (seq_id {seq.name!r})" if seq.name is not None else ""  # the user's own id of the sequence
+    title = (f"{run.cfg.data.name} {args.split} sequence {args.sequence}{named}: {m.encoder}-{m.decoder} "
+             f"{m.parametrisation}, horizon {horizon:.4g} {time_unit_text(unit)}")
     notes: list[str] = []  # sampled continuations cut at --max-events, if any
     with run.threads():
         fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
                             title=title, max_events=args.max_events, log=notes.append, time_unit=unit)
     path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
     notes.append(beyond_data_note(seq, horizon, args.cut, unit))
-    print(f"{path}: sequence {args.sequence} ({len(seq)} events), {args.samples} samples"
+    print(f"{path}: sequence {args.sequence}{named} ({len(seq)} events), {args.samples} samples"
           + "".join(f"; {n}" for n in notes if n))
     return 0

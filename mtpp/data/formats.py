@@ -76,7 +76,7 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -219,13 +219,14 @@ class _Builder:
         self.disagreeing = 0  # EasyTPP records whose time_since_last_event contradicts time_since_start
         self.first_disagreement = ""
 
-    def __call__(self, times: Any, marks: Any, index: int, window_end: float | None = None) -> EventSequence | None:
+    def __call__(self, times: Any, marks: Any, index: int, window_end: float | None = None,
+                 name: str | None = None) -> EventSequence | None:
         if self.options.sort:
             times, marks = self._maybe_sort(times, marks)
         try:
             return make_sequence(
                 times, marks, window_end=window_end, num_marks=self.num_marks, max_mark=self.max_mark,
-                source=self.source, index=index, mark_source=self.mark_source,
+                source=self.source, index=index, mark_source=self.mark_source, name=name,
             )
         except DataError as e:
             if not self.options.drop_invalid:
@@ -1395,7 +1396,7 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     for j in range(n_seq):
         a, b = bounds[j], bounds[j + 1]
         try:
-            s = build(times[a:b], marks[a:b], j)
+            s = build(times[a:b], marks[a:b], j, name=str(labels[j]))
         except DataError as e:  # name the sequence as the file does: its seq_id, and the event's line (or its first)
             rows = np.flatnonzero(codes == j)  # file order, as times[a:b] (unless the builder sorted them)
             known = e.event is not None and 0 <= e.event < rows.size and not (options and options.sort)
@@ -1543,8 +1544,26 @@ def _read_one_split(d: Path, options: ReadOptions | None, progress: bool) -> Rea
         _header_number(window, "window", args)
     r = _read_plain_folder(d, options, progress, default_marks=declared)
     _attach_window(r, window, options, args)
+    _attach_names(r, meta.get("seq_ids"))
     r.meta["args"] = meta
     return r
+
+
+def _attach_names(res: ReadResult, names: Any) -> None:
+    """The sources' own sequence ids a split folder keeps (``args.json`` ``seq_ids``: part -> list, written by
+    :func:`write_split_folder`) attached to its sequences (``EventSequence.name``); a list that does not fit its
+    part (a file edited by hand) is left out, with a note."""
+    if not isinstance(names, dict):
+        return
+    for part, seqs in res.parts.items():
+        ids = names.get(part)
+        if ids is None:
+            continue
+        if not isinstance(ids, list) or len(ids) != len(seqs):
+            res.notes.append(f"{res.source}: args.json 'seq_ids' of {part} does not match its {len(seqs)} "
+                             "sequence(s); the sequence ids are not used")
+            continue
+        res.parts[part] = [s if i is None else replace(s, name=str(i)) for s, i in zip(seqs, ids)]
 
 
 def read_split(folder: str | Path, k: int, *, options: ReadOptions | None = None, progress: bool = False) -> ReadResult:
@@ -1634,8 +1653,8 @@ def read_any(path: str | Path, *, options: ReadOptions | None = None, progress: 
 def remap_marks(res: ReadResult) -> ReadResult:
     """Map the mark ids observed in ``res`` (all parts together) to ``0..K-1`` in increasing order, in place:
     ``num_marks`` becomes ``K``, ``meta["mark_ids"]`` lists the original id of each new mark, and a note says
-    so; ids that already are ``0..K-1`` are left as they are (``mark_ids`` the identity), without a note. Vectorised per sequence
-    (``np.searchsorted`` on the sorted distinct ids)."""
+    so; ids that already are ``0..K-1`` are left as they are (``mark_ids`` the identity), without a note.
+    Vectorised per sequence (``np.searchsorted`` on the sorted distinct ids)."""
     seqs = res.sequences
     if not seqs:
         return res
@@ -1644,7 +1663,7 @@ def remap_marks(res: ReadResult) -> ReadResult:
         res.meta.setdefault("mark_ids", ids.tolist())  # the identity (prepare shares maps across inputs)
         return res  # nothing to map, nothing to say: "remapped (0, 1, 2, 3) to 0..3" misled
     for name, part in res.parts.items():
-        res.parts[name] = [EventSequence(s.times, np.searchsorted(ids, s.marks), s.window_end, s.origin) for s in part]
+        res.parts[name] = [replace(s, marks=np.searchsorted(ids, s.marks)) for s in part]
     old = res.num_marks
     res.num_marks = int(ids.size)
     res.meta["mark_ids"] = ids.tolist()
@@ -1667,10 +1686,10 @@ def finish_marks(res: ReadResult, options: ReadOptions | None = None) -> ReadRes
         msg = None
         if res.num_marks > 2 and 2 * observed <= res.num_marks:
             msg = (f"{res.source}: only {observed} of {res.num_marks} mark ids occur (a model gets {res.num_marks} "
-                   f"mark classes); {REMAP_HINT} maps the observed ids to 0..{observed - 1}")
+                   f"mark classes); to map the observed ids to 0..{observed - 1}: {REMAP_HINT}")
         elif ids[0] == 1 and observed == res.num_marks - 1:  # ids 1..K-1, none 0: numbered from 1
             msg = (f"{res.source}: mark ids run 1..{res.num_marks - 1} and 0 never occurs (numbered from 1?): a model "
-                   f"gets {res.num_marks} mark classes, one never seen; {REMAP_HINT} maps them to 0..{observed - 1}")
+                   f"gets {res.num_marks} mark classes, one never seen; to map them to 0..{observed - 1}: {REMAP_HINT}")
         if msg:
             res.notes.append(msg)
             warn_once(msg)
@@ -1763,6 +1782,8 @@ def write_split_folder(
             for name, seqs in parts.items():
                 write_bosser_json(d / f"{name}.json", seqs)
                 meta[f"{name}_size"] = len(seqs)
+                if any(s.name is not None for s in seqs):  # the sources' own ids (a table's seq_id), for outputs
+                    meta.setdefault("seq_ids", {})[name] = [s.name for s in seqs]
             if split_args is not None:
                 meta.update(split_args[k])
             (d / "args.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -28,12 +28,16 @@ class EventSequence:
         event (the benchmark convention: no survival term).
     origin: where a reader found it, ``(file, sequence index)`` as error messages name it (``None`` when built
         otherwise); not part of its identity (:meth:`key`), only for reports such as the de-duplication's.
+    name: the source's own id of the sequence (a table's ``seq_id``), kept through preparation (a split folder's
+        ``split_k/args.json`` ``seq_ids``) so that outputs can name it (``mtpp predict`` / ``generate``'s
+        ``seq_id`` column, ``mtpp plot``'s title); ``None`` where the source has none. Not part of its identity.
     """
 
     times: np.ndarray
     marks: np.ndarray
     window_end: float | None = None
     origin: tuple[str, int] | None = field(default=None, repr=False)
+    name: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "times", np.ascontiguousarray(self.times, dtype=np.float64))
@@ -209,6 +213,7 @@ def make_sequence(
     source: str | None = None,
     index: int | None = None,
     mark_source: str | None = None,
+    name: str | None = None,
 ) -> EventSequence:
     """Build and validate one sequence, raising ``DataError`` naming ``source`` and ``index``.
 
@@ -216,7 +221,8 @@ def make_sequence(
     ``>= 0`` and non-decreasing (ties allowed); marks are integers (or integral floats; not booleans or strings),
     ``>= 0``, below ``num_marks`` when given, else below ``max_mark`` (:data:`MAX_MARKS` by default; ``None``
     allows any id below ``2**63``, for remapping); same length, non-empty; ``window_end`` a number ``>= t_n``.
-    Problems with the marks name ``mark_source`` when given (the marks file of an RMTPP pair).
+    Problems with the marks name ``mark_source`` when given (the marks file of an RMTPP pair). ``name``: the
+    source's own id of the sequence (:attr:`EventSequence.name`).
     """
 
     def fail(problem: str, event: int | None = None) -> DataError:
@@ -257,7 +263,7 @@ def make_sequence(
         if not np.isfinite(window_end) or window_end < t[-1]:
             raise fail(f"window end {window_end!r} is before the last event {float(t[-1])!r}")
     origin = None if source is None or index is None else (str(source), int(index))
-    return EventSequence(t, m, window_end, origin)
+    return EventSequence(t, m, window_end, origin, None if name is None else str(name))
 
 
 def within_sequence_gaps(sequences: Iterable[EventSequence]) -> np.ndarray:

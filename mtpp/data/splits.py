@@ -10,7 +10,7 @@ splitting, so a sequence that appears in several input files lands in exactly on
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -432,8 +432,7 @@ def _share_mark_map(results: Sequence[ReadResult]) -> None:
     union = np.unique(np.concatenate(local)) if local else np.zeros(0, dtype=np.int64)
     for r, ids in zip(results, local):
         for name, part in r.parts.items():
-            r.parts[name] = [EventSequence(s.times, np.searchsorted(union, ids[s.marks]), s.window_end, s.origin)
-                             for s in part]
+            r.parts[name] = [replace(s, marks=np.searchsorted(union, ids[s.marks])) for s in part]
         r.meta["mark_ids"] = union.tolist()
         r.num_marks = int(union.size)
 

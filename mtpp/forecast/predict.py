@@ -5,6 +5,8 @@ first with ``first_event: skip``), the model's prediction from the events ``0..i
 
 ========================  ========================================================================================
 ``sequence``              index of the sequence in the split (or in the list given)
+``seq_id``                the source's own id of the sequence (a table's ``seq_id``: ``EventSequence.name``), only
+                          when the sequences have one
 ``index``                 ``i``
 ``time``                  observed ``t_i`` (data units, absolute)
 ``history_end``           ``t_{i-1}``, the time the prediction is made from (0, the window start, for ``i = 0``):
@@ -123,6 +125,7 @@ def predict_frame(
     if not sequences:
         raise MtppError("nothing to predict: no sequences")
     ids = np.arange(len(sequences)) if ids is None else np.asarray(ids)
+    named = any(s.name is not None for s in sequences)  # a seq_id column: the user's own names of the sequences
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -135,7 +138,7 @@ def predict_frame(
                 chunk = sequences[lo : lo + batch_size]
                 batch = collate(chunk, dtype=param.dtype).to(param.device)
                 out = predict_batch(model, batch, level, top_k)
-                frames.append(_rows(chunk, ids[lo : lo + batch_size], batch, out, include_next, level))
+                frames.append(_rows(chunk, ids[lo : lo + batch_size], batch, out, include_next, level, named))
                 bar.update(len(chunk))
     finally:
         bar.close()
@@ -143,7 +146,7 @@ def predict_frame(
     return pd.concat(frames, ignore_index=True)
 
 
-def _rows(chunk, ids, batch, out, include_next: bool, level: float):
+def _rows(chunk, ids, batch, out, include_next: bool, level: float, named: bool = False):
     import pandas as pd
 
     lengths = batch.lengths.cpu().numpy()
@@ -168,6 +171,8 @@ def _rows(chunk, ids, batch, out, include_next: bool, level: float):
 
     cols = {
         "sequence": ids[b_idx],
+        **({"seq_id": pd.array(np.array([s.name for s in chunk], dtype=object)[b_idx], dtype="string")}
+           if named else {}),
         "index": i_idx,
         "time": np.where(observed, all_times[flat], nan),
         "history_end": np.where(i_idx > 0, all_times[prev], 0.0),
