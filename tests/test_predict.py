@@ -662,3 +662,39 @@ def test_the_users_sequence_ids_reach_predict_generate_and_plot(tmp_path: Path, 
     capsys.readouterr()
     assert main(["plot", str(run), "--sequence", "1", "--samples", "2", "--out", str(tmp_path / "f.png")]) == 0
     assert f"sequence 1 (seq_id '{ds.test[1].name}')" in capsys.readouterr().out
+
+
+def test_remapped_marks_are_given_back_in_the_datas_own_ids(tmp_path: Path) -> None:
+    """Marks 10, 20, 30, 40 trained with data.remap_marks=true (the model's 0..3): predict's observed and top-k
+    marks and generate's marks were the model's 0..3, which the user's data never had."""
+    import pandas as pd
+
+    from mtpp.data.catalog import load_dataset
+    from mtpp.forecast.predict import source_marks
+
+    frame = pd.DataFrame({"observed_mark": pd.array([0, 3, None], dtype="Int64"), "mark_1": [1, 2, 0], "x": [0, 1, 2]})
+    source_marks(frame, [10, 20, 30, 40], ["observed_mark", "mark_1", "mark"])
+    assert frame["observed_mark"].tolist()[:2] == [10, 40] and frame["observed_mark"].isna().tolist() == [0, 0, 1]
+    assert frame["mark_1"].tolist() == [20, 30, 10] and frame["x"].tolist() == [0, 1, 2]
+    rng = np.random.default_rng(1)
+    rows = ["seq_id,time,mark"]
+    for j in range(30):
+        t = np.cumsum(rng.exponential(1.0, 8))
+        rows += [f"s{j},{x:.4f},{10 * int(k)}" for x, k in zip(t, rng.integers(1, 5, t.size))]
+    csv = tmp_path / "sparse.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    assert load_dataset(csv, remap_marks=True).mark_ids == [10, 20, 30, 40]  # auto-prepared: its args.json
+    assert load_dataset(csv).mark_ids is None  # not remapped: the ids are the data's own
+    split = ["seq_id,time,mark,split"] + [f"{r},{('train', 'val', 'test')[int(r[1:].split(',')[0]) % 3]}"
+                                          for r in rows[1:]]
+    (tmp_path / "split.csv").write_text("\n".join(split) + "\n")  # its own split: read directly, remapped
+    assert load_dataset(tmp_path / "split.csv", remap_marks=True).mark_ids == [10, 20, 30, 40]
+    run = tmp_path / "run"
+    assert main(["train", "--set", f"data.name={csv}", "--set", "data.remap_marks=true", "--set",
+                 "train.max_epochs=1", "--set", "model.hidden_size=4", "--out", str(run), "-q"]) == 0
+    assert main(["predict", str(run), "--out", str(tmp_path / "p.csv"), "--include-next"]) == 0
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert set(p["observed_mark"].dropna().astype(int)) <= {10, 20, 30, 40} and p["observed_mark"].isna().any()
+    assert set(p["mark_1"]) <= {10, 20, 30, 40}
+    assert main(["generate", str(run), "--horizon", "2", "--samples", "2", "--out", str(tmp_path / "g.csv")]) == 0
+    assert set(pd.read_csv(tmp_path / "g.csv")["mark"]) <= {10, 20, 30, 40}

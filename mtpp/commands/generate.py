@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.errors import MtppError
     from mtpp.forecast.baselines import baseline_factory
     from mtpp.forecast.generate import generate, truncation_note
+    from mtpp.forecast.predict import source_marks
     from mtpp.forecast.predict import check_table_path, write_table
     from mtpp.forecast.runs import load_run
 
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
                      max_memory=int(args.max_memory * (1 << 30)), source=source, progress=True)
     seconds = time.perf_counter() - t
     frame, samples = g.to_frame(), g.samples_frame(args.horizon)
+    source_marks(frame, getattr(run.data, "mark_ids", None), ["mark"])  # the data's own mark ids, if remapped
     names = np.array([s.name for s in histories], dtype=object)  # the user's own ids (a table's seq_id), if any
     for table in (frame, samples):
         local = table["sequence"].to_numpy()

@@ -222,6 +222,9 @@ class Dataset:
         and later commands read the same data again; ``None`` for a ``Dataset`` built by hand (its run cannot be
         reloaded from a configuration, and says so).
     time_unit: the catalog's :attr:`CatalogEntry.time_unit` (``None``: not recorded, e.g. a user's own file).
+    mark_ids: the source's own id of each mark ``0..K-1`` where the marks were remapped (``remap_marks``, or a
+        folder prepared with ``--remap-marks``: its ``args.json`` ``mark_ids``), so that outputs can give them
+        back; ``None`` where the ids are the source's (not remapped, or already ``0..K-1``).
     """
 
     train: list[EventSequence]
@@ -234,6 +237,7 @@ class Dataset:
     split: int = 0
     options: dict[str, Any] | None = None
     time_unit: str | None = None
+    mark_ids: list[int] | None = None
 
     def check_dtype(self, dtype: Any) -> None:
         """Refuse (``DataError``) when any train/val/test time or window end is beyond the largest finite value
@@ -400,7 +404,7 @@ def _load(name_or_path: str | Path, split: int, data_dir: str | Path | None, use
                                 source=str(path))
             _check_not_empty(res.parts, "", path)
             return Dataset(res.parts["train"], res.parts["val"], res.parts["test"], res.num_marks, name,
-                           str(path), res.notes, 0)
+                           str(path), res.notes, 0, mark_ids=_original_ids(res.meta.get("mark_ids")))
         missing = [p for p in ("train", "val", "test") if p not in res.parts]
         path = _auto_prepare(name, path, opts, notes, reason=f"no {'/'.join(missing)} part", result=res)
     if lacks_train_part(path):
@@ -414,7 +418,28 @@ def _load(name_or_path: str | Path, split: int, data_dir: str | Path | None, use
         raise DataError(f"split_{split} needs train, val and test files", source=str(path))
     _check_not_empty({"train": res.parts[p + "train"], "val": val, "test": res.parts[p + "test"]}, p, path)
     return Dataset(res.parts[p + "train"], val, res.parts[p + "test"], res.num_marks, name, str(path),
-                   notes + [n for n in res.notes if not _said(n, notes)], split)
+                   notes + [n for n in res.notes if not _said(n, notes)], split,
+                   mark_ids=_original_ids(_folder_mark_ids(path)))
+
+
+def _folder_mark_ids(path: Path) -> Any:
+    """A split folder's ``args.json`` ``mark_ids`` (written by ``mtpp data prepare --remap-marks`` and by an
+    auto-preparation with ``remap_marks``), else ``None``."""
+    args = path / "args.json"
+    if not args.is_file():
+        return None
+    try:
+        return json.loads(args.read_text(encoding="utf-8")).get("mark_ids")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _original_ids(ids: Any) -> list[int] | None:
+    """``ids`` as the source's mark ids of ``0..K-1``, or ``None`` when they are no map (absent, not integers, or
+    already ``0..K-1``)."""
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return None
+    return None if ids == list(range(len(ids))) else ids
 
 
 def _said(note: str, notes: list[str]) -> bool:

@@ -34,6 +34,7 @@ compensators run under a fixed seed (``torch.random.fork_rng``), so the table is
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -199,6 +200,32 @@ def _rows(chunk, ids, batch, out, include_next: bool, level: float, named: bool 
     return pd.DataFrame(cols)
 
 
+def source_marks(frame, mark_ids: Sequence[int] | None, columns: Sequence[str]):
+    """``frame`` with the mark ids of ``columns`` (those present) given back in the source's own ids:
+    ``mark_ids[k]`` for model mark ``k`` (``Dataset.mark_ids``, the data's ``--remap-marks`` map; missing values
+    kept). ``mark_ids`` ``None``: ``frame`` unchanged. In place; returns ``frame``."""
+    import pandas as pd
+
+    if not mark_ids:
+        return frame
+    table = np.asarray(mark_ids, dtype=np.int64)
+    for col in columns:
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        missing = values.isna().to_numpy()
+        mapped = table[np.where(missing, 0, values.fillna(0).to_numpy(dtype=np.int64))]
+        frame[col] = pd.array(np.where(missing, 0, mapped), dtype="Int64") if missing.any() else mapped
+        if missing.any():
+            frame.loc[missing, col] = pd.NA
+    return frame
+
+
+def mark_columns(frame) -> list[str]:
+    """The columns of a predict / generate table that hold mark ids."""
+    return [c for c in frame.columns if c in ("observed_mark", "mark") or re.fullmatch(r"mark_\d+", c)]
+
+
 def check_table_path(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` as a ``Path`` if a table can be written there (``.csv``, or ``.parquet`` with pyarrow installed; not
     a folder; not an existing file unless ``overwrite``); ``MtppError`` in one line otherwise. The commands check
@@ -290,5 +317,7 @@ def predict(
                                whose=f"the run {run.path}", dtype=run.dtype)
     bs = batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
     with run.threads():
-        return predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
-                             seed=run.cfg.train.seed, progress=progress)
+        frame = predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
+                              seed=run.cfg.train.seed, progress=progress)
+    # marks in the data's own ids where they were remapped (a model's marks are 0..K-1)
+    return source_marks(frame, getattr(run.data, "mark_ids", None), mark_columns(frame))

@@ -192,5 +192,6 @@ def _compose(model: nn.Module, data: Any, config: RunConfig | dict | str | Path 
     why = None if loaded else (f"a {type(data).__name__} not made by load_dataset (no record of how to read it "
                                "again)")
     run_data = RunData(cut(data.train), cut(data.val), cut(data.test), k_data, name, getattr(data, "notes", None),
-                       source=None if source is None else str(source), split_index=split, given=why)
+                       source=None if source is None else str(source), split_index=split, given=why,
+                       mark_ids=getattr(data, "mark_ids", None))
     return cfg, run_data

@@ -78,6 +78,7 @@ class RunData:
     # data handed to fit(model, data) that its run's configuration cannot reload (a Dataset built by hand, not by
     # load_dataset): why, in words, recorded so that evaluate / predict / --resume of the run say so; None: reloadable
     given: str | None = None
+    mark_ids: list | None = None  # the source's id of each mark where they were remapped (``Dataset.mark_ids``)
 
     def split(self, name: str) -> list:
         if name not in ("train", "val", "test"):
@@ -104,6 +105,7 @@ def load_data(cfg: DataConfig, data_dir: str | None = None, name: str | None = N
     return RunData(
         cut(ds.train), cut(ds.val), cut(ds.test), int(ds.num_marks), name or str(ds.name), getattr(ds, "notes", None),
         str(getattr(ds, "source", "")) or None, int(getattr(ds, "split", cfg.split)),
+        mark_ids=getattr(ds, "mark_ids", None),
     )
 
 
