@@ -518,16 +518,18 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
+    seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         try:
-            first = seen.setdefault(key, key_node.start_mark.line + 1)
+            first = seen.setdefault(key, key_node.start_mark)  # by position: {a: 1, a: 2} is on one line
         except TypeError:  # an unhashable key: construct_mapping says so
             continue
-        if first != key_node.start_mark.line + 1:
-            raise _DuplicateKey(f"key {key!r} is given twice in one mapping (lines {first} and "
-                                f"{key_node.start_mark.line + 1}); YAML would keep only the last")
+        if first.index != key_node.start_mark.index:
+            where = (f"line {first.line + 1}" if first.line == key_node.start_mark.line
+                     else f"lines {first.line + 1} and {key_node.start_mark.line + 1}")
+            raise _DuplicateKey(f"key {key!r} is given twice in one mapping ({where}); YAML would keep only the "
+                                "last")
     return loader.construct_mapping(node, deep)
 
 

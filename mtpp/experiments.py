@@ -183,7 +183,9 @@ def _read_raw(p: Path, seen: tuple[Path, ...]) -> dict:
         raise ConfigError(f"experiment file {str(p)!r} not found{where}")
     if p.resolve() in seen:
         raise ConfigError(f"{p}: 'extends' loops back to itself ({' -> '.join(map(str, seen))})")
-    raw = read_yaml(p) or {}
+    raw = read_yaml(p)
+    if raw is None:  # an empty file: the default model trained on the synthetic data, without a word
+        raise ConfigError(f"{p}: the file is empty (no setting); an experiment needs at least a grid")
     if not isinstance(raw, dict) or "extends" not in raw:
         return raw
     _check_keys(raw, TOP_LEVEL_KEYS, "experiment")

@@ -233,6 +233,7 @@ def test_cli_config_error_is_exit_2_and_one_line(tmp_path: Path, capsys: pytest.
     ("model:\n  hidden_size: 8\nmodel:\n  hidden_size: 16\n", [],
      "key 'model' is given twice in one mapping (lines 1 and 3); YAML would keep only the last"),
     ("train:\n  lr: 0.1\n  max_epochs: 2\n  lr: 0.01\n", [], "key 'lr' is given twice in one mapping (lines 2 and 4)"),
+    ("model: {decoder: lnm, decoder: thp}\n", [], "key 'decoder' is given twice in one mapping (line 1)"),
     ("", [], "the file is empty (no setting)"),  # an empty file trained every default silently
     # a scalar section under --set was a TypeError traceback
     ("train: 5\n", ["--set", "train.max_epochs=1"], "train: expected a mapping of keys to values, got int"),
@@ -252,6 +253,12 @@ def test_experiment_and_space_files_refuse_a_key_given_twice(tmp_path: Path) -> 
 
     (tmp_path / "e.yaml").write_text("grid:\n  splits: [0]\ngrid:\n  splits: [1]\n")
     with pytest.raises(ConfigError, match="key 'grid' is given twice"):
+        load_experiment(tmp_path / "e.yaml")
+    (tmp_path / "e.yaml").write_text("grid:\n  models: [{name: thp, decoder: thp, decoder: lnm}]\n")
+    with pytest.raises(ConfigError, match="key 'decoder' is given twice in one mapping \\(line 2\\)"):
+        load_experiment(tmp_path / "e.yaml")
+    (tmp_path / "e.yaml").write_text("")  # an empty experiment: the default model, trained without a word
+    with pytest.raises(ConfigError, match="the file is empty"):
         load_experiment(tmp_path / "e.yaml")
     (tmp_path / "s.yaml").write_text("train.lr: {low: 1e-4, high: 1e-2}\ntrain.lr: [0.1]\n")
     with pytest.raises(ConfigError, match="key 'train.lr' is given twice"):

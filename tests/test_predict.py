@@ -689,6 +689,14 @@ def test_remapped_marks_are_given_back_in_the_datas_own_ids(tmp_path: Path) -> N
                                           for r in rows[1:]]
     (tmp_path / "split.csv").write_text("\n".join(split) + "\n")  # its own split: read directly, remapped
     assert load_dataset(tmp_path / "split.csv", remap_marks=True).mark_ids == [10, 20, 30, 40]
+    # a folder prepared without the remap, read with it: the read's own map (it said "remapped (10, ...) to 0..3")
+    assert main(["data", "prepare", str(csv), "--out", str(tmp_path / "prep"), "--splits", "1"]) == 0
+    assert load_dataset(tmp_path / "prep", remap_marks=True).mark_ids == [10, 20, 30, 40]
+    # prepared with the remap and read with it again: the folder's map, through the read's (identity here)
+    assert main(["data", "prepare", str(csv), "--out", str(tmp_path / "prep2"), "--splits", "1",
+                 "--remap-marks"]) == 0
+    assert load_dataset(tmp_path / "prep2", remap_marks=True).mark_ids == [10, 20, 30, 40]
+    assert load_dataset(tmp_path / "prep2").mark_ids == [10, 20, 30, 40]
     run = tmp_path / "run"
     assert main(["train", "--set", f"data.name={csv}", "--set", "data.remap_marks=true", "--set",
                  "train.max_epochs=1", "--set", "model.hidden_size=4", "--out", str(run), "-q"]) == 0

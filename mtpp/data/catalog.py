@@ -419,7 +419,7 @@ def _load(name_or_path: str | Path, split: int, data_dir: str | Path | None, use
     _check_not_empty({"train": res.parts[p + "train"], "val": val, "test": res.parts[p + "test"]}, p, path)
     return Dataset(res.parts[p + "train"], val, res.parts[p + "test"], res.num_marks, name, str(path),
                    notes + [n for n in res.notes if not _said(n, notes)], split,
-                   mark_ids=_original_ids(_folder_mark_ids(path)))
+                   mark_ids=_original_ids(_compose(_folder_mark_ids(path), res.meta.get("mark_ids"))))
 
 
 def _folder_mark_ids(path: Path) -> Any:
@@ -432,6 +432,20 @@ def _folder_mark_ids(path: Path) -> Any:
         return json.loads(args.read_text(encoding="utf-8")).get("mark_ids")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _compose(folder_ids: Any, read_ids: Any) -> Any:
+    """The source's id of each model mark when a folder whose ``args.json`` maps its marks to the source's
+    (``folder_ids``: prepared with ``--remap-marks``) is read with ``remap_marks`` too (``read_ids``: the folder's
+    id of each model mark): ``folder_ids[read_ids]``; either alone where the other is absent."""
+    if not isinstance(read_ids, list):
+        return folder_ids
+    if not isinstance(folder_ids, list):
+        return read_ids
+    try:
+        return [folder_ids[i] for i in read_ids]
+    except (IndexError, TypeError):  # a map that does not fit (args.json edited by hand): the read's own
+        return read_ids
 
 
 def _original_ids(ids: Any) -> list[int] | None:
