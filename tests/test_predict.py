@@ -706,3 +706,14 @@ def test_remapped_marks_are_given_back_in_the_datas_own_ids(tmp_path: Path) -> N
     assert set(p["mark_1"]) <= {10, 20, 30, 40}
     assert main(["generate", str(run), "--horizon", "2", "--samples", "2", "--out", str(tmp_path / "g.csv")]) == 0
     assert set(pd.read_csv(tmp_path / "g.csv")["mark"]) <= {10, 20, 30, 40}
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    loaded = load_run(run)
+    fig = plot_forecast(loaded.model, loaded.split("test")[0], horizon=1.0, samples=2, mark_ids=loaded.data.mark_ids)
+    try:  # the mark axis in the data's ids too
+        assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["10", "20", "30", "40"]
+    finally:
+        plt.close(fig)

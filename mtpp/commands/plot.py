@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     notes: list[str] = []  # sampled continuations cut at --max-events, if any
     with run.threads():
         fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,
-                            title=title, max_events=args.max_events, log=notes.append, time_unit=unit)
+                            title=title, max_events=args.max_events, log=notes.append, time_unit=unit,
+                            mark_ids=getattr(run.data, "mark_ids", None))
     path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
     notes.append(beyond_data_note(seq, horizon, args.cut, unit))
     print(f"{path}: sequence {args.sequence}{named} ({len(seq)} events), {args.samples} samples"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -108,11 +108,14 @@ def plot_forecast(
     max_events: int | None = None,
     log: Callable[[str], None] | None = None,
     time_unit: str | None = None,
+    mark_ids: Sequence[int] | None = None,
 ):
     """The figure of the module docstring (a ``matplotlib.figure.Figure``).
 
     cut: number of history events (default ``default_cut``); horizon: data units, > 0. time_unit: the data's
     documented unit (``mtpp.data.catalog.time_unit_of``) for the axes and title; ``None``: "data units".
+    mark_ids: the data's own id of each model mark where they were remapped (``Dataset.mark_ids``): the mark
+    axis is labelled with them.
     max_events: the cap on events per sampled continuation (default ``mtpp.forecast.generate.DEFAULT_MAX_EVENTS``);
     when some were cut there, ``log`` receives one line saying how many (``truncation_note``), which the title
     also carries.
@@ -168,8 +171,10 @@ def plot_forecast(
     # the history's points take their mark's colour: its legend entry is neutral, not the first point's colour
     history = Line2D([], [], marker="o", ls="", color="0.35", label="observed history (coloured by mark)")
     handles, labels = ax0.get_legend_handles_labels()
-    ax0.set_ylabel("mark")
-    ax0.set_yticks(range(k) if k <= 12 else np.linspace(0, k - 1, 6).round().astype(int))
+    mark_ids = mark_ids if mark_ids is not None and len(mark_ids) >= k else None  # a map of every model mark
+    ax0.set_ylabel("mark (the data's ids)" if mark_ids else "mark")
+    ticks = range(k) if k <= 12 else np.linspace(0, k - 1, 6).round().astype(int)
+    ax0.set_yticks(ticks, [str(mark_ids[t]) for t in ticks] if mark_ids else [str(t) for t in ticks])
     ax0.set_ylim(-0.7, k + 0.6)  # headroom for the legend
     ax0.legend(handles=[history, *handles], loc="upper left", fontsize=8, ncol=3, framealpha=0.9)
     # 2. intensity
