@@ -210,5 +210,8 @@ def test_times_on_an_absolute_clock_are_said_before_training(tmp_path: Path, cap
         assert main(["data", "describe", str(data)]) == 0
         out = capsys.readouterr().out
         assert ("the times look absolute" in out) == (label == "unix"), label
+        assert main(["data", "prepare", str(data), "--out", str(tmp_path / f"prep_{label}"), "--splits", "1"]) == 0
+        said = "the times look absolute" in capsys.readouterr().out  # where the times can still be fixed
+        assert said == (label == "unix"), label
         if label == "unix":  # the range with the digits that tell its ends apart (was 1.4e+09 .. 1.4e+09)
             assert re.search(r"time range     14000000\d\d(\.\d+)? \.\. 14000000\d\d\.\d+ ", out), out

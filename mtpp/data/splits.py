@@ -378,6 +378,11 @@ def prepare_sequences(
     if why:
         report.notes.append(why)
         args["notes"] = args["notes"] + [why]
+    from mtpp.data.origin import absolute_clock_warning
+
+    clock = absolute_clock_warning(unique)  # said where the times can still be fixed; every run says it again
+    if clock:
+        report.notes.append(f"{result.source}: {clock}")
     args["keep_within_file_duplicates"] = bool(keep_within_file_duplicates)
     if found.within_part:  # every later load of the folder says so (mtpp.data.catalog reads these notes)
         args["notes"] = args["notes"] + [
