@@ -564,6 +564,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: a configuration must be a mapping of sections")
         raw.pop("run_info", None)  # written by the trainer into a run's config.yaml
+        try:  # the file's own mistakes name the file; the --set overrides' (below) name their key
+            config_from_dict(apply_overrides(raw, []))
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
     return config_from_dict(apply_overrides(raw, overrides or []))
 
 

@@ -244,7 +244,19 @@ def test_a_config_file_that_says_something_twice_or_nothing_is_one_line(tmp_path
     code = main(["train", str(path), "--out", str(tmp_path / "run"), *set_])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and said in err and "Traceback" not in err, err
+    assert f"{path}: " in err  # the file's mistake names the file
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_files_mistake_names_the_file_and_a_set_override_names_its_key(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_epoch: 3\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.startswith(f"mtpp train: error: {path}: unknown key 'train.max_epoch'")
+    path.write_text("train:\n  max_epochs: 3\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "train.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and str(path) not in err  # the override's mistake, not the file's
 
 
 def test_experiment_and_space_files_refuse_a_key_given_twice(tmp_path: Path) -> None:
