@@ -662,6 +662,18 @@ def test_the_users_sequence_ids_reach_predict_generate_and_plot(tmp_path: Path, 
     capsys.readouterr()
     assert main(["plot", str(run), "--sequence", "1", "--samples", "2", "--out", str(tmp_path / "f.png")]) == 0
     assert f"sequence 1 (seq_id '{ds.test[1].name}')" in capsys.readouterr().out
+    # a sequence named by its seq_id (any text, or id:X), in plot and generate
+    name = ds.test[2].name
+    for token in (name, f"id:{name}"):
+        assert main(["plot", str(run), "--sequence", token, "--samples", "2", "--out", str(tmp_path / "f.png"),
+                     "--overwrite"]) == 0
+        assert f"sequence 2 (seq_id '{name}')" in capsys.readouterr().out
+    assert main(["generate", str(run), "--events", "2", "--sequences", f"{name},0", "--out",
+                 str(tmp_path / "n.csv")]) == 0
+    assert set(pd.read_csv(tmp_path / "n.csv")["seq_id"]) == {name, ds.test[0].name}
+    assert main(["plot", str(run), "--sequence", "user_999", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--sequence 'user_999': no sequence of the test split has seq_id 'user_999' (its seq_ids: " in (
+        capsys.readouterr().err)
 
 
 def test_remapped_marks_are_given_back_in_the_datas_own_ids(tmp_path: Path) -> None:

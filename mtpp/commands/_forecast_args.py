@@ -8,7 +8,38 @@ import argparse
 from mtpp.commands._types import positive_float, positive_int
 from mtpp.commands._types import seed as seed_type
 
-__all__ = ["add_max_events", "add_run_options", "positive_float", "positive_int"]
+__all__ = ["add_max_events", "add_run_options", "positive_float", "positive_int", "sequence_index",
+           "SEQUENCE_HELP"]
+
+SEQUENCE_HELP = "an index of the split's sequences (0, 1, ...), or a seq_id of the data (user_17, or id:17)"
+"""How ``--sequence`` / ``--sequences`` name a sequence (:func:`sequence_index`)."""
+
+
+def sequence_index(seqs: list, token: str, flag: str, split: str) -> int:
+    """The index in ``seqs`` (a run's ``split``) that ``token`` names: an integer is an index; ``id:X`` or any
+    other text is the seq_id ``X`` of the data (``EventSequence.name``: a table's ``seq_id``). ``MtppError`` in one
+    line naming ``flag`` otherwise."""
+    from mtpp.errors import MtppError
+
+    text = str(token).strip()
+    if not text.startswith("id:"):
+        try:
+            i = int(text)
+        except ValueError:
+            pass
+        else:
+            if not 0 <= i < len(seqs):
+                raise MtppError(f"{flag} {i}: out of range, the {split} split has {len(seqs)} sequences "
+                                f"(0..{len(seqs) - 1})")
+            return i
+    name = text.removeprefix("id:")
+    for i, s in enumerate(seqs):
+        if s.name == name:
+            return i
+    known = [s.name for s in seqs if s.name is not None]
+    hint = (f" (its seq_ids: {', '.join(repr(n) for n in known[:3])}{', ...' if len(known) > 3 else ''})" if known
+            else " (its sequences have no seq_id: name them by index)")
+    raise MtppError(f"{flag} {text!r}: no sequence of the {split} split has seq_id {name!r}{hint}")
 
 
 def add_run_options(p: argparse.ArgumentParser, seed: bool = True) -> None:

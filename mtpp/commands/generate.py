@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtpp.commands._forecast_args import MAX_EVENTS, add_max_events, add_run_options, positive_float
+from mtpp.commands._forecast_args import (
+    MAX_EVENTS,
+    SEQUENCE_HELP,
+    add_max_events,
+    add_run_options,
+    positive_float,
+    sequence_index,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--events", type=int, help="number of events to generate after each history")
     p.add_argument("--samples", type=int, default=1, help="continuations per sequence (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output table, .csv or .parquet (never replaced)")
-    p.add_argument("--sequences", help="comma-separated sequence indices of the split (default: all)")
+    p.add_argument("--sequences", help=f"comma-separated sequences, each {SEQUENCE_HELP} (default: all)")
     p.add_argument("--sampler", choices=("auto", "icdf", "thinning", "mode"), default="auto")
     p.add_argument("--baseline", choices=("model", "poisson", "hawkes"), default="model",
                    help="generate from a baseline instead: poisson (fit on the training split) or hawkes (the true "
@@ -58,13 +65,7 @@ def run(args: argparse.Namespace) -> int:
     seqs = run.split(args.split)
     ids = list(range(len(seqs)))
     if args.sequences:
-        try:
-            ids = [int(x) for x in args.sequences.split(",") if x.strip()]
-        except ValueError:
-            raise MtppError(f"--sequences: expected comma-separated integers, got {args.sequences!r}") from None
-        bad = [i for i in ids if not 0 <= i < len(seqs)]
-        if bad:
-            raise MtppError(f"--sequences: {bad} out of range for the {len(seqs)} sequences of {args.split}")
+        ids = [sequence_index(seqs, x, "--sequences:", args.split) for x in args.sequences.split(",") if x.strip()]
         twice = sorted({i for i in ids if ids.count(i) > 1})
         if twice:  # the rows of two copies could not be told apart (same sequence, sample and index)
             raise MtppError(f"--sequences: {', '.join(map(str, twice))} given more than once; name each sequence "

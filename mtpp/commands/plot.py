@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtpp.commands._forecast_args import add_max_events, add_run_options
+from mtpp.commands._forecast_args import SEQUENCE_HELP, add_max_events, add_run_options, sequence_index
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "against the observed count; they stop where a continuation was cut at --max-events). See mtpp.forecast.plot.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
-    p.add_argument("--sequence", type=int, required=True, help="index of the sequence in the split")
+    p.add_argument("--sequence", required=True, help=SEQUENCE_HELP)
     p.add_argument("--out", type=Path, required=True,
                    help="output image, format by extension: .png, .pdf, .svg, ... (never replaced without --overwrite)")
     p.add_argument("--horizon", type=float, help="forecast window after the cut (default: 1/4 of the sequence)")
@@ -39,14 +39,13 @@ def run(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     seqs = run.split(args.split)
-    if not 0 <= args.sequence < len(seqs):
-        raise MtppError(f"--sequence {args.sequence}: the {args.split} split has {len(seqs)} sequences")
-    seq = seqs[args.sequence]
+    index = sequence_index(seqs, args.sequence, "--sequence", args.split)
+    seq = seqs[index]
     horizon = args.horizon if args.horizon is not None else 0.25 * float(seq.times[-1] - seq.times[0]) or 1.0
     m = run.cfg.model
     unit = time_unit_of(run.cfg.data.name)
     named = f" (seq_id {seq.name!r})" if seq.name is not None else ""  # the user's own id of the sequence
-    title = (f"{run.cfg.data.name} {args.split} sequence {args.sequence}{named}: {m.encoder}-{m.decoder} "
+    title = (f"{run.cfg.data.name} {args.split} sequence {index}{named}: {m.encoder}-{m.decoder} "
              f"{m.parametrisation}, horizon {horizon:.4g} {time_unit_text(unit)}")
     notes: list[str] = []  # sampled continuations cut at --max-events, if any
     with run.threads():
@@ -55,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
                             mark_ids=getattr(run.data, "mark_ids", None))
     path = save_forecast_plot(fig, args.out, overwrite=args.overwrite)
     notes.append(beyond_data_note(seq, horizon, args.cut, unit))
-    print(f"{path}: sequence {args.sequence}{named} ({len(seq)} events), {args.samples} samples"
+    print(f"{path}: sequence {index}{named} ({len(seq)} events), {args.samples} samples"
           + "".join(f"; {n}" for n in notes if n))
     return 0
