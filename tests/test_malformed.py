@@ -479,7 +479,12 @@ def test_declared_marks_far_more_than_observed_warns(tmp_path: Path, caplog: pyt
     assert main(["data", "describe", str(p)]) == 0
     assert "only 2 of 50 mark ids occur" in capsys.readouterr().out
     assert main(["data", "describe", str(p), "--remap-marks", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["total"]["num_marks"] == 2
+    described = json.loads(capsys.readouterr().out)
+    assert described["total"]["num_marks"] == 2 and len(described["mark_ids"]) == 2
+    assert main(["data", "describe", str(p), "--remap-marks"]) == 0  # each new id beside the data's own
+    out = capsys.readouterr().out
+    assert "most frequent marks (remapped id <- the data's id):" in out
+    assert all(f"{k} <- {i}" in out for k, i in enumerate(described["mark_ids"]))
 
 
 def test_easytpp_redundant_fields_that_contradict_the_times(tmp_path: Path) -> None:

@@ -204,6 +204,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         "format": res.format,
         "description": entry.description if entry else None,
         "time_unit": entry.time_unit if entry else None,
+        "mark_ids": res.meta.get("mark_ids") if args.remap_marks else None,  # the source's id of each new mark
         "total": describe_sequences(unique, res.num_marks, args.top),
         "duplicates": dups.removed,
         "duplicates_within_file": dups.within_part,
@@ -299,13 +300,19 @@ def _describe_text(st: dict[str, Any]) -> str:
     ]
     if t["windows"]:
         out.append(f"windows        {t['windows']:,} sequences carry an observation window end")
-    out += ["", "most frequent marks:"]
-    out += [f"  {m['mark']:>6}  {m['count']:>9,}  {100 * m['share']:5.1f}%" for m in t["top_marks"]]
+    ids = st.get("mark_ids")  # remapped: the source's own id beside each new one
+
+    def mark(k: int) -> str:
+        return f"{k:>6} <- {ids[k]}" if ids else f"{k:>6}"
+
+    out += ["", "most frequent marks" + (" (remapped id <- the data's id):" if ids else ":")]
+    out += [f"  {mark(m['mark'])}  {m['count']:>9,}  {100 * m['share']:5.1f}%" for m in t["top_marks"]]
     rows = [(k, f"{v['sequences']:,}", f"{v['events']:,}",
              f"{v['length']['min']} / {v['length']['median']:g} / {v['length']['max']}",
              _fmt_range(v['time']['min'], v['time']['max']))
             for k, v in st["parts"].items() if v["sequences"]]
-    out += ["", _table(("part", "sequences", "events", "len min/med/max", "time range"), rows)]
+    unit = f" ({st['time_unit']}s)" if st.get("time_unit") else ""
+    out += ["", _table(("part", "sequences", "events", "len min/med/max", f"time range{unit}"), rows)]
     if st.get("resplit_on_use"):
         out += ["", "training on it re-splits all its sequences into 5 seeded 60/20/20 splits (its parts are not a "
                 "full train / val / test split, or they overlap); mtpp data prepare does the same into a folder"]
