@@ -718,6 +718,9 @@ def test_remapped_marks_are_given_back_in_the_datas_own_ids(tmp_path: Path) -> N
     assert set(p["mark_1"]) <= {10, 20, 30, 40}
     assert main(["generate", str(run), "--horizon", "2", "--samples", "2", "--out", str(tmp_path / "g.csv")]) == 0
     assert set(pd.read_csv(tmp_path / "g.csv")["mark"]) <= {10, 20, 30, 40}
+    from mtpp.forecast.generate import generate
+
+    assert set(generate(run, horizon=2.0, samples=2).to_frame()["mark"]) <= {10, 20, 30, 40}  # Python too
     import matplotlib.pyplot as plt
 
     from mtpp.forecast.plot import plot_forecast

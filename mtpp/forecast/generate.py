@@ -94,16 +94,18 @@ class Generated:
         return int(self.row_sequence.shape[0])
 
     def to_frame(self):
-        """A ``pandas.DataFrame``: ``sequence, sample, index, time, mark`` (one row per generated event)."""
+        """A ``pandas.DataFrame``: ``sequence, sample, index, time, mark`` (one row per generated event); the
+        marks in the data's own ids where a run's data remapped them (``info["mark_ids"]``), else the model's."""
         import pandas as pd
 
+        ids = self.info.get("mark_ids")
         return pd.DataFrame(
             {
                 "sequence": self.row_sequence[self.row],
                 "sample": self.row_sample[self.row],
                 "index": self.index,
                 "time": self.time,
-                "mark": self.mark,
+                "mark": np.asarray(ids, dtype=np.int64)[self.mark] if ids else self.mark,
             }
         )
 
@@ -412,9 +414,12 @@ def generate(
             histories = check_sequences(histories, int(run.model.num_marks), what="generate(histories)",
                                         whose=f"the run {run.path}", dtype=run.dtype)
         with run.threads():
-            return generate(run.model, histories, horizon=horizon, events=events, samples=samples,
-                            max_events=max_events, sampler=sampler, seed=seed, max_memory=max_memory, source=source,
-                            incremental=incremental, progress=progress)
+            g = generate(run.model, histories, horizon=horizon, events=events, samples=samples,
+                         max_events=max_events, sampler=sampler, seed=seed, max_memory=max_memory, source=source,
+                         incremental=incremental, progress=progress)
+        if getattr(run.data, "mark_ids", None):  # to_frame gives the data's own mark ids, as mtpp generate does
+            g.info["mark_ids"] = list(run.data.mark_ids)
+        return g
     if histories is None:
         raise MtppError("generate(model, histories): histories is missing (a list of EventSequence, or a Dataset)")
     if samples < 1:
