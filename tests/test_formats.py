@@ -503,15 +503,6 @@ def test_a_mark_note_is_said_once_for_a_file_and_the_split_folder_prepared_from_
     warned = [r for r in caplog.records if "never occurs" in r.getMessage()]
     assert len(warned) == 1 and str(tmp_path / "m.csv") in warned[0].getMessage()
     assert sum("never occurs" in n for n in ds.notes) == 1
-    # a run on it: the warning, and no second copy as a note in its header
-    from mtpp.cli import main
-
-    capsys.readouterr()
-    assert main(["train", "--set", f"data.name={tmp_path / 'm.csv'}", "--set", "train.max_epochs=1", "--set",
-                 "model.hidden_size=4", "--set", "logging.progress=false", "--out", str(tmp_path / "run")]) == 0
-    out, err = capsys.readouterr()
-    assert (out + err).count("never occurs") + sum("never occurs" in r.getMessage() for r in caplog.records) <= 2
-    assert "never occurs" not in " ".join(line for line in (out + err).splitlines() if "  note  " in line)
 
 
 def test_a_split_folder_keeps_the_sources_sequence_ids_and_only_theirs(tmp_path: Path) -> None:

@@ -1699,11 +1699,6 @@ def finish_marks(res: ReadResult, options: ReadOptions | None = None) -> ReadRes
 _WARNED: set[str] = set()
 
 
-def said_as_warning(note: str) -> bool:
-    """Whether this process already gave ``note`` as a warning (:func:`warn_once`): a run header leaves it out."""
-    return note.split(": ", 1)[-1] in _WARNED
-
-
 def warn_once(msg: str) -> None:
     """``log.warning(msg)`` once per process for what ``msg`` says after its source (``path: ...``): a user's file
     and the split folder prepared from it (read again at once) have the same marks, and said it twice."""

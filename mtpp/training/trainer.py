@@ -46,7 +46,6 @@ from torch import Tensor, nn
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.data.catalog import time_unit_of, time_unit_text
-from mtpp.data.formats import said_as_warning
 from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 from mtpp.errors import ConfigError, MtppError
 from mtpp.models import compiled
@@ -960,8 +959,7 @@ def run_header(tr: "Trainer") -> str:
         f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}" + _compiled_note(tr),
         # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
         # line names the prepared folder, and a fresh preparation was just said as a WARNING
-        *(f"  note    {n}" for n in (getattr(data, "notes", None) or [])
-          if "auto-prepared" not in str(n) and not said_as_warning(str(n))),  # a mark warning: said once
+        *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if "auto-prepared" not in str(n)),
         # each experiment tracker's store and run (also in OUT/tracking.json, where --resume finds them)
         *(f"  tracker {w}" for w in getattr(getattr(tr, "logger", None), "tracking", None) or []),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
