@@ -529,7 +529,7 @@ def busy_warning(threads: int, cores: int | None = None, load: float | None = No
         return None
     return (f"warning: the machine is busy: load average {load:.1f} over the last minute with {cores} core(s) "
             f"and {threads} bench thread(s); the figures are not comparable with an idle machine's "
-            "(use --threads 1, or rerun when it is idle)")
+            + ("(rerun when it is idle)" if threads <= 1 else "(use --threads 1, or rerun when it is idle)"))
 
 
 def _bench_isolated(spec: str, cfg: BenchConfig) -> dict[str, Any]:

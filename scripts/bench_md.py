@@ -41,6 +41,9 @@ def bench_table(rows: list[dict[str, Any]], source: str) -> list[str]:
         f"{r0.get('steps')} timed steps x {r0.get('rounds')} round(s) after a warm-up pass; "
         f"memory: {r0.get('peak_memory_kind')}"
         + (f"; compiled integrand: {'yes' if r0['compile_integrand'] else 'no'}" if "compile_integrand" in r0 else "")
+        + (f"; overrides: {', '.join(r0['overrides'])}" if r0.get("overrides") else "")
+        + (f"; machine load {r0['load_average']:.1f} (1-minute average at the start)"
+           if isinstance(r0.get("load_average"), (int, float)) else "")
         + ".",
         "",
         "| model | params | train ev/s | train ev/s (cos_tm every step) | diagnostics overhead | eval ev/s | peak MB "
@@ -123,7 +126,13 @@ def predict_table(rows: list[dict[str, Any]], source: str) -> list[str]:
 def render(paths: list[Path]) -> str:
     out: list[str] = []
     for p in paths:
-        rows = json.loads(p.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # one line, not a traceback
+            raise SystemExit(f"bench_md: {p}: {' '.join(str(e).split()) or type(e).__name__}") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise SystemExit(f"bench_md: {p}: not a benchmark file (a JSON list of rows, as mtpp bench --out "
+                             "writes)")
         if not rows:
             out += [f"`{p}`: no rows.", ""]
             continue

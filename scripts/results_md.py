@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                          "generated blocks with empty ones (a misspelt folder?)")
     if twice:
         print(f"note: {len(twice)} cell(s) recorded in more than one folder, first kept: {twice[:3]}", file=sys.stderr)
+    if args.published != PUBLISHED and not args.published.is_file():  # a path given by hand that is not there
+        raise SystemExit(f"results_md: --published {args.published}: no such file")
     published = tables.read_published(args.published) if args.published.is_file() else []
     command = "python scripts/results_md.py " + " ".join(str(p) for p in args.results)
     command += "".join(f" --{k} {v}" for k, v in (("update", args.update), ("benchmarks", args.benchmarks)) if v)

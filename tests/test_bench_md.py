@@ -94,3 +94,34 @@ def test_bench_evaluate_table_compares_the_same_runs_and_refuses_others() -> Non
     short = {**result("new", 10.0), "rows": []}
     with pytest.raises(SystemExit, match="other runs"):
         module.table([result("old", 25.0), short], ["a.json", "b.json"])
+
+
+def test_a_bench_tables_protocol_line_says_the_overrides_and_the_load_and_bad_files_are_one_line(tmp_path: Path):
+    """The JSON kept the --set overrides and the machine's load; the table's protocol line did not say them. A
+    missing or foreign file was a traceback."""
+    md = _module()
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps([{**BENCH_ROW, "overrides": ["model.hidden_size=36"], "load_average": 3.14}]))
+    line = md.render([bench]).splitlines()[0]
+    assert "; overrides: model.hidden_size=36; machine load 3.1 (1-minute average at the start)." in line
+    with pytest.raises(SystemExit, match=r"^bench_md: .*nosuch.json: .*No such file"):
+        md.render([tmp_path / "nosuch.json"])
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(SystemExit, match=r"x.json: not a benchmark file \(a JSON list of rows"):
+        md.render([tmp_path / "x.json"])
+
+
+def test_the_busy_machine_warning_gives_only_advice_not_yet_taken() -> None:
+    from mtpp.bench import busy_warning
+
+    assert busy_warning(1, cores=2, load=3.1).endswith("(rerun when it is idle)")  # --threads 1 already
+    assert busy_warning(2, cores=2, load=3.1).endswith("(use --threads 1, or rerun when it is idle)")
+    assert busy_warning(1, cores=4, load=1.0) is None
+
+
+def test_results_md_refuses_a_published_file_that_is_not_there(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("results_md", ROOT / "scripts" / "results_md.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit, match="--published .*nope.csv: no such file"):
+        mod.main([str(tmp_path), "--published", str(tmp_path / "nope.csv")])
