@@ -156,6 +156,7 @@ def test_two_cpu_ranks_match_one_process_with_the_global_batch(tmp_path: Path, s
     assert info["world_size"] == 2 and info["device"] == "cpu"
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    assert "2 ranks x batch 4 (global batch 8)" in (out / "train.log").read_text()  # the header says the ranks
     compare(out, single_run)
 
 

@@ -947,6 +947,7 @@ def run_header(tr: "Trainer") -> str:
     threads = getattr(cfg.train, "threads", None) or torch.get_num_threads()
     events = "/".join(str(p["events"]) for p in tr.data_record["parts"].values())
     epoch = f"resuming after epoch {tr.epoch}" if tr.epoch else "from scratch"
+    world = int(getattr(getattr(tr, "dist", None), "world", 1) or 1)  # torchrun ranks: the batch is per rank
     return "\n".join([
         f"run {tr.out} ({epoch}, up to {cfg.train.max_epochs} epoch{'s' * (cfg.train.max_epochs != 1)})",
         f"  data    {describe_data(data)}; events {events}",
@@ -956,7 +957,9 @@ def run_header(tr: "Trainer") -> str:
         f"  model   {m.encoder} encoder, {m.decoder} decoder, {m.parametrisation}; "
         f"{count_parameters(tr.model):,} parameters; aggregator {_aggregator_text(tr)}",
         f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
-        f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}" + _compiled_note(tr),
+        + (f"{world} ranks x batch {cfg.train.batch_size} (global batch {world * cfg.train.batch_size})"
+           if world > 1 else f"batch {cfg.train.batch_size}")
+        + f", lr {cfg.train.lr:g}" + _compiled_note(tr),
         # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
         # line names the prepared folder, and a fresh preparation was just said as a WARNING
         *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if "auto-prepared" not in str(n)),
