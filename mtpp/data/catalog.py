@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mtpp.data.formats import PARTS, ReadOptions, ReadResult, is_split_folder, read_any, read_split, split_dirs
+from mtpp.data.formats import (PARTS, ReadOptions, ReadResult, is_split_folder, read_any, read_split, split_dirs,
+                               what_it_says)
 from mtpp.data.sequence import EventSequence, check_dtype_range
 from mtpp.errors import DataError
 
@@ -459,7 +460,7 @@ def _original_ids(ids: Any) -> list[int] | None:
 def _said(note: str, notes: list[str]) -> bool:
     """Whether ``note`` says what one of ``notes`` says about another source (the split folder prepared from a
     user's file repeats the file's mark note: ``<file>: mark ids run 1..4 ...`` / ``<split_0>: mark ids ...``)."""
-    return any(n.split(": ", 1)[-1] == note.split(": ", 1)[-1] for n in notes)
+    return any(what_it_says(n) == what_it_says(note) for n in notes)
 
 
 def _check_not_empty(parts: dict[str, list], prefix: str, path: Path) -> None:

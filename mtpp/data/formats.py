@@ -1699,10 +1699,15 @@ def finish_marks(res: ReadResult, options: ReadOptions | None = None) -> ReadRes
 _WARNED: set[str] = set()
 
 
+def what_it_says(note: str) -> str:
+    """A note or warning without its source (``path: ...``): a user's file and the split folder prepared from it
+    say the same about their marks under two paths."""
+    return note.split(": ", 1)[-1]
+
+
 def warn_once(msg: str) -> None:
-    """``log.warning(msg)`` once per process for what ``msg`` says after its source (``path: ...``): a user's file
-    and the split folder prepared from it (read again at once) have the same marks, and said it twice."""
-    said = msg.split(": ", 1)[-1]
+    """``log.warning(msg)`` once per process for what ``msg`` says after its source (:func:`what_it_says`)."""
+    said = what_it_says(msg)
     if said not in _WARNED:
         _WARNED.add(said)
         log.warning(msg)
