@@ -505,6 +505,32 @@ def test_a_mark_note_is_said_once_for_a_file_and_the_split_folder_prepared_from_
     assert sum("never occurs" in n for n in ds.notes) == 1
 
 
+def test_a_mark_note_reaches_the_console_once_per_command_and_every_runs_log(tmp_path: Path, capsys) -> None:
+    """A run on marks 1..4 said the warning and then the same words as a note in its header; ``data describe``
+    (its ``notes:``) and ``data prepare`` (its ``note:`` lines) likewise said each note twice. Now the console has
+    it once per command, and every run's ``train.log`` keeps the note, a second run in the same process (a grid at
+    ``--jobs 1``, a notebook) too, whose read no longer warns."""
+    from mtpp.cli import main
+
+    rows = ["seq_id,time,mark"] + [f"s{i},{t + 0.5 * i},{1 + (t + i) % 4}" for i in range(20) for t in range(1, 6)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+
+    def said(argv: list[str]) -> int:
+        capsys.readouterr()
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        return (out + err).count("never occurs")
+
+    train = ["train", "--set", f"data.name={tmp_path / 'm.csv'}", "--set", "train.max_epochs=1", "--set",
+             "model.hidden_size=4", "--set", "logging.progress=false", "--out"]
+    assert said(train + [str(tmp_path / "run1")]) == 1
+    assert said(train + [str(tmp_path / "run2")]) == 0  # said above, in this process
+    for run in ("run1", "run2"):
+        assert "never occurs" in (tmp_path / run / "train.log").read_text()
+    assert said(["data", "describe", str(tmp_path / "m.csv")]) == 1
+    assert said(["data", "prepare", str(tmp_path / "m.csv"), "--out", str(tmp_path / "prepared")]) == 1
+
+
 def test_a_split_folder_keeps_the_sources_sequence_ids_and_only_theirs(tmp_path: Path) -> None:
     """``EventSequence.name`` (a table's seq_id) is written to split_k/args.json ``seq_ids`` and read back; a
     folder of unnamed sequences (every benchmark set) gets no such key, so its files are as before; a list that

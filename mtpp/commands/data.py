@@ -174,7 +174,7 @@ def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, A
 
 def cmd_describe(args: argparse.Namespace) -> int:
     from mtpp.data.catalog import resolve_source, resplits
-    from mtpp.data.formats import ReadOptions, read_any
+    from mtpp.data.formats import ReadOptions, notes_reported, read_any
     from mtpp.data.splits import deduplicate_parts, overlap_error, overlapping_sequences
 
     name, path, entry = resolve_source(args.target, args.data_dir)
@@ -187,7 +187,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
         opts["remap_marks"] = True
     if args.rmtpp_fold is not None:
         opts["rmtpp_fold"] = args.rmtpp_fold
-    res = read_any(path, options=ReadOptions(**opts), progress=True)
+    with notes_reported():  # its notes: section says them
+        res = read_any(path, options=ReadOptions(**opts), progress=True)
     unique, dups = deduplicate_parts(res.parts)
     overlaps = overlapping_sequences(unique)
     if overlaps:
@@ -325,14 +326,15 @@ def _describe_text(st: dict[str, Any]) -> str:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from mtpp.data.formats import ReadOptions
+    from mtpp.data.formats import ReadOptions, notes_reported
     from mtpp.data.splits import prepare
 
     options = ReadOptions(sort=args.sort, mark_base=args.mark_base, drop_invalid=args.drop_invalid,
                           remap_marks=args.remap_marks, rmtpp_fold=args.rmtpp_fold)
-    report = prepare(args.inputs, args.out, seed=args.seed, num_splits=args.splits, ratios=args.ratios,
-                     options=options, progress=True, keep_within_file_duplicates=args.keep_within_file_duplicates,
-                     allow_overlapping=args.allow_overlapping_sequences)
+    with notes_reported():  # its note: lines say them
+        report = prepare(args.inputs, args.out, seed=args.seed, num_splits=args.splits, ratios=args.ratios,
+                         options=options, progress=True, keep_within_file_duplicates=args.keep_within_file_duplicates,
+                         allow_overlapping=args.allow_overlapping_sequences)
     for line in report.lines():
         print(line)
     for note in report.notes:

@@ -62,6 +62,7 @@ them, through the same unpickler.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import gzip
@@ -78,7 +79,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -1705,10 +1706,32 @@ def what_it_says(note: str) -> str:
     return note.split(": ", 1)[-1]
 
 
+_REPORTED = 0  # > 0 inside notes_reported(): the caller shows the read's notes itself
+
+
+@contextlib.contextmanager
+def notes_reported() -> Iterator[None]:
+    """Inside, :func:`warn_once` is silent: the caller shows every note of the read itself (``mtpp data describe``'s
+    ``notes:``, ``mtpp data prepare``'s ``note:`` lines), which would otherwise say each one twice."""
+    global _REPORTED
+    _REPORTED += 1
+    try:
+        yield
+    finally:
+        _REPORTED -= 1
+
+
+def warned(note: str) -> bool:
+    """Whether this process already gave ``note`` (or the same words from another source) as a WARNING: a run's
+    header leaves it off the console (``train.log`` keeps it)."""
+    return what_it_says(str(note)) in _WARNED
+
+
 def warn_once(msg: str) -> None:
-    """``log.warning(msg)`` once per process for what ``msg`` says after its source (:func:`what_it_says`)."""
+    """``log.warning(msg)`` once per process for what ``msg`` says after its source (:func:`what_it_says`); nothing
+    inside :func:`notes_reported`."""
     said = what_it_says(msg)
-    if said not in _WARNED:
+    if said not in _WARNED and not _REPORTED:
         _WARNED.add(said)
         log.warning(msg)
 

@@ -257,12 +257,14 @@ _SAID: set[str] = set()
 """Console lines already printed with ``echo(..., once=True)`` in this process."""
 
 
-def echo(message: str, quiet: bool = False, *, stream: IO[str] | None = None, once: bool = False) -> None:
+def echo(message: str, quiet: bool = False, *, stream: IO[str] | None = None, once: bool = False,
+         console: str | None = None) -> None:
     """A line for the user (stderr, so stdout stays clean for tables, unless ``stream``), unless quiet; always
     copied into the open console logs (``console_log``). ``once``: on the console only the first time this
-    process says it (a data warning repeated for every cell of a grid), in every run's log each time."""
+    process says it (a data warning repeated for every cell of a grid), in every run's log each time.
+    ``console``: what the console shows instead of ``message`` (the log copy keeps ``message``)."""
     if not quiet and not (once and message in _SAID):
-        print(message, file=stream or sys.stderr, flush=True)
+        print(message if console is None else console, file=stream or sys.stderr, flush=True)
         if once:
             _SAID.add(message)
     if _SINKS:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.data.catalog import time_unit_of, time_unit_text
+from mtpp.data.formats import warned
 from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 from mtpp.errors import ConfigError, MtppError
 from mtpp.models import compiled
@@ -525,7 +526,7 @@ class Trainer:
         self.on_epoch: Any = None  # fit(on_epoch=...): a per-epoch callback (pruning in mtpp tune)
         self._timing = _Timing()
         if self.main:
-            echo(run_header(self), self.quiet)
+            echo(run_header(self), self.quiet, console=run_header(self, console=True))
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -937,8 +938,10 @@ def final_summary(out_dir: Path, metrics: dict[str, Any], time_unit: str | None 
 # ================================================================================================ what a run says
 
 
-def run_header(tr: "Trainer") -> str:
-    """The lines a run starts with: data (resolved source, sizes, marks), model, parameters, device, threads."""
+def run_header(tr: "Trainer", console: bool = False) -> str:
+    """The lines a run starts with: data (resolved source, sizes, marks), model, parameters, device, threads.
+    ``console``: the console's copy, without the notes this process already gave as a WARNING (``train.log`` keeps
+    every note: a later run in the same process, whose read warns no more, still records them)."""
     from mtpp.runs import describe_data
 
     cfg, data = tr.cfg, tr.data
@@ -962,7 +965,8 @@ def run_header(tr: "Trainer") -> str:
         + f", lr {cfg.train.lr:g}" + _compiled_note(tr),
         # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
         # line names the prepared folder, and a fresh preparation was just said as a WARNING
-        *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if "auto-prepared" not in str(n)),
+        *(f"  note    {n}" for n in (getattr(data, "notes", None) or [])
+          if "auto-prepared" not in str(n) and not (console and warned(n))),
         # each experiment tracker's store and run (also in OUT/tracking.json, where --resume finds them)
         *(f"  tracker {w}" for w in getattr(getattr(tr, "logger", None), "tracking", None) or []),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
