@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,34 @@ def test_real_book_order_reads_one_fold_and_no_chunk_shares_events(data_dir: Pat
     assert len(seqs) == 200 and sum(len(s) for s in seqs) == 414800
     assert any("read fold 1 only" in n for n in ds.notes), ds.notes
     assert overlapping_sequences(seqs) == []
+
+
+def test_an_old_cached_split_folder_of_a_table_is_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folders auto-prepared from a table before its ``seq_id`` names were kept hold no ``seq_ids``: reusing one
+    gave a run without the user's names (``predict`` lost its ``seq_id`` column). A table's cache key now marks the
+    names, so such a folder is prepared again; the keys of other sources (the benchmark sets) are as before."""
+    from mtpp.data import catalog
+    from mtpp.data.formats import ReadOptions, read_any
+    from mtpp.data.splits import prepare_sequences, source_fingerprint
+
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
+    rows = ["seq_id,time,mark"] + [f"user_{i},{t + 0.1 * i},{(t + i) % 3}" for i in range(10) for t in range(1, 5)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+
+    def old_key(path: Path) -> str:
+        items = sorted((k, v) for k, v in ReadOptions().__dict__.items()
+                       if not (k in catalog._LATER_OPTIONS and v is None))  # fmt: skip
+        return source_fingerprint(path, catalog.AUTO_SEED, catalog.AUTO_SPLITS, catalog.AUTO_RATIOS, items,
+                                  catalog.PREPARE_VERSION)  # fmt: skip
+
+    stale = read_any(tmp_path / "t.csv")
+    stale.parts = {k: [replace(s, name=None) for s in v] for k, v in stale.parts.items()}  # as prepared before
+    old = tmp_path / "cache" / "prepared" / f"t-{old_key(tmp_path / 't.csv')}"
+    prepare_sequences(stale, old, seed=catalog.AUTO_SEED, num_splits=catalog.AUTO_SPLITS, ratios=catalog.AUTO_RATIOS)
+    ds = load_dataset(tmp_path / "t.csv")
+    assert Path(ds.source) != old and all(s.name.startswith("user_") for s in ds.train + ds.val + ds.test)
+    # a source without names keeps its key: its folder prepared before is reused
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "b.json").write_text(json.dumps([[{"time": 0.5 + i + j, "labels": [j % 2]} for j in range(3)]
+                                                       for i in range(20)]))  # fmt: skip
+    assert Path(load_dataset(tmp_path / "b" / "b.json").source).name == f"b-{old_key(tmp_path / 'b' / 'b.json')}"

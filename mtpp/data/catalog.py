@@ -502,6 +502,8 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
 
     # options added later count only when set, so the folders prepared before them keep their keys
     items = sorted((k, v) for k, v in opts.__dict__.items() if not (k in _LATER_OPTIONS and v is None))
+    if _holds_tables(path):  # folders cached before the tables' seq_ids were kept (split_k/args.json) are not reused
+        items.append(("seq_ids", True))
     key = source_fingerprint(path, AUTO_SEED, AUTO_SPLITS, AUTO_RATIOS, items, PREPARE_VERSION)
     out = cache_dir() / "prepared" / f"{safe_name(name)}-{key}"
     def use_prepared(level: int, message: str) -> Path:
@@ -531,6 +533,15 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
     notes.append(msg)
     notes.extend(_prepared_notes(out))
     return out
+
+
+def _holds_tables(path: Path) -> bool:
+    """Whether ``path`` is, or directly holds, a CSV / TSV / Parquet table: the only sources whose sequences have
+    names (``seq_id``), which a prepared folder keeps; other sources' cache keys are as before."""
+    from mtpp.data.formats import detect_format
+
+    files = [path] if path.is_file() else (sorted(path.iterdir()) if path.is_dir() else [])
+    return any(f.is_file() and detect_format(f) in ("table", "parquet") for f in files)
 
 
 def _prepared_notes(folder: Path) -> list[str]:
