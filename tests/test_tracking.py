@@ -442,3 +442,31 @@ def test_a_tracker_that_cannot_start_stops_the_run_with_one_line(tmp_path, monke
     with pytest.raises(MtppError, match="logging.trackers: mlflow could not start \\(ConnectionError: no server"):
         fit(_cfg(["mlflow"], {}), tmp_path / "r")
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_a_run_killed_in_its_first_epoch_leaves_no_mlflow_run_running(tmp_path, monkeypatch):
+    """SIGKILL (or power loss) during the first epoch left its MLflow run RUNNING forever; the restart, which starts
+    over, opened a second one. Starting over now ends the abandoned run KILLED, tagged with its successor; a
+    finished run replaced by ``--overwrite`` stays FINISHED."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from mtpp.training.tracking import open_trackers
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    run = tmp_path / "r"
+    cfg = _cfg(["mlflow"], {"mlflow": {"tracking_uri": uri}}, epochs=1)
+    run.mkdir()
+    (run / "config.yaml").write_text(json.dumps({**cfg.to_dict(), "run_info": {}}))
+    open_trackers(run)  # what a start does before its first epoch; then the process is killed: nothing ends it
+    dead = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(dead).info.status == "RUNNING"
+    fit(cfg, run)  # the same command again: starts over
+    new = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
+    assert new != dead and client.get_run(new).info.status == "FINISHED"
+    assert client.get_run(dead).info.status == "KILLED" and client.get_run(dead).data.tags["mtpp.replaced_by"] == new
+    fit(cfg, run, overwrite=True)
+    assert client.get_run(new).info.status == "FINISHED"

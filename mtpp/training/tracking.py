@@ -275,6 +275,21 @@ class _MLflow:
         self.store = {"run_id": run_id, "tracking_uri": uri, "experiment": name, "experiment_id": str(exp_id)}
         self.where = f"mlflow {uri}, experiment {name!r} (id {exp_id}), run {run_id}"
 
+    def end_abandoned(self, entry: dict) -> None:
+        """The MLflow run of an earlier start in this folder (``entry``: its ``OUT/tracking.json`` entry) that is
+        still RUNNING was killed without ending it (SIGKILL, power loss; an interrupt ends it FAILED): marked KILLED,
+        tagged ``mtpp.replaced_by`` with this run. No process still writes it: a run folder has one writer
+        (``mtpp.runs.RunLock``). Best effort: a store that is gone or unreachable leaves it as it was."""
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=entry.get("tracking_uri") or self.store["tracking_uri"])
+            if entry["run_id"] != self.run_id and client.get_run(entry["run_id"]).info.status == "RUNNING":
+                client.set_tag(entry["run_id"], "mtpp.replaced_by", self.run_id)
+                client.set_terminated(entry["run_id"], status="KILLED")
+        except Exception:  # noqa: BLE001, S110  (housekeeping of a run that is gone: nothing to lose)
+            pass
+
     def log(self, items: list[tuple[str, float, int]]) -> None:
         import time
 
@@ -472,6 +487,12 @@ def open_trackers(out_dir: str | Path) -> Trackers:
         except Exception as e:  # noqa: BLE001  (an unreachable server, a bad URI, missing credentials)
             raise MtppError(f"logging.trackers: {n} could not start ({type(e).__name__}: {e}); fix "
                             f"logging.tracker_options.{n} or remove it from logging.trackers") from None
+    if not resumed:  # a run starting over in this folder: a tracker run its killed predecessor left open is ended
+        before = _recorded(out_dir / TRACKING_FILE)
+        for s in sinks:
+            entry = before.get(s.name)
+            if entry and entry.get("run_id") and hasattr(s, "end_abandoned"):
+                s.end_abandoned(entry)
     trackers = Trackers(out_dir, sinks, recorded)
     if resumed:  # log.jsonl holds the checkpointed epochs (mtpp.training.logging.truncate_log): send what is missing
         records = _read_log(log)
