@@ -380,10 +380,30 @@ def test_the_plot_stops_the_sampled_counts_where_a_continuation_was_cut(run_dir:
                                                          "counts are lower bounds") and " of 6 sampled" in notes[0]
             assert notes[0] in " ".join(fig._suptitle.get_text().split())
             first_capped = float(np.asarray(cuts[0].get_xdata())[0])
-            assert np.isfinite(median[x <= first_capped]).all() and np.isnan(median[x > first_capped]).all()
-            assert (x > first_capped).any() and np.nanmax(median) <= 1
+            assert np.isfinite(median[x <= first_capped]).all() and (x > first_capped).any()
+            assert np.nanmax(median) <= 1  # where drawn, a cut sample cannot change it (at most the cap of 1 event)
         finally:
             plt.close(fig)
+
+
+def test_a_count_quantile_is_drawn_while_the_cut_samples_cannot_change_it() -> None:
+    """All bands stopped at the first cut sample, even the low ones that the cut samples (whose counts after
+    their last event are lower bounds) could no longer move. Each quantile now runs while it is the same with the
+    lower bounds as they are and raised to infinity. Four samples, the last cut at t = 1.5 with count 1."""
+    from mtpp.forecast.plot import determined_quantiles
+
+    grid = np.array([0.0, 1.0, 2.0, 3.0])
+    counts = np.array([[0, 1, 2, 3], [0, 0, 1, 1], [0, 2, 2, 2], [0, 1, 1, 1]], dtype=float)
+    exact_until = np.array([np.inf, np.inf, np.inf, 1.5])
+    q = determined_quantiles(counts, grid, exact_until, [0.25, 0.5, 0.95])
+    # t <= 1.5: every count exact, sorted [0, 1, 1, 2] at t = 1
+    np.testing.assert_array_equal(q[:, :2], [[0, 0], [0, 1], [0, 2]])
+    # t = 2, 3: the cut sample is >= 1: the lowest order statistic is 1 whatever it is, the others are open
+    np.testing.assert_array_equal(q[0, 2:], [1, 1])
+    assert np.isnan(q[1:, 2:]).all()
+    # nothing cut: plain inverted-CDF quantiles
+    whole = determined_quantiles(counts, grid, np.full(4, np.inf), [0.5])
+    np.testing.assert_array_equal(whole, np.quantile(counts, [0.5], axis=0, method="inverted_cdf"))
 
 
 def test_sampling_commands_say_when_continuations_were_cut(run_dir: Path, tmp_path: Path, capsys) -> None:

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="plot one sequence with the model's intensity and sampled continuations",
         description="Draw one sequence of a split (--sequence I): observed events by mark, the model's conditional "
         "intensity, and --samples continuations after a cut (their median and 50 / 90 % bands of the event count "
-        "against the observed count; they stop where a continuation was cut at --max-events). See mtpp.forecast.plot.",
+        "against the observed count; each is drawn while the continuations cut at --max-events cannot change it). See mtpp.forecast.plot.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
     p.add_argument("--sequence", required=True, help=SEQUENCE_HELP)

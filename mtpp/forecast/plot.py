@@ -11,8 +11,9 @@ Three panels sharing the time axis (data units):
    ``first_event: skip`` the curve starts at the first event (the gap before it is never scored).
 3. **Cumulative count after the cut**: the observed count ``N(t) - N(cut)`` against the median and the 50 % /
    90 % bands of the sampled continuations. A continuation cut at ``max_events`` before the horizon
-   (``Generated.truncated``) counts only a lower bound after its last event, so the sampled curves stop at the
-   first such time (a red dash-dot line), and the title and ``log`` say how many of how many were cut.
+   (``Generated.truncated``) counts only a lower bound after its last event: each curve is drawn while the cut
+   samples cannot change it (:func:`determined_quantiles`), the first cut is a red dash-dot line, and the title and
+   ``log`` say how many of how many were cut.
 
 Cost: one history encoding of the sequence, one distribution call on ``[L + 1, GRID]`` gaps, and ``generate`` for
 the continuations.
@@ -41,6 +42,25 @@ TITLE_WIDTH = 100
 def observed_end(seq: EventSequence) -> float:
     """Where the sequence's observation ends (data units): its window end, else its last event."""
     return float(seq.window_end) if seq.window_end is not None else float(seq.times[-1])
+
+
+def determined_quantiles(counts: np.ndarray, grid: np.ndarray, exact_until: np.ndarray,
+                         levels: Sequence[float]) -> np.ndarray:
+    """Quantiles over samples of counts that some samples know only as lower bounds, NaN where those bounds leave
+    the quantile open.
+
+    counts: ``[R, G]`` events of each sampled continuation up to each ``grid`` time ``[G]``; exact_until: ``[R]``,
+    the time after which row ``r``'s count is only a lower bound (a continuation cut at ``max_events``: its last
+    event; ``inf`` for a whole one). levels: quantile levels in (0, 1). Returns ``[len(levels), G]``: the
+    ``inverted_cdf`` quantile (a whole number of events) of the counts where it is the same with every lower bound
+    taken as it is and raised to infinity, so it is the quantile of the true counts whatever they are; NaN
+    elsewhere. A curve thus runs on past the first cut sample while enough samples are whole: the lower quantiles
+    the longest."""
+    levels = list(levels)
+    lower = np.quantile(counts, levels, axis=0, method="inverted_cdf")
+    open_ended = np.where(grid[None, :] > exact_until[:, None], np.inf, counts)
+    upper = np.quantile(open_ended, levels, axis=0, method="inverted_cdf")
+    return np.where(lower == upper, lower, np.nan)
 
 
 def default_cut(seq: EventSequence, horizon: float) -> int:
@@ -196,15 +216,17 @@ def plot_forecast(
     counts = np.zeros((gen.rows, grid.size))
     for r in range(gen.rows):  # samples (a few dozen), each a searchsorted over its events
         counts[r] = np.searchsorted(gen.events_of(r)[0], grid, side="right")
-    q = np.quantile(counts, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0, method="inverted_cdf")  # counts: whole events
-    q[:, grid > first_capped] = np.nan
+    exact_until = np.full(gen.rows, np.inf)
+    exact_until[capped_rows] = [float(gen.events_of(r)[0][-1]) for r in capped_rows]
+    q = determined_quantiles(counts, grid, exact_until, [0.05, 0.25, 0.5, 0.75, 0.95])
     ax2.fill_between(grid, q[0], q[4], color="tab:orange", alpha=0.2, label="90 % of samples")
     ax2.fill_between(grid, q[1], q[3], color="tab:orange", alpha=0.4, label="50 % of samples")
     ax2.plot(grid, q[2], color="tab:orange", lw=1.5, label=f"median of {gen.rows} samples")
     ax2.step(grid, obs, where="post", color="black", lw=1.5, label="observed")
     if capped_rows.size:
         ax2.axvline(first_capped, color="tab:red", ls="-.", lw=1.2,
-                    label=f"first sample cut at --max-events {gen.info['max_events']}: samples stop here")
+                    label=f"first sample cut at --max-events {gen.info['max_events']}: a curve ends where the cut "
+                          "samples could change it")
     ax2.set_ylabel("events after the cut")
     offset = time_axis_offset(start, end)
     if offset:  # Unix seconds: round ticks of the time since the first event, not "1.4309 ... 1e9"
