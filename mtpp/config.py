@@ -651,10 +651,12 @@ def as_model_config(config: ModelConfig | RunConfig | dict | None) -> ModelConfi
     section, a dict of ``model`` keys (``{"encoder": "gru", "decoder": "lnm"}``) or a whole run dict with a
     ``model`` section (``{"model": {...}, "train": {...}}``); ``None``: the defaults.
 
-    Raises ``ConfigError`` for an unknown key (with the closest valid one), a wrong type or an invalid choice.
+    Raises ``ConfigError`` for an unknown key (with the closest valid one), a wrong type or an invalid choice, and
+    for a run configuration whose ``variants`` change ``model`` settings (one model cannot be all of them: pick one
+    with ``variant_configs``).
     """
     if isinstance(config, RunConfig):
-        return validate_config(config).model
+        return _single_model(validate_config(config))
     if isinstance(config, ModelConfig):
         # types, choices and bounds as a dict's; the encoder / decoder names are MarkedTPP's to check against the
         # registries (which tests and plug-ins extend)
@@ -663,6 +665,21 @@ def as_model_config(config: ModelConfig | RunConfig | dict | None) -> ModelConfi
         return ModelConfig()
     if isinstance(config, dict):
         if "model" in config and all(k in TOP_LEVEL for k in config):
-            return config_from_dict(config).model
+            return _single_model(config_from_dict(config))
         return _build_section("model", config)
     raise ConfigError(f"a model configuration must be a ModelConfig, a dict or None, got {type(config).__name__}")
+
+
+def _single_model(cfg: RunConfig) -> ModelConfig:
+    """``cfg.model``, unless a variant of ``cfg`` changes a ``model`` setting: building the base section would then
+    silently drop that variant's model (``configs/quickstart.yaml``'s ``++`` twin), so that is a ``ConfigError``
+    naming the variants and how to pick one. Variants of other sections only (``train.lr``) build the same model."""
+    changing = {variant_name(v): [k for k in v if k == "model" or k.startswith("model.")] for v in cfg.variants}
+    changing = {name: keys for name, keys in changing.items() if keys}
+    if changing:
+        listed = "; ".join(f"{name!r} sets {', '.join(keys)}" for name, keys in changing.items())
+        first = next(iter(changing))
+        raise ConfigError(
+            f"the configuration has {len(cfg.variants)} variant(s) and one model cannot be all of them ({listed}): "
+            f"build one with mtpp.config.variant_configs(cfg)[{first!r}], or drop variants")
+    return cfg.model

@@ -24,13 +24,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="ENCODER-DECODER-PARAMETRISATION, e.g. gru-thp-base")
-    ap.add_argument("--dataset", default="synthetic_hawkes")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dataset", default="synthetic_hawkes",
+                    help="catalog name or path; its training part is batched (default synthetic_hawkes)")
+    ap.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default 8)")
+    ap.add_argument("--steps", type=int, default=20, help="profiled steps (default 20)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--plain", action="store_true", help="profile the step without gradient diagnostics")
-    ap.add_argument("--rows", type=int, default=25, help="operators shown")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--rows", type=int, default=25, help="operators shown (default 25)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="configuration override, e.g. model.hidden_size=36; repeatable")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

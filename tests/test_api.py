@@ -71,6 +71,23 @@ def test_build_model_accepts_dicts_and_configs():
     assert mtpp.build_model(TINY_MODEL, np.int64(3)).num_marks == 3
 
 
+def test_build_model_refuses_variants_it_would_drop():
+    """A run configuration whose variants change the model (the quick start's base and "++" twin) is not one model:
+    building its base section would silently drop the "++" variant, so every route says so in one line."""
+    from mtpp.config import variant_configs
+
+    quick = ROOT / "configs" / "quickstart.yaml"
+    message = "one model cannot be all of them ('thp_base' sets model.parametrisation; 'thp_plusplus' sets"
+    for cfg in (mtpp.load_config(quick), yaml.safe_load(quick.read_text())):  # a RunConfig, a whole run dict
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            mtpp.build_model(cfg, 5)
+    twin = mtpp.build_model(variant_configs(mtpp.load_config(quick))["thp_plusplus"], 5)  # the way the error names
+    assert twin.cfg.parametrisation == "plusplus" and twin.cfg.decoder == "thp"
+    # variants of other sections build the same model: nothing is dropped
+    same = mtpp.build_model({"model": TINY_MODEL, "variants": [{"train.lr": 0.1}, {"train.lr": 0.01}]}, 5)
+    assert same.cfg == mtpp.build_model(TINY_MODEL, 5).cfg
+
+
 @pytest.mark.parametrize(
     "cfg, num_marks, message",
     [

@@ -46,7 +46,8 @@ def add_run_options(p: argparse.ArgumentParser, seed: bool = True) -> None:
     """``--split``, ``--data-dir``, ``--device``, ``--overwrite`` (and ``--seed`` unless ``seed=False``)."""
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
     if seed:
-        p.add_argument("--seed", type=seed_type, default=0)
+        p.add_argument("--seed", type=seed_type, default=0,
+                       help="seed of the sampled continuations, 0 to 2**32-1 (default 0: the same samples every time)")
     p.add_argument("--data-dir", help="where the datasets are (default: the run's recorded data, $MTPP_DATA_DIR)")
     p.add_argument("--device", help="override train.device (auto, cpu, cuda[:n])")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

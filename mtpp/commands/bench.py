@@ -27,7 +27,8 @@ examples:
 Events are all real (non-padded) events of the batches. "diag" steps compute cos_tm / GMS / norms every step
 (backward_step(want_stats=True)); overhead % = (plain ev/s) / (diag ev/s) - 1. Peak MB: process peak RSS on CPU
 (each model in a fresh process unless --no-isolate), torch.cuda.max_memory_allocated on CUDA.
-On a shared or busy CPU pass --threads 1: oversubscribed intra-op threads can make small models 10-100x slower."""
+Keep the default --threads 1 on a shared or busy CPU: oversubscribed intra-op threads can make small models
+10-100x slower."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_list)
 
     de = sub.add_parser("describe", help="statistics of a dataset (name or path)")
-    de.add_argument("target", metavar="NAME|PATH")
+    de.add_argument("target", metavar="NAME|PATH",
+                    help="a catalog name (mtpp data list) or a file or folder in any supported format")
     de.add_argument("--data-dir", help="data directory (default: $MTPP_DATA_DIR, else ./data)")
     de.add_argument("--json", action="store_true", help="print the statistics as JSON")
     de.add_argument("--top", type=positive_int, default=10, help="number of most frequent marks shown (default 10)")

@@ -32,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=1, help="continuations per sequence (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output table, .csv or .parquet (never replaced)")
     p.add_argument("--sequences", help=f"comma-separated sequences, each {SEQUENCE_HELP} (default: all)")
-    p.add_argument("--sampler", choices=("auto", "icdf", "thinning", "mode"), default="auto")
+    p.add_argument("--sampler", choices=("auto", "icdf", "thinning", "mode"), default="auto",
+                   help="icdf: exact inverse-CDF sampling (every decoder); thinning: Ogata thinning (THP / SAHP "
+                   "decoders and the baselines); mode: the deterministic point forecast (median gap, most probable "
+                   "mark); auto (default): icdf")
     p.add_argument("--baseline", choices=("model", "poisson", "hawkes"), default="model",
                    help="generate from a baseline instead: poisson (fit on the training split) or hawkes (the true "
                    "process, synthetic_hawkes only)")

@@ -165,7 +165,7 @@ def thinning_gaps(
     """
     if not getattr(nxt, "has_rates", False):
         raise MtppError("the thinning sampler needs an intensity decoder (thp, sahp) or a baseline process; "
-                        "use sampler='icdf'")
+                        "use the inverse-CDF sampler (sampler='icdf'; mtpp generate --sampler icdf)")
     f64 = torch.float64
 
     def rates(tau: Tensor) -> Tensor:
@@ -181,7 +181,8 @@ def thinning_gaps(
         if rounds >= max_rounds:
             raise MtppError(
                 f"thinning: {int(pending.sum())} row(s) still without an event after {max_rounds} rounds "
-                "(an intensity far below its bound?); use sampler='icdf'"
+                "(an intensity far below its bound?); use the inverse-CDF sampler (sampler='icdf'; mtpp generate "
+                "--sampler icdf)"
             )
         rounds += 1
         lam0 = rates(t)  # [n, C]
