@@ -107,7 +107,12 @@ def topk_reported(k: int, num_marks: int) -> bool:
 
 
 def _as_tensor(x: ArrayLike, dtype: torch.dtype | None = None) -> Tensor:
-    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        a = np.asarray(x)
+        # a read-only array (a pandas column's .values, a memory map) is copied: torch warns about sharing it
+        t = torch.as_tensor(a if a.flags.writeable else a.copy())
     return t.to(dtype) if dtype is not None else t
 
 
