@@ -46,6 +46,7 @@ from torch import Tensor, nn
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.data.catalog import time_unit_of, time_unit_text
+from mtpp.data.checks import marks_absent_from_train
 from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 from mtpp.errors import ConfigError, MtppError
 from mtpp.models import compiled
@@ -974,6 +975,8 @@ def run_header(tr: "Trainer") -> str:
         # what reading the data did on the way (sequences sorted, files skipped); the re-split is left out: the data
         # line names the prepared folder, and a fresh preparation was just said as a WARNING
         *(f"  note    {n}" for n in (getattr(data, "notes", None) or []) if "auto-prepared" not in str(n)),
+        # marks the model meets only in evaluation (the parts as trained on, after any max_sequences cut)
+        *(f"  note    {n}" for n in [marks_absent_from_train(data)] if n),
         # each experiment tracker's store and run (also in OUT/tracking.json, where --resume finds them)
         *(f"  tracker {w}" for w in getattr(getattr(tr, "logger", None), "tracking", None) or []),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
