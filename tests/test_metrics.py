@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -425,3 +426,15 @@ def test_pure_metrics_take_read_only_arrays_without_a_warning() -> None:
                topk_accuracy(frozen[0], frozen[1], 2), mrr(frozen[0], frozen[1]), pce(frozen[2]))
     assert got == (ece(probs, labels), mce(probs, labels), brier(probs, labels), topk_accuracy(probs, labels, 2),
                    mrr(probs, labels), pce(pit))
+
+
+def test_pce_of_calibrated_samples_and_its_bounds_are_as_the_calibration_guide_says() -> None:
+    """docs/guide/calibration.md: a calibrated model's PCE is about ``0.31 / sqrt(n)`` on ``n`` independent uniform
+    PIT values (not 0), and no PIT sample scores above 0.49 (all mass at 0 or at 1)."""
+    rng = np.random.default_rng(0)
+    for n in (2000, 8000):
+        mean = np.mean([pce(rng.uniform(size=n)) for _ in range(200)])
+        assert mean == pytest.approx(0.31 / math.sqrt(n), rel=0.1)
+    assert pce(np.zeros(100)) == pytest.approx(0.49) and pce(np.ones(100)) == pytest.approx(0.49)
+    guide = (Path(__file__).parents[1] / "docs" / "guide" / "calibration.md").read_text(encoding="utf-8")
+    assert "`0.31 / √n`" in " ".join(guide.split()) and "at most 0.49" in " ".join(guide.split())
