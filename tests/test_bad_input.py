@@ -264,3 +264,32 @@ def test_train_seed_and_device_are_checked_before_torch_sees_them(tmp_path: Path
         with pytest.raises(ConfigError, match="invalid value; valid: auto, cpu, cuda, cuda:N, mps"):
             resolve_device(bad)
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_marks_absent_from_train_are_named_in_the_run_header(tmp_path, capsys) -> None:
+    """A mark that occurs in val / test but never in training is trained only to be improbable: the run header says
+    which marks and how many evaluated events carry them (counted on the parts the run uses), never silently."""
+    import numpy as np
+
+    from mtpp import build_model, fit
+    from mtpp.data.catalog import Dataset
+    from mtpp.data.checks import marks_absent_from_train
+    from mtpp.data.sequence import EventSequence
+
+    rng = np.random.default_rng(0)
+
+    def seqs(n: int, marks: list[int]) -> list[EventSequence]:
+        return [EventSequence(np.cumsum(rng.exponential(1.0, 8)), rng.choice(marks, 8)) for _ in range(n)]
+
+    seen = Dataset(seqs(6, [0, 1, 2]), seqs(3, [0, 1, 2]), seqs(3, [0, 1, 2]), 4, "hand", "hand")
+    assert marks_absent_from_train(seen) is None  # mark 3 occurs nowhere: nothing is scored on it
+    data = Dataset(seqs(6, [0, 1]), seqs(3, [0, 1, 2]), seqs(3, [0, 1, 2, 3]), 4, "hand", "hand")
+    val_2 = sum(int((s.marks == 2).sum()) for s in data.val)
+    test_23 = sum(int((s.marks >= 2).sum()) for s in data.test)
+    note = marks_absent_from_train(data)
+    assert note is not None and note.startswith("marks absent from the train part but present in val / test: 2, 3 ")
+    assert f"({val_2} val / {test_23} test events)" in note
+    model = build_model({"encoder": "gru", "decoder": "lnm", "hidden_size": 8, "num_components": 2}, 4)
+    fit(model, data, tmp_path / "run", config={"train": {"max_epochs": 1, "batch_size": 4}})
+    header = capsys.readouterr()
+    assert f"note    {note}" in header.out + header.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -406,3 +407,34 @@ def test_every_mark_metric_the_accumulator_reports_has_a_label_saying_which_dist
     for key in keys:
         assert key in METRICS, key
         assert ("given the time" if key.endswith("_given_time") else "forecast") in METRICS[key].label, key
+
+
+def test_pure_metrics_take_read_only_arrays_without_a_warning() -> None:
+    """A pandas column's ``.values`` (copy-on-write) or a memory map is read-only: the metrics read it as it is, with
+    no torch ``UserWarning`` about non-writable arrays, and the same values as from a writable copy."""
+    import warnings
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.25, 0.25]])
+    labels = np.array([0, 2, 2, 1])
+    pit = np.linspace(0.01, 0.99, 40)
+    frozen = [a.copy() for a in (probs, labels, pit)]
+    for a in frozen:
+        a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = (ece(frozen[0], frozen[1]), mce(frozen[0], frozen[1]), brier(frozen[0], frozen[1]),
+               topk_accuracy(frozen[0], frozen[1], 2), mrr(frozen[0], frozen[1]), pce(frozen[2]))
+    assert got == (ece(probs, labels), mce(probs, labels), brier(probs, labels), topk_accuracy(probs, labels, 2),
+                   mrr(probs, labels), pce(pit))
+
+
+def test_pce_of_calibrated_samples_and_its_bounds_are_as_the_calibration_guide_says() -> None:
+    """docs/guide/calibration.md: a calibrated model's PCE is about ``0.31 / sqrt(n)`` on ``n`` independent uniform
+    PIT values (not 0), and no PIT sample scores above 0.49 (all mass at 0 or at 1)."""
+    rng = np.random.default_rng(0)
+    for n in (2000, 8000):
+        mean = np.mean([pce(rng.uniform(size=n)) for _ in range(200)])
+        assert mean == pytest.approx(0.31 / math.sqrt(n), rel=0.1)
+    assert pce(np.zeros(100)) == pytest.approx(0.49) and pce(np.ones(100)) == pytest.approx(0.49)
+    guide = (Path(__file__).parents[1] / "docs" / "guide" / "calibration.md").read_text(encoding="utf-8")
+    assert "`0.31 / √n`" in " ".join(guide.split()) and "at most 0.49" in " ".join(guide.split())

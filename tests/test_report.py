@@ -926,3 +926,34 @@ def test_one_column_has_one_precision() -> None:
                      "rmtpp": ("n/a", "**0.5000 ± –**")}
     assert report.format_mean_se(0.0, math.nan) == "0.00 ± –"  # alone (a figure's title): its own digits
     assert report.column_decimals([math.nan, 0.0]) == 2 and report.column_decimals([123.4, -0.5]) == 1
+
+
+def test_a_report_of_the_given_time_ece_draws_the_given_time_reliability(runs_root, tmp_path, figures):
+    """``mtpp report --metrics ece_given_time`` tabulates the ECE of ``p(k | tau, H)``: its reliability figure is the
+    diagram of that distribution, with that ECE, not the forecast's (a number absent from its table)."""
+    for run in sorted(runs_root.glob("synthetic_hawkes/thp-*-sum/split*-seed0")):
+        if not (run / "metrics.json").is_file():
+            continue
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["test"]["ece_given_time"] = 0.2  # the forecast's is 0.03 + 0.01 * split
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        for name in ("arrays_test.json", "arrays.json"):
+            if (run / name).is_file():
+                arrays = json.loads((run / name).read_text())
+                test = arrays.get("test", arrays)
+                test.update({k.replace("_forecast", "_given_time"): v for k, v in _arrays(np.random.default_rng(3)).items()
+                             if k.startswith("reliability_")})
+                test["reliability_count_given_time"] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 40]  # all in the top bin
+                (run / name).write_text(json.dumps(arrays))
+    assert plots.reliability_kind(["pce", "ece_given_time"]) == "given_time"
+    assert plots.reliability_kind(["ece_forecast", "ece_given_time"]) == plots.reliability_kind(None) == "forecast"
+    for metrics, words, ece, top in ((["pce", "ece_given_time"], "p(k | τ, H), given the time", "0.2000", "100%"),
+                                     (None, "the forecast p(k | H)", "0.0400", "27%")):
+        figures.clear()
+        plots.make_all_plots(runs_root, tmp_path / f"plots_{ece}", metrics=metrics)
+        (fig,) = [f for f in figures if f._suptitle is not None and "mark reliability" in f._suptitle.get_text()]
+        assert f"mark reliability of {words}" in " ".join(fig._suptitle.get_text().split())
+        titles = [a.get_title() for a in fig.axes if a.get_title()]
+        assert any(t.startswith("THP:") and t.endswith(f"ECE {ece} ± 0.0058" if ece == "0.0400" else f"ECE {ece} ± 0.0000")
+                   for t in titles), titles
+        assert top in [t.get_text() for a in fig.axes for t in a.texts]  # the pooled bins are that distribution's

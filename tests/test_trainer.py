@@ -489,3 +489,22 @@ def test_a_null_conflict_rate_says_why_and_a_rate_says_what_it_is_over(tmp_path:
     assert conflict_text(every3) == (f"{every3['conflict_rate']:.4g} (over {n} measured step{'s' * (n != 1)} of "
                                      f"{every3['steps']} steps)")
     assert conflict_text({"conflict_rate": 0.25}) == "0.25"  # metrics.json of runs before the count existed
+
+
+def test_comparison_table_caption_gives_units_calibration_and_the_scored_events() -> None:
+    """The variants table (``comparison.md``) says what a reader needs to read it: NLL in nats and the data's time
+    unit, what the mark columns condition on, what PCE and ECE score (unitless), and the first-event rule."""
+    from mtpp.training.trainer import comparison_table, final_summary
+
+    run = {"test": {"nll_time_per_seq": 9.0, "nll_mark_per_seq": 100.0, "pce": 0.02, "ece_forecast": 0.01,
+                    "first_event": "skip"},
+           "val": {}, "train": {"conflict_rate": 0.5, "best_epoch": 2, "epochs": 2, "num_parameters": 10}}
+    caption = comparison_table({"a": run, "b": run}, "hour").splitlines()[-1]
+    for words in ("nats", "times in hours", "p(k | tau_obs, H)", "p(k | H)",
+                  "PCE: calibration of the time distribution (its PIT)", "ECE forecast: of p(k | H), both unitless",
+                  "first event of each sequence not scored"):
+        assert words in caption, words
+    other = {**run, "test": {**run["test"], "first_event": "include"}}
+    assert "as each run's model.first_event says" in comparison_table({"a": run, "b": other}).splitlines()[-1]
+    assert "times in data units" in comparison_table({"a": run}).splitlines()[-1]
+    assert "PCE: calibration of the time distribution (its PIT)" in final_summary(Path("run"), run).splitlines()[-1]

@@ -13,7 +13,9 @@ file:
   dtype range over all parts at once); what ``mtpp train`` (``mtpp.training.setup.load_data``) and
   ``fit(model, data)`` (``mtpp.training.api``) both call;
 * :func:`sequences_of`: a ``Dataset`` (its ``split`` part), or a list of sequences, from what a caller passed;
-* :func:`check_batch_size`: a positive integer or ``None``.
+* :func:`check_batch_size`: a positive integer or ``None``;
+* :func:`marks_absent_from_train`: not a refusal but a note: the marks that occur in the val / test parts and
+  never in the train part (the run header says it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import numpy as np
 from mtpp.data.sequence import EventSequence, check_dtype_range
 from mtpp.errors import DataError, MtppError
 
-__all__ = ["check_sequences", "check_parts", "sequences_of", "is_dataset", "check_batch_size"]
+__all__ = ["check_sequences", "check_parts", "sequences_of", "is_dataset", "check_batch_size",
+           "marks_absent_from_train"]
 
 PARTS = ("train", "val", "test")
 
@@ -131,3 +134,31 @@ def check_batch_size(batch_size: Any, what: str = "batch_size") -> int | None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise MtppError(f"{what} must be a positive integer (or None for the default), got {batch_size!r}")
     return int(batch_size)
+
+
+def marks_absent_from_train(data: Any, shown: int = 10) -> str | None:
+    """A note naming the marks that occur in ``data``'s val or test part but never in its train part, with their
+    event counts; ``None`` when every evaluated mark occurs in training (or ``data`` has no ``num_marks``).
+
+    A model learns nothing about such a mark but to give it little probability, so the mark metrics (``L_M``,
+    accuracy, ECE) of those events measure that. ``data``: ``.train`` / ``.val`` / ``.test`` lists of
+    ``EventSequence`` (the parts a run uses, after any ``max_sequences`` cut) and ``num_marks`` ``K``; marks are the
+    model's ids ``0..K-1``, at most ``shown`` of them listed. One ``bincount`` per part (no loop over events)."""
+    k = getattr(data, "num_marks", None)
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        return None
+
+    def counts(seqs: Sequence[EventSequence]) -> np.ndarray:
+        marks = [np.asarray(s.marks, dtype=np.int64) for s in seqs]
+        flat = np.concatenate(marks) if marks else np.zeros(0, dtype=np.int64)
+        return np.bincount(flat[(flat >= 0) & (flat < k)], minlength=k)
+
+    train, val, test = (counts(getattr(data, part, None) or []) for part in ("train", "val", "test"))
+    unseen = np.flatnonzero((train == 0) & (val + test > 0))
+    if unseen.size == 0:
+        return None
+    more = f", ... ({unseen.size} marks)" if unseen.size > shown else ""
+    listed = ", ".join(str(int(m)) for m in unseen[:shown]) + more
+    return (f"marks absent from the train part but present in val / test: {listed} ({int(val[unseen].sum())} val / "
+            f"{int(test[unseen].sum())} test events): the model can only learn to give them little probability, and "
+            "the mark metrics (L_M, accuracy, ECE) of those events measure that")

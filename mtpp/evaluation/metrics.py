@@ -30,7 +30,10 @@ Conventions (every report should state them):
   continuous PIT ``F(tau)`` of rounded data is not uniform even under the model that generated them; reported
   with ``nll_time_binned_*``.
 * **PIT / PCE.** ``u_i = F(tau_i | H_i)``. The empirical CDF at ``j/50`` is the share of ``u <= j/50``
-  (``j = 1..50``); ``PCE = (1/50) sum_j |F_hat(j/50) - j/50|``. The PIT histogram has bins
+  (``j = 1..50``); ``PCE = (1/50) sum_j |F_hat(j/50) - j/50|``. Sources: probabilistic calibration = uniform PIT
+  (Gneiting, Balabdaoui & Raftery 2007, JRSS B 69(2)); the PCE of a neural TPP's time distribution as in Bosser &
+  Ben Taieb (2023, TMLR, "On the predictive accuracy of neural temporal point process models for continuous-time
+  event data"). The PIT histogram has bins
   ``((j-1)/50, j/50]`` (``u = 0`` in the first bin), so its cumulative sum is exactly ``F_hat(j/50)``.
 * **Ranks and ties.** For the true mark ``y`` with score ``s_y``: ``g`` = number of marks with a strictly larger
   score, ``t`` = number of *other* marks with an equal score. Rank-based metrics are the **expected value under
@@ -48,7 +51,8 @@ Conventions (every report should state them):
   ``mce_*``. Forecast metrics are absent when the scores carry no forecast (``Scores.forecast_mark_log_probs``).
 * **ECE / MCE.** Confidence = top-class probability, correctness = the (tie-aware) top-1 hit. 10 equal-width
   bins ``(b/10, (b+1)/10]`` (confidence 0 in the first bin); ``ECE = sum_b (n_b/N) |acc_b - conf_b|``,
-  ``MCE = max`` over non-empty bins.
+  ``MCE = max`` over non-empty bins (Naeini, Cooper & Hauskrecht 2015, AAAI; the top-label, equal-width form of
+  Guo, Pleiss, Sun & Weinberger 2017, ICML).
 * **Brier** (multi-class): ``mean_i sum_k (p_ik - 1[k = y_i])^2`` (range ``[0, 2]``).
 * **Gap errors.** ``mae_tau`` / ``rmse_tau``: the median ``F^{-1}(0.5)`` as point predictor of ``tau_i``;
   ``mae_tau_mean`` / ``rmse_tau_mean``: the mean, present only when every batch gave ``Scores.mean_tau``.
@@ -107,7 +111,12 @@ def topk_reported(k: int, num_marks: int) -> bool:
 
 
 def _as_tensor(x: ArrayLike, dtype: torch.dtype | None = None) -> Tensor:
-    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        a = np.asarray(x)
+        # a read-only array (a pandas column's .values, a memory map) is copied: torch warns about sharing it
+        t = torch.as_tensor(a if a.flags.writeable else a.copy())
     return t.to(dtype) if dtype is not None else t
 
 

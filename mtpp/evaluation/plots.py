@@ -387,11 +387,24 @@ def _label_axes(axes: np.ndarray, n: int, xlabel: str, ylabel: str) -> None:
 
 
 RELIABILITY_KIND = "forecast"
-"""Which mark distribution the reliability diagrams show: the forecast ``p(k | H)`` (``given_time`` for runs whose
-arrays have no forecast)."""
+"""Which mark distribution the reliability diagrams show by default: the forecast ``p(k | H)`` (``given_time`` for
+runs whose arrays have no forecast); :func:`reliability_kind` picks the given-time one for a report whose metrics
+ask only for its calibration."""
 
 
-def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | None:
+def reliability_kind(metrics: Sequence[str] | None) -> str:
+    """The mark distribution (``forecast`` / ``given_time``, ``mtpp.evaluation.metrics.MARK_KINDS``) the reliability
+    diagrams of a report of ``metrics`` show: ``given_time`` when the metrics name the calibration of ``p(k | tau,
+    H)`` (``ece_given_time`` / ``mce_given_time``) and not that of the forecast, so the ECE in the figure is the one
+    of the table; else :data:`RELIABILITY_KIND` (``None``: the default metrics, which hold both)."""
+    names = set(metrics or ())
+    given = {"ece_given_time", "mce_given_time", "ece", "mce"} & names  # ece / mce: the old names of given_time
+    forecast = {"ece_forecast", "mce_forecast"} & names
+    return "given_time" if given and not forecast else RELIABILITY_KIND
+
+
+def _pooled_arrays(part: pd.DataFrame, section: str,
+                   kind_wanted: str = RELIABILITY_KIND) -> dict[str, np.ndarray] | None:  # fmt: skip
     count = conf_sum = acc_sum = pit = binned = None
     edges = pit_edges = None
     all_binned = True
@@ -402,7 +415,7 @@ def _pooled_arrays(part: pd.DataFrame, section: str) -> dict[str, np.ndarray] | 
         a = read_arrays(run, section)
         if not a:
             continue
-        kind = RELIABILITY_KIND if a.get(f"reliability_count_{RELIABILITY_KIND}") is not None else "given_time"
+        kind = kind_wanted if a.get(f"reliability_count_{kind_wanted}") is not None else "given_time"
         if a.get(f"reliability_count_{kind}") is None and a.get("reliability_count") is not None:
             a = {f"{k}_given_time" if k.startswith("reliability_") else k: v for k, v in a.items()}  # older runs
         if a.get(f"reliability_count_{kind}") is not None:
@@ -445,9 +458,11 @@ their accuracy is too noisy to read as miscalibration (a binomial share of 30 ev
 0.09)."""
 
 
-def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", section: str = "test") -> Path | None:
-    """Reliability diagrams of the top-class mark forecast ``p(k | H)`` (:data:`RELIABILITY_KIND`; ``p(k | tau,
-    H)``, "given the time", for runs whose arrays have no forecast), one panel per cell (its runs' bins pooled):
+def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", section: str = "test",
+                     kind: str = RELIABILITY_KIND) -> Path | None:  # fmt: skip
+    """Reliability diagrams of the top-class mark probability of ``kind``: the forecast ``p(k | H)`` (default,
+    :data:`RELIABILITY_KIND`) or ``given_time``, ``p(k | tau, H)`` (:func:`reliability_kind`; also for runs whose
+    arrays have no forecast), one panel per cell (its runs' bins pooled):
     accuracy vs mean confidence per bin, each bin a disc whose area is proportional to its number of events
     (hollow and faded below :data:`FEW_EVENTS` events or 1 % of them), the diagonal, and the share of events
     per bin as grey bars. The ECE in each panel is the one of the tables for that distribution
@@ -455,7 +470,7 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
     the pooled bins."""
     _, cells = _cells(runs)
     models = [(label, part, arr) for label, part in cells
-              if (arr := _pooled_arrays(part, section)) is not None and "count" in arr]
+              if (arr := _pooled_arrays(part, section, kind)) is not None and "count" in arr]
     if not models:
         return None
     fig, axes = _grid(len(models))
@@ -730,7 +745,8 @@ def make_all_plots(
 ) -> list[Path]:
     """All plots of the finished runs under ``root`` into ``out_dir``; returns the files written.
 
-    Per dataset: ``bars_<dataset>.png``, ``val_curves_<dataset>.png``, ``reliability_<dataset>.png``,
+    Per dataset: ``bars_<dataset>.png``, ``val_curves_<dataset>.png``, ``reliability_<dataset>.png`` (of the
+    forecast, or of ``p(k | tau, H)`` when ``metrics`` ask only for its calibration: :func:`reliability_kind`),
     ``pit_<dataset>.png``; per dataset and cell without its parametrisation (base and ``+`` side by side):
     ``cos_tm_<dataset>_<cell>.png``.
     A plot whose inputs no run has (no ``arrays.json``, no cosine logged) is skipped, and so is the bar plot of a
@@ -746,7 +762,8 @@ def make_all_plots(
         for p in (
             plot_metric_bars(part, out_dir / f"bars_{ds}.png", metrics, title=str(dataset)),
             plot_validation_curves(part, out_dir / f"val_curves_{ds}.png", title=str(dataset)),
-            plot_reliability(part, out_dir / f"reliability_{ds}.png", title=str(dataset), section=section),
+            plot_reliability(part, out_dir / f"reliability_{ds}.png", title=str(dataset), section=section,
+                             kind=reliability_kind(metrics)),
             plot_pit(part, out_dir / f"pit_{ds}.png", title=str(dataset), section=section),
         ):
             if p is not None:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 import mtpp
 from mtpp.config import RunConfig, config_from_dict, dump_yaml, load_config, variant_configs
 from mtpp.data.catalog import time_unit_of, time_unit_text
+from mtpp.data.checks import marks_absent_from_train
 from mtpp.data.formats import warned
 from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 from mtpp.errors import ConfigError, MtppError
@@ -259,7 +260,7 @@ def _run_variants(
             if ddp.is_main:
                 echo(f"to continue every variant: mtpp train --out {out_dir} --resume")
             raise
-    table = comparison_table(results)
+    table = comparison_table(results, time_unit_of(config.data.name))
     if ddp.is_main:
         write_json(out_dir / "comparison.json", results)
         (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
@@ -295,16 +296,27 @@ COLUMNS = (
 )
 
 
-def comparison_table(results: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table, one row per run: test NLL per sequence, accuracy, calibration, conflict rate, speed."""
+CALIBRATION_WORDS = "PCE: calibration of the time distribution (its PIT), ECE forecast: of p(k | H), both unitless"
+"""What the PCE and ECE columns of the run summaries score (``mtpp.evaluation.metrics``: PCE, ECE)."""
+
+
+def comparison_table(results: dict[str, dict[str, Any]], time_unit: str | None = None) -> str:
+    """A Markdown table, one row per run: test NLL per sequence, accuracy, calibration, conflict rate, speed, with
+    a caption giving the units (nats; ``time_unit``, the data's documented unit, ``mtpp.data.catalog.time_unit_of``),
+    what each mark column conditions on and which events were scored (the runs' ``first_event``)."""
     header = "| run | " + " | ".join(c[0] for c in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
     for name, m in results.items():
         cells = [fmt_value(m.get(split, {}).get(key)) for _, split, key in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rules = {m.get("test", {}).get("first_event") for m in results.values()}
+    rule = str(rules.pop()) if len(rules) == 1 else None
+    first = {"skip": "not scored", "include": "scored"}.get(rule, "as each run's model.first_event says")
     lines.append(
-        "(test split; NLL per sequence, lower is better; acc. forecast: top-1 of p(k | H), the next time unknown; "
-        "acc. given time: of p(k | tau, H), the observed gap given; conflict = share of measured steps with cos_tm < 0)"
+        f"(test split; L_T / L_M: time / mark NLL per sequence in nats, times in {time_unit_text(time_unit)}, lower "
+        "is better; L_M scores p(k | tau_obs, H), told the observed time; acc. forecast: top-1 of p(k | H), the next "
+        f"time unknown; acc. given time: of p(k | tau_obs, H); {CALIBRATION_WORDS}, lower is better; conflict = share "
+        f"of measured steps with cos_tm < 0; first event of each sequence {first})"
     )
     return "\n".join(lines)
 
@@ -928,7 +940,7 @@ def final_summary(out_dir: Path, metrics: dict[str, Any], time_unit: str | None 
         f"  conflict rate {conflict_text(tr)}  train {fmt_value(tr.get('train_events_per_second'))} events/s"
         f"  skipped batches {tr.get('skipped_batches', 0)}",
         f"  (L_T / L_M: NLL per sequence in nats, times in {time_unit_text(time_unit)}; accuracy forecast: p(k | H), "
-        "next time unknown; given time: p(k | tau_obs, H)"
+        f"next time unknown; given time: p(k | tau_obs, H); {CALIBRATION_WORDS}"
         + ("; binned: of each gap's lattice bin, unitless (mtpp.data.lattice)" if "nll_time_binned_per_seq" in test
            else "") + ")",
     ]
@@ -967,6 +979,8 @@ def run_header(tr: "Trainer", console: bool = False) -> str:
         # line names the prepared folder, and a fresh preparation was just said as a WARNING
         *(f"  note    {n}" for n in (getattr(data, "notes", None) or [])
           if "auto-prepared" not in str(n) and not (console and warned(n))),
+        # marks the model meets only in evaluation (the parts as trained on, after any max_sequences cut)
+        *(f"  note    {n}" for n in [marks_absent_from_train(data)] if n),
         # each experiment tracker's store and run (also in OUT/tracking.json, where --resume finds them)
         *(f"  tracker {w}" for w in getattr(getattr(tr, "logger", None), "tracking", None) or []),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
