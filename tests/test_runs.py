@@ -415,6 +415,11 @@ def test_header_epoch_lines_and_train_log(tmp_path: Path, capsys: pytest.Capture
     fit(tiny(data, "logging.quiet=false", "model.parametrisation=plusplus", "gradients.aggregator=pcgrad"),
         tmp_path / "pp")
     assert "aggregator pcgrad (seed=None; no effect: '++' shares no parameters" in capsys.readouterr().err
+    # an option that changes nothing with two tasks (time, mark) is accepted, and the header says so
+    fit(tiny(data, "logging.quiet=false", "gradients.aggregator=pcgrad", "gradients.options.seed=3"), tmp_path / "pc")
+    err = capsys.readouterr().err
+    assert "aggregator pcgrad (seed=3: no effect with two tasks (time, mark): no random task order)" in err, err
+    assert "no random task order" in (tmp_path / "pc" / "train.log").read_text()
 
 
 def test_interrupted_run_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -972,11 +972,17 @@ def run_header(tr: "Trainer") -> str:
 
 
 def _aggregator_text(tr: Trainer) -> str:
-    """The aggregator's name and every option it runs with, defaults included (``cograd (gamma=4e-07)``), and
-    that a remedy does nothing on "++"."""
+    """The aggregator's name and every option it runs with, defaults included (``cograd (gamma=4e-07)``), an option
+    that changes nothing with mtpp's two tasks (``pcgrad (seed=3: no effect with two tasks ...)``), and that a
+    remedy does nothing on "++"."""
+    from mtpp.training.aggregators import TASK_NAMES
+
     opts = getattr(tr.aggregator, "_options", None) or {}
-    notes = [f"{k}={v!r}" for k, v in opts.items()]
-    if tr.cfg.model.parametrisation == "plusplus" and tr.cfg.gradients.aggregator != "sum":
+    plusplus = tr.cfg.model.parametrisation == "plusplus"  # the whole remedy does nothing: said once, below
+    unused = getattr(tr.aggregator, "unused_with_two_tasks", ()) if len(TASK_NAMES) == 2 and not plusplus else ()
+    notes = [f"{k}={v!r}" + (": no effect with two tasks (time, mark): no random task order" if k in unused else "")
+             for k, v in opts.items()]  # fmt: skip
+    if plusplus and tr.cfg.gradients.aggregator != "sum":
         notes.append("no effect: '++' shares no parameters, each task's gradient reaches only its own")
     return tr.cfg.gradients.aggregator + (f" ({'; '.join(notes)})" if notes else "")
 
