@@ -764,7 +764,9 @@ def make_all_plots(
             named = [first.get(k) for k in MODEL_KEYS]
             name = _slug(*named)
             # the label's settings without the encoder / aggregator the name already holds (no "lnm-gru-pcgrad_pcgrad")
-            settings = [s for s in label.partition(" (")[2].rstrip(")").split(", ") if s and s not in map(str, named)]
+            # ("THP (cagrad) (c=0.9)": the settings are in the last parentheses, after the aggregator's)
+            inside = label.rpartition(" (")[2].rstrip(")") if " (" in label else ""
+            settings = [s for s in inside.split(", ") if s and s not in map(str, named)]
             name += f"_{_slug(', '.join(settings))}" if settings else ""
             p = plot_cos_tm(model_part, out_dir / f"cos_tm_{ds}_{name}.png", title=f"{dataset} {label}")
             if p is not None:

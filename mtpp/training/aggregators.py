@@ -155,6 +155,16 @@ def aggregator_options(name: str) -> dict[str, Any]:
     }
 
 
+def options_with_defaults(name: Any, options: Any) -> Any:
+    """``options`` of aggregator ``name`` with every option it leaves out at its default (``cagrad``, ``{}`` ->
+    ``{"c": 0.5, "rescale": 1}``), numbers in exponent form read as numbers: the settings a run used, so a run that
+    gave a default explicitly and one that left it out are the same experiment. Anything this cannot read (an
+    unknown or ``torchjd:`` name, options that are not a mapping) is returned unchanged."""
+    if not isinstance(name, str) or name not in AGGREGATORS or not isinstance(options, (dict, type(None))):
+        return options
+    return {**aggregator_options(name), **{k: _yaml_number(v) for k, v in (options or {}).items()}}
+
+
 def _per_task_options(name: str) -> set[str]:
     """The options of aggregator ``name`` that take one value per task (their annotation admits a list or a
     mapping, e.g. ``weighted``'s ``weights``, ``cograd``'s ``gamma``); every other number option takes one number."""
