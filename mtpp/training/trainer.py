@@ -241,8 +241,12 @@ def _run_variants(
     from mtpp.runs import check_folder_name
 
     configs = variant_configs(config, variants)
-    for name in configs:
+    for name, cfg in configs.items():
         check_folder_name(name, "variant name")
+        try:  # as fit checks it, but for every variant before variants.yaml or a first variant is written
+            _make_aggregator(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"variant {name}: {e}") from None
     if ddp.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_variants_config(out_dir / VARIANTS_FILE, config)
