@@ -336,14 +336,14 @@ def test_variant_and_dataset_labels_that_are_paths_are_refused(tmp_path: Path) -
     for bad in ("..", "."):
         with pytest.raises(ConfigError, match="cannot be a folder name"):
             run_variants(cfg, [{"name": bad, "model.decoder": "lnm"}], tmp_path / "v")
-    assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
+    assert not (tmp_path / "v").exists()
     # a variant's bad aggregator option is refused before variants.yaml or an earlier variant is written (the
     # command failed but left variants.yaml, or a trained first variant, in a folder it had created)
     for variants in ([{"name": "a", "gradients.aggregator": "cagrad", "gradients.options": {"rescale": 5}}],
                      [{"name": "a"}, {"name": "b", "gradients.aggregator": "pcgrad", "gradients.options": {"c": 1}}]):
         with pytest.raises(ConfigError, match=r"variant \w: gradients\.options"):
             run_variants(cfg, variants, tmp_path / "w")
-        assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+        assert not (tmp_path / "w").exists()
     exp = ex.experiment_from_dict({"grid": {"datasets": [{"name": "..", "path": "somewhere"}]}})
     with pytest.raises(ConfigError, match="cannot be a folder name"):
         ex.expand(exp)

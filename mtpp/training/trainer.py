@@ -218,9 +218,25 @@ def run_variants(
     from mtpp.runs import RunLock
 
     _check_resume_or_overwrite(resume, overwrite)
+    configs = _checked_variants(config, variants)  # before the lock creates the folder
     with distributed.session(config.train.device) as ddp:
         with RunLock(out_dir) if ddp.is_main else contextlib.nullcontext():  # one command per variants folder
-            return _run_variants(config, variants, Path(out_dir), ddp, resume, data_dir, overwrite)
+            return _run_variants(config, configs, Path(out_dir), ddp, resume, data_dir, overwrite)
+
+
+def _checked_variants(config: RunConfig, variants: list[dict] | None) -> dict[str, RunConfig]:
+    """``{name: configuration}`` of each variant, every name a folder name and every aggregator buildable (as ``fit``
+    checks it), so a bad variant is refused before anything is written."""
+    from mtpp.runs import check_folder_name
+
+    configs = variant_configs(config, variants)
+    for name, cfg in configs.items():
+        check_folder_name(name, "variant name")
+        try:
+            _make_aggregator(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"variant {name}: {e}") from None
+    return configs
 
 
 def _check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
@@ -232,21 +248,13 @@ def _check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
 
 
 def _run_variants(
-    config: RunConfig, variants: list[dict] | None, out_dir: Path, ddp: Dist, resume: bool, data_dir: str | None,
+    config: RunConfig, configs: dict[str, RunConfig], out_dir: Path, ddp: Dist, resume: bool, data_dir: str | None,
     overwrite: bool,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Each variant exactly as ``fit`` would train it alone: ``resume`` continues (or extends, after a larger
-    ``train.max_epochs``) every variant that has a checkpoint, refuses a changed model or other data, and trains
-    the others from scratch. The base configuration is kept in ``out_dir/variants.yaml`` for a later ``--resume``."""
-    from mtpp.runs import check_folder_name
-
-    configs = variant_configs(config, variants)
-    for name, cfg in configs.items():
-        check_folder_name(name, "variant name")
-        try:  # as fit checks it, but for every variant before variants.yaml or a first variant is written
-            _make_aggregator(cfg)
-        except ConfigError as e:
-            raise ConfigError(f"variant {name}: {e}") from None
+    """Each variant (``configs``: ``_checked_variants``) exactly as ``fit`` would train it alone: ``resume``
+    continues (or extends, after a larger ``train.max_epochs``) every variant that has a checkpoint, refuses a
+    changed model or other data, and trains the others from scratch. The base configuration is kept in
+    ``out_dir/variants.yaml`` for a later ``--resume``."""
     if ddp.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_variants_config(out_dir / VARIANTS_FILE, config)
