@@ -546,8 +546,10 @@ def resolve_all(cells: list[Cell], overrides: Sequence[str] = ()) -> list:
             checked.add(key)
             try:
                 make_aggregator(cfg.gradients.aggregator, **cfg.gradients.options)
-            except ConfigError as e:
-                raise ConfigError(f"cell {cell.name}: gradients: {e}") from None
+            except ConfigError as e:  # the aggregator's own messages name their key (gradients.options.c: ...)
+                text = str(e)
+                raise ConfigError(f"cell {cell.name}: {'' if text.startswith('gradients.') else 'gradients: '}{text}"
+                                  ) from None  # fmt: skip
     return configs
 
 

@@ -444,6 +444,8 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mtpp.evaluation.plots import wrapped_suptitle
+
     cells = group(records)
     written = {}
     for dataset in sorted({k[0] for k in cells}):
@@ -474,7 +476,7 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
             axes[row, col].set_xlabel("cos_tm", fontsize=8)
         for ax in axes[:, 0]:
             ax.set_ylabel("density", fontsize=8)
-        fig.suptitle(f"{dataset}: cos_tm over training steps (\"++\" shares nothing: no panel)", fontsize=9)
+        wrapped_suptitle(fig, f"{dataset}: cos_tm over training steps (\"++\" shares nothing: no panel)", fontsize=9)
         fig.tight_layout()
         path = Path(folder) / f"{dataset}_cos_tm.png"
         path.parent.mkdir(parents=True, exist_ok=True)

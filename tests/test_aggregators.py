@@ -96,6 +96,36 @@ def test_option_shapes_and_signs_are_one_line_config_errors(name: str, opts: dic
     assert fragment in str(err.value), str(err.value)
 
 
+@pytest.mark.parametrize("name, opts, message", [
+    # a value refused by the aggregator itself said only "beta: must be in [0, 1], got 2": which beta (gradvac and
+    # metabalance both have one), of which section?
+    ("gradvac", {"beta": 2}, "gradients.options.beta: must be in [0, 1], got 2 (aggregator 'gradvac')"),
+    ("cagrad", {"rescale": 1.5}, "gradients.options.rescale: 1.5; valid: 0, 1, 2 (aggregator 'cagrad')"),
+    ("metabalance", {"target": "both"}, "gradients.options.target: 'both' is not a task; valid: time, mark "
+                                        "(aggregator 'metabalance')"),
+    ("weighted", {"weights": 2}, "gradients.options.weights: must be one finite number per task [weights_time, "
+                                 "weights_mark] or {time: ..., mark: ...} for aggregator 'weighted', got 2"),
+    # weighted takes no single number: its messages offered "one number" and then refused it
+    ("weighted", {"weights": [1, 1, 1]}, "gradients.options.weights: 3 values for the 2 tasks (time, mark) of "
+                                         "aggregator 'weighted'; give [weights_time, weights_mark]"),
+    ("cograd", {"gamma": [1e-3]}, "gradients.options.gamma: 1 values for the 2 tasks (time, mark) of aggregator "
+                                  "'cograd'; give one number or [gamma_time, gamma_mark]"),
+    ("pcgrad", {"gamma": 1.0}, "gradients.options: unknown option(s) gamma for aggregator 'pcgrad'; valid: seed"),
+    ("nope", {}, "gradients.aggregator: unknown aggregator 'nope'; valid: "),
+])  # fmt: skip
+def test_option_errors_name_their_key_and_aggregator(name: str, opts: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_aggregator(name, **opts)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_weighted_takes_no_single_number_and_cograd_does() -> None:
+    with pytest.raises(ConfigError, match="one finite number per task"):
+        make_aggregator("weighted", weights=0.5)
+    assert make_aggregator("cograd", gamma=1e-6).gamma == 1e-6
+    assert make_aggregator("weighted", weights={"time": 2}).weights == [2.0, 1.0]
+
+
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 def test_structure_and_empty(name: str) -> None:
     agg = make_aggregator(name)

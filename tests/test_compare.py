@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import types
@@ -135,6 +136,12 @@ def test_unknown_aggregator_or_option_is_an_error_before_training() -> None:
         cells = ex.expand(ex.experiment_from_dict(small_grid(aggregators=[entry])))
         with pytest.raises(ConfigError, match=match):
             ex.resolve_all(cells)
+    # the cell, then the key the aggregator's own message names, once ("gradients: gradients.options..." before)
+    cells = ex.expand(ex.experiment_from_dict(small_grid(aggregators=[{"name": "gradvac", "options": {"beta": 3}}])))
+    with pytest.raises(ConfigError) as err:
+        ex.resolve_all(cells)
+    assert re.fullmatch(r"cell \S+-gradvac/\S+: gradients\.options\.beta: must be in \[0, 1\], got 3 "
+                        r"\(aggregator 'gradvac'\)", str(err.value)), str(err.value)
 
 
 def test_by_parametrisation_settings() -> None:

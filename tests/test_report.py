@@ -516,6 +516,35 @@ def test_cos_tm_with_only_the_encoder_shared_has_one_panel(tmp_path, figures):
     assert [a.get_title() for a in panels] == ["all shared parameters (= the encoder)"]
 
 
+def test_cos_tm_and_curve_figures_keep_every_text_inside_the_figure(tmp_path, figures):
+    """A one-panel ``cos phi_TM`` figure (LNM: only the encoder shared) of base and + beside ++: its title was wrapped
+    to a fixed 74 characters, wider than the 5.2-inch figure (cut off at both ends), and its y label was pushed past
+    the left edge when the tick labels at the final axes size were wider than at the first layout pass (these
+    cosines are a case that did)."""
+    rng = np.random.default_rng(0)
+    for param in ("base", "plus", "plusplus"):
+        run = tmp_path / "runs" / f"lnm-{param}"
+        run.mkdir(parents=True)
+        model = {"encoder": "gru", "decoder": "lnm", "parametrisation": param}
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "synthetic_hawkes"}, "model": model}))
+        (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0}}))
+        steps = []
+        for i in range(16):
+            c = None if param == "plusplus" else float(np.tanh(rng.normal(0, 0.3)))
+            steps.append({"kind": "step", "step": i, "cos_tm": c, "cos_tm/encoder": c, "cos_tm/decoder": None})
+        epochs = [{"kind": "epoch", "epoch": e, "val_nll_time_per_seq": 20.0 - e, "val_nll_mark_per_seq": 115.0 - e / 3}
+                  for e in (1, 2)]  # fmt: skip
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in steps + epochs))
+    plots.make_all_plots(tmp_path / "runs", tmp_path / "plots")
+    names = [f._suptitle.get_text() for f in figures]
+    assert any("cos φ_TM" in n for n in names) and any("validation losses" in n for n in names), names
+    for fig in figures:
+        box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches, every drawn artist
+        title = " ".join(fig._suptitle.get_text().split())[:50]
+        assert box.x0 >= 0 and box.y0 >= 0, title
+        assert box.x1 <= fig.get_figwidth() and box.y1 <= fig.get_figheight(), title
+
+
 def test_metric_table_accepts_old_and_new_names():
     assert report.canonical_metric("accuracy") == "accuracy_given_time"
     assert report.canonical_metric("val/ece") == "val/ece_given_time"
@@ -670,19 +699,38 @@ def test_cos_tm_file_names_hold_each_setting_once(tmp_path, figures):
     """``cos_tm_<dataset>_<model>-<encoder>-<aggregator>[_<settings>].png``: the aggregator is named once, however
     the label repeats it, and a setting that tells cells of one model apart stays in the name."""
     rng = np.random.default_rng(0)
-    for name, agg, lr in (("pcg", "pcgrad", 1e-3), ("sum_a", "sum", 1e-3), ("sum_b", "sum", 1e-2)):
+    for name, agg, lr, options in (("pcg", "pcgrad", 1e-3, None), ("sum_a", "sum", 1e-3, None),
+                                   ("sum_b", "sum", 1e-2, None), ("cag_default", "cagrad", 1e-3, {}),
+                                   ("cag_c05", "cagrad", 1e-3, {"c": 0.5}), ("cag_c09", "cagrad", 1e-3, {"c": 0.9})):
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
         cfg = {"data": {"name": "mimic2"}, "model": {"encoder": "gru", "decoder": "lnm", "parametrisation": "base"},
-               "train": {"lr": lr}, "gradients": {"aggregator": agg}}  # fmt: skip
+               "train": {"lr": lr}, "gradients": {"aggregator": agg, **({} if options is None else {"options": options})}}
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
         (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0}}))
         steps = [{"kind": "step", "step": i, "cos_tm": float(np.tanh(rng.normal()))} for i in range(20)]
         (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in steps))
     written = plots.make_all_plots(tmp_path / "runs", tmp_path / "plots")
     names = sorted(p.name for p in written if p.name.startswith("cos_tm_"))
-    assert names == ["cos_tm_mimic2_lnm-gru-pcgrad.png", "cos_tm_mimic2_lnm-gru-sum_lr_0.001.png",
+    # "THP (cagrad) (c=0.9)" gave "lnm-gru-cagrad_cagrad_c_0.9": the settings were read from the first parentheses
+    assert names == ["cos_tm_mimic2_lnm-gru-cagrad_c_0.5.png", "cos_tm_mimic2_lnm-gru-cagrad_c_0.9.png",
+                     "cos_tm_mimic2_lnm-gru-pcgrad.png", "cos_tm_mimic2_lnm-gru-sum_lr_0.001.png",
                      "cos_tm_mimic2_lnm-gru-sum_lr_0.01.png"], names  # fmt: skip
+
+
+def test_a_default_option_given_explicitly_is_the_same_cell(tmp_path):
+    """cagrad with ``options: {}`` and with ``{c: 0.5}`` (its default) ran the same method: one row of n = 2, not two
+    rows of n = 1 ("c: –" beside "c: 0.5") with the same numbers both in bold."""
+    for name, options, seed, value in (("a", {}, 0, 1.0), ("b", {"c": 0.5}, 1, 2.0), ("c", {"c": 0.9}, 0, 3.0)):
+        run = tmp_path / name
+        run.mkdir()
+        cfg = {"data": {"name": "mimic2"}, "model": {"decoder": "lnm", "parametrisation": "base"},
+               "train": {"seed": seed}, "gradients": {"aggregator": "cagrad", "options": options}}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": value}}))
+    summary = report.summarise(report.collect_runs(tmp_path), ["nll_time_per_seq"])
+    cells = sorted(zip(summary["config.gradients.options.c"], summary["n"], summary["mean"]))
+    assert cells == [(0.5, 2, 1.5), (0.9, 1, 3.0)], cells
 
 
 def test_bars_group_cells_by_the_data_they_were_tested_on(tmp_path, figures):

@@ -374,3 +374,18 @@ def test_divergence_survives_the_record_file_and_is_judged_per_part_under_separa
     assert diverged({**rec, "validation_after_best": parts}) == pytest.approx(1803.4)
     calm = validation_after_best(log, 8, {"time": 5, "mark": 8})  # from epoch 5 on, the time part was calm
     assert diverged({**rec, "validation_after_best": calm}) is None
+
+
+def test_the_cos_tm_figure_of_a_dataset_with_one_cell_keeps_its_title_inside(tmp_path: Path, monkeypatch) -> None:
+    """One cell gives a 3-inch figure: its one-line title (about 4.5 inches) was cut off at both ends."""
+    import matplotlib.figure
+
+    saved = []
+    original = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (saved.append(fig),
+                                                                                   original(fig, *a, **k))[1])
+    tables.cos_tm_figures([record("stack_overflow", "lnm", "base", 0, nll_time_per_seq=1.0)], tmp_path)
+    (fig,) = saved
+    box = fig.get_tightbbox()  # inches, every drawn artist
+    assert "cos_tm over training steps" in fig._suptitle.get_text()
+    assert box.x0 >= 0 and box.x1 <= fig.get_figwidth() and box.y1 <= fig.get_figheight(), box

@@ -336,7 +336,14 @@ def test_variant_and_dataset_labels_that_are_paths_are_refused(tmp_path: Path) -
     for bad in ("..", "."):
         with pytest.raises(ConfigError, match="cannot be a folder name"):
             run_variants(cfg, [{"name": bad, "model.decoder": "lnm"}], tmp_path / "v")
-    assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
+    assert not (tmp_path / "v").exists()
+    # a variant's bad aggregator option is refused before variants.yaml or an earlier variant is written (the
+    # command failed but left variants.yaml, or a trained first variant, in a folder it had created)
+    for variants in ([{"name": "a", "gradients.aggregator": "cagrad", "gradients.options": {"rescale": 5}}],
+                     [{"name": "a"}, {"name": "b", "gradients.aggregator": "pcgrad", "gradients.options": {"c": 1}}]):
+        with pytest.raises(ConfigError, match=r"variant \w: gradients\.options"):
+            run_variants(cfg, variants, tmp_path / "w")
+        assert not (tmp_path / "w").exists()
     exp = ex.experiment_from_dict({"grid": {"datasets": [{"name": "..", "path": "somewhere"}]}})
     with pytest.raises(ConfigError, match="cannot be a folder name"):
         ex.expand(exp)
@@ -415,6 +422,11 @@ def test_header_epoch_lines_and_train_log(tmp_path: Path, capsys: pytest.Capture
     fit(tiny(data, "logging.quiet=false", "model.parametrisation=plusplus", "gradients.aggregator=pcgrad"),
         tmp_path / "pp")
     assert "aggregator pcgrad (seed=None; no effect: '++' shares no parameters" in capsys.readouterr().err
+    # an option that changes nothing with two tasks (time, mark) is accepted, and the header says so
+    fit(tiny(data, "logging.quiet=false", "gradients.aggregator=pcgrad", "gradients.options.seed=3"), tmp_path / "pc")
+    err = capsys.readouterr().err
+    assert "aggregator pcgrad (seed=3: no effect with two tasks (time, mark): no random task order)" in err, err
+    assert "no random task order" in (tmp_path / "pc" / "train.log").read_text()
 
 
 def test_interrupted_run_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -62,6 +62,7 @@ __all__ = [
     "plot_pit",
     "plot_metric_bars",
     "make_all_plots",
+    "wrapped_suptitle",
 ]
 
 ARRAYS_FILE = "arrays.json"
@@ -153,6 +154,10 @@ def _save(fig: "Figure", path: Path) -> Path:
 
     check_ours([path])  # a user's own figure of the same name is never overwritten
     path.parent.mkdir(parents=True, exist_ok=True)
+    # constrained layout sizes the margins from the tick labels of the axes' first size, and the tick locator may pick
+    # wider labels at the final size (a y label pushed past the figure's left edge): one layout pass before the one
+    # savefig does lets it settle
+    fig.draw_without_rendering()
     fig.savefig(path, format="png", metadata={"Software": PNG_SOFTWARE})
     return path
 
@@ -199,7 +204,7 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
 
 
-def _suptitle(fig: "Figure", text: str, fontsize: float = 9) -> None:
+def wrapped_suptitle(fig: "Figure", text: str, fontsize: float = 9) -> None:
     """``fig.suptitle`` with each of ``text``'s lines wrapped to the figure's width (a one- or two-panel figure
     would otherwise cut the ends of a long line off)."""
     per_line = max(20, int(fig.get_figwidth() * 72 / (0.56 * fontsize)))  # characters that fit, DejaVu Sans
@@ -290,8 +295,8 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
         ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
     head = f"{title}: " if title else ""
     tail = f"; {', '.join(param_symbol(p) for p in no_cos)} shares no parameter: no cosine" if no_cos else ""
-    fig.suptitle(_wrap(f"{head}cos φ_TM over training steps; conflict = share of measured steps with cos < 0 "
-                       f"(mean over runs){tail}", 34 * len(panels) + 40), fontsize=10)
+    wrapped_suptitle(fig, f"{head}cos φ_TM over training steps; conflict = share of measured steps with cos < 0 "
+                   f"(mean over runs){tail}", fontsize=10)
     return _save(fig, Path(path))
 
 
@@ -348,8 +353,8 @@ def plot_validation_curves(runs: pd.DataFrame, path: str | Path, title: str = ""
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False)
-    fig.suptitle(f"{title}: validation losses per epoch (one line per run)" if title
-                 else "validation losses per epoch (one line per run)", fontsize=11)
+    wrapped_suptitle(fig, f"{title}: validation losses per epoch (one line per run)" if title
+              else "validation losses per epoch (one line per run)", fontsize=11)
     return _save(fig, Path(path))
 
 
@@ -507,7 +512,7 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         ax.set_title(_wrap(f"{label}: ECE {ece}", 44), fontsize=9)
     _label_axes(axes, len(models), "confidence (top-class probability)", "accuracy (share of top-1 hits)")
     head = f"{title}: " if title else ""
-    _suptitle(
+    wrapped_suptitle(
         fig,
         f"{head}mark reliability of {_kind_words({str(a['kind']) for _, _, a in models})} "
         f"({section}; {_pooled_note(runs)})\n"
@@ -576,7 +581,7 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
     _label_axes(axes, len(models), r"PIT level $u$", r"$\hat F(u) - u$")
     head = f"{title}: " if title else ""
     lattice = any("pit_cdf_binned" in a for _, _, a in models)
-    _suptitle(
+    wrapped_suptitle(
         fig,
         f"{head}time calibration ({section}; {_pooled_note(runs)})\n"
         "deviation of the PIT's empirical CDF from uniform; 0 = calibrated; PCE as in the tables"
@@ -683,7 +688,7 @@ def plot_metric_bars(
     ns = sorted(set(int(n) for n in summary["n"] if n > 0)) or [0]
     n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
     head = f"{title}: " if title else ""
-    _suptitle(
+    wrapped_suptitle(
         fig,
         f"{head}base vs + vs ++: mean ± standard error ({n_text} runs per point; {_pooled_note(runs)})\n"
         "y axes are zoomed (they do not start at 0)"
@@ -776,7 +781,9 @@ def make_all_plots(
             named = [first.get(k) for k in MODEL_KEYS]
             name = _slug(*named)
             # the label's settings without the encoder / aggregator the name already holds (no "lnm-gru-pcgrad_pcgrad")
-            settings = [s for s in label.partition(" (")[2].rstrip(")").split(", ") if s and s not in map(str, named)]
+            # ("THP (cagrad) (c=0.9)": the settings are in the last parentheses, after the aggregator's)
+            inside = label.rpartition(" (")[2].rstrip(")") if " (" in label else ""
+            settings = [s for s in inside.split(", ") if s and s not in map(str, named)]
             name += f"_{_slug(', '.join(settings))}" if settings else ""
             p = plot_cos_tm(model_part, out_dir / f"cos_tm_{ds}_{name}.png", title=f"{dataset} {label}")
             if p is not None:

@@ -376,6 +376,12 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
         with cell_path.open() as f:
             cell = json.load(f)
         row.update({k: v for k, v in cell.items() if k in (*KEY_COLUMNS, *REPLICATE_COLUMNS) and v is not None})
+    gradients = config.get("gradients")
+    if isinstance(gradients, dict):  # the options the aggregator ran with: an explicit default is no other cell
+        from mtpp.training.aggregators import options_with_defaults
+
+        options = options_with_defaults(gradients.get("aggregator") or "sum", gradients.get("options"))
+        config = {**config, "gradients": {**gradients, "options": options}}
     row.update(_flatten({s: config[s] for s in _CONFIG_SECTIONS if isinstance(config.get(s), dict)}, "config."))
 
     c = canonical_metric  # old names (accuracy, mrr, ece) read under their current ones

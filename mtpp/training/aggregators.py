@@ -106,6 +106,8 @@ class Aggregator:
     """True only for ``sum``: lets ``backward_step`` use a single ``(L_T + L_M).backward()``."""
     min_tasks: ClassVar[int] = 2
     max_tasks: ClassVar[int | None] = None
+    unused_with_two_tasks: ClassVar[tuple[str, ...]] = ()
+    """Options that change nothing when there are two tasks (``pcgrad`` / ``gradvac``'s ``seed``)."""
 
     def __call__(self, grads: TaskGrads) -> list[Tensor]:
         """``grads``: ``T`` lists of ``n`` tensors -> combined list of ``n`` tensors (shapes of ``grads[0]``)."""
@@ -153,11 +155,35 @@ def aggregator_options(name: str) -> dict[str, Any]:
     }
 
 
+def options_with_defaults(name: Any, options: Any) -> Any:
+    """``options`` of aggregator ``name`` with every option it leaves out at its default (``cagrad``, ``{}`` ->
+    ``{"c": 0.5, "rescale": 1}``), numbers in exponent form read as numbers: the settings a run used, so a run that
+    gave a default explicitly and one that left it out are the same experiment. Anything this cannot read (an
+    unknown or ``torchjd:`` name, options that are not a mapping) is returned unchanged."""
+    if not isinstance(name, str) or name not in AGGREGATORS or not isinstance(options, (dict, type(None))):
+        return options
+    return {**aggregator_options(name), **{k: _yaml_number(v) for k, v in (options or {}).items()}}
+
+
 def _per_task_options(name: str) -> set[str]:
     """The options of aggregator ``name`` that take one value per task (their annotation admits a list or a
     mapping, e.g. ``weighted``'s ``weights``, ``cograd``'s ``gamma``); every other number option takes one number."""
     sig = inspect.signature(AGGREGATORS[name].__init__)
     return {p.name for p in sig.parameters.values() if re.search(r"\b(Sequence|dict|list)\b", str(p.annotation))}
+
+
+def _takes_one_number(name: str, key: str) -> bool:
+    """Whether per-task option ``key`` of aggregator ``name`` also takes one number for every task (its annotation
+    has ``float`` as an alternative of its own: ``cograd``'s ``gamma`` does, ``weighted``'s ``weights`` does not)."""
+    annotation = str(inspect.signature(AGGREGATORS[name].__init__).parameters[key].annotation)
+    depth, parts, part = 0, [], ""
+    for ch in annotation:  # the alternatives of ``A | B[C | D]`` at bracket depth 0
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "|" and depth == 0:
+            parts, part = parts + [part], ""
+        else:
+            part += ch
+    return any(p.strip() in ("float", "int") for p in parts + [part])
 
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -193,34 +219,41 @@ def make_aggregator(name: str = "sum", **options: Any) -> Aggregator:
     if name.startswith(TORCHJD_PREFIX):
         return TorchJD.build(name[len(TORCHJD_PREFIX) :], **options)
     if name not in AGGREGATORS:
-        raise ConfigError(f"unknown aggregator {name!r}; valid: {', '.join(sorted(AGGREGATORS))}")
+        raise ConfigError(f"gradients.aggregator: unknown aggregator {name!r}; valid: {', '.join(sorted(AGGREGATORS))}")
     valid = aggregator_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         listing = ", ".join(sorted(valid)) if valid else "(none)"
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for aggregator {name!r}; valid: {listing}")
+        raise ConfigError(f"gradients.options: unknown option(s) {', '.join(unknown)} for aggregator {name!r}; "
+                          f"valid: {listing}")
     per_task = _per_task_options(name)
     for key, value in options.items():  # a number option (by its default) holds finite numbers (one, or per task)
         default = valid[key]
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
         if key in per_task or numeric:
-            what = f"a finite number or one per task [{key}_time, {key}_mark]" if key in per_task else "one finite number"
-            if not _finite_numbers(value) or (isinstance(value, (list, tuple, dict)) and key not in per_task):
+            each = f"[{key}_time, {key}_mark] or {{{', '.join(f'{t}: ...' for t in TASK_NAMES)}}}"
+            scalar = key in per_task and _takes_one_number(name, key)
+            what = ("one finite number" if key not in per_task
+                    else f"a finite number or one per task {each}" if scalar else f"one finite number per task {each}")
+            if (not _finite_numbers(value) or (isinstance(value, (list, tuple, dict)) and key not in per_task)
+                    or (key in per_task and not scalar and not isinstance(value, (list, tuple, dict)))):  # fmt: skip
                 raise ConfigError(f"gradients.options.{key}: must be {what} for aggregator {name!r}, got {value!r}")
             if isinstance(value, (list, tuple)) and len(value) != len(TASK_NAMES):
                 raise ConfigError(f"gradients.options.{key}: {len(value)} values for the {len(TASK_NAMES)} tasks "
-                                  f"({', '.join(TASK_NAMES)}) of aggregator {name!r}; give one number or "
-                                  f"[{key}_time, {key}_mark]")
+                                  f"({', '.join(TASK_NAMES)}) of aggregator {name!r}; give "
+                                  + ("one number or " if scalar else "") + f"[{key}_time, {key}_mark]")
         if key == "seed" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                                     or not 0 <= value < 2**63):  # fmt: skip
             raise ConfigError(f"gradients.options.seed: must be an integer in [0, 2^63) or null for aggregator "
                               f"{name!r}, got {value!r}")
     try:
         agg = AGGREGATORS[name](**options)
+    except ConfigError as e:  # "relax: must be in [0, 1], got 2": said as the key it came from, with the aggregator
+        text = str(e)
+        raise ConfigError(text if text.startswith("gradients.") else f"gradients.options.{text} (aggregator {name!r})"
+                          ) from None  # fmt: skip
     except (TypeError, ValueError, OverflowError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"aggregator {name!r}: {e}") from e
+        raise ConfigError(f"gradients.options: aggregator {name!r}: {e}") from e
     agg._options = {**valid, **options}  # type: ignore[attr-defined]
     return agg
 
@@ -285,6 +318,9 @@ class Weighted(Aggregator):
 
 class _Seeded:
     """Mixin: a CPU ``torch.Generator`` for random task orders (``T > 2``), saved by ``state_dict``."""
+
+    unused_with_two_tasks: ClassVar[tuple[str, ...]] = ("seed",)
+    """Two tasks (mtpp's time and mark) have no random order: the seed changes nothing (the run header says so)."""
 
     def _init_rng(self, seed: int | None) -> None:
         self._gen = torch.Generator()

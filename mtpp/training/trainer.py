@@ -220,9 +220,25 @@ def run_variants(
     from mtpp.runs import RunLock
 
     _check_resume_or_overwrite(resume, overwrite)
+    configs = _checked_variants(config, variants)  # before the lock creates the folder
     with distributed.session(config.train.device) as ddp:
         with RunLock(out_dir) if ddp.is_main else contextlib.nullcontext():  # one command per variants folder
-            return _run_variants(config, variants, Path(out_dir), ddp, resume, data_dir, overwrite)
+            return _run_variants(config, configs, Path(out_dir), ddp, resume, data_dir, overwrite)
+
+
+def _checked_variants(config: RunConfig, variants: list[dict] | None) -> dict[str, RunConfig]:
+    """``{name: configuration}`` of each variant, every name a folder name and every aggregator buildable (as ``fit``
+    checks it), so a bad variant is refused before anything is written."""
+    from mtpp.runs import check_folder_name
+
+    configs = variant_configs(config, variants)
+    for name, cfg in configs.items():
+        check_folder_name(name, "variant name")
+        try:
+            _make_aggregator(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"variant {name}: {e}") from None
+    return configs
 
 
 def _check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
@@ -234,17 +250,13 @@ def _check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
 
 
 def _run_variants(
-    config: RunConfig, variants: list[dict] | None, out_dir: Path, ddp: Dist, resume: bool, data_dir: str | None,
+    config: RunConfig, configs: dict[str, RunConfig], out_dir: Path, ddp: Dist, resume: bool, data_dir: str | None,
     overwrite: bool,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Each variant exactly as ``fit`` would train it alone: ``resume`` continues (or extends, after a larger
-    ``train.max_epochs``) every variant that has a checkpoint, refuses a changed model or other data, and trains
-    the others from scratch. The base configuration is kept in ``out_dir/variants.yaml`` for a later ``--resume``."""
-    from mtpp.runs import check_folder_name
-
-    configs = variant_configs(config, variants)
-    for name in configs:
-        check_folder_name(name, "variant name")
+    """Each variant (``configs``: ``_checked_variants``) exactly as ``fit`` would train it alone: ``resume``
+    continues (or extends, after a larger ``train.max_epochs``) every variant that has a checkpoint, refuses a
+    changed model or other data, and trains the others from scratch. The base configuration is kept in
+    ``out_dir/variants.yaml`` for a later ``--resume``."""
     if ddp.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_variants_config(out_dir / VARIANTS_FILE, config)
@@ -990,11 +1002,17 @@ def run_header(tr: "Trainer", console: bool = False) -> str:
 
 
 def _aggregator_text(tr: Trainer) -> str:
-    """The aggregator's name and every option it runs with, defaults included (``cograd (gamma=4e-07)``), and
-    that a remedy does nothing on "++"."""
+    """The aggregator's name and every option it runs with, defaults included (``cograd (gamma=4e-07)``), an option
+    that changes nothing with mtpp's two tasks (``pcgrad (seed=3: no effect with two tasks ...)``), and that a
+    remedy does nothing on "++"."""
+    from mtpp.training.aggregators import TASK_NAMES
+
     opts = getattr(tr.aggregator, "_options", None) or {}
-    notes = [f"{k}={v!r}" for k, v in opts.items()]
-    if tr.cfg.model.parametrisation == "plusplus" and tr.cfg.gradients.aggregator != "sum":
+    plusplus = tr.cfg.model.parametrisation == "plusplus"  # the whole remedy does nothing: said once, below
+    unused = getattr(tr.aggregator, "unused_with_two_tasks", ()) if len(TASK_NAMES) == 2 and not plusplus else ()
+    notes = [f"{k}={v!r}" + (": no effect with two tasks (time, mark): no random task order" if k in unused else "")
+             for k, v in opts.items()]  # fmt: skip
+    if plusplus and tr.cfg.gradients.aggregator != "sum":
         notes.append("no effect: '++' shares no parameters, each task's gradient reaches only its own")
     return tr.cfg.gradients.aggregator + (f" ({'; '.join(notes)})" if notes else "")
 
