@@ -120,7 +120,7 @@ class TrainConfig:
 class GradientsConfig:
     aggregator: str = "sum"  # sum | pcgrad | cograd | gradops | metabalance | cagrad | mgda | imtl | gradvac
     options: dict = field(default_factory=dict)  # aggregator keyword arguments
-    log_every: int = 1  # measure cos_tm / gms / norms every N steps (aggregators other than sum: every step)
+    log_every: int = 1  # measure and log cos_tm / gms / norms every N steps (a remedy aggregates every step)
     per_tensor: bool = False  # also log the cosine per shared tensor
 
 

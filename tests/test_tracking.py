@@ -470,3 +470,31 @@ def test_a_run_killed_in_its_first_epoch_leaves_no_mlflow_run_running(tmp_path, 
     assert client.get_run(dead).info.status == "KILLED" and client.get_run(dead).data.tags["mtpp.replaced_by"] == new
     fit(cfg, run, overwrite=True)
     assert client.get_run(new).info.status == "FINISHED"
+
+
+def test_missing_tensorboard_is_one_line_on_the_console_and_in_train_log(tmp_path, monkeypatch, capsys):
+    """``logging.tensorboard: true`` without tensorboard printed a Python ``UserWarning`` with a source line of
+    mtpp's code; it is now one WARNING line, also in ``train.log``, and the run goes on with ``log.jsonl``."""
+    import builtins
+    import warnings
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    cfg = _cfg([], {}, epochs=1)
+    cfg.logging.tensorboard = True
+    cfg.logging.quiet = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no Python warning any more
+        fit(cfg, tmp_path / "r")
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "tensorboard is not importable" in line]
+    assert len(said) == 1 and said[0].startswith("WARNING: ") and "UserWarning" not in err
+    assert "tensorboard is not importable" in (tmp_path / "r" / "train.log").read_text()
+    assert (tmp_path / "r" / "log.jsonl").is_file() and not (tmp_path / "r" / "tensorboard").exists()
+

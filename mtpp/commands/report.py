@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         left = plots.left_over(folder, written, root)
         if left:
             print(left, file=sys.stderr)
-    print(f"{len(df)} runs under {root}")
+    print(f"{len(df)} run{'s' * (len(df) != 1)} under {root}")
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -21,7 +21,6 @@ import json
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
@@ -164,10 +163,10 @@ def _make_tensorboard(log_dir: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # ImportError, or tensorboard present but broken
-        warnings.warn(
+        # a WARNING of mtpp's logger: one line on the console and in train.log (warnings.warn printed a source line)
+        logging.getLogger(__name__).warning(
             "logging.tensorboard is true but tensorboard is not importable (pip install 'mtpp[tensorboard]'); "
-            "writing log.jsonl only",
-            stacklevel=3,
+            "writing log.jsonl only"
         )
         return None
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
