@@ -752,3 +752,14 @@ def test_remapped_marks_are_given_back_in_the_datas_own_ids(tmp_path: Path) -> N
         assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["10", "20", "30", "40"]
     finally:
         plt.close(fig)
+
+
+def test_evaluate_all_splits_says_the_runs_data_once(run_dir: Path, capsys) -> None:
+    """``evaluate --split all`` printed the run's data line once per split; it is said once, each split's row and
+    written files as before."""
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--split", "all"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count(f"{run_dir}: data ") == 1
+    assert err.count(f"{run_dir}: wrote metrics.json") == 2
+    assert [line.split(" | ")[1] for line in out.splitlines() if line.startswith(f"| {run_dir} |")] == ["val", "test"]

@@ -183,15 +183,17 @@ def _time_unit(run_dir: Path) -> str | None:
 
 
 def _warn_once() -> Callable[[str], None]:
-    """A stderr logger that says each warning once (the same data's warning, not once per run of a folder)."""
-    warned: set[str] = set()
+    """A stderr logger that says each line once: a warning once whatever run it is about (the same data's warning,
+    not once per run of a folder), any other line once as it is (a run's data line, not once per split of
+    ``--split all``)."""
+    said: set[str] = set()
 
     def log(msg: str) -> None:
         text = msg.split(": ", 1)[-1]
-        if text.startswith("warning:"):
-            if text in warned:
-                return
-            warned.add(text)
+        key = text if text.startswith("warning:") else msg
+        if key in said:
+            return
+        said.add(key)
         print(msg, file=sys.stderr, flush=True)
 
     return log
