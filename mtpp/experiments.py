@@ -236,6 +236,12 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[tuple[str, Any]], li
         key, value = parse_override(item)
         if key.startswith("grid."):
             grid.append((key, value))
+        elif key.split(".", 1)[0] in TOP_LEVEL_KEYS:  # base.data.name=x, exclude=[...]: the file's keys, not a cell's
+            top = key.split(".", 1)[0]
+            what = (f"--set {key.split('.', 1)[1]}=... changes every cell" if top == "base" and "." in key
+                    else "write an experiment file that extends this one (extends: FILE) and sets it")
+            raise ConfigError(f"--set {item}: {top!r} is a key of the experiment file, and --set changes each cell's "
+                              f"run config (section.key=value) or a grid axis (grid.AXIS=[...]); {what}")
         else:
             axis = next((a for k, a in AXIS_KEYS.items() if key == k or k.startswith(key + ".")), None)
             if axis is not None:

@@ -665,6 +665,12 @@ def test_set_of_a_key_an_axis_sets_per_cell_is_refused(tmp_path: Path, fake_fit:
         assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--set", item]) == 2
         err = capsys.readouterr().err
         assert f"is set per cell by the grid's {axis} axis" in err and f"--set grid.{axis}=" in err
+    # the experiment file's own keys: said so, with the route that works (it was "unknown section 'base'" of a cell)
+    for item, route in (("base.train.lr=0.01", "--set train.lr=... changes every cell"),
+                        ("exclude=[]", "extends: FILE")):  # fmt: skip
+        assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--set", item]) == 2
+        err = capsys.readouterr().err
+        assert "is a key of the experiment file" in err and route in err and "cell " not in err
     assert fake_fit.calls == [] and not (tmp_path / "o").exists()
     assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--set", "model.hidden_size=4",
                  "--dry-run"]) == 0  # other settings apply to every cell, as documented
