@@ -176,6 +176,10 @@ def test_ddp_ranks_slice_the_global_batches(cls: type, n: int, bs: int, replicas
                     assert len(per_rank[r][k]) == 1 and per_rank[r][k][0] in g
                     assert scales[r][k] == 0.0
             assert sum(scales[r][k] for r in range(replicas)) == pytest.approx(replicas)
+        # events/s under DDP: every rank knows the global batch's events (it counted its own x world before, wrong
+        # whenever the slices' events differ)
+        want = [int(np.asarray(lengths)[np.asarray(g)].sum()) for g in global_batches]
+        assert all(s.global_events() == want for s in ranks)
 
 
 def test_sharded_sampler_rejects_a_rank_outside_the_world() -> None:

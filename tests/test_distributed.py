@@ -157,6 +157,10 @@ def test_two_cpu_ranks_match_one_process_with_the_global_batch(tmp_path: Path, s
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     assert "2 ranks x batch 4 (global batch 8)" in (out / "train.log").read_text()  # the header says the ranks
+    # events/s count every rank's events exactly: the events trained on are the single process's (rank 0's events
+    # x 2 before, off whenever the two slices of a batch differ in events)
+    single = torch.load(single_run / "checkpoint.pt", weights_only=True)
+    assert state["counters"]["events"] == single["counters"]["events"] > 0
     compare(out, single_run)
 
 

@@ -126,6 +126,7 @@ class ShardedBucketSampler(Sampler[list[int]]):
             raise ValueError(f"rank {rank} outside world of size {world}")
         cls = BucketBatchSampler if bucket else RandomBatchSampler
         self.inner = cls(lengths, batch_size * world, shuffle=shuffle, seed=seed)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
         self.world, self.rank = world, rank
         self.batch_size = batch_size
 
@@ -151,6 +152,11 @@ class ShardedBucketSampler(Sampler[list[int]]):
     def loss_scales(self) -> list[float]:
         """Per step of the current epoch: ``world * n_r / N`` (0 for a weight-0 copy)."""
         return [w for _, w in self._slices()]
+
+    def global_events(self) -> list[int]:
+        """Per step of the current epoch: the events of the whole global batch (every rank's slice), the same on
+        every rank without a collective: the trainer's events/s count all ranks' events exactly."""
+        return [int(self.lengths[np.asarray(g)].sum()) for g in self.inner._all_batches()]
 
 
 def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:

@@ -610,13 +610,15 @@ class Trainer:
         self.loader.batch_sampler.set_epoch(epoch)
         # under DDP: this rank's share of the global batch mean, per step (module doc of distributed.py)
         scales = self.loader.batch_sampler.loss_scales() if self.dist.enabled else None
+        # events of the global batch of each step (all ranks'), known to every rank from the shared batch plan
+        global_events = self.loader.batch_sampler.global_events() if self.dist.enabled else None
         self.progress.start_epoch(epoch, len(self.loader), f"epoch {epoch}/{self.cfg.train.max_epochs}")
         start = last = time.perf_counter()
         pending_events = pending_steps = 0
         for i, batch in enumerate(self.loader):
             scale = None if scales is None else scales[i]
-            # a CPU tensor: no device sync; events of every rank (the ranks' batches are equal in size up to one)
-            n_events = int(batch.lengths.sum()) * self.dist.world if scale != 0.0 else 0
+            # a CPU tensor: no device sync; under DDP every rank's events (this rank's is one slice of them)
+            n_events = int(batch.lengths.sum()) if global_events is None else global_events[i]
             self._train_step(epoch, batch, scale)
             self.progress.step()
             self.counters.events += n_events
