@@ -195,17 +195,19 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if overlaps:
         res.notes.append(str(overlap_error(unique, overlaps, str(path))))
     res.notes += incomplete_splits(res.parts)
-    from mtpp.data.catalog import time_unit_text
+    from mtpp.data.catalog import time_unit_of, time_unit_text
     from mtpp.data.origin import absolute_clock_warning
 
-    clock = absolute_clock_warning(unique, units=time_unit_text(entry.time_unit if entry else None))
+    # a staged copy addressed by its folder name or path is that catalog dataset, as for mtpp train
+    unit = entry.time_unit if entry else time_unit_of(path)
+    clock = absolute_clock_warning(unique, units=time_unit_text(unit))
     res.notes += [f"{path}: {clock}"] if clock else []
     stats = {
         "name": name,
         "source": str(path),
         "format": res.format,
         "description": entry.description if entry else None,
-        "time_unit": entry.time_unit if entry else None,
+        "time_unit": unit,
         "mark_ids": res.meta.get("mark_ids") if args.remap_marks else None,  # the source's id of each new mark
         "total": describe_sequences(unique, res.num_marks, args.top),
         "duplicates": dups.removed,
