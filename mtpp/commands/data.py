@@ -75,7 +75,7 @@ def _no_action(p: argparse.ArgumentParser):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from mtpp.data.catalog import CATALOG, find_dataset, resolve_data_dir
+    from mtpp.data.catalog import CATALOG, find_dataset, resolve_data_dir, unread_folders
 
     root = resolve_data_dir(args.data_dir)
     rows = []
@@ -93,6 +93,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     if any(r[1] == "found (re-split)" for r in rows):
         print("(re-split): the copy has no train part (or overlapping parts); its first use prepares seeded 60/20/20 "
               "splits into the cache, as mtpp data prepare does")
+    unnamed, second = unread_folders(args.data_dir)
+    if unnamed:
+        print(f"other folders in {root}, read by no name (describe or train them by folder name or path): "
+              + ", ".join(unnamed))
+    if second:
+        print("second copies, read only where their name's first folder is missing: "
+              + ", ".join(f"{folder} ({name})" for folder, name in second.items()))
     return 0
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "load_dataset",
     "known_names",
     "safe_name",
+    "unread_folders",
 ]
 
 log = logging.getLogger(__name__)
@@ -314,6 +315,27 @@ def find_dataset(name: str, data_dir: str | Path | None = None) -> Path | None:
         if p.exists():
             return p
     return None
+
+
+def unread_folders(data_dir: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The folders of the data directory that no catalog name reads, for ``mtpp data list``: ``(unnamed,
+    second_copies)``. ``unnamed``: folder names that are no name's candidate (a staged copy without a name, such
+    as ``rmtpp_yelp``, or the user's own prepared folders), readable by folder name or path only.
+    ``second_copies``: ``{folder: name}`` for a candidate that its name does not read because an earlier candidate
+    was found (``lgnjsde_taxi`` behind ``easytpp_taxi``). Hidden folders are left out; ``([], {})`` when the
+    directory does not exist."""
+    root = resolve_data_dir(data_dir)
+    if not root.is_dir():
+        return [], {}
+    owner = {c: e.name for e in _ENTRIES for c in e.candidates}
+    unnamed, second = [], {}
+    for folder in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = owner.get(folder)
+        if name is None:
+            unnamed.append(folder)
+        elif find_dataset(name, root) != root / folder:
+            second[folder] = name
+    return unnamed, second
 
 
 def _unknown(name: str) -> DataError:
