@@ -126,7 +126,7 @@ def test_time_units_follow_the_sources_and_are_named_only_where_documented(tmp_p
     assert {k: e.time_unit for k, e in CATALOG.items() if e.time_unit} == {
         "wikipedia": "second", "retweet": "second", "taxi": "hour", "yelp_toronto": "second",
         "mooc_gntpp": "second", "stack_overflow_gntpp": "second", "stack_overflow_rmtpp": "second",
-        "twitter": "second", "ali": "day"}
+        "twitter": "second", "ali": "day", "lastfm_rmtpp": "day"}
     for name, entry in CATALOG.items():
         if entry.time_unit:  # every named unit is also said in words in the description
             assert entry.time_unit in entry.description.lower() or "unix" in entry.description.lower(), name
@@ -321,3 +321,43 @@ def test_an_old_cached_split_folder_of_a_table_is_not_reused(tmp_path: Path, mon
     (tmp_path / "b" / "b.json").write_text(json.dumps([[{"time": 0.5 + i + j, "labels": [j % 2]} for j in range(3)]
                                                        for i in range(20)]))  # fmt: skip
     assert Path(load_dataset(tmp_path / "b" / "b.json").source).name == f"b-{old_key(tmp_path / 'b' / 'b.json')}"
+
+
+def test_a_name_never_falls_back_to_another_variant(tmp_path: Path) -> None:
+    """``amazon`` used to fall back to ``cdiff_amazon`` (800 sequences, another Amazon variant) when
+    ``easytpp_amazon`` was absent, under its description of 2,773 sequences; ``taobao_lgnjsde`` to
+    ``cdiff_taobao`` (its sequences in other parts). Each variant now has a name of its own, and no folder is
+    tried under two names."""
+    import pickle
+
+    folder = tmp_path / "cdiff_amazon"
+    folder.mkdir()
+    for part, first in (("dev", 0), ("test", 3)):
+        seqs = [[{"time_since_start": (1.0 + i) * (j + 1), "time_since_last_event": 1.0 + i, "type_event": j % 2}
+                 for j in range(3)] for i in range(first, first + 3 + first // 3)]
+        (folder / f"{part}.pkl").write_bytes(pickle.dumps({"dim_process": 2, part: seqs}))
+    with pytest.raises(DataError, match="'amazon' not found"):
+        load_dataset("amazon", data_dir=tmp_path)
+    ds = load_dataset("amazon_cdiff", data_dir=tmp_path)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 7 and ds.source != str(folder)  # re-split: no train
+    folders = [c for e in CATALOG.values() for c in e.candidates]
+    assert len(folders) == len(set(folders)), sorted(c for c in folders if folders.count(c) > 1)
+
+
+@pytest.mark.data
+def test_real_folders_of_one_name_hold_the_same_data(data_dir: Path) -> None:
+    """Every staged folder a name can read holds the same sequences in the same parts (``taxi``: ``easytpp_taxi``
+    and ``lgnjsde_taxi``), so which one is found changes nothing."""
+    from mtpp.data.formats import read_any
+
+    def content(path: Path) -> dict:
+        res = read_any(path)
+        return {part: sorted((s.times.tobytes(), s.marks.tobytes()) for s in seqs) for part, seqs in res.parts.items()}
+
+    compared = 0
+    for name, entry in CATALOG.items():
+        staged = [data_dir / c for c in entry.candidates if (data_dir / c).is_dir()]
+        for other in staged[1:]:
+            assert content(other) == content(staged[0]), (name, staged[0], other)
+            compared += 1
+    assert compared >= 1  # lgnjsde_taxi against easytpp_taxi

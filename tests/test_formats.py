@@ -436,6 +436,30 @@ def test_data_describe_names_a_documented_time_unit(data_dir: Path, capsys) -> N
     assert "time range     0 .. 22.9492 (hours)" in out and "(= 1/3,600 hour)" in out  # whole seconds
 
 
+def test_data_describe_of_a_staged_copy_by_path_names_the_unit_training_names(tmp_path: Path, capsys) -> None:
+    """A staged copy addressed by its folder name or path (``easytpp_taxi``) is that catalog dataset for
+    ``mtpp train`` (its unit: hours); ``describe`` said "unit not recorded" for it, as for a user's own file."""
+    import json as _json
+
+    from mtpp.cli import main
+
+    folder = tmp_path / "easytpp_taxi"
+    folder.mkdir()
+    rec = {"dim_process": 2, "time_since_start": [0.0, 1.0, 2.5], "type_event": [0, 1, 0]}
+    for part in ("train", "valid", "test"):
+        (folder / f"{part}.json").write_text(_json.dumps([rec]))
+    for target in (str(folder), "easytpp_taxi"):  # the path, and the folder's name under the data directory
+        assert main(["data", "describe", target, "--data-dir", str(tmp_path)]) == 0
+        assert "time range     0 .. 2.5 (hours)" in capsys.readouterr().out, target
+    assert main(["data", "describe", str(folder), "--json"]) == 0
+    assert '"time_unit": "hour"' in capsys.readouterr().out
+    mine = tmp_path / "mine"  # the same files under a name of the user's: not recorded
+    mine.mkdir()
+    (mine / "train.json").write_text(_json.dumps([rec]))
+    assert main(["data", "describe", str(mine)]) == 0
+    assert "(unit not recorded)" in capsys.readouterr().out
+
+
 def test_data_describe_names_a_split_that_training_would_refuse(tmp_path: Path, capsys) -> None:
     """A split folder whose split_0 has train and test but no val: ``describe`` says what ``train`` will refuse
     (it used to list the parts and say nothing); a complete split says nothing."""

@@ -212,6 +212,41 @@ def test_cli_list(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "re-split" not in rows["taobao_lgnjsde"] and "found" in rows["taobao_lgnjsde"]
 
 
+def test_cli_list_names_the_folders_no_name_reads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A staged copy without a catalog name (the MANIFEST's ``rmtpp_yelp``) and a second copy behind its name's
+    first folder (``lgnjsde_taxi`` behind ``easytpp_taxi``) were not in ``data list`` at all: a user could not
+    tell they were there, nor how to read them. The list now names them; hidden folders and files are left out."""
+    from mtpp.data.catalog import unread_folders
+
+    for folder in ("easytpp_taxi", "lgnjsde_taxi", "rmtpp_yelp", "my_prepared", ".git"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "MANIFEST.md").write_text("notes")
+    assert unread_folders(tmp_path) == (["my_prepared", "rmtpp_yelp"], {"lgnjsde_taxi": "taxi"})
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (f"other folders in {tmp_path}, read by no name (describe or train them by folder name or path): "
+            "my_prepared, rmtpp_yelp") in out
+    assert "second copies, read only where their name's first folder is missing: lgnjsde_taxi (taxi)" in out
+    (tmp_path / "easytpp_taxi").rmdir()  # now lgnjsde_taxi is what taxi reads
+    assert unread_folders(tmp_path) == (["my_prepared", "rmtpp_yelp"], {})
+    assert unread_folders(tmp_path / "absent") == ([], {})
+
+
+@pytest.mark.data
+def test_real_cli_list_names_every_staged_folder(data_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every folder of the staged data is a found name's folder or named by ``data list`` as read by no name /
+    a second copy."""
+    from mtpp.data.catalog import CATALOG, find_dataset, unread_folders
+
+    read = {find_dataset(n, data_dir).name for n, e in CATALOG.items() if not e.generated and find_dataset(n, data_dir)}
+    unnamed, second = unread_folders(data_dir)
+    folders = {p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert read | set(unnamed) | set(second) == folders and not read & (set(unnamed) | set(second))
+    assert main(["data", "list", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert all(f in out for f in folders)
+
+
 def test_cli_list_says_re_split_exactly_when_describe_and_training_do_for_rmtpp_folders(tmp_path: Path,
                                                                                       capsys) -> None:
     """The RMTPP copies (folds of train / test, a full time.txt, topic files) were listed as plain "found", while

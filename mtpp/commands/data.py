@@ -75,7 +75,7 @@ def _no_action(p: argparse.ArgumentParser):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from mtpp.data.catalog import CATALOG, find_dataset, resolve_data_dir
+    from mtpp.data.catalog import CATALOG, find_dataset, resolve_data_dir, unread_folders
 
     root = resolve_data_dir(args.data_dir)
     rows = []
@@ -93,6 +93,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     if any(r[1] == "found (re-split)" for r in rows):
         print("(re-split): the copy has no train part (or overlapping parts); its first use prepares seeded 60/20/20 "
               "splits into the cache, as mtpp data prepare does")
+    unnamed, second = unread_folders(args.data_dir)
+    if unnamed:
+        print(f"other folders in {root}, read by no name (describe or train them by folder name or path): "
+              + ", ".join(unnamed))
+    if second:
+        print("second copies, read only where their name's first folder is missing: "
+              + ", ".join(f"{folder} ({name})" for folder, name in second.items()))
     return 0
 
 
@@ -195,17 +202,19 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if overlaps:
         res.notes.append(str(overlap_error(unique, overlaps, str(path))))
     res.notes += incomplete_splits(res.parts)
-    from mtpp.data.catalog import time_unit_text
+    from mtpp.data.catalog import time_unit_of, time_unit_text
     from mtpp.data.origin import absolute_clock_warning
 
-    clock = absolute_clock_warning(unique, units=time_unit_text(entry.time_unit if entry else None))
+    # a staged copy addressed by its folder name or path is that catalog dataset, as for mtpp train
+    unit = entry.time_unit if entry else time_unit_of(path)
+    clock = absolute_clock_warning(unique, units=time_unit_text(unit))
     res.notes += [f"{path}: {clock}"] if clock else []
     stats = {
         "name": name,
         "source": str(path),
         "format": res.format,
         "description": entry.description if entry else None,
-        "time_unit": entry.time_unit if entry else None,
+        "time_unit": unit,
         "mark_ids": res.meta.get("mark_ids") if args.remap_marks else None,  # the source's id of each new mark
         "total": describe_sequences(unique, res.num_marks, args.top),
         "duplicates": dups.removed,

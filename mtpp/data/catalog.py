@@ -38,6 +38,7 @@ __all__ = [
     "load_dataset",
     "known_names",
     "safe_name",
+    "unread_folders",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ PREPARE_VERSION = 1
 class CatalogEntry:
     """One named dataset.
 
-    candidates: folder names under the data directory, tried in order.
+    candidates: folder names under the data directory, tried in order. Every candidate holds the same sequences
+        in the same parts (``taxi``: ``easytpp_taxi`` and ``lgnjsde_taxi``); a copy that differs (another
+        variant, another train/val/test assignment) is another dataset and has a name of its own
+        (``amazon_cdiff``, ``taobao_cdiff``), so a name never silently reads data other than its description's.
     format: the on-disk format of the staged source (informational).
     description / source: what it is and where it comes from (see the data MANIFEST).
     options: reader options (e.g. ``{"sort": True}``).
@@ -110,8 +114,9 @@ _ENTRIES = [
        "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention",
        time_unit="second"),
     _e("mimic2", ("mimic2", "rmtpp_mimic2"), "RMTPP text pairs",
-       """MIMIC-II ICU visits (Du et al. 2016): 650 sequences, 2,419 events, 75 diagnosis marks (1-based in the
-       files, read as 0-based). Read from the full time.txt/event.txt and re-split 60/20/20 (the 5 folds have
+       """MIMIC-II ICU visits (Du et al. 2016): 650 sequences, 2,419 events (644 distinct sequences, 2,403 events:
+       6 admissions repeat another's events and are removed), 75 diagnosis marks (1-based in the files, read as
+       0-based). Read from the full time.txt/event.txt and re-split 60/20/20 (the 5 folds have
        no validation set). MIMIC-II is PhysioNet credentialed data: research use only.""",
        "github.com/dunan/NeuralPointProcess (no licence)"),
     _e("mimic2_ifl", ("mimic2_ifl", "jointtpp_mimic_ii"), "torch.save zip",
@@ -131,18 +136,26 @@ _ENTRIES = [
        """Taobao user clicks, 17 item categories: 2,000 sequences, 113,410 events, fixed train/valid/test
        1,300/200/500.""",
        "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
-    _e("taobao_lgnjsde", ("taobao_lgnjsde", "lgnjsde_taobao", "cdiff_taobao"), "EasyTPP pickle",
+    _e("taobao_lgnjsde", ("taobao_lgnjsde", "lgnjsde_taobao"), "EasyTPP pickle",
        """Taobao, the LGNJSDE/cdiff version (2,000 sequences, 115,397 events, absolute times ~151,000; only
        partial overlap with the EasyTPP version), fixed train/dev/test 1,300/200/500.""",
        "github.com/cgao-comp/LGNJSDE (no licence)"),
+    _e("taobao_cdiff", ("taobao_cdiff", "cdiff_taobao"), "EasyTPP pickle",
+       """Taobao, the cdiff version: the same 2,000 sequences (115,397 events, absolute times ~151,000) as
+       taobao_lgnjsde, but assigned to train/dev/test 1,300/200/500 differently (its test NLLs are not comparable
+       with taobao_lgnjsde's); fixed split.""", "github.com/networkslab/cdiff (no licence)"),
     _e("stackoverflow_easytpp", ("stackoverflow_easytpp", "easytpp_stackoverflow"), "EasyTPP JSON",
        """Stack Overflow badges, EasyTPP version: 2,203 sequences, 142,777 events, 22 marks, fixed
        train/valid/test 1,401/401/401.""",
        "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
-    _e("amazon", ("amazon", "easytpp_amazon", "cdiff_amazon"), "EasyTPP JSON",
+    _e("amazon", ("amazon", "easytpp_amazon"), "EasyTPP JSON",
        """Amazon product reviews, 16 categories. Partial: train missing; valid+test (2,773 sequences, 125,043
        events) re-split 60/20/20.""",
        "EasyTPP benchmark (Xue et al. 2024) via github.com/TanXZfra/Time-aware-Hawkes-Attention"),
+    _e("amazon_cdiff", ("amazon_cdiff", "cdiff_amazon"), "EasyTPP pickle",
+       """Amazon product reviews, the cdiff version (a smaller variant than amazon's, times not starting at 0),
+       16 categories. Partial: train missing; dev+test (800 sequences, 38,928 events) re-split 60/20/20.""",
+       "github.com/networkslab/cdiff (no licence)"),
     _e("earthquake", ("earthquake", "residualtpp_earthquake"), "EasyTPP pickle",
        """Earthquakes (EasyTPP Earthquake), 7 magnitude classes: 4,296 sequences, 70,723 events, fixed
        train/dev/test 3,000/400/896.""", "github.com/ruoxinyuan/ResidualTPP (Apache-2.0)"),
@@ -169,6 +182,11 @@ _ENTRIES = [
     _e("ali", ("ali", "rmtpp_ali"), "RMTPP text pairs",
        """Undocumented extra RMTPP set (days, 1,754 marks): 4,136 sequences, train/test only, re-split.""",
        "github.com/dunan/NeuralPointProcess (no licence)", time_unit="day"),
+    _e("lastfm_rmtpp", ("lastfm_rmtpp", "rmtpp_lastfm"), "RMTPP text pairs",
+       """LastFM, RMTPP version (Du et al. 2016), fractional days. Partial: only the split_1000 test pair has
+       times (403 sequences, 73,889 events, re-split 60/20/20); mark ids (artists, 1-based in the files, read as
+       0-based) run to 3,144, of which 2,372 occur (remap_marks maps them to 0..2371).""",
+       "github.com/dunan/NeuralPointProcess (no licence)", time_unit="day"),
     _e("twitter", ("twitter", "rmtpp_twitter"), "RMTPP text pairs",
        """Four RMTPP Twitter topic sets (bolly, fight, movie, politics), 2 marks, Unix seconds. The files are not
        time-sorted: sequences are sorted on reading (counted in the notes) and re-split.""",
@@ -179,6 +197,10 @@ _ENTRIES = [
     _e("ubuntu", ("ubuntu", "lgnjsde_ubuntu"), "EasyTPP pickle",
        """Undocumented LGNJSDE set (name suggests AskUbuntu), 11 marks, times look log-transformed; fixed
        train/dev/test.""", "github.com/cgao-comp/LGNJSDE (no licence)"),
+    _e("nymvc", ("nymvc", "lgnjsde_nymvc"), "EasyTPP pickle",
+       """Undocumented LGNJSDE set (name suggests New York motor-vehicle collisions), 5 marks, times look
+       log-transformed: 200 sequences, 12,736 events, fixed train/dev/test 120/40/40.""",
+       "github.com/cgao-comp/LGNJSDE (no licence)"),
     _e("synthetic_hawkes", (), "bosser split folder (generated)",
        """Built-in 5-mark exponential-kernel Hawkes process with known parameters, generated on first use into
        the cache (mtpp.data.synthetic); its exact log-likelihood is the reference a model can be compared to.""",
@@ -293,6 +315,27 @@ def find_dataset(name: str, data_dir: str | Path | None = None) -> Path | None:
         if p.exists():
             return p
     return None
+
+
+def unread_folders(data_dir: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The folders of the data directory that no catalog name reads, for ``mtpp data list``: ``(unnamed,
+    second_copies)``. ``unnamed``: folder names that are no name's candidate (a staged copy without a name, such
+    as ``rmtpp_yelp``, or the user's own prepared folders), readable by folder name or path only.
+    ``second_copies``: ``{folder: name}`` for a candidate that its name does not read because an earlier candidate
+    was found (``lgnjsde_taxi`` behind ``easytpp_taxi``). Hidden folders are left out; ``([], {})`` when the
+    directory does not exist."""
+    root = resolve_data_dir(data_dir)
+    if not root.is_dir():
+        return [], {}
+    owner = {c: e.name for e in _ENTRIES for c in e.candidates}
+    unnamed, second = [], {}
+    for folder in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = owner.get(folder)
+        if name is None:
+            unnamed.append(folder)
+        elif find_dataset(name, root) != root / folder:
+            second[folder] = name
+    return unnamed, second
 
 
 def _unknown(name: str) -> DataError:
