@@ -336,3 +336,27 @@ def test_api_entry_points_agree(ds, run, tmp_path):
         mtpp.load_dataset("synthetic_hawkes", split=True)
     with pytest.raises(DataError, match="load_dataset needs a dataset name or a path"):
         mtpp.load_dataset(None)
+
+
+def test_fit_leaves_the_callers_random_streams_where_they_were(ds, tmp_path):
+    """fit seeds python / numpy / torch from train.seed for its run; it used to leave them there, so every
+    np.random draw after fit was the same (a loop over seeds drew one value again and again)."""
+    import random
+
+    import numpy as np
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    def after_fit(seed: int, run: str):
+        model = mtpp.build_model(TINY_MODEL, ds.num_marks)  # its initialisation draws from torch's stream
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        draws()
+        mtpp.fit(model, ds, tmp_path / run, config={**QUICK, "train": {"max_epochs": 1}})
+        return draws()
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    draws()
+    expected = draws()  # the second draws of seed 1, with nothing in between
+    assert after_fit(1, "a") == expected
+    assert after_fit(2, "b") != expected  # another seed, another stream: fit did not pin it

@@ -27,6 +27,10 @@ Contract
     ``out_dir=None`` (either route) trains into a new temporary folder (``tempfile.mkdtemp(prefix="mtpp-fit-")``),
     named in ``result["run_dir"]``; nothing existing is overwritten unless ``overwrite=True``.
 
+    Global state: the run is seeded from ``train.seed`` (python, numpy, torch), and the generators' states, torch's
+    thread count and its deterministic-algorithm flags are restored when ``fit`` returns (or raises), so a loop
+    ``for seed in seeds: x = np.random.rand(); fit(...)`` draws a new ``x`` every time.
+
 Errors: ``ConfigError`` for an invalid configuration, a model without a ``ModelConfig``, data without
 train / val / test, or a model built for another number of marks than the data has; the trainer's ``MtppError``
 for an occupied run directory.
