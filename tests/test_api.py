@@ -360,3 +360,21 @@ def test_fit_leaves_the_callers_random_streams_where_they_were(ds, tmp_path):
     expected = draws()  # the second draws of seed 1, with nothing in between
     assert after_fit(1, "a") == expected
     assert after_fit(2, "b") != expected  # another seed, another stream: fit did not pin it
+
+
+def test_fit_keeps_a_float64_model_in_float64(ds, tmp_path):
+    """A model moved to float64 was trained (and left) in float32 unless the config also said data.dtype:
+    float64, silently; its own precision is now the default, and an explicit data.dtype still wins."""
+    torch.manual_seed(0)
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks).double()
+    twin = mtpp.build_model(TINY_MODEL, ds.num_marks).double()
+    twin.load_state_dict(model.state_dict())
+    quick = {**QUICK, "train": {"max_epochs": 1}}
+    result = mtpp.fit(model, ds, tmp_path / "own", config=quick)
+    assert next(model.parameters()).dtype == torch.float64
+    assert yaml.safe_load((tmp_path / "own" / "config.yaml").read_text())["data"]["dtype"] == "float64"
+    explicit = mtpp.fit(twin, ds, tmp_path / "explicit", config={**quick, "data": {**quick["data"], "dtype": "float64"}})
+    assert result["test"]["nll_per_seq"] == explicit["test"]["nll_per_seq"]
+    narrowed = mtpp.build_model(TINY_MODEL, ds.num_marks).double()
+    mtpp.fit(narrowed, ds, tmp_path / "f32", config={**quick, "data": {**quick["data"], "dtype": "float32"}})
+    assert next(narrowed.parameters()).dtype == torch.float32
