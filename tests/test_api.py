@@ -378,3 +378,30 @@ def test_fit_keeps_a_float64_model_in_float64(ds, tmp_path):
     narrowed = mtpp.build_model(TINY_MODEL, ds.num_marks).double()
     mtpp.fit(narrowed, ds, tmp_path / "f32", config={**quick, "data": {**quick["data"], "dtype": "float32"}})
     assert next(narrowed.parameters()).dtype == torch.float32
+
+
+def test_a_sequence_of_no_events_is_refused_in_one_line(ds, tmp_path):
+    """An EventSequence built by hand with no events passed every check and failed inside collate with numpy's
+    'index 0 is out of bounds for axis 0 with size 0' (evaluate, predict and fit alike)."""
+    import numpy as np
+
+    from mtpp.data.batch import collate
+    from mtpp.data.catalog import Dataset
+    from mtpp.data.sequence import EventSequence
+    from mtpp.errors import DataError
+
+    empty = EventSequence(np.zeros(0), np.zeros(0, dtype=np.int64))
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    hand = Dataset(train=[*ds.train[:8], empty], val=ds.val[:4], test=ds.test[:4], num_marks=ds.num_marks,
+                   name="hand", source="python")
+    calls = {
+        "evaluate(model, data=...): sequence 1": lambda: mtpp.evaluate(model, data=[ds.test[0], empty]),
+        "predict(sequences=...): sequence 1": lambda: mtpp.predict(model, sequences=[ds.test[0], empty]),
+        "generate(histories): sequence 1": lambda: mtpp.generate(model, [ds.test[0], empty], events=1),
+        "train: sequence 8": lambda: mtpp.fit(model, hand, tmp_path / "run", config=QUICK),
+        "collate: sequence 1": lambda: collate([ds.test[0], empty]),
+    }
+    for where, call in calls.items():
+        with pytest.raises(DataError, match=re.escape(where) + ": has no events"):
+            call()
+    assert not (tmp_path / "run").exists()

@@ -59,8 +59,9 @@ def check_sequences(
     sequences: Any, num_marks: int, *, what: str = "sequences", dtype: Any = None, whose: str = "the model",
 ) -> list[EventSequence]:  # fmt: skip
     """``sequences`` as a list, refused (``DataError`` naming ``what``, the sequence and the event) unless every
-    item is an ``EventSequence`` whose times are 1-D, finite, ``>= 0`` and non-decreasing, with as many marks,
-    every mark in ``[0, num_marks)`` (``whose``: who knows ``num_marks`` marks, for the message), a window end
+    item is an ``EventSequence`` of at least one event whose times are 1-D, finite, ``>= 0`` and non-decreasing,
+    with as many marks, every mark in ``[0, num_marks)`` (``whose``: who knows ``num_marks`` marks, for the
+    message), a window end
     ``None`` or finite and ``>= `` the last time, and (``dtype`` given: a ``torch.dtype`` or ``"float32"``) every
     time within ``dtype``'s range (:func:`~mtpp.data.sequence.check_dtype_range`). Cost: a few vectorised passes
     per sequence."""
@@ -83,6 +84,9 @@ def check_sequences(
         t, m = s.times, s.marks
         if t.ndim != 1 or m.shape != t.shape:
             raise fail(f"times of shape {t.shape} and marks of shape {m.shape}: expected two flat arrays of one length")
+        if t.size == 0:
+            raise fail("has no events (0 events): a model scores, predicts and continues sequences of at least one "
+                       "event; drop it")
         if t.size:
             bad = ~np.isfinite(t)
             if bad.any():

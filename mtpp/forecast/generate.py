@@ -437,14 +437,9 @@ def generate(
         raise MtppError(f"generate: expected a model (MarkedTPP), a run directory or a process factory, got "
                         f"{type(model_or_factory).__name__}")
     if is_model:
+        # a history of no events is refused there too: a model continues histories of at least one event
         histories = check_sequences(histories, int(model.num_marks), what=source or "generate(histories)",
                                     dtype=next(model.parameters()).dtype)
-        for i, s in enumerate(histories):
-            if len(s) == 0:
-                from mtpp.errors import DataError
-
-                raise DataError("no history to continue (0 events): the model needs at least one", source=source,
-                                sequence=i)
     n_rows = len(histories) * samples
     longest = max(len(s) for s in histories)
     per_row, out_bytes = estimate_bytes(model, n_rows, longest, cap)
