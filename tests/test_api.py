@@ -405,3 +405,65 @@ def test_a_sequence_of_no_events_is_refused_in_one_line(ds, tmp_path):
         with pytest.raises(DataError, match=re.escape(where) + ": has no events"):
             call()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, h: mtpp.generate(m, h, events=2.5), "events must be an integer >= 1, got 2.5"),
+        (lambda m, h: mtpp.generate(m, h, events="2"), "events must be an integer >= 1, got '2'"),
+        (lambda m, h: mtpp.generate(m, h, events=True), "events must be an integer >= 1, got True"),
+        (lambda m, h: mtpp.generate(m, h, events=2, samples=2.5), "samples must be an integer >= 1, got 2.5"),
+        (lambda m, h: mtpp.generate(m, h, horizon=1.0, max_events=2.5), "max_events must be an integer >= 1"),
+        (lambda m, h: mtpp.generate(m, h, events=2, seed=None), "seed must be an integer in 0 .. 4294967295, got None"),
+        (lambda m, h: mtpp.generate(m, h, events=2, seed=1.5), "seed must be an integer in 0 .. 4294967295, got 1.5"),
+        (lambda m, h: mtpp.generate(m, h, events=2, seed=2**70), "seed must be an integer in 0 .. 4294967295"),
+        (lambda m, h: mtpp.generate(m, h, horizon="1"), "horizon (a time span after the origin, data units) must be "
+                                                       "a finite number > 0, got '1'"),
+        (lambda m, h: mtpp.generate(m, h, horizon=float("nan")), "must be a finite number > 0, got nan"),
+        (lambda m, h: mtpp.generate(m, h, events=2, incremental="yes"), "incremental must be True or False (or None)"),
+        (lambda m, h: mtpp.predict(m, sequences=h, top_k=2.5), "top_k must be an integer >= 1, got 2.5"),
+        (lambda m, h: mtpp.predict(m, sequences=h, level="0.9"), "level must be a finite number in (0, 1), got '0.9'"),
+        (lambda m, h: mtpp.predict(m, sequences=h, level=1.5), "level must be a finite number in (0, 1), got 1.5"),
+        (lambda m, h: mtpp.predict(m, sequences=h, include_next="no"), "include_next must be True or False, got 'no'"),
+    ],
+)
+def test_forecast_arguments_of_the_wrong_kind_are_one_line(ds, call, message):
+    """generate(events=2.5) ended in "'float' object cannot be interpreted as an integer" inside range(),
+    seed=None / 1.5 in torch's manual_seed, level="0.9" in a comparison, top_k=2.5 in torch.topk; a string
+    include_next ("no") was read as True. Each is now an MtppError naming the argument, before any work."""
+    from mtpp.errors import MtppError
+
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    with pytest.raises(MtppError, match=re.escape(message)):
+        call(model, ds.test[:2])
+
+
+def test_numpy_integers_are_integers_and_big_values_are_shown_short(ds, tmp_path):
+    """load_dataset(split=np.int64(1)) (a loop over np.arange(5)) was refused as not an integer; and a DataFrame
+    or an array passed where a name or a count belongs was printed whole into the one-line error."""
+    import numpy as np
+    import pandas as pd
+
+    from mtpp.errors import MtppError
+
+    rows = [(f"s{i}", 0.5 * j + i / 100, j % 3) for i in range(20) for j in range(1, 5)]
+    pd.DataFrame(rows, columns=["seq_id", "time", "mark"]).to_csv(tmp_path / "events.csv", index=False)
+    one = mtpp.load_dataset(tmp_path / "events.csv", split=np.int64(1))  # auto-prepared into five splits
+    assert one.split == 1 and type(one.split) is int
+    g = mtpp.generate(mtpp.build_model(TINY_MODEL, ds.num_marks), ds.test[:2], events=np.int64(2),
+                      samples=np.int32(2), seed=np.uint8(3))
+    assert g.counts.tolist() == [2, 2, 2, 2]
+    frame = pd.DataFrame({"seq_id": range(100), "time": 1.0, "mark": 0})
+    calls = {
+        "a DataFrame of shape (100, 3) (a table in memory: write it to a file": lambda: mtpp.load_dataset(frame),
+        "got a ndarray of shape (1000,)": lambda: mtpp.build_model(TINY_MODEL, np.arange(1000)),
+        "batch_size must be a positive integer (or None for the default), got a ndarray of shape (1000,)":
+            lambda: mtpp.evaluate(mtpp.build_model(TINY_MODEL, 5), data=ds, batch_size=np.arange(1000)),
+        "level must be a finite number in (0, 1), got a ndarray of shape (1000,)":
+            lambda: mtpp.predict(mtpp.build_model(TINY_MODEL, 5), sequences=ds.test[:1], level=np.arange(1000)),
+    }
+    for message, call in calls.items():
+        with pytest.raises(MtppError, match=re.escape(message)) as err:
+            call()
+        assert "\n" not in str(err.value) and len(str(err.value)) < 700

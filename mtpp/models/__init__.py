@@ -47,6 +47,7 @@ def build_model(cfg: ModelConfig | dict | Any = None, num_marks: int | None = No
     parametrisation name (listing the valid ones), and for ``num_marks`` missing or < 1.
     """
     from mtpp.config import as_model_config
+    from mtpp.data.checks import shown
     from mtpp.errors import ConfigError
 
     try:
@@ -55,7 +56,7 @@ def build_model(cfg: ModelConfig | dict | Any = None, num_marks: int | None = No
         k = operator.index(num_marks)  # int, numpy integers
     except TypeError:
         raise ConfigError(
-            f"build_model: num_marks must be a positive integer (e.g. dataset.num_marks), got {num_marks!r}"
+            f"build_model: num_marks must be a positive integer (e.g. dataset.num_marks), got {shown(num_marks)}"
         ) from None
     return MarkedTPP(as_model_config(cfg), k)
 
