@@ -467,3 +467,29 @@ def test_numpy_integers_are_integers_and_big_values_are_shown_short(ds, tmp_path
         with pytest.raises(MtppError, match=re.escape(message)) as err:
             call()
         assert "\n" not in str(err.value) and len(str(err.value)) < 700
+
+
+def test_device_of_a_model_is_checked_and_never_silently_ignored(ds, monkeypatch):
+    """evaluate(model, device="bogus") failed deep in torch, device="cuda" without CUDA with torch's
+    AssertionError, and a valid other device sent the batches away from the model; predict and generate ignored
+    the argument. A model is computed where it is; another device is one ConfigError naming both."""
+    import torch
+
+    from mtpp.training import setup
+
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    seqs = ds.test[:2]
+    calls = {
+        "evaluate": lambda d: mtpp.evaluate(model, data=seqs, device=d),
+        "predict": lambda d: mtpp.predict(model, sequences=seqs, device=d),
+        "generate": lambda d: mtpp.generate(model, seqs, events=1, device=d),
+    }
+    for name, call in calls.items():
+        call("cpu"), call("auto"), call(None)  # where the model is
+        with pytest.raises(ConfigError, match=re.escape(f"{name}(model, device=...): device 'bogus': invalid value")):
+            call("bogus")
+    monkeypatch.setattr(setup, "resolve_device", lambda name, tf32=False: torch.device("cuda", 0))
+    for name, call in calls.items():
+        with pytest.raises(ConfigError, match=re.escape(f"{name}(model, device=...): device 'cuda' but the model is "
+                                                        "on cpu; move it first (model.to('cuda:0'))")):
+            call("cuda")

@@ -383,7 +383,8 @@ def generate(
     model_or_factory: a ``MarkedTPP`` (continued by ``ModelProcess``); a run directory (its ``best.pt`` model,
         loaded as ``predict`` and ``mtpp generate`` load it: ``data_dir``, ``device``, ``log`` as there, computed
         with the run's ``train.threads``; same numbers as ``mtpp generate RUN`` for the same histories and seed); or
-        ``factory(histories) -> process`` for the baselines (``HawkesProcess``, ``PoissonProcess``).
+        ``factory(histories) -> process`` for the baselines (``HawkesProcess``, ``PoissonProcess``). A model is
+        computed where it is (a ``device`` given must be that one: ``ConfigError`` otherwise).
     histories: a list of ``EventSequence``, or a ``Dataset`` (its ``split`` part); ``None`` with a run directory:
         the run's own ``split``. Checked against the model before any work (``mtpp.data.checks.check_sequences``:
         marks in ``[0, K)``, times finite and sorted, within the model's dtype): ``DataError`` in one line.
@@ -447,6 +448,9 @@ def generate(
         raise MtppError(f"generate: expected a model (MarkedTPP), a run directory or a process factory, got "
                         f"{type(model_or_factory).__name__}")
     if is_model:
+        from mtpp.training.setup import model_device
+
+        model_device(model, device, "generate(model, device=...)")  # computed where the model is
         # a history of no events is refused there too: a model continues histories of at least one event
         histories = check_sequences(histories, int(model.num_marks), what=source or "generate(histories)",
                                     dtype=next(model.parameters()).dtype)
