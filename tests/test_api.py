@@ -493,3 +493,15 @@ def test_device_of_a_model_is_checked_and_never_silently_ignored(ds, monkeypatch
         with pytest.raises(ConfigError, match=re.escape(f"{name}(model, device=...): device 'cuda' but the model is "
                                                         "on cpu; move it first (model.to('cuda:0'))")):
             call("cuda")
+
+
+def test_build_model_follows_the_default_dtype_as_documented(ds):
+    """build_model's docstring said "float32" whatever torch's default dtype; the model follows the default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    finally:
+        torch.set_default_dtype(previous)
+    assert next(model.parameters()).dtype == torch.float64
+    assert "torch's default dtype" in mtpp.build_model.__doc__
