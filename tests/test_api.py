@@ -336,3 +336,172 @@ def test_api_entry_points_agree(ds, run, tmp_path):
         mtpp.load_dataset("synthetic_hawkes", split=True)
     with pytest.raises(DataError, match="load_dataset needs a dataset name or a path"):
         mtpp.load_dataset(None)
+
+
+def test_fit_leaves_the_callers_random_streams_where_they_were(ds, tmp_path):
+    """fit seeds python / numpy / torch from train.seed for its run; it used to leave them there, so every
+    np.random draw after fit was the same (a loop over seeds drew one value again and again)."""
+    import random
+
+    import numpy as np
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    def after_fit(seed: int, run: str):
+        model = mtpp.build_model(TINY_MODEL, ds.num_marks)  # its initialisation draws from torch's stream
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        draws()
+        mtpp.fit(model, ds, tmp_path / run, config={**QUICK, "train": {"max_epochs": 1}})
+        return draws()
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    draws()
+    expected = draws()  # the second draws of seed 1, with nothing in between
+    assert after_fit(1, "a") == expected
+    assert after_fit(2, "b") != expected  # another seed, another stream: fit did not pin it
+
+
+def test_fit_keeps_a_float64_model_in_float64(ds, tmp_path):
+    """A model moved to float64 was trained (and left) in float32 unless the config also said data.dtype:
+    float64, silently; its own precision is now the default, and an explicit data.dtype still wins."""
+    torch.manual_seed(0)
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks).double()
+    twin = mtpp.build_model(TINY_MODEL, ds.num_marks).double()
+    twin.load_state_dict(model.state_dict())
+    quick = {**QUICK, "train": {"max_epochs": 1}}
+    result = mtpp.fit(model, ds, tmp_path / "own", config=quick)
+    assert next(model.parameters()).dtype == torch.float64
+    assert yaml.safe_load((tmp_path / "own" / "config.yaml").read_text())["data"]["dtype"] == "float64"
+    explicit = mtpp.fit(twin, ds, tmp_path / "explicit", config={**quick, "data": {**quick["data"], "dtype": "float64"}})
+    assert result["test"]["nll_per_seq"] == explicit["test"]["nll_per_seq"]
+    narrowed = mtpp.build_model(TINY_MODEL, ds.num_marks).double()
+    mtpp.fit(narrowed, ds, tmp_path / "f32", config={**quick, "data": {**quick["data"], "dtype": "float32"}})
+    assert next(narrowed.parameters()).dtype == torch.float32
+
+
+def test_a_sequence_of_no_events_is_refused_in_one_line(ds, tmp_path):
+    """An EventSequence built by hand with no events passed every check and failed inside collate with numpy's
+    'index 0 is out of bounds for axis 0 with size 0' (evaluate, predict and fit alike)."""
+    import numpy as np
+
+    from mtpp.data.batch import collate
+    from mtpp.data.catalog import Dataset
+    from mtpp.data.sequence import EventSequence
+    from mtpp.errors import DataError
+
+    empty = EventSequence(np.zeros(0), np.zeros(0, dtype=np.int64))
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    hand = Dataset(train=[*ds.train[:8], empty], val=ds.val[:4], test=ds.test[:4], num_marks=ds.num_marks,
+                   name="hand", source="python")
+    calls = {
+        "evaluate(model, data=...): sequence 1": lambda: mtpp.evaluate(model, data=[ds.test[0], empty]),
+        "predict(sequences=...): sequence 1": lambda: mtpp.predict(model, sequences=[ds.test[0], empty]),
+        "generate(histories): sequence 1": lambda: mtpp.generate(model, [ds.test[0], empty], events=1),
+        "train: sequence 8": lambda: mtpp.fit(model, hand, tmp_path / "run", config=QUICK),
+        "collate: sequence 1": lambda: collate([ds.test[0], empty]),
+    }
+    for where, call in calls.items():
+        with pytest.raises(DataError, match=re.escape(where) + ": has no events"):
+            call()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, h: mtpp.generate(m, h, events=2.5), "events must be an integer >= 1, got 2.5"),
+        (lambda m, h: mtpp.generate(m, h, events="2"), "events must be an integer >= 1, got '2'"),
+        (lambda m, h: mtpp.generate(m, h, events=True), "events must be an integer >= 1, got True"),
+        (lambda m, h: mtpp.generate(m, h, events=2, samples=2.5), "samples must be an integer >= 1, got 2.5"),
+        (lambda m, h: mtpp.generate(m, h, horizon=1.0, max_events=2.5), "max_events must be an integer >= 1"),
+        (lambda m, h: mtpp.generate(m, h, events=2, seed=None), "seed must be an integer in 0 .. 4294967295, got None"),
+        (lambda m, h: mtpp.generate(m, h, events=2, seed=1.5), "seed must be an integer in 0 .. 4294967295, got 1.5"),
+        (lambda m, h: mtpp.generate(m, h, events=2, seed=2**70), "seed must be an integer in 0 .. 4294967295"),
+        (lambda m, h: mtpp.generate(m, h, horizon="1"), "horizon (a time span after the origin, data units) must be "
+                                                       "a finite number > 0, got '1'"),
+        (lambda m, h: mtpp.generate(m, h, horizon=float("nan")), "must be a finite number > 0, got nan"),
+        (lambda m, h: mtpp.generate(m, h, events=2, incremental="yes"), "incremental must be True or False (or None)"),
+        (lambda m, h: mtpp.predict(m, sequences=h, top_k=2.5), "top_k must be an integer >= 1, got 2.5"),
+        (lambda m, h: mtpp.predict(m, sequences=h, level="0.9"), "level must be a finite number in (0, 1), got '0.9'"),
+        (lambda m, h: mtpp.predict(m, sequences=h, level=1.5), "level must be a finite number in (0, 1), got 1.5"),
+        (lambda m, h: mtpp.predict(m, sequences=h, include_next="no"), "include_next must be True or False, got 'no'"),
+    ],
+)
+def test_forecast_arguments_of_the_wrong_kind_are_one_line(ds, call, message):
+    """generate(events=2.5) ended in "'float' object cannot be interpreted as an integer" inside range(),
+    seed=None / 1.5 in torch's manual_seed, level="0.9" in a comparison, top_k=2.5 in torch.topk; a string
+    include_next ("no") was read as True. Each is now an MtppError naming the argument, before any work."""
+    from mtpp.errors import MtppError
+
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    with pytest.raises(MtppError, match=re.escape(message)):
+        call(model, ds.test[:2])
+
+
+def test_numpy_integers_are_integers_and_big_values_are_shown_short(ds, tmp_path):
+    """load_dataset(split=np.int64(1)) (a loop over np.arange(5)) was refused as not an integer; and a DataFrame
+    or an array passed where a name or a count belongs was printed whole into the one-line error."""
+    import numpy as np
+    import pandas as pd
+
+    from mtpp.errors import MtppError
+
+    rows = [(f"s{i}", 0.5 * j + i / 100, j % 3) for i in range(20) for j in range(1, 5)]
+    pd.DataFrame(rows, columns=["seq_id", "time", "mark"]).to_csv(tmp_path / "events.csv", index=False)
+    one = mtpp.load_dataset(tmp_path / "events.csv", split=np.int64(1))  # auto-prepared into five splits
+    assert one.split == 1 and type(one.split) is int
+    g = mtpp.generate(mtpp.build_model(TINY_MODEL, ds.num_marks), ds.test[:2], events=np.int64(2),
+                      samples=np.int32(2), seed=np.uint8(3))
+    assert g.counts.tolist() == [2, 2, 2, 2]
+    frame = pd.DataFrame({"seq_id": range(100), "time": 1.0, "mark": 0})
+    calls = {
+        "a DataFrame of shape (100, 3) (a table in memory: write it to a file": lambda: mtpp.load_dataset(frame),
+        "got a ndarray of shape (1000,)": lambda: mtpp.build_model(TINY_MODEL, np.arange(1000)),
+        "batch_size must be a positive integer (or None for the default), got a ndarray of shape (1000,)":
+            lambda: mtpp.evaluate(mtpp.build_model(TINY_MODEL, 5), data=ds, batch_size=np.arange(1000)),
+        "level must be a finite number in (0, 1), got a ndarray of shape (1000,)":
+            lambda: mtpp.predict(mtpp.build_model(TINY_MODEL, 5), sequences=ds.test[:1], level=np.arange(1000)),
+    }
+    for message, call in calls.items():
+        with pytest.raises(MtppError, match=re.escape(message)) as err:
+            call()
+        assert "\n" not in str(err.value) and len(str(err.value)) < 700
+
+
+def test_device_of_a_model_is_checked_and_never_silently_ignored(ds, monkeypatch):
+    """evaluate(model, device="bogus") failed deep in torch, device="cuda" without CUDA with torch's
+    AssertionError, and a valid other device sent the batches away from the model; predict and generate ignored
+    the argument. A model is computed where it is; another device is one ConfigError naming both."""
+    import torch
+
+    from mtpp.training import setup
+
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    seqs = ds.test[:2]
+    calls = {
+        "evaluate": lambda d: mtpp.evaluate(model, data=seqs, device=d),
+        "predict": lambda d: mtpp.predict(model, sequences=seqs, device=d),
+        "generate": lambda d: mtpp.generate(model, seqs, events=1, device=d),
+    }
+    for name, call in calls.items():
+        call("cpu"), call("auto"), call(None)  # where the model is
+        with pytest.raises(ConfigError, match=re.escape(f"{name}(model, device=...): device 'bogus': invalid value")):
+            call("bogus")
+    monkeypatch.setattr(setup, "resolve_device", lambda name, tf32=False: torch.device("cuda", 0))
+    for name, call in calls.items():
+        with pytest.raises(ConfigError, match=re.escape(f"{name}(model, device=...): device 'cuda' but the model is "
+                                                        "on cpu; move it first (model.to('cuda:0'))")):
+            call("cuda")
+
+
+def test_build_model_follows_the_default_dtype_as_documented(ds):
+    """build_model's docstring said "float32" whatever torch's default dtype; the model follows the default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    finally:
+        torch.set_default_dtype(previous)
+    assert next(model.parameters()).dtype == torch.float64
+    assert "torch's default dtype" in mtpp.build_model.__doc__

@@ -247,7 +247,7 @@ def test_bad_requests_are_refused_up_front() -> None:
     with pytest.raises(MtppError, match=r"intensity decoder.*\(sampler='icdf'; mtpp generate --sampler icdf\)"):
         generate(m, hs, events=1, sampler="thinning")  # LNM has no intensity form: the fix named for both routes
     empty = EventSequence(np.zeros(0), np.zeros(0, dtype=np.int64))
-    with pytest.raises(DataError, match="sequence 1: no history"):
+    with pytest.raises(DataError, match="sequence 1: has no events"):
         generate(m, [hs[0], empty], events=1)
 
 

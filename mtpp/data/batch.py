@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from mtpp.data.sequence import EventSequence
+from mtpp.errors import DataError
 
 
 @dataclass
@@ -65,10 +66,16 @@ class Batch:
 
 
 def collate(sequences: Sequence[EventSequence], dtype: torch.dtype = torch.float32) -> Batch:
-    """Pad ``sequences`` into a ``Batch`` (floating tensors in ``dtype``)."""
+    """Pad ``sequences`` into a ``Batch`` (floating tensors in ``dtype``).
+
+    Does not validate the events (``mtpp.data.checks.check_sequences`` does, against a model's marks); refuses an
+    empty list (``ValueError``) and a sequence of no events (``DataError`` naming it), which a batch cannot hold."""
     if len(sequences) == 0:
         raise ValueError("cannot collate an empty list of sequences")
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    if lengths.min() == 0:
+        raise DataError("has no events (0 events): a batch holds sequences of at least one event",
+                        source="collate", sequence=int(np.argmin(lengths)))
     b, l = len(sequences), int(lengths.max())
     times = np.zeros((b, l), dtype=np.float64)
     taus = np.zeros((b, l), dtype=np.float64)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from mtpp.data.formats import (PARTS, ReadOptions, ReadResult, is_split_folder, read_any, read_split, split_dirs,
                                what_it_says)
 from mtpp.data.sequence import EventSequence, check_dtype_range
@@ -416,11 +418,16 @@ def load_dataset(
     ``0..K-1`` (see :class:`~mtpp.data.formats.ReadOptions`; an auto-prepared folder is remapped once, over all
     parts, so every split shares the map). Call :meth:`Dataset.check_dtype` with the run's dtype before training.
     """
+    from mtpp.data.checks import shown
+
     if name_or_path is None or not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
-        raise DataError(f"load_dataset needs a dataset name or a path to a file or folder, got {name_or_path!r}; "
-                        f"known names: {', '.join(known_names())}")
-    if isinstance(split, bool) or not isinstance(split, int) or split < 0:
-        raise DataError(f"split must be a non-negative integer, got {split!r}")
+        table = " (a table in memory: write it to a file, df.to_csv(path, index=False) with columns seq_id, time, " \
+                "mark, and pass the path)" if hasattr(name_or_path, "to_csv") else ""
+        raise DataError(f"load_dataset needs a dataset name or a path to a file or folder, got "
+                        f"{shown(name_or_path)}{table}; known names: {', '.join(known_names())}")
+    if isinstance(split, (bool, np.bool_)) or not isinstance(split, (int, np.integer)) or split < 0:
+        raise DataError(f"split must be a non-negative integer, got {shown(split)}")
+    split = int(split)  # a numpy integer (for split in np.arange(5)) as the int every record holds
     for key, value in (("use_window", use_window), ("remap_marks", remap_marks), ("sort", sort)):
         if not isinstance(value, bool):
             raise DataError(f"{key} must be True or False, got {value!r}")

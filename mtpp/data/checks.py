@@ -13,7 +13,10 @@ file:
   dtype range over all parts at once); what ``mtpp train`` (``mtpp.training.setup.load_data``) and
   ``fit(model, data)`` (``mtpp.training.api``) both call;
 * :func:`sequences_of`: a ``Dataset`` (its ``split`` part), or a list of sequences, from what a caller passed;
-* :func:`check_batch_size`: a positive integer or ``None``;
+* :func:`check_batch_size`: a positive integer or ``None``; :func:`check_int`, :func:`check_real`,
+  :func:`check_flag`: the other numbers and switches of the Python entry points (``generate``'s ``events``,
+  ``predict``'s ``level``, ...), refused in one line naming the argument, never a ``TypeError`` from inside;
+* :func:`shown`: a value as a message shows it (a short ``repr``, else its type and shape);
 * :func:`marks_absent_from_train`: not a refusal but a note: the marks that occur in the val / test parts and
   never in the train part (the run header says it).
 """
@@ -28,8 +31,8 @@ import numpy as np
 from mtpp.data.sequence import EventSequence, check_dtype_range
 from mtpp.errors import DataError, MtppError
 
-__all__ = ["check_sequences", "check_parts", "sequences_of", "is_dataset", "check_batch_size",
-           "marks_absent_from_train"]
+__all__ = ["check_sequences", "check_parts", "sequences_of", "is_dataset", "check_batch_size", "check_int",
+           "check_real", "check_flag", "shown", "marks_absent_from_train"]
 
 PARTS = ("train", "val", "test")
 
@@ -59,8 +62,9 @@ def check_sequences(
     sequences: Any, num_marks: int, *, what: str = "sequences", dtype: Any = None, whose: str = "the model",
 ) -> list[EventSequence]:  # fmt: skip
     """``sequences`` as a list, refused (``DataError`` naming ``what``, the sequence and the event) unless every
-    item is an ``EventSequence`` whose times are 1-D, finite, ``>= 0`` and non-decreasing, with as many marks,
-    every mark in ``[0, num_marks)`` (``whose``: who knows ``num_marks`` marks, for the message), a window end
+    item is an ``EventSequence`` of at least one event whose times are 1-D, finite, ``>= 0`` and non-decreasing,
+    with as many marks, every mark in ``[0, num_marks)`` (``whose``: who knows ``num_marks`` marks, for the
+    message), a window end
     ``None`` or finite and ``>= `` the last time, and (``dtype`` given: a ``torch.dtype`` or ``"float32"``) every
     time within ``dtype``'s range (:func:`~mtpp.data.sequence.check_dtype_range`). Cost: a few vectorised passes
     per sequence."""
@@ -83,6 +87,9 @@ def check_sequences(
         t, m = s.times, s.marks
         if t.ndim != 1 or m.shape != t.shape:
             raise fail(f"times of shape {t.shape} and marks of shape {m.shape}: expected two flat arrays of one length")
+        if t.size == 0:
+            raise fail("has no events (0 events): a model scores, predicts and continues sequences of at least one "
+                       "event; drop it")
         if t.size:
             bad = ~np.isfinite(t)
             if bad.any():
@@ -132,8 +139,71 @@ def check_batch_size(batch_size: Any, what: str = "batch_size") -> int | None:
     if batch_size is None:
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise MtppError(f"{what} must be a positive integer (or None for the default), got {batch_size!r}")
+        raise MtppError(f"{what} must be a positive integer (or None for the default), got {shown(batch_size)}")
     return int(batch_size)
+
+
+def shown(value: Any, width: int = 60) -> str:
+    """``value`` as an error message shows it: its ``repr`` when that is one short line, else its type (with the
+    shape or length of an array, a table or a list), so that a DataFrame or an array passed by mistake never
+    fills the terminal with its contents."""
+    r = repr(value)
+    if "\n" not in r and len(r) <= width:
+        return r
+    kind = type(value).__name__
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple) or type(shape).__name__ == "Size":
+        return f"a {kind} of shape {tuple(shape)}"
+    if hasattr(value, "__len__"):
+        try:
+            return f"a {kind} of length {len(value)}"
+        except TypeError:
+            pass
+    return f"a {kind} ({r.splitlines()[0][: width - 5]}...)" if r else f"a {kind}"
+
+
+def check_int(value: Any, what: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` when it is an integer (a Python or numpy integer, not a boolean) in
+    ``[minimum, maximum]``; ``MtppError`` naming ``what`` otherwise (``2.5``, ``"3"``, ``True``, an array)."""
+    import operator
+
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < minimum or (maximum is not None and n > maximum):
+        bound = f"in {minimum} .. {maximum}" if maximum is not None else f">= {minimum}"
+        raise MtppError(f"{what} must be an integer {bound}, got {shown(value)}")
+    return int(n)
+
+
+def check_real(value: Any, what: str, low: float, high: float | None = None, *, closed: bool = False) -> float:
+    """``value`` as a ``float`` when it is a finite real number (Python, numpy or a one-element tensor; not a
+    boolean or a string) above ``low`` and below ``high`` (bounds included when ``closed``); ``MtppError``
+    naming ``what`` otherwise."""
+    x = None
+    if not isinstance(value, (bool, np.bool_, str, bytes)):
+        try:
+            x = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            x = None
+    above = x is not None and (x >= low if closed else x > low)
+    below = x is not None and (high is None or (x <= high if closed else x < high))
+    if x is None or not np.isfinite(x) or not above or not below:
+        lo, hi = ("[", "]") if closed else ("(", ")")
+        where = f"in {lo}{low:g}, {high:g}{hi}" if high is not None else (f">= {low:g}" if closed else f"> {low:g}")
+        raise MtppError(f"{what} must be a finite number {where}, got {shown(value)}")
+    return x
+
+
+def check_flag(value: Any, what: str, none: bool = False) -> bool | None:
+    """``value`` when it is ``True`` or ``False`` (or ``None`` where ``none``); ``MtppError`` naming ``what``
+    otherwise (a string such as ``"no"`` is truthy, so it is refused rather than read)."""
+    if (value is None and none) or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise MtppError(f"{what} must be True or False{' (or None)' if none else ''}, got {shown(value)}")
 
 
 def marks_absent_from_train(data: Any, shown: int = 10) -> str | None:

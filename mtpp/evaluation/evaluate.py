@@ -181,7 +181,8 @@ def evaluate(
     with the data's record under ``data``. ``log`` receives one line naming the resolved data. ``progress``: a bar
     over the batches (on a terminal; the mark forecast of "+" / "++" models makes this minutes on MOOC-sized sets).
     Model: ``data`` is a dataset with ``.train/.val/.test`` (its ``split`` part is scored) or a list of
-    sequences; nothing is written. The sequences are checked first (``mtpp.data.checks.check_sequences``: marks in
+    sequences; nothing is written; it is computed where the model is (``device``, if given, must be that one:
+    ``ConfigError`` otherwise, ``training.setup.model_device``). The sequences are checked first (``mtpp.data.checks.check_sequences``: marks in
     ``[0, K)`` of the model, times finite, sorted, within the model's dtype): ``DataError`` in one line otherwise;
     a dataset name or path is refused, saying to load it (``load_dataset``).
     ``split="all"``: ``{"val": metrics, "test": metrics}`` (as ``mtpp evaluate --split all``).
@@ -199,7 +200,10 @@ def evaluate(
     if isinstance(run_dir_or_model, nn.Module):
         if data is None:
             raise MtppError("evaluate(model, ...) needs data= (a dataset or a list of sequences)")
+        from mtpp.training.setup import model_device
+
         model = run_dir_or_model
+        device = model_device(model, device, "evaluate(model, device=...)")
         what = f"evaluate(model, data=...) {split}" if hasattr(data, split) else "evaluate(model, data=...)"
         seqs = check_sequences(sequences_of(data, split, "evaluate(model, data=...)"), int(model.num_marks),
                                what=what, dtype=next(model.parameters()).dtype)

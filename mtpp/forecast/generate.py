@@ -383,12 +383,15 @@ def generate(
     model_or_factory: a ``MarkedTPP`` (continued by ``ModelProcess``); a run directory (its ``best.pt`` model,
         loaded as ``predict`` and ``mtpp generate`` load it: ``data_dir``, ``device``, ``log`` as there, computed
         with the run's ``train.threads``; same numbers as ``mtpp generate RUN`` for the same histories and seed); or
-        ``factory(histories) -> process`` for the baselines (``HawkesProcess``, ``PoissonProcess``).
+        ``factory(histories) -> process`` for the baselines (``HawkesProcess``, ``PoissonProcess``). A model is
+        computed where it is (a ``device`` given must be that one: ``ConfigError`` otherwise).
     histories: a list of ``EventSequence``, or a ``Dataset`` (its ``split`` part); ``None`` with a run directory:
         the run's own ``split``. Checked against the model before any work (``mtpp.data.checks.check_sequences``:
         marks in ``[0, K)``, times finite and sorted, within the model's dtype): ``DataError`` in one line.
     Rows are processed in chunks that fit ``max_memory`` bytes (``estimate_bytes``); ``MtppError`` up front when
-    the output or one row would not fit. Deterministic for a given ``seed``.
+    the output or one row would not fit. Deterministic for a given ``seed`` (an integer in ``0 .. 2**32 - 1``).
+    ``horizon`` a finite number > 0; ``events``, ``samples``, ``max_events``, ``max_memory`` integers >= 1;
+    anything else (``events=2.5``, ``seed=None``) is an ``MtppError`` naming the argument, before any work.
     Raises ``DataError`` for a history the model cannot continue (no events), naming it.
     incremental: carry GRU / RNN encoder states step by step (default for those encoders) or re-encode the
         extended histories at every step (``False``; the only way for attention / FNN encoders).
@@ -400,7 +403,19 @@ def generate(
 
     from pathlib import Path
 
-    from mtpp.data.checks import check_sequences, sequences_of
+    from mtpp.config import SEED_MAX
+    from mtpp.data.checks import check_flag, check_int, check_real, check_sequences, sequences_of
+
+    # the numbers first, in one line each (2.5 events, a seed of None or "3" failed inside range / torch)
+    if horizon is not None:
+        horizon = check_real(horizon, "horizon (a time span after the origin, data units)", 0.0)
+    if events is not None:
+        events = check_int(events, "events", 1)
+    samples = check_int(samples, "samples", 1)
+    max_events = check_int(max_events, "max_events", 1)
+    seed = check_int(seed, "seed", 0, SEED_MAX)
+    max_memory = check_int(max_memory, "max_memory (bytes)", 1)
+    incremental = check_flag(incremental, "incremental", none=True)
 
     if isinstance(model_or_factory, (str, Path)):  # a run directory: its model, under its thread count
         from mtpp.forecast.runs import load_run
@@ -423,10 +438,6 @@ def generate(
         return g
     if histories is None:
         raise MtppError("generate(model, histories): histories is missing (a list of EventSequence, or a Dataset)")
-    if samples < 1:
-        raise MtppError(f"samples must be >= 1, got {samples}")
-    if max_events < 1:
-        raise MtppError(f"max_events must be >= 1, got {max_events}")
     cap = events if events is not None else max_events
     histories = list(sequences_of(histories, split, "generate(histories)"))
     if not histories:
@@ -437,14 +448,12 @@ def generate(
         raise MtppError(f"generate: expected a model (MarkedTPP), a run directory or a process factory, got "
                         f"{type(model_or_factory).__name__}")
     if is_model:
+        from mtpp.training.setup import model_device
+
+        model_device(model, device, "generate(model, device=...)")  # computed where the model is
+        # a history of no events is refused there too: a model continues histories of at least one event
         histories = check_sequences(histories, int(model.num_marks), what=source or "generate(histories)",
                                     dtype=next(model.parameters()).dtype)
-        for i, s in enumerate(histories):
-            if len(s) == 0:
-                from mtpp.errors import DataError
-
-                raise DataError("no history to continue (0 events): the model needs at least one", source=source,
-                                sequence=i)
     n_rows = len(histories) * samples
     longest = max(len(s) for s in histories)
     per_row, out_bytes = estimate_bytes(model, n_rows, longest, cap)

@@ -49,9 +49,10 @@ DEFAULT_LEVEL = 0.9
 DEFAULT_TOP_K = 5
 
 
-def _check_level(level: float) -> None:
-    if not 0.0 < level < 1.0:
-        raise MtppError(f"level must be in (0, 1), got {level}")
+def _check_level(level: float) -> float:
+    from mtpp.data.checks import check_real
+
+    return check_real(level, "level", 0.0, 1.0)
 
 
 def interval_columns(level: float) -> tuple[str, str]:
@@ -289,15 +290,21 @@ def predict(
     data=ds)``); with a run directory, ``None`` predicts the run's own ``split``. Given sequences are checked
     against the model before any work (``mtpp.data.checks.check_sequences``: marks in ``[0, K)``, times finite and
     sorted, within the model's dtype): ``DataError`` in one line otherwise. ``batch_size``: a positive integer or
-    ``None`` (the run's evaluation batch size; 256 for a model)."""
-    from mtpp.data.checks import check_batch_size, check_sequences, sequences_of
+    ``None`` (the run's evaluation batch size; 256 for a model). ``device``: where a run's model is loaded; a
+    model is computed where it is (a ``device`` given must be that one: ``ConfigError`` otherwise)."""
+    from mtpp.data.checks import check_batch_size, check_flag, check_int, check_sequences, sequences_of
 
     batch_size = check_batch_size(batch_size)
-    _check_level(level)
+    level = _check_level(level)
+    top_k = check_int(top_k, "top_k", 1)
+    include_next = check_flag(include_next, "include_next")
     if isinstance(run_dir_or_model, torch.nn.Module):
         if sequences is None:
             raise MtppError("predict(model, ...) needs sequences= (a list of EventSequence, or a Dataset)")
+        from mtpp.training.setup import model_device
+
         model = run_dir_or_model
+        model_device(model, device, "predict(model, device=...)")  # computed where the model is
         seqs = check_sequences(sequences_of(sequences, split, "predict(sequences=...)"), int(model.num_marks),
                                what="predict(sequences=...)", dtype=next(model.parameters()).dtype)
         return predict_frame(model, seqs, level=level, top_k=top_k, batch_size=batch_size or 256,

@@ -39,7 +39,8 @@ def build_model(cfg: ModelConfig | dict | Any = None, num_marks: int | None = No
     ``cfg``: a ``ModelConfig``; a dict of ``model`` keys (``{"encoder": "thp", "decoder": "lnm",
     "parametrisation": "plusplus"}``, the YAML ``model:`` section as a dict); a whole run configuration
     (``RunConfig`` or a dict with a ``model`` section); ``None`` for the defaults (``mtpp.config.as_model_config``).
-    The model is float32 on the CPU; ``.to(device, dtype)`` moves it. Its forward contract (``nll(batch)``:
+    The model is on the CPU in torch's default dtype (float32 unless ``torch.set_default_dtype`` changed it);
+    ``.to(device, dtype)`` moves it (``fit`` keeps a float64 model in float64 unless ``data.dtype`` says otherwise). Its forward contract (``nll(batch)``:
     per-sequence NLL terms of shape ``[B]`` in nats, ``score``, ``predict``, ``sample_next``) is documented in
     ``mtpp.models.mtpp``.
 
@@ -47,6 +48,7 @@ def build_model(cfg: ModelConfig | dict | Any = None, num_marks: int | None = No
     parametrisation name (listing the valid ones), and for ``num_marks`` missing or < 1.
     """
     from mtpp.config import as_model_config
+    from mtpp.data.checks import shown
     from mtpp.errors import ConfigError
 
     try:
@@ -55,7 +57,7 @@ def build_model(cfg: ModelConfig | dict | Any = None, num_marks: int | None = No
         k = operator.index(num_marks)  # int, numpy integers
     except TypeError:
         raise ConfigError(
-            f"build_model: num_marks must be a positive integer (e.g. dataset.num_marks), got {num_marks!r}"
+            f"build_model: num_marks must be a positive integer (e.g. dataset.num_marks), got {shown(num_marks)}"
         ) from None
     return MarkedTPP(as_model_config(cfg), k)
 

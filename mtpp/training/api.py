@@ -13,7 +13,8 @@ Two routes, one trainer (``mtpp.training.trainer``)::
 Contract
     ``fit(model, data, out_dir=None, *, config=None, ...)``: ``model`` is a ``MarkedTPP`` (anything with a
     ``cfg: ModelConfig`` and ``num_marks``), trained **in place** (it ends holding the best validation state, on
-    the configured device and dtype); ``data`` has ``train``, ``val``, ``test`` (lists of ``EventSequence``) and
+    the configured device and dtype: ``data.dtype`` when the config sets it, else the model's own, so a
+    ``model.double()`` trains in float64); ``data`` has ``train``, ``val``, ``test`` (lists of ``EventSequence``) and
     ``num_marks`` (a ``Dataset`` from ``load_dataset``, or a ``RunData``); ``config`` gives the other sections
     (``train``, ``gradients``, ``logging``, ``data.dtype`` / ``data.max_sequences``): a ``RunConfig``, a nested
     dict, a YAML path or ``None`` (defaults). The run's ``model`` section is the model's ``cfg`` and its ``data``
@@ -27,6 +28,10 @@ Contract
     ``out_dir=None`` (either route) trains into a new temporary folder (``tempfile.mkdtemp(prefix="mtpp-fit-")``),
     named in ``result["run_dir"]``; nothing existing is overwritten unless ``overwrite=True``.
 
+    Global state: the run is seeded from ``train.seed`` (python, numpy, torch), and the generators' states, torch's
+    thread count and its deterministic-algorithm flags are restored when ``fit`` returns (or raises), so a loop
+    ``for seed in seeds: x = np.random.rand(); fit(...)`` draws a new ``x`` every time.
+
 Errors: ``ConfigError`` for an invalid configuration, a model without a ``ModelConfig``, data without
 train / val / test, or a model built for another number of marks than the data has; the trainer's ``MtppError``
 for an occupied run directory.
@@ -39,6 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from mtpp.config import DataConfig, RunConfig, as_run_config
@@ -141,6 +147,11 @@ def _compose(model: nn.Module, data: Any, config: RunConfig | dict | str | Path 
     if k_model != k_data:
         raise ConfigError(f"fit(model, data): the model was built for {k_model} marks, the data has {k_data}; "
                           f"build it with build_model(cfg, ds.num_marks)")
+    given = _given_keys(config)
+    if "data.dtype" not in given:  # the model's own precision unless the config says otherwise
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        if dtype == torch.float64:
+            cfg = replace(cfg, data=replace(cfg.data, dtype="float64"))
     check_data(data, cfg.data.dtype, num_marks=k_model)  # what mtpp train checks, before the run folder
     name = str(getattr(data, "name", "data"))
     source = getattr(data, "source", None)
@@ -156,7 +167,6 @@ def _compose(model: nn.Module, data: Any, config: RunConfig | dict | str | Path 
         if options.get("data_dir") is not None:
             fields_of_data["data_dir"] = str(options["data_dir"])
 
-    given = _given_keys(config)
     ignored = []
     model_keys = sorted(k for k in given if k.startswith("model."))
     if model_keys:

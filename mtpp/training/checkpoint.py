@@ -14,12 +14,13 @@ them (no arbitrary pickles).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -95,6 +96,20 @@ def _as_python_state(s: Any) -> tuple:
     # torch.save keeps tuples, but be lenient with lists (e.g. a state that went through JSON)
     version, internal, gauss = s
     return (version, tuple(internal), gauss)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """The python, numpy and torch (and initialised CUDA) generator states as they were on entry, restored on exit.
+
+    A run seeds the global generators from ``train.seed`` (:func:`seed_everything`); inside this context that
+    seeding ends with the run, so a caller's own random stream (``np.random``, ``random``, ``torch``) continues
+    after ``fit`` exactly as it would have without it."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def seed_everything(seed: int) -> None:

@@ -45,6 +45,24 @@ def resolve_device(name: str, tf32: bool = False) -> torch.device:
     return dev
 
 
+def model_device(model: nn.Module, device: str | None, what: str) -> torch.device:
+    """The device a model is computed on by ``evaluate`` / ``predict`` / ``generate(model, ...)``: its own; a
+    ``device`` given is checked (:func:`resolve_device`) and must be that one. The model is never moved behind the
+    caller's back (a batch sent to another device than the model's failed inside torch, and ``predict`` /
+    ``generate`` ignored the argument): ``ConfigError`` naming both, with the fix (``model.to(device)``)."""
+    own = next(model.parameters()).device
+    if device is None or device == "auto":
+        return own
+    try:
+        dev = resolve_device(device)
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
+    if dev.type != own.type or (dev.index is not None and dev.index != (own.index or 0)):
+        raise ConfigError(f"{what}: device {device!r} but the model is on {own}; move it first "
+                          f"(model.to({str(dev)!r})) or leave device out (it is computed where the model is)")
+    return own
+
+
 def set_float32_precision(tf32: bool) -> None:
     """Full float32 (``"ieee"``) or TensorFloat-32 (``"tf32"``) for CUDA matrix products, cuDNN RNNs and convolutions.
 

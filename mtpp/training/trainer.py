@@ -153,12 +153,17 @@ def fit(
     dict); an exception it raises (e.g. Optuna's ``TrialPruned``, ``mtpp tune``) ends the run there.
     ``interrupt_hint``: on Ctrl-C print how to continue this run (``resume_hint``); a caller that continues its
     runs another way (``mtpp tune``: rerun the search) passes ``False`` and says so itself.
+
+    The run seeds the global python / numpy / torch generators from ``train.seed``; their states on entry are
+    restored on exit (``checkpoint.preserved_rng``), as are torch's thread count and deterministic-algorithm flags,
+    so calling ``fit`` leaves a caller's own random stream where it was.
     """
     if config.variants:
         raise ConfigError("variants: fit() trains one configuration; use run_variants() (mtpp train does)")
     _check_resume_or_overwrite(resume, overwrite)
     _make_aggregator(config)  # its options checked before the run folder exists (a bad one left a folder behind)
-    with torch_threads(config.train.threads), distributed.session(config.train.device) as ddp:
+    with checkpoint.preserved_rng(), torch_threads(config.train.threads), \
+            distributed.session(config.train.device) as ddp:
         with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main, interrupt_hint):
             with determinism(config.train.deterministic), compile_settings(config.train):
                 trainer = Trainer(
