@@ -122,9 +122,8 @@ def test_refuses_to_clobber_and_to_resume_nothing(tmp_path: Path) -> None:
     tensorboard = load_config(None, [*TINY, "model.decoder=lnm", "logging.tensorboard=true"])
     try:
         import torch.utils.tensorboard  # noqa: F401
-    except ImportError:  # optional dependency: a warning, and the run goes on with log.jsonl only
-        with pytest.warns(UserWarning, match="tensorboard"):
-            assert fit(tensorboard, tmp_path / "run", overwrite=True)["train"]["epochs"] == 1
+    except ImportError:  # optional dependency: a WARNING line (test_tracking), and the run goes on with log.jsonl only
+        assert fit(tensorboard, tmp_path / "run", overwrite=True)["train"]["epochs"] == 1
     else:
         assert fit(tensorboard, tmp_path / "run", overwrite=True)["train"]["epochs"] == 1
         assert (tmp_path / "run" / "tensorboard").is_dir()
