@@ -12,6 +12,7 @@ Public API (imported lazily, so ``import mtpp`` stays cheap: no torch, no side e
 * ``build_model`` (``mtpp.models``): a ``MarkedTPP`` from a ``ModelConfig``, a dict or a run configuration.
 * ``fit`` (``mtpp.training.api``): ``fit(model, data, out_dir, config=...)`` or ``fit(config, out_dir)``.
 * ``evaluate`` (``mtpp.evaluation.evaluate``): a run directory or a model on a split.
+* ``log_likelihood`` (``mtpp.evaluation.likelihood``): each sequence's time and mark log-likelihood under a model.
 * Configuration (``mtpp.config``): ``load_config``, ``config_from_dict``, ``RunConfig``, ``DataConfig``,
   ``ModelConfig``, ``TrainConfig``, ``GradientsConfig``, ``LoggingConfig``.
 * ``predict``, ``generate`` (``mtpp.forecast``): next-event predictions and sampled continuations.
@@ -26,6 +27,7 @@ _EXPORTS = {
     "build_model": "mtpp.models",
     "fit": "mtpp.training.api",
     "evaluate": "mtpp.evaluation.evaluate",
+    "log_likelihood": "mtpp.evaluation.likelihood",
     "load_config": "mtpp.config",
     "config_from_dict": "mtpp.config",
     "RunConfig": "mtpp.config",

@@ -4,6 +4,7 @@ is extracted from README.md and executed here."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -47,6 +48,8 @@ def test_readme_python_section_runs(tmp_path, monkeypatch, capsys):
     t, m = (float(x) for x in out[0].split())
     assert t > 0 and m > 0  # NLL per sequence of a 5-mark process with ~10 events a sequence
     assert float(out[1]) > 0
+    per_sequence = [float(x) for x in out[2].strip("[]").split(",")]
+    assert len(per_sequence) == 3 and all(math.isfinite(x) for x in per_sequence)
 
 
 def test_exports():
@@ -505,3 +508,64 @@ def test_build_model_follows_the_default_dtype_as_documented(ds):
         torch.set_default_dtype(previous)
     assert next(model.parameters()).dtype == torch.float64
     assert "torch's default dtype" in mtpp.build_model.__doc__
+
+
+@pytest.mark.parametrize("decoder", ["lnm", "thp"])
+def test_log_likelihood_of_each_sequence(ds, decoder):
+    """``mtpp.log_likelihood``: one row per sequence in the order given, equal to the model's own per-sequence
+    terms of that sequence alone (batching, sorting by length and padding change nothing), averaging to
+    ``evaluate``'s ``nll_*_per_seq``, with the survival term of a window end, and in the data's units: at fixed
+    weights, times ``c t`` (model time scale ``c`` times) give ``log_lik_time - |I| log c``."""
+    import math
+
+    from mtpp.data.batch import collate
+
+    torch.manual_seed(0)
+    model = mtpp.build_model({**TINY_MODEL, "decoder": decoder}, ds.num_marks).double()
+    seqs = ds.test[:9] + [_seq([0.2, 0.9, 1.4], [0, 3, 1], window=2.5)]
+    frame = mtpp.log_likelihood(model, seqs, batch_size=4)
+    assert list(frame.columns) == ["events", "scored_events", "log_lik_time", "log_lik_mark", "log_survival",
+                                   "log_lik"]  # fmt: skip
+    assert frame["events"].tolist() == [len(s) for s in seqs]
+    model.eval()
+    with torch.no_grad():
+        for i, s in enumerate(seqs):
+            alone = model.nll(collate([s], dtype=torch.float64))
+            assert frame.loc[i, "log_lik_time"] == pytest.approx(-alone.time_nll.item(), rel=1e-10, abs=1e-10)
+            assert frame.loc[i, "log_lik_mark"] == pytest.approx(-alone.mark_nll.item(), rel=1e-10, abs=1e-10)
+            assert frame.loc[i, "scored_events"] == int(alone.scored.sum())
+    assert (frame["log_survival"].iloc[:9] == 0).all() and frame["log_survival"].iloc[9] < 0
+    assert frame["log_lik"].tolist() == pytest.approx((frame["log_lik_time"] + frame["log_lik_mark"]).tolist())
+    metrics = mtpp.evaluate(model, data=seqs[:9])
+    assert -frame["log_lik_time"].iloc[:9].mean() == pytest.approx(metrics["nll_time_per_seq"], rel=1e-9)
+    assert -frame["log_lik_mark"].iloc[:9].mean() == pytest.approx(metrics["nll_mark_per_seq"], rel=1e-9)
+    # the data's units: the same sequences with times x c, under the same weights with the time scale x c
+    c = 1e3
+    scaled = [_seq(s.times * c, s.marks, None if s.window_end is None else s.window_end * c) for s in seqs]
+    base_scale = model.time_scale
+    model.time_scale = base_scale * c
+    again = mtpp.log_likelihood(model, scaled)
+    model.time_scale = base_scale
+    shift = frame["scored_events"] * math.log(c)
+    assert again["log_lik_time"].tolist() == pytest.approx((frame["log_lik_time"] - shift).tolist(), rel=1e-9)
+    assert again["log_lik_mark"].tolist() == pytest.approx(frame["log_lik_mark"].tolist(), rel=1e-9, abs=1e-9)
+
+
+def test_log_likelihood_refuses_bad_input_in_one_line(ds):
+    from mtpp.errors import DataError, MtppError
+
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    from dataclasses import replace
+
+    named = [replace(_seq([0.1, 0.4], [0, 1]), name="user_7")]
+    assert mtpp.log_likelihood(model, named)["seq_id"].tolist() == ["user_7"]
+    for bad, message in (([_seq([0.5, 0.2], [0, 1])], "sequence 0: times out of order at event 1"),
+                         ([_seq([0.5, 0.7], [0, 9])], "mark 9 at event 1 is out of range for the 5 marks"),
+                         ([], "no sequence to score")):  # fmt: skip
+        with pytest.raises(MtppError, match=message):
+            mtpp.log_likelihood(model, bad)
+    with pytest.raises(DataError, match="a dataset name or path"):
+        mtpp.log_likelihood(model, "synthetic_hawkes")
+    with pytest.raises(MtppError, match="expected a model"):
+        mtpp.log_likelihood("runs/x", named)
+    assert len(mtpp.log_likelihood(model, ds, split="val")) == len(ds.val)
