@@ -569,3 +569,16 @@ def test_log_likelihood_refuses_bad_input_in_one_line(ds):
     with pytest.raises(MtppError, match="expected a model"):
         mtpp.log_likelihood("runs/x", named)
     assert len(mtpp.log_likelihood(model, ds, split="val")) == len(ds.val)
+
+
+def test_evaluate_of_sequences_that_score_no_event_is_refused(ds):
+    """One-event sequences with ``first_event: skip`` score nothing: ``evaluate`` returned NaN metrics without a
+    word; it says why in one line (``log_likelihood`` gives such a sequence its row, 0 events scored)."""
+    from mtpp.errors import MtppError
+
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    ones = [_seq([0.5], [1]), _seq([0.7], [2])]
+    with pytest.raises(MtppError, match="2 sequence.s. of one event each and no scored event"):
+        mtpp.evaluate(model, data=ones)
+    assert mtpp.log_likelihood(model, ones)["scored_events"].tolist() == [0, 0]
+    assert math.isfinite(mtpp.evaluate(model, data=ones + [_seq([0.1, 0.3], [0, 1])])["nll_per_event"])

@@ -207,6 +207,11 @@ def evaluate(
         what = f"evaluate(model, data=...) {split}" if hasattr(data, split) else "evaluate(model, data=...)"
         seqs = check_sequences(sequences_of(data, split, "evaluate(model, data=...)"), int(model.num_marks),
                                what=what, dtype=next(model.parameters()).dtype)
+        first = getattr(getattr(model, "cfg", None), "first_event", "skip")
+        if first == "skip" and seqs and all(len(s) == 1 for s in seqs):  # every metric would be 0 / 0
+            raise MtppError(f"{what}: {len(seqs)} sequence(s) of one event each and no scored event (the model's "
+                            "first_event: skip leaves each sequence's first event unscored): score longer sequences, "
+                            "or use mtpp.log_likelihood for each sequence's terms")
         metrics, _ = evaluate_model(model, seqs, batch_size=batch_size or 256, device=device)
         return metrics
     if not isinstance(run_dir_or_model, (str, Path)):
