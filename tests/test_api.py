@@ -582,3 +582,23 @@ def test_evaluate_of_sequences_that_score_no_event_is_refused(ds):
         mtpp.evaluate(model, data=ones)
     assert mtpp.log_likelihood(model, ones)["scored_events"].tolist() == [0, 0]
     assert math.isfinite(mtpp.evaluate(model, data=ones + [_seq([0.1, 0.3], [0, 1])])["nll_per_event"])
+
+
+def test_fit_calls_on_epoch_and_stops_when_it_says_so(ds, tmp_path):
+    """``mtpp.fit(..., on_epoch=...)``: the callback gets each epoch's validation NLLs after its checkpoint;
+    returning "stop" ends training there, the best state evaluated, ``stopped_by: on_epoch``."""
+    seen = []
+
+    def watch(epoch, val):
+        seen.append((epoch, val["val_nll_per_seq"]))
+        return "stop" if epoch == 2 else None
+
+    model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+    config = {**QUICK, "train": {**QUICK["train"], "max_epochs": 5}}
+    result = mtpp.fit(model, ds, tmp_path / "run", config=config, on_epoch=watch)
+    assert [e for e, _ in seen] == [1, 2] and all(math.isfinite(v) for _, v in seen)
+    assert result["train"]["epochs"] == 2 and result["train"]["stopped_by"] == "on_epoch"
+    assert math.isfinite(result["test"]["nll_time_per_seq"]) and (tmp_path / "run" / "metrics.json").is_file()
+    plain = mtpp.fit(mtpp.build_model(TINY_MODEL, ds.num_marks), ds, tmp_path / "plain", config=QUICK,
+                     on_epoch=lambda e, v: None)
+    assert plain["train"]["epochs"] == 2 and plain["train"]["stopped_by"] == "max_epochs"

@@ -42,7 +42,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -63,11 +63,15 @@ def fit(
     config: RunConfig | dict | str | Path | None = None,
     data_dir: str | None = None,
     overwrite: bool = False,
+    on_epoch: Callable[[int, dict[str, float]], Any] | None = None,
 ) -> dict[str, Any]:
     """Train a model on data (``fit(model, data, out_dir)``) or a configuration (``fit(config, out_dir)``).
 
     See the module docstring for both routes, shapes and units. Returns ``metrics.json``'s content plus
-    ``"run_dir"``.
+    ``"run_dir"``. ``on_epoch(epoch, val)``: called after each epoch (its checkpoint written) with the validation
+    NLLs (``val["val_nll_per_seq"]``, nats per sequence, ...); returning ``"stop"`` ends training there, the best
+    epoch's state kept and evaluated (``stopped_by: on_epoch``); an exception it raises ends the run without final
+    metrics (``mtpp.training.trainer.fit``).
     """
     from mtpp.training import trainer
 
@@ -80,7 +84,7 @@ def fit(
         cfg, run_data = _compose(model_or_config, data_or_out, config)
         out = _out_dir(out_dir)
         metrics = trainer.fit(cfg, out, data_dir=data_dir, overwrite=overwrite, model=model_or_config,
-                              data=run_data)
+                              data=run_data, on_epoch=on_epoch)
     else:
         if config is not None:
             raise ConfigError("fit(config, out_dir): pass the configuration once (config= is for fit(model, data))")
@@ -89,7 +93,7 @@ def fit(
                               "out_dir); pass resume=True by keyword")
         cfg = as_run_config(model_or_config)
         out = _out_dir(data_or_out)
-        metrics = trainer.fit(cfg, out, resume=resume, data_dir=data_dir, overwrite=overwrite)
+        metrics = trainer.fit(cfg, out, resume=resume, data_dir=data_dir, overwrite=overwrite, on_epoch=on_epoch)
     return {**metrics, "run_dir": str(out)}
 
 

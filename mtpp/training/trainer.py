@@ -150,7 +150,10 @@ def fit(
     ``cfg`` is ``config.model``) and already loaded data (a ``setup.RunData``) used instead of building them from
     ``config`` (``mtpp.training.api.fit`` composes them; the model is trained in place). ``on_epoch(epoch, val)``:
     called after each epoch's validation, checkpoint and log record with the validation NLLs (``_validate``'s
-    dict); an exception it raises (e.g. Optuna's ``TrialPruned``, ``mtpp tune``) ends the run there.
+    dict; on every rank under DDP, with the same values); returning ``"stop"`` ends training there like early
+    stopping (the best epoch's state is evaluated, ``metrics.json``'s ``stopped_by`` is ``"on_epoch"``; a
+    ``resume`` would train on), and an exception it raises (e.g. Optuna's ``TrialPruned``, ``mtpp tune``) ends
+    the run there without final metrics.
     ``interrupt_hint``: on Ctrl-C print how to continue this run (``resume_hint``); a caller that continues its
     runs another way (``mtpp tune``: rerun the search) passes ``False`` and says so itself.
 
@@ -553,6 +556,7 @@ class Trainer:
             self.logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
         self.progress = Progress(cfg.logging.progress and not self.quiet)
         self.on_epoch: Any = None  # fit(on_epoch=...): a per-epoch callback (pruning in mtpp tune)
+        self.stopped_by: str | None = None  # "on_epoch" when that callback asked to stop
         self._timing = _Timing()
         if self.main:
             echo(run_header(self), self.quiet, console=run_header(self, console=True))
@@ -606,8 +610,9 @@ class Trainer:
             val = self._validate()
             val["validation_seconds"] = time.perf_counter() - started
             self._end_epoch(epoch, seconds, val)
-            if self.on_epoch is not None:
-                self.on_epoch(epoch, val)
+            if self.on_epoch is not None and self.on_epoch(epoch, val) == "stop":
+                self.stopped_by = "on_epoch"  # the caller's callback ended training: the best state so far stands
+                break
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> float:
@@ -899,7 +904,7 @@ class Trainer:
             "train_seconds": self.counters.train_seconds,
             "best_epoch": self.early.best_epoch,
             # why training ended: patience ran out (every group, under separate early stopping) or the epoch cap
-            "stopped_by": "early_stopping" if self.early.done else "max_epochs",
+            "stopped_by": self.stopped_by or ("early_stopping" if self.early.done else "max_epochs"),
             "num_parameters": count_parameters(self.model),
             "first_event": self.cfg.model.first_event,
             "aggregator": self.cfg.gradients.aggregator,
