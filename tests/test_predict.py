@@ -763,3 +763,52 @@ def test_evaluate_all_splits_says_the_runs_data_once(run_dir: Path, capsys) -> N
     assert err.count(f"{run_dir}: data ") == 1
     assert err.count(f"{run_dir}: wrote metrics.json") == 2
     assert [line.split(" | ")[1] for line in out.splitlines() if line.startswith(f"| {run_dir} |")] == ["val", "test"]
+
+
+def test_forecasting_commands_take_new_sequences_from_a_file(tmp_path: Path, capsys) -> None:
+    """``predict`` / ``generate`` / ``plot`` forecast only a split of the run's own data; ``--input FILE`` takes a
+    user's new sequences (here: a table in the data's own mark ids 10..40 of a run trained with remapped marks),
+    maps them to the model's ids and gives them back in the data's, with their seq_ids. A mark the training data
+    never had, ``--input`` with ``--split``, and ``--sort`` without ``--input`` are one line each."""
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+
+    def table(path: Path, n: int, prefix: str, marks=(1, 2, 3, 4)) -> Path:
+        rows = ["seq_id,time,mark"]
+        for j in range(n):
+            t = np.cumsum(rng.exponential(1.0, 7))
+            rows += [f"{prefix}{j},{x:.4f},{10 * int(k)}" for x, k in zip(t, rng.choice(marks, t.size))]
+        path.write_text("\n".join(rows) + "\n")
+        return path
+
+    csv = table(tmp_path / "train.csv", 30, "s")
+    run = tmp_path / "run"
+    assert main(["train", "--set", f"data.name={csv}", "--set", "data.remap_marks=true", "--set",
+                 "train.max_epochs=1", "--set", "model.hidden_size=4", "--out", str(run), "-q"]) == 0
+    new = table(tmp_path / "new.csv", 3, "new_")
+    assert main(["predict", str(run), "--input", str(new), "--out", str(tmp_path / "p.csv")]) == 0
+    p = pd.read_csv(tmp_path / "p.csv")
+    given = pd.read_csv(new)
+    assert sorted(set(p["seq_id"])) == ["new_0", "new_1", "new_2"] and len(p) == 3 * 6  # first events not scored
+    for sid, rows in p.groupby("seq_id"):
+        assert rows["observed_mark"].astype(int).tolist() == given[given.seq_id == sid]["mark"].tolist()[1:]
+    assert set(p["mark_1"]) <= {10, 20, 30, 40}
+    assert main(["generate", str(run), "--input", str(new), "--sequences", "new_1", "--events", "3", "--out",
+                 str(tmp_path / "g.csv")]) == 0
+    g = pd.read_csv(tmp_path / "g.csv")
+    assert set(g["seq_id"]) == {"new_1"} and len(g) == 3 and set(g["mark"]) <= {10, 20, 30, 40}
+    capsys.readouterr()
+    assert main(["plot", str(run), "--input", str(new), "--sequence", "new_2", "--samples", "2", "--out",
+                 str(tmp_path / "f.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "f.png: sequence 2 (seq_id 'new_2') (7 events)" in out and "mark ids occur" not in err
+    odd = table(tmp_path / "odd.csv", 2, "odd_", marks=(1, 5))  # mark 50: not one of the run's
+    assert main(["predict", str(run), "--input", str(odd), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "odd.csv: sequence 0: mark 50 at event" in err and "(seq_id 'odd_0') is not one of the 4 mark ids" in err
+    assert main(["predict", str(run), "--input", str(new), "--split", "val", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert main(["predict", str(run), "--sort", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "--sort only applies with --input" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists() and not (tmp_path / "x.csv").exists()

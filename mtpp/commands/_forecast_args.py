@@ -4,19 +4,22 @@ which run's data, where, and the cap on sampled continuations."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from mtpp.commands._types import positive_float, positive_int
 from mtpp.commands._types import seed as seed_type
 
-__all__ = ["add_max_events", "add_run_options", "positive_float", "positive_int", "sequence_index",
-           "SEQUENCE_HELP"]
+__all__ = ["add_max_events", "add_run_options", "input_sequences", "positive_float", "positive_int",
+           "sequence_index", "SEQUENCE_HELP"]
 
-SEQUENCE_HELP = "an index of the split's sequences (0, 1, ...), or a seq_id of the data (user_17, or id:17)"
+SEQUENCE_HELP = ("an index of the split's (or --input's) sequences (0, 1, ...), or a seq_id of the data (user_17, or "
+                 "id:17)")
 """How ``--sequence`` / ``--sequences`` name a sequence (:func:`sequence_index`)."""
 
 
-def sequence_index(seqs: list, token: str, flag: str, split: str) -> int:
-    """The index in ``seqs`` (a run's ``split``) that ``token`` names: an integer is an index; ``id:X`` or any
+def sequence_index(seqs: list, token: str, flag: str, where: str) -> int:
+    """The index in ``seqs`` (``where``: "the test split" of a run's data, or an ``--input`` file) that ``token`` names: an integer is an index; ``id:X`` or any
     other text is the seq_id ``X`` of the data (``EventSequence.name``: a table's ``seq_id``). ``MtppError`` in one
     line naming ``flag`` otherwise."""
     from mtpp.errors import MtppError
@@ -29,7 +32,7 @@ def sequence_index(seqs: list, token: str, flag: str, split: str) -> int:
             pass
         else:
             if not 0 <= i < len(seqs):
-                raise MtppError(f"{flag} {i}: out of range, the {split} split has {len(seqs)} sequences "
+                raise MtppError(f"{flag} {i}: out of range, {where} has {len(seqs)} sequences "
                                 f"(0..{len(seqs) - 1})")
             return i
     name = text.removeprefix("id:")
@@ -39,12 +42,20 @@ def sequence_index(seqs: list, token: str, flag: str, split: str) -> int:
     known = [s.name for s in seqs if s.name is not None]
     hint = (f" (its seq_ids: {', '.join(repr(n) for n in known[:3])}{', ...' if len(known) > 3 else ''})" if known
             else " (its sequences have no seq_id: name them by index)")
-    raise MtppError(f"{flag} {text!r}: no sequence of the {split} split has seq_id {name!r}{hint}")
+    raise MtppError(f"{flag} {text!r}: no sequence of {where} has seq_id {name!r}{hint}")
 
 
-def add_run_options(p: argparse.ArgumentParser, seed: bool = True) -> None:
-    """``--split``, ``--data-dir``, ``--device``, ``--overwrite`` (and ``--seed`` unless ``seed=False``)."""
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
+def add_run_options(p: argparse.ArgumentParser, seed: bool = True, input: bool = False) -> None:
+    """``--split``, ``--data-dir``, ``--device``, ``--overwrite`` (and ``--seed`` unless ``seed=False``; ``--input``
+    and ``--sort`` with ``input``: :func:`input_sequences`)."""
+    p.add_argument("--split", choices=("train", "val", "test"), default=None, help="default: test")
+    if input:
+        p.add_argument("--input", type=Path, metavar="FILE",
+                       help="forecast the sequences of this file or folder instead of a split of the run's data (a "
+                       "CSV / Parquet table with seq_id, time, mark, or any format mtpp data describe reads; marks "
+                       "in the ids of the run's data)")
+        p.add_argument("--sort", action="store_true", help="with --input: sort unsorted sequences instead of "
+                       "refusing them")
     if seed:
         p.add_argument("--seed", type=seed_type, default=0,
                        help="seed of the sampled continuations, 0 to 2**32-1 (default 0: the same samples every time)")
@@ -64,3 +75,20 @@ def add_max_events(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-events", type=positive_int, default=None, metavar="N",
                    help=f"cap on events per sampled continuation (default {MAX_EVENTS}); continuations cut there "
                    "before the horizon are reported, and event counts from them are lower bounds")
+
+
+def input_sequences(run: Any, args: argparse.Namespace) -> tuple[list, str]:
+    """The sequences a forecasting command works on and how to name them: ``--input FILE``'s
+    (``LoadedRun.read_sequences``, in the model's mark ids), or the run's ``--split`` (default test). ``MtppError``
+    when both ``--input`` and ``--split`` are given."""
+    from mtpp.errors import MtppError
+
+    if getattr(args, "input", None) is None:
+        if getattr(args, "sort", False):
+            raise MtppError("--sort only applies with --input (the run's own data were read as its config says)")
+        args.split = args.split or "test"
+        return run.split(args.split), f"the {args.split} split"
+    if args.split is not None:
+        raise MtppError(f"--input {args.input} and --split {args.split}: give one (the sequences of a file, or a split "
+                        "of the run's data)")
+    return run.read_sequences(args.input, sort=args.sort), str(args.input)

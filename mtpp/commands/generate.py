@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "process, synthetic_hawkes only)")
     add_max_events(p)
     p.add_argument("--max-memory", type=positive_float, default=2.0, help="memory budget in GiB (default 2)")
-    add_run_options(p)
+    add_run_options(p, input=True)
     p.set_defaults(func=run)
 
 
@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
+    from mtpp.commands._forecast_args import input_sequences
+    from mtpp.data.checks import check_sequences
     from mtpp.errors import MtppError
     from mtpp.forecast.baselines import baseline_factory
     from mtpp.forecast.generate import generate, truncation_note
@@ -65,16 +67,19 @@ def run(args: argparse.Namespace) -> int:
     check_table_path(per_sample, args.overwrite)
 
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
-    seqs = run.split(args.split)
+    seqs, where = input_sequences(run, args)  # a split of the run's data, or --input FILE's sequences
+    if args.input is not None:
+        seqs = check_sequences(seqs, int(run.model.num_marks), what=str(args.input), whose=f"the run {run.path}",
+                               dtype=run.dtype)
     ids = list(range(len(seqs)))
     if args.sequences:
-        ids = [sequence_index(seqs, x, "--sequences:", args.split) for x in args.sequences.split(",") if x.strip()]
+        ids = [sequence_index(seqs, x, "--sequences:", where) for x in args.sequences.split(",") if x.strip()]
         twice = sorted({i for i in ids if ids.count(i) > 1})
         if twice:  # the rows of two copies could not be told apart (same sequence, sample and index)
             raise MtppError(f"--sequences: {', '.join(map(str, twice))} given more than once; name each sequence "
                             "once (--samples N gives N continuations of each)")
     histories = [seqs[i] for i in ids]
-    source = f"{run.cfg.data.name}/{args.split}"
+    source = f"{run.cfg.data.name}/{args.split}" if args.input is None else str(args.input)
     target = run.model if args.baseline == "model" else baseline_factory(args.baseline, run)
     t = time.perf_counter()
     with run.threads():

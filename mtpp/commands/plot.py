@@ -25,12 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cut", type=int, help="number of history events (default: the last cut with an observed window)")
     p.add_argument("--samples", type=int, default=50, help="sampled continuations (default 50)")
     add_max_events(p)
-    add_run_options(p)
+    add_run_options(p, input=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtpp.commands._forecast_args import input_sequences
     from mtpp.data.catalog import time_unit_of, time_unit_text
+    from mtpp.data.checks import check_sequences
     from mtpp.errors import MtppError
     from mtpp.forecast.plot import beyond_data_note, check_plot_path, plot_forecast, save_forecast_plot
     from mtpp.forecast.runs import load_run
@@ -38,14 +40,16 @@ def run(args: argparse.Namespace) -> int:
     check_plot_path(args.out, args.overwrite)  # before the model is loaded
 
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
-    seqs = run.split(args.split)
-    index = sequence_index(seqs, args.sequence, "--sequence", args.split)
-    seq = seqs[index]
+    seqs, where = input_sequences(run, args)  # a split of the run's data, or --input FILE's sequences
+    index = sequence_index(seqs, args.sequence, "--sequence", where)
+    seq = check_sequences([seqs[index]], int(run.model.num_marks), what=where, whose=f"the run {run.path}",
+                          dtype=run.dtype)[0]
     horizon = args.horizon if args.horizon is not None else 0.25 * float(seq.times[-1] - seq.times[0]) or 1.0
     m = run.cfg.model
     unit = time_unit_of(run.cfg.data.name)
     named = f" (seq_id {seq.name!r})" if seq.name is not None else ""  # the user's own id of the sequence
-    title = (f"{run.cfg.data.name} {args.split} sequence {index}{named}: {m.encoder}-{m.decoder} "
+    which = f"{run.cfg.data.name} {args.split}" if args.input is None else Path(args.input).name
+    title = (f"{which} sequence {index}{named}: {m.encoder}-{m.decoder} "
              f"{m.parametrisation}, horizon {horizon:.4g} {time_unit_text(unit)}")
     notes: list[str] = []  # sampled continuations cut at --max-events, if any
     with run.threads():

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
         help="next-event predictions of a run, one row per scored event",
-        description="Load RUN_DIR (config.yaml, best.pt, its data) and write, for every scored event of a split, "
+        description="Load RUN_DIR (config.yaml, best.pt, its data) and write, for every scored event of a split "
+        "(or of the sequences of --input FILE), "
         "the predicted gap (median, mean where defined, central interval), the top-k forecast marks p(k | H) and "
         "the log-density of what happened. Columns: see mtpp.forecast.predict.",
     )
@@ -23,18 +24,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="ranked marks per row (default 5)")
     p.add_argument("--include-next", action="store_true", help="add the forecast after each sequence's last event")
     p.add_argument("--batch-size", type=positive_int, help="sequences per batch (default: the run's evaluation batch)")
-    add_run_options(p, seed=False)
+    add_run_options(p, seed=False, input=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtpp.forecast.predict import check_table_path, interval_columns, predict, write_table
+    from mtpp.commands._forecast_args import input_sequences
+    from mtpp.forecast.predict import check_table_path, interval_columns, predict_run, write_table
+    from mtpp.forecast.runs import load_run
 
     check_table_path(args.out, args.overwrite)  # before the model is loaded and anything predicted
 
-    frame = predict(args.run_dir, args.split, args.data_dir, level=args.level, top_k=args.top_k,
-                    batch_size=args.batch_size, include_next=args.include_next, device=args.device,
-                    progress=True, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    seqs, _ = input_sequences(run, args)
+    frame = predict_run(run, seqs, level=args.level, top_k=args.top_k, batch_size=args.batch_size,
+                        include_next=args.include_next, progress=True)
     path = write_table(frame, args.out, overwrite=args.overwrite)
     shown = sum(c.startswith("mark_") for c in frame.columns)
     if shown < args.top_k:

@@ -287,7 +287,9 @@ def predict(
     over the sequences on a terminal; ``log``: one line naming the run's data (``load_run``).
 
     ``sequences``: a list of ``EventSequence``, or a ``Dataset`` (its ``split`` part, as ``evaluate(model,
-    data=ds)``); with a run directory, ``None`` predicts the run's own ``split``. Given sequences are checked
+    data=ds)``); with a run directory, ``None`` predicts the run's own ``split``. Their marks are the model's ids
+    ``0..K-1``; a run trained on remapped marks writes its output in the data's own ids, and
+    ``load_run(run_dir).read_sequences(path)`` reads a file in those ids (``mtpp predict --input``). Given sequences are checked
     against the model before any work (``mtpp.data.checks.check_sequences``: marks in ``[0, K)``, times finite and
     sorted, within the model's dtype): ``DataError`` in one line otherwise. ``batch_size``: a positive integer or
     ``None`` (the run's evaluation batch size; 256 for a model). ``device``: where a run's model is loaded; a
@@ -317,11 +319,19 @@ def predict(
     if sequences is not None:
         sequences = sequences_of(sequences, split, "predict(sequences=...)")
     run = load_run(run_dir_or_model, data_dir, device, log=log)
-    if sequences is None:
-        seqs = run.split(split)
-    else:
-        seqs = check_sequences(sequences, int(run.model.num_marks), what="predict(sequences=...)",
-                               whose=f"the run {run.path}", dtype=run.dtype)
+    return predict_run(run, run.split(split) if sequences is None else sequences, level=level, top_k=top_k,
+                       batch_size=batch_size, include_next=include_next, progress=progress)
+
+
+def predict_run(run, sequences: Sequence[EventSequence], *, level: float = DEFAULT_LEVEL, top_k: int = DEFAULT_TOP_K,
+                batch_size: int | None = None, include_next: bool = False, progress: bool = False):
+    """:func:`predict`'s table for a loaded run (``mtpp.forecast.runs.load_run``) on ``sequences`` (its own split's,
+    or others, checked against its model first), computed with the run's threads, its seed and batch size (unless
+    ``batch_size``), marks given back in the data's own ids where the run's data were remapped."""
+    from mtpp.data.checks import check_sequences
+
+    seqs = check_sequences(sequences, int(run.model.num_marks), what="predict(sequences=...)",
+                           whose=f"the run {run.path}", dtype=run.dtype)
     bs = batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
     with run.threads():
         frame = predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,

@@ -9,7 +9,7 @@ Errors: ``MtppError`` naming the folder when it is not a run (no ``config.yaml``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,46 @@ class LoadedRun:
 
     def split(self, name: str) -> list:
         return self.data.split(name)
+
+    def read_sequences(self, path: str | Path, *, sort: bool = False) -> list:
+        """The sequences of a file or folder of the user's (any format ``mtpp.data.formats.read_any`` reads: a CSV /
+        Parquet table, EasyTPP JSON, ...), every part in file order, their marks in the model's ids ``0..K-1``.
+
+        A run trained on remapped marks (``data.mark_ids``: the source's id of each model mark) reads the file in
+        the source's ids and maps them; an id its training data did not have is a ``DataError`` naming the file,
+        the sequence (and its ``seq_id``) and the id. Otherwise the ids are the model's (checked against ``K`` by
+        ``mtpp.data.checks.check_sequences`` in ``predict`` / ``generate``). ``sort``: sort an unsorted sequence
+        (stable) instead of refusing it. A table's ``seq_id`` stays the sequences' ``name``."""
+        import numpy as np
+
+        import contextlib
+
+        from mtpp.data.formats import ReadOptions, notes_reported, read_any
+        from mtpp.errors import DataError
+
+        ids = getattr(self.data, "mark_ids", None)
+        # with the run's map, the reader's notes on the file's ids (sparse, from 1) do not apply: the ids are mapped
+        with notes_reported() if ids else contextlib.nullcontext():
+            res = read_any(path, options=ReadOptions(sort=sort))
+        seqs = [s for part in res.parts.values() for s in part]
+        if not seqs:
+            raise DataError("holds no sequence", source=str(path))
+        if not ids:
+            return seqs
+        known = np.asarray(ids, dtype=np.int64)  # increasing: the remap numbers the sorted distinct ids
+        order = np.argsort(known, kind="stable")
+        out = []
+        for i, seq in enumerate(seqs):  # one vectorised lookup per sequence
+            at = np.searchsorted(known[order], seq.marks).clip(max=len(known) - 1)
+            bad = known[order][at] != seq.marks
+            if bad.any():
+                j = int(np.argmax(bad))
+                name = f" (seq_id {seq.name!r})" if seq.name is not None else ""
+                raise DataError(f"mark {int(seq.marks[j])} at event {j}{name} is not one of the {len(known)} mark ids "
+                                f"the run {self.path} was trained on (its data's ids, remapped to 0..{len(known) - 1})",
+                                source=str(path), sequence=i)
+            out.append(replace(seq, marks=order[at].astype(seq.marks.dtype)))
+        return out
 
     def threads(self):
         """Context in which torch computes with the run's ``train.threads`` intra-op threads (not one per core:
