@@ -812,3 +812,41 @@ def test_forecasting_commands_take_new_sequences_from_a_file(tmp_path: Path, cap
     assert main(["predict", str(run), "--sort", "--out", str(tmp_path / "x.csv")]) == 2
     assert "--sort only applies with --input" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "x.csv").exists()
+
+
+def test_evaluate_scores_a_files_sequences_without_touching_the_run(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """``mtpp evaluate RUN --input FILE``: the run's model on a user's new sequences, its metrics row printed and,
+    with ``--per-sequence OUT``, each sequence's log-likelihood written (``mtpp.log_likelihood``); the run folder
+    is left as it was. Flags that do not apply are one line each."""
+    import pandas as pd
+
+    from mtpp.evaluation.likelihood import log_likelihood
+    from mtpp.forecast.runs import load_run
+
+    rng = np.random.default_rng(3)
+    rows = ["seq_id,time,mark"]
+    for j in range(4):
+        t = np.cumsum(rng.exponential(0.5, 6 + j))
+        rows += [f"u{j},{x:.5f},{int(k)}" for x, k in zip(t, rng.integers(0, 5, t.size))]
+    new = tmp_path / "new.csv"
+    new.write_text("\n".join(rows) + "\n")
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--input", str(new), "--per-sequence", str(tmp_path / "ll.csv")]) == 0
+    out, err = capsys.readouterr()
+    assert f"| {run_dir} | new.csv |" in out and "nothing written into the run folder" in err
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+    ll = pd.read_csv(tmp_path / "ll.csv")
+    run = load_run(run_dir)
+    want = log_likelihood(run.model, run.read_sequences(new))
+    assert ll["seq_id"].tolist() == ["u0", "u1", "u2", "u3"]
+    assert ll["log_lik"].tolist() == pytest.approx(want["log_lik"].tolist(), rel=1e-6)
+    row = next(line for line in out.splitlines() if line.startswith(f"| {run_dir} | new.csv |"))
+    assert float(row.split(" | ")[2]) == pytest.approx(-want["log_lik_time"].mean(), rel=1e-3)  # L_T/seq
+    for bad, said in ((["--split", "val"], "--split do not apply"), (["--horizon", "1"], "--horizon do not apply")):
+        assert main(["evaluate", str(run_dir), "--input", str(new), *bad]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir), "--per-sequence", str(tmp_path / "x.csv")]) == 2
+    assert "--per-sequence applies with --input" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir), "--input", str(new), "--per-sequence", str(tmp_path / "ll.csv")]) == 2
+    assert not (tmp_path / "x.csv").exists()

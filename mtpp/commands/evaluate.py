@@ -61,8 +61,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluates each run below it.",
     )
     p.add_argument("run_dir", type=Path, help="a run directory written by mtpp train")
-    p.add_argument("--split", choices=("val", "test", "train", "all"), default="test",
+    p.add_argument("--split", choices=("val", "test", "train", "all"), default=None,
                    help="default: test; all = val and test (train only when named)")
+    p.add_argument("--input", type=Path, metavar="FILE",
+                   help="score the sequences of this file or folder instead of a split (a CSV / Parquet table with "
+                   "seq_id, time, mark, or any format mtpp data describe reads; marks in the ids of the run's data): "
+                   "the metrics are printed, nothing is written into the run folder")
+    p.add_argument("--per-sequence", type=Path, metavar="OUT",
+                   help="with --input: also write each sequence's time and mark log-likelihood (mtpp.log_likelihood) "
+                   "to this .csv / .parquet (never replaced)")
     p.add_argument("--data-dir", help="where the datasets are (default: the run's recorded data folder, then "
                    "$MTPP_DATA_DIR, then ./data)")
     p.add_argument("--other-data", action="store_true",
@@ -100,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     given = [f"--{n.replace('_', '-')}" for n in ("samples", "points", "max_events") if getattr(args, n) is not None]
     if given and args.horizon is None:
         raise MtppError(f"{' and '.join(given)} only apply with --horizon (the horizon metrics); add --horizon T")
+    if args.input is not None or args.per_sequence is not None:
+        return _evaluate_input(args)
+    args.split = args.split or "test"
     samples = 32 if args.samples is None else args.samples
     points = 1000 if args.points is None else args.points
     runs = run_dirs(args.run_dir)
@@ -131,6 +141,42 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         raise MtppError(f"{len(failed)} of {len(runs)} run(s) could not be evaluated (errors above): "
                         + ", ".join(failed))
+    return 0
+
+
+def _evaluate_input(args: argparse.Namespace) -> int:
+    """``--input FILE``: the run's model on the file's sequences (``LoadedRun.read_sequences``), its metrics row
+    printed, and with ``--per-sequence OUT`` each sequence's log-likelihood written; the run folder is not touched."""
+    from mtpp.errors import MtppError
+    from mtpp.evaluation.evaluate import evaluate
+    from mtpp.evaluation.likelihood import log_likelihood
+    from mtpp.forecast.predict import check_table_path, write_table
+    from mtpp.forecast.runs import load_run
+
+    if args.input is None:
+        raise MtppError("--per-sequence applies with --input FILE (the run's own splits: mtpp predict gives one row "
+                        "per event)")
+    given = [f for f, v in (("--split", args.split), ("--other-data", args.other_data), ("--horizon", args.horizon))
+             if v]  # fmt: skip
+    if given:
+        raise MtppError(f"--input scores the file's sequences: {' and '.join(given)} do not apply with it")
+    if args.per_sequence is not None:
+        check_table_path(args.per_sequence, False)  # before anything is computed
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    seqs = run.read_sequences(args.input)
+    bs = args.batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
+    with run.threads():
+        metrics = evaluate(run.model, data=seqs, batch_size=bs)
+        frame = None if args.per_sequence is None else log_likelihood(run.model, seqs, batch_size=bs)
+    metrics["first_event"] = run.cfg.model.first_event
+    table = _Table()
+    table.row(run.path, Path(args.input).name, metrics)
+    if frame is not None:
+        path = write_table(frame, args.per_sequence)
+        print(f"{path}: {len(frame)} sequences, their log-likelihoods in nats (log_lik_time, log_lik_mark, log_lik)",
+              file=sys.stderr)
+    print(f"{run.path}: scored {len(seqs)} sequences of {args.input}; nothing written into the run folder",
+          file=sys.stderr)
     return 0
 
 
