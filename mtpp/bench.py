@@ -643,4 +643,6 @@ def write_json(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     p = Path(path)
     if p.parent and not p.parent.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(list(rows), indent=2) + "\n")
+    from mtpp.files import write_text
+
+    write_text(p, json.dumps(list(rows), indent=2) + "\n")

@@ -74,10 +74,46 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the file system said no (permissions, a file where a folder goes, a full disk)
+        print(f"mtpp {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an ``OSError`` that reached the command: the path(s) it names, the system's reason and what to
+    do, instead of a traceback (``--out`` in a read-only folder, ``--out a_file/run``, a full disk, an
+    ``MTPP_CACHE_DIR`` that cannot be written)."""
+    import errno
+    import os
+    from pathlib import Path
+
+    where = ": ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    reason = e.strerror or str(e) or type(e).__name__
+    text = f"{where}: {reason}" if where else reason
+    hints = {
+        errno.EACCES: "no permission there; choose another folder (--out) or change its permissions",
+        errno.EROFS: "the file system is read-only; choose another folder (--out)",
+        errno.ENOTDIR: "a part of that path is a file, not a folder",
+        errno.ENOSPC: "the disk is full; free space and run the command again (an interrupted run resumes with "
+                      "--resume)",
+        errno.EDQUOT: "the disk quota is exceeded; free space and run the command again",
+    }
+    hint = hints.get(e.errno) if e.errno is not None else None
+    if hint is None and isinstance(e, PermissionError):
+        hint = hints[errno.EACCES]
+    cache = os.environ.get("MTPP_CACHE_DIR") or str(Path.home() / ".cache" / "mtpp")
+    if e.filename is not None and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+        target = os.path.abspath(os.fspath(e.filename))
+        root = os.path.abspath(cache)
+        if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+            origin = "MTPP_CACHE_DIR" if os.environ.get("MTPP_CACHE_DIR") else "the default cache, ~/.cache/mtpp"
+            hint = (f"the cache folder {root} ({origin}) cannot be written; set MTPP_CACHE_DIR to a folder you can "
+                    "write")
+    return f"{text} ({hint})" if hint else text
 
 
 class Terminated(KeyboardInterrupt):

@@ -61,11 +61,14 @@ from mtpp.errors import ConfigError, MtppError
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".mtpp.lock"
 PARTS = ("train", "val", "test")
-#: Temporary files of interrupted atomic writes (``checkpoint.save_atomic``, ``write_json``, the config writer):
-#: removed when a command takes the run folder over.
+#: Temporary files of interrupted atomic writes (``checkpoint.save_atomic``, ``mtpp.files.replacing``:
+#: ``.<name>.<random>.tmp``; earlier versions: ``.<name>.tmp``) of the files mtpp writes into a run folder: removed
+#: when a command takes the run folder over (a ``kill -9`` leaves them; any other interruption removes its own).
+_RUN_FILES = ("metrics.json", "metrics.interim.json", "metrics.other-*.json", "arrays_*.json", "config.yaml",
+              "tracking.json", "log.jsonl", "cell.json")
 TEMP_PATTERNS = (
-    ".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".metrics.json.tmp", ".metrics.other-*.json.tmp", ".arrays_*.json.tmp",
-    ".config.yaml.tmp", ".tracking.json.tmp",
+    ".checkpoint.pt.*.tmp", ".best.pt.*.tmp",
+    *(f".{name}.tmp" for name in _RUN_FILES), *(f".{name}.*.tmp" for name in _RUN_FILES),
 )
 
 

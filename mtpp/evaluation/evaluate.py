@@ -98,9 +98,9 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from mtpp.files import write_text
+
+    write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 INTERIM_METRICS_FILE = "metrics.interim.json"
