@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    expand_home(args)
     tune_allocator()  # a process-level setting: here, not at import
     previous = _terminate_as_interrupt()
     try:
@@ -81,6 +82,25 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
+
+
+def expand_home(args: argparse.Namespace) -> None:
+    """A leading ``~`` of every path argument is the home folder, as a shell would make it: shells leave it in
+    ``--out=~/runs/x`` and in quotes, and the folder ``./~`` that a literal ``~`` became (a later ``rm -rf ~`` of
+    it is a disaster) is never created. Applies to ``pathlib.Path`` values and to strings that start with ``~``
+    (no option value of mtpp that is not a path does); lists item by item."""
+    import os
+    from pathlib import Path
+
+    def expand(value: object) -> object:
+        if isinstance(value, Path) and value.parts[:1] and value.parts[0].startswith("~"):
+            return value.expanduser()
+        if isinstance(value, str) and value.startswith("~"):
+            return os.path.expanduser(value)
+        return value
+
+    for key, value in vars(args).items():
+        setattr(args, key, [expand(v) for v in value] if isinstance(value, list) else expand(value))
 
 
 def describe_os_error(e: OSError) -> str:
