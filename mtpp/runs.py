@@ -340,6 +340,16 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def training_finished(run_dir: str | Path) -> bool:
+    """Whether the run's training ended: its ``metrics.json`` holds the ``train`` summary the trainer writes last
+    (an interrupted run, or one still training, has none: its ``best.pt`` is the best model so far)."""
+    try:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and isinstance(metrics.get("train"), dict)
+
+
 def make_out_folder(path: str | Path) -> Path:
     """``path`` created as a folder (parents too) and returned; ``MtppError`` in one line when it exists as a file
     (``--out`` naming a file: ``train``, ``compare``, ``tune``)."""
@@ -601,4 +611,5 @@ __all__ = [
     "Run", "RunLock", "open_run", "fingerprint", "data_record", "check_same_data", "load_recorded_data",
     "describe_data", "check_folder_name", "clean_temporary_files", "mixed_data", "not_a_run", "load_weights",
     "make_out_folder",
+    "training_finished",
 ]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mtpp.errors import MtppError
+from mtpp.runs import training_finished  # noqa: F401  (re-exported: where it was first defined)
 
 METRICS_FILE = "metrics.json"
 RUN_LEVEL_KEYS = ("conflict_rate", "train_events_per_second", "best_epoch", "num_parameters", "first_event")
@@ -107,15 +108,6 @@ INTERIM_METRICS_FILE = "metrics.interim.json"
 """Where ``mtpp evaluate`` writes the metrics of a run whose training has not finished (interrupted, or still
 running): never ``metrics.json``, whose test section is what marks a run complete (``mtpp compare`` would record
 a half-trained cell, ``--resume`` would take it for done)."""
-
-
-def training_finished(run_dir: Path) -> bool:
-    """Whether the run's training ended: its ``metrics.json`` holds the ``train`` summary the trainer writes last."""
-    try:
-        metrics = json.loads((Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and isinstance(metrics.get("train"), dict)
 
 
 def metrics_path(run_dir: Path, log: Callable[[str], None] | None = None) -> Path:
