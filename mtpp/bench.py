@@ -412,7 +412,7 @@ def _bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     run_cfg = run_config_for(spec, cfg.overrides)
-    device = resolve_device(cfg.device, run_cfg.train.tf32)
+    device = resolve_device(cfg.device, run_cfg.train.tf32, source="--device")
     sequences, num_marks, label = load_sequences(cfg)
     batches = bench_batches(sequences, cfg, DTYPES[run_cfg.data.dtype], device.type)
     del sequences
@@ -570,7 +570,7 @@ def run_bench(
         run_config_for(spec, cfg.overrides)
     from mtpp.training.setup import resolve_device
 
-    resolve_device(cfg.device)  # --device cuda on a machine without one: refused before any data or model
+    resolve_device(cfg.device, source="--device")  # --device cuda on a machine without one: refused before any data or model
     if isolate and cfg.synthetic_length is None:
         load_sequences(cfg)
     rows = []

@@ -218,11 +218,11 @@ def _evaluate_run(
 
     from mtpp.models.time_decoders import evaluation_rule_warning
     from mtpp.runs import describe_data, open_run
-    from mtpp.training.setup import DTYPES, build_run_model, resolve_device
+    from mtpp.training.setup import DTYPES, build_run_model, run_device
 
     run = open_run(run_dir)
     cfg = run.config
-    dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
+    dev = run_device(device, cfg, run.path, cfg.train.tf32)
     run_data, record, same = run.load_data(data_dir, other_data=other_data)
     if log is not None:
         log(f"{run_dir}: data {describe_data(run_data)}" + ("" if same else " (OTHER data than the run's)"))

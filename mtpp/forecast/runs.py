@@ -52,14 +52,14 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | Non
     :meth:`LoadedRun.threads` to use the run's ``train.threads``."""
     from mtpp.runs import describe_data, open_run, training_finished
     from mtpp.training import checkpoint
-    from mtpp.training.setup import DTYPES, build_run_model, resolve_device
+    from mtpp.training.setup import DTYPES, build_run_model, run_device
 
     run = open_run(run_dir)
     run_dir = run.path
     if not (run_dir / checkpoint.BEST).is_file():
         raise MtppError(f"{run_dir}: no {checkpoint.BEST} (the run has not finished an epoch)")
     cfg = run.config
-    dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
+    dev = run_device(device, cfg, run_dir, cfg.train.tf32)
     data, _, _ = run.load_data(data_dir, purpose="forecast from")
     if log is not None:
         log(f"{run_dir}: data {describe_data(data)}")

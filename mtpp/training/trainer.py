@@ -456,7 +456,7 @@ class Trainer:
         self.main = dist.is_main
         self.quiet = cfg.logging.quiet or not self.main
         device = distributed.rank_device(cfg.train.device, dist.local_rank) if dist.enabled else cfg.train.device
-        self.device = resolve_device(device, cfg.train.tf32)
+        self.device = resolve_device(device, cfg.train.tf32, fix="--set train.device=cpu, or auto")
         self.amp = amp_enabled(cfg.train, self.device)
         self.dtype = DTYPES[cfg.data.dtype]
         # rank 0 reads / prepares the run directory; its checkpoint (or its error) reaches every rank
