@@ -192,7 +192,8 @@ def load_recorded_data(
     path (not a catalog name, so ``--data-dir`` has no folder to resolve it in), ``data_dir`` itself as the data
     (a copy of the recorded split folder, or of the file); then ``data_cfg`` resolved as usual (``data_dir``,
     ``data.data_dir``, ``$MTPP_DATA_DIR``, ``./data``). The first that matches is returned; when none does, the
-    last one tried (the caller refuses it with :func:`check_same_data`). ``tried`` (a list) receives
+    last one tried (the caller refuses it with :func:`check_same_data`). When the recorded source is gone and the
+    configuration finds nothing, ``MtppError`` naming the recorded source and ``--data-dir``. ``tried`` (a list) receives
     ``(place, its record or None when it did not read as data)`` for each earlier place that did not match.
     """
     from mtpp.data.catalog import CATALOG
@@ -218,9 +219,18 @@ def load_recorded_data(
             return found, record
         if tried is not None:
             tried.append((where, record))
+    from mtpp.errors import DataError
     from mtpp.training.setup import load_data
 
-    data = load_data(data_cfg, data_dir)
+    try:
+        data = load_data(data_cfg, data_dir)
+    except DataError as e:  # the recorded folder is gone and the configuration finds nothing either: say both
+        if data_dir is not None or not source or Path(source).exists():
+            raise
+        where = ("its new location (the folder or file itself)" if data_cfg.name not in CATALOG
+                 else "the data folder that holds it now")  # fmt: skip
+        raise MtppError(f"{e}; the run read its data from {source}, which no longer exists (moved or deleted?): "
+                        f"pass --data-dir with {where}") from None
     return data, data_record(data, data_cfg)
 
 
