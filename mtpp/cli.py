@@ -123,6 +123,8 @@ def describe_os_error(e: OSError) -> str:
         errno.EDQUOT: "the disk quota is exceeded; free space and run the command again",
     }
     hint = hints.get(e.errno) if e.errno is not None else None
+    if e.errno == errno.EEXIST and e.filename is not None and os.path.isfile(e.filename):  # mkdir under a file
+        hint = "a file is where a folder is needed"
     if hint is None and isinstance(e, PermissionError):
         hint = hints[errno.EACCES]
     cache = os.environ.get("MTPP_CACHE_DIR") or str(Path.home() / ".cache" / "mtpp")

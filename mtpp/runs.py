@@ -363,9 +363,13 @@ def training_finished(run_dir: str | Path) -> bool:
 def make_out_folder(path: str | Path) -> Path:
     """``path`` created as a folder (parents too) and returned; ``MtppError`` in one line when it exists as a file
     (``--out`` naming a file: ``train``, ``compare``, ``tune``)."""
+    from mtpp.files import check_writable
+
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MtppError(f"{path}: exists and is a file; --out must name a folder")
+    if not path.exists():
+        check_writable(path)  # a file on the way, or a folder without write permission: named in one line
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -130,3 +130,19 @@ def test_os_errors_reach_the_user_as_one_line_naming_the_path(tmp_path: Path, ca
     monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
     cached = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "cache" / ".synthetic_hawkes-v2.x1"))
     assert f"the cache folder {tmp_path / 'cache'} (MTPP_CACHE_DIR) cannot be written" in describe_os_error(cached)
+
+
+def test_output_and_data_folders_under_a_file_are_named_as_such(tmp_path: Path, capsys, monkeypatch) -> None:
+    """``mtpp data prepare --out a_file/x`` said 'a_file: File exists'; ``MTPP_DATA_DIR=a_file`` said the data
+    directory 'does not exist'."""
+    (tmp_path / "a_file").write_text("x")
+    sim = tmp_path / "sim"
+    assert main(["simulate", "poisson", "--marks", "2", "--sequences", "10", "--window", "5", "--out", str(sim)]) == 0
+    capsys.readouterr()
+    assert main(["data", "prepare", str(sim), "--out", str(tmp_path / "a_file" / "prep")]) == 2
+    assert f"{tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
+    monkeypatch.setenv("MTPP_DATA_DIR", str(tmp_path / "a_file"))
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", "data.name=mooc"]) == 2
+    assert f"data directory {tmp_path / 'a_file'} (MTPP_DATA_DIR) is a file, not a folder" in capsys.readouterr().err
+    exists = FileExistsError(errno.EEXIST, "File exists", str(tmp_path / "a_file"))
+    assert describe_os_error(exists).endswith("File exists (a file is where a folder is needed)")

@@ -320,7 +320,8 @@ def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None)
             return text, Path(ensure_synthetic_dataset()), entry
         root = resolve_data_dir(data_dir)
         if not root.is_dir():
-            raise DataError(f"data directory {root} ({_data_dir_origin(data_dir)}) does not exist; set --data-dir "
+            state = "is a file, not a folder" if root.exists() else "does not exist"
+            raise DataError(f"data directory {root} ({_data_dir_origin(data_dir)}) {state}; set --data-dir "
                             f"or MTPP_DATA_DIR (looked for {' or '.join(entry.candidates)})")
         path = find_dataset(text, data_dir)
         if path is None:
