@@ -570,7 +570,8 @@ def run_bench(
         run_config_for(spec, cfg.overrides)
     from mtpp.training.setup import resolve_device
 
-    resolve_device(cfg.device, source="--device")  # --device cuda on a machine without one: refused before any data or model
+    # --device cuda on a machine without one: refused before any data or model
+    resolve_device(cfg.device, source="--device")
     if isolate and cfg.synthetic_length is None:
         load_sequences(cfg)
     rows = []
