@@ -194,8 +194,8 @@ def load_recorded_data(
     ``data.data_dir``, ``$MTPP_DATA_DIR``, ``./data``). The first that matches is returned; when none does, the
     last one tried (the caller refuses it with :func:`check_same_data`). When the recorded source is gone and the
     configuration finds nothing, ``MtppError`` naming the recorded source and ``--data-dir``. ``tried`` (a list)
-    receives
-    ``(place, its record or None when it did not read as data)`` for each earlier place that did not match.
+    receives ``(place, its record or None when it did not read as data)`` for each earlier place that did not
+    match.
     """
     from mtpp.data.catalog import CATALOG
 
