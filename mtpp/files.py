@@ -29,9 +29,12 @@ def replacing(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary path beside ``path`` to write to; on a normal exit it replaces ``path`` (created
     or overwritten in one rename), on any exception (``KeyboardInterrupt`` included) it is removed and ``path`` is
     left as it was. ``durable``: ``fsync`` the file before the rename (checkpoints). The folder of ``path`` must
-    exist. The temporary name is ``.<name>.<random>.tmp``, never taken for an output: writers that pick a format
+    exist. A symbolic link at ``path`` is kept: the file it points to is the one replaced (as ``open`` writes
+    through a link; a rename over the link would have deleted the user's link). The temporary name is ``.<name>.<random>.tmp``, never taken for an output: writers that pick a format
     by the file's suffix must be told the format (``savefig(..., format="png")``)."""
     path = Path(path)
+    if path.is_symlink():  # write where the link points, as open() would; the user's link itself is kept
+        path = Path(os.path.realpath(path))
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
@@ -66,8 +69,12 @@ def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
 def check_writable(path: str | Path, option: str = "--out") -> Path:
     """``path`` as a ``Path`` when a file can be created there: its nearest existing ancestor folder is a folder
     this process may write into (missing folders between are created by the writers). ``MtppError`` in one line
-    naming that folder otherwise (a file where a folder should be, or no write permission), before any work."""
+    naming that folder otherwise (a file where a folder should be, or no write permission), or naming ``path`` when
+    it is a link to nothing, before any work."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise MtppError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; create it or choose "
+                        f"another {option}")
     ancestor = next((p for p in path.absolute().parents if p.exists()), None)
     if ancestor is None:
         return path

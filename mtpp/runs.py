@@ -370,7 +370,7 @@ def make_out_folder(path: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise MtppError(f"{path}: exists and is a file; --out must name a folder")
     if not path.exists():
-        check_writable(path)  # a file on the way, or a folder without write permission: named in one line
+        check_writable(path)  # a file on the way, a dangling link, no write permission: named in one line
     path.mkdir(parents=True, exist_ok=True)
     return path
 

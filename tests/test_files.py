@@ -146,3 +146,21 @@ def test_output_and_data_folders_under_a_file_are_named_as_such(tmp_path: Path, 
     assert f"data directory {tmp_path / 'a_file'} (MTPP_DATA_DIR) is a file, not a folder" in capsys.readouterr().err
     exists = FileExistsError(errno.EEXIST, "File exists", str(tmp_path / "a_file"))
     assert describe_os_error(exists).endswith("File exists (a file is where a folder is needed)")
+
+
+def test_a_link_at_the_output_is_written_through_and_a_link_to_nothing_is_named(tmp_path: Path, capsys) -> None:
+    """``--out`` naming a symbolic link: the rename of an atomic write replaced the user's link by a file (and
+    a dangling link was replaced without --overwrite, since it does not 'exist'); ``mtpp train --out LINK`` to a
+    missing folder said 'LINK: File exists'."""
+    target = tmp_path / "target.md"
+    target.write_text("old\n")
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    write_text(link, "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    dangling = tmp_path / "runs"
+    dangling.symlink_to(tmp_path / "nowhere" / "runs")
+    assert main(["train", "--out", str(dangling)]) == 2
+    err = capsys.readouterr().err
+    assert f"{dangling}: a symbolic link to {tmp_path / 'nowhere' / 'runs'}, which does not exist" in err
+    assert dangling.is_symlink()
