@@ -412,7 +412,7 @@ def _bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     run_cfg = run_config_for(spec, cfg.overrides)
-    device = resolve_device(cfg.device, run_cfg.train.tf32)
+    device = resolve_device(cfg.device, run_cfg.train.tf32, source="--device")
     sequences, num_marks, label = load_sequences(cfg)
     batches = bench_batches(sequences, cfg, DTYPES[run_cfg.data.dtype], device.type)
     del sequences
@@ -570,7 +570,8 @@ def run_bench(
         run_config_for(spec, cfg.overrides)
     from mtpp.training.setup import resolve_device
 
-    resolve_device(cfg.device)  # --device cuda on a machine without one: refused before any data or model
+    # --device cuda on a machine without one: refused before any data or model
+    resolve_device(cfg.device, source="--device")
     if isolate and cfg.synthetic_length is None:
         load_sequences(cfg)
     rows = []
@@ -643,4 +644,6 @@ def write_json(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     p = Path(path)
     if p.parent and not p.parent.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(list(rows), indent=2) + "\n")
+    from mtpp.files import write_text
+
+    write_text(p, json.dumps(list(rows), indent=2) + "\n")

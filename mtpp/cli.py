@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    expand_home(args)
     tune_allocator()  # a process-level setting: here, not at import
     previous = _terminate_as_interrupt()
     try:
@@ -74,10 +75,67 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the file system said no (permissions, a file where a folder goes, a full disk)
+        print(f"mtpp {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
+
+
+def expand_home(args: argparse.Namespace) -> None:
+    """A leading ``~`` of every path argument is the home folder, as a shell would make it: shells leave it in
+    ``--out=~/runs/x`` and in quotes, and the folder ``./~`` that a literal ``~`` became (a later ``rm -rf ~`` of
+    it is a disaster) is never created. Applies to ``pathlib.Path`` values and to strings that start with ``~``
+    (no option value of mtpp that is not a path does); lists item by item."""
+    import os
+    from pathlib import Path
+
+    def expand(value: object) -> object:
+        if isinstance(value, Path) and value.parts[:1] and value.parts[0].startswith("~"):
+            return value.expanduser()
+        if isinstance(value, str) and value.startswith("~"):
+            return os.path.expanduser(value)
+        return value
+
+    for key, value in vars(args).items():
+        setattr(args, key, [expand(v) for v in value] if isinstance(value, list) else expand(value))
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an ``OSError`` that reached the command: the path(s) it names, the system's reason and what to
+    do, instead of a traceback (``--out`` in a read-only folder, ``--out a_file/run``, a full disk, an
+    ``MTPP_CACHE_DIR`` that cannot be written)."""
+    import errno
+    import os
+    from pathlib import Path
+
+    where = ": ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    reason = e.strerror or str(e) or type(e).__name__
+    text = f"{where}: {reason}" if where else reason
+    hints = {
+        errno.EACCES: "no permission there; choose another folder (--out) or change its permissions",
+        errno.EROFS: "the file system is read-only; choose another folder (--out)",
+        errno.ENOTDIR: "a part of that path is a file, not a folder",
+        errno.ENOSPC: "the disk is full; free space and run the command again (an interrupted run resumes with "
+                      "--resume)",
+        errno.EDQUOT: "the disk quota is exceeded; free space and run the command again",
+    }
+    hint = hints.get(e.errno) if e.errno is not None else None
+    if e.errno == errno.EEXIST and e.filename is not None and os.path.isfile(e.filename):  # mkdir under a file
+        hint = "a file is where a folder is needed"
+    if hint is None and isinstance(e, PermissionError):
+        hint = hints[errno.EACCES]
+    cache = os.environ.get("MTPP_CACHE_DIR") or str(Path.home() / ".cache" / "mtpp")
+    if e.filename is not None and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+        target = os.path.abspath(os.fspath(e.filename))
+        root = os.path.abspath(cache)
+        if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+            origin = "MTPP_CACHE_DIR" if os.environ.get("MTPP_CACHE_DIR") else "the default cache, ~/.cache/mtpp"
+            hint = (f"the cache folder {root} ({origin}) cannot be written; set MTPP_CACHE_DIR to a folder you can "
+                    "write")
+    return f"{text} ({hint})" if hint else text
 
 
 class Terminated(KeyboardInterrupt):

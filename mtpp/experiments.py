@@ -74,6 +74,7 @@ import yaml
 from mtpp.config import NON_SEMANTIC_KEYS, read_yaml
 from mtpp.errors import ConfigError
 from mtpp.experiments_claims import CellClaims
+from mtpp.files import write_text
 from mtpp.experiments_schedule import Deadline, expected_seconds
 
 TOP_LEVEL_KEYS = ("name", "description", "extends", "base", "grid", "exclude")
@@ -751,7 +752,7 @@ def run_cell(
             # a checkpoint of another configuration (a stale cell the caller chose to retrain) is never resumed
             resume = not is_complete(out) and is_resumable(out) and not config_differences(out, cfg.to_dict())
             out.mkdir(parents=True, exist_ok=True)
-            (out / CELL_FILE).write_text(json.dumps({"name": name, **labels}, indent=2) + "\n")
+            write_text(out / CELL_FILE, json.dumps({"name": name, **labels}, indent=2) + "\n")
             if fit is None:
                 from mtpp.training.trainer import fit
             fit(cfg, out, resume=resume, overwrite=not resume)
@@ -1197,7 +1198,7 @@ def write_failures(out: Path, failed: list[CellResult]) -> Path | None:
         return None
     check_ours([path])
     rows = [{"cell": r.name, "error": r.error, "traceback": r.traceback} for r in failed]
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    write_text(path, json.dumps(rows, indent=2) + "\n")
     return path
 
 
@@ -1208,7 +1209,7 @@ def write_cells(out: Path, exp: Experiment, cells: list[Cell], overrides: Sequen
 
     check_ours([Path(out) / "experiment.yaml"])
     record = {**exp.to_dict(), "source": exp.source, "overrides": list(overrides), "cells": [c.name for c in cells]}
-    (Path(out) / "experiment.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    write_text(Path(out) / "experiment.yaml", yaml.safe_dump(record, sort_keys=False))
 
 
 def results_summary(results: list[CellResult]) -> dict[str, int]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mtpp.errors import ConfigError
+from mtpp.files import replacing
 from mtpp.evaluation.report import metric_info
 from mtpp.records import diverged, stopped_by
 
@@ -480,7 +481,8 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
         fig.tight_layout()
         path = Path(folder) / f"{dataset}_cos_tm.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=72, metadata={"Software": None})
+        with replacing(path) as tmp:  # whole or not at all (mtpp.files)
+            fig.savefig(tmp, dpi=72, format="png", metadata={"Software": None})
         plt.close(fig)
         written[dataset] = path
     return written

@@ -222,9 +222,9 @@ def write_record(results_dir: str | Path, cell_name: str, record: dict[str, Any]
 
     path = record_path(results_dir, cell_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(record), indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from mtpp.files import write_text
+
+    write_text(path, json.dumps(json_safe(record), indent=1, sort_keys=False) + "\n")
     return path
 
 

@@ -61,11 +61,14 @@ from mtpp.errors import ConfigError, MtppError
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".mtpp.lock"
 PARTS = ("train", "val", "test")
-#: Temporary files of interrupted atomic writes (``checkpoint.save_atomic``, ``write_json``, the config writer):
-#: removed when a command takes the run folder over.
+#: Temporary files of interrupted atomic writes (``checkpoint.save_atomic``, ``mtpp.files.replacing``:
+#: ``.<name>.<random>.tmp``; earlier versions: ``.<name>.tmp``) of the files mtpp writes into a run folder: removed
+#: when a command takes the run folder over (a ``kill -9`` leaves them; any other interruption removes its own).
+_RUN_FILES = ("metrics.json", "metrics.interim.json", "metrics.other-*.json", "arrays_*.json", "config.yaml",
+              "tracking.json", "log.jsonl", "cell.json")
 TEMP_PATTERNS = (
-    ".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".metrics.json.tmp", ".metrics.other-*.json.tmp", ".arrays_*.json.tmp",
-    ".config.yaml.tmp", ".tracking.json.tmp",
+    ".checkpoint.pt.*.tmp", ".best.pt.*.tmp",
+    *(f".{name}.tmp" for name in _RUN_FILES), *(f".{name}.*.tmp" for name in _RUN_FILES),
 )
 
 
@@ -189,8 +192,10 @@ def load_recorded_data(
     path (not a catalog name, so ``--data-dir`` has no folder to resolve it in), ``data_dir`` itself as the data
     (a copy of the recorded split folder, or of the file); then ``data_cfg`` resolved as usual (``data_dir``,
     ``data.data_dir``, ``$MTPP_DATA_DIR``, ``./data``). The first that matches is returned; when none does, the
-    last one tried (the caller refuses it with :func:`check_same_data`). ``tried`` (a list) receives
-    ``(place, its record or None when it did not read as data)`` for each earlier place that did not match.
+    last one tried (the caller refuses it with :func:`check_same_data`). When the recorded source is gone and the
+    configuration finds nothing, ``MtppError`` naming the recorded source and ``--data-dir``. ``tried`` (a list)
+    receives ``(place, its record or None when it did not read as data)`` for each earlier place that did not
+    match.
     """
     from mtpp.data.catalog import CATALOG
 
@@ -215,9 +220,18 @@ def load_recorded_data(
             return found, record
         if tried is not None:
             tried.append((where, record))
+    from mtpp.errors import DataError
     from mtpp.training.setup import load_data
 
-    data = load_data(data_cfg, data_dir)
+    try:
+        data = load_data(data_cfg, data_dir)
+    except DataError as e:  # the recorded folder is gone and the configuration finds nothing either: say both
+        if data_dir is not None or not source or Path(source).exists():
+            raise
+        where = ("its new location (the folder or file itself)" if data_cfg.name not in CATALOG
+                 else "the data folder that holds it now")  # fmt: skip
+        raise MtppError(f"{e}; the run read its data from {source}, which no longer exists (moved or deleted?): "
+                        f"pass --data-dir with {where}") from None
     return data, data_record(data, data_cfg)
 
 
@@ -337,12 +351,26 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def training_finished(run_dir: str | Path) -> bool:
+    """Whether the run's training ended: its ``metrics.json`` holds the ``train`` summary the trainer writes last
+    (an interrupted run, or one still training, has none: its ``best.pt`` is the best model so far)."""
+    try:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and isinstance(metrics.get("train"), dict)
+
+
 def make_out_folder(path: str | Path) -> Path:
     """``path`` created as a folder (parents too) and returned; ``MtppError`` in one line when it exists as a file
     (``--out`` naming a file: ``train``, ``compare``, ``tune``)."""
+    from mtpp.files import check_writable
+
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MtppError(f"{path}: exists and is a file; --out must name a folder")
+    if not path.exists():
+        check_writable(path)  # a file on the way, a dangling link, no write permission: named in one line
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -598,4 +626,5 @@ __all__ = [
     "Run", "RunLock", "open_run", "fingerprint", "data_record", "check_same_data", "load_recorded_data",
     "describe_data", "check_folder_name", "clean_temporary_files", "mixed_data", "not_a_run", "load_weights",
     "make_out_folder",
+    "training_finished",
 ]

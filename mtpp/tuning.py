@@ -60,6 +60,7 @@ import yaml
 
 from mtpp.config import RunConfig, apply_overrides, config_from_dict, dump_yaml, read_yaml
 from mtpp.errors import ConfigError, MtppError
+from mtpp.files import replacing, write_text
 
 __all__ = ["Param", "load_space", "parse_space", "tune", "check_tune_folder", "STUDY_FILE", "BEST_FILE", "TRIALS_FILE"]
 
@@ -407,7 +408,7 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
         + "".join(f"#   {k} = {v!r}\n" for k, v in best.params.items())
         + f"# train it: mtpp train {best_path} --out DIR\n"
     )
-    best_path.write_text(header + dump_yaml(best_cfg), encoding="utf-8")
+    write_text(best_path, header + dump_yaml(best_cfg))
     states = [t.state for t in study.trials]
     return {
         "best_value": best.value,
@@ -704,7 +705,7 @@ def _write_trials(study: Any, path: Path) -> None:
     import csv
 
     keys = sorted({k for t in study.trials for k in t.params})
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow([*TRIALS_COLUMNS, *keys, "seconds"])
         for t in study.trials:

@@ -166,3 +166,31 @@ def test_cuda_loader_pins_memory() -> None:
     assert loader.pin_memory is True
     assert next(iter(loader)).times.is_pinned()
 
+
+
+def test_a_run_trained_on_a_device_missing_here_is_refused_naming_its_config_and_the_option(
+        tmp_path, monkeypatch, capsys) -> None:  # fmt: skip
+    """A run trained with ``train.device: cuda``, evaluated where there is no CUDA: the error said
+    ``train.device: 'cuda' requested`` of a command that set no train.device; it now names the run's config.yaml
+    and ``--device cpu``, and ``--device cpu`` evaluates it. ``--device`` values are named as ``--device``."""
+    import yaml
+
+    from mtpp.cli import main
+    from test_runs import TINY, simulate
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *sum((["--set", o] for o in TINY), []),
+                 "--set", f"data.name={simulate(tmp_path / 'sim')}"]) == 0  # fmt: skip
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["device"] = "cuda"  # as trained on a GPU machine
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in (["evaluate", str(run)], ["predict", str(run), "--out", str(tmp_path / "p.csv")]):
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'config.yaml'}: train.device (the device the run was trained with): 'cuda'" in err, err
+        assert "pass --device cpu" in err
+    assert main(["predict", str(run), "--out", str(tmp_path / "p.csv"), "--device", "cuda:7"]) == 2
+    assert "--device: 'cuda:7' requested but CUDA is not available" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0

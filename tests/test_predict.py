@@ -574,6 +574,28 @@ def test_evaluating_an_unfinished_run_never_marks_it_complete(run_dir: Path, tmp
     assert (done / "metrics.json").read_bytes() == before and not (done / "metrics.interim.json").exists()
 
 
+def test_forecasting_from_an_unfinished_run_says_so(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """``mtpp evaluate`` of an interrupted run warned that its training had not finished; ``predict``, ``generate``
+    and ``plot`` of the same run (or of one still training) used its best.pt so far without a word."""
+    import shutil
+
+    run = tmp_path / "interrupted"
+    shutil.copytree(run_dir, run)
+    (run / "metrics.json").unlink()
+    for args in (["predict", str(run), "--out", str(tmp_path / "p.csv")],
+                 ["generate", str(run), "--events", "2", "--sequences", "0", "--out", str(tmp_path / "g.csv")],
+                 ["plot", str(run), "--sequence", "0", "--horizon", "1", "--samples", "2",
+                  "--out", str(tmp_path / "f.png")]):  # fmt: skip
+        capsys.readouterr()
+        assert main(args) == 0, args
+        err = capsys.readouterr().err
+        assert f"{run}: warning: its training has not finished" in err and "best.pt so far (epoch 1)" in err, args
+        assert f"finish it with: mtpp train --out {run} --resume" in err
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), "--out", str(tmp_path / "done.csv")]) == 0
+    assert "has not finished" not in capsys.readouterr().err  # a finished run: no warning
+
+
 @pytest.mark.parametrize("command", [["evaluate"], ["predict", "--out", "OUT/p.csv"],
                                      ["generate", "--events", "2", "--out", "OUT/g.csv"]])
 def test_a_data_dir_that_does_not_exist_is_refused(run_dir: Path, tmp_path: Path, command: list[str], capsys) -> None:

@@ -1005,3 +1005,23 @@ def test_a_report_of_the_given_time_ece_draws_the_given_time_reliability(runs_ro
         assert any(t.startswith("THP:") and t.endswith(f"ECE {ece} ± 0.0058" if ece == "0.0400" else f"ECE {ece} ± 0.0000")
                    for t in titles), titles
         assert top in [t.get_text() for a in fig.axes for t in a.texts]  # the pooled bins are that distribution's
+
+
+def test_report_says_which_skipped_runs_are_still_training(runs_root: Path, tmp_path: Path, capsys) -> None:
+    """``mtpp report`` of a grid that ``mtpp compare`` is still training listed the cells in progress as
+    'skipped (no metrics.json)', as if they had failed; a folder another process holds is now said to be training,
+    naming the holder, and an abandoned one to be interrupted or failed."""
+    import os
+
+    from mtpp.runs import RunLock
+
+    training, abandoned = runs_root / "training", runs_root / "abandoned"
+    abandoned.mkdir()
+    (abandoned / "config.yaml").write_text("{}\n")
+    with RunLock(training):
+        (training / "config.yaml").write_text("{}\n")
+        assert main(["report", str(runs_root), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped (no metrics.json yet: still training, in use by pid {os.getpid()} " in err
+    assert f"{training}\n" in err
+    assert f"skipped (no metrics.json: interrupted, failed or not finished): {abandoned}\n" in err

@@ -1107,3 +1107,22 @@ def test_simulate_refuses_what_would_not_fit_before_allocating(extra: list[str],
     # a raised budget lets a moderate one through
     assert main(["simulate", "hawkes", "--marks", "2", "--sequences", "20", "--window", "5", "--out", str(out),
                  "--max-memory", "0.5"]) == 0
+
+
+def test_data_moved_after_training_is_named_with_the_option_that_finds_it(tmp_path: Path, capsys) -> None:
+    """A run trained on a folder given by path, the folder moved: evaluate / predict / --resume said only that
+    the path was not found in the working directory or the data folder, not that the run had read its data from
+    a folder now gone, nor that --data-dir NEW_PLACE finds them."""
+    data = simulate(tmp_path / "sim")
+    run = tmp_path / "run"
+    fit(tiny(data), run)
+    moved = data.rename(tmp_path / "sim moved")
+    for command in (["evaluate", str(run)], ["predict", str(run), "--out", str(tmp_path / "p.csv")],
+                    ["train", "--out", str(run), "--resume", "--set", "train.max_epochs=2"]):  # fmt: skip
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"the run read its data from {data.resolve()}, which no longer exists" in err, err
+        assert "pass --data-dir with its new location" in err
+    assert main(["evaluate", str(run), "--data-dir", str(moved)]) == 0

@@ -112,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise MtppError(f"{args.out}: " + ("is a folder; --out must name a file" if args.out.is_dir()
                                            else "exists; choose another --out or pass --overwrite"))
+    if args.out is not None:
+        from mtpp.files import check_writable
+
+        check_writable(args.out)  # before the benchmark, not after it
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if progress is not None and args.synthetic_length is None:
         from mtpp.data.catalog import resolve_source

@@ -88,7 +88,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             if path and _resplit_on_use(entry, path):
                 status = "found (re-split)"
         rows.append((name, status, entry.format, where))
-    print(f"data directory: {root}" + ("" if root.is_dir() else "  (does not exist)"))
+    print(f"data directory: {root}" + ("" if root.is_dir() else "  (a file, not a folder)" if root.exists()
+                                       else "  (does not exist)"))
     print(_table(("name", "status", "format", "folder (or candidates)"), rows))
     if any(r[1] == "found (re-split)" for r in rows):
         print("(re-split): the copy has no train part (or overlapping parts); its first use prepares seeded 60/20/20 "

@@ -45,8 +45,13 @@ def run(args: argparse.Namespace) -> int:
     if args.split == "train":  # metrics.json's "train" is the training summary; the split's metrics are train_eval
         args.split = "train_eval"
     df = report.collect_runs(root, section=args.split)
+    from mtpp.runs import RunLock
+
     for folder in df.attrs.get("incomplete", []):
-        print(f"skipped (no metrics.json): {folder}", file=sys.stderr)
+        holder = RunLock.holder_of(folder)  # a cell that a running compare / train is training now
+        why = ("no metrics.json yet: still training, in use by " + RunLock.describe(holder) if holder is not None
+               else "no metrics.json: interrupted, failed or not finished")  # fmt: skip
+        print(f"skipped ({why}): {folder}", file=sys.stderr)
     if df.empty:
         raise MtppError(f"no finished run (a folder with metrics.json) under {root}")
     sections = _sections(df["run"])

@@ -289,11 +289,12 @@ def known_names() -> list[str]:
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """``data_dir``, else ``$MTPP_DATA_DIR``, else ``./data`` (not checked for existence)."""
+    """``data_dir``, else ``$MTPP_DATA_DIR``, else ``./data`` (not checked for existence); a leading ``~`` is the
+    home folder (as in a shell), also where no shell expanded it (a config's ``data.data_dir``, a quoted value)."""
     if data_dir is not None:
-        return Path(data_dir)
+        return Path(data_dir).expanduser()
     env = os.environ.get("MTPP_DATA_DIR")
-    return Path(env) if env else Path("data")
+    return Path(env).expanduser() if env else Path("data")
 
 
 def _data_dir_origin(data_dir: str | Path | None) -> str:
@@ -303,9 +304,10 @@ def _data_dir_origin(data_dir: str | Path | None) -> str:
 
 
 def cache_dir() -> Path:
-    """``$MTPP_CACHE_DIR``, else ``~/.cache/mtpp``."""
-    env = os.environ.get("MTPP_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "mtpp"
+    """``$MTPP_CACHE_DIR`` (a leading ``~`` is the home folder), else ``~/.cache/mtpp``."""
+    from mtpp.data.synthetic import default_cache_dir
+
+    return default_cache_dir()
 
 
 def find_dataset(name: str, data_dir: str | Path | None = None) -> Path | None:
@@ -350,8 +352,11 @@ def _unknown(name: str) -> DataError:
 
 
 def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None) -> tuple[str, Path, CatalogEntry | None]:
-    """``(name, path, entry)`` for a catalog name, a folder name under the data directory, or a path."""
+    """``(name, path, entry)`` for a catalog name, a folder name under the data directory, or a path (a leading
+    ``~`` is the home folder: a config's ``data.name: ~/data/x.csv`` is not expanded by any shell)."""
     text = str(name_or_path)
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
     if text in CATALOG:
         entry = CATALOG[text]
         if entry.generated:
@@ -360,7 +365,8 @@ def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None)
             return text, Path(ensure_synthetic_dataset()), entry
         root = resolve_data_dir(data_dir)
         if not root.is_dir():
-            raise DataError(f"data directory {root} ({_data_dir_origin(data_dir)}) does not exist; set --data-dir "
+            state = "is a file, not a folder" if root.exists() else "does not exist"
+            raise DataError(f"data directory {root} ({_data_dir_origin(data_dir)}) {state}; set --data-dir "
                             f"or MTPP_DATA_DIR (looked for {' or '.join(entry.candidates)})")
         path = find_dataset(text, data_dir)
         if path is None:

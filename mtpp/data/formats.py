@@ -1773,6 +1773,9 @@ def check_output_folder(out_dir: str | Path) -> Path:
         raise DataError("exists and is a file; --out must name a new (or empty) folder", source=str(out_dir))
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DataError("output folder exists and is not empty", source=str(out_dir))
+    from mtpp.files import check_writable
+
+    check_writable(out_dir)  # a file on the way, or a folder without write permission: named before any work
     return out_dir
 
 

@@ -495,9 +495,10 @@ SYNTHETIC_DIRNAME = "synthetic_hawkes-v2"
 
 
 def default_cache_dir() -> Path:
-    """``$MTPP_CACHE_DIR``, else ``~/.cache/mtpp``."""
+    """``$MTPP_CACHE_DIR`` (a leading ``~`` is the home folder, also when no shell expanded it), else
+    ``~/.cache/mtpp``."""
     env = os.environ.get("MTPP_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "mtpp"
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mtpp"
 
 
 def _synthetic_sequences() -> list[EventSequence]:

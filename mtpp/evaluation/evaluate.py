@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mtpp.errors import MtppError
+from mtpp.runs import training_finished  # noqa: F401  (re-exported: where it was first defined)
 
 METRICS_FILE = "metrics.json"
 RUN_LEVEL_KEYS = ("conflict_rate", "train_events_per_second", "best_epoch", "num_parameters", "first_event")
@@ -98,24 +99,15 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from mtpp.files import write_text
+
+    write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 INTERIM_METRICS_FILE = "metrics.interim.json"
 """Where ``mtpp evaluate`` writes the metrics of a run whose training has not finished (interrupted, or still
 running): never ``metrics.json``, whose test section is what marks a run complete (``mtpp compare`` would record
 a half-trained cell, ``--resume`` would take it for done)."""
-
-
-def training_finished(run_dir: Path) -> bool:
-    """Whether the run's training ended: its ``metrics.json`` holds the ``train`` summary the trainer writes last."""
-    try:
-        metrics = json.loads((Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and isinstance(metrics.get("train"), dict)
 
 
 def metrics_path(run_dir: Path, log: Callable[[str], None] | None = None) -> Path:
@@ -235,11 +227,11 @@ def _evaluate_run(
 
     from mtpp.models.time_decoders import evaluation_rule_warning
     from mtpp.runs import describe_data, open_run
-    from mtpp.training.setup import DTYPES, build_run_model, resolve_device
+    from mtpp.training.setup import DTYPES, build_run_model, run_device
 
     run = open_run(run_dir)
     cfg = run.config
-    dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
+    dev = run_device(device, cfg, run.path, cfg.train.tf32)
     run_data, record, same = run.load_data(data_dir, other_data=other_data)
     if log is not None:
         log(f"{run_dir}: data {describe_data(run_data)}" + ("" if same else " (OTHER data than the run's)"))

@@ -150,6 +150,7 @@ def _figure(width: float, height: float) -> "Figure":
 
 
 def _save(fig: "Figure", path: Path) -> Path:
+    from mtpp.files import replacing
     from mtpp.owned import PNG_SOFTWARE, check_ours
 
     check_ours([path])  # a user's own figure of the same name is never overwritten
@@ -158,7 +159,8 @@ def _save(fig: "Figure", path: Path) -> Path:
     # wider labels at the final size (a y label pushed past the figure's left edge): one layout pass before the one
     # savefig does lets it settle
     fig.draw_without_rendering()
-    fig.savefig(path, format="png", metadata={"Software": PNG_SOFTWARE})
+    with replacing(path) as tmp:  # an interrupted report leaves no half a PNG (which the next would refuse)
+        fig.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE})
     return path
 
 

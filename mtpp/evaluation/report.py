@@ -28,6 +28,7 @@ import yaml
 
 from mtpp.data.catalog import time_unit_of, time_unit_text
 from mtpp.config import NON_SEMANTIC_KEYS
+from mtpp.files import replacing, write_text
 
 __all__ = [
     "KEY_COLUMNS",
@@ -848,11 +849,12 @@ def write_summary(
     datasets = summary["dataset"] if "dataset" in summary.columns else [None] * len(summary)
     table.insert(at, "unit", [metric_unit(m, ds) for m, ds in zip(summary["metric"], datasets)])
     table.insert(at, "meaning", [metric_info(m).meaning() for m in summary["metric"]])
-    table.to_csv(csv_path, index=False)
+    with replacing(csv_path) as tmp:  # whole or not at all (mtpp.files)
+        table.to_csv(tmp, index=False)
     text = format_markdown(summary, title=title, section=df.attrs.get("section", "test"))
     notes = list(notes or [])
     if notes:  # under the title, before the tables: a reader must not take the tables for the whole grid
         head, _, rest = text.partition("\n\n")
         text = head + "\n\n" + "**Not in this table:**\n\n" + "".join(f"- {n}\n" for n in notes) + "\n" + rest
-    md_path.write_text(MD_MARK + "\n" + text)
+    write_text(md_path, MD_MARK + "\n" + text)
     return [csv_path, md_path]

@@ -260,7 +260,8 @@ def plot_forecast(
 
 def check_plot_path(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` as a ``Path`` if a figure can be saved there: its extension is an image format matplotlib writes
-    (``.png``, ``.pdf``, ``.svg``, ...) and it is not an existing file (unless ``overwrite``) or a folder.
+    (``.png``, ``.pdf``, ``.svg``, ...), it is not an existing file (unless ``overwrite``) or a folder, and its
+    folder can be written (``mtpp.files.check_writable``).
     ``MtppError`` in one line otherwise (checked before any work, so a typo does not cost a model load)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
@@ -275,7 +276,9 @@ def check_plot_path(path: str | Path, overwrite: bool = False) -> Path:
         raise MtppError(f"{path}: is a folder; --out names the image file to write")
     if path.exists() and not overwrite:
         raise MtppError(f"{path}: exists; choose another --out or pass --overwrite")
-    return path
+    from mtpp.files import check_writable
+
+    return check_writable(path)  # refused before the model is loaded and sampled, not after
 
 
 def save_forecast_plot(fig, path: str | Path, overwrite: bool = False) -> Path:
@@ -283,8 +286,11 @@ def save_forecast_plot(fig, path: str | Path, overwrite: bool = False) -> Path:
     ``overwrite``), close it."""
     import matplotlib.pyplot as plt
 
+    from mtpp.files import replacing
+
     path = check_plot_path(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with replacing(path) as tmp:  # whole or not at all (mtpp.files)
+        fig.savefig(tmp, dpi=110, format=path.suffix.lower().lstrip("."))
     plt.close(fig)
     return path

@@ -44,6 +44,7 @@ import torch
 from mtpp.data.batch import collate
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import MtppError
+from mtpp.files import check_writable, replacing
 
 DEFAULT_LEVEL = 0.9
 DEFAULT_TOP_K = 5
@@ -229,7 +230,8 @@ def mark_columns(frame) -> list[str]:
 
 def check_table_path(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` as a ``Path`` if a table can be written there (``.csv``, or ``.parquet`` with pyarrow installed; not
-    a folder; not an existing file unless ``overwrite``); ``MtppError`` in one line otherwise. The commands check
+    a folder; not an existing file unless ``overwrite``; in a folder this process may write, ``check_writable``);
+    ``MtppError`` in one line otherwise. The commands check
     it before any work, so that a typo does not cost a model load and a prediction."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -239,6 +241,7 @@ def check_table_path(path: str | Path, overwrite: bool = False) -> Path:
         raise MtppError(f"{path}: is a folder; --out must name a file")
     if path.exists() and not overwrite:
         raise MtppError(f"{path}: exists; choose another --out or pass --overwrite")
+    check_writable(path)  # a folder that cannot be written is refused now, not after the prediction
     if suffix == ".parquet":
         import importlib.util
 
@@ -253,8 +256,7 @@ def write_table(frame, path: str | Path, overwrite: bool = False) -> Path:
     path = check_table_path(path, overwrite)
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with replacing(path) as tmp:  # whole or not at all; the temporary file is removed on any error
         if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         else:
@@ -262,9 +264,6 @@ def write_table(frame, path: str | Path, overwrite: bool = False) -> Path:
                 frame.to_parquet(tmp, index=False)
             except ImportError as e:
                 raise MtppError(f"{path}: writing Parquet needs pyarrow ({e}); use .csv") from None
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only ever the temporary file this call wrote
     return path
 
 

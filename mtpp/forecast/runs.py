@@ -86,22 +86,30 @@ class LoadedRun:
 def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | None = None,
              log: Callable[[str], None] | None = None) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from ``config.yaml`` and ``best.pt`` and load its data; ``log`` gets one
-    line saying which data (name, source folder, split, sizes), as ``mtpp evaluate`` prints it. The caller's torch
-    thread count is left as it is: compute inside :meth:`LoadedRun.threads` to use the run's ``train.threads``."""
-    from mtpp.runs import describe_data, open_run
+    line saying which data (name, source folder, split, sizes), as ``mtpp evaluate`` prints it, and a warning when
+    the run's training has not finished (interrupted, or still running: ``best.pt`` is the best model so far, as
+    ``mtpp evaluate`` warns). The caller's torch thread count is left as it is: compute inside
+    :meth:`LoadedRun.threads` to use the run's ``train.threads``."""
+    from mtpp.runs import describe_data, open_run, training_finished
     from mtpp.training import checkpoint
-    from mtpp.training.setup import DTYPES, build_run_model, resolve_device
+    from mtpp.training.setup import DTYPES, build_run_model, run_device
 
     run = open_run(run_dir)
     run_dir = run.path
     if not (run_dir / checkpoint.BEST).is_file():
         raise MtppError(f"{run_dir}: no {checkpoint.BEST} (the run has not finished an epoch)")
     cfg = run.config
-    dev = resolve_device(device or cfg.train.device, cfg.train.tf32)
+    dev = run_device(device, cfg, run_dir, cfg.train.tf32)
     data, _, _ = run.load_data(data_dir, purpose="forecast from")
     if log is not None:
         log(f"{run_dir}: data {describe_data(data)}")
     model = build_run_model(cfg, data.num_marks, dev)
-    run.load_best(model, run.best_state(map_location=dev))
+    best = run.best_state(map_location=dev)
+    if log is not None and not training_finished(run_dir):
+        epoch = f" (epoch {best['epoch']})" if isinstance(best.get("epoch"), int) else ""
+        log(f"{run_dir}: warning: its training has not finished (no final metrics.json: interrupted, or still "
+            f"running): forecasting with its best.pt so far{epoch}; finish it with: mtpp train --out {run_dir} "
+            "--resume")
+    run.load_best(model, best)
     model.eval()
     return LoadedRun(run_dir, cfg, model, data, DTYPES[cfg.data.dtype], dev)

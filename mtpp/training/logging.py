@@ -142,7 +142,9 @@ def truncate_log(out_dir: Path, max_epoch: int) -> None:
             continue
         if rec.get("epoch", 0) <= max_epoch:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    from mtpp.files import write_text
+
+    write_text(path, "".join(line + "\n" for line in kept))  # an interruption here keeps the whole old log
 
 
 def _last_step(path: Path) -> int:

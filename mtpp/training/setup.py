@@ -9,6 +9,7 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -21,9 +22,12 @@ from mtpp.models import compiled
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def resolve_device(name: str, tf32: bool = False) -> torch.device:
+def resolve_device(name: str, tf32: bool = False, source: str = "train.device", fix: str | None = None
+                   ) -> torch.device:  # fmt: skip
     """``auto`` -> cuda when available, else cpu; ``cuda[:n]`` must exist. ``ConfigError`` for any other name
-    (``train.device`` and every command's ``--device`` are resolved here).
+    (``train.device`` and every command's ``--device`` are resolved here), naming ``source`` (where the value
+    came from: ``train.device``, ``--device``, a run's ``config.yaml``) and ``fix`` (what to pass instead) when
+    the device is not here.
 
     On CUDA this also sets the float32 precision of matrix products and cuDNN (``set_float32_precision``): full
     IEEE float32 unless ``tf32`` (``train.tf32``).
@@ -33,13 +37,15 @@ def resolve_device(name: str, tf32: bool = False) -> torch.device:
     if not valid_device(name):  # torch.device('bogus') fails deep inside torch with every backend it knows
         raise ConfigError(f"device {name!r}: invalid value; valid: {DEVICE_NAMES}")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    then = f" ({fix})" if fix else ""
     if dev.type == "cuda" and name != "auto":
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; valid here: auto, cpu")
+            raise ConfigError(f"{source}: {name!r} requested but CUDA is not available; valid here: auto, cpu{then}")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device: {name!r} but only {torch.cuda.device_count()} CUDA device(s)")
+            count = torch.cuda.device_count()
+            raise ConfigError(f"{source}: {name!r} but only {count} CUDA device(s) (cuda:0 .. cuda:{count - 1}){then}")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device: 'mps' requested but MPS is not available; valid here: auto, cpu")
+        raise ConfigError(f"{source}: 'mps' requested but MPS is not available; valid here: auto, cpu{then}")
     if dev.type == "cuda":
         set_float32_precision(tf32)
     return dev
@@ -61,6 +67,16 @@ def model_device(model: nn.Module, device: str | None, what: str) -> torch.devic
         raise ConfigError(f"{what}: device {device!r} but the model is on {own}; move it first "
                           f"(model.to({str(dev)!r})) or leave device out (it is computed where the model is)")
     return own
+
+
+def run_device(device: str | None, cfg: Any, run_dir: str | Path, tf32: bool = False) -> torch.device:
+    """The device a command computes with on a run: ``device`` (its ``--device``), else the run's own
+    ``train.device``. A run trained on ``cuda`` and evaluated on a machine without it is refused naming the run's
+    ``config.yaml`` and ``--device cpu``, not as a ``train.device`` the user never set in this command."""
+    if device:
+        return resolve_device(device, tf32, source="--device")
+    return resolve_device(cfg.train.device, tf32, source=f"{Path(run_dir) / 'config.yaml'}: train.device (the device "
+                          "the run was trained with)", fix="pass --device cpu or --device auto")
 
 
 def set_float32_precision(tf32: bool) -> None:

@@ -50,6 +50,7 @@ from mtpp.data.checks import marks_absent_from_train
 from mtpp.data.formats import warned
 from mtpp.data.lattice import lattice_warning, scored_quantum, time_lattice
 from mtpp.errors import ConfigError, MtppError
+from mtpp.files import write_text
 from mtpp.models import compiled
 from mtpp.models.scaling import resolve_time_scale, same_time_scale
 from mtpp.models.time_decoders import evaluation_rule_warning
@@ -283,7 +284,7 @@ def _run_variants(
     table = comparison_table(results, time_unit_of(config.data.name))
     if ddp.is_main:
         write_json(out_dir / "comparison.json", results)
-        (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
+        write_text(out_dir / "comparison.md", table + "\n")
         if not config.logging.quiet:
             print(table)
     return results
@@ -297,9 +298,7 @@ def _write_variants_config(path: Path, cfg: RunConfig) -> None:
     data = cfg.to_dict()
     for section, key in RUNTIME_KEYS:
         data.get(section, {}).pop(key, None)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_yaml(data), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, dump_yaml(data))
 
 
 COLUMNS = (
@@ -465,7 +464,7 @@ class Trainer:
         self.main = dist.is_main
         self.quiet = cfg.logging.quiet or not self.main
         device = distributed.rank_device(cfg.train.device, dist.local_rank) if dist.enabled else cfg.train.device
-        self.device = resolve_device(device, cfg.train.tf32)
+        self.device = resolve_device(device, cfg.train.tf32, fix="--set train.device=cpu, or auto")
         self.amp = amp_enabled(cfg.train, self.device)
         self.dtype = DTYPES[cfg.data.dtype]
         # rank 0 reads / prepares the run directory; its checkpoint (or its error) reaches every rank
@@ -1412,9 +1411,7 @@ def _write_config(
         **({"data": record} if record is not None else {}),
         **({RESUMED_KEY: resumed} if resumed else {}),  # settings changed by --resume, with the epoch
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_yaml(data), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, dump_yaml(data))
 
 
 def git_revision() -> str | None:
