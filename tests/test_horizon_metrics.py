@@ -209,7 +209,10 @@ def test_continuations_cut_at_max_events_are_counted_apart_and_flagged() -> None
     assert "*" not in format_horizon({"model": uncapped}, "run test").split("(at each")[0]
     hours = format_horizon({"model": uncapped}, "run test", "hours")  # a documented unit (taxi): named throughout
     assert hours.startswith("run test: horizon 3 hours, ") and "MAE: |median gap - observed gap|, hours;" in hours
-    assert "OTD: optimal transport distance to the next observed events, hours;" in hours
+    # what T-mAP and OTD were computed with: their tolerances, number of events and cost, in the data's unit
+    assert ("OTD: optimal transport distance between the first 5 predicted and the next 5 observed events, hours, "
+            "1.5 per unmatched event (at most 5 x 2 x 1.5);") in hours
+    assert "matched within time tolerances 0.06, 0.15, 0.3, 0.6, 1.5 hours (HoTPP), unitless in [0, 1];" in hours
 
 
 def test_every_key_evaluate_writes_is_described_for_the_report(tmp_path) -> None:
