@@ -889,7 +889,15 @@ def add_horizon_metrics(root: Path) -> None:
 
 
 def _md_rows(md: str) -> list[dict[str, str]]:
-    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    """The rows of the first table of ``md`` (the models'; baseline tables follow it)."""
+    all_lines = md.splitlines()
+    start = next(i for i, line in enumerate(all_lines) if line.startswith("| "))
+    lines = []
+    for line in all_lines[start:]:
+        if not line.startswith("|"):
+            break
+        if line.startswith("| "):
+            lines.append(line)
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, [c.strip() for c in line.strip("|").split("|")])) for line in lines[1:]]
 

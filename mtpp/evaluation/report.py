@@ -52,6 +52,7 @@ __all__ = [
     "summarise",
     "write_summary",
     "format_markdown",
+    "format_baselines",
     "param_symbol",
 ]
 
@@ -172,6 +173,11 @@ def is_horizon_metric(name: str) -> bool:
     """Whether ``name`` is a ``horizon_*`` metric of the summarised section (``val/horizon_tmap`` is not: its
     horizon is another section's)."""
     return "/" not in name and name.startswith(HORIZON_PREFIX)
+
+
+BASELINE_PREFIX = f"{HORIZON_PREFIX}baselines/"
+"""Row keys of the baselines' horizon metrics: ``horizon_baselines/<name>/<key>`` (:func:`load_run`; the
+``horizon_baselines`` dict that ``mtpp evaluate --horizon`` writes beside the model's flat keys)."""
 
 
 HORIZON_MAP = re.compile(r"^horizon_map@(.+)$")
@@ -395,6 +401,12 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
         row.update({c(k): _number(v) for k, v in chosen.items() if not isinstance(v, (dict, list))})
         if f"{HORIZON_PREFIX}window" in chosen:  # the horizon the horizon_* metrics were scored at
             row[HORIZON_COLUMN] = _number(chosen[f"{HORIZON_PREFIX}window"])
+        baselines = chosen.get(f"{HORIZON_PREFIX}baselines")
+        if isinstance(baselines, dict):  # the baselines scored beside the model: horizon_baselines/<name>/<key>
+            for name, values in baselines.items():
+                if isinstance(values, dict):
+                    row.update({f"{BASELINE_PREFIX}{name}/{k}": _number(v) for k, v in values.items()
+                                if not isinstance(v, (dict, list))})  # fmt: skip
     marks = _num_marks(metrics, section, config)
     if marks is not None:
         from mtpp.evaluation.metrics import topk_reported
@@ -819,6 +831,58 @@ def summary_stem(section: str = "test", metrics: Sequence[str] | None = None) ->
     return "_".join(parts)
 
 
+def format_baselines(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> str:
+    """Markdown: the baselines' values of the ``horizon_*`` metrics among ``metrics`` (those of the runs' rows,
+    :data:`BASELINE_PREFIX`), one table per dataset and horizon, one row per baseline: mean ± standard error over
+    the (split, seed) replicates of the runs scored at that horizon (the runs of one split share their baseline:
+    it is fit on that split's training part and scored on the same points, so each replicate counts once).
+    ``""`` when no metric is a horizon metric or no run has baselines."""
+    metrics = [canonical_metric(m) for m in (metrics or ())]
+    shown = [m for m in dict.fromkeys(metrics) if is_horizon_metric(m)]
+    base_cols = [c for c in df.columns if c.startswith(BASELINE_PREFIX)]
+    if not shown or not base_cols or HORIZON_COLUMN not in df.columns:
+        return ""
+    names = list(dict.fromkeys(c[len(BASELINE_PREFIX):].split("/", 1)[0] for c in base_cols))
+    reps = [c for c in REPLICATE_COLUMNS if c in df.columns]
+    lines = []
+    datasets = list(dict.fromkeys(df["dataset"])) if "dataset" in df.columns else [None]
+    for ds in datasets:
+        part = df if ds is None else df[df["dataset"] == ds]
+        for horizon in sorted(part[HORIZON_COLUMN].dropna().unique()):
+            at = part[part[HORIZON_COLUMN] == horizon]
+            rows = []
+            for name in names:
+                cells = []
+                for m in shown:
+                    col = f"{BASELINE_PREFIX}{name}/{m[len(HORIZON_PREFIX):]}"
+                    if col not in at.columns:
+                        cells.append("–")
+                        continue
+                    v = pd.to_numeric(at[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
+                    per_rep = (v.groupby([at[c] for c in reps], dropna=False).mean() if reps else v).dropna()
+                    if per_rep.empty:
+                        cells.append("–")
+                        continue
+                    se = float(per_rep.std(ddof=1) / math.sqrt(len(per_rep))) if len(per_rep) > 1 else math.nan
+                    cells.append(format_mean_se(float(per_rep.mean()), se, column_decimals([per_rep.mean()])))
+                if any(c != "–" for c in cells):
+                    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+            if not rows:
+                continue
+            pooled = replicate_label([at[c].tolist() if c in at.columns else [None] * len(at)
+                                      for c in REPLICATE_COLUMNS])  # fmt: skip
+            unit = time_unit_text(time_unit_of(ds)) if ds is not None else "the data's time units"
+            lines += [f"## {ds}: baselines at horizon {format_value(horizon)} ({unit}; {pooled})" if ds is not None
+                      else f"## baselines at horizon {format_value(horizon)}", "",
+                      "The reference forecasters scored by the same metrics on the same prediction points as the "
+                      "models above at this horizon (`mtpp.forecast.baselines`: `poisson` is a homogeneous marked "
+                      "Poisson process fit on each split's training part; `hawkes` the true process of "
+                      "synthetic_hawkes): read each model's row against them. Mean ± standard error over the "
+                      "splits / seeds named.", "",
+                      "| baseline | " + " | ".join(shown) + " |", "|:--|" + "--:|" * len(shown), *rows, ""]
+    return "\n".join(lines)
+
+
 def write_summary(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -850,6 +914,9 @@ def write_summary(
     table.insert(at, "meaning", [metric_info(m).meaning() for m in summary["metric"]])
     table.to_csv(csv_path, index=False)
     text = format_markdown(summary, title=title, section=df.attrs.get("section", "test"))
+    baselines = format_baselines(df, list(summary["metric"].unique()))
+    if baselines:  # the reference forecasters of the horizon metrics, after the models' tables
+        text = text.rstrip("\n") + "\n\n" + baselines
     notes = list(notes or [])
     if notes:  # under the title, before the tables: a reader must not take the tables for the whole grid
         head, _, rest = text.partition("\n\n")
