@@ -293,3 +293,39 @@ def test_the_report_tabulates_the_baselines_beside_the_models(tmp_path) -> None:
     # no horizon metric asked: no baseline table
     report.write_summary(df, tmp_path / "plain", metrics=["nll_time_per_seq"] if "nll_time_per_seq" in df else None)
     assert "baselines at horizon" not in (tmp_path / "plain" / "summary.md").read_text()
+
+
+def test_the_report_says_which_runs_horizon_metrics_come_from_cut_continuations(tmp_path) -> None:
+    """The console table of ``evaluate --horizon`` stars T-mAP when mode rollouts were cut at --max-events, but
+    ``mtpp report`` showed (and bolded) the same number as whole: now a line per run under the table says how
+    many of how many were cut and which of the asked metrics come from them; none when none was cut or the
+    touched metrics are not asked."""
+    import json
+
+    from mtpp.evaluation import report
+
+    def write(name: str, rollouts: int, samples: int) -> None:
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("data: {name: taxi, split: 0}\ntrain: {seed: 0}\n"
+                                         f"model: {{decoder: {name}}}\n")
+        test = {"horizon_window": 2.0, "horizon_points": 50, "horizon_samples": 8, "horizon_max_events": 100,
+                "horizon_tmap": 0.3, "horizon_otd": 1.0, "horizon_count_pce": 0.1,
+                "horizon_truncated_rollouts": rollouts, "horizon_truncated_samples": samples}
+        (run / "metrics.json").write_text(json.dumps({"test": test}))
+
+    write("lnm", 12, 0)
+    write("thp", 0, 30)
+    write("rmtpp", 0, 0)
+    df = report.collect_runs(tmp_path / "runs")
+    notes = report.truncation_notes(df, ["horizon_tmap", "horizon_otd", "horizon_count_pce"])
+    assert notes == [
+        "`lnm`: 12 of 50 mode rollouts cut at --max-events 100 before the horizon, their event counts lower bounds "
+        "(computed from them: `horizon_tmap`)",
+        "`thp`: 30 of 400 sampled continuations cut at --max-events 100 before the horizon, their event counts "
+        "lower bounds (computed from them: `horizon_count_pce`)"]
+    assert report.truncation_notes(df, ["horizon_otd"]) == []  # OTD reads neither
+    report.write_summary(df, tmp_path / "rep", metrics=["horizon_tmap", "horizon_otd"])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "**Horizon metrics from continuations cut at `--max-events`**" in md and f"- {notes[0]}" in md
+    assert "`thp`:" not in md  # its cut samples touch no asked metric

@@ -883,6 +883,45 @@ def format_baselines(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> 
     return "\n".join(lines)
 
 
+TRUNCATION_TOUCHES = {
+    "truncated_samples": ("count_pce", "count_coverage", "count_mae", "count_mean_pred", "count_pit_hist"),
+    "truncated_rollouts": ("tmap",),
+}
+"""The horizon metrics (without the prefix) computed from each kind of continuation that ``--max-events`` may cut
+(``mtpp.forecast.horizon.TRUNCATION_TOUCHES``, with the count metrics the console table does not show; repeated
+here so that reading runs never imports torch). ``map@<delta>`` keys go with ``tmap``."""
+
+
+def truncation_notes(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> list[str]:
+    """One line per run whose ``horizon_*`` metrics among ``metrics`` were computed from continuations cut at
+    ``--max-events`` before the horizon's end (``horizon_truncated_samples`` / ``horizon_truncated_rollouts`` of
+    its row > 0): which metrics, how many of how many were cut, so a table never shows them as whole. ``[]``
+    when none."""
+    shown = [canonical_metric(m)[len(HORIZON_PREFIX):] for m in (metrics or ()) if is_horizon_metric(m)]
+    shown = ["tmap" if HORIZON_MAP.match(f"{HORIZON_PREFIX}{m}") else m for m in shown]
+    runs = _relative_runs(df) if len(df) else []
+    out = []
+    for (_, row), run in zip(df.iterrows(), runs):
+        said = []
+        for kind, touched in TRUNCATION_TOUCHES.items():
+            cut = pd.to_numeric(pd.Series([row.get(f"{HORIZON_PREFIX}{kind}")]), errors="coerce").iloc[0]
+            hit = [f"{HORIZON_PREFIX}{m}" for m in touched if m in shown]
+            if not (cut > 0 and hit):
+                continue
+            points = pd.to_numeric(pd.Series([row.get(f"{HORIZON_PREFIX}points")]), errors="coerce").iloc[0]
+            samples = pd.to_numeric(pd.Series([row.get(f"{HORIZON_PREFIX}samples")]), errors="coerce").iloc[0]
+            total = points * samples if kind == "truncated_samples" else points
+            what = "sampled continuations" if kind == "truncated_samples" else "mode rollouts"
+            of = f" of {int(total)}" if total == total else ""
+            cap = row.get(f"{HORIZON_PREFIX}max_events")
+            at = f" at --max-events {int(cap)}" if pd.notna(cap) else ""
+            said.append(f"{int(cut)}{of} {what} cut{at} before the horizon, their event counts lower bounds "
+                        f"(computed from them: {', '.join(f'`{h}`' for h in hit)})")
+        if said:
+            out.append(f"`{run}`: " + "; ".join(said))
+    return out
+
+
 def write_summary(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -914,7 +953,13 @@ def write_summary(
     table.insert(at, "meaning", [metric_info(m).meaning() for m in summary["metric"]])
     table.to_csv(csv_path, index=False)
     text = format_markdown(summary, title=title, section=df.attrs.get("section", "test"))
-    baselines = format_baselines(df, list(summary["metric"].unique()))
+    asked = list(summary["metric"].unique())
+    cut = truncation_notes(df, asked)
+    if cut:  # horizon metrics from continuations cut at --max-events: said, never shown as whole
+        text = (text.rstrip("\n") + "\n\n**Horizon metrics from continuations cut at `--max-events`** (`mtpp evaluate "
+                "--horizon` with a larger `--max-events` gives whole ones, at more cost):\n\n"
+                + "".join(f"- {line}\n" for line in cut))
+    baselines = format_baselines(df, asked)
     if baselines:  # the reference forecasters of the horizon metrics, after the models' tables
         text = text.rstrip("\n") + "\n\n" + baselines
     notes = list(notes or [])
