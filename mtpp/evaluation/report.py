@@ -53,6 +53,7 @@ __all__ = [
     "write_summary",
     "format_markdown",
     "format_baselines",
+    "NOMINAL_LEVEL",
     "param_symbol",
 ]
 
@@ -174,6 +175,13 @@ def is_horizon_metric(name: str) -> bool:
     horizon is another section's)."""
     return "/" not in name and name.startswith(HORIZON_PREFIX)
 
+
+NOMINAL_LEVEL = {
+    f"{HORIZON_PREFIX}next_interval_coverage": f"{HORIZON_PREFIX}next_interval_level",
+    f"{HORIZON_PREFIX}count_coverage": f"{HORIZON_PREFIX}count_level",
+}
+"""Coverage metrics -> the key of the level they are calibrated at (a calibrated forecaster's coverage equals it):
+the report's plots draw it as the reference line, since neither higher nor lower coverage is better."""
 
 BASELINE_PREFIX = f"{HORIZON_PREFIX}baselines/"
 """Row keys of the baselines' horizon metrics: ``horizon_baselines/<name>/<key>`` (:func:`load_run`; the
