@@ -286,3 +286,21 @@ def test_fit_poisson_is_the_mle() -> None:
     assert fit_poisson(shifted, 3).tolist() == pytest.approx([1 / 8.5, 2 / 8.5, 0.0])  # clock origin irrelevant
     with pytest.raises(MtppError, match="Poisson"):
         fit_poisson([EventSequence(np.array([1.0]), np.array([0]))], 3)
+
+
+def test_the_event_table_holds_each_continuation_together_and_in_order() -> None:
+    """``future.csv`` listed events in generation order (every continuation's first event, then every second
+    one, ...), so one continuation was scattered over the file; now rows go by sequence, sample, then index, and
+    the table holds exactly the generated events."""
+    m = _model("lnm")
+    hs = _histories((4, 2))
+    for g in (generate(m, hs, events=3, samples=2), generate(m, hs, horizon=3.0, samples=3, seed=1),
+              generate(lambda h: PoissonProcess([1.0, 2.0], h), hs, horizon=3.0, samples=3, seed=1)):
+        frame = g.to_frame()
+        keys = frame[["sequence", "sample", "index"]].to_numpy()
+        assert len(frame) == g.time.size and np.array_equal(keys, keys[np.lexsort(keys.T[::-1])])
+        for r in range(g.rows):
+            t, k = g.events_of(r)
+            part = frame[(frame["sequence"] == g.row_sequence[r]) & (frame["sample"] == g.row_sample[r])]
+            assert part["index"].tolist() == list(range(len(t)))
+            assert np.array_equal(part["time"].to_numpy(), t) and np.array_equal(part["mark"].to_numpy(), k)

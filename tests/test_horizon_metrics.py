@@ -209,7 +209,10 @@ def test_continuations_cut_at_max_events_are_counted_apart_and_flagged() -> None
     assert "*" not in format_horizon({"model": uncapped}, "run test").split("(at each")[0]
     hours = format_horizon({"model": uncapped}, "run test", "hours")  # a documented unit (taxi): named throughout
     assert hours.startswith("run test: horizon 3 hours, ") and "MAE: |median gap - observed gap|, hours;" in hours
-    assert "OTD: optimal transport distance to the next observed events, hours;" in hours
+    # what T-mAP and OTD were computed with: their tolerances, number of events and cost, in the data's unit
+    assert ("OTD: optimal transport distance between the first 5 predicted and the next 5 observed events, hours, "
+            "1.5 per unmatched event (at most 5 x 2 x 1.5);") in hours
+    assert "matched within time tolerances 0.06, 0.15, 0.3, 0.6, 1.5 hours (HoTPP), unitless in [0, 1];" in hours
 
 
 def test_every_key_evaluate_writes_is_described_for_the_report(tmp_path) -> None:
@@ -252,3 +255,77 @@ def test_every_key_evaluate_writes_is_described_for_the_report(tmp_path) -> None
     csv = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("metric")
     assert csv.at["horizon_otd", "unit"] == "hours" and csv.at["horizon_next_mae", "unit"] == "hours"  # taxi's
     assert "Karpukhin" in csv.at["horizon_tmap", "meaning"]
+
+
+def test_the_report_tabulates_the_baselines_beside_the_models(tmp_path) -> None:
+    """``mtpp evaluate --horizon`` scores a Poisson baseline into metrics.json, but ``mtpp report`` dropped it (a
+    dict), so the table of horizon metrics could not say whether a model beats "no model". Now each dataset and
+    horizon gets a baseline table: mean ± standard error over the (split, seed) replicates, each counted once
+    however many models were scored on it."""
+    import json
+
+    from mtpp.evaluation import report
+
+    def write(name: str, split: int, horizon: float, tmap: float, base_tmap: float, base_otd: float) -> None:
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"data: {{name: taxi, split: {split}}}\ntrain: {{seed: 0}}\n"
+                                         f"model: {{decoder: {name.split('-')[0]}}}\n")
+        test = {"horizon_window": horizon, "horizon_tmap": tmap, "horizon_otd": 1.0,
+                "horizon_baselines": {"poisson": {"window": horizon, "tmap": base_tmap, "otd": base_otd,
+                                                  "tmap_deltas": [0.1]}}}
+        (run / "metrics.json").write_text(json.dumps({"test": test}))
+
+    write("lnm-0", 0, 2.0, 0.5, 0.10, 3.0)
+    write("thp-0", 0, 2.0, 0.4, 0.10, 3.0)  # the same split: its baseline counts once
+    write("lnm-1", 1, 2.0, 0.6, 0.20, 5.0)
+    write("thp-9", 0, 4.0, 0.3, 0.05, 7.0)  # another horizon: its own table
+    df = report.collect_runs(tmp_path / "runs")
+    report.write_summary(df, tmp_path / "rep", metrics=["horizon_tmap", "horizon_otd"])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    head = "## taxi: baselines at horizon 2 (hours; splits 0, 1 x seed 0)"
+    assert head in md and "## taxi: baselines at horizon 4 (hours; split 0 x seed 0)" in md
+    table = md.split(head)[1].split("##")[0]
+    assert "| baseline | horizon_tmap | horizon_otd |" in table
+    # mean over splits 0 and 1: tmap (0.1 + 0.2) / 2, se = std / sqrt(2) = 0.05; otd (3 + 5) / 2 ± 1
+    assert "| poisson | 0.1500 ± 0.0500 | 4.000 ± 1.000 |" in table
+    assert "| poisson | 0.0500 ± – | 7.000 ± – |" in md.split("baselines at horizon 4")[1]
+    # no horizon metric asked: no baseline table
+    report.write_summary(df, tmp_path / "plain", metrics=["nll_time_per_seq"] if "nll_time_per_seq" in df else None)
+    assert "baselines at horizon" not in (tmp_path / "plain" / "summary.md").read_text()
+
+
+def test_the_report_says_which_runs_horizon_metrics_come_from_cut_continuations(tmp_path) -> None:
+    """The console table of ``evaluate --horizon`` stars T-mAP when mode rollouts were cut at --max-events, but
+    ``mtpp report`` showed (and bolded) the same number as whole: now a line per run under the table says how
+    many of how many were cut and which of the asked metrics come from them; none when none was cut or the
+    touched metrics are not asked."""
+    import json
+
+    from mtpp.evaluation import report
+
+    def write(name: str, rollouts: int, samples: int) -> None:
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("data: {name: taxi, split: 0}\ntrain: {seed: 0}\n"
+                                         f"model: {{decoder: {name}}}\n")
+        test = {"horizon_window": 2.0, "horizon_points": 50, "horizon_samples": 8, "horizon_max_events": 100,
+                "horizon_tmap": 0.3, "horizon_otd": 1.0, "horizon_count_pce": 0.1,
+                "horizon_truncated_rollouts": rollouts, "horizon_truncated_samples": samples}
+        (run / "metrics.json").write_text(json.dumps({"test": test}))
+
+    write("lnm", 12, 0)
+    write("thp", 0, 30)
+    write("rmtpp", 0, 0)
+    df = report.collect_runs(tmp_path / "runs")
+    notes = report.truncation_notes(df, ["horizon_tmap", "horizon_otd", "horizon_count_pce"])
+    assert notes == [
+        "`lnm`: 12 of 50 mode rollouts cut at --max-events 100 before the horizon, their event counts lower bounds "
+        "(computed from them: `horizon_tmap`)",
+        "`thp`: 30 of 400 sampled continuations cut at --max-events 100 before the horizon, their event counts "
+        "lower bounds (computed from them: `horizon_count_pce`)"]
+    assert report.truncation_notes(df, ["horizon_otd"]) == []  # OTD reads neither
+    report.write_summary(df, tmp_path / "rep", metrics=["horizon_tmap", "horizon_otd"])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "**Horizon metrics from continuations cut at `--max-events`**" in md and f"- {notes[0]}" in md
+    assert "`thp`:" not in md  # its cut samples touch no asked metric

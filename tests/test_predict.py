@@ -872,3 +872,32 @@ def test_evaluate_scores_a_files_sequences_without_touching_the_run(run_dir: Pat
     assert "--per-sequence applies with --input" in capsys.readouterr().err
     assert main(["evaluate", str(run_dir), "--input", str(new), "--per-sequence", str(tmp_path / "ll.csv")]) == 2
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_intensity_curve_covers_the_shown_window_and_the_start_of_each_gap() -> None:
+    """The grid was spread evenly over each whole interval: the one holding the window's end (up to a next event
+    far beyond it) kept 0 of its 64 points inside the window, so the curve after the cut started late or not at
+    all, and the first point after every event was 1/64 of its gap away (a bursty model's spike there unseen)."""
+    from mtpp.forecast.plot import GEOMETRIC_QUANTILE, GRID, intensity_path
+    from mtpp.forecast.process import model_next_events
+
+    torch.manual_seed(0)
+    m = build_model(tiny_config(encoder="gru", decoder="lnm", parametrisation="base"), K).eval()
+    seq = EventSequence(np.array([0.5, 1.0, 1.001, 100.0]), np.array([0, 1, 2, 3]))
+    until = 1.5
+    t, lam = intensity_path(m, seq, until)
+    assert np.isfinite(lam).all() and (lam >= 0).all() and t.max() <= until
+    shown = t > 1.001  # the interval after the cut, 1.001 .. 100, clipped to the window end 1.5
+    assert shown.sum() >= GRID // 2 and math.isclose(t[shown].max(), until)
+    with torch.no_grad():
+        dist, _, _ = model_next_events(m, collate([seq]))
+        q = dist.icdf(torch.full((1, 5, 1), GEOMETRIC_QUANTILE))[0, :, 0].double().numpy() * m.time_scale
+    for i, (start, stop) in enumerate([(0.5, 1.0), (1.0, 1.001), (1.001, until)], start=1):
+        inside = t[(t > start) & (t <= stop)]
+        # the model's short gaps are drawn: a point at its 1 % gap quantile (where inside the interval)
+        assert inside.min() - start <= min(q[i], stop - start) * (1 + 1e-6)
+    # the values are the model's hazard at those times (a hazard, not the likelihood's tie rule)
+    with torch.no_grad():
+        tau = torch.tensor((t[shown] - 1.001) / m.time_scale, dtype=torch.float32).view(1, 1, -1).expand(1, 5, -1)
+        hazard = dist.log_intensity(tau)[0, 3].exp().double().numpy() / m.time_scale
+    np.testing.assert_allclose(lam[shown], hazard, rtol=1e-3)

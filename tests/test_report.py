@@ -889,7 +889,15 @@ def add_horizon_metrics(root: Path) -> None:
 
 
 def _md_rows(md: str) -> list[dict[str, str]]:
-    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    """The rows of the first table of ``md`` (the models'; baseline tables follow it)."""
+    all_lines = md.splitlines()
+    start = next(i for i, line in enumerate(all_lines) if line.startswith("| "))
+    lines = []
+    for line in all_lines[start:]:
+        if not line.startswith("|"):
+            break
+        if line.startswith("| "):
+            lines.append(line)
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, [c.strip() for c in line.strip("|").split("|")])) for line in lines[1:]]
 
@@ -1025,3 +1033,26 @@ def test_report_says_which_skipped_runs_are_still_training(runs_root: Path, tmp_
     assert f"skipped (no metrics.json yet: still training, in use by pid {os.getpid()} " in err
     assert f"{training}\n" in err
     assert f"skipped (no metrics.json: interrupted, failed or not finished): {abandoned}\n" in err
+
+
+def test_a_coverage_panel_draws_the_level_it_is_calibrated_at(tmp_path, figures):
+    """The bars of horizon_next_interval_coverage (0.65 .. 0.88 on MOOC, level 0.9) were zoomed to the values with
+    no reference: the best-looking point was not visibly the calibrated one. Now the panel draws the level, inside
+    the axis; a panel of another metric draws none."""
+    import pandas as pd
+
+    rows = [{"dataset": "sim", "model": model, "parametrisation": p, "aggregator": "sum", "seed": 0, "split": 0,
+             "first_event": "skip", "horizon": 2.0, "horizon_next_interval_coverage": cov,
+             "horizon_next_interval_level": 0.8, "horizon_tmap": 0.2, "run": f"/r/{model}{p}"}
+            for model, p, cov in (("lnm", "base", 0.6), ("lnm", "plus", 0.65), ("thp", "base", 0.7))]
+    plots.plot_metric_bars(pd.DataFrame(rows), tmp_path / "bars.png",
+                           ["horizon_next_interval_coverage", "horizon_tmap"])
+    fig = figures[0]
+    cov = next(a for a in fig.axes if a.get_title().startswith("share of next gaps"))
+    lines = [ln for ln in cov.get_lines() if list(ln.get_ydata()) == [0.8, 0.8]]
+    assert len(lines) == 1 and lines[0].get_linestyle() == "--"
+    low, high = cov.get_ylim()
+    assert low < 0.6 and high > 0.8  # the level is inside the zoomed axis
+    assert "calibrated: 0.8" in _texts(fig)
+    tmap = next(a for a in fig.axes if a.get_title().startswith("T-mAP"))
+    assert not [ln for ln in tmap.get_lines() if list(ln.get_ydata()) == [0.8, 0.8]]

@@ -172,6 +172,10 @@ def describe_sequences(seqs: list, num_marks: int, top: int = 10) -> dict[str, A
         "length": {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())},
         "time": {"min": float(times.min()), "max": float(times.max())},
         "zero_gap_share": float(np.mean(gaps == 0)) if gaps.size else 0.0,
+        # the gap scale, to choose a forecast horizon (mtpp evaluate --horizon T, plot / generate --horizon)
+        "gaps": None if not gaps.size else {
+            "median": float(np.median(gaps)), "mean": float(gaps.mean()),
+            "p90": float(np.quantile(gaps, 0.9)), "p99": float(np.quantile(gaps, 0.99))},
         "first_event_at_zero": int(np.count_nonzero(first == 0)),
         "lattice": None if lattice is None else {"quantum": lattice.quantum, "share_near": lattice.share_near,
                                                  "consequential": lattice.consequential},  # mtpp.data.lattice
@@ -281,6 +285,17 @@ def _lattice_line(lattice: dict[str, Any] | None, unit: str | None = None) -> st
                if lattice["consequential"] else ""))  # fmt: skip
 
 
+def _gaps_line(gaps: dict[str, float] | None, unit: str | None = None) -> list[str]:
+    """The gap scale in one line (``[]`` without a within-sequence gap): what a forecast horizon is read against
+    (``mtpp evaluate --horizon T`` scores the events within ``T`` of each point: a ``T`` near the median gap asks
+    for about the next event, one of several mean gaps for several)."""
+    if not gaps:
+        return []
+    units = f"{unit}s" if unit else "data units"
+    return [f"gaps           median {_fmt(gaps['median'])} / mean {_fmt(gaps['mean'])} / 90% {_fmt(gaps['p90'])} / "
+            f"99% {_fmt(gaps['p99'])} {units} (within sequences; the scale of a forecast --horizon)"]
+
+
 def _duplicates_text(st: dict[str, Any]) -> str:
     n, within = st["duplicates"], st["duplicates_within_file"]
     if not n:
@@ -308,6 +323,7 @@ def _describe_text(st: dict[str, Any]) -> str:
         + (f"({st['time_unit']}s)" if st.get("time_unit") else "(unit not recorded)"),
         f"zero gaps      {100 * t['zero_gap_share']:.2f}% of within-sequence gaps; "
         f"{t['first_event_at_zero']:,} sequences start at time 0",
+        *_gaps_line(t.get("gaps"), st.get("time_unit")),
         _lattice_line(t.get("lattice"), st.get("time_unit")),
     ]
     if t["windows"]:

@@ -597,6 +597,18 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
 # (e) base vs + vs ++
 
 
+def _nominal_level(runs: pd.DataFrame, metric: str) -> float | None:
+    """The level a coverage ``metric`` is calibrated at (:data:`~mtpp.evaluation.report.NOMINAL_LEVEL`) when every
+    run that has it agrees; ``None`` for other metrics or mixed levels."""
+    from mtpp.evaluation.report import NOMINAL_LEVEL
+
+    key = NOMINAL_LEVEL.get(metric)
+    if key is None or key not in runs.columns:
+        return None
+    levels = pd.to_numeric(runs[key], errors="coerce").dropna().unique()
+    return float(levels[0]) if len(levels) == 1 else None
+
+
 def plot_metric_bars(
     runs: pd.DataFrame, path: str | Path, metrics: Sequence[str] | None = None, title: str = ""
 ) -> Path | None:
@@ -604,7 +616,8 @@ def plot_metric_bars(
     name but not a configuration are separate groups), one point per parametrisation (base / ``+`` / ``++``):
     the mean over the cell's runs with a standard-error bar (none when n = 1), on a y axis zoomed to the
     values (it does not start at 0, so differences of 1 % are visible), with the change relative to base
-    written beside the ``+`` / ``++`` points of NLL panels. ``n/a`` marks a metric that does not apply (the
+    written beside the ``+`` / ``++`` points of NLL panels; a coverage panel draws the level it is calibrated at
+    (a dashed line, "calibrated: 0.9"), inside the zoomed axis. ``n/a`` marks a metric that does not apply (the
     conflict rate of ``++``). Panel titles give the metric in words, its unit and whether lower or higher is
     better (:data:`~mtpp.evaluation.report.METRICS`); the legend sits below the panels; the title says what
     each point pools. ``None`` (nothing drawn) without runs or with a single cell and parametrisation: nothing
@@ -664,6 +677,12 @@ def plot_metric_bars(
                     drawn_change = True
                     ax.annotate(f"{(mean - b) / abs(b):+.1%}", (xi, mean + err), xytext=(0, 3),
                                 textcoords="offset points", fontsize=7, ha="center", va="bottom", color="0.25")
+        nominal = _nominal_level(runs, m)
+        if nominal is not None and math.isfinite(ymin):  # a coverage: its calibrated value is the reference
+            ax.axhline(nominal, color="0.3", ls="--", lw=1.0)
+            ax.annotate(f"calibrated: {nominal:g}", (0.01, nominal), xycoords=("axes fraction", "data"),
+                        xytext=(0, 2), textcoords="offset points", fontsize=7, color="0.3", va="bottom")
+            ymin, ymax = min(ymin, nominal), max(ymax, nominal)
         if math.isfinite(ymin):
             scale = max(abs(ymin), abs(ymax))  # equal values (every accuracy 0) get a readable band, not +-1e-15
             pad = max(0.18 * (ymax - ymin), 1e-3 * scale, 0.05 if scale < 1e-9 else 0.0,

@@ -53,6 +53,8 @@ __all__ = [
     "summarise",
     "write_summary",
     "format_markdown",
+    "format_baselines",
+    "NOMINAL_LEVEL",
     "param_symbol",
 ]
 
@@ -173,6 +175,18 @@ def is_horizon_metric(name: str) -> bool:
     """Whether ``name`` is a ``horizon_*`` metric of the summarised section (``val/horizon_tmap`` is not: its
     horizon is another section's)."""
     return "/" not in name and name.startswith(HORIZON_PREFIX)
+
+
+NOMINAL_LEVEL = {
+    f"{HORIZON_PREFIX}next_interval_coverage": f"{HORIZON_PREFIX}next_interval_level",
+    f"{HORIZON_PREFIX}count_coverage": f"{HORIZON_PREFIX}count_level",
+}
+"""Coverage metrics -> the key of the level they are calibrated at (a calibrated forecaster's coverage equals it):
+the report's plots draw it as the reference line, since neither higher nor lower coverage is better."""
+
+BASELINE_PREFIX = f"{HORIZON_PREFIX}baselines/"
+"""Row keys of the baselines' horizon metrics: ``horizon_baselines/<name>/<key>`` (:func:`load_run`; the
+``horizon_baselines`` dict that ``mtpp evaluate --horizon`` writes beside the model's flat keys)."""
 
 
 HORIZON_MAP = re.compile(r"^horizon_map@(.+)$")
@@ -396,6 +410,12 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
         row.update({c(k): _number(v) for k, v in chosen.items() if not isinstance(v, (dict, list))})
         if f"{HORIZON_PREFIX}window" in chosen:  # the horizon the horizon_* metrics were scored at
             row[HORIZON_COLUMN] = _number(chosen[f"{HORIZON_PREFIX}window"])
+        baselines = chosen.get(f"{HORIZON_PREFIX}baselines")
+        if isinstance(baselines, dict):  # the baselines scored beside the model: horizon_baselines/<name>/<key>
+            for name, values in baselines.items():
+                if isinstance(values, dict):
+                    row.update({f"{BASELINE_PREFIX}{name}/{k}": _number(v) for k, v in values.items()
+                                if not isinstance(v, (dict, list))})  # fmt: skip
     marks = _num_marks(metrics, section, config)
     if marks is not None:
         from mtpp.evaluation.metrics import topk_reported
@@ -820,6 +840,97 @@ def summary_stem(section: str = "test", metrics: Sequence[str] | None = None) ->
     return "_".join(parts)
 
 
+def format_baselines(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> str:
+    """Markdown: the baselines' values of the ``horizon_*`` metrics among ``metrics`` (those of the runs' rows,
+    :data:`BASELINE_PREFIX`), one table per dataset and horizon, one row per baseline: mean ± standard error over
+    the (split, seed) replicates of the runs scored at that horizon (the runs of one split share their baseline:
+    it is fit on that split's training part and scored on the same points, so each replicate counts once).
+    ``""`` when no metric is a horizon metric or no run has baselines."""
+    metrics = [canonical_metric(m) for m in (metrics or ())]
+    shown = [m for m in dict.fromkeys(metrics) if is_horizon_metric(m)]
+    base_cols = [c for c in df.columns if c.startswith(BASELINE_PREFIX)]
+    if not shown or not base_cols or HORIZON_COLUMN not in df.columns:
+        return ""
+    names = list(dict.fromkeys(c[len(BASELINE_PREFIX):].split("/", 1)[0] for c in base_cols))
+    reps = [c for c in REPLICATE_COLUMNS if c in df.columns]
+    lines = []
+    datasets = list(dict.fromkeys(df["dataset"])) if "dataset" in df.columns else [None]
+    for ds in datasets:
+        part = df if ds is None else df[df["dataset"] == ds]
+        for horizon in sorted(part[HORIZON_COLUMN].dropna().unique()):
+            at = part[part[HORIZON_COLUMN] == horizon]
+            rows = []
+            for name in names:
+                cells = []
+                for m in shown:
+                    col = f"{BASELINE_PREFIX}{name}/{m[len(HORIZON_PREFIX):]}"
+                    if col not in at.columns:
+                        cells.append("–")
+                        continue
+                    v = pd.to_numeric(at[col], errors="coerce").replace([np.inf, -np.inf], np.nan)
+                    per_rep = (v.groupby([at[c] for c in reps], dropna=False).mean() if reps else v).dropna()
+                    if per_rep.empty:
+                        cells.append("–")
+                        continue
+                    se = float(per_rep.std(ddof=1) / math.sqrt(len(per_rep))) if len(per_rep) > 1 else math.nan
+                    cells.append(format_mean_se(float(per_rep.mean()), se, column_decimals([per_rep.mean()])))
+                if any(c != "–" for c in cells):
+                    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+            if not rows:
+                continue
+            pooled = replicate_label([at[c].tolist() if c in at.columns else [None] * len(at)
+                                      for c in REPLICATE_COLUMNS])  # fmt: skip
+            unit = time_unit_text(time_unit_of(ds)) if ds is not None else "the data's time units"
+            lines += [f"## {ds}: baselines at horizon {format_value(horizon)} ({unit}; {pooled})" if ds is not None
+                      else f"## baselines at horizon {format_value(horizon)}", "",
+                      "The reference forecasters scored by the same metrics on the same prediction points as the "
+                      "models above at this horizon (`mtpp.forecast.baselines`: `poisson` is a homogeneous marked "
+                      "Poisson process fit on each split's training part; `hawkes` the true process of "
+                      "synthetic_hawkes): read each model's row against them. Mean ± standard error over the "
+                      "splits / seeds named.", "",
+                      "| baseline | " + " | ".join(shown) + " |", "|:--|" + "--:|" * len(shown), *rows, ""]
+    return "\n".join(lines)
+
+
+TRUNCATION_TOUCHES = {
+    "truncated_samples": ("count_pce", "count_coverage", "count_mae", "count_mean_pred", "count_pit_hist"),
+    "truncated_rollouts": ("tmap",),
+}
+"""The horizon metrics (without the prefix) computed from each kind of continuation that ``--max-events`` may cut
+(``mtpp.forecast.horizon.TRUNCATION_TOUCHES``, with the count metrics the console table does not show; repeated
+here so that reading runs never imports torch). ``map@<delta>`` keys go with ``tmap``."""
+
+
+def truncation_notes(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> list[str]:
+    """One line per run whose ``horizon_*`` metrics among ``metrics`` were computed from continuations cut at
+    ``--max-events`` before the horizon's end (``horizon_truncated_samples`` / ``horizon_truncated_rollouts`` of
+    its row > 0): which metrics, how many of how many were cut, so a table never shows them as whole. ``[]``
+    when none."""
+    shown = [canonical_metric(m)[len(HORIZON_PREFIX):] for m in (metrics or ()) if is_horizon_metric(m)]
+    shown = ["tmap" if HORIZON_MAP.match(f"{HORIZON_PREFIX}{m}") else m for m in shown]
+    runs = _relative_runs(df) if len(df) else []
+    out = []
+    for (_, row), run in zip(df.iterrows(), runs):
+        said = []
+        for kind, touched in TRUNCATION_TOUCHES.items():
+            cut = pd.to_numeric(pd.Series([row.get(f"{HORIZON_PREFIX}{kind}")]), errors="coerce").iloc[0]
+            hit = [f"{HORIZON_PREFIX}{m}" for m in touched if m in shown]
+            if not (cut > 0 and hit):
+                continue
+            points = pd.to_numeric(pd.Series([row.get(f"{HORIZON_PREFIX}points")]), errors="coerce").iloc[0]
+            samples = pd.to_numeric(pd.Series([row.get(f"{HORIZON_PREFIX}samples")]), errors="coerce").iloc[0]
+            total = points * samples if kind == "truncated_samples" else points
+            what = "sampled continuations" if kind == "truncated_samples" else "mode rollouts"
+            of = f" of {int(total)}" if total == total else ""
+            cap = row.get(f"{HORIZON_PREFIX}max_events")
+            at = f" at --max-events {int(cap)}" if pd.notna(cap) else ""
+            said.append(f"{int(cut)}{of} {what} cut{at} before the horizon, their event counts lower bounds "
+                        f"(computed from them: {', '.join(f'`{h}`' for h in hit)})")
+        if said:
+            out.append(f"`{run}`: " + "; ".join(said))
+    return out
+
+
 def write_summary(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -852,6 +963,15 @@ def write_summary(
     with replacing(csv_path) as tmp:  # whole or not at all (mtpp.files)
         table.to_csv(tmp, index=False)
     text = format_markdown(summary, title=title, section=df.attrs.get("section", "test"))
+    asked = list(summary["metric"].unique())
+    cut = truncation_notes(df, asked)
+    if cut:  # horizon metrics from continuations cut at --max-events: said, never shown as whole
+        text = (text.rstrip("\n") + "\n\n**Horizon metrics from continuations cut at `--max-events`** (`mtpp evaluate "
+                "--horizon` with a larger `--max-events` gives whole ones, at more cost):\n\n"
+                + "".join(f"- {line}\n" for line in cut))
+    baselines = format_baselines(df, asked)
+    if baselines:  # the reference forecasters of the horizon metrics, after the models' tables
+        text = text.rstrip("\n") + "\n\n" + baselines
     notes = list(notes or [])
     if notes:  # under the title, before the tables: a reader must not take the tables for the whole grid
         head, _, rest = text.partition("\n\n")

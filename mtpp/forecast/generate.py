@@ -94,18 +94,22 @@ class Generated:
         return int(self.row_sequence.shape[0])
 
     def to_frame(self):
-        """A ``pandas.DataFrame``: ``sequence, sample, index, time, mark`` (one row per generated event); the
-        marks in the data's own ids where a run's data remapped them (``info["mark_ids"]``), else the model's."""
+        """A ``pandas.DataFrame``: ``sequence, sample, index, time, mark`` (one row per generated event), each
+        continuation's events together and in order (by row, i.e. sequence then sample, then index; the flat
+        arrays hold them in generation order, every row's first event before any second one); the marks in the
+        data's own ids where a run's data remapped them (``info["mark_ids"]``), else the model's."""
         import pandas as pd
 
         ids = self.info.get("mark_ids")
+        order = np.lexsort((self.index, self.row))
+        row = self.row[order]
         return pd.DataFrame(
             {
-                "sequence": self.row_sequence[self.row],
-                "sample": self.row_sample[self.row],
-                "index": self.index,
-                "time": self.time,
-                "mark": np.asarray(ids, dtype=np.int64)[self.mark] if ids else self.mark,
+                "sequence": self.row_sequence[row],
+                "sample": self.row_sample[row],
+                "index": self.index[order],
+                "time": self.time[order],
+                "mark": np.asarray(ids, dtype=np.int64)[self.mark[order]] if ids else self.mark[order],
             }
         )
 

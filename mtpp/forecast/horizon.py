@@ -543,15 +543,22 @@ def format_horizon(result: dict, label: str, units: str = "data units") -> str:
                 for kind in TRUNCATION_TOUCHES if cut[kind]]  # fmt: skip
         if said:
             notes.append(f"* {name}: " + "; ".join(said))
-    return "\n".join(lines + notes + [HORIZON_CAPTION.format(level=m["next_interval_level"], units=units)])
+    deltas = m.get("tmap_deltas")
+    return "\n".join(lines + notes + [HORIZON_CAPTION.format(
+        level=m["next_interval_level"], units=units,
+        deltas=", ".join(f"{d:g}" for d in deltas) if deltas else "?", otd_events=m.get("otd_events", "N"),
+        otd_cost=f"{m['otd_cost']:g}" if m.get("otd_cost") is not None else "?")])
 
 
 HORIZON_CAPTION = (
     "(at each prediction point, told only the history: acc.: next mark by argmax p(k | H), share of points; MAE: "
     "|median gap - observed gap|, {units}; gap cov.: share of observed gaps inside the central {level:g} "
-    "interval of the gap; T-mAP: mean average precision of the events predicted in the horizon, matched within "
-    "time tolerances (HoTPP); OTD: optimal transport distance to the next observed events, {units}; "
+    "interval of the gap; T-mAP: mean average precision of the events predicted in the horizon by the "
+    "median-gap rollout, matched within time tolerances {deltas} {units} (HoTPP), unitless in [0, 1]; OTD: "
+    "optimal transport distance between the first {otd_events} predicted and the next {otd_events} observed "
+    "events, {units}, {otd_cost} per unmatched event (at most {otd_events} x 2 x {otd_cost}); "
     "count PCE / count cov.: calibration of the sampled number of events in the horizon (PCE of its PIT, "
     "unitless; share inside the central {level:g} interval))"
 )
-"""The line under :func:`format_horizon`'s table: what each column conditions on and its unit."""
+"""The line under :func:`format_horizon`'s table: what each column conditions on, its parameters (T-mAP
+tolerances, OTD's number of events and cost) and its unit."""

@@ -5,7 +5,8 @@ Three panels sharing the time axis (data units):
 1. **Events**: the observed history (filled markers, one row per mark), the observed future after the cut
    (hollow), and a few sampled continuations (small, faint), so one sees where and which marks the model expects.
 2. **Conditional intensity** ``lambda*(t) = f(tau | H) / S(tau | H)`` (events per time unit), evaluated on a grid
-   in every inter-event interval given the OBSERVED history (``exp(log f - log S)``: defined for every decoder),
+   in every inter-event interval given the OBSERVED history (the decoder's ``log_intensity``, every decoder has
+   one; even and geometric points, each interval clipped to the horizon's end: ``intensity_path``),
    with the cut marked; after the cut the curve (dashed, labelled so) uses the observed events too (it is what
    the model would say as they arrive), while panel 3 shows what it forecasts without them. With
    ``first_event: skip`` the curve starts at the first event (the gap before it is never scored).
@@ -34,9 +35,9 @@ from mtpp.data.sequence import EventSequence
 from mtpp.errors import MtppError
 
 GRID = 64
+"""Intensity evaluation points per inter-event interval (``interval_grid``)."""
 TITLE_WIDTH = 100
 """Characters per line of the figure's title (9 in wide at 11 pt); longer titles are wrapped."""
-"""Intensity evaluation points per inter-event interval."""
 
 
 def observed_end(seq: EventSequence) -> float:
@@ -92,9 +93,18 @@ def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None,
 
 @torch.no_grad()
 def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
-    """``(t, lambda*(t))`` on ``grid`` points per interval from the window start to ``until`` (data units); with
-    ``model.first_event: skip`` from the first event (the gap before it is not scored, so the model never learnt
-    the intensity there)."""
+    """``(t, lambda*(t))`` on about ``grid`` points per interval from the window start to ``until`` (data units);
+    with ``model.first_event: skip`` from the first event (the gap before it is not scored, so the model never
+    learnt the intensity there).
+
+    Each interval ``(t_{i-1}, min(t_i, until)]`` is clipped to ``until`` before it is gridded, so the interval
+    that holds ``until`` is drawn over the whole shown part (not only the few points of a grid spread to a next
+    event far beyond it). Its grid is the union of ``grid / 2`` evenly spaced gaps and ``grid / 2`` geometrically
+    spaced ones from the model's own ``GEOMETRIC_QUANTILE`` gap quantile (``icdf``, at least ``GEOMETRIC_FLOOR`` of
+    the interval) to its end: a hazard that changes fast just after an event (bursty data, gaps over many
+    decades) is drawn at the scale of the gaps the model expects, not skipped by the first even step.
+    Returns ``t: [P]`` (sorted within each interval) and ``lambda*(t): [P]`` in events per data unit (the
+    decoder's ``log_intensity``; 0 where it underflows)."""
     from mtpp.forecast.process import model_next_events
 
     param = next(model.parameters())
@@ -102,17 +112,30 @@ def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID) ->
     dist, _, _ = model_next_events(model, batch)  # [1, L + 1]
     s = float(model.time_scale)
     starts = np.concatenate([[0.0], seq.times])  # interval i starts at t_{i-1} (t_{-1} = 0)
-    ends = np.concatenate([seq.times, [max(until, seq.times[-1])]])
-    frac = np.linspace(0.0, 1.0, grid + 1)[1:]
-    taus = (ends - starts)[:, None] * frac[None, :]  # [L + 1, G]
+    ends = np.minimum(np.concatenate([seq.times, [max(until, seq.times[-1])]]), until)  # clipped to the shown span
+    span = np.maximum(ends - starts, 0.0)  # [L + 1]; 0: an interval wholly after until (dropped below)
+    u = torch.full((1, span.size, 1), GEOMETRIC_QUANTILE, dtype=param.dtype, device=param.device)
+    q = dist.icdf(u)[0, :, 0].double().cpu().numpy() * s  # [L + 1], data units
+    first = np.clip(np.nan_to_num(q, nan=0.0), GEOMETRIC_FLOOR * span, span)  # the geometric part's first gap
+    half = grid // 2
+    even = span[:, None] * np.linspace(0.0, 1.0, half + 1)[None, 1:]  # [L + 1, half]
+    ratio = np.where(span > 0, span / np.where(first > 0, first, 1.0), 1.0)
+    geometric = first[:, None] * ratio[:, None] ** np.linspace(0.0, 1.0, grid - half)[None, :]  # first .. span
+    taus = np.sort(np.concatenate([even, geometric], axis=1), axis=1)  # [L + 1, G]
     tq = torch.as_tensor(np.maximum(taus, 1e-12) / s, dtype=param.dtype, device=param.device).unsqueeze(0)
-    log_hazard = dist.log_prob(tq) - dist.log_survival(tq)  # [1, L + 1, G]
+    log_hazard = dist.log_intensity(tq)  # [1, L + 1, G]: the hazard f / S itself (no tie rule: not a likelihood)
     lam = torch.exp(log_hazard).squeeze(0).double().cpu().numpy() / s
     t = (starts[:, None] + taus).reshape(-1)
-    keep = t <= until
+    keep = np.repeat(span > 0, grid) & (t <= until)
     if getattr(model.cfg, "first_event", "skip") == "skip":
         keep[:grid] = False  # interval 0: before the first event
     return t[keep], lam.reshape(-1)[keep]
+
+
+GEOMETRIC_QUANTILE = 0.01
+"""The gap quantile of the model where the geometric half of an interval's intensity grid starts."""
+GEOMETRIC_FLOOR = 1e-6
+"""The geometric half starts no earlier than this fraction of the interval."""
 
 
 def plot_forecast(
