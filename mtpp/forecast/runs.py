@@ -39,8 +39,8 @@ class LoadedRun:
 
         A run trained on remapped marks (``data.mark_ids``: the source's id of each model mark) reads the file in
         the source's ids and maps them; an id its training data did not have is a ``DataError`` naming the file,
-        the sequence (and its ``seq_id``) and the id. Otherwise the ids are the model's (checked against ``K`` by
-        ``mtpp.data.checks.check_sequences`` in ``predict`` / ``generate``). ``sort``: sort an unsorted sequence
+        the sequence (and its ``seq_id``) and the id. Otherwise the ids are the model's, checked here against ``K``
+        (``mtpp.data.checks.check_sequences``: a ``DataError`` naming the file, the sequence and its ``seq_id``). ``sort``: sort an unsorted sequence
         (stable) instead of refusing it. A table's ``seq_id`` stays the sequences' ``name``."""
         import numpy as np
 
@@ -56,8 +56,11 @@ class LoadedRun:
         seqs = [s for part in res.parts.values() for s in part]
         if not seqs:
             raise DataError("holds no sequence", source=str(path))
-        if not ids:
-            return seqs
+        if not ids:  # the model's ids: checked here, so every --input command names the file and the sequence
+            from mtpp.data.checks import check_sequences
+
+            return check_sequences(seqs, int(self.model.num_marks), what=str(path), whose=f"the run {self.path}",
+                                   dtype=self.dtype)
         known = np.asarray(ids, dtype=np.int64)  # increasing: the remap numbers the sorted distinct ids
         order = np.argsort(known, kind="stable")
         out = []
