@@ -933,3 +933,28 @@ def test_check_sequences_names_a_named_sequences_seq_id() -> None:
     model = build_model(tiny_config(), K)
     with pytest.raises(DataError, match=r"sequence 1: mark 9 at event 1 .*\(seq_id 'user_7'\)$"):
         mtpp.log_likelihood(model, seqs)
+
+
+@pytest.mark.parametrize("command", [["predict", "--out", "o.csv"], ["generate", "--events", "2", "--out", "g.csv"],
+                                     ["plot", "--sequence", "u_1", "--out", "f.png"], ["evaluate"]])
+def test_every_input_command_sorts_with_sort_says_so_and_names_sort_when_refusing(
+    run_dir: Path, tmp_path: Path, command: list[str], capsys
+) -> None:
+    """``--input FILE`` with an unsorted sequence: refused in one line that names the command's ``--sort`` (not a
+    run config's ``data.sort``); with ``--sort`` (``evaluate`` has it too) sorted, and the count said."""
+    new = tmp_path / "unsorted.csv"
+    new.write_text("seq_id,time,mark\nu_0,0.5,1\nu_0,1.0,2\nu_1,0.9,0\nu_1,0.2,4\nu_1,1.4,3\n")
+    name, *rest = command
+    argv = [name, str(run_dir), "--input", str(new), *[str(tmp_path / a) if a.endswith(("csv", "png")) else a
+                                                      for a in rest]]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{new}: sequence 1: times not sorted" in err and "--sort with --input" in err and "data.sort" not in err
+    assert main([*argv, "--sort"]) == 0
+    assert f"{new}: sorted the times of 1 unsorted sequence(s)" in capsys.readouterr().err
+
+
+def test_evaluate_sort_applies_only_with_input(run_dir: Path, capsys) -> None:
+    assert main(["evaluate", str(run_dir), "--sort"]) == 2
+    assert "--sort only applies with --input" in capsys.readouterr().err

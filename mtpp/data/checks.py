@@ -110,8 +110,8 @@ def check_sequences(
                 fix = ("give marks in the ids of the run's data" if whose.startswith("the run") else
                        "build the model for the data's marks (build_model(cfg, ds.num_marks)) or pass data with "
                        "those marks")
-                raise fail(f"mark {x} at event {j} is out of range for the {k} marks of {whose} (marks are 0..{k - 1}); "
-                           + fix)
+                raise fail(f"mark {x} at event {j} is out of range for the {k} marks of {whose} "
+                           f"(marks are 0..{k - 1}); {fix}")
         w = s.window_end
         if w is not None and (not np.isfinite(w) or (t.size and w < t[-1])):
             raise fail(f"window end {float(w)!r} is not a finite time at or after the last event")
