@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -524,8 +525,10 @@ def test_log_likelihood_of_each_sequence(ds, decoder):
     model = mtpp.build_model({**TINY_MODEL, "decoder": decoder}, ds.num_marks).double()
     seqs = ds.test[:9] + [_seq([0.2, 0.9, 1.4], [0, 3, 1], window=2.5)]
     frame = mtpp.log_likelihood(model, seqs, batch_size=4)
-    assert list(frame.columns) == ["events", "scored_events", "log_lik_time", "log_lik_mark", "log_survival",
-                                   "log_lik"]  # fmt: skip
+    assert list(frame.columns) == ["sequence", "events", "scored_events", "log_lik_time", "log_lik_mark",
+                                   "log_survival", "log_lik"]  # fmt: skip
+    assert frame["sequence"].tolist() == list(range(len(seqs)))  # rows named as predict's, without a seq_id
+    assert not np.signbit(frame["log_survival"].iloc[:9]).any()  # no window end: 0.0, not -0.0 in a written table
     assert frame["events"].tolist() == [len(s) for s in seqs]
     model.eval()
     with torch.no_grad():

@@ -901,3 +901,60 @@ def test_the_intensity_curve_covers_the_shown_window_and_the_start_of_each_gap()
         tau = torch.tensor((t[shown] - 1.001) / m.time_scale, dtype=torch.float32).view(1, 1, -1).expand(1, 5, -1)
         hazard = dist.log_intensity(tau)[0, 3].exp().double().numpy() / m.time_scale
     np.testing.assert_allclose(lam[shown], hazard, rtol=1e-3)
+
+
+@pytest.mark.parametrize("command", [["predict", "--out", "o.csv"], ["generate", "--events", "2", "--out", "g.csv"],
+                                     ["plot", "--sequence", "u_1", "--out", "f.png"], ["evaluate"]])
+def test_a_files_mark_the_run_does_not_have_names_the_file_the_sequence_and_its_seq_id(
+    run_dir: Path, tmp_path: Path, command: list[str], capsys
+) -> None:
+    """``--input FILE`` on a run of the data's own ids (not remapped, K = 5): a mark past K - 1 is one line naming
+    the file, the sequence, its ``seq_id`` and the run, whatever the command, with the fix for a run (the run's
+    data's ids), not a model builder's."""
+    new = tmp_path / "bad.csv"
+    new.write_text("seq_id,time,mark\nu_0,0.5,1\nu_0,1.0,2\nu_1,0.2,0\nu_1,0.9,7\nu_1,1.4,3\n")
+    name, *rest = command
+    argv = [name, str(run_dir), "--input", str(new), *[str(tmp_path / a) if a.endswith(("csv", "png")) else a
+                                                      for a in rest]]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{new}: sequence 1: mark 7 at event 1 is out of range for the 5 marks of the run {run_dir}" in err
+    assert "(seq_id 'u_1')" in err and "build_model" not in err and "Traceback" not in err
+    assert not list(tmp_path.glob("[ogf].*"))
+
+
+def test_check_sequences_names_a_named_sequences_seq_id() -> None:
+    """``log_likelihood`` / ``predict`` on a user's sequences: the error names the sequence's own id too."""
+    from mtpp.errors import DataError
+
+    seqs = [EventSequence(np.array([0.1, 0.2]), np.array([0, 1]), name="a"),
+            EventSequence(np.array([0.1, 0.2]), np.array([0, 9]), name="user_7")]
+    model = build_model(tiny_config(), K)
+    with pytest.raises(DataError, match=r"sequence 1: mark 9 at event 1 .*\(seq_id 'user_7'\)$"):
+        mtpp.log_likelihood(model, seqs)
+
+
+@pytest.mark.parametrize("command", [["predict", "--out", "o.csv"], ["generate", "--events", "2", "--out", "g.csv"],
+                                     ["plot", "--sequence", "u_1", "--out", "f.png"], ["evaluate"]])
+def test_every_input_command_sorts_with_sort_says_so_and_names_sort_when_refusing(
+    run_dir: Path, tmp_path: Path, command: list[str], capsys
+) -> None:
+    """``--input FILE`` with an unsorted sequence: refused in one line that names the command's ``--sort`` (not a
+    run config's ``data.sort``); with ``--sort`` (``evaluate`` has it too) sorted, and the count said."""
+    new = tmp_path / "unsorted.csv"
+    new.write_text("seq_id,time,mark\nu_0,0.5,1\nu_0,1.0,2\nu_1,0.9,0\nu_1,0.2,4\nu_1,1.4,3\n")
+    name, *rest = command
+    argv = [name, str(run_dir), "--input", str(new), *[str(tmp_path / a) if a.endswith(("csv", "png")) else a
+                                                      for a in rest]]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{new}: sequence 1: times not sorted" in err and "--sort with --input" in err and "data.sort" not in err
+    assert main([*argv, "--sort"]) == 0
+    assert f"{new}: sorted the times of 1 unsorted sequence(s)" in capsys.readouterr().err
+
+
+def test_evaluate_sort_applies_only_with_input(run_dir: Path, capsys) -> None:
+    assert main(["evaluate", str(run_dir), "--sort"]) == 2
+    assert "--sort only applies with --input" in capsys.readouterr().err

@@ -4,6 +4,7 @@ which run's data, where, and the cap on sampled continuations."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,4 +92,4 @@ def input_sequences(run: Any, args: argparse.Namespace) -> tuple[list, str]:
     if args.split is not None:
         raise MtppError(f"--input {args.input} and --split {args.split}: give one (the sequences of a file, or a split "
                         "of the run's data)")
-    return run.read_sequences(args.input, sort=args.sort), str(args.input)
+    return run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr)), str(args.input)

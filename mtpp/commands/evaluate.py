@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="score the sequences of this file or folder instead of a split (a CSV / Parquet table with "
                    "seq_id, time, mark, or any format mtpp data describe reads; marks in the ids of the run's data): "
                    "the metrics are printed, nothing is written into the run folder")
+    p.add_argument("--sort", action="store_true", help="with --input: sort unsorted sequences instead of refusing them")
     p.add_argument("--per-sequence", type=Path, metavar="OUT",
                    help="with --input: also write each sequence's time and mark log-likelihood (mtpp.log_likelihood) "
                    "to this .csv / .parquet (never replaced)")
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     given = [f"--{n.replace('_', '-')}" for n in ("samples", "points", "max_events") if getattr(args, n) is not None]
     if given and args.horizon is None:
         raise MtppError(f"{' and '.join(given)} only apply with --horizon (the horizon metrics); add --horizon T")
-    if args.input is not None or args.per_sequence is not None:
+    if args.input is not None or args.per_sequence is not None or args.sort:
         return _evaluate_input(args)
     args.split = args.split or "test"
     samples = 32 if args.samples is None else args.samples
@@ -153,6 +154,8 @@ def _evaluate_input(args: argparse.Namespace) -> int:
     from mtpp.forecast.predict import check_table_path, write_table
     from mtpp.forecast.runs import load_run
 
+    if args.input is None and args.sort:
+        raise MtppError("--sort only applies with --input (the run's own data were read as its config says)")
     if args.input is None:
         raise MtppError("--per-sequence applies with --input FILE (the run's own splits: mtpp predict gives one row "
                         "per event)")
@@ -163,7 +166,7 @@ def _evaluate_input(args: argparse.Namespace) -> int:
     if args.per_sequence is not None:
         check_table_path(args.per_sequence, False)  # before anything is computed
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
-    seqs = run.read_sequences(args.input)
+    seqs = run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr))
     bs = args.batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
     with run.threads():
         metrics = evaluate(run.model, data=seqs, batch_size=bs)

@@ -61,13 +61,13 @@ def sequences_of(data: Any, split: str, what: str) -> Any:
 def check_sequences(
     sequences: Any, num_marks: int, *, what: str = "sequences", dtype: Any = None, whose: str = "the model",
 ) -> list[EventSequence]:  # fmt: skip
-    """``sequences`` as a list, refused (``DataError`` naming ``what``, the sequence and the event) unless every
-    item is an ``EventSequence`` of at least one event whose times are 1-D, finite, ``>= 0`` and non-decreasing,
-    with as many marks, every mark in ``[0, num_marks)`` (``whose``: who knows ``num_marks`` marks, for the
-    message), a window end
-    ``None`` or finite and ``>= `` the last time, and (``dtype`` given: a ``torch.dtype`` or ``"float32"``) every
-    time within ``dtype``'s range (:func:`~mtpp.data.sequence.check_dtype_range`). Cost: a few vectorised passes
-    per sequence."""
+    """``sequences`` as a list, refused (``DataError`` naming ``what``, the sequence, its ``seq_id`` where it has a
+    ``name``, and the event) unless every item is an ``EventSequence`` of at least one event whose times are 1-D,
+    finite, ``>= 0`` and non-decreasing, with as many marks, every mark in ``[0, num_marks)`` (``whose``: who knows
+    ``num_marks`` marks, for the message: ``"the model"``, or ``"the run DIR"``, whose fix is the run's data's ids), a
+    window end ``None`` or finite and ``>= `` the last time, and (``dtype`` given: a ``torch.dtype`` or
+    ``"float32"``) every time within ``dtype``'s range (:func:`~mtpp.data.sequence.check_dtype_range`). Cost: a few
+    vectorised passes per sequence."""
     if isinstance(sequences, (str, bytes, Path)) or is_dataset(sequences):
         raise DataError(f"{what}: expected a list of EventSequence, got {type(sequences).__name__}"
                         + (" (pass load_dataset(...) or its .test)" if isinstance(sequences, (str, Path)) else ""))
@@ -79,7 +79,8 @@ def check_sequences(
     k = int(num_marks)
     for i, s in enumerate(seqs):
         def fail(problem: str) -> DataError:
-            return DataError(problem, source=what, sequence=i)
+            name = getattr(s, "name", None)  # the data's own id of the sequence (a table's seq_id), when it has one
+            return DataError(problem + (f" (seq_id {name!r})" if name is not None else ""), source=what, sequence=i)
 
         if not isinstance(s, EventSequence):
             raise fail(f"is a {type(s).__name__}, not an EventSequence (load_dataset's parts hold them; "
@@ -106,9 +107,11 @@ def check_sequences(
             if lo < 0 or hi >= k:
                 x = hi if hi >= k else lo
                 j = int(np.argmax(m == x))
-                raise fail(f"mark {x} at event {j} is out of range for the {k} marks of {whose} (marks are 0..{k - 1}); "
-                           "build the model for the data's marks (build_model(cfg, ds.num_marks)) or pass data with "
-                           "those marks")
+                fix = ("give marks in the ids of the run's data" if whose.startswith("the run") else
+                       "build the model for the data's marks (build_model(cfg, ds.num_marks)) or pass data with "
+                       "those marks")
+                raise fail(f"mark {x} at event {j} is out of range for the {k} marks of {whose} "
+                           f"(marks are 0..{k - 1}); {fix}")
         w = s.window_end
         if w is not None and (not np.isfinite(w) or (t.size and w < t[-1])):
             raise fail(f"window end {float(w)!r} is not a finite time at or after the last event")

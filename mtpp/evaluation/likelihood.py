@@ -43,7 +43,9 @@ def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", bat
     ``seed``: for the Monte Carlo nodes of a compensator that uses them in evaluation (none does by default:
     ``model.eval_integration``).
 
-    Columns: ``seq_id`` (the sequences' names, a table's ``seq_id``; only when some sequence has one), ``events``
+    Columns: ``sequence`` (its index in ``sequences``, as ``predict``'s rows name it: the only name of a sequence
+    read from a format without ids), ``seq_id`` (the sequences' names, a table's ``seq_id``; only when some
+    sequence has one), ``events``
     (``n``), ``scored_events`` (``|I|``), ``log_lik_time`` and ``log_lik_mark`` (nats; the time part in the data's
     time unit, the survival term included), ``log_survival`` (that term, 0 without a window end) and ``log_lik``
     (their sum). The model's training mode is restored; nothing is written.
@@ -75,15 +77,16 @@ def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", bat
             for start in range(0, len(seqs), batch_size):  # batches, not events: one forward each
                 idx = order[start : start + batch_size]
                 out = model.nll(collate([seqs[i] for i in idx], dtype=dtype).to(dev))
-                parts = torch.stack([-out.time_nll, -out.mark_nll, -out.survival_term]).double().cpu().numpy()
+                # 0.0 - x, not -x: a term of 0 (no window end) is 0.0, never -0.0 in the written table
+                parts = (0.0 - torch.stack([out.time_nll, out.mark_nll, out.survival_term])).double().cpu().numpy()
                 for row, key in enumerate(columns):
                     columns[key][idx] = parts[row]
                 scored[idx] = out.scored.sum(-1).cpu().numpy()
     finally:
         model.train(was_training)
-    frame = pd.DataFrame({"events": lengths, "scored_events": scored, **columns})
+    frame = pd.DataFrame({"sequence": np.arange(len(seqs)), "events": lengths, "scored_events": scored, **columns})
     frame["log_lik"] = frame["log_lik_time"] + frame["log_lik_mark"]
     names = [getattr(s, "name", None) for s in seqs]
     if any(n is not None for n in names):
-        frame.insert(0, "seq_id", names)
+        frame.insert(1, "seq_id", names)
     return frame

@@ -33,18 +33,22 @@ class LoadedRun:
     def split(self, name: str) -> list:
         return self.data.split(name)
 
-    def read_sequences(self, path: str | Path, *, sort: bool = False) -> list:
+    def read_sequences(self, path: str | Path, *, sort: bool = False,
+                       log: Callable[[str], None] | None = None) -> list:  # fmt: skip
         """The sequences of a file or folder of the user's (any format ``mtpp.data.formats.read_any`` reads: a CSV /
         Parquet table, EasyTPP JSON, ...), every part in file order, their marks in the model's ids ``0..K-1``.
 
         A run trained on remapped marks (``data.mark_ids``: the source's id of each model mark) reads the file in
         the source's ids and maps them; an id its training data did not have is a ``DataError`` naming the file,
-        the sequence (and its ``seq_id``) and the id. Otherwise the ids are the model's (checked against ``K`` by
-        ``mtpp.data.checks.check_sequences`` in ``predict`` / ``generate``). ``sort``: sort an unsorted sequence
-        (stable) instead of refusing it. A table's ``seq_id`` stays the sequences' ``name``."""
-        import numpy as np
-
+        the sequence (and its ``seq_id``) and the id. Otherwise the ids are the model's, checked here against
+        ``K`` (``mtpp.data.checks.check_sequences``: a ``DataError`` naming the file, the sequence and its
+        ``seq_id``). ``sort``: sort an unsorted sequence (stable) instead of refusing it; ``log`` gets the line
+        saying how many were sorted (refused without ``sort``: the ``DataError`` names ``--sort``). A table's
+        ``seq_id`` stays the sequences' ``name``."""
         import contextlib
+        import re
+
+        import numpy as np
 
         from mtpp.data.formats import ReadOptions, notes_reported, read_any
         from mtpp.errors import DataError
@@ -52,12 +56,26 @@ class LoadedRun:
         ids = getattr(self.data, "mark_ids", None)
         # with the run's map, the reader's notes on the file's ids (sparse, from 1) do not apply: the ids are mapped
         with notes_reported() if ids else contextlib.nullcontext():
-            res = read_any(path, options=ReadOptions(sort=sort))
+            try:
+                res = read_any(path, options=ReadOptions(sort=sort))
+            except DataError as e:  # the reader's fix names a run config's data.sort; here it is this call's sort
+                if "not sorted" not in e.problem:
+                    raise
+                problem = re.sub(r" \(to sort such sequences[^)]*\)\)", " (to sort them: --sort with --input; "
+                                 "read_sequences(path, sort=True))", e.problem)
+                raise DataError(problem, source=e.source, sequence=e.sequence, event=e.event) from None
+        if log is not None:  # what --sort did is said, never silent
+            for note in res.notes:
+                if "sorted the times of" in note:
+                    log(note)
         seqs = [s for part in res.parts.values() for s in part]
         if not seqs:
             raise DataError("holds no sequence", source=str(path))
-        if not ids:
-            return seqs
+        if not ids:  # the model's ids: checked here, so every --input command names the file and the sequence
+            from mtpp.data.checks import check_sequences
+
+            return check_sequences(seqs, int(self.model.num_marks), what=str(path), whose=f"the run {self.path}",
+                                   dtype=self.dtype)
         known = np.asarray(ids, dtype=np.int64)  # increasing: the remap numbers the sorted distinct ids
         order = np.argsort(known, kind="stable")
         out = []
