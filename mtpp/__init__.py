@@ -16,6 +16,8 @@ Public API (imported lazily, so ``import mtpp`` stays cheap: no torch, no side e
 * Configuration (``mtpp.config``): ``load_config``, ``config_from_dict``, ``RunConfig``, ``DataConfig``,
   ``ModelConfig``, ``TrainConfig``, ``GradientsConfig``, ``LoggingConfig``.
 * ``predict``, ``generate`` (``mtpp.forecast``): next-event predictions and sampled continuations.
+* ``load_run`` (``mtpp.forecast.runs``): a trained run folder's model (``.model``, from ``best.pt``), configuration
+  and data; ``.read_sequences(path)`` reads a file of new sequences in the ids of the run's data.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _EXPORTS = {
     "LoggingConfig": "mtpp.config",
     "predict": "mtpp.forecast.predict",
     "generate": "mtpp.forecast.generate",
+    "load_run": "mtpp.forecast.runs",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -61,6 +61,9 @@ def test_exports():
     for name in ("DataConfig", "TrainConfig", "GradientsConfig", "LoggingConfig", "config_from_dict"):
         assert name in mtpp.__all__ and getattr(mtpp, name) is not None
     assert set(mtpp.__all__) <= set(dir(mtpp))
+    from mtpp.forecast.runs import load_run
+
+    assert mtpp.load_run is load_run  # a trained run's model for log_likelihood / predict from Python
 
 
 def test_build_model_accepts_dicts_and_configs():
