@@ -903,6 +903,20 @@ def test_the_intensity_curve_covers_the_shown_window_and_the_start_of_each_gap()
     np.testing.assert_allclose(lam[shown], hazard, rtol=1e-3)
 
 
+def _input_refusal(run_dir: Path, tmp_path: Path, command: list[str], capsys, name: str,
+                   rows: str) -> tuple[Path, list[str], str]:  # fmt: skip
+    """Write the table ``rows`` (after its header) to ``name``, run ``command`` on it with ``--input`` (its outputs
+    in ``tmp_path``), expect the refusal (exit 2); the file, the argv and the refusal's last line."""
+    new = tmp_path / name
+    new.write_text(f"seq_id,time,mark\n{rows}\n")
+    verb, *rest = command
+    argv = [verb, str(run_dir), "--input", str(new), *[str(tmp_path / a) if a.endswith(("csv", "png")) else a
+                                                      for a in rest]]
+    capsys.readouterr()
+    assert main(argv) == 2
+    return new, argv, capsys.readouterr().err.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("command", [["predict", "--out", "o.csv"], ["generate", "--events", "2", "--out", "g.csv"],
                                      ["plot", "--sequence", "u_1", "--out", "f.png"], ["evaluate"]])
 def test_a_files_mark_the_run_does_not_have_names_the_file_the_sequence_and_its_seq_id(
@@ -911,14 +925,8 @@ def test_a_files_mark_the_run_does_not_have_names_the_file_the_sequence_and_its_
     """``--input FILE`` on a run of the data's own ids (not remapped, K = 5): a mark past K - 1 is one line naming
     the file, the sequence, its ``seq_id`` and the run, whatever the command, with the fix for a run (the run's
     data's ids), not a model builder's."""
-    new = tmp_path / "bad.csv"
-    new.write_text("seq_id,time,mark\nu_0,0.5,1\nu_0,1.0,2\nu_1,0.2,0\nu_1,0.9,7\nu_1,1.4,3\n")
-    name, *rest = command
-    argv = [name, str(run_dir), "--input", str(new), *[str(tmp_path / a) if a.endswith(("csv", "png")) else a
-                                                      for a in rest]]
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    new, argv, err = _input_refusal(run_dir, tmp_path, command, capsys, "bad.csv",
+                                    "u_0,0.5,1\nu_0,1.0,2\nu_1,0.2,0\nu_1,0.9,7\nu_1,1.4,3")
     assert f"{new}: sequence 1: mark 7 at event 1 is out of range for the 5 marks of the run {run_dir}" in err
     assert "(seq_id 'u_1')" in err and "build_model" not in err and "Traceback" not in err
     assert not list(tmp_path.glob("[ogf].*"))
@@ -942,14 +950,8 @@ def test_every_input_command_sorts_with_sort_says_so_and_names_sort_when_refusin
 ) -> None:
     """``--input FILE`` with an unsorted sequence: refused in one line that names the command's ``--sort`` (not a
     run config's ``data.sort``); with ``--sort`` (``evaluate`` has it too) sorted, and the count said."""
-    new = tmp_path / "unsorted.csv"
-    new.write_text("seq_id,time,mark\nu_0,0.5,1\nu_0,1.0,2\nu_1,0.9,0\nu_1,0.2,4\nu_1,1.4,3\n")
-    name, *rest = command
-    argv = [name, str(run_dir), "--input", str(new), *[str(tmp_path / a) if a.endswith(("csv", "png")) else a
-                                                      for a in rest]]
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    new, argv, err = _input_refusal(run_dir, tmp_path, command, capsys, "unsorted.csv",
+                                    "u_0,0.5,1\nu_0,1.0,2\nu_1,0.9,0\nu_1,0.2,4\nu_1,1.4,3")
     assert f"{new}: sequence 1: times not sorted" in err and "--sort with --input" in err and "data.sort" not in err
     assert main([*argv, "--sort"]) == 0
     assert f"{new}: sorted the times of 1 unsorted sequence(s)" in capsys.readouterr().err
