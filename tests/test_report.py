@@ -943,6 +943,20 @@ def test_a_run_never_evaluated_with_a_horizon_reads_not_evaluated(runs_root: Pat
     assert "not evaluated (horizon –): the row's runs were never evaluated with `--horizon`" in md
 
 
+def test_bars_mark_a_horizon_metric_never_evaluated_as_such(runs_root: Path, tmp_path: Path, figures) -> None:
+    """The bar plot wrote "n/a" (the metric does not apply) where summary.md says "not evaluated": a run never
+    evaluated with --horizon; a conflict rate of "++" stays n/a."""
+    add_horizon_metrics(runs_root)
+    add_plusplus(runs_root, np.random.default_rng(2))
+    df = report.collect_runs(runs_root)
+    plots.plot_metric_bars(df, tmp_path / "bars.png", ["horizon_tmap", "conflict_rate"])
+    fig = figures[-1]
+    tmap_ax = next(a for a in fig.axes if a.get_visible() and "T-mAP" in a.get_title().replace("\n", " "))
+    conflict_ax = next(a for a in fig.axes if a.get_visible() and a.get_title().startswith("gradient conflict"))
+    assert {t.get_text() for t in tmap_ax.texts} == {report.NOT_EVALUATED}
+    assert "n/a" in {t.get_text() for t in conflict_ax.texts}
+
+
 def test_horizon_bars_label_and_separate_the_horizons(runs_root: Path, tmp_path: Path, figures) -> None:
     """The bar plot of horizon metrics: one group per horizon, named in the label, dark lines between."""
     add_horizon_metrics(runs_root)

@@ -36,12 +36,14 @@ from mtpp.evaluation.report import (
     DATA_CUT_COLUMNS,
     DEFAULT_METRICS,
     HORIZON_COLUMN,
+    NOT_EVALUATED,
     canonical_metric,
     cell_columns,
     cell_labels,
     collect_runs,
     format_mean_se,
     format_value,
+    is_horizon_metric,
     metric_info,
     param_symbol,
     summarise,
@@ -618,7 +620,8 @@ def plot_metric_bars(
     values (it does not start at 0, so differences of 1 % are visible), with the change relative to base
     written beside the ``+`` / ``++`` points of NLL panels; a coverage panel draws the level it is calibrated at
     (a dashed line, "calibrated: 0.9"), inside the zoomed axis. ``n/a`` marks a metric that does not apply (the
-    conflict rate of ``++``). Panel titles give the metric in words, its unit and whether lower or higher is
+    conflict rate of ``++``), "not evaluated" a horizon metric of runs never evaluated with ``--horizon`` (as in
+    summary.md). Panel titles give the metric in words, its unit and whether lower or higher is
     better (:data:`~mtpp.evaluation.report.METRICS`); the legend sits below the panels; the title says what
     each point pools. ``None`` (nothing drawn) without runs or with a single cell and parametrisation: nothing
     to compare."""
@@ -658,7 +661,7 @@ def plot_metric_bars(
         info = metric_info(m)
         base = part[part["parametrisation"] == "base"].set_index("_label")["mean"]
         ymin, ymax = np.inf, -np.inf
-        na: list[float] = []
+        na: list[tuple[float, str]] = []  # where a point is missing, and why
         for j, p in enumerate(params):
             rows = part[part["parametrisation"] == p].set_index("_label")
             pos = x + (j - (len(params) - 1) / 2) * width
@@ -666,8 +669,10 @@ def plot_metric_bars(
                 if lbl not in rows.index:
                     continue
                 mean, se = float(rows.at[lbl, "mean"]), float(rows.at[lbl, "stderr"])
-                if not math.isfinite(mean):
-                    na.append(xi)
+                if not math.isfinite(mean):  # a horizon metric of runs never evaluated with --horizon, or n/a
+                    unscored = (is_horizon_metric(m) and HORIZON_COLUMN in rows.columns
+                                and pd.isna(rows.at[lbl, HORIZON_COLUMN]))  # fmt: skip
+                    na.append((xi, NOT_EVALUATED if unscored else "n/a"))
                     continue
                 err = se if math.isfinite(se) else 0.0
                 ax.errorbar(xi, mean, yerr=err, fmt="o", ms=6, color=PARAM_COLORS.get(p), capsize=3, lw=1.2)
@@ -689,8 +694,8 @@ def plot_metric_bars(
                       0.05 * scale if ymax == ymin else 0.0)  # one value: a band around it, not +-0.1 % of it
             ax.set_ylim(ymin - pad, ymax + pad)
         ax.ticklabel_format(axis="y", useOffset=False)  # the values themselves, never "+1e-15" above the axis
-        for xi in na:
-            ax.text(xi, 0.5, "n/a", transform=ax.get_xaxis_transform(), ha="center", va="center",
+        for xi, why in na:
+            ax.text(xi, 0.5, why, transform=ax.get_xaxis_transform(), ha="center", va="center",
                     fontsize=8, color="0.4", rotation=90)
         ax.set_title(_wrap(info.title(), 38), fontsize=9)
         ax.set_xticks(x, tick_labels, fontsize=8, **slanted)
