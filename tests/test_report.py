@@ -957,6 +957,17 @@ def test_bars_mark_a_horizon_metric_never_evaluated_as_such(runs_root: Path, tmp
     assert "n/a" in {t.get_text() for t in conflict_ax.texts}
 
 
+def test_every_label_names_its_horizon_when_a_figure_holds_several() -> None:
+    """The bars named the horizon only for a model whose cells differed in it ("LNM (horizon=0.1)" beside a bare
+    "RMTPP" at the same horizon): with more than one horizon in a figure, every label says its own."""
+    df = pd.DataFrame({"model": ["lnm", "lnm", "rmtpp"], "parametrisation": ["base", "plus", "base"],
+                       report.HORIZON_COLUMN: [0.1, math.nan, 0.1]})
+    labels = report.cell_labels(df, [report.HORIZON_COLUMN], with_param=False)
+    assert labels == ["LNM (horizon=0.1)", "LNM (horizon=none)", "RMTPP (horizon=0.1)"]
+    one = df.assign(**{report.HORIZON_COLUMN: 0.1})
+    assert report.cell_labels(one, [report.HORIZON_COLUMN], with_param=False) == ["LNM", "LNM", "RMTPP"]
+
+
 def test_horizon_bars_label_and_separate_the_horizons(runs_root: Path, tmp_path: Path, figures) -> None:
     """The bar plot of horizon metrics: one group per horizon, named in the label, dark lines between."""
     add_horizon_metrics(runs_root)

@@ -762,7 +762,8 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
     settings) plus the settings among ``keys`` in which cells **of the same model name** differ, at most
     ``max_extra`` of them and ``+N more`` (first the settings that tell the most of those cells apart, ties in the
     order of :data:`LABEL_PRIORITY`): ``THP (max_sequences=300,
-    max_epochs=1)`` beside ``THP (max_sequences=all, max_epochs=4)``; a model name that is unique stays bare.
+    max_epochs=1)`` beside ``THP (max_sequences=all, max_epochs=4)``; a model name that is unique stays bare. The
+    horizon (:data:`HORIZON_COLUMN`) is on every label when the rows hold more than one.
     Labels still equal after that get ``#1``, ``#2`` ... so no two cells ever share one."""
     rows = [r for _, r in df.iterrows()]
     names = [cell_label(r, [], with_param) for r in rows]
@@ -778,8 +779,12 @@ def cell_labels(df: pd.DataFrame, keys: Sequence[str], with_param: bool = True, 
     for i, n in enumerate(names):
         by_name.setdefault(n, []).append(i)
     diff_of: dict[str, list[str]] = {}
+    # the horizon of horizon_* metrics is named on every label once the figure holds more than one: a value is
+    # read against its horizon, even where every cell of that model shares one
+    everywhere = [k for k in config_keys if k == HORIZON_COLUMN and len({format_value(r.get(k)) for r in rows}) > 1]
     for n, idx in by_name.items():
-        diff = [k for k in config_keys if len({format_value(rows[i].get(k)) for i in idx}) > 1]
+        diff = [k for k in config_keys
+                if k in everywhere or len({format_value(rows[i].get(k)) for i in idx}) > 1]  # fmt: skip
         diff = sorted(diff, key=lambda k: (prio.get(k, len(prio)), config_keys.index(k)))
         diff_of[n] = _most_telling(diff, [[format_value(rows[i].get(k)) for k in diff] for i in idx])
     for i, r in enumerate(rows):
