@@ -910,8 +910,10 @@ def test_kill_stops_a_run_as_ctrl_c_does(tmp_path: Path) -> None:
     exit 143, a line saying so, and train.log telling how to continue from the checkpoint; --resume then works."""
     data = simulate(tmp_path / "sim")
     out = tmp_path / "run"
+    # no end but the signal: early stopping (patience) could end this easy run between its first checkpoint and
+    # the signal, which then met a finished process (exit 0, or 1 when it hit the interpreter's shutdown)
     args = [*[a for a in TINY if not a.startswith("train.max_epochs")], "train.max_epochs=100000",
-            f"data.name={data}"]  # fmt: skip
+            "train.patience=100000", f"data.name={data}"]  # fmt: skip
     cmd = [sys.executable, "-m", "mtpp", "train", "--out", str(out), "-q", *[x for a in args for x in ("--set", a)]]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
