@@ -115,6 +115,12 @@ class TrainConfig:
     # another process takes a core (BENCHMARKS.md, "Threads"). mtpp compare caps it at cores // jobs.
     threads: int = 1
 
+    @property
+    def evaluation_batch_size(self) -> int:
+        """Sequences per evaluation batch: ``eval_batch_size``, else 4 x ``batch_size`` (validation, final
+        evaluation, ``evaluate`` / ``predict`` of a run)."""
+        return self.eval_batch_size or 4 * self.batch_size
+
 
 @dataclass
 class GradientsConfig:

@@ -167,7 +167,7 @@ def _evaluate_input(args: argparse.Namespace) -> int:
         check_table_path(args.per_sequence, False)  # before anything is computed
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     seqs = run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr))
-    bs = args.batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
+    bs = args.batch_size or run.cfg.train.evaluation_batch_size
     with run.threads():
         metrics = evaluate(run.model, data=seqs, batch_size=bs)
         frame = None if args.per_sequence is None else log_likelihood(run.model, seqs, batch_size=bs)

@@ -245,7 +245,7 @@ def _evaluate_run(
     rule_warning = evaluation_rule_warning(model)  # a run configured before the normalised rule was its default
     if rule_warning and log is not None:
         log(f"{run_dir}: warning: {rule_warning}")
-    bs = batch_size or cfg.train.eval_batch_size or 4 * cfg.train.batch_size
+    bs = batch_size or cfg.train.evaluation_batch_size
     quantum = data_time_quantum(run_data, None if log is None else lambda msg: log(f"{run_dir}: {msg}"),
                                 selected=cfg.train.select_time_on == "binned")  # fmt: skip
     seqs = run_data.split(split)

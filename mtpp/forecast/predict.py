@@ -331,7 +331,7 @@ def predict_run(run, sequences: Sequence[EventSequence], *, level: float = DEFAU
 
     seqs = check_sequences(sequences, int(run.model.num_marks), what="predict(sequences=...)",
                            whose=f"the run {run.path}", dtype=run.dtype)
-    bs = batch_size or run.cfg.train.eval_batch_size or 4 * run.cfg.train.batch_size
+    bs = batch_size or run.cfg.train.evaluation_batch_size
     with run.threads():
         frame = predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
                               seed=run.cfg.train.seed, progress=progress)

@@ -712,7 +712,7 @@ class Trainer:
             torch.manual_seed(distributed.rank_seed(t.seed, self.dist.rank))
             if part:
                 loader = make_loader(
-                    part, t.eval_batch_size or 4 * t.batch_size, shuffle=False, dtype=self.dtype,
+                    part, t.evaluation_batch_size, shuffle=False, dtype=self.dtype,
                     device_type=self.device.type,
                 )  # fmt: skip
                 with self.progress.phase("validation", len(loader)) as bar:
@@ -861,7 +861,7 @@ class Trainer:
         metrics: dict[str, Any] = {}
         t = self.cfg.train
         for split in ("val", "test"):
-            kwargs = dict(batch_size=t.eval_batch_size or 4 * t.batch_size, device=self.device, dtype=self.dtype,
+            kwargs = dict(batch_size=t.evaluation_batch_size, device=self.device, dtype=self.dtype,
                           time_quantum=scored_quantum(self.time_lattice, t.select_time_on == "binned"))
             if self.dist.enabled:
                 m, arrays = distributed.evaluate_sharded(
