@@ -187,6 +187,13 @@ def test_grid_projection_weights_each_decoder_and_parametrisation() -> None:
                       if (m, p) not in {("lnm", "base"), ("thp", "plus")}]  # fmt: skip
     assert "as 2 parallel jobs: about 70.0 h (each decoder/parametrisation at the mean" in tables.grid_projection(full)
     assert tables.grid_projection([rec("lnm", "base", 1.0, dataset="lastfm")]) is None
+    # every cell of the grid recorded (split by split): measured, the sum of the 75 wall times / 2 jobs
+    every = [dict(rec(m, p, 0.4 if m == "fnn" else 0.2), cell={**rec(m, p, 0)["cell"], "split": s})
+             for m in tables.MOOC_GRID[1] for p in tables.MOOC_GRID[2] for s in range(5)]  # fmt: skip
+    text = tables.grid_projection(every + [rec("thp", "base", 40.0, aggregator="pcgrad")])
+    # 60 cells x 0.2 h + 15 x 0.4 h = 18.0 cell-hours, 9.0 h on 2 slots
+    assert "Measured wall time of the 75-cell mooc grid" in text and "18.0 cell-hours" in text and "9.0 h" in text
+    assert "Projected" in tables.grid_projection(every[1:])  # one split missing: still a projection
 
 
 def test_published_values_match_the_text_they_cite() -> None:
