@@ -253,8 +253,13 @@ def columns(cells: dict[Key, list[dict]], dataset: str, names: tuple[str, ...]) 
 def cell_stat(rs: list[dict], name: str) -> str:
     """Mean ± SE of ``name`` over a cell's records; "(k of n)" when only ``k`` of its ``n`` records have it."""
     stat = mean_se(metric(r, name) for r in rs)
-    text = fmt(stat, METRICS[name][1])
-    return text + (f" ({stat[2]} of {len(rs)})" if stat is not None and stat[2] < len(rs) else "")
+    return fmt(stat, METRICS[name][1]) + of_n(stat, len(rs))
+
+
+def of_n(stat: tuple | None, n: int) -> str:
+    """`` (k of n)`` when a statistic ``(mean, SE, k)`` covers only ``k`` of the ``n`` records (or pairs) its row
+    states, else ``""``: a metric some records lack is left out of its mean, and the text says so."""
+    return f" ({stat[2]} of {n})" if stat is not None and stat[2] < n else ""
 
 
 def dataset_tables(cells: dict[Key, list[dict]], dataset: str, published: list[dict] = ()) -> list[str]:
@@ -284,7 +289,7 @@ def differences(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
             stats = [paired(ra, rb, m) for m in diff_columns]
             if any(s is not None for s in stats):
                 n = max(s[2] for s in stats if s is not None)
-                deltas = [fmt(s, METRICS[m][1] + 1, signed=True) for s, m in zip(stats, diff_columns)]
+                deltas = [fmt(s, METRICS[m][1] + 1, signed=True) + of_n(s, n) for s, m in zip(stats, diff_columns)]
                 rows.append([model, f"{PARAM_LABEL[a]} → {PARAM_LABEL[b]}", str(n), *deltas])
     if not rows:
         return []
@@ -304,20 +309,29 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
     """Per metric and change (base -> +, base -> ++): for how many decoders the mean paired difference (by split)
     is an improvement, for how many of those a two-sided paired t-test at 5 % says so (``significant``), and which
     decoders got *worse* by that test; the paper's claim above it, and the number of pairs per decoder below
-    (a decoder with one split has a sign, never a test)."""
+    (a decoder with one split has a sign, never a test). A metric that some of a decoder's pairs lack is tested
+    over fewer pairs than the line lists for it: its part names the decoder and that count (``(pairs: lnm 2)``)."""
     lines = []
     models = sorted({k[1] for k in cells if k[0] == dataset})
     for a, b in (("base", "plus"), ("base", "plusplus")):
-        parts, pairs = [], {}
+        diffs = {(model, m): paired(cells.get((dataset, model, a, "sum"), []),
+                                    cells.get((dataset, model, b, "sum"), []), m)
+                 for model in models for m in CLAIM_COLUMNS}  # fmt: skip
+        pairs = {}
+        for (model, _), d in diffs.items():
+            if d is not None:
+                pairs[model] = max(pairs.get(model, 0), d[2])
+        parts = []
         for m in CLAIM_COLUMNS:
             better = clear = total = 0
-            names, worse = [], []
+            names, worse, fewer = [], [], []
             for model in models:
-                d = paired(cells.get((dataset, model, a, "sum"), []), cells.get((dataset, model, b, "sum"), []), m)
+                d = diffs[(model, m)]
                 if d is None:
                     continue
                 total += 1
-                pairs[model] = max(pairs.get(model, 0), d[2])
+                if d[2] < pairs[model]:  # this metric is missing from some of the decoder's pairs: say over how many
+                    fewer.append(f"{model} {d[2]}")
                 direction = metric_info(m).better  # the direction of every metric: mtpp.evaluation.report
                 gain, test = d[0] * direction, significant(d) * direction
                 if gain > 0:
@@ -329,7 +343,8 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
             if total:
                 parts.append(f"{METRICS[m][0]} {better} of {total}" + (f" ({', '.join(names)})" if 0 < better < total
                                                                         else "") + f", {clear} significant"
-                             + (f", significantly worse: {', '.join(worse)}" if worse else ""))
+                             + (f", significantly worse: {', '.join(worse)}" if worse else "")
+                             + (f" (pairs: {', '.join(fewer)})" if fewer else ""))
         if parts:
             lines.append(f"- {PARAM_LABEL[a]} → {PARAM_LABEL[b]}, decoders improved (paired by split; pairs: "
                          + ", ".join(f"{k} {v}" for k, v in sorted(pairs.items())) + "): " + "; ".join(parts) + ".")
@@ -383,10 +398,11 @@ def remedies_table(cells: dict[Key, list[dict]]) -> list[str]:
         rows = []
         for k in keys:
             rs = cells.get(k, [])
-            vals = [fmt(mean_se(metric(r, m) for r in rs), METRICS[m][1]) if rs else "not run yet"
-                    for m in REMEDY_COLUMNS]  # fmt: skip
-            deltas = [fmt(paired(base, rs, m), METRICS[m][1] + 1, signed=True) if rs and k != keys[0] else ""
-                      for m in ("nll_time_per_seq", "nll_mark_per_seq")]  # fmt: skip
+            vals = [cell_stat(rs, m) if rs else "not run yet" for m in REMEDY_COLUMNS]
+            deltas = ["", ""]
+            if rs and k != keys[0]:  # paired with the sum base by split; over fewer pairs than the row's n, it says so
+                deltas = [fmt(d, METRICS[m][1] + 1, signed=True) + of_n(d, len(rs))
+                          for m in ("nll_time_per_seq", "nll_mark_per_seq") for d in [paired(base, rs, m)]]
             epochs = ", ".join(_epochs(r) for r in sorted(rs, key=replicate))
             rows.append([label(k), replicates_text(rs) if rs else "0", *vals, *deltas, epochs])
         head = ["cell", "n", *(METRICS[m][0] for m in REMEDY_COLUMNS), "Δ L_T vs sum", "Δ L_M vs sum",

@@ -292,7 +292,7 @@ def test_the_binned_time_nll_is_shown_only_where_the_data_is_on_a_lattice_and_sa
     assert "| model | n | L_T/seq | L_T binned/seq | L_M/seq | PCE | conflict rate | epochs (best) |" in text
     assert "| fnn + | 2 (0, 1) | -320.5 ± 0.5 | 314.5 ± 0.5 | n/a | n/a | 0.750 ± 0.000 |" in text
     assert "| fnn ++ | 2 (0, 1) | -349.5 ± 0.5 | 312.0 (1 of 2) | n/a | n/a | n/a |" in text
-    assert "| fnn | + → ++ | 2 | -29.00 ± 0.00 | -2.00 | n/a |" in text  # binned paired on split 0 only
+    assert "| fnn | + → ++ | 2 | -29.00 ± 0.00 | -2.00 (1 of 2) | n/a |" in text  # binned paired on split 0 only
     assert "L_T binned/seq 0 of 0" not in text
     reddit = "\n".join(tables.dataset_tables(cells, "reddit"))
     assert "binned" not in reddit and "| fnn + | 1 (0) | -10.0 | n/a | n/a | 0.750 |" in reddit
@@ -396,3 +396,32 @@ def test_the_cos_tm_figure_of_a_dataset_with_one_cell_keeps_its_title_inside(tmp
     box = fig.get_tightbbox()  # inches, every drawn artist
     assert "cos_tm over training steps" in fig._suptitle.get_text()
     assert box.x0 >= 0 and box.x1 <= fig.get_figwidth() and box.y1 <= fig.get_figheight(), box
+
+
+def test_a_difference_over_fewer_pairs_than_its_row_states_says_so() -> None:
+    """A metric some records lack (here the binned L_T of two of lnm base's four splits, the conflict rate and L_M
+    of one pcgrad split) is left out of its paired difference: the row's pairs count (4) is then not that difference's,
+    and every place a paired statistic is printed says over how many pairs it is (as a cell's mean already does,
+    "(2 of 4)"): the differences table, the claim check (tested over 2 pairs, not the 4 the line lists) and the
+    remedies table (its Δ columns and its means)."""
+    recs = [record("mooc", "lnm", "base", s, nll_time_per_seq=-300.0 - s,
+                   **({"nll_time_binned_per_seq": 300.0 + s} if s < 2 else {})) for s in range(4)]  # fmt: skip
+    recs += [record("mooc", "lnm", "plus", s, nll_time_per_seq=-301.0 - 1.1 * s,
+                    nll_time_binned_per_seq=299.0 + 0.9 * s) for s in range(4)]  # fmt: skip
+    recs += [record("mooc", "thp", "base", s, nll_time_per_seq=-250.0 + s, nll_mark_per_seq=90.0) for s in (0, 1)]
+    recs += [{**record("mooc", "thp", "base", s, agg="pcgrad", nll_time_per_seq=-249.0 + s,
+                       **({"nll_mark_per_seq": 89.0} if s < 2 else {})),
+              **({"conflict_rate": None, "cos_tm_histogram": None} if s == 2 else {})} for s in range(3)]  # fmt: skip
+    cells = tables.group(recs)
+    text = "\n".join(tables.dataset_tables(cells, "mooc"))
+    assert "| lnm base | 4 (0, 1, 2, 3) | -301.5 ± 0.6 | 300.5 ± 0.5 (2 of 4) |" in text  # the cell's mean: said
+    # L_T over the 4 pairs, binned over the 2 pairs both cells have (-1.0, -1.1): the 2 is said
+    assert "| lnm | base → + | 4 | -1.15 ± 0.06 | -1.05 ± 0.05 (2 of 4) | n/a | n/a | n/a |" in text
+    # binned: t = 21 > 12.7, the threshold of 2 pairs (with the 4 the line lists it would be 3.18)
+    assert ("- base → +, decoders improved (paired by split; pairs: lnm 4): L_T/seq 1 of 1, 1 significant; "
+            "L_T binned/seq 1 of 1, 1 significant (pairs: lnm 2).") in text
+    remedies = "\n".join(tables.remedies_table(cells))
+    # pcgrad split 2 has no sum twin: Δ L_T over 2 of its 3 splits; its L_M and conflict rate over 2 of 3 records
+    assert ("| thp base [pcgrad] | 3 (0, 1, 2) | -248.0 ± 0.6 | 89.0 ± 0.0 (2 of 3) | n/a | n/a "
+            "| 0.750 ± 0.000 (2 of 3) | -0.49 ± 0.00 (2 of 3) | +1.00 ± 0.00 (2 of 3) | -1.00 ± 0.00 (2 of 3) |") in remedies
+
