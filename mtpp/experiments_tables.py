@@ -91,14 +91,18 @@ def metric(record: dict, name: str) -> float | None:
 
 
 def mean_se(values: Iterable[float | None]) -> tuple[float, float | None, int] | None:
-    """Mean, standard error (``None`` for one value) and count of the finite values; ``None`` if there are none."""
+    """Mean, standard error (``None`` for one value) and count of the finite values; ``None`` if there are none.
+
+    Both in exact arithmetic (``statistics``: the mean correctly rounded, the sample variance from the exact sum
+    of squares), so equal values have SE 0, not the 1e-17 of rounding noise that :func:`fmt` would print to 17
+    decimals."""
     vals = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return None
-    m = sum(vals) / len(vals)
+    m = statistics.mean(vals)
     if len(vals) < 2:
         return m, None, 1
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals)), len(vals)
+    return m, statistics.stdev(vals) / math.sqrt(len(vals)), len(vals)
 
 
 def fmt(stat: tuple | None, digits: int, signed: bool = False) -> str:

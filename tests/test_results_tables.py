@@ -425,3 +425,15 @@ def test_a_difference_over_fewer_pairs_than_its_row_states_says_so() -> None:
     assert ("| thp base [pcgrad] | 3 (0, 1, 2) | -248.0 ± 0.6 | 89.0 ± 0.0 (2 of 3) | n/a | n/a "
             "| 0.750 ± 0.000 (2 of 3) | -0.49 ± 0.00 (2 of 3) | +1.00 ± 0.00 (2 of 3) | -1.00 ± 0.00 (2 of 3) |") in remedies
 
+
+def test_equal_values_have_a_standard_error_of_zero_not_of_rounding_noise() -> None:
+    """Three equal values (a metric that did not move across splits, two bit-identical runs) have SE 0: computed in
+    floating point, the mean of [0.1] * 3 is 0.10000000000000002 and the SE 1.6e-17, which the "two significant
+    digits of a small SE" rule then printed as "0.10000000000000002 ± 0.000000000000000016"."""
+    assert tables.mean_se([0.1] * 3) == (0.1, 0.0, 3)
+    assert tables.fmt(tables.mean_se([0.1] * 3), 3) == "0.100 ± 0.000"
+    recs = [record("mooc", "thp", "base", s, nll_time_per_seq=-250.0) for s in range(3)]  # cos_tm -0.4875 thrice
+    assert "| -0.49 ± 0.00 |" in "\n".join(tables.remedies_table(tables.group(
+        recs + [record("mooc", "thp", "base", s, agg="pcgrad") for s in range(3)])))
+    m, se, n = tables.mean_se([1.0, 2.0, 4.0])
+    assert (m, n) == (pytest.approx(7 / 3), 3) and se == pytest.approx(math.sqrt(7 / 3 / 3))
