@@ -315,7 +315,7 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
     decoders got *worse* by that test; the paper's claim above it, and the number of pairs per decoder below
     (a decoder with one split has a sign, never a test). A metric that some of a decoder's pairs lack is tested
     over fewer pairs than the line lists for it: its part names the decoder and that count (``(pairs: lnm 2)``)."""
-    lines = []
+    lines, counts = [], set()
     models = sorted({k[1] for k in cells if k[0] == dataset})
     for a, b in (("base", "plus"), ("base", "plusplus")):
         diffs = {(model, m): paired(cells.get((dataset, model, a, "sum"), []),
@@ -334,6 +334,7 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
                 if d is None:
                     continue
                 total += 1
+                counts.add(d[2])
                 if d[2] < pairs[model]:  # this metric is missing from some of the decoder's pairs: say over how many
                     fewer.append(f"{model} {d[2]}")
                 direction = metric_info(m).better  # the direction of every metric: mtpp.evaluation.report
@@ -356,8 +357,20 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
         return []
     return [f"Against the paper's claim: {PAPER_CLAIM}. On the recorded splits:", "", *lines,
             "", "(Signs of mean paired differences, counted per decoder; \"significant\": a two-sided paired t-test "
-            "at 5 % over the decoder's pairs, `|mean / SE| > t(0.975, pairs - 1)`, which is 12.7 with two pairs, "
-            "4.30 with three, 2.78 with five; a decoder with one pair is never significant.)", ""]  # fmt: skip
+            f"at 5 % over the decoder's pairs, `|mean / SE| > t(0.975, pairs - 1)`{t_thresholds(counts)}; a decoder "
+            "with one pair is never significant.)", ""]  # fmt: skip
+
+
+def t_thresholds(counts: Iterable[int], level: float = 0.05) -> str:
+    """``", which is 4.30 with 3 pairs, 3.18 with 4"``: the two-sided t thresholds of :func:`significant` for the
+    pair counts (at least 2) a claim check actually tested over; ``""`` when there are none."""
+    from scipy.stats import t
+
+    ns = sorted({n for n in counts if n >= 2})
+    if not ns:
+        return ""
+    texts = [f"{t.ppf(1 - level / 2, n - 1):.2f} with {n}" + (" pairs" if i == 0 else "") for i, n in enumerate(ns)]
+    return ", which is " + ", ".join(texts)
 
 
 def read_published(path: str | Path) -> list[dict[str, Any]]:

@@ -15,7 +15,9 @@ evaluation), ``epoch_seconds`` (median training seconds per epoch), ``validation
 epoch, its worst and its last value after it: a run that diverged after its best epoch, see :func:`diverged`). A
 record re-scored from its run's ``best.pt`` by
 ``scripts/rescore_records.py`` (metrics added, none changed) also holds ``rescored``: one entry per pass, with its
-time, git revision and the metrics it added.
+time, git revision and the metrics it added. The key dates from 51d67de: the MOOC split-0 records re-scored
+before it (commit 3e2eae5, which added the lattice-binned ``nll_time_binned_*`` and ``pce_binned``) lack it, and
+that commit's diff is their provenance.
 """
 
 from __future__ import annotations

@@ -97,6 +97,11 @@ def test_the_claim_check_names_decoders_that_got_significantly_worse() -> None:
     two = [r for r in recs if r["cell"]["split"] < 2]
     text = "\n".join(tables.claim_check(tables.group(two), "mooc"))
     assert "(paired by split; pairs: lnm 2): acc. forecast 0 of 1, 0 significant." in text
+    # the note under the lines gives the t threshold of the pair counts tested, not of a fixed list
+    assert "`|mean / SE| > t(0.975, pairs - 1)`, which is 12.71 with 2 pairs; a decoder" in text
+    four = recs + [record("mooc", "thp", p, s, accuracy_forecast=0.4) for p in ("base", "plus") for s in range(4)]
+    text = "\n".join(tables.claim_check(tables.group(four), "mooc"))
+    assert "which is 4.30 with 3 pairs, 3.18 with 4; a decoder with one pair" in text
 
 
 def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
