@@ -4,6 +4,7 @@ the built-in dataset is deterministic, and ``mtpp simulate`` writes a loadable f
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,6 +98,38 @@ def test_empirical_rates_match_stationary_rates(name: str) -> None:
     sd = np.sqrt(np.diag(params.stationary_count_covariance()) / duration)
     z = (rate - expected) / sd
     assert np.all(np.abs(z) < 4.0), (rate, expected, z)
+
+
+@pytest.mark.parametrize("name", ["scalar_beta", "matrix_beta", "synthetic"])
+def test_expected_counts_from_rest_match_the_simulator(name: str) -> None:
+    """The simulated counts on a short window (the process starts at rest) have the mean ``expected_counts``
+    (z-test over 3000 sequences, per mark), below ``window x stationary rate``."""
+    params = PARAMS[name]()
+    window, num = 3.0, 3000
+    seqs = simulate_hawkes_many(params, num, window, np.random.default_rng(4))
+    counts = np.array([np.bincount(s.marks, minlength=params.num_marks) for s in seqs])
+    expected = params.expected_counts(window)
+    z = (counts.mean(0) - expected) / (counts.std(0, ddof=1) / np.sqrt(num))
+    assert np.all(np.abs(z) < 4.0), (counts.mean(0), expected, z)
+    assert np.all(expected < window * params.stationary_rate())  # the transient from rest
+
+
+def test_expected_counts_identities() -> None:
+    """No excitation: ``mu T``; a ``[K, K]`` beta of one value: the scalar closed form; a long window: slope
+    ``Lambda``; an empty window: 0."""
+    p = SYNTHETIC_PARAMS
+    flat = HawkesParams(mu=p.mu, alpha=p.alpha, beta=np.full((5, 5), p.beta))
+    for t in (0.3, 4.0, 32.0, 300.0):
+        np.testing.assert_allclose(flat.expected_counts(t), p.expected_counts(t), rtol=1e-10, atol=1e-12)
+    poisson = HawkesParams(mu=[0.5, 2.0], alpha=np.zeros((2, 2)), beta=[[1.0, 3.0], [2.0, 0.5]])
+    np.testing.assert_allclose(poisson.expected_counts(7.0), [3.5, 14.0], rtol=1e-12)
+    for q in (p, _matrix_beta_params()):
+        slope = q.expected_counts(2000.0) - q.expected_counts(1999.0)
+        np.testing.assert_allclose(slope, q.stationary_rate(), rtol=1e-9)
+        assert np.all(q.expected_counts(0.0) == 0.0)
+    assert p.expected_counts(SYNTHETIC_WINDOW).sum() == pytest.approx(72.9025, abs=1e-4)
+    with pytest.raises(ValueError, match="window"):
+        p.expected_counts(-1.0)
 
 
 def test_time_rescaling_gives_unit_exponentials() -> None:
@@ -293,6 +326,24 @@ def test_simulate_cli_writes_loadable_folder(tmp_path: Path, process: str, capsy
     assert split0 == split1  # the same sequences, partitioned differently
     assert main(argv) == 2  # refuses to overwrite without --force
     assert main(argv + ["--force"]) == 0
+
+
+def test_simulate_cli_compares_the_observed_rate_with_its_windows_expectation(tmp_path: Path, capsys) -> None:
+    """The printed "expected" rate is the mean of what was simulated (from rest on the window), not the stationary
+    rate, which a short window with strong branching and slow decay is far from (10.5 there, 1.67 simulated)."""
+    out = tmp_path / "sim"
+    argv = ["simulate", "hawkes", "--marks", "3", "--sequences", "2000", "--window", "5", "--branching", "0.9",
+            "--beta", "0.3", "--seed", "0", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith("rate per unit time"))
+    expected, observed = (float(v) for v in re.findall(r"expected ([0-9.]+).*observed ([0-9.]+)", line)[0])
+    assert abs(observed - expected) < 0.05 * expected, line
+    assert "from rest on [0, 5]" in line and "stationary 10.5" in line
+    described = json.loads((out / "args.json").read_text())
+    params = HawkesParams.from_dict(described["params"])
+    np.testing.assert_allclose(described["expected_rate"], params.expected_counts(5.0) / 5.0)
+    np.testing.assert_allclose(described["stationary_rate"], params.stationary_rate())
 
 
 def test_simulate_cli_rejects_explosive_branching(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -142,17 +142,19 @@ def _uniform(n: int, generator: torch.Generator | None) -> Tensor:
 
 
 def icdf_gaps(nxt, elapsed: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``[n]`` gaps ``~ f(tau | H, tau > elapsed)`` by inverse transform (float64, data units)."""
-    u0 = nxt.cdf(elapsed).to(torch.float64)
-    u = u0 + _uniform(elapsed.shape[0], generator) * (1.0 - u0)
-    tau = nxt.icdf(u).to(torch.float64)
-    return torch.maximum(tau, elapsed)
+    """``[n]`` gaps ``~ f(tau | H, tau > elapsed)`` by inverse transform on ``U(F(e), 1)`` (float64, data units;
+    ``mtpp.models.marginal.survived_icdf``, as ``MarkedTPP.sample_next``)."""
+    from mtpp.models.marginal import survived_icdf
+
+    return survived_icdf(nxt, _uniform(elapsed.shape[0], generator), elapsed.to(torch.float64))
 
 
 def mode_gaps(nxt, elapsed: Tensor) -> Tensor:
-    """``[n]`` conditional medians ``F^{-1}((1 + F(e)) / 2)`` of the gap given ``tau > elapsed``."""
-    u0 = nxt.cdf(elapsed).to(torch.float64)
-    return torch.maximum(nxt.icdf(0.5 * (1.0 + u0)).to(torch.float64), elapsed)
+    """``[n]`` conditional medians ``F^{-1}(F(e) + (1 - F(e)) / 2)`` of the gap given ``tau > elapsed``."""
+    from mtpp.models.marginal import survived_icdf
+
+    half = torch.full(elapsed.shape, 0.5, dtype=torch.float64)
+    return survived_icdf(nxt, half, elapsed.to(torch.float64))
 
 
 def thinning_gaps(

@@ -38,10 +38,16 @@ we good at the long horizon events forecasting?", arXiv:2406.14341):
 
 Calibration of the count in the window (``CountCalibration``), from ``S`` sampled continuations per point:
 
-- ``count_pit``: the randomised PIT of the observed count ``n`` under the sampled count distribution ``F``:
-  ``u = F(n - 1) + v (F(n) - F(n - 1))``, ``v ~ U(0, 1)`` (Brockwell 2007; Czado, Gneiting & Held 2009,
-  "Predictive model assessment for count data", Biometrics): uniform when the forecast is calibrated.
-  ``count_pce``: the PCE of these PITs (``mtpp.evaluation.metrics.pce``); ``count_pit_hist``: their histogram.
+- ``count_pit``: the randomised PIT of the observed count ``n`` among the ``S`` sampled counts ``s_1..s_S``:
+  ``u = (#{s_j < n} + v (#{s_j = n} + 1)) / (S + 1)``, ``v ~ U(0, 1)``: the rank of the observation among the
+  ``S + 1`` values with ties broken at random, made continuous (the verification rank of an ensemble forecast,
+  Anderson 1996, J. Climate 9(7); Hamill 2001, Mon. Wea. Rev. 129(3); randomised for counts as in Czado, Gneiting
+  & Held 2009, "Predictive model assessment for count data", Biometrics). Exactly ``U(0, 1)`` whenever the
+  observed count and the samples are exchangeable (a calibrated forecast), for every ``S``. The plug-in PIT of
+  the samples' empirical CDF, ``F_S(n - 1) + v (F_S(n) - F_S(n - 1))``, is not: it has atoms at multiples of
+  ``1 / S`` and gave a perfectly calibrated forecaster a PCE of 0.026 with 8 samples and 0.006 with 32 (measured,
+  Poisson counts). ``count_pce``: the PCE of these PITs (``mtpp.evaluation.metrics.pce``); ``count_pit_hist``:
+  their histogram.
 - ``count_coverage``: share of observed counts inside the central interval of the sampled counts at level
   ``l`` (the ``(1 - l) / 2`` and ``(1 + l) / 2`` quantiles, inverted-CDF rule, inclusive); ``count_mae``: mean
   ``|median sampled count - n|``; ``count_mean_pred`` / ``count_mean_obs``.
@@ -251,11 +257,12 @@ class OTD:
 
 
 def count_pit_bounds(samples: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(F(n - 1), F(n))`` of the observed counts ``observed: [P]`` under the empirical distribution of
-    ``samples: [P, S]`` (integers); the randomised PIT lies uniformly between them."""
+    """``(#{s < n} / (S + 1), (#{s <= n} + 1) / (S + 1))`` for the observed counts ``observed: [P]`` among
+    ``samples: [P, S]`` (integers): the randomised PIT (module docstring) lies uniformly between them."""
     s = np.asarray(samples)
     n = np.asarray(observed)[:, None]
-    return (s <= n - 1).mean(-1), (s <= n).mean(-1)
+    total = s.shape[-1] + 1
+    return (s < n).sum(-1) / total, ((s <= n).sum(-1) + 1) / total
 
 
 class CountCalibration:

@@ -25,7 +25,10 @@ first with ``first_event: skip``), the model's prediction from the events ``0..i
 ========================  ========================================================================================
 
 ``include_next=True`` adds, per sequence, the prediction after its last event (``index = n``; observed columns
-missing: NaN, ``<NA>`` for the mark, an empty field in CSV): the forecast a user acts on. ``top_k`` above the
+missing: NaN, ``<NA>`` for the mark, an empty field in CSV): the forecast a user acts on. Where the sequence's
+window ends after its last event (``data.use_window``, a table's window), that forecast is given that no event
+came before the window end (``MarkedTPP.survived_next``: quantiles, mean and marks of the gap law given
+``tau > T - t_n``; the gap still counted from ``history_end = t_n``), as ``generate`` continues the sequence. ``top_k`` above the
 number of marks ``K`` gives ``K`` mark columns. Numbers equal ``MarkedTPP.predict`` (median, mean, marks) and
 ``MarkedTPP.score`` (log density) on the same batch (tested). Vectorised over a batch of sequences; Monte Carlo
 compensators run under a fixed seed (``torch.random.fork_rng``), so the table is reproducible.
@@ -86,6 +89,16 @@ def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAU
         lower, median, upper = (dist.icdf(probs.expand(b, n, 3)) * s).unbind(-1)
         mean = _mean_of(dist)
         flp = model.mark_forecast_log_probs(h_time, h_mark)  # [B, L + 1, K]
+        quiet = model.quiet_positions(batch)
+        if quiet is not None:  # after the last event of a window that ends later: given no event before its end
+            q, m, marks = model.survived_next(model.last_history(h_time, batch.lengths),
+                                              model.last_history(h_mark, batch.lengths), batch.survival_gap / s,
+                                              probs)  # fmt: skip
+            lower, median, upper = (torch.where(quiet, x.unsqueeze(-1), y)
+                                    for x, y in zip((q * s).unbind(-1), (lower, median, upper)))  # fmt: skip
+            if mean is not None:
+                mean = torch.where(quiet, m.unsqueeze(-1) if m is not None else torch.nan, mean)
+            flp = torch.where(quiet.unsqueeze(-1), marks.unsqueeze(1), flp)
         taus = torch.where(batch.mask, batch.taus.to(dtype) / s, torch.ones((), dtype=dtype, device=h_time.device))
         taus = torch.nn.functional.pad(taus, (0, 1), value=1.0)
         log_density = (dist.log_prob(taus) - math.log(s))[:, :-1]

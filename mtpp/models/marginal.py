@@ -66,12 +66,36 @@ def cumulative_hazard_on_grid(dist: object, grid: Tensor) -> Tensor:
     return (lam * (width * w)).sum(-1).cumsum(-1)
 
 
-def quantile_grid(dist: object, like: Tensor, points: int = GRID_POINTS, tail: float = TAIL) -> Tensor:
-    """``[*batch, P]`` gaps evenly spaced in ``log tau`` from ``F^{-1}(tail)`` to ``F^{-1}(1 - tail)``.
+def survived_icdf(dist: object, u: Tensor, elapsed: Tensor) -> Tensor:
+    """``F^{-1}(u | tau > e) = F^{-1}(F(e) + u (1 - F(e)))``, at least ``e``: the quantile function of the gap given
+    that no event came in the ``elapsed`` time ``e`` already observed after the last event (a window that ends after
+    it), the law of the next gap every forecast after a quiet stretch must use (inverse transform on
+    ``U(F(e), 1)``).
+
+    dist: any gap law with ``cdf`` and ``icdf`` (a ``TimeDistribution``, a ``mtpp.forecast`` ``NextEvent``).
+    u: ``[*batch]`` or ``[*batch, M]`` probabilities (``M`` per element), its dtype is the sum's;
+    elapsed: ``[*batch]``, ``>= 0`` in the distribution's units (``0``: exactly ``icdf(u)``). Where ``F(e)`` is 1 to
+    the dtype's rounding (a model that gives the quiet stretch no probability) the quantiles are those of ``u = 1``.
+    """
+    u0 = dist.cdf(elapsed).to(u.dtype)
+    e = elapsed.to(u.dtype)
+    if u.dim() > u0.dim():
+        u0, e = u0.unsqueeze(-1), e.unsqueeze(-1)
+    return torch.maximum(dist.icdf(u0 + u * (1.0 - u0)).to(u.dtype), e)
+
+
+def quantile_grid(
+    dist: object, like: Tensor, points: int = GRID_POINTS, tail: float = TAIL, elapsed: Tensor | None = None
+) -> Tensor:
+    """``[*batch, P]`` gaps evenly spaced in ``log tau`` from ``F^{-1}(tail)`` to ``F^{-1}(1 - tail)`` (of the law
+    given ``tau > elapsed``, ``survived_icdf``, when ``elapsed: [*batch]`` is given).
 
     ``like: [*batch]``: a tensor of the distribution's batch shape, dtype and device."""
-    ends = torch.tensor([tail, 1.0 - tail], dtype=like.dtype, device=like.device)
-    lo, hi = dist.icdf(ends.expand(*like.shape, 2)).unbind(-1)  # both ends in one search (one bracketing grid)
+    ends = torch.tensor([tail, 1.0 - tail], dtype=like.dtype, device=like.device).expand(*like.shape, 2)
+    if elapsed is None:
+        lo, hi = dist.icdf(ends).unbind(-1)  # both ends in one search (one bracketing grid)
+    else:
+        lo, hi = survived_icdf(dist, ends, elapsed).unbind(-1)
     tiny = torch.finfo(like.dtype).tiny
     log_lo = torch.log(lo.clamp_min(tiny))
     log_hi = torch.maximum(torch.log(hi.clamp_min(tiny)), log_lo)
@@ -101,6 +125,7 @@ def marginal_mark_log_probs(
     mark_log_probs_at: Callable[[Tensor], Tensor],
     points: int | None = None,
     tail: float = TAIL,
+    elapsed: Tensor | None = None,
 ) -> Tensor:
     """``log p(k | H): [*batch, K]`` by the quadrature of the module docstring.
 
@@ -109,11 +134,22 @@ def marginal_mark_log_probs(
     like: ``[*batch]``, any tensor of the batch shape, dtype and device.
     points: ``P`` (default ``INTENSITY_GRID_POINTS`` for intensity decoders, else ``GRID_POINTS``).
     mark_log_probs_at: ``tau: [*batch, P] -> log p(k | tau, H): [*batch, P, K]``.
+    elapsed: ``[*batch]`` gaps already survived (``>= 0``, the distribution's units), or ``None``: the forecast
+        given that no event came in them, ``p(k | H, tau > e) = int_e^inf p(k | tau, H) f(tau | H) dtau / S(e)``
+        (the mark forecast after a window that ends after the last event): the same rule on the quantile grid of
+        the law given ``tau > e``, with its CDF ``1 - exp(-(Lambda(g) - Lambda(e)))`` (no cancellation near 1).
     """
     if points is None:
         points = INTENSITY_GRID_POINTS if hasattr(dist, "ground_intensity") else GRID_POINTS
-    grid = quantile_grid(dist, like, points, tail)
-    if hasattr(dist, "ground_intensity"):
+    grid = quantile_grid(dist, like, points, tail, elapsed)
+    if elapsed is not None:
+        e = elapsed.to(grid.dtype).unsqueeze(-1)
+        if hasattr(dist, "ground_intensity"):  # Lambda(g) - Lambda(e): the cells after e (the first cancels)
+            big = cumulative_hazard_on_grid(dist, torch.cat([e, grid], dim=-1))
+            u = -torch.expm1(big[..., :1] - big[..., 1:])
+        else:
+            u = -torch.expm1(dist.log_survival(grid) - dist.log_survival(e))
+    elif hasattr(dist, "ground_intensity"):
         u = -torch.expm1(-cumulative_hazard_on_grid(dist, grid))
     else:
         u = dist.cdf(grid)  # closed form (LNM: a sum of ndtr, no log_ndtr)

@@ -402,12 +402,15 @@ class MarkedTPP(nn.Module):
     FORECAST_CHUNK_ELEMENTS = 1 << 24
     """Bound on the elements of one intensity call of the mark forecast (sequences are processed in chunks)."""
 
-    def mark_forecast_log_probs(self, h_time: Tensor, h_mark: Tensor, given_time: Tensor | None = None) -> Tensor:
+    def mark_forecast_log_probs(self, h_time: Tensor, h_mark: Tensor, given_time: Tensor | None = None,
+                                elapsed: Tensor | None = None) -> Tensor:  # fmt: skip
         """``log p(k | H): [B, N, K]`` for histories ``[B, N, D]`` (``mtpp.models.marginal``).
 
         Base LNM / RMTPP: the ``p(k | h)`` head (``given_time`` itself when given: the same values). Otherwise the
         quadrature over the next gap, in chunks of sequences so one intensity call stays below
         ``FORECAST_CHUNK_ELEMENTS`` elements (evaluation only; the chunk loop is over sequences, not events).
+        ``elapsed: [B, N]`` (model units): the forecast given that no event came in that gap after the last one,
+        ``p(k | H, tau > elapsed)`` (``marginal_mark_log_probs``).
         """
         if not self.marks_depend_on_time:
             return given_time if given_time is not None else self.mark_decoder(h_mark, None)
@@ -416,9 +419,33 @@ class MarkedTPP(nn.Module):
         b, n = h_time.shape[:2]
         width = max(self.num_marks, self.cfg.num_components, self.cfg.decoder_hidden_size, 1)
         rows = max(1, self.FORECAST_CHUNK_ELEMENTS // max(1, n * GRID_POINTS * GRID_NODES * width))
-        return torch.cat([self._forecast_rows(h_time[i : i + rows], h_mark[i : i + rows]) for i in range(0, b, rows)])
+        return torch.cat([self._forecast_rows(h_time[i : i + rows], h_mark[i : i + rows],
+                                              None if elapsed is None else elapsed[i : i + rows])
+                          for i in range(0, b, rows)])  # fmt: skip
 
-    def _forecast_rows(self, h_time: Tensor, h_mark: Tensor) -> Tensor:
+    def survived_next(self, h_time: Tensor, h_mark: Tensor, elapsed: Tensor, probs: Tensor,
+                      forecast: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
+        """The next event after a quiet stretch: histories ``h_time, h_mark: [n, 1, D]`` after the last event, of
+        which ``elapsed: [n]`` (model units) passed without an event (the window ends after it).
+
+        Returns the quantiles ``[n, P]`` of the gap given ``tau > elapsed`` at ``probs: [P]``
+        (``mtpp.models.marginal.survived_icdf``; gaps since the last event, model units), its mean
+        ``E[tau | tau > elapsed]: [n]`` (``None`` without a closed form) and, with ``forecast``, the mark forecast
+        ``log p(k | H, tau > elapsed): [n, K]``. ``elapsed = 0`` gives the unconditional law's.
+        """
+        from mtpp.models.marginal import survived_icdf
+
+        n = h_time.shape[0]
+        e = elapsed.to(h_time.dtype).unsqueeze(1)  # [n, 1]
+        with _autocast_off(h_time.device):
+            dist = self._time_head(h_time)  # batch_shape [n, 1]
+            q = survived_icdf(dist, probs.to(h_time.dtype).expand(n, 1, probs.shape[-1]), e).squeeze(1)
+            mean_above = getattr(dist, "mean_above", None)
+            mean = None if mean_above is None else mean_above(e).squeeze(1)
+            marks = self.mark_forecast_log_probs(h_time, h_mark, elapsed=e).squeeze(1) if forecast else None
+        return q, mean, marks
+
+    def _forecast_rows(self, h_time: Tensor, h_mark: Tensor, elapsed: Tensor | None = None) -> Tensor:
         dist = self._time_head(h_time)
         if self.joint is not None:
             fn = dist.mark_log_probs  # tau: [B, N, P] -> [B, N, P, K]
@@ -433,14 +460,16 @@ class MarkedTPP(nn.Module):
             def fn(tau: Tensor) -> Tensor:
                 return self.mark_decoder(h.expand(*tau.shape, h.shape[-1]), tau)
 
-        return marginal_mark_log_probs(dist, h_time[..., 0], fn)
+        return marginal_mark_log_probs(dist, h_time[..., 0], fn, elapsed=elapsed)
 
     @torch.no_grad()
     def predict(self, batch: Batch, tau: str | Tensor = "forecast", top_k: int = 5) -> dict[str, Tensor | None]:
         """Next-event predictions after every prefix, positions ``0..L`` (``[B, L + 1]``), gaps in data units.
 
         Position ``i`` predicts event ``i`` from events ``0..i-1``; position ``lengths[b]`` predicts the event
-        after the observed sequence; positions past it are padding (``valid`` is False there).
+        after the observed sequence, given that none came before its window end where the window ends after the
+        last event (``batch.survival_gap > 0``: quantiles, mean and mark forecast of ``survived_next``; the gap is
+        still counted from the last event); positions past it are padding (``valid`` is False there).
 
         tau: which mark distribution: ``"forecast"`` (default) ``p(k | H)``, the next time unknown
             (``mtpp.models.marginal``); ``"median"``: ``p(k | tau, H)`` at the predicted median gap;
@@ -460,6 +489,15 @@ class MarkedTPP(nn.Module):
             dist = self._time_head(h_time)  # batch_shape [B, L + 1]
             median = dist.icdf(torch.full((b, n), 0.5, dtype=h_time.dtype, device=h_time.device))
             mean = _mean_of(dist)
+            quiet = self.quiet_positions(batch)
+            after = None
+            if quiet is not None:  # the last position of sequences whose window ends after their last event
+                after = self.survived_next(self.last_history(h_time, batch.lengths),
+                                           self.last_history(h_mark, batch.lengths), batch.survival_gap,
+                                           torch.tensor([0.5], device=h_time.device), forecast=tau == "forecast")
+                median = torch.where(quiet, after[0], median)
+                if mean is not None:
+                    mean = torch.where(quiet, after[1].unsqueeze(-1) if after[1] is not None else torch.nan, mean)
             mark_tau: Tensor | None
             if isinstance(tau, Tensor):
                 if tau.shape != (b, n):
@@ -477,6 +515,8 @@ class MarkedTPP(nn.Module):
                 raise ValueError(f"tau must be 'forecast', 'median', 'observed' or a tensor, got {tau!r}")
             if mark_tau is None:
                 mark_lp = self.mark_forecast_log_probs(h_time, h_mark)
+                if after is not None:
+                    mark_lp = torch.where(quiet.unsqueeze(-1), after[2].unsqueeze(1), mark_lp)
             else:
                 mark_lp = self._mark_log_probs(dist, h_mark, mark_tau)
         k = min(top_k, self.num_marks)
@@ -491,13 +531,29 @@ class MarkedTPP(nn.Module):
             "valid": valid,
         }
 
+    @staticmethod
+    def quiet_positions(batch: Batch) -> Tensor | None:
+        """``[B, L + 1]`` bool: the position after the last event (``lengths``) of the sequences of ``batch`` whose
+        window ends after it (``survival_gap = T - t_n > 0``), where a forecast is given that no event came before
+        the window end (``survived_next``); ``None`` when there is none (no window, the benchmark convention)."""
+        quiet = batch.survival_gap > 0
+        if not bool(quiet.any()):
+            return None
+        positions = torch.arange(batch.marks.shape[1] + 1, device=quiet.device)
+        return (positions == batch.lengths.to(quiet.device).unsqueeze(-1)) & quiet.unsqueeze(-1)
+
     @torch.no_grad()
     def sample_next(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Sample the next event ``(tau: [B], mark: [B])`` after each sequence's last event (``tau`` in data units).
+        """Sample the next event ``(tau: [B], mark: [B])`` after each sequence's last event (``tau`` in data units,
+        counted from the last event).
 
-        ``tau`` by inverse transform ``F^{-1}(u)``, ``u ~ U(0, 1)``; then ``mark ~ p(k | tau, H_{n+1})``. Both draws
-        use ``generator`` when given (reproducible).
+        ``tau`` by inverse transform on ``U(F(e), 1)`` (``mtpp.models.marginal.survived_icdf``), ``e`` the quiet
+        stretch ``batch.survival_gap = T - t_n`` of a window that ends after the last event (0 without one): the
+        next gap given that no event came before the window end, as ``mtpp.forecast.generate`` continues a history;
+        then ``mark ~ p(k | tau, H_{n+1})``. Both draws use ``generator`` when given (reproducible).
         """
+        from mtpp.models.marginal import survived_icdf
+
         batch = self.in_model_units(batch)
         h_time, h_mark = self._histories(batch)
         h_t = self.last_history(h_time, batch.lengths)  # [B, 1, D]
@@ -507,7 +563,7 @@ class MarkedTPP(nn.Module):
             dist = self._time_head(h_t)
             u = torch.rand(h_t.shape[0], 1, generator=generator, dtype=dtype, device=device)
             u = u.clamp_min(torch.finfo(dtype).eps)  # (0, 1): icdf(0) would be a zero gap
-            tau = dist.icdf(u)  # [B, 1]
+            tau = survived_icdf(dist, u, batch.survival_gap.to(dtype).unsqueeze(1))  # [B, 1]
             probs = self._mark_log_probs(dist, h_m, tau).exp().squeeze(1)  # [B, K]
             mark = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return tau.squeeze(-1) * self._time_scale, mark

@@ -550,6 +550,19 @@ class LogNormalMixture(HazardDistribution):
         """``E[tau] = sum_c w_c exp(m_c + s_c^2 / 2)``: ``[*batch_shape]``."""
         return torch.exp(torch.logsumexp(self.log_weights + self.means + 0.5 * torch.exp(2 * self.log_scales), -1))
 
+    def mean_above(self, elapsed: Tensor) -> Tensor:
+        """``E[tau | tau > e]``, ``[*batch_shape]`` for ``elapsed: [*batch_shape]`` (``>= 0``; 0 gives ``mean``):
+        the partial expectations ``E[tau; tau > e] = exp(m_c + s_c^2 / 2) Phi((m_c + s_c^2 - log e) / s_c)`` of the
+        components, weighted, over ``S(e)``; in log space."""
+        e = self._align(elapsed)
+        positive = e > 0
+        log_e = torch.log(torch.where(positive, e, torch.ones_like(e)))
+        scale = torch.exp(self.log_scales)
+        z = (self.means + scale.square() - log_e.unsqueeze(-1)) / scale
+        z = torch.where(positive.unsqueeze(-1), z, torch.full_like(z, math.inf))  # e = 0: Phi = 1
+        log_part = torch.logsumexp(self.log_weights + self.means + 0.5 * scale.square() + log_ndtr(z), -1)
+        return torch.exp(log_part - self.log_survival(e))
+
 
 class RMTPPDistribution(HazardDistribution):
     """``lambda(tau) = mu + exp(c + w tau)`` (Du et al. 2016 with ``mu = 0``), ``c: [*batch]``, ``w`` and ``mu``
