@@ -93,12 +93,17 @@ class Param:
         return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.log, step=self.step)
 
     def count(self) -> float:
-        """How many distinct values the search can sample (``math.inf`` for a continuous float range)."""
+        """How many distinct values the search can sample (``math.inf`` for a continuous float range). A stepped
+        range counts in decimal like Optuna (``_adjust_discrete_uniform_high``): ``low: 0.1, high: 0.3, step: 0.2``
+        is the two values 0.1 and 0.3, where binary floats give ``(0.3 - 0.1) // 0.2 == 0``."""
         if self.kind == "categorical":
             return len(self.choices)
         if self.kind == "float" and self.step is None:
             return 1 if self.low == self.high else math.inf
-        return int((self.high - self.low) // (self.step or 1)) + 1
+        if self.kind == "int":
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        low, high, step = (_decimal(x) for x in (self.low, self.high, self.step))
+        return int((high - low) // step) + 1
 
     def values(self, limit: int) -> list:
         """Every value the search can sample when there are at most ``limit``, else the ends of the range."""
@@ -106,8 +111,17 @@ class Param:
             return list(self.choices)
         if self.count() > limit:
             return [self.low, self.high]
-        step = self.step or 1
-        return [self.low + i * step for i in range(int(self.count()))]
+        if self.kind == "int":
+            return [int(self.low) + i * int(self.step or 1) for i in range(int(self.count()))]
+        low, step = _decimal(self.low), _decimal(self.step)
+        return [float(low + i * step) for i in range(int(self.count()))]
+
+
+def _decimal(x: float) -> Any:
+    """``x`` as the decimal it is written as (``0.1`` -> ``Decimal("0.1")``), as Optuna counts stepped ranges."""
+    import decimal
+
+    return decimal.Decimal(str(x))
 
 
 def _number(value: Any, where: str, integer: bool) -> float:

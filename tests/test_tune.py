@@ -135,6 +135,25 @@ def test_bad_spaces_are_one_line(space, message):
         parse_space(space, "space.yaml")
 
 
+@pytest.mark.parametrize(
+    "low, high, step",
+    [(0.1, 0.3, 0.2), (0.0, 0.2, 0.1), (0.1, 0.3, 0.1), (0.0, 0.3, 0.1), (0.2, 0.7, 0.1), (0.0, 1.0, 0.3),
+     (1e-3, 2.2e-3, 4e-4)],
+)
+def test_a_stepped_float_range_has_the_values_optuna_samples(low, high, step):
+    """Counted in decimal like Optuna: ``0.1 .. 0.3 step 0.2`` is {0.1, 0.3} (binary floats gave one value and
+    refused the entry as 'searches one value'); every value is checked before the search, the top one included."""
+    import warnings
+
+    (prm,) = parse_space({"train.weight_decay": {"type": "float", "low": low, "high": high, "step": step}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's "range not divisible by step" (it lowers high)
+        dist = optuna.distributions.FloatDistribution(low, high, step=step)
+    want = [dist.low + i * dist.step for i in range(round((dist.high - dist.low) / dist.step) + 1)]
+    assert prm.count() == len(want)
+    assert prm.values(256) == pytest.approx(want, abs=1e-12)
+
+
 def test_space_keys_are_checked_against_the_config_before_any_trial(tmp_path, capsys):
     base, space = _write(tmp_path)
     space.write_text(yaml.safe_dump({"model.decodr": ["lnm", "rmtpp"], "train.lr": [0.01, 0.02]}))
