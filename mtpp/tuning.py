@@ -19,9 +19,12 @@ float range, or a longer one, at its two ends), and every combination of them wh
 valid (its model is built on the ``meta`` device, so model constraints count) is one ``ConfigError`` naming the
 file and the point. A point outside what was
 checked that is not a valid configuration fails its trial, in one line, and the search goes on. Refused too: an
-entry of one value (nothing to search: ``--set`` it), keys that change what the validation NLL is measured on
-(``NOT_SEARCHABLE``: ``data.name``, ``data.split``, ``data.max_sequences``, ...: NLLs of different data cannot be
-ranked) and settings that change nothing a run computes (``mtpp.config.NON_SEMANTIC_KEYS``).
+entry of one value (nothing to search: ``--set`` it), keys that change what the validation NLL is measured on or
+how it is computed (``NOT_SEARCHABLE``: ``data.name``, ``data.split``, ``data.max_sequences``, ...,
+``model.eval_integration``, ``model.eval_integration_nodes``, ``model.tie_resolution``: NLLs of different data, or of
+the same model scored by another rule, cannot be ranked), a space whose checked points score the NLL with different
+rules (``model.integration_nodes`` when the evaluation nodes follow it) and settings that change nothing a run
+computes (``mtpp.config.NON_SEMANTIC_KEYS``).
 
 Objective: the **validation NLL per sequence** (``L_T + L_M``, nats per sequence, ``metrics.json["val"]``) of the
 trial's best epoch, minimised. Trial ``n`` trains the base config with the sampled values into
@@ -137,8 +140,11 @@ def _number(value: Any, where: str, integer: bool) -> float:
     return int(value) if integer else float(value)
 
 
-#: What the validation NLL is measured on: trials that differ in these are scored on different data or events,
-#: so their NLLs cannot be ranked (``data.time_scale`` and ``data.dtype`` change the model, not the data: searchable).
+#: What the validation NLL is measured on: trials that differ in these are scored on different data or events, or
+#: with another rule (the evaluation compensator, the tie rule: the same model gets another NLL), so their NLLs cannot
+#: be ranked (``data.time_scale`` and ``data.dtype`` change the model, not the data: searchable). A key that changes
+#: the evaluation rule indirectly (``model.integration_nodes`` when ``model.eval_integration`` is ``mc`` or
+#: ``gauss_legendre`` and its nodes are not set) is refused by the space check (:func:`_check_space`).
 NOT_SEARCHABLE = {
     "data.name": "the dataset",
     "data.data_dir": "where the dataset is read from",
@@ -147,6 +153,9 @@ NOT_SEARCHABLE = {
     "data.use_window": "the observation window scored after the last event",
     "data.sort": "which sequences are read (sorted or refused)",
     "model.first_event": "which events are scored",
+    "model.eval_integration": "the compensator rule (THP / SAHP)",
+    "model.eval_integration_nodes": "the compensator's nodes (THP / SAHP)",
+    "model.tie_resolution": "the tie rule (which gaps score log F(delta), a probability, not a density)",
 }
 
 
@@ -246,7 +255,10 @@ def _check_space(cfg: RunConfig, params: list[Param], source: str) -> None:
     :data:`POINTS_CHECKED`) that does not make a valid configuration with the base ``cfg``: the configuration is
     validated and, for each distinct ``model`` section, the model built on PyTorch's ``meta`` device (no memory, a
     few ms: constraints such as hidden_size divisible by num_heads are checked there). A point outside what is
-    checked that fails anyway fails its trial (one line, the search goes on)."""
+    checked that fails anyway fails its trial (one line, the search goes on). Also refused: two checked points whose
+    models score the validation NLL with different rules (:func:`_scoring_rules`: the evaluation compensator and its
+    nodes, the tie resolution), e.g. ``model.integration_nodes`` searched while ``model.eval_integration`` is
+    ``gauss_legendre`` without its own nodes."""
     import copy
     import itertools
     import json
@@ -258,9 +270,11 @@ def _check_space(cfg: RunConfig, params: list[Param], source: str) -> None:
 
     base = apply_overrides(cfg.to_dict(), [])
     built: set[str] = set()
+    rules: dict[tuple, tuple] = {}  # how a model scores the validation NLL -> the first point whose model does
 
     def check(point: tuple) -> None:
         raw = copy.deepcopy(base)  # apply_overrides' YAML round trip costs ~6x more per point
+        built_model = None
         try:
             for key, value in point:
                 _set_dotted(raw, key, value)
@@ -270,15 +284,20 @@ def _check_space(cfg: RunConfig, params: list[Param], source: str) -> None:
                 built.add(seen)
                 try:
                     with torch.device("meta"):
-                        build_model(model, num_marks=2)  # the marks are the data's: any count builds the same layers
+                        built_model = build_model(model, num_marks=2)  # the marks are the data's: any count will do
                 except ConfigError:
                     raise
                 except Exception:  # noqa: BLE001 - a layer that cannot be built on meta: left to the trial
-                    pass
+                    built_model = None
         except ConfigError as e:
-            what = ", ".join(f"{k}={v!r}" for k, v in point)
-            what = f"the point {what}" if len(point) > 1 else what
-            raise ConfigError(f"{source}: {what} is not a valid configuration ({e})") from None
+            raise ConfigError(f"{source}: {_point_text(point)} is not a valid configuration ({e})") from None
+        for rule in _scoring_rules(built_model) if built_model is not None else []:
+            first, where = rules.setdefault(rule[0], (rule, point))
+            if first != rule:
+                raise ConfigError(
+                    f"{source}: {_point_text(point)} scores the validation NLL with {rule[1]}, {_point_text(where)} "
+                    f"with {first[1]}: the same model gets another NLL, so the trials could not be ranked; set "
+                    f"{rule[2]} in the base config (--set {rule[2]}=VALUE) instead of searching it")
 
     grids = [[(p.key, v) for v in p.values(VALUES_CHECKED)] for p in params]
     if math.prod(len(g) for g in grids) <= POINTS_CHECKED:
@@ -288,6 +307,28 @@ def _check_space(cfg: RunConfig, params: list[Param], source: str) -> None:
         points = ((*first[:i], item, *first[i + 1:]) for i, g in enumerate(grids) for item in g)
     for point in points:
         check(point)
+
+
+def _point_text(point: tuple) -> str:
+    what = ", ".join(f"{k}={v!r}" for k, v in point)
+    return f"the point {what}" if len(point) > 1 else (what or "the base configuration")
+
+
+def _scoring_rules(model: Any) -> list[tuple]:
+    """How ``model`` scores an NLL beyond its parameters, as ``(kind, text, key to set)``: the evaluation
+    compensator rule of its THP / SAHP decoders (``QuadratureDecoder.eval_rule``) and the tie resolution of every
+    decoder (``TiePolicy``). Two points of a space whose models differ in one of them measure the NLL differently."""
+    from mtpp.models.time_decoders import QuadratureDecoder, TiePolicy
+
+    out = []
+    evals = sorted({m.eval_rule for m in model.modules() if isinstance(m, QuadratureDecoder)})
+    if evals:
+        text = ", ".join(f"model.eval_integration={r} with {n} nodes" for r, n in evals)
+        out.append(("compensator", text, "model.eval_integration_nodes"))
+    ties = sorted({float(m.tie_resolution) for m in model.modules() if isinstance(m, TiePolicy)})
+    if ties:
+        out.append(("ties", f"model.tie_resolution={', '.join(f'{t:g}' for t in ties)}", "model.tie_resolution"))
+    return out
 
 
 def _import_optuna() -> Any:

@@ -120,6 +120,10 @@ def test_tune_marks_an_interrupted_trial_failed(tmp_path, capsys):
         ({"data.max_sequences": {"type": "int", "low": 8, "high": 64}}, "cannot be searched: it changes how many"),
         ({"data.use_window": [True, False]}, "cannot be searched: it changes the observation window"),
         ({"model.first_event": ["skip", "include"]}, "cannot be searched: it changes which events are scored"),
+        # ... or how the same model's validation NLL is computed (the evaluation compensator, the tie rule)
+        ({"model.eval_integration": ["adaptive", "gauss_legendre"]}, "model.eval_integration: cannot be searched"),
+        ({"model.eval_integration_nodes": [1, 24]}, "model.eval_integration_nodes: cannot be searched"),
+        ({"model.tie_resolution": [1e-6, 1e-3]}, "model.tie_resolution: cannot be searched: it changes the tie rule"),
         # settings that change nothing a run computes
         ({"logging.quiet": [True, False]}, "cannot be searched: it changes only where or how fast"),
         ({"train.threads": [1, 2]}, "cannot be searched: it changes only where or how fast"),
@@ -314,6 +318,26 @@ def test_the_space_check_covers_every_value_and_combination_and_model_constraint
     _check_space(cfg, parse_space({"model.hidden_size": [12, 24], "model.num_heads": [3, 4]}), "s.yaml")
     with pytest.raises(ConfigError, match=r"the point model\.hidden_size=8, model\.num_heads=3 is not"):
         _check_space(cfg, parse_space({"model.hidden_size": [8, 12], "model.num_heads": [3, 4]}), "s.yaml")
+
+
+def test_a_space_whose_points_score_the_validation_nll_differently_is_refused():
+    """The same model evaluated with another compensator rule gets another validation NLL (measured: THP,
+    eval_integration=gauss_legendre, 1 node vs 24: 124.56 vs 125.86 nats/seq, and the search picked 1 node). A key
+    that changes the rule indirectly is refused too; keys that change the model but not the rule are fine."""
+    from mtpp.tuning import _check_space
+
+    gl = load_config(None, ["model.decoder=thp", "model.eval_integration=gauss_legendre"])
+    # eval nodes unset: they follow model.integration_nodes, so searching it changes the evaluation rule
+    with pytest.raises(ConfigError, match=r"s\.yaml: model\.integration_nodes=50 scores the validation NLL with "
+                                          r"model\.eval_integration=gauss_legendre with 50 nodes, model\."
+                                          r"integration_nodes=10 with .* set model\.eval_integration_nodes"):
+        _check_space(gl, parse_space({"model.integration_nodes": [10, 50]}), "s.yaml")
+    _check_space(load_config(None, ["model.decoder=thp", "model.eval_integration=gauss_legendre",
+                                    "model.eval_integration_nodes=24"]),
+                 parse_space({"model.integration_nodes": [10, 50]}), "s.yaml")  # pinned: the training rule only
+    thp = load_config(None, ["model.decoder=thp"])  # adaptive evaluation: the training nodes do not change it
+    _check_space(thp, parse_space({"model.integration_nodes": [10, 50], "model.decoder": ["thp", "sahp", "lnm"],
+                                   "model.parametrisation": ["base", "plusplus"]}), "s.yaml")
 
 
 def test_a_point_that_fails_validation_fails_its_trial_in_one_line_and_trials_csv_is_written(

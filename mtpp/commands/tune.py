@@ -22,7 +22,8 @@ space.yaml maps config keys to distributions:
 Every value of a categorical or of a range of at most 256 values (every combination, up to 512) is checked
 against the config before the search (a continuous float range at its ends); a point that fails anyway fails
 its trial in one line. Keys that change the data the NLL is measured on (data.name, data.split,
-data.max_sequences, ...) or nothing a run computes (logging.*, train.device, ...) cannot be searched, nor an
+data.max_sequences, ...), how it is computed (model.eval_integration, model.eval_integration_nodes,
+model.tie_resolution) or nothing a run computes (logging.*, train.device, ...) cannot be searched, nor an
 entry of one value.
 
 Objective: validation NLL per sequence (nats, lower is better), pruned per epoch (median rule).
