@@ -33,8 +33,11 @@ NLL is not finite counts as failed.
 
 Pruning: after every epoch the trainer's ``on_epoch`` callback reports the epoch's validation NLL per sequence
 (``val_nll_per_seq``, the early-stopping quantity) to Optuna's ``MedianPruner`` (``n_startup_trials=2``,
-``n_warmup_steps=1``: a trial is stopped after its second epoch or later when it is worse than the median of the
-earlier trials at the same epoch). A pruned trial keeps its folder (``checkpoint.pt``, no ``metrics.json``).
+``n_warmup_steps=PRUNE_FROM_EPOCH``, epochs counted from 1: a trial is stopped after its second epoch or later,
+never after its first nor after its last (``train.max_epochs``: nothing left to save), when its best epoch so far is
+worse than the median of the complete trials at the same epoch). A pruned trial keeps its folder
+(``checkpoint.pt``, no ``metrics.json``); its value in ``trials.csv`` is the validation NLL of the epoch it was
+pruned after.
 
 Resuming: the study lives in ``OUT/study.db`` (SQLite, study name ``mtpp``); rerunning the same command continues
 it, and ``--trials N`` is the total number of finished (complete or pruned) trials wanted, so an interrupted search
@@ -392,23 +395,28 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
     base.pop("variants", None)
     _check_same_search(study, base, space, out / STUDY_FILE)
     study.sampler = optuna.samplers.TPESampler(seed=(base_seed + len(study.trials)) % 2**32)
-    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    # epochs count from 1: the first epoch is never judged (Optuna prunes at steps >= n_warmup_steps)
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNE_FROM_EPOCH)
     quiet = [] if verbose_runs else [("logging.quiet", True), ("logging.progress", False)]
 
     def objective(trial: Any) -> float:
         values = {p.key: p.suggest(trial) for p in space}
         run_dir = out / f"trial_{trial.number:03d}"
+        last_epoch = [0]  # the trial's train.max_epochs, once its configuration is built
 
         def report(epoch: int, val: dict[str, float]) -> None:
             v = val["val_nll_per_seq"]
             if math.isfinite(v):
                 trial.report(v, epoch)
+            if epoch >= last_epoch[0]:  # trained to the end: nothing left to save, the trial completes
+                return
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} (val NLL/seq {v:.4g})")
 
         start = time.perf_counter()
         try:
             cfg = config_from_dict(apply_overrides(base, [*values.items(), *quiet]))
+            last_epoch[0] = cfg.train.max_epochs
             metrics = fit(cfg, run_dir, data_dir=data_dir, on_epoch=report, interrupt_hint=False)
             value = _total(metrics["val"])
             if not math.isfinite(value):
@@ -675,6 +683,9 @@ def _not_a_trial_run(run_dir: Path, trial: Any) -> str | None:
             return f"a run with {key}={node!r}, not trial {trial.number}'s {key}={want!r}"
     return None
 
+
+PRUNE_FROM_EPOCH = 2
+"""The first epoch (counting from 1) after which a trial may be pruned: one epoch says too little to stop a trial."""
 
 SEARCH_ATTR = "mtpp_search"
 """The study's user attribute holding what it searches: the base configuration and the space (``tune`` refuses to

@@ -92,6 +92,35 @@ def test_tune_four_trials_writes_the_best_config_and_resumes(tmp_path, capsys):
     assert (out / "trial_004").is_dir()
 
 
+@pytest.mark.parametrize("max_epochs, pruned_after", [(4, 2), (2, None), (1, None)])
+def test_a_trial_is_pruned_neither_after_its_first_epoch_nor_after_its_last(tmp_path, capsys, monkeypatch,
+                                                                            max_epochs, pruned_after):
+    """Median pruning judges a trial from its second epoch (one epoch says too little) and not after its last one
+    (it has trained to the end: pruning it saves nothing and drops a finished result). Measured before: with
+    max_epochs 1, two trials of the same point as a complete one were labelled pruned after that only epoch."""
+    import mtpp.training.trainer as trainer
+
+    seen: dict[int, list[int]] = {}
+
+    def scripted_fit(cfg, run_dir, *, on_epoch, **kwargs):  # trials 0 and 1 score 10, later ones 100, every epoch
+        number = int(run_dir.name.split("_")[1])
+        value = 10.0 if number < 2 else 100.0
+        for epoch in range(1, cfg.train.max_epochs + 1):
+            seen.setdefault(number, []).append(epoch)
+            on_epoch(epoch, {"val_nll_per_seq": value})
+        return {"val": {"nll_per_seq": value}}
+
+    monkeypatch.setattr(trainer, "fit", scripted_fit)
+    base, space = _write(tmp_path)
+    code = main(["tune", str(base), "--space", str(space), "--trials", "3", "--out", str(tmp_path / "out"),
+                 "--set", f"train.max_epochs={max_epochs}"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["complete", "complete", "pruned" if pruned_after else "complete"]
+    assert seen[2] == list(range(1, (pruned_after or max_epochs) + 1))
+
+
 def test_tune_marks_an_interrupted_trial_failed(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -26,7 +26,8 @@ data.max_sequences, ...), how it is computed (model.eval_integration, model.eval
 model.tie_resolution) or nothing a run computes (logging.*, train.device, ...) cannot be searched, nor an
 entry of one value.
 
-Objective: validation NLL per sequence (nats, lower is better), pruned per epoch (median rule).
+Objective: validation NLL per sequence (nats, lower is better); trials are pruned by the median rule
+after an epoch from the second on (never after the first nor after the last, train.max_epochs).
 Each trial is a run directory OUT/trial_NNN; the study is OUT/study.db (rerun the command to resume it);
 the best configuration is written to OUT/best.yaml (train it with mtpp train OUT/best.yaml --out DIR) and
 every trial to OUT/trials.csv. OUT must be new, empty or a folder mtpp tune wrote (its study.db, best.yaml,
