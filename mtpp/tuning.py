@@ -39,9 +39,11 @@ worse than the median of the complete trials at the same epoch). A pruned trial 
 (``checkpoint.pt``, no ``metrics.json``); its value in ``trials.csv`` is the validation NLL of the epoch it was
 pruned after.
 
-Resuming: the study lives in ``OUT/study.db`` (SQLite, study name ``mtpp``); rerunning the same command continues
-it, and ``--trials N`` is the total number of finished (complete or pruned) trials wanted, so an interrupted search
-runs only what is missing. A trial that was running when the search was interrupted is marked failed and its
+Resuming: the study lives in ``OUT/study.db`` (SQLite, study name ``mtpp``) with the search (base configuration
+and space) and the fingerprints of its data (``mtpp.runs``); rerunning the same command on the same data continues
+it (other data, or another configuration or space, is refused in one line before any trial), and ``--trials N``
+is the total number of finished (complete or pruned) trials wanted, so an interrupted search runs only what is
+missing. A trial that was running when the search was interrupted is marked failed and its
 folder left as it is; a second search of a folder in use is refused (``OUT/.mtpp.lock``, ``mtpp.runs.RunLock``).
 The sampler is TPE seeded by ``seed`` (``train.seed`` unless given) plus the number of trials already in the study.
 
@@ -394,6 +396,7 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
     base = config.to_dict()
     base.pop("variants", None)
     _check_same_search(study, base, space, out / STUDY_FILE)
+    _check_same_data(study, config, data_dir, out)
     study.sampler = optuna.samplers.TPESampler(seed=(base_seed + len(study.trials)) % 2**32)
     # epochs count from 1: the first epoch is never judged (Optuna prunes at steps >= n_warmup_steps)
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNE_FROM_EPOCH)
@@ -720,6 +723,40 @@ def _check_same_search(study: Any, base: dict, space: list[Param], where: Path) 
         shown = "; ".join(diffs[:4]) + (f"; ... ({len(diffs)} differences)" if len(diffs) > 4 else "")
         raise ConfigError(f"{where} searched another base configuration or space ({shown}): continue it with the same "
                           "CONFIG, --set and --space, or search into another --out")
+
+
+DATA_ATTR = "mtpp_data"
+"""The study's user attribute holding the record of the data it searches on (``mtpp.runs.data_record``: source,
+sizes and SHA-256 fingerprints of train / val / test): ``tune`` refuses to continue the study on other data."""
+
+
+def _check_same_data(study: Any, config: RunConfig, data_dir: str | None, out: Path) -> None:
+    """Load the data the trials will train and be scored on and record it in a new study; refuse (``MtppError``,
+    naming both sources and the parts that differ) to continue a study on other data: the validation NLLs of
+    trials on other data cannot be ranked, and the pruner's medians would mix them. Data that moved keeps its
+    fingerprints and is accepted. A study written before the record existed is checked against its first trial
+    folder that records its data."""
+    from mtpp.runs import data_record, describe_difference, differing_parts, open_run
+    from mtpp.training.setup import load_data
+
+    current = data_record(load_data(config.data, data_dir), config.data)
+    stored = study.user_attrs.get(DATA_ATTR)
+    for t in study.get_trials(deepcopy=False) if stored is None else []:
+        try:
+            stored = open_run(out / f"trial_{t.number:03d}").data_record
+        except (MtppError, OSError):
+            continue
+        if stored:
+            break
+    if stored and study.trials:
+        parts = differing_parts(stored, current)
+        if parts:
+            raise MtppError(f"{out / STUDY_FILE}: the data differ from those its {len(study.trials)} trial(s) were "
+                            f"trained and scored on: {describe_difference(stored, current, parts)}; their "
+                            "validation NLLs cannot be ranked with new ones: point --data-dir at the recorded data "
+                            "(or restore it), or search this data into another --out")
+    else:
+        study.set_user_attr(DATA_ATTR, current)
 
 
 def _trial_config(run_dir: Path) -> dict | None:

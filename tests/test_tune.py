@@ -121,6 +121,46 @@ def test_a_trial_is_pruned_neither_after_its_first_epoch_nor_after_its_last(tmp_
     assert seen[2] == list(range(1, (pruned_after or max_epochs) + 1))
 
 
+def test_a_study_is_continued_only_on_the_data_it_was_searched_on(tmp_path, capsys):
+    """Rerunning the same command on other data (the files changed, another --data-dir) would rank new trials'
+    validation NLLs with the earlier ones' and mix them in the pruner's medians (measured before: half the val
+    sequences dropped, the study went on and its pruner and best.yaml mixed both). Refused in one line before any
+    trial; the same data in another folder is accepted; a study without the record is checked against a trial's."""
+    import numpy as np
+
+    from mtpp.data.formats import write_split_folder
+    from mtpp.data.sequence import EventSequence
+
+    rng = np.random.default_rng(0)
+    seqs = [EventSequence(np.cumsum(rng.exponential(1.0, 6)), rng.integers(0, 2, 6)) for _ in range(12)]
+    for folder, val in (("a", seqs[8:10]), ("moved", seqs[8:10]), ("b", seqs[8:9])):
+        write_split_folder(tmp_path / folder / "mine", [{"train": seqs[:8], "val": val, "test": seqs[10:]}],
+                           num_marks=2)
+    base, space = _write(tmp_path)
+    base.write_text(yaml.safe_dump({**BASE, "data": {"name": "mine"}, "train": {"max_epochs": 1, "batch_size": 4}}))
+    out = tmp_path / "out"
+
+    def tune(trials, data):
+        code = main(["tune", str(base), "--space", str(space), "--trials", str(trials), "--out", str(out),
+                     "--data-dir", str(tmp_path / data)])
+        return code, capsys.readouterr()
+
+    assert tune(1, "a")[0] == 0
+    code, cap = tune(2, "b")
+    assert code == 2 and cap.err.count("\n") == 1, cap.err
+    assert "study.db: the data differ from those its 1 trial(s) were trained and scored on" in cap.err
+    assert "differing: val" in cap.err and "val: sequences 2 vs 1" in cap.err
+    assert not (out / "trial_001").exists()
+    code, cap = tune(2, "moved")  # the same sequences elsewhere: the same data
+    assert code == 0 and (out / "trial_001").is_dir(), cap.err
+    import sqlite3
+
+    with sqlite3.connect(out / "study.db") as con:  # a study written before the data record: its trials' record
+        assert con.execute("DELETE FROM study_user_attributes WHERE key = 'mtpp_data'").rowcount == 1
+    code, cap = tune(3, "b")
+    assert code == 2 and "differing: val" in cap.err and not (out / "trial_002").exists(), cap.err
+
+
 def test_tune_marks_an_interrupted_trial_failed(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
