@@ -27,12 +27,14 @@ rules (``model.integration_nodes`` when the evaluation nodes follow it) and sett
 computes (``mtpp.config.NON_SEMANTIC_KEYS``).
 
 Objective: the **validation NLL per sequence** (``L_T + L_M``, nats per sequence, ``metrics.json["val"]``) of the
-trial's best epoch, minimised. Trial ``n`` trains the base config with the sampled values into
+trial's best epoch, minimised: the score its early stopping follows, so under ``train.select_time_on: binned`` (data
+on a lattice) the binned ``L_T`` (``nll_time_binned_per_seq``) plus ``L_M``, named ``val nll_binned_per_seq``
+(``train.select_time_on`` itself cannot be searched). Trial ``n`` trains the base config with the sampled values into
 ``OUT/trial_<n>/`` (a complete run directory, so ``mtpp report OUT`` tables every trial). A run whose validation
 NLL is not finite counts as failed.
 
 Pruning: after every epoch the trainer's ``on_epoch`` callback reports the epoch's validation NLL per sequence
-(``val_nll_per_seq``, the early-stopping quantity) to Optuna's ``MedianPruner`` (``n_startup_trials=2``,
+(``val_nll_per_seq``, or its binned form: the early-stopping quantity) to Optuna's ``MedianPruner`` (``n_startup_trials=2``,
 ``n_warmup_steps=PRUNE_FROM_EPOCH``, epochs counted from 1: a trial is stopped after its second epoch or later,
 never after its first nor after its last (``train.max_epochs``: nothing left to save), when its best epoch so far is
 worse than the median of the complete trials at the same epoch). A pruned trial keeps its folder
@@ -77,6 +79,9 @@ BEST_FILE = "best.yaml"
 TRIALS_FILE = "trials.csv"
 STUDY_NAME = "mtpp"
 OBJECTIVE = "val nll_per_seq"
+OBJECTIVE_BINNED = "val nll_binned_per_seq"
+"""The objective's name under ``train.select_time_on: binned``: the binned validation ``L_T`` (of each gap's lattice
+bin, ``nll_time_binned_per_seq``) plus ``L_M``, the score that run's early stopping and ``best.pt`` follow."""
 KINDS = ("float", "int", "categorical")
 
 
@@ -161,6 +166,7 @@ NOT_SEARCHABLE = {
     "model.eval_integration": "the compensator rule (THP / SAHP)",
     "model.eval_integration_nodes": "the compensator's nodes (THP / SAHP)",
     "model.tie_resolution": "the tie rule (which gaps score log F(delta), a probability, not a density)",
+    "train.select_time_on": "the L_T (continuous or lattice-binned: the objective itself)",
 }
 
 
@@ -360,7 +366,8 @@ def tune(
     """Run (or continue) the search into ``out_dir`` until ``trials`` trials are finished (see the module doc).
 
     Returns ``{"best_value", "best_params", "best_trial", "best_config" (path), "finished", "pruned", "failed"}``;
-    ``best_value`` is the validation NLL per sequence in nats. ``timeout`` (seconds, > 0): stop starting new trials
+    ``best_value`` is the validation NLL per sequence in nats (``objective`` names it: :data:`OBJECTIVE`, or
+    :data:`OBJECTIVE_BINNED` under ``train.select_time_on: binned``). ``timeout`` (seconds, > 0): stop starting new trials
     after it. ``seed``: the sampler's, in [0, 2**32) (default ``train.seed``). ``verbose_runs``: the trials print
     their progress bars and epoch lines (default: ``logging.quiet`` / ``logging.progress`` off in the trials only;
     ``best.yaml`` keeps ``config``'s). Raises, before anything is written, ``ConfigError`` (Optuna missing, a bad
@@ -401,6 +408,8 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
     # epochs count from 1: the first epoch is never judged (Optuna prunes at steps >= n_warmup_steps)
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNE_FROM_EPOCH)
     quiet = [] if verbose_runs else [("logging.quiet", True), ("logging.progress", False)]
+    binned = config.train.select_time_on == "binned"  # the score every trial's early stopping follows
+    label = OBJECTIVE_BINNED if binned else OBJECTIVE
 
     def objective(trial: Any) -> float:
         values = {p.key: p.suggest(trial) for p in space}
@@ -408,29 +417,29 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
         last_epoch = [0]  # the trial's train.max_epochs, once its configuration is built
 
         def report(epoch: int, val: dict[str, float]) -> None:
-            v = val["val_nll_per_seq"]
+            v = val["val_nll_time_binned_per_seq"] + val["val_nll_mark_per_seq"] if binned else val["val_nll_per_seq"]
             if math.isfinite(v):
                 trial.report(v, epoch)
             if epoch >= last_epoch[0]:  # trained to the end: nothing left to save, the trial completes
                 return
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch} (val NLL/seq {v:.4g})")
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} ({label} {v:.4g})")
 
         start = time.perf_counter()
         try:
             cfg = config_from_dict(apply_overrides(base, [*values.items(), *quiet]))
             last_epoch[0] = cfg.train.max_epochs
             metrics = fit(cfg, run_dir, data_dir=data_dir, on_epoch=report, interrupt_hint=False)
-            value = _total(metrics["val"])
+            value = _total(metrics["val"], binned)
             if not math.isfinite(value):
-                raise MtppError(f"the validation NLL per sequence is {value} (see {run_dir})")
+                raise MtppError(f"the objective {label} is {value} (see {run_dir})")
         except optuna.TrialPruned:
             echo(f"trial {trial.number:>3}  pruned  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
             raise
         except MtppError as e:  # one line; Optuna's own warning with the traceback is filtered out
             echo(f"trial {trial.number:>3}  failed  {_fmt(values)}: {e}")
             raise
-        echo(f"trial {trial.number:>3}  {OBJECTIVE} {value:.4f}  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
+        echo(f"trial {trial.number:>3}  {label} {value:.4f}  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
         return value
 
     def finished() -> int:
@@ -457,7 +466,7 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
         else:
             echo(f"{out / STUDY_FILE} already holds {finished()} finished trial(s) (asked for {trials}); nothing to run")
     finally:
-        _write_trials(study, out / TRIALS_FILE)
+        _write_trials(study, out / TRIALS_FILE, label)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         ran = "no trial ran (--timeout)" if not study.trials else "all pruned or failed"
@@ -470,7 +479,7 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
     best_cfg.pop("variants", None)
     header = (
         f"{BEST_MARK} best of {len(complete)} complete trial(s) in {out / STUDY_FILE}\n"
-        f"# trial {best.number}: {OBJECTIVE} = {best.value:.6g} (nats per sequence, lower is better)\n"
+        f"# trial {best.number}: {label} = {best.value:.6g} (nats per sequence, lower is better)\n"
         + "".join(f"#   {k} = {v!r}\n" for k, v in best.params.items())
         + f"# train it: mtpp train {best_path} --out DIR\n"
     )
@@ -478,6 +487,7 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
     states = [t.state for t in study.trials]
     return {
         "best_value": best.value,
+        "objective": label,
         "best_params": dict(best.params),
         "best_trial": best.number,
         "best_config": str(best_path),
@@ -522,7 +532,8 @@ def _with_settings_of(trained: dict, base: dict) -> dict:
 BEST_MARK = "# mtpp tune:"
 """First characters of every ``best.yaml`` ``tune`` writes (how a folder of its own is recognised)."""
 TRIALS_COLUMNS = ("trial", "state", OBJECTIVE.replace(" ", "_"))
-"""First columns of every ``trials.csv`` ``tune`` writes (its last one is ``seconds``)."""
+"""First columns of every ``trials.csv`` ``tune`` writes (its last one is ``seconds``; the third is
+``val_nll_binned_per_seq`` under ``train.select_time_on: binned``)."""
 _TRIAL_DIR = re.compile(r"trial_(\d{3,})")
 _STUDY_TABLES = {"studies", "trials", "trial_params", "study_user_attributes", "version_info"}
 
@@ -601,7 +612,9 @@ def _text_head(path: Path, limit: int = 4096) -> str:
 def _is_trials_csv(path: Path) -> bool:
     columns = _text_head(path).splitlines()[:1]
     columns = columns[0].rstrip("\r").split(",") if columns else []
-    return tuple(columns[:3]) == TRIALS_COLUMNS and columns[-1:] == ["seconds"]
+    objectives = {o.replace(" ", "_") for o in (OBJECTIVE, OBJECTIVE_BINNED)}
+    return tuple(columns[:2]) == TRIALS_COLUMNS[:2] and columns[2:3] in ([o] for o in objectives) \
+        and columns[-1:] == ["seconds"]
 
 
 def _check_study_db(path: Path) -> None:
@@ -792,7 +805,12 @@ class _one_line_failures:
             logger.removeFilter(self.filter)
 
 
-def _total(val: dict[str, Any]) -> float:
+def _total(val: dict[str, Any], binned: bool = False) -> float:
+    """The objective from a run's ``metrics.json["val"]``: ``nll_per_seq`` (``L_T + L_M``), or with ``binned``
+    (``train.select_time_on: binned``) ``nll_time_binned_per_seq + nll_mark_per_seq``; NaN when absent."""
+    if binned:
+        t, m = val.get("nll_time_binned_per_seq"), val.get("nll_mark_per_seq")
+        return float("nan") if t is None or m is None else float(t + m)
     v = val.get("nll_per_seq")
     if v is None:
         t, m = val.get("nll_time_per_seq"), val.get("nll_mark_per_seq")
@@ -804,13 +822,13 @@ def _fmt(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
-def _write_trials(study: Any, path: Path) -> None:
+def _write_trials(study: Any, path: Path, label: str = OBJECTIVE) -> None:
     import csv
 
     keys = sorted({k for t in study.trials for k in t.params})
     with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow([*TRIALS_COLUMNS, *keys, "seconds"])
+        w.writerow([*TRIALS_COLUMNS[:2], label.replace(" ", "_"), *keys, "seconds"])
         for t in study.trials:
             secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
             w.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value,

@@ -26,7 +26,8 @@ data.max_sequences, ...), how it is computed (model.eval_integration, model.eval
 model.tie_resolution) or nothing a run computes (logging.*, train.device, ...) cannot be searched, nor an
 entry of one value.
 
-Objective: validation NLL per sequence (nats, lower is better); trials are pruned by the median rule
+Objective: validation NLL per sequence (nats, lower is better; under train.select_time_on: binned the
+binned L_T + L_M, val nll_binned_per_seq, as early stopping); trials are pruned by the median rule
 after an epoch from the second on (never after the first nor after the last, train.max_epochs).
 Each trial is a run directory OUT/trial_NNN; the study is OUT/study.db (rerun the command to resume it);
 the best configuration is written to OUT/best.yaml (train it with mtpp train OUT/best.yaml --out DIR) and
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     result = tune(cfg, space, args.out, args.trials, data_dir=args.data_dir, seed=args.seed,
                   timeout=args.timeout, space_source=str(args.space), verbose_runs=args.verbose_runs)
     params = "  ".join(f"{k}={v!r}" for k, v in result["best_params"].items())
-    print(f"best: trial {result['best_trial']}  val NLL/seq {result['best_value']:.4f}  {params}")
+    print(f"best: trial {result['best_trial']}  {result['objective']} {result['best_value']:.4f} nats  {params}")
     print(f"{result['finished']} complete, {result['pruned']} pruned, {result['failed']} failed; "
           f"wrote {result['best_config']}")
     return 0
