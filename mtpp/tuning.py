@@ -52,7 +52,8 @@ The sampler is TPE seeded by ``seed`` (``train.seed`` unless given) plus the num
 Outputs: ``OUT/best.yaml`` (the best trial's configuration, i.e. the base one with its values, with the base
 configuration's own run settings such as ``logging``: train it with ``mtpp train OUT/best.yaml --out DIR``; a
 header comment gives the trial, its validation NLL and the search), ``OUT/trials.csv`` (one row per trial: number,
-state, value, parameters, seconds; written even when the search stops on an error) and the study database.
+state, value, parameters, seconds (empty for a trial killed with its search: its end is unknown); written even
+when the search stops on an error) and the study database.
 ``OUT`` must be absent, empty or a folder ``tune`` wrote (:func:`check_tune_folder`): anything else, a foreign or
 corrupt ``study.db`` or trial folders whose study is gone included, is refused in one line before any work.
 """
@@ -399,6 +400,8 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
     study = _open_study(optuna, out / STUDY_FILE)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # interrupted earlier
+        # its end is unknown (now is when this search found it): trials.csv leaves its seconds empty
+        study.set_user_attr(KILLED_ATTR, sorted({*study.user_attrs.get(KILLED_ATTR, []), t.number}))
         echo(f"trial {t.number} was interrupted in an earlier search; marked failed (its folder is kept)")
     base = config.to_dict()
     base.pop("variants", None)
@@ -423,7 +426,8 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
             if epoch >= last_epoch[0]:  # trained to the end: nothing left to save, the trial completes
                 return
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch} ({label} {v:.4g})")
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} ({label} {v:.4f}: its best so far is worse "
+                                         "than the median of the complete trials at that epoch)")
 
         start = time.perf_counter()
         try:
@@ -433,13 +437,13 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
             value = _total(metrics["val"], binned)
             if not math.isfinite(value):
                 raise MtppError(f"the objective {label} is {value} (see {run_dir})")
-        except optuna.TrialPruned:
-            echo(f"trial {trial.number:>3}  pruned  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
+        except optuna.TrialPruned as e:  # says after which epoch, its value there, and why
+            echo(f"trial {trial.number:>3}  {e}  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
             raise
         except MtppError as e:  # one line; Optuna's own warning with the traceback is filtered out
             echo(f"trial {trial.number:>3}  failed  {_fmt(values)}: {e}")
             raise
-        echo(f"trial {trial.number:>3}  {label} {value:.4f}  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
+        echo(f"trial {trial.number:>3}  {label} {value:.4f} nats  {_fmt(values)}  ({time.perf_counter() - start:.1f}s)")
         return value
 
     def finished() -> int:
@@ -448,7 +452,9 @@ def _search(optuna: Any, config: RunConfig, space: list[Param], out: Path, trial
     todo = trials - finished()
     try:
         if todo > 0:
-            echo(f"tuning {len(space)} key(s) over {todo} more trial(s) into {out} (study {out / STUDY_FILE})")
+            echo(f"tuning {len(space)} key(s) over {todo} more trial(s) into {out} (study {out / STUDY_FILE}), "
+                 f"minimising {label}: {'binned L_T' if binned else 'L_T'} + L_M on the validation split, "
+                 "nats per sequence")
             deadline = None if timeout is None else time.monotonic() + timeout
             while finished() < trials and (deadline is None or time.monotonic() < deadline):
                 try:
@@ -703,6 +709,10 @@ def _not_a_trial_run(run_dir: Path, trial: Any) -> str | None:
 PRUNE_FROM_EPOCH = 2
 """The first epoch (counting from 1) after which a trial may be pruned: one epoch says too little to stop a trial."""
 
+KILLED_ATTR = "mtpp_killed"
+"""The study's user attribute listing the trials a later search found RUNNING (their search killed) and marked
+failed: their end is unknown, so ``trials.csv`` gives them no ``seconds``."""
+
 SEARCH_ATTR = "mtpp_search"
 """The study's user attribute holding what it searches: the base configuration and the space (``tune`` refuses to
 continue a study with other ones)."""
@@ -826,10 +836,12 @@ def _write_trials(study: Any, path: Path, label: str = OBJECTIVE) -> None:
     import csv
 
     keys = sorted({k for t in study.trials for k in t.params})
+    killed = set(study.user_attrs.get(KILLED_ATTR, []))  # marked failed by a later search: no known end
     with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow([*TRIALS_COLUMNS[:2], label.replace(" ", "_"), *keys, "seconds"])
         for t in study.trials:
-            secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
+            secs = ((t.datetime_complete - t.datetime_start).total_seconds()
+                    if t.datetime_complete and t.number not in killed else "")
             w.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value,
                         *[t.params.get(k, "") for k in keys], secs])

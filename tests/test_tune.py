@@ -119,6 +119,12 @@ def test_a_trial_is_pruned_neither_after_its_first_epoch_nor_after_its_last(tmp_
     rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["complete", "complete", "pruned" if pruned_after else "complete"]
     assert seen[2] == list(range(1, (pruned_after or max_epochs) + 1))
+    # what is printed says what is minimised, on which split, in which unit, and why and when a trial was pruned
+    assert "minimising val nll_per_seq: L_T + L_M on the validation split, nats per sequence" in cap.out
+    assert "trial   0  val nll_per_seq 10.0000 nats" in cap.out
+    if pruned_after:
+        assert (f"trial   2  pruned after epoch {pruned_after} (val nll_per_seq 100.0000: its best so far is worse "
+                "than the median of the complete trials at that epoch)") in cap.out
 
 
 def test_a_study_is_continued_only_on_the_data_it_was_searched_on(tmp_path, capsys):
@@ -208,6 +214,9 @@ def test_tune_marks_an_interrupted_trial_failed(tmp_path, capsys):
     assert code == 0 and "trial 0 was interrupted" in cap.out
     states = [t.state for t in optuna.load_study(study_name="mtpp", storage=f"sqlite:///{out / 'study.db'}").trials]
     assert states[0] == optuna.trial.TrialState.FAIL and states[1].is_finished()
+    # its end is unknown: no seconds (they were the time until this search found it, hours after a kill -9)
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert rows[0]["state"] == "fail" and rows[0]["seconds"] == "" and float(rows[1]["seconds"]) > 0
 
 
 @pytest.mark.parametrize(
