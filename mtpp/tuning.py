@@ -34,12 +34,12 @@ on a lattice) the binned ``L_T`` (``nll_time_binned_per_seq``) plus ``L_M``, nam
 NLL is not finite counts as failed.
 
 Pruning: after every epoch the trainer's ``on_epoch`` callback reports the epoch's validation NLL per sequence
-(``val_nll_per_seq``, or its binned form: the early-stopping quantity) to Optuna's ``MedianPruner`` (``n_startup_trials=2``,
-``n_warmup_steps=PRUNE_FROM_EPOCH``, epochs counted from 1: a trial is stopped after its second epoch or later,
-never after its first nor after its last (``train.max_epochs``: nothing left to save), when its best epoch so far is
-worse than the median of the complete trials at the same epoch). A pruned trial keeps its folder
-(``checkpoint.pt``, no ``metrics.json``); its value in ``trials.csv`` is the validation NLL of the epoch it was
-pruned after.
+(``val_nll_per_seq``, or its binned form: the early-stopping quantity) to Optuna's ``MedianPruner``
+(``n_startup_trials=2``, ``n_warmup_steps=PRUNE_FROM_EPOCH``, epochs counted from 1: a trial is stopped after its
+second epoch or later, never after its first nor after its last (``train.max_epochs``: nothing left to save), when
+its best epoch so far is worse than the median of the complete trials at the same epoch). A pruned trial keeps its
+folder (``checkpoint.pt``, no ``metrics.json``); its value in ``trials.csv`` is the validation NLL of the epoch it
+was pruned after.
 
 Resuming: the study lives in ``OUT/study.db`` (SQLite, study name ``mtpp``) with the search (base configuration
 and space) and the fingerprints of its data (``mtpp.runs``); rerunning the same command on the same data continues
@@ -366,15 +366,17 @@ def tune(
 ) -> dict[str, Any]:
     """Run (or continue) the search into ``out_dir`` until ``trials`` trials are finished (see the module doc).
 
-    Returns ``{"best_value", "best_params", "best_trial", "best_config" (path), "finished", "pruned", "failed"}``;
-    ``best_value`` is the validation NLL per sequence in nats (``objective`` names it: :data:`OBJECTIVE`, or
-    :data:`OBJECTIVE_BINNED` under ``train.select_time_on: binned``). ``timeout`` (seconds, > 0): stop starting new trials
-    after it. ``seed``: the sampler's, in [0, 2**32) (default ``train.seed``). ``verbose_runs``: the trials print
-    their progress bars and epoch lines (default: ``logging.quiet`` / ``logging.progress`` off in the trials only;
-    ``best.yaml`` keeps ``config``'s). Raises, before anything is written, ``ConfigError`` (Optuna missing, a bad
-    space, a config with variants, a bad number) or ``MtppError`` (``out_dir`` is not empty and not a folder of
-    this command: :func:`check_tune_folder`); after the search, ``MtppError`` when no trial completed or more than
-    ``2 * trials`` failed (``trials.csv`` is written first).
+    Returns ``{"best_value", "objective", "best_params", "best_trial", "best_config" (path), "finished", "pruned",
+    "failed"}``; ``best_value`` is the validation NLL per sequence in nats (``objective`` names it:
+    :data:`OBJECTIVE`, or :data:`OBJECTIVE_BINNED` under ``train.select_time_on: binned``). ``timeout``
+    (seconds, > 0): stop starting new trials after it. ``seed``: the sampler's, in [0, 2**32) (default
+    ``train.seed``). ``verbose_runs``: the trials print their progress bars and epoch lines (default:
+    ``logging.quiet`` / ``logging.progress`` off in the trials only; ``best.yaml`` keeps ``config``'s). Raises,
+    before anything is written, ``ConfigError`` (Optuna missing, a bad space, a config with variants, a bad number)
+    or ``MtppError`` (``out_dir`` is not empty and not a folder of this command: :func:`check_tune_folder`); before
+    any trial, ``ConfigError`` / ``MtppError`` when the study in ``out_dir`` searched another base configuration or
+    space, or other data (:func:`_check_same_data`); after the search, ``MtppError`` when no trial completed or
+    more than ``2 * trials`` failed (``trials.csv`` is written first).
     """
     optuna = _import_optuna()
     if config.variants:
