@@ -478,7 +478,7 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mtpp.evaluation.plots import wrapped_suptitle
+    from mtpp.evaluation.plots import wrap_text, wrapped_suptitle
 
     cells = group(records)
     written = {}
@@ -501,7 +501,8 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
                    color=["#d62728" if x < 0 else "#7f9fbf" for x in centres])  # fmt: skip
             share = sum(c for c, x in zip(counts, centres) if x < 0) / total
             ax.axvline(0.0, color="black", lw=0.6)
-            ax.set_title(f"{label(key)} (n={len(rs)}): conflict {share:.0%}", fontsize=8)
+            # 40 characters at 8 pt fit the 3-inch panel: a longer model name is wrapped, not run into its neighbour
+            ax.set_title(wrap_text(f"{label(key)} (n={len(rs)}): conflict {share:.0%}", 40), fontsize=8)
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(keys):]:
             ax.axis("off")

@@ -1081,3 +1081,61 @@ def test_a_coverage_panel_draws_the_level_it_is_calibrated_at(tmp_path, figures)
     assert "calibrated: 0.8" in _texts(fig)
     tmap = next(a for a in fig.axes if a.get_title().startswith("T-mAP"))
     assert not [ln for ln in tmap.get_lines() if list(ln.get_ydata()) == [0.8, 0.8]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures at the edges a paper meets: long model names, many cells, one epoch, diverged runs
+
+
+def make_cells(root: Path, names: list[str], params=("base", "plus"), epochs: int = 3, seeds=(0,),
+               dataset: str = "synthetic_hawkes") -> None:
+    """One run per (model name, parametrisation, seed), named by ``cell.json`` as ``mtpp compare`` does: metrics,
+    a log with ``epochs`` validation records and cosines, and the plot arrays."""
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        for p in params:
+            for seed in seeds:
+                run = root / dataset / f"{name}-{p}-sum" / f"split0-seed{seed}"
+                run.mkdir(parents=True)
+                model = {"encoder": "gru", "decoder": "thp", "parametrisation": p, "first_event": "skip"}
+                (run / "config.yaml").write_text(yaml.safe_dump({"data": {"name": dataset, "split": 0},
+                                                                 "model": model, "train": {"seed": seed}}))
+                (run / "cell.json").write_text(json.dumps({"dataset": dataset, "model": name, "parametrisation": p,
+                                                           "aggregator": "sum", "split": 0, "seed": seed}))
+                test = {"nll_time_per_seq": 10.0 + i + seed, "nll_mark_per_seq": 5.0 + (p == "plus"), "pce": 0.05,
+                        "ece_forecast": 0.03, "mae_tau": 0.4 + 0.01 * i, "conflict_rate": 0.4, "first_event": "skip"}
+                (run / "metrics.json").write_text(json.dumps({"test": test, "val": test}))
+                log = [r for r in _log(p, 0, rng) if r.get("kind") == "step" or r["epoch"] < epochs]
+                (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+                (run / "arrays_test.json").write_text(json.dumps(_arrays(rng)))
+
+
+def _overlap(a, b) -> bool:
+    return a.width > 0 and b.width > 0 and a.overlaps(b)
+
+
+def test_a_long_model_name_is_wrapped_in_every_figure_not_run_into_the_next_panel(tmp_path, figures):
+    """A 70-character model name without spaces: the bars' tick labels squeezed every panel to a sliver
+    (constrained layout "collapsed to zero"), and the reliability / PIT panel titles ran into each other."""
+    long = "a_very_long_model_name_with_many_settings_lnm_gru_hidden16_components4"
+    make_cells(tmp_path / "runs", [long, "thp"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        plots.make_all_plots(tmp_path / "runs", tmp_path / "plots")
+    kinds = {" ".join(f._suptitle.get_text().split())[:60]: f for f in figures}
+    assert len(figures) >= 5, list(kinds)
+    for title, fig in kinds.items():
+        fig.canvas.draw()
+        panels = [a for a in fig.axes if a.get_visible() and a.get_label() != "<colorbar>" and a.get_title()
+                  or a.get_xlabel()]
+        for ax in panels:  # every panel keeps a readable share of the figure
+            assert ax.get_position().width > 0.15, (title, ax.get_title())
+        boxes = [a.title.get_window_extent() for a in panels if a.get_title()]
+        for i, a in enumerate(boxes):
+            assert not any(_overlap(a, b) for b in boxes[i + 1:]), title
+        legends = [leg.get_window_extent() for leg in fig.legends]
+        assert all(b.x0 >= -1 and b.x1 <= fig.bbox.width + 1 for b in legends), title  # the legend fits too
+        box = fig.get_tightbbox()
+        assert box.x0 >= -0.01 and box.x1 <= fig.get_figwidth() + 0.01, title

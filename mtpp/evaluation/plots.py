@@ -65,6 +65,7 @@ __all__ = [
     "plot_metric_bars",
     "make_all_plots",
     "wrapped_suptitle",
+    "wrap_text",
 ]
 
 ARRAYS_FILE = "arrays.json"
@@ -202,10 +203,19 @@ def _groups(df: pd.DataFrame, keys: Sequence[str]) -> Iterable[tuple[tuple, pd.D
         yield (key if isinstance(key, tuple) else (key,)), df.loc[part.index]
 
 
-def _wrap(text: str, width: int) -> str:
+def wrap_text(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width`` characters, broken at spaces; a word longer than a line (a model
+    named ``my_lnm_gru_hidden64_components8``, a path) is cut at ``width``, so no label runs past its panel into
+    the next one or squeezes the axes beside it to nothing."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+    return "\n".join(textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False)) or text
+
+
+_wrap = wrap_text
+PANEL_TITLE_CHARS = 38
+"""Characters per line of a 3.6-inch panel's 9 pt title: 38 capitals (cell labels spell model names in capitals, about
+0.68 em each in DejaVu Sans) span 3.2 inches, so a wrapped title never reaches the next panel's."""
 
 
 def wrapped_suptitle(fig: "Figure", text: str, fontsize: float = 9) -> None:
@@ -344,7 +354,7 @@ def plot_validation_curves(runs: pd.DataFrame, path: str | Path, title: str = ""
     seen: set[str] = set()
     for label, style, e, lt, lm in curves:
         c = colors[labels.index(label)]
-        kw = {"label": label} if label not in seen else {}
+        kw = {"label": _wrap(label, 40)} if label not in seen else {}  # three columns of the legend fit 10 inches
         seen.add(label)
         axes[0].plot(e, lt, color=c, ls=style, lw=1.3, alpha=0.8, marker="o", ms=2.5, **kw)  # a 1-epoch run too
         axes[1].plot(e, lm, color=c, ls=style, lw=1.3, alpha=0.8, marker="o", ms=2.5)
@@ -513,7 +523,7 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         ax.grid(alpha=0.3)
         kind = str(a["kind"])
         ece = _table_value(part, f"ece_{kind}") if kind != "mixed" else "n/a (forecast and given-time runs mixed)"
-        ax.set_title(_wrap(f"{label}: ECE {ece}", 44), fontsize=9)
+        ax.set_title(_wrap(f"{label}: ECE {ece}", PANEL_TITLE_CHARS), fontsize=9)
     _label_axes(axes, len(models), "confidence (top-class probability)", "accuracy (share of top-1 hits)")
     head = f"{title}: " if title else ""
     wrapped_suptitle(
@@ -581,7 +591,7 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
         ax.set_ylim(-lim, lim)  # each panel its own symmetric scale: one bad model does not flatten the rest
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-        ax.set_title(_wrap(head, 44), fontsize=9)
+        ax.set_title(_wrap(head, PANEL_TITLE_CHARS), fontsize=9)
     _label_axes(axes, len(models), r"PIT level $u$", r"$\hat F(u) - u$")
     head = f"{title}: " if title else ""
     lattice = any("pit_cdf_binned" in a for _, _, a in models)
