@@ -1139,3 +1139,26 @@ def test_a_long_model_name_is_wrapped_in_every_figure_not_run_into_the_next_pane
         assert all(b.x0 >= -1 and b.x1 <= fig.bbox.width + 1 for b in legends), title  # the legend fits too
         box = fig.get_tightbbox()
         assert box.x0 >= -0.01 and box.x1 <= fig.get_figwidth() + 0.01, title
+
+
+def test_bars_of_many_cells_stay_within_a_page_width(tmp_path, figures):
+    """15 models x base / + in three columns of panels made a 51-inch-wide figure (5626 pixels), unreadable at any
+    page's width; now panels go below one another once three (or two) side by side would pass 16 inches, and no two
+    tick labels of a panel overlap."""
+    make_cells(tmp_path / "runs", [f"model{i:02d}" for i in range(15)])
+    df = report.collect_runs(tmp_path / "runs")
+    metrics = ["nll_time_per_seq", "nll_mark_per_seq", "pce", "mae_tau"]
+    plots.plot_metric_bars(df, tmp_path / "bars.png", metrics)
+    (fig,) = figures
+    assert fig.get_figwidth() <= 16.0  # plots.MAX_FIGURE_WIDTH
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert len(panels) == len(metrics)  # every metric still has its panel
+    fig.canvas.draw()
+    for ax in panels:
+        assert len(ax.get_xticklabels()) == 15
+        boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
+        assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:])), ax.get_title()
+    # a few cells keep three panels side by side as before
+    figures.clear()
+    plots.plot_metric_bars(df[df["model"].isin(["model00", "model01"])], tmp_path / "few.png", metrics)
+    assert len({round(a.get_position().x0, 2) for a in figures[0].axes if a.get_visible()}) == 3

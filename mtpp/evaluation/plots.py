@@ -75,6 +75,9 @@ VAL_TIME_KEYS = ("val/nll_time_per_seq", "val_nll_time_per_seq", "val/loss_time"
 """Keys of an epoch record holding the validation time NLL, first match wins."""
 VAL_MARK_KEYS = ("val/nll_mark_per_seq", "val_nll_mark_per_seq", "val/loss_mark", "val_loss_mark", "val/nll_mark")
 """Keys of an epoch record holding the validation mark NLL, first match wins."""
+MAX_FIGURE_WIDTH = 16.0
+"""Inches: a figure of many panels puts no more of them side by side than fit this width (at the 110 dpi of the
+PNGs, 1760 pixels: a page or a screen shows it with 8 pt text still readable), and the rest below."""
 PARAM_ORDER = ("base", "plus", "plusplus")
 PARAM_COLORS = {"base": "#4C72B0", "plus": "#DD8452", "plusplus": "#55A868"}
 PARAM_STYLES = {"base": "-", "plus": "--", "plusplus": ":"}
@@ -655,16 +658,22 @@ def plot_metric_bars(
     labels.sort(key=lambda lbl: cuts.index(cut_of[lbl]))
     params = [p for p in PARAM_ORDER if p in set(summary["parametrisation"])]
     params += [p for p in dict.fromkeys(summary["parametrisation"]) if p not in params]
-    ncols = min(3, len(mets))
+    # one group of points per cell, 1.05 inch wide (0.85 beyond 8 cells); panels side by side only while the figure
+    # stays within MAX_FIGURE_WIDTH: 15 cells in three columns made a 51-inch figure whose text no page could show
+    # at a readable size; the other panels go below
+    per_label = 1.05 if len(labels) <= 8 else 0.85
+    panel_width = max(4.3, per_label * len(labels) + 1.3)
+    ncols = max(1, min(3, len(mets), int(MAX_FIGURE_WIDTH // panel_width)))
     nrows = math.ceil(len(mets) / ncols)
-    fig = _figure(ncols * max(4.3, 1.05 * len(labels) + 1.3), 3.4 * nrows + 1.0)
+    fig = _figure(ncols * panel_width, 3.4 * nrows + 1.0)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     width = 0.7 / max(len(params), 1)
     x = np.arange(len(labels))
     tick_labels = [_wrap(lbl, 20) + (f"\n[{cut_of[lbl][-1]}]" if len(reps) > 1 else "") for lbl in labels]
-    # a label line wider than its group (about 14 characters per 1.05 inch at 8 pt) would run into the next one
+    # a label line wider than its group (about 13 characters per inch at 8 pt) would run into the next one
     longest = max((len(line) for lbl in tick_labels for line in lbl.split("\n")), default=0)
-    slanted = {"rotation": 25, "ha": "right", "rotation_mode": "anchor"} if longest > 14 and len(labels) > 1 else {}
+    slanted = ({"rotation": 25, "ha": "right", "rotation_mode": "anchor"}
+               if longest > 13.4 * per_label and len(labels) > 1 else {})  # fmt: skip
     drawn_change = False  # a "+" / "++" point of an NLL panel annotated with its change vs base
     for ax, m in zip(axes, mets):
         part = summary[summary["metric"] == m]
