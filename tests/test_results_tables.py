@@ -473,3 +473,14 @@ def test_the_cos_tm_figure_wraps_a_long_model_name_inside_its_panel(tmp_path: Pa
     boxes = [a.title.get_window_extent() for a in axes]
     assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert any(long[:20] in a.get_title() and "\n" in a.get_title() for a in axes)
+
+
+def test_every_text_of_the_cos_tm_figure_is_readable_at_the_saved_resolution(tmp_path: Path, monkeypatch) -> None:
+    """Saved at 72 dpi, its 7 pt tick labels and 8 pt titles were 7-8 pixels tall: unreadable on the RESULTS.md page
+    (the report's own figures are saved at 110 dpi)."""
+    saved = _saved_figures(monkeypatch)
+    recs = [record("mooc", m, p, 0, nll_time_per_seq=1.0) for m in ("lnm", "thp") for p in ("base", "plus")]
+    tables.cos_tm_figures(recs, tmp_path)
+    ((fig, dpi),) = saved
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and a.get_text()) if t.get_visible()]
+    assert texts and min(t.get_fontsize() for t in texts) * dpi / 72 >= 10  # pixels
