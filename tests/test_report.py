@@ -1162,3 +1162,30 @@ def test_bars_of_many_cells_stay_within_a_page_width(tmp_path, figures):
     figures.clear()
     plots.plot_metric_bars(df[df["model"].isin(["model00", "model01"])], tmp_path / "few.png", metrics)
     assert len({round(a.get_position().x0, 2) for a in figures[0].axes if a.get_visible()}) == 3
+
+
+def test_reliability_discs_at_the_edges_are_drawn_whole(tmp_path, figures):
+    """One mark (every confidence and accuracy 1) or a sure model put the largest disc on the frame's corner, where
+    the axes cut three quarters of it off; so did a bin at confidence 0 (200 marks)."""
+    run = tmp_path / "runs" / "sure"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"decoder": "lnm", "parametrisation": "base"}}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0, "ece_forecast": 0.01}}))
+    arrays = {"reliability_edges_forecast": list(np.linspace(0, 1, 11)),
+              "reliability_count_forecast": [300] + [0] * 8 + [700],
+              "reliability_confidence_forecast": [0.01] + [None] * 8 + [1.0],
+              "reliability_accuracy_forecast": [0.0] + [None] * 8 + [1.0]}
+    (run / "arrays_test.json").write_text(json.dumps(arrays))
+    plots.plot_reliability(report.collect_runs(tmp_path / "runs"), tmp_path / "rel.png")
+    (fig,) = figures
+    fig.canvas.draw()
+    ax = next(a for a in fig.axes if a.get_title())
+    frame = ax.get_window_extent()
+    discs = [c for c in ax.collections if len(c.get_offsets())]
+    assert sum(len(c.get_offsets()) for c in discs) == 2  # the two bins with events
+    for c in discs:
+        assert not c.get_clip_on()  # the frame cuts no disc
+        centres = c.get_offset_transform().transform(c.get_offsets())
+        assert all(frame.x0 < x < frame.x1 and frame.y0 < y < frame.y1 for x, y in centres)  # inside, not on it
+        r = np.sqrt(c.get_sizes()).max() / 2 * fig.dpi / 72  # marker size is the area in points^2
+        assert all(min(x - frame.x0, frame.x1 - x, y - frame.y0, frame.y1 - y) > 0.5 * r for x, y in centres)

@@ -517,12 +517,14 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         sizes = 400 * share
         solid, faint = ok & ~few, few
         ax.plot(a["confidence"][solid], a["accuracy"][solid], color=c, lw=1, alpha=0.6)
+        # discs drawn whole (unclipped) inside a margin of 0.05: a bin at confidence or accuracy 0 or 1 (one mark, a
+        # sure model, 200 marks) was drawn as a half or a quarter disc, cut off by the frame
         ax.scatter(a["confidence"][solid], a["accuracy"][solid], s=np.maximum(sizes[solid], 6), color=c,
-                   edgecolor="white", lw=0.5, zorder=3)
+                   edgecolor="white", lw=0.5, zorder=3, clip_on=False)
         ax.scatter(a["confidence"][faint], a["accuracy"][faint], s=np.maximum(sizes[faint], 6),
-                   facecolor="none", edgecolor=c, alpha=0.45, lw=1, zorder=3)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+                   facecolor="none", edgecolor=c, alpha=0.45, lw=1, zorder=3, clip_on=False)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         kind = str(a["kind"])
         ece = _table_value(part, f"ece_{kind}") if kind != "mixed" else "n/a (forecast and given-time runs mixed)"
