@@ -1189,3 +1189,54 @@ def test_reliability_discs_at_the_edges_are_drawn_whole(tmp_path, figures):
         assert all(frame.x0 < x < frame.x1 and frame.y0 < y < frame.y1 for x, y in centres)  # inside, not on it
         r = np.sqrt(c.get_sizes()).max() / 2 * fig.dpi / 72  # marker size is the area in points^2
         assert all(min(x - frame.x0, frame.x1 - x, y - frame.y0, frame.y1 - y) > 0.5 * r for x, y in centres)
+
+
+def _edit_log(run: Path, epoch: int, **values) -> None:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    for r in records:
+        if r.get("kind") == "epoch" and r["epoch"] == epoch:
+            r.update(values)
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_validation_curves_of_one_epoch_have_whole_epoch_ticks(tmp_path, figures):
+    """A one-epoch run's axis was ticked 0.945, 0.960, ... 1.050 epochs."""
+    make_cells(tmp_path / "runs", ["thp"], params=("base",), epochs=1)
+    plots.plot_validation_curves(report.collect_runs(tmp_path / "runs"), tmp_path / "v.png")
+    (fig,) = figures
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [0.0], ticks  # _log numbers epochs from 0
+
+
+def test_validation_curves_mark_diverged_epochs_instead_of_dropping_them_or_flattening_the_rest(tmp_path, figures):
+    """An epoch with a null validation loss (the trainer writes NaN / inf as null) was left out without a word, and
+    one run diverging to 8.3e7 nats (a finite value) squeezed every other curve into a flat line at the bottom."""
+    make_cells(tmp_path / "runs", ["lnm", "thp"], params=("base",))
+    root = tmp_path / "runs" / "synthetic_hawkes"
+    _edit_log(root / "lnm-base-sum" / "split0-seed0", 2, val_nll_time_per_seq=None)
+    _edit_log(root / "thp-base-sum" / "split0-seed0", 2, val_nll_time_per_seq=8.3e7)
+    plots.plot_validation_curves(report.collect_runs(tmp_path / "runs"), tmp_path / "v.png")
+    (fig,) = figures
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert low < 18.0 and 20.0 < high < 100  # the other values (18 and 20 nats) fill the axis
+    edge = {line.get_marker(): list(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() == "None"}
+    assert edge["x"] == [2.0] and edge["^"] == [2.0]  # the null epoch and the diverged value, at their epoch
+    text = fig._suptitle.get_text()
+    assert "×: an epoch whose validation loss is not finite" in text and "▲ / ▼: values beyond the axis" in text
+    # the mark panel of the same runs has neither: no marker, no note about it is drawn there
+    assert not [line for line in fig.axes[1].get_lines() if line.get_linestyle() == "None"]
+
+
+def test_validation_curves_of_more_cells_than_colours_stay_distinct(tmp_path, figures):
+    """tab20 has 20 colours: cells 1 and 21 (both base, solid) were drawn identically."""
+    make_cells(tmp_path / "runs", [f"m{i:02d}" for i in range(22)], params=("base",), epochs=2)
+    plots.plot_validation_curves(report.collect_runs(tmp_path / "runs"), tmp_path / "v.png")
+    (fig,) = figures
+    import matplotlib.colors as mcolors
+
+    looks = [(mcolors.to_hex(h.get_color()), h.get_linestyle(), h.get_marker()) for h in fig.legends[0].legend_handles]
+    assert len(looks) == 22 and len(set(looks)) == 22

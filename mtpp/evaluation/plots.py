@@ -321,25 +321,60 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
 # (b) validation curves
 
 
+def _val_value(r: dict[str, Any], keys: Sequence[str]) -> float:
+    """The first of ``keys`` that ``r`` holds, as a float (NaN where it is null / NaN / inf: a diverged epoch); NaN
+    when it holds none."""
+    k = next((k for k in keys if k in r), None)
+    v = r.get(k) if k else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.nan
+
+
 def _val_curve(run: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(epochs, L_T, L_M)`` of the run's epoch records that hold a validation loss key, NaN where its value is not
+    finite (the trainer writes a NaN / inf loss as null)."""
     epochs, lt, lm = [], [], []
     last: dict[int, dict[str, Any]] = {}
     for r in read_log(run):
-        if "epoch" in r and (_first_key(r, VAL_TIME_KEYS) or _first_key(r, VAL_MARK_KEYS)):
+        if "epoch" in r and any(k in r for k in (*VAL_TIME_KEYS, *VAL_MARK_KEYS)):
             last[int(r["epoch"])] = r  # a resumed run may repeat an epoch: keep the last record
     for e in sorted(last):
-        r = last[e]
-        kt, km = _first_key(r, VAL_TIME_KEYS), _first_key(r, VAL_MARK_KEYS)
         epochs.append(e)
-        lt.append(r[kt] if kt else np.nan)
-        lm.append(r[km] if km else np.nan)
+        lt.append(_val_value(last[e], VAL_TIME_KEYS))
+        lm.append(_val_value(last[e], VAL_MARK_KEYS))
     return np.array(epochs, dtype=float), np.array(lt, dtype=float), np.array(lm, dtype=float)
+
+
+OFF_SCALE_IQR = 10.0
+"""A validation loss further than this many interquartile ranges (of every finite value of the panel) beyond the
+quartiles is drawn as a marker on the panel's edge, not on the axis: one diverging run (CoGrad at gamma 0.1 reached
+8.3e7 nats per sequence on MOOC) would otherwise flatten every other curve of the panel into one line."""
+CURVE_MARKERS = ("o", "s", "^", "D", "v", "P")
+"""Markers of the validation curves, one per block of 20 cells: beyond the 20 colours of ``tab20`` a cell repeats
+a colour, and with the same parametrisation (line style) it would be drawn like another."""
+
+
+def _in_scale(values: np.ndarray) -> tuple[float, float] | None:
+    """``(low, high)``: the range of ``values`` (finite ones) within :data:`OFF_SCALE_IQR` interquartile ranges of the
+    quartiles; ``None`` when every finite value is within it (the axis shows them all) or there is none."""
+    v = values[np.isfinite(values)]
+    if v.size < 4:
+        return None
+    q1, q3 = np.percentile(v, [25, 75])
+    reach = OFF_SCALE_IQR * max(q3 - q1, 1e-9 * max(abs(q1), abs(q3), 1.0))
+    inside = v[(v >= q1 - reach) & (v <= q3 + reach)]
+    if inside.size == v.size:
+        return None
+    return float(inside.min()), float(inside.max())
 
 
 def plot_validation_curves(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path | None:
     """Validation ``L_T`` and ``L_M`` (nats per sequence) per epoch, one colour per cell, one line per run
-    (split / seed); line style by parametrisation (base solid, ``+`` dashed, ``++`` dotted). The legend is
-    below the panels."""
+    (split / seed); line style by parametrisation (base solid, ``+`` dashed, ``++`` dotted), and beyond 20 cells
+    a marker per block of 20 (:data:`CURVE_MARKERS`). The legend is below the panels.
+
+    Epochs whose loss is not finite (null in ``log.jsonl``: NaN / inf) are an ``x`` below the panel's top edge, values
+    off the scale of the others (:data:`OFF_SCALE_IQR`) a triangle on the edge they are beyond; the caption says
+    so when there are any. The epoch axis has whole epochs only (one epoch too)."""
     curves = []
     _, cells = _cells(runs)
     for label, part in cells:
@@ -354,24 +389,50 @@ def plot_validation_curves(runs: pd.DataFrame, path: str | Path, title: str = ""
     colors = _colors(len(labels))
     fig = _figure(10, 4.2 + 0.22 * math.ceil(len(labels) / 3))
     axes = fig.subplots(1, 2)
+    scales = [_in_scale(np.concatenate([c[3 + i] for c in curves])) for i in range(2)]
     seen: set[str] = set()
+    marks = {"nonfinite": False, "off": False}
     for label, style, e, lt, lm in curves:
-        c = colors[labels.index(label)]
+        i = labels.index(label)
+        c, marker = colors[i], CURVE_MARKERS[(i // 20) % len(CURVE_MARKERS)]
         kw = {"label": _wrap(label, 40)} if label not in seen else {}  # three columns of the legend fit 10 inches
         seen.add(label)
-        axes[0].plot(e, lt, color=c, ls=style, lw=1.3, alpha=0.8, marker="o", ms=2.5, **kw)  # a 1-epoch run too
-        axes[1].plot(e, lm, color=c, ls=style, lw=1.3, alpha=0.8, marker="o", ms=2.5)
+        for ax, y, scale in zip(axes, (lt, lm), scales):
+            ax.plot(e, y, color=c, ls=style, lw=1.3, alpha=0.8, marker=marker, ms=2.5, **kw)  # a 1-epoch run too
+            kw = {}
+            edge = ax.get_xaxis_transform()  # x in epochs, y in axes fraction
+            bad = ~np.isfinite(y)
+            if bad.any():
+                marks["nonfinite"] = True
+                ax.plot(e[bad], np.full(bad.sum(), 0.92), transform=edge, color=c, ls="", marker="x", ms=6,
+                        clip_on=False, zorder=4)
+            if scale is not None:
+                for where, sel, sym in ((0.98, y > scale[1], "^"), (0.02, y < scale[0], "v")):
+                    if sel.any():
+                        marks["off"] = True
+                        ax.plot(e[sel], np.full(sel.sum(), where), transform=edge, color=c, ls="", marker=sym,
+                                ms=6, clip_on=False, zorder=4)
     from matplotlib.ticker import MaxNLocator
 
     names = ("validation time NLL $L_T$ (nats per sequence)", "validation mark NLL $L_M$ (nats per sequence)")
-    for ax, name in zip(axes, names):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = np.concatenate([c[2] for c in curves])
+    for ax, name, scale in zip(axes, names, scales):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # no "0.975 epochs" around one epoch
+        if epochs.min() == epochs.max():
+            ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+        if scale is not None:
+            pad = 0.08 * max(scale[1] - scale[0], 1e-9 * max(abs(scale[0]), 1.0))
+            ax.set_ylim(scale[0] - pad, scale[1] + pad)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False)
-    wrapped_suptitle(fig, f"{title}: validation losses per epoch (one line per run)" if title
-              else "validation losses per epoch (one line per run)", fontsize=11)
+    notes = (["×: an epoch whose validation loss is not finite (NaN / inf)"] * marks["nonfinite"]
+             + [f"▲ / ▼: values beyond the axis (more than {OFF_SCALE_IQR:g} interquartile ranges off the others)"]
+             * marks["off"])  # fmt: skip
+    head = f"{title}: validation losses per epoch (one line per run)" if title else \
+        "validation losses per epoch (one line per run)"
+    wrapped_suptitle(fig, head + "".join(f"\n{n}" for n in notes), fontsize=11)
     return _save(fig, Path(path))
 
 
