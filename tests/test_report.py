@@ -1240,3 +1240,19 @@ def test_validation_curves_of_more_cells_than_colours_stay_distinct(tmp_path, fi
 
     looks = [(mcolors.to_hex(h.get_color()), h.get_linestyle(), h.get_marker()) for h in fig.legends[0].legend_handles]
     assert len(looks) == 22 and len(set(looks)) == 22
+
+
+def test_bar_titles_name_the_datas_time_unit_as_the_tables_do(tmp_path, figures):
+    """The MAE panel of a taxi report said "(the data's time units)" where summary.md's unit column says hours."""
+    rows = [{"dataset": "taxi", "model": "lnm", "parametrisation": p, "aggregator": "sum", "seed": 0, "split": 0,
+             "mae_tau": 0.4 + 0.1 * (p == "plus"), "nll_time_per_seq": 3.0, "run": f"/r/{p}"} for p in ("base", "plus")]
+    plots.plot_metric_bars(pd.DataFrame(rows), tmp_path / "bars.png", ["mae_tau", "nll_time_per_seq"])
+    titles = [" ".join(a.get_title().split()) for a in figures[0].axes if a.get_title()]
+    assert any(t.startswith("absolute error of the median gap (hours)") for t in titles), titles
+    assert report.metric_unit("mae_tau", "taxi") == "hours"
+    assert any(t.startswith("time NLL per sequence (nats)") for t in titles)
+    # a dataset with no documented unit keeps the words the tables use for it
+    figures.clear()
+    plots.plot_metric_bars(pd.DataFrame(rows).assign(dataset="synthetic_hawkes"), tmp_path / "b2.png", ["mae_tau"])
+    titles = [" ".join(a.get_title().split()) for a in figures[0].axes if a.get_title()]
+    assert titles[0].startswith(f"absolute error of the median gap ({report.metric_unit('mae_tau', 'synthetic_hawkes')})")

@@ -26,6 +26,7 @@ import glob
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -45,6 +46,7 @@ from mtpp.evaluation.report import (
     format_value,
     is_horizon_metric,
     metric_info,
+    metric_unit,
     param_symbol,
     summarise,
 )
@@ -705,6 +707,7 @@ def plot_metric_bars(
     if summary.empty:
         return None
     mets = list(dict.fromkeys(summary["metric"]))
+    datasets = list(runs["dataset"].dropna().unique()) if "dataset" in runs.columns else []
     keys = [k for k in cell_columns(runs, mets) if k not in ("dataset", "parametrisation")]  # horizon_*: + horizon
     summary = summary.assign(_label=cell_labels(summary, keys, with_param=False))
     if len(summary.drop_duplicates(["_label", "parametrisation"])) < 2:
@@ -740,7 +743,8 @@ def plot_metric_bars(
     drawn_change = False  # a "+" / "++" point of an NLL panel annotated with its change vs base
     for ax, m in zip(axes, mets):
         part = summary[summary["metric"] == m]
-        info = metric_info(m)
+        # a time in the data's own unit is named as the tables name it ("hours" on taxi), where one dataset is drawn
+        info = replace(metric_info(m), unit=metric_unit(m, datasets[0])) if len(datasets) == 1 else metric_info(m)
         base = part[part["parametrisation"] == "base"].set_index("_label")["mean"]
         ymin, ymax = np.inf, -np.inf
         na: list[tuple[float, str]] = []  # where a point is missing, and why
