@@ -1256,3 +1256,28 @@ def test_bar_titles_name_the_datas_time_unit_as_the_tables_do(tmp_path, figures)
     plots.plot_metric_bars(pd.DataFrame(rows).assign(dataset="synthetic_hawkes"), tmp_path / "b2.png", ["mae_tau"])
     titles = [" ".join(a.get_title().split()) for a in figures[0].axes if a.get_title()]
     assert titles[0].startswith(f"absolute error of the median gap ({report.metric_unit('mae_tau', 'synthetic_hawkes')})")
+
+
+def test_cos_tm_counts_only_finite_cosines_as_measured_steps(tmp_path, figures):
+    """A log with NaN cosines (written by hand or by another tool: mtpp writes null) counted them as measured,
+    non-conflicting steps: "++: conflict 0% (8 steps)" for a parametrisation that shares nothing, and every rate
+    diluted; the trainer's conflict_rate leaves them out."""
+    from mtpp.training.gradients import conflict_rate
+
+    rng = np.random.default_rng(0)
+    measured = [float(np.tanh(rng.normal(-0.2, 0.3))) for _ in range(8)]
+    for param, cos in (("base", measured + [math.nan] * 8), ("plusplus", [math.nan] * 8)):
+        run = tmp_path / "runs" / f"lnm-{param}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "synthetic_hawkes"},
+                                                         "model": {"decoder": "lnm", "parametrisation": param}}))
+        (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0}}))
+        lines = [json.dumps({"kind": "step", "step": i, "cos_tm": c, "cos_tm/encoder": c}) for i, c in enumerate(cos)]
+        (run / "log.jsonl").write_text("\n".join(lines) + "\n")  # json writes NaN
+    df = report.collect_runs(tmp_path / "runs")
+    assert plots.plot_cos_tm(df, tmp_path / "cos.png") is not None
+    (fig,) = figures
+    texts = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    rate = conflict_rate(measured + [math.nan] * 8)  # the trainer's: NaN steps are not measured
+    assert texts == [f"base: conflict {100 * rate:.0f}% (8 steps, 1 run)"], texts  # no "++" entry: it has no cosine
+    assert "++ shares no parameter: no cosine" in " ".join(fig._suptitle.get_text().split())

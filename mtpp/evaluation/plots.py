@@ -136,8 +136,11 @@ def _is_epoch(r: dict[str, Any]) -> bool:
 
 
 def _values(records: Iterable[dict[str, Any]], key: str) -> np.ndarray:
+    """The finite numbers under ``key``: null, NaN and inf (a step whose cosine is undefined) are not measured steps,
+    as for the trainer's ``conflict_rate`` (``mtpp.training.gradients.conflict_rate``)."""
     vals = [r.get(key) for r in records]
-    return np.array([v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)], dtype=float)
+    return np.array([v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)],
+                    dtype=float)
 
 
 def _first_key(record: dict[str, Any], keys: Sequence[str]) -> str | None:
