@@ -1281,3 +1281,20 @@ def test_cos_tm_counts_only_finite_cosines_as_measured_steps(tmp_path, figures):
     rate = conflict_rate(measured + [math.nan] * 8)  # the trainer's: NaN steps are not measured
     assert texts == [f"base: conflict {100 * rate:.0f}% (8 steps, 1 run)"], texts  # no "++" entry: it has no cosine
     assert "++ shares no parameter: no cosine" in " ".join(fig._suptitle.get_text().split())
+
+
+def test_cos_tm_histograms_keep_each_shape_visible_where_they_overlap(runs_root, tmp_path, figures):
+    """Base and + were two translucent fills: where they overlapped they made a third colour (brown) that no legend
+    entry names, and neither shape could be traced through it. Each now has an opaque outline in its colour."""
+    import matplotlib.colors as mcolors
+
+    df = report.collect_runs(runs_root)
+    plots.plot_cos_tm(df, tmp_path / "cos.png")
+    (fig,) = figures
+    for ax in [a for a in fig.axes if a.get_legend()]:
+        names = [t.get_text().split(":")[0] for t in ax.get_legend().get_texts()]
+        assert len(ax.patches) == len(names)  # one shape per parametrisation, not 40 bars each
+        for patch, name in zip(ax.patches, names):
+            param = {"base": "base", "+": "plus"}[name]
+            assert mcolors.to_hex(patch.get_edgecolor()) == mcolors.to_hex(plots.PARAM_COLORS[param])
+            assert patch.get_edgecolor()[3] == 1.0 and patch.get_facecolor()[3] < 0.5  # opaque edge, light fill

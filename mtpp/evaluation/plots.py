@@ -296,6 +296,8 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
     ) and not any(per_param[p]["cos_tm/decoder"] for p in order)
     if only_encoder:  # the encoder is all that is shared: one panel, not two identical ones
         panels = [("cos_tm", "all shared parameters (= the encoder)")]
+    from matplotlib.colors import to_rgba
+
     fig = _figure(4.6 * len(panels) + 0.6, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
     bins = np.linspace(-1, 1, 41)
@@ -306,7 +308,11 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
                 continue
             v = np.concatenate(per_run)
             rate = float(np.mean([_conflict_rate(r) for r in per_run]))
-            ax.hist(v, bins=bins, density=True, alpha=0.5, color=PARAM_COLORS.get(p), edgecolor="none",
+            # a translucent fill under an opaque outline: where base and + overlap, both shapes stay traceable (two
+            # translucent fills made a third colour, brown, that no legend entry names)
+            color = PARAM_COLORS.get(p, "0.4")
+            ax.hist(v, bins=bins, density=True, histtype="stepfilled", facecolor=to_rgba(color, 0.3),
+                    edgecolor=color, lw=1.4,
                     label=f"{param_symbol(p)}: conflict {_pct(rate)} ({len(v)} steps, {len(per_run)} run"
                     f"{'s' if len(per_run) > 1 else ''})")
         ax.axvline(0, color="black", lw=0.8, ls="--")
