@@ -1021,3 +1021,23 @@ def test_the_plot_title_names_the_parametrisation_as_the_tables_do(run_dir: Path
     assert main(["plot", str(run_dir), "--sequence", "1", "--horizon", "3", "--samples", "2",
                  "--out", str(tmp_path / "f.png")]) == 0
     assert ": gru-thp ++, horizon 3 data units" in titles[0]
+
+
+def test_the_legends_above_the_panels_leave_no_margin_beside_them(run_dir: Path) -> None:
+    """The intensity's two-column legend, anchored at the panel's left, stuck out on the right at tight_layout's first
+    pass, which then kept 0.6 inch empty right of all three panels."""
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir)
+    fig = plot_forecast(run.model, run.split("test")[1], horizon=2.0, samples=2)
+    try:
+        fig.canvas.draw()
+        for ax in fig.axes[:2]:
+            legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+            assert legend.x0 >= frame.x0 - 1 and legend.x1 <= frame.x1 + 1 and legend.y0 >= frame.y1 - 1
+        assert all(1 - ax.get_position().x1 < 0.03 for ax in fig.axes)  # the panels reach the figure's right side
+    finally:
+        plt.close(fig)

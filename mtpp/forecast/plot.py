@@ -223,7 +223,10 @@ def plot_forecast(
     # legends above their panel, never over it: every row of marks may hold events (with 200 marks, a legend inside
     # the top rows hid the events of marks 180-199), and the intensity runs across its whole panel, so "best" finds
     # no empty corner in either
-    above = {"loc": "lower left", "bbox_to_anchor": (0.0, 1.0), "fontsize": 8, "frameon": False, "borderaxespad": 0.2}
+    # (spread over the panel's width, mode "expand": anchored at its left, a two-column legend as wide as the panel
+    # stuck out on the right at tight_layout's first pass, which then kept a margin of 0.6 inch there)
+    above = {"loc": "lower left", "bbox_to_anchor": (0.0, 1.0, 1.0, 0.0), "mode": "expand", "fontsize": 8,
+             "frameon": False, "borderaxespad": 0.2}
     ax0.legend(handles=[history, *handles], ncol=3, **above)
     # 2. intensity
     tt, lam = intensity_path(model, seq, end)
