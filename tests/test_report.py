@@ -1255,7 +1255,8 @@ def test_bar_titles_name_the_datas_time_unit_as_the_tables_do(tmp_path, figures)
     figures.clear()
     plots.plot_metric_bars(pd.DataFrame(rows).assign(dataset="synthetic_hawkes"), tmp_path / "b2.png", ["mae_tau"])
     titles = [" ".join(a.get_title().split()) for a in figures[0].axes if a.get_title()]
-    assert titles[0].startswith(f"absolute error of the median gap ({report.metric_unit('mae_tau', 'synthetic_hawkes')})")
+    unit = report.metric_unit("mae_tau", "synthetic_hawkes")
+    assert titles[0].startswith(f"absolute error of the median gap ({unit})")
 
 
 def test_cos_tm_counts_only_finite_cosines_as_measured_steps(tmp_path, figures):
