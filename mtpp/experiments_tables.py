@@ -471,6 +471,11 @@ def bottom_panels(n: int, ncols: int) -> list[tuple[int, int]]:
     return [((nrows - 1) if (nrows - 1) * ncols + c < n else nrows - 2, c) for c in range(min(ncols, n))]
 
 
+FIGURE_DPI = 110
+"""Pixels per inch of RESULTS.md's figures, as of every other PNG of mtpp: their 7-8 pt labels are 11-12 pixels tall
+(at 72 dpi they were 7-8 pixels, too small to read at the size a Markdown page shows them)."""
+
+
 def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
     """One PNG per dataset (``<dataset>_cos_tm.png``): the pooled ``cos_tm`` histogram of every cell that has one."""
     import matplotlib
@@ -478,7 +483,7 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mtpp.evaluation.plots import wrapped_suptitle
+    from mtpp.evaluation.plots import wrap_text, wrapped_suptitle
 
     cells = group(records)
     written = {}
@@ -501,7 +506,8 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
                    color=["#d62728" if x < 0 else "#7f9fbf" for x in centres])  # fmt: skip
             share = sum(c for c, x in zip(counts, centres) if x < 0) / total
             ax.axvline(0.0, color="black", lw=0.6)
-            ax.set_title(f"{label(key)} (n={len(rs)}): conflict {share:.0%}", fontsize=8)
+            # 40 characters at 8 pt fit the 3-inch panel: a longer model name is wrapped, not run into its neighbour
+            ax.set_title(wrap_text(f"{label(key)} (n={len(rs)}): conflict {share:.0%}", 40), fontsize=8)
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(keys):]:
             ax.axis("off")
@@ -515,7 +521,7 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
         path = Path(folder) / f"{dataset}_cos_tm.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path) as tmp:  # whole or not at all (mtpp.files)
-            fig.savefig(tmp, dpi=72, format="png", metadata={"Software": None})
+            fig.savefig(tmp, dpi=FIGURE_DPI, format="png", metadata={"Software": None})
         plt.close(fig)
         written[dataset] = path
     return written

@@ -960,3 +960,84 @@ def test_every_input_command_sorts_with_sort_says_so_and_names_sort_when_refusin
 def test_evaluate_sort_applies_only_with_input(run_dir: Path, capsys) -> None:
     assert main(["evaluate", str(run_dir), "--sort"]) == 2
     assert "--sort only applies with --input" in capsys.readouterr().err
+
+
+def test_the_events_legend_covers_no_event_and_the_cut_line_is_named() -> None:
+    """With 60 marks the legend sat inside the events panel over its top rows (a fixed headroom of 0.6 mark) and hid
+    the events of the highest marks; the intensity's legend ("best") lay over the curve that spans its panel; the
+    dashed cut line was in no legend."""
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import plot_forecast
+
+    torch.manual_seed(0)
+    k = 60
+    model = build_model(tiny_config(decoder="lnm"), k).eval()
+    rng = np.random.default_rng(0)
+    marks = np.r_[np.full(12, k - 1), rng.integers(0, k, 28)]  # the highest marks first, where the legend was
+    seq = EventSequence(np.cumsum(rng.exponential(1.0, 40)), marks)
+    fig = plot_forecast(model, seq, horizon=5.0, samples=4)
+    try:
+        fig.canvas.draw()
+        ax0, ax1, ax2 = fig.axes
+        legend = ax0.get_legend().get_window_extent()
+        points = np.concatenate([c.get_offset_transform().transform(c.get_offsets()) for c in ax0.collections])
+        assert len(points) >= 30 and legend.count_contains(points) == 0
+        # nor does the intensity's legend cover its curve, which runs across the whole panel
+        curve = np.concatenate([line.get_transform().transform(line.get_xydata()) for line in ax1.get_lines()
+                                if line.get_label() in [t.get_text() for t in ax1.get_legend().get_texts()]])
+        assert ax1.get_legend().get_window_extent().count_contains(curve) == 0
+        low, high = ax0.get_ylim()
+        assert low < 0 and high > k - 1  # every row of marks inside the panel
+        texts = [t.get_text() for t in ax2.get_legend().get_texts()]
+        assert any(t.startswith("cut: last of the") for t in texts)
+        cut_line = next(line for line in ax2.get_lines() if line.get_label().startswith("cut:"))
+        cut = int(cut_line.get_label().split()[4])  # "cut: last of the N history events"
+        assert cut_line.get_xdata()[0] == pytest.approx(seq.times[cut - 1])
+    finally:
+        plt.close(fig)
+
+
+def test_the_plot_title_names_the_parametrisation_as_the_tables_do(run_dir: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """The title said "gru-thp plusplus" where every table and report figure says "THP++" (base / + / ++)."""
+    import mtpp.forecast.plot as forecast_plot
+    import mtpp.forecast.runs as runs
+
+    titles: list[str] = []
+    original_load, original_plot = runs.load_run, forecast_plot.plot_forecast
+
+    def load(*a, **k):
+        run = original_load(*a, **k)
+        run.cfg.model.parametrisation = "plusplus"  # the label only: the weights stay those of the run
+        return run
+
+    def plot(*a, **k):
+        titles.append(k["title"])
+        return original_plot(*a, **k)
+
+    monkeypatch.setattr(runs, "load_run", load)
+    monkeypatch.setattr(forecast_plot, "plot_forecast", plot)
+    assert main(["plot", str(run_dir), "--sequence", "1", "--horizon", "3", "--samples", "2",
+                 "--out", str(tmp_path / "f.png")]) == 0
+    assert ": gru-thp ++, horizon 3 data units" in titles[0]
+
+
+def test_the_legends_above_the_panels_leave_no_margin_beside_them(run_dir: Path) -> None:
+    """The intensity's two-column legend, anchored at the panel's left, stuck out on the right at tight_layout's first
+    pass, which then kept 0.6 inch empty right of all three panels."""
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import plot_forecast
+    from mtpp.forecast.runs import load_run
+
+    run = load_run(run_dir)
+    fig = plot_forecast(run.model, run.split("test")[1], horizon=2.0, samples=2)
+    try:
+        fig.canvas.draw()
+        for ax in fig.axes[:2]:
+            legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+            assert legend.x0 >= frame.x0 - 1 and legend.x1 <= frame.x1 + 1 and legend.y0 >= frame.y1 - 1
+        assert all(1 - ax.get_position().x1 < 0.03 for ax in fig.axes)  # the panels reach the figure's right side
+    finally:
+        plt.close(fig)

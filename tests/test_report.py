@@ -1081,3 +1081,221 @@ def test_a_coverage_panel_draws_the_level_it_is_calibrated_at(tmp_path, figures)
     assert "calibrated: 0.8" in _texts(fig)
     tmap = next(a for a in fig.axes if a.get_title().startswith("T-mAP"))
     assert not [ln for ln in tmap.get_lines() if list(ln.get_ydata()) == [0.8, 0.8]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures at the edges a paper meets: long model names, many cells, one epoch, diverged runs
+
+
+def make_cells(root: Path, names: list[str], params=("base", "plus"), epochs: int = 3, seeds=(0,),
+               dataset: str = "synthetic_hawkes") -> None:
+    """One run per (model name, parametrisation, seed), named by ``cell.json`` as ``mtpp compare`` does: metrics,
+    a log with ``epochs`` validation records and cosines, and the plot arrays."""
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        for p in params:
+            for seed in seeds:
+                run = root / dataset / f"{name}-{p}-sum" / f"split0-seed{seed}"
+                run.mkdir(parents=True)
+                model = {"encoder": "gru", "decoder": "thp", "parametrisation": p, "first_event": "skip"}
+                (run / "config.yaml").write_text(yaml.safe_dump({"data": {"name": dataset, "split": 0},
+                                                                 "model": model, "train": {"seed": seed}}))
+                (run / "cell.json").write_text(json.dumps({"dataset": dataset, "model": name, "parametrisation": p,
+                                                           "aggregator": "sum", "split": 0, "seed": seed}))
+                test = {"nll_time_per_seq": 10.0 + i + seed, "nll_mark_per_seq": 5.0 + (p == "plus"), "pce": 0.05,
+                        "ece_forecast": 0.03, "mae_tau": 0.4 + 0.01 * i, "conflict_rate": 0.4, "first_event": "skip"}
+                (run / "metrics.json").write_text(json.dumps({"test": test, "val": test}))
+                log = [r for r in _log(p, 0, rng) if r.get("kind") == "step" or r["epoch"] < epochs]
+                (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+                (run / "arrays_test.json").write_text(json.dumps(_arrays(rng)))
+
+
+def _overlap(a, b) -> bool:
+    return a.width > 0 and b.width > 0 and a.overlaps(b)
+
+
+def test_a_long_model_name_is_wrapped_in_every_figure_not_run_into_the_next_panel(tmp_path, figures):
+    """A 70-character model name without spaces: the bars' tick labels squeezed every panel to a sliver
+    (constrained layout "collapsed to zero"), and the reliability / PIT panel titles ran into each other."""
+    long = "a_very_long_model_name_with_many_settings_lnm_gru_hidden16_components4"
+    make_cells(tmp_path / "runs", [long, "thp"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        plots.make_all_plots(tmp_path / "runs", tmp_path / "plots")
+    kinds = {" ".join(f._suptitle.get_text().split())[:60]: f for f in figures}
+    assert len(figures) >= 5, list(kinds)
+    for title, fig in kinds.items():
+        fig.canvas.draw()
+        panels = [a for a in fig.axes if a.get_visible() and a.get_label() != "<colorbar>" and a.get_title()
+                  or a.get_xlabel()]
+        for ax in panels:  # every panel keeps a readable share of the figure
+            assert ax.get_position().width > 0.15, (title, ax.get_title())
+        boxes = [a.title.get_window_extent() for a in panels if a.get_title()]
+        for i, a in enumerate(boxes):
+            assert not any(_overlap(a, b) for b in boxes[i + 1:]), title
+        legends = [leg.get_window_extent() for leg in fig.legends]
+        assert all(b.x0 >= -1 and b.x1 <= fig.bbox.width + 1 for b in legends), title  # the legend fits too
+        box = fig.get_tightbbox()
+        assert box.x0 >= -0.01 and box.x1 <= fig.get_figwidth() + 0.01, title
+
+
+def test_bars_of_many_cells_stay_within_a_page_width(tmp_path, figures):
+    """15 models x base / + in three columns of panels made a 51-inch-wide figure (5626 pixels), unreadable at any
+    page's width; now panels go below one another once three (or two) side by side would pass 16 inches, and no two
+    tick labels of a panel overlap."""
+    make_cells(tmp_path / "runs", [f"model{i:02d}" for i in range(15)])
+    df = report.collect_runs(tmp_path / "runs")
+    metrics = ["nll_time_per_seq", "nll_mark_per_seq", "pce", "mae_tau"]
+    plots.plot_metric_bars(df, tmp_path / "bars.png", metrics)
+    (fig,) = figures
+    assert fig.get_figwidth() <= 16.0  # plots.MAX_FIGURE_WIDTH
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert len(panels) == len(metrics)  # every metric still has its panel
+    fig.canvas.draw()
+    for ax in panels:
+        assert len(ax.get_xticklabels()) == 15
+        boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
+        assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:])), ax.get_title()
+    # a few cells keep three panels side by side as before
+    figures.clear()
+    plots.plot_metric_bars(df[df["model"].isin(["model00", "model01"])], tmp_path / "few.png", metrics)
+    assert len({round(a.get_position().x0, 2) for a in figures[0].axes if a.get_visible()}) == 3
+
+
+def test_reliability_discs_at_the_edges_are_drawn_whole(tmp_path, figures):
+    """One mark (every confidence and accuracy 1) or a sure model put the largest disc on the frame's corner, where
+    the axes cut three quarters of it off; so did a bin at confidence 0 (200 marks)."""
+    run = tmp_path / "runs" / "sure"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"decoder": "lnm", "parametrisation": "base"}}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0, "ece_forecast": 0.01}}))
+    arrays = {"reliability_edges_forecast": list(np.linspace(0, 1, 11)),
+              "reliability_count_forecast": [300] + [0] * 8 + [700],
+              "reliability_confidence_forecast": [0.01] + [None] * 8 + [1.0],
+              "reliability_accuracy_forecast": [0.0] + [None] * 8 + [1.0]}
+    (run / "arrays_test.json").write_text(json.dumps(arrays))
+    plots.plot_reliability(report.collect_runs(tmp_path / "runs"), tmp_path / "rel.png")
+    (fig,) = figures
+    fig.canvas.draw()
+    ax = next(a for a in fig.axes if a.get_title())
+    frame = ax.get_window_extent()
+    discs = [c for c in ax.collections if len(c.get_offsets())]
+    assert sum(len(c.get_offsets()) for c in discs) == 2  # the two bins with events
+    for c in discs:
+        assert not c.get_clip_on()  # the frame cuts no disc
+        centres = c.get_offset_transform().transform(c.get_offsets())
+        assert all(frame.x0 < x < frame.x1 and frame.y0 < y < frame.y1 for x, y in centres)  # inside, not on it
+        r = np.sqrt(c.get_sizes()).max() / 2 * fig.dpi / 72  # marker size is the area in points^2
+        assert all(min(x - frame.x0, frame.x1 - x, y - frame.y0, frame.y1 - y) > 0.5 * r for x, y in centres)
+
+
+def _edit_log(run: Path, epoch: int, **values) -> None:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    for r in records:
+        if r.get("kind") == "epoch" and r["epoch"] == epoch:
+            r.update(values)
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_validation_curves_of_one_epoch_have_whole_epoch_ticks(tmp_path, figures):
+    """A one-epoch run's axis was ticked 0.945, 0.960, ... 1.050 epochs."""
+    make_cells(tmp_path / "runs", ["thp"], params=("base",), epochs=1)
+    plots.plot_validation_curves(report.collect_runs(tmp_path / "runs"), tmp_path / "v.png")
+    (fig,) = figures
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [0.0], ticks  # _log numbers epochs from 0
+
+
+def test_validation_curves_mark_diverged_epochs_instead_of_dropping_them_or_flattening_the_rest(tmp_path, figures):
+    """An epoch with a null validation loss (the trainer writes NaN / inf as null) was left out without a word, and
+    one run diverging to 8.3e7 nats (a finite value) squeezed every other curve into a flat line at the bottom."""
+    make_cells(tmp_path / "runs", ["lnm", "thp"], params=("base",))
+    root = tmp_path / "runs" / "synthetic_hawkes"
+    _edit_log(root / "lnm-base-sum" / "split0-seed0", 2, val_nll_time_per_seq=None)
+    _edit_log(root / "thp-base-sum" / "split0-seed0", 2, val_nll_time_per_seq=8.3e7)
+    plots.plot_validation_curves(report.collect_runs(tmp_path / "runs"), tmp_path / "v.png")
+    (fig,) = figures
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert low < 18.0 and 20.0 < high < 100  # the other values (18 and 20 nats) fill the axis
+    edge = {line.get_marker(): list(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() == "None"}
+    assert edge["x"] == [2.0] and edge["^"] == [2.0]  # the null epoch and the diverged value, at their epoch
+    text = fig._suptitle.get_text()
+    assert "×: an epoch whose validation loss is not finite" in text and "▲ / ▼: values beyond the axis" in text
+    # the mark panel of the same runs has neither: no marker, no note about it is drawn there
+    assert not [line for line in fig.axes[1].get_lines() if line.get_linestyle() == "None"]
+
+
+def test_validation_curves_of_more_cells_than_colours_stay_distinct(tmp_path, figures):
+    """tab20 has 20 colours: cells 1 and 21 (both base, solid) were drawn identically."""
+    make_cells(tmp_path / "runs", [f"m{i:02d}" for i in range(22)], params=("base",), epochs=2)
+    plots.plot_validation_curves(report.collect_runs(tmp_path / "runs"), tmp_path / "v.png")
+    (fig,) = figures
+    import matplotlib.colors as mcolors
+
+    looks = [(mcolors.to_hex(h.get_color()), h.get_linestyle(), h.get_marker()) for h in fig.legends[0].legend_handles]
+    assert len(looks) == 22 and len(set(looks)) == 22
+
+
+def test_bar_titles_name_the_datas_time_unit_as_the_tables_do(tmp_path, figures):
+    """The MAE panel of a taxi report said "(the data's time units)" where summary.md's unit column says hours."""
+    rows = [{"dataset": "taxi", "model": "lnm", "parametrisation": p, "aggregator": "sum", "seed": 0, "split": 0,
+             "mae_tau": 0.4 + 0.1 * (p == "plus"), "nll_time_per_seq": 3.0, "run": f"/r/{p}"} for p in ("base", "plus")]
+    plots.plot_metric_bars(pd.DataFrame(rows), tmp_path / "bars.png", ["mae_tau", "nll_time_per_seq"])
+    titles = [" ".join(a.get_title().split()) for a in figures[0].axes if a.get_title()]
+    assert any(t.startswith("absolute error of the median gap (hours)") for t in titles), titles
+    assert report.metric_unit("mae_tau", "taxi") == "hours"
+    assert any(t.startswith("time NLL per sequence (nats)") for t in titles)
+    # a dataset with no documented unit keeps the words the tables use for it
+    figures.clear()
+    plots.plot_metric_bars(pd.DataFrame(rows).assign(dataset="synthetic_hawkes"), tmp_path / "b2.png", ["mae_tau"])
+    titles = [" ".join(a.get_title().split()) for a in figures[0].axes if a.get_title()]
+    unit = report.metric_unit("mae_tau", "synthetic_hawkes")
+    assert titles[0].startswith(f"absolute error of the median gap ({unit})")
+
+
+def test_cos_tm_counts_only_finite_cosines_as_measured_steps(tmp_path, figures):
+    """A log with NaN cosines (written by hand or by another tool: mtpp writes null) counted them as measured,
+    non-conflicting steps: "++: conflict 0% (8 steps)" for a parametrisation that shares nothing, and every rate
+    diluted; the trainer's conflict_rate leaves them out."""
+    from mtpp.training.gradients import conflict_rate
+
+    rng = np.random.default_rng(0)
+    measured = [float(np.tanh(rng.normal(-0.2, 0.3))) for _ in range(8)]
+    for param, cos in (("base", measured + [math.nan] * 8), ("plusplus", [math.nan] * 8)):
+        run = tmp_path / "runs" / f"lnm-{param}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "synthetic_hawkes"},
+                                                         "model": {"decoder": "lnm", "parametrisation": param}}))
+        (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0}}))
+        lines = [json.dumps({"kind": "step", "step": i, "cos_tm": c, "cos_tm/encoder": c}) for i, c in enumerate(cos)]
+        (run / "log.jsonl").write_text("\n".join(lines) + "\n")  # json writes NaN
+    df = report.collect_runs(tmp_path / "runs")
+    assert plots.plot_cos_tm(df, tmp_path / "cos.png") is not None
+    (fig,) = figures
+    texts = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    rate = conflict_rate(measured + [math.nan] * 8)  # the trainer's: NaN steps are not measured
+    assert texts == [f"base: conflict {100 * rate:.0f}% (8 steps, 1 run)"], texts  # no "++" entry: it has no cosine
+    assert "++ shares no parameter: no cosine" in " ".join(fig._suptitle.get_text().split())
+
+
+def test_cos_tm_histograms_keep_each_shape_visible_where_they_overlap(runs_root, tmp_path, figures):
+    """Base and + were two translucent fills: where they overlapped they made a third colour (brown) that no legend
+    entry names, and neither shape could be traced through it. Each now has an opaque outline in its colour."""
+    import matplotlib.colors as mcolors
+
+    df = report.collect_runs(runs_root)
+    plots.plot_cos_tm(df, tmp_path / "cos.png")
+    (fig,) = figures
+    for ax in [a for a in fig.axes if a.get_legend()]:
+        names = [t.get_text().split(":")[0] for t in ax.get_legend().get_texts()]
+        assert len(ax.patches) == len(names)  # one shape per parametrisation, not 40 bars each
+        for patch, name in zip(ax.patches, names):
+            param = {"base": "base", "+": "plus"}[name]
+            assert mcolors.to_hex(patch.get_edgecolor()) == mcolors.to_hex(plots.PARAM_COLORS[param])
+            assert patch.get_edgecolor()[3] == 1.0 and patch.get_facecolor()[3] < 0.5  # opaque edge, light fill

@@ -443,3 +443,44 @@ def test_equal_values_have_a_standard_error_of_zero_not_of_rounding_noise() -> N
         recs + [record("mooc", "thp", "base", s, agg="pcgrad") for s in range(3)])))
     m, se, n = tables.mean_se([1.0, 2.0, 4.0])
     assert (m, n) == (pytest.approx(7 / 3), 3) and se == pytest.approx(math.sqrt(7 / 3 / 3))
+
+
+def _saved_figures(monkeypatch) -> list:
+    import matplotlib.figure
+
+    saved: list = []
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *a, **k):
+        saved.append((fig, k.get("dpi")))
+        return original(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return saved
+
+
+def test_the_cos_tm_figure_wraps_a_long_model_name_inside_its_panel(tmp_path: Path, monkeypatch) -> None:
+    """A model named without spaces (``lnm_gru_hidden64_components8_dropout01_...``): its panel title ran over the
+    next panel's."""
+    saved = _saved_figures(monkeypatch)
+    long = "lnm_gru_hidden64_components8_dropout01_weightdecay1e4"
+    recs = [record("mooc", m, p, 0, nll_time_per_seq=1.0) for m in (long, "thp") for p in ("base", "plus")]
+    tables.cos_tm_figures(recs, tmp_path)
+    ((fig, _),) = saved
+    fig.canvas.draw()
+    axes = [a for a in fig.axes if a.get_title()]
+    assert len(axes) == 4
+    boxes = [a.title.get_window_extent() for a in axes]
+    assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert any(long[:20] in a.get_title() and "\n" in a.get_title() for a in axes)
+
+
+def test_every_text_of_the_cos_tm_figure_is_readable_at_the_saved_resolution(tmp_path: Path, monkeypatch) -> None:
+    """Saved at 72 dpi, its 7 pt tick labels and 8 pt titles were 7-8 pixels tall: unreadable on the RESULTS.md page
+    (the report's own figures are saved at 110 dpi)."""
+    saved = _saved_figures(monkeypatch)
+    recs = [record("mooc", m, p, 0, nll_time_per_seq=1.0) for m in ("lnm", "thp") for p in ("base", "plus")]
+    tables.cos_tm_figures(recs, tmp_path)
+    ((fig, dpi),) = saved
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and a.get_text()) if t.get_visible()]
+    assert texts and min(t.get_fontsize() for t in texts) * dpi / 72 >= 10  # pixels

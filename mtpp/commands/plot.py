@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.data.catalog import time_unit_of, time_unit_text
     from mtpp.data.checks import check_sequences
     from mtpp.errors import MtppError
+    from mtpp.evaluation.report import param_symbol
     from mtpp.forecast.plot import beyond_data_note, check_plot_path, plot_forecast, save_forecast_plot
     from mtpp.forecast.runs import load_run
 
@@ -49,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     unit = time_unit_of(run.cfg.data.name)
     named = f" (seq_id {seq.name!r})" if seq.name is not None else ""  # the user's own id of the sequence
     which = f"{run.cfg.data.name} {args.split}" if args.input is None else Path(args.input).name
+    # the parametrisation as the tables name it: base / + / ++ (param_symbol), not "plusplus"
     title = (f"{which} sequence {index}{named}: {m.encoder}-{m.decoder} "
-             f"{m.parametrisation}, horizon {horizon:.4g} {time_unit_text(unit)}")
+             f"{param_symbol(m.parametrisation)}, horizon {horizon:.4g} {time_unit_text(unit)}")
     notes: list[str] = []  # sampled continuations cut at --max-events, if any
     with run.threads():
         fig = plot_forecast(run.model, seq, horizon=horizon, cut=args.cut, samples=args.samples, seed=args.seed,

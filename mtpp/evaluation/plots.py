@@ -26,6 +26,7 @@ import glob
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -45,6 +46,7 @@ from mtpp.evaluation.report import (
     format_value,
     is_horizon_metric,
     metric_info,
+    metric_unit,
     param_symbol,
     summarise,
 )
@@ -65,6 +67,7 @@ __all__ = [
     "plot_metric_bars",
     "make_all_plots",
     "wrapped_suptitle",
+    "wrap_text",
 ]
 
 ARRAYS_FILE = "arrays.json"
@@ -74,6 +77,9 @@ VAL_TIME_KEYS = ("val/nll_time_per_seq", "val_nll_time_per_seq", "val/loss_time"
 """Keys of an epoch record holding the validation time NLL, first match wins."""
 VAL_MARK_KEYS = ("val/nll_mark_per_seq", "val_nll_mark_per_seq", "val/loss_mark", "val_loss_mark", "val/nll_mark")
 """Keys of an epoch record holding the validation mark NLL, first match wins."""
+MAX_FIGURE_WIDTH = 16.0
+"""Inches: a figure of many panels puts no more of them side by side than fit this width (at the 110 dpi of the
+PNGs, 1760 pixels: a page or a screen shows it with 8 pt text still readable), and the rest below."""
 PARAM_ORDER = ("base", "plus", "plusplus")
 PARAM_COLORS = {"base": "#4C72B0", "plus": "#DD8452", "plusplus": "#55A868"}
 PARAM_STYLES = {"base": "-", "plus": "--", "plusplus": ":"}
@@ -130,8 +136,11 @@ def _is_epoch(r: dict[str, Any]) -> bool:
 
 
 def _values(records: Iterable[dict[str, Any]], key: str) -> np.ndarray:
+    """The finite numbers under ``key``: null, NaN and inf (a step whose cosine is undefined) are not measured steps,
+    as for the trainer's ``conflict_rate`` (``mtpp.training.gradients.conflict_rate``)."""
     vals = [r.get(key) for r in records]
-    return np.array([v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)], dtype=float)
+    return np.array([v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)],
+                    dtype=float)
 
 
 def _first_key(record: dict[str, Any], keys: Sequence[str]) -> str | None:
@@ -202,10 +211,19 @@ def _groups(df: pd.DataFrame, keys: Sequence[str]) -> Iterable[tuple[tuple, pd.D
         yield (key if isinstance(key, tuple) else (key,)), df.loc[part.index]
 
 
-def _wrap(text: str, width: int) -> str:
+def wrap_text(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width`` characters, broken at spaces; a word longer than a line (a model
+    named ``my_lnm_gru_hidden64_components8``, a path) is cut at ``width``, so no label runs past its panel into
+    the next one or squeezes the axes beside it to nothing."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+    return "\n".join(textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False)) or text
+
+
+_wrap = wrap_text
+PANEL_TITLE_CHARS = 38
+"""Characters per line of a 3.6-inch panel's 9 pt title: 38 capitals (cell labels spell model names in capitals, about
+0.68 em each in DejaVu Sans) span 3.2 inches, so a wrapped title never reaches the next panel's."""
 
 
 def wrapped_suptitle(fig: "Figure", text: str, fontsize: float = 9) -> None:
@@ -278,6 +296,8 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
     ) and not any(per_param[p]["cos_tm/decoder"] for p in order)
     if only_encoder:  # the encoder is all that is shared: one panel, not two identical ones
         panels = [("cos_tm", "all shared parameters (= the encoder)")]
+    from matplotlib.colors import to_rgba
+
     fig = _figure(4.6 * len(panels) + 0.6, 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
     bins = np.linspace(-1, 1, 41)
@@ -288,7 +308,11 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
                 continue
             v = np.concatenate(per_run)
             rate = float(np.mean([_conflict_rate(r) for r in per_run]))
-            ax.hist(v, bins=bins, density=True, alpha=0.5, color=PARAM_COLORS.get(p), edgecolor="none",
+            # a translucent fill under an opaque outline: where base and + overlap, both shapes stay traceable (two
+            # translucent fills made a third colour, brown, that no legend entry names)
+            color = PARAM_COLORS.get(p, "0.4")
+            ax.hist(v, bins=bins, density=True, histtype="stepfilled", facecolor=to_rgba(color, 0.3),
+                    edgecolor=color, lw=1.4,
                     label=f"{param_symbol(p)}: conflict {_pct(rate)} ({len(v)} steps, {len(per_run)} run"
                     f"{'s' if len(per_run) > 1 else ''})")
         ax.axvline(0, color="black", lw=0.8, ls="--")
@@ -308,25 +332,60 @@ def plot_cos_tm(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path |
 # (b) validation curves
 
 
+def _val_value(r: dict[str, Any], keys: Sequence[str]) -> float:
+    """The first of ``keys`` that ``r`` holds, as a float (NaN where it is null / NaN / inf: a diverged epoch); NaN
+    when it holds none."""
+    k = next((k for k in keys if k in r), None)
+    v = r.get(k) if k else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.nan
+
+
 def _val_curve(run: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(epochs, L_T, L_M)`` of the run's epoch records that hold a validation loss key, NaN where its value is not
+    finite (the trainer writes a NaN / inf loss as null)."""
     epochs, lt, lm = [], [], []
     last: dict[int, dict[str, Any]] = {}
     for r in read_log(run):
-        if "epoch" in r and (_first_key(r, VAL_TIME_KEYS) or _first_key(r, VAL_MARK_KEYS)):
+        if "epoch" in r and any(k in r for k in (*VAL_TIME_KEYS, *VAL_MARK_KEYS)):
             last[int(r["epoch"])] = r  # a resumed run may repeat an epoch: keep the last record
     for e in sorted(last):
-        r = last[e]
-        kt, km = _first_key(r, VAL_TIME_KEYS), _first_key(r, VAL_MARK_KEYS)
         epochs.append(e)
-        lt.append(r[kt] if kt else np.nan)
-        lm.append(r[km] if km else np.nan)
+        lt.append(_val_value(last[e], VAL_TIME_KEYS))
+        lm.append(_val_value(last[e], VAL_MARK_KEYS))
     return np.array(epochs, dtype=float), np.array(lt, dtype=float), np.array(lm, dtype=float)
+
+
+OFF_SCALE_IQR = 10.0
+"""A validation loss further than this many interquartile ranges (of every finite value of the panel) beyond the
+quartiles is drawn as a marker on the panel's edge, not on the axis: one diverging run (CoGrad at gamma 0.1 reached
+8.3e7 nats per sequence on MOOC) would otherwise flatten every other curve of the panel into one line."""
+CURVE_MARKERS = ("o", "s", "^", "D", "v", "P")
+"""Markers of the validation curves, one per block of 20 cells: beyond the 20 colours of ``tab20`` a cell repeats
+a colour, and with the same parametrisation (line style) it would be drawn like another."""
+
+
+def _in_scale(values: np.ndarray) -> tuple[float, float] | None:
+    """``(low, high)``: the range of ``values`` (finite ones) within :data:`OFF_SCALE_IQR` interquartile ranges of the
+    quartiles; ``None`` when every finite value is within it (the axis shows them all) or there is none."""
+    v = values[np.isfinite(values)]
+    if v.size < 4:
+        return None
+    q1, q3 = np.percentile(v, [25, 75])
+    reach = OFF_SCALE_IQR * max(q3 - q1, 1e-9 * max(abs(q1), abs(q3), 1.0))
+    inside = v[(v >= q1 - reach) & (v <= q3 + reach)]
+    if inside.size == v.size:
+        return None
+    return float(inside.min()), float(inside.max())
 
 
 def plot_validation_curves(runs: pd.DataFrame, path: str | Path, title: str = "") -> Path | None:
     """Validation ``L_T`` and ``L_M`` (nats per sequence) per epoch, one colour per cell, one line per run
-    (split / seed); line style by parametrisation (base solid, ``+`` dashed, ``++`` dotted). The legend is
-    below the panels."""
+    (split / seed); line style by parametrisation (base solid, ``+`` dashed, ``++`` dotted), and beyond 20 cells
+    a marker per block of 20 (:data:`CURVE_MARKERS`). The legend is below the panels.
+
+    Epochs whose loss is not finite (null in ``log.jsonl``: NaN / inf) are an ``x`` below the panel's top edge, values
+    off the scale of the others (:data:`OFF_SCALE_IQR`) a triangle on the edge they are beyond; the caption says
+    so when there are any. The epoch axis has whole epochs only (one epoch too)."""
     curves = []
     _, cells = _cells(runs)
     for label, part in cells:
@@ -341,24 +400,50 @@ def plot_validation_curves(runs: pd.DataFrame, path: str | Path, title: str = ""
     colors = _colors(len(labels))
     fig = _figure(10, 4.2 + 0.22 * math.ceil(len(labels) / 3))
     axes = fig.subplots(1, 2)
+    scales = [_in_scale(np.concatenate([c[3 + i] for c in curves])) for i in range(2)]
     seen: set[str] = set()
+    marks = {"nonfinite": False, "off": False}
     for label, style, e, lt, lm in curves:
-        c = colors[labels.index(label)]
-        kw = {"label": label} if label not in seen else {}
+        i = labels.index(label)
+        c, marker = colors[i], CURVE_MARKERS[(i // 20) % len(CURVE_MARKERS)]
+        kw = {"label": _wrap(label, 40)} if label not in seen else {}  # three columns of the legend fit 10 inches
         seen.add(label)
-        axes[0].plot(e, lt, color=c, ls=style, lw=1.3, alpha=0.8, marker="o", ms=2.5, **kw)  # a 1-epoch run too
-        axes[1].plot(e, lm, color=c, ls=style, lw=1.3, alpha=0.8, marker="o", ms=2.5)
+        for ax, y, scale in zip(axes, (lt, lm), scales):
+            ax.plot(e, y, color=c, ls=style, lw=1.3, alpha=0.8, marker=marker, ms=2.5, **kw)  # a 1-epoch run too
+            kw = {}
+            edge = ax.get_xaxis_transform()  # x in epochs, y in axes fraction
+            bad = ~np.isfinite(y)
+            if bad.any():
+                marks["nonfinite"] = True
+                ax.plot(e[bad], np.full(bad.sum(), 0.92), transform=edge, color=c, ls="", marker="x", ms=6,
+                        clip_on=False, zorder=4)
+            if scale is not None:
+                for where, sel, sym in ((0.98, y > scale[1], "^"), (0.02, y < scale[0], "v")):
+                    if sel.any():
+                        marks["off"] = True
+                        ax.plot(e[sel], np.full(sel.sum(), where), transform=edge, color=c, ls="", marker=sym,
+                                ms=6, clip_on=False, zorder=4)
     from matplotlib.ticker import MaxNLocator
 
     names = ("validation time NLL $L_T$ (nats per sequence)", "validation mark NLL $L_M$ (nats per sequence)")
-    for ax, name in zip(axes, names):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = np.concatenate([c[2] for c in curves])
+    for ax, name, scale in zip(axes, names, scales):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # no "0.975 epochs" around one epoch
+        if epochs.min() == epochs.max():
+            ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+        if scale is not None:
+            pad = 0.08 * max(scale[1] - scale[0], 1e-9 * max(abs(scale[0]), 1.0))
+            ax.set_ylim(scale[0] - pad, scale[1] + pad)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False)
-    wrapped_suptitle(fig, f"{title}: validation losses per epoch (one line per run)" if title
-              else "validation losses per epoch (one line per run)", fontsize=11)
+    notes = (["×: an epoch whose validation loss is not finite (NaN / inf)"] * marks["nonfinite"]
+             + [f"▲ / ▼: values beyond the axis (more than {OFF_SCALE_IQR:g} interquartile ranges off the others)"]
+             * marks["off"])  # fmt: skip
+    head = f"{title}: validation losses per epoch (one line per run)" if title else \
+        "validation losses per epoch (one line per run)"
+    wrapped_suptitle(fig, head + "".join(f"\n{n}" for n in notes), fontsize=11)
     return _save(fig, Path(path))
 
 
@@ -504,16 +589,18 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         sizes = 400 * share
         solid, faint = ok & ~few, few
         ax.plot(a["confidence"][solid], a["accuracy"][solid], color=c, lw=1, alpha=0.6)
+        # discs drawn whole (unclipped) inside a margin of 0.05: a bin at confidence or accuracy 0 or 1 (one mark, a
+        # sure model, 200 marks) was drawn as a half or a quarter disc, cut off by the frame
         ax.scatter(a["confidence"][solid], a["accuracy"][solid], s=np.maximum(sizes[solid], 6), color=c,
-                   edgecolor="white", lw=0.5, zorder=3)
+                   edgecolor="white", lw=0.5, zorder=3, clip_on=False)
         ax.scatter(a["confidence"][faint], a["accuracy"][faint], s=np.maximum(sizes[faint], 6),
-                   facecolor="none", edgecolor=c, alpha=0.45, lw=1, zorder=3)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+                   facecolor="none", edgecolor=c, alpha=0.45, lw=1, zorder=3, clip_on=False)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         kind = str(a["kind"])
         ece = _table_value(part, f"ece_{kind}") if kind != "mixed" else "n/a (forecast and given-time runs mixed)"
-        ax.set_title(_wrap(f"{label}: ECE {ece}", 44), fontsize=9)
+        ax.set_title(_wrap(f"{label}: ECE {ece}", PANEL_TITLE_CHARS), fontsize=9)
     _label_axes(axes, len(models), "confidence (top-class probability)", "accuracy (share of top-1 hits)")
     head = f"{title}: " if title else ""
     wrapped_suptitle(
@@ -581,7 +668,7 @@ def plot_pit(runs: pd.DataFrame, path: str | Path, title: str = "", section: str
         ax.set_ylim(-lim, lim)  # each panel its own symmetric scale: one bad model does not flatten the rest
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-        ax.set_title(_wrap(head, 44), fontsize=9)
+        ax.set_title(_wrap(head, PANEL_TITLE_CHARS), fontsize=9)
     _label_axes(axes, len(models), r"PIT level $u$", r"$\hat F(u) - u$")
     head = f"{title}: " if title else ""
     lattice = any("pit_cdf_binned" in a for _, _, a in models)
@@ -629,6 +716,7 @@ def plot_metric_bars(
     if summary.empty:
         return None
     mets = list(dict.fromkeys(summary["metric"]))
+    datasets = list(runs["dataset"].dropna().unique()) if "dataset" in runs.columns else []
     keys = [k for k in cell_columns(runs, mets) if k not in ("dataset", "parametrisation")]  # horizon_*: + horizon
     summary = summary.assign(_label=cell_labels(summary, keys, with_param=False))
     if len(summary.drop_duplicates(["_label", "parametrisation"])) < 2:
@@ -645,20 +733,27 @@ def plot_metric_bars(
     labels.sort(key=lambda lbl: cuts.index(cut_of[lbl]))
     params = [p for p in PARAM_ORDER if p in set(summary["parametrisation"])]
     params += [p for p in dict.fromkeys(summary["parametrisation"]) if p not in params]
-    ncols = min(3, len(mets))
+    # one group of points per cell, 1.05 inch wide (0.85 beyond 8 cells); panels side by side only while the figure
+    # stays within MAX_FIGURE_WIDTH: 15 cells in three columns made a 51-inch figure whose text no page could show
+    # at a readable size; the other panels go below
+    per_label = 1.05 if len(labels) <= 8 else 0.85
+    panel_width = max(4.3, per_label * len(labels) + 1.3)
+    ncols = max(1, min(3, len(mets), int(MAX_FIGURE_WIDTH // panel_width)))
     nrows = math.ceil(len(mets) / ncols)
-    fig = _figure(ncols * max(4.3, 1.05 * len(labels) + 1.3), 3.4 * nrows + 1.0)
+    fig = _figure(ncols * panel_width, 3.4 * nrows + 1.0)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     width = 0.7 / max(len(params), 1)
     x = np.arange(len(labels))
     tick_labels = [_wrap(lbl, 20) + (f"\n[{cut_of[lbl][-1]}]" if len(reps) > 1 else "") for lbl in labels]
-    # a label line wider than its group (about 14 characters per 1.05 inch at 8 pt) would run into the next one
+    # a label line wider than its group (about 13 characters per inch at 8 pt) would run into the next one
     longest = max((len(line) for lbl in tick_labels for line in lbl.split("\n")), default=0)
-    slanted = {"rotation": 25, "ha": "right", "rotation_mode": "anchor"} if longest > 14 and len(labels) > 1 else {}
+    slanted = ({"rotation": 25, "ha": "right", "rotation_mode": "anchor"}
+               if longest > 13.4 * per_label and len(labels) > 1 else {})  # fmt: skip
     drawn_change = False  # a "+" / "++" point of an NLL panel annotated with its change vs base
     for ax, m in zip(axes, mets):
         part = summary[summary["metric"] == m]
-        info = metric_info(m)
+        # a time in the data's own unit is named as the tables name it ("hours" on taxi), where one dataset is drawn
+        info = replace(metric_info(m), unit=metric_unit(m, datasets[0])) if len(datasets) == 1 else metric_info(m)
         base = part[part["parametrisation"] == "base"].set_index("_label")["mean"]
         ymin, ymax = np.inf, -np.inf
         na: list[tuple[float, str]] = []  # where a point is missing, and why

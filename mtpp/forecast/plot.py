@@ -218,19 +218,27 @@ def plot_forecast(
     ax0.set_ylabel("mark (the data's ids)" if mark_ids else "mark")
     ticks = range(k) if k <= 12 else np.linspace(0, k - 1, 6).round().astype(int)
     ax0.set_yticks(ticks, [str(mark_ids[t]) for t in ticks] if mark_ids else [str(t) for t in ticks])
-    ax0.set_ylim(-0.7, k + 0.6)  # headroom for the legend
-    ax0.legend(handles=[history, *handles], loc="upper left", fontsize=8, ncol=3, framealpha=0.9)
+    pad = max(0.7, 0.03 * k)  # samples are jittered by 0.25 within their row; a marker on the top row stays whole
+    ax0.set_ylim(-pad, k - 1 + pad)
+    # legends above their panel, never over it: every row of marks may hold events (with 200 marks, a legend inside
+    # the top rows hid the events of marks 180-199), and the intensity runs across its whole panel, so "best" finds
+    # no empty corner in either
+    # (spread over the panel's width, mode "expand": anchored at its left, a two-column legend as wide as the panel
+    # stuck out on the right at tight_layout's first pass, which then kept a margin of 0.6 inch there)
+    above = {"loc": "lower left", "bbox_to_anchor": (0.0, 1.0, 1.0, 0.0), "mode": "expand", "fontsize": 8,
+             "frameon": False, "borderaxespad": 0.2}
+    ax0.legend(handles=[history, *handles], ncol=3, **above)
     # 2. intensity
     tt, lam = intensity_path(model, seq, end)
     before = tt <= t0
     ax1.plot(tt[before], lam[before], color="tab:blue", lw=1.2, label="model intensity given the observed history")
     ax1.plot(tt[~before], lam[~before], color="tab:blue", lw=1.0, ls="--", alpha=0.8,
-             label="after the cut: given the observed future too, as it arrives (the samples do not see it)")
+             label="after the cut: given the observed future too (the samples do not see it)")
     ax1.set_ylabel(f"intensity λ*(t)\n(events per {time_unit_text(time_unit, per=True)})")
     finite = lam[np.isfinite(lam) & (lam > 0)]
     if finite.size and finite.max() > 10 * finite.min():  # a log axis only where it spans a decade or more
         ax1.set_yscale("log")
-    ax1.legend(loc="best", fontsize=8, framealpha=0.9)  # where it hides the least of the curve
+    ax1.legend(ncol=2, **above)
     # 3. cumulative counts after the cut
     grid = np.linspace(t0, end, 200)
     obs = np.searchsorted(seq.times[fut], grid, side="right").astype(float)
@@ -260,15 +268,14 @@ def plot_forecast(
         ax2.set_xlabel(f"time since the first event, t = {offset:.10g} ({units})")
     else:
         ax2.set_xlabel(f"time ({units})")
-    ax2.legend(loc="best", fontsize=8, framealpha=0.9)
     for ax in axes:
-        ax.axvline(t0, color="black", ls="--", lw=0.8)
+        ax.axvline(t0, color="black", ls="--", lw=0.8,
+                   label=f"cut: last of the {cut} history events" if ax is ax2 else None)  # fmt: skip
         if end > data_end:
             ax.axvline(data_end, color="tab:red", ls=":", lw=1.2,
                        label="end of the observed data" if ax is ax2 else None)  # fmt: skip
         ax.grid(alpha=0.3)
-    if end > data_end:
-        ax2.legend(loc="best", fontsize=8, framealpha=0.9)
+    ax2.legend(loc="best", fontsize=8, framealpha=0.9)
     ax0.set_xlim(start - 0.02 * (end - start), end + 0.02 * (end - start))
     beyond = beyond_data_note(seq, horizon, cut, time_unit)
     heading = (title or f"forecast after {cut} events, horizon {horizon:.4g} {units}") + (f"; {beyond}" * bool(beyond))
