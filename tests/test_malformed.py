@@ -267,6 +267,25 @@ def test_truncated_csv_last_row_is_an_error(tmp_path: Path) -> None:
         read_any(p)
 
 
+@pytest.mark.parametrize("sep, name", [(",", "t.csv"), ("\t", "t.tsv")])
+@pytest.mark.parametrize("rows, line", [
+    (["a,1,0,7", "a,2,1", "b,1,0", "b,2,1"], 2),  # the first data row: pandas took column 1 as an index
+    (["a,1,0,7", "a,2,1,7", "b,1,0,7", "b,2,1,7"], 2),  # every row: the table was read shifted, with no error
+    (["a,1,0", "a,2,1", "b,1,0,7", "b,2,1"], 4),  # a later row: a pandas tokenizer message
+])
+def test_a_row_with_more_fields_than_the_header_names_its_line(tmp_path: Path, sep: str, name: str,
+                                                               rows: list[str], line: int) -> None:
+    """A row with one field more than the header (a stray separator, an unnamed column) made pandas use the
+    first column as the index when it was the first data row: seq_id <- time, time <- mark, and with every row
+    alike the file was read without a word as sequences of one event at time 0."""
+    p = M.csv(tmp_path, "\n".join(["seq_id,time,mark", *rows]).replace(",", sep) + "\n", name=name)
+    with pytest.raises(DataError) as err:
+        read_any(p)
+    msg = str(err.value)
+    _one_line(msg)
+    assert msg.startswith(f"{p}: line {line} (seq_id ") and "has 4 fields but the header (line 1) names 3" in msg, msg
+
+
 def test_a_missing_mark_is_not_told_to_map_category_names(tmp_path: Path) -> None:
     """The category hint is for a name in the mark column; an empty cell (a text column because of one name
     elsewhere, or not) is said to be missing, with no advice about names."""

@@ -1262,7 +1262,7 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     gathered in file order, and a note counts the sequences whose rows were not adjacent. A missing or empty
     ``seq_id`` or ``split`` cell, a sequence whose rows carry different ``split`` values, a ``split`` value that is
     not a part name (``normalise_part``: any case of train / training, val / valid / validation / dev / eval, test /
-    testing), a column name close to one of ``TABLE_COLUMNS`` that is missing (``marks``: every mark would
+    testing), a CSV row with more fields than the header (never read shifted by one column), a column name close to one of ``TABLE_COLUMNS`` that is missing (``marks``: every mark would
     silently be 0), and a non-numeric ``time`` / ``mark`` cell are ``DataError`` s; other columns are ignored with a
     note. A bad event is named by its line.
     """
@@ -1284,7 +1284,14 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
             twice = sorted({c.strip() for c in header if [h.strip() for h in header].count(c.strip()) > 1})
             if twice:  # pandas would rename the second copy ('time.1') and read on without it
                 raise DataError(f"the header (line 1) names column(s) {twice} more than once", source=str(path))
-            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+            # index_col=False: a first data row with more fields than the header must not make pandas take the
+            # first column as an index (every column then shifts: seq_id <- time, time <- mark, silently)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                try:
+                    df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
+                except (pd.errors.ParserWarning, pd.errors.ParserError) as e:
+                    raise _too_many_fields(text, sep, header, str(path)) or e from None
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - pandas raises many types for bad files
@@ -1410,6 +1417,23 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     k = num_marks if num_marks is not None else max(infer_num_marks(s for v in parts.values() for s in v), 1)
     return ReadResult(parts, k, "parquet" if fmt == "parquet" else "table", str(path), notes, build.dropped,
                       [str(path)])
+
+
+def _too_many_fields(text: str, sep: str, header: list[str], source: str) -> DataError | None:
+    """The ``DataError`` for the first row of a CSV / TSV ``text`` with more fields than its ``header`` (a stray
+    separator in a cell, a missing header name), naming its line and the value in its ``seq_id`` position; ``None``
+    when every row fits. Only called once pandas has refused the table (one pass over its rows)."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    next(reader, None)
+    names = [h.strip().lower() for h in header]
+    for row in reader:
+        if len(row) > len(header):
+            who = f" (seq_id {_short_repr(row[names.index('seq_id')])})" if "seq_id" in names else ""
+            shown = "tab" if sep == "\t" else repr(sep)
+            return DataError(f"line {reader.line_num}{who} has {len(row)} fields but the header (line 1) names "
+                             f"{len(header)} ({', '.join(header)}): a {shown} inside a value, or a column without a "
+                             "name in the header?", source=source)
+    return None
 
 
 def _table_column(df: Any, col: str, cell_error: Any) -> np.ndarray:
