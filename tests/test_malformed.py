@@ -408,6 +408,49 @@ def test_float32_range_names_the_sequences(tmp_path: Path) -> None:
     check_dtype_range({"train": seqs[:3]}, "float32", source="x")
 
 
+@pytest.mark.parametrize("dtype, tiny", [("float32", float(np.finfo(np.float32).tiny)),
+                                         ("float64", float(np.finfo(np.float64).tiny)),
+                                         ("float16", float(np.finfo(np.float16).tiny)),
+                                         ("bfloat16", float(np.finfo(np.float32).tiny))])
+@pytest.mark.parametrize("where", ["first_gap", "inner_gap", "survival_gap"])
+def test_gaps_below_the_dtypes_smallest_normal_name_the_sequences(dtype: str, tiny: float, where: str) -> None:
+    """Times in units of 1e-200 trained in float32 "successfully": every gap and the automatic time scale became
+    0 in a batch, every loss NaN, and metrics.json held nulls. A positive gap (the first event's t_1, a gap
+    between events, the survival gap to a window end) below the dtype's smallest normal number is refused,
+    naming the sequences by index and seq_id; ties (zero gaps) and the dtype's own normal range are fine."""
+    from mtpp.data.sequence import check_dtype_range, make_sequence
+
+    seqs = [make_sequence([0.5, 1.0, 1.0], [0, 1, 1], name=f"u{i}") for i in range(4)]  # a tie: fine
+    small = tiny / 4
+    seqs[2] = {"first_gap": make_sequence([small, 1.0], [0, 1], name="u2"),
+               "inner_gap": make_sequence([0.0, small, 1.0], [0, 1, 0], name="u2"),
+               "survival_gap": make_sequence([0.0, 0.0], [0, 1], window_end=small, name="u2")}[where]
+    check_dtype_range({"train": [seqs[i] for i in (0, 1, 3)]}, dtype, source="x")
+    check_dtype_range({"train": [make_sequence([tiny, 2 * tiny], [0, 1])]}, dtype, source="x")  # normal: fine
+    with pytest.raises(DataError) as info:
+        check_dtype_range({"train": seqs, "": seqs[:3]}, dtype, source="x")
+    msg = str(info.value)
+    _one_line(msg)
+    assert msg.startswith("x: 2 sequence(s) have gaps between events below") and f"{dtype}'s smallest normal" in msg
+    assert "train sequences 2 (seq_id 'u2') of 4; sequences 2 (seq_id 'u2') of 3;" in msg, msg
+    assert "data.dtype: float64" in msg
+
+
+def test_times_in_units_of_1e_200_stop_the_run_before_training(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """The run that trained on NaN (exit 0, null metrics) now stops in one line naming the data, the seq_ids and
+    the fix; and the same file given to evaluate --input of a float32 run no longer becomes ties silently."""
+    rng = np.random.default_rng(0)
+    rows = [f"u{s},{t!r},{k}" for s in range(12) for t, k in zip((np.cumsum(rng.exponential(1.0, 4)) * 1e-200).tolist(),
+                                                                   rng.integers(0, 2, 4).tolist())]
+    p = M.csv(tmp_path, "seq_id,time,mark\n" + "\n".join(rows) + "\n")
+    code = main(["train", "--out", str(tmp_path / "run"), "--set", f"data.name={p}", "--set", "train.max_epochs=1",
+                 "--set", "model.hidden_size=4", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "error:" in err[-1] and "below float32's smallest normal number" in err[-1], err
+    assert "(seq_id 'u" in err[-1] and not (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_dataset_check_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
     seqs = [M.ev((0.5, 0), (1.0 + i, 1)) for i in range(10)]

@@ -297,36 +297,77 @@ _DTYPE_MAX = {
     "float32": float(np.finfo(np.float32).max),
     "float64": float(np.finfo(np.float64).max),
 }
+# Smallest positive normal value of each: a gap below it becomes 0 or subnormal (a few bits) in a batch.
+_DTYPE_TINY = {
+    "float16": float(np.finfo(np.float16).tiny),
+    "bfloat16": 1.1754943508222875e-38,
+    "float32": float(np.finfo(np.float32).tiny),
+    "float64": float(np.finfo(np.float64).tiny),
+}
 
 
 def check_dtype_range(
     parts: Mapping[str, Sequence[EventSequence]], dtype: Any, *, source: str | None = None, show: int = 10
 ) -> None:
     """Refuse data whose times do not fit ``dtype`` (a ``torch.dtype``, numpy dtype or name such as
-    ``"float32"``): ``Batch`` casts absolute times, gaps and window ends to the run's dtype, and a value beyond the
-    dtype's largest finite number becomes ``inf`` there (a NaN loss: the trainer skips the step, validation NLLs
-    become null). Times are sorted and ``>= 0`` and gaps are at most the times, so the last time and the window
-    end of each sequence decide. Cost: one look per sequence.
+    ``"float32"``): ``Batch`` casts absolute times, gaps and window ends to the run's dtype, where
 
-    Raises ``DataError`` naming ``source``, each part with its offending sequence indices (the first ``show``),
-    the limit, and what works: ``data.dtype: float64``, or dropping or rescaling those sequences.
+    * a value beyond the dtype's largest finite number becomes ``inf`` (a NaN loss: the trainer skips the step,
+      validation NLLs become null). Times are sorted and ``>= 0`` and gaps are at most the times, so the last time
+      and the window end of each sequence decide;
+    * a positive gap (``tau_i``, the first event's ``t_1`` included, and the survival gap ``T - t_n``) below the
+      dtype's smallest normal number (``finfo.tiny``: 1.2e-38 for float32) becomes 0, a tie, or keeps a few bits
+      of precision; with every gap that small the automatic time scale itself is 0 there and every loss NaN
+      (times in units of 1e-200 trained "successfully" with null metrics).
+
+    Raises ``DataError`` naming ``source``, each part (``""``: none) with its offending sequences (the first
+    ``show``, by index and, where they have one, their ``seq_id``), the limit, and what works: ``data.dtype:
+    float64``, or dropping or rescaling those sequences. Cost: a few vectorised passes over each part's times.
     """
     name = str(dtype).replace("torch.", "")
     if name not in _DTYPE_MAX:
         raise DataError(f"unknown floating dtype {dtype!r} (known: {', '.join(_DTYPE_MAX)})", source=source)
-    limit = _DTYPE_MAX[name]
-    found = []
-    total = 0
+    limit, tiny = _DTYPE_MAX[name], _DTYPE_TINY[name]
+    found: dict[str, list[str]] = {"large": [], "small": []}
+    total = {"large": 0, "small": 0}
     for part, seqs in parts.items():
-        bad = [i for i, s in enumerate(seqs)
-               if len(s) and (s.times[-1] > limit or (s.window_end is not None and s.window_end > limit))]
-        if bad:
-            total += len(bad)
-            more = f" (+{len(bad) - show} more)" if len(bad) > show else ""
-            found.append(f"{part} sequences {', '.join(map(str, bad[:show]))}{more} of {len(seqs)}")
-    if found:
+        seqs = list(seqs)
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        if not lengths.any():
+            continue
+        times = np.concatenate([s.times for s in seqs])
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        taus = np.diff(times, prepend=0.0)
+        some = lengths > 0
+        taus[starts[some]] = times[starts[some]]  # tau_1 = t_1: measured from the window start 0
+        window = np.array([np.nan if s.window_end is None else s.window_end for s in seqs], dtype=np.float64)
+        last = np.full(len(seqs), np.nan)
+        last[some] = times[ends[some] - 1]
+        with np.errstate(invalid="ignore"):
+            large = some & ((last > limit) | (window > limit))
+            survival = window - last
+            small = some & ((survival > 0) & (survival < tiny))
+        seq_of = np.repeat(np.arange(len(seqs)), lengths)
+        small[seq_of[(taus > 0) & (taus < tiny)]] = True
+        for kind, bad in (("large", large), ("small", small)):
+            idx = np.flatnonzero(bad)
+            if idx.size:
+                total[kind] += int(idx.size)
+                listed = ", ".join(str(i) if seqs[i].name is None else f"{i} (seq_id {seqs[i].name!r})"
+                                   for i in idx[:show].tolist())
+                more = f" (+{idx.size - show} more)" if idx.size > show else ""
+                found[kind].append(f"{part + ' ' if part else ''}sequences {listed}{more} of {len(seqs)}")
+    if found["large"]:
         raise DataError(
-            f"{total} sequence(s) have times beyond {name}'s range (largest {limit:.3g}): {'; '.join(found)}; "
-            f"use data.dtype: float64, or drop or rescale these sequences",
+            f"{total['large']} sequence(s) have times beyond {name}'s range (largest {limit:.3g}): "
+            f"{'; '.join(found['large'])}; use data.dtype: float64, or drop or rescale these sequences",
+            source=source,
+        )
+    if found["small"]:
+        raise DataError(
+            f"{total['small']} sequence(s) have gaps between events below {name}'s smallest normal number "
+            f"({tiny:.3g}), which become 0 (ties) or lose their precision there: {'; '.join(found['small'])}; "
+            f"use data.dtype: float64, or give the times in a smaller unit (multiply them by a power of 10)",
             source=source,
         )
