@@ -390,23 +390,27 @@ def not_a_run(path: Path) -> str:
 
 
 def open_run(run_dir: str | Path) -> Run:
-    """Read ``run_dir/config.yaml`` (``MtppError`` when there is none or it is not a run configuration)."""
-    import yaml
-
-    from mtpp.config import config_from_dict
+    """Read ``run_dir/config.yaml`` (``MtppError`` naming the file when there is none, or it is empty, not YAML,
+    or not a valid run configuration: an empty one is never read as every default, which described another
+    model and other data than the run's)."""
+    from mtpp.config import config_from_dict, read_yaml
 
     path = Path(run_dir)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
         raise MtppError(not_a_run(path))
-    try:
-        raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise MtppError(f"{cfg_file}: not valid YAML ({' '.join(str(e).split())})") from None
+    raw = read_yaml(cfg_file)  # ConfigError naming the file: invalid YAML, a key given twice
+    if raw is None:
+        raise MtppError(f"{cfg_file}: empty, not a run configuration (mtpp train writes the run's settings there; "
+                        "was the file truncated or emptied?)")
     if not isinstance(raw, dict):
         raise MtppError(f"{cfg_file}: not a run configuration")
     info = raw.pop("run_info", None) or {}
-    return Run(path, config_from_dict(raw), info if isinstance(info, dict) else {})
+    try:
+        cfg = config_from_dict(raw)
+    except ConfigError as e:  # a hand-edited key or value: name the file it is in
+        raise ConfigError(f"{cfg_file}: {e}") from None
+    return Run(path, cfg, info if isinstance(info, dict) else {})
 
 
 def mixed_data(run_dirs: Iterable[str | Path]) -> list[str]:

@@ -201,6 +201,33 @@ def test_evaluate_and_resume_use_the_recorded_data_not_the_environment(
         fit(tiny("mine", "train.max_epochs=3"), run, resume=True, data_dir=str(tmp_path / "B"))
 
 
+@pytest.mark.parametrize("text, said", [
+    ("", "config.yaml: empty, not a run configuration"),
+    ("# emptied by hand\n", "config.yaml: empty, not a run configuration"),
+    ("model: {hiden_size: 8}\n", "config.yaml: unknown key 'model.hiden_size' (did you mean 'hidden_size'?)"),
+    ("train: {max_epochs: many}\n", "config.yaml: train.max_epochs: expected int"),
+    ("model: {hidden_size: 8}\nmodel: {hidden_size: 9}\n", "config.yaml: key 'model' is given twice"),
+])
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "--out", "p.csv"],
+                                     ["generate", "--events", "1", "--out", "g.csv"]])
+def test_a_damaged_run_config_is_named_by_every_command_that_reads_it(tmp_path: Path, text: str, said: str,
+                                                                     command: list[str],
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """An empty config.yaml was read as every default (another model, the synthetic data): evaluate said "the
+    model knows 3 marks, the data have 5", predict that the weights do not fit; a mistyped key was refused
+    without naming the file. Each is one line naming RUN/config.yaml, and nothing is written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(text)
+    argv = [command[0], str(run), *[str(tmp_path / a) if a.endswith(".csv") else a for a in command[1:]]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run / 'config.yaml'}: " in err[0] and said in err[0], err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.yaml", "run"]
+    with pytest.raises(MtppError, match=re.escape(said)):
+        open_run(run)
+
+
 def test_a_validation_split_without_scored_events_is_refused(tmp_path: Path) -> None:
     from mtpp.data.formats import write_split_folder
     from mtpp.data.sequence import EventSequence
