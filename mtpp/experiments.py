@@ -444,7 +444,8 @@ def _checked_name(name: str) -> str:
 
 
 def expand(exp: Experiment) -> list[Cell]:
-    """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds)."""
+    """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds).
+    ``ConfigError`` when the ``exclude`` rules remove every cell."""
     axes = (
         _datasets(exp),
         _models(exp),
@@ -454,10 +455,12 @@ def expand(exp: Experiment) -> list[Cell]:
         _ints(exp, "seeds", "train", "seed"),
     )
     cells = []
+    total = 0
     for (dlabel, dtarget, doverrides), (mlabel, mfragment, by_param), param, (alabel, aname, aoptions), split, seed in (
         itertools.product(*axes)
     ):
         labels = dict(dataset=dlabel, model=mlabel, parametrisation=param, aggregator=alabel, split=split, seed=seed)
+        total += 1
         if _excluded(labels, exp.exclude):
             continue
         axis_values = {
@@ -470,6 +473,10 @@ def expand(exp: Experiment) -> list[Cell]:
         for layer in (doverrides, mfragment, by_param.get(param, {}), axis_values):
             config = _deep_merge(config, layer)
         cells.append(Cell(name=_checked_name(cell_name(**labels)), config=config, **labels))
+    if total and not cells:  # not "matches no --only": the file itself leaves nothing to run
+        rules = "; ".join(str(r) for r in exp.exclude[:3]) + (" ..." if len(exp.exclude) > 3 else "")
+        raise ConfigError(f"{exp.source or 'the experiment'}: the exclude rules remove every one of the grid's "
+                          f"{total} cell(s) ({rules}); nothing would run")
     _check_unique(cells)
     return cells
 
