@@ -118,6 +118,15 @@ CASES: list[tuple[str, Callable[[Path], Path], str, int | None, str]] = [
      "time.txt"),
     ("rmtpp_blank_line_one_file", lambda d: M.rmtpp(d, "0.5 1.0\n0.2 0.4\n0.3\n", "1 2\n\n2 1\n"),
      r"empty sequence|0 marks|times but", 1, "event.txt"),
+    # a key given twice in one JSON object: json keeps the last value without a word (every JSON the readers read)
+    ("json_key_twice_bosser", lambda d: M.bosser_text(d, '[{"time": 0.5, "time": 0.7, "labels": [0]}]'),
+     r"an object gives the key 'time' twice \(0\.5 and 0\.7\): JSON readers keep only the last", 2, "bad.json"),
+    ("json_key_twice_easytpp", lambda d: _text(d, "e.json", '[{"dim_process": 2, "time_since_start": [0, 1], '
+                                                 '"type_event": [0, 1]}, {"dim_process": 2, "time_since_start": '
+                                                 '[0, 1], "type_event": [0, 1], "type_event": [1, 1]}]'),
+     r"key 'type_event' twice \(\[0, 1\] and \[1, 1\]\)", 1, "e.json"),
+    ("json_key_twice_args", lambda d: _args_text(d, '{"marks": 2, "marks": 3}'), r"key 'marks' twice \(2 and 3\)",
+     None, "args.json"),
     # errors that blamed the wrong place
     ("csv_bad_cell_seq_7", lambda d: M.csv(d, "seq_id,time,mark\n" + "".join(f"s{i},1,0\n" for i in range(7))
                                            + "s7,1,x\n"), r"mark 'x'", 7, "t.csv"),
@@ -130,6 +139,17 @@ CASES: list[tuple[str, Callable[[Path], Path], str, int | None, str]] = [
     ("rmtpp_unsorted_after_blank", lambda d: M.rmtpp(d, "0.5 1.0\n0.3\n0.2 0.1\n", "1 2\n1\n2 1\n"),
      r"not sorted", 2, "time.txt"),
 ]
+
+
+def _text(d: Path, name: str, text: str) -> Path:
+    (d / name).write_text(text)
+    return d / name
+
+
+def _args_text(d: Path, text: str) -> Path:
+    root = M.split_folder(d)
+    (root / "split_0" / "args.json").write_text(text)
+    return root
 
 
 def _split_window(d: Path, window: object) -> Path:

@@ -50,6 +50,9 @@ to ``0..K-1`` in increasing order (all parts and inputs of one read share one ma
 remapping). Header fields must have their type: a count is an integer (an integral float is accepted, a boolean,
 fraction or string is not), a window bound is a number.
 
+A JSON object that gives one key twice (``{"time": 0.5, "time": 0.7}``) is a ``DataError`` naming the key, both values
+and the sequence (``json`` would keep the last value without a word).
+
 Text is UTF-8 (a UTF-8 or UTF-16 byte-order mark is honoured); RMTPP lines end at ``\n`` (``\r\n`` too) and
 only there: form feeds or NEL inside a line are whitespace, not line breaks. A blank line inside an RMTPP file is
 an empty sequence (an error, or dropped and counted with ``drop_invalid``); blank lines at the end are ignored.
@@ -675,12 +678,53 @@ def scan_folder(path: str | Path) -> list[DataFile]:
 # JSON readers
 
 
+class _DuplicateKey(Exception):
+    """A JSON object that gives one key twice (``json`` would keep only the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook``: the object as a dict, ``_DuplicateKey`` when a key occurs twice."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in seen:
+                raise _DuplicateKey(k, seen[k], v)
+            seen[k] = v
+    return obj
+
+
+class _Twice(dict):
+    """An object that gave a key twice, as the second (locating) parse keeps it."""
+
+
+def _mark_twice(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    return _Twice(obj) if len(obj) != len(pairs) else obj
+
+
+def _holds_twice(x: Any) -> bool:
+    if isinstance(x, _Twice):
+        return True
+    items = x.values() if isinstance(x, dict) else x if isinstance(x, list) else ()
+    return any(_holds_twice(v) for v in items)
+
+
 def _load_json(path: Path) -> Any:
+    """The parsed JSON of ``path``; ``DataError`` naming the file for invalid JSON, and for an object that gives a
+    key twice (``{"time": 0.5, "time": 0.7}``: ``json`` keeps the last value without a word), naming the key, both
+    values and, in a list of sequences, the sequence."""
     data = open_bytes(path)
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise DataError("invalid JSON: nested too deeply", source=str(path)) from None
+    except _DuplicateKey as e:
+        key, first, second = e.args
+        top = json.loads(data, object_pairs_hook=_mark_twice)  # parsed before: only locates the object
+        index = next((i for i, x in enumerate(top) if _holds_twice(x)), None) if isinstance(top, list) else None
+        raise DataError(f"an object gives the key {key!r} twice ({_short_repr(first)} and {_short_repr(second)}): "
+                        "JSON readers keep only the last; remove one", source=str(path), sequence=index) from None
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, numbers of more than 4300 digits
         raise DataError(f"invalid JSON ({' '.join(str(e).split())[:200]})", source=str(path)) from None
 
