@@ -591,3 +591,26 @@ def test_easytpp_redundant_fields_that_contradict_the_times(tmp_path: Path) -> N
     events[2]["time_since_last_event"], events[1]["time_since_last_event"], events[0]["time_since_last_event"] = 9, 1, 0
     res = read_any(M.easytpp_pickle(tmp_path, {"dim_process": 2, "train": [events]}))
     assert any("contradicts time_since_start in 1 sequence(s)" in n for n in res.notes), res.notes
+
+
+@pytest.mark.parametrize("marker", ["best.pt", "checkpoint.pt", "log.jsonl"])
+@pytest.mark.parametrize("action", ["describe", "prepare", "train"])
+def test_a_run_folder_given_as_data_is_named_as_one(tmp_path: Path, marker: str, action: str,
+                                                    capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mtpp data describe RUN`` (or a run as data.name, or evaluate --input RUN) read the run's
+    arrays_test.json as sequences: "arrays_test.json: expected a JSON list of sequences, got dict"."""
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data: {name: synthetic_hawkes}\n")
+    (run / marker).write_bytes(b"x")
+    (run / "arrays_test.json").write_text(json.dumps({"pit": [0.5]}))
+    argv = {"describe": ["data", "describe", str(run)],
+            "prepare": ["data", "prepare", str(run), "--out", str(tmp_path / "out")],
+            "train": ["train", "--out", str(tmp_path / "out"), "--set", f"data.name={run}", "-q"]}[action]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{run}: a run folder of mtpp train (config.yaml, {marker}), not data" in err[-1], err
+    assert "arrays_test.json" not in err[-1]
+    assert not (tmp_path / "out" / "metrics.json").exists() and not (tmp_path / "out" / "split_0").exists()

@@ -131,6 +131,8 @@ _PART_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "eval": "val
 PARTS = ("train", "val", "test")
 """The parts of a split; ``normalise_part`` maps the accepted spellings onto them."""
 _SKIP_FILES = {"args.json", "meta.txt", "manifest.md", "readme.md", "provenance.tsv"}
+_RUN_MARKERS = ("best.pt", "checkpoint.pt", "log.jsonl")
+"""Files that, beside a ``config.yaml``, make a folder a run of ``mtpp train`` (``mtpp.runs``), not data."""
 
 
 def normalise_part(name: str) -> str:
@@ -1661,6 +1663,11 @@ def _read_folder(folder: str | Path, *, options: ReadOptions | None = None, prog
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("folder not found", source=str(folder))
+    if (folder / "config.yaml").is_file() and any((folder / f).is_file() for f in _RUN_MARKERS):
+        # its arrays_*.json would be read as sequences and refused as "a dict" (or worse, a run's files as data)
+        raise DataError("a run folder of mtpp train (config.yaml, " + ", ".join(
+            f for f in _RUN_MARKERS if (folder / f).is_file()) + "), not data: give the data it was trained on (its "
+            "config.yaml's data.name; mtpp evaluate / predict RUN use them by themselves)", source=str(folder))
     splits = split_dirs(folder)
     if splits:
         results = [_read_one_split(d, options, progress) for d in splits]
