@@ -89,6 +89,9 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 CELL_FILE = "cell.json"
 FAILURES_FILE = "failures.json"
+GRID_OUTPUTS = ("experiment.yaml", FAILURES_FILE, "summary.csv", "summary.md", "plots")
+"""What ``mtpp compare`` writes in its output folder beside the datasets' folders of cells: no dataset label may be
+one of them (a dataset file named summary.csv trained the whole grid, then its folder stood where the summary goes)."""
 
 
 # --------------------------------------------------------------------------------------------- data types
@@ -438,7 +441,13 @@ def _checked_name(name: str) -> str:
     """A cell's run-directory name stays below the output folder: no component is empty, '.' or '..'."""
     from mtpp.runs import check_folder_name
 
-    for part in name.split("/"):
+    top, *rest = name.split("/")
+    try:  # a folder beside the grid's own files
+        check_folder_name(top, f"cell {name}: the dataset label", GRID_OUTPUTS)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (a dataset given by path is labelled by its file name: give it one, "
+                          "{name: LABEL, path: PATH})") from None
+    for part in rest:
         check_folder_name(part, f"cell {name}: a dataset, model or aggregator label")
     return name
 

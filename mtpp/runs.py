@@ -463,14 +463,21 @@ def _data_settings_difference(a: Any, b: Any) -> str:
 # --------------------------------------------------------------------------------------------- names
 
 
-def check_folder_name(name: str, what: str) -> str:
-    """``name`` unchanged when it is safe as one folder name; else ``ConfigError`` (``what`` names its origin)."""
+def check_folder_name(name: str, what: str, taken: Iterable[str] = ()) -> str:
+    """``name`` unchanged when it is safe as one folder name; else ``ConfigError`` (``what`` names its origin).
+    ``taken``: the names of the files the command writes beside that folder (a variant named ``comparison.md``
+    trained, then its folder stood where ``mtpp train`` writes ``comparison.md``); compared in any case, as a
+    case-insensitive file system would."""
     bad = (
         not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
         or (os.sep in name) or (os.altsep is not None and os.altsep in name)
     )
     if bad:
         raise ConfigError(f"{what}: {name!r} cannot be a folder name (empty, '.', '..' or a path); rename it")
+    clash = [t for t in taken if t.lower() == name.lower()]
+    if clash:
+        raise ConfigError(f"{what}: {name!r} is the name of a file this command writes beside it ({', '.join(taken)}); "
+                          "rename it")
     return name
 
 

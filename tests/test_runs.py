@@ -381,6 +381,40 @@ def test_variant_and_dataset_labels_that_are_paths_are_refused(tmp_path: Path) -
             check_folder_name(bad, "t")
 
 
+@pytest.mark.parametrize("name", ["variants.yaml", "comparison.json", "comparison.md", "Comparison.MD"])
+def test_a_variant_named_as_a_file_train_writes_beside_it_is_refused_before_training(tmp_path: Path,
+                                                                                     name: str) -> None:
+    """A variant named comparison.md trained, then its folder stood where mtpp train writes comparison.md: the
+    command failed after the work with '.comparison.md.<x>.tmp: comparison.md: Is a directory'."""
+    cfg = load_config(None, [*TINY, "data.max_sequences=8"])
+    with pytest.raises(ConfigError, match=rf"variant name: {re.escape(repr(name))} is the name of a file this "
+                                          r"command writes beside it \(variants.yaml, comparison.json, comparison.md\)"):
+        run_variants(cfg, [{"name": name, "model.decoder": "lnm"}], tmp_path / "v")
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize("label", ["summary.csv", "summary.md", "experiment.yaml", "failures.json", "plots"])
+def test_a_dataset_label_named_as_a_file_compare_writes_is_refused_before_training(tmp_path: Path, label: str,
+                                                                                   capsys) -> None:
+    """A dataset file called summary.csv labelled its cells' folder summary.csv: the whole grid trained, then the
+    summary said 'summary.csv: exists and was not written by mtpp'. The file name is now refused up front, with
+    how to label the dataset."""
+    from mtpp import experiments as ex
+
+    data = tmp_path / "data" / label
+    data.parent.mkdir()
+    data.write_text("seq_id,time,mark\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"base": {"train": {"max_epochs": 1}}, "grid": {"datasets": [str(data)]}}))
+    with pytest.raises(ConfigError, match=rf"the dataset label: {re.escape(repr(label))} is the name of a file"):
+        ex.expand(ex.load_experiment(exp, []))
+    assert main(["compare", str(exp), "--out", str(tmp_path / "out")]) == 2
+    assert "{name: LABEL, path: PATH}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    ok = ex.experiment_from_dict({"grid": {"datasets": [{"name": "mine", "path": str(data)}]}})
+    assert [c.name for c in ex.expand(ok)] == ["mine/model-base-sum/split0-seed0"]
+
+
 # ------------------------------------------------------------------------------------------------ --resume
 
 
