@@ -284,10 +284,10 @@ class Run:
         data, current = load_recorded_data(self.config.data, data_dir, self.data_record, tried)
         recorded = self.data_record
         if not recorded:
-            import warnings
+            import logging  # one WARNING line (warnings.warn printed a source line of mtpp's code)
 
-            warnings.warn(f"{self.path} records no data fingerprint (written by an older mtpp); cannot check that "
-                          "these are its data", stacklevel=2)
+            logging.getLogger(__name__).warning(f"{self.path} records no data fingerprint (written by an older "
+                                                "mtpp); cannot check that these are its data")
             return data, current, True
         same = not differing_parts(recorded, current)
         if not same and not other_data:
