@@ -306,6 +306,17 @@ def test_a_row_with_more_fields_than_the_header_names_its_line(tmp_path: Path, s
     assert msg.startswith(f"{p}: line {line} (seq_id ") and "has 4 fields but the header (line 1) names 3" in msg, msg
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_a_parquet_cell_is_shown_as_its_value_not_a_numpy_repr(tmp_path: Path, dtype: str) -> None:
+    """A Parquet mark 0.5 was shown as "mark np.float64(0.5)": numpy's repr of the cell, not the file's value."""
+    p = M.parquet(tmp_path, {"seq_id": ["a", "a", "b"], "time": [0.5, 1.0, 0.2],
+                             "mark": np.array([1.0, 0.5, 2.0], dtype=dtype)})
+    with pytest.raises(DataError) as err:
+        read_any(p)
+    assert str(err.value).endswith("sequence 0: mark 0.5 is not an integer on row 1 (seq_id 'a')"), str(err.value)
+    assert "np." not in str(err.value)
+
+
 def test_a_missing_mark_is_not_told_to_map_category_names(tmp_path: Path) -> None:
     """The category hint is for a name in the mark column; an empty cell (a text column because of one name
     elsewhere, or not) is said to be missing, with no advice about names."""

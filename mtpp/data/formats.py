@@ -401,6 +401,10 @@ def _header_number(value: Any, field: str, source: str, index: int | None = None
 
 
 def _short_repr(x: Any) -> str:
+    """``x`` as a message shows it: its ``repr``, at most 40 characters; a numpy scalar as the Python value it holds
+    (``0.5``, not ``np.float64(0.5)``: a Parquet or pickle cell reads as the file's value)."""
+    if isinstance(x, np.generic):
+        x = x.item()
     r = repr(x)
     return r if len(r) <= 40 else r[:37] + "..."
 
