@@ -317,6 +317,38 @@ def test_a_parquet_cell_is_shown_as_its_value_not_a_numpy_repr(tmp_path: Path, d
     assert "np." not in str(err.value)
 
 
+_ISO = "2024-03-01T09:30:00+01:00"
+_DATE_INPUTS = {
+    "csv": lambda d: M.csv(d, f"seq_id,time,mark\na,{_ISO},0\na,2024-03-01T10:00:00Z,1\n"),
+    "parquet_text": lambda d: M.parquet(d, {"seq_id": ["a", "a"], "time": [_ISO, "2024-03-01T10:00:00Z"],
+                                            "mark": [0, 1]}),
+    "parquet_timestamp": lambda d: M.parquet(d, {"seq_id": ["a", "a"], "mark": [0, 1], "time": __import__(
+        "pandas").to_datetime(["2024-03-01 09:30", "2024-03-01 10:00"], utc=True)}),
+    "bosser": lambda d: M.bosser(d, M.ev((_ISO, 0))),
+    "easytpp_json": lambda d: M.easytpp_json(d, {"time_since_start": [_ISO, "2024-03-01 10:00:00"]}),
+    "easytpp_pickle": lambda d: M.easytpp_pickle(d, {"dim_process": 2, "train": [M.easytpp_events([0, 1], [_ISO, _ISO])]}),
+    "rmtpp": lambda d: M.rmtpp(d, f"{_ISO} 2024-03-01T10:00:00Z\n", "1 2\n"),
+    # datetime64[ns] arrays were read as integers: nanoseconds since 1970, without a word
+    "npz_datetime64": lambda d: M.npz(d, {"arrival_times": M.npy_bytes(M.obj_array([
+        np.array(["2024-03-01T09:30", "2024-03-01T10:00"], dtype="datetime64[ns]")]))}),
+    "pickle_datetime64": lambda d: M.easytpp_pickle(d, {"dim_process": 1, "train": [[
+        {"time_since_start": np.datetime64("2024-03-01T09:30", "ns"), "type_event": 0}]]}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_DATE_INPUTS))
+def test_date_times_where_times_belong_say_how_to_make_numbers(tmp_path: Path, kind: str) -> None:
+    """Event logs come with timestamps ('2024-03-01T09:30:00+01:00'); every reader said "is not a number" (a JSON
+    one even "write numbers unquoted", which cannot work for a date). Each now says it is a date and time and
+    how to turn it into seconds."""
+    with pytest.raises(DataError) as err:
+        read_any(_DATE_INPUTS[kind](tmp_path))
+    msg = str(err.value)
+    _one_line(msg)
+    assert "(a date and time: times are numbers, e.g. seconds since 1970: pandas.to_datetime(" in msg, msg
+    assert "unquoted" not in msg
+
+
 def test_a_missing_mark_is_not_told_to_map_category_names(tmp_path: Path) -> None:
     """The category hint is for a name in the mark column; an empty cell (a text column because of one name
     elsewhere, or not) is said to be missing, with no advice about names."""

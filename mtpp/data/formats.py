@@ -86,7 +86,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from mtpp.data.sequence import MAX_MARKS, REMAP_HINT, EventSequence, infer_num_marks, make_sequence
+from mtpp.data.sequence import (DATE_TIME_HINT, MAX_MARKS, REMAP_HINT, EventSequence, infer_num_marks, is_date_time,
+                                make_sequence)
 from mtpp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -1162,8 +1163,8 @@ def _parse_times(line: str, path: Path, i: int) -> np.ndarray:
         return np.array(tokens, dtype=np.float64)
     except (ValueError, OverflowError):
         bad = next((j, x) for j, x in enumerate(tokens) if not _is_float(x))
-        raise DataError(f"times are not numbers: {bad[1][:30]!r} at event {bad[0]}", source=str(path),
-                        sequence=i) from None
+        raise DataError(f"times are not numbers: {bad[1][:30]!r} at event {bad[0]}"
+                        + (DATE_TIME_HINT if is_date_time(bad[1]) else ""), source=str(path), sequence=i) from None
 
 
 def _is_float(x: str) -> bool:
@@ -1503,9 +1504,11 @@ def _table_column(df: Any, col: str, cell_error: Any) -> np.ndarray:
     num = pd.to_numeric(text, errors="coerce")
     bad = num.isna().to_numpy() & ~text.str.lower().isin(["nan", "inf", "-inf", "+inf", "infinity",
                                                          "-infinity"]).to_numpy()
-    if bad.any():  # a category name as a mark: say how to get ids
-        raise cell_error(col, bad, "is not a number", " (marks are integer ids 0..K-1: map category names to ids "
-                         "first, e.g. with pandas.factorize)" if col == "mark" else "")
+    if bad.any():  # a category name as a mark: say how to get ids; a date as a time: how to get numbers
+        first = s.iloc[int(np.flatnonzero(bad)[0])]
+        advice = (" (marks are integer ids 0..K-1: map category names to ids first, e.g. with pandas.factorize)"
+                  if col == "mark" else DATE_TIME_HINT if is_date_time(first) else "")
+        raise cell_error(col, bad, "is not a number", advice)
     if text.str.lower().isin(["true", "false"]).any():
         raise cell_error(col, text.str.lower().isin(["true", "false"]).to_numpy(), "is a boolean, not a number")
     return num.to_numpy()

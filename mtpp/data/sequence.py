@@ -81,6 +81,29 @@ _QUOTED = " (write numbers unquoted)"
 _NUMBER = (int, float, np.integer, np.floating)
 
 
+DATE_TIME_HINT = (" (a date and time: times are numbers, e.g. seconds since 1970: pandas.to_datetime(col, "
+                  "utc=True).astype('int64') / 1e9; then subtract each sequence's start)")
+"""What a date-time where a time was expected is told (:func:`is_date_time`)."""
+
+
+def is_date_time(x: Any) -> bool:
+    """Whether ``x`` is a date-time, not a number of time units: a ``datetime`` / ``date`` (pandas ``Timestamp``
+    included), a ``numpy.datetime64``, or a string in ISO 8601 form (``2024-01-01T09:30:00+01:00``, ``...Z``)."""
+    import datetime as dt
+
+    if isinstance(x, (dt.date, np.datetime64)):
+        return True
+    if isinstance(x, bytes):
+        x = x.decode("utf-8", "replace")
+    if not isinstance(x, str) or len(x) < 8 or not x[:4].isdigit() or x[4:5] != "-":
+        return False
+    try:
+        dt.datetime.fromisoformat(x.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
 def _short(x: Any) -> str:
     """``repr(x)``, shortened for numbers with thousands of digits and long strings."""
     r = repr(x)
@@ -124,13 +147,19 @@ def _as_times(times: Any, fail: Callable[..., DataError]) -> np.ndarray:
     if isinstance(times, np.ndarray):
         if times.ndim != 1:
             raise fail(f"times must be a flat list (got an array of shape {times.shape})")
+        if times.dtype.kind in "Mm" and times.size:  # .tolist() of datetime64[ns] gives ints: nanoseconds, silently
+            what = "a date and time" if times.dtype.kind == "M" else "a duration"
+            raise fail(f"time at event 0 is {what} ({times.dtype}), not a number"
+                       + (DATE_TIME_HINT if times.dtype.kind == "M" else " (give durations as numbers, e.g. "
+                          "seconds: array / numpy.timedelta64(1, 's'))"), 0)
         times = times.tolist()
     if not isinstance(times, (list, tuple)):
         raise fail(f"times must be a list of numbers, got {_what(times)}")
     types = set(map(type, times))
     if not all(issubclass(t, _NUMBER) and not issubclass(t, (bool, np.bool_)) for t in types):
         j, x = _first(times, _not_number)
-        raise fail(f"time at event {j} is {_what(x)}, not a number" + _QUOTED * isinstance(x, (str, bytes)), j)
+        hint = DATE_TIME_HINT if is_date_time(x) else _QUOTED * isinstance(x, (str, bytes))
+        raise fail(f"time at event {j} is {_what(x)}, not a number" + hint, j)
     try:
         return np.asarray(times, dtype=np.float64)
     except OverflowError:
