@@ -89,6 +89,9 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 CELL_FILE = "cell.json"
 FAILURES_FILE = "failures.json"
+GRID_OUTPUTS = ("experiment.yaml", FAILURES_FILE, "summary.csv", "summary.md", "plots")
+"""What ``mtpp compare`` writes in its output folder beside the datasets' folders of cells: no dataset label may be
+one of them (a dataset file named summary.csv trained the whole grid, then its folder stood where the summary goes)."""
 
 
 # --------------------------------------------------------------------------------------------- data types
@@ -438,13 +441,20 @@ def _checked_name(name: str) -> str:
     """A cell's run-directory name stays below the output folder: no component is empty, '.' or '..'."""
     from mtpp.runs import check_folder_name
 
-    for part in name.split("/"):
+    top, *rest = name.split("/")
+    try:  # a folder beside the grid's own files
+        check_folder_name(top, f"cell {name}: the dataset label", GRID_OUTPUTS)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (a dataset given by path is labelled by its file name: give it one, "
+                          "{name: LABEL, path: PATH})") from None
+    for part in rest:
         check_folder_name(part, f"cell {name}: a dataset, model or aggregator label")
     return name
 
 
 def expand(exp: Experiment) -> list[Cell]:
-    """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds)."""
+    """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds).
+    ``ConfigError`` when the ``exclude`` rules remove every cell."""
     axes = (
         _datasets(exp),
         _models(exp),
@@ -454,10 +464,12 @@ def expand(exp: Experiment) -> list[Cell]:
         _ints(exp, "seeds", "train", "seed"),
     )
     cells = []
+    total = 0
     for (dlabel, dtarget, doverrides), (mlabel, mfragment, by_param), param, (alabel, aname, aoptions), split, seed in (
         itertools.product(*axes)
     ):
         labels = dict(dataset=dlabel, model=mlabel, parametrisation=param, aggregator=alabel, split=split, seed=seed)
+        total += 1
         if _excluded(labels, exp.exclude):
             continue
         axis_values = {
@@ -470,6 +482,10 @@ def expand(exp: Experiment) -> list[Cell]:
         for layer in (doverrides, mfragment, by_param.get(param, {}), axis_values):
             config = _deep_merge(config, layer)
         cells.append(Cell(name=_checked_name(cell_name(**labels)), config=config, **labels))
+    if total and not cells:  # not "matches no --only": the file itself leaves nothing to run
+        rules = "; ".join(str(r) for r in exp.exclude[:3]) + (" ..." if len(exp.exclude) > 3 else "")
+        raise ConfigError(f"{exp.source or 'the experiment'}: the exclude rules remove every one of the grid's "
+                          f"{total} cell(s) ({rules}); nothing would run")
     _check_unique(cells)
     return cells
 

@@ -284,10 +284,10 @@ class Run:
         data, current = load_recorded_data(self.config.data, data_dir, self.data_record, tried)
         recorded = self.data_record
         if not recorded:
-            import warnings
+            import logging  # one WARNING line (warnings.warn printed a source line of mtpp's code)
 
-            warnings.warn(f"{self.path} records no data fingerprint (written by an older mtpp); cannot check that "
-                          "these are its data", stacklevel=2)
+            logging.getLogger(__name__).warning(f"{self.path} records no data fingerprint (written by an older "
+                                                "mtpp); cannot check that these are its data")
             return data, current, True
         same = not differing_parts(recorded, current)
         if not same and not other_data:
@@ -390,23 +390,27 @@ def not_a_run(path: Path) -> str:
 
 
 def open_run(run_dir: str | Path) -> Run:
-    """Read ``run_dir/config.yaml`` (``MtppError`` when there is none or it is not a run configuration)."""
-    import yaml
-
-    from mtpp.config import config_from_dict
+    """Read ``run_dir/config.yaml`` (``MtppError`` naming the file when there is none, or it is empty, not YAML,
+    or not a valid run configuration: an empty one is never read as every default, which described another
+    model and other data than the run's)."""
+    from mtpp.config import config_from_dict, read_yaml
 
     path = Path(run_dir)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
         raise MtppError(not_a_run(path))
-    try:
-        raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise MtppError(f"{cfg_file}: not valid YAML ({' '.join(str(e).split())})") from None
+    raw = read_yaml(cfg_file)  # ConfigError naming the file: invalid YAML, a key given twice
+    if raw is None:
+        raise MtppError(f"{cfg_file}: empty, not a run configuration (mtpp train writes the run's settings there; "
+                        "was the file truncated or emptied?)")
     if not isinstance(raw, dict):
         raise MtppError(f"{cfg_file}: not a run configuration")
     info = raw.pop("run_info", None) or {}
-    return Run(path, config_from_dict(raw), info if isinstance(info, dict) else {})
+    try:
+        cfg = config_from_dict(raw)
+    except ConfigError as e:  # a hand-edited key or value: name the file it is in
+        raise ConfigError(f"{cfg_file}: {e}") from None
+    return Run(path, cfg, info if isinstance(info, dict) else {})
 
 
 def mixed_data(run_dirs: Iterable[str | Path]) -> list[str]:
@@ -459,14 +463,21 @@ def _data_settings_difference(a: Any, b: Any) -> str:
 # --------------------------------------------------------------------------------------------- names
 
 
-def check_folder_name(name: str, what: str) -> str:
-    """``name`` unchanged when it is safe as one folder name; else ``ConfigError`` (``what`` names its origin)."""
+def check_folder_name(name: str, what: str, taken: Iterable[str] = ()) -> str:
+    """``name`` unchanged when it is safe as one folder name; else ``ConfigError`` (``what`` names its origin).
+    ``taken``: the names of the files the command writes beside that folder (a variant named ``comparison.md``
+    trained, then its folder stood where ``mtpp train`` writes ``comparison.md``); compared in any case, as a
+    case-insensitive file system would."""
     bad = (
         not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
         or (os.sep in name) or (os.altsep is not None and os.altsep in name)
     )
     if bad:
         raise ConfigError(f"{what}: {name!r} cannot be a folder name (empty, '.', '..' or a path); rename it")
+    clash = [t for t in taken if t.lower() == name.lower()]
+    if clash:
+        raise ConfigError(f"{what}: {name!r} is the name of a file this command writes beside it ({', '.join(taken)}); "
+                          "rename it")
     return name
 
 

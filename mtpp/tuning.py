@@ -203,6 +203,15 @@ def parse_space(raw: Any, source: str = "space") -> list[Param]:
             spec = {"type": "categorical", "choices": spec}
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a list of choices or a mapping with type, low, high")
+        fields = ("type", "choices", "low", "high", "log", "step")
+        unknown = sorted(set(map(str, spec)) - set(fields))
+        if unknown:  # before the type: a misspelt 'type' said "type must be one of ..., got None"
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], fields, 1, 0.6)
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + "; valid: type, low, high, log, step (a range) or type, choices (categorical)")
         kind = spec.get("type")
         if kind not in KINDS:
             raise ConfigError(f"{where}: type must be one of {', '.join(KINDS)}, got {kind!r}")

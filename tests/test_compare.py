@@ -91,6 +91,24 @@ def test_exclude_rules() -> None:
     assert len(names) == 16 - 4 - 4 + 1  # 16 cells; minus plusplus-pcgrad (4) and lnm split 1 (4), one overlap
 
 
+@pytest.mark.parametrize("rules", [[{"seed": 0}], [{"model": "*"}], [{"parametrisation": "base"},
+                                                                     {"parametrisation": "plusplus"}]])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_exclude_rules_that_remove_every_cell_are_named_not_blamed_on_only(
+    tmp_path: Path, rules: list[dict], dry_run: bool, capsys: pytest.CaptureFixture
+) -> None:
+    """An exclude list that leaves nothing said "no cell of EXP matches --only " when --only was not given."""
+    raw = small_grid()
+    raw["exclude"] = rules
+    path = write_experiment(tmp_path, raw)
+    with pytest.raises(ConfigError, match=r"the exclude rules remove every one of the grid's 8 cell\(s\)"):
+        ex.expand(ex.experiment_from_dict(raw))
+    assert main(["compare", str(path), "--out", str(tmp_path / "out"), *(["--dry-run"] if dry_run else [])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--only" not in err[0] and f"{path}: the exclude rules remove every one" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "mutate, key",
     [

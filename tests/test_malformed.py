@@ -118,6 +118,15 @@ CASES: list[tuple[str, Callable[[Path], Path], str, int | None, str]] = [
      "time.txt"),
     ("rmtpp_blank_line_one_file", lambda d: M.rmtpp(d, "0.5 1.0\n0.2 0.4\n0.3\n", "1 2\n\n2 1\n"),
      r"empty sequence|0 marks|times but", 1, "event.txt"),
+    # a key given twice in one JSON object: json keeps the last value without a word (every JSON the readers read)
+    ("json_key_twice_bosser", lambda d: M.bosser_text(d, '[{"time": 0.5, "time": 0.7, "labels": [0]}]'),
+     r"an object gives the key 'time' twice \(0\.5 and 0\.7\): JSON readers keep only the last", 2, "bad.json"),
+    ("json_key_twice_easytpp", lambda d: _text(d, "e.json", '[{"dim_process": 2, "time_since_start": [0, 1], '
+                                                 '"type_event": [0, 1]}, {"dim_process": 2, "time_since_start": '
+                                                 '[0, 1], "type_event": [0, 1], "type_event": [1, 1]}]'),
+     r"key 'type_event' twice \(\[0, 1\] and \[1, 1\]\)", 1, "e.json"),
+    ("json_key_twice_args", lambda d: _args_text(d, '{"marks": 2, "marks": 3}'), r"key 'marks' twice \(2 and 3\)",
+     None, "args.json"),
     # errors that blamed the wrong place
     ("csv_bad_cell_seq_7", lambda d: M.csv(d, "seq_id,time,mark\n" + "".join(f"s{i},1,0\n" for i in range(7))
                                            + "s7,1,x\n"), r"mark 'x'", 7, "t.csv"),
@@ -130,6 +139,17 @@ CASES: list[tuple[str, Callable[[Path], Path], str, int | None, str]] = [
     ("rmtpp_unsorted_after_blank", lambda d: M.rmtpp(d, "0.5 1.0\n0.3\n0.2 0.1\n", "1 2\n1\n2 1\n"),
      r"not sorted", 2, "time.txt"),
 ]
+
+
+def _text(d: Path, name: str, text: str) -> Path:
+    (d / name).write_text(text)
+    return d / name
+
+
+def _args_text(d: Path, text: str) -> Path:
+    root = M.split_folder(d)
+    (root / "split_0" / "args.json").write_text(text)
+    return root
 
 
 def _split_window(d: Path, window: object) -> Path:
@@ -267,6 +287,68 @@ def test_truncated_csv_last_row_is_an_error(tmp_path: Path) -> None:
         read_any(p)
 
 
+@pytest.mark.parametrize("sep, name", [(",", "t.csv"), ("\t", "t.tsv")])
+@pytest.mark.parametrize("rows, line", [
+    (["a,1,0,7", "a,2,1", "b,1,0", "b,2,1"], 2),  # the first data row: pandas took column 1 as an index
+    (["a,1,0,7", "a,2,1,7", "b,1,0,7", "b,2,1,7"], 2),  # every row: the table was read shifted, with no error
+    (["a,1,0", "a,2,1", "b,1,0,7", "b,2,1"], 4),  # a later row: a pandas tokenizer message
+])
+def test_a_row_with_more_fields_than_the_header_names_its_line(tmp_path: Path, sep: str, name: str,
+                                                               rows: list[str], line: int) -> None:
+    """A row with one field more than the header (a stray separator, an unnamed column) made pandas use the
+    first column as the index when it was the first data row: seq_id <- time, time <- mark, and with every row
+    alike the file was read without a word as sequences of one event at time 0."""
+    p = M.csv(tmp_path, "\n".join(["seq_id,time,mark", *rows]).replace(",", sep) + "\n", name=name)
+    with pytest.raises(DataError) as err:
+        read_any(p)
+    msg = str(err.value)
+    _one_line(msg)
+    assert msg.startswith(f"{p}: line {line} (seq_id ") and "has 4 fields but the header (line 1) names 3" in msg, msg
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_a_parquet_cell_is_shown_as_its_value_not_a_numpy_repr(tmp_path: Path, dtype: str) -> None:
+    """A Parquet mark 0.5 was shown as "mark np.float64(0.5)": numpy's repr of the cell, not the file's value."""
+    p = M.parquet(tmp_path, {"seq_id": ["a", "a", "b"], "time": [0.5, 1.0, 0.2],
+                             "mark": np.array([1.0, 0.5, 2.0], dtype=dtype)})
+    with pytest.raises(DataError) as err:
+        read_any(p)
+    assert str(err.value).endswith("sequence 0: mark 0.5 is not an integer on row 1 (seq_id 'a')"), str(err.value)
+    assert "np." not in str(err.value)
+
+
+_ISO = "2024-03-01T09:30:00+01:00"
+_DATE_INPUTS = {
+    "csv": lambda d: M.csv(d, f"seq_id,time,mark\na,{_ISO},0\na,2024-03-01T10:00:00Z,1\n"),
+    "parquet_text": lambda d: M.parquet(d, {"seq_id": ["a", "a"], "time": [_ISO, "2024-03-01T10:00:00Z"],
+                                            "mark": [0, 1]}),
+    "parquet_timestamp": lambda d: M.parquet(d, {"seq_id": ["a", "a"], "mark": [0, 1], "time": __import__(
+        "pandas").to_datetime(["2024-03-01 09:30", "2024-03-01 10:00"], utc=True)}),
+    "bosser": lambda d: M.bosser(d, M.ev((_ISO, 0))),
+    "easytpp_json": lambda d: M.easytpp_json(d, {"time_since_start": [_ISO, "2024-03-01 10:00:00"]}),
+    "easytpp_pickle": lambda d: M.easytpp_pickle(d, {"dim_process": 2, "train": [M.easytpp_events([0, 1], [_ISO, _ISO])]}),
+    "rmtpp": lambda d: M.rmtpp(d, f"{_ISO} 2024-03-01T10:00:00Z\n", "1 2\n"),
+    # datetime64[ns] arrays were read as integers: nanoseconds since 1970, without a word
+    "npz_datetime64": lambda d: M.npz(d, {"arrival_times": M.npy_bytes(M.obj_array([
+        np.array(["2024-03-01T09:30", "2024-03-01T10:00"], dtype="datetime64[ns]")]))}),
+    "pickle_datetime64": lambda d: M.easytpp_pickle(d, {"dim_process": 1, "train": [[
+        {"time_since_start": np.datetime64("2024-03-01T09:30", "ns"), "type_event": 0}]]}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_DATE_INPUTS))
+def test_date_times_where_times_belong_say_how_to_make_numbers(tmp_path: Path, kind: str) -> None:
+    """Event logs come with timestamps ('2024-03-01T09:30:00+01:00'); every reader said "is not a number" (a JSON
+    one even "write numbers unquoted", which cannot work for a date). Each now says it is a date and time and
+    how to turn it into seconds."""
+    with pytest.raises(DataError) as err:
+        read_any(_DATE_INPUTS[kind](tmp_path))
+    msg = str(err.value)
+    _one_line(msg)
+    assert "(a date and time: times are numbers, e.g. seconds since 1970: pandas.to_datetime(" in msg, msg
+    assert "unquoted" not in msg
+
+
 def test_a_missing_mark_is_not_told_to_map_category_names(tmp_path: Path) -> None:
     """The category hint is for a name in the mark column; an empty cell (a text column because of one name
     elsewhere, or not) is said to be missing, with no advice about names."""
@@ -389,6 +471,49 @@ def test_float32_range_names_the_sequences(tmp_path: Path) -> None:
     check_dtype_range({"train": seqs[:3]}, "float32", source="x")
 
 
+@pytest.mark.parametrize("dtype, tiny", [("float32", float(np.finfo(np.float32).tiny)),
+                                         ("float64", float(np.finfo(np.float64).tiny)),
+                                         ("float16", float(np.finfo(np.float16).tiny)),
+                                         ("bfloat16", float(np.finfo(np.float32).tiny))])
+@pytest.mark.parametrize("where", ["first_gap", "inner_gap", "survival_gap"])
+def test_gaps_below_the_dtypes_smallest_normal_name_the_sequences(dtype: str, tiny: float, where: str) -> None:
+    """Times in units of 1e-200 trained in float32 "successfully": every gap and the automatic time scale became
+    0 in a batch, every loss NaN, and metrics.json held nulls. A positive gap (the first event's t_1, a gap
+    between events, the survival gap to a window end) below the dtype's smallest normal number is refused,
+    naming the sequences by index and seq_id; ties (zero gaps) and the dtype's own normal range are fine."""
+    from mtpp.data.sequence import check_dtype_range, make_sequence
+
+    seqs = [make_sequence([0.5, 1.0, 1.0], [0, 1, 1], name=f"u{i}") for i in range(4)]  # a tie: fine
+    small = tiny / 4
+    seqs[2] = {"first_gap": make_sequence([small, 1.0], [0, 1], name="u2"),
+               "inner_gap": make_sequence([0.0, small, 1.0], [0, 1, 0], name="u2"),
+               "survival_gap": make_sequence([0.0, 0.0], [0, 1], window_end=small, name="u2")}[where]
+    check_dtype_range({"train": [seqs[i] for i in (0, 1, 3)]}, dtype, source="x")
+    check_dtype_range({"train": [make_sequence([tiny, 2 * tiny], [0, 1])]}, dtype, source="x")  # normal: fine
+    with pytest.raises(DataError) as info:
+        check_dtype_range({"train": seqs, "": seqs[:3]}, dtype, source="x")
+    msg = str(info.value)
+    _one_line(msg)
+    assert msg.startswith("x: 2 sequence(s) have gaps between events below") and f"{dtype}'s smallest normal" in msg
+    assert "train sequences 2 (seq_id 'u2') of 4; sequences 2 (seq_id 'u2') of 3;" in msg, msg
+    assert "data.dtype: float64" in msg
+
+
+def test_times_in_units_of_1e_200_stop_the_run_before_training(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """The run that trained on NaN (exit 0, null metrics) now stops in one line naming the data, the seq_ids and
+    the fix; and the same file given to evaluate --input of a float32 run no longer becomes ties silently."""
+    rng = np.random.default_rng(0)
+    rows = [f"u{s},{t!r},{k}" for s in range(12) for t, k in zip((np.cumsum(rng.exponential(1.0, 4)) * 1e-200).tolist(),
+                                                                   rng.integers(0, 2, 4).tolist())]
+    p = M.csv(tmp_path, "seq_id,time,mark\n" + "\n".join(rows) + "\n")
+    code = main(["train", "--out", str(tmp_path / "run"), "--set", f"data.name={p}", "--set", "train.max_epochs=1",
+                 "--set", "model.hidden_size=4", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "error:" in err[-1] and "below float32's smallest normal number" in err[-1], err
+    assert "(seq_id 'u" in err[-1] and not (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_dataset_check_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
     seqs = [M.ev((0.5, 0), (1.0 + i, 1)) for i in range(10)]
@@ -509,3 +634,26 @@ def test_easytpp_redundant_fields_that_contradict_the_times(tmp_path: Path) -> N
     events[2]["time_since_last_event"], events[1]["time_since_last_event"], events[0]["time_since_last_event"] = 9, 1, 0
     res = read_any(M.easytpp_pickle(tmp_path, {"dim_process": 2, "train": [events]}))
     assert any("contradicts time_since_start in 1 sequence(s)" in n for n in res.notes), res.notes
+
+
+@pytest.mark.parametrize("marker", ["best.pt", "checkpoint.pt", "log.jsonl"])
+@pytest.mark.parametrize("action", ["describe", "prepare", "train"])
+def test_a_run_folder_given_as_data_is_named_as_one(tmp_path: Path, marker: str, action: str,
+                                                    capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mtpp data describe RUN`` (or a run as data.name, or evaluate --input RUN) read the run's
+    arrays_test.json as sequences: "arrays_test.json: expected a JSON list of sequences, got dict"."""
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data: {name: synthetic_hawkes}\n")
+    (run / marker).write_bytes(b"x")
+    (run / "arrays_test.json").write_text(json.dumps({"pit": [0.5]}))
+    argv = {"describe": ["data", "describe", str(run)],
+            "prepare": ["data", "prepare", str(run), "--out", str(tmp_path / "out")],
+            "train": ["train", "--out", str(tmp_path / "out"), "--set", f"data.name={run}", "-q"]}[action]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{run}: a run folder of mtpp train (config.yaml, {marker}), not data" in err[-1], err
+    assert "arrays_test.json" not in err[-1]
+    assert not (tmp_path / "out" / "metrics.json").exists() and not (tmp_path / "out" / "split_0").exists()

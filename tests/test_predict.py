@@ -1041,3 +1041,20 @@ def test_the_legends_above_the_panels_leave_no_margin_beside_them(run_dir: Path)
         assert all(1 - ax.get_position().x1 < 0.03 for ax in fig.axes)  # the panels reach the figure's right side
     finally:
         plt.close(fig)
+
+
+@pytest.mark.parametrize("command, fix", [(["predict", "--out", "o.csv"], "--include-next forecasts the event after"),
+                                          (["evaluate"], "score longer sequences")])
+def test_a_file_of_one_event_sequences_has_nothing_to_score_and_says_so_naming_the_file(
+    run_dir: Path, tmp_path: Path, command: list[str], fix: str, capsys
+) -> None:
+    """Every sequence one event long and first_event: skip: evaluate --input blamed 'evaluate(model, data=...)'
+    (not the file), predict wrote an empty table and printed 'forecast accuracy nan'. Both now refuse in one line
+    naming the file and what works; predict --include-next still forecasts each sequence's next event."""
+    new, argv, err = _input_refusal(run_dir, tmp_path, command, capsys, "singles.csv", "u_0,0.5,1\nu_1,0.2,0\nu_2,0.9,3")
+    assert err.startswith(f"mtpp {command[0]}: error: {new}: 3 sequence(s) of one event each and no scored event")
+    assert fix in err and "evaluate(model" not in err
+    assert not (tmp_path / "o.csv").exists()
+    if command[0] == "predict":
+        assert main([*argv, "--include-next"]) == 0
+        assert len(pd.read_csv(tmp_path / "o.csv")) == 3

@@ -162,6 +162,28 @@ def test_repeats_within_a_file_are_called_copies_when_the_files_also_share_seque
     assert any("likely copies too" in n for n in notes)
 
 
+@pytest.mark.parametrize("second", ["same", "respelt", "symlink", "file_in_folder"])
+def test_one_file_given_through_two_inputs_is_refused(tmp_path: Path, second: str,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """``prepare a.json a.json`` called every sequence a copy "repeated within one file" (advising
+    --keep-within-file-duplicates), and with that flag kept each sequence twice: the same events in train and
+    test. Any file reached through two inputs is now one line naming both, before anything is written."""
+    (tmp_path / "d").mkdir()
+    a = tmp_path / "d" / "train.json"
+    write_bosser_json(a, _seqs(20))
+    write_bosser_json(tmp_path / "d" / "test.json", _seqs(10, offset=1))
+    first, other = {"same": (a, a), "respelt": (a, tmp_path / "d" / ".." / "d" / "train.json"),
+                    "symlink": (a, tmp_path / "link.json"), "file_in_folder": (tmp_path / "d", a)}[second]
+    if second == "symlink":
+        (tmp_path / "link.json").symlink_to(a)
+    for keep in ([], ["--keep-within-file-duplicates"]):
+        code = main(["data", "prepare", str(first), str(other), "--out", str(tmp_path / "out"), *keep])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert f"inputs {str(first)!r} and {str(other)!r} both hold {a.resolve()}" in err[0], err
+        assert not (tmp_path / "out").exists()
+
+
 def test_cli_prepare(tmp_path: Path, inputs: list[Path], capsys: pytest.CaptureFixture) -> None:
     code = main(["data", "prepare", *map(str, inputs), "--out", str(tmp_path / "cli"), "--seed", "1",
                  "--splits", "2", "--ratios", "0.5", "0.25", "0.25"])

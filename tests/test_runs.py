@@ -201,6 +201,33 @@ def test_evaluate_and_resume_use_the_recorded_data_not_the_environment(
         fit(tiny("mine", "train.max_epochs=3"), run, resume=True, data_dir=str(tmp_path / "B"))
 
 
+@pytest.mark.parametrize("text, said", [
+    ("", "config.yaml: empty, not a run configuration"),
+    ("# emptied by hand\n", "config.yaml: empty, not a run configuration"),
+    ("model: {hiden_size: 8}\n", "config.yaml: unknown key 'model.hiden_size' (did you mean 'hidden_size'?)"),
+    ("train: {max_epochs: many}\n", "config.yaml: train.max_epochs: expected int"),
+    ("model: {hidden_size: 8}\nmodel: {hidden_size: 9}\n", "config.yaml: key 'model' is given twice"),
+])
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "--out", "p.csv"],
+                                     ["generate", "--events", "1", "--out", "g.csv"]])
+def test_a_damaged_run_config_is_named_by_every_command_that_reads_it(tmp_path: Path, text: str, said: str,
+                                                                     command: list[str],
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """An empty config.yaml was read as every default (another model, the synthetic data): evaluate said "the
+    model knows 3 marks, the data have 5", predict that the weights do not fit; a mistyped key was refused
+    without naming the file. Each is one line naming RUN/config.yaml, and nothing is written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(text)
+    argv = [command[0], str(run), *[str(tmp_path / a) if a.endswith(".csv") else a for a in command[1:]]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run / 'config.yaml'}: " in err[0] and said in err[0], err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.yaml", "run"]
+    with pytest.raises(MtppError, match=re.escape(said)):
+        open_run(run)
+
+
 def test_a_validation_split_without_scored_events_is_refused(tmp_path: Path) -> None:
     from mtpp.data.formats import write_split_folder
     from mtpp.data.sequence import EventSequence
@@ -352,6 +379,40 @@ def test_variant_and_dataset_labels_that_are_paths_are_refused(tmp_path: Path) -
     for bad in ("", "a/b", "..", "a\x00"):
         with pytest.raises(ConfigError):
             check_folder_name(bad, "t")
+
+
+@pytest.mark.parametrize("name", ["variants.yaml", "comparison.json", "comparison.md", "Comparison.MD"])
+def test_a_variant_named_as_a_file_train_writes_beside_it_is_refused_before_training(tmp_path: Path,
+                                                                                     name: str) -> None:
+    """A variant named comparison.md trained, then its folder stood where mtpp train writes comparison.md: the
+    command failed after the work with '.comparison.md.<x>.tmp: comparison.md: Is a directory'."""
+    cfg = load_config(None, [*TINY, "data.max_sequences=8"])
+    with pytest.raises(ConfigError, match=rf"variant name: {re.escape(repr(name))} is the name of a file this "
+                                          r"command writes beside it \(variants.yaml, comparison.json, comparison.md\)"):
+        run_variants(cfg, [{"name": name, "model.decoder": "lnm"}], tmp_path / "v")
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize("label", ["summary.csv", "summary.md", "experiment.yaml", "failures.json", "plots"])
+def test_a_dataset_label_named_as_a_file_compare_writes_is_refused_before_training(tmp_path: Path, label: str,
+                                                                                   capsys) -> None:
+    """A dataset file called summary.csv labelled its cells' folder summary.csv: the whole grid trained, then the
+    summary said 'summary.csv: exists and was not written by mtpp'. The file name is now refused up front, with
+    how to label the dataset."""
+    from mtpp import experiments as ex
+
+    data = tmp_path / "data" / label
+    data.parent.mkdir()
+    data.write_text("seq_id,time,mark\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"base": {"train": {"max_epochs": 1}}, "grid": {"datasets": [str(data)]}}))
+    with pytest.raises(ConfigError, match=rf"the dataset label: {re.escape(repr(label))} is the name of a file"):
+        ex.expand(ex.load_experiment(exp, []))
+    assert main(["compare", str(exp), "--out", str(tmp_path / "out")]) == 2
+    assert "{name: LABEL, path: PATH}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    ok = ex.experiment_from_dict({"grid": {"datasets": [{"name": "mine", "path": str(data)}]}})
+    assert [c.name for c in ex.expand(ok)] == ["mine/model-base-sum/split0-seed0"]
 
 
 # ------------------------------------------------------------------------------------------------ --resume

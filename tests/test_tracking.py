@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -428,8 +429,11 @@ def test_a_failing_tracker_is_switched_off_and_the_run_goes_on(tmp_path, monkeyp
     from mtpp.training import tracking
 
     monkeypatch.setitem(tracking._KINDS, "mlflow", _Flaky)
-    with pytest.warns(UserWarning, match="mlflow failed \\(ConnectionError: server went away\\); switched off"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # one WARNING line of mtpp's logger, not a Python warning
         metrics = fit(_cfg(["mlflow"], {}), tmp_path / "r")
+    said = [line for line in (tmp_path / "r" / "train.log").read_text().splitlines() if "mlflow failed" in line]
+    assert len(said) == 1 and "(ConnectionError: server went away); switched off" in said[0], said
     assert metrics["train"]["epochs"] == 2 and (tmp_path / "r" / "metrics.json").is_file()
     assert sum(r.get("kind") == "epoch" for r in _log(tmp_path / "r")) == 2  # log.jsonl is complete
 
@@ -498,3 +502,17 @@ def test_missing_tensorboard_is_one_line_on_the_console_and_in_train_log(tmp_pat
     assert "tensorboard is not importable" in (tmp_path / "r" / "train.log").read_text()
     assert (tmp_path / "r" / "log.jsonl").is_file() and not (tmp_path / "r" / "tensorboard").exists()
 
+
+
+def test_amp_asked_for_on_cpu_is_one_warning_line_not_a_python_warning(tmp_path, capsys):
+    """``train.amp: true`` on a CPU printed a ``UserWarning`` and the source line ``self.amp = amp_enabled(...)``
+    of mtpp's trainer; it is one WARNING line on the console and in ``train.log``, like every run warning."""
+    cfg = _cfg([], {}, epochs=1)
+    cfg.train.amp, cfg.train.device, cfg.logging.quiet = True, "cpu", False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fit(cfg, tmp_path / "r")
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "train.amp is only used on CUDA" in line]
+    assert len(said) == 1 and said[0].startswith("WARNING: ") and "amp_enabled" not in err, err
+    assert "train.amp is only used on CUDA" in (tmp_path / "r" / "train.log").read_text()

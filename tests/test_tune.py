@@ -229,6 +229,11 @@ def test_tune_marks_an_interrupted_trial_failed(tmp_path, capsys):
         ({"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}, "log needs low > 0"),
         ({"train.lr": {"type": "float", "low": 2, "high": 1}}, "low (2.0) > high (1.0)"),
         ({"train.lr": {"type": "float", "low": 0, "high": 1, "sigma": 1}}, "unknown field(s) sigma"),
+        # a misspelt field is named, not reported as "type ... got None" (the type was given, as 'typ')
+        ({"train.lr": {"typ": "float", "low": 1e-4, "high": 1e-2}}, "unknown field(s) typ (did you mean 'type'?)"),
+        ({"train.lr": {"type": "float", "lo": 1e-4, "high": 1e-2}}, "unknown field(s) lo (did you mean 'low'?)"),
+        ({"model.decoder": {"type": "categorical", "choice": ["lnm", "thp"]}}, "unknown field(s) choice (did you "
+                                                                               "mean 'choices'?)"),
         ({"train.batch_size": {"type": "int", "low": 1.5, "high": 4}}, "expected an integer"),
         # keys that change what the validation NLL is measured on: NLLs of different data cannot be ranked
         ({"data.name": ["synthetic_hawkes", "taxi"]}, "data.name: cannot be searched: it changes the dataset"),

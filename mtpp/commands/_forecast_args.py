@@ -12,7 +12,7 @@ from mtpp.commands._types import positive_float, positive_int
 from mtpp.commands._types import seed as seed_type
 
 __all__ = ["add_max_events", "add_run_options", "input_sequences", "positive_float", "positive_int",
-           "sequence_index", "SEQUENCE_HELP"]
+           "require_scored_events", "sequence_index", "SEQUENCE_HELP"]
 
 SEQUENCE_HELP = ("an index of the split's (or --input's) sequences (0, 1, ...), or a seq_id of the data (user_17, or "
                  "id:17)")
@@ -93,3 +93,15 @@ def input_sequences(run: Any, args: argparse.Namespace) -> tuple[list, str]:
         raise MtppError(f"--input {args.input} and --split {args.split}: give one (the sequences of a file, or a split "
                         "of the run's data)")
     return run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr)), str(args.input)
+
+
+def require_scored_events(seqs: list, first_event: str, where: str, fix: str) -> None:
+    """``MtppError`` naming ``where`` (an ``--input`` file, "the test split") when ``seqs`` hold no scored event:
+    every sequence is one event long and ``first_event: skip`` leaves each first event unscored. Every metric
+    would be 0 / 0 (``evaluate``) or the table empty with NaN summaries (``predict``); ``fix`` says what works
+    instead."""
+    from mtpp.errors import MtppError
+
+    if first_event == "skip" and seqs and all(len(s) == 1 for s in seqs):
+        raise MtppError(f"{where}: {len(seqs)} sequence(s) of one event each and no scored event (the run's "
+                        f"model.first_event: skip leaves each sequence's first event unscored); {fix}")

@@ -167,6 +167,10 @@ def _evaluate_input(args: argparse.Namespace) -> int:
         check_table_path(args.per_sequence, False)  # before anything is computed
     run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
     seqs = run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr))
+    from mtpp.commands._forecast_args import require_scored_events
+
+    require_scored_events(seqs, run.cfg.model.first_event, str(args.input), "score longer sequences (mtpp predict "
+                          "--include-next forecasts the event after each)")
     bs = args.batch_size or run.cfg.train.evaluation_batch_size
     with run.threads():
         metrics = evaluate(run.model, data=seqs, batch_size=bs)

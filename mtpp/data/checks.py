@@ -116,7 +116,7 @@ def check_sequences(
         if w is not None and (not np.isfinite(w) or (t.size and w < t[-1])):
             raise fail(f"window end {float(w)!r} is not a finite time at or after the last event")
     if dtype is not None:
-        check_dtype_range({"sequences": seqs}, dtype, source=what)
+        check_dtype_range({"": seqs}, dtype, source=what)
     return seqs
 
 

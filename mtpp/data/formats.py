@@ -50,6 +50,9 @@ to ``0..K-1`` in increasing order (all parts and inputs of one read share one ma
 remapping). Header fields must have their type: a count is an integer (an integral float is accepted, a boolean,
 fraction or string is not), a window bound is a number.
 
+A JSON object that gives one key twice (``{"time": 0.5, "time": 0.7}``) is a ``DataError`` naming the key, both values
+and the sequence (``json`` would keep the last value without a word).
+
 Text is UTF-8 (a UTF-8 or UTF-16 byte-order mark is honoured); RMTPP lines end at ``\n`` (``\r\n`` too) and
 only there: form feeds or NEL inside a line are whitespace, not line breaks. A blank line inside an RMTPP file is
 an empty sequence (an error, or dropped and counted with ``drop_invalid``); blank lines at the end are ignored.
@@ -83,7 +86,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from mtpp.data.sequence import MAX_MARKS, REMAP_HINT, EventSequence, infer_num_marks, make_sequence
+from mtpp.data.sequence import (DATE_TIME_HINT, MAX_MARKS, REMAP_HINT, EventSequence, infer_num_marks, is_date_time,
+                                make_sequence)
 from mtpp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -128,6 +132,8 @@ _PART_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "eval": "val
 PARTS = ("train", "val", "test")
 """The parts of a split; ``normalise_part`` maps the accepted spellings onto them."""
 _SKIP_FILES = {"args.json", "meta.txt", "manifest.md", "readme.md", "provenance.tsv"}
+_RUN_MARKERS = ("best.pt", "checkpoint.pt", "log.jsonl")
+"""Files that, beside a ``config.yaml``, make a folder a run of ``mtpp train`` (``mtpp.runs``), not data."""
 
 
 def normalise_part(name: str) -> str:
@@ -396,6 +402,10 @@ def _header_number(value: Any, field: str, source: str, index: int | None = None
 
 
 def _short_repr(x: Any) -> str:
+    """``x`` as a message shows it: its ``repr``, at most 40 characters; a numpy scalar as the Python value it holds
+    (``0.5``, not ``np.float64(0.5)``: a Parquet or pickle cell reads as the file's value)."""
+    if isinstance(x, np.generic):
+        x = x.item()
     r = repr(x)
     return r if len(r) <= 40 else r[:37] + "..."
 
@@ -675,12 +685,53 @@ def scan_folder(path: str | Path) -> list[DataFile]:
 # JSON readers
 
 
+class _DuplicateKey(Exception):
+    """A JSON object that gives one key twice (``json`` would keep only the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook``: the object as a dict, ``_DuplicateKey`` when a key occurs twice."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in seen:
+                raise _DuplicateKey(k, seen[k], v)
+            seen[k] = v
+    return obj
+
+
+class _Twice(dict):
+    """An object that gave a key twice, as the second (locating) parse keeps it."""
+
+
+def _mark_twice(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    return _Twice(obj) if len(obj) != len(pairs) else obj
+
+
+def _holds_twice(x: Any) -> bool:
+    if isinstance(x, _Twice):
+        return True
+    items = x.values() if isinstance(x, dict) else x if isinstance(x, list) else ()
+    return any(_holds_twice(v) for v in items)
+
+
 def _load_json(path: Path) -> Any:
+    """The parsed JSON of ``path``; ``DataError`` naming the file for invalid JSON, and for an object that gives a
+    key twice (``{"time": 0.5, "time": 0.7}``: ``json`` keeps the last value without a word), naming the key, both
+    values and, in a list of sequences, the sequence."""
     data = open_bytes(path)
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise DataError("invalid JSON: nested too deeply", source=str(path)) from None
+    except _DuplicateKey as e:
+        key, first, second = e.args
+        top = json.loads(data, object_pairs_hook=_mark_twice)  # parsed before: only locates the object
+        index = next((i for i, x in enumerate(top) if _holds_twice(x)), None) if isinstance(top, list) else None
+        raise DataError(f"an object gives the key {key!r} twice ({_short_repr(first)} and {_short_repr(second)}): "
+                        "JSON readers keep only the last; remove one", source=str(path), sequence=index) from None
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, numbers of more than 4300 digits
         raise DataError(f"invalid JSON ({' '.join(str(e).split())[:200]})", source=str(path)) from None
 
@@ -1112,8 +1163,8 @@ def _parse_times(line: str, path: Path, i: int) -> np.ndarray:
         return np.array(tokens, dtype=np.float64)
     except (ValueError, OverflowError):
         bad = next((j, x) for j, x in enumerate(tokens) if not _is_float(x))
-        raise DataError(f"times are not numbers: {bad[1][:30]!r} at event {bad[0]}", source=str(path),
-                        sequence=i) from None
+        raise DataError(f"times are not numbers: {bad[1][:30]!r} at event {bad[0]}"
+                        + (DATE_TIME_HINT if is_date_time(bad[1]) else ""), source=str(path), sequence=i) from None
 
 
 def _is_float(x: str) -> bool:
@@ -1262,7 +1313,7 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     gathered in file order, and a note counts the sequences whose rows were not adjacent. A missing or empty
     ``seq_id`` or ``split`` cell, a sequence whose rows carry different ``split`` values, a ``split`` value that is
     not a part name (``normalise_part``: any case of train / training, val / valid / validation / dev / eval, test /
-    testing), a column name close to one of ``TABLE_COLUMNS`` that is missing (``marks``: every mark would
+    testing), a CSV row with more fields than the header (never read shifted by one column), a column name close to one of ``TABLE_COLUMNS`` that is missing (``marks``: every mark would
     silently be 0), and a non-numeric ``time`` / ``mark`` cell are ``DataError`` s; other columns are ignored with a
     note. A bad event is named by its line.
     """
@@ -1284,7 +1335,14 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
             twice = sorted({c.strip() for c in header if [h.strip() for h in header].count(c.strip()) > 1})
             if twice:  # pandas would rename the second copy ('time.1') and read on without it
                 raise DataError(f"the header (line 1) names column(s) {twice} more than once", source=str(path))
-            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+            # index_col=False: a first data row with more fields than the header must not make pandas take the
+            # first column as an index (every column then shifts: seq_id <- time, time <- mark, silently)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                try:
+                    df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
+                except (pd.errors.ParserWarning, pd.errors.ParserError) as e:
+                    raise _too_many_fields(text, sep, header, str(path)) or e from None
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - pandas raises many types for bad files
@@ -1412,6 +1470,23 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
                       [str(path)])
 
 
+def _too_many_fields(text: str, sep: str, header: list[str], source: str) -> DataError | None:
+    """The ``DataError`` for the first row of a CSV / TSV ``text`` with more fields than its ``header`` (a stray
+    separator in a cell, a missing header name), naming its line and the value in its ``seq_id`` position; ``None``
+    when every row fits. Only called once pandas has refused the table (one pass over its rows)."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    next(reader, None)
+    names = [h.strip().lower() for h in header]
+    for row in reader:
+        if len(row) > len(header):
+            who = f" (seq_id {_short_repr(row[names.index('seq_id')])})" if "seq_id" in names else ""
+            shown = "tab" if sep == "\t" else repr(sep)
+            return DataError(f"line {reader.line_num}{who} has {len(row)} fields but the header (line 1) names "
+                             f"{len(header)} ({', '.join(header)}): a {shown} inside a value, or a column without a "
+                             "name in the header?", source=source)
+    return None
+
+
 def _table_column(df: Any, col: str, cell_error: Any) -> np.ndarray:
     """A numeric column as an array (float64, or int64 / uint64 for exact integers); a cell that is empty, not a
     number or a boolean is a ``DataError`` naming its line and sequence."""
@@ -1429,9 +1504,11 @@ def _table_column(df: Any, col: str, cell_error: Any) -> np.ndarray:
     num = pd.to_numeric(text, errors="coerce")
     bad = num.isna().to_numpy() & ~text.str.lower().isin(["nan", "inf", "-inf", "+inf", "infinity",
                                                          "-infinity"]).to_numpy()
-    if bad.any():  # a category name as a mark: say how to get ids
-        raise cell_error(col, bad, "is not a number", " (marks are integer ids 0..K-1: map category names to ids "
-                         "first, e.g. with pandas.factorize)" if col == "mark" else "")
+    if bad.any():  # a category name as a mark: say how to get ids; a date as a time: how to get numbers
+        first = s.iloc[int(np.flatnonzero(bad)[0])]
+        advice = (" (marks are integer ids 0..K-1: map category names to ids first, e.g. with pandas.factorize)"
+                  if col == "mark" else DATE_TIME_HINT if is_date_time(first) else "")
+        raise cell_error(col, bad, "is not a number", advice)
     if text.str.lower().isin(["true", "false"]).any():
         raise cell_error(col, text.str.lower().isin(["true", "false"]).to_numpy(), "is a boolean, not a number")
     return num.to_numpy()
@@ -1593,6 +1670,11 @@ def _read_folder(folder: str | Path, *, options: ReadOptions | None = None, prog
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("folder not found", source=str(folder))
+    if (folder / "config.yaml").is_file() and any((folder / f).is_file() for f in _RUN_MARKERS):
+        # its arrays_*.json would be read as sequences and refused as "a dict" (or worse, a run's files as data)
+        raise DataError("a run folder of mtpp train (config.yaml, " + ", ".join(
+            f for f in _RUN_MARKERS if (folder / f).is_file()) + "), not data: give the data it was trained on (its "
+            "config.yaml's data.name; mtpp evaluate / predict RUN use them by themselves)", source=str(folder))
     splits = split_dirs(folder)
     if splits:
         results = [_read_one_split(d, options, progress) for d in splits]

@@ -81,6 +81,29 @@ _QUOTED = " (write numbers unquoted)"
 _NUMBER = (int, float, np.integer, np.floating)
 
 
+DATE_TIME_HINT = (" (a date and time: times are numbers, e.g. seconds since 1970: pandas.to_datetime(col, "
+                  "utc=True).astype('int64') / 1e9; then subtract each sequence's start)")
+"""What a date-time where a time was expected is told (:func:`is_date_time`)."""
+
+
+def is_date_time(x: Any) -> bool:
+    """Whether ``x`` is a date-time, not a number of time units: a ``datetime`` / ``date`` (pandas ``Timestamp``
+    included), a ``numpy.datetime64``, or a string in ISO 8601 form (``2024-01-01T09:30:00+01:00``, ``...Z``)."""
+    import datetime as dt
+
+    if isinstance(x, (dt.date, np.datetime64)):
+        return True
+    if isinstance(x, bytes):
+        x = x.decode("utf-8", "replace")
+    if not isinstance(x, str) or len(x) < 8 or not x[:4].isdigit() or x[4:5] != "-":
+        return False
+    try:
+        dt.datetime.fromisoformat(x.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
 def _short(x: Any) -> str:
     """``repr(x)``, shortened for numbers with thousands of digits and long strings."""
     r = repr(x)
@@ -124,13 +147,19 @@ def _as_times(times: Any, fail: Callable[..., DataError]) -> np.ndarray:
     if isinstance(times, np.ndarray):
         if times.ndim != 1:
             raise fail(f"times must be a flat list (got an array of shape {times.shape})")
+        if times.dtype.kind in "Mm" and times.size:  # .tolist() of datetime64[ns] gives ints: nanoseconds, silently
+            what = "a date and time" if times.dtype.kind == "M" else "a duration"
+            raise fail(f"time at event 0 is {what} ({times.dtype}), not a number"
+                       + (DATE_TIME_HINT if times.dtype.kind == "M" else " (give durations as numbers, e.g. "
+                          "seconds: array / numpy.timedelta64(1, 's'))"), 0)
         times = times.tolist()
     if not isinstance(times, (list, tuple)):
         raise fail(f"times must be a list of numbers, got {_what(times)}")
     types = set(map(type, times))
     if not all(issubclass(t, _NUMBER) and not issubclass(t, (bool, np.bool_)) for t in types):
         j, x = _first(times, _not_number)
-        raise fail(f"time at event {j} is {_what(x)}, not a number" + _QUOTED * isinstance(x, (str, bytes)), j)
+        hint = DATE_TIME_HINT if is_date_time(x) else _QUOTED * isinstance(x, (str, bytes))
+        raise fail(f"time at event {j} is {_what(x)}, not a number" + hint, j)
     try:
         return np.asarray(times, dtype=np.float64)
     except OverflowError:
@@ -297,36 +326,77 @@ _DTYPE_MAX = {
     "float32": float(np.finfo(np.float32).max),
     "float64": float(np.finfo(np.float64).max),
 }
+# Smallest positive normal value of each: a gap below it becomes 0 or subnormal (a few bits) in a batch.
+_DTYPE_TINY = {
+    "float16": float(np.finfo(np.float16).tiny),
+    "bfloat16": 1.1754943508222875e-38,
+    "float32": float(np.finfo(np.float32).tiny),
+    "float64": float(np.finfo(np.float64).tiny),
+}
 
 
 def check_dtype_range(
     parts: Mapping[str, Sequence[EventSequence]], dtype: Any, *, source: str | None = None, show: int = 10
 ) -> None:
     """Refuse data whose times do not fit ``dtype`` (a ``torch.dtype``, numpy dtype or name such as
-    ``"float32"``): ``Batch`` casts absolute times, gaps and window ends to the run's dtype, and a value beyond the
-    dtype's largest finite number becomes ``inf`` there (a NaN loss: the trainer skips the step, validation NLLs
-    become null). Times are sorted and ``>= 0`` and gaps are at most the times, so the last time and the window
-    end of each sequence decide. Cost: one look per sequence.
+    ``"float32"``): ``Batch`` casts absolute times, gaps and window ends to the run's dtype, where
 
-    Raises ``DataError`` naming ``source``, each part with its offending sequence indices (the first ``show``),
-    the limit, and what works: ``data.dtype: float64``, or dropping or rescaling those sequences.
+    * a value beyond the dtype's largest finite number becomes ``inf`` (a NaN loss: the trainer skips the step,
+      validation NLLs become null). Times are sorted and ``>= 0`` and gaps are at most the times, so the last time
+      and the window end of each sequence decide;
+    * a positive gap (``tau_i``, the first event's ``t_1`` included, and the survival gap ``T - t_n``) below the
+      dtype's smallest normal number (``finfo.tiny``: 1.2e-38 for float32) becomes 0, a tie, or keeps a few bits
+      of precision; with every gap that small the automatic time scale itself is 0 there and every loss NaN
+      (times in units of 1e-200 trained "successfully" with null metrics).
+
+    Raises ``DataError`` naming ``source``, each part (``""``: none) with its offending sequences (the first
+    ``show``, by index and, where they have one, their ``seq_id``), the limit, and what works: ``data.dtype:
+    float64``, or dropping or rescaling those sequences. Cost: a few vectorised passes over each part's times.
     """
     name = str(dtype).replace("torch.", "")
     if name not in _DTYPE_MAX:
         raise DataError(f"unknown floating dtype {dtype!r} (known: {', '.join(_DTYPE_MAX)})", source=source)
-    limit = _DTYPE_MAX[name]
-    found = []
-    total = 0
+    limit, tiny = _DTYPE_MAX[name], _DTYPE_TINY[name]
+    found: dict[str, list[str]] = {"large": [], "small": []}
+    total = {"large": 0, "small": 0}
     for part, seqs in parts.items():
-        bad = [i for i, s in enumerate(seqs)
-               if len(s) and (s.times[-1] > limit or (s.window_end is not None and s.window_end > limit))]
-        if bad:
-            total += len(bad)
-            more = f" (+{len(bad) - show} more)" if len(bad) > show else ""
-            found.append(f"{part} sequences {', '.join(map(str, bad[:show]))}{more} of {len(seqs)}")
-    if found:
+        seqs = list(seqs)
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        if not lengths.any():
+            continue
+        times = np.concatenate([s.times for s in seqs])
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        taus = np.diff(times, prepend=0.0)
+        some = lengths > 0
+        taus[starts[some]] = times[starts[some]]  # tau_1 = t_1: measured from the window start 0
+        window = np.array([np.nan if s.window_end is None else s.window_end for s in seqs], dtype=np.float64)
+        last = np.full(len(seqs), np.nan)
+        last[some] = times[ends[some] - 1]
+        with np.errstate(invalid="ignore"):
+            large = some & ((last > limit) | (window > limit))
+            survival = window - last
+            small = some & ((survival > 0) & (survival < tiny))
+        seq_of = np.repeat(np.arange(len(seqs)), lengths)
+        small[seq_of[(taus > 0) & (taus < tiny)]] = True
+        for kind, bad in (("large", large), ("small", small)):
+            idx = np.flatnonzero(bad)
+            if idx.size:
+                total[kind] += int(idx.size)
+                listed = ", ".join(str(i) if seqs[i].name is None else f"{i} (seq_id {seqs[i].name!r})"
+                                   for i in idx[:show].tolist())
+                more = f" (+{idx.size - show} more)" if idx.size > show else ""
+                found[kind].append(f"{part + ' ' if part else ''}sequences {listed}{more} of {len(seqs)}")
+    if found["large"]:
         raise DataError(
-            f"{total} sequence(s) have times beyond {name}'s range (largest {limit:.3g}): {'; '.join(found)}; "
-            f"use data.dtype: float64, or drop or rescale these sequences",
+            f"{total['large']} sequence(s) have times beyond {name}'s range (largest {limit:.3g}): "
+            f"{'; '.join(found['large'])}; use data.dtype: float64, or drop or rescale these sequences",
+            source=source,
+        )
+    if found["small"]:
+        raise DataError(
+            f"{total['small']} sequence(s) have gaps between events below {name}'s smallest normal number "
+            f"({tiny:.3g}), which become 0 (ties) or lose their precision there: {'; '.join(found['small'])}; "
+            f"use data.dtype: float64, or give the times in a smaller unit (multiply them by a power of 10)",
             source=source,
         )

@@ -10,6 +10,7 @@ splitting, so a sequence that appears in several input files lands in exactly on
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -404,12 +405,24 @@ def prepare_sequences(
 
 def read_inputs(inputs: Sequence[str | Path], options: ReadOptions | None = None, progress: bool = False) -> ReadResult:
     """Read several files/folders into one ``ReadResult`` (parts prefixed by the input's position). With
-    ``options.remap_marks`` the ids of all inputs are remapped together (one map), after merging."""
+    ``options.remap_marks`` the ids of all inputs are remapped together (one map), after merging. A file that two
+    inputs both read (the same path twice, however spelt or linked; a folder and a file inside it) is a
+    ``DataError`` naming both inputs."""
     if not inputs:
         raise DataError("no input given")
     results = [read_any(p, options=options, progress=progress) for p in inputs]
     if len(results) == 1:
         return results[0]
+    # one file read through two inputs (the same path twice, spelt alike or not; a folder and a file in it): its
+    # sequences would be called copies "within one file", and --keep-within-file-duplicates would keep both
+    read_by: dict[str, int] = {}
+    for i, r in enumerate(results):
+        for f in dict.fromkeys(os.path.realpath(f) for f in r.files):
+            j = read_by.setdefault(f, i)
+            if j != i:
+                raise DataError(f"inputs {str(inputs[j])!r} and {str(inputs[i])!r} both hold {f}: give each file "
+                                "once (its sequences would be counted as copies, or kept twice with "
+                                "--keep-within-file-duplicates)")
     remap = options is not None and options.remap_marks
     if remap:
         _share_mark_map(results)

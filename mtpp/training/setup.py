@@ -6,8 +6,8 @@ Shared by ``fit`` and ``evaluate`` (which rebuilds a trained run from its ``conf
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -277,6 +277,9 @@ def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextM
 
 
 def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the run uses bf16 autocast: ``train.amp`` on a CUDA device. Asked for elsewhere, a WARNING of mtpp's
+    logger says it is not used (one line on the console and in ``train.log``; ``warnings.warn`` printed a source
+    line of mtpp's code)."""
     if cfg.amp and device.type != "cuda":
-        warnings.warn("train.amp is only used on CUDA; training in full precision", stacklevel=2)
+        logging.getLogger(__name__).warning("train.amp is only used on CUDA; training in full precision")
     return cfg.amp and device.type == "cuda"

@@ -74,8 +74,8 @@ online, which needs ``wandb login``; ``offline`` writes ``OUT/wandb`` for a late
 from __future__ import annotations
 
 import json
+import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -431,8 +431,9 @@ class Trackers:
         try:
             call(*args)
         except Exception as e:  # noqa: BLE001  (any failure of a third-party sink)
-            warnings.warn(f"logging.trackers: {sink.name} failed ({type(e).__name__}: {e}); switched off for the "
-                          f"rest of this run (log.jsonl is complete)", stacklevel=3)
+            # one WARNING line on the console and in train.log (warnings.warn printed a source line of mtpp's code)
+            logging.getLogger(__name__).warning(f"logging.trackers: {sink.name} failed ({type(e).__name__}: {e}); "
+                                                "switched off for the rest of this run (log.jsonl is complete)")
             self.sinks.remove(sink)
 
     def close(self) -> None:

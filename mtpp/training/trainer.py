@@ -242,7 +242,7 @@ def _checked_variants(config: RunConfig, variants: list[dict] | None) -> dict[st
 
     configs = variant_configs(config, variants)
     for name, cfg in configs.items():
-        check_folder_name(name, "variant name")
+        check_folder_name(name, "variant name", VARIANTS_OUTPUTS)
         try:
             _make_aggregator(cfg)
         except ConfigError as e:
@@ -291,6 +291,8 @@ def _run_variants(
 
 
 VARIANTS_FILE = "variants.yaml"
+VARIANTS_OUTPUTS = (VARIANTS_FILE, "comparison.json", "comparison.md")
+"""The files ``mtpp train`` writes beside the variants' run folders: no variant may be named as one of them."""
 
 
 def _write_variants_config(path: Path, cfg: RunConfig) -> None:
