@@ -293,3 +293,30 @@ def test_marks_absent_from_train_are_named_in_the_run_header(tmp_path, capsys) -
     fit(model, data, tmp_path / "run", config={"train": {"max_epochs": 1, "batch_size": 4}})
     header = capsys.readouterr()
     assert f"note    {note}" in header.out + header.err
+
+
+@pytest.mark.parametrize("text, said", [
+    ("gradients: {aggregator: pcgrad, options: {alpah: 0.5}}\n",
+     "gradients.options: unknown option(s) alpah for aggregator 'pcgrad'"),
+    ("gradients: {aggregator: pc-grad}\n", "gradients.aggregator: unknown aggregator 'pc-grad'"),
+    ("model: {encoder: thp, hidden_size: 8, num_heads: 3}\n", "model.hidden_size (8) must be divisible by "
+                                                               "model.num_heads (3)"),
+    ("gradients: {aggregator: cagrad, options: {c: 1, rescale: 7}}\nvariants:\n  - {name: a}\n",
+     "variant a: gradients.options"),
+])
+def test_a_config_files_own_mistake_found_by_the_trainer_names_the_file(tmp_path: Path, text: str, said: str,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """Aggregator names and options and the model's layer constraints are checked by the training layer, after
+    the file was read: the error named the key but not the file it was mistyped in. Each is one line naming the
+    file, before any folder is made; the same mistake made on the command line (--set) is not blamed on the file."""
+    cfg = tmp_path / "my run.yaml"
+    cfg.write_text(text)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mtpp train: error: {cfg}: ") and said in err[0], err
+    assert not (tmp_path / "out").exists()
+    cfg.write_text("train: {max_epochs: 1}\n")
+    sets = ["--set", "gradients.aggregator=pcgrad", "--set", "gradients.options={alpah: 0.5}"]
+    assert main(["train", str(cfg), "--out", str(tmp_path / "out"), "-q", *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cfg) not in err[0] and "unknown option(s) alpah" in err[0], err

@@ -438,3 +438,19 @@ def test_prepare_carries_a_split_folders_window_for_use_window(tmp_path: Path) -
     assert json.loads((tmp_path / "p" / "split_0" / "args.json").read_text())["window"] == 20.0
     ds = load_dataset(str(tmp_path / "p"), use_window=True)
     assert {s.window_end for s in ds.train} == {20.0}
+
+
+@pytest.mark.parametrize("name, content", [("e.csv", "seq_id,time,mark\n"), ("e.json", "[]"),
+                                           ("e.tsv", "seq_id\ttime\tmark\n")])
+def test_an_input_without_sequences_says_so_not_that_none_are_left(tmp_path: Path, name: str, content: str,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A header-only CSV or an empty JSON list said "no sequences left to split", as if some had been removed."""
+    p = tmp_path / name
+    p.write_text(content)
+    assert main(["data", "prepare", str(p), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{p}: holds no sequence" in err[0] and "left" not in err[0], err
+    bad = tmp_path / "nan.csv"
+    bad.write_text("seq_id,time,mark\na,nan,0\n")
+    assert main(["data", "prepare", str(bad), "--drop-invalid", "--out", str(tmp_path / "out")]) == 2
+    assert "no sequences left to split: all 1 were dropped as invalid" in capsys.readouterr().err

@@ -130,6 +130,28 @@ def test_collect_runs_one_row_per_finished_run(runs_root: Path) -> None:
     assert report.cell_columns(df) == list(report.KEY_COLUMNS)
 
 
+@pytest.mark.parametrize("name, content, said", [
+    ("config.yaml", "model: [\n", "config.yaml: not readable YAML"),
+    ("config.yaml", "- a list\n", "config.yaml: holds list, not the mapping mtpp writes there"),
+    ("config.yaml", b"model: {decoder: \xe9}\n", "config.yaml: not readable YAML"),
+    ("metrics.json", "{not json", "metrics.json: not readable JSON"),
+    ("metrics.json", "[1, 2]", "metrics.json: holds list, not the mapping mtpp writes there"),
+])
+def test_a_run_with_a_damaged_file_is_skipped_and_named_not_a_traceback(runs_root: Path, tmp_path: Path, capsys,
+                                                                         name: str, content, said: str) -> None:
+    """``mtpp report`` over a folder holding one run whose config.yaml was damaged (or metrics.json) stopped with
+    a yaml / json / AttributeError traceback; the run is now left out of the tables and named, with why."""
+    bad = runs_root / "synthetic_hawkes" / "thp-plus-sum" / "split2-seed0"
+    (bad / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    df = report.collect_runs(runs_root)
+    assert len(df) == 5 and str(bad) not in set(df["run"])
+    assert len(df.attrs["unreadable"]) == 1 and df.attrs["unreadable"][0].startswith(f"{bad / name}: ")
+    assert main(["report", str(runs_root), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped (unreadable): {bad / name}: " in err and said in err and "Traceback" not in err
+    assert (tmp_path / "rep" / "summary.md").is_file()
+
+
 def test_summary_csv_holds_hand_computed_means_and_standard_errors(runs_root: Path, tmp_path: Path) -> None:
     df = report.collect_runs(runs_root)
     out = tmp_path / "out"

@@ -351,3 +351,27 @@ def test_simulate_cli_rejects_explosive_branching(tmp_path: Path, capsys: pytest
             "--out", str(tmp_path / "x")]
     assert main(argv) == 2
     assert "branching" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("num_sequences, window", [(2, 12_000.0), (400, 60.0)])
+def test_simulation_memory_stays_within_its_estimate(tmp_path, num_sequences: int, window: float) -> None:
+    """``mtpp simulate --max-memory`` refuses a simulation whose ``simulation_bytes`` (64 bytes an event) is over
+    the budget. With few long sequences the simulation kept every thinning step's small arrays (~250 bytes an
+    event) and the writer joined a whole sequence's event strings (~150 more): two sequences on a window of 1e7
+    grew past 4 GiB under an estimate of 2.6. Peak traced memory of simulating and writing is now within it."""
+    import tracemalloc
+
+    from mtpp.data.formats import write_bosser_json
+    from mtpp.data.synthetic import random_hawkes_params, simulate_hawkes_many, simulation_bytes
+
+    params = random_hawkes_params(2, np.random.default_rng(0), branching=0.5, base_rate=1.0)
+    tracemalloc.start()
+    try:
+        seqs = simulate_hawkes_many(params, num_sequences, window, np.random.default_rng(1))
+        write_bosser_json(tmp_path / "s.json", seqs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    events = sum(len(s) for s in seqs)
+    assert events > 20_000
+    assert peak <= simulation_bytes(2, num_sequences, events), (peak / events, "bytes an event")

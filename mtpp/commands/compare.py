@@ -321,6 +321,8 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
     from mtpp.evaluation import plots, report
 
     df = report.collect_runs(out)
+    for problem in df.attrs.get("unreadable", []):  # left out of the summary: said, never dropped silently
+        print(f"skipped (unreadable): {problem}", file=sys.stderr)
     if cells is not None and len(df):
         ours = {str(out / c) for c in cells}
         outside = sorted(str(Path(r).relative_to(out)) for r in df["run"] if str(r) not in ours)

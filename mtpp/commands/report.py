@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         why = ("no metrics.json yet: still training, in use by " + RunLock.describe(holder) if holder is not None
                else "no metrics.json: interrupted, failed or not finished")  # fmt: skip
         print(f"skipped ({why}): {folder}", file=sys.stderr)
+    for problem in df.attrs.get("unreadable", []):
+        print(f"skipped (unreadable): {problem}", file=sys.stderr)
     if df.empty:
         raise MtppError(f"no finished run (a folder with metrics.json) under {root}")
     sections = _sections(df["run"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 EPILOG = """\
 examples:
@@ -86,9 +87,57 @@ def run(args: argparse.Namespace) -> int:
         chosen = {variant_name(v) for v in variants}
         for note in variants_with_overrides([v for v in given if variant_name(v) in chosen], args.overrides)[1]:
             print(note, file=sys.stderr)
+        _name_the_files_mistakes(cfg, variants, config_path)
         run_variants(cfg, variants, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)
         return 0
     from mtpp.training.trainer import fit
 
+    _name_the_files_mistakes(cfg, None, config_path)
     fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)  # says how to resume
     return 0
+
+
+def _buildable(cfg: Any) -> None:
+    """What only the trainer knows about a configuration, checked without data or a run folder: the aggregator's
+    name and options (``mtpp.training.aggregators``) and the model's layer constraints (``model.hidden_size``
+    divisible by ``model.num_heads``, ...), the model built on PyTorch's meta device for any number of marks."""
+    import torch
+
+    from mtpp.errors import ConfigError
+    from mtpp.models import build_model
+    from mtpp.training.aggregators import make_aggregator
+
+    make_aggregator(cfg.gradients.aggregator, **cfg.gradients.options)
+    try:
+        with torch.device("meta"):
+            build_model(cfg.model, num_marks=2)  # the layers do not depend on the number of marks
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - a layer that cannot be built on meta: left to the run
+        pass
+
+
+def _name_the_files_mistakes(cfg: Any, variants: list[dict] | None, config_path: Path | None) -> None:
+    """``ConfigError`` before anything is written when the configuration (each of ``variants``, as trained: with
+    the ``--set`` overrides) cannot be built (:func:`_buildable`); when the file alone, without ``--set``, fails
+    the same way, the message names the file (``gradients: {options: {alpah: 0.5}}`` in a config said only
+    "gradients.options: unknown option(s) alpah")."""
+    from mtpp.config import load_config, variant_configs
+    from mtpp.errors import ConfigError
+
+    configs = variant_configs(cfg, variants) if variants else {"": cfg}
+    for name, full in configs.items():
+        try:
+            _buildable(full)
+        except ConfigError as e:
+            where = f"variant {name}: " if name else ""
+            if config_path is not None:
+                file_cfg = load_config(config_path)
+                alone = variant_configs(file_cfg, file_cfg.variants) if file_cfg.variants else {"": file_cfg}
+                try:
+                    if name in alone:
+                        _buildable(alone[name])
+                except ConfigError as f:
+                    if str(f) == str(e):
+                        raise ConfigError(f"{config_path}: {where}{e}") from None
+            raise ConfigError(f"{where}{e}") from None

@@ -1824,22 +1824,30 @@ def warn_once(msg: str) -> None:
 # Writer (canonical split folder)
 
 
-def _bosser_bytes(sequences: Sequence[EventSequence]) -> bytes:
-    """``[[{"time": t, "labels": [k]}, ...], ...]`` as compact, deterministic JSON bytes (``repr`` floats
-    round-trip exactly)."""
-    chunks = []
-    for s in sequences:
-        events = ",".join(
-            f'{{"time":{t!r},"labels":[{k}]}}' for t, k in zip(s.times.tolist(), s.marks.tolist())
-        )
-        chunks.append(f"[{events}]")
-    return ("[" + ",\n".join(chunks) + "]\n").encode()
+def _bosser_chunks(sequences: Sequence[EventSequence], block: int = 1 << 12) -> Iterator[bytes]:
+    """``[[{"time": t, "labels": [k]}, ...], ...]`` as compact, deterministic JSON (``repr`` floats round-trip
+    exactly), in pieces of at most ``block`` events: the text of a file never exists whole in memory (its events'
+    strings cost ~150 bytes each while joined, so one long simulated sequence took several times the memory
+    ``mtpp simulate --max-memory`` allows for)."""
+    yield b"["
+    for i, s in enumerate(sequences):
+        yield b",\n[" if i else b"["
+        for a in range(0, len(s), block):
+            times, marks = s.times[a : a + block].tolist(), s.marks[a : a + block].tolist()
+            yield (("," if a else "") + ",".join(f'{{"time":{t!r},"labels":[{k}]}}'
+                                                 for t, k in zip(times, marks))).encode()
+        yield b"]"
+    yield b"]\n"
 
 
 def write_bosser_json(path: str | Path, sequences: Sequence[EventSequence]) -> Path:
-    """Write sequences as a plain Bosser JSON file (and ``<stem>.windows.json`` if any has a window end)."""
+    """Write sequences as a plain Bosser JSON file (and ``<stem>.windows.json`` if any has a window end),
+    streamed in pieces of events (:func:`_bosser_chunks`; ``write_split_folder`` writes into a temporary folder
+    that is renamed into place, so no reader sees a part-written file there)."""
     path = Path(path)
-    path.write_bytes(_bosser_bytes(sequences))
+    with open(path, "wb", buffering=1 << 20) as f:
+        for chunk in _bosser_chunks(sequences):
+            f.write(chunk)
     if any(s.window_end is not None for s in sequences):
         stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
         side = path.with_name(stem + ".windows.json")

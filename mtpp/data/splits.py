@@ -338,8 +338,11 @@ def prepare_sequences(
         raise ConfigError(f"ratios {'/'.join(f'{r:g}' for r in ratios)}: the val and test ratios must be > 0 (a run "
                           "needs validation events for early stopping and test events for its metrics)")
     unique, found = deduplicate_parts(result.parts, keep_within_part=keep_within_file_duplicates)
-    if not unique:
-        raise DataError("no sequences left to split", source=result.source)
+    if not unique:  # an empty file (a header, []) is not "left" with nothing: say which it is
+        dropped = sum(result.dropped.values())
+        raise DataError(f"no sequences left to split: all {dropped} were dropped as invalid (--drop-invalid)" if dropped
+                        else "holds no sequence (an empty file, a header only, or an empty list)",
+                        source=result.source)
     overlaps = overlapping_sequences(unique)
     if overlaps and not allow_overlapping:
         raise overlap_error(unique, overlaps, result.source)

@@ -28,6 +28,7 @@ import yaml
 
 from mtpp.data.catalog import time_unit_of, time_unit_text
 from mtpp.config import NON_SEMANTIC_KEYS
+from mtpp.errors import MtppError
 from mtpp.files import replacing, write_text
 
 __all__ = [
@@ -359,6 +360,10 @@ def _num_marks(metrics: dict, section: str, config: dict) -> int | None:
     return int(found or _get(config, ("run_info", "data", "num_marks")) or 0) or None
 
 
+class _UnreadableRun(MtppError):
+    """A run folder whose ``config.yaml`` or ``metrics.json`` cannot be read; the message names the file."""
+
+
 def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
     """One run as a flat dict: key columns, ``run`` (the folder), ``config.<section>.<key>`` fields, the
     metrics of ``metrics.json[section]`` under their own names, the other sections as ``<name>/<metric>``, and
@@ -368,12 +373,19 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
     (:func:`mtpp.evaluation.metrics.topk_reported`)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
-    config: dict = {}
-    if config_path.exists():
-        with config_path.open() as f:
-            config = yaml.safe_load(f) or {}
-    with (run_dir / "metrics.json").open() as f:
-        metrics = json.load(f)
+    config: Any = {}
+    try:
+        if config_path.exists():
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise _UnreadableRun(f"{config_path}: not readable YAML ({' '.join(str(e).split())[:120]})") from None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _UnreadableRun(f"{run_dir / 'metrics.json'}: not readable JSON ({e})") from None
+    for name, value, path in (("config.yaml", config, config_path), ("metrics.json", metrics, run_dir / "metrics.json")):
+        if not isinstance(value, dict):
+            raise _UnreadableRun(f"{path}: holds {type(value).__name__}, not the mapping mtpp writes there")
 
     row: dict[str, Any] = {"run": str(run_dir)}
     for col, path in _KEY_PATHS.items():
@@ -428,13 +440,18 @@ def load_run(run_dir: str | Path, section: str = "test") -> dict[str, Any]:
 def collect_runs(root: str | Path, section: str = "test") -> pd.DataFrame:
     """One row per finished run under ``root`` (see :func:`load_run`), sorted by cell then split / seed.
 
-    ``df.attrs["incomplete"]``: run folders without ``metrics.json``; ``df.attrs["section"]``: ``section``;
-    ``df.attrs["root"]``: ``root`` (run folders are shown relative to it).
+    ``df.attrs["incomplete"]``: run folders without ``metrics.json``; ``df.attrs["unreadable"]``: ``"RUN/FILE:
+    why"`` for each run whose ``config.yaml`` or ``metrics.json`` cannot be read (damaged, edited by hand: left out
+    and named, never a traceback); ``df.attrs["section"]``: ``section``; ``df.attrs["root"]``: ``root`` (run
+    folders are shown relative to it).
     """
-    rows, incomplete = [], []
+    rows, incomplete, unreadable = [], [], []
     for run_dir in find_runs(root):
         if (run_dir / "metrics.json").exists():
-            rows.append(load_run(run_dir, section))
+            try:
+                rows.append(load_run(run_dir, section))
+            except _UnreadableRun as e:
+                unreadable.append(str(e))
         else:
             incomplete.append(str(run_dir))
     df = pd.DataFrame(rows)
@@ -442,6 +459,7 @@ def collect_runs(root: str | Path, section: str = "test") -> pd.DataFrame:
         order = [c for c in (*KEY_COLUMNS, *REPLICATE_COLUMNS, "run") if c in df.columns]
         df = df.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
     df.attrs["incomplete"] = incomplete
+    df.attrs["unreadable"] = unreadable
     df.attrs["section"] = section
     df.attrs["root"] = str(root)
     return df
