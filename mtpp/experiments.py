@@ -403,7 +403,14 @@ def _aggregators(exp: Experiment) -> list[tuple[str, str, dict]]:
 
 
 def _ints(exp: Experiment, axis: str, section: str, key: str) -> list[int]:
-    values = _as_list(exp.grid.get(axis), axis) or [exp.base.get(section, {}).get(key, 0)]
+    given = exp.grid.get(axis)
+    if isinstance(given, int) and not isinstance(given, bool):
+        # `seeds: 3` reads as "three seeds" to some and as "seed 3" to others: refuse the guess
+        raise ConfigError(
+            f"grid.{axis}: {given} is one number, not a list; write [{given}] for {axis[:-1]} {given} alone"
+            + (f" or {list(range(given)) if given <= 10 else '[0, 1, ...]'} for {given} {axis}" if given > 0 else "")
+        )
+    values = _as_list(given, axis) or [exp.base.get(section, {}).get(key, 0)]
     for v in values:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"grid.{axis}: expected non-negative integers, got {v!r}")
@@ -454,15 +461,20 @@ def _checked_name(name: str) -> str:
 
 def expand(exp: Experiment) -> list[Cell]:
     """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds).
-    ``ConfigError`` when the ``exclude`` rules remove every cell."""
-    axes = (
-        _datasets(exp),
-        _models(exp),
-        _parametrisations(exp),
-        _aggregators(exp),
-        _ints(exp, "splits", "data", "split"),
-        _ints(exp, "seeds", "train", "seed"),
-    )
+    ``ConfigError`` (naming the experiment file) on an invalid axis or when the ``exclude`` rules remove every cell."""
+    try:
+        axes = (
+            _datasets(exp),
+            _models(exp),
+            _parametrisations(exp),
+            _aggregators(exp),
+            _ints(exp, "splits", "data", "split"),
+            _ints(exp, "seeds", "train", "seed"),
+        )
+    except ConfigError as e:
+        if exp.source and not str(e).startswith(exp.source):
+            raise ConfigError(f"{exp.source}: {e}") from None
+        raise
     cells = []
     total = 0
     for (dlabel, dtarget, doverrides), (mlabel, mfragment, by_param), param, (alabel, aname, aoptions), split, seed in (

@@ -789,3 +789,22 @@ def test_a_restarted_runner_finishes_the_cells_it_started_first(
     main(["compare", str(write_experiment(tmp_path, small_grid())), "--out", str(out), "--dry-run"])
     listed = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert listed[0][:2] == ["resume", cells[2].name] and listed[1][1] == cells[0].name
+
+
+@pytest.mark.parametrize("axis", ["seeds", "splits"])
+@pytest.mark.parametrize("value", [3, 0])
+def test_a_bare_number_for_an_integer_axis_is_refused_not_guessed(tmp_path: Path, axis: str, value: int,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """``seeds: 3`` ran seed 3 alone, where a user writing it may have meant three seeds: both readings are
+    plausible, so the grid refuses the bare number and names both spellings."""
+    raw = small_grid(**{axis: value})
+    with pytest.raises(ConfigError, match=rf"grid\.{axis}: {value} is one number, not a list; write \[{value}\]"):
+        ex.expand(ex.experiment_from_dict(raw))
+    path = write_experiment(tmp_path, raw)
+    assert main(["compare", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and f"grid.{axis}" in err[0], err
+    # the list spellings still expand: one cell value per list entry
+    one = ex.expand(ex.experiment_from_dict(small_grid(**{axis: [value]})))
+    section, key = ("train", "seed") if axis == "seeds" else ("data", "split")
+    assert {c.config[section][key] for c in one} == {value}
