@@ -428,6 +428,25 @@ def _parametrisations(exp: Experiment) -> list[str]:
     return [str(v) for v in values]
 
 
+def unmatched_exclude_rules(exp: Experiment) -> list[dict]:
+    """The ``exclude`` rules that match no cell of the grid's full product (a misspelt label, or a rule inherited
+    through ``extends:`` for axis values this file no longer has); ``compare`` warns about each."""
+    if not exp.exclude:
+        return []
+    axes = (
+        [d[0] for d in _datasets(exp)], [m[0] for m in _models(exp)], _parametrisations(exp),
+        [a[0] for a in _aggregators(exp)], _ints(exp, "splits", "data", "split"), _ints(exp, "seeds", "train", "seed"),
+    )
+    names = ("dataset", "model", "parametrisation", "aggregator", "split", "seed")
+    matched = [False] * len(exp.exclude)
+    for values in itertools.product(*axes):
+        labels = dict(zip(names, values))
+        for i, rule in enumerate(exp.exclude):
+            if not matched[i] and _excluded(labels, [rule]):
+                matched[i] = True
+    return [rule for rule, hit in zip(exp.exclude, matched) if not hit]
+
+
 def _excluded(labels: dict[str, Any], rules: list[dict]) -> bool:
     for rule in rules:
         if all(_matches(labels[axis], wanted) for axis, wanted in rule.items()):

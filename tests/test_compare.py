@@ -808,3 +808,22 @@ def test_a_bare_number_for_an_integer_axis_is_refused_not_guessed(tmp_path: Path
     one = ex.expand(ex.experiment_from_dict(small_grid(**{axis: [value]})))
     section, key = ("train", "seed") if axis == "seeds" else ("data", "split")
     assert {c.config[section][key] for c in one} == {value}
+
+
+def test_an_exclude_rule_matching_no_cell_is_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``exclude: [{model: tph}]`` (a misspelt label) excluded nothing and said nothing: the grid ran cells the
+    user meant to drop. Each rule that matches no cell of the full grid is now named in a warning; rules that do
+    match (even only together with --only) are not."""
+    raw = small_grid()
+    raw["exclude"] = [{"model": "tph"}, {"model": "thp", "parametrisation": "plusplus"}, {"split": [7, 8]}]
+    exp = ex.experiment_from_dict(raw)
+    assert ex.unmatched_exclude_rules(exp) == [{"model": "tph"}, {"split": [7, 8]}]
+    assert len(ex.expand(exp)) == 8 - 2  # the matching rule still removes its cells
+    path = write_experiment(tmp_path, raw)
+    assert main(["compare", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--only", "*/lnm-*/split0-*"]) == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert warnings == [f"warning: {path}: exclude rule {{'model': 'tph'}} matches no cell of the grid (a misspelt "
+                        "label, or a value no axis has?)",
+                        f"warning: {path}: exclude rule {{'split': [7, 8]}} matches no cell of the grid (a misspelt "
+                        "label, or a value no axis has?)"]
+    assert ex.unmatched_exclude_rules(ex.experiment_from_dict(small_grid())) == []

@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     exp = ex.load_experiment(args.experiment, args.overrides)
     _, run_overrides = ex.split_overrides(args.overrides)
     cells = ex.ordered(ex.select(ex.expand(exp), args.only), args.order)
+    for rule in ex.unmatched_exclude_rules(exp):
+        print(f"warning: {args.experiment}: exclude rule {rule} matches no cell of the grid (a misspelt label, or a "
+              "value no axis has?)", file=sys.stderr)
     if not cells:
         raise ConfigError(f"no cell of {args.experiment} matches --only {' '.join(args.only)}")
     configs = ex.resolve_all(cells, run_overrides)  # every cell must be a valid run config before anything trains
