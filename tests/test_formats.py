@@ -596,3 +596,27 @@ def test_data_describe_gives_the_gap_scale_a_forecast_horizon_is_chosen_from(tmp
     assert main(["data", "describe", str(table), "--json"]) == 0
     gaps = json.loads(capsys.readouterr().out)["total"]["gaps"]
     assert gaps["median"] == 1.0 and gaps["p90"] == pytest.approx(1.8)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_table_seq_ids_differing_only_by_blanks_are_one_sequence(tmp_path: Path, fmt: str) -> None:
+    """``a`` and ``a `` (a padded export, or a CSV written with ', ') were read as two sequences, splitting one
+    sequence's events between train and test. Blanks around text ids are dropped, and a note says how many ids
+    were written both ways; ids that differ otherwise stay distinct."""
+    import pandas as pd
+
+    df = pd.DataFrame({"seq_id": ["a", "a ", " b", "b", "c", "a b"], "time": [0.5, 1.0, 0.2, 0.9, 0.3, 0.4],
+                       "mark": [1, 0, 1, 1, 0, 0]})
+    path = tmp_path / f"x.{fmt}"
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    r = read_table(path)
+    assert [(s.name, list(s.times)) for s in r.sequences] == [("a", [0.5, 1.0]), ("b", [0.2, 0.9]), ("c", [0.3]),
+                                                              ("a b", [0.4])]
+    assert [n for n in r.notes if "blanks" in n] == [
+        f"{path}: 2 seq_id(s) are written with and without blanks around them (first: 'a' and 'a '): read as one "
+        "sequence each, the blanks dropped"]
+    # consistent blanks (every id padded) are dropped without a note: nothing was merged
+    df["seq_id"] = [" a", " a", " b", " b", " c", " a b"]
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    r = read_table(path)
+    assert [s.name for s in r.sequences] == ["a", "b", "c", "a b"] and not [n for n in r.notes if "blanks" in n]

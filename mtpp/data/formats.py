@@ -1310,7 +1310,8 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     Sequences are in order of first appearance of their ``seq_id``; the index in error messages is that order
     (over the whole file, whatever the split), and a bad cell is named by its line (CSV: header = line 1).
     Rows of one ``seq_id`` need not be adjacent (an event log sorted by time interleaves sequences): they are
-    gathered in file order, and a note counts the sequences whose rows were not adjacent. A missing or empty
+    gathered in file order, and a note counts the sequences whose rows were not adjacent. Blanks around a text
+    ``seq_id`` are dropped (``'a '`` and ``'a'`` are one sequence; a note counts the ids written both ways). A missing or empty
     ``seq_id`` or ``split`` cell, a sequence whose rows carry different ``split`` values, a ``split`` value that is
     not a part name (``normalise_part``: any case of train / training, val / valid / validation / dev / eval, test /
     testing), a CSV row with more fields than the header (never read shifted by one column), a column name close to one of ``TABLE_COLUMNS`` that is missing (``marks``: every mark would
@@ -1374,6 +1375,18 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         r = int(np.flatnonzero(empty)[0])
         raise DataError(f"seq_id is missing or empty on {where} {r + line0} ({int(empty.sum())} such row(s))",
                         source=src)
+    blank_merged = ""
+    if not pd.api.types.is_numeric_dtype(seq_id):  # 'a ' and 'a' are one sequence (a CSV written with ', ' or a padded export)
+        as_text = (seq_id.str.strip() if pd.api.types.is_string_dtype(seq_id)
+                   else seq_id.map(lambda v: v.strip() if isinstance(v, str) else v))
+        variants = pd.DataFrame({"raw": seq_id, "id": as_text}).drop_duplicates().groupby("id", sort=False)["raw"]
+        merged = variants.size()
+        merged = merged[merged > 1]
+        if len(merged):
+            example = " and ".join(_short_repr(v) for v in variants.get_group(merged.index[0]).iloc[:2])
+            blank_merged = (f"{path}: {len(merged):,} seq_id(s) are written with and without blanks around them "
+                            f"(first: {example}): read as one sequence each, the blanks dropped")
+        seq_id = as_text
     codes, labels = pd.factorize(seq_id, sort=False)
     n_seq = int(codes.max()) + 1 if codes.size else 0
 
@@ -1405,6 +1418,8 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
         notes.append(f"{path}: no 'mark' column, every event gets mark 0")
     if unread:
         notes.append(f"{path}: column(s) {unread} ignored (mtpp reads {', '.join(TABLE_COLUMNS)})")
+    if blank_merged:
+        notes.append(blank_merged)
     # rows of one sequence that are not adjacent: the sequence starts more than one run of equal codes
     if codes.size:
         starts = np.concatenate([[True], codes[1:] != codes[:-1]])
