@@ -22,7 +22,8 @@ checked that is not a valid configuration fails its trial, in one line, and the 
 entry of one value (nothing to search: ``--set`` it), keys that change what the validation NLL is measured on or
 how it is computed (``NOT_SEARCHABLE``: ``data.name``, ``data.split``, ``data.max_sequences``, ...,
 ``model.eval_integration``, ``model.eval_integration_nodes``, ``model.tie_resolution``: NLLs of different data, or of
-the same model scored by another rule, cannot be ranked), a space whose checked points score the NLL with different
+the same model scored by another rule, cannot be ranked), seeds (``RANDOM_SEEDS``: ``train.seed``: the winner would
+be the luckiest draw on the validation split), a space whose checked points score the NLL with different
 rules (``model.integration_nodes`` when the evaluation nodes follow it) and settings that change nothing a run
 computes (``mtpp.config.NON_SEMANTIC_KEYS``).
 
@@ -171,6 +172,14 @@ NOT_SEARCHABLE = {
 }
 
 
+#: Seeds of random draws: trials that differ only in one differ by chance, and the "best" is the luckiest draw on the
+#: validation split (selection on noise), not a better setting.
+RANDOM_SEEDS = {
+    "train.seed": "the random draws (initial weights, batch order, Monte Carlo nodes)",
+    "gradients.options.seed": "the aggregator's random draws (PCGrad's task order, ...)",
+}
+
+
 def _why_not_searchable(key: str) -> str | None:
     """Why searching ``key`` is meaningless (``None``: it is not), from :data:`NOT_SEARCHABLE` and
     ``mtpp.config.NON_SEMANTIC_KEYS``."""
@@ -179,6 +188,9 @@ def _why_not_searchable(key: str) -> str | None:
     if key in NOT_SEARCHABLE:
         return (f"it changes {NOT_SEARCHABLE[key]} the validation NLL is measured on, so the trials' NLLs could not "
                 "be compared; run one search per value")
+    if key in RANDOM_SEEDS:
+        return (f"it changes only {RANDOM_SEEDS[key]}, so the search would pick a lucky draw and overfit the "
+                "validation split; tune at one seed, then compare seeds with mtpp compare (grid.seeds)")
     if any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS):
         return "it changes only where or how fast a run goes or what it prints, not what it computes"
     return None

@@ -246,6 +246,11 @@ def test_tune_marks_an_interrupted_trial_failed(tmp_path, capsys):
         ({"model.eval_integration_nodes": [1, 24]}, "model.eval_integration_nodes: cannot be searched"),
         ({"model.tie_resolution": [1e-6, 1e-3]}, "model.tie_resolution: cannot be searched: it changes the tie rule"),
         ({"train.select_time_on": ["nll", "binned"]}, "train.select_time_on: cannot be searched: it changes the L_T"),
+        # seeds: the winner would be the luckiest draw on the validation split, not a better setting
+        ({"train.seed": {"type": "int", "low": 0, "high": 9}}, "train.seed: cannot be searched: it changes only the "
+                                                                 "random draws"),
+        ({"gradients.options.seed": [0, 1]}, "gradients.options.seed: cannot be searched: it changes only the "
+                                             "aggregator's random draws"),
         # settings that change nothing a run computes
         ({"logging.quiet": [True, False]}, "cannot be searched: it changes only where or how fast"),
         ({"train.threads": [1, 2]}, "cannot be searched: it changes only where or how fast"),
