@@ -320,3 +320,57 @@ def test_a_config_files_own_mistake_found_by_the_trainer_names_the_file(tmp_path
     assert main(["train", str(cfg), "--out", str(tmp_path / "out"), "-q", *sets]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(cfg) not in err[0] and "unknown option(s) alpah" in err[0], err
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+@pytest.mark.parametrize("name_kind", ["generated", "path"])
+@pytest.mark.parametrize("dir_kind", ["data folder", "catalog root"])
+def test_a_data_dir_the_run_would_not_read_is_refused_naming_the_setting_that_reads_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, command: str, name_kind: str, dir_kind: str
+) -> None:
+    """``mtpp train --data-dir FOLDER`` (or ``--data FOLDER``, argparse's abbreviation) with the default
+    ``data.name: synthetic_hawkes`` trained on the built-in synthetic data and said nothing: the folder plays no
+    part in finding a generated dataset, nor a dataset given as a path. Refused before any work, in one line that
+    names the setting that reads the folder."""
+    from mtpp.data.formats import write_split_folder
+    from mtpp.data.sequence import make_sequence
+
+    folder = tmp_path / "mine"
+    seqs = [make_sequence([0.1 * (j + 1) * (i + 1) for j in range(4)], [j % 2 for j in range(4)]) for i in range(9)]
+    if dir_kind == "data folder":
+        write_split_folder(folder, [{"train": seqs[:5], "val": seqs[5:7], "test": seqs[7:]}], num_marks=2)
+    else:  # a data directory holding a catalog dataset's folder
+        write_split_folder(folder / "conftpp_mooc_filtered", [{"train": seqs[:5], "val": seqs[5:7], "test": seqs[7:]}],
+                           num_marks=2)
+    other = tmp_path / "other.csv"
+    other.write_text("seq_id,time,mark\n" + "".join(f"s{i},{0.1 * (j + 1)},{j % 2}\n" for i in range(9)
+                                                    for j in range(3)))
+    name = "synthetic_hawkes" if name_kind == "generated" else str(other)
+    out = tmp_path / "out"
+    argv = {"train": ["train", "--out", str(out)],
+            "tune": ["tune", "--space", str(_space(tmp_path)), "--out", str(out), "--trials", "1"]}[command]
+    code = main([*argv, "--data", str(folder), "--set", f"data.name={name}", "--set", "train.max_epochs=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"--data-dir {folder} would not be used: data.name is" in err[0]
+    fix = f"--set data.name={folder}" if dir_kind == "data folder" else "--set data.name=NAME for a dataset in it"
+    assert fix in err[0] and not out.exists()
+
+
+def _space(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text("train.lr: [0.001, 0.01]\n")
+    return path
+
+
+def test_a_data_dir_that_a_variant_reads_is_accepted(tmp_path: Path) -> None:
+    """The refusal is only for a folder no part of the run reads: one variant reading a catalog name from it is
+    enough (the synthetic variant then ignores it, as its name says)."""
+    from mtpp.config import config_from_dict
+    from mtpp.training.setup import refuse_unused_data_dir
+
+    cfg = config_from_dict({"variants": [{"name": "syn"}, {"name": "mooc", "data.name": "mooc"}]})
+    refuse_unused_data_dir(cfg, str(tmp_path))  # no error
+    with pytest.raises(Exception, match="would not be used"):
+        refuse_unused_data_dir(config_from_dict({"variants": [{"name": "a"}, {"name": "b", "train.lr": 0.1}]}),
+                               str(tmp_path))

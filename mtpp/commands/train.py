@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
                               "to start one")
         config_path = stored[0]
     cfg = load_config(config_path, overrides)
+    if args.data_dir is not None and not args.resume:
+        from mtpp.training.setup import refuse_unused_data_dir
+
+        refuse_unused_data_dir(cfg, args.data_dir)
     if args.variant and not cfg.variants:
         raise ConfigError("--variant: the config has no 'variants' list")
     if cfg.variants:
@@ -141,3 +145,4 @@ def _name_the_files_mistakes(cfg: Any, variants: list[dict] | None, config_path:
                     if str(f) == str(e):
                         raise ConfigError(f"{config_path}: {where}{e}") from None
             raise ConfigError(f"{where}{e}") from None
+

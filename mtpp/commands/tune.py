@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.tuning import load_space, tune
 
     cfg = load_config(args.config, list(args.overrides))
+    if args.data_dir is not None:
+        from mtpp.training.setup import refuse_unused_data_dir
+
+        refuse_unused_data_dir(cfg, args.data_dir)
     space = load_space(args.space)
     result = tune(cfg, space, args.out, args.trials, data_dir=args.data_dir, seed=args.seed,
                   timeout=args.timeout, space_source=str(args.space), verbose_runs=args.verbose_runs)

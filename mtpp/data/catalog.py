@@ -342,6 +342,25 @@ def unread_folders(data_dir: str | Path | None = None) -> tuple[list[str], dict[
     return unnamed, second
 
 
+def unused_data_dir(name: str, data_dir: str | Path) -> str | None:
+    """Why a data directory given for ``name`` would play no part in finding it (``None``: it would): a generated
+    catalog entry (``synthetic_hawkes``) or an existing path. ``train`` / ``tune`` refuse a ``--data-dir`` that
+    would be passed over, with the setting that reads it (a folder of data given as ``--data-dir`` trained on the
+    built-in synthetic data, silently)."""
+    text = os.path.expanduser(str(name))
+    if text in CATALOG and CATALOG[text].generated:
+        why = f"data.name is {text!r}, which mtpp generates (no data directory is read)"
+    elif text not in CATALOG and Path(text).exists():
+        why = f"data.name is the path {text!r}"
+    else:
+        return None
+    root = Path(data_dir).expanduser()
+    catalogued = root.is_dir() and any(find_dataset(n, root) is not None for n in CATALOG if not CATALOG[n].generated)
+    fix = ("--set data.name=NAME for a dataset in it (mtpp data list --data-dir " + str(data_dir) + ")" if catalogued
+           else f"--set data.name={data_dir}")
+    return f"--data-dir {data_dir} would not be used: {why}; to read the data there, {fix}"
+
+
 def _unknown(name: str) -> DataError:
     import difflib
 

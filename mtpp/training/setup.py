@@ -283,3 +283,16 @@ def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
     if cfg.amp and device.type != "cuda":
         logging.getLogger(__name__).warning("train.amp is only used on CUDA; training in full precision")
     return cfg.amp and device.type == "cuda"
+
+
+def refuse_unused_data_dir(cfg: RunConfig, data_dir: str) -> None:
+    """``ConfigError`` when ``--data-dir`` would be passed over by the run (by every variant of it), for ``train``
+    and ``tune``; the reason and the setting that reads the folder: :func:`mtpp.data.catalog.unused_data_dir`."""
+    from mtpp.config import variant_configs
+    from mtpp.data.catalog import unused_data_dir
+    from mtpp.errors import ConfigError
+
+    names = sorted({c.data.name for c in variant_configs(cfg).values()} if cfg.variants else {cfg.data.name})
+    reasons = [unused_data_dir(n, data_dir) for n in names]
+    if all(reasons):
+        raise ConfigError(reasons[0])
