@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
                               "to start one")
         config_path = stored[0]
     cfg = load_config(config_path, overrides)
+    if not args.resume:
+        _warn_given_initial_weights(config_path, cfg)
     if args.variant and not cfg.variants:
         raise ConfigError("--variant: the config has no 'variants' list")
     if cfg.variants:
@@ -95,6 +97,28 @@ def run(args: argparse.Namespace) -> int:
     _name_the_files_mistakes(cfg, None, config_path)
     fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)  # says how to resume
     return 0
+
+
+def _warn_given_initial_weights(config_path: Path | None, cfg: Any) -> None:
+    """One warning when CONFIG is the ``config.yaml`` of a run whose initial weights were a model passed to
+    ``fit(model, data)`` (``run_info.initial_weights: initial.pt``): ``mtpp train`` draws them from ``train.seed``
+    instead, so it does not reproduce that run; that run's ``initial.pt`` does."""
+    from mtpp.config import read_yaml
+    from mtpp.training.checkpoint import INITIAL
+
+    if config_path is None:
+        return
+    try:
+        info = (read_yaml(Path(config_path)) or {}).get("run_info")
+    except Exception:  # load_config read it already; a file it accepted but this cannot read has no run_info
+        return
+    if isinstance(info, dict) and info.get("initial_weights") == INITIAL:
+        where = Path(config_path).parent / INITIAL
+        print(f"warning: {config_path} is the record of a run whose initial weights were the model passed to "
+              f"fit(model, data) ({where}), not drawn from train.seed; this run draws them from "
+              f"train.seed={cfg.train.seed}, so it will not reproduce that run: to reproduce it, load {where} into "
+              "build_model(...) (model.load_state_dict(torch.load(PATH)['model'])) and pass that model to "
+              "fit(model, data, config=...)", file=sys.stderr)
 
 
 def _buildable(cfg: Any) -> None:
