@@ -644,7 +644,7 @@ def test_a_given_models_initial_weights_are_kept_and_reproduce_the_run(ds, tmp_p
     info = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())["run_info"]
     assert info["initial_weights"] == "train.seed" and not (tmp_path / "cli" / "initial.pt").exists()
     err = capsys.readouterr().err
-    assert "whose initial weights were the model passed to fit(model, data)" in err and "initial.pt" in err
+    assert "its initial weights were the model passed to fit(model, data)" in err and "initial.pt" in err
 
 
 def test_a_given_model_killed_in_its_first_epoch_restarts_from_its_initial_weights(ds, tmp_path, monkeypatch):

@@ -551,3 +551,24 @@ def test_resume_records_the_environment_that_trained_the_epochs_before_it(tmp_pa
     from mtpp.training.tracking import resume_tags  # what an MLflow run is tagged with
 
     assert resume_tags({"run_info": info})["resume_1/run_info.git_revision"] == "fedcba987654"
+
+
+def test_training_a_record_whose_settings_a_resume_changed_says_it_is_another_run(tmp_path: Path, capsys) -> None:
+    """config.yaml keeps the settings of a run's last --resume (train.lr 0.05 after epoch 1) and lists the earlier
+    ones under run_info.resumed; ``mtpp train RUN/config.yaml`` trained with the last ones from the first epoch,
+    silently another run. It now says so; a run only extended (a longer train.max_epochs) is one it reproduces, and
+    stays quiet."""
+    run = tmp_path / "run"
+    fit(tiny(), run)
+    fit(tiny("train.max_epochs=2"), run, resume=True)  # extended only
+    capsys.readouterr()
+    assert main(["train", str(run / "config.yaml"), "--out", str(tmp_path / "again"), "-q"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    fit(tiny("train.max_epochs=3", "train.lr=0.05"), run, resume=True)
+    lr0 = tiny().train.lr
+    capsys.readouterr()
+    assert main(["train", str(run / "config.yaml"), "--out", str(tmp_path / "other"), "-q",
+                 "--set", "train.max_epochs=1"]) == 0
+    err = capsys.readouterr().err
+    assert "is the record of a run that training it again does not reproduce" in err
+    assert f"train.lr {lr0!r} -> 0.05 after epoch 2" in err and "train.max_epochs" not in err

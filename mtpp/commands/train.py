@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         config_path = stored[0]
     cfg = load_config(config_path, overrides)
     if not args.resume:
-        _warn_given_initial_weights(config_path, cfg)
+        _warn_unreproducible_record(config_path, cfg)
     if args.variant and not cfg.variants:
         raise ConfigError("--variant: the config has no 'variants' list")
     if cfg.variants:
@@ -99,10 +99,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_given_initial_weights(config_path: Path | None, cfg: Any) -> None:
-    """One warning when CONFIG is the ``config.yaml`` of a run whose initial weights were a model passed to
-    ``fit(model, data)`` (``run_info.initial_weights: initial.pt``): ``mtpp train`` draws them from ``train.seed``
-    instead, so it does not reproduce that run; that run's ``initial.pt`` does."""
+def _warn_unreproducible_record(config_path: Path | None, cfg: Any) -> None:
+    """One warning when CONFIG is a run's ``config.yaml`` that does not determine that run, so that training it again
+    gives another one: its initial weights were a model passed to ``fit(model, data)`` (``run_info.initial_weights:
+    initial.pt``; ``mtpp train`` draws them from ``train.seed``), or a ``--resume`` changed its settings
+    (``run_info.resumed``; ``mtpp train`` trains with the final ones from the first epoch). A longer
+    ``train.max_epochs`` alone is no change of course (without a cosine schedule, whose period it sets)."""
     from mtpp.config import read_yaml
     from mtpp.training.checkpoint import INITIAL
 
@@ -112,13 +114,26 @@ def _warn_given_initial_weights(config_path: Path | None, cfg: Any) -> None:
         info = (read_yaml(Path(config_path)) or {}).get("run_info")
     except Exception:  # load_config read it already; a file it accepted but this cannot read has no run_info
         return
-    if isinstance(info, dict) and info.get("initial_weights") == INITIAL:
+    if not isinstance(info, dict):
+        return
+    reasons = []
+    if info.get("initial_weights") == INITIAL:
         where = Path(config_path).parent / INITIAL
-        print(f"warning: {config_path} is the record of a run whose initial weights were the model passed to "
-              f"fit(model, data) ({where}), not drawn from train.seed; this run draws them from "
-              f"train.seed={cfg.train.seed}, so it will not reproduce that run: to reproduce it, load {where} into "
-              "build_model(...) (model.load_state_dict(torch.load(PATH)['model'])) and pass that model to "
-              "fit(model, data, config=...)", file=sys.stderr)
+        reasons.append(f"its initial weights were the model passed to fit(model, data) ({where}), not drawn from "
+                       f"train.seed (to reproduce it, load {where} into build_model(...) with "
+                       "model.load_state_dict(torch.load(PATH)['model']) and pass that model to fit(model, data, "
+                       "config=...))")
+    cosine = cfg.train.lr_schedule == "cosine"
+    changes = [f"{key} {change[0]!r} -> {change[1]!r} after epoch {entry.get('epoch')}"
+               for entry in info.get("resumed") or [] if isinstance(entry, dict)
+               for key, change in (entry.get("changed") or {}).items()
+               if isinstance(change, list) and len(change) == 2 and (key != "train.max_epochs" or cosine)]
+    if changes:
+        reasons.append(f"--resume changed its settings ({', '.join(changes)}; run_info.resumed), and this run trains "
+                       "with the final ones from the first epoch")
+    if reasons:
+        print(f"warning: {config_path} is the record of a run that training it again does not reproduce: "
+              + "; ".join(reasons), file=sys.stderr)
 
 
 def _buildable(cfg: Any) -> None:
