@@ -67,7 +67,7 @@ PARTS = ("train", "val", "test")
 _RUN_FILES = ("metrics.json", "metrics.interim.json", "metrics.other-*.json", "arrays_*.json", "config.yaml",
               "tracking.json", "log.jsonl", "cell.json")
 TEMP_PATTERNS = (
-    ".checkpoint.pt.*.tmp", ".best.pt.*.tmp",
+    ".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".initial.pt.*.tmp",
     *(f".{name}.tmp" for name in _RUN_FILES), *(f".{name}.*.tmp" for name in _RUN_FILES),
 )
 

@@ -608,3 +608,73 @@ def test_fit_calls_on_epoch_and_stops_when_it_says_so(ds, tmp_path):
     plain = mtpp.fit(mtpp.build_model(TINY_MODEL, ds.num_marks), ds, tmp_path / "plain", config=QUICK,
                      on_epoch=lambda e, v: None)
     assert plain["train"]["epochs"] == 2 and plain["train"]["stopped_by"] == "max_epochs"
+
+
+def test_a_given_models_initial_weights_are_kept_and_reproduce_the_run(ds, tmp_path, capsys):
+    """fit(model, data) trains weights that train.seed did not draw (the caller's stream built them), yet config.yaml
+    said only ``seed: 0``: two runs from differently seeded models had identical config.yaml files and different
+    results, and ``mtpp train RUN/config.yaml`` silently trained another model. Now the run keeps the weights it
+    started from (``initial.pt``, named by ``run_info.initial_weights``), they reproduce the run exactly, and
+    ``mtpp train`` of such a config.yaml says that it draws other weights."""
+    from mtpp.cli import main
+
+    runs = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = mtpp.build_model(TINY_MODEL, ds.num_marks)
+        start = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        runs[seed] = mtpp.fit(model, ds, tmp_path / f"given{seed}", config=QUICK)
+        info = yaml.safe_load((tmp_path / f"given{seed}" / "config.yaml").read_text())["run_info"]
+        assert info["initial_weights"] == "initial.pt"
+        kept = torch.load(tmp_path / f"given{seed}" / "initial.pt", weights_only=True)["model"]
+        assert all(torch.equal(kept[k], v) for k, v in start.items())
+    assert runs[0]["test"]["nll_per_seq"] != runs[1]["test"]["nll_per_seq"]  # the record must tell them apart
+
+    again = mtpp.build_model(TINY_MODEL, ds.num_marks)  # from whatever stream: initial.pt decides
+    again.load_state_dict(torch.load(tmp_path / "given1" / "initial.pt", weights_only=True)["model"])
+    rerun = mtpp.fit(again, ds, tmp_path / "again", config=tmp_path / "given1" / "config.yaml")
+    strip = lambda m: {s: {k: v for k, v in m[s].items() if "second" not in k} for s in ("val", "test")}  # noqa: E731
+    assert strip(rerun) == strip(runs[1])
+
+    # mtpp train of that config.yaml (the configuration route) draws its weights from train.seed: it says so, and
+    # its own record says train.seed, with no initial.pt
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "given1" / "config.yaml"), "--out", str(tmp_path / "cli"), "-q",
+                 "--set", "train.max_epochs=1"]) == 0
+    info = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())["run_info"]
+    assert info["initial_weights"] == "train.seed" and not (tmp_path / "cli" / "initial.pt").exists()
+    err = capsys.readouterr().err
+    assert "its initial weights were the model passed to fit(model, data)" in err and "initial.pt" in err
+
+
+def test_a_given_model_killed_in_its_first_epoch_restarts_from_its_initial_weights(ds, tmp_path, monkeypatch):
+    """``--resume`` of a run killed before its first checkpoint starts over; for a fit(model, data) run it started
+    over from weights drawn from train.seed, another run than the one interrupted. It now starts from the run's
+    initial.pt and ends exactly where the uninterrupted run ends."""
+    from mtpp.training import checkpoint
+
+    torch.manual_seed(7)
+    thp = {**TINY_MODEL, "decoder": "thp", "integration": "mc", "integration_nodes": 4}  # training draws nodes
+    model = mtpp.build_model(thp, ds.num_marks)
+    twin = mtpp.build_model(thp, ds.num_marks)
+    twin.load_state_dict(model.state_dict())
+    full = mtpp.fit(model, ds, tmp_path / "full", config=QUICK)
+
+    real = checkpoint.save_atomic
+
+    def killed_in_epoch_1(state, path):
+        if Path(path).name == checkpoint.CHECKPOINT:
+            raise KeyboardInterrupt
+        return real(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", killed_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        mtpp.fit(twin, ds, tmp_path / "cut", config=QUICK)
+    monkeypatch.setattr(checkpoint, "save_atomic", real)
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+    resumed = mtpp.fit(mtpp.load_config(tmp_path / "cut" / "config.yaml", ["logging.quiet=true"]), tmp_path / "cut",
+                       resume=True)
+    strip = lambda m: {s: {k: v for k, v in m[s].items() if "second" not in k} for s in ("val", "test")}  # noqa: E731
+    assert strip(resumed) == strip(full)
+    info = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["run_info"]
+    assert info["initial_weights"] == "initial.pt" and (tmp_path / "cut" / "initial.pt").is_file()

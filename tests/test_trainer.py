@@ -507,3 +507,68 @@ def test_comparison_table_caption_gives_units_calibration_and_the_scored_events(
     assert "as each run's model.first_event says" in comparison_table({"a": run, "b": other}).splitlines()[-1]
     assert "times in data units" in comparison_table({"a": run}).splitlines()[-1]
     assert "PCE: calibration of the time distribution (its PIT)" in final_summary(Path("run"), run).splitlines()[-1]
+
+
+def test_resume_records_the_environment_that_trained_the_epochs_before_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    """config.yaml's run_info is rewritten by every --resume: a run trained at one git revision (or torch, numpy,
+    Python version, CPU instruction set, device, world size) and resumed at another said only the second, so a
+    result could not be traced to the code that computed its first epochs. The record now names every library and
+    platform that changes results, and a resume that finds one changed keeps the old and new value with the epoch,
+    beside the settings it changed (run_info.resumed)."""
+    from mtpp.training import trainer
+
+    run = tmp_path / "run"
+    fit(tiny(), run)
+    first = yaml.safe_load((run / "config.yaml").read_text())["run_info"]
+
+    monkeypatch.setattr(trainer, "git_revision", lambda: "0123456789ab-dirty")
+    fit(tiny("train.max_epochs=2", "logging.quiet=false"), run, resume=True)
+    assert "--resume from epoch 1: train.max_epochs 1 -> 2, git_revision" in capsys.readouterr().err
+    info = yaml.safe_load((run / "config.yaml").read_text())["run_info"]
+    assert info["git_revision"] == "0123456789ab-dirty"
+    assert info["resumed"] == [{"epoch": 1, "changed": {"train.max_epochs": [1, 2]},
+                                "environment": {"git_revision": [first["git_revision"], "0123456789ab-dirty"]}}]
+    # an environment change alone (no setting changed) is its own entry: a run killed in epoch 2, resumed elsewhere
+    from mtpp.training import checkpoint
+
+    real = checkpoint.save_atomic
+
+    def killed_at_epoch_2(state, path):
+        if Path(path).name == checkpoint.CHECKPOINT and state.get("epoch") == 2:
+            raise KeyboardInterrupt
+        return real(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny("train.max_epochs=2"), tmp_path / "cut")
+    monkeypatch.setattr(checkpoint, "save_atomic", real)
+    monkeypatch.setattr(trainer, "git_revision", lambda: "fedcba987654")
+    fit(tiny("train.max_epochs=2"), tmp_path / "cut", resume=True)
+    info = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["run_info"]
+    assert info["resumed"] == [{"epoch": 1, "environment": {"git_revision": ["0123456789ab-dirty", "fedcba987654"]}}]
+    assert {"numpy_version", "python_version", "cpu_capability"} <= set(first) and first["cpu_capability"]
+    assert set(trainer.ENVIRONMENT_KEYS) <= set(first)
+    from mtpp.training.tracking import resume_tags  # what an MLflow run is tagged with
+
+    assert resume_tags({"run_info": info})["resume_1/run_info.git_revision"] == "fedcba987654"
+
+
+def test_training_a_record_whose_settings_a_resume_changed_says_it_is_another_run(tmp_path: Path, capsys) -> None:
+    """config.yaml keeps the settings of a run's last --resume (train.lr 0.05 after epoch 1) and lists the earlier
+    ones under run_info.resumed; ``mtpp train RUN/config.yaml`` trained with the last ones from the first epoch,
+    silently another run. It now says so; a run only extended (a longer train.max_epochs) is one it reproduces, and
+    stays quiet."""
+    run = tmp_path / "run"
+    fit(tiny(), run)
+    fit(tiny("train.max_epochs=2"), run, resume=True)  # extended only
+    capsys.readouterr()
+    assert main(["train", str(run / "config.yaml"), "--out", str(tmp_path / "again"), "-q"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    fit(tiny("train.max_epochs=3", "train.lr=0.05"), run, resume=True)
+    lr0 = tiny().train.lr
+    capsys.readouterr()
+    assert main(["train", str(run / "config.yaml"), "--out", str(tmp_path / "other"), "-q",
+                 "--set", "train.max_epochs=1"]) == 0
+    err = capsys.readouterr().err
+    assert "is the record of a run that training it again does not reproduce" in err
+    assert f"train.lr {lr0!r} -> 0.05 after epoch 2" in err and "train.max_epochs" not in err

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         from mtpp.training.setup import refuse_unused_data_dir
 
         refuse_unused_data_dir(cfg, args.data_dir)
+    if not args.resume:
+        _warn_unreproducible_record(config_path, cfg)
     if args.variant and not cfg.variants:
         raise ConfigError("--variant: the config has no 'variants' list")
     if cfg.variants:
@@ -99,6 +101,43 @@ def run(args: argparse.Namespace) -> int:
     _name_the_files_mistakes(cfg, None, config_path)
     fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)  # says how to resume
     return 0
+
+
+def _warn_unreproducible_record(config_path: Path | None, cfg: Any) -> None:
+    """One warning when CONFIG is a run's ``config.yaml`` that does not determine that run, so that training it again
+    gives another one: its initial weights were a model passed to ``fit(model, data)`` (``run_info.initial_weights:
+    initial.pt``; ``mtpp train`` draws them from ``train.seed``), or a ``--resume`` changed its settings
+    (``run_info.resumed``; ``mtpp train`` trains with the final ones from the first epoch). A longer
+    ``train.max_epochs`` alone is no change of course (without a cosine schedule, whose period it sets)."""
+    from mtpp.config import read_yaml
+    from mtpp.training.checkpoint import INITIAL
+
+    if config_path is None:
+        return
+    try:
+        info = (read_yaml(Path(config_path)) or {}).get("run_info")
+    except Exception:  # load_config read it already; a file it accepted but this cannot read has no run_info
+        return
+    if not isinstance(info, dict):
+        return
+    reasons = []
+    if info.get("initial_weights") == INITIAL:
+        where = Path(config_path).parent / INITIAL
+        reasons.append(f"its initial weights were the model passed to fit(model, data) ({where}), not drawn from "
+                       f"train.seed (to reproduce it, load {where} into build_model(...) with "
+                       "model.load_state_dict(torch.load(PATH)['model']) and pass that model to fit(model, data, "
+                       "config=...))")
+    cosine = cfg.train.lr_schedule == "cosine"
+    changes = [f"{key} {change[0]!r} -> {change[1]!r} after epoch {entry.get('epoch')}"
+               for entry in info.get("resumed") or [] if isinstance(entry, dict)
+               for key, change in (entry.get("changed") or {}).items()
+               if isinstance(change, list) and len(change) == 2 and (key != "train.max_epochs" or cosine)]
+    if changes:
+        reasons.append(f"--resume changed its settings ({', '.join(changes)}; run_info.resumed), and this run trains "
+                       "with the final ones from the first epoch")
+    if reasons:
+        print(f"warning: {config_path} is the record of a run that training it again does not reproduce: "
+              + "; ".join(reasons), file=sys.stderr)
 
 
 def _buildable(cfg: Any) -> None:

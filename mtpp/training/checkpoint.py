@@ -5,7 +5,9 @@ as if never interrupted: ``model``, ``optimizer``, ``scheduler``, ``aggregator``
 torch, cuda), ``early_stopping`` state, ``epoch`` (last finished), ``step``, ``counters`` (skips, conflict
 counts, events, training seconds) and the resolved ``config``. ``best.pt`` holds ``model`` (the best state so
 far: with separate early stopping, the time parameters of the best-``L_T`` epoch and the mark parameters of the
-best-``L_M`` epoch), ``epoch``, ``config`` and ``num_marks``.
+best-``L_M`` epoch), ``epoch``, ``config`` and ``num_marks``. ``initial.pt`` (only for a model passed to
+``fit(model, data)``, whose initial weights ``train.seed`` does not give) holds ``model`` (its weights before the
+first step), ``config``, ``num_marks`` and ``data``: ``config.yaml``'s ``run_info.initial_weights`` names it.
 
 Both are written to a temporary file in the same folder, then ``os.replace``-d: a crash never leaves a torn file.
 Every value is a tensor, a number, a string or a container of those, so ``torch.load(weights_only=True)`` reads
@@ -29,6 +31,7 @@ from mtpp.errors import MtppError
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+INITIAL = "initial.pt"
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:

@@ -212,12 +212,13 @@ def check_recorded_stores(out_dir: str | Path) -> None:
 def resume_tags(config: dict) -> dict[str, str]:
     """What each ``--resume`` changed (``run_info.resumed`` of ``config.yaml``) as MLflow tags: for the n-th such
     resume ``resume_<n>/after_epoch`` (the checkpoint it continued) and ``resume_<n>/<key>`` (the new value, e.g.
-    ``resume_1/train.max_epochs = 30``); the parameters keep the values the run started with (MLflow parameters
-    cannot change)."""
+    ``resume_1/train.max_epochs = 30``; an environment change as ``resume_1/run_info.git_revision``); the
+    parameters keep the values the run started with (MLflow parameters cannot change)."""
     out = {}
     for n, entry in enumerate((config.get("run_info") or {}).get("resumed") or [], 1):
         out[f"resume_{n}/after_epoch"] = str(entry.get("epoch"))
-        for key, change in (entry.get("changed") or {}).items():
+        environment = {f"run_info.{k}": v for k, v in (entry.get("environment") or {}).items()}
+        for key, change in {**(entry.get("changed") or {}), **environment}.items():
             new = change[1] if isinstance(change, (list, tuple)) and len(change) == 2 else change
             out[f"resume_{n}/{key}"] = str(new)[:5000]
     return out

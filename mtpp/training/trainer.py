@@ -96,7 +96,7 @@ from mtpp.training.setup import (
 )
 
 CONFIG_FILE = "config.yaml"
-RUN_FILES = (CONFIG_FILE, "log.jsonl", checkpoint.CHECKPOINT, checkpoint.BEST, METRICS_FILE)
+RUN_FILES = (CONFIG_FILE, "log.jsonl", checkpoint.CHECKPOINT, checkpoint.BEST, checkpoint.INITIAL, METRICS_FILE)
 
 
 @dataclass
@@ -471,7 +471,7 @@ class Trainer:
         self.dtype = DTYPES[cfg.data.dtype]
         # rank 0 reads / prepares the run directory; its checkpoint (or its error) reaches every rank
         where = "cpu" if dist.enabled else self.device
-        state = dist.on_main(lambda: _setup_out_dir(cfg, out_dir, resume, overwrite, where, self.quiet))
+        state, initial = dist.on_main(lambda: _setup_out_dir(cfg, out_dir, resume, overwrite, where, self.quiet))
         resume = state is not None  # False when --resume found only a run that died before its first checkpoint
         checkpoint.seed_everything(cfg.train.seed)
         if data is None:
@@ -487,6 +487,16 @@ class Trainer:
             self.model = model.to(device=self.device, dtype=self.dtype)
         # the model's unit of time (mtpp.models.scaling); a resumed run restores it from its checkpoint below
         self.model.time_scale = resolve_time_scale(cfg.data.time_scale, self.data.train)
+        if initial is not None:  # a restart of a run whose initial weights were given (initial.pt): the same ones,
+            from mtpp.runs import load_weights  # and the random streams from the seed, as when they were given
+
+            load_weights(self.model, initial, out_dir / checkpoint.INITIAL, cfg.to_dict())
+            checkpoint.seed_everything(cfg.train.seed)
+        # where the weights before the first step came from (config.yaml run_info.initial_weights)
+        self.initial_weights = (
+            (state.get("stored_run_info") or {}).get("initial_weights") if state is not None
+            else checkpoint.INITIAL if model is not None or initial is not None else "train.seed"
+        )
         self.time_lattice = time_lattice(self.data.train)  # binned L_T in the final evaluation (mtpp.data.lattice)
         self.time_units = time_unit_text(time_unit_of(cfg.data.name))  # "hours" where the catalog documents it
         if cfg.train.select_time_on == "binned" and self.time_lattice is None:
@@ -548,12 +558,25 @@ class Trainer:
         self._unapplied = (state or {}).get("resume_changed") if self.already_finished else None
         if self.main and not self.already_finished:
             history = (state or {}).get(RESUMED_KEY) or []
-            if (state or {}).get("resume_changed"):
-                changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in state["resume_changed"].items())
+            env = run_environment(self.device, dist.world)
+            env_changed = environment_changes((state or {}).get("stored_run_info"), env) if state is not None else {}
+            if env_changed:  # this resume's entry (its settings' changes, if any, are history[-1] already)
+                if state.get("resume_changed"):
+                    history[-1]["environment"] = env_changed
+                else:
+                    history.append({"epoch": int(state["epoch"]), "environment": env_changed})
+            if (state or {}).get("resume_changed") or env_changed:
+                changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in
+                                    {**(state.get("resume_changed") or {}), **env_changed}.items())
                 echo(f"--resume from epoch {self.epoch}: {changes} (recorded in config.yaml run_info.resumed)", False)
             _write_config(
-                out_dir / CONFIG_FILE, cfg, self.device, dist.world, self.data_record, self.model.time_scale, history
+                out_dir / CONFIG_FILE, cfg, self.device, dist.world, self.data_record, self.model.time_scale, history,
+                env=env, initial_weights=self.initial_weights,
             )
+            if self.initial_weights == checkpoint.INITIAL and state is None:  # what train.seed cannot give again
+                checkpoint.save_atomic({"model": self.model.state_dict(), "config": cfg.to_dict(),
+                                        "num_marks": self.data.num_marks, "data": self.data_record},
+                                       out_dir / checkpoint.INITIAL)  # fmt: skip
             self.logger = RunLogger(out_dir, tensorboard=cfg.logging.tensorboard)
         self.progress = Progress(cfg.logging.progress and not self.quiet)
         self.on_epoch: Any = None  # fit(on_epoch=...): a per-epoch callback (pruning in mtpp tune)
@@ -1120,38 +1143,48 @@ class _NoLogger:
 
 def _setup_out_dir(
     cfg: RunConfig, out_dir: Path, resume: bool, overwrite: bool, map_location: Any, quiet: bool = False
-) -> dict[str, Any] | None:
-    """Prepare ``out_dir`` (rank 0); with ``resume`` check the stored config and return the checkpoint
-    (``None``: train from scratch, also when ``--resume`` finds a run that died before its first checkpoint)."""
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Prepare ``out_dir`` (rank 0); with ``resume`` check the stored config and return ``(checkpoint, None)``.
+    ``(None, None)``: train from scratch; ``(None, initial)``: ``--resume`` found a run that died before its first
+    checkpoint and whose initial weights were given (``initial.pt``, read before the folder is cleared): it starts
+    over from them. The checkpoint carries the stored ``run_info`` as ``stored_run_info``."""
     from mtpp.runs import clean_temporary_files
 
     removed = clean_temporary_files(out_dir) if out_dir.is_dir() else []
     if removed:
         echo(f"removed {len(removed)} temporary file(s) of an interrupted write: "
              f"{', '.join(p.name for p in removed)}", quiet)  # fmt: skip
+    initial = None
     if resume and _died_before_first_checkpoint(out_dir):
         _check_resumable(cfg, _read_stored_config(out_dir / CONFIG_FILE))
-        echo(f"{out_dir}: no {checkpoint.CHECKPOINT} yet (interrupted during its first epoch): starting over", quiet)
+        if _stored_run_info(out_dir / CONFIG_FILE).get("initial_weights") == checkpoint.INITIAL:
+            initial = checkpoint.load(out_dir / checkpoint.INITIAL, map_location=map_location)
+        echo(f"{out_dir}: no {checkpoint.CHECKPOINT} yet (interrupted during its first epoch): starting over"
+             + (f" from its {checkpoint.INITIAL}" if initial is not None else ""), quiet)
         resume = False
     stored = _prepare_out_dir(out_dir, resume, overwrite)
     attach_console_logs()  # the folder is the run's: train.log from here (with the lines so far)
     if not resume:
-        return None
+        return None, initial
     _check_resumable(cfg, stored)
     state = checkpoint.load(out_dir / checkpoint.CHECKPOINT, map_location=map_location)
-    history = _stored_resumes(out_dir / CONFIG_FILE)
+    run_info = _stored_run_info(out_dir / CONFIG_FILE)
+    history = list(run_info.get(RESUMED_KEY) or [])
     changed = _resume_changes(cfg, stored)
     if changed:
         history.append({"epoch": int(state["epoch"]), "changed": changed})
     state[RESUMED_KEY] = history
     state["resume_changed"] = changed  # what this --resume changes (said in the run's first lines)
-    return state
+    state["stored_run_info"] = run_info  # the environment of the epochs so far (environment_changes)
+    return state, None
 
 
 RESUMED_KEY = "resumed"
 """``run_info.resumed`` of ``config.yaml`` (and the key under which ``_setup_out_dir`` hands it over): one entry
-``{epoch, changed: {key: [old, new]}}`` per ``--resume`` that changed a setting, so that the settings of the epochs
-before it are not lost when ``config.yaml`` is rewritten with the new ones."""
+``{epoch, changed: {key: [old, new]}, environment: {key: [old, new]}}`` per ``--resume`` that changed a setting
+(``changed``) or ran in another environment (``environment``: ``ENVIRONMENT_KEYS`` of ``run_info``, e.g. another
+git revision or torch version), so that what trained the epochs before it is not lost when ``config.yaml`` is
+rewritten with the new values."""
 
 
 def _resume_changes(cfg: RunConfig, stored: dict | None) -> dict[str, list]:
@@ -1287,7 +1320,7 @@ def _foreign_run_files(out_dir: Path) -> list[str]:
                 ok = False
             if not ok:
                 out.append(name)
-    out += [name for name in (checkpoint.CHECKPOINT, checkpoint.BEST)
+    out += [name for name in (checkpoint.CHECKPOINT, checkpoint.BEST, checkpoint.INITIAL)
             if (out_dir / name).is_file() and not _checkpoint_file(out_dir / name)]  # fmt: skip
     train_log = out_dir / TRAIN_LOG
     if train_log.is_file() and train_log.stat().st_size:
@@ -1319,12 +1352,12 @@ def _checkpoint_file(path: Path) -> bool:
     return isinstance(state, dict) and "model" in state
 
 
-def _stored_resumes(path: Path) -> list:
-    """``run_info.resumed`` of a run's stored ``config.yaml`` (``[]`` when it has none)."""
+def _stored_run_info(path: Path) -> dict:
+    """``run_info`` of a run's stored ``config.yaml`` (``{}`` when it has none)."""
     import yaml
 
     info = (yaml.safe_load(path.read_text()) or {}).get("run_info") if path.is_file() else None
-    return list((info or {}).get(RESUMED_KEY) or [])
+    return dict(info) if isinstance(info, dict) else {}
 
 
 def _read_stored_config(path: Path) -> dict | None:
@@ -1391,27 +1424,69 @@ def _dotted(d: dict, key: str) -> Any:
 RUNTIME_KEYS = (("logging", "quiet"), ("logging", "progress"))
 
 
+ENVIRONMENT_KEYS = ("mtpp_version", "git_revision", "torch_version", "numpy_version", "python_version",
+                    "cpu_capability", "device", "world_size", "threads")
+"""The keys of ``run_info`` that say what computed a run besides its configuration: the code (version, git
+revision), the numerical libraries (torch's kernels; numpy's generators shuffle the batches), the CPU's vector
+instruction set that torch dispatches to (AVX2 and AVX-512 kernels round differently), the device, the number of
+processes and of threads. A ``--resume`` that finds any of them changed records the change
+(``run_info.resumed``)."""
+
+
+def run_environment(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
+    """``ENVIRONMENT_KEYS`` of this process: ``{"mtpp_version": "0.1.0", "git_revision": "a230e85ae1ce", ...}``."""
+    import platform
+
+    import numpy as np
+
+    return {
+        "mtpp_version": mtpp.__version__,
+        "git_revision": git_revision(),
+        "torch_version": str(torch.__version__),
+        "numpy_version": str(np.__version__),
+        "python_version": platform.python_version(),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "device": str(device),
+        "world_size": int(world_size),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def environment_changes(stored: dict | None, env: dict[str, Any]) -> dict[str, list]:
+    """``{key: [old, new]}`` for each ``ENVIRONMENT_KEYS`` entry of a run's stored ``run_info`` that ``env`` (this
+    process's ``run_environment``) changes; a key the stored record lacks (a run written before it existed) is not
+    a change."""
+    stored = stored or {}
+    return {k: [stored[k], env[k]] for k in ENVIRONMENT_KEYS if k in stored and k in env and stored[k] != env[k]}
+
+
 def _write_config(
     path: Path, cfg: RunConfig, device: torch.device, world_size: int = 1, data: dict | None = None,
-    time_scale: float | None = None, resumed: list | None = None,
+    time_scale: float | None = None, resumed: list | None = None, *, env: dict[str, Any] | None = None,
+    initial_weights: str | None = None,
 ) -> None:  # fmt: skip
+    """``config.yaml``: the resolved configuration (run-time options left out) and ``run_info``: the environment
+    (``env``, else this process's ``run_environment``), seed, time scale, data record, ``initial_weights`` (where the
+    weights before the first step came from: ``train.seed``, or ``initial.pt`` for a model passed to ``fit(model,
+    data)``) and what each ``--resume`` changed (``resumed``, ``RESUMED_KEY``)."""
     record = data
     data = cfg.to_dict()
     data.pop("variants", None)
     for section, key in RUNTIME_KEYS:
         data.get(section, {}).pop(key, None)
+    env = env if env is not None else run_environment(device, world_size)
     data["run_info"] = {
-        "mtpp_version": mtpp.__version__,
-        "git_revision": git_revision(),
-        "torch_version": str(torch.__version__),
+        **{k: env[k] for k in ("mtpp_version", "git_revision", "torch_version", "numpy_version", "python_version",
+                               "cpu_capability")},
         "seed": cfg.train.seed,
-        "device": str(device),
-        "world_size": world_size,
+        **({"initial_weights": initial_weights} if initial_weights is not None else {}),
+        "device": env["device"],
+        "world_size": env["world_size"],
         "time_scale": time_scale,  # data units per model unit (data.time_scale resolved)
-        "threads": torch.get_num_threads(),
+        "threads": env["threads"],
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"data": record} if record is not None else {}),
-        **({RESUMED_KEY: resumed} if resumed else {}),  # settings changed by --resume, with the epoch
+        **({RESUMED_KEY: resumed} if resumed else {}),  # settings and environment changed by --resume, with the epoch
     }
     write_text(path, dump_yaml(data))
 
