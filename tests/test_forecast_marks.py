@@ -174,3 +174,27 @@ def test_the_linear_space_forecast_equals_logsumexp_and_keeps_underflowing_marks
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     assert (got[:3, -1] < floor + 30).all()  # the improbable mark: exact, far below, finite
+
+
+def test_fnn_forecast_grid_takes_lambda_from_the_marks_forward_mode_pass() -> None:
+    """Base FNN's marks on the forecast grid need the forward-mode pass, which also gives ``Lambda``: ``F`` on the
+    same grid reuses it (no second, value-only pass through the network; the grid's largest cost before) and is
+    the value-only pass's ``F`` exactly. Another tensor, or the same one changed in place, is computed afresh."""
+    m = _model("fnn", "base", seed=4)
+    h_time, _ = m.histories(make_batch(dtype=torch.float64))
+    with torch.no_grad():
+        dist = m.next_time_distribution(h_time)
+        calls = []
+        hazards = dist.hazards
+        dist.hazards = lambda tau, with_rate=True: calls.append(with_rate) or hazards(tau, with_rate)
+        grid = torch.logspace(-3, 2, 7, dtype=torch.float64).expand(*h_time.shape[:2], 7).contiguous()
+        lp = dist.mark_log_probs(grid)
+        f = dist.cdf(grid)
+        assert calls == [True]  # one pass for the marks and F
+        want = -torch.expm1(-hazards(grid, with_rate=False)[0].sum(-1))
+        assert torch.equal(f, want)
+        assert torch.equal(lp, torch.log_softmax(torch.log(hazards(grid)[1]), -1))
+        dist.cdf(grid.clone())
+        grid.mul_(2.0)
+        torch.testing.assert_close(dist.cdf(grid), -torch.expm1(-hazards(grid, with_rate=False)[0].sum(-1)))
+        assert calls == [True, False, False]

@@ -142,6 +142,8 @@ def marginal_mark_log_probs(
     if points is None:
         points = INTENSITY_GRID_POINTS if hasattr(dist, "ground_intensity") else GRID_POINTS
     grid = quantile_grid(dist, like, points, tail, elapsed)
+    # the marks first: a decoder whose marks come with Lambda (FNN's forward-mode pass) keeps it for F below
+    lp = mark_log_probs_at(grid)  # [*batch, P, K]
     if elapsed is not None:
         e = elapsed.to(grid.dtype).unsqueeze(-1)
         if hasattr(dist, "ground_intensity"):  # Lambda(g) - Lambda(e): the cells after e (the first cancels)
@@ -154,7 +156,6 @@ def marginal_mark_log_probs(
     else:
         u = dist.cdf(grid)  # closed form (LNM: a sum of ndtr, no log_ndtr)
     w = trapezoid_weights(u)
-    lp = mark_log_probs_at(grid)  # [*batch, P, K]
     # sum_j w_j p(k | g_j): one exp and a [1, P] @ [P, K] product per event, in linear space ...
     forecast = (w.unsqueeze(-2) @ torch.exp(lp)).squeeze(-2)  # [*batch, K]
     out = torch.log(forecast)

@@ -272,6 +272,21 @@ class HazardDistribution:
         self.batch_shape = torch.Size(batch_shape)
         self.dtype = dtype
         self.device = device
+        self._cache: dict[str, tuple[Tensor, int, bool, Tensor]] = {}
+
+    # -- values kept for the very tensor they were computed at (identity, unchanged version, same grad mode)
+    def _cached(self, key: str, tau: Tensor) -> Tensor | None:
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not tau or hit[2] != torch.is_grad_enabled():
+            return None
+        if not torch.compiler.is_compiling() and hit[1] != tau._version:
+            return None
+        return hit[3]
+
+    def _store(self, key: str, tau: Tensor, value: Tensor) -> Tensor:
+        version = 0 if torch.compiler.is_compiling() else tau._version
+        self._cache[key] = (tau, version, torch.is_grad_enabled(), value)
+        return value
 
     def _ties(self, tau: Tensor) -> tuple[Tensor, Tensor]:
         """``(tie, t)``: ``tie = tau < delta`` and the gap the terms are evaluated at, ``t = max(tau, delta)``."""
@@ -689,21 +704,7 @@ class IntensityDistribution(HazardDistribution):
         self._grid_by_search = method == "adaptive"  # one point of the rule costs C x N nodes (SAHP)
         self.num_nodes = num_nodes
         self.generator = generator
-        self._cache: dict[str, tuple[Tensor, int, bool, Tensor]] = {}
 
-    # -- cache keyed by tensor identity
-    def _cached(self, key: str, tau: Tensor) -> Tensor | None:
-        hit = self._cache.get(key)
-        if hit is None or hit[0] is not tau or hit[2] != torch.is_grad_enabled():
-            return None
-        if not torch.compiler.is_compiling() and hit[1] != tau._version:
-            return None
-        return hit[3]
-
-    def _store(self, key: str, tau: Tensor, value: Tensor) -> Tensor:
-        version = 0 if torch.compiler.is_compiling() else tau._version
-        self._cache[key] = (tau, version, torch.is_grad_enabled(), value)
-        return value
 
     # -- the two spaces
     def ground_intensity(self, tau: Tensor) -> Tensor:
@@ -794,14 +795,24 @@ class CumulativeHazardDistribution(HazardDistribution):
         super().__init__(batch_shape, dtype, device)
         self.hazards = hazards
 
+    def _rated(self, tau: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Lambda_c, lambda_c)`` from one forward-mode pass; ``Lambda`` is kept for this very ``tau``, so a
+        following ``cumulative_hazard`` / ``cdf`` / ``log_survival`` at it costs nothing (the mark forecast's grid:
+        marks, then ``F``; ``mtpp.models.marginal``). The same values as the value-only pass (the same operations)."""
+        big, small = self.hazards(tau)
+        self._store("Lambda", tau, big.sum(-1))
+        return big, small
+
     def component_log_intensity(self, tau: Tensor) -> Tensor:
-        return torch.log(self.hazards(self._align(tau))[1])
+        return torch.log(self._rated(self._align(tau))[1])
 
     def log_intensity(self, tau: Tensor) -> Tensor:
-        return torch.log(self.hazards(self._align(tau))[1].sum(-1))
+        return torch.log(self._rated(self._align(tau))[1].sum(-1))
 
     def cumulative_hazard(self, tau: Tensor) -> Tensor:
-        return self.hazards(self._align(tau), with_rate=False)[0].sum(-1)
+        tau = self._align(tau)
+        hit = self._cached("Lambda", tau)
+        return hit if hit is not None else self.hazards(tau, with_rate=False)[0].sum(-1)
 
     def log_prob(self, tau: Tensor) -> Tensor:
         """``log lambda - Lambda`` (one forward-mode pass), ``log F(delta)`` at ties (the tie policy)."""
