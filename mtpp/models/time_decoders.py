@@ -990,7 +990,8 @@ class SAHPIntensity(nn.Module):
             scale = 1.0 / d.abs().clamp(min=1.0)
             delta, w = integrate.sinh_gauss_legendre(length, centre, scale, num_nodes)  # [..., J, N]
             y = 1.0 - delta
-            rise = F.softplus(e.unsqueeze(-1) - d.unsqueeze(-1) * delta) - F.softplus(m).unsqueeze(-1)
+            rise = F.softplus(torch.addcmul(e.unsqueeze(-1), d.unsqueeze(-1), delta, value=-1.0))
+            rise = rise - F.softplus(m).unsqueeze(-1)
             excess = (w * rise / y).sum(-1) / g  # int_0^tau [lambda_j - softplus(mu_j)] ds
             return (t * F.softplus(m) + excess).sum(-1)
 
