@@ -420,15 +420,16 @@ class MarkedTPP(nn.Module):
         return binned, edges
 
     FORECAST_CHUNK_ELEMENTS = 1 << 24
-    """Bound on the elements of one intensity call of the mark forecast (sequences are processed in chunks)."""
+    """Bound on the elements of one intensity call of the mark forecast (rows are processed in chunks)."""
 
     def mark_forecast_log_probs(self, h_time: Tensor, h_mark: Tensor, given_time: Tensor | None = None,
                                 elapsed: Tensor | None = None) -> Tensor:  # fmt: skip
         """``log p(k | H): [B, N, K]`` for histories ``[B, N, D]`` (``mtpp.models.marginal``).
 
         Base LNM / RMTPP: the ``p(k | h)`` head (``given_time`` itself when given: the same values). Otherwise the
-        quadrature over the next gap, in chunks of sequences so one intensity call stays below
-        ``FORECAST_CHUNK_ELEMENTS`` elements (evaluation only; the chunk loop is over sequences, not events).
+        quadrature over the next gap, in chunks of the ``B`` rows (sequences; the packed positions of
+        ``forecasts_at``, ``[R, 1, D]``) so one intensity call stays below ``FORECAST_CHUNK_ELEMENTS`` elements
+        (evaluation only; a loop over a few memory-bounded chunks, each vectorised over its events).
         ``elapsed: [B, N]`` (model units): the forecast given that no event came in that gap after the last one,
         ``p(k | H, tau > elapsed)`` (``marginal_mark_log_probs``).
         """
