@@ -466,10 +466,13 @@ class MarkedTPP(nn.Module):
             mean = _mean_of(dist)
             marks = self.mark_forecast_log_probs(ht, hm) if forecast and r > 0 else None
         uniform = -math.log(k)
-        return (unpack_positions(at, q, 0.0),
-                None if mean is None else unpack_positions(at, mean, 0.0),
-                None if not forecast else
-                unpack_positions(at, marks, uniform) if marks is not None else ht.new_full((b, n, k), uniform))  # fmt: skip
+        if not forecast:
+            out_marks = None
+        elif marks is None:  # no position to forecast at
+            out_marks = ht.new_full((b, n, k), uniform)
+        else:
+            out_marks = unpack_positions(at, marks, uniform)
+        return unpack_positions(at, q, 0.0), None if mean is None else unpack_positions(at, mean, 0.0), out_marks
 
     def survived_next(self, h_time: Tensor, h_mark: Tensor, elapsed: Tensor, probs: Tensor,
                       forecast: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
