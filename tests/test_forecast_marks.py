@@ -174,3 +174,81 @@ def test_the_linear_space_forecast_equals_logsumexp_and_keeps_underflowing_marks
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     assert (got[:3, -1] < floor + 30).all()  # the improbable mark: exact, far below, finite
+
+
+def test_fnn_forecast_grid_takes_lambda_from_the_marks_forward_mode_pass() -> None:
+    """Base FNN's marks on the forecast grid need the forward-mode pass, which also gives ``Lambda``: ``F`` on the
+    same grid reuses it (no second, value-only pass through the network; the grid's largest cost before) and is
+    the value-only pass's ``F`` exactly. Another tensor, or the same one changed in place, is computed afresh."""
+    m = _model("fnn", "base", seed=4)
+    h_time, _ = m.histories(make_batch(dtype=torch.float64))
+    with torch.no_grad():
+        dist = m.next_time_distribution(h_time)
+        calls = []
+        hazards = dist.hazards
+        dist.hazards = lambda tau, with_rate=True: calls.append(with_rate) or hazards(tau, with_rate)
+        grid = torch.logspace(-3, 2, 7, dtype=torch.float64).expand(*h_time.shape[:2], 7).contiguous()
+        lp = dist.mark_log_probs(grid)
+        f = dist.cdf(grid)
+        assert calls == [True]  # one pass for the marks and F
+        want = -torch.expm1(-hazards(grid, with_rate=False)[0].sum(-1))
+        assert torch.equal(f, want)
+        assert torch.equal(lp, torch.log_softmax(torch.log(hazards(grid)[1]), -1))
+        dist.cdf(grid.clone())
+        grid.mul_(2.0)
+        torch.testing.assert_close(dist.cdf(grid), -torch.expm1(-hazards(grid, with_rate=False)[0].sum(-1)))
+        assert calls == [True, False, False]
+
+
+@pytest.mark.parametrize("decoder,parametrisation", [("thp", "base"), ("sahp", "base"), ("fnn", "base"),
+                                                     ("lnm", "plus"), ("thp", "plusplus")])
+def test_the_linear_space_grid_probabilities_give_the_log_space_forecast(decoder: str, parametrisation: str) -> None:
+    """The forecast's grid takes the decoders' linear-space probabilities (``lambda_k / lambda``, ``softmax``)
+    instead of ``exp`` of their log-probabilities: the same forecast, to rounding (float64)."""
+    from mtpp.models.marginal import marginal_mark_log_probs
+
+    m = _model(decoder, parametrisation, seed=5)
+    h_time, h_mark = m.histories(make_batch(dtype=torch.float64))
+    with torch.no_grad():
+        fast = m.mark_forecast_log_probs(h_time, h_mark)
+        dist = m.next_time_distribution(h_time)
+        grid = torch.logspace(-4, 3, 9, dtype=torch.float64).expand(*h_time.shape[:2], 9)
+        if m.joint is not None:
+            fn = dist.mark_log_probs
+            torch.testing.assert_close(dist.mark_probs(grid), fn(grid).exp(), rtol=1e-13, atol=1e-15)
+        else:
+            def fn(tau):
+                return m.mark_decoder.on_grid(h_mark, tau)
+
+            torch.testing.assert_close(m.mark_decoder.probs_on_grid(h_mark, grid), fn(grid).exp(), rtol=1e-13,
+                                       atol=1e-15)  # fmt: skip
+        slow = marginal_mark_log_probs(dist, h_time[..., 0], fn)  # log space only
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-13)
+
+
+def test_where_linear_space_probabilities_fail_the_log_space_ones_are_used() -> None:
+    """Linear-space intensities that all underflow give ``0 / 0`` probabilities: those events take the
+    logsumexp of the log-probabilities, as without the linear-space function."""
+    from mtpp.models.marginal import marginal_mark_log_probs
+    from mtpp.models.time_decoders import LogNormalMixture
+
+    g = torch.Generator().manual_seed(0)
+    b, k = 6, 5
+    dist = LogNormalMixture(torch.log_softmax(torch.randn(b, 3, generator=g, dtype=torch.float64), -1),
+                            torch.randn(b, 3, generator=g, dtype=torch.float64),
+                            0.3 * torch.randn(b, 3, generator=g, dtype=torch.float64))  # fmt: skip
+    slope = torch.randn(k, generator=g, dtype=torch.float64)
+
+    def log_probs(tau):
+        return torch.log_softmax(torch.log(tau).unsqueeze(-1) * slope, -1)
+
+    def probs(tau):
+        lam = torch.exp(torch.log(tau).unsqueeze(-1) * slope)
+        lam[:2] = 0.0  # every intensity of the first two events underflowed
+        return lam / lam.sum(-1, keepdim=True)
+
+    like = torch.zeros(b, dtype=torch.float64)
+    want = marginal_mark_log_probs(dist, like, log_probs, points=64)
+    got = marginal_mark_log_probs(dist, like, log_probs, points=64, mark_probs_at=probs)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

@@ -68,6 +68,63 @@ def test_table_equals_the_model_predict_and_score(encoder: str, decoder: str, pa
         assert df["mean_gap"].isna().all()
 
 
+PADDING_COMBOS = [("lnm", "plus"), ("rmtpp", "base"), ("fnn", "base"), ("thp", "base"), ("sahp", "plusplus"),
+                  ("thp", "plusplus")]
+
+
+@pytest.mark.parametrize("decoder,parametrisation", PADDING_COMBOS)
+def test_forecasts_at_the_real_positions_equal_those_of_the_whole_padded_batch(decoder: str,
+                                                                                parametrisation: str) -> None:
+    """``predict_batch``, ``MarkedTPP.predict`` and ``score`` compute the quantile searches and the mark quadrature
+    at the real positions only (``MarkedTPP.forecasts_at``; the padding of a batch of unequal sequences was 4/5 of
+    the work on MOOC): every number equals the computation over every position of the padded batch (float64, to
+    rounding), and a sequence's rows do not depend on the other sequences of its batch."""
+    from mtpp.forecast.predict import predict_batch
+
+    torch.manual_seed(0)
+    m = build_model(tiny_config(decoder=decoder, parametrisation=parametrisation), K).double().eval()
+    with torch.no_grad():  # away from the initialisation: quantiles and marks that differ between positions
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    m.time_scale = 2.0
+    seqs = _sequences()  # lengths 5, 9, 3: padding after the first and the third
+    batch = collate(seqs, dtype=torch.float64)
+    level = 0.8
+    out, pred, sc = predict_batch(m, batch, level, top_k=K), m.predict(batch, top_k=K), m.score(batch)
+    # the reference: every position of the padded batch in one call, as the quantiles and forecast were computed
+    with torch.no_grad():
+        h_time, h_mark = m.histories(batch)
+        dist = m.next_time_distribution(h_time)
+        b, n = h_time.shape[:2]
+        probs = torch.tensor([(1 - level) / 2, 0.5, (1 + level) / 2], dtype=torch.float64)
+        q = dist.icdf(probs.expand(b, n, 3)) * 2.0
+        flp = m.mark_forecast_log_probs(h_time, h_mark)
+        taus = torch.nn.functional.pad(torch.where(batch.mask, batch.taus / 2.0, 1.0), (0, 1), value=1.0)
+        log_density = (dist.log_prob(taus) - math.log(2.0))[:, :-1]
+    valid = torch.arange(n) <= batch.lengths.unsqueeze(-1)
+    assert int(valid.sum()) == 20 < valid.numel() == 30
+    close = dict(rtol=1e-12, atol=1e-14)
+    for j, key in enumerate(("lower", "median", "upper")):
+        torch.testing.assert_close(out[key][valid], q[..., j][valid], **close)
+    torch.testing.assert_close(pred["median_tau"][valid], q[..., 1][valid], **close)
+    torch.testing.assert_close(out["mark_log_probs"][valid], flp[valid], **close)
+    torch.testing.assert_close(pred["mark_log_probs"][valid], flp[valid], **close)
+    torch.testing.assert_close(out["log_density"][batch.mask], log_density[batch.mask], **close)
+    L = batch.max_length
+    torch.testing.assert_close(sc.median_tau[batch.mask], q[:, :L, 1][batch.mask], **close)
+    torch.testing.assert_close(sc.forecast_mark_log_probs[batch.mask], flp[:, :L][batch.mask], **close)
+    if decoder == "lnm":
+        torch.testing.assert_close(out["mean"][valid], (dist.mean() * 2.0)[valid], **close)
+    # padding: nothing forecast there, finite placeholders (gaps 0, uniform marks)
+    assert (out["median"][~valid] == 0).all() and (sc.median_tau[~batch.mask] == 0).all()
+    torch.testing.assert_close(pred["mark_log_probs"][~valid].exp().sum(-1), torch.ones(10, dtype=torch.float64))
+    # one sequence at a time gives the same rows as the batch of three
+    together = predict_frame(m, seqs, level=level, include_next=True)
+    alone = pd.concat([predict_frame(m, [s], level=level, include_next=True, ids=[i]) for i, s in enumerate(seqs)],
+                      ignore_index=True)  # fmt: skip
+    pd.testing.assert_frame_equal(alone, together, check_exact=False, rtol=1e-12, atol=1e-14)
+
+
 def test_interval_is_the_central_interval_of_the_gap_law() -> None:
     """F(lower) = (1 - level) / 2 and F(upper) = (1 + level) / 2 under the model's own CDF."""
     from mtpp.forecast.process import ModelProcess

@@ -21,6 +21,8 @@ from mtpp.models.time_decoders import (
     ADAPTIVE_NODES,
     CumulativeHazardDistribution,
     HazardDistribution,
+    LOG_TAU_BRACKET,
+    QUANTILE_GRID_STEP,
     IntensityDistribution,
     LogNormalMixture,
     RMTPPDistribution,
@@ -608,3 +610,28 @@ def test_fnn_rate_is_the_derivative_of_its_cumulative_hazard(extra):
     ref_grads = torch.autograd.grad((ref_rate * weights).sum(), list(net.parameters()))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("guide_scale", [1.0, 0.2, 5.0])
+def test_sahp_guided_grid_search_is_the_binary_search_bit_for_bit(guide_scale):
+    """Under ``"adaptive"`` SAHP's ``icdf`` finds the grid cell of a quantile from the cheap cumulative guide and
+    checks it with the exact rule at the cell's two ends (2 points of the costly rule per quantile instead of
+    5): the cell, its end values and so every quantile are the binary search's, bit for bit; a guide off by
+    cells (here scaled by 0.2 or 5) falls back to the binary search, with the same result."""
+    dist = make_decoder("sahp", integration="mc", eval_integration="adaptive").eval()(random_h(3, 4))
+    assert dist._guided_search
+    a, b = LOG_TAU_BRACKET
+    grid = torch.linspace(a, b, int(round((b - a) / QUANTILE_GRID_STEP)) + 1, dtype=DT)
+    u = torch.tensor([1e-300, 1e-12, 1e-6, 0.05, 0.5, 0.95, 1 - 1e-6, 1 - 1e-15], dtype=DT).expand(3, 4, 8)
+    target = torch.cat([-torch.log1p(-u), torch.full((3, 4, 1), 1e30, dtype=DT)], -1)  # 1e30: past the grid
+    guide = dist._grid_hazard
+    dist._grid_hazard = lambda g: guide(g) * guide_scale
+    with torch.no_grad():
+        got = dist._search_grid(grid, target)
+        want = HazardDistribution._search_grid(dist, grid, target)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y)
+        assert (got[0] == 0).any() and (got[0] == grid.shape[0]).any()  # both ends of the grid are exercised
+        q = dist.icdf(u)
+        dist._guided_search = False
+        assert torch.equal(q, dist.icdf(u))

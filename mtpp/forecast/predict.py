@@ -72,24 +72,27 @@ def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAU
 
     Returns ``median``, ``mean`` (or ``None``), ``lower``, ``upper``, ``mark_log_probs: [B, L + 1, K]`` (forecast),
     ``top_marks`` / ``top_log_probs: [B, L + 1, k]``, ``log_density: [B, L]`` (at the observed gaps),
-    ``scored: [B, L]``.
+    ``scored: [B, L]``. Computed at the real positions only (``MarkedTPP.forecasts_at``); at the padding after
+    each sequence's ``lengths[b] + 1`` positions the gaps and the log density are 0, the marks uniform.
     """
-    from mtpp.forecast.process import model_next_events
-    from mtpp.models.mtpp import _autocast_off, _mean_of
+    from mtpp.models.mtpp import _autocast_off, pack_positions, unpack_positions
 
     _check_level(level)
-    dist, h_time, h_mark = model_next_events(model, batch)
+    h_time, h_mark = model.histories(batch)
     s = float(model.time_scale)
-    b, n = h_time.shape[:2]
-    dtype = h_time.dtype
+    n = h_time.shape[1]
+    dtype, device = h_time.dtype, h_time.device
+    positions = torch.arange(n, device=device)
+    lengths = batch.lengths.to(device).unsqueeze(-1)
+    quiet = model.quiet_positions(batch)
+    # the positions predicted from: after 0..n events (beyond: padding, never computed); the quiet ones below
+    at = positions <= lengths if quiet is None else (positions <= lengths) & ~quiet
 
-    with _autocast_off(h_time.device):
+    with _autocast_off(device):
         # the three quantiles as trailing query points of ONE icdf call: one bracketing grid, one Newton search
-        probs = torch.tensor([(1.0 - level) / 2.0, 0.5, (1.0 + level) / 2.0], dtype=dtype, device=h_time.device)
-        lower, median, upper = (dist.icdf(probs.expand(b, n, 3)) * s).unbind(-1)
-        mean = _mean_of(dist)
-        flp = model.mark_forecast_log_probs(h_time, h_mark)  # [B, L + 1, K]
-        quiet = model.quiet_positions(batch)
+        probs = torch.tensor([(1.0 - level) / 2.0, 0.5, (1.0 + level) / 2.0], dtype=dtype, device=device)
+        q, mean, flp = model.forecasts_at(h_time, h_mark, at, probs)  # [B, L + 1, 3], [B, L + 1], [B, L + 1, K]
+        lower, median, upper = (q * s).unbind(-1)
         if quiet is not None:  # after the last event of a window that ends later: given no event before its end
             q, m, marks = model.survived_next(model.last_history(h_time, batch.lengths),
                                               model.last_history(h_mark, batch.lengths), batch.survival_gap / s,
@@ -99,9 +102,11 @@ def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAU
             if mean is not None:
                 mean = torch.where(quiet, m.unsqueeze(-1) if m is not None else torch.nan, mean)
             flp = torch.where(quiet.unsqueeze(-1), marks.unsqueeze(1), flp)
-        taus = torch.where(batch.mask, batch.taus.to(dtype) / s, torch.ones((), dtype=dtype, device=h_time.device))
-        taus = torch.nn.functional.pad(taus, (0, 1), value=1.0)
-        log_density = (dist.log_prob(taus) - math.log(s))[:, :-1]
+        # log f at the observed gaps, at the events only
+        seen = batch.mask.to(device)
+        dist = model.next_time_distribution(pack_positions(seen, h_time[:, :-1]))  # batch_shape [R, 1]
+        taus = pack_positions(seen, batch.taus.to(dtype) / s)  # [R, 1]
+        log_density = unpack_positions(seen, dist.log_prob(taus) - math.log(s), 0.0)  # [B, L]
     k = min(top_k, model.num_marks)
     top = flp.topk(k, dim=-1)
     return {

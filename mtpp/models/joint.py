@@ -48,12 +48,28 @@ class MarkedIntensityDistribution(IntensityDistribution):
         """``log lambda_k(tau) - log lambda(tau)``; ``tau: [B, L]`` (or ``[B, L, M]``) -> ``[..., K]``."""
         return torch.log_softmax(self._event_log_rates(self._align(tau)), dim=-1)
 
+    def mark_probs(self, tau: Tensor) -> Tensor:
+        """``lambda_k(tau) / lambda(tau)`` in linear space (the intensities as sums of positive terms, no ``log`` /
+        ``exp`` round trip): ``exp(mark_log_probs(tau))`` to rounding where no ``lambda_k`` underflows; for the
+        mark forecast's grid (``mtpp.models.marginal``), which falls back to ``mark_log_probs`` where it must."""
+        rates = getattr(self.component_log_intensity, "rates", None)
+        if rates is None:  # an intensity given in log space only
+            return torch.softmax(self._event_log_rates(self._align(tau)), dim=-1)
+        lam = rates(self._align(tau))
+        return lam / lam.sum(-1, keepdim=True)
+
 
 class MarkedCumulativeHazardDistribution(CumulativeHazardDistribution):
     """``CumulativeHazardDistribution`` whose components are the marks: ``mark_log_probs(tau): [B, L, K]``."""
 
     def mark_log_probs(self, tau: Tensor) -> Tensor:
         return torch.log_softmax(self.component_log_intensity(tau), dim=-1)
+
+    def mark_probs(self, tau: Tensor) -> Tensor:
+        """``lambda_k(tau) / lambda(tau)`` in linear space (``lambda_k`` of the forward-mode pass, positive): see
+        ``MarkedIntensityDistribution.mark_probs``."""
+        lam = self._rated(self._align(tau))[1]
+        return lam / lam.sum(-1, keepdim=True)
 
 
 class _JointIntensityDecoder(QuadratureDecoder):

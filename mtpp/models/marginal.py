@@ -19,9 +19,11 @@ marks for any ``P``. ``F`` on the grid is deterministic even for Monte Carlo com
 (THP / SAHP) it is a cumulative Gauss-Legendre rule over the grid cells (``GRID_NODES`` nodes per cell, one
 intensity call for all cells, ``cumulative_hazard_on_grid``), elsewhere the decoder's closed-form ``cdf``. Error:
 ``O(h^2)`` in the log spacing ``h`` plus ``eps`` in the tails; measured against adaptive quadrature in
-``tests/test_forecast_marks.py``. The weighted sum is taken in linear space (``exp`` of the log-probabilities, a
-``[1, P] @ [P, K]`` product), except for the events where some mark's forecast underflows the dtype: those take
-the ``logsumexp`` of the log-probabilities, so a mark improbable at every grid point keeps a finite log-probability.
+``tests/test_forecast_marks.py``. The weighted sum is taken in linear space (a ``[1, P] @ [P, K]`` product of the
+probabilities: the decoder's own linear-space ones where it has them, ``mark_probs_at``, else ``exp`` of the
+log-probabilities), except for the events where some mark's forecast underflows the dtype (or a linear-space
+intensity did): those take the ``logsumexp`` of the log-probabilities, so a mark improbable at every grid point
+keeps a finite log-probability.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ def marginal_mark_log_probs(
     points: int | None = None,
     tail: float = TAIL,
     elapsed: Tensor | None = None,
+    mark_probs_at: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """``log p(k | H): [*batch, K]`` by the quadrature of the module docstring.
 
@@ -138,10 +141,16 @@ def marginal_mark_log_probs(
         given that no event came in them, ``p(k | H, tau > e) = int_e^inf p(k | tau, H) f(tau | H) dtau / S(e)``
         (the mark forecast after a window that ends after the last event): the same rule on the quantile grid of
         the law given ``tau > e``, with its CDF ``1 - exp(-(Lambda(g) - Lambda(e)))`` (no cancellation near 1).
+    mark_probs_at: the same function in linear space, ``tau -> p(k | tau, H)`` (``softmax`` instead of
+        ``log_softmax`` then ``exp``; the joint decoders' ``lambda_k / lambda``), or ``None``. Used for the
+        weighted sum; ``mark_log_probs_at`` is then called only where that sum underflows or is not finite.
     """
     if points is None:
         points = INTENSITY_GRID_POINTS if hasattr(dist, "ground_intensity") else GRID_POINTS
     grid = quantile_grid(dist, like, points, tail, elapsed)
+    # the marks first: a decoder whose marks come with Lambda (FNN's forward-mode pass) keeps it for F below
+    lp = mark_log_probs_at(grid) if mark_probs_at is None else None  # [*batch, P, K]
+    probs = torch.exp(lp) if mark_probs_at is None else mark_probs_at(grid)  # [*batch, P, K]
     if elapsed is not None:
         e = elapsed.to(grid.dtype).unsqueeze(-1)
         if hasattr(dist, "ground_intensity"):  # Lambda(g) - Lambda(e): the cells after e (the first cancels)
@@ -154,14 +163,16 @@ def marginal_mark_log_probs(
     else:
         u = dist.cdf(grid)  # closed form (LNM: a sum of ndtr, no log_ndtr)
     w = trapezoid_weights(u)
-    lp = mark_log_probs_at(grid)  # [*batch, P, K]
-    # sum_j w_j p(k | g_j): one exp and a [1, P] @ [P, K] product per event, in linear space ...
-    forecast = (w.unsqueeze(-2) @ torch.exp(lp)).squeeze(-2)  # [*batch, K]
+    # sum_j w_j p(k | g_j): a [1, P] @ [P, K] product per event, in linear space ...
+    forecast = (w.unsqueeze(-2) @ probs).squeeze(-2)  # [*batch, K]
     out = torch.log(forecast)
-    # ... except where a mark's probability underflows (or is subnormal) at every grid point: there the
-    # logsumexp of the log-probabilities keeps it exact (evaluation only: one host sync per chunk)
-    lost = (forecast < torch.finfo(forecast.dtype).tiny).any(-1)
+    # ... except where a mark's probability underflows (or is subnormal) at every grid point, or a linear-space
+    # intensity did (0 / 0): there the logsumexp of the log-probabilities keeps it exact (evaluation only: one
+    # host sync per chunk)
+    lost = ~(forecast >= torch.finfo(forecast.dtype).tiny).all(-1)
     if bool(lost.any()):
+        if lp is None:
+            lp = mark_log_probs_at(grid)
         log_w = torch.log(w[lost]).unsqueeze(-1)  # -inf for empty cells: they drop out of the logsumexp
         out[lost] = torch.logsumexp(lp[lost] + log_w, dim=-2)
     return out - torch.logsumexp(out, dim=-1, keepdim=True)  # exact normalisation against rounding

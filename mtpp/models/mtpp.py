@@ -71,6 +71,22 @@ def _autocast_off(device: torch.device):
         return nullcontext()
 
 
+def pack_positions(at: Tensor, h: Tensor) -> Tensor:
+    """``h: [B, N, *rest]`` at the positions ``at: [B, N]`` (bool), as ``[R, 1, *rest]`` (``R`` positions in row-major
+    order): the histories a forecast is made from without the padding of a batch of unequal sequences (on MOOC's
+    first 32 sequences, 1,206 of the 6,208 positions of one batch are real). Boolean indexing: one host sync, for
+    evaluation only (never in ``nll``). ``unpack_positions`` puts results back."""
+    return h[at].unsqueeze(1)
+
+
+def unpack_positions(at: Tensor, x: Tensor, fill: float) -> Tensor:
+    """``x: [R, 1, *rest]`` (values at the positions of ``at: [B, N]``, ``pack_positions``) as ``[B, N, *rest]``,
+    ``fill`` at the other positions."""
+    out = x.new_full((*at.shape, *x.shape[2:]), fill)
+    out[at] = x.squeeze(1)
+    return out
+
+
 def _mean_of(dist: TimeDistribution) -> Tensor | None:
     """``dist.mean`` (property or method) where the distribution has a closed-form mean, else ``None``."""
     mean = getattr(type(dist), "mean", None)
@@ -324,7 +340,8 @@ class MarkedTPP(nn.Module):
         ``forecast=False`` skips the mark forecast (``forecast_mark_log_probs`` is then ``None``).
         ``time_quantum``: the lattice quantum ``q`` of the data's times (data units; ``mtpp.data.lattice``), to
         also score the binned time NLL ``time_nll_binned`` (``None``: not computed). Gaps are in the data's units.
-        Every ``[B, L]`` output is 0 at padded positions.
+        Every ``[B, L]`` output is 0 at padded positions (the mark forecast uniform there: it is computed at the
+        events only, ``forecasts_at``).
         """
         fwd = self._forward(batch)
         mask = batch.mask
@@ -332,7 +349,12 @@ class MarkedTPP(nn.Module):
         zero = torch.zeros((), dtype=fwd.taus.dtype, device=fwd.taus.device)
         with _autocast_off(fwd.taus.device):
             pit = torch.where(mask, fwd.dist.cdf(fwd.taus), zero)
-            median = torch.where(mask, fwd.dist.icdf(torch.full_like(fwd.taus, 0.5)) * s, zero)
+            # the median and the mark forecast at the events only (not the padding): forecasts_at
+            L = batch.marks.shape[1]
+            half = torch.tensor([0.5], dtype=fwd.taus.dtype, device=fwd.taus.device)
+            quadrature = forecast and self.marks_depend_on_time  # else the mark head itself, below
+            q, _, forecast_lp = self.forecasts_at(fwd.h_time[:, :L], fwd.h_mark[:, :L], mask, half, quadrature)
+            median = torch.where(mask, q.squeeze(-1) * s, zero)
             mean = _mean_of(fwd.dist)
             if mean is not None:
                 mean = torch.where(mask, mean * s, zero)
@@ -341,10 +363,8 @@ class MarkedTPP(nn.Module):
             binned = edges = None
             if time_quantum is not None:
                 binned, edges = self._lattice_scores(fwd, time_quantum, pit)
-            forecast_lp = None
-            if forecast:
-                L = batch.marks.shape[1]
-                forecast_lp = self.mark_forecast_log_probs(fwd.h_time[:, :L], fwd.h_mark[:, :L], fwd.mark_log_probs)
+            if forecast and not quadrature:
+                forecast_lp = fwd.mark_log_probs  # base LNM / RMTPP: p(k | H) is the head, exactly
         return Scores(
             nll=fwd.nll,
             pit=pit,
@@ -400,15 +420,16 @@ class MarkedTPP(nn.Module):
         return binned, edges
 
     FORECAST_CHUNK_ELEMENTS = 1 << 24
-    """Bound on the elements of one intensity call of the mark forecast (sequences are processed in chunks)."""
+    """Bound on the elements of one intensity call of the mark forecast (rows are processed in chunks)."""
 
     def mark_forecast_log_probs(self, h_time: Tensor, h_mark: Tensor, given_time: Tensor | None = None,
                                 elapsed: Tensor | None = None) -> Tensor:  # fmt: skip
         """``log p(k | H): [B, N, K]`` for histories ``[B, N, D]`` (``mtpp.models.marginal``).
 
         Base LNM / RMTPP: the ``p(k | h)`` head (``given_time`` itself when given: the same values). Otherwise the
-        quadrature over the next gap, in chunks of sequences so one intensity call stays below
-        ``FORECAST_CHUNK_ELEMENTS`` elements (evaluation only; the chunk loop is over sequences, not events).
+        quadrature over the next gap, in chunks of the ``B`` rows (sequences; the packed positions of
+        ``forecasts_at``, ``[R, 1, D]``) so one intensity call stays below ``FORECAST_CHUNK_ELEMENTS`` elements
+        (evaluation only; a loop over a few memory-bounded chunks, each vectorised over its events).
         ``elapsed: [B, N]`` (model units): the forecast given that no event came in that gap after the last one,
         ``p(k | H, tau > elapsed)`` (``marginal_mark_log_probs``).
         """
@@ -422,6 +443,36 @@ class MarkedTPP(nn.Module):
         return torch.cat([self._forecast_rows(h_time[i : i + rows], h_mark[i : i + rows],
                                               None if elapsed is None else elapsed[i : i + rows])
                           for i in range(0, b, rows)])  # fmt: skip
+
+    def forecasts_at(self, h_time: Tensor, h_mark: Tensor, at: Tensor, probs: Tensor,
+                     forecast: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
+        """The next-event forecasts from the histories ``h_time, h_mark: [B, N, D]`` at the positions ``at: [B, N]``
+        (bool) only: the gap quantiles ``[B, N, P]`` at ``probs: [P]`` (``icdf``; model units), the mean
+        ``[B, N]`` (``None`` without a closed form) and, with ``forecast``, the mark forecast ``log p(k | H):
+        [B, N, K]`` (``mark_forecast_log_probs``; ``None`` otherwise). Other positions (a batch's padding) are not
+        computed: gaps 0 there, marks uniform.
+
+        The positions are packed first (``pack_positions``), so the quantile searches and the mark quadrature, the
+        cost of a forecast, run on the real positions only; each position's numbers are those of the padded
+        batch's computation (every search and quadrature is per element; tested)."""
+        b, n = at.shape
+        k = self.num_marks
+        ht = pack_positions(at, h_time)
+        hm = ht if h_mark is h_time else pack_positions(at, h_mark)
+        r, dtype = ht.shape[0], ht.dtype
+        with _autocast_off(ht.device):
+            dist = self._time_head(ht)  # batch_shape [R, 1]
+            q = dist.icdf(probs.to(dtype).expand(r, 1, probs.shape[-1]))  # [R, 1, P]
+            mean = _mean_of(dist)
+            marks = self.mark_forecast_log_probs(ht, hm) if forecast and r > 0 else None
+        uniform = -math.log(k)
+        if not forecast:
+            out_marks = None
+        elif marks is None:  # no position to forecast at
+            out_marks = ht.new_full((b, n, k), uniform)
+        else:
+            out_marks = unpack_positions(at, marks, uniform)
+        return unpack_positions(at, q, 0.0), None if mean is None else unpack_positions(at, mean, 0.0), out_marks
 
     def survived_next(self, h_time: Tensor, h_mark: Tensor, elapsed: Tensor, probs: Tensor,
                       forecast: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
@@ -447,12 +498,17 @@ class MarkedTPP(nn.Module):
 
     def _forecast_rows(self, h_time: Tensor, h_mark: Tensor, elapsed: Tensor | None = None) -> Tensor:
         dist = self._time_head(h_time)
+        probs = None  # the same function in linear space, where the decoder has one
         if self.joint is not None:
             fn = dist.mark_log_probs  # tau: [B, N, P] -> [B, N, P, K]
+            probs = getattr(dist, "mark_probs", None)
         elif hasattr(self.mark_decoder, "on_grid"):
 
             def fn(tau: Tensor) -> Tensor:
                 return self.mark_decoder.on_grid(h_mark, tau)
+
+            def probs(tau: Tensor) -> Tensor:
+                return self.mark_decoder.probs_on_grid(h_mark, tau)
 
         else:
             h = h_mark.unsqueeze(-2)
@@ -460,7 +516,7 @@ class MarkedTPP(nn.Module):
             def fn(tau: Tensor) -> Tensor:
                 return self.mark_decoder(h.expand(*tau.shape, h.shape[-1]), tau)
 
-        return marginal_mark_log_probs(dist, h_time[..., 0], fn, elapsed=elapsed)
+        return marginal_mark_log_probs(dist, h_time[..., 0], fn, elapsed=elapsed, mark_probs_at=probs)
 
     @torch.no_grad()
     def predict(self, batch: Batch, tau: str | Tensor = "forecast", top_k: int = 5) -> dict[str, Tensor | None]:
@@ -479,22 +535,27 @@ class MarkedTPP(nn.Module):
 
         Returns ``median_tau``, ``mean_tau`` (``None`` without a closed form), ``mark_tau`` (the gap used for the
         marks; ``None`` for the forecast), ``mark_log_probs: [B, L + 1, K]``, ``mark``: argmax ``[B, L + 1]``,
-        ``top_k_marks: [B, L + 1, k]``, ``valid: [B, L + 1]``.
+        ``top_k_marks: [B, L + 1, k]``, ``valid: [B, L + 1]``. At padding (``valid`` False) nothing is forecast:
+        gaps 0, the mark forecast uniform.
         """
         batch = self.in_model_units(batch)
         s = self._time_scale
         h_time, h_mark = self._histories(batch)
         b, n = h_time.shape[:2]
+        valid = torch.arange(n, device=batch.lengths.device) <= batch.lengths.unsqueeze(-1)
+        wants_forecast = isinstance(tau, str) and tau == "forecast"
         with _autocast_off(h_time.device):
-            dist = self._time_head(h_time)  # batch_shape [B, L + 1]
-            median = dist.icdf(torch.full((b, n), 0.5, dtype=h_time.dtype, device=h_time.device))
-            mean = _mean_of(dist)
             quiet = self.quiet_positions(batch)
+            # computed at the real positions only (forecasts_at), the quiet ones by survived_next below
+            at = valid.to(h_time.device) if quiet is None else valid.to(h_time.device) & ~quiet
+            half = torch.tensor([0.5], dtype=h_time.dtype, device=h_time.device)
+            median, mean, forecast_lp = self.forecasts_at(h_time, h_mark, at, half, wants_forecast)
+            median = median.squeeze(-1)
             after = None
             if quiet is not None:  # the last position of sequences whose window ends after their last event
                 after = self.survived_next(self.last_history(h_time, batch.lengths),
                                            self.last_history(h_mark, batch.lengths), batch.survival_gap,
-                                           torch.tensor([0.5], device=h_time.device), forecast=tau == "forecast")
+                                           half, forecast=wants_forecast)
                 median = torch.where(quiet, after[0], median)
                 if mean is not None:
                     mean = torch.where(quiet, after[1].unsqueeze(-1) if after[1] is not None else torch.nan, mean)
@@ -514,13 +575,12 @@ class MarkedTPP(nn.Module):
             else:
                 raise ValueError(f"tau must be 'forecast', 'median', 'observed' or a tensor, got {tau!r}")
             if mark_tau is None:
-                mark_lp = self.mark_forecast_log_probs(h_time, h_mark)
+                mark_lp = forecast_lp
                 if after is not None:
                     mark_lp = torch.where(quiet.unsqueeze(-1), after[2].unsqueeze(1), mark_lp)
             else:
-                mark_lp = self._mark_log_probs(dist, h_mark, mark_tau)
+                mark_lp = self._mark_log_probs(self._time_head(h_time), h_mark, mark_tau)
         k = min(top_k, self.num_marks)
-        valid = torch.arange(n, device=batch.lengths.device) <= batch.lengths.unsqueeze(-1)
         return {
             "median_tau": median * s,
             "mean_tau": None if mean is None else mean * s,

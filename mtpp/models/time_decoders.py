@@ -272,6 +272,21 @@ class HazardDistribution:
         self.batch_shape = torch.Size(batch_shape)
         self.dtype = dtype
         self.device = device
+        self._cache: dict[str, tuple[Tensor, int, bool, Tensor]] = {}
+
+    # -- values kept for the very tensor they were computed at (identity, unchanged version, same grad mode)
+    def _cached(self, key: str, tau: Tensor) -> Tensor | None:
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not tau or hit[2] != torch.is_grad_enabled():
+            return None
+        if not torch.compiler.is_compiling() and hit[1] != tau._version:
+            return None
+        return hit[3]
+
+    def _store(self, key: str, tau: Tensor, value: Tensor) -> Tensor:
+        version = 0 if torch.compiler.is_compiling() else tau._version
+        self._cache[key] = (tau, version, torch.is_grad_enabled(), value)
+        return value
 
     def _ties(self, tau: Tensor) -> tuple[Tensor, Tensor]:
         """``(tie, t)``: ``tie = tau < delta`` and the gap the terms are evaluated at, ``t = max(tau, delta)``."""
@@ -689,21 +704,8 @@ class IntensityDistribution(HazardDistribution):
         self._grid_by_search = method == "adaptive"  # one point of the rule costs C x N nodes (SAHP)
         self.num_nodes = num_nodes
         self.generator = generator
-        self._cache: dict[str, tuple[Tensor, int, bool, Tensor]] = {}
-
-    # -- cache keyed by tensor identity
-    def _cached(self, key: str, tau: Tensor) -> Tensor | None:
-        hit = self._cache.get(key)
-        if hit is None or hit[0] is not tau or hit[2] != torch.is_grad_enabled():
-            return None
-        if not torch.compiler.is_compiling() and hit[1] != tau._version:
-            return None
-        return hit[3]
-
-    def _store(self, key: str, tau: Tensor, value: Tensor) -> Tensor:
-        version = 0 if torch.compiler.is_compiling() else tau._version
-        self._cache[key] = (tau, version, torch.is_grad_enabled(), value)
-        return value
+        # SAHP's rule costs C x N nodes per point: the grid search is guided by the cheap cumulative guide
+        self._guided_search = method == "adaptive" and not getattr(component_log_intensity, "closed_form", False)
 
     # -- the two spaces
     def ground_intensity(self, tau: Tensor) -> Tensor:
@@ -741,8 +743,37 @@ class IntensityDistribution(HazardDistribution):
         quantile of the binary search (``_grid_by_search``; memory ``[*batch, *extra, C, N]`` for SAHP)."""
         return self._adaptive(tau, self.num_nodes)
 
+    def _search_grid(self, grid: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``HazardDistribution._search_grid``'s ``(k, log Lambda(e^grid[k - 1]), log Lambda(e^grid[k]))``, where
+        one point of the rule is costly (SAHP's ``"adaptive"`` rule: ``C x N`` nodes), from a guide checked by the
+        rule: ``k`` as the cumulative Gauss-Legendre guide on the whole grid counts it (``_grid_hazard``, one
+        intensity call of ``G x QUANTILE_GRID_NODES`` points per element, shared by its quantiles), then the exact
+        ``Lambda`` at the cell's two ends (2 points per quantile instead of the binary search's 5). Where they
+        confirm it (``Lambda(grid[k - 1]) < target <= Lambda(grid[k])``; ``Lambda`` is non-decreasing, so ``k`` is
+        then the binary search's), the values are the binary search's own, bit for bit; elsewhere (a guide off by
+        a cell: a component switching on sharply) the binary search's result is taken."""
+        if not self._guided_search:
+            return super()._search_grid(grid, target)
+        n = grid.shape[0]
+        guide = self._grid_hazard(grid)  # [*batch, G]
+        if target.dim() > self._nb:
+            guide = _expand_params(guide, target, self._nb)
+        k = (guide < target.unsqueeze(-1)).sum(-1)
+        ends = torch.stack([(k - 1).clamp(0, n - 1), k.clamp(0, n - 1)], dim=-1)  # [*batch, *extra, 2]
+        big = self._exact_hazard(torch.exp(grid[ends]))
+        below, above = big[..., 0] < target, big[..., 1] >= target
+        ok = torch.where(k == 0, above, torch.where(k == n, below, below & above))
+        log_big = torch.log(big)
+        zero = torch.zeros_like(target)  # the binary search's placeholders outside the grid
+        f0 = torch.where(k == 0, zero, log_big[..., 0])
+        f1 = torch.where(k == n, zero, log_big[..., 1])
+        if not bool(ok.all()):
+            k_s, f0_s, f1_s = super()._search_grid(grid, target)
+            k, f0, f1 = torch.where(ok, k, k_s), torch.where(ok, f0, f0_s), torch.where(ok, f1, f1_s)
+        return k, f0, f1
+
     def _grid_hazard(self, log_grid: Tensor) -> Tensor:
-        """``Lambda`` on the grid ``[*batch, G]`` (not under ``"adaptive"``, which searches the grid): a guide,
+        """``Lambda`` on the grid ``[*batch, G]`` (under ``"adaptive"`` only SAHP's guide, ``_search_grid``): a guide,
         cumulative Gauss-Legendre with ``QUANTILE_GRID_NODES`` nodes in each cell ``[t_{g-1}, t_g]``
         (``t_{-1} = 0``), every node of every cell in ONE intensity call ``[*batch, G n]``."""
         x, w = integrate.gauss_legendre(QUANTILE_GRID_NODES, self.dtype, self.device)
@@ -794,14 +825,24 @@ class CumulativeHazardDistribution(HazardDistribution):
         super().__init__(batch_shape, dtype, device)
         self.hazards = hazards
 
+    def _rated(self, tau: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Lambda_c, lambda_c)`` from one forward-mode pass; ``Lambda`` is kept for this very ``tau``, so a
+        following ``cumulative_hazard`` / ``cdf`` / ``log_survival`` at it costs nothing (the mark forecast's grid:
+        marks, then ``F``; ``mtpp.models.marginal``). The same values as the value-only pass (the same operations)."""
+        big, small = self.hazards(tau)
+        self._store("Lambda", tau, big.sum(-1))
+        return big, small
+
     def component_log_intensity(self, tau: Tensor) -> Tensor:
-        return torch.log(self.hazards(self._align(tau))[1])
+        return torch.log(self._rated(self._align(tau))[1])
 
     def log_intensity(self, tau: Tensor) -> Tensor:
-        return torch.log(self.hazards(self._align(tau))[1].sum(-1))
+        return torch.log(self._rated(self._align(tau))[1].sum(-1))
 
     def cumulative_hazard(self, tau: Tensor) -> Tensor:
-        return self.hazards(self._align(tau), with_rate=False)[0].sum(-1)
+        tau = self._align(tau)
+        hit = self._cached("Lambda", tau)
+        return hit if hit is not None else self.hazards(tau, with_rate=False)[0].sum(-1)
 
     def log_prob(self, tau: Tensor) -> Tensor:
         """``log lambda - Lambda`` (one forward-mode pass), ``log F(delta)`` at ties (the tie policy)."""
@@ -848,7 +889,8 @@ class ComponentIntensities:
       terms (no ``log``/``exp`` round trip, no ``logaddexp``/``logsumexp`` on the ``[B, L, N, J]`` tensor).
     - ``compensator(tau, num_nodes) -> sum_j int_0^tau lambda_j: [*batch, *extra]``: each component integrated by
       a rule that follows its own scale (closed form for THP, sinh-mapped Gauss-Legendre for SAHP; see
-      ``mtpp.models.integrate``); ``None`` where the module has none.
+      ``mtpp.models.integrate``); ``None`` where the module has none. ``closed_form``: whether it is a closed form
+      (one point costs ``J`` terms, not ``J x N`` nodes: how ``IntensityDistribution.icdf`` searches its grid).
 
     Calling the object gives the log intensities, so it can be passed wherever a ``component_log_intensity``
     callable is expected.
@@ -860,11 +902,13 @@ class ComponentIntensities:
         rates: Callable[[Tensor], Tensor],
         ground: Callable[[Tensor], Tensor] | None = None,
         compensator: Callable[[Tensor, int], Tensor] | None = None,
+        closed_form: bool = False,
     ) -> None:
         self.log = log
         self.rates = rates
         self.ground = ground if ground is not None else (lambda tau: rates(tau).sum(-1))
         self.compensator = compensator
+        self.closed_form = closed_form
 
     def __call__(self, tau: Tensor) -> Tensor:
         return self.log(tau)
@@ -926,7 +970,8 @@ class SoftplusGapIntensity(nn.Module):
             mean = integrate.softplus_mean(start, torch.addcmul(start, t, slope))
             return tau * (mean.sum(-1) + floor.sum())
 
-        return ComponentIntensities(component_log_intensity, component_intensity, ground_intensity, compensator)
+        return ComponentIntensities(component_log_intensity, component_intensity, ground_intensity, compensator,
+                                    closed_form=True)  # fmt: skip
 
 
 class SAHPIntensity(nn.Module):
@@ -979,7 +1024,8 @@ class SAHPIntensity(nn.Module):
             scale = 1.0 / d.abs().clamp(min=1.0)
             delta, w = integrate.sinh_gauss_legendre(length, centre, scale, num_nodes)  # [..., J, N]
             y = 1.0 - delta
-            rise = F.softplus(e.unsqueeze(-1) - d.unsqueeze(-1) * delta) - F.softplus(m).unsqueeze(-1)
+            rise = F.softplus(torch.addcmul(e.unsqueeze(-1), d.unsqueeze(-1), delta, value=-1.0))
+            rise = rise - F.softplus(m).unsqueeze(-1)
             excess = (w * rise / y).sum(-1) / g  # int_0^tau [lambda_j - softplus(mu_j)] ds
             return (t * F.softplus(m) + excess).sum(-1)
 
