@@ -58,6 +58,7 @@ from mtpp.runs import torch_threads
 from mtpp.evaluation.evaluate import (
     METRICS_FILE,
     evaluate_model,
+    evaluation_batches,
     json_safe,
     with_run_fields,
     write_json,
@@ -587,6 +588,7 @@ class Trainer:
             num_replicas=self.dist.world,
             rank=self.dist.rank,
             num_workers=self.cfg.data.num_workers,
+            max_events=t.max_batch_events,
         )
 
     # ------------------------------------------------------------------ main loop
@@ -715,7 +717,7 @@ class Trainer:
             if part:
                 loader = make_loader(
                     part, t.evaluation_batch_size, shuffle=False, dtype=self.dtype,
-                    device_type=self.device.type,
+                    device_type=self.device.type, max_events=t.evaluation_events(self.data.num_marks),
                 )  # fmt: skip
                 with self.progress.phase("validation", len(loader)) as bar:
                     for batch in loader:
@@ -864,14 +866,15 @@ class Trainer:
         t = self.cfg.train
         for split in ("val", "test"):
             kwargs = dict(batch_size=t.evaluation_batch_size, device=self.device, dtype=self.dtype,
-                          time_quantum=scored_quantum(self.time_lattice, t.select_time_on == "binned"))
+                          time_quantum=scored_quantum(self.time_lattice, t.select_time_on == "binned"),
+                          max_events=t.evaluation_events(self.data.num_marks))
             if self.dist.enabled:
                 m, arrays = distributed.evaluate_sharded(
                     self.model, self.data.split(split), self.dist, seed=t.seed, **kwargs
                 )
             else:
                 seqs = self.data.split(split)
-                batches = math.ceil(len(seqs) / kwargs["batch_size"])
+                batches = evaluation_batches(seqs, kwargs["batch_size"], kwargs["max_events"])
                 with self.progress.phase(f"final evaluation ({split})", batches) as bar:
                     hook = None if bar is None else (lambda bar=bar: bar.update())
                     m, arrays = evaluate_model(self.model, seqs, seed=t.seed, on_batch=hook, **kwargs)
