@@ -139,3 +139,67 @@ def test_the_mark_forecast_of_one_long_sequence_is_computed_in_chunks_of_positio
         chunked = model.mark_forecast_log_probs(h_time, h_mark)
     assert max(calls) <= 8 and len(calls) > 2 * 51 // 8  # at most 8 positions per call, every position covered
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------- the largest batch, said up front
+
+
+def test_bytes_per_event_grows_with_the_marks_and_leaves_the_random_stream_alone() -> None:
+    from mtpp.training.memory import bytes_per_event
+
+    costs = {}
+    for k in (5, 2000):
+        torch.manual_seed(0)
+        model = build_model(tiny_config(encoder="gru", decoder="lnm"), k)
+        state = torch.random.get_rng_state()
+        costs[k] = bytes_per_event(model, model.nll, k, torch.float32, torch.device("cpu"))
+        assert torch.equal(torch.random.get_rng_state(), state)
+        assert all(p.grad is None for p in model.parameters())
+    assert 100 < costs[5] < 20_000
+    # the [B, L, K] mark log-probabilities and what the backward keeps of them: at least 4 bytes x K per event
+    assert costs[2000] - costs[5] > 4 * 2000
+
+
+def test_batch_warnings_name_the_estimate_and_what_helps() -> None:
+    from mtpp.training.memory import ATTENTION_LENGTH, batch_warnings
+
+    lengths = [20] * 100 + [1_000_000]
+    lines = batch_warnings(lengths=lengths, batch_size=64, max_events=131072, per_event=8192.0, encoder="gru",
+                           available=3 << 30)
+    assert lines[0].startswith("memory  largest training batch 1 x 1,000,000 padded events: about 7.6 GiB")
+    assert lines[1].startswith("warning: the largest training batch (1 x 1,000,000 padded events) needs about 7.6 GiB, "
+                               "more than the 3.0 GiB available")
+    assert "mtpp data prepare --max-length" in lines[1] and "max_batch_events" not in lines[1]  # alone already
+    # 64 sequences of 30,000 without a bound: the bound helps too
+    lines = batch_warnings(lengths=[30_000] * 64, batch_size=64, max_events=None, per_event=8192.0,
+                           encoder="thp", available=3 << 30)
+    assert "64 x 30,000 padded events" in lines[0] and "set train.max_batch_events" in lines[1]
+    assert lines[2].startswith("warning: the longest training sequence has 30,000 events: the thp encoder's "
+                               "attention takes time in L^2")
+    # the usual benchmark sizes: nothing to say
+    assert batch_warnings(lengths=[1000] * 8, batch_size=8, max_events=131072, per_event=12_000.0,
+                          encoder="thp", available=16 << 30) == []
+    assert batch_warnings(lengths=[ATTENTION_LENGTH] * 8, batch_size=1, max_events=131072, per_event=12_000.0,
+                          encoder="thp", available=16 << 30) == []  # 190 MB, and attention at its bound
+
+
+def test_training_says_the_largest_batch_before_the_first_step(tmp_path, monkeypatch, capsys) -> None:
+    # one sequence of 1,000,000 events: 19.7 GB of resident memory in its first step, not a word before
+    from mtpp import fit
+    from mtpp.training import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 200_000)  # a machine of 200 kB free
+    monkeypatch.setattr(memory, "ATTENTION_LENGTH", 50)
+    k = 3
+    ds = Dataset(_sequences([5] * 6 + [120], k), _sequences([5] * 3, k, 1), _sequences([5] * 3, k, 2), k, "long", "")
+    torch.manual_seed(0)
+    model = build_model(tiny_config(encoder="thp", decoder="lnm", num_heads=2), k)
+    fit(model, ds, tmp_path / "run", config={"train": {"max_epochs": 1, "batch_size": 4}})
+    err = capsys.readouterr().err
+    log = (tmp_path / "run" / "train.log").read_text()
+    for text in (err, log):
+        # a pool of 4 may hold the long sequence and 3 short ones: 4 x 120
+        assert "memory  largest training batch 4 x 120 padded events: about" in text
+        assert "warning: the largest training batch (4 x 120 padded events) needs about" in text
+        assert "more than the 195 KiB available: the run will likely be killed; lower train.max_batch_events" in text
+        assert "warning: the longest training sequence has 120 events: the thp encoder's attention" in text
