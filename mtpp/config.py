@@ -83,6 +83,12 @@ class DataConfig:
     remap_marks: bool = False
 
 
+EVALUATION_MARK_ELEMENTS = 1 << 25
+"""Padded events x marks of one evaluation batch (``TrainConfig.evaluation_events``): a float32 ``[B, L, K]`` block
+of 128 MiB. Scoring a batch holds a few such blocks (mark log-probabilities given the time and as a forecast,
+their ranks and calibration bins)."""
+
+
 @dataclass
 class TrainConfig:
     max_epochs: int = 100
@@ -109,6 +115,10 @@ class TrainConfig:
     # formula, fused kernels, values equal to rounding; needs a C++ compiler. BENCHMARKS.md, "Compiled integrand"
     compile_integrand: bool = False
     eval_batch_size: int | None = None  # None: 4 x batch_size
+    # padded events (sequences x longest sequence) per training batch: a batch closes before it would pass this, a
+    # longer sequence is a batch of its own (mtpp.data.sampler.cut_batches); evaluation batches take 4 x as many,
+    # fewer with many marks (evaluation_events). None: batch_size alone decides (one outlier pads the whole batch)
+    max_batch_events: int | None = 131072
     bucket: bool = True  # length-bucketing batch sampler
     # torch intra-op threads of the training process (torch.set_num_threads). 1 by default: models of the
     # reference size gain little from more on CPU, and a process with one thread per core collapses as soon as
@@ -120,6 +130,16 @@ class TrainConfig:
         """Sequences per evaluation batch: ``eval_batch_size``, else 4 x ``batch_size`` (validation, final
         evaluation, ``evaluate`` / ``predict`` of a run)."""
         return self.eval_batch_size or 4 * self.batch_size
+
+    def evaluation_events(self, num_marks: int) -> int | None:
+        """Padded events per evaluation batch (validation, final evaluation, ``evaluate`` / ``predict`` /
+        ``log_likelihood`` of a run): ``4 x max_batch_events``, and at most ``EVALUATION_MARK_ELEMENTS / K`` so that
+        one ``[B, L, K]`` block of mark probabilities stays within 128 MiB of float32 whatever the number of marks
+        ``K`` (20,000 marks: 1,677 padded events). ``None`` when ``max_batch_events`` is ``None``. Evaluation
+        metrics do not depend on how the sequences are batched (``train.eval_batch_size`` is not semantic either)."""
+        if self.max_batch_events is None:
+            return None
+        return max(1, min(4 * self.max_batch_events, EVALUATION_MARK_ELEMENTS // max(1, int(num_marks))))
 
 
 @dataclass
@@ -202,6 +222,7 @@ BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
     ("train", "min_delta"): (0, False),
     ("train", "max_consecutive_skips"): (1, False),
     ("train", "eval_batch_size"): (1, False),
+    ("train", "max_batch_events"): (1, False),
     ("train", "threads"): (1, False),
     ("train", "seed"): (0, False),
     ("gradients", "log_every"): (1, False),

@@ -218,3 +218,68 @@ def test_make_loader_with_replicas_shards_the_global_batches() -> None:
         assert len(steps) == len(single) == math.ceil(37 / 8)
         for (a, b), g in zip(steps, single):  # the two ranks' step-k batches are the single-process batch k
             torch.testing.assert_close(torch.cat([a.lengths, b.lengths]), g.lengths)
+
+
+# ------------------------------------------------------------------------------------- padded-event bound
+
+
+def _outliers(n: int = 300, seed: int = 0) -> np.ndarray:
+    """Short sequences (5..30 events) and three outliers of 1,500 / 2,000 / 3,000 events: the batch that meets an
+    outlier is padded to it (64 x 3,000 slots where 94 % are padding)."""
+    lengths = np.random.default_rng(seed).integers(5, 31, size=n)
+    lengths[[17, n // 2, n - 1]] = [1500, 2000, 3000]
+    return lengths
+
+
+@pytest.mark.parametrize("cls", [BucketBatchSampler, RandomBatchSampler])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_batch_never_holds_more_padded_events_than_max_events(cls: type, shuffle: bool) -> None:
+    # one outlier among short sequences padded its whole batch: 64 x 300,000 slots (19.2 M) for 300,000 events,
+    # about 150 GB in a GRU training step; now a batch closes before sequences x longest passes max_events
+    lengths = _outliers()
+    sampler = cls(lengths, 64, seed=2, pool_batches=2, shuffle=shuffle, max_events=1000)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each sequence once
+        assert len(batches) == len(sampler)
+        for b in batches:
+            padded = len(b) * int(lengths[b].max())
+            assert padded <= 1000 or len(b) == 1, (len(b), lengths[b].max())  # an outlier rides alone
+            assert len(b) <= 64
+    unbounded = cls(lengths, 64, seed=2, pool_batches=2, shuffle=shuffle)
+    assert max(len(b) * int(lengths[b].max()) for b in unbounded) > 10 * 1000  # the test is meaningful
+
+
+@pytest.mark.parametrize("cls", [BucketBatchSampler, RandomBatchSampler])
+def test_a_bound_no_batch_reaches_changes_no_batch(cls: type) -> None:
+    lengths = _skewed_lengths(500)
+    for epoch in (0, 1):
+        plain, bounded = cls(lengths, 16, seed=4), cls(lengths, 16, seed=4, max_events=10**9)
+        plain.set_epoch(epoch)
+        bounded.set_epoch(epoch)
+        assert list(plain) == list(bounded)
+
+
+def test_cut_batches_by_hand() -> None:
+    from mtpp.data.sampler import cut_batches
+
+    lengths = np.array([2, 2, 3, 10, 4, 1])
+    order = np.arange(6)
+    assert [b.tolist() for b in cut_batches(order, lengths, 3, None)] == [[0, 1, 2], [3, 4, 5]]
+    # 3 x 3 = 9 <= 9; adding 10 would make 4 x 10; 10 alone (longer than the bound); then 4 and 1: 2 x 4 = 8
+    assert [b.tolist() for b in cut_batches(order, lengths, 5, 9)] == [[0, 1, 2], [3], [4, 5]]
+
+
+def test_sharded_sampler_bounds_each_rank_and_make_loader_passes_the_bound() -> None:
+    lengths = _outliers(200)
+    ranks = [ShardedBucketSampler(lengths, 16, world=2, rank=r, seed=0, max_events=500) for r in range(2)]
+    for s in ranks:
+        for b in s:
+            assert len(b) * int(lengths[b].max()) <= 2 * 500 or len(b) == 1
+    seqs = [_seq(np.arange(1, n + 1, dtype=float).tolist(), [0] * n) for n in lengths]
+    loader = make_loader(seqs, 64, seed=0, max_events=1000)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    assert sum(b.batch_size for b in batches) == len(seqs)
+    assert all(b.batch_size * b.max_length <= 1000 or b.batch_size == 1 for b in batches)

@@ -454,3 +454,50 @@ def test_an_input_without_sequences_says_so_not_that_none_are_left(tmp_path: Pat
     bad.write_text("seq_id,time,mark\na,nan,0\n")
     assert main(["data", "prepare", str(bad), "--drop-invalid", "--out", str(tmp_path / "out")]) == 2
     assert "no sequences left to split: all 1 were dropped as invalid" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ --max-length
+
+
+def test_cut_long_sequences_keeps_every_event_and_gap() -> None:
+    from mtpp.data.sequence import EventSequence
+    from mtpp.data.splits import cut_long_sequences
+
+    rng = np.random.default_rng(0)
+    times = 100.0 + np.cumsum(rng.exponential(1.0, 10))
+    long = EventSequence(times, np.arange(10) % 3, window_end=float(times[-1]) + 2.5, name="user_7")
+    short = make_sequence([0.5, 1.0], [0, 1])
+    out, cut, pieces = cut_long_sequences([short, long], 4)
+    assert (cut, pieces) == (1, 3) and out[0] is short
+    assert [len(p) for p in out[1:]] == [4, 4, 2]
+    # every gap kept, the first piece's included: tau_1 = t_1 - 0, the next pieces start at the event before them
+    np.testing.assert_allclose(np.concatenate([p.taus for p in out[1:]]), long.taus, rtol=0, atol=1e-12)
+    assert np.array_equal(np.concatenate([p.marks for p in out[1:]]), long.marks)
+    assert [p.window_end for p in out[1:3]] == [None, None]
+    assert out[3].window_end == pytest.approx(float(times[-1]) + 2.5 - float(times[7]))  # the window end, shifted
+    assert [p.name for p in out[1:]] == ["user_7#0", "user_7#1", "user_7#2"]
+    with pytest.raises(ConfigError):
+        cut_long_sequences([short], 0)
+
+
+def test_prepare_max_length_cuts_and_counts_and_loses_no_event(tmp_path: Path, capsys) -> None:
+    # one stream of many events among short ones: whole, it is one training batch (1,000,000 events: about 8 GB)
+    rng = np.random.default_rng(1)
+    seqs = [make_sequence(np.cumsum(rng.exponential(1, 5)), rng.integers(0, 3, 5)) for _ in range(9)]
+    seqs.append(make_sequence(np.cumsum(rng.exponential(1, 1000)), rng.integers(0, 3, 1000)))
+    write_bosser_json(tmp_path / "in.json", seqs)
+    assert main(["data", "prepare", str(tmp_path / "in.json"), "--out", str(tmp_path / "out"), "--splits", "1",
+                 "--max-length", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "1 sequence(s) longer than 64 events were cut into 16 pieces (mtpp data prepare --max-length 64" in out
+    assert "kept 25 sequences, 1,045 events" in out
+    args = json.loads((tmp_path / "out" / "args.json").read_text())
+    assert (args["max_length"], args["cut_sequences"], args["pieces"], args["num_sequences"]) == (64, 1, 16, 25)
+    assert any("were cut into 16 pieces" in n for n in args["notes"])
+    parts = read_any(tmp_path / "out" / "split_0").parts  # every event is written once: 45 + 1,000 in, 1,045 out
+    written = [s for p in parts.values() for s in p]
+    assert len(written) == 25 and sum(len(s) for s in written) == 1045
+    assert max(len(s) for s in written) == 64
+    # without the option nothing changes, and args.json has no trace of it
+    assert main(["data", "prepare", str(tmp_path / "in.json"), "--out", str(tmp_path / "whole"), "--splits", "1"]) == 0
+    assert "max_length" not in json.loads((tmp_path / "whole" / "args.json").read_text())

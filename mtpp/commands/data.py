@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="keep distinct sequences that share stretches of 32 consecutive gaps and marks (folds "
                          "that cut one stream at different points, overlapping windows; listed in overlaps.tsv) "
                          "instead of stopping: a random split then puts the same events in train and test")
+    pr.add_argument("--max-length", type=positive_int, default=None, metavar="N",
+                    help="cut sequences longer than N events into consecutive pieces of at most N (counted; each "
+                         "piece's times start at the event before it, so every gap is kept, but a model reads it "
+                         "from an empty history): one stream of 1,000,000 events is otherwise one training batch "
+                         "of several GB (default: keep every sequence whole)")
     _read_flags(pr)
     pr.set_defaults(func=cmd_prepare)
 
@@ -361,7 +366,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     with notes_reported():  # its note: lines say them
         report = prepare(args.inputs, args.out, seed=args.seed, num_splits=args.splits, ratios=args.ratios,
                          options=options, progress=True, keep_within_file_duplicates=args.keep_within_file_duplicates,
-                         allow_overlapping=args.allow_overlapping_sequences)
+                         allow_overlapping=args.allow_overlapping_sequences, max_length=args.max_length)
     for line in report.lines():
         print(line)
     for note in report.notes:

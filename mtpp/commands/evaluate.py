@@ -173,8 +173,10 @@ def _evaluate_input(args: argparse.Namespace) -> int:
                           "--include-next forecasts the event after each)")
     bs = args.batch_size or run.cfg.train.evaluation_batch_size
     with run.threads():
-        metrics = evaluate(run.model, data=seqs, batch_size=bs)
-        frame = None if args.per_sequence is None else log_likelihood(run.model, seqs, batch_size=bs)
+        events = run.cfg.train.evaluation_events(int(run.model.num_marks))  # the run's bound, not the default's
+        metrics = evaluate(run.model, data=seqs, batch_size=bs, max_events=events)
+        frame = None if args.per_sequence is None else log_likelihood(run.model, seqs, batch_size=bs,
+                                                                      max_events=events)
     metrics["first_event"] = run.cfg.model.first_event
     table = _Table()
     table.row(run.path, Path(args.input).name, metrics)

@@ -34,6 +34,7 @@ __all__ = [
     "make_splits",
     "prepare",
     "prepare_sequences",
+    "cut_long_sequences",
     "read_inputs",
     "source_fingerprint",
 ]
@@ -278,9 +279,19 @@ class PrepareReport:
     split_sizes: list[int]
     num_splits: int
     notes: list[str] = field(default_factory=list)
+    max_length: int | None = None  # --max-length
+    cut_sequences: int = 0  # sequences longer than max_length, cut
+    pieces: int = 0  # the pieces they became
+    distinct_sequences: int = 0  # after de-duplication, before cutting
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def cut_phrase(self) -> str:
+        """What ``--max-length`` did, in one sentence."""
+        return (f"{self.cut_sequences:,} sequence(s) longer than {self.max_length:,} events were cut into "
+                f"{self.pieces:,} pieces (mtpp data prepare --max-length {self.max_length}; every gap kept, each piece "
+                "read from an empty history; pieces of one sequence may land in different parts)")
 
     def duplicates_phrase(self) -> str:
         """``"N duplicates removed (...)"``, with the within-file ones told apart and what they likely are."""
@@ -306,6 +317,9 @@ class PrepareReport:
                        + ", ".join(f"{n:,} {r}" for r, n in sorted(self.dropped.items())))
         else:
             out.append("dropped 0 invalid sequences")
+        if self.max_length is not None:
+            out.append(self.cut_phrase() if self.cut_sequences else
+                       f"cut 0 sequences (none longer than --max-length {self.max_length:,} events)")
         out += [
             f"kept {self.num_sequences:,} sequences, {self.num_events:,} events, {self.num_marks} marks",
             f"wrote {self.num_splits} split(s) (seed {self.seed}, ratios "
@@ -313,6 +327,37 @@ class PrepareReport:
             + f": train {tr:,} / val {va:,} / test {te:,}) to {self.out}",
         ]
         return out
+
+
+def cut_long_sequences(sequences: Sequence[EventSequence], max_length: int) -> tuple[list[EventSequence], int, int]:
+    """Every sequence of more than ``max_length`` events cut into consecutive pieces of at most ``max_length``
+    (``mtpp data prepare --max-length``): ``(sequences, number cut, pieces they became)``, shorter ones as they were.
+
+    Piece ``j`` holds events ``j * max_length .. (j + 1) * max_length - 1``. Its times are measured from the event
+    before it (``t - t_{j * max_length - 1}``; the first piece as it was), so its window starts at that event and
+    every gap ``tau_i`` is kept exactly, the piece's first included; the last piece keeps the sequence's window end
+    (shifted alike), the others end at their last event. What is lost is the history: a model reads each piece
+    from an empty history. Pieces are named ``<name>#<j>`` where the sequence has a name. One pass over the
+    sequences, array slices per piece (no loop over events)."""
+    if max_length < 1:
+        raise ConfigError(f"--max-length must be >= 1, got {max_length}")
+    out: list[EventSequence] = []
+    cut = pieces = 0
+    for s in sequences:
+        n = len(s)
+        if n <= max_length:
+            out.append(s)
+            continue
+        cut += 1
+        for j, lo in enumerate(range(0, n, max_length)):
+            hi = min(lo + max_length, n)
+            shift = float(s.times[lo - 1]) if lo else 0.0
+            last = hi == n
+            window = None if not last or s.window_end is None else float(s.window_end) - shift
+            out.append(EventSequence(s.times[lo:hi] - shift, s.marks[lo:hi], window, s.origin,
+                                     None if s.name is None else f"{s.name}#{j}"))
+            pieces += 1
+    return out, cut, pieces
 
 
 def prepare_sequences(
@@ -325,10 +370,13 @@ def prepare_sequences(
     sources: Sequence[str] | None = None,
     keep_within_file_duplicates: bool = False,
     allow_overlapping: bool = False,
+    max_length: int | None = None,
 ) -> PrepareReport:
     """De-duplicate the sequences of ``result`` (all parts; :func:`deduplicate_parts`, copies within one file kept
     with ``keep_within_file_duplicates``), split them and write the split folder, with the removed sequences and
-    the ones they copy in its ``duplicates.tsv``.
+    the ones they copy in its ``duplicates.tsv``. ``max_length``: sequences longer than that are cut into pieces
+    after de-duplication (:func:`cut_long_sequences`; counted in the report, ``args.json`` and its notes), and the
+    pieces are split like sequences.
 
     Raises ``DataError`` when distinct sequences share stretches of events (:func:`overlapping_sequences`: a
     random split would leak events from train into test), unless ``allow_overlapping``: then the pairs are
@@ -343,6 +391,10 @@ def prepare_sequences(
         raise DataError(f"no sequences left to split: all {dropped} were dropped as invalid (--drop-invalid)" if dropped
                         else "holds no sequence (an empty file, a header only, or an empty list)",
                         source=result.source)
+    distinct = len(unique)
+    cut = pieces = 0
+    if max_length is not None:
+        unique, cut, pieces = cut_long_sequences(unique, max_length)
     overlaps = overlapping_sequences(unique)
     if overlaps and not allow_overlapping:
         raise overlap_error(unique, overlaps, result.source)
@@ -370,6 +422,10 @@ def prepare_sequences(
         split_sizes=list(split_sizes(len(unique), ratios)),
         num_splits=int(num_splits),
         notes=list(result.notes),
+        max_length=max_length,
+        cut_sequences=cut,
+        pieces=pieces,
+        distinct_sequences=distinct,
     )
     args = report.to_dict()
     args.pop("out")
@@ -388,6 +444,11 @@ def prepare_sequences(
     if clock:
         report.notes.append(f"{result.source}: {clock}")
     args["keep_within_file_duplicates"] = bool(keep_within_file_duplicates)
+    if cut:  # every later load of the folder says so: its sequences are not the source's
+        args["notes"] = args["notes"] + [report.cut_phrase()]
+    else:  # folders prepared without --max-length keep their bytes
+        for key in ("max_length", "cut_sequences", "pieces", "distinct_sequences"):
+            args.pop(key)
     if found.within_part:  # every later load of the folder says so (mtpp.data.catalog reads these notes)
         args["notes"] = args["notes"] + [
             f"{found.within_part:,} sequence(s) repeated within one file were removed as duplicates (listed in "
@@ -469,14 +530,16 @@ def prepare(
     progress: bool = False,
     keep_within_file_duplicates: bool = False,
     allow_overlapping: bool = False,
+    max_length: int | None = None,
 ) -> PrepareReport:
-    """Read ``inputs`` (files or folders of any supported format), de-duplicate, write ``num_splits`` seeded
-    ``train``/``val``/``test`` splits to ``out``. Deterministic for a seed (same bytes)."""
+    """Read ``inputs`` (files or folders of any supported format), de-duplicate, cut sequences longer than
+    ``max_length`` into pieces (:func:`cut_long_sequences`), write ``num_splits`` seeded ``train``/``val``/``test``
+    splits to ``out``. Deterministic for a seed (same bytes)."""
     check_output_folder(out)  # before reading: a bad --out fails at once
     result = read_inputs(inputs, options, progress)
     return prepare_sequences(result, out, seed=seed, num_splits=num_splits, ratios=ratios,
                              sources=[str(p) for p in inputs], keep_within_file_duplicates=keep_within_file_duplicates,
-                             allow_overlapping=allow_overlapping)
+                             allow_overlapping=allow_overlapping, max_length=max_length)
 
 
 def source_fingerprint(path: str | Path, *extra: Any) -> str:

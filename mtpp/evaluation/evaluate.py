@@ -36,12 +36,15 @@ def evaluate_model(
     seed: int = 0,
     on_batch: Callable[[], None] | None = None,
     time_quantum: float | None = None,
+    max_events: int | None | str = "auto",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(metrics, arrays)`` of ``model`` on ``sequences`` (``MetricAccumulator.compute()`` / ``.arrays()``).
 
     ``on_batch``: called after each batch (a progress bar). ``time_quantum``: the lattice quantum of the data's
     times (``mtpp.data.lattice.time_lattice`` of the training split, data units): adds ``nll_time_binned_*`` and
-    ``time_quantum`` to the metrics (``None``: neither)."""
+    ``time_quantum`` to the metrics (``None``: neither). ``max_events``: padded events per batch (sequences x
+    longest, ``mtpp.data.sampler.cut_batches``); ``"auto"``: the default run's bound for the model's number of
+    marks (``TrainConfig.evaluation_events``); ``None``: ``batch_size`` alone."""
     from mtpp.data.sampler import make_loader
     from mtpp.evaluation.metrics import MetricAccumulator
 
@@ -50,7 +53,10 @@ def evaluate_model(
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     dtype = dtype or param.dtype
-    loader = make_loader(sequences, batch_size, shuffle=False, dtype=dtype, device_type=device.type)
+    if max_events == "auto":
+        max_events = default_evaluation_events(model)
+    loader = make_loader(sequences, batch_size, shuffle=False, dtype=dtype, device_type=device.type,
+                         max_events=max_events)
     was_training = model.training
     model.eval()
     acc = MetricAccumulator()
@@ -69,6 +75,24 @@ def evaluate_model(
     if time_quantum is not None:
         metrics["time_quantum"] = float(time_quantum)
     return metrics, acc.arrays()
+
+
+def default_evaluation_events(model: nn.Module) -> int | None:
+    """Padded events per evaluation batch of ``model`` outside a run: the default configuration's bound
+    (``TrainConfig().evaluation_events``) for its number of marks."""
+    from mtpp.config import TrainConfig
+
+    return TrainConfig().evaluation_events(int(getattr(model, "num_marks", 1)))
+
+
+def evaluation_batches(sequences: Sequence[Any], batch_size: int, max_events: int | None) -> int:
+    """Number of batches ``evaluate_model`` cuts ``sequences`` into (a progress bar's total)."""
+    import numpy as np
+
+    from mtpp.data.sampler import cut_batches
+
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    return len(cut_batches(np.argsort(lengths, kind="stable"), lengths, batch_size, max_events))
 
 
 def data_time_quantum(data: Any, log: Callable[[str], None] | None = None, selected: bool = False) -> float | None:
@@ -161,6 +185,7 @@ def evaluate(
     other_data: bool = False,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    max_events: int | None | str = "auto",
 ) -> dict[str, Any]:
     """Metrics of a run directory's ``best.pt`` (or of a model) on ``split``.
 
@@ -179,13 +204,15 @@ def evaluate(
     a dataset name or path is refused, saying to load it (``load_dataset``).
     ``split="all"``: ``{"val": metrics, "test": metrics}`` (as ``mtpp evaluate --split all``).
     ``batch_size``: a positive integer, or ``None`` for the default (the run's ``train.eval_batch_size``, else
-    4 x its ``train.batch_size``; 256 for a model).
+    4 x its ``train.batch_size``; 256 for a model). ``max_events``: padded events per batch (``evaluate_model``);
+    ``"auto"``: the run's ``TrainConfig.evaluation_events`` for its marks (a model: the default configuration's).
     """
     from mtpp.data.checks import check_batch_size, check_sequences, sequences_of
 
     if split == "all":
         return {s: evaluate(run_dir_or_model, s, data_dir, data=data, batch_size=batch_size, device=device,
-                            write=write, other_data=other_data, log=log, progress=progress) for s in ("val", "test")}
+                            write=write, other_data=other_data, log=log, progress=progress, max_events=max_events)
+                for s in ("val", "test")}
     if split not in SPLITS:
         raise MtppError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}, all")
     batch_size = check_batch_size(batch_size)
@@ -204,7 +231,7 @@ def evaluate(
             raise MtppError(f"{what}: {len(seqs)} sequence(s) of one event each and no scored event (the model's "
                             "first_event: skip leaves each sequence's first event unscored): score longer sequences, "
                             "or use mtpp.log_likelihood for each sequence's terms")
-        metrics, _ = evaluate_model(model, seqs, batch_size=batch_size or 256, device=device)
+        metrics, _ = evaluate_model(model, seqs, batch_size=batch_size or 256, device=device, max_events=max_events)
         return metrics
     if not isinstance(run_dir_or_model, (str, Path)):
         raise MtppError(f"evaluate: expected a run directory or a model (MarkedTPP), got "
@@ -216,12 +243,14 @@ def evaluate(
 
     run_dir = Path(run_dir_or_model)
     with torch_threads(open_run(run_dir).config.train.threads):  # the run's train.threads, not every core
-        return _evaluate_run(run_dir, split, data_dir, batch_size, device, write, other_data, log, progress)
+        return _evaluate_run(run_dir, split, data_dir, batch_size, device, write, other_data, log, progress,
+                             max_events)
 
 
 def _evaluate_run(
     run_dir: Path, split: str, data_dir: str | None, batch_size: int | None, device: str | None, write: bool,
     other_data: bool = False, log: Callable[[str], None] | None = None, progress: bool = False,
+    max_events: int | None | str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
     from tqdm.auto import tqdm
 
@@ -249,10 +278,12 @@ def _evaluate_run(
     quantum = data_time_quantum(run_data, None if log is None else lambda msg: log(f"{run_dir}: {msg}"),
                                 selected=cfg.train.select_time_on == "binned")  # fmt: skip
     seqs = run_data.split(split)
-    with tqdm(total=-(-len(seqs) // bs), desc=f"evaluate {split}", unit="batch", leave=False,
+    events = cfg.train.evaluation_events(num_marks) if max_events == "auto" else max_events
+    with tqdm(total=evaluation_batches(seqs, bs, events), desc=f"evaluate {split}", unit="batch", leave=False,
               disable=None if progress else True) as bar:  # fmt: skip
         metrics, arrays = evaluate_model(model, seqs, batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype],
-                                         seed=cfg.train.seed, time_quantum=quantum, on_batch=bar.update)  # fmt: skip
+                                         seed=cfg.train.seed, time_quantum=quantum, on_batch=bar.update,
+                                         max_events=events)  # fmt: skip
     metrics["first_event"] = cfg.model.first_event
     if write:
         key = hashlib.sha256("".join(p["sha256"] for p in record["parts"].values()).encode()).hexdigest()[:12]

@@ -13,8 +13,8 @@ scale enters through the change of variables, ``mtpp.models.scaling``), so ``log
 where that is not scored. These are the negatives of ``MarkedTPP.nll``'s per-sequence ``time_nll`` / ``mark_nll``,
 the quantities ``evaluate`` averages (its ``nll_time_per_seq`` is the mean of ``-log_lik_time``).
 
-Cost: one forward pass per batch of ``batch_size`` sequences (sorted by length to limit padding), no gradients,
-one host transfer per batch.
+Cost: one forward pass per batch of at most ``batch_size`` sequences and ``max_events`` padded events (sorted by
+length to limit padding, ``mtpp.data.sampler.cut_batches``), no gradients, one host transfer per batch.
 """
 
 from __future__ import annotations
@@ -32,13 +32,16 @@ __all__ = ["log_likelihood"]
 
 
 def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", batch_size: int | None = None,
-                   device: str | None = None, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+                   device: str | None = None, seed: int = 0,
+                   max_events: int | None | str = "auto") -> pd.DataFrame:  # fmt: skip
     """One row per sequence, in the order given: its log-likelihood under ``model`` (see the module docstring).
 
     ``sequences``: a list of ``EventSequence`` (``mtpp.data.sequence.make_sequence``), or a dataset whose ``split``
     part is scored. They are checked against the model first (``mtpp.data.checks.check_sequences``: at least one
     event, times finite, ``>= 0``, sorted and within the model's dtype, marks in ``[0, K)``): ``DataError`` in one
     line naming the sequence and event otherwise. ``batch_size``: sequences per forward pass (default 256).
+    ``max_events``: padded events (sequences x longest) per forward pass; ``"auto"``: the default run's bound for
+    the model's number of marks (``mtpp.config.TrainConfig.evaluation_events``); ``None``: no bound.
     ``device``: the model is computed where it is; a device given must be that one (``ConfigError`` otherwise).
     ``seed``: for the Monte Carlo nodes of a compensator that uses them in evaluation (none does by default:
     ``model.eval_integration``).
@@ -52,6 +55,7 @@ def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", bat
     """
     from mtpp.data.batch import collate
     from mtpp.data.checks import check_batch_size, check_sequences, sequences_of
+    from mtpp.data.sampler import cut_batches
     from mtpp.training.setup import model_device
 
     what = "log_likelihood(model, sequences)"
@@ -66,6 +70,10 @@ def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", bat
         raise MtppError(f"{what}: no sequence to score (an empty list)")
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: little padding
+    if max_events == "auto":
+        from mtpp.evaluation.evaluate import default_evaluation_events
+
+        max_events = default_evaluation_events(model)
     columns = {k: np.zeros(len(seqs)) for k in ("log_lik_time", "log_lik_mark", "log_survival")}
     scored = np.zeros(len(seqs), dtype=np.int64)
     was_training = model.training
@@ -74,8 +82,7 @@ def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", bat
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
-            for start in range(0, len(seqs), batch_size):  # batches, not events: one forward each
-                idx = order[start : start + batch_size]
+            for idx in cut_batches(order, lengths, batch_size, max_events):  # batches, not events: one forward each
                 out = model.nll(collate([seqs[i] for i in idx], dtype=dtype).to(dev))
                 # 0.0 - x, not -x: a term of 0 (no window end) is 0.0, never -0.0 in the written table
                 parts = (0.0 - torch.stack([out.time_nll, out.mark_nll, out.survival_term])).double().cpu().numpy()

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from mtpp.data.batch import collate
+from mtpp.data.sampler import cut_batches
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import MtppError
 from mtpp.files import check_writable, replacing
@@ -133,9 +134,12 @@ def predict_frame(
     seed: int = 0,
     ids: Sequence[int] | None = None,
     progress: bool = False,
+    max_events: int | None | str = "auto",
 ):
-    """The table of the module docstring for ``sequences`` (a ``pandas.DataFrame``); ``progress``: a bar over
-    the sequences on a terminal."""
+    """The table of the module docstring for ``sequences`` (a ``pandas.DataFrame``, rows in the order of
+    ``sequences``); ``progress``: a bar over the sequences on a terminal. Batches hold sequences of similar length,
+    at most ``batch_size`` of them and ``max_events`` padded events (``mtpp.data.sampler.cut_batches``;
+    ``"auto"``: the default run's bound for the model's marks, ``mtpp.config.TrainConfig.evaluation_events``)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -150,24 +154,39 @@ def predict_frame(
     param = next(model.parameters())
     was_training = model.training
     model.eval()
+    if max_events == "auto":
+        from mtpp.evaluation.evaluate import default_evaluation_events
+
+        max_events = default_evaluation_events(model)
+    lengths = np.fromiter((len(x) for x in sequences), dtype=np.int64, count=len(sequences))
     frames = []
     bar = tqdm(total=len(sequences), desc="predict", unit="seq", leave=False, disable=None if progress else True)
     try:
         with torch.random.fork_rng(devices=[param.device.index or 0] if param.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for lo in range(0, len(sequences), batch_size):
-                chunk = sequences[lo : lo + batch_size]
+            # similar lengths share a batch (an outlier does not pad the others), rows put back in order below
+            for idx in cut_batches(np.argsort(lengths, kind="stable"), lengths, batch_size, max_events):
+                idx = np.sort(idx)  # within a batch the given order (all in one batch: the batch of the list)
+                chunk = [sequences[i] for i in idx]
                 batch = collate(chunk, dtype=param.dtype).to(param.device)
                 out = predict_batch(model, batch, level, top_k)
-                frames.append(_rows(chunk, ids[lo : lo + batch_size], batch, out, include_next, level, named))
+                frames.append(_rows(chunk, ids[idx], batch, out, include_next, level, named, positions=idx))
                 bar.update(len(chunk))
     finally:
         bar.close()
         model.train(was_training)
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    order = np.argsort(frame.pop(_POSITION).to_numpy(), kind="stable")  # by sequence; events stay in order
+    return frame.iloc[order].reset_index(drop=True)
 
 
-def _rows(chunk, ids, batch, out, include_next: bool, level: float, named: bool = False):
+_POSITION = "_position"
+"""A working column of ``_rows``: the row's sequence's position in the list given to ``predict_frame``."""
+
+
+def _rows(chunk, ids, batch, out, include_next: bool, level: float, named: bool = False, positions=None):
+    """The rows of one batch; with ``positions`` (each sequence's place in the caller's list) a last column
+    ``_POSITION`` to put the batches' rows back in that order."""
     import pandas as pd
 
     lengths = batch.lengths.cpu().numpy()
@@ -213,10 +232,14 @@ def _rows(chunk, ids, batch, out, include_next: bool, level: float, named: bool 
         cols[f"prob_{j + 1}"] = top_p[:, j]
     log_density = np.pad(out["log_density"].detach().double().cpu().numpy(), ((0, 0), (0, 1)))[b_idx, i_idx]
     cols["log_density_gap"] = np.where(observed, log_density, nan)
-    flp = out["mark_log_probs"].detach().double().cpu().numpy()[b_idx, i_idx]  # [R, K]
     obs_mark = np.where(observed, all_marks[flat], 0)
-    cols["log_prob_mark"] = np.where(observed, np.take_along_axis(flp, obs_mark[:, None], 1)[:, 0], nan)
+    # one value per row, gathered where the [B, L + 1, K] forecast is (never copied whole: K may be 20,000)
+    flp = out["mark_log_probs"]
+    rows = [torch.as_tensor(x, device=flp.device) for x in (b_idx, i_idx, obs_mark)]
+    cols["log_prob_mark"] = np.where(observed, flp[rows[0], rows[1], rows[2]].detach().double().cpu().numpy(), nan)
     assert L + 1 == out["median"].shape[1]
+    if positions is not None:
+        cols[_POSITION] = np.asarray(positions)[b_idx]
     return pd.DataFrame(cols)
 
 
@@ -350,8 +373,9 @@ def predict_run(run, sequences: Sequence[EventSequence], *, level: float = DEFAU
     seqs = check_sequences(sequences, int(run.model.num_marks), what="predict(sequences=...)",
                            whose=f"the run {run.path}", dtype=run.dtype)
     bs = batch_size or run.cfg.train.evaluation_batch_size
+    events = run.cfg.train.evaluation_events(int(run.model.num_marks))  # the run's bound on a batch's padded events
     with run.threads():
         frame = predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
-                              seed=run.cfg.train.seed, progress=progress)
+                              seed=run.cfg.train.seed, progress=progress, max_events=events)
     # marks in the data's own ids where they were remapped (a model's marks are 0..K-1)
     return source_marks(frame, getattr(run.data, "mark_ids", None), mark_columns(frame))

@@ -428,8 +428,10 @@ class MarkedTPP(nn.Module):
 
         Base LNM / RMTPP: the ``p(k | h)`` head (``given_time`` itself when given: the same values). Otherwise the
         quadrature over the next gap, in chunks of the ``B`` rows (sequences; the packed positions of
-        ``forecasts_at``, ``[R, 1, D]``) so one intensity call stays below ``FORECAST_CHUNK_ELEMENTS`` elements
-        (evaluation only; a loop over a few memory-bounded chunks, each vectorised over its events).
+        ``forecasts_at``, ``[R, 1, D]``) so one intensity call stays below ``FORECAST_CHUNK_ELEMENTS`` elements, and
+        of positions within a row longer than one chunk (one sequence of 1,000,000 events asked for 64 GB at once);
+        each position's forecast depends on its own history only, so the chunks give the same values (evaluation
+        only; the loops are over chunks, not events).
         ``elapsed: [B, N]`` (model units): the forecast given that no event came in that gap after the last one,
         ``p(k | H, tau > elapsed)`` (``marginal_mark_log_probs``).
         """
@@ -439,9 +441,15 @@ class MarkedTPP(nn.Module):
 
         b, n = h_time.shape[:2]
         width = max(self.num_marks, self.cfg.num_components, self.cfg.decoder_hidden_size, 1)
-        rows = max(1, self.FORECAST_CHUNK_ELEMENTS // max(1, n * GRID_POINTS * GRID_NODES * width))
-        return torch.cat([self._forecast_rows(h_time[i : i + rows], h_mark[i : i + rows],
-                                              None if elapsed is None else elapsed[i : i + rows])
+        span = max(1, self.FORECAST_CHUNK_ELEMENTS // (GRID_POINTS * GRID_NODES * width))  # positions per call
+        rows = max(1, span // max(1, n))
+        cols = n if n <= span else span
+
+        def part(i: int, j: int) -> Tensor:
+            return self._forecast_rows(h_time[i : i + rows, j : j + cols], h_mark[i : i + rows, j : j + cols],
+                                       None if elapsed is None else elapsed[i : i + rows, j : j + cols])
+
+        return torch.cat([torch.cat([part(i, j) for j in range(0, n, cols)], dim=1) if n > cols else part(i, 0)
                           for i in range(0, b, rows)])  # fmt: skip
 
     def forecasts_at(self, h_time: Tensor, h_mark: Tensor, at: Tensor, probs: Tensor,

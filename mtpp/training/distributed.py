@@ -251,8 +251,10 @@ def evaluate_sharded(
     dtype: torch.dtype,
     seed: int,
     time_quantum: float | None = None,
+    max_events: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``evaluate_model`` over the ranks: each scores its shard, the accumulators are summed across ranks."""
+    """``evaluate_model`` over the ranks: each scores its shard, the accumulators are summed across ranks
+    (``max_events``: padded events per batch, ``mtpp.data.sampler.cut_batches``)."""
     from mtpp.data.sampler import make_loader
     from mtpp.evaluation.metrics import MetricAccumulator
 
@@ -267,7 +269,8 @@ def evaluate_sharded(
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(rank_seed(seed, ctx.rank))
             if part:
-                loader = make_loader(part, batch_size, shuffle=False, dtype=dtype, device_type=device.type)
+                loader = make_loader(part, batch_size, shuffle=False, dtype=dtype, device_type=device.type,
+                                     max_events=max_events)
                 for batch in loader:
                     batch = batch.to(device, non_blocking=True)
                     acc.update(model.score(batch, time_quantum=time_quantum), batch)

@@ -58,6 +58,7 @@ from mtpp.runs import torch_threads
 from mtpp.evaluation.evaluate import (
     METRICS_FILE,
     evaluate_model,
+    evaluation_batches,
     json_safe,
     with_run_fields,
     write_json,
@@ -582,6 +583,13 @@ class Trainer:
         self.on_epoch: Any = None  # fit(on_epoch=...): a per-epoch callback (pruning in mtpp tune)
         self.stopped_by: str | None = None  # "on_epoch" when that callback asked to stop
         self._timing = _Timing()
+        self.memory_note: str | None = None  # the largest training batch's estimated memory, when large
+        if self.main and not self.already_finished:
+            for line in self._batch_cost_lines():
+                if line.startswith("warning:"):
+                    echo(line, quiet=False, once=True)
+                else:
+                    self.memory_note = line
         if self.main:
             echo(run_header(self), self.quiet, console=run_header(self, console=True))
 
@@ -610,7 +618,19 @@ class Trainer:
             num_replicas=self.dist.world,
             rank=self.dist.rank,
             num_workers=self.cfg.data.num_workers,
+            max_events=t.max_batch_events,
         )
+
+    def _batch_cost_lines(self) -> list[str]:
+        """``mtpp.training.memory.batch_warnings`` for this run's training data, model and batches."""
+        from mtpp.training import memory
+
+        t = self.cfg.train
+        lengths = [len(s) for s in self.data.train]
+        per_event = memory.bytes_per_event(self.model, self.model.nll, self.data.num_marks, self.dtype, self.device)
+        return memory.batch_warnings(lengths=lengths, batch_size=t.batch_size, max_events=t.max_batch_events,
+                                     per_event=per_event, encoder=self.cfg.model.encoder,
+                                     available=memory.available_bytes(self.device))  # fmt: skip
 
     # ------------------------------------------------------------------ main loop
 
@@ -738,7 +758,7 @@ class Trainer:
             if part:
                 loader = make_loader(
                     part, t.evaluation_batch_size, shuffle=False, dtype=self.dtype,
-                    device_type=self.device.type,
+                    device_type=self.device.type, max_events=t.evaluation_events(self.data.num_marks),
                 )  # fmt: skip
                 with self.progress.phase("validation", len(loader)) as bar:
                     for batch in loader:
@@ -887,14 +907,15 @@ class Trainer:
         t = self.cfg.train
         for split in ("val", "test"):
             kwargs = dict(batch_size=t.evaluation_batch_size, device=self.device, dtype=self.dtype,
-                          time_quantum=scored_quantum(self.time_lattice, t.select_time_on == "binned"))
+                          time_quantum=scored_quantum(self.time_lattice, t.select_time_on == "binned"),
+                          max_events=t.evaluation_events(self.data.num_marks))
             if self.dist.enabled:
                 m, arrays = distributed.evaluate_sharded(
                     self.model, self.data.split(split), self.dist, seed=t.seed, **kwargs
                 )
             else:
                 seqs = self.data.split(split)
-                batches = math.ceil(len(seqs) / kwargs["batch_size"])
+                batches = evaluation_batches(seqs, kwargs["batch_size"], kwargs["max_events"])
                 with self.progress.phase(f"final evaluation ({split})", batches) as bar:
                     hook = None if bar is None else (lambda bar=bar: bar.update())
                     m, arrays = evaluate_model(self.model, seqs, seed=t.seed, on_batch=hook, **kwargs)
@@ -1031,6 +1052,7 @@ def run_header(tr: "Trainer", console: bool = False) -> str:
         *(f"  note    {n}" for n in [marks_absent_from_train(data)] if n),
         # each experiment tracker's store and run (also in OUT/tracking.json, where --resume finds them)
         *(f"  tracker {w}" for w in getattr(getattr(tr, "logger", None), "tracking", None) or []),
+        *([f"  {tr.memory_note}"] if getattr(tr, "memory_note", None) else []),
         "  epoch lines: val NLL per sequence in nats (time L_T, mark L_M); '*' = best so far (best.pt updated)"
         + ("; the time part is judged by its binned L_T (train.select_time_on: binned)"
            if cfg.train.select_time_on == "binned" else ""),
