@@ -203,3 +203,58 @@ def test_training_says_the_largest_batch_before_the_first_step(tmp_path, monkeyp
         assert "warning: the largest training batch (4 x 120 padded events) needs about" in text
         assert "more than the 195 KiB available: the run will likely be killed; lower train.max_batch_events" in text
         assert "warning: the longest training sequence has 120 events: the thp encoder's attention" in text
+
+
+# ---------------------------------------------------------------------------------------------- plot
+
+
+def test_the_plot_of_a_long_sequence_draws_its_last_history_events_only() -> None:
+    # a sequence of 200,000 events asked for [200,001 x 64] intensity points (past 3 GB) and drew them all
+    import matplotlib.pyplot as plt
+
+    from mtpp.forecast.plot import GRID, SHOWN_EVENTS, default_horizon, plot_forecast
+
+    k = 3
+    seq = _sequences([2000], k, 7)[0]
+    short = _sequences([40], k, 8)[0]
+    assert default_horizon(short) == pytest.approx(0.25 * (short.times[-1] - short.times[0]))  # as before
+    horizon = default_horizon(seq)
+    assert horizon == pytest.approx(0.25 * (seq.times[-1] - seq.times[2000 - SHOWN_EVENTS]))
+    torch.manual_seed(3)
+    model = build_model(tiny_config(encoder="gru", decoder="lnm"), k).eval()
+    fig = plot_forecast(model, seq, horizon=horizon, cut=1500, samples=4)
+    try:
+        history = fig.axes[0].collections[0].get_offsets()  # the filled markers of the history
+        assert len(history) == SHOWN_EVENTS and history[0][0] == pytest.approx(seq.times[1500 - SHOWN_EVENTS])
+        lines = [ln.get_xdata() for ln in fig.axes[1].get_lines() if ln.get_label().startswith(("model", "after"))]
+        points = sum(len(x) for x in lines)
+        future = int(np.sum((seq.times > seq.times[1499]) & (seq.times <= seq.times[1499] + horizon)))
+        assert points <= (SHOWN_EVENTS + future + 1) * GRID and min(x.min() for x in lines) > seq.times[1100]
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert any(f"the last {SHOWN_EVENTS} of 1,500 shown" in t for t in legend)
+    finally:
+        plt.close(fig)
+
+
+def test_samples_of_one_history_encode_it_once(monkeypatch) -> None:
+    # generate's rows are histories x samples: each of 50 samples embedded the same history of 150,000 events again
+    from mtpp.forecast.process import RecurrentModelProcess
+
+    k = 3
+    h, g = _sequences([300, 20], k, 9)
+    torch.manual_seed(4)
+    model = build_model(tiny_config(encoder="gru", decoder="lnm", parametrisation="plusplus"), k).eval()
+    widths = []
+    pack = torch.nn.utils.rnn.pack_padded_sequence
+
+    def spy(x, lengths, **kwargs):
+        widths.append(tuple(x.shape[:2]))
+        return pack(x, lengths, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils.rnn, "pack_padded_sequence", spy)
+    with torch.no_grad():
+        many = RecurrentModelProcess(model, [h] * 5 + [g] * 3, capacity=4)
+        once = RecurrentModelProcess(model, [h, g], capacity=4)
+    assert widths[:2] == [(2, 300), (2, 300)]  # two encoders ("++"), each over the 2 distinct histories
+    for a, b in zip(many.states, once.states):
+        torch.testing.assert_close(a, b[:, [0] * 5 + [1] * 3], rtol=0, atol=0)

@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sequence", required=True, help=SEQUENCE_HELP)
     p.add_argument("--out", type=Path, required=True,
                    help="output image, format by extension: .png, .pdf, .svg, ... (never replaced without --overwrite)")
-    p.add_argument("--horizon", type=float, help="forecast window after the cut (default: 1/4 of the sequence)")
+    p.add_argument("--horizon", type=float,
+                   help="forecast window after the cut (default: 1/4 of the sequence; of its last 400 events when "
+                        "longer: the figure draws the last 400 history events)")
     p.add_argument("--cut", type=int, help="number of history events (default: the last cut with an observed window)")
     p.add_argument("--samples", type=int, default=50, help="sampled continuations (default 50)")
     add_max_events(p)
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.data.checks import check_sequences
     from mtpp.errors import MtppError
     from mtpp.evaluation.report import param_symbol
-    from mtpp.forecast.plot import beyond_data_note, check_plot_path, plot_forecast, save_forecast_plot
+    from mtpp.forecast.plot import beyond_data_note, check_plot_path, default_horizon, plot_forecast, save_forecast_plot
     from mtpp.forecast.runs import load_run
 
     check_plot_path(args.out, args.overwrite)  # before the model is loaded
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     index = sequence_index(seqs, args.sequence, "--sequence", where)
     seq = check_sequences([seqs[index]], int(run.model.num_marks), what=where, whose=f"the run {run.path}",
                           dtype=run.dtype)[0]
-    horizon = args.horizon if args.horizon is not None else 0.25 * float(seq.times[-1] - seq.times[0]) or 1.0
+    horizon = args.horizon if args.horizon is not None else default_horizon(seq)
     m = run.cfg.model
     unit = time_unit_of(run.cfg.data.name)
     named = f" (seq_id {seq.name!r})" if seq.name is not None else ""  # the user's own id of the sequence

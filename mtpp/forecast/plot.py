@@ -16,8 +16,12 @@ Three panels sharing the time axis (data units):
    samples cannot change it (:func:`determined_quantiles`), the first cut is a red dash-dot line, and the title and
    ``log`` say how many of how many were cut.
 
-Cost: one history encoding of the sequence, one distribution call on ``[L + 1, GRID]`` gaps, and ``generate`` for
-the continuations.
+A long sequence is drawn from the last :data:`SHOWN_EVENTS` history events before the cut on (the figure says so);
+the model still reads the whole history. Drawn whole, a sequence of 200,000 events asked for ``[200,001 x GRID]``
+intensity points (more than 3 GB for an LNM decoder) and a line no one could read.
+
+Cost: one history encoding of the sequence, one distribution call on ``[S + 1, GRID]`` gaps (``S`` the shown
+events), and ``generate`` for the continuations.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from mtpp.errors import MtppError
 
 GRID = 64
 """Intensity evaluation points per inter-event interval (``interval_grid``)."""
+SHOWN_EVENTS = 400
+"""History events drawn before the cut (the last ones); a longer history is read by the model, not drawn."""
 TITLE_WIDTH = 100
 """Characters per line of the figure's title (9 in wide at 11 pt); longer titles are wrapped."""
 
@@ -62,6 +68,12 @@ def determined_quantiles(counts: np.ndarray, grid: np.ndarray, exact_until: np.n
     open_ended = np.where(grid[None, :] > exact_until[:, None], np.inf, counts)
     upper = np.quantile(open_ended, levels, axis=0, method="inverted_cdf")
     return np.where(lower == upper, lower, np.nan)
+
+
+def default_horizon(seq: EventSequence) -> float:
+    """``mtpp plot``'s horizon when none is given: a quarter of the time spanned by the sequence's last
+    ``SHOWN_EVENTS`` events (all of them for a shorter one), or 1 where they span no time."""
+    return 0.25 * float(seq.times[-1] - seq.times[max(0, len(seq) - SHOWN_EVENTS)]) or 1.0
 
 
 def default_cut(seq: EventSequence, horizon: float) -> int:
@@ -92,10 +104,13 @@ def beyond_data_note(seq: EventSequence, horizon: float, cut: int | None = None,
 
 
 @torch.no_grad()
-def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
+def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID,
+                   first: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``(t, lambda*(t))`` on about ``grid`` points per interval from the window start to ``until`` (data units);
     with ``model.first_event: skip`` from the first event (the gap before it is not scored, so the model never
-    learnt the intensity there).
+    learnt the intensity there). ``first > 0``: from event ``first`` on (the intervals after it; the history
+    before it is still encoded); intervals that start at or after ``until`` are not gridded, so a long sequence
+    costs the shown intervals' ``[S, grid]`` points, not ``[L + 1, grid]``.
 
     Each interval ``(t_{i-1}, min(t_i, until)]`` is clipped to ``until`` before it is gridded, so the interval
     that holds ``until`` is drawn over the whole shown part (not only the few points of a grid spread to a next
@@ -105,14 +120,17 @@ def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID) ->
     decades) is drawn at the scale of the gaps the model expects, not skipped by the first even step.
     Returns ``t: [P]`` (sorted within each interval) and ``lambda*(t): [P]`` in events per data unit (the
     decoder's ``log_intensity``; 0 where it underflows)."""
-    from mtpp.forecast.process import model_next_events
 
     param = next(model.parameters())
     batch = collate([seq], dtype=param.dtype).to(param.device)
-    dist, _, _ = model_next_events(model, batch)  # [1, L + 1]
-    s = float(model.time_scale)
+    lo = first + 1 if first > 0 else 0  # interval i is (t_{i-1}, t_i]: the first one after event `first`
     starts = np.concatenate([[0.0], seq.times])  # interval i starts at t_{i-1} (t_{-1} = 0)
-    ends = np.minimum(np.concatenate([seq.times, [max(until, seq.times[-1])]]), until)  # clipped to the shown span
+    hi = max(lo + 1, int(np.searchsorted(starts, until, side="left")))  # intervals wholly after until: none drawn
+    h_time, _ = model.histories(batch)
+    dist = model.next_time_distribution(h_time[:, lo:hi])  # [1, hi - lo]
+    s = float(model.time_scale)
+    ends = np.minimum(np.concatenate([seq.times, [max(until, seq.times[-1])]]), until)[lo:hi]  # clipped to the span
+    starts = starts[lo:hi]
     span = np.maximum(ends - starts, 0.0)  # [L + 1]; 0: an interval wholly after until (dropped below)
     u = torch.full((1, span.size, 1), GEOMETRIC_QUANTILE, dtype=param.dtype, device=param.device)
     q = dist.icdf(u)[0, :, 0].double().cpu().numpy() * s  # [L + 1], data units
@@ -127,7 +145,7 @@ def intensity_path(model, seq: EventSequence, until: float, grid: int = GRID) ->
     lam = torch.exp(log_hazard).squeeze(0).double().cpu().numpy() / s
     t = (starts[:, None] + taus).reshape(-1)
     keep = np.repeat(span > 0, grid) & (t <= until)
-    if getattr(model.cfg, "first_event", "skip") == "skip":
+    if getattr(model.cfg, "first_event", "skip") == "skip" and lo == 0:
         keep[:grid] = False  # interval 0: before the first event
     return t[keep], lam.reshape(-1)[keep]
 
@@ -188,7 +206,8 @@ def plot_forecast(
     # a cut row's count after its last event is a lower bound: the sampled curves are exact only before the first
     first_capped = min(float(gen.events_of(r)[0][-1]) for r in capped_rows) if capped_rows.size else np.inf
     k = int(model.num_marks)
-    start = float(seq.times[0])
+    shown = max(0, cut - SHOWN_EVENTS)  # the first history event drawn
+    start = float(seq.times[shown])
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True, gridspec_kw={"height_ratios": [1.3, 1.0, 1.0]})
     ax0, ax1, ax2 = axes
@@ -197,22 +216,23 @@ def plot_forecast(
     # unrelated marks, so every mark gets one colour (the y axis tells them apart)
     colors = cmap if k <= 20 else (lambda m: "tab:blue")
     # 1. events
-    past = slice(0, cut)
+    past = slice(shown, cut)
     fut = (seq.times > t0) & (seq.times <= end)
     fut[:cut] = False
     ax0.scatter(seq.times[past], seq.marks[past], c=[colors(m % 20) for m in seq.marks[past]], s=28, zorder=3)
     ax0.scatter(seq.times[fut], seq.marks[fut], facecolors="none", edgecolors="black", s=40, zorder=3,
                 label="observed future")
     rng = np.random.default_rng(seed)
-    shown = min(shown_samples, gen.rows)
-    for r in range(shown):
+    drawn = min(shown_samples, gen.rows)
+    for r in range(drawn):
         t, m = gen.events_of(r)
         ax0.scatter(t, m + rng.uniform(-0.25, 0.25, m.shape), marker="x", s=14, alpha=0.6, color="tab:gray",
-                    label=f"sampled continuations ({shown} of {gen.rows} shown)" if r == 0 else None)
+                    label=f"sampled continuations ({drawn} of {gen.rows} shown)" if r == 0 else None)
     from matplotlib.lines import Line2D
 
     # the history's points take their mark's colour: its legend entry is neutral, not the first point's colour
-    history = Line2D([], [], marker="o", ls="", color="0.35", label="observed history (coloured by mark)")
+    history = Line2D([], [], marker="o", ls="", color="0.35", label="observed history (coloured by mark)"
+                     + (f"; the last {cut - shown:,} of {cut:,} shown" if shown else ""))
     handles, labels = ax0.get_legend_handles_labels()
     mark_ids = mark_ids if mark_ids is not None and len(mark_ids) >= k else None  # a map of every model mark
     ax0.set_ylabel("mark (the data's ids)" if mark_ids else "mark")
@@ -229,7 +249,7 @@ def plot_forecast(
              "frameon": False, "borderaxespad": 0.2}
     ax0.legend(handles=[history, *handles], ncol=3, **above)
     # 2. intensity
-    tt, lam = intensity_path(model, seq, end)
+    tt, lam = intensity_path(model, seq, end, first=shown)
     before = tt <= t0
     ax1.plot(tt[before], lam[before], color="tab:blue", lw=1.2, label="model intensity given the observed history")
     ax1.plot(tt[~before], lam[~before], color="tab:blue", lw=1.0, ls="--", alpha=0.8,
