@@ -433,10 +433,8 @@ def unmatched_exclude_rules(exp: Experiment) -> list[dict]:
     through ``extends:`` for axis values this file no longer has); ``compare`` warns about each."""
     if not exp.exclude:
         return []
-    axes = (
-        [d[0] for d in _datasets(exp)], [m[0] for m in _models(exp)], _parametrisations(exp),
-        [a[0] for a in _aggregators(exp)], _ints(exp, "splits", "data", "split"), _ints(exp, "seeds", "train", "seed"),
-    )
+    datasets, models, params, aggregators, splits, seeds = _axes(exp)
+    axes = ([d[0] for d in datasets], [m[0] for m in models], params, [a[0] for a in aggregators], splits, seeds)
     names = ("dataset", "model", "parametrisation", "aggregator", "split", "seed")
     matched = [False] * len(exp.exclude)
     for values in itertools.product(*axes):
@@ -478,22 +476,22 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def expand(exp: Experiment) -> list[Cell]:
-    """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds).
-    ``ConfigError`` (naming the experiment file) on an invalid axis or when the ``exclude`` rules remove every cell."""
+def _axes(exp: Experiment) -> tuple:
+    """The grid's six axes (datasets, models, parametrisations, aggregators, splits, seeds), validated; a
+    ``ConfigError`` names the experiment file."""
     try:
-        axes = (
-            _datasets(exp),
-            _models(exp),
-            _parametrisations(exp),
-            _aggregators(exp),
-            _ints(exp, "splits", "data", "split"),
-            _ints(exp, "seeds", "train", "seed"),
-        )
+        return (_datasets(exp), _models(exp), _parametrisations(exp), _aggregators(exp),
+                _ints(exp, "splits", "data", "split"), _ints(exp, "seeds", "train", "seed"))
     except ConfigError as e:
         if exp.source and not str(e).startswith(exp.source):
             raise ConfigError(f"{exp.source}: {e}") from None
         raise
+
+
+def expand(exp: Experiment) -> list[Cell]:
+    """The grid's cells in a stable order (datasets, models, parametrisations, aggregators, splits, seeds).
+    ``ConfigError`` (naming the experiment file) on an invalid axis or when the ``exclude`` rules remove every cell."""
+    axes = _axes(exp)
     cells = []
     total = 0
     for (dlabel, dtarget, doverrides), (mlabel, mfragment, by_param), param, (alabel, aname, aoptions), split, seed in (
