@@ -403,13 +403,16 @@ class MetricAccumulator:
         forecast = scores.forecast_mark_log_probs
         if forecast is None:
             self._forecast_missing = True
-        for kind, log_probs in (("given_time", scores.mark_log_probs), ("forecast", forecast)):
-            if log_probs is None:
-                continue
-            log_probs = log_probs.to(dt)  # [B, L, K]
-            if kind == "forecast":  # L_M's terms come from the NLL; the forecast's NLL from its log-probs
-                state["nll_mark/forecast"] -= masked(log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)).sum()
-            self._update_marks(state, kind, log_probs, labels, masked, w)
+        if forecast is not None:  # L_M's terms come from the NLL; the forecast's NLL from its log-probs
+            true = forecast.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            state["nll_mark/forecast"] -= masked(true.to(dt)).sum()
+        # base LNM / RMTPP: the forecast IS the given-time distribution (one tensor), its [B, L, K] statistics are
+        # computed once for both (with 20,000 marks they were most of an evaluation's time)
+        same = forecast is scores.mark_log_probs
+        self._update_marks(state, ("given_time", "forecast") if same else ("given_time",),
+                           scores.mark_log_probs.to(dt), labels, masked, w)
+        if forecast is not None and not same:
+            self._update_marks(state, ("forecast",), forecast.to(dt), labels, masked, w)
 
         # Times: PIT histogram and gap errors.
         pit = scores.pit.to(dt)
@@ -427,23 +430,26 @@ class MetricAccumulator:
             state["sq_err_mean"] += (err * err).sum()
             state["num_events_mean"] += w.sum()
 
-    def _update_marks(self, state: dict, kind: str, log_probs: Tensor, labels: Tensor, masked, w: Tensor) -> None:
-        """Tie-aware ranks, Brier and confidence bins of one mark distribution ``log_probs: [B, L, K]``."""
+    def _update_marks(self, state: dict, kinds: tuple[str, ...], log_probs: Tensor, labels: Tensor, masked,
+                      w: Tensor) -> None:  # fmt: skip
+        """Tie-aware ranks, Brier and confidence bins of one mark distribution ``log_probs: [B, L, K]``, added to the
+        state of each of ``kinds`` (``given_time`` and / or ``forecast``: the same sums for each)."""
         dt = log_probs.dtype
         greater, ties = _rank_stats(log_probs, labels)
         top1 = _expected_topk(greater, ties, 1, dt)
-        for k in TOPK:
-            hit = top1 if k == 1 else _expected_topk(greater, ties, k, dt)
-            state[f"top{k}/{kind}"] += masked(hit).sum()
-        state[f"rr/{kind}"] += masked(_expected_reciprocal_rank(greater, ties, dt)).sum()
+        sums = {f"top{k}": masked(top1 if k == 1 else _expected_topk(greater, ties, k, dt)).sum() for k in TOPK}
+        sums["rr"] = masked(_expected_reciprocal_rank(greater, ties, dt)).sum()
         probs = log_probs.exp()
         p_true = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        state[f"brier/{kind}"] += masked((probs * probs).sum(-1) - 2.0 * p_true + 1.0).sum()
+        sums["brier"] = masked((probs * probs).sum(-1) - 2.0 * p_true + 1.0).sum()
         conf = probs.max(-1).values
         cal_idx = _bin_index(conf.clamp(0.0, 1.0), self.calibration_bins).reshape(-1)
-        state[f"cal_count/{kind}"].index_add_(0, cal_idx, w.reshape(-1))
-        state[f"cal_conf/{kind}"].index_add_(0, cal_idx, masked(conf).reshape(-1))
-        state[f"cal_acc/{kind}"].index_add_(0, cal_idx, masked(top1).reshape(-1))
+        for kind in kinds:
+            for name, value in sums.items():
+                state[f"{name}/{kind}"] += value
+            state[f"cal_count/{kind}"].index_add_(0, cal_idx, w.reshape(-1))
+            state[f"cal_conf/{kind}"].index_add_(0, cal_idx, masked(conf).reshape(-1))
+            state[f"cal_acc/{kind}"].index_add_(0, cal_idx, masked(top1).reshape(-1))
 
     def merge(self, other: "MetricAccumulator") -> "MetricAccumulator":
         """Add ``other``'s state into this one (same bins); returns ``self``."""
