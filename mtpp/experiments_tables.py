@@ -435,9 +435,10 @@ def remedies_table(cells: dict[Key, list[dict]]) -> list[str]:
 
 def results_block(records: list[dict], command: str, published: list[dict] = (),
                   figures: dict[str, Path] | None = None, relative_to: Path | None = None,
-                  datasets: Iterable[str] = ()) -> str:  # fmt: skip
+                  datasets: Iterable[str] = (), curves: dict[str, tuple[Path, int]] | None = None) -> str:  # fmt: skip
     """The generated part of RESULTS.md: legend, per-dataset tables, differences, published values, figures,
-    remedies. ``figures`` (dataset -> PNG) are linked relative to ``relative_to`` (the folder of RESULTS.md);
+    remedies. ``figures`` (dataset -> ``cos_tm`` PNG) and ``curves`` (dataset -> (validation-curve PNG, its split),
+    ``mtpp.experiments_curves``) are linked relative to ``relative_to`` (the folder of RESULTS.md);
     ``datasets`` get a section even before any of their cells has a record (the grid's datasets). Only datasets with
     a record or named in ``datasets`` get a section: published values of other datasets are left out. The remedies
     section is there when a cell with an aggregator other than ``sum`` has a record."""
@@ -457,6 +458,12 @@ def results_block(records: list[dict], command: str, published: list[dict] = (),
             rel = os.path.relpath(figures[dataset], relative_to or Path.cwd())
             out += [f"`cos_tm` during training, pooled over splits (red: conflicting steps, `cos_tm < 0`):", "",
                     f"![cos_tm on {dataset}]({rel})", ""]  # fmt: skip
+        if curves and dataset in curves:
+            path, split = curves[dataset]
+            rel = os.path.relpath(path, relative_to or Path.cwd())
+            out += [f"Validation `L_T` and `L_M` per epoch (nats per sequence) of the `sum` cells on split {split}, "
+                    "one run each (dots: the selected epochs; a \"++\" cell's parts stop separately):", "",
+                    f"![validation curves on {dataset}]({rel})", ""]  # fmt: skip
     out += remedies_table(cells)
     return "\n".join(out).rstrip() + "\n"
 

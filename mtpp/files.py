@@ -85,4 +85,25 @@ def check_writable(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
-__all__ = ["check_writable", "replacing", "write_text"]
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file that mtpp appends to (a run's ``log.jsonl``), one per line, ``[]``
+    when the file does not exist. A line cut short by an interruption (the appending counterpart of a half-written
+    file), a blank line or a line that is not an object is skipped."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
+__all__ = ["check_writable", "read_jsonl", "replacing", "write_text"]

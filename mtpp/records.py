@@ -12,7 +12,9 @@ run), ``wall_seconds`` (the cell from start to the end of its final
 evaluation), ``epoch_seconds`` (median training seconds per epoch), ``validation_seconds`` (total), the
 ``conflict_rate`` and ``cos_tm_histogram`` (counts of the logged steps' ``cos_tm`` in ``COS_BINS`` equal bins of
 ``[-1, 1]``; ``null`` with nothing shared) and ``validation_after_best`` (the validation NLL per event at the best
-epoch, its worst and its last value after it: a run that diverged after its best epoch, see :func:`diverged`). A
+epoch, its worst and its last value after it: a run that diverged after its best epoch, see :func:`diverged`) and
+``validation_curve`` (the validation ``L_T`` and ``L_M`` of every epoch, see :func:`validation_curve`; records
+written before it gained the key through ``scripts/add_validation_curves.py``, from their runs' logs). A
 record re-scored from its run's ``best.pt`` by
 ``scripts/rescore_records.py`` (metrics added, none changed) also holds ``rescored``: one entry per pass, with its
 time, git revision and the metrics it added. The key dates from 51d67de: the MOOC split-0 records re-scored
@@ -42,17 +44,11 @@ after it (e.g. CoGrad with a ``gamma`` too large for the loss's scale). Ordinary
 ~0.01-0.1 nats per event on the grid's datasets."""
 
 
-def _read_log(run_dir: Path) -> list[dict]:
-    path = run_dir / "log.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill; the record says what the complete lines say
-    return out
+def read_log(run_dir: Path) -> list[dict]:
+    """The JSON lines of ``run_dir/log.jsonl`` (``[]`` without the file); a line cut by a kill is skipped."""
+    from mtpp.files import read_jsonl
+
+    return read_jsonl(Path(run_dir) / "log.jsonl")
 
 
 def cos_histogram(values: list[float], bins: int = COS_BINS) -> list[int] | None:
@@ -68,7 +64,7 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    log = _read_log(run_dir)
+    log = read_log(run_dir)
     steps = [r for r in log if r.get("kind") == "step"]
     epochs = [r for r in log if r.get("kind") == "epoch"]
     cos = [float(r["cos_tm"]) for r in steps if isinstance(r.get("cos_tm"), (int, float)) and not r.get("skipped")]
@@ -100,7 +96,35 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
             epochs, train.get("best_epoch"),
             {g: train[f"best_epoch/{g}"] for g in ("time", "mark")} if "best_epoch/time" in train else None,
             binned=((config or {}).get("train") or {}).get("select_time_on") == "binned"),
+        "validation_curve": validation_curve(epochs),
     }
+
+
+CURVE_DECIMALS = 2
+"""Decimals kept of the per-epoch validation NLLs in a record (nats per sequence): 0.01 nats per sequence is far
+below the epoch-to-epoch noise of every grid dataset, and keeps a 1,000-epoch curve at about 20 KB."""
+
+
+def validation_curve(epochs: list[dict]) -> dict[str, list] | None:
+    """The course of training as the validation split saw it, from the epoch log lines: ``{"epoch": [e],
+    "nll_time_per_seq": [L_T], "nll_mark_per_seq": [L_M]}``, one entry per logged epoch (the last line of an epoch
+    logged twice, as after a resume), the validation NLLs in nats per sequence (the tables' unit, ``L_T`` /
+    ``L_M``) rounded to :data:`CURVE_DECIMALS`, a non-finite value as ``None`` (JSON has no ``inf``). Under
+    separate early stopping a frozen part stays flat from its best epoch on. ``None`` without an epoch line."""
+    by_epoch: dict[int, dict] = {}
+    for r in epochs:
+        if isinstance(r.get("epoch"), int):
+            by_epoch[r["epoch"]] = r
+    if not by_epoch:
+        return None
+
+    def value(v: Any) -> float | None:
+        return round(float(v), CURVE_DECIMALS) if _finite(v) else None
+
+    ordered = [by_epoch[e] for e in sorted(by_epoch)]
+    return {"epoch": sorted(by_epoch),
+            "nll_time_per_seq": [value(r.get("val_nll_time_per_seq")) for r in ordered],
+            "nll_mark_per_seq": [value(r.get("val_nll_mark_per_seq")) for r in ordered]}  # fmt: skip
 
 
 def validation_after_best(epochs: list[dict], best_epoch: Any, part_best: dict[str, Any] | None = None,
@@ -213,6 +237,24 @@ def _validation_seconds(epochs: list[dict]) -> float | None:
     return sum(vals) if vals else None
 
 
+def same_run(run_metrics: dict[str, Any], record_metrics: dict[str, Any]) -> bool:
+    """Whether a run directory's ``metrics.json`` (``run_metrics``) is the one a record was built from: the same
+    training summary and validation metrics, exactly (the test section is what a rescoring rewrites), so a rerun or
+    a withdrawn run of the same cell is never taken for it."""
+    return all(run_metrics.get(k) == record_metrics.get(k) for k in ("train", "val"))
+
+
+def find_run(record: dict[str, Any], roots: list[Path]) -> Path | None:
+    """The run directory ``<root>/<cell name>`` under the first of ``roots`` whose ``metrics.json`` is the
+    record's (:func:`same_run`); ``None`` when no root has it."""
+    for root in roots:
+        run = Path(root) / record["cell"]["name"]
+        metrics = run / "metrics.json"
+        if metrics.is_file() and same_run(json.loads(metrics.read_text(encoding="utf-8")), record["metrics"]):
+            return run
+    return None
+
+
 def record_path(results_dir: str | Path, cell_name: str) -> Path:
     """``results_dir/<cell name>.json`` (cell names are ``DATASET/MODEL-PARAM-AGG/splitS-seedN``)."""
     return Path(results_dir) / f"{cell_name}.json"
@@ -226,8 +268,21 @@ def write_record(results_dir: str | Path, cell_name: str, record: dict[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     from mtpp.files import write_text
 
-    write_text(path, json.dumps(json_safe(record), indent=1, sort_keys=False) + "\n")
+    write_text(path, dumps(json_safe(record)) + "\n")
     return path
+
+
+def dumps(obj: Any, level: int = 0) -> str:
+    """``json.dumps(obj, indent=1)``, except that a list of numbers, strings, booleans or nulls is written on one
+    line: a 1,000-epoch ``validation_curve`` is then three lines of a record, not 3,000 (the diff of a committed
+    record stays readable), and ``json.loads`` gives back the same object."""
+    pad = " " * (level + 1)
+    if isinstance(obj, dict) and obj:
+        items = (f"{pad}{json.dumps(k)}: {dumps(v, level + 1)}" for k, v in obj.items())
+        return "{\n" + ",\n".join(items) + "\n" + " " * level + "}"
+    if isinstance(obj, list) and obj and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(pad + dumps(v, level + 1) for v in obj) + "\n" + " " * level + "]"
+    return json.dumps(obj)
 
 
 def read_records(results_dir: str | Path) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ and the difference printed. Records without a run directory here are listed and 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from datetime import datetime, timezone
@@ -36,15 +35,9 @@ def _changed(old: dict, new: dict, rtol: float) -> list[str]:
     return out
 
 
-def _same_run(run_metrics: dict, record_metrics: dict) -> bool:
-    """The run directory produced the record: the same training summary and validation metrics (the test section
-    is what rescoring rewrites)."""
-    return all(run_metrics.get(k) == record_metrics.get(k) for k in ("train", "val"))
-
-
 def main(argv: list[str] | None = None) -> int:
     from mtpp.evaluation.evaluate import evaluate
-    from mtpp.records import build_record, read_records, write_record
+    from mtpp.records import build_record, find_run, read_records, write_record
     from mtpp.training.trainer import git_revision
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -60,14 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         name = record["cell"]["name"]
         if args.missing and args.missing in ((record.get("metrics") or {}).get("test") or {}):
             continue
-        for root in args.runs:
-            run = root / name
-            metrics = run / "metrics.json"
-            if metrics.is_file() and _same_run(json.loads(metrics.read_text(encoding="utf-8")), record["metrics"]):
-                todo.append((record, run))
-                break
-        else:
+        run = find_run(record, args.runs)
+        if run is None:
             missing.append(name)
+        else:
+            todo.append((record, run))
     for name in missing:
         print(f"no run directory with this record's metrics.json: {name} (left alone)")
     if args.dry_run:

@@ -8,8 +8,8 @@
 Nothing is typed by hand: every number comes from a record (``mtpp/records.py``) under the given folders (a folder
 that does not exist yet counts as empty; a cell recorded in two folders is taken from the first). ``--update``
 replaces the text between RESULTS.md's ``<!-- BEGIN generated tables -->`` / ``<!-- END generated tables -->``
-lines and writes one ``cos_tm`` figure per dataset to ``--figures`` (default ``results/figures`` beside the
-updated file);
+lines and writes one ``cos_tm`` figure and one figure of validation curves per dataset to ``--figures`` (default
+``results/figures`` beside the updated file);
 ``--benchmarks`` replaces BENCHMARKS.md's ``<!-- BEGIN generated grid timings -->`` block. The published values
 beside ours are read from ``--published`` (default ``results/published/bosser2024_table1.csv``). What the tables
 contain and how they are computed: ``mtpp/experiments_tables.py``.
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mtpp import experiments_tables as tables  # noqa: E402
+from mtpp.experiments_curves import validation_curve_figures  # noqa: E402
 from mtpp.records import read_records  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN generated tables -->", "<!-- END generated tables -->"
@@ -80,19 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     published = tables.read_published(args.published) if args.published.is_file() else []
     command = "python scripts/results_md.py " + " ".join(str(p) for p in args.results)
     command += "".join(f" --{k} {v}" for k, v in (("update", args.update), ("benchmarks", args.benchmarks)) if v)
-    figures = {}
+    figures, curves = {}, {}
     if args.update is not None:
         # beside the file they are linked from: RESULTS.md at the root -> results/figures
-        figures = tables.cos_tm_figures(records, args.figures or args.update.resolve().parent / "results" / "figures")
+        folder = args.figures or args.update.resolve().parent / "results" / "figures"
+        figures = tables.cos_tm_figures(records, folder)
+        curves = validation_curve_figures(records, folder)
     text = tables.results_block(records, command, published, figures,
                                 relative_to=(args.update.resolve().parent if args.update else None),
-                                datasets=args.datasets)  # fmt: skip
+                                datasets=args.datasets, curves=curves)  # fmt: skip
     if args.update is None:
         print(text, end="")
     else:
         update(args.update, text, BEGIN, END)
+        paths = [*figures.values(), *(path for path, _ in curves.values())]
         print(f"{args.update}: tables of {len(records)} records; figures: "
-              + (", ".join(str(p) for p in figures.values()) or "none"), file=sys.stderr)
+              + (", ".join(str(p) for p in paths) or "none"), file=sys.stderr)
     if args.benchmarks is not None:
         update(args.benchmarks, tables.benchmarks_block(records, command), BENCH_BEGIN, BENCH_END)
         print(f"{args.benchmarks}: grid timings of {len(records)} records", file=sys.stderr)

@@ -484,3 +484,101 @@ def test_every_text_of_the_cos_tm_figure_is_readable_at_the_saved_resolution(tmp
     ((fig, dpi),) = saved
     texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and a.get_text()) if t.get_visible()]
     assert texts and min(t.get_fontsize() for t in texts) * dpi / 72 >= 10  # pixels
+
+
+def _curve_run(path: Path, values: list[tuple], train: dict, val: dict) -> Path:
+    """A run directory whose log has one epoch line per (L_T, L_M) of ``values`` (epoch 2 logged twice, as a resume
+    does), and whose metrics.json has ``train`` / ``val``."""
+    import json
+
+    path.mkdir(parents=True)
+    lines = [{"kind": "step", "epoch": 1, "step": 1, "cos_tm": 0.1}]
+    for i, (t, m) in enumerate(values):
+        lines.append({"kind": "epoch", "epoch": i + 1, "val_nll_time_per_seq": t, "val_nll_mark_per_seq": m})
+    lines.insert(2, {**lines[2], "val_nll_time_per_seq": 99.0})  # a first pass of epoch 2, superseded
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "epo')  # a cut line
+    (path / "metrics.json").write_text(json.dumps({"train": train, "val": val, "test": {}}))
+    (path / "config.yaml").write_text("train: {max_epochs: 10}\n")
+    return path
+
+
+def test_a_record_keeps_the_validation_curve_of_every_epoch_once_rounded_and_inf_as_null(tmp_path: Path) -> None:
+    from mtpp.records import build_record, validation_curve
+
+    run = _curve_run(tmp_path / "run", [(-10.123456, 5.0), (-11.0, float("inf")), (-11.5, 4.25)],
+                     {"epochs": 3, "best_epoch": 3}, {"nll_per_seq": -7.25})  # fmt: skip
+    curve = build_record(run, {"name": "x"}, 1.0)["validation_curve"]
+    assert curve == {"epoch": [1, 2, 3], "nll_time_per_seq": [-10.12, -11.0, -11.5],
+                     "nll_mark_per_seq": [5.0, None, 4.25]}  # fmt: skip
+    assert validation_curve([{"kind": "step", "epoch": 1}][1:]) is None
+
+
+def test_records_write_number_lists_on_one_line_and_read_back_equal(tmp_path: Path) -> None:
+    import json
+
+    from mtpp.records import dumps, read_records
+
+    rec = {**record("mooc", "lnm", "base", 0, nll_time_per_seq=-300.0),
+           "validation_curve": {"epoch": list(range(1, 1001)), "nll_time_per_seq": [-1.5] * 1000,
+                                "nll_mark_per_seq": [None, 2.0] * 500}}  # fmt: skip
+    path = write_record(tmp_path, rec["cell"]["name"], rec)
+    text = path.read_text()
+    assert len(text.splitlines()) < 60 and '"epoch": [1, 2, 3,' in text
+    back = read_records(tmp_path)[0]
+    back.pop("_path")
+    assert back == rec
+    no_lists = {"a": {"b": 1, "c": [{"d": None}], "e": {}}, "f": []}
+    assert dumps(no_lists) == json.dumps(no_lists, indent=1)  # everything else as before
+
+
+def test_adding_validation_curves_takes_only_the_run_that_wrote_the_record_and_changes_nothing_else(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import json
+
+    from mtpp.records import read_records
+
+    spec = importlib.util.spec_from_file_location("add_curves", ROOT / "scripts" / "add_validation_curves.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    train, val = {"epochs": 2, "best_epoch": 2}, {"nll_per_seq": -7.0}
+    mine = {**record("mooc", "lnm", "base", 0), "metrics": {"train": train, "val": val, "test": {"x": 1.0}}}
+    rerun = {**record("mooc", "lnm", "plus", 0), "metrics": {"train": train, "val": {"nll_per_seq": -6.0}}}
+    for r in (mine, rerun, record("mooc", "lnm", "plusplus", 0)):
+        write_record(results, r["cell"]["name"], r)
+    _curve_run(runs / mine["cell"]["name"], [(-1.0, 2.0), (-1.5, 1.75)], train, val)
+    _curve_run(runs / rerun["cell"]["name"], [(-1.0, 2.0), (-1.5, 1.75)], train, val)  # another run of the cell
+    before = {r["cell"]["name"]: r for r in read_records(results)}
+    assert script.main([str(results), str(tmp_path / "elsewhere"), str(runs)]) == 0
+    after = {r["cell"]["name"]: r for r in read_records(results)}
+    name = mine["cell"]["name"]
+    assert after[name]["validation_curve"] == {"epoch": [1, 2], "nll_time_per_seq": [-1.0, -1.5],
+                                               "nll_mark_per_seq": [2.0, 1.75]}  # fmt: skip
+    assert set(after[name]["validation_curve_added"]) == {"when", "git_revision"}
+    assert {k: v for k, v in after[name].items() if not k.startswith("validation_curve")} == before[name]
+    for other in set(before) - {name}:
+        assert after[other] == before[other]  # a rerun's log is never taken for a record
+    assert "1 record(s) gained a validation curve; 2 without one" in capsys.readouterr().err
+    assert script.main([str(results), str(runs)]) == 0 and json.dumps(read_records(results)) == json.dumps(
+        list(after.values()))  # a second pass adds nothing
+
+
+def test_validation_curves_figure_draws_the_split_with_most_curves_and_results_links_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mtpp.experiments_curves import curve_split, validation_curve_figures
+
+    def with_curve(r: dict, n: int) -> dict:
+        return {**r, "validation_curve": {"epoch": list(range(1, n + 1)), "nll_time_per_seq": [-1.0 * i for i in
+                range(n)], "nll_mark_per_seq": [None] + [2.0] * (n - 1)}}  # fmt: skip
+
+    recs = [with_curve(record("mooc", "lnm", p, 1), 6) for p in ("base", "plus", "plusplus")]
+    recs += [with_curve(record("mooc", "thp", "base", 0), 9), record("mooc", "thp", "base", 1)]
+    recs += [with_curve(record("mooc", "thp", "base", 2, agg="pcgrad"), 4), record("lastfm", "lnm", "base", 0)]
+    assert curve_split(recs, "mooc") == 1 and curve_split(recs, "lastfm") is None
+    written = validation_curve_figures(recs, tmp_path / "figs")
+    assert set(written) == {"mooc"} and written["mooc"][1] == 1
+    assert written["mooc"][0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = tables.results_block(recs, "cmd", curves=written, relative_to=tmp_path)
+    assert "on split 1, one run each" in text and "![validation curves on mooc](figs/mooc_validation_curves.png)" in text

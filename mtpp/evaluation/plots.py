@@ -92,22 +92,9 @@ MODEL_KEYS = ("model", "encoder", "aggregator")  # what names a model besides it
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``run_dir/log.jsonl`` (a missing file gives ``[]``; a line cut short is skipped)."""
-    path = Path(run_dir) / LOG_FILE
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-    return records
+    from mtpp.files import read_jsonl
+
+    return read_jsonl(Path(run_dir) / LOG_FILE)
 
 
 def read_arrays(run_dir: str | Path, section: str = "test") -> dict[str, list] | None:

@@ -83,6 +83,7 @@ import yaml
 
 from mtpp.config import flatten
 from mtpp.errors import ConfigError, MtppError
+from mtpp.files import read_jsonl
 
 __all__ = ["Trackers", "open_trackers", "metric_name", "record_metrics", "final_metrics", "TRACKING_FILE"]
 
@@ -497,7 +498,7 @@ def open_trackers(out_dir: str | Path) -> Trackers:
                 s.end_abandoned(entry)
     trackers = Trackers(out_dir, sinks, recorded)
     if resumed:  # log.jsonl holds the checkpointed epochs (mtpp.training.logging.truncate_log): send what is missing
-        records = _read_log(log)
+        records = read_jsonl(log)
         last = max((int(r.get("epoch") or 0) for r in records), default=0)
         for s in sinks:
             entry = recorded.get(s.name)
@@ -507,14 +508,3 @@ def open_trackers(out_dir: str | Path) -> Trackers:
         trackers.catch_up(records, last)
     trackers.record()
     return trackers
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    """The records of ``log.jsonl`` (a line cut short by an interruption skipped)."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
