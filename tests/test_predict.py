@@ -1115,3 +1115,27 @@ def test_a_file_of_one_event_sequences_has_nothing_to_score_and_says_so_naming_t
     if command[0] == "predict":
         assert main([*argv, "--include-next"]) == 0
         assert len(pd.read_csv(tmp_path / "o.csv")) == 3
+
+
+def test_input_with_few_of_its_mark_ids_gets_no_advice_to_remap_them(run_dir: Path, tmp_path: Path, caplog) -> None:
+    """A file whose marks are 0 and 4 of the run's 5: the reader's advice to remap sparse ids is for training data
+    (a trained run's marks are fixed, the file's are checked against them), so forecasting commands do not give it;
+    the reader's other notes (here: seq_ids written with blanks) still reach the user."""
+    import logging
+
+    from mtpp.data import formats
+    from mtpp.forecast.runs import load_run
+
+    new = tmp_path / "sparse.csv"
+    new.write_text("seq_id,time,mark\na,0.5,0\na,1.0,4\na,1.5,0\n a ,2.0,4\n")
+    formats._WARNED.clear()
+    with caplog.at_level(logging.WARNING):
+        seqs = load_run(run_dir).read_sequences(new)
+    assert [s.marks.tolist() for s in seqs] == [[0, 4, 0, 4]]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "remap" not in said and "mark ids occur" not in said
+    assert "blank" in said  # another note of the same read is still said
+    with caplog.at_level(logging.WARNING):
+        formats._WARNED.clear()
+        formats.read_any(new)  # reading it as data to train on still advises it
+    assert "only 2 of 5 mark ids occur" in " ".join(r.getMessage() for r in caplog.records)

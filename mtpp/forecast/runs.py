@@ -45,17 +45,16 @@ class LoadedRun:
         ``seq_id``). ``sort``: sort an unsorted sequence (stable) instead of refusing it; ``log`` gets the line
         saying how many were sorted (refused without ``sort``: the ``DataError`` names ``--sort``). A table's
         ``seq_id`` stays the sequences' ``name``."""
-        import contextlib
         import re
 
         import numpy as np
 
-        from mtpp.data.formats import ReadOptions, notes_reported, read_any
+        from mtpp.data.formats import ReadOptions, notes_reported, read_any, warn_once
+        from mtpp.data.sequence import REMAP_HINT
         from mtpp.errors import DataError
 
         ids = getattr(self.data, "mark_ids", None)
-        # with the run's map, the reader's notes on the file's ids (sparse, from 1) do not apply: the ids are mapped
-        with notes_reported() if ids else contextlib.nullcontext():
+        with notes_reported():  # said below, but for the reader's advice on the file's mark ids
             try:
                 res = read_any(path, options=ReadOptions(sort=sort))
             except DataError as e:  # the reader's fix names a run config's data.sort; here it is this call's sort
@@ -64,10 +63,16 @@ class LoadedRun:
                 problem = re.sub(r" \(to sort such sequences[^)]*\)\)", " (to sort them: --sort with --input; "
                                  "read_sequences(path, sort=True))", e.problem)
                 raise DataError(problem, source=e.source, sequence=e.sequence, event=e.event) from None
-        if log is not None:  # what --sort did is said, never silent
-            for note in res.notes:
-                if "sorted the times of" in note:
+        for note in res.notes:
+            if REMAP_HINT in note:
+                # "only 3 of 100 mark ids occur ... remap": advice for training data; a trained run's marks are
+                # fixed (its K, or its own map), checked below, and no remap of this file could apply
+                continue
+            if "sorted the times of" in note:
+                if log is not None:  # what --sort did is said, never silent
                     log(note)
+            else:
+                warn_once(note)
         seqs = [s for part in res.parts.values() for s in part]
         if not seqs:
             raise DataError("holds no sequence", source=str(path))
