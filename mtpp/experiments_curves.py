@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtpp.experiments_tables import FIGURE_DPI, PARAMS, PARAM_LABEL, group, replicate
-from mtpp.files import replacing
+from mtpp.experiments_tables import PARAMS, PARAM_LABEL, group, replicate, save_figure
 
 PARTS = (("nll_time_per_seq", "validation L_T (nats / sequence)"),
          ("nll_mark_per_seq", "validation L_M (nats / sequence)"))  # fmt: skip
@@ -99,11 +98,5 @@ def validation_curve_figures(records: list[dict], folder: str | Path) -> dict[st
             axes[row, 0].legend(fontsize=7, loc="best", frameon=False)
         wrapped_suptitle(fig, f"{dataset}, split {split}: validation L_T and L_M per epoch (dots: selected epochs; "
                          "y axis from the lowest value to the 95th percentile)", fontsize=9)  # fmt: skip
-        fig.tight_layout()
-        path = Path(folder) / f"{dataset}_validation_curves.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp:  # whole or not at all (mtpp.files)
-            fig.savefig(tmp, dpi=FIGURE_DPI, format="png", metadata={"Software": None})
-        plt.close(fig)
-        written[dataset] = (path, split)
+        written[dataset] = (save_figure(fig, Path(folder) / f"{dataset}_validation_curves.png"), split)
     return written

@@ -524,14 +524,22 @@ def cos_tm_figures(records: list[dict], folder: str | Path) -> dict[str, Path]:
         for ax in axes[:, 0]:
             ax.set_ylabel("density", fontsize=8)
         wrapped_suptitle(fig, f"{dataset}: cos_tm over training steps (\"++\" shares nothing: no panel)", fontsize=9)
-        fig.tight_layout()
-        path = Path(folder) / f"{dataset}_cos_tm.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp:  # whole or not at all (mtpp.files)
-            fig.savefig(tmp, dpi=FIGURE_DPI, format="png", metadata={"Software": None})
-        plt.close(fig)
-        written[dataset] = path
+        written[dataset] = save_figure(fig, Path(folder) / f"{dataset}_cos_tm.png")
     return written
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG at :data:`FIGURE_DPI` (whole or not at all,
+    ``mtpp.files.replacing``; no software stamp, so a regenerated figure of the same records is the same file) and
+    close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=FIGURE_DPI, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
 
 
 # --------------------------------------------------------------------------------------------- BENCHMARKS.md
