@@ -92,12 +92,27 @@ def build_record(run_dir: str | Path, cell: dict[str, Any], wall_seconds: float 
         ),
         "cos_tm_histogram": cos_histogram(cos),
         "cos_tm_bins": [-1.0, 1.0, COS_BINS],
+        **_from_epochs(epochs, train, config),
+    }
+
+
+def _from_epochs(epochs: list[dict], train: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
+    """The keys of a record read from the epoch log lines: ``validation_after_best`` and ``validation_curve``."""
+    return {
         "validation_after_best": validation_after_best(
             epochs, train.get("best_epoch"),
             {g: train[f"best_epoch/{g}"] for g in ("time", "mark")} if "best_epoch/time" in train else None,
             binned=((config or {}).get("train") or {}).get("select_time_on") == "binned"),
         "validation_curve": validation_curve(epochs),
     }
+
+
+def record_from_log(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    """``validation_after_best`` and ``validation_curve`` of ``record`` as :func:`build_record` would write them,
+    from the epoch lines of ``run_dir``'s ``log.jsonl`` and the record's own training summary and config (for
+    records written before they had those keys; ``find_run`` checks that ``run_dir`` is the record's run)."""
+    epochs = [r for r in read_log(Path(run_dir)) if r.get("kind") == "epoch"]
+    return _from_epochs(epochs, (record.get("metrics") or {}).get("train") or {}, record.get("config"))
 
 
 CURVE_DECIMALS = 2

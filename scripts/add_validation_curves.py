@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Add ``validation_curve`` (the validation ``L_T`` / ``L_M`` of every epoch) to committed records written before
-records carried it, from their run directories' ``log.jsonl``.
+"""Add ``validation_curve`` (the validation ``L_T`` / ``L_M`` of every epoch) and ``validation_after_best`` (the
+divergence check's numbers) to committed records written before records carried them, from their run
+directories' ``log.jsonl``.
 
-For every record under RESULTS without the key whose run directory is found under one of the RUNS roots
+For every record under RESULTS lacking either key whose run directory is found under one of the RUNS roots
 (``mtpp.records.find_run``: ``<root>/<cell name>`` whose ``metrics.json`` has the record's ``train`` and ``val``
-sections exactly), the curve is built from that run's epoch log lines by ``mtpp.records.validation_curve``, the
-function new records use, and added with ``validation_curve_added`` (when, and the git revision that added it).
-No other key of the record changes. Records without a run directory here are counted and left alone (the figure
+sections exactly), the missing keys are built from that run's epoch log lines by the functions new records use
+(``mtpp.records.record_from_log``), and ``validation_curve_added`` says when and by which git revision. No other
+key of the record changes. Records without a run directory here are counted and left alone (the figure
 of their cells is then drawn from the splits that have curves).
 
     python scripts/add_validation_curves.py results/paper_table1 /work/runs/t1m_x [--dry-run]
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtpp.records import find_run, read_log, read_records, validation_curve, write_record
+    from mtpp.records import find_run, read_records, record_from_log, write_record
     from mtpp.training.trainer import git_revision
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,26 +39,29 @@ def main(argv: list[str] | None = None) -> int:
     added, absent = 0, 0
     revision = git_revision()
     for record in read_records(args.results):
-        if record.get("validation_curve"):
+        missing = [k for k in ("validation_curve", "validation_after_best") if record.get(k) is None]
+        if not missing:
             continue
         run = find_run(record, args.runs)
-        curve = validation_curve([r for r in read_log(run) if r.get("kind") == "epoch"]) if run else None
-        if curve is None:
+        built = record_from_log(run, record) if run else {}
+        gained = {k: built[k] for k in missing if built.get(k) is not None}
+        if not gained:
             absent += 1
             continue
         name = record["cell"]["name"]
         if args.dry_run:
-            print(f"would add a {len(curve['epoch'])}-epoch curve to {name} from {run}")
+            print(f"would add {', '.join(gained)} to {name} from {run}")
             continue
         path = record.pop("_path")
-        record["validation_curve"] = curve
+        record.update(gained)
         record["validation_curve_added"] = {
-            "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"), "git_revision": revision}
+            "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"), "git_revision": revision,
+            "keys": sorted(gained)}  # fmt: skip
         write_record(args.results, name, record)
-        print(f"{path}: {len(curve['epoch'])}-epoch validation curve from {run}")
+        print(f"{path}: {', '.join(sorted(gained))} from {run}")
         added += 1
-    print(f"{added} record(s) gained a validation curve; {absent} without one and without a run directory here "
-          "(left alone)", file=sys.stderr)
+    print(f"{added} record(s) gained a validation curve or divergence check; {absent} lacking one without a run "
+          "directory here (left alone)", file=sys.stderr)
     return 0
 
 

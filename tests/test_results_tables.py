@@ -494,7 +494,8 @@ def _curve_run(path: Path, values: list[tuple], train: dict, val: dict) -> Path:
     path.mkdir(parents=True)
     lines = [{"kind": "step", "epoch": 1, "step": 1, "cos_tm": 0.1}]
     for i, (t, m) in enumerate(values):
-        lines.append({"kind": "epoch", "epoch": i + 1, "val_nll_time_per_seq": t, "val_nll_mark_per_seq": m})
+        lines.append({"kind": "epoch", "epoch": i + 1, "val_nll_time_per_seq": t, "val_nll_mark_per_seq": m,
+                      "val_nll_per_seq": t + m, "val_nll_per_event": (t + m) / 10})  # fmt: skip
     lines.insert(2, {**lines[2], "val_nll_time_per_seq": 99.0})  # a first pass of epoch 2, superseded
     (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "epo')  # a cut line
     (path / "metrics.json").write_text(json.dumps({"train": train, "val": val, "test": {}}))
@@ -555,11 +556,13 @@ def test_adding_validation_curves_takes_only_the_run_that_wrote_the_record_and_c
     name = mine["cell"]["name"]
     assert after[name]["validation_curve"] == {"epoch": [1, 2], "nll_time_per_seq": [-1.0, -1.5],
                                                "nll_mark_per_seq": [2.0, 1.75]}  # fmt: skip
-    assert set(after[name]["validation_curve_added"]) == {"when", "git_revision"}
-    assert {k: v for k, v in after[name].items() if not k.startswith("validation_curve")} == before[name]
+    assert after[name]["validation_after_best"] == {"best": 0.025, "worst": None, "last": 0.025, "non_finite": False}
+    assert after[name]["validation_curve_added"]["keys"] == ["validation_after_best", "validation_curve"]
+    assert set(after[name]["validation_curve_added"]) == {"when", "git_revision", "keys"}
+    assert {k: v for k, v in after[name].items() if not k.startswith(("validation_c", "validation_a"))} == before[name]
     for other in set(before) - {name}:
         assert after[other] == before[other]  # a rerun's log is never taken for a record
-    assert "1 record(s) gained a validation curve; 2 without one" in capsys.readouterr().err
+    assert "1 record(s) gained a validation curve or divergence check; 2 lacking one" in capsys.readouterr().err
     assert script.main([str(results), str(runs)]) == 0 and json.dumps(read_records(results)) == json.dumps(
         list(after.values()))  # a second pass adds nothing
 
