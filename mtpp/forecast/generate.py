@@ -30,7 +30,13 @@ Samplers (``sampler=``):
   5-9 rounds for 3000 rows of a random tiny THP / SAHP model (measured), capped at ``max_rounds``.
 - ``"mode"``: the deterministic **point forecast** rollout used by the horizon metrics (HoTPP's setting): the
   conditional median gap ``F^{-1}((1 + F(e)) / 2)`` and the most probable mark ``argmax_k p(k | tau, H)``; the
-  events carry their mark log-probabilities as scores (``Generated.scores``).
+  events carry their mark log-probabilities as scores (``Generated.scores``). Not a typical path, and its event
+  counts are not forecasts: it continues while the next event more likely than not falls in the window, always
+  at the median gap (``ln 2 / lambda`` for a constant rate ``lambda``: 1.44x the expected count), and a
+  self-exciting process stays excited (each event comes early, so the next median gap is short again). The true
+  Hawkes process of ``synthetic_hawkes`` rolled out from 5 test histories over a window of 50 settled at gaps of
+  0.113 and gave 403-412 events against a mean of 112-130 over 50 sampled continuations (measured). For counts
+  use sampled continuations (as ``CountCalibration`` in ``mtpp.forecast.horizon`` does).
 - ``"auto"``: ``"icdf"`` (every decoder has a quantile function).
 
 **Encoder state.** GRU / RNN encoders carry their state step by step (``RecurrentModelProcess``: one recurrent
