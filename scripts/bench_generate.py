@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     k = 5
-    print("| encoder | history | rows x events | re-encode (s) | cached (s) | speed-up | same marks | max abs time diff |")
+    print("| encoder | history | rows x events | re-encode (s) | cached (s) | speed-up | same marks "
+          "| max abs time diff |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for enc in args.encoders:
         torch.manual_seed(0)

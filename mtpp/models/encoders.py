@@ -13,7 +13,7 @@ the GRU or FNN encoders (memory linear in ``L``). Attention encoders use
 Incremental encoding (generation). The THP / SAHP encoders can append one event at a time with a key/value cache
 per layer (``start_cache`` / ``extend_cache``), computing only the new token's row of each layer. This is exact:
 every layer is causal (a token attends to itself and earlier tokens), layer normalisation is over the features of
-one token (never across the sequence), THP's temporal encoding is of the event's own absolute time and SAHP's of
+one token (never across the sequence), THP's temporal encoding is of the event's own time and SAHP's of
 its own position and gap (nothing is relative to the last event), and dropout is off in eval mode; so appending
 an event changes no earlier token's keys, values or output.
 """
@@ -205,9 +205,9 @@ class _AttentionEncoder(Encoder):
         raise NotImplementedError
 
     def event_tokens(self, marks: Tensor, times: Tensor, taus: Tensor, positions: Tensor | None) -> Tensor:
-        """``[B, N, D]`` tokens of events (marks, absolute times, gaps, token positions, each ``[B, N]``; model
-        units); the start token is position 0, event ``i`` of a sequence position ``i + 1`` (THP ignores positions and
-        gaps: its tokens encode absolute times)."""
+        """``[B, N, D]`` tokens of events: marks, times (as ``Batch.times``: from the sequence's first event), gaps
+        and token positions, each ``[B, N]``, times in model units; the start token is position 0, event ``i`` of a
+        sequence position ``i + 1``. THP uses marks and times, SAHP marks, positions and gaps."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def histories(self, batch: Batch) -> Tensor:
@@ -241,10 +241,11 @@ class _AttentionEncoder(Encoder):
 
     def extend_cache(self, cache: AttentionCache, rows: Tensor | None, marks: Tensor, times: Tensor,
                      taus: Tensor) -> Tensor:
-        """Append one event per row: ``marks: [n]`` (int64), ``times: [n]`` its absolute time and ``taus: [n]`` its
-        gap after the row's last event (model units, as a batch gives them); rows: ``[n]`` distinct rows of the
-        cache (``None``: all rows, in order). Computes only the new token's row of every layer: ``O(P D)`` per
-        row and layer. Updates ``cache`` in place and returns the rows' new ``last``: ``[n, D]``."""
+        """Append one event per row: ``marks: [n]`` (int64), ``times: [n]`` its time and ``taus: [n]`` its gap after
+        the row's last event (model units, as a ``Batch`` gives them: times from the sequence's first event);
+        rows: ``[n]`` distinct rows of the cache (``None``: all rows, in order). Computes only the new token's row
+        of every layer: ``O(P D)`` per row and layer. Updates ``cache`` in place and returns the rows' new
+        ``last``: ``[n, D]``."""
         sel = slice(None) if rows is None else rows
         slot = cache.filled[sel]  # [n]
         x = self.event_tokens(marks.unsqueeze(1), times.unsqueeze(1), taus.unsqueeze(1), slot.unsqueeze(1))
