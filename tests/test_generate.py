@@ -296,6 +296,22 @@ def test_small_memory_budget_processes_whole_histories_in_chunks() -> None:
     assert np.bincount(g.row, minlength=12).tolist() == [3] * 12  # every row of every chunk kept its events
 
 
+def test_cached_attention_rows_are_budgeted_without_per_step_attention_maps() -> None:
+    """With the key/value cache a THP / SAHP row holds its keys and values (linear in the events appended), not a
+    re-encoding's ``L^2`` maps at every step: the estimate says so and ``generate`` fits more rows per chunk."""
+    from mtpp.forecast.generate import estimate_bytes
+
+    m = _model("lnm", encoder="thp")
+    per = [estimate_bytes(m, 1, 200, cap, cached=True)[0] for cap in (100, 200, 300)]
+    assert per[1] - per[0] == per[2] - per[1]  # linear in the appended events
+    assert per[1] < estimate_bytes(m, 1, 200, 200)[0] / 2  # re-encoding: quadratic in 400 positions
+    hs = _histories((40, 30, 50))
+    a = generate(m, hs, events=100, samples=4, max_memory=1_500_000)
+    b = generate(m, hs, events=100, samples=4, max_memory=1_500_000, incremental=False)
+    assert a.info["chunk_rows"] == 12 and b.info["chunk_rows"] < 4  # ~0.1 MB vs ~0.6 MB a row
+    assert a.counts.tolist() == b.counts.tolist() == [100] * 12  # (other chunks draw other random numbers)
+
+
 def test_thinning_raises_when_the_bound_is_violated() -> None:
     """A component that is not monotone (a bump) breaks the bound; the check says so instead of sampling wrong."""
 
