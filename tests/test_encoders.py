@@ -11,7 +11,7 @@ from helpers import K, make_batch, perturb, tiny_config
 
 from mtpp.data.batch import collate
 from mtpp.data.sequence import EventSequence
-from mtpp.errors import ConfigError
+from mtpp.errors import ConfigError, MtppError
 from mtpp.models import ENCODERS, ModelConfig
 from mtpp.models.embeddings import (
     TAU_FLOOR,
@@ -181,3 +181,41 @@ def test_time_shifted_positional_encoding() -> None:
     arc = pos.unsqueeze(-1) * enc.omega + enc.time_weight(tau.unsqueeze(-1))
     assert torch.allclose(enc(pos, tau), torch.cat([torch.sin(arc), torch.cos(arc)], -1))
     assert torch.allclose(enc(pos, tau)[0, 0], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("name", ("thp", "sahp"))
+def test_key_value_cache_appends_equal_the_full_re_encoding(name: str) -> None:
+    """Appending events one at a time through the key/value cache (only the new token's row of each layer) gives
+    the encodings of re-encoding the extended sequences, to float64 rounding: padded histories of unequal
+    lengths, rows of one history sharing its encoding, some rows skipping a step, several events appended."""
+    torch.manual_seed(0)
+    enc = ENCODERS.build(name, K, tiny_cfg(name)).double().eval()
+    rng = np.random.default_rng(1)
+    seqs = [EventSequence(np.cumsum(rng.exponential(1.0, n)) + 1e3, rng.integers(0, K, n)) for n in (7, 2, 4)]
+    row_of = torch.tensor([0, 1, 1, 2])  # rows 1 and 2 continue the same history
+    cache = enc.start_cache(collate(seqs, dtype=torch.float64), row_of, capacity=5)
+    rows_seqs = [[seqs[i].times.copy(), seqs[i].marks.copy()] for i in row_of.tolist()]
+    steps = [torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2]), None, torch.tensor([3, 1]), torch.tensor([1])]
+    for rows in steps:
+        which = torch.arange(4) if rows is None else rows
+        taus = torch.as_tensor(rng.exponential(1.0, len(which)))
+        taus[0] = 0.0  # a tie among them
+        marks = torch.as_tensor(rng.integers(0, K, len(which)))
+        times = torch.tensor([rows_seqs[r][0][-1] for r in which.tolist()], dtype=torch.float64) + taus
+        first = torch.tensor([rows_seqs[r][0][0] for r in which.tolist()], dtype=torch.float64)
+        h = enc.extend_cache(cache, rows, marks, times - first, taus)  # a batch's times: from the first event
+        for j, r in enumerate(which.tolist()):
+            rows_seqs[r][0] = np.append(rows_seqs[r][0], float(times[j]))
+            rows_seqs[r][1] = np.append(rows_seqs[r][1], int(marks[j]))
+        full = collate([EventSequence(t, k) for t, k in rows_seqs], dtype=torch.float64)
+        want = enc.histories(full)  # [N, L + 1, D]
+        last = want[torch.arange(4), full.lengths]  # the history after each row's last event
+        torch.testing.assert_close(h, last[which], rtol=0, atol=1e-12)
+        torch.testing.assert_close(cache.last, last, rtol=0, atol=1e-12)
+        assert torch.equal(cache.filled, full.lengths + 1)
+
+
+def test_key_value_cache_needs_eval_mode() -> None:
+    enc = ENCODERS.build("thp", K, tiny_cfg("thp")).train()
+    with pytest.raises(MtppError, match="eval mode"):
+        enc.start_cache(make_batch(), torch.tensor([0, 1]), capacity=2)

@@ -178,20 +178,55 @@ def test_generated_sequences_are_sorted_within_the_horizon_and_reproducible(enco
 
 @pytest.mark.parametrize("encoder,decoder,parametrisation,layers", [("gru", "lnm", "base", 1),
                                                                     ("gru", "thp", "plusplus", 2),
-                                                                    ("rnn", "sahp", "plus", 1)])
-def test_incremental_recurrent_state_gives_the_samples_of_re_encoding(encoder, decoder, parametrisation, layers):
-    """Carrying the GRU / RNN state step by step is the same function as re-encoding the extended histories:
-    same seed, same events (multi-layer and "++" twin encoders included)."""
+                                                                    ("rnn", "sahp", "plus", 1),
+                                                                    ("thp", "thp", "base", 2),
+                                                                    ("thp", "lnm", "plusplus", 1),
+                                                                    ("sahp", "sahp", "base", 1),
+                                                                    ("sahp", "rmtpp", "plusplus", 2),
+                                                                    ("sahp", "thp", "plus", 1)])
+def test_incremental_encoder_state_gives_the_samples_of_re_encoding(encoder, decoder, parametrisation, layers):
+    """Carrying the encoder state step by step (GRU / RNN state; THP / SAHP key/value cache) is the same function
+    as re-encoding the extended histories: same seed, same events (multi-layer and "++" twin encoders included;
+    horizon mode, where rows stop at different steps, and events mode, where every row runs every step)."""
+    from mtpp.forecast.process import CachedModelProcess, RecurrentModelProcess, make_model_process
+
     torch.manual_seed(0)
     m = build_model(tiny_config(encoder=encoder, decoder=decoder, parametrisation=parametrisation, num_layers=layers,
                                 integration="gauss_legendre"), K).eval()
     m.time_scale = 0.7
     hs = _histories((5, 9, 3))
+    want = RecurrentModelProcess if encoder in ("gru", "rnn") else CachedModelProcess
+    assert isinstance(make_model_process(m, hs, 2), want)
     a = generate(m, hs, horizon=4.0, samples=6, seed=3, incremental=True)
     b = generate(m, hs, horizon=4.0, samples=6, seed=3, incremental=False)
     assert a.time.shape == b.time.shape and a.time.size > 20
     np.testing.assert_allclose(a.time, b.time, rtol=1e-6, atol=1e-6)
     assert np.array_equal(a.mark, b.mark)
+    c = generate(m, hs, events=6, samples=2, seed=4, sampler="mode")  # the default: incremental
+    d = generate(m, hs, events=6, samples=2, seed=4, sampler="mode", incremental=False)
+    np.testing.assert_allclose(c.time, d.time, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(c.mark, d.mark) and c.time.size == 3 * 2 * 6
+
+
+@pytest.mark.parametrize("encoder", ("thp", "sahp"))
+def test_cached_attention_rollouts_equal_re_encoding_in_float64(encoder: str) -> None:
+    """float64 THP / SAHP models: the key/value cache's histories are those of re-encoding to ~1e-12 at every step,
+    so the rollouts agree to rounding."""
+    torch.manual_seed(2)
+    m = build_model(tiny_config(encoder=encoder, decoder="thp", parametrisation="plusplus", num_layers=2,
+                                integration="gauss_legendre"), K).double().eval()
+    hs = _histories((8, 2, 5), seed=3)
+    a = generate(m, hs, events=8, samples=3, seed=5)
+    b = generate(m, hs, events=8, samples=3, seed=5, incremental=False)
+    assert np.array_equal(a.mark, b.mark) and a.time.size == 3 * 3 * 8
+    np.testing.assert_allclose(a.time, b.time, rtol=1e-11, atol=1e-11)
+
+
+def test_incremental_is_refused_for_the_fnn_encoder() -> None:
+    m = _model("lnm", encoder="fnn")
+    with pytest.raises(MtppError, match="incremental generation needs"):
+        generate(m, _histories(), events=2, incremental=True)
+    assert generate(m, _histories(), events=2).time.size == 4  # re-encoding by default
 
 
 def test_events_mode_and_the_cap_are_reported() -> None:
@@ -259,6 +294,22 @@ def test_small_memory_budget_processes_whole_histories_in_chunks() -> None:
     one = generate(m, hs[:1], events=3, samples=10, max_memory=12_000)  # a history's samples split over chunks
     assert one.info["chunk_rows"] < 10 and one.counts.tolist() == [3] * 10
     assert np.bincount(g.row, minlength=12).tolist() == [3] * 12  # every row of every chunk kept its events
+
+
+def test_cached_attention_rows_are_budgeted_without_per_step_attention_maps() -> None:
+    """With the key/value cache a THP / SAHP row holds its keys and values (linear in the events appended), not a
+    re-encoding's ``L^2`` maps at every step: the estimate says so and ``generate`` fits more rows per chunk."""
+    from mtpp.forecast.generate import estimate_bytes
+
+    m = _model("lnm", encoder="thp")
+    per = [estimate_bytes(m, 1, 200, cap, cached=True)[0] for cap in (100, 200, 300)]
+    assert per[1] - per[0] == per[2] - per[1]  # linear in the appended events
+    assert per[1] < estimate_bytes(m, 1, 200, 200)[0] / 2  # re-encoding: quadratic in 400 positions
+    hs = _histories((40, 30, 50))
+    a = generate(m, hs, events=100, samples=4, max_memory=1_500_000)
+    b = generate(m, hs, events=100, samples=4, max_memory=1_500_000, incremental=False)
+    assert a.info["chunk_rows"] == 12 and b.info["chunk_rows"] < 4  # ~0.1 MB vs ~0.6 MB a row
+    assert a.counts.tolist() == b.counts.tolist() == [100] * 12  # (other chunks draw other random numbers)
 
 
 def test_thinning_raises_when_the_bound_is_violated() -> None:

@@ -30,11 +30,20 @@ Samplers (``sampler=``):
   5-9 rounds for 3000 rows of a random tiny THP / SAHP model (measured), capped at ``max_rounds``.
 - ``"mode"``: the deterministic **point forecast** rollout used by the horizon metrics (HoTPP's setting): the
   conditional median gap ``F^{-1}((1 + F(e)) / 2)`` and the most probable mark ``argmax_k p(k | tau, H)``; the
-  events carry their mark log-probabilities as scores (``Generated.scores``).
+  events carry their mark log-probabilities as scores (``Generated.scores``). Not a typical path, and its event
+  counts are not forecasts: it continues while the next event more likely than not falls in the window, always
+  at the median gap (``ln 2 / lambda`` for a constant rate ``lambda``: 1.44x the expected count), and a
+  self-exciting process stays excited (each event comes early, so the next median gap is short again). The true
+  Hawkes process of ``synthetic_hawkes`` rolled out from 5 test histories over a window of 50 settled at gaps of
+  0.113 and gave 403-412 events against a mean of 112-130 over 50 sampled continuations (measured). For counts
+  use sampled continuations (as ``CountCalibration`` in ``mtpp.forecast.horizon`` does).
 - ``"auto"``: ``"icdf"`` (every decoder has a quantile function).
 
 **Encoder state.** GRU / RNN encoders carry their state step by step (``RecurrentModelProcess``: one recurrent
-step per event); attention and FNN encoders re-encode the extended histories at every step (``ModelProcess``).
+step per event); THP / SAHP encoders keep a key/value cache per attention layer and compute only the appended
+event's token (``CachedModelProcess``: exact, the layers are causal); FNN encoders re-encode the extended
+histories at every step (``ModelProcess``). The encoder's work per step and row, history of ``L`` events:
+``O(1)`` (GRU / RNN) and ``O(L)`` (THP / SAHP) instead of ``O(L)`` and ``O(L^2)`` when re-encoding.
 
 **Memory.** ``estimate_bytes`` bounds the memory of one chunk of rows (buffers, one re-encoding of the longest
 extended history, attention maps for THP / SAHP encoders) and of the output; ``generate`` processes rows in
@@ -325,11 +334,14 @@ def truncation_note(cut: int, rows: int, max_events: int, what: str = "sampled c
 # ------------------------------------------------------------------------------------------------ memory
 
 
-def estimate_bytes(model, rows: int, length: int, max_events: int) -> tuple[int, int]:
+def estimate_bytes(model, rows: int, length: int, max_events: int, cached: bool = False) -> tuple[int, int]:
     """``(per_row_bytes, output_bytes)``: memory of one row of ``ModelProcess`` with a history of ``length`` events
     extended by ``max_events`` (buffers + one re-encoding: ~12 activations of width ``hidden_size`` per position
     and layer, plus ``heads x L^2`` attention scores for THP / SAHP encoders) and of the output of ``rows`` rows
-    (time, mark, row, index: 32 bytes per event). ``model=None``: a baseline (state only)."""
+    (time, mark, row, index: 32 bytes per event). ``model=None``: a baseline (state only).
+    cached: the row is continued by ``CachedModelProcess`` (THP / SAHP with a key/value cache): its keys and values
+    (2 per position and layer), one step's scores (``heads`` per position and layer) and the one-time encoding of
+    the history (as above, over ``length`` positions only)."""
     width = length + max_events
     if model is None:
         per_row = 64 * 8
@@ -338,11 +350,16 @@ def estimate_bytes(model, rows: int, length: int, max_events: int) -> tuple[int,
         itemsize = next(model.parameters()).element_size()
         layers = max(1, int(getattr(cfg, "num_layers", 1) or 1))
         enc = 2 if cfg.parametrisation == "plusplus" else 1
+        heads = max(1, int(getattr(cfg, "num_heads", 1) or 1))
         per_pos = 12 * int(cfg.hidden_size) * layers * enc + 3 * 8
-        per_row = width * per_pos * itemsize
-        if cfg.encoder in ("thp", "sahp"):
-            heads = max(1, int(getattr(cfg, "num_heads", 1) or 1))
-            per_row += 3 * heads * layers * enc * width * width * itemsize
+        attention = cfg.encoder in ("thp", "sahp")
+        if cached and attention:
+            once = (length + 1) * per_pos + 3 * heads * layers * enc * (length + 1) ** 2
+            per_row = (once + (width + 1) * (2 * int(cfg.hidden_size) + heads) * layers * enc) * itemsize
+        else:
+            per_row = width * per_pos * itemsize
+            if attention:
+                per_row += 3 * heads * layers * enc * width * width * itemsize
     return per_row, rows * max_events * 32
 
 
@@ -399,8 +416,9 @@ def generate(
     ``horizon`` a finite number > 0; ``events``, ``samples``, ``max_events``, ``max_memory`` integers >= 1;
     anything else (``events=2.5``, ``seed=None``) is an ``MtppError`` naming the argument, before any work.
     Raises ``DataError`` for a history the model cannot continue (no events), naming it.
-    incremental: carry GRU / RNN encoder states step by step (default for those encoders) or re-encode the
-        extended histories at every step (``False``; the only way for attention / FNN encoders).
+    incremental: carry the encoder state step by step (default where there is one: GRU / RNN states, THP / SAHP
+        key/value caches; same samples up to float rounding) or re-encode the extended histories at every step
+        (``False``; the only way for FNN encoders, where ``True`` is an ``MtppError``).
     progress: a bar counting the generated events, with the rows still running (on a terminal).
     """
     from tqdm.auto import tqdm
@@ -462,7 +480,8 @@ def generate(
                                     dtype=next(model.parameters()).dtype)
     n_rows = len(histories) * samples
     longest = max(len(s) for s in histories)
-    per_row, out_bytes = estimate_bytes(model, n_rows, longest, cap)
+    cached = is_model and incremental is not False and model.cfg.encoder in ("thp", "sahp")
+    per_row, out_bytes = estimate_bytes(model, n_rows, longest, cap, cached=cached)
     if out_bytes > max_memory or per_row > max_memory:
         raise MtppError(
             f"refused: {n_rows} rows x up to {cap} events need about {_fmt_bytes(out_bytes)} of output and "

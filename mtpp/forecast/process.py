@@ -28,6 +28,9 @@ The processes:
 - ``RecurrentModelProcess``: the same for GRU / RNN encoders with the recurrent state carried incrementally
   (one recurrent step per appended event); ``make_model_process`` picks it for those encoders. Same samples as
   ``ModelProcess`` for the same seed (tested).
+- ``CachedModelProcess``: the same for THP / SAHP encoders with a key/value cache per attention layer (one token
+  through the layers per appended event, ``O(L)`` instead of re-encoding ``O(L^2)``; exact, the layers are
+  causal); ``make_model_process`` picks it for those encoders. Same samples as ``ModelProcess`` (tested).
   A model unit is ``model.time_scale`` data units: the adapter divides every query gap by it and multiplies every
   returned gap by it (``log_prob`` gets ``- log s``).
 - ``HawkesProcess``: the exact exponential-kernel Hawkes process of ``mtpp.data.synthetic`` (scalar ``beta``):
@@ -255,14 +258,97 @@ class RecurrentModelProcess:
             self.states[i][:, rows] = h_n.to(self.dtype)
 
 
+def _attention_encoders(model) -> list | None:
+    """The model's encoders when every one is a causal attention encoder (THP / SAHP), else ``None``."""
+    from mtpp.models.encoders import _AttentionEncoder
+
+    encs = [model.encoder] if model.encoder is not None else [model.time_encoder, model.mark_encoder]
+    return encs if all(isinstance(e, _AttentionEncoder) for e in encs) else None
+
+
+class CachedModelProcess:
+    """``ModelProcess`` for THP / SAHP encoders with a key/value cache per attention layer: appending an event
+    computes only the new token's row of each layer (``O(L)`` per row and step instead of re-encoding
+    ``O(L^2)``).
+
+    Exact, not an approximation: the layers are causal (a token attends to itself and earlier tokens), layer
+    normalisation is per token, THP's temporal encoding is of each event's own absolute time and SAHP's of its own
+    position and gap, so an appended event never changes an earlier token's keys, values or output. Same samples
+    as ``ModelProcess`` for the same seed, up to float rounding (tested). Needs eval mode (no dropout).
+
+    Start: the distinct histories (by object, as ``RecurrentModelProcess``: the rows of ``generate``'s samples share
+    one) are encoded once with their keys and values kept (``_AttentionEncoder.start_cache``), copied to each row
+    with room for ``capacity`` events. ``next_event`` decodes each encoder's output at the last token; ``append``
+    runs one token through the layers (``_AttentionEncoder.extend_cache``). Times and gaps go in as
+    ``ModelProcess`` gives them to the encoder: in the model's dtype, the new time ``previous + tau``, then divided
+    by ``time_scale``. Memory per row: ``2 x layers x (L + 1 + capacity) x hidden_size`` numbers per encoder.
+    """
+
+    def __init__(self, model, histories: Sequence[EventSequence], capacity: int, *, source: str | None = None):
+        for i, s in enumerate(histories):
+            if len(s) == 0:
+                raise DataError("no history to continue (0 events): the model needs at least one", source=source,
+                                sequence=i)
+        if capacity < 1:
+            raise MtppError(f"capacity must be >= 1, got {capacity}")
+        encs = _attention_encoders(model)
+        if encs is None:
+            raise MtppError("CachedModelProcess needs THP / SAHP (attention) encoders")
+        param = next(model.parameters())
+        self.model = model
+        self.device, self.dtype = param.device, param.dtype
+        self.encoders = encs
+        self.num_marks = int(model.num_marks)
+        self.last_time = torch.tensor([float(s.times[-1]) for s in histories], dtype=torch.float64)
+        first: dict[int, int] = {}  # one encoding per distinct history object (the rows of its samples share it)
+        row_of = torch.tensor([first.setdefault(id(s), len(first)) for s in histories], device=self.device)
+        distinct = list({id(s): s for s in histories}.values())
+        b = collate(distinct, dtype=self.dtype).to(self.device)
+        # the previous time in data units and the model's dtype, as ModelProcess keeps it
+        idx = torch.arange(len(distinct), device=self.device)
+        self.prev_time = b.times[idx, b.lengths - 1][row_of].clone()  # [N]
+        b = model.in_model_units(b)
+        self.caches = [enc.start_cache(b, row_of, capacity) for enc in encs]
+        self.capacity = self.caches[0].filled + capacity  # [N] slots per row
+
+    def next_event(self, rows: Tensor) -> ModelNextEvent:
+        rows = rows.to(self.device)
+        h = [c.last[rows].to(self.dtype).unsqueeze(1) for c in self.caches]  # [n, 1, D]
+        h_t, h_m = h[0], h[-1]
+        return ModelNextEvent(self.model, self.model.next_time_distribution(h_t), h_t, h_m)
+
+    def append(self, rows: Tensor, tau: Tensor, marks: Tensor) -> None:
+        rows = rows.to(self.device)
+        if bool((self.caches[0].filled[rows] >= self.capacity[rows]).any()):
+            raise MtppError("CachedModelProcess: capacity exhausted (a bug in the caller: the cap is checked up front)")
+        n = self.prev_time.shape[0]
+        sel = None if rows.shape[0] == n and bool((rows == torch.arange(n, device=self.device)).all()) else rows
+        tau = tau.to(self.device, self.dtype)
+        t_new = self.prev_time[rows] + tau  # data units, model dtype (ModelProcess's buffer)
+        s = float(self.model.time_scale)
+        t_m, tau_m = (t_new, tau) if s == 1.0 else (t_new / s, tau / s)  # in_model_units, as ModelProcess
+        marks = marks.to(self.device)
+        for enc, cache in zip(self.encoders, self.caches):
+            enc.extend_cache(cache, sel, marks, t_m, tau_m)
+        self.prev_time[rows] = t_new
+
+
 def make_model_process(model, histories: Sequence[EventSequence], capacity: int, *, incremental: bool | None = None,
                        source: str | None = None):
-    """``RecurrentModelProcess`` for GRU / RNN encoders (``incremental`` None or True), else ``ModelProcess``
-    (re-encoding; ``incremental=False`` forces it, e.g. to check the incremental one)."""
+    """The incremental process where the encoders have one (``incremental`` None or True): ``RecurrentModelProcess``
+    for GRU / RNN encoders, ``CachedModelProcess`` for THP / SAHP encoders; else ``ModelProcess`` (re-encoding;
+    ``incremental=False`` forces it, e.g. to check the incremental ones; FNN encoders always re-encode).
+    ``MtppError`` for ``incremental=True`` with an FNN encoder."""
+    recurrent, attention = _recurrent_encoders(model) is not None, _attention_encoders(model) is not None
     if incremental is None:
-        incremental = _recurrent_encoders(model) is not None
-    if incremental:
+        incremental = recurrent or attention
+    if incremental and recurrent:
         return RecurrentModelProcess(model, histories, capacity, source=source)
+    if incremental and attention:
+        return CachedModelProcess(model, histories, capacity, source=source)
+    if incremental:
+        raise MtppError(f"incremental generation needs GRU / RNN or THP / SAHP encoders, not {model.cfg.encoder!r}; "
+                        "leave incremental unset (re-encoding)")
     return ModelProcess(model, histories, capacity, source=source)
 
 

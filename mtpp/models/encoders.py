@@ -9,16 +9,25 @@ Padding: padded events sit after the real ones and every encoder is causal, so t
 position (nor position ``lengths[b]``); no key-padding mask is needed and no ``[B, L, L]`` tensor is built by
 the GRU or FNN encoders (memory linear in ``L``). Attention encoders use
 ``scaled_dot_product_attention(is_causal=True)``, which picks a memory-efficient kernel where one exists.
+
+Incremental encoding (generation). The THP / SAHP encoders can append one event at a time with a key/value cache
+per layer (``start_cache`` / ``extend_cache``), computing only the new token's row of each layer. This is exact:
+every layer is causal (a token attends to itself and earlier tokens), layer normalisation is over the features of
+one token (never across the sequence), THP's temporal encoding is of the event's own time and SAHP's of
+its own position and gap (nothing is relative to the last event), and dropout is off in eval mode; so appending
+an event changes no earlier token's keys, values or output.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtpp.data.batch import Batch
-from mtpp.errors import ConfigError
+from mtpp.errors import ConfigError, MtppError
 from mtpp.models.config import ModelConfig
 from mtpp.models.embeddings import (
     EventEmbedding,
@@ -116,14 +125,66 @@ class CausalSelfAttentionLayer(nn.Module):
             nn.Linear(dim, ffn_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_size, dim), nn.Dropout(dropout)
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x: [B, N, D] -> (q, k, v)``, each ``[B, H, N, D / H]``."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def _out(self, x: Tensor, a: Tensor) -> Tensor:
+        """The residual attention output ``a: [B, H, N, D / H]`` and the feed-forward block: ``[B, N, D]``."""
+        b, _, n, _ = a.shape
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, -1))
+        return x + self.ffn(self.norm2(x))
+
+    def forward(self, x: Tensor, keep: list | None = None) -> Tensor:
+        """``x: [B, N, D] -> [B, N, D]``; ``keep``: a list to append this layer's ``(k, v)`` to (a key/value cache)."""
+        q, k, v = self._heads(x)
         a = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )  # [B, H, N, d/H]
-        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
-        return x + self.ffn(self.norm2(x))
+        if keep is not None:
+            keep.append((k, v))
+        return self._out(x, a)
+
+    def step(self, x: Tensor, keys: Tensor, values: Tensor, rows: Tensor | None, slot: Tensor) -> Tensor:
+        """One new token per row, attending to its row's cached tokens and itself (exact: causal attention).
+
+        x: ``[n, 1, D]`` the new tokens; keys, values: ``[N, H, P, D / H]`` this layer's cache, the new keys and
+        values written in place at ``slot: [n]`` (the token's position); rows: ``[n]`` the cache rows of ``x``
+        (``None``: all ``N``, in order). Keys after a row's slot (padding, stale entries) are masked out.
+        Returns ``[n, 1, D]``. Eval mode only (no attention dropout).
+        """
+        q, k, v = self._heads(x)  # [n, H, 1, d/H]
+        n = x.shape[0]
+        width = int(slot.max()) + 1
+        if rows is None:
+            keys[torch.arange(n, device=x.device), :, slot] = k[:, :, 0]
+            values[torch.arange(n, device=x.device), :, slot] = v[:, :, 0]
+            ks, vs = keys[:, :, :width], values[:, :, :width]
+        else:
+            keys[rows, :, slot] = k[:, :, 0]
+            values[rows, :, slot] = v[:, :, 0]
+            ks, vs = keys[rows, :, :width], values[rows, :, :width]  # [n, H, W, d/H]
+        mask = (torch.arange(width, device=x.device) <= slot.unsqueeze(-1)).view(n, 1, 1, width)
+        a = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask)  # [n, H, 1, d/H]
+        return self._out(x, a)
+
+
+@dataclass
+class AttentionCache:
+    """Key/value cache of a causal attention encoder for ``N`` rows (histories being continued).
+
+    keys, values: per layer ``[N, H, P, D / H]`` (``P`` token slots: the start token, the history, the room for
+    appended events); ``filled: [N]`` tokens so far (``1 + events``; the next event goes to slot ``filled``);
+    ``last: [N, D]`` the encoder output at the last token (the history after the last event, ``h_{n+1}``). Built by
+    ``_AttentionEncoder.start_cache``, advanced by ``_AttentionEncoder.extend_cache``.
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    filled: Tensor
+    last: Tensor
 
 
 class _AttentionEncoder(Encoder):
@@ -143,11 +204,57 @@ class _AttentionEncoder(Encoder):
         """``[B, L + 1, D]`` input tokens, the start token first."""
         raise NotImplementedError
 
+    def event_tokens(self, marks: Tensor, times: Tensor, taus: Tensor, positions: Tensor | None) -> Tensor:
+        """``[B, N, D]`` tokens of events: marks, times (as ``Batch.times``: from the sequence's first event), gaps
+        and token positions, each ``[B, N]``, times in model units; the start token is position 0, event ``i`` of a
+        sequence position ``i + 1``. THP uses marks and times, SAHP marks, positions and gaps."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def histories(self, batch: Batch) -> Tensor:
         x = self.tokens(batch)
         for layer in self.layers:
             x = layer(x)
         return self.norm(x)
+
+    def start_cache(self, batch: Batch, row_of: Tensor, capacity: int) -> AttentionCache:
+        """Encode ``batch`` (``U`` distinct histories, model units, each at least one event) once and copy each
+        one's keys and values to the rows continuing it (``row_of: [N]``, values in ``[0, U)``), with room for
+        ``capacity`` appended events per row. Memory: ``2 * layers * N * (L + 1 + capacity) * D`` numbers."""
+        if self.training:
+            raise MtppError("start_cache: put the model in eval mode (dropout would make the cache inexact)")
+        x = self.tokens(batch)  # [U, L + 1, D]
+        kept: list = []
+        for layer in self.layers:
+            x = layer(x, keep=kept)
+        h = self.norm(x)
+        n, width = row_of.shape[0], x.shape[1]
+        keys, values = [], []
+        for k, v in kept:  # [U, H, L + 1, d/H] -> [N, H, L + 1 + capacity, d/H]
+            for src, dst in ((k, keys), (v, values)):
+                buf = src.new_zeros(n, src.shape[1], width + capacity, src.shape[3])
+                buf[:, :, :width] = src[row_of]
+                dst.append(buf)
+        lengths = batch.lengths.to(row_of.device)
+        idx = torch.arange(lengths.shape[0], device=row_of.device)
+        last = h[idx, lengths][row_of]  # [N, D]: the history after each row's last event
+        return AttentionCache(keys, values, (lengths + 1)[row_of].clone(), last)
+
+    def extend_cache(self, cache: AttentionCache, rows: Tensor | None, marks: Tensor, times: Tensor,
+                     taus: Tensor) -> Tensor:
+        """Append one event per row: ``marks: [n]`` (int64), ``times: [n]`` its time and ``taus: [n]`` its gap after
+        the row's last event (model units, as a ``Batch`` gives them: times from the sequence's first event);
+        rows: ``[n]`` distinct rows of the cache (``None``: all rows, in order). Computes only the new token's row
+        of every layer: ``O(P D)`` per row and layer. Updates ``cache`` in place and returns the rows' new
+        ``last``: ``[n, D]``."""
+        sel = slice(None) if rows is None else rows
+        slot = cache.filled[sel]  # [n]
+        x = self.event_tokens(marks.unsqueeze(1), times.unsqueeze(1), taus.unsqueeze(1), slot.unsqueeze(1))
+        for layer, k, v in zip(self.layers, cache.keys, cache.values):
+            x = layer.step(x, k, v, rows, slot)
+        h = self.norm(x)[:, 0]
+        cache.last[sel] = h
+        cache.filled[sel] = slot + 1
+        return h
 
 
 @ENCODERS.register("thp")
@@ -163,9 +270,11 @@ class THPEncoder(_AttentionEncoder):
         self.mark = MarkEmbedding(num_marks, cfg.hidden_size)
         self.time = SinusoidalTimeEncoding(cfg.hidden_size)
 
+    def event_tokens(self, marks: Tensor, times: Tensor, taus: Tensor, positions: Tensor | None) -> Tensor:
+        return self.mark(marks) + self.time(times, _param_dtype(self))  # [B, N, D]
+
     def tokens(self, batch: Batch) -> Tensor:
-        dtype = _param_dtype(self)
-        e = self.mark(batch.marks) + self.time(batch.times, dtype)  # [B, L, D]
+        e = self.event_tokens(batch.marks, batch.times, batch.taus, None)  # [B, L, D]
         start = self.start.expand(e.shape[0], 1, -1)
         return torch.cat([start, e], dim=1)
 
@@ -191,6 +300,9 @@ class SAHPEncoder(_AttentionEncoder):
         positions = torch.arange(l + 1, device=e.device).expand(b, -1)
         taus = F.pad(batch.taus, (1, 0))  # the start token has gap 0
         return e + self.position(positions, taus)
+
+    def event_tokens(self, marks: Tensor, times: Tensor, taus: Tensor, positions: Tensor | None) -> Tensor:
+        return self.mark(marks) + self.position(positions, taus)  # [B, N, D]
 
 
 @ENCODERS.register("fnn")
