@@ -2,9 +2,18 @@
 
 Three rules, each evaluated with ONE call of the intensity on every node (no loops over nodes, events, marks):
 
-- ``"mc"``: Monte Carlo, ``Lambda(tau) ~= tau * mean_n lambda(u_n * tau)`` with fresh ``u_n ~ U(0, 1)`` on every
-  call. Unbiased for ``Lambda`` at every ``tau`` -- NOT for nonlinear functions of it (``exp(-Lambda)``, the
-  ``cdf``, ``log_prob`` are biased by Jensen's inequality). The training default (its noise averages out).
+- ``"mc"``: Monte Carlo, ``Lambda(tau) ~= tau * mean_n lambda(u_n * tau)`` with ``u_n ~ U(0, 1)``. Unbiased for
+  ``Lambda`` at every ``tau`` -- NOT for nonlinear functions of it (``exp(-Lambda)``, the ``cdf``, ``log_prob`` are
+  biased by Jensen's inequality). The training default (its noise averages out). Two sources of ``u_n``:
+
+  - training (no ``stream``): fresh ``torch.rand`` draws on every call (new noise at every step, as intended);
+  - evaluation (a ``stream`` key per element, ``counter_uniforms``): counter-based uniforms, a hash of (the
+    element's key, the bits of its ``tau``, the node index ``n``), in the manner of counter-based generators
+    (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011). The key identifies the history
+    (``history_streams``: a fixed evaluation seed and the events before the position), so every number an
+    evaluation reports is a function of (seed, sequence, position, query gap) only: the same under any batch size,
+    batch composition, order of the sequences, padding length or device, and the same on every call. Each
+    estimate is still unbiased over the seed (tested); the same (history, gap) asked twice gets the same estimate.
 - ``"gauss_legendre"``: fixed Gauss-Legendre nodes and weights mapped from ``[-1, 1]`` onto ``[0, tau]``;
   deterministic, exact for polynomials of degree ``2N - 1``. Not reliable when the intensity varies on a scale
   much shorter than ``tau`` (a fast decay onto a small floor: densities integrating to 1.26 with 20 nodes, 1.005
@@ -70,10 +79,14 @@ def quadrature(
     method: str = "gauss_legendre",
     num_nodes: int = 50,
     generator: torch.Generator | None = None,
+    stream: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Nodes ``s: [*S, N]`` in ``[0, tau]`` and weights ``w: [*S, N]`` with ``Lambda(tau) ~= sum_n w_n lambda(s_n)``.
 
     Weights are ``tau * (rule weight)`` (not in log space) so that ``tau = 0`` gives weight 0 and finite gradients.
+    ``"mc"``: ``stream`` (int64 keys broadcastable to ``tau``, e.g. ``history_streams``) gives the counter-based
+    uniforms of ``counter_uniforms`` (reproducible, independent of how ``tau`` is batched); without it, fresh
+    ``torch.rand`` draws (from ``generator`` when given).
     """
     if num_nodes < 1:
         raise ConfigError(f"integration_nodes must be >= 1, got {num_nodes}")
@@ -85,7 +98,9 @@ def quadrature(
         shape = (*tau.shape, num_nodes)
         # ``generator=`` only when given: passing the keyword at all (even ``None``) breaks dynamic-shape
         # ``torch.compile`` of the model's ``nll`` (``train.compile: true``).
-        if generator is None:
+        if stream is not None:
+            u = counter_uniforms(stream, tau, num_nodes)
+        elif generator is None:
             u = torch.rand(shape, dtype=tau.dtype, device=tau.device)
         else:
             u = torch.rand(shape, dtype=tau.dtype, device=tau.device, generator=generator)
@@ -106,13 +121,15 @@ def integral(
     method: str = "gauss_legendre",
     num_nodes: int = 50,
     generator: torch.Generator | None = None,
+    stream: Tensor | None = None,
 ) -> Tensor:
     """``Lambda(tau) = int_0^tau intensity_fn(s) ds`` with the intensity in LINEAR space: ``tau: [*S]`` -> ``[*S]``.
 
     ``intensity_fn`` (positive values, not logs) is called once on all nodes ``s: [*S, N]`` and must return
-    ``[*S, N]``. ``"mc"`` draws fresh uniforms on every call (pass ``generator`` for reproducibility).
+    ``[*S, N]``. ``"mc"`` draws fresh uniforms on every call (``generator`` when given), or, with ``stream``, the
+    counter-based uniforms of ``counter_uniforms`` (``quadrature``).
     """
-    nodes, weights = quadrature(tau, method, num_nodes, generator)
+    nodes, weights = quadrature(tau, method, num_nodes, generator, stream)
     return (weights * intensity_fn(nodes)).sum(-1)
 
 
@@ -122,13 +139,99 @@ def compensator(
     method: str = "gauss_legendre",
     num_nodes: int = 50,
     generator: torch.Generator | None = None,
+    stream: Tensor | None = None,
 ) -> Tensor:
     """``Lambda(tau) = int_0^tau exp(log_intensity_fn(s)) ds``: ``tau: [*S]`` -> ``[*S]``.
 
     ``log_intensity_fn`` is called once on all nodes ``s: [*S, N]`` and must return ``[*S, N]``.
-    ``"mc"`` draws fresh uniforms on every call (pass ``generator`` for reproducibility).
+    ``"mc"``: uniforms as in ``integral`` (fresh, or counter-based with ``stream``).
     """
-    return integral(lambda s: log_intensity_fn(s).exp(), tau, method, num_nodes, generator)
+    return integral(lambda s: log_intensity_fn(s).exp(), tau, method, num_nodes, generator, stream)
+
+
+# ------------------------------------------------------------------------------- counter-based Monte Carlo nodes
+
+_MASK32 = 0xFFFFFFFF
+_GOLDEN32 = 0x9E3779B9  # 2^32 / golden ratio: the Weyl increment between node counters
+_EVENT_SALT = 0x85EBCA6B  # separates the event words of ``history_streams`` from the seed word
+_SEED_SALT = 0xC2B2AE35  # so that seed 0 is not the hash's fixed point 0
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """``x * c mod 2^32`` for int64 ``x`` in ``[0, 2^32)`` and a constant ``c < 2^32``, without int64 overflow
+    (``c`` in two 16-bit halves: every product stays below ``2^48``), so it is exact on every device."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+
+
+def mix32(x: Tensor) -> Tensor:
+    """A bijective 32-bit integer hash, elementwise on int64 ``x`` in ``[0, 2^32)`` -> ``[0, 2^32)``.
+
+    Wellons' ``lowbias32`` (xor-shift-multiply, constants ``0x7feb352d``, ``0x846ca68b``; "Prospecting for hash
+    functions", 2018): every input bit flips each output bit with probability close to 1/2. Plain tensor ops (no
+    Python loop, no generator), so its values do not depend on the device."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _value_words(x: Tensor) -> list[Tensor]:
+    """The bit pattern of the floating tensor ``x`` as 32-bit words (int64 tensors in ``[0, 2^32)``, low word
+    first; ``-0.0`` read as ``+0.0``). Elementwise, so a value has the same words in any batch it is part of."""
+    x = x + 0.0  # -0.0 + 0.0 = +0.0 (IEEE 754): one zero
+    size = x.element_size()
+    if size == 8:
+        bits = x.view(torch.int64)
+        return [bits & _MASK32, (bits >> 32) & _MASK32]
+    if size == 4:
+        return [x.view(torch.int32).to(torch.int64) & _MASK32]
+    return [x.view(torch.int16).to(torch.int64) & 0xFFFF]
+
+
+def counter_uniforms(stream: Tensor, tau: Tensor, num_nodes: int) -> Tensor:
+    """``u: [*S, N]`` in ``(0, 1)`` (``tau``'s dtype): node ``n`` of element ``i`` is a hash of ``(stream[i], the
+    bits of tau[i], n)``, i.i.d. ``U(0, 1)`` to the hash's quality for distinct inputs.
+
+    ``stream``: int64 keys in ``[0, 2^32)`` broadcastable to ``tau: [*S]`` (``history_streams``; the history of
+    each element). The element key ``e = mix32(mix32(stream ^ w_0) ^ w_1)`` (``w``: the 32-bit words of ``tau``),
+    then ``u_n = (mix32(e + n * 0x9e3779b9 mod 2^32) + 1/2) / 2^32``: 32 random bits per node (resolution 2.3e-10;
+    float32 keeps 24 of them). Cost: about 12 integer operations per node on ``[*S, N]``, once per compensator
+    call. A function of its inputs only: the same element gets the
+    same nodes whatever else is in its batch, on every call.
+    """
+    e = torch.broadcast_to(stream, tau.shape)
+    for w in _value_words(tau):
+        e = mix32(e ^ w)
+    salt = (torch.arange(num_nodes, device=tau.device, dtype=torch.int64) * _GOLDEN32) & _MASK32
+    bits = mix32((e.unsqueeze(-1) + salt) & _MASK32)
+    return ((bits.to(torch.float64) + 0.5) * 2.0**-32).to(tau.dtype)
+
+
+def history_streams(taus: Tensor, marks: Tensor, mask: Tensor, seed: int = 0) -> Tensor:
+    """``[B, L + 1]`` int64 keys in ``[0, 2^32)``: key ``i`` identifies the history ``H_i`` (the events ``0..i-1``)
+    of each sequence, under the evaluation ``seed`` (an int in ``0 .. 2^32 - 1``).
+
+    ``taus: [B, L]`` (floating), ``marks: [B, L]`` (int64), ``mask: [B, L]`` (bool, True for real events). Each real
+    event ``j`` gives a word ``v_j = mix32(mix32(mix32(mix32(j + salt) ^ tau words) ...) ^ k_j)`` (its position, the
+    bits of its gap, its mark; 0 in padding); the key of position ``i`` is ``mix32(mix32(S_i mod 2^32) ^ (S_i >>
+    32) ^ mix32(seed + salt))`` with the exact int64 prefix sum ``S_i = sum_{j < i} v_j`` (below ``2^63`` for any ``L <
+    2^31``). So the key of ``H_i`` depends on that sequence's first ``i`` events and the seed only: not on the
+    batch, its padding or the other sequences in it (a causal, content-based identity: shuffling the file or
+    changing later events leaves it unchanged). Vectorised: a handful of ``[B, L]`` integer operations and one
+    ``cumsum``, no loop over events or sequences.
+    """
+    b, l = marks.shape
+    pos = torch.arange(l, device=marks.device, dtype=torch.int64).expand(b, l)
+    v = mix32((pos + _EVENT_SALT) & _MASK32)
+    for w in _value_words(taus):
+        v = mix32(v ^ w)
+    v = mix32(v ^ (marks.to(torch.int64) & _MASK32))
+    v = torch.where(mask, v, torch.zeros_like(v))
+    prefix = torch.cat([v.new_zeros(b, 1), v.cumsum(-1)], dim=-1)  # [B, L + 1], exact
+    seed_word = mix32(torch.tensor((int(seed) + _SEED_SALT) & _MASK32, dtype=torch.int64, device=marks.device))
+    return mix32(mix32(prefix & _MASK32) ^ (prefix >> 32) ^ seed_word)
 
 
 # ------------------------------------------------------------------------------------------- the adaptive rule
