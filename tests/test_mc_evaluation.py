@@ -218,3 +218,38 @@ def test_training_still_draws_fresh_nodes():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model.nll(batch).time_nll, model.nll(batch).time_nll)
+
+
+# ------------------------------------------------------------------------------------------ sampled continuations
+
+
+@pytest.mark.parametrize("sampler", ["icdf", "thinning"])
+def test_generated_continuations_do_not_depend_on_the_other_histories(sampler):
+    """``generate``'s draws are counter-based per row (history, sample, step): a history's continuations are the same
+    alone, with other histories, in another order, and in chunks (a small ``max_memory``); before, one generator was
+    drawn in row order, so every one of these changed them (sampling-based horizon metrics with them)."""
+    from mtpp.forecast.generate import estimate_bytes, generate
+
+    model = mc_model("thp", "base")
+    hs = [s for s in sequences(6, seed=5, windows=False) if len(s) > 1][:4]
+
+    def rows_of(g, seq: int) -> np.ndarray:
+        frame = g.to_frame()
+        return frame[frame["sequence"] == seq][["sample", "index", "time", "mark"]].to_numpy()
+
+    ref = generate(model, hs, events=3, samples=3, seed=4, sampler=sampler)
+    alone = generate(model, hs[1:2], events=3, samples=3, seed=4, sampler=sampler)
+    np.testing.assert_allclose(rows_of(alone, 0), rows_of(ref, 1), rtol=1e-12)  # rounding of batched encoders
+    rev = generate(model, hs[::-1], events=3, samples=3, seed=4, sampler=sampler)
+    for i in range(len(hs)):
+        np.testing.assert_allclose(rows_of(rev, len(hs) - 1 - i), rows_of(ref, i), rtol=1e-12)
+    per_row, out = estimate_bytes(model, len(hs) * 3, max(len(h) for h in hs), 3)
+    chunked = generate(model, hs, events=3, samples=3, seed=4, sampler=sampler, max_memory=out + 2 * per_row)
+    assert chunked.info["chunk_rows"] < len(hs) * 3
+    np.testing.assert_allclose(chunked.to_frame().to_numpy(dtype=float), ref.to_frame().to_numpy(dtype=float),
+                               rtol=1e-12)
+    other = generate(model, hs, events=3, samples=3, seed=5, sampler=sampler)
+    assert not np.array_equal(other.to_frame()["time"].to_numpy(), ref.to_frame()["time"].to_numpy())
+    first = ref.to_frame()
+    first = first[first["index"] == 0]
+    assert len(set(np.round(first["time"], 12))) == len(first)  # samples of a history differ from one another
