@@ -185,17 +185,29 @@ class RowUniforms:
         self.generator = generator
 
     def draw(self, rows: Tensor, step: int, kind: int, rnd: int = 0) -> Tensor:
-        from mtpp.models import integrate
+        from mtpp.models.integrate import _mix32_
 
         if self.keys is None:
             u = torch.rand(rows.shape[0], dtype=torch.float64, generator=self.generator)
             return u.clamp(1e-12, 1.0 - 1e-12)
-        counter = ((step & 0xFFFFFF) << 8 | kind) & 0xFFFFFFFF
-        x = integrate.mix32(self.keys[rows] ^ counter)
-        x = integrate.mix32(x ^ (rnd & 0xFFFFFFFF))
-        y = integrate.mix32(x ^ _SAMPLE_SALT)
+        x = _mix32_(self.keys[rows] ^ _counter_word(step, kind, rnd))  # a new tensor: hashed in place
+        y = _mix32_(x ^ _SAMPLE_SALT)
         # 27 + 26 bits: (i + 1/2) / 2^53 for i < 2^53, never 0 or 1
-        return ((x >> 5).to(torch.float64) * 2.0**26 + (y >> 6).to(torch.float64) + 0.5) * 2.0**-53
+        return (x >> 5).to(torch.float64).mul_(2.0**26).add_((y >> 6).to(torch.float64)).add_(0.5).mul_(2.0**-53)
+
+
+def _mix32_scalar(x: int) -> int:
+    """``integrate.mix32`` of one Python int in ``[0, 2^32)`` (the counters of ``RowUniforms``: no tensor)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _counter_word(step: int, kind: int, rnd: int) -> int:
+    """A 32-bit word of the counters ``(step, kind, round)`` of one draw, hashed on the host (one per draw)."""
+    return _mix32_scalar(_mix32_scalar(_mix32_scalar(step & 0xFFFFFFFF) ^ kind) ^ (rnd & 0xFFFFFFFF))
 
 
 def _uniform(n: int, generator: torch.Generator | None) -> Tensor:
