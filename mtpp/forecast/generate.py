@@ -143,8 +143,9 @@ class Generated:
 # ------------------------------------------------------------------------------------------------ one gap
 
 
-_GAP, _PROPOSAL, _ACCEPT, _MARK = 1, 2, 3, 4
-"""Kinds of draw of ``RowUniforms``: the gap's uniform, thinning's proposal and acceptance, the mark's uniform."""
+_GAP, _PROPOSAL, _ACCEPT, _MARK, PIT_DRAW = 1, 2, 3, 4, 5
+"""Kinds of draw of ``RowUniforms``: the gap's uniform, thinning's proposal and acceptance, the mark's uniform, the
+randomised count PIT of the horizon metrics (``mtpp.forecast.horizon.CountCalibration``)."""
 
 
 def row_keys(histories: Sequence[EventSequence], samples: np.ndarray, seed: int) -> Tensor:
