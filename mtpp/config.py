@@ -189,6 +189,9 @@ TOP_LEVEL = (*SECTIONS, "variants")
 #: that differ only in them are the same experiment (``mtpp compare`` does not call a finished cell stale for
 #: them, ``mtpp report`` does not split a cell by them). ``train.threads``: intra-op threads change only the
 #: order of floating-point reductions, and ``mtpp compare`` caps them at cores // jobs on each machine.
+#: ``train.eval_batch_size``: evaluation scores each sequence on its own (Monte Carlo compensator nodes of
+#: ``model.eval_integration: mc`` included: counter-based, keyed by the sequence's history, not the batch;
+#: ``tests/test_mc_evaluation.py``), so it changes the floating-point rounding of batched kernels only.
 NON_SEMANTIC_KEYS = (
     "logging", "variants", "data.data_dir", "data.num_workers", "train.device", "train.compile",
     "train.compile_integrand", "train.eval_batch_size", "train.threads",

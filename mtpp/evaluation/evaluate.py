@@ -1,9 +1,12 @@
 """Evaluation of a trained model or run directory: ``evaluate(...)`` and the helpers ``fit`` uses at the end.
 
 Metrics come from ``MetricAccumulator`` (see ``mtpp.evaluation.metrics`` for every convention). Evaluation runs
-under a fixed seed inside ``torch.random.fork_rng`` (Monte Carlo compensators draw random nodes), so
-``mtpp evaluate RUN`` reproduces the ``metrics.json`` that ``mtpp train`` wrote, and the caller's RNG state is
-left untouched.
+under a fixed seed (``train.seed`` for a run): Monte Carlo compensator nodes (``model.eval_integration: mc``) are
+counter-based, a function of that seed, each sequence's history and the query gap
+(``mtpp.models.mtpp.evaluation_seed``), so a sequence's numbers do not depend on the batch size, the batch
+composition, the order of the sequences or ``train.max_batch_events``, and ``mtpp evaluate RUN`` reproduces the
+``metrics.json`` that ``mtpp train`` wrote. The rest runs inside ``torch.random.fork_rng``: the caller's RNG
+state is left untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 
 from mtpp.errors import MtppError
+from mtpp.models.mtpp import evaluation_seed
 from mtpp.runs import training_finished  # noqa: F401  (re-exported: where it was first defined)
 
 METRICS_FILE = "metrics.json"
@@ -44,7 +48,9 @@ def evaluate_model(
     times (``mtpp.data.lattice.time_lattice`` of the training split, data units): adds ``nll_time_binned_*`` and
     ``time_quantum`` to the metrics (``None``: neither). ``max_events``: padded events per batch (sequences x
     longest, ``mtpp.data.sampler.cut_batches``); ``"auto"``: the default run's bound for the model's number of
-    marks (``TrainConfig.evaluation_events``); ``None``: ``batch_size`` alone."""
+    marks (``TrainConfig.evaluation_events``); ``None``: ``batch_size`` alone. ``seed``: the evaluation seed of
+    Monte Carlo compensator nodes (``mtpp.models.mtpp.evaluation_seed``; the numbers do not depend on
+    ``batch_size`` or ``max_events``)."""
     from mtpp.data.sampler import make_loader
     from mtpp.evaluation.metrics import MetricAccumulator
 
@@ -62,7 +68,7 @@ def evaluate_model(
     acc = MetricAccumulator()
     cuda = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=cuda):
+        with torch.random.fork_rng(devices=cuda), evaluation_seed(model, seed):
             torch.manual_seed(seed)
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)

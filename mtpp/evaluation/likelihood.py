@@ -44,7 +44,8 @@ def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", bat
     the model's number of marks (``mtpp.config.TrainConfig.evaluation_events``); ``None``: no bound.
     ``device``: the model is computed where it is; a device given must be that one (``ConfigError`` otherwise).
     ``seed``: for the Monte Carlo nodes of a compensator that uses them in evaluation (none does by default:
-    ``model.eval_integration``).
+    ``model.eval_integration``); they are counter-based (``mtpp.models.mtpp.evaluation_seed``), so a sequence's
+    row does not depend on ``batch_size``, ``max_events``, the order of ``sequences`` or the other sequences.
 
     Columns: ``sequence`` (its index in ``sequences``, as ``predict``'s rows name it: the only name of a sequence
     read from a format without ids), ``seq_id`` (the sequences' names, a table's ``seq_id``; only when some
@@ -56,6 +57,7 @@ def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", bat
     from mtpp.data.batch import collate
     from mtpp.data.checks import check_batch_size, check_sequences, sequences_of
     from mtpp.data.sampler import cut_batches
+    from mtpp.models.mtpp import evaluation_seed
     from mtpp.training.setup import model_device
 
     what = "log_likelihood(model, sequences)"
@@ -80,7 +82,7 @@ def log_likelihood(model: nn.Module, sequences: Any, *, split: str = "test", bat
     model.eval()
     cuda = [dev.index or 0] if dev.type == "cuda" else []
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda), evaluation_seed(model, seed):
             torch.manual_seed(seed)
             for idx in cut_batches(order, lengths, batch_size, max_events):  # batches, not events: one forward each
                 out = model.nll(collate([seqs[i] for i in idx], dtype=dtype).to(dev))

@@ -39,6 +39,13 @@ Samplers (``sampler=``):
   use sampled continuations (as ``CountCalibration`` in ``mtpp.forecast.horizon`` does).
 - ``"auto"``: ``"icdf"`` (every decoder has a quantile function).
 
+**Random numbers.** Every draw of a row (the gap's uniform, thinning's exponential and acceptance uniform, the
+mark's uniform) is counter-based (``row_keys``, ``RowUniforms``): a hash of ``seed``, the row's history (its
+events, ``mtpp.models.integrate.history_streams``), its sample index, the step, the round and the kind of draw. So
+the continuations of a history are the same whatever other histories are generated with it, in whatever order,
+and whatever the chunking by ``max_memory``; only the rows' own histories and the seed matter. Marks are drawn by
+inverse transform on the cumulative ``p(k | tau, H)``.
+
 **Encoder state.** GRU / RNN encoders carry their state step by step (``RecurrentModelProcess``: one recurrent
 step per event); THP / SAHP encoders keep a key/value cache per attention layer and compute only the appended
 event's token (``CachedModelProcess``: exact, the layers are causal); FNN encoders re-encode the extended
@@ -145,17 +152,88 @@ class Generated:
 # ------------------------------------------------------------------------------------------------ one gap
 
 
+_GAP, _PROPOSAL, _ACCEPT, _MARK, PIT_DRAW = 1, 2, 3, 4, 5
+"""Kinds of draw of ``RowUniforms``: the gap's uniform, thinning's proposal and acceptance, the mark's uniform, the
+randomised count PIT of the horizon metrics (``mtpp.forecast.horizon.CountCalibration``)."""
+
+
+def row_keys(histories: Sequence[EventSequence], samples: np.ndarray, seed: int) -> Tensor:
+    """``[n]`` int64 keys of the rows continuing ``histories`` (one per row) as their sample ``samples: [n]``: a
+    hash of ``seed``, the history's events (gaps in float64 and marks: ``integrate.history_streams`` after its last
+    event) and the sample index. Vectorised over the histories (one collated batch)."""
+    from mtpp.data.batch import collate
+    from mtpp.models import integrate
+
+    distinct: dict[int, int] = {}
+    index = np.array([distinct.setdefault(id(h), len(distinct)) for h in histories], dtype=np.int64)
+    unique = list({id(h): h for h in histories}.values())
+    nonempty = [h for h in unique if len(h)]  # a baseline may continue an empty history: the empty history's key
+    empty = (torch.zeros(1, 0, dtype=torch.float64), torch.zeros(1, 0, dtype=torch.int64),
+             torch.zeros(1, 0, dtype=torch.bool))  # fmt: skip
+    per_history = integrate.history_streams(*empty, seed=seed)[0, 0].repeat(len(unique))
+    if nonempty:
+        b = collate(nonempty, dtype=torch.float64)
+        keys = integrate.history_streams(b.taus, b.marks, b.mask, seed)  # [U, L + 1]
+        where = torch.as_tensor([i for i, h in enumerate(unique) if len(h)], dtype=torch.int64)
+        per_history[where] = keys.gather(1, b.lengths.view(-1, 1)).squeeze(1)
+    last = per_history[torch.as_tensor(index)]
+    sample = integrate.mix32((torch.as_tensor(samples, dtype=torch.int64) + _SAMPLE_SALT) & 0xFFFFFFFF)
+    return integrate.mix32(last ^ sample)
+
+
+_SAMPLE_SALT = 0x27D4EB2F
+
+
+class RowUniforms:
+    """Counter-based ``U(0, 1)`` draws of the rows with keys ``keys: [N]`` (``row_keys``): ``draw(rows, step, kind,
+    round)`` is a ``[n]`` float64 tensor in ``(0, 1)`` (53 random bits, from two 32-bit hashes of the key and the
+    counters), a function of its arguments only (no generator state), so a row's draws do not depend on the other
+    rows. ``None`` keys: plain draws from ``generator`` (the old behaviour, for callers that pass one)."""
+
+    def __init__(self, keys: Tensor | None = None, generator: torch.Generator | None = None) -> None:
+        self.keys = keys
+        self.generator = generator
+
+    def draw(self, rows: Tensor, step: int, kind: int, rnd: int = 0) -> Tensor:
+        from mtpp.models.integrate import _mix32_
+
+        if self.keys is None:
+            u = torch.rand(rows.shape[0], dtype=torch.float64, generator=self.generator)
+            return u.clamp(1e-12, 1.0 - 1e-12)
+        x = _mix32_(self.keys[rows] ^ _counter_word(step, kind, rnd))  # a new tensor: hashed in place
+        y = _mix32_(x ^ _SAMPLE_SALT)
+        # 27 + 26 bits: (i + 1/2) / 2^53 for i < 2^53, never 0 or 1
+        return (x >> 5).to(torch.float64).mul_(2.0**26).add_((y >> 6).to(torch.float64)).add_(0.5).mul_(2.0**-53)
+
+
+def _mix32_scalar(x: int) -> int:
+    """``integrate.mix32`` of one Python int in ``[0, 2^32)`` (the counters of ``RowUniforms``: no tensor)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _counter_word(step: int, kind: int, rnd: int) -> int:
+    """A 32-bit word of the counters ``(step, kind, round)`` of one draw, hashed on the host (one per draw)."""
+    return _mix32_scalar(_mix32_scalar(_mix32_scalar(step & 0xFFFFFFFF) ^ kind) ^ (rnd & 0xFFFFFFFF))
+
+
 def _uniform(n: int, generator: torch.Generator | None) -> Tensor:
     u = torch.rand(n, dtype=torch.float64, generator=generator)
     return u.clamp(1e-12, 1.0 - 1e-12)
 
 
-def icdf_gaps(nxt, elapsed: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def icdf_gaps(nxt, elapsed: Tensor, generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
     """``[n]`` gaps ``~ f(tau | H, tau > elapsed)`` by inverse transform on ``U(F(e), 1)`` (float64, data units;
-    ``mtpp.models.marginal.survived_icdf``, as ``MarkedTPP.sample_next``)."""
+    ``mtpp.models.marginal.survived_icdf``, as ``MarkedTPP.sample_next``); ``u: [n]`` the uniforms (``None``:
+    drawn from ``generator``)."""
     from mtpp.models.marginal import survived_icdf
 
-    return survived_icdf(nxt, _uniform(elapsed.shape[0], generator), elapsed.to(torch.float64))
+    if u is None:
+        u = _uniform(elapsed.shape[0], generator)
+    return survived_icdf(nxt, u, elapsed.to(torch.float64))
 
 
 def mode_gaps(nxt, elapsed: Tensor) -> Tensor:
@@ -173,10 +251,13 @@ def thinning_gaps(
     generator: torch.Generator | None = None,
     window: float = THINNING_WINDOW,
     max_rounds: int = MAX_ROUNDS,
+    draw: Callable[[int, int], Tensor] | None = None,
 ) -> tuple[Tensor, int]:
     """``([n] gaps, rounds)`` by adaptive Ogata thinning (module docstring); ``inf`` where no event before ``limit``.
 
     elapsed: ``[n]`` gap already survived; limit: ``[n]`` largest gap of interest (``inf`` for none).
+    draw: ``(kind, round) -> [n]`` uniforms in ``(0, 1)`` (``RowUniforms``; the proposal's exponential is
+    ``-log u``); ``None``: drawn from ``generator``.
     """
     if not getattr(nxt, "has_rates", False):
         raise MtppError("the thinning sampler needs an intensity decoder (thp, sahp) or a baseline process; "
@@ -205,14 +286,17 @@ def thinning_gaps(
         end = torch.minimum(t + window / total0, limit)
         end = torch.where(torch.isfinite(end), end, t + window / total0)
         bound = torch.maximum(lam0, rates(end)).sum(-1) * (1.0 + 1e-9)
-        e = torch.empty(n, dtype=f64).exponential_(generator=generator)
+        if draw is None:
+            e = torch.empty(n, dtype=f64).exponential_(generator=generator)
+        else:
+            e = -torch.log(draw(_PROPOSAL, rounds))
         cand = t + e / bound
         inside = cand <= end
         safe = torch.where(inside, cand, t)
         lam = rates(safe).sum(-1)
         if bool((pending & inside & (lam > bound * (1.0 + 1e-6))).any()):
             raise MtppError("thinning: an intensity exceeded its bound (a component is not monotone in tau)")
-        u = torch.rand(n, dtype=f64, generator=generator)
+        u = torch.rand(n, dtype=f64, generator=generator) if draw is None else draw(_ACCEPT, rounds)
         accept = pending & inside & (u * bound <= lam)
         out = torch.where(accept, cand, out)
         t = torch.where(pending & ~accept, torch.where(inside, cand, end), t)
@@ -220,10 +304,16 @@ def thinning_gaps(
     return out, rounds
 
 
-def sample_marks(nxt, tau: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``[n]`` marks ``k ~ p(k | tau, H)`` (``tau`` finite)."""
+def sample_marks(nxt, tau: Tensor, generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
+    """``[n]`` marks ``k ~ p(k | tau, H)`` (``tau`` finite): with ``u: [n]`` uniforms, by inverse transform (the
+    first ``k`` whose cumulative probability reaches ``u`` times the total), else ``torch.multinomial`` on
+    ``generator``."""
     probs = nxt.mark_log_probs(tau).to(torch.float64).exp()
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).cpu()
+    if u is None:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1).cpu()
+    cum = probs.cpu().cumsum(-1)
+    k = (cum < u.unsqueeze(-1) * cum[:, -1:]).sum(-1)
+    return k.clamp(max=probs.shape[-1] - 1)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -239,10 +329,13 @@ def continue_rows(
     sampler: str = "auto",
     generator: torch.Generator | None = None,
     on_step: Callable[[int], None] | None = None,
+    keys: Tensor | None = None,
 ) -> dict:
     """Advance every row of ``process`` (``process.last_time: [N]`` float64) until its horizon / event count.
 
-    origin_offset: ``[N]`` float64, ``origin - last event time`` (``>= 0``). Returns flat event arrays and per-row
+    origin_offset: ``[N]`` float64, ``origin - last event time`` (``>= 0``). keys: ``[N]`` int64 row keys
+    (``row_keys``): counter-based draws, a row's continuation independent of the other rows (``RowUniforms``);
+    ``None``: draws from ``generator`` in row order. Returns flat event arrays and per-row
     counts (see ``Generated``) plus ``rounds`` (thinning rounds) as numpy. ``on_step(rows)`` is called after every
     step with the number of rows that drew an event in the horizon (the rows still running; a progress bar).
     """
@@ -264,6 +357,7 @@ def continue_rows(
     counts = torch.zeros(n_rows, dtype=torch.long)
     rec_row, rec_idx, rec_time, rec_mark, rec_scores = [], [], [], [], []
     rounds = 0
+    uniforms = RowUniforms(keys, generator)
     for step in range(steps):
         if active.numel() == 0:
             break
@@ -272,12 +366,13 @@ def continue_rows(
         limit = end[active] - last[active]
         scores = None
         if kind == "thinning":
-            tau, r = thinning_gaps(nxt, e, limit, generator)
+            tau, r = thinning_gaps(nxt, e, limit, generator,
+                                   draw=lambda what, rnd: uniforms.draw(active, step, what, rnd))  # noqa: B023
             rounds += r
         elif kind == "mode":
             tau = mode_gaps(nxt, e)
         else:
-            tau = icdf_gaps(nxt, e, generator)
+            tau = icdf_gaps(nxt, e, generator, u=uniforms.draw(active, step, _GAP))
         keep = tau <= limit
         safe_tau = torch.where(keep, tau, torch.ones_like(tau))
         if kind == "mode":
@@ -285,7 +380,7 @@ def continue_rows(
             marks = lp.argmax(-1)
             scores = lp[keep]
         else:
-            marks = sample_marks(nxt, safe_tau, generator)
+            marks = sample_marks(nxt, safe_tau, generator, u=uniforms.draw(active, step, _MARK))
         rows = active[keep]
         tau_k, marks_k = tau[keep], marks[keep]
         if rows.numel():
@@ -412,7 +507,9 @@ def generate(
         the run's own ``split``. Checked against the model before any work (``mtpp.data.checks.check_sequences``:
         marks in ``[0, K)``, times finite and sorted, within the model's dtype): ``DataError`` in one line.
     Rows are processed in chunks that fit ``max_memory`` bytes (``estimate_bytes``); ``MtppError`` up front when
-    the output or one row would not fit. Deterministic for a given ``seed`` (an integer in ``0 .. 2**32 - 1``).
+    the output or one row would not fit. Deterministic for a given ``seed`` (an integer in ``0 .. 2**32 - 1``); the
+    continuations of a history depend on it, its sample index and the seed only, not on the other histories, their
+    order or the chunking (counter-based draws, the module docstring).
     ``horizon`` a finite number > 0; ``events``, ``samples``, ``max_events``, ``max_memory`` integers >= 1;
     anything else (``events=2.5``, ``seed=None``) is an ``MtppError`` naming the argument, before any work.
     Raises ``DataError`` for a history the model cannot continue (no events), naming it.
@@ -492,6 +589,8 @@ def generate(
     gen = torch.Generator().manual_seed(seed)
     seq_of_row = np.repeat(np.arange(len(histories)), samples)
     sample_of_row = np.tile(np.arange(samples), len(histories))
+    # counter-based draws: a row's continuation depends on its history, its sample index and the seed only
+    keys_of_row = row_keys([histories[i] for i in seq_of_row], sample_of_row, seed)
     parts = []
     was_training = model.training if is_model else False
     if is_model:
@@ -512,7 +611,7 @@ def generate(
                            else model_or_factory(hs))
                 offset = torch.tensor([_quiet_after_last(s) for s in hs], dtype=torch.float64)
                 res = continue_rows(process, offset, horizon=horizon, events=events, max_events=cap,
-                                    sampler=sampler, generator=gen, on_step=on_step)
+                                    sampler=sampler, generator=gen, on_step=on_step, keys=keys_of_row[lo:hi])
                 res["row"] = res["row"] + lo
                 res["origin"] = np.array([(float(s.times[-1]) if len(s) else 0.0) for s in hs]) + offset.numpy()
                 parts.append(res)

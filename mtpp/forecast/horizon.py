@@ -72,7 +72,7 @@ from scipy.optimize import linear_sum_assignment
 
 from mtpp.data.sequence import EventSequence
 from mtpp.errors import MtppError
-from mtpp.forecast.generate import DEFAULT_MAX_EVENTS, truncation_note
+from mtpp.forecast.generate import DEFAULT_MAX_EVENTS, PIT_DRAW, RowUniforms, row_keys, truncation_note
 
 DEFAULT_DELTAS_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5)
 """Default T-mAP tolerances as fractions of the horizon."""
@@ -281,12 +281,19 @@ class CountCalibration:
         self.obs_sum = 0.0
         self.n = 0
 
-    def update(self, samples, observed) -> None:
-        """``samples: [P, S]`` sampled counts, ``observed: [P]`` observed counts."""
+    def update(self, samples, observed, keys=None) -> None:
+        """``samples: [P, S]`` sampled counts, ``observed: [P]`` observed counts; ``keys: [P]`` int64 keys of the
+        points (``mtpp.forecast.generate.row_keys``): the PIT's uniforms counter-based, each point's own whatever
+        the order of the points; ``None``: drawn from the seeded generator in the order given."""
         s = np.asarray(samples, dtype=np.int64)
         y = np.asarray(observed, dtype=np.int64)
         lo_f, hi_f = count_pit_bounds(s, y)
-        self.pit.append(lo_f + self.rng.random(y.shape[0]) * (hi_f - lo_f))
+        if keys is None:
+            v = self.rng.random(y.shape[0])
+        else:
+            keys = torch.as_tensor(np.asarray(keys), dtype=torch.int64)
+            v = RowUniforms(keys).draw(torch.arange(keys.shape[0]), 0, PIT_DRAW).numpy()
+        self.pit.append(lo_f + v * (hi_f - lo_f))
         a = (1.0 - self.level) / 2.0
         lo = np.quantile(s, a, axis=-1, method="inverted_cdf")
         hi = np.quantile(s, 1.0 - a, axis=-1, method="inverted_cdf")
@@ -439,7 +446,9 @@ def evaluate_horizon(
             sel2 = o2[b2[p] : b2[p + 1]]
             otd.update(first_n.time[sel2] - t0, first_n.mark[sel2], seq.times[i : i + otd_events] - t0,
                        seq.marks[i : i + otd_events])
-    cal.update(sampled.counts.reshape(len(pts), samples), observed_counts)
+    # the PIT's uniforms keyed by each point's history: the same whatever the order of the sequences
+    cal.update(sampled.counts.reshape(len(pts), samples), observed_counts,
+               keys=row_keys(hist, np.zeros(len(hist), dtype=np.int64), seed))
     bar.update()
     bar.close()
     out = {"window": horizon, "points": len(pts), "samples": samples}

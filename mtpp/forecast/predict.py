@@ -31,7 +31,8 @@ came before the window end (``MarkedTPP.survived_next``: quantiles, mean and mar
 ``tau > T - t_n``; the gap still counted from ``history_end = t_n``), as ``generate`` continues the sequence. ``top_k`` above the
 number of marks ``K`` gives ``K`` mark columns. Numbers equal ``MarkedTPP.predict`` (median, mean, marks) and
 ``MarkedTPP.score`` (log density) on the same batch (tested). Vectorised over a batch of sequences; Monte Carlo
-compensators run under a fixed seed (``torch.random.fork_rng``), so the table is reproducible.
+compensators run under a fixed seed (``train.seed``; counter-based nodes, ``mtpp.models.mtpp.evaluation_seed``), so
+the table is reproducible and a sequence's rows do not depend on the batch it was scored in.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAU
     quiet = model.quiet_positions(batch)
     # the positions predicted from: after 0..n events (beyond: padding, never computed); the quiet ones below
     at = positions <= lengths if quiet is None else (positions <= lengths) & ~quiet
+    streams = model.mc_streams(batch)  # [B, L + 1] histories' keys for Monte Carlo nodes (None: not needed)
+    if streams is not None:
+        streams = streams.to(device)
 
     with _autocast_off(device):
         # the three quantiles as trailing query points of ONE icdf call: one bracketing grid, one Newton search
@@ -97,7 +101,8 @@ def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAU
         if quiet is not None:  # after the last event of a window that ends later: given no event before its end
             q, m, marks = model.survived_next(model.last_history(h_time, batch.lengths),
                                               model.last_history(h_mark, batch.lengths), batch.survival_gap / s,
-                                              probs)  # fmt: skip
+                                              probs, stream=None if streams is None
+                                              else model.last_stream(streams, batch.lengths))  # fmt: skip
             lower, median, upper = (torch.where(quiet, x.unsqueeze(-1), y)
                                     for x, y in zip((q * s).unbind(-1), (lower, median, upper)))  # fmt: skip
             if mean is not None:
@@ -105,7 +110,8 @@ def predict_batch(model, batch, level: float = DEFAULT_LEVEL, top_k: int = DEFAU
             flp = torch.where(quiet.unsqueeze(-1), marks.unsqueeze(1), flp)
         # log f at the observed gaps, at the events only
         seen = batch.mask.to(device)
-        dist = model.next_time_distribution(pack_positions(seen, h_time[:, :-1]))  # batch_shape [R, 1]
+        keys = None if streams is None else pack_positions(seen, streams[:, :-1])
+        dist = model.next_time_distribution(pack_positions(seen, h_time[:, :-1]), keys)  # batch_shape [R, 1]
         taus = pack_positions(seen, batch.taus.to(dtype) / s)  # [R, 1]
         log_density = unpack_positions(seen, dist.log_prob(taus) - math.log(s), 0.0)  # [B, L]
     k = min(top_k, model.num_marks)
@@ -151,6 +157,8 @@ def predict_frame(
         raise MtppError("nothing to predict: no sequences")
     ids = np.arange(len(sequences)) if ids is None else np.asarray(ids)
     named = any(s.name is not None for s in sequences)  # a seq_id column: the user's own names of the sequences
+    from mtpp.models.mtpp import evaluation_seed
+
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -162,7 +170,8 @@ def predict_frame(
     frames = []
     bar = tqdm(total=len(sequences), desc="predict", unit="seq", leave=False, disable=None if progress else True)
     try:
-        with torch.random.fork_rng(devices=[param.device.index or 0] if param.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[param.device.index or 0] if param.device.type == "cuda" else []), \
+                evaluation_seed(model, seed):
             torch.manual_seed(seed)
             # similar lengths share a batch (an outlier does not pad the others), rows put back in order below
             for idx in cut_batches(np.argsort(lengths, kind="stable"), lengths, batch_size, max_events):

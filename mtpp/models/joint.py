@@ -83,9 +83,11 @@ class _JointIntensityDecoder(QuadratureDecoder):
         self.num_marks = num_marks
         self.intensity = self.intensity_cls(input_size, num_marks)
 
-    def forward(self, h: Tensor) -> MarkedIntensityDistribution:
+    def forward(self, h: Tensor, stream: Tensor | None = None) -> MarkedIntensityDistribution:
+        """``h: [*batch, D]``; ``stream: [*batch]`` int64 history keys for evaluation's ``"mc"`` (``node_stream``)."""
         method, nodes = self.integration_rule()
-        dist = MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes)
+        dist = MarkedIntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes,
+                                           stream=self.node_stream(h, stream))
         return self._tied(dist)
 
 

@@ -21,6 +21,13 @@ change of variables ``f(tau) = f'(tau / s) / s``; a tie's ``-log F(delta)``, a p
 predicted gaps are multiplied back, so every number that leaves the model is in the data's units. The scale is
 part of the ``state_dict`` (extra state), hence of every checkpoint.
 
+Monte Carlo compensators in evaluation (``model.eval_integration: mc``). The nodes are counter-based
+(``mtpp.models.integrate.counter_uniforms``): a hash of the model's ``mc_seed``, the history (``mc_streams``: the
+events before each position of each sequence), the query gap and the node index. So ``nll``, ``score`` and
+``predict`` in eval mode give each sequence the same numbers whatever batch it is in (batch size, the other
+sequences, their order, the padding, the device) and on every call; ``evaluation_seed`` sets the seed for a block
+(the evaluation functions pass ``train.seed``). In training mode the nodes are fresh ``torch.rand`` draws.
+
 Mark forecasts. ``score`` also returns ``forecast_mark_log_probs``, ``log p(k | H)`` with the next time unknown
 (``mtpp.models.marginal``); ``mark_log_probs`` is ``log p(k | tau_i, H)`` given the observed gap, the quantity of
 ``L_M``. For base LNM / RMTPP the two are the same tensor.
@@ -34,7 +41,8 @@ indexing, no host sync anywhere in ``nll``.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 from dataclasses import dataclass, replace
 
 import math
@@ -44,6 +52,7 @@ from torch import Tensor, nn
 
 from mtpp.data.batch import Batch
 from mtpp.errors import ConfigError
+from mtpp.models import integrate
 from mtpp.models.base import NLLOutput, Scores, TimeDistribution
 from mtpp.models.config import FIRST_EVENT, PARAMETRISATIONS, ModelConfig
 from mtpp.models.marginal import marginal_mark_log_probs
@@ -87,6 +96,22 @@ def unpack_positions(at: Tensor, x: Tensor, fill: float) -> Tensor:
     return out
 
 
+@contextmanager
+def evaluation_seed(model: nn.Module, seed: int) -> Iterator[None]:
+    """Inside the block, ``model.mc_seed = seed`` (the seed of the counter-based Monte Carlo nodes of evaluation,
+    ``MarkedTPP.mc_streams``); restored on exit. A model without ``mc_seed`` is left alone. ``seed``: an int in
+    ``0 .. 2^32 - 1`` (``train.seed``)."""
+    if not hasattr(model, "mc_seed"):
+        yield
+        return
+    before = model.mc_seed
+    model.mc_seed = int(seed)
+    try:
+        yield
+    finally:
+        model.mc_seed = before
+
+
 def _mean_of(dist: TimeDistribution) -> Tensor | None:
     """``dist.mean`` (property or method) where the distribution has a closed-form mean, else ``None``."""
     mean = getattr(type(dist), "mean", None)
@@ -123,6 +148,7 @@ class MarkedTPP(nn.Module):
         self.num_marks = num_marks
         self.parametrisation = cfg.parametrisation
         self._time_scale = 1.0
+        self.mc_seed = 0  # the seed of evaluation's counter-based Monte Carlo nodes (``evaluation_seed``)
 
         self.encoder: nn.Module | None = None
         self.time_encoder: nn.Module | None = None
@@ -243,12 +269,30 @@ class MarkedTPP(nn.Module):
         observed sequence (``last_history``). ``h_mark`` is ``h_time`` unless the encoders are disjoint ("++")."""
         return self._histories(self.in_model_units(batch))
 
-    def next_time_distribution(self, h_time: Tensor) -> TimeDistribution:
+    def next_time_distribution(self, h_time: Tensor, stream: Tensor | None = None) -> TimeDistribution:
         """``f(tau | H)`` of the next gap for histories ``h_time: [..., D]``, **in model units** (a gap ``tau`` in
         data units is ``tau / time_scale`` there, and a density picks up ``1 / time_scale``). Built outside
-        autocast, so its likelihood terms are float32 or float64."""
+        autocast, so its likelihood terms are float32 or float64. ``stream: [...]``: the histories' keys
+        (``mc_streams``, gathered like ``h_time``) for evaluation's Monte Carlo nodes; ``None``: nodes keyed by
+        the query gap alone (see ``QuadratureDecoder.node_stream``)."""
         with _autocast_off(h_time.device):
-            return self._time_head(h_time)
+            return self._head(h_time, stream)
+
+    def mc_streams(self, batch: Batch) -> Tensor | None:
+        """``[B, L + 1]`` int64 keys of the histories of ``batch`` (position ``i``: events ``0..i-1``, as
+        ``histories``) under ``mc_seed`` (``integrate.history_streams``, from the batch's gaps and marks as
+        given), when the time decoder draws counter-based Monte Carlo nodes now (eval mode, ``eval_integration:
+        mc``); ``None`` otherwise (nothing to key)."""
+        if not getattr(self._time_head, "counter_nodes", False):
+            return None
+        return integrate.history_streams(batch.taus, batch.marks, batch.mask, self.mc_seed)
+
+    def _head(self, h: Tensor, stream: Tensor | None = None) -> TimeDistribution:
+        """The time head on ``h: [*batch, D]``, given the histories' keys ``stream: [*batch]`` where there are any
+        (only decoders with Monte Carlo nodes take them)."""
+        if stream is None:
+            return self._time_head(h)
+        return self._time_head(h, stream=stream)
 
     def _mark_log_probs(self, dist: TimeDistribution, h_mark: Tensor, tau: Tensor) -> Tensor:
         """``[B, N, K]`` ``log p(k | tau, H)`` for histories ``h_mark: [B, N, D]`` and gaps ``tau: [B, N]``."""
@@ -262,6 +306,12 @@ class MarkedTPP(nn.Module):
         idx = lengths.clamp(max=h.shape[1] - 1).to(torch.long).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
         return h.gather(1, idx)
 
+    @staticmethod
+    def last_stream(streams: Tensor, lengths: Tensor) -> Tensor:
+        """``[B, 1]``: the key of the history after the last real event (``last_history`` of ``mc_streams``)."""
+        idx = lengths.clamp(max=streams.shape[1] - 1).to(torch.long).view(-1, 1)
+        return streams.gather(1, idx.to(streams.device))
+
     def scored_mask(self, batch: Batch) -> Tensor:
         """``[B, L]`` bool: the scored events ``I`` of the likelihood contract (real events, minus the first with
         ``first_event: skip``)."""
@@ -272,6 +322,7 @@ class MarkedTPP(nn.Module):
         return scored
 
     def _forward(self, batch: Batch, histories: tuple[Tensor, Tensor] | None = None) -> _Forward:
+        streams = self.mc_streams(batch)  # [B, L + 1] or None (not evaluating with Monte Carlo nodes)
         batch = self.in_model_units(batch)
         h_time, h_mark = self._histories(batch) if histories is None else histories
         dtype = h_time.dtype
@@ -279,7 +330,7 @@ class MarkedTPP(nn.Module):
         with _autocast_off(h_time.device):
             taus = torch.where(batch.mask, batch.taus.to(dtype), torch.ones((), dtype=dtype, device=h_time.device))
             head = self._time_head
-            dist = head(h_time[:, :L])
+            dist = self._head(h_time[:, :L], None if streams is None else streams[:, :L])
             mark_lp = self._mark_log_probs(dist, h_mark[:, :L], taus)  # [B, L, K]
 
             scored = self.scored_mask(batch)
@@ -298,7 +349,8 @@ class MarkedTPP(nn.Module):
             gap = batch.survival_gap.to(dtype)
             has_window = gap > 0
             safe_gap = torch.where(has_window, gap, torch.ones_like(gap))
-            last = head(self.last_history(h_time, batch.lengths))  # batch_shape [B, 1]
+            last_stream = None if streams is None else self.last_stream(streams, batch.lengths)
+            last = self._head(self.last_history(h_time, batch.lengths), last_stream)  # batch_shape [B, 1]
             log_s = last.log_survival(safe_gap.unsqueeze(-1)).squeeze(-1)
             survival = torch.where(has_window, -log_s, zero)
 
@@ -483,21 +535,23 @@ class MarkedTPP(nn.Module):
         return unpack_positions(at, q, 0.0), None if mean is None else unpack_positions(at, mean, 0.0), out_marks
 
     def survived_next(self, h_time: Tensor, h_mark: Tensor, elapsed: Tensor, probs: Tensor,
-                      forecast: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
+                      forecast: bool = True, stream: Tensor | None = None,
+                      ) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
         """The next event after a quiet stretch: histories ``h_time, h_mark: [n, 1, D]`` after the last event, of
         which ``elapsed: [n]`` (model units) passed without an event (the window ends after it).
 
         Returns the quantiles ``[n, P]`` of the gap given ``tau > elapsed`` at ``probs: [P]``
         (``mtpp.models.marginal.survived_icdf``; gaps since the last event, model units), its mean
         ``E[tau | tau > elapsed]: [n]`` (``None`` without a closed form) and, with ``forecast``, the mark forecast
-        ``log p(k | H, tau > elapsed): [n, K]``. ``elapsed = 0`` gives the unconditional law's.
+        ``log p(k | H, tau > elapsed): [n, K]``. ``elapsed = 0`` gives the unconditional law's. ``stream: [n, 1]``:
+        the histories' keys (``last_stream`` of ``mc_streams``) for evaluation's Monte Carlo nodes (``F(elapsed)``).
         """
         from mtpp.models.marginal import survived_icdf
 
         n = h_time.shape[0]
         e = elapsed.to(h_time.dtype).unsqueeze(1)  # [n, 1]
         with _autocast_off(h_time.device):
-            dist = self._time_head(h_time)  # batch_shape [n, 1]
+            dist = self._head(h_time, stream)  # batch_shape [n, 1]
             q = survived_icdf(dist, probs.to(h_time.dtype).expand(n, 1, probs.shape[-1]), e).squeeze(1)
             mean_above = getattr(dist, "mean_above", None)
             mean = None if mean_above is None else mean_above(e).squeeze(1)
@@ -546,6 +600,7 @@ class MarkedTPP(nn.Module):
         ``top_k_marks: [B, L + 1, k]``, ``valid: [B, L + 1]``. At padding (``valid`` False) nothing is forecast:
         gaps 0, the mark forecast uniform.
         """
+        streams = self.mc_streams(batch)
         batch = self.in_model_units(batch)
         s = self._time_scale
         h_time, h_mark = self._histories(batch)
@@ -561,9 +616,10 @@ class MarkedTPP(nn.Module):
             median = median.squeeze(-1)
             after = None
             if quiet is not None:  # the last position of sequences whose window ends after their last event
+                last = None if streams is None else self.last_stream(streams, batch.lengths)
                 after = self.survived_next(self.last_history(h_time, batch.lengths),
                                            self.last_history(h_mark, batch.lengths), batch.survival_gap,
-                                           half, forecast=wants_forecast)
+                                           half, forecast=wants_forecast, stream=last)
                 median = torch.where(quiet, after[0], median)
                 if mean is not None:
                     mean = torch.where(quiet, after[1].unsqueeze(-1) if after[1] is not None else torch.nan, mean)
@@ -622,13 +678,14 @@ class MarkedTPP(nn.Module):
         """
         from mtpp.models.marginal import survived_icdf
 
+        streams = self.mc_streams(batch)
         batch = self.in_model_units(batch)
         h_time, h_mark = self._histories(batch)
         h_t = self.last_history(h_time, batch.lengths)  # [B, 1, D]
         h_m = self.last_history(h_mark, batch.lengths)
         dtype, device = h_t.dtype, h_t.device
         with _autocast_off(device):
-            dist = self._time_head(h_t)
+            dist = self._head(h_t, None if streams is None else self.last_stream(streams, batch.lengths))
             u = torch.rand(h_t.shape[0], 1, generator=generator, dtype=dtype, device=device)
             u = u.clamp_min(torch.finfo(dtype).eps)  # (0, 1): icdf(0) would be a zero gap
             tau = survived_icdf(dist, u, batch.survival_gap.to(dtype).unsqueeze(1))  # [B, 1]

@@ -654,6 +654,9 @@ class IntensityDistribution(HazardDistribution):
             intensity used on the integration nodes.
         batch_shape, dtype, device: of the parameters.
         method, num_nodes, generator: the compensator rule (see ``mtpp.models.integrate``).
+        stream: ``[*batch]`` int64 keys of the histories (``integrate.history_streams``) for counter-based Monte
+            Carlo nodes (``integrate.counter_uniforms``; what the decoders pass in evaluation), or ``None``: fresh
+            ``torch.rand`` nodes on every call (training). Used by ``"mc"`` only.
         ground_intensity: ``tau: [*batch, *extra] -> [*batch, *extra]``, ``sum_c lambda_c`` in linear space;
             default: ``component_log_intensity.ground`` when it has one, else ``exp(logsumexp_c log lambda_c)``.
 
@@ -668,6 +671,10 @@ class IntensityDistribution(HazardDistribution):
     instead of recomputing: exactly the same values, and with ``"mc"`` the PIT of ``score`` uses the same nodes as
     its NLL (at gaps below the tie resolution the kept ``Lambda`` is interpolated, see ``log_prob``). Any other
     ``tau`` is computed afresh.
+
+    ``"mc"`` nodes: fresh on every call without ``stream`` (training); with it (evaluation), a function of (the
+    history's key, the query gap, the node index) only (``integrate.counter_uniforms``), so a reported number does
+    not depend on the batching and two evaluations agree.
 
     ``cdf`` uses the configured rule. With ``"mc"`` the compensator is an unbiased estimate of ``Lambda`` and so is
     ``log_prob = log lambda - Lambda`` (linear in it) at ``tau >= delta``, but the ``cdf = 1 - exp(-Lambda)``, the
@@ -687,6 +694,7 @@ class IntensityDistribution(HazardDistribution):
         num_nodes: int = 50,
         generator: torch.Generator | None = None,
         ground_intensity: Callable[[Tensor], Tensor] | None = None,
+        stream: Tensor | None = None,
     ) -> None:
         super().__init__(batch_shape, dtype, device)
         self.component_log_intensity = component_log_intensity
@@ -704,6 +712,7 @@ class IntensityDistribution(HazardDistribution):
         self._grid_by_search = method == "adaptive"  # one point of the rule costs C x N nodes (SAHP)
         self.num_nodes = num_nodes
         self.generator = generator
+        self.stream = stream
         # SAHP's rule costs C x N nodes per point: the grid search is guided by the cheap cumulative guide
         self._guided_search = method == "adaptive" and not getattr(component_log_intensity, "closed_form", False)
 
@@ -727,7 +736,8 @@ class IntensityDistribution(HazardDistribution):
     def _compensator(self, tau: Tensor) -> Tensor:
         if self.method == "adaptive":
             return self._adaptive(tau, self.num_nodes)
-        return integrate.integral(self.ground_intensity, tau, self.method, self.num_nodes, self.generator)
+        stream = None if self.stream is None else self._p(self.stream, tau, 0)
+        return integrate.integral(self.ground_intensity, tau, self.method, self.num_nodes, self.generator, stream)
 
     def cumulative_hazard(self, tau: Tensor) -> Tensor:
         tau = self._align(tau)
@@ -1184,7 +1194,8 @@ class QuadratureDecoder(TiePolicy, nn.Module):
     every parameter value tested, see ``mtpp.models.integrate``), with ``cfg.eval_integration_nodes`` nodes
     (default: ``ADAPTIVE_NODES`` for ``"adaptive"``, else ``cfg.integration_nodes``). Setting ``eval_integration``
     to ``"mc"`` or ``"gauss_legendre"`` is allowed (e.g. to reproduce older runs) but is not normalised for
-    fast-varying intensities.
+    fast-varying intensities. Evaluation's ``"mc"`` nodes are counter-based (``node_stream``): a function of the
+    evaluation seed, the history and the query gap, never of the batching.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -1198,6 +1209,24 @@ class QuadratureDecoder(TiePolicy, nn.Module):
 
     def integration_rule(self) -> tuple[str, int]:
         return self.train_rule if self.training else self.eval_rule
+
+    @property
+    def counter_nodes(self) -> bool:
+        """Whether this decoder's Monte Carlo nodes are counter-based now: evaluation mode with
+        ``eval_integration: mc``; then ``forward`` takes the histories' keys (``integrate.history_streams``)."""
+        return not self.training and self.eval_rule[0] == "mc"
+
+    def node_stream(self, h: Tensor, stream: Tensor | None) -> Tensor | None:
+        """The ``stream`` of the distribution built from ``h: [*batch, D]``: ``None`` in training (fresh nodes on
+        every step, as intended) or under a deterministic rule; in evaluation with ``"mc"``, ``stream: [*batch]``
+        (the histories' keys), or, where the caller has none (a distribution built from bare histories), key 0 for
+        every element: the nodes then depend on the query gap alone, still reproducible and independent of the
+        batching (histories asked at the very same gap share their nodes)."""
+        if not self.counter_nodes:
+            return None
+        if stream is None:
+            return torch.zeros(h.shape[:-1], dtype=torch.int64, device=h.device)
+        return stream.to(h.device)
 
 
 @TIME_DECODERS.register("lnm")
@@ -1282,9 +1311,11 @@ class THPDecoder(QuadratureDecoder):
         super().__init__(cfg)
         self.intensity = SoftplusGapIntensity(input_size, cfg.num_components)
 
-    def forward(self, h: Tensor) -> IntensityDistribution:
+    def forward(self, h: Tensor, stream: Tensor | None = None) -> IntensityDistribution:
+        """``h: [*batch, D]``; ``stream: [*batch]`` int64 history keys for evaluation's ``"mc"`` (``node_stream``)."""
         method, nodes = self.integration_rule()
-        return self._tied(IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes))
+        return self._tied(IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes,
+                                                stream=self.node_stream(h, stream)))
 
 
 @TIME_DECODERS.register("sahp")
@@ -1296,6 +1327,8 @@ class SAHPDecoder(QuadratureDecoder):
         super().__init__(cfg)
         self.intensity = SAHPIntensity(input_size, cfg.num_components)
 
-    def forward(self, h: Tensor) -> IntensityDistribution:
+    def forward(self, h: Tensor, stream: Tensor | None = None) -> IntensityDistribution:
+        """``h: [*batch, D]``; ``stream: [*batch]`` int64 history keys for evaluation's ``"mc"`` (``node_stream``)."""
         method, nodes = self.integration_rule()
-        return self._tied(IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes))
+        return self._tied(IntensityDistribution(self.intensity(h), h.shape[:-1], h.dtype, h.device, method, nodes,
+                                                stream=self.node_stream(h, stream)))

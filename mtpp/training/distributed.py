@@ -257,6 +257,7 @@ def evaluate_sharded(
     (``max_events``: padded events per batch, ``mtpp.data.sampler.cut_batches``)."""
     from mtpp.data.sampler import make_loader
     from mtpp.evaluation.metrics import MetricAccumulator
+    from mtpp.models.mtpp import evaluation_seed
 
     if len(sequences) == 0:
         raise MtppError("cannot evaluate on an empty split")
@@ -266,7 +267,9 @@ def evaluate_sharded(
     model.eval()
     cuda = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=cuda):
+        # Monte Carlo nodes keyed by ``seed`` on every rank (not the rank's seed): a sequence gets the numbers of
+        # the single-process evaluation whichever rank scores it
+        with torch.random.fork_rng(devices=cuda), evaluation_seed(model, seed):
             torch.manual_seed(rank_seed(seed, ctx.rank))
             if part:
                 loader = make_loader(part, batch_size, shuffle=False, dtype=dtype, device_type=device.type,

@@ -745,6 +745,7 @@ class Trainer:
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
         from mtpp.data.sampler import make_loader
+        from mtpp.models.mtpp import evaluation_seed
 
         self.model.eval()
         t = self.cfg.train
@@ -753,7 +754,9 @@ class Trainer:
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # L_T, L_M, scored events, binned L_T
         zero = torch.zeros((), device=self.device)
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        # Monte Carlo nodes keyed by train.seed (not the rank's seed), the final evaluation's: a validation score
+        # does not depend on train.eval_batch_size, train.max_batch_events or the number of ranks
+        with torch.random.fork_rng(devices=cuda), evaluation_seed(self.model, t.seed):
             torch.manual_seed(distributed.rank_seed(t.seed, self.dist.rank))
             if part:
                 loader = make_loader(
