@@ -26,10 +26,11 @@ DT = torch.float64
 MODELS = [("thp", "base"), ("thp", "plusplus"), ("sahp", "base"), ("sahp", "plusplus")]
 
 
-def mc_model(decoder: str, parametrisation: str, rule: str = "mc", nodes: int = 6):
-    """A seeded tiny GRU model in float64, eval mode, evaluating with ``rule`` (``nodes`` nodes)."""
+def mc_model(decoder: str, parametrisation: str, rule: str = "mc", nodes: int = 6, encoder: str = "gru"):
+    """A seeded tiny model (GRU encoder unless said) in float64, eval mode, evaluating with ``rule`` (``nodes``
+    nodes)."""
     torch.manual_seed(0)
-    cfg = tiny_config(encoder="gru", decoder=decoder, parametrisation=parametrisation, integration="mc",
+    cfg = tiny_config(encoder=encoder, decoder=decoder, parametrisation=parametrisation, integration="mc",
                       integration_nodes=4, eval_integration=rule, eval_integration_nodes=nodes)  # fmt: skip
     return build_model(cfg, K).to(DT).eval()
 
@@ -223,14 +224,15 @@ def test_training_still_draws_fresh_nodes():
 # ------------------------------------------------------------------------------------------ sampled continuations
 
 
+@pytest.mark.parametrize("encoder", ["gru", "thp"])  # thp: the key/value-cached process
 @pytest.mark.parametrize("sampler", ["icdf", "thinning"])
-def test_generated_continuations_do_not_depend_on_the_other_histories(sampler):
+def test_generated_continuations_do_not_depend_on_the_other_histories(sampler, encoder):
     """``generate``'s draws are counter-based per row (history, sample, step): a history's continuations are the same
     alone, with other histories, in another order, and in chunks (a small ``max_memory``); before, one generator was
     drawn in row order, so every one of these changed them (sampling-based horizon metrics with them)."""
     from mtpp.forecast.generate import estimate_bytes, generate
 
-    model = mc_model("thp", "base")
+    model = mc_model("thp", "base", encoder=encoder)
     hs = [s for s in sequences(6, seed=5, windows=False) if len(s) > 1][:4]
 
     def rows_of(g, seq: int) -> np.ndarray:
