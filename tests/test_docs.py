@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mkdocs")
-pytest.importorskip("mkdocstrings_handlers.python")
-pytest.importorskip("material")
-
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+SECTIONS = ("data", "model", "train", "gradients", "logging")
 
 
 def test_mkdocs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    pytest.importorskip("material")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     start = time.perf_counter()
     proc = subprocess.run(
@@ -52,3 +53,85 @@ def test_every_catalog_name_is_in_the_dataset_tables():
         rows = [line for line in doc.read_text().splitlines() if line.startswith("| `")]
         listed = {name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row.split("|")[1])}
         assert set(known_names()) <= listed, (doc.name, sorted(set(known_names()) - listed))
+
+
+def _options_by_command() -> dict[str, set[str]]:
+    """``{"train": {"--out", ...}, "data prepare": {...}, ...}``: every option of every (sub-)command."""
+    import argparse
+
+    from mtpp.cli import build_parser
+
+    out: dict[str, set[str]] = {}
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            out.setdefault(path, set()).update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}".strip())
+
+    walk(build_parser(), "")
+    return out
+
+
+def test_every_option_the_docs_name_is_an_option_of_that_command():
+    """Each ``mtpp CMD ... --option`` on a line of the README or a docs page, and each `` `CMD --option` `` span,
+    names an option ``mtpp CMD --help`` lists, so a renamed or removed option cannot stay in the docs."""
+    import re
+
+    options = _options_by_command()
+    commands = "|".join(sorted((c for c in options if c), key=len, reverse=True))
+    wrong = []
+    for doc in DOCS:
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            uses = [(m.group(1), m.group(2).split("mtpp ")[0])
+                    for m in re.finditer(rf"\bmtpp ({commands})\b([^`]*)", line)]
+            uses += re.findall(rf"`({commands}) (--[^`]*)`", line)
+            for command, rest in uses:
+                # `mtpp simulate ... --window`: an option of one of its sub-commands; `mtpp data list | describe NAME
+                # | prepare IN... --out DIR`: a synopsis of the sub-commands of `data`
+                group = command.split()[0] if "|" in rest else command
+                known = set().union(*(o for c, o in options.items() if c == group or c.startswith(group + " ")))
+                for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", rest):
+                    if option not in known:  # `mtpp simulate ... --window`: an option of one of its sub-commands
+                        wrong.append(f"{doc.relative_to(ROOT)}:{number}: mtpp {command} has no {option}")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_every_config_key_and_setting_the_docs_name_exists():
+    """Each ``section.key`` in a code span, each ``--set section.key=value`` and each YAML block of run-config
+    sections in the README and the docs is a key of ``mtpp/config.py`` (and the value one it accepts), so a renamed
+    key cannot stay in the docs."""
+    import dataclasses
+    import re
+
+    import yaml
+
+    from mtpp.config import RunConfig, config_from_dict, load_config
+
+    defaults = RunConfig()
+    keys = {f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(defaults, s))}
+    files = r"\.(?:log|jsonl?|ya?ml|md|csv|tsv|pt|png|parquet|py)$"  # `train.log`, `data.md`: file names
+    wrong = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for span in re.findall(r"`([^`\n]+)`", text):
+            for key in re.findall(rf"(?<![\w./-])((?:{'|'.join(SECTIONS)})\.[a-z_]+)(?![\w.(/])", span):
+                if key not in keys and not re.search(files, span):
+                    wrong.append(f"{doc.relative_to(ROOT)}: unknown key {key} in `{span}`")
+        for pair in re.findall(r"--set[ =]'?((?:%s)\.[a-z_]+=[^\s`'\]]+)" % "|".join(SECTIONS), text):
+            try:
+                load_config(None, [pair])
+            except Exception as e:  # noqa: BLE001 - the message is the finding
+                wrong.append(f"{doc.relative_to(ROOT)}: --set {pair}: {e}")
+        for block in re.findall(r"```ya?ml\n(.*?)```", text, re.S):
+            raw = yaml.safe_load(block)
+            if isinstance(raw, dict) and raw and set(raw) <= set(SECTIONS):
+                try:
+                    config_from_dict(raw)
+                except Exception as e:  # noqa: BLE001
+                    wrong.append(f"{doc.relative_to(ROOT)}: YAML block: {e}")
+            elif isinstance(raw, dict):  # a search space: dotted keys
+                wrong += [f"{doc.relative_to(ROOT)}: YAML block: unknown key {k}" for k in raw
+                          if isinstance(k, str) and k.split(".")[0] in SECTIONS and k not in keys]
+    assert wrong == [], "\n".join(wrong)
