@@ -135,3 +135,29 @@ def test_every_config_key_and_setting_the_docs_name_exists():
                 wrong += [f"{doc.relative_to(ROOT)}: YAML block: unknown key {k}" for k in raw
                           if isinstance(k, str) and k.split(".")[0] in SECTIONS and k not in keys]
     assert wrong == [], "\n".join(wrong)
+
+
+def test_every_metric_name_the_docs_give_is_one_mtpp_writes():
+    """Each metric-like name in a code span of the README and the docs (``nll_*``, ``accuracy_*``, ``horizon_*``,
+    ...) is a metric of ``mtpp.evaluation.report.METRICS`` (what ``metrics.json`` holds and ``mtpp report
+    --metrics`` tabulates) or one of the few other keys mtpp writes: the README named the horizon count calibration
+    ``count_pce``, a key no file has (``metrics.json``: ``horizon_count_pce``)."""
+    import re
+
+    from mtpp.evaluation.report import METRICS
+    from mtpp.tuning import OBJECTIVE_BINNED
+
+    others = {
+        "conflict_rate_steps",  # metrics.json "train": the number of measured steps
+        "mae_tau_mean", "rmse_tau_mean",  # metrics.json, where every batch's decoder has a mean
+        OBJECTIVE_BINNED.split()[-1],  # mtpp tune's objective under train.select_time_on: binned
+    }
+    metric = re.compile(r"(?:nll|accuracy|top\d+|mrr|ece|mce|pce|brier|mae|rmse|horizon|count|conflict)_[\w/@.]*")
+    wrong = []
+    for doc in DOCS:
+        for span in re.findall(r"`([^`\n]+)`", doc.read_text(encoding="utf-8")):
+            for token in re.split(r"[\s,]+", span):
+                token = token.strip("*().:")
+                if metric.fullmatch(token) and not token.endswith("_") and token not in set(METRICS) | others:
+                    wrong.append(f"{doc.relative_to(ROOT)}: {token} in `{span}`")
+    assert wrong == [], "\n".join(wrong)
