@@ -193,3 +193,18 @@ def test_every_python_name_the_docs_give_resolves():
                   for n in imported.split(",") if n.strip()}
         wrong += [f"{doc.relative_to(ROOT)}: {name}" for name in sorted(names - not_python) if not resolves(name)]
     assert wrong == [], "\n".join(wrong)
+
+
+def test_every_repository_file_the_docs_name_exists():
+    """Each ``configs/...yaml``, ``scripts/...py``, ``tests/...py``, ``mtpp/...py`` or top-level ``NAME.md`` the README
+    and the docs point a user to is in the repository."""
+    import re
+
+    wrong = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        paths = set(re.findall(r"(?<![\w/.~-])((?:configs|scripts|tests|mtpp|benchmarks|data)/[\w./-]+\.(?:yaml|py|md))",
+                               text))
+        paths |= set(re.findall(r"(?<![\w/.-])([A-Z][A-Z_]+\.md)\b", text))
+        wrong += [f"{doc.relative_to(ROOT)}: {p}" for p in sorted(paths) if not (ROOT / p).exists()]
+    assert wrong == [], "\n".join(wrong)
