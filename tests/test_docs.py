@@ -208,3 +208,22 @@ def test_every_repository_file_the_docs_name_exists():
         paths |= set(re.findall(r"(?<![\w/.-])([A-Z][A-Z_]+\.md)\b", text))
         wrong += [f"{doc.relative_to(ROOT)}: {p}" for p in sorted(paths) if not (ROOT / p).exists()]
     assert wrong == [], "\n".join(wrong)
+
+
+def test_the_data_guide_names_every_documented_time_unit():
+    """The data guide's "Time units" paragraph lists, per unit, the catalog names whose source documents it (it said
+    days for `ali` alone; the catalog records days for `lastfm_rmtpp` too), and no name without one."""
+    import re
+
+    from mtpp.data.catalog import CATALOG
+
+    text = (ROOT / "docs" / "guide" / "data.md").read_text(encoding="utf-8")
+    paragraph = " ".join(text.split("**Time units.**")[1].split("\n\n")[0].split())
+    listed = {}
+    for unit, names in re.findall(r"(second|hour|day)s for ([^;)]*)", paragraph):
+        for name in re.findall(r"`([a-z0-9_]+)`", names):
+            listed[name] = unit
+        if "GNTPP sets" in names:
+            listed.update({n: unit for n in CATALOG if n.endswith("_gntpp")})
+    recorded = {name: entry.time_unit for name, entry in CATALOG.items() if entry.time_unit}
+    assert listed == recorded
