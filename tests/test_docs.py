@@ -189,8 +189,8 @@ def test_every_python_name_the_docs_give_resolves():
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         names = set(re.findall(r"(?<![\w/])mtpp(?:\.[A-Za-z_]\w*)+", text))
-        names |= {f"{module}.{n.strip()}" for module, imported in re.findall(r"from (mtpp[\w.]*) import ([\w, ]+)", text)
-                  for n in imported.split(",") if n.strip()}
+        imports = re.findall(r"from (mtpp[\w.]*) import ([\w, ]+)", text)
+        names |= {f"{module}.{n.strip()}" for module, imported in imports for n in imported.split(",") if n.strip()}
         wrong += [f"{doc.relative_to(ROOT)}: {name}" for name in sorted(names - not_python) if not resolves(name)]
     assert wrong == [], "\n".join(wrong)
 
@@ -203,8 +203,8 @@ def test_every_repository_file_the_docs_name_exists():
     wrong = []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
-        paths = set(re.findall(r"(?<![\w/.~-])((?:configs|scripts|tests|mtpp|benchmarks|data)/[\w./-]+\.(?:yaml|py|md))",
-                               text))
+        folders = "configs|scripts|tests|mtpp|benchmarks|data"
+        paths = set(re.findall(rf"(?<![\w/.~-])((?:{folders})/[\w./-]+\.(?:yaml|py|md))", text))
         paths |= set(re.findall(r"(?<![\w/.-])([A-Z][A-Z_]+\.md)\b", text))
         wrong += [f"{doc.relative_to(ROOT)}: {p}" for p in sorted(paths) if not (ROOT / p).exists()]
     assert wrong == [], "\n".join(wrong)
