@@ -35,7 +35,10 @@ def replacing(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.is_symlink():  # write where the link points, as open() would; the user's link itself is kept
         path = Path(os.path.realpath(path))
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # the user asked for `path`: the error names it, not a temporary name they never gave
+        raise _naming(e, path, None) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -46,10 +49,27 @@ def replacing(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
         with contextlib.suppress(OSError):  # mkstemp creates 0600: the mode a plain open() gives (umask applied)
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk while writing the temporary file, ...: named as the file being written
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _naming(e, path, tmp) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _naming(e: OSError, path: Path, tmp: Path | None) -> OSError:
+    """``e`` naming ``path`` where it named the temporary file beside it (or nothing: ``mkstemp``'s own failure),
+    so ``mtpp.cli.describe_os_error`` says which output could not be written; other errors are returned as they
+    are."""
+    named = {os.fspath(f) for f in (e.filename, e.filename2) if f is not None}
+    if tmp is not None and os.fspath(tmp) not in named:
+        return e
+    if tmp is None and named and not any(os.path.basename(f).startswith(f".{path.name}.") for f in named):
+        return e
+    out = type(e)(e.errno, e.strerror, os.fspath(path)) if e.errno is not None else e
+    return out
 
 
 def _umask() -> int:

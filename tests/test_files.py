@@ -164,3 +164,38 @@ def test_a_link_at_the_output_is_written_through_and_a_link_to_nothing_is_named(
     err = capsys.readouterr().err
     assert f"{dangling}: a symbolic link to {tmp_path / 'nowhere' / 'runs'}, which does not exist" in err
     assert dangling.is_symlink()
+
+
+def test_an_output_that_cannot_be_written_is_named_not_its_temporary_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    """``mtpp predict RUN --out /proc/x.csv`` (as root: the folder passes the up-front check) said
+    ``error: /proc/.x.csv.pmlbxd80.tmp: No such file or directory``: a temporary name the user never gave. Every write
+    goes through ``replacing``, whose errors (creating the temporary file, or writing it: a full disk) now name the
+    output; other errors in the body pass unchanged, and nothing is left behind."""
+    import tempfile
+
+    target = tmp_path / "x.csv"
+    with pytest.raises(OSError) as caught:
+        with replacing(target) as tmp:  # the disk fills while the temporary file is written
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+    line = describe_os_error(caught.value)
+    assert line.startswith(f"{target}: No space left on device") and ".tmp" not in line
+    other = FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "input.csv"))
+    with pytest.raises(FileNotFoundError) as caught:
+        with replacing(target):
+            raise other
+    assert caught.value is other  # not about the output: as it was
+    assert list(tmp_path.iterdir()) == []
+
+    def refuse(prefix: str = "", suffix: str = "", dir: str | None = None):  # noqa: A002 - mkstemp's name
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir or "", f"{prefix}abc{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as caught:
+        write_text(target, "x")
+    assert caught.value.filename == str(target) and not target.exists()
+    run = tmp_path / "run"
+    make_runs(run)
+    assert main(["report", str(run), "--no-plots"]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(error) == 1 and f"{run / 'summary.csv'}: Permission denied" in error[0] and ".tmp" not in error[0]

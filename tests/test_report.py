@@ -1031,6 +1031,21 @@ def test_one_column_has_one_precision() -> None:
     assert report.column_decimals([math.nan, 0.0]) == 2 and report.column_decimals([123.4, -0.5]) == 1
 
 
+def test_the_stated_precision_rule_is_the_one_applied() -> None:
+    """summary.md's header (and docs/guide/reports.md) said "4 significant digits of its largest mean", but the
+    decimals are capped at 4 and floored at 1: an ECE column of 0.0430 and 0.0058 prints 3 and 2 significant digits,
+    a column of 21412.3 prints 6. The header now states the cap and the floor, and this is what is applied."""
+    assert report.column_decimals([0.0430, 0.0058]) == 4 and report.column_decimals([21412.3, 9.1]) == 1
+    rows = [{"dataset": "sim", "model": model, "metric": "ece_forecast", "mean": mean, "stderr": math.nan, "n": 1}
+            for model, mean in (("lnm", 0.0430), ("thp", 0.0058))]
+    md = report.format_markdown(pd.DataFrame(rows))
+    cells = {r["model"]: r["ece_forecast ↓"] for r in _md_rows(md)}
+    assert cells == {"lnm": "0.0430 ± –", "thp": "**0.0058 ± –**"}
+    assert "at most 4 decimals" in md and "at least 1" in md
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guide" / "reports.md").read_text()
+    assert "at most 4 decimals" in " ".join(guide.split())
+
+
 def test_a_report_of_the_given_time_ece_draws_the_given_time_reliability(runs_root, tmp_path, figures):
     """``mtpp report --metrics ece_given_time`` tabulates the ECE of ``p(k | tau, H)``: its reliability figure is the
     diagram of that distribution, with that ECE, not the forecast's (a number absent from its table)."""
