@@ -91,3 +91,69 @@ def test_evaluate_command_no_mark_forecast_says_not_computed_and_leaves_the_run_
                                        if line.startswith(f"| {run} | test |")).split(" | ")))  # fmt: skip
     assert cells_full["L_M/seq"] == cells["L_M/seq"] and cells_full["PCE"] == cells["PCE"]
     assert cells_full["acc. forecast"] != "not computed"
+
+
+def test_reliability_figure_bins_span_the_observed_confidences_of_many_marks(tmp_path: Path, monkeypatch) -> None:
+    """200 marks: every top-class probability is below 0.1, so the ECE's 10 equal-width bins hold every event in
+    the first one. The figure's bins (from the arrays' fine bins) are 10 bins of about equal event counts over the
+    observed confidences, its axes span them and its axis label says so; the ECE and its bins are unchanged."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    from mtpp.evaluation import plots, report
+    from mtpp.evaluation.metrics import MetricAccumulator, ece, reliability_diagram
+    from mtpp.models.base import NLLOutput, Scores
+
+    g = torch.Generator().manual_seed(1)
+    b, length, k = 40, 25, 200
+    logits = 0.6 * torch.randn(b, length, k, generator=g, dtype=torch.float64)
+    log_probs = torch.log_softmax(logits, -1)
+    labels = torch.distributions.Categorical(logits=logits).sample()
+    mask = torch.ones(b, length, dtype=torch.bool)
+    zeros = torch.zeros(b, length, dtype=torch.float64)
+    nll = NLLOutput(time_nll=zeros.sum(-1), mark_nll=zeros.sum(-1), time_terms=zeros, mark_terms=zeros,
+                    scored=mask, survival_term=zeros.sum(-1))  # fmt: skip
+    scores = Scores(nll=nll, pit=zeros + 0.5, mark_log_probs=log_probs, median_tau=zeros + 1.0, mean_tau=None,
+                    forecast_mark_log_probs=log_probs)  # fmt: skip
+    batch = type("B", (), {"mask": mask, "marks": labels, "taus": zeros + 1.0, "lengths": torch.full((b,), length),
+                           "survival_gap": torch.zeros(b, dtype=torch.float64)})()  # fmt: skip
+    acc = MetricAccumulator()
+    acc.update(scores, batch)
+    metrics, arrays = acc.compute(), acc.arrays()
+    flat_p, flat_y = log_probs.exp().reshape(-1, k), labels.reshape(-1)
+    assert metrics["ece_forecast"] == pytest.approx(ece(flat_p, flat_y), rel=1e-9)  # the ECE as documented
+    coarse = reliability_diagram(flat_p, flat_y)
+    assert arrays["reliability_count_forecast"] == [int(c) for c in coarse["count"]]
+    assert arrays["reliability_count_forecast"][0] == b * length  # all in the first equal-width bin
+    fine = plots.reliability_plot_bins(
+        np.asarray(arrays["reliability_fine_count_forecast"], float),
+        np.nan_to_num(np.asarray(arrays["reliability_fine_confidence_forecast"], float))
+        * np.asarray(arrays["reliability_fine_count_forecast"], float),
+        np.nan_to_num(np.asarray(arrays["reliability_fine_accuracy_forecast"], float))
+        * np.asarray(arrays["reliability_fine_count_forecast"], float),
+        np.asarray(arrays["reliability_fine_edges_forecast"], float))
+    conf = flat_p.max(-1).values.numpy()
+    assert len(fine["count"]) >= 8 and fine["count"].sum() == b * length
+    assert fine["count"].max() <= 2 * b * length / 10  # about equal masses
+    assert fine["edges"][0] <= conf.min() and fine["edges"][-1] >= conf.max() and fine["edges"][-1] < 0.2
+    assert np.all(np.diff(fine["confidence"]) > 0)
+    # the figure: its discs are those bins, its axes end near the largest confidence, its label names the binning
+    run = tmp_path / "runs" / "many"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"decoder": "lnm", "parametrisation": "plus"}}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"nll_time_per_seq": 1.0,
+                                                            "ece_forecast": metrics["ece_forecast"]}}))
+    (run / "arrays_test.json").write_text(json.dumps(arrays))
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    plots.plot_reliability(report.collect_runs(tmp_path / "runs"), tmp_path / "rel.png")
+    (fig,) = figures
+    ax = next(a for a in fig.axes if a.get_title())
+    points = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
+    assert len(points) == len(fine["count"])
+    np.testing.assert_allclose(np.sort(points[:, 0]), fine["confidence"])
+    assert ax.get_xlim()[1] < 0.25 and "equal-count bins" in ax.get_xlabel()
+    assert "10 bins of about equal event counts over the observed confidences" in " ".join(fig._suptitle.get_text().split())
