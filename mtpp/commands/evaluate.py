@@ -170,8 +170,9 @@ def _evaluate_input(args: argparse.Namespace) -> int:
         raise MtppError(f"--input scores the file's sequences: {' and '.join(given)} do not apply with it")
     if args.per_sequence is not None:
         check_table_path(args.per_sequence, False)  # before anything is computed
-    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
-    seqs = run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr))
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                   progress=True)
+    seqs = run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr), progress=True)
     from mtpp.commands._forecast_args import require_scored_events
 
     require_scored_events(seqs, run.cfg.model.first_event, str(args.input), "score longer sequences (mtpp predict "

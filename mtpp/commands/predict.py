@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_table_path(args.out, args.overwrite)  # before the model is loaded and anything predicted
 
-    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                   progress=True)
     seqs, where = input_sequences(run, args)
     if not args.include_next:  # an empty table with 'forecast accuracy nan' said nothing of why
         from mtpp.commands._forecast_args import require_scored_events

@@ -307,7 +307,7 @@ def _evaluate_run(
     run = open_run(run_dir)
     cfg = run.config
     dev = run_device(device, cfg, run.path, cfg.train.tf32)
-    run_data, record, same = run.load_data(data_dir, other_data=other_data)
+    run_data, record, same = run.load_data(data_dir, other_data=other_data, progress=progress)
     if log is not None:
         log(f"{run_dir}: data {describe_data(run_data)}" + ("" if same else " (OTHER data than the run's)"))
     state = run.best_state(map_location=dev)

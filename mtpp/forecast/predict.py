@@ -358,7 +358,7 @@ def predict(
                         f"{type(run_dir_or_model).__name__}")
     if sequences is not None:
         sequences = sequences_of(sequences, split, "predict(sequences=...)")
-    run = load_run(run_dir_or_model, data_dir, device, log=log)
+    run = load_run(run_dir_or_model, data_dir, device, log=log, progress=progress)
     return predict_run(run, run.split(split) if sequences is None else sequences, level=level, top_k=top_k,
                        batch_size=batch_size, include_next=include_next, progress=progress)
 
