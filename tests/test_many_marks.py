@@ -50,6 +50,11 @@ def test_skipping_the_mark_forecast_leaves_its_metrics_out_and_the_others_unchan
     monkeypatch.setattr(ev, "ESTIMATE_SECONDS", 0.0)
     ev.evaluate(plus, data=seqs, batch_size=2, log=lines.append)
     assert len(lines) == 1 and "--no-mark-forecast" in lines[0] and f"{sum(len(s) for s in seqs):,}" in lines[0]
+    done: list[int] = []  # the line comes up front: before the first batch is scored
+    ev.evaluate_model(plus, seqs, batch_size=2, on_batch=lambda: done.append(1),
+                      log=lambda m: lines.append(f"{len(done)} batches done: {m}"))  # fmt: skip
+    assert len(lines) == 2 and lines[1].startswith("0 batches done") and len(done) >= 3
+    lines.pop()
     base = build_model(tiny_config(encoder="gru", decoder="lnm", parametrisation="base"), k)
     ev.evaluate(base, data=seqs, batch_size=2, log=lines.append)
     ev.evaluate(plus, data=seqs, batch_size=2, log=lines.append, mark_forecast=False)

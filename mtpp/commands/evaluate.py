@@ -85,8 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="at most this many prediction points for --horizon (default 1000)")
     p.add_argument("--no-mark-forecast", action="store_true",
                    help="skip the mark forecast p(k | H) (a quadrature over the next gap for every event and mark: "
-                   "slow with many marks for + / ++ and joint THP / SAHP / FNN models; the command estimates its "
-                   "time after the first batch): its columns say 'not computed', and the run's metrics.json and "
+                   "slow with many marks for + / ++ and joint THP / SAHP / FNN models; the command says its estimated "
+                   "time up front when over a minute): its columns say 'not computed', and the run's metrics.json and "
                    "arrays files are not rewritten (they keep the forecast metrics training computed)")
     add_max_events(p)
     p.set_defaults(func=run)

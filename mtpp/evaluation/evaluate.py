@@ -56,8 +56,9 @@ def evaluate_model(
     whose marks depend on the gap ("+" / "++", joint THP / SAHP / FNN) it is a quadrature of ``P x K`` mark
     probabilities per event (``mtpp.models.marginal``), most of the time with many marks; ``False`` skips it: the
     ``*_forecast`` metrics and arrays are absent and ``metrics["mark_forecast"]`` is ``NOT_COMPUTED``. ``log``
-    gets one line after the first batch when the whole evaluation is estimated (time per scored event of that
-    batch x events) to take over ``ESTIMATE_SECONDS`` with the forecast computed, naming how to skip it.
+    gets one line before the first batch is scored when the forecast is estimated (the time of its first
+    ``PROBE_EVENTS`` events, ``_probe_forecast``, x events) to take over ``ESTIMATE_SECONDS``, naming how to skip
+    it.
 
     ``on_batch``: called after each batch (a progress bar). ``time_quantum``: the lattice quantum of the data's
     times (``mtpp.data.lattice.time_lattice`` of the training split, data units): adds ``nll_time_binned_*`` and
@@ -86,10 +87,9 @@ def evaluate_model(
             torch.manual_seed(seed)
             for i, batch in enumerate(loader):
                 batch = batch.to(device, non_blocking=True)
-                start = time.perf_counter() if slow and i == 0 else None
+                if slow and i == 0:
+                    _say_estimate(log, *_probe_forecast(model, batch), sequences, model)
                 acc.update(model.score(batch, forecast=mark_forecast, time_quantum=time_quantum), batch)
-                if start is not None:
-                    _say_estimate(log, time.perf_counter() - start, _events(batch), sequences, model)
                 if on_batch is not None:
                     on_batch()
     finally:
@@ -102,16 +102,33 @@ def evaluate_model(
     return metrics, acc.arrays()
 
 
+PROBE_EVENTS = 8
+"""Events of the first batch whose mark forecast is timed before the evaluation starts (``_probe_forecast``)."""
+
+
+def _probe_forecast(model: nn.Module, batch: Any) -> tuple[float, int]:
+    """``(seconds, events)``: the mark forecast of the first ``PROBE_EVENTS`` events of ``batch`` timed (their
+    histories, ``MarkedTPP.mark_forecast_log_probs``), before anything else is computed, so the estimate comes
+    up front, not after a first batch that may be the whole evaluation."""
+    h_time, h_mark = model.histories(batch)
+    n = min(PROBE_EVENTS, h_time.shape[1] - 1)
+    if n < 1:
+        return 0.0, 0
+    start = time.perf_counter()
+    model.mark_forecast_log_probs(h_time[:1, :n], h_mark[:1, :n])
+    return time.perf_counter() - start, n
+
+
 def _say_estimate(log: Callable[[str], None], seconds: float, events: int, sequences: Sequence[Any],
                   model: nn.Module) -> None:  # fmt: skip
-    """``log`` the estimated evaluation time (``evaluate_model``'s ``log``) when it exceeds ``ESTIMATE_SECONDS``."""
+    """``log`` the estimated time of the mark forecast (``evaluate_model``'s ``log``; ``seconds`` for ``events``
+    probed events) when it exceeds ``ESTIMATE_SECONDS``."""
     total = sum(len(s) for s in sequences)
     estimate = seconds / max(events, 1) * total
-    if estimate > ESTIMATE_SECONDS:
+    if events and estimate > ESTIMATE_SECONDS:
         log(f"the mark forecast p(k | H) of {int(model.num_marks):,} marks is a quadrature over the next gap for "
-            f"every event: its first batch took {seconds:.1f} s for {events:,} events, so about "
-            f"{estimate / 60:.1f} min for these {total:,} (mtpp evaluate --no-mark-forecast, or "
-            "mark_forecast=False, skips the forecast metrics)")
+            f"every event: {seconds:.2f} s for {events} events timed, so about {estimate / 60:.1f} min for these "
+            f"{total:,} (mtpp evaluate --no-mark-forecast, or mark_forecast=False, skips the forecast metrics)")
 
 
 def default_evaluation_events(model: nn.Module) -> int | None:
