@@ -161,7 +161,8 @@ def test_reliability_figure_bins_span_the_observed_confidences_of_many_marks(tmp
     assert len(points) == len(fine["count"])
     np.testing.assert_allclose(np.sort(points[:, 0]), fine["confidence"])
     assert ax.get_xlim()[1] < 0.25 and "equal-count bins" in ax.get_xlabel()
-    assert "10 bins of about equal event counts over the observed confidences" in " ".join(fig._suptitle.get_text().split())
+    title = " ".join(fig._suptitle.get_text().split())
+    assert "10 bins of about equal event counts over the observed confidences" in title
 
 
 class _Bar:
