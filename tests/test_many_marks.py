@@ -214,3 +214,21 @@ def test_reading_a_big_folder_shows_a_bar_counting_its_sequences_when_asked(tmp_
     _Bar.made = []
     load_data(DataConfig(name=str(folder)), progress=True)
     assert len(_Bar.made) == 1 and _Bar.made[0].n == 1200
+
+
+def test_predict_says_the_mark_forecasts_estimated_time_up_front(monkeypatch) -> None:
+    """``mtpp predict``'s rows are the mark forecast: when it is estimated to take long, one line says so before
+    the first batch is predicted (``predict_frame(log=...)``), and the table is the one without the line."""
+    from mtpp.forecast.predict import predict_frame
+
+    torch.manual_seed(0)
+    k = 40
+    seqs = _sequences(k)
+    plus = build_model(tiny_config(encoder="gru", decoder="lnm", parametrisation="plus"), k)
+    lines: list[str] = []
+    quiet = predict_frame(plus, seqs, batch_size=2, log=lines.append)
+    assert lines == []
+    monkeypatch.setattr(ev, "ESTIMATE_SECONDS", 0.0)
+    said = predict_frame(plus, seqs, batch_size=2, log=lines.append)
+    assert len(lines) == 1 and "mark columns are this forecast" in lines[0]
+    assert said.equals(quiet)

@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         require_scored_events(seqs, run.cfg.model.first_event, where, "--include-next forecasts the event after "
                               "each sequence's last one")
     frame = predict_run(run, seqs, level=args.level, top_k=args.top_k, batch_size=args.batch_size,
-                        include_next=args.include_next, progress=True)
+                        include_next=args.include_next, progress=True,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
     path = write_table(frame, args.out, overwrite=args.overwrite)
     shown = sum(c.startswith("mark_") for c in frame.columns)
     if shown < args.top_k:

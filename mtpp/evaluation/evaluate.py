@@ -28,7 +28,9 @@ NOT_COMPUTED = "not computed"
 """``metrics["mark_forecast"]`` when the mark forecast ``p(k | H)`` was skipped (``mark_forecast=False``): the
 ``*_forecast`` metrics are then absent, never 0 or NaN, and a table says "not computed" in their columns."""
 ESTIMATE_SECONDS = 60.0
-"""An evaluation whose mark forecast is estimated (from its first batch) to take longer says so, once."""
+"""An evaluation whose mark forecast is estimated (its first events timed) to take longer says so, once."""
+SKIP_HINT = "mtpp evaluate --no-mark-forecast, or mark_forecast=False, skips the forecast metrics"
+"""What the estimate line of an evaluation names (``_say_estimate``)."""
 
 
 def _events(batch: Any) -> int:
@@ -88,7 +90,7 @@ def evaluate_model(
             for i, batch in enumerate(loader):
                 batch = batch.to(device, non_blocking=True)
                 if slow and i == 0:
-                    _say_estimate(log, *_probe_forecast(model, batch), sequences, model)
+                    forecast_estimate(model, sequences, batch, log)
                 acc.update(model.score(batch, forecast=mark_forecast, time_quantum=time_quantum), batch)
                 if on_batch is not None:
                     on_batch()
@@ -106,6 +108,15 @@ PROBE_EVENTS = 8
 """Events of the first batch whose mark forecast is timed before the evaluation starts (``_probe_forecast``)."""
 
 
+def forecast_estimate(model: nn.Module, sequences: Sequence[Any], batch: Any, log: Callable[[str], None],
+                      hint: str = SKIP_HINT) -> None:  # fmt: skip
+    """One ``log`` line, before ``sequences`` are scored from their first ``batch``, when the mark forecast of
+    ``model`` (a quadrature when its marks depend on the gap) is estimated to take over ``ESTIMATE_SECONDS``
+    (``evaluate_model``; ``mtpp.forecast.predict``, whose rows are that forecast)."""
+    if bool(getattr(model, "marks_depend_on_time", False)):
+        _say_estimate(log, *_probe_forecast(model, batch), sequences, model, hint)
+
+
 def _probe_forecast(model: nn.Module, batch: Any) -> tuple[float, int]:
     """``(seconds, events)``: the mark forecast of the first ``PROBE_EVENTS`` events of ``batch`` timed (their
     histories, ``MarkedTPP.mark_forecast_log_probs``), before anything else is computed, so the estimate comes
@@ -120,15 +131,15 @@ def _probe_forecast(model: nn.Module, batch: Any) -> tuple[float, int]:
 
 
 def _say_estimate(log: Callable[[str], None], seconds: float, events: int, sequences: Sequence[Any],
-                  model: nn.Module) -> None:  # fmt: skip
+                  model: nn.Module, hint: str = SKIP_HINT) -> None:  # fmt: skip
     """``log`` the estimated time of the mark forecast (``evaluate_model``'s ``log``; ``seconds`` for ``events``
-    probed events) when it exceeds ``ESTIMATE_SECONDS``."""
+    probed events) when it exceeds ``ESTIMATE_SECONDS``; ``hint``: what the caller can do about it."""
     total = sum(len(s) for s in sequences)
     estimate = seconds / max(events, 1) * total
     if events and estimate > ESTIMATE_SECONDS:
         log(f"the mark forecast p(k | H) of {int(model.num_marks):,} marks is a quadrature over the next gap for "
             f"every event: {seconds:.2f} s for {events} events timed, so about {estimate / 60:.1f} min for these "
-            f"{total:,} (mtpp evaluate --no-mark-forecast, or mark_forecast=False, skips the forecast metrics)")
+            f"{total:,} ({hint})")
 
 
 def default_evaluation_events(model: nn.Module) -> int | None:
