@@ -184,9 +184,10 @@ def check_same_data(
 
 def load_recorded_data(
     data_cfg: Any, data_dir: str | None, recorded: dict[str, Any] | None,
-    tried: list[tuple[str, dict | None]] | None = None,
+    tried: list[tuple[str, dict | None]] | None = None, progress: bool = False,
 ) -> tuple[Any, dict]:  # fmt: skip
     """``(run_data, its record)`` for a run: the data whose fingerprints match ``recorded`` where possible.
+    ``progress``: a bar counting the sequences read, on a terminal (``mtpp.data.formats.reading_progress``).
 
     Tried in order: the recorded ``source`` (unless ``data_dir`` is given or it is gone); for a dataset given as a
     path (not a catalog name, so ``--data-dir`` has no folder to resolve it in), ``data_dir`` itself as the data
@@ -214,7 +215,7 @@ def load_recorded_data(
     if data_dir is not None and data_cfg.name not in CATALOG and Path(data_dir).exists():
         candidates.append(str(data_dir))
     for where in candidates:
-        found = _load_as(data_cfg, where)
+        found = _load_as(data_cfg, where, progress)
         record = data_record(found, data_cfg) if found is not None else None
         if record is not None and not differing_parts(recorded or {}, record):
             return found, record
@@ -224,7 +225,7 @@ def load_recorded_data(
     from mtpp.training.setup import load_data
 
     try:
-        data = load_data(data_cfg, data_dir)
+        data = load_data(data_cfg, data_dir, progress=progress)
     except DataError as e:  # the recorded folder is gone and the configuration finds nothing either: say both
         if data_dir is not None or not source or Path(source).exists():
             raise
@@ -235,7 +236,7 @@ def load_recorded_data(
     return data, data_record(data, data_cfg)
 
 
-def _load_as(data_cfg: Any, where: str) -> Any:
+def _load_as(data_cfg: Any, where: str, progress: bool = False) -> Any:
     """The run's data read from ``where`` (a split folder or file) under the run's dataset name; ``None`` when it
     does not read as data (e.g. the folder holds something else now)."""
     from dataclasses import replace
@@ -244,7 +245,7 @@ def _load_as(data_cfg: Any, where: str) -> Any:
     from mtpp.training.setup import load_data
 
     try:
-        return load_data(replace(data_cfg, name=where, data_dir=None), None, name=data_cfg.name)
+        return load_data(replace(data_cfg, name=where, data_dir=None), None, name=data_cfg.name, progress=progress)
     except DataError:
         return None
 
@@ -274,14 +275,15 @@ class Run:
         return self.run_info.get("data")
 
     def load_data(self, data_dir: str | None = None, *, other_data: bool = False,
-                  purpose: str = "evaluate") -> tuple[Any, dict, bool]:  # fmt: skip
-        """``(run_data, its record, same)``: the recorded data (see :func:`load_recorded_data`).
+                  purpose: str = "evaluate", progress: bool = False) -> tuple[Any, dict, bool]:  # fmt: skip
+        """``(run_data, its record, same)``: the recorded data (see :func:`load_recorded_data`; ``progress``: its
+        reading bar).
 
         ``same`` is False when the fingerprints differ; that is an ``MtppError`` unless ``other_data``.
         ``purpose``: the command the error names; only ``evaluate`` offers ``--other-data``.
         """
         tried: list[tuple[str, dict | None]] = []
-        data, current = load_recorded_data(self.config.data, data_dir, self.data_record, tried)
+        data, current = load_recorded_data(self.config.data, data_dir, self.data_record, tried, progress)
         recorded = self.data_record
         if not recorded:
             import logging  # one WARNING line (warnings.warn printed a source line of mtpp's code)

@@ -92,7 +92,8 @@ def input_sequences(run: Any, args: argparse.Namespace) -> tuple[list, str]:
     if args.split is not None:
         raise MtppError(f"--input {args.input} and --split {args.split}: give one (the sequences of a file, or a split "
                         "of the run's data)")
-    return run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr)), str(args.input)
+    return run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr),
+                              progress=True), str(args.input)
 
 
 def require_scored_events(seqs: list, first_event: str, where: str, fix: str) -> None:

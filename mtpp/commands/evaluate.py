@@ -83,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=positive_int, help="sampled continuations per point for --horizon (default 32)")
     p.add_argument("--points", type=positive_int,
                    help="at most this many prediction points for --horizon (default 1000)")
+    p.add_argument("--no-mark-forecast", action="store_true",
+                   help="skip the mark forecast p(k | H) (a quadrature over the next gap for every event and mark: "
+                   "slow with many marks for + / ++ and joint THP / SAHP / FNN models; the command says its estimated "
+                   "time up front when over a minute): its columns say 'not computed', and the run's metrics.json and "
+                   "arrays files are not rewritten (they keep the forecast metrics training computed)")
     add_max_events(p)
     p.set_defaults(func=run)
 
@@ -165,8 +170,9 @@ def _evaluate_input(args: argparse.Namespace) -> int:
         raise MtppError(f"--input scores the file's sequences: {' and '.join(given)} do not apply with it")
     if args.per_sequence is not None:
         check_table_path(args.per_sequence, False)  # before anything is computed
-    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
-    seqs = run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr))
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                   progress=True)
+    seqs = run.read_sequences(args.input, sort=args.sort, log=lambda m: print(m, file=sys.stderr), progress=True)
     from mtpp.commands._forecast_args import require_scored_events
 
     require_scored_events(seqs, run.cfg.model.first_event, str(args.input), "score longer sequences (mtpp predict "
@@ -174,7 +180,8 @@ def _evaluate_input(args: argparse.Namespace) -> int:
     bs = args.batch_size or run.cfg.train.evaluation_batch_size
     with run.threads():
         events = run.cfg.train.evaluation_events(int(run.model.num_marks))  # the run's bound, not the default's
-        metrics = evaluate(run.model, data=seqs, batch_size=bs, max_events=events)
+        metrics = evaluate(run.model, data=seqs, batch_size=bs, max_events=events,
+                           mark_forecast=not args.no_mark_forecast, log=lambda m: print(m, file=sys.stderr, flush=True))
         frame = None if args.per_sequence is None else log_likelihood(run.model, seqs, batch_size=bs,
                                                                       max_events=events)
     metrics["first_event"] = run.cfg.model.first_event
@@ -225,7 +232,11 @@ class _Table:
     def _print(self, run_dir: Path, split: str, metrics: dict) -> None:
         from mtpp.training.trainer import fmt_value
 
-        cells = " | ".join(fmt_value(metrics.get(k)) for _, k in self.columns or ())
+        from mtpp.evaluation.evaluate import NOT_COMPUTED
+
+        skipped = metrics.get("mark_forecast") == NOT_COMPUTED  # --no-mark-forecast: said, never n/a / 0 / NaN
+        cells = " | ".join(NOT_COMPUTED if skipped and k.endswith("_forecast") and k not in metrics
+                           else fmt_value(metrics.get(k)) for _, k in self.columns or ())
         print(f"| {run_dir} | {split} | {cells} |", flush=True)
 
 
@@ -268,8 +279,13 @@ def _evaluate_split(run_dir: Path, split: str, args: argparse.Namespace, table: 
         h = None if args.horizon is None else evaluate_run_horizon(
             run_dir, split, args.horizon, args.data_dir, samples=samples, max_points=points,
             max_events=args.max_events or MAX_EVENTS, device=args.device, progress=True, log=log)  # fmt: skip
+        skip = args.no_mark_forecast
         m = evaluate(run_dir, split, args.data_dir, batch_size=args.batch_size, device=args.device,
-                     other_data=args.other_data, log=log, progress=True)  # fmt: skip
+                     other_data=args.other_data, log=log, progress=True, write=not skip,
+                     mark_forecast=not skip)  # fmt: skip
+    if skip:
+        print(f"{run_dir}: {split}: mark forecast not computed (--no-mark-forecast); metrics.json and "
+              f"arrays_{split}.json left as they were", file=sys.stderr, flush=True)
     table.row(run_dir, split, m)
     if h is not None:
         from mtpp.data.catalog import time_unit_text

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     per_sample = samples_table_path(Path(args.out))
     check_table_path(per_sample, args.overwrite)
 
-    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                   progress=True)
     seqs, where = input_sequences(run, args)  # a split of the run's data, or --input FILE's sequences
     if args.input is not None:
         seqs = check_sequences(seqs, int(run.model.num_marks), what=str(args.input), whose=f"the run {run.path}",

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_plot_path(args.out, args.overwrite)  # before the model is loaded
 
-    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                   progress=True)
     seqs, where = input_sequences(run, args)  # a split of the run's data, or --input FILE's sequences
     index = sequence_index(seqs, args.sequence, "--sequence", where)
     seq = check_sequences([seqs[index]], int(run.model.num_marks), what=where, whose=f"the run {run.path}",

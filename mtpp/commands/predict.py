@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_table_path(args.out, args.overwrite)  # before the model is loaded and anything predicted
 
-    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                   progress=True)
     seqs, where = input_sequences(run, args)
     if not args.include_next:  # an empty table with 'forecast accuracy nan' said nothing of why
         from mtpp.commands._forecast_args import require_scored_events
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         require_scored_events(seqs, run.cfg.model.first_event, where, "--include-next forecasts the event after "
                               "each sequence's last one")
     frame = predict_run(run, seqs, level=args.level, top_k=args.top_k, batch_size=args.batch_size,
-                        include_next=args.include_next, progress=True)
+                        include_next=args.include_next, progress=True,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
     path = write_table(frame, args.out, overwrite=args.overwrite)
     shown = sum(c.startswith("mark_") for c in frame.columns)
     if shown < args.top_k:

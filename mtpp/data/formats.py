@@ -80,6 +80,7 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -211,6 +212,41 @@ class ReadResult:
         return sum(len(s) for v in self.parts.values() for s in v)
 
 
+_READING: ContextVar[Any] = ContextVar("mtpp_reading_progress", default=None)
+"""The progress bar of the read in progress (``reading_progress``), or ``None``: every sequence a reader builds
+(``_Builder``) advances it."""
+_TICK = 1000
+"""Sequences per update of the reading bar (one ``tqdm.update`` per ``_TICK`` sequences)."""
+
+
+@contextlib.contextmanager
+def reading_progress(enabled: bool, desc: str) -> Iterator[None]:
+    """While active, a tqdm bar counts the sequences read (``desc``, unit ``seq``; on a terminal only, as every
+    bar of mtpp: ``disable=None``), each file named as it is read (``_note_file``). Reading 100,000 sequences of a
+    split folder took 11 s without a word. Nested reads (a split folder's files) share the outer bar; disabled:
+    nothing."""
+    if not enabled or _READING.get() is not None:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=desc, unit="seq", leave=False, disable=None, unit_scale=True) as bar:
+        bar.pending = 0  # sequences built since the last update
+        token = _READING.set(bar)
+        try:
+            yield
+        finally:
+            _READING.reset(token)
+            bar.update(bar.pending)
+
+
+def _note_file(path: str | Path) -> None:
+    """Name the file being read on the reading bar (``reading_progress``), if any."""
+    bar = _READING.get()
+    if bar is not None:
+        bar.set_postfix_str(Path(path).name, refresh=True)
+
+
 class _Builder:
     """Validates sequences for one file, applying ``ReadOptions`` (sorting, dropping) and counting."""
 
@@ -228,6 +264,12 @@ class _Builder:
 
     def __call__(self, times: Any, marks: Any, index: int, window_end: float | None = None,
                  name: str | None = None) -> EventSequence | None:
+        bar = _READING.get()
+        if bar is not None:
+            bar.pending += 1
+            if bar.pending >= _TICK:
+                bar.update(bar.pending)
+                bar.pending = 0
         if self.options.sort:
             times, marks = self._maybe_sort(times, marks)
         try:
@@ -1715,21 +1757,15 @@ def _read_plain_folder(folder: Path, options: ReadOptions | None, progress: bool
     if rmtpp:
         results.append(read_rmtpp(folder, options=options))
     others = [f for f in files if f.format != "rmtpp"]
-    for f in _progress(others, progress, f"reading {folder.name}"):
-        results.append(_read_file(f.path, options=options, num_marks=default_marks))
+    with reading_progress(progress, f"reading {folder.name}"):
+        for f in others:
+            _note_file(f.path)
+            results.append(_read_file(f.path, options=options, num_marks=default_marks))
     fmts = sorted({r.format for r in results})
     res = _merge(results, str(folder), fmts[0] if len(fmts) == 1 else "+".join(fmts))
     if default_marks is not None:
         res.num_marks = max(res.num_marks, default_marks)
     return res
-
-
-def _progress(items: list, enabled: bool, desc: str) -> Iterable:
-    if not enabled or len(items) < 2:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="file", leave=False, disable=None)
 
 
 def read_any(path: str | Path, *, options: ReadOptions | None = None, progress: bool = False, **kwargs: Any) -> ReadResult:
@@ -1745,7 +1781,8 @@ def read_any(path: str | Path, *, options: ReadOptions | None = None, progress: 
     if not path.exists():
         _check_regular(path)  # a broken symbolic link says so
         raise DataError("no such file or folder", source=str(path))
-    return read_file(path, options=options)
+    with reading_progress(progress, f"reading {path.name}"):
+        return read_file(path, options=options)
 
 
 def remap_marks(res: ReadResult) -> ReadResult:

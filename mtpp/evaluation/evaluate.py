@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,6 +28,17 @@ from mtpp.runs import training_finished  # noqa: F401  (re-exported: where it wa
 METRICS_FILE = "metrics.json"
 RUN_LEVEL_KEYS = ("conflict_rate", "train_events_per_second", "best_epoch", "num_parameters", "first_event")
 SPLITS = ("train", "val", "test")
+NOT_COMPUTED = "not computed"
+"""``metrics["mark_forecast"]`` when the mark forecast ``p(k | H)`` was skipped (``mark_forecast=False``): the
+``*_forecast`` metrics are then absent, never 0 or NaN, and a table says "not computed" in their columns."""
+ESTIMATE_SECONDS = 60.0
+"""An evaluation whose mark forecast is estimated (its first events timed) to take longer says so, once."""
+SKIP_HINT = "mtpp evaluate --no-mark-forecast, or mark_forecast=False, skips the forecast metrics"
+"""What the estimate line of an evaluation names (``_say_estimate``)."""
+
+
+def _events(batch: Any) -> int:
+    return int(batch.mask.sum())  # one host sync per batch: evaluation only
 
 
 @torch.no_grad()
@@ -41,8 +53,18 @@ def evaluate_model(
     on_batch: Callable[[], None] | None = None,
     time_quantum: float | None = None,
     max_events: int | None | str = "auto",
+    mark_forecast: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(metrics, arrays)`` of ``model`` on ``sequences`` (``MetricAccumulator.compute()`` / ``.arrays()``).
+
+    ``mark_forecast``: compute the mark forecast ``p(k | H)`` and its ``*_forecast`` metrics (default). For models
+    whose marks depend on the gap ("+" / "++", joint THP / SAHP / FNN) it is a quadrature of ``P x K`` mark
+    probabilities per event (``mtpp.models.marginal``), most of the time with many marks; ``False`` skips it: the
+    ``*_forecast`` metrics and arrays are absent and ``metrics["mark_forecast"]`` is ``NOT_COMPUTED``. ``log``
+    gets one line before the first batch is scored when the forecast is estimated (the time of its first
+    ``PROBE_EVENTS`` events, ``_probe_forecast``, x events) to take over ``ESTIMATE_SECONDS``, naming how to skip
+    it.
 
     ``on_batch``: called after each batch (a progress bar). ``time_quantum``: the lattice quantum of the data's
     times (``mtpp.data.lattice.time_lattice`` of the training split, data units): adds ``nll_time_binned_*`` and
@@ -67,20 +89,63 @@ def evaluate_model(
     model.eval()
     acc = MetricAccumulator()
     cuda = [device.index or 0] if device.type == "cuda" else []
+    slow = mark_forecast and log is not None and bool(getattr(model, "marks_depend_on_time", False))
     try:
         with torch.random.fork_rng(devices=cuda), evaluation_seed(model, seed):
             torch.manual_seed(seed)
-            for batch in loader:
+            for i, batch in enumerate(loader):
                 batch = batch.to(device, non_blocking=True)
-                acc.update(model.score(batch, time_quantum=time_quantum), batch)
+                if slow and i == 0:
+                    forecast_estimate(model, sequences, batch, log)
+                acc.update(model.score(batch, forecast=mark_forecast, time_quantum=time_quantum), batch)
                 if on_batch is not None:
                     on_batch()
     finally:
         model.train(was_training)
     metrics = acc.compute()
+    if not mark_forecast:
+        metrics["mark_forecast"] = NOT_COMPUTED
     if time_quantum is not None:
         metrics["time_quantum"] = float(time_quantum)
     return metrics, acc.arrays()
+
+
+PROBE_EVENTS = 8
+"""Events of the first batch whose mark forecast is timed before the evaluation starts (``_probe_forecast``)."""
+
+
+def forecast_estimate(model: nn.Module, sequences: Sequence[Any], batch: Any, log: Callable[[str], None],
+                      hint: str = SKIP_HINT) -> None:  # fmt: skip
+    """One ``log`` line, before ``sequences`` are scored from their first ``batch``, when the mark forecast of
+    ``model`` (a quadrature when its marks depend on the gap) is estimated to take over ``ESTIMATE_SECONDS``
+    (``evaluate_model``; ``mtpp.forecast.predict``, whose rows are that forecast)."""
+    if bool(getattr(model, "marks_depend_on_time", False)):
+        _say_estimate(log, *_probe_forecast(model, batch), sequences, model, hint)
+
+
+def _probe_forecast(model: nn.Module, batch: Any) -> tuple[float, int]:
+    """``(seconds, events)``: the mark forecast of the first ``PROBE_EVENTS`` events of ``batch`` timed (their
+    histories, ``MarkedTPP.mark_forecast_log_probs``), before anything else is computed, so the estimate comes
+    up front, not after a first batch that may be the whole evaluation."""
+    h_time, h_mark = model.histories(batch)
+    n = min(PROBE_EVENTS, h_time.shape[1] - 1)
+    if n < 1:
+        return 0.0, 0
+    start = time.perf_counter()
+    model.mark_forecast_log_probs(h_time[:1, :n], h_mark[:1, :n])
+    return time.perf_counter() - start, n
+
+
+def _say_estimate(log: Callable[[str], None], seconds: float, events: int, sequences: Sequence[Any],
+                  model: nn.Module, hint: str = SKIP_HINT) -> None:  # fmt: skip
+    """``log`` the estimated time of the mark forecast (``evaluate_model``'s ``log``; ``seconds`` for ``events``
+    probed events) when it exceeds ``ESTIMATE_SECONDS``; ``hint``: what the caller can do about it."""
+    total = sum(len(s) for s in sequences)
+    estimate = seconds / max(events, 1) * total
+    if events and estimate > ESTIMATE_SECONDS:
+        log(f"the mark forecast p(k | H) of {int(model.num_marks):,} marks is a quadrature over the next gap for "
+            f"every event: {seconds:.2f} s for {events} events timed, so about {estimate / 60:.1f} min for these "
+            f"{total:,} ({hint})")
 
 
 def default_evaluation_events(model: nn.Module) -> int | None:
@@ -192,6 +257,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     progress: bool = False,
     max_events: int | None | str = "auto",
+    mark_forecast: bool = True,
 ) -> dict[str, Any]:
     """Metrics of a run directory's ``best.pt`` (or of a model) on ``split``.
 
@@ -212,12 +278,16 @@ def evaluate(
     ``batch_size``: a positive integer, or ``None`` for the default (the run's ``train.eval_batch_size``, else
     4 x its ``train.batch_size``; 256 for a model). ``max_events``: padded events per batch (``evaluate_model``);
     ``"auto"``: the run's ``TrainConfig.evaluation_events`` for its marks (a model: the default configuration's).
+    ``mark_forecast=False``: skip the mark forecast (``evaluate_model``; ``metrics["mark_forecast"]`` says
+    ``NOT_COMPUTED``); a run directory's files are then not written (``write`` is refused: they would lose the
+    forecast metrics that training computed). ``log`` also gets the estimate of a slow mark forecast.
     """
     from mtpp.data.checks import check_batch_size, check_sequences, sequences_of
 
     if split == "all":
         return {s: evaluate(run_dir_or_model, s, data_dir, data=data, batch_size=batch_size, device=device,
-                            write=write, other_data=other_data, log=log, progress=progress, max_events=max_events)
+                            write=write, other_data=other_data, log=log, progress=progress, max_events=max_events,
+                            mark_forecast=mark_forecast)
                 for s in ("val", "test")}
     if split not in SPLITS:
         raise MtppError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}, all")
@@ -237,7 +307,8 @@ def evaluate(
             raise MtppError(f"{what}: {len(seqs)} sequence(s) of one event each and no scored event (the model's "
                             "first_event: skip leaves each sequence's first event unscored): score longer sequences, "
                             "or use mtpp.log_likelihood for each sequence's terms")
-        metrics, _ = evaluate_model(model, seqs, batch_size=batch_size or 256, device=device, max_events=max_events)
+        metrics, _ = evaluate_model(model, seqs, batch_size=batch_size or 256, device=device, max_events=max_events,
+                                    mark_forecast=mark_forecast, log=log)
         return metrics
     if not isinstance(run_dir_or_model, (str, Path)):
         raise MtppError(f"evaluate: expected a run directory or a model (MarkedTPP), got "
@@ -248,15 +319,18 @@ def evaluate(
     from mtpp.runs import open_run, torch_threads
 
     run_dir = Path(run_dir_or_model)
+    if write and not mark_forecast:
+        raise MtppError(f"{run_dir}: evaluate(..., mark_forecast=False) leaves out the forecast metrics, so it does "
+                        "not rewrite the run's metrics.json / arrays files: pass write=False")
     with torch_threads(open_run(run_dir).config.train.threads):  # the run's train.threads, not every core
         return _evaluate_run(run_dir, split, data_dir, batch_size, device, write, other_data, log, progress,
-                             max_events)
+                             max_events, mark_forecast)
 
 
 def _evaluate_run(
     run_dir: Path, split: str, data_dir: str | None, batch_size: int | None, device: str | None, write: bool,
     other_data: bool = False, log: Callable[[str], None] | None = None, progress: bool = False,
-    max_events: int | None | str = "auto",
+    max_events: int | None | str = "auto", mark_forecast: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     from tqdm.auto import tqdm
 
@@ -267,7 +341,7 @@ def _evaluate_run(
     run = open_run(run_dir)
     cfg = run.config
     dev = run_device(device, cfg, run.path, cfg.train.tf32)
-    run_data, record, same = run.load_data(data_dir, other_data=other_data)
+    run_data, record, same = run.load_data(data_dir, other_data=other_data, progress=progress)
     if log is not None:
         log(f"{run_dir}: data {describe_data(run_data)}" + ("" if same else " (OTHER data than the run's)"))
     state = run.best_state(map_location=dev)
@@ -289,7 +363,8 @@ def _evaluate_run(
               disable=None if progress else True) as bar:  # fmt: skip
         metrics, arrays = evaluate_model(model, seqs, batch_size=bs, device=dev, dtype=DTYPES[cfg.data.dtype],
                                          seed=cfg.train.seed, time_quantum=quantum, on_batch=bar.update,
-                                         max_events=events)  # fmt: skip
+                                         max_events=events, mark_forecast=mark_forecast,
+                                         log=None if log is None else lambda msg: log(f"{run_dir}: {msg}"))  # fmt: skip
     metrics["first_event"] = cfg.model.first_event
     if write:
         key = hashlib.sha256("".join(p["sha256"] for p in record["parts"].values()).encode()).hexdigest()[:12]

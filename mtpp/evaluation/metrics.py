@@ -74,7 +74,14 @@ if TYPE_CHECKING:  # pragma: no cover
 PIT_BINS = 50
 """Number of PIT bins / CDF grid points ``j/50`` used by PCE."""
 CALIBRATION_BINS = 10
-"""Number of equal-width confidence bins of ECE / MCE / the reliability diagram."""
+"""Number of equal-width confidence bins of ECE / MCE (and of the reliability diagram of runs without the fine
+bins below)."""
+FINE_RELIABILITY_EDGES = np.concatenate([[0.0], np.logspace(-6, 0, 301)])
+"""Edges of the fine, log-spaced confidence bins (50 per decade from 1e-6 to 1, and ``[0, 1e-6)``) whose sums the
+accumulator also keeps for the reliability *figure* only (``mtpp.evaluation.plots.reliability_plot_bins`` merges
+them into equal-mass bins over the observed confidences): with ``K`` marks the top-class probability can be as low
+as ``1 / K`` (with 200 marks every event's was below 0.1, all in the first equal-width bin). ECE / MCE never use
+them."""
 TOPK = (1, 3, 5, 10)
 """The ``k`` of the top-``k`` accuracies reported by :class:`MetricAccumulator` (those below ``K``:
 :func:`topk_reported`)."""
@@ -294,6 +301,7 @@ MARK_KINDS = ("given_time", "forecast")
 
 _MARK_SCALARS = ("nll_mark", "brier", "rr", *(f"top{k}" for k in TOPK))
 _MARK_HISTOGRAMS = ("cal_count", "cal_conf", "cal_acc")
+_FINE_HISTOGRAMS = ("fine_count", "fine_conf", "fine_acc")
 _SCALARS = (
     "num_sequences",
     "num_events",
@@ -352,6 +360,8 @@ class MetricAccumulator:
         for kind in MARK_KINDS:
             for name in _MARK_HISTOGRAMS:
                 state[f"{name}/{kind}"] = torch.zeros(self.calibration_bins, dtype=dt, device=device)
+            for name in _FINE_HISTOGRAMS:
+                state[f"{name}/{kind}"] = torch.zeros(len(FINE_RELIABILITY_EDGES) - 1, dtype=dt, device=device)
         self._state = state
         return state
 
@@ -444,12 +454,17 @@ class MetricAccumulator:
         sums["brier"] = masked((probs * probs).sum(-1) - 2.0 * p_true + 1.0).sum()
         conf = probs.max(-1).values
         cal_idx = _bin_index(conf.clamp(0.0, 1.0), self.calibration_bins).reshape(-1)
+        inner = torch.as_tensor(FINE_RELIABILITY_EDGES[1:-1], dtype=conf.dtype, device=conf.device)
+        fine_idx = torch.bucketize(conf.clamp(0.0, 1.0), inner, right=True).reshape(-1)  # [lo, hi); 1 in the last
         for kind in kinds:
             for name, value in sums.items():
                 state[f"{name}/{kind}"] += value
             state[f"cal_count/{kind}"].index_add_(0, cal_idx, w.reshape(-1))
             state[f"cal_conf/{kind}"].index_add_(0, cal_idx, masked(conf).reshape(-1))
             state[f"cal_acc/{kind}"].index_add_(0, cal_idx, masked(top1).reshape(-1))
+            state[f"fine_count/{kind}"].index_add_(0, fine_idx, w.reshape(-1))
+            state[f"fine_conf/{kind}"].index_add_(0, fine_idx, masked(conf).reshape(-1))
+            state[f"fine_acc/{kind}"].index_add_(0, fine_idx, masked(top1).reshape(-1))
 
     def merge(self, other: "MetricAccumulator") -> "MetricAccumulator":
         """Add ``other``'s state into this one (same bins); returns ``self``."""
@@ -563,7 +578,8 @@ class MetricAccumulator:
         """Plot arrays as JSON-ready lists (``None`` for empty bins).
 
         Per mark kind (``_given_time`` / ``_forecast`` suffix): ``reliability_edges_*`` (bins + 1),
-        ``reliability_count_*``, ``reliability_confidence_*``, ``reliability_accuracy_*`` (per confidence bin);
+        ``reliability_count_*``, ``reliability_confidence_*``, ``reliability_accuracy_*`` (per confidence bin, those
+        of ECE), and the same four as ``reliability_fine_*`` on ``FINE_RELIABILITY_EDGES`` (for the figure);
         ``pit_edges`` (51), ``pit_counts`` (50, bins
         ``((j-1)/50, j/50]``), ``pit_cdf`` (50, the empirical CDF at ``j/50``); where the times were scored on a
         lattice, ``pit_cdf_binned`` (50, the mean CDF of the bins' non-randomised PIT at ``j/50``, whose PCE is
@@ -585,6 +601,13 @@ class MetricAccumulator:
                 f"reliability_count_{kind}": [int(c) for c in diagram["count"]],
                 f"reliability_confidence_{kind}": lst(diagram["confidence"]),
                 f"reliability_accuracy_{kind}": lst(diagram["accuracy"]),
+            })  # fmt: skip
+            fine = _reliability_from_sums(s[f"fine_count/{kind}"], s[f"fine_conf/{kind}"], s[f"fine_acc/{kind}"])
+            out.update({
+                f"reliability_fine_edges_{kind}": lst(FINE_RELIABILITY_EDGES),
+                f"reliability_fine_count_{kind}": [int(c) for c in fine["count"]],
+                f"reliability_fine_confidence_{kind}": lst(fine["confidence"]),
+                f"reliability_fine_accuracy_{kind}": lst(fine["accuracy"]),
             })  # fmt: skip
         return {
             **out,

@@ -488,6 +488,8 @@ def _pooled_arrays(part: pd.DataFrame, section: str,
                    kind_wanted: str = RELIABILITY_KIND) -> dict[str, np.ndarray] | None:  # fmt: skip
     count = conf_sum = acc_sum = pit = binned = None
     edges = pit_edges = None
+    fine: dict[str, np.ndarray] | None = None  # the fine bins (figure only), pooled while every run has them
+    all_fine = True
     all_binned = True
     kinds: set[str] = set()
     distinct: dict[Any, float] = {}  # split -> events of its largest run: runs of one split share their test events
@@ -508,6 +510,18 @@ def _pooled_arrays(part: pd.DataFrame, section: str,
             conf_sum = c * conf if conf_sum is None else conf_sum + c * conf
             acc_sum = c * acc if acc_sum is None else acc_sum + c * acc
             edges = np.asarray(a.get(f"reliability_edges_{kind}") or np.linspace(0, 1, len(c) + 1), dtype=float)
+            if a.get(f"reliability_fine_count_{kind}") is None:
+                all_fine = False
+            elif all_fine:
+                fc = np.asarray(a[f"reliability_fine_count_{kind}"], dtype=float)
+                fconf = fc * np.nan_to_num(np.asarray(a[f"reliability_fine_confidence_{kind}"], dtype=float))
+                facc = fc * np.nan_to_num(np.asarray(a[f"reliability_fine_accuracy_{kind}"], dtype=float))
+                if fine is None:
+                    fine = {"count": fc, "conf_sum": fconf, "acc_sum": facc,
+                            "edges": np.asarray(a[f"reliability_fine_edges_{kind}"], dtype=float)}
+                else:
+                    fine = {**fine, "count": fine["count"] + fc, "conf_sum": fine["conf_sum"] + fconf,
+                            "acc_sum": fine["acc_sum"] + facc}
         if a.get("pit_counts") is not None:
             p = np.asarray(a["pit_counts"], dtype=float)
             pit = p if pit is None else pit + p
@@ -526,11 +540,47 @@ def _pooled_arrays(part: pd.DataFrame, section: str,
         with np.errstate(invalid="ignore", divide="ignore"):
             out.update(count=count, confidence=conf_sum / count, accuracy=acc_sum / count, edges=edges)
         out["kind"] = kinds.pop() if len(kinds) == 1 else "mixed"  # type: ignore[assignment]
+        if all_fine and fine is not None:
+            out["fine"] = fine  # type: ignore[assignment]
     if pit is not None:
         out.update(pit_counts=pit, pit_edges=pit_edges, independent_events=sum(distinct.values()))
         if all_binned and binned is not None:
             out["pit_cdf_binned"] = binned / pit.sum()
     return out
+
+
+RELIABILITY_PLOT_BINS = 10
+"""Bins of the reliability figure: equal-mass bins over the observed confidences (``reliability_plot_bins``)."""
+
+
+def reliability_plot_bins(count: np.ndarray, conf_sum: np.ndarray, acc_sum: np.ndarray, edges: np.ndarray,
+                          bins: int = RELIABILITY_PLOT_BINS) -> dict[str, np.ndarray]:  # fmt: skip
+    """The reliability figure's bins from fine confidence bins (``count``, ``conf_sum``, ``acc_sum`` per fine bin
+    ``[edges[i], edges[i+1])``; ``mtpp.evaluation.metrics.FINE_RELIABILITY_EDGES``): consecutive fine bins merged
+    into at most ``bins`` bins of about equal event counts (the first fine bin where the running count passes
+    ``j / bins`` of the events closes bin ``j``), empty fine bins dropped from both ends, so the bins span the
+    observed confidences whatever the number of marks (with ``K`` marks the top-class probability can be as low as
+    ``1 / K``; 10 equal-width bins on ``[0, 1]`` put every event of a 200-mark model in the first).
+
+    Returns ``count``, ``confidence`` and ``accuracy`` (means per bin) and ``edges`` (``len + 1``, each a fine
+    edge); the ECE of the tables is not computed from them (it keeps its equal-width bins)."""
+    count = np.asarray(count, dtype=float)
+    nonzero = np.flatnonzero(count > 0)
+    if nonzero.size == 0:
+        return {"count": np.zeros(0), "confidence": np.zeros(0), "accuracy": np.zeros(0), "edges": np.zeros(1)}
+    lo, hi = int(nonzero[0]), int(nonzero[-1]) + 1
+    c, cs, acs = count[lo:hi], np.asarray(conf_sum, float)[lo:hi], np.asarray(acc_sum, float)[lo:hi]
+    running = np.cumsum(c)
+    total = running[-1]
+    # fine bin i closes a figure bin where the running count first reaches each j / bins of the events
+    cuts = np.unique(np.searchsorted(running, total * np.arange(1, bins + 1) / bins - 1e-9 * total)) + 1
+    starts = np.concatenate([[0], cuts[:-1]])
+    n = np.add.reduceat(c, starts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.add.reduceat(cs, starts) / n
+        acc = np.add.reduceat(acs, starts) / n
+    fine_edges = np.asarray(edges, dtype=float)[lo : hi + 1]
+    return {"count": n, "confidence": conf, "accuracy": acc, "edges": fine_edges[np.concatenate([starts, [hi - lo]])]}
 
 
 FEW_EVENTS = 30
@@ -548,7 +598,10 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
     (hollow and faded below :data:`FEW_EVENTS` events or 1 % of them), the diagonal, and the share of events
     per bin as grey bars. The ECE in each panel is the one of the tables for that distribution
     (``ece_forecast`` / ``ece_given_time``: mean ± standard error of the runs' ECEs), not a value recomputed from
-    the pooled bins."""
+    the pooled bins. Bins: :data:`RELIABILITY_PLOT_BINS` of about equal event counts over the observed confidences
+    (:func:`reliability_plot_bins` of the arrays' fine bins), both axes to the observed range when it ends below
+    0.5 (many marks); runs whose arrays predate the fine bins: the 10 equal-width bins of the ECE. The axis label
+    and the title say which."""
     _, cells = _cells(runs)
     models = [(label, part, arr) for label, part in cells
               if (arr := _pooled_arrays(part, section, kind)) is not None and "count" in arr]
@@ -556,7 +609,11 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         return None
     fig, axes = _grid(len(models))
     colors = _colors(len(models))
+    equal_mass = all("fine" in a for _, _, a in models)
     for ax, (label, part, a), c in zip(axes, models, colors):
+        if equal_mass:  # bins over the observed confidences, about equal counts (the ECE keeps equal widths)
+            f = a["fine"]
+            a = {**a, **reliability_plot_bins(f["count"], f["conf_sum"], f["acc_sum"], f["edges"])}
         n = a["count"].sum()
         ok = a["count"] > 0
         few = ok & ((a["count"] < FEW_EVENTS) | (a["count"] < 0.01 * n))
@@ -572,7 +629,11 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})  # above the discs
         ax.set_zorder(share_ax.get_zorder() + 1)
         ax.patch.set_visible(False)
-        ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
+        top_value = 1.0
+        if equal_mass and ok.any():  # both axes to the observed range (the diagonal stays the diagonal)
+            seen = np.concatenate([a["edges"][1:][ok], a["accuracy"][ok]])
+            top_value = 1.0 if seen.max() > 0.5 else float(np.ceil(seen.max() * 1.1 * 100) / 100)
+        ax.plot([0, top_value], [0, top_value], color="gray", ls="--", lw=1)
         sizes = 400 * share
         solid, faint = ok & ~few, few
         ax.plot(a["confidence"][solid], a["accuracy"][solid], color=c, lw=1, alpha=0.6)
@@ -582,13 +643,16 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
                    edgecolor="white", lw=0.5, zorder=3, clip_on=False)
         ax.scatter(a["confidence"][faint], a["accuracy"][faint], s=np.maximum(sizes[faint], 6),
                    facecolor="none", edgecolor=c, alpha=0.45, lw=1, zorder=3, clip_on=False)
-        ax.set_xlim(-0.05, 1.05)
-        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlim(-0.05 * top_value, 1.05 * top_value)
+        ax.set_ylim(-0.05 * top_value, 1.05 * top_value)
         ax.grid(alpha=0.3)
         kind = str(a["kind"])
         ece = _table_value(part, f"ece_{kind}") if kind != "mixed" else "n/a (forecast and given-time runs mixed)"
         ax.set_title(_wrap(f"{label}: ECE {ece}", PANEL_TITLE_CHARS), fontsize=9)
-    _label_axes(axes, len(models), "confidence (top-class probability)", "accuracy (share of top-1 hits)")
+    binning = (f"{RELIABILITY_PLOT_BINS} bins of about equal event counts over the observed confidences"
+               if equal_mass else f"{len(models[0][2]['count'])} equal-width bins")
+    short = "equal-count bins" if equal_mass else "equal-width bins"
+    _label_axes(axes, len(models), f"confidence (top-class prob., {short})", "accuracy (share of top-1 hits)")
     head = f"{title}: " if title else ""
     wrapped_suptitle(
         fig,
@@ -596,7 +660,7 @@ def plot_reliability(runs: pd.DataFrame, path: str | Path, title: str = "", sect
         f"({section}; {_pooled_note(runs)})\n"
         f"disc area ∝ events in the bin; hollow: < {FEW_EVENTS} events or < 1 % (too few to judge)\n"
         "grey bars: share of events per bin, the tallest (its share written on it) a quarter of the panel's height; "
-        "ECE as in the tables",
+        f"bins: {binning}; ECE as in the tables (10 equal-width bins)",
     )
     return _save(fig, Path(path))
 

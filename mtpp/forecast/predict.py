@@ -141,9 +141,12 @@ def predict_frame(
     ids: Sequence[int] | None = None,
     progress: bool = False,
     max_events: int | None | str = "auto",
+    log: Callable[[str], None] | None = None,
 ):
     """The table of the module docstring for ``sequences`` (a ``pandas.DataFrame``, rows in the order of
-    ``sequences``); ``progress``: a bar over the sequences on a terminal. Batches hold sequences of similar length,
+    ``sequences``); ``progress``: a bar over the sequences on a terminal; ``log``: one line up front when the mark
+    forecast (a quadrature with many marks) is estimated to take over a minute
+    (``mtpp.evaluation.evaluate.forecast_estimate``). Batches hold sequences of similar length,
     at most ``batch_size`` of them and ``max_events`` padded events (``mtpp.data.sampler.cut_batches``;
     ``"auto"``: the default run's bound for the model's marks, ``mtpp.config.TrainConfig.evaluation_events``)."""
     import pandas as pd
@@ -178,6 +181,11 @@ def predict_frame(
                 idx = np.sort(idx)  # within a batch the given order (all in one batch: the batch of the list)
                 chunk = [sequences[i] for i in idx]
                 batch = collate(chunk, dtype=param.dtype).to(param.device)
+                if log is not None and not frames:
+                    from mtpp.evaluation.evaluate import forecast_estimate
+
+                    forecast_estimate(model, sequences, batch, log, "the mark columns are this forecast; fewer "
+                                      "sequences (--input FILE) take less")
                 out = predict_batch(model, batch, level, top_k)
                 frames.append(_rows(chunk, ids[idx], batch, out, include_next, level, named, positions=idx))
                 bar.update(len(chunk))
@@ -367,13 +375,14 @@ def predict(
                         f"{type(run_dir_or_model).__name__}")
     if sequences is not None:
         sequences = sequences_of(sequences, split, "predict(sequences=...)")
-    run = load_run(run_dir_or_model, data_dir, device, log=log)
+    run = load_run(run_dir_or_model, data_dir, device, log=log, progress=progress)
     return predict_run(run, run.split(split) if sequences is None else sequences, level=level, top_k=top_k,
                        batch_size=batch_size, include_next=include_next, progress=progress)
 
 
 def predict_run(run, sequences: Sequence[EventSequence], *, level: float = DEFAULT_LEVEL, top_k: int = DEFAULT_TOP_K,
-                batch_size: int | None = None, include_next: bool = False, progress: bool = False):
+                batch_size: int | None = None, include_next: bool = False, progress: bool = False,
+                log: Callable[[str], None] | None = None):
     """:func:`predict`'s table for a loaded run (``mtpp.forecast.runs.load_run``) on ``sequences`` (its own split's,
     or others, checked against its model first), computed with the run's threads, its seed and batch size (unless
     ``batch_size``), marks given back in the data's own ids where the run's data were remapped."""
@@ -385,6 +394,6 @@ def predict_run(run, sequences: Sequence[EventSequence], *, level: float = DEFAU
     events = run.cfg.train.evaluation_events(int(run.model.num_marks))  # the run's bound on a batch's padded events
     with run.threads():
         frame = predict_frame(run.model, seqs, level=level, top_k=top_k, batch_size=bs, include_next=include_next,
-                              seed=run.cfg.train.seed, progress=progress, max_events=events)
+                              seed=run.cfg.train.seed, progress=progress, max_events=events, log=log)
     # marks in the data's own ids where they were remapped (a model's marks are 0..K-1)
     return source_marks(frame, getattr(run.data, "mark_ids", None), mark_columns(frame))

@@ -34,7 +34,7 @@ class LoadedRun:
         return self.data.split(name)
 
     def read_sequences(self, path: str | Path, *, sort: bool = False,
-                       log: Callable[[str], None] | None = None) -> list:  # fmt: skip
+                       log: Callable[[str], None] | None = None, progress: bool = False) -> list:  # fmt: skip
         """The sequences of a file or folder of the user's (any format ``mtpp.data.formats.read_any`` reads: a CSV /
         Parquet table, EasyTPP JSON, ...), every part in file order, their marks in the model's ids ``0..K-1``.
 
@@ -44,7 +44,7 @@ class LoadedRun:
         ``K`` (``mtpp.data.checks.check_sequences``: a ``DataError`` naming the file, the sequence and its
         ``seq_id``). ``sort``: sort an unsorted sequence (stable) instead of refusing it; ``log`` gets the line
         saying how many were sorted (refused without ``sort``: the ``DataError`` names ``--sort``). A table's
-        ``seq_id`` stays the sequences' ``name``."""
+        ``seq_id`` stays the sequences' ``name``. ``progress``: a bar counting the sequences read (on a terminal)."""
         import re
 
         import numpy as np
@@ -56,7 +56,7 @@ class LoadedRun:
         ids = getattr(self.data, "mark_ids", None)
         with notes_reported():  # said below, but for the reader's advice on the file's mark ids
             try:
-                res = read_any(path, options=ReadOptions(sort=sort))
+                res = read_any(path, options=ReadOptions(sort=sort), progress=progress)
             except DataError as e:  # the reader's fix names a run config's data.sort; here it is this call's sort
                 if "not sorted" not in e.problem:
                     raise
@@ -107,12 +107,13 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | None = None,
-             log: Callable[[str], None] | None = None) -> LoadedRun:
+             log: Callable[[str], None] | None = None, progress: bool = False) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from ``config.yaml`` and ``best.pt`` and load its data; ``log`` gets one
     line saying which data (name, source folder, split, sizes), as ``mtpp evaluate`` prints it, and a warning when
     the run's training has not finished (interrupted, or still running: ``best.pt`` is the best model so far, as
     ``mtpp evaluate`` warns). The caller's torch thread count is left as it is: compute inside
-    :meth:`LoadedRun.threads` to use the run's ``train.threads``."""
+    :meth:`LoadedRun.threads` to use the run's ``train.threads``. ``progress``: a bar counting the sequences read
+    (on a terminal)."""
     from mtpp.runs import describe_data, open_run, training_finished
     from mtpp.training import checkpoint
     from mtpp.training.setup import DTYPES, build_run_model, run_device
@@ -123,7 +124,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str | Non
         raise MtppError(f"{run_dir}: no {checkpoint.BEST} (the run has not finished an epoch)")
     cfg = run.config
     dev = run_device(device, cfg, run_dir, cfg.train.tf32)
-    data, _, _ = run.load_data(data_dir, purpose="forecast from")
+    data, _, _ = run.load_data(data_dir, purpose="forecast from", progress=progress)
     if log is not None:
         log(f"{run_dir}: data {describe_data(data)}")
     model = build_run_model(cfg, data.num_marks, dev)

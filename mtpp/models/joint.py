@@ -62,6 +62,10 @@ class MarkedIntensityDistribution(IntensityDistribution):
 class MarkedCumulativeHazardDistribution(CumulativeHazardDistribution):
     """``CumulativeHazardDistribution`` whose components are the marks: ``mark_log_probs(tau): [B, L, K]``."""
 
+    marks_carry_cdf = True
+    """The marks' forward-mode pass keeps ``Lambda`` at the same gaps (``_rated``), so the mark forecast evaluates
+    them on its whole grid, then ``F`` from the kept values (``mtpp.models.marginal``), not in blocks."""
+
     def mark_log_probs(self, tau: Tensor) -> Tensor:
         return torch.log_softmax(self.component_log_intensity(tau), dim=-1)
 

@@ -67,13 +67,15 @@ class TimeCategoricalMarkDecoder(nn.Module):
         ``forward(h expanded to [*batch, P, D], tau)``, equal to rounding: the first layer is split as
         ``W [h; log tau] + b = (W_h h + b) + w_tau log tau``, so ``W_h h`` is computed once per history, not per
         gap."""
-        return torch.log_softmax(self._logits_on_grid(h, tau), dim=-1)
+        return torch.log_softmax(self.logits_on_grid(h, tau), dim=-1)
 
     def probs_on_grid(self, h: Tensor, tau: Tensor) -> Tensor:
         """``p(k | tau_j, h)`` in linear space (``softmax``: no ``log_softmax`` then ``exp``), as ``on_grid``."""
-        return torch.softmax(self._logits_on_grid(h, tau), dim=-1)
+        return torch.softmax(self.logits_on_grid(h, tau), dim=-1)
 
-    def _logits_on_grid(self, h: Tensor, tau: Tensor) -> Tensor:
+    def logits_on_grid(self, h: Tensor, tau: Tensor) -> Tensor:
+        """The MLP's output ``z: [*batch, P, K]`` at the gaps ``tau: [*batch, P]`` (``on_grid`` is its
+        ``log_softmax``), for the mark forecast's blocked sum (``mtpp.models.marginal``)."""
         first = self.mlp[0]
         d = h.shape[-1]
         log_tau = torch.log(tau.to(h.dtype).clamp_min(TIE_FLOOR)).unsqueeze(-1)  # [*batch, P, 1]

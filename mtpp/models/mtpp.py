@@ -560,7 +560,7 @@ class MarkedTPP(nn.Module):
 
     def _forecast_rows(self, h_time: Tensor, h_mark: Tensor, elapsed: Tensor | None = None) -> Tensor:
         dist = self._time_head(h_time)
-        probs = None  # the same function in linear space, where the decoder has one
+        probs = logits = None  # the same function in linear space / as logits, where the decoder has one
         if self.joint is not None:
             fn = dist.mark_log_probs  # tau: [B, N, P] -> [B, N, P, K]
             probs = getattr(dist, "mark_probs", None)
@@ -569,8 +569,8 @@ class MarkedTPP(nn.Module):
             def fn(tau: Tensor) -> Tensor:
                 return self.mark_decoder.on_grid(h_mark, tau)
 
-            def probs(tau: Tensor) -> Tensor:
-                return self.mark_decoder.probs_on_grid(h_mark, tau)
+            def logits(tau: Tensor) -> Tensor:
+                return self.mark_decoder.logits_on_grid(h_mark, tau)
 
         else:
             h = h_mark.unsqueeze(-2)
@@ -578,7 +578,8 @@ class MarkedTPP(nn.Module):
             def fn(tau: Tensor) -> Tensor:
                 return self.mark_decoder(h.expand(*tau.shape, h.shape[-1]), tau)
 
-        return marginal_mark_log_probs(dist, h_time[..., 0], fn, elapsed=elapsed, mark_probs_at=probs)
+        return marginal_mark_log_probs(dist, h_time[..., 0], fn, elapsed=elapsed, mark_probs_at=probs,
+                                       mark_logits_at=logits)
 
     @torch.no_grad()
     def predict(self, batch: Batch, tau: str | Tensor = "forecast", top_k: int = 5) -> dict[str, Tensor | None]:

@@ -120,15 +120,17 @@ class RunData:
         return getattr(self, name)
 
 
-def load_data(cfg: DataConfig, data_dir: str | None = None, name: str | None = None) -> RunData:
+def load_data(cfg: DataConfig, data_dir: str | None = None, name: str | None = None,
+              progress: bool = False) -> RunData:  # fmt: skip
     """The configured dataset (``--data-dir`` beats ``data.data_dir``), cut to ``max_sequences`` per split.
+    ``progress``: a bar counting the sequences read (on a terminal; ``load_dataset``).
 
     ``name``: the label to give it (default: the dataset's own; ``mtpp.runs`` loads a run's recorded folder
     under the run's dataset name)."""
     from mtpp.data.catalog import load_dataset
 
     ds = load_dataset(cfg.name, split=cfg.split, data_dir=data_dir or cfg.data_dir, sort=cfg.sort,
-                      use_window=cfg.use_window, remap_marks=cfg.remap_marks)
+                      use_window=cfg.use_window, remap_marks=cfg.remap_marks, progress=progress)
     check_data(ds, cfg.dtype)
     n = cfg.max_sequences
 

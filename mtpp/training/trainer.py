@@ -1244,14 +1244,16 @@ def _load_data_rank0_first(
     cfg: RunConfig, data_dir: str | None, ddp: Dist, recorded: dict | None = None
 ) -> tuple[Any, dict]:
     """Rank 0 loads (and, on first use, prepares) the data before the other ranks read it; returns the data and
-    its record (``mtpp.runs``). ``recorded``: a resumed run's record: its data are used, other data refused."""
+    its record (``mtpp.runs``). ``recorded``: a resumed run's record: its data are used, other data refused.
+    Rank 0 shows the reading bar (on a terminal) unless ``logging.progress`` is off or ``logging.quiet`` on."""
+    progress = bool(cfg.logging.progress and not cfg.logging.quiet)
     from mtpp.runs import check_same_data, load_recorded_data
 
     box: dict[str, Any] = {}
 
     def load() -> None:
         tried: list = []
-        box["data"] = load_recorded_data(cfg.data, data_dir, recorded, tried)
+        box["data"] = load_recorded_data(cfg.data, data_dir, recorded, tried, progress)
         check_same_data(recorded, box["data"][1], "--resume", tried=tried)
 
     ddp.on_main(load)
