@@ -293,3 +293,29 @@ def test_many_marks_forecast_is_summed_over_cache_sized_blocks_with_the_same_num
     assert torch.isfinite(got).all() and got[0, 7] < floor + 30
     tol = 2e-6 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_a_time_quantile_beyond_the_dtype_range_leaves_the_mark_forecast_finite(monkeypatch) -> None:
+    """A mixture with a very wide component (log-scale 3: its ``1 - 1e-6`` quantile is ``exp(~95)``, past float32's
+    largest number) had the quantile grid's upper end at ``inf``, so the grid was ``inf * 0 = NaN`` and the mark
+    forecast NaN for those histories. The end is now the largest finite gap: the forecast is finite, sums to 1, and
+    equals the float64 one (whose grid still reaches the quantile) to float32 rounding plus the 1e-6 tail."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(encoder="gru", decoder="lnm", parametrisation="plus"), K).eval()
+    decoder = model.time_decoder
+    forward = type(decoder).forward
+
+    def wide(self, x):
+        dist = forward(self, x)
+        dist.log_scales = torch.full_like(dist.log_scales, 3.0)  # every component's s = e^3 in log tau
+        return dist
+
+    monkeypatch.setattr(type(decoder), "forward", wide)
+    h = torch.randn(6, 1, model.cfg.hidden_size)
+    with torch.no_grad():
+        assert decoder(h).icdf(torch.full((6, 1), 1 - 1e-6)).isinf().all()  # the case: past float32's range
+        lp32 = model.mark_forecast_log_probs(h, h)
+        lp64 = model.double().mark_forecast_log_probs(h.double(), h.double())
+    assert lp32.isfinite().all()
+    assert torch.allclose(lp32.exp().sum(-1), torch.ones(6, 1), atol=1e-5)
+    assert (lp32.double().exp() - lp64.exp()).abs().max() < 1e-4

@@ -106,17 +106,21 @@ def quantile_grid(
     """``[*batch, P]`` gaps evenly spaced in ``log tau`` from ``F^{-1}(tail)`` to ``F^{-1}(1 - tail)`` (of the law
     given ``tau > elapsed``, ``survived_icdf``, when ``elapsed: [*batch]`` is given).
 
-    ``like: [*batch]``: a tensor of the distribution's batch shape, dtype and device."""
+    ``like: [*batch]``: a tensor of the distribution's batch shape, dtype and device. An end beyond the dtype's
+    range is taken at its largest (smallest) finite gap; the mass past it goes with the tail's end point."""
     ends = torch.tensor([tail, 1.0 - tail], dtype=like.dtype, device=like.device).expand(*like.shape, 2)
     if elapsed is None:
         lo, hi = dist.icdf(ends).unbind(-1)  # both ends in one search (one bracketing grid)
     else:
         lo, hi = survived_icdf(dist, ends, elapsed).unbind(-1)
-    tiny = torch.finfo(like.dtype).tiny
-    log_lo = torch.log(lo.clamp_min(tiny))
-    log_hi = torch.maximum(torch.log(hi.clamp_min(tiny)), log_lo)
+    info = torch.finfo(like.dtype)
+    # a quantile beyond the dtype's range (a very wide component: F^{-1}(1 - tail) = inf, or 0 at the low end) is
+    # taken at the largest (smallest) finite gap: inf in log space made the grid inf * 0 = NaN and the forecast NaN
+    log_lo = torch.log(lo.clamp(info.tiny, info.max))
+    log_hi = torch.maximum(torch.log(hi.clamp(info.tiny, info.max)), log_lo)
     frac = torch.linspace(0.0, 1.0, points, dtype=like.dtype, device=like.device)
-    return torch.exp(log_lo.unsqueeze(-1) + (log_hi - log_lo).unsqueeze(-1) * frac)
+    grid = torch.exp(log_lo.unsqueeze(-1) + (log_hi - log_lo).unsqueeze(-1) * frac)
+    return grid.clamp_max_(info.max)  # exp(log(max)) may round past max
 
 
 def trapezoid_weights(u: Tensor) -> Tensor:
