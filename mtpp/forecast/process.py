@@ -202,7 +202,38 @@ def _recurrent_encoders(model) -> list | None:
     return encs if all(isinstance(e, RecurrentEncoder) for e in encs) else None
 
 
-class RecurrentModelProcess:
+class _IncrementalProcess:
+    """What the incremental processes share: the checks of their histories and encoders, the model's device and
+    dtype, and the distinct histories (by object: the rows of ``generate``'s samples of one history share it, so it
+    is encoded once and its state copied to every row that continues it)."""
+
+    def _start(self, model, histories: Sequence[EventSequence], encs: list | None, needs: str,
+               source: str | None) -> tuple[Tensor, list[EventSequence]]:  # fmt: skip
+        """Set the shared attributes; return ``row_of: [N]`` (each row's distinct history) and the distinct
+        histories. ``DataError`` for an empty history, ``MtppError`` (naming ``needs``) without ``encs``."""
+        for i, s in enumerate(histories):
+            if len(s) == 0:
+                raise DataError("no history to continue (0 events): the model needs at least one", source=source,
+                                sequence=i)
+        if encs is None:
+            raise MtppError(f"{type(self).__name__} needs {needs} encoders")
+        param = next(model.parameters())
+        self.model = model
+        self.device, self.dtype = param.device, param.dtype
+        self.encoders = encs
+        self.num_marks = int(model.num_marks)
+        self.last_time = torch.tensor([float(s.times[-1]) for s in histories], dtype=torch.float64)
+        first: dict[int, int] = {}
+        row_of = torch.tensor([first.setdefault(id(s), len(first)) for s in histories], device=self.device)
+        return row_of, list({id(s): s for s in histories}.values())
+
+    def _next(self, h: list[Tensor]) -> ModelNextEvent:
+        """The next-event forecast from each encoder's history embedding ``[n, 1, D]`` (time encoder first)."""
+        h_t, h_m = h[0], h[-1]
+        return ModelNextEvent(self.model, self.model.next_time_distribution(h_t), h_t, h_m)
+
+
+class RecurrentModelProcess(_IncrementalProcess):
     """``ModelProcess`` for GRU / RNN encoders with the state carried incrementally: one recurrent step per
     appended event (``O(1)`` per row and step instead of re-encoding ``O(L)``).
 
@@ -216,22 +247,8 @@ class RecurrentModelProcess:
     """
 
     def __init__(self, model, histories: Sequence[EventSequence], capacity: int, *, source: str | None = None):
-        for i, s in enumerate(histories):
-            if len(s) == 0:
-                raise DataError("no history to continue (0 events): the model needs at least one", source=source,
-                                sequence=i)
-        encs = _recurrent_encoders(model)
-        if encs is None:
-            raise MtppError("RecurrentModelProcess needs GRU / RNN encoders")
-        param = next(model.parameters())
-        self.model = model
-        self.device, self.dtype = param.device, param.dtype
-        self.encoders = encs
-        self.num_marks = int(model.num_marks)
-        self.last_time = torch.tensor([float(s.times[-1]) for s in histories], dtype=torch.float64)
-        first: dict[int, int] = {}  # one encoding per distinct history object (the rows of its samples share it)
-        row_of = torch.tensor([first.setdefault(id(s), len(first)) for s in histories], device=self.device)
-        distinct = list({id(s): s for s in histories}.values())
+        row_of, distinct = self._start(model, histories, _recurrent_encoders(model), "GRU / RNN", source)
+        encs = self.encoders
         b = model.in_model_units(collate(distinct, dtype=self.dtype).to(self.device))
         pack = torch.nn.utils.rnn.pack_padded_sequence
         self.states = []
@@ -244,9 +261,7 @@ class RecurrentModelProcess:
 
     def next_event(self, rows: Tensor) -> ModelNextEvent:
         rows = rows.to(self.device)
-        h = [st[-1, rows].unsqueeze(1) for st in self.states]  # [n, 1, D]
-        h_t, h_m = h[0], h[-1]
-        return ModelNextEvent(self.model, self.model.next_time_distribution(h_t), h_t, h_m)
+        return self._next([st[-1, rows].unsqueeze(1) for st in self.states])  # [n, 1, D] each
 
     def append(self, rows: Tensor, tau: Tensor, marks: Tensor) -> None:
         rows = rows.to(self.device)
@@ -266,7 +281,7 @@ def _attention_encoders(model) -> list | None:
     return encs if all(isinstance(e, _AttentionEncoder) for e in encs) else None
 
 
-class CachedModelProcess:
+class CachedModelProcess(_IncrementalProcess):
     """``ModelProcess`` for THP / SAHP encoders with a key/value cache per attention layer: appending an event
     computes only the new token's row of each layer (``O(L)`` per row and step instead of re-encoding
     ``O(L^2)``).
@@ -285,24 +300,10 @@ class CachedModelProcess:
     """
 
     def __init__(self, model, histories: Sequence[EventSequence], capacity: int, *, source: str | None = None):
-        for i, s in enumerate(histories):
-            if len(s) == 0:
-                raise DataError("no history to continue (0 events): the model needs at least one", source=source,
-                                sequence=i)
+        row_of, distinct = self._start(model, histories, _attention_encoders(model), "THP / SAHP (attention)", source)
         if capacity < 1:
             raise MtppError(f"capacity must be >= 1, got {capacity}")
-        encs = _attention_encoders(model)
-        if encs is None:
-            raise MtppError("CachedModelProcess needs THP / SAHP (attention) encoders")
-        param = next(model.parameters())
-        self.model = model
-        self.device, self.dtype = param.device, param.dtype
-        self.encoders = encs
-        self.num_marks = int(model.num_marks)
-        self.last_time = torch.tensor([float(s.times[-1]) for s in histories], dtype=torch.float64)
-        first: dict[int, int] = {}  # one encoding per distinct history object (the rows of its samples share it)
-        row_of = torch.tensor([first.setdefault(id(s), len(first)) for s in histories], device=self.device)
-        distinct = list({id(s): s for s in histories}.values())
+        encs = self.encoders
         b = collate(distinct, dtype=self.dtype).to(self.device)
         # the previous time in data units and the model's dtype, as ModelProcess keeps it
         idx = torch.arange(len(distinct), device=self.device)
@@ -313,9 +314,7 @@ class CachedModelProcess:
 
     def next_event(self, rows: Tensor) -> ModelNextEvent:
         rows = rows.to(self.device)
-        h = [c.last[rows].to(self.dtype).unsqueeze(1) for c in self.caches]  # [n, 1, D]
-        h_t, h_m = h[0], h[-1]
-        return ModelNextEvent(self.model, self.model.next_time_distribution(h_t), h_t, h_m)
+        return self._next([c.last[rows].to(self.dtype).unsqueeze(1) for c in self.caches])  # [n, 1, D] each
 
     def append(self, rows: Tensor, tau: Tensor, marks: Tensor) -> None:
         rows = rows.to(self.device)
