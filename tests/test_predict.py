@@ -614,8 +614,11 @@ def test_evaluating_an_unfinished_run_never_marks_it_complete(run_dir: Path, tmp
     run = tmp_path / "interrupted"
     shutil.copytree(run_dir, run)
     (run / "metrics.json").unlink()
+    arrays = (run / "arrays_test.json").read_bytes()
     capsys.readouterr()
     assert main(["evaluate", str(run), "--horizon", "2", "--samples", "4", "--points", "20"]) == 0
+    # its arrays go beside its interim metrics, not over the arrays_test.json of a final evaluation
+    assert (run / "arrays_test.json").read_bytes() == arrays and (run / "arrays_test.interim.json").is_file()
     cap = capsys.readouterr()
     assert "its training has not finished" in cap.err and f"mtpp train --out {run} --resume" in cap.err
     assert not (run / "metrics.json").exists() and not is_complete(run)

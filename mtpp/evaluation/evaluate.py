@@ -264,7 +264,8 @@ def evaluate(
     Run directory: rebuilds the model from its ``config.yaml``, loads the data the run recorded (``mtpp.runs``:
     its recorded folder, else the configured name under ``data_dir``), loads ``best.pt``, evaluates, and
     (``write=True``) updates ``metrics.json[split]`` (``train_eval`` for the training split: ``train`` holds the
-    training summary) and ``arrays_{split}.json``. Data whose fingerprints differ
+    training summary) and ``arrays_{split}.json`` (a run whose training has not finished: ``metrics.interim.json``
+    and ``arrays_{split}.interim.json``, :func:`metrics_path`). Data whose fingerprints differ
     from the run's are an ``MtppError`` naming both, unless ``other_data``: their metrics then go to
     ``metrics.other-<fingerprint>.json`` / ``arrays_{split}.other-<fingerprint>.json`` (never ``metrics.json``),
     with the data's record under ``data``. ``log`` receives one line naming the resolved data. ``progress``: a bar
@@ -370,6 +371,8 @@ def _evaluate_run(
         key = hashlib.sha256("".join(p["sha256"] for p in record["parts"].values()).encode()).hexdigest()[:12]
         suffix = "" if same else f".other-{key}"
         target = metrics_path(run_dir, log) if same else run_dir / f"metrics{suffix}.json"
+        if target.name == INTERIM_METRICS_FILE:  # the arrays go with their metrics, never over a final run's
+            suffix = ".interim"
         existing = read_metrics(run_dir, target if same else None)
         metrics = with_run_fields(metrics, existing.get("train", {}))
         out = existing if same else (json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {})
