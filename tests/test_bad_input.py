@@ -374,3 +374,22 @@ def test_a_data_dir_that_a_variant_reads_is_accepted(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="would not be used"):
         refuse_unused_data_dir(config_from_dict({"variants": [{"name": "a"}, {"name": "b", "train.lr": 0.1}]}),
                                str(tmp_path))
+
+
+def test_a_cache_folder_that_cannot_be_written_is_named_as_the_cache_folder_with_the_fix(tmp_path: Path, monkeypatch,
+                                                                                       capsys) -> None:
+    """``MTPP_CACHE_DIR`` under a file (it cannot be created; as root a permission bit would not stop it): the
+    synthetic data and an auto-prepared table both need the cache, and said only ``<path>: Not a directory``. Now one
+    line names it as the cache folder, where the path came from, and the fix."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(blocker / "cache"))
+    table = tmp_path / "t.csv"
+    table.write_text("seq_id,time,mark\n" + "".join(f"s{i},{j + 1},{j % 2}\n" for i in range(6) for j in range(3)))
+    for data in ("synthetic_hawkes", str(table)):
+        code = main(["train", "--set", f"data.name={data}", "--set", "train.max_epochs=1", "--out",
+                     str(tmp_path / "run"), "--set", "logging.progress=false"])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert f"{blocker / 'cache'}: the cache folder (MTPP_CACHE_DIR) cannot be created or written" in err[0]
+        assert "set MTPP_CACHE_DIR to a writable folder" in err[0]

@@ -589,6 +589,9 @@ def _auto_prepare(name: str, path: Path, opts: ReadOptions, notes: list[str], *,
 
     if out.is_dir() and (out / "args.json").exists():
         return use_prepared(logging.INFO, f"{name}: using the auto-prepared splits in {out}")
+    from mtpp.data.synthetic import writable_cache_dir
+
+    writable_cache_dir()  # before reading the source: a cache folder that cannot be written, said as such
     res = result if result is not None else read_any(path, options=opts)
     try:
         report = prepare_sequences(res, out, seed=AUTO_SEED, num_splits=AUTO_SPLITS, ratios=AUTO_RATIOS)

@@ -576,6 +576,26 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mtpp"
 
 
+def writable_cache_dir() -> Path:
+    """:func:`default_cache_dir`, created if missing, for a command about to write into it (the synthetic data,
+    auto-prepared splits). ``DataError`` naming the folder, where its path came from and the fix when it cannot
+    be created or written: ``/proc/nope: No such file or directory`` said neither that this was the cache folder
+    nor what to do."""
+    from mtpp.errors import DataError
+
+    root = default_cache_dir()
+    origin = "MTPP_CACHE_DIR" if os.environ.get("MTPP_CACHE_DIR") else "the default cache folder"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(root, os.W_OK | os.X_OK) else "not writable"
+    except OSError as e:
+        problem = e.strerror or str(e)
+    if problem:
+        raise DataError(f"the cache folder ({origin}) cannot be created or written ({problem}); set MTPP_CACHE_DIR "
+                        "to a writable folder", source=str(root))
+    return root
+
+
 def _synthetic_sequences() -> list[EventSequence]:
     rng = np.random.default_rng(SYNTHETIC_SEED)
     seqs = simulate_hawkes_many(SYNTHETIC_PARAMS, SYNTHETIC_NUM_SEQUENCES, SYNTHETIC_WINDOW, rng)
@@ -619,6 +639,8 @@ def ensure_synthetic_dataset(cache_dir: Path | None = None) -> Path:
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / SYNTHETIC_DIRNAME
+    if cache_dir is None and not final.is_dir():
+        writable_cache_dir()  # a folder that cannot be written is said as the cache folder, with the fix
     if final.is_dir():
         return final
     try:
