@@ -210,3 +210,23 @@ def test_session_end_leaves_no_gloo_threads(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_the_resume_hint_of_a_torchrun_run_keeps_its_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.batch_size`` is per rank: the hint after an interruption must relaunch under torchrun with the same
+    ranks (a plain ``mtpp train --resume`` would go on with half the global batch); outside torchrun it stays
+    ``mtpp train``."""
+    from mtpp.training import checkpoint
+    from mtpp.training.trainer import resume_hint
+
+    (tmp_path / checkpoint.CHECKPOINT).write_bytes(b"")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert resume_hint(tmp_path) == f"interrupted; continue with: mtpp train --out {tmp_path} --resume"
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    assert resume_hint(tmp_path) == (
+        f"interrupted; continue with: torchrun --nproc_per_node=2 -m mtpp train --out {tmp_path} --resume")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert "torchrun --nnodes=2 --nproc_per_node=8 ... -m mtpp train --out" in resume_hint(tmp_path)

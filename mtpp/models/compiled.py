@@ -90,6 +90,7 @@ def check_backend(device: torch.device | str = "cpu") -> None:
         needs = "a C++ compiler" if kind == "cpu" else "Triton" if kind == "cuda" else f"support for {kind}"
         raise ConfigError(
             f"train.compile_integrand: torch.compile cannot compile on this machine ({type(err).__name__}: "
-            f"{first}); it needs torch's inductor backend with {needs}, or set train.compile_integrand: false"
+            f"{first}); it needs torch's inductor backend with {needs}, or set train.compile_integrand: false "
+            "(on the command line: --set train.compile_integrand=false)"
         ) from None
     _WORKS.add(kind)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -203,10 +204,26 @@ def _run_folder(out_dir: Path, main: bool, quiet: bool, interrupt_hint: bool = T
             raise
 
 
+def train_command() -> str:
+    """How to launch ``mtpp train`` again for this run: ``mtpp train``, or under torchrun ``torchrun
+    --nproc_per_node=N [--nnodes=M ...] -m mtpp train`` with this launch's ranks (``LOCAL_WORLD_SIZE`` per node,
+    ``WORLD_SIZE`` in all): ``train.batch_size`` is per rank, so a resume on another count of ranks would change
+    the global batch (``ranks x batch_size``) mid-run."""
+    world = distributed.env_world()
+    if world is None or world[0] <= 1:
+        return "mtpp train"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world[0]))
+    nodes = max(1, world[0] // max(1, per_node))
+    launch = f"torchrun --nnodes={nodes} --nproc_per_node={per_node} ..." if nodes > 1 else (
+        f"torchrun --nproc_per_node={per_node}")
+    return f"{launch} -m mtpp train"
+
+
 def resume_hint(out_dir: Path) -> str:
-    """What to type after an interruption (a checkpoint: ``--resume``; none yet: the same command again)."""
+    """What to type after an interruption (a checkpoint: ``--resume``, under torchrun with the same ranks; none
+    yet: the same command again)."""
     if (out_dir / checkpoint.CHECKPOINT).is_file():
-        return f"interrupted; continue with: mtpp train --out {out_dir} --resume"
+        return f"interrupted; continue with: {train_command()} --out {out_dir} --resume"
     return f"interrupted before the first epoch ended (no {checkpoint.CHECKPOINT}); run the same command again"
 
 
@@ -280,7 +297,7 @@ def _run_variants(
             results[name] = fit(cfg, run_dir, resume=resume and started, data_dir=data_dir, overwrite=overwrite)
         except KeyboardInterrupt:
             if ddp.is_main:
-                echo(f"to continue every variant: mtpp train --out {out_dir} --resume")
+                echo(f"to continue every variant: {train_command()} --out {out_dir} --resume")
             raise
     table = comparison_table(results, time_unit_of(config.data.name))
     if ddp.is_main:
