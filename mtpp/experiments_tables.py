@@ -424,9 +424,9 @@ def remedies_table(cells: dict[Key, list[dict]]) -> list[str]:
             rows.append([label(k), replicates_text(rs) if rs else "0", *vals, *deltas, epochs])
         head = ["cell", "n", *(METRICS[m][0] for m in REMEDY_COLUMNS), "Δ L_T vs sum", "Δ L_M vs sum",
                 "epochs (best)"]
-        out += [f"### Remedies: {model} on {dataset}", "", *_table(head, rows), ""]
+        out += [f"#### {model} on {dataset}", "", *_table(head, rows), ""]
     if out:
-        out = ["Fix by optimiser (gradient remedies on the shared parameters of the base model) against fix by "
+        out = ["### Remedies", "", "Fix by optimiser (gradient remedies on the shared parameters of the base model) against fix by "
                "architecture (\"++\"); `n` lists the splits of each row's mean, and rows may cover different "
                "splits: compare a remedy with `sum` through the Δ columns, paired by split against the `sum` base.",
                "", *out]  # fmt: skip
