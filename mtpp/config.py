@@ -579,9 +579,19 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
 
 
+def is_result_record(raw: Any) -> bool:
+    """Whether a parsed file is a grid cell's result record (``mtpp.records``: ``record_version`` and a ``config``
+    mapping), not a run configuration."""
+    return isinstance(raw, dict) and "record_version" in raw and isinstance(raw.get("config"), dict)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML run configuration (``None``: all defaults) and apply ``--set`` overrides. ``ConfigError`` for a
-    missing, empty or invalid file (:func:`read_yaml`), or one that is not a mapping of sections."""
+    missing, empty or invalid file (:func:`read_yaml`), or one that is not a mapping of sections.
+
+    A run's ``config.yaml`` loads as its configuration (its ``run_info`` ignored), and so does a grid cell's result
+    record (``results/<experiment>/<cell>.json``, JSON being YAML; ``mtpp.records``): its ``config`` section, so
+    that ``mtpp train RECORD`` trains that cell again."""
     raw: dict = {}
     if path is not None:
         p = Path(path)
@@ -593,6 +603,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                               "train with every default")
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: a configuration must be a mapping of sections")
+        if is_result_record(raw):
+            raw = dict(raw["config"])
         raw.pop("run_info", None)  # written by the trainer into a run's config.yaml
         try:  # the file's own mistakes name the file; the --set overrides' (below) name their key
             config_from_dict(apply_overrides(raw, []))

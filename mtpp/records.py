@@ -20,6 +20,9 @@ record re-scored from its run's ``best.pt`` by
 time, git revision and the metrics it added. The key dates from 51d67de: the MOOC split-0 records re-scored
 before it (commit 3e2eae5, which added the lattice-binned ``nll_time_binned_*`` and ``pce_binned``) lack it, and
 that commit's diff is their provenance.
+
+``mtpp train RECORD`` trains a record's cell again on the record's data, and :func:`reproduction` compares the
+new run with the record (docs/guide/grid.md, "Check a record").
 """
 
 from __future__ import annotations
@@ -310,3 +313,75 @@ def read_records(results_dir: str | Path) -> list[dict[str, Any]]:
             data["_path"] = str(path.relative_to(root))
             out.append(data)
     return out
+
+
+#: ``metrics.json`` keys that measure the machine or the run's duration, not the model: never compared when a
+#: record's cell is trained again (:func:`reproduction`).
+MACHINE_KEYS = frozenset({"train_events_per_second", "train_seconds", "wall_seconds"})
+#: The training summary keys that say whether a retrained cell followed the record's trajectory.
+TRAJECTORY_KEYS = ("epochs", "best_epoch", "best_epoch/time", "best_epoch/mark", "stopped_by", "skipped_batches")
+#: ``run_info`` keys whose difference explains a retraining that does not reproduce its record.
+PROVENANCE_KEYS = ("git_revision", "torch_version", "device", "threads", "world_size", "time_scale")
+
+
+def _relative(a: Any, b: Any) -> float:
+    """``|a - b| / max(|a|, |b|)`` for numbers (0 when equal, also for two n/a), ``inf`` when only one is a number
+    or they are unequal non-numbers."""
+    if a == b:
+        return 0.0
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if not numbers or not (_finite(a) and _finite(b)):
+        return math.inf
+    return abs(a - b) / max(abs(a), abs(b))
+
+
+def reproduction(record: dict[str, Any], metrics: dict[str, Any], run_info: dict[str, Any] | None = None,
+                 ) -> dict[str, Any]:  # fmt: skip
+    """How a run that trained ``record``'s cell again (``metrics``: its ``metrics.json``; ``run_info``: its
+    ``config.yaml``'s) compares with the record.
+
+    Returns ``trajectory``: ``[(key, recorded, now)]`` of the training summary's :data:`TRAJECTORY_KEYS` that differ
+    (another number of epochs or best epoch: the run took another path); ``compared``: how many validation and test
+    metrics both hold (:data:`MACHINE_KEYS` left out); ``different``: ``[(part.key, recorded, now, relative
+    difference)]`` of those that are not equal, largest relative difference first (``inf`` when one is n/a);
+    ``provenance``: ``[(key, recorded, now)]`` of the :data:`PROVENANCE_KEYS` of ``run_info`` that differ (what may
+    explain a difference: another code revision, torch, device or thread count rounds otherwise)."""
+    recorded = record.get("metrics") or {}
+    rec_train, now_train = recorded.get("train") or {}, metrics.get("train") or {}
+    trajectory = [(k, rec_train.get(k), now_train.get(k)) for k in TRAJECTORY_KEYS
+                  if (k in rec_train or k in now_train) and rec_train.get(k) != now_train.get(k)]
+    compared, different = 0, []
+    for part in ("val", "test"):
+        a, b = recorded.get(part) or {}, metrics.get(part) or {}
+        for key in sorted(set(a) & set(b) - MACHINE_KEYS):
+            compared += 1
+            rel = _relative(a[key], b[key])
+            if rel > 0:
+                different.append((f"{part}.{key}", a[key], b[key], rel))
+    different.sort(key=lambda d: -d[3])
+    rec_info = (record.get("config") or {}).get("run_info") or {}
+    provenance = [(k, rec_info.get(k), (run_info or {}).get(k)) for k in PROVENANCE_KEYS
+                  if run_info is not None and rec_info.get(k) != run_info.get(k)]
+    return {"trajectory": trajectory, "compared": compared, "different": different, "provenance": provenance}
+
+
+def describe_reproduction(where: str, result: dict[str, Any], shown: int = 3) -> str:
+    """One line on :func:`reproduction`'s ``result`` for the record at ``where``: reproduced exactly, reproduced
+    to a relative difference (the same epochs; the ``shown`` largest differences), or not reproduced (another
+    trajectory: the keys that differ), with the provenance keys that differ."""
+
+    def pairs(items: list[tuple]) -> str:
+        return ", ".join(f"{k} {a!r} recorded vs {b!r} now" for k, a, b, *_ in items[:shown])
+
+    n, diff = result["compared"], result["different"]
+    if result["trajectory"]:
+        line = (f"{where}: NOT reproduced: the run took another path ({pairs(result['trajectory'])})"
+                + (f"; largest metric differences: {pairs(diff)}" if diff else ""))
+    elif not diff:
+        line = f"{where}: reproduced exactly (the same epochs; {n} validation and test metrics equal)"
+    else:
+        line = (f"{where}: reproduced to a relative {diff[0][3]:.1e} (the same epochs; {n - len(diff)} of {n} "
+                f"validation and test metrics equal; largest differences: {pairs(diff)})")
+    if result["provenance"]:
+        line += f"; run_info differs: {pairs(result['provenance'])}"
+    return line

@@ -12,6 +12,7 @@ examples:
   mtpp train configs/quickstart.yaml --out runs/quickstart
   mtpp train configs/quickstart.yaml --out runs/q1 --set train.max_epochs=1 --set model.decoder=lnm
   mtpp train --out runs/q1 --resume                  # continue an interrupted run from its checkpoint.pt
+  mtpp train results/paper_table1/reddit/rmtpp-base-sum/split0-seed0.json --out runs/check   # retrain a record
 
 --set section.key=value overrides the config (values are YAML scalars: 5, 1e-3, true, lnm, [1, 2]).
 Sections: data, model, train, gradients, logging (see mtpp/config.py for every key).
@@ -19,7 +20,9 @@ A config with a 'variants:' list trains one run per variant into DIR/<variant>/ 
 --set applies to every variant, after its own settings (a replaced variant setting is printed).
 The run directory holds config.yaml (with the data's location and fingerprints), log.jsonl, train.log (the console
 output), checkpoint.pt, best.pt, metrics.json, arrays_{val,test}.json. One command writes a folder at a time.
---resume uses the recorded data and refuses other data; -q is not stored, so a later --resume talks again."""
+--resume uses the recorded data and refuses other data; -q is not stored, so a later --resume talks again.
+CONFIG may be a grid cell's result record (results/<experiment>/<cell>.json): its cell is trained again on the
+record's data (other data are refused) and the last line says whether the run reproduced the record's metrics."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", type=Path, nargs="?", help="run configuration YAML (default: every default)")
+    p.add_argument("config", type=Path, nargs="?", help="run configuration YAML, a run's config.yaml or a result record (default: every default)")
     p.add_argument("--out", type=Path, required=True, help="run directory (variants: one sub-folder each)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         refuse_unused_data_dir(cfg, args.data_dir)
     if not args.resume:
         _warn_unreproducible_record(config_path, cfg)
+    record, expected_data = _retrained_record(config_path, cfg)
     if args.variant and not cfg.variants:
         raise ConfigError("--variant: the config has no 'variants' list")
     if cfg.variants:
@@ -99,8 +103,36 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.training.trainer import fit
 
     _name_the_files_mistakes(cfg, None, config_path)
-    fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite)  # says how to resume
+    metrics = fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite,
+                  expected_data=expected_data)  # says how to resume
+    if record is not None:
+        from mtpp.config import read_yaml
+        from mtpp.records import describe_reproduction, reproduction
+
+        info = (read_yaml(args.out / "config.yaml") or {}).get("run_info")
+        print(describe_reproduction(str(config_path), reproduction(record, metrics, info)), file=sys.stderr)
     return 0
+
+
+def _retrained_record(config_path: Path | None, cfg: Any) -> tuple[dict | None, dict | None]:
+    """``(record, its data record)`` when CONFIG is a grid cell's result record (``mtpp.records``) trained again
+    with its own settings: the run must read the record's data (``fit``'s ``expected_data``) and is compared with
+    the record when it ends (``mtpp.records.reproduction``). ``(None, None)`` for a run configuration, and, with a
+    note, for a record whose settings ``--set`` changed (a new run, nothing to compare with)."""
+    from mtpp.config import is_result_record, read_yaml
+    from mtpp.experiments import stored_differences
+
+    if config_path is None or Path(config_path).suffix.lower() != ".json":
+        return None, None
+    raw = read_yaml(Path(config_path))  # load_config read it already
+    if not is_result_record(raw):
+        return None, None
+    changed = stored_differences(raw["config"], cfg.to_dict(), str(config_path))
+    if changed:
+        print(f"note: {config_path} is a result record trained here with other settings ({'; '.join(changed[:3])}"
+              f"{'; ...' if len(changed) > 3 else ''}): a new run, not compared with the record", file=sys.stderr)
+        return None, None
+    return raw, (raw["config"].get("run_info") or {}).get("data")
 
 
 def _warn_unreproducible_record(config_path: Path | None, cfg: Any) -> None:
@@ -114,8 +146,11 @@ def _warn_unreproducible_record(config_path: Path | None, cfg: Any) -> None:
 
     if config_path is None:
         return
+    from mtpp.config import is_result_record
+
     try:
-        info = (read_yaml(Path(config_path)) or {}).get("run_info")
+        raw = read_yaml(Path(config_path)) or {}
+        info = (raw["config"] if is_result_record(raw) else raw).get("run_info")
     except Exception:  # load_config read it already; a file it accepted but this cannot read has no run_info
         return
     if not isinstance(info, dict):

@@ -144,6 +144,7 @@ def fit(
     data: Any = None,
     on_epoch: Any = None,
     interrupt_hint: bool = True,
+    expected_data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` and return the final metrics (``metrics.json``'s content).
 
@@ -159,6 +160,9 @@ def fit(
     the run there without final metrics.
     ``interrupt_hint``: on Ctrl-C print how to continue this run (``resume_hint``); a caller that continues its
     runs another way (``mtpp tune``: rerun the search) passes ``False`` and says so itself.
+    ``expected_data``: the data record (``mtpp.runs.data_record``) of a run this one repeats (``mtpp train RECORD``:
+    a result record's ``run_info.data``): its recorded source is read first where it still holds those data, and
+    any other data are refused (``MtppError`` naming what differs) before training, as ``resume`` does.
 
     The run seeds the global python / numpy / torch generators from ``train.seed``; their states on entry are
     restored on exit (``checkpoint.preserved_rng``), as are torch's thread count and deterministic-algorithm flags,
@@ -174,7 +178,7 @@ def fit(
             with determinism(config.train.deterministic), compile_settings(config.train):
                 trainer = Trainer(
                     config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
-                    model=model, data=data,
+                    model=model, data=data, expected_data=expected_data,
                 )
                 trainer.on_epoch = on_epoch
                 try:
@@ -476,6 +480,7 @@ class Trainer:
         dist: Dist = SINGLE,
         model: nn.Module | None = None,
         data: Any = None,
+        expected_data: dict[str, Any] | None = None,
     ) -> None:
         out_dir = Path(out_dir)
         self.cfg = cfg
@@ -493,7 +498,9 @@ class Trainer:
         resume = state is not None  # False when --resume found only a run that died before its first checkpoint
         checkpoint.seed_everything(cfg.train.seed)
         if data is None:
-            self.data, self.data_record = _load_data_rank0_first(cfg, data_dir, dist, (state or {}).get("data"))
+            recorded = (state or {}).get("data")
+            what = "--resume" if recorded else "retraining a result record"
+            self.data, self.data_record = _load_data_rank0_first(cfg, data_dir, dist, recorded or expected_data, what)
         else:  # data the caller loaded (mtpp.training.api.fit), recorded like loaded data
             from mtpp.runs import data_record
 
@@ -1258,10 +1265,11 @@ def _died_before_first_checkpoint(out_dir: Path) -> bool:
 
 
 def _load_data_rank0_first(
-    cfg: RunConfig, data_dir: str | None, ddp: Dist, recorded: dict | None = None
+    cfg: RunConfig, data_dir: str | None, ddp: Dist, recorded: dict | None = None, what: str = "--resume"
 ) -> tuple[Any, dict]:
     """Rank 0 loads (and, on first use, prepares) the data before the other ranks read it; returns the data and
-    its record (``mtpp.runs``). ``recorded``: a resumed run's record: its data are used, other data refused.
+    its record (``mtpp.runs``). ``recorded``: a resumed run's record (or the one ``fit``'s ``expected_data`` gives):
+    its data are used, other data refused (``what`` names the caller in the message).
     Rank 0 shows the reading bar (on a terminal) unless ``logging.progress`` is off or ``logging.quiet`` on."""
     progress = bool(cfg.logging.progress and not cfg.logging.quiet)
     from mtpp.runs import check_same_data, load_recorded_data
@@ -1271,7 +1279,7 @@ def _load_data_rank0_first(
     def load() -> None:
         tried: list = []
         box["data"] = load_recorded_data(cfg.data, data_dir, recorded, tried, progress)
-        check_same_data(recorded, box["data"][1], "--resume", tried=tried)
+        check_same_data(recorded, box["data"][1], what, tried=tried)
 
     ddp.on_main(load)
     return box["data"] if ddp.is_main else load_recorded_data(cfg.data, data_dir, recorded)

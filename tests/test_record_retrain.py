@@ -1,0 +1,90 @@
+"""``mtpp train RECORD``: a grid cell's committed result record trained again, on the record's data, and compared
+with the record (``mtpp.records.reproduction``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mtpp.cli import main
+from mtpp.records import describe_reproduction, read_records, record_path, reproduction
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "experiments" / "smoke.yaml"
+CELL = "synthetic_hawkes/thp-plus-sum/split0-seed0"  # a Monte Carlo compensator: its random nodes too
+
+
+def _record(**train) -> dict:
+    metrics = {"train": {"epochs": 10, "best_epoch": 6, "stopped_by": "early_stopping", "train_seconds": 5.0, **train},
+               "val": {"nll_per_seq": 10.0, "accuracy_given_time": 0.5, "pce": None},
+               "test": {"nll_per_seq": 12.0, "accuracy_given_time": 0.25, "train_events_per_second": 1e4}}
+    return {"record_version": 1, "metrics": metrics,
+            "config": {"run_info": {"git_revision": "abc", "torch_version": "2.13.0", "threads": 1}}}
+
+
+def test_reproduction_tells_exact_relative_and_another_path_apart() -> None:
+    rec = _record()
+    same = json.loads(json.dumps(rec["metrics"]))
+    same["train"]["train_seconds"] = 9.0  # the machine's speed is never compared
+    same["test"]["train_events_per_second"] = 3e4
+    result = reproduction(rec, same, {"git_revision": "abc", "torch_version": "2.13.0", "threads": 1})
+    assert result == {"trajectory": [], "compared": 5, "different": [], "provenance": []}
+    assert describe_reproduction("R.json", result) == (
+        "R.json: reproduced exactly (the same epochs; 5 validation and test metrics equal)")
+
+    close = json.loads(json.dumps(rec["metrics"]))
+    close["test"]["nll_per_seq"] = 12.0 * (1 + 1e-7)
+    close["val"]["pce"] = 0.1  # n/a recorded, a number now: infinitely different, listed first
+    result = reproduction(rec, close, {"git_revision": "def", "torch_version": "2.13.0", "threads": 1})
+    assert [d[0] for d in result["different"]] == ["val.pce", "test.nll_per_seq"]
+    assert result["different"][0][3] == math.inf and result["different"][1][3] == pytest.approx(1e-7, rel=1e-3)
+    line = describe_reproduction("R.json", result)
+    assert line.startswith("R.json: reproduced to a relative inf (the same epochs; 3 of 5 validation and test")
+    assert "run_info differs: git_revision 'abc' recorded vs 'def' now" in line
+
+    other = json.loads(json.dumps(rec["metrics"]))
+    other["train"].update(epochs=14, best_epoch=9)
+    result = reproduction(rec, other)
+    assert result["trajectory"] == [("epochs", 10, 14), ("best_epoch", 6, 9)]
+    assert describe_reproduction("R.json", result).startswith(
+        "R.json: NOT reproduced: the run took another path (epochs 10 recorded vs 14 now, best_epoch 6 recorded vs 9")
+
+
+def test_train_retrains_a_record_on_its_data_and_says_whether_it_reproduced(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MTPP_CACHE_DIR", str(tmp_path / "cache"))
+    results = tmp_path / "results"
+    argv = ["compare", str(SMOKE), "--out", str(tmp_path / "grid"), "--results", str(results), "--no-progress",
+            "--only", CELL, "--set", "train.max_epochs=2", "--set", "data.max_sequences=16"]
+    assert main(argv) == 0, capsys.readouterr().err
+    (record,) = read_records(results)
+    path = record_path(results, CELL)
+    capsys.readouterr()
+
+    # the same settings on the same data: the same run, to the last digit, on the same machine
+    assert main(["train", str(path), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"{path}: reproduced exactly (the same epochs; ")
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["test"]["nll_per_seq"] == record["metrics"]["test"]["nll_per_seq"]
+
+    # another setting: a new run, said so, and nothing compared
+    assert main(["train", str(path), "--out", str(tmp_path / "lr"), "--quiet", "--set", "train.lr=0.02"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {path} is a result record trained here with other settings (train.lr: 0.01 -> 0.02)" in err
+    assert "reproduced" not in err
+
+    # data that are not the record's are refused before training, naming what differs
+    forged = json.loads(path.read_text())
+    forged["config"]["run_info"]["data"]["parts"]["test"]["sha256"] = "0" * 64
+    forged["config"]["run_info"]["data"]["source"] = str(tmp_path / "gone")
+    other = tmp_path / "forged.json"
+    other.write_text(json.dumps(forged))
+    assert main(["train", str(other), "--out", str(tmp_path / "forged"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "retraining a result record: the data differ from the run's" in err and "differing: test" in err
+    assert not (tmp_path / "forged" / "metrics.json").exists()
