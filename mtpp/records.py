@@ -321,7 +321,8 @@ MACHINE_KEYS = frozenset({"train_events_per_second", "train_seconds", "wall_seco
 #: The training summary keys that say whether a retrained cell followed the record's trajectory.
 TRAJECTORY_KEYS = ("epochs", "best_epoch", "best_epoch/time", "best_epoch/mark", "stopped_by", "skipped_batches")
 #: ``run_info`` keys whose difference explains a retraining that does not reproduce its record.
-PROVENANCE_KEYS = ("git_revision", "torch_version", "device", "threads", "world_size", "time_scale")
+PROVENANCE_KEYS = ("git_revision", "torch_version", "numpy_version", "python_version", "cpu_capability", "device",
+                   "threads", "world_size", "time_scale")
 
 
 def _relative(a: Any, b: Any) -> float:
@@ -345,7 +346,8 @@ def reproduction(record: dict[str, Any], metrics: dict[str, Any], run_info: dict
     metrics both hold (:data:`MACHINE_KEYS` left out); ``different``: ``[(part.key, recorded, now, relative
     difference)]`` of those that are not equal, largest relative difference first (``inf`` when one is n/a);
     ``provenance``: ``[(key, recorded, now)]`` of the :data:`PROVENANCE_KEYS` of ``run_info`` that differ (what may
-    explain a difference: another code revision, torch, device or thread count rounds otherwise)."""
+    explain a difference: another code revision, torch, CPU instruction set, device or thread count rounds
+    otherwise); a key the record lacks (written before it existed) is left out."""
     recorded = record.get("metrics") or {}
     rec_train, now_train = recorded.get("train") or {}, metrics.get("train") or {}
     trajectory = [(k, rec_train.get(k), now_train.get(k)) for k in TRAJECTORY_KEYS
@@ -360,8 +362,8 @@ def reproduction(record: dict[str, Any], metrics: dict[str, Any], run_info: dict
                 different.append((f"{part}.{key}", a[key], b[key], rel))
     different.sort(key=lambda d: -d[3])
     rec_info = (record.get("config") or {}).get("run_info") or {}
-    provenance = [(k, rec_info.get(k), (run_info or {}).get(k)) for k in PROVENANCE_KEYS
-                  if run_info is not None and rec_info.get(k) != run_info.get(k)]
+    provenance = [(k, rec_info[k], run_info[k]) for k in PROVENANCE_KEYS  # a key the record predates: not known
+                  if run_info is not None and k in rec_info and k in run_info and rec_info[k] != run_info[k]]
     return {"trajectory": trajectory, "compared": compared, "different": different, "provenance": provenance}
 
 

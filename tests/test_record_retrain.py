@@ -38,7 +38,9 @@ def test_reproduction_tells_exact_relative_and_another_path_apart() -> None:
     close = json.loads(json.dumps(rec["metrics"]))
     close["test"]["nll_per_seq"] = 12.0 * (1 + 1e-7)
     close["val"]["pce"] = 0.1  # n/a recorded, a number now: infinitely different, listed first
-    result = reproduction(rec, close, {"git_revision": "def", "torch_version": "2.13.0", "threads": 1})
+    result = reproduction(rec, close, {"git_revision": "def", "torch_version": "2.13.0", "threads": 1,
+                                       "cpu_capability": "AVX512"})  # a key the record predates: not a difference
+    assert result["provenance"] == [("git_revision", "abc", "def")]
     assert [d[0] for d in result["different"]] == ["val.pce", "test.nll_per_seq"]
     assert result["different"][0][3] == math.inf and result["different"][1][3] == pytest.approx(1e-7, rel=1e-3)
     line = describe_reproduction("R.json", result)
