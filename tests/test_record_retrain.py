@@ -69,7 +69,9 @@ def test_train_retrains_a_record_on_its_data_and_says_whether_it_reproduced(
 
     # the same settings on the same data: the same run, to the last digit, on the same machine
     assert main(["train", str(path), "--out", str(tmp_path / "again"), "--quiet"]) == 0
-    last = capsys.readouterr().err.strip().splitlines()[-1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"retraining the result record {path}: on its data, compared with it when the run ends"
+    last = err[-1]
     assert last.startswith(f"{path}: reproduced exactly (the same epochs; ")
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["test"]["nll_per_seq"] == record["metrics"]["test"]["nll_per_seq"]

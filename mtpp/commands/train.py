@@ -132,6 +132,8 @@ def _retrained_record(config_path: Path | None, cfg: Any) -> tuple[dict | None, 
         print(f"note: {config_path} is a result record trained here with other settings ({'; '.join(changed[:3])}"
               f"{'; ...' if len(changed) > 3 else ''}): a new run, not compared with the record", file=sys.stderr)
         return None, None
+    print(f"retraining the result record {config_path}: on its data, compared with it when the run ends",
+          file=sys.stderr)
     return raw, (raw["config"].get("run_info") or {}).get("data")
 
 
