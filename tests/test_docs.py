@@ -41,6 +41,8 @@ def test_mkdocs_build_strict(tmp_path):
     training = (site / "reference/training/index.html").read_text(encoding="utf-8")
     assert 'id="mtpp.training.api.fit"' in training and 'id="mtpp.training.tracking.open_trackers"' in training
     assert 'id="mtpp.tuning.tune"' in (site / "reference/tuning/index.html").read_text(encoding="utf-8")
+    experiments = (site / "reference/experiments/index.html").read_text(encoding="utf-8")
+    assert 'id="mtpp.records.reproduction"' in experiments and 'id="mtpp.experiments.stored_differences"' in experiments
 
 
 def test_every_catalog_name_is_in_the_dataset_tables():
