@@ -426,7 +426,8 @@ def remedies_table(cells: dict[Key, list[dict]]) -> list[str]:
                 "epochs (best)"]
         out += [f"#### {model} on {dataset}", "", *_table(head, rows), ""]
     if out:
-        out = ["### Remedies", "", "Fix by optimiser (gradient remedies on the shared parameters of the base model) against fix by "
+        out = ["### Remedies", "",
+               "Fix by optimiser (gradient remedies on the shared parameters of the base model) against fix by "
                "architecture (\"++\"); `n` lists the splits of each row's mean, and rows may cover different "
                "splits: compare a remedy with `sum` through the Δ columns, paired by split against the `sum` base.",
                "", *out]  # fmt: skip

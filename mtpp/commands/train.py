@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", type=Path, nargs="?", help="run configuration YAML, a run's config.yaml or a result record (default: every default)")
+    p.add_argument("config", type=Path, nargs="?",
+                   help="run configuration YAML, a run's config.yaml or a result record (default: every default)")
     p.add_argument("--out", type=Path, required=True, help="run directory (variants: one sub-folder each)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
