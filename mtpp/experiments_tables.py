@@ -309,47 +309,62 @@ CLAIM_COLUMNS = ("nll_time_per_seq", "nll_time_binned_per_seq", "nll_mark_per_se
                  "accuracy_forecast", "ece_given_time", "pce", "pce_binned")  # fmt: skip
 
 
+def claim_counts(cells: dict[Key, list[dict]], dataset: str, a: str, b: str) -> tuple[dict, dict]:
+    """The counts behind :func:`claim_check` for the change ``a -> b`` (``"base"``, ``"plusplus"``) on ``dataset``:
+    ``(pairs, counts)`` with ``pairs`` the most splits any metric pairs per decoder and ``counts[metric]`` a dict of
+    ``better`` (decoders whose mean paired difference is an improvement), ``clear`` (of those, significant by a
+    two-sided paired t-test at 5 %), ``total`` (decoders with pairs), ``names`` (the improved decoders), ``worse``
+    (significantly worse decoders), ``fewer`` (``"lnm 2"``: decoders that pair this metric over fewer splits) and
+    ``tested`` (the pair counts seen). Metrics no decoder pairs are left out."""
+    models = sorted({k[1] for k in cells if k[0] == dataset})
+    diffs = {(model, m): paired(cells.get((dataset, model, a, "sum"), []),
+                                cells.get((dataset, model, b, "sum"), []), m)
+             for model in models for m in CLAIM_COLUMNS}  # fmt: skip
+    pairs: dict[str, int] = {}
+    for (model, _), d in diffs.items():
+        if d is not None:
+            pairs[model] = max(pairs.get(model, 0), d[2])
+    counts = {}
+    for m in CLAIM_COLUMNS:
+        c = {"better": 0, "clear": 0, "total": 0, "names": [], "worse": [], "fewer": [], "tested": set()}
+        for model in models:
+            d = diffs[(model, m)]
+            if d is None:
+                continue
+            c["total"] += 1
+            c["tested"].add(d[2])
+            if d[2] < pairs[model]:  # this metric is missing from some of the decoder's pairs: say over how many
+                c["fewer"].append(f"{model} {d[2]}")
+            direction = metric_info(m).better  # the direction of every metric: mtpp.evaluation.report
+            gain, test = d[0] * direction, significant(d) * direction
+            if gain > 0:
+                c["better"] += 1
+                c["names"].append(model)
+                c["clear"] += int(test > 0)
+            elif test < 0:
+                c["worse"].append(model)
+        if c["total"]:
+            counts[m] = c
+    return pairs, counts
+
+
 def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
     """Per metric and change (base -> +, base -> ++): for how many decoders the mean paired difference (by split)
     is an improvement, for how many of those a two-sided paired t-test at 5 % says so (``significant``), and which
     decoders got *worse* by that test; the paper's claim above it, and the number of pairs per decoder below
     (a decoder with one split has a sign, never a test). A metric that some of a decoder's pairs lack is tested
     over fewer pairs than the line lists for it: its part names the decoder and that count (``(pairs: lnm 2)``)."""
-    lines, counts = [], set()
-    models = sorted({k[1] for k in cells if k[0] == dataset})
+    lines, tested = [], set()
     for a, b in (("base", "plus"), ("base", "plusplus")):
-        diffs = {(model, m): paired(cells.get((dataset, model, a, "sum"), []),
-                                    cells.get((dataset, model, b, "sum"), []), m)
-                 for model in models for m in CLAIM_COLUMNS}  # fmt: skip
-        pairs = {}
-        for (model, _), d in diffs.items():
-            if d is not None:
-                pairs[model] = max(pairs.get(model, 0), d[2])
+        pairs, counts = claim_counts(cells, dataset, a, b)
         parts = []
-        for m in CLAIM_COLUMNS:
-            better = clear = total = 0
-            names, worse, fewer = [], [], []
-            for model in models:
-                d = diffs[(model, m)]
-                if d is None:
-                    continue
-                total += 1
-                counts.add(d[2])
-                if d[2] < pairs[model]:  # this metric is missing from some of the decoder's pairs: say over how many
-                    fewer.append(f"{model} {d[2]}")
-                direction = metric_info(m).better  # the direction of every metric: mtpp.evaluation.report
-                gain, test = d[0] * direction, significant(d) * direction
-                if gain > 0:
-                    better += 1
-                    names.append(model)
-                    clear += int(test > 0)
-                elif test < 0:
-                    worse.append(model)
-            if total:
-                parts.append(f"{METRICS[m][0]} {better} of {total}" + (f" ({', '.join(names)})" if 0 < better < total
-                                                                        else "") + f", {clear} significant"
-                             + (f", significantly worse: {', '.join(worse)}" if worse else "")
-                             + (f" (pairs: {', '.join(fewer)})" if fewer else ""))
+        for m, c in counts.items():
+            tested |= c["tested"]
+            better, total = c["better"], c["total"]
+            parts.append(f"{METRICS[m][0]} {better} of {total}"
+                         + (f" ({', '.join(c['names'])})" if 0 < better < total else "") + f", {c['clear']} significant"
+                         + (f", significantly worse: {', '.join(c['worse'])}" if c["worse"] else "")
+                         + (f" (pairs: {', '.join(c['fewer'])})" if c["fewer"] else ""))  # fmt: skip
         if parts:
             lines.append(f"- {PARAM_LABEL[a]} → {PARAM_LABEL[b]}, decoders improved (paired by split; pairs: "
                          + ", ".join(f"{k} {v}" for k, v in sorted(pairs.items())) + "): " + "; ".join(parts) + ".")
@@ -357,8 +372,46 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
         return []
     return [f"Against the paper's claim: {PAPER_CLAIM}. On the recorded splits:", "", *lines,
             "", "(Signs of mean paired differences, counted per decoder; \"significant\": a two-sided paired t-test "
-            f"at 5 % over the decoder's pairs, `|mean / SE| > t(0.975, pairs - 1)`{t_thresholds(counts)}; a decoder "
+            f"at 5 % over the decoder's pairs, `|mean / SE| > t(0.975, pairs - 1)`{t_thresholds(tested)}; a decoder "
             "with one pair is never significant.)", ""]  # fmt: skip
+
+
+#: The metrics of the at-a-glance table (:func:`claims_summary`), a subset of ``CLAIM_COLUMNS``.
+SUMMARY_COLUMNS = ("nll_time_per_seq", "nll_mark_per_seq", "accuracy_given_time", "accuracy_forecast",
+                   "ece_given_time", "pce")  # fmt: skip
+
+
+def claims_summary(cells: dict[Key, list[dict]], datasets: Iterable[str]) -> list[str]:
+    """One table over the datasets of the paper's claim (:data:`PAPER_CLAIM`): per dataset and change (base -> +,
+    base -> ++), for each of :data:`SUMMARY_COLUMNS`, ``improved / decoders`` (mean paired difference by split, the
+    counts of :func:`claim_counts`), with how many improved significantly and, after a minus sign, how many got
+    significantly worse (two-sided paired t-test at 5 %; needs two splits or more). Empty without a pair."""
+    rows = []
+    for dataset in datasets:
+        for a, b in (("base", "plus"), ("base", "plusplus")):
+            pairs, counts = claim_counts(cells, dataset, a, b)
+            if not counts:
+                continue
+            cols = []
+            for m in SUMMARY_COLUMNS:
+                c = counts.get(m)
+                if c is None:
+                    cols.append("n/a")
+                    continue
+                tests = max(c["tested"]) >= 2
+                cols.append(f"{c['better']}/{c['total']}" + (f" ({c['clear']} sig." if tests else "")
+                            + (f", {len(c['worse'])} sig. worse" if tests and c["worse"] else "")
+                            + (")" if tests else ""))  # fmt: skip
+            splits = sorted(set(pairs.values()))
+            span = f"{splits[0]}-{splits[-1]}" if len(splits) > 1 else str(splits[0])  # pairs per decoder
+            rows.append([dataset, f"{PARAM_LABEL[a]} → {PARAM_LABEL[b]}", span, *cols])
+    if not rows:
+        return []
+    head = ["dataset", "change", "splits", *(METRICS[m][0] for m in SUMMARY_COLUMNS)]
+    return ["**At a glance**, the paper's claim on every dataset: decoders whose metric improved (mean paired "
+            "difference by split) of those with both cells; `sig.`: of them, significant by a two-sided paired "
+            "t-test at 5 % (two splits or more; `sig. worse`: decoders significantly worse). The per-dataset "
+            "sections below give the differences themselves.", "", *_table(head, rows), ""]  # fmt: skip
 
 
 def t_thresholds(counts: Iterable[int], level: float = 0.05) -> str:
@@ -450,7 +503,9 @@ def results_block(records: list[dict], command: str, published: list[dict] = (),
     names = {k[0] for k in cells} | set(datasets)
     if any(p["dataset"] in names for p in published):
         out += [PAPER_DIFFERS, ""]
-    for dataset in sorted(names, key=lambda d: (DATASETS.index(d) if d in DATASETS else len(DATASETS), d)):
+    ordered = sorted(names, key=lambda d: (DATASETS.index(d) if d in DATASETS else len(DATASETS), d))
+    out += claims_summary(cells, ordered)
+    for dataset in ordered:
         if not any(k[0] == dataset for k in cells):
             out += [f"### {dataset}", "", "No cell has finished yet.", "", *published_beside(cells, dataset, published)]
             continue

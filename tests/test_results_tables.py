@@ -85,6 +85,29 @@ def test_mean_se_and_paired_differences_equal_hand_computed_values(tmp_path: Pat
     assert "- base → +," not in text
 
 
+def test_the_at_a_glance_table_counts_what_the_claim_checks_count() -> None:
+    """One row per dataset and change: improved / decoders, with the significant ones where a test is possible (two
+    splits or more) and the significantly worse ones; one split gives signs only; a metric no decoder pairs is
+    n/a. The counts are the per-dataset claim check's."""
+    base, plus = [0.45, 0.46, 0.47], [0.43, 0.445, 0.452]  # forecast accuracy: significantly worse for lnm
+    recs = [record("mooc", "lnm", "base", s, accuracy_forecast=base[s], nll_time_per_seq=-300.0 - s)
+            for s in range(3)]
+    recs += [record("mooc", "lnm", "plus", s, accuracy_forecast=plus[s], nll_time_per_seq=-305.0 - s * 1.1)
+             for s in range(3)]  # L_T lower by 5.0, 5.1, 5.2: significant
+    recs += [record("mooc", "thp", p, s, accuracy_forecast=0.4 + (p == "plus") * 0.01 * (s + 1),
+                    nll_time_per_seq=-200.0) for p in ("base", "plus") for s in range(3)]
+    recs += [record("lastfm", "lnm", p, 0, nll_time_per_seq=-1000.0 - (p == "plusplus")) for p in ("base", "plusplus")]
+    cells = tables.group(recs)
+    text = "\n".join(tables.claims_summary(cells, ["mooc", "lastfm", "reddit"]))
+    assert "| mooc | base → + | 3 | 1/2 (1 sig.) | n/a | n/a | 1/2 (0 sig., 1 sig. worse) | n/a | n/a |" in text
+    assert "| lastfm | base → ++ | 1 | 1/1 | n/a | n/a | n/a | n/a | n/a |" in text
+    assert "reddit" not in text and "| mooc | base → ++" not in text and "| lastfm | base → + |" not in text
+    claim = "\n".join(tables.claim_check(cells, "mooc"))
+    assert "L_T/seq 1 of 2 (lnm), 1 significant" in claim
+    assert "acc. forecast 1 of 2 (thp), 0 significant, significantly worse: lnm" in claim
+    assert tables.claims_summary(tables.group([]), ["mooc"]) == []
+
+
 def test_the_claim_check_names_decoders_that_got_significantly_worse() -> None:
     """A change that hurts (forecast accuracy -0.0177 ± 0.0015 over three splits, t = 12.2 > 4.30) is named, not
     only left uncounted; over the first two splits alone (t = 7 < 12.7) it is not called significant."""
