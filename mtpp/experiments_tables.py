@@ -408,7 +408,7 @@ def claims_summary(cells: dict[Key, list[dict]], datasets: Iterable[str]) -> lis
     if not rows:
         return []
     head = ["dataset", "change", "splits", *(METRICS[m][0] for m in SUMMARY_COLUMNS)]
-    return ["**At a glance**, the paper's claim on every dataset: decoders whose metric improved (mean paired "
+    return ["### At a glance", "", "The paper's claim on every dataset: decoders whose metric improved (mean paired "
             "difference by split) of those with both cells; `sig.`: of them, significant by a two-sided paired "
             "t-test at 5 % (two splits or more; `sig. worse`: decoders significantly worse). The per-dataset "
             "sections below give the differences themselves.", "", *_table(head, rows), ""]  # fmt: skip
