@@ -826,6 +826,7 @@ def run_grid(
     rerun_stale: bool = False,
     results_dir: str | Path | None = None,
     time_limit: float | None = None,
+    estimates_from: Sequence[str | Path] = (),
 ) -> list[CellResult]:
     """Run every cell not yet complete; record failures in ``out_dir/failures.json``; return one result per cell.
 
@@ -837,7 +838,8 @@ def run_grid(
     ``results_dir``: each finished cell also writes its record there (``mtpp.records``), and a cell that has a
     record there but no run directory under ``out_dir`` is skipped (a grid continued on another machine).
     ``time_limit`` (seconds from now): start only cells expected to finish by then (``mtpp.experiments_schedule``,
-    estimates from the records under ``results_dir``); the others are returned as ``deferred``.
+    estimates from the records under ``results_dir`` and the folders of ``estimates_from``, which only inform the
+    estimates); the others are returned as ``deferred``.
     Processes sharing ``results_dir`` never train the same cell at once (``mtpp.experiments_claims``): a cell
     another one trains is returned as ``elsewhere``, one it finished meanwhile as ``skipped``.
     """
@@ -863,7 +865,7 @@ def run_grid(
     jobs = max(1, min(jobs, len(pending) or 1))
     threads = threads_per_job(jobs)
     cell_overrides = _quiet_overrides(overrides, quiet=quiet_runs or jobs > 1)
-    deadline = _deadline(pending, states, out, overrides, results_dir, time_limit, log)
+    deadline = _deadline(pending, states, out, overrides, results_dir, time_limit, log, estimates_from)
     queue = run_order(pending, states)
     claims = CellClaims(results_dir, fresh={c.name for c in pending if states[c.name] in ("new", "resume")})
     bar = _progress_bar(len(pending), enabled=progress)
@@ -888,14 +890,21 @@ def run_grid(
 
 
 def expected_durations(
-    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], results_dir: str | Path | None
+    cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], results_dir: str | Path | None,
+    estimates_from: Sequence[str | Path] = (),
 ) -> tuple[dict[str, float], int]:
     """Expected remaining seconds of the cells still to train (state ``new`` / ``resume`` / ``stale``), from the
-    records under ``results_dir`` (``mtpp.experiments_schedule.expected_seconds``, with each cell's resolved
-    ``train.max_epochs`` and a resuming cell's finished epochs), and the number of records read."""
+    records under ``results_dir`` and the folders of ``estimates_from`` (e.g. the grid a remedies grid extends,
+    whose ``sum`` cells say what its remedy cells cost; ``mtpp.experiments_schedule.expected_seconds``, with each
+    cell's resolved ``train.max_epochs`` and a resuming cell's finished epochs), and the number of records read.
+    A folder of ``estimates_from`` that does not exist is a ``ConfigError``."""
     from mtpp.records import read_records
 
-    records = read_records(results_dir) if results_dir is not None and Path(results_dir).is_dir() else []
+    for folder in estimates_from:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--estimates-from {folder}: no such folder of result records")
+    folders = ([results_dir] if results_dir is not None and Path(results_dir).is_dir() else []) + list(estimates_from)
+    records = [r for folder in folders for r in read_records(folder)]
     todo = [c for c in cells if states[c.name] != "done"]
     if not records or not todo:
         return {}, len(records)
@@ -908,13 +917,14 @@ def expected_durations(
 def _deadline(
     pending: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str],
     results_dir: str | Path | None, time_limit: float | None, log: Callable[[str], None],
+    estimates_from: Sequence[str | Path] = (),
 ) -> Deadline:  # fmt: skip
     """The ``Deadline`` of a run with ``time_limit`` seconds (none without one), estimates said in one line."""
     if time_limit is None:
         return Deadline(None)
     from mtpp.training.logging import format_eta
 
-    expected, n_records = expected_durations(pending, states, out, overrides, results_dir)
+    expected, n_records = expected_durations(pending, states, out, overrides, results_dir, estimates_from)
     unknown = len(pending) - len(expected)
     log(f"time limit {format_eta(time_limit)}: cells start only when their expected duration fits (estimated from "
         f"{n_records} result record(s); {unknown} of {len(pending)} pending cell(s) without an estimate)")

@@ -24,5 +24,5 @@ compare() {  # EXPERIMENT OUT_NAME [--set ...]
 echo "=== $(date -u +%FT%TZ) grid at $(git rev-parse --short HEAD), deadline $3"
 compare paper_table1 table1 --set "grid.datasets=[mooc]"
 compare paper_table1 table1 --set "grid.datasets=[lastfm,reddit,stack_overflow]" --set "grid.splits=[0]"
-compare paper_remedies remedies
+compare paper_remedies remedies --estimates-from results/paper_table1   # remedy cells cost about their sum cells
 echo "=== $(date -u +%FT%TZ) done"

@@ -241,3 +241,34 @@ def test_compare_command_says_what_it_deferred(tmp_path: Path, fake_fit: FakeFit
     other = lnm[1].relative_to(tmp_path / "runs").as_posix()
     assert f"- 1 cell(s) complete by its result record under {results_dir}" in notes and other in notes
     assert "- 2 cell(s) deferred by --time-limit" in notes and notes.count("/thp-") == 2
+
+
+def test_estimates_from_other_record_folders_never_mark_a_cell_done(tmp_path: Path, fake_fit: FakeFit,
+                                                                    capsys) -> None:
+    """A remedies grid records into its own folder; its remedy cells' costs are known from the sum cells of the
+    grid it extends (another folder): ``--estimates-from`` reads those for the estimates only, so a slow cell is
+    deferred instead of started blind, and a cell recorded there is still trained here."""
+    import yaml
+
+    from mtpp.cli import main
+
+    exp = tmp_path / "grid.yaml"
+    exp.write_text(yaml.safe_dump(small_grid(splits=[0], aggregators=["pcgrad"], parametrisations=["base"])))
+    table1 = tmp_path / "table1"
+    for c in ex.expand(ex.experiment_from_dict(small_grid(splits=[0]))):  # the sum cells, elsewhere
+        wall = 9000.0 if c.labels()["model"] == "thp" else 60.0
+        write_record(table1, c.name, {**_record("synthetic_hawkes", c.labels()["model"], c.labels()["parametrisation"],
+                                                wall, epochs=1), "cell": c.labels()})
+    args = ["compare", str(exp), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "remedies"),
+            "--no-report", "--time-limit", "1h"]
+    assert main([*args, "--dry-run", "--estimates-from", str(tmp_path / "nowhere")]) == 2
+    assert "--estimates-from" in capsys.readouterr().err
+    assert main([*args, "--dry-run", "--estimates-from", str(table1)]) == 0
+    out = capsys.readouterr().out
+    assert all("(expected 150 min)  deferred" in line for line in out.splitlines() if "/thp-" in line)
+    assert all("(expected 60 s)  starts at +0s" in line for line in out.splitlines() if "/lnm-" in line)
+    assert main([*args, "--estimates-from", str(table1)]) == 0
+    err = capsys.readouterr().err
+    assert "estimated from 4 result record(s); 0 of 2 pending cell(s) without an estimate" in err
+    assert "1 trained, 0 skipped (already complete), 0 failed, 1 deferred" in err
+    assert sorted(p.name for p in (tmp_path / "table1").rglob("*.json")) == ["split0-seed0.json"] * 4  # untouched

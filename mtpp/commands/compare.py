@@ -28,8 +28,8 @@ compare refuses to mix such runs into one summary unless --rerun-stale retrains 
 in the header) stops every worker within seconds: finished cells stay, running ones resume from their checkpoints
 on the next run.
 --time-limit 2h30m (inside a job with a wall-time limit) starts a cell only when its expected duration (the median
-wall time of the recorded cells of the same dataset, model, parametrisation and aggregator under --results) fits in
-the time left; the rest are deferred to the next run of the same command.
+wall time of the recorded cells of the same dataset, model, parametrisation and aggregator under --results, and
+--estimates-from DIR's) fits in the time left; the rest are deferred to the next run of the same command.
 --order breadth runs every (dataset, model, parametrisation, aggregator) at its first split/seed before any at its
 second: a grid cut short by a time limit still has a first result for every model.
 --dry-run prints each cell's state (data fingerprints and result records checked as the run checks them): new,
@@ -82,6 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "time of the --results records of the same dataset, model, parametrisation and aggregator, else of fewer of "
         "those labels: mtpp.experiments_schedule); the others are deferred to the next run",
     )
+    p.add_argument(
+        "--estimates-from", type=Path, action="append", default=[], metavar="DIR",
+        help="with --time-limit (and --dry-run): also estimate durations from the result records in DIR, e.g. "
+        "results/paper_table1 for a remedies grid whose remedy cells cost about what their sum cells there did; "
+        "those records never mark a cell done; repeatable",
+    )
     p.set_defaults(func=run)
 
 
@@ -116,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"data {line}", file=sys.stderr)
     if args.dry_run:
         stale = _print_cells(cells, args.out, run_overrides, args.results, args.time_limit, args.jobs,
-                             args.rerun_stale)
+                             args.rerun_stale, args.estimates_from)
         if missing:
             print(f"the real run would stop: {len(missing)} dataset(s) or split(s) not found", file=sys.stderr)
         if stale:
@@ -163,6 +169,7 @@ def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[
         cells, args.out, jobs=args.jobs, overrides=run_overrides,
         progress=not args.no_progress, quiet_runs=not args.verbose_runs, rerun_stale=args.rerun_stale,
         log=lambda m: print(m, file=sys.stderr), results_dir=args.results, time_limit=args.time_limit,
+        estimates_from=args.estimates_from,
     )
     counts = ex.results_summary(results)
     deferred = f", {counts['deferred']} deferred (expected to end after --time-limit; rerun to continue)"
@@ -214,7 +221,7 @@ def _print_data(configs: list) -> list[str]:
 
 def _print_cells(
     cells: list, out: Path, overrides: list[str], results: Path | None = None, time_limit: float | None = None,
-    jobs: int = 1, rerun_stale: bool = False,
+    jobs: int = 1, rerun_stale: bool = False, estimates_from: list[Path] = (),
 ) -> int:
     """One line per cell with the state a real run would act on (``mtpp.experiments.grid_states``: the run folder,
     then the result record under ``--results``); a resumable cell shows its last epoch, or ``running`` when a
@@ -251,7 +258,7 @@ def _print_cells(
     elsewhere = {c.name: h for c in cells if states[c.name] in trains
                  and (h := claim_holder(results, c.name)) is not None}  # fmt: skip
     todo = [c for c in cells if states[c.name] in trains and c.name not in elsewhere]
-    expected, _ = expected_durations(todo, states, out, overrides, results)
+    expected, _ = expected_durations(todo, states, out, overrides, results, estimates_from)
     simulated = time_limit is not None and not stale
     starts, deferred, undecided = simulate(todo, expected, jobs, time_limit) if simulated else ({}, [], [])
     waits_for = next((c.name for c in todo if c.name in starts and c.name not in expected), None)
