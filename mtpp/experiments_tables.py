@@ -377,15 +377,16 @@ def claim_check(cells: dict[Key, list[dict]], dataset: str) -> list[str]:
 
 
 #: The metrics of the at-a-glance table (:func:`claims_summary`), a subset of ``CLAIM_COLUMNS``.
-SUMMARY_COLUMNS = ("nll_time_per_seq", "nll_mark_per_seq", "accuracy_given_time", "accuracy_forecast",
-                   "ece_given_time", "pce")  # fmt: skip
+SUMMARY_COLUMNS = ("nll_time_per_seq", "nll_time_binned_per_seq", "nll_mark_per_seq", "accuracy_given_time",
+                   "accuracy_forecast", "ece_given_time", "pce")  # fmt: skip
 
 
 def claims_summary(cells: dict[Key, list[dict]], datasets: Iterable[str]) -> list[str]:
     """One table over the datasets of the paper's claim (:data:`PAPER_CLAIM`): per dataset and change (base -> +,
     base -> ++), for each of :data:`SUMMARY_COLUMNS`, ``improved / decoders`` (mean paired difference by split, the
-    counts of :func:`claim_counts`), with how many improved significantly and, after a minus sign, how many got
-    significantly worse (two-sided paired t-test at 5 %; needs two splits or more). Empty without a pair."""
+    counts of :func:`claim_counts`), with how many improved significantly and how many got significantly worse
+    (two-sided paired t-test at 5 %; needs two splits or more); ``n/a`` where no decoder of the dataset has the
+    metric (``L_T binned`` exists only for times on a lattice). Empty without a pair."""
     rows = []
     for dataset in datasets:
         for a, b in (("base", "plus"), ("base", "plusplus")):

@@ -99,8 +99,8 @@ def test_the_at_a_glance_table_counts_what_the_claim_checks_count() -> None:
     recs += [record("lastfm", "lnm", p, 0, nll_time_per_seq=-1000.0 - (p == "plusplus")) for p in ("base", "plusplus")]
     cells = tables.group(recs)
     text = "\n".join(tables.claims_summary(cells, ["mooc", "lastfm", "reddit"]))
-    assert "| mooc | base → + | 3 | 1/2 (1 sig.) | n/a | n/a | 1/2 (0 sig., 1 sig. worse) | n/a | n/a |" in text
-    assert "| lastfm | base → ++ | 1 | 1/1 | n/a | n/a | n/a | n/a | n/a |" in text
+    assert "| mooc | base → + | 3 | 1/2 (1 sig.) | n/a | n/a | n/a | 1/2 (0 sig., 1 sig. worse) | n/a | n/a |" in text
+    assert "| lastfm | base → ++ | 1 | 1/1 | n/a | n/a | n/a | n/a | n/a | n/a |" in text
     assert "reddit" not in text and "| mooc | base → ++" not in text and "| lastfm | base → + |" not in text
     claim = "\n".join(tables.claim_check(cells, "mooc"))
     assert "L_T/seq 1 of 2 (lnm), 1 significant" in claim
