@@ -904,7 +904,8 @@ def expected_durations(
         if not Path(folder).is_dir():
             raise ConfigError(f"--estimates-from {folder}: no such folder of result records")
     folders = ([results_dir] if results_dir is not None and Path(results_dir).is_dir() else []) + list(estimates_from)
-    records = [r for folder in folders for r in read_records(folder)]
+    unique = list({Path(f).resolve(): f for f in folders}.values())  # a folder given twice is read once
+    records = [r for folder in unique for r in read_records(folder)]
     todo = [c for c in cells if states[c.name] != "done"]
     if not records or not todo:
         return {}, len(records)

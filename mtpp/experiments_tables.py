@@ -385,8 +385,9 @@ def claims_summary(cells: dict[Key, list[dict]], datasets: Iterable[str]) -> lis
     """One table over the datasets of the paper's claim (:data:`PAPER_CLAIM`): per dataset and change (base -> +,
     base -> ++), for each of :data:`SUMMARY_COLUMNS`, ``improved / decoders`` (mean paired difference by split, the
     counts of :func:`claim_counts`), with how many improved significantly and how many got significantly worse
-    (two-sided paired t-test at 5 %; needs two splits or more); ``n/a`` where no decoder of the dataset has the
-    metric (``L_T binned`` exists only for times on a lattice). Empty without a pair."""
+    (two-sided paired t-test at 5 %; needs two splits or more); ``*`` where a decoder pairs the metric over fewer
+    splits than its others (``claim_counts``' ``fewer``); ``n/a`` where no decoder of the dataset has the metric
+    (``L_T binned`` exists only for times on a lattice). Empty without a pair."""
     rows = []
     for dataset in datasets:
         for a, b in (("base", "plus"), ("base", "plusplus")):
@@ -400,7 +401,8 @@ def claims_summary(cells: dict[Key, list[dict]], datasets: Iterable[str]) -> lis
                     cols.append("n/a")
                     continue
                 tests = max(c["tested"]) >= 2
-                cols.append(f"{c['better']}/{c['total']}" + (f" ({c['clear']} sig." if tests else "")
+                cols.append(f"{c['better']}/{c['total']}" + ("*" if c["fewer"] else "")
+                            + (f" ({c['clear']} sig." if tests else "")
                             + (f", {len(c['worse'])} sig. worse" if tests and c["worse"] else "")
                             + (")" if tests else ""))  # fmt: skip
             splits = sorted(set(pairs.values()))
@@ -411,8 +413,9 @@ def claims_summary(cells: dict[Key, list[dict]], datasets: Iterable[str]) -> lis
     head = ["dataset", "change", "splits", *(METRICS[m][0] for m in SUMMARY_COLUMNS)]
     return ["### At a glance", "", "The paper's claim on every dataset: decoders whose metric improved (mean paired "
             "difference by split) of those with both cells; `sig.`: of them, significant by a two-sided paired "
-            "t-test at 5 % (two splits or more; `sig. worse`: decoders significantly worse). The per-dataset "
-            "sections below give the differences themselves.", "", *_table(head, rows), ""]  # fmt: skip
+            "t-test at 5 % (two splits or more; `sig. worse`: decoders significantly worse); `*`: some decoder pairs "
+            "this metric over fewer splits than the row's (its records lack it; the dataset's claim check says which). "
+            "The per-dataset sections below give the differences themselves.", "", *_table(head, rows), ""]  # fmt: skip
 
 
 def t_thresholds(counts: Iterable[int], level: float = 0.05) -> str:

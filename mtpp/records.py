@@ -304,11 +304,18 @@ def dumps(obj: Any, level: int = 0) -> str:
 
 
 def read_records(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record under ``results_dir`` (recursively), in path order."""
+    """Every record under ``results_dir`` (recursively), in path order; other JSON files are passed over, and one
+    that is not JSON is a ``ConfigError`` naming it."""
     root = Path(results_dir)
     out = []
     for path in sorted(root.rglob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:  # a file cut by a kill, or not JSON at all
+            from mtpp.errors import ConfigError
+
+            raise ConfigError(f"{path}: not readable as JSON ({e}); a result record is a JSON file written by "
+                              "mtpp compare --results (move the file away, or restore it from git)") from None
         if isinstance(data, dict) and data.get("record_version") == RECORD_VERSION:
             data["_path"] = str(path.relative_to(root))
             out.append(data)
@@ -323,67 +330,94 @@ TRAJECTORY_KEYS = ("epochs", "best_epoch", "best_epoch/time", "best_epoch/mark",
 #: ``run_info`` keys whose difference explains a retraining that does not reproduce its record.
 PROVENANCE_KEYS = ("git_revision", "torch_version", "numpy_version", "python_version", "cpu_capability", "device",
                    "threads", "world_size", "time_scale")
+#: Settings that do not make a run another one (``mtpp.config.NON_SEMANTIC_KEYS``) but change its floating-point
+#: rounding: listed with the provenance when a retraining sets them otherwise than the record.
+ROUNDING_SETTINGS = ("train.compile", "train.compile_integrand", "train.eval_batch_size")
 
 
-def _relative(a: Any, b: Any) -> float:
-    """``|a - b| / max(|a|, |b|)`` for numbers (0 when equal, also for two n/a), ``inf`` when only one is a number
-    or they are unequal non-numbers."""
-    if a == b:
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _relative(a: Any, b: Any) -> float | None:
+    """``|a - b| / max(|a|, |b|)`` for two finite numbers (0 when equal); 0 for equal values and for two NaNs;
+    ``None`` when they differ otherwise (a value against n/a, an infinity, unequal text): no relative size."""
+    if a == b or (_number(a) and _number(b) and math.isnan(a) and math.isnan(b)):
         return 0.0
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
-    if not numbers or not (_finite(a) and _finite(b)):
-        return math.inf
-    return abs(a - b) / max(abs(a), abs(b))
+    if _number(a) and _number(b) and _finite(a) and _finite(b):
+        return abs(a - b) / max(abs(a), abs(b))
+    return None
 
 
-def reproduction(record: dict[str, Any], metrics: dict[str, Any], run_info: dict[str, Any] | None = None,
+def _setting(config: dict[str, Any], key: str) -> Any:
+    section, name = key.split(".", 1)
+    return (config.get(section) or {}).get(name)
+
+
+def reproduction(record: dict[str, Any], metrics: dict[str, Any], run_config: dict[str, Any] | None = None,
                  ) -> dict[str, Any]:  # fmt: skip
-    """How a run that trained ``record``'s cell again (``metrics``: its ``metrics.json``; ``run_info``: its
-    ``config.yaml``'s) compares with the record.
+    """How a run that trained ``record``'s cell again (``metrics``: its ``metrics.json``; ``run_config``: its
+    ``config.yaml``, ``run_info`` included) compares with the record.
 
     Returns ``trajectory``: ``[(key, recorded, now)]`` of the training summary's :data:`TRAJECTORY_KEYS` that differ
     (another number of epochs or best epoch: the run took another path); ``compared``: how many validation and test
-    metrics both hold (:data:`MACHINE_KEYS` left out); ``different``: ``[(part.key, recorded, now, relative
-    difference)]`` of those that are not equal, largest relative difference first (``inf`` when one is n/a);
-    ``provenance``: ``[(key, recorded, now)]`` of the :data:`PROVENANCE_KEYS` of ``run_info`` that differ (what may
-    explain a difference: another code revision, torch, CPU instruction set, device or thread count rounds
-    otherwise); a key the record lacks (written before it existed) is left out."""
+    values both hold (metrics and counts such as ``num_events``; :data:`MACHINE_KEYS` left out); ``different``:
+    ``[(part.key, recorded, now, relative difference)]`` of the numbers that differ, largest first; ``mismatched``:
+    ``[(part.key, recorded, now)]`` of the values that differ without a relative size (a number against n/a, an
+    infinity, other text); two NaNs are equal; ``provenance``: ``[(key, recorded, now)]`` of the
+    :data:`PROVENANCE_KEYS` of ``run_info`` and the :data:`ROUNDING_SETTINGS` that differ (what may explain a
+    difference: another code revision, torch, CPU instruction set, device, thread count or compilation rounds
+    otherwise); a ``run_info`` key the record lacks (written before it existed) is left out."""
     recorded = record.get("metrics") or {}
     rec_train, now_train = recorded.get("train") or {}, metrics.get("train") or {}
     trajectory = [(k, rec_train.get(k), now_train.get(k)) for k in TRAJECTORY_KEYS
                   if (k in rec_train or k in now_train) and rec_train.get(k) != now_train.get(k)]
-    compared, different = 0, []
+    compared, different, mismatched = 0, [], []
     for part in ("val", "test"):
         a, b = recorded.get(part) or {}, metrics.get(part) or {}
         for key in sorted(set(a) & set(b) - MACHINE_KEYS):
             compared += 1
             rel = _relative(a[key], b[key])
-            if rel > 0:
+            if rel is None:
+                mismatched.append((f"{part}.{key}", a[key], b[key]))
+            elif rel > 0:
                 different.append((f"{part}.{key}", a[key], b[key], rel))
     different.sort(key=lambda d: -d[3])
-    rec_info = (record.get("config") or {}).get("run_info") or {}
-    provenance = [(k, rec_info[k], run_info[k]) for k in PROVENANCE_KEYS  # a key the record predates: not known
-                  if run_info is not None and k in rec_info and k in run_info and rec_info[k] != run_info[k]]
-    return {"trajectory": trajectory, "compared": compared, "different": different, "provenance": provenance}
+    rec_config = record.get("config") or {}
+    rec_info = rec_config.get("run_info") or {}
+    provenance = []
+    if run_config is not None:
+        info = run_config.get("run_info") or {}
+        provenance = [(k, rec_info[k], info[k]) for k in PROVENANCE_KEYS  # a key the record predates: not known
+                      if k in rec_info and k in info and rec_info[k] != info[k]]
+        provenance += [(k, _setting(rec_config, k), _setting(run_config, k)) for k in ROUNDING_SETTINGS
+                       if _setting(rec_config, k) != _setting(run_config, k)]
+    return {"trajectory": trajectory, "compared": compared, "different": different, "mismatched": mismatched,
+            "provenance": provenance}
 
 
 def describe_reproduction(where: str, result: dict[str, Any], shown: int = 3) -> str:
-    """One line on :func:`reproduction`'s ``result`` for the record at ``where``: reproduced exactly, reproduced
-    to a relative difference (the same epochs; the ``shown`` largest differences), or not reproduced (another
-    trajectory: the keys that differ), with the provenance keys that differ."""
+    """One line on :func:`reproduction`'s ``result`` for the record at ``where``: nothing to compare, reproduced
+    exactly, reproduced to a relative difference (the same epochs; the ``shown`` largest differences), or not
+    reproduced (another trajectory, or values that differ without a relative size: a number against n/a), with
+    the provenance keys that differ."""
 
     def pairs(items: list[tuple]) -> str:
         return ", ".join(f"{k} {a!r} recorded vs {b!r} now" for k, a, b, *_ in items[:shown])
 
-    n, diff = result["compared"], result["different"]
-    if result["trajectory"]:
-        line = (f"{where}: NOT reproduced: the run took another path ({pairs(result['trajectory'])})"
-                + (f"; largest metric differences: {pairs(diff)}" if diff else ""))
+    n, diff, odd = result["compared"], result["different"], result.get("mismatched") or []
+    if result["trajectory"] or odd:
+        why = [f"the run took another path ({pairs(result['trajectory'])})"] if result["trajectory"] else []
+        why += [f"values differ beyond rounding ({pairs(odd)})"] if odd else []
+        line = (f"{where}: NOT reproduced: {'; '.join(why)}"
+                + (f"; largest relative differences: {pairs(diff)}" if diff else ""))
+    elif n == 0:
+        line = f"{where}: nothing to compare (the record and the run share no validation or test value)"
     elif not diff:
-        line = f"{where}: reproduced exactly (the same epochs; {n} validation and test metrics equal)"
+        line = f"{where}: reproduced exactly (the same epochs; {n} validation and test values equal)"
     else:
         line = (f"{where}: reproduced to a relative {diff[0][3]:.1e} (the same epochs; {n - len(diff)} of {n} "
-                f"validation and test metrics equal; largest differences: {pairs(diff)})")
+                f"validation and test values equal; largest differences: {pairs(diff)})")
     if result["provenance"]:
-        line += f"; run_info differs: {pairs(result['provenance'])}"
+        line += f"; differs from the record's run: {pairs(result['provenance'])}"
     return line

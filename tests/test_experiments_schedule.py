@@ -272,3 +272,19 @@ def test_estimates_from_other_record_folders_never_mark_a_cell_done(tmp_path: Pa
     assert "estimated from 4 result record(s); 0 of 2 pending cell(s) without an estimate" in err
     assert "1 trained, 0 skipped (already complete), 0 failed, 1 deferred" in err
     assert sorted(p.name for p in (tmp_path / "table1").rglob("*.json")) == ["split0-seed0.json"] * 4  # untouched
+    # given twice, or equal to --results, a folder's records count once
+    cells = ex.expand(ex.experiment_from_dict(small_grid(splits=[0], aggregators=["pcgrad"],
+                                                         parametrisations=["base"])))
+    states = {c.name: "new" for c in cells}
+    _, n = ex.expected_durations(cells, states, tmp_path / "runs", [], table1, [table1, tmp_path / "table1"])
+    assert n == 4
+    # without --time-limit or --dry-run it does nothing, and says so; a missing folder is refused up front
+    assert main([*args[:-2], "--estimates-from", str(table1)]) == 0
+    assert "note: --estimates-from informs --time-limit's estimates" in capsys.readouterr().err
+    assert main([*args[:-2], "--estimates-from", str(tmp_path / "nowhere")]) == 2
+    assert "--estimates-from " + str(tmp_path / "nowhere") + ": no such folder" in capsys.readouterr().err
+    # a file in it that is not JSON (cut by a kill) is named, not a traceback
+    (table1 / "broken.json").write_text('{"record_version": 1, "cell": {"data')
+    assert main([*args, "--dry-run", "--estimates-from", str(table1)]) == 2
+    err = capsys.readouterr().err
+    assert f"{table1 / 'broken.json'}: not readable as JSON" in err and "Traceback" not in err

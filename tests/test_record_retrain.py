@@ -30,22 +30,39 @@ def test_reproduction_tells_exact_relative_and_another_path_apart() -> None:
     same = json.loads(json.dumps(rec["metrics"]))
     same["train"]["train_seconds"] = 9.0  # the machine's speed is never compared
     same["test"]["train_events_per_second"] = 3e4
-    result = reproduction(rec, same, {"git_revision": "abc", "torch_version": "2.13.0", "threads": 1})
-    assert result == {"trajectory": [], "compared": 5, "different": [], "provenance": []}
+    same["val"]["pce"] = None  # n/a on both sides: equal
+    result = reproduction(rec, same, {"run_info": {"git_revision": "abc", "torch_version": "2.13.0", "threads": 1}})
+    assert result == {"trajectory": [], "compared": 5, "different": [], "mismatched": [], "provenance": []}
     assert describe_reproduction("R.json", result) == (
-        "R.json: reproduced exactly (the same epochs; 5 validation and test metrics equal)")
+        "R.json: reproduced exactly (the same epochs; 5 validation and test values equal)")
+    nan = json.loads(json.dumps(rec["metrics"]))
+    nan["test"]["nll_per_seq"] = float("nan")
+    rec_nan = {**rec, "metrics": json.loads(json.dumps(nan))}
+    assert reproduction(rec_nan, nan)["different"] == [] and reproduction(rec_nan, nan)["mismatched"] == []
+    assert describe_reproduction("R.json", reproduction(rec, {"train": rec["metrics"]["train"], "val": {"other": 1}})).startswith(
+        "R.json: nothing to compare (the record and the run share no validation or test value)")
 
     close = json.loads(json.dumps(rec["metrics"]))
     close["test"]["nll_per_seq"] = 12.0 * (1 + 1e-7)
-    close["val"]["pce"] = 0.1  # n/a recorded, a number now: infinitely different, listed first
-    result = reproduction(rec, close, {"git_revision": "def", "torch_version": "2.13.0", "threads": 1,
-                                       "cpu_capability": "AVX512"})  # a key the record predates: not a difference
-    assert result["provenance"] == [("git_revision", "abc", "def")]
-    assert [d[0] for d in result["different"]] == ["val.pce", "test.nll_per_seq"]
-    assert result["different"][0][3] == math.inf and result["different"][1][3] == pytest.approx(1e-7, rel=1e-3)
+    close["val"]["nll_per_seq"] = 10.0 * (1 - 1e-9)
+    run = {"run_info": {"git_revision": "def", "torch_version": "2.13.0", "threads": 1, "cpu_capability": "AVX512"},
+           "train": {"compile_integrand": True}}  # cpu_capability: a key the record predates, not a difference
+    result = reproduction(rec, close, run)
+    assert result["provenance"] == [("git_revision", "abc", "def"), ("train.compile_integrand", None, True)]
+    assert [d[0] for d in result["different"]] == ["test.nll_per_seq", "val.nll_per_seq"]
+    assert result["different"][0][3] == pytest.approx(1e-7, rel=1e-3) and result["mismatched"] == []
     line = describe_reproduction("R.json", result)
-    assert line.startswith("R.json: reproduced to a relative inf (the same epochs; 3 of 5 validation and test")
-    assert "run_info differs: git_revision 'abc' recorded vs 'def' now" in line
+    assert line.startswith("R.json: reproduced to a relative 1.0e-07 (the same epochs; 3 of 5 validation and test")
+    assert ("differs from the record's run: git_revision 'abc' recorded vs 'def' now, train.compile_integrand None "
+            "recorded vs True now") in line
+    # a value against n/a has no relative size: it is not rounding, and the line does not call it reproduced
+    odd = json.loads(json.dumps(close))
+    odd["val"]["pce"] = 0.1
+    result = reproduction(rec, odd)
+    assert result["mismatched"] == [("val.pce", None, 0.1)] and math.isfinite(result["different"][0][3])
+    assert describe_reproduction("R.json", result).startswith(
+        "R.json: NOT reproduced: values differ beyond rounding (val.pce None recorded vs 0.1 now); largest relative "
+        "differences: test.nll_per_seq")
 
     other = json.loads(json.dumps(rec["metrics"]))
     other["train"].update(epochs=14, best_epoch=9)
@@ -111,3 +128,26 @@ def test_a_record_whose_run_a_resume_changed_says_retraining_it_is_another_run(t
     err = capsys.readouterr().err
     assert "is the record of a run that training it again does not reproduce" in err
     assert "train.lr 0.001 -> 0.05 after epoch 2" in err
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda r: r["config"].__setitem__("run_info", "x"), "config.run_info"),
+    (lambda r: r["config"]["run_info"].__setitem__("data", "x"), "config.run_info.data"),
+    (lambda r: r.__setitem__("metrics", [1]), "metrics"),
+    (lambda r: r["metrics"].__setitem__("test", [1]), "metrics.test"),
+])
+def test_a_hand_edited_record_is_one_line_naming_the_file_before_training(tmp_path: Path, capsys, edit,
+                                                                          named: str) -> None:
+    """A record whose sections are not mappings crashed with a bare AttributeError naming no file (or, for its
+    metrics, only after training); it is refused before anything trains, whatever the file's name."""
+    record = {"record_version": 1, "cell": {}, "config": {"data": {"name": "synthetic_hawkes"},
+                                                          "run_info": {"data": {"parts": {}}}},
+              "metrics": {"train": {}, "val": {}, "test": {}}}
+    edit(record)
+    path = tmp_path / "renamed.yaml"  # a record is one by its content, not its suffix
+    path.write_text(json.dumps(record))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{path}: a result record whose {named} is not a mapping (mtpp.records): not a record mtpp "
+                        "wrote, or edited by hand")
+    assert "Traceback" not in err and not (tmp_path / "run").exists()

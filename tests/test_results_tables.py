@@ -106,6 +106,13 @@ def test_the_at_a_glance_table_counts_what_the_claim_checks_count() -> None:
     assert "L_T/seq 1 of 2 (lnm), 1 significant" in claim
     assert "acc. forecast 1 of 2 (thp), 0 significant, significantly worse: lnm" in claim
     assert tables.claims_summary(tables.group([]), ["mooc"]) == []
+    # a metric some of a decoder's pairs lack (L_T binned on split 0 only) is marked: tested over fewer splits
+    binned = [r for r in recs if not (r["cell"]["model"] == "lnm" and r["cell"]["split"] == 0)]
+    binned += [record("mooc", "lnm", p, 0, accuracy_forecast=[0.45, 0.43][p == "plus"],
+                      nll_time_per_seq=[-300.0, -305.0][p == "plus"],
+                      nll_time_binned_per_seq=[300.0, 299.0][p == "plus"]) for p in ("base", "plus")]
+    text = "\n".join(tables.claims_summary(tables.group(binned), ["mooc"]))
+    assert "| mooc | base → + | 3 | 1/2 (1 sig.) | 1/1* |" in text and "`*`: some decoder pairs this metric" in text
 
 
 def test_the_claim_check_names_decoders_that_got_significantly_worse() -> None:

@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(note, file=sys.stderr)
         args.time_limit = parse_duration(args.time_limit)
+    for folder in args.estimates_from:
+        if not folder.is_dir():
+            raise ConfigError(f"--estimates-from {folder}: no such folder of result records")
+    if args.estimates_from and args.time_limit is None and not args.dry_run:
+        print("note: --estimates-from informs --time-limit's estimates (and --dry-run's); without either it has no "
+              "effect", file=sys.stderr)
     exp = ex.load_experiment(args.experiment, args.overrides)
     _, run_overrides = ex.split_overrides(args.overrides)
     cells = ex.ordered(ex.select(ex.expand(exp), args.only), args.order)

@@ -110,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
         from mtpp.config import read_yaml
         from mtpp.records import describe_reproduction, reproduction
 
-        info = (read_yaml(args.out / "config.yaml") or {}).get("run_info")
-        print(describe_reproduction(str(config_path), reproduction(record, metrics, info)), file=sys.stderr)
+        run_config = read_yaml(args.out / "config.yaml") or {}
+        print(describe_reproduction(str(config_path), reproduction(record, metrics, run_config)), file=sys.stderr)
     return 0
 
 
@@ -121,13 +121,24 @@ def _retrained_record(config_path: Path | None, cfg: Any) -> tuple[dict | None, 
     the record when it ends (``mtpp.records.reproduction``). ``(None, None)`` for a run configuration, and, with a
     note, for a record whose settings ``--set`` changed (a new run, nothing to compare with)."""
     from mtpp.config import is_result_record, read_yaml
+    from mtpp.errors import ConfigError
     from mtpp.experiments import stored_differences
 
-    if config_path is None or Path(config_path).suffix.lower() != ".json":
+    if config_path is None:
         return None, None
-    raw = read_yaml(Path(config_path))  # load_config read it already
+    raw = read_yaml(Path(config_path))  # load_config read it already (a record whatever its file name)
     if not is_result_record(raw):
         return None, None
+    info, metrics = raw["config"].get("run_info"), raw.get("metrics")
+    fields = {"config.run_info": info, "metrics": metrics}  # what the data check and the comparison read
+    if isinstance(info, dict):
+        fields["config.run_info.data"] = info.get("data")
+    if isinstance(metrics, dict):
+        fields.update({f"metrics.{part}": metrics.get(part) for part in ("train", "val", "test")})
+    bad = [name for name, value in fields.items() if value is not None and not isinstance(value, dict)]
+    if bad:
+        raise ConfigError(f"{config_path}: a result record whose {', '.join(bad)} is not a mapping (mtpp.records): "
+                          "not a record mtpp wrote, or edited by hand")
     changed = stored_differences(raw["config"], cfg.to_dict(), str(config_path))
     if changed:
         print(f"note: {config_path} is a result record trained here with other settings ({'; '.join(changed[:3])}"
@@ -135,7 +146,7 @@ def _retrained_record(config_path: Path | None, cfg: Any) -> tuple[dict | None, 
         return None, None
     print(f"retraining the result record {config_path}: on its data, compared with it when the run ends",
           file=sys.stderr)
-    return raw, (raw["config"].get("run_info") or {}).get("data")
+    return raw, (info or {}).get("data")
 
 
 def _warn_unreproducible_record(config_path: Path | None, cfg: Any) -> None:
