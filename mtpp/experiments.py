@@ -889,6 +889,13 @@ def run_grid(
     return results
 
 
+def check_estimate_folders(folders: Sequence[str | Path]) -> None:
+    """``ConfigError`` naming the first of ``folders`` (``--estimates-from``) that is not a folder."""
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--estimates-from {folder}: no such folder of result records")
+
+
 def expected_durations(
     cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], results_dir: str | Path | None,
     estimates_from: Sequence[str | Path] = (),
@@ -900,9 +907,7 @@ def expected_durations(
     A folder of ``estimates_from`` that does not exist is a ``ConfigError``."""
     from mtpp.records import read_records
 
-    for folder in estimates_from:
-        if not Path(folder).is_dir():
-            raise ConfigError(f"--estimates-from {folder}: no such folder of result records")
+    check_estimate_folders(estimates_from)
     folders = ([results_dir] if results_dir is not None and Path(results_dir).is_dir() else []) + list(estimates_from)
     unique = list({Path(f).resolve(): f for f in folders}.values())  # a folder given twice is read once
     records = [r for folder in unique for r in read_records(folder)]

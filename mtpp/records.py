@@ -349,11 +349,6 @@ def _relative(a: Any, b: Any) -> float | None:
     return None
 
 
-def _setting(config: dict[str, Any], key: str) -> Any:
-    section, name = key.split(".", 1)
-    return (config.get(section) or {}).get(name)
-
-
 def reproduction(record: dict[str, Any], metrics: dict[str, Any], run_config: dict[str, Any] | None = None,
                  ) -> dict[str, Any]:  # fmt: skip
     """How a run that trained ``record``'s cell again (``metrics``: its ``metrics.json``; ``run_config``: its
@@ -387,11 +382,13 @@ def reproduction(record: dict[str, Any], metrics: dict[str, Any], run_config: di
     rec_info = rec_config.get("run_info") or {}
     provenance = []
     if run_config is not None:
+        from mtpp.config import flatten
+
         info = run_config.get("run_info") or {}
         provenance = [(k, rec_info[k], info[k]) for k in PROVENANCE_KEYS  # a key the record predates: not known
                       if k in rec_info and k in info and rec_info[k] != info[k]]
-        provenance += [(k, _setting(rec_config, k), _setting(run_config, k)) for k in ROUNDING_SETTINGS
-                       if _setting(rec_config, k) != _setting(run_config, k)]
+        was, now = flatten(rec_config), flatten(run_config)
+        provenance += [(k, was.get(k), now.get(k)) for k in ROUNDING_SETTINGS if was.get(k) != now.get(k)]
     return {"trajectory": trajectory, "compared": compared, "different": different, "mismatched": mismatched,
             "provenance": provenance}
 

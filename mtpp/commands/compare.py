@@ -104,9 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(note, file=sys.stderr)
         args.time_limit = parse_duration(args.time_limit)
-    for folder in args.estimates_from:
-        if not folder.is_dir():
-            raise ConfigError(f"--estimates-from {folder}: no such folder of result records")
+    ex.check_estimate_folders(args.estimates_from)  # up front: without --time-limit nothing else reads them
     if args.estimates_from and args.time_limit is None and not args.dry_run:
         print("note: --estimates-from informs --time-limit's estimates (and --dry-run's); without either it has no "
               "effect", file=sys.stderr)
