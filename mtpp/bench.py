@@ -386,14 +386,6 @@ def _rss_mb() -> float:
     return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def bench_model(spec: str, cfg: BenchConfig) -> dict[str, Any]:
     """Benchmark one model in this process; returns its row (see ``ROW_KEYS``).
 
@@ -434,6 +426,7 @@ def _measure(
     run_cfg: Any, label: str, num_marks: int, baseline: float,
 ) -> dict[str, Any]:  # fmt: skip
     from mtpp.training.setup import count_parameters
+    from mtpp.training.trainer import device_name
 
     start = time.perf_counter()
 
@@ -490,7 +483,7 @@ def _measure(
         "events_per_batch": sum(events) / len(events),
         "max_batch_length": max(b.max_length for b in batches),
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "batch_size": cfg.batch_size,
         "steps": cfg.steps,
         "warmup": cfg.warmup,

@@ -659,14 +659,17 @@ def grid_projection(records: list[dict], grid: tuple = MOOC_GRID, jobs: int = 2)
 
 
 def _machine(record: dict, decoder: str, info: dict) -> str:
-    """Device and threads of a record's run, and "compiled integrand" where ``train.compile_integrand`` applied
+    """Device (with its model name, ``run_info.device_name``, where the record has one), threads of a record's
+    run, and "compiled integrand" where ``train.compile_integrand`` applied
     (THP / SAHP trained with a node rule: ``mtpp.models.compiled``; a no-op elsewhere)."""
     from mtpp.models.compiled import applies
 
     config = record.get("config") or {}
     on = (config.get("train") or {}).get("compile_integrand")
     compiled = on and applies(decoder, (config.get("model") or {}).get("integration"))
-    return f"{info.get('device', '?')}, {info.get('threads', '?')} thr" + (", compiled integrand" if compiled else "")
+    name = f" ({info['device_name']})" if info.get("device_name") else ""  # records since run_info had it
+    return (f"{info.get('device', '?')}{name}, {info.get('threads', '?')} thr"
+            + (", compiled integrand" if compiled else ""))
 
 
 def benchmarks_block(records: list[dict], command: str, jobs: int = 2) -> str:

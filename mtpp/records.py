@@ -329,7 +329,7 @@ MACHINE_KEYS = frozenset({"train_events_per_second", "train_seconds", "wall_seco
 TRAJECTORY_KEYS = ("epochs", "best_epoch", "best_epoch/time", "best_epoch/mark", "stopped_by", "skipped_batches")
 #: ``run_info`` keys whose difference explains a retraining that does not reproduce its record.
 PROVENANCE_KEYS = ("git_revision", "torch_version", "numpy_version", "python_version", "cpu_capability", "device",
-                   "threads", "world_size", "time_scale")
+                   "device_name", "threads", "world_size", "time_scale")
 #: Settings that do not make a run another one (``mtpp.config.NON_SEMANTIC_KEYS``) but change its floating-point
 #: rounding: listed with the provenance when a retraining sets them otherwise than the record.
 ROUNDING_SETTINGS = ("train.compile", "train.compile_integrand", "train.eval_batch_size")

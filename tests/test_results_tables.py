@@ -617,3 +617,13 @@ def test_validation_curves_figure_draws_the_split_with_most_curves_and_results_l
     assert written["mooc"][0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = tables.results_block(recs, "cmd", curves=written, relative_to=tmp_path)
     assert "on split 1, one run each" in text and "![validation curves on mooc](figs/mooc_validation_curves.png)" in text
+
+
+def test_the_timings_name_the_hardware_of_records_that_carry_it() -> None:
+    """Records written since ``run_info.device_name`` existed say what the timings were measured on ("cpu (AMD
+    EPYC 7B13)"); older records, without the key, keep the bare device."""
+    named = record("mooc", "lnm", "base", 0)
+    named["config"] = {"run_info": {**named["config"]["run_info"], "device_name": "AMD EPYC 7B13"}}
+    bench = tables.benchmarks_block([named, record("mooc", "lnm", "base", 1)], "cmd")
+    assert "| mooc | lnm | base | sum | 0 | 0 | 10 (5) | 2.00 | 10.0% | 10.0 | cpu (AMD EPYC 7B13), 1 thr |" in bench
+    assert "| mooc | lnm | base | sum | 1 | 0 | 11 (5) | 2.00 | 10.0% | 10.0 | cpu, 1 thr |" in bench

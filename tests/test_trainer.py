@@ -572,3 +572,39 @@ def test_training_a_record_whose_settings_a_resume_changed_says_it_is_another_ru
     err = capsys.readouterr().err
     assert "is the record of a run that training it again does not reproduce" in err
     assert f"train.lr {lr0!r} -> 0.05 after epoch 2" in err and "train.max_epochs" not in err
+
+
+def test_runs_record_the_hardware_model_they_ran_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys) -> None:  # fmt: skip
+    """``run_info.device_name`` says what a run's timings were measured on: the CPU's model name from
+    ``/proc/cpuinfo`` (not ``platform.processor()``, empty on Linux), shown in the run header too; where no model
+    name can be read, the architecture, never an empty string."""
+    import builtins
+    import platform
+
+    from mtpp.training import trainer
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n")
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if str(path) == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert trainer.device_name("cpu") == "AMD EPYC 7B13 64-Core Processor"
+    run = tmp_path / "run"
+    fit(tiny("logging.quiet=false"), run)
+    assert "device  cpu (AMD EPYC 7B13 64-Core Processor), 1 thread(s)" in capsys.readouterr().err
+    info = yaml.safe_load((run / "config.yaml").read_text())["run_info"]
+    assert info["device_name"] == "AMD EPYC 7B13 64-Core Processor"
+
+    def no_cpuinfo(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_cpuinfo)
+    monkeypatch.setattr(trainer.sys, "platform", "linux")
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert trainer.device_name("cpu") == platform.machine() != ""

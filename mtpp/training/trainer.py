@@ -1067,7 +1067,8 @@ def run_header(tr: "Trainer", console: bool = False) -> str:
         + ("" if getattr(tr, "time_lattice", None) is None else f"; {tr.time_lattice.describe(tr.time_units)}"),
         f"  model   {m.encoder} encoder, {m.decoder} decoder, {m.parametrisation}; "
         f"{count_parameters(tr.model):,} parameters; aggregator {_aggregator_text(tr)}",
-        f"  device  {tr.device}{' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), {cfg.data.dtype}, "
+        f"  device  {tr.device} ({device_name(tr.device)}){' (bf16 autocast)' if tr.amp else ''}, {threads} thread(s), "
+        f"{cfg.data.dtype}, "
         + (f"{world} ranks x batch {cfg.train.batch_size} (global batch {world * cfg.train.batch_size})"
            if world > 1 else f"batch {cfg.train.batch_size}")
         + f", lr {cfg.train.lr:g}" + _compiled_note(tr),
@@ -1477,12 +1478,40 @@ RUNTIME_KEYS = (("logging", "quiet"), ("logging", "progress"))
 
 
 ENVIRONMENT_KEYS = ("mtpp_version", "git_revision", "torch_version", "numpy_version", "python_version",
-                    "cpu_capability", "device", "world_size", "threads")
+                    "cpu_capability", "device", "device_name", "world_size", "threads")
 """The keys of ``run_info`` that say what computed a run besides its configuration: the code (version, git
 revision), the numerical libraries (torch's kernels; numpy's generators shuffle the batches), the CPU's vector
-instruction set that torch dispatches to (AVX2 and AVX-512 kernels round differently), the device, the number of
-processes and of threads. A ``--resume`` that finds any of them changed records the change
+instruction set that torch dispatches to (AVX2 and AVX-512 kernels round differently), the device and its model
+name (``device_name``: what a run's timings were measured on), the number of processes and of threads. A ``--resume`` that finds any of them changed records the change
 (``run_info.resumed``)."""
+
+
+def device_name(device: torch.device | str) -> str:
+    """The model name of the hardware a run computes on: the GPU's (``torch.cuda.get_device_name``) for a CUDA
+    device, else the CPU's (``model name`` in ``/proc/cpuinfo`` on Linux, ``machdep.cpu.brand_string`` on macOS),
+    falling back to ``platform.processor()`` or the architecture (``"x86_64"``) where neither is readable. Virtual
+    machines may report a shortened name (``"AMD EPYC"``): it is what the machine says, not looked up."""
+    import platform
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=5, check=False).stdout.strip()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def run_environment(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
@@ -1499,6 +1528,7 @@ def run_environment(device: torch.device | str, world_size: int = 1) -> dict[str
         "python_version": platform.python_version(),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
         "device": str(device),
+        "device_name": device_name(device),
         "world_size": int(world_size),
         "threads": torch.get_num_threads(),
     }
@@ -1533,6 +1563,7 @@ def _write_config(
         "seed": cfg.train.seed,
         **({"initial_weights": initial_weights} if initial_weights is not None else {}),
         "device": env["device"],
+        **({"device_name": env["device_name"]} if "device_name" in env else {}),
         "world_size": env["world_size"],
         "time_scale": time_scale,  # data units per model unit (data.time_scale resolved)
         "threads": env["threads"],
