@@ -585,9 +585,29 @@ def is_result_record(raw: Any) -> bool:
     return isinstance(raw, dict) and "record_version" in raw and isinstance(raw.get("config"), dict)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+def read_config_file(path: str | Path) -> dict:
+    """The parsed content of a configuration file, as written (a run configuration, a run's ``config.yaml`` or a
+    result record): ``ConfigError`` naming the file when it is missing, empty, invalid YAML (:func:`read_yaml`) or
+    not a mapping. What :func:`load_config` reads; a command that also looks at the file's other sections (a
+    record's ``metrics``, a run's ``run_info``) reads it once with this and passes it as ``parsed``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    raw = read_yaml(p)
+    if raw is None:
+        raise ConfigError(f"{p}: the file is empty (no setting); give a configuration, or no file at all to "
+                          "train with every default")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a configuration must be a mapping of sections")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                parsed: dict | None = None) -> RunConfig:  # fmt: skip
     """Load a YAML run configuration (``None``: all defaults) and apply ``--set`` overrides. ``ConfigError`` for a
-    missing, empty or invalid file (:func:`read_yaml`), or one that is not a mapping of sections.
+    missing, empty or invalid file (:func:`read_config_file`), or one that is not a mapping of sections;
+    ``parsed``: the file's content when the caller has read it already (:func:`read_config_file`), else it is read
+    here.
 
     A run's ``config.yaml`` loads as its configuration (its ``run_info`` ignored), and so does a grid cell's result
     record (``results/<experiment>/<cell>.json``, JSON being YAML; ``mtpp.records``): its ``config`` section, so
@@ -595,16 +615,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found")
-        raw = read_yaml(p)
-        if raw is None:
-            raise ConfigError(f"{p}: the file is empty (no setting); give a configuration, or no file at all to "
-                              "train with every default")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: a configuration must be a mapping of sections")
-        if is_result_record(raw):
-            raw = dict(raw["config"])
+        raw = parsed if parsed is not None else read_config_file(p)
+        raw = dict(raw["config"]) if is_result_record(raw) else dict(raw)
         raw.pop("run_info", None)  # written by the trainer into a run's config.yaml
         try:  # the file's own mistakes name the file; the --set overrides' (below) name their key
             config_from_dict(apply_overrides(raw, []))

@@ -116,15 +116,16 @@ def test_a_record_whose_run_a_resume_changed_says_retraining_it_is_another_run(t
     configuration trains from the first epoch: ``mtpp train RECORD`` warns as it does for such a run's
     config.yaml (``mtpp.commands.train._warn_unreproducible_record`` reads the record's ``config.run_info``)."""
     from mtpp.commands.train import _warn_unreproducible_record
-    from mtpp.config import load_config
+    from mtpp.config import load_config, read_config_file
 
     config = {"train": {"lr": 0.05, "max_epochs": 3},
               "run_info": {"resumed": [{"epoch": 2, "changed": {"train.lr": [0.001, 0.05]}}]}}
     path = tmp_path / "split0-seed0.json"
     path.write_text(json.dumps({"record_version": 1, "cell": {}, "config": config, "metrics": {}}))
-    cfg = load_config(path)
-    assert cfg.train.lr == 0.05
-    _warn_unreproducible_record(path, cfg)
+    parsed = read_config_file(path)
+    cfg = load_config(path, parsed=parsed)
+    assert cfg.train.lr == 0.05 and "run_info" in parsed["config"]  # loading the configuration left the file's
+    _warn_unreproducible_record(path, parsed, cfg)
     err = capsys.readouterr().err
     assert "is the record of a run that training it again does not reproduce" in err
     assert "train.lr 0.001 -> 0.05 after epoch 2" in err

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtpp.config import load_config, variant_name, variants_with_overrides
+    from mtpp.config import load_config, read_config_file, variant_name, variants_with_overrides
     from mtpp.errors import ConfigError
 
     overrides = list(args.overrides)
@@ -67,14 +67,15 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume: {args.out} holds no run (no config.yaml or variants.yaml); give CONFIG "
                               "to start one")
         config_path = stored[0]
-    cfg = load_config(config_path, overrides)
+    parsed = read_config_file(config_path) if config_path is not None else None  # read once, used thrice
+    cfg = load_config(config_path, overrides, parsed=parsed)
     if args.data_dir is not None and not args.resume:
         from mtpp.training.setup import refuse_unused_data_dir
 
         refuse_unused_data_dir(cfg, args.data_dir)
     if not args.resume:
-        _warn_unreproducible_record(config_path, cfg)
-    record, expected_data = _retrained_record(config_path, cfg)
+        _warn_unreproducible_record(config_path, parsed, cfg)
+    record, expected_data = _retrained_record(config_path, parsed, cfg)
     if args.variant and not cfg.variants:
         raise ConfigError("--variant: the config has no 'variants' list")
     if cfg.variants:
@@ -115,19 +116,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retrained_record(config_path: Path | None, cfg: Any) -> tuple[dict | None, dict | None]:
+def _retrained_record(config_path: Path | None, raw: dict | None, cfg: Any) -> tuple[dict | None, dict | None]:
     """``(record, its data record)`` when CONFIG is a grid cell's result record (``mtpp.records``) trained again
     with its own settings: the run must read the record's data (``fit``'s ``expected_data``) and is compared with
-    the record when it ends (``mtpp.records.reproduction``). ``(None, None)`` for a run configuration, and, with a
-    note, for a record whose settings ``--set`` changed (a new run, nothing to compare with)."""
-    from mtpp.config import is_result_record, read_yaml
+    the record when it ends (``mtpp.records.reproduction``). ``raw``: CONFIG's parsed content
+    (``mtpp.config.read_config_file``). ``(None, None)`` for a run configuration, and, with a note, for a record
+    whose settings ``--set`` changed (a new run, nothing to compare with)."""
+    from mtpp.config import is_result_record
     from mtpp.errors import ConfigError
     from mtpp.experiments import stored_differences
 
-    if config_path is None:
-        return None, None
-    raw = read_yaml(Path(config_path))  # load_config read it already (a record whatever its file name)
-    if not is_result_record(raw):
+    if config_path is None or not is_result_record(raw):  # a record whatever its file name
         return None, None
     info, metrics = raw["config"].get("run_info"), raw.get("metrics")
     fields = {"config.run_info": info, "metrics": metrics}  # what the data check and the comparison read
@@ -149,24 +148,19 @@ def _retrained_record(config_path: Path | None, cfg: Any) -> tuple[dict | None, 
     return raw, (info or {}).get("data")
 
 
-def _warn_unreproducible_record(config_path: Path | None, cfg: Any) -> None:
+def _warn_unreproducible_record(config_path: Path | None, raw: dict | None, cfg: Any) -> None:
     """One warning when CONFIG is a run's ``config.yaml`` that does not determine that run, so that training it again
     gives another one: its initial weights were a model passed to ``fit(model, data)`` (``run_info.initial_weights:
     initial.pt``; ``mtpp train`` draws them from ``train.seed``), or a ``--resume`` changed its settings
     (``run_info.resumed``; ``mtpp train`` trains with the final ones from the first epoch). A longer
-    ``train.max_epochs`` alone is no change of course (without a cosine schedule, whose period it sets)."""
-    from mtpp.config import read_yaml
+    ``train.max_epochs`` alone is no change of course (without a cosine schedule, whose period it sets). ``raw``:
+    CONFIG's parsed content (``mtpp.config.read_config_file``)."""
+    from mtpp.config import is_result_record
     from mtpp.training.checkpoint import INITIAL
 
-    if config_path is None:
+    if config_path is None or raw is None:
         return
-    from mtpp.config import is_result_record
-
-    try:
-        raw = read_yaml(Path(config_path)) or {}
-        info = (raw["config"] if is_result_record(raw) else raw).get("run_info")
-    except Exception:  # load_config read it already; a file it accepted but this cannot read has no run_info
-        return
+    info = (raw["config"] if is_result_record(raw) else raw).get("run_info")
     if not isinstance(info, dict):
         return
     reasons = []
