@@ -82,7 +82,8 @@ def test_the_batch_likelihood_is_differentiable_and_ignores_padding() -> None:
     marks = torch.tensor([[0, 1, 1, 0], [1, 0, 1, 1]])
     lengths = torch.tensor([4, 2])
     ll = hawkes_log_likelihood_batch(mu, alpha, beta, times, marks, lengths)
-    seqs = [EventSequence(times[0].numpy(), marks[0].numpy()), EventSequence(times[1, :2].numpy(), marks[1, :2].numpy())]
+    seqs = [EventSequence(times[0].numpy(), marks[0].numpy()),
+            EventSequence(times[1, :2].numpy(), marks[1, :2].numpy())]
     np.testing.assert_allclose(ll.detach().numpy(), [reference(s, params) for s in seqs], rtol=1e-12)
     ll.sum().backward()
     assert all(bool(torch.isfinite(p.grad).all()) for p in (mu, alpha, beta))
@@ -134,7 +135,8 @@ def _standard_errors(fit, seqs: list[EventSequence]) -> np.ndarray:
 def test_the_fit_recovers_known_parameters_within_four_standard_errors() -> None:
     """300 sequences on [0, 40] (18,302 events; the fit takes ~1.5 s on one thread). Tolerance: 4 standard errors
     of each parameter from the observed information (every true value is interior: alpha > 0; measured: at most
-    1.4 standard errors), and a relative error below 20% (measured: at most 4.8%, alpha[0, 1]). The fitted log-likelihood is at least the true parameters' on the same data (the MLE property)."""
+    1.4 standard errors), and a relative error below 20% (measured: at most 4.8%, alpha[0, 1]). The fitted
+    log-likelihood is at least the true parameters' on the same data (the MLE property)."""
     seqs = _simulate(300, 40.0, 1)
     fit = fit_hawkes(seqs, 2)
     assert fit.converged and fit.branching_ratio == pytest.approx(fit.params.spectral_radius)
@@ -152,6 +154,8 @@ def test_errors_are_one_line() -> None:
     ok = [EventSequence(np.array([0.0, 1.0]), np.array([0, 1]))]
     with pytest.raises(MtppError, match="at least one mark"):
         fit_hawkes(ok, 0)
+    with pytest.raises(MtppError, match="1,003,003 parameters; fit_hawkes takes at most 1000 marks"):
+        fit_hawkes(ok, 1001)
     with pytest.raises(MtppError, match="sequence 1: non-finite event times"):
         fit_hawkes([*ok, EventSequence(np.array([0.0, np.inf]), np.array([0, 0]))], 2)
     with pytest.raises(MtppError, match="no training sequence has an event after its first"):

@@ -130,12 +130,12 @@ def _write_cache(path: Path, record: dict) -> None:
     from mtpp.owned import is_ours
 
     if not is_ours(path):
-        logger.warning(f"warning: {path} exists and was not written by mtpp: the fitted Hawkes baseline is not cached "
+        logger.warning(f"{path} exists and was not written by mtpp: the fitted Hawkes baseline is not cached "
                     "(move the file away to cache it)")
         return
     try:
         path.parent.mkdir(exist_ok=True)
         write_text(path, json.dumps(record, indent=1) + "\n")
     except OSError as e:
-        logger.warning(f"warning: cannot cache the fitted Hawkes baseline in {path} ({e.strerror or e}); it is refitted "
+        logger.warning(f"cannot cache the fitted Hawkes baseline in {path} ({e.strerror or e}); it is refitted "
                     "next time")
