@@ -158,6 +158,8 @@ def test_errors_are_one_line() -> None:
         fit_hawkes(ok, 1001)
     with pytest.raises(MtppError, match="sequence 1: non-finite event times"):
         fit_hawkes([*ok, EventSequence(np.array([0.0, np.inf]), np.array([0, 0]))], 2)
+    with pytest.raises(MtppError, match="sequence 0: window end 0.5 before its last event 1.0"):
+        fit_hawkes([EventSequence(np.array([0.0, 1.0]), np.array([0, 1]), 0.5)], 2)
     with pytest.raises(MtppError, match="no training sequence has an event after its first"):
         fit_hawkes([EventSequence(np.array([3.0]), np.array([1])), EventSequence(np.zeros(0), np.zeros(0, int))], 2)
     with pytest.raises(MtppError, match=r"marks must be in \[0, 2\)") as err:

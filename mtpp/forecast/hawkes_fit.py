@@ -65,6 +65,9 @@ Measured (one thread, synthetic_hawkes train, 26k events, forward + backward): 0
 CHUNK_PAIRS = 1 << 18
 """Bound on ``B * Q^2`` of one padded chunk: 2 MiB per float64 ``[B, Q, Q]`` tensor."""
 
+CHUNK_EVENTS = 1 << 20
+"""Bound on ``B * L`` (padded events) of one chunk."""
+
 ONE_HOT_MARKS = 8
 """Up to this many marks the within-block sum goes through a one-hot batched product (measured 2x faster than the
 pairwise gather of ``alpha`` at ``K = 5``); above it, a gather of ``alpha`` per pair (at ``K = 50``, MOOC, the
@@ -73,9 +76,6 @@ gather is 1.6x faster: 0.25 s against 0.41 s per evaluation of 186k events)."""
 MAX_MARKS = 1000
 """``fit_hawkes`` refuses more marks: ``K^2`` branching ratios (a million at 1,000) and L-BFGS's 20 pairs of
 history vectors of that size."""
-
-CHUNK_EVENTS = 1 << 20
-"""Bound on ``B * L`` (padded events) of one chunk."""
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,8 @@ def hawkes_log_likelihood_sequences(params: HawkesParams, sequences: Sequence[Ev
 
 
 def _check(sequences: Sequence[EventSequence], num_marks: int) -> None:
-    """``MtppError`` in one line for ``K < 1``, non-finite times or window ends, marks outside ``[0, K)``."""
+    """``MtppError`` in one line for ``K < 1``, non-finite times or window ends, a window end before the last
+    event, marks outside ``[0, K)``."""
     if num_marks < 1:
         raise MtppError(f"a Hawkes fit needs at least one mark, got num_marks={num_marks}")
     for i, s in enumerate(sequences):
@@ -252,6 +253,8 @@ def _check(sequences: Sequence[EventSequence], num_marks: int) -> None:
             raise MtppError(f"sequence {i}: non-finite event times; a Hawkes process cannot be fitted to them")
         if s.window_end is not None and not math.isfinite(float(s.window_end)):
             raise MtppError(f"sequence {i}: non-finite window end {s.window_end}")
+        if s.window_end is not None and len(s) and float(s.window_end) < float(s.times[-1]):
+            raise MtppError(f"sequence {i}: window end {s.window_end} before its last event {s.times[-1]}")
         if len(s) and (int(s.marks.min()) < 0 or int(s.marks.max()) >= num_marks):
             raise MtppError(f"sequence {i}: marks must be in [0, {num_marks}), got {int(s.marks.min())}.."
                             f"{int(s.marks.max())}")
