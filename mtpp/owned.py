@@ -16,7 +16,9 @@ own content (no hidden manifest), so output folders of earlier mtpp versions are
   the user's own, saved by matplotlib under one of the report's plot names inside such a folder, cannot be told
   from an earlier report's;
 - ``experiment.yaml``: a mapping with ``source`` and ``cells`` (what ``compare`` records);
-- ``failures.json``: a list of ``{cell, error, traceback}`` rows.
+- ``failures.json``: a list of ``{cell, error, traceback}`` rows;
+- ``hawkes_fit.json`` (a run's cached ``hawkes-fit`` baseline, ``mtpp.forecast.baselines``): a mapping with
+  ``written_by: mtpp`` and ``baseline: hawkes-fit``.
 """
 
 from __future__ import annotations
@@ -96,7 +98,16 @@ def _failures_json(path: Path) -> bool:
     return isinstance(rows, list) and all(isinstance(r, dict) and {"cell", "error"} <= set(r) for r in rows)
 
 
-_BY_NAME: dict[str, Callable[[Path], bool]] = {"experiment.yaml": _experiment_yaml, "failures.json": _failures_json}
+def _hawkes_fit_json(path: Path) -> bool:
+    try:
+        record = json.loads(_text(path, 10**7))
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("written_by") == "mtpp" and record.get("baseline") == "hawkes-fit"
+
+
+_BY_NAME: dict[str, Callable[[Path], bool]] = {"experiment.yaml": _experiment_yaml, "failures.json": _failures_json,
+                                               "hawkes_fit.json": _hawkes_fit_json}
 _BY_SUFFIX: dict[str, Callable[[Path], bool]] = {".md": _md, ".csv": _csv, ".png": _png}
 
 

@@ -331,6 +331,60 @@ def test_generate_refuses_a_memory_budget_that_is_not_positive(run_dir: Path, tm
     assert "--max-memory" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()
 
 
+def test_generate_from_the_fitted_hawkes_baseline_fits_once_and_reuses_the_cache(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """``--baseline hawkes-fit`` fits on the training split once and caches the parameters in
+    ``RUN/baselines/hawkes_fit.json`` keyed by the training data's fingerprint (the one ``config.yaml`` records);
+    the next call reads them (no fit, the file untouched, the same samples), a stale key is refitted, and a file
+    there that mtpp did not write is never replaced."""
+    import logging
+    import shutil
+
+    import yaml
+
+    from mtpp.forecast import hawkes_fit
+    from mtpp.forecast.baselines import HAWKES_FIT_CACHE, available_baselines
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    fits = []
+    real = hawkes_fit.fit_hawkes
+    monkeypatch.setattr(hawkes_fit, "fit_hawkes", lambda *a, **kw: fits.append(1) or real(*a, **kw))
+    cache = run / HAWKES_FIT_CACHE
+
+    def gen(name: str, *extra: str) -> pd.DataFrame:
+        out = tmp_path / f"{name}.csv"
+        assert main(["generate", str(run), "--events", "4", "--baseline", "hawkes-fit", "--sequences", "1", "--out",
+                     str(out), *extra]) == 0
+        assert "baseline hawkes-fit, " in capsys.readouterr().out
+        return pd.read_csv(out)
+
+    first = gen("first", "--sampler", "thinning")
+    assert len(first) == 4 and len(fits) == 1 and cache.is_file()
+    record = json.loads(cache.read_text())
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["run_info"]["data"]["parts"]["train"]["sha256"]
+    assert record["key"]["train_sha256"] == recorded and record["written_by"] == "mtpp"
+    assert set(record["params"]) == {"mu", "alpha", "beta"} and record["fit"]["events"] > 0
+    stamp = cache.stat().st_mtime_ns
+    again = gen("again", "--sampler", "thinning")
+    assert len(fits) == 1 and cache.stat().st_mtime_ns == stamp  # read, not refitted nor rewritten
+    pd.testing.assert_frame_equal(first, again)  # the same parameters, the same seed: the same samples
+    assert len(gen("icdf")) == 4 and len(fits) == 1  # the inverse-CDF sampler too
+    record["key"]["version"] = -1  # a fit of other data (or an older fitter): refitted and replaced
+    cache.write_text(json.dumps(record))
+    gen("stale")
+    assert len(fits) == 2 and json.loads(cache.read_text())["key"]["train_sha256"] == recorded
+    cache.write_text('{"mine": true}')  # the user's own file: used around, never replaced
+    with caplog.at_level(logging.WARNING, logger="mtpp.forecast.baselines"):
+        gen("foreign")
+    assert len(fits) == 3 and cache.read_text() == '{"mine": true}'
+    assert any("was not written by mtpp" in r.getMessage() for r in caplog.records)
+    from mtpp.forecast.runs import load_run
+
+    assert "hawkes-fit" not in available_baselines(load_run(run))  # asked for by name only
+
+
 def _exit_code(argv: list[str]) -> int:
     """The process exit code of ``mtpp ARGV``: ``main``'s return, or argparse's exit for a bad option value."""
     try:

@@ -17,6 +17,8 @@ from mtpp.commands._forecast_args import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mtpp.forecast.baselines import BASELINES
+
     p = subparsers.add_parser(
         "generate",
         help="sample future events after each sequence of a run's split",
@@ -36,9 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="icdf: exact inverse-CDF sampling (every decoder); thinning: Ogata thinning (THP / SAHP "
                    "decoders and the baselines); mode: the deterministic point forecast (median gap, most probable "
                    "mark); auto (default): icdf")
-    p.add_argument("--baseline", choices=("model", "poisson", "hawkes"), default="model",
-                   help="generate from a baseline instead: poisson (fit on the training split) or hawkes (the true "
-                   "process, synthetic_hawkes only)")
+    p.add_argument("--baseline", choices=("model", *BASELINES), default="model",
+                   help="generate from a baseline instead: poisson (fit on the training split), hawkes-fit (an "
+                   "exponential-kernel Hawkes process fit by maximum likelihood on the training split, cached in "
+                   "RUN_DIR/baselines/hawkes_fit.json) or hawkes (the true process, synthetic_hawkes only)")
     add_max_events(p)
     p.add_argument("--max-memory", type=positive_float, default=2.0, help="memory budget in GiB (default 2)")
     add_run_options(p, input=True)
@@ -66,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
     per_sample = samples_table_path(Path(args.out))
     check_table_path(per_sample, args.overwrite)
 
-    run = load_run(args.run_dir, args.data_dir, args.device, log=lambda m: print(m, file=sys.stderr, flush=True),
-                   progress=True)
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    run = load_run(args.run_dir, args.data_dir, args.device, log=say, progress=True)
     seqs, where = input_sequences(run, args)  # a split of the run's data, or --input FILE's sequences
     if args.input is not None:
         seqs = check_sequences(seqs, int(run.model.num_marks), what=str(args.input), whose=f"the run {run.path}",
@@ -81,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
                             "once (--samples N gives N continuations of each)")
     histories = [seqs[i] for i in ids]
     source = f"{run.cfg.data.name}/{args.split}" if args.input is None else str(args.input)
-    target = run.model if args.baseline == "model" else baseline_factory(args.baseline, run)
-    t = time.perf_counter()
-    with run.threads():
+    with run.threads():  # the baselines' fits too (hawkes-fit: 12x slower with a second thread on a busy core)
+        target = run.model if args.baseline == "model" else baseline_factory(args.baseline, run, log=say)
+        t = time.perf_counter()
         g = generate(target, histories, horizon=args.horizon, events=args.events, samples=args.samples,
                      max_events=args.max_events or MAX_EVENTS, sampler=args.sampler, seed=args.seed,
                      max_memory=int(args.max_memory * (1 << 30)), source=source, progress=True)

@@ -27,7 +27,7 @@ sequence has no window (the benchmark convention: no survival term).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -73,11 +73,14 @@ class HawkesParams:
         event; ``>= 0`` with spectral radius ``< 1``.
     beta: decay rate ``> 0``, a scalar (one for all pairs) or a ``[K, K]`` matrix (``beta[k, l]`` for the
         effect of mark ``l`` on mark ``k``).
+    require_stationary: refuse a spectral radius ``>= 1`` (the default). ``False`` keeps such parameters (a fitted
+        process, ``mtpp.forecast.hawkes_fit``, reports them instead of failing); simulating from them may explode.
     """
 
     mu: np.ndarray
     alpha: np.ndarray
     beta: float | np.ndarray = 1.0
+    require_stationary: bool = field(default=True, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         mu = np.array(self.mu, dtype=np.float64, ndmin=1)
@@ -100,7 +103,7 @@ class HawkesParams:
         if np.any(beta <= 0):
             raise ValueError(f"beta must be > 0, got {beta.tolist()}")
         rho = float(np.max(np.abs(np.linalg.eigvals(alpha))))
-        if not rho < 1.0:
+        if self.require_stationary and not rho < 1.0:
             raise ValueError(
                 f"the Hawkes process is not stationary: spectral radius of alpha is {rho:.4g} >= 1 "
                 "(alpha is the branching matrix: each event triggers alpha.sum(0) events on average)"

@@ -6,6 +6,8 @@
 - ``mtpp.forecast.predict``: ``predict`` / ``predict_frame``: one row per scored event.
 - ``mtpp.forecast.horizon``: next-event and horizon metrics (accuracy, MAE, interval coverage, T-mAP, OTD, count
   PIT and coverage) as accumulators with ``update`` / ``compute``; ``evaluate_horizon``.
+- ``mtpp.forecast.baselines``: the reference forecasters (Poisson, fitted Hawkes, the true synthetic Hawkes);
+  ``mtpp.forecast.hawkes_fit``: the maximum-likelihood fit of the ``hawkes-fit`` baseline.
 - ``mtpp.forecast.runs``: load a finished run directory (config, ``best.pt``, data).
 - ``mtpp.forecast.plot``: ``plot_forecast``.
 
