@@ -93,6 +93,24 @@ def test_train_retrains_a_record_on_its_data_and_says_whether_it_reproduced(
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["test"]["nll_per_seq"] == record["metrics"]["test"]["nll_per_seq"]
 
+    # interrupted after an epoch: the hint names the record again, and following it still ends with the comparison
+    from mtpp.training.trainer import Trainer
+
+    real = Trainer._end_epoch
+
+    def end_then_interrupt(self, *a):
+        real(self, *a)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", end_then_interrupt)
+    cut = tmp_path / "cut"
+    assert main(["train", str(path), "--out", str(cut), "--quiet"]) == 130
+    hint = f"interrupted; continue with: mtpp train {path} --out {cut} --resume"
+    assert hint in capsys.readouterr().err and hint in (cut / "train.log").read_text()
+    monkeypatch.setattr(Trainer, "_end_epoch", real)
+    assert main(hint.split("continue with: mtpp ")[1].split()) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"{path}: reproduced exactly (the same epochs; ")
+
     # another setting: a new run, said so, and nothing compared
     assert main(["train", str(path), "--out", str(tmp_path / "lr"), "--quiet", "--set", "train.lr=0.02"]) == 0
     err = capsys.readouterr().err

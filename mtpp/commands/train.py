@@ -105,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
     from mtpp.training.trainer import fit
 
     _name_the_files_mistakes(cfg, None, config_path)
+    # an interrupted run says how to resume it; a record's resume names the record, which the comparison reads
     metrics = fit(cfg, args.out, resume=args.resume, data_dir=args.data_dir, overwrite=args.overwrite,
-                  expected_data=expected_data)  # says how to resume
+                  expected_data=expected_data, resume_config=config_path if record is not None else None)
     if record is not None:
         from mtpp.config import read_yaml
         from mtpp.records import describe_reproduction, reproduction

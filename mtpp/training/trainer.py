@@ -145,6 +145,7 @@ def fit(
     on_epoch: Any = None,
     interrupt_hint: bool = True,
     expected_data: dict[str, Any] | None = None,
+    resume_config: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` and return the final metrics (``metrics.json``'s content).
 
@@ -159,7 +160,8 @@ def fit(
     ``resume`` would train on), and an exception it raises (e.g. Optuna's ``TrialPruned``, ``mtpp tune``) ends
     the run there without final metrics.
     ``interrupt_hint``: on Ctrl-C print how to continue this run (``resume_hint``); a caller that continues its
-    runs another way (``mtpp tune``: rerun the search) passes ``False`` and says so itself.
+    runs another way (``mtpp tune``: rerun the search) passes ``False`` and says so itself. ``resume_config``: a
+    CONFIG the hint names (``mtpp train RECORD``: the record, so that the resumed run still ends with the comparison).
     ``expected_data``: the data record (``mtpp.runs.data_record``) of a run this one repeats (``mtpp train RECORD``:
     a result record's ``run_info.data``): its recorded source is read first where it still holds those data, and
     any other data are refused (``MtppError`` naming what differs) before training, as ``resume`` does.
@@ -174,7 +176,8 @@ def fit(
     _make_aggregator(config)  # its options checked before the run folder exists (a bad one left a folder behind)
     with checkpoint.preserved_rng(), torch_threads(config.train.threads), \
             distributed.session(config.train.device) as ddp:
-        with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main, interrupt_hint):
+        with _run_folder(Path(out_dir), ddp.is_main, config.logging.quiet or not ddp.is_main, interrupt_hint,
+                         resume_config):
             with determinism(config.train.deterministic), compile_settings(config.train):
                 trainer = Trainer(
                     config, Path(out_dir), resume=resume, data_dir=data_dir, overwrite=overwrite, dist=ddp,
@@ -188,7 +191,8 @@ def fit(
 
 
 @contextlib.contextmanager
-def _run_folder(out_dir: Path, main: bool, quiet: bool, interrupt_hint: bool = True) -> Iterator[None]:
+def _run_folder(out_dir: Path, main: bool, quiet: bool, interrupt_hint: bool = True,
+                resume_config: str | Path | None = None) -> Iterator[None]:
     """Rank 0 holds the folder's lock (``mtpp.runs.RunLock``: one writer per run) and copies the run's console
     lines into ``train.log``; an interrupted run says how to continue it (unless ``interrupt_hint`` is false)."""
     if not main:
@@ -201,7 +205,7 @@ def _run_folder(out_dir: Path, main: bool, quiet: bool, interrupt_hint: bool = T
             yield
         except KeyboardInterrupt:
             if interrupt_hint:
-                echo(resume_hint(out_dir), quiet=False)
+                echo(resume_hint(out_dir, resume_config), quiet=False)
             raise
         except Exception as e:  # the command prints it; train.log keeps it beside the header of the failed start
             echo(f"error: {type(e).__name__}: {e}", quiet=True)
@@ -223,11 +227,13 @@ def train_command() -> str:
     return f"{launch} -m mtpp train"
 
 
-def resume_hint(out_dir: Path) -> str:
+def resume_hint(out_dir: Path, config: str | Path | None = None) -> str:
     """What to type after an interruption (a checkpoint: ``--resume``, under torchrun with the same ranks; none
-    yet: the same command again)."""
+    yet: the same command again). ``config``: a CONFIG the resume must be given again (``mtpp train RECORD``: the
+    record, which the final comparison reads; ``--resume`` alone continues the run without it)."""
     if (out_dir / checkpoint.CHECKPOINT).is_file():
-        return f"interrupted; continue with: {train_command()} --out {out_dir} --resume"
+        given = f" {config}" if config is not None else ""
+        return f"interrupted; continue with: {train_command()}{given} --out {out_dir} --resume"
     return f"interrupted before the first epoch ended (no {checkpoint.CHECKPOINT}); run the same command again"
 
 
