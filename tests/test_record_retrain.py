@@ -115,7 +115,7 @@ def test_train_retrains_a_record_on_its_data_and_says_whether_it_reproduced(
     assert main(["train", str(path), "--out", str(tmp_path / "lr"), "--quiet", "--set", "train.lr=0.02"]) == 0
     err = capsys.readouterr().err
     assert f"note: {path} is a result record trained here with other settings (train.lr: 0.01 -> 0.02)" in err
-    assert "reproduced" not in err
+    assert "a new run, not compared with the record, on its data" in err and "reproduced" not in err
 
     # data that are not the record's are refused before training, naming what differs
     forged = json.loads(path.read_text())
@@ -127,6 +127,14 @@ def test_train_retrains_a_record_on_its_data_and_says_whether_it_reproduced(
     err = capsys.readouterr().err
     assert "retraining a result record: the data differ from the run's" in err and "differing: test" in err
     assert not (tmp_path / "forged" / "metrics.json").exists()
+    # ... also as a new run with other training settings (still the record's data); another data.* setting
+    # selects other data, resolved as usual, and is not held to the record's
+    assert main(["train", str(other), "--out", str(tmp_path / "forged_lr"), "--quiet", "--set", "train.lr=0.02"]) != 0
+    assert "the data differ from the run's" in capsys.readouterr().err
+    assert main(["train", str(other), "--out", str(tmp_path / "forged_data"), "--quiet",
+                 "--set", "data.max_sequences=12"]) == 0
+    err = capsys.readouterr().err
+    assert "data.max_sequences: 16 -> 12" in err and "not compared with the record" in err and "on its data" not in err
 
 
 def test_a_record_whose_run_a_resume_changed_says_retraining_it_is_another_run(tmp_path: Path, capsys) -> None:

@@ -121,8 +121,9 @@ def _retrained_record(config_path: Path | None, raw: dict | None, cfg: Any) -> t
     """``(record, its data record)`` when CONFIG is a grid cell's result record (``mtpp.records``) trained again
     with its own settings: the run must read the record's data (``fit``'s ``expected_data``) and is compared with
     the record when it ends (``mtpp.records.reproduction``). ``raw``: CONFIG's parsed content
-    (``mtpp.config.read_config_file``). ``(None, None)`` for a run configuration, and, with a note, for a record
-    whose settings ``--set`` changed (a new run, nothing to compare with)."""
+    (``mtpp.config.read_config_file``). ``(None, None)`` for a run configuration; with a note, for a record whose
+    settings ``--set`` changed (a new run, nothing to compare with): ``(None, its data record)`` when no ``data.*``
+    setting changed (the new run still reads the record's data), else ``(None, None)``."""
     from mtpp.config import is_result_record
     from mtpp.errors import ConfigError
     from mtpp.experiments import stored_differences
@@ -140,13 +141,18 @@ def _retrained_record(config_path: Path | None, raw: dict | None, cfg: Any) -> t
         raise ConfigError(f"{config_path}: a result record whose {', '.join(bad)} is not a mapping (mtpp.records): "
                           "not a record mtpp wrote, or edited by hand")
     changed = stored_differences(raw["config"], cfg.to_dict(), str(config_path))
+    data = (info or {}).get("data")
     if changed:
+        # other training or model settings read the same data: still the record's (another data.* setting
+        # selects other data, resolved as usual)
+        same_data = not any(c.startswith("data.") or " unreadable (" in c for c in changed)
         print(f"note: {config_path} is a result record trained here with other settings ({'; '.join(changed[:3])}"
-              f"{'; ...' if len(changed) > 3 else ''}): a new run, not compared with the record", file=sys.stderr)
-        return None, None
+              f"{'; ...' if len(changed) > 3 else ''}): a new run, not compared with the record"
+              f"{', on its data' if same_data and data else ''}", file=sys.stderr)
+        return None, data if same_data else None
     print(f"retraining the result record {config_path}: on its data, compared with it when the run ends",
           file=sys.stderr)
-    return raw, (info or {}).get("data")
+    return raw, data
 
 
 def _warn_unreproducible_record(config_path: Path | None, raw: dict | None, cfg: Any) -> None:
