@@ -567,15 +567,25 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _u
 
 
 def read_yaml(path: str | Path) -> Any:
-    """A YAML file a user wrote (a run configuration, an experiment, a search space), parsed safely:
-    ``ConfigError`` naming the file for invalid YAML or for a key given twice in one mapping (``model:`` twice
+    """A YAML file a user wrote (a run configuration, an experiment, a search space; a ``.json`` result record,
+    JSON being YAML), parsed safely: ``ConfigError`` naming the file for invalid YAML (for a ``.json`` file, what
+    JSON finds wrong, and whether it looks cut short) or for a key given twice in one mapping (``model:`` twice
     trained the second one's settings without a word)."""
     p = Path(path)
+    text = p.read_text(encoding="utf-8")
     try:
-        return yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)
+        return yaml.load(text, Loader=_StrictLoader)
     except _DuplicateKey as e:
         raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
+        if p.suffix.lower() == ".json":  # a result record (JSON is YAML): say what JSON finds wrong
+            import json
+
+            try:
+                json.loads(text)
+            except ValueError as j:
+                cut = " (cut short: a copy or a write that did not finish?)" if not text.rstrip().endswith("}") else ""
+                raise ConfigError(f"{p}: not valid JSON ({j}){cut}") from None
         raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
 
 

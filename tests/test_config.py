@@ -285,3 +285,27 @@ def test_flatten_keeps_the_mappings_a_leaf_rule_names_whole() -> None:
     whole = flatten(cfg, leaf=lambda key, value: not value or key.endswith(".options"))
     assert whole == {"model.hidden_size": 8, "model.sizes": [1, 2], "model.extra": {}, "gradients.options": {"c": 0.5}}
     assert flatten({}) == {} and flatten(3, "x") == {"x": 3}
+
+
+def test_a_truncated_json_record_is_named_as_json_not_yaml(tmp_path: Path) -> None:
+    """A result record is JSON (read as YAML, its superset): a copy cut short said "not valid YAML (while scanning a
+    quoted scalar ...)"; it now says what JSON finds wrong and that the file looks cut short. Other invalid YAML
+    keeps its YAML message."""
+    from mtpp.config import load_config
+    from mtpp.errors import ConfigError
+
+    whole = '{"record_version": 1, "config": {"train": {"lr": 0.01}}, "metrics": {}}'
+    cut = tmp_path / "split0-seed0.json"
+    cut.write_text(whole[:40])
+    with pytest.raises(ConfigError, match=r"split0-seed0\.json: not valid JSON \(.*line 1.*\) \(cut short: a copy or "
+                                          r"a write that did not finish\?\)$"):
+        load_config(cut)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train": {"lr": 0.01,, "x": 1}}')
+    with pytest.raises(ConfigError, match=r"bad\.json: not valid JSON \(") as e:
+        load_config(bad)
+    assert "cut short" not in str(e.value)
+    yml = tmp_path / "bad.yaml"
+    yml.write_text('train: {lr: "0.01}\n')
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML \("):
+        load_config(yml)
