@@ -276,11 +276,14 @@ def test_split_column_names_in_any_spelling_and_unknown_ones_are_an_error(tmp_pa
 
 
 def test_a_misspelt_column_is_an_error_and_other_columns_are_noted(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"column 'marks' is not one mtpp reads: did you mean 'mark'\?"):
+    with pytest.raises(DataError, match=r"column 'marks' is not one mtpp reads, and the table has no 'mark': did you "
+                                        r"mean 'mark'\? .*another column is ignored, unless it is this close to a "
+                                        r"missing one: rename it, or drop it\)"):
         read_any(_write(tmp_path / "m.csv", b"seq_id,time,marks\na,1,3\na,2,4\n"))
     with pytest.raises(DataError, match=r"column 'splits' .*did you mean 'split'"):
         read_any(_write(tmp_path / "s.csv", b"seq_id,time,mark,splits\na,1,3,train\n"))
-    with pytest.raises(DataError, match=r"column 'tme' is not one mtpp reads: did you mean 'time'\?"):
+    with pytest.raises(DataError, match=r"column 'tme' is not one mtpp reads, and the table has no 'time': did you "
+                                        r"mean 'time'\?"):
         read_any(_write(tmp_path / "t.csv", b"seq_id,tme,mark\na,1,3\n"))
     with pytest.raises(DataError, match=r"missing column\(s\) \['seq_id', 'time'\].*is the separator a comma"):
         read_any(_write(tmp_path / "semi.csv", b"seq_id;time;mark\na;1;3\n"))

@@ -1400,8 +1400,10 @@ def read_table(path: str | Path, *, options: ReadOptions | None = None, num_mark
     for c in unread:  # a misspelt column: a missing time / seq_id, or marks (or the split) silently dropped
         close = difflib.get_close_matches(c.strip().lower(), [k for k in TABLE_COLUMNS if k not in df.columns], 1, 0.6)
         if close:
-            raise DataError(f"column {c!r} is not one mtpp reads: did you mean {close[0]!r}? (the columns are "
-                            "seq_id, time and optionally mark, split; others are ignored)", source=src)
+            raise DataError(f"column {c!r} is not one mtpp reads, and the table has no {close[0]!r}: did you mean "
+                            f"{close[0]!r}? (the columns are seq_id, time and optionally mark, split; another column "
+                            "is ignored, unless it is this close to a missing one: rename it, or drop it)",
+                            source=src)
     missing = [c for c in ("seq_id", "time") if c not in df.columns]
     if missing:
         hint = " (one column: is the separator a comma, or a tab for .tsv?)" if len(df.columns) == 1 else ""
