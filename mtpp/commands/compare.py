@@ -331,7 +331,8 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
     ``summary.md`` states under its title (the grid's cells it does not show, and why). ``cells``: the grid's
     run folders (``dataset/cell/splitI-seedJ`` under ``out``); finished runs of other grids in the same folder (an
     earlier, larger grid) are left out of the summary and named in a note, so the tables describe the grid of
-    ``experiment.yaml``; ``None``: every run."""
+    ``experiment.yaml``; ``None``: every run. With no finished run to tabulate but ``notes`` (every cell complete by
+    its result record, say), ``summary.md`` holds the notes alone (``report.write_notes_summary``)."""
     from mtpp.evaluation import plots, report
 
     df = report.collect_runs(out)
@@ -349,7 +350,12 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
             notes = [*(notes or []), line]
             print(line, file=sys.stderr)
     if len(df) == 0:
-        print("no finished run to summarise", file=sys.stderr)
+        if notes:  # the grid's cells are elsewhere (their result records), deferred or failed: summary.md says so
+            path = report.write_notes_summary(out, notes, title=title)
+            print(f"summary: {path} (no finished run here: it lists the grid's cells and why they are not here)",
+                  file=sys.stderr)
+        else:
+            print("no finished run to summarise", file=sys.stderr)
         return
     from mtpp.owned import check_ours
 
