@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mtpp import experiments_tables as tables  # noqa: E402
-from mtpp.cli import describe_os_error  # noqa: E402
-from mtpp.errors import ConfigError, MtppError  # noqa: E402
+from mtpp.cli import run_script  # noqa: E402
+from mtpp.errors import ConfigError  # noqa: E402
 from mtpp.experiments_curves import validation_curve_figures  # noqa: E402
 from mtpp.records import read_records  # noqa: E402
 
@@ -89,7 +89,8 @@ def read_block_file(path: Path, option: str, begin: str, end: str, doc: str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the script; a ``MtppError`` or an ``OSError`` is one line ``results_md: error: ...`` and exit code 2."""
+    """Run the script; a ``MtppError`` or an ``OSError`` is one line ``results_md: error: ...`` and exit code 2
+    (``mtpp.cli.run_script``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, nargs="+", help="folders of records, e.g. results/paper_table1")
     ap.add_argument("--update", type=Path, help="replace the generated block of this file (RESULTS.md)")
@@ -100,14 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="datasets that get a section before any of their cells has a record (default: Table 1's "
                     f"{' '.join(tables.DATASETS)}; none: --datasets with no name)")
     args = ap.parse_args(argv)
-    try:
-        return run(args)
-    except MtppError as e:
-        print(f"results_md: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the file system said no (a file that cannot be read or written)
-        print(f"results_md: error: {describe_os_error(e)}", file=sys.stderr)
-        return 2
+    return run_script("results_md", lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:

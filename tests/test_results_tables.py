@@ -231,6 +231,22 @@ def test_results_md_refuses_bad_input_in_one_line_before_writing_anything(tmp_pa
     assert not (tmp_path / "sub").exists()
 
 
+@pytest.mark.parametrize("name", ["add_validation_curves", "rescore_records"])
+def test_the_other_record_scripts_say_bad_input_in_one_line(name: str, tmp_path: Path, capsys) -> None:
+    """Like results_md.py and the mtpp commands: a record cut short or a folder not there is one line and exit
+    code 2, never a traceback (rescore_records.py read a folder not there as empty, and exited 0)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "nonexist"), str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"{name}: error: {tmp_path / 'nonexist'}: no such folder of result records\n"
+    folder = grid(tmp_path)
+    (folder / "cut.json").write_text('{"record_version": 1, "cell"')
+    assert script.main([str(folder), str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{name}: error: {folder / 'cut.json'}: not readable as JSON") and err.count("\n") == 1
+
+
 def test_results_md_names_json_files_that_are_not_records_and_folders_not_there_yet(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
