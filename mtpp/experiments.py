@@ -889,13 +889,21 @@ def run_grid(
     return results
 
 
+def check_results_folder(folder: str | Path | None, option: str = "--results") -> None:
+    """``ConfigError`` when ``folder`` (``--results``, which may not exist yet) exists and is not a folder: a
+    record could never be written there, and the grid would find that out only after training its first cell."""
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise ConfigError(f"{option} {folder}: a file, not a folder of result records")
+
+
 def check_estimate_folders(folders: Sequence[str | Path]) -> list[str]:
-    """``ConfigError`` naming the first of ``folders`` (``--estimates-from``) that is not a folder; else one note
-    per folder that holds no result record (``--estimates-from configs``: it adds no estimate), naming the JSON
-    files found there that are not records, for the command to print."""
+    """``ConfigError`` naming the first of ``folders`` (``--estimates-from``) that is not a folder (a file, or
+    nothing there); else one note per folder that holds no result record (``--estimates-from configs``: it adds
+    no estimate), naming the JSON files found there that are not records, for the command to print."""
     from mtpp.records import read_records
 
     for folder in folders:
+        check_results_folder(folder, "--estimates-from")
         if not Path(folder).is_dir():
             raise ConfigError(f"--estimates-from {folder}: no such folder of result records")
     notes = []

@@ -106,7 +106,7 @@ def test_an_estimate_from_other_datasets_records_is_said_so(tmp_path: Path, fake
     assert "2 of them estimated from other datasets' records only" in err
 
 
-def test_an_estimates_folder_without_records_gets_a_note(tmp_path: Path, fake_fit: FakeFit, capsys) -> None:
+def test_an_estimates_folder_without_records_gets_a_note_and_a_file_is_refused(tmp_path: Path, fake_fit: FakeFit, capsys) -> None:
     import yaml
 
     from mtpp.cli import main
@@ -121,6 +121,12 @@ def test_an_estimates_folder_without_records_gets_a_note(tmp_path: Path, fake_fi
     err = capsys.readouterr().err
     assert (f"note: --estimates-from {configs}: holds no result record (1 JSON file(s) that are not records: "
             "a.json); it adds no estimate") in err
+    # a file where a folder of records goes: said up front, not "no such folder", nor after training a cell
+    for option in ("--results", "--estimates-from"):
+        assert main(["compare", str(exp), "--out", str(tmp_path / "runs"), option, str(configs / "a.json")]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {option} {configs / 'a.json'}: a file, not a folder of result records" in err
+        assert fake_fit.calls == []
 
 
 def test_expected_durations_follow_the_cells_epoch_cap() -> None:

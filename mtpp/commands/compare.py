@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(note, file=sys.stderr)
         args.time_limit = parse_duration(args.time_limit)
+    ex.check_results_folder(args.results)
     for note in ex.check_estimate_folders(args.estimates_from):  # up front: without --time-limit nothing else
         print(note, file=sys.stderr)  # reads them
     if args.estimates_from and args.time_limit is None and not args.dry_run:
