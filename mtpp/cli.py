@@ -9,6 +9,7 @@ import argparse
 import importlib
 import signal
 import sys
+from typing import Callable
 
 from mtpp.allocator import tune_allocator
 from mtpp.errors import MtppError
@@ -101,6 +102,21 @@ def expand_home(args: argparse.Namespace) -> None:
 
     for key, value in vars(args).items():
         setattr(args, key, [expand(v) for v in value] if isinstance(value, list) else expand(value))
+
+
+def run_script(prog: str, work: Callable[[], int]) -> int:
+    """``work()``'s exit code, with a ``MtppError`` or ``OSError`` it raises said as :func:`main` says it for a
+    command: one line ``PROG: error: ...`` on stderr and exit code 2. For the scripts under ``scripts/``
+    (``results_md.py``, ``add_validation_curves.py``, ``rescore_records.py``): bad input never ends in a
+    traceback there either."""
+    try:
+        return work()
+    except MtppError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system said no (a file that cannot be read or written)
+        print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
 
 
 def describe_os_error(e: OSError) -> str:

@@ -889,22 +889,42 @@ def run_grid(
     return results
 
 
-def check_estimate_folders(folders: Sequence[str | Path]) -> None:
-    """``ConfigError`` naming the first of ``folders`` (``--estimates-from``) that is not a folder."""
+def check_results_folder(folder: str | Path | None, option: str = "--results") -> None:
+    """``ConfigError`` when ``folder`` (``--results``, which may not exist yet) exists and is not a folder: a
+    record could never be written there, and the grid would find that out only after training its first cell."""
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise ConfigError(f"{option} {folder}: a file, not a folder of result records")
+
+
+def check_estimate_folders(folders: Sequence[str | Path]) -> list[str]:
+    """``ConfigError`` naming the first of ``folders`` (``--estimates-from``) that is not a folder (a file, or
+    nothing there); else one note per folder that holds no result record (``--estimates-from configs``: it adds
+    no estimate), naming the JSON files found there that are not records, for the command to print."""
+    from mtpp.records import read_records
+
     for folder in folders:
+        check_results_folder(folder, "--estimates-from")
         if not Path(folder).is_dir():
             raise ConfigError(f"--estimates-from {folder}: no such folder of result records")
+    notes = []
+    for folder in folders:
+        others: list[str] = []
+        if not read_records(folder, others):
+            what = f" ({len(others)} JSON file(s) that are not records: {', '.join(others[:3])})" if others else ""
+            notes.append(f"note: --estimates-from {folder}: holds no result record{what}; it adds no estimate")
+    return notes
 
 
 def expected_durations(
     cells: list[Cell], states: dict[str, str], out: Path, overrides: Sequence[str], results_dir: str | Path | None,
-    estimates_from: Sequence[str | Path] = (),
+    estimates_from: Sequence[str | Path] = (), borrowed: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Expected remaining seconds of the cells still to train (state ``new`` / ``resume`` / ``stale``), from the
     records under ``results_dir`` and the folders of ``estimates_from`` (e.g. the grid a remedies grid extends,
     whose ``sum`` cells say what its remedy cells cost; ``mtpp.experiments_schedule.expected_seconds``, with each
     cell's resolved ``train.max_epochs`` and a resuming cell's finished epochs), and the number of records read.
-    A folder of ``estimates_from`` that does not exist is a ``ConfigError``."""
+    A folder of ``estimates_from`` that does not exist is a ``ConfigError``. ``borrowed``: filled with the cells
+    whose estimate comes from other datasets' records (``mtpp.experiments_schedule.expected_seconds``)."""
     from mtpp.records import read_records
 
     check_estimate_folders(estimates_from)
@@ -917,7 +937,7 @@ def expected_durations(
     done = {c.name: int((last_epoch_record(out / c.name) or {}).get("epoch") or 0)
             for c in todo if states[c.name] == "resume"}  # fmt: skip
     caps = {c.name: (resolved_dict(c, overrides).get("train") or {}).get("max_epochs") for c in todo}
-    return expected_seconds(todo, records, done, caps), len(records)
+    return expected_seconds(todo, records, done, caps, borrowed), len(records)
 
 
 def _deadline(
@@ -930,10 +950,12 @@ def _deadline(
         return Deadline(None)
     from mtpp.training.logging import format_eta
 
-    expected, n_records = expected_durations(pending, states, out, overrides, results_dir, estimates_from)
+    borrowed: dict[str, list[str]] = {}
+    expected, n_records = expected_durations(pending, states, out, overrides, results_dir, estimates_from, borrowed)
     unknown = len(pending) - len(expected)
+    other = f", {len(borrowed)} estimated from other datasets' records only" if borrowed else ""
     log(f"time limit {format_eta(time_limit)}: cells start only when their expected duration fits (estimated from "
-        f"{n_records} result record(s); {unknown} of {len(pending)} pending cell(s) without an estimate)")
+        f"{n_records} result record(s); {unknown} of {len(pending)} pending cell(s) without an estimate{other})")
     return Deadline(time.time() + time_limit, expected)
 
 

@@ -8,7 +8,8 @@ in the time left; cells that fit nowhere are not started ("deferred": the same c
 Expected duration of a cell: the median ``wall_seconds`` of the result records (``mtpp.records``) of the same
 dataset, model, parametrisation and aggregator; failing that, of the same dataset, model and parametrisation under
 any aggregator (a remedy costs about what its ``sum`` cell does), then of the same model, parametrisation and
-aggregator on any dataset, then of the same model and parametrisation anywhere. Each record stands for the
+aggregator on any dataset, then of the same model and parametrisation anywhere (an estimate from other datasets'
+records, which ``--dry-run`` marks as such). Each record stands for the
 pending cell through its seconds per epoch times the epochs the cell is expected to run: the record's epochs if it
 stopped early (its ``stopped_by``; at most the cell's ``train.max_epochs``), the cell's ``train.max_epochs`` if
 the record ran into its own cap (a 1-epoch smoke record does not make a 12-epoch cell look like one epoch). A cell
@@ -110,13 +111,16 @@ def _remaining(record: dict, cap: int | None, done: int) -> float:
 
 def expected_seconds(
     cells: Iterable[Any], records: Iterable[dict], epochs_done: dict[str, int] | None = None,
-    max_epochs: dict[str, int] | None = None,
+    max_epochs: dict[str, int] | None = None, borrowed: dict[str, list[str]] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Expected remaining wall seconds per cell name (module docstring); cells without an estimate are absent.
 
     ``cells``: objects with ``name`` and ``labels()`` (``mtpp.experiments.Cell``); ``records``: result records
     (``mtpp.records.read_records``); ``epochs_done``: finished epochs of the cells that resume; ``max_epochs``: each
-    cell's ``train.max_epochs`` (absent: the records' epochs are taken as they are).
+    cell's ``train.max_epochs`` (absent: the records' epochs are taken as they are). ``borrowed``, when given,
+    gets ``{cell name: the datasets of the records used}`` for each cell whose estimate comes from other datasets'
+    records (none of its own dataset, model and parametrisation): an estimate to take with care (another dataset's
+    epochs may cost 40 times as much), which ``mtpp compare --dry-run`` says.
     """
     levels: list[dict[tuple, list[dict]]] = [{} for _ in _LEVELS]
     for r in records:
@@ -127,10 +131,12 @@ def expected_seconds(
     out = {}
     for cell in cells:
         lab = cell.labels()
-        same = next((hit for level, fields in zip(levels, _LEVELS)
-                     if (hit := level.get(tuple(lab.get(f) for f in fields)))), None)  # fmt: skip
+        same, fields = next(((hit, fields) for level, fields in zip(levels, _LEVELS)
+                             if (hit := level.get(tuple(lab.get(f) for f in fields)))), (None, ()))  # fmt: skip
         if not same:
             continue
+        if "dataset" not in fields and borrowed is not None:  # no record of the cell's own dataset
+            borrowed[cell.name] = sorted({str((r.get("cell") or {}).get("dataset")) for r in same})
         cap, done = (max_epochs or {}).get(cell.name), (epochs_done or {}).get(cell.name) or 0
         out[cell.name] = _median([_remaining(r, cap, done) for r in same])
     return out

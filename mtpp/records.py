@@ -303,9 +303,10 @@ def dumps(obj: Any, level: int = 0) -> str:
     return json.dumps(obj)
 
 
-def read_records(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record under ``results_dir`` (recursively), in path order; other JSON files are passed over, and one
-    that is not JSON is a ``ConfigError`` naming it."""
+def read_records(results_dir: str | Path, passed_over: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every record under ``results_dir`` (recursively), in path order; other JSON files are passed over (their
+    paths, relative to ``results_dir``, appended to ``passed_over`` when given, for the caller to name them), and
+    one that is not JSON is a ``ConfigError`` naming it."""
     root = Path(results_dir)
     out = []
     for path in sorted(root.rglob("*.json")):
@@ -319,6 +320,8 @@ def read_records(results_dir: str | Path) -> list[dict[str, Any]]:
         if isinstance(data, dict) and data.get("record_version") == RECORD_VERSION:
             data["_path"] = str(path.relative_to(root))
             out.append(data)
+        elif passed_over is not None:
+            passed_over.append(str(path.relative_to(root)))
     return out
 
 

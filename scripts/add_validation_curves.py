@@ -25,16 +25,26 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtpp.records import find_run, read_records, record_from_log, write_record
-    from mtpp.training.trainer import git_revision
+    """Run the script; bad input (no such folder, a record cut short) is one line ``add_validation_curves: error:
+    ...`` and exit code 2 (``mtpp.cli.run_script``)."""
+    from mtpp.cli import run_script
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path, help="a folder of result records (results/<experiment>)")
     p.add_argument("runs", type=Path, nargs="+", help="roots holding the cells' run directories")
     p.add_argument("--dry-run", action="store_true", help="only say which records would gain a curve")
     args = p.parse_args(argv)
+    return run_script("add_validation_curves", lambda: add_curves(args))
+
+
+def add_curves(args: argparse.Namespace) -> int:
+    """The script's work once its arguments are parsed."""
+    from mtpp.errors import ConfigError
+    from mtpp.records import find_run, read_records, record_from_log, write_record
+    from mtpp.training.trainer import git_revision
+
     if not args.results.is_dir():
-        raise SystemExit(f"add_validation_curves: {args.results}: no such folder")
+        raise ConfigError(f"{args.results}: no such folder of result records")
 
     added, absent = 0, 0
     revision = git_revision()

@@ -36,9 +36,9 @@ def _changed(old: dict, new: dict, rtol: float) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtpp.evaluation.evaluate import evaluate
-    from mtpp.records import build_record, find_run, read_records, write_record
-    from mtpp.training.trainer import git_revision
+    """Run the script; bad input (no such folder, a record cut short) is one line ``rescore_records: error: ...``
+    and exit code 2 (``mtpp.cli.run_script``)."""
+    from mtpp.cli import run_script
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path, help="a folder of result records (results/<experiment>)")
@@ -47,7 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--missing", metavar="METRIC", help="only records whose test metrics lack METRIC")
     p.add_argument("--dry-run", action="store_true", help="only say which records have a run directory here")
     args = p.parse_args(argv)
+    return run_script("rescore_records", lambda: rescore(args))
 
+
+def rescore(args: argparse.Namespace) -> int:
+    """The script's work once its arguments are parsed."""
+    from mtpp.errors import ConfigError
+    from mtpp.evaluation.evaluate import evaluate
+    from mtpp.records import build_record, find_run, read_records, write_record
+    from mtpp.training.trainer import git_revision
+
+    if not args.results.is_dir():
+        raise ConfigError(f"{args.results}: no such folder of result records")
     todo, missing = [], []
     for record in read_records(args.results):
         name = record["cell"]["name"]

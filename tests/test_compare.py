@@ -759,6 +759,25 @@ def test_a_smaller_grid_in_the_same_folder_summarises_only_its_own_cells(
     assert "split1-seed0" in (tmp_path / "all" / "summary.md").read_text()
 
 
+def test_a_grid_whose_every_cell_is_recorded_elsewhere_still_writes_its_summary(
+    tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
+) -> None:
+    """Every cell complete by its --results record (trained on another machine): summary.md lists them as such,
+    as docs/guide/grid.md says, instead of no summary at all ("no finished run to summarise")."""
+    exp, results = write_experiment(tmp_path, small_grid(splits=[0])), tmp_path / "results"
+    assert main(["compare", str(exp), "--out", str(tmp_path / "machine1"), "--results", str(results),
+                 "--no-progress", "--no-report"]) == 0  # fmt: skip
+    fake_fit.calls.clear()
+    capsys.readouterr()
+    out = tmp_path / "machine2"
+    assert main(["compare", str(exp), "--out", str(out), "--results", str(results), "--no-progress"]) == 0
+    assert fake_fit.calls == [] and "no finished run to summarise" not in capsys.readouterr().err
+    md = (out / "summary.md").read_text()
+    assert md.startswith("<!-- written by mtpp") and "|" not in md and not (out / "summary.csv").exists()
+    assert f"- 4 cell(s) complete by its result record under {results}" in md
+    assert "synthetic_hawkes/lnm-base-sum/split0-seed0" in md
+
+
 def test_a_restarted_runner_finishes_the_cells_it_started_first(
     tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
 ) -> None:

@@ -79,6 +79,56 @@ def test_expected_durations_from_records_of_the_same_model() -> None:
     assert got == {"g": 200.0, "h": 999.0, "i": 7.0}
 
 
+def test_an_estimate_from_other_datasets_records_is_said_so(tmp_path: Path, fake_fit: FakeFit, capsys) -> None:
+    """Smoke cells on synthetic data estimated from MOOC records only ("expected 2 min" for a 3 s cell): the
+    fallback stands, but --dry-run names the datasets the estimate comes from; a cell of a recorded dataset does
+    not get the mark."""
+    import yaml
+
+    from mtpp.cli import main
+
+    records = [_record("mooc", "thp", "base", 120.0), _record("reddit", "thp", "base", 60.0),
+               _record("mooc", "lnm", "base", 30.0), _record("synthetic_hawkes", "lnm", "base", 3.0)]
+    borrowed: dict[str, list[str]] = {}
+    got = expected_seconds([_Cell("t", "synthetic_hawkes", "thp", "base"), _Cell("l", "synthetic_hawkes", "lnm",
+                            "base")], records, borrowed=borrowed)  # fmt: skip
+    assert got == {"t": 90.0, "l": 3.0} and borrowed == {"t": ["mooc", "reddit"]}
+    exp = tmp_path / "grid.yaml"
+    exp.write_text(yaml.safe_dump(small_grid(splits=[0], parametrisations=["base"])))
+    elsewhere = tmp_path / "paper"
+    for i, r in enumerate(records[:3]):
+        write_record(elsewhere, f"{r['cell']['dataset']}/{r['cell']['model']}-base-sum/split{i}-seed0", r)
+    assert main(["compare", str(exp), "--out", str(tmp_path / "runs"), "--dry-run", "--estimates-from",
+                 str(elsewhere)]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("new")]
+    assert len(lines) == 2 and all("from records of other datasets: mooc" in line for line in lines), lines
+    assert "2 of them estimated from other datasets' records only" in err
+
+
+def test_an_estimates_folder_without_records_gets_a_note_and_a_file_is_refused(tmp_path: Path, fake_fit: FakeFit, capsys) -> None:
+    import yaml
+
+    from mtpp.cli import main
+
+    exp = tmp_path / "grid.yaml"
+    exp.write_text(yaml.safe_dump(small_grid(splits=[0], parametrisations=["base"])))
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "a.json").write_text('{"a": 1}')
+    assert main(["compare", str(exp), "--out", str(tmp_path / "runs"), "--dry-run", "--estimates-from",
+                 str(configs)]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert (f"note: --estimates-from {configs}: holds no result record (1 JSON file(s) that are not records: "
+            "a.json); it adds no estimate") in err
+    # a file where a folder of records goes: said up front, not "no such folder", nor after training a cell
+    for option in ("--results", "--estimates-from"):
+        assert main(["compare", str(exp), "--out", str(tmp_path / "runs"), option, str(configs / "a.json")]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {option} {configs / 'a.json'}: a file, not a folder of result records" in err
+        assert fake_fit.calls == []
+
+
 def test_expected_durations_follow_the_cells_epoch_cap() -> None:
     """A record stands for a cell through its seconds per epoch and the epochs the cell will run: a capped smoke
     record (1 epoch of 60 s) makes a 12-epoch cell 12 minutes, not one; an early-stopped record (160 of 1000 epochs)

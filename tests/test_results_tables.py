@@ -160,7 +160,7 @@ def test_missing_metrics_show_na_and_remedies_table(tmp_path: Path) -> None:
     assert "No cell has finished yet" in tables.benchmarks_block([], "cmd")
 
 
-def test_update_replaces_only_the_marked_blocks_and_writes_the_figure(tmp_path: Path, monkeypatch) -> None:
+def test_update_replaces_only_the_marked_blocks_and_writes_the_figure(tmp_path: Path, monkeypatch, capsys) -> None:
     script = load_script(monkeypatch)
     folder = grid(tmp_path)
     results, bench, figures = tmp_path / "RESULTS.md", tmp_path / "BENCHMARKS.md", tmp_path / "figs"
@@ -186,13 +186,77 @@ def test_update_replaces_only_the_marked_blocks_and_writes_the_figure(tmp_path: 
     assert (elsewhere / "results" / "figures" / "mooc_cos_tm.png").is_file()
     assert "](results/figures/mooc_cos_tm.png)" in (elsewhere / "R.md").read_text()
     results.write_text("no markers\n")
-    with pytest.raises(SystemExit, match="needs exactly one"):
-        script.main(argv)
+    capsys.readouterr()
+    assert script.main(argv) == 2 and "needs exactly one" in capsys.readouterr().err
     # a misspelt folder: said, and the blocks are not replaced by empty ones
     results.write_text(doc)
-    with pytest.raises(SystemExit, match="no result record under .*typo: refusing to replace"):
-        script.main([str(tmp_path / "typo"), "--update", str(results)])
+    (tmp_path / "empty").mkdir()
+    assert script.main([str(tmp_path / "empty"), "--update", str(results)]) == 2
+    assert re.search("^results_md: error: no result record under .*empty: refusing to replace", capsys.readouterr().err)
+    assert script.main([str(tmp_path / "typo"), "--update", str(results)]) == 2
+    assert "typo: no such folder of result records (a misspelt path?)" in capsys.readouterr().err
     assert results.read_text() == doc
+
+
+def test_results_md_refuses_bad_input_in_one_line_before_writing_anything(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Every mistake in the input is one line ``results_md: error: ...`` and exit code 2, never a traceback, and
+    the output files are checked before anything (a table, a figure) is written."""
+    script = load_script(monkeypatch)
+    folder = grid(tmp_path)
+    results, bench = tmp_path / "RESULTS.md", tmp_path / "BENCHMARKS.md"
+    results.write_text(f"{script.BEGIN}\nold\n{script.END}\n")
+    bench.write_text(f"{script.BENCH_BEGIN}\nold\n{script.BENCH_END}\n")
+    figures = tmp_path / "figs"
+
+    def refused(argv: list[str], message: str) -> None:
+        capsys.readouterr()
+        assert script.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("results_md: error: ") and err.count("\n") == 1 and message in err, err
+        assert results.read_text() == f"{script.BEGIN}\nold\n{script.END}\n" and not figures.exists()
+        assert bench.read_text() == f"{script.BENCH_BEGIN}\nold\n{script.BENCH_END}\n"
+
+    base = [str(folder), "--figures", str(figures)]
+    refused([*base, "--update", str(results), "--benchmarks", str(tmp_path / "nonexist.md")],
+            f"--benchmarks {tmp_path / 'nonexist.md'}: no such file")
+    refused([*base, "--update", str(tmp_path / "sub" / "nonexist.md")], "--update ")
+    refused([*base, "--update", str(results), "--benchmarks", str(results)], "needs exactly one")  # no bench markers
+    refused([*base, "--update", str(tmp_path)], "a folder, not a file")
+    refused([str(results), "--update", str(results)], f"{results}: a file, not a folder of result records")
+    refused([str(tmp_path / "nonexist")], "no such folder of result records")
+    (folder / "mooc" / "cut.json").write_text('{"record_version": 1, "cell"')  # a record cut by a kill
+    refused([*base, "--update", str(results)], "cut.json: not readable as JSON")
+    # without --figures nothing is written beside a file that is not there
+    refused([str(folder), "--update", str(tmp_path / "sub" / "nonexist.md")], "no such file")
+    assert not (tmp_path / "sub").exists()
+
+
+@pytest.mark.parametrize("name", ["add_validation_curves", "rescore_records"])
+def test_the_other_record_scripts_say_bad_input_in_one_line(name: str, tmp_path: Path, capsys) -> None:
+    """Like results_md.py and the mtpp commands: a record cut short or a folder not there is one line and exit
+    code 2, never a traceback (rescore_records.py read a folder not there as empty, and exited 0)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "nonexist"), str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"{name}: error: {tmp_path / 'nonexist'}: no such folder of result records\n"
+    folder = grid(tmp_path)
+    (folder / "cut.json").write_text('{"record_version": 1, "cell"')
+    assert script.main([str(folder), str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{name}: error: {folder / 'cut.json'}: not readable as JSON") and err.count("\n") == 1
+
+
+def test_results_md_names_json_files_that_are_not_records_and_folders_not_there_yet(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    script = load_script(monkeypatch)
+    folder = grid(tmp_path)
+    (folder / "notes.json").write_text('{"a": 1}')
+    assert script.main([str(folder), str(tmp_path / "remedies")]) == 0  # one of two folders not there yet: fine
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'remedies'}: no such folder (yet)" in err
+    assert f"note: 1 JSON file(s) that are not result records passed over: {folder / 'notes.json'}" in err
 
 
 def test_small_standard_errors_keep_two_significant_digits_and_grid_datasets_get_a_section() -> None:

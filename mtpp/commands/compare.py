@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(note, file=sys.stderr)
         args.time_limit = parse_duration(args.time_limit)
-    ex.check_estimate_folders(args.estimates_from)  # up front: without --time-limit nothing else reads them
+    ex.check_results_folder(args.results)
+    for note in ex.check_estimate_folders(args.estimates_from):  # up front: without --time-limit nothing else
+        print(note, file=sys.stderr)  # reads them
     if args.estimates_from and args.time_limit is None and not args.dry_run:
         print("note: --estimates-from informs --time-limit's estimates (and --dry-run's); without either it has no "
               "effect", file=sys.stderr)
@@ -231,8 +233,9 @@ def _print_cells(
     then the result record under ``--results``); a resumable cell shows its last epoch, or ``running`` when a
     live process holds its folder; with ``--time-limit``, which cells would start and which would be deferred
     (``mtpp.experiments_schedule.simulate`` with ``--jobs`` workers), stale cells among them with
-    ``--rerun-stale``. Returns the number of stale cells the real run would refuse (0 with ``--rerun-stale``);
-    with any, it starts nothing."""
+    ``--rerun-stale``. A cell's expected duration names the datasets whose records it comes from when none is the
+    cell's own. Returns the number of stale cells the real run would refuse (0 with ``--rerun-stale``); with any,
+    it starts nothing."""
     from mtpp.errors import MtppError
     from mtpp.experiments import (
         data_changes,
@@ -262,7 +265,8 @@ def _print_cells(
     elsewhere = {c.name: h for c in cells if states[c.name] in trains
                  and (h := claim_holder(results, c.name)) is not None}  # fmt: skip
     todo = [c for c in cells if states[c.name] in trains and c.name not in elsewhere]
-    expected, _ = expected_durations(todo, states, out, overrides, results, estimates_from)
+    borrowed: dict[str, list[str]] = {}  # cells estimated from other datasets' records only
+    expected, _ = expected_durations(todo, states, out, overrides, results, estimates_from, borrowed)
     simulated = time_limit is not None and not stale
     starts, deferred, undecided = simulate(todo, expected, jobs, time_limit) if simulated else ({}, [], [])
     waits_for = next((c.name for c in todo if c.name in starts and c.name not in expected), None)
@@ -279,7 +283,10 @@ def _print_cells(
             where = "  (result record)"
         if c.name in elsewhere:
             state, where = "running", f"  (elsewhere: {RunLock.describe(elsewhere[c.name])}; not started here)"
-        if c.name in expected:
+        if c.name in borrowed:
+            where += (f"  (expected {format_minutes(expected[c.name])}, from records of other datasets: "
+                      f"{', '.join(borrowed[c.name])})")
+        elif c.name in expected:
             where += f"  (expected {format_minutes(expected[c.name])})"
         if c.name in starts:
             where += f"  starts at +{format_eta(starts[c.name])}"
@@ -293,6 +300,9 @@ def _print_cells(
     if expected:
         print(f"expected wall time of the {len(expected)} cell(s) with an estimate: {sum(expected.values()) / 3600:.1f} "
               "cell-hours (medians of the recorded cells of the same model; see --time-limit)", file=sys.stderr)
+    if borrowed:
+        print(f"{len(borrowed)} of them estimated from other datasets' records only (none of their own dataset, "
+              "model and parametrisation): an epoch there may cost much more or less than here", file=sys.stderr)
     if simulated:
         print(f"--time-limit {format_eta(time_limit)} with --jobs {jobs}: {len(starts)} cell(s) would start, "
               f"{len(deferred)} deferred" + (f", {len(undecided)} depend on how long {waits_for} takes" if undecided
@@ -331,7 +341,8 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
     ``summary.md`` states under its title (the grid's cells it does not show, and why). ``cells``: the grid's
     run folders (``dataset/cell/splitI-seedJ`` under ``out``); finished runs of other grids in the same folder (an
     earlier, larger grid) are left out of the summary and named in a note, so the tables describe the grid of
-    ``experiment.yaml``; ``None``: every run."""
+    ``experiment.yaml``; ``None``: every run. With no finished run to tabulate but ``notes`` (every cell complete by
+    its result record, say), ``summary.md`` holds the notes alone (``report.write_notes_summary``)."""
     from mtpp.evaluation import plots, report
 
     df = report.collect_runs(out)
@@ -349,7 +360,12 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
             notes = [*(notes or []), line]
             print(line, file=sys.stderr)
     if len(df) == 0:
-        print("no finished run to summarise", file=sys.stderr)
+        if notes:  # the grid's cells are elsewhere (their result records), deferred or failed: summary.md says so
+            path = report.write_notes_summary(out, notes, title=title)
+            print(f"summary: {path} (no finished run here: it lists the grid's cells and why they are not here)",
+                  file=sys.stderr)
+        else:
+            print("no finished run to summarise", file=sys.stderr)
         return
     from mtpp.owned import check_ours
 

@@ -1002,3 +1002,21 @@ def write_summary(
         text = head + "\n\n" + "**Not in this table:**\n\n" + "".join(f"- {n}\n" for n in notes) + "\n" + rest
     write_text(md_path, MD_MARK + "\n" + text)
     return [csv_path, md_path]
+
+
+def write_notes_summary(out_dir: str | Path, notes: Iterable[str], title: str = "Results",
+                        stem: str = "summary") -> Path:  # fmt: skip
+    """Write ``STEM.md`` for a grid none of whose cells has a finished run folder in ``out_dir`` (all complete by
+    their result records, deferred, failed): the title, ``notes`` (the cells and why they are not here, as
+    :func:`write_summary` states them) and no table; returns its path. ``STEM.csv`` is neither written nor touched
+    (no row to write). ``MtppError`` (before writing) when ``STEM.md`` exists and was not written by mtpp."""
+    from mtpp.owned import MD_MARK, check_ours
+
+    out_dir = Path(out_dir)
+    md_path = out_dir / f"{stem}.md"
+    check_ours([md_path])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = (f"# {title}\n\nNo finished run in this folder: no table.\n\n**Not in this table:**\n\n"
+            + "".join(f"- {n}\n" for n in notes))
+    write_text(md_path, MD_MARK + "\n" + text)
+    return md_path
