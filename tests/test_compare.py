@@ -759,6 +759,26 @@ def test_a_smaller_grid_in_the_same_folder_summarises_only_its_own_cells(
     assert "split1-seed0" in (tmp_path / "all" / "summary.md").read_text()
 
 
+def test_a_grid_run_with_only_one_cell_keeps_its_other_finished_cells_in_the_summary(
+    tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
+) -> None:
+    """``--only`` one cell into a folder holding the grid's other finished cells: summary.md kept that one cell and
+    called the others "not cells of this grid (an earlier grid's?)" (a new user's trial). They are the grid's: they
+    stay in the summary, with a note that this command neither trained nor checked them."""
+    exp = write_experiment(tmp_path, small_grid(splits=[0]))
+    out = tmp_path / "o"
+    assert main(["compare", str(exp), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    cell = "synthetic_hawkes/lnm-base-sum/split0-seed0"
+    assert main(["compare", str(exp), "--out", str(out), "--no-progress", "--only", cell]) == 0
+    err = capsys.readouterr().err
+    md = (out / "summary.md").read_text()
+    assert "not cells of this grid" not in err + md
+    said = "finished run(s) of this grid's cells outside --only are in this summary as found, not trained or checked"
+    assert said in err and said in md
+    assert len(pd.read_csv(out / "summary.csv").drop_duplicates(subset=["model", "parametrisation"])) > 1
+
+
 def test_a_grid_whose_every_cell_is_recorded_elsewhere_still_writes_its_summary(
     tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
 ) -> None:

@@ -1336,3 +1336,28 @@ def test_cos_tm_histograms_keep_each_shape_visible_where_they_overlap(runs_root,
             param = {"base": "base", "+": "plus"}[name]
             assert mcolors.to_hex(patch.get_edgecolor()) == mcolors.to_hex(plots.PARAM_COLORS[param])
             assert patch.get_edgecolor()[3] == 1.0 and patch.get_facecolor()[3] < 0.5  # opaque edge, light fill
+
+
+def test_rows_trained_with_other_settings_are_said_under_the_table(runs_root: Path, tmp_path: Path) -> None:
+    """A cell trained with another budget (``--set train.max_epochs=3`` for one cell of a grid, 2 for the rest) sat
+    in the same table, bolded best, with nothing to say its budget differed (a new user's trial). The summary now
+    lists such training settings per dataset, naming the runs of the minority; settings that vary inside a cell
+    are cell columns already and are not repeated, nor are the non-semantic ones (device) or the seed."""
+    for run in sorted(runs_root.glob("synthetic_hawkes/*/split*-seed0")):
+        path = run / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        if "train" in config:
+            config["train"]["max_epochs"] = 3 if "base" in run.parent.name and run.name == "split1-seed0" else 2
+            path.write_text(yaml.safe_dump(config))
+    df = report.collect_runs(runs_root)
+    assert report.setting_notes(df) == []  # max_epochs varies inside the base cell: a cell column, shown already
+    df = df[~df["run"].astype(str).str.contains("base-sum/split[02]")]  # base keeps split 1 only: not inside a cell
+    notes = report.setting_notes(df)
+    assert notes == ["synthetic_hawkes: `train.max_epochs` 2 (3 runs), 3 (1 run: "
+                     "synthetic_hawkes/thp-base-sum/split1-seed0)"]
+    report.write_summary(df, tmp_path, metrics=SUMMARY_METRICS)
+    md = (tmp_path / "summary.md").read_text()
+    assert "**Training settings that differ between rows of one dataset**" in md and f"- {notes[0]}" in md
+    same = report.collect_runs(runs_root)
+    same = same[same["run"].astype(str).str.contains("plus-sum")]  # train.device differs too: not semantic
+    assert report.setting_notes(same) == []

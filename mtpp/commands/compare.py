@@ -187,7 +187,7 @@ def _run_locked(args: argparse.Namespace, exp, cells: list, run_overrides: list[
     )
     if not args.no_report:
         write_reports(args.out, title=exp.name, notes=_absent_cells(results, args.out, args.results),
-                      cells=[r.name for r in results])
+                      cells=[r.name for r in results], grid=[c.name for c in ex.expand(exp)])
     if counts["failed"]:
         print(f"failed cells are listed in {args.out / ex.FAILURES_FILE}:", file=sys.stderr)
         for r in results:
@@ -336,12 +336,14 @@ def _absent_cells(results: list, out: Path, records: Path | None) -> list[str]:
 
 
 def write_reports(out: Path, title: str = "Results", notes: list[str] | None = None,
-                  cells: list[str] | None = None) -> None:
+                  cells: list[str] | None = None, grid: list[str] | None = None) -> None:
     """summary.csv / summary.md and the plots of the finished runs under ``out``; ``notes``: lines that
     ``summary.md`` states under its title (the grid's cells it does not show, and why). ``cells``: the grid's
     run folders (``dataset/cell/splitI-seedJ`` under ``out``); finished runs of other grids in the same folder (an
     earlier, larger grid) are left out of the summary and named in a note, so the tables describe the grid of
-    ``experiment.yaml``; ``None``: every run. With no finished run to tabulate but ``notes`` (every cell complete by
+    ``experiment.yaml``; ``None``: every run. ``grid``: every cell of the grid when ``--only`` selected ``cells``
+    from it: the finished runs of its other cells stay in the summary, said in a note (this command neither trained
+    nor checked them). With no finished run to tabulate but ``notes`` (every cell complete by
     its result record, say), ``summary.md`` holds the notes alone (``report.write_notes_summary``)."""
     from mtpp.evaluation import plots, report
 
@@ -350,6 +352,15 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
         print(f"skipped (unreadable): {problem}", file=sys.stderr)
     if cells is not None and len(df):
         ours = {str(out / c) for c in cells}
+        siblings = sorted(str(Path(r).relative_to(out)) for r in df["run"]
+                          if str(r) not in ours and str(r) in {str(out / c) for c in grid or ()})  # fmt: skip
+        if siblings:  # cells of this grid that --only left out this time: still the grid's results
+            ours |= {str(out / c) for c in siblings}
+            shown = ", ".join(siblings[:6]) + (f" and {len(siblings) - 6} more" if len(siblings) > 6 else "")
+            line = (f"{len(siblings)} finished run(s) of this grid's cells outside --only are in this summary as "
+                    f"found, not trained or checked by this command: {shown}")
+            notes = [*(notes or []), line]
+            print(line, file=sys.stderr)
         outside = sorted(str(Path(r).relative_to(out)) for r in df["run"] if str(r) not in ours)
         if outside:
             df = df[df["run"].astype(str).isin(ours)].copy()

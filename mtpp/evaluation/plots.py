@@ -901,7 +901,7 @@ def existing_plots(out_dir: str | Path, datasets: Iterable[Any] | None = None) -
 
 def left_over(out_dir: str | Path, written: Iterable[Path], root: str | Path) -> str | None:
     """A warning naming the figures in ``out_dir`` that an earlier report drew and this one did not (their runs are
-    no longer under ``root``): kept, since mtpp deletes nothing, but said, so the folder is not read as one report;
+    not in this report: no longer under ``root``, or left out of it): kept, since mtpp deletes nothing, but said, so the folder is not read as one report;
     ``None`` when there are none."""
     written = set(written)
     stale = [p for p in existing_plots(out_dir) if p not in written]
@@ -909,7 +909,7 @@ def left_over(out_dir: str | Path, written: Iterable[Path], root: str | Path) ->
         return None
     names = ", ".join(p.name for p in stale[:5]) + (", ..." if len(stale) > 5 else "")
     return (f"warning: {len(stale)} figure(s) in {out_dir} are from an earlier report and were not redrawn (their runs "
-            f"are no longer under {root}): {names}")
+            f"are not in this report: no longer under {root}, or left out of it): {names}")
 
 
 def make_all_plots(

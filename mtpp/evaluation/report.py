@@ -955,6 +955,37 @@ def truncation_notes(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> 
     return out
 
 
+def setting_notes(df: pd.DataFrame, prefix: str = "config.train.", most: int = 6) -> list[str]:
+    """One line per training setting (``config.train.*`` columns, not the non-semantic ones or the seed) whose
+    value differs between rows of one dataset without being a cell column already (:func:`cell_columns`: it varies
+    inside a cell there): ``"mooc: `train.max_epochs` 2 (5 runs), 3 (1 run: mooc/lnm-base-sum/split0-seed0)"``.
+    A table silently put a model trained for 3 epochs beside models trained for 2 and bolded it best; the rows
+    still show, and this says what they do not. ``[]`` when every dataset's rows share their training settings
+    (at most ``most`` lines, the last one counting the rest)."""
+    if df.empty or "dataset" not in df.columns:
+        return []
+    shown = set(cell_columns(df))
+    cols = [c for c in df.columns if c.startswith(prefix) and c not in shown
+            and not c.startswith(_IGNORED_CONFIG_PREFIXES)]  # fmt: skip
+    runs = pd.Series(_relative_runs(df), index=df.index)
+    out = []
+    for dataset, part in df.groupby("dataset", dropna=False, sort=True):
+        for col in cols:
+            values = part[col].map(lambda v: json.dumps(v, sort_keys=True, default=str))
+            if values.nunique(dropna=False) < 2:
+                continue
+            groups = sorted(values.groupby(values, sort=False).groups.items(), key=lambda kv: -len(kv[1]))
+            said = []
+            for value, index in groups:
+                n = len(index)
+                named = f": {', '.join(runs[index])}" if n <= 3 and n < len(part) / 2 else ""
+                said.append(f"{value} ({n} run{'s' * (n != 1)}{named})")
+            out.append(f"{dataset}: `{col[len('config.'):]}` " + ", ".join(said))
+    if len(out) > most:
+        out = out[: most - 1] + [f"... and {len(out) - most + 1} more"]
+    return out
+
+
 def write_summary(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -993,6 +1024,10 @@ def write_summary(
         text = (text.rstrip("\n") + "\n\n**Horizon metrics from continuations cut at `--max-events`** (`mtpp evaluate "
                 "--horizon` with a larger `--max-events` gives whole ones, at more cost):\n\n"
                 + "".join(f"- {line}\n" for line in cut))
+    differ = setting_notes(df)
+    if differ:  # rows trained with other budgets or protocols: said under the tables, never hidden
+        text = (text.rstrip("\n") + "\n\n**Training settings that differ between rows of one dataset** (not cell "
+                "columns; compare those rows knowing it):\n\n" + "".join(f"- {line}\n" for line in differ))
     baselines = format_baselines(df, asked)
     if baselines:  # the reference forecasters of the horizon metrics, after the models' tables
         text = text.rstrip("\n") + "\n\n" + baselines
