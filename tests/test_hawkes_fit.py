@@ -31,6 +31,20 @@ def reference(seq: EventSequence, params: HawkesParams) -> float:
     return hawkes_log_likelihood(shifted, params) - float(np.log(params.mu[seq.marks[0]]))
 
 
+def strict_reference(seq: EventSequence, params: HawkesParams) -> float:
+    """The same log-likelihood by a direct loop over events, the history strictly before each event (``t_j < t_i``:
+    simultaneous events do not excite each other); equal to :func:`reference` on sequences without ties."""
+    if len(seq) == 0:
+        return 0.0
+    t, m, b = seq.times, seq.marks, float(params.beta)
+    end = seq.window_end if seq.window_end is not None else t[-1]
+    ll = 0.0
+    for i in range(1, len(t)):
+        past = t[:i] < t[i]
+        ll += np.log(params.mu[m[i]] + (params.alpha[m[i], m[:i][past]] * b * np.exp(-b * (t[i] - t[:i][past]))).sum())
+    return ll - ((end - t[0]) * params.mu.sum() + (params.alpha[:, m].sum(0) * -np.expm1(-b * (end - t))).sum())
+
+
 def _mixed_sequences(params: HawkesParams, rng: np.random.Generator) -> list[EventSequence]:
     """Simulated sequences (windowed or not, clocks from 0 or from 1e4) plus lengths 0, 1, 2 and ties."""
     seqs = simulate_hawkes_many(params, 12, 15.0, rng)
@@ -61,7 +75,10 @@ def test_the_batch_likelihood_equals_the_loop_over_events(one_hot: bool, block: 
     rng = np.random.default_rng(3)
     params = random_hawkes_params(3, rng, branching=0.7, base_rate=2.0, beta=2.5)
     seqs = _mixed_sequences(params, rng)
-    want = np.array([reference(s, params) for s in seqs])
+    ties = [bool(np.any(np.diff(s.times) == 0)) for s in seqs]
+    want = np.array([(strict_reference if tie else reference)(s, params) for s, tie in zip(seqs, ties)])
+    assert sum(ties) == 2 and all(strict_reference(s, params) == pytest.approx(reference(s, params), rel=1e-12)
+                                  for s, tie in zip(seqs, ties) if not tie)
     got = hawkes_log_likelihood_sequences(params, seqs, block=block)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     assert got[len(seqs) - 7] == 0.0 and got[len(seqs) - 5] == 0.0  # empty, and one event without a window
@@ -84,7 +101,7 @@ def test_the_batch_likelihood_is_differentiable_and_ignores_padding() -> None:
     ll = hawkes_log_likelihood_batch(mu, alpha, beta, times, marks, lengths)
     seqs = [EventSequence(times[0].numpy(), marks[0].numpy()),
             EventSequence(times[1, :2].numpy(), marks[1, :2].numpy())]
-    np.testing.assert_allclose(ll.detach().numpy(), [reference(s, params) for s in seqs], rtol=1e-12)
+    np.testing.assert_allclose(ll.detach().numpy(), [strict_reference(s, params) for s in seqs], rtol=1e-12)
     ll.sum().backward()
     assert all(bool(torch.isfinite(p.grad).all()) for p in (mu, alpha, beta))
 
@@ -198,3 +215,25 @@ def test_progress_shows_a_bar_over_iterations(capsys: pytest.CaptureFixture, mon
     fit = fit_hawkes(_simulate(10, 20.0, 2), 2, progress=True)
     shown = screen.getvalue()
     assert "fit hawkes" in shown and "iter" in shown and fit.iterations > 0
+
+
+def test_ties_do_not_excite_so_rounded_times_still_have_a_maximum() -> None:
+    """Times rounded to whole units (half the gaps are ties): with ties exciting each other the likelihood grew
+    without bound in ``beta`` and the fit ended in NaN parameters (a ValueError from HawkesParams). With the strict
+    history it is bounded: the fit ends with finite parameters, its likelihood matches the strict loop, and a
+    much larger ``beta`` does not beat it."""
+    rng = np.random.default_rng(7)
+    seqs = [EventSequence(np.sort(rng.integers(0, 20, 30)).astype(float), rng.integers(0, 2, 30)) for _ in range(20)]
+    assert sum(int((np.diff(s.times) == 0).sum()) for s in seqs) > 200
+    fit = fit_hawkes(seqs, 2)
+    p = fit.params
+    assert np.all(np.isfinite(p.mu)) and np.all(np.isfinite(p.alpha)) and np.isfinite(p.beta)
+    assert fit.log_likelihood == pytest.approx(sum(strict_reference(s, p) for s in seqs), rel=1e-9)
+    far = HawkesParams(mu=p.mu, alpha=p.alpha, beta=float(p.beta) * 1e6, require_stationary=False)
+    assert float(hawkes_log_likelihood_sequences(far, seqs).sum()) <= fit.log_likelihood + 1e-6
+
+
+def test_no_time_after_the_first_events_names_the_hawkes_fit() -> None:
+    """Every later event tied with its sequence's first: the error named the Poisson baseline (the fit's start)."""
+    with pytest.raises(MtppError, match=r"^cannot fit a Hawkes process: the training sequences span no time"):
+        fit_hawkes([EventSequence(np.array([7.0, 7.0]), np.array([0, 0]))], 1)

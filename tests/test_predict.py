@@ -353,11 +353,15 @@ def test_generate_from_the_fitted_hawkes_baseline_fits_once_and_reuses_the_cache
     monkeypatch.setattr(hawkes_fit, "fit_hawkes", lambda *a, **kw: fits.append(1) or real(*a, **kw))
     cache = run / HAWKES_FIT_CACHE
 
+    errs: list[str] = []
+
     def gen(name: str, *extra: str) -> pd.DataFrame:
         out = tmp_path / f"{name}.csv"
         assert main(["generate", str(run), "--events", "4", "--baseline", "hawkes-fit", "--sequences", "1", "--out",
                      str(out), *extra]) == 0
-        assert "baseline hawkes-fit, " in capsys.readouterr().out
+        said = capsys.readouterr()
+        assert "baseline hawkes-fit, " in said.out
+        errs.append(said.err)
         return pd.read_csv(out)
 
     first = gen("first", "--sampler", "thinning")
@@ -380,6 +384,19 @@ def test_generate_from_the_fitted_hawkes_baseline_fits_once_and_reuses_the_cache
         gen("foreign")
     assert len(fits) == 3 and cache.read_text() == '{"mine": true}'
     assert any("was not written by mtpp" in r.getMessage() for r in caplog.records)
+    assert "not cached (see the warning)" in errs[-1] and "cached in" not in errs[-1]  # said after the write
+    # a cached non-stationary fit warns at every use, not only when fitted
+    cache.unlink()
+    gen("refit")
+    record = json.loads(cache.read_text())
+    record["params"]["alpha"] = [[1.5 if i == j else 0.0 for j in range(len(row))]
+                                 for i, row in enumerate(record["params"]["alpha"])]
+    cache.write_text(json.dumps(record))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mtpp.forecast.baselines"):
+        gen("explosive")
+    assert len(fits) == 4 and "branching ratio 1.5" in errs[-1]
+    assert any("not stationary (branching ratio 1.5 >= 1)" in r.getMessage() for r in caplog.records)
     from mtpp.forecast.runs import load_run
 
     assert "hawkes-fit" not in available_baselines(load_run(run))  # asked for by name only

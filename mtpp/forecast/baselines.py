@@ -10,7 +10,7 @@ synthetic Hawkes process.
   data's units). The fit is cached in the run folder (:data:`HAWKES_FIT_CACHE`), keyed by the training split's
   fingerprint (``mtpp.runs.fingerprint``), so it runs once per run and data. Not in :func:`available_baselines`:
   the first fit costs minutes on the benchmarks (measured: 41 s, 199 L-BFGS iterations, on MOOC's 186k training
-  events, one thread; 2 s on synthetic_hawkes), and on bursty data the fit is non-stationary (MOOC: branching ratio
+  events, one thread; 3 s on synthetic_hawkes), and on bursty data the fit is non-stationary (MOOC: branching ratio
   1.08), so sampling it runs to ``--max-events``. Ask for it by name (``mtpp generate --baseline hawkes-fit``).
 - ``hawkes``: the generating process of ``synthetic_hawkes`` (``mtpp.data.synthetic.SYNTHETIC_PARAMS``), its
   exact intensity: the best any model can do on that data. Refused for any other dataset.
@@ -89,7 +89,9 @@ def fitted_hawkes(run, *, progress: bool = True, log: Callable[[str], None] | No
             p = cached["params"]
             params = HawkesParams(mu=p["mu"], alpha=p["alpha"], beta=p["beta"], require_stationary=False)
             if log is not None:
-                log(f"hawkes-fit: parameters read from {path} (fitted on this training split)")
+                log(f"hawkes-fit: parameters read from {path} (fitted on this training split; branching ratio "
+                    f"{params.spectral_radius:.3g})")
+            _warn_if_explosive(params.spectral_radius)  # said at every use, not only when fitted
             return params
         except (KeyError, TypeError, ValueError):  # a damaged record of ours: fitted again and replaced
             pass
@@ -102,13 +104,19 @@ def fitted_hawkes(run, *, progress: bool = True, log: Callable[[str], None] | No
                 "seconds": round(time.perf_counter() - start, 3)},
         "conditioning": "each training sequence given its first event; times in the data's units",
     }
-    if log is not None:
+    cached = _write_cache(path, record)
+    if log is not None:  # after the write: it says whether the fit was cached
         log(f"hawkes-fit: fitted on {len(run.data.train)} training sequences ({fit.events} scored events) in "
             f"{record['fit']['seconds']:.1f} s, {fit.iterations} L-BFGS iterations"
             f"{'' if fit.converged else ' (not converged: max_iter reached)'}, branching ratio "
-            f"{fit.branching_ratio:.3g}; cached in {path}")
-    _write_cache(path, record)
+            f"{fit.branching_ratio:.3g}; " + (f"cached in {path}" if cached else "not cached (see the warning)"))
     return fit.params
+
+
+def _warn_if_explosive(rho: float) -> None:
+    if not rho < 1.0:
+        logger.warning(f"the hawkes-fit baseline is not stationary (branching ratio {rho:.4g} >= 1): generating "
+                       "from it may explode (its samples grow until --max-events)")
 
 
 def read_hawkes_fit_cache(path: str | Path) -> dict | None:
@@ -125,17 +133,20 @@ def read_hawkes_fit_cache(path: str | Path) -> dict | None:
         return None
 
 
-def _write_cache(path: Path, record: dict) -> None:
+def _write_cache(path: Path, record: dict) -> bool:
+    """Write the cache; ``False``, with one warning, when it cannot be (a file mtpp did not write, an OSError)."""
     from mtpp.files import write_text
     from mtpp.owned import is_ours
 
     if not is_ours(path):
         logger.warning(f"{path} exists and was not written by mtpp: the fitted Hawkes baseline is not cached "
-                    "(move the file away to cache it)")
-        return
+                       "(move the file away to cache it)")
+        return False
     try:
         path.parent.mkdir(exist_ok=True)
         write_text(path, json.dumps(record, indent=1) + "\n")
     except OSError as e:
         logger.warning(f"cannot cache the fitted Hawkes baseline in {path} ({e.strerror or e}); it is refitted "
-                    "next time")
+                       "next time")
+        return False
+    return True

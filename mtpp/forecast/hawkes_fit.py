@@ -4,10 +4,13 @@ The process is ``mtpp.data.synthetic``'s (``HawkesParams``, scalar ``beta``): wi
 ``alpha: [K, K]`` (branching ratios: ``alpha[k, l]`` = mean number of mark-``k`` children of a mark-``l`` event)
 and a decay rate ``beta``, the intensity of mark ``k`` is::
 
-    lambda_k(t) = mu_k + sum_{j < i} alpha[k, k_j] * beta * exp(-beta (t - t_j))
+    lambda_k(t) = mu_k + sum_{t_j < t} alpha[k, k_j] * beta * exp(-beta (t - t_j))
 
-(the kernel integrates to ``alpha[k, l]``; ``j < i``: the events before ``i`` in the sequence, so a tie ``t_j =
-t_i`` with ``j < i`` excites ``i`` by ``alpha beta``, as ``mtpp.data.synthetic.hawkes_log_intensities`` counts it).
+(the kernel integrates to ``alpha[k, l]``; the history is the events *strictly* before ``t``, ``H_{t-}``, so
+simultaneous events do not excite each other. ``mtpp.data.synthetic.hawkes_log_intensities`` lets an earlier tie
+excite a later one; the two agree on data without ties, as simulated data are. With that rule the likelihood of
+data with ties grows without bound as ``beta`` grows (each tie adds ``log beta``): a fit to rounded times had no
+maximum and ended in NaN parameters.)
 
 Conditioning (the same as ``mtpp.forecast.process.fit_poisson``): each sequence is scored *given its first event*.
 Its excitation counts from ``t_1`` on, events ``2..n`` are scored, and the compensator runs from ``t_1`` to the
@@ -140,7 +143,10 @@ def hawkes_log_likelihood_batch(mu: Tensor, alpha: Tensor, beta: Tensor | float,
 
     # log-intensities of events 2..n, block by block
     loglik = torch.zeros(b_size, dtype=f64)
-    state = torch.zeros(b_size, k, dtype=f64)  # R[b, m]: sum_{earlier blocks, k_j = m} exp(-beta (t_ref - t_j))
+    # carried events of earlier blocks, per source mark m: R[b, m] = sum_{t_j < t_ref} exp(-beta (t_ref - t_j)) and
+    # the count of those at t_ref itself (they excite events after t_ref only: strict history)
+    state = torch.zeros(b_size, k, dtype=f64)
+    tied = torch.zeros(b_size, k, dtype=f64)
     t_ref = t1
     for a in range(0, width, block):
         z = min(a + block, width)
@@ -148,6 +154,7 @@ def hawkes_log_likelihood_batch(mu: Tensor, alpha: Tensor, beta: Tensor | float,
         q = z - a
         causal = torch.ones(q, q, dtype=torch.bool).tril(-1) & vq.unsqueeze(-1) & vq.unsqueeze(-2)  # j < i
         dt = torch.where(causal, tq.unsqueeze(-1) - tq.unsqueeze(-2), torch.zeros((), dtype=f64))
+        causal = causal & (dt > 0)  # t_j < t_i: a tie does not excite
         w = torch.where(causal, torch.exp(-beta * dt), torch.zeros((), dtype=f64))  # [B, Q, Q]
         if k <= ONE_HOT_MARKS:  # sum_m alpha[k_i, m] sum_{j: k_j = m} w_ij, by a batched product
             per_mark = torch.bmm(w, torch.nn.functional.one_hot(mq, k).to(f64))  # [B, Q, K]
@@ -156,11 +163,13 @@ def hawkes_log_likelihood_batch(mu: Tensor, alpha: Tensor, beta: Tensor | float,
             pair = (mq.unsqueeze(-1) * k + mq.unsqueeze(-2)).reshape(-1)
             excitation = (alpha.reshape(-1).index_select(0, pair).view(w.shape) * w).sum(-1)
         if a > 0:  # sum_m alpha[k_i, m] R[m]: [B, K] x [K, K] for few marks, else a gather of alpha's rows
+            both = torch.stack([state, tied], 1)  # [B, 2, K]
             if k <= q:
-                carried = (state @ alpha.T).gather(1, mq)  # [B, Q]
+                from_state, from_tied = (both @ alpha.T).gather(2, mq.unsqueeze(1).expand(-1, 2, -1)).unbind(1)
             else:
-                carried = torch.bmm(alpha[mq], state.unsqueeze(-1)).squeeze(-1)
+                from_state, from_tied = torch.bmm(alpha[mq], both.transpose(1, 2)).unbind(-1)  # [B, Q] each
             gap = torch.where(vq, tq - t_ref.unsqueeze(-1), torch.zeros((), dtype=f64))
+            carried = from_state + torch.where(gap > 0, from_tied, torch.zeros((), dtype=f64))
             excitation = excitation + carried * torch.exp(-beta * gap)
         lam = mu[mq] + beta * excitation
         scored = vq & (pos[a:z] >= 1)
@@ -170,9 +179,13 @@ def hawkes_log_likelihood_batch(mu: Tensor, alpha: Tensor, beta: Tensor | float,
             inside = (lengths - a).clamp(0, q)
             t_new = torch.where(inside > 0, tq.gather(1, (inside - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1), t_ref)
             back = torch.where(vq, t_new.unsqueeze(-1) - tq, torch.zeros((), dtype=f64))
-            wj = torch.where(vq, torch.exp(-beta * back), torch.zeros((), dtype=f64))
-            state = state * torch.exp(-beta * (t_new - t_ref)).unsqueeze(-1) + torch.zeros_like(state).scatter_add(
-                1, mq, wj)
+            before = vq & (back > 0)  # the block's events strictly before t_new, and those at t_new
+            wj = torch.where(before, torch.exp(-beta * back), torch.zeros((), dtype=f64))
+            at = (vq & ~before).to(f64)
+            moved = (t_new > t_ref).unsqueeze(-1)  # the old t_ref's ties are now history, decayed like the rest
+            decay = torch.exp(-beta * (t_new - t_ref)).unsqueeze(-1)
+            state = torch.where(moved, (state + tied) * decay, state) + torch.zeros_like(state).scatter_add(1, mq, wj)
+            tied = torch.where(moved, torch.zeros_like(tied), tied) + torch.zeros_like(tied).scatter_add(1, mq, at)
             t_ref = t_new
     return loglik - compensator
 
@@ -264,7 +277,11 @@ def _initial(sequences: Sequence[EventSequence], num_marks: int) -> tuple[np.nda
     """``(mu, alpha, beta)`` to start from, in the data's units (module docstring)."""
     from mtpp.forecast.process import fit_poisson
 
-    rates = fit_poisson(sequences, num_marks)
+    try:
+        rates = fit_poisson(sequences, num_marks)
+    except MtppError:  # its message names the Poisson baseline: this is the Hawkes fit's start
+        raise MtppError("cannot fit a Hawkes process: the training sequences span no time after their first events "
+                        "(every later event ties with its sequence's first)") from None
     floor = 1e-6 * float(rates.sum()) / num_marks  # a mark never scored: its MLE mu is 0, log(0) cannot start
     mu = np.maximum(0.5 * rates, floor)
     gaps = np.concatenate([np.diff(s.times) for s in sequences if len(s) > 1])
@@ -337,6 +354,9 @@ def fit_hawkes(sequences: Sequence[EventSequence], num_marks: int, *, max_iter: 
     converged = iterations < max_iter and int(st.get("func_evals", 0)) < max_iter * 4
     with torch.no_grad():
         mu, alpha, beta = log_mu.exp().numpy(), root_alpha.square().numpy(), float(log_beta.exp())
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(alpha)) and math.isfinite(beta)):
+        raise MtppError(f"the Hawkes fit diverged after {iterations} L-BFGS iterations (non-finite parameters: beta "
+                        f"{beta:.3g}); the training data may be degenerate for an exponential kernel")
     params = HawkesParams(mu=mu.copy(), alpha=alpha.copy(), beta=beta, require_stationary=False)
     total = float(hawkes_log_likelihood_sequences(params, sequences).sum())
     rho = params.spectral_radius
