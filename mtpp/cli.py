@@ -117,6 +117,9 @@ def run_script(prog: str, work: Callable[[], int]) -> int:
     except OSError as e:  # the file system said no (a file that cannot be read or written)
         print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as e:  # a file read as text that is not UTF-8 (where no caller named it)
+        print(f"{prog}: error: a file it read is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
+        return 2
 
 
 def describe_os_error(e: OSError) -> str:

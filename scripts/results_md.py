@@ -80,7 +80,10 @@ def read_block_file(path: Path, option: str, begin: str, end: str, doc: str | No
     if doc is None and not path.is_file():
         what = "a folder, not a file" if path.is_dir() else "no such file"
         raise ConfigError(f"{option} {path}: {what} (it must exist and hold the lines {begin} and {end})")
-    doc = path.read_text(encoding="utf-8") if doc is None else doc
+    try:
+        doc = path.read_text(encoding="utf-8") if doc is None else doc
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{option} {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     try:
         tables.replace_block(doc, "", begin, end, str(path))
     except ValueError as e:

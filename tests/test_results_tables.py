@@ -222,6 +222,9 @@ def test_results_md_refuses_bad_input_in_one_line_before_writing_anything(tmp_pa
     refused([*base, "--update", str(tmp_path / "sub" / "nonexist.md")], "--update ")
     refused([*base, "--update", str(results), "--benchmarks", str(results)], "needs exactly one")  # no bench markers
     refused([*base, "--update", str(tmp_path)], "a folder, not a file")
+    latin = tmp_path / "latin1.md"  # markers fine, one byte not UTF-8: a traceback before
+    latin.write_bytes(f"caf\xe9\n{script.BEGIN}\nold\n{script.END}\n".encode("latin-1"))
+    refused([*base, "--update", str(latin)], f"--update {latin}: not UTF-8 text (invalid continuation byte at byte 3)")
     refused([str(results), "--update", str(results)], f"{results}: a file, not a folder of result records")
     refused([str(tmp_path / "nonexist")], "no such folder of result records")
     (folder / "mooc" / "cut.json").write_text('{"record_version": 1, "cell"')  # a record cut by a kill
