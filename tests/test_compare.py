@@ -798,6 +798,28 @@ def test_a_grid_whose_every_cell_is_recorded_elsewhere_still_writes_its_summary(
     assert "synthetic_hawkes/lnm-base-sum/split0-seed0" in md
 
 
+def test_a_notes_only_summary_beside_another_grids_runs_leaves_no_old_table(
+    tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder holding only another grid's finished runs, for a grid whose cells are all recorded elsewhere: the
+    notes-only summary.md said "No finished run in this folder" above a note listing finished runs, and the
+    earlier summary.csv kept the other grid's table. It now says "of this grid", and the CSV keeps only its
+    header."""
+    out, results = tmp_path / "o", tmp_path / "results"
+    assert main(["compare", str(write_experiment(tmp_path, small_grid(splits=[0]))), "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert len(pd.read_csv(out / "summary.csv")) > 0
+    other = write_experiment(tmp_path, small_grid(splits=[1]), name="other.yaml")
+    assert main(["compare", str(other), "--out", str(tmp_path / "elsewhere"), "--results", str(results),
+                 "--no-progress", "--no-report"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["compare", str(other), "--out", str(out), "--results", str(results), "--no-progress"]) == 0
+    md = (out / "summary.md").read_text()
+    assert "No finished run of this grid in this folder: no table." in md and "are not cells of this grid" in md
+    table = pd.read_csv(out / "summary.csv")
+    assert len(table) == 0 and list(table.columns)[-7:] == ["metric", "meaning", "unit", "mean", "stderr", "n", "runs"]
+
+
 def test_a_restarted_runner_finishes_the_cells_it_started_first(
     tmp_path: Path, fake_fit: FakeFit, capsys: pytest.CaptureFixture
 ) -> None:

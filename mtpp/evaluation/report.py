@@ -1043,15 +1043,18 @@ def write_notes_summary(out_dir: str | Path, notes: Iterable[str], title: str = 
                         stem: str = "summary") -> Path:  # fmt: skip
     """Write ``STEM.md`` for a grid none of whose cells has a finished run folder in ``out_dir`` (all complete by
     their result records, deferred, failed): the title, ``notes`` (the cells and why they are not here, as
-    :func:`write_summary` states them) and no table; returns its path. ``STEM.csv`` is neither written nor touched
-    (no row to write). ``MtppError`` (before writing) when ``STEM.md`` exists and was not written by mtpp."""
+    :func:`write_summary` states them) and no table; returns its path. An earlier ``STEM.csv`` of mtpp's is
+    emptied to its header (its rows were an earlier table's, which this summary no longer shows); none is created.
+    ``MtppError`` (before writing) when either file exists and was not written by mtpp."""
     from mtpp.owned import MD_MARK, check_ours
 
     out_dir = Path(out_dir)
-    md_path = out_dir / f"{stem}.md"
-    check_ours([md_path])
+    md_path, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    check_ours([md_path, csv_path])
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = (f"# {title}\n\nNo finished run in this folder: no table.\n\n**Not in this table:**\n\n"
+    text = (f"# {title}\n\nNo finished run of this grid in this folder: no table.\n\n**Not in this table:**\n\n"
             + "".join(f"- {n}\n" for n in notes))
     write_text(md_path, MD_MARK + "\n" + text)
+    if csv_path.is_file():  # the header write_summary writes, no row (mtpp.owned still knows it for its own)
+        write_text(csv_path, "dataset,replicates,metric,meaning,unit,mean,stderr,n,runs\n")
     return md_path
