@@ -1361,3 +1361,23 @@ def test_rows_trained_with_other_settings_are_said_under_the_table(runs_root: Pa
     same = report.collect_runs(runs_root)
     same = same[same["run"].astype(str).str.contains("plus-sum")]  # train.device differs too: not semantic
     assert report.setting_notes(same) == []
+
+
+def test_setting_notes_skip_the_plusplus_protocol_and_count_old_runs_at_the_defaults(runs_root: Path) -> None:
+    """The paper grid's "++" cells stop time and mark separately (``train.separate_early_stopping``, refused for
+    base / "+"): every summary listed that as a difference; it is now compared among the "++" rows only. A run
+    written before a setting existed trained with its default: not a difference from runs that state it."""
+    from mtpp.config import RunConfig
+
+    default = RunConfig().train.max_epochs
+    for run in sorted(runs_root.glob("synthetic_hawkes/thp-plus-sum/split*-seed0")):
+        path = run / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        config["model"]["parametrisation"] = "plusplus"
+        config["train"]["separate_early_stopping"] = True
+        if run.name != "split0-seed0":
+            config["train"]["max_epochs"] = default  # split 0 predates the key: the default, unstated
+        path.write_text(yaml.safe_dump(config))
+    df = report.collect_runs(runs_root)
+    assert set(df["parametrisation"]) == {"base", "plusplus"}
+    assert report.setting_notes(df) == []

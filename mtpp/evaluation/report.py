@@ -955,12 +955,26 @@ def truncation_notes(df: pd.DataFrame, metrics: Iterable[str] | None = None) -> 
     return out
 
 
+SETTING_APPLIES = {"config.train.separate_early_stopping": ("parametrisation", "plusplus")}
+"""Training settings that exist for some rows only (``mtpp.config`` refuses them elsewhere): :func:`setting_notes`
+compares them among those rows, so the "++" protocol (separate early stopping) is not reported as a difference
+from the base and "+" rows that cannot have it."""
+
+
+def _setting_defaults() -> dict[str, Any]:
+    from mtpp.config import RunConfig
+
+    return {f"config.{k}": v for k, v in _flatten(RunConfig().to_dict(), "").items()}
+
+
 def setting_notes(df: pd.DataFrame, prefix: str = "config.train.", most: int = 6) -> list[str]:
     """One line per training setting (``config.train.*`` columns, not the non-semantic ones or the seed) whose
     value differs between rows of one dataset without being a cell column already (:func:`cell_columns`: it varies
     inside a cell there): ``"mooc: `train.max_epochs` 2 (5 runs), 3 (1 run: mooc/lnm-base-sum/split0-seed0)"``.
     A table silently put a model trained for 3 epochs beside models trained for 2 and bolded it best; the rows
-    still show, and this says what they do not. ``[]`` when every dataset's rows share their training settings
+    still show, and this says what they do not. A setting some rows cannot have (:data:`SETTING_APPLIES`) is
+    compared among the rows that can; a run older than a setting counts with its default (``RunConfig``'s).
+    ``[]`` when every dataset's rows share their training settings
     (at most ``most`` lines, the last one counting the rest)."""
     if df.empty or "dataset" not in df.columns:
         return []
@@ -968,22 +982,32 @@ def setting_notes(df: pd.DataFrame, prefix: str = "config.train.", most: int = 6
     cols = [c for c in df.columns if c.startswith(prefix) and c not in shown
             and not c.startswith(_IGNORED_CONFIG_PREFIXES)]  # fmt: skip
     runs = pd.Series(_relative_runs(df), index=df.index)
+    defaults = _setting_defaults()
     out = []
     for dataset, part in df.groupby("dataset", dropna=False, sort=True):
         for col in cols:
-            values = part[col].map(lambda v: json.dumps(v, sort_keys=True, default=str))
+            rows = part
+            if col in SETTING_APPLIES and SETTING_APPLIES[col][0] in part.columns:
+                key, value = SETTING_APPLIES[col]
+                rows = part[part[key].astype(str) == value]
+            default = defaults.get(col)  # a run older than the setting: it trained with the default
+            values = rows[col].map(lambda v: json.dumps(default if _missing(v) else v, sort_keys=True, default=str))
             if values.nunique(dropna=False) < 2:
                 continue
             groups = sorted(values.groupby(values, sort=False).groups.items(), key=lambda kv: -len(kv[1]))
             said = []
             for value, index in groups:
                 n = len(index)
-                named = f": {', '.join(runs[index])}" if n <= 3 and n < len(part) / 2 else ""
+                named = f": {', '.join(runs[index])}" if n <= 3 and n < len(rows) / 2 else ""
                 said.append(f"{value} ({n} run{'s' * (n != 1)}{named})")
             out.append(f"{dataset}: `{col[len('config.'):]}` " + ", ".join(said))
     if len(out) > most:
         out = out[: most - 1] + [f"... and {len(out) - most + 1} more"]
     return out
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def write_summary(
