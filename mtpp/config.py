@@ -568,17 +568,22 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _u
 
 def read_yaml(path: str | Path) -> Any:
     """A YAML file a user wrote (a run configuration, an experiment, a search space; a ``.json`` result record,
-    JSON being YAML), parsed safely: ``ConfigError`` naming the file for invalid YAML (for a ``.json`` file, what
-    JSON finds wrong, and whether it looks cut short) or for a key given twice in one mapping (``model:`` twice
+    JSON being YAML), parsed safely: ``ConfigError`` naming the file for text that is not UTF-8, for invalid YAML
+    (for a ``.json`` file or one that opens with ``{``, what JSON finds wrong, and whether it looks cut short) or
+    for a key given twice in one mapping (``model:`` twice
     trained the second one's settings without a word)."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except _DuplicateKey as e:
         raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
-        if p.suffix.lower() == ".json":  # a result record (JSON is YAML): say what JSON finds wrong
+        if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):  # a result record (JSON is YAML),
+            # whatever its name: say what JSON finds wrong
             import json
 
             try:

@@ -305,6 +305,14 @@ def test_a_truncated_json_record_is_named_as_json_not_yaml(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"bad\.json: not valid JSON \(") as e:
         load_config(bad)
     assert "cut short" not in str(e.value)
+    renamed = tmp_path / "record.yaml"  # a record is one by its content, whatever its name
+    renamed.write_text(whole[:40])
+    with pytest.raises(ConfigError, match=r"record\.yaml: not valid JSON \(.*\(cut short"):
+        load_config(renamed)
+    latin = tmp_path / "latin.yaml"  # not UTF-8: a UnicodeDecodeError traceback before
+    latin.write_bytes("train:\n  lr: 0.01  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text \(invalid continuation byte at byte 24\)"):
+        load_config(latin)
     yml = tmp_path / "bad.yaml"
     yml.write_text('train: {lr: "0.01}\n')
     with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML \("):

@@ -352,8 +352,8 @@ def write_reports(out: Path, title: str = "Results", notes: list[str] | None = N
         print(f"skipped (unreadable): {problem}", file=sys.stderr)
     if cells is not None and len(df):
         ours = {str(out / c) for c in cells}
-        siblings = sorted(str(Path(r).relative_to(out)) for r in df["run"]
-                          if str(r) not in ours and str(r) in {str(out / c) for c in grid or ()})  # fmt: skip
+        whole = {str(out / c) for c in grid or ()}
+        siblings = sorted(str(Path(r).relative_to(out)) for r in df["run"] if str(r) not in ours and str(r) in whole)
         if siblings:  # cells of this grid that --only left out this time: still the grid's results
             ours |= {str(out / c) for c in siblings}
             shown = ", ".join(siblings[:6]) + (f" and {len(siblings) - 6} more" if len(siblings) > 6 else "")
